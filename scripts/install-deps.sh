@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package efuse needs that is not already present.
+#   scripts/install-deps.sh            build + test dependencies
+#   scripts/install-deps.sh --bench    also what bench/ needs (linux-source tarball, libfuse examples)
+# Runs apt-get only when something is missing, so repeated runs are fast and offline-safe.
+set -euo pipefail
+
+pkgs=(
+  build-essential cmake pkg-config            # toolchain
+  libgtest-dev googletest                     # unit tests
+  fuse3 libfuse3-dev                          # fusermount3 (non-root mounts); libfuse examples for the baseline
+  util-linux procps psmisc                    # findmnt, mountpoint, pkill, fuser
+  python3                                     # integration test harness (stdlib only)
+  coreutils tar git attr xz-utils diffutils   # real programs the integration tests drive
+  fio stress-ng                               # I/O verification and stress
+)
+if [[ "${1:-}" == "--bench" ]]; then
+  pkgs+=(linux-source-6.1 hyperfine)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  [[ "$p" == \#* ]] && continue
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if ((${#missing[@]})); then
+  echo "install-deps: installing ${missing[*]}" >&2
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "install-deps: need root to install packages" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
