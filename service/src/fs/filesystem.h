@@ -1,0 +1,157 @@
+// The Filesystem interface: the seam between the FUSE session and the backends.
+//
+// Backends never see wire structs; the session never sees backing paths. Every method
+// returns its result (or an errno) and only the session replies, so each request gets
+// exactly one reply. Every method defaults to ENOSYS.
+#pragma once
+
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "common/result.h"
+
+namespace efuse::fs {
+
+// Who is asking: from the request header.
+struct Context {
+  uint32_t uid = 0;
+  uint32_t gid = 0;
+  uint32_t pid = 0;
+  uint64_t unique = 0;
+};
+
+// What the kernel granted at INIT, as far as backends care.
+struct Capabilities {
+  bool writeback_cache = false;
+  bool passthrough = false;
+  bool posix_locks = false;
+  bool flock_locks = false;
+};
+
+struct Entry {
+  uint64_t ino = 0;         // nodeid given to the kernel; 0 = negative entry
+  uint64_t generation = 0;
+  struct stat attr {};
+  double entry_timeout = 0;
+  double attr_timeout = 0;
+};
+
+struct Attr {
+  struct stat attr {};
+  double timeout = 0;
+};
+
+struct OpenInfo {
+  uint64_t fh = 0;
+  bool direct_io = false;
+  bool keep_cache = false;
+  bool cache_dir = false;
+  bool nonseekable = false;
+  // A backing fd the kernel may use for reads/writes/mmap directly (FUSE passthrough).
+  // -1: serve I/O through the daemon. The session registers it if the kernel granted
+  // passthrough; the fd stays owned by the backend.
+  int passthrough_fd = -1;
+};
+
+struct Created {
+  Entry entry;
+  OpenInfo open;
+};
+
+struct SetattrRequest {
+  bool set_mode = false, set_uid = false, set_gid = false, set_size = false;
+  bool set_atime = false, set_mtime = false, atime_now = false, mtime_now = false;
+  bool has_fh = false;
+  uint64_t fh = 0;
+  mode_t mode = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+  uint64_t size = 0;
+  struct timespec atime {}, mtime {};
+};
+
+struct Lock {
+  uint64_t start = 0;
+  uint64_t end = 0;  // inclusive; UINT64_MAX-ish = to EOF
+  uint32_t type = 0;  // F_RDLCK, F_WRLCK, F_UNLCK
+  uint32_t pid = 0;
+};
+
+// Where readdir puts entries; the session encodes them into the reply.
+class DirSink {
+ public:
+  virtual ~DirSink() = default;
+  virtual bool plus() const = 0;
+  // Whether an entry with this name still fits (check before a lookup for plus).
+  virtual bool fits(std::string_view name) const = 0;
+  // Returns false when the entry did not fit (nothing was added).
+  virtual bool add(std::string_view name, uint64_t ino, uint32_t dtype, uint64_t next_off) = 0;
+  virtual bool add_plus(std::string_view name, const Entry& entry, uint64_t next_off) = 0;
+};
+
+class Filesystem {
+ public:
+  virtual ~Filesystem() = default;
+
+  virtual void init(const Capabilities&) {}
+  virtual void destroy() {}
+
+  virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
+  virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}
+  virtual Result<Attr> getattr(const Context&, uint64_t, const uint64_t* /*fh*/) { return Errno{ENOSYS}; }
+  virtual Result<Attr> setattr(const Context&, uint64_t, const SetattrRequest&) { return Errno{ENOSYS}; }
+  virtual Result<std::string> readlink(const Context&, uint64_t) { return Errno{ENOSYS}; }
+  virtual Result<Entry> symlink(const Context&, uint64_t, std::string_view, std::string_view) { return Errno{ENOSYS}; }
+  virtual Result<Entry> mknod(const Context&, uint64_t, std::string_view, mode_t, dev_t) { return Errno{ENOSYS}; }
+  virtual Result<Entry> mkdir(const Context&, uint64_t, std::string_view, mode_t) { return Errno{ENOSYS}; }
+  virtual Status unlink(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
+  virtual Status rmdir(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
+  virtual Status rename(const Context&, uint64_t, std::string_view, uint64_t, std::string_view,
+                        uint32_t /*flags*/) { return Errno{ENOSYS}; }
+  virtual Result<Entry> link(const Context&, uint64_t, uint64_t, std::string_view) { return Errno{ENOSYS}; }
+
+  virtual Result<OpenInfo> open(const Context&, uint64_t, int /*flags*/) { return Errno{ENOSYS}; }
+  virtual Result<Created> create(const Context&, uint64_t, std::string_view, mode_t, int) { return Errno{ENOSYS}; }
+  virtual Result<size_t> read(const Context&, uint64_t, uint64_t /*fh*/, uint64_t /*off*/,
+                              std::span<char>) { return Errno{ENOSYS}; }
+  virtual Result<size_t> write(const Context&, uint64_t, uint64_t /*fh*/, uint64_t /*off*/,
+                               std::span<const char>) { return Errno{ENOSYS}; }
+  virtual Status flush(const Context&, uint64_t, uint64_t /*fh*/, uint64_t /*lock_owner*/) { return Errno{ENOSYS}; }
+  virtual Status release(const Context&, uint64_t, uint64_t /*fh*/) { return {}; }
+  virtual Status fsync(const Context&, uint64_t, uint64_t /*fh*/, bool /*datasync*/) { return Errno{ENOSYS}; }
+
+  virtual Result<OpenInfo> opendir(const Context&, uint64_t, int) { return Errno{ENOSYS}; }
+  virtual Status readdir(const Context&, uint64_t, uint64_t /*fh*/, uint64_t /*off*/, DirSink&) { return Errno{ENOSYS}; }
+  virtual Status releasedir(const Context&, uint64_t, uint64_t /*fh*/) { return {}; }
+  virtual Status fsyncdir(const Context&, uint64_t, uint64_t /*fh*/, bool) { return Errno{ENOSYS}; }
+
+  virtual Result<struct statvfs> statfs(const Context&, uint64_t) { return Errno{ENOSYS}; }
+  virtual Status access(const Context&, uint64_t, int /*mask*/) { return Errno{ENOSYS}; }
+
+  virtual Status setxattr(const Context&, uint64_t, std::string_view, std::span<const char>, int) { return Errno{ENOSYS}; }
+  // An empty buffer asks for the value's size.
+  virtual Result<size_t> getxattr(const Context&, uint64_t, std::string_view, std::span<char>) { return Errno{ENOSYS}; }
+  virtual Result<size_t> listxattr(const Context&, uint64_t, std::span<char>) { return Errno{ENOSYS}; }
+  virtual Status removexattr(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
+
+  virtual Status fallocate(const Context&, uint64_t, uint64_t /*fh*/, int /*mode*/, uint64_t, uint64_t) { return Errno{ENOSYS}; }
+  virtual Result<uint64_t> lseek(const Context&, uint64_t, uint64_t /*fh*/, uint64_t, int) { return Errno{ENOSYS}; }
+  virtual Result<size_t> copy_file_range(const Context&, uint64_t /*ino_in*/, uint64_t /*fh_in*/,
+                                         uint64_t /*off_in*/, uint64_t /*ino_out*/, uint64_t /*fh_out*/,
+                                         uint64_t /*off_out*/, uint64_t /*len*/, uint64_t /*flags*/) {
+    return Errno{ENOSYS};
+  }
+
+  // Record locks (POSIX, owner-scoped) and flock (per open file).
+  virtual Result<Lock> getlk(const Context&, uint64_t, uint64_t /*fh*/, uint64_t /*owner*/, const Lock&) { return Errno{ENOSYS}; }
+  // Never blocks: returns EAGAIN on conflict (the session implements waiting).
+  virtual Status setlk(const Context&, uint64_t, uint64_t /*fh*/, uint64_t /*owner*/, const Lock&) { return Errno{ENOSYS}; }
+  virtual Status flock(const Context&, uint64_t, uint64_t /*fh*/, int /*op: LOCK_SH/EX/UN*/) { return Errno{ENOSYS}; }
+};
+
+}  // namespace efuse::fs

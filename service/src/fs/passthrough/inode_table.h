@@ -1,0 +1,67 @@
+// Inodes of the passthrough backend: held by O_PATH handles and keyed by the backing
+// (st_dev, st_ino), never by path, so renames in the backing tree do not break them.
+#pragma once
+
+#include <sys/stat.h>
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <unordered_map>
+
+namespace efuse::fs::passthrough {
+
+struct Inode {
+  Inode(int fd_, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_)
+      : fd(fd_), dev(dev_), ino(ino_), type(type_), nodeid(nodeid_) {}
+  ~Inode();
+  Inode(const Inode&) = delete;
+  Inode& operator=(const Inode&) = delete;
+
+  const int fd;  // O_PATH | O_NOFOLLOW handle on the backing object
+  const dev_t dev;
+  const ino_t ino;
+  const mode_t type;  // S_IFMT bits
+  const uint64_t nodeid;
+  uint64_t nlookup = 0;  // guarded by InodeTable::mu_
+
+  // POSIX record locks: one open file description per lock owner, locked with OFD locks.
+  std::mutex lock_mu;
+  std::unordered_map<uint64_t, int> lock_fds;
+};
+
+class InodeTable {
+ public:
+  InodeTable() = default;
+
+  // Installs the root (nodeid 1) from an O_PATH fd on the source directory.
+  void set_root(int fd, const struct stat& st);
+  std::shared_ptr<Inode> get(uint64_t nodeid) const;
+  // Finds the inode for (st.st_dev, st.st_ino) or adopts `fd` as a new one; adds one lookup
+  // reference either way. Closes `fd` when an inode already existed.
+  std::shared_ptr<Inode> ref(int fd, const struct stat& st);
+  // Drops `n` lookup references; the inode is forgotten at zero.
+  void forget(uint64_t nodeid, uint64_t n);
+  size_t size() const;
+
+ private:
+  struct Key {
+    dev_t dev;
+    ino_t ino;
+    bool operator==(const Key&) const = default;
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const noexcept {
+      return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
+                                   static_cast<uint64_t>(k.dev));
+    }
+  };
+
+  mutable std::shared_mutex mu_;
+  uint64_t next_nodeid_ = 2;  // never reused: a nodeid the kernel saw names one object forever
+  std::unordered_map<uint64_t, std::shared_ptr<Inode>> by_id_;
+  std::unordered_map<Key, std::shared_ptr<Inode>, KeyHash> by_key_;
+};
+
+}  // namespace efuse::fs::passthrough

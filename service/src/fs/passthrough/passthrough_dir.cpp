@@ -1,0 +1,120 @@
+// Passthrough backend: directory handles and readdir / readdirplus.
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "fs/passthrough/passthrough_fs.h"
+
+namespace efuse::fs::passthrough {
+
+struct PassthroughFs::DirHandle {
+  explicit DirHandle(DIR* d) : dp(d) {}
+  ~DirHandle() { closedir(dp); }
+  DirHandle(const DirHandle&) = delete;
+  DirHandle& operator=(const DirHandle&) = delete;
+
+  std::mutex mu;
+  DIR* dp;
+  uint64_t offset = 0;          // position the next readdir continues from
+  struct dirent* pending = nullptr;  // read but not yet delivered (did not fit)
+};
+
+std::shared_ptr<PassthroughFs::DirHandle> PassthroughFs::dir_handle(uint64_t fh) {
+  std::lock_guard lk(dirs_mu_);
+  auto it = dirs_.find(fh);
+  return it == dirs_.end() ? nullptr : it->second;
+}
+
+Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
+  auto inode = inodes_.get(ino);
+  if (!inode) return Errno{ESTALE};
+  int fd = openat(inode->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return last_errno();
+  DIR* dp = fdopendir(fd);
+  if (dp == nullptr) {
+    Errno e = last_errno();
+    ::close(fd);
+    return e;
+  }
+  auto handle = std::make_shared<DirHandle>(dp);
+  OpenInfo info;
+  std::lock_guard lk(dirs_mu_);
+  info.fh = next_dir_fh_++;
+  dirs_[info.fh] = std::move(handle);
+  return info;
+}
+
+static bool is_dot_or_dotdot(const char* n) {
+  return n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'));
+}
+
+Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
+                              DirSink& sink) {
+  auto dh = dir_handle(fh);
+  if (!dh) return Errno{EBADF};
+  auto dir = inodes_.get(ino);
+  if (!dir) return Errno{ESTALE};
+  std::lock_guard lk(dh->mu);
+  if (off != dh->offset) {
+    seekdir(dh->dp, static_cast<long>(off));
+    dh->offset = off;
+    dh->pending = nullptr;
+  }
+  for (;;) {
+    if (dh->pending == nullptr) {
+      errno = 0;
+      dh->pending = ::readdir(dh->dp);
+      if (dh->pending == nullptr) {
+        if (errno != 0) return last_errno();
+        break;  // end of directory
+      }
+    }
+    const struct dirent* d = dh->pending;
+    std::string_view name(d->d_name);
+    uint64_t next = static_cast<uint64_t>(d->d_off);
+    if (!sink.fits(name)) break;
+    if (!sink.plus()) {
+      sink.add(name, d->d_ino, d->d_type, next);
+    } else if (is_dot_or_dotdot(d->d_name)) {
+      // No nodeid for "." and "..": the kernel neither links nor counts them.
+      Entry e;
+      e.attr.st_ino = d->d_ino;
+      e.attr.st_mode = static_cast<mode_t>(DTTOIF(d->d_type));
+      sink.add_plus(name, e, next);
+    } else {
+      auto e = lookup_at(*dir, d->d_name);
+      if (!e.ok()) {
+        if (e.error() != ENOENT) return Errno{e.error()};
+        // Removed since we read the entry: skip it.
+      } else {
+        sink.add_plus(name, *e, next);  // fits() was checked: cannot fail
+      }
+    }
+    dh->pending = nullptr;
+    dh->offset = next;
+  }
+  return {};
+}
+
+Status PassthroughFs::releasedir(const Context&, uint64_t, uint64_t fh) {
+  std::shared_ptr<DirHandle> dh;
+  {
+    std::lock_guard lk(dirs_mu_);
+    auto it = dirs_.find(fh);
+    if (it == dirs_.end()) return Errno{EBADF};
+    dh = std::move(it->second);
+    dirs_.erase(it);
+  }
+  return {};
+}
+
+Status PassthroughFs::fsyncdir(const Context&, uint64_t, uint64_t fh, bool datasync) {
+  auto dh = dir_handle(fh);
+  if (!dh) return Errno{EBADF};
+  int fd = dirfd(dh->dp);
+  return check(datasync ? fdatasync(fd) : ::fsync(fd));
+}
+
+}  // namespace efuse::fs::passthrough

@@ -1,0 +1,205 @@
+// Passthrough backend: entries, attributes and namespace operations.
+#include "fs/passthrough/passthrough_fs.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <system_error>
+
+#include "common/log.h"
+#include "fs/passthrough/creds.h"
+#include "fs/passthrough/proc_path.h"
+
+namespace efuse::fs::passthrough {
+
+PassthroughFs::PassthroughFs(Options opts) : opts_(std::move(opts)), root_(geteuid() == 0) {
+  int fd = ::open(opts_.source.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0)
+    throw std::system_error(errno, std::generic_category(), "cannot open source " + opts_.source);
+  struct stat st;
+  if (fstatat(fd, "", &st, AT_EMPTY_PATH) != 0) {
+    int e = errno;
+    ::close(fd);
+    throw std::system_error(e, std::generic_category(), "cannot stat source " + opts_.source);
+  }
+  inodes_.set_root(fd, st);
+}
+
+PassthroughFs::~PassthroughFs() = default;
+
+void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
+
+#define GET_INODE(var, id)               \
+  auto var = inodes_.get(id);            \
+  if (!var) return Errno{ESTALE};
+
+Result<Entry> PassthroughFs::entry_for(int fd) {
+  struct stat st;
+  if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
+    Errno e = last_errno();
+    ::close(fd);
+    return e;
+  }
+  auto inode = inodes_.ref(fd, st);
+  Entry e;
+  e.ino = inode->nodeid;
+  e.attr = st;
+  e.entry_timeout = opts_.entry_timeout;
+  e.attr_timeout = opts_.attr_timeout;
+  return e;
+}
+
+Result<Entry> PassthroughFs::lookup_at(const Inode& parent, const char* name) {
+  int fd = openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) return last_errno();
+  return entry_for(fd);
+}
+
+Result<Entry> PassthroughFs::lookup(const Context&, uint64_t parent, std::string_view name) {
+  GET_INODE(dir, parent);
+  if (name.size() > NAME_MAX) return Errno{ENAMETOOLONG};
+  std::string n(name);
+  return lookup_at(*dir, n.c_str());
+}
+
+void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) { inodes_.forget(ino, nlookup); }
+
+Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
+  struct stat st;
+  int rc;
+  if (fh != nullptr) {
+    rc = fstat(static_cast<int>(*fh), &st);
+  } else {
+    GET_INODE(inode, ino);
+    rc = fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+  }
+  if (rc != 0) return last_errno();
+  return Attr{st, opts_.attr_timeout};
+}
+
+Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {
+  GET_INODE(inode, ino);
+  int fh = s.has_fh ? static_cast<int>(s.fh) : -1;
+  ProcPath path(inode->fd);
+  if (s.set_mode) {
+    int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod(path, s.mode & 07777);
+    if (rc != 0) return last_errno();
+  }
+  if (s.set_uid || s.set_gid) {
+    uid_t uid = s.set_uid ? s.uid : static_cast<uid_t>(-1);
+    gid_t gid = s.set_gid ? s.gid : static_cast<gid_t>(-1);
+    if (fchownat(inode->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
+      return last_errno();
+  }
+  if (s.set_size) {
+    // Truncation as the caller, so the backing file system applies its own limits.
+    int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
+                     : truncate(path, static_cast<off_t>(s.size));
+    if (rc != 0) return last_errno();
+  }
+  if (s.set_atime || s.set_mtime || s.atime_now || s.mtime_now) {
+    struct timespec ts[2];
+    ts[0].tv_nsec = UTIME_OMIT;
+    ts[1].tv_nsec = UTIME_OMIT;
+    if (s.atime_now) ts[0].tv_nsec = UTIME_NOW;
+    else if (s.set_atime) ts[0] = s.atime;
+    if (s.mtime_now) ts[1].tv_nsec = UTIME_NOW;
+    else if (s.set_mtime) ts[1] = s.mtime;
+    int rc = fh >= 0 ? futimens(fh, ts)
+                     : utimensat(inode->fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    if (rc != 0) return last_errno();
+  }
+  (void)ctx;
+  return getattr(ctx, ino, nullptr);
+}
+
+Result<std::string> PassthroughFs::readlink(const Context&, uint64_t ino) {
+  GET_INODE(inode, ino);
+  std::string buf(PATH_MAX + 1, '\0');
+  ssize_t n = readlinkat(inode->fd, "", buf.data(), buf.size());
+  if (n < 0) return last_errno();
+  if (static_cast<size_t>(n) >= buf.size()) return Errno{ENAMETOOLONG};
+  buf.resize(static_cast<size_t>(n));
+  return buf;
+}
+
+Result<Entry> PassthroughFs::symlink(const Context& ctx, uint64_t parent, std::string_view name,
+                                     std::string_view target) {
+  GET_INODE(dir, parent);
+  std::string n(name), t(target);
+  {
+    CredScope cred(root_, ctx.uid, ctx.gid);
+    if (symlinkat(t.c_str(), dir->fd, n.c_str()) != 0) return last_errno();
+  }
+  return lookup_at(*dir, n.c_str());
+}
+
+Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::string_view name,
+                                   mode_t mode, dev_t rdev) {
+  GET_INODE(dir, parent);
+  std::string n(name);
+  {
+    CredScope cred(root_, ctx.uid, ctx.gid);
+    int rc = S_ISDIR(mode) ? mkdirat(dir->fd, n.c_str(), mode) : mknodat(dir->fd, n.c_str(), mode, rdev);
+    if (rc != 0) return last_errno();
+  }
+  return lookup_at(*dir, n.c_str());
+}
+
+Result<Entry> PassthroughFs::mkdir(const Context& ctx, uint64_t parent, std::string_view name,
+                                   mode_t mode) {
+  return mknod(ctx, parent, name, (mode & ~S_IFMT) | S_IFDIR, 0);
+}
+
+Status PassthroughFs::unlink(const Context&, uint64_t parent, std::string_view name) {
+  GET_INODE(dir, parent);
+  std::string n(name);
+  return check(unlinkat(dir->fd, n.c_str(), 0));
+}
+
+Status PassthroughFs::rmdir(const Context&, uint64_t parent, std::string_view name) {
+  GET_INODE(dir, parent);
+  std::string n(name);
+  return check(unlinkat(dir->fd, n.c_str(), AT_REMOVEDIR));
+}
+
+Status PassthroughFs::rename(const Context&, uint64_t parent, std::string_view name,
+                             uint64_t newparent, std::string_view newname, uint32_t flags) {
+  GET_INODE(from, parent);
+  GET_INODE(to, newparent);
+  std::string a(name), b(newname);
+  return check(static_cast<int>(
+      syscall(SYS_renameat2, from->fd, a.c_str(), to->fd, b.c_str(), flags)));
+}
+
+Result<Entry> PassthroughFs::link(const Context&, uint64_t ino, uint64_t newparent,
+                                  std::string_view newname) {
+  GET_INODE(inode, ino);
+  GET_INODE(dir, newparent);
+  std::string n(newname);
+  int rc = root_ ? linkat(inode->fd, "", dir->fd, n.c_str(), AT_EMPTY_PATH)
+                 : linkat(AT_FDCWD, ProcPath(inode->fd), dir->fd, n.c_str(), AT_SYMLINK_FOLLOW);
+  if (rc != 0) return last_errno();
+  return lookup_at(*dir, n.c_str());
+}
+
+Result<struct statvfs> PassthroughFs::statfs(const Context&, uint64_t ino) {
+  GET_INODE(inode, ino);
+  struct statvfs sv;
+  if (fstatvfs(inode->fd, &sv) != 0) return last_errno();
+  return sv;
+}
+
+Status PassthroughFs::access(const Context& ctx, uint64_t ino, int mask) {
+  GET_INODE(inode, ino);
+  CredScope cred(root_, ctx.uid, ctx.gid, /*keep_dac_override=*/false);
+  return check(faccessat(AT_FDCWD, ProcPath(inode->fd), mask, AT_EACCESS));
+}
+
+}  // namespace efuse::fs::passthrough

@@ -1,0 +1,107 @@
+// Passthrough (stacking) backend: serves a backing directory tree.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "fs/filesystem.h"
+#include "fs/passthrough/inode_table.h"
+
+namespace efuse::fs::passthrough {
+
+struct Options {
+  std::string source;
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  // Offer backing fds for kernel passthrough of reads/writes/mmap (used only if the kernel
+  // granted FUSE passthrough at INIT).
+  bool passthrough_io = true;
+};
+
+class PassthroughFs final : public Filesystem {
+ public:
+  // Opens the source directory; throws std::system_error when it is unusable.
+  explicit PassthroughFs(Options opts);
+  ~PassthroughFs() override;
+
+  void init(const Capabilities& caps) override;
+
+  Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
+  void forget(uint64_t ino, uint64_t nlookup) override;
+  Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
+  Result<Attr> setattr(const Context&, uint64_t ino, const SetattrRequest&) override;
+  Result<std::string> readlink(const Context&, uint64_t ino) override;
+  Result<Entry> symlink(const Context&, uint64_t parent, std::string_view name,
+                        std::string_view target) override;
+  Result<Entry> mknod(const Context&, uint64_t parent, std::string_view name, mode_t mode,
+                      dev_t rdev) override;
+  Result<Entry> mkdir(const Context&, uint64_t parent, std::string_view name, mode_t mode) override;
+  Status unlink(const Context&, uint64_t parent, std::string_view name) override;
+  Status rmdir(const Context&, uint64_t parent, std::string_view name) override;
+  Status rename(const Context&, uint64_t parent, std::string_view name, uint64_t newparent,
+                std::string_view newname, uint32_t flags) override;
+  Result<Entry> link(const Context&, uint64_t ino, uint64_t newparent,
+                     std::string_view newname) override;
+
+  Result<OpenInfo> open(const Context&, uint64_t ino, int flags) override;
+  Result<Created> create(const Context&, uint64_t parent, std::string_view name, mode_t mode,
+                         int flags) override;
+  Result<size_t> read(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
+                      std::span<char> buf) override;
+  Result<size_t> write(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
+                       std::span<const char> data) override;
+  Status flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner) override;
+  Status release(const Context&, uint64_t ino, uint64_t fh) override;
+  Status fsync(const Context&, uint64_t ino, uint64_t fh, bool datasync) override;
+
+  Result<OpenInfo> opendir(const Context&, uint64_t ino, int flags) override;
+  Status readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t off, DirSink&) override;
+  Status releasedir(const Context&, uint64_t ino, uint64_t fh) override;
+  Status fsyncdir(const Context&, uint64_t ino, uint64_t fh, bool datasync) override;
+
+  Result<struct statvfs> statfs(const Context&, uint64_t ino) override;
+  Status access(const Context&, uint64_t ino, int mask) override;
+
+  Status setxattr(const Context&, uint64_t ino, std::string_view name,
+                  std::span<const char> value, int flags) override;
+  Result<size_t> getxattr(const Context&, uint64_t ino, std::string_view name,
+                          std::span<char> buf) override;
+  Result<size_t> listxattr(const Context&, uint64_t ino, std::span<char> buf) override;
+  Status removexattr(const Context&, uint64_t ino, std::string_view name) override;
+
+  Status fallocate(const Context&, uint64_t ino, uint64_t fh, int mode, uint64_t off,
+                   uint64_t len) override;
+  Result<uint64_t> lseek(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
+                         int whence) override;
+  Result<size_t> copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
+                                 uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
+                                 uint64_t flags) override;
+
+  Result<Lock> getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
+                     const Lock&) override;
+  Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
+  Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
+
+  size_t inode_count() const { return inodes_.size(); }
+
+ private:
+  struct DirHandle;
+
+  Result<Entry> lookup_at(const Inode& parent, const char* name);
+  Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
+  Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
+  std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
+
+  Options opts_;
+  Capabilities caps_;
+  bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
+  InodeTable inodes_;
+
+  std::mutex dirs_mu_;
+  uint64_t next_dir_fh_ = 1;
+  std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;
+};
+
+}  // namespace efuse::fs::passthrough

@@ -1,0 +1,250 @@
+// Passthrough backend: open files, data I/O and locks. A file handle is the backing fd.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "fs/passthrough/creds.h"
+#include "fs/passthrough/passthrough_fs.h"
+#include "fs/passthrough/proc_path.h"
+
+namespace efuse::fs::passthrough {
+
+#define GET_INODE(var, id)               \
+  auto var = inodes_.get(id);            \
+  if (!var) return Errno{ESTALE};
+
+namespace {
+
+int backing_open_flags(int flags, bool writeback) {
+  flags &= ~(O_CREAT | O_EXCL | O_NOCTTY);
+  if (writeback) {
+    // The kernel reads pages of write-only files to fill the cache, and it computes
+    // appends itself from the cached size.
+    if ((flags & O_ACCMODE) == O_WRONLY) flags = (flags & ~O_ACCMODE) | O_RDWR;
+    flags &= ~O_APPEND;
+  }
+  return flags | O_CLOEXEC;
+}
+
+}  // namespace
+
+Result<OpenInfo> PassthroughFs::open(const Context&, uint64_t ino, int flags) {
+  GET_INODE(inode, ino);
+  int fd = ::open(ProcPath(inode->fd), backing_open_flags(flags, caps_.writeback_cache));
+  if (fd < 0) return last_errno();
+  OpenInfo info;
+  info.fh = static_cast<uint64_t>(fd);
+  if (opts_.passthrough_io && caps_.passthrough) info.passthrough_fd = fd;
+  return info;
+}
+
+Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::string_view name,
+                                      mode_t mode, int flags) {
+  GET_INODE(dir, parent);
+  std::string n(name);
+  int fd;
+  {
+    CredScope cred(root_, ctx.uid, ctx.gid);
+    fd = openat(dir->fd, n.c_str(), backing_open_flags(flags, caps_.writeback_cache) | O_CREAT,
+                mode & 07777);
+  }
+  if (fd < 0) return last_errno();
+  auto e = lookup_at(*dir, n.c_str());
+  if (!e.ok()) {
+    ::close(fd);
+    return Errno{e.error()};
+  }
+  Created c;
+  c.entry = *e;
+  c.open.fh = static_cast<uint64_t>(fd);
+  if (opts_.passthrough_io && caps_.passthrough) c.open.passthrough_fd = fd;
+  return c;
+}
+
+Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64_t off,
+                                   std::span<char> buf) {
+  // FUSE takes a short read for end of file: fill the buffer unless the file really ends.
+  size_t done = 0;
+  while (done < buf.size()) {
+    ssize_t n = pread(static_cast<int>(fh), buf.data() + done, buf.size() - done,
+                      static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0) break;
+      return last_errno();
+    }
+    if (n == 0) break;
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+Result<size_t> PassthroughFs::write(const Context&, uint64_t, uint64_t fh, uint64_t off,
+                                    std::span<const char> data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t n = pwrite(static_cast<int>(fh), data.data() + done, data.size() - done,
+                       static_cast<off_t>(off + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (done > 0) break;
+      return last_errno();
+    }
+    done += static_cast<size_t>(n);
+  }
+  return done;
+}
+
+Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner) {
+  // close() of a descriptor releases the caller's POSIX locks on the file.
+  if (auto inode = inodes_.get(ino)) {
+    std::lock_guard lk(inode->lock_mu);
+    auto it = inode->lock_fds.find(lock_owner);
+    if (it != inode->lock_fds.end()) {
+      ::close(it->second);
+      inode->lock_fds.erase(it);
+    }
+  }
+  // Closing a duplicate reports deferred write errors (NFS and the like) without giving up fh.
+  int dupfd = dup(static_cast<int>(fh));
+  if (dupfd < 0) return last_errno();
+  return check(::close(dupfd));
+}
+
+Status PassthroughFs::release(const Context&, uint64_t, uint64_t fh) {
+  ::close(static_cast<int>(fh));
+  return {};
+}
+
+Status PassthroughFs::fsync(const Context&, uint64_t, uint64_t fh, bool datasync) {
+  int fd = static_cast<int>(fh);
+  return check(datasync ? fdatasync(fd) : ::fsync(fd));
+}
+
+Status PassthroughFs::fallocate(const Context&, uint64_t, uint64_t fh, int mode, uint64_t off,
+                                uint64_t len) {
+  return check(::fallocate(static_cast<int>(fh), mode, static_cast<off_t>(off),
+                           static_cast<off_t>(len)));
+}
+
+Result<uint64_t> PassthroughFs::lseek(const Context&, uint64_t, uint64_t fh, uint64_t off,
+                                      int whence) {
+  off_t r = ::lseek(static_cast<int>(fh), static_cast<off_t>(off), whence);
+  if (r < 0) return last_errno();
+  return static_cast<uint64_t>(r);
+}
+
+Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t fh_in,
+                                              uint64_t off_in, uint64_t, uint64_t fh_out,
+                                              uint64_t off_out, uint64_t len, uint64_t flags) {
+  loff_t in = static_cast<loff_t>(off_in), out = static_cast<loff_t>(off_out);
+  ssize_t n = ::copy_file_range(static_cast<int>(fh_in), &in, static_cast<int>(fh_out), &out,
+                                len, static_cast<unsigned>(flags));
+  if (n < 0) return last_errno();
+  return static_cast<size_t>(n);
+}
+
+// ---- locks ---------------------------------------------------------------------------------
+
+// POSIX locks belong to a lock owner (a process's file table), not to an open file. Each
+// owner gets its own open file description of the backing file and locks it with OFD locks,
+// which then conflict exactly as the owners' POSIX locks do, also with processes working on
+// the backing tree directly. flush() of the owner drops them, as close() does.
+Result<int> PassthroughFs::lock_fd(Inode& inode, uint64_t fh, uint64_t owner) {
+  auto it = inode.lock_fds.find(owner);
+  if (it != inode.lock_fds.end()) return it->second;
+  int fd = ::open(ProcPath(static_cast<int>(fh)), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    int accmode = fcntl(static_cast<int>(fh), F_GETFL);
+    if (accmode < 0) return last_errno();
+    fd = ::open(ProcPath(static_cast<int>(fh)), (accmode & O_ACCMODE) | O_CLOEXEC);
+    if (fd < 0) return last_errno();
+  }
+  inode.lock_fds[owner] = fd;
+  return fd;
+}
+
+static struct flock to_flock(const Lock& l) {
+  struct flock f {};
+  f.l_type = static_cast<short>(l.type);
+  f.l_whence = SEEK_SET;
+  f.l_start = static_cast<off_t>(l.start);
+  // FUSE ranges are inclusive with OFFSET_MAX for "to the end"; flock uses a length, 0 = EOF.
+  f.l_len = l.end >= static_cast<uint64_t>(INT64_MAX) ? 0 : static_cast<off_t>(l.end - l.start + 1);
+  return f;
+}
+
+Result<Lock> PassthroughFs::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
+                                  const Lock& l) {
+  GET_INODE(inode, ino);
+  std::lock_guard lk(inode->lock_mu);
+  auto fd = lock_fd(*inode, fh, owner);
+  if (!fd.ok()) return Errno{fd.error()};
+  struct flock f = to_flock(l);
+  if (fcntl(*fd, F_OFD_GETLK, &f) != 0) return last_errno();
+  Lock out;
+  out.type = static_cast<uint32_t>(f.l_type);
+  if (f.l_type != F_UNLCK) {
+    out.start = static_cast<uint64_t>(f.l_start);
+    out.end = f.l_len == 0 ? static_cast<uint64_t>(INT64_MAX)
+                           : static_cast<uint64_t>(f.l_start + f.l_len - 1);
+    out.pid = 0;  // OFD locks have no owning pid
+  }
+  return out;
+}
+
+Status PassthroughFs::setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
+                            const Lock& l) {
+  GET_INODE(inode, ino);
+  std::lock_guard lk(inode->lock_mu);
+  auto fd = lock_fd(*inode, fh, owner);
+  if (!fd.ok()) return Errno{fd.error()};
+  struct flock f = to_flock(l);
+  return check(fcntl(*fd, F_OFD_SETLK, &f));
+}
+
+Status PassthroughFs::flock(const Context&, uint64_t, uint64_t fh, int op) {
+  return check(::flock(static_cast<int>(fh), op));
+}
+
+// ---- xattrs --------------------------------------------------------------------------------
+// O_PATH handles do not take f*xattr calls; the /proc/self/fd path reaches the same inode.
+// Symlinks cannot carry user xattrs on Linux, and the proc path would follow them.
+
+Status PassthroughFs::setxattr(const Context&, uint64_t ino, std::string_view name,
+                               std::span<const char> value, int flags) {
+  GET_INODE(inode, ino);
+  if (S_ISLNK(inode->type)) return Errno{EPERM};
+  std::string n(name);
+  return check(::setxattr(ProcPath(inode->fd), n.c_str(), value.data(), value.size(), flags));
+}
+
+Result<size_t> PassthroughFs::getxattr(const Context&, uint64_t ino, std::string_view name,
+                                       std::span<char> buf) {
+  GET_INODE(inode, ino);
+  if (S_ISLNK(inode->type)) return Errno{ENODATA};
+  std::string n(name);
+  ssize_t r = ::getxattr(ProcPath(inode->fd), n.c_str(), buf.data(), buf.size());
+  if (r < 0) return last_errno();
+  return static_cast<size_t>(r);
+}
+
+Result<size_t> PassthroughFs::listxattr(const Context&, uint64_t ino, std::span<char> buf) {
+  GET_INODE(inode, ino);
+  if (S_ISLNK(inode->type)) return size_t{0};
+  ssize_t r = ::listxattr(ProcPath(inode->fd), buf.data(), buf.size());
+  if (r < 0) return last_errno();
+  return static_cast<size_t>(r);
+}
+
+Status PassthroughFs::removexattr(const Context&, uint64_t ino, std::string_view name) {
+  GET_INODE(inode, ino);
+  if (S_ISLNK(inode->type)) return Errno{EPERM};
+  std::string n(name);
+  return check(::removexattr(ProcPath(inode->fd), n.c_str()));
+}
+
+}  // namespace efuse::fs::passthrough

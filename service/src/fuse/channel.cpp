@@ -1,0 +1,137 @@
+#include "fuse/channel.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "common/log.h"
+#include "fuse/kernel.h"
+
+namespace fuse {
+
+class ClassicChannel::Worker final : public Transport {
+ public:
+  Worker(int fd, bool owns_fd, size_t bufsize, size_t scratch)
+      : fd_(fd), owns_fd_(owns_fd), in_(bufsize), scratch_(scratch) {}
+  ~Worker() override {
+    if (owns_fd_) ::close(fd_);
+  }
+
+  int send(const struct iovec* iov, int count) override {
+    ssize_t n = ::writev(fd_, iov, count);
+    return n < 0 ? -errno : 0;
+  }
+  int backing_open(int fd) override {
+    kernel::fuse_backing_map map{};
+    map.fd = fd;
+    int id = ::ioctl(fd_, kernel::kDevIocBackingOpen, &map);
+    return id < 0 ? -errno : id;
+  }
+  void backing_close(int id) override {
+    uint32_t bid = static_cast<uint32_t>(id);
+    (void)::ioctl(fd_, kernel::kDevIocBackingClose, &bid);
+  }
+
+  int fd_;
+  bool owns_fd_;
+  std::vector<char> in_;
+  std::vector<char> scratch_;
+  std::thread thread_;
+};
+
+ClassicChannel::ClassicChannel(Session& session, int dev_fd, unsigned threads)
+    : session_(session), dev_fd_(dev_fd), threads_(threads == 0 ? 1 : threads) {}
+
+ClassicChannel::~ClassicChannel() {
+  join();
+  if (!workers_.empty()) session_.shutdown(*workers_.front());
+}
+
+static size_t scratch_size(const Session& s) { return s.request_buffer_size(); }
+
+efuse::Status ClassicChannel::serve_init(std::string* error) {
+  // The first worker uses the original fd; it also answers INIT.
+  workers_.push_back(std::make_unique<Worker>(dev_fd_, true, session_.request_buffer_size(),
+                                              scratch_size(session_)));
+  Worker& w = *workers_.front();
+  while (!session_.initialized()) {
+    ssize_t n = ::read(dev_fd_, w.in_.data(), w.in_.size());
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;
+      *error = std::string("reading INIT from /dev/fuse: ") + strerror(errno);
+      return efuse::last_errno();
+    }
+    session_.handle(std::span<const char>(w.in_.data(), static_cast<size_t>(n)), w, w.scratch_);
+    if (!session_.initialized()) {
+      *error = "the kernel's INIT was refused (see the log)";
+      return efuse::Errno{EPROTO};
+    }
+  }
+  return {};
+}
+
+efuse::Status ClassicChannel::start(std::string* error) {
+  size_t bufsize = session_.request_buffer_size();
+  workers_.front()->in_.resize(bufsize);
+  workers_.front()->scratch_.resize(bufsize);
+  for (unsigned i = 1; i < threads_; ++i) {
+    int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd < 0) {
+      *error = std::string("cannot open /dev/fuse for a worker: ") + strerror(errno);
+      return efuse::last_errno();
+    }
+    uint32_t master = static_cast<uint32_t>(dev_fd_);
+    if (::ioctl(fd, kernel::kDevIocClone, &master) != 0) {
+      // Old kernels without cloning: every worker shares the original fd.
+      LOG_WARN("FUSE_DEV_IOC_CLONE failed (%s); workers share one /dev/fuse fd", strerror(errno));
+      ::close(fd);
+      workers_.push_back(std::make_unique<Worker>(dev_fd_, false, bufsize, bufsize));
+      continue;
+    }
+    workers_.push_back(std::make_unique<Worker>(fd, true, bufsize, bufsize));
+  }
+  running_.store(static_cast<unsigned>(workers_.size()));
+  for (auto& w : workers_) w->thread_ = std::thread(&ClassicChannel::run, this, std::ref(*w));
+  return {};
+}
+
+void ClassicChannel::run(Worker& w) {
+  for (;;) {
+    ssize_t n = ::read(w.fd_, w.in_.data(), w.in_.size());
+    if (n < 0) {
+      int e = errno;
+      // ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: retry.
+      if (e == EINTR || e == EAGAIN || e == ENOENT) continue;
+      if (e != ENODEV) {
+        channel_errors_.fetch_add(1, std::memory_order_relaxed);
+        LOG_ERROR("reading /dev/fuse failed: %s; worker stops", strerror(e));
+      }
+      break;  // ENODEV: the connection is gone (unmounted or aborted)
+    }
+    session_.handle(std::span<const char>(w.in_.data(), static_cast<size_t>(n)), w, w.scratch_);
+  }
+  running_.fetch_sub(1);
+  running_.notify_all();
+}
+
+bool ClassicChannel::stopped() const { return running_.load() == 0; }
+
+bool ClassicChannel::wait(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (running_.load() != 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+void ClassicChannel::join() {
+  for (auto& w : workers_)
+    if (w->thread_.joinable()) w->thread_.join();
+}
+
+}  // namespace fuse

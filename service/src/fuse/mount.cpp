@@ -1,0 +1,171 @@
+#include "fuse/mount.h"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "common/log.h"
+
+namespace fuse {
+
+using efuse::Errno;
+using efuse::Result;
+
+bool detach_stale(const std::string& mountpoint) {
+  struct stat st;
+  if (stat(mountpoint.c_str(), &st) == 0 || errno != ENOTCONN) return false;
+  if (umount2(mountpoint.c_str(), MNT_DETACH) == 0) {
+    LOG_WARN("detached a stale FUSE mount at %s (its server had died)", mountpoint.c_str());
+    return true;
+  }
+  // Not root: let fusermount3 try.
+  std::string cmd = "fusermount3 -u -z -- '" + mountpoint + "' 2>/dev/null";
+  if (system(cmd.c_str()) == 0) {
+    LOG_WARN("detached a stale FUSE mount at %s (its server had died)", mountpoint.c_str());
+    return true;
+  }
+  return false;
+}
+
+static std::string common_options(const MountOptions& o) {
+  std::string s;
+  if (o.allow_other) s += ",allow_other";
+  if (o.default_permissions) s += ",default_permissions";
+  return s;
+}
+
+static Result<Mounted> mount_kernel(const MountOptions& o, std::string* error) {
+  int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    *error = std::string("cannot open /dev/fuse: ") + strerror(errno);
+    return efuse::last_errno();
+  }
+  struct stat st;
+  if (stat(o.mountpoint.c_str(), &st) != 0) {
+    int e = errno;
+    *error = "cannot stat mountpoint " + o.mountpoint + ": " + strerror(e);
+    ::close(fd);
+    return Errno{e};
+  }
+  // rootmode is octal in the kernel's parser.
+  char rootmode[32];
+  std::snprintf(rootmode, sizeof rootmode, "%o", S_IFDIR);
+  std::string data = "fd=" + std::to_string(fd) + ",rootmode=" + rootmode + ",user_id=" +
+         std::to_string(getuid()) + ",group_id=" + std::to_string(getgid()) + common_options(o);
+  std::string type = "fuse." + o.subtype;
+  unsigned long flags = MS_NOSUID | MS_NODEV | (o.read_only ? MS_RDONLY : 0);
+  if (::mount(o.fsname.c_str(), o.mountpoint.c_str(), type.c_str(), flags, data.c_str()) != 0) {
+    int e = errno;
+    *error = "mount(" + o.mountpoint + ") failed: " + strerror(e);
+    ::close(fd);
+    return Errno{e};
+  }
+  Mounted m;
+  m.fd = fd;
+  return m;
+}
+
+// fusermount3 mounts on our behalf and passes the /dev/fuse fd back over a socket
+// (_FUSE_COMMFD), as libfuse does.
+static Result<Mounted> mount_fusermount(const MountOptions& o, std::string* error) {
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) {
+    *error = std::string("socketpair: ") + strerror(errno);
+    return efuse::last_errno();
+  }
+  std::string opts = "fsname=" + o.fsname + ",subtype=" + o.subtype + ",nosuid,nodev" +
+                     (o.read_only ? ",ro" : ",rw") + common_options(o);
+  pid_t pid = fork();
+  if (pid < 0) {
+    *error = std::string("fork: ") + strerror(errno);
+    return efuse::last_errno();
+  }
+  if (pid == 0) {
+    ::close(sv[0]);
+    fcntl(sv[1], F_SETFD, 0);
+    std::string env = std::to_string(sv[1]);
+    setenv("_FUSE_COMMFD", env.c_str(), 1);
+    execlp("fusermount3", "fusermount3", "-o", opts.c_str(), "--", o.mountpoint.c_str(),
+           static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ::close(sv[1]);
+  char byte;
+  struct iovec iov{&byte, 1};
+  alignas(struct cmsghdr) char ctrl[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = ctrl;
+  msg.msg_controllen = sizeof ctrl;
+  ssize_t n;
+  do n = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  ::close(sv[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  struct cmsghdr* c = n > 0 ? CMSG_FIRSTHDR(&msg) : nullptr;
+  if (c == nullptr || c->cmsg_type != SCM_RIGHTS) {
+    *error = "fusermount3 did not mount " + o.mountpoint + " (exit status " +
+             std::to_string(WIFEXITED(status) ? WEXITSTATUS(status) : -1) + ")";
+    return Errno{EPERM};
+  }
+  Mounted m;
+  std::memcpy(&m.fd, CMSG_DATA(c), sizeof(int));
+  m.via_fusermount = true;
+  return m;
+}
+
+Result<Mounted> mount(const MountOptions& o, std::string* error) {
+  auto m = geteuid() == 0 ? mount_kernel(o, error) : mount_fusermount(o, error);
+  if (!m.ok()) return m;
+  // The connection id is the minor number of the mount's anonymous device. stat() of the
+  // new mount root would block until INIT is answered, so read it from mountinfo instead.
+  FILE* f = fopen("/proc/self/mountinfo", "re");
+  if (f != nullptr) {
+    char line[4096];
+    while (fgets(line, sizeof line, f)) {
+      unsigned maj = 0, mnr = 0;
+      char mp[4096];
+      if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &mnr, mp) == 3 && o.mountpoint == mp)
+        m->conn_id = mnr;  // the last match is the topmost mount
+    }
+    fclose(f);
+  }
+  return m;
+}
+
+Result<const char*> unmount(const std::string& mountpoint, bool via_fusermount) {
+  if (via_fusermount) {
+    std::string cmd = "fusermount3 -u -z -- '" + mountpoint + "'";
+    if (system(cmd.c_str()) != 0) return Errno{EIO};
+    return "detached";
+  }
+  if (umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return "unmounted";
+  if (errno != EBUSY) return efuse::last_errno();
+  if (umount2(mountpoint.c_str(), MNT_DETACH | UMOUNT_NOFOLLOW) == 0) return "detached";
+  return efuse::last_errno();
+}
+
+bool abort_connection(unsigned conn_id) {
+  if (conn_id == 0) return false;
+  std::string path = "/sys/fs/fuse/connections/" + std::to_string(conn_id) + "/abort";
+  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT && geteuid() == 0 &&
+      ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr) == 0)
+    fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  bool ok = ::write(fd, "1", 1) == 1;
+  ::close(fd);
+  return ok;
+}
+
+}  // namespace fuse

@@ -1,0 +1,38 @@
+// Mounting and unmounting FUSE file systems: mount(2) as root, fusermount3 otherwise.
+#pragma once
+
+#include <string>
+
+#include "common/result.h"
+
+namespace fuse {
+
+struct MountOptions {
+  std::string fsname;      // shown as the source in mountinfo
+  std::string subtype = "efuse";
+  std::string mountpoint;  // absolute
+  bool allow_other = true;
+  bool default_permissions = true;
+  bool read_only = false;
+};
+
+struct Mounted {
+  int fd = -1;          // /dev/fuse fd of the new connection
+  unsigned conn_id = 0;  // /sys/fs/fuse/connections/<id>
+  bool via_fusermount = false;
+};
+
+// If `mountpoint` holds a dead FUSE mount ("Transport endpoint is not connected"), detaches
+// it. Returns true when it did.
+bool detach_stale(const std::string& mountpoint);
+
+efuse::Result<Mounted> mount(const MountOptions& opts, std::string* error);
+
+// Unmounts; when busy, detaches lazily (the mountpoint is free at once, open files keep the
+// connection until they close). Returns "unmounted" / "detached" for the log.
+efuse::Result<const char*> unmount(const std::string& mountpoint, bool via_fusermount);
+
+// Aborts a connection through fusectl (/sys/fs/fuse/connections/<id>/abort).
+bool abort_connection(unsigned conn_id);
+
+}  // namespace fuse

@@ -1,0 +1,167 @@
+// Session: decodes FUSE requests, calls the Filesystem, encodes exactly one reply.
+//
+// Transport-agnostic: channels (classic /dev/fuse workers, later io_uring queues) hand it a
+// request buffer and a Transport to reply through. Thread-safe: many workers call handle()
+// concurrently.
+#pragma once
+
+#include <sys/uio.h>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <span>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "fs/filesystem.h"
+#include "fuse/kernel.h"
+
+namespace fuse {
+
+// Where replies go, and the /dev/fuse ioctls the session needs.
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  // Sends one reply or notification; returns 0 or -errno.
+  virtual int send(const struct iovec* iov, int count) = 0;
+  // FUSE_DEV_IOC_BACKING_OPEN / _CLOSE; return id >= 1 or -errno.
+  virtual int backing_open(int fd) = 0;
+  virtual void backing_close(int id) = 0;
+};
+
+struct SessionOptions {
+  double entry_timeout = 1.0;
+  double attr_timeout = 1.0;
+  bool writeback_cache = false;
+  bool passthrough = true;     // ask for FUSE passthrough when the kernel offers it
+  uint32_t max_write = 1u << 20;
+  uint16_t max_background = 64;
+};
+
+// What INIT settled.
+struct Negotiated {
+  uint32_t major = 0;
+  uint32_t minor = 0;
+  uint32_t max_readahead = 0;
+  uint32_t max_write = 0;
+  uint16_t max_pages = 0;
+  uint64_t kernel_flags = 0;  // what the kernel offered
+  uint64_t flags = 0;         // what we accepted
+  bool has(uint64_t f) const { return (flags & f) != 0; }
+};
+
+struct OpcodeStats {
+  std::atomic<uint64_t> requests{0};
+  std::atomic<uint64_t> errors{0};
+};
+
+class Session {
+ public:
+  Session(efuse::fs::Filesystem& fs, SessionOptions opts);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Handles one request (as read from the device). `scratch` is a per-worker buffer of at
+  // least max_write + 4096 bytes used for read and readdir replies.
+  void handle(std::span<const char> request, Transport& out, std::span<char> scratch) noexcept;
+
+  bool initialized() const { return initialized_.load(std::memory_order_acquire); }
+  bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
+  const Negotiated& negotiated() const { return negotiated_; }
+  // Size of buffer a channel must read requests into.
+  size_t request_buffer_size() const;
+
+  // Stops blocking-lock waiters and closes backing ids; call before the transport goes away.
+  void shutdown(Transport& out);
+
+  const std::array<OpcodeStats, kernel::kMaxOpcode + 1>& stats() const { return stats_; }
+  uint64_t decode_errors() const { return decode_errors_.load(); }
+  uint64_t passthrough_opens() const { return passthrough_opens_.load(); }
+  uint64_t passthrough_refusals() const { return passthrough_refusals_.load(); }
+
+ private:
+  struct Request;
+  using Handler = void (Session::*)(Request&);
+  static const std::array<Handler, kernel::kMaxOpcode + 1> kHandlers;
+
+  void dispatch(Request& r);
+  void malformed(Request& r);
+  void do_init(Request& r);
+  void do_destroy(Request& r);
+  void do_interrupt(Request& r);
+  void do_lookup(Request& r);
+  void do_forget(Request& r);
+  void do_batch_forget(Request& r);
+  void do_getattr(Request& r);
+  void do_setattr(Request& r);
+  void do_readlink(Request& r);
+  void do_symlink(Request& r);
+  void do_mknod(Request& r);
+  void do_mkdir(Request& r);
+  void do_unlink(Request& r);
+  void do_rmdir(Request& r);
+  void do_rename(Request& r);
+  void do_rename2(Request& r);
+  void do_link(Request& r);
+  void do_open(Request& r);
+  void do_create(Request& r);
+  void do_read(Request& r);
+  void do_write(Request& r);
+  void do_flush(Request& r);
+  void do_release(Request& r);
+  void do_fsync(Request& r);
+  void do_opendir(Request& r);
+  void do_readdir(Request& r);
+  void do_readdirplus(Request& r);
+  void do_releasedir(Request& r);
+  void do_fsyncdir(Request& r);
+  void do_statfs(Request& r);
+  void do_access(Request& r);
+  void do_setxattr(Request& r);
+  void do_getxattr(Request& r);
+  void do_listxattr(Request& r);
+  void do_removexattr(Request& r);
+  void do_fallocate(Request& r);
+  void do_lseek(Request& r);
+  void do_copy_file_range(Request& r);
+  void do_getlk(Request& r);
+  void do_setlk(Request& r);
+  void do_setlkw(Request& r);
+
+  void readdir_common(Request& r, bool plus);
+  void reply_entry(Request& r, const efuse::fs::Entry& e);
+  void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
+  void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
+                     Transport& t);
+  void wait_for_lock(Transport& out, efuse::fs::Context ctx, uint64_t nodeid, uint64_t fh,
+                     uint64_t owner, efuse::fs::Lock lock, bool flock);
+
+  efuse::fs::Filesystem& fs_;
+  SessionOptions opts_;
+  Negotiated negotiated_;
+  std::atomic<bool> initialized_{false};
+  std::atomic<bool> destroyed_{false};
+  std::array<OpcodeStats, kernel::kMaxOpcode + 1> stats_{};
+  std::atomic<uint64_t> decode_errors_{0};
+  std::atomic<uint64_t> passthrough_opens_{0};
+  std::atomic<uint64_t> passthrough_refusals_{0};
+
+  // Backing ids registered for passthrough opens, by file handle.
+  std::mutex backing_mu_;
+  std::unordered_map<uint64_t, int> backing_ids_;
+
+  // Blocking lock waits (SETLKW) run on their own threads so workers stay free.
+  std::mutex waits_mu_;
+  std::condition_variable waits_cv_;
+  std::unordered_set<uint64_t> waiting_;      // uniques of pending waits
+  std::unordered_set<uint64_t> interrupted_;  // subset of waiting_ that got INTERRUPT
+  size_t waiters_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace fuse
