@@ -675,6 +675,9 @@ class Twin:
             raise AssertionError(f"{label}: native gave {a!r} but mount gave {b!r}")
         if errno_ is not None and a != ("err", errname(errno_)):
             raise AssertionError(f"{label}: expected {errname(errno_)}, both gave {a!r}")
+        if errno_ is None and a[0] == "err":
+            raise AssertionError(f"{label}: failed with {a[1]} both natively and on the mount "
+                                 "(the test itself is wrong?)")
         if expect is not _ANY and a != ("ok", expect):
             raise AssertionError(f"{label}: expected {expect!r}, both gave {a!r}")
         return b[1] if b[0] == "ok" else None
