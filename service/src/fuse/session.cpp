@@ -436,35 +436,42 @@ void Session::do_link(Request& r) {
 // ---- files -------------------------------------------------------------------------------
 
 void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool dir,
-                            Transport& t) {
+                            Transport& t, uint64_t nodeid) {
   *o = {};
   o->fh = info.fh;
   if (info.direct_io) o->open_flags |= k::kFopenDirectIo;
   if (info.keep_cache) o->open_flags |= k::kFopenKeepCache;
   if (info.nonseekable) o->open_flags |= k::kFopenNonseekable;
   if (dir && info.cache_dir) o->open_flags |= k::kFopenCacheDir;
-  if (!dir && info.passthrough_fd >= 0 && negotiated_.has(k::init::kPassthrough)) {
+  if (dir || info.passthrough_fd < 0 || !negotiated_.has(k::init::kPassthrough)) return;
+  // The kernel wants one backing id per inode for all its passthrough opens (a second id
+  // for the same inode fails the open with EIO). The id lives while the inode has opens.
+  std::lock_guard lk(backing_mu_);
+  Backing& b = backing_[nodeid];
+  if (b.id <= 0) {
     int id = t.backing_open(info.passthrough_fd);
-    if (id > 0) {
-      o->open_flags |= k::kFopenPassthrough;
-      o->open_flags &= ~k::kFopenDirectIo;
-      o->backing_id = id;
-      passthrough_opens_.fetch_add(1, std::memory_order_relaxed);
-      std::lock_guard lk(backing_mu_);
-      backing_ids_[info.fh] = id;
-    } else {
+    if (id <= 0) {
+      backing_.erase(nodeid);
       // The kernel refused (stacking depth, permissions, limits): serve this file's I/O.
       uint64_t n = passthrough_refusals_.fetch_add(1, std::memory_order_relaxed);
       if (n == 0)
         LOG_WARN("kernel refused a passthrough backing file (%s); serving I/O in efused",
                  strerror(-id));
+      return;
     }
+    b.id = id;
   }
+  ++b.opens;
+  backing_fh_[info.fh] = nodeid;
+  o->open_flags |= k::kFopenPassthrough;
+  o->open_flags &= ~k::kFopenDirectIo;
+  o->backing_id = b.id;
+  passthrough_opens_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Session::reply_open(Request& r, const fs::OpenInfo& info, bool dir) {
   k::fuse_open_out o;
-  fill_open_out(&o, info, dir, r.out);
+  fill_open_out(&o, info, dir, r.out, r.hdr.nodeid);
   r.reply(o);
 }
 
@@ -489,7 +496,7 @@ void Session::do_create(Request& r) {
   split_timeout(c->entry.entry_timeout, &out.e.entry_valid, &out.e.entry_valid_nsec);
   split_timeout(c->entry.attr_timeout, &out.e.attr_valid, &out.e.attr_valid_nsec);
   encode_attr(c->entry.attr, &out.e.attr);
-  fill_open_out(&out.o, c->open, false, r.out);
+  fill_open_out(&out.o, c->open, false, r.out, c->entry.ino);
   static_assert(sizeof out == sizeof(k::fuse_entry_out) + sizeof(k::fuse_open_out));
   r.reply(out);
 }
@@ -520,18 +527,20 @@ void Session::do_flush(Request& r) {
 
 void Session::do_release(Request& r) {
   TAKE(in, k::fuse_release_in);
-  int id = 0;
   {
+    // The kernel holds its own reference to the backing file while the inode is open; the
+    // id only names it for new opens, so it goes with the inode's last passthrough open.
     std::lock_guard lk(backing_mu_);
-    auto it = backing_ids_.find(in->fh);
-    if (it != backing_ids_.end()) {
-      id = it->second;
-      backing_ids_.erase(it);
+    auto it = backing_fh_.find(in->fh);
+    if (it != backing_fh_.end()) {
+      auto b = backing_.find(it->second);
+      if (b != backing_.end() && --b->second.opens == 0) {
+        r.out.backing_close(b->second.id);
+        backing_.erase(b);
+      }
+      backing_fh_.erase(it);
     }
   }
-  // The kernel holds its own reference to the backing file for as long as the file is open;
-  // the id only names it, so it can go now.
-  if (id > 0) r.out.backing_close(id);
   if (in->release_flags & k::kReleaseFlockUnlock)
     (void)fs_.flock(r.ctx, r.hdr.nodeid, in->fh, LOCK_UN);
   r.reply_err(fs_.release(r.ctx, r.hdr.nodeid, in->fh).error());
@@ -817,8 +826,9 @@ void Session::shutdown(Transport& out) {
     waits_cv_.wait(lk, [this] { return waiters_ == 0; });
   }
   std::lock_guard lk(backing_mu_);
-  for (auto& [fh, id] : backing_ids_) out.backing_close(id);
-  backing_ids_.clear();
+  for (auto& [nodeid, b] : backing_) out.backing_close(b.id);
+  backing_.clear();
+  backing_fh_.clear();
 }
 
 }  // namespace fuse

@@ -137,7 +137,7 @@ class Session {
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
-                     Transport& t);
+                     Transport& t, uint64_t nodeid);
   void wait_for_lock(Transport& out, efuse::fs::Context ctx, uint64_t nodeid, uint64_t fh,
                      uint64_t owner, efuse::fs::Lock lock, bool flock);
 
@@ -151,9 +151,14 @@ class Session {
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<uint64_t> passthrough_refusals_{0};
 
-  // Backing ids registered for passthrough opens, by file handle.
+  // Passthrough backing ids: one per inode with passthrough opens.
+  struct Backing {
+    int id = 0;
+    uint32_t opens = 0;
+  };
   std::mutex backing_mu_;
-  std::unordered_map<uint64_t, int> backing_ids_;
+  std::unordered_map<uint64_t, Backing> backing_;      // by nodeid
+  std::unordered_map<uint64_t, uint64_t> backing_fh_;  // passthrough fh -> nodeid
 
   // Blocking lock waits (SETLKW) run on their own threads so workers stay free.
   std::mutex waits_mu_;
