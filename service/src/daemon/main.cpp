@@ -37,7 +37,8 @@ Options:
       --entry-timeout SECONDS    how long the kernel may cache names (default 1)
       --attr-timeout SECONDS     how long the kernel may cache attributes (default 1)
       --writeback-cache          let the kernel cache writes (ignored with passthrough I/O)
-      --no-allow-other           only the mounting user may access the mount
+      --no-allow-other           only the mounting user may access the mount (the
+                                 default when not running as root)
       --read-only                mount read-only
       --log-level LEVEL          debug, info, warning or error (default info)
   -V, --version                  print the version and exit
@@ -73,6 +74,8 @@ int main(int argc, char** argv) {
   unsigned hw = std::thread::hardware_concurrency();
   MountSpec defaults;
   defaults.threads = std::max(4u, 2 * (hw == 0 ? 1 : hw));
+  // Without root, allow_other needs user_allow_other in /etc/fuse.conf: off unless root.
+  defaults.allow_other = geteuid() == 0;
 
   enum { kIoPath = 256, kEntryTimeout, kAttrTimeout, kWriteback, kNoAllowOther, kReadOnly, kLogLevel };
   static const option kOptions[] = {
