@@ -8,6 +8,11 @@ set -euo pipefail
 pkgs=(
   build-essential cmake pkg-config            # toolchain
   libgtest-dev googletest                     # unit tests
+  libyaml-cpp-dev libvalijson-dev             # config: YAML + JSON Schema validation
+  nlohmann-json3-dev                          # JSON views (D-Bus, efusectl)
+  prometheus-cpp-dev                          # /metrics registry and HTTP exposer
+  libsystemd-dev dbus                         # sd-bus, sd-notify; dbus-daemon for tests
+  prometheus                                  # real Prometheus + promtool for metrics tests
   fuse3 libfuse3-dev                          # fusermount3 (non-root mounts); libfuse examples for the baseline
   util-linux procps psmisc                    # findmnt, mountpoint, pkill, fuser
   python3                                     # integration test harness (stdlib only)

@@ -1,0 +1,47 @@
+// What the control plane (D-Bus, efusectl) can ask of the daemon. The Supervisor implements
+// it; the D-Bus object only translates. All methods are thread-safe.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "common/result.h"
+
+namespace efuse::control {
+
+class Manager {
+ public:
+  virtual ~Manager() = default;
+
+  virtual std::string version() const = 0;
+  // Mounts configured (live or not).
+  virtual size_t mount_count() const = 0;
+
+  // One JSON object per configured mount:
+  // {"name","mountpoint","backend","source","state": "mounted"|"failed"|"unmounted"|"starting",
+  //  "error": "..." (empty when none), "transport", "io_path", "threads",
+  //  "kernel": {"protocol": "7.45", "passthrough": bool, "io_uring": bool,
+  //             "writeback_cache": bool, ...},
+  //  "requests": <total requests served>}
+  virtual nlohmann::json list_mounts() const = 0;
+  // The object for one mount; ENOENT when no mount has that name.
+  virtual Result<nlohmann::json> get_mount(const std::string& name) const = 0;
+
+  // Mount a configured mount that is not live (unmounted by Unmount, or failed).
+  // ENOENT: unknown name; EALREADY: already mounted; other errno with *error filled.
+  virtual Status mount(const std::string& name, std::string* error) = 0;
+  // Unmount a live mount (it stays configured; Mount or Reload brings it back).
+  virtual Status unmount(const std::string& name, std::string* error) = 0;
+  // Re-read the config file and apply the difference; returns only once applied. On an
+  // invalid config nothing changes and *error says why (file:line:column: message).
+  virtual Status reload(std::string* error) = 0;
+
+  // Called (from any thread) whenever a mount's state changes: (name, new state).
+  using StateListener = std::function<void(const std::string& name, const std::string& state)>;
+  virtual void set_state_listener(StateListener listener) = 0;
+};
+
+}  // namespace efuse::control

@@ -1,0 +1,89 @@
+// efused's configuration model (/etc/efuse/mounts.yaml) and its loader.
+//
+// The JSON Schema in config/mounts.schema.json is the one specification: load_config()
+// validates the YAML document against it (valijson) and reports errors with file, line
+// and column. Duplicate keys (which yaml-cpp accepts silently) and unknown keys (with a
+// did-you-mean) are errors.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace efuse::daemon {
+
+enum class Transport { Auto, Classic, Uring };
+enum class IoPath { Auto, Passthrough, Cache };
+
+const char* to_string(Transport t);
+const char* to_string(IoPath p);
+
+// Kernel caching policy; every field can change on reload without remounting.
+struct CachePolicy {
+  double entry_timeout = 1.0;     // seconds the kernel may cache names
+  double attr_timeout = 1.0;      // seconds the kernel may cache attributes
+  double negative_timeout = 1.0;  // seconds the kernel may cache "no such name"
+  bool writeback = false;         // kernel writeback cache (needs a remount to change)
+  bool keep_cache = false;        // keep page cache across opens (FOPEN_KEEP_CACHE)
+  bool operator==(const CachePolicy&) const = default;
+};
+
+// Mount options; changing any of them needs a remount.
+struct MountFlags {
+  bool allow_other = true;
+  bool default_permissions = true;
+  bool read_only = false;
+  bool operator==(const MountFlags&) const = default;
+};
+
+struct MountConfig {
+  std::string name;        // unique, [A-Za-z0-9_.-]{1,64}: used in metric labels and D-Bus
+  std::string mountpoint;  // absolute path
+  std::string backend;     // "passthrough"
+  std::string source;      // passthrough: absolute path of the backing directory
+  unsigned threads = 4;
+  Transport transport = Transport::Auto;
+  IoPath io_path = IoPath::Auto;
+  CachePolicy cache;
+  MountFlags options;
+  // eBPF handler programs by opcode name ("lookup" -> "/path/prog.bpf.o"); validated now,
+  // attached by the BPF layer.
+  std::map<std::string, std::string> bpf_handlers;
+  bool operator==(const MountConfig&) const = default;
+};
+
+struct Config {
+  std::string path;                             // where it was loaded from
+  std::string metrics_listen = "127.0.0.1:9567";  // HOST:PORT; "" disables /metrics
+  std::vector<MountConfig> mounts;
+};
+
+// A configuration error, located in its file.
+class ConfigError : public std::runtime_error {
+ public:
+  ConfigError(std::string file, int line, int column, const std::string& message);
+  const std::string& file() const { return file_; }
+  int line() const { return line_; }      // 1-based; 0 when not tied to a place
+  int column() const { return column_; }  // 1-based; 0 when not tied to a place
+  const std::string& message() const { return message_; }
+
+ private:
+  std::string file_;
+  int line_;
+  int column_;
+  std::string message_;
+};
+
+// Reads and validates a config file. Throws ConfigError with "FILE:LINE:COLUMN: message".
+Config load_config(const std::string& path);
+// Same for text already in memory; `origin` names it in errors.
+Config parse_config(std::string_view text, const std::string& origin);
+
+// The configuration `efused --demo` runs: one passthrough mount of a demo directory under
+// /tmp/efuse-demo (see embedded_config.cpp).
+std::string_view embedded_default_config();
+
+}  // namespace efuse::daemon
