@@ -38,6 +38,7 @@ class ClassicChannel::Worker final : public Transport {
 
   int fd_;
   bool owns_fd_;
+  WorkerStats stats_;
   std::vector<char> in_;
   std::vector<char> scratch_;
   std::thread thread_;
@@ -101,7 +102,10 @@ efuse::Status ClassicChannel::start(std::string* error) {
 
 void ClassicChannel::run(Worker& w) {
   for (;;) {
+    uint64_t t0 = monotonic_ns();
     ssize_t n = ::read(w.fd_, w.in_.data(), w.in_.size());
+    uint64_t t1 = monotonic_ns();
+    w.stats_.wait_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
     if (n < 0) {
       int e = errno;
       // ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: retry.
@@ -112,10 +116,20 @@ void ClassicChannel::run(Worker& w) {
       }
       break;  // ENODEV: the connection is gone (unmounted or aborted)
     }
+    w.stats_.in_flight.store(1, std::memory_order_relaxed);
     session_.handle(std::span<const char>(w.in_.data(), static_cast<size_t>(n)), w, w.scratch_);
+    w.stats_.in_flight.store(0, std::memory_order_relaxed);
+    w.stats_.requests.fetch_add(1, std::memory_order_relaxed);
+    w.stats_.busy_ns.fetch_add(monotonic_ns() - t1, std::memory_order_relaxed);
   }
   running_.fetch_sub(1);
   running_.notify_all();
+}
+
+std::vector<const WorkerStats*> ClassicChannel::worker_stats() const {
+  std::vector<const WorkerStats*> out;
+  for (const auto& w : workers_) out.push_back(&w->stats_);
+  return out;
 }
 
 bool ClassicChannel::stopped() const { return running_.load() == 0; }

@@ -10,6 +10,7 @@
 
 #include "common/result.h"
 #include "fuse/session.h"
+#include "fuse/stats.h"
 
 namespace fuse {
 
@@ -30,6 +31,8 @@ class ClassicChannel {
   bool wait(int timeout_ms);
   void join();
   bool stopped() const;
+  // One entry per worker thread, in worker order; valid while the channel lives.
+  std::vector<const WorkerStats*> worker_stats() const;
   unsigned threads() const { return threads_; }
   uint64_t channel_errors() const { return channel_errors_.load(); }
 

@@ -152,7 +152,7 @@ void Session::handle(std::span<const char> request, Transport& out,
   r.body = Reader(request.subspan(sizeof(k::fuse_in_header),
                                   request.size() - sizeof(k::fuse_in_header) - extlen));
   uint32_t op = hdr->opcode;
-  if (op <= k::kMaxOpcode) stats_[op].requests.fetch_add(1, std::memory_order_relaxed);
+  uint64_t start = monotonic_ns();
   try {
     dispatch(r);
   } catch (const std::bad_alloc&) {
@@ -165,8 +165,7 @@ void Session::handle(std::span<const char> request, Transport& out,
     LOG_ERROR("BUG: %s left without a reply", opcode_name(op));
     r.reply_err(EIO);
   }
-  if (r.error != 0 && op <= k::kMaxOpcode)
-    stats_[op].errors.fetch_add(1, std::memory_order_relaxed);
+  stats_[op <= k::kMaxOpcode ? op : 0].record(monotonic_ns() - start, r.error);
 }
 
 void Session::malformed(Request& r) {

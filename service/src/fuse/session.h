@@ -19,6 +19,7 @@
 
 #include "fs/filesystem.h"
 #include "fuse/kernel.h"
+#include "fuse/stats.h"
 
 namespace fuse {
 
@@ -54,11 +55,6 @@ struct Negotiated {
   bool has(uint64_t f) const { return (flags & f) != 0; }
 };
 
-struct OpcodeStats {
-  std::atomic<uint64_t> requests{0};
-  std::atomic<uint64_t> errors{0};
-};
-
 class Session {
  public:
   Session(efuse::fs::Filesystem& fs, SessionOptions opts);
@@ -79,7 +75,7 @@ class Session {
   // Stops blocking-lock waiters and closes backing ids; call before the transport goes away.
   void shutdown(Transport& out);
 
-  const std::array<OpcodeStats, kernel::kMaxOpcode + 1>& stats() const { return stats_; }
+  const SessionStats& stats() const { return stats_; }
   uint64_t decode_errors() const { return decode_errors_.load(); }
   uint64_t passthrough_opens() const { return passthrough_opens_.load(); }
   uint64_t passthrough_refusals() const { return passthrough_refusals_.load(); }
@@ -146,7 +142,7 @@ class Session {
   Negotiated negotiated_;
   std::atomic<bool> initialized_{false};
   std::atomic<bool> destroyed_{false};
-  std::array<OpcodeStats, kernel::kMaxOpcode + 1> stats_{};
+  SessionStats stats_{};
   std::atomic<uint64_t> decode_errors_{0};
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<uint64_t> passthrough_refusals_{0};
