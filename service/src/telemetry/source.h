@@ -1,0 +1,44 @@
+// What the metrics layer reads from the daemon at scrape time. The Supervisor implements
+// MetricsSource; visit_mounts() holds the supervisor's lock while it calls back, so the
+// pointers in a MountView are valid for the duration of the callback only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "fuse/session.h"
+#include "fuse/stats.h"
+
+namespace efuse::telemetry {
+
+struct MountView {
+  std::string name;
+  std::string mountpoint;
+  std::string backend;    // "passthrough"
+  std::string transport;  // "classic" | "uring" (what runs), "" when not live
+  std::string io_path;    // configured policy: "auto" | "passthrough" | "cache"
+  bool up = false;
+  const fuse::Session* session = nullptr;             // null when not live
+  std::vector<const fuse::WorkerStats*> workers;      // empty when not live
+  uint64_t start_failures = 0;                        // cumulative failed mount attempts
+};
+
+struct DaemonView {
+  uint64_t reloads_ok = 0;
+  uint64_t reloads_failed = 0;
+  double last_reload_timestamp = 0;  // unix seconds of the last reload attempt; 0 = never
+  bool last_reload_ok = true;
+  double last_reload_duration_seconds = 0;
+  double start_timestamp = 0;        // unix seconds when efused started
+};
+
+class MetricsSource {
+ public:
+  virtual ~MetricsSource() = default;
+  virtual void visit_mounts(const std::function<void(const MountView&)>& fn) const = 0;
+  virtual DaemonView daemon() const = 0;
+};
+
+}  // namespace efuse::telemetry
