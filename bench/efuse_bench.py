@@ -1,0 +1,1216 @@
+#!/usr/bin/env python3
+"""efuse benchmark harness: native ext4 vs libfuse 3.14 passthrough_ll vs efused.
+
+Entry point: bench/run (see bench/README.md). Python 3 standard library only.
+
+Every row is measured on every side in one run, alternating sides per repetition
+(native, libfuse, efused, native, libfuse, efused, ...), and reported as the median of
+the repetitions. Each FUSE side serves a fresh ext4 directory under bench/work/run and
+the data files of a row live inside its mount.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import gzip
+import json
+import os
+import re
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+WORK = BENCH / "work"
+RUN = WORK / "run"
+BIN = WORK / "bin"
+LOCK = WORK / ".lock"
+DAEMONS = WORK / "daemons.json"
+EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
+LINUX_TXZ = Path("/usr/src/linux-source-6.1.tar.xz")
+LINUX_TAR = WORK / "linux-source-6.1.tar"
+LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
+# The subset tar holds only these top-level directories of the kernel tree (~11k entries):
+# it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
+SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
+SIDES = ("native", "libfuse", "efused")
+GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
+QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
+ENV = dict(os.environ, LC_ALL="C")
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+LOGF = None
+
+
+def log(msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, file=sys.stderr, flush=True)
+    if LOGF:
+        LOGF.write(line + "\n")
+        LOGF.flush()
+
+
+class BenchError(Exception):
+    """A measurement or a side failed; the harness records it and goes on."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM / SIGHUP: treated like Ctrl-C."""
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def tail(path: Path, n: int = 600) -> str:
+    try:
+        data = path.read_bytes()[-n:].decode(errors="replace")
+    except OSError:
+        return ""
+    return data.strip()
+
+
+# --------------------------------------------------------------------------- processes
+
+class Registry:
+    """Everything the harness started, so cleanup can stop it by PID."""
+
+    def __init__(self) -> None:
+        self.daemons: dict[int, "Daemon"] = {}
+        self.cmds: set[subprocess.Popen] = set()
+
+    def save(self) -> None:
+        data = {str(pid): {"cmdline": d.argv, "mnt": str(d.mnt)} for pid, d in self.daemons.items()}
+        tmp = DAEMONS.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(DAEMONS)
+
+    def kill_cmds(self) -> None:
+        for p in list(self.cmds):
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                log(f"warning: command pid {p.pid} did not die")
+        self.cmds.clear()
+
+
+REG = Registry()
+
+
+def run(argv, *, timeout: float | None = None, stdout=subprocess.DEVNULL, check: bool = True,
+        cwd: Path | None = None, what: str | None = None) -> tuple[float, bytes, bytes]:
+    """Runs argv (list, or str for bash -c) in its own process group; returns
+    (wall seconds, stdout, stderr). The process group is killed on timeout or interrupt."""
+    if isinstance(argv, str):
+        argv = ["bash", "-c", argv]
+    argv = [str(a) for a in argv]
+    what = what or shlex.join(argv)[:200]
+    capture = stdout is subprocess.PIPE
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                         cwd=str(cwd or WORK), env=ENV, start_new_session=True)
+    REG.cmds.add(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        raise BenchError(f"timed out after {timeout:.0f}s: {what}")
+    except BaseException:
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        p.wait()
+        raise
+    finally:
+        REG.cmds.discard(p)
+    dt = time.perf_counter() - t0
+    if check and p.returncode != 0:
+        msg = (err or b"").decode(errors="replace").strip()
+        if len(msg) > 600:
+            msg = msg[:250] + " … " + msg[-300:]
+        raise BenchError(f"exit {p.returncode}: {what}: {msg}")
+    return dt, (out if capture else b""), (err or b"")
+
+
+def sync() -> None:
+    run(["sync"], timeout=600)
+
+
+def drop_caches() -> None:
+    sync()
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+# --------------------------------------------------------------------------- mounts
+
+@dataclass
+class Mount:
+    mountpoint: str
+    fstype: str
+    dev: str
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mounts() -> list[Mount]:
+    res = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            parts = line.split()
+            try:
+                sep = parts.index("-", 6)
+            except ValueError:
+                continue
+            res.append(Mount(_unescape(parts[4]), parts[sep + 1], parts[2]))
+    return res
+
+
+def mount_at(path: Path) -> Mount | None:
+    found = None
+    for m in mounts():
+        if m.mountpoint == str(path):
+            found = m  # the last one is the top of the stack
+    return found
+
+
+def mounts_under(path: Path) -> list[Mount]:
+    p = str(path).rstrip("/") + "/"
+    return [m for m in mounts() if m.mountpoint.startswith(p) or m.mountpoint == str(path)]
+
+
+def abort_connection(m: Mount) -> None:
+    """Aborts a FUSE connection so processes blocked on a hung daemon get ENOTCONN."""
+    conns = Path("/sys/fs/fuse/connections")
+    if not any(x.fstype == "fusectl" for x in mounts()):
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", str(conns)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    major, minor = m.dev.split(":")
+    abort = conns / minor / "abort"
+    try:
+        abort.write_text("1")
+        log(f"aborted FUSE connection {minor} ({m.mountpoint})")
+    except OSError as e:
+        log(f"warning: cannot abort FUSE connection {minor}: {e}")
+
+
+def force_unmount(path: Path) -> None:
+    for _ in range(8):
+        m = mount_at(path)
+        if not m:
+            return
+        if m.fstype.startswith("fuse"):
+            subprocess.run(["fusermount3", "-u", "-z", str(path)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, timeout=30)
+            if mount_at(path):
+                abort_connection(m)
+        subprocess.run(["umount", "-l", str(path)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=30)
+    if mount_at(path):
+        log(f"warning: could not unmount {path}")
+
+
+def safe_rmtree(path: Path) -> None:
+    """rm -rf that never descends into a mount (refuses if anything is mounted below)."""
+    if not path.exists():
+        return
+    below = mounts_under(path)
+    if below:
+        raise BenchError(f"refusing to delete {path}: mounted below: {[m.mountpoint for m in below]}")
+    subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=3600)
+
+
+# --------------------------------------------------------------------------- sides
+
+class Daemon:
+    def __init__(self, side: str, argv: list[str], mnt: Path, fstype: str, logpath: Path):
+        self.side, self.argv, self.mnt, self.fstype, self.logpath = side, argv, mnt, fstype, logpath
+        self.proc: subprocess.Popen | None = None
+        self.logf = None
+        self.notes: list[str] = []
+
+    def start(self, timeout: float = 30) -> None:
+        self.logpath.parent.mkdir(parents=True, exist_ok=True)
+        self.logf = open(self.logpath, "ab")
+        self.logf.write(f"\n==== {time.strftime('%F %T')} {shlex.join(self.argv)}\n".encode())
+        self.logf.flush()
+        if mount_at(self.mnt):
+            raise BenchError(f"{self.mnt} is already a mount point")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        REG.daemons[self.proc.pid] = self
+        REG.save()
+        deadline = time.monotonic() + timeout
+        while True:
+            m = mount_at(self.mnt)
+            if m and m.fstype.startswith("fuse"):
+                break
+            rc = self.proc.poll()
+            if rc is not None:
+                raise BenchError(f"{self.side} exited with status {rc} before mounting: "
+                                 f"{tail(self.logpath, 400)}")
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.side} did not mount {self.mnt} within {timeout:.0f}s: "
+                                 f"{tail(self.logpath, 400)}")
+            time.sleep(0.02)
+        if self.fstype and m.fstype != self.fstype:
+            self.notes.append(f"mounted with fstype {m.fstype}, expected {self.fstype}")
+            log(f"warning: {self.side}: {self.notes[-1]}")
+        if self.side == "efused":
+            # Contract: "efused: ready" on stdout once the mount is live.
+            for _ in range(100):
+                if b"efused: ready" in self.logpath.read_bytes():
+                    break
+                time.sleep(0.02)
+            else:
+                self.notes.append("mount is live but 'efused: ready' was not printed")
+                log(f"warning: efused: {self.notes[-1]}")
+        run(["ls", "-a", self.mnt], timeout=20, what=f"ls {self.mnt} (mount sanity check)")
+
+    def check(self) -> None:
+        if self.proc is None:
+            raise BenchError(f"{self.side} not started")
+        rc = self.proc.poll()
+        if rc is not None:
+            raise BenchError(f"{self.side} died (status {rc}): {tail(self.logpath, 400)}")
+        if not mount_at(self.mnt):
+            raise BenchError(f"{self.side} mount {self.mnt} disappeared")
+
+    def stop(self) -> None:
+        p = self.proc
+        if p is None:
+            return
+        try:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    self.notes.append("did not exit within 15s of SIGTERM")
+                    log(f"warning: {self.side} pid {p.pid} did not exit within 15s of SIGTERM")
+            if mount_at(self.mnt):
+                if p.poll() is not None:
+                    self.notes.append(f"exited (status {p.returncode}) but left {self.mnt} mounted")
+                force_unmount(self.mnt)
+            if p.poll() is None:
+                p.kill()
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    log(f"warning: {self.side} pid {p.pid} survived SIGKILL")
+            if mount_at(self.mnt):
+                force_unmount(self.mnt)
+        finally:
+            REG.daemons.pop(p.pid, None)
+            REG.save()
+            if self.logf:
+                self.logf.write(f"==== stopped, status {p.poll()}\n".encode())
+                self.logf.close()
+                self.logf = None
+            self.proc = None
+
+
+class Side:
+    name = ""
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+        self.unavailable: str | None = None  # set when the side cannot run at all
+
+    def begin(self, group: str) -> Path:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def storage(self, group: str) -> Path:
+        raise NotImplementedError
+
+
+class NativeSide(Side):
+    name = "native"
+
+    def storage(self, group):
+        return RUN / "native" / group
+
+    def begin(self, group):
+        d = self.storage(group)
+        safe_rmtree(d)
+        d.mkdir(parents=True)
+        return d
+
+
+class FuseSide(Side):
+    fstype = ""
+
+    def __init__(self, bench):
+        super().__init__(bench)
+        self.daemon: Daemon | None = None
+        self.mnt = RUN / f"mnt-{self.name}"
+        self.notes: list[str] = []
+
+    def storage(self, group):
+        return RUN / f"src-{self.name}" / group
+
+    def argv(self, src: Path, mnt: Path) -> list[str]:
+        raise NotImplementedError
+
+    def begin(self, group):
+        if self.unavailable:
+            raise BenchError(self.unavailable)
+        src = self.storage(group)
+        safe_rmtree(src)
+        src.mkdir(parents=True)
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.daemon = Daemon(self.name, self.argv(src, self.mnt), self.mnt, self.fstype,
+                             self.bench.out / "logs" / f"{self.name}-{group}.log")
+        try:
+            self.daemon.start()
+        except BaseException:
+            self.end()
+            raise
+        return self.mnt
+
+    def check(self):
+        if not self.daemon:
+            raise BenchError(f"{self.name} is not running")
+        self.daemon.check()
+
+    def end(self):
+        if self.daemon:
+            d = self.daemon
+            self.daemon = None
+            d.stop()
+            for n in d.notes:
+                if n not in self.notes:
+                    self.notes.append(n)
+
+
+class LibfuseSide(FuseSide):
+    name = "libfuse"
+    fstype = "fuse.passthrough_ll"
+
+    def argv(self, src, mnt):
+        # DEFAULT passthrough_ll options: only the source and foreground mode.
+        return [str(BIN / "passthrough_ll"), "-f", "-o", f"source={src}", str(mnt)]
+
+
+class EfusedSide(FuseSide):
+    name = "efused"
+    fstype = "fuse.efuse"
+
+    def argv(self, src, mnt):
+        return [str(self.bench.efused_bin), "--mount", f"{src}:{mnt}"] + \
+            shlex.split(self.bench.args.efused_args)
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class Metric:
+    key: str
+    group: str
+    row: str
+    label: str
+    unit: str
+    better: str  # "higher" | "lower"
+    reps: dict = field(default_factory=dict)     # side -> [values]
+    extra: dict = field(default_factory=dict)    # side -> [dict per rep]
+    errors: dict = field(default_factory=dict)   # side -> error text
+
+    def median(self, side):
+        v = self.reps.get(side)
+        return statistics.median(v) if v else None
+
+
+# --------------------------------------------------------------------------- the bench
+
+@dataclass
+class Ctx:
+    side: Side
+    data: Path
+    failed: str | None = None
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.quick = args.quick
+        self.reps = args.reps or (1 if self.quick else 3)
+        self.runtime = args.runtime or (5 if self.quick else 15)
+        self.efused_bin = Path(args.efused) if args.efused else REPO / "build" / "bin" / "efused"
+        self.out: Path = Path()
+        self.metrics: list[Metric] = []
+        self.by_key: dict[str, Metric] = {}
+        self.started = datetime.datetime.now()
+        self.finished = None
+        self.status = "running"
+        self.sides: list[Side] = []
+        self.side_names = [s for s in SIDES if s in args.sides]
+        rows = args.rows or (QUICK_GROUPS if self.quick else GROUPS)
+        self.groups = [g for g in GROUPS if g in rows]
+        self.efused_version = "n/a"
+        self.setup_notes: list[str] = []
+        self.tar_entries: dict[str, int] = {}
+        self.cfg = {
+            "fio_one": (1, (256 * MiB if self.quick else 1 * GiB), 4 * KiB),
+            "fio_small": (50, 512 * KiB, 4 * KiB),
+            "fio_large": (4, (64 * MiB if self.quick else 256 * MiB), 1 * MiB),
+            "tree_dirs": 100, "tree_files": 100,
+            "cat_count": 20000, "cat_batch": 200, "cat_size": 4 * KiB,
+        }
+
+    # ---- metrics bookkeeping
+    def declare(self, key, group, row, label, unit, better) -> Metric:
+        m = Metric(key, group, row, label, unit, better)
+        self.metrics.append(m)
+        self.by_key[key] = m
+        return m
+
+    def fail_side(self, metrics: list[Metric], side: str, err: str) -> None:
+        for m in metrics:
+            if len(m.reps.get(side, [])) < self.reps and side not in m.errors:
+                m.errors[side] = err
+
+    # ---- group framework
+    def run_group(self, gid: str, metrics: list[Metric], prepare: Callable[[Ctx], None] | None,
+                  phases: list[tuple]) -> None:
+        """Starts every side on a fresh directory, runs prepare per side, then each phase
+        (metrics, measure, before_each, side_prepare) with reps x sides alternating."""
+        log(f"== group {gid}")
+        ctxs: dict[str, Ctx] = {}
+        try:
+            for side in self.sides:
+                try:
+                    data = side.begin(gid)
+                    ctx = Ctx(side, data)
+                    ctxs[side.name] = ctx
+                    if prepare:
+                        t0 = time.monotonic()
+                        prepare(ctx)
+                        side.check()
+                        log(f"   {side.name}: prepared in {time.monotonic() - t0:.1f}s")
+                except BenchError as e:
+                    self.side_failed(ctxs, side, metrics, f"setup: {e}")
+            for pmetrics, measure, before_each, side_prepare in phases:
+                if side_prepare:
+                    for side in self.sides:
+                        ctx = ctxs.get(side.name)
+                        if not ctx or ctx.failed:
+                            continue
+                        try:
+                            side_prepare(ctx)
+                            side.check()
+                        except BenchError as e:
+                            self.side_failed(ctxs, side, metrics, f"prepare: {e}")
+                for rep in range(self.reps):
+                    for side in self.sides:
+                        ctx = ctxs.get(side.name)
+                        if not ctx or ctx.failed:
+                            continue
+                        try:
+                            if before_each:
+                                before_each(ctx)
+                            vals = measure(ctx, rep)
+                            side.check()
+                        except BenchError as e:
+                            self.side_failed(ctxs, side, metrics, str(e))
+                            continue
+                        extra = vals.pop("_extra", None)
+                        shown = []
+                        for m in pmetrics:
+                            m.reps.setdefault(side.name, []).append(vals[m.key])
+                            if extra is not None:
+                                m.extra.setdefault(side.name, []).append(extra)
+                            shown.append(f"{m.label}={fmt(vals[m.key], m.unit)}")
+                        log(f"   {pmetrics[0].row} rep {rep + 1}/{self.reps} {side.name}: "
+                            + ", ".join(shown))
+        finally:
+            for side in self.sides:
+                try:
+                    side.end()
+                except Exception as e:  # noqa: BLE001 - cleanup must go on
+                    log(f"warning: stopping {side.name}: {e}")
+                try:
+                    safe_rmtree(side.storage(gid))
+                except Exception as e:  # noqa: BLE001
+                    log(f"warning: removing data of {side.name}: {e}")
+            self.write_results()
+
+    def side_failed(self, ctxs, side: Side, metrics, err: str) -> None:
+        err = " ".join(err.split())
+        if "Too many open files" in err:
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            err = (f"[hint: RLIMIT_NOFILE here is {soft}/{hard} and cannot be raised without "
+                    "CAP_SYS_RESOURCE; a daemon that keeps one fd per inode the kernel knows "
+                    "runs out; see bench/README.md] " + err)
+        log(f"   FAILED {side.name}: {err}")
+        self.fail_side(metrics, side.name, err)
+        ctx = ctxs.get(side.name)
+        if ctx:
+            ctx.failed = err
+        try:
+            side.end()
+        except Exception as e:  # noqa: BLE001
+            log(f"warning: stopping {side.name}: {e}")
+
+    # ---- rows
+    def group_tree(self):
+        nd, nf = self.cfg["tree_dirs"], self.cfg["tree_files"]
+        n = nd * nf + nd + 1
+        row = f"tree {nd} dirs x {nf} files ({n:,} entries)"
+        mk = lambda k, r, l: self.declare(f"tree.{k}", "tree", r, l, "s", "lower")  # noqa: E731
+        fw = mk("find.warm", f"find, warm: {row}", "time")
+        sw = mk("stat.warm", f"find -printf (lstat each), warm: {row}", "time")
+        fc = mk("find.cold", f"find, cold: {row}", "time")
+        sc = mk("stat.cold", f"find -printf (lstat each), cold: {row}", "time")
+        metrics = [fw, sw, fc, sc]
+        pad = len(str(max(nd, nf) - 1))
+        fmt_ = "%i %s %m %n %T@ %p\n"
+
+        def prepare(ctx):
+            t = ctx.data / "tree"
+            run(f"mkdir {shlex.quote(str(t))} && cd {shlex.quote(str(t))} && "
+                f"for d in $(seq -f %0{pad}.0f 0 {nd - 1}); do mkdir d$d && "
+                f"(cd d$d && touch $(seq -f f%0{pad}.0f 0 {nf - 1})) || exit 1; done",
+                timeout=900, what="create tree")
+            cnt = run(["find", t], stdout=subprocess.PIPE, timeout=600)[1].count(b"\n")
+            if cnt != n:
+                raise BenchError(f"tree has {cnt} entries, expected {n}")
+            sync()
+
+        def find(ctx, warm, stat):
+            argv = ["find", ctx.data / "tree"] + (["-printf", fmt_] if stat else [])
+            if warm:
+                run(argv, timeout=900)
+            return run(argv, timeout=900)[0]
+
+        phases = [
+            ([fw], lambda c, r: {fw.key: find(c, True, False)}, None, None),
+            ([sw], lambda c, r: {sw.key: find(c, True, True)}, None, None),
+            ([fc], lambda c, r: {fc.key: find(c, False, False)}, lambda c: drop_caches(), None),
+            ([sc], lambda c, r: {sc.key: find(c, False, True)}, lambda c: drop_caches(), None),
+        ]
+        self.run_group("tree", metrics, prepare, phases)
+
+    def group_cat(self):
+        count, batch, size = self.cfg["cat_count"], self.cfg["cat_batch"], self.cfg["cat_size"]
+        m = self.declare("cat.warm", "cat",
+                         f"cat one {size // KiB} KiB file x {count:,} (xargs -n {batch} cat), warm",
+                         "time", "s", "lower")
+        lists = RUN / "lists"
+
+        def prepare(ctx):
+            f = ctx.data / "small.dat"
+            run(["dd", "if=/dev/urandom", f"of={f}", f"bs={size}", "count=1", "status=none"],
+                timeout=60)
+            lists.mkdir(parents=True, exist_ok=True)
+            (lists / f"cat-{ctx.side.name}.txt").write_text(f"{f}\n" * count)
+            got = run(["cat", f], stdout=subprocess.PIPE, timeout=60)[1]
+            if len(got) != size:
+                raise BenchError(f"read back {len(got)} bytes, expected {size}")
+            sync()
+
+        def measure(ctx, rep):
+            f = ctx.data / "small.dat"
+            run(["cat", f], timeout=60)  # warm-up
+            lst = lists / f"cat-{ctx.side.name}.txt"
+            return {m.key: run(["xargs", "-d", "\\n", "-n", str(batch), "-a", lst, "cat"],
+                               timeout=1800)[0]}
+
+        self.run_group("cat", [m], prepare, [([m], measure, None, None)])
+
+    def group_fio(self, gid, nrfiles, filesize, bs):
+        def sz(n):
+            return f"{n // GiB} GiB" if n % GiB == 0 else (
+                f"{n // MiB} MiB" if n % MiB == 0 else f"{n // KiB} KiB")
+        desc = f"fio randrw 70/30 {nrfiles} x {sz(filesize)} bs={sz(bs).replace(' ', '')}"
+        ms = {}
+        for var in ("warm", "cold"):
+            for k, label, unit in (("iops", "IOPS r+w", "IOPS"), ("mbps", "MB/s r+w", "MB/s")):
+                ms[(var, k)] = self.declare(f"{gid}.{var}.{k}", gid, f"{desc}, {var}", label,
+                                            unit, "higher")
+        metrics = list(ms.values())
+        layout_bs = min(MiB, filesize)
+        rawdir = self.out / "raw"
+
+        def base(d):
+            return ["fio", "--name=bench", f"--directory={d}", "--filename_format=data.$filenum",
+                    f"--nrfiles={nrfiles}", f"--filesize={filesize}", f"--size={nrfiles * filesize}",
+                    "--ioengine=psync", "--fallocate=none", "--invalidate=0"]
+
+        def prepare(ctx):  # lay the files out (sequential write through the mount)
+            run(base(ctx.data) + ["--rw=write", f"--bs={layout_bs}", "--numjobs=1"],
+                timeout=3600, what=f"fio layout ({gid})")
+            names = sorted(p.name for p in ctx.data.iterdir())
+            want = sorted(f"data.{i}" for i in range(nrfiles))
+            if names != want:
+                raise BenchError(f"fio layout produced {names[:5]}..., expected {want[:5]}...")
+            sync()
+
+        def prefill(ctx):  # warm: read every file once through the mount
+            run(base(ctx.data) + ["--rw=read", f"--bs={layout_bs}", "--numjobs=1"],
+                timeout=3600, what=f"fio prefill ({gid})")
+
+        def measure(var):
+            def f(ctx, rep):
+                rawdir.mkdir(parents=True, exist_ok=True)
+                jpath = rawdir / f"fio-{gid}-{var}-{ctx.side.name}-r{rep + 1}.json"
+                run(base(ctx.data) + [
+                    "--rw=randrw", "--rwmixread=70", f"--bs={bs}", "--numjobs=2",
+                    "--group_reporting", "--time_based", f"--runtime={self.runtime}s",
+                    "--output-format=json", f"--output={jpath}"],
+                    timeout=self.runtime + 900, what=f"fio {gid} {var}")
+                txt = jpath.read_text()
+                try:
+                    job = json.loads(txt[txt.index("{"):])["jobs"][0]
+                except (ValueError, KeyError, IndexError) as e:
+                    raise BenchError(f"cannot parse fio output {jpath}: {e}")
+                if job.get("error"):
+                    raise BenchError(f"fio job error {job['error']}")
+                r, w = job["read"], job["write"]
+                extra = {"read_iops": r["iops"], "write_iops": w["iops"],
+                         "read_MBps": r["bw_bytes"] / 1e6, "write_MBps": w["bw_bytes"] / 1e6,
+                         "read_clat_mean_us": r["clat_ns"]["mean"] / 1e3,
+                         "write_clat_mean_us": w["clat_ns"]["mean"] / 1e3,
+                         "raw": str(jpath.relative_to(self.out))}
+                return {ms[(var, "iops")].key: r["iops"] + w["iops"],
+                        ms[(var, "mbps")].key: (r["bw_bytes"] + w["bw_bytes"]) / 1e6,
+                        "_extra": extra}
+            return f
+
+        phases = [
+            ([ms[("warm", "iops")], ms[("warm", "mbps")]], measure("warm"), lambda c: sync(), prefill),
+            ([ms[("cold", "iops")], ms[("cold", "mbps")]], measure("cold"), lambda c: drop_caches(), None),
+        ]
+        self.run_group(gid, metrics, prepare, phases)
+
+    def group_tar(self, gid: str, path: Path, name: str):
+        n = self.tar_entries[str(path)]
+        row = f"tar -xf {name} ({n:,} entries, {path.stat().st_size / 1e9:.2f} GB)"
+        mt = self.declare(f"{gid}.extract", gid, row, "time excl. sync", "s", "lower")
+        ms = self.declare(f"{gid}.extract_sync", gid, row, "time incl. sync", "s", "lower")
+
+        def before(ctx):
+            # A fresh mount (and fresh source directory) for every extraction: the kernel then
+            # holds no inodes of earlier extractions, and every side starts from the same state.
+            self.restart(ctx, gid)
+            run(["cat", path], timeout=600)  # keep the archive in the page cache
+            sync()
+
+        def measure(ctx, rep):
+            dest = ctx.data / "x"
+            run(["mkdir", dest], timeout=60)
+            t1 = run(["tar", "-xf", path, "-C", dest], timeout=7200)[0]
+            t2 = run(["sync"], timeout=3600)[0]
+            return {mt.key: t1, ms.key: t1 + t2}
+
+        self.run_group(gid, [mt, ms], None, [([mt, ms], measure, before, None)])
+
+    def restart(self, ctx: Ctx, gid: str) -> None:
+        ctx.side.end()
+        safe_rmtree(ctx.side.storage(gid))
+        ctx.data = ctx.side.begin(gid)
+
+    # ---- setup
+    def setup(self):
+        if not self.args.skip_deps:
+            log("installing missing dependencies (scripts/install-deps.sh --bench)")
+            r = subprocess.run([str(REPO / "scripts" / "install-deps.sh"), "--bench"])
+            if r.returncode != 0:
+                raise SystemExit("install-deps.sh --bench failed")
+        BIN.mkdir(parents=True, exist_ok=True)
+        for name in self.side_names:
+            side = {"native": NativeSide, "libfuse": LibfuseSide, "efused": EfusedSide}[name](self)
+            self.sides.append(side)
+            try:
+                if name == "libfuse":
+                    self.build_passthrough_ll()
+                elif name == "efused":
+                    self.build_efused()
+            except BenchError as e:
+                side.unavailable = " ".join(str(e).split())
+                log(f"{name} unavailable: {side.unavailable}")
+        if any(g.startswith("tar") for g in self.groups):
+            self.prepare_tar()
+
+    def build_passthrough_ll(self):
+        src_dir = BIN.parent / "passthrough_ll"
+        src_dir.mkdir(parents=True, exist_ok=True)
+        for fname in ("passthrough_ll.c", "passthrough_helpers.h"):
+            plain, gz = EXAMPLES / fname, EXAMPLES / (fname + ".gz")
+            if plain.exists():
+                data = plain.read_bytes()
+            elif gz.exists():
+                data = gzip.decompress(gz.read_bytes())
+            elif fname == "passthrough_ll.c":
+                raise BenchError(f"{plain} not found (is libfuse3-dev installed?)")
+            else:
+                continue
+            dst = src_dir / fname
+            if not dst.exists() or dst.read_bytes() != data:
+                dst.write_bytes(data)
+        out = BIN / "passthrough_ll"
+        c = src_dir / "passthrough_ll.c"
+        if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in src_dir.iterdir()):
+            return
+        flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
+                               text=True, check=True).stdout.split()
+        log("building passthrough_ll from libfuse3-dev examples")
+        r = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(c)] + flags + ["-lpthread"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BenchError(f"building passthrough_ll failed: {r.stderr[-500:]}")
+
+    def build_efused(self):
+        if not self.efused_bin.exists():
+            if self.args.efused:
+                raise BenchError(f"{self.efused_bin} does not exist")
+            build = REPO / "build"
+            blog = self.out / "logs" / "build-efused.log"
+            blog.parent.mkdir(parents=True, exist_ok=True)
+            log(f"building efused (log: {blog})")
+            with open(blog, "ab") as f:
+                steps = [["cmake", "-S", str(REPO), "-B", str(build)],
+                         ["cmake", "--build", str(build), "-j2", "--target", "efused"]]
+                for st in steps:
+                    f.write(f"$ {shlex.join(st)}\n".encode())
+                    f.flush()
+                    r = subprocess.run(st, stdout=f, stderr=subprocess.STDOUT)
+                    if r.returncode != 0:
+                        raise BenchError(f"building efused failed ({shlex.join(st)}): {tail(blog, 300)}")
+            if not self.efused_bin.exists():
+                raise BenchError(f"build succeeded but {self.efused_bin} is missing")
+        try:
+            r = subprocess.run([str(self.efused_bin), "--version"], capture_output=True, text=True,
+                               timeout=5)
+            v = (r.stdout + r.stderr).strip().splitlines()
+            self.efused_version = v[0] if r.returncode == 0 and v else f"unknown (--version exit {r.returncode})"
+        except (OSError, subprocess.TimeoutExpired) as e:
+            self.efused_version = f"unknown ({e})"
+
+    def prepare_tar(self):
+        if not LINUX_TAR.exists():
+            if not LINUX_TXZ.exists():
+                raise SystemExit(f"{LINUX_TXZ} missing (apt-get install linux-source-6.1)")
+            log(f"decompressing {LINUX_TXZ} once to {LINUX_TAR}")
+            part = LINUX_TAR.with_suffix(".tar.partial")
+            with open(part, "wb") as f:
+                subprocess.run(["xz", "-T0", "-dc", str(LINUX_TXZ)], stdout=f, check=True)
+            part.replace(LINUX_TAR)
+        if not LINUX_TAR_SUBSET.exists():
+            log(f"making {LINUX_TAR_SUBSET} ({', '.join(SUBSET_TAR_DIRS)})")
+            part = LINUX_TAR_SUBSET.with_suffix(".tar.partial")
+            with tarfile.open(LINUX_TAR, "r:") as src, \
+                    tarfile.open(part, "w", format=tarfile.GNU_FORMAT) as dst:
+                for ti in src:
+                    parts = ti.name.split("/")
+                    if len(parts) == 1 or parts[1] in SUBSET_TAR_DIRS:
+                        dst.addfile(ti, src.extractfile(ti) if ti.isfile() else None)
+            part.replace(LINUX_TAR_SUBSET)
+        for path in (LINUX_TAR, LINUX_TAR_SUBSET):
+            cache = path.with_suffix(".entries")
+            if cache.exists() and cache.stat().st_mtime >= path.stat().st_mtime:
+                self.tar_entries[str(path)] = int(cache.read_text())
+            else:
+                out = subprocess.run(["tar", "-tf", str(path)], capture_output=True, check=True).stdout
+                self.tar_entries[str(path)] = out.count(b"\n")
+                cache.write_text(str(self.tar_entries[str(path)]))
+
+    # ---- main
+    def run_all(self):
+        for g in self.groups:
+            if g == "tree":
+                self.group_tree()
+            elif g == "cat":
+                self.group_cat()
+            elif g == "fio-one":
+                self.group_fio("fio-one", *self.cfg["fio_one"])
+            elif g == "fio-small":
+                self.group_fio("fio-small", *self.cfg["fio_small"])
+            elif g == "fio-large":
+                self.group_fio("fio-large", *self.cfg["fio_large"])
+            elif g == "tar-subset":
+                self.group_tar(g, LINUX_TAR_SUBSET,
+                               f"linux-source-6.1 subset {'+'.join(SUBSET_TAR_DIRS)}")
+            elif g == "tar-full":
+                self.group_tar(g, LINUX_TAR, "linux-source-6.1")
+
+    # ---- output
+    def meta(self):
+        return {
+            "started": self.started.isoformat(timespec="seconds"),
+            "finished": self.finished.isoformat(timespec="seconds") if self.finished else None,
+            "status": self.status,
+            "git": git_info(),
+            "quick": self.quick, "reps": self.reps, "fio_runtime_s": self.runtime,
+            "sides": self.side_names, "groups": self.groups,
+            "efused_bin": str(self.efused_bin), "efused_args": self.args.efused_args,
+            "efused_version": self.efused_version,
+            "libfuse_cmd": shlex.join(LibfuseSide(self).argv(Path("SRC"), Path("MNT"))),
+            "config": {k: v for k, v in self.cfg.items()},
+            "tar_entries": self.tar_entries,
+            "side_notes": {s.name: (([f"unavailable: {s.unavailable}"] if s.unavailable else [])
+                                    + list(getattr(s, "notes", []))) for s in self.sides},
+            "setup_notes": self.setup_notes,
+        }
+
+    def write_results(self):
+        if not self.out.exists():
+            return
+        rows = []
+        for m in self.metrics:
+            rows.append({
+                "key": m.key, "group": m.group, "row": m.row, "metric": m.label, "unit": m.unit,
+                "better": m.better,
+                "sides": {s: {"reps": m.reps.get(s, []), "median": m.median(s),
+                              "error": m.errors.get(s), "details": m.extra.get(s, [])}
+                          for s in self.side_names},
+                "ratios": {"efused/native": self.ratio(m, "efused", "native"),
+                           "efused/libfuse": self.ratio(m, "efused", "libfuse"),
+                           "libfuse/native": self.ratio(m, "libfuse", "native")},
+            })
+        doc = {"meta": self.meta(), "rows": rows}
+        tmp = self.out / "results.json.tmp"
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+        tmp.replace(self.out / "results.json")
+        (self.out / "results.md").write_text(self.render_md())
+
+    def ratio(self, m, a, b):
+        if m.errors.get(a) or m.errors.get(b):
+            return None
+        va, vb = m.median(a), m.median(b)
+        if va is None or vb is None or vb == 0:
+            return None
+        return va / vb
+
+    def cell(self, m, side):
+        if side not in self.side_names:
+            return "not run"
+        if m.errors.get(side):
+            return "FAILED"
+        v = m.median(side)
+        return fmt(v, m.unit) if v is not None else "—"
+
+    def render_md(self):
+        g = git_info()
+        L = [f"# efuse benchmark: native vs libfuse passthrough_ll vs efused", "",
+             f"- date: {self.started:%Y-%m-%d %H:%M}, status: **{self.status}**, "
+             f"mode: {'quick' if self.quick else 'full'}, repetitions per cell: {self.reps} "
+             f"(median shown), fio runtime {self.runtime}s",
+             f"- git: {g['sha']}{' (dirty tree)' if g['dirty'] else ''}; efused: "
+             f"`{self.efused_version}`, args: `{self.args.efused_args or '(none)'}`",
+             "- libfuse: 3.14 `passthrough_ll` example with default options "
+             "(`-f -o source=SRC MNT`)",
+             "- sides alternate per repetition (native, libfuse, efused, native, ...); every FUSE "
+             "side serves a fresh ext4 directory, data lives inside the mount. Machine: "
+             "[machine.md](machine.md)",
+             "- **ratios**: for IOPS and MB/s rows a ratio is a throughput ratio "
+             "(efused ÷ other; **higher is better**, 1.00x = parity); for time rows it is a time "
+             "ratio (efused ÷ other; **lower is better**, 0.50x = twice as fast). "
+             "The `better` column says which way each metric goes.", "",
+             "| row | metric | better | native | libfuse | efused | efused/native | efused/libfuse |",
+             "|---|---|---|---:|---:|---:|---:|---:|"]
+        for m in self.metrics:
+            r1, r2 = self.ratio(m, "efused", "native"), self.ratio(m, "efused", "libfuse")
+            unit = f" ({m.unit})" if m.unit not in ("IOPS", "MB/s") else ""
+            L.append(f"| {m.row} | {m.label}{unit} | {'↑ higher' if m.better == 'higher' else '↓ lower'} | "
+                     f"{self.cell(m, 'native')} | {self.cell(m, 'libfuse')} | {self.cell(m, 'efused')} | "
+                     f"{fmt_ratio(r1)} | {fmt_ratio(r2)} |")
+        fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
+        unav = [s for s in self.sides if s.unavailable]
+        notes = [(s.name, n) for s in self.sides for n in getattr(s, "notes", [])]
+        if fails or unav or notes:
+            L += ["", "## Failures and notes", ""]
+            for s in unav:
+                L.append(f"- **{s.name} unavailable**: {mdesc(s.unavailable)}")
+            seen = set()
+            for m, s, e in fails:
+                if (s, m.group, e) in seen:
+                    continue
+                seen.add((s, m.group, e))
+                L.append(f"- **{s}** failed in `{m.group}`: {mdesc(e)}")
+            for s, n in notes:
+                L.append(f"- {s}: {mdesc(n)}")
+        L += ["", "## Repetitions", "",
+              "| row | metric | native | libfuse | efused |", "|---|---|---|---|---|"]
+        for m in self.metrics:
+            cells = [", ".join(fmt(v, m.unit) for v in m.reps.get(s, [])) or "—" for s in SIDES]
+            L.append(f"| {m.row} | {m.label} | " + " | ".join(cells) + " |")
+        return "\n".join(L) + "\n"
+
+
+def mdesc(s: str) -> str:
+    s = " ".join(str(s).split()).replace("|", "\\|")
+    return s if len(s) < 600 else s[:600] + " …"
+
+
+def fmt(v, unit):
+    if v is None:
+        return "—"
+    if unit == "IOPS":
+        return f"{v:,.0f}"
+    if unit == "MB/s":
+        return f"{v:,.1f}"
+    return f"{v:.4g}" if v < 1000 else f"{v:,.0f}"
+
+
+def fmt_ratio(r):
+    return "—" if r is None else f"{r:.3g}x"
+
+
+_GIT = None
+
+
+def git_info():
+    global _GIT
+    if _GIT is None:
+        def g(*a):
+            r = subprocess.run(["git", "-C", str(REPO)] + list(a), capture_output=True, text=True)
+            return r.stdout.strip() if r.returncode == 0 else ""
+        _GIT = {"sha": g("rev-parse", "--short", "HEAD") or "nogit",
+                "dirty": bool(g("status", "--porcelain", "--untracked-files=no"))}
+    return _GIT
+
+
+# --------------------------------------------------------------------------- machine.md
+
+def sh(cmd: str) -> str:
+    r = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=ENV)
+    return (r.stdout + r.stderr).strip()
+
+
+def write_machine(bench: Bench):
+    lscpu_keys = ("Architecture", "Model name", "CPU(s)", "Thread(s) per core", "Core(s) per socket",
+                  "Socket(s)", "CPU max MHz", "BogoMIPS", "Hypervisor vendor", "Virtualization type",
+                  "L1d cache", "L2 cache", "L3 cache", "NUMA node(s)")
+    lscpu = [ln for ln in sh("lscpu").splitlines() if ln.split(":")[0].strip() in lscpu_keys]
+    fusep = sh("for f in /sys/module/fuse/parameters/*; do echo \"$(basename $f) = $(cat $f)\"; done")
+    g = git_info()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    t = [
+        "# Machine", "",
+        f"- date: {bench.started:%Y-%m-%d %H:%M:%S}",
+        f"- git: {g['sha']}{' (dirty tree)' if g['dirty'] else ''}", "",
+        "## Kernel", "", "```", sh("uname -a"), "```", "",
+        "## CPU (lscpu)", "", "```", "\n".join(lscpu), "```", "",
+        "## Memory", "", "```", sh("grep -E '^(MemTotal|MemFree|MemAvailable|SwapTotal):' /proc/meminfo"),
+        sh("sysctl vm.dirty_ratio vm.dirty_background_ratio vm.swappiness 2>/dev/null"), "```", "",
+        "## Kernel FUSE", "", "```", fusep or "(no /sys/module/fuse/parameters)",
+        sh("grep -w fuse /proc/filesystems"), "```", "",
+        "## Work directory", "", "```",
+        f"{WORK}: " + sh(f"findmnt -n -o SOURCE,FSTYPE,OPTIONS -T {shlex.quote(str(WORK))}"),
+        sh(f"df -h {shlex.quote(str(WORK))} | tail -1"), "```", "",
+        "## Packages", "", "```",
+        sh("dpkg-query -W fio fuse3 libfuse3-3 libfuse3-dev tar coreutils findutils linux-source-6.1 2>&1"),
+        sh("fio --version"), "```", "",
+        "## Sides", "",
+        f"- native: plain ext4 directory under `{RUN}/native`",
+        f"- libfuse: `{shlex.join(LibfuseSide(bench).argv(Path('SRC'), Path('MNT')))}` "
+        f"(built from `{EXAMPLES}/passthrough_ll.c` with `gcc -O2 $(pkg-config --cflags --libs fuse3)`)",
+        f"- efused: `{bench.efused_bin}` version `{bench.efused_version}`, args: "
+        f"`{bench.args.efused_args or '(none)'}`",
+        f"- RLIMIT_NOFILE for every process: {soft}/{hard}",
+        "",
+        "## Run parameters", "",
+        f"- mode: {'quick' if bench.quick else 'full'}, repetitions: {bench.reps}, fio runtime: "
+        f"{bench.runtime}s, sides: {', '.join(bench.side_names)}, groups: {', '.join(bench.groups)}",
+        f"- command line: `{shlex.join(sys.argv)}`",
+    ]
+    (bench.out / "machine.md").write_text("\n".join(t) + "\n")
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+def acquire_lock():
+    WORK.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit("bench: another bench run holds bench/work/.lock; refusing to start")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def clean_leftovers() -> list[str]:
+    """Stops daemons and unmounts file systems a previous (crashed) run left behind."""
+    found = []
+    if DAEMONS.exists():
+        try:
+            old = json.loads(DAEMONS.read_text() or "{}")
+        except ValueError:
+            old = {}
+        for pid, info in old.items():
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if [c.decode(errors="replace") for c in cmd] == info.get("cmdline"):
+                found.append(f"daemon pid {pid}: {shlex.join(info['cmdline'])}")
+                try:
+                    os.kill(int(pid), signal.SIGTERM)
+                    for _ in range(100):
+                        if not Path(f"/proc/{pid}").exists():
+                            break
+                        time.sleep(0.1)
+                    else:
+                        os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        DAEMONS.unlink()
+    for m in sorted(mounts_under(WORK), key=lambda m: -len(m.mountpoint)):
+        found.append(f"mount {m.mountpoint} ({m.fstype})")
+        force_unmount(Path(m.mountpoint))
+    return found
+
+
+def final_cleanup(keep: bool):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    REG.kill_cmds()
+    for d in list(REG.daemons.values()):
+        try:
+            d.stop()
+        except Exception as e:  # noqa: BLE001
+            log(f"warning: stopping {d.side}: {e}")
+    for m in sorted(mounts_under(WORK), key=lambda m: -len(m.mountpoint)):
+        log(f"unmounting leftover {m.mountpoint}")
+        force_unmount(Path(m.mountpoint))
+    if DAEMONS.exists() and not REG.daemons:
+        DAEMONS.unlink()
+    if not keep:
+        try:
+            safe_rmtree(RUN)
+        except BenchError as e:
+            log(f"warning: {e}")
+
+
+def parse_args(argv):
+    # Allow `--efused-args "--threads 2"` (argparse would take the value for an option).
+    fixed, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--efused-args" and i + 1 < len(argv):
+            fixed.append(f"--efused-args={argv[i + 1]}")
+            i += 2
+        else:
+            fixed.append(argv[i])
+            i += 1
+    ap = argparse.ArgumentParser(prog="bench/run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="1 repetition, 5 s fio runs, smaller files, no full kernel tar (a few minutes)")
+    ap.add_argument("--out", help="output directory (default bench/results/<date>-<sha>/)")
+    ap.add_argument("--efused-args", default="", help="extra efused flags, e.g. \"--threads 2\"")
+    ap.add_argument("--efused", help="efused binary (default build/bin/efused; built if missing)")
+    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of sides (default all)")
+    ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "
+                    "(default all; --quick leaves out tar-full)")
+    ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")
+    ap.add_argument("--runtime", type=int, help="fio runtime in seconds (default 15, quick 5)")
+    ap.add_argument("--skip-deps", action="store_true", help="do not run scripts/install-deps.sh")
+    ap.add_argument("--keep-work", action="store_true", help="keep bench/work/run data after the run")
+    a = ap.parse_args(fixed)
+    a.sides = [s.strip() for s in a.sides.split(",") if s.strip()]
+    a.rows = [s.strip() for s in a.rows.split(",") if s.strip()]
+    for s in a.sides:
+        if s not in SIDES:
+            ap.error(f"unknown side {s!r}")
+    for r in a.rows:
+        if r not in GROUPS:
+            ap.error(f"unknown row group {r!r}")
+    return a
+
+
+def main(argv=None):
+    global LOGF
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench: must run as root (mounts, drop_caches)")
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    lock = acquire_lock()
+    left = clean_leftovers()
+    if left:
+        print("bench: found leftovers of an earlier run under bench/work and cleaned them up:\n  "
+              + "\n  ".join(left) + "\nrefusing to start; run again.", file=sys.stderr)
+        return 2
+    safe_rmtree(RUN)
+    RUN.mkdir(parents=True)
+
+    # passthrough_ll keeps one O_PATH fd per inode the kernel knows (83k for the kernel tar):
+    # every side runs with the same, raised open-file limit.
+    try:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
+    except (OSError, ValueError) as e:
+        print(f"bench: warning: cannot raise RLIMIT_NOFILE: {e}", file=sys.stderr)
+
+    bench = Bench(args)
+    g = git_info()
+    out = Path(args.out) if args.out else BENCH / "results" / f"{bench.started:%Y-%m-%d}-{g['sha']}"
+    if not args.out and out.exists():
+        n = 2
+        while Path(f"{out}-{n}").exists():
+            n += 1
+        out = Path(f"{out}-{n}")
+    out.mkdir(parents=True, exist_ok=True)
+    bench.out = out.resolve()
+    LOGF = open(bench.out / "log.txt", "a")
+    log(f"bench: output in {bench.out}")
+    rc = 0
+    try:
+        bench.setup()
+        write_machine(bench)
+        bench.run_all()
+        bench.status = "complete"
+    except (KeyboardInterrupt, Interrupted) as e:
+        bench.status = "interrupted"
+        log(f"interrupted ({e or 'Ctrl-C'}); cleaning up")
+        rc = 130
+    except BaseException as e:
+        bench.status = f"aborted: {e}"
+        log(f"aborted: {e!r}")
+        rc = 1
+        if not isinstance(e, (SystemExit, BenchError)):
+            import traceback
+            traceback.print_exc()
+    finally:
+        final_cleanup(args.keep_work)
+        bench.finished = datetime.datetime.now()
+        try:
+            bench.write_results()
+        except Exception as e:  # noqa: BLE001
+            log(f"warning: writing results: {e}")
+        os.close(lock)
+    took = (bench.finished - bench.started).total_seconds()
+    log(f"bench: {bench.status} in {took / 60:.1f} min; results: {bench.out / 'results.md'}")
+    if rc == 0:
+        sys.stdout.write((bench.out / "results.md").read_text())
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
