@@ -657,6 +657,15 @@ def outcome(fn, *args, **kw):
 _ANY = object()
 
 
+def _outcome_where(fn, *args):
+    """outcome() plus, for an OSError, the innermost frames where it was raised."""
+    try:
+        return ("ok", fn(*args)), None
+    except OSError as e:
+        frames = traceback.extract_tb(e.__traceback__)[1:][-3:]
+        return ("err", errname(e.errno)), "".join(traceback.format_list(frames)).rstrip()
+
+
 class Twin:
     """Runs the same operation on a native directory and on the mount and compares.
 
@@ -668,11 +677,13 @@ class Twin:
         self.native, self.mounted = native, mounted
 
     def same(self, fn, expect=_ANY, errno_=None, what=None):
-        a = outcome(fn, self.native)
-        b = outcome(fn, self.mounted)
+        a, a_where = _outcome_where(fn, self.native)
+        b, b_where = _outcome_where(fn, self.mounted)
         label = what or getattr(fn, "__name__", "operation")
         if a != b:
-            raise AssertionError(f"{label}: native gave {a!r} but mount gave {b!r}")
+            where = b_where or a_where
+            raise AssertionError(f"{label}: native gave {a!r} but mount gave {b!r}"
+                                 + (f"\n  raised at:\n{where}" if where else ""))
         if errno_ is not None and a != ("err", errname(errno_)):
             raise AssertionError(f"{label}: expected {errname(errno_)}, both gave {a!r}")
         if errno_ is None and a[0] == "err":

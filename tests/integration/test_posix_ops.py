@@ -157,6 +157,40 @@ def test_truncate_shrink_grow(m):
     check_backing(m)
 
 
+def test_open_flags(m):
+    # Flags an application may pass to open(2) on a regular file, a directory and a symlink.
+    def op(b):
+        f, d = J(b, "f"), J(b, "d")
+        write_file(f, b"0123456789")
+        os.mkdir(d)
+        os.symlink("f", J(b, "l"))
+        r = []
+        for flags in (os.O_RDONLY | os.O_NOFOLLOW, os.O_RDWR | os.O_NOFOLLOW,
+                      os.O_RDONLY | os.O_NOATIME, os.O_RDWR | os.O_SYNC,
+                      os.O_WRONLY | os.O_DSYNC, os.O_RDONLY | os.O_NONBLOCK,
+                      os.O_RDONLY | os.O_NOCTTY, os.O_RDWR | os.O_CLOEXEC,
+                      os.O_RDONLY | os.O_DIRECT, os.O_RDWR | os.O_APPEND | os.O_NOFOLLOW,
+                      os.O_PATH, os.O_PATH | os.O_NOFOLLOW):
+            r.append(outcome(opn, f, flags))
+        r.append(outcome(opn, d, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW))
+        r.append(outcome(opn, J(b, "l"), os.O_RDONLY | os.O_NOFOLLOW))
+        r.append(outcome(opn, J(b, "l"), os.O_PATH | os.O_NOFOLLOW))
+        r.append(outcome(opn, J(b, "l"), os.O_RDONLY))
+        r.append(outcome(opn, J(b, "new"), os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW))
+        r.append(outcome(opn, J(b, "new2"), os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_SYNC))
+        fd = os.open(f, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+        os.write(fd, b"new")
+        os.close(fd)
+        r.append(read_file(f))
+        return r
+
+    r = m.twin().same(op)
+    assert r[:13] == [("ok", None)] * 13, r
+    assert r[13] == ("err", "ELOOP") and r[14:18] == [("ok", None)] * 4, r
+    assert r[18] == b"new", r
+    check_backing(m)
+
+
 # ---------------------------------------------------------------- attributes
 
 def test_chmod(m):
