@@ -18,7 +18,7 @@
 namespace {
 
 using efuse::daemon::MountInstance;
-using efuse::daemon::MountSpec;
+using MountSpec = efuse::daemon::MountConfig;
 
 constexpr const char* kUsage = R"(Usage: efused --mount SOURCE:MOUNTPOINT [--mount ...] [OPTIONS]
 
@@ -74,8 +74,9 @@ int main(int argc, char** argv) {
   unsigned hw = std::thread::hardware_concurrency();
   MountSpec defaults;
   defaults.threads = std::max(4u, 2 * (hw == 0 ? 1 : hw));
+  defaults.backend = "passthrough";
   // Without root, allow_other needs user_allow_other in /etc/fuse.conf: off unless root.
-  defaults.allow_other = geteuid() == 0;
+  defaults.options.allow_other = geteuid() == 0;
 
   enum { kIoPath = 256, kEntryTimeout, kAttrTimeout, kWriteback, kNoAllowOther, kReadOnly, kLogLevel };
   static const option kOptions[] = {
@@ -105,19 +106,19 @@ int main(int argc, char** argv) {
         break;
       }
       case kIoPath:
-        if (std::strcmp(optarg, "passthrough") == 0) defaults.passthrough_io = true;
-        else if (std::strcmp(optarg, "cache") == 0) defaults.passthrough_io = false;
+        if (std::strcmp(optarg, "passthrough") == 0) defaults.io_path = efuse::daemon::IoPath::Passthrough;
+        else if (std::strcmp(optarg, "cache") == 0) defaults.io_path = efuse::daemon::IoPath::Cache;
         else usage_error(std::string("--io-path must be passthrough or cache, not '") + optarg + "'");
         break;
       case kEntryTimeout:
-        if (!parse_seconds(optarg, &defaults.entry_timeout)) usage_error("bad --entry-timeout");
+        if (!parse_seconds(optarg, &defaults.cache.entry_timeout)) usage_error("bad --entry-timeout");
         break;
       case kAttrTimeout:
-        if (!parse_seconds(optarg, &defaults.attr_timeout)) usage_error("bad --attr-timeout");
+        if (!parse_seconds(optarg, &defaults.cache.attr_timeout)) usage_error("bad --attr-timeout");
         break;
-      case kWriteback: defaults.writeback_cache = true; break;
-      case kNoAllowOther: defaults.allow_other = false; break;
-      case kReadOnly: defaults.read_only = true; break;
+      case kWriteback: defaults.cache.writeback = true; break;
+      case kNoAllowOther: defaults.options.allow_other = false; break;
+      case kReadOnly: defaults.options.read_only = true; break;
       case kLogLevel: {
         efuse::log::Level l;
         if (!efuse::log::parse_level(optarg, &l)) usage_error(std::string("unknown log level '") + optarg + "'");
@@ -142,7 +143,7 @@ int main(int argc, char** argv) {
     s.source = absolute(arg.substr(0, colon));
     s.mountpoint = absolute(arg.substr(colon + 1));
     s.name = s.mountpoint;
-    std::string problem = efuse::daemon::validate(s);
+    std::string problem = efuse::daemon::check_paths(s);
     if (!problem.empty()) usage_error(problem);
     for (const auto& other : specs)
       if (other.mountpoint == s.mountpoint) usage_error("mountpoint " + s.mountpoint + " given twice");

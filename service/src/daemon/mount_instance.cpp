@@ -17,28 +17,41 @@ static bool inside(const std::string& path, const std::string& dir) {
                          path[dir.size()] == '/');
 }
 
-std::string validate(const MountSpec& s) {
+std::string check_paths(const MountConfig& c) {
   struct stat st;
-  if (stat(s.source.c_str(), &st) != 0)
-    return "source " + s.source + ": " + strerror(errno);
-  if (!S_ISDIR(st.st_mode)) return "source " + s.source + " is not a directory";
-  if (stat(s.mountpoint.c_str(), &st) != 0) {
+  if (stat(c.source.c_str(), &st) != 0) return "source " + c.source + ": " + strerror(errno);
+  if (!S_ISDIR(st.st_mode)) return "source " + c.source + " is not a directory";
+  if (stat(c.mountpoint.c_str(), &st) != 0) {
     // ENOTCONN: a dead FUSE mount left there; start() detaches it.
-    if (errno != ENOTCONN) return "mountpoint " + s.mountpoint + ": " + strerror(errno);
+    if (errno != ENOTCONN) return "mountpoint " + c.mountpoint + ": " + strerror(errno);
   } else if (!S_ISDIR(st.st_mode)) {
-    return "mountpoint " + s.mountpoint + " is not a directory";
+    return "mountpoint " + c.mountpoint + " is not a directory";
   }
-  if (inside(s.mountpoint, s.source))
-    return "mountpoint " + s.mountpoint + " lies inside source " + s.source +
+  if (inside(c.mountpoint, c.source))
+    return "mountpoint " + c.mountpoint + " lies inside source " + c.source +
            " (efused would serve its own mount)";
-  if (inside(s.source, s.mountpoint))
-    return "source " + s.source + " lies inside mountpoint " + s.mountpoint +
+  if (inside(c.source, c.mountpoint))
+    return "source " + c.source + " lies inside mountpoint " + c.mountpoint +
            " (efused would serve its own mount)";
-  if (s.threads == 0 || s.threads > 256) return "threads must be between 1 and 256";
   return {};
 }
 
-MountInstance::MountInstance(MountSpec spec) : spec_(std::move(spec)) {}
+bool needs_remount(const MountConfig& a, const MountConfig& b) {
+  return a.mountpoint != b.mountpoint || a.backend != b.backend || a.source != b.source ||
+         a.threads != b.threads || a.transport != b.transport || !(a.options == b.options) ||
+         a.cache.writeback != b.cache.writeback || a.bpf_handlers != b.bpf_handlers;
+}
+
+static fs::Policy policy_of(const MountConfig& c) {
+  fs::Policy p;
+  p.entry_timeout = c.cache.entry_timeout;
+  p.attr_timeout = c.cache.attr_timeout;
+  p.keep_cache = c.cache.keep_cache;
+  p.passthrough_io = c.io_path != IoPath::Cache;
+  return p;
+}
+
+MountInstance::MountInstance(MountConfig cfg) : cfg_(std::move(cfg)) {}
 
 MountInstance::~MountInstance() {
   stop();
@@ -52,38 +65,50 @@ MountInstance::~MountInstance() {
 }
 
 Status MountInstance::start(std::string* error) {
-  fs::passthrough::Options po;
-  po.source = spec_.source;
-  po.entry_timeout = spec_.entry_timeout;
-  po.attr_timeout = spec_.attr_timeout;
-  po.passthrough_io = spec_.passthrough_io;
+  if (mounted_now_) return Errno{EALREADY};
+  std::string problem = check_paths(cfg_);
+  if (!problem.empty()) {
+    *error = problem;
+    return Errno{ENOENT};
+  }
+  if (cfg_.backend != "passthrough") {
+    *error = "backend '" + cfg_.backend + "' is not available";
+    return Errno{EINVAL};
+  }
+  if (cfg_.transport == Transport::Uring)
+    LOG_WARN("%s: transport uring is not implemented yet; using classic /dev/fuse workers",
+             cfg_.name.c_str());
   try {
-    fs_ = std::make_unique<fs::passthrough::PassthroughFs>(po);
+    fs_ = std::make_unique<fs::passthrough::PassthroughFs>(cfg_.source, policy_of(cfg_));
   } catch (const std::system_error& e) {
     *error = e.what();
     return Errno{e.code().value()};
   }
   fuse::SessionOptions so;
-  so.entry_timeout = spec_.entry_timeout;
-  so.attr_timeout = spec_.attr_timeout;
-  so.writeback_cache = spec_.writeback_cache;
-  // FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace.
-  so.passthrough = spec_.passthrough_io && geteuid() == 0;
+  so.negative_timeout = cfg_.cache.negative_timeout;
+  so.writeback_cache = cfg_.cache.writeback;
+  // FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace. It is negotiated
+  // even under io_path: cache so a reload can turn it on for new opens without a remount.
+  // The kernel does not combine it with the writeback cache; an explicit writeback wins.
+  so.passthrough = geteuid() == 0 && !cfg_.cache.writeback;
+  if (cfg_.cache.writeback && cfg_.io_path == IoPath::Passthrough)
+    LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
+             "cache", cfg_.name.c_str());
   session_ = std::make_unique<fuse::Session>(*fs_, so);
 
-  fuse::detach_stale(spec_.mountpoint);
+  fuse::detach_stale(cfg_.mountpoint);
   fuse::MountOptions mo;
-  mo.fsname = spec_.source;
-  mo.mountpoint = spec_.mountpoint;
-  mo.allow_other = spec_.allow_other;
-  mo.default_permissions = spec_.default_permissions;
-  mo.read_only = spec_.read_only;
+  mo.fsname = cfg_.source;
+  mo.mountpoint = cfg_.mountpoint;
+  mo.allow_other = cfg_.options.allow_other;
+  mo.default_permissions = cfg_.options.default_permissions;
+  mo.read_only = cfg_.options.read_only;
   auto m = fuse::mount(mo, error);
   if (!m.ok()) return Errno{m.error()};
   mounted_ = *m;
   mounted_now_ = true;
 
-  channel_ = std::make_unique<fuse::ClassicChannel>(*session_, mounted_.fd, spec_.threads);
+  channel_ = std::make_unique<fuse::ClassicChannel>(*session_, mounted_.fd, cfg_.threads);
   Status s = channel_->serve_init(error);
   if (s.ok()) s = channel_->start(error);
   if (!s.ok()) {
@@ -93,24 +118,36 @@ Status MountInstance::start(std::string* error) {
   return {};
 }
 
+void MountInstance::apply_policy(const MountConfig& cfg) {
+  cfg_.cache = cfg.cache;
+  cfg_.io_path = cfg.io_path;
+  if (fs_) fs_->set_policy(policy_of(cfg_));
+  if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
+}
+
 bool MountInstance::lost() const { return mounted_now_ && channel_ && channel_->stopped(); }
+
+std::vector<const fuse::WorkerStats*> MountInstance::worker_stats() const {
+  if (!channel_) return {};
+  return channel_->worker_stats();
+}
 
 void MountInstance::stop(int grace_ms) {
   if (!mounted_now_) return;
   mounted_now_ = false;
-  auto how = fuse::unmount(spec_.mountpoint, mounted_.via_fusermount);
+  auto how = fuse::unmount(cfg_.mountpoint, mounted_.via_fusermount);
   if (how.ok())
-    LOG_INFO("%s %s", *how, spec_.mountpoint.c_str());
+    LOG_INFO("%s: %s %s", cfg_.name.c_str(), *how, cfg_.mountpoint.c_str());
   else if (how.error() != EINVAL && how.error() != ENOENT)  // EINVAL: no longer mounted
-    LOG_WARN("unmounting %s failed: %s", spec_.mountpoint.c_str(), strerror(how.error()));
+    LOG_WARN("%s: unmounting %s failed: %s", cfg_.name.c_str(), cfg_.mountpoint.c_str(),
+             strerror(how.error()));
   if (channel_ && !channel_->wait(grace_ms)) {
     // Detached but still in use: end the connection so the workers stop; the clients'
     // open files fail with ENOTCONN from now on.
     if (fuse::abort_connection(mounted_.conn_id)) {
-      LOG_WARN("%s was still in use after %d ms; connection aborted", spec_.mountpoint.c_str(),
-               grace_ms);
+      LOG_WARN("%s: still in use after %d ms; connection aborted", cfg_.name.c_str(), grace_ms);
     } else {
-      LOG_WARN("%s is still in use; cannot abort connection %u", spec_.mountpoint.c_str(),
+      LOG_WARN("%s: still in use; cannot abort connection %u", cfg_.name.c_str(),
                mounted_.conn_id);
     }
     channel_->wait(grace_ms);

@@ -3,7 +3,9 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "daemon/config.h"
 #include "fs/filesystem.h"
 #include "fuse/channel.h"
 #include "fuse/mount.h"
@@ -11,28 +13,18 @@
 
 namespace efuse::daemon {
 
-struct MountSpec {
-  std::string name;
-  std::string source;      // absolute, resolved
-  std::string mountpoint;  // absolute, resolved
-  unsigned threads = 4;
-  bool passthrough_io = true;
-  bool writeback_cache = false;
-  double entry_timeout = 1.0;
-  double attr_timeout = 1.0;
-  bool allow_other = true;
-  bool default_permissions = true;
-  bool read_only = false;
-};
+// Checks a mount against the file system: source and mountpoint exist and are directories,
+// and neither lies inside the other (efused must never serve its own mountpoint). Returns
+// an empty string when usable, else the problem in words.
+std::string check_paths(const MountConfig& cfg);
 
-// Checks a spec against the file system: source and mountpoint exist and are directories,
-// and neither lies inside the other (efused must never serve its own mountpoint).
-// Returns an empty string when valid, else the problem in words.
-std::string validate(const MountSpec& spec);
+// Whether going from `a` to `b` needs an unmount and mount (otherwise the change is applied
+// live with MountInstance::apply_policy).
+bool needs_remount(const MountConfig& a, const MountConfig& b);
 
 class MountInstance {
  public:
-  explicit MountInstance(MountSpec spec);
+  explicit MountInstance(MountConfig cfg);
   ~MountInstance();
   MountInstance(const MountInstance&) = delete;
   MountInstance& operator=(const MountInstance&) = delete;
@@ -44,12 +36,17 @@ class MountInstance {
   void stop(int grace_ms = 2000);
   // True once the connection ended without stop() (someone unmounted it).
   bool lost() const;
+  bool live() const { return mounted_now_; }
+  // Applies the policy parts of `cfg` (cache timeouts, keep_cache, io_path) without a remount.
+  void apply_policy(const MountConfig& cfg);
 
-  const MountSpec& spec() const { return spec_; }
+  const MountConfig& config() const { return cfg_; }
   const fuse::Session* session() const { return session_.get(); }
+  std::vector<const fuse::WorkerStats*> worker_stats() const;
+  const char* transport() const { return live() ? "classic" : ""; }
 
  private:
-  MountSpec spec_;
+  MountConfig cfg_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;
   std::unique_ptr<fuse::ClassicChannel> channel_;

@@ -33,6 +33,14 @@ struct Capabilities {
   bool flock_locks = false;
 };
 
+// Caching and I/O policy a backend applies per request; replaced live on config reload.
+struct Policy {
+  double entry_timeout = 1.0;  // seconds the kernel may cache a name
+  double attr_timeout = 1.0;   // seconds the kernel may cache attributes
+  bool keep_cache = false;     // keep the page cache across opens (FOPEN_KEEP_CACHE)
+  bool passthrough_io = true;  // offer backing fds for kernel passthrough when granted
+};
+
 struct Entry {
   uint64_t ino = 0;         // nodeid given to the kernel; 0 = negative entry
   uint64_t generation = 0;
@@ -99,6 +107,7 @@ class Filesystem {
   virtual ~Filesystem() = default;
 
   virtual void init(const Capabilities&) {}
+  virtual void set_policy(const Policy&) {}
   virtual void destroy() {}
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }

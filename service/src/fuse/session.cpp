@@ -122,7 +122,8 @@ const std::array<Session::Handler, k::kMaxOpcode + 1> Session::kHandlers = [] {
   return t;
 }();
 
-Session::Session(fs::Filesystem& fs, SessionOptions opts) : fs_(fs), opts_(opts) {}
+Session::Session(fs::Filesystem& fs, SessionOptions opts)
+    : fs_(fs), opts_(opts), negative_timeout_(opts.negative_timeout) {}
 
 Session::~Session() = default;
 
@@ -294,9 +295,10 @@ void Session::do_lookup(Request& r) {
   auto e = fs_.lookup(r.ctx, r.hdr.nodeid, *name);
   if (!e.ok()) {
     // A negative entry with a timeout lets the kernel cache the absence.
-    if (e.error() == ENOENT && opts_.entry_timeout > 0) {
+    double neg_timeout = negative_timeout_.load(std::memory_order_relaxed);
+    if (e.error() == ENOENT && neg_timeout > 0) {
       fs::Entry neg;
-      neg.entry_timeout = opts_.entry_timeout;
+      neg.entry_timeout = neg_timeout;
       return reply_entry(r, neg);
     }
     return r.reply_err(e.error());

@@ -35,8 +35,7 @@ class Transport {
 };
 
 struct SessionOptions {
-  double entry_timeout = 1.0;
-  double attr_timeout = 1.0;
+  double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
   bool writeback_cache = false;
   bool passthrough = true;     // ask for FUSE passthrough when the kernel offers it
   uint32_t max_write = 1u << 20;
@@ -71,6 +70,8 @@ class Session {
   const Negotiated& negotiated() const { return negotiated_; }
   // Size of buffer a channel must read requests into.
   size_t request_buffer_size() const;
+  // Live policy change (config reload).
+  void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
 
   // Stops blocking-lock waiters and closes backing ids; call before the transport goes away.
   void shutdown(Transport& out);
@@ -139,6 +140,7 @@ class Session {
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
+  std::atomic<double> negative_timeout_;
   Negotiated negotiated_;
   std::atomic<bool> initialized_{false};
   std::atomic<bool> destroyed_{false};

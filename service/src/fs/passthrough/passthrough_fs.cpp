@@ -18,15 +18,17 @@
 
 namespace efuse::fs::passthrough {
 
-PassthroughFs::PassthroughFs(Options opts) : opts_(std::move(opts)), root_(geteuid() == 0) {
-  int fd = ::open(opts_.source.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+PassthroughFs::PassthroughFs(std::string source, const Policy& policy)
+    : source_(std::move(source)), root_(geteuid() == 0) {
+  set_policy(policy);
+  int fd = ::open(source_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0)
-    throw std::system_error(errno, std::generic_category(), "cannot open source " + opts_.source);
+    throw std::system_error(errno, std::generic_category(), "cannot open source " + source_);
   struct stat st;
   if (fstatat(fd, "", &st, AT_EMPTY_PATH) != 0) {
     int e = errno;
     ::close(fd);
-    throw std::system_error(e, std::generic_category(), "cannot stat source " + opts_.source);
+    throw std::system_error(e, std::generic_category(), "cannot stat source " + source_);
   }
   inodes_.set_root(fd, st);
 }
@@ -34,6 +36,13 @@ PassthroughFs::PassthroughFs(Options opts) : opts_(std::move(opts)), root_(geteu
 PassthroughFs::~PassthroughFs() = default;
 
 void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
+
+void PassthroughFs::set_policy(const Policy& p) {
+  entry_timeout_.store(p.entry_timeout, std::memory_order_relaxed);
+  attr_timeout_.store(p.attr_timeout, std::memory_order_relaxed);
+  keep_cache_.store(p.keep_cache, std::memory_order_relaxed);
+  passthrough_io_.store(p.passthrough_io, std::memory_order_relaxed);
+}
 
 #define GET_INODE(var, id)               \
   auto var = inodes_.get(id);            \
@@ -50,8 +59,8 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   Entry e;
   e.ino = inode->nodeid;
   e.attr = st;
-  e.entry_timeout = opts_.entry_timeout;
-  e.attr_timeout = opts_.attr_timeout;
+  e.entry_timeout = entry_timeout_.load(std::memory_order_relaxed);
+  e.attr_timeout = attr_timeout_.load(std::memory_order_relaxed);
   return e;
 }
 
@@ -80,7 +89,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
     rc = fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
   if (rc != 0) return last_errno();
-  return Attr{st, opts_.attr_timeout};
+  return Attr{st, attr_timeout_.load(std::memory_order_relaxed)};
 }
 
 Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {

@@ -1,6 +1,7 @@
 // Passthrough (stacking) backend: serves a backing directory tree.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -11,22 +12,15 @@
 
 namespace efuse::fs::passthrough {
 
-struct Options {
-  std::string source;
-  double entry_timeout = 1.0;
-  double attr_timeout = 1.0;
-  // Offer backing fds for kernel passthrough of reads/writes/mmap (used only if the kernel
-  // granted FUSE passthrough at INIT).
-  bool passthrough_io = true;
-};
 
 class PassthroughFs final : public Filesystem {
  public:
   // Opens the source directory; throws std::system_error when it is unusable.
-  explicit PassthroughFs(Options opts);
+  PassthroughFs(std::string source, const Policy& policy);
   ~PassthroughFs() override;
 
   void init(const Capabilities& caps) override;
+  void set_policy(const Policy& policy) override;
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
@@ -92,10 +86,15 @@ class PassthroughFs final : public Filesystem {
   Result<Entry> lookup_at(const Inode& parent, const char* name);
   Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
+  OpenInfo open_info(int fd) const;
   std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
 
-  Options opts_;
+  std::string source_;
   Capabilities caps_;
+  std::atomic<double> entry_timeout_;
+  std::atomic<double> attr_timeout_;
+  std::atomic<bool> keep_cache_;
+  std::atomic<bool> passthrough_io_;
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
 

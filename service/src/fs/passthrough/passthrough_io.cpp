@@ -31,14 +31,20 @@ int backing_open_flags(int flags, bool writeback) {
 
 }  // namespace
 
+OpenInfo PassthroughFs::open_info(int fd) const {
+  OpenInfo info;
+  info.fh = static_cast<uint64_t>(fd);
+  info.keep_cache = keep_cache_.load(std::memory_order_relaxed);
+  if (caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed))
+    info.passthrough_fd = fd;
+  return info;
+}
+
 Result<OpenInfo> PassthroughFs::open(const Context&, uint64_t ino, int flags) {
   GET_INODE(inode, ino);
   int fd = ::open(ProcPath(inode->fd), backing_open_flags(flags, caps_.writeback_cache));
   if (fd < 0) return last_errno();
-  OpenInfo info;
-  info.fh = static_cast<uint64_t>(fd);
-  if (opts_.passthrough_io && caps_.passthrough) info.passthrough_fd = fd;
-  return info;
+  return open_info(fd);
 }
 
 Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::string_view name,
@@ -59,8 +65,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   }
   Created c;
   c.entry = *e;
-  c.open.fh = static_cast<uint64_t>(fd);
-  if (opts_.passthrough_io && caps_.passthrough) c.open.passthrough_fd = fd;
+  c.open = open_info(fd);
   return c;
 }
 

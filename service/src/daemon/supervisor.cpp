@@ -1,0 +1,344 @@
+#include "daemon/supervisor.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "common/log.h"
+#include "fuse/kernel.h"
+
+namespace efuse::daemon {
+
+namespace k = fuse::kernel;
+
+static double now_unix() {
+  using namespace std::chrono;
+  return duration<double>(system_clock::now().time_since_epoch()).count();
+}
+
+Supervisor::Supervisor(std::string config_path, Config initial)
+    : config_path_(std::move(config_path)), config_(std::move(initial)), start_ts_(now_unix()) {
+  for (const auto& m : config_.mounts) slots_.push_back(Slot{m, nullptr, "unmounted", "", 0});
+}
+
+Supervisor::~Supervisor() { stop_all(); }
+
+Supervisor::Slot* Supervisor::find(const std::string& name) {
+  for (auto& s : slots_)
+    if (s.cfg.name == name) return &s;
+  return nullptr;
+}
+
+const Supervisor::Slot* Supervisor::find(const std::string& name) const {
+  return const_cast<Supervisor*>(this)->find(name);
+}
+
+void Supervisor::start_slot(Slot& slot, std::vector<Event>* events) {
+  slot.instance = std::make_unique<MountInstance>(slot.cfg);
+  std::string error;
+  if (slot.instance->start(&error).ok()) {
+    slot.state = "mounted";
+    slot.error.clear();
+    LOG_INFO("%s: serving %s at %s (%u threads)", slot.cfg.name.c_str(), slot.cfg.source.c_str(),
+             slot.cfg.mountpoint.c_str(), slot.cfg.threads);
+  } else {
+    slot.instance.reset();
+    slot.state = "failed";
+    slot.error = error;
+    ++slot.start_failures;
+    LOG_ERROR("%s: cannot serve %s at %s: %s", slot.cfg.name.c_str(), slot.cfg.source.c_str(),
+              slot.cfg.mountpoint.c_str(), error.c_str());
+  }
+  events->push_back({slot.cfg.name, slot.state});
+}
+
+void Supervisor::stop_slot(Slot& slot, const char* new_state, std::vector<Event>* events) {
+  if (slot.instance) {
+    slot.instance->stop();
+    slot.instance.reset();
+  }
+  if (slot.state != new_state) {
+    slot.state = new_state;
+    events->push_back({slot.cfg.name, slot.state});
+  }
+}
+
+void Supervisor::emit(const std::vector<Event>& events) {
+  std::lock_guard lk(listener_mu_);
+  if (!listener_) return;
+  for (const auto& e : events) listener_(e.name, e.state);
+}
+
+size_t Supervisor::start_all() {
+  std::vector<Event> events;
+  {
+    std::lock_guard rl(reload_mu_);
+    std::lock_guard lk(mu_);
+    for (auto& s : slots_)
+      if (!s.instance) start_slot(s, &events);
+  }
+  emit(events);
+  return live_count();
+}
+
+void Supervisor::stop_all() {
+  std::vector<Event> events;
+  {
+    std::lock_guard rl(reload_mu_);
+    std::lock_guard lk(mu_);
+    for (auto& s : slots_) stop_slot(s, "unmounted", &events);
+  }
+  emit(events);
+}
+
+size_t Supervisor::check_mounts() {
+  std::vector<Event> events;
+  {
+    std::lock_guard lk(mu_);
+    for (auto& s : slots_) {
+      if (s.instance && s.instance->lost()) {
+        LOG_WARN("%s: %s was unmounted from outside", s.cfg.name.c_str(), s.cfg.mountpoint.c_str());
+        s.instance->stop(0);
+        s.instance.reset();
+        s.state = "failed";
+        s.error = "unmounted from outside efused";
+        events.push_back({s.cfg.name, s.state});
+      }
+    }
+  }
+  emit(events);
+  return live_count();
+}
+
+size_t Supervisor::live_count() const {
+  std::lock_guard lk(mu_);
+  size_t n = 0;
+  for (const auto& s : slots_) n += s.instance && s.instance->live();
+  return n;
+}
+
+Config Supervisor::config() const {
+  std::lock_guard lk(mu_);
+  return config_;
+}
+
+// ---- reload ---------------------------------------------------------------------------------
+
+Status Supervisor::apply(Config next, std::string* error) {
+  std::vector<Event> events;
+  Config old;
+  {
+    std::lock_guard lk(mu_);
+    old = config_;
+    std::vector<Slot> kept;
+    // Removed mounts go first, so a mountpoint can move from one name to another.
+    for (auto& s : slots_) {
+      bool still = false;
+      for (const auto& m : next.mounts) still = still || m.name == s.cfg.name;
+      if (!still) {
+        LOG_INFO("%s: removed from the config; unmounting", s.cfg.name.c_str());
+        stop_slot(s, "unmounted", &events);
+      }
+    }
+    for (const auto& m : next.mounts) {
+      Slot* cur = find(m.name);
+      if (cur == nullptr) {
+        Slot s{m, nullptr, "unmounted", "", 0};
+        start_slot(s, &events);
+        kept.push_back(std::move(s));
+        continue;
+      }
+      Slot s = std::move(*cur);
+      bool live = s.instance && s.instance->live();
+      if (!(s.cfg == m)) {
+        if (needs_remount(s.cfg, m)) {
+          LOG_INFO("%s: changed; remounting", m.name.c_str());
+          stop_slot(s, "unmounted", &events);
+          s.cfg = m;
+          start_slot(s, &events);
+        } else {
+          LOG_INFO("%s: policy changed; applied live", m.name.c_str());
+          s.cfg = m;
+          if (live) s.instance->apply_policy(m);
+        }
+      } else if (!live) {
+        start_slot(s, &events);  // retry failed or operator-unmounted mounts
+      }
+      kept.push_back(std::move(s));
+    }
+    slots_ = std::move(kept);
+    config_ = next;
+  }
+  emit(events);
+  if (applied_hook_) return applied_hook_(old, next, error);
+  return {};
+}
+
+Status Supervisor::reload(std::string* error) {
+  std::lock_guard rl(reload_mu_);
+  auto t0 = std::chrono::steady_clock::now();
+  last_reload_ts_.store(now_unix());
+  Status result;
+  if (config_path_.empty()) {
+    *error = "no config file to reload (mounts were given on the command line)";
+    result = Errno{EINVAL};
+  } else {
+    try {
+      Config next = load_config(config_path_);
+      LOG_INFO("reloading %s", config_path_.c_str());
+      result = apply(std::move(next), error);
+    } catch (const ConfigError& e) {
+      *error = e.what();
+      result = Errno{EINVAL};
+    }
+  }
+  if (!result.ok()) LOG_ERROR("reload failed, running config kept: %s", error->c_str());
+  (result.ok() ? reloads_ok_ : reloads_failed_).fetch_add(1);
+  last_reload_ok_.store(result.ok());
+  last_reload_duration_.store(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return result;
+}
+
+// ---- control::Manager ------------------------------------------------------------------------
+
+std::string Supervisor::version() const { return EFUSE_VERSION; }
+
+size_t Supervisor::mount_count() const {
+  std::lock_guard lk(mu_);
+  return slots_.size();
+}
+
+nlohmann::json Supervisor::view(const Slot& s) const {
+  nlohmann::json j = {
+      {"name", s.cfg.name},
+      {"mountpoint", s.cfg.mountpoint},
+      {"backend", s.cfg.backend},
+      {"source", s.cfg.source},
+      {"state", s.state},
+      {"error", s.error},
+      {"transport", s.instance ? s.instance->transport() : ""},
+      {"io_path", to_string(s.cfg.io_path)},
+      {"threads", s.cfg.threads},
+      {"start_failures", s.start_failures},
+  };
+  const fuse::Session* sess = s.instance ? s.instance->session() : nullptr;
+  if (sess != nullptr && sess->initialized()) {
+    const auto& n = sess->negotiated();
+    j["kernel"] = {
+        {"protocol", std::to_string(n.major) + "." + std::to_string(n.minor)},
+        {"max_write", n.max_write},
+        {"passthrough", n.has(k::init::kPassthrough)},
+        {"io_uring", false},
+        {"io_uring_offered", (n.kernel_flags & k::init::kOverIoUring) != 0},
+        {"writeback_cache", n.has(k::init::kWritebackCache)},
+        {"readdirplus", n.has(k::init::kDoReaddirplus)},
+        {"parallel_dirops", n.has(k::init::kParallelDirops)},
+    };
+    uint64_t requests = 0;
+    for (const auto& op : sess->stats()) requests += op.requests.load(std::memory_order_relaxed);
+    j["requests"] = requests;
+  } else {
+    j["kernel"] = nlohmann::json::object();
+    j["requests"] = 0;
+  }
+  return j;
+}
+
+nlohmann::json Supervisor::list_mounts() const {
+  std::lock_guard lk(mu_);
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& s : slots_) out.push_back(view(s));
+  return out;
+}
+
+Result<nlohmann::json> Supervisor::get_mount(const std::string& name) const {
+  std::lock_guard lk(mu_);
+  const Slot* s = find(name);
+  if (s == nullptr) return Errno{ENOENT};
+  return view(*s);
+}
+
+Status Supervisor::mount(const std::string& name, std::string* error) {
+  std::vector<Event> events;
+  Status result;
+  {
+    std::lock_guard rl(reload_mu_);
+    std::lock_guard lk(mu_);
+    Slot* s = find(name);
+    if (s == nullptr) {
+      *error = "no mount named '" + name + "'";
+      return Errno{ENOENT};
+    }
+    if (s->instance && s->instance->live()) {
+      *error = name + " is already mounted";
+      return Errno{EALREADY};
+    }
+    start_slot(*s, &events);
+    if (s->state != "mounted") {
+      *error = s->error;
+      result = Errno{EIO};
+    }
+  }
+  emit(events);
+  return result;
+}
+
+Status Supervisor::unmount(const std::string& name, std::string* error) {
+  std::vector<Event> events;
+  {
+    std::lock_guard rl(reload_mu_);
+    std::lock_guard lk(mu_);
+    Slot* s = find(name);
+    if (s == nullptr) {
+      *error = "no mount named '" + name + "'";
+      return Errno{ENOENT};
+    }
+    if (!s->instance || !s->instance->live()) {
+      *error = name + " is not mounted";
+      return Errno{ENOTCONN};
+    }
+    LOG_INFO("%s: unmount requested", name.c_str());
+    stop_slot(*s, "unmounted", &events);
+  }
+  emit(events);
+  return {};
+}
+
+void Supervisor::set_state_listener(StateListener listener) {
+  std::lock_guard lk(listener_mu_);
+  listener_ = std::move(listener);
+}
+
+// ---- telemetry::MetricsSource ----------------------------------------------------------------
+
+void Supervisor::visit_mounts(const std::function<void(const telemetry::MountView&)>& fn) const {
+  std::lock_guard lk(mu_);
+  for (const auto& s : slots_) {
+    telemetry::MountView v;
+    v.name = s.cfg.name;
+    v.mountpoint = s.cfg.mountpoint;
+    v.backend = s.cfg.backend;
+    v.io_path = to_string(s.cfg.io_path);
+    v.up = s.instance && s.instance->live();
+    v.start_failures = s.start_failures;
+    if (v.up) {
+      v.transport = s.instance->transport();
+      v.session = s.instance->session();
+      v.workers = s.instance->worker_stats();
+    }
+    fn(v);
+  }
+}
+
+telemetry::DaemonView Supervisor::daemon() const {
+  telemetry::DaemonView d;
+  d.reloads_ok = reloads_ok_.load();
+  d.reloads_failed = reloads_failed_.load();
+  d.last_reload_timestamp = last_reload_ts_.load();
+  d.last_reload_ok = last_reload_ok_.load();
+  d.last_reload_duration_seconds = last_reload_duration_.load();
+  d.start_timestamp = start_ts_;
+  return d;
+}
+
+}  // namespace efuse::daemon

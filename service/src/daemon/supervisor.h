@@ -1,0 +1,95 @@
+// Supervisor: owns the mounts' lifecycles, applies config reloads as diffs, and answers
+// the control plane (D-Bus) and the metrics layer.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "control/manager.h"
+#include "daemon/config.h"
+#include "daemon/mount_instance.h"
+#include "telemetry/source.h"
+
+namespace efuse::daemon {
+
+class Supervisor final : public control::Manager, public telemetry::MetricsSource {
+ public:
+  // `config_path` is what Reload re-reads; empty when mounts came from the command line.
+  Supervisor(std::string config_path, Config initial);
+  ~Supervisor() override;
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Starts every configured mount; one failing mount does not stop the others (its error
+  // is logged, kept for D-Bus and counted in /metrics). Returns how many are live.
+  size_t start_all();
+  // Unmounts everything (lazily when busy).
+  void stop_all();
+  // Marks mounts whose connection ended behind our back (umount from outside) as failed.
+  // Returns how many mounts are live afterwards.
+  size_t check_mounts();
+  // Called after a reload was applied, with the old and new config (e.g. to move /metrics).
+  // An error it returns is reported as the reload's error (the mounts stay as applied).
+  using AppliedHook = std::function<Status(const Config& old_cfg, const Config& new_cfg,
+                                           std::string* error)>;
+  void set_applied_hook(AppliedHook hook) { applied_hook_ = std::move(hook); }
+  Config config() const;
+  size_t live_count() const;
+
+  // control::Manager
+  std::string version() const override;
+  size_t mount_count() const override;
+  nlohmann::json list_mounts() const override;
+  Result<nlohmann::json> get_mount(const std::string& name) const override;
+  Status mount(const std::string& name, std::string* error) override;
+  Status unmount(const std::string& name, std::string* error) override;
+  Status reload(std::string* error) override;
+  void set_state_listener(StateListener listener) override;
+
+  // telemetry::MetricsSource
+  void visit_mounts(const std::function<void(const telemetry::MountView&)>& fn) const override;
+  telemetry::DaemonView daemon() const override;
+
+ private:
+  struct Slot {
+    MountConfig cfg;
+    std::unique_ptr<MountInstance> instance;  // live when instance && instance->live()
+    std::string state = "unmounted";          // starting | mounted | failed | unmounted
+    std::string error;
+    uint64_t start_failures = 0;
+  };
+  struct Event {
+    std::string name, state;
+  };
+
+  // Both expect mu_ held; they append state changes to `events`.
+  void start_slot(Slot& slot, std::vector<Event>* events);
+  void stop_slot(Slot& slot, const char* new_state, std::vector<Event>* events);
+  Slot* find(const std::string& name);
+  const Slot* find(const std::string& name) const;
+  nlohmann::json view(const Slot& slot) const;
+  void emit(const std::vector<Event>& events);
+  Status apply(Config next, std::string* error);
+
+  const std::string config_path_;
+  mutable std::mutex mu_;        // slots_, config_
+  std::mutex reload_mu_;         // one reload / mount / unmount at a time
+  Config config_;
+  std::vector<Slot> slots_;      // in config order
+  StateListener listener_;
+  std::mutex listener_mu_;
+  AppliedHook applied_hook_;
+
+  std::atomic<uint64_t> reloads_ok_{0};
+  std::atomic<uint64_t> reloads_failed_{0};
+  std::atomic<double> last_reload_ts_{0};
+  std::atomic<bool> last_reload_ok_{true};
+  std::atomic<double> last_reload_duration_{0};
+  double start_ts_;
+};
+
+}  // namespace efuse::daemon
