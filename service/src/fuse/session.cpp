@@ -213,6 +213,7 @@ void Session::do_init(Request& r) {
                   k::init::kSetxattrExt | k::init::kInitExt;
   if (opts_.writeback_cache) want |= k::init::kWritebackCache;
   if (opts_.passthrough) want |= k::init::kPassthrough;
+  if (opts_.io_uring) want |= k::init::kOverIoUring;
   uint64_t granted = offered & want;
   // The kernel refuses writeback cache combined with passthrough opens; prefer passthrough.
   if ((granted & k::init::kPassthrough) && (granted & k::init::kWritebackCache))
@@ -254,7 +255,9 @@ void Session::do_init(Request& r) {
            "writeback cache %s, io_uring %s",
            in->minor, n.minor, n.max_write, n.max_pages, caps.passthrough ? "on" : "off",
            caps.writeback_cache ? "on" : "off",
-           (offered & k::init::kOverIoUring) ? "offered" : "not offered");
+           (granted & k::init::kOverIoUring)    ? "on"
+           : (offered & k::init::kOverIoUring) ? "offered, not used"
+                                                : "not offered");
   size_t len = n.minor < 23 ? 24 : sizeof o;
   r.reply(&o, len);
   initialized_.store(true, std::memory_order_release);

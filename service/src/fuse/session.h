@@ -38,6 +38,7 @@ struct SessionOptions {
   double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
   bool writeback_cache = false;
   bool passthrough = true;     // ask for FUSE passthrough when the kernel offers it
+  bool io_uring = false;       // ask for FUSE-over-io_uring when the kernel offers it
   uint32_t max_write = 1u << 20;
   uint16_t max_background = 64;
 };
