@@ -1,0 +1,208 @@
+#include "telemetry/mount_metrics.h"
+
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "fuse/opcodes.h"
+#include "telemetry/errno_names.h"
+#include "telemetry/family.h"
+#include "telemetry/kernel_features.h"
+
+namespace efuse::telemetry {
+namespace {
+
+using prometheus::MetricType;
+
+constexpr double kNanosecond = 1e-9;
+
+uint64_t load(const std::atomic<uint64_t>& v) { return v.load(std::memory_order_relaxed); }
+
+double seconds(uint64_t ns) { return static_cast<double>(ns) * kNanosecond; }
+
+Labels mount_label(const std::string& mount) { return {{"mount", mount}}; }
+
+Labels with(Labels labels, const char* name, std::string value) {
+  labels.push_back({name, std::move(value)});
+  return labels;
+}
+
+}  // namespace
+
+prometheus::ClientMetric::Histogram latency_histogram(const fuse::OpcodeStats& op) {
+  prometheus::ClientMetric::Histogram h;
+  uint64_t cumulative = 0;
+  for (size_t i = 0; i < fuse::kLatencyBounds.size(); ++i) {
+    cumulative += load(op.latency_buckets[i]);
+    h.bucket.push_back({cumulative, fuse::kLatencyBounds[i]});
+  }
+  cumulative += load(op.latency_buckets[fuse::kLatencyBounds.size()]);
+  h.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+  // The count comes from the buckets, not from op.requests, so that +Inf == _count holds
+  // even while a worker is between its increments of the two.
+  h.sample_count = cumulative;
+  h.sample_sum = seconds(load(op.latency_sum_ns));
+  return h;
+}
+
+MountFamilies::MountFamilies()
+    : up_(make_family("efuse_mount_up",
+                      "Whether the mount is live and serving requests (1) or not (0). Every "
+                      "configured mount has a series, failed ones too.",
+                      MetricType::Gauge)),
+      start_failures_(make_family("efuse_mount_start_failures_total",
+                                  "Failed attempts to start (mount and serve) the mount.",
+                                  MetricType::Counter)),
+      info_(make_family("efuse_mount_info",
+                        "Constant 1; labels describe the mount: configured mountpoint, backend, "
+                        "transport running (empty when not live) and configured I/O path policy.",
+                        MetricType::Gauge)),
+      requests_(make_family("efuse_requests_total",
+                            "FUSE requests the daemon handled, by opcode (\"unknown\" for "
+                            "opcodes efused does not know). Only opcodes seen so far appear.",
+                            MetricType::Counter)),
+      errors_(make_family("efuse_request_errors_total",
+                          "FUSE requests answered with an error, by opcode and errno name "
+                          "(\"other\" folds errnos beyond the table).",
+                          MetricType::Counter)),
+      duration_(make_family("efuse_request_duration_seconds",
+                            "Time the daemon spent processing a FUSE request, from decode to "
+                            "reply sent; excludes kernel queueing and the time before a worker "
+                            "read the request.",
+                            MetricType::Histogram)),
+      decode_errors_(make_family("efuse_decode_errors_total",
+                                 "Requests the session could not decode (truncated, bad "
+                                 "lengths, malformed bodies).",
+                                 MetricType::Counter)),
+      passthrough_opens_(make_family("efuse_passthrough_opens_total",
+                                     "Opens served with FUSE passthrough (kernel does the I/O "
+                                     "on the backing file).",
+                                     MetricType::Counter)),
+      passthrough_refusals_(make_family("efuse_passthrough_refusals_total",
+                                        "Opens that asked for passthrough but fell back to I/O "
+                                        "through the daemon (kernel refused the backing file).",
+                                        MetricType::Counter)),
+      feature_(make_family("efuse_kernel_feature",
+                           "Whether the FUSE INIT exchange enabled the feature for this mount "
+                           "(1) or not (0): offered by the kernel and accepted by efused.",
+                           MetricType::Gauge)),
+      feature_offered_(make_family("efuse_kernel_feature_offered",
+                                   "Whether the kernel offered the feature at FUSE INIT (1) or "
+                                   "not (0), whether or not efused accepted it.",
+                                   MetricType::Gauge)),
+      protocol_minor_(make_family("efuse_kernel_protocol_minor",
+                                  "Negotiated FUSE protocol minor version (major is 7).",
+                                  MetricType::Gauge)),
+      max_write_(make_family("efuse_max_write_bytes",
+                             "Largest WRITE request the kernel may send, as negotiated at INIT.",
+                             MetricType::Gauge)),
+      worker_requests_(make_family("efuse_worker_requests_total",
+                                   "Requests handled by the worker (classic: thread index; "
+                                   "io_uring: queue id).",
+                                   MetricType::Counter)),
+      worker_in_flight_(make_family("efuse_worker_in_flight",
+                                    "Requests the worker is handling right now.",
+                                    MetricType::Gauge)),
+      worker_wait_(make_family("efuse_worker_wait_seconds_total",
+                               "Time the worker spent waiting for the next request.",
+                               MetricType::Counter)),
+      worker_busy_(make_family("efuse_worker_busy_seconds_total",
+                               "Time the worker spent handling requests.",
+                               MetricType::Counter)) {}
+
+void MountFamilies::add(const MountView& mount) {
+  add_state(mount);
+  if (mount.session != nullptr) add_session(mount.name, *mount.session);
+  add_workers(mount.name, mount.workers);
+}
+
+void MountFamilies::add_state(const MountView& mount) {
+  add_gauge(up_, {{"mount", mount.name}, {"backend", mount.backend}}, mount.up ? 1 : 0);
+  add_counter(start_failures_, mount_label(mount.name),
+              static_cast<double>(mount.start_failures));
+  add_gauge(info_,
+            {{"mount", mount.name},
+             {"mountpoint", mount.mountpoint},
+             {"backend", mount.backend},
+             {"transport", mount.transport},
+             {"io_path", mount.io_path}},
+            1);
+}
+
+void MountFamilies::add_session(const std::string& mount, const fuse::Session& session) {
+  add_opcodes(mount, session.stats());
+  add_counter(decode_errors_, mount_label(mount), static_cast<double>(session.decode_errors()));
+  add_counter(passthrough_opens_, mount_label(mount),
+              static_cast<double>(session.passthrough_opens()));
+  add_counter(passthrough_refusals_, mount_label(mount),
+              static_cast<double>(session.passthrough_refusals()));
+  if (session.initialized()) add_kernel(mount, session.negotiated());
+}
+
+void MountFamilies::add_opcodes(const std::string& mount, const fuse::SessionStats& stats) {
+  for (uint32_t code = 0; code < stats.size(); ++code) {
+    const fuse::OpcodeStats& op = stats[code];
+    uint64_t requests = load(op.requests);
+    if (requests == 0) continue;
+    const char* opcode = fuse::opcode_name(code);
+    add_counter(requests_, with(mount_label(mount), "opcode", opcode),
+                static_cast<double>(requests));
+    add_errors(mount, opcode, op);
+    add_latency(mount, opcode, op);
+  }
+}
+
+void MountFamilies::add_errors(const std::string& mount, const char* opcode,
+                               const fuse::OpcodeStats& op) {
+  if (load(op.errors) == 0) return;
+  for (size_t slot = 0; slot < op.errors_by_errno.size(); ++slot) {
+    uint64_t n = load(op.errors_by_errno[slot]);
+    if (n == 0) continue;
+    add_counter(errors_,
+                {{"mount", mount}, {"opcode", opcode}, {"errno", errno_label(static_cast<int>(slot))}},
+                static_cast<double>(n));
+  }
+}
+
+void MountFamilies::add_latency(const std::string& mount, const char* opcode,
+                                const fuse::OpcodeStats& op) {
+  prometheus::ClientMetric m;
+  m.label = with(mount_label(mount), "opcode", opcode);
+  m.histogram = latency_histogram(op);
+  duration_.metric.push_back(std::move(m));
+}
+
+void MountFamilies::add_kernel(const std::string& mount, const fuse::Negotiated& negotiated) {
+  for (const KernelFeature& f : kKernelFeatures) {
+    Labels labels = with(mount_label(mount), "feature", f.name);
+    add_gauge(feature_, labels, (negotiated.flags & f.flag) != 0 ? 1 : 0);
+    add_gauge(feature_offered_, std::move(labels), (negotiated.kernel_flags & f.flag) != 0 ? 1 : 0);
+  }
+  add_gauge(protocol_minor_, mount_label(mount), negotiated.minor);
+  add_gauge(max_write_, mount_label(mount), negotiated.max_write);
+}
+
+void MountFamilies::add_workers(const std::string& mount,
+                                const std::vector<const fuse::WorkerStats*>& workers) {
+  for (size_t i = 0; i < workers.size(); ++i) {
+    const fuse::WorkerStats* w = workers[i];
+    if (w == nullptr) continue;
+    Labels labels = with(mount_label(mount), "worker", std::to_string(i));
+    add_counter(worker_requests_, labels, static_cast<double>(load(w->requests)));
+    add_gauge(worker_in_flight_, labels, w->in_flight.load(std::memory_order_relaxed));
+    add_counter(worker_wait_, labels, seconds(load(w->wait_ns)));
+    add_counter(worker_busy_, std::move(labels), seconds(load(w->busy_ns)));
+  }
+}
+
+void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
+  for (prometheus::MetricFamily* f :
+       {&up_, &start_failures_, &info_, &requests_, &errors_, &duration_, &decode_errors_,
+        &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
+        &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
+        &worker_busy_}) {
+    append_nonempty(out, std::move(*f));
+  }
+}
+
+}  // namespace efuse::telemetry

@@ -1,0 +1,57 @@
+// Per-mount metric families, filled one MountView at a time while the supervisor's lock is
+// held (MetricsSource::visit_mounts), then handed over as a whole.
+#pragma once
+
+#include <prometheus/metric_family.h>
+
+#include <vector>
+
+#include "fuse/session.h"
+#include "fuse/stats.h"
+#include "telemetry/source.h"
+
+namespace efuse::telemetry {
+
+class MountFamilies {
+ public:
+  MountFamilies();
+
+  // Adds every series of one mount. Reads only what `mount` points at; copies the values.
+  void add(const MountView& mount);
+
+  // Moves the families that have at least one series into `out`.
+  void append_to(std::vector<prometheus::MetricFamily>& out) &&;
+
+ private:
+  void add_state(const MountView& mount);
+  void add_session(const std::string& mount, const fuse::Session& session);
+  void add_opcodes(const std::string& mount, const fuse::SessionStats& stats);
+  void add_errors(const std::string& mount, const char* opcode, const fuse::OpcodeStats& op);
+  void add_latency(const std::string& mount, const char* opcode, const fuse::OpcodeStats& op);
+  void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
+  void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers);
+
+  prometheus::MetricFamily up_;
+  prometheus::MetricFamily start_failures_;
+  prometheus::MetricFamily info_;
+  prometheus::MetricFamily requests_;
+  prometheus::MetricFamily errors_;
+  prometheus::MetricFamily duration_;
+  prometheus::MetricFamily decode_errors_;
+  prometheus::MetricFamily passthrough_opens_;
+  prometheus::MetricFamily passthrough_refusals_;
+  prometheus::MetricFamily feature_;
+  prometheus::MetricFamily feature_offered_;
+  prometheus::MetricFamily protocol_minor_;
+  prometheus::MetricFamily max_write_;
+  prometheus::MetricFamily worker_requests_;
+  prometheus::MetricFamily worker_in_flight_;
+  prometheus::MetricFamily worker_wait_;
+  prometheus::MetricFamily worker_busy_;
+};
+
+// Cumulative Prometheus buckets from fuse::OpcodeStats' non-cumulative ones: one bucket per
+// fuse::kLatencyBounds entry plus +Inf, whose count is the histogram's sample count.
+prometheus::ClientMetric::Histogram latency_histogram(const fuse::OpcodeStats& op);
+
+}  // namespace efuse::telemetry
