@@ -1,6 +1,10 @@
 #include "daemon/supervisor.h"
 
+#include <systemd/sd-daemon.h>
+#include <time.h>
+
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 
 #include "common/log.h"
@@ -173,8 +177,27 @@ Status Supervisor::apply(Config next, std::string* error) {
   return {};
 }
 
+void Supervisor::notify_status() const {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "STATUS=%zu of %zu mount(s) live", live_count(), mount_count());
+  sd_notify(0, buf);
+}
+
+// systemd 252 has no Type=notify-reload; RELOADING=1 still marks the unit "reloading" and
+// ExecReload (efusectl reload) returns once this function has replied.
+static void notify_reloading() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  char buf[80];
+  std::snprintf(buf, sizeof buf, "RELOADING=1\nMONOTONIC_USEC=%llu",
+                static_cast<unsigned long long>(ts.tv_sec) * 1000000ull +
+                    static_cast<unsigned long long>(ts.tv_nsec) / 1000ull);
+  sd_notify(0, buf);
+}
+
 Status Supervisor::reload(std::string* error) {
   std::lock_guard rl(reload_mu_);
+  notify_reloading();
   auto t0 = std::chrono::steady_clock::now();
   last_reload_ts_.store(now_unix());
   Status result;
@@ -196,6 +219,8 @@ Status Supervisor::reload(std::string* error) {
   last_reload_ok_.store(result.ok());
   last_reload_duration_.store(
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  sd_notify(0, "READY=1");
+  notify_status();
   return result;
 }
 

@@ -39,6 +39,8 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   void set_applied_hook(AppliedHook hook) { applied_hook_ = std::move(hook); }
   Config config() const;
   size_t live_count() const;
+  // STATUS= for systemd: how many mounts are live.
+  void notify_status() const;
 
   // control::Manager
   std::string version() const override;
