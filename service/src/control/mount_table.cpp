@@ -1,0 +1,93 @@
+#include "control/mount_table.h"
+
+#include <algorithm>
+#include <array>
+#include <vector>
+
+namespace efuse::control {
+
+namespace {
+
+constexpr size_t kColumns = 5;
+using Row = std::array<std::string, kColumns>;
+constexpr Row kHeader = {"NAME", "STATE", "MOUNTPOINT", "TRANSPORT", "ERROR"};
+constexpr const char* kEmptyCell = "-";
+
+// One line, no control characters: error texts may span lines.
+std::string cell(const nlohmann::json& mount, const char* key) {
+  if (!mount.is_object()) return kEmptyCell;
+  auto it = mount.find(key);
+  if (it == mount.end() || it->is_null()) return kEmptyCell;
+  std::string text = it->is_string() ? it->get<std::string>() : it->dump();
+  for (char& c : text) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = ' ';
+  }
+  return text.empty() ? kEmptyCell : text;
+}
+
+Row row_of(const nlohmann::json& mount) {
+  return {cell(mount, "name"), cell(mount, "state"), cell(mount, "mountpoint"),
+          cell(mount, "transport"), cell(mount, "error")};
+}
+
+std::string render(const std::vector<Row>& rows) {
+  std::array<size_t, kColumns> width{};
+  for (const Row& row : rows) {
+    for (size_t i = 0; i < kColumns; ++i) width[i] = std::max(width[i], row[i].size());
+  }
+  std::string out;
+  for (const Row& row : rows) {
+    std::string line;
+    for (size_t i = 0; i < kColumns; ++i) {
+      line += row[i];
+      if (i + 1 < kColumns) line += std::string(width[i] - row[i].size() + 2, ' ');
+    }
+    line.erase(line.find_last_not_of(' ') + 1);
+    out += line + "\n";
+  }
+  return out;
+}
+
+size_t count_mounted(const nlohmann::json& mounts) {
+  if (!mounts.is_array()) return 0;
+  return std::count_if(mounts.begin(), mounts.end(),
+                       [](const nlohmann::json& m) { return cell(m, "state") == "mounted"; });
+}
+
+void append_details(const nlohmann::json& object, const std::string& prefix, std::string* out) {
+  for (auto it = object.begin(); it != object.end(); ++it) {
+    const std::string key = prefix + it.key();
+    if (it->is_object()) {
+      append_details(*it, key + ".", out);
+      continue;
+    }
+    *out += key + ": " + cell(object, it.key().c_str()) + "\n";
+  }
+}
+
+}  // namespace
+
+std::string format_mount_details(const nlohmann::json& mount) {
+  if (!mount.is_object()) return "(unexpected reply: not a mount)\n";
+  std::string out;
+  append_details(mount, "", &out);
+  return out;
+}
+
+std::string format_mount_table(const nlohmann::json& mounts) {
+  if (!mounts.is_array()) return "(unexpected reply: not a list of mounts)\n";
+  if (mounts.empty()) return "(no mounts configured)\n";
+  std::vector<Row> rows{kHeader};
+  for (const nlohmann::json& mount : mounts) rows.push_back(row_of(mount));
+  return render(rows);
+}
+
+std::string format_status(const std::string& version, uint32_t mount_count,
+                          const nlohmann::json& mounts) {
+  std::string out = "efused " + version + ", " + std::to_string(mount_count) +
+                    (mount_count == 1 ? " mount" : " mounts") + " (" +
+                    std::to_string(count_mounted(mounts)) + " mounted)\n\n";
+  return out + format_mount_table(mounts);
+}
+
+}  // namespace efuse::control

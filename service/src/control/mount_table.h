@@ -1,0 +1,23 @@
+// Human views of the Manager's JSON (efusectl's tables). Tolerates missing or odd fields:
+// the daemon may add fields, and a broken value must not hide the rest.
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+namespace efuse::control {
+
+// One row per mount: NAME STATE MOUNTPOINT TRANSPORT ERROR, columns padded to fit.
+// `mounts` is ListMounts' array; anything else gives an explanatory line.
+std::string format_mount_table(const nlohmann::json& mounts);
+
+// Every field of one mount (GetMount), one "key: value" per line; nested objects such as
+// "kernel" are flattened to "kernel.protocol: 7.45".
+std::string format_mount_details(const nlohmann::json& mount);
+
+// "efused VERSION, N mounts (M mounted)" followed by the table.
+std::string format_status(const std::string& version, uint32_t mount_count,
+                          const nlohmann::json& mounts);
+
+}  // namespace efuse::control

@@ -1,0 +1,236 @@
+// efusectl: the operator's client of efused's D-Bus API (org.efuse.Manager1).
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "control/bus.h"
+#include "control/client.h"
+#include "control/dbus_api.h"
+#include "control/mount_table.h"
+
+namespace efuse::efusectl {
+
+namespace {
+
+using control::CallError;
+using control::Client;
+
+// Exit codes (documented in --help).
+constexpr int kExitOk = 0;
+constexpr int kExitRefused = 1;
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;
+constexpr int kExitDenied = 4;
+
+constexpr const char* kBusEnv = "EFUSE_BUS_ADDRESS";
+
+constexpr const char* kUsage = R"(Usage: efusectl [--json] [--bus system|session|ADDRESS] COMMAND
+
+Control efused through its D-Bus API (org.efuse.Manager1).
+
+Commands:
+  status [NAME]   daemon version, mount count and the mount table;
+                  with NAME, every detail of that mount
+  mounts          the mount table (name, state, mountpoint, transport, error)
+  mount NAME      mount a configured mount that is not live (root only)
+  unmount NAME    unmount a live mount; it stays configured (root only)
+  reload          re-read efused's config file and apply it; returns once applied,
+                  fails with file:line:column: message on an invalid config (root only)
+
+Options:
+  --json          print JSON (status, mounts) instead of tables
+  --bus BUS       "system" (default), "session", or a D-Bus address such as
+                  unix:path=/run/efuse/bus; default from $EFUSE_BUS_ADDRESS if set
+  -h, --help      show this help
+  --version       show efusectl's version
+
+Exit status:
+  0  success
+  1  efused refused or failed the request (no such mount, invalid config, ...)
+  2  usage error
+  3  efused is not running or not reachable on the bus
+  4  permission denied (changes need root)
+)";
+
+struct Options {
+  bool json = false;
+  std::string bus;
+  std::string command;
+  std::vector<std::string> args;
+};
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "efusectl: %s\nTry 'efusectl --help'.\n", message.c_str());
+  return kExitUsage;
+}
+
+// Returns -1 when parsing succeeded, else the exit code to leave with.
+int parse_args(int argc, char** argv, Options* opts) {
+  bool options_done = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (options_done || arg.empty() || arg[0] != '-' || arg == "-") {
+      (opts->command.empty() ? opts->command : opts->args.emplace_back()) = arg;
+    } else if (arg == "--") {
+      options_done = true;
+    } else if (arg == "--json") {
+      opts->json = true;
+    } else if (arg == "--bus") {
+      if (++i == argc) return usage_error("--bus needs a value");
+      opts->bus = argv[i];
+    } else if (arg.starts_with("--bus=")) {
+      opts->bus = arg.substr(6);
+    } else if (arg == "-h" || arg == "--help") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    } else if (arg == "--version") {
+      std::printf("efusectl %s\n", EFUSE_VERSION);
+      return kExitOk;
+    } else {
+      return usage_error("unknown option " + arg);
+    }
+  }
+  return -1;
+}
+
+int check_arity(const Options& opts, size_t min, size_t max) {
+  if (opts.args.size() < min) return usage_error(opts.command + ": missing mount name");
+  if (opts.args.size() > max) {
+    return usage_error(opts.command + ": unexpected argument " + opts.args[max]);
+  }
+  return -1;
+}
+
+std::string bus_spec(const Options& opts) {
+  if (!opts.bus.empty()) return opts.bus;
+  const char* env = std::getenv(kBusEnv);
+  return env != nullptr && *env != '\0' ? env : "system";
+}
+
+int report(const CallError& error, const std::string& command, const std::string& bus) {
+  switch (error.kind) {
+    case CallError::Kind::NotRunning:
+      std::fprintf(stderr, "efusectl: efused is not running (nobody owns %s on %s)\n",
+                   control::kBusName, control::describe_bus(bus).c_str());
+      return kExitUnreachable;
+    case CallError::Kind::Unreachable:
+      std::fprintf(stderr, "efusectl: %s: no answer from efused on %s: %s\n", command.c_str(),
+                   control::describe_bus(bus).c_str(), error.message.c_str());
+      return kExitUnreachable;
+    case CallError::Kind::Denied:
+      std::fprintf(stderr, "efusectl: %s: permission denied%s: %s\n", command.c_str(),
+                   geteuid() != 0 ? " (changes need root)" : "", error.message.c_str());
+      return kExitDenied;
+    case CallError::Kind::Refused:
+      break;
+  }
+  if (error.name == control::kErrorInvalidConfig) {
+    std::fprintf(stderr, "efusectl: reload: invalid configuration, nothing changed:\n%s\n",
+                 error.message.c_str());
+  } else {
+    std::fprintf(stderr, "efusectl: %s: %s\n", command.c_str(), error.message.c_str());
+  }
+  return kExitRefused;
+}
+
+void print(const std::string& text) { std::fputs(text.c_str(), stdout); }
+
+void print_json(const nlohmann::json& value) { print(value.dump(2) + "\n"); }
+
+int status_all(Client& client, const Options& opts, CallError* error) {
+  std::string version, text;
+  uint32_t count = 0;
+  if (!client.version(&version, error) || !client.mount_count(&count, error) ||
+      !client.list_mounts(&text, error)) {
+    return -1;
+  }
+  const nlohmann::json mounts = nlohmann::json::parse(text);
+  if (opts.json) {
+    print_json({{"version", version}, {"mount_count", count}, {"mounts", mounts}});
+  } else {
+    print(control::format_status(version, count, mounts));
+  }
+  return kExitOk;
+}
+
+int status_one(Client& client, const Options& opts, CallError* error) {
+  std::string text;
+  if (!client.get_mount(opts.args[0], &text, error)) return -1;
+  if (opts.json) {
+    print(text + "\n");
+  } else {
+    print(control::format_mount_details(nlohmann::json::parse(text)));
+  }
+  return kExitOk;
+}
+
+int mounts(Client& client, const Options& opts, CallError* error) {
+  std::string text;
+  if (!client.list_mounts(&text, error)) return -1;
+  if (opts.json) {
+    print(text + "\n");
+  } else {
+    print(control::format_mount_table(nlohmann::json::parse(text)));
+  }
+  return kExitOk;
+}
+
+// Runs the command; -1 means *error describes a failed call.
+int dispatch(Client& client, const Options& opts, CallError* error) {
+  const std::string& cmd = opts.command;
+  if (cmd == "status") return opts.args.empty() ? status_all(client, opts, error)
+                                                : status_one(client, opts, error);
+  if (cmd == "mounts") return mounts(client, opts, error);
+  if (cmd == "mount") return client.mount(opts.args[0], error) ? kExitOk : -1;
+  if (cmd == "unmount") return client.unmount(opts.args[0], error) ? kExitOk : -1;
+  if (cmd == "reload") return client.reload(error) ? kExitOk : -1;
+  return usage_error("unknown command " + cmd);
+}
+
+int validate(const Options& opts) {
+  const std::string& cmd = opts.command;
+  if (cmd.empty()) return usage_error("missing command");
+  if (cmd == "status") return check_arity(opts, 0, 1);
+  if (cmd == "mounts" || cmd == "reload") return check_arity(opts, 0, 0);
+  if (cmd == "mount" || cmd == "unmount") return check_arity(opts, 1, 1);
+  return usage_error("unknown command " + cmd);
+}
+
+int run(int argc, char** argv) {
+  Options opts;
+  int rc = parse_args(argc, argv, &opts);
+  if (rc >= 0) return rc;
+  if ((rc = validate(opts)) >= 0) return rc;
+  const std::string bus = bus_spec(opts);
+  std::string connect_error;
+  Result<control::BusPtr> conn = control::open_bus(bus, &connect_error);
+  if (!conn.ok()) {
+    std::fprintf(stderr, "efusectl: %s\n", connect_error.c_str());
+    return kExitUnreachable;
+  }
+  Client client(std::move(conn).value());
+  CallError error;
+  rc = dispatch(client, opts, &error);
+  return rc >= 0 ? rc : report(error, opts.command, bus);
+}
+
+}  // namespace
+
+}  // namespace efuse::efusectl
+
+int main(int argc, char** argv) {
+  try {
+    return efuse::efusectl::run(argc, argv);
+  } catch (const nlohmann::json::exception& e) {
+    std::fprintf(stderr, "efusectl: malformed reply from efused: %s\n", e.what());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "efusectl: %s\n", e.what());
+  }
+  return efuse::efusectl::kExitUnreachable;
+}
