@@ -34,7 +34,7 @@ class Manager {
   // ENOENT: unknown name; EALREADY: already mounted; other errno with *error filled.
   virtual Status mount(const std::string& name, std::string* error) = 0;
   // Unmount a live mount (it stays configured; Mount or Reload brings it back).
-  // ENOENT: unknown name; EALREADY: not mounted; other errno with *error filled.
+  // ENOENT: unknown name; ENOTCONN (or EALREADY): not mounted; other errno with *error.
   virtual Status unmount(const std::string& name, std::string* error) = 0;
   // Re-read the config file and apply the difference; returns only once applied. On an
   // invalid config nothing changes, the errno is EINVAL (ENOENT: file missing) and *error
