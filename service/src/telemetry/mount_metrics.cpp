@@ -29,19 +29,38 @@ Labels with(Labels labels, const char* name, std::string value) {
 
 }  // namespace
 
-prometheus::ClientMetric::Histogram latency_histogram(const fuse::OpcodeStats& op) {
+void OpcodeSnapshot::add(const fuse::OpcodeStats& op) {
+  requests += load(op.requests);
+  latency_sum_ns += load(op.latency_sum_ns);
+  for (size_t i = 0; i < latency_buckets.size(); ++i)
+    latency_buckets[i] += load(op.latency_buckets[i]);
+  if (load(op.errors) == 0) return;
+  for (size_t i = 0; i < errors_by_errno.size(); ++i)
+    errors_by_errno[i] += load(op.errors_by_errno[i]);
+}
+
+std::map<std::string, OpcodeSnapshot> snapshot_opcodes(const fuse::SessionStats& stats) {
+  std::map<std::string, OpcodeSnapshot> out;
+  for (uint32_t code = 0; code < stats.size(); ++code) {
+    if (load(stats[code].requests) == 0) continue;
+    out[fuse::opcode_name(code)].add(stats[code]);
+  }
+  return out;
+}
+
+prometheus::ClientMetric::Histogram latency_histogram(const OpcodeSnapshot& op) {
   prometheus::ClientMetric::Histogram h;
   uint64_t cumulative = 0;
   for (size_t i = 0; i < fuse::kLatencyBounds.size(); ++i) {
-    cumulative += load(op.latency_buckets[i]);
+    cumulative += op.latency_buckets[i];
     h.bucket.push_back({cumulative, fuse::kLatencyBounds[i]});
   }
-  cumulative += load(op.latency_buckets[fuse::kLatencyBounds.size()]);
+  cumulative += op.latency_buckets.back();
   h.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
   // The count comes from the buckets, not from op.requests, so that +Inf == _count holds
   // even while a worker is between its increments of the two.
   h.sample_count = cumulative;
-  h.sample_sum = seconds(load(op.latency_sum_ns));
+  h.sample_sum = seconds(op.latency_sum_ns);
   return h;
 }
 
@@ -140,32 +159,27 @@ void MountFamilies::add_session(const std::string& mount, const fuse::Session& s
 }
 
 void MountFamilies::add_opcodes(const std::string& mount, const fuse::SessionStats& stats) {
-  for (uint32_t code = 0; code < stats.size(); ++code) {
-    const fuse::OpcodeStats& op = stats[code];
-    uint64_t requests = load(op.requests);
-    if (requests == 0) continue;
-    const char* opcode = fuse::opcode_name(code);
+  for (const auto& [opcode, op] : snapshot_opcodes(stats)) {
     add_counter(requests_, with(mount_label(mount), "opcode", opcode),
-                static_cast<double>(requests));
+                static_cast<double>(op.requests));
     add_errors(mount, opcode, op);
     add_latency(mount, opcode, op);
   }
 }
 
-void MountFamilies::add_errors(const std::string& mount, const char* opcode,
-                               const fuse::OpcodeStats& op) {
-  if (load(op.errors) == 0) return;
+void MountFamilies::add_errors(const std::string& mount, const std::string& opcode,
+                               const OpcodeSnapshot& op) {
   for (size_t slot = 0; slot < op.errors_by_errno.size(); ++slot) {
-    uint64_t n = load(op.errors_by_errno[slot]);
+    uint64_t n = op.errors_by_errno[slot];
     if (n == 0) continue;
-    add_counter(errors_,
-                {{"mount", mount}, {"opcode", opcode}, {"errno", errno_label(static_cast<int>(slot))}},
-                static_cast<double>(n));
+    Labels labels = {{"mount", mount}, {"opcode", opcode},
+                     {"errno", errno_label(static_cast<int>(slot))}};
+    add_counter(errors_, std::move(labels), static_cast<double>(n));
   }
 }
 
-void MountFamilies::add_latency(const std::string& mount, const char* opcode,
-                                const fuse::OpcodeStats& op) {
+void MountFamilies::add_latency(const std::string& mount, const std::string& opcode,
+                                const OpcodeSnapshot& op) {
   prometheus::ClientMetric m;
   m.label = with(mount_label(mount), "opcode", opcode);
   m.histogram = latency_histogram(op);
@@ -176,7 +190,8 @@ void MountFamilies::add_kernel(const std::string& mount, const fuse::Negotiated&
   for (const KernelFeature& f : kKernelFeatures) {
     Labels labels = with(mount_label(mount), "feature", f.name);
     add_gauge(feature_, labels, (negotiated.flags & f.flag) != 0 ? 1 : 0);
-    add_gauge(feature_offered_, std::move(labels), (negotiated.kernel_flags & f.flag) != 0 ? 1 : 0);
+    add_gauge(feature_offered_, std::move(labels),
+              (negotiated.kernel_flags & f.flag) != 0 ? 1 : 0);
   }
   add_gauge(protocol_minor_, mount_label(mount), negotiated.minor);
   add_gauge(max_write_, mount_label(mount), negotiated.max_write);

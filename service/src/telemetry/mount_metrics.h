@@ -4,6 +4,10 @@
 
 #include <prometheus/metric_family.h>
 
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "fuse/session.h"
@@ -11,6 +15,24 @@
 #include "telemetry/source.h"
 
 namespace efuse::telemetry {
+
+// A plain copy of one opcode's counters (or of several opcodes' summed: every slot whose
+// name is "unknown" is reported as one series, so that labels stay unique).
+struct OpcodeSnapshot {
+  uint64_t requests = 0;
+  uint64_t latency_sum_ns = 0;
+  std::array<uint64_t, fuse::kLatencyBounds.size() + 1> latency_buckets{};  // non-cumulative
+  std::array<uint64_t, fuse::kMaxErrno + 1> errors_by_errno{};
+
+  void add(const fuse::OpcodeStats& op);
+};
+
+// Snapshots of every opcode with requests, keyed by opcode label value.
+std::map<std::string, OpcodeSnapshot> snapshot_opcodes(const fuse::SessionStats& stats);
+
+// Cumulative Prometheus buckets from the non-cumulative ones: one bucket per
+// fuse::kLatencyBounds entry plus +Inf, whose count is the histogram's sample count.
+prometheus::ClientMetric::Histogram latency_histogram(const OpcodeSnapshot& op);
 
 class MountFamilies {
  public:
@@ -26,8 +48,8 @@ class MountFamilies {
   void add_state(const MountView& mount);
   void add_session(const std::string& mount, const fuse::Session& session);
   void add_opcodes(const std::string& mount, const fuse::SessionStats& stats);
-  void add_errors(const std::string& mount, const char* opcode, const fuse::OpcodeStats& op);
-  void add_latency(const std::string& mount, const char* opcode, const fuse::OpcodeStats& op);
+  void add_errors(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
+  void add_latency(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers);
 
@@ -49,9 +71,5 @@ class MountFamilies {
   prometheus::MetricFamily worker_wait_;
   prometheus::MetricFamily worker_busy_;
 };
-
-// Cumulative Prometheus buckets from fuse::OpcodeStats' non-cumulative ones: one bucket per
-// fuse::kLatencyBounds entry plus +Inf, whose count is the histogram's sample count.
-prometheus::ClientMetric::Histogram latency_histogram(const fuse::OpcodeStats& op);
 
 }  // namespace efuse::telemetry

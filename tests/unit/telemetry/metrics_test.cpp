@@ -1,0 +1,368 @@
+// telemetry::Collector over a real fuse::Session driven by real requests.
+#include <prometheus/text_serializer.h>
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+#include "fuse/stats.h"
+#include "metrics_fixture.h"
+#include "telemetry/collector.h"
+#include "telemetry/errno_names.h"
+#include "telemetry/kernel_features.h"
+#include "telemetry/mount_metrics.h"
+#include "telemetry/process_metrics.h"
+
+namespace efuse::telemetry::testing {
+namespace {
+
+using Labels = std::map<std::string, std::string>;
+
+constexpr uint32_t code(k::Opcode op) { return static_cast<uint32_t>(op); }
+constexpr uint32_t kUnassignedOpcode = 7;  // FUSE_GETDIR once; no name, no handler
+constexpr uint32_t kFutureOpcode = 99;     // beyond kMaxOpcode
+
+std::string render(const std::vector<prometheus::MetricFamily>& families) {
+  return prometheus::TextSerializer().Serialize(families);
+}
+
+// Two mounts: "data" live over a driven Session with two workers, "broken" failed to start.
+class MetricsCollector : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    session_.init();
+    for (int i = 0; i < 3; ++i) session_.lookup("present");
+    for (int i = 0; i < 2; ++i) session_.lookup("secret");  // EACCES
+    session_.getattr();
+    session_.send(kUnassignedOpcode, k::kRootId, "");  // ENOSYS, "unknown"
+    session_.send(kFutureOpcode, k::kRootId, "");      // ENOSYS, "unknown"
+    std::string truncated = request(code(k::Opcode::Getattr), k::kRootId, 99, "");
+    session_.send_raw(truncated + "x");  // header length disagrees: a decode error
+
+    workers_[0].requests = 5;
+    workers_[0].wait_ns = 2'000'000'000;
+    workers_[0].busy_ns = 1'500'000'000;
+    workers_[1].requests = 4;
+    workers_[1].in_flight = 1;
+
+    MountView data;
+    data.name = "data";
+    data.mountpoint = "/srv/data";
+    data.backend = "passthrough";
+    data.transport = "classic";
+    data.io_path = "auto";
+    data.up = true;
+    data.session = &session_.session();
+    data.workers = {&workers_[0], &workers_[1]};
+    data.start_failures = 1;
+
+    MountView broken;
+    broken.name = "broken";
+    broken.mountpoint = "/srv/broken";
+    broken.backend = "passthrough";
+    broken.io_path = "cache";
+    broken.start_failures = 3;
+
+    source_.mounts = {data, broken};
+    source_.daemon_view.reloads_ok = 4;
+    source_.daemon_view.reloads_failed = 1;
+    source_.daemon_view.last_reload_ok = false;
+    source_.daemon_view.last_reload_timestamp = 1700000000.5;
+    source_.daemon_view.last_reload_duration_seconds = 0.25;
+    source_.daemon_view.start_timestamp = 1690000000;
+  }
+
+  Exposition scrape() const { return parse_exposition(render(Collector(source_).Collect())); }
+
+  DrivenSession session_;
+  fuse::WorkerStats workers_[2];
+  FakeSource source_;
+};
+
+TEST_F(MetricsCollector, RequestCountersMatchDrivenRequests) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_requests_total", {{"mount", "data"}, {"opcode", "init"}}), 1);
+  EXPECT_EQ(e.value("efuse_requests_total", {{"mount", "data"}, {"opcode", "lookup"}}), 5);
+  EXPECT_EQ(e.value("efuse_requests_total", {{"mount", "data"}, {"opcode", "getattr"}}), 1);
+  // Opcode slots without a name share the "unknown" series; labels stay unique.
+  EXPECT_EQ(e.value("efuse_requests_total", {{"mount", "data"}, {"opcode", "unknown"}}), 2);
+  // Only opcodes with requests appear.
+  EXPECT_EQ(e.find("efuse_requests_total").size(), 4u);
+  EXPECT_EQ(e.type["efuse_requests_total"], "counter");
+}
+
+TEST_F(MetricsCollector, ErrorsCarryErrnoNames) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_request_errors_total",
+                    {{"mount", "data"}, {"opcode", "lookup"}, {"errno", "EACCES"}}),
+            2);
+  EXPECT_EQ(e.value("efuse_request_errors_total",
+                    {{"mount", "data"}, {"opcode", "unknown"}, {"errno", "ENOSYS"}}),
+            2);
+  EXPECT_EQ(e.find("efuse_request_errors_total").size(), 2u) << "only nonzero errno series";
+  EXPECT_TRUE(e.find("efuse_request_errors_total", {{"opcode", "getattr"}}).empty());
+}
+
+TEST_F(MetricsCollector, LatencyHistogramIsCumulativeAndCountsEveryRequest) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.type["efuse_request_duration_seconds"], "histogram");
+  for (const Sample& total : e.find("efuse_requests_total")) {
+    const std::string& op = total.labels.at("opcode");
+    Labels id = {{"mount", "data"}, {"opcode", op}};
+    std::vector<Sample> buckets = e.find("efuse_request_duration_seconds_bucket", id);
+    ASSERT_EQ(buckets.size(), fuse::kLatencyBounds.size() + 1) << op;
+    double prev = 0;
+    double prev_le = 0;
+    for (const Sample& b : buckets) {
+      double le = std::strtod(b.labels.at("le").c_str(), nullptr);
+      EXPECT_GT(le, prev_le) << op << ": buckets in increasing le order";
+      EXPECT_GE(b.value, prev) << op << " le=" << b.labels.at("le");
+      prev = b.value;
+      prev_le = le;
+    }
+    EXPECT_EQ(buckets.back().labels.at("le"), "+Inf");
+    auto count = e.value("efuse_request_duration_seconds_count", id);
+    auto sum = e.value("efuse_request_duration_seconds_sum", id);
+    ASSERT_TRUE(count && sum) << op;
+    EXPECT_EQ(buckets.back().value, *count) << op << ": +Inf bucket == _count";
+    EXPECT_EQ(*count, total.value) << op << ": every request is timed";
+    EXPECT_GE(*sum, 0) << op;
+    EXPECT_LT(*sum, 10) << op << ": seconds, not nanoseconds";
+  }
+}
+
+TEST_F(MetricsCollector, KernelFeaturesGrantedAndOffered) {
+  Exposition e = scrape();
+  auto granted = [&](const char* f) {
+    return e.value("efuse_kernel_feature", {{"mount", "data"}, {"feature", f}});
+  };
+  auto offered = [&](const char* f) {
+    return e.value("efuse_kernel_feature_offered", {{"mount", "data"}, {"feature", f}});
+  };
+  EXPECT_EQ(granted("passthrough"), 1);
+  EXPECT_EQ(offered("passthrough"), 1);
+  // Writeback cache was offered and requested, but efused drops it in favour of passthrough.
+  EXPECT_EQ(granted("writeback_cache"), 0);
+  EXPECT_EQ(offered("writeback_cache"), 1);
+  // io_uring was offered; this session does not take it.
+  EXPECT_EQ(granted("io_uring"), 0);
+  EXPECT_EQ(offered("io_uring"), 1);
+  EXPECT_EQ(granted("posix_locks"), 1);
+  EXPECT_EQ(granted("flock_locks"), 0);
+  EXPECT_EQ(offered("flock_locks"), 0);
+  EXPECT_EQ(granted("max_pages"), 1);
+  EXPECT_EQ(e.find("efuse_kernel_feature").size(), kKernelFeatures.size());
+  EXPECT_EQ(e.find("efuse_kernel_feature_offered").size(), kKernelFeatures.size());
+  EXPECT_EQ(e.value("efuse_kernel_protocol_minor", {{"mount", "data"}}), k::kMinorVersion);
+  EXPECT_EQ(e.value("efuse_max_write_bytes", {{"mount", "data"}}), 128 * 1024);
+}
+
+TEST_F(MetricsCollector, SessionCounters) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_decode_errors_total", {{"mount", "data"}}), 1);
+  EXPECT_EQ(e.value("efuse_passthrough_opens_total", {{"mount", "data"}}), 0);
+  EXPECT_EQ(e.value("efuse_passthrough_refusals_total", {{"mount", "data"}}), 0);
+}
+
+TEST_F(MetricsCollector, WorkerSeries) {
+  Exposition e = scrape();
+  Labels w0 = {{"mount", "data"}, {"worker", "0"}};
+  Labels w1 = {{"mount", "data"}, {"worker", "1"}};
+  EXPECT_EQ(e.value("efuse_worker_requests_total", w0), 5);
+  EXPECT_EQ(e.value("efuse_worker_requests_total", w1), 4);
+  EXPECT_EQ(e.value("efuse_worker_in_flight", w0), 0);
+  EXPECT_EQ(e.value("efuse_worker_in_flight", w1), 1);
+  EXPECT_DOUBLE_EQ(*e.value("efuse_worker_wait_seconds_total", w0), 2.0);
+  EXPECT_DOUBLE_EQ(*e.value("efuse_worker_busy_seconds_total", w0), 1.5);
+  EXPECT_EQ(e.find("efuse_worker_requests_total").size(), 2u);
+}
+
+TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_mount_up", {{"mount", "data"}, {"backend", "passthrough"}}), 1);
+  EXPECT_EQ(e.value("efuse_mount_up", {{"mount", "broken"}, {"backend", "passthrough"}}), 0);
+  EXPECT_EQ(e.value("efuse_mount_start_failures_total", {{"mount", "data"}}), 1);
+  EXPECT_EQ(e.value("efuse_mount_start_failures_total", {{"mount", "broken"}}), 3);
+  EXPECT_EQ(e.value("efuse_mount_info", {{"mount", "data"},
+                                         {"mountpoint", "/srv/data"},
+                                         {"backend", "passthrough"},
+                                         {"transport", "classic"},
+                                         {"io_path", "auto"}}),
+            1);
+  EXPECT_EQ(e.find("efuse_mount_info", {{"mount", "broken"}}).size(), 1u);
+  // A mount without a session has no request, kernel or worker series.
+  for (const char* name : {"efuse_requests_total", "efuse_kernel_feature",
+                           "efuse_kernel_protocol_minor", "efuse_worker_requests_total",
+                           "efuse_decode_errors_total"}) {
+    EXPECT_TRUE(e.find(name, {{"mount", "broken"}}).empty()) << name;
+  }
+}
+
+TEST_F(MetricsCollector, SessionBeforeInitHasNoKernelSeries) {
+  DrivenSession fresh;
+  MountView m;
+  m.name = "fresh";
+  m.backend = "passthrough";
+  m.up = true;
+  m.session = &fresh.session();
+  source_.mounts = {m};
+  Exposition e = scrape();
+  EXPECT_TRUE(e.find("efuse_kernel_feature").empty());
+  EXPECT_TRUE(e.find("efuse_max_write_bytes").empty());
+  EXPECT_EQ(e.value("efuse_decode_errors_total", {{"mount", "fresh"}}), 0);
+}
+
+TEST_F(MetricsCollector, DaemonFamilies) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_config_reloads_total", {{"result", "success"}}), 4);
+  EXPECT_EQ(e.value("efuse_config_reloads_total", {{"result", "failure"}}), 1);
+  EXPECT_EQ(e.value("efuse_config_last_reload_success"), 0);
+  EXPECT_DOUBLE_EQ(*e.value("efuse_config_last_reload_timestamp_seconds"), 1700000000.5);
+  EXPECT_DOUBLE_EQ(*e.value("efuse_config_last_reload_duration_seconds"), 0.25);
+  EXPECT_EQ(e.value("efuse_build_info", {{"version", EFUSE_VERSION}}), 1);
+  EXPECT_EQ(e.value("efuse_start_time_seconds"), 1690000000);
+}
+
+TEST_F(MetricsCollector, ProcessFamilies) {
+  Exposition e = scrape();
+  auto rss = e.value("efuse_process_resident_memory_bytes");
+  auto fds = e.value("efuse_process_open_fds");
+  auto threads = e.value("efuse_process_threads");
+  auto cpu = e.value("efuse_process_cpu_seconds_total");
+  ASSERT_TRUE(rss && fds && threads && cpu);
+  EXPECT_GT(*rss, 1024 * 1024);
+  EXPECT_GE(*fds, 3);  // stdin, stdout, stderr at least
+  EXPECT_GE(*threads, 1);
+  EXPECT_GE(*cpu, 0);
+  EXPECT_EQ(e.type["efuse_process_cpu_seconds_total"], "counter");
+}
+
+TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
+  std::set<std::string> names;
+  for (const prometheus::MetricFamily& f : Collector(source_).Collect()) {
+    EXPECT_EQ(f.name.rfind("efuse_", 0), 0u) << f.name;
+    EXPECT_GT(f.help.size(), 10u) << f.name;
+    EXPECT_FALSE(f.metric.empty()) << f.name << ": empty families are left out";
+    EXPECT_TRUE(names.insert(f.name).second) << f.name << " twice";
+    bool total = f.name.size() > 6 && f.name.substr(f.name.size() - 6) == "_total";
+    EXPECT_EQ(total, f.type == prometheus::MetricType::Counter) << f.name;
+    std::set<std::vector<prometheus::ClientMetric::Label>> series;
+    for (const auto& m : f.metric)
+      EXPECT_TRUE(series.insert(m.label).second) << f.name << ": duplicate label set";
+  }
+  for (const char* required :
+       {"efuse_requests_total", "efuse_request_errors_total", "efuse_request_duration_seconds",
+        "efuse_worker_requests_total", "efuse_worker_in_flight",
+        "efuse_worker_wait_seconds_total", "efuse_worker_busy_seconds_total", "efuse_mount_up",
+        "efuse_mount_start_failures_total", "efuse_mount_info", "efuse_kernel_feature",
+        "efuse_kernel_feature_offered", "efuse_kernel_protocol_minor", "efuse_max_write_bytes",
+        "efuse_decode_errors_total", "efuse_passthrough_opens_total",
+        "efuse_passthrough_refusals_total", "efuse_config_reloads_total",
+        "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",
+        "efuse_config_last_reload_duration_seconds", "efuse_build_info",
+        "efuse_start_time_seconds", "efuse_process_resident_memory_bytes",
+        "efuse_process_open_fds", "efuse_process_threads", "efuse_process_cpu_seconds_total",
+        "efuse_scrape_errors_total"}) {
+    EXPECT_EQ(names.count(required), 1u) << required;
+  }
+}
+
+class ThrowingSource final : public MetricsSource {
+ public:
+  void visit_mounts(const std::function<void(const MountView&)>&) const override {
+    throw std::runtime_error("supervisor is shutting down");
+  }
+  DaemonView daemon() const override { return {}; }
+};
+
+TEST(MetricsCollectorFailure, ThrowingSourceIsCountedNotPropagated) {
+  ThrowingSource source;
+  Collector collector(source);
+  std::vector<prometheus::MetricFamily> families;
+  ASSERT_NO_THROW(families = collector.Collect());
+  ASSERT_NO_THROW(families = collector.Collect());
+  Exposition e = parse_exposition(render(families));
+  EXPECT_EQ(e.value("efuse_scrape_errors_total"), 2);
+  EXPECT_TRUE(e.value("efuse_build_info", {{"version", EFUSE_VERSION}}).has_value())
+      << "families built before the failure are still served";
+}
+
+TEST_F(MetricsCollector, ScrapesWhileRequestsRunStayConsistent) {
+  std::atomic<bool> stop{false};
+  std::thread driver([&] {
+    while (!stop.load()) session_.getattr();
+  });
+  for (int i = 0; i < 50; ++i) {
+    Exposition e = scrape();
+    for (const Sample& c : e.find("efuse_request_duration_seconds_count")) {
+      Labels id = c.labels;
+      id["le"] = "+Inf";
+      EXPECT_EQ(e.value("efuse_request_duration_seconds_bucket", id), c.value);
+    }
+  }
+  stop = true;
+  driver.join();
+}
+
+// ---- pieces ------------------------------------------------------------------------------
+
+TEST(MetricsHistogram, CumulativeBucketsFromRecordedLatencies) {
+  fuse::OpcodeStats op;
+  op.record(1'000, 0);              // 1 us: first bucket (<= 5 us)
+  op.record(7'000, 0);              // 7 us: second bucket (<= 10 us)
+  op.record(20'000'000'000, EIO);   // 20 s: only +Inf
+  OpcodeSnapshot snap;
+  snap.add(op);
+  auto h = latency_histogram(snap);
+  ASSERT_EQ(h.bucket.size(), fuse::kLatencyBounds.size() + 1);
+  EXPECT_EQ(h.bucket[0].cumulative_count, 1u);
+  EXPECT_DOUBLE_EQ(h.bucket[0].upper_bound, 5e-6);
+  EXPECT_EQ(h.bucket[1].cumulative_count, 2u);
+  EXPECT_EQ(h.bucket[fuse::kLatencyBounds.size() - 1].cumulative_count, 2u);
+  EXPECT_TRUE(std::isinf(h.bucket.back().upper_bound));
+  EXPECT_EQ(h.bucket.back().cumulative_count, 3u);
+  EXPECT_EQ(h.sample_count, 3u);
+  EXPECT_NEAR(h.sample_sum, 20.000008, 1e-9);
+  EXPECT_EQ(snap.errors_by_errno[EIO], 1u);
+}
+
+TEST(MetricsHistogram, UnnamedOpcodeSlotsMergeIntoUnknown) {
+  fuse::SessionStats stats{};
+  stats[0].record(1'000, ENOSYS);
+  stats[kUnassignedOpcode].record(1'000, ENOSYS);
+  stats[code(k::Opcode::Read)].record(1'000, 0);
+  auto snaps = snapshot_opcodes(stats);
+  ASSERT_EQ(snaps.size(), 2u);
+  EXPECT_EQ(snaps.at("unknown").requests, 2u);
+  EXPECT_EQ(snaps.at("unknown").errors_by_errno[ENOSYS], 2u);
+  EXPECT_EQ(snaps.at("read").requests, 1u);
+}
+
+TEST(MetricsErrnoLabel, NamesAndFolding) {
+  EXPECT_EQ(errno_label(ENOENT), "ENOENT");
+  EXPECT_EQ(errno_label(EACCES), "EACCES");
+  EXPECT_EQ(errno_label(ENOSYS), "ENOSYS");
+  EXPECT_EQ(errno_label(fuse::kMaxErrno), "other");
+  EXPECT_EQ(errno_label(0), "other");
+  std::set<std::string> labels;
+  for (int slot = 0; slot <= fuse::kMaxErrno; ++slot) labels.insert(errno_label(slot));
+  EXPECT_LE(labels.size(), static_cast<size_t>(fuse::kMaxErrno) + 1);
+}
+
+TEST(MetricsProcess, ParsesProcFiles) {
+  std::string status = "Name:\tefused\nThreads:\t7\nVmRSS:\t    2048 kB\nVmSwap:\t0 kB\n";
+  EXPECT_EQ(parse_status_rss_bytes(status), 2048.0 * 1024);
+  EXPECT_EQ(parse_status_threads(status), 7);
+  EXPECT_FALSE(parse_status_rss_bytes("Name:\tkthread\n").has_value());
+  // The command name may hold spaces and parentheses; utime = 250, stime = 50 ticks.
+  std::string stat = "1234 (a) b (c) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3";
+  EXPECT_DOUBLE_EQ(*parse_stat_cpu_seconds(stat, 100), 3.0);
+  EXPECT_FALSE(parse_stat_cpu_seconds("1234 (short) S 1", 100).has_value());
+  EXPECT_FALSE(parse_stat_cpu_seconds(stat, 0).has_value());
+}
+
+}  // namespace
+}  // namespace efuse::telemetry::testing
