@@ -141,10 +141,13 @@ def run(cmd, *, timeout=120, check=True, input=None, cwd=None, env=None, user=No
     """Run a command with a hard timeout; returns a Result (out/err as text).
 
     user=(uid, gid) runs it as that identity with no supplementary groups.
+    shell=True runs the string with bash -o pipefail.
     On timeout the whole process group is killed and CommandFailed is raised.
     With check=True a non-zero exit raises CommandFailed showing stderr.
     """
     kw = {}
+    if shell:  # bash with pipefail, so a failing stage of a pipeline fails the command
+        cmd, shell = ["bash", "-o", "pipefail", "-c", cmd], False
     if user is not None:
         kw.update(user=user[0], group=user[1], extra_groups=[])
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
@@ -737,10 +740,12 @@ def user_xattrs(path):
             if n.startswith("user.")}
 
 
-def tree_state(root, *, content=True, owner=True, times=False, xattrs=True, dir_size=True):
+def tree_state(root, *, content=True, owner=True, times=False, xattrs=True, dir_size=False):
     """Everything observable about a tree except inode numbers (and times unless asked).
 
     Returns {relpath: (...)} plus a hard-link grouping so link structure is compared too.
+    Directory sizes depend on the history of a directory (not only its entries), so they are
+    compared only with dir_size=True (mount against its own backing dir).
     """
     state = {}
     inodes = {}

@@ -55,13 +55,19 @@ def make_tree(root, seed=7):
     os.utime(root, ns=(t * 10**9, t * 10**9))
 
 
-def ls_lr(path):
-    """ls -lR with full times, without inode numbers, 'total' lines and the top path."""
+def ls_lr(path, dir_sizes=False):
+    """ls -lR with full times, without inode numbers, 'total' lines and the top path.
+    Directory sizes depend on a directory's history, so they are masked unless asked for."""
     r = run(["ls", "-lR", "--time-style=+%s.%N", "-n", path], env=dict(os.environ, LC_ALL="C"))
     out = []
     for line in r.out.splitlines():
         if line.startswith("total "):
             continue
+        if line.startswith("d") and not dir_sizes:
+            f = line.split(" ")
+            f = [x for x in f if x != ""]
+            f[4] = "<dirsize>"
+            line = " ".join(f)
         out.append(line.replace(path, "<ROOT>"))
     return out
 
@@ -72,9 +78,9 @@ def test_cp_in_and_out(m):
     run(["cp", "-a", tree, m.m("tree")], timeout=300)
     run(["diff", "-r", "--no-dereference", "--exclude=fifo", tree, m.m("tree")], timeout=300)
     h.assert_same_tree(tree, m.m("tree"), times=True)
-    h.assert_same_tree(m.m("tree"), m.s("tree"), times=True)
+    h.assert_same_tree(m.m("tree"), m.s("tree"), times=True, dir_size=True)
     assert ls_lr(tree) == ls_lr(m.m("tree"))
-    assert ls_lr(m.s("tree")) == ls_lr(m.m("tree"))
+    assert ls_lr(m.s("tree"), True) == ls_lr(m.m("tree"), True)
 
     run(["cp", "-a", m.m("tree"), J(m.native, "back")], timeout=300)
     run(["diff", "-r", "--no-dereference", "--exclude=fifo", tree, J(m.native, "back")], timeout=300)
@@ -98,7 +104,7 @@ def test_mv_and_rm(m):
     h.assert_same_tree(tree, J(m.native, "out"), times=True)
     run(["mv", J(m.native, "out"), m.m("in")], timeout=300)
     h.assert_same_tree(tree, m.m("in"), times=True)
-    h.assert_same_tree(m.s("in"), m.m("in"), times=True)
+    h.assert_same_tree(m.s("in"), m.m("in"), times=True, dir_size=True)
     run(["rm", "-rf", m.m("in")], timeout=300)
     assert os.listdir(m.src) == [], os.listdir(m.src)
     assert os.listdir(m.mnt) == []
