@@ -70,12 +70,14 @@ class Interrupted(BaseException):
 
 
 def _on_signal(signum, _frame):
-    raise Interrupted(f"signal {signum}")
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signal.Signals(signum).name)
 
 
-def tail(path: Path, n: int = 600) -> str:
+def tail(path: Path, n: int = 600, start: int = 0) -> str:
     try:
-        data = path.read_bytes()[-n:].decode(errors="replace")
+        data = path.read_bytes()[start:][-n:].decode(errors="replace")
     except OSError:
         return ""
     return data.strip()
@@ -92,6 +94,7 @@ class Registry:
 
     def save(self) -> None:
         data = {str(pid): {"cmdline": d.argv, "mnt": str(d.mnt)} for pid, d in self.daemons.items()}
+        data.update({str(p.pid): {"cmdline": p.args, "group": True} for p in self.cmds})
         tmp = DAEMONS.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
         tmp.replace(DAEMONS)
@@ -125,6 +128,7 @@ def run(argv, *, timeout: float | None = None, stdout=subprocess.DEVNULL, check:
     p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
                          cwd=str(cwd or WORK), env=ENV, start_new_session=True)
     REG.cmds.add(p)
+    REG.save()
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -141,8 +145,10 @@ def run(argv, *, timeout: float | None = None, stdout=subprocess.DEVNULL, check:
     finally:
         REG.cmds.discard(p)
     dt = time.perf_counter() - t0
+    REG.save()
     if check and p.returncode != 0:
-        msg = (err or b"").decode(errors="replace").strip()
+        msg = (err or b"").decode(errors="replace").strip() or \
+            (out or b"").decode(errors="replace").strip()
         if len(msg) > 600:
             msg = msg[:250] + " … " + msg[-300:]
         raise BenchError(f"exit {p.returncode}: {what}: {msg}")
@@ -245,6 +251,7 @@ class Daemon:
         self.side, self.argv, self.mnt, self.fstype, self.logpath = side, argv, mnt, fstype, logpath
         self.proc: subprocess.Popen | None = None
         self.logf = None
+        self.log_start = 0
         self.notes: list[str] = []
 
     def start(self, timeout: float = 30) -> None:
@@ -252,6 +259,7 @@ class Daemon:
         self.logf = open(self.logpath, "ab")
         self.logf.write(f"\n==== {time.strftime('%F %T')} {shlex.join(self.argv)}\n".encode())
         self.logf.flush()
+        self.log_start = self.logf.tell()
         if mount_at(self.mnt):
             raise BenchError(f"{self.mnt} is already a mount point")
         self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
@@ -266,10 +274,10 @@ class Daemon:
             rc = self.proc.poll()
             if rc is not None:
                 raise BenchError(f"{self.side} exited with status {rc} before mounting: "
-                                 f"{tail(self.logpath, 400)}")
+                                 f"{tail(self.logpath, 400, self.log_start)}")
             if time.monotonic() > deadline:
                 raise BenchError(f"{self.side} did not mount {self.mnt} within {timeout:.0f}s: "
-                                 f"{tail(self.logpath, 400)}")
+                                 f"{tail(self.logpath, 400, self.log_start)}")
             time.sleep(0.02)
         if self.fstype and m.fstype != self.fstype:
             self.notes.append(f"mounted with fstype {m.fstype}, expected {self.fstype}")
@@ -290,7 +298,7 @@ class Daemon:
             raise BenchError(f"{self.side} not started")
         rc = self.proc.poll()
         if rc is not None:
-            raise BenchError(f"{self.side} died (status {rc}): {tail(self.logpath, 400)}")
+            raise BenchError(f"{self.side} died (status {rc}): {tail(self.logpath, 400, self.log_start)}")
         if not mount_at(self.mnt):
             raise BenchError(f"{self.side} mount {self.mnt} disappeared")
 
@@ -473,6 +481,8 @@ class Bench:
         self.efused_version = "n/a"
         self.setup_notes: list[str] = []
         self.tar_entries: dict[str, int] = {}
+        # 1/5/15-min load average before the harness did any work: other work on the machine.
+        self.loadavg = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
         self.cfg = {
             "fio_one": (1, (256 * MiB if self.quick else 1 * GiB), 4 * KiB),
             "fio_small": (50, 512 * KiB, 4 * KiB),
@@ -662,7 +672,7 @@ class Bench:
 
         def prepare(ctx):  # lay the files out (sequential write through the mount)
             run(base(ctx.data) + ["--rw=write", f"--bs={layout_bs}", "--numjobs=1"],
-                timeout=3600, what=f"fio layout ({gid})")
+                timeout=3600, stdout=subprocess.PIPE, what=f"fio layout ({gid})")
             names = sorted(p.name for p in ctx.data.iterdir())
             want = sorted(f"data.{i}" for i in range(nrfiles))
             if names != want:
@@ -671,7 +681,7 @@ class Bench:
 
         def prefill(ctx):  # warm: read every file once through the mount
             run(base(ctx.data) + ["--rw=read", f"--bs={layout_bs}", "--numjobs=1"],
-                timeout=3600, what=f"fio prefill ({gid})")
+                timeout=3600, stdout=subprocess.PIPE, what=f"fio prefill ({gid})")
 
         def measure(var):
             def f(ctx, rep):
@@ -681,7 +691,7 @@ class Bench:
                     "--rw=randrw", "--rwmixread=70", f"--bs={bs}", "--numjobs=2",
                     "--group_reporting", "--time_based", f"--runtime={self.runtime}s",
                     "--output-format=json", f"--output={jpath}"],
-                    timeout=self.runtime + 900, what=f"fio {gid} {var}")
+                    timeout=self.runtime + 900, stdout=subprocess.PIPE, what=f"fio {gid} {var}")
                 txt = jpath.read_text()
                 try:
                     job = json.loads(txt[txt.index("{"):])["jobs"][0]
@@ -874,6 +884,7 @@ class Bench:
             "side_notes": {s.name: (([f"unavailable: {s.unavailable}"] if s.unavailable else [])
                                     + list(getattr(s, "notes", []))) for s in self.sides},
             "setup_notes": self.setup_notes,
+            "loadavg_before_run": self.loadavg,
         }
 
     def write_results(self):
@@ -921,6 +932,10 @@ class Bench:
              f"(median shown), fio runtime {self.runtime}s",
              f"- git: {g['sha']}{' (dirty tree)' if g['dirty'] else ''}; efused: "
              f"`{self.efused_version}`, args: `{self.args.efused_args or '(none)'}`",
+             f"- load average before the run (1/5/15 min): "
+             f"{' / '.join(f'{v:.2f}' for v in self.loadavg)}"
+             + (" — **other work was running on the machine; expect noise**"
+                if self.loadavg[0] > 0.5 else ""),
              "- libfuse: 3.14 `passthrough_ll` example with default options "
              "(`-f -o source=SRC MNT`)",
              "- sides alternate per repetition (native, libfuse, efused, native, ...); every FUSE "
@@ -973,11 +988,13 @@ def fmt(v, unit):
         return f"{v:,.0f}"
     if unit == "MB/s":
         return f"{v:,.1f}"
-    return f"{v:.4g}" if v < 1000 else f"{v:,.0f}"
+    return f"{v:#.4g}" if v < 1000 else f"{v:,.0f}"
 
 
 def fmt_ratio(r):
-    return "—" if r is None else f"{r:.3g}x"
+    if r is None:
+        return "—"
+    return f"{r:.3f}x" if r < 0.1 else (f"{r:.2f}x" if r < 10 else f"{r:.1f}x")
 
 
 _GIT = None
@@ -1063,14 +1080,19 @@ def clean_leftovers() -> list[str]:
             old = json.loads(DAEMONS.read_text() or "{}")
         except ValueError:
             old = {}
-        for pid, info in old.items():
+        # Measured commands first (they may hold the mounts busy), then the daemons.
+        for pid, info in sorted(old.items(), key=lambda kv: not kv[1].get("group")):
             try:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
             except OSError:
                 continue
             if [c.decode(errors="replace") for c in cmd] == info.get("cmdline"):
-                found.append(f"daemon pid {pid}: {shlex.join(info['cmdline'])}")
+                found.append(f"{'command' if info.get('group') else 'daemon'} pid {pid}: "
+                             f"{shlex.join(info['cmdline'])}")
                 try:
+                    if info.get("group"):  # a measured command: its own process group
+                        os.killpg(int(pid), signal.SIGKILL)
+                        continue
                     os.kill(int(pid), signal.SIGTERM)
                     for _ in range(100):
                         if not Path(f"/proc/{pid}").exists():
@@ -1149,8 +1171,9 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0:
         raise SystemExit("bench: must run as root (mounts, drop_caches)")
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
     lock = acquire_lock()
     left = clean_leftovers()
     if left:
@@ -1162,11 +1185,14 @@ def main(argv=None):
 
     # passthrough_ll keeps one O_PATH fd per inode the kernel knows (83k for the kernel tar):
     # every side runs with the same, raised open-file limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
         resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
-    except (OSError, ValueError) as e:
-        print(f"bench: warning: cannot raise RLIMIT_NOFILE: {e}", file=sys.stderr)
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        print(f"bench: note: RLIMIT_NOFILE stays at hard limit {hard} (no CAP_SYS_RESOURCE); "
+              "see bench/README.md", file=sys.stderr)
 
     bench = Bench(args)
     g = git_info()
@@ -1188,7 +1214,7 @@ def main(argv=None):
         bench.status = "complete"
     except (KeyboardInterrupt, Interrupted) as e:
         bench.status = "interrupted"
-        log(f"interrupted ({e or 'Ctrl-C'}); cleaning up")
+        log(f"interrupted ({str(e) or 'SIGINT'}); cleaning up")
         rc = 130
     except BaseException as e:
         bench.status = f"aborted: {e}"
