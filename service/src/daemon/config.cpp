@@ -1,0 +1,143 @@
+// load_config: YAML (syntax, duplicate keys) -> JSON Schema (types, enums, ranges, unknown
+// and missing keys) -> model (defaults applied, paths normalized) -> semantic checks
+// (names, overlapping paths, BPF objects). Each stage throws ConfigError located in the file.
+#include "daemon/config.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/config_checks.h"
+#include "daemon/config_schema.h"
+#include "daemon/config_yaml.h"
+
+namespace efuse::daemon {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::pair<Transport, const char*> kTransports[] = {
+    {Transport::Auto, "auto"}, {Transport::Classic, "classic"}, {Transport::Uring, "uring"}};
+constexpr std::pair<IoPath, const char*> kIoPaths[] = {
+    {IoPath::Auto, "auto"}, {IoPath::Passthrough, "passthrough"}, {IoPath::Cache, "cache"}};
+
+// The enum value named `name`; the schema has already rejected every other name.
+template <typename Enum, size_t N>
+Enum from_name(const std::pair<Enum, const char*> (&table)[N], const std::string& name) {
+  for (const auto& [value, text] : table) {
+    if (name == text) return value;
+  }
+  return table[0].first;
+}
+
+template <typename Enum, size_t N>
+const char* name_of(const std::pair<Enum, const char*> (&table)[N], Enum value) {
+  for (const auto& [v, text] : table) {
+    if (v == value) return text;
+  }
+  return "?";
+}
+
+template <typename T>
+void set_if_present(const json& object, const char* key, T& out) {
+  if (auto it = object.find(key); it != object.end()) out = it->get<T>();
+}
+
+void apply_cache(const json& cache, CachePolicy& out) {
+  set_if_present(cache, "entry_timeout", out.entry_timeout);
+  set_if_present(cache, "attr_timeout", out.attr_timeout);
+  set_if_present(cache, "negative_timeout", out.negative_timeout);
+  set_if_present(cache, "writeback", out.writeback);
+  set_if_present(cache, "keep_cache", out.keep_cache);
+}
+
+void apply_options(const json& options, MountFlags& out) {
+  set_if_present(options, "allow_other", out.allow_other);
+  set_if_present(options, "default_permissions", out.default_permissions);
+  set_if_present(options, "read_only", out.read_only);
+}
+
+// The keys `defaults:` and a mount share; inside cache and options each key falls back alone.
+void apply_settings(const json& settings, MountConfig& out) {
+  set_if_present(settings, "threads", out.threads);
+  if (auto it = settings.find("transport"); it != settings.end()) out.transport = from_name(kTransports, it->get<std::string>());
+  if (auto it = settings.find("io_path"); it != settings.end()) out.io_path = from_name(kIoPaths, it->get<std::string>());
+  if (auto it = settings.find("cache"); it != settings.end()) apply_cache(*it, out.cache);
+  if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);
+}
+
+MountConfig build_mount(const json& mount, const MountConfig& defaults) {
+  MountConfig out = defaults;
+  apply_settings(mount, out);
+  out.name = mount.at("name").get<std::string>();
+  out.mountpoint = normalize_path(mount.at("mountpoint").get<std::string>());
+  out.backend = mount.at("backend").get<std::string>();
+  out.source = normalize_path(mount.at("source").get<std::string>());
+  if (auto it = mount.find("bpf_handlers"); it != mount.end()) {
+    for (const auto& [opcode, file] : it->items()) out.bpf_handlers[opcode] = normalize_path(file.get<std::string>());
+  }
+  return out;
+}
+
+// `document` matches the schema, so every key has the right type.
+Config build_config(const json& document, const std::string& origin) {
+  Config config;
+  config.path = origin;
+  if (auto metrics = document.find("metrics"); metrics != document.end()) {
+    set_if_present(*metrics, "listen", config.metrics_listen);
+  }
+  MountConfig defaults;
+  if (auto it = document.find("defaults"); it != document.end()) apply_settings(*it, defaults);
+  for (const auto& mount : document.at("mounts")) config.mounts.push_back(build_mount(mount, defaults));
+  return config;
+}
+
+std::string read_file(const std::string& path) {
+  auto fail = [&path](int err) { return ConfigError(path, 0, 0, std::string("cannot read the configuration: ") + std::strerror(err)); };
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw fail(errno);
+  std::string text;
+  char buffer[16384];
+  ssize_t n;
+  while ((n = ::read(fd, buffer, sizeof buffer)) != 0) {
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      int err = errno;
+      ::close(fd);
+      throw fail(err);
+    }
+    text.append(buffer, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  return text;
+}
+
+}  // namespace
+
+const char* to_string(Transport t) { return name_of(kTransports, t); }
+const char* to_string(IoPath p) { return name_of(kIoPaths, p); }
+
+ConfigError::ConfigError(std::string file, int line, int column, const std::string& message)
+    : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message),
+      file_(std::move(file)),
+      line_(line),
+      column_(column),
+      message_(message) {}
+
+Config parse_config(std::string_view text, const std::string& origin) {
+  YamlDocument doc(text, origin);
+  json document = doc.to_json();
+  validate_against_schema(doc, document);
+  Config config = build_config(document, origin);
+  check_semantics(doc, config);
+  return config;
+}
+
+Config load_config(const std::string& path) { return parse_config(read_file(path), path); }
+
+}  // namespace efuse::daemon

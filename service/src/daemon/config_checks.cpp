@@ -1,0 +1,129 @@
+#include "daemon/config_checks.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <map>
+
+namespace efuse::daemon {
+namespace {
+
+YamlPath mount_path(size_t index, const char* key) { return {"mounts", std::to_string(index), key}; }
+
+std::string at_line(const YamlDocument& doc, const YamlPath& path) {
+  return "(line " + std::to_string(line_of(doc.value_mark(path))) + ")";
+}
+
+// The schema checks the shape of "[...]:PORT"; only inet_pton knows a valid IPv6 address.
+void check_listen(const YamlDocument& doc, const std::string& listen) {
+  if (listen.empty() || listen[0] != '[') return;
+  std::string host = listen.substr(1, listen.find(']') - 1);
+  in6_addr addr;
+  if (inet_pton(AF_INET6, host.c_str(), &addr) != 1) {
+    doc.fail(doc.value_mark({"metrics", "listen"}),
+             "metrics.listen '" + listen + "' is not valid: '" + host + "' is not an IPv6 address");
+  }
+}
+
+void check_unique_names(const YamlDocument& doc, const Config& config) {
+  std::map<std::string, size_t> first_use;
+  for (size_t i = 0; i < config.mounts.size(); ++i) {
+    auto [it, inserted] = first_use.emplace(config.mounts[i].name, i);
+    if (inserted) continue;
+    doc.fail(doc.value_mark(mount_path(i, "name")),
+             "duplicate mount name '" + it->first + "': " + doc.describe({"mounts", std::to_string(it->second)}) +
+                 " " + at_line(doc, mount_path(it->second, "name")) + " has it too");
+  }
+}
+
+// Whether `inner` is `outer` or lies below it.
+bool within(const std::string& inner, const std::string& outer) {
+  if (inner == outer || outer == "/") return true;
+  return inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 && inner[outer.size()] == '/';
+}
+
+// One of a mount's two paths, with where it is in the file.
+struct PathRef {
+  const char* key;  // "mountpoint" or "source"
+  const std::string& path;
+  size_t mount;
+};
+
+// Fails when `a` (of a mount at or after b's) overlaps `b`. Two sources may overlap.
+void check_overlap(const YamlDocument& doc, const Config& config, const PathRef& a, const PathRef& b) {
+  const char* relation = a.path == b.path ? "is the same as" : within(a.path, b.path) ? "is inside" : within(b.path, a.path) ? "contains" : nullptr;
+  if (relation == nullptr) return;
+  bool both_mountpoints = std::strcmp(a.key, b.key) == 0;
+  std::string owner = a.mount == b.mount ? "this mount" : "mount '" + config.mounts[b.mount].name + "'";
+  std::string why = both_mountpoints ? "mounts must not nest" : "efused must not serve its own mounts";
+  doc.fail(doc.value_mark(mount_path(a.mount, a.key)),
+           std::string(a.key) + " '" + a.path + "' " + relation + " the " + b.key + " '" + b.path + "' of " + owner +
+               " " + at_line(doc, mount_path(b.mount, b.key)) + "; " + why);
+}
+
+void check_paths(const YamlDocument& doc, const Config& config) {
+  for (size_t i = 0; i < config.mounts.size(); ++i) {
+    const MountConfig& m = config.mounts[i];
+    PathRef mountpoint{"mountpoint", m.mountpoint, i};
+    PathRef source{"source", m.source, i};
+    check_overlap(doc, config, source, mountpoint);
+    for (size_t j = 0; j < i; ++j) {
+      const MountConfig& other = config.mounts[j];
+      check_overlap(doc, config, mountpoint, {"mountpoint", other.mountpoint, j});
+      check_overlap(doc, config, mountpoint, {"source", other.source, j});
+      check_overlap(doc, config, source, {"mountpoint", other.mountpoint, j});
+    }
+  }
+}
+
+// The object must be a regular file efused can open now; the BPF layer loads it later.
+void check_bpf_object(const YamlDocument& doc, const YamlPath& where, const std::string& file) {
+  auto fail = [&](const std::string& why) {
+    doc.fail(doc.value_mark(where), doc.describe(where) + ": cannot use '" + file + "': " + why);
+  };
+  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(std::strerror(errno));
+  struct stat st;
+  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  ::close(fd);
+  if (!regular) fail("not a regular file");
+}
+
+void check_bpf_handlers(const YamlDocument& doc, const Config& config) {
+  for (size_t i = 0; i < config.mounts.size(); ++i) {
+    YamlPath handlers = mount_path(i, "bpf_handlers");
+    for (const auto& opcode : doc.keys(handlers)) {
+      YamlPath where = handlers;
+      where.push_back(opcode);
+      check_bpf_object(doc, where, config.mounts[i].bpf_handlers.at(opcode));
+    }
+  }
+}
+
+}  // namespace
+
+std::string normalize_path(std::string_view path) {
+  std::string out;
+  size_t pos = 0;
+  while (pos < path.size()) {
+    size_t end = path.find('/', pos);
+    if (end == std::string_view::npos) end = path.size();
+    std::string_view part = path.substr(pos, end - pos);
+    if (!part.empty() && part != ".") out.append("/").append(part);
+    pos = end + 1;
+  }
+  return out.empty() ? "/" : out;
+}
+
+void check_semantics(const YamlDocument& doc, const Config& config) {
+  check_listen(doc, config.metrics_listen);
+  check_unique_names(doc, config);
+  check_paths(doc, config);
+  check_bpf_handlers(doc, config);
+}
+
+}  // namespace efuse::daemon
