@@ -65,22 +65,32 @@ ListenAddress parse_listen_address(std::string_view text) {
   return a;
 }
 
-std::string probe_bind(const ListenAddress& addr) {
-  struct sockaddr_storage ss {};
-  socklen_t len = 0;
+socklen_t to_sockaddr(const ListenAddress& addr, struct sockaddr_storage* out) {
+  *out = {};
   if (addr.family == AF_INET6) {
-    auto* sa = reinterpret_cast<struct sockaddr_in6*>(&ss);
+    auto* sa = reinterpret_cast<struct sockaddr_in6*>(out);
     sa->sin6_family = AF_INET6;
     sa->sin6_port = htons(addr.port);
     inet_pton(AF_INET6, addr.host.c_str(), &sa->sin6_addr);
-    len = sizeof *sa;
-  } else {
-    auto* sa = reinterpret_cast<struct sockaddr_in*>(&ss);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons(addr.port);
-    inet_pton(AF_INET, addr.host.c_str(), &sa->sin_addr);
-    len = sizeof *sa;
+    return sizeof *sa;
   }
+  auto* sa = reinterpret_cast<struct sockaddr_in*>(out);
+  sa->sin_family = AF_INET;
+  sa->sin_port = htons(addr.port);
+  inet_pton(AF_INET, addr.host.c_str(), &sa->sin_addr);
+  return sizeof *sa;
+}
+
+ListenAddress local_peer(const ListenAddress& addr) {
+  ListenAddress peer = addr;
+  if (addr.family == AF_INET && addr.host == "0.0.0.0") peer.host = kLocalhostV4;
+  if (addr.family == AF_INET6 && addr.host == "::") peer.host = "::1";
+  return peer;
+}
+
+std::string probe_bind(const ListenAddress& addr) {
+  struct sockaddr_storage ss;
+  socklen_t len = to_sockaddr(addr, &ss);
   int fd = socket(addr.family, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return std::string("socket: ") + strerror(errno);
   int one = 1;

@@ -2,6 +2,8 @@
 // "localhost" (127.0.0.1), and PORT 0..65535 (0 = an ephemeral port).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -33,6 +35,13 @@ struct ListenAddress {
 
 // Throws ListenError naming what is wrong with `text`.
 ListenAddress parse_listen_address(std::string_view text);
+
+// `addr` as a socket address; returns its length.
+socklen_t to_sockaddr(const ListenAddress& addr, struct sockaddr_storage* out);
+
+// Where a local client reaches a server listening on `addr`: the wildcard addresses
+// (0.0.0.0, ::) become loopback.
+ListenAddress local_peer(const ListenAddress& addr);
 
 // Binds and closes a socket on `addr` (with SO_REUSEADDR, as civetweb does) to learn why a
 // listen would fail. Returns "" when the bind works, else the reason ("Address already in
