@@ -1,0 +1,854 @@
+#include "fuse/uring_channel.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/sysinfo.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <system_error>
+#include <thread>
+
+#include "common/log.h"
+#include "fuse/opcodes.h"
+
+namespace fuse {
+
+namespace k = kernel;
+
+// ---- pure helpers ----------------------------------------------------------------------
+
+namespace uring {
+
+std::optional<std::vector<unsigned>> parse_cpu_list(std::string_view text) {
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.remove_suffix(1);
+  std::vector<unsigned> cpus;
+  if (text.empty()) return cpus;
+  auto number = [](std::string_view s, unsigned* out) {
+    if (s.empty()) return false;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), *out);
+    return ec == std::errc() && p == s.data() + s.size();
+  };
+  while (!text.empty()) {
+    size_t comma = text.find(',');
+    std::string_view item = text.substr(0, comma);
+    text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+    if (comma != std::string_view::npos && text.empty()) return std::nullopt;  // "0,"
+    size_t dash = item.find('-');
+    unsigned lo = 0, hi = 0;
+    if (dash == std::string_view::npos) {
+      if (!number(item, &lo)) return std::nullopt;
+      hi = lo;
+    } else if (!number(item.substr(0, dash), &lo) || !number(item.substr(dash + 1), &hi) ||
+               hi < lo || hi - lo > 65535) {
+      return std::nullopt;
+    }
+    for (unsigned c = lo; c <= hi; ++c) cpus.push_back(c);
+  }
+  std::sort(cpus.begin(), cpus.end());
+  cpus.erase(std::unique(cpus.begin(), cpus.end()), cpus.end());
+  return cpus;
+}
+
+unsigned possible_cpus() {
+  std::ifstream f("/sys/devices/system/cpu/possible");
+  std::string line;
+  if (f && std::getline(f, line)) {
+    auto cpus = parse_cpu_list(line);
+    if (cpus && !cpus->empty()) return static_cast<unsigned>(cpus->size());
+  }
+  int n = get_nprocs_conf();
+  return n > 0 ? static_cast<unsigned>(n) : 1;
+}
+
+size_t payload_size(uint32_t max_write, uint16_t max_pages, size_t page_size) {
+  size_t n = std::max<size_t>(k::kMinReadBufferKernel, max_write);
+  return std::max<size_t>(n, static_cast<size_t>(max_pages) * page_size);
+}
+
+std::unique_ptr<EntryBuffer> EntryBuffer::create(size_t payload_capacity, int* err) {
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  size_t cap = (payload_capacity + page - 1) / page * page;
+  size_t size = kPrefix + cap;
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    *err = errno;
+    return nullptr;
+  }
+  return std::unique_ptr<EntryBuffer>(new EntryBuffer(static_cast<char*>(p), size, cap));
+}
+
+EntryBuffer::EntryBuffer(char* base, size_t map_size, size_t capacity)
+    : base_(base), map_size_(map_size), capacity_(capacity) {
+  static_assert(sizeof(k::fuse_uring_req_header) + sizeof(k::fuse_in_header) +
+                    k::kUringHeaderArea <= kPrefix,
+                "the reassembled request must not overlap the ring header");
+  iov_[0] = {base_, sizeof(k::fuse_uring_req_header)};
+  iov_[1] = {base_ + kPrefix, capacity_};
+}
+
+EntryBuffer::~EntryBuffer() { munmap(base_, map_size_); }
+
+uint64_t EntryBuffer::commit_id() const {
+  const auto* h = reinterpret_cast<const k::fuse_uring_req_header*>(base_);
+  return h->ring_ent_in_out.commit_id;
+}
+
+uint32_t EntryBuffer::request_payload_size() const {
+  const auto* h = reinterpret_cast<const k::fuse_uring_req_header*>(base_);
+  return h->ring_ent_in_out.payload_sz;
+}
+
+std::span<const char> EntryBuffer::assemble_request(const char** why) {
+  auto* h = header();
+  k::fuse_in_header in;
+  std::memcpy(&in, h->in_out, sizeof in);
+  size_t payload_len = h->ring_ent_in_out.payload_sz;
+  if (payload_len > capacity_) {
+    *why = "payload_sz exceeds the payload buffer";
+    return {};
+  }
+  if (in.len < sizeof in + payload_len) {
+    *why = "in_header.len is shorter than the header plus payload";
+    return {};
+  }
+  size_t op_len = in.len - sizeof in - payload_len;
+  if (op_len > k::kUringHeaderArea) {
+    *why = "in_header.len leaves more than op_in can hold";
+    return {};
+  }
+  char* start = payload() - (op_len + sizeof in);
+  std::memcpy(start, &in, sizeof in);
+  std::memcpy(start + sizeof in, h->op_in, op_len);
+  return {start, in.len};
+}
+
+int EntryBuffer::encode_reply(const struct iovec* iov, int count) {
+  auto* h = header();
+  k::fuse_out_header oh{};
+  if (count >= 1 && iov[0].iov_len == sizeof oh) std::memcpy(&oh, iov[0].iov_base, sizeof oh);
+  size_t total = 0;
+  for (int i = 1; i < count; ++i) total += iov[i].iov_len;
+  if (count < 1 || iov[0].iov_len != sizeof oh || total > capacity_) {
+    oh.len = sizeof oh;
+    oh.error = -EIO;
+    std::memcpy(h->in_out, &oh, sizeof oh);
+    h->ring_ent_in_out.payload_sz = 0;
+    return -EOVERFLOW;
+  }
+  char* dst = payload();
+  auto inside = [&](const struct iovec& v) {
+    const char* s = static_cast<const char*>(v.iov_base);
+    return v.iov_len != 0 && s < dst + capacity_ && s + v.iov_len > dst;
+  };
+  int pieces = count - 1;
+  bool any_inside = false;
+  for (int i = 1; i < count; ++i) any_inside |= inside(iov[i]);
+  if (pieces == 1 || !any_inside) {
+    size_t off = 0;
+    for (int i = 1; i < count; ++i) {
+      if (iov[i].iov_len == 0) continue;
+      if (iov[i].iov_base != dst + off) std::memmove(dst + off, iov[i].iov_base, iov[i].iov_len);
+      off += iov[i].iov_len;
+    }
+  } else {
+    // Several pieces, some already in the payload buffer: gather through a copy so no
+    // piece is overwritten before it is read. Not a path Session takes today.
+    std::vector<char> tmp(total);
+    size_t off = 0;
+    for (int i = 1; i < count; ++i) {
+      if (iov[i].iov_len == 0) continue;
+      std::memcpy(tmp.data() + off, iov[i].iov_base, iov[i].iov_len);
+      off += iov[i].iov_len;
+    }
+    std::memcpy(dst, tmp.data(), total);
+  }
+  std::memcpy(h->in_out, &oh, sizeof oh);
+  h->ring_ent_in_out.payload_sz = static_cast<uint32_t>(total);
+  return 0;
+}
+
+}  // namespace uring
+
+// ---- queues ------------------------------------------------------------------------------
+
+namespace {
+
+constexpr uint64_t kEventTag = 1;  // user_data of the eventfd read; entries are pointers
+constexpr int kStartTimeoutMs = 10000;
+
+thread_local const void* t_current_queue = nullptr;
+
+void prep_uring_cmd(struct io_uring_sqe* sqe, int fd, bool fixed, k::UringCmd cmd, uint16_t qid,
+                    uint64_t commit_id, uint64_t user_data) {
+  std::memset(sqe, 0, 128);  // SQE128: the command area is the upper 80 bytes
+  sqe->opcode = IORING_OP_URING_CMD;
+  sqe->fd = fixed ? 0 : fd;
+  if (fixed) sqe->flags = IOSQE_FIXED_FILE;
+  sqe->cmd_op = static_cast<uint32_t>(cmd);
+  sqe->user_data = user_data;
+  k::fuse_uring_cmd_req req{};
+  req.qid = qid;
+  req.commit_id = commit_id;
+  std::memcpy(sqe->cmd, &req, sizeof req);
+}
+
+bool is_teardown_error(int err) {
+  return err == ENOTCONN || err == ECANCELED || err == ECONNABORTED || err == ENODEV;
+}
+
+// Opcodes that take no reply; they come over /dev/fuse, never over a ring, but an entry
+// must not stay parked forever if one ever did.
+bool takes_no_reply(uint32_t opcode) {
+  auto op = static_cast<k::Opcode>(opcode);
+  return op == k::Opcode::Forget || op == k::Opcode::BatchForget ||
+         op == k::Opcode::Interrupt || op == k::Opcode::NotifyReply;
+}
+
+}  // namespace
+
+class UringChannel::Entry final : public Transport {
+ public:
+  Entry(Queue& q, std::unique_ptr<uring::EntryBuffer> buf) : q_(q), buf_(std::move(buf)) {}
+  int send(const struct iovec* iov, int count) override;
+  int backing_open(int fd) override;
+  void backing_close(int id) override;
+
+  Queue& q_;
+  std::unique_ptr<uring::EntryBuffer> buf_;
+  bool replied_ = false;    // a reply was stored by the queue thread itself
+  bool in_kernel_ = false;  // a command of this entry is pending in the kernel
+  bool dead_ = false;       // the kernel no longer knows this entry
+};
+
+class UringChannel::Queue {
+ public:
+  enum class Phase { Starting, SetupDone, SetupFailed, Registered, RegisterFailed };
+  enum class Command { None, Go, Abort };
+
+  Queue(UringChannel& ch, unsigned qid, unsigned depth, size_t payload, int evfd)
+      : ch_(ch), qid_(qid), depth_(depth), payload_(payload), evfd_(evfd) {}
+  ~Queue() {
+    if (thread_.joinable()) thread_.join();
+    if (evfd_ >= 0) ::close(evfd_);
+  }
+
+  void run();
+  void stop() {
+    stop_.store(true);
+    {
+      std::lock_guard lk(mu_);
+      if (cmd_ == Command::None) cmd_ = Command::Abort;
+    }
+    cv_.notify_all();
+    wake();
+  }
+  void wake() {
+    uint64_t one = 1;
+    ssize_t n = ::write(evfd_, &one, sizeof one);
+    (void)n;
+  }
+  // From a thread other than the queue's: a deferred reply is ready in `e`.
+  int defer_commit(Entry& e) {
+    {
+      std::lock_guard lk(mu_);
+      if (closed_) return -ENOTCONN;
+      deferred_.push_back(&e);
+    }
+    wake();
+    return 0;
+  }
+
+  UringChannel& ch_;
+  const unsigned qid_;
+  const unsigned depth_;
+  const size_t payload_;
+  int evfd_;
+  std::thread thread_;
+  WorkerStats stats_;
+  std::atomic<bool> running_{true};
+  std::atomic<bool> stop_{false};
+
+  // Start handshake and deferred replies, under mu_.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  Phase phase_ = Phase::Starting;
+  Command cmd_ = Command::None;
+  std::string error_;
+  std::vector<Entry*> deferred_;
+  bool closed_ = false;
+
+  std::vector<std::unique_ptr<Entry>> entries_;
+
+ private:
+  bool setup(std::string* error);
+  bool register_first(std::string* error);
+  void register_rest();
+  void loop();
+  void finish();
+  void report(Phase p, const std::string& error);
+  struct io_uring_sqe* sqe();
+  void arm_event();
+  void commit(Entry& e);
+  void on_cqe(const struct io_uring_cqe* cqe);
+  void handle(Entry& e);
+
+  struct io_uring ring_ {};
+  bool ring_ok_ = false;
+  bool fixed_file_ = false;
+  std::vector<char> scratch_;
+  uint64_t event_value_ = 0;
+  unsigned in_kernel_ = 0;
+  bool conn_dead_ = false;
+};
+
+int UringChannel::Entry::send(const struct iovec* iov, int count) {
+  if (count >= 1 && iov[0].iov_len == sizeof(k::fuse_out_header)) {
+    k::fuse_out_header oh;
+    std::memcpy(&oh, iov[0].iov_base, sizeof oh);
+    if (oh.unique == 0) {
+      // A notification: the rings refuse them; they go over /dev/fuse.
+      ssize_t n = ::writev(q_.ch_.dev_fd_, iov, count);
+      return n < 0 ? -errno : 0;
+    }
+  }
+  int rc = buf_->encode_reply(iov, count);
+  if (rc < 0) {
+    q_.ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
+    LOG_ERROR("io_uring queue %u: reply of %zu bytes does not fit the %zu-byte payload buffer; "
+              "sent EIO instead", q_.qid_, static_cast<size_t>(iov[0].iov_len),
+              buf_->payload_capacity());
+  }
+  if (t_current_queue == &q_) {
+    replied_ = true;  // committed by the queue thread once Session::handle returns
+    return 0;
+  }
+  return q_.defer_commit(*this);
+}
+
+int UringChannel::Entry::backing_open(int fd) {
+  k::fuse_backing_map map{};
+  map.fd = fd;
+  int id = ::ioctl(q_.ch_.dev_fd_, k::kDevIocBackingOpen, &map);
+  return id < 0 ? -errno : id;
+}
+
+void UringChannel::Entry::backing_close(int id) {
+  uint32_t bid = static_cast<uint32_t>(id);
+  (void)::ioctl(q_.ch_.dev_fd_, k::kDevIocBackingClose, &bid);
+}
+
+void UringChannel::Queue::report(Phase p, const std::string& error) {
+  {
+    std::lock_guard lk(mu_);
+    phase_ = p;
+    error_ = error;
+  }
+  cv_.notify_all();
+}
+
+bool UringChannel::Queue::setup(std::string* error) {
+  char name[16];
+  snprintf(name, sizeof name, "efuse-uring%u", qid_);
+  pthread_setname_np(pthread_self(), name);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(qid_, &set);
+  int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  if (rc != 0)
+    LOG_INFO("io_uring queue %u: cannot pin its thread to CPU %u (%s); it runs unpinned", qid_,
+             qid_, strerror(rc));
+
+  // Buffers are touched first by this (pinned) thread, so they land on its NUMA node.
+  for (unsigned i = 0; i < depth_; ++i) {
+    int err = 0;
+    auto buf = uring::EntryBuffer::create(payload_, &err);
+    if (!buf) {
+      *error = "cannot map a " + std::to_string(payload_) + "-byte ring buffer: " + strerror(err);
+      return false;
+    }
+    std::memset(buf->header(), 0, sizeof(k::fuse_uring_req_header));
+    entries_.push_back(std::make_unique<Entry>(*this, std::move(buf)));
+  }
+  scratch_.resize(ch_.session_.request_buffer_size());
+
+  // One SQE per entry plus the eventfd read; each has at most one command in flight, so
+  // the CQ (twice as large) never overflows.
+  unsigned sq = depth_ + 2;
+  struct io_uring_params p {};
+  p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
+            IORING_SETUP_DEFER_TASKRUN;
+  p.cq_entries = sq * 2;
+  rc = io_uring_queue_init_params(sq, &ring_, &p);
+  if (rc == -EINVAL) {
+    p = {};
+    p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE;
+    p.cq_entries = sq * 2;
+    rc = io_uring_queue_init_params(sq, &ring_, &p);
+  }
+  if (rc < 0) {
+    *error = std::string("io_uring_setup with 128-byte SQEs failed: ") + strerror(-rc);
+    return false;
+  }
+  ring_ok_ = true;
+  int fds[1] = {ch_.dev_fd_};
+  fixed_file_ = io_uring_register_files(&ring_, fds, 1) == 0;
+  (void)io_uring_register_ring_fd(&ring_);
+  return true;
+}
+
+struct io_uring_sqe* UringChannel::Queue::sqe() {
+  struct io_uring_sqe* s = io_uring_get_sqe(&ring_);
+  if (s == nullptr) {
+    (void)io_uring_submit(&ring_);
+    s = io_uring_get_sqe(&ring_);
+  }
+  return s;
+}
+
+bool UringChannel::Queue::register_first(std::string* error) {
+  Entry& e = *entries_.front();
+  struct io_uring_sqe* s = sqe();
+  if (s == nullptr) {
+    *error = "no free SQE on a fresh io_uring";
+    return false;
+  }
+  prep_uring_cmd(s, ch_.dev_fd_, fixed_file_, k::UringCmd::Register, static_cast<uint16_t>(qid_),
+                 0, reinterpret_cast<uint64_t>(&e));
+  s->addr = reinterpret_cast<uint64_t>(e.buf_->register_iov());
+  s->len = k::kUringIovSegs;
+  int rc = io_uring_submit(&ring_);
+  if (rc < 0) {
+    *error = std::string("submitting REGISTER failed: ") + strerror(-rc);
+    return false;
+  }
+  e.in_kernel_ = true;
+  ++in_kernel_;
+  // A refused REGISTER completes at once; an accepted one stays pending until a request
+  // comes (which may already happen if this queue completed the set). Look briefly.
+  struct __kernel_timespec ts {};
+  ts.tv_nsec = 2 * 1000 * 1000;
+  struct io_uring_cqe* cqe = nullptr;
+  rc = io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
+  if (rc == 0 && cqe != nullptr && cqe->user_data == reinterpret_cast<uint64_t>(&e) &&
+      cqe->res < 0) {
+    int err = -cqe->res;
+    io_uring_cqe_seen(&ring_, cqe);
+    e.in_kernel_ = false;
+    e.dead_ = true;
+    --in_kernel_;
+    *error = std::string("the kernel refused FUSE_IO_URING_CMD_REGISTER: ") + strerror(err);
+    if (err == EOPNOTSUPP) *error += " (io_uring is disabled for FUSE: enable_uring is N)";
+    return false;
+  }
+  return true;  // a res 0 CQE (a request) stays in the CQ for the loop
+}
+
+void UringChannel::Queue::register_rest() {
+  for (size_t i = 1; i < entries_.size(); ++i) {
+    Entry& e = *entries_[i];
+    struct io_uring_sqe* s = sqe();
+    if (s == nullptr) break;
+    prep_uring_cmd(s, ch_.dev_fd_, fixed_file_, k::UringCmd::Register,
+                   static_cast<uint16_t>(qid_), 0, reinterpret_cast<uint64_t>(&e));
+    s->addr = reinterpret_cast<uint64_t>(e.buf_->register_iov());
+    s->len = k::kUringIovSegs;
+    e.in_kernel_ = true;
+    ++in_kernel_;
+  }
+  arm_event();
+}
+
+void UringChannel::Queue::arm_event() {
+  struct io_uring_sqe* s = sqe();
+  if (s == nullptr) return;
+  std::memset(s, 0, 128);
+  io_uring_prep_read(s, evfd_, &event_value_, sizeof event_value_, 0);
+  s->user_data = kEventTag;
+}
+
+void UringChannel::Queue::commit(Entry& e) {
+  struct io_uring_sqe* s = sqe();
+  if (s == nullptr) {
+    // Cannot happen: every entry has at most one command and the SQ holds them all.
+    ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
+    LOG_ERROR("io_uring queue %u: no free SQE to commit a reply; entry lost", qid_);
+    e.dead_ = true;
+    return;
+  }
+  prep_uring_cmd(s, ch_.dev_fd_, fixed_file_, k::UringCmd::CommitAndFetch,
+                 static_cast<uint16_t>(qid_), e.buf_->commit_id(), reinterpret_cast<uint64_t>(&e));
+  e.in_kernel_ = true;
+  ++in_kernel_;
+}
+
+void UringChannel::Queue::handle(Entry& e) {
+  uint64_t t0 = monotonic_ns();
+  stats_.in_flight.store(1, std::memory_order_relaxed);
+  e.replied_ = false;
+  const char* why = nullptr;
+  std::span<const char> request = e.buf_->assemble_request(&why);
+  uint32_t opcode = 0;
+  if (request.empty()) {
+    ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
+    LOG_ERROR("io_uring queue %u: malformed ring request (%s); replying EIO", qid_, why);
+    k::fuse_out_header oh{sizeof oh, -EIO, e.buf_->commit_id()};
+    struct iovec iov{&oh, sizeof oh};
+    (void)e.buf_->encode_reply(&iov, 1);
+    e.replied_ = true;
+  } else {
+    k::fuse_in_header in;
+    std::memcpy(&in, request.data(), sizeof in);
+    opcode = in.opcode;
+    // Requests without a payload (READ, READDIR, GETATTR, ...) may build their reply right
+    // in the payload buffer, which the kernel then reads without a copy on our side.
+    std::span<char> scratch = e.buf_->request_payload_size() == 0
+                                  ? std::span<char>(e.buf_->payload(), e.buf_->payload_capacity())
+                                  : std::span<char>(scratch_);
+    ch_.session_.handle(request, e, scratch);
+  }
+  if (!e.replied_ && takes_no_reply(opcode)) {
+    LOG_WARN("io_uring queue %u: %s arrived on a ring; recycling its entry", qid_,
+             opcode_name(opcode));
+    k::fuse_out_header oh{sizeof oh, 0, e.buf_->commit_id()};
+    struct iovec iov{&oh, sizeof oh};
+    (void)e.buf_->encode_reply(&iov, 1);
+    e.replied_ = true;
+  }
+  // Not replied: the session answers later from another thread (a blocking lock), through
+  // Entry::send and defer_commit. The entry stays ours until then.
+  if (e.replied_) commit(e);
+  stats_.in_flight.store(0, std::memory_order_relaxed);
+  stats_.requests.fetch_add(1, std::memory_order_relaxed);
+  stats_.busy_ns.fetch_add(monotonic_ns() - t0, std::memory_order_relaxed);
+}
+
+void UringChannel::Queue::on_cqe(const struct io_uring_cqe* cqe) {
+  if (cqe->user_data == kEventTag) {
+    if (!stop_.load()) arm_event();
+    return;
+  }
+  Entry& e = *reinterpret_cast<Entry*>(cqe->user_data);
+  e.in_kernel_ = false;
+  --in_kernel_;
+  if (cqe->res < 0) {
+    int err = -cqe->res;
+    e.dead_ = true;
+    if (is_teardown_error(err)) {
+      conn_dead_ = true;
+    } else {
+      ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
+      LOG_ERROR("io_uring queue %u: ring command failed: %s; entry lost (%u left in kernel)",
+                qid_, strerror(err), in_kernel_);
+    }
+    return;
+  }
+  handle(e);
+}
+
+void UringChannel::Queue::loop() {
+  for (;;) {
+    if (stop_.load()) break;
+    if (in_kernel_ == 0 && conn_dead_) break;
+    uint64_t t0 = monotonic_ns();
+    int rc = io_uring_submit_and_wait(&ring_, 1);
+    stats_.wait_ns.fetch_add(monotonic_ns() - t0, std::memory_order_relaxed);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
+      ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
+      LOG_ERROR("io_uring queue %u: io_uring_enter failed: %s; queue stops", qid_,
+                strerror(-rc));
+      break;
+    }
+    unsigned head;
+    unsigned n = 0;
+    struct io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++n;
+      on_cqe(cqe);
+    }
+    io_uring_cq_advance(&ring_, n);
+
+    std::vector<Entry*> ready;
+    {
+      std::lock_guard lk(mu_);
+      ready.swap(deferred_);
+    }
+    for (Entry* e : ready) {
+      if (!e->dead_ && !e->in_kernel_) commit(*e);
+    }
+  }
+}
+
+void UringChannel::Queue::finish() {
+  {
+    std::lock_guard lk(mu_);
+    closed_ = true;
+    deferred_.clear();
+  }
+  // Closing the ring cancels the commands still pending in the kernel (they complete with
+  // -ENOTCONN inside the kernel); with the queue thread gone no request can be copied into
+  // our buffers any more.
+  if (ring_ok_) io_uring_queue_exit(&ring_);
+  ring_ok_ = false;
+  running_.store(false);
+  running_.notify_all();
+}
+
+void UringChannel::Queue::run() {
+  t_current_queue = this;
+  std::string error;
+  bool ok = setup(&error);
+  report(ok ? Phase::SetupDone : Phase::SetupFailed, error);
+  {
+    std::unique_lock lk(mu_);
+    cv_.wait(lk, [this] { return cmd_ != Command::None; });
+    if (cmd_ == Command::Abort) ok = false;
+  }
+  if (ok) {
+    ok = register_first(&error);
+    report(ok ? Phase::Registered : Phase::RegisterFailed, error);
+  }
+  if (ok) {
+    register_rest();
+    loop();
+  }
+  finish();
+}
+
+// ---- channel -----------------------------------------------------------------------------
+
+UringChannel::UringChannel(Session& session, int dev_fd, unsigned queue_depth,
+                           unsigned classic_threads)
+    : session_(session),
+      dev_fd_(dev_fd),
+      depth_(queue_depth == 0 ? 1 : queue_depth),
+      classic_(session, dev_fd, classic_threads) {}
+
+UringChannel::~UringChannel() {
+  stop_queues();
+  // Blocking-lock waiters may still hold an entry as their Transport: stop them while the
+  // entries exist. (~ClassicChannel calls shutdown again; the second call does nothing.)
+  if (!queues_.empty() && !queues_.front()->entries_.empty())
+    session_.shutdown(*queues_.front()->entries_.front());
+  queues_.clear();
+  // classic_ (declared first) goes last: it joins the /dev/fuse workers and closes dev_fd.
+}
+
+void UringChannel::stop_queues() {
+  for (auto& q : queues_) q->stop();
+  for (auto& q : queues_)
+    if (q->thread_.joinable()) q->thread_.join();
+}
+
+efuse::Status UringChannel::serve_init(std::string* error) { return classic_.serve_init(error); }
+
+efuse::Status UringChannel::start_classic(std::string* error) { return classic_.start(error); }
+
+efuse::Status UringChannel::start(std::string* error) {
+  if (!session_.initialized()) {
+    *error = "io_uring queues can only be registered after INIT was answered";
+    return efuse::Errno{EINVAL};
+  }
+  if (!queues_.empty()) return efuse::Errno{EALREADY};
+  const Negotiated& n = session_.negotiated();
+  if (!n.has(k::init::kOverIoUring)) {
+    fallback_ready_ = true;
+    *error = (n.kernel_flags & k::init::kOverIoUring)
+                 ? "FUSE_OVER_IO_URING was offered but not requested at INIT (SessionOptions::io_uring)"
+                 : "the kernel did not offer FUSE_OVER_IO_URING at INIT (enable_uring off?)";
+    return efuse::Errno{EOPNOTSUPP};
+  }
+
+  unsigned nr = uring::possible_cpus();
+  size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  size_t payload = uring::payload_size(n.max_write, n.max_pages, page);
+
+  auto fail = [&](const std::string& why) -> efuse::Status {
+    stop_queues();
+    queues_.clear();
+    std::string drop_why;
+    efuse::Status d = drop_kernel_uring(dev_fd_, &drop_why);
+    fallback_ready_ = d.ok();
+    *error = why + (fallback_ready_ ? "; the kernel now serves this mount over /dev/fuse"
+                                    : "; cannot switch the kernel back to /dev/fuse: " + drop_why);
+    return efuse::Errno{EIO};
+  };
+
+  for (unsigned qid = 0; qid < nr; ++qid) {
+    int evfd = eventfd(0, EFD_CLOEXEC);
+    if (evfd < 0) return fail(std::string("eventfd: ") + strerror(errno));
+    queues_.push_back(std::make_unique<Queue>(*this, qid, depth_, payload, evfd));
+    Queue& q = *queues_.back();
+    try {
+      q.thread_ = std::thread(&Queue::run, &q);
+    } catch (const std::system_error& e) {
+      q.running_.store(false);
+      return fail(std::string("cannot start an io_uring queue thread: ") + e.what());
+    }
+  }
+
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kStartTimeoutMs);
+  auto await = [&](auto done) -> std::string {
+    std::string problems;
+    for (auto& q : queues_) {
+      std::unique_lock lk(q->mu_);
+      if (!q->cv_.wait_until(lk, deadline, [&] { return done(q->phase_); })) {
+        problems += "queue " + std::to_string(q->qid_) + ": no answer in time; ";
+        continue;
+      }
+      if (q->phase_ == Queue::Phase::SetupFailed || q->phase_ == Queue::Phase::RegisterFailed)
+        problems += "queue " + std::to_string(q->qid_) + ": " + q->error_ + "; ";
+    }
+    if (problems.size() >= 2) problems.resize(problems.size() - 2);
+    return problems;
+  };
+
+  // Phase 1: every queue has its memory and ring. Nothing is registered yet, so a failure
+  // here leaves the kernel untouched but still waiting for rings.
+  std::string problems = await([](Queue::Phase p) { return p != Queue::Phase::Starting; });
+  if (!problems.empty()) return fail("io_uring setup failed: " + problems);
+
+  // Phase 2: every queue registers one entry. The kernel switches to the rings only when
+  // every queue has one, so if any queue fails here the rings never became ready and the
+  // kernel can still go back to /dev/fuse.
+  for (auto& q : queues_) {
+    std::lock_guard lk(q->mu_);
+    q->cmd_ = Queue::Command::Go;
+    q->cv_.notify_all();
+  }
+  problems = await([](Queue::Phase p) {
+    return p == Queue::Phase::Registered || p == Queue::Phase::RegisterFailed;
+  });
+  if (!problems.empty()) return fail("io_uring registration failed: " + problems);
+
+  rings_active_.store(true);
+  LOG_INFO("FUSE over io_uring: %u queues (one per CPU), %u entries each, %zu KiB payload per "
+           "entry; FORGET and INTERRUPT stay on /dev/fuse",
+           nr, depth_, payload / 1024);
+  return classic_.start(error);
+}
+
+efuse::Status UringChannel::drop_kernel_uring(int dev_fd, std::string* why) {
+  struct io_uring ring {};
+  struct io_uring_params p {};
+  p.flags = IORING_SETUP_SQE128;
+  int rc = io_uring_queue_init_params(2, &ring, &p);
+  if (rc < 0) {
+    *why = std::string("io_uring_setup failed: ") + strerror(-rc);
+    return efuse::Errno{-rc};
+  }
+  // A REGISTER naming a queue that cannot exist: the kernel answers EINVAL and, as for any
+  // failed registration, stops waiting for rings (fc->io_uring = 0).
+  struct io_uring_sqe* s = io_uring_get_sqe(&ring);
+  if (s == nullptr) {
+    io_uring_queue_exit(&ring);
+    *why = "no SQE on a fresh io_uring";
+    return efuse::Errno{EIO};
+  }
+  prep_uring_cmd(s, dev_fd, false, k::UringCmd::Register, 0xffff, 0, 0);
+  LOG_INFO("asking the kernel to serve this FUSE connection over /dev/fuse (a deliberately "
+           "invalid io_uring REGISTER; the kernel may log 'Invalid ring qid 65535')");
+  rc = io_uring_submit_and_wait(&ring, 1);
+  int res = 0;
+  struct io_uring_cqe* cqe = nullptr;
+  if (rc >= 0 && io_uring_peek_cqe(&ring, &cqe) == 0 && cqe != nullptr) {
+    res = cqe->res;
+    io_uring_cqe_seen(&ring, cqe);
+  } else {
+    res = rc < 0 ? rc : -EIO;
+  }
+  io_uring_queue_exit(&ring);
+  if (res == -EINVAL || res == -EOPNOTSUPP) return {};  // dropped / io_uring already off
+  *why = res == 0 ? std::string("the kernel accepted an invalid REGISTER")
+                  : std::string("REGISTER answered ") + strerror(-res);
+  return efuse::Errno{res < 0 ? -res : EIO};
+}
+
+efuse::Status UringChannel::supported(std::string* why) {
+  char v = 0;
+  {
+    int fd = ::open(k::kEnableUringParam, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+      *why = "this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING)";
+      return efuse::Errno{EOPNOTSUPP};
+    }
+    if (::read(fd, &v, 1) != 1) v = 0;
+    ::close(fd);
+  }
+  if (v != 'Y' && v != 'y' && v != '1') {
+    if (geteuid() != 0) {
+      *why = std::string("FUSE io_uring is off (") + k::kEnableUringParam +
+             " is N) and only root can turn it on";
+      return efuse::Errno{EPERM};
+    }
+    int fd = ::open(k::kEnableUringParam, O_WRONLY | O_CLOEXEC);
+    bool ok = fd >= 0 && ::write(fd, "Y", 1) == 1;
+    int err = errno;
+    if (fd >= 0) ::close(fd);
+    if (!ok) {
+      *why = std::string("FUSE io_uring is off and turning it on failed: writing Y to ") +
+             k::kEnableUringParam + ": " + strerror(err);
+      return efuse::Errno{err};
+    }
+    LOG_INFO("FUSE io_uring was off; efused turned it on (wrote Y to %s)", k::kEnableUringParam);
+  }
+  struct io_uring ring {};
+  struct io_uring_params p {};
+  p.flags = IORING_SETUP_SQE128;
+  int rc = io_uring_queue_init_params(2, &ring, &p);
+  if (rc < 0) {
+    *why = std::string("io_uring_setup with 128-byte SQEs failed: ") + strerror(-rc);
+    std::ifstream f("/proc/sys/kernel/io_uring_disabled");
+    int disabled = 0;
+    if (f >> disabled && disabled != 0)
+      *why += " (kernel.io_uring_disabled = " + std::to_string(disabled) + ")";
+    return efuse::Errno{-rc};
+  }
+  io_uring_queue_exit(&ring);
+  return {};
+}
+
+bool UringChannel::stopped() const {
+  for (const auto& q : queues_)
+    if (q->running_.load()) return false;
+  return classic_.stopped();
+}
+
+bool UringChannel::wait(int timeout_ms) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!stopped()) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+void UringChannel::join() {
+  for (auto& q : queues_)
+    if (q->thread_.joinable()) q->thread_.join();
+  classic_.join();
+}
+
+std::vector<const WorkerStats*> UringChannel::worker_stats() const {
+  std::vector<const WorkerStats*> out;
+  for (const auto& q : queues_) out.push_back(&q->stats_);
+  for (const WorkerStats* w : classic_.worker_stats()) out.push_back(w);
+  return out;
+}
+
+uint64_t UringChannel::channel_errors() const {
+  return channel_errors_.load() + classic_.channel_errors();
+}
+
+}  // namespace fuse
