@@ -65,8 +65,10 @@ void apply_options(const json& options, MountFlags& out) {
 // The keys `defaults:` and a mount share; inside cache and options each key falls back alone.
 void apply_settings(const json& settings, MountConfig& out) {
   set_if_present(settings, "threads", out.threads);
-  if (auto it = settings.find("transport"); it != settings.end()) out.transport = from_name(kTransports, it->get<std::string>());
-  if (auto it = settings.find("io_path"); it != settings.end()) out.io_path = from_name(kIoPaths, it->get<std::string>());
+  if (auto it = settings.find("transport"); it != settings.end())
+    out.transport = from_name(kTransports, it->get<std::string>());
+  if (auto it = settings.find("io_path"); it != settings.end())
+    out.io_path = from_name(kIoPaths, it->get<std::string>());
   if (auto it = settings.find("cache"); it != settings.end()) apply_cache(*it, out.cache);
   if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);
 }
@@ -79,7 +81,8 @@ MountConfig build_mount(const json& mount, const MountConfig& defaults) {
   out.backend = mount.at("backend").get<std::string>();
   out.source = normalize_path(mount.at("source").get<std::string>());
   if (auto it = mount.find("bpf_handlers"); it != mount.end()) {
-    for (const auto& [opcode, file] : it->items()) out.bpf_handlers[opcode] = normalize_path(file.get<std::string>());
+    for (const auto& [opcode, file] : it->items())
+      out.bpf_handlers[opcode] = normalize_path(file.get<std::string>());
   }
   return out;
 }
@@ -93,12 +96,16 @@ Config build_config(const json& document, const std::string& origin) {
   }
   MountConfig defaults;
   if (auto it = document.find("defaults"); it != document.end()) apply_settings(*it, defaults);
-  for (const auto& mount : document.at("mounts")) config.mounts.push_back(build_mount(mount, defaults));
+  for (const auto& mount : document.at("mounts"))
+    config.mounts.push_back(build_mount(mount, defaults));
   return config;
 }
 
 std::string read_file(const std::string& path) {
-  auto fail = [&path](int err) { return ConfigError(path, 0, 0, std::string("cannot read the configuration: ") + std::strerror(err)); };
+  auto fail = [&path](int err) {
+    return ConfigError(path, 0, 0,
+                       std::string("cannot read the configuration: ") + std::strerror(err));
+  };
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw fail(errno);
   std::string text;
@@ -123,7 +130,8 @@ const char* to_string(Transport t) { return name_of(kTransports, t); }
 const char* to_string(IoPath p) { return name_of(kIoPaths, p); }
 
 ConfigError::ConfigError(std::string file, int line, int column, const std::string& message)
-    : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message),
+    : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " +
+                         message),
       file_(std::move(file)),
       line_(line),
       column_(column),

@@ -1,6 +1,5 @@
 #include "daemon/config_checks.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -9,23 +8,28 @@
 #include <cstring>
 #include <map>
 
+#include "telemetry/listen_address.h"
+
 namespace efuse::daemon {
 namespace {
 
-YamlPath mount_path(size_t index, const char* key) { return {"mounts", std::to_string(index), key}; }
+YamlPath mount_path(size_t index, const char* key) {
+  return {"mounts", std::to_string(index), key};
+}
 
 std::string at_line(const YamlDocument& doc, const YamlPath& path) {
   return "(line " + std::to_string(line_of(doc.value_mark(path))) + ")";
 }
 
-// The schema checks the shape of "[...]:PORT"; only inet_pton knows a valid IPv6 address.
+// The schema checks the shape of HOST:PORT; the metrics server's own parser has the last
+// word (it alone knows a valid IPv6 address), so the config accepts exactly what it serves.
 void check_listen(const YamlDocument& doc, const std::string& listen) {
-  if (listen.empty() || listen[0] != '[') return;
-  std::string host = listen.substr(1, listen.find(']') - 1);
-  in6_addr addr;
-  if (inet_pton(AF_INET6, host.c_str(), &addr) != 1) {
+  if (listen.empty()) return;
+  try {
+    (void)telemetry::parse_listen_address(listen);
+  } catch (const telemetry::ListenError& e) {
     doc.fail(doc.value_mark({"metrics", "listen"}),
-             "metrics.listen '" + listen + "' is not valid: '" + host + "' is not an IPv6 address");
+             "metrics.listen '" + listen + "' is not valid: " + e.reason());
   }
 }
 
@@ -35,15 +39,17 @@ void check_unique_names(const YamlDocument& doc, const Config& config) {
     auto [it, inserted] = first_use.emplace(config.mounts[i].name, i);
     if (inserted) continue;
     doc.fail(doc.value_mark(mount_path(i, "name")),
-             "duplicate mount name '" + it->first + "': " + doc.describe({"mounts", std::to_string(it->second)}) +
-                 " " + at_line(doc, mount_path(it->second, "name")) + " has it too");
+             "duplicate mount name '" + it->first +
+                 "': " + doc.describe({"mounts", std::to_string(it->second)}) + " " +
+                 at_line(doc, mount_path(it->second, "name")) + " has it too");
   }
 }
 
 // Whether `inner` is `outer` or lies below it.
 bool within(const std::string& inner, const std::string& outer) {
   if (inner == outer || outer == "/") return true;
-  return inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 && inner[outer.size()] == '/';
+  return inner.size() > outer.size() && inner.compare(0, outer.size(), outer) == 0 &&
+         inner[outer.size()] == '/';
 }
 
 // One of a mount's two paths, with where it is in the file.
@@ -54,15 +60,21 @@ struct PathRef {
 };
 
 // Fails when `a` (of a mount at or after b's) overlaps `b`. Two sources may overlap.
-void check_overlap(const YamlDocument& doc, const Config& config, const PathRef& a, const PathRef& b) {
-  const char* relation = a.path == b.path ? "is the same as" : within(a.path, b.path) ? "is inside" : within(b.path, a.path) ? "contains" : nullptr;
+void check_overlap(const YamlDocument& doc, const Config& config, const PathRef& a,
+                   const PathRef& b) {
+  const char* relation = a.path == b.path         ? "is the same as"
+                         : within(a.path, b.path) ? "is inside"
+                         : within(b.path, a.path) ? "contains"
+                                                  : nullptr;
   if (relation == nullptr) return;
   bool both_mountpoints = std::strcmp(a.key, b.key) == 0;
-  std::string owner = a.mount == b.mount ? "this mount" : "mount '" + config.mounts[b.mount].name + "'";
-  std::string why = both_mountpoints ? "mounts must not nest" : "efused must not serve its own mounts";
+  std::string owner =
+      a.mount == b.mount ? "this mount" : "mount '" + config.mounts[b.mount].name + "'";
+  std::string why =
+      both_mountpoints ? "mounts must not nest" : "efused must not serve its own mounts";
   doc.fail(doc.value_mark(mount_path(a.mount, a.key)),
-           std::string(a.key) + " '" + a.path + "' " + relation + " the " + b.key + " '" + b.path + "' of " + owner +
-               " " + at_line(doc, mount_path(b.mount, b.key)) + "; " + why);
+           std::string(a.key) + " '" + a.path + "' " + relation + " the " + b.key + " '" + b.path +
+               "' of " + owner + " " + at_line(doc, mount_path(b.mount, b.key)) + "; " + why);
 }
 
 void check_paths(const YamlDocument& doc, const Config& config) {

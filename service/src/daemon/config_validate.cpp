@@ -45,7 +45,8 @@ const json* child_schema(const json& parent, const std::string& segment) {
     if (auto p = props->find(segment); p != props->end()) return &*p;
   }
   if (auto items = s.find("items"); items != s.end() && items->is_object()) return &*items;
-  if (auto extra = s.find("additionalProperties"); extra != s.end() && extra->is_object()) return &*extra;
+  if (auto extra = s.find("additionalProperties"); extra != s.end() && extra->is_object())
+    return &*extra;
   return nullptr;
 }
 
@@ -68,7 +69,8 @@ const json& value_at(const json& doc, const YamlPath& path) {
 YamlPath path_of(const std::vector<std::string>& context) {
   YamlPath path;
   for (const auto& c : context) {
-    if (c.size() >= 2 && c.front() == '[' && c.back() == ']') path.push_back(c.substr(1, c.size() - 2));
+    if (c.size() >= 2 && c.front() == '[' && c.back() == ']')
+      path.push_back(c.substr(1, c.size() - 2));
   }
   return path;
 }
@@ -94,10 +96,11 @@ std::string a_type_of(const json& v) {
   }
 }
 
-
 std::string joined(const json& list, const std::string& separator) {
   std::string out;
-  for (const auto& item : list) out += (out.empty() ? "" : separator) + (item.is_string() ? item.get<std::string>() : item.dump());
+  for (const auto& item : list)
+    out +=
+        (out.empty() ? "" : separator) + (item.is_string() ? item.get<std::string>() : item.dump());
   return out;
 }
 
@@ -184,7 +187,9 @@ class ErrorExplainer {
 
   Problem wrong_type(const YamlPath& path, const json& schema) const {
     const json* type = schema_keyword(schema, "type");
-    std::string expected = type == nullptr ? "something else" : a_type(type->is_string() ? type->get<std::string>() : joined(*type, " or "));
+    std::string expected = type == nullptr ? "something else"
+                                           : a_type(type->is_string() ? type->get<std::string>()
+                                                                      : joined(*type, " or "));
     return at_value(path, "must be " + expected + ", not " + a_type_of(value_at(value_, path)));
   }
 
@@ -207,8 +212,9 @@ class ErrorExplainer {
   Problem no_pattern_match(const YamlPath& path, const json& schema) const {
     const json* description = schema_keyword(schema, "description");
     const json* pattern = schema_keyword(schema, "pattern");
-    std::string expected = description ? description->get<std::string>()
-                                       : "must match " + (pattern ? pattern->get<std::string>() : "?");
+    std::string expected = description
+                               ? description->get<std::string>()
+                               : "must match " + (pattern ? pattern->get<std::string>() : "?");
     return at_value(path, shown(path) + " is not valid: " + expected);
   }
 
@@ -218,10 +224,10 @@ class ErrorExplainer {
       if (std::find(allowed.begin(), allowed.end(), key) != allowed.end()) continue;
       YamlPath key_path = path;
       key_path.push_back(key);
-      std::string where = path.empty() ? "at the top level" : "in " + doc_.describe(path);
       std::string hint = closest(key, allowed);
-      hint = hint.empty() ? "; expected one of " + joined(allowed, ", ") : "; did you mean '" + hint + "'?";
-      return {doc_.key_mark(key_path), "unknown key '" + key + "' " + where + hint};
+      hint = hint.empty() ? "; expected one of " + joined(allowed, ", ")
+                          : "; did you mean '" + hint + "'?";
+      return {doc_.key_mark(key_path), "unknown key '" + key + "' " + doc_.where(path) + hint};
     }
     return {doc_.value_mark(path), doc_.describe(path) + " has an unknown key"};
   }
@@ -231,12 +237,13 @@ class ErrorExplainer {
     std::vector<std::string> missing;
     if (const json* required = schema_keyword(schema, "required")) {
       for (const auto& key : *required) {
-        if (!map.contains(key.get<std::string>())) missing.push_back("'" + key.get<std::string>() + "'");
+        if (!map.contains(key.get<std::string>()))
+          missing.push_back("'" + key.get<std::string>() + "'");
       }
     }
-    std::string where = path.empty() ? "at the top level" : "in " + doc_.describe(path);
     std::string what = missing.size() == 1 ? "key " : "keys ";
-    return {doc_.value_mark(path), "missing required " + what + joined(missing, ", ") + " " + where, true};
+    return {doc_.value_mark(path),
+            "missing required " + what + joined(missing, ", ") + " " + doc_.where(path), true};
   }
 
   const YamlDocument& doc_;
@@ -276,7 +283,9 @@ const json* subschema_at(const YamlPath& path) {
 void validate_against_schema(const YamlDocument& doc, const json& value) {
   valijson::Validator validator(valijson::Validator::kStrongTypes);
   valijson::ValidationResults results;
-  if (validator.validate(compiled_schema(), valijson::adapters::NlohmannJsonAdapter(value), &results)) return;
+  if (validator.validate(compiled_schema(), valijson::adapters::NlohmannJsonAdapter(value),
+                         &results))
+    return;
 
   ErrorExplainer explainer(doc, value);
   std::vector<Problem> problems;
@@ -285,9 +294,12 @@ void validate_against_schema(const YamlDocument& doc, const json& value) {
     if (!is_wrapper(error)) problems.push_back(explainer.explain(error));
   }
   if (problems.empty()) doc.fail(doc.root().Mark(), "the configuration does not match its schema");
-  auto order = [](const Problem& p) { return std::tuple(p.missing_key, p.mark.line, p.mark.column); };
-  auto first = std::min_element(problems.begin(), problems.end(),
-                                [&](const Problem& a, const Problem& b) { return order(a) < order(b); });
+  auto order = [](const Problem& p) {
+    return std::tuple(p.missing_key, p.mark.line, p.mark.column);
+  };
+  auto first =
+      std::min_element(problems.begin(), problems.end(),
+                       [&](const Problem& a, const Problem& b) { return order(a) < order(b); });
   doc.fail(first->mark, first->message);
 }
 

@@ -56,8 +56,10 @@ nlohmann::json plain_scalar(const std::string& s) {
   if (std::regex_match(s, kNull)) return nullptr;
   if (std::regex_match(s, kTrue)) return true;
   if (std::regex_match(s, kFalse)) return false;
-  if (std::regex_match(s, kOctal)) return parse_integer(std::string_view(s).substr(2), 8, false).value_or(s);
-  if (std::regex_match(s, kHex)) return parse_integer(std::string_view(s).substr(2), 16, false).value_or(s);
+  if (std::regex_match(s, kOctal))
+    return parse_integer(std::string_view(s).substr(2), 8, false).value_or(s);
+  if (std::regex_match(s, kHex))
+    return parse_integer(std::string_view(s).substr(2), 16, false).value_or(s);
   if (std::regex_match(s, kDecimal)) {
     bool negative = s[0] == '-';
     auto digits = std::string_view(s).substr(s[0] == '-' || s[0] == '+' ? 1 : 0);
@@ -116,9 +118,11 @@ YamlDocument::YamlDocument(std::string_view text, std::string origin) : origin_(
     fail(e.mark, "YAML syntax error: " + e.msg);
   }
   if (docs.empty() || docs[0].IsNull()) {
-    throw ConfigError(origin_, 1, 1, "the configuration is empty; expected a map with a 'mounts' list");
+    throw ConfigError(origin_, 1, 1,
+                      "the configuration is empty; expected a map with a 'mounts' list");
   }
-  if (docs.size() > 1) fail(docs[1].Mark(), "a second YAML document; the file must hold exactly one");
+  if (docs.size() > 1)
+    fail(docs[1].Mark(), "a second YAML document; the file must hold exactly one");
   root_.reset(docs[0]);
   if (!root_.IsMap()) {
     fail(root_.Mark(), std::string("the configuration must be a map with a 'mounts' list, not a ") +
@@ -130,8 +134,12 @@ YamlDocument::YamlDocument(std::string_view text, std::string origin) : origin_(
 }
 
 void YamlDocument::check_keys(const YAML::Node& node, YamlPath& path, size_t& nodes) const {
-  if (path.size() > kMaxDepth) fail(node.Mark(), "more than " + std::to_string(kMaxDepth) + " levels of nesting (a recursive alias?)");
-  if (++nodes > kMaxNodes) fail(node.Mark(), "more than " + std::to_string(kMaxNodes) + " values (aliases expanding too far?)");
+  if (path.size() > kMaxDepth)
+    fail(node.Mark(),
+         "more than " + std::to_string(kMaxDepth) + " levels of nesting (a recursive alias?)");
+  if (++nodes > kMaxNodes)
+    fail(node.Mark(),
+         "more than " + std::to_string(kMaxNodes) + " values (aliases expanding too far?)");
   if (node.IsSequence()) {
     for (size_t i = 0; i < node.size(); ++i) {
       path.push_back(std::to_string(i));
@@ -143,12 +151,13 @@ void YamlDocument::check_keys(const YAML::Node& node, YamlPath& path, size_t& no
   if (!node.IsMap()) return;
   std::map<std::string, YAML::Mark> seen;
   for (auto it = node.begin(); it != node.end(); ++it) {
-    if (!it->first.IsScalar()) fail(it->first.Mark(), "map keys must be strings, not a " + std::string(kind_of(it->first)));
+    if (!it->first.IsScalar())
+      fail(it->first.Mark(), "map keys must be strings, not a " + std::string(kind_of(it->first)));
     const std::string& key = it->first.Scalar();
     auto [first, inserted] = seen.emplace(key, it->first.Mark());
     if (!inserted) {
-      std::string where = path.empty() ? "at the top level" : "in " + describe(path);
-      fail(it->first.Mark(), "duplicate key '" + key + "' " + where + " (first defined at line " +
+      fail(it->first.Mark(), "duplicate key '" + key + "' " + where(path) +
+                                 " (first defined at line " +
                                  std::to_string(line_of(first->second)) + ")");
     }
     path.push_back(key);
@@ -169,7 +178,8 @@ nlohmann::json YamlDocument::to_json(const YAML::Node& node) const {
     }
     case YAML::NodeType::Map: {
       auto out = nlohmann::json::object();
-      for (auto it = node.begin(); it != node.end(); ++it) out[it->first.Scalar()] = to_json(it->second);
+      for (auto it = node.begin(); it != node.end(); ++it)
+        out[it->first.Scalar()] = to_json(it->second);
       return out;
     }
     default: return nullptr;
@@ -201,8 +211,13 @@ std::vector<std::string> YamlDocument::keys(const YamlPath& path) const {
   std::vector<std::string> out;
   Located found = walk(Located{root_, root_}, path);
   if (!found.complete || !found.value.IsMap()) return out;
-  for (auto it = found.value.begin(); it != found.value.end(); ++it) out.push_back(it->first.Scalar());
+  for (auto it = found.value.begin(); it != found.value.end(); ++it)
+    out.push_back(it->first.Scalar());
   return out;
+}
+
+std::string YamlDocument::where(const YamlPath& path) const {
+  return path.empty() ? "at the top level" : "in " + describe(path);
 }
 
 YAML::Mark YamlDocument::value_mark(const YamlPath& path) const {
@@ -211,7 +226,9 @@ YAML::Mark YamlDocument::value_mark(const YamlPath& path) const {
   return found.value.IsNull() ? found.key.Mark() : found.value.Mark();
 }
 
-YAML::Mark YamlDocument::key_mark(const YamlPath& path) const { return walk(Located{root_, root_}, path).key.Mark(); }
+YAML::Mark YamlDocument::key_mark(const YamlPath& path) const {
+  return walk(Located{root_, root_}, path).key.Mark();
+}
 
 void YamlDocument::fail(const YAML::Mark& mark, const std::string& message) const {
   throw ConfigError(origin_, mark.line + 1, mark.column + 1, message);

@@ -7,8 +7,8 @@
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
+#include <nlohmann/json.hpp>
 
 namespace efuse::daemon {
 
@@ -31,6 +31,8 @@ class YamlDocument {
 
   // "mounts[0].cache" for {"mounts", "0", "cache"}; "the top level" for {}.
   std::string describe(const YamlPath& path) const;
+  // "in mounts[0].cache"; "at the top level" for {}.
+  std::string where(const YamlPath& path) const;
   // The text of the scalar at `path` as written (without quotes); "" for anything else.
   std::string text(const YamlPath& path) const;
   // The keys of the map at `path` in file order; empty when it is not a map.
