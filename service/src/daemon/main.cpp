@@ -1,51 +1,66 @@
-// efused: serves FUSE file systems. This stage: passthrough mounts given on the command line.
+// efused: serves the FUSE file systems of /etc/efuse/mounts.yaml (or of --mount arguments).
 #include <getopt.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "common/log.h"
+#include "daemon/config.h"
 #include "daemon/mount_instance.h"
+#include "daemon/service.h"
 
 namespace {
 
-using efuse::daemon::MountInstance;
-using MountSpec = efuse::daemon::MountConfig;
+using efuse::daemon::Config;
+using efuse::daemon::ConfigError;
+using efuse::daemon::MountConfig;
 
-constexpr const char* kUsage = R"(Usage: efused --mount SOURCE:MOUNTPOINT [--mount ...] [OPTIONS]
+constexpr const char* kDefaultConfig = "/etc/efuse/mounts.yaml";
 
-Serves each SOURCE directory at MOUNTPOINT as a passthrough FUSE file system, in the
-foreground, until SIGTERM or SIGINT; then unmounts everything (lazily when busy) and exits.
+constexpr const char* kUsage = R"(Usage: efused [--config FILE | --demo | --mount SOURCE:MOUNTPOINT ...] [OPTIONS]
+       efused --check-config FILE
+
+Serves FUSE file systems in the foreground (as systemd runs it) until SIGTERM or SIGINT,
+then unmounts everything (lazily when busy) and exits. SIGHUP re-reads the config file and
+applies the difference. With systemd (Type=notify) it reports READY=1 once every mount
+was attempted, STATUS=, RELOADING=1 and STOPPING=1, and feeds the watchdog.
+
+Where the mounts come from (one of):
+  -c, --config FILE              YAML config (default /etc/efuse/mounts.yaml); schema and a
+                                 commented example in config/
+      --demo                     the embedded demo config: a passthrough mount of
+                                 /tmp/efuse-demo/source at /tmp/efuse-demo/mnt, metrics on
+                                 127.0.0.1:9567 (directories are created)
+  -m, --mount SOURCE:MOUNTPOINT  serve SOURCE at MOUNTPOINT with default settings
+                                 (repeatable; no config file, no metrics unless --metrics)
+      --check-config FILE        validate FILE, print the first error as
+                                 FILE:LINE:COLUMN: message, exit 0 if valid, 1 if not;
+                                 mounts nothing
 
 Options:
-  -m, --mount SOURCE:MOUNTPOINT  serve SOURCE at MOUNTPOINT (repeatable; both must be
-                                 existing directories, neither inside the other)
-  -t, --threads N                worker threads per mount, each on its own /dev/fuse clone
-                                 (default: max(4, 2 x CPUs))
-      --io-path MODE             passthrough: let the kernel do reads/writes/mmap on the
-                                 backing file directly when it supports FUSE passthrough
-                                 (Linux >= 6.9, needs root); cache: serve all I/O in efused
-                                 (default: passthrough)
-      --entry-timeout SECONDS    how long the kernel may cache names (default 1)
-      --attr-timeout SECONDS     how long the kernel may cache attributes (default 1)
-      --writeback-cache          let the kernel cache writes (ignored with passthrough I/O)
-      --no-allow-other           only the mounting user may access the mount (the
-                                 default when not running as root)
-      --read-only                mount read-only
+      --metrics HOST:PORT        serve /metrics here (overrides the config's metrics.listen;
+                                 "" turns it off)
+      --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
+                                 with --config/--demo), "none" (default with --mount), or
+                                 an address such as unix:path=/run/x/bus
+  -t, --threads N                with --mount: worker threads per mount (default 4)
+      --io-path MODE             with --mount: auto, passthrough or cache (default auto:
+                                 FUSE passthrough when the kernel grants it)
       --log-level LEVEL          debug, info, warning or error (default info)
   -V, --version                  print the version and exit
   -h, --help                     print this help and exit
 
-efused prints "efused: ready" on standard output once every mount is live.
-Exit status: 0 after a clean stop, 1 when a mount could not start, 2 on bad usage.
+efused prints "efused: ready" on standard output once every mount was attempted.
+Exit status: 0 after a clean stop; 1 when the config is invalid, when no mount could be
+started, or (with --mount) when any mount could not be started; 2 on bad usage.
 )";
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -53,41 +68,48 @@ Exit status: 0 after a clean stop, 1 when a mount could not start, 2 on bad usag
   std::exit(2);
 }
 
-bool parse_seconds(const char* s, double* out) {
-  char* end = nullptr;
-  double v = std::strtod(s, &end);
-  if (end == s || *end != '\0' || v < 0 || v > 86400.0 * 365) return false;
-  *out = v;
-  return true;
-}
-
 std::string absolute(const std::string& p) {
   char buf[PATH_MAX];
   if (realpath(p.c_str(), buf) != nullptr) return buf;
-  return p;  // validate() reports why it does not resolve
+  return p;  // start-up reports why it does not resolve
+}
+
+// Mount names must be [A-Za-z0-9_.-]{1,64}; derive one from the mountpoint.
+std::string name_for(const std::string& mountpoint, const std::vector<MountConfig>& taken) {
+  std::string base;
+  for (char c : mountpoint.substr(mountpoint.find_last_of('/') + 1))
+    base += (isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '.' || c == '-') ? c : '_';
+  if (base.empty()) base = "root";
+  base = base.substr(0, 56);
+  std::string name = base;
+  for (int i = 2;; ++i) {
+    bool clash = false;
+    for (const auto& m : taken) clash = clash || m.name == name;
+    if (!clash) return name;
+    name = base + "-" + std::to_string(i);
+  }
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> mount_args;
-  unsigned hw = std::thread::hardware_concurrency();
-  MountSpec defaults;
-  defaults.threads = std::max(4u, 2 * (hw == 0 ? 1 : hw));
-  defaults.backend = "passthrough";
-  // Without root, allow_other needs user_allow_other in /etc/fuse.conf: off unless root.
-  defaults.options.allow_other = geteuid() == 0;
+  std::string config_path, check_path, bus = "", metrics;
+  bool demo = false, have_metrics = false;
+  MountConfig cli_defaults;
+  cli_defaults.backend = "passthrough";
+  cli_defaults.options.allow_other = geteuid() == 0;
 
-  enum { kIoPath = 256, kEntryTimeout, kAttrTimeout, kWriteback, kNoAllowOther, kReadOnly, kLogLevel };
+  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel };
   static const option kOptions[] = {
+      {"config", required_argument, nullptr, 'c'},
+      {"demo", no_argument, nullptr, kDemo},
       {"mount", required_argument, nullptr, 'm'},
+      {"check-config", required_argument, nullptr, kCheck},
+      {"metrics", required_argument, nullptr, kMetrics},
+      {"bus", required_argument, nullptr, kBus},
       {"threads", required_argument, nullptr, 't'},
       {"io-path", required_argument, nullptr, kIoPath},
-      {"entry-timeout", required_argument, nullptr, kEntryTimeout},
-      {"attr-timeout", required_argument, nullptr, kAttrTimeout},
-      {"writeback-cache", no_argument, nullptr, kWriteback},
-      {"no-allow-other", no_argument, nullptr, kNoAllowOther},
-      {"read-only", no_argument, nullptr, kReadOnly},
       {"log-level", required_argument, nullptr, kLogLevel},
       {"version", no_argument, nullptr, 'V'},
       {"help", no_argument, nullptr, 'h'},
@@ -95,30 +117,27 @@ int main(int argc, char** argv) {
   };
   opterr = 0;
   int c;
-  while ((c = getopt_long(argc, argv, ":m:t:Vh", kOptions, nullptr)) != -1) {
+  while ((c = getopt_long(argc, argv, ":c:m:t:Vh", kOptions, nullptr)) != -1) {
     switch (c) {
+      case 'c': config_path = optarg; break;
+      case kDemo: demo = true; break;
       case 'm': mount_args.emplace_back(optarg); break;
+      case kCheck: check_path = optarg; break;
+      case kMetrics: metrics = optarg; have_metrics = true; break;
+      case kBus: bus = optarg; break;
       case 't': {
         char* end = nullptr;
         long v = std::strtol(optarg, &end, 10);
         if (*end != '\0' || v < 1 || v > 256) usage_error("--threads must be 1..256");
-        defaults.threads = static_cast<unsigned>(v);
+        cli_defaults.threads = static_cast<unsigned>(v);
         break;
       }
       case kIoPath:
-        if (std::strcmp(optarg, "passthrough") == 0) defaults.io_path = efuse::daemon::IoPath::Passthrough;
-        else if (std::strcmp(optarg, "cache") == 0) defaults.io_path = efuse::daemon::IoPath::Cache;
-        else usage_error(std::string("--io-path must be passthrough or cache, not '") + optarg + "'");
+        if (std::strcmp(optarg, "auto") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Auto;
+        else if (std::strcmp(optarg, "passthrough") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Passthrough;
+        else if (std::strcmp(optarg, "cache") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Cache;
+        else usage_error(std::string("--io-path must be auto, passthrough or cache, not '") + optarg + "'");
         break;
-      case kEntryTimeout:
-        if (!parse_seconds(optarg, &defaults.cache.entry_timeout)) usage_error("bad --entry-timeout");
-        break;
-      case kAttrTimeout:
-        if (!parse_seconds(optarg, &defaults.cache.attr_timeout)) usage_error("bad --attr-timeout");
-        break;
-      case kWriteback: defaults.cache.writeback = true; break;
-      case kNoAllowOther: defaults.options.allow_other = false; break;
-      case kReadOnly: defaults.options.read_only = true; break;
       case kLogLevel: {
         efuse::log::Level l;
         if (!efuse::log::parse_level(optarg, &l)) usage_error(std::string("unknown log level '") + optarg + "'");
@@ -132,66 +151,65 @@ int main(int argc, char** argv) {
     }
   }
   if (optind < argc) usage_error(std::string("unexpected argument '") + argv[optind] + "'");
-  if (mount_args.empty()) usage_error("nothing to serve: give at least one --mount SOURCE:MOUNTPOINT");
 
-  std::vector<MountSpec> specs;
-  for (const auto& arg : mount_args) {
-    auto colon = arg.find(':');
-    if (colon == std::string::npos || colon == 0 || colon + 1 == arg.size())
-      usage_error("--mount wants SOURCE:MOUNTPOINT, got '" + arg + "'");
-    MountSpec s = defaults;
-    s.source = absolute(arg.substr(0, colon));
-    s.mountpoint = absolute(arg.substr(colon + 1));
-    s.name = s.mountpoint;
-    std::string problem = efuse::daemon::check_paths(s);
-    if (!problem.empty()) usage_error(problem);
-    for (const auto& other : specs)
-      if (other.mountpoint == s.mountpoint) usage_error("mountpoint " + s.mountpoint + " given twice");
-    specs.push_back(s);
-  }
-
-  // Signals are taken synchronously by the main thread; workers never see them.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
-  std::vector<std::unique_ptr<MountInstance>> mounts;
-  for (const auto& s : specs) {
-    auto m = std::make_unique<MountInstance>(s);
-    std::string error;
-    if (!m->start(&error).ok()) {
-      LOG_ERROR("cannot serve %s at %s: %s", s.source.c_str(), s.mountpoint.c_str(), error.c_str());
-      mounts.clear();  // unmounts what already started
+  if (!check_path.empty()) {
+    try {
+      Config cfg = efuse::daemon::load_config(check_path);
+      std::printf("%s: valid (%zu mount(s))\n", check_path.c_str(), cfg.mounts.size());
+      return 0;
+    } catch (const ConfigError& e) {
+      std::fprintf(stderr, "%s\n", e.what());
       return 1;
     }
-    LOG_INFO("serving %s at %s (%u threads)", s.source.c_str(), s.mountpoint.c_str(), s.threads);
-    mounts.push_back(std::move(m));
   }
-  std::printf("efused: ready\n");
-  std::fflush(stdout);
+  int sources = (!config_path.empty()) + demo + (!mount_args.empty());
+  if (sources > 1) usage_error("--config, --demo and --mount exclude each other");
 
-  for (;;) {
-    struct timespec tick{1, 0};
-    int sig = sigtimedwait(&sigs, nullptr, &tick);
-    if (sig == SIGTERM || sig == SIGINT) {
-      LOG_INFO("%s: unmounting %zu mount(s)", strsignal(sig), mounts.size());
-      break;
+  Config cfg;
+  std::string reload_path;
+  try {
+    if (demo) {
+      cfg = efuse::daemon::parse_config(efuse::daemon::embedded_default_config(), "<embedded demo config>");
+      for (const auto& m : cfg.mounts) {
+        std::string cmd = "mkdir -p '" + m.source + "' '" + m.mountpoint + "'";
+        if (std::system(cmd.c_str()) != 0) usage_error("cannot create the demo directories");
+        std::string hello = m.source + "/hello.txt";
+        if (FILE* f = std::fopen(hello.c_str(), "wx")) {
+          std::fputs("hello from efuse\n", f);
+          std::fclose(f);
+        }
+      }
+    } else if (!mount_args.empty()) {
+      cfg.metrics_listen = "";
+      for (const auto& arg : mount_args) {
+        auto colon = arg.find(':');
+        if (colon == std::string::npos || colon == 0 || colon + 1 == arg.size())
+          usage_error("--mount wants SOURCE:MOUNTPOINT, got '" + arg + "'");
+        MountConfig m = cli_defaults;
+        m.source = absolute(arg.substr(0, colon));
+        m.mountpoint = absolute(arg.substr(colon + 1));
+        std::string problem = efuse::daemon::check_paths(m);
+        if (!problem.empty()) usage_error(problem);
+        for (const auto& other : cfg.mounts)
+          if (other.mountpoint == m.mountpoint) usage_error("mountpoint " + m.mountpoint + " given twice");
+        m.name = name_for(m.mountpoint, cfg.mounts);
+        cfg.mounts.push_back(m);
+      }
+    } else {
+      reload_path = config_path.empty() ? kDefaultConfig : config_path;
+      cfg = efuse::daemon::load_config(reload_path);
     }
-    if (sig == SIGHUP) {
-      LOG_INFO("SIGHUP: nothing to reload when mounts come from the command line");
-      continue;
-    }
-    bool all_lost = true;
-    for (auto& m : mounts) all_lost = all_lost && m->lost();
-    if (all_lost) {
-      LOG_WARN("every mount was unmounted from outside; exiting");
-      break;
-    }
+  } catch (const ConfigError& e) {
+    std::fprintf(stderr, "efused: %s\n", e.what());
+    return 1;
   }
-  mounts.clear();
-  return 0;
+  if (have_metrics) cfg.metrics_listen = metrics;
+  if (bus.empty()) bus = mount_args.empty() ? "system" : "none";
+
+  efuse::daemon::ServiceOptions so;
+  so.config_path = reload_path;
+  so.bus = bus;
+  so.metrics_override = have_metrics ? std::optional<std::string>(metrics) : std::nullopt;
+  so.strict = !mount_args.empty();
+  return efuse::daemon::run_service(std::move(cfg), so);
 }

@@ -1,0 +1,175 @@
+#include "daemon/service.h"
+
+#include <signal.h>
+#include <sys/statfs.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <thread>
+
+#include "common/log.h"
+#include "control/bus.h"
+#include "control/dbus_service.h"
+#include "daemon/supervisor.h"
+#include "telemetry/metrics_server.h"
+
+namespace efuse::daemon {
+namespace {
+
+// The watchdog is fed only while every live mount answers a STATFS through the kernel
+// within the deadline: a deadlocked or wedged session stops the pings and systemd
+// restarts the service. The probe runs on its own thread (a wedged mount blocks it).
+class HealthProbe {
+ public:
+  bool healthy(const Supervisor& sup, std::chrono::milliseconds deadline) {
+    std::vector<std::string> mountpoints;
+    for (const auto& m : sup.list_mounts())
+      if (m["state"] == "mounted") mountpoints.push_back(m["mountpoint"]);
+    if (busy_ && !done_->load()) return false;  // the previous probe is still stuck
+    done_ = std::make_shared<std::atomic<bool>>(false);
+    auto ok = std::make_shared<std::atomic<bool>>(true);
+    busy_ = true;
+    std::thread([mountpoints, done = done_, ok] {
+      for (const auto& mp : mountpoints) {
+        struct statfs st;
+        if (statfs(mp.c_str(), &st) != 0 && errno != EINTR) ok->store(false);
+      }
+      done->store(true);
+    }).detach();
+    auto until = std::chrono::steady_clock::now() + deadline;
+    while (!done_->load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return done_->load() && ok->load();
+  }
+
+ private:
+  bool busy_ = false;
+  std::shared_ptr<std::atomic<bool>> done_ = std::make_shared<std::atomic<bool>>(true);
+};
+
+}  // namespace
+
+int run_service(Config cfg, const ServiceOptions& opts) {
+  // Signals are taken synchronously by this thread; no other thread ever sees them.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Supervisor sup(opts.config_path, std::move(cfg));
+  size_t live = sup.start_all();
+  if (live == 0 && sup.mount_count() > 0) {
+    LOG_ERROR("no mount could be started");
+    sd_notify(0, "STATUS=no mount could be started");
+    return 1;
+  }
+  if (opts.strict && live != sup.mount_count()) {
+    LOG_ERROR("%zu of %zu mount(s) failed to start", sup.mount_count() - live, sup.mount_count());
+    return 1;
+  }
+
+  // /metrics follows the config across reloads; --metrics pins it.
+  std::unique_ptr<telemetry::MetricsServer> metrics;
+  auto listen_of = [&opts](const Config& c) {
+    return opts.metrics_override ? *opts.metrics_override : c.metrics_listen;
+  };
+  auto start_metrics = [&](const std::string& listen, std::string* error) -> Status {
+    metrics.reset();
+    if (listen.empty()) return {};
+    try {
+      metrics = std::make_unique<telemetry::MetricsServer>(listen, sup);
+      return {};
+    } catch (const std::exception& e) {
+      *error = std::string("metrics: ") + e.what();
+      return Errno{EADDRNOTAVAIL};
+    }
+  };
+  std::string error;
+  if (!start_metrics(listen_of(sup.config()), &error).ok())
+    LOG_ERROR("%s; serving the mounts without /metrics", error.c_str());
+  sup.set_applied_hook([&](const Config& old_cfg, const Config& new_cfg, std::string* err) -> Status {
+    if (listen_of(old_cfg) == listen_of(new_cfg) && (metrics || listen_of(new_cfg).empty()))
+      return {};
+    return start_metrics(listen_of(new_cfg), err);
+  });
+
+  // org.efuse.Manager1: efusectl and systemd's ExecReload talk to it.
+  std::unique_ptr<control::DbusService> dbus;
+  if (opts.bus != "none") {
+    std::string err;
+    auto bus = control::open_bus(opts.bus, &err);
+    if (bus.ok()) {
+      dbus = std::make_unique<control::DbusService>(sup, bus->get());
+      if (!dbus->start(&err).ok()) dbus.reset();
+    }
+    if (!dbus) {
+      if (opts.bus != "system") {
+        // An explicitly requested bus that cannot be used is a configuration error.
+        LOG_ERROR("D-Bus %s: %s", control::describe_bus(opts.bus).c_str(), err.c_str());
+        return 1;
+      }
+      LOG_WARN("D-Bus: %s; efusectl cannot reach this efused", err.c_str());
+    }
+  }
+
+  // What an operator at a terminal needs to know (the quick start prints this).
+  for (const auto& m : sup.list_mounts())
+    if (m["state"] == "mounted")
+      std::printf("efused: %s: %s served at %s\n", m["name"].get<std::string>().c_str(),
+                  m["source"].get<std::string>().c_str(), m["mountpoint"].get<std::string>().c_str());
+  if (metrics) std::printf("efused: metrics at %s\n", metrics->url().c_str());
+  std::printf("efused: stop with Ctrl-C or kill -TERM %d\n", static_cast<int>(getpid()));
+  std::printf("efused: ready\n");
+  std::fflush(stdout);
+  sd_notify(0, "READY=1");
+  sup.notify_status();
+
+  uint64_t watchdog_usec = 0;
+  bool watchdog = sd_watchdog_enabled(0, &watchdog_usec) > 0;
+  auto last_ping = std::chrono::steady_clock::now();
+  HealthProbe probe;
+
+  for (;;) {
+    struct timespec tick{0, 500 * 1000 * 1000};
+    int sig = sigtimedwait(&sigs, nullptr, &tick);
+    if (sig == SIGTERM || sig == SIGINT) {
+      LOG_INFO("%s: unmounting %zu mount(s)", strsignal(sig), sup.live_count());
+      break;
+    }
+    if (sig == SIGHUP) {
+      std::string reload_error;
+      (void)sup.reload(&reload_error);  // logs failures and keeps the running config
+      continue;
+    }
+    sup.check_mounts();
+    if (watchdog) {
+      auto now = std::chrono::steady_clock::now();
+      auto half = std::chrono::microseconds(watchdog_usec / 2);
+      if (now - last_ping >= half / 2) {
+        if (probe.healthy(sup, std::chrono::duration_cast<std::chrono::milliseconds>(half / 2))) {
+          sd_notify(0, "WATCHDOG=1");
+          last_ping = now;
+        } else {
+          LOG_WARN("health check failed: a mount did not answer STATFS; not feeding the watchdog");
+        }
+      }
+    }
+  }
+  sd_notify(0, "STOPPING=1");
+  dbus.reset();
+  sup.set_applied_hook(nullptr);
+  metrics.reset();
+  sup.stop_all();
+  return 0;
+}
+
+}  // namespace efuse::daemon
