@@ -148,10 +148,14 @@ std::vector<std::string> property_names(const json& schema) {
   return names;
 }
 
+// Which of several problems to report: the first in the file, a wrong type before anything
+// else about the same value, and missing keys last (a misspelt key usually explains them).
+enum class Rank { WrongType, Other, MissingKey };
+
 struct Problem {
   YAML::Mark mark;
   std::string message;
-  bool missing_key = false;  // sorted last: a misspelt key usually explains a missing one
+  Rank rank = Rank::Other;
 };
 
 class ErrorExplainer {
@@ -190,7 +194,10 @@ class ErrorExplainer {
     std::string expected = type == nullptr ? "something else"
                                            : a_type(type->is_string() ? type->get<std::string>()
                                                                       : joined(*type, " or "));
-    return at_value(path, "must be " + expected + ", not " + a_type_of(value_at(value_, path)));
+    Problem p =
+        at_value(path, "must be " + expected + ", not " + a_type_of(value_at(value_, path)));
+    p.rank = Rank::WrongType;
+    return p;
   }
 
   Problem not_in_enum(const YamlPath& path, const json& schema) const {
@@ -243,7 +250,8 @@ class ErrorExplainer {
     }
     std::string what = missing.size() == 1 ? "key " : "keys ";
     return {doc_.value_mark(path),
-            "missing required " + what + joined(missing, ", ") + " " + doc_.where(path), true};
+            "missing required " + what + joined(missing, ", ") + " " + doc_.where(path),
+            Rank::MissingKey};
   }
 
   const YamlDocument& doc_;
@@ -295,7 +303,7 @@ void validate_against_schema(const YamlDocument& doc, const json& value) {
   }
   if (problems.empty()) doc.fail(doc.root().Mark(), "the configuration does not match its schema");
   auto order = [](const Problem& p) {
-    return std::tuple(p.missing_key, p.mark.line, p.mark.column);
+    return std::tuple(p.rank == Rank::MissingKey, p.mark.line, p.mark.column, p.rank);
   };
   auto first =
       std::min_element(problems.begin(), problems.end(),

@@ -463,6 +463,8 @@ TEST(ConfigError, MisspeltKeyIsReportedBeforeTheMissingOne) {
 TEST(ConfigError, WrongType) {
   EXPECT_EQ(error_of(with_mount_keys("    threads: \"4\"\n")),
             "t.yaml:6:14: mounts[0].threads must be an integer, not a string");
+  EXPECT_EQ(error_of(with_mount_keys("    threads: 99999999999999999999\n")),
+            "t.yaml:6:14: mounts[0].threads must be an integer, not a number");
   EXPECT_EQ(error_of(with_mount_keys("    threads: 2.5\n")),
             "t.yaml:6:14: mounts[0].threads must be an integer, not a number");
   EXPECT_EQ(
