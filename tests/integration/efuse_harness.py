@@ -895,6 +895,12 @@ def main(namespace, require=()):
     if require:
         require_tools(*require)
     _install_handlers()
+    if not (os.path.isfile(EFUSED) and os.access(EFUSED, os.X_OK)):
+        # Not a skip: a missing binary means the build is broken or EFUSED is wrong.
+        print(f"FAIL: efused binary not found or not executable: {EFUSED} (set EFUSED)",
+              flush=True)
+        print("0 passed, 1 failed", flush=True)
+        sys.exit(1)
     tests = [(n, f) for n, f in namespace.items()
              if n.startswith("test_") and inspect.isfunction(f)
              and f.__module__ == namespace.get("__name__")]
