@@ -272,7 +272,10 @@ void Session::do_destroy(Request& r) {
 void Session::do_interrupt(Request& r) {
   r.none();
   auto in = r.body.take<k::fuse_interrupt_in>();
-  if (!in) return;
+  if (!in) {
+    decode_errors_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   std::lock_guard lk(waits_mu_);
   if (waiting_.count(in->unique)) {
     interrupted_.insert(in->unique);
@@ -312,14 +315,20 @@ void Session::do_lookup(Request& r) {
 void Session::do_forget(Request& r) {
   r.none();
   auto in = r.body.take<k::fuse_forget_in>();
-  if (!in) return;
+  if (!in) {
+    decode_errors_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   fs_.forget(r.hdr.nodeid, in->nlookup);
 }
 
 void Session::do_batch_forget(Request& r) {
   r.none();
   auto in = r.body.take<k::fuse_batch_forget_in>();
-  if (!in) return;
+  if (!in) {
+    decode_errors_.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
   for (uint32_t i = 0; i < in->count; ++i) {
     auto one = r.body.take<k::fuse_forget_one>();
     if (!one) {

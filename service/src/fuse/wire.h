@@ -48,11 +48,14 @@ class Reader {
     return out;
   }
 
-  // A NUL-terminated name that must end inside the body; empty names and names containing
-  // '/' are rejected (the kernel never sends them; a forged one must not escape a directory).
+  // A NUL-terminated name that must end inside the body. Empty names, "." and "..", and
+  // names containing '/' are rejected: the kernel never sends them (efused does not offer
+  // NFS export, the only source of ".." lookups), and a forged one must not step outside
+  // the directory it names, least of all above the backing tree's root.
   std::optional<std::string_view> take_name() {
     auto s = take_string();
-    if (!s || s->empty() || s->find('/') != std::string_view::npos) return std::nullopt;
+    if (!s || s->empty() || *s == "." || *s == ".." || s->find('/') != std::string_view::npos)
+      return std::nullopt;
     return s;
   }
 
