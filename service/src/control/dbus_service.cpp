@@ -131,6 +131,7 @@ int DbusService::wakeup_cb(sd_event_source*, int, uint32_t, void* userdata) noex
 }
 
 int DbusService::on_wakeup() {
+  queue_->clear_wakeup();  // before reading stopping_: stop() sets it, then wakes
   if (stopping_) return sd_event_exit(event_, 0);
   emit_state_changes();
   emit_mount_count_if_changed();

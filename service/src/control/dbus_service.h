@@ -43,7 +43,7 @@ class DbusService {
   void stop() noexcept;
 
   // For tests: callers with this effective uid may call the mutating methods (default 0).
-  void set_privileged_uid_for_testing(uid_t uid) { privileged_uid_ = uid; }
+  void set_privileged_uid_for_testing(uid_t uid) { privileged_uid_.store(uid); }
 
  private:
   struct Handlers;  // the vtable's C callbacks (dbus_handlers.cpp)
@@ -74,7 +74,7 @@ class DbusService {
   bool started_ = false;
   bool listener_set_ = false;
   bool name_owned_ = false;
-  uid_t privileged_uid_ = 0;
+  std::atomic<uid_t> privileged_uid_{0};
   uint32_t last_mount_count_ = 0;  // bus thread: the MountCount clients last heard of
 };
 

@@ -33,9 +33,12 @@ void SignalQueue::wake() noexcept {
   [[maybe_unused]] ssize_t n = ::write(fd_, &one, sizeof one);
 }
 
-std::deque<SignalQueue::Event> SignalQueue::take_all() {
+void SignalQueue::clear_wakeup() noexcept {
   uint64_t count;
   [[maybe_unused]] ssize_t n = ::read(fd_, &count, sizeof count);
+}
+
+std::deque<SignalQueue::Event> SignalQueue::take_all() {
   std::lock_guard lock(mu_);
   return std::exchange(events_, {});
 }

@@ -34,7 +34,10 @@ class SignalQueue {
   void push(const std::string& name, const std::string& state) noexcept;
   // Any thread: makes fd() readable.
   void wake() noexcept;
-  // Bus thread: clears the wake-up and returns everything queued so far.
+  // Bus thread, from the fd's callback: makes fd() unreadable again.
+  void clear_wakeup() noexcept;
+  // Bus thread: everything queued so far. Leaves the wake-up alone: a stop() request
+  // that arrived meanwhile must still wake the loop.
   std::deque<Event> take_all();
   // Drops later pushes.
   void close() noexcept;
