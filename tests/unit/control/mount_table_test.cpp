@@ -1,0 +1,53 @@
+#include "control/mount_table.h"
+
+#include <gtest/gtest.h>
+
+namespace efuse::control {
+namespace {
+
+using nlohmann::json;
+
+TEST(MountTable, AlignsColumns) {
+  const json mounts = json::array(
+      {{{"name", "a"}, {"state", "mounted"}, {"mountpoint", "/mnt/a"}, {"transport", "uring"},
+        {"error", ""}},
+       {{"name", "longer"}, {"state", "failed"}, {"mountpoint", "/m"}, {"transport", ""},
+        {"error", "mountpoint /m: No such file or directory"}}});
+  EXPECT_EQ(format_mount_table(mounts),
+            "NAME    STATE    MOUNTPOINT  TRANSPORT  ERROR\n"
+            "a       mounted  /mnt/a      uring      -\n"
+            "longer  failed   /m          -          mountpoint /m: No such file or directory\n");
+}
+
+TEST(MountTable, ToleratesMissingAndOddFields) {
+  const json mounts = json::array({{{"name", "a"}, {"state", 3}, {"error", "two\nlines"}},
+                                   "not an object"});
+  EXPECT_EQ(format_mount_table(mounts),
+            "NAME  STATE  MOUNTPOINT  TRANSPORT  ERROR\n"
+            "a     3      -           -          two lines\n"
+            "-     -      -           -          -\n");
+}
+
+TEST(MountTable, EmptyAndWrongShapes) {
+  EXPECT_EQ(format_mount_table(json::array()), "(no mounts configured)\n");
+  EXPECT_EQ(format_mount_table(json::object()), "(unexpected reply: not a list of mounts)\n");
+}
+
+TEST(MountTable, Status) {
+  const json mounts = json::array({{{"name", "a"}, {"state", "mounted"}},
+                                   {{"name", "b"}, {"state", "failed"}}});
+  const std::string s = format_status("1.2.3", 2, mounts);
+  EXPECT_EQ(s.substr(0, s.find('\n')), "efused 1.2.3, 2 mounts (1 mounted)");
+  EXPECT_NE(s.find("\nNAME "), std::string::npos);
+  EXPECT_EQ(format_status("1", 1, json::array()).substr(0, 20), "efused 1, 1 mount (0");
+}
+
+TEST(MountTable, DetailsFlattenNestedObjects) {
+  const json mount = {{"name", "a"}, {"kernel", {{"protocol", "7.45"}, {"passthrough", true}}},
+                      {"requests", 12}};
+  EXPECT_EQ(format_mount_details(mount),
+            "kernel.passthrough: true\nkernel.protocol: 7.45\nname: a\nrequests: 12\n");
+}
+
+}  // namespace
+}  // namespace efuse::control
