@@ -14,6 +14,7 @@ import argparse
 import datetime
 import fcntl
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -125,8 +126,11 @@ def run(argv, *, timeout: float | None = None, stdout=subprocess.DEVNULL, check:
     what = what or shlex.join(argv)[:200]
     capture = stdout is subprocess.PIPE
     t0 = time.perf_counter()
-    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
-                         cwd=str(cwd or WORK), env=ENV, start_new_session=True)
+    try:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                             cwd=str(cwd or WORK), env=ENV, start_new_session=True)
+    except OSError as e:
+        raise BenchError(f"cannot run {what}: {e}")
     REG.cmds.add(p)
     REG.save()
     try:
@@ -262,8 +266,11 @@ class Daemon:
         self.log_start = self.logf.tell()
         if mount_at(self.mnt):
             raise BenchError(f"{self.mnt} is already a mount point")
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                     stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                         stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+        except OSError as e:
+            raise BenchError(f"cannot start {self.side}: {e}")
         REG.daemons[self.proc.pid] = self
         REG.save()
         deadline = time.monotonic() + timeout
@@ -479,6 +486,8 @@ class Bench:
         rows = args.rows or (QUICK_GROUPS if self.quick else GROUPS)
         self.groups = [g for g in GROUPS if g in rows]
         self.efused_version = "n/a"
+        self.efused_sha256 = "n/a"
+        self.efused_src = self.efused_bin
         self.setup_notes: list[str] = []
         self.tar_entries: dict[str, int] = {}
         # 1/5/15-min load average before the harness did any work: other work on the machine.
@@ -521,7 +530,7 @@ class Bench:
                         prepare(ctx)
                         side.check()
                         log(f"   {side.name}: prepared in {time.monotonic() - t0:.1f}s")
-                except BenchError as e:
+                except (BenchError, OSError) as e:
                     self.side_failed(ctxs, side, metrics, f"setup: {e}")
             for pmetrics, measure, before_each, side_prepare in phases:
                 if side_prepare:
@@ -532,7 +541,7 @@ class Bench:
                         try:
                             side_prepare(ctx)
                             side.check()
-                        except BenchError as e:
+                        except (BenchError, OSError) as e:
                             self.side_failed(ctxs, side, metrics, f"prepare: {e}")
                 for rep in range(self.reps):
                     for side in self.sides:
@@ -544,7 +553,7 @@ class Bench:
                                 before_each(ctx)
                             vals = measure(ctx, rep)
                             side.check()
-                        except BenchError as e:
+                        except (BenchError, OSError) as e:
                             self.side_failed(ctxs, side, metrics, str(e))
                             continue
                         extra = vals.pop("_extra", None)
@@ -812,6 +821,16 @@ class Bench:
                         raise BenchError(f"building efused failed ({shlex.join(st)}): {tail(blog, 300)}")
             if not self.efused_bin.exists():
                 raise BenchError(f"build succeeded but {self.efused_bin} is missing")
+        # Run a private copy: others may rebuild build/bin/efused while the bench runs.
+        data = self.efused_bin.read_bytes()
+        self.efused_sha256 = hashlib.sha256(data).hexdigest()
+        self.efused_src = self.efused_bin
+        copy = BIN / "efused"
+        tmp = BIN / "efused.tmp"
+        tmp.write_bytes(data)
+        tmp.chmod(0o755)
+        tmp.replace(copy)
+        self.efused_bin = copy
         try:
             r = subprocess.run([str(self.efused_bin), "--version"], capture_output=True, text=True,
                                timeout=5)
@@ -876,7 +895,8 @@ class Bench:
             "git": git_info(),
             "quick": self.quick, "reps": self.reps, "fio_runtime_s": self.runtime,
             "sides": self.side_names, "groups": self.groups,
-            "efused_bin": str(self.efused_bin), "efused_args": self.args.efused_args,
+            "efused_bin": str(self.efused_src), "efused_sha256": self.efused_sha256,
+            "efused_args": self.args.efused_args,
             "efused_version": self.efused_version,
             "libfuse_cmd": shlex.join(LibfuseSide(self).argv(Path("SRC"), Path("MNT"))),
             "config": {k: v for k, v in self.cfg.items()},
@@ -1046,7 +1066,8 @@ def write_machine(bench: Bench):
         f"- native: plain ext4 directory under `{RUN}/native`",
         f"- libfuse: `{shlex.join(LibfuseSide(bench).argv(Path('SRC'), Path('MNT')))}` "
         f"(built from `{EXAMPLES}/passthrough_ll.c` with `gcc -O2 $(pkg-config --cflags --libs fuse3)`)",
-        f"- efused: `{bench.efused_bin}` version `{bench.efused_version}`, args: "
+        f"- efused: `{bench.efused_src}` (run from a private copy, sha256 "
+        f"`{bench.efused_sha256[:16]}`), version `{bench.efused_version}`, args: "
         f"`{bench.args.efused_args or '(none)'}`",
         f"- RLIMIT_NOFILE for every process: {soft}/{hard}",
         "",
