@@ -59,7 +59,8 @@ struct PathRef {
   size_t mount;
 };
 
-// Fails when `a` (of a mount at or after b's) overlaps `b`. Two sources may overlap.
+// Fails when `a` (of a mount at or after b's) overlaps `b`. Never called with two sources:
+// several mounts may serve one directory.
 void check_overlap(const YamlDocument& doc, const Config& config, const PathRef& a,
                    const PathRef& b) {
   const char* relation = a.path == b.path         ? "is the same as"
@@ -70,8 +71,9 @@ void check_overlap(const YamlDocument& doc, const Config& config, const PathRef&
   bool both_mountpoints = std::strcmp(a.key, b.key) == 0;
   std::string owner =
       a.mount == b.mount ? "this mount" : "mount '" + config.mounts[b.mount].name + "'";
-  std::string why =
-      both_mountpoints ? "mounts must not nest" : "efused must not serve its own mounts";
+  std::string why = !both_mountpoints  ? "efused must not serve its own mounts"
+                    : a.path == b.path ? "mountpoints must be unique"
+                                       : "mounts must not nest";
   doc.fail(doc.value_mark(mount_path(a.mount, a.key)),
            std::string(a.key) + " '" + a.path + "' " + relation + " the " + b.key + " '" + b.path +
                "' of " + owner + " " + at_line(doc, mount_path(b.mount, b.key)) + "; " + why);

@@ -115,7 +115,17 @@ Status MountInstance::start(std::string* error) {
     stop(0);
     return s;
   }
+  fs_->set_invalidator(this);
   return {};
+}
+
+void MountInstance::inval_inode(uint64_t ino, bool data_too) {
+  // off -1: attributes only; off 0, len 0: attributes and every cached page.
+  (void)session_->notify_inval_inode(channel_->notify_transport(), ino, data_too ? 0 : -1, 0);
+}
+
+void MountInstance::inval_entry(uint64_t parent, std::string_view name) {
+  (void)session_->notify_inval_entry(channel_->notify_transport(), parent, name);
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
@@ -135,6 +145,7 @@ std::vector<const fuse::WorkerStats*> MountInstance::worker_stats() const {
 void MountInstance::stop(int grace_ms) {
   if (!mounted_now_) return;
   mounted_now_ = false;
+  if (fs_) fs_->set_invalidator(nullptr);  // joins the watcher before the channel goes
   auto how = fuse::unmount(cfg_.mountpoint, mounted_.via_fusermount);
   if (how.ok())
     LOG_INFO("%s: %s %s", cfg_.name.c_str(), *how, cfg_.mountpoint.c_str());

@@ -22,7 +22,7 @@ std::string check_paths(const MountConfig& cfg);
 // live with MountInstance::apply_policy).
 bool needs_remount(const MountConfig& a, const MountConfig& b);
 
-class MountInstance {
+class MountInstance final : private fs::Invalidator {
  public:
   explicit MountInstance(MountConfig cfg);
   ~MountInstance();
@@ -46,6 +46,10 @@ class MountInstance {
   const char* transport() const { return live() ? "classic" : ""; }
 
  private:
+  // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
+  void inval_inode(uint64_t ino, bool data_too) override;
+  void inval_entry(uint64_t parent, std::string_view name) override;
+
   MountConfig cfg_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;

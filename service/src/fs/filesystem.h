@@ -102,12 +102,29 @@ class DirSink {
   virtual bool add_plus(std::string_view name, const Entry& entry, uint64_t next_off) = 0;
 };
 
+// How a backend tells the kernel that something changed behind its back (exact
+// invalidation of the kernel's name, attribute and data caches). Called from the backend's
+// own threads, never from a request handler (a notification for a directory a pending
+// request holds locked would wait for that request). Implemented by the mount, which sends
+// FUSE notifications.
+class Invalidator {
+ public:
+  virtual ~Invalidator() = default;
+  // Attributes, and when data_too the cached data (and readdir cache) of `ino`.
+  virtual void inval_inode(uint64_t ino, bool data_too) = 0;
+  // The name `name` in directory `parent` (positive or negative dentry).
+  virtual void inval_entry(uint64_t parent, std::string_view name) = 0;
+};
+
 class Filesystem {
  public:
   virtual ~Filesystem() = default;
 
   virtual void init(const Capabilities&) {}
   virtual void set_policy(const Policy&) {}
+  // Starts (non-null) or stops (null) telling the kernel about changes made behind the
+  // mount's back. The invalidator must stay valid until set_invalidator(nullptr) returns.
+  virtual void set_invalidator(Invalidator*) {}
   virtual void destroy() {}
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }

@@ -132,6 +132,8 @@ std::vector<const WorkerStats*> ClassicChannel::worker_stats() const {
   return out;
 }
 
+Transport& ClassicChannel::notify_transport() { return *workers_.front(); }
+
 bool ClassicChannel::stopped() const { return running_.load() == 0; }
 
 bool ClassicChannel::wait(int timeout_ms) {

@@ -34,6 +34,8 @@ class ClassicChannel {
   // One entry per worker thread, in worker order; valid while the channel lives.
   std::vector<const WorkerStats*> worker_stats() const;
   unsigned threads() const { return threads_; }
+  // Where notifications go (any fd of the connection will do); valid after serve_init().
+  Transport& notify_transport();
   uint64_t channel_errors() const { return channel_errors_.load(); }
 
  private:

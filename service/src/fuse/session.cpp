@@ -476,8 +476,11 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
   }
   ++b.opens;
   backing_fh_[info.fh] = nodeid;
+  // The kernel fails a passthrough open (EIO) that carries any flag outside
+  // PASSTHROUGH | DIRECT_IO | PARALLEL_DIRECT_WRITES | NOFLUSH; page-cache flags such as
+  // KEEP_CACHE mean nothing without a FUSE page cache anyway.
+  o->open_flags &= k::kFopenNoflush | k::kFopenParallelDirectWrites;
   o->open_flags |= k::kFopenPassthrough;
-  o->open_flags &= ~k::kFopenDirectIo;
   o->backing_id = b.id;
   passthrough_opens_.fetch_add(1, std::memory_order_relaxed);
 }
@@ -829,6 +832,33 @@ void Session::wait_for_lock(Transport& out, fs::Context ctx, uint64_t nodeid, ui
   interrupted_.erase(ctx.unique);
   --waiters_;
   waits_cv_.notify_all();
+}
+
+// ---- notifications ------------------------------------------------------------------------
+
+int Session::notify_inval_inode(Transport& out, uint64_t nodeid, int64_t off, int64_t len) {
+  if (!initialized()) return -ENOTCONN;
+  k::fuse_notify_inval_inode_out arg{nodeid, off, len};
+  k::fuse_out_header oh{static_cast<uint32_t>(sizeof oh + sizeof arg),
+                        static_cast<int32_t>(k::NotifyCode::InvalInode), 0};
+  struct iovec iov[2] = {{&oh, sizeof oh}, {&arg, sizeof arg}};
+  notifications_.fetch_add(1, std::memory_order_relaxed);
+  return out.send(iov, 2);
+}
+
+int Session::notify_inval_entry(Transport& out, uint64_t parent, std::string_view name) {
+  if (!initialized()) return -ENOTCONN;
+  if (name.empty() || name.size() > 1024) return -EINVAL;
+  k::fuse_notify_inval_entry_out arg{parent, static_cast<uint32_t>(name.size()), 0};
+  char nul = '\0';
+  k::fuse_out_header oh{static_cast<uint32_t>(sizeof oh + sizeof arg + name.size() + 1),
+                        static_cast<int32_t>(k::NotifyCode::InvalEntry), 0};
+  struct iovec iov[4] = {{&oh, sizeof oh},
+                         {&arg, sizeof arg},
+                         {const_cast<char*>(name.data()), name.size()},
+                         {&nul, 1}};
+  notifications_.fetch_add(1, std::memory_order_relaxed);
+  return out.send(iov, 4);
 }
 
 void Session::shutdown(Transport& out) {

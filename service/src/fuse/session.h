@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -73,6 +74,12 @@ class Session {
   size_t request_buffer_size() const;
   // Live policy change (config reload).
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
+
+  // FUSE notifications (unique 0). Send them from a thread of their own, never from a
+  // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object).
+  int notify_inval_inode(Transport& out, uint64_t nodeid, int64_t off, int64_t len);
+  int notify_inval_entry(Transport& out, uint64_t parent, std::string_view name);
+  uint64_t notifications() const { return notifications_.load(); }
 
   // Stops blocking-lock waiters and closes backing ids; call before the transport goes away.
   void shutdown(Transport& out);
@@ -149,6 +156,7 @@ class Session {
   std::atomic<uint64_t> decode_errors_{0};
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<uint64_t> passthrough_refusals_{0};
+  std::atomic<uint64_t> notifications_{0};
 
   // Passthrough backing ids: one per inode with passthrough opens.
   struct Backing {

@@ -3,7 +3,9 @@
 // daemon's MetricsSource.
 //
 // To move to another address, destroy the server and construct a new one: the old socket
-// is closed and its threads joined when the destructor returns.
+// is closed and its threads joined when the destructor returns. The destructor waits for a
+// scrape in progress, and a scrape waits for the lock MetricsSource::visit_mounts() takes:
+// never destroy (or replace) the server while holding that lock.
 #pragma once
 
 #include <cstdint>

@@ -5,7 +5,9 @@
 #include <sys/stat.h>
 
 #include <cstdint>
+#include <atomic>
 #include <memory>
+#include <vector>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
@@ -25,6 +27,8 @@ struct Inode {
   const mode_t type;  // S_IFMT bits
   const uint64_t nodeid;
   uint64_t nlookup = 0;  // guarded by InodeTable::mu_
+  std::atomic<uint32_t> opens{0};  // open files through the mount
+  std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
 
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
   std::mutex lock_mu;
@@ -39,10 +43,14 @@ class InodeTable {
   void set_root(int fd, const struct stat& st);
   std::shared_ptr<Inode> get(uint64_t nodeid) const;
   // Finds the inode for (st.st_dev, st.st_ino) or adopts `fd` as a new one; adds one lookup
-  // reference either way. Closes `fd` when an inode already existed.
-  std::shared_ptr<Inode> ref(int fd, const struct stat& st);
-  // Drops `n` lookup references; the inode is forgotten at zero.
-  void forget(uint64_t nodeid, uint64_t n);
+  // reference either way. Closes `fd` when an inode already existed. *created tells which.
+  std::shared_ptr<Inode> ref(int fd, const struct stat& st, bool* created = nullptr);
+  // The inode for a backing object, if the kernel knows it (no reference added).
+  std::shared_ptr<Inode> find(dev_t dev, ino_t ino) const;
+  // Drops `n` lookup references; the inode is forgotten at zero and returned.
+  std::shared_ptr<Inode> forget(uint64_t nodeid, uint64_t n);
+  // Every inode the kernel knows (for resynchronising after lost change events).
+  std::vector<std::shared_ptr<Inode>> all() const;
   size_t size() const;
 
  private:

@@ -3,6 +3,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/fs.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -37,6 +38,21 @@ PassthroughFs::~PassthroughFs() = default;
 
 void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
 
+void PassthroughFs::set_invalidator(Invalidator* inv) {
+  std::shared_ptr<Watcher> w;
+  if (inv != nullptr) {
+    w = std::make_shared<Watcher>(inodes_, *inv, source_);
+    if (auto root = inodes_.get(1)) w->watch(*root);
+    for (const auto& inode : inodes_.all())
+      if (S_ISDIR(inode->type)) w->watch(*inode);
+  }
+  auto old = watcher_.exchange(w);
+  // In-flight requests may still hold the old watcher; the last one destroys it.
+  if (old) {
+    for (const auto& inode : inodes_.all()) old->unwatch(*inode);
+  }
+}
+
 void PassthroughFs::set_policy(const Policy& p) {
   entry_timeout_.store(p.entry_timeout, std::memory_order_relaxed);
   attr_timeout_.store(p.attr_timeout, std::memory_order_relaxed);
@@ -55,7 +71,10 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
     ::close(fd);
     return e;
   }
-  auto inode = inodes_.ref(fd, st);
+  bool created = false;
+  auto inode = inodes_.ref(fd, st, &created);
+  if (created && S_ISDIR(st.st_mode))
+    if (auto w = watcher()) w->watch(*inode);
   Entry e;
   e.ino = inode->nodeid;
   e.attr = st;
@@ -77,7 +96,19 @@ Result<Entry> PassthroughFs::lookup(const Context&, uint64_t parent, std::string
   return lookup_at(*dir, n.c_str());
 }
 
-void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) { inodes_.forget(ino, nlookup); }
+void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) {
+  auto dropped = inodes_.forget(ino, nlookup);
+  if (dropped && S_ISDIR(dropped->type))
+    if (auto w = watcher()) w->unwatch(*dropped);
+}
+
+void PassthroughFs::note_entry(uint64_t dir, std::string_view name, int events) {
+  if (auto w = watcher()) w->note_entry(dir, name, events);
+}
+
+void PassthroughFs::note_inode(const Inode& inode) {
+  if (auto w = watcher()) w->note_inode(inode);
+}
 
 Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
   struct stat st;
@@ -97,22 +128,26 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
   int fh = s.has_fh ? static_cast<int>(s.fh) : -1;
   ProcPath path(inode->fd);
   if (s.set_mode) {
+    note_inode(*inode);
     int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod(path, s.mode & 07777);
     if (rc != 0) return last_errno();
   }
   if (s.set_uid || s.set_gid) {
+    note_inode(*inode);
     uid_t uid = s.set_uid ? s.uid : static_cast<uid_t>(-1);
     gid_t gid = s.set_gid ? s.gid : static_cast<gid_t>(-1);
     if (fchownat(inode->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
       return last_errno();
   }
   if (s.set_size) {
+    note_inode(*inode);
     // Truncation as the caller, so the backing file system applies its own limits.
     int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
                      : truncate(path, static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
   }
   if (s.set_atime || s.set_mtime || s.atime_now || s.mtime_now) {
+    note_inode(*inode);
     struct timespec ts[2];
     ts[0].tv_nsec = UTIME_OMIT;
     ts[1].tv_nsec = UTIME_OMIT;
@@ -142,6 +177,7 @@ Result<Entry> PassthroughFs::symlink(const Context& ctx, uint64_t parent, std::s
                                      std::string_view target) {
   GET_INODE(dir, parent);
   std::string n(name), t(target);
+  note_entry(dir->nodeid, name);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
     if (symlinkat(t.c_str(), dir->fd, n.c_str()) != 0) return last_errno();
@@ -153,6 +189,7 @@ Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::str
                                    mode_t mode, dev_t rdev) {
   GET_INODE(dir, parent);
   std::string n(name);
+  note_entry(dir->nodeid, name);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
     int rc = S_ISDIR(mode) ? mkdirat(dir->fd, n.c_str(), mode) : mknodat(dir->fd, n.c_str(), mode, rdev);
@@ -169,12 +206,14 @@ Result<Entry> PassthroughFs::mkdir(const Context& ctx, uint64_t parent, std::str
 Status PassthroughFs::unlink(const Context&, uint64_t parent, std::string_view name) {
   GET_INODE(dir, parent);
   std::string n(name);
+  note_entry(dir->nodeid, name);
   return check(unlinkat(dir->fd, n.c_str(), 0));
 }
 
 Status PassthroughFs::rmdir(const Context&, uint64_t parent, std::string_view name) {
   GET_INODE(dir, parent);
   std::string n(name);
+  note_entry(dir->nodeid, name);
   return check(unlinkat(dir->fd, n.c_str(), AT_REMOVEDIR));
 }
 
@@ -183,6 +222,10 @@ Status PassthroughFs::rename(const Context&, uint64_t parent, std::string_view n
   GET_INODE(from, parent);
   GET_INODE(to, newparent);
   std::string a(name), b(newname);
+  // RENAME_EXCHANGE moves both names: two events on each.
+  int events = (flags & RENAME_EXCHANGE) ? 2 : 1;
+  note_entry(from->nodeid, name, events);
+  note_entry(to->nodeid, newname, events);
   return check(static_cast<int>(
       syscall(SYS_renameat2, from->fd, a.c_str(), to->fd, b.c_str(), flags)));
 }
@@ -192,6 +235,7 @@ Result<Entry> PassthroughFs::link(const Context&, uint64_t ino, uint64_t newpare
   GET_INODE(inode, ino);
   GET_INODE(dir, newparent);
   std::string n(newname);
+  note_entry(dir->nodeid, newname);
   int rc = root_ ? linkat(inode->fd, "", dir->fd, n.c_str(), AT_EMPTY_PATH)
                  : linkat(AT_FDCWD, ProcPath(inode->fd), dir->fd, n.c_str(), AT_SYMLINK_FOLLOW);
   if (rc != 0) return last_errno();

@@ -9,6 +9,7 @@
 
 #include "fs/filesystem.h"
 #include "fs/passthrough/inode_table.h"
+#include "fs/passthrough/watcher.h"
 
 namespace efuse::fs::passthrough {
 
@@ -21,6 +22,7 @@ class PassthroughFs final : public Filesystem {
 
   void init(const Capabilities& caps) override;
   void set_policy(const Policy& policy) override;
+  void set_invalidator(Invalidator* inv) override;
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
@@ -87,7 +89,11 @@ class PassthroughFs final : public Filesystem {
   Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
   OpenInfo open_info(int fd) const;
+  std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
   std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
+  // Changes we make to the backing tree ourselves, so the watcher does not echo them.
+  void note_entry(uint64_t dir, std::string_view name, int events = 1);
+  void note_inode(const Inode& inode);
 
   std::string source_;
   Capabilities caps_;
@@ -97,6 +103,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> passthrough_io_;
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
+  std::atomic<std::shared_ptr<Watcher>> watcher_;
 
   std::mutex dirs_mu_;
   uint64_t next_dir_fh_ = 1;

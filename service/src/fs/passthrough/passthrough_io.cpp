@@ -42,8 +42,12 @@ OpenInfo PassthroughFs::open_info(int fd) const {
 
 Result<OpenInfo> PassthroughFs::open(const Context&, uint64_t ino, int flags) {
   GET_INODE(inode, ino);
+  inode->opens.fetch_add(1);
   int fd = ::open(ProcPath(inode->fd), backing_open_flags(flags, caps_.writeback_cache));
-  if (fd < 0) return last_errno();
+  if (fd < 0) {
+    inode->opens.fetch_sub(1);
+    return last_errno();
+  }
   return open_info(fd);
 }
 
@@ -52,6 +56,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   GET_INODE(dir, parent);
   std::string n(name);
   int fd;
+  note_entry(dir->nodeid, name);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
     fd = openat(dir->fd, n.c_str(), backing_open_flags(flags, caps_.writeback_cache) | O_CREAT,
@@ -63,6 +68,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
     ::close(fd);
     return Errno{e.error()};
   }
+  if (auto inode = inodes_.get(e->ino)) inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
   c.open = open_info(fd);
@@ -119,7 +125,8 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
   return check(::close(dupfd));
 }
 
-Status PassthroughFs::release(const Context&, uint64_t, uint64_t fh) {
+Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
+  if (auto inode = inodes_.get(ino)) inode->opens.fetch_sub(1);
   ::close(static_cast<int>(fh));
   return {};
 }
@@ -224,6 +231,7 @@ Status PassthroughFs::setxattr(const Context&, uint64_t ino, std::string_view na
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{EPERM};
   std::string n(name);
+  note_inode(*inode);
   return check(::setxattr(ProcPath(inode->fd), n.c_str(), value.data(), value.size(), flags));
 }
 
@@ -249,6 +257,7 @@ Status PassthroughFs::removexattr(const Context&, uint64_t ino, std::string_view
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{EPERM};
   std::string n(name);
+  note_inode(*inode);
   return check(::removexattr(ProcPath(inode->fd), n.c_str()));
 }
 
