@@ -5,7 +5,8 @@
 //       build/service/libefuse_core.a -o /tmp/uring_smoke
 //       -luring -lsystemd -lyaml-cpp -lprometheus-cpp-pull -lprometheus-cpp-core -lpthread
 //   sudo /tmp/uring_smoke [--mode uring|drop|fail-setup|abort] [--depth N] [--passthrough]
-//                         [--script FILE]   (bash; $M is the mount, $N a native scratch dir)
+//                         [--script FILE]   (bash; $M is the mount, $S its source directory,
+//                                            $N a native scratch dir, $SMOKE_MODE the mode)
 //
 // Modes:
 //   uring       rings on every CPU; the workload must reach every queue (default)
@@ -53,12 +54,14 @@ void check(bool ok, const std::string& what) {
   if (!ok) ++failures;
 }
 
-int run_shell(const std::string& script, const std::string& mnt, const std::string& nat) {
+int run_shell(const std::string& script, const std::string& mnt, const std::string& nat,
+              const std::string& src = {}) {
   pid_t pid = fork();
   if (pid == 0) {
     setenv("M", mnt.c_str(), 1);
     setenv("N", nat.c_str(), 1);
     setenv("SMOKE_MODE", g_mode.c_str(), 1);
+    setenv("S", src.c_str(), 1);
     execl("/bin/bash", "bash", "-euo", "pipefail", "-c", script.c_str(), (char*)nullptr);
     _exit(127);
   }
@@ -266,7 +269,7 @@ int main(int argc, char** argv) {
       std::ifstream f(script_file);
       script.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
     }
-    int rc = run_shell(script, mnt, nat);
+    int rc = run_shell(script, mnt, nat, src);
     check(rc == 0, "workload (cp/cat/dd/tar/diff/fio verify/flock/interrupted lock), exit " +
                        std::to_string(rc));
   }
