@@ -365,7 +365,7 @@ bool UringChannel::Queue::setup(std::string* error) {
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(qid_, &set);
-  int rc = getenv("XNOPIN") ? 0 : pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
   if (rc != 0)
     LOG_INFO("io_uring queue %u: cannot pin its thread to CPU %u (%s); it runs unpinned", qid_,
              qid_, strerror(rc));
@@ -390,8 +390,6 @@ bool UringChannel::Queue::setup(std::string* error) {
   p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
             IORING_SETUP_DEFER_TASKRUN;
   p.cq_entries = sq * 2;
-  if (getenv("XPLAIN")) p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE;
-  if (getenv("XCOOP")) p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_TASKRUN_FLAG;
   rc = io_uring_queue_init_params(sq, &ring_, &p);
   if (rc == -EINVAL) {
     p = {};
