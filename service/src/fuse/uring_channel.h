@@ -132,6 +132,9 @@ class UringChannel {
   // /dev/fuse workers. Valid while the channel lives.
   std::vector<const WorkerStats*> worker_stats() const;
   unsigned queue_count() const { return static_cast<unsigned>(queues_.size()); }
+  // Where notifications go: /dev/fuse (the rings refuse unique-0 messages); valid after
+  // serve_init(), as ClassicChannel::notify_transport().
+  Transport& notify_transport() { return classic_.notify_transport(); }
   bool rings_active() const { return rings_active_.load(); }
   unsigned queue_depth() const { return depth_; }
   uint64_t channel_errors() const;
