@@ -4,7 +4,7 @@
 //   g++ -std=c++20 -O2 -I service/src tests/manual/uring_smoke.cpp
 //       build/service/libefuse_core.a -o /tmp/uring_smoke
 //       -luring -lsystemd -lyaml-cpp -lprometheus-cpp-pull -lprometheus-cpp-core -lpthread
-//   sudo /tmp/uring_smoke [--mode uring|drop|fail-setup|abort] [--depth N] [--passthrough]
+//   sudo /tmp/uring_smoke [--mode uring|drop|fail-setup|register-fail|abort] [--depth N] [--passthrough]
 //                         [--script FILE]   (bash; $M is the mount, $S its source directory,
 //                                            $N a native scratch dir, $SMOKE_MODE the mode)
 //
@@ -14,6 +14,9 @@
 //               must work over /dev/fuse alone
 //   fail-setup  start() fails in its setup phase (address-space limit); the fallback must
 //               leave a working classic mount
+//   register-fail  start() fails in its registration phase (the kernel refuses REGISTER:
+//               io_uring dropped and enable_uring set to N for a moment, then Y again); the
+//               fallback must leave a working classic mount
 //   abort       rings on; the connection is aborted through fusectl mid-way; every thread
 //               must stop without an unmount
 //
@@ -172,7 +175,7 @@ int main(int argc, char** argv) {
     else if (a == "--passthrough") passthrough = true;
     else if (a == "--script" && i + 1 < argc) script_file = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--mode uring|drop|fail-setup|abort] [--depth N] "
+      std::fprintf(stderr, "usage: %s [--mode uring|drop|fail-setup|register-fail|abort] [--depth N] "
                            "[--passthrough] [--script FILE]\n", argv[0]);
       return 2;
     }
@@ -224,6 +227,25 @@ int main(int argc, char** argv) {
   if (mode == "drop") {
     s = fuse::UringChannel::drop_kernel_uring(m->fd, &error);
     check(s.ok(), "drop_kernel_uring" + (s.ok() ? "" : ": " + error));
+    s = ch->start_classic(&error);
+    check(s.ok(), "start_classic" + (s.ok() ? "" : ": " + error));
+  } else if (mode == "register-fail") {
+    // Make every queue's first REGISTER fail in the kernel: io_uring dropped for this
+    // connection and enable_uring briefly off, so REGISTER answers EOPNOTSUPP.
+    s = fuse::UringChannel::drop_kernel_uring(m->fd, &error);
+    check(s.ok(), "drop_kernel_uring" + (s.ok() ? "" : ": " + error));
+    auto set_param = [](const char* v) {
+      std::FILE* f = std::fopen(fuse::kernel::kEnableUringParam, "w");
+      bool ok = f && std::fputs(v, f) >= 0;
+      if (f) ok = std::fclose(f) == 0 && ok;
+      return ok;
+    };
+    check(set_param("N"), "enable_uring=N for a moment");
+    s = ch->start(&error);
+    check(set_param("Y"), "enable_uring=Y again");
+    check(!s.ok(), "start() fails: " + error);
+    check(!ch->rings_active() && ch->queue_count() == 0, "no rings left behind");
+    check(ch->classic_fallback_ready(), "classic_fallback_ready()");
     s = ch->start_classic(&error);
     check(s.ok(), "start_classic" + (s.ok() ? "" : ": " + error));
   } else if (mode == "fail-setup") {
@@ -308,7 +330,7 @@ int main(int argc, char** argv) {
     check(ring_requests > classic_requests, "most requests came over the rings");
     check(ch->channel_errors() == 0, "no channel errors");
   }
-  if (mode == "drop" || mode == "fail-setup") check(ring_requests == 0 && classic_requests > 0, "all requests over /dev/fuse");
+  if (mode == "drop" || mode == "fail-setup" || mode == "register-fail") check(ring_requests == 0 && classic_requests > 0, "all requests over /dev/fuse");
 
   if (mode != "abort") {
     auto how = fuse::unmount(mnt, false);
