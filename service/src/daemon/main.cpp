@@ -51,9 +51,18 @@ Options:
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
                                  with --config/--demo), "none" (default with --mount), or
                                  an address such as unix:path=/run/x/bus
-  -t, --threads N                with --mount: worker threads per mount (default 4)
-      --io-path MODE             with --mount: auto, passthrough or cache (default auto:
-                                 FUSE passthrough when the kernel grants it)
+With --mount (a config file sets these per mount):
+  -t, --threads N                worker threads per mount (default 4)
+      --io-path MODE             auto, passthrough or cache (default auto: FUSE
+                                 passthrough when the kernel grants it)
+      --entry-timeout SECONDS    how long the kernel may cache names (default 1)
+      --attr-timeout SECONDS     how long the kernel may cache attributes (default 1)
+      --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
+      --keep-cache               keep file pages cached across opens
+      --writeback-cache          let the kernel cache writes (excludes passthrough)
+      --read-only                mount read-only
+
+Common:
       --log-level LEVEL          debug, info, warning or error (default info)
   -V, --version                  print the version and exit
   -h, --help                     print this help and exit
@@ -66,6 +75,15 @@ started, or (with --mount) when any mount could not be started; 2 on bad usage.
 [[noreturn]] void usage_error(const std::string& msg) {
   std::fprintf(stderr, "efused: %s\nTry 'efused --help'.\n", msg.c_str());
   std::exit(2);
+}
+
+// Seconds as the config allows them: 0 .. one year.
+double parse_seconds(const char* s, const char* option) {
+  char* end = nullptr;
+  double v = std::strtod(s, &end);
+  if (end == s || *end != '\0' || !(v >= 0 && v <= 31536000))
+    usage_error(std::string(option) + " wants seconds between 0 and 31536000, not '" + s + "'");
+  return v;
 }
 
 std::string absolute(const std::string& p) {
@@ -100,7 +118,8 @@ int main(int argc, char** argv) {
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
-  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel };
+  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
+         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -111,6 +130,12 @@ int main(int argc, char** argv) {
       {"threads", required_argument, nullptr, 't'},
       {"io-path", required_argument, nullptr, kIoPath},
       {"log-level", required_argument, nullptr, kLogLevel},
+      {"entry-timeout", required_argument, nullptr, kEntryTimeout},
+      {"attr-timeout", required_argument, nullptr, kAttrTimeout},
+      {"negative-timeout", required_argument, nullptr, kNegativeTimeout},
+      {"keep-cache", no_argument, nullptr, kKeepCache},
+      {"writeback-cache", no_argument, nullptr, kWriteback},
+      {"read-only", no_argument, nullptr, kReadOnly},
       {"version", no_argument, nullptr, 'V'},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
@@ -144,6 +169,12 @@ int main(int argc, char** argv) {
         efuse::log::set_level(l);
         break;
       }
+      case kEntryTimeout: cli_defaults.cache.entry_timeout = parse_seconds(optarg, "--entry-timeout"); break;
+      case kAttrTimeout: cli_defaults.cache.attr_timeout = parse_seconds(optarg, "--attr-timeout"); break;
+      case kNegativeTimeout: cli_defaults.cache.negative_timeout = parse_seconds(optarg, "--negative-timeout"); break;
+      case kKeepCache: cli_defaults.cache.keep_cache = true; break;
+      case kWriteback: cli_defaults.cache.writeback = true; break;
+      case kReadOnly: cli_defaults.options.read_only = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
       case 'h': std::fputs(kUsage, stdout); return 0;
       case ':': usage_error(std::string("option '") + argv[optind - 1] + "' needs a value");

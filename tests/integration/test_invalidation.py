@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Exact invalidation: with every kernel cache timeout at an hour, changes made in the
+backing tree behind efused's back (create, rename, unlink, write, truncate, chmod, chown,
+utimes, xattr, mkdir/rmdir) must show through the mount within a few seconds, and nothing
+stale may remain afterwards. Runs with passthrough I/O and with I/O through the page cache
+(keep_cache), where data invalidation matters."""
+
+import os
+import stat
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+
+HOUR = ["--entry-timeout", "3600", "--attr-timeout", "3600", "--negative-timeout", "3600"]
+DEADLINE = 5.0  # seconds a change may take to show (polling, not a speed assertion)
+
+
+def eventually(what, fn, expect):
+    """Poll fn() until it returns expect; fail with what it last saw."""
+    last = [None]
+
+    def ok():
+        try:
+            last[0] = fn()
+        except OSError as e:
+            last[0] = e
+        return last[0] == expect
+
+    try:
+        h.wait_until(ok, DEADLINE, what=what)
+    except AssertionError:
+        raise AssertionError(f"{what}: still {last[0]!r} after {DEADLINE}s, want {expect!r}")
+
+
+def exists(p):
+    return os.path.lexists(p)
+
+
+def warm(m, *names):
+    """Make the kernel cache names, attributes and data (and absences)."""
+    for n in names:
+        p = m.m(n)
+        try:
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                h.read_file(p)
+            elif stat.S_ISDIR(st.st_mode):
+                os.listdir(p)
+        except FileNotFoundError:
+            pass
+
+
+def scenario(m):
+    s, mnt = m.s, m.m
+    h.write_file(s("f"), b"version one\n")
+    os.mkdir(s("dir"))
+    h.write_file(s("dir/inner"), b"inner\n")
+    h.write_file(s("gone"), b"bye\n")
+    h.write_file(s("old-name"), b"moving\n")
+    warm(m, "f", "dir", "dir/inner", "gone", "old-name", "new-name", "created", "newdir")
+    # Caches are warm and valid for an hour. Now change everything behind efused's back.
+    h.write_file(s("created"), b"hello\n")
+    eventually("create shows", lambda: h.read_file(mnt("created")), b"hello\n")
+
+    os.rename(s("old-name"), s("new-name"))
+    eventually("rename: old name gone", lambda: exists(mnt("old-name")), False)
+    eventually("rename: new name there", lambda: h.read_file(mnt("new-name")), b"moving\n")
+
+    os.unlink(s("gone"))
+    eventually("unlink shows", lambda: exists(mnt("gone")), False)
+
+    with open(s("f"), "r+b") as f:  # same size, new bytes: only data invalidation shows it
+        f.write(b"VERSION")
+    eventually("overwrite shows", lambda: h.read_file(mnt("f")), b"VERSION one\n")
+
+    with open(s("f"), "ab") as f:
+        f.write(b"appended\n")
+    eventually("append shows", lambda: h.read_file(mnt("f")), b"VERSION one\nappended\n")
+
+    os.truncate(s("f"), 4)
+    eventually("truncate shows", lambda: (os.stat(mnt("f")).st_size, h.read_file(mnt("f"))),
+               (4, b"VERS"))
+
+    os.chmod(s("f"), 0o600)
+    eventually("chmod shows", lambda: stat.S_IMODE(os.stat(mnt("f")).st_mode), 0o600)
+
+    os.chown(s("f"), 4242, 4343)
+    eventually("chown shows", lambda: (os.stat(mnt("f")).st_uid, os.stat(mnt("f")).st_gid),
+               (4242, 4343))
+
+    os.utime(s("f"), ns=(1_000_000_000, 2_000_000_000))
+    eventually("utimes shows", lambda: os.stat(mnt("f")).st_mtime_ns, 2_000_000_000)
+
+    os.setxattr(s("f"), "user.color", b"blue")
+    eventually("setxattr shows", lambda: os.getxattr(mnt("f"), "user.color"), b"blue")
+    os.removexattr(s("f"), "user.color")
+    eventually("removexattr shows", lambda: "user.color" in os.listxattr(mnt("f")), False)
+
+    os.mkdir(s("newdir"))
+    h.write_file(s("newdir/x"), b"x\n")
+    eventually("mkdir shows", lambda: sorted(os.listdir(mnt("newdir"))), ["x"])
+    h.write_file(s("dir/second"), b"2\n")
+    eventually("dir listing grows", lambda: sorted(os.listdir(mnt("dir"))), ["inner", "second"])
+    os.unlink(s("dir/inner"))
+    os.unlink(s("dir/second"))
+    os.rmdir(s("dir"))
+    eventually("rmdir shows", lambda: exists(mnt("dir")), False)
+
+    # Nothing stale left: the mount now agrees with the backing tree on every name,
+    # attribute and byte.
+    time.sleep(0.2)
+    assert_same_tree(m)
+
+
+def assert_same_tree(m):
+    for root, dirs, files in os.walk(m.src):
+        rel = os.path.relpath(root, m.src)
+        mroot = os.path.normpath(os.path.join(m.mnt, rel))
+        assert sorted(os.listdir(mroot)) == sorted(dirs + files), f"listing of {rel} differs"
+        for name in dirs + files:
+            a, b = os.lstat(os.path.join(root, name)), os.lstat(os.path.join(mroot, name))
+            for field in ("st_mode", "st_uid", "st_gid", "st_size", "st_mtime_ns", "st_nlink"):
+                assert getattr(a, field) == getattr(b, field), \
+                    f"{rel}/{name}: {field} backing {getattr(a, field)} mount {getattr(b, field)}"
+            if stat.S_ISREG(a.st_mode):
+                assert h.read_file(os.path.join(root, name)) == \
+                    h.read_file(os.path.join(mroot, name)), f"{rel}/{name}: data differs"
+
+
+@h.mount_options(args=HOUR)
+def test_outside_changes_show_passthrough(m):
+    scenario(m)
+
+
+@h.mount_options(args=HOUR + ["--io-path", "cache", "--keep-cache"])
+def test_outside_changes_show_page_cache(m):
+    scenario(m)
+
+
+@h.mount_options(args=HOUR)
+def test_own_changes_need_no_invalidation_round_trip(m):
+    # Changes made through the mount are already known to the kernel: the same scenario
+    # through the mount must leave mount and backing tree equal too.
+    os.mkdir(m.m("d"))
+    h.write_file(m.m("d/a"), b"a\n")
+    os.rename(m.m("d/a"), m.m("d/b"))
+    os.chmod(m.m("d/b"), 0o640)
+    os.setxattr(m.m("d/b"), "user.k", b"v")
+    h.write_file(m.m("d/c"), b"c\n")
+    os.unlink(m.m("d/c"))
+    time.sleep(0.2)
+    assert_same_tree(m)
+
+
+if __name__ == "__main__":
+    h.main(globals())
