@@ -565,7 +565,7 @@ TEST(ConfigError, DuplicateMountpoints) {
                      "  - {name: b, mountpoint: /mnt/a/, backend: passthrough, source: /srv/b}\n"),
             "t.yaml:6:27: mountpoint '/mnt/a' is the same as the mountpoint '/mnt/a' of mount 'a' "
             "(line 3); "
-            "mounts must not nest");
+            "mountpoints must be unique");
 }
 
 TEST(ConfigError, NestedMountpoints) {
