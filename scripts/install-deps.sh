@@ -13,6 +13,7 @@ pkgs=(
   prometheus-cpp-dev                          # /metrics registry and HTTP exposer
   libsystemd-dev dbus                         # sd-bus, sd-notify; dbus-daemon for tests
   liburing-dev                                # FUSE over io_uring queues
+  clang llvm libbpf-dev bpftool               # eBPF programs (CO-RE) and their skeletons
   prometheus                                  # real Prometheus + promtool for metrics tests
   fuse3 libfuse3-dev                          # fusermount3 (non-root mounts); libfuse examples for the baseline
   util-linux procps psmisc                    # findmnt, mountpoint, pkill, fuser
