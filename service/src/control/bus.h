@@ -11,8 +11,10 @@
 
 namespace efuse::control {
 
+// Drops one reference; the last one closes the connection. (Not sd_bus_flush_close_unref:
+// that would close a connection another owner, such as DbusService, still serves on.)
 struct BusUnref {
-  void operator()(sd_bus* bus) const { sd_bus_flush_close_unref(bus); }
+  void operator()(sd_bus* bus) const { sd_bus_unref(bus); }
 };
 using BusPtr = std::unique_ptr<sd_bus, BusUnref>;
 

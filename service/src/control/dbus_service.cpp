@@ -31,6 +31,9 @@ std::string name_error(int r) {
 
 }  // namespace
 
+DbusService::DbusService(Manager& manager, BusPtr bus)
+    : manager_(manager), bus_(bus.release()), queue_(std::make_shared<SignalQueue>()) {}
+
 DbusService::DbusService(Manager& manager, sd_bus* bus)
     : manager_(manager), bus_(sd_bus_ref(bus)), queue_(std::make_shared<SignalQueue>()) {}
 

@@ -22,6 +22,7 @@
 #include <systemd/sd-event.h>
 
 #include "common/result.h"
+#include "control/bus.h"
 #include "control/manager.h"
 #include "control/signal_queue.h"
 
@@ -29,7 +30,11 @@ namespace efuse::control {
 
 class DbusService {
  public:
-  // Takes its own reference on bus (an sd-bus client connection, not yet used elsewhere).
+  // Takes over the connection (an sd-bus client connection, e.g. from open_bus()).
+  DbusService(Manager& manager, BusPtr bus);
+  // Takes its own reference on bus. sd-bus reference counts are not atomic: the caller must
+  // drop its reference before start() or after stop(), never while the bus thread runs.
+  // Prefer the BusPtr constructor.
   DbusService(Manager& manager, sd_bus* bus);
   ~DbusService();  // stop()
   DbusService(const DbusService&) = delete;
@@ -64,7 +69,7 @@ class DbusService {
   uint32_t current_mount_count() const;
 
   Manager& manager_;
-  sd_bus* bus_;
+  sd_bus* bus_;  // one reference, ours
   sd_event* event_ = nullptr;
   sd_bus_slot* object_slot_ = nullptr;
   sd_event_source* wakeup_source_ = nullptr;

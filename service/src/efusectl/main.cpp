@@ -124,14 +124,15 @@ int report(const CallError& error, const std::string& command, const std::string
                    control::describe_bus(bus).c_str(), error.message.c_str());
       return kExitUnreachable;
     case CallError::Kind::Denied:
-      std::fprintf(stderr, "efusectl: %s: permission denied%s: %s\n", command.c_str(),
-                   geteuid() != 0 ? " (changes need root)" : "", error.message.c_str());
+      // The bus policy's rejection text is long and says nothing an operator needs.
+      std::fprintf(stderr, "efusectl: %s: permission denied: only root may mount, unmount or "
+                   "reload%s\n", command.c_str(), geteuid() != 0 ? " (run as root)" : "");
       return kExitDenied;
     case CallError::Kind::Refused:
       break;
   }
   if (error.name == control::kErrorInvalidConfig) {
-    std::fprintf(stderr, "efusectl: reload: invalid configuration, nothing changed:\n%s\n",
+    std::fprintf(stderr, "efusectl: reload failed, configuration unchanged: %s\n",
                  error.message.c_str());
   } else {
     std::fprintf(stderr, "efusectl: %s: %s\n", command.c_str(), error.message.c_str());

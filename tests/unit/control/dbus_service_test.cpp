@@ -173,8 +173,7 @@ class DbusServiceTest : public ::testing::Test {
  protected:
   void SetUp() override {
     bus_ = std::make_unique<PrivateBus>();
-    server_ = connect();
-    service_ = std::make_unique<DbusService>(manager_, server_.get());
+    service_ = std::make_unique<DbusService>(manager_, connect());
     // As non-root, this test's own uid plays root.
     if (::geteuid() != 0) service_->set_privileged_uid_for_testing(::geteuid());
     std::string error;
@@ -199,7 +198,6 @@ class DbusServiceTest : public ::testing::Test {
 
   std::unique_ptr<PrivateBus> bus_;
   FakeManager manager_;
-  BusPtr server_;
   std::unique_ptr<DbusService> service_;
   BusPtr client_;
 };
@@ -459,9 +457,8 @@ TEST_F(DbusServiceTest, UnprivilegedUserIsRefusedAndNothingIsHarmed) {
 }
 
 TEST_F(DbusServiceTest, SecondServiceCannotTakeTheName) {
-  BusPtr other_bus = connect();
   FakeManager other_manager;
-  DbusService other(other_manager, other_bus.get());
+  DbusService other(other_manager, connect());
   std::string error;
   const Status st = other.start(&error);
   EXPECT_FALSE(st.ok());
@@ -480,7 +477,8 @@ TEST_F(DbusServiceTest, StopReleasesTheNameAndTheListener) {
   std::string text;
   EXPECT_FALSE(cl.list_mounts(&text, &error));
   EXPECT_EQ(error.kind, CallError::Kind::NotRunning) << error.name << ": " << error.message;
-  // The name is free again: another service takes it.
+  // The name is free again: another service takes it (on a connection the caller keeps
+  // until the service is gone, as the raw-pointer constructor requires).
   BusPtr other_bus = connect();
   DbusService other(manager_, other_bus.get());
   std::string message;
