@@ -325,10 +325,11 @@ int UringChannel::Entry::send(const struct iovec* iov, int count) {
   }
   int rc = buf_->encode_reply(iov, count);
   if (rc < 0) {
+    size_t total = 0;
+    for (int i = 1; i < count; ++i) total += iov[i].iov_len;
     q_.ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
-    LOG_ERROR("io_uring queue %u: reply of %zu bytes does not fit the %zu-byte payload buffer; "
-              "sent EIO instead", q_.qid_, static_cast<size_t>(iov[0].iov_len),
-              buf_->payload_capacity());
+    LOG_ERROR("io_uring queue %u: a %zu-byte reply does not fit the %zu-byte payload buffer; "
+              "sent EIO instead", q_.qid_, total, buf_->payload_capacity());
   }
   if (t_current_queue == &q_) {
     replied_ = true;  // committed by the queue thread once Session::handle returns
