@@ -17,8 +17,9 @@ def fio(m, name, *args, size="64M"):
     out = os.path.join(m.tmp, f"{name}.json")
     cmd = ["fio", f"--name={name}", f"--directory={m.mnt}", "--numjobs=4", f"--size={size}",
            "--bs=4k", "--rw=randrw", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
-           "--randrepeat=0", "--output-format=json", f"--output={out}", *args]
-    r = run(cmd, timeout=600, check=False)
+           "--randrepeat=0", "--verify_state_save=0", "--output-format=json",
+           f"--output={out}", *args]
+    r = run(cmd, timeout=600, check=False, cwd=m.tmp)  # fio may drop state files in its cwd
     try:
         with open(out) as f:
             text = f.read()

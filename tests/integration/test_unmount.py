@@ -91,7 +91,9 @@ def stop_with_busy_mount(m, sig):
         m.stop_clean(sig)  # exit status 0 within the limit, nothing mounted any more
         m.clean_exit = False
         assert_gone(m)
-        assert h.read_file(m.s("sub", "file")) == b"held"
+        got = h.read_file(m.s("sub", "file"))
+        assert got == b"held", (f"data written through the mount before the signal (not "
+                                f"fsync'd) is lost in the backing file: {got!r}")
     finally:
         h.reap(holder)
         h.reap(cwd_only)
