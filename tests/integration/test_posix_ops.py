@@ -821,6 +821,32 @@ def test_posix_locks(m):
                  "r:50:10:parent", None, "ok"], r
 
 
+def test_posix_locks_belong_to_the_process(m):
+    # POSIX record locks are owned by the process, not by the open file description:
+    # a second descriptor of the same process does not conflict, and closing ANY descriptor
+    # of the file drops all of the process's locks on it.
+    def op(b):
+        p = J(b, "plock2")
+        write_file(p, b"x" * 100)
+        fd1 = os.open(p, os.O_RDWR)
+        fd2 = os.open(p, os.O_RDWR)
+        fcntl.lockf(fd1, fcntl.LOCK_EX, 10, 0)
+        r = [outcome(fcntl.lockf, fd2, fcntl.LOCK_EX | fcntl.LOCK_NB, 5, 5)]  # same owner
+        r += _lock_child(p, "set:w:0:1", "get:w:0:100")
+        os.close(fd2)  # drops every lock this process holds on the file
+        r += _lock_child(p, "set:w:0:1", "get:w:0:100")
+        fd3 = os.open(p, os.O_RDWR)
+        fcntl.lockf(fd3, fcntl.LOCK_EX, 0, 0)
+        r += _lock_child(p, "set:r:99:1")
+        os.close(fd1)
+        r += _lock_child(p, "set:r:99:1")
+        os.close(fd3)
+        return r
+
+    r = m.twin().same(op)
+    assert r == [("ok", None), "EAGAIN", "w:0:10:parent", "ok", "u", "EAGAIN", "ok"], r
+
+
 # ---------------------------------------------------------------- directories
 
 ODD_NAMES = ["with space", "  leading and trailing  ", "ünïcödé", "日本語のファイル",
