@@ -1051,6 +1051,41 @@ def test_nonroot_creates_owned_by_caller(m):
     check_backing(m)
 
 
+def test_supplementary_group_access(m):
+    # Access granted only through a supplementary group must work for every operation,
+    # including creating, renaming and removing entries in a group-writable directory.
+    def op(b):
+        d = J(b, "team")
+        os.mkdir(d)
+        os.chown(d, 0, 4242)
+        os.chmod(d, 0o770)
+        write_file(J(d, "shared"), "team data")
+        os.chown(J(d, "shared"), 0, 4242)
+        os.chmod(J(d, "shared"), 0o660)
+
+        def child(d):
+            write_file(J(d, "new"), "from member")
+            os.mkdir(J(d, "newdir"))
+            os.rename(J(d, "new"), J(d, "renamed"))
+            os.symlink("renamed", J(d, "link"))
+            with open(J(d, "shared"), "ab") as f:
+                f.write(b"+appended")
+            os.unlink(J(d, "link"))
+            res = sorted(os.listdir(d)), read_file(J(d, "shared"))
+            st = os.stat(J(d, "renamed"))
+            return res, (st.st_uid, st.st_gid)
+
+        in_group = as_user(child, d, groups=(4242,))
+        outsider = outcome(as_user, child, d)  # same user without the group
+        return in_group, outsider
+
+    (listing, owner), outsider = m.twin().same(op)
+    assert listing == (["newdir", "renamed", "shared"], b"team data+appended"), listing
+    assert owner == (h.USER_UID, h.USER_GID), owner
+    assert outsider == ("err", "EACCES"), outsider
+    check_backing(m)
+
+
 def test_permission_denied_for_other_user(m):
     def op(b):
         write_file(J(b, "rootfile"), "root data", mode=0o644)
