@@ -6,17 +6,49 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 
 #include "common/log.h"
 #include "fuse/kernel.h"
 
 namespace fuse {
 
+// Page-aligned buffer memory: the backing file may be open with O_DIRECT, which wants
+// aligned buffers for read(2)/write(2).
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(size_t size) { resize(size); }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  void resize(size_t size) {
+    std::free(data_);
+    size_ = (size + kPage - 1) / kPage * kPage;
+    data_ = static_cast<char*>(std::aligned_alloc(kPage, size_ + kPage));
+    if (data_ == nullptr) throw std::bad_alloc();
+  }
+  char* data() const { return data_; }
+  size_t size() const { return size_; }
+  static constexpr size_t kPage = 4096;
+
+ private:
+  char* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Requests are read so that a WRITE's data (after fuse_in_header and fuse_write_in) starts
+// on a page boundary.
+constexpr size_t kWriteDataOffset = sizeof(kernel::fuse_in_header) + sizeof(kernel::fuse_write_in);
+
 class ClassicChannel::Worker final : public Transport {
  public:
   Worker(int fd, bool owns_fd, size_t bufsize, size_t scratch)
-      : fd_(fd), owns_fd_(owns_fd), in_(bufsize), scratch_(scratch) {}
+      : fd_(fd), owns_fd_(owns_fd), in_(bufsize + AlignedBuffer::kPage), scratch_(scratch) {}
+  char* in() const { return in_.data() + AlignedBuffer::kPage - kWriteDataOffset; }
+  size_t in_size() const { return in_.size() - AlignedBuffer::kPage + kWriteDataOffset; }
+  std::span<char> scratch() const { return {scratch_.data(), scratch_.size()}; }
   ~Worker() override {
     if (owns_fd_) ::close(fd_);
   }
@@ -39,8 +71,8 @@ class ClassicChannel::Worker final : public Transport {
   int fd_;
   bool owns_fd_;
   WorkerStats stats_;
-  std::vector<char> in_;
-  std::vector<char> scratch_;
+  AlignedBuffer in_;
+  AlignedBuffer scratch_;
   std::thread thread_;
 };
 
@@ -60,13 +92,13 @@ efuse::Status ClassicChannel::serve_init(std::string* error) {
                                               scratch_size(session_)));
   Worker& w = *workers_.front();
   while (!session_.initialized()) {
-    ssize_t n = ::read(dev_fd_, w.in_.data(), w.in_.size());
+    ssize_t n = ::read(dev_fd_, w.in(), w.in_size());
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;
       *error = std::string("reading INIT from /dev/fuse: ") + strerror(errno);
       return efuse::last_errno();
     }
-    session_.handle(std::span<const char>(w.in_.data(), static_cast<size_t>(n)), w, w.scratch_);
+    session_.handle(std::span<const char>(w.in(), static_cast<size_t>(n)), w, w.scratch());
     if (!session_.initialized()) {
       *error = "the kernel's INIT was refused (see the log)";
       return efuse::Errno{EPROTO};
@@ -77,7 +109,7 @@ efuse::Status ClassicChannel::serve_init(std::string* error) {
 
 efuse::Status ClassicChannel::start(std::string* error) {
   size_t bufsize = session_.request_buffer_size();
-  workers_.front()->in_.resize(bufsize);
+  workers_.front()->in_.resize(bufsize + AlignedBuffer::kPage);
   workers_.front()->scratch_.resize(bufsize);
   for (unsigned i = 1; i < threads_; ++i) {
     int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
@@ -103,7 +135,7 @@ efuse::Status ClassicChannel::start(std::string* error) {
 void ClassicChannel::run(Worker& w) {
   for (;;) {
     uint64_t t0 = monotonic_ns();
-    ssize_t n = ::read(w.fd_, w.in_.data(), w.in_.size());
+    ssize_t n = ::read(w.fd_, w.in(), w.in_size());
     uint64_t t1 = monotonic_ns();
     w.stats_.wait_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
     if (n < 0) {
@@ -117,7 +149,7 @@ void ClassicChannel::run(Worker& w) {
       break;  // ENODEV: the connection is gone (unmounted or aborted)
     }
     w.stats_.in_flight.store(1, std::memory_order_relaxed);
-    session_.handle(std::span<const char>(w.in_.data(), static_cast<size_t>(n)), w, w.scratch_);
+    session_.handle(std::span<const char>(w.in(), static_cast<size_t>(n)), w, w.scratch());
     w.stats_.in_flight.store(0, std::memory_order_relaxed);
     w.stats_.requests.fetch_add(1, std::memory_order_relaxed);
     w.stats_.busy_ns.fetch_add(monotonic_ns() - t1, std::memory_order_relaxed);

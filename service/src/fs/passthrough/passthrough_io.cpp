@@ -19,7 +19,10 @@ namespace efuse::fs::passthrough {
 namespace {
 
 int backing_open_flags(int flags, bool writeback) {
-  flags &= ~(O_CREAT | O_EXCL | O_NOCTTY);
+  // The kernel resolved the path already (O_NOFOLLOW on a symlink fails before we are
+  // asked); the backing file is reached through a /proc/self/fd magic link, which
+  // O_NOFOLLOW would refuse with ELOOP.
+  flags &= ~(O_CREAT | O_EXCL | O_NOCTTY | O_NOFOLLOW);
   if (writeback) {
     // The kernel reads pages of write-only files to fill the cache, and it computes
     // appends itself from the cached size.
