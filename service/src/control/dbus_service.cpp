@@ -58,7 +58,7 @@ Status DbusService::start(std::string* error) {
 // Object first, name last: once the name is visible the object answers.
 Status DbusService::setup(std::string* error) {
   int r;
-  if (!queue_->open().ok()) return fail(error, "eventfd", -errno);
+  if (Status st = queue_->open(); !st.ok()) return fail(error, "eventfd", -st.error());
   if ((r = sd_event_new(&event_)) < 0) return fail(error, "sd_event_new", r);
   r = sd_bus_add_object_vtable(bus_, &object_slot_, kObjectPath, kInterface,
                                vtable(), this);
@@ -81,6 +81,10 @@ Status DbusService::setup(std::string* error) {
 }
 
 void DbusService::stop() noexcept {
+  if (thread_.joinable() && thread_.get_id() == std::this_thread::get_id()) {
+    LOG_ERROR("D-Bus: stop() called from the bus thread (a Manager call); ignored");
+    return;
+  }
   if (thread_.joinable()) {
     stopping_ = true;
     queue_->wake();
