@@ -253,6 +253,8 @@ def as_user(fn, *args, uid=USER_UID, gid=USER_GID, groups=(), umask=None, timeou
     pid = os.fork()
     if pid == 0:  # child
         try:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
             os.close(r)
             try:
                 os.setgroups(list(groups))
@@ -391,7 +393,12 @@ _LIVE_LOCK = threading.RLock()
 _HANDLERS_INSTALLED = False
 
 
+_OWNER_PID = os.getpid()  # forked children must never clean up the parent's mounts
+
+
 def _cleanup_all():
+    if os.getpid() != _OWNER_PID:
+        return
     with _LIVE_LOCK:
         for inst in list(_LIVE):
             try:
@@ -409,6 +416,8 @@ def _cleanup_all():
 
 def _on_signal(signum, frame):
     # Clean up now (the main code may be anywhere), then leave with the usual status.
+    if os.getpid() != _OWNER_PID:  # a forked helper: just die
+        os._exit(128 + signum)
     signal.signal(signum, signal.SIG_IGN)
     print(f"\ninterrupted by signal {signum}: cleaning up mounts", file=sys.stderr, flush=True)
     _cleanup_all()
