@@ -65,6 +65,7 @@ void apply_options(const json& options, MountFlags& out) {
 // The keys `defaults:` and a mount share; inside cache and options each key falls back alone.
 void apply_settings(const json& settings, MountConfig& out) {
   set_if_present(settings, "threads", out.threads);
+  set_if_present(settings, "queue_depth", out.queue_depth);
   if (auto it = settings.find("transport"); it != settings.end())
     out.transport = from_name(kTransports, it->get<std::string>());
   if (auto it = settings.find("io_path"); it != settings.end())

@@ -45,6 +45,7 @@ struct MountConfig {
   std::string backend;     // "passthrough"
   std::string source;      // passthrough: absolute path of the backing directory
   unsigned threads = 4;
+  unsigned queue_depth = 8;  // io_uring entries per CPU queue
   Transport transport = Transport::Auto;
   IoPath io_path = IoPath::Auto;
   CachePolicy cache;

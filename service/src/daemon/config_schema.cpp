@@ -41,6 +41,7 @@ std::string_view mounts_schema_text() {
       "additionalProperties": false,
       "properties": {
         "threads": { "$ref": "#/definitions/threads" },
+        "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
         "cache": { "$ref": "#/definitions/cache" },
@@ -72,6 +73,7 @@ std::string_view mounts_schema_text() {
           "description": "The directory the passthrough backend serves: an absolute path without '..' components. A missing source fails only this mount, when it is mounted."
         },
         "threads": { "$ref": "#/definitions/threads" },
+        "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
         "cache": { "$ref": "#/definitions/cache" },
@@ -90,6 +92,13 @@ std::string_view mounts_schema_text() {
       "default": 4,
       "minimum": 1,
       "maximum": 256
+    },
+    "queue_depth": {
+      "description": "With the uring transport: requests each per-CPU io_uring queue can hold in flight (ring entries, each with a buffer of max_write bytes), 1..1024. Default 8.",
+      "type": "integer",
+      "default": 8,
+      "minimum": 1,
+      "maximum": 1024
     },
     "transport": {
       "description": "How requests reach efused: classic reads /dev/fuse, uring uses FUSE over io_uring (Linux 6.14+), auto uses io_uring when the kernel offers it. Default auto.",

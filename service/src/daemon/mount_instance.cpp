@@ -38,7 +38,8 @@ std::string check_paths(const MountConfig& c) {
 
 bool needs_remount(const MountConfig& a, const MountConfig& b) {
   return a.mountpoint != b.mountpoint || a.backend != b.backend || a.source != b.source ||
-         a.threads != b.threads || a.transport != b.transport || !(a.options == b.options) ||
+         a.threads != b.threads || a.queue_depth != b.queue_depth ||
+         a.transport != b.transport || !(a.options == b.options) ||
          a.cache.writeback != b.cache.writeback || a.bpf_handlers != b.bpf_handlers;
 }
 
@@ -55,13 +56,57 @@ MountInstance::MountInstance(MountConfig cfg) : cfg_(std::move(cfg)) {}
 
 MountInstance::~MountInstance() {
   stop();
-  if (channel_ && !channel_->stopped()) {
+  if ((classic_ || uring_) && !channel_stopped()) {
     // Workers still blocked on a connection that could not be aborted: they reference the
     // session and backend, so those must outlive them. Only reached on the way out.
-    (void)channel_.release();
+    (void)classic_.release();
+    (void)uring_.release();
     (void)session_.release();
     (void)fs_.release();
   }
+}
+
+const char* MountInstance::transport() const {
+  if (!live()) return "";
+  return uring_ && uring_->rings_active() ? "uring" : "classic";
+}
+
+bool MountInstance::channel_stopped() const {
+  if (uring_) return uring_->stopped();
+  return !classic_ || classic_->stopped();
+}
+
+bool MountInstance::channel_wait(int ms) {
+  if (uring_) return uring_->wait(ms);
+  return !classic_ || classic_->wait(ms);
+}
+
+fuse::Transport& MountInstance::notify_transport() {
+  return uring_ ? uring_->notify_transport() : classic_->notify_transport();
+}
+
+// io_uring queues when configured and granted; otherwise (or when they cannot be set up
+// while the kernel can still go back) classic /dev/fuse workers. A fallback is logged and
+// shows as transport="classic" with efuse_mount_transport_fallback 1 in /metrics.
+Status MountInstance::start_channel(int fd, bool want_uring, std::string* error) {
+  if (!want_uring) {
+    classic_ = std::make_unique<fuse::ClassicChannel>(*session_, fd, cfg_.threads);
+    Status s = classic_->serve_init(error);
+    return s.ok() ? classic_->start(error) : s;
+  }
+  uring_ = std::make_unique<fuse::UringChannel>(*session_, fd, cfg_.queue_depth, cfg_.threads);
+  Status s = uring_->serve_init(error);
+  if (!s.ok()) return s;
+  std::string why;
+  if (uring_->start(&why).ok()) return {};
+  if (!uring_->classic_fallback_ready()) {
+    *error = "io_uring setup failed and the kernel cannot go back to /dev/fuse: " + why;
+    return Errno{EIO};
+  }
+  fallback_reason_ = why;
+  LOG_WARN("%s: io_uring transport not in use (%s); serving over /dev/fuse", cfg_.name.c_str(),
+           why.c_str());
+  return uring_->start_classic(error);
 }
 
 Status MountInstance::start(std::string* error) {
@@ -75,9 +120,21 @@ Status MountInstance::start(std::string* error) {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
   }
-  if (cfg_.transport == Transport::Uring)
-    LOG_WARN("%s: transport uring is not implemented yet; using classic /dev/fuse workers",
-             cfg_.name.c_str());
+  fallback_reason_.clear();
+  bool want_uring = false;
+  if (cfg_.transport != Transport::Classic) {
+    std::string why;
+    want_uring = fuse::UringChannel::supported(&why).ok();
+    if (!want_uring) {
+      fallback_reason_ = why;
+      if (cfg_.transport == Transport::Uring)
+        LOG_WARN("%s: transport uring unavailable (%s); serving over /dev/fuse",
+                 cfg_.name.c_str(), why.c_str());
+      else
+        LOG_INFO("%s: io_uring unavailable (%s); serving over /dev/fuse", cfg_.name.c_str(),
+                 why.c_str());
+    }
+  }
   try {
     fs_ = std::make_unique<fs::passthrough::PassthroughFs>(cfg_.source, policy_of(cfg_));
   } catch (const std::system_error& e) {
@@ -91,6 +148,7 @@ Status MountInstance::start(std::string* error) {
   // even under io_path: cache so a reload can turn it on for new opens without a remount.
   // The kernel does not combine it with the writeback cache; an explicit writeback wins.
   so.passthrough = geteuid() == 0 && !cfg_.cache.writeback;
+  so.io_uring = want_uring;
   if (cfg_.cache.writeback && cfg_.io_path == IoPath::Passthrough)
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());
@@ -108,9 +166,7 @@ Status MountInstance::start(std::string* error) {
   mounted_ = *m;
   mounted_now_ = true;
 
-  channel_ = std::make_unique<fuse::ClassicChannel>(*session_, mounted_.fd, cfg_.threads);
-  Status s = channel_->serve_init(error);
-  if (s.ok()) s = channel_->start(error);
+  Status s = start_channel(mounted_.fd, want_uring, error);
   if (!s.ok()) {
     stop(0);
     return s;
@@ -121,11 +177,11 @@ Status MountInstance::start(std::string* error) {
 
 void MountInstance::inval_inode(uint64_t ino, bool data_too) {
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
-  (void)session_->notify_inval_inode(channel_->notify_transport(), ino, data_too ? 0 : -1, 0);
+  (void)session_->notify_inval_inode(notify_transport(), ino, data_too ? 0 : -1, 0);
 }
 
 void MountInstance::inval_entry(uint64_t parent, std::string_view name) {
-  (void)session_->notify_inval_entry(channel_->notify_transport(), parent, name);
+  (void)session_->notify_inval_entry(notify_transport(), parent, name);
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
@@ -135,11 +191,12 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
 }
 
-bool MountInstance::lost() const { return mounted_now_ && channel_ && channel_->stopped(); }
+bool MountInstance::lost() const { return mounted_now_ && (classic_ || uring_) && channel_stopped(); }
 
 std::vector<const fuse::WorkerStats*> MountInstance::worker_stats() const {
-  if (!channel_) return {};
-  return channel_->worker_stats();
+  if (uring_) return uring_->worker_stats();
+  if (classic_) return classic_->worker_stats();
+  return {};
 }
 
 void MountInstance::stop(int grace_ms) {
@@ -152,7 +209,8 @@ void MountInstance::stop(int grace_ms) {
   else if (how.error() != EINVAL && how.error() != ENOENT)  // EINVAL: no longer mounted
     LOG_WARN("%s: unmounting %s failed: %s", cfg_.name.c_str(), cfg_.mountpoint.c_str(),
              strerror(how.error()));
-  if (channel_ && !channel_->wait(grace_ms)) {
+  bool has_channel = classic_ || uring_;
+  if (has_channel && !channel_wait(grace_ms)) {
     // Detached but still in use: end the connection so the workers stop; the clients'
     // open files fail with ENOTCONN from now on.
     if (fuse::abort_connection(mounted_.conn_id)) {
@@ -161,9 +219,12 @@ void MountInstance::stop(int grace_ms) {
       LOG_WARN("%s: still in use; cannot abort connection %u", cfg_.name.c_str(),
                mounted_.conn_id);
     }
-    channel_->wait(grace_ms);
+    channel_wait(grace_ms);
   }
-  if (channel_ && channel_->stopped()) channel_.reset();  // joins, closes the fds
+  if (has_channel && channel_stopped()) {  // joins, closes the fds
+    uring_.reset();
+    classic_.reset();
+  }
 }
 
 }  // namespace efuse::daemon

@@ -10,6 +10,7 @@
 #include "fuse/channel.h"
 #include "fuse/mount.h"
 #include "fuse/session.h"
+#include "fuse/uring_channel.h"
 
 namespace efuse::daemon {
 
@@ -43,7 +44,11 @@ class MountInstance final : private fs::Invalidator {
   const MountConfig& config() const { return cfg_; }
   const fuse::Session* session() const { return session_.get(); }
   std::vector<const fuse::WorkerStats*> worker_stats() const;
-  const char* transport() const { return live() ? "classic" : ""; }
+  // What serves requests now: "uring", "classic", or "" when not live.
+  const char* transport() const;
+  // Why a configured io_uring transport is not in use ("" when it is, or was not asked for).
+  const std::string& transport_fallback() const { return fallback_reason_; }
+  unsigned uring_queues() const { return uring_ && uring_->rings_active() ? uring_->queue_count() : 0; }
 
  private:
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
@@ -53,9 +58,17 @@ class MountInstance final : private fs::Invalidator {
   MountConfig cfg_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;
-  std::unique_ptr<fuse::ClassicChannel> channel_;
+  // Exactly one of these serves a live mount.
+  std::unique_ptr<fuse::ClassicChannel> classic_;
+  std::unique_ptr<fuse::UringChannel> uring_;
+  std::string fallback_reason_;
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
+
+  Status start_channel(int fd, bool want_uring, std::string* error);
+  bool channel_stopped() const;
+  bool channel_wait(int ms);
+  fuse::Transport& notify_transport();
 };
 
 }  // namespace efuse::daemon

@@ -242,6 +242,7 @@ nlohmann::json Supervisor::view(const Slot& s) const {
       {"state", s.state},
       {"error", s.error},
       {"transport", s.instance ? s.instance->transport() : ""},
+      {"transport_fallback", s.instance ? s.instance->transport_fallback() : ""},
       {"io_path", to_string(s.cfg.io_path)},
       {"threads", s.cfg.threads},
       {"start_failures", s.start_failures},
@@ -253,7 +254,7 @@ nlohmann::json Supervisor::view(const Slot& s) const {
         {"protocol", std::to_string(n.major) + "." + std::to_string(n.minor)},
         {"max_write", n.max_write},
         {"passthrough", n.has(k::init::kPassthrough)},
-        {"io_uring", false},
+        {"io_uring", n.has(k::init::kOverIoUring)},
         {"io_uring_offered", (n.kernel_flags & k::init::kOverIoUring) != 0},
         {"writeback_cache", n.has(k::init::kWritebackCache)},
         {"readdirplus", n.has(k::init::kDoReaddirplus)},
@@ -350,6 +351,8 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
       v.transport = s.instance->transport();
       v.session = s.instance->session();
       v.workers = s.instance->worker_stats();
+      v.uring_queues = s.instance->uring_queues();
+      v.transport_fallback = s.instance->transport_fallback();
     }
     fn(v);
   }

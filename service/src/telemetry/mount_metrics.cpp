@@ -76,6 +76,15 @@ MountFamilies::MountFamilies()
                         "Constant 1; labels describe the mount: configured mountpoint, backend, "
                         "transport running (empty when not live) and configured I/O path policy.",
                         MetricType::Gauge)),
+      fallback_(make_family("efuse_mount_transport_fallback",
+                            "1 when the mount was configured for (or auto-selected) FUSE over "
+                            "io_uring but serves over /dev/fuse because io_uring could not be "
+                            "used (the log says why); 0 otherwise.",
+                            MetricType::Gauge)),
+      notifications_(make_family("efuse_notifications_total",
+                                 "Invalidation notifications sent to the kernel for changes "
+                                 "made in the backing tree behind efused's back.",
+                                 MetricType::Counter)),
       requests_(make_family("efuse_requests_total",
                             "FUSE requests the daemon handled, by opcode (\"unknown\" for "
                             "opcodes efused does not know). Only opcodes seen so far appear.",
@@ -132,7 +141,7 @@ MountFamilies::MountFamilies()
 void MountFamilies::add(const MountView& mount) {
   add_state(mount);
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
-  add_workers(mount.name, mount.workers);
+  add_workers(mount.name, mount.workers, mount.uring_queues);
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -146,6 +155,7 @@ void MountFamilies::add_state(const MountView& mount) {
              {"transport", mount.transport},
              {"io_path", mount.io_path}},
             1);
+  add_gauge(fallback_, mount_label(mount.name), mount.transport_fallback.empty() ? 0 : 1);
 }
 
 void MountFamilies::add_session(const std::string& mount, const fuse::Session& session) {
@@ -155,6 +165,7 @@ void MountFamilies::add_session(const std::string& mount, const fuse::Session& s
               static_cast<double>(session.passthrough_opens()));
   add_counter(passthrough_refusals_, mount_label(mount),
               static_cast<double>(session.passthrough_refusals()));
+  add_counter(notifications_, mount_label(mount), static_cast<double>(session.notifications()));
   if (session.initialized()) add_kernel(mount, session.negotiated());
 }
 
@@ -197,12 +208,17 @@ void MountFamilies::add_kernel(const std::string& mount, const fuse::Negotiated&
   add_gauge(max_write_, mount_label(mount), negotiated.max_write);
 }
 
+// Worker labels: "uring-<qid>" for io_uring queues (one per CPU), "classic-<n>" for threads
+// reading /dev/fuse.
 void MountFamilies::add_workers(const std::string& mount,
-                                const std::vector<const fuse::WorkerStats*>& workers) {
+                                const std::vector<const fuse::WorkerStats*>& workers,
+                                unsigned uring_queues) {
   for (size_t i = 0; i < workers.size(); ++i) {
     const fuse::WorkerStats* w = workers[i];
     if (w == nullptr) continue;
-    Labels labels = with(mount_label(mount), "worker", std::to_string(i));
+    std::string name = i < uring_queues ? "uring-" + std::to_string(i)
+                                        : "classic-" + std::to_string(i - uring_queues);
+    Labels labels = with(mount_label(mount), "worker", name);
     add_counter(worker_requests_, labels, static_cast<double>(load(w->requests)));
     add_gauge(worker_in_flight_, labels, w->in_flight.load(std::memory_order_relaxed));
     add_counter(worker_wait_, labels, seconds(load(w->wait_ns)));
@@ -212,7 +228,7 @@ void MountFamilies::add_workers(const std::string& mount,
 
 void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
   for (prometheus::MetricFamily* f :
-       {&up_, &start_failures_, &info_, &requests_, &errors_, &duration_, &decode_errors_,
+       {&up_, &start_failures_, &info_, &fallback_, &notifications_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_}) {

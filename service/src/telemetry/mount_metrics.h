@@ -51,11 +51,14 @@ class MountFamilies {
   void add_errors(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_latency(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
-  void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers);
+  void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
+                   unsigned uring_queues);
 
   prometheus::MetricFamily up_;
   prometheus::MetricFamily start_failures_;
   prometheus::MetricFamily info_;
+  prometheus::MetricFamily fallback_;
+  prometheus::MetricFamily notifications_;
   prometheus::MetricFamily requests_;
   prometheus::MetricFamily errors_;
   prometheus::MetricFamily duration_;

@@ -22,6 +22,8 @@ struct MountView {
   bool up = false;
   const fuse::Session* session = nullptr;             // null when not live
   std::vector<const fuse::WorkerStats*> workers;      // empty when not live
+  unsigned uring_queues = 0;  // the first `uring_queues` workers are io_uring queues (qid order)
+  std::string transport_fallback;  // why a configured io_uring transport is not in use
   uint64_t start_failures = 0;                        // cumulative failed mount attempts
 };
 

@@ -169,8 +169,8 @@ TEST_F(MetricsCollector, SessionCounters) {
 
 TEST_F(MetricsCollector, WorkerSeries) {
   Exposition e = scrape();
-  Labels w0 = {{"mount", "data"}, {"worker", "0"}};
-  Labels w1 = {{"mount", "data"}, {"worker", "1"}};
+  Labels w0 = {{"mount", "data"}, {"worker", "classic-0"}};
+  Labels w1 = {{"mount", "data"}, {"worker", "classic-1"}};
   EXPECT_EQ(e.value("efuse_worker_requests_total", w0), 5);
   EXPECT_EQ(e.value("efuse_worker_requests_total", w1), 4);
   EXPECT_EQ(e.value("efuse_worker_in_flight", w0), 0);
