@@ -53,6 +53,9 @@ Options:
                                  an address such as unix:path=/run/x/bus
 With --mount (a config file sets these per mount):
   -t, --threads N                worker threads per mount (default 4)
+      --transport MODE           auto, classic or uring (default auto: FUSE over
+                                 io_uring, one queue per CPU, when the kernel offers it)
+      --queue-depth N            io_uring entries per CPU queue (default 8)
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
                                  passthrough when the kernel grants it)
       --entry-timeout SECONDS    how long the kernel may cache names (default 1)
@@ -119,7 +122,7 @@ int main(int argc, char** argv) {
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
-         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly };
+         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -136,6 +139,8 @@ int main(int argc, char** argv) {
       {"keep-cache", no_argument, nullptr, kKeepCache},
       {"writeback-cache", no_argument, nullptr, kWriteback},
       {"read-only", no_argument, nullptr, kReadOnly},
+      {"transport", required_argument, nullptr, kTransport},
+      {"queue-depth", required_argument, nullptr, kQueueDepth},
       {"version", no_argument, nullptr, 'V'},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
@@ -173,6 +178,19 @@ int main(int argc, char** argv) {
       case kAttrTimeout: cli_defaults.cache.attr_timeout = parse_seconds(optarg, "--attr-timeout"); break;
       case kNegativeTimeout: cli_defaults.cache.negative_timeout = parse_seconds(optarg, "--negative-timeout"); break;
       case kKeepCache: cli_defaults.cache.keep_cache = true; break;
+      case kTransport:
+        if (std::strcmp(optarg, "auto") == 0) cli_defaults.transport = efuse::daemon::Transport::Auto;
+        else if (std::strcmp(optarg, "classic") == 0) cli_defaults.transport = efuse::daemon::Transport::Classic;
+        else if (std::strcmp(optarg, "uring") == 0) cli_defaults.transport = efuse::daemon::Transport::Uring;
+        else usage_error(std::string("--transport must be auto, classic or uring, not '") + optarg + "'");
+        break;
+      case kQueueDepth: {
+        char* end = nullptr;
+        long v = std::strtol(optarg, &end, 10);
+        if (*end != '\0' || v < 1 || v > 1024) usage_error("--queue-depth must be 1..1024");
+        cli_defaults.queue_depth = static_cast<unsigned>(v);
+        break;
+      }
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
