@@ -13,10 +13,12 @@
 #include <memory>
 #include <thread>
 
+#include "bpf/telemetry.h"
 #include "common/log.h"
 #include "control/bus.h"
 #include "control/dbus_service.h"
 #include "daemon/supervisor.h"
+#include "telemetry/bpf_metrics.h"
 #include "telemetry/metrics_server.h"
 
 namespace efuse::daemon {
@@ -77,6 +79,12 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     return 1;
   }
 
+  // eBPF telemetry of every FUSE mount on the host (kernel-side latency, context switches).
+  // Never fails the daemon: when the kernel refuses it logs why once and /metrics says
+  // efuse_bpf_up 0. EFUSE_BPF=0 turns it off. Outlives the metrics server that reads it.
+  std::unique_ptr<bpf::Telemetry> bpf_telemetry = bpf::Telemetry::start();
+  telemetry::BpfMetricsSource metrics_source(sup, bpf_telemetry.get());
+
   // /metrics follows the config across reloads; --metrics pins it.
   std::unique_ptr<telemetry::MetricsServer> metrics;
   auto listen_of = [&opts](const Config& c) {
@@ -86,7 +94,7 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     metrics.reset();
     if (listen.empty()) return {};
     try {
-      metrics = std::make_unique<telemetry::MetricsServer>(listen, sup);
+      metrics = std::make_unique<telemetry::MetricsServer>(listen, metrics_source);
       return {};
     } catch (const std::exception& e) {
       *error = std::string("metrics: ") + e.what();

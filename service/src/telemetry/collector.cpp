@@ -3,6 +3,7 @@
 #include <exception>
 
 #include "common/log.h"
+#include "telemetry/bpf_metrics.h"
 #include "telemetry/daemon_metrics.h"
 #include "telemetry/family.h"
 #include "telemetry/mount_metrics.h"
@@ -35,8 +36,13 @@ std::vector<prometheus::MetricFamily> Collector::Collect() const {
 void Collector::collect_into(std::vector<prometheus::MetricFamily>& out) const {
   append_daemon_families(source_.daemon(), out);
   MountFamilies mounts;
-  source_.visit_mounts([&mounts](const MountView& m) { mounts.add(m); });
+  std::vector<OwnMount> own;  // names the BPF families use for efused's own mounts
+  source_.visit_mounts([&mounts, &own](const MountView& m) {
+    mounts.add(m);
+    own.push_back({m.name, m.mountpoint});
+  });
   std::move(mounts).append_to(out);
+  append_bpf_families(source_.bpf_telemetry(), own, out);
   append_process_families(read_process_stats(), out);
 }
 

@@ -11,6 +11,10 @@
 #include "fuse/session.h"
 #include "fuse/stats.h"
 
+namespace efuse::bpf {
+class Telemetry;
+}
+
 namespace efuse::telemetry {
 
 struct MountView {
@@ -41,6 +45,9 @@ class MetricsSource {
   virtual ~MetricsSource() = default;
   virtual void visit_mounts(const std::function<void(const MountView&)>& fn) const = 0;
   virtual DaemonView daemon() const = 0;
+  // The eBPF telemetry (kernel-side metrics of every FUSE mount), if efused runs one; see
+  // telemetry/bpf_metrics.h. Must outlive the source's scrapes.
+  virtual const bpf::Telemetry* bpf_telemetry() const { return nullptr; }
 };
 
 }  // namespace efuse::telemetry

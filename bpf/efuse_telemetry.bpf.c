@@ -1,0 +1,301 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * FUSE request telemetry for every FUSE connection on the host, built on the kernel's
+ * fuse_request_send / fuse_request_end tracepoints and sched_switch (BTF-typed
+ * tracepoints: fentry/kprobes are not needed). CO-RE throughout: every kernel struct is
+ * read through vmlinux.h + BPF_CORE_READ, so the object loads on any kernel whose BTF has
+ * the fields, whatever their offsets.
+ *
+ * Maps and their layouts: efuse_telemetry.h (shared with efused's loader).
+ *
+ *   send: remember (conn, unique) -> start time, opcode, sending thread; count the upcall;
+ *         mark the sender as a client with one more request outstanding.
+ *   end:  latency per (conn, opcode) and per (conn, queue) into log2 histograms; errors;
+ *         the current thread (the server writing its reply) becomes a daemon thread of
+ *         conn; the sender has one request fewer outstanding.
+ *   sched_switch: a switched-out daemon thread counts for its connection's daemon side, a
+ *         switched-out thread with requests outstanding for its connection's client side;
+ *         voluntary unless it was preempted (preempt || prev_state == TASK_RUNNING), the
+ *         same rule as /proc/<pid>/status's voluntary/nonvoluntary_ctxt_switches.
+ *
+ * In-flight requests are the inflight map's entries, counted by user space at scrape time.
+ */
+#include "vmlinux.h"
+
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "efuse_telemetry.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define EFUSE_ENOTCONN 107
+#define EFUSE_ECONNABORTED 103
+#define EFUSE_TASK_DEAD 0x80
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EFUSE_BPF_MAX_INFLIGHT);
+	__type(key, struct efuse_req_key);
+	__type(value, struct efuse_req_start);
+} inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, EFUSE_BPF_MAX_OP_KEYS);
+	__type(key, struct efuse_op_key);
+	__type(value, struct efuse_op_stats);
+} op_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, EFUSE_BPF_MAX_QUEUE_KEYS);
+	__type(key, struct efuse_queue_key);
+	__type(value, struct efuse_queue_stats);
+} queue_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, EFUSE_BPF_MAX_CONNS);
+	__type(key, __u32);
+	__type(value, struct efuse_ctxsw_stats);
+} ctxsw_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, EFUSE_BPF_MAX_TASKS);
+	__type(key, __u32);
+	__type(value, struct efuse_task);
+} tasks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct efuse_health);
+} health SEC(".maps");
+
+/* Zero values to insert (read-only data; the kernel copies them). */
+static const struct efuse_op_stats zero_op;
+static const struct efuse_queue_stats zero_queue;
+static const struct efuse_ctxsw_stats zero_ctxsw;
+
+#define HEALTH_INC(field)                                              \
+	do {                                                           \
+		__u32 health_key = 0;                                  \
+		struct efuse_health *h_ = bpf_map_lookup_elem(&health, &health_key); \
+		if (h_)                                                \
+			__sync_fetch_and_add(&h_->field, 1);           \
+	} while (0)
+
+/* Looks the key up; inserts the zero value when absent. NULL when the map is full. */
+static __always_inline void *lookup_or_init(void *map, const void *key, const void *zero)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+	if (v)
+		return v;
+	/* -EEXIST means another CPU inserted it first: fine, look it up again. */
+	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(map, key);
+	if (!v)
+		HEALTH_INC(stats_full);
+	return v;
+}
+
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline __u32 latency_slot(__u64 ns)
+{
+	__u32 hi = ns >> 32;
+	__u32 slot = hi ? log2_u32(hi) + 32 : log2_u32((__u32)ns);
+
+	return slot < EFUSE_BPF_LATENCY_SLOTS ? slot : EFUSE_BPF_LATENCY_SLOTS - 1;
+}
+
+static __always_inline __u32 req_conn(const struct fuse_req *req)
+{
+	return BPF_CORE_READ(req, fm, fc, dev);
+}
+
+static __always_inline __u32 clamp_opcode(__u32 opcode)
+{
+	return opcode < EFUSE_BPF_OPCODE_SLOTS ? opcode : EFUSE_BPF_OPCODE_SLOTS - 1;
+}
+
+/* The io_uring queue the request travelled on, or EFUSE_BPF_QUEUE_CLASSIC. ring_queue is
+ * a void * in struct fuse_req (present only with CONFIG_FUSE_IO_URING). */
+static __always_inline __u32 req_queue(const struct fuse_req *req)
+{
+	if (!bpf_core_field_exists(req->ring_queue))
+		return EFUSE_BPF_QUEUE_CLASSIC;
+	struct fuse_ring_queue *q = (struct fuse_ring_queue *)BPF_CORE_READ(req, ring_queue);
+	if (!q)
+		return EFUSE_BPF_QUEUE_CLASSIC;
+	return BPF_CORE_READ(q, qid);
+}
+
+SEC("tp_btf/fuse_request_send")
+int BPF_PROG(efuse_request_send, const struct fuse_req *req)
+{
+	struct efuse_req_key key = {};
+	struct efuse_req_start start = {};
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct efuse_task *task;
+
+	key.conn = req_conn(req);
+	key.unique = BPF_CORE_READ(req, in.h.unique);
+	start.start_ns = bpf_ktime_get_ns();
+	start.opcode = clamp_opcode(BPF_CORE_READ(req, in.h.opcode));
+
+	/* A server thread sending (the kernel flushes queued background requests from the
+	 * reply path) is not a client waiting for it. */
+	task = bpf_map_lookup_elem(&tasks, &tid);
+	if (!task || !(task->flags & EFUSE_BPF_TASK_DAEMON))
+		start.client_tid = tid;
+
+	long err = bpf_map_update_elem(&inflight, &key, &start, BPF_NOEXIST);
+	if (err) {
+		if (err == -17 /* EEXIST */)
+			HEALTH_INC(duplicate_send);
+		else
+			HEALTH_INC(inflight_full);
+		return 0;
+	}
+
+	struct efuse_op_key op_key = { .conn = key.conn, .opcode = start.opcode };
+	struct efuse_op_stats *op = lookup_or_init(&op_stats, &op_key, &zero_op);
+	if (op)
+		__sync_fetch_and_add(&op->requests, 1);
+
+	if (start.client_tid) {
+		if (task) {
+			task->client_conn = key.conn;
+			__sync_fetch_and_add(&task->outstanding, 1);
+		} else {
+			struct efuse_task t = { .client_conn = key.conn, .outstanding = 1 };
+			bpf_map_update_elem(&tasks, &tid, &t, BPF_NOEXIST);
+		}
+	}
+	return 0;
+}
+
+SEC("tp_btf/fuse_request_end")
+int BPF_PROG(efuse_request_end, const struct fuse_req *req)
+{
+	struct efuse_req_key key = {};
+	struct efuse_req_start start;
+	struct efuse_req_start *found;
+	__u64 now = bpf_ktime_get_ns();
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+
+	key.conn = req_conn(req);
+	key.unique = BPF_CORE_READ(req, in.h.unique);
+	found = bpf_map_lookup_elem(&inflight, &key);
+	if (!found) {
+		HEALTH_INC(unmatched_end);
+		return 0;
+	}
+	start = *found;
+	bpf_map_delete_elem(&inflight, &key);
+
+	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
+	__u32 slot = latency_slot(delta);
+	int error = BPF_CORE_READ(req, out.h.error);
+
+	struct efuse_op_key op_key = { .conn = key.conn, .opcode = start.opcode };
+	struct efuse_op_stats *op = lookup_or_init(&op_stats, &op_key, &zero_op);
+	if (op) {
+		if (error)
+			__sync_fetch_and_add(&op->errors, 1);
+		__sync_fetch_and_add(&op->latency_sum_ns, delta);
+		__sync_fetch_and_add(&op->latency[slot], 1);
+	}
+
+	struct efuse_queue_key q_key = { .conn = key.conn, .qid = req_queue(req) };
+	struct efuse_queue_stats *q = lookup_or_init(&queue_stats, &q_key, &zero_queue);
+	if (q) {
+		__sync_fetch_and_add(&q->requests, 1);
+		__sync_fetch_and_add(&q->latency_sum_ns, delta);
+		__sync_fetch_and_add(&q->latency[slot], 1);
+	}
+
+	/* The sender has one request fewer outstanding. */
+	if (start.client_tid) {
+		struct efuse_task *client = bpf_map_lookup_elem(&tasks, &start.client_tid);
+		if (client && client->outstanding > 0)
+			__sync_fetch_and_add(&client->outstanding, -1);
+	}
+
+	/* Whoever completes a request with a real reply is the server: fuse_request_end runs
+	 * in the context of the thread that wrote the reply (/dev/fuse write or io_uring
+	 * commit). Requests ended by the kernel itself (connection gone: -ENOTCONN, aborted:
+	 * -ECONNABORTED) end in whatever context noticed, often a client's: skip those. */
+	if (tid != start.client_tid && error != -EFUSE_ENOTCONN && error != -EFUSE_ECONNABORTED) {
+		struct efuse_task *self = bpf_map_lookup_elem(&tasks, &tid);
+		if (self) {
+			self->daemon_conn = key.conn;
+			self->flags |= EFUSE_BPF_TASK_DAEMON;
+		} else {
+			struct efuse_task t = { .flags = EFUSE_BPF_TASK_DAEMON, .daemon_conn = key.conn };
+			bpf_map_update_elem(&tasks, &tid, &t, BPF_ANY);
+		}
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(efuse_sched_switch, bool preempt, struct task_struct *prev,
+	     struct task_struct *next, unsigned int prev_state)
+{
+	__u32 tid = BPF_CORE_READ(prev, pid);
+	struct efuse_task *task = bpf_map_lookup_elem(&tasks, &tid);
+
+	if (!task)
+		return 0;
+	if (prev_state & EFUSE_TASK_DEAD) {
+		/* Its last switch: forget it so a recycled thread id starts clean. */
+		bpf_map_delete_elem(&tasks, &tid);
+		return 0;
+	}
+	bool involuntary = preempt || prev_state == 0 /* TASK_RUNNING */;
+
+	if (task->flags & EFUSE_BPF_TASK_DAEMON) {
+		__u32 conn = task->daemon_conn;
+		struct efuse_ctxsw_stats *c = lookup_or_init(&ctxsw_stats, &conn, &zero_ctxsw);
+		if (c) {
+			if (involuntary)
+				__sync_fetch_and_add(&c->daemon_involuntary, 1);
+			else
+				__sync_fetch_and_add(&c->daemon_voluntary, 1);
+		}
+	}
+	if (task->outstanding > 0) {
+		__u32 conn = task->client_conn;
+		struct efuse_ctxsw_stats *c = lookup_or_init(&ctxsw_stats, &conn, &zero_ctxsw);
+		if (c) {
+			if (involuntary)
+				__sync_fetch_and_add(&c->client_involuntary, 1);
+			else
+				__sync_fetch_and_add(&c->client_voluntary, 1);
+		}
+	}
+	return 0;
+}

@@ -1,0 +1,304 @@
+#include "bpf/telemetry.h"
+
+#include <bpf/bpf.h>
+#include <bpf/btf.h>
+#include <bpf/libbpf.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "bpf/layout.h"
+#include "bpf/libbpf_log.h"
+#include "bpf/maps.h"
+#include "bpf/mountinfo.h"
+#include "common/log.h"
+#include "efuse_telemetry.skel.h"
+
+namespace efuse::bpf {
+namespace {
+
+constexpr const char* kVmlinuxBtf = "/sys/kernel/btf/vmlinux";
+// In-flight entries older than this are dropped once the map is half full: requests whose
+// end the kernel never traces (a killed client's request still pending in the queue).
+constexpr uint64_t kStaleInflightNs = 600ULL * 1000 * 1000 * 1000;
+
+bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr) return false;
+  return std::strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "false") == 0 ||
+         strcasecmp(v, "no") == 0;
+}
+
+uint64_t monotonic_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+std::string errno_text(int err) {
+  if (err < 0) err = -err;
+  std::string s = std::strerror(err);
+  if (err == EPERM || err == EACCES)
+    s += " (loading BPF needs root, or CAP_BPF with CAP_PERFMON)";
+  return s;
+}
+
+// Cheap checks with clear answers before libbpf's more cryptic ones.
+bool kernel_supports(std::string* reason) {
+  if (access(kVmlinuxBtf, R_OK) != 0) {
+    *reason = std::string("kernel has no BTF (") + kVmlinuxBtf + ": " + std::strerror(errno) +
+              "); CO-RE programs need CONFIG_DEBUG_INFO_BTF";
+    return false;
+  }
+  struct btf* btf = btf__load_vmlinux_btf();
+  if (btf == nullptr) {
+    *reason = std::string("cannot read kernel BTF: ") + errno_text(errno);
+    return false;
+  }
+  bool ok = true;
+  for (const char* tp : {"fuse_request_send", "fuse_request_end"}) {
+    std::string type = std::string("btf_trace_") + tp;
+    if (btf__find_by_name_kind(btf, type.c_str(), BTF_KIND_TYPEDEF) < 0) {
+      *reason = std::string("kernel has no ") + tp +
+                " tracepoint (FUSE tracepoints need Linux 6.13 or later)";
+      ok = false;
+      break;
+    }
+  }
+  btf__free(btf);
+  return ok;
+}
+
+}  // namespace
+
+Options Options::from_env() {
+  Options o;
+  o.enabled = !env_off("EFUSE_BPF");
+  o.sched_switch = !env_off("EFUSE_BPF_SCHED");
+  return o;
+}
+
+std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
+  std::unique_ptr<Telemetry> t(new Telemetry());
+  if (!opts.enabled) {
+    t->status_.reason = "disabled by EFUSE_BPF=0";
+    LOG_INFO("bpf: telemetry off: %s", t->status_.reason.c_str());
+    return t;
+  }
+  route_libbpf_log();
+  (void)take_first_libbpf_warning();
+  std::string reason;
+  bool loaded = false;
+  try {
+    loaded = t->load(opts, &reason);
+  } catch (const std::exception& e) {  // bad_alloc while building messages
+    reason = e.what();
+  }
+  if (!loaded) {
+    t->skel_.reset();
+    t->status_ = Status{false, 0, t->status_.load_failures + 1, reason};
+    LOG_WARN("bpf: telemetry off: %s; serving mounts without kernel-side metrics",
+             reason.c_str());
+    return t;
+  }
+  if (t->status_.reason.empty() && !opts.sched_switch)
+    t->status_.reason = "sched_switch left out by EFUSE_BPF_SCHED=0";
+  if (t->status_.programs_attached == kProgramCount)
+    LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end, "
+             "sched_switch)", t->status_.programs_attached);
+  else
+    LOG_WARN("bpf: telemetry partly on: %d of %d programs attached: %s",
+             t->status_.programs_attached, kProgramCount, t->status_.reason.c_str());
+  return t;
+}
+
+bool Telemetry::load(const Options& opts, std::string* reason) {
+  if (!kernel_supports(reason)) return false;
+
+  // Attempt 1 with every program; if the kernel refuses, attempt 2 without sched_switch
+  // (request accounting alone is still worth having).
+  bool want_sched = opts.sched_switch;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    skel_ = TelemetrySkeleton::open();
+    if (!skel_) {
+      *reason = std::string("cannot open the BPF object: ") + errno_text(errno);
+      return false;
+    }
+    std::string layout_error;
+    if (!check_layout(skel_.object(), kTelemetryMaps, &layout_error)) {
+      *reason = "refusing to load: " + layout_error;
+      return false;
+    }
+    bpf_program__set_autoload(skel_->progs.efuse_sched_switch, want_sched);
+
+    int err = efuse_telemetry_bpf__load(skel_.get());
+    if (err != 0) {
+      std::string why = "load: " + errno_text(err);
+      std::string libbpf = take_first_libbpf_warning();
+      if (!libbpf.empty()) why += " (libbpf: " + libbpf + ")";
+      if (want_sched && err != -EPERM && err != -EACCES) {
+        ++status_.load_failures;
+        LOG_DEBUG("bpf: full load failed (%s); retrying without sched_switch", why.c_str());
+        status_.reason = "sched_switch program refused: " + why;
+        want_sched = false;
+        continue;
+      }
+      *reason = why;
+      return false;
+    }
+
+    struct Prog {
+      bpf_program* prog;
+      bpf_link** link;
+      bool wanted;
+    };
+    Prog progs[] = {
+        {skel_->progs.efuse_request_send, &skel_->links.efuse_request_send, true},
+        {skel_->progs.efuse_request_end, &skel_->links.efuse_request_end, true},
+        {skel_->progs.efuse_sched_switch, &skel_->links.efuse_sched_switch, want_sched},
+    };
+    int attached = 0;
+    for (Prog& p : progs) {
+      if (!p.wanted) continue;
+      bpf_link* link = bpf_program__attach(p.prog);
+      if (link == nullptr) {
+        std::string why = std::string("attach ") + bpf_program__name(p.prog) + ": " +
+                          errno_text(errno);
+        if (p.prog == skel_->progs.efuse_sched_switch) {
+          ++status_.load_failures;
+          status_.reason = why;
+          continue;
+        }
+        *reason = why;
+        return false;  // skel_.reset() in start() detaches what was attached
+      }
+      *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
+      ++attached;
+    }
+    status_.up = true;
+    status_.programs_attached = attached;
+    return true;
+  }
+  return false;
+}
+
+Telemetry::~Telemetry() {
+  std::lock_guard<std::mutex> lock(mu_);
+  skel_.reset();
+}
+
+Snapshot Telemetry::snapshot() const {
+  Snapshot snap;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!status_.up || !skel_) return snap;
+  const size_t ncpu = possible_cpus();
+
+  {
+    int fd = bpf_map__fd(skel_->maps.op_stats);
+    std::set<std::pair<uint32_t, uint32_t>> seen;
+    for_each_key(fd, sizeof(efuse_op_key), 2 * EFUSE_BPF_MAX_OP_KEYS, [&](const void* k) {
+      efuse_op_key key;
+      std::memcpy(&key, k, sizeof key);
+      if (!seen.insert({key.conn, key.opcode}).second) return;
+      efuse_op_stats v;
+      if (lookup_percpu_sum(fd, &key, ncpu, &v)) snap.conns[key.conn].ops[key.opcode] = v;
+    });
+  }
+  {
+    int fd = bpf_map__fd(skel_->maps.queue_stats);
+    std::set<std::pair<uint32_t, uint32_t>> seen;
+    for_each_key(fd, sizeof(efuse_queue_key), 2 * EFUSE_BPF_MAX_QUEUE_KEYS, [&](const void* k) {
+      efuse_queue_key key;
+      std::memcpy(&key, k, sizeof key);
+      if (!seen.insert({key.conn, key.qid}).second) return;
+      efuse_queue_stats v;
+      if (lookup_percpu_sum(fd, &key, ncpu, &v)) snap.conns[key.conn].queues[key.qid] = v;
+    });
+  }
+  {
+    int fd = bpf_map__fd(skel_->maps.ctxsw_stats);
+    std::set<uint32_t> seen;
+    for_each_key(fd, sizeof(__u32), 2 * EFUSE_BPF_MAX_CONNS, [&](const void* k) {
+      __u32 conn;
+      std::memcpy(&conn, k, sizeof conn);
+      if (!seen.insert(conn).second) return;
+      efuse_ctxsw_stats v;
+      if (lookup_percpu_sum(fd, &conn, ncpu, &v)) snap.conns[conn].ctxsw = v;
+    });
+  }
+  {
+    int fd = bpf_map__fd(skel_->maps.inflight);
+    std::set<std::pair<uint32_t, uint64_t>> seen;
+    std::vector<efuse_req_key> stale;
+    const uint64_t now = monotonic_ns();
+    for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
+      efuse_req_key key;
+      std::memcpy(&key, k, sizeof key);
+      if (!seen.insert({key.conn, key.unique}).second) return;
+      efuse_req_start v;
+      if (lookup_raw(fd, &key, &v) != 0) return;  // ended meanwhile
+      if (now > v.start_ns && now - v.start_ns > kStaleInflightNs) stale.push_back(key);
+      ++snap.conns[key.conn].in_flight[v.opcode];
+    });
+    if (seen.size() > EFUSE_BPF_MAX_INFLIGHT / 2) {
+      for (const efuse_req_key& key : stale) bpf_map_delete_elem(fd, &key);
+      if (!stale.empty())
+        LOG_DEBUG("bpf: dropped %zu in-flight entries older than %llu s", stale.size(),
+                  static_cast<unsigned long long>(kStaleInflightNs / 1000000000ULL));
+    }
+  }
+  {
+    int fd = bpf_map__fd(skel_->maps.health);
+    __u32 zero = 0;
+    (void)lookup_percpu_sum(fd, &zero, ncpu, &snap.health);
+  }
+  // Connections that no longer exist: delete their counters (a new mount that gets a
+  // recycled device number must start from zero) and leave them out. Runs after the maps
+  // were read, so a connection created meanwhile is either in the live list or was not read.
+  bool host_wide = false;
+  std::set<uint32_t> live = live_connections(&host_wide);
+  if (host_wide) {  // else only this mount namespace is visible: cannot tell dead ones
+    for (auto it = snap.conns.begin(); it != snap.conns.end();) {
+      if (live.count(it->first) != 0) {
+        ++it;
+        continue;
+      }
+      forget_connection(it->first, it->second);
+      it = snap.conns.erase(it);
+    }
+  }
+  return snap;
+}
+
+void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
+  for (const auto& [opcode, v] : c.ops) {
+    efuse_op_key key{conn, opcode};
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.op_stats), &key);
+  }
+  for (const auto& [qid, v] : c.queues) {
+    efuse_queue_key key{conn, qid};
+    bpf_map_delete_elem(bpf_map__fd(skel_->maps.queue_stats), &key);
+  }
+  __u32 key = conn;
+  bpf_map_delete_elem(bpf_map__fd(skel_->maps.ctxsw_stats), &key);
+  if (!c.in_flight.empty()) {
+    int fd = bpf_map__fd(skel_->maps.inflight);
+    std::vector<efuse_req_key> doomed;
+    for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
+      efuse_req_key rk;
+      std::memcpy(&rk, k, sizeof rk);
+      if (rk.conn == conn) doomed.push_back(rk);
+    });
+    for (const efuse_req_key& rk : doomed) bpf_map_delete_elem(fd, &rk);
+  }
+  LOG_DEBUG("bpf: connection %s is gone; its counters were removed",
+            connection_name(conn).c_str());
+}
+
+}  // namespace efuse::bpf

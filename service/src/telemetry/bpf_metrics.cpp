@@ -1,0 +1,227 @@
+#include "telemetry/bpf_metrics.h"
+
+#include <filesystem>
+#include <limits>
+#include <utility>
+
+#include "fuse/opcodes.h"
+#include "telemetry/family.h"
+
+namespace efuse::telemetry {
+namespace {
+
+using prometheus::MetricType;
+
+// Slots below this one are folded into its bucket (le = 2^(kFirstSlot+1) ns = ~1 µs):
+// the tracepoints cannot resolve anything that short anyway.
+constexpr int kFirstSlot = 9;
+constexpr int kLastBoundedSlot = EFUSE_BPF_LATENCY_SLOTS - 2;  // le = 2^35 ns; then +Inf
+
+std::string normalize(const std::string& path) {
+  std::string p = std::filesystem::path(path).lexically_normal().string();
+  while (p.size() > 1 && p.back() == '/') p.pop_back();
+  return p;
+}
+
+struct ConnLabels {
+  std::string mount;
+  std::string fstype;
+};
+
+ConnLabels labels_for(uint32_t conn, const std::map<uint32_t, bpf::FuseMount>& mounts,
+                      const std::map<std::string, std::string>& own_by_mountpoint) {
+  auto it = mounts.find(conn);
+  if (it == mounts.end()) return {"connection:" + bpf::connection_name(conn), "unknown"};
+  auto own = own_by_mountpoint.find(normalize(it->second.mountpoint));
+  if (own != own_by_mountpoint.end()) return {own->second, it->second.fstype};
+  return {it->second.mountpoint, it->second.fstype};
+}
+
+std::string queue_label(uint32_t qid) {
+  return qid == EFUSE_BPF_QUEUE_CLASSIC ? "classic" : std::to_string(qid);
+}
+
+// Series keyed by their label values, so that two connections or opcode slots mapping to
+// the same labels ("unknown" opcodes, a mountpoint mounted twice) add up instead of
+// producing duplicate series.
+template <class V>
+using Series = std::map<std::vector<std::string>, V>;
+
+struct Hist {
+  __u64 slots[EFUSE_BPF_LATENCY_SLOTS] = {};
+  uint64_t sum_ns = 0;
+  void add(const __u64 (&s)[EFUSE_BPF_LATENCY_SLOTS], uint64_t sum) {
+    for (int i = 0; i < EFUSE_BPF_LATENCY_SLOTS; ++i) slots[i] += s[i];
+    sum_ns += sum;
+  }
+};
+
+Labels zip(const std::vector<const char*>& names, const std::vector<std::string>& values) {
+  Labels out;
+  for (size_t i = 0; i < names.size(); ++i) out.push_back({names[i], values[i]});
+  return out;
+}
+
+prometheus::MetricFamily counters(std::string name, std::string help,
+                                  const std::vector<const char*>& names,
+                                  const Series<uint64_t>& series, MetricType type) {
+  prometheus::MetricFamily f = make_family(std::move(name), std::move(help), type);
+  for (const auto& [values, v] : series) {
+    if (type == MetricType::Counter)
+      add_counter(f, zip(names, values), static_cast<double>(v));
+    else
+      add_gauge(f, zip(names, values), static_cast<double>(v));
+  }
+  return f;
+}
+
+prometheus::MetricFamily histograms(std::string name, std::string help,
+                                    const std::vector<const char*>& names,
+                                    const Series<Hist>& series) {
+  prometheus::MetricFamily f = make_family(std::move(name), std::move(help), MetricType::Histogram);
+  for (const auto& [values, h] : series) {
+    prometheus::ClientMetric m;
+    m.label = zip(names, values);
+    m.histogram = log2_histogram(h.slots, h.sum_ns);
+    f.metric.push_back(std::move(m));
+  }
+  return f;
+}
+
+void append_health(const bpf::Status& status, const efuse_health* health,
+                   std::vector<prometheus::MetricFamily>& out) {
+  prometheus::MetricFamily up = make_family(
+      "efuse_bpf_up",
+      "Whether efused's eBPF request telemetry is loaded and attached (1) or not (0: not "
+      "root, no BTF, no FUSE tracepoints, verifier refusal, or EFUSE_BPF=0; the log says "
+      "why).",
+      MetricType::Gauge);
+  add_gauge(up, {}, status.up ? 1 : 0);
+  out.push_back(std::move(up));
+  prometheus::MetricFamily attached = make_family(
+      "efuse_bpf_programs_attached",
+      "BPF programs attached (fuse_request_send, fuse_request_end, sched_switch: 3 when "
+      "everything runs).",
+      MetricType::Gauge);
+  add_gauge(attached, {}, status.programs_attached);
+  out.push_back(std::move(attached));
+  prometheus::MetricFamily failures = make_family(
+      "efuse_bpf_load_failures_total",
+      "Attempts to load or attach BPF programs that the kernel refused.", MetricType::Counter);
+  add_counter(failures, {}, static_cast<double>(status.load_failures));
+  out.push_back(std::move(failures));
+  if (health == nullptr) return;
+  prometheus::MetricFamily dropped = make_family(
+      "efuse_bpf_events_dropped_total",
+      "Tracepoint events the BPF programs could not account, by reason (inflight_full, "
+      "duplicate_send, unmatched_end: ended before being seen sent, stats_full).",
+      MetricType::Counter);
+#define EFUSE_BPF_HEALTH_SERIES(name, reason, help) \
+  add_counter(dropped, {{"reason", reason}}, static_cast<double>(health->name));
+  EFUSE_BPF_HEALTH_COUNTERS(EFUSE_BPF_HEALTH_SERIES)
+#undef EFUSE_BPF_HEALTH_SERIES
+  out.push_back(std::move(dropped));
+}
+
+}  // namespace
+
+std::vector<double> log2_bucket_bounds() {
+  std::vector<double> bounds;
+  for (int slot = kFirstSlot; slot <= kLastBoundedSlot; ++slot)
+    bounds.push_back(static_cast<double>(uint64_t{1} << (slot + 1)) / 1e9);
+  return bounds;
+}
+
+prometheus::ClientMetric::Histogram log2_histogram(const __u64 (&slots)[EFUSE_BPF_LATENCY_SLOTS],
+                                                   uint64_t sum_ns) {
+  prometheus::ClientMetric::Histogram h;
+  uint64_t cumulative = 0;
+  for (int slot = 0; slot < kFirstSlot; ++slot) cumulative += slots[slot];
+  for (int slot = kFirstSlot; slot <= kLastBoundedSlot; ++slot) {
+    cumulative += slots[slot];
+    h.bucket.push_back({cumulative, static_cast<double>(uint64_t{1} << (slot + 1)) / 1e9});
+  }
+  for (int slot = kLastBoundedSlot + 1; slot < EFUSE_BPF_LATENCY_SLOTS; ++slot)
+    cumulative += slots[slot];
+  h.bucket.push_back({cumulative, std::numeric_limits<double>::infinity()});
+  h.sample_count = cumulative;  // +Inf == _count by construction
+  h.sample_sum = static_cast<double>(sum_ns) / 1e9;
+  return h;
+}
+
+void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapshot,
+                         const std::map<uint32_t, bpf::FuseMount>& mounts,
+                         const std::vector<OwnMount>& own,
+                         std::vector<prometheus::MetricFamily>& out) {
+  append_health(status, status.up ? &snapshot.health : nullptr, out);
+  if (!status.up) return;
+
+  std::map<std::string, std::string> own_by_mountpoint;
+  for (const OwnMount& m : own) own_by_mountpoint[normalize(m.mountpoint)] = m.name;
+
+  Series<uint64_t> requests, errors, in_flight, switches;
+  Series<Hist> latency, queue_latency;
+  for (const auto& [conn, c] : snapshot.conns) {
+    ConnLabels l = labels_for(conn, mounts, own_by_mountpoint);
+    for (const auto& [opcode, op] : c.ops) {
+      std::vector<std::string> key = {l.mount, l.fstype, fuse::opcode_name(opcode)};
+      requests[key] += op.requests;
+      errors[key] += op.errors;
+      latency[key].add(op.latency, op.latency_sum_ns);
+      in_flight[key] += 0;  // every opcode seen has a series, 0 when idle
+    }
+    for (const auto& [opcode, n] : c.in_flight)
+      in_flight[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
+    for (const auto& [qid, q] : c.queues)
+      queue_latency[{l.mount, queue_label(qid)}].add(q.latency, q.latency_sum_ns);
+    if (!c.ops.empty() || !c.queues.empty()) {
+#define EFUSE_BPF_CTXSW_SERIES(name, side, kind) switches[{l.mount, side, kind}] += c.ctxsw.name;
+      EFUSE_BPF_CTXSW_COUNTERS(EFUSE_BPF_CTXSW_SERIES)
+#undef EFUSE_BPF_CTXSW_SERIES
+    }
+  }
+
+  const std::vector<const char*> op_labels = {"mount", "fstype", "opcode"};
+  append_nonempty(out, counters("efuse_kernel_requests_total",
+                                "FUSE requests the kernel sent to the file system's server "
+                                "(upcalls), seen at the fuse_request_send tracepoint; every FUSE "
+                                "mount on the host.",
+                                op_labels, requests, MetricType::Counter));
+  append_nonempty(out, counters("efuse_kernel_request_errors_total",
+                                "FUSE requests that ended with an error in the reply header "
+                                "(out.h.error != 0), seen at fuse_request_end.",
+                                op_labels, errors, MetricType::Counter));
+  append_nonempty(out, counters("efuse_kernel_requests_in_flight",
+                                "FUSE requests sent to the server and not ended yet.",
+                                op_labels, in_flight, MetricType::Gauge));
+  append_nonempty(out, histograms("efuse_kernel_request_duration_seconds",
+                                  "Kernel-side FUSE request latency, fuse_request_send to "
+                                  "fuse_request_end: queueing in the kernel, the server's "
+                                  "processing and the reply.",
+                                  op_labels, latency));
+  append_nonempty(out, histograms("efuse_kernel_queue_request_duration_seconds",
+                                  "Kernel-side FUSE request latency by the queue the request "
+                                  "travelled on: the io_uring queue id, or \"classic\" for "
+                                  "/dev/fuse.",
+                                  {"mount", "queue"}, queue_latency));
+  append_nonempty(out, counters("efuse_context_switches_total",
+                                "Context switches of FUSE server threads (side=\"daemon\": "
+                                "threads that completed requests of the mount) and of client "
+                                "threads while they had a request of the mount outstanding "
+                                "(side=\"client\"); kind=\"involuntary\" when preempted.",
+                                {"mount", "side", "kind"}, switches, MetricType::Counter));
+}
+
+void append_bpf_families(const bpf::Telemetry* telemetry, const std::vector<OwnMount>& own,
+                         std::vector<prometheus::MetricFamily>& out) {
+  if (telemetry == nullptr) {
+    append_bpf_families(bpf::Status{}, bpf::Snapshot{}, {}, own, out);
+    return;
+  }
+  bpf::Snapshot snap = telemetry->snapshot();
+  std::map<uint32_t, bpf::FuseMount> mounts;
+  if (telemetry->up()) mounts = bpf::read_fuse_mounts();
+  append_bpf_families(telemetry->status(), snap, mounts, own, out);
+}
+
+}  // namespace efuse::telemetry
