@@ -5,7 +5,10 @@
 # (cached in /var/cache/efuse-test/, a few minutes) and then runs in about a minute.
 #   scripts/test-system.sh                     build/bin/efused and build/bin/efusectl
 #   EFUSE_BUILD_DIR=/tmp/b scripts/test-system.sh   binaries from another build tree
-#   scripts/test-system.sh --keep              leave the container's rootfs copy behind
+#   scripts/test-system.sh --deb build/deb/efused_0.1.0_amd64.deb
+#                                              also install that package (scripts/build-deb.sh)
+#                                              with dpkg in a second container
+#   scripts/test-system.sh --keep              leave the containers' rootfs copies behind
 # Prints `N passed, N failed`; exits non-zero when anything failed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the efused Debian package (debhelper 13) from a copy of the tree and checks it
+# with lintian. Installs what is missing (debhelper, devscripts, lintian, build deps).
+#   scripts/build-deb.sh               the committed tree (git HEAD); packaging/deb/ is
+#                                      always taken from the working tree
+#   scripts/build-deb.sh --worktree    the working tree as it is (tracked files only)
+#   OUT=DIR scripts/build-deb.sh       where the .deb goes (default build/deb)
+# Prints the lintian report; exits non-zero when the build fails or lintian reports an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+out=${OUT:-$repo/build/deb}
+
+if [[ $(id -u) -ne 0 ]]; then
+  echo "build-deb: needs root to install build dependencies (or have them installed)" >&2
+fi
+need=(debhelper devscripts lintian dpkg-dev equivs help2man)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "build-deb: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+work=$(mktemp -d /tmp/efuse-deb.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+src=$work/efuse-$(sed -n 's/^efuse (\([^)]*\)).*/\1/p;q' packaging/deb/debian/changelog)
+mkdir -p "$src"
+if [[ ${1:-} == --worktree ]]; then
+  git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$src"
+else
+  git archive HEAD | tar -xf - -C "$src"
+fi
+# The packaging itself always comes from the working tree (so it can be worked on).
+rm -rf "$src/packaging/deb" && mkdir -p "$src/packaging" && cp -r packaging/deb "$src/packaging/deb"
+cp -r packaging/deb/debian "$src/debian"
+
+# Build dependencies from debian/control (mk-build-deps installs a metapackage for them).
+if ! (cd "$src" && dpkg-checkbuilddeps >/dev/null 2>&1); then
+  echo "build-deb: installing build dependencies" >&2
+  (cd "$work" && DEBIAN_FRONTEND=noninteractive mk-build-deps --install --remove \
+     --tool 'apt-get -y -qq --no-install-recommends' "$src/debian/control" >/dev/null)
+fi
+
+(cd "$src" && dpkg-buildpackage -us -uc -b -j"$(nproc)") > "$work/build.log" 2>&1 || {
+  tail -60 "$work/build.log"
+  echo "build-deb: dpkg-buildpackage failed (log above)" >&2
+  exit 1
+}
+mkdir -p "$out"
+changes=$(ls "$work"/*.changes)
+rm -f "$out"/*.deb "$out"/*.changes "$out"/*.buildinfo
+cp "$work"/*.deb "$work"/*.buildinfo "$changes" "$out"/
+echo "build-deb: built:"
+ls -l "$out"/*.deb
+
+echo "build-deb: lintian:"
+lintian_rc=0
+# As root lintian warns that it should not run as root; that line is not about the package.
+lintian --info --display-info --fail-on error "$out/$(basename "$changes")" \
+  > "$work/lintian.txt" 2>&1 || lintian_rc=$?
+grep -v '^running with root privileges is not recommended' "$work/lintian.txt" || true
+if ((lintian_rc)); then
+  echo "build-deb: lintian reported errors" >&2
+  exit 1
+fi
+echo "build-deb: lintian: no errors"

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""systemd/ is loadable and keeps efused's mounts on the host: `systemd-analyze verify`
+accepts efused.service (its ExecStart/ExecReload pointed at the build tree), the unit sets
+nothing that gives efused a private mount namespace (its mounts would be invisible to
+everyone else), it is Type=notify with ExecReload and WatchdogSec, the D-Bus policy is
+well-formed XML that a real dbus-daemon loads, the tmpfiles snippet applies, and the
+packaged minimal config is valid. The slow end-to-end check under a booted systemd is
+scripts/test-system.sh."""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import xml.etree.ElementTree as ET
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+UNIT = os.path.join(REPO, "systemd/efused.service")
+POLICY = os.path.join(REPO, "systemd/org.efuse.Manager1.conf")
+TMPFILES = os.path.join(REPO, "systemd/efused.tmpfiles")
+DEB_CONFIG = os.path.join(REPO, "packaging/deb/mounts.yaml")
+
+# Options that make systemd run the service in its own mount namespace (systemd.exec(5):
+# every sandboxing option that mounts something, plus those that imply one).
+NAMESPACE_OPTIONS = {
+    "PrivateTmp", "PrivateDevices", "PrivateMounts", "PrivateNetwork", "PrivateIPC",
+    "PrivateUsers", "ProtectSystem", "ProtectHome", "ProtectKernelTunables",
+    "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups", "ProtectProc",
+    "ProcSubset", "ReadOnlyPaths", "ReadWritePaths", "InaccessiblePaths", "ExecPaths",
+    "NoExecPaths", "TemporaryFileSystem", "BindPaths", "BindReadOnlyPaths", "MountFlags",
+    "RootDirectory", "RootImage", "RootImageOptions", "RootHash", "RootVerity",
+    "MountImages", "ExtensionImages", "ExtensionDirectories", "MountAPIVFS",
+    "DynamicUser", "LogNamespace", "NetworkNamespacePath", "IPCNamespacePath",
+    "ReadOnlyDirectories", "ReadWriteDirectories", "InaccessibleDirectories",
+}
+# Values of those options that leave the namespace alone.
+HARMLESS = {
+    "PrivateTmp": {"no", "false", "0", "off"},
+    "ProtectSystem": {"no", "false", "0", "off"},
+    "ProtectHome": {"no", "false", "0", "off"},
+    "ProtectProc": {"default"},
+    "ProcSubset": {"all"},
+}
+FALSE = {"no", "false", "0", "off"}
+
+
+def parse_unit(path):
+    """[(section, key, value)] in file order; continuation lines joined."""
+    entries, section, pending = [], None, ""
+    for raw in open(path, encoding="utf-8").read().splitlines():
+        line = pending + raw.strip() if pending else raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        assert "=" in line, "%s: not KEY=VALUE: %r" % (path, line)
+        key, value = line.split("=", 1)
+        entries.append((section, key.strip(), value.strip()))
+    return entries
+
+
+def values(entries, section, key):
+    return [v for s, k, v in entries if s == section and k == key]
+
+
+def efusectl_path():
+    return os.path.join(os.path.dirname(os.path.abspath(h.EFUSED)), "efusectl")
+
+
+def test_unit_verifies():
+    """systemd-analyze verify, with the unit's binaries taken from the build tree."""
+    efusectl = efusectl_path()
+    assert os.access(efusectl, os.X_OK), "efusectl not built next to efused: %s" % efusectl
+    text = open(UNIT, encoding="utf-8").read()
+    assert "/usr/sbin/efused " in text and "/usr/bin/efusectl " in text, \
+        "ExecStart/ExecReload no longer name /usr/sbin/efused and /usr/bin/efusectl"
+    text = text.replace("/usr/sbin/efused ", os.path.abspath(h.EFUSED) + " ")
+    text = text.replace("/usr/bin/efusectl ", efusectl + " ")
+    with tempfile.TemporaryDirectory(prefix="efuse-unit-") as d:
+        path = os.path.join(d, "efused.service")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        r = h.run(["systemd-analyze", "verify", "--man=no", path], check=False, timeout=60)
+    # verify also reports problems of units it pulls in (dbus.service); ours must be clean.
+    ours = [l for l in (r.out + r.err).splitlines() if "efused" in l]
+    assert r.rc == 0 and not ours, "systemd-analyze verify: exit %d\n%s%s" % (r.rc, r.out, r.err)
+
+
+def test_unit_keeps_host_mount_namespace():
+    entries = parse_unit(UNIT)
+    bad = []
+    for section, key, value in entries:
+        if section != "Service" or key not in NAMESPACE_OPTIONS:
+            continue
+        value = value.lower()
+        if value in HARMLESS.get(key, set()) or (value in FALSE and key.startswith(
+                ("Private", "Protect", "DynamicUser", "MountAPIVFS"))):
+            continue
+        bad.append("%s=%s" % (key, value))
+    assert not bad, ("efused.service sets options that give efused a private mount namespace "
+                     "(its mounts would not be seen outside it): %s" % ", ".join(bad))
+
+
+def test_unit_service_contract():
+    e = parse_unit(UNIT)
+    assert values(e, "Service", "Type") == ["notify"], "Type=%s" % values(e, "Service", "Type")
+    start = values(e, "Service", "ExecStart")
+    assert len(start) == 1 and start[0].startswith("/usr/sbin/efused --config "), start
+    config = start[0].split("--config ", 1)[1].split()[0]
+    assert ("ConditionPathExists", config) in [(k, v) for s, k, v in e if s == "Unit"], \
+        "ConditionPathExists= must name the config ExecStart reads (%s)" % config
+    reload_ = values(e, "Service", "ExecReload")
+    # systemd 252 has no Type=notify-reload: the reload command must wait for the reload.
+    assert reload_ == ["/usr/bin/efusectl reload"], "ExecReload=%s" % reload_
+    watchdog = values(e, "Service", "WatchdogSec")
+    assert watchdog and watchdog[-1] not in ("0", "infinity", ""), "WatchdogSec=%s" % watchdog
+    assert values(e, "Service", "NotifyAccess") in ([], ["main"]), \
+        "NotifyAccess=%s (efused notifies from its main process)" % values(e, "Service",
+                                                                         "NotifyAccess")
+    allow = " ".join(values(e, "Service", "DeviceAllow"))
+    if values(e, "Service", "DevicePolicy") in (["closed"], ["strict"]):
+        assert "/dev/fuse rw" in allow, "DevicePolicy closes /dev/fuse: DeviceAllow=%s" % allow
+    assert values(e, "Install", "WantedBy") == ["multi-user.target"]
+
+
+def test_dbus_policy_well_formed():
+    root = ET.parse(POLICY).getroot()
+    assert root.tag == "busconfig", root.tag
+    owners = [a.get("own") for p in root.iter("policy") if p.get("user") == "root"
+              for a in p.iter("allow")]
+    assert "org.efuse.Manager1" in owners, "root may not own org.efuse.Manager1"
+    for p in root.iter("policy"):
+        if p.get("context") == "default":
+            assert not any(a.get("own") for a in p.iter("allow")), \
+                "the default context may own a name"
+
+
+def test_dbus_daemon_loads_policy():
+    """A private dbus-daemon whose config includes the policy starts and answers."""
+    with tempfile.TemporaryDirectory(prefix="efuse-dbus-") as d:
+        sock = os.path.join(d, "bus")
+        conf = os.path.join(d, "bus.conf")
+        with open(conf, "w", encoding="utf-8") as f:
+            f.write("""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path=%s</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  </policy>
+  <include>%s</include>
+</busconfig>
+""" % (sock, POLICY))
+        p = h.spawn(["dbus-daemon", "--config-file=" + conf, "--nofork", "--nopidfile",
+                     "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            h.wait_until(lambda: os.path.exists(sock) or p.poll() is not None, 10,
+                         what="dbus-daemon to listen")
+            assert p.poll() is None, "dbus-daemon rejected the config: %s" % p.stderr.read()
+            # The bus answers with the policy loaded.
+            if shutil.which("busctl"):
+                r = h.run(["busctl", "--address=unix:path=" + sock, "call",
+                           "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                           "org.freedesktop.DBus", "GetId"], check=False, timeout=10)
+                assert r.rc == 0, "the bus does not answer: %s %s" % (r.out, r.err)
+        finally:
+            h.reap(p)
+        err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+        assert "org.efuse.Manager1" not in err and "Manager1.conf" not in err, \
+            "dbus-daemon complained about the policy: %s" % err
+
+
+def test_tmpfiles_apply():
+    with tempfile.TemporaryDirectory(prefix="efuse-tmpfiles-") as d:
+        r = h.run(["systemd-tmpfiles", "--create", "--root=" + d, TMPFILES], check=False,
+                  timeout=30)
+        assert r.rc == 0 and not r.err.strip(), "systemd-tmpfiles: exit %d %s" % (r.rc, r.err)
+        for sub in ("etc/efuse", "run/efuse"):
+            assert os.path.isdir(os.path.join(d, sub)), "%s not created" % sub
+
+
+def test_packaged_config_valid():
+    if not os.path.exists(DEB_CONFIG):
+        return  # packaging/deb ships no config
+    r = h.run([h.EFUSED, "--check-config", DEB_CONFIG], check=False, timeout=30)
+    assert r.rc == 0, "efused --check-config %s: %s%s" % (DEB_CONFIG, r.out, r.err)
+
+
+if __name__ == "__main__":
+    h.main(globals(), require=("systemd-analyze", "systemd-tmpfiles", "dbus-daemon"))

@@ -1,0 +1,287 @@
+"""The operator's path: efused installed by hand (binaries, unit, policy, tmpfiles, config),
+then systemctl start, /metrics, efusectl, reload, broken reload, SIGHUP, watchdog, kill -9
+and stop, each checked the way an operator would look."""
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+from checks import CONF, UNIT, Checks, Failure, describe, expect
+
+MOUNT_DATA = """\
+  - name: data
+    mountpoint: /srv/efuse/data
+    backend: passthrough
+    source: /var/lib/efuse-test/data
+"""
+MOUNT_LOGS = """\
+  - name: logs
+    mountpoint: /srv/efuse/logs
+    backend: passthrough
+    source: /var/lib/efuse-test/logs
+"""
+HEADER = """\
+# written by tests/system/run_system_tests.py
+metrics:
+  listen: "127.0.0.1:9567"
+mounts:
+"""
+CONFIG_ONE = HEADER + MOUNT_DATA
+CONFIG_TWO = HEADER + MOUNT_DATA + MOUNT_LOGS
+# A schema error on a known line: the journal must name CONF:BROKEN_LINE:column.
+CONFIG_BROKEN = HEADER + MOUNT_DATA + MOUNT_LOGS.replace("backend: passthrough",
+                                                         "backend: nosuch")
+BROKEN_LINE = CONFIG_BROKEN.splitlines().index("    backend: nosuch") + 1
+
+
+
+class OperatorChecks(Checks):
+    # ---- the checks ----------------------------------------------------------------------
+
+    def run(self):
+        self.check("systemd-analyze verify efused.service (inside)", self.t_verify)
+        if not self.check("systemctl start efused: active (running), mounts live", self.t_start):
+            print("---- journal of %s\n%s" % (UNIT, self.c.sh(
+                "journalctl -u %s -o short-monotonic --no-pager -n 80" % UNIT).stdout))
+            return
+        self.check("efused runs in PID 1's mount namespace", self.t_mount_namespace)
+        self.check("a file written through the mount appears in the source", self.t_write)
+        self.check("/metrics shows efuse_mount_up 1 (curl)", self.t_metrics)
+        self.check("efusectl status as root", self.t_efusectl_status)
+        self.check("D-Bus policy: others may read, not change", self.t_policy_non_root)
+        self.check("systemctl reload adds a mount; the first keeps its open file", self.t_reload_add)
+        self.check("broken config: reload fails, service and mounts unchanged, journal "
+                   "names file:line:column", self.t_reload_broken)
+        self.check("SIGHUP reload (systemctl kill -s HUP) applies the config", self.t_sighup)
+        self.check("watchdog is fed (WATCHDOG=1 seen by systemd)", self.t_watchdog)
+        self.check("kill -9: Restart=on-failure brings the mounts back, no dead mount",
+                   self.t_kill9_restart)
+        self.check("systemd-analyze security efused.service", self.t_security)
+        self.check("systemctl stop efused: mounts gone, no ENOTCONN left", self.t_stop)
+
+    def t_verify(self):
+        r = self.sh("systemd-analyze verify %s 2>&1" % UNIT, ok=False)
+        # verify prints problems of the unit and of units it pulls in; ours must be clean.
+        expect(r.returncode == 0 and "efused" not in r.stdout,
+               "systemd-analyze verify: %s" % describe(r))
+
+    def t_start(self):
+        r = self.sh("systemctl start %s" % UNIT, timeout=90, ok=False)
+        expect(r.returncode == 0, "systemctl start: %s\n%s" % (
+            describe(r), self.sh("systemctl status --no-pager -l %s" % UNIT, ok=False).stdout))
+        state = (self.prop("ActiveState"), self.prop("SubState"))
+        expect(state == ("active", "running"), "state after start: %s" % (state,))
+        # Type=notify: start returns after READY=1, which efused sends once every mount was
+        # attempted, so the mount must be there now, without waiting.
+        mounts = self.efuse_mounts()
+        expect("/srv/efuse/data" in mounts, "no FUSE mount at /srv/efuse/data right after "
+               "start returned: %s" % mounts)
+        r = self.sh("findmnt -n -o FSTYPE,SOURCE,TARGET /srv/efuse/data")
+        self.notes["findmnt"] = r.stdout.strip()
+        expect(r.stdout.split()[0].startswith("fuse"), "findmnt: %r" % r.stdout)
+        status = self.prop("StatusText")
+        expect("1 of 1" in status, "STATUS= not reported: %r" % status)
+        self.notes["status"] = status
+
+    def t_mount_namespace(self):
+        r = self.sh("pid=$(systemctl show -p MainPID --value %s); "
+                    "readlink /proc/$pid/ns/mnt /proc/1/ns/mnt" % UNIT)
+        ns = r.stdout.split()
+        expect(len(ns) == 2 and ns[0] == ns[1], "efused's mount namespace differs from "
+               "PID 1's: %s" % ns)
+
+    def t_write(self):
+        self.sh("umask 022; echo hello-through-fuse > /srv/efuse/data/written.txt && "
+                "mkdir /srv/efuse/data/newdir && (umask 002; : > /srv/efuse/data/group.txt)")
+        r = self.sh("cat /var/lib/efuse-test/data/written.txt; cat /srv/efuse/data/seed.txt")
+        expect(r.stdout == "hello-through-fuse\nseed\n", "source or mount content: %r"
+               % r.stdout)
+        # New files get the mode their creator asked for, masked by the creator's umask
+        # only, as on any local file system (not by efused's own umask).
+        r = self.sh("cd /var/lib/efuse-test/data && stat -c '%n %a %U' written.txt newdir "
+                    "group.txt")
+        want = "written.txt 644 root\nnewdir 755 root\ngroup.txt 664 root\n"
+        expect(r.stdout == want, "modes in the source of files created through the mount "
+               "under systemd:\n%s(expected:\n%s)" % (r.stdout, want))
+
+    def t_metrics(self):
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        m = re.search(r'^efuse_mount_up\{[^}]*mount="data"[^}]*\} 1$', r.stdout, re.M)
+        expect(m is not None, "no efuse_mount_up{mount=\"data\"} 1 in /metrics:\n%s"
+               % "\n".join(l for l in r.stdout.splitlines() if "mount_up" in l))
+        self.notes["metric"] = m.group(0)
+
+    def t_efusectl_status(self):
+        r = self.sh("efusectl status")
+        expect("data" in r.stdout and "mounted" in r.stdout, "efusectl status:\n%s" % r.stdout)
+        r = self.sh("efusectl mounts --json")
+        mounts = {m["name"]: m for m in json.loads(r.stdout)}
+        expect(mounts.get("data", {}).get("state") == "mounted", "efusectl mounts --json: %s"
+               % r.stdout)
+
+    def t_policy_non_root(self):
+        nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups -- "
+        r = self.sh(nobody + "efusectl status", ok=False)
+        expect(r.returncode == 0, "efusectl status as nobody: %s" % describe(r))
+        r = self.sh(nobody + "efusectl reload", ok=False)
+        expect(r.returncode == 4, "efusectl reload as nobody must be denied (exit 4): %s"
+               % describe(r))
+        r = self.sh(nobody + "efusectl unmount data", ok=False)
+        expect(r.returncode == 4, "efusectl unmount as nobody must be denied (exit 4): %s"
+               % describe(r))
+        expect("/srv/efuse/data" in self.efuse_mounts(), "data was unmounted by nobody")
+
+    def t_reload_add(self):
+        before = self.efuse_mounts()
+        # A process holds a file open on the first mount across the reload.
+        holder = self.c.popen(
+            "exec 3>>/srv/efuse/data/held.txt || exit 10; echo before >&3 || exit 11; "
+            ": > /run/efuse-test-holder.ready; "
+            "for i in $(seq 600); do [ -e /run/efuse-test-holder.go ] && break; sleep 0.1; done; "
+            "[ -e /run/efuse-test-holder.go ] || exit 12; "
+            "echo after >&3 || exit 13; exec 3>&-; exit 0")
+        try:
+            self.wait_for("the holder to open its file",
+                          lambda: self.c.sh("test -e /run/efuse-test-holder.ready").returncode == 0,
+                          30)
+            self.write_config(CONFIG_TWO)
+            t0 = time.monotonic()
+            r = self.sh("systemctl reload %s" % UNIT, timeout=90, ok=False)
+            took = time.monotonic() - t0
+            expect(r.returncode == 0, "systemctl reload: %s\n%s" % (describe(r), self.journal(30)))
+            # ExecReload returns once the reload was applied: the new mount is there now.
+            after = self.efuse_mounts()
+            expect("/srv/efuse/logs" in after, "/srv/efuse/logs is not mounted right after "
+                   "`systemctl reload` returned (%.1fs): %s" % (took, after))
+            expect(after.get("/srv/efuse/data") == before["/srv/efuse/data"],
+                   "the first mount was replaced by the reload: %s -> %s"
+                   % (before["/srv/efuse/data"], after.get("/srv/efuse/data")))
+            self.sh("echo via-logs > /srv/efuse/logs/l.txt && "
+                    "grep -qx via-logs /var/lib/efuse-test/logs/l.txt")
+            state = self.prop("ActiveState")
+            expect(state == "active", "ActiveState after reload: %s" % state)
+            self.sh(": > /run/efuse-test-holder.go")
+            try:
+                out, _ = holder.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                raise Failure("the process holding a file open on /srv/efuse/data hung")
+            expect(holder.returncode == 0, "holder exited %d: %s" % (holder.returncode, out))
+            r = self.sh("cat /var/lib/efuse-test/data/held.txt")
+            expect(r.stdout == "before\nafter\n", "file written across the reload: %r"
+                   % r.stdout)
+            self.notes["reload_seconds"] = "%.2f" % took
+        finally:
+            if holder.poll() is None:
+                os.killpg(holder.pid, signal.SIGKILL)
+                holder.wait()
+
+    def t_reload_broken(self):
+        before = self.efuse_mounts()
+        self.write_config(CONFIG_BROKEN)
+        try:
+            r = self.sh("systemctl reload %s" % UNIT, timeout=90, ok=False)
+            expect(r.returncode != 0, "systemctl reload of a broken config succeeded")
+            state = (self.prop("ActiveState"), self.prop("SubState"))
+            expect(state == ("active", "running"), "state after a failed reload: %s" % (state,))
+            expect(self.efuse_mounts() == before, "mounts changed by a failed reload: %s -> %s"
+                   % (before, self.efuse_mounts()))
+            pat = re.compile(r"%s:%d:\d+" % (re.escape(CONF), BROKEN_LINE))
+            log = self.journal()
+            m = pat.search(log)
+            expect(m is not None, "the journal does not name %s:%d:COLUMN:\n%s"
+                   % (CONF, BROKEN_LINE, "\n".join(log.splitlines()[-15:])))
+            self.notes["broken_journal"] = next(l for l in log.splitlines() if pat.search(l))
+            self.sh("grep -q x /srv/efuse/data/held.txt || true; ls /srv/efuse/logs >/dev/null")
+        finally:
+            self.write_config(CONFIG_TWO)
+
+    def t_sighup(self):
+        before = self.efuse_mounts()
+        self.write_config(CONFIG_ONE)
+        try:
+            self.sh("systemctl kill -s HUP --kill-who=main %s" % UNIT)
+            self.wait_for("/srv/efuse/logs to go after SIGHUP",
+                          lambda: "/srv/efuse/logs" not in self.efuse_mounts(), 20)
+            self.wait_for("the unit to leave 'reloading'",
+                          lambda: self.prop("ActiveState") == "active", 20)
+            expect(self.efuse_mounts().get("/srv/efuse/data") == before["/srv/efuse/data"],
+                   "SIGHUP reload remounted data")
+        finally:
+            self.write_config(CONFIG_TWO)
+        r = self.sh("systemctl reload %s" % UNIT, timeout=90, ok=False)
+        expect(r.returncode == 0 and "/srv/efuse/logs" in self.efuse_mounts(),
+               "reload back to two mounts: %s" % describe(r))
+
+    def t_watchdog(self):
+        self.notes["watchdog"] = "WatchdogUSec=" + self.prop("WatchdogUSec")
+        # systemd stamps WatchdogTimestamp on READY=1 and on every WATCHDOG=1; with nothing
+        # else going on, a newer stamp is a ping. efused pings every quarter of WatchdogSec
+        # (7.5 s for 30 s) while every live mount answers STATFS.
+        first = self.prop("WatchdogTimestampMonotonic")
+        self.wait_for("a WATCHDOG=1 ping", lambda: self.prop("WatchdogTimestampMonotonic")
+                      != first, 20)
+        expect(self.prop("NRestarts") == "0", "restarted: NRestarts=%s" % self.prop("NRestarts"))
+
+    def t_kill9_restart(self):
+        pid = self.prop("MainPID")
+        self.sh("systemctl kill -s KILL --kill-who=main %s" % UNIT)
+        self.wait_for("a restart", lambda: self.prop("NRestarts") == "1" and
+                      self.prop("ActiveState") == "active" and self.prop("SubState") ==
+                      "running" and self.prop("MainPID") not in ("0", pid), 40)
+        mounts = self.efuse_mounts()
+        for mp in ("/srv/efuse/data", "/srv/efuse/logs"):
+            n = sum(1 for line in self.sh("cat /proc/1/mountinfo").stdout.splitlines()
+                    if line.split()[4] == mp)
+            expect(n == 1, "%d mounts stacked at %s after the restart" % (n, mp))
+            expect(mp in mounts, "%s not mounted after the restart" % mp)
+        self.sh("cat /srv/efuse/data/written.txt >/dev/null && "
+                "echo again > /srv/efuse/data/again.txt && "
+                "grep -qx again /var/lib/efuse-test/data/again.txt")
+
+    def t_security(self):
+        r = self.sh("systemd-analyze security --no-pager %s" % UNIT, ok=False)
+        m = re.search(r"Overall exposure level for %s: ([0-9.]+) (\w+)" % re.escape(UNIT),
+                      r.stdout)
+        expect(m is not None, "no exposure level: %s" % describe(r))
+        self.notes["security"] = "%s %s" % (m.group(1), m.group(2))
+        self.notes["security_full"] = r.stdout
+
+    def t_stop(self):
+        r = self.sh("systemctl stop %s" % UNIT, timeout=60, ok=False)
+        expect(r.returncode == 0, "systemctl stop: %s" % describe(r))
+        expect(self.prop("ActiveState") == "inactive", "state: %s" % self.prop("ActiveState"))
+        result = self.prop("Result")
+        expect(result == "success", "Result=%s after stop (efused did not exit cleanly)" % result)
+        expect(self.efuse_mounts() == {}, "FUSE mounts left: %s" % self.efuse_mounts())
+        for mp in ("/srv/efuse/data", "/srv/efuse/logs"):
+            r = self.sh("stat -c %%F %s && ls %s >/dev/null && ! mountpoint -q %s"
+                        % (mp, mp, mp), ok=False)
+            expect(r.returncode == 0, "%s after stop: %s" % (mp, describe(r)))
+
+
+
+def prepare(root, repo, efused, efusectl):
+    """Installs efused the way an operator would by hand, with CONFIG_ONE as its config."""
+    def put(src, dst, mode):
+        path = os.path.join(root, dst.lstrip("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        shutil.copyfile(src, path)
+        os.chmod(path, mode)
+
+    put(efused, "/usr/sbin/efused", 0o755)
+    put(efusectl, "/usr/bin/efusectl", 0o755)
+    put(os.path.join(repo, "systemd/efused.service"), "/usr/lib/systemd/system/efused.service",
+        0o644)
+    put(os.path.join(repo, "systemd/efused.tmpfiles"), "/usr/lib/tmpfiles.d/efused.conf", 0o644)
+    put(os.path.join(repo, "systemd/org.efuse.Manager1.conf"),
+        "/usr/share/dbus-1/system.d/org.efuse.Manager1.conf", 0o644)
+    for d in ("srv/efuse/data", "srv/efuse/logs", "var/lib/efuse-test/data",
+              "var/lib/efuse-test/logs", "etc/efuse"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    with open(os.path.join(root, "var/lib/efuse-test/data/seed.txt"), "w") as f:
+        f.write("seed\n")
+    with open(os.path.join(root, CONF.lstrip("/")), "w") as f:
+        f.write(CONFIG_ONE)

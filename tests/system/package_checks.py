@@ -1,0 +1,76 @@
+"""The packaged path: `dpkg -i efused_*.deb` in a fresh container, the service the package
+enables and starts on the empty config it ships, a first mount added with reload, and
+`dpkg --purge` that stops it and leaves no mount behind."""
+import os
+import shutil
+
+from checks import CONF, UNIT, Checks, describe, expect
+
+DEB_IN_ROOT = "/root/efused.deb"
+CONFIG_PKG = """\
+metrics:
+  listen: "127.0.0.1:9567"
+mounts:
+  - name: pkg
+    mountpoint: /srv/efuse/pkg
+    backend: passthrough
+    source: /var/lib/efuse-test/pkg
+"""
+
+
+def prepare(root, deb):
+    shutil.copyfile(deb, os.path.join(root, DEB_IN_ROOT.lstrip("/")))
+    for d in ("srv/efuse/pkg", "var/lib/efuse-test/pkg"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+
+
+class PackageChecks(Checks):
+    def run(self):
+        if not self.check("dpkg -i efused.deb", self.t_install):
+            return
+        self.check("the package enables and starts efused on its empty config",
+                   self.t_started)
+        self.check("efusectl status after install", self.t_efusectl)
+        self.check("a mount added to the shipped config goes live with systemctl reload",
+                   self.t_first_mount)
+        self.check("dpkg --purge: efused stopped, mounts gone, config removed", self.t_purge)
+
+    def t_install(self):
+        r = self.sh("DEBIAN_FRONTEND=noninteractive dpkg -i %s" % DEB_IN_ROOT, timeout=120,
+                    ok=False)
+        expect(r.returncode == 0, "dpkg -i: %s" % describe(r))
+        self.notes["dpkg"] = r.stdout.strip().splitlines()[-1] if r.stdout.strip() else ""
+
+    def t_started(self):
+        enabled = self.sh("systemctl is-enabled %s" % UNIT, ok=False).stdout.strip()
+        expect(enabled == "enabled", "is-enabled: %s" % enabled)
+        self.wait_for("efused to be active", lambda: self.prop("ActiveState") in
+                      ("active", "failed"), 30)
+        state = (self.prop("ActiveState"), self.prop("SubState"))
+        expect(state == ("active", "running"), "state after install: %s\n%s" % (
+            state, self.journal(30)))
+        expect(self.efuse_mounts() == {}, "mounts with the empty config: %s"
+               % self.efuse_mounts())
+        r = self.sh("efused --check-config %s" % CONF)
+        self.notes["shipped_config"] = r.stdout.strip()
+
+    def t_efusectl(self):
+        r = self.sh("efusectl status", ok=False)
+        expect(r.returncode == 0, "efusectl status: %s" % describe(r))
+
+    def t_first_mount(self):
+        self.write_config(CONFIG_PKG)
+        r = self.sh("systemctl reload %s" % UNIT, timeout=90, ok=False)
+        expect(r.returncode == 0, "systemctl reload: %s\n%s" % (describe(r), self.journal(20)))
+        expect("/srv/efuse/pkg" in self.efuse_mounts(), "/srv/efuse/pkg not mounted after "
+               "reload: %s" % self.efuse_mounts())
+        self.sh("echo pkg > /srv/efuse/pkg/p.txt && grep -qx pkg /var/lib/efuse-test/pkg/p.txt")
+
+    def t_purge(self):
+        r = self.sh("DEBIAN_FRONTEND=noninteractive dpkg --purge efused", timeout=120, ok=False)
+        expect(r.returncode == 0, "dpkg --purge: %s" % describe(r))
+        expect(self.sh("pidof efused", ok=False).returncode != 0, "efused still runs")
+        expect(self.efuse_mounts() == {}, "mounts left: %s" % self.efuse_mounts())
+        r = self.sh("ls /srv/efuse/pkg >/dev/null && ! mountpoint -q /srv/efuse/pkg && "
+                    "! test -e %s && ! test -e /usr/sbin/efused" % CONF, ok=False)
+        expect(r.returncode == 0, "after purge: %s" % describe(r))
