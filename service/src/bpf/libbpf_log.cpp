@@ -27,9 +27,12 @@ int print(enum libbpf_print_level level, const char* fmt, va_list ap) noexcept {
   if (level == LIBBPF_WARN) {
     try {
       std::lock_guard<std::mutex> lock(g_mu);
-      if (g_first_warning.empty()) {
-        size_t nl = line.find('\n');
-        g_first_warning.assign(line.substr(0, nl));
+      // The RLIMIT_MEMLOCK notice is advisory (kernels >= 5.11 account BPF memory to the
+      // cgroup): the warning worth reporting is the one that says what failed.
+      if (g_first_warning.empty() && line.find("RLIMIT_MEMLOCK") == std::string_view::npos) {
+        std::string_view first = line.substr(0, line.find('\n'));
+        if (first.rfind("libbpf: ", 0) == 0) first.remove_prefix(8);
+        g_first_warning.assign(first);
       }
     } catch (...) {
       // Out of memory: losing the reason is better than unwinding into libbpf.

@@ -23,7 +23,6 @@
 namespace efuse::bpf {
 namespace {
 
-constexpr const char* kVmlinuxBtf = "/sys/kernel/btf/vmlinux";
 // In-flight entries older than this are dropped once the map is half full: requests whose
 // end the kernel never traces (a killed client's request still pending in the queue).
 constexpr uint64_t kStaleInflightNs = 600ULL * 1000 * 1000 * 1000;
@@ -50,9 +49,9 @@ std::string errno_text(int err) {
 }
 
 // Cheap checks with clear answers before libbpf's more cryptic ones.
-bool kernel_supports(std::string* reason) {
-  if (access(kVmlinuxBtf, R_OK) != 0) {
-    *reason = std::string("kernel has no BTF (") + kVmlinuxBtf + ": " + std::strerror(errno) +
+bool kernel_supports(const std::string& kernel_btf, std::string* reason) {
+  if (access(kernel_btf.c_str(), R_OK) != 0) {
+    *reason = "kernel has no BTF (" + kernel_btf + ": " + std::strerror(errno) +
               "); CO-RE programs need CONFIG_DEBUG_INFO_BTF";
     return false;
   }
@@ -112,6 +111,9 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   if (t->status_.programs_attached == kProgramCount)
     LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end, "
              "sched_switch)", t->status_.programs_attached);
+  else if (t->status_.load_failures == 0)  // left out on purpose
+    LOG_INFO("bpf: telemetry on: %d of %d programs attached: %s", t->status_.programs_attached,
+             kProgramCount, t->status_.reason.c_str());
   else
     LOG_WARN("bpf: telemetry partly on: %d of %d programs attached: %s",
              t->status_.programs_attached, kProgramCount, t->status_.reason.c_str());
@@ -119,7 +121,7 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
 }
 
 bool Telemetry::load(const Options& opts, std::string* reason) {
-  if (!kernel_supports(reason)) return false;
+  if (!kernel_supports(opts.kernel_btf, reason)) return false;
 
   // Attempt 1 with every program; if the kernel refuses, attempt 2 without sched_switch
   // (request accounting alone is still worth having).
@@ -186,6 +188,21 @@ bool Telemetry::load(const Options& opts, std::string* reason) {
     return true;
   }
   return false;
+}
+
+std::vector<uint32_t> Telemetry::program_ids() const {
+  std::vector<uint32_t> ids;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!skel_) return ids;
+  for (bpf_program* p : {skel_->progs.efuse_request_send, skel_->progs.efuse_request_end,
+                         skel_->progs.efuse_sched_switch}) {
+    int fd = bpf_program__fd(p);
+    if (fd < 0) continue;
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) ids.push_back(info.id);
+  }
+  return ids;
 }
 
 Telemetry::~Telemetry() {

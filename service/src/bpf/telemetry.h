@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "bpf/skeleton.h"
 #include "efuse_telemetry.h"
@@ -48,6 +49,7 @@ struct Status {
 struct Options {
   bool enabled = true;       // EFUSE_BPF=0 (or "off", "false", "no") turns telemetry off
   bool sched_switch = true;  // EFUSE_BPF_SCHED=0 leaves the sched_switch program out
+  std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
   static Options from_env();
 };
 
@@ -68,6 +70,9 @@ class Telemetry {
 
   // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up().
   Snapshot snapshot() const;
+
+  // Kernel ids of the loaded programs (`bpftool prog show id N`); empty when !up().
+  std::vector<uint32_t> program_ids() const;
 
  private:
   Telemetry() = default;
