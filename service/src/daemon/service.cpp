@@ -116,7 +116,7 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     std::string err;
     auto bus = control::open_bus(opts.bus, &err);
     if (bus.ok()) {
-      dbus = std::make_unique<control::DbusService>(sup, bus->get());
+      dbus = std::make_unique<control::DbusService>(sup, std::move(bus).value());
       if (!dbus->start(&err).ok()) dbus.reset();
     }
     if (!dbus) {
