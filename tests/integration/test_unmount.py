@@ -177,6 +177,35 @@ def test_ready_line_only_when_live():
         m.cleanup()
 
 
+def test_signal_during_startup():
+    # SIGTERM/SIGINT that arrive after the mount exists but before "ready" (start-up is
+    # still finishing) must still unmount and exit 0: no dead mount may be left behind.
+    for attempt, sig in enumerate([signal.SIGTERM, signal.SIGINT] * 3):
+        m = h.EfusedMount(start=False)
+        try:
+            with open(m.log, "ab") as log:
+                m.proc = subprocess.Popen(m.cmd(), stdout=log, stderr=log,
+                                          start_new_session=True)
+            m._started = True
+            h.wait_until(lambda: h.is_efuse_mounted(m.mnt) or m.proc.poll() is not None,
+                         h.START_TIMEOUT, interval=0.0005, what="the mount to appear")
+            assert m.proc.poll() is None, f"efused exited during start-up\n{m.log_tail()}"
+            m.proc.send_signal(sig)
+            try:
+                rc = m.proc.wait(timeout=h.STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"attempt {attempt}: efused did not exit within "
+                                     f"{h.STOP_TIMEOUT}s of signal {sig} sent during start-up\n"
+                                     f"{m.log_tail()}")
+            left = h.fstypes_at(m.mnt)
+            assert not left, (f"attempt {attempt}: signal {sig} during start-up left "
+                              f"{left} mounted at {m.mnt} (efused status {rc})\n{m.log_tail()}")
+            assert rc == 0, (f"attempt {attempt}: signal {sig} during start-up: efused status "
+                             f"{rc} (negative = killed by the signal)\n{m.log_tail()}")
+        finally:
+            m.cleanup()
+
+
 def bad_run(args, tmp):
     """Run efused with bad arguments; it must fail fast, say why, and mount nothing."""
     cmd = [h.EFUSED, *args, *h.EFUSED_ARGS]
