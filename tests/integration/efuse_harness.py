@@ -17,7 +17,7 @@ Environment:
   EFUSED_ARGS  extra arguments appended to every efused command line (shlex split),
                e.g. ``--transport uring``
   EFUSE_FSX    path of the fsx binary (used by test_fsx.py)
-  CI=true      a test that would be skipped (no root, no /dev/fuse, tool missing) fails
+  CI=true      a test that would be skipped (no root, no /dev/fuse) fails instead
   EFUSE_KEEP=1 keep temporary directories of failed tests (mounts are still removed)
 
 Everything a test starts is bounded by a timeout, and every mount is removed on exit,
@@ -90,10 +90,14 @@ def require_fuse():
 
 
 def require_tools(*names):
-    """Skip (fail under CI) when a command-line tool the test drives is not installed."""
+    """Fail (never skip) when a command-line tool the test drives is not installed: the
+    machine has FUSE, so a missing tool is a setup error that must not hide a test."""
     missing = [n for n in names if shutil.which(n) is None]
     if missing:
-        skip("missing tools: " + ", ".join(missing))
+        print(f"FAIL: missing tools: {', '.join(missing)} (install them; see the dependency "
+              "installer)", flush=True)
+        print("0 passed, 1 failed", flush=True)
+        sys.exit(1)
 
 
 # --------------------------------------------------------------------------------------
