@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""The Grafana dashboard (dashboards/efuse.json) against the real thing: a Debian Prometheus
+scrapes a real efused while fio runs in the mount, and every panel target's PromQL (with
+$instance, $mount and $__rate_interval substituted) and every variable query must return
+at least one series through Prometheus's HTTP API. Grafana itself is not packaged here;
+its provisioning files are checked for what they must point at, and the Prometheus scrape
+example passes `promtool check config`.
+
+Skips (exit 77; a failure under CI=true) only when the kernel cannot load efused's BPF
+programs: the kernel-side panels have nothing to show then."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DASHBOARDS = os.path.join(REPO, "dashboards")
+RATE_INTERVAL = "30s"
+KERNEL_CANNOT = re.compile(r"no BTF|kernel has no fuse_request|Operation not permitted|"
+                           r"needs root|cannot read kernel BTF")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read().decode()
+
+
+def api(prom, path, **params):
+    url = f"http://127.0.0.1:{prom}/api/v1/{path}?" + urllib.parse.urlencode(params, doseq=True)
+    try:
+        body = json.loads(get(url))
+    except urllib.error.HTTPError as e:  # 400: bad PromQL; the body says why
+        body = json.loads(e.read().decode() or "{}")
+    return body
+
+
+def dashboard():
+    with open(os.path.join(DASHBOARDS, "efuse.json")) as f:
+        return json.load(f)
+
+
+def targets(d):
+    """(panel title, refId, expr) of every panel target, rows' nested panels included."""
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            walk(p.get("panels", []))
+            for t in p.get("targets", []):
+                out.append((p.get("title", "?"), t.get("refId", "?"), t["expr"]))
+    walk(d["panels"])
+    return out
+
+
+def promql_regex(value):
+    """A value as Grafana interpolates it into a regex matcher: regex-escaped, and each
+    backslash doubled for the PromQL string literal."""
+    return re.escape(value).replace("\\", "\\\\")
+
+
+def substitute(expr, instance, mount):
+    inst, mnt = promql_regex(instance), promql_regex(mount)
+    for var, val in (("$__rate_interval", RATE_INTERVAL), ("${__rate_interval}", RATE_INTERVAL),
+                     ("${instance}", inst), ("$instance", inst), ("${mount}", mnt),
+                     ("$mount", mnt)):
+        expr = expr.replace(var, val)
+    assert "$" not in expr, f"unsubstituted variable in {expr!r}"
+    return expr
+
+
+def test_static_files():
+    h.run(["promtool", "check", "config", os.path.join(DASHBOARDS, "prometheus.yml")], timeout=60)
+    d = dashboard()
+    assert d["uid"] and d["title"]
+    names = [v["name"] for v in d["templating"]["list"]]
+    assert {"instance", "mount"} <= set(names), names
+    ids = []
+
+    def walk(panels):
+        for p in panels:
+            ids.append(p["id"])
+            walk(p.get("panels", []))
+    walk(d["panels"])
+    assert len(ids) == len(set(ids)), "duplicate panel ids"
+    # The committed JSON is what the generator writes (edit generate.py, not the JSON).
+    out = h.run([sys.executable, "-c",
+                 "import json,sys; sys.path.insert(0, sys.argv[1]); import generate; "
+                 "print(json.dumps(generate.dashboard(), sort_keys=True))", DASHBOARDS],
+                timeout=60).out
+    assert json.loads(out) == d, "dashboards/efuse.json differs from dashboards/generate.py output"
+    with open(os.path.join(DASHBOARDS, "provisioning", "dashboards", "efuse.yml")) as f:
+        provider = f.read()
+    assert "type: file" in provider and "path:" in provider, provider
+    with open(os.path.join(DASHBOARDS, "provisioning", "datasources",
+                           "efuse-prometheus.yml")) as f:
+        ds = f.read()
+    assert "type: prometheus" in ds and "timeInterval" in ds, ds
+
+
+METRICS_PORT = free_port()
+
+
+@h.mount_options(args=["--metrics", f"127.0.0.1:{METRICS_PORT}"])
+def test_every_panel_returns_series(m):
+    text = get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    if "efuse_bpf_up 1" not in text:
+        reason = "\n".join(l for l in m.log_text().splitlines() if "bpf:" in l)
+        if KERNEL_CANNOT.search(reason):
+            h.skip(f"the kernel cannot load efused's BPF programs: {reason.strip()}")
+        raise AssertionError(f"efuse_bpf_up is not 1:\n{reason}\n{m.log_tail()}")
+
+    tmp = os.path.join(m.tmp, "prom")
+    os.mkdir(tmp)
+    prom_port = free_port()
+    cfg = os.path.join(tmp, "prometheus.yml")
+    with open(cfg, "w") as f:  # the example's job, pointed at this efused, scraped every 1 s
+        f.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+                "scrape_configs:\n  - job_name: efused\n    static_configs:\n"
+                f"      - targets: ['127.0.0.1:{METRICS_PORT}']\n")
+    prom = h.spawn(["prometheus", f"--config.file={cfg}", f"--storage.tsdb.path={tmp}/data",
+                    f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    load = h.spawn(["fio", "--name=load", f"--directory={m.mnt}", "--size=16M", "--bs=4k",
+                    "--rw=randrw", "--ioengine=psync", "--time_based", "--runtime=45",
+                    "--numjobs=2", "--nrfiles=4", "--file_service_type=random",
+                    "--openfiles=1", "--invalidate=0"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stop = threading.Event()
+
+    def metadata():  # keeps daemon-side requests (lookup, getattr, create, ...) flowing
+        d = os.path.join(m.mnt, "meta")
+        os.makedirs(d, exist_ok=True)
+        i = 0
+        while not stop.is_set():
+            p = os.path.join(d, f"f{i % 50}")
+            with open(p, "w") as f:
+                f.write("x")
+            os.stat(p)
+            os.listdir(d)
+            i += 1
+            time.sleep(0.005)
+    meta = threading.Thread(target=metadata, daemon=True)
+    meta.start()
+    try:
+        instance = f"127.0.0.1:{METRICS_PORT}"
+        mount = os.path.basename(m.mnt)
+
+        def enough_history():
+            try:
+                r = api(prom_port, "query", query=f'count_over_time(efuse_bpf_up'
+                        f'{{instance="{instance}"}}[{RATE_INTERVAL}])')
+            except (OSError, ValueError):  # Prometheus still starting
+                return False
+            return (r.get("status") == "success" and r["data"]["result"]
+                    and float(r["data"]["result"][0]["value"][1]) >= 8)
+        h.wait_until(enough_history, 60, interval=0.5, what="Prometheus to scrape efused 8 times")
+
+        d = dashboard()
+        failures = []
+        # Variables: label_values(selector, label) == /api/v1/label/<label>/values?match[]=...
+        for v in d["templating"]["list"]:
+            if v["type"] != "query":
+                continue
+            mo = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", v["query"]["query"])
+            assert mo, v["query"]
+            sel = substitute(mo.group(1), instance, mount)
+            r = api(prom_port, f"label/{mo.group(2)}/values", **{"match[]": sel})
+            vals = r.get("data") or []
+            want = instance if v["name"] == "instance" else mount
+            if r.get("status") != "success" or want not in vals:
+                failures.append(f"variable ${v['name']}: {want!r} not in {vals} ({r.get('error')})")
+        checked = 0
+        for title, ref, expr in targets(d):
+            q = substitute(expr, instance, mount)
+            r = api(prom_port, "query", query=q)
+            checked += 1
+            if r.get("status") != "success":
+                failures.append(f"{title} [{ref}]: {r.get('errorType')}: {r.get('error')}\n    {q}")
+            elif not r["data"]["result"]:
+                failures.append(f"{title} [{ref}]: no series\n    {q}")
+        assert checked >= 20, f"only {checked} targets found"
+        assert not failures, f"{len(failures)} of {checked} panel queries failed:\n" + \
+            "\n".join(failures)
+        print(f"{checked} panel targets and the variables returned series")
+    finally:
+        stop.set()
+        meta.join(timeout=10)
+        h.reap(load)
+        h.reap(prom)
+    m.check_alive()
+
+
+if __name__ == "__main__":
+    h.main(globals(), require=("prometheus", "promtool", "fio"))
