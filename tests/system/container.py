@@ -55,7 +55,10 @@ class Container:
     def nspawn_command(self):
         cmd = ["systemd-nspawn", "--boot", "-D", self.root, "-M", self.name,
                "--private-network",  # its own loopback: /metrics on 127.0.0.1:9567 is its own
-               "--bind=/dev/fuse", "--console=passive"]
+               "--bind=/dev/fuse", "--console=passive",
+               # nspawn's own seccomp filter refuses bpf() and perf_event_open() to the
+               # container even with CAP_SYS_ADMIN; efused's eBPF telemetry needs them.
+               "--system-call-filter=bpf perf_event_open"]
         if host_runs_systemd():
             # A scope unit whose device cgroup lets the container open /dev/fuse.
             cmd += ["--property=DeviceAllow=/dev/fuse rw"]

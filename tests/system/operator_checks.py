@@ -50,6 +50,8 @@ class OperatorChecks(Checks):
         self.check("efused runs in PID 1's mount namespace", self.t_mount_namespace)
         self.check("a file written through the mount appears in the source", self.t_write)
         self.check("/metrics shows efuse_mount_up 1 (curl)", self.t_metrics)
+        self.check("eBPF telemetry attaches under the unit's sandbox (efuse_bpf_up 1)",
+                   self.t_bpf)
         self.check("efusectl status as root", self.t_efusectl_status)
         self.check("D-Bus policy: others may read, not change", self.t_policy_non_root)
         self.check("systemctl reload adds a mount; the first keeps its open file", self.t_reload_add)
@@ -113,6 +115,18 @@ class OperatorChecks(Checks):
         expect(m is not None, "no efuse_mount_up{mount=\"data\"} 1 in /metrics:\n%s"
                % "\n".join(l for l in r.stdout.splitlines() if "mount_up" in l))
         self.notes["metric"] = m.group(0)
+
+    def t_bpf(self):
+        if not os.path.exists("/sys/kernel/btf/vmlinux"):
+            self.notes["bpf"] = "not checked: the kernel has no BTF"
+            return
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        up = re.search(r"^efuse_bpf_up (\S+)$", r.stdout, re.M)
+        expect(up is not None and up.group(1) == "1", "efuse_bpf_up %s:\n%s" % (
+            up.group(1) if up else "missing",
+            "\n".join(l for l in self.journal(50).splitlines() if "bpf" in l)))
+        self.notes["bpf"] = next(l for l in self.journal(50).splitlines()
+                                 if "bpf: telemetry" in l)
 
     def t_efusectl_status(self):
         r = self.sh("efusectl status")

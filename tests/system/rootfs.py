@@ -24,6 +24,7 @@ PACKAGES = [
     "util-linux",
     "libstdc++6", "libgcc-s1", "libc6", "libsystemd0", "liburing2", "libyaml-cpp0.7",
     "libprometheus-cpp-core1.0", "libprometheus-cpp-pull1.0", "libcivetweb1", "zlib1g",
+    "libbpf1", "libelf1",
 ]
 
 
