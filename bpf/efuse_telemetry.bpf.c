@@ -2,9 +2,16 @@
 /*
  * FUSE request telemetry for every FUSE connection on the host, built on the kernel's
  * fuse_request_send / fuse_request_end tracepoints and sched_switch (BTF-typed
- * tracepoints: fentry/kprobes are not needed). CO-RE throughout: every kernel struct is
- * read through vmlinux.h + BPF_CORE_READ, so the object loads on any kernel whose BTF has
- * the fields, whatever their offsets.
+ * tracepoints: fentry/kprobes are not needed). CO-RE throughout, no hard-coded offsets:
+ * the tracepoint arguments are BTF-typed pointers, so their fields are read with plain
+ * loads that clang records as CO-RE relocations (vmlinux.h marks every struct
+ * preserve_access_index) and libbpf fixes up against the running kernel's BTF; the one
+ * untyped pointer (fuse_req.ring_queue is a void *) is read with BPF_CORE_READ. The object
+ * loads on any kernel whose BTF has the fields, whatever their offsets.
+ *
+ * Direct loads instead of BPF_CORE_READ everywhere: each BPF_CORE_READ step is a
+ * bpf_probe_read_kernel() call, and these programs run on every FUSE request and every
+ * context switch of the host (docs/bpf.md has the measured cost).
  *
  * Maps and their layouts: efuse_telemetry.h (shared with efused's loader).
  *
@@ -132,7 +139,7 @@ static __always_inline __u32 latency_slot(__u64 ns)
 
 static __always_inline __u32 req_conn(const struct fuse_req *req)
 {
-	return BPF_CORE_READ(req, fm, fc, dev);
+	return req->fm->fc->dev;
 }
 
 static __always_inline __u32 clamp_opcode(__u32 opcode)
@@ -146,7 +153,7 @@ static __always_inline __u32 req_queue(const struct fuse_req *req)
 {
 	if (!bpf_core_field_exists(req->ring_queue))
 		return EFUSE_BPF_QUEUE_CLASSIC;
-	struct fuse_ring_queue *q = (struct fuse_ring_queue *)BPF_CORE_READ(req, ring_queue);
+	struct fuse_ring_queue *q = (struct fuse_ring_queue *)req->ring_queue;
 	if (!q)
 		return EFUSE_BPF_QUEUE_CLASSIC;
 	return BPF_CORE_READ(q, qid);
@@ -161,9 +168,9 @@ int BPF_PROG(efuse_request_send, const struct fuse_req *req)
 	struct efuse_task *task;
 
 	key.conn = req_conn(req);
-	key.unique = BPF_CORE_READ(req, in.h.unique);
+	key.unique = req->in.h.unique;
 	start.start_ns = bpf_ktime_get_ns();
-	start.opcode = clamp_opcode(BPF_CORE_READ(req, in.h.opcode));
+	start.opcode = clamp_opcode(req->in.h.opcode);
 
 	/* A server thread sending (the kernel flushes queued background requests from the
 	 * reply path) is not a client waiting for it. */
@@ -207,7 +214,7 @@ int BPF_PROG(efuse_request_end, const struct fuse_req *req)
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	key.conn = req_conn(req);
-	key.unique = BPF_CORE_READ(req, in.h.unique);
+	key.unique = req->in.h.unique;
 	found = bpf_map_lookup_elem(&inflight, &key);
 	if (!found) {
 		HEALTH_INC(unmatched_end);
@@ -218,7 +225,7 @@ int BPF_PROG(efuse_request_end, const struct fuse_req *req)
 
 	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
 	__u32 slot = latency_slot(delta);
-	int error = BPF_CORE_READ(req, out.h.error);
+	int error = req->out.h.error;
 
 	struct efuse_op_key op_key = { .conn = key.conn, .opcode = start.opcode };
 	struct efuse_op_stats *op = lookup_or_init(&op_stats, &op_key, &zero_op);
@@ -265,7 +272,7 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(efuse_sched_switch, bool preempt, struct task_struct *prev,
 	     struct task_struct *next, unsigned int prev_state)
 {
-	__u32 tid = BPF_CORE_READ(prev, pid);
+	__u32 tid = prev->pid;
 	struct efuse_task *task = bpf_map_lookup_elem(&tasks, &tid);
 
 	if (!task)

@@ -108,9 +108,11 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   }
   if (t->status_.reason.empty() && !opts.sched_switch)
     t->status_.reason = "sched_switch left out by EFUSE_BPF_SCHED=0";
+  std::string ids;
+  for (uint32_t id : t->program_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
   if (t->status_.programs_attached == kProgramCount)
     LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end, "
-             "sched_switch)", t->status_.programs_attached);
+             "sched_switch; bpftool prog show id %s)", t->status_.programs_attached, ids.c_str());
   else if (t->status_.load_failures == 0)  // left out on purpose
     LOG_INFO("bpf: telemetry on: %d of %d programs attached: %s", t->status_.programs_attached,
              kProgramCount, t->status_.reason.c_str());
