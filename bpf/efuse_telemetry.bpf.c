@@ -48,8 +48,11 @@ struct {
 	__type(value, struct efuse_req_start);
 } inflight SEC(".maps");
 
+/* The per-CPU statistics maps allocate on first use (a few dozen keys in practice):
+ * preallocating max_entries x possible CPUs x ~300 bytes would cost megabytes per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EFUSE_BPF_MAX_OP_KEYS);
 	__type(key, struct efuse_op_key);
 	__type(value, struct efuse_op_stats);
@@ -57,6 +60,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EFUSE_BPF_MAX_QUEUE_KEYS);
 	__type(key, struct efuse_queue_key);
 	__type(value, struct efuse_queue_stats);
@@ -64,6 +68,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, EFUSE_BPF_MAX_CONNS);
 	__type(key, __u32);
 	__type(value, struct efuse_ctxsw_stats);
