@@ -188,6 +188,22 @@ def test_every_fuse_mount_is_covered(m):
         q = value(s, "efuse_kernel_queue_request_duration_seconds_count", mount=own["mount"])
         assert q and q > 0, "no per-queue latency for efused's mount"
 
+        # Daemon side = efused's own threads: never more switches than /proc counts for them
+        # (the programs attached after the mount started, and only request-serving threads
+        # count).
+        daemon = sum(value(s, "efuse_context_switches_total", mount=own["mount"], side="daemon",
+                           kind=k) or 0 for k in ("voluntary", "involuntary"))
+        proc_total = 0
+        for tid in os.listdir(f"/proc/{m.proc.pid}/task"):
+            try:
+                with open(f"/proc/{m.proc.pid}/task/{tid}/status") as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                            proc_total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        assert 0 < daemon <= proc_total, (daemon, proc_total)
+
         # Kernel and daemon agree on requests that all happened after the programs attached.
         for op in ("create", "unlink", "fsync"):
             k = value(s, "efuse_kernel_requests_total", opcode=op, **own)
