@@ -52,6 +52,8 @@ class OperatorChecks(Checks):
         self.check("/metrics shows efuse_mount_up 1 (curl)", self.t_metrics)
         self.check("eBPF telemetry attaches under the unit's sandbox (efuse_bpf_up 1)",
                    self.t_bpf)
+        self.check("FUSE over io_uring under the unit's sandbox (transport uring)",
+                   self.t_uring)
         self.check("efusectl status as root", self.t_efusectl_status)
         self.check("D-Bus policy: others may read, not change", self.t_policy_non_root)
         self.check("systemctl reload adds a mount; the first keeps its open file", self.t_reload_add)
@@ -127,6 +129,22 @@ class OperatorChecks(Checks):
             "\n".join(l for l in self.journal(50).splitlines() if "bpf" in l)))
         self.notes["bpf"] = next(l for l in self.journal(50).splitlines()
                                  if "bpf: telemetry" in l)
+
+    def t_uring(self):
+        try:
+            with open("/sys/module/fuse/parameters/enable_uring") as f:
+                on = f.read().strip() in ("Y", "1")
+        except OSError:
+            on = False
+        r = self.sh("efusectl mounts --json")
+        data = {m["name"]: m for m in json.loads(r.stdout)}.get("data", {})
+        self.notes["transport"] = "%s %s" % (data.get("transport"),
+                                             data.get("transport_fallback", ""))
+        if not on:
+            self.notes["transport"] += " (not checked: enable_uring is off on the host)"
+            return
+        expect(data.get("transport") == "uring", "transport of data: %s (%s)" % (
+            data.get("transport"), data.get("transport_fallback")))
 
     def t_efusectl_status(self):
         r = self.sh("efusectl status")

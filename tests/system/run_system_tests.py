@@ -29,8 +29,8 @@ import package_checks  # noqa: E402
 import rootfs  # noqa: E402
 
 
-class Interrupted(Exception):
-    pass
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM: not an Exception, so no check swallows it as a failure."""
 
 
 def on_signal(signum, frame):
