@@ -101,6 +101,9 @@ class PassthroughLL:
                      15, what="passthrough_ll mount")
         if self.proc.poll() is not None:
             raise AssertionError(f"passthrough_ll exited with {self.proc.returncode}")
+        # The mount shows in mountinfo before the server has answered INIT; requests sent
+        # meanwhile wait in the kernel unsent. One answered request proves INIT is done.
+        os.listdir(mnt)
 
     def stop(self):
         if self.proc.poll() is None:
