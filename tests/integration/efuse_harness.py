@@ -19,6 +19,7 @@ Environment:
   EFUSE_FSX    path of the fsx binary (used by test_fsx.py)
   CI=true      a test that would be skipped (no root, no /dev/fuse) fails instead
   EFUSE_KEEP=1 keep temporary directories of failed tests (mounts are still removed)
+  EFUSE_SEED   seed for randomized tests (default: a fresh one, printed)
 
 Everything a test starts is bounded by a timeout, and every mount is removed on exit,
 on failure, on SIGINT/SIGTERM/SIGHUP and at interpreter exit.
@@ -66,6 +67,14 @@ USER_GID = 1000
 
 def in_ci():
     return os.environ.get("CI", "").lower() == "true"
+
+
+def seed():
+    """The seed of a randomized test: EFUSE_SEED, else a fresh one; printed either way so a
+    failure can be reproduced."""
+    s = int(os.environ.get("EFUSE_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"  seed {s} (reproduce with EFUSE_SEED={s})", flush=True)
+    return s
 
 
 def skip(reason):

@@ -149,6 +149,7 @@ Status MountInstance::start(std::string* error) {
   // The kernel does not combine it with the writeback cache; an explicit writeback wins.
   so.passthrough = geteuid() == 0 && !cfg_.cache.writeback;
   so.io_uring = want_uring;
+  so.posix_acl = cfg_.options.default_permissions;
   if (cfg_.cache.writeback && cfg_.io_path == IoPath::Passthrough)
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());

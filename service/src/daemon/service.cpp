@@ -1,6 +1,8 @@
 #include "daemon/service.h"
 
 #include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <systemd/sd-daemon.h>
 #include <time.h>
@@ -23,6 +25,24 @@
 
 namespace efuse::daemon {
 namespace {
+
+// The passthrough backend holds one O_PATH descriptor per inode the kernel knows, so the
+// descriptor limit bounds how many files a mount can have in the kernel's caches at once.
+// Raise the soft limit to the hard one (systemd's unit sets LimitNOFILE) and say what it is.
+void raise_fd_limit() {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = was;
+  }
+  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 65536)
+    LOG_WARN("open file limit is %llu: each file the kernel holds in a passthrough mount's "
+             "caches takes one descriptor, so large trees may hit EMFILE; raise LimitNOFILE "
+             "(systemd) or ulimit -Hn",
+             static_cast<unsigned long long>(rl.rlim_cur));
+}
 
 // The watchdog is fed only while every live mount answers a STATFS through the kernel
 // within the deadline: a deadlocked or wedged session stops the pings and systemd
@@ -66,6 +86,10 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   sigaddset(&sigs, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  // Files are created with the caller's mode and umask as the kernel passes them (or the
+  // parent's default ACL); the daemon's own umask must not mask them again.
+  umask(0);
+  raise_fd_limit();
 
   Supervisor sup(opts.config_path, std::move(cfg));
   size_t live = sup.start_all();

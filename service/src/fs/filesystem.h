@@ -23,6 +23,9 @@ struct Context {
   uint32_t gid = 0;
   uint32_t pid = 0;
   uint64_t unique = 0;
+  // The caller's umask for CREATE, MKNOD and MKDIR when the kernel left masking to us
+  // (FUSE_DONT_MASK): it applies only where the parent has no default ACL. 0 otherwise.
+  uint32_t umask = 0;
 };
 
 // What the kernel granted at INIT, as far as backends care.

@@ -186,6 +186,8 @@ void Session::dispatch(Request& r) {
 // ---- INIT / DESTROY / INTERRUPT ------------------------------------------------------
 
 void Session::do_init(Request& r) {
+  // Kernels before 7.36 send only the first 16 bytes; anything shorter is malformed.
+  if (r.body.remaining() < k::kCompatInitInSize) return malformed(r);
   auto in = r.body.take_prefix<k::fuse_init_in>(
       std::min(r.body.remaining(), sizeof(k::fuse_init_in)));
   if (!in || in->major == 0) return malformed(r);
@@ -210,7 +212,8 @@ void Session::do_init(Request& r) {
                   k::init::kBigWrites | k::init::kFlockLocks | k::init::kAutoInvalData |
                   k::init::kDoReaddirplus | k::init::kReaddirplusAuto | k::init::kAsyncDio |
                   k::init::kParallelDirops | k::init::kMaxPages | k::init::kCacheSymlinks |
-                  k::init::kSetxattrExt | k::init::kInitExt;
+                  k::init::kSetxattrExt | k::init::kInitExt | k::init::kDontMask;
+  if (opts_.posix_acl) want |= k::init::kPosixAcl;
   if (opts_.writeback_cache) want |= k::init::kWritebackCache;
   if (opts_.passthrough) want |= k::init::kPassthrough;
   if (opts_.io_uring) want |= k::init::kOverIoUring;
@@ -397,6 +400,7 @@ void Session::do_symlink(Request& r) {
 void Session::do_mknod(Request& r) {
   TAKE(in, k::fuse_mknod_in);
   TAKE_NAME(name);
+  if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
   auto e = fs_.mknod(r.ctx, r.hdr.nodeid, *name, in->mode, in->rdev);
   if (!e.ok()) return r.reply_err(e.error());
   reply_entry(r, *e);
@@ -405,6 +409,7 @@ void Session::do_mknod(Request& r) {
 void Session::do_mkdir(Request& r) {
   TAKE(in, k::fuse_mkdir_in);
   TAKE_NAME(name);
+  if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
   auto e = fs_.mkdir(r.ctx, r.hdr.nodeid, *name, in->mode);
   if (!e.ok()) return r.reply_err(e.error());
   reply_entry(r, *e);
@@ -501,6 +506,7 @@ void Session::do_open(Request& r) {
 void Session::do_create(Request& r) {
   TAKE(in, k::fuse_create_in);
   TAKE_NAME(name);
+  if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
   auto c = fs_.create(r.ctx, r.hdr.nodeid, *name, in->mode, static_cast<int>(in->flags));
   if (!c.ok()) return r.reply_err(c.error());
   struct {

@@ -40,6 +40,10 @@ struct SessionOptions {
   bool writeback_cache = false;
   bool passthrough = true;     // ask for FUSE passthrough when the kernel offers it
   bool io_uring = false;       // ask for FUSE-over-io_uring when the kernel offers it
+  // Ask for FUSE_POSIX_ACL: the kernel then checks POSIX ACLs (not only mode bits) and
+  // applies default ACLs. The kernel turns default_permissions on with it, so only ask
+  // when the mount has default_permissions anyway.
+  bool posix_acl = false;
   uint32_t max_write = 1u << 20;
   uint16_t max_background = 64;
 };

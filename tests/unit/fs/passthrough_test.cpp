@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -258,17 +259,12 @@ TEST_F(PassthroughTest, SymlinksAreNeverFollowed) {
   EXPECT_EQ(fs_->getxattr(ctx_, e->ino, "user.x", {}).error(), ENODATA);
 }
 
-// BUG (service/src/fs/passthrough/passthrough_io.cpp, PassthroughFs::create): the backing
-// file is opened with openat(dir_fd, name, flags | O_CREAT, mode) without O_NOFOLLOW (or
-// O_EXCL), so when the name already exists in the backing tree as a symlink, CREATE opens the
-// symlink's target, which may be anywhere on the host: an absolute symlink planted in the
-// source tree (or a stale negative dentry in the kernel while someone creates one) lets a
-// CREATE with O_TRUNC truncate, as the daemon (root), a file outside the served tree. The
-// kernel resolves symlinks itself, so the server must never follow one at the last component
-// (virtiofsd passes O_NOFOLLOW). Since 414efa1 backing_open_flags() also strips an
-// O_NOFOLLOW the caller passed, so even CREATE with O_NOFOLLOW follows. Expected: an error
-// (ELOOP/EEXIST) and the target untouched.
-TEST_F(PassthroughTest, DISABLED_CreateDoesNotFollowASymlinkOutOfTheTree) {
+// CREATE must never follow a symlink at the last component: the kernel resolves symlinks
+// itself, and one planted in the backing tree (or appearing behind a stale negative dentry)
+// would otherwise let CREATE with O_TRUNC truncate, as root, a file outside the served tree.
+// Expected: an error (ELOOP) and the target untouched, with or without the caller's
+// O_NOFOLLOW.
+TEST_F(PassthroughTest, CreateDoesNotFollowASymlinkOutOfTheTree) {
   std::string outside = tmp_ / "outside";
   ASSERT_EQ(::symlink(outside.c_str(), src("trap").c_str()), 0);
   for (int flags : {O_WRONLY | O_TRUNC, O_WRONLY | O_TRUNC | O_NOFOLLOW}) {
@@ -282,6 +278,40 @@ TEST_F(PassthroughTest, DISABLED_CreateDoesNotFollowASymlinkOutOfTheTree) {
     EXPECT_FALSE(c.ok()) << "CREATE followed a symlink";
     EXPECT_EQ(read_file(outside), "precious");
   }
+}
+
+// With FUSE_DONT_MASK the kernel passes the caller's umask; it applies unless the parent
+// directory has a default ACL, whose entries then shape the mode instead (POSIX.1e).
+TEST_F(PassthroughTest, CreationAppliesTheUmaskUnlessTheParentHasADefaultAcl) {
+  mode_t saved = ::umask(0);  // as efused runs
+  Context c = ctx_;
+  c.umask = 022;
+  auto plain = fs_->mkdir(c, kRoot, "plain", 0777);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->attr.st_mode & 07777, 0755u);
+  auto f = fs_->create(c, plain->ino, "f", 0666, O_RDWR);
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->entry.attr.st_mode & 07777, 0644u);
+  release(f->entry.ino, f->open.fh);
+  auto n = fs_->mknod(c, plain->ino, "n", S_IFIFO | 0666, 0);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(n->attr.st_mode & 07777, 0644u);
+
+  // A minimal default ACL granting everything: user::rwx, group::rwx, other::rwx.
+  ASSERT_EQ(::mkdir(src("acl").c_str(), 0777), 0);
+  struct {
+    uint32_t version = 2;
+    struct { uint16_t tag, perm; uint32_t id; } e[3] = {{0x01, 7, ~0u}, {0x04, 7, ~0u},
+                                                       {0x20, 7, ~0u}};
+  } acl;
+  ASSERT_EQ(::setxattr(src("acl").c_str(), "system.posix_acl_default", &acl, sizeof acl, 0), 0)
+      << strerror(errno);
+  uint64_t dir = lookup(kRoot, "acl");
+  auto g = fs_->create(c, dir, "g", 0666, O_RDWR);
+  ASSERT_TRUE(g.ok());
+  EXPECT_EQ(g->entry.attr.st_mode & 07777, 0666u) << "umask applied despite a default ACL";
+  release(g->entry.ino, g->open.fh);
+  ::umask(saved);
 }
 
 TEST_F(PassthroughTest, CreateMkdirMknodAndUnlink) {

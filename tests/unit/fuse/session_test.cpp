@@ -48,12 +48,12 @@ TEST(SessionInit, ModernKernelGetsItsMinorAndOnlyFlagsOfferedAndWanted) {
   for (uint64_t f : {init::kAsyncRead, init::kPosixLocks, init::kFlockLocks, init::kAtomicOTrunc,
                      init::kBigWrites, init::kDoReaddirplus, init::kReaddirplusAuto,
                      init::kParallelDirops, init::kMaxPages, init::kSetxattrExt, init::kInitExt,
-                     init::kPassthrough})
+                     init::kPassthrough, init::kDontMask})
     EXPECT_NE(granted & f, 0u) << "flag 0x" << std::hex << f << " not granted";
   // Offered but not wanted: writeback cache was not configured (and conflicts with
   // passthrough); export support needs LOOKUP of "." and ".." by nodeid, which efused does
-  // not implement; DONT_MASK would need efused to apply the umask, which it ignores.
-  for (uint64_t f : {init::kWritebackCache, init::kExportSupport, init::kDontMask})
+  // not implement; POSIX ACLs only when the session is asked to (default_permissions).
+  for (uint64_t f : {init::kWritebackCache, init::kExportSupport, init::kPosixAcl})
     EXPECT_EQ(granted & f, 0u) << "flag 0x" << std::hex << f << " granted";
 
   EXPECT_EQ(o.max_readahead, 128u * 1024);
@@ -181,13 +181,9 @@ TEST(SessionInit, EmptyOrZeroMajorInitIsMalformed) {
   EXPECT_FALSE(h.session().initialized());
 }
 
-// BUG (service/src/fuse/session.cpp, Session::do_init): the body is taken with
-// take_prefix(min(remaining, sizeof(fuse_init_in))), so a short body is zero-filled: 4..7
-// bytes get EPROTO (minor 0), and 8..15 bytes are accepted, e.g. an 8-byte {7, 45} INIT
-// initializes the session with no flags and an uncounted decode failure.
-// kCompatInitInSize (16), the smallest layout a kernel ever sends, is declared in kernel.h but
-// never used. Expected: EINVAL and a decode error, like every other truncated body.
-TEST(SessionInit, DISABLED_BodyShorterThanTheCompatLayoutIsMalformed) {
+// kCompatInitInSize (16 bytes) is the smallest INIT a kernel ever sends; a shorter body is
+// malformed (EINVAL and a decode error), never zero-filled and accepted.
+TEST(SessionInit, BodyShorterThanTheCompatLayoutIsMalformed) {
   for (size_t len = 4; len < k::kCompatInitInSize; ++len) {
     SessionHarness h;
     SCOPED_TRACE("INIT body of " + std::to_string(len) + " bytes");

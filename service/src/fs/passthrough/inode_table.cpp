@@ -5,7 +5,7 @@
 namespace efuse::fs::passthrough {
 
 Inode::~Inode() {
-  for (auto& [owner, fd2] : lock_fds) ::close(fd2);
+  for (auto& [owner, lo] : lock_fds) ::close(lo.fd);
   ::close(fd);
 }
 

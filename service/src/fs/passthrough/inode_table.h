@@ -31,8 +31,19 @@ struct Inode {
   std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
 
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
+  // OFD locks carry no pid, so each owner also keeps the ranges it holds and the pid that
+  // took them: F_GETLK reports the conflicting lock's pid, as natively.
+  struct LockRange {
+    uint64_t start, end;  // inclusive
+    uint32_t type;
+  };
+  struct LockOwner {
+    int fd = -1;
+    uint32_t pid = 0;
+    std::vector<LockRange> ranges;
+  };
   std::mutex lock_mu;
-  std::unordered_map<uint64_t, int> lock_fds;
+  std::unordered_map<uint64_t, LockOwner> lock_fds;
 };
 
 class InodeTable {

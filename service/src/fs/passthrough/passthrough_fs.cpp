@@ -6,6 +6,7 @@
 #include <linux/fs.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -185,11 +186,22 @@ Result<Entry> PassthroughFs::symlink(const Context& ctx, uint64_t parent, std::s
   return lookup_at(*dir, n.c_str());
 }
 
+// With FUSE_DONT_MASK the kernel hands creation the caller's umask instead of applying it,
+// because a default ACL on the parent replaces the umask (POSIX.1e). efused runs with umask
+// 0, so the backing file system applies the default ACL; the umask is applied here when
+// there is none.
+mode_t creation_mode(int dirfd, mode_t mode, uint32_t umask) {
+  if ((mode & umask & 0777) == 0) return mode;
+  if (::getxattr(ProcPath(dirfd), "system.posix_acl_default", nullptr, 0) > 0) return mode;
+  return mode & ~static_cast<mode_t>(umask & 0777);
+}
+
 Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::string_view name,
                                    mode_t mode, dev_t rdev) {
   GET_INODE(dir, parent);
   std::string n(name);
   note_entry(dir->nodeid, name);
+  mode = creation_mode(dir->fd, mode, ctx.umask);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
     int rc = S_ISDIR(mode) ? mkdirat(dir->fd, n.c_str(), mode) : mknodat(dir->fd, n.c_str(), mode, rdev);

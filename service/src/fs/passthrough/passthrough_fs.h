@@ -1,6 +1,8 @@
 // Passthrough (stacking) backend: serves a backing directory tree.
 #pragma once
 
+#include <fcntl.h>
+
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -13,6 +15,10 @@
 
 namespace efuse::fs::passthrough {
 
+
+// The mode a new file, directory or node gets: `mode` less the caller's umask unless the
+// parent directory has a default ACL (which then governs, as natively).
+mode_t creation_mode(int dirfd, mode_t mode, uint32_t umask);
 
 class PassthroughFs final : public Filesystem {
  public:
@@ -88,6 +94,8 @@ class PassthroughFs final : public Filesystem {
   Result<Entry> lookup_at(const Inode& parent, const char* name);
   Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
+  uint32_t holder_pid(Inode& inode, uint64_t owner, const Lock& asked,
+                      const struct flock& conflict);
   OpenInfo open_info(int fd) const;
   std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
   std::shared_ptr<DirHandle> dir_handle(uint64_t fh);

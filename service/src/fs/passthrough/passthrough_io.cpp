@@ -60,9 +60,14 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   std::string n(name);
   int fd;
   note_entry(dir->nodeid, name);
+  mode = creation_mode(dir->fd, mode, ctx.umask);
   {
+    // CREATE comes for a name the kernel believes absent. If a symlink appeared there in the
+    // backing tree meanwhile, O_CREAT would follow it, possibly out of the source tree;
+    // O_NOFOLLOW makes that ELOOP instead.
     CredScope cred(root_, ctx.uid, ctx.gid);
-    fd = openat(dir->fd, n.c_str(), backing_open_flags(flags, caps_.writeback_cache) | O_CREAT,
+    fd = openat(dir->fd, n.c_str(),
+                backing_open_flags(flags, caps_.writeback_cache) | O_CREAT | O_NOFOLLOW,
                 mode & 07777);
   }
   if (fd < 0) return last_errno();
@@ -118,7 +123,7 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
     std::lock_guard lk(inode->lock_mu);
     auto it = inode->lock_fds.find(lock_owner);
     if (it != inode->lock_fds.end()) {
-      ::close(it->second);
+      ::close(it->second.fd);
       inode->lock_fds.erase(it);
     }
   }
@@ -170,7 +175,7 @@ Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t
 // the backing tree directly. flush() of the owner drops them, as close() does.
 Result<int> PassthroughFs::lock_fd(Inode& inode, uint64_t fh, uint64_t owner) {
   auto it = inode.lock_fds.find(owner);
-  if (it != inode.lock_fds.end()) return it->second;
+  if (it != inode.lock_fds.end()) return it->second.fd;
   int fd = ::open(ProcPath(static_cast<int>(fh)), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     int accmode = fcntl(static_cast<int>(fh), F_GETFL);
@@ -178,7 +183,7 @@ Result<int> PassthroughFs::lock_fd(Inode& inode, uint64_t fh, uint64_t owner) {
     fd = ::open(ProcPath(static_cast<int>(fh)), (accmode & O_ACCMODE) | O_CLOEXEC);
     if (fd < 0) return last_errno();
   }
-  inode.lock_fds[owner] = fd;
+  inode.lock_fds[owner].fd = fd;
   return fd;
 }
 
@@ -206,9 +211,44 @@ Result<Lock> PassthroughFs::getlk(const Context&, uint64_t ino, uint64_t fh, uin
     out.start = static_cast<uint64_t>(f.l_start);
     out.end = f.l_len == 0 ? static_cast<uint64_t>(INT64_MAX)
                            : static_cast<uint64_t>(f.l_start + f.l_len - 1);
-    out.pid = 0;  // OFD locks have no owning pid
+    out.pid = holder_pid(*inode, owner, l, f);
   }
   return out;
+}
+
+// The pid F_GETLK reports: that of our lock owner (not the asker) holding a lock that matches
+// the conflict the kernel found. A lock taken on the backing file outside the mount has no
+// owner here and reports 0.
+uint32_t PassthroughFs::holder_pid(Inode& inode, uint64_t owner, const Lock&,
+                                   const struct flock& conflict) {
+  uint64_t start = static_cast<uint64_t>(conflict.l_start);
+  uint64_t end = conflict.l_len == 0 ? UINT64_MAX
+                                     : static_cast<uint64_t>(conflict.l_start + conflict.l_len - 1);
+  for (const auto& [other, lo] : inode.lock_fds) {
+    if (other == owner) continue;
+    for (const auto& r : lo.ranges)
+      if (r.type == static_cast<uint32_t>(conflict.l_type) && r.start <= end && start <= r.end)
+        return lo.pid;
+  }
+  return 0;
+}
+
+// Records what a successful SETLK did to the owner's ranges: the new range replaces whatever
+// the owner held there (POSIX locks of one owner never conflict, they are replaced).
+static void record_lock(Inode::LockOwner& lo, const Lock& l) {
+  uint64_t end = l.end >= static_cast<uint64_t>(INT64_MAX) ? UINT64_MAX : l.end;
+  std::vector<Inode::LockRange> kept;
+  for (const auto& r : lo.ranges) {
+    if (r.end < l.start || r.start > end) {
+      kept.push_back(r);
+      continue;
+    }
+    if (r.start < l.start) kept.push_back({r.start, l.start - 1, r.type});
+    if (r.end > end) kept.push_back({end + 1, r.end, r.type});
+  }
+  if (l.type != F_UNLCK) kept.push_back({l.start, end, l.type});
+  lo.ranges = std::move(kept);
+  if (l.type != F_UNLCK) lo.pid = l.pid;
 }
 
 Status PassthroughFs::setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
@@ -218,7 +258,9 @@ Status PassthroughFs::setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t 
   auto fd = lock_fd(*inode, fh, owner);
   if (!fd.ok()) return Errno{fd.error()};
   struct flock f = to_flock(l);
-  return check(fcntl(*fd, F_OFD_SETLK, &f));
+  if (fcntl(*fd, F_OFD_SETLK, &f) != 0) return last_errno();
+  record_lock(inode->lock_fds[owner], l);
+  return {};
 }
 
 Status PassthroughFs::flock(const Context&, uint64_t, uint64_t fh, int op) {
