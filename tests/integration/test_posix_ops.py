@@ -1003,6 +1003,40 @@ def test_open_file_survives_backing_rename(m):
 
 # ---------------------------------------------------------------- credentials
 
+def test_write_and_truncate_clear_setid_bits(m):
+    # A write, truncate or O_TRUNC open by someone without CAP_FSETID clears set-user-ID and
+    # (group-executable) set-group-ID bits, as natively; root keeps them. efused negotiates
+    # FUSE_HANDLE_KILLPRIV_V2, so it does this itself, also for files it would otherwise
+    # open with kernel passthrough.
+    def op(b):
+        names = {"w": 0o6755, "t": 0o4755, "o": 0o6755, "noexec": 0o2644, "root": 0o4755}
+        for n, mode in names.items():
+            write_file(J(b, n), "0123456789")
+            if n != "root":
+                os.chown(J(b, n), h.USER_UID, h.USER_GID)
+            os.chmod(J(b, n), mode)
+
+        def child(b):
+            with open(J(b, "w"), "r+b") as f:
+                f.write(b"x")
+            os.truncate(J(b, "t"), 3)
+            os.close(os.open(J(b, "o"), os.O_WRONLY | os.O_TRUNC))
+            with open(J(b, "noexec"), "r+b") as f:
+                f.write(b"x")
+            return True
+
+        as_user(child, b)
+        with open(J(b, "root"), "r+b") as f:  # root (CAP_FSETID) keeps them
+            f.write(b"x")
+        return {n: mode_of(J(b, n)) for n in names}
+
+    res = m.twin().same(op)
+    assert res == {"w": "0o755", "t": "0o755", "o": "0o755", "noexec": "0o2644",
+                   "root": "0o4755"}, res
+    for n, mode in res.items():  # the backing files agree
+        assert oct(os.stat(m.s(n)).st_mode & 0o7777) == mode, n
+
+
 def test_nonroot_creates_owned_by_caller(m):
     def make(b):
         os.mkdir(J(b, "pub"))

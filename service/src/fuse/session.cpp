@@ -212,7 +212,8 @@ void Session::do_init(Request& r) {
                   k::init::kBigWrites | k::init::kFlockLocks | k::init::kAutoInvalData |
                   k::init::kDoReaddirplus | k::init::kReaddirplusAuto | k::init::kAsyncDio |
                   k::init::kParallelDirops | k::init::kMaxPages | k::init::kCacheSymlinks |
-                  k::init::kSetxattrExt | k::init::kInitExt | k::init::kDontMask;
+                  k::init::kSetxattrExt | k::init::kInitExt | k::init::kDontMask |
+                  k::init::kHandleKillprivV2;
   if (opts_.posix_acl) want |= k::init::kPosixAcl;
   if (opts_.writeback_cache) want |= k::init::kWritebackCache;
   if (opts_.passthrough) want |= k::init::kPassthrough;
@@ -366,6 +367,7 @@ void Session::do_setattr(Request& r) {
   s.atime_now = v & k::kFattrAtimeNow;
   s.mtime_now = v & k::kFattrMtimeNow;
   s.has_fh = v & k::kFattrFh;
+  r.ctx.kill_suidgid = v & k::kFattrKillSuidgid;
   s.fh = in->fh;
   s.mode = in->mode;
   s.uid = in->uid;
@@ -498,6 +500,7 @@ void Session::reply_open(Request& r, const fs::OpenInfo& info, bool dir) {
 
 void Session::do_open(Request& r) {
   TAKE(in, k::fuse_open_in);
+  r.ctx.kill_suidgid = in->open_flags & k::kOpenKillSuidgid;
   auto o = fs_.open(r.ctx, r.hdr.nodeid, static_cast<int>(in->flags));
   if (!o.ok()) return r.reply_err(o.error());
   reply_open(r, *o, false);
@@ -507,6 +510,7 @@ void Session::do_create(Request& r) {
   TAKE(in, k::fuse_create_in);
   TAKE_NAME(name);
   if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
+  r.ctx.kill_suidgid = in->open_flags & k::kOpenKillSuidgid;
   auto c = fs_.create(r.ctx, r.hdr.nodeid, *name, in->mode, static_cast<int>(in->flags));
   if (!c.ok()) return r.reply_err(c.error());
   struct {
@@ -535,6 +539,7 @@ void Session::do_write(Request& r) {
   TAKE(in, k::fuse_write_in);
   auto data = r.body.take_bytes(in->size);
   if (!data) return malformed(r);
+  r.ctx.kill_suidgid = in->write_flags & k::kWriteKillSuidgid;
   auto n = fs_.write(r.ctx, r.hdr.nodeid, in->fh, in->offset, *data);
   if (!n.ok()) return r.reply_err(n.error());
   k::fuse_write_out o{};

@@ -48,7 +48,7 @@ TEST(SessionInit, ModernKernelGetsItsMinorAndOnlyFlagsOfferedAndWanted) {
   for (uint64_t f : {init::kAsyncRead, init::kPosixLocks, init::kFlockLocks, init::kAtomicOTrunc,
                      init::kBigWrites, init::kDoReaddirplus, init::kReaddirplusAuto,
                      init::kParallelDirops, init::kMaxPages, init::kSetxattrExt, init::kInitExt,
-                     init::kPassthrough, init::kDontMask})
+                     init::kPassthrough, init::kDontMask, init::kHandleKillprivV2})
     EXPECT_NE(granted & f, 0u) << "flag 0x" << std::hex << f << " not granted";
   // Offered but not wanted: writeback cache was not configured (and conflicts with
   // passthrough); export support needs LOOKUP of "." and ".." by nodeid, which efused does

@@ -142,10 +142,13 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
   }
   if (s.set_size) {
     note_inode(*inode);
-    // Truncation as the caller, so the backing file system applies its own limits.
     int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
                      : truncate(path, static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
+    if (ctx.kill_suidgid) {
+      Status k = kill_suidgid(inode->fd);
+      if (!k.ok()) return Errno{k.error()};
+    }
   }
   if (s.set_atime || s.set_mtime || s.atime_now || s.mtime_now) {
     note_inode(*inode);
@@ -160,7 +163,6 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
                      : utimensat(inode->fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     if (rc != 0) return last_errno();
   }
-  (void)ctx;
   return getattr(ctx, ino, nullptr);
 }
 
@@ -194,6 +196,21 @@ mode_t creation_mode(int dirfd, mode_t mode, uint32_t umask) {
   if ((mode & umask & 0777) == 0) return mode;
   if (::getxattr(ProcPath(dirfd), "system.posix_acl_default", nullptr, 0) > 0) return mode;
   return mode & ~static_cast<mode_t>(umask & 0777);
+}
+
+mode_t privs_to_kill(mode_t mode) {
+  if (!S_ISREG(mode)) return 0;
+  mode_t kill = mode & S_ISUID;
+  if ((mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP)) kill |= S_ISGID;
+  return kill;
+}
+
+Status kill_suidgid(int fd) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return last_errno();
+  mode_t kill = privs_to_kill(st.st_mode);
+  if (kill == 0) return {};
+  return check(chmod(ProcPath(fd), st.st_mode & 07777 & ~kill));
 }
 
 Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::string_view name,

@@ -20,6 +20,16 @@ namespace efuse::fs::passthrough {
 // parent directory has a default ACL (which then governs, as natively).
 mode_t creation_mode(int dirfd, mode_t mode, uint32_t umask);
 
+// Bits a write, truncate or O_TRUNC open by a caller without CAP_FSETID clears: set-user-ID,
+// and set-group-ID when the group may execute (as the VFS does natively).
+mode_t privs_to_kill(mode_t mode);
+
+// Clears them on fd's file (any descriptor, O_PATH included). efused writes with
+// CAP_FSETID, so the backing file system would keep them; with FUSE_HANDLE_KILLPRIV_V2 the
+// kernel leaves this to us (and in return stops asking for security.capability before
+// every write).
+Status kill_suidgid(int fd);
+
 class PassthroughFs final : public Filesystem {
  public:
   // Opens the source directory; throws std::system_error when it is unusable.
@@ -96,7 +106,7 @@ class PassthroughFs final : public Filesystem {
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
   uint32_t holder_pid(Inode& inode, uint64_t owner, const Lock& asked,
                       const struct flock& conflict);
-  OpenInfo open_info(int fd) const;
+  OpenInfo open_info(int fd, int flags) const;
   std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
   std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
   // Changes we make to the backing tree ourselves, so the watcher does not echo them.

@@ -34,16 +34,23 @@ int backing_open_flags(int flags, bool writeback) {
 
 }  // namespace
 
-OpenInfo PassthroughFs::open_info(int fd) const {
+OpenInfo PassthroughFs::open_info(int fd, int flags) const {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
   info.keep_cache = keep_cache_.load(std::memory_order_relaxed);
-  if (caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed))
-    info.passthrough_fd = fd;
+  if (caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed)) {
+    // Kernel-direct writes run with efused's credentials (CAP_FSETID), and with
+    // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-ID bits to us: a writable open
+    // of a set-ID file is served, so each WRITE can clear them.
+    struct stat st;
+    bool writable = (flags & O_ACCMODE) != O_RDONLY;
+    if (!writable || (fstat(fd, &st) == 0 && privs_to_kill(st.st_mode) == 0))
+      info.passthrough_fd = fd;
+  }
   return info;
 }
 
-Result<OpenInfo> PassthroughFs::open(const Context&, uint64_t ino, int flags) {
+Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags) {
   GET_INODE(inode, ino);
   inode->opens.fetch_add(1);
   int fd = ::open(ProcPath(inode->fd), backing_open_flags(flags, caps_.writeback_cache));
@@ -51,7 +58,8 @@ Result<OpenInfo> PassthroughFs::open(const Context&, uint64_t ino, int flags) {
     inode->opens.fetch_sub(1);
     return last_errno();
   }
-  return open_info(fd);
+  if (ctx.kill_suidgid) (void)kill_suidgid(fd);  // O_TRUNC by a caller without CAP_FSETID
+  return open_info(fd, flags);
 }
 
 Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::string_view name,
@@ -61,6 +69,8 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   int fd;
   note_entry(dir->nodeid, name);
   mode = creation_mode(dir->fd, mode, ctx.umask);
+  // ctx.kill_suidgid (O_TRUNC) does not apply: CREATE makes a new file, whose set-ID bits
+  // are the ones the caller asked for.
   {
     // CREATE comes for a name the kernel believes absent. If a symlink appeared there in the
     // backing tree meanwhile, O_CREAT would follow it, possibly out of the source tree;
@@ -79,7 +89,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   if (auto inode = inodes_.get(e->ino)) inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
-  c.open = open_info(fd);
+  c.open = open_info(fd, flags);
   return c;
 }
 
@@ -101,8 +111,12 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64
   return done;
 }
 
-Result<size_t> PassthroughFs::write(const Context&, uint64_t, uint64_t fh, uint64_t off,
+Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t, uint64_t fh, uint64_t off,
                                     std::span<const char> data) {
+  if (ctx.kill_suidgid) {
+    Status k = kill_suidgid(static_cast<int>(fh));
+    if (!k.ok()) return Errno{k.error()};
+  }
   size_t done = 0;
   while (done < data.size()) {
     ssize_t n = pwrite(static_cast<int>(fh), data.data() + done, data.size() - done,
