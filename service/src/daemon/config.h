@@ -23,8 +23,8 @@ const char* to_string(IoPath p);
 
 // Kernel caching policy; every field can change on reload without remounting.
 struct CachePolicy {
-  double entry_timeout = 1.0;     // seconds the kernel may cache names
-  double attr_timeout = 1.0;      // seconds the kernel may cache attributes
+  double entry_timeout = 60.0;    // seconds the kernel may cache names (exact invalidation)
+  double attr_timeout = 60.0;     // seconds the kernel may cache attributes
   double negative_timeout = 1.0;  // seconds the kernel may cache "no such name"
   bool writeback = false;         // kernel writeback cache (needs a remount to change)
   bool keep_cache = false;        // keep page cache across opens (FOPEN_KEEP_CACHE)

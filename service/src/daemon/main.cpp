@@ -58,8 +58,8 @@ With --mount (a config file sets these per mount):
       --queue-depth N            io_uring entries per CPU queue (default 8)
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
                                  passthrough when the kernel grants it)
-      --entry-timeout SECONDS    how long the kernel may cache names (default 1)
-      --attr-timeout SECONDS     how long the kernel may cache attributes (default 1)
+      --entry-timeout SECONDS    how long the kernel may cache names (default 60)
+      --attr-timeout SECONDS     how long the kernel may cache attributes (default 60)
       --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
       --keep-cache               keep file pages cached across opens
       --writeback-cache          let the kernel cache writes (excludes passthrough)

@@ -223,13 +223,13 @@ mounts:
   EXPECT_EQ(a.threads, 8u);
   EXPECT_EQ(a.transport, Transport::Classic);
   EXPECT_EQ(a.io_path, IoPath::Auto);
-  EXPECT_EQ(a.cache, (CachePolicy{1, 5, 1, true, false}));
+  EXPECT_EQ(a.cache, (CachePolicy{60, 5, 1, true, false}));
   EXPECT_EQ(a.options, (MountFlags{true, true, true}));
   const MountConfig& b = c.mounts[1];
   EXPECT_EQ(b.threads, 2u);
   EXPECT_EQ(b.transport, Transport::Classic);
   EXPECT_EQ(b.io_path, IoPath::Cache);
-  EXPECT_EQ(b.cache, (CachePolicy{1, 0.5, 1, true, false}));
+  EXPECT_EQ(b.cache, (CachePolicy{60, 0.5, 1, true, false}));
   EXPECT_EQ(b.options, (MountFlags{false, true, true}));
 }
 

@@ -40,6 +40,10 @@ Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   }
   auto handle = std::make_shared<DirHandle>(dp);
   OpenInfo info;
+  // A watched directory's listing may stay in the kernel's readdir cache across opens: the
+  // kernel drops it when the directory changes through the mount, and the watcher
+  // invalidates it when the backing directory changes behind our back.
+  if (watcher() && inode->watch.load() >= 0) info.cache_dir = info.keep_cache = true;
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
   dirs_[info.fh] = std::move(handle);

@@ -9,6 +9,7 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -79,9 +80,16 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   Entry e;
   e.ino = inode->nodeid;
   e.attr = st;
-  e.entry_timeout = entry_timeout_.load(std::memory_order_relaxed);
-  e.attr_timeout = attr_timeout_.load(std::memory_order_relaxed);
+  e.entry_timeout = cache_timeout(entry_timeout_);
+  e.attr_timeout = cache_timeout(attr_timeout_);
   return e;
+}
+
+double PassthroughFs::cache_timeout(const std::atomic<double>& configured) const {
+  double t = configured.load(std::memory_order_relaxed);
+  auto w = watcher();
+  if (w && w->watch_failures() > 0) t = std::min(t, kUnwatchedTimeout);
+  return t;
 }
 
 Result<Entry> PassthroughFs::lookup_at(const Inode& parent, const char* name) {
@@ -121,7 +129,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
     rc = fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
   if (rc != 0) return last_errno();
-  return Attr{st, attr_timeout_.load(std::memory_order_relaxed)};
+  return Attr{st, cache_timeout(attr_timeout_)};
 }
 
 Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {

@@ -107,6 +107,10 @@ class PassthroughFs final : public Filesystem {
   uint32_t holder_pid(Inode& inode, uint64_t owner, const Lock& asked,
                       const struct flock& conflict);
   OpenInfo open_info(int fd, int flags) const;
+  // Long timeouts are only exact while the watcher sees every directory: once a watch could
+  // not be added, the mount's entry and attr timeouts are capped at kUnwatchedTimeout.
+  static constexpr double kUnwatchedTimeout = 1.0;
+  double cache_timeout(const std::atomic<double>& configured) const;
   std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
   std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
   // Changes we make to the backing tree ourselves, so the watcher does not echo them.

@@ -58,8 +58,9 @@ void Watcher::watch(Inode& dir) {
   int wd = inotify_add_watch(fd_, ProcPath(dir.fd), kDirMask);
   if (wd < 0) {
     if (watch_failures_.fetch_add(1) == 0)
-      LOG_WARN("%s: inotify_add_watch failed (%s; see fs.inotify.max_user_watches); some "
-               "outside changes show only when cache timeouts expire",
+      LOG_WARN("%s: inotify_add_watch failed (%s; see fs.inotify.max_user_watches); outside "
+               "changes under that directory show when cache timeouts expire, which are "
+               "capped at 1 s for this mount from now on",
                label_.c_str(), strerror(errno));
     return;
   }
