@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -45,10 +46,23 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # The subset tar holds only these top-level directories of the kernel tree (~11k entries):
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
-SIDES = ("native", "libfuse", "efused")
+SIDES = ("native", "libfuse", "efused", "efused-nobpf")
 GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
+FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
+# Row groups with an extra counted fio run per FUSE side (COUNTED_SIDES) and variant, with
+# the telemetry efused attached and scraped: the upcalls / context switches per I/O table.
+COUNTED_GROUPS = ("fio-one",)
+COUNTED_SIDES = ("libfuse", "efused")
 ENV = dict(os.environ, LC_ALL="C")
+# Every measured efused runs with its own telemetry off: the eBPF programs are host-wide and
+# a measured efused lives through every side's timed runs, so telemetry is attached instead
+# by a separate telemetry-only efused exactly during the timed runs that must carry it (see
+# Telemetry and bench/README.md, "eBPF telemetry").
+EFUSED_ENV = dict(ENV, EFUSE_BPF="0")
+TELEMETRY_ENV = {k: v for k, v in ENV.items() if k != "EFUSE_BPF"}
+# Name of one of the programs every efused telemetry copy loads (bpf/efuse_telemetry.bpf.c).
+TELEMETRY_PROG = "efuse_request_send"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 
 LOGF = None
@@ -94,7 +108,8 @@ class Registry:
         self.cmds: set[subprocess.Popen] = set()
 
     def save(self) -> None:
-        data = {str(pid): {"cmdline": d.argv, "mnt": str(d.mnt)} for pid, d in self.daemons.items()}
+        data = {str(pid): {"cmdline": d.argv, "mnt": str(d.mnt) if d.mnt else None}
+                for pid, d in self.daemons.items()}
         data.update({str(p.pid): {"cmdline": p.args, "group": True} for p in self.cmds})
         tmp = DAEMONS.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -251,8 +266,13 @@ def safe_rmtree(path: Path) -> None:
 # --------------------------------------------------------------------------- sides
 
 class Daemon:
-    def __init__(self, side: str, argv: list[str], mnt: Path, fstype: str, logpath: Path):
+    """A server process started by PID. With `mnt`, start() waits until it is mounted there;
+    with `ready`, until it printed that line (efused's contract: "efused: ready")."""
+
+    def __init__(self, side: str, argv: list[str], mnt: Path | None, fstype: str, logpath: Path,
+                 env: dict, ready: bytes | None = None):
         self.side, self.argv, self.mnt, self.fstype, self.logpath = side, argv, mnt, fstype, logpath
+        self.env, self.ready = env, ready
         self.proc: subprocess.Popen | None = None
         self.logf = None
         self.log_start = 0
@@ -264,17 +284,18 @@ class Daemon:
         self.logf.write(f"\n==== {time.strftime('%F %T')} {shlex.join(self.argv)}\n".encode())
         self.logf.flush()
         self.log_start = self.logf.tell()
-        if mount_at(self.mnt):
+        if self.mnt and mount_at(self.mnt):
             raise BenchError(f"{self.mnt} is already a mount point")
         try:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=self.logf,
-                                         stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+                                         stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
         except OSError as e:
             raise BenchError(f"cannot start {self.side}: {e}")
         REG.daemons[self.proc.pid] = self
         REG.save()
         deadline = time.monotonic() + timeout
-        while True:
+        while self.mnt:
             m = mount_at(self.mnt)
             if m and m.fstype.startswith("fuse"):
                 break
@@ -286,19 +307,31 @@ class Daemon:
                 raise BenchError(f"{self.side} did not mount {self.mnt} within {timeout:.0f}s: "
                                  f"{tail(self.logpath, 400, self.log_start)}")
             time.sleep(0.02)
-        if self.fstype and m.fstype != self.fstype:
+        if self.mnt and self.fstype and m.fstype != self.fstype:
             self.notes.append(f"mounted with fstype {m.fstype}, expected {self.fstype}")
             log(f"warning: {self.side}: {self.notes[-1]}")
-        if self.side == "efused":
-            # Contract: "efused: ready" on stdout once the mount is live.
-            for _ in range(100):
-                if b"efused: ready" in self.logpath.read_bytes():
-                    break
-                time.sleep(0.02)
-            else:
-                self.notes.append("mount is live but 'efused: ready' was not printed")
-                log(f"warning: efused: {self.notes[-1]}")
-        run(["ls", "-a", self.mnt], timeout=20, what=f"ls {self.mnt} (mount sanity check)")
+        while self.ready and self.ready not in self.output():
+            rc = self.proc.poll()
+            if rc is not None:
+                raise BenchError(f"{self.side} exited with status {rc} before it was ready: "
+                                 f"{tail(self.logpath, 400, self.log_start)}")
+            if time.monotonic() > deadline:
+                if not self.mnt:
+                    raise BenchError(f"{self.side} did not print {self.ready.decode()!r} within "
+                                     f"{timeout:.0f}s: {tail(self.logpath, 400, self.log_start)}")
+                self.notes.append(f"mount is live but {self.ready.decode()!r} was not printed")
+                log(f"warning: {self.side}: {self.notes[-1]}")
+                break
+            time.sleep(0.02)
+        if self.mnt:
+            run(["ls", "-a", self.mnt], timeout=20, what=f"ls {self.mnt} (mount sanity check)")
+
+    def output(self) -> bytes:
+        """What the daemon printed since this start."""
+        try:
+            return self.logpath.read_bytes()[self.log_start:]
+        except OSError:
+            return b""
 
     def check(self) -> None:
         if self.proc is None:
@@ -306,7 +339,7 @@ class Daemon:
         rc = self.proc.poll()
         if rc is not None:
             raise BenchError(f"{self.side} died (status {rc}): {tail(self.logpath, 400, self.log_start)}")
-        if not mount_at(self.mnt):
+        if self.mnt and not mount_at(self.mnt):
             raise BenchError(f"{self.side} mount {self.mnt} disappeared")
 
     def stop(self) -> None:
@@ -321,7 +354,7 @@ class Daemon:
                 except subprocess.TimeoutExpired:
                     self.notes.append("did not exit within 15s of SIGTERM")
                     log(f"warning: {self.side} pid {p.pid} did not exit within 15s of SIGTERM")
-            if mount_at(self.mnt):
+            if self.mnt and mount_at(self.mnt):
                 if p.poll() is not None:
                     self.notes.append(f"exited (status {p.returncode}) but left {self.mnt} mounted")
                 force_unmount(self.mnt)
@@ -331,7 +364,7 @@ class Daemon:
                     p.wait(15)
                 except subprocess.TimeoutExpired:
                     log(f"warning: {self.side} pid {p.pid} survived SIGKILL")
-            if mount_at(self.mnt):
+            if self.mnt and mount_at(self.mnt):
                 force_unmount(self.mnt)
         finally:
             REG.daemons.pop(p.pid, None)
@@ -345,6 +378,8 @@ class Daemon:
 
 class Side:
     name = ""
+    groups = GROUPS     # the row groups this side is measured in
+    telemetry = False   # its timed runs carry efused's eBPF telemetry (see Telemetry)
 
     def __init__(self, bench: "Bench"):
         self.bench = bench
@@ -378,6 +413,8 @@ class NativeSide(Side):
 
 class FuseSide(Side):
     fstype = ""
+    env = ENV
+    ready: bytes | None = None
 
     def __init__(self, bench):
         super().__init__(bench)
@@ -399,7 +436,8 @@ class FuseSide(Side):
         src.mkdir(parents=True)
         self.mnt.mkdir(parents=True, exist_ok=True)
         self.daemon = Daemon(self.name, self.argv(src, self.mnt), self.mnt, self.fstype,
-                             self.bench.out / "logs" / f"{self.name}-{group}.log")
+                             self.bench.out / "logs" / f"{self.name}-{group}.log", self.env,
+                             self.ready)
         try:
             self.daemon.start()
         except BaseException:
@@ -432,12 +470,196 @@ class LibfuseSide(FuseSide):
 
 
 class EfusedSide(FuseSide):
+    """efused as shipped: telemetry on. The daemon itself runs with EFUSE_BPF=0 and the
+    telemetry efused attaches the same programs around each of this side's timed runs."""
     name = "efused"
     fstype = "fuse.efuse"
+    env = EFUSED_ENV
+    ready = b"efused: ready"
+    telemetry = True
 
     def argv(self, src, mnt):
         return [str(self.bench.efused_bin), "--mount", f"{src}:{mnt}"] + \
             shlex.split(self.bench.args.efused_args)
+
+
+class EfusedNoBpfSide(EfusedSide):
+    """The same efused with no eBPF telemetry attached: the telemetry's cost is efused ÷ this."""
+    name = "efused-nobpf"
+    groups = FIO_GROUPS
+    telemetry = False
+
+
+SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide)}
+assert tuple(SIDE_CLASSES) == SIDES
+
+
+# --------------------------------------------------------------------------- eBPF telemetry
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
+    """[(name, labels, value)] from the Prometheus text format."""
+    out = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        mo = _SAMPLE.match(line)
+        if not mo:
+            raise BenchError(f"unparsable /metrics line: {line!r}")
+        labels = {k: re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
+                  for k, v in _LABEL.findall(mo.group(2) or "")}
+        out.append((mo.group(1), labels, float(mo.group(3))))
+    return out
+
+
+def counters_of(samples, mount: str) -> dict[str, float]:
+    """The counters of the per-I/O table for the FUSE connection labelled `mount` (for a mount
+    the telemetry efused does not serve itself: its mountpoint), flat: `upcalls:OPCODE`,
+    `switches:SIDE KIND`, `latency_sum_s`, and the host-wide `dropped:REASON`."""
+    c: dict[str, float] = {}
+
+    def add(k, v):
+        c[k] = c.get(k, 0.0) + v
+    for name, lb, v in samples:
+        if name == "efuse_bpf_events_dropped_total":
+            add(f"dropped:{lb.get('reason')}", v)
+        elif lb.get("mount") != mount:
+            continue
+        elif name == "efuse_kernel_requests_total":
+            add(f"upcalls:{lb.get('opcode')}", v)
+        elif name == "efuse_context_switches_total":
+            add(f"switches:{lb.get('side')} {lb.get('kind')}", v)
+        elif name == "efuse_kernel_request_duration_seconds_sum":
+            add("latency_sum_s", v)
+    return c
+
+
+def counter_deltas(before: dict, after: dict, ios: int) -> dict:
+    """What one counted run cost, from two counters_of() scrapes around it and fio's I/O count."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in set(before) | set(after)}
+
+    def part(prefix):
+        return {k[len(prefix):]: round(v) for k, v in sorted(d.items())
+                if k.startswith(prefix) and round(v)}
+    upcalls = part("upcalls:")
+    n = sum(upcalls.values())
+    return {"ios": ios, "upcalls": upcalls, "upcalls_total": n,
+            "switches": {f"{sd} {kd}": round(d.get(f"switches:{sd} {kd}", 0.0))
+                         for sd in ("daemon", "client") for kd in ("voluntary", "involuntary")},
+            "upcall_latency_mean_us": d.get("latency_sum_s", 0.0) / n * 1e6 if n else None,
+            "events_dropped": part("dropped:")}
+
+
+def telemetry_copies() -> dict[int, set[int]] | None:
+    """{program id: PIDs holding it} for every copy of efused's eBPF telemetry loaded on the
+    host (recognised by its TELEMETRY_PROG program); None when bpftool cannot list programs."""
+    try:
+        r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                           timeout=30)
+        progs = json.loads(r.stdout) if r.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    if not isinstance(progs, list):
+        return None
+    copies: dict[int, set[int]] = {p["id"]: set() for p in progs if p.get("name") == TELEMETRY_PROG}
+    if not copies:
+        return copies
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    mo = re.search(r"^prog_id:\s*(\d+)", f.read(), re.M)
+            except OSError:
+                continue
+            if mo and int(mo.group(1)) in copies:
+                copies[int(mo.group(1))].add(int(pid))
+    return copies
+
+
+def describe_pid(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return f"pid {pid}"
+    return f"pid {pid} ({shlex.join(c.decode(errors='replace') for c in cmd)[:120]})"
+
+
+class Telemetry:
+    """A telemetry-only efused: no mounts, /metrics on a free loopback port. It loads the same
+    eBPF programs every efused loads, and they observe every FUSE mount on the host; so the
+    bench attaches them exactly during the timed runs that must carry them (the efused side's,
+    and the counted runs of COUNTED_GROUPS) and reads the measured mount's counters from it."""
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+        self.daemon: Daemon | None = None
+        self.url = ""
+        self.unavailable: str | None = None  # why the telemetry cannot run, once known
+        self.notes: list[str] = []
+
+    def argv(self, config: Path) -> list[str]:
+        return [str(self.bench.efused_bin), "--config", str(config), "--bus", "none",
+                "--metrics", "127.0.0.1:0"]
+
+    @property
+    def pid(self) -> int | None:
+        return self.daemon.proc.pid if self.daemon and self.daemon.proc else None
+
+    def start(self) -> bool:
+        """Attaches the telemetry; False when it cannot run (self.unavailable says why, and
+        later calls return False at once)."""
+        if self.unavailable:
+            return False
+        config = RUN / "telemetry.yaml"
+        config.write_text("# telemetry-only efused of bench/efuse_bench.py: no mounts\nmounts: []\n")
+        self.daemon = Daemon("telemetry", self.argv(config), None, "",
+                             self.bench.out / "logs" / "telemetry.log", TELEMETRY_ENV,
+                             b"efused: ready")
+        try:
+            self.daemon.start()
+            mo = re.search(rb"metrics: serving (http://\S+/metrics)", self.daemon.output())
+            if not mo:
+                raise BenchError("it printed no 'metrics: serving URL' line: "
+                                 + tail(self.daemon.logpath, 400, self.daemon.log_start))
+            self.url = mo.group(1).decode()
+            up = next((v for n, _, v in self.scrape() if n == "efuse_bpf_up"), None)
+            if up != 1:
+                why = [ln for ln in self.daemon.output().decode(errors="replace").splitlines()
+                       if "bpf:" in ln]
+                raise BenchError(f"efuse_bpf_up is {'missing' if up is None else f'{up:g}'}: "
+                                 + (" ".join(why) or "(no 'bpf:' line in its log)"))
+        except BenchError as e:
+            self.unavailable = f"telemetry efused: {' '.join(str(e).split())}"
+            log(f"eBPF telemetry unavailable: {self.unavailable}")
+            self.stop()
+            return False
+        return True
+
+    def scrape(self) -> list[tuple[str, dict, float]]:
+        try:
+            with urllib.request.urlopen(self.url, timeout=30) as r:
+                return parse_metrics(r.read().decode())
+        except OSError as e:
+            raise BenchError(f"scraping the telemetry efused at {self.url}: {e}")
+
+    def stop(self) -> None:
+        d, self.daemon = self.daemon, None
+        if d is None:
+            return
+        if d.proc and d.proc.poll() is not None and not self.unavailable:
+            self.notes.append(f"the telemetry efused exited (status {d.proc.returncode}) while "
+                              "attached; see logs/telemetry.log")
+        d.stop()
+        self.notes += [n for n in d.notes if n not in self.notes]
 
 
 # --------------------------------------------------------------------------- results
@@ -468,6 +690,19 @@ class Ctx:
     failed: str | None = None
 
 
+@dataclass
+class Phase:
+    """One measured step of a row group: R repetitions, each running every side once, in order.
+    measure(ctx, rep) returns {metric key: value}, optionally "_extra": details of the run.
+    A counted phase (counted = key in Bench.counts) runs once per COUNTED_SIDES side with the
+    telemetry attached and records the measured mount's counter deltas instead of metrics."""
+    metrics: list[Metric]
+    measure: Callable[[Ctx, int], dict]
+    before_each: Callable[[Ctx], None] | None = None
+    side_prepare: Callable[[Ctx], None] | None = None
+    counted: str | None = None
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -490,6 +725,10 @@ class Bench:
         self.efused_src = self.efused_bin
         self.setup_notes: list[str] = []
         self.tar_entries: dict[str, int] = {}
+        self.telemetry = Telemetry(self)
+        self.counts: dict[str, dict[str, dict]] = {}  # counted phase -> side -> run details
+        self.counted_rows: dict[str, str] = {}        # counted phase -> row description
+        self.foreign: dict[str, dict] = {}            # side -> foreign telemetry tally
         # 1/5/15-min load average before the harness did any work: other work on the machine.
         self.loadavg = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
         self.cfg = {
@@ -514,13 +753,14 @@ class Bench:
 
     # ---- group framework
     def run_group(self, gid: str, metrics: list[Metric], prepare: Callable[[Ctx], None] | None,
-                  phases: list[tuple]) -> None:
-        """Starts every side on a fresh directory, runs prepare per side, then each phase
-        (metrics, measure, before_each, side_prepare) with reps x sides alternating."""
+                  phases: list[Phase]) -> None:
+        """Starts every side of the group on a fresh directory, runs prepare per side, then each
+        phase with reps x sides alternating (a counted phase: once per COUNTED_SIDES side)."""
         log(f"== group {gid}")
+        sides = [s for s in self.sides if gid in s.groups]
         ctxs: dict[str, Ctx] = {}
         try:
-            for side in self.sides:
+            for side in sides:
                 try:
                     data = side.begin(gid)
                     ctx = Ctx(side, data)
@@ -532,41 +772,49 @@ class Bench:
                         log(f"   {side.name}: prepared in {time.monotonic() - t0:.1f}s")
                 except (BenchError, OSError) as e:
                     self.side_failed(ctxs, side, metrics, f"setup: {e}")
-            for pmetrics, measure, before_each, side_prepare in phases:
-                if side_prepare:
-                    for side in self.sides:
+            for phase in phases:
+                if phase.counted and self.telemetry.unavailable:
+                    log(f"   {phase.counted}: not counted, eBPF telemetry unavailable")
+                    continue
+                psides = [s for s in sides if not phase.counted or s.name in COUNTED_SIDES]
+                if phase.side_prepare:
+                    for side in psides:
                         ctx = ctxs.get(side.name)
                         if not ctx or ctx.failed:
                             continue
                         try:
-                            side_prepare(ctx)
+                            phase.side_prepare(ctx)
                             side.check()
                         except (BenchError, OSError) as e:
                             self.side_failed(ctxs, side, metrics, f"prepare: {e}")
-                for rep in range(self.reps):
-                    for side in self.sides:
+                reps = 1 if phase.counted else self.reps
+                for rep in range(reps):
+                    for side in psides:
                         ctx = ctxs.get(side.name)
                         if not ctx or ctx.failed:
                             continue
                         try:
-                            if before_each:
-                                before_each(ctx)
-                            vals = measure(ctx, rep)
+                            vals = self.timed(ctx, phase, rep)
                             side.check()
                         except (BenchError, OSError) as e:
+                            if phase.counted:
+                                self.counts[phase.counted][side.name] = {"error": " ".join(str(e).split())}
                             self.side_failed(ctxs, side, metrics, str(e))
                             continue
-                        extra = vals.pop("_extra", None)
+                        extra = vals.pop("_extra")
+                        if phase.counted:
+                            self.counts[phase.counted][side.name] = extra
+                            log(f"   {phase.counted} counted {side.name}: {describe_counts(extra)}")
+                            continue
                         shown = []
-                        for m in pmetrics:
+                        for m in phase.metrics:
                             m.reps.setdefault(side.name, []).append(vals[m.key])
-                            if extra is not None:
-                                m.extra.setdefault(side.name, []).append(extra)
+                            m.extra.setdefault(side.name, []).append(extra)
                             shown.append(f"{m.label}={fmt(vals[m.key], m.unit)}")
-                        log(f"   {pmetrics[0].row} rep {rep + 1}/{self.reps} {side.name}: "
+                        log(f"   {phase.metrics[0].row} rep {rep + 1}/{reps} {side.name}: "
                             + ", ".join(shown))
         finally:
-            for side in self.sides:
+            for side in sides:
                 try:
                     side.end()
                 except Exception as e:  # noqa: BLE001 - cleanup must go on
@@ -576,6 +824,49 @@ class Bench:
                 except Exception as e:  # noqa: BLE001
                     log(f"warning: removing data of {side.name}: {e}")
             self.write_results()
+
+    def timed(self, ctx: Ctx, phase: Phase, rep: int) -> dict:
+        """One timed run of one side: attaches the eBPF telemetry if the side or the phase wants
+        it, runs before_each, records which copies of the telemetry are loaded (it must be
+        exactly the bench's own, or none), then measure. Returns measure's values with "_extra"
+        (always present) holding the run's details; for a counted phase "_extra" also holds
+        the measured mount's counter deltas."""
+        side = ctx.side
+        attached = (side.telemetry or bool(phase.counted)) and self.telemetry.start()
+        try:
+            if phase.before_each:
+                phase.before_each(ctx)
+            foreign = self.foreign_telemetry(side.name)
+            counting = phase.counted and attached
+            before = counters_of(self.telemetry.scrape(), str(side.mnt)) if counting else None
+            vals = phase.measure(ctx, rep)
+            vals["_extra"] = dict(vals.get("_extra", {}), foreign_bpf_telemetry=foreign,
+                                  bpf_telemetry=bool(attached))
+            if counting:
+                after = counters_of(self.telemetry.scrape(), str(side.mnt))
+                vals["_extra"]["counters"] = counter_deltas(before, after, vals["_extra"]["ios"])
+            return vals
+        finally:
+            if attached:
+                self.telemetry.stop()
+
+    def foreign_telemetry(self, side: str) -> int | None:
+        """Copies of efused's eBPF telemetry loaded now that the bench did not start (each
+        observes every FUSE mount, so a timed run pays for it); None if bpftool cannot tell.
+        Tallied per side for the notes."""
+        copies = telemetry_copies()
+        t = self.foreign.setdefault(side, {"runs": 0, "disturbed": 0, "unknown": 0, "holders": set()})
+        t["runs"] += 1
+        if copies is None:
+            t["unknown"] += 1
+            return None
+        own = self.telemetry.pid
+        others = [holders for holders in copies.values() if own not in holders]
+        if others:
+            t["disturbed"] += 1
+            for holders in others:
+                t["holders"] |= {describe_pid(h) for h in holders} or {"a copy no process holds (pinned)"}
+        return len(others)
 
     def side_failed(self, ctxs, side: Side, metrics, err: str) -> None:
         err = " ".join(err.split())
@@ -626,10 +917,10 @@ class Bench:
             return run(argv, timeout=900)[0]
 
         phases = [
-            ([fw], lambda c, r: {fw.key: find(c, True, False)}, None, None),
-            ([sw], lambda c, r: {sw.key: find(c, True, True)}, None, None),
-            ([fc], lambda c, r: {fc.key: find(c, False, False)}, lambda c: drop_caches(), None),
-            ([sc], lambda c, r: {sc.key: find(c, False, True)}, lambda c: drop_caches(), None),
+            Phase([fw], lambda c, r: {fw.key: find(c, True, False)}),
+            Phase([sw], lambda c, r: {sw.key: find(c, True, True)}),
+            Phase([fc], lambda c, r: {fc.key: find(c, False, False)}, lambda c: drop_caches()),
+            Phase([sc], lambda c, r: {sc.key: find(c, False, True)}, lambda c: drop_caches()),
         ]
         self.run_group("tree", metrics, prepare, phases)
 
@@ -658,7 +949,7 @@ class Bench:
             return {m.key: run(["xargs", "-d", "\\n", "-n", str(batch), "-a", lst, "cat"],
                                timeout=1800)[0]}
 
-        self.run_group("cat", [m], prepare, [([m], measure, None, None)])
+        self.run_group("cat", [m], prepare, [Phase([m], measure)])
 
     def group_fio(self, gid, nrfiles, filesize, bs):
         def sz(n):
@@ -692,10 +983,10 @@ class Bench:
             run(base(ctx.data) + ["--rw=read", f"--bs={layout_bs}", "--numjobs=1"],
                 timeout=3600, stdout=subprocess.PIPE, what=f"fio prefill ({gid})")
 
-        def measure(var):
+        def measure(var, run_name):
             def f(ctx, rep):
                 rawdir.mkdir(parents=True, exist_ok=True)
-                jpath = rawdir / f"fio-{gid}-{var}-{ctx.side.name}-r{rep + 1}.json"
+                jpath = rawdir / f"fio-{gid}-{var}-{ctx.side.name}-{run_name(rep)}.json"
                 run(base(ctx.data) + [
                     "--rw=randrw", "--rwmixread=70", f"--bs={bs}", "--numjobs=2",
                     "--group_reporting", "--time_based", f"--runtime={self.runtime}s",
@@ -709,7 +1000,8 @@ class Bench:
                 if job.get("error"):
                     raise BenchError(f"fio job error {job['error']}")
                 r, w = job["read"], job["write"]
-                extra = {"read_iops": r["iops"], "write_iops": w["iops"],
+                extra = {"ios": r["total_ios"] + w["total_ios"],
+                         "read_iops": r["iops"], "write_iops": w["iops"],
                          "read_MBps": r["bw_bytes"] / 1e6, "write_MBps": w["bw_bytes"] / 1e6,
                          "read_clat_mean_us": r["clat_ns"]["mean"] / 1e3,
                          "write_clat_mean_us": w["clat_ns"]["mean"] / 1e3,
@@ -719,10 +1011,18 @@ class Bench:
                         "_extra": extra}
             return f
 
-        phases = [
-            ([ms[("warm", "iops")], ms[("warm", "mbps")]], measure("warm"), lambda c: sync(), prefill),
-            ([ms[("cold", "iops")], ms[("cold", "mbps")]], measure("cold"), lambda c: drop_caches(), None),
-        ]
+        phases = []
+        for var, before_each, side_prepare in (("warm", lambda c: sync(), prefill),
+                                               ("cold", lambda c: drop_caches(), None)):
+            phases.append(Phase([ms[(var, "iops")], ms[(var, "mbps")]],
+                                measure(var, lambda rep: f"r{rep + 1}"), before_each, side_prepare))
+            if gid in COUNTED_GROUPS and set(COUNTED_SIDES) & set(self.side_names):
+                # One more run per FUSE side, same state as the repetitions: counted.
+                key = f"{gid}.{var}"
+                self.counts[key] = {}
+                self.counted_rows[key] = f"{desc}, {var}"
+                phases.append(Phase([], measure(var, lambda rep: "counted"), before_each,
+                                    counted=key))
         self.run_group(gid, metrics, prepare, phases)
 
     def group_tar(self, gid: str, path: Path, name: str):
@@ -745,7 +1045,7 @@ class Bench:
             t2 = run(["sync"], timeout=3600)[0]
             return {mt.key: t1, ms.key: t1 + t2}
 
-        self.run_group(gid, [mt, ms], None, [([mt, ms], measure, before, None)])
+        self.run_group(gid, [mt, ms], None, [Phase([mt, ms], measure, before)])
 
     def restart(self, ctx: Ctx, gid: str) -> None:
         ctx.side.end()
@@ -760,17 +1060,31 @@ class Bench:
             if r.returncode != 0:
                 raise SystemExit("install-deps.sh --bench failed")
         BIN.mkdir(parents=True, exist_ok=True)
-        for name in self.side_names:
-            side = {"native": NativeSide, "libfuse": LibfuseSide, "efused": EfusedSide}[name](self)
-            self.sides.append(side)
-            try:
-                if name == "libfuse":
+        self.sides = [SIDE_CLASSES[name](self) for name in self.side_names]
+        for side in self.sides:
+            if side.name == "libfuse":
+                try:
                     self.build_passthrough_ll()
-                elif name == "efused":
-                    self.build_efused()
+                except BenchError as e:
+                    side.unavailable = " ".join(str(e).split())
+                    log(f"libfuse unavailable: {side.unavailable}")
+        # efused serves the efused sides and, as the telemetry efused, observes the counted runs.
+        telemetry_used = any(s.telemetry for s in self.sides) or (
+            any(g in COUNTED_GROUPS for g in self.groups)
+            and any(s in COUNTED_SIDES for s in self.side_names))
+        efused_sides = [s for s in self.sides if isinstance(s, EfusedSide)]
+        if efused_sides or telemetry_used:
+            try:
+                self.build_efused()
             except BenchError as e:
-                side.unavailable = " ".join(str(e).split())
-                log(f"{name} unavailable: {side.unavailable}")
+                err = " ".join(str(e).split())
+                log(f"efused unavailable: {err}")
+                for side in efused_sides:
+                    side.unavailable = err
+                self.telemetry.unavailable = f"efused unavailable: {err}"
+        if telemetry_used and self.telemetry.start():
+            log(f"eBPF telemetry available (telemetry efused: {shlex.join(self.telemetry.argv(RUN / 'telemetry.yaml'))})")
+            self.telemetry.stop()
         if any(g.startswith("tar") for g in self.groups):
             self.prepare_tar()
 
@@ -903,6 +1217,16 @@ class Bench:
             "tar_entries": self.tar_entries,
             "side_notes": {s.name: (([f"unavailable: {s.unavailable}"] if s.unavailable else [])
                                     + list(getattr(s, "notes", []))) for s in self.sides},
+            "telemetry": {
+                "cmd": shlex.join(self.telemetry.argv(Path("CONFIG"))),
+                "measured_efused_env": "EFUSE_BPF=0",
+                "attached_for_sides": [s.name for s in self.sides if s.telemetry],
+                "counted_groups": [g for g in COUNTED_GROUPS if g in self.groups],
+                "unavailable": self.telemetry.unavailable,
+                "notes": self.telemetry.notes,
+                "foreign_telemetry": {side: dict(t, holders=sorted(t["holders"]))
+                                      for side, t in self.foreign.items()},
+            },
             "setup_notes": self.setup_notes,
             "loadavg_before_run": self.loadavg,
         }
@@ -920,9 +1244,12 @@ class Bench:
                           for s in self.side_names},
                 "ratios": {"efused/native": self.ratio(m, "efused", "native"),
                            "efused/libfuse": self.ratio(m, "efused", "libfuse"),
-                           "libfuse/native": self.ratio(m, "libfuse", "native")},
+                           "libfuse/native": self.ratio(m, "libfuse", "native"),
+                           "efused/efused-nobpf": self.ratio(m, "efused", "efused-nobpf")},
             })
-        doc = {"meta": self.meta(), "rows": rows}
+        doc = {"meta": self.meta(), "rows": rows,
+               "upcalls_ctxsw_per_io": self.count_rows(),
+               "telemetry_cost": self.cost_rows()}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(self.out / "results.json")
@@ -936,13 +1263,126 @@ class Bench:
             return None
         return va / vb
 
+    def count_rows(self) -> list[dict]:
+        """The counted runs: per counted phase, per COUNTED_SIDES side, fio's details and the
+        counter deltas (None = not run)."""
+        return [{"key": key, "row": row,
+                 "sides": {s: self.counts[key].get(s) for s in COUNTED_SIDES if s in self.side_names}}
+                for key, row in self.counted_rows.items()]
+
+    def cost_rows(self) -> list[dict]:
+        """efused (telemetry on) ÷ efused-nobpf (off), per fio IOPS row both sides ran."""
+        rows = []
+        for m in self.metrics:
+            if m.unit != "IOPS" or not {"efused", "efused-nobpf"} <= set(m.reps):
+                continue
+            on, off = m.reps["efused"], m.reps["efused-nobpf"]
+            runs = [e for s in ("efused", "efused-nobpf") for e in m.extra.get(s, [])]
+            rows.append({
+                "key": m.key, "row": m.row, "on": m.median("efused"), "off": m.median("efused-nobpf"),
+                "on/off": self.ratio(m, "efused", "efused-nobpf"),
+                "per_rep_on/off": [a / b for a, b in zip(on, off) if b],
+                "telemetry_attached_on": [e["bpf_telemetry"] for e in m.extra.get("efused", [])],
+                "runs": len(runs),
+                "runs_with_foreign_telemetry": sum(1 for e in runs if e["foreign_bpf_telemetry"]),
+                "runs_unchecked": sum(1 for e in runs if e["foreign_bpf_telemetry"] is None)})
+        return rows
+
     def cell(self, m, side):
-        if side not in self.side_names:
+        if side not in self.side_names or m.group not in SIDE_CLASSES[side].groups:
             return "not run"
         if m.errors.get(side):
             return "FAILED"
         v = m.median(side)
         return fmt(v, m.unit) if v is not None else "—"
+
+    def render_counts_md(self) -> list[str]:
+        L = ["", "## Upcalls and context switches per I/O, fio-one", "",
+             "Counted by efused's eBPF telemetry (`efuse_kernel_requests_total`, "
+             "`efuse_context_switches_total`, `efuse_kernel_request_duration_seconds`; "
+             "`docs/bpf.md`) over one extra fio run per side and variant, "
+             "same workload and state as the repetitions above: the telemetry efused is attached "
+             "for that run only, and /metrics is scraped right before and after it; the deltas of "
+             "the measured mount are divided by fio's I/O count (reads + writes completed). "
+             "Upcalls = requests the kernel sent to the FUSE server; FORGET and BATCH_FORGET "
+             "are not counted (they are not `fuse_req`s). Context switches: `daemon` = the "
+             "server's threads, `client` = threads while they wait on a request of the mount "
+             "(fio); `vol.` = blocked, `invol.` = preempted.", ""]
+        if self.telemetry.unavailable and not any(self.counts.values()):
+            return L + [f"**eBPF telemetry unavailable, nothing counted**: "
+                        f"{mdesc(self.telemetry.unavailable)}"]
+        L += ["| row | side | fio I/Os | upcalls | upcalls / I/O | by opcode, per I/O | "
+              "daemon vol. / I/O | daemon invol. / I/O | client vol. / I/O | client invol. / I/O | "
+              "mean upcall latency |",
+              "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
+        for cr in self.count_rows():
+            for side, rec in cr["sides"].items():
+                head = f"| {cr['row']} | {side} |"
+                if rec is None:
+                    L.append(head + " not run |" + " — |" * 8)
+                elif "error" in rec:
+                    L.append(head + " FAILED |" + " — |" * 8)
+                elif "counters" not in rec:
+                    L.append(head + f" {rec['ios']:,} | not counted: telemetry unavailable |"
+                             + " — |" * 7)
+                else:
+                    c, ios = rec["counters"], rec["ios"] or 1
+                    ops = sorted(c["upcalls"].items(), key=lambda kv: -kv[1])
+                    top = ops if len(ops) <= 5 else ops[:4]
+                    shown = ", ".join(f"{op} {fmt_per(n / ios)}" for op, n in top)
+                    if len(top) < len(ops):
+                        shown += (f", {len(ops) - 4} others "
+                                  f"{fmt_per(sum(n for _, n in ops[4:]) / ios)}")
+                    sw = [fmt_per(c["switches"][f"{sd} {kd}"] / ios) for sd in ("daemon", "client")
+                          for kd in ("voluntary", "involuntary")]
+                    lat = c["upcall_latency_mean_us"]
+                    L.append(head + f" {rec['ios']:,} | {c['upcalls_total']:,} | "
+                             f"{fmt_per(c['upcalls_total'] / ios)} | "
+                             f"{shown or '—'} | " + " | ".join(sw)
+                             + f" | {'—' if lat is None else f'{lat:.1f} µs'} |")
+        L += [f"\n{side} FAILED in the counted run of {cr['row']}: {mdesc(rec['error'])}"
+              for cr in self.count_rows() for side, rec in cr["sides"].items()
+              if rec and "error" in rec]
+        dropped = {k: v for cr in self.count_rows() for rec in cr["sides"].values()
+                   if rec and "counters" in rec for k, v in rec["counters"]["events_dropped"].items()}
+        if dropped:
+            L += ["", f"Warning: the telemetry dropped events during counted runs (host-wide): "
+                  f"{dropped}; the counts are low by about that much."]
+        return L
+
+    def render_cost_md(self) -> list[str]:
+        rows = self.cost_rows()
+        L = ["", "## eBPF telemetry cost: efused with telemetry on ÷ off", "",
+             "`efused` runs with efused's eBPF telemetry attached during each of its timed runs, "
+             "`efused-nobpf` is the same efused with no telemetry attached anywhere by the bench; "
+             "they run back to back in every repetition. A throughput ratio: 1.00x = no cost, "
+             "0.97x = 3% slower with telemetry. *Other telemetry* counts the timed runs (of "
+             "both sides) during which copies of efused's telemetry that the bench did not start "
+             "were loaded (another efused on the host): those runs all paid for them.", ""]
+        if not rows:
+            return L + ["No fio row ran on both sides."]
+        if self.telemetry.unavailable:
+            L += [f"**eBPF telemetry unavailable** ({mdesc(self.telemetry.unavailable)}): the "
+                  "`efused` runs below without telemetry too, so the ratio measures nothing but "
+                  "noise.", ""]
+        L += ["| row | efused, telemetry on (IOPS) | efused-nobpf, off (IOPS) | on ÷ off | "
+              "per repetition | other telemetry |", "|---|---:|---:|---:|---|---|"]
+        for r in rows:
+            m = self.by_key[r["key"]]
+            other = ("none" if not r["runs_with_foreign_telemetry"] else
+                     f"**in {r['runs_with_foreign_telemetry']} of {r['runs']} runs**")
+            if r["runs_unchecked"]:
+                other += f" ({r['runs_unchecked']} unchecked: bpftool failed)"
+            L.append(f"| {r['row']} | {self.cell(m, 'efused')} | {self.cell(m, 'efused-nobpf')} | "
+                     f"{fmt_ratio(r['on/off'])} | "
+                     f"{', '.join(fmt_ratio(x) for x in r['per_rep_on/off']) or '—'} | {other} |")
+        ratios = [(r["on/off"], r["row"]) for r in rows if r["on/off"] is not None]
+        if ratios:
+            lo = min(ratios)
+            L += ["", f"Median on ÷ off over these {len(ratios)} rows: "
+                  f"**{fmt_ratio(statistics.median(r for r, _ in ratios))}**; lowest: "
+                  f"{fmt_ratio(lo[0])} ({lo[1]})."]
+        return L
 
     def render_md(self):
         g = git_info()
@@ -958,9 +1398,13 @@ class Bench:
                 if self.loadavg[0] > 0.5 else ""),
              "- libfuse: 3.14 `passthrough_ll` example with default options "
              "(`-f -o source=SRC MNT`)",
-             "- sides alternate per repetition (native, libfuse, efused, native, ...); every FUSE "
-             "side serves a fresh ext4 directory, data lives inside the mount. Machine: "
-             "[machine.md](machine.md)",
+             "- sides alternate per repetition (native, libfuse, efused, efused-nobpf, native, "
+             "...; `efused-nobpf` in fio rows only); every FUSE side serves a fresh ext4 "
+             "directory, data lives inside the mount. Machine: [machine.md](machine.md)",
+             "- efused's eBPF telemetry (it observes every FUSE mount on the host) is attached "
+             "only during `efused`'s timed runs and the counted runs: `native`, `libfuse` and "
+             "`efused-nobpf` run without it (*eBPF telemetry cost* below compares `efused` with "
+             "`efused-nobpf`)",
              "- **ratios**: for IOPS and MB/s rows a ratio is a throughput ratio "
              "(efused ÷ other; **higher is better**, 1.00x = parity); for time rows it is a time "
              "ratio (efused ÷ other; **lower is better**, 0.50x = twice as fast). "
@@ -973,9 +1417,25 @@ class Bench:
             L.append(f"| {m.row} | {m.label}{unit} | {'↑ higher' if m.better == 'higher' else '↓ lower'} | "
                      f"{self.cell(m, 'native')} | {self.cell(m, 'libfuse')} | {self.cell(m, 'efused')} | "
                      f"{fmt_ratio(r1)} | {fmt_ratio(r2)} |")
+        if self.counted_rows:
+            L += self.render_counts_md()
+        if {"efused", "efused-nobpf"} <= set(self.side_names) and set(FIO_GROUPS) & set(self.groups):
+            L += self.render_cost_md()
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
         unav = [s for s in self.sides if s.unavailable]
         notes = [(s.name, n) for s in self.sides for n in getattr(s, "notes", [])]
+        notes += [("eBPF telemetry", n) for n in self.telemetry.notes]
+        if self.telemetry.unavailable:
+            notes.append(("eBPF telemetry", f"unavailable: {self.telemetry.unavailable}"))
+        for side, t in self.foreign.items():
+            if t["disturbed"]:
+                notes.append((side, f"during {t['disturbed']} of {t['runs']} timed runs, copies of "
+                              "efused's eBPF telemetry that the bench did not start were loaded "
+                              "(they observe every FUSE mount and every context switch, so those "
+                              f"runs paid for them): {', '.join(sorted(t['holders']))}"))
+            if t["unknown"]:
+                notes.append((side, f"{t['unknown']} of {t['runs']} timed runs could not be checked "
+                              "for other eBPF telemetry (`bpftool -j prog show` failed)"))
         if fails or unav or notes:
             L += ["", "## Failures and notes", ""]
             for s in unav:
@@ -989,7 +1449,7 @@ class Bench:
             for s, n in notes:
                 L.append(f"- {s}: {mdesc(n)}")
         L += ["", "## Repetitions", "",
-              "| row | metric | native | libfuse | efused |", "|---|---|---|---|---|"]
+              "| row | metric | " + " | ".join(SIDES) + " |", "|---|---|" + "---|" * len(SIDES)]
         for m in self.metrics:
             cells = [", ".join(fmt(v, m.unit) for v in m.reps.get(s, [])) or "—" for s in SIDES]
             L.append(f"| {m.row} | {m.label} | " + " | ".join(cells) + " |")
@@ -1009,6 +1469,24 @@ def fmt(v, unit):
     if unit == "MB/s":
         return f"{v:,.1f}"
     return f"{v:#.4g}" if v < 1000 else f"{v:,.0f}"
+
+
+def describe_counts(extra: dict) -> str:
+    """One log line's worth of a counted run."""
+    c, ios = extra.get("counters"), extra["ios"] or 1
+    if c is None:
+        return f"{extra['ios']:,} I/Os, not counted (eBPF telemetry unavailable)"
+    sw = c["switches"]
+    return (f"{extra['ios']:,} I/Os, upcalls/I/O {fmt_per(c['upcalls_total'] / ios)}, context "
+            f"switches/I/O daemon {fmt_per((sw['daemon voluntary'] + sw['daemon involuntary']) / ios)}"
+            f", client {fmt_per((sw['client voluntary'] + sw['client involuntary']) / ios)}")
+
+
+def fmt_per(v: float) -> str:
+    """A count per I/O."""
+    if v == 0:
+        return "0"
+    return f"{v:.1e}" if v < 0.001 else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
 
 
 def fmt_ratio(r):
@@ -1068,7 +1546,10 @@ def write_machine(bench: Bench):
         f"(built from `{EXAMPLES}/passthrough_ll.c` with `gcc -O2 $(pkg-config --cflags --libs fuse3)`)",
         f"- efused: `{bench.efused_src}` (run from a private copy, sha256 "
         f"`{bench.efused_sha256[:16]}`), version `{bench.efused_version}`, args: "
-        f"`{bench.args.efused_args or '(none)'}`",
+        f"`{bench.args.efused_args or '(none)'}`, environment `EFUSE_BPF=0`; its eBPF telemetry "
+        f"is attached around each of its timed runs by the telemetry efused "
+        f"`{shlex.join(bench.telemetry.argv(RUN / 'telemetry.yaml'))}` (config: `mounts: []`)",
+        "- efused-nobpf (fio rows): the same efused, no telemetry attached",
         f"- RLIMIT_NOFILE for every process: {soft}/{hard}",
         "",
         "## Run parameters", "",
