@@ -554,8 +554,9 @@ def counter_deltas(before: dict, after: dict, ios: int) -> dict:
 
 
 def telemetry_copies() -> dict[int, set[int]] | None:
-    """{program id: PIDs holding it} for every copy of efused's eBPF telemetry loaded on the
-    host (recognised by its TELEMETRY_PROG program); None when bpftool cannot list programs."""
+    """{program id: PIDs holding it (a program or link fd)} for every copy of efused's eBPF
+    telemetry loaded on the host (recognised by its TELEMETRY_PROG program); None when
+    bpftool cannot list programs."""
     try:
         r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                            timeout=30)
@@ -574,7 +575,8 @@ def telemetry_copies() -> dict[int, set[int]] | None:
             continue
         for fd in fds:
             try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                if os.readlink(f"/proc/{pid}/fd/{fd}") not in ("anon_inode:bpf-prog",
+                                                                "anon_inode:bpf_link"):
                     continue
                 with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                     mo = re.search(r"^prog_id:\s*(\d+)", f.read(), re.M)
@@ -865,7 +867,7 @@ class Bench:
         if others:
             t["disturbed"] += 1
             for holders in others:
-                t["holders"] |= {describe_pid(h) for h in holders} or {"a copy no process holds (pinned)"}
+                t["holders"] |= {describe_pid(h) for h in holders} or {"a copy whose holder was not found (exiting, or pinned)"}
         return len(others)
 
     def side_failed(self, ctxs, side: Side, metrics, err: str) -> None:
