@@ -846,7 +846,11 @@ class Bench:
                                   bpf_telemetry=bool(attached))
             if counting:
                 after = counters_of(self.telemetry.scrape(), str(side.mnt))
-                vals["_extra"]["counters"] = counter_deltas(before, after, vals["_extra"]["ios"])
+                c = counter_deltas(before, after, vals["_extra"]["ios"])
+                if not c["upcalls_total"]:  # fio's OPEN alone is one: the label did not match
+                    raise BenchError(f"the telemetry counted no upcalls for mount=\"{side.mnt}\" "
+                                     "(efuse_kernel_requests_total); see logs/telemetry.log")
+                vals["_extra"]["counters"] = c
             return vals
         finally:
             if attached:
@@ -1345,11 +1349,16 @@ class Bench:
         L += [f"\n{side} FAILED in the counted run of {cr['row']}: {mdesc(rec['error'])}"
               for cr in self.count_rows() for side, rec in cr["sides"].items()
               if rec and "error" in rec]
-        dropped = {k: v for cr in self.count_rows() for rec in cr["sides"].values()
-                   if rec and "counters" in rec for k, v in rec["counters"]["events_dropped"].items()}
+        dropped: dict[str, int] = {}
+        for cr in self.count_rows():
+            for rec in cr["sides"].values():
+                for k, v in (rec or {}).get("counters", {}).get("events_dropped", {}).items():
+                    dropped[k] = dropped.get(k, 0) + v
         if dropped:
-            L += ["", f"Warning: the telemetry dropped events during counted runs (host-wide): "
-                  f"{dropped}; the counts are low by about that much."]
+            L += ["", "Warning: during the counted runs the telemetry could not account some "
+                  "events of the host's FUSE mounts (`efuse_bpf_events_dropped_total`, any mount): "
+                  + ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items()))
+                  + "; the counts above may miss at most that many requests."]
         return L
 
     def render_cost_md(self) -> list[str]:
