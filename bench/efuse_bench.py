@@ -839,7 +839,7 @@ class Bench:
             if phase.before_each:
                 phase.before_each(ctx)
             foreign = self.foreign_telemetry(side.name)
-            counting = phase.counted and attached
+            counting = bool(phase.counted) and attached
             before = counters_of(self.telemetry.scrape(), str(side.mnt)) if counting else None
             vals = phase.measure(ctx, rep)
             vals["_extra"] = dict(vals.get("_extra", {}), foreign_bpf_telemetry=foreign,
@@ -871,7 +871,8 @@ class Bench:
         if others:
             t["disturbed"] += 1
             for holders in others:
-                t["holders"] |= {describe_pid(h) for h in holders} or {"a copy whose holder was not found (exiting, or pinned)"}
+                t["holders"] |= ({describe_pid(h) for h in holders}
+                                 or {"a copy whose holder was not found (exiting, or pinned)"})
         return len(others)
 
     def side_failed(self, ctxs, side: Side, metrics, err: str) -> None:
