@@ -4,9 +4,11 @@
 Entry point: bench/run (see bench/README.md). Python 3 standard library only.
 
 Every row is measured on every side in one run, alternating sides per repetition
-(native, libfuse, efused, native, libfuse, efused, ...), and reported as the median of
-the repetitions. Each FUSE side serves a fresh ext4 directory under bench/work/run and
-the data files of a row live inside its mount.
+(native, libfuse, efused, efused-nobpf, native, ...; efused-nobpf in fio rows only), and
+reported as the median of the repetitions. Each FUSE side serves a fresh ext4 directory
+under bench/work/run and the data files of a row live inside its mount. efused's eBPF
+telemetry is attached only during efused's timed runs and fio-one's counted runs, which
+give the upcalls / context switches per I/O table; efused ÷ efused-nobpf is its cost.
 """
 from __future__ import annotations
 
@@ -1661,7 +1663,8 @@ def parse_args(argv):
     ap.add_argument("--out", help="output directory (default bench/results/<date>-<sha>/)")
     ap.add_argument("--efused-args", default="", help="extra efused flags, e.g. \"--threads 2\"")
     ap.add_argument("--efused", help="efused binary (default build/bin/efused; built if missing)")
-    ap.add_argument("--sides", default=",".join(SIDES), help="comma list of sides (default all)")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma list of sides: {','.join(SIDES)} (default all; "
+                    "efused-nobpf runs in fio rows only)")
     ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "
                     "(default all; --quick leaves out tar-full)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")
