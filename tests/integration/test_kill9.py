@@ -2,7 +2,14 @@
 """kill -9 of efused under a writer that fsyncs every block: the mount must then answer
 ENOTCONN (never hang), every fsync'd block must be intact in the backing file, and a new
 efused started on the same mountpoint must replace the dead mount (ARCHITECTURE.md, "Dead
-daemons") and serve the data."""
+daemons") and serve the data.
+
+ENOTCONN is required of the very first request made after efused was reaped: by then the
+kernel must have aborted the connection. (With FUSE over io_uring the kernel tears a dead
+server's rings down asynchronously; a request that catches the connection before the abort
+waits and then fails with ECONNABORTED. efused sets its rings up so that its death aborts
+the connection at once; see "Dying without a goodbye" in uring_channel.cpp.) The probe
+process is started before the kill so that nothing delays its first request."""
 
 import errno
 import hashlib
@@ -10,7 +17,6 @@ import os
 import struct
 import subprocess
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
@@ -42,6 +48,54 @@ print("writer reached its limit", file=sys.stderr)
 """
 
 
+# Waits for a line on stdin, then runs os.<op>(path) for each pair of arguments and prints
+# "op path errno" (0 on success) per call.
+PROBE = r"""
+import os, sys
+print("ready", flush=True)
+sys.stdin.readline()
+for op, path in zip(sys.argv[1::2], sys.argv[2::2]):
+    try:
+        getattr(os, op)(path)
+        print(op, path, 0, flush=True)
+    except OSError as e:
+        print(op, path, e.errno, flush=True)
+"""
+
+
+class Probe:
+    """A probe process started ahead of time: fire() runs its calls at once."""
+
+    def __init__(self, calls):
+        args = [x for op, path in calls for x in (op, path)]
+        self.calls = calls
+        self.p = h.spawn([sys.executable, "-c", PROBE, *args], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()  # bounded: the child prints it at once
+        assert line.strip() == "ready", f"probe did not start: {line!r}"
+
+    def fire(self, timeout=20):
+        """[(op, path, errno or 0 or "hang")] in call order; "hang": no answer in time."""
+        try:
+            out, _ = self.p.communicate("go\n", timeout=timeout)
+        except subprocess.TimeoutExpired:
+            out = ""
+        finally:
+            h.reap(self.p)
+        got = {}
+        for line in out.splitlines():
+            op, path, err = line.split(" ")
+            got.setdefault((op, path), int(err))
+        return [(op, path, got.get((op, path), "hang")) for op, path in self.calls]
+
+
+def assert_enotconn(results, when):
+    for op, path, res in results:
+        name = errno.errorcode.get(res, res) if isinstance(res, int) else res
+        assert res != "hang", f"{op}({path}) hung {when}"
+        assert res == errno.ENOTCONN, f"{op}({path}) {when} gave {name}, not ENOTCONN"
+
+
 def expected_block(i):
     head = MAGIC + struct.pack("<Q", i)
     body = hashlib.sha256(b"%d" % i).digest() * (BS // 32 + 1)
@@ -57,7 +111,7 @@ def synced_count(side):
         return 0
 
 
-def kill_under_writer(m, min_blocks=300):
+def kill_under_writer(m, min_blocks=300, probe=None):
     side = J(m.tmp, "synced-count")
     w = h.spawn([sys.executable, "-c", WRITER, m.m("data"), side, str(BS), "200000"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -66,6 +120,8 @@ def kill_under_writer(m, min_blocks=300):
                      what=f"{min_blocks} fsync'd blocks")
         assert w.poll() is None, f"writer ended early: {w.stderr.read()}"
         m.kill9()
+        if probe is not None:
+            assert_enotconn(probe.fire(), "as the first request after efused was reaped")
         try:
             _, err = w.communicate(timeout=15)
             print(f"  {err.strip()}")
@@ -92,12 +148,12 @@ def check_blocks(path, n):
 
 def test_kill9_enotconn_and_durability(m):
     m.clean_exit = False
-    n = kill_under_writer(m)
+    probe = Probe([("stat", m.m("data")), ("listdir", m.mnt), ("stat", m.mnt)])
+    n = kill_under_writer(m, probe=probe)
     print(f"  {n} blocks fsync'd before kill -9")
     for op, path in (("stat", m.mnt), ("listdir", m.mnt), ("stat", m.m("data"))):
         res = h.probe_errno(op, path, timeout=20)
-        assert res != "hang", f"{op}({path}) hung after efused was killed"
-        assert res == errno.ENOTCONN, f"{op}({path}) after kill -9 gave {res}, not ENOTCONN"
+        assert_enotconn([(op, path, res)], "after kill -9")
     assert h.is_fuse_mounted(m.mnt), "the dead mount vanished by itself?"
     check_blocks(m.s("data"), n)
     # Detaching the dead mount brings the plain directory back.
@@ -124,11 +180,11 @@ def test_kill9_idle_and_cleanup(m):
     # No I/O in flight: the mount dies just the same and a lazy unmount cleans it up.
     m.clean_exit = False
     h.write_file(m.m("f"), "x")
+    probe = Probe([("stat", m.m("f")), ("listdir", m.mnt)])
     m.kill9()
-    t0 = time.monotonic()
-    assert h.probe_errno("stat", m.m("f"), timeout=20) == errno.ENOTCONN
-    assert h.probe_errno("listdir", m.mnt, timeout=20) == errno.ENOTCONN
-    print(f"  ENOTCONN after {time.monotonic() - t0:.2f}s")
+    assert_enotconn(probe.fire(), "as the first request after efused was reaped")
+    for op, path in (("stat", m.m("f")), ("listdir", m.mnt)):
+        assert_enotconn([(op, path, h.probe_errno(op, path, timeout=20))], "after kill -9")
     assert h.read_file(m.s("f")) == b"x"
     assert h.detach(m.mnt) and h.fstypes_at(m.mnt) == []
 

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <liburing.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/eventfd.h>
@@ -185,17 +186,19 @@ int EntryBuffer::encode_reply(const struct iovec* iov, int count) {
 
 namespace {
 
-constexpr uint64_t kEventTag = 1;  // user_data of the eventfd read; entries are pointers
+constexpr uint64_t kEventTag = 1;     // user_data of the eventfd read; entries are pointers
+constexpr uint64_t kSentinelTag = 2;  // user_data of the exit sentinel's poll
 constexpr int kStartTimeoutMs = 10000;
 
 thread_local const void* t_current_queue = nullptr;
 
-void prep_uring_cmd(struct io_uring_sqe* sqe, int fd, bool fixed, k::UringCmd cmd, uint16_t qid,
+// Ring commands name their /dev/fuse fd directly, never as a registered (fixed) file: see
+// "Dying without a goodbye" at UringChannel::Queue.
+void prep_uring_cmd(struct io_uring_sqe* sqe, int fd, k::UringCmd cmd, uint16_t qid,
                     uint64_t commit_id, uint64_t user_data) {
   std::memset(sqe, 0, 128);  // SQE128: the command area is the upper 80 bytes
   sqe->opcode = IORING_OP_URING_CMD;
-  sqe->fd = fixed ? 0 : fd;
-  if (fixed) sqe->flags = IOSQE_FIXED_FILE;
+  sqe->fd = fd;
   sqe->cmd_op = static_cast<uint32_t>(cmd);
   sqe->user_data = user_data;
   k::fuse_uring_cmd_req req{};
@@ -232,6 +235,23 @@ class UringChannel::Entry final : public Transport {
   bool dead_ = false;       // the kernel no longer knows this entry
 };
 
+// Dying without a goodbye (kill -9): the kernel aborts a FUSE connection when the last file
+// of its /dev/fuse devices is released. Every ring command pending in the kernel holds a
+// reference to the file it was issued on (a registered "fixed" file is even held by the
+// ring until the ring is freed), and at exit a task cancels only its *tracked* io_uring
+// requests (those on io_uring fds); the FUSE commands are cancelled later, by io_uring's
+// asynchronous ring teardown on a workqueue. Until that has run the dead server's
+// connection stays up: requests sent meanwhile queue on a ring nobody serves and end
+// with ECONNABORTED when the abort finally comes, instead of ENOTCONN at once (measured
+// here: 1-55 ms after the server was reaped, longer on a loaded machine).
+// So that dying aborts the connection before the process is reaped, each queue
+//   - issues its commands on its own clone of the /dev/fuse fd, by fd, never fixed, and
+//   - keeps one tracked request in flight: a POLLIN poll on an idle io_uring of its own
+//     (the sentinel), which never completes. Its presence makes the exiting queue thread
+//     run io_uring's cancellation pass, which also cancels this thread's FUSE commands
+//     (IO_URING_F_CANCEL, answered by the kernel with ENOTCONN); their file references go
+//     with them, and closing the fds at exit releases the last of the connection's files.
+// Each part degrades to the kernel's deferred teardown if it cannot be set up.
 class UringChannel::Queue {
  public:
   enum class Phase { Starting, SetupDone, SetupFailed, Registered, RegisterFailed };
@@ -242,6 +262,7 @@ class UringChannel::Queue {
   ~Queue() {
     if (thread_.joinable()) thread_.join();
     if (evfd_ >= 0) ::close(evfd_);
+    if (cmd_fd_ >= 0 && cmd_fd_ != ch_.dev_fd_) ::close(cmd_fd_);
   }
 
   void run();
@@ -300,13 +321,16 @@ class UringChannel::Queue {
   void report(Phase p, const std::string& error);
   struct io_uring_sqe* sqe();
   void arm_event();
+  void arm_sentinel();
   void commit(Entry& e);
   void on_cqe(const struct io_uring_cqe* cqe);
   void handle(Entry& e);
 
   struct io_uring ring_ {};
   bool ring_ok_ = false;
-  bool fixed_file_ = false;
+  int cmd_fd_ = -1;  // the /dev/fuse fd this queue's commands name: a clone, else dev_fd_
+  struct io_uring sentinel_ {};
+  bool sentinel_ok_ = false;
   std::vector<char> scratch_;
   uint64_t event_value_ = 0;
   unsigned in_kernel_ = 0;
@@ -384,9 +408,9 @@ bool UringChannel::Queue::setup(std::string* error) {
   }
   scratch_.resize(ch_.session_.request_buffer_size());
 
-  // One SQE per entry plus the eventfd read; each has at most one command in flight, so
-  // the CQ (twice as large) never overflows.
-  unsigned sq = depth_ + 2;
+  // One SQE per entry plus the eventfd read and the sentinel poll; each has at most one
+  // command in flight, so the CQ (twice as large) never overflows.
+  unsigned sq = depth_ + 3;
   struct io_uring_params p {};
   p.flags = IORING_SETUP_SQE128 | IORING_SETUP_CQSIZE | IORING_SETUP_SINGLE_ISSUER |
             IORING_SETUP_DEFER_TASKRUN;
@@ -403,9 +427,24 @@ bool UringChannel::Queue::setup(std::string* error) {
     return false;
   }
   ring_ok_ = true;
-  int fds[1] = {ch_.dev_fd_};
-  fixed_file_ = io_uring_register_files(&ring_, fds, 1) == 0;
   (void)io_uring_register_ring_fd(&ring_);
+
+  // See "Dying without a goodbye" above.
+  cmd_fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+  if (cmd_fd_ >= 0) {
+    uint32_t master = static_cast<uint32_t>(ch_.dev_fd_);
+    if (::ioctl(cmd_fd_, k::kDevIocClone, &master) != 0) {
+      ::close(cmd_fd_);
+      cmd_fd_ = -1;
+    }
+  }
+  if (cmd_fd_ < 0) cmd_fd_ = ch_.dev_fd_;  // works the same; shares one file's refcount
+  rc = io_uring_queue_init(1, &sentinel_, 0);
+  sentinel_ok_ = rc == 0;
+  if (!sentinel_ok_)
+    LOG_WARN("io_uring queue %u: no exit sentinel (io_uring_setup: %s); if efused is killed, "
+             "its mount fails with ENOTCONN only once the kernel's io_uring cleanup has run",
+             qid_, strerror(-rc));
   return true;
 }
 
@@ -419,14 +458,15 @@ struct io_uring_sqe* UringChannel::Queue::sqe() {
 }
 
 bool UringChannel::Queue::register_first(std::string* error) {
+  arm_sentinel();  // before any command exists that the sentinel must cover
   Entry& e = *entries_.front();
   struct io_uring_sqe* s = sqe();
   if (s == nullptr) {
     *error = "no free SQE on a fresh io_uring";
     return false;
   }
-  prep_uring_cmd(s, ch_.dev_fd_, fixed_file_, k::UringCmd::Register, static_cast<uint16_t>(qid_),
-                 0, reinterpret_cast<uint64_t>(&e));
+  prep_uring_cmd(s, cmd_fd_, k::UringCmd::Register, static_cast<uint16_t>(qid_), 0,
+                 reinterpret_cast<uint64_t>(&e));
   s->addr = reinterpret_cast<uint64_t>(e.buf_->register_iov());
   s->len = k::kUringIovSegs;
   int rc = io_uring_submit(&ring_);
@@ -461,8 +501,8 @@ void UringChannel::Queue::register_rest() {
     Entry& e = *entries_[i];
     struct io_uring_sqe* s = sqe();
     if (s == nullptr) break;
-    prep_uring_cmd(s, ch_.dev_fd_, fixed_file_, k::UringCmd::Register,
-                   static_cast<uint16_t>(qid_), 0, reinterpret_cast<uint64_t>(&e));
+    prep_uring_cmd(s, cmd_fd_, k::UringCmd::Register, static_cast<uint16_t>(qid_), 0,
+                   reinterpret_cast<uint64_t>(&e));
     s->addr = reinterpret_cast<uint64_t>(e.buf_->register_iov());
     s->len = k::kUringIovSegs;
     e.in_kernel_ = true;
@@ -479,6 +519,15 @@ void UringChannel::Queue::arm_event() {
   s->user_data = kEventTag;
 }
 
+void UringChannel::Queue::arm_sentinel() {
+  if (!sentinel_ok_) return;
+  struct io_uring_sqe* s = sqe();
+  if (s == nullptr) return;
+  std::memset(s, 0, 128);
+  io_uring_prep_poll_add(s, sentinel_.ring_fd, POLLIN);
+  s->user_data = kSentinelTag;
+}
+
 void UringChannel::Queue::commit(Entry& e) {
   struct io_uring_sqe* s = sqe();
   if (s == nullptr) {
@@ -488,8 +537,8 @@ void UringChannel::Queue::commit(Entry& e) {
     e.dead_ = true;
     return;
   }
-  prep_uring_cmd(s, ch_.dev_fd_, fixed_file_, k::UringCmd::CommitAndFetch,
-                 static_cast<uint16_t>(qid_), e.buf_->commit_id(), reinterpret_cast<uint64_t>(&e));
+  prep_uring_cmd(s, cmd_fd_, k::UringCmd::CommitAndFetch, static_cast<uint16_t>(qid_),
+                 e.buf_->commit_id(), reinterpret_cast<uint64_t>(&e));
   e.in_kernel_ = true;
   ++in_kernel_;
 }
@@ -538,6 +587,15 @@ void UringChannel::Queue::handle(Entry& e) {
 void UringChannel::Queue::on_cqe(const struct io_uring_cqe* cqe) {
   if (cqe->user_data == kEventTag) {
     if (!stop_.load()) arm_event();
+    return;
+  }
+  if (cqe->user_data == kSentinelTag) {
+    // Never expected while the queue runs: nothing is ever submitted on the sentinel. Not
+    // re-armed (a ready poll would complete again at once).
+    if (!stop_.load() && cqe->res != -ECANCELED)
+      LOG_WARN("io_uring queue %u: the exit sentinel completed (%s); if efused is killed, its "
+               "mount fails with ENOTCONN only once the kernel's io_uring cleanup has run",
+               qid_, cqe->res < 0 ? strerror(-cqe->res) : "ready");
     return;
   }
   Entry& e = *reinterpret_cast<Entry*>(cqe->user_data);
@@ -602,6 +660,8 @@ void UringChannel::Queue::finish() {
   // our buffers any more.
   if (ring_ok_) io_uring_queue_exit(&ring_);
   ring_ok_ = false;
+  if (sentinel_ok_) io_uring_queue_exit(&sentinel_);
+  sentinel_ok_ = false;
   running_.store(false);
   running_.notify_all();
 }
@@ -757,7 +817,7 @@ efuse::Status UringChannel::drop_kernel_uring(int dev_fd, std::string* why) {
     *why = "no SQE on a fresh io_uring";
     return efuse::Errno{EIO};
   }
-  prep_uring_cmd(s, dev_fd, false, k::UringCmd::Register, 0xffff, 0, 0);
+  prep_uring_cmd(s, dev_fd, k::UringCmd::Register, 0xffff, 0, 0);
   LOG_INFO("asking the kernel to serve this FUSE connection over /dev/fuse (a deliberately "
            "invalid io_uring REGISTER; the kernel may log 'Invalid ring qid 65535')");
   rc = io_uring_submit_and_wait(&ring, 1);
