@@ -1,10 +1,17 @@
 #include "daemon/mount_instance.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <system_error>
+#include <thread>
 
 #include "common/log.h"
 #include "fs/passthrough/passthrough_fs.h"
@@ -200,10 +207,115 @@ std::vector<const fuse::WorkerStats*> MountInstance::worker_stats() const {
   return {};
 }
 
+uint64_t MountInstance::requests_served() const {
+  uint64_t n = 0;
+  for (const fuse::WorkerStats* w : worker_stats()) n += w->requests.load(std::memory_order_relaxed);
+  return n;
+}
+
+// How long a flush may go without the mount serving a single request before stop() gives
+// up on it, and how long it may take at most. Both only keep a wedged mount from holding up
+// a stop forever; a healthy one finishes long before.
+constexpr auto kFlushStall = std::chrono::seconds(10);  // the log message says "10 s"
+constexpr auto kFlushLimit = std::chrono::seconds(60);
+
+// Data written through the writeback cache (and through shared mmaps) lives in the kernel's
+// page cache of the FUSE inodes until the kernel writes it back, as WRITE requests to us.
+// The kernel does that on close(), fsync() and syncfs(), and in the background after a
+// while, but not when the mount is detached: if clients keep files open, the unmount is
+// lazy and the connection ends (aborted after the grace period, or with efused) with
+// their dirty pages unwritten. So before unmounting, syncfs() the mount's root while the
+// workers still serve. It runs on a helper thread because a wedged mount would block it:
+// the helper owns everything it touches and may outlive this instance (it ends once the
+// connection does).
+void MountInstance::flush_dirty() {
+  struct State {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    int err = 0;
+    const char* step = "open";
+  };
+  auto st = std::make_shared<State>();
+  const uint64_t writes0 =
+      session_->stats()[static_cast<size_t>(fuse::kernel::Opcode::Write)].requests.load();
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    std::thread([st, mp = cfg_.mountpoint, dev = mounted_.conn_id] {
+      int err = 0;
+      const char* step = "open";
+      int fd = ::open(mp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+      struct stat sb;
+      if (fd < 0) {
+        err = errno;
+      } else if (dev != 0 && fstat(fd, &sb) == 0 &&
+                 (major(sb.st_dev) != 0 || minor(sb.st_dev) != dev)) {
+        step = "check";  // something else is mounted on top of ours: not ours to sync
+        err = EXDEV;
+      } else {
+        step = "syncfs";
+        if (::syncfs(fd) != 0) err = errno;
+      }
+      if (fd >= 0) ::close(fd);
+      std::lock_guard lk(st->mu);
+      st->done = true;
+      st->err = err;
+      st->step = step;
+      st->cv.notify_all();
+    }).detach();
+  } catch (const std::system_error& e) {
+    LOG_WARN("%s: cannot flush dirty data before unmounting (no thread: %s)", cfg_.name.c_str(),
+             e.what());
+    return;
+  }
+  uint64_t seen = requests_served();
+  auto progress = t0;
+  std::unique_lock lk(st->mu);
+  while (!st->done) {
+    st->cv.wait_for(lk, std::chrono::milliseconds(100));
+    if (st->done) break;
+    auto now = std::chrono::steady_clock::now();
+    uint64_t served = requests_served();
+    if (served != seen) {
+      seen = served;
+      progress = now;
+    }
+    bool stalled = now - progress >= kFlushStall;
+    if (stalled || now - t0 >= kFlushLimit) {
+      LOG_WARN("%s: flushing dirty data before unmounting: %s after %.0f s; unmounting anyway "
+               "(data applications wrote and the kernel has not written back yet may be lost)",
+               cfg_.name.c_str(),
+               stalled ? "the mount served no request for the last 10 s" : "not done",
+               std::chrono::duration<double>(now - t0).count());
+      return;
+    }
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  uint64_t writes =
+      session_->stats()[static_cast<size_t>(fuse::kernel::Opcode::Write)].requests.load() - writes0;
+  if (st->err != 0 && st->err != EXDEV) {
+    LOG_WARN("%s: flushing dirty data before unmounting failed (%s %s: %s)", cfg_.name.c_str(),
+             st->step, cfg_.mountpoint.c_str(), strerror(st->err));
+  } else if (st->err == EXDEV) {
+    LOG_WARN("%s: not flushing before unmounting: another file system is mounted over %s",
+             cfg_.name.c_str(), cfg_.mountpoint.c_str());
+  } else if (writes > 0) {
+    LOG_INFO("%s: flushed dirty data before unmounting (%llu WRITE requests, %.2f s)",
+             cfg_.name.c_str(), static_cast<unsigned long long>(writes), secs);
+  } else {
+    LOG_DEBUG("%s: no dirty data to flush before unmounting (%.3f s)", cfg_.name.c_str(), secs);
+  }
+}
+
 void MountInstance::stop(int grace_ms) {
   if (!mounted_now_) return;
   mounted_now_ = false;
   if (fs_) fs_->set_invalidator(nullptr);  // joins the watcher before the channel goes
+  // Only while the workers serve (not after the connection ended, nor for a mount that
+  // never answered INIT: opening its root would wait for INIT).
+  if ((classic_ || uring_) && !channel_stopped() && session_ && session_->initialized() &&
+      !cfg_.options.read_only)
+    flush_dirty();
   auto how = fuse::unmount(cfg_.mountpoint, mounted_.via_fusermount);
   if (how.ok())
     LOG_INFO("%s: %s %s", cfg_.name.c_str(), *how, cfg_.mountpoint.c_str());

@@ -32,8 +32,9 @@ class MountInstance final : private fs::Invalidator {
 
   // Mounts, answers INIT and starts the workers. On failure nothing stays mounted.
   Status start(std::string* error);
-  // Unmounts (lazily when busy), waits for the workers, aborts the connection if clients
-  // keep it alive longer than `grace_ms`.
+  // Flushes the kernel's dirty pages of the mount through the still-running server (see
+  // flush_dirty), then unmounts (lazily when busy), waits for the workers, aborts the
+  // connection if clients keep it alive longer than `grace_ms`.
   void stop(int grace_ms = 2000);
   // True once the connection ended without stop() (someone unmounted it).
   bool lost() const;
@@ -66,6 +67,10 @@ class MountInstance final : private fs::Invalidator {
   bool mounted_now_ = false;
 
   Status start_channel(int fd, bool want_uring, std::string* error);
+  // syncfs() on the mount's root from a helper thread while the workers serve the WRITEs
+  // it causes; gives up (logged) when the mount makes no progress for a while.
+  void flush_dirty();
+  uint64_t requests_served() const;
   bool channel_stopped() const;
   bool channel_wait(int ms);
   fuse::Transport& notify_transport();
