@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -40,11 +41,74 @@ uint64_t monotonic_ns() {
   return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
+// Effective capability bits from /proc/self/status (CapEff), 0 when unreadable.
+uint64_t effective_caps() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return 0;
+  char line[256];
+  unsigned long long caps = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "CapEff: %llx", &caps) == 1) break;
+  std::fclose(f);
+  return caps;
+}
+
+// Whether this process lives in the initial user namespace (capabilities count for BPF
+// only there): its uid_map is the identity over all ids.
+bool initial_user_namespace() {
+  FILE* f = std::fopen("/proc/self/uid_map", "re");
+  if (f == nullptr) return true;
+  unsigned long long inside = 1, outside = 1, count = 0;
+  int n = std::fscanf(f, "%llu %llu %llu", &inside, &outside, &count);
+  std::fclose(f);
+  return n == 3 && inside == 0 && outside == 0 && count == 4294967295ULL;
+}
+
+bool seccomp_filtered() {
+  FILE* f = std::fopen("/proc/self/status", "re");
+  if (f == nullptr) return false;
+  char line[256];
+  int mode = 0;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "Seccomp: %d", &mode) == 1) break;
+  std::fclose(f);
+  return mode == 2;
+}
+
+// Why the kernel said EPERM/EACCES to bpf(), from what this process may do, with what the
+// operator can change. (libbpf's own hints at this point are about RLIMIT_MEMLOCK, which
+// does not apply: kernels with the FUSE tracepoints charge BPF memory to the memory cgroup;
+// libbpf only falls back to that advice because its probe for it was refused too.)
+std::string permission_text() {
+  constexpr int kCapSysAdmin = 21, kCapPerfmon = 38, kCapBpf = 39;
+  uint64_t caps = effective_caps();
+  auto has = [caps](int cap) { return (caps >> cap) & 1; };
+  bool privileged = has(kCapSysAdmin) || (has(kCapBpf) && has(kCapPerfmon));
+  std::string who = geteuid() == 0 ? "root" : "uid " + std::to_string(geteuid());
+  if (!initial_user_namespace())
+    return "efused runs in a user namespace (a container?) and BPF needs CAP_BPF and "
+           "CAP_PERFMON (or CAP_SYS_ADMIN) in the initial one: run efused on the host, or set "
+           "EFUSE_BPF=0 to not try; RLIMIT_MEMLOCK is not the cause";
+  if (!privileged)
+    return "efused runs as " + who + " without CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) in "
+           "its effective capabilities: " +
+           (geteuid() == 0 ? std::string("let it keep them (the systemd unit's "
+                                         "CapabilityBoundingSet lists them)")
+                           : std::string("run it as root, or grant it CAP_BPF and CAP_PERFMON")) +
+           ", or set EFUSE_BPF=0 to not try; RLIMIT_MEMLOCK is not the cause";
+  if (seccomp_filtered())
+    return "efused has the capabilities, but a seccomp filter refuses bpf() (systemd-nspawn's "
+           "default filter, or SystemCallFilter=): allow bpf and perf_event_open (nspawn: "
+           "--system-call-filter='bpf perf_event_open'), or set EFUSE_BPF=0 to not try; "
+           "RLIMIT_MEMLOCK is not the cause";
+  return "efused has the capabilities and no seccomp filter, so a security module (lockdown, "
+         "SELinux, AppArmor) refused bpf(); RLIMIT_MEMLOCK is not the cause";
+}
+
 std::string errno_text(int err) {
   if (err < 0) err = -err;
   std::string s = std::strerror(err);
-  if (err == EPERM || err == EACCES)
-    s += " (loading BPF needs root, or CAP_BPF with CAP_PERFMON)";
+  if (err == EPERM || err == EACCES) s += " (" + permission_text() + ")";
   return s;
 }
 
@@ -145,7 +209,9 @@ bool Telemetry::load(const Options& opts, std::string* reason) {
     if (err != 0) {
       std::string why = "load: " + errno_text(err);
       std::string libbpf = take_first_libbpf_warning();
-      if (!libbpf.empty()) why += " (libbpf: " + libbpf + ")";
+      // A refused bpf() is explained above; libbpf's lines then only add its generic
+      // "failed to load object".
+      if (!libbpf.empty() && err != -EPERM && err != -EACCES) why += " (libbpf: " + libbpf + ")";
       if (want_sched && err != -EPERM && err != -EACCES) {
         ++status_.load_failures;
         LOG_DEBUG("bpf: full load failed (%s); retrying without sched_switch", why.c_str());

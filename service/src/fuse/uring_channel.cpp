@@ -182,6 +182,55 @@ int EntryBuffer::encode_reply(const struct iovec* iov, int count) {
 
 }  // namespace uring
 
+// ---- kernel checks --------------------------------------------------------------------
+
+namespace {
+
+// "Read-only file system (EROFS)": the text and the name, so a log line says exactly what the
+// kernel answered.
+std::string errno_str(int err) {
+  std::string s = strerror(err);
+  if (const char* name = strerrorname_np(err)) s += std::string(" (") + name + ")";
+  return s;
+}
+
+// The first byte of a sysfs file: 0, or the errno of what failed (*step: "opening" or
+// "reading"; EIO when the file is empty).
+int read_first_byte(const char* path, char* out, const char** step) {
+  *step = "opening";
+  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno;
+  *step = "reading";
+  ssize_t n = ::read(fd, out, 1);
+  int err = n == 1 ? 0 : n < 0 ? errno : EIO;
+  ::close(fd);
+  return err;
+}
+
+// Whether a seccomp filter is active for this process (systemd-nspawn's default filter,
+// a unit's SystemCallFilter=): it may refuse io_uring_setup whatever our capabilities.
+bool seccomp_filtered() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("Seccomp:", 0) == 0) return line.find('2') != std::string::npos;
+  return false;
+}
+
+// What the enable_uring parameter said, for the log of a fallback: "" when it was Y (or
+// efused turned it on), else the state or the error in words.
+std::string enable_uring_state() {
+  char v = 0;
+  const char* step = nullptr;
+  int err = read_first_byte(k::kEnableUringParam, &v, &step);
+  if (err != 0)
+    return std::string(step) + " " + k::kEnableUringParam + " failed: " + errno_str(err);
+  if (v == 'Y' || v == 'y' || v == '1') return "";
+  return std::string(k::kEnableUringParam) + " is " + v;
+}
+
+}  // namespace
+
 // ---- queues ------------------------------------------------------------------------------
 
 namespace {
@@ -725,9 +774,13 @@ efuse::Status UringChannel::start(std::string* error) {
   const Negotiated& n = session_.negotiated();
   if (!n.has(k::init::kOverIoUring)) {
     fallback_ready_ = true;
-    *error = (n.kernel_flags & k::init::kOverIoUring)
-                 ? "FUSE_OVER_IO_URING was offered but not requested at INIT (SessionOptions::io_uring)"
-                 : "the kernel did not offer FUSE_OVER_IO_URING at INIT (enable_uring off?)";
+    if (n.kernel_flags & k::init::kOverIoUring) {
+      *error = "FUSE_OVER_IO_URING was offered but not requested at INIT (SessionOptions::io_uring)";
+    } else {
+      std::string state = enable_uring_state();
+      *error = "the kernel did not offer FUSE over io_uring at INIT (" +
+               (state.empty() ? std::string(k::kEnableUringParam) + " is Y" : state) + ")";
+    }
     return efuse::Errno{EOPNOTSUPP};
   }
 
@@ -837,43 +890,77 @@ efuse::Status UringChannel::drop_kernel_uring(int dev_fd, std::string* why) {
 }
 
 efuse::Status UringChannel::supported(std::string* why) {
+  const char* param = k::kEnableUringParam;
   char v = 0;
-  {
-    int fd = ::open(k::kEnableUringParam, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      *why = "this kernel has no FUSE over io_uring (Linux 6.14+ with CONFIG_FUSE_IO_URING)";
-      return efuse::Errno{EOPNOTSUPP};
-    }
-    if (::read(fd, &v, 1) != 1) v = 0;
-    ::close(fd);
+  const char* step = nullptr;
+  int err = read_first_byte(param, &v, &step);
+  if (err == ENOENT && access("/sys/module/fuse", F_OK) != 0 && access("/sys/module", F_OK) == 0) {
+    // FUSE built as a module that is not loaded yet: opening /dev/fuse loads it.
+    int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd >= 0) ::close(fd);
+    err = read_first_byte(param, &v, &step);
   }
-  if (v != 'Y' && v != 'y' && v != '1') {
+  if (err == ENOENT && access("/sys/module/fuse/parameters", F_OK) == 0) {
+    // The fuse module's parameter directory is there, without enable_uring: a kernel built
+    // without it.
+    *why = std::string("this kernel's FUSE has no io_uring support (") + param +
+           " does not exist; FUSE over io_uring needs Linux 6.14 or later built with "
+           "CONFIG_FUSE_IO_URING)";
+    return efuse::Errno{EOPNOTSUPP};
+  }
+  if (err != 0) {
+    // Cannot check (a container's /sys without module/, or a read error): the kernel still
+    // decides at INIT, and start() falls back to /dev/fuse if it does not offer io_uring.
+    static std::atomic<bool> logged{false};
+    if (!logged.exchange(true)) {
+      std::string hint;
+      if (err == ENOENT)
+        hint = access("/sys/module", F_OK) != 0
+                   ? "; /sys/module is not visible here (a container? bind the host's "
+                     "read-only, e.g. systemd-nspawn --bind-ro=/sys/module)"
+                   : "; /sys/module/fuse does not exist (no FUSE in this kernel, or a "
+                     "container's /sys without the host's modules)";
+      LOG_INFO("cannot check whether FUSE may use io_uring: %s %s failed: %s%s; asking the "
+               "kernel at INIT", step, param, errno_str(err).c_str(), hint.c_str());
+    }
+  } else if (v != 'Y' && v != 'y' && v != '1') {
     if (geteuid() != 0) {
-      *why = std::string("FUSE io_uring is off (") + k::kEnableUringParam +
-             " is N) and only root can turn it on";
+      *why = std::string("FUSE over io_uring is off (") + param + " is " + v +
+             ") and only root can turn it on (echo Y > " + param + ")";
       return efuse::Errno{EPERM};
     }
-    int fd = ::open(k::kEnableUringParam, O_WRONLY | O_CLOEXEC);
-    bool ok = fd >= 0 && ::write(fd, "Y", 1) == 1;
-    int err = errno;
-    if (fd >= 0) ::close(fd);
-    if (!ok) {
-      *why = std::string("FUSE io_uring is off and turning it on failed: writing Y to ") +
-             k::kEnableUringParam + ": " + strerror(err);
+    const char* what = "opening it for writing";
+    int fd = ::open(param, O_WRONLY | O_CLOEXEC);
+    err = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+      what = "writing Y to it";
+      ssize_t n = ::write(fd, "Y", 1);
+      err = n == 1 ? 0 : n < 0 ? errno : EIO;
+      ::close(fd);
+    }
+    if (err != 0) {
+      *why = std::string("FUSE over io_uring is off (") + param + " is " + v +
+             ") and efused cannot turn it on: " + what + " failed: " + errno_str(err);
+      if (err == EROFS)
+        *why += "; /sys is read-only here (a container?): turn it on where /sys is writable, "
+                "e.g. on the host: echo Y > " + std::string(param);
       return efuse::Errno{err};
     }
-    LOG_INFO("FUSE io_uring was off; efused turned it on (wrote Y to %s)", k::kEnableUringParam);
+    LOG_INFO("FUSE over io_uring was off; efused turned it on (wrote Y to %s)", param);
   }
   struct io_uring ring {};
   struct io_uring_params p {};
   p.flags = IORING_SETUP_SQE128;
   int rc = io_uring_queue_init_params(2, &ring, &p);
   if (rc < 0) {
-    *why = std::string("io_uring_setup with 128-byte SQEs failed: ") + strerror(-rc);
+    *why = std::string("io_uring_setup with 128-byte SQEs failed: ") + errno_str(-rc);
     std::ifstream f("/proc/sys/kernel/io_uring_disabled");
     int disabled = 0;
     if (f >> disabled && disabled != 0)
       *why += " (kernel.io_uring_disabled = " + std::to_string(disabled) + ")";
+    else if (rc == -EPERM && seccomp_filtered())
+      *why += " (a seccomp filter is active, e.g. systemd-nspawn's default or SystemCallFilter=: "
+              "allow io_uring_setup, io_uring_enter and io_uring_register)";
     return efuse::Errno{-rc};
   }
   io_uring_queue_exit(&ring);

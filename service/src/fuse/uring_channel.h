@@ -103,7 +103,10 @@ class UringChannel {
 
   // Whether this kernel and process can serve FUSE over io_uring: the fuse module's
   // enable_uring parameter (turned on, and logged, when it is off and we are root) and an
-  // io_uring with 128-byte SQEs. Call before mounting; set SessionOptions::io_uring from it.
+  // io_uring with 128-byte SQEs. When the parameter cannot be read (a container's /sys)
+  // that is logged once and the kernel decides at INIT (start() then falls back if it does
+  // not offer io_uring). *why says exactly what failed (path, errno) otherwise.
+  // Call before mounting; set SessionOptions::io_uring from it.
   static efuse::Status supported(std::string* why);
 
   // Makes the kernel stop waiting for rings on this connection and serve every request over

@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""What efused says when it cannot check or turn on FUSE over io_uring. The fuse module's
+/sys/module/fuse/parameters/enable_uring may be invisible (a container's /sys without
+module/) or read-only while it is N; the log must name the path and the errno of what
+failed, never claim the kernel lacks FUSE over io_uring, and efused must still serve: over
+io_uring when the kernel offers it at INIT anyway, else over /dev/fuse.
+
+Each case runs efused in a private mount namespace (unshare -m) in which the parameter is
+hidden or replaced; nothing of it is visible outside, and it ends with efused."""
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+
+J = os.path.join
+PARAM = "/sys/module/fuse/parameters/enable_uring"
+
+# Runs inside the new mount namespace: hide or replace the parameter, then become efused.
+SETUP = {
+    "hidden": "mount -t tmpfs efuse-test /sys/module",
+    "read-only N": (f"echo N > \"$TMP/param\" && mount --bind \"$TMP/param\" {PARAM} && "
+                    f"mount -o remount,bind,ro {PARAM}"),
+}
+
+
+def host_param():
+    try:
+        with open(PARAM) as f:
+            return f.read(1)
+    except OSError:
+        return None
+
+
+def run_case(case):
+    """Start efused (--transport uring) in its namespace, wait for the ready line, stop it
+    with SIGTERM; returns its log. Asserts a clean start and a clean exit."""
+    tmp = os.path.realpath(tempfile.mkdtemp(prefix="efuse-uring-setup-", dir="/tmp"))
+    src, mnt, log = J(tmp, "src"), J(tmp, "mnt"), J(tmp, "efused.log")
+    os.mkdir(src)
+    os.mkdir(mnt)
+    script = (f"set -e; mount --make-rprivate /; {SETUP[case]}; "
+              f"exec \"$@\" >\"$TMP/efused.log\" 2>&1")
+    efused = [h.EFUSED, "--mount", f"{src}:{mnt}", "--transport", "uring"]
+    env = dict(os.environ, TMP=tmp)
+    p = h.spawn(["unshare", "-m", "sh", "-c", script, "sh", *efused], env=env,
+                stdin=subprocess.DEVNULL)
+    text = lambda: open(log, errors="replace").read() if os.path.exists(log) else ""  # noqa: E731
+    try:
+        deadline = time.monotonic() + h.START_TIMEOUT
+        while h.READY_LINE not in text():
+            assert p.poll() is None, f"{case}: efused exited with {p.returncode}\n{text()}"
+            assert time.monotonic() < deadline, f"{case}: not ready in time\n{text()}"
+            time.sleep(0.05)
+        os.kill(p.pid, signal.SIGTERM)
+        rc = p.wait(timeout=h.STOP_TIMEOUT)
+        assert rc == 0, f"{case}: efused exited with {rc} after SIGTERM\n{text()}"
+        return text()
+    finally:
+        h.reap(p)
+        h.shutil.rmtree(tmp, ignore_errors=True)
+
+
+def assert_no_false_claim(log):
+    for claim in ("has no FUSE over io_uring", "has no io_uring support"):
+        assert claim not in log, f"efused claims the kernel lacks io_uring:\n{log}"
+
+
+def test_parameter_hidden():
+    log = run_case("hidden")
+    print("  " + "\n  ".join(ln for ln in log.splitlines() if "uring" in ln))
+    assert_no_false_claim(log)
+    assert f"opening {PARAM} failed: No such file or directory (ENOENT)" in log, log
+    if host_param() == "Y":
+        # The kernel offers io_uring at INIT whatever the container sees: it is used.
+        assert "FUSE over io_uring:" in log and "io_uring on" in log, log
+    else:
+        assert "serving over /dev/fuse" in log and PARAM in log, log
+
+
+def test_parameter_read_only_and_off():
+    log = run_case("read-only N")
+    print("  " + "\n  ".join(ln for ln in log.splitlines() if "uring" in ln))
+    assert_no_false_claim(log)
+    line = next((ln for ln in log.splitlines() if "transport uring unavailable" in ln), "")
+    assert line, f"no fallback logged:\n{log}"
+    for word in (PARAM, "is N", "Read-only file system (EROFS)", "serving over /dev/fuse"):
+        assert word in line, f"{word!r} missing from: {line}"
+
+
+if __name__ == "__main__":
+    h.main(globals(), require=("unshare", "mount"))
