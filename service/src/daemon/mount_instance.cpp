@@ -215,9 +215,10 @@ uint64_t MountInstance::requests_served() const {
 
 // How long a flush may go without the mount serving a single request before stop() gives
 // up on it, and how long it may take at most. Both only keep a wedged mount from holding up
-// a stop forever; a healthy one finishes long before.
+// a stop (the unit's TimeoutStopSec is 30 s); a healthy one finishes long before: the kernel
+// keeps a FUSE mount's dirty data to a small share of the dirty limit (strictlimit bdi).
 constexpr auto kFlushStall = std::chrono::seconds(10);  // the log message says "10 s"
-constexpr auto kFlushLimit = std::chrono::seconds(60);
+constexpr auto kFlushLimit = std::chrono::seconds(20);
 
 // Data written through the writeback cache (and through shared mmaps) lives in the kernel's
 // page cache of the FUSE inodes until the kernel writes it back, as WRITE requests to us.
