@@ -118,6 +118,21 @@ void check_bpf_handlers(const YamlDocument& doc, const Config& config) {
   }
 }
 
+// Without default_permissions the kernel checks nothing and leaves permissions to the file
+// system; efused opens, unlinks and renames with its own (root) credentials, so with
+// allow_other every user could read and delete every file of the source tree.
+void check_permissions(const YamlDocument& doc, const Config& config) {
+  for (size_t i = 0; i < config.mounts.size(); ++i) {
+    const MountFlags& o = config.mounts[i].options;
+    if (o.default_permissions || !o.allow_other) continue;
+    doc.fail(doc.value_mark({"mounts", std::to_string(i), "options", "default_permissions"}),
+             "mount '" + config.mounts[i].name +
+                 "': default_permissions: false together with allow_other: true would let "
+                 "every user act with efused's credentials (efused does not check "
+                 "permissions itself); keep default_permissions, or set allow_other: false");
+  }
+}
+
 }  // namespace
 
 std::string normalize_path(std::string_view path) {
@@ -138,6 +153,7 @@ void check_semantics(const YamlDocument& doc, const Config& config) {
   check_unique_names(doc, config);
   check_paths(doc, config);
   check_bpf_handlers(doc, config);
+  check_permissions(doc, config);
 }
 
 }  // namespace efuse::daemon

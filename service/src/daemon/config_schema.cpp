@@ -161,7 +161,7 @@ std::string_view mounts_schema_text() {
           "default": true
         },
         "default_permissions": {
-          "description": "Let the kernel check permissions from file modes. Default true.",
+          "description": "Let the kernel check permissions from file modes and POSIX ACLs. Default true. false is refused together with allow_other: true (efused does not check permissions itself, so every user would act with its credentials).",
           "type": "boolean",
           "default": true
         },

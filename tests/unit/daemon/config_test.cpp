@@ -414,6 +414,18 @@ TEST(ConfigError, DuplicateTopLevelKey) {
             "t.yaml:7:1: duplicate key 'metrics' at the top level (first defined at line 1)");
 }
 
+TEST(ConfigError, NoDefaultPermissionsWithAllowOtherIsRefused) {
+  std::string e = error_of(
+      with_mount_keys("    options: {allow_other: true, default_permissions: false}\n"));
+  EXPECT_EQ(e.rfind("t.yaml:6:55: mount 'a': ", 0), 0u) << e;
+  EXPECT_NE(e.find("default_permissions: false together with allow_other: true"),
+            std::string::npos)
+      << e;
+  // Only the mount's owner can reach it without allow_other: that is allowed.
+  EXPECT_NO_THROW(parse_config(
+      with_mount_keys("    options: {allow_other: false, default_permissions: false}\n"), "t.yaml"));
+}
+
 TEST(ConfigError, DuplicateNestedKey) {
   EXPECT_EQ(
       error_of(with_mount_keys("    cache:\n      attr_timeout: 1\n      entry_timeout: 2\n"
