@@ -144,7 +144,7 @@ std::string_view mounts_schema_text() {
           "default": false
         },
         "keep_cache": {
-          "description": "Keep a file's page cache when it is opened again (FOPEN_KEEP_CACHE). Default false.",
+          "description": "Keep a file's page cache when it is opened again (FOPEN_KEEP_CACHE) even when changes behind efused's back cannot be invalidated exactly (a directory could not be watched). While invalidation is exact, pages are kept anyway. Default false.",
           "type": "boolean",
           "default": false
         }

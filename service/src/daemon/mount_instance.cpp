@@ -56,6 +56,7 @@ static fs::Policy policy_of(const MountConfig& c) {
   p.attr_timeout = c.cache.attr_timeout;
   p.keep_cache = c.cache.keep_cache;
   p.passthrough_io = c.io_path != IoPath::Cache;
+  p.adaptive_io = c.io_path == IoPath::Auto;
   return p;
 }
 

@@ -46,6 +46,7 @@ struct Policy {
   double attr_timeout = 1.0;   // seconds the kernel may cache attributes
   bool keep_cache = false;     // keep the page cache across opens (FOPEN_KEEP_CACHE)
   bool passthrough_io = true;  // offer backing fds for kernel passthrough when granted
+  bool adaptive_io = true;     // ...except for read-only opens of small files (page cache)
 };
 
 struct Entry {

@@ -30,6 +30,13 @@ struct Inode {
   std::atomic<uint32_t> opens{0};  // open files through the mount
   std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
 
+  // How the kernel does I/O for this file while it is open. The kernel refuses (ETXTBSY)
+  // passthrough and page-cache opens of one inode at the same time, so the first open
+  // decides for all until the last is released.
+  std::mutex io_mu;
+  uint32_t io_opens = 0;   // guarded by io_mu
+  bool io_cached = false;  // guarded by io_mu
+
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
   // OFD locks carry no pid, so each owner also keeps the ranges it holds and the pid that
   // took them: F_GETLK reports the conflicting lock's pid, as natively.

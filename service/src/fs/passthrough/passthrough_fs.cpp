@@ -60,6 +60,7 @@ void PassthroughFs::set_policy(const Policy& p) {
   attr_timeout_.store(p.attr_timeout, std::memory_order_relaxed);
   keep_cache_.store(p.keep_cache, std::memory_order_relaxed);
   passthrough_io_.store(p.passthrough_io, std::memory_order_relaxed);
+  adaptive_io_.store(p.adaptive_io, std::memory_order_relaxed);
 }
 
 #define GET_INODE(var, id)               \
@@ -83,6 +84,11 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   e.entry_timeout = cache_timeout(entry_timeout_);
   e.attr_timeout = cache_timeout(attr_timeout_);
   return e;
+}
+
+bool PassthroughFs::exact_invalidation() const {
+  auto w = watcher();
+  return w && w->watch_failures() == 0;
 }
 
 double PassthroughFs::cache_timeout(const std::atomic<double>& configured) const {

@@ -106,7 +106,14 @@ class PassthroughFs final : public Filesystem {
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
   uint32_t holder_pid(Inode& inode, uint64_t owner, const Lock& asked,
                       const struct flock& conflict);
-  OpenInfo open_info(int fd, int flags) const;
+  // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in.
+  OpenInfo open_info(Inode& inode, int fd, int flags) const;
+  // Read-only first opens of files up to this size use the page cache, not passthrough:
+  // the whole file is cached after one READ, and each open saves the backing file
+  // registration and the attribute refresh that passthrough reads cause (atime).
+  static constexpr off_t kSmallFile = 64 * 1024;
+  // Whether every change behind efused's back reaches the kernel as an invalidation.
+  bool exact_invalidation() const;
   // Long timeouts are only exact while the watcher sees every directory: once a watch could
   // not be added, the mount's entry and attr timeouts are capped at kUnwatchedTimeout.
   static constexpr double kUnwatchedTimeout = 1.0;
@@ -123,6 +130,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<double> attr_timeout_;
   std::atomic<bool> keep_cache_;
   std::atomic<bool> passthrough_io_;
+  std::atomic<bool> adaptive_io_;
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
   std::atomic<std::shared_ptr<Watcher>> watcher_;

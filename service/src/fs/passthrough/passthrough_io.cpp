@@ -34,18 +34,28 @@ int backing_open_flags(int flags, bool writeback) {
 
 }  // namespace
 
-OpenInfo PassthroughFs::open_info(int fd, int flags) const {
+OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
-  info.keep_cache = keep_cache_.load(std::memory_order_relaxed);
-  if (caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed)) {
-    // Kernel-direct writes run with efused's credentials (CAP_FSETID), and with
-    // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-ID bits to us: a writable open
-    // of a set-ID file is served, so each WRITE can clear them.
+  bool passthrough = caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed);
+  std::lock_guard lk(inode.io_mu);
+  if (inode.io_opens++ == 0) {
     struct stat st;
     bool writable = (flags & O_ACCMODE) != O_RDONLY;
-    if (!writable || (fstat(fd, &st) == 0 && privs_to_kill(st.st_mode) == 0))
-      info.passthrough_fd = fd;
+    bool known = fstat(fd, &st) == 0;
+    // Kernel-direct writes run with efused's credentials (CAP_FSETID), and with
+    // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-ID bits to us: a set-ID file
+    // opened for writing is served, so each WRITE can clear them.
+    bool small = adaptive_io_.load(std::memory_order_relaxed) && st.st_size <= kSmallFile;
+    inode.io_cached =
+        !passthrough || !known || (writable ? privs_to_kill(st.st_mode) != 0 : small);
+  }
+  if (inode.io_cached) {
+    // Pages may stay across opens when outside changes are invalidated exactly (or the
+    // operator asked for it regardless).
+    info.keep_cache = keep_cache_.load(std::memory_order_relaxed) || exact_invalidation();
+  } else {
+    info.passthrough_fd = fd;
   }
   return info;
 }
@@ -59,7 +69,7 @@ Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags
     return last_errno();
   }
   if (ctx.kill_suidgid) (void)kill_suidgid(fd);  // O_TRUNC by a caller without CAP_FSETID
-  return open_info(fd, flags);
+  return open_info(*inode, fd, flags);
 }
 
 Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::string_view name,
@@ -86,10 +96,15 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
     ::close(fd);
     return Errno{e.error()};
   }
-  if (auto inode = inodes_.get(e->ino)) inode->opens.fetch_add(1);
+  auto inode = inodes_.get(e->ino);
+  if (!inode) {
+    ::close(fd);
+    return Errno{ESTALE};
+  }
+  inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
-  c.open = open_info(fd, flags);
+  c.open = open_info(*inode, fd, flags);
   return c;
 }
 
@@ -148,7 +163,11 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
 }
 
 Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
-  if (auto inode = inodes_.get(ino)) inode->opens.fetch_sub(1);
+  if (auto inode = inodes_.get(ino)) {
+    inode->opens.fetch_sub(1);
+    std::lock_guard lk(inode->io_mu);
+    if (inode->io_opens > 0) --inode->io_opens;
+  }
   ::close(static_cast<int>(fh));
   return {};
 }
