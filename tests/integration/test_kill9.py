@@ -176,6 +176,17 @@ def test_restart_replaces_dead_mount(m):
     m.clean_exit = False  # already stopped
 
 
+def test_restart_replaces_idle_dead_mount(m):
+    # Killed while idle, with the root's attributes fresh in the kernel's cache: stat of
+    # the mountpoint still succeeds from the cache, yet the mount is dead. A restart must
+    # still replace it, not stack a second mount on top.
+    os.stat(m.mnt)
+    m.kill9()
+    m.start()
+    assert h.fstypes_at(m.mnt) == ["fuse.efuse"], h.fstypes_at(m.mnt)
+    h.assert_serves(m)
+
+
 def test_kill9_idle_and_cleanup(m):
     # No I/O in flight: the mount dies just the same and a lazy unmount cleans it up.
     m.clean_exit = False

@@ -4,6 +4,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -20,8 +21,10 @@ using efuse::Errno;
 using efuse::Result;
 
 bool detach_stale(const std::string& mountpoint) {
-  struct stat st;
-  if (stat(mountpoint.c_str(), &st) == 0 || errno != ENOTCONN) return false;
+  // statfs always reaches a FUSE server (stat may be answered from the attribute cache,
+  // which outlives the server), so a dead connection shows as ENOTCONN.
+  struct statfs sf;
+  if (statfs(mountpoint.c_str(), &sf) == 0 || errno != ENOTCONN) return false;
   if (umount2(mountpoint.c_str(), MNT_DETACH) == 0) {
     LOG_WARN("detached a stale FUSE mount at %s (its server had died)", mountpoint.c_str());
     return true;
