@@ -36,6 +36,8 @@ from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+import prom_text  # noqa: E402  (the /metrics parser the integration tests use too)
 WORK = BENCH / "work"
 RUN = WORK / "run"
 BIN = WORK / "bin"
@@ -498,25 +500,6 @@ assert tuple(SIDE_CLASSES) == SIDES
 
 # --------------------------------------------------------------------------- eBPF telemetry
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+-?\d+)?$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse_metrics(text: str) -> list[tuple[str, dict, float]]:
-    """[(name, labels, value)] from the Prometheus text format."""
-    out = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        mo = _SAMPLE.match(line)
-        if not mo:
-            raise BenchError(f"unparsable /metrics line: {line!r}")
-        labels = {k: re.sub(r"\\(.)", lambda e: "\n" if e.group(1) == "n" else e.group(1), v)
-                  for k, v in _LABEL.findall(mo.group(2) or "")}
-        out.append((mo.group(1), labels, float(mo.group(3))))
-    return out
-
-
 def counters_of(samples, mount: str) -> dict[str, float]:
     """The counters of the per-I/O table for the FUSE connection labelled `mount` (for a mount
     the telemetry efused does not serve itself: its mountpoint), flat: `upcalls:OPCODE`,
@@ -651,8 +634,8 @@ class Telemetry:
     def scrape(self) -> list[tuple[str, dict, float]]:
         try:
             with urllib.request.urlopen(self.url, timeout=30) as r:
-                return parse_metrics(r.read().decode())
-        except OSError as e:
+                return prom_text.parse(r.read().decode())
+        except (OSError, ValueError) as e:
             raise BenchError(f"scraping the telemetry efused at {self.url}: {e}")
 
     def stop(self) -> None:

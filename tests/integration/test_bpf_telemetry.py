@@ -20,6 +20,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
+from prom_text import parse  # noqa: E402
 
 EXAMPLES = "/usr/share/doc/libfuse3-dev/examples"
 # Reasons efused logs when the kernel (not efused) is what refuses (service/src/bpf/).
@@ -36,25 +37,6 @@ def free_port():
 def scrape(port):
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
         return r.read().decode()
-
-
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)$')
-_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
-
-
-def parse(text):
-    """[(name, {label: value}, float)] from the Prometheus text format."""
-    out = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        mo = _SAMPLE.match(line)
-        if not mo:
-            raise AssertionError(f"unparsable exposition line: {line!r}")
-        labels = {k: v.replace('\\"', '"').replace("\\\\", "\\")
-                  for k, v in _LABEL.findall(mo.group(2) or "")}
-        out.append((mo.group(1), labels, float(mo.group(3))))
-    return out
 
 
 def value(samples, name, **labels):
