@@ -27,7 +27,7 @@ struct Context {
   // (FUSE_DONT_MASK): it applies only where the parent has no default ACL. 0 otherwise.
   uint32_t umask = 0;
   // FUSE_HANDLE_KILLPRIV_V2: the kernel asks the file system to clear set-user-ID and
-  // (group-executable) set-group-ID bits after this WRITE, truncating SETATTR or O_TRUNC
+  // (group-executable) set-group-ID bits with this WRITE, truncating SETATTR or O_TRUNC
   // open, because the caller lacks CAP_FSETID.
   bool kill_suidgid = false;
 };

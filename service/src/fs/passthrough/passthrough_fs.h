@@ -104,8 +104,7 @@ class PassthroughFs final : public Filesystem {
   Result<Entry> lookup_at(const Inode& parent, const char* name);
   Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
-  uint32_t holder_pid(Inode& inode, uint64_t owner, const Lock& asked,
-                      const struct flock& conflict);
+  uint32_t holder_pid(const Inode& inode, uint64_t owner, const struct flock& conflict);
   // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in.
   OpenInfo open_info(Inode& inode, int fd, int flags) const;
   // Read-only first opens of files up to this size use the page cache, not passthrough:

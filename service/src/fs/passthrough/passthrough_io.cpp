@@ -244,7 +244,7 @@ Result<Lock> PassthroughFs::getlk(const Context&, uint64_t ino, uint64_t fh, uin
     out.start = static_cast<uint64_t>(f.l_start);
     out.end = f.l_len == 0 ? static_cast<uint64_t>(INT64_MAX)
                            : static_cast<uint64_t>(f.l_start + f.l_len - 1);
-    out.pid = holder_pid(*inode, owner, l, f);
+    out.pid = holder_pid(*inode, owner, f);
   }
   return out;
 }
@@ -252,7 +252,7 @@ Result<Lock> PassthroughFs::getlk(const Context&, uint64_t ino, uint64_t fh, uin
 // The pid F_GETLK reports: that of our lock owner (not the asker) holding a lock that matches
 // the conflict the kernel found. A lock taken on the backing file outside the mount has no
 // owner here and reports 0.
-uint32_t PassthroughFs::holder_pid(Inode& inode, uint64_t owner, const Lock&,
+uint32_t PassthroughFs::holder_pid(const Inode& inode, uint64_t owner,
                                    const struct flock& conflict) {
   uint64_t start = static_cast<uint64_t>(conflict.l_start);
   uint64_t end = conflict.l_len == 0 ? UINT64_MAX
