@@ -57,11 +57,13 @@ With --mount (a config file sets these per mount):
                                  io_uring, one queue per CPU, when the kernel offers it)
       --queue-depth N            io_uring entries per CPU queue (default 8)
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
-                                 passthrough when the kernel grants it)
+                                 passthrough when the kernel grants it, the page cache
+                                 for read-only opens of files up to 64 KiB)
       --entry-timeout SECONDS    how long the kernel may cache names (default 60)
       --attr-timeout SECONDS     how long the kernel may cache attributes (default 60)
       --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
-      --keep-cache               keep file pages cached across opens
+      --keep-cache               keep file pages cached across opens even when outside
+                                 changes cannot be invalidated exactly
       --writeback-cache          let the kernel cache writes (excludes passthrough)
       --read-only                mount read-only
 
