@@ -112,7 +112,11 @@ def worker(w, d, seed, result_path, ops):
         elif op < 0.95:  # own -> shared rename (gives the file away)
             want = errno.ENOENT if a not in state else None
             if expect("give", lambda: os.rename(J(d, a), J(d, s1)), want_errno=want) == 0:
-                state.pop(a, None)
+                # If s1 was already another link of a's file (given away earlier through a
+                # hard link of a), rename changes nothing and a stays (POSIX). Only this
+                # worker touches its own names, so whether a remains tells which happened.
+                if not os.path.lexists(J(d, a)):
+                    state.pop(a, None)
         else:  # shared stat (either outcome is fine, but no other errno)
             expect("s-stat", lambda: os.stat(J(d, s1)), ok_errnos=(errno.ENOENT,))
         if i % 250 == 249:  # the listing shows exactly this worker's own names
