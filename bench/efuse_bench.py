@@ -22,7 +22,6 @@ import os
 import re
 import resource
 import shlex
-import shutil
 import signal
 import statistics
 import subprocess
@@ -1383,7 +1382,7 @@ class Bench:
 
     def render_md(self):
         g = git_info()
-        L = [f"# efuse benchmark: native vs libfuse passthrough_ll vs efused", "",
+        L = ["# efuse benchmark: native vs libfuse passthrough_ll vs efused", "",
              f"- date: {self.started:%Y-%m-%d %H:%M}, status: **{self.status}**, "
              f"mode: {'quick' if self.quick else 'full'}, repetitions per cell: {self.reps} "
              f"(median shown), fio runtime {self.runtime}s",

@@ -12,37 +12,17 @@ import errno
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
-from prom_text import parse  # noqa: E402
+from prom_text import free_port, parse, scrape, value  # noqa: E402
 
 EXAMPLES = "/usr/share/doc/libfuse3-dev/examples"
 # Reasons efused logs when the kernel (not efused) is what refuses (service/src/bpf/).
 KERNEL_CANNOT = re.compile(r"no BTF|kernel has no fuse_request|Operation not permitted|"
                            r"needs root|cannot read kernel BTF")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port):
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        return r.read().decode()
-
-
-def value(samples, name, **labels):
-    """Sum of the samples of `name` whose labels include `labels` (None if no sample)."""
-    vals = [v for n, l, v in samples if n == name and all(l.get(k) == x for k, x in labels.items())]
-    return sum(vals) if vals else None
 
 
 def bpf_up_or_skip(m, port):

@@ -5,8 +5,6 @@ and with the backing directory."""
 
 import os
 import random
-import re
-import stat
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,6 @@ programs: the kernel-side panels have nothing to show then."""
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -23,18 +22,13 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
+from prom_text import free_port  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DASHBOARDS = os.path.join(REPO, "dashboards")
 RATE_INTERVAL = "30s"
 KERNEL_CANNOT = re.compile(r"no BTF|kernel has no fuse_request|Operation not permitted|"
                            r"needs root|cannot read kernel BTF")
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url, timeout=10):

@@ -5,22 +5,15 @@ in the exposition or in the scrape config."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from prom_text import free_port  # noqa: E402
 
 
 def get(url, timeout=5):

@@ -124,6 +124,16 @@ class Invalidator {
   virtual void inval_entry(uint64_t parent, std::string_view name) = 0;
 };
 
+// Inodes a backend holds for the kernel, and the descriptors it keeps for them (/metrics:
+// efuse_inodes, efuse_inode_fds, efuse_inode_fd_*_total).
+struct InodeStats {
+  uint64_t inodes = 0;           // the kernel holds a reference (nlookup > 0)
+  uint64_t fds = 0;              // of those, with an open O_PATH descriptor
+  uint64_t evictions = 0;        // descriptors closed to stay within the budget
+  uint64_t reopens = 0;          // descriptors reopened from a file handle
+  uint64_t reopen_failures = 0;  // reopen failed (mostly ESTALE: removed meanwhile)
+};
+
 class Filesystem {
  public:
   virtual ~Filesystem() = default;
@@ -134,6 +144,8 @@ class Filesystem {
   // mount's back. The invalidator must stay valid until set_invalidator(nullptr) returns.
   virtual void set_invalidator(Invalidator*) {}
   virtual void destroy() {}
+  // Safe to call from any thread at any time (scrapes).
+  virtual InodeStats inode_stats() const { return {}; }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}

@@ -136,12 +136,43 @@ MountFamilies::MountFamilies()
                                MetricType::Counter)),
       worker_busy_(make_family("efuse_worker_busy_seconds_total",
                                "Time the worker spent handling requests.",
-                               MetricType::Counter)) {}
+                               MetricType::Counter)),
+      inodes_(make_family("efuse_inodes",
+                          "Inodes the kernel holds references to (looked up and not yet "
+                          "forgotten); each is an entry in the backend's inode table.",
+                          MetricType::Gauge)),
+      inode_fds_(make_family("efuse_inode_fds",
+                             "Of those, how many hold an open O_PATH descriptor on the backing "
+                             "object. Bounded by half of RLIMIT_NOFILE for the whole daemon; "
+                             "the others are held by file handle.",
+                             MetricType::Gauge)),
+      inode_evictions_(make_family("efuse_inode_fd_evictions_total",
+                                   "Inode descriptors closed to stay within the descriptor "
+                                   "budget (least recently used, not open, first).",
+                                   MetricType::Counter)),
+      inode_reopens_(make_family("efuse_inode_fd_reopens_total",
+                                 "Evicted inode descriptors reopened from their file handle "
+                                 "(open_by_handle_at) because a request needed them.",
+                                 MetricType::Counter)),
+      inode_reopen_failures_(make_family("efuse_inode_fd_reopen_failures_total",
+                                         "Reopens that failed, mostly because the backing "
+                                         "object was removed while evicted (answered ESTALE).",
+                                         MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
   add_state(mount);
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
+  if (mount.up) add_inodes(mount.name, mount.inodes);
+}
+
+void MountFamilies::add_inodes(const std::string& mount, const fs::InodeStats& inodes) {
+  add_gauge(inodes_, mount_label(mount), static_cast<double>(inodes.inodes));
+  add_gauge(inode_fds_, mount_label(mount), static_cast<double>(inodes.fds));
+  add_counter(inode_evictions_, mount_label(mount), static_cast<double>(inodes.evictions));
+  add_counter(inode_reopens_, mount_label(mount), static_cast<double>(inodes.reopens));
+  add_counter(inode_reopen_failures_, mount_label(mount),
+              static_cast<double>(inodes.reopen_failures));
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -231,7 +262,8 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
        {&up_, &start_failures_, &info_, &fallback_, &notifications_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
-        &worker_busy_}) {
+        &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
+        &inode_reopen_failures_}) {
     append_nonempty(out, std::move(*f));
   }
 }

@@ -50,6 +50,7 @@ class MountFamilies {
   void add_opcodes(const std::string& mount, const fuse::SessionStats& stats);
   void add_errors(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_latency(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
+  void add_inodes(const std::string& mount, const fs::InodeStats& inodes);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
                    unsigned uring_queues);
@@ -73,6 +74,11 @@ class MountFamilies {
   prometheus::MetricFamily worker_in_flight_;
   prometheus::MetricFamily worker_wait_;
   prometheus::MetricFamily worker_busy_;
+  prometheus::MetricFamily inodes_;
+  prometheus::MetricFamily inode_fds_;
+  prometheus::MetricFamily inode_evictions_;
+  prometheus::MetricFamily inode_reopens_;
+  prometheus::MetricFamily inode_reopen_failures_;
 };
 
 }  // namespace efuse::telemetry

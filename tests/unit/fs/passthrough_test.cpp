@@ -60,11 +60,11 @@ class PassthroughTest : public ::testing::Test {
 
 TEST_F(PassthroughTest, LookupsAreCountedAndForgetDropsTheNodeid) {
   ASSERT_TRUE(write_file(src("f"), "abc"));
-  size_t base = fs_->inode_count();
+  size_t base = fs_->inode_stats().inodes;
   uint64_t id = lookup(kRoot, "f");
   ASSERT_GE(id, 2u);
   EXPECT_EQ(lookup(kRoot, "f"), id);
-  EXPECT_EQ(fs_->inode_count(), base + 1);
+  EXPECT_EQ(fs_->inode_stats().inodes, base + 1);
 
   fs_->forget(id, 1);
   auto a = fs_->getattr(ctx_, id, nullptr);
@@ -75,7 +75,7 @@ TEST_F(PassthroughTest, LookupsAreCountedAndForgetDropsTheNodeid) {
   EXPECT_EQ(fs_->getattr(ctx_, id, nullptr).error(), ESTALE);
   EXPECT_EQ(fs_->open(ctx_, id, O_RDONLY).error(), ESTALE);
   EXPECT_EQ(fs_->lookup(ctx_, id, "x").error(), ESTALE);
-  EXPECT_EQ(fs_->inode_count(), base);
+  EXPECT_EQ(fs_->inode_stats().inodes, base);
 
   // A nodeid is never reused: the kernel may still hold the old one in a stale request.
   uint64_t again = lookup(kRoot, "f");

@@ -1,20 +1,169 @@
 #include "fs/passthrough/inode_table.h"
 
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <utility>
+
 namespace efuse::fs::passthrough {
+namespace {
+
+// O_PATH descriptors held by every inode table of the process: the budget is per process
+// because RLIMIT_NOFILE is.
+std::atomic<uint64_t> g_path_fds{0};
+
+size_t default_budget() {
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 1 << 20;
+  // The other half is for open files, passthrough backing files, lock descriptors,
+  // directory streams, sockets.
+  return std::max<size_t>(64, rl.rlim_cur / 2);
+}
+
+// The file handle of fd's object, or an empty vector with errno set.
+std::vector<unsigned char> handle_of(int fd) {
+  std::vector<unsigned char> buf(sizeof(file_handle) + MAX_HANDLE_SZ);
+  auto* fh = reinterpret_cast<file_handle*>(buf.data());
+  fh->handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = 0;
+  if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return {};
+  buf.resize(sizeof(file_handle) + fh->handle_bytes);
+  return buf;
+}
+
+int open_handle(int mount_fd, std::vector<unsigned char>& handle) {
+  return open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(handle.data()),
+                           O_PATH | O_CLOEXEC);
+}
+
+}  // namespace
+
+// ---- PathFd / Inode ----------------------------------------------------------------------
+
+PathFd::~PathFd() {
+  if (inode_ != nullptr) inode_->pins_.fetch_sub(1);
+}
+
+Inode::Inode(InodeTable& table, int fd, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_)
+    : dev(dev_), ino(ino_), type(type_), nodeid(nodeid_), table_(table), fd_(fd),
+      last_use_(table.epoch_.load(std::memory_order_relaxed)) {
+  pinned_forever_ = nodeid == 1 || !table.handles_ || dev != table.root_dev_;
+}
 
 Inode::~Inode() {
   for (auto& [owner, lo] : lock_fds) ::close(lo.fd);
+  int fd = fd_.load();
+  if (fd >= 0) {
+    ::close(fd);
+    table_.fd_closed();
+  }
+}
+
+// Ordering (all seq_cst): pin() raises pins_ before it reads fd_; evict() clears fd_ before
+// it reads pins_. Either pin() sees the descriptor and evict() then sees the pin and puts
+// the descriptor back, or pin() sees -1 and waits on fd_mu_ for evict() to finish.
+PathFd Inode::pin() {
+  pins_.fetch_add(1);
+  int fd = fd_.load();
+  bool reopened = false;
+  if (fd < 0) {
+    std::lock_guard lk(fd_mu_);
+    fd = fd_.load();
+    if (fd < 0) {
+      fd = reopen();
+      if (fd < 0) {
+        pins_.fetch_sub(1);
+        return PathFd(-fd);
+      }
+      fd_.store(fd);
+      reopened = true;
+    }
+  }
+  uint32_t epoch = table_.epoch_.load(std::memory_order_relaxed);
+  if (last_use_.load(std::memory_order_relaxed) != epoch)
+    last_use_.store(epoch, std::memory_order_relaxed);
+  if (reopened) table_.fd_opened();
+  return PathFd(this, fd);
+}
+
+int Inode::reopen() {
+  int fd = open_handle(table_.mount_fd_, handle_);
+  int err = errno;
+  if (fd >= 0) {
+    // The handle names this object (ext4's carries the generation); the check guards
+    // against a file system that reuses handles.
+    struct stat st;
+    if (fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino) {
+      table_.reopens_.fetch_add(1, std::memory_order_relaxed);
+      return fd;
+    }
+    ::close(fd);
+    err = ESTALE;
+  }
+  table_.reopen_failures_.fetch_add(1, std::memory_order_relaxed);
+  // EMFILE and ENFILE are the caller's to see; anything else means the object is gone.
+  return -(err == EMFILE || err == ENFILE || err == ENOMEM ? err : ESTALE);
+}
+
+bool Inode::evict() {
+  std::unique_lock lk(fd_mu_, std::try_to_lock);
+  if (!lk.owns_lock() || pinned_forever_) return false;
+  // Open files keep their descriptor: operations on an open, since unlinked file that come
+  // without a file handle (xattrs) must still reach it.
+  if (pins_.load() != 0 || opens.load() != 0) return false;
+  int fd = fd_.load();
+  if (fd < 0) return false;
+  if (handle_.empty()) {
+    handle_ = handle_of(fd);
+    if (handle_.empty()) {
+      pinned_forever_ = true;
+      return false;
+    }
+  }
+  fd_.store(-1);
+  if (pins_.load() != 0) {
+    fd_.store(fd);
+    return false;
+  }
   ::close(fd);
+  return true;
+}
+
+// ---- InodeTable ----------------------------------------------------------------------------
+
+InodeTable::InodeTable(size_t fd_budget)
+    : fd_budget_(fd_budget != 0 ? fd_budget : default_budget()) {}
+
+InodeTable::~InodeTable() {
+  // Inodes give their descriptors back to the counters: before those go.
+  by_key_.clear();
+  by_id_.clear();
+  if (mount_fd_ >= 0) ::close(mount_fd_);
 }
 
 void InodeTable::set_root(int fd, const struct stat& st) {
-  std::unique_lock lk(mu_);
-  auto root = std::make_shared<Inode>(fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, 1);
-  root->nlookup = 1;
-  by_id_[1] = root;
-  by_key_[{st.st_dev, st.st_ino}] = root;
+  {
+    std::unique_lock lk(mu_);
+    root_dev_ = st.st_dev;
+    // File handles need support from the file system and CAP_DAC_READ_SEARCH to open;
+    // open_by_handle_at takes no O_PATH descriptor for the file system.
+    auto handle = handle_of(fd);
+    mount_fd_ = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (!handle.empty() && mount_fd_ >= 0) {
+      int probe = open_handle(mount_fd_, handle);
+      if (probe >= 0) {
+        ::close(probe);
+        handles_ = true;
+      }
+    }
+    auto root = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, 1);
+    root->nlookup = 1;
+    by_id_[1] = root;
+    by_key_[{st.st_dev, st.st_ino}] = root;
+  }
+  fd_opened();
 }
 
 std::shared_ptr<Inode> InodeTable::get(uint64_t nodeid) const {
@@ -24,19 +173,23 @@ std::shared_ptr<Inode> InodeTable::get(uint64_t nodeid) const {
 }
 
 std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* created) {
-  std::unique_lock lk(mu_);
-  auto it = by_key_.find({st.st_dev, st.st_ino});
-  if (created != nullptr) *created = it == by_key_.end();
-  if (it != by_key_.end()) {
-    ::close(fd);
-    ++it->second->nlookup;
-    return it->second;
+  std::shared_ptr<Inode> inode;
+  {
+    std::unique_lock lk(mu_);
+    auto it = by_key_.find({st.st_dev, st.st_ino});
+    if (created != nullptr) *created = it == by_key_.end();
+    if (it != by_key_.end()) {
+      ::close(fd);
+      ++it->second->nlookup;
+      return it->second;
+    }
+    inode = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT,
+                                    next_nodeid_++);
+    inode->nlookup = 1;
+    by_id_[inode->nodeid] = inode;
+    by_key_[{st.st_dev, st.st_ino}] = inode;
   }
-  auto inode = std::make_shared<Inode>(fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT,
-                                       next_nodeid_++);
-  inode->nlookup = 1;
-  by_id_[inode->nodeid] = inode;
-  by_key_[{st.st_dev, st.st_ino}] = inode;
+  fd_opened();
   return inode;
 }
 
@@ -72,6 +225,61 @@ std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
 size_t InodeTable::size() const {
   std::shared_lock lk(mu_);
   return by_id_.size();
+}
+
+InodeStats InodeTable::stats() const {
+  InodeStats s;
+  s.inodes = size();
+  s.fds = fds_.load(std::memory_order_relaxed);
+  s.evictions = evictions_.load(std::memory_order_relaxed);
+  s.reopens = reopens_.load(std::memory_order_relaxed);
+  s.reopen_failures = reopen_failures_.load(std::memory_order_relaxed);
+  return s;
+}
+
+void InodeTable::fd_opened() {
+  fds_.fetch_add(1, std::memory_order_relaxed);
+  if (g_path_fds.fetch_add(1, std::memory_order_relaxed) + 1 > fd_budget_) evict_some();
+}
+
+void InodeTable::fd_closed() {
+  fds_.fetch_sub(1, std::memory_order_relaxed);
+  g_path_fds.fetch_sub(1, std::memory_order_relaxed);
+}
+
+// Evicts down to three quarters of the budget (batches keep the scans rare), least
+// recently pinned first. Recency is coarse: pin() stamps the epoch, which each pass
+// advances, so "older" means "not used since an earlier pass".
+void InodeTable::evict_some() {
+  std::unique_lock ek(evict_mu_, std::try_to_lock);
+  if (!ek.owns_lock() || !handles_) return;
+  uint64_t held = g_path_fds.load(std::memory_order_relaxed);
+  if (held <= fd_budget_) return;
+  size_t want = held - fd_budget_ * 3 / 4;
+
+  // The shared lock keeps every inode in the map alive (forget needs the exclusive lock).
+  std::shared_lock lk(mu_);
+  std::vector<std::pair<uint32_t, Inode*>> candidates;
+  candidates.reserve(fds_.load(std::memory_order_relaxed));
+  for (const auto& [id, inode] : by_id_) {
+    if (inode->fd_.load(std::memory_order_relaxed) < 0 ||
+        inode->pins_.load(std::memory_order_relaxed) != 0 ||
+        inode->opens.load(std::memory_order_relaxed) != 0)
+      continue;
+    candidates.emplace_back(inode->last_use_.load(std::memory_order_relaxed), inode.get());
+  }
+  epoch_.fetch_add(1, std::memory_order_relaxed);
+  auto by_age = [](const auto& a, const auto& b) { return a.first < b.first; };
+  if (candidates.size() > want) {
+    std::nth_element(candidates.begin(), candidates.begin() + static_cast<ptrdiff_t>(want),
+                     candidates.end(), by_age);
+    candidates.resize(want);
+  }
+  for (auto& [age, inode] : candidates) {
+    if (!inode->evict()) continue;
+    fd_closed();
+    evictions_.fetch_add(1, std::memory_order_relaxed);
+  }
 }
 
 }  // namespace efuse::fs::passthrough

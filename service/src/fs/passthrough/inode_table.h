@@ -1,27 +1,69 @@
-// Inodes of the passthrough backend: held by O_PATH handles and keyed by the backing
-// (st_dev, st_ino), never by path, so renames in the backing tree do not break them.
+// Inodes of the passthrough backend: keyed by the backing (st_dev, st_ino), never by path,
+// so renames in the backing tree do not break them, and reached through O_PATH descriptors.
+//
+// The kernel keeps an inode for every dentry it caches, and a large tree (a kernel source
+// extraction: 80,000+ entries) would need as many descriptors, far beyond RLIMIT_NOFILE.
+// So descriptors are a bounded cache: past the budget, the least recently used inodes that
+// nothing is using close theirs and are held by file handle (name_to_handle_at), to be
+// reopened with open_by_handle_at (CAP_DAC_READ_SEARCH) on their next use. Inodes on
+// another file system than the source's root, open files and lock holders keep their
+// descriptors; without file handle support nothing is evicted.
 #pragma once
 
 #include <sys/stat.h>
 
-#include <cstdint>
 #include <atomic>
+#include <cstdint>
 #include <memory>
-#include <vector>
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+#include "fs/filesystem.h"
 
 namespace efuse::fs::passthrough {
 
+struct Inode;
+class InodeTable;
+
+// The O_PATH descriptor of an inode, pinned: it stays open (eviction skips the inode) until
+// the PathFd is destroyed. Converts to int for use in *at() calls; check ok() first.
+class PathFd {
+ public:
+  PathFd() = default;
+  PathFd(PathFd&& o) noexcept : inode_(o.inode_), fd_(o.fd_), error_(o.error_) {
+    o.inode_ = nullptr;
+  }
+  PathFd& operator=(PathFd&&) = delete;
+  PathFd(const PathFd&) = delete;
+  ~PathFd();
+
+  bool ok() const { return fd_ >= 0; }
+  Errno error() const { return Errno{error_}; }
+  operator int() const { return fd_; }  // NOLINT: used as an fd argument
+
+ private:
+  friend struct Inode;
+  PathFd(Inode* inode, int fd) : inode_(inode), fd_(fd) {}
+  explicit PathFd(int error) : error_(error) {}
+
+  Inode* inode_ = nullptr;
+  int fd_ = -1;
+  int error_ = EBADF;
+};
+
 struct Inode {
-  Inode(int fd_, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_)
-      : fd(fd_), dev(dev_), ino(ino_), type(type_), nodeid(nodeid_) {}
+  Inode(InodeTable& table, int fd, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_);
   ~Inode();
   Inode(const Inode&) = delete;
   Inode& operator=(const Inode&) = delete;
 
-  const int fd;  // O_PATH | O_NOFOLLOW handle on the backing object
+  // The O_PATH | O_NOFOLLOW descriptor, reopened by file handle if it was evicted. Fails
+  // with ESTALE when the backing object no longer exists (removed while evicted).
+  PathFd pin();
+
   const dev_t dev;
   const ino_t ino;
   const mode_t type;  // S_IFMT bits
@@ -51,13 +93,36 @@ struct Inode {
   };
   std::mutex lock_mu;
   std::unordered_map<uint64_t, LockOwner> lock_fds;
+
+ private:
+  friend class PathFd;
+  friend class InodeTable;
+
+  // Closes the descriptor if nothing has it pinned and the inode can be reopened; true when
+  // it did. Never blocks on another thread's reopen of this inode.
+  bool evict();
+  int reopen();  // with fd_mu_ held: the new descriptor, or -errno
+
+  InodeTable& table_;
+  std::atomic<int> fd_;              // -1 while evicted
+  std::atomic<uint32_t> pins_{0};    // PathFds alive
+  std::atomic<uint32_t> last_use_;   // InodeTable eviction epoch of the latest pin()
+  std::mutex fd_mu_;                 // reopen and eviction
+  std::vector<unsigned char> handle_;  // struct file_handle, taken at first eviction
+  bool pinned_forever_ = false;      // guarded by fd_mu_: cannot be held by handle
 };
 
 class InodeTable {
  public:
-  InodeTable() = default;
+  // fd_budget: descriptors all tables of the process may hold before evicting; 0 = half of
+  // RLIMIT_NOFILE's soft limit at construction.
+  explicit InodeTable(size_t fd_budget = 0);
+  ~InodeTable();
+  InodeTable(const InodeTable&) = delete;
+  InodeTable& operator=(const InodeTable&) = delete;
 
-  // Installs the root (nodeid 1) from an O_PATH fd on the source directory.
+  // Installs the root (nodeid 1) from an O_PATH fd on the source directory. The root's
+  // file system is the one file handles are decoded against; the root is never evicted.
   void set_root(int fd, const struct stat& st);
   std::shared_ptr<Inode> get(uint64_t nodeid) const;
   // Finds the inode for (st.st_dev, st.st_ino) or adopts `fd` as a new one; adds one lookup
@@ -70,8 +135,19 @@ class InodeTable {
   // Every inode the kernel knows (for resynchronising after lost change events).
   std::vector<std::shared_ptr<Inode>> all() const;
   size_t size() const;
+  InodeStats stats() const;
+  // Whether evicted descriptors can be reopened (file handles work on the source).
+  bool handles() const { return handles_; }
 
  private:
+  friend struct Inode;
+
+  // Called after a descriptor was opened: evicts least recently used ones while the
+  // process is over budget. One thread evicts at a time; the others go on.
+  void fd_opened();
+  void fd_closed();
+  void evict_some();
+
   struct Key {
     dev_t dev;
     ino_t ino;
@@ -88,6 +164,14 @@ class InodeTable {
   uint64_t next_nodeid_ = 2;  // never reused: a nodeid the kernel saw names one object forever
   std::unordered_map<uint64_t, std::shared_ptr<Inode>> by_id_;
   std::unordered_map<Key, std::shared_ptr<Inode>, KeyHash> by_key_;
+
+  const size_t fd_budget_;
+  int mount_fd_ = -1;       // the root opened O_RDONLY: open_by_handle_at's mount_fd
+  dev_t root_dev_ = 0;
+  bool handles_ = false;    // set once in set_root
+  std::atomic<uint32_t> epoch_{0};
+  std::mutex evict_mu_;
+  std::atomic<uint64_t> fds_{0}, evictions_{0}, reopens_{0}, reopen_failures_{0};
 };
 
 }  // namespace efuse::fs::passthrough

@@ -28,9 +28,9 @@ std::shared_ptr<PassthroughFs::DirHandle> PassthroughFs::dir_handle(uint64_t fh)
 }
 
 Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
-  auto inode = inodes_.get(ino);
-  if (!inode) return Errno{ESTALE};
-  int fd = openat(inode->fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  GET_INODE(inode, ino);
+  PIN_FD(path_fd, inode);
+  int fd = openat(path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return last_errno();
   DIR* dp = fdopendir(fd);
   if (dp == nullptr) {
@@ -56,8 +56,7 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
                               DirSink& sink) {
   auto dh = dir_handle(fh);
   if (!dh) return Errno{EBADF};
-  auto dir = inodes_.get(ino);
-  if (!dir) return Errno{ESTALE};
+  if (!inodes_.get(ino)) return Errno{ESTALE};
   std::lock_guard lk(dh->mu);
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
@@ -86,7 +85,7 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
       e.attr.st_mode = static_cast<mode_t>(DTTOIF(d->d_type));
       sink.add_plus(name, e, next);
     } else {
-      auto e = lookup_at(*dir, d->d_name);
+      auto e = lookup_at(dirfd(dh->dp), d->d_name);
       if (!e.ok()) {
         if (e.error() != ENOENT) return Errno{e.error()};
         // Removed since we read the entry: skip it.

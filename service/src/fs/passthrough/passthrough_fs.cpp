@@ -63,10 +63,6 @@ void PassthroughFs::set_policy(const Policy& p) {
   adaptive_io_.store(p.adaptive_io, std::memory_order_relaxed);
 }
 
-#define GET_INODE(var, id)               \
-  auto var = inodes_.get(id);            \
-  if (!var) return Errno{ESTALE};
-
 Result<Entry> PassthroughFs::entry_for(int fd) {
   struct stat st;
   if (fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0) {
@@ -98,8 +94,8 @@ double PassthroughFs::cache_timeout(const std::atomic<double>& configured) const
   return t;
 }
 
-Result<Entry> PassthroughFs::lookup_at(const Inode& parent, const char* name) {
-  int fd = openat(parent.fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+Result<Entry> PassthroughFs::lookup_at(int dirfd, const char* name) {
+  int fd = openat(dirfd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
   if (fd < 0) return last_errno();
   return entry_for(fd);
 }
@@ -107,8 +103,9 @@ Result<Entry> PassthroughFs::lookup_at(const Inode& parent, const char* name) {
 Result<Entry> PassthroughFs::lookup(const Context&, uint64_t parent, std::string_view name) {
   GET_INODE(dir, parent);
   if (name.size() > NAME_MAX) return Errno{ENAMETOOLONG};
+  PIN_FD(dirfd, dir);
   std::string n(name);
-  return lookup_at(*dir, n.c_str());
+  return lookup_at(dirfd, n.c_str());
 }
 
 void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) {
@@ -125,6 +122,8 @@ void PassthroughFs::note_inode(const Inode& inode) {
   if (auto w = watcher()) w->note_inode(inode);
 }
 
+InodeStats PassthroughFs::inode_stats() const { return inodes_.stats(); }
+
 Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
   struct stat st;
   int rc;
@@ -132,7 +131,8 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
     rc = fstat(static_cast<int>(*fh), &st);
   } else {
     GET_INODE(inode, ino);
-    rc = fstatat(inode->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+    PIN_FD(fd, inode);
+    rc = fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
   if (rc != 0) return last_errno();
   return Attr{st, cache_timeout(attr_timeout_)};
@@ -141,7 +141,8 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
 Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {
   GET_INODE(inode, ino);
   int fh = s.has_fh ? static_cast<int>(s.fh) : -1;
-  ProcPath path(inode->fd);
+  PIN_FD(fd, inode);
+  ProcPath path(fd);
   if (s.set_mode) {
     note_inode(*inode);
     int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod(path, s.mode & 07777);
@@ -151,7 +152,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
     note_inode(*inode);
     uid_t uid = s.set_uid ? s.uid : static_cast<uid_t>(-1);
     gid_t gid = s.set_gid ? s.gid : static_cast<gid_t>(-1);
-    if (fchownat(inode->fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
+    if (fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
       return last_errno();
   }
   if (s.set_size) {
@@ -160,7 +161,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
                      : truncate(path, static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
     if (ctx.kill_suidgid) {
-      Status k = kill_suidgid(inode->fd);
+      Status k = kill_suidgid(fd);
       if (!k.ok()) return Errno{k.error()};
     }
   }
@@ -174,7 +175,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
     if (s.mtime_now) ts[1].tv_nsec = UTIME_NOW;
     else if (s.set_mtime) ts[1] = s.mtime;
     int rc = fh >= 0 ? futimens(fh, ts)
-                     : utimensat(inode->fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
+                     : utimensat(fd, "", ts, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
     if (rc != 0) return last_errno();
   }
   return getattr(ctx, ino, nullptr);
@@ -182,8 +183,9 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
 
 Result<std::string> PassthroughFs::readlink(const Context&, uint64_t ino) {
   GET_INODE(inode, ino);
+  PIN_FD(fd, inode);
   std::string buf(PATH_MAX + 1, '\0');
-  ssize_t n = readlinkat(inode->fd, "", buf.data(), buf.size());
+  ssize_t n = readlinkat(fd, "", buf.data(), buf.size());
   if (n < 0) return last_errno();
   if (static_cast<size_t>(n) >= buf.size()) return Errno{ENAMETOOLONG};
   buf.resize(static_cast<size_t>(n));
@@ -193,13 +195,14 @@ Result<std::string> PassthroughFs::readlink(const Context&, uint64_t ino) {
 Result<Entry> PassthroughFs::symlink(const Context& ctx, uint64_t parent, std::string_view name,
                                      std::string_view target) {
   GET_INODE(dir, parent);
+  PIN_FD(dirfd, dir);
   std::string n(name), t(target);
   note_entry(dir->nodeid, name);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
-    if (symlinkat(t.c_str(), dir->fd, n.c_str()) != 0) return last_errno();
+    if (symlinkat(t.c_str(), dirfd, n.c_str()) != 0) return last_errno();
   }
-  return lookup_at(*dir, n.c_str());
+  return lookup_at(dirfd, n.c_str());
 }
 
 // With FUSE_DONT_MASK the kernel hands creation the caller's umask instead of applying it,
@@ -230,15 +233,16 @@ Status kill_suidgid(int fd) {
 Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::string_view name,
                                    mode_t mode, dev_t rdev) {
   GET_INODE(dir, parent);
+  PIN_FD(dirfd, dir);
   std::string n(name);
   note_entry(dir->nodeid, name);
-  mode = creation_mode(dir->fd, mode, ctx.umask);
+  mode = creation_mode(dirfd, mode, ctx.umask);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
-    int rc = S_ISDIR(mode) ? mkdirat(dir->fd, n.c_str(), mode) : mknodat(dir->fd, n.c_str(), mode, rdev);
+    int rc = S_ISDIR(mode) ? mkdirat(dirfd, n.c_str(), mode) : mknodat(dirfd, n.c_str(), mode, rdev);
     if (rc != 0) return last_errno();
   }
-  return lookup_at(*dir, n.c_str());
+  return lookup_at(dirfd, n.c_str());
 }
 
 Result<Entry> PassthroughFs::mkdir(const Context& ctx, uint64_t parent, std::string_view name,
@@ -248,54 +252,62 @@ Result<Entry> PassthroughFs::mkdir(const Context& ctx, uint64_t parent, std::str
 
 Status PassthroughFs::unlink(const Context&, uint64_t parent, std::string_view name) {
   GET_INODE(dir, parent);
+  PIN_FD(dirfd, dir);
   std::string n(name);
   note_entry(dir->nodeid, name);
-  return check(unlinkat(dir->fd, n.c_str(), 0));
+  return check(unlinkat(dirfd, n.c_str(), 0));
 }
 
 Status PassthroughFs::rmdir(const Context&, uint64_t parent, std::string_view name) {
   GET_INODE(dir, parent);
+  PIN_FD(dirfd, dir);
   std::string n(name);
   note_entry(dir->nodeid, name);
-  return check(unlinkat(dir->fd, n.c_str(), AT_REMOVEDIR));
+  return check(unlinkat(dirfd, n.c_str(), AT_REMOVEDIR));
 }
 
 Status PassthroughFs::rename(const Context&, uint64_t parent, std::string_view name,
                              uint64_t newparent, std::string_view newname, uint32_t flags) {
   GET_INODE(from, parent);
   GET_INODE(to, newparent);
+  PIN_FD(from_fd, from);
+  PIN_FD(to_fd, to);
   std::string a(name), b(newname);
   // RENAME_EXCHANGE moves both names: two events on each.
   int events = (flags & RENAME_EXCHANGE) ? 2 : 1;
   note_entry(from->nodeid, name, events);
   note_entry(to->nodeid, newname, events);
   return check(static_cast<int>(
-      syscall(SYS_renameat2, from->fd, a.c_str(), to->fd, b.c_str(), flags)));
+      syscall(SYS_renameat2, int{from_fd}, a.c_str(), int{to_fd}, b.c_str(), flags)));
 }
 
 Result<Entry> PassthroughFs::link(const Context&, uint64_t ino, uint64_t newparent,
                                   std::string_view newname) {
   GET_INODE(inode, ino);
   GET_INODE(dir, newparent);
+  PIN_FD(fd, inode);
+  PIN_FD(dirfd, dir);
   std::string n(newname);
   note_entry(dir->nodeid, newname);
-  int rc = root_ ? linkat(inode->fd, "", dir->fd, n.c_str(), AT_EMPTY_PATH)
-                 : linkat(AT_FDCWD, ProcPath(inode->fd), dir->fd, n.c_str(), AT_SYMLINK_FOLLOW);
+  int rc = root_ ? linkat(fd, "", dirfd, n.c_str(), AT_EMPTY_PATH)
+                 : linkat(AT_FDCWD, ProcPath(fd), dirfd, n.c_str(), AT_SYMLINK_FOLLOW);
   if (rc != 0) return last_errno();
-  return lookup_at(*dir, n.c_str());
+  return lookup_at(dirfd, n.c_str());
 }
 
 Result<struct statvfs> PassthroughFs::statfs(const Context&, uint64_t ino) {
   GET_INODE(inode, ino);
+  PIN_FD(fd, inode);
   struct statvfs sv;
-  if (fstatvfs(inode->fd, &sv) != 0) return last_errno();
+  if (fstatvfs(fd, &sv) != 0) return last_errno();
   return sv;
 }
 
 Status PassthroughFs::access(const Context& ctx, uint64_t ino, int mask) {
   GET_INODE(inode, ino);
+  PIN_FD(fd, inode);
   CredScope cred(root_, ctx.uid, ctx.gid, /*keep_dac_override=*/false);
-  return check(faccessat(AT_FDCWD, ProcPath(inode->fd), mask, AT_EACCESS));
+  return check(faccessat(AT_FDCWD, ProcPath(fd), mask, AT_EACCESS));
 }
 
 }  // namespace efuse::fs::passthrough

@@ -96,12 +96,12 @@ class PassthroughFs final : public Filesystem {
   Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
   Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
 
-  size_t inode_count() const { return inodes_.size(); }
+  InodeStats inode_stats() const override;
 
  private:
   struct DirHandle;
 
-  Result<Entry> lookup_at(const Inode& parent, const char* name);
+  Result<Entry> lookup_at(int dirfd, const char* name);
   Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
   uint32_t holder_pid(const Inode& inode, uint64_t owner, const struct flock& conflict);
@@ -138,5 +138,15 @@ class PassthroughFs final : public Filesystem {
   uint64_t next_dir_fh_ = 1;
   std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;
 };
+
+// The inode `id` of the request, or ESTALE (the kernel asked about a forgotten nodeid).
+#define GET_INODE(var, id)    \
+  auto var = inodes_.get(id); \
+  if (!var) return Errno{ESTALE};
+
+// `inode`'s O_PATH descriptor, pinned for the rest of the scope (see InodeTable).
+#define PIN_FD(var, inode)     \
+  PathFd var = (inode)->pin(); \
+  if (!var.ok()) return var.error();
 
 }  // namespace efuse::fs::passthrough

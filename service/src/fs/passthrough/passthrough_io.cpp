@@ -12,10 +12,6 @@
 
 namespace efuse::fs::passthrough {
 
-#define GET_INODE(var, id)               \
-  auto var = inodes_.get(id);            \
-  if (!var) return Errno{ESTALE};
-
 namespace {
 
 int backing_open_flags(int flags, bool writeback) {
@@ -62,8 +58,9 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
 
 Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags) {
   GET_INODE(inode, ino);
+  PIN_FD(path_fd, inode);
   inode->opens.fetch_add(1);
-  int fd = ::open(ProcPath(inode->fd), backing_open_flags(flags, caps_.writeback_cache));
+  int fd = ::open(ProcPath(path_fd), backing_open_flags(flags, caps_.writeback_cache));
   if (fd < 0) {
     inode->opens.fetch_sub(1);
     return last_errno();
@@ -75,10 +72,11 @@ Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags
 Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::string_view name,
                                       mode_t mode, int flags) {
   GET_INODE(dir, parent);
+  PIN_FD(dirfd, dir);
   std::string n(name);
   int fd;
   note_entry(dir->nodeid, name);
-  mode = creation_mode(dir->fd, mode, ctx.umask);
+  mode = creation_mode(dirfd, mode, ctx.umask);
   // ctx.kill_suidgid (O_TRUNC) does not apply: CREATE makes a new file, whose set-ID bits
   // are the ones the caller asked for.
   {
@@ -86,12 +84,12 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
     // backing tree meanwhile, O_CREAT would follow it, possibly out of the source tree;
     // O_NOFOLLOW makes that ELOOP instead.
     CredScope cred(root_, ctx.uid, ctx.gid);
-    fd = openat(dir->fd, n.c_str(),
+    fd = openat(dirfd, n.c_str(),
                 backing_open_flags(flags, caps_.writeback_cache) | O_CREAT | O_NOFOLLOW,
                 mode & 07777);
   }
   if (fd < 0) return last_errno();
-  auto e = lookup_at(*dir, n.c_str());
+  auto e = lookup_at(dirfd, n.c_str());
   if (!e.ok()) {
     ::close(fd);
     return Errno{e.error()};
@@ -308,17 +306,19 @@ Status PassthroughFs::setxattr(const Context&, uint64_t ino, std::string_view na
                                std::span<const char> value, int flags) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{EPERM};
+  PIN_FD(fd, inode);
   std::string n(name);
   note_inode(*inode);
-  return check(::setxattr(ProcPath(inode->fd), n.c_str(), value.data(), value.size(), flags));
+  return check(::setxattr(ProcPath(fd), n.c_str(), value.data(), value.size(), flags));
 }
 
 Result<size_t> PassthroughFs::getxattr(const Context&, uint64_t ino, std::string_view name,
                                        std::span<char> buf) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{ENODATA};
+  PIN_FD(fd, inode);
   std::string n(name);
-  ssize_t r = ::getxattr(ProcPath(inode->fd), n.c_str(), buf.data(), buf.size());
+  ssize_t r = ::getxattr(ProcPath(fd), n.c_str(), buf.data(), buf.size());
   if (r < 0) return last_errno();
   return static_cast<size_t>(r);
 }
@@ -326,7 +326,8 @@ Result<size_t> PassthroughFs::getxattr(const Context&, uint64_t ino, std::string
 Result<size_t> PassthroughFs::listxattr(const Context&, uint64_t ino, std::span<char> buf) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return size_t{0};
-  ssize_t r = ::listxattr(ProcPath(inode->fd), buf.data(), buf.size());
+  PIN_FD(fd, inode);
+  ssize_t r = ::listxattr(ProcPath(fd), buf.data(), buf.size());
   if (r < 0) return last_errno();
   return static_cast<size_t>(r);
 }
@@ -334,9 +335,10 @@ Result<size_t> PassthroughFs::listxattr(const Context&, uint64_t ino, std::span<
 Status PassthroughFs::removexattr(const Context&, uint64_t ino, std::string_view name) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{EPERM};
+  PIN_FD(fd, inode);
   std::string n(name);
   note_inode(*inode);
-  return check(::removexattr(ProcPath(inode->fd), n.c_str()));
+  return check(::removexattr(ProcPath(fd), n.c_str()));
 }
 
 }  // namespace efuse::fs::passthrough

@@ -55,7 +55,9 @@ Watcher::~Watcher() {
 
 void Watcher::watch(Inode& dir) {
   if (fd_ < 0 || dir.watch.load() >= 0) return;
-  int wd = inotify_add_watch(fd_, ProcPath(dir.fd), kDirMask);
+  PathFd fd = dir.pin();
+  if (!fd.ok()) return;  // removed meanwhile: nothing left to watch
+  int wd = inotify_add_watch(fd_, ProcPath(fd), kDirMask);
   if (wd < 0) {
     if (watch_failures_.fetch_add(1) == 0)
       LOG_WARN("%s: inotify_add_watch failed (%s; see fs.inotify.max_user_watches); outside "
@@ -154,7 +156,8 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
   auto parent = table_.get(dir);
   if (!parent) return;
   struct stat st;
-  if (fstatat(parent->fd, ev.name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
+  PathFd parent_fd = parent->pin();
+  if (!parent_fd.ok() || fstatat(parent_fd, ev.name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
   auto child = table_.find(st.st_dev, st.st_ino);
   if (!child || consume_inode(child->nodeid)) return;
   // Open files keep their pages: writes through the mount (served or passthrough) land

@@ -1,0 +1,151 @@
+// InodeTable's descriptor budget: past it, unused inodes close their O_PATH descriptor and
+// are reopened by file handle on their next use. Needs CAP_DAC_READ_SEARCH (root) for
+// open_by_handle_at; without it the table evicts nothing, which is checked too.
+#include "fs/passthrough/inode_table.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../testing/temp_dir.h"
+
+namespace efuse::fs::passthrough {
+namespace {
+
+using efuse::testing::TempDir;
+using efuse::testing::write_file;
+
+constexpr size_t kBudget = 16;
+constexpr int kFiles = 200;
+
+class InodeTableTest : public ::testing::Test {
+ protected:
+  InodeTableTest() : table_(kBudget) {
+    int fd = ::open(tmp_.path().c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+    EXPECT_GE(fd, 0);
+    struct stat st;
+    EXPECT_EQ(fstat(fd, &st), 0);
+    table_.set_root(fd, st);
+  }
+
+  // Looks up `name` in the source directory as PassthroughFs does and adopts it.
+  std::shared_ptr<Inode> ref(const std::string& name) {
+    int fd = openat(root_fd(), name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    EXPECT_GE(fd, 0) << name;
+    struct stat st;
+    EXPECT_EQ(fstat(fd, &st), 0);
+    return table_.ref(fd, st);
+  }
+  int root_fd() {
+    root_pin_ = std::make_unique<PathFd>(table_.get(1)->pin());
+    return *root_pin_;
+  }
+
+  // The descriptor still names the object the inode was made for.
+  static void expect_same(Inode& inode) {
+    PathFd fd = inode.pin();
+    ASSERT_TRUE(fd.ok()) << strerror(fd.error().code);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_ino, inode.ino);
+    EXPECT_EQ(st.st_dev, inode.dev);
+  }
+
+  TempDir tmp_;
+  InodeTable table_;
+  std::unique_ptr<PathFd> root_pin_;
+};
+
+TEST_F(InodeTableTest, DescriptorsStayWithinTheBudgetAndReopenByHandle) {
+  if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  std::vector<std::shared_ptr<Inode>> inodes;
+  for (int i = 0; i < kFiles; ++i) {
+    std::string name = (i % 10 == 0 ? "d" : "f") + std::to_string(i);
+    if (i % 10 == 0) ASSERT_EQ(::mkdir((tmp_ / name).c_str(), 0755), 0);
+    else if (i % 10 == 1) ASSERT_EQ(::symlink("target", (tmp_ / name).c_str()), 0);
+    else ASSERT_TRUE(write_file(tmp_ / name, name));
+    inodes.push_back(ref(name));
+  }
+  InodeStats s = table_.stats();
+  EXPECT_EQ(s.inodes, kFiles + 1u);
+  EXPECT_LE(s.fds, kBudget) << "evicted down to the budget";
+  EXPECT_GE(s.evictions, kFiles + 1 - kBudget);
+
+  // Every inode, files, directories and symlinks alike, reopens to its own object.
+  for (auto& inode : inodes) expect_same(*inode);
+  s = table_.stats();
+  EXPECT_GE(s.reopens, kFiles - kBudget);
+  EXPECT_EQ(s.reopen_failures, 0u);
+  EXPECT_LE(s.fds, kBudget + 1) << "reopens evict others in turn";
+}
+
+TEST_F(InodeTableTest, PinnedAndOpenInodesKeepTheirDescriptor) {
+  if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  ASSERT_TRUE(write_file(tmp_ / "pinned", "p"));
+  ASSERT_TRUE(write_file(tmp_ / "open", "o"));
+  auto pinned = ref("pinned");
+  auto open = ref("open");
+  PathFd pin = pinned->pin();
+  ASSERT_TRUE(pin.ok());
+  int pinned_fd = pin;
+  open->opens.fetch_add(1);
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
+    ref("f" + std::to_string(i));
+  }
+  EXPECT_GT(table_.stats().evictions, 0u);
+  // Still the same descriptor, still open on the same file (not closed and reused).
+  PathFd again = pinned->pin();
+  EXPECT_EQ(static_cast<int>(again), pinned_fd);
+  expect_same(*pinned);
+  uint64_t reopens = table_.stats().reopens;
+  expect_same(*open);
+  EXPECT_EQ(table_.stats().reopens, reopens) << "an open file was never evicted";
+  open->opens.fetch_sub(1);
+}
+
+TEST_F(InodeTableTest, RemovedWhileEvictedIsStale) {
+  if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  ASSERT_TRUE(write_file(tmp_ / "victim", "v"));
+  auto victim = ref("victim");
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
+    ref("f" + std::to_string(i));
+  }
+  ASSERT_EQ(::unlink((tmp_ / "victim").c_str()), 0);
+  // A new file may even get the old inode number; the handle's generation tells them apart.
+  ASSERT_TRUE(write_file(tmp_ / "newcomer", "n"));
+  PathFd fd = victim->pin();
+  EXPECT_FALSE(fd.ok());
+  EXPECT_EQ(fd.error().code, ESTALE);
+  EXPECT_EQ(table_.stats().reopen_failures, 1u);
+}
+
+TEST(InodeTableBudget, ForgottenInodesGiveTheirDescriptorsBack) {
+  TempDir tmp;
+  InodeTable table(1000);
+  int fd = ::open(tmp.path().c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  struct stat st;
+  ASSERT_EQ(fstat(fd, &st), 0);
+  table.set_root(fd, st);
+  ASSERT_TRUE(write_file(tmp / "f", "x"));
+  int f = openat(fd, "f", O_PATH | O_CLOEXEC);
+  ASSERT_EQ(fstat(f, &st), 0);
+  auto inode = table.ref(f, st);
+  EXPECT_EQ(table.stats().fds, 2u);
+  uint64_t id = inode->nodeid;
+  inode.reset();
+  EXPECT_NE(table.forget(id, 1), nullptr);  // the returned reference closes on destruction
+  EXPECT_EQ(table.stats().fds, 1u);
+  EXPECT_EQ(table.stats().inodes, 1u);
+}
+
+}  // namespace
+}  // namespace efuse::fs::passthrough
