@@ -58,6 +58,8 @@ class MetricsCollector : public ::testing::Test {
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
     data.start_failures = 1;
+    data.inodes = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
+                   .reopen_failures = 2};
 
     MountView broken;
     broken.name = "broken";
@@ -167,6 +169,17 @@ TEST_F(MetricsCollector, SessionCounters) {
   EXPECT_EQ(e.value("efuse_passthrough_refusals_total", {{"mount", "data"}}), 0);
 }
 
+TEST_F(MetricsCollector, InodeTableSeriesOfLiveMountsOnly) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_inodes", {{"mount", "data"}}), 700);
+  EXPECT_EQ(e.value("efuse_inode_fds", {{"mount", "data"}}), 500);
+  EXPECT_EQ(e.value("efuse_inode_fd_evictions_total", {{"mount", "data"}}), 300);
+  EXPECT_EQ(e.value("efuse_inode_fd_reopens_total", {{"mount", "data"}}), 90);
+  EXPECT_EQ(e.value("efuse_inode_fd_reopen_failures_total", {{"mount", "data"}}), 2);
+  EXPECT_EQ(e.type["efuse_inode_fds"], "gauge");
+  EXPECT_TRUE(e.find("efuse_inodes", {{"mount", "broken"}}).empty()) << "not live: no table";
+}
+
 TEST_F(MetricsCollector, WorkerSeries) {
   Exposition e = scrape();
   Labels w0 = {{"mount", "data"}, {"worker", "classic-0"}};
@@ -260,7 +273,9 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_mount_start_failures_total", "efuse_mount_info", "efuse_kernel_feature",
         "efuse_kernel_feature_offered", "efuse_kernel_protocol_minor", "efuse_max_write_bytes",
         "efuse_decode_errors_total", "efuse_passthrough_opens_total",
-        "efuse_passthrough_refusals_total", "efuse_config_reloads_total",
+        "efuse_passthrough_refusals_total", "efuse_inodes", "efuse_inode_fds",
+        "efuse_inode_fd_evictions_total", "efuse_inode_fd_reopens_total",
+        "efuse_inode_fd_reopen_failures_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",
         "efuse_config_last_reload_duration_seconds", "efuse_build_info",
         "efuse_start_time_seconds", "efuse_process_resident_memory_bytes",
