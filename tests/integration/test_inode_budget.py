@@ -30,6 +30,9 @@ def build_tree(tree):
         for f in range(FILES):
             write_file(J(dd, f"f{f:03}"), f"{d}/{f}\n" * (f % 7 + 1))
         os.symlink(f"f{d:03}", J(dd, "link"))
+        # tar extracts links leading out of their directory as placeholder files first and
+        # swaps in the symlinks at the end: the placeholders' inode numbers get reused.
+        os.symlink(f"../d{(d + 1) % DIRS:02}/f000", J(dd, "up"))
         os.link(J(dd, "f000"), J(tree, f"hard{d:02}"))
 
 

@@ -127,6 +127,36 @@ TEST_F(InodeTableTest, RemovedWhileEvictedIsStale) {
   EXPECT_EQ(table_.stats().reopen_failures, 1u);
 }
 
+TEST_F(InodeTableTest, ReusedInodeNumberIsANewInode) {
+  if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  // tar replaces placeholder files with symlinks at the end: the placeholder's inode (still
+  // known to the kernel, evicted here) is unlinked and ext4 hands its number to the symlink.
+  ASSERT_TRUE(write_file(tmp_ / "placeholder", ""));
+  auto old = ref("placeholder");
+  for (int i = 0; i < kFiles; ++i) {
+    ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
+    ref("f" + std::to_string(i));
+  }
+  ASSERT_EQ(::unlink((tmp_ / "placeholder").c_str()), 0);
+  struct stat st {};
+  std::string name;
+  for (int i = 0; i < 50 && st.st_ino != old->ino; ++i) {
+    name = "link" + std::to_string(i);
+    ASSERT_EQ(::symlink("target", (tmp_ / name).c_str()), 0);
+    ASSERT_EQ(::lstat((tmp_ / name).c_str(), &st), 0);
+  }
+  if (st.st_ino != old->ino) GTEST_SKIP() << "the file system did not reuse the inode number";
+  auto fresh = ref(name);
+  EXPECT_NE(fresh->nodeid, old->nodeid) << "a new object gets a new nodeid";
+  EXPECT_TRUE(S_ISLNK(fresh->type));
+  expect_same(*fresh);
+  EXPECT_EQ(old->pin().error().code, ESTALE) << "the removed placeholder stays stale";
+  EXPECT_EQ(table_.find(st.st_dev, st.st_ino), fresh);
+  // Forgetting the old nodeid leaves the new one findable by its key.
+  EXPECT_NE(table_.forget(old->nodeid, 1), nullptr);
+  EXPECT_EQ(table_.find(st.st_dev, st.st_ino), fresh);
+}
+
 TEST(InodeTableBudget, ForgottenInodesGiveTheirDescriptorsBack) {
   TempDir tmp;
   InodeTable table(1000);

@@ -107,6 +107,15 @@ int Inode::reopen() {
   return -(err == EMFILE || err == ENFILE || err == ENOMEM ? err : ESTALE);
 }
 
+// While an inode holds its descriptor, the backing object cannot be freed and its inode
+// number cannot be reused, so (st_dev, st_ino) identifies it. An evicted inode's number may
+// belong to a new object by now: the file handles tell (ext4's carry the generation).
+bool Inode::same_object(int fd) {
+  std::lock_guard lk(fd_mu_);
+  if (fd_.load() >= 0 || handle_.empty()) return true;
+  return handle_of(fd) == handle_;
+}
+
 bool Inode::evict() {
   std::unique_lock lk(fd_mu_, std::try_to_lock);
   if (!lk.owns_lock() || pinned_forever_) return false;
@@ -177,12 +186,15 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
   {
     std::unique_lock lk(mu_);
     auto it = by_key_.find({st.st_dev, st.st_ino});
-    if (created != nullptr) *created = it == by_key_.end();
-    if (it != by_key_.end()) {
+    bool known = it != by_key_.end() && it->second->same_object(fd);
+    if (created != nullptr) *created = !known;
+    if (known) {
       ::close(fd);
       ++it->second->nlookup;
       return it->second;
     }
+    // New, or an inode number reused after the object an evicted inode stood for was
+    // removed: a new nodeid takes the key, the old one lives on until the kernel forgets it.
     inode = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT,
                                     next_nodeid_++);
     inode->nlookup = 1;
@@ -216,7 +228,8 @@ std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
   inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
   if (inode.nlookup == 0) {
     dropped = it->second;
-    by_key_.erase({inode.dev, inode.ino});
+    auto k = by_key_.find({inode.dev, inode.ino});
+    if (k != by_key_.end() && k->second == dropped) by_key_.erase(k);
     by_id_.erase(it);
   }
   return dropped;

@@ -101,6 +101,9 @@ struct Inode {
   // Closes the descriptor if nothing has it pinned and the inode can be reopened; true when
   // it did. Never blocks on another thread's reopen of this inode.
   bool evict();
+  // Whether `fd` (same st_dev and st_ino) is this inode's object, not a new one that got the
+  // inode number of this one's removed object.
+  bool same_object(int fd);
   int reopen();  // with fd_mu_ held: the new descriptor, or -errno
 
   InodeTable& table_;

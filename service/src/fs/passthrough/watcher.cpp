@@ -21,6 +21,7 @@ constexpr uint32_t kDirMask = IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_T
                               IN_MODIFY | IN_ONLYDIR | IN_EXCL_UNLINK;
 constexpr auto kBatchWindow = std::chrono::milliseconds(10);
 constexpr auto kNoteLifetime = std::chrono::seconds(5);
+constexpr auto kExpiryInterval = std::chrono::seconds(1);
 }  // namespace
 
 struct Watcher::Batch {
@@ -90,9 +91,7 @@ void Watcher::note_entry(uint64_t dir, std::string_view name, int events) {
 void Watcher::note_inode(const Inode& inode) {
   if (fd_ < 0) return;
   std::lock_guard lk(mu_);
-  auto& n = self_inodes_[inode.nodeid];
-  n.first += 1;
-  n.second = Clock::now();
+  self_inodes_[inode.nodeid] = Clock::now();
 }
 
 bool Watcher::consume_entry(uint64_t dir, std::string_view name) {
@@ -103,21 +102,27 @@ bool Watcher::consume_entry(uint64_t dir, std::string_view name) {
   return true;
 }
 
+// One event answers every change noted so far: inotify merges identical events still
+// queued (tar's chown, chmod and utimes of one file arrive as one IN_ATTRIB), so counting
+// would leave notes behind that swallow a later outside change. Changes of ours whose
+// events were not merged cost a spurious attribute invalidation, never a stale cache.
 bool Watcher::consume_inode(uint64_t nodeid) {
   std::lock_guard lk(mu_);
-  auto it = self_inodes_.find(nodeid);
-  if (it == self_inodes_.end()) return false;
-  if (--it->second.first == 0) self_inodes_.erase(it);
-  return true;
+  return self_inodes_.erase(nodeid) != 0;
 }
 
 // Notes whose events never came (an operation that failed, or made no change) must not
 // hide a later outside change for long.
+// Scans both maps with the lock held that every request noting a change takes: at most
+// once a second, not after every batch of events.
 void Watcher::expire_notes() {
-  auto cutoff = Clock::now() - kNoteLifetime;
+  auto now = Clock::now();
+  if (now - last_expiry_ < kExpiryInterval) return;
+  last_expiry_ = now;
+  auto cutoff = now - kNoteLifetime;
   std::lock_guard lk(mu_);
   std::erase_if(self_entries_, [&](const auto& kv) { return kv.second.second < cutoff; });
-  std::erase_if(self_inodes_, [&](const auto& kv) { return kv.second.second < cutoff; });
+  std::erase_if(self_inodes_, [&](const auto& kv) { return kv.second < cutoff; });
 }
 
 // The event queue overflowed: we no longer know what changed. Drop the kernel's cached

@@ -60,7 +60,8 @@ class Watcher {
   std::mutex mu_;
   std::unordered_map<int, uint64_t> dirs_;  // watch descriptor -> directory nodeid
   std::map<std::pair<uint64_t, std::string>, std::pair<int, Clock::time_point>> self_entries_;
-  std::unordered_map<uint64_t, std::pair<int, Clock::time_point>> self_inodes_;
+  std::unordered_map<uint64_t, Clock::time_point> self_inodes_;
+  Clock::time_point last_expiry_{};  // event thread only
 
   std::atomic<uint64_t> invalidations_{0};
   std::atomic<uint64_t> overflows_{0};
