@@ -213,6 +213,14 @@ def panels():
                    "{{mount}} refused", "B")],
             "ops", "Opens served by kernel passthrough, and opens that asked for it and fell "
             "back to I/O through the daemon."),
+        timeseries("Inodes and their descriptors", [
+            target(f"sum by (mount) (efuse_inodes{{{SEL}}})", "{{mount}} inodes"),
+            target(f"sum by (mount) (efuse_inode_fds{{{SEL}}})", "{{mount}} descriptors", "B"),
+            target(f"sum by (mount) (rate(efuse_inode_fd_reopens_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} reopens/s", "C")],
+            "short", "Inodes the kernel holds, how many keep an O_PATH descriptor (at most half "
+            "of RLIMIT_NOFILE for the daemon), and reopens by file handle per second: a steady "
+            "reopen rate means the descriptor budget is below the working set."),
     ])
     return out
 

@@ -41,7 +41,12 @@ Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   auto handle = std::make_shared<DirHandle>(dp);
   OpenInfo info;
   // No FOPEN_CACHE_DIR: with it, listings read while other tasks create, rename and unlink
-  // in the same directory through the mount came back stale (test_concurrent_dirops).
+  // in the same directory through the mount came back stale (test_concurrent_dirops). The
+  // kernel (fs/fuse/readdir.c) stamps an empty cache with the directory's i_version when a
+  // reader starts at offset 0, and adds whatever READDIR replies arrive while the cache's
+  // reset counter is unchanged: a reply built before a create, added after a second reader
+  // stamped the empty cache with the post-create version, leaves a cache that misses the
+  // entry and still looks current. Nothing the server does closes that window.
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
   dirs_[info.fh] = std::move(handle);

@@ -34,6 +34,10 @@ PassthroughFs::PassthroughFs(std::string source, const Policy& policy)
     throw std::system_error(e, std::generic_category(), "cannot stat source " + source_);
   }
   inodes_.set_root(fd, st);
+  if (!inodes_.handles())
+    LOG_INFO("%s: no file handles here (%s): every inode the kernel caches keeps an open "
+             "descriptor, so RLIMIT_NOFILE bounds the tree the kernel can cache",
+             source_.c_str(), geteuid() == 0 ? "the file system has none" : "needs root");
 }
 
 PassthroughFs::~PassthroughFs() = default;
