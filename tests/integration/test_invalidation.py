@@ -154,5 +154,51 @@ def test_own_changes_need_no_invalidation_round_trip(m):
     assert_same_tree(m)
 
 
+class Sysctl:
+    """Sets /proc/sys/<name> for the duration of a with block, restoring it after."""
+
+    def __init__(self, name, value):
+        self.path, self.value = "/proc/sys/" + name.replace(".", "/"), str(value)
+
+    def __enter__(self):
+        with open(self.path) as f:
+            self.old = f.read().strip()
+        with open(self.path, "w") as f:
+            f.write(self.value)
+
+    def __exit__(self, *exc):
+        with open(self.path, "w") as f:
+            f.write(self.old)
+
+
+def capped_without_watches(m, limit, value, logged):
+    """Start m while `limit` is `value`, so that efused cannot watch the backing tree:
+    its hour-long timeouts must be capped at 1 s, and outside changes still show."""
+    with Sysctl(limit, value):
+        m.start()  # efused's first watches are taken while it starts
+        h.write_file(m.s("f"), b"one\n")
+        os.mkdir(m.s("d"))
+        assert os.stat(m.m("f")).st_size == 4 and os.listdir(m.m("d")) == []
+    assert logged in m.log_text(), f"efused did not log {logged!r}:\n{m.log_tail()}"
+    h.write_file(m.s("f"), b"two, longer\n")
+    h.write_file(m.s("d", "new"), b"x")
+    eventually("size change without inotify", lambda: os.stat(m.m("f")).st_size, 12)
+    eventually("new entry without inotify", lambda: os.listdir(m.m("d")), ["new"])
+    assert h.read_file(m.m("f")) == b"two, longer\n"
+
+
+@h.mount_options(args=HOUR, start=False)
+def test_timeouts_capped_when_inotify_is_unavailable(m):
+    # No inotify instance at all (fs.inotify.max_user_instances exhausted).
+    capped_without_watches(m, "fs.inotify.max_user_instances", 0,
+                           "cannot watch the backing tree")
+
+
+@h.mount_options(args=HOUR, start=False)
+def test_timeouts_capped_when_a_directory_cannot_be_watched(m):
+    # An inotify instance but no watches (fs.inotify.max_user_watches exhausted).
+    capped_without_watches(m, "fs.inotify.max_user_watches", 0, "inotify_add_watch failed")
+
+
 if __name__ == "__main__":
     h.main(globals())

@@ -38,10 +38,12 @@ void raise_fd_limit() {
     if (setrlimit(RLIMIT_NOFILE, &rl) != 0) rl.rlim_cur = was;
   }
   if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 65536)
-    LOG_WARN("open file limit is %llu: each file the kernel holds in a passthrough mount's "
-             "caches takes one descriptor, so large trees may hit EMFILE; raise LimitNOFILE "
-             "(systemd) or ulimit -Hn",
-             static_cast<unsigned long long>(rl.rlim_cur));
+    LOG_WARN("open file limit is %llu: passthrough mounts keep at most %llu inode "
+             "descriptors and reopen the others by file handle when used, which costs a "
+             "syscall per reopen (efuse_inode_fd_reopens_total); raise LimitNOFILE (systemd) "
+             "or ulimit -Hn",
+             static_cast<unsigned long long>(rl.rlim_cur),
+             static_cast<unsigned long long>(rl.rlim_cur / 2));
 }
 
 // The watchdog is fed only while every live mount answers a STATFS through the kernel
@@ -120,6 +122,9 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     try {
       metrics = std::make_unique<telemetry::MetricsServer>(listen, metrics_source);
       return {};
+    } catch (const telemetry::ListenError& e) {
+      *error = e.what();  // "metrics: cannot listen on ..."
+      return Errno{EADDRNOTAVAIL};
     } catch (const std::exception& e) {
       *error = std::string("metrics: ") + e.what();
       return Errno{EADDRNOTAVAIL};

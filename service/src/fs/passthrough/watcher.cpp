@@ -35,9 +35,12 @@ Watcher::Watcher(InodeTable& table, Invalidator& inv, const std::string& label)
   fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd_ < 0 || stop_fd_ < 0) {
-    LOG_WARN("%s: cannot watch the backing tree (%s); changes made behind efused's back "
-             "show only when cache timeouts expire",
+    LOG_WARN("%s: cannot watch the backing tree (%s; see fs.inotify.max_user_instances); "
+             "changes made behind efused's back show only when cache timeouts expire, which "
+             "are capped at 1 s for this mount",
              label_.c_str(), strerror(errno));
+    // Counted as a failed watch: PassthroughFs caps its timeouts on watch_failures().
+    watch_failures_.store(1);
     return;
   }
   thread_ = std::thread(&Watcher::run, this);
