@@ -154,6 +154,33 @@ def test_own_changes_need_no_invalidation_round_trip(m):
     assert_same_tree(m)
 
 
+@h.mount_options(args=HOUR)
+def test_listing_names_known_inodes(m):
+    # A listing gives the kernel bare names (no nodeid) for inodes it already holds. Every
+    # name must still resolve to the right file: a new hard link of a known file, a known
+    # file renamed behind efused's back, and both again after a second listing.
+    os.mkdir(m.s("d"))
+    h.write_file(m.s("d", "a"), b"aaa\n")
+    h.write_file(m.s("d", "c"), b"cc\n")
+    assert sorted(os.listdir(m.m("d"))) == ["a", "c"]
+    ino_a, ino_c = os.stat(m.m("d", "a")).st_ino, os.stat(m.m("d", "c")).st_ino
+    os.link(m.s("d", "a"), m.s("d", "b"))
+    os.rename(m.s("d", "c"), m.s("d", "e"))
+    eventually("listing after link and rename", lambda: sorted(os.listdir(m.m("d"))),
+               ["a", "b", "e"])
+    fields = ("st_ino", "st_nlink", "st_size", "st_mode")
+    for _ in range(2):
+        for name in ("a", "b", "e"):  # a's link count changed too
+            want = os.lstat(m.s("d", name))
+            eventually(f"attributes of {name}",
+                       lambda: [getattr(os.lstat(m.m("d", name)), f) for f in fields],
+                       [getattr(want, f) for f in fields])
+        assert os.stat(m.m("d", "b")).st_ino == ino_a
+        assert os.stat(m.m("d", "e")).st_ino == ino_c
+        assert h.read_file(m.m("d", "b")) == b"aaa\n" and h.read_file(m.m("d", "e")) == b"cc\n"
+        assert sorted(os.listdir(m.m("d"))) == ["a", "b", "e"]
+
+
 class Sysctl:
     """Sets /proc/sys/<name> for the duration of a with block, restoring it after."""
 

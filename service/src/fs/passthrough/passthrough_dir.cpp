@@ -57,11 +57,20 @@ static bool is_dot_or_dotdot(const char* n) {
   return n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'));
 }
 
+// A READDIRPLUS entry without a nodeid: the kernel emits the name and links nothing.
+static Entry bare_entry(ino_t ino, mode_t type) {
+  Entry e;
+  e.attr.st_ino = ino;
+  e.attr.st_mode = type;
+  return e;
+}
+
 Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
                               DirSink& sink) {
   auto dh = dir_handle(fh);
   if (!dh) return Errno{EBADF};
-  if (!inodes_.get(ino)) return Errno{ESTALE};
+  auto dir = inodes_.get(ino);
+  if (!dir) return Errno{ESTALE};
   std::lock_guard lk(dh->mu);
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
@@ -85,10 +94,16 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
       sink.add(name, d->d_ino, d->d_type, next);
     } else if (is_dot_or_dotdot(d->d_name)) {
       // No nodeid for "." and "..": the kernel neither links nor counts them.
-      Entry e;
-      e.attr.st_ino = d->d_ino;
-      e.attr.st_mode = static_cast<mode_t>(DTTOIF(d->d_type));
-      sink.add_plus(name, e, next);
+      sink.add_plus(name, bare_entry(d->d_ino, static_cast<mode_t>(DTTOIF(d->d_type))), next);
+    } else if (auto known = inodes_.find(dir->dev, d->d_ino); known && !S_ISDIR(known->type)) {
+      // The kernel holds this inode already (a warm tree: find, ls, du again): a bare
+      // entry (nodeid 0) gives it the name without the lookup that would only refresh
+      // attributes it keeps exact anyway; the kernel looks the name up itself if it has no
+      // dentry for it. Saves an openat, two stats and a close per entry. A reused inode
+      // number (object removed while evicted) only costs that lookup. Directories still
+      // get full entries: reading a directory invalidates its atime, and the refresh from
+      // its parent's listing saves the GETATTR that the walker's next fstat would cost.
+      sink.add_plus(name, bare_entry(d->d_ino, known->type), next);
     } else {
       auto e = lookup_at(dirfd(dh->dp), d->d_name);
       if (!e.ok()) {
