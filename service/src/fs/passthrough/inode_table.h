@@ -71,6 +71,8 @@ struct Inode {
   uint64_t nlookup = 0;  // guarded by InodeTable::mu_
   std::atomic<uint32_t> opens{0};  // open files through the mount
   std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
+  // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
+  std::atomic<int64_t> refreshed_ns{0};
 
   // How the kernel does I/O for this file while it is open. The kernel refuses (ETXTBSY)
   // passthrough and page-cache opens of one inode at the same time, so the first open

@@ -71,6 +71,7 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
   if (!dh) return Errno{EBADF};
   auto dir = inodes_.get(ino);
   if (!dir) return Errno{ESTALE};
+  int64_t fresh_since = sink.plus() ? fresh_since_ns() : 0;
   std::lock_guard lk(dh->mu);
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
@@ -95,14 +96,18 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
     } else if (is_dot_or_dotdot(d->d_name)) {
       // No nodeid for "." and "..": the kernel neither links nor counts them.
       sink.add_plus(name, bare_entry(d->d_ino, static_cast<mode_t>(DTTOIF(d->d_type))), next);
-    } else if (auto known = inodes_.find(dir->dev, d->d_ino); known && !S_ISDIR(known->type)) {
-      // The kernel holds this inode already (a warm tree: find, ls, du again): a bare
-      // entry (nodeid 0) gives it the name without the lookup that would only refresh
-      // attributes it keeps exact anyway; the kernel looks the name up itself if it has no
-      // dentry for it. Saves an openat, two stats and a close per entry. A reused inode
-      // number (object removed while evicted) only costs that lookup. Directories still
-      // get full entries: reading a directory invalidates its atime, and the refresh from
-      // its parent's listing saves the GETATTR that the walker's next fstat would cost.
+    } else if (auto known = inodes_.find(dir->dev, d->d_ino);
+               known && !S_ISDIR(known->type) &&
+               known->refreshed_ns.load(std::memory_order_relaxed) > fresh_since) {
+      // The kernel got this inode's entry and attributes recently (a warm tree: find, ls,
+      // du again) and invalidation keeps them exact: a bare entry (nodeid 0) gives it the
+      // name without the lookup that would only refresh them. Saves an openat, two stats
+      // and a close per entry; past half the timeouts the full entry goes out again, so
+      // that repeated listings keep a tree's dentries and attributes valid in bulk. The
+      // kernel looks a name up itself if it has no dentry for it (another hard link, a
+      // reused inode number). Directories always get full entries: reading a directory
+      // invalidates its atime, and the refresh from its parent's listing saves the
+      // GETATTR that the walker's next fstat would cost.
       sink.add_plus(name, bare_entry(d->d_ino, known->type), next);
     } else {
       auto e = lookup_at(dirfd(dh->dp), d->d_name);

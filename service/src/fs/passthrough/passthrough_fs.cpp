@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -83,7 +84,19 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   e.attr = st;
   e.entry_timeout = cache_timeout(entry_timeout_);
   e.attr_timeout = cache_timeout(attr_timeout_);
+  inode->refreshed_ns.store(steady_ns(), std::memory_order_relaxed);
   return e;
+}
+
+int64_t PassthroughFs::steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t PassthroughFs::fresh_since_ns() const {
+  double valid = std::min(cache_timeout(entry_timeout_), cache_timeout(attr_timeout_));
+  return steady_ns() - static_cast<int64_t>(valid * 0.5e9);
 }
 
 bool PassthroughFs::exact_invalidation() const {

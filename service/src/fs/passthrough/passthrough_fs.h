@@ -113,6 +113,10 @@ class PassthroughFs final : public Filesystem {
   static constexpr off_t kSmallFile = 64 * 1024;
   // Whether every change behind efused's back reaches the kernel as an invalidation.
   bool exact_invalidation() const;
+  // Inodes whose entry and attributes the kernel got after this time (Inode::refreshed_ns)
+  // are less than half their timeouts old: a listing need not send them again.
+  int64_t fresh_since_ns() const;
+  static int64_t steady_ns();
   // Long timeouts are only exact while the watcher sees every directory: once a watch could
   // not be added, the mount's entry and attr timeouts are capped at kUnwatchedTimeout.
   static constexpr double kUnwatchedTimeout = 1.0;
