@@ -3,10 +3,11 @@
 
 Entry point: bench/run (see bench/README.md). Python 3 standard library only.
 
-Every row is measured on every side in one run, sides taking turns within each repetition
-and the order rotating from one repetition to the next (native, libfuse, efused,
-efused-nobpf; then libfuse, efused, efused-nobpf, native; ...; efused-nobpf in fio rows
-only), so that no side always runs first or right after the same neighbour; reported as the median of the repetitions. Each FUSE side serves a fresh ext4 directory
+Every row is measured on every side in one run, sides taking turns within each repetition:
+repetitions 2k and 2k+1 run the side order rotated by k, forwards then backwards (native,
+libfuse, efused, efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, efused,
+efused-nobpf, native; ...; efused-nobpf in fio rows only), so that every pair of sides runs
+in both orders and no side always runs first; reported as the median of the repetitions. Each FUSE side serves a fresh ext4 directory
 under bench/work/run and the data files of a row live inside its mount. efused's eBPF
 telemetry is attached only during efused's timed runs and fio-one's counted runs, which
 give the upcalls / context switches per I/O table; efused ÷ efused-nobpf is its cost.
@@ -769,8 +770,8 @@ class Bench:
     def run_group(self, gid: str, metrics: list[Metric], prepare: Callable[[Ctx], None] | None,
                   phases: list[Phase]) -> None:
         """Starts every side of the group on a fresh directory, runs prepare per side, then each
-        phase with reps x sides, the side order rotating by one per repetition (a counted
-        phase: once per COUNTED_SIDES side)."""
+        phase with reps x sides: repetitions 2k and 2k+1 run the order rotated by k, forwards
+        then backwards (a counted phase: once per COUNTED_SIDES side)."""
         log(f"== group {gid}")
         sides = [s for s in self.sides if gid in s.groups]
         ctxs: dict[str, Ctx] = {}
@@ -804,8 +805,11 @@ class Bench:
                             self.side_failed(ctxs, side, metrics, f"prepare: {e}")
                 reps = 1 if phase.counted else self.reps
                 for rep in range(reps):
-                    turn = rep % len(psides) if psides else 0
-                    for side in psides[turn:] + psides[:turn]:
+                    turn = (rep // 2) % len(psides) if psides else 0
+                    order = psides[turn:] + psides[:turn]
+                    if rep % 2:  # every pair of sides runs in both orders
+                        order.reverse()
+                    for side in order:
                         ctx = ctxs.get(side.name)
                         if not ctx or ctx.failed:
                             continue
@@ -1424,9 +1428,10 @@ class Bench:
                 if self.loadavg[0] > 0.5 else ""),
              "- libfuse: 3.14 `passthrough_ll` example with default options "
              "(`-f -o source=SRC MNT`)",
-             "- sides take turns in every repetition, the order rotating by one from one "
-             "repetition to the next (native, libfuse, efused, efused-nobpf; libfuse, efused, "
-             "efused-nobpf, native; ...; `efused-nobpf` in fio rows only); every FUSE side serves a fresh ext4 "
+             "- sides take turns in every repetition; repetitions 2k and 2k+1 run the side "
+             "order rotated by k, forwards then backwards (native, libfuse, efused, "
+             "efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, ...; "
+             "`efused-nobpf` in fio rows only); every FUSE side serves a fresh ext4 "
              "directory, data lives inside the mount. Machine: [machine.md](machine.md)",
              "- efused's eBPF telemetry (it observes every FUSE mount on the host) is attached "
              "only during `efused`'s timed runs and the counted runs: `native`, `libfuse` and "
