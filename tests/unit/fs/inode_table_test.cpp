@@ -24,14 +24,20 @@ using efuse::testing::write_file;
 constexpr size_t kBudget = 16;
 constexpr int kFiles = 200;
 
+// Installs `dir` as the table's root, as PassthroughFs does; *fd gets its O_PATH descriptor.
+void install_root(InodeTable& table, const std::string& dir, int* fd) {
+  *fd = ::open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  ASSERT_GE(*fd, 0);
+  struct stat st;
+  ASSERT_EQ(fstat(*fd, &st), 0);
+  table.set_root(*fd, st);
+}
+
 class InodeTableTest : public ::testing::Test {
  protected:
   InodeTableTest() : table_(kBudget) {
-    int fd = ::open(tmp_.path().c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    EXPECT_GE(fd, 0);
-    struct stat st;
-    EXPECT_EQ(fstat(fd, &st), 0);
-    table_.set_root(fd, st);
+    int fd;
+    install_root(table_, tmp_.path(), &fd);
   }
 
   // Looks up `name` in the source directory as PassthroughFs does and adopts it.
@@ -45,6 +51,14 @@ class InodeTableTest : public ::testing::Test {
   int root_fd() {
     root_pin_ = std::make_unique<PathFd>(table_.get(1)->pin());
     return *root_pin_;
+  }
+
+  // Looks up kFiles new files, far more than the budget: older inodes get evicted.
+  void crowd_out() {
+    for (int i = 0; i < kFiles; ++i) {
+      ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
+      ref("f" + std::to_string(i));
+    }
   }
 
   // The descriptor still names the object the inode was made for.
@@ -95,10 +109,7 @@ TEST_F(InodeTableTest, PinnedAndOpenInodesKeepTheirDescriptor) {
   ASSERT_TRUE(pin.ok());
   int pinned_fd = pin;
   open->opens.fetch_add(1);
-  for (int i = 0; i < kFiles; ++i) {
-    ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
-    ref("f" + std::to_string(i));
-  }
+  ASSERT_NO_FATAL_FAILURE(crowd_out());
   EXPECT_GT(table_.stats().evictions, 0u);
   // Still the same descriptor, still open on the same file (not closed and reused).
   PathFd again = pinned->pin();
@@ -114,10 +125,7 @@ TEST_F(InodeTableTest, RemovedWhileEvictedIsStale) {
   if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
   ASSERT_TRUE(write_file(tmp_ / "victim", "v"));
   auto victim = ref("victim");
-  for (int i = 0; i < kFiles; ++i) {
-    ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
-    ref("f" + std::to_string(i));
-  }
+  ASSERT_NO_FATAL_FAILURE(crowd_out());
   ASSERT_EQ(::unlink((tmp_ / "victim").c_str()), 0);
   // A new file may even get the old inode number; the handle's generation tells them apart.
   ASSERT_TRUE(write_file(tmp_ / "newcomer", "n"));
@@ -133,10 +141,7 @@ TEST_F(InodeTableTest, ReusedInodeNumberIsANewInode) {
   // known to the kernel, evicted here) is unlinked and ext4 hands its number to the symlink.
   ASSERT_TRUE(write_file(tmp_ / "placeholder", ""));
   auto old = ref("placeholder");
-  for (int i = 0; i < kFiles; ++i) {
-    ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
-    ref("f" + std::to_string(i));
-  }
+  ASSERT_NO_FATAL_FAILURE(crowd_out());
   ASSERT_EQ(::unlink((tmp_ / "placeholder").c_str()), 0);
   struct stat st {};
   std::string name;
@@ -160,12 +165,10 @@ TEST_F(InodeTableTest, ReusedInodeNumberIsANewInode) {
 TEST(InodeTableBudget, ForgottenInodesGiveTheirDescriptorsBack) {
   TempDir tmp;
   InodeTable table(1000);
-  int fd = ::open(tmp.path().c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-  ASSERT_GE(fd, 0);
-  struct stat st;
-  ASSERT_EQ(fstat(fd, &st), 0);
-  table.set_root(fd, st);
+  int fd;
+  ASSERT_NO_FATAL_FAILURE(install_root(table, tmp.path(), &fd));
   ASSERT_TRUE(write_file(tmp / "f", "x"));
+  struct stat st;
   int f = openat(fd, "f", O_PATH | O_CLOEXEC);
   ASSERT_EQ(fstat(f, &st), 0);
   auto inode = table.ref(f, st);
