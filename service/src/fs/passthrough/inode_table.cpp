@@ -252,7 +252,8 @@ InodeStats InodeTable::stats() const {
 
 void InodeTable::fd_opened() {
   fds_.fetch_add(1, std::memory_order_relaxed);
-  if (g_path_fds.fetch_add(1, std::memory_order_relaxed) + 1 > fd_budget_) evict_some();
+  bool over = g_path_fds.fetch_add(1, std::memory_order_relaxed) + 1 > fd_budget_;
+  if (over && handles_) evict_some();  // without file handles nothing can be evicted
 }
 
 void InodeTable::fd_closed() {
@@ -265,7 +266,7 @@ void InodeTable::fd_closed() {
 // advances, so "older" means "not used since an earlier pass".
 void InodeTable::evict_some() {
   std::unique_lock ek(evict_mu_, std::try_to_lock);
-  if (!ek.owns_lock() || !handles_) return;
+  if (!ek.owns_lock()) return;
   uint64_t held = g_path_fds.load(std::memory_order_relaxed);
   if (held <= fd_budget_) return;
   size_t want = held - fd_budget_ * 3 / 4;
