@@ -3,7 +3,8 @@
 backing tree behind efused's back (create, rename, unlink, write, truncate, chmod, chown,
 utimes, xattr, mkdir/rmdir) must show through the mount within a few seconds, and nothing
 stale may remain afterwards. Runs with passthrough I/O and with I/O through the page cache
-(keep_cache), where data invalidation matters."""
+(keep_cache), where data invalidation matters. Directory listings the kernel caches
+(FOPEN_CACHE_DIR) must be served from its cache and still show every change."""
 
 import os
 import stat
@@ -12,9 +13,11 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
+from prom_text import free_port, parse, scrape, value  # noqa: E402
 
 HOUR = ["--entry-timeout", "3600", "--attr-timeout", "3600", "--negative-timeout", "3600"]
 DEADLINE = 5.0  # seconds a change may take to show (polling, not a speed assertion)
+PORT = free_port()
 
 
 def eventually(what, fn, expect):
@@ -179,6 +182,62 @@ def test_listing_names_known_inodes(m):
         assert os.stat(m.m("d", "e")).st_ino == ino_c
         assert h.read_file(m.m("d", "b")) == b"aaa\n" and h.read_file(m.m("d", "e")) == b"cc\n"
         assert sorted(os.listdir(m.m("d"))) == ["a", "b", "e"]
+
+
+def listing_requests():
+    """READDIR and READDIRPLUS requests efused has answered so far."""
+    s = parse(scrape(PORT))
+    return sum(value(s, "efuse_requests_total", opcode=o) or 0 for o in ("readdir", "readdirplus"))
+
+
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
+def test_cached_listings_stay_exact(m):
+    os.mkdir(m.s("d"))
+    names = {f"f{i:03}" for i in range(300)}  # several pages of listing
+    for n in names:
+        h.write_file(m.s("d", n), b"x")
+
+    def listed():
+        return set(os.listdir(m.m("d")))
+
+    def served_from_cache(what):
+        # Right after a change the kernel may list through efused once or twice (the
+        # watcher's last invalidation can land after a listing that already shows the
+        # change); then five listings in a row must come from its cache.
+        def cached_run():
+            assert listed() == names, what
+            before = listing_requests()
+            for _ in range(5):
+                assert listed() == names, what
+            return listing_requests() == before
+        h.wait_until(cached_run, DEADLINE, what=f"{what}: listings served from the cache")
+
+    served_from_cache("fresh directory")
+    # Through the mount: the kernel knows at once.
+    h.write_file(m.m("d", "new"), b"n")
+    names.add("new")
+    os.rename(m.m("d", "f000"), m.m("d", "g000"))
+    names ^= {"f000", "g000"}
+    os.unlink(m.m("d", "f001"))
+    names.discard("f001")
+    os.mkdir(m.m("d", "sub"))
+    names.add("sub")
+    served_from_cache("after changes through the mount")
+    # Behind efused's back: within a few seconds.
+    h.write_file(m.s("d", "outside"), b"o")
+    names.add("outside")
+    eventually("outside create listed", listed, names)
+    os.rename(m.s("d", "f002"), m.s("d", "h002"))
+    names ^= {"f002", "h002"}
+    eventually("outside rename listed", listed, names)
+    os.unlink(m.s("d", "f003"))
+    names.discard("f003")
+    eventually("outside unlink listed", listed, names)
+    os.rmdir(m.s("d", "sub"))
+    names.discard("sub")
+    eventually("outside rmdir listed", listed, names)
+    served_from_cache("after changes behind efused's back")
+    assert value(parse(scrape(PORT)), "efuse_listing_cache_drops_total") is not None
 
 
 class Sysctl:

@@ -157,7 +157,12 @@ MountFamilies::MountFamilies()
       inode_reopen_failures_(make_family("efuse_inode_fd_reopen_failures_total",
                                          "Reopens that failed, mostly because the backing "
                                          "object was removed while evicted (answered ESTALE).",
-                                         MetricType::Counter)) {}
+                                         MetricType::Counter)),
+      listing_drops_(make_family("efuse_listing_cache_drops_total",
+                                 "Directory listings the kernel had cached (or was building) "
+                                 "that efused dropped because an entry of the directory "
+                                 "changed while a handle on it was open.",
+                                 MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
   add_state(mount);
@@ -173,6 +178,7 @@ void MountFamilies::add_inodes(const std::string& mount, const fs::InodeStats& i
   add_counter(inode_reopens_, mount_label(mount), static_cast<double>(inodes.reopens));
   add_counter(inode_reopen_failures_, mount_label(mount),
               static_cast<double>(inodes.reopen_failures));
+  add_counter(listing_drops_, mount_label(mount), static_cast<double>(inodes.listing_drops));
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -263,7 +269,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
-        &inode_reopen_failures_}) {
+        &inode_reopen_failures_, &listing_drops_}) {
     append_nonempty(out, std::move(*f));
   }
 }

@@ -79,6 +79,7 @@ class MountFamilies {
   prometheus::MetricFamily inode_evictions_;
   prometheus::MetricFamily inode_reopens_;
   prometheus::MetricFamily inode_reopen_failures_;
+  prometheus::MetricFamily listing_drops_;
 };
 
 }  // namespace efuse::telemetry

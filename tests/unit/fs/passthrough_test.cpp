@@ -1,5 +1,5 @@
 // PassthroughFs called directly (no session): inode lifetime and identity, renames, sparse
-// files, POSIX record locks.
+// files, POSIX record locks, and what keeps the kernel's cached directory listings exact.
 #include "fs/passthrough/passthrough_fs.h"
 
 #include <fcntl.h>
@@ -11,8 +11,12 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "../testing/temp_dir.h"
 
@@ -337,6 +341,207 @@ TEST_F(PassthroughTest, CreateMkdirMknodAndUnlink) {
   auto a = fs_->getattr(ctx_, d->ino, nullptr);
   ASSERT_TRUE(a.ok());
   EXPECT_EQ(fs_->mkdir(ctx_, d->ino, "inside-removed", 0755).error(), ENOENT);
+}
+
+// ---- cached directory listings (FOPEN_CACHE_DIR) -----------------------------------------
+
+// Records what the backend asks the kernel to forget (the watcher thread calls it too).
+class RecordingInvalidator final : public Invalidator {
+ public:
+  void inval_inode(uint64_t ino, bool data_too) override {
+    std::lock_guard lk(mu_);
+    inodes_.push_back({ino, data_too});
+  }
+  void inval_entry(uint64_t parent, std::string_view name) override {
+    std::lock_guard lk(mu_);
+    entries_.push_back({parent, std::string(name)});
+  }
+  // How often `ino`'s cached pages (a directory's listing) were dropped.
+  size_t pages_dropped(uint64_t ino) {
+    std::lock_guard lk(mu_);
+    size_t n = 0;
+    for (const auto& [i, data] : inodes_) n += (i == ino && data);
+    return n;
+  }
+  bool saw_entry(uint64_t parent, const std::string& name) {
+    std::lock_guard lk(mu_);
+    for (const auto& e : entries_)
+      if (e.first == parent && e.second == name) return true;
+    return false;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::pair<uint64_t, bool>> inodes_;
+  std::vector<std::pair<uint64_t, std::string>> entries_;
+};
+
+// Takes every entry (plain READDIR).
+class NameSink final : public DirSink {
+ public:
+  bool plus() const override { return false; }
+  bool fits(std::string_view) const override { return true; }
+  bool add(std::string_view name, uint64_t, uint32_t, uint64_t next) override {
+    names.emplace_back(name);
+    last_off = next;
+    return true;
+  }
+  bool add_plus(std::string_view, const Entry&, uint64_t) override { return false; }
+  std::vector<std::string> names;
+  uint64_t last_off = 0;
+};
+
+class ListingCacheTest : public PassthroughTest {
+ protected:
+  ListingCacheTest() {
+    fs_->set_invalidator(&inv_);
+    EXPECT_EQ(::mkdir(src("d").c_str(), 0755), 0);
+    write_file(src("d/a"), "a");
+    dir_ = lookup(kRoot, "d");
+  }
+  ~ListingCacheTest() override { fs_->set_invalidator(nullptr); }
+
+  uint64_t opendir() {
+    auto o = fs_->opendir(ctx_, dir_, O_RDONLY);
+    EXPECT_TRUE(o.ok()) << strerror(o.error());
+    if (!o.ok()) return 0;
+    EXPECT_TRUE(o->cache_dir) << "every directory is watched: listings may be cached";
+    EXPECT_TRUE(o->keep_cache) << "or the kernel drops the cache at every opendir";
+    return o->fh;
+  }
+  // Reads the whole listing from offset 0 as the kernel does: until an empty reply.
+  std::vector<std::string> list(uint64_t fh) {
+    std::vector<std::string> all;
+    uint64_t off = 0;
+    for (;;) {
+      NameSink sink;
+      EXPECT_TRUE(fs_->readdir(ctx_, dir_, fh, off, sink).ok());
+      if (sink.names.empty()) return all;
+      all.insert(all.end(), sink.names.begin(), sink.names.end());
+      off = sink.last_off;
+    }
+  }
+  void releasedir(uint64_t fh) { EXPECT_TRUE(fs_->releasedir(ctx_, dir_, fh).ok()); }
+  void create(const std::string& name) {
+    auto c = fs_->create(ctx_, dir_, name, 0644, O_WRONLY);
+    ASSERT_TRUE(c.ok()) << strerror(c.error());
+    release(c->entry.ino, c->open.fh);
+  }
+  uint64_t drops() { return fs_->inode_stats().listing_drops; }
+
+  RecordingInvalidator inv_;
+  uint64_t dir_ = 0;
+};
+
+TEST_F(ListingCacheTest, AListingWithoutConcurrentChangesIsKept) {
+  uint64_t fh = opendir();
+  EXPECT_EQ(list(fh).size(), 3u);  // ".", "..", "a"
+  releasedir(fh);
+  // A change while no handle is open is the kernel's to notice (i_version).
+  create("b");
+  fh = opendir();
+  EXPECT_EQ(list(fh).size(), 4u);
+  releasedir(fh);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 0u);
+  EXPECT_EQ(drops(), 0u);
+}
+
+TEST_F(ListingCacheTest, AChangeDuringAListingDropsTheCacheBeforeItCompletes) {
+  uint64_t fh = opendir();
+  NameSink first;
+  ASSERT_TRUE(fs_->readdir(ctx_, dir_, fh, 0, first).ok());  // a reply on its way to the cache
+  create("b");
+  list(fh);  // ... and the empty reply that would complete the cache
+  EXPECT_EQ(inv_.pages_dropped(dir_), 1u);
+  releasedir(fh);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 1u) << "settled at the end of the only listing";
+  EXPECT_EQ(drops(), 1u);
+  // Settled: the next listing is cached again.
+  fh = opendir();
+  list(fh);
+  releasedir(fh);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 1u);
+}
+
+TEST_F(ListingCacheTest, EveryChangeOfEntriesCounts) {
+  auto sub = fs_->mkdir(ctx_, dir_, "sub", 0755);
+  ASSERT_TRUE(sub.ok());
+  size_t expected = 0;
+  auto during_listing = [&](const char* what, auto change) {
+    uint64_t fh = opendir();
+    change();
+    list(fh);
+    releasedir(fh);
+    EXPECT_EQ(inv_.pages_dropped(dir_), ++expected) << what;
+  };
+  during_listing("create", [&] { create("c"); });
+  during_listing("mknod", [&] { ASSERT_TRUE(fs_->mknod(ctx_, dir_, "n", S_IFIFO | 0600, 0).ok()); });
+  during_listing("mkdir", [&] { ASSERT_TRUE(fs_->mkdir(ctx_, dir_, "m", 0755).ok()); });
+  during_listing("symlink", [&] { ASSERT_TRUE(fs_->symlink(ctx_, dir_, "s", "a").ok()); });
+  during_listing("link", [&] {
+    ASSERT_TRUE(fs_->link(ctx_, lookup(dir_, "a"), dir_, "l").ok());
+  });
+  during_listing("rename within", [&] { ASSERT_TRUE(fs_->rename(ctx_, dir_, "l", dir_, "l2", 0).ok()); });
+  during_listing("rename out", [&] {
+    ASSERT_TRUE(fs_->rename(ctx_, dir_, "l2", sub->ino, "l3", 0).ok());
+  });
+  during_listing("rename in", [&] {
+    ASSERT_TRUE(fs_->rename(ctx_, sub->ino, "l3", dir_, "l4", 0).ok());
+  });
+  during_listing("unlink", [&] { ASSERT_TRUE(fs_->unlink(ctx_, dir_, "l4").ok()); });
+  during_listing("rmdir", [&] { ASSERT_TRUE(fs_->rmdir(ctx_, dir_, "m").ok()); });
+  // Changes to the attributes of entries do not change the listing.
+  uint64_t fh = opendir();
+  ASSERT_TRUE(fs_->setxattr(ctx_, lookup(dir_, "a"), "user.k", std::span<const char>("v", 1), 0).ok() ||
+              errno == ENOTSUP);
+  list(fh);
+  releasedir(fh);
+  EXPECT_EQ(inv_.pages_dropped(dir_), expected);
+}
+
+TEST_F(ListingCacheTest, AnotherOpenHandleKeepsTheDirectoryUnsettledUntilItIsReleased) {
+  uint64_t a = opendir();
+  NameSink first;
+  ASSERT_TRUE(fs_->readdir(ctx_, dir_, a, 0, first).ok());
+  create("b");
+  // Another reader completes a cache: dropped, but `a`'s reply may still be added later.
+  uint64_t b = opendir();
+  list(b);
+  releasedir(b);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 1u) << "at b's end";
+  // `a` was abandoned half way (ls | head): its release, the last, drops what it may have
+  // added meanwhile.
+  releasedir(a);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 2u);
+  uint64_t c = opendir();
+  list(c);
+  releasedir(c);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 2u) << "settled once no handle was open";
+}
+
+TEST_F(ListingCacheTest, OutsideChangesDuringAListingCountToo) {
+  uint64_t fh = opendir();
+  NameSink first;
+  ASSERT_TRUE(fs_->readdir(ctx_, dir_, fh, 0, first).ok());
+  write_file(src("d/outside"), "x");  // behind efused's back: the watcher reports it
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!inv_.saw_entry(dir_, "outside") && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(inv_.saw_entry(dir_, "outside"));
+  size_t watcher_drops = inv_.pages_dropped(dir_);  // the watcher drops the pages itself
+  EXPECT_GE(watcher_drops, 1u);
+  list(fh);
+  EXPECT_EQ(inv_.pages_dropped(dir_), watcher_drops + 1) << "a reply may have raced it";
+  releasedir(fh);
+}
+
+TEST_F(PassthroughTest, ListingsAreNotCachedWithoutInvalidation) {
+  ASSERT_EQ(::mkdir(src("d").c_str(), 0755), 0);
+  auto o = fs_->opendir(ctx_, lookup(kRoot, "d"), O_RDONLY);
+  ASSERT_TRUE(o.ok());
+  EXPECT_FALSE(o->cache_dir);
+  EXPECT_FALSE(o->keep_cache);
+  EXPECT_TRUE(fs_->releasedir(ctx_, 0, o->fh).ok());
 }
 
 }  // namespace

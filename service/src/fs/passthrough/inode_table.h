@@ -74,6 +74,16 @@ struct Inode {
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};
 
+  // Directories: what keeps the kernel's cached listing exact (FOPEN_CACHE_DIR; the
+  // reasoning is in passthrough_dir.cpp).
+  std::atomic<uint32_t> listings{0};  // open directory handles
+  std::atomic<uint64_t> changed{0};   // entry changes made while a handle was open
+  std::atomic<uint64_t> settled{0};   // `changed` as of the last drop of the cached listing
+  // An entry of this directory was created, removed or renamed (call after the change).
+  void entries_changed() {
+    if (listings.load() > 0) changed.fetch_add(1);
+  }
+
   // How the kernel does I/O for this file while it is open. The kernel refuses (ETXTBSY)
   // passthrough and page-cache opens of one inode at the same time, so the first open
   // decides for all until the last is released.

@@ -9,14 +9,43 @@
 
 namespace efuse::fs::passthrough {
 
+// Listings and the kernel's readdir cache
+// ----------------------------------------
+// With FOPEN_CACHE_DIR the kernel keeps a directory's listing in the directory's page cache
+// and serves getdents from it, so a warm walk costs OPENDIR and RELEASEDIR per directory
+// instead of also READDIRPLUS and READDIR. The cache is built from the READDIR replies of
+// whichever reader happens to be at its end, and it is complete when a reader gets the empty
+// reply at the end of the directory. The kernel (fs/fuse/readdir.c) stamps an empty cache
+// with the directory's i_version when a reader starts at offset 0, and drops a complete cache
+// whose stamp no longer matches: a change through the mount (fuse_dir_changed) or our
+// notify_inval_entry bumps i_version.
+//
+// That check has a hole. A reply built before a change can still be on its way to the
+// cache (added when its reader runs again) after the change bumped i_version, and a second
+// reader starting on the still-empty cache then stamps it with the post-change version: the
+// cache misses the change and looks current. test_concurrent_dirops hits this within seconds.
+//
+// So efused keeps count. A directory's open handles are counted (Inode::listings), and a
+// change to its entries while any is open (ours, after it is made; or an outside one the
+// watcher reports) is counted too (Inode::changed). Only replies to open handles can still
+// be on their way to the cache. Before the empty reply that would complete a cache, and when
+// the last handle is released, a directory with uncounted-for changes gets its cached pages
+// dropped (notify_inval_inode): a cache missing a page is reset the next time it is read.
+// Changes while no handle is open are the kernel's i_version check's (ours) and the
+// watcher's (outside changes: it drops the pages itself). Listings are cached only while
+// invalidation is exact (every directory watched).
+
 struct PassthroughFs::DirHandle {
-  explicit DirHandle(DIR* d) : dp(d) {}
+  DirHandle(DIR* d, std::shared_ptr<Inode> i, bool cache)
+      : dp(d), dir(std::move(i)), cache_dir(cache) {}
   ~DirHandle() { closedir(dp); }
   DirHandle(const DirHandle&) = delete;
   DirHandle& operator=(const DirHandle&) = delete;
 
   std::mutex mu;
   DIR* dp;
+  const std::shared_ptr<Inode> dir;  // counted in dir->listings until released
+  const bool cache_dir;              // the kernel may cache what this handle lists
   uint64_t offset = 0;          // position the next readdir continues from
   struct dirent* pending = nullptr;  // read but not yet delivered (did not fit)
 };
@@ -25,6 +54,23 @@ std::shared_ptr<PassthroughFs::DirHandle> PassthroughFs::dir_handle(uint64_t fh)
   std::lock_guard lk(dirs_mu_);
   auto it = dirs_.find(fh);
   return it == dirs_.end() ? nullptr : it->second;
+}
+
+bool PassthroughFs::cache_listings() const {
+  return inv_.load() != nullptr && exact_invalidation();
+}
+
+void PassthroughFs::drop_raced_listing(Inode& dir, bool alone) {
+  uint64_t changed = dir.changed.load();
+  if (changed == dir.settled.load()) return;
+  Invalidator* inv = inv_.load();
+  if (inv == nullptr) return;
+  // Safe from a request handler: dropping a directory's pages takes no lock a pending
+  // READDIR or RELEASEDIR holds (unlike inval_entry, which takes the directory's i_rwsem).
+  inv->inval_inode(dir.nodeid, true);
+  listing_drops_.fetch_add(1, std::memory_order_relaxed);
+  // A change after the load above keeps the directory unsettled: `changed` moved on.
+  if (alone) dir.settled.store(changed);
 }
 
 Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
@@ -38,15 +84,13 @@ Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
     ::close(fd);
     return e;
   }
-  auto handle = std::make_shared<DirHandle>(dp);
   OpenInfo info;
-  // No FOPEN_CACHE_DIR: with it, listings read while other tasks create, rename and unlink
-  // in the same directory through the mount came back stale (test_concurrent_dirops). The
-  // kernel (fs/fuse/readdir.c) stamps an empty cache with the directory's i_version when a
-  // reader starts at offset 0, and adds whatever READDIR replies arrive while the cache's
-  // reset counter is unchanged: a reply built before a create, added after a second reader
-  // stamped the empty cache with the post-create version, leaves a cache that misses the
-  // entry and still looks current. Nothing the server does closes that window.
+  // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at every opendir.
+  info.cache_dir = info.keep_cache = cache_listings();
+  // Counted before the first READDIR can read the directory, so a change that the listing
+  // misses sees the count (see above).
+  inode->listings.fetch_add(1);
+  auto handle = std::make_shared<DirHandle>(dp, inode, info.cache_dir);
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
   dirs_[info.fh] = std::move(handle);
@@ -69,9 +113,10 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
                               DirSink& sink) {
   auto dh = dir_handle(fh);
   if (!dh) return Errno{EBADF};
-  auto dir = inodes_.get(ino);
-  if (!dir) return Errno{ESTALE};
+  if (dh->dir->nodeid != ino) return Errno{EBADF};
+  const auto& dir = dh->dir;
   int64_t fresh_since = sink.plus() ? fresh_since_ns() : 0;
+  bool empty = true;  // nothing added to this reply
   std::lock_guard lk(dh->mu);
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
@@ -93,9 +138,11 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
     if (!sink.fits(name)) break;
     if (!sink.plus()) {
       sink.add(name, d->d_ino, d->d_type, next);
+      empty = false;
     } else if (is_dot_or_dotdot(d->d_name)) {
       // No nodeid for "." and "..": the kernel neither links nor counts them.
       sink.add_plus(name, bare_entry(d->d_ino, static_cast<mode_t>(DTTOIF(d->d_type))), next);
+      empty = false;
     } else if (auto known = inodes_.find(dir->dev, d->d_ino);
                known && !S_ISDIR(known->type) &&
                known->refreshed_ns.load(std::memory_order_relaxed) > fresh_since) {
@@ -109,6 +156,7 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
       // invalidates its atime, and the refresh from its parent's listing saves the
       // GETATTR that the walker's next fstat would cost.
       sink.add_plus(name, bare_entry(d->d_ino, known->type), next);
+      empty = false;
     } else {
       auto e = lookup_at(dirfd(dh->dp), d->d_name);
       if (!e.ok()) {
@@ -116,11 +164,17 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
         // Removed since we read the entry: skip it.
       } else {
         sink.add_plus(name, *e, next);  // fits() was checked: cannot fail
+        empty = false;
       }
     }
     dh->pending = nullptr;
     dh->offset = next;
   }
+  // An empty reply completes the kernel's cache of the listing (when this handle's entries
+  // were the ones added): drop it instead if a change may have raced the replies in it.
+  // This handle's own replies have all arrived (it asks again only after parsing the last).
+  if (empty && dh->pending == nullptr && dh->cache_dir)
+    drop_raced_listing(*dir, dir->listings.load() == 1);
   return {};
 }
 
@@ -133,6 +187,8 @@ Status PassthroughFs::releasedir(const Context&, uint64_t, uint64_t fh) {
     dh = std::move(it->second);
     dirs_.erase(it);
   }
+  // RELEASEDIR comes after the handle's last getdents returned: its replies are all added.
+  if (dh->dir->listings.fetch_sub(1) == 1) drop_raced_listing(*dh->dir, true);
   return {};
 }
 

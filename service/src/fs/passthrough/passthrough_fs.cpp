@@ -46,6 +46,7 @@ PassthroughFs::~PassthroughFs() = default;
 void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
 
 void PassthroughFs::set_invalidator(Invalidator* inv) {
+  inv_.store(inv);
   std::shared_ptr<Watcher> w;
   if (inv != nullptr) {
     w = std::make_shared<Watcher>(inodes_, *inv, source_);
@@ -131,15 +132,21 @@ void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) {
     if (auto w = watcher()) w->unwatch(*dropped);
 }
 
-void PassthroughFs::note_entry(uint64_t dir, std::string_view name, int events) {
-  if (auto w = watcher()) w->note_entry(dir, name, events);
+PassthroughFs::EntryChange PassthroughFs::note_entry(Inode& dir, std::string_view name,
+                                                     int events) {
+  if (auto w = watcher()) w->note_entry(dir.nodeid, name, events);
+  return EntryChange(dir);
 }
 
 void PassthroughFs::note_inode(const Inode& inode) {
   if (auto w = watcher()) w->note_inode(inode);
 }
 
-InodeStats PassthroughFs::inode_stats() const { return inodes_.stats(); }
+InodeStats PassthroughFs::inode_stats() const {
+  InodeStats s = inodes_.stats();
+  s.listing_drops = listing_drops_.load(std::memory_order_relaxed);
+  return s;
+}
 
 Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
   struct stat st;
@@ -214,7 +221,7 @@ Result<Entry> PassthroughFs::symlink(const Context& ctx, uint64_t parent, std::s
   GET_INODE(dir, parent);
   PIN_FD(dirfd, dir);
   std::string n(name), t(target);
-  note_entry(dir->nodeid, name);
+  auto change = note_entry(*dir, name);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
     if (symlinkat(t.c_str(), dirfd, n.c_str()) != 0) return last_errno();
@@ -252,7 +259,7 @@ Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::str
   GET_INODE(dir, parent);
   PIN_FD(dirfd, dir);
   std::string n(name);
-  note_entry(dir->nodeid, name);
+  auto change = note_entry(*dir, name);
   mode = creation_mode(dirfd, mode, ctx.umask);
   {
     CredScope cred(root_, ctx.uid, ctx.gid);
@@ -271,7 +278,7 @@ Status PassthroughFs::unlink(const Context&, uint64_t parent, std::string_view n
   GET_INODE(dir, parent);
   PIN_FD(dirfd, dir);
   std::string n(name);
-  note_entry(dir->nodeid, name);
+  auto change = note_entry(*dir, name);
   return check(unlinkat(dirfd, n.c_str(), 0));
 }
 
@@ -279,7 +286,7 @@ Status PassthroughFs::rmdir(const Context&, uint64_t parent, std::string_view na
   GET_INODE(dir, parent);
   PIN_FD(dirfd, dir);
   std::string n(name);
-  note_entry(dir->nodeid, name);
+  auto change = note_entry(*dir, name);
   return check(unlinkat(dirfd, n.c_str(), AT_REMOVEDIR));
 }
 
@@ -292,8 +299,8 @@ Status PassthroughFs::rename(const Context&, uint64_t parent, std::string_view n
   std::string a(name), b(newname);
   // RENAME_EXCHANGE moves both names: two events on each.
   int events = (flags & RENAME_EXCHANGE) ? 2 : 1;
-  note_entry(from->nodeid, name, events);
-  note_entry(to->nodeid, newname, events);
+  auto change_from = note_entry(*from, name, events);
+  auto change_to = note_entry(*to, newname, events);
   return check(static_cast<int>(
       syscall(SYS_renameat2, int{from_fd}, a.c_str(), int{to_fd}, b.c_str(), flags)));
 }
@@ -305,7 +312,7 @@ Result<Entry> PassthroughFs::link(const Context&, uint64_t ino, uint64_t newpare
   PIN_FD(fd, inode);
   PIN_FD(dirfd, dir);
   std::string n(newname);
-  note_entry(dir->nodeid, newname);
+  auto change = note_entry(*dir, newname);
   int rc = root_ ? linkat(fd, "", dirfd, n.c_str(), AT_EMPTY_PATH)
                  : linkat(AT_FDCWD, ProcPath(fd), dirfd, n.c_str(), AT_SYMLINK_FOLLOW);
   if (rc != 0) return last_errno();

@@ -123,8 +123,26 @@ class PassthroughFs final : public Filesystem {
   double cache_timeout(const std::atomic<double>& configured) const;
   std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
   std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
-  // Changes we make to the backing tree ourselves, so the watcher does not echo them.
-  void note_entry(uint64_t dir, std::string_view name, int events = 1);
+  // Whether directory opens may let the kernel cache listings (FOPEN_CACHE_DIR).
+  bool cache_listings() const;
+  // Drops the kernel's cached listing of `dir` if an entry changed while a directory handle
+  // was open (passthrough_dir.cpp). `alone`: no other handle can still add to that cache.
+  void drop_raced_listing(Inode& dir, bool alone);
+
+  // A change of ours to an entry of `dir`. The watcher hears of it at once (so that it does
+  // not echo the event), the directory's listing cache when the change is done.
+  class [[nodiscard]] EntryChange {
+   public:
+    explicit EntryChange(Inode& dir) : dir_(dir) {}
+    ~EntryChange() { dir_.entries_changed(); }
+    EntryChange(const EntryChange&) = delete;
+    EntryChange& operator=(const EntryChange&) = delete;
+
+   private:
+    Inode& dir_;
+  };
+  EntryChange note_entry(Inode& dir, std::string_view name, int events = 1);
+  // A change of ours to `inode`'s attributes or data, so the watcher does not echo it.
   void note_inode(const Inode& inode);
 
   std::string source_;
@@ -137,6 +155,8 @@ class PassthroughFs final : public Filesystem {
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
   std::atomic<std::shared_ptr<Watcher>> watcher_;
+  std::atomic<Invalidator*> inv_{nullptr};
+  std::atomic<uint64_t> listing_drops_{0};
 
   std::mutex dirs_mu_;
   uint64_t next_dir_fh_ = 1;

@@ -75,7 +75,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   PIN_FD(dirfd, dir);
   std::string n(name);
   int fd;
-  note_entry(dir->nodeid, name);
+  auto change = note_entry(*dir, name);
   mode = creation_mode(dirfd, mode, ctx.umask);
   // ctx.kill_suidgid (O_TRUNC) does not apply: CREATE makes a new file, whose set-ID bits
   // are the ones the caller asked for.

@@ -133,7 +133,10 @@ void Watcher::expire_notes() {
 void Watcher::resync(Batch& batch) {
   if (overflows_.fetch_add(1) == 0)
     LOG_WARN("%s: inotify queue overflowed; invalidating every cached inode", label_.c_str());
-  for (const auto& inode : table_.all()) batch.data.insert(inode->nodeid);
+  for (const auto& inode : table_.all()) {
+    inode->entries_changed();  // listings in progress may have missed anything
+    batch.data.insert(inode->nodeid);
+  }
 }
 
 void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
@@ -156,6 +159,9 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
   std::string_view name(ev.name);
   if (ev.mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)) {
     if (consume_entry(dir, name)) return;
+    // Listings in progress may have missed it (see passthrough_dir.cpp); a cached listing
+    // goes with the directory's pages below.
+    if (auto parent = table_.get(dir)) parent->entries_changed();
     batch.entries.insert({dir, std::string(name)});
     batch.data.insert(dir);  // the directory's size, times and listing changed
     return;
