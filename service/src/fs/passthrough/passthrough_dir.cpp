@@ -113,7 +113,7 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
                               DirSink& sink) {
   auto dh = dir_handle(fh);
   if (!dh) return Errno{EBADF};
-  if (dh->dir->nodeid != ino) return Errno{EBADF};
+  if (dh->dir->nodeid != ino) return Errno{ESTALE};  // not the directory fh was opened on
   const auto& dir = dh->dir;
   int64_t fresh_since = sink.plus() ? fresh_since_ns() : 0;
   bool empty = true;  // nothing added to this reply
