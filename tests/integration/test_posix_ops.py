@@ -1008,10 +1008,13 @@ def test_write_and_truncate_clear_setid_bits(m):
     # (group-executable) set-group-ID bits, as natively; root keeps them. efused negotiates
     # FUSE_HANDLE_KILLPRIV_V2, so it does this itself, also for files it would otherwise
     # open with kernel passthrough.
+    # "held": a large file already open read-only (so efused chose kernel passthrough for
+    # it) when the user opens it for writing.
     def op(b):
-        names = {"w": 0o6755, "t": 0o4755, "o": 0o6755, "noexec": 0o2644, "root": 0o4755}
+        names = {"w": 0o6755, "t": 0o4755, "o": 0o6755, "noexec": 0o2644, "root": 0o4755,
+                 "held": 0o4755}
         for n, mode in names.items():
-            write_file(J(b, n), "0123456789")
+            write_file(J(b, n), "0123456789" * (20000 if n == "held" else 1))
             if n != "root":
                 os.chown(J(b, n), h.USER_UID, h.USER_GID)
             os.chmod(J(b, n), mode)
@@ -1023,16 +1026,20 @@ def test_write_and_truncate_clear_setid_bits(m):
             os.close(os.open(J(b, "o"), os.O_WRONLY | os.O_TRUNC))
             with open(J(b, "noexec"), "r+b") as f:
                 f.write(b"x")
+            with open(J(b, "held"), "r+b") as f:
+                f.write(b"x")
             return True
 
-        as_user(child, b)
+        with open(J(b, "held"), "rb") as held:
+            held.read(1)
+            as_user(child, b)
         with open(J(b, "root"), "r+b") as f:  # root (CAP_FSETID) keeps them
             f.write(b"x")
         return {n: mode_of(J(b, n)) for n in names}
 
     res = m.twin().same(op)
     assert res == {"w": "0o755", "t": "0o755", "o": "0o755", "noexec": "0o2644",
-                   "root": "0o4755"}, res
+                   "root": "0o4755", "held": "0o755"}, res
     for n, mode in res.items():  # the backing files agree
         assert oct(os.stat(m.s(n)).st_mode & 0o7777) == mode, n
 

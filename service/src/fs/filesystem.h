@@ -111,10 +111,11 @@ class DirSink {
 };
 
 // How a backend tells the kernel that something changed behind its back (exact
-// invalidation of the kernel's name, attribute and data caches). Called from the backend's
-// own threads, never from a request handler (a notification for a directory a pending
-// request holds locked would wait for that request). Implemented by the mount, which sends
-// FUSE notifications.
+// invalidation of the kernel's name, attribute and data caches). Implemented by the mount,
+// which sends FUSE notifications. inval_entry must not be called from a request handler:
+// the kernel takes the directory's i_rwsem for it, which a pending request may hold, and
+// would wait for that request. inval_inode takes no inode lock; for a directory (whose
+// pages are its cached listing) a handler may call it.
 class Invalidator {
  public:
   virtual ~Invalidator() = default;

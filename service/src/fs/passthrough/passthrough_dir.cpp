@@ -23,17 +23,20 @@ namespace efuse::fs::passthrough {
 // That check has a hole. A reply built before a change can still be on its way to the
 // cache (added when its reader runs again) after the change bumped i_version, and a second
 // reader starting on the still-empty cache then stamps it with the post-change version: the
-// cache misses the change and looks current. test_concurrent_dirops hits this within seconds.
+// cache misses the change and looks current. Without the counting below,
+// test_concurrent_dirops hits this within seconds.
 //
 // So efused keeps count. A directory's open handles are counted (Inode::listings), and a
 // change to its entries while any is open (ours, after it is made; or an outside one the
 // watcher reports) is counted too (Inode::changed). Only replies to open handles can still
 // be on their way to the cache. Before the empty reply that would complete a cache, and when
-// the last handle is released, a directory with uncounted-for changes gets its cached pages
-// dropped (notify_inval_inode): a cache missing a page is reset the next time it is read.
-// Changes while no handle is open are the kernel's i_version check's (ours) and the
-// watcher's (outside changes: it drops the pages itself). Listings are cached only while
-// invalidation is exact (every directory watched).
+// the last handle is released, a directory with changes not yet settled gets its cached
+// pages dropped (notify_inval_inode): a cache missing a page is reset the next time it is
+// read. The drop settles the changes (Inode::settled) when no other handle is open, since
+// nothing older can reach the cache after it. Changes while no handle is open are left to
+// the kernel's i_version check (ours) and to the watcher (outside changes: it drops the
+// pages itself). Listings are cached only while invalidation is exact (every directory
+// watched).
 
 struct PassthroughFs::DirHandle {
   DirHandle(DIR* d, std::shared_ptr<Inode> i, bool cache)

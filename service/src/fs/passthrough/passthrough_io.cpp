@@ -66,7 +66,14 @@ Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags
     return last_errno();
   }
   if (ctx.kill_suidgid) (void)kill_suidgid(fd);  // O_TRUNC by a caller without CAP_FSETID
-  return open_info(*inode, fd, flags);
+  OpenInfo info = open_info(*inode, fd, flags);
+  // A writable open joining passthrough opens (the first open chose passthrough: it was
+  // read-only, or the bits were set later) writes kernel-direct with efused's CAP_FSETID,
+  // which keeps set-ID bits. Clear them now, as the caller's first write would natively;
+  // callers other than root are taken to lack CAP_FSETID.
+  if (info.passthrough_fd >= 0 && (flags & O_ACCMODE) != O_RDONLY && ctx.uid != 0)
+    (void)kill_suidgid(fd);
+  return info;
 }
 
 Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::string_view name,
