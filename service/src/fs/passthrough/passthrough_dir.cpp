@@ -39,14 +39,33 @@ namespace efuse::fs::passthrough {
 // watched).
 
 struct PassthroughFs::DirHandle {
-  DirHandle(DIR* d, std::shared_ptr<Inode> i, bool cache)
-      : dp(d), dir(std::move(i)), cache_dir(cache) {}
-  ~DirHandle() { closedir(dp); }
+  DirHandle(std::shared_ptr<Inode> i, bool cache) : dir(std::move(i)), cache_dir(cache) {}
+  ~DirHandle() {
+    if (dp != nullptr) closedir(dp);
+  }
   DirHandle(const DirHandle&) = delete;
   DirHandle& operator=(const DirHandle&) = delete;
 
+  // The backing directory stream, opened by the first READDIR or FSYNCDIR: a listing the
+  // kernel has cached needs none, so OPENDIR and RELEASEDIR cost no system call. With mu
+  // held.
+  Status open_stream() {
+    if (dp != nullptr) return {};
+    PathFd path_fd = dir->pin();
+    if (!path_fd.ok()) return path_fd.error();
+    int fd = openat(path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return last_errno();
+    dp = fdopendir(fd);
+    if (dp == nullptr) {
+      Errno e = last_errno();
+      ::close(fd);
+      return e;
+    }
+    return {};
+  }
+
   std::mutex mu;
-  DIR* dp;
+  DIR* dp = nullptr;                 // guarded by mu
   const std::shared_ptr<Inode> dir;  // counted in dir->listings until released
   const bool cache_dir;              // the kernel may cache what this handle lists
   uint64_t offset = 0;          // position the next readdir continues from
@@ -78,22 +97,14 @@ void PassthroughFs::drop_raced_listing(Inode& dir, bool alone) {
 
 Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   GET_INODE(inode, ino);
-  PIN_FD(path_fd, inode);
-  int fd = openat(path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return last_errno();
-  DIR* dp = fdopendir(fd);
-  if (dp == nullptr) {
-    Errno e = last_errno();
-    ::close(fd);
-    return e;
-  }
+  if (!S_ISDIR(inode->type)) return Errno{ENOTDIR};
   OpenInfo info;
   // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at every opendir.
   info.cache_dir = info.keep_cache = cache_listings();
   // Counted before the first READDIR can read the directory, so a change that the listing
   // misses sees the count (see above).
   inode->listings.fetch_add(1);
-  auto handle = std::make_shared<DirHandle>(dp, inode, info.cache_dir);
+  auto handle = std::make_shared<DirHandle>(inode, info.cache_dir);
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
   dirs_[info.fh] = std::move(handle);
@@ -121,6 +132,7 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
   int64_t fresh_since = sink.plus() ? fresh_since_ns() : 0;
   bool empty = true;  // nothing added to this reply
   std::lock_guard lk(dh->mu);
+  if (Status s = dh->open_stream(); !s.ok()) return s;
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
     dh->offset = off;
@@ -198,6 +210,8 @@ Status PassthroughFs::releasedir(const Context&, uint64_t, uint64_t fh) {
 Status PassthroughFs::fsyncdir(const Context&, uint64_t, uint64_t fh, bool datasync) {
   auto dh = dir_handle(fh);
   if (!dh) return Errno{EBADF};
+  std::lock_guard lk(dh->mu);
+  if (Status s = dh->open_stream(); !s.ok()) return s;
   int fd = dirfd(dh->dp);
   return check(datasync ? fdatasync(fd) : ::fsync(fd));
 }
