@@ -76,8 +76,8 @@ struct Inode {
 
   // Directories: what keeps the kernel's cached listing exact (FOPEN_CACHE_DIR; the
   // reasoning is in passthrough_dir.cpp).
-  std::atomic<uint32_t> listings{0};  // open directory handles
-  std::atomic<uint64_t> changed{0};   // entry changes made while a handle was open
+  std::atomic<uint32_t> listings{0};  // open handles that have read entries from efused
+  std::atomic<uint64_t> changed{0};   // entry changes made while `listings` > 0
   std::atomic<uint64_t> settled{0};   // `changed` as of the last drop of the cached listing
   // An entry of this directory was created, removed or renamed (call after the change).
   void entries_changed() {

@@ -26,17 +26,23 @@ namespace efuse::fs::passthrough {
 // cache misses the change and looks current. Without the counting below,
 // test_concurrent_dirops hits this within seconds.
 //
-// So efused keeps count. A directory's open handles are counted (Inode::listings), and a
-// change to its entries while any is open (ours, after it is made; or an outside one the
-// watcher reports) is counted too (Inode::changed). Only replies to open handles can still
-// be on their way to the cache. Before the empty reply that would complete a cache, and when
-// the last handle is released, a directory with changes not yet settled gets its cached
-// pages dropped (notify_inval_inode): a cache missing a page is reset the next time it is
-// read. The drop settles the changes (Inode::settled) when no other handle is open, since
-// nothing older can reach the cache after it. Changes while no handle is open are left to
-// the kernel's i_version check (ours) and to the watcher (outside changes: it drops the
-// pages itself). Listings are cached only while invalidation is exact (every directory
-// watched).
+// So efused keeps count. Handles that have asked efused for entries are counted
+// (Inode::listings, from their first READDIR until released: a handle served from the
+// kernel's cache has no reply on its way), and a change to the directory's entries while
+// any is counted (ours, after it is made; or an outside one the watcher reports) is counted
+// too (Inode::changed). Before the empty reply that would complete a cache, and when the
+// last counted handle is released, a directory with changes not yet settled gets its
+// cached pages dropped (notify_inval_inode): a cache missing a page is reset the next time
+// it is read. The drop settles the changes (Inode::settled) when no other handle is
+// counted, since nothing older can reach the cache after it. Changes while none is counted
+// are left to the kernel's i_version check (ours) and to the watcher (outside changes: it
+// drops the pages itself). Listings are cached only while invalidation is exact (every
+// directory watched).
+//
+// What remains is narrower than a scheduling delay: a reader descheduled between getting
+// its final (empty) reply and parsing it, for as long as a change, a reset of the cache and
+// another reader's refill up to the same position take, would mark that refill complete
+// early; the drop at the refilling reader's own end or at the last release removes it.
 
 struct PassthroughFs::DirHandle {
   DirHandle(std::shared_ptr<Inode> i, bool cache) : dir(std::move(i)), cache_dir(cache) {}
@@ -66,8 +72,9 @@ struct PassthroughFs::DirHandle {
 
   std::mutex mu;
   DIR* dp = nullptr;                 // guarded by mu
-  const std::shared_ptr<Inode> dir;  // counted in dir->listings until released
+  const std::shared_ptr<Inode> dir;
   const bool cache_dir;              // the kernel may cache what this handle lists
+  bool counted = false;              // in dir->listings (from its first READDIR); under mu
   uint64_t offset = 0;          // position the next readdir continues from
   struct dirent* pending = nullptr;  // read but not yet delivered (did not fit)
 };
@@ -101,9 +108,6 @@ Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   OpenInfo info;
   // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at every opendir.
   info.cache_dir = info.keep_cache = cache_listings();
-  // Counted before the first READDIR can read the directory, so a change that the listing
-  // misses sees the count (see above).
-  inode->listings.fetch_add(1);
   auto handle = std::make_shared<DirHandle>(inode, info.cache_dir);
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
@@ -132,6 +136,11 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
   int64_t fresh_since = sink.plus() ? fresh_since_ns() : 0;
   bool empty = true;  // nothing added to this reply
   std::lock_guard lk(dh->mu);
+  if (!dh->counted) {
+    // Before the directory is read, so a change that the listing misses sees the count.
+    dh->counted = true;
+    dir->listings.fetch_add(1);
+  }
   if (Status s = dh->open_stream(); !s.ok()) return s;
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
@@ -203,7 +212,8 @@ Status PassthroughFs::releasedir(const Context&, uint64_t, uint64_t fh) {
     dirs_.erase(it);
   }
   // RELEASEDIR comes after the handle's last getdents returned: its replies are all added.
-  if (dh->dir->listings.fetch_sub(1) == 1) drop_raced_listing(*dh->dir, true);
+  std::lock_guard lk(dh->mu);
+  if (dh->counted && dh->dir->listings.fetch_sub(1) == 1) drop_raced_listing(*dh->dir, true);
   return {};
 }
 
