@@ -762,6 +762,29 @@ def test_flock(m):
     assert r == ["EAGAIN", "EAGAIN", ("err", "EAGAIN"), "ok", "ok", "EAGAIN", None, "ok"], r
 
 
+def test_flock_read_only_opens(m):
+    # Plain read-only opens of a file share one backing descriptor inside efused; flock
+    # must still see two open file descriptions, and closing one must drop only its lock.
+    EX_NB, SH_NB = fcntl.LOCK_EX | fcntl.LOCK_NB, fcntl.LOCK_SH | fcntl.LOCK_NB
+
+    def op(b):
+        p = J(b, "lock")
+        write_file(p, "x")
+        a, c = os.open(p, os.O_RDONLY), os.open(p, os.O_RDONLY)
+        r = [outcome(fcntl.flock, a, EX_NB), outcome(fcntl.flock, c, EX_NB),
+             outcome(fcntl.flock, c, SH_NB), _flock_child(p, SH_NB)]
+        os.close(a)  # its lock goes with it
+        r += [outcome(fcntl.flock, c, EX_NB), _flock_child(p, SH_NB)]
+        fcntl.flock(c, fcntl.LOCK_UN)
+        r.append(_flock_child(p, EX_NB))
+        os.close(c)
+        return r
+
+    r = m.twin().same(op)
+    assert r == [("ok", None), ("err", "EAGAIN"), ("err", "EAGAIN"), "EAGAIN",
+                 ("ok", None), "EAGAIN", "ok"], r
+
+
 _LOCK_CHILD = r"""
 import errno, fcntl, os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDWR)

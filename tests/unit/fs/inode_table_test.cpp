@@ -180,5 +180,28 @@ TEST(InodeTableBudget, ForgottenInodesGiveTheirDescriptorsBack) {
   EXPECT_EQ(table.stats().inodes, 1u);
 }
 
+TEST_F(InodeTableTest, AReadableDescriptorKeepsItsNumberAndIsEvictedLikeAnother) {
+  if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  ASSERT_TRUE(write_file(tmp_ / "r", "data"));
+  auto inode = ref("r");
+  {
+    PathFd fd = inode->pin();
+    ASSERT_TRUE(fd.ok());
+    EXPECT_NE(fcntl(fd, F_GETFL) & O_PATH, 0);
+    EXPECT_EQ(inode->readable_fd(fd), int{fd}) << "same number, now readable";
+    EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY);
+    char c;
+    EXPECT_EQ(pread(fd, &c, 1, 0), 1);
+    EXPECT_EQ(inode->readable_fd(fd), int{fd}) << "once is enough";
+  }
+  crowd_out();
+  EXPECT_GE(table_.stats().evictions, 1u);
+  PathFd fd = inode->pin();  // reopened by handle: O_PATH again
+  ASSERT_TRUE(fd.ok());
+  EXPECT_NE(fcntl(fd, F_GETFL) & O_PATH, 0);
+  EXPECT_EQ(inode->readable_fd(fd), int{fd});
+  EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY);
+}
+
 }  // namespace
 }  // namespace efuse::fs::passthrough

@@ -559,5 +559,57 @@ TEST_F(PassthroughTest, ListingsAreNotCachedWithoutInvalidation) {
   EXPECT_TRUE(fs_->releasedir(ctx_, 0, o->fh).ok());
 }
 
+// ---- shared read-only handles ------------------------------------------------------------
+
+TEST_F(PassthroughTest, PlainReadOnlyOpensShareTheInodeDescriptor) {
+  write_file(src("f"), "shared bytes");
+  uint64_t ino = lookup(kRoot, "f");
+  uint64_t a = open(ino, O_RDONLY), b = open(ino, O_RDONLY | 00100000 /* kernel O_LARGEFILE */);
+  ASSERT_TRUE(is_shared(a) && is_shared(b));
+  EXPECT_NE(a, b) << "each open has its own handle";
+  EXPECT_EQ(fd_of(a), fd_of(b));
+  int fd = fd_of(a);
+  EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY) << "readable, not O_PATH";
+  char buf[32] = {};
+  auto n = fs_->read(ctx_, ino, b, 0, std::span<char>(buf, sizeof buf));
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(std::string(buf, *n), "shared bytes");
+  EXPECT_TRUE(fs_->flush(ctx_, ino, a, 1).ok());
+  release(ino, a);
+  release(ino, b);
+  EXPECT_NE(fcntl(fd, F_GETFD), -1) << "release does not close the inode's descriptor";
+  EXPECT_EQ(fs_->getattr(ctx_, ino, nullptr)->attr.st_size, 12) << "and it still serves";
+}
+
+TEST_F(PassthroughTest, OtherOpensGetTheirOwnDescriptor) {
+  write_file(src("f"), "x");
+  uint64_t ino = lookup(kRoot, "f");
+  for (int flags : {O_RDWR, O_WRONLY, O_RDONLY | O_NOATIME, O_RDONLY | O_NONBLOCK,
+                    O_RDONLY | O_SYNC}) {
+    uint64_t fh = open(ino, flags);
+    EXPECT_FALSE(is_shared(fh)) << std::hex << flags;
+    release(ino, fh);
+    EXPECT_EQ(fcntl(fd_of(fh), F_GETFD), -1) << "a private descriptor is closed at release";
+  }
+}
+
+TEST_F(PassthroughTest, FlockSeesEachSharedOpenAsItsOwnDescription) {
+  write_file(src("f"), "x");
+  uint64_t ino = lookup(kRoot, "f");
+  uint64_t a = open(ino, O_RDONLY), b = open(ino, O_RDONLY);
+  ASSERT_TRUE(is_shared(a) && is_shared(b));
+  EXPECT_TRUE(fs_->flock(ctx_, ino, a, LOCK_EX | LOCK_NB).ok());
+  EXPECT_EQ(fs_->flock(ctx_, ino, b, LOCK_EX | LOCK_NB).error(), EWOULDBLOCK);
+  EXPECT_EQ(fs_->flock(ctx_, ino, b, LOCK_SH | LOCK_NB).error(), EWOULDBLOCK);
+  int native = ::open(src("f").c_str(), O_RDONLY);
+  EXPECT_EQ(::flock(native, LOCK_SH | LOCK_NB), -1) << "the backing file is locked";
+  release(ino, a);  // closing an open drops its flock
+  EXPECT_TRUE(fs_->flock(ctx_, ino, b, LOCK_EX | LOCK_NB).ok());
+  EXPECT_TRUE(fs_->flock(ctx_, ino, b, LOCK_UN).ok());
+  EXPECT_EQ(::flock(native, LOCK_EX | LOCK_NB), 0);
+  ::close(native);
+  release(ino, b);
+}
+
 }  // namespace
 }  // namespace efuse::fs::passthrough

@@ -1,11 +1,14 @@
 #include "fs/passthrough/inode_table.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <utility>
+
+#include "fs/passthrough/proc_path.h"
 
 namespace efuse::fs::passthrough {
 namespace {
@@ -54,6 +57,7 @@ Inode::Inode(InodeTable& table, int fd, dev_t dev_, ino_t ino_, mode_t type_, ui
 
 Inode::~Inode() {
   for (auto& [owner, lo] : lock_fds) ::close(lo.fd);
+  for (auto& [fh, fd] : flock_fds) ::close(fd);
   int fd = fd_.load();
   if (fd >= 0) {
     ::close(fd);
@@ -86,6 +90,21 @@ PathFd Inode::pin() {
     last_use_.store(epoch, std::memory_order_relaxed);
   if (reopened) table_.fd_opened();
   return PathFd(this, fd);
+}
+
+int Inode::readable_fd(const PathFd& pinned) {
+  std::lock_guard lk(fd_mu_);
+  int fd = pinned;  // a pin keeps the descriptor (and its number) from eviction
+  if (readable_) return fd;
+  int rd = ::open(ProcPath(fd), O_RDONLY | O_CLOEXEC);
+  if (rd < 0) return -errno;
+  // Requests using the O_PATH descriptor meanwhile hold their own reference to it.
+  int rc = dup3(rd, fd, O_CLOEXEC);
+  int err = errno;
+  ::close(rd);
+  if (rc < 0) return -err;
+  readable_ = true;
+  return fd;
 }
 
 int Inode::reopen() {
@@ -137,6 +156,7 @@ bool Inode::evict() {
     return false;
   }
   ::close(fd);
+  readable_ = false;  // reopened by handle as O_PATH
   return true;
 }
 

@@ -63,6 +63,10 @@ struct Inode {
   // The O_PATH | O_NOFOLLOW descriptor, reopened by file handle if it was evicted. Fails
   // with ESTALE when the backing object no longer exists (removed while evicted).
   PathFd pin();
+  // Regular files: makes the pinned descriptor readable (an O_RDONLY open of the same
+  // object put in its place with dup3, so the number stays), for plain read-only opens to
+  // share. Returns the descriptor, or -errno. It stays readable until evicted.
+  int readable_fd(const PathFd& pinned);
 
   const dev_t dev;
   const ino_t ino;
@@ -105,6 +109,9 @@ struct Inode {
   };
   std::mutex lock_mu;
   std::unordered_map<uint64_t, LockOwner> lock_fds;
+  // flock() belongs to an open file description: opens sharing the inode's descriptor each
+  // get their own for it, by file handle, on their first flock (guarded by lock_mu).
+  std::unordered_map<uint64_t, int> flock_fds;
 
  private:
   friend class PathFd;
@@ -125,6 +132,7 @@ struct Inode {
   std::mutex fd_mu_;                 // reopen and eviction
   std::vector<unsigned char> handle_;  // struct file_handle, taken at first eviction
   bool pinned_forever_ = false;      // guarded by fd_mu_: cannot be held by handle
+  bool readable_ = false;            // guarded by fd_mu_: fd_ is an O_RDONLY descriptor
 };
 
 class InodeTable {

@@ -152,7 +152,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
   struct stat st;
   int rc;
   if (fh != nullptr) {
-    rc = fstat(static_cast<int>(*fh), &st);
+    rc = fstat(fd_of(*fh), &st);
   } else {
     GET_INODE(inode, ino);
     PIN_FD(fd, inode);
@@ -164,7 +164,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
 
 Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {
   GET_INODE(inode, ino);
-  int fh = s.has_fh ? static_cast<int>(s.fh) : -1;
+  int fh = s.has_fh ? fd_of(s.fh) : -1;
   PIN_FD(fd, inode);
   ProcPath path(fd);
   if (s.set_mode) {

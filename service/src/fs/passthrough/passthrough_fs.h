@@ -30,6 +30,14 @@ mode_t privs_to_kill(mode_t mode);
 // every write).
 Status kill_suidgid(int fd);
 
+// A file handle (fh) is the backing file's descriptor. Plain read-only opens of a regular
+// file share the inode's own descriptor instead, made readable once (Inode::readable_fd),
+// so OPEN, FLUSH and RELEASE of a file read again and again cost no system call. Such a
+// handle carries kSharedFh, and in bits 32-62 a serial number that tells the opens apart.
+inline constexpr uint64_t kSharedFh = 1ULL << 63;
+inline int fd_of(uint64_t fh) { return static_cast<int>(fh & 0xffffffffu); }
+inline bool is_shared(uint64_t fh) { return (fh & kSharedFh) != 0; }
+
 class PassthroughFs final : public Filesystem {
  public:
   // Opens the source directory; throws std::system_error when it is unusable.
@@ -156,6 +164,7 @@ class PassthroughFs final : public Filesystem {
   InodeTable inodes_;
   std::atomic<std::shared_ptr<Watcher>> watcher_;
   std::atomic<Invalidator*> inv_{nullptr};
+  std::atomic<uint32_t> shared_serial_{0};
   std::atomic<uint64_t> listing_drops_{0};
 
   std::mutex dirs_mu_;

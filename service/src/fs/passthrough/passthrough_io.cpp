@@ -28,6 +28,15 @@ int backing_open_flags(int flags, bool writeback) {
   return flags | O_CLOEXEC;
 }
 
+// Read-only opens whose flags change nothing about reading may share one description.
+bool shareable(int flags) {
+  // The kernel sets O_LARGEFILE on 64-bit opens; glibc's O_LARGEFILE is 0 there, so this is
+  // the kernel's value (asm-generic; x86-64, arm64 and riscv use it).
+  constexpr int kKernelLargefile = 00100000;
+  constexpr int kHarmless = O_ACCMODE | kKernelLargefile | O_NOCTTY | O_NOFOLLOW | O_CLOEXEC;
+  return (flags & O_ACCMODE) == O_RDONLY && (flags & ~kHarmless) == 0;
+}
+
 }  // namespace
 
 OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
@@ -60,6 +69,17 @@ Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags
   GET_INODE(inode, ino);
   PIN_FD(path_fd, inode);
   inode->opens.fetch_add(1);
+  if (S_ISREG(inode->type) && shareable(flags)) {
+    // The descriptor stays while the inode has opens (eviction skips it).
+    int fd = inode->readable_fd(path_fd);
+    if (fd >= 0) {
+      OpenInfo info = open_info(*inode, fd, flags);
+      uint64_t serial = shared_serial_.fetch_add(1, std::memory_order_relaxed) & 0x7fffffffu;
+      info.fh = kSharedFh | serial << 32 | static_cast<uint32_t>(fd);
+      return info;
+    }
+    // Not readable by efused (or out of descriptors): a private open says why.
+  }
   int fd = ::open(ProcPath(path_fd), backing_open_flags(flags, caps_.writeback_cache));
   if (fd < 0) {
     inode->opens.fetch_sub(1);
@@ -118,7 +138,7 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64
   // FUSE takes a short read for end of file: fill the buffer unless the file really ends.
   size_t done = 0;
   while (done < buf.size()) {
-    ssize_t n = pread(static_cast<int>(fh), buf.data() + done, buf.size() - done,
+    ssize_t n = pread(fd_of(fh), buf.data() + done, buf.size() - done,
                       static_cast<off_t>(off + done));
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -134,12 +154,12 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64
 Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t, uint64_t fh, uint64_t off,
                                     std::span<const char> data) {
   if (ctx.kill_suidgid) {
-    Status k = kill_suidgid(static_cast<int>(fh));
+    Status k = kill_suidgid(fd_of(fh));
     if (!k.ok()) return Errno{k.error()};
   }
   size_t done = 0;
   while (done < data.size()) {
-    ssize_t n = pwrite(static_cast<int>(fh), data.data() + done, data.size() - done,
+    ssize_t n = pwrite(fd_of(fh), data.data() + done, data.size() - done,
                        static_cast<off_t>(off + done));
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -161,36 +181,49 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
       inode->lock_fds.erase(it);
     }
   }
-  // Closing a duplicate reports deferred write errors (NFS and the like) without giving up fh.
-  int dupfd = dup(static_cast<int>(fh));
+  // Closing a duplicate reports deferred write errors (NFS and the like) without giving up
+  // fh. A shared handle is read-only: it has none.
+  if (is_shared(fh)) return {};
+  int dupfd = dup(fd_of(fh));
   if (dupfd < 0) return last_errno();
   return check(::close(dupfd));
 }
 
 Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
-  if (auto inode = inodes_.get(ino)) {
-    inode->opens.fetch_sub(1);
+  auto inode = inodes_.get(ino);
+  if (inode) {
+    if (is_shared(fh)) {
+      // Closing its own description drops the open's flock, as closing it natively would.
+      std::lock_guard lk(inode->lock_mu);
+      auto it = inode->flock_fds.find(fh);
+      if (it != inode->flock_fds.end()) {
+        ::close(it->second);
+        inode->flock_fds.erase(it);
+      }
+    }
     std::lock_guard lk(inode->io_mu);
     if (inode->io_opens > 0) --inode->io_opens;
   }
-  ::close(static_cast<int>(fh));
+  if (!is_shared(fh)) ::close(fd_of(fh));
+  // Last: with no opens left the inode's descriptor may be evicted.
+  if (inode) inode->opens.fetch_sub(1);
   return {};
 }
 
 Status PassthroughFs::fsync(const Context&, uint64_t, uint64_t fh, bool datasync) {
-  int fd = static_cast<int>(fh);
+  int fd = fd_of(fh);
   return check(datasync ? fdatasync(fd) : ::fsync(fd));
 }
 
 Status PassthroughFs::fallocate(const Context&, uint64_t, uint64_t fh, int mode, uint64_t off,
                                 uint64_t len) {
-  return check(::fallocate(static_cast<int>(fh), mode, static_cast<off_t>(off),
+  return check(::fallocate(fd_of(fh), mode, static_cast<off_t>(off),
                            static_cast<off_t>(len)));
 }
 
 Result<uint64_t> PassthroughFs::lseek(const Context&, uint64_t, uint64_t fh, uint64_t off,
                                       int whence) {
-  off_t r = ::lseek(static_cast<int>(fh), static_cast<off_t>(off), whence);
+  off_t r = ::lseek(fd_of(fh), static_cast<off_t>(off), whence);
   if (r < 0) return last_errno();
   return static_cast<uint64_t>(r);
 }
@@ -199,7 +232,7 @@ Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t
                                               uint64_t off_in, uint64_t, uint64_t fh_out,
                                               uint64_t off_out, uint64_t len, uint64_t flags) {
   loff_t in = static_cast<loff_t>(off_in), out = static_cast<loff_t>(off_out);
-  ssize_t n = ::copy_file_range(static_cast<int>(fh_in), &in, static_cast<int>(fh_out), &out,
+  ssize_t n = ::copy_file_range(fd_of(fh_in), &in, fd_of(fh_out), &out,
                                 len, static_cast<unsigned>(flags));
   if (n < 0) return last_errno();
   return static_cast<size_t>(n);
@@ -214,11 +247,11 @@ Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t
 Result<int> PassthroughFs::lock_fd(Inode& inode, uint64_t fh, uint64_t owner) {
   auto it = inode.lock_fds.find(owner);
   if (it != inode.lock_fds.end()) return it->second.fd;
-  int fd = ::open(ProcPath(static_cast<int>(fh)), O_RDWR | O_CLOEXEC);
+  int fd = ::open(ProcPath(fd_of(fh)), O_RDWR | O_CLOEXEC);
   if (fd < 0) {
-    int accmode = fcntl(static_cast<int>(fh), F_GETFL);
+    int accmode = fcntl(fd_of(fh), F_GETFL);
     if (accmode < 0) return last_errno();
-    fd = ::open(ProcPath(static_cast<int>(fh)), (accmode & O_ACCMODE) | O_CLOEXEC);
+    fd = ::open(ProcPath(fd_of(fh)), (accmode & O_ACCMODE) | O_CLOEXEC);
     if (fd < 0) return last_errno();
   }
   inode.lock_fds[owner].fd = fd;
@@ -301,8 +334,18 @@ Status PassthroughFs::setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t 
   return {};
 }
 
-Status PassthroughFs::flock(const Context&, uint64_t, uint64_t fh, int op) {
-  return check(::flock(static_cast<int>(fh), op));
+Status PassthroughFs::flock(const Context&, uint64_t ino, uint64_t fh, int op) {
+  if (!is_shared(fh)) return check(::flock(fd_of(fh), op));
+  GET_INODE(inode, ino);
+  std::lock_guard lk(inode->lock_mu);  // op carries LOCK_NB: this does not block
+  auto it = inode->flock_fds.find(fh);
+  if (it == inode->flock_fds.end()) {
+    if (op & LOCK_UN) return {};  // this open holds none
+    int own = ::open(ProcPath(fd_of(fh)), O_RDONLY | O_CLOEXEC);
+    if (own < 0) return last_errno();
+    it = inode->flock_fds.emplace(fh, own).first;
+  }
+  return check(::flock(it->second, op));
 }
 
 // ---- xattrs --------------------------------------------------------------------------------
