@@ -240,6 +240,33 @@ def test_cached_listings_stay_exact(m):
     assert value(parse(scrape(PORT)), "efuse_listing_cache_drops_total") is not None
 
 
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
+def test_read_only_opens_share_the_inode_descriptor(m):
+    # Plain read-only opens reuse the inode's descriptor: efused opens nothing for them,
+    # and they still read what the backing file holds after outside rewrites.
+    small, big = m.s("small"), m.s("big")
+    h.write_file(small, b"one\n")
+    h.write_file(big, b"b" * (1 << 20))  # passthrough-sized
+    shared = lambda: value(parse(scrape(PORT)), "efuse_shared_opens_total")  # noqa: E731
+
+    def backing_fds(name):  # efused's descriptors on a backing file
+        d = f"/proc/{m.proc.pid}/fd"
+        return sum(1 for fd in os.listdir(d) if os.path.realpath(os.path.join(d, fd)) == os.path.realpath(name))
+
+    before = shared()
+    for _ in range(10):
+        assert h.read_file(m.m("small")) == b"one\n"
+        assert h.read_file(m.m("big")) == b"b" * (1 << 20)
+    assert shared() - before == 20, (before, shared())
+    assert backing_fds(small) == 1 and backing_fds(big) == 1, "only the inodes' own"
+    h.write_file(small, b"two, longer\n")
+    eventually("outside rewrite read through a shared open", lambda: h.read_file(m.m("small")),
+               b"two, longer\n")
+    with open(big, "r+b") as f:
+        f.write(b"B")
+    eventually("outside write to a passthrough file", lambda: h.read_file(m.m("big"))[:2], b"Bb")
+
+
 class Sysctl:
     """Sets /proc/sys/<name> for the duration of a with block, restoring it after."""
 

@@ -134,6 +134,7 @@ struct InodeStats {
   uint64_t reopens = 0;          // descriptors reopened from a file handle
   uint64_t reopen_failures = 0;  // reopen failed (mostly ESTALE: removed meanwhile)
   uint64_t listing_drops = 0;    // cached directory listings dropped: a change raced them
+  uint64_t shared_opens = 0;     // read-only opens that shared the inode's descriptor
 };
 
 class Filesystem {

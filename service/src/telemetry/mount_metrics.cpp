@@ -162,7 +162,12 @@ MountFamilies::MountFamilies()
                                  "Directory listings the kernel had cached (or was building) "
                                  "that efused dropped because an entry of the directory "
                                  "changed while a handle on it was open.",
-                                 MetricType::Counter)) {}
+                                 MetricType::Counter)),
+      shared_opens_(make_family("efuse_shared_opens_total",
+                                "Plain read-only opens of regular files that shared the "
+                                "inode's own (readable) descriptor instead of opening the "
+                                "backing file.",
+                                MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
   add_state(mount);
@@ -179,6 +184,7 @@ void MountFamilies::add_inodes(const std::string& mount, const fs::InodeStats& i
   add_counter(inode_reopen_failures_, mount_label(mount),
               static_cast<double>(inodes.reopen_failures));
   add_counter(listing_drops_, mount_label(mount), static_cast<double>(inodes.listing_drops));
+  add_counter(shared_opens_, mount_label(mount), static_cast<double>(inodes.shared_opens));
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -269,7 +275,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
-        &inode_reopen_failures_, &listing_drops_}) {
+        &inode_reopen_failures_, &listing_drops_, &shared_opens_}) {
     append_nonempty(out, std::move(*f));
   }
 }

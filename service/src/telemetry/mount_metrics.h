@@ -80,6 +80,7 @@ class MountFamilies {
   prometheus::MetricFamily inode_reopens_;
   prometheus::MetricFamily inode_reopen_failures_;
   prometheus::MetricFamily listing_drops_;
+  prometheus::MetricFamily shared_opens_;
 };
 
 }  // namespace efuse::telemetry

@@ -59,7 +59,7 @@ class MetricsCollector : public ::testing::Test {
     data.workers = {&workers_[0], &workers_[1]};
     data.start_failures = 1;
     data.inodes = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
-                   .reopen_failures = 2, .listing_drops = 4};
+                   .reopen_failures = 2, .listing_drops = 4, .shared_opens = 5};
 
     MountView broken;
     broken.name = "broken";
@@ -177,6 +177,7 @@ TEST_F(MetricsCollector, InodeTableSeriesOfLiveMountsOnly) {
   EXPECT_EQ(e.value("efuse_inode_fd_reopens_total", {{"mount", "data"}}), 90);
   EXPECT_EQ(e.value("efuse_inode_fd_reopen_failures_total", {{"mount", "data"}}), 2);
   EXPECT_EQ(e.value("efuse_listing_cache_drops_total", {{"mount", "data"}}), 4);
+  EXPECT_EQ(e.value("efuse_shared_opens_total", {{"mount", "data"}}), 5);
   EXPECT_EQ(e.type["efuse_inode_fds"], "gauge");
   EXPECT_TRUE(e.find("efuse_inodes", {{"mount", "broken"}}).empty()) << "not live: no table";
 }
@@ -277,7 +278,7 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_passthrough_refusals_total", "efuse_inodes", "efuse_inode_fds",
         "efuse_inode_fd_evictions_total", "efuse_inode_fd_reopens_total",
         "efuse_inode_fd_reopen_failures_total", "efuse_listing_cache_drops_total",
-        "efuse_config_reloads_total",
+        "efuse_shared_opens_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",
         "efuse_config_last_reload_duration_seconds", "efuse_build_info",
         "efuse_start_time_seconds", "efuse_process_resident_memory_bytes",

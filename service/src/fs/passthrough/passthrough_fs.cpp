@@ -145,6 +145,7 @@ void PassthroughFs::note_inode(const Inode& inode) {
 InodeStats PassthroughFs::inode_stats() const {
   InodeStats s = inodes_.stats();
   s.listing_drops = listing_drops_.load(std::memory_order_relaxed);
+  s.shared_opens = shared_serial_.load(std::memory_order_relaxed);
   return s;
 }
 

@@ -164,7 +164,7 @@ class PassthroughFs final : public Filesystem {
   InodeTable inodes_;
   std::atomic<std::shared_ptr<Watcher>> watcher_;
   std::atomic<Invalidator*> inv_{nullptr};
-  std::atomic<uint32_t> shared_serial_{0};
+  std::atomic<uint64_t> shared_serial_{0};  // also counts the shared opens
   std::atomic<uint64_t> listing_drops_{0};
 
   std::mutex dirs_mu_;
