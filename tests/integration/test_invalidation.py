@@ -240,6 +240,19 @@ def test_cached_listings_stay_exact(m):
     assert value(parse(scrape(PORT)), "efuse_listing_cache_drops_total") is not None
 
 
+@h.mount_options(args=["--entry-timeout", "0", "--metrics", f"127.0.0.1:{PORT}"])
+def test_listings_are_not_kept_past_the_entry_timeout(m):
+    # An operator who sets entry_timeout 0 (changes inotify cannot see, such as a network
+    # file system changed from another host) gets every listing from the backing tree.
+    os.mkdir(m.s("d"))
+    for i in range(20):
+        h.write_file(m.s("d", f"f{i}"), b"x")
+    for _ in range(3):
+        before = listing_requests()
+        assert len(os.listdir(m.m("d"))) == 20
+        assert listing_requests() > before, "listed from the kernel's cache"
+
+
 @h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
 def test_read_only_opens_share_the_inode_descriptor(m):
     # Plain read-only opens reuse the inode's descriptor: efused opens nothing for them,

@@ -125,7 +125,7 @@ std::string_view mounts_schema_text() {
       "properties": {
         "entry_timeout": {
           "$ref": "#/definitions/seconds",
-          "description": "Seconds the kernel may cache a name lookup, 0..31536000. Changes made to the backing tree behind efused's back are invalidated exactly (inotify), so long timeouts stay correct; if a directory cannot be watched, the mount's timeouts are capped at 1 s. Default 60.",
+          "description": "Seconds the kernel may cache a name lookup, and a directory's listing, 0..31536000. Changes made to the backing tree behind efused's back are invalidated exactly (inotify), so long timeouts stay correct; if a directory cannot be watched, the mount's timeouts are capped at 1 s and listings are not cached. Default 60.",
           "default": 60
         },
         "attr_timeout": {

@@ -406,7 +406,7 @@ class ListingCacheTest : public PassthroughTest {
     EXPECT_TRUE(o.ok()) << strerror(o.error());
     if (!o.ok()) return 0;
     EXPECT_TRUE(o->cache_dir) << "every directory is watched: listings may be cached";
-    EXPECT_TRUE(o->keep_cache) << "or the kernel drops the cache at every opendir";
+    last_keep_cache_ = o->keep_cache;
     return o->fh;
   }
   // Reads the whole listing from offset 0 as the kernel does: until an empty reply.
@@ -431,7 +431,24 @@ class ListingCacheTest : public PassthroughTest {
 
   RecordingInvalidator inv_;
   uint64_t dir_ = 0;
+  bool last_keep_cache_ = false;  // FOPEN_KEEP_CACHE on the latest opendir
 };
+
+TEST_F(ListingCacheTest, ACachedListingIsKeptForTheEntryTimeoutOnly) {
+  uint64_t fh = opendir();
+  EXPECT_FALSE(last_keep_cache_) << "nothing listed yet: no cache worth keeping";
+  list(fh);
+  releasedir(fh);
+  fh = opendir();
+  EXPECT_TRUE(last_keep_cache_) << "listed a moment ago (entry timeout 1 s)";
+  releasedir(fh);
+  Policy p;
+  p.entry_timeout = 0;  // an operator who wants every listing read again
+  fs_->set_policy(p);
+  fh = opendir();
+  EXPECT_FALSE(last_keep_cache_);
+  releasedir(fh);
+}
 
 TEST_F(ListingCacheTest, AListingWithoutConcurrentChangesIsKept) {
   uint64_t fh = opendir();

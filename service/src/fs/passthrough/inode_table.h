@@ -83,6 +83,7 @@ struct Inode {
   std::atomic<uint32_t> listings{0};  // open handles that have read entries from efused
   std::atomic<uint64_t> changed{0};   // entry changes made while `listings` > 0
   std::atomic<uint64_t> settled{0};   // `changed` as of the last drop of the cached listing
+  std::atomic<int64_t> listed_ns{0};  // steady_clock time of the last complete listing
   // An entry of this directory was created, removed or renamed (call after the change).
   void entries_changed() {
     if (listings.load() > 0) changed.fetch_add(1);

@@ -37,7 +37,11 @@ namespace efuse::fs::passthrough {
 // counted, since nothing older can reach the cache after it. Changes while none is counted
 // are left to the kernel's i_version check (ours) and to the watcher (outside changes: it
 // drops the pages itself). Listings are cached only while invalidation is exact (every
-// directory watched).
+// directory watched), and for at most the entry timeout: an opendir later than that after
+// the listing was read (Inode::listed_ns) comes without FOPEN_KEEP_CACHE, and the kernel
+// drops the cache and lists again. Like cached names, a cached listing then never outlives
+// the timeout an operator set for changes inotify cannot see (a network file system
+// changed from another host).
 //
 // What remains is narrower than a scheduling delay: a reader descheduled between getting
 // its final (empty) reply and parsing it, for as long as a change, a reset of the cache and
@@ -106,8 +110,11 @@ Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   GET_INODE(inode, ino);
   if (!S_ISDIR(inode->type)) return Errno{ENOTDIR};
   OpenInfo info;
-  // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at every opendir.
-  info.cache_dir = info.keep_cache = cache_listings();
+  info.cache_dir = cache_listings();
+  // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at this opendir.
+  int64_t valid_ns = static_cast<int64_t>(cache_timeout(entry_timeout_) * 1e9);
+  info.keep_cache =
+      info.cache_dir && steady_ns() - inode->listed_ns.load(std::memory_order_relaxed) < valid_ns;
   auto handle = std::make_shared<DirHandle>(inode, info.cache_dir);
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
@@ -197,8 +204,10 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
   // An empty reply completes the kernel's cache of the listing (when this handle's entries
   // were the ones added): drop it instead if a change may have raced the replies in it.
   // This handle's own replies have all arrived (it asks again only after parsing the last).
-  if (empty && dh->pending == nullptr && dh->cache_dir)
+  if (empty && dh->pending == nullptr && dh->cache_dir) {
+    dir->listed_ns.store(steady_ns(), std::memory_order_relaxed);
     drop_raced_listing(*dir, dir->listings.load() == 1);
+  }
   return {};
 }
 
