@@ -111,10 +111,13 @@ Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   if (!S_ISDIR(inode->type)) return Errno{ENOTDIR};
   OpenInfo info;
   info.cache_dir = cache_listings();
-  // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at this opendir.
-  int64_t valid_ns = static_cast<int64_t>(cache_timeout(entry_timeout_) * 1e9);
-  info.keep_cache =
-      info.cache_dir && steady_ns() - inode->listed_ns.load(std::memory_order_relaxed) < valid_ns;
+  if (info.cache_dir) {
+    // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at this opendir. While
+    // invalidation is exact the entry timeout is the configured one (no cap applies).
+    double valid = entry_timeout_.load(std::memory_order_relaxed);
+    int64_t age_ns = steady_ns() - inode->listed_ns.load(std::memory_order_relaxed);
+    info.keep_cache = age_ns < static_cast<int64_t>(valid * 1e9);
+  }
   auto handle = std::make_shared<DirHandle>(inode, info.cache_dir);
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
