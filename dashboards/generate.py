@@ -231,6 +231,20 @@ def panels():
             "reqps", "Directory opens next to READDIR/READDIRPLUS requests: listings the kernel "
             "has cached cost an OPENDIR and no READDIR. Drops: cached listings efused threw "
             "away because an entry changed while the directory was being listed."),
+        timeseries("Changes behind efused's back (inotify)", [
+            target(f"sum by (mount) (rate(efuse_watch_events_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} events"),
+            target(f"sum by (mount) (rate(efuse_watch_invalidations_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} invalidations", "B"),
+            target(f"sum by (mount) (increase(efuse_watch_overflows_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} queue overflows", "C"),
+            target(f"sum by (mount) (increase(efuse_watch_failures_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} watch failures", "D")],
+            "short", "inotify events from the backing tree per second (anyone's changes, "
+            "passthrough writes included) and the invalidations they cost: events whose change "
+            "the kernel already sees send none. Overflows invalidate everything; after a watch "
+            "failure the mount's cache timeouts are capped at 1 s (efuse_watched_directories "
+            "counts the watches)."),
     ])
     return out
 

@@ -280,6 +280,43 @@ def test_read_only_opens_share_the_inode_descriptor(m):
     eventually("outside write to a passthrough file", lambda: h.read_file(m.m("big"))[:2], b"Bb")
 
 
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
+def test_an_outside_change_right_behind_one_of_ours_shows(m):
+    # The chmod through the mount and the one behind efused's back queue identical
+    # IN_ATTRIB events, which inotify merges into one: that event must not be taken for
+    # efused's own change alone.
+    h.write_file(m.s("f"), b"x")
+    for mode in (0o600, 0o640, 0o604, 0o644):
+        os.chmod(m.m("f"), 0o700)
+        os.chmod(m.s("f"), mode)
+        eventually(f"outside chmod {mode:o} behind ours", lambda: stat.S_IMODE(os.stat(m.m("f")).st_mode), mode)
+    assert value(parse(scrape(PORT)), "efuse_watch_failures_total") == 0
+
+
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
+def test_a_file_written_on_and_on_costs_one_invalidation(m):
+    # Writes through a passthrough open reach the backing file directly, so inotify reports
+    # each like an outside write. The kernel's attributes are dropped once; until someone
+    # asks for them again there is nothing more to drop, however many batches of writes come.
+    metric = lambda name: value(parse(scrape(PORT)), name)  # noqa: E731
+    assert metric("efuse_watched_directories") >= 1
+    with open(m.m("log"), "wb") as f:
+        events, sent = metric("efuse_watch_events_total"), metric("efuse_watch_invalidations_total")
+        for _ in range(40):  # spread over many 10 ms batches
+            f.write(b"x" * 4096)
+            f.flush()
+            time.sleep(0.005)
+        eventually("the writes are seen", lambda: metric("efuse_watch_events_total") > events, True)
+        time.sleep(0.1)  # let the last batch go out
+        assert metric("efuse_watch_invalidations_total") - sent <= 1, \
+            (sent, metric("efuse_watch_invalidations_total"))
+        assert os.stat(m.m("log")).st_size == 40 * 4096
+        os.stat(m.m("log"))  # the kernel holds attributes again: the next change is sent
+        with open(m.s("log"), "ab") as g:
+            g.write(b"outside")
+        eventually("an outside append after a stat", lambda: os.stat(m.m("log")).st_size, 40 * 4096 + 7)
+
+
 class Sysctl:
     """Sets /proc/sys/<name> for the duration of a with block, restoring it after."""
 
@@ -297,15 +334,16 @@ class Sysctl:
             f.write(self.old)
 
 
-def capped_without_watches(m, limit, value, logged):
-    """Start m while `limit` is `value`, so that efused cannot watch the backing tree:
+def capped_without_watches(m, limit, setting, logged):
+    """Start m while `limit` is `setting`, so that efused cannot watch the backing tree:
     its hour-long timeouts must be capped at 1 s, and outside changes still show."""
-    with Sysctl(limit, value):
+    with Sysctl(limit, setting):
         m.start()  # efused's first watches are taken while it starts
         h.write_file(m.s("f"), b"one\n")
         os.mkdir(m.s("d"))
         assert os.stat(m.m("f")).st_size == 4 and os.listdir(m.m("d")) == []
     assert logged in m.log_text(), f"efused did not log {logged!r}:\n{m.log_tail()}"
+    assert value(parse(scrape(PORT)), "efuse_watch_failures_total") >= 1
     h.write_file(m.s("f"), b"two, longer\n")
     h.write_file(m.s("d", "new"), b"x")
     eventually("size change without inotify", lambda: os.stat(m.m("f")).st_size, 12)
@@ -313,14 +351,14 @@ def capped_without_watches(m, limit, value, logged):
     assert h.read_file(m.m("f")) == b"two, longer\n"
 
 
-@h.mount_options(args=HOUR, start=False)
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"], start=False)
 def test_timeouts_capped_when_inotify_is_unavailable(m):
     # No inotify instance at all (fs.inotify.max_user_instances exhausted).
     capped_without_watches(m, "fs.inotify.max_user_instances", 0,
                            "cannot watch the backing tree")
 
 
-@h.mount_options(args=HOUR, start=False)
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"], start=False)
 def test_timeouts_capped_when_a_directory_cannot_be_watched(m):
     # An inotify instance but no watches (fs.inotify.max_user_watches exhausted).
     capped_without_watches(m, "fs.inotify.max_user_watches", 0, "inotify_add_watch failed")

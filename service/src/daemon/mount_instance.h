@@ -49,7 +49,7 @@ class MountInstance final : private fs::Invalidator {
   const char* transport() const;
   // Why a configured io_uring transport is not in use ("" when it is, or was not asked for).
   const std::string& transport_fallback() const { return fallback_reason_; }
-  fs::InodeStats inode_stats() const { return fs_ ? fs_->inode_stats() : fs::InodeStats{}; }
+  fs::BackendStats backend_stats() const { return fs_ ? fs_->backend_stats() : fs::BackendStats{}; }
   unsigned uring_queues() const { return uring_ && uring_->rings_active() ? uring_->queue_count() : 0; }
 
  private:

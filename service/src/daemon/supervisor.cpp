@@ -353,7 +353,7 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
       v.workers = s.instance->worker_stats();
       v.uring_queues = s.instance->uring_queues();
       v.transport_fallback = s.instance->transport_fallback();
-      v.inodes = s.instance->inode_stats();
+      v.stats = s.instance->backend_stats();
     }
     fn(v);
   }

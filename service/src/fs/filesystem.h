@@ -125,9 +125,11 @@ class Invalidator {
   virtual void inval_entry(uint64_t parent, std::string_view name) = 0;
 };
 
-// Inodes a backend holds for the kernel, and the descriptors it keeps for them (/metrics:
-// efuse_inodes, efuse_inode_fds, efuse_inode_fd_*_total).
-struct InodeStats {
+// What a backend reports to /metrics: the inodes it holds for the kernel and the
+// descriptors it keeps for them (efuse_inodes, efuse_inode_fds, efuse_inode_fd_*_total),
+// how it keeps the kernel's caches exact (efuse_watch*, efuse_listing_cache_drops_total)
+// and how opens were served (efuse_shared_opens_total).
+struct BackendStats {
   uint64_t inodes = 0;           // the kernel holds a reference (nlookup > 0)
   uint64_t fds = 0;              // of those, with an open O_PATH descriptor
   uint64_t evictions = 0;        // descriptors closed to stay within the budget
@@ -135,6 +137,11 @@ struct InodeStats {
   uint64_t reopen_failures = 0;  // reopen failed (mostly ESTALE: removed meanwhile)
   uint64_t listing_drops = 0;    // cached directory listings dropped: a change raced them
   uint64_t shared_opens = 0;     // read-only opens that shared the inode's descriptor
+  uint64_t watched_dirs = 0;         // backing directories watched for outside changes
+  uint64_t watch_events = 0;         // inotify events read
+  uint64_t watch_invalidations = 0;  // notifications sent for outside changes
+  uint64_t watch_overflows = 0;      // event queue overflows
+  uint64_t watch_failures = 0;       // watches that could not be set up
 };
 
 class Filesystem {
@@ -148,7 +155,7 @@ class Filesystem {
   virtual void set_invalidator(Invalidator*) {}
   virtual void destroy() {}
   // Safe to call from any thread at any time (scrapes).
-  virtual InodeStats inode_stats() const { return {}; }
+  virtual BackendStats backend_stats() const { return {}; }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}

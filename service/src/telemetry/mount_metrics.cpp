@@ -82,9 +82,33 @@ MountFamilies::MountFamilies()
                             "used (the log says why); 0 otherwise.",
                             MetricType::Gauge)),
       notifications_(make_family("efuse_notifications_total",
-                                 "Invalidation notifications sent to the kernel for changes "
-                                 "made in the backing tree behind efused's back.",
+                                 "Invalidation notifications sent to the kernel: for changes "
+                                 "made in the backing tree behind efused's back "
+                                 "(efuse_watch_invalidations_total) and for cached directory "
+                                 "listings a change raced (efuse_listing_cache_drops_total).",
                                  MetricType::Counter)),
+      watched_dirs_(make_family("efuse_watched_directories",
+                                "Backing directories watched (inotify) for changes made behind "
+                                "efused's back: every directory the kernel knows.",
+                                MetricType::Gauge)),
+      watch_events_(make_family("efuse_watch_events_total",
+                                "inotify events read from the backing tree: changes by anyone, "
+                                "efused's own and writes through passthrough opens included.",
+                                MetricType::Counter)),
+      watch_invalidations_(make_family("efuse_watch_invalidations_total",
+                                       "Invalidations sent to the kernel for changes made "
+                                       "behind efused's back (names, attributes, data). Events "
+                                       "whose change the kernel already sees send none.",
+                                       MetricType::Counter)),
+      watch_overflows_(make_family("efuse_watch_overflows_total",
+                                   "inotify queue overflows: efused no longer knew what "
+                                   "changed and invalidated everything the kernel caches.",
+                                   MetricType::Counter)),
+      watch_failures_(make_family("efuse_watch_failures_total",
+                                  "Watches that could not be set up (inotify_init1 or "
+                                  "inotify_add_watch failed: fs.inotify limits). After one, "
+                                  "the mount's cache timeouts are capped at 1 s.",
+                                  MetricType::Counter)),
       requests_(make_family("efuse_requests_total",
                             "FUSE requests the daemon handled, by opcode (\"unknown\" for "
                             "opcodes efused does not know). Only opcodes seen so far appear.",
@@ -173,18 +197,23 @@ void MountFamilies::add(const MountView& mount) {
   add_state(mount);
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
-  if (mount.up) add_inodes(mount.name, mount.inodes);
+  if (mount.up) add_backend(mount.name, mount.stats);
 }
 
-void MountFamilies::add_inodes(const std::string& mount, const fs::InodeStats& inodes) {
-  add_gauge(inodes_, mount_label(mount), static_cast<double>(inodes.inodes));
-  add_gauge(inode_fds_, mount_label(mount), static_cast<double>(inodes.fds));
-  add_counter(inode_evictions_, mount_label(mount), static_cast<double>(inodes.evictions));
-  add_counter(inode_reopens_, mount_label(mount), static_cast<double>(inodes.reopens));
-  add_counter(inode_reopen_failures_, mount_label(mount),
-              static_cast<double>(inodes.reopen_failures));
-  add_counter(listing_drops_, mount_label(mount), static_cast<double>(inodes.listing_drops));
-  add_counter(shared_opens_, mount_label(mount), static_cast<double>(inodes.shared_opens));
+void MountFamilies::add_backend(const std::string& mount, const fs::BackendStats& b) {
+  auto num = [](uint64_t v) { return static_cast<double>(v); };
+  add_gauge(inodes_, mount_label(mount), num(b.inodes));
+  add_gauge(inode_fds_, mount_label(mount), num(b.fds));
+  add_counter(inode_evictions_, mount_label(mount), num(b.evictions));
+  add_counter(inode_reopens_, mount_label(mount), num(b.reopens));
+  add_counter(inode_reopen_failures_, mount_label(mount), num(b.reopen_failures));
+  add_counter(listing_drops_, mount_label(mount), num(b.listing_drops));
+  add_counter(shared_opens_, mount_label(mount), num(b.shared_opens));
+  add_gauge(watched_dirs_, mount_label(mount), num(b.watched_dirs));
+  add_counter(watch_events_, mount_label(mount), num(b.watch_events));
+  add_counter(watch_invalidations_, mount_label(mount), num(b.watch_invalidations));
+  add_counter(watch_overflows_, mount_label(mount), num(b.watch_overflows));
+  add_counter(watch_failures_, mount_label(mount), num(b.watch_failures));
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -275,7 +304,8 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
-        &inode_reopen_failures_, &listing_drops_, &shared_opens_}) {
+        &inode_reopen_failures_, &listing_drops_, &shared_opens_, &watched_dirs_,
+        &watch_events_, &watch_invalidations_, &watch_overflows_, &watch_failures_}) {
     append_nonempty(out, std::move(*f));
   }
 }

@@ -50,7 +50,7 @@ class MountFamilies {
   void add_opcodes(const std::string& mount, const fuse::SessionStats& stats);
   void add_errors(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_latency(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
-  void add_inodes(const std::string& mount, const fs::InodeStats& inodes);
+  void add_backend(const std::string& mount, const fs::BackendStats& backend);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
                    unsigned uring_queues);
@@ -60,6 +60,11 @@ class MountFamilies {
   prometheus::MetricFamily info_;
   prometheus::MetricFamily fallback_;
   prometheus::MetricFamily notifications_;
+  prometheus::MetricFamily watched_dirs_;
+  prometheus::MetricFamily watch_events_;
+  prometheus::MetricFamily watch_invalidations_;
+  prometheus::MetricFamily watch_overflows_;
+  prometheus::MetricFamily watch_failures_;
   prometheus::MetricFamily requests_;
   prometheus::MetricFamily errors_;
   prometheus::MetricFamily duration_;

@@ -86,7 +86,7 @@ TEST_F(InodeTableTest, DescriptorsStayWithinTheBudgetAndReopenByHandle) {
     else ASSERT_TRUE(write_file(tmp_ / name, name));
     inodes.push_back(ref(name));
   }
-  InodeStats s = table_.stats();
+  BackendStats s = table_.stats();
   EXPECT_EQ(s.inodes, kFiles + 1u);
   EXPECT_LE(s.fds, kBudget) << "evicted down to the budget";
   EXPECT_GE(s.evictions, kFiles + 1 - kBudget);

@@ -64,11 +64,11 @@ class PassthroughTest : public ::testing::Test {
 
 TEST_F(PassthroughTest, LookupsAreCountedAndForgetDropsTheNodeid) {
   ASSERT_TRUE(write_file(src("f"), "abc"));
-  size_t base = fs_->inode_stats().inodes;
+  size_t base = fs_->backend_stats().inodes;
   uint64_t id = lookup(kRoot, "f");
   ASSERT_GE(id, 2u);
   EXPECT_EQ(lookup(kRoot, "f"), id);
-  EXPECT_EQ(fs_->inode_stats().inodes, base + 1);
+  EXPECT_EQ(fs_->backend_stats().inodes, base + 1);
 
   fs_->forget(id, 1);
   auto a = fs_->getattr(ctx_, id, nullptr);
@@ -79,7 +79,7 @@ TEST_F(PassthroughTest, LookupsAreCountedAndForgetDropsTheNodeid) {
   EXPECT_EQ(fs_->getattr(ctx_, id, nullptr).error(), ESTALE);
   EXPECT_EQ(fs_->open(ctx_, id, O_RDONLY).error(), ESTALE);
   EXPECT_EQ(fs_->lookup(ctx_, id, "x").error(), ESTALE);
-  EXPECT_EQ(fs_->inode_stats().inodes, base);
+  EXPECT_EQ(fs_->backend_stats().inodes, base);
 
   // A nodeid is never reused: the kernel may still hold the old one in a stale request.
   uint64_t again = lookup(kRoot, "f");
@@ -363,6 +363,13 @@ class RecordingInvalidator final : public Invalidator {
     for (const auto& [i, data] : inodes_) n += (i == ino && data);
     return n;
   }
+  // How often `ino`'s attributes alone were invalidated.
+  size_t attrs_dropped(uint64_t ino) {
+    std::lock_guard lk(mu_);
+    size_t n = 0;
+    for (const auto& [i, data] : inodes_) n += (i == ino && !data);
+    return n;
+  }
   bool saw_entry(uint64_t parent, const std::string& name) {
     std::lock_guard lk(mu_);
     for (const auto& e : entries_)
@@ -427,7 +434,7 @@ class ListingCacheTest : public PassthroughTest {
     ASSERT_TRUE(c.ok()) << strerror(c.error());
     release(c->entry.ino, c->open.fh);
   }
-  uint64_t drops() { return fs_->inode_stats().listing_drops; }
+  uint64_t drops() { return fs_->backend_stats().listing_drops; }
 
   RecordingInvalidator inv_;
   uint64_t dir_ = 0;
@@ -574,6 +581,101 @@ TEST_F(PassthroughTest, ListingsAreNotCachedWithoutInvalidation) {
   EXPECT_FALSE(o->cache_dir);
   EXPECT_FALSE(o->keep_cache);
   EXPECT_TRUE(fs_->releasedir(ctx_, 0, o->fh).ok());
+}
+
+// ---- attribute and data events of the backing tree ---------------------------------------
+
+class WatcherTest : public PassthroughTest {
+ protected:
+  WatcherTest() {
+    write_file(src("f"), "0123456789");  // before the watch: no events of their own
+    write_file(src("marker"), "");
+    fs_->set_invalidator(&inv_);
+    f_ = lookup(kRoot, "f");
+    marker_ = lookup(kRoot, "marker");
+  }
+  ~WatcherTest() override { fs_->set_invalidator(nullptr); }
+
+  void getattr(uint64_t ino) { EXPECT_TRUE(fs_->getattr(ctx_, ino, nullptr).ok()); }
+  // Returns once the watcher has handled every event queued before this call: the kernel
+  // gets the marker's attributes again, the marker changes outside, and its invalidation
+  // comes after everything queued earlier (events are handled in order).
+  void sync_watcher() {
+    getattr(marker_);
+    size_t before = inv_.attrs_dropped(marker_);
+    marker_mode_ ^= 0044;
+    ASSERT_EQ(::chmod(src("marker").c_str(), marker_mode_), 0);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (inv_.attrs_dropped(marker_) == before && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_GT(inv_.attrs_dropped(marker_), before) << "the watcher never saw the marker";
+  }
+  void outside_write(const std::string& data) {
+    int fd = ::open(src("f").c_str(), O_WRONLY | O_APPEND);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    ::close(fd);
+  }
+
+  RecordingInvalidator inv_;
+  uint64_t f_ = 0, marker_ = 0;
+  mode_t marker_mode_ = 0644;
+};
+
+TEST_F(WatcherTest, OurOwnAttributeChangesAreNotEchoed) {
+  SetattrRequest chmod;
+  chmod.set_mode = true;
+  chmod.mode = 0600;
+  ASSERT_TRUE(fs_->setattr(ctx_, f_, chmod).ok());  // the reply carries the new attributes
+  sync_watcher();
+  EXPECT_EQ(inv_.attrs_dropped(f_), 0u);
+  EXPECT_EQ(inv_.pages_dropped(f_), 0u);
+}
+
+TEST_F(WatcherTest, AnOutsideChangeRightAfterOneOfOursIsNotLost) {
+  // Both chmods queue an IN_ATTRIB for f before the watcher reads its batch, and inotify
+  // merges identical queued events: one event carries both changes.
+  SetattrRequest chmod;
+  chmod.set_mode = true;
+  chmod.mode = 0600;
+  ASSERT_TRUE(fs_->setattr(ctx_, f_, chmod).ok());
+  ASSERT_EQ(::chmod(src("f").c_str(), 0640), 0);  // behind efused's back
+  sync_watcher();
+  EXPECT_EQ(inv_.attrs_dropped(f_), 1u) << "the kernel would keep mode 0600 for an hour";
+}
+
+TEST_F(WatcherTest, AFileWrittenOnAndOnIsInvalidatedOnceUntilTheKernelAsksAgain) {
+  uint64_t fh = open(f_, O_WRONLY);  // open: only its attributes are invalidated
+  for (int i = 0; i < 3; ++i) {      // three batches of writes
+    outside_write("more");
+    sync_watcher();
+  }
+  EXPECT_EQ(inv_.attrs_dropped(f_), 1u) << "the kernel holds no attributes after the first";
+  EXPECT_EQ(inv_.pages_dropped(f_), 0u) << "an open file keeps its pages";
+  getattr(f_);  // the kernel asks again: the next change must reach it
+  outside_write("again");
+  sync_watcher();
+  EXPECT_EQ(inv_.attrs_dropped(f_), 2u);
+  release(f_, fh);
+}
+
+TEST_F(WatcherTest, AClosedFileWrittenOutsideLosesItsPagesEveryTime) {
+  for (int i = 1; i <= 2; ++i) {
+    outside_write("x");
+    sync_watcher();
+    EXPECT_EQ(inv_.pages_dropped(f_), static_cast<size_t>(i)) << "the kernel may hold pages";
+  }
+}
+
+TEST_F(WatcherTest, WhatTheWatcherDidIsCounted) {
+  ASSERT_EQ(::chmod(src("f").c_str(), 0600), 0);
+  sync_watcher();
+  BackendStats s = fs_->backend_stats();
+  EXPECT_EQ(s.watched_dirs, 1u) << "the root, the only directory the kernel knows";
+  EXPECT_GE(s.watch_events, 2u);
+  EXPECT_GE(s.watch_invalidations, 2u) << "f and the marker";
+  EXPECT_EQ(s.watch_overflows, 0u);
+  EXPECT_EQ(s.watch_failures, 0u);
 }
 
 // ---- shared read-only handles ------------------------------------------------------------

@@ -647,10 +647,10 @@ TEST(SessionFuzz, RandomRequestsNeverCrashAndGetAtMostOneWellFormedReply) {
                   std::chrono::steady_clock::now() - start).count();
     std::printf("fuzz: %zu requests in %lld ms, %zu inodes, %llu decode errors, %zu async "
                 "SETLKW replies\n",
-                iterations, static_cast<long long>(ms), h->fs().inode_stats().inodes,
+                iterations, static_cast<long long>(ms), h->fs().backend_stats().inodes,
                 static_cast<unsigned long long>(h->session().decode_errors()), async);
     EXPECT_GT(h->session().decode_errors(), iterations / 10);
-    EXPECT_GT(h->fs().inode_stats().inodes, 3u) << "the fuzzer reached real entries";
+    EXPECT_GT(h->fs().backend_stats().inodes, 3u) << "the fuzzer reached real entries";
   }
   EXPECT_EQ(open_fd_count(), fds_before) << "descriptors leaked";
 

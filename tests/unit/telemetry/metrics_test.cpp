@@ -58,8 +58,10 @@ class MetricsCollector : public ::testing::Test {
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
     data.start_failures = 1;
-    data.inodes = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
-                   .reopen_failures = 2, .listing_drops = 4, .shared_opens = 5};
+    data.stats = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
+                  .reopen_failures = 2, .listing_drops = 4, .shared_opens = 5,
+                  .watched_dirs = 60, .watch_events = 1000, .watch_invalidations = 70,
+                  .watch_overflows = 1, .watch_failures = 3};
 
     MountView broken;
     broken.name = "broken";
@@ -169,7 +171,7 @@ TEST_F(MetricsCollector, SessionCounters) {
   EXPECT_EQ(e.value("efuse_passthrough_refusals_total", {{"mount", "data"}}), 0);
 }
 
-TEST_F(MetricsCollector, InodeTableSeriesOfLiveMountsOnly) {
+TEST_F(MetricsCollector, BackendSeriesOfLiveMountsOnly) {
   Exposition e = scrape();
   EXPECT_EQ(e.value("efuse_inodes", {{"mount", "data"}}), 700);
   EXPECT_EQ(e.value("efuse_inode_fds", {{"mount", "data"}}), 500);
@@ -178,8 +180,16 @@ TEST_F(MetricsCollector, InodeTableSeriesOfLiveMountsOnly) {
   EXPECT_EQ(e.value("efuse_inode_fd_reopen_failures_total", {{"mount", "data"}}), 2);
   EXPECT_EQ(e.value("efuse_listing_cache_drops_total", {{"mount", "data"}}), 4);
   EXPECT_EQ(e.value("efuse_shared_opens_total", {{"mount", "data"}}), 5);
+  EXPECT_EQ(e.value("efuse_watched_directories", {{"mount", "data"}}), 60);
+  EXPECT_EQ(e.value("efuse_watch_events_total", {{"mount", "data"}}), 1000);
+  EXPECT_EQ(e.value("efuse_watch_invalidations_total", {{"mount", "data"}}), 70);
+  EXPECT_EQ(e.value("efuse_watch_overflows_total", {{"mount", "data"}}), 1);
+  EXPECT_EQ(e.value("efuse_watch_failures_total", {{"mount", "data"}}), 3);
   EXPECT_EQ(e.type["efuse_inode_fds"], "gauge");
+  EXPECT_EQ(e.type["efuse_watched_directories"], "gauge");
+  EXPECT_EQ(e.type["efuse_watch_events_total"], "counter");
   EXPECT_TRUE(e.find("efuse_inodes", {{"mount", "broken"}}).empty()) << "not live: no table";
+  EXPECT_TRUE(e.find("efuse_watched_directories", {{"mount", "broken"}}).empty());
 }
 
 TEST_F(MetricsCollector, WorkerSeries) {
@@ -278,7 +288,9 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_passthrough_refusals_total", "efuse_inodes", "efuse_inode_fds",
         "efuse_inode_fd_evictions_total", "efuse_inode_fd_reopens_total",
         "efuse_inode_fd_reopen_failures_total", "efuse_listing_cache_drops_total",
-        "efuse_shared_opens_total", "efuse_config_reloads_total",
+        "efuse_shared_opens_total", "efuse_watched_directories", "efuse_watch_events_total",
+        "efuse_watch_invalidations_total", "efuse_watch_overflows_total",
+        "efuse_watch_failures_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",
         "efuse_config_last_reload_duration_seconds", "efuse_build_info",
         "efuse_start_time_seconds", "efuse_process_resident_memory_bytes",

@@ -49,6 +49,27 @@ PathFd::~PathFd() {
   if (inode_ != nullptr) inode_->pins_.fetch_sub(1);
 }
 
+uint64_t attr_digest(const struct stat& st) {
+  // splitmix64 finaliser over the fields, one after another.
+  auto mix = [](uint64_t h, uint64_t v) {
+    h ^= v + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+    h ^= h >> 30;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 27;
+    h *= 0x94d049bb133111ebULL;
+    return h ^ (h >> 31);
+  };
+  uint64_t h = 0;
+  for (uint64_t v : {static_cast<uint64_t>(st.st_ctim.tv_sec), static_cast<uint64_t>(st.st_ctim.tv_nsec),
+                     static_cast<uint64_t>(st.st_mtim.tv_sec), static_cast<uint64_t>(st.st_mtim.tv_nsec),
+                     static_cast<uint64_t>(st.st_size), static_cast<uint64_t>(st.st_blocks),
+                     static_cast<uint64_t>(st.st_mode),
+                     static_cast<uint64_t>(st.st_uid), static_cast<uint64_t>(st.st_gid),
+                     static_cast<uint64_t>(st.st_nlink)})
+    h = mix(h, v);
+  return h == 0 ? 1 : h;
+}
+
 Inode::Inode(InodeTable& table, int fd, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_)
     : dev(dev_), ino(ino_), type(type_), nodeid(nodeid_), table_(table), fd_(fd),
       last_use_(table.epoch_.load(std::memory_order_relaxed)) {
@@ -260,8 +281,8 @@ size_t InodeTable::size() const {
   return by_id_.size();
 }
 
-InodeStats InodeTable::stats() const {
-  InodeStats s;
+BackendStats InodeTable::stats() const {
+  BackendStats s;
   s.inodes = size();
   s.fds = fds_.load(std::memory_order_relaxed);
   s.evictions = evictions_.load(std::memory_order_relaxed);

@@ -54,6 +54,12 @@ class PathFd {
   int error_ = EBADF;
 };
 
+// What the kernel caches of an inode's attributes (times to the nanosecond, size, blocks,
+// mode, owner, links), folded into one non-zero number. Every change moves ctime, and the backing
+// file systems that matter (ext4, xfs, btrfs, tmpfs since Linux 6.13) give a change after a
+// stat() a ctime of its own even within one clock tick.
+uint64_t attr_digest(const struct stat& st);
+
 struct Inode {
   Inode(InodeTable& table, int fd, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_);
   ~Inode();
@@ -77,6 +83,10 @@ struct Inode {
   std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};
+  // attr_digest() of the attributes efused last gave the kernel; 0 once the watcher has
+  // invalidated them (the kernel holds none until it asks again). An outside change shows
+  // as a different digest; a change efused made itself and has replied with does not.
+  std::atomic<uint64_t> kernel_attrs{0};
 
   // Directories: what keeps the kernel's cached listing exact (FOPEN_CACHE_DIR; the
   // reasoning is in passthrough_dir.cpp).
@@ -159,7 +169,7 @@ class InodeTable {
   // Every inode the kernel knows (for resynchronising after lost change events).
   std::vector<std::shared_ptr<Inode>> all() const;
   size_t size() const;
-  InodeStats stats() const;
+  BackendStats stats() const;
   // Whether evicted descriptors can be reopened (file handles work on the source).
   bool handles() const { return handles_; }
 

@@ -49,7 +49,7 @@ void PassthroughFs::set_invalidator(Invalidator* inv) {
   inv_.store(inv);
   std::shared_ptr<Watcher> w;
   if (inv != nullptr) {
-    w = std::make_shared<Watcher>(inodes_, *inv, source_);
+    w = std::make_shared<Watcher>(inodes_, *inv, watch_counters_, source_);
     if (auto root = inodes_.get(1)) w->watch(*root);
     for (const auto& inode : inodes_.all())
       if (S_ISDIR(inode->type)) w->watch(*inode);
@@ -86,6 +86,7 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   e.entry_timeout = cache_timeout(entry_timeout_);
   e.attr_timeout = cache_timeout(attr_timeout_);
   inode->refreshed_ns.store(steady_ns(), std::memory_order_relaxed);
+  inode->kernel_attrs.store(attr_digest(st), std::memory_order_relaxed);
   return e;
 }
 
@@ -102,13 +103,13 @@ int64_t PassthroughFs::fresh_since_ns() const {
 
 bool PassthroughFs::exact_invalidation() const {
   auto w = watcher();
-  return w && w->watch_failures() == 0;
+  return w && w->exact();
 }
 
 double PassthroughFs::cache_timeout(const std::atomic<double>& configured) const {
   double t = configured.load(std::memory_order_relaxed);
   auto w = watcher();
-  if (w && w->watch_failures() > 0) t = std::min(t, kUnwatchedTimeout);
+  if (w && !w->exact()) t = std::min(t, kUnwatchedTimeout);
   return t;
 }
 
@@ -138,28 +139,30 @@ PassthroughFs::EntryChange PassthroughFs::note_entry(Inode& dir, std::string_vie
   return EntryChange(dir);
 }
 
-void PassthroughFs::note_inode(const Inode& inode) {
-  if (auto w = watcher()) w->note_inode(inode);
-}
-
-InodeStats PassthroughFs::inode_stats() const {
-  InodeStats s = inodes_.stats();
+BackendStats PassthroughFs::backend_stats() const {
+  BackendStats s = inodes_.stats();
   s.listing_drops = listing_drops_.load(std::memory_order_relaxed);
   s.shared_opens = shared_serial_.load(std::memory_order_relaxed);
+  if (auto w = watcher()) s.watched_dirs = w->watched();
+  s.watch_events = watch_counters_.events.load(std::memory_order_relaxed);
+  s.watch_invalidations = watch_counters_.invalidations.load(std::memory_order_relaxed);
+  s.watch_overflows = watch_counters_.overflows.load(std::memory_order_relaxed);
+  s.watch_failures = watch_counters_.failures.load(std::memory_order_relaxed);
   return s;
 }
 
 Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
+  GET_INODE(inode, ino);
   struct stat st;
   int rc;
   if (fh != nullptr) {
     rc = fstat(fd_of(*fh), &st);
   } else {
-    GET_INODE(inode, ino);
     PIN_FD(fd, inode);
     rc = fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
   if (rc != 0) return last_errno();
+  inode->kernel_attrs.store(attr_digest(st), std::memory_order_relaxed);
   return Attr{st, cache_timeout(attr_timeout_)};
 }
 
@@ -169,19 +172,16 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
   PIN_FD(fd, inode);
   ProcPath path(fd);
   if (s.set_mode) {
-    note_inode(*inode);
     int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod(path, s.mode & 07777);
     if (rc != 0) return last_errno();
   }
   if (s.set_uid || s.set_gid) {
-    note_inode(*inode);
     uid_t uid = s.set_uid ? s.uid : static_cast<uid_t>(-1);
     gid_t gid = s.set_gid ? s.gid : static_cast<gid_t>(-1);
     if (fchownat(fd, "", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
       return last_errno();
   }
   if (s.set_size) {
-    note_inode(*inode);
     int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
                      : truncate(path, static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
@@ -191,7 +191,6 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
     }
   }
   if (s.set_atime || s.set_mtime || s.atime_now || s.mtime_now) {
-    note_inode(*inode);
     struct timespec ts[2];
     ts[0].tv_nsec = UTIME_OMIT;
     ts[1].tv_nsec = UTIME_OMIT;

@@ -104,7 +104,7 @@ class PassthroughFs final : public Filesystem {
   Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
   Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
 
-  InodeStats inode_stats() const override;
+  BackendStats backend_stats() const override;
 
  private:
   struct DirHandle;
@@ -150,8 +150,6 @@ class PassthroughFs final : public Filesystem {
     Inode& dir_;
   };
   EntryChange note_entry(Inode& dir, std::string_view name, int events = 1);
-  // A change of ours to `inode`'s attributes or data, so the watcher does not echo it.
-  void note_inode(const Inode& inode);
 
   std::string source_;
   Capabilities caps_;
@@ -162,6 +160,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> adaptive_io_;
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
+  Watcher::Counters watch_counters_;  // declared first: outlives the watchers using it
   std::atomic<std::shared_ptr<Watcher>> watcher_;
   std::atomic<Invalidator*> inv_{nullptr};
   std::atomic<uint64_t> shared_serial_{0};  // also counts the shared opens

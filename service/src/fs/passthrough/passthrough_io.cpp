@@ -358,7 +358,6 @@ Status PassthroughFs::setxattr(const Context&, uint64_t ino, std::string_view na
   if (S_ISLNK(inode->type)) return Errno{EPERM};
   PIN_FD(fd, inode);
   std::string n(name);
-  note_inode(*inode);
   return check(::setxattr(ProcPath(fd), n.c_str(), value.data(), value.size(), flags));
 }
 
@@ -387,7 +386,6 @@ Status PassthroughFs::removexattr(const Context&, uint64_t ino, std::string_view
   if (S_ISLNK(inode->type)) return Errno{EPERM};
   PIN_FD(fd, inode);
   std::string n(name);
-  note_inode(*inode);
   return check(::removexattr(ProcPath(fd), n.c_str()));
 }
 

@@ -28,10 +28,14 @@ struct Watcher::Batch {
   std::set<std::pair<uint64_t, std::string>> entries;
   std::set<uint64_t> data;   // attributes and data (and a directory's readdir cache)
   std::set<uint64_t> attrs;  // attributes only
+  // Attribute and data events, merged per file until the batch is read to its end.
+  std::map<std::pair<uint64_t, std::string>, uint32_t> children;  // (directory, name)
+  std::map<uint64_t, uint32_t> selves;                            // a watched directory itself
 };
 
-Watcher::Watcher(InodeTable& table, Invalidator& inv, const std::string& label)
-    : table_(table), inv_(inv), label_(label) {
+Watcher::Watcher(InodeTable& table, Invalidator& inv, Counters& counters,
+                 const std::string& label)
+    : table_(table), inv_(inv), counters_(counters), label_(label) {
   fd_ = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
   stop_fd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (fd_ < 0 || stop_fd_ < 0) {
@@ -39,8 +43,8 @@ Watcher::Watcher(InodeTable& table, Invalidator& inv, const std::string& label)
              "changes made behind efused's back show only when cache timeouts expire, which "
              "are capped at 1 s for this mount",
              label_.c_str(), strerror(errno));
-    // Counted as a failed watch: PassthroughFs caps its timeouts on watch_failures().
-    watch_failures_.store(1);
+    // Counted as a failed watch: PassthroughFs caps its timeouts unless exact().
+    failed();
     return;
   }
   thread_ = std::thread(&Watcher::run, this);
@@ -57,17 +61,28 @@ Watcher::~Watcher() {
   if (stop_fd_ >= 0) ::close(stop_fd_);
 }
 
+void Watcher::failed() {
+  watch_failures_.fetch_add(1);
+  counters_.failures.fetch_add(1, std::memory_order_relaxed);
+}
+
+size_t Watcher::watched() const {
+  std::lock_guard lk(mu_);
+  return dirs_.size();
+}
+
 void Watcher::watch(Inode& dir) {
   if (fd_ < 0 || dir.watch.load() >= 0) return;
   PathFd fd = dir.pin();
   if (!fd.ok()) return;  // removed meanwhile: nothing left to watch
   int wd = inotify_add_watch(fd_, ProcPath(fd), kDirMask);
   if (wd < 0) {
-    if (watch_failures_.fetch_add(1) == 0)
+    if (watch_failures_.load() == 0)
       LOG_WARN("%s: inotify_add_watch failed (%s; see fs.inotify.max_user_watches); outside "
                "changes under that directory show when cache timeouts expire, which are "
                "capped at 1 s for this mount from now on",
                label_.c_str(), strerror(errno));
+    failed();
     return;
   }
   dir.watch.store(wd);
@@ -91,12 +106,6 @@ void Watcher::note_entry(uint64_t dir, std::string_view name, int events) {
   n.second = Clock::now();
 }
 
-void Watcher::note_inode(const Inode& inode) {
-  if (fd_ < 0) return;
-  std::lock_guard lk(mu_);
-  self_inodes_[inode.nodeid] = Clock::now();
-}
-
 bool Watcher::consume_entry(uint64_t dir, std::string_view name) {
   std::lock_guard lk(mu_);
   auto it = self_entries_.find({dir, std::string(name)});
@@ -105,19 +114,10 @@ bool Watcher::consume_entry(uint64_t dir, std::string_view name) {
   return true;
 }
 
-// One event answers every change noted so far: inotify merges identical events still
-// queued (tar's chown, chmod and utimes of one file arrive as one IN_ATTRIB), so counting
-// would leave notes behind that swallow a later outside change. Changes of ours whose
-// events were not merged cost a spurious attribute invalidation, never a stale cache.
-bool Watcher::consume_inode(uint64_t nodeid) {
-  std::lock_guard lk(mu_);
-  return self_inodes_.erase(nodeid) != 0;
-}
-
 // Notes whose events never came (an operation that failed, or made no change) must not
 // hide a later outside change for long.
-// Scans both maps with the lock held that every request noting a change takes: at most
-// once a second, not after every batch of events.
+// Scans the notes with the lock held that every entry change of ours takes: at most once a
+// second, not after every batch of events.
 void Watcher::expire_notes() {
   auto now = Clock::now();
   if (now - last_expiry_ < kExpiryInterval) return;
@@ -125,16 +125,17 @@ void Watcher::expire_notes() {
   auto cutoff = now - kNoteLifetime;
   std::lock_guard lk(mu_);
   std::erase_if(self_entries_, [&](const auto& kv) { return kv.second.second < cutoff; });
-  std::erase_if(self_inodes_, [&](const auto& kv) { return kv.second < cutoff; });
 }
 
 // The event queue overflowed: we no longer know what changed. Drop the kernel's cached
 // attributes, data and directory contents of everything it knows.
 void Watcher::resync(Batch& batch) {
-  if (overflows_.fetch_add(1) == 0)
+  counters_.overflows.fetch_add(1, std::memory_order_relaxed);
+  if (overflows_seen_++ == 0)
     LOG_WARN("%s: inotify queue overflowed; invalidating every cached inode", label_.c_str());
   for (const auto& inode : table_.all()) {
     inode->entries_changed();  // listings in progress may have missed anything
+    inode->kernel_attrs.store(0);
     batch.data.insert(inode->nodeid);
   }
 }
@@ -153,7 +154,7 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
     }
   }
   if (ev.len == 0 || ev.name[0] == '\0') {  // the directory itself
-    if (ev.mask & (IN_ATTRIB | IN_MODIFY)) batch.attrs.insert(dir);
+    if (ev.mask & (IN_ATTRIB | IN_MODIFY)) batch.selves[dir] |= ev.mask;
     return;
   }
   std::string_view name(ev.name);
@@ -161,25 +162,48 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
     if (consume_entry(dir, name)) return;
     // Listings in progress may have missed it (see passthrough_dir.cpp); a cached listing
     // goes with the directory's pages below.
-    if (auto parent = table_.get(dir)) parent->entries_changed();
+    if (auto parent = table_.get(dir)) {
+      parent->entries_changed();
+      parent->kernel_attrs.store(0);
+    }
     batch.entries.insert({dir, std::string(name)});
     batch.data.insert(dir);  // the directory's size, times and listing changed
     return;
   }
-  // IN_ATTRIB / IN_MODIFY of a child: find the inode the kernel knows under that name.
-  auto parent = table_.get(dir);
-  if (!parent) return;
-  struct stat st;
-  PathFd parent_fd = parent->pin();
-  if (!parent_fd.ok() || fstatat(parent_fd, ev.name, &st, AT_SYMLINK_NOFOLLOW) != 0) return;
-  auto child = table_.find(st.st_dev, st.st_ino);
-  if (!child || consume_inode(child->nodeid)) return;
+  batch.children[{dir, std::string(name)}] |= ev.mask;  // IN_ATTRIB / IN_MODIFY of a child
+}
+
+// An attribute or data event of `inode`, whose attributes are now `st`.
+void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& batch) {
   // Open files keep their pages: writes through the mount (served or passthrough) land
-  // here too, and only need the size and times refreshed.
-  if ((ev.mask & IN_MODIFY) && child->opens.load() == 0)
-    batch.data.insert(child->nodeid);
-  else
-    batch.attrs.insert(child->nodeid);
+  // here too, and the kernel reads passthrough files from the backing file anyway. Closed
+  // files lose theirs whatever the attributes say: the kernel may hold pages of them.
+  bool data = (mask & IN_MODIFY) && !S_ISDIR(inode.type) && inode.opens.load() == 0;
+  uint64_t held = inode.kernel_attrs.load();
+  if (!data && (held == 0 || held == attr_digest(st))) return;
+  inode.kernel_attrs.store(0);
+  (data ? batch.data : batch.attrs).insert(inode.nodeid);
+}
+
+// Looks once at every file the batch's attribute and data events named.
+void Watcher::resolve(Batch& batch) {
+  struct stat st;
+  for (const auto& [key, mask] : batch.children) {
+    auto parent = table_.get(key.first);
+    if (!parent) continue;
+    PathFd parent_fd = parent->pin();
+    if (!parent_fd.ok() || fstatat(parent_fd, key.second.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+      continue;  // gone already: its removal has an event of its own
+    // The inode the kernel knows under that name, if any.
+    if (auto child = table_.find(st.st_dev, st.st_ino)) check(*child, st, mask, batch);
+  }
+  for (const auto& [nodeid, mask] : batch.selves) {
+    auto dir = table_.get(nodeid);
+    if (!dir) continue;
+    PathFd fd = dir->pin();
+    if (fd.ok() && fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0)
+      check(*dir, st, mask, batch);
+  }
 }
 
 void Watcher::run() {
@@ -193,21 +217,27 @@ void Watcher::run() {
     // Let a burst of changes gather (the kernel merges repeated events meanwhile).
     std::this_thread::sleep_for(kBatchWindow);
     Batch batch;
+    uint64_t events = 0;
     for (;;) {
       ssize_t n = ::read(fd_, buf.data(), buf.size());
       if (n <= 0) break;
-      for (ssize_t off = 0; off < n;) {
+      for (ssize_t off = 0; off < n; ++events) {
         const auto* ev = reinterpret_cast<const struct inotify_event*>(buf.data() + off);
         handle(*ev, batch);
         off += static_cast<ssize_t>(sizeof(struct inotify_event) + ev->len);
       }
     }
+    resolve(batch);
     for (const auto& [dir, name] : batch.entries) inv_.inval_entry(dir, name);
     for (uint64_t ino : batch.data) inv_.inval_inode(ino, true);
+    uint64_t sent = batch.entries.size() + batch.data.size();
     for (uint64_t ino : batch.attrs)
-      if (!batch.data.count(ino)) inv_.inval_inode(ino, false);
-    invalidations_.fetch_add(batch.entries.size() + batch.data.size() + batch.attrs.size(),
-                             std::memory_order_relaxed);
+      if (!batch.data.count(ino)) {
+        inv_.inval_inode(ino, false);
+        ++sent;
+      }
+    counters_.events.fetch_add(events, std::memory_order_relaxed);
+    counters_.invalidations.fetch_add(sent, std::memory_order_relaxed);
   }
 }
 
