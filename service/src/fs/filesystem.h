@@ -159,6 +159,9 @@ class Filesystem {
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}
+  // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
+  // through the kernel's page cache.
+  virtual void passthrough_refused(uint64_t /*ino*/) {}
   virtual Result<Attr> getattr(const Context&, uint64_t, const uint64_t* /*fh*/) { return Errno{ENOSYS}; }
   virtual Result<Attr> setattr(const Context&, uint64_t, const SetattrRequest&) { return Errno{ENOSYS}; }
   virtual Result<std::string> readlink(const Context&, uint64_t) { return Errno{ENOSYS}; }

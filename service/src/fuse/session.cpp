@@ -474,6 +474,7 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
       backing_.erase(nodeid);
       // The kernel refused (stacking depth, permissions, limits): serve this file's I/O.
       uint64_t n = passthrough_refusals_.fetch_add(1, std::memory_order_relaxed);
+      fs_.passthrough_refused(nodeid);
       if (n == 0)
         LOG_WARN("kernel refused a passthrough backing file (%s); serving I/O in efused",
                  strerror(-id));

@@ -660,11 +660,28 @@ TEST_F(WatcherTest, AFileWrittenOnAndOnIsInvalidatedOnceUntilTheKernelAsksAgain)
 }
 
 TEST_F(WatcherTest, AClosedFileWrittenOutsideLosesItsPagesEveryTime) {
+  release(f_, open(f_, O_RDONLY));  // read through the page cache (no passthrough here)
   for (int i = 1; i <= 2; ++i) {
     outside_write("x");
     sync_watcher();
     EXPECT_EQ(inv_.pages_dropped(f_), static_cast<size_t>(i)) << "the kernel may hold pages";
   }
+}
+
+TEST_F(WatcherTest, AFileOnlyEverOpenedWithPassthroughHasNoPagesToDrop) {
+  Capabilities caps;
+  caps.passthrough = true;
+  fs_->init(caps);
+  release(f_, open(f_, O_WRONLY));  // kernel-direct writes: the kernel caches no pages
+  outside_write("x");
+  sync_watcher();
+  EXPECT_EQ(inv_.pages_dropped(f_), 0u);
+  EXPECT_EQ(inv_.attrs_dropped(f_), 1u);
+  fs_->passthrough_refused(f_);  // the next open was served through the page cache
+  getattr(f_);
+  outside_write("y");
+  sync_watcher();
+  EXPECT_EQ(inv_.pages_dropped(f_), 1u);
 }
 
 TEST_F(WatcherTest, WhatTheWatcherDidIsCounted) {

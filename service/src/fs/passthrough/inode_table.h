@@ -80,6 +80,9 @@ struct Inode {
   const uint64_t nodeid;
   uint64_t nlookup = 0;  // guarded by InodeTable::mu_
   std::atomic<uint32_t> opens{0};  // open files through the mount
+  // An open of this file was served through the kernel's page cache (not passthrough), so
+  // the kernel may hold its pages, even after the last close (KEEP_CACHE, mmap).
+  std::atomic<bool> paged{false};
   std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};

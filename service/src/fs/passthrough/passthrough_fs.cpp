@@ -127,6 +127,10 @@ Result<Entry> PassthroughFs::lookup(const Context&, uint64_t parent, std::string
   return lookup_at(dirfd, n.c_str());
 }
 
+void PassthroughFs::passthrough_refused(uint64_t ino) {
+  if (auto inode = inodes_.get(ino)) inode->paged.store(true, std::memory_order_relaxed);
+}
+
 void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) {
   auto dropped = inodes_.forget(ino, nlookup);
   if (dropped && S_ISDIR(dropped->type))

@@ -50,6 +50,7 @@ class PassthroughFs final : public Filesystem {
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
+  void passthrough_refused(uint64_t ino) override;
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
   Result<Attr> setattr(const Context&, uint64_t ino, const SetattrRequest&) override;
   Result<std::string> readlink(const Context&, uint64_t ino) override;

@@ -56,6 +56,7 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
         !passthrough || !known || (writable ? privs_to_kill(st.st_mode) != 0 : small);
   }
   if (inode.io_cached) {
+    inode.paged.store(true, std::memory_order_relaxed);
     // Pages may stay across opens when outside changes are invalidated exactly (or the
     // operator asked for it regardless).
     info.keep_cache = keep_cache_.load(std::memory_order_relaxed) || exact_invalidation();

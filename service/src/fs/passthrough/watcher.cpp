@@ -9,6 +9,8 @@
 
 #include <cstring>
 #include <set>
+#include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "common/log.h"
@@ -28,9 +30,15 @@ struct Watcher::Batch {
   std::set<std::pair<uint64_t, std::string>> entries;
   std::set<uint64_t> data;   // attributes and data (and a directory's readdir cache)
   std::set<uint64_t> attrs;  // attributes only
-  // Attribute and data events, merged per file until the batch is read to its end.
-  std::map<std::pair<uint64_t, std::string>, uint32_t> children;  // (directory, name)
-  std::map<uint64_t, uint32_t> selves;                            // a watched directory itself
+  // Attribute and data events, merged per file until the batch is read to its end: a
+  // busy writer queues one event per write, so the lookup must not allocate.
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  using Names = std::unordered_map<std::string, uint32_t, NameHash, std::equal_to<>>;
+  std::unordered_map<uint64_t, Names> children;  // directory -> name -> event mask
+  std::unordered_map<uint64_t, uint32_t> selves;  // a watched directory itself -> event mask
 };
 
 Watcher::Watcher(InodeTable& table, Invalidator& inv, Counters& counters,
@@ -170,15 +178,22 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
     batch.data.insert(dir);  // the directory's size, times and listing changed
     return;
   }
-  batch.children[{dir, std::string(name)}] |= ev.mask;  // IN_ATTRIB / IN_MODIFY of a child
+  // IN_ATTRIB / IN_MODIFY of a child
+  auto& names = batch.children[dir];
+  if (auto it = names.find(name); it != names.end())
+    it->second |= ev.mask;
+  else
+    names.emplace(name, ev.mask);
 }
 
 // An attribute or data event of `inode`, whose attributes are now `st`.
 void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& batch) {
   // Open files keep their pages: writes through the mount (served or passthrough) land
-  // here too, and the kernel reads passthrough files from the backing file anyway. Closed
-  // files lose theirs whatever the attributes say: the kernel may hold pages of them.
-  bool data = (mask & IN_MODIFY) && !S_ISDIR(inode.type) && inode.opens.load() == 0;
+  // here too. Closed files lose theirs whatever the attributes say, if the kernel may hold
+  // any: files only ever opened with passthrough have none (the kernel reads and maps the
+  // backing file), so a write through such an open that is seen after the close costs
+  // nothing once its attributes went back to the kernel.
+  bool data = (mask & IN_MODIFY) && inode.paged.load() && inode.opens.load() == 0;
   uint64_t held = inode.kernel_attrs.load();
   if (!data && (held == 0 || held == attr_digest(st))) return;
   inode.kernel_attrs.store(0);
@@ -188,14 +203,17 @@ void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& b
 // Looks once at every file the batch's attribute and data events named.
 void Watcher::resolve(Batch& batch) {
   struct stat st;
-  for (const auto& [key, mask] : batch.children) {
-    auto parent = table_.get(key.first);
+  for (const auto& [dir, names] : batch.children) {
+    auto parent = table_.get(dir);
     if (!parent) continue;
     PathFd parent_fd = parent->pin();
-    if (!parent_fd.ok() || fstatat(parent_fd, key.second.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
-      continue;  // gone already: its removal has an event of its own
-    // The inode the kernel knows under that name, if any.
-    if (auto child = table_.find(st.st_dev, st.st_ino)) check(*child, st, mask, batch);
+    if (!parent_fd.ok()) continue;
+    for (const auto& [name, mask] : names) {
+      if (fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
+        continue;  // gone already: its removal has an event of its own
+      // The inode the kernel knows under that name, if any.
+      if (auto child = table_.find(st.st_dev, st.st_ino)) check(*child, st, mask, batch);
+    }
   }
   for (const auto& [nodeid, mask] : batch.selves) {
     auto dir = table_.get(nodeid);
