@@ -6,7 +6,7 @@ Entry point: bench/run (see bench/README.md). Python 3 standard library only.
 Every row is measured on every side in one run, sides taking turns within each repetition:
 repetitions 2k and 2k+1 run the side order rotated by k, forwards then backwards (native,
 libfuse, efused, efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, efused,
-efused-nobpf, native; ...; efused-nobpf in fio rows only), so that every pair of sides runs
+efused-nobpf, native; ...; efused-nobpf in fio, tree and cat rows only), so that every pair of sides runs
 in both orders and no side always runs first; reported as the median of the repetitions. Each FUSE side serves a fresh ext4 directory
 under bench/work/run and the data files of a row live inside its mount. efused's eBPF
 telemetry is attached only during efused's timed runs and fio-one's counted runs, which
@@ -55,6 +55,9 @@ SIDES = ("native", "libfuse", "efused", "efused-nobpf")
 GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
 FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
+# Row groups efused-nobpf measures on the efused side's mount (the tar rows extract into a
+# fresh mount per repetition, which the two cannot share).
+COST_GROUPS = FIO_GROUPS + ("tree", "cat")
 # Row groups with an extra counted fio run per FUSE side (COUNTED_SIDES) and variant, with
 # the telemetry efused attached and scraped: the upcalls / context switches per I/O table.
 COUNTED_GROUPS = ("fio-one",)
@@ -515,7 +518,7 @@ class EfusedNoBpfSide(EfusedSide):
     placement and page cache state do not count as telemetry cost. Runs a daemon of its own
     only when the efused side is not part of the run."""
     name = "efused-nobpf"
-    groups = FIO_GROUPS
+    groups = COST_GROUPS
     telemetry = False
 
     def __init__(self, bench):
@@ -991,7 +994,8 @@ class Bench:
         def measure(ctx, rep):
             f = ctx.data / "small.dat"
             run(["cat", f], timeout=60)  # warm-up
-            lst = lists / f"cat-{ctx.side.name}.txt"
+            owner = getattr(ctx.side, "shared", None) or ctx.side  # whose data this is
+            lst = lists / f"cat-{owner.name}.txt"
             return {m.key: run(["xargs", "-d", "\\n", "-n", str(batch), "-a", lst, "cat"],
                                timeout=1800)[0]}
 
@@ -1317,17 +1321,22 @@ class Bench:
                 for key, row in self.counted_rows.items()]
 
     def cost_rows(self) -> list[dict]:
-        """efused (telemetry on) ÷ efused-nobpf (off), per fio IOPS row both sides ran."""
+        """efused (telemetry on) ÷ efused-nobpf (off), per IOPS or time row both sides ran, as a
+        throughput ratio (for time rows: off's time ÷ on's): 1.00x = free, below = slower."""
         rows = []
         for m in self.metrics:
-            if m.unit != "IOPS" or not {"efused", "efused-nobpf"} <= set(m.reps):
+            if m.unit not in ("IOPS", "s") or not {"efused", "efused-nobpf"} <= set(m.reps):
                 continue
             on, off = m.reps["efused"], m.reps["efused-nobpf"]
             runs = [e for s in ("efused", "efused-nobpf") for e in m.extra.get(s, [])]
+            if m.better == "higher":
+                ratio, per_rep = self.ratio(m, "efused", "efused-nobpf"), [a / b for a, b in zip(on, off) if b]
+            else:
+                ratio, per_rep = self.ratio(m, "efused-nobpf", "efused"), [b / a for a, b in zip(on, off) if a]
             rows.append({
-                "key": m.key, "row": m.row, "on": m.median("efused"), "off": m.median("efused-nobpf"),
-                "on/off": self.ratio(m, "efused", "efused-nobpf"),
-                "per_rep_on/off": [a / b for a, b in zip(on, off) if b],
+                "key": m.key, "row": m.row, "metric": m.label, "unit": m.unit,
+                "on": m.median("efused"), "off": m.median("efused-nobpf"),
+                "on/off": ratio, "per_rep_on/off": per_rep,
                 "telemetry_attached_on": [e["bpf_telemetry"] for e in m.extra.get("efused", [])],
                 "runs": len(runs),
                 "runs_with_foreign_telemetry": sum(1 for e in runs if e["foreign_bpf_telemetry"]),
@@ -1406,25 +1415,26 @@ class Bench:
         L = ["", "## eBPF telemetry cost: efused with telemetry on ÷ off", "",
              "`efused` runs with efused's eBPF telemetry attached during each of its timed runs, "
              "`efused-nobpf` is the same efused mount with no telemetry attached anywhere by the bench; "
-             "they run back to back in every repetition, on the same mount and files. A throughput ratio: 1.00x = no cost, "
-             "0.97x = 3% slower with telemetry. *Other telemetry* counts the timed runs (of "
+             "they run back to back in every repetition, on the same mount and files. A throughput ratio (for time rows, "
+             "off's time ÷ on's): 1.00x = no cost, 0.97x = 3% slower with telemetry. *Other telemetry* counts the timed runs (of "
              "both sides) during which copies of efused's telemetry that the bench did not start "
              "were loaded (another efused on the host): those runs all paid for them.", ""]
         if not rows:
-            return L + ["No fio row ran on both sides."]
+            return L + ["No row ran on both sides."]
         if self.telemetry.unavailable:
             L += [f"**eBPF telemetry unavailable** ({mdesc(self.telemetry.unavailable)}): the "
                   "`efused` runs below without telemetry too, so the ratio measures nothing but "
                   "noise.", ""]
-        L += ["| row | efused, telemetry on (IOPS) | efused-nobpf, off (IOPS) | on ÷ off | "
-              "per repetition | other telemetry |", "|---|---:|---:|---:|---|---|"]
+        L += ["| row | metric | efused, telemetry on | efused-nobpf, off | on ÷ off | "
+              "per repetition | other telemetry |", "|---|---|---:|---:|---:|---|---|"]
         for r in rows:
             m = self.by_key[r["key"]]
             other = ("none" if not r["runs_with_foreign_telemetry"] else
                      f"**in {r['runs_with_foreign_telemetry']} of {r['runs']} runs**")
             if r["runs_unchecked"]:
                 other += f" ({r['runs_unchecked']} unchecked: bpftool failed)"
-            L.append(f"| {r['row']} | {self.cell(m, 'efused')} | {self.cell(m, 'efused-nobpf')} | "
+            unit = "IOPS" if r["unit"] == "IOPS" else f"{r['metric']} ({r['unit']})"
+            L.append(f"| {r['row']} | {unit} | {self.cell(m, 'efused')} | {self.cell(m, 'efused-nobpf')} | "
                      f"{fmt_ratio(r['on/off'])} | "
                      f"{', '.join(fmt_ratio(x) for x in r['per_rep_on/off']) or '—'} | {other} |")
         ratios = [(r["on/off"], r["row"]) for r in rows if r["on/off"] is not None]
@@ -1452,7 +1462,7 @@ class Bench:
              "- sides take turns in every repetition; repetitions 2k and 2k+1 run the side "
              "order rotated by k, forwards then backwards (native, libfuse, efused, "
              "efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, ...; "
-             "`efused-nobpf` in fio rows only); every FUSE side serves a fresh ext4 "
+             "`efused-nobpf` in fio, tree and cat rows only); every FUSE side serves a fresh ext4 "
              "directory, data lives inside the mount. Machine: [machine.md](machine.md)",
              "- efused's eBPF telemetry (it observes every FUSE mount on the host) is attached "
              "only during `efused`'s timed runs and the counted runs: `native`, `libfuse` and "
@@ -1472,7 +1482,7 @@ class Bench:
                      f"{fmt_ratio(r1)} | {fmt_ratio(r2)} |")
         if self.counted_rows:
             L += self.render_counts_md()
-        if {"efused", "efused-nobpf"} <= set(self.side_names) and set(FIO_GROUPS) & set(self.groups):
+        if {"efused", "efused-nobpf"} <= set(self.side_names) and set(COST_GROUPS) & set(self.groups):
             L += self.render_cost_md()
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
         unav = [s for s in self.sides if s.unavailable]
@@ -1602,7 +1612,7 @@ def write_machine(bench: Bench):
         f"`{bench.args.efused_args or '(none)'}`, environment `EFUSE_BPF=0`; its eBPF telemetry "
         f"is attached around each of its timed runs by the telemetry efused "
         f"`{shlex.join(bench.telemetry.argv(RUN / 'telemetry.yaml'))}` (config: `mounts: []`)",
-        "- efused-nobpf (fio rows): the efused side's daemon, mount and files, measured with no "
+        "- efused-nobpf (fio, tree and cat rows): the efused side's daemon, mount and files, measured with no "
         "telemetry attached (back to back with efused in every repetition)",
         f"- RLIMIT_NOFILE for every process: {soft}/{hard}",
         "",
@@ -1704,7 +1714,7 @@ def parse_args(argv):
     ap.add_argument("--efused-args", default="", help="extra efused flags, e.g. \"--threads 2\"")
     ap.add_argument("--efused", help="efused binary (default build/bin/efused; built if missing)")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma list of sides: {','.join(SIDES)} (default all; "
-                    "efused-nobpf runs in fio rows only)")
+                    "efused-nobpf runs in fio, tree and cat rows only)")
     ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "
                     "(default all; --quick leaves out tar-full)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")
