@@ -201,19 +201,18 @@ void MountFamilies::add(const MountView& mount) {
 }
 
 void MountFamilies::add_backend(const std::string& mount, const fs::BackendStats& b) {
-  auto num = [](uint64_t v) { return static_cast<double>(v); };
-  add_gauge(inodes_, mount_label(mount), num(b.inodes));
-  add_gauge(inode_fds_, mount_label(mount), num(b.fds));
-  add_counter(inode_evictions_, mount_label(mount), num(b.evictions));
-  add_counter(inode_reopens_, mount_label(mount), num(b.reopens));
-  add_counter(inode_reopen_failures_, mount_label(mount), num(b.reopen_failures));
-  add_counter(listing_drops_, mount_label(mount), num(b.listing_drops));
-  add_counter(shared_opens_, mount_label(mount), num(b.shared_opens));
-  add_gauge(watched_dirs_, mount_label(mount), num(b.watched_dirs));
-  add_counter(watch_events_, mount_label(mount), num(b.watch_events));
-  add_counter(watch_invalidations_, mount_label(mount), num(b.watch_invalidations));
-  add_counter(watch_overflows_, mount_label(mount), num(b.watch_overflows));
-  add_counter(watch_failures_, mount_label(mount), num(b.watch_failures));
+  using Series = std::pair<prometheus::MetricFamily*, uint64_t>;
+  const Labels labels = mount_label(mount);
+  for (auto [family, v] : {Series{&inodes_, b.inodes}, Series{&inode_fds_, b.fds},
+                           Series{&watched_dirs_, b.watched_dirs}})
+    add_gauge(*family, labels, static_cast<double>(v));
+  for (auto [family, v] :
+       {Series{&inode_evictions_, b.evictions}, Series{&inode_reopens_, b.reopens},
+        Series{&inode_reopen_failures_, b.reopen_failures},
+        Series{&listing_drops_, b.listing_drops}, Series{&shared_opens_, b.shared_opens},
+        Series{&watch_events_, b.watch_events}, Series{&watch_invalidations_, b.watch_invalidations},
+        Series{&watch_overflows_, b.watch_overflows}, Series{&watch_failures_, b.watch_failures}})
+    add_counter(*family, labels, static_cast<double>(v));
 }
 
 void MountFamilies::add_state(const MountView& mount) {
