@@ -261,13 +261,17 @@ def force_unmount(path: Path) -> None:
         log(f"warning: could not unmount {path}")
 
 
+def refuse_if_mounted_below(path: Path, doing: str) -> None:
+    below = mounts_under(path)
+    if below:
+        raise BenchError(f"refusing to {doing} {path}: mounted below: {[m.mountpoint for m in below]}")
+
+
 def safe_rmtree(path: Path) -> None:
     """rm -rf that never descends into a mount (refuses if anything is mounted below)."""
     if not path.exists():
         return
-    below = mounts_under(path)
-    if below:
-        raise BenchError(f"refusing to delete {path}: mounted below: {[m.mountpoint for m in below]}")
+    refuse_if_mounted_below(path, "delete")
     subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False, timeout=3600)
 
 
@@ -283,9 +287,7 @@ def retire(path: Path) -> None:
     and the penalty fell on whichever side came next."""
     if not path.exists():
         return
-    below = mounts_under(path)
-    if below:
-        raise BenchError(f"refusing to move {path}: mounted below: {[m.mountpoint for m in below]}")
+    refuse_if_mounted_below(path, "move")
     dest = RUN / "retired"
     dest.mkdir(parents=True, exist_ok=True)
     _retired[0] += 1
