@@ -62,7 +62,9 @@ def scenario(m):
     h.write_file(s("dir/inner"), b"inner\n")
     h.write_file(s("gone"), b"bye\n")
     h.write_file(s("old-name"), b"moving\n")
-    warm(m, "f", "dir", "dir/inner", "gone", "old-name", "new-name", "created", "newdir")
+    h.write_file(s("linked"), b"links\n")
+    warm(m, "f", "dir", "dir/inner", "gone", "old-name", "new-name", "created", "newdir",
+         "linked", "dir/link")
     # Caches are warm and valid for an hour. Now change everything behind efused's back.
     h.write_file(s("created"), b"hello\n")
     eventually("create shows", lambda: h.read_file(mnt("created")), b"hello\n")
@@ -101,6 +103,19 @@ def scenario(m):
     os.removexattr(s("f"), "user.color")
     eventually("removexattr shows", lambda: "user.color" in os.listxattr(mnt("f")), False)
 
+    # A hard link made or removed elsewhere changes the link count of every other name's
+    # file, though inotify reports only the name that came or went.
+    links = lambda: (os.stat(mnt("linked")).st_nlink, os.stat(mnt("dir/link")).st_nlink)  # noqa: E731
+    os.link(s("linked"), s("dir/link"))
+    eventually("a new hard link counts", links, (2, 2))
+    os.link(s("linked"), s("link3"))
+    eventually("another hard link counts", links, (3, 3))
+    os.unlink(s("link3"))
+    eventually("an unlinked hard link counts", links, (2, 2))
+    os.rename(s("linked"), s("dir/link"))  # replaces the other name of the same file: no-op
+    os.unlink(s("dir/link"))
+    eventually("back to one link", lambda: (os.stat(mnt("linked")).st_nlink,
+                                            exists(mnt("dir/link"))), (1, False))
     os.mkdir(s("newdir"))
     h.write_file(s("newdir/x"), b"x\n")
     eventually("mkdir shows", lambda: sorted(os.listdir(mnt("newdir"))), ["x"])

@@ -785,6 +785,27 @@ def test_flock_read_only_opens(m):
                  ("ok", None), "EAGAIN", "ok"], r
 
 
+def test_flock_free_as_soon_as_close_returns(m):
+    # The kernel drops a server-side flock with the RELEASE it sends after close() has
+    # returned; a lock taken right after the close must still find it free, as natively.
+    EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
+    def op(b):
+        p = J(b, "lock")
+        write_file(p, "x")
+        failed = []
+        for i in range(300):
+            flags = os.O_RDONLY if i % 2 else os.O_RDWR  # shared and private handles
+            a, c = os.open(p, flags), os.open(p, flags)
+            fcntl.flock(a, fcntl.LOCK_EX)
+            os.close(a)
+            failed.append(outcome(fcntl.flock, c, EX_NB))
+            os.close(c)
+        return sorted(set(failed), key=str)
+
+    assert m.twin().same(op) == [("ok", None)]
+
+
 _LOCK_CHILD = r"""
 import errno, fcntl, os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDWR)

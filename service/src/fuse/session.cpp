@@ -550,6 +550,7 @@ void Session::do_write(Request& r) {
 
 void Session::do_flush(Request& r) {
   TAKE(in, k::fuse_flush_in);
+  flock_closed(r.hdr.nodeid, in->fh, false);
   r.reply_err(fs_.flush(r.ctx, r.hdr.nodeid, in->fh, in->lock_owner).error());
 }
 
@@ -571,7 +572,9 @@ void Session::do_release(Request& r) {
   }
   if (in->release_flags & k::kReleaseFlockUnlock)
     (void)fs_.flock(r.ctx, r.hdr.nodeid, in->fh, LOCK_UN);
-  r.reply_err(fs_.release(r.ctx, r.hdr.nodeid, in->fh).error());
+  Status s = fs_.release(r.ctx, r.hdr.nodeid, in->fh);
+  flock_closed(r.hdr.nodeid, in->fh, true);  // after the description is gone
+  r.reply_err(s.error());
 }
 
 void Session::do_fsync(Request& r) {
@@ -786,24 +789,88 @@ static int flock_op(uint32_t type) {
   }
 }
 
+// How long a conflicting LOCK_NB flock waits for the RELEASE of a holder that was closed
+// (FLUSH) but not yet released. RELEASE is queued before close() returns, so normally it is
+// served within microseconds; the wait runs out only when the holder's description is still
+// open elsewhere (a dup, a forked child), and then costs the asker this once per close.
+static constexpr auto kReleaseGrace = std::chrono::milliseconds(250);
+
+// Every flock goes through here: the lock is tried without blocking and the session notes
+// which handles hold one.
+Status Session::try_flock(const fs::Context& ctx, uint64_t nodeid, uint64_t fh, uint32_t type) {
+  int op = flock_op(type);
+  Status s = fs_.flock(ctx, nodeid, fh, op | LOCK_NB);
+  if (!s.ok()) return s;
+  std::lock_guard lk(waits_mu_);
+  if (op == LOCK_UN) {
+    flock_holders_.erase({nodeid, fh});
+  } else {
+    flock_holders_[{nodeid, fh}] = false;  // locking through it: the description is open
+  }
+  flock_holder_count_.store(flock_holders_.size(), std::memory_order_relaxed);
+  return s;
+}
+
+// FLUSH (released = false): one descriptor of the handle was closed, perhaps the last.
+// RELEASE (released = true): the description is gone and with it its flock.
+void Session::flock_closed(uint64_t nodeid, uint64_t fh, bool released) {
+  if (flock_holder_count_.load(std::memory_order_relaxed) == 0) return;
+  std::lock_guard lk(waits_mu_);
+  auto it = flock_holders_.find({nodeid, fh});
+  if (it == flock_holders_.end()) return;
+  if (!released) {
+    it->second = true;
+    return;
+  }
+  flock_holders_.erase(it);
+  flock_holder_count_.store(flock_holders_.size(), std::memory_order_relaxed);
+  flock_releases_.fetch_add(1);
+  waits_cv_.notify_all();
+}
+
+// Whether another handle of the inode holds a flock and was closed since (waits_mu_ held).
+bool Session::closing_holder(uint64_t nodeid, uint64_t fh) const {
+  for (auto it = flock_holders_.lower_bound({nodeid, 0});
+       it != flock_holders_.end() && it->first.first == nodeid; ++it)
+    if (it->first.second != fh && it->second) return true;
+  return false;
+}
+
+static bool conflict(const Status& s) { return s.error() == EAGAIN || s.error() == EWOULDBLOCK; }
+
 void Session::do_setlk(Request& r) {
   TAKE(in, k::fuse_lk_in);
-  Status s = (in->lk_flags & k::kLkFlock)
-                 ? fs_.flock(r.ctx, r.hdr.nodeid, in->fh, flock_op(in->lk.type) | LOCK_NB)
-                 : fs_.setlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, to_lock(in->lk));
-  if (s.error() == EWOULDBLOCK) return r.reply_err(EAGAIN);
+  if (!(in->lk_flags & k::kLkFlock)) {
+    Status s = fs_.setlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, to_lock(in->lk));
+    return r.reply_err(conflict(s) ? EAGAIN : s.error());
+  }
+  uint64_t releases = flock_releases_.load();
+  Status s = try_flock(r.ctx, r.hdr.nodeid, in->fh, in->lk.type);
+  if (conflict(s)) {
+    // The holder may be a description closed a moment ago whose RELEASE another worker has
+    // not served yet; natively close() would have dropped the lock already.
+    std::unique_lock lk(waits_mu_);
+    if (flock_releases_.load() != releases || closing_holder(r.hdr.nodeid, in->fh)) {
+      lk.unlock();
+      return wait_for_lock(r, *in, Clock::now() + kReleaseGrace);
+    }
+    return r.reply_err(EAGAIN);
+  }
   r.reply_err(s.error());
 }
 
 void Session::do_setlkw(Request& r) {
   TAKE(in, k::fuse_lk_in);
-  bool is_flock = in->lk_flags & k::kLkFlock;
-  fs::Lock lock = to_lock(in->lk);
-  Status s = is_flock ? fs_.flock(r.ctx, r.hdr.nodeid, in->fh, flock_op(lock.type) | LOCK_NB)
-                      : fs_.setlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, lock);
-  if (s.error() != EAGAIN && s.error() != EWOULDBLOCK) return r.reply_err(s.error());
-  // Conflict: wait on a thread of its own so this worker keeps serving (the holder's unlock
-  // needs a free worker). The waiter replies; INTERRUPT cancels it with EINTR.
+  Status s = (in->lk_flags & k::kLkFlock)
+                 ? try_flock(r.ctx, r.hdr.nodeid, in->fh, in->lk.type)
+                 : fs_.setlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, to_lock(in->lk));
+  if (!conflict(s)) return r.reply_err(s.error());
+  wait_for_lock(r, *in, Clock::time_point::max());
+}
+
+// Conflict: wait on a thread of its own so this worker keeps serving (the holder's unlock
+// needs a free worker). The waiter replies; INTERRUPT cancels it with EINTR.
+void Session::wait_for_lock(Request& r, const k::fuse_lk_in& in, Clock::time_point give_up) {
   {
     std::lock_guard lk(waits_mu_);
     if (stopping_ || waiters_ >= 1024) return r.reply_err(ENOLCK);
@@ -811,24 +878,43 @@ void Session::do_setlkw(Request& r) {
     ++waiters_;
   }
   r.none();
-  std::thread(&Session::wait_for_lock, this, std::ref(r.out), r.ctx, r.hdr.nodeid, in->fh,
-              in->owner, lock, is_flock)
+  std::thread(&Session::lock_waiter, this, std::ref(r.out), r.ctx, r.hdr.nodeid, in.fh,
+              in.owner, to_lock(in.lk), (in.lk_flags & k::kLkFlock) != 0, give_up)
       .detach();
 }
 
-void Session::wait_for_lock(Transport& out, fs::Context ctx, uint64_t nodeid, uint64_t fh,
-                            uint64_t owner, fs::Lock lock, bool is_flock) {
+// Retries until the lock is granted, the request is interrupted or the session stops; with a
+// finite give_up (a LOCK_NB flock waiting for a RELEASE) also until no closed holder is left
+// or give_up passes, then answers EAGAIN.
+void Session::lock_waiter(Transport& out, fs::Context ctx, uint64_t nodeid, uint64_t fh,
+                          uint64_t owner, fs::Lock lock, bool is_flock, Clock::time_point give_up) {
+  const bool bounded = give_up != Clock::time_point::max();
   auto delay = std::chrono::milliseconds(1);
   int err = 0;
   for (;;) {
-    Status s = is_flock ? fs_.flock(ctx, nodeid, fh, flock_op(lock.type) | LOCK_NB)
+    uint64_t releases = flock_releases_.load();
+    Status s = is_flock ? try_flock(ctx, nodeid, fh, lock.type)
                         : fs_.setlk(ctx, nodeid, fh, owner, lock);
-    if (s.error() != EAGAIN && s.error() != EWOULDBLOCK) {
+    if (!conflict(s)) {
       err = s.error();
       break;
     }
     std::unique_lock lk(waits_mu_);
-    if (waits_cv_.wait_for(lk, delay, [&] { return stopping_ || interrupted_.count(ctx.unique); })) {
+    if (flock_releases_.load() != releases) continue;  // a holder went meanwhile: try again
+    if (bounded && (!closing_holder(nodeid, fh) || Clock::now() >= give_up)) {
+      // Still held: what stays of a closed holder is open elsewhere (a dup, a forked child).
+      // Forget its close so the next asker does not wait for it again.
+      for (auto it = flock_holders_.lower_bound({nodeid, 0});
+           it != flock_holders_.end() && it->first.first == nodeid; ++it)
+        if (it->first.second != fh) it->second = false;
+      err = EAGAIN;
+      break;
+    }
+    auto until = std::min(Clock::now() + delay, give_up);
+    if (waits_cv_.wait_until(lk, until, [&] {
+          return stopping_ || interrupted_.count(ctx.unique) || flock_releases_ != releases;
+        }) &&
+        (stopping_ || interrupted_.count(ctx.unique))) {
       err = EINTR;
       break;
     }
@@ -836,7 +922,7 @@ void Session::wait_for_lock(Transport& out, fs::Context ctx, uint64_t nodeid, ui
   }
   k::fuse_in_header hdr{};
   hdr.unique = ctx.unique;
-  hdr.opcode = static_cast<uint32_t>(k::Opcode::Setlkw);
+  hdr.opcode = static_cast<uint32_t>(bounded ? k::Opcode::Setlk : k::Opcode::Setlkw);
   Request r{hdr, Reader({}), out, {}, ctx};
   r.reply_err(err);
   std::lock_guard lk(waits_mu_);

@@ -9,11 +9,14 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -147,8 +150,14 @@ class Session {
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
                      Transport& t, uint64_t nodeid);
-  void wait_for_lock(Transport& out, efuse::fs::Context ctx, uint64_t nodeid, uint64_t fh,
-                     uint64_t owner, efuse::fs::Lock lock, bool flock);
+  using Clock = std::chrono::steady_clock;
+  void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
+  void lock_waiter(Transport& out, efuse::fs::Context ctx, uint64_t nodeid, uint64_t fh,
+                   uint64_t owner, efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
+  efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
+                          uint32_t type);
+  void flock_closed(uint64_t nodeid, uint64_t fh, bool released);
+  bool closing_holder(uint64_t nodeid, uint64_t fh) const;
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
@@ -178,6 +187,15 @@ class Session {
   std::unordered_set<uint64_t> interrupted_;  // subset of waiting_ that got INTERRUPT
   size_t waiters_ = 0;
   bool stopping_ = false;
+
+  // Server-side flock and the asynchronous RELEASE. A flock lives on an open file description
+  // and goes when the kernel releases it; close() answers after FLUSH, but RELEASE comes
+  // later and another worker may serve a later flock first. Handles holding a flock, by
+  // (nodeid, fh), with whether a FLUSH (a close of one of their descriptors) came since;
+  // a conflicting LOCK_NB waits a moment for such a handle's RELEASE (see do_setlk).
+  std::map<std::pair<uint64_t, uint64_t>, bool> flock_holders_;  // guarded by waits_mu_
+  std::atomic<size_t> flock_holder_count_{0};  // skips the lock on FLUSH and RELEASE
+  std::atomic<uint64_t> flock_releases_{0};    // changed only under waits_mu_
 };
 
 }  // namespace fuse

@@ -807,5 +807,68 @@ TEST_F(SessionLocks, BlockedSetlkwIsAnsweredByInterruptOrByTheUnlock) {
   h.release(n, fb);
 }
 
+// flock with server-side locks: close() answers after FLUSH, the lock goes with the RELEASE
+// the kernel sends afterwards, and another worker may serve a later LOCK_NB first. Natively
+// the close has dropped the lock by then, so the later request waits for that RELEASE.
+TEST_F(SessionLocks, NonBlockingFlockWaitsForTheReleaseOfAClosedHolder) {
+  ASSERT_TRUE(write_file(h.src("lock"), "x"));
+  auto n = h.lookup(kRootId, "lock").nodeid;
+  auto flock_body = [](uint64_t fh, uint32_t type) {
+    k::fuse_lk_in in{};
+    in.fh = fh;
+    in.lk = {0, INT64_MAX, type, 0};
+    in.lk_flags = k::kLkFlock;
+    return pod(in);
+  };
+  auto flush = [&](uint64_t fh) {
+    k::fuse_flush_in fl{};
+    fl.fh = fh;
+    EXPECT_EQ(h.call(Op::Flush, n, pod(fl)).error(), 0);
+  };
+  uint64_t fa = h.open(n, O_RDONLY), fc = h.open(n, O_RDONLY);
+  ASSERT_EQ(h.call(Op::Setlk, n, flock_body(fa, F_WRLCK)).error(), 0);
+
+  // Held and not closed: the conflict is answered at once.
+  EXPECT_EQ(h.call(Op::Setlk, n, flock_body(fc, F_WRLCK)).error(), EAGAIN);
+
+  // 1. Closed (FLUSH): the request waits and is granted once the RELEASE drops the lock.
+  flush(fa);
+  uint64_t u1 = h.next_unique();
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlk), n, u1, flock_body(fc, F_WRLCK))).empty())
+      << "a LOCK_NB behind a closed holder waits for its RELEASE";
+  k::fuse_release_in rel{};
+  rel.fh = fa;
+  rel.release_flags = k::kReleaseFlockUnlock;
+  std::vector<Reply> others;
+  for (const std::string& m : h.handle_raw(make_request(code(Op::Release), n, h.next_unique(),
+                                                        pod(rel))))
+    others.push_back(parse_reply(m));
+  Reply r1 = wait_for(u1, &others);
+  EXPECT_TRUE(r1.present);
+  EXPECT_EQ(r1.error(), 0);
+  ASSERT_EQ(others.size(), 1u);
+  EXPECT_EQ(others[0].error(), 0) << "the RELEASE";
+
+  // 2. Closed but still open elsewhere (a dup): EAGAIN once the grace period ends, and the
+  //    next asker is not kept waiting for the same close again.
+  uint64_t fd2 = h.open(n, O_RDONLY);
+  flush(fc);
+  uint64_t u2 = h.next_unique();
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlk), n, u2, flock_body(fd2, F_RDLCK))).empty());
+  others.clear();
+  Reply r2 = wait_for(u2, &others);
+  EXPECT_TRUE(r2.present);
+  EXPECT_EQ(r2.error(), EAGAIN);
+  EXPECT_TRUE(others.empty());
+  EXPECT_EQ(h.call(Op::Setlk, n, flock_body(fd2, F_RDLCK)).error(), EAGAIN);
+
+  // 3. Unlocked holders are forgotten: a FLUSH of fc after LOCK_UN makes no one wait.
+  ASSERT_EQ(h.call(Op::Setlk, n, flock_body(fc, F_UNLCK)).error(), 0);
+  ASSERT_EQ(h.call(Op::Setlk, n, flock_body(fd2, F_WRLCK)).error(), 0);
+  EXPECT_EQ(h.call(Op::Setlk, n, flock_body(fc, F_RDLCK)).error(), EAGAIN);
+  h.release(n, fc);
+  h.release(n, fd2);
+}
+
 }  // namespace
 }  // namespace fuse::testing

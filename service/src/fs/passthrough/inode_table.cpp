@@ -260,6 +260,28 @@ std::vector<std::shared_ptr<Inode>> InodeTable::all() const {
   return out;
 }
 
+void InodeTable::replied(Inode& inode, const struct stat& st) {
+  inode.kernel_attrs.store(attr_digest(st), std::memory_order_relaxed);
+  bool linked = !S_ISDIR(st.st_mode) && st.st_nlink > 1;
+  if (inode.linked.load(std::memory_order_relaxed) == linked) return;  // the common case
+  std::unique_lock lk(mu_);
+  inode.linked.store(linked);
+  if (!linked) {
+    linked_.erase(inode.nodeid);
+  } else if (by_id_.count(inode.nodeid)) {  // not if forgotten meanwhile
+    linked_.insert(inode.nodeid);
+  }
+}
+
+std::vector<std::shared_ptr<Inode>> InodeTable::linked() const {
+  std::shared_lock lk(mu_);
+  std::vector<std::shared_ptr<Inode>> out;
+  out.reserve(linked_.size());
+  for (uint64_t id : linked_)
+    if (auto it = by_id_.find(id); it != by_id_.end()) out.push_back(it->second);
+  return out;
+}
+
 std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
   std::shared_ptr<Inode> dropped;  // closed by the caller, outside the lock
   std::unique_lock lk(mu_);
@@ -271,6 +293,7 @@ std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
     dropped = it->second;
     auto k = by_key_.find({inode.dev, inode.ino});
     if (k != by_key_.end() && k->second == dropped) by_key_.erase(k);
+    linked_.erase(nodeid);
     by_id_.erase(it);
   }
   return dropped;

@@ -18,6 +18,7 @@
 #include <mutex>
 #include <shared_mutex>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "common/result.h"
@@ -90,6 +91,10 @@ struct Inode {
   // invalidated them (the kernel holds none until it asks again). An outside change shows
   // as a different digest; a change efused made itself and has replied with does not.
   std::atomic<uint64_t> kernel_attrs{0};
+  // A non-directory the kernel was last told has more than one link. Removing one of its
+  // names behind efused's back changes its link count and ctime, which inotify reports only
+  // for the name removed (the watcher then looks at these; see InodeTable::linked()).
+  std::atomic<bool> linked{false};
 
   // Directories: what keeps the kernel's cached listing exact (FOPEN_CACHE_DIR; the
   // reasoning is in passthrough_dir.cpp).
@@ -171,6 +176,10 @@ class InodeTable {
   std::shared_ptr<Inode> forget(uint64_t nodeid, uint64_t n);
   // Every inode the kernel knows (for resynchronising after lost change events).
   std::vector<std::shared_ptr<Inode>> all() const;
+  // Records the attributes efused replied with for `inode` (Inode::kernel_attrs, linked).
+  void replied(Inode& inode, const struct stat& st);
+  // The inodes with `linked` set.
+  std::vector<std::shared_ptr<Inode>> linked() const;
   size_t size() const;
   BackendStats stats() const;
   // Whether evicted descriptors can be reopened (file handles work on the source).
@@ -201,6 +210,7 @@ class InodeTable {
   uint64_t next_nodeid_ = 2;  // never reused: a nodeid the kernel saw names one object forever
   std::unordered_map<uint64_t, std::shared_ptr<Inode>> by_id_;
   std::unordered_map<Key, std::shared_ptr<Inode>, KeyHash> by_key_;
+  std::unordered_set<uint64_t> linked_;  // nodeids of inodes with `linked` set
 
   const size_t fd_budget_;
   int mount_fd_ = -1;       // the root opened O_RDONLY: open_by_handle_at's mount_fd

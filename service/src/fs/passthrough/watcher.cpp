@@ -39,6 +39,16 @@ struct Watcher::Batch {
   using Names = std::unordered_map<std::string, uint32_t, NameHash, std::equal_to<>>;
   std::unordered_map<uint64_t, Names> children;  // directory -> name -> event mask
   std::unordered_map<uint64_t, uint32_t> selves;  // a watched directory itself -> event mask
+  // A name was removed or replaced: some file may have lost one of several links.
+  bool unlinked = false;
+
+  void child(uint64_t dir, std::string_view name, uint32_t mask) {
+    auto& names = children[dir];
+    if (auto it = names.find(name); it != names.end())
+      it->second |= mask;
+    else
+      names.emplace(name, mask);
+  }
 };
 
 Watcher::Watcher(InodeTable& table, Invalidator& inv, Counters& counters,
@@ -176,14 +186,13 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
     }
     batch.entries.insert({dir, std::string(name)});
     batch.data.insert(dir);  // the directory's size, times and listing changed
+    // A file that got this name (a new hard link, a rename) has a new ctime and maybe a new
+    // link count; one that lost it may live on under another name with one link less.
+    if (ev.mask & (IN_CREATE | IN_MOVED_TO)) batch.child(dir, name, IN_ATTRIB);
+    if (ev.mask & (IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)) batch.unlinked = true;
     return;
   }
-  // IN_ATTRIB / IN_MODIFY of a child
-  auto& names = batch.children[dir];
-  if (auto it = names.find(name); it != names.end())
-    it->second |= ev.mask;
-  else
-    names.emplace(name, ev.mask);
+  batch.child(dir, name, ev.mask);  // IN_ATTRIB / IN_MODIFY of a child
 }
 
 // An attribute or data event of `inode`, whose attributes are now `st`.
@@ -215,13 +224,15 @@ void Watcher::resolve(Batch& batch) {
       if (auto child = table_.find(st.st_dev, st.st_ino)) check(*child, st, mask, batch);
     }
   }
-  for (const auto& [nodeid, mask] : batch.selves) {
-    auto dir = table_.get(nodeid);
-    if (!dir) continue;
-    PathFd fd = dir->pin();
+  auto check_self = [&](Inode& inode, uint32_t mask) {
+    PathFd fd = inode.pin();  // ESTALE when the object is gone altogether
     if (fd.ok() && fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0)
-      check(*dir, st, mask, batch);
-  }
+      check(inode, st, mask, batch);
+  };
+  for (const auto& [nodeid, mask] : batch.selves)
+    if (auto dir = table_.get(nodeid)) check_self(*dir, mask);
+  if (batch.unlinked)
+    for (const auto& inode : table_.linked()) check_self(*inode, IN_ATTRIB);
 }
 
 void Watcher::run() {
