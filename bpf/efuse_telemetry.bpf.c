@@ -42,6 +42,14 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define EFUSE_TASK_DEAD 0x80
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, EFUSE_BPF_INFLIGHT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct efuse_inflight_slot);
+} inflight_slots SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, EFUSE_BPF_MAX_INFLIGHT);
 	__type(key, struct efuse_req_key);
@@ -164,6 +172,60 @@ static __always_inline __u32 req_queue(const struct fuse_req *req)
 	return BPF_CORE_READ(q, qid);
 }
 
+/* Remembers a request's start: in its slot when that is free (a compare-and-swap claims it,
+ * an exchange publishes it), else in the inflight hash, whose bucket locks cost more. */
+static __always_inline bool track_start(const struct efuse_req_key *key,
+					const struct efuse_req_start *start)
+{
+	__u32 idx = efuse_inflight_index(key->conn, key->unique);
+	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
+
+	if (slot && key->unique > EFUSE_BPF_SLOT_BUSY &&
+	    __sync_val_compare_and_swap(&slot->unique, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY) ==
+		    EFUSE_BPF_SLOT_FREE) {
+		slot->conn = key->conn;
+		slot->start = *start;
+		__sync_lock_test_and_set(&slot->unique, key->unique);
+		return true;
+	}
+	if (slot && slot->unique == key->unique && slot->conn == key->conn) {
+		HEALTH_INC(duplicate_send);
+		return false;
+	}
+	long err = bpf_map_update_elem(&inflight, key, start, BPF_NOEXIST);
+	if (err) {
+		if (err == -17 /* EEXIST */)
+			HEALTH_INC(duplicate_send);
+		else
+			HEALTH_INC(inflight_full);
+		return false;
+	}
+	return true;
+}
+
+/* Finds and forgets a request's start; false if it was not seen being sent. */
+static __always_inline bool take_start(const struct efuse_req_key *key,
+				       struct efuse_req_start *start)
+{
+	__u32 idx = efuse_inflight_index(key->conn, key->unique);
+	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
+
+	/* Only this request's end empties its slot, so a match cannot change under us. */
+	if (slot && slot->unique == key->unique && slot->conn == key->conn) {
+		*start = slot->start;
+		__sync_lock_test_and_set(&slot->unique, EFUSE_BPF_SLOT_FREE);
+		return true;
+	}
+	struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, key);
+	if (!found) {
+		HEALTH_INC(unmatched_end);
+		return false;
+	}
+	*start = *found;
+	bpf_map_delete_elem(&inflight, key);
+	return true;
+}
+
 SEC("tp_btf/fuse_request_send")
 int BPF_PROG(efuse_request_send, const struct fuse_req *req)
 {
@@ -183,14 +245,8 @@ int BPF_PROG(efuse_request_send, const struct fuse_req *req)
 	if (!task || !(task->flags & EFUSE_BPF_TASK_DAEMON))
 		start.client_tid = tid;
 
-	long err = bpf_map_update_elem(&inflight, &key, &start, BPF_NOEXIST);
-	if (err) {
-		if (err == -17 /* EEXIST */)
-			HEALTH_INC(duplicate_send);
-		else
-			HEALTH_INC(inflight_full);
+	if (!track_start(&key, &start))
 		return 0;
-	}
 
 	struct efuse_op_key op_key = { .conn = key.conn, .opcode = start.opcode };
 	struct efuse_op_stats *op = lookup_or_init(&op_stats, &op_key, &zero_op);
@@ -214,19 +270,13 @@ int BPF_PROG(efuse_request_end, const struct fuse_req *req)
 {
 	struct efuse_req_key key = {};
 	struct efuse_req_start start;
-	struct efuse_req_start *found;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
 	key.conn = req_conn(req);
 	key.unique = req->in.h.unique;
-	found = bpf_map_lookup_elem(&inflight, &key);
-	if (!found) {
-		HEALTH_INC(unmatched_end);
+	if (!take_start(&key, &start))
 		return 0;
-	}
-	start = *found;
-	bpf_map_delete_elem(&inflight, &key);
 
 	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
 	__u32 slot = latency_slot(delta);

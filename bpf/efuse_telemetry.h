@@ -76,17 +76,39 @@
 
 /* ---- Map keys and values ---- */
 
-/* inflight: BPF_MAP_TYPE_HASH, key efuse_req_key, value efuse_req_start. */
-struct efuse_req_key {
-	__u32 conn;
-	__u32 pad;
-	__u64 unique;
-};
+/* inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
+ * Requests between send and end, at the index their (connection, unique) hashes to
+ * (efuse_inflight_index), claimed and released with atomic exchanges: no locks on the
+ * request path. A request whose slot is taken goes to the inflight hash below instead. */
+#define EFUSE_BPF_INFLIGHT_SLOTS 4096 /* a power of two */
+#define EFUSE_BPF_SLOT_FREE 0ULL
+#define EFUSE_BPF_SLOT_BUSY 1ULL /* being filled or emptied; FUSE uniques are even, >= 2 */
 
 struct efuse_req_start {
 	__u64 start_ns;   /* bpf_ktime_get_ns() at fuse_request_send */
 	__u32 opcode;     /* clamped to EFUSE_BPF_OPCODE_SLOTS - 1 */
 	__u32 client_tid; /* thread that sent it; 0 when the sender is a known server thread */
+};
+
+struct efuse_inflight_slot {
+	__u64 unique; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's unique */
+	__u32 conn;
+	__u32 pad;
+	struct efuse_req_start start;
+};
+
+static inline __u32 efuse_inflight_index(__u32 conn, __u64 unique)
+{
+	/* Consecutive uniques of one connection take consecutive slots; connections spread. */
+	return ((__u32)(unique >> 1) ^ (conn * 0x9E3779B1U)) & (EFUSE_BPF_INFLIGHT_SLOTS - 1);
+}
+
+/* inflight: BPF_MAP_TYPE_HASH, key efuse_req_key, value efuse_req_start: requests whose
+ * slot was taken by another one still in flight. */
+struct efuse_req_key {
+	__u32 conn;
+	__u32 pad;
+	__u64 unique;
 };
 
 /* op_stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_op_key, value efuse_op_stats. */
@@ -146,6 +168,9 @@ struct efuse_health {
 /* The kernel copies map values byte for byte: pin every layout both sides rely on. */
 static_assert(sizeof(struct efuse_req_key) == 16, "efuse_req_key layout");
 static_assert(sizeof(struct efuse_req_start) == 16, "efuse_req_start layout");
+static_assert(sizeof(struct efuse_inflight_slot) == 32, "efuse_inflight_slot layout");
+static_assert((EFUSE_BPF_INFLIGHT_SLOTS & (EFUSE_BPF_INFLIGHT_SLOTS - 1)) == 0,
+	      "EFUSE_BPF_INFLIGHT_SLOTS is a power of two");
 static_assert(sizeof(struct efuse_op_key) == 8, "efuse_op_key layout");
 static_assert(sizeof(struct efuse_op_stats) == 8 * (3 + EFUSE_BPF_LATENCY_SLOTS),
 	      "efuse_op_stats layout");

@@ -9,6 +9,7 @@ Skips (exit 77; a failure under CI=true) only when the kernel truly cannot load 
 programs: no BTF, no FUSE tracepoints, no privilege to load BPF."""
 
 import errno
+import fcntl
 import os
 import re
 import signal
@@ -188,6 +189,46 @@ def test_every_fuse_mount_is_covered(m):
                 assert not any("f1" in x or "work" in x for x in l.values()), (n, l)
     finally:
         ll.stop()
+
+
+@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"])
+def test_a_long_request_shares_its_slot(m):
+    # In-flight requests sit in a lock-free array at an index their unique hashes to; the
+    # 4096th request after one that is still waiting finds that slot taken and is tracked in
+    # a hash map instead. Every request must still be counted once and end exactly once.
+    s0 = bpf_up_or_skip(m, PORT)
+    own = dict(mount=os.path.basename(m.mnt))
+    h.write_file(m.s("lock"), b"x")
+    holder = os.open(m.s("lock"), os.O_RDONLY)  # held outside the mount
+    waiter = None
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        waiter = h.spawn([sys.executable, "-c",
+                          "import fcntl,os,sys; fcntl.flock(os.open(sys.argv[1], os.O_RDONLY), "
+                          "fcntl.LOCK_EX)", m.m("lock")])
+
+        def in_flight(op):
+            return value(parse(scrape(PORT)), "efuse_kernel_requests_in_flight", opcode=op,
+                         **own) or 0
+        h.wait_until(lambda: in_flight("setlkw") == 1, 10, interval=0.1, what="a SETLKW waiting")
+        before = value(parse(scrape(PORT)), "efuse_kernel_requests_total", opcode="lookup", **own) or 0
+        n = 3 * 4096
+        for i in range(n):  # a negative LOOKUP each: names never asked for before
+            assert not os.path.exists(m.m(f"missing-{i}"))
+        assert in_flight("setlkw") == 1
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        assert waiter.wait(timeout=30) == 0
+        h.wait_until(lambda: in_flight("setlkw") == 0, 10, interval=0.1, what="the SETLKW to end")
+        s = parse(scrape(PORT))
+        assert value(s, "efuse_kernel_requests_total", opcode="lookup", **own) - before == n
+        assert value(s, "efuse_kernel_request_duration_seconds_count", opcode="setlkw", **own) == 1
+        for reason in ("inflight_full", "duplicate_send", "unmatched_end"):
+            assert (value(s, "efuse_bpf_events_dropped_total", reason=reason) or 0) == \
+                (value(s0, "efuse_bpf_events_dropped_total", reason=reason) or 0), reason
+    finally:
+        os.close(holder)
+        if waiter is not None:
+            h.reap(waiter)
 
 
 @h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"])

@@ -1,5 +1,7 @@
 #include "bpf/telemetry.h"
 
+#include <sys/mman.h>
+
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
@@ -27,6 +29,7 @@ namespace {
 // In-flight entries older than this are dropped once the map is half full: requests whose
 // end the kernel never traces (a killed client's request still pending in the queue).
 constexpr uint64_t kStaleInflightNs = 600ULL * 1000 * 1000 * 1000;
+constexpr size_t kSlotsBytes = sizeof(efuse_inflight_slot) * EFUSE_BPF_INFLIGHT_SLOTS;
 
 bool env_off(const char* name) {
   const char* v = std::getenv(name);
@@ -251,6 +254,13 @@ bool Telemetry::load(const Options& opts, std::string* reason) {
       *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
       ++attached;
     }
+    int slots_fd = bpf_map__fd(skel_->maps.inflight_slots);
+    void* m = mmap(nullptr, kSlotsBytes, PROT_READ | PROT_WRITE, MAP_SHARED, slots_fd, 0);
+    if (m == MAP_FAILED) {
+      *reason = "cannot map inflight_slots: " + errno_text(errno);
+      return false;
+    }
+    slots_map_ = m;
     status_.up = true;
     status_.programs_attached = attached;
     return true;
@@ -275,7 +285,26 @@ std::vector<uint32_t> Telemetry::program_ids() const {
 
 Telemetry::~Telemetry() {
   std::lock_guard<std::mutex> lock(mu_);
+  if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
   skel_.reset();
+}
+
+std::span<efuse_inflight_slot> Telemetry::slots() const {
+  if (slots_map_ == nullptr) return {};
+  return {static_cast<efuse_inflight_slot*>(slots_map_), EFUSE_BPF_INFLIGHT_SLOTS};
+}
+
+// A slot's unique, loaded as the BPF programs' atomic exchanges publish it.
+static uint64_t slot_unique(const efuse_inflight_slot& s) {
+  return __atomic_load_n(&s.unique, __ATOMIC_ACQUIRE);
+}
+
+// Empties a slot whose request will never end (its connection is gone, or it is older than
+// kStaleInflightNs), unless it changed meanwhile: only a request's own end frees it
+// otherwise, so a compare-and-swap from here cannot take a live request's slot.
+static void clear_slot(efuse_inflight_slot& s, uint64_t unique) {
+  __atomic_compare_exchange_n(&s.unique, &unique, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
+                              __ATOMIC_RELAXED);
 }
 
 Snapshot Telemetry::snapshot() const {
@@ -317,11 +346,27 @@ Snapshot Telemetry::snapshot() const {
       if (lookup_percpu_sum(fd, &conn, ncpu, &v)) snap.conns[conn].ctxsw = v;
     });
   }
+  const uint64_t now = monotonic_ns();
+  {
+    size_t used = 0;
+    std::vector<std::pair<efuse_inflight_slot*, uint64_t>> stale;
+    for (efuse_inflight_slot& s : slots()) {
+      uint64_t unique = slot_unique(s);
+      if (unique <= EFUSE_BPF_SLOT_BUSY) continue;
+      efuse_inflight_slot copy = s;
+      if (slot_unique(s) != unique) continue;  // ended (and maybe reused) while read
+      ++used;
+      if (now > copy.start.start_ns && now - copy.start.start_ns > kStaleInflightNs)
+        stale.push_back({&s, unique});
+      ++snap.conns[copy.conn].in_flight[copy.start.opcode];
+    }
+    if (used > EFUSE_BPF_INFLIGHT_SLOTS / 2)
+      for (auto [s, unique] : stale) clear_slot(*s, unique);
+  }
   {
     int fd = bpf_map__fd(skel_->maps.inflight);
     std::set<std::pair<uint32_t, uint64_t>> seen;
     std::vector<efuse_req_key> stale;
-    const uint64_t now = monotonic_ns();
     for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
       efuse_req_key key;
       std::memcpy(&key, k, sizeof key);
@@ -373,6 +418,10 @@ void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
   __u32 key = conn;
   bpf_map_delete_elem(bpf_map__fd(skel_->maps.ctxsw_stats), &key);
   if (!c.in_flight.empty()) {
+    for (efuse_inflight_slot& s : slots()) {
+      uint64_t unique = slot_unique(s);
+      if (unique > EFUSE_BPF_SLOT_BUSY && s.conn == conn) clear_slot(s, unique);
+    }
     int fd = bpf_map__fd(skel_->maps.inflight);
     std::vector<efuse_req_key> doomed;
     for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
