@@ -31,8 +31,15 @@ int backing_open_flags(int flags, bool writeback) {
 // Read-only opens whose flags change nothing about reading may share one description.
 bool shareable(int flags) {
   // The kernel sets O_LARGEFILE on 64-bit opens; glibc's O_LARGEFILE is 0 there, so this is
-  // the kernel's value (asm-generic; x86-64, arm64 and riscv use it).
-  constexpr int kKernelLargefile = 00100000;
+  // the kernel's value, which differs by architecture (uapi asm/fcntl.h). Elsewhere a
+  // largefile open merely does not share.
+#if defined(__aarch64__) || defined(__arm__)
+  constexpr int kKernelLargefile = 0400000;
+#elif defined(__powerpc__)
+  constexpr int kKernelLargefile = 0200000;
+#else
+  constexpr int kKernelLargefile = 00100000;  // asm-generic: x86, riscv, loongarch, s390
+#endif
   constexpr int kHarmless = O_ACCMODE | kKernelLargefile | O_NOCTTY | O_NOFOLLOW | O_CLOEXEC;
   return (flags & O_ACCMODE) == O_RDONLY && (flags & ~kHarmless) == 0;
 }
