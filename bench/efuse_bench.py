@@ -592,19 +592,27 @@ def counter_deltas(before: dict, after: dict, ios: int) -> dict:
             "events_dropped": part("dropped:")}
 
 
-def telemetry_copies() -> dict[int, set[int]] | None:
-    """{program id: PIDs holding it (a program or link fd)} for every copy of efused's eBPF
-    telemetry loaded on the host (recognised by its TELEMETRY_PROG program); None when
-    bpftool cannot list programs."""
+def bpftool_json(*args: str):
+    """`bpftool -j ARGS` parsed, or None when bpftool fails."""
     try:
-        r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
-                           timeout=30)
-        progs = json.loads(r.stdout) if r.returncode == 0 else None
+        r = subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, timeout=30)
+        return json.loads(r.stdout) if r.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
-    if not isinstance(progs, list):
+
+
+def telemetry_copies() -> dict[int, set[int]] | None:
+    """{program id: PIDs holding it (a program or link fd)} for every copy of efused's eBPF
+    telemetry attached on the host (recognised by its TELEMETRY_PROG program with a link to
+    a tracepoint); None when bpftool cannot list programs and links. A copy whose efused has
+    exited can stay listed a moment without its link until the kernel frees it: it no longer
+    runs, and is not counted."""
+    progs, links = bpftool_json("prog", "show"), bpftool_json("link", "show")
+    if not isinstance(progs, list) or not isinstance(links, list):
         return None
-    copies: dict[int, set[int]] = {p["id"]: set() for p in progs if p.get("name") == TELEMETRY_PROG}
+    linked = {ln.get("prog_id") for ln in links}
+    copies: dict[int, set[int]] = {p["id"]: set() for p in progs
+                                   if p.get("name") == TELEMETRY_PROG and p["id"] in linked}
     if not copies:
         return copies
     for pid in filter(str.isdigit, os.listdir("/proc")):
