@@ -10,6 +10,7 @@
 
 #include "common/log.h"
 #include "control/dbus_api.h"
+#include "common/thread_name.h"
 
 namespace efuse::control {
 
@@ -117,6 +118,7 @@ void DbusService::teardown() noexcept {
 }
 
 void DbusService::run() noexcept {
+  efuse::name_this_thread("efuse-dbus");
   const int r = sd_event_loop(event_);
   if (r < 0) {
     LOG_ERROR("D-Bus: event loop failed: %s", strerror(-r));

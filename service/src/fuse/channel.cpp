@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "fuse/kernel.h"
+#include "common/thread_name.h"
 
 namespace fuse {
 
@@ -133,6 +134,9 @@ efuse::Status ClassicChannel::start(std::string* error) {
 }
 
 void ClassicChannel::run(Worker& w) {
+  unsigned index = 0;
+  while (index < workers_.size() && workers_[index].get() != &w) ++index;
+  efuse::name_this_thread("efuse-dev%u", index);
   for (;;) {
     uint64_t t0 = monotonic_ns();
     ssize_t n = ::read(w.fd_, w.in(), w.in_size());

@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "fuse/opcodes.h"
 #include "fuse/wire.h"
+#include "common/thread_name.h"
 
 namespace fuse {
 
@@ -888,6 +889,7 @@ void Session::wait_for_lock(Request& r, const k::fuse_lk_in& in, Clock::time_poi
 // or give_up passes, then answers EAGAIN.
 void Session::lock_waiter(Transport& out, fs::Context ctx, uint64_t nodeid, uint64_t fh,
                           uint64_t owner, fs::Lock lock, bool is_flock, Clock::time_point give_up) {
+  efuse::name_this_thread("efuse-lockwait");
   const bool bounded = give_up != Clock::time_point::max();
   auto delay = std::chrono::milliseconds(1);
   int err = 0;

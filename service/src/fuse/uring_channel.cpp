@@ -23,6 +23,7 @@
 
 #include "common/log.h"
 #include "fuse/opcodes.h"
+#include "common/thread_name.h"
 
 namespace fuse {
 
@@ -433,9 +434,7 @@ void UringChannel::Queue::report(Phase p, const std::string& error) {
 }
 
 bool UringChannel::Queue::setup(std::string* error) {
-  char name[16];
-  snprintf(name, sizeof name, "efuse-uring%u", qid_);
-  pthread_setname_np(pthread_self(), name);
+  efuse::name_this_thread("efuse-uring%u", qid_);
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(qid_, &set);

@@ -176,7 +176,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
   PIN_FD(fd, inode);
   ProcPath path(fd);
   if (s.set_mode) {
-    int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod(path, s.mode & 07777);
+    int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod_fd(fd, s.mode & 07777);
     if (rc != 0) return last_errno();
   }
   if (s.set_uid || s.set_gid) {
@@ -243,6 +243,19 @@ mode_t creation_mode(int dirfd, mode_t mode, uint32_t umask) {
   return mode & ~static_cast<mode_t>(umask & 0777);
 }
 
+int chmod_fd(int fd, mode_t mode) {
+#ifndef SYS_fchmodat2
+  constexpr long SYS_fchmodat2 = 452;  // the same on every architecture
+#endif
+  static std::atomic<bool> missing{false};
+  if (!missing.load(std::memory_order_relaxed)) {
+    if (syscall(SYS_fchmodat2, fd, "", mode, AT_EMPTY_PATH) == 0) return 0;
+    if (errno != ENOSYS) return -1;
+    missing.store(true, std::memory_order_relaxed);
+  }
+  return chmod(ProcPath(fd), mode);
+}
+
 mode_t privs_to_kill(mode_t mode) {
   if (!S_ISREG(mode)) return 0;
   mode_t kill = mode & S_ISUID;
@@ -255,7 +268,7 @@ Status kill_suidgid(int fd) {
   if (fstat(fd, &st) != 0) return last_errno();
   mode_t kill = privs_to_kill(st.st_mode);
   if (kill == 0) return {};
-  return check(chmod(ProcPath(fd), st.st_mode & 07777 & ~kill));
+  return check(chmod_fd(fd, st.st_mode & 07777 & ~kill));
 }
 
 Result<Entry> PassthroughFs::mknod(const Context& ctx, uint64_t parent, std::string_view name,

@@ -15,6 +15,7 @@
 
 #include "common/log.h"
 #include "fs/passthrough/proc_path.h"
+#include "common/thread_name.h"
 
 namespace efuse::fs::passthrough {
 
@@ -236,6 +237,7 @@ void Watcher::resolve(Batch& batch) {
 }
 
 void Watcher::run() {
+  efuse::name_this_thread("efuse-watch");
   std::vector<char> buf(64 * 1024);
   struct pollfd fds[2] = {{fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
   for (;;) {
