@@ -77,6 +77,19 @@ def seed():
     return s
 
 
+def soak_scale():
+    """How many times its default amount of work a stress test does: EFUSE_SOAK_SCALE
+    (scripts/soak.sh sets it), 1 in the default suite."""
+    v = os.environ.get("EFUSE_SOAK_SCALE", "1")
+    try:
+        n = int(v)
+    except ValueError:
+        raise SystemExit(f"EFUSE_SOAK_SCALE must be a positive integer, not {v!r}")
+    if n < 1:
+        raise SystemExit(f"EFUSE_SOAK_SCALE must be a positive integer, not {v!r}")
+    return n
+
+
 def skip(reason):
     """Skip the whole script (exit 77); under CI=true this is a failure (exit 1)."""
     if in_ci():
@@ -913,6 +926,7 @@ def main(namespace, require=()):
 
     Command-line arguments, if given, select tests by (sub)name.
     """
+    soak_scale()  # a bad EFUSE_SOAK_SCALE stops the script before any test
     require_fuse()
     if require:
         require_tools(*require)

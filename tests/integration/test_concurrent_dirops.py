@@ -18,7 +18,7 @@ import efuse_harness as h  # noqa: E402
 
 J = os.path.join
 WORKERS = 16
-OPS = 3000
+OPS = 3000 * h.soak_scale()  # per worker
 OWN = 40  # names per worker
 SHARED = 24  # names every worker touches
 
@@ -128,7 +128,7 @@ def worker(w, d, seed, result_path, ops):
         json.dump({"state": state, "errors": errors, "counts": counts}, f)
 
 
-def run_workers(m, d, seed, ops=OPS, timeout=300):
+def run_workers(m, d, seed, ops=OPS, timeout=300 * h.soak_scale()):
     pids = {}
     for w in range(WORKERS):
         path = J(m.tmp, f"worker-{w}.json")

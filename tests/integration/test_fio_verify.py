@@ -18,8 +18,8 @@ def fio(m, name, *args, size="64M"):
     cmd = ["fio", f"--name={name}", f"--directory={m.mnt}", "--numjobs=4", f"--size={size}",
            "--bs=4k", "--rw=randrw", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
            "--randrepeat=0", "--verify_state_save=0", "--output-format=json",
-           f"--output={out}", *args]
-    r = run(cmd, timeout=600, check=False, cwd=m.tmp)  # fio may drop state files in its cwd
+           f"--output={out}", f"--loops={h.soak_scale()}", *args]
+    r = run(cmd, timeout=600 * h.soak_scale(), check=False, cwd=m.tmp)  # fio may drop state files in its cwd
     try:
         with open(out) as f:
             text = f.read()

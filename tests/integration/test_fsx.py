@@ -22,9 +22,10 @@ def require_fsx():
 
 def fsx(path, ops, *extra, m=None):
     seed = int.from_bytes(os.urandom(4), "little")
+    ops *= h.soak_scale()
     cmd = [FSX, "--ops", str(ops), "--seed", str(seed), *extra, path]
     print(f"  {h._fmt_cmd(cmd)}", flush=True)
-    r = run(cmd, timeout=600, check=False)
+    r = run(cmd, timeout=600 * h.soak_scale(), check=False)
     if r.rc != 0:
         raise AssertionError(
             f"fsx failed (exit {r.rc}) with seed {seed}; reproduce with:\n  {h._fmt_cmd(cmd)}\n"

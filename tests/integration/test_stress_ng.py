@@ -15,6 +15,7 @@ STRESSORS = [["--dir", "2"], ["--rename", "2"], ["--xattr", "2"], ["--link", "2"
 
 
 def stress(m, args, seconds):
+    seconds *= h.soak_scale()
     cmd = ["stress-ng", *args, "--timeout", f"{seconds}s", "--temp-path", m.mnt,
            "--metrics-brief", "--verify"]
     r = run(cmd, timeout=seconds + 120, check=False)

@@ -9,8 +9,8 @@
 #include <limits>
 
 #include "common/log.h"
-#include "control/dbus_api.h"
 #include "common/thread_name.h"
+#include "control/dbus_api.h"
 
 namespace efuse::control {
 

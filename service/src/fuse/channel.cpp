@@ -11,8 +11,8 @@
 #include <new>
 
 #include "common/log.h"
-#include "fuse/kernel.h"
 #include "common/thread_name.h"
+#include "fuse/kernel.h"
 
 namespace fuse {
 

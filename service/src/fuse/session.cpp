@@ -11,9 +11,9 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/thread_name.h"
 #include "fuse/opcodes.h"
 #include "fuse/wire.h"
-#include "common/thread_name.h"
 
 namespace fuse {
 

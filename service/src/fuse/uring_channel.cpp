@@ -22,8 +22,8 @@
 #include <thread>
 
 #include "common/log.h"
-#include "fuse/opcodes.h"
 #include "common/thread_name.h"
+#include "fuse/opcodes.h"
 
 namespace fuse {
 

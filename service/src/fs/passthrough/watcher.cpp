@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "common/log.h"
-#include "fs/passthrough/proc_path.h"
 #include "common/thread_name.h"
+#include "fs/passthrough/proc_path.h"
 
 namespace efuse::fs::passthrough {
 
