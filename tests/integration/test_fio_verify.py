@@ -18,8 +18,16 @@ def fio(m, name, *args, size="64M"):
     cmd = ["fio", f"--name={name}", f"--directory={m.mnt}", "--numjobs=4", f"--size={size}",
            "--bs=4k", "--rw=randrw", "--verify=crc32c", "--verify_fatal=1", "--do_verify=1",
            "--randrepeat=0", "--verify_state_save=0", "--output-format=json",
-           f"--output={out}", f"--loops={h.soak_scale()}", *args]
-    r = run(cmd, timeout=600 * h.soak_scale(), check=False, cwd=m.tmp)  # fio may drop state files in its cwd
+           f"--output={out}", *args]
+    # A soak repeats the whole run on fresh files: fio's own --loops cannot verify randrw
+    # (blocks of an earlier loop fail the later loop's header check, natively too).
+    for _ in range(h.soak_scale() - 1):
+        run_and_check(m, name, out, cmd)
+    return run_and_check(m, name, out, cmd)
+
+
+def run_and_check(m, name, out, cmd):
+    r = run(cmd, timeout=600, check=False, cwd=m.tmp)  # fio may drop state files in its cwd
     try:
         with open(out) as f:
             text = f.read()
