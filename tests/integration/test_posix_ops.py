@@ -806,6 +806,26 @@ def test_flock_free_as_soon_as_close_returns(m):
     assert m.twin().same(op) == [("ok", None)]
 
 
+def test_flock_kept_while_a_dup_is_open(m):
+    # Closing one of two descriptors of a locked open file description keeps the flock
+    # (the kernel sends FLUSH but no RELEASE); closing the last drops it.
+    EX_NB = fcntl.LOCK_EX | fcntl.LOCK_NB
+
+    def op(b):
+        p = J(b, "lock")
+        write_file(p, "x")
+        a = os.open(p, os.O_RDWR)
+        fcntl.flock(a, fcntl.LOCK_EX)
+        d = os.dup(a)
+        os.close(a)
+        r = [_flock_child(p, EX_NB), _flock_child(p, EX_NB)]
+        os.close(d)
+        r.append(_flock_child(p, EX_NB))
+        return r
+
+    assert m.twin().same(op) == ["EAGAIN", "EAGAIN", "ok"]
+
+
 _LOCK_CHILD = r"""
 import errno, fcntl, os, struct, sys
 fd = os.open(sys.argv[1], os.O_RDWR)
