@@ -174,7 +174,6 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
   GET_INODE(inode, ino);
   int fh = s.has_fh ? fd_of(s.fh) : -1;
   PIN_FD(fd, inode);
-  ProcPath path(fd);
   if (s.set_mode) {
     int rc = fh >= 0 ? fchmod(fh, s.mode & 07777) : chmod_fd(fd, s.mode & 07777);
     if (rc != 0) return last_errno();
@@ -187,7 +186,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
   }
   if (s.set_size) {
     int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
-                     : truncate(path, static_cast<off_t>(s.size));
+                     : truncate(ProcPath(fd), static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
     if (ctx.kill_suidgid) {
       Status k = kill_suidgid(fd);

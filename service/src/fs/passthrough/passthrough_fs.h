@@ -20,6 +20,11 @@ namespace efuse::fs::passthrough {
 // parent directory has a default ACL (which then governs, as natively).
 mode_t creation_mode(int dirfd, mode_t mode, uint32_t umask);
 
+// chmod of fd's file (any descriptor, O_PATH included). fchmodat2 (Linux 6.6) takes the
+// descriptor itself with AT_EMPTY_PATH; older kernels go through the /proc path, a lookup
+// of four more components. -1 with errno on failure, as chmod(2).
+int chmod_fd(int fd, mode_t mode);
+
 // Bits a write, truncate or O_TRUNC open by a caller without CAP_FSETID clears: set-user-ID,
 // and set-group-ID when the group may execute (as the VFS does natively).
 mode_t privs_to_kill(mode_t mode);
