@@ -829,11 +829,16 @@ void Session::flock_closed(uint64_t nodeid, uint64_t fh, bool released) {
   waits_cv_.notify_all();
 }
 
+// The handles of one inode that hold a flock (waits_mu_ held).
+std::ranges::subrange<Session::FlockHolders::iterator> Session::holders_of(uint64_t nodeid) {
+  return {flock_holders_.lower_bound({nodeid, 0}),
+          flock_holders_.upper_bound({nodeid, UINT64_MAX})};
+}
+
 // Whether another handle of the inode holds a flock and was closed since (waits_mu_ held).
-bool Session::closing_holder(uint64_t nodeid, uint64_t fh) const {
-  for (auto it = flock_holders_.lower_bound({nodeid, 0});
-       it != flock_holders_.end() && it->first.first == nodeid; ++it)
-    if (it->first.second != fh && it->second) return true;
+bool Session::closing_holder(uint64_t nodeid, uint64_t fh) {
+  for (const auto& [key, closed] : holders_of(nodeid))
+    if (key.second != fh && closed) return true;
   return false;
 }
 
@@ -906,9 +911,8 @@ void Session::lock_waiter(Transport& out, fs::Context ctx, uint64_t nodeid, uint
     if (bounded && (!closing_holder(nodeid, fh) || Clock::now() >= give_up)) {
       // Still held: what stays of a closed holder is open elsewhere (a dup, a forked child).
       // Forget its close so the next asker does not wait for it again.
-      for (auto it = flock_holders_.lower_bound({nodeid, 0});
-           it != flock_holders_.end() && it->first.first == nodeid; ++it)
-        if (it->first.second != fh) it->second = false;
+      for (auto& [key, closed] : holders_of(nodeid))
+        if (key.second != fh) closed = false;
       err = EAGAIN;
       break;
     }

@@ -14,11 +14,12 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <ranges>
 #include <span>
 #include <string_view>
-#include <utility>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
 #include "fs/filesystem.h"
@@ -157,7 +158,9 @@ class Session {
   efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
                           uint32_t type);
   void flock_closed(uint64_t nodeid, uint64_t fh, bool released);
-  bool closing_holder(uint64_t nodeid, uint64_t fh) const;
+  using FlockHolders = std::map<std::pair<uint64_t, uint64_t>, bool>;
+  std::ranges::subrange<FlockHolders::iterator> holders_of(uint64_t nodeid);
+  bool closing_holder(uint64_t nodeid, uint64_t fh);
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
@@ -193,7 +196,7 @@ class Session {
   // later and another worker may serve a later flock first. Handles holding a flock, by
   // (nodeid, fh), with whether a FLUSH (a close of one of their descriptors) came since;
   // a conflicting LOCK_NB waits a moment for such a handle's RELEASE (see do_setlk).
-  std::map<std::pair<uint64_t, uint64_t>, bool> flock_holders_;  // guarded by waits_mu_
+  FlockHolders flock_holders_;                 // guarded by waits_mu_
   std::atomic<size_t> flock_holder_count_{0};  // skips the lock on FLUSH and RELEASE
   std::atomic<uint64_t> flock_releases_{0};    // changed only under waits_mu_
 };
