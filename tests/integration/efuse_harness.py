@@ -81,13 +81,9 @@ def soak_scale():
     """How many times its default amount of work a stress test does: EFUSE_SOAK_SCALE
     (scripts/soak.sh sets it), 1 in the default suite."""
     v = os.environ.get("EFUSE_SOAK_SCALE", "1")
-    try:
-        n = int(v)
-    except ValueError:
+    if not re.fullmatch(r"[1-9][0-9]*", v):
         raise SystemExit(f"EFUSE_SOAK_SCALE must be a positive integer, not {v!r}")
-    if n < 1:
-        raise SystemExit(f"EFUSE_SOAK_SCALE must be a positive integer, not {v!r}")
-    return n
+    return int(v)
 
 
 def skip(reason):
