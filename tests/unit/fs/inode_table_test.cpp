@@ -54,10 +54,10 @@ class InodeTableTest : public ::testing::Test {
   }
 
   // Looks up kFiles new files, far more than the budget: older inodes get evicted.
-  void crowd_out() {
+  void crowd_out(const std::string& prefix = "f") {
     for (int i = 0; i < kFiles; ++i) {
-      ASSERT_TRUE(write_file(tmp_ / ("f" + std::to_string(i)), "x"));
-      ref("f" + std::to_string(i));
+      ASSERT_TRUE(write_file(tmp_ / (prefix + std::to_string(i)), "x"));
+      ref(prefix + std::to_string(i));
     }
   }
 
@@ -200,6 +200,36 @@ TEST_F(InodeTableTest, AReadableDescriptorKeepsItsNumberAndIsEvictedLikeAnother)
   ASSERT_TRUE(fd.ok());
   EXPECT_NE(fcntl(fd, F_GETFL) & O_PATH, 0);
   EXPECT_EQ(inode->readable_fd(fd), int{fd});
+  EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY);
+}
+
+TEST_F(InodeTableTest, AReadableReopenOpensTheFileForReadingAtOnce) {
+  if (!table_.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  ASSERT_TRUE(write_file(tmp_ / "r", "data"));
+  ASSERT_EQ(mkdir((tmp_ / "d").c_str(), 0755), 0);
+  auto file = ref("r");
+  auto dir = ref("d");
+  crowd_out();
+  uint64_t reopens = table_.stats().reopens;
+  {
+    PathFd fd = file->pin(Inode::Reopen::kReadable);
+    ASSERT_TRUE(fd.ok()) << strerror(fd.error().code);
+    EXPECT_EQ(table_.stats().reopens, reopens + 1);
+    EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY) << "readable already";
+    EXPECT_EQ(file->readable_fd(fd), int{fd}) << "nothing left to upgrade";
+    char buf[4];
+    EXPECT_EQ(pread(fd, buf, sizeof buf, 0), 4);
+  }
+  // Only regular files: a directory comes back as O_PATH whatever the caller asked.
+  PathFd dfd = dir->pin(Inode::Reopen::kReadable);
+  ASSERT_TRUE(dfd.ok());
+  EXPECT_NE(fcntl(dfd, F_GETFL) & O_PATH, 0);
+  // Evicted again, a plain pin() reopens O_PATH: the readable flag went with the old one.
+  crowd_out("g");
+  PathFd fd = file->pin();
+  ASSERT_TRUE(fd.ok());
+  EXPECT_NE(fcntl(fd, F_GETFL) & O_PATH, 0);
+  EXPECT_EQ(file->readable_fd(fd), int{fd});
   EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY);
 }
 

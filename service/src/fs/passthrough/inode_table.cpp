@@ -36,9 +36,9 @@ std::vector<unsigned char> handle_of(int fd) {
   return buf;
 }
 
-int open_handle(int mount_fd, std::vector<unsigned char>& handle) {
+int open_handle(int mount_fd, std::vector<unsigned char>& handle, int flags) {
   return open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(handle.data()),
-                           O_PATH | O_CLOEXEC);
+                           flags | O_CLOEXEC);
 }
 
 }  // namespace
@@ -89,7 +89,7 @@ Inode::~Inode() {
 // Ordering (all seq_cst): pin() raises pins_ before it reads fd_; evict() clears fd_ before
 // it reads pins_. Either pin() sees the descriptor and evict() then sees the pin and puts
 // the descriptor back, or pin() sees -1 and waits on fd_mu_ for evict() to finish.
-PathFd Inode::pin() {
+PathFd Inode::pin(Reopen how) {
   pins_.fetch_add(1);
   int fd = fd_.load();
   bool reopened = false;
@@ -97,7 +97,7 @@ PathFd Inode::pin() {
     std::lock_guard lk(fd_mu_);
     fd = fd_.load();
     if (fd < 0) {
-      fd = reopen();
+      fd = reopen(how);
       if (fd < 0) {
         pins_.fetch_sub(1);
         return PathFd(-fd);
@@ -128,8 +128,14 @@ int Inode::readable_fd(const PathFd& pinned) {
   return fd;
 }
 
-int Inode::reopen() {
-  int fd = open_handle(table_.mount_fd_, handle_);
+int Inode::reopen(Reopen how) {
+  bool readable = how == Reopen::kReadable && S_ISREG(type);
+  int fd = open_handle(table_.mount_fd_, handle_, readable ? O_RDONLY : O_PATH);
+  // Not readable by efused: the O_PATH descriptor, and readable_fd() reports why.
+  if (fd < 0 && readable && errno != EMFILE && errno != ENFILE && errno != ESTALE) {
+    readable = false;
+    fd = open_handle(table_.mount_fd_, handle_, O_PATH);
+  }
   int err = errno;
   if (fd >= 0) {
     // The handle names this object (ext4's carries the generation); the check guards
@@ -137,6 +143,7 @@ int Inode::reopen() {
     struct stat st;
     if (fstat(fd, &st) == 0 && st.st_dev == dev && st.st_ino == ino) {
       table_.reopens_.fetch_add(1, std::memory_order_relaxed);
+      readable_ = readable;
       return fd;
     }
     ::close(fd);
@@ -177,7 +184,7 @@ bool Inode::evict() {
     return false;
   }
   ::close(fd);
-  readable_ = false;  // reopened by handle as O_PATH
+  readable_ = false;  // until reopen() makes a readable one
   return true;
 }
 
@@ -202,7 +209,7 @@ void InodeTable::set_root(int fd, const struct stat& st) {
     auto handle = handle_of(fd);
     mount_fd_ = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (!handle.empty() && mount_fd_ >= 0) {
-      int probe = open_handle(mount_fd_, handle);
+      int probe = open_handle(mount_fd_, handle, O_PATH);
       if (probe >= 0) {
         ::close(probe);
         handles_ = true;

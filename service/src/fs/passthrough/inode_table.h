@@ -67,9 +67,13 @@ struct Inode {
   Inode(const Inode&) = delete;
   Inode& operator=(const Inode&) = delete;
 
+  // How pin() reopens an evicted descriptor. kReadable, for a read-only open about to
+  // share the descriptor (readable_fd), reopens a regular file O_RDONLY straight away: one
+  // open_by_handle_at instead of an O_PATH one plus readable_fd's open through /proc.
+  enum class Reopen { kPath, kReadable };
   // The O_PATH | O_NOFOLLOW descriptor, reopened by file handle if it was evicted. Fails
   // with ESTALE when the backing object no longer exists (removed while evicted).
-  PathFd pin();
+  PathFd pin(Reopen how = Reopen::kPath);
   // Regular files: makes the pinned descriptor readable (an O_RDONLY open of the same
   // object put in its place with dup3, so the number stays), for plain read-only opens to
   // share. Returns the descriptor, or -errno. It stays readable until evicted.
@@ -142,7 +146,7 @@ struct Inode {
   // Whether `fd` (same st_dev and st_ino) is this inode's object, not a new one that got the
   // inode number of this one's removed object.
   bool same_object(int fd);
-  int reopen();  // with fd_mu_ held: the new descriptor, or -errno
+  int reopen(Reopen how);  // with fd_mu_ held: the new descriptor, or -errno
 
   InodeTable& table_;
   std::atomic<int> fd_;              // -1 while evicted

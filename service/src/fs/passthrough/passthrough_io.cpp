@@ -75,9 +75,11 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
 
 Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags) {
   GET_INODE(inode, ino);
-  PIN_FD(path_fd, inode);
+  bool share = S_ISREG(inode->type) && shareable(flags);
+  PathFd path_fd = inode->pin(share ? Inode::Reopen::kReadable : Inode::Reopen::kPath);
+  if (!path_fd.ok()) return path_fd.error();
   inode->opens.fetch_add(1);
-  if (S_ISREG(inode->type) && shareable(flags)) {
+  if (share) {
     // The descriptor stays while the inode has opens (eviction skips it).
     int fd = inode->readable_fd(path_fd);
     if (fd >= 0) {
