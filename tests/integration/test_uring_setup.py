@@ -93,5 +93,35 @@ def test_parameter_read_only_and_off():
         assert word in line, f"{word!r} missing from: {line}"
 
 
+def test_queue_threads_pinned_and_batch():
+    # One ring per CPU, each served by a thread pinned to that CPU and running SCHED_BATCH
+    # (its wakeups do not preempt the sender of a request nobody waits for); the /dev/fuse
+    # workers keep the default policy.
+    with h.EfusedMount(args=["--transport", "uring"]) as m:
+        if "io_uring on" not in m.log_text():
+            h.skip("FUSE over io_uring is not in use here")
+        h.write_file(m.m("f"), "x" * 10000)
+        assert h.read_file(m.m("f")) == b"x" * 10000
+        queues, workers = {}, 0
+        for tid in os.listdir(f"/proc/{m.proc.pid}/task"):
+            with open(f"/proc/{m.proc.pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            policy = os.sched_getscheduler(int(tid))
+            if name.startswith("efuse-uring"):
+                with open(f"/proc/{m.proc.pid}/task/{tid}/status") as f:
+                    cpus = next(ln.split()[1] for ln in f if ln.startswith("Cpus_allowed_list"))
+                queues[int(name[len("efuse-uring"):])] = (cpus, policy)
+            elif name.startswith("efuse-dev"):
+                workers += 1
+                assert policy == os.SCHED_OTHER, f"{name}: policy {policy}"
+        with open("/sys/devices/system/cpu/possible") as f:
+            last = int(f.read().strip().split(",")[-1].split("-")[-1])
+        assert sorted(queues) == list(range(last + 1)), f"one queue per CPU: {sorted(queues)}"
+        for qid, (cpus, policy) in queues.items():
+            assert cpus == str(qid), f"efuse-uring{qid} runs on CPUs {cpus}"
+            assert policy == os.SCHED_BATCH, f"efuse-uring{qid}: policy {policy}, not SCHED_BATCH"
+        assert workers > 0, "no /dev/fuse workers (FORGET and INTERRUPT)"
+
+
 if __name__ == "__main__":
     h.main(globals(), require=("unshare", "mount"))
