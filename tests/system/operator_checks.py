@@ -145,6 +145,15 @@ class OperatorChecks(Checks):
             return
         expect(data.get("transport") == "uring", "transport of data: %s (%s)" % (
             data.get("transport"), data.get("transport_fallback")))
+        # The sandbox (SystemCallFilter, RestrictRealtime) still lets the queue threads
+        # become SCHED_BATCH.
+        pid = self.sh("systemctl show -p MainPID --value %s" % UNIT).stdout.strip()
+        r = self.sh("for t in /proc/%s/task/*; do echo \"$(cat $t/comm) $(chrt -p ${t##*/})\"; "
+                    "done" % pid)
+        queues = [l for l in r.stdout.splitlines() if l.startswith("efuse-uring")]
+        expect(queues and all("SCHED_BATCH" in l for l in queues),
+               "queue threads under the unit:\n%s" % r.stdout)
+        self.notes["transport"] += " (%d queue threads, SCHED_BATCH)" % len(queues)
 
     def t_efusectl_status(self):
         r = self.sh("efusectl status")
