@@ -9,8 +9,9 @@ libfuse, efused, efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, e
 efused-nobpf, native; ...; efused-nobpf in fio, tree and cat rows only), so that every pair of sides runs
 in both orders and no side always runs first; reported as the median of the repetitions. Each FUSE side serves a fresh ext4 directory
 under bench/work/run and the data files of a row live inside its mount. efused's eBPF
-telemetry is attached only during efused's timed runs and fio-one's counted runs, which
-give the upcalls / context switches per I/O table; efused ÷ efused-nobpf is its cost.
+telemetry is attached only during efused's timed runs and the counted runs of fio-one, cat
+and tar-subset, which give the upcalls / context switches per operation table; efused ÷
+efused-nobpf is its cost.
 """
 from __future__ import annotations
 
@@ -58,9 +59,10 @@ FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
 # Row groups efused-nobpf measures on the efused side's mount (the tar rows extract into a
 # fresh mount per repetition, which the two cannot share).
 COST_GROUPS = FIO_GROUPS + ("tree", "cat")
-# Row groups with an extra counted fio run per FUSE side (COUNTED_SIDES) and variant, with
-# the telemetry efused attached and scraped: the upcalls / context switches per I/O table.
-COUNTED_GROUPS = ("fio-one",)
+# Row groups with an extra counted run per FUSE side (COUNTED_SIDES) and variant, with the
+# telemetry efused attached and scraped: the upcalls / context switches per operation table
+# (per fio I/O, per file catted, per archive entry extracted).
+COUNTED_GROUPS = ("fio-one", "cat", "tar-subset")
 COUNTED_SIDES = ("libfuse", "efused")
 ENV = dict(os.environ, LC_ALL="C")
 # Every measured efused runs with its own telemetry off: the eBPF programs are host-wide and
@@ -776,7 +778,7 @@ class Bench:
         self.tar_entries: dict[str, int] = {}
         self.telemetry = Telemetry(self)
         self.counts: dict[str, dict[str, dict]] = {}  # counted phase -> side -> run details
-        self.counted_rows: dict[str, str] = {}        # counted phase -> row description
+        self.counted_rows: dict[str, tuple[str, str]] = {}  # counted phase -> (row, per what)
         self.foreign: dict[str, dict] = {}            # side -> foreign telemetry tally
         # 1/5/15-min load average before the harness did any work: other work on the machine.
         self.loadavg = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
@@ -1007,9 +1009,13 @@ class Bench:
             owner = getattr(ctx.side, "shared", None) or ctx.side  # whose data this is
             lst = lists / f"cat-{owner.name}.txt"
             return {m.key: run(["xargs", "-d", "\\n", "-n", str(batch), "-a", lst, "cat"],
-                               timeout=1800)[0]}
+                               timeout=1800)[0], "_extra": {"ios": count}}
 
-        self.run_group("cat", [m], prepare, [Phase([m], measure)])
+        phases = [Phase([m], measure)]
+        key = self.counted("cat", "warm", m.row, "files")
+        if key:
+            phases.append(Phase([], measure, counted=key))
+        self.run_group("cat", [m], prepare, phases)
 
     def group_fio(self, gid, nrfiles, filesize, bs):
         def sz(n):
@@ -1076,11 +1082,9 @@ class Bench:
                                                ("cold", lambda c: drop_caches(), None)):
             phases.append(Phase([ms[(var, "iops")], ms[(var, "mbps")]],
                                 measure(var, lambda rep: f"r{rep + 1}"), before_each, side_prepare))
-            if gid in COUNTED_GROUPS and set(COUNTED_SIDES) & set(self.side_names):
-                # One more run per FUSE side, same state as the repetitions: counted.
-                key = f"{gid}.{var}"
-                self.counts[key] = {}
-                self.counted_rows[key] = f"{desc}, {var}"
+            # One more run per FUSE side, same state as the repetitions: counted.
+            key = self.counted(gid, var, f"{desc}, {var}", "I/Os")
+            if key:
                 phases.append(Phase([], measure(var, lambda rep: "counted"), before_each,
                                     counted=key))
         self.run_group(gid, metrics, prepare, phases)
@@ -1103,9 +1107,23 @@ class Bench:
             run(["mkdir", dest], timeout=60)
             t1 = run(["tar", "-xf", path, "-C", dest], timeout=7200)[0]
             t2 = run(["sync"], timeout=3600)[0]
-            return {mt.key: t1, ms.key: t1 + t2}
+            return {mt.key: t1, ms.key: t1 + t2, "_extra": {"ios": n}}
 
-        self.run_group(gid, [mt, ms], None, [Phase([mt, ms], measure, before)])
+        phases = [Phase([mt, ms], measure, before)]
+        key = self.counted(gid, "extract", row, "entries")
+        if key:
+            phases.append(Phase([], measure, before, counted=key))
+        self.run_group(gid, [mt, ms], None, phases)
+
+    def counted(self, gid: str, variant: str, row: str, per: str) -> str | None:
+        """Registers the counted run of a row group (per = what its operations are: "I/Os",
+        "files", "entries"); its Phase key, or None when the group is not counted in this run."""
+        if gid not in COUNTED_GROUPS or not set(COUNTED_SIDES) & set(self.side_names):
+            return None
+        key = f"{gid}.{variant}"
+        self.counts[key] = {}
+        self.counted_rows[key] = (row, per)
+        return key
 
     def restart(self, ctx: Ctx, gid: str) -> None:
         ctx.side.end()
@@ -1326,9 +1344,9 @@ class Bench:
     def count_rows(self) -> list[dict]:
         """The counted runs: per counted phase, per COUNTED_SIDES side, fio's details and the
         counter deltas (None = not run)."""
-        return [{"key": key, "row": row,
+        return [{"key": key, "row": row, "per": per,
                  "sides": {s: self.counts[key].get(s) for s in COUNTED_SIDES if s in self.side_names}}
-                for key, row in self.counted_rows.items()]
+                for key, (row, per) in self.counted_rows.items()]
 
     def cost_rows(self) -> list[dict]:
         """efused (telemetry on) ÷ efused-nobpf (off), per IOPS or time row both sides ran, as a
@@ -1362,33 +1380,35 @@ class Bench:
         return fmt(v, m.unit) if v is not None else "—"
 
     def render_counts_md(self) -> list[str]:
-        L = ["", "## Upcalls and context switches per I/O, fio-one", "",
+        L = ["", "## Upcalls and context switches per operation", "",
              "Counted by efused's eBPF telemetry (`efuse_kernel_requests_total`, "
              "`efuse_context_switches_total`, `efuse_kernel_request_duration_seconds`; "
-             "`docs/bpf.md`) over one extra fio run per side and variant, "
+             "`docs/bpf.md`) over one extra run per side and variant, "
              "same workload and state as the repetitions above: the telemetry efused is attached "
              "for that run only, and /metrics is scraped right before and after it; the deltas of "
-             "the measured mount are divided by fio's I/O count (reads + writes completed). "
+             "the measured mount are divided by the run's operations: fio's I/Os (reads + writes "
+             "completed), the files catted, the archive entries extracted. "
              "Upcalls = requests the kernel sent to the FUSE server; FORGET and BATCH_FORGET "
              "are not counted (they are not `fuse_req`s). Context switches: `daemon` = the "
              "server's threads, `client` = threads while they wait on a request of the mount "
-             "(fio); `vol.` = blocked, `invol.` = preempted.", ""]
+             "(fio, cat, tar); `vol.` = blocked, `invol.` = preempted.", ""]
         if self.telemetry.unavailable and not any(self.counts.values()):
             return L + [f"**eBPF telemetry unavailable, nothing counted**: "
                         f"{mdesc(self.telemetry.unavailable)}"]
-        L += ["| row | side | fio I/Os | upcalls | upcalls / I/O | by opcode, per I/O | "
-              "daemon vol. / I/O | daemon invol. / I/O | client vol. / I/O | client invol. / I/O | "
+        L += ["| row | side | operations | upcalls | upcalls / op | by opcode, per op | "
+              "daemon vol. / op | daemon invol. / op | client vol. / op | client invol. / op | "
               "mean upcall latency |",
               "|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
         for cr in self.count_rows():
             for side, rec in cr["sides"].items():
                 head = f"| {cr['row']} | {side} |"
+                ops_cell = f"{rec['ios']:,} {cr['per']}" if rec and "ios" in rec else ""
                 if rec is None:
                     L.append(head + " not run |" + " — |" * 8)
                 elif "error" in rec:
                     L.append(head + " FAILED |" + " — |" * 8)
                 elif "counters" not in rec:
-                    L.append(head + f" {rec['ios']:,} | not counted: telemetry unavailable |"
+                    L.append(head + f" {ops_cell} | not counted: telemetry unavailable |"
                              + " — |" * 7)
                 else:
                     c, ios = rec["counters"], rec["ios"] or 1
@@ -1401,7 +1421,7 @@ class Bench:
                     sw = [fmt_per(c["switches"][f"{sd} {kd}"] / ios) for sd in ("daemon", "client")
                           for kd in ("voluntary", "involuntary")]
                     lat = c["upcall_latency_mean_us"]
-                    L.append(head + f" {rec['ios']:,} | {c['upcalls_total']:,} | "
+                    L.append(head + f" {ops_cell} | {c['upcalls_total']:,} | "
                              f"{fmt_per(c['upcalls_total'] / ios)} | "
                              f"{shown or '—'} | " + " | ".join(sw)
                              + f" | {'—' if lat is None else f'{lat:.1f} µs'} |")
@@ -1545,18 +1565,18 @@ def fmt(v, unit):
 
 
 def describe_counts(extra: dict) -> str:
-    """One log line's worth of a counted run."""
+    """One log line's worth of a counted run (operations: fio I/Os, files, entries)."""
     c, ios = extra.get("counters"), extra["ios"] or 1
     if c is None:
-        return f"{extra['ios']:,} I/Os, not counted (eBPF telemetry unavailable)"
+        return f"{extra['ios']:,} operations, not counted (eBPF telemetry unavailable)"
     sw = c["switches"]
-    return (f"{extra['ios']:,} I/Os, upcalls/I/O {fmt_per(c['upcalls_total'] / ios)}, context "
-            f"switches/I/O daemon {fmt_per((sw['daemon voluntary'] + sw['daemon involuntary']) / ios)}"
+    return (f"{extra['ios']:,} operations, upcalls/op {fmt_per(c['upcalls_total'] / ios)}, context "
+            f"switches/op daemon {fmt_per((sw['daemon voluntary'] + sw['daemon involuntary']) / ios)}"
             f", client {fmt_per((sw['client voluntary'] + sw['client involuntary']) / ios)}")
 
 
 def fmt_per(v: float) -> str:
-    """A count per I/O."""
+    """A count per operation."""
     if v == 0:
         return "0"
     return f"{v:.1e}" if v < 0.001 else (f"{v:.3f}" if v < 10 else f"{v:.1f}")
