@@ -1342,7 +1342,7 @@ class Bench:
         return va / vb
 
     def count_rows(self) -> list[dict]:
-        """The counted runs: per counted phase, per COUNTED_SIDES side, fio's details and the
+        """The counted runs: per counted phase, per COUNTED_SIDES side, the run's details and the
         counter deltas (None = not run)."""
         return [{"key": key, "row": row, "per": per,
                  "sides": {s: self.counts[key].get(s) for s in COUNTED_SIDES if s in self.side_names}}
