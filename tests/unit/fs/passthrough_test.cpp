@@ -11,6 +11,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -402,33 +403,28 @@ class ListingCacheTest : public PassthroughTest {
  protected:
   ListingCacheTest() {
     fs_->set_invalidator(&inv_);
+    fs_->set_listing_grace_ns(0);  // a drop settles at once unless a test says otherwise
     EXPECT_EQ(::mkdir(src("d").c_str(), 0755), 0);
     write_file(src("d/a"), "a");
     dir_ = lookup(kRoot, "d");
+    // Invalidation is exact: the first OPENDIR turns directory handles off (ENOSYS), and
+    // the kernel lists with handle 0 from then on.
+    EXPECT_EQ(fs_->opendir(ctx_, dir_, O_RDONLY).error(), ENOSYS);
   }
   ~ListingCacheTest() override { fs_->set_invalidator(nullptr); }
 
-  uint64_t opendir() {
-    auto o = fs_->opendir(ctx_, dir_, O_RDONLY);
-    EXPECT_TRUE(o.ok()) << strerror(o.error());
-    if (!o.ok()) return 0;
-    EXPECT_TRUE(o->cache_dir) << "every directory is watched: listings may be cached";
-    last_keep_cache_ = o->keep_cache;
-    return o->fh;
-  }
   // Reads the whole listing from offset 0 as the kernel does: until an empty reply.
-  std::vector<std::string> list(uint64_t fh) {
+  std::vector<std::string> list(uint64_t dir = 0) {
     std::vector<std::string> all;
     uint64_t off = 0;
     for (;;) {
       NameSink sink;
-      EXPECT_TRUE(fs_->readdir(ctx_, dir_, fh, off, sink).ok());
+      EXPECT_TRUE(fs_->readdir(ctx_, dir ? dir : dir_, 0, off, sink).ok());
       if (sink.names.empty()) return all;
       all.insert(all.end(), sink.names.begin(), sink.names.end());
       off = sink.last_off;
     }
   }
-  void releasedir(uint64_t fh) { EXPECT_TRUE(fs_->releasedir(ctx_, dir_, fh).ok()); }
   void create(const std::string& name) {
     auto c = fs_->create(ctx_, dir_, name, 0644, O_WRONLY);
     ASSERT_TRUE(c.ok()) << strerror(c.error());
@@ -438,130 +434,87 @@ class ListingCacheTest : public PassthroughTest {
 
   RecordingInvalidator inv_;
   uint64_t dir_ = 0;
-  bool last_keep_cache_ = false;  // FOPEN_KEEP_CACHE on the latest opendir
 };
 
-TEST_F(ListingCacheTest, ACachedListingIsKeptForTheEntryTimeoutOnly) {
-  uint64_t fh = opendir();
-  EXPECT_FALSE(last_keep_cache_) << "nothing listed yet: no cache worth keeping";
-  list(fh);
-  releasedir(fh);
-  fh = opendir();
-  EXPECT_TRUE(last_keep_cache_) << "listed a moment ago (entry timeout 1 s)";
-  releasedir(fh);
-  Policy p;
-  p.entry_timeout = 0;  // an operator who wants every listing read again
-  fs_->set_policy(p);
-  fh = opendir();
-  EXPECT_FALSE(last_keep_cache_);
-  releasedir(fh);
+TEST_F(ListingCacheTest, WithoutOpendirDirectoriesAreServedByHandleZero) {
+  EXPECT_EQ(fs_->opendir(ctx_, kRoot, O_RDONLY).error(), ENOSYS) << "and stays off";
+  auto names = list();
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{".", "..", "a"}));
+  // A listing that goes on from an offset (the kernel's next getdents) seeks there.
+  NameSink first;
+  ASSERT_TRUE(fs_->readdir(ctx_, dir_, 0, 0, first).ok());
+  ASSERT_EQ(first.names.size(), 3u);
+  NameSink rest;
+  ASSERT_TRUE(fs_->readdir(ctx_, dir_, 0, 0, rest).ok());
+  EXPECT_EQ(rest.names, first.names);
+  NameSink end;
+  ASSERT_TRUE(fs_->readdir(ctx_, dir_, 0, first.last_off, end).ok());
+  EXPECT_TRUE(end.names.empty());
+  EXPECT_TRUE(fs_->fsyncdir(ctx_, dir_, 0, false).ok());
+  NameSink file;
+  EXPECT_EQ(fs_->readdir(ctx_, lookup(dir_, "a"), 0, 0, file).error(), ENOTDIR);
+  EXPECT_EQ(fs_->readdir(ctx_, dir_, 7, 0, file).error(), EBADF) << "no handle 7 was opened";
 }
 
-TEST_F(ListingCacheTest, AListingWithoutConcurrentChangesIsKept) {
-  uint64_t fh = opendir();
-  EXPECT_EQ(list(fh).size(), 3u);  // ".", "..", "a"
-  releasedir(fh);
-  // A change while no handle is open is the kernel's to notice (i_version).
-  create("b");
-  fh = opendir();
-  EXPECT_EQ(list(fh).size(), 4u);
-  releasedir(fh);
+TEST_F(ListingCacheTest, AListingWithoutChangesIsKept) {
+  EXPECT_EQ(list().size(), 3u);  // ".", "..", "a"
+  EXPECT_EQ(list().size(), 3u);
   EXPECT_EQ(inv_.pages_dropped(dir_), 0u);
   EXPECT_EQ(drops(), 0u);
 }
 
-TEST_F(ListingCacheTest, AChangeDuringAListingDropsTheCacheBeforeItCompletes) {
-  uint64_t fh = opendir();
-  NameSink first;
-  ASSERT_TRUE(fs_->readdir(ctx_, dir_, fh, 0, first).ok());  // a reply on its way to the cache
+TEST_F(ListingCacheTest, AChangeDropsCompletedListingsUntilItIsOlderThanTheGrace) {
+  fs_->set_listing_grace_ns(60'000'000'000);  // nothing settles during this test
+  list();
   create("b");
-  list(fh);  // ... and the empty reply that would complete the cache
-  EXPECT_EQ(inv_.pages_dropped(dir_), 1u);
-  releasedir(fh);
-  EXPECT_EQ(inv_.pages_dropped(dir_), 1u) << "settled at the end of the only listing";
-  EXPECT_EQ(drops(), 1u);
-  // Settled: the next listing is cached again.
-  fh = opendir();
-  list(fh);
-  releasedir(fh);
-  EXPECT_EQ(inv_.pages_dropped(dir_), 1u);
+  EXPECT_EQ(list().size(), 4u);
+  EXPECT_EQ(inv_.pages_dropped(dir_), 1u) << "a reply built before the change may be in it";
+  list();
+  EXPECT_EQ(inv_.pages_dropped(dir_), 2u) << "within the grace: dropped again";
+  EXPECT_EQ(drops(), 2u);
+  fs_->set_listing_grace_ns(0);
+  list();
+  EXPECT_EQ(inv_.pages_dropped(dir_), 3u) << "the drop that settles it";
+  list();
+  EXPECT_EQ(inv_.pages_dropped(dir_), 3u) << "settled: the next listing is kept";
 }
 
 TEST_F(ListingCacheTest, EveryChangeOfEntriesCounts) {
   auto sub = fs_->mkdir(ctx_, dir_, "sub", 0755);
   ASSERT_TRUE(sub.ok());
-  size_t expected = 0;
-  auto during_listing = [&](const char* what, auto change) {
-    uint64_t fh = opendir();
-    NameSink first;
-    ASSERT_TRUE(fs_->readdir(ctx_, dir_, fh, 0, first).ok());
+  list();
+  size_t expected = inv_.pages_dropped(dir_);
+  auto changing = [&](const char* what, auto change) {
+    list();  // settled before the change
+    EXPECT_EQ(inv_.pages_dropped(dir_), expected) << what;
     change();
-    list(fh);
-    releasedir(fh);
+    list();
     EXPECT_EQ(inv_.pages_dropped(dir_), ++expected) << what;
   };
-  during_listing("create", [&] { create("c"); });
-  during_listing("mknod", [&] { ASSERT_TRUE(fs_->mknod(ctx_, dir_, "n", S_IFIFO | 0600, 0).ok()); });
-  during_listing("mkdir", [&] { ASSERT_TRUE(fs_->mkdir(ctx_, dir_, "m", 0755).ok()); });
-  during_listing("symlink", [&] { ASSERT_TRUE(fs_->symlink(ctx_, dir_, "s", "a").ok()); });
-  during_listing("link", [&] {
-    ASSERT_TRUE(fs_->link(ctx_, lookup(dir_, "a"), dir_, "l").ok());
-  });
-  during_listing("rename within", [&] { ASSERT_TRUE(fs_->rename(ctx_, dir_, "l", dir_, "l2", 0).ok()); });
-  during_listing("rename out", [&] {
+  changing("create", [&] { create("c"); });
+  changing("mknod", [&] { ASSERT_TRUE(fs_->mknod(ctx_, dir_, "n", S_IFIFO | 0600, 0).ok()); });
+  changing("mkdir", [&] { ASSERT_TRUE(fs_->mkdir(ctx_, dir_, "m", 0755).ok()); });
+  changing("symlink", [&] { ASSERT_TRUE(fs_->symlink(ctx_, dir_, "s", "a").ok()); });
+  changing("link", [&] { ASSERT_TRUE(fs_->link(ctx_, lookup(dir_, "a"), dir_, "l").ok()); });
+  changing("rename within", [&] { ASSERT_TRUE(fs_->rename(ctx_, dir_, "l", dir_, "l2", 0).ok()); });
+  changing("rename out", [&] {
     ASSERT_TRUE(fs_->rename(ctx_, dir_, "l2", sub->ino, "l3", 0).ok());
   });
-  during_listing("rename in", [&] {
+  changing("rename in", [&] {
     ASSERT_TRUE(fs_->rename(ctx_, sub->ino, "l3", dir_, "l4", 0).ok());
   });
-  during_listing("unlink", [&] { ASSERT_TRUE(fs_->unlink(ctx_, dir_, "l4").ok()); });
-  during_listing("rmdir", [&] { ASSERT_TRUE(fs_->rmdir(ctx_, dir_, "m").ok()); });
+  changing("unlink", [&] { ASSERT_TRUE(fs_->unlink(ctx_, dir_, "l4").ok()); });
+  changing("rmdir", [&] { ASSERT_TRUE(fs_->rmdir(ctx_, dir_, "m").ok()); });
   // Changes to the attributes of entries do not change the listing.
-  uint64_t fh = opendir();
-  NameSink first;
-  ASSERT_TRUE(fs_->readdir(ctx_, dir_, fh, 0, first).ok());
   ASSERT_TRUE(fs_->setxattr(ctx_, lookup(dir_, "a"), "user.k", std::span<const char>("v", 1), 0).ok() ||
               errno == ENOTSUP);
-  list(fh);
-  releasedir(fh);
+  list();
   EXPECT_EQ(inv_.pages_dropped(dir_), expected);
 }
 
-TEST_F(ListingCacheTest, HandlesThatReadNothingFromEfusedDoNotCount) {
-  // The kernel served them from its cache: no reply of theirs can be on its way to it.
-  uint64_t idle = opendir();
-  uint64_t fh = opendir();
-  create("b");
-  list(fh);
-  releasedir(fh);
-  releasedir(idle);
-  EXPECT_EQ(inv_.pages_dropped(dir_), 0u);
-}
-
-TEST_F(ListingCacheTest, AnotherOpenHandleKeepsTheDirectoryUnsettledUntilItIsReleased) {
-  uint64_t a = opendir();
-  NameSink first;
-  ASSERT_TRUE(fs_->readdir(ctx_, dir_, a, 0, first).ok());
-  create("b");
-  // Another reader completes a cache: dropped, but `a`'s reply may still be added later.
-  uint64_t b = opendir();
-  list(b);
-  releasedir(b);
-  EXPECT_EQ(inv_.pages_dropped(dir_), 1u) << "at b's end";
-  // `a` was abandoned half way (ls | head): its release, the last, drops what it may have
-  // added meanwhile.
-  releasedir(a);
-  EXPECT_EQ(inv_.pages_dropped(dir_), 2u);
-  uint64_t c = opendir();
-  list(c);
-  releasedir(c);
-  EXPECT_EQ(inv_.pages_dropped(dir_), 2u) << "settled once no handle was open";
-}
-
-TEST_F(ListingCacheTest, OutsideChangesDuringAListingCountToo) {
-  uint64_t fh = opendir();
-  NameSink first;
-  ASSERT_TRUE(fs_->readdir(ctx_, dir_, fh, 0, first).ok());
+TEST_F(ListingCacheTest, OutsideChangesCountToo) {
+  list();
   write_file(src("d/outside"), "x");  // behind efused's back: the watcher reports it
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (!inv_.saw_entry(dir_, "outside") && std::chrono::steady_clock::now() < deadline)
@@ -569,18 +522,27 @@ TEST_F(ListingCacheTest, OutsideChangesDuringAListingCountToo) {
   ASSERT_TRUE(inv_.saw_entry(dir_, "outside"));
   size_t watcher_drops = inv_.pages_dropped(dir_);  // the watcher drops the pages itself
   EXPECT_GE(watcher_drops, 1u);
-  list(fh);
+  EXPECT_EQ(list().size(), 4u);
   EXPECT_EQ(inv_.pages_dropped(dir_), watcher_drops + 1) << "a reply may have raced it";
-  releasedir(fh);
 }
 
 TEST_F(PassthroughTest, ListingsAreNotCachedWithoutInvalidation) {
+  // Before an invalidator is set (or when a directory cannot be watched) directory opens
+  // get handles and no caching; handle 0 names nothing then.
   ASSERT_EQ(::mkdir(src("d").c_str(), 0755), 0);
-  auto o = fs_->opendir(ctx_, lookup(kRoot, "d"), O_RDONLY);
+  uint64_t d = lookup(kRoot, "d");
+  auto o = fs_->opendir(ctx_, d, O_RDONLY);
   ASSERT_TRUE(o.ok());
+  EXPECT_NE(o->fh, 0u);
   EXPECT_FALSE(o->cache_dir);
   EXPECT_FALSE(o->keep_cache);
+  NameSink sink;
+  EXPECT_TRUE(fs_->readdir(ctx_, d, o->fh, 0, sink).ok());
+  EXPECT_EQ(sink.names.size(), 2u);
+  EXPECT_EQ(fs_->readdir(ctx_, d, 0, 0, sink).error(), EBADF);
+  EXPECT_EQ(fs_->readdir(ctx_, kRoot, o->fh, 0, sink).error(), ESTALE);
   EXPECT_TRUE(fs_->releasedir(ctx_, 0, o->fh).ok());
+  EXPECT_EQ(fs_->releasedir(ctx_, 0, o->fh).error(), EBADF);
 }
 
 // ---- attribute and data events of the backing tree ---------------------------------------

@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -25,6 +26,13 @@
 #include "fs/filesystem.h"
 
 namespace efuse::fs::passthrough {
+
+// steady_clock time in nanoseconds: the clock of every age the backend keeps.
+inline int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 struct Inode;
 class InodeTable;
@@ -100,15 +108,15 @@ struct Inode {
   // for the name removed (the watcher then looks at these; see InodeTable::linked()).
   std::atomic<bool> linked{false};
 
-  // Directories: what keeps the kernel's cached listing exact (FOPEN_CACHE_DIR; the
-  // reasoning is in passthrough_dir.cpp).
-  std::atomic<uint32_t> listings{0};  // open handles that have read entries from efused
-  std::atomic<uint64_t> changed{0};   // entry changes made while `listings` > 0
-  std::atomic<uint64_t> settled{0};   // `changed` as of the last drop of the cached listing
-  std::atomic<int64_t> listed_ns{0};  // steady_clock time of the last complete listing
+  // Directories: what keeps the kernel's cached listing exact (the reasoning is in
+  // passthrough_dir.cpp).
+  std::atomic<uint64_t> changed{0};     // changes of this directory's entries
+  std::atomic<uint64_t> settled{0};     // `changed` as of the last settling drop
+  std::atomic<int64_t> changed_ns{0};   // steady_ns() of the latest change
   // An entry of this directory was created, removed or renamed (call after the change).
   void entries_changed() {
-    if (listings.load() > 0) changed.fetch_add(1);
+    changed_ns.store(steady_ns());  // before the count: whoever sees it sees the time too
+    changed.fetch_add(1);
   }
 
   // How the kernel does I/O for this file while it is open. The kernel refuses (ETXTBSY)

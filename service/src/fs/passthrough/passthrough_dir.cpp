@@ -5,60 +5,65 @@
 
 #include <cstring>
 
+#include "common/log.h"
 #include "fs/passthrough/passthrough_fs.h"
 
 namespace efuse::fs::passthrough {
 
 // Listings and the kernel's readdir cache
 // ----------------------------------------
-// With FOPEN_CACHE_DIR the kernel keeps a directory's listing in the directory's page cache
-// and serves getdents from it, so a warm walk costs OPENDIR and RELEASEDIR per directory
-// instead of also READDIRPLUS and READDIR. The cache is built from the READDIR replies of
-// whichever reader happens to be at its end, and it is complete when a reader gets the empty
-// reply at the end of the directory. The kernel (fs/fuse/readdir.c) stamps an empty cache
-// with the directory's i_version when a reader starts at offset 0, and drops a complete cache
-// whose stamp no longer matches: a change through the mount (fuse_dir_changed) or our
-// notify_inval_entry bumps i_version.
+// While invalidation is exact (every directory the kernel knows is watched), efused answers
+// the first OPENDIR with ENOSYS. The kernel then sends no OPENDIR or RELEASEDIR on this
+// connection again, and opens every directory with FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE and
+// handle 0 (fs/fuse/file.c, "Default for no-open"): its readdir cache, in the directory's
+// page cache, serves getdents, so a warm walk (find, ls -R, du) costs no upcall at all. Each
+// directory open through efused would cost a round trip of two context switches (~25-35 µs
+// on the bench machine, most of a warm find's gap to native). READDIR and FSYNCDIR then
+// come with handle 0 and read a backing stream opened for the request. Before the first
+// OPENDIR, or when invalidation is not exact at that point, directory opens get handles
+// and no caching, as before.
 //
-// That check has a hole. A reply built before a change can still be on its way to the
+// The cache is built from the READDIR replies of whichever reader is at its end, and is
+// complete when a reader gets the empty reply at the end of the directory
+// (fs/fuse/readdir.c). The kernel stamps an empty cache with the directory's i_version and
+// mtime when a reader starts at offset 0, and drops a complete cache whose stamp no longer
+// matches at the next listing: a change through the mount (fuse_dir_changed) bumps
+// i_version; our invalidations of outside changes drop the pages (a cache missing a page
+// is reset when next read); with FUSE_AUTO_INVAL_DATA a listing that starts after the
+// directory's attributes expired refreshes its mtime first, which bounds what inotify
+// cannot see (a network file system changed from another host) by `cache.attr_timeout`.
+//
+// That check has a hole. A reply built before a change can still be on its way into the
 // cache (added when its reader runs again) after the change bumped i_version, and a second
-// reader starting on the still-empty cache then stamps it with the post-change version: the
-// cache misses the change and looks current. Without the counting below,
-// test_concurrent_dirops hits this within seconds.
+// reader starting on the still-empty cache stamps it with the post-change version: the
+// cache misses the change and looks current. test_concurrent_dirops hits this within
+// seconds when nothing is done about it.
 //
-// So efused keeps count. Handles that have asked efused for entries are counted
-// (Inode::listings, from their first READDIR until released: a handle served from the
-// kernel's cache has no reply on its way), and a change to the directory's entries while
-// any is counted (ours, after it is made; or an outside one the watcher reports) is counted
-// too (Inode::changed). Before the empty reply that would complete a cache, and when the
-// last counted handle is released, a directory with changes not yet settled gets its
-// cached pages dropped (notify_inval_inode): a cache missing a page is reset the next time
-// it is read. The drop settles the changes (Inode::settled) when no other handle is
-// counted, since nothing older can reach the cache after it. Changes while none is counted
-// are left to the kernel's i_version check (ours) and to the watcher (outside changes: it
-// drops the pages itself). Listings are cached only while invalidation is exact (every
-// directory watched), and for at most the entry timeout: an opendir later than that after
-// the listing was read (Inode::listed_ns) comes without FOPEN_KEEP_CACHE, and the kernel
-// drops the cache and lists again. Like cached names, a cached listing then never outlives
-// the timeout an operator set for changes inotify cannot see (a network file system
-// changed from another host).
-//
-// What remains is narrower than a scheduling delay: a reader descheduled between getting
-// its final (empty) reply and parsing it, for as long as a change, a reset of the cache and
-// another reader's refill up to the same position take, would mark that refill complete
-// early; the drop at the refilling reader's own end or at the last release removes it.
+// So efused counts every change to a directory's entries (Inode::changed: ours, after it is
+// made, and outside ones the watcher reports) and when the latest happened. Before the empty
+// reply that would complete a cache, a directory with changes not yet settled gets its
+// cached pages dropped (notify_inval_inode; a handler may send it, it takes no lock a
+// reader holds): whatever the cache holds is then reset at its next use. The drop settles
+// the changes (Inode::settled) once the latest is older than kListingGraceNs (2 s): every reply
+// built before it has been added to the cache by then, and the drop removed it. Until then
+// each completed listing is dropped again, so a directory that keeps changing is listed
+// through efused. With directory handles (the design before) the settling point was the
+// last RELEASEDIR; without them the grace is what remains: a reader that stalls longer than
+// that between receiving a reply and parsing it (in the kernel, right after the wake-up)
+// while the directory changes and another reader refills the cache could still leave a
+// stale listing, as a stall at the same point could with handles. While invalidation is not
+// exact, every cache is dropped before it completes: listings come from the backing tree.
 
 struct PassthroughFs::DirHandle {
-  DirHandle(std::shared_ptr<Inode> i, bool cache) : dir(std::move(i)), cache_dir(cache) {}
+  explicit DirHandle(std::shared_ptr<Inode> i) : dir(std::move(i)) {}
   ~DirHandle() {
     if (dp != nullptr) closedir(dp);
   }
   DirHandle(const DirHandle&) = delete;
   DirHandle& operator=(const DirHandle&) = delete;
 
-  // The backing directory stream, opened by the first READDIR or FSYNCDIR: a listing the
-  // kernel has cached needs none, so OPENDIR and RELEASEDIR cost no system call. With mu
-  // held.
+  // The backing directory stream, opened by the first READDIR or FSYNCDIR: OPENDIR and
+  // RELEASEDIR cost no system call. With mu held.
   Status open_stream() {
     if (dp != nullptr) return {};
     PathFd path_fd = dir->pin();
@@ -77,48 +82,56 @@ struct PassthroughFs::DirHandle {
   std::mutex mu;
   DIR* dp = nullptr;                 // guarded by mu
   const std::shared_ptr<Inode> dir;
-  const bool cache_dir;              // the kernel may cache what this handle lists
-  bool counted = false;              // in dir->listings (from its first READDIR); under mu
-  uint64_t offset = 0;          // position the next readdir continues from
+  uint64_t offset = 0;               // position the next readdir continues from
   struct dirent* pending = nullptr;  // read but not yet delivered (did not fit)
 };
 
-std::shared_ptr<PassthroughFs::DirHandle> PassthroughFs::dir_handle(uint64_t fh) {
+// The handle a directory request names: an open one, or for handle 0 (no OPENDIR, see
+// above) one for this request only.
+Result<std::shared_ptr<PassthroughFs::DirHandle>> PassthroughFs::dir_handle(uint64_t ino,
+                                                                           uint64_t fh) {
+  if (fh == 0 && no_opendir_.load()) {
+    GET_INODE(inode, ino);
+    if (!S_ISDIR(inode->type)) return Errno{ENOTDIR};
+    return std::make_shared<DirHandle>(std::move(inode));
+  }
   std::lock_guard lk(dirs_mu_);
   auto it = dirs_.find(fh);
-  return it == dirs_.end() ? nullptr : it->second;
+  if (it == dirs_.end()) return Errno{EBADF};
+  if (it->second->dir->nodeid != ino) return Errno{ESTALE};  // not the directory fh was opened on
+  return it->second;
 }
 
 bool PassthroughFs::cache_listings() const {
   return inv_.load() != nullptr && exact_invalidation();
 }
 
-void PassthroughFs::drop_raced_listing(Inode& dir, bool alone) {
-  uint64_t changed = dir.changed.load();
-  if (changed == dir.settled.load()) return;
+void PassthroughFs::end_of_listing(Inode& dir) {
   Invalidator* inv = inv_.load();
   if (inv == nullptr) return;
-  // Safe from a request handler: dropping a directory's pages takes no lock a pending
-  // READDIR or RELEASEDIR holds (unlike inval_entry, which takes the directory's i_rwsem).
+  bool exact = exact_invalidation();
+  uint64_t changed = dir.changed.load();
+  if (exact && changed == dir.settled.load()) return;
   inv->inval_inode(dir.nodeid, true);
   listing_drops_.fetch_add(1, std::memory_order_relaxed);
-  // A change after the load above keeps the directory unsettled: `changed` moved on.
-  if (alone) dir.settled.store(changed);
+  // A change after the load of `changed` keeps the directory unsettled: `changed` moved on.
+  // One before it stored its time first, so its age is measured here.
+  if (exact && steady_ns() - dir.changed_ns.load() > listing_grace_ns_.load()) dir.settled.store(changed);
 }
 
 Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {
   GET_INODE(inode, ino);
   if (!S_ISDIR(inode->type)) return Errno{ENOTDIR};
-  OpenInfo info;
-  info.cache_dir = cache_listings();
-  if (info.cache_dir) {
-    // Without FOPEN_KEEP_CACHE the kernel drops the cached listing at this opendir. While
-    // invalidation is exact the entry timeout is the configured one (no cap applies).
-    double valid = entry_timeout_.load(std::memory_order_relaxed);
-    int64_t age_ns = steady_ns() - inode->listed_ns.load(std::memory_order_relaxed);
-    info.keep_cache = age_ns < static_cast<int64_t>(valid * 1e9);
+  if (no_opendir_.load()) return Errno{ENOSYS};  // an OPENDIR sent before the kernel knew
+  if (cache_listings()) {
+    // From now on the kernel opens directories itself, cached (see above).
+    if (!no_opendir_.exchange(true))
+      LOG_INFO("%s: directory listings cached by the kernel; no OPENDIR/RELEASEDIR from now on",
+               source_.c_str());
+    return Errno{ENOSYS};
   }
-  auto handle = std::make_shared<DirHandle>(inode, info.cache_dir);
+  OpenInfo info;  // not cached: invalidation is not exact (yet)
+  auto handle = std::make_shared<DirHandle>(inode);
   std::lock_guard lk(dirs_mu_);
   info.fh = next_dir_fh_++;
   dirs_[info.fh] = std::move(handle);
@@ -139,18 +152,13 @@ static Entry bare_entry(ino_t ino, mode_t type) {
 
 Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
                               DirSink& sink) {
-  auto dh = dir_handle(fh);
-  if (!dh) return Errno{EBADF};
-  if (dh->dir->nodeid != ino) return Errno{ESTALE};  // not the directory fh was opened on
+  auto h = dir_handle(ino, fh);
+  if (!h.ok()) return Errno{h.error()};
+  const auto& dh = *h;
   const auto& dir = dh->dir;
   int64_t fresh_since = sink.plus() ? fresh_since_ns() : 0;
   bool empty = true;  // nothing added to this reply
   std::lock_guard lk(dh->mu);
-  if (!dh->counted) {
-    // Before the directory is read, so a change that the listing misses sees the count.
-    dh->counted = true;
-    dir->listings.fetch_add(1);
-  }
   if (Status s = dh->open_stream(); !s.ok()) return s;
   if (off != dh->offset) {
     seekdir(dh->dp, static_cast<long>(off));
@@ -204,34 +212,22 @@ Status PassthroughFs::readdir(const Context&, uint64_t ino, uint64_t fh, uint64_
     dh->pending = nullptr;
     dh->offset = next;
   }
-  // An empty reply completes the kernel's cache of the listing (when this handle's entries
-  // were the ones added): drop it instead if a change may have raced the replies in it.
-  // This handle's own replies have all arrived (it asks again only after parsing the last).
-  if (empty && dh->pending == nullptr && dh->cache_dir) {
-    dir->listed_ns.store(steady_ns(), std::memory_order_relaxed);
-    drop_raced_listing(*dir, dir->listings.load() == 1);
-  }
+  // An empty reply completes the kernel's cache of the listing (when the replies before it
+  // were added): drop it instead if a change may have raced them. Only handle-0 readers
+  // fill the cache (directories opened with a handle are not cached).
+  if (empty && dh->pending == nullptr && fh == 0) end_of_listing(*dir);
   return {};
 }
 
 Status PassthroughFs::releasedir(const Context&, uint64_t, uint64_t fh) {
-  std::shared_ptr<DirHandle> dh;
-  {
-    std::lock_guard lk(dirs_mu_);
-    auto it = dirs_.find(fh);
-    if (it == dirs_.end()) return Errno{EBADF};
-    dh = std::move(it->second);
-    dirs_.erase(it);
-  }
-  // RELEASEDIR comes after the handle's last getdents returned: its replies are all added.
-  std::lock_guard lk(dh->mu);
-  if (dh->counted && dh->dir->listings.fetch_sub(1) == 1) drop_raced_listing(*dh->dir, true);
-  return {};
+  std::lock_guard lk(dirs_mu_);
+  return dirs_.erase(fh) == 1 ? Status{} : Status{Errno{EBADF}};
 }
 
-Status PassthroughFs::fsyncdir(const Context&, uint64_t, uint64_t fh, bool datasync) {
-  auto dh = dir_handle(fh);
-  if (!dh) return Errno{EBADF};
+Status PassthroughFs::fsyncdir(const Context&, uint64_t ino, uint64_t fh, bool datasync) {
+  auto h = dir_handle(ino, fh);
+  if (!h.ok()) return Errno{h.error()};
+  const auto& dh = *h;
   std::lock_guard lk(dh->mu);
   if (Status s = dh->open_stream(); !s.ok()) return s;
   int fd = dirfd(dh->dp);

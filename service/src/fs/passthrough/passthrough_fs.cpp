@@ -90,11 +90,6 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   return e;
 }
 
-int64_t PassthroughFs::steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 int64_t PassthroughFs::fresh_since_ns() const {
   double valid = std::min(cache_timeout(entry_timeout_), cache_timeout(attr_timeout_));

@@ -52,6 +52,9 @@ class PassthroughFs final : public Filesystem {
   void init(const Capabilities& caps) override;
   void set_policy(const Policy& policy) override;
   void set_invalidator(Invalidator* inv) override;
+  // How long after a directory's latest change its cached listing settles (passthrough_dir.cpp;
+  // kListingGraceNs unless a test sets it).
+  void set_listing_grace_ns(int64_t ns) { listing_grace_ns_.store(ns); }
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
@@ -130,18 +133,20 @@ class PassthroughFs final : public Filesystem {
   // Inodes whose entry and attributes the kernel got after this time (Inode::refreshed_ns)
   // are less than half their timeouts old: a listing need not send them again.
   int64_t fresh_since_ns() const;
-  static int64_t steady_ns();
   // Long timeouts are only exact while the watcher sees every directory: once a watch could
   // not be added, the mount's entry and attr timeouts are capped at kUnwatchedTimeout.
   static constexpr double kUnwatchedTimeout = 1.0;
   double cache_timeout(const std::atomic<double>& configured) const;
   std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
-  std::shared_ptr<DirHandle> dir_handle(uint64_t fh);
-  // Whether directory opens may let the kernel cache listings (FOPEN_CACHE_DIR).
+  Result<std::shared_ptr<DirHandle>> dir_handle(uint64_t ino, uint64_t fh);
+  // Whether the kernel may cache listings: while invalidation is exact (passthrough_dir.cpp).
   bool cache_listings() const;
-  // Drops the kernel's cached listing of `dir` if an entry changed while a directory handle
-  // was open (passthrough_dir.cpp). `alone`: no other handle can still add to that cache.
-  void drop_raced_listing(Inode& dir, bool alone);
+  // Before the empty READDIR reply that completes the kernel's cache of `dir`'s listing:
+  // drops that cache if a change may have raced the replies in it (passthrough_dir.cpp).
+  void end_of_listing(Inode& dir);
+  // A reply older than this has reached the kernel's listing cache (passthrough_dir.cpp).
+  static constexpr int64_t kListingGraceNs = 2'000'000'000;
+  std::atomic<int64_t> listing_grace_ns_{kListingGraceNs};
 
   // A change of ours to an entry of `dir`. The watcher hears of it at once (so that it does
   // not echo the event), the directory's listing cache when the change is done.
@@ -173,7 +178,8 @@ class PassthroughFs final : public Filesystem {
   std::atomic<uint64_t> listing_drops_{0};
 
   std::mutex dirs_mu_;
-  uint64_t next_dir_fh_ = 1;
+  uint64_t next_dir_fh_ = 1;  // 0 is the handle of directories opened without OPENDIR
+  std::atomic<bool> no_opendir_{false};  // OPENDIR answered ENOSYS: the kernel sends no more
   std::unordered_map<uint64_t, std::shared_ptr<DirHandle>> dirs_;
 };
 
