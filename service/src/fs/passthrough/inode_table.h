@@ -113,6 +113,10 @@ struct Inode {
   std::atomic<uint64_t> changed{0};     // changes of this directory's entries
   std::atomic<uint64_t> settled{0};     // `changed` as of the last settling drop
   std::atomic<int64_t> changed_ns{0};   // steady_ns() of the latest change
+  // An entry changed behind efused's back: a complete cached listing may miss it. Dropped
+  // before the kernel next gets this directory's attributes, which it asks for (or gets)
+  // before using that cache again.
+  std::atomic<bool> listing_stale{false};
   // An entry of this directory was created, removed or renamed (call after the change).
   void entries_changed() {
     changed_ns.store(steady_ns());  // before the count: whoever sees it sees the time too

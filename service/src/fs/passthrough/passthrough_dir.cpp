@@ -106,14 +106,28 @@ bool PassthroughFs::cache_listings() const {
   return inv_.load() != nullptr && exact_invalidation();
 }
 
-void PassthroughFs::end_of_listing(Inode& dir) {
+void PassthroughFs::drop_listing(Inode& dir) {
   Invalidator* inv = inv_.load();
   if (inv == nullptr) return;
+  dir.listing_stale.store(false);
+  // Safe from a request handler: dropping a directory's pages takes no lock a pending
+  // READDIR, LOOKUP or GETATTR holds (unlike inval_entry, which takes the directory's i_rwsem).
+  inv->inval_inode(dir.nodeid, true);
+  listing_drops_.fetch_add(1, std::memory_order_relaxed);
+}
+
+void PassthroughFs::replied(Inode& inode, const struct stat& st) {
+  if (S_ISDIR(st.st_mode) && inode.listing_stale.load() && inode.listing_stale.exchange(false))
+    drop_listing(inode);
+  inodes_.replied(inode, st);
+}
+
+void PassthroughFs::end_of_listing(Inode& dir) {
+  if (inv_.load() == nullptr) return;
   bool exact = exact_invalidation();
   uint64_t changed = dir.changed.load();
   if (exact && changed == dir.settled.load()) return;
-  inv->inval_inode(dir.nodeid, true);
-  listing_drops_.fetch_add(1, std::memory_order_relaxed);
+  drop_listing(dir);
   // A change after the load of `changed` keeps the directory unsettled: `changed` moved on.
   // One before it stored its time first, so its age is measured here.
   if (exact && steady_ns() - dir.changed_ns.load() > listing_grace_ns_.load()) dir.settled.store(changed);

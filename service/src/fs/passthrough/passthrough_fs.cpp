@@ -86,7 +86,7 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   e.entry_timeout = cache_timeout(entry_timeout_);
   e.attr_timeout = cache_timeout(attr_timeout_);
   inode->refreshed_ns.store(steady_ns(), std::memory_order_relaxed);
-  inodes_.replied(*inode, st);
+  replied(*inode, st);
   return e;
 }
 
@@ -161,7 +161,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
     rc = fstatat(fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW);
   }
   if (rc != 0) return last_errno();
-  inodes_.replied(*inode, st);
+  replied(*inode, st);
   return Attr{st, cache_timeout(attr_timeout_)};
 }
 

@@ -144,6 +144,11 @@ class PassthroughFs final : public Filesystem {
   // Before the empty READDIR reply that completes the kernel's cache of `dir`'s listing:
   // drops that cache if a change may have raced the replies in it (passthrough_dir.cpp).
   void end_of_listing(Inode& dir);
+  // Drops the kernel's cached listing of `dir` (its pages: the cache is reset when next used).
+  void drop_listing(Inode& dir);
+  // The kernel gets `inode`'s attributes `st` (every reply that carries them goes through
+  // here): records them, and drops a directory's stale listing first (Inode::listing_stale).
+  void replied(Inode& inode, const struct stat& st);
   // A reply older than this has reached the kernel's listing cache (passthrough_dir.cpp).
   static constexpr int64_t kListingGraceNs = 2'000'000'000;
   std::atomic<int64_t> listing_grace_ns_{kListingGraceNs};

@@ -179,14 +179,18 @@ void Watcher::handle(const struct inotify_event& ev, Batch& batch) {
   std::string_view name(ev.name);
   if (ev.mask & (IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO)) {
     if (consume_entry(dir, name)) return;
-    // Listings in progress may have missed it (see passthrough_dir.cpp); a cached listing
-    // goes with the directory's pages below.
+    // Listings in progress may have missed it, and a complete cached listing does: it is
+    // dropped when the kernel next gets the directory's attributes, which the invalidation
+    // below makes it ask for before it lists again (passthrough_dir.cpp). Dropping its pages
+    // here could hit a listing half way into the cache, which the kernel then never
+    // completes.
     if (auto parent = table_.get(dir)) {
       parent->entries_changed();
+      parent->listing_stale.store(true);
       parent->kernel_attrs.store(0);
     }
     batch.entries.insert({dir, std::string(name)});
-    batch.data.insert(dir);  // the directory's size, times and listing changed
+    batch.attrs.insert(dir);  // the directory's size and times changed
     // A file that got this name (a new hard link, a rename) has a new ctime and maybe a new
     // link count; one that lost it may live on under another name with one link less.
     if (ev.mask & (IN_CREATE | IN_MOVED_TO)) batch.child(dir, name, IN_ATTRIB);
