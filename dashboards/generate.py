@@ -222,15 +222,13 @@ def panels():
             "of RLIMIT_NOFILE for the daemon), and reopens by file handle per second: a steady "
             "reopen rate means the descriptor budget is below the working set."),
         timeseries("Directory listings", [
-            target(f"sum by (mount) (rate(efuse_requests_total{{{SEL}, opcode=\"opendir\"}}[{RATE}]))",
-                   "{{mount}} opendir"),
             target(f"sum by (mount) (rate(efuse_requests_total{{{SEL}, "
-                   f"opcode=~\"readdir|readdirplus\"}}[{RATE}]))", "{{mount}} read by efused", "B"),
+                   f"opcode=~\"readdir|readdirplus\"}}[{RATE}]))", "{{mount}} read by efused"),
             target(f"sum by (mount) (rate(efuse_listing_cache_drops_total{{{SEL}}}[{RATE}]))",
                    "{{mount}} cache drops", "C")],
-            "reqps", "Directory opens next to READDIR/READDIRPLUS requests: listings the kernel "
-            "has cached cost an OPENDIR and no READDIR. Drops: cached listings efused threw "
-            "away because an entry changed while the directory was being listed."),
+            "reqps", "READDIR/READDIRPLUS requests: a listing the kernel has cached costs none "
+            "(and no OPENDIR). Drops: cached listings efused threw away because an entry "
+            "changed less than 2 s before they completed, or behind efused's back."),
         timeseries("Changes behind efused's back (inotify)", [
             target(f"sum by (mount) (rate(efuse_watch_events_total{{{SEL}}}[{RATE}]))",
                    "{{mount}} events"),

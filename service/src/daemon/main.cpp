@@ -59,8 +59,7 @@ With --mount (a config file sets these per mount):
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
                                  passthrough when the kernel grants it, the page cache
                                  for read-only opens of files up to 64 KiB)
-      --entry-timeout SECONDS    how long the kernel may cache names and directory
-                                 listings (default 60)
+      --entry-timeout SECONDS    how long the kernel may cache names (default 60)
       --attr-timeout SECONDS     how long the kernel may cache attributes (default 60)
       --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
       --keep-cache               keep file pages cached across opens even when outside

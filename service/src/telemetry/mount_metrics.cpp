@@ -184,8 +184,8 @@ MountFamilies::MountFamilies()
                                          MetricType::Counter)),
       listing_drops_(make_family("efuse_listing_cache_drops_total",
                                  "Directory listings the kernel had cached (or was building) "
-                                 "that efused dropped because an entry of the directory "
-                                 "changed while a handle on it was open.",
+                                 "that efused dropped: an entry of the directory changed less "
+                                 "than 2 s before the listing completed, or behind efused's back.",
                                  MetricType::Counter)),
       shared_opens_(make_family("efuse_shared_opens_total",
                                 "Plain read-only opens of regular files that shared the "

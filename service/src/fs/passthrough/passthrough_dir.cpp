@@ -28,10 +28,17 @@ namespace efuse::fs::passthrough {
 // (fs/fuse/readdir.c). The kernel stamps an empty cache with the directory's i_version and
 // mtime when a reader starts at offset 0, and drops a complete cache whose stamp no longer
 // matches at the next listing: a change through the mount (fuse_dir_changed) bumps
-// i_version; our invalidations of outside changes drop the pages (a cache missing a page
-// is reset when next read); with FUSE_AUTO_INVAL_DATA a listing that starts after the
-// directory's attributes expired refreshes its mtime first, which bounds what inotify
-// cannot see (a network file system changed from another host) by `cache.attr_timeout`.
+// i_version; with FUSE_AUTO_INVAL_DATA a listing that starts after the directory's
+// attributes expired refreshes them first, and a changed mtime resets the cache, which
+// bounds what inotify cannot see (a network file system changed from another host) by
+// `cache.attr_timeout`. An outside change that inotify reports invalidates the directory's
+// attributes and marks its listing stale (Inode::listing_stale); the pages are dropped
+// (a cache missing a page is reset when next read) before the kernel gets the directory's
+// attributes again (replied(): GETATTR, LOOKUP, READDIRPLUS of the parent), which it must
+// before it lists again. Not at once: a drop that hits a listing half way into the cache
+// leaves the kernel unable to complete it (the next entry's page is gone) and unable to
+// reset it (only a complete cache is reset), so the directory would be listed through
+// efused for as long as the kernel keeps the inode.
 //
 // That check has a hole. A reply built before a change can still be on its way into the
 // cache (added when its reader runs again) after the change bumped i_version, and a second
