@@ -256,6 +256,38 @@ def test_cached_listings_stay_exact(m):
     assert value(parse(scrape(PORT)), "efuse_listing_cache_drops_total") is not None
 
 
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
+def test_directories_are_opened_without_opendir(m):
+    # Invalidation is exact, so efused answers the first OPENDIR with ENOSYS and the kernel
+    # opens directories itself from then on: no OPENDIR or RELEASEDIR, and once the tree's
+    # listings are cached a walk of it costs no request at all.
+    for d in range(5):
+        os.makedirs(m.s("t", f"d{d}", "sub"))
+        for f in range(5):
+            h.write_file(m.s("t", f"d{d}", f"f{f}"), b"x")
+
+    def walk():
+        return sorted((top, sorted(dirs), sorted(files)) for top, dirs, files in os.walk(m.m("t")))
+
+    first = walk()
+    assert len(first) == 11 and sum(len(files) for _, _, files in first) == 25
+    requests = lambda: value(parse(scrape(PORT)), "efuse_requests_total") or 0  # noqa: E731
+
+    def quiet_walk():  # polling: a directory changed less than 2 s ago is listed by efused
+        before = requests()
+        assert walk() == first
+        return requests() == before
+    h.wait_until(quiet_walk, DEADLINE + 10, what="a warm walk without requests")
+    s = parse(scrape(PORT))
+    assert value(s, "efuse_requests_total", opcode="opendir") == 1, "answered ENOSYS once"
+    assert not value(s, "efuse_requests_total", opcode="releasedir")
+    # Still exact: a change through the mount and one behind efused's back both show.
+    h.write_file(m.m("t", "d0", "new"), b"n")
+    assert "new" in os.listdir(m.m("t", "d0"))
+    os.unlink(m.s("t", "d1", "f0"))
+    eventually("outside unlink listed", lambda: "f0" in os.listdir(m.m("t", "d1")), False)
+
+
 @h.mount_options(args=["--attr-timeout", "0", "--metrics", f"127.0.0.1:{PORT}"])
 def test_cached_listings_are_checked_against_the_mtime_when_attributes_expire(m):
     # Changes inotify cannot see (a network file system changed from another host) reach a
