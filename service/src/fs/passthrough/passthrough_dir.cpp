@@ -137,7 +137,8 @@ void PassthroughFs::end_of_listing(Inode& dir) {
   drop_listing(dir);
   // A change after the load of `changed` keeps the directory unsettled: `changed` moved on.
   // One before it stored its time first, so its age is measured here.
-  if (exact && steady_ns() - dir.changed_ns.load() > listing_grace_ns_.load()) dir.settled.store(changed);
+  if (exact && steady_ns() - dir.changed_ns.load() > listing_grace_ns_.load())
+    dir.settled.store(changed);
 }
 
 Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {

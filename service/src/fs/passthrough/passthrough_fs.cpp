@@ -90,7 +90,6 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   return e;
 }
 
-
 int64_t PassthroughFs::fresh_since_ns() const {
   double valid = std::min(cache_timeout(entry_timeout_), cache_timeout(attr_timeout_));
   return steady_ns() - static_cast<int64_t>(valid * 0.5e9);
