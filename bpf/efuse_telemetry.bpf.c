@@ -4,10 +4,11 @@
  * fuse_request_send / fuse_request_end tracepoints and sched_switch (BTF-typed
  * tracepoints: fentry/kprobes are not needed). CO-RE throughout, no hard-coded offsets:
  * the tracepoint arguments are BTF-typed pointers, so their fields are read with plain
- * loads that clang records as CO-RE relocations (vmlinux.h marks every struct
- * preserve_access_index) and libbpf fixes up against the running kernel's BTF; the one
+ * loads that clang records as CO-RE relocations (vmlinux.h and the FUSE types below mark
+ * every struct preserve_access_index) and libbpf fixes up against the running kernel's BTF; the one
  * untyped pointer (fuse_req.ring_queue is a void *) is read with BPF_CORE_READ. The object
- * loads on any kernel whose BTF has the fields, whatever their offsets.
+ * loads on any kernel whose BTF has the fields, whatever their offsets, with FUSE built in
+ * or as a module.
  *
  * Direct loads instead of BPF_CORE_READ everywhere: each BPF_CORE_READ step is a
  * bpf_probe_read_kernel() call, and these programs run on every FUSE request and every
@@ -34,6 +35,48 @@
 #include <bpf/bpf_tracing.h>
 
 #include "efuse_telemetry.h"
+
+/* FUSE's internal types are declared here, not taken from vmlinux.h: where FUSE is a module
+ * (fuse.ko, as in most distribution kernels) they live in the module's BTF
+ * (/sys/kernel/btf/fuse) and a vmlinux.h dumped from vmlinux BTF does not have them. The
+ * ___efuse suffix keeps these apart from vmlinux.h's own copies where FUSE is built in;
+ * libbpf drops it when matching, and relocates every field read below against the running
+ * kernel's types, in vmlinux or in the module. Only the fields read are declared; their
+ * offsets here mean nothing. */
+struct fuse_in_header___efuse {
+	__u32 len;
+	__u32 opcode;
+	__u64 unique;
+} __attribute__((preserve_access_index));
+
+struct fuse_out_header___efuse {
+	__u32 len;
+	__s32 error;
+	__u64 unique;
+} __attribute__((preserve_access_index));
+
+struct fuse_conn___efuse {
+	dev_t dev;
+} __attribute__((preserve_access_index));
+
+struct fuse_mount___efuse {
+	struct fuse_conn___efuse *fc;
+} __attribute__((preserve_access_index));
+
+struct fuse_ring_queue___efuse {
+	unsigned int qid;
+} __attribute__((preserve_access_index));
+
+struct fuse_req___efuse {
+	struct {
+		struct fuse_in_header___efuse h;
+	} in;
+	struct {
+		struct fuse_out_header___efuse h;
+	} out;
+	struct fuse_mount___efuse *fm;
+	void *ring_queue;
+} __attribute__((preserve_access_index));
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -150,7 +193,7 @@ static __always_inline __u32 latency_slot(__u64 ns)
 	return slot < EFUSE_BPF_LATENCY_SLOTS ? slot : EFUSE_BPF_LATENCY_SLOTS - 1;
 }
 
-static __always_inline __u32 req_conn(const struct fuse_req *req)
+static __always_inline __u32 req_conn(const struct fuse_req___efuse *req)
 {
 	return req->fm->fc->dev;
 }
@@ -162,11 +205,11 @@ static __always_inline __u32 clamp_opcode(__u32 opcode)
 
 /* The io_uring queue the request travelled on, or EFUSE_BPF_QUEUE_CLASSIC. ring_queue is
  * a void * in struct fuse_req (present only with CONFIG_FUSE_IO_URING). */
-static __always_inline __u32 req_queue(const struct fuse_req *req)
+static __always_inline __u32 req_queue(const struct fuse_req___efuse *req)
 {
 	if (!bpf_core_field_exists(req->ring_queue))
 		return EFUSE_BPF_QUEUE_CLASSIC;
-	struct fuse_ring_queue *q = (struct fuse_ring_queue *)req->ring_queue;
+	struct fuse_ring_queue___efuse *q = (struct fuse_ring_queue___efuse *)req->ring_queue;
 	if (!q)
 		return EFUSE_BPF_QUEUE_CLASSIC;
 	return BPF_CORE_READ(q, qid);
@@ -227,7 +270,7 @@ static __always_inline bool take_start(const struct efuse_req_key *key,
 }
 
 SEC("tp_btf/fuse_request_send")
-int BPF_PROG(efuse_request_send, const struct fuse_req *req)
+int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 {
 	struct efuse_req_key key = {};
 	struct efuse_req_start start = {};
@@ -266,7 +309,7 @@ int BPF_PROG(efuse_request_send, const struct fuse_req *req)
 }
 
 SEC("tp_btf/fuse_request_end")
-int BPF_PROG(efuse_request_end, const struct fuse_req *req)
+int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 {
 	struct efuse_req_key key = {};
 	struct efuse_req_start start;

@@ -5,6 +5,7 @@
 #include <bpf/bpf.h>
 #include <bpf/btf.h>
 #include <bpf/libbpf.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -115,33 +116,61 @@ std::string errno_text(int err) {
   return s;
 }
 
-// Cheap checks with clear answers before libbpf's more cryptic ones.
-bool kernel_supports(const std::string& kernel_btf, std::string* reason) {
-  if (access(kernel_btf.c_str(), R_OK) != 0) {
-    *reason = "kernel has no BTF (" + kernel_btf + ": " + std::strerror(errno) +
-              "); CO-RE programs need CONFIG_DEBUG_INFO_BTF";
-    return false;
-  }
-  struct btf* btf = btf__load_vmlinux_btf();
-  if (btf == nullptr) {
-    *reason = std::string("cannot read kernel BTF: ") + errno_text(errno);
-    return false;
-  }
-  bool ok = true;
-  for (const char* tp : {"fuse_request_send", "fuse_request_end"}) {
+}  // namespace
+
+namespace {
+
+bool has_tracepoints(const struct btf* btf) {
+  for (const char* tp : kFuseTracepoints) {
     std::string type = std::string("btf_trace_") + tp;
-    if (btf__find_by_name_kind(btf, type.c_str(), BTF_KIND_TYPEDEF) < 0) {
-      *reason = std::string("kernel has no ") + tp +
-                " tracepoint (FUSE tracepoints need Linux 6.13 or later)";
-      ok = false;
-      break;
-    }
+    if (btf__find_by_name_kind(btf, type.c_str(), BTF_KIND_TYPEDEF) < 0) return false;
   }
-  btf__free(btf);
-  return ok;
+  return true;
 }
 
 }  // namespace
+
+// Cheap checks with clear answers before libbpf's more cryptic ones. FUSE built in: its
+// tracepoints are in vmlinux's BTF. FUSE as a module: in the module's, which the kernel
+// publishes next to vmlinux's once the module is loaded; libbpf then attaches to the
+// module's tracepoints and relocates against its types by itself.
+std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason) {
+  if (access(kernel_btf.c_str(), R_OK) != 0) {
+    *reason = "kernel has no BTF (" + kernel_btf + ": " + std::strerror(errno) +
+              "); CO-RE programs need CONFIG_DEBUG_INFO_BTF";
+    return {};
+  }
+  struct btf* base = btf__parse(kernel_btf.c_str(), nullptr);
+  if (base == nullptr) {
+    *reason = "cannot read kernel BTF " + kernel_btf + ": " + errno_text(errno);
+    return {};
+  }
+  std::string where;
+  if (has_tracepoints(base)) where = "vmlinux";
+  const std::string dir = kernel_btf.substr(0, kernel_btf.rfind('/') + 1);
+  const std::string module = dir + "fuse";
+  if (where.empty() && access(module.c_str(), F_OK) != 0 && dir == "/sys/kernel/btf/") {
+    // FUSE as a module that nothing has loaded yet: opening the device loads it.
+    int fd = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    if (fd >= 0) close(fd);
+  }
+  if (where.empty() && access(module.c_str(), R_OK) == 0) {
+    struct btf* split = btf__parse_split(module.c_str(), base);
+    if (split == nullptr) {
+      *reason = "cannot read the fuse module's BTF " + module + ": " + errno_text(errno);
+      btf__free(base);
+      return {};
+    }
+    if (has_tracepoints(split)) where = "fuse module";
+    btf__free(split);
+  }
+  btf__free(base);
+  if (where.empty())
+    *reason = std::string("kernel has no ") + kFuseTracepoints[0] +
+              " tracepoint (FUSE tracepoints need Linux 6.12 or later; looked in " + kernel_btf +
+              " and, for FUSE as a module, " + module + ")";
+  return where;
+}
 
 Options Options::from_env() {
   Options o;
@@ -179,7 +208,8 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   for (uint32_t id : t->program_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
   if (t->status_.programs_attached == kProgramCount)
     LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end, "
-             "sched_switch; bpftool prog show id %s)", t->status_.programs_attached, ids.c_str());
+             "sched_switch; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
+             t->status_.programs_attached, ids.c_str(), t->status_.tracepoints.c_str());
   else if (t->status_.load_failures == 0)  // left out on purpose
     LOG_INFO("bpf: telemetry on: %d of %d programs attached: %s", t->status_.programs_attached,
              kProgramCount, t->status_.reason.c_str());
@@ -190,7 +220,8 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
 }
 
 bool Telemetry::load(const Options& opts, std::string* reason) {
-  if (!kernel_supports(opts.kernel_btf, reason)) return false;
+  status_.tracepoints = find_fuse_tracepoints(opts.kernel_btf, reason);
+  if (status_.tracepoints.empty()) return false;
 
   // Attempt 1 with every program; if the kernel refuses, attempt 2 without sched_switch
   // (request accounting alone is still worth having).

@@ -45,6 +45,7 @@ struct Status {
   int programs_attached = 0;   // of kProgramCount
   uint64_t load_failures = 0;  // load or attach attempts the kernel refused
   std::string reason;          // why not (fully) up; "" when everything is attached
+  std::string tracepoints;     // whose BTF has the FUSE tracepoints: "vmlinux", "fuse module"
 };
 
 struct Options {
@@ -53,6 +54,14 @@ struct Options {
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
   static Options from_env();
 };
+
+inline constexpr const char* kFuseTracepoints[] = {"fuse_request_send", "fuse_request_end"};
+
+// Whose BTF describes both FUSE request tracepoints: "vmlinux" (FUSE built in) or
+// "fuse module" (FUSE as a module: its BTF is the file "fuse" next to kernel_btf, read as
+// split BTF on top of it; under /sys/kernel/btf/ the module is loaded first when missing,
+// by opening /dev/fuse). Empty, with *reason saying why, when neither has them.
+std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason);
 
 class Telemetry {
  public:

@@ -4,6 +4,7 @@
 #include "bpf/telemetry.h"
 
 #include <bpf/bpf.h>
+#include <linux/btf.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -11,6 +12,10 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "../testing/temp_dir.h"
 
 namespace efuse::bpf {
 namespace {
@@ -48,6 +53,79 @@ TEST(BpfTelemetry, NoKernelBtfIsDownWithTheReason) {
   EXPECT_FALSE(t->up());
   EXPECT_EQ(t->status().load_failures, 1u);
   EXPECT_NE(t->status().reason.find("no BTF"), std::string::npos) << t->status().reason;
+}
+
+// Raw BTF as the kernel publishes it in /sys/kernel/btf: a base ("vmlinux") with one int
+// and optionally typedefs named `typedefs`, or a split BTF on top of such a base (a module:
+// type ids and string offsets continue the base's) with only the typedefs.
+std::string raw_btf(const std::vector<std::string>& typedefs, bool with_int,
+                    uint32_t base_str_len = 0) {
+  std::vector<uint32_t> types;
+  std::string strs = base_str_len == 0 ? std::string(1, '\0') : std::string();
+  auto name = [&](const std::string& n) {
+    uint32_t off = base_str_len + static_cast<uint32_t>(strs.size());
+    strs += n;
+    strs += '\0';
+    return off;
+  };
+  if (with_int) {  // type 1
+    types.insert(types.end(), {name("int"), BTF_KIND_INT << 24, 4});
+    types.push_back(BTF_INT_SIGNED << 24 | 32);  // encoding, offset 0, 32 bits
+  }
+  for (const std::string& t : typedefs) types.insert(types.end(), {name(t), BTF_KIND_TYPEDEF << 24, 1});
+  struct btf_header h {};
+  h.magic = BTF_MAGIC;
+  h.version = BTF_VERSION;
+  h.hdr_len = sizeof h;
+  h.type_off = 0;
+  h.type_len = static_cast<uint32_t>(types.size() * sizeof(uint32_t));
+  h.str_off = h.type_len;
+  h.str_len = static_cast<uint32_t>(strs.size());
+  std::string out(reinterpret_cast<const char*>(&h), sizeof h);
+  out.append(reinterpret_cast<const char*>(types.data()), h.type_len);
+  return out + strs;
+}
+
+constexpr uint32_t kBaseStrLen = 5;  // "\0int\0"
+const std::vector<std::string> kTraceTypedefs = {"btf_trace_fuse_request_send",
+                                                 "btf_trace_fuse_request_end"};
+
+TEST(BpfTelemetry, FindsTheFuseTracepointsInVmlinuxBtf) {
+  testing::TempDir d;
+  ASSERT_TRUE(testing::write_file(d / "vmlinux", raw_btf(kTraceTypedefs, true)));
+  std::string reason;
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason), "vmlinux") << reason;
+}
+
+TEST(BpfTelemetry, FindsTheFuseTracepointsInTheFuseModulesBtf) {
+  // FUSE as a module: vmlinux's BTF has no FUSE types, the module's (split) BTF has them.
+  testing::TempDir d;
+  ASSERT_EQ(raw_btf({}, true).size(), sizeof(btf_header) + 16 + kBaseStrLen);
+  ASSERT_TRUE(testing::write_file(d / "vmlinux", raw_btf({}, true)));
+  ASSERT_TRUE(testing::write_file(d / "fuse", raw_btf(kTraceTypedefs, false, kBaseStrLen)));
+  std::string reason;
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason), "fuse module") << reason;
+}
+
+TEST(BpfTelemetry, NoFuseTracepointsSaysWhereItLooked) {
+  testing::TempDir d;
+  ASSERT_TRUE(testing::write_file(d / "vmlinux", raw_btf({}, true)));
+  std::string reason;
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason), "");
+  EXPECT_NE(reason.find("no fuse_request_send tracepoint"), std::string::npos) << reason;
+  EXPECT_NE(reason.find("Linux 6.12"), std::string::npos) << reason;
+  EXPECT_NE(reason.find(d / "fuse"), std::string::npos) << reason;
+  // A module without them (a kernel older than the tracepoints) is no better.
+  ASSERT_TRUE(testing::write_file(d / "fuse", raw_btf({"btf_trace_fuse_request_send"}, false,
+                                                      kBaseStrLen)));
+  reason.clear();
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason), "");
+  EXPECT_NE(reason.find("no fuse_request_send tracepoint"), std::string::npos) << reason;
+  // Unreadable module BTF says so.
+  ASSERT_TRUE(testing::write_file(d / "fuse", "not BTF"));
+  reason.clear();
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason), "");
+  EXPECT_NE(reason.find("cannot read the fuse module's BTF"), std::string::npos) << reason;
 }
 
 TEST(BpfTelemetry, UnprivilegedIsDownWithTheReason) {
@@ -88,6 +166,8 @@ TEST(BpfTelemetry, LoadsAttachesAndDetachesOnDestruction) {
   EXPECT_EQ(t->status().programs_attached, Telemetry::kProgramCount);
   EXPECT_EQ(t->status().load_failures, 0u);
   EXPECT_TRUE(t->status().reason.empty()) << t->status().reason;
+  std::string reason;
+  EXPECT_EQ(t->status().tracepoints, find_fuse_tracepoints(Options{}.kernel_btf, &reason));
   std::vector<uint32_t> ids = t->program_ids();
   ASSERT_EQ(ids.size(), 3u);
   for (uint32_t id : ids) {
