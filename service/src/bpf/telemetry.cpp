@@ -116,10 +116,6 @@ std::string errno_text(int err) {
   return s;
 }
 
-}  // namespace
-
-namespace {
-
 bool has_tracepoints(const struct btf* btf) {
   for (const char* tp : kFuseTracepoints) {
     std::string type = std::string("btf_trace_") + tp;
