@@ -369,6 +369,80 @@ def test_a_file_written_on_and_on_costs_one_invalidation(m):
         eventually("an outside append after a stat", lambda: os.stat(m.m("log")).st_size, 40 * 4096 + 7)
 
 
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
+def test_a_file_open_for_writing_has_its_write_events_muted(m):
+    # Every write to a file of an inotify-watched directory queues an event, writes
+    # through passthrough opens included. fanotify reports the writes instead, and a file
+    # open for writing through the mount has them dropped in the kernel until it closes;
+    # an outside write meanwhile shows when efused next compares attributes (1 s).
+    metric = lambda name: value(parse(scrape(PORT)), name)  # noqa: E731
+    assert metric("efuse_watch_fanotify_directories") >= 1, m.log_tail()
+    with open(m.m("log"), "wb") as f:
+        for _ in range(20):  # spread over several 10 ms batches
+            f.write(b"x" * 4096)
+            f.flush()
+            time.sleep(0.005)
+        eventually("the file is muted", lambda: metric("efuse_watch_muted_files"), 1)
+        events = metric("efuse_watch_events_total")
+        for _ in range(20):
+            f.write(b"y" * 4096)
+            f.flush()
+            time.sleep(0.005)
+        time.sleep(0.1)
+        assert metric("efuse_watch_events_total") == events, "muted writes made events"
+        assert os.stat(m.m("log")).st_size == 40 * 4096
+        with open(m.s("log"), "ab") as g:
+            g.write(b"outside")
+        eventually("an outside append while muted", lambda: os.stat(m.m("log")).st_size,
+                   40 * 4096 + 7)
+    eventually("unmuted after the close", lambda: metric("efuse_watch_muted_files"), 0)
+    with open(m.s("log"), "ab") as g:
+        g.write(b"again")
+    eventually("an outside append after the close", lambda: h.read_file(m.m("log"))[-12:],
+               b"outsideagain")
+    assert_same_tree(m)
+
+
+def writes_seen_without_fanotify(m, limit, logged):
+    """Start m while fanotify `limit` is 0: writes are watched with inotify, and still show."""
+    metric = lambda name: value(parse(scrape(PORT)), name)  # noqa: E731
+    h.write_file(m.s("f"), b"one\n")
+    os.mkdir(m.s("d"))
+    h.write_file(m.s("d", "g"), b"two\n")
+    with Sysctl(limit, 0):
+        m.start()
+        assert h.read_file(m.m("f")) == b"one\n" and h.read_file(m.m("d", "g")) == b"two\n"
+    assert logged in m.log_text(), f"efused did not log {logged!r}:\n{m.log_tail()}"
+    assert metric("efuse_watched_directories") == 2
+    assert metric("efuse_watch_fanotify_directories") == 0
+    assert metric("efuse_watch_failures_total") == 0, "inotify still watches everything"
+    with open(m.m("d", "g"), "ab") as f:
+        f.write(b"through the mount\n")
+        f.flush()
+        with open(m.s("f"), "ab") as g:
+            g.write(b"outside\n")
+        eventually("an outside append", lambda: h.read_file(m.m("f")), b"one\noutside\n")
+        with open(m.s("d", "g"), "ab") as g:
+            g.write(b"outside\n")
+        eventually("an outside append to a file open for writing",
+                   lambda: os.stat(m.m("d", "g")).st_size, 30)
+        assert metric("efuse_watch_muted_files") == 0
+    assert_same_tree(m)
+
+
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"], start=False)
+def test_writes_watched_with_inotify_without_fanotify(m):
+    # No fanotify group (fs.fanotify.max_user_groups exhausted; or no FAN_REPORT_DFID_NAME).
+    writes_seen_without_fanotify(m, "fs.fanotify.max_user_groups", "fanotify unavailable")
+
+
+@h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"], start=False)
+def test_writes_watched_with_inotify_where_fanotify_cannot_mark(m):
+    # A group but no marks (fs.fanotify.max_user_marks exhausted; or a file system without
+    # file ids, such as FUSE).
+    writes_seen_without_fanotify(m, "fs.fanotify.max_user_marks", "fanotify cannot mark")
+
+
 class Sysctl:
     """Sets /proc/sys/<name> for the duration of a with block, restoring it after."""
 

@@ -137,7 +137,9 @@ struct BackendStats {
   uint64_t listing_drops = 0;    // cached directory listings dropped: a change raced them
   uint64_t shared_opens = 0;     // read-only opens that shared the inode's descriptor
   uint64_t watched_dirs = 0;         // backing directories watched for outside changes
-  uint64_t watch_events = 0;         // inotify events read
+  uint64_t watch_fanotify_dirs = 0;  // of those, whose files' writes fanotify reports
+  uint64_t watch_muted_files = 0;    // files whose write events are muted while written
+  uint64_t watch_events = 0;         // inotify and fanotify events read
   uint64_t watch_invalidations = 0;  // notifications sent for outside changes
   uint64_t watch_overflows = 0;      // event queue overflows
   uint64_t watch_failures = 0;       // watches that could not be set up

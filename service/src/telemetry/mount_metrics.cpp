@@ -91,9 +91,24 @@ MountFamilies::MountFamilies()
                                 "Backing directories watched (inotify) for changes made behind "
                                 "efused's back: every directory the kernel knows.",
                                 MetricType::Gauge)),
+      watch_fanotify_dirs_(make_family(
+          "efuse_watch_fanotify_directories",
+          "Of the watched directories, those whose files' writes fanotify reports (so that a "
+          "file being written through the mount can have its write events muted). The rest "
+          "have inotify report every write: fanotify is unavailable or refused them (no file "
+          "ids on that file system, fs.fanotify limits; the log says which).",
+          MetricType::Gauge)),
+      watch_muted_files_(make_family(
+          "efuse_watch_muted_files",
+          "Files open for writing through the mount whose write events the kernel drops "
+          "(fanotify ignore marks) until their last writable open closes; efused compares "
+          "their attributes with the kernel's once a second meanwhile.",
+          MetricType::Gauge)),
       watch_events_(make_family("efuse_watch_events_total",
-                                "inotify events read from the backing tree: changes by anyone, "
-                                "efused's own and writes through passthrough opens included.",
+                                "inotify and fanotify events read from the backing tree: "
+                                "changes by anyone, efused's own and writes through "
+                                "passthrough opens included (repeated ones merged by the "
+                                "kernel).",
                                 MetricType::Counter)),
       watch_invalidations_(make_family("efuse_watch_invalidations_total",
                                        "Invalidations sent to the kernel for changes made "
@@ -204,7 +219,9 @@ void MountFamilies::add_backend(const std::string& mount, const fs::BackendStats
   using Series = std::pair<prometheus::MetricFamily*, uint64_t>;
   const Labels labels = mount_label(mount);
   for (auto [family, v] : {Series{&inodes_, b.inodes}, Series{&inode_fds_, b.fds},
-                           Series{&watched_dirs_, b.watched_dirs}})
+                           Series{&watched_dirs_, b.watched_dirs},
+                           Series{&watch_fanotify_dirs_, b.watch_fanotify_dirs},
+                           Series{&watch_muted_files_, b.watch_muted_files}})
     add_gauge(*family, labels, static_cast<double>(v));
   for (auto [family, v] :
        {Series{&inode_evictions_, b.evictions}, Series{&inode_reopens_, b.reopens},
@@ -304,7 +321,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
         &inode_reopen_failures_, &listing_drops_, &shared_opens_, &watched_dirs_,
-        &watch_events_, &watch_invalidations_, &watch_overflows_, &watch_failures_}) {
+        &watch_fanotify_dirs_, &watch_muted_files_, &watch_events_, &watch_invalidations_, &watch_overflows_, &watch_failures_}) {
     append_nonempty(out, std::move(*f));
   }
 }

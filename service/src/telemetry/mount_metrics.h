@@ -61,6 +61,8 @@ class MountFamilies {
   prometheus::MetricFamily fallback_;
   prometheus::MetricFamily notifications_;
   prometheus::MetricFamily watched_dirs_;
+  prometheus::MetricFamily watch_fanotify_dirs_;
+  prometheus::MetricFamily watch_muted_files_;
   prometheus::MetricFamily watch_events_;
   prometheus::MetricFamily watch_invalidations_;
   prometheus::MetricFamily watch_overflows_;

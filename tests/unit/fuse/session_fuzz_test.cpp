@@ -464,7 +464,12 @@ class Fuzzer {
       EXPECT_TRUE(mine.empty()) << "FORGET/BATCH_FORGET/INTERRUPT answered";
       return count(op, "none");
     }
-    if (op == code(Op::Setlkw) && mine.empty()) {
+    // SETLKW waits for the lock; a non-blocking flock (SETLK with FUSE_LK_FLOCK) waits a
+    // grace for a holder whose FLUSH came but whose RELEASE has not (Session::do_setlk).
+    bool may_wait = op == code(Op::Setlkw) ||
+                    (op == code(Op::Setlk) && body.size() >= sizeof(k::fuse_lk_in) &&
+                     (get<k::fuse_lk_in>(body, 0).lk_flags & k::kLkFlock));
+    if (may_wait && mine.empty()) {
       pending_setlkw_.insert(unique);
       return count(op, "waiting");
     }
@@ -581,14 +586,16 @@ class Fuzzer {
     if (known_.insert(id).second) nodeids_.push_back(id);
   }
 
-  // Replies to earlier SETLKW requests, sent from waiter threads: one each, at most.
+  // Replies to earlier SETLKW (and waiting flock SETLK) requests, sent from waiter threads:
+  // one each, at most.
   void collect_async(const std::vector<std::string>& msgs) {
     for (const std::string& m : msgs) {
       Reply r = parse_reply(m);
       EXPECT_EQ(pending_setlkw_.erase(r.hdr.unique), 1u)
           << "reply for unique " << r.hdr.unique << " that no pending SETLKW expects";
       EXPECT_TRUE(r.error() == 0 || r.error() == EINTR || r.error() == EBADF ||
-                  r.error() == ENOLCK || r.error() == EINVAL || r.error() == EDEADLK)
+                  r.error() == ENOLCK || r.error() == EINVAL || r.error() == EDEADLK ||
+                  r.error() == EAGAIN)
           << "SETLKW answered with errno " << r.error();
       ++async_replies;
     }

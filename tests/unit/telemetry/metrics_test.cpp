@@ -60,7 +60,8 @@ class MetricsCollector : public ::testing::Test {
     data.start_failures = 1;
     data.stats = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
                   .reopen_failures = 2, .listing_drops = 4, .shared_opens = 5,
-                  .watched_dirs = 60, .watch_events = 1000, .watch_invalidations = 70,
+                  .watched_dirs = 60, .watch_fanotify_dirs = 58,
+                  .watch_muted_files = 6, .watch_events = 1000, .watch_invalidations = 70,
                   .watch_overflows = 1, .watch_failures = 3};
 
     MountView broken;
@@ -181,6 +182,9 @@ TEST_F(MetricsCollector, BackendSeriesOfLiveMountsOnly) {
   EXPECT_EQ(e.value("efuse_listing_cache_drops_total", {{"mount", "data"}}), 4);
   EXPECT_EQ(e.value("efuse_shared_opens_total", {{"mount", "data"}}), 5);
   EXPECT_EQ(e.value("efuse_watched_directories", {{"mount", "data"}}), 60);
+  EXPECT_EQ(e.value("efuse_watch_fanotify_directories", {{"mount", "data"}}), 58);
+  EXPECT_EQ(e.value("efuse_watch_muted_files", {{"mount", "data"}}), 6);
+  EXPECT_EQ(e.type["efuse_watch_muted_files"], "gauge");
   EXPECT_EQ(e.value("efuse_watch_events_total", {{"mount", "data"}}), 1000);
   EXPECT_EQ(e.value("efuse_watch_invalidations_total", {{"mount", "data"}}), 70);
   EXPECT_EQ(e.value("efuse_watch_overflows_total", {{"mount", "data"}}), 1);
@@ -288,7 +292,8 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_passthrough_refusals_total", "efuse_inodes", "efuse_inode_fds",
         "efuse_inode_fd_evictions_total", "efuse_inode_fd_reopens_total",
         "efuse_inode_fd_reopen_failures_total", "efuse_listing_cache_drops_total",
-        "efuse_shared_opens_total", "efuse_watched_directories", "efuse_watch_events_total",
+        "efuse_shared_opens_total", "efuse_watched_directories",
+        "efuse_watch_fanotify_directories", "efuse_watch_muted_files", "efuse_watch_events_total",
         "efuse_watch_invalidations_total", "efuse_watch_overflows_total",
         "efuse_watch_failures_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",

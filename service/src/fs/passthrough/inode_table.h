@@ -92,11 +92,13 @@ struct Inode {
   const mode_t type;  // S_IFMT bits
   const uint64_t nodeid;
   uint64_t nlookup = 0;  // guarded by InodeTable::mu_
-  std::atomic<uint32_t> opens{0};  // open files through the mount
+  std::atomic<uint32_t> opens{0};    // open files through the mount
+  std::atomic<uint32_t> writers{0};  // of which open for writing (Watcher::closed at 0)
+  std::atomic<bool> muted{false};    // its write events are muted (Watcher::mute)
   // An open of this file was served through the kernel's page cache (not passthrough), so
   // the kernel may hold its pages, even after the last close (KEEP_CACHE, mmap).
   std::atomic<bool> paged{false};
-  std::atomic<int> watch{-1};      // inotify watch descriptor (directories)
+  std::atomic<int> watch{-1};        // inotify watch descriptor (directories)
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};
   // attr_digest() of the attributes efused last gave the kernel; 0 once the watcher has

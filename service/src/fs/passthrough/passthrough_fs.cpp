@@ -141,7 +141,11 @@ BackendStats PassthroughFs::backend_stats() const {
   BackendStats s = inodes_.stats();
   s.listing_drops = listing_drops_.load(std::memory_order_relaxed);
   s.shared_opens = shared_serial_.load(std::memory_order_relaxed);
-  if (auto w = watcher()) s.watched_dirs = w->watched();
+  if (auto w = watcher()) {
+    s.watched_dirs = w->watched();
+    s.watch_fanotify_dirs = w->watched_by_fanotify();
+    s.watch_muted_files = w->muted();
+  }
   s.watch_events = watch_counters_.events.load(std::memory_order_relaxed);
   s.watch_invalidations = watch_counters_.invalidations.load(std::memory_order_relaxed);
   s.watch_overflows = watch_counters_.overflows.load(std::memory_order_relaxed);

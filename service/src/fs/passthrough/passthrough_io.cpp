@@ -49,6 +49,10 @@ bool shareable(int flags) {
 OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
+  if ((flags & O_ACCMODE) != O_RDONLY) {
+    info.fh |= kWriterFh;
+    inode.writers.fetch_add(1);
+  }
   bool passthrough = caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed);
   std::lock_guard lk(inode.io_mu);
   if (inode.io_opens++ == 0) {
@@ -215,6 +219,8 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
     if (inode->io_opens > 0) --inode->io_opens;
   }
   if (!is_shared(fh)) ::close(fd_of(fh));
+  if (inode && (fh & kWriterFh) && inode->writers.fetch_sub(1) == 1 && inode->muted.load())
+    if (auto w = watcher()) w->closed(*inode);
   // Last: with no opens left the inode's descriptor may be evicted.
   if (inode) inode->opens.fetch_sub(1);
   return {};
