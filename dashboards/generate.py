@@ -229,7 +229,7 @@ def panels():
             "reqps", "READDIR/READDIRPLUS requests: a listing the kernel has cached costs none "
             "(and no OPENDIR). Drops: cached listings efused threw away because an entry "
             "changed less than 2 s before they completed, or behind efused's back."),
-        timeseries("Changes behind efused's back (inotify)", [
+        timeseries("Changes behind efused's back (inotify, fanotify)", [
             target(f"sum by (mount) (rate(efuse_watch_events_total{{{SEL}}}[{RATE}]))",
                    "{{mount}} events"),
             target(f"sum by (mount) (rate(efuse_watch_invalidations_total{{{SEL}}}[{RATE}]))",
@@ -238,11 +238,22 @@ def panels():
                    "{{mount}} queue overflows", "C"),
             target(f"sum by (mount) (increase(efuse_watch_failures_total{{{SEL}}}[{RATE}]))",
                    "{{mount}} watch failures", "D")],
-            "short", "inotify events from the backing tree per second (anyone's changes, "
+            "short", "inotify and fanotify events from the backing tree per second (anyone's changes, "
             "passthrough writes included) and the invalidations they cost: events whose change "
             "the kernel already sees send none. Overflows invalidate everything; after a watch "
             "failure the mount's cache timeouts are capped at 1 s (efuse_watched_directories "
             "counts the watches)."),
+        timeseries("Watched directories and muted files", [
+            target(f"sum by (mount) (efuse_watched_directories{{{SEL}}})",
+                   "{{mount}} directories"),
+            target(f"sum by (mount) (efuse_watch_fanotify_directories{{{SEL}}})",
+                   "{{mount}} of which writes by fanotify", "B"),
+            target(f"sum by (mount) (efuse_watch_muted_files{{{SEL}}})",
+                   "{{mount}} files muted while written", "C")],
+            "short", "Directories watched (every one the kernel knows), those whose files' "
+            "writes fanotify reports (the rest cost every write an inotify event), and files "
+            "open for writing through the mount whose write events the kernel drops until "
+            "they close (outside writes to them show within about a second)."),
     ])
     return out
 
