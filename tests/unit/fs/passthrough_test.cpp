@@ -677,6 +677,24 @@ TEST_F(WatcherTest, AFileOpenForWritingHasItsWriteEventsMutedUntilItsLastWriterC
   release(f_, reader);
 }
 
+TEST_F(WatcherTest, AMutedFileForgottenRightAfterItsCloseIsHeardAgain) {
+  if (fs_->backend_stats().watch_fanotify_dirs == 0)
+    GTEST_SKIP() << "fanotify cannot mark the test directory here: writes come by inotify";
+  uint64_t fh = open(f_, O_WRONLY);
+  outside_write("w");
+  sync_watcher();
+  ASSERT_EQ(fs_->backend_stats().watch_muted_files, 1u);
+  release(f_, fh);
+  fs_->forget(f_, 1);  // before the watcher took the close: the mark must go all the same
+  EXPECT_TRUE(eventually([&] { return fs_->backend_stats().watch_muted_files == 0; }));
+  uint64_t again = lookup(kRoot, "f");
+  getattr(again);
+  size_t dropped = inv_.attrs_dropped(again);
+  outside_write("y");
+  sync_watcher();
+  EXPECT_EQ(inv_.attrs_dropped(again), dropped + 1) << "its writes are still muted";
+}
+
 TEST_F(WatcherTest, AClosedFileWrittenOutsideLosesItsPagesEveryTime) {
   release(f_, open(f_, O_RDONLY));  // read through the page cache (no passthrough here)
   for (int i = 1; i <= 2; ++i) {

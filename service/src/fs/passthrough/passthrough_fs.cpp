@@ -55,9 +55,11 @@ void PassthroughFs::set_invalidator(Invalidator* inv) {
       if (S_ISDIR(inode->type)) w->watch(*inode);
   }
   auto old = watcher_.exchange(w);
-  // In-flight requests may still hold the old watcher; the last one destroys it.
+  // In-flight requests may still hold the old watcher; the last one destroys it, and its
+  // watches and marks with it. It sends nothing from now on (the invalidator may be gone).
   if (old) {
-    for (const auto& inode : inodes_.all()) old->unwatch(*inode);
+    old->stop();
+    for (const auto& inode : inodes_.all()) inode->watch.store(-1);
   }
 }
 

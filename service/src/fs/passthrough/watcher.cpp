@@ -121,14 +121,18 @@ Watcher::Watcher(InodeTable& table, Invalidator& inv, Counters& counters,
 }
 
 Watcher::~Watcher() {
-  if (thread_.joinable()) {
-    stopping_.store(true);
-    wake();
-    thread_.join();
-  }
+  stop();
   // Closing the fanotify group drops its marks, ignore marks included.
+  for (const auto& [nodeid, file] : muted_) file->muted.store(false);
   for (int fd : {fd_, fan_fd_, wake_fd_})
     if (fd >= 0) ::close(fd);
+}
+
+void Watcher::stop() {
+  if (!thread_.joinable()) return;
+  stopping_.store(true);
+  wake();
+  thread_.join();
 }
 
 void Watcher::wake() {
@@ -162,7 +166,6 @@ size_t Watcher::muted() const {
 bool Watcher::mark(Inode& dir, const PathFd& fd) {
   if (fan_fd_ < 0) return false;
   std::string key;
-  int err = EOPNOTSUPP;
   if (fid_key_of(fd, key)) {
     if (fanotify_mark(fan_fd_, FAN_MARK_ADD | FAN_MARK_ONLYDIR, kFanMask, AT_FDCWD,
                       ProcPath(fd)) == 0) {
@@ -171,8 +174,8 @@ bool Watcher::mark(Inode& dir, const PathFd& fd) {
       fid_of_[dir.nodeid] = std::move(key);
       return true;
     }
-    err = errno;
   }
+  int err = errno;  // from name_to_handle_at, fstatfs or fanotify_mark
   std::lock_guard lk(mu_);
   if (!fan_refused_logged_) {
     fan_refused_logged_ = true;
@@ -237,16 +240,20 @@ int ignore_mark(int fan_fd, unsigned op, int fd) {
 }  // namespace
 
 // Event thread. `file` is open for writing through the mount and was written.
-void Watcher::mute(Inode& file) {
-  PathFd fd = file.pin();
+void Watcher::mute(Inode& inode) {
+  auto file = table_.get(inode.nodeid);
+  if (!file) return;
+  PathFd fd = file->pin();
   if (!fd.ok() || ignore_mark(fan_fd_, FAN_MARK_ADD, fd) != 0) return;
   {
+    // Held until unmuted: the mark is on the backing inode and must go even if the kernel
+    // forgets the file right after its close.
     std::lock_guard lk(mu_);
-    muted_.insert(file.nodeid);
+    muted_.emplace(file->nodeid, file);
   }
-  file.muted.store(true);
+  file->muted.store(true);
   // Its last writer may have closed before the flag was up, and so not told us.
-  if (file.writers.load() == 0) closed(file);
+  if (file->writers.load() == 0) closed(*file);
 }
 
 void Watcher::closed(Inode& file) {
@@ -260,12 +267,14 @@ void Watcher::closed(Inode& file) {
 
 // Event thread: a muted file's last writable open closed.
 void Watcher::unmute(uint64_t nodeid, Batch& batch) {
+  std::shared_ptr<Inode> file;
   {
     std::lock_guard lk(mu_);
-    if (!muted_.erase(nodeid)) return;
+    auto it = muted_.find(nodeid);
+    if (it == muted_.end()) return;
+    file = std::move(it->second);
+    muted_.erase(it);
   }
-  auto file = table_.get(nodeid);
-  if (!file) return;
   file->muted.store(false);
   // Reopened for writing meanwhile: it is muted again at its next write event.
   if (PathFd fd = file->pin(); fd.ok()) (void)ignore_mark(fan_fd_, FAN_MARK_REMOVE, fd);
@@ -303,7 +312,7 @@ void Watcher::expire_notes() {
 void Watcher::resync(Batch& batch) {
   counters_.overflows.fetch_add(1, std::memory_order_relaxed);
   if (overflows_seen_++ == 0)
-    LOG_WARN("%s: inotify queue overflowed; invalidating every cached inode", label_.c_str());
+    LOG_WARN("%s: event queue overflowed; invalidating every cached inode", label_.c_str());
   for (const auto& inode : table_.all()) {
     inode->entries_changed();  // listings in progress may have missed anything
     inode->kernel_attrs.store(0);
@@ -415,11 +424,6 @@ void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& b
   // backing file), so a write through such an open that is seen after the close costs
   // nothing once its attributes went back to the kernel.
   bool data = (mask & IN_MODIFY) && inode.paged.load() && inode.opens.load() == 0;
-  // Written while open for writing through the mount (passthrough writes land here): mute
-  // its writes until the last such open closes.
-  if ((mask & IN_MODIFY) && S_ISREG(st.st_mode) && inode.writers.load() != 0 &&
-      !inode.muted.load() && fan_fd_ >= 0)
-    mute(inode);
   uint64_t held = inode.kernel_attrs.load();
   if (!data && (held == 0 || held == attr_digest(st))) return;
   inode.kernel_attrs.store(0);
@@ -434,11 +438,23 @@ void Watcher::resolve(Batch& batch) {
     if (!parent) continue;
     PathFd parent_fd = parent->pin();
     if (!parent_fd.ok()) continue;
+    bool by_fanotify;  // its files' writes: an ignore mark mutes them
+    {
+      std::lock_guard lk(mu_);
+      by_fanotify = fid_of_.count(dir) != 0;
+    }
     for (const auto& [name, mask] : names) {
       if (fstatat(parent_fd, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) != 0)
         continue;  // gone already: its removal has an event of its own
       // The inode the kernel knows under that name, if any.
-      if (auto child = table_.find(st.st_dev, st.st_ino)) check(*child, st, mask, batch);
+      auto child = table_.find(st.st_dev, st.st_ino);
+      if (!child) continue;
+      // Written while open for writing through the mount (passthrough writes land here):
+      // mute its writes until the last such open closes.
+      if (by_fanotify && (mask & IN_MODIFY) && S_ISREG(st.st_mode) &&
+          child->writers.load() != 0 && !child->muted.load())
+        mute(*child);
+      check(*child, st, mask, batch);
     }
   }
   auto check_self = [&](Inode& inode, uint32_t mask) {
@@ -482,7 +498,7 @@ void Watcher::run() {
       expire_notes();
       // Muted files: an outside write shows within a tick.
       std::lock_guard lk(mu_);
-      for (uint64_t nodeid : muted_) batch.recheck.emplace_back(nodeid, 0);
+      for (const auto& [nodeid, file] : muted_) batch.recheck.emplace_back(nodeid, 0);
     }
     resolve(batch);
     for (const auto& [dir, name] : batch.entries) inv_.inval_entry(dir, name);

@@ -38,7 +38,7 @@
 #include <string_view>
 #include <thread>
 #include <unordered_map>
-#include <unordered_set>
+#include <memory>
 #include <vector>
 
 #include "fs/filesystem.h"
@@ -59,6 +59,9 @@ class Watcher {
 
   Watcher(InodeTable& table, Invalidator& inv, Counters& counters, const std::string& label);
   ~Watcher();  // stops and joins the event thread
+  // Stops the event thread: nothing is invalidated after this returns. The watches and
+  // marks go with the watcher.
+  void stop();
   Watcher(const Watcher&) = delete;
   Watcher& operator=(const Watcher&) = delete;
 
@@ -109,7 +112,7 @@ class Watcher {
   // fanotify marks: file system id and file handle of a directory <-> its nodeid.
   std::unordered_map<std::string, uint64_t> fids_;
   std::unordered_map<uint64_t, std::string> fid_of_;
-  std::unordered_set<uint64_t> muted_;      // files with an ignore mark for writes
+  std::unordered_map<uint64_t, std::shared_ptr<Inode>> muted_;  // ignore mark for writes
   std::vector<uint64_t> closed_;            // files whose last writable open closed
   bool fan_refused_logged_ = false;
   std::map<std::pair<uint64_t, std::string>, std::pair<int, Clock::time_point>> self_entries_;
