@@ -56,11 +56,12 @@ class Container:
         cmd = ["systemd-nspawn", "--boot", "-D", self.root, "-M", self.name,
                "--private-network",  # its own loopback: /metrics on 127.0.0.1:9567 is its own
                "--bind=/dev/fuse", "--console=passive",
-               # nspawn's own seccomp filter refuses bpf(), perf_event_open() and io_uring to
-               # the container even with CAP_SYS_ADMIN; efused's eBPF telemetry and its
-               # FUSE-over-io_uring transport need them.
+               # nspawn's own seccomp filter refuses bpf(), perf_event_open(), io_uring and
+               # fanotify to the container even with CAP_SYS_ADMIN; efused's eBPF
+               # telemetry, its FUSE-over-io_uring transport and its write watching need
+               # them.
                "--system-call-filter=bpf perf_event_open io_uring_setup io_uring_enter "
-               "io_uring_register",
+               "io_uring_register fanotify_init fanotify_mark open_by_handle_at",
                # nspawn's /sys has no module/ here; efused reads whether FUSE over io_uring
                # is on from /sys/module/fuse/parameters/enable_uring.
                "--bind-ro=/sys/module"]

@@ -54,6 +54,8 @@ class OperatorChecks(Checks):
                    self.t_bpf)
         self.check("FUSE over io_uring under the unit's sandbox (transport uring)",
                    self.t_uring)
+        self.check("fanotify and file handles under the unit's sandbox (writes watched "
+                   "by fanotify, evicted descriptors reopened)", self.t_watch)
         self.check("efusectl status as root", self.t_efusectl_status)
         self.check("D-Bus policy: others may read, not change", self.t_policy_non_root)
         self.check("systemctl reload adds a mount; the first keeps its open file", self.t_reload_add)
@@ -154,6 +156,23 @@ class OperatorChecks(Checks):
         expect(queues and all("SCHED_BATCH" in l for l in queues),
                "queue threads under the unit:\n%s" % r.stdout)
         self.notes["transport"] += " (%d queue threads, SCHED_BATCH)" % len(queues)
+
+    def t_watch(self):
+        # fanotify_init/fanotify_mark and open_by_handle_at are in systemd's @privileged
+        # group, not @system-service: without them in the unit's SystemCallFilter efused
+        # falls back to inotify for writes and keeps every inode's descriptor open.
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        m = re.search(r'^efuse_watch_fanotify_directories\{[^}]*mount="data"[^}]*\} (\S+)$',
+                      r.stdout, re.M)
+        journal = self.journal(200)
+        expect(m is not None and float(m.group(1)) >= 1,
+               "efuse_watch_fanotify_directories of data: %s\n%s" % (
+                   m.group(1) if m else "missing",
+                   "\n".join(l for l in journal.splitlines() if "fanotify" in l)))
+        expect("no file handles here" not in journal, "efused cannot use file handles "
+               "under the unit:\n%s" % "\n".join(l for l in journal.splitlines()
+                                                  if "file handles" in l))
+        self.notes["watch"] = m.group(0)
 
     def t_efusectl_status(self):
         r = self.sh("efusectl status")

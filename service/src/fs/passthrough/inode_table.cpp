@@ -207,12 +207,15 @@ void InodeTable::set_root(int fd, const struct stat& st) {
     // File handles need support from the file system and CAP_DAC_READ_SEARCH to open;
     // open_by_handle_at takes no O_PATH descriptor for the file system.
     auto handle = handle_of(fd);
+    handles_errno_ = handle.empty() ? errno : 0;
     mount_fd_ = openat(fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (!handle.empty() && mount_fd_ >= 0) {
       int probe = open_handle(mount_fd_, handle, O_PATH);
       if (probe >= 0) {
         ::close(probe);
         handles_ = true;
+      } else {
+        handles_errno_ = errno;
       }
     }
     auto root = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, 1);

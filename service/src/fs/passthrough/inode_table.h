@@ -202,6 +202,9 @@ class InodeTable {
   BackendStats stats() const;
   // Whether evicted descriptors can be reopened (file handles work on the source).
   bool handles() const { return handles_; }
+  // Why not: errno of name_to_handle_at or open_by_handle_at at set_root (EOPNOTSUPP: the
+  // file system has none; EPERM: no CAP_DAC_READ_SEARCH, or a seccomp filter).
+  int handles_errno() const { return handles_errno_; }
 
  private:
   friend struct Inode;
@@ -234,6 +237,7 @@ class InodeTable {
   int mount_fd_ = -1;       // the root opened O_RDONLY: open_by_handle_at's mount_fd
   dev_t root_dev_ = 0;
   bool handles_ = false;    // set once in set_root
+  int handles_errno_ = 0;   // set once in set_root
   std::atomic<uint32_t> epoch_{0};
   std::mutex evict_mu_;
   std::atomic<uint64_t> fds_{0}, evictions_{0}, reopens_{0}, reopen_failures_{0};

@@ -36,9 +36,12 @@ PassthroughFs::PassthroughFs(std::string source, const Policy& policy)
   }
   inodes_.set_root(fd, st);
   if (!inodes_.handles())
-    LOG_INFO("%s: no file handles here (%s): every inode the kernel caches keeps an open "
+    LOG_INFO("%s: no file handles here (%s%s): every inode the kernel caches keeps an open "
              "descriptor, so RLIMIT_NOFILE bounds the tree the kernel can cache",
-             source_.c_str(), geteuid() == 0 ? "the file system has none" : "needs root");
+             source_.c_str(), strerror(inodes_.handles_errno()),
+             inodes_.handles_errno() == EPERM ? "; open_by_handle_at needs CAP_DAC_READ_SEARCH "
+                                                "and must pass any seccomp filter"
+                                              : "");
 }
 
 PassthroughFs::~PassthroughFs() = default;
