@@ -733,6 +733,18 @@ TEST_F(WatcherTest, WhatTheWatcherDidIsCounted) {
 
 // ---- shared read-only handles ------------------------------------------------------------
 
+TEST_F(PassthroughTest, WritableOpensAreToldApartFromSharedHandlesOfAnySerial) {
+  write_file(src("f"), "x");
+  uint64_t ino = lookup(kRoot, "f");
+  uint64_t w = open(ino, O_WRONLY), r = open(ino, O_RDONLY);
+  EXPECT_TRUE(is_writer(w));
+  EXPECT_FALSE(is_writer(r));
+  // Serial numbers of shared handles reach bit 62 after 2^30 opens.
+  EXPECT_FALSE(is_writer(kSharedFh | kWriterFh | 7));
+  release(ino, w);
+  release(ino, r);
+}
+
 TEST_F(PassthroughTest, PlainReadOnlyOpensShareTheInodeDescriptor) {
   write_file(src("f"), "shared bytes");
   uint64_t ino = lookup(kRoot, "f");

@@ -40,10 +40,12 @@ Status kill_suidgid(int fd);
 // so OPEN, FLUSH and RELEASE of a file read again and again cost no system call. Such a
 // handle carries kSharedFh, and in bits 32-62 a serial number that tells the opens apart.
 inline constexpr uint64_t kSharedFh = 1ULL << 63;
-// A private handle open for writing carries kWriterFh (Inode::writers counts them).
+// A private handle open for writing carries kWriterFh (Inode::writers counts them); in a
+// shared handle that bit belongs to the serial number.
 inline constexpr uint64_t kWriterFh = 1ULL << 62;
 inline int fd_of(uint64_t fh) { return static_cast<int>(fh & 0xffffffffu); }
 inline bool is_shared(uint64_t fh) { return (fh & kSharedFh) != 0; }
+inline bool is_writer(uint64_t fh) { return !is_shared(fh) && (fh & kWriterFh) != 0; }
 
 class PassthroughFs final : public Filesystem {
  public:

@@ -219,7 +219,7 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
     if (inode->io_opens > 0) --inode->io_opens;
   }
   if (!is_shared(fh)) ::close(fd_of(fh));
-  if (inode && (fh & kWriterFh) && inode->writers.fetch_sub(1) == 1 && inode->muted.load())
+  if (inode && is_writer(fh) && inode->writers.fetch_sub(1) == 1 && inode->muted.load())
     if (auto w = watcher()) w->closed(*inode);
   // Last: with no opens left the inode's descriptor may be evicted.
   if (inode) inode->opens.fetch_sub(1);
