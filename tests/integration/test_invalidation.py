@@ -20,6 +20,11 @@ DEADLINE = 5.0  # seconds a change may take to show (polling, not a speed assert
 PORT = free_port()
 
 
+def metric(name, **labels):
+    """The mount's /metrics value of `name` now (None if it has no sample)."""
+    return value(parse(scrape(PORT)), name, **labels)
+
+
 def eventually(what, fn, expect):
     """Poll fn() until it returns expect; fail with what it last saw."""
     last = [None]
@@ -253,7 +258,7 @@ def test_cached_listings_stay_exact(m):
     names.discard("sub")
     eventually("outside rmdir listed", listed, names)
     served_from_cache("after changes behind efused's back")
-    assert value(parse(scrape(PORT)), "efuse_listing_cache_drops_total") is not None
+    assert metric("efuse_listing_cache_drops_total") is not None
 
 
 @h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
@@ -271,7 +276,7 @@ def test_directories_are_opened_without_opendir(m):
 
     first = walk()
     assert len(first) == 11 and sum(len(files) for _, _, files in first) == 25
-    requests = lambda: value(parse(scrape(PORT)), "efuse_requests_total") or 0  # noqa: E731
+    requests = lambda: metric("efuse_requests_total") or 0  # noqa: E731
 
     def quiet_walk():  # polling: a directory changed less than 2 s ago is listed by efused
         before = requests()
@@ -298,7 +303,7 @@ def test_cached_listings_are_checked_against_the_mtime_when_attributes_expire(m)
     for i in range(20):
         h.write_file(m.s("d", f"f{i}"), b"x")
     assert len(os.listdir(m.m("d"))) == 20
-    getattrs = lambda: value(parse(scrape(PORT)), "efuse_requests_total", opcode="getattr") or 0  # noqa: E731
+    getattrs = lambda: metric("efuse_requests_total", opcode="getattr") or 0  # noqa: E731
     for _ in range(3):
         before = getattrs()
         assert len(os.listdir(m.m("d"))) == 20
@@ -312,7 +317,7 @@ def test_read_only_opens_share_the_inode_descriptor(m):
     small, big = m.s("small"), m.s("big")
     h.write_file(small, b"one\n")
     h.write_file(big, b"b" * (1 << 20))  # passthrough-sized
-    shared = lambda: value(parse(scrape(PORT)), "efuse_shared_opens_total")  # noqa: E731
+    shared = lambda: metric("efuse_shared_opens_total")  # noqa: E731
 
     def backing_fds(name):  # efused's descriptors on a backing file
         d = f"/proc/{m.proc.pid}/fd"
@@ -342,7 +347,7 @@ def test_an_outside_change_right_behind_one_of_ours_shows(m):
         os.chmod(m.m("f"), 0o700)
         os.chmod(m.s("f"), mode)
         eventually(f"outside chmod {mode:o} behind ours", lambda: stat.S_IMODE(os.stat(m.m("f")).st_mode), mode)
-    assert value(parse(scrape(PORT)), "efuse_watch_failures_total") == 0
+    assert metric("efuse_watch_failures_total") == 0
 
 
 @h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])
@@ -350,7 +355,6 @@ def test_a_file_written_on_and_on_costs_one_invalidation(m):
     # Writes through a passthrough open reach the backing file directly, so inotify reports
     # each like an outside write. The kernel's attributes are dropped once; until someone
     # asks for them again there is nothing more to drop, however many batches of writes come.
-    metric = lambda name: value(parse(scrape(PORT)), name)  # noqa: E731
     assert metric("efuse_watched_directories") >= 1
     with open(m.m("log"), "wb") as f:
         events, sent = metric("efuse_watch_events_total"), metric("efuse_watch_invalidations_total")
@@ -375,7 +379,6 @@ def test_a_file_open_for_writing_has_its_write_events_muted(m):
     # through passthrough opens included. fanotify reports the writes instead, and a file
     # open for writing through the mount has them dropped in the kernel until it closes;
     # an outside write meanwhile shows when efused next compares attributes (1 s).
-    metric = lambda name: value(parse(scrape(PORT)), name)  # noqa: E731
     assert metric("efuse_watch_fanotify_directories") >= 1, m.log_tail()
     with open(m.m("log"), "wb") as f:
         for _ in range(20):  # spread over several 10 ms batches
@@ -405,7 +408,6 @@ def test_a_file_open_for_writing_has_its_write_events_muted(m):
 
 def writes_seen_without_fanotify(m, limit, logged):
     """Start m while fanotify `limit` is 0: writes are watched with inotify, and still show."""
-    metric = lambda name: value(parse(scrape(PORT)), name)  # noqa: E731
     h.write_file(m.s("f"), b"one\n")
     os.mkdir(m.s("d"))
     h.write_file(m.s("d", "g"), b"two\n")
@@ -469,7 +471,7 @@ def capped_without_watches(m, limit, setting, logged):
         os.mkdir(m.s("d"))
         assert os.stat(m.m("f")).st_size == 4 and os.listdir(m.m("d")) == []
     assert logged in m.log_text(), f"efused did not log {logged!r}:\n{m.log_tail()}"
-    assert value(parse(scrape(PORT)), "efuse_watch_failures_total") >= 1
+    assert metric("efuse_watch_failures_total") >= 1
     h.write_file(m.s("f"), b"two, longer\n")
     h.write_file(m.s("d", "new"), b"x")
     eventually("size change without inotify", lambda: os.stat(m.m("f")).st_size, 12)

@@ -584,17 +584,16 @@ class WatcherTest : public PassthroughTest {
     size_t before = inv_.attrs_dropped(marker_);
     marker_mode_ ^= 0044;
     ASSERT_EQ(::chmod(src("marker").c_str(), marker_mode_), 0);
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (inv_.attrs_dropped(marker_) == before && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    ASSERT_GT(inv_.attrs_dropped(marker_), before) << "the watcher never saw the marker";
+    ASSERT_TRUE(eventually([&] { return inv_.attrs_dropped(marker_) > before; },
+                           std::chrono::seconds(10)))
+        << "the watcher never saw the marker";
   }
-  // Waits up to 5 s (a few of the watcher's 1 s ticks) for `done`.
+  // Waits up to `limit` (by default a few of the watcher's 1 s ticks) for `done`.
   template <typename F>
-  bool eventually(F done) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  bool eventually(F done, std::chrono::seconds limit = std::chrono::seconds(5)) {
+    auto deadline = std::chrono::steady_clock::now() + limit;
     while (!done() && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
     return done();
   }
   void outside_write(const std::string& data) {

@@ -25,23 +25,22 @@ size_t default_budget() {
   return std::max<size_t>(64, rl.rlim_cur / 2);
 }
 
-// The file handle of fd's object, or an empty vector with errno set.
-std::vector<unsigned char> handle_of(int fd) {
-  std::vector<unsigned char> buf(sizeof(file_handle) + MAX_HANDLE_SZ);
-  auto* fh = reinterpret_cast<file_handle*>(buf.data());
-  fh->handle_bytes = MAX_HANDLE_SZ;
-  int mount_id = 0;
-  if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH) != 0) return {};
-  buf.resize(sizeof(file_handle) + fh->handle_bytes);
-  return buf;
-}
-
 int open_handle(int mount_fd, std::vector<unsigned char>& handle, int flags) {
   return open_by_handle_at(mount_fd, reinterpret_cast<file_handle*>(handle.data()),
                            flags | O_CLOEXEC);
 }
 
 }  // namespace
+
+std::vector<unsigned char> handle_of(int fd, int flags) {
+  std::vector<unsigned char> buf(sizeof(file_handle) + MAX_HANDLE_SZ);
+  auto* fh = reinterpret_cast<file_handle*>(buf.data());
+  fh->handle_bytes = MAX_HANDLE_SZ;
+  int mount_id = 0;
+  if (name_to_handle_at(fd, "", fh, &mount_id, AT_EMPTY_PATH | flags) != 0) return {};
+  buf.resize(sizeof(file_handle) + fh->handle_bytes);
+  return buf;
+}
 
 // ---- PathFd / Inode ----------------------------------------------------------------------
 

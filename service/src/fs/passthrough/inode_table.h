@@ -37,6 +37,10 @@ inline int64_t steady_ns() {
 struct Inode;
 class InodeTable;
 
+// The file handle (a struct file_handle) of fd's object, any descriptor (O_PATH included);
+// `flags` are added to AT_EMPTY_PATH for name_to_handle_at. Empty with errno set on failure.
+std::vector<unsigned char> handle_of(int fd, int flags = 0);
+
 // The O_PATH descriptor of an inode, pinned: it stays open (eviction skips the inode) until
 // the PathFd is destroyed. Converts to int for use in *at() calls; check ok() first.
 class PathFd {

@@ -49,20 +49,22 @@ std::string fid_key(const void* fsid, const struct file_handle& fh) {
 bool fid_key_of(int fd, std::string& key) {
   struct statfs sfs;
   if (fstatfs(fd, &sfs) != 0) return false;
-  struct {
-    struct file_handle fh;
-    unsigned char bytes[MAX_HANDLE_SZ];
-  } h;
-  int mount_id;
-  for (int flags : {AT_EMPTY_PATH | AT_HANDLE_FID, AT_EMPTY_PATH}) {
-    h.fh.handle_bytes = MAX_HANDLE_SZ;
-    if (name_to_handle_at(fd, "", &h.fh, &mount_id, flags) == 0) {
-      key = fid_key(&sfs.f_fsid, h.fh);
-      return true;
-    }
-    if (errno != EINVAL) return false;  // EINVAL: AT_HANDLE_FID is newer than this kernel
-  }
-  return false;
+  auto handle = handle_of(fd, AT_HANDLE_FID);
+  if (handle.empty() && errno == EINVAL) handle = handle_of(fd);  // AT_HANDLE_FID: 6.5
+  if (handle.empty()) return false;
+  key = fid_key(&sfs.f_fsid, *reinterpret_cast<const struct file_handle*>(handle.data()));
+  return true;
+}
+
+// Adds (op FAN_MARK_ADD) or removes (FAN_MARK_REMOVE) the ignore mark that mutes the write
+// events of fd's file. FAN_MARK_IGNORE is Linux 6.0; before it, the ignored mask of an
+// inode mark does the same.
+int ignore_mark(int fan_fd, unsigned op, int fd) {
+  int rc = fanotify_mark(fan_fd, op | FAN_MARK_IGNORE_SURV, FAN_MODIFY, AT_FDCWD, ProcPath(fd));
+  if (rc != 0 && errno == EINVAL)
+    rc = fanotify_mark(fan_fd, op | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
+                       FAN_MODIFY, AT_FDCWD, ProcPath(fd));
+  return rc;
 }
 }  // namespace
 
@@ -227,17 +229,6 @@ void Watcher::unwatch(Inode& dir) {
       fanotify_mark(fan_fd_, FAN_MARK_REMOVE | FAN_MARK_ONLYDIR, kFanMask, AT_FDCWD,
                     ProcPath(fd));
 }
-
-// FAN_MARK_IGNORE is Linux 6.0; before it, the ignored mask of an inode mark does the same.
-namespace {
-int ignore_mark(int fan_fd, unsigned op, int fd) {
-  int rc = fanotify_mark(fan_fd, op | FAN_MARK_IGNORE_SURV, FAN_MODIFY, AT_FDCWD, ProcPath(fd));
-  if (rc != 0 && errno == EINVAL)
-    rc = fanotify_mark(fan_fd, op | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY,
-                       FAN_MODIFY, AT_FDCWD, ProcPath(fd));
-  return rc;
-}
-}  // namespace
 
 // Event thread. `file` is open for writing through the mount and was written.
 void Watcher::mute(Inode& inode) {
