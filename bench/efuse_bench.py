@@ -775,6 +775,9 @@ class Bench:
         self.efused_sha256 = "n/a"
         self.efused_src = self.efused_bin
         self.setup_notes: list[str] = []
+        # What one blocking request and reply between two processes costs here (pingpong.c):
+        # {"same_cpu_us", "cross_cpu_us", "unpinned_us"}, or {"error": why}.
+        self.wait_floor: dict = {}
         self.tar_entries: dict[str, int] = {}
         self.telemetry = Telemetry(self)
         self.counts: dict[str, dict[str, dict]] = {}  # counted phase -> side -> run details
@@ -1171,6 +1174,7 @@ class Bench:
             self.telemetry.stop()
         if any(g.startswith("tar") for g in self.groups):
             self.prepare_tar()
+        self.measure_wait_floor()
 
     def build_passthrough_ll(self):
         src_dir = BIN.parent / "passthrough_ll"
@@ -1199,6 +1203,31 @@ class Bench:
                            capture_output=True, text=True)
         if r.returncode != 0:
             raise BenchError(f"building passthrough_ll failed: {r.stderr[-500:]}")
+
+    def measure_wait_floor(self):
+        """Builds bench/pingpong.c and measures the machine's request/reply floor with it
+        (bench/README.md, "Wait floor"). A failure is noted, never fatal."""
+        out, src = BIN / "pingpong", BENCH / "pingpong.c"
+        try:
+            if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
+                r = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src)],
+                                   capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise BenchError(f"building pingpong failed: {r.stderr[-500:]}")
+            r = subprocess.run([str(out)], capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise BenchError(f"pingpong failed: {(r.stderr or r.stdout)[-500:]}")
+            self.wait_floor = json.loads(r.stdout)
+            log("wait floor (blocking request/reply between two processes): "
+                + ", ".join(f"{k} {v}" for k, v in self.wait_floor.items()))
+        except (OSError, ValueError, subprocess.SubprocessError, BenchError) as e:
+            self.wait_floor = {"error": " ".join(str(e).split())}
+            log(f"wait floor not measured: {self.wait_floor['error']}")
+
+    def floor_us(self) -> float | None:
+        """The cheapest measured request/reply: what one waited-for upcall costs at least."""
+        vals = [v for k, v in self.wait_floor.items() if k != "error" and v is not None]
+        return min(vals) if vals else None
 
     def build_efused(self):
         if not self.efused_bin.exists():
@@ -1312,6 +1341,7 @@ class Bench:
                                       for side, t in self.foreign.items()},
             },
             "setup_notes": self.setup_notes,
+            "wait_floor": self.wait_floor,
             "loadavg_before_run": self.loadavg,
         }
 
@@ -1333,6 +1363,7 @@ class Bench:
             })
         doc = {"meta": self.meta(), "rows": rows,
                "upcalls_ctxsw_per_io": self.count_rows(),
+               "wait_floor": self.floor_rows(),
                "telemetry_cost": self.cost_rows()}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -1353,6 +1384,51 @@ class Bench:
         return [{"key": key, "row": row, "per": per,
                  "sides": {s: self.counts[key].get(s) for s in COUNTED_SIDES if s in self.side_names}}
                 for key, (row, per) in self.counted_rows.items()]
+
+    def floor_rows(self) -> list[dict]:
+        """Per counted time row (cat, tar): how far the client's waits alone put any FUSE
+        server above native if each cost only the machine's wait floor."""
+        floor, rows = self.floor_us(), []
+        for cr in self.count_rows():
+            m = self.by_key.get(cr["key"])
+            rec = cr["sides"].get("efused")
+            native = m.median("native") if m and not m.errors.get("native") else None
+            if (m is None or m.unit != "s" or floor is None or native is None
+                    or not rec or "counters" not in rec or not rec.get("ios")):
+                continue
+            per_op_us = native / rec["ios"] * 1e6
+            waits = rec["counters"]["switches"]["client voluntary"] / rec["ios"]
+            rows.append({"key": cr["key"], "row": cr["row"], "per": cr["per"],
+                         "native_per_op_us": per_op_us, "waits_per_op": waits,
+                         "floor_us": floor,
+                         "lowest_ratio": (per_op_us + waits * floor) / per_op_us,
+                         "efused/native": self.ratio(m, "efused", "native")})
+        return rows
+
+    def render_floor_md(self) -> list[str]:
+        L = ["", "## Wait floor", "",
+             "What one blocking request and reply between two processes costs on this machine "
+             "(`bench/pingpong.c`: a pipe each way, median of 5 x 10,000 round trips): "]
+        if "error" in self.wait_floor or not self.wait_floor:
+            L[-1] += f"not measured ({mdesc(self.wait_floor.get('error', 'not run'))})."
+            return L
+        w = self.wait_floor
+        L[-1] += (f"**{w['same_cpu_us']:.1f} µs** with both on one CPU, "
+                  + (f"{w['cross_cpu_us']:.1f} µs on two CPUs, " if w.get("cross_cpu_us") else "")
+                  + f"{w['unpinned_us']:.1f} µs where the scheduler puts them. A request the "
+                  "caller waits for (the client's voluntary context switches above) has the same "
+                  "shape, so with the cheapest of these per wait no FUSE server gets below the "
+                  "`lowest ratio` here with that many waits per operation:")
+        rows = self.floor_rows()
+        if not rows:
+            return L + ["", "(no counted time row with a native median and efused's counts)"]
+        L += ["", "| row | native per op | efused's waits per op | floor per wait | "
+              "lowest ratio with those waits | efused/native |", "|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            L.append(f"| {r['row']} | {r['native_per_op_us']:.1f} µs | "
+                     f"{fmt_per(r['waits_per_op'])} | {r['floor_us']:.1f} µs | "
+                     f"{fmt_ratio(r['lowest_ratio'])} | {fmt_ratio(r['efused/native'])} |")
+        return L
 
     def cost_rows(self) -> list[dict]:
         """efused (telemetry on) ÷ efused-nobpf (off), per IOPS or time row both sides ran, as a
@@ -1518,6 +1594,7 @@ class Bench:
                      f"{fmt_ratio(r1)} | {fmt_ratio(r2)} |")
         if self.counted_rows:
             L += self.render_counts_md()
+        L += self.render_floor_md()
         if {"efused", "efused-nobpf"} <= set(self.side_names) and set(COST_GROUPS) & set(self.groups):
             L += self.render_cost_md()
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
@@ -1633,6 +1710,8 @@ def write_machine(bench: Bench):
         sh("sysctl vm.dirty_ratio vm.dirty_background_ratio vm.swappiness 2>/dev/null"), "```", "",
         "## Kernel FUSE", "", "```", fusep or "(no /sys/module/fuse/parameters)",
         sh("grep -w fuse /proc/filesystems"), "```", "",
+        "## Wait floor (bench/pingpong.c)", "", "```",
+        json.dumps(bench.wait_floor) if bench.wait_floor else "(not measured)", "```", "",
         "## Work directory", "", "```",
         f"{WORK}: " + sh(f"findmnt -n -o SOURCE,FSTYPE,OPTIONS -T {shlex.quote(str(WORK))}"),
         sh(f"df -h {shlex.quote(str(WORK))} | tail -1"), "```", "",
