@@ -217,10 +217,14 @@ def panels():
             target(f"sum by (mount) (efuse_inodes{{{SEL}}})", "{{mount}} inodes"),
             target(f"sum by (mount) (efuse_inode_fds{{{SEL}}})", "{{mount}} descriptors", "B"),
             target(f"sum by (mount) (rate(efuse_inode_fd_reopens_total{{{SEL}}}[{RATE}]))",
-                   "{{mount}} reopens/s", "C")],
+                   "{{mount}} reopens/s", "C"),
+            target(f"sum by (mount) (rate(efuse_inode_fd_eviction_passes_total{{{SEL}, "
+                   f"by=\"request\"}}[{RATE}]))", "{{mount}} passes by requests/s", "D")],
             "short", "Inodes the kernel holds, how many keep an O_PATH descriptor (at most half "
             "of RLIMIT_NOFILE for the daemon), and reopens by file handle per second: a steady "
-            "reopen rate means the descriptor budget is below the working set."),
+            "reopen rate means the descriptor budget is below the working set. Eviction runs "
+            "in each mount's own thread; passes by requests mean lookups outpaced it past "
+            "three quarters of RLIMIT_NOFILE (raise LimitNOFILE=)."),
         timeseries("Directory listings", [
             target(f"sum by (mount) (rate(efuse_requests_total{{{SEL}, "
                    f"opcode=~\"readdir|readdirplus\"}}[{RATE}]))", "{{mount}} read by efused"),

@@ -51,7 +51,10 @@ def metrics():
     s = parse(scrape(PORT))
     names = ("efuse_inodes", "efuse_inode_fds", "efuse_inode_fd_evictions_total",
              "efuse_inode_fd_reopens_total", "efuse_inode_fd_reopen_failures_total")
-    return {n: value(s, n) for n in names}
+    got = {n: value(s, n) for n in names}
+    for by in ("evictor", "request"):
+        got[f"passes by {by}"] = value(s, "efuse_inode_fd_eviction_passes_total", by=by)
+    return got
 
 
 @h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"], start=False)
@@ -71,8 +74,13 @@ def test_tree_larger_than_the_descriptor_limit(m):
     got = metrics()
     print(f"  after extraction: {got}, efused fds {peak}")
     assert got["efuse_inodes"] >= DIRS * FILES, "the kernel still holds the extracted inodes"
-    assert got["efuse_inode_fds"] <= BUDGET, f"descriptor budget exceeded: {got}"
+    # Requests evict only past the hard limit (half again the budget); the mount's evictor
+    # thread brings the count back within the budget.
+    assert got["efuse_inode_fds"] <= BUDGET + BUDGET // 2, f"hard limit exceeded: {got}"
+    h.wait_until(lambda: metrics()["efuse_inode_fds"] <= BUDGET, 10,
+                 what="inode descriptors back within the budget")
     assert got["efuse_inode_fd_evictions_total"] > 0, got
+    assert got["passes by evictor"] > 0, f"no pass by the evictor thread: {got}"
     assert peak < NOFILE, f"efused holds {peak} descriptors, its limit is {NOFILE}"
 
     # Read everything back through the mount (reopens evicted inodes) and compare.

@@ -79,5 +79,25 @@ def test_prometheus_scrapes_efused_under_load(m):
     m.check_alive()
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOCS_PORT = free_port()
+
+
+@h.mount_options(args=["--metrics", f"127.0.0.1:{DOCS_PORT}"])
+def test_every_metric_is_documented(m):
+    """Every metric family efused exports (after some I/O, so per-opcode and backend series
+    exist) has its row in docs/metrics.md and its place in the README's metrics reference."""
+    h.write_file(m.m("f"), "x" * 10000)
+    h.run(["cat", m.m("f")], timeout=60)
+    text = get(f"http://127.0.0.1:{DOCS_PORT}/metrics")
+    names = sorted({line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")})
+    assert len(names) > 30, names
+    for doc in ("docs/metrics.md", "README.md"):
+        with open(os.path.join(REPO, doc)) as f:
+            body = f.read()
+        missing = [n for n in names if f"`{n}`" not in body]
+        assert not missing, f"exported but not documented in {doc}: {missing}"
+
+
 if __name__ == "__main__":
     h.main(globals(), require=("prometheus", "promtool", "fio"))

@@ -132,6 +132,8 @@ struct BackendStats {
   uint64_t inodes = 0;           // the kernel holds a reference (nlookup > 0)
   uint64_t fds = 0;              // of those, with an open O_PATH descriptor
   uint64_t evictions = 0;        // descriptors closed to stay within the budget
+  uint64_t evictor_passes = 0;   // eviction passes run by the table's evictor thread
+  uint64_t request_passes = 0;   // ... by a request, past the hard limit
   uint64_t reopens = 0;          // descriptors reopened from a file handle
   uint64_t reopen_failures = 0;  // reopen failed (mostly ESTALE: removed meanwhile)
   uint64_t listing_drops = 0;    // cached directory listings dropped: a change raced them

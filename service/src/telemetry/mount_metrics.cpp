@@ -197,6 +197,12 @@ MountFamilies::MountFamilies()
                                          "Reopens that failed, mostly because the backing "
                                          "object was removed while evicted (answered ESTALE).",
                                          MetricType::Counter)),
+      inode_eviction_passes_(make_family("efuse_inode_fd_eviction_passes_total",
+                                         "Eviction passes over the inode table (each closes "
+                                         "descriptors down to three quarters of the budget), "
+                                         "by who ran them: the mount's evictor thread, or a "
+                                         "request that found the daemon past the hard limit.",
+                                         MetricType::Counter)),
       listing_drops_(make_family("efuse_listing_cache_drops_total",
                                  "Directory listings the kernel had cached (or was building) "
                                  "that efused dropped: an entry of the directory changed less "
@@ -230,6 +236,9 @@ void MountFamilies::add_backend(const std::string& mount, const fs::BackendStats
         Series{&watch_events_, b.watch_events}, Series{&watch_invalidations_, b.watch_invalidations},
         Series{&watch_overflows_, b.watch_overflows}, Series{&watch_failures_, b.watch_failures}})
     add_counter(*family, labels, static_cast<double>(v));
+  for (auto [by, v] :
+       {std::pair{"evictor", b.evictor_passes}, std::pair{"request", b.request_passes}})
+    add_counter(inode_eviction_passes_, {{"mount", mount}, {"by", by}}, static_cast<double>(v));
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -320,7 +329,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
-        &inode_reopen_failures_, &listing_drops_, &shared_opens_, &watched_dirs_,
+        &inode_reopen_failures_, &inode_eviction_passes_, &listing_drops_, &shared_opens_, &watched_dirs_,
         &watch_fanotify_dirs_, &watch_muted_files_, &watch_events_, &watch_invalidations_, &watch_overflows_, &watch_failures_}) {
     append_nonempty(out, std::move(*f));
   }

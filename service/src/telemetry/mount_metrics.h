@@ -86,6 +86,7 @@ class MountFamilies {
   prometheus::MetricFamily inode_evictions_;
   prometheus::MetricFamily inode_reopens_;
   prometheus::MetricFamily inode_reopen_failures_;
+  prometheus::MetricFamily inode_eviction_passes_;
   prometheus::MetricFamily listing_drops_;
   prometheus::MetricFamily shared_opens_;
 };

@@ -1,6 +1,8 @@
 // InodeTable's descriptor budget: past it, unused inodes close their O_PATH descriptor and
 // are reopened by file handle on their next use. Needs CAP_DAC_READ_SEARCH (root) for
-// open_by_handle_at; without it the table evicts nothing, which is checked too.
+// open_by_handle_at; without it the table evicts nothing, which is checked too. What
+// eviction does is tested on tables whose requests evict (Evictor::kRequests: at once, in
+// the caller); when and where it runs in production, in the table's own thread, at the end.
 #include "fs/passthrough/inode_table.h"
 
 #include <fcntl.h>
@@ -9,15 +11,21 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "../testing/eventually.h"
 #include "../testing/temp_dir.h"
 
 namespace efuse::fs::passthrough {
 namespace {
 
+using efuse::testing::eventually;
 using efuse::testing::TempDir;
 using efuse::testing::write_file;
 
@@ -35,7 +43,7 @@ void install_root(InodeTable& table, const std::string& dir, int* fd) {
 
 class InodeTableTest : public ::testing::Test {
  protected:
-  InodeTableTest() : table_(kBudget) {
+  InodeTableTest() : table_(kBudget, InodeTable::Evictor::kRequests) {
     int fd;
     install_root(table_, tmp_.path(), &fd);
   }
@@ -231,6 +239,97 @@ TEST_F(InodeTableTest, AReadableReopenOpensTheFileForReadingAtOnce) {
   EXPECT_NE(fcntl(fd, F_GETFL) & O_PATH, 0);
   EXPECT_EQ(file->readable_fd(fd), int{fd});
   EXPECT_EQ(fcntl(fd, F_GETFL) & (O_ACCMODE | O_PATH), O_RDONLY);
+}
+
+// Whether a thread of this process has the name `name` (/proc/self/task/*/comm).
+bool thread_named(const std::string& name) {
+  for (const auto& task : std::filesystem::directory_iterator("/proc/self/task")) {
+    std::ifstream comm(task.path() / "comm");
+    std::string line;
+    if (std::getline(comm, line) && line == name) return true;
+  }
+  return false;
+}
+
+// Production tables evict in their own thread: the request that crosses the budget only
+// wakes it (no scan, no closes of its own), and the thread brings the count back under.
+TEST(InodeTableEvictor, TheRequestCrossingTheBudgetLeavesEvictionToTheThread) {
+  TempDir tmp;
+  InodeTable table(kBudget);
+  int root;
+  ASSERT_NO_FATAL_FAILURE(install_root(table, tmp.path(), &root));
+  if (!table.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  EXPECT_TRUE(eventually([] { return thread_named("efuse-evict"); }));
+  std::vector<std::shared_ptr<Inode>> inodes;
+  // The root and kBudget + 2 files: over the budget, under the hard limit (half again).
+  for (size_t i = 0; i < kBudget + 2; ++i) {
+    std::string name = "f" + std::to_string(i);
+    ASSERT_TRUE(write_file(tmp / name, name));
+    int fd = openat(root, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    inodes.push_back(table.ref(fd, st));
+  }
+  EXPECT_TRUE(eventually([&] { return table.stats().fds <= kBudget; }))
+      << "fds = " << table.stats().fds;
+  BackendStats s = table.stats();
+  EXPECT_EQ(s.request_passes, 0u) << "no request evicted";
+  EXPECT_GE(s.evictor_passes, 1u);
+  // Woken at kBudget + 1 descriptors at the earliest, a pass closes down to three quarters.
+  EXPECT_GE(s.evictions, kBudget + 1 - kBudget * 3 / 4);
+  // Evicted by the thread, every inode reopens to its own object.
+  for (auto& inode : inodes) {
+    PathFd fd = inode->pin();
+    ASSERT_TRUE(fd.ok()) << strerror(fd.error().code);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    EXPECT_EQ(st.st_ino, inode->ino);
+  }
+  EXPECT_GE(table.stats().reopens, 1u);
+}
+
+// Requests evict only past the hard limit: a table over its budget whose thread cannot
+// help (everything pinned) never makes a request scan until then.
+TEST(InodeTableEvictor, RequestsEvictOnlyPastTheHardLimit) {
+  TempDir tmp;
+  InodeTable table(kBudget);
+  int root;
+  ASSERT_NO_FATAL_FAILURE(install_root(table, tmp.path(), &root));
+  if (!table.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  std::vector<PathFd> pins;  // nothing evictable: the thread's passes close nothing
+  std::shared_ptr<Inode> last;
+  auto add = [&](size_t i) {
+    std::string name = "f" + std::to_string(i);
+    ASSERT_TRUE(write_file(tmp / name, name));
+    int fd = openat(root, name.c_str(), O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    struct stat st;
+    ASSERT_EQ(fstat(fd, &st), 0);
+    last = table.ref(fd, st);
+  };
+  size_t hard = kBudget + kBudget / 2;
+  for (size_t i = 0; i + 1 < hard; ++i) {  // the root and hard - 1 files, all pinned
+    ASSERT_NO_FATAL_FAILURE(add(i));
+    pins.push_back(last->pin());
+  }
+  EXPECT_EQ(table.stats().fds, hard);
+  EXPECT_EQ(table.stats().request_passes, 0u);
+  // The thread was woken and found nothing; once it is back asleep (no pass for 100 ms),
+  // the request's pass cannot meet one of its passes (they skip each other).
+  uint64_t passes = table.stats().evictor_passes;
+  for (int quiet = 0; quiet < 50;) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    uint64_t now = table.stats().evictor_passes;
+    quiet = now == passes ? quiet + 1 : 0;
+    passes = now;
+  }
+  EXPECT_GE(passes, 1u);
+  // One past the hard limit: the request's own pass finds one inode not pinned, the new one.
+  ASSERT_NO_FATAL_FAILURE(add(hard));
+  EXPECT_EQ(table.stats().request_passes, 1u);
+  EXPECT_EQ(table.stats().evictions, 1u);
+  EXPECT_EQ(table.stats().fds, hard);
 }
 
 }  // namespace

@@ -19,11 +19,13 @@
 #include <thread>
 #include <vector>
 
+#include "../testing/eventually.h"
 #include "../testing/temp_dir.h"
 
 namespace efuse::fs::passthrough {
 namespace {
 
+using efuse::testing::eventually;
 using efuse::testing::read_file;
 using efuse::testing::TempDir;
 using efuse::testing::write_file;
@@ -587,14 +589,6 @@ class WatcherTest : public PassthroughTest {
     ASSERT_TRUE(eventually([&] { return inv_.attrs_dropped(marker_) > before; },
                            std::chrono::seconds(10)))
         << "the watcher never saw the marker";
-  }
-  // Waits up to `limit` (by default a few of the watcher's 1 s ticks) for `done`.
-  template <typename F>
-  bool eventually(F done, std::chrono::seconds limit = std::chrono::seconds(5)) {
-    auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!done() && std::chrono::steady_clock::now() < deadline)
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    return done();
   }
   void outside_write(const std::string& data) {
     int fd = ::open(src("f").c_str(), O_WRONLY | O_APPEND);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/thread_name.h"
 #include "fs/passthrough/proc_path.h"
 
 namespace efuse::fs::passthrough {
@@ -189,10 +190,16 @@ bool Inode::evict() {
 
 // ---- InodeTable ----------------------------------------------------------------------------
 
-InodeTable::InodeTable(size_t fd_budget)
-    : fd_budget_(fd_budget != 0 ? fd_budget : default_budget()) {}
+InodeTable::InodeTable(size_t fd_budget, Evictor evictor)
+    : fd_budget_(fd_budget != 0 ? fd_budget : default_budget()), evictor_kind_(evictor) {}
 
 InodeTable::~InodeTable() {
+  {
+    std::lock_guard lk(evictor_mu_);
+    evictor_stop_ = true;
+  }
+  evictor_cv_.notify_one();
+  if (evictor_.joinable()) evictor_.join();  // it may hold inodes of a pass
   // Inodes give their descriptors back to the counters: before those go.
   by_key_.clear();
   by_id_.clear();
@@ -217,6 +224,10 @@ void InodeTable::set_root(int fd, const struct stat& st) {
         handles_errno_ = errno;
       }
     }
+    // Started here, not at the first need: a thread started by a request would inherit
+    // its CPU affinity, scheduling policy and, inside a CredScope, its file system ids.
+    if (handles_ && evictor_kind_ == Evictor::kThread && !evictor_.joinable())
+      evictor_ = std::thread([this] { evictor_loop(); });
     auto root = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, 1);
     root->nlookup = 1;
     by_id_[1] = root;
@@ -320,13 +331,19 @@ BackendStats InodeTable::stats() const {
   s.evictions = evictions_.load(std::memory_order_relaxed);
   s.reopens = reopens_.load(std::memory_order_relaxed);
   s.reopen_failures = reopen_failures_.load(std::memory_order_relaxed);
+  s.evictor_passes = evictor_passes_.load(std::memory_order_relaxed);
+  s.request_passes = request_passes_.load(std::memory_order_relaxed);
   return s;
 }
 
 void InodeTable::fd_opened() {
   fds_.fetch_add(1, std::memory_order_relaxed);
-  bool over = g_path_fds.fetch_add(1, std::memory_order_relaxed) + 1 > fd_budget_;
-  if (over && handles_) evict_some();  // without file handles nothing can be evicted
+  uint64_t held = g_path_fds.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (held <= fd_budget_ || !handles_) return;  // without file handles nothing can be evicted
+  if (evictor_kind_ == Evictor::kRequests || held > fd_budget_ + fd_budget_ / 2)
+    evict_some(request_passes_);
+  else
+    wake_evictor();
 }
 
 void InodeTable::fd_closed() {
@@ -334,39 +351,77 @@ void InodeTable::fd_closed() {
   g_path_fds.fetch_sub(1, std::memory_order_relaxed);
 }
 
+void InodeTable::wake_evictor() {
+  if (evictor_pending_.exchange(true)) return;
+  {
+    std::lock_guard lk(evictor_mu_);
+    evictor_woken_ = true;
+  }
+  evictor_cv_.notify_one();
+}
+
+void InodeTable::evictor_loop() {
+  name_this_thread("efuse-evict");
+  std::unique_lock lk(evictor_mu_);
+  for (;;) {
+    evictor_cv_.wait(lk, [this] { return evictor_woken_ || evictor_stop_; });
+    if (evictor_stop_) return;
+    evictor_woken_ = false;
+    lk.unlock();
+    // Wakes from here on run another pass: this one may have read the count before them.
+    evictor_pending_.store(false);
+    // Again while a pass got somewhere and the count is still over (opens during a pass
+    // are not in its count); a pass that found nothing to evict waits for the next wake.
+    while (evict_some(evictor_passes_) > 0 &&
+           g_path_fds.load(std::memory_order_relaxed) > fd_budget_) {
+    }
+    lk.lock();
+  }
+}
+
 // Evicts down to three quarters of the budget (batches keep the scans rare), least
 // recently pinned first. Recency is coarse: pin() stamps the epoch, which each pass
-// advances, so "older" means "not used since an earlier pass".
-void InodeTable::evict_some() {
+// advances, so "older" means "not used since an earlier pass". The scan holds the table's
+// shared lock; the closes do not (new inodes and forgets go on meanwhile): the inodes
+// chosen are held by reference until their turn.
+size_t InodeTable::evict_some(std::atomic<uint64_t>& by) {
   std::unique_lock ek(evict_mu_, std::try_to_lock);
-  if (!ek.owns_lock()) return;
+  if (!ek.owns_lock()) return 0;
   uint64_t held = g_path_fds.load(std::memory_order_relaxed);
-  if (held <= fd_budget_) return;
+  if (held <= fd_budget_) return 0;
   size_t want = held - fd_budget_ * 3 / 4;
+  by.fetch_add(1, std::memory_order_relaxed);
 
-  // The shared lock keeps every inode in the map alive (forget needs the exclusive lock).
-  std::shared_lock lk(mu_);
-  std::vector<std::pair<uint32_t, Inode*>> candidates;
-  candidates.reserve(fds_.load(std::memory_order_relaxed));
-  for (const auto& [id, inode] : by_id_) {
-    if (inode->fd_.load(std::memory_order_relaxed) < 0 ||
-        inode->pins_.load(std::memory_order_relaxed) != 0 ||
-        inode->opens.load(std::memory_order_relaxed) != 0)
-      continue;
-    candidates.emplace_back(inode->last_use_.load(std::memory_order_relaxed), inode.get());
+  std::vector<std::shared_ptr<Inode>> chosen;
+  {
+    std::shared_lock lk(mu_);
+    std::vector<std::pair<uint32_t, const std::shared_ptr<Inode>*>> candidates;
+    candidates.reserve(fds_.load(std::memory_order_relaxed));
+    for (const auto& [id, inode] : by_id_) {
+      if (inode->fd_.load(std::memory_order_relaxed) < 0 ||
+          inode->pins_.load(std::memory_order_relaxed) != 0 ||
+          inode->opens.load(std::memory_order_relaxed) != 0)
+        continue;
+      candidates.emplace_back(inode->last_use_.load(std::memory_order_relaxed), &inode);
+    }
+    epoch_.fetch_add(1, std::memory_order_relaxed);
+    auto by_age = [](const auto& a, const auto& b) { return a.first < b.first; };
+    if (candidates.size() > want) {
+      std::nth_element(candidates.begin(), candidates.begin() + static_cast<ptrdiff_t>(want),
+                       candidates.end(), by_age);
+      candidates.resize(want);
+    }
+    chosen.reserve(candidates.size());
+    for (const auto& c : candidates) chosen.push_back(*c.second);
   }
-  epoch_.fetch_add(1, std::memory_order_relaxed);
-  auto by_age = [](const auto& a, const auto& b) { return a.first < b.first; };
-  if (candidates.size() > want) {
-    std::nth_element(candidates.begin(), candidates.begin() + static_cast<ptrdiff_t>(want),
-                     candidates.end(), by_age);
-    candidates.resize(want);
-  }
-  for (auto& [age, inode] : candidates) {
-    if (!inode->evict()) continue;
+  size_t closed = 0;
+  for (auto& inode : chosen) {
+    if (!inode->evict()) continue;  // pinned or opened since the scan
     fd_closed();
     evictions_.fetch_add(1, std::memory_order_relaxed);
+    ++closed;
   }
+  return closed;
 }
 
 }  // namespace efuse::fs::passthrough

@@ -8,16 +8,24 @@
 // reopened with open_by_handle_at (CAP_DAC_READ_SEARCH) on their next use. Inodes on
 // another file system than the source's root, open files and lock holders keep their
 // descriptors; without file handle support nothing is evicted.
+//
+// Eviction runs in a thread of the table's own ("efuse-evict", started with the root when
+// file handles work): a pass scans every inode and closes a quarter of the budget's
+// descriptors (131,072 under the unit's LimitNOFILE), a stall that the request crossing
+// the budget used to pay. Requests evict themselves only past the hard limit (the budget
+// and half of it again), which the thread falling far behind would take to reach.
 #pragma once
 
 #include <sys/stat.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -178,9 +186,13 @@ struct Inode {
 
 class InodeTable {
  public:
+  // Who evicts: the table's own thread (requests only past the hard limit), or, without
+  // one, the request that crosses the budget (deterministic: for tests of what eviction
+  // does rather than when).
+  enum class Evictor { kThread, kRequests };
   // fd_budget: descriptors all tables of the process may hold before evicting; 0 = half of
   // RLIMIT_NOFILE's soft limit at construction.
-  explicit InodeTable(size_t fd_budget = 0);
+  explicit InodeTable(size_t fd_budget = 0, Evictor evictor = Evictor::kThread);
   ~InodeTable();
   InodeTable(const InodeTable&) = delete;
   InodeTable& operator=(const InodeTable&) = delete;
@@ -213,11 +225,16 @@ class InodeTable {
  private:
   friend struct Inode;
 
-  // Called after a descriptor was opened: evicts least recently used ones while the
-  // process is over budget. One thread evicts at a time; the others go on.
+  // Called after a descriptor was opened: over the budget it wakes the evictor thread;
+  // over the hard limit (or without the thread) the caller evicts.
   void fd_opened();
   void fd_closed();
-  void evict_some();
+  // One eviction pass down to three quarters of the budget, least recently used first; the
+  // descriptors it closed. One thread evicts at a time; the others go on. `by` counts the
+  // pass.
+  size_t evict_some(std::atomic<uint64_t>& by);
+  void wake_evictor();
+  void evictor_loop();
 
   struct Key {
     dev_t dev;
@@ -238,6 +255,7 @@ class InodeTable {
   std::unordered_set<uint64_t> linked_;  // nodeids of inodes with `linked` set
 
   const size_t fd_budget_;
+  const Evictor evictor_kind_;
   int mount_fd_ = -1;       // the root opened O_RDONLY: open_by_handle_at's mount_fd
   dev_t root_dev_ = 0;
   bool handles_ = false;    // set once in set_root
@@ -245,6 +263,16 @@ class InodeTable {
   std::atomic<uint32_t> epoch_{0};
   std::mutex evict_mu_;
   std::atomic<uint64_t> fds_{0}, evictions_{0}, reopens_{0}, reopen_failures_{0};
+  std::atomic<uint64_t> evictor_passes_{0}, request_passes_{0};
+  // The evictor thread: woken by wake_evictor(), stopped by the destructor.
+  std::mutex evictor_mu_;
+  std::condition_variable evictor_cv_;
+  bool evictor_woken_ = false;  // guarded by evictor_mu_
+  bool evictor_stop_ = false;   // guarded by evictor_mu_
+  std::thread evictor_;         // started by set_root when file handles work
+  // A wake the thread has not taken yet: requests crossing the budget meanwhile skip the
+  // mutex.
+  std::atomic<bool> evictor_pending_{false};
 };
 
 }  // namespace efuse::fs::passthrough
