@@ -381,10 +381,17 @@ void InodeTable::evictor_loop() {
 
 // Evicts down to three quarters of the budget (batches keep the scans rare), least
 // recently pinned first. Recency is coarse: pin() stamps the epoch, which each pass
-// advances, so "older" means "not used since an earlier pass". The scan holds the table's
-// shared lock; the closes do not (new inodes and forgets go on meanwhile): the inodes
-// chosen are held by reference until their turn.
+// advances, so "older" means "not used since an earlier pass".
+//
+// The table's lock is held a slice at a time, never for the whole pass: the scan reads
+// kScanBuckets buckets of the nodeid map per hold, and the inodes chosen are looked up
+// again kEvictSlice at a time before their descriptors close. A table of 500,000 inodes
+// would otherwise keep new lookups and forgets waiting for the whole scan. A rehash
+// between two holds renumbers the buckets: the scan then goes on in the new numbering and
+// may miss or repeat some inodes, which only makes this pass's choice a little less exact.
 size_t InodeTable::evict_some(std::atomic<uint64_t>& by) {
+  constexpr size_t kScanBuckets = 4096;
+  constexpr size_t kEvictSlice = 1024;
   std::unique_lock ek(evict_mu_, std::try_to_lock);
   if (!ek.owns_lock()) return 0;
   uint64_t held = g_path_fds.load(std::memory_order_relaxed);
@@ -392,34 +399,45 @@ size_t InodeTable::evict_some(std::atomic<uint64_t>& by) {
   size_t want = held - fd_budget_ * 3 / 4;
   by.fetch_add(1, std::memory_order_relaxed);
 
-  std::vector<std::shared_ptr<Inode>> chosen;
-  {
+  std::vector<std::pair<uint32_t, uint64_t>> candidates;  // (last use, nodeid)
+  candidates.reserve(fds_.load(std::memory_order_relaxed));
+  for (size_t bucket = 0;;) {
     std::shared_lock lk(mu_);
-    std::vector<std::pair<uint32_t, const std::shared_ptr<Inode>*>> candidates;
-    candidates.reserve(fds_.load(std::memory_order_relaxed));
-    for (const auto& [id, inode] : by_id_) {
-      if (inode->fd_.load(std::memory_order_relaxed) < 0 ||
-          inode->pins_.load(std::memory_order_relaxed) != 0 ||
-          inode->opens.load(std::memory_order_relaxed) != 0)
-        continue;
-      candidates.emplace_back(inode->last_use_.load(std::memory_order_relaxed), &inode);
+    size_t end = std::min(by_id_.bucket_count(), bucket + kScanBuckets);
+    if (bucket >= end) break;
+    for (; bucket < end; ++bucket) {
+      for (auto it = by_id_.begin(bucket); it != by_id_.end(bucket); ++it) {
+        const Inode& inode = *it->second;
+        if (inode.fd_.load(std::memory_order_relaxed) < 0 ||
+            inode.pins_.load(std::memory_order_relaxed) != 0 ||
+            inode.opens.load(std::memory_order_relaxed) != 0)
+          continue;
+        candidates.emplace_back(inode.last_use_.load(std::memory_order_relaxed), it->first);
+      }
     }
-    epoch_.fetch_add(1, std::memory_order_relaxed);
-    auto by_age = [](const auto& a, const auto& b) { return a.first < b.first; };
-    if (candidates.size() > want) {
-      std::nth_element(candidates.begin(), candidates.begin() + static_cast<ptrdiff_t>(want),
-                       candidates.end(), by_age);
-      candidates.resize(want);
-    }
-    chosen.reserve(candidates.size());
-    for (const auto& c : candidates) chosen.push_back(*c.second);
+  }
+  epoch_.fetch_add(1, std::memory_order_relaxed);
+  if (candidates.size() > want) {
+    std::nth_element(candidates.begin(), candidates.begin() + static_cast<ptrdiff_t>(want),
+                     candidates.end());
+    candidates.resize(want);
   }
   size_t closed = 0;
-  for (auto& inode : chosen) {
-    if (!inode->evict()) continue;  // pinned or opened since the scan
-    fd_closed();
-    evictions_.fetch_add(1, std::memory_order_relaxed);
-    ++closed;
+  std::vector<std::shared_ptr<Inode>> slice;
+  for (size_t i = 0; i < candidates.size(); i += kEvictSlice) {
+    slice.clear();
+    {
+      std::shared_lock lk(mu_);
+      for (size_t k = i; k < std::min(candidates.size(), i + kEvictSlice); ++k)
+        if (auto it = by_id_.find(candidates[k].second); it != by_id_.end())
+          slice.push_back(it->second);  // forgotten meanwhile: nothing to evict
+    }
+    for (auto& inode : slice) {
+      if (!inode->evict()) continue;  // pinned, opened or evicted since the scan
+      fd_closed();
+      evictions_.fetch_add(1, std::memory_order_relaxed);
+      ++closed;
+    }
   }
   return closed;
 }
