@@ -409,6 +409,7 @@ size_t InodeTable::evict_some(std::atomic<uint64_t>& by) {
       for (auto it = by_id_.begin(bucket); it != by_id_.end(bucket); ++it) {
         const Inode& inode = *it->second;
         if (inode.fd_.load(std::memory_order_relaxed) < 0 ||
+            inode.pinned_forever_.load(std::memory_order_relaxed) ||
             inode.pins_.load(std::memory_order_relaxed) != 0 ||
             inode.opens.load(std::memory_order_relaxed) != 0)
           continue;

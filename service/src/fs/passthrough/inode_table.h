@@ -180,7 +180,9 @@ struct Inode {
   std::atomic<uint32_t> last_use_;   // InodeTable eviction epoch of the latest pin()
   std::mutex fd_mu_;                 // reopen and eviction
   std::vector<unsigned char> handle_;  // struct file_handle, taken at first eviction
-  bool pinned_forever_ = false;      // guarded by fd_mu_: cannot be held by handle
+  // Cannot be held by handle (the root, other file systems, no handle): never evicted.
+  // Written under fd_mu_; the eviction scan reads it without, to leave such inodes out.
+  std::atomic<bool> pinned_forever_{false};
   bool readable_ = false;            // guarded by fd_mu_: fd_ is an O_RDONLY descriptor
 };
 
