@@ -334,5 +334,33 @@ TEST(InodeTableEvictor, RequestsEvictOnlyPastTheHardLimit) {
   EXPECT_EQ(s.fds, hard + 1);
 }
 
+// The budget is the process's: a busy table crossing it wakes the thread of a quiet table
+// that holds most of the descriptors, and that one gives up its share too, instead of the
+// busy one evicting its whole working set.
+TEST(InodeTableEvictor, EveryTableGivesUpItsShare) {
+  TempDir tmp_quiet, tmp_busy;
+  InodeTable quiet(kBudget), busy(kBudget);
+  int quiet_root, busy_root;
+  ASSERT_NO_FATAL_FAILURE(install_root(quiet, tmp_quiet.path(), &quiet_root));
+  if (!quiet.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
+  std::vector<std::shared_ptr<Inode>> inodes;
+  for (size_t i = 0; i + 2 < kBudget; ++i) {  // the root and kBudget - 2 files
+    std::string name = "q" + std::to_string(i);
+    ASSERT_TRUE(write_file(tmp_quiet / name, name));
+    inodes.push_back(adopt(quiet, tmp_quiet / name));
+  }
+  ASSERT_NO_FATAL_FAILURE(install_root(busy, tmp_busy.path(), &busy_root));
+  for (size_t i = 0; i < 4; ++i) {  // 15 + 5 = 20 descriptors in the process: over by 4
+    std::string name = "b" + std::to_string(i);
+    ASSERT_TRUE(write_file(tmp_busy / name, name));
+    inodes.push_back(adopt(busy, tmp_busy / name));
+  }
+  BackendStats q = settled(quiet), b = settled(busy);
+  EXPECT_LE(q.fds + b.fds, kBudget);
+  EXPECT_GE(q.evictor_passes, 1u) << "the quiet table's thread was woken";
+  EXPECT_GT(q.evictions, b.evictions) << "in proportion to what each holds";
+  EXPECT_EQ(q.request_passes + b.request_passes, 0u);
+}
+
 }  // namespace
 }  // namespace efuse::fs::passthrough

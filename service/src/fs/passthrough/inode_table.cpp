@@ -18,6 +18,17 @@ namespace {
 // because RLIMIT_NOFILE is.
 std::atomic<uint64_t> g_path_fds{0};
 
+// Tables with an evictor thread. The budget is the process's: crossing it wakes all of
+// them, and each gives up its share (a quiet mount with most of the descriptors, not only
+// the busy one that crossed). g_wake_pending spares requests the mutex until an evictor
+// has taken the last wake.
+std::mutex g_tables_mu;
+std::vector<InodeTable*> g_tables;
+std::atomic<bool> g_wake_pending{false};
+// The process's descriptors when the threads were last woken: every table's share comes from
+// it, so that a table whose pass ran first does not leave the others nothing to do.
+std::atomic<uint64_t> g_wake_held{0};
+
 size_t default_budget() {
   struct rlimit rl {};
   if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return 1 << 20;
@@ -195,6 +206,11 @@ InodeTable::InodeTable(size_t fd_budget, Evictor evictor)
 
 InodeTable::~InodeTable() {
   {
+    std::lock_guard lk(g_tables_mu);
+    std::erase(g_tables, this);
+    g_wake_pending.store(false);  // a wake this table's thread never took: others' next
+  }
+  {
     std::lock_guard lk(evictor_mu_);
     evictor_stop_ = true;
   }
@@ -226,8 +242,11 @@ void InodeTable::set_root(int fd, const struct stat& st) {
     }
     // Started here, not at the first need: a thread started by a request would inherit
     // its CPU affinity, scheduling policy and, inside a CredScope, its file system ids.
-    if (handles_ && evictor_kind_ == Evictor::kThread && !evictor_.joinable())
+    if (handles_ && evictor_kind_ == Evictor::kThread && !evictor_.joinable()) {
       evictor_ = std::thread([this] { evictor_loop(); });
+      std::lock_guard tl(g_tables_mu);
+      g_tables.push_back(this);
+    }
     auto root = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, 1);
     root->nlookup = 1;
     by_id_[1] = root;
@@ -342,8 +361,7 @@ void InodeTable::fd_opened() {
   if (held <= fd_budget_ || !handles_) return;  // without file handles nothing can be evicted
   if (evictor_kind_ == Evictor::kRequests || held > fd_budget_ + fd_budget_ / 2)
     evict_some(request_passes_);
-  else
-    wake_evictor();
+  if (evictor_kind_ == Evictor::kThread) wake_evictors(held);
 }
 
 void InodeTable::fd_closed() {
@@ -351,13 +369,18 @@ void InodeTable::fd_closed() {
   g_path_fds.fetch_sub(1, std::memory_order_relaxed);
 }
 
-void InodeTable::wake_evictor() {
-  if (evictor_pending_.exchange(true)) return;
-  {
-    std::lock_guard lk(evictor_mu_);
-    evictor_woken_ = true;
+void InodeTable::wake_evictors(uint64_t held) {
+  if (g_wake_pending.exchange(true)) return;
+  g_wake_held.store(held);
+  std::lock_guard tl(g_tables_mu);  // a table leaves the list before it goes
+  if (g_tables.empty()) g_wake_pending.store(false);  // no thread to take it
+  for (InodeTable* t : g_tables) {
+    {
+      std::lock_guard lk(t->evictor_mu_);
+      t->evictor_woken_ = true;
+    }
+    t->evictor_cv_.notify_one();
   }
-  evictor_cv_.notify_one();
 }
 
 void InodeTable::evictor_loop() {
@@ -369,12 +392,12 @@ void InodeTable::evictor_loop() {
     evictor_woken_ = false;
     lk.unlock();
     // Wakes from here on run another pass: this one may have read the count before them.
-    evictor_pending_.store(false);
-    // Again while a pass got somewhere and the count is still over (opens during a pass
-    // are not in its count); a pass that found nothing to evict waits for the next wake.
-    while (evict_some(evictor_passes_) > 0 &&
-           g_path_fds.load(std::memory_order_relaxed) > fd_budget_) {
-    }
+    g_wake_pending.store(false);
+    size_t closed = evict_some(evictor_passes_, g_wake_held.load());
+    // Still over (opens during the passes): another round for every table, with the count
+    // as it is now. A pass that found nothing to evict waits for the next request's wake.
+    uint64_t held = g_path_fds.load(std::memory_order_relaxed);
+    if (closed > 0 && held > fd_budget_) wake_evictors(held);
     lk.lock();
   }
 }
@@ -389,14 +412,20 @@ void InodeTable::evictor_loop() {
 // would otherwise keep new lookups and forgets waiting for the whole scan. A rehash
 // between two holds renumbers the buckets: the scan then goes on in the new numbering and
 // may miss or repeat some inodes, which only makes this pass's choice a little less exact.
-size_t InodeTable::evict_some(std::atomic<uint64_t>& by) {
+size_t InodeTable::evict_some(std::atomic<uint64_t>& by, uint64_t held_at_wake) {
   constexpr size_t kScanBuckets = 4096;
   constexpr size_t kEvictSlice = 1024;
   std::unique_lock ek(evict_mu_, std::try_to_lock);
   if (!ek.owns_lock()) return 0;
-  uint64_t held = g_path_fds.load(std::memory_order_relaxed);
-  if (held <= fd_budget_) return 0;
-  size_t want = held - fd_budget_ * 3 / 4;
+  uint64_t now = g_path_fds.load(std::memory_order_relaxed);
+  if (now <= (held_at_wake != 0 ? fd_budget_ * 3 / 4 : fd_budget_)) return 0;
+  // This table's share of what the process must give up, in proportion to what it holds
+  // (rounded up), least recently used first within it.
+  uint64_t held = std::max(now, held_at_wake);
+  uint64_t mine = fds_.load(std::memory_order_relaxed);
+  uint64_t want_all = held - fd_budget_ * 3 / 4;
+  size_t want = mine >= held ? want_all : (want_all * mine + held - 1) / held;
+  if (want == 0) return 0;
   by.fetch_add(1, std::memory_order_relaxed);
 
   std::vector<std::pair<uint32_t, uint64_t>> candidates;  // (last use, nodeid)

@@ -13,7 +13,9 @@
 // file handles work): a pass scans every inode and closes a quarter of the budget's
 // descriptors (131,072 under the unit's LimitNOFILE), a stall that the request crossing
 // the budget used to pay. Requests evict themselves only past the hard limit (the budget
-// and half of it again), which the thread falling far behind would take to reach.
+// and half of it again), which the thread falling far behind would take to reach. The
+// budget is the process's, so crossing it wakes the threads of all tables (mounts), and
+// each gives up descriptors in proportion to what it holds.
 #pragma once
 
 #include <sys/stat.h>
@@ -231,11 +233,14 @@ class InodeTable {
   // over the hard limit (or without the thread) the caller evicts.
   void fd_opened();
   void fd_closed();
-  // One eviction pass down to three quarters of the budget, least recently used first; the
-  // descriptors it closed. One thread evicts at a time; the others go on. `by` counts the
-  // pass.
-  size_t evict_some(std::atomic<uint64_t>& by);
-  void wake_evictor();
+  // One eviction pass: this table's share of bringing the process down to three quarters
+  // of the budget, least recently used first; the descriptors it closed. The share is
+  // taken of the count now, or for a woken thread of the count at the wake
+  // (`held_at_wake`). One thread evicts a table at a time; the others go on. `by` counts
+  // the pass.
+  size_t evict_some(std::atomic<uint64_t>& by, uint64_t held_at_wake = 0);
+  // Wakes the evictor thread of every table of the process; `held` = descriptors now.
+  static void wake_evictors(uint64_t held);
   void evictor_loop();
 
   struct Key {
@@ -266,15 +271,12 @@ class InodeTable {
   std::mutex evict_mu_;
   std::atomic<uint64_t> fds_{0}, evictions_{0}, reopens_{0}, reopen_failures_{0};
   std::atomic<uint64_t> evictor_passes_{0}, request_passes_{0};
-  // The evictor thread: woken by wake_evictor(), stopped by the destructor.
+  // The evictor thread: woken by wake_evictors(), stopped by the destructor.
   std::mutex evictor_mu_;
   std::condition_variable evictor_cv_;
   bool evictor_woken_ = false;  // guarded by evictor_mu_
   bool evictor_stop_ = false;   // guarded by evictor_mu_
   std::thread evictor_;         // started by set_root when file handles work
-  // A wake the thread has not taken yet: requests crossing the budget meanwhile skip the
-  // mutex.
-  std::atomic<bool> evictor_pending_{false};
 };
 
 }  // namespace efuse::fs::passthrough
