@@ -208,7 +208,9 @@ InodeTable::~InodeTable() {
   {
     std::lock_guard lk(g_tables_mu);
     std::erase(g_tables, this);
-    g_wake_pending.store(false);  // a wake this table's thread never took: others' next
+    // If the wake pending was meant for this table's thread, which will not take it now,
+    // the next request over the budget must still reach the other tables.
+    g_wake_pending.store(false);
   }
   {
     std::lock_guard lk(evictor_mu_);

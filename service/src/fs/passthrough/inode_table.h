@@ -229,8 +229,8 @@ class InodeTable {
  private:
   friend struct Inode;
 
-  // Called after a descriptor was opened: over the budget it wakes the evictor thread;
-  // over the hard limit (or without the thread) the caller evicts.
+  // Called after a descriptor was opened: over the budget it wakes the evictor threads
+  // (every table's); over the hard limit (or without a thread) the caller evicts too.
   void fd_opened();
   void fd_closed();
   // One eviction pass: this table's share of bringing the process down to three quarters
