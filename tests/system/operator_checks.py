@@ -173,6 +173,12 @@ class OperatorChecks(Checks):
                "under the unit:\n%s" % "\n".join(l for l in journal.splitlines()
                                                   if "file handles" in l))
         self.notes["watch"] = m.group(0)
+        # With file handles, each passthrough mount evicts inode descriptors in a thread of
+        # its own (clone3 and the thread's own calls must pass the unit's filter too).
+        pid = self.prop("MainPID")
+        r = self.sh("cat /proc/%s/task/*/comm" % pid)
+        expect("efuse-evict" in r.stdout.split(), "no efuse-evict thread in efused under "
+               "the unit; its threads: %s" % " ".join(sorted(set(r.stdout.split()))))
 
     def t_efusectl_status(self):
         r = self.sh("efusectl status")
