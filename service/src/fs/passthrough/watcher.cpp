@@ -231,9 +231,7 @@ void Watcher::unwatch(Inode& dir) {
 }
 
 // Event thread. `file` is open for writing through the mount and was written.
-void Watcher::mute(Inode& inode) {
-  auto file = table_.get(inode.nodeid);
-  if (!file) return;
+void Watcher::mute(const std::shared_ptr<Inode>& file) {
   PathFd fd = file->pin();
   if (!fd.ok() || ignore_mark(fan_fd_, FAN_MARK_ADD, fd) != 0) return;
   {
@@ -444,7 +442,7 @@ void Watcher::resolve(Batch& batch) {
       // mute its writes until the last such open closes.
       if (by_fanotify && (mask & IN_MODIFY) && S_ISREG(st.st_mode) &&
           child->writers.load() != 0 && !child->muted.load())
-        mute(*child);
+        mute(child);
       check(*child, st, mask, batch);
     }
   }

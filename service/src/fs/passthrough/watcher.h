@@ -33,12 +33,12 @@
 #include <atomic>
 #include <chrono>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
-#include <memory>
 #include <vector>
 
 #include "fs/filesystem.h"
@@ -87,7 +87,7 @@ class Watcher {
   void read_fanotify(Batch& batch);
   void handle(uint64_t dir, std::string_view name, uint32_t mask, Batch& batch);
   bool mark(Inode& dir, const PathFd& fd);
-  void mute(Inode& file);
+  void mute(const std::shared_ptr<Inode>& file);
   void unmute(uint64_t nodeid, Batch& batch);
   void wake();
   void check(Inode& inode, const struct stat& st, uint32_t mask, Batch& batch);
