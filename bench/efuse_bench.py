@@ -280,6 +280,18 @@ def safe_rmtree(path: Path) -> None:
 _retired = [0]
 
 
+def build_c(out: Path, src: Path, inputs: list[Path], flags: list[str] = (), what: str = "") -> None:
+    """Compiles `src` with gcc -O2 -Wall (then `flags`) into `out`, unless `out` is newer than
+    every file of `inputs` (the source and what it includes)."""
+    if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in inputs):
+        return
+    log(f"building {out.name} {what}".rstrip())
+    r = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src), *flags],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BenchError(f"building {out.name} failed: {r.stderr[-500:]}")
+
+
 def retire(path: Path) -> None:
     """Moves a side's finished data out of the way instead of deleting it; RUN, with
     everything retired, goes at the end of the run. On an ext4 without a journal (this
@@ -1192,28 +1204,18 @@ class Bench:
             dst = src_dir / fname
             if not dst.exists() or dst.read_bytes() != data:
                 dst.write_bytes(data)
-        out = BIN / "passthrough_ll"
         c = src_dir / "passthrough_ll.c"
-        if out.exists() and out.stat().st_mtime >= max(p.stat().st_mtime for p in src_dir.iterdir()):
-            return
         flags = subprocess.run(["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True,
                                text=True, check=True).stdout.split()
-        log("building passthrough_ll from libfuse3-dev examples")
-        r = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(c)] + flags + ["-lpthread"],
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            raise BenchError(f"building passthrough_ll failed: {r.stderr[-500:]}")
+        build_c(BIN / "passthrough_ll", c, sorted(src_dir.iterdir()), flags + ["-lpthread"],
+                "from libfuse3-dev examples")
 
     def measure_wait_floor(self):
         """Builds bench/pingpong.c and measures the machine's request/reply floor with it
         (bench/README.md, "Wait floor"). A failure is noted, never fatal."""
         out, src = BIN / "pingpong", BENCH / "pingpong.c"
         try:
-            if not out.exists() or out.stat().st_mtime < src.stat().st_mtime:
-                r = subprocess.run(["gcc", "-O2", "-Wall", "-o", str(out), str(src)],
-                                   capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise BenchError(f"building pingpong failed: {r.stderr[-500:]}")
+            build_c(out, src, [src])
             r = subprocess.run([str(out)], capture_output=True, text=True, timeout=300)
             if r.returncode != 0:
                 raise BenchError(f"pingpong failed: {(r.stderr or r.stdout)[-500:]}")

@@ -274,6 +274,16 @@ std::shared_ptr<Inode> adopt(InodeTable& table, const std::string& path) {
   return table.ref(fd, st);
 }
 
+// Creates `count` files prefix0, prefix1, ... in `dir` and adopts each into `table`.
+void adopt_new_files(InodeTable& table, const TempDir& dir, const std::string& prefix,
+                     size_t count, std::vector<std::shared_ptr<Inode>>& out) {
+  for (size_t i = 0; i < count; ++i) {
+    std::string name = prefix + std::to_string(i);
+    ASSERT_TRUE(write_file(dir / name, name));
+    out.push_back(adopt(table, dir / name));
+  }
+}
+
 // Production tables evict in their own thread: the request that crosses the budget only
 // wakes it (no scan, no closes of its own), and the thread brings the count back under.
 TEST(InodeTableEvictor, TheRequestCrossingTheBudgetLeavesEvictionToTheThread) {
@@ -285,11 +295,7 @@ TEST(InodeTableEvictor, TheRequestCrossingTheBudgetLeavesEvictionToTheThread) {
   EXPECT_TRUE(eventually([] { return thread_named("efuse-evict"); }));
   std::vector<std::shared_ptr<Inode>> inodes;
   // The root and kBudget + 2 files: over the budget, under the hard limit (half again).
-  for (size_t i = 0; i < kBudget + 2; ++i) {
-    std::string name = "f" + std::to_string(i);
-    ASSERT_TRUE(write_file(tmp / name, name));
-    inodes.push_back(adopt(table, tmp / name));
-  }
+  ASSERT_NO_FATAL_FAILURE(adopt_new_files(table, tmp, "f", kBudget + 2, inodes));
   BackendStats s = settled(table);
   EXPECT_LE(s.fds, kBudget);
   EXPECT_EQ(s.request_passes, 0u) << "no request evicted";
@@ -344,17 +350,11 @@ TEST(InodeTableEvictor, EveryTableGivesUpItsShare) {
   ASSERT_NO_FATAL_FAILURE(install_root(quiet, tmp_quiet.path(), &quiet_root));
   if (!quiet.handles()) GTEST_SKIP() << "no file handles here (needs CAP_DAC_READ_SEARCH)";
   std::vector<std::shared_ptr<Inode>> inodes;
-  for (size_t i = 0; i + 2 < kBudget; ++i) {  // the root and kBudget - 2 files
-    std::string name = "q" + std::to_string(i);
-    ASSERT_TRUE(write_file(tmp_quiet / name, name));
-    inodes.push_back(adopt(quiet, tmp_quiet / name));
-  }
+  // The root and kBudget - 2 files.
+  ASSERT_NO_FATAL_FAILURE(adopt_new_files(quiet, tmp_quiet, "q", kBudget - 2, inodes));
   ASSERT_NO_FATAL_FAILURE(install_root(busy, tmp_busy.path(), &busy_root));
-  for (size_t i = 0; i < 4; ++i) {  // 15 + 5 = 20 descriptors in the process: over by 4
-    std::string name = "b" + std::to_string(i);
-    ASSERT_TRUE(write_file(tmp_busy / name, name));
-    inodes.push_back(adopt(busy, tmp_busy / name));
-  }
+  // 15 + 5 = 20 descriptors in the process: over by 4.
+  ASSERT_NO_FATAL_FAILURE(adopt_new_files(busy, tmp_busy, "b", 4, inodes));
   BackendStats q = settled(quiet), b = settled(busy);
   EXPECT_LE(q.fds + b.fds, kBudget);
   EXPECT_GE(q.evictor_passes, 1u) << "the quiet table's thread was woken";
