@@ -324,6 +324,25 @@ def test_reload_with_invalid_config_changes_nothing():
         assert m.state() == "mounted"
 
 
+def test_second_efused_on_the_bus_exits_before_mounting():
+    """Another config, the same bus: the name is taken, so the second efused exits 75
+    naming the owner, before mounting anything; the first keeps serving."""
+    with DbusEfused() as m:
+        other_cfg = J(m.tmp, "other.yaml")
+        with open(other_cfg, "w") as f:
+            f.write(f"metrics:\n  listen: \"\"\nmounts:\n  - name: b\n"
+                    f"    mountpoint: {m.extra[1]}\n    backend: passthrough\n"
+                    f"    source: {m.extra[0]}\n")
+        r = h.run([h.EFUSED, "--config", other_cfg, "--bus", m.address], check=False,
+                  timeout=60)
+        assert r.rc == 75, f"exit {r.rc}\n{r.err}"
+        assert f"{h.FSTYPE}" not in h.fstypes_at(m.extra[1]), "the second efused mounted"
+        assert re.search(r"org\.efuse\.Manager1 is owned by pid %d \(.*efused" % m.proc.pid,
+                         r.err), r.err
+        assert m.state() == "mounted"
+        h.assert_serves(m)
+
+
 def test_efused_not_running():
     with DbusEfused(start=False) as m:
         r = m.ctl("status", expect=EXIT_UNREACHABLE)

@@ -72,6 +72,11 @@ std::string_view mounts_schema_text() {
           "$ref": "#/definitions/absolute_path",
           "description": "The directory the passthrough backend serves: an absolute path without '..' components. A missing source fails only this mount, when it is mounted."
         },
+        "create_mountpoint": {
+          "description": "Create the mountpoint directory (mode 0755, owned by efused's user, with missing parents) when it does not exist, as systemd mount units do. Default false: a missing mountpoint fails this mount with an error that says so.",
+          "type": "boolean",
+          "default": false
+        },
         "threads": { "$ref": "#/definitions/threads" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
@@ -167,6 +172,11 @@ std::string_view mounts_schema_text() {
         },
         "read_only": {
           "description": "Mount read-only. Default false.",
+          "type": "boolean",
+          "default": false
+        },
+        "stack": {
+          "description": "Mount even when the mountpoint already carries a live FUSE mount (of another efused or any other FUSE server), on top of it, hiding it. Default false: such a mountpoint is refused with an error naming the file system there and the process serving it. A dead FUSE mount left by a killed server is detached either way.",
           "type": "boolean",
           "default": false
         }

@@ -66,6 +66,9 @@ With --mount (a config file sets these per mount):
                                  changes cannot be invalidated exactly
       --writeback-cache          let the kernel cache writes (excludes passthrough)
       --read-only                mount read-only
+      --stack                    mount even where another live FUSE mount sits, on top of
+                                 it (without it such a mountpoint is refused, naming the
+                                 file system there and the process serving it)
 
 Common:
       --log-level LEVEL          debug, info, warning or error (default info)
@@ -73,8 +76,18 @@ Common:
   -h, --help                     print this help and exit
 
 efused prints "efused: ready" on standard output once every mount was attempted.
-Exit status: 0 after a clean stop; 1 when the config is invalid, when no mount could be
-started, or (with --mount) when any mount could not be started; 2 on bad usage.
+
+Exit status:
+  0   stopped cleanly (SIGTERM or SIGINT)
+  1   no mount could be started (with --mount: a mount could not be started), or the
+      D-Bus given with --bus cannot be used
+  2   bad usage
+  75  another efused already serves this config file (it holds the lock in /run/efuse)
+      or owns the D-Bus name org.efuse.Manager1; nothing was mounted
+  78  the config file is invalid or unreadable; the message says FILE:LINE:COLUMN
+efused.service lists 75 and 78 in RestartPreventExitStatus=: systemd does not restart
+efused over a broken config or an efused already running. --check-config exits 1 for an
+invalid file.
 )";
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -124,7 +137,7 @@ int main(int argc, char** argv) {
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
-         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth };
+         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -141,6 +154,7 @@ int main(int argc, char** argv) {
       {"keep-cache", no_argument, nullptr, kKeepCache},
       {"writeback-cache", no_argument, nullptr, kWriteback},
       {"read-only", no_argument, nullptr, kReadOnly},
+      {"stack", no_argument, nullptr, kStack},
       {"transport", required_argument, nullptr, kTransport},
       {"queue-depth", required_argument, nullptr, kQueueDepth},
       {"version", no_argument, nullptr, 'V'},
@@ -195,6 +209,7 @@ int main(int argc, char** argv) {
       }
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
+      case kStack: cli_defaults.options.stack = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
       case 'h': std::fputs(kUsage, stdout); return 0;
       case ':': usage_error(std::string("option '") + argv[optind - 1] + "' needs a value");
@@ -251,8 +266,7 @@ int main(int argc, char** argv) {
       cfg = efuse::daemon::load_config(reload_path);
     }
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "efused: %s\n", e.what());
-    return 1;
+    return efuse::daemon::exit_with(efuse::daemon::kExitConfig, e.what());
   }
   if (have_metrics) cfg.metrics_listen = metrics;
   if (bus.empty()) bus = mount_args.empty() ? "system" : "none";

@@ -128,6 +128,14 @@ Status MountInstance::start(std::string* error) {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
   }
+  // A dead mount left by a killed server is detached; a live one is someone's file system.
+  fuse::detach_stale(cfg_.mountpoint);
+  if (auto held = fuse::fuse_mount_at(cfg_.mountpoint); held && !cfg_.options.stack) {
+    *error = "mountpoint " + cfg_.mountpoint + " already carries a live " +
+             fuse::describe_holder(*held) + "; stop that server or unmount " + cfg_.mountpoint +
+             " first, or set options.stack: true to mount on top of it";
+    return Errno{EBUSY};
+  }
   fallback_reason_.clear();
   bool want_uring = false;
   if (cfg_.transport != Transport::Classic) {
@@ -163,7 +171,6 @@ Status MountInstance::start(std::string* error) {
              "cache", cfg_.name.c_str());
   session_ = std::make_unique<fuse::Session>(*fs_, so);
 
-  fuse::detach_stale(cfg_.mountpoint);
   fuse::MountOptions mo;
   mo.fsname = cfg_.source;
   mo.mountpoint = cfg_.mountpoint;
