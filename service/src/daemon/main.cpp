@@ -66,6 +66,7 @@ With --mount (a config file sets these per mount):
                                  changes cannot be invalidated exactly
       --writeback-cache          let the kernel cache writes (excludes passthrough)
       --read-only                mount read-only
+      --create-mountpoint        create a missing MOUNTPOINT (0755, with parents)
       --stack                    mount even where another live FUSE mount sits, on top of
                                  it (without it such a mountpoint is refused, naming the
                                  file system there and the process serving it)
@@ -107,7 +108,10 @@ double parse_seconds(const char* s, const char* option) {
 std::string absolute(const std::string& p) {
   char buf[PATH_MAX];
   if (realpath(p.c_str(), buf) != nullptr) return buf;
-  return p;  // start-up reports why it does not resolve
+  // start-up reports why it does not resolve (or creates it: --create-mountpoint)
+  if (!p.empty() && p[0] != '/' && getcwd(buf, sizeof buf) != nullptr)
+    return std::string(buf) + "/" + p;
+  return p;
 }
 
 // Mount names must be [A-Za-z0-9_.-]{1,64}; derive one from the mountpoint.
@@ -137,7 +141,8 @@ int main(int argc, char** argv) {
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
-         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack };
+         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
+         kCreateMountpoint };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -155,6 +160,7 @@ int main(int argc, char** argv) {
       {"writeback-cache", no_argument, nullptr, kWriteback},
       {"read-only", no_argument, nullptr, kReadOnly},
       {"stack", no_argument, nullptr, kStack},
+      {"create-mountpoint", no_argument, nullptr, kCreateMountpoint},
       {"transport", required_argument, nullptr, kTransport},
       {"queue-depth", required_argument, nullptr, kQueueDepth},
       {"version", no_argument, nullptr, 'V'},
@@ -210,6 +216,7 @@ int main(int argc, char** argv) {
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
       case kStack: cli_defaults.options.stack = true; break;
+      case kCreateMountpoint: cli_defaults.create_mountpoint = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
       case 'h': std::fputs(kUsage, stdout); return 0;
       case ':': usage_error(std::string("option '") + argv[optind - 1] + "' needs a value");

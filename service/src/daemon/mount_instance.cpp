@@ -26,11 +26,22 @@ static bool inside(const std::string& path, const std::string& dir) {
 
 std::string check_paths(const MountConfig& c) {
   struct stat st;
-  if (stat(c.source.c_str(), &st) != 0) return "source " + c.source + ": " + strerror(errno);
+  if (stat(c.source.c_str(), &st) != 0) {
+    if (errno == ENOENT)
+      return "source " + c.source + " does not exist: create that directory or correct the "
+             "mount's source";
+    return "source " + c.source + ": " + strerror(errno);
+  }
   if (!S_ISDIR(st.st_mode)) return "source " + c.source + " is not a directory";
   if (stat(c.mountpoint.c_str(), &st) != 0) {
-    // ENOTCONN: a dead FUSE mount left there; start() detaches it.
-    if (errno != ENOTCONN) return "mountpoint " + c.mountpoint + ": " + strerror(errno);
+    // ENOTCONN: a dead FUSE mount left there; start() detaches it. ENOENT with
+    // create_mountpoint: start() creates it.
+    if (errno == ENOENT && !c.create_mountpoint)
+      return "mountpoint " + c.mountpoint + " does not exist: create it (mkdir -p " +
+             c.mountpoint + ") or set create_mountpoint: true for this mount "
+             "(--create-mountpoint with --mount)";
+    if (errno != ENOTCONN && errno != ENOENT)
+      return "mountpoint " + c.mountpoint + ": " + strerror(errno);
   } else if (!S_ISDIR(st.st_mode)) {
     return "mountpoint " + c.mountpoint + " is not a directory";
   }
@@ -41,6 +52,16 @@ std::string check_paths(const MountConfig& c) {
     return "source " + c.source + " lies inside mountpoint " + c.mountpoint +
            " (efused would serve its own mount)";
   return {};
+}
+
+// mkdir -p with mode 0755 for every directory it creates (efused runs with umask 0).
+static std::string make_directories(const std::string& path) {
+  for (size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
+    std::string prefix = path.substr(0, slash);
+    if (mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST)
+      return "cannot create mountpoint " + path + ": mkdir " + prefix + ": " + strerror(errno);
+    if (slash == std::string::npos) return {};
+  }
 }
 
 bool needs_remount(const MountConfig& a, const MountConfig& b) {
@@ -127,6 +148,13 @@ Status MountInstance::start(std::string* error) {
   if (cfg_.backend != "passthrough") {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
+  }
+  struct stat st;
+  if (cfg_.create_mountpoint && stat(cfg_.mountpoint.c_str(), &st) != 0 && errno == ENOENT) {
+    *error = make_directories(cfg_.mountpoint);
+    if (!error->empty()) return Errno{EACCES};
+    LOG_INFO("%s: created mountpoint %s (create_mountpoint: true)", cfg_.name.c_str(),
+             cfg_.mountpoint.c_str());
   }
   // A dead mount left by a killed server is detached; a live one is someone's file system.
   fuse::detach_stale(cfg_.mountpoint);

@@ -162,7 +162,10 @@ Status Supervisor::apply(Config next, std::string* error) {
         } else {
           LOG_INFO("%s: policy changed; applied live", m.name.c_str());
           s.cfg = m;
-          if (live) s.instance->apply_policy(m);
+          if (live)
+            s.instance->apply_policy(m);
+          else
+            start_slot(s, &events);  // retry a failed mount with what changed
         }
       } else if (!live) {
         start_slot(s, &events);  // retry failed or operator-unmounted mounts

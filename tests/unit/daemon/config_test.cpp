@@ -129,6 +129,17 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "options", "default_permissions"}),
             m.options.default_permissions);
   EXPECT_EQ(default_at({"defaults", "options", "read_only"}), m.options.read_only);
+  EXPECT_EQ(default_at({"defaults", "options", "stack"}), m.options.stack);
+  EXPECT_EQ(default_at({"mounts", "0", "create_mountpoint"}), m.create_mountpoint);
+}
+
+TEST(ConfigLoad, StackAndCreateMountpoint) {
+  Config c = parse_config(
+      with_mount_keys("    create_mountpoint: true\n    options: {stack: true}\n"), "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 1u);
+  EXPECT_TRUE(c.mounts[0].create_mountpoint);
+  EXPECT_TRUE(c.mounts[0].options.stack);
+  EXPECT_FALSE(parse_config(with_mount_keys(""), "t.yaml").mounts[0].create_mountpoint);
 }
 
 TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
@@ -451,7 +462,7 @@ TEST(ConfigError, UnknownKeyListsAllowedKeys) {
             "t.yaml:1:11: unknown key 'port' in metrics; expected one of listen");
   EXPECT_EQ(error_of(with_mount_keys("    options: {noexec: true}\n")),
             "t.yaml:6:15: unknown key 'noexec' in mounts[0].options; expected one of allow_other, "
-            "default_permissions, read_only");
+            "default_permissions, read_only, stack");
 }
 
 TEST(ConfigError, UnknownBpfOpcode) {
