@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -15,6 +16,7 @@
 
 #include "common/log.h"
 #include "fs/passthrough/passthrough_fs.h"
+#include "telemetry/kernel_features.h"
 
 namespace efuse::daemon {
 
@@ -52,6 +54,32 @@ std::string check_paths(const MountConfig& c) {
     return "source " + c.source + " lies inside mountpoint " + c.mountpoint +
            " (efused would serve its own mount)";
   return {};
+}
+
+bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* error) {
+  *mask = 0;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    std::string name = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    start = comma == std::string::npos ? text.size() + 1 : comma + 1;
+    if (name.empty()) continue;
+    bool known = false;
+    for (const auto& f : telemetry::kKernelFeatures) {
+      if (name == f.name) {
+        *mask |= f.flag;
+        known = true;
+      }
+    }
+    if (!known) {
+      std::string names;
+      for (const auto& f : telemetry::kKernelFeatures)
+        names += std::string(names.empty() ? "" : ", ") + f.name;
+      *error = "EFUSE_MASK_KERNEL_FEATURES: unknown feature '" + name + "'; known: " + names;
+      return false;
+    }
+  }
+  return true;
 }
 
 // mkdir -p with mode 0755 for every directory it creates (efused runs with umask 0).
@@ -165,8 +193,18 @@ Status MountInstance::start(std::string* error) {
     return Errno{EBUSY};
   }
   fallback_reason_.clear();
+  passthrough_missing_.clear();
+  uint64_t masked = 0;
+  if (const char* env = std::getenv("EFUSE_MASK_KERNEL_FEATURES"); env != nullptr && *env) {
+    if (!parse_feature_mask(env, &masked, error)) return Errno{EINVAL};
+    LOG_WARN("%s: EFUSE_MASK_KERNEL_FEATURES=%s: treating these INIT features as not offered "
+             "by the kernel", cfg_.name.c_str(), env);
+  }
   bool want_uring = false;
-  if (cfg_.transport != Transport::Classic) {
+  if (cfg_.transport != Transport::Classic && (masked & fuse::kernel::init::kOverIoUring)) {
+    fallback_reason_ = "io_uring masked by EFUSE_MASK_KERNEL_FEATURES";
+    LOG_INFO("%s: %s; serving over /dev/fuse", cfg_.name.c_str(), fallback_reason_.c_str());
+  } else if (cfg_.transport != Transport::Classic) {
     std::string why;
     want_uring = fuse::UringChannel::supported(&why).ok();
     if (!want_uring) {
@@ -194,6 +232,7 @@ Status MountInstance::start(std::string* error) {
   so.passthrough = geteuid() == 0 && !cfg_.cache.writeback;
   so.io_uring = want_uring;
   so.posix_acl = cfg_.options.default_permissions;
+  so.masked_flags = masked;
   if (cfg_.cache.writeback && cfg_.io_path == IoPath::Passthrough)
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());
@@ -216,7 +255,39 @@ Status MountInstance::start(std::string* error) {
     return s;
   }
   fs_->set_invalidator(this);
+
+  const auto& n = session_->negotiated();
+  if (!n.has(fuse::kernel::init::kPassthrough)) {
+    if (masked & fuse::kernel::init::kPassthrough)
+      passthrough_missing_ = "masked by EFUSE_MASK_KERNEL_FEATURES";
+    else if (geteuid() != 0)
+      passthrough_missing_ = "efused is not root (FUSE passthrough needs CAP_SYS_ADMIN)";
+    else if (cfg_.cache.writeback)
+      passthrough_missing_ = "cache.writeback is on (the kernel does not combine the two)";
+    else if (!(n.kernel_flags & fuse::kernel::init::kPassthrough))
+      passthrough_missing_ = "the kernel does not offer FUSE passthrough (Linux 6.9+, "
+                             "CONFIG_FUSE_PASSTHROUGH)";
+    else
+      passthrough_missing_ = "the kernel did not grant it";
+  }
+  report_io_path();
   return {};
+}
+
+const char* MountInstance::effective_io_path() const {
+  if (!live() || !session_ || !session_->initialized()) return "";
+  return passthrough_missing_.empty() ? to_string(cfg_.io_path) : to_string(IoPath::Cache);
+}
+
+void MountInstance::report_io_path() const {
+  if (passthrough_missing_.empty() || cfg_.io_path == IoPath::Cache) return;
+  if (cfg_.io_path == IoPath::Passthrough)
+    LOG_WARN("%s: io_path passthrough requested, but FUSE passthrough is not available: %s; "
+             "file data goes through efused (io_path in effect: cache)",
+             cfg_.name.c_str(), passthrough_missing_.c_str());
+  else
+    LOG_INFO("%s: io_path auto: FUSE passthrough not available (%s); io_path in effect: cache",
+             cfg_.name.c_str(), passthrough_missing_.c_str());
 }
 
 void MountInstance::inval_inode(uint64_t ino, bool data_too) {
@@ -230,7 +301,10 @@ void MountInstance::inval_entry(uint64_t parent, std::string_view name) {
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
   cfg_.cache = cfg.cache;
+  bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;
+  cfg_.create_mountpoint = cfg.create_mountpoint;
+  if (io_path_changed && live()) report_io_path();
   if (fs_) fs_->set_policy(policy_of(cfg_));
   if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
 }

@@ -161,23 +161,31 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   auto listen_of = [&opts](const Config& c) {
     return opts.metrics_override ? *opts.metrics_override : c.metrics_listen;
   };
+  // A failure shows in the log, STATUS=, efusectl status and
+  // efuse_metrics_listen_failures_total; every reload tries again.
   auto start_metrics = [&](const std::string& listen, std::string* error) -> Status {
     metrics.reset();
-    if (listen.empty()) return {};
-    try {
-      metrics = std::make_unique<telemetry::MetricsServer>(listen, metrics_source);
-      return {};
-    } catch (const telemetry::ListenError& e) {
-      *error = e.what();  // "metrics: cannot listen on ..."
-      return Errno{EADDRNOTAVAIL};
-    } catch (const std::exception& e) {
-      *error = std::string("metrics: ") + e.what();
+    if (!listen.empty()) {
+      try {
+        metrics = std::make_unique<telemetry::MetricsServer>(listen, metrics_source);
+      } catch (const telemetry::ListenError& e) {
+        *error = e.what();  // "metrics: cannot listen on ..."
+      } catch (const std::exception& e) {
+        *error = std::string("metrics: ") + e.what();
+      }
+    }
+    if (!metrics && !listen.empty()) {
+      *error += "; serving the mounts without /metrics (systemctl reload efused, or SIGHUP, "
+                "retries)";
+      sup.set_metrics_state(listen, "", *error);
       return Errno{EADDRNOTAVAIL};
     }
+    sup.set_metrics_state(listen, metrics ? metrics->url() : "", "");
+    return {};
   };
   std::string error;
-  if (!start_metrics(listen_of(sup.config()), &error).ok())
-    LOG_ERROR("%s; serving the mounts without /metrics", error.c_str());
+  if (!start_metrics(listen_of(sup.config()), &error).ok()) LOG_ERROR("%s", error.c_str());
+  // Reloads move /metrics when its address changed, and retry it when it is not serving.
   sup.set_applied_hook([&](const Config& old_cfg, const Config& new_cfg, std::string* err) -> Status {
     if (listen_of(old_cfg) == listen_of(new_cfg) && (metrics || listen_of(new_cfg).empty()))
       return {};
