@@ -26,7 +26,7 @@ MOUNT_LOGS = """\
 HEADER = """\
 # written by tests/system/run_system_tests.py
 metrics:
-  listen: "127.0.0.1:9567"
+  listen: "127.0.0.1:19567"
 mounts:
 """
 CONFIG_ONE = HEADER + MOUNT_DATA
@@ -114,7 +114,7 @@ class OperatorChecks(Checks):
                "under systemd:\n%s(expected:\n%s)" % (r.stdout, want))
 
     def t_metrics(self):
-        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:19567/metrics")
         m = re.search(r'^efuse_mount_up\{[^}]*mount="data"[^}]*\} 1$', r.stdout, re.M)
         expect(m is not None, "no efuse_mount_up{mount=\"data\"} 1 in /metrics:\n%s"
                % "\n".join(l for l in r.stdout.splitlines() if "mount_up" in l))
@@ -124,7 +124,7 @@ class OperatorChecks(Checks):
         if not os.path.exists("/sys/kernel/btf/vmlinux"):
             self.notes["bpf"] = "not checked: the kernel has no BTF"
             return
-        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:19567/metrics")
         up = re.search(r"^efuse_bpf_up (\S+)$", r.stdout, re.M)
         expect(up is not None and up.group(1) == "1", "efuse_bpf_up %s:\n%s" % (
             up.group(1) if up else "missing",
@@ -161,7 +161,7 @@ class OperatorChecks(Checks):
         # fanotify_init/fanotify_mark and open_by_handle_at are in systemd's @privileged
         # group, not @system-service: without them in the unit's SystemCallFilter efused
         # falls back to inotify for writes and keeps every inode's descriptor open.
-        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:19567/metrics")
         m = re.search(r'^efuse_watch_fanotify_directories\{[^}]*mount="data"[^}]*\} (\S+)$',
                       r.stdout, re.M)
         journal = self.journal(200)

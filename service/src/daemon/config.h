@@ -60,7 +60,7 @@ struct MountConfig {
 
 struct Config {
   std::string path;                             // where it was loaded from
-  std::string metrics_listen = "127.0.0.1:9567";  // HOST:PORT; "" disables /metrics
+  std::string metrics_listen = "127.0.0.1:19567";  // HOST:PORT; "" disables /metrics
   std::vector<MountConfig> mounts;
 };
 

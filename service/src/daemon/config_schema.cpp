@@ -28,9 +28,9 @@ std::string_view mounts_schema_text() {
       "additionalProperties": false,
       "properties": {
         "listen": {
-          "description": "\"HOST:PORT\" to serve /metrics on, or \"\" to disable it. HOST is an IPv4 address, an IPv6 address in brackets or localhost; PORT is 0..65535 (0 picks a free port). Default \"127.0.0.1:9567\".",
+          "description": "\"HOST:PORT\" to serve /metrics on, or \"\" to disable it. HOST is an IPv4 address, an IPv6 address in brackets or localhost; PORT is 0..65535 (0 picks a free port). Default \"127.0.0.1:19567\".",
           "type": "string",
-          "default": "127.0.0.1:9567",
+          "default": "127.0.0.1:19567",
           "pattern": "^$|^(localhost|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|\\[[0-9A-Fa-f:.]+\\]):([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
         }
       }

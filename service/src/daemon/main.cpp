@@ -16,6 +16,7 @@
 #include "daemon/config.h"
 #include "daemon/mount_instance.h"
 #include "daemon/service.h"
+#include "telemetry/listen_address.h"
 
 namespace {
 
@@ -38,12 +39,13 @@ Where the mounts come from (one of):
                                  commented example in config/
       --demo                     the embedded demo config: a passthrough mount of
                                  /tmp/efuse-demo/source at /tmp/efuse-demo/mnt, metrics on
-                                 127.0.0.1:9567 (directories are created)
+                                 127.0.0.1:19567 (directories are created)
   -m, --mount SOURCE:MOUNTPOINT  serve SOURCE at MOUNTPOINT with default settings
                                  (repeatable; no config file, no metrics unless --metrics)
       --check-config FILE        validate FILE, print the first error as
                                  FILE:LINE:COLUMN: message, exit 0 if valid, 1 if not;
-                                 mounts nothing
+                                 warns about what a valid file cannot do here (an IPv6
+                                 metrics.listen); mounts nothing
 
 Options:
       --metrics HOST:PORT        serve /metrics here (overrides the config's metrics.listen;
@@ -229,6 +231,13 @@ int main(int argc, char** argv) {
     try {
       Config cfg = efuse::daemon::load_config(check_path);
       std::printf("%s: valid (%zu mount(s))\n", check_path.c_str(), cfg.mounts.size());
+      if (!cfg.metrics_listen.empty() &&
+          efuse::telemetry::parse_listen_address(cfg.metrics_listen).family == AF_INET6)
+        std::fprintf(stderr,
+                     "%s: warning: metrics.listen \"%s\" is an IPv6 address: the civetweb in "
+                     "Debian 12's prometheus-cpp is built without IPv6, so efused would serve "
+                     "no /metrics; use 127.0.0.1 or localhost\n",
+                     check_path.c_str(), cfg.metrics_listen.c_str());
       return 0;
     } catch (const ConfigError& e) {
       std::fprintf(stderr, "%s\n", e.what());
