@@ -67,6 +67,8 @@ class OperatorChecks(Checks):
                    self.t_kill9_restart)
         self.check("systemd-analyze security efused.service", self.t_security)
         self.check("systemctl stop efused: mounts gone, no ENOTCONN left", self.t_stop)
+        self.check("broken config at start: exit 78, failed without a restart loop, "
+                   "systemctl status names file:line:column", self.t_start_broken)
 
     def t_verify(self):
         r = self.sh("systemd-analyze verify %s 2>&1" % UNIT, ok=False)
@@ -327,6 +329,32 @@ class OperatorChecks(Checks):
                         % (mp, mp, mp), ok=False)
             expect(r.returncode == 0, "%s after stop: %s" % (mp, describe(r)))
 
+
+    def t_start_broken(self):
+        self.write_config(CONFIG_BROKEN)
+        try:
+            restarts = self.prop("NRestarts")
+            r = self.sh("systemctl start %s" % UNIT, timeout=90, ok=False)
+            expect(r.returncode != 0, "systemctl start with a broken config succeeded")
+            # With RestartPreventExitStatus the unit is "failed" at once; a restart loop
+            # would show "activating" (auto-restart) instead.
+            state = (self.prop("ActiveState"), self.prop("SubState"))
+            expect(state == ("failed", "failed"), "state after a broken start: %s" % (state,))
+            expect(self.prop("ExecMainStatus") == "78",
+                   "exit status %s, not 78" % self.prop("ExecMainStatus"))
+            expect(self.prop("NRestarts") == restarts, "restarted: NRestarts %s -> %s"
+                   % (restarts, self.prop("NRestarts")))
+            pat = re.compile(r"%s:%d:\d+" % (re.escape(CONF), BROKEN_LINE))
+            status = self.sh("systemctl status --no-pager -l %s" % UNIT, ok=False).stdout
+            expect(pat.search(self.prop("StatusText")) and pat.search(status),
+                   "systemctl status does not name %s:%d:COLUMN:\n%s" % (CONF, BROKEN_LINE,
+                                                                         status))
+            self.notes["broken_start_status"] = self.prop("StatusText")
+            expect(self.efuse_mounts() == {}, "mounted with a broken config: %s"
+                   % self.efuse_mounts())
+        finally:
+            self.write_config(CONFIG_TWO)
+            self.sh("systemctl reset-failed %s" % UNIT, ok=False)
 
 
 def prepare(root, repo, efused, efusectl):
