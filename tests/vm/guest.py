@@ -168,12 +168,13 @@ def boot(kernel, initramfs, disk, env, timeout, console_log, echo, accel="auto")
                         continue
                     res.lines.append(line)
                     echo(line)
-                    if line.startswith("EFUSE-VM-INIT-DONE"):
+                    # Markers may follow output that ended without a newline.
+                    if "EFUSE-VM-INIT-DONE" in line:
                         res.seconds_to_init = time.monotonic() - start
-                    elif line.startswith("EFUSE-VM-EXIT "):
-                        res.status = int(line.split()[1])
-                    elif line.startswith("EFUSE-VM-INIT-FAILED"):
-                        res.init_failed = line
+                    elif mo := re.search(r"EFUSE-VM-EXIT (\d+)", line):
+                        res.status = int(mo.group(1))
+                    elif "EFUSE-VM-INIT-FAILED" in line:
+                        res.init_failed = line[line.index("EFUSE-VM-INIT-FAILED"):]
         finally:
             if proc.poll() is None:
                 try:

@@ -14,6 +14,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -27,6 +28,7 @@ import guest  # noqa: E402
 import kernels  # noqa: E402
 
 RESULTS = "/out/results.txt"  # on the data disk, written by guest_smoke.py
+KMOD_PROFILES = ("6.12",)  # kernels kmod/ builds efuse.ko for (loaded in their guest)
 
 
 class Interrupted(BaseException):
@@ -89,13 +91,27 @@ def run_kernel(profile, args, work, efused, tally):
     kdir = os.path.join(work, profile)
     os.makedirs(kdir, exist_ok=True)
     initramfs = guest.build_initramfs(k, kdir)
+    data = data_dir(kdir)
+    kmod = profile in KMOD_PROFILES and not args.no_kmod
+    if kmod:
+        t = time.monotonic()
+        r = subprocess.run(["bash", os.path.join(REPO, "kmod", "build.sh"), "--release",
+                            k.release, "--out", os.path.join(kdir, "kmod")],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if r.returncode == 0:
+            shutil.copy2(r.stdout.strip().splitlines()[-1], os.path.join(data, "efuse.ko"))
+            tally.ok(f"{label} kmod_build")
+            tally.timings.append(f"{label}: kmod/build.sh {time.monotonic() - t:.1f} s")
+        else:
+            tally.fail(f"{label} kmod_build", r.stderr[-2000:])
+            kmod = False
     disk = os.path.join(kdir, "data.img")
-    guest.make_data_disk(data_dir(kdir), disk)
+    guest.make_data_disk(data, disk)
     prep = time.monotonic() - t0
     print(f"[{label}] kernel {k.release}; prepared in {prep:.1f} s; booting "
           f"(timeout {args.timeout} s)", flush=True)
     env = {"efuse_run": os.path.join(HERE, "guest_smoke.py"), "efuse_efused": efused,
-           "efuse_profile": profile}
+           "efuse_profile": profile, "efuse_kmod": int(kmod)}
     console = os.path.join(kdir, "console.log")
     res = guest.boot(k, initramfs, disk, env, args.timeout, console,
                      echo=lambda line: print(f"[{label}] {line}", flush=True), accel=args.accel)
@@ -154,6 +170,8 @@ def main():
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"],
                     default=os.environ.get("EFUSE_VM_ACCEL", "auto"),
                     help="QEMU accelerator (default auto: KVM when /dev/kvm works, else TCG)")
+    ap.add_argument("--no-kmod", action="store_true",
+                    help="do not build kmod/'s efuse.ko nor load it in the 6.12 guest")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work directory (initramfs, data disks, console logs)")
     ap.add_argument("--work-dir", help="work directory (default: a new one under /var/tmp)")
