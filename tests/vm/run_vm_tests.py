@@ -132,7 +132,7 @@ def run_kernel(profile, args, work, efused, tally):
             tally.fail(f"{label} {name}", why)
             seen += 1
             failed += 1
-    where = f"(console: {console})"
+    where = "(console above" + (f", and in {console})" if args.keep else ")")
     if res.timed_out:
         tally.fail(f"{label} guest", f"killed after {args.timeout} s without powering off {where}")
     elif res.init_failed:
@@ -197,10 +197,13 @@ def main():
     except Interrupted as e:
         tally.fail("run", f"interrupted ({e})")
     finally:
-        if args.keep or tally.failed:
+        if args.keep:
             print(f"work directory kept: {work}", flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if tally.failed:
+                print("(the console is above; --keep keeps the work directory: initramfs, "
+                      "data disks, console logs)", flush=True)
     for t in tally.timings:
         print(f"time {t}")
     print(f"time total {time.monotonic() - start:.1f} s")
