@@ -61,14 +61,18 @@ if [[ -z $kdir ]]; then
       sort -V | tail -n1)
     [[ -n $release ]] || { log "no linux-headers-6.12.*+deb12-amd64 in apt's lists (apt-get update?)"; exit 1; }
   fi
-  abi=${release%-amd64}                      # 6.12.118+deb12
+  abi=${release%-amd64}                      # 6.12.118+deb12, 6.1.0-57
   series=$(echo "$abi" | cut -d. -f1-2)      # 6.12
   mkdir -p "$cache"
   exec 9>"$cache/lock"
   flock 9                                    # tests/vm may be unpacking into the cache too
   hdr_deb=$(fetch "linux-headers-$release")
   common_deb=$(fetch "linux-headers-$abi-common")
-  kbuild_deb=$(fetch "linux-kbuild-$abi")
+  # kbuild is per ABI from 6.12 on (linux-kbuild-6.12.118+deb12), per series before
+  # (linux-kbuild-6.1).
+  kbuild=linux-kbuild-$abi
+  apt-cache show "$kbuild" >/dev/null 2>&1 || kbuild=linux-kbuild-$series
+  kbuild_deb=$(fetch "$kbuild")
   src_deb=$(fetch "linux-source-$series")
   version=$(dpkg-deb -f "$hdr_deb" Version)
   src_version=$(dpkg-deb -f "$src_deb" Version)
@@ -92,6 +96,7 @@ if [[ -z $kdir ]]; then
     touch "$root/.ready"
   fi
   kdir="$root/usr/src/linux-headers-$release"
+  where="linux-source-$series $version"
 
   fuse_src="$cache/fuse-src/$version"
   if [[ ! -e $fuse_src/.ready ]]; then
@@ -106,6 +111,7 @@ if [[ -z $kdir ]]; then
   flock -u 9
 else
   fuse_src="$out/pristine"
+  where=$tarball
   rm -rf "$fuse_src"
   mkdir -p "$fuse_src"
   tar -xJf "$tarball" -C "$fuse_src" --strip-components=1 --wildcards '*/fs/fuse/*'
@@ -117,6 +123,13 @@ cp -a "$fuse_src/fs/fuse" "$out/fs/fuse"
 while read -r p; do
   [[ -z $p || $p == \#* ]] && continue
   log "applying $p"
+  # A kernel the series was not written for is refused here, before anything is built.
+  if ! patch -d "$out" -p1 --forward --batch --dry-run < "$here/patches/$p" >"$out/patch.log" 2>&1; then
+    sed 's/^/  /' "$out/patch.log" >&2
+    log "$p does not apply to fs/fuse of $where: the series is written for Debian's 6.12;"
+    log "refusing to build for this kernel (kmod/README.md, Rebasing, says how to carry it over)"
+    exit 1
+  fi
   patch -d "$out" -p1 --forward --batch --quiet < "$here/patches/$p"
 done < "$here/patches/series"
 

@@ -29,6 +29,7 @@ import kernels  # noqa: E402
 
 RESULTS = "/out/results.txt"  # on the data disk, written by guest_smoke.py
 KMOD_PROFILES = ("6.12",)  # kernels kmod/ builds efuse.ko for (loaded in their guest)
+KMOD_REFUSED = ("6.1",)  # kernels kmod/build.sh must refuse: the series does not apply
 
 
 class Interrupted(BaseException):
@@ -80,6 +81,13 @@ def data_dir(work):
     return d
 
 
+def kmod_build(release, out):
+    """kmod/build.sh for one kernel release (its last stdout line is efuse.ko's path)."""
+    return subprocess.run(["bash", os.path.join(REPO, "kmod", "build.sh"), "--release", release,
+                           "--out", out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+
+
 def run_kernel(profile, args, work, efused, tally):
     label = profile
     t0 = time.monotonic()
@@ -93,11 +101,16 @@ def run_kernel(profile, args, work, efused, tally):
     initramfs = guest.build_initramfs(k, kdir)
     data = data_dir(kdir)
     kmod = profile in KMOD_PROFILES and not args.no_kmod
+    if profile in KMOD_REFUSED and not args.no_kmod:
+        r = kmod_build(k.release, os.path.join(kdir, "kmod"))
+        if r.returncode == 1 and "refusing to build for this kernel" in r.stderr:
+            tally.ok(f"{label} kmod_refused")
+        else:
+            tally.fail(f"{label} kmod_refused", f"kmod/build.sh exited {r.returncode} without "
+                       f"refusing the kernel: {r.stderr[-1500:]}")
     if kmod:
         t = time.monotonic()
-        r = subprocess.run(["bash", os.path.join(REPO, "kmod", "build.sh"), "--release",
-                            k.release, "--out", os.path.join(kdir, "kmod")],
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        r = kmod_build(k.release, os.path.join(kdir, "kmod"))
         if r.returncode == 0:
             shutil.copy2(r.stdout.strip().splitlines()[-1], os.path.join(data, "efuse.ko"))
             tally.ok(f"{label} kmod_build")
