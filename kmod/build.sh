@@ -35,6 +35,7 @@ if [[ -n $kdir && -z $tarball ]] || [[ -z $kdir && -n $tarball ]]; then
   exit 2
 fi
 
+out=$(realpath -m "$out")                   # kbuild's M= must be absolute
 cache=${EFUSE_VM_CACHE:-/var/cache/efuse-vm}
 log() { echo "kmod: $*" >&2; }
 
