@@ -7,9 +7,13 @@
 #   kmod/build.sh --release 6.12.118+deb12-amd64
 #   kmod/build.sh --out DIR                build in DIR (default kmod/build); prints the
 #                                          path of efuse.ko on its last line
-#   kmod/build.sh --kernel-dir DIR --source-tarball FILE
+#   kmod/build.sh --kernel-dir DIR --source PATH
 #                                          installed headers (DKMS: /lib/modules/VER/build)
-#                                          and linux-source tarball; nothing is downloaded
+#                                          and the kernel's source: a linux-source tarball
+#                                          or a directory holding fs/fuse; nothing is
+#                                          downloaded
+#   kmod/build.sh --print-inputs           fetch and unpack only; print the headers
+#                                          directory and the fs/fuse source directory
 #
 # Without --kernel-dir the Debian packages linux-headers-ABI-{amd64,common},
 # linux-kbuild-ABI and linux-source-X.Y are fetched with apt-get download into
@@ -18,20 +22,25 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
-release="" out="$here/build" kdir="" tarball=""
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+release="" out="$here/build" kdir="" source="" print_inputs=0
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; }
 while (($#)); do
   case "$1" in
     --release) release=${2:?--release needs a value}; shift 2 ;;
     --out) out=${2:?--out needs a value}; shift 2 ;;
     --kernel-dir) kdir=${2:?--kernel-dir needs a value}; shift 2 ;;
-    --source-tarball) tarball=${2:?--source-tarball needs a value}; shift 2 ;;
+    --source) source=${2:?--source needs a value}; shift 2 ;;
+    --print-inputs) print_inputs=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "kmod/build.sh: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
-if [[ -n $kdir && -z $tarball ]] || [[ -z $kdir && -n $tarball ]]; then
-  echo "kmod/build.sh: --kernel-dir and --source-tarball go together" >&2
+if [[ -n $kdir && -z $source ]] || [[ -z $kdir && -n $source ]]; then
+  echo "kmod/build.sh: --kernel-dir and --source go together" >&2
+  exit 2
+fi
+if [[ -n $kdir && $print_inputs == 1 ]]; then
+  echo "kmod/build.sh: --print-inputs is for the downloading build" >&2
   exit 2
 fi
 
@@ -110,12 +119,19 @@ if [[ -z $kdir ]]; then
     touch "$fuse_src/.ready"
   fi
   flock -u 9
+  if ((print_inputs)); then
+    printf '%s\t%s\n' "$kdir" "$fuse_src"
+    exit 0
+  fi
+elif [[ -d $source ]]; then
+  fuse_src=$source
+  where=$source
 else
   fuse_src="$out/pristine"
-  where=$tarball
+  where=$source
   rm -rf "$fuse_src"
   mkdir -p "$fuse_src"
-  tar -xJf "$tarball" -C "$fuse_src" --strip-components=1 --wildcards '*/fs/fuse/*'
+  tar -xJf "$source" -C "$fuse_src" --strip-components=1 --wildcards '*/fs/fuse/*'
 fi
 
 rm -rf "$out/fs"
