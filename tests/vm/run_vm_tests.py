@@ -22,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -242,7 +243,10 @@ def main():
     start = time.monotonic()
     try:
         for profile in (["6.12", "6.1"] if args.kernel == "all" else [args.kernel]):
-            run_kernel(profile, args, work, efused, tally)
+            try:
+                run_kernel(profile, args, work, efused, tally)
+            except Exception:  # a broken setup step fails this kernel, not the whole run
+                tally.fail(f"{profile} setup", traceback.format_exc())
     except Interrupted as e:
         tally.fail("run", f"interrupted ({e})")
     finally:
