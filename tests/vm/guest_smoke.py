@@ -350,21 +350,43 @@ def check_kmod_efuse():
     assert os.path.isdir("/sys/fs/efuse/connections"), "no /sys/fs/efuse/connections"
     for ev in ("efuse_request_send", "efuse_request_end"):
         assert os.path.isdir(f"/sys/kernel/tracing/events/efuse/{ev}"), f"no tracepoint {ev}"
-    # efused opens /dev/fuse only; a raw-protocol server proves a mount of type efuse works.
+    # efused opens /dev/fuse only; a raw-protocol server proves that a mount of type efuse
+    # works and that FUSE passthrough works through /dev/efuse.
     import raw_fuse
     mnt = "/mnt/efuse-raw"
     os.makedirs(mnt, exist_ok=True)
-    server = raw_fuse.RawServer("/dev/efuse", mnt, "efuse")
+    backing = f"{DATA}/efuse-backing.bin"
+    with open(backing, "wb") as f:
+        f.write(os.urandom(256 << 10))
+    with open(backing, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    server = raw_fuse.RawServer("/dev/efuse", mnt, "efuse", backing)
     try:
-        r = subprocess.run([sys.executable, "-c", "import os,sys; s=os.stat(sys.argv[1]); "
-                            "print(s.st_ino, s.st_size, oct(s.st_mode))", mnt],
-                           capture_output=True, text=True, timeout=60)
+        client = subprocess.Popen(
+            [sys.executable, "-c", "import hashlib,os,sys; s=os.stat(sys.argv[1]); "
+             "print(s.st_ino, s.st_size, oct(s.st_mode), flush=True); "
+             "print(hashlib.sha256(open(sys.argv[2], 'rb').read()).hexdigest())",
+             mnt, os.path.join(mnt, "f")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = client.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.abort()  # releases the client from the kernel's wait for a reply
+            client.kill()
+            stdout, stderr = client.communicate(timeout=30)
+            stderr += " (client timed out after 60 s: connection aborted)"
         assert "efuse" in fstypes_at(mnt), f"mount types at {mnt}: {fstypes_at(mnt)}"
     finally:
         server.stop()
-    assert r.stdout.split() == ["1", str(raw_fuse.ROOT_SIZE), "0o40755"], \
-        f"stat through the efuse mount: {r.stdout!r} {r.stderr!r} (requests seen {server.seen})"
-    assert server.seen[:1] == [raw_fuse.OP_INIT], f"requests seen: {server.seen}"
+    seen = f"(requests seen {server.seen})"
+    out = stdout.split()
+    assert out[:3] == ["1", str(raw_fuse.ROOT_SIZE), "0o40755"], \
+        f"stat through the efuse mount: {stdout!r} {stderr!r} {seen}"
+    assert server.seen[:1] == [raw_fuse.OP_INIT], seen
+    assert server.passthrough, "the kernel did not offer passthrough at INIT on /dev/efuse"
+    assert out[3:] == [want], f"content of f through the efuse mount: {stdout!r} {stderr!r}"
+    assert server.backing_ids and raw_fuse.OP_READ not in server.seen, \
+        f"passthrough: backing ids {server.backing_ids}, but READs reached the server {seen}"
     assert not fstypes_at(mnt), f"left mounted: {fstypes_at(mnt)}"
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
