@@ -68,7 +68,8 @@
 	X(inflight_full, "inflight_full",                                                  \
 	  "a request was not tracked because the in-flight map was full")                  \
 	X(duplicate_send, "duplicate_send",                                                \
-	  "a send was seen for a (connection, unique) already in flight")                  \
+	  "a request was sent at the address of one still tracked as in flight (freed "     \
+	  "without reaching fuse_request_end): the older entry was replaced")              \
 	X(unmatched_end, "unmatched_end",                                                  \
 	  "a request ended that was not seen being sent (sent before the programs attached)") \
 	X(stats_full, "stats_full",                                                        \
@@ -76,39 +77,49 @@
 
 /* ---- Map keys and values ---- */
 
-/* inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
- * Requests between send and end, at the index their (connection, unique) hashes to
+/* Request key: the kernel's struct fuse_req * itself. It exists before fuse_request_send
+ * fires on every kernel that has the tracepoint and stays the same until fuse_request_end
+ * (the request is freed after it), whereas in.h.unique is assigned only after
+ * fuse_request_send on 6.12 (every send there shows unique 0) and after it in newer ones.
+ * A fuse_req freed without reaching fuse_request_end (a killed client's request that was
+ * still queued) leaves a stale entry that the next request at that address replaces.
+ *
+ * inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
+ * Requests between send and end, at the index their address hashes to
  * (efuse_inflight_index), claimed and released with atomic exchanges: no locks on the
  * request path. A request whose slot is taken goes to the inflight hash below instead. */
 #define EFUSE_BPF_INFLIGHT_SLOTS 4096 /* a power of two */
+#define EFUSE_BPF_INFLIGHT_SLOT_BITS 12
 #define EFUSE_BPF_SLOT_FREE 0ULL
-#define EFUSE_BPF_SLOT_BUSY 1ULL /* being filled or emptied; FUSE uniques are even, >= 2 */
+#define EFUSE_BPF_SLOT_BUSY 1ULL /* being filled or emptied; kernel addresses are never 0, 1 */
 
 struct efuse_req_start {
 	__u64 start_ns;   /* bpf_ktime_get_ns() at fuse_request_send */
 	__u32 opcode;     /* clamped to EFUSE_BPF_OPCODE_SLOTS - 1 */
 	__u32 client_tid; /* thread that sent it; 0 when the sender is a known server thread */
+	__u32 conn;       /* connection id */
+	__u32 pad;
 };
 
 struct efuse_inflight_slot {
-	__u64 unique; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's unique */
-	__u32 conn;
-	__u32 pad;
+	__u64 req; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's address */
 	struct efuse_req_start start;
 };
 
-static inline __u32 efuse_inflight_index(__u32 conn, __u64 unique)
+static inline __u32 efuse_inflight_index(__u64 req)
 {
-	/* Consecutive uniques of one connection take consecutive slots; connections spread. */
-	return ((__u32)(unique >> 1) ^ (conn * 0x9E3779B1U)) & (EFUSE_BPF_INFLIGHT_SLOTS - 1);
+	/* fuse_reqs come from one slab cache, a few hundred bytes apart: mix every bit of the
+	 * address (murmur3's 64-bit finalizer) so that neighbours spread like random keys. */
+	req ^= req >> 33;
+	req *= 0xff51afd7ed558ccdULL;
+	req ^= req >> 33;
+	return (__u32)(req >> (64 - EFUSE_BPF_INFLIGHT_SLOT_BITS));
 }
 
 /* inflight: BPF_MAP_TYPE_HASH, key efuse_req_key, value efuse_req_start: requests whose
  * slot was taken by another one still in flight. */
 struct efuse_req_key {
-	__u32 conn;
-	__u32 pad;
-	__u64 unique;
+	__u64 req;
 };
 
 /* op_stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_op_key, value efuse_op_stats. */
@@ -166,11 +177,11 @@ struct efuse_health {
 
 #ifdef __cplusplus
 /* The kernel copies map values byte for byte: pin every layout both sides rely on. */
-static_assert(sizeof(struct efuse_req_key) == 16, "efuse_req_key layout");
-static_assert(sizeof(struct efuse_req_start) == 16, "efuse_req_start layout");
+static_assert(sizeof(struct efuse_req_key) == 8, "efuse_req_key layout");
+static_assert(sizeof(struct efuse_req_start) == 24, "efuse_req_start layout");
 static_assert(sizeof(struct efuse_inflight_slot) == 32, "efuse_inflight_slot layout");
-static_assert((EFUSE_BPF_INFLIGHT_SLOTS & (EFUSE_BPF_INFLIGHT_SLOTS - 1)) == 0,
-	      "EFUSE_BPF_INFLIGHT_SLOTS is a power of two");
+static_assert(EFUSE_BPF_INFLIGHT_SLOTS == 1 << EFUSE_BPF_INFLIGHT_SLOT_BITS,
+	      "EFUSE_BPF_INFLIGHT_SLOTS is 2^EFUSE_BPF_INFLIGHT_SLOT_BITS");
 static_assert(sizeof(struct efuse_op_key) == 8, "efuse_op_key layout");
 static_assert(sizeof(struct efuse_op_stats) == 8 * (3 + EFUSE_BPF_LATENCY_SLOTS),
 	      "efuse_op_stats layout");

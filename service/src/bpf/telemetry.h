@@ -40,18 +40,44 @@ struct Snapshot {
   efuse_health health{};
 };
 
+// Why the telemetry is off (Status::off; the `reason` label of efuse_bpf_off_reason).
+inline constexpr const char* kOffDisabled = "disabled";        // the operator turned it off
+inline constexpr const char* kOffUnsupported = "unsupported";  // no BTF or no FUSE tracepoints
+inline constexpr const char* kOffRefused = "refused";          // the kernel refused load/attach
+inline constexpr const char* kOffMismatch = "mismatch";        // self-check: sends, ends disagree
+
 struct Status {
   bool up = false;             // the request programs are attached
   int programs_attached = 0;   // of kProgramCount
   uint64_t load_failures = 0;  // load or attach attempts the kernel refused
   std::string reason;          // why not (fully) up; "" when everything is attached
   std::string tracepoints;     // whose BTF has the FUSE tracepoints: "vmlinux", "fuse module"
+  std::string off;             // when !up: one of kOff*
+};
+
+// The self-check: whether the programs' sends and ends still pair up. Fed the running
+// totals of requests whose end found their send (`matched`) and of events that did not pair
+// (`mismatched`: ends never seen sent, sends over a request still tracked), it judges each
+// window of at least kWindow events and says why when more than a quarter of a window did
+// not pair. A few unmatched ends are normal (requests in flight when efused started).
+class MatchCheck {
+ public:
+  static constexpr uint64_t kWindow = 1000;
+  // "" while healthy; else the verdict (one sentence with the window's numbers).
+  std::string observe(uint64_t matched, uint64_t mismatched);
+
+ private:
+  uint64_t base_matched_ = 0;
+  uint64_t base_mismatched_ = 0;
 };
 
 struct Options {
   bool enabled = true;       // EFUSE_BPF=0 (or "off", "false", "no") turns telemetry off
   bool sched_switch = true;  // EFUSE_BPF_SCHED=0 leaves the sched_switch program out
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
+  // Test only (EFUSE_BPF_TEST_MISMATCH=1): sends are filed under a key no end looks up, so
+  // the self-check sees every request unmatched (docs/bpf.md).
+  bool test_mismatch = false;
   static Options from_env();
 };
 
@@ -60,8 +86,11 @@ inline constexpr const char* kFuseTracepoints[] = {"fuse_request_send", "fuse_re
 // Whose BTF describes both FUSE request tracepoints: "vmlinux" (FUSE built in) or
 // "fuse module" (FUSE as a module: its BTF is the file "fuse" next to kernel_btf, read as
 // split BTF on top of it; under /sys/kernel/btf/ the module is loaded first when missing,
-// by opening /dev/fuse). Empty, with *reason saying why, when neither has them.
-std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason);
+// by opening /dev/fuse). Empty, with *reason saying why, when neither has them; then
+// *kernel_lacks (if given) says whether the kernel simply has no BTF or no FUSE tracepoints
+// (Linux < 6.12: a clean skip, not a failure) rather than refusing to let efused read them.
+std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason,
+                                  bool* kernel_lacks = nullptr);
 
 class Telemetry {
  public:
@@ -75,10 +104,13 @@ class Telemetry {
   Telemetry(const Telemetry&) = delete;
   Telemetry& operator=(const Telemetry&) = delete;
 
-  const Status& status() const { return status_; }
-  bool up() const { return status_.up; }
+  Status status() const;
+  bool up() const { return status().up; }
 
-  // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up().
+  // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up(). Runs the
+  // self-check (MatchCheck) on what it read: when sends and ends stopped pairing it logs
+  // one line, detaches the programs and returns empty; from then on up() is false and
+  // status().off is kOffMismatch.
   Snapshot snapshot() const;
 
   // Kernel ids of the loaded programs (`bpftool prog show id N`); empty when !up().
@@ -86,14 +118,18 @@ class Telemetry {
 
  private:
   Telemetry() = default;
-  bool load(const Options& opts, std::string* reason);
+  bool load(const Options& opts, std::string* reason, bool* kernel_lacks);
   void forget_connection(uint32_t conn, const ConnSnapshot& c) const;
+  void withdraw(const std::string& verdict) const;  // mu_ held
   // The inflight_slots array, mapped: read and cleared without a system call per slot.
   std::span<efuse_inflight_slot> slots() const;
 
-  Status status_;
-  TelemetrySkeleton skel_;
-  void* slots_map_ = nullptr;  // mmap of inflight_slots while loaded
+  // Mutable: the self-check in snapshot() may take the telemetry down.
+  mutable Status status_;
+  mutable TelemetrySkeleton skel_;
+  mutable void* slots_map_ = nullptr;   // mmap of inflight_slots while loaded
+  mutable MatchCheck match_check_;
+  mutable uint64_t forgotten_ended_ = 0;  // ended requests of connections deleted from the maps
   mutable std::mutex mu_;
 };
 

@@ -180,12 +180,28 @@ TEST(BpfMetrics, HealthWhenUp) {
   EXPECT_EQ(unmatched->counter.value, 3);
 }
 
+TEST(BpfMetrics, OffReasonOnlyWhileDown) {
+  std::vector<prometheus::MetricFamily> out;
+  append_bpf_families(up(), snapshot(), mounts(), own(), out);
+  EXPECT_EQ(find(out, "efuse_bpf_off_reason"), nullptr);
+  out.clear();
+  append_bpf_families(bpf::Status{false, 0, 0, "sends and ends stopped matching", "vmlinux",
+                                  bpf::kOffMismatch},
+                      snapshot(), mounts(), own(), out);
+  EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);
+  ASSERT_NE(series(out, "efuse_bpf_off_reason", {{"reason", "mismatch"}}), nullptr);
+  EXPECT_EQ(find(out, "efuse_kernel_requests_total"), nullptr);  // no wrong numbers served
+}
+
 TEST(BpfMetrics, DownExportsOnlyHealth) {
   std::vector<prometheus::MetricFamily> out;
-  append_bpf_families(bpf::Status{false, 0, 1, "no BTF"}, snapshot(), mounts(), own(), out);
-  ASSERT_EQ(out.size(), 3u);
+  append_bpf_families(bpf::Status{false, 0, 1, "verifier", "", bpf::kOffRefused}, snapshot(),
+                      mounts(), own(), out);
+  ASSERT_EQ(out.size(), 4u);
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_load_failures_total", {})->counter.value, 1);
+  ASSERT_NE(series(out, "efuse_bpf_off_reason", {{"reason", "refused"}}), nullptr);
+  EXPECT_EQ(series(out, "efuse_bpf_off_reason", {{"reason", "refused"}})->gauge.value, 1);
   EXPECT_EQ(find(out, "efuse_kernel_requests_total"), nullptr);
 
   out.clear();

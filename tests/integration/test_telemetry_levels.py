@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""The eBPF telemetry checks itself and can be turned down: when the tracepoints' sends and
+ends stop pairing efused says so (efuse_bpf_up 0, efuse_bpf_off_reason{reason="mismatch"},
+one log line) and detaches its programs instead of serving wrong numbers, while the mounts
+go on serving.
+
+Every assertion is about this test's own efused (its /metrics, its log, its program ids):
+the BPF programs see every FUSE mount on the host, and other FUSE servers run beside it.
+
+Skips (exit 77; a failure under CI=true) only when the kernel truly cannot load the
+programs: no BTF, no FUSE tracepoints, no privilege to load BPF."""
+
+import os
+import re
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+from prom_text import free_port, parse, scrape, value  # noqa: E402
+from test_bpf_telemetry import bpf_up_or_skip  # noqa: E402
+
+PORT = free_port()
+
+
+def program_ids(m):
+    """The ids efused's "telemetry on" log line names (bpftool prog show id A,B,...)."""
+    found = re.findall(r"bpftool prog show id ([0-9,]+)", m.log_text())
+    assert found, f"no 'telemetry on' line with program ids\n{m.log_tail()}"
+    return [int(i) for i in found[-1].split(",")]
+
+
+def loaded(ids):
+    """How many of the program ids the kernel still has."""
+    n = 0
+    for i in ids:
+        r = subprocess.run(["bpftool", "prog", "show", "id", str(i)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+        n += r.returncode == 0
+    return n
+
+
+def lookups(m, n, tag):
+    """n LOOKUPs of names never asked for before (each one an upcall)."""
+    for i in range(n):
+        assert not os.path.exists(m.m(f"missing-{tag}-{i}"))
+
+
+@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"], start=False)
+def test_self_check_withdraws_when_sends_and_ends_stop_matching(m):
+    # EFUSE_BPF_TEST_MISMATCH=1 (test only) files every send under a key no end looks up:
+    # the programs really run and really fail to pair, as on a kernel whose tracepoints
+    # disagree on the key (Debian's 6.12 with the old unique-based key).
+    os.environ["EFUSE_BPF_TEST_MISMATCH"] = "1"
+    try:
+        m.start()
+    finally:
+        del os.environ["EFUSE_BPF_TEST_MISMATCH"]
+    bpf_up_or_skip(m, PORT)  # the first scrape starts the self-check's window
+    ids = program_ids(m)
+    assert loaded(ids) == len(ids)
+    lookups(m, 1500, "a")
+    s = parse(scrape(PORT))
+    assert value(s, "efuse_bpf_up") == 0, value(s, "efuse_bpf_up")
+    assert value(s, "efuse_bpf_off_reason", reason="mismatch") == 1
+    assert value(s, "efuse_bpf_programs_attached") == 0
+    assert value(s, "efuse_bpf_load_failures_total") == 0  # not refused: withdrawn
+    # No wrong numbers served.
+    assert value(s, "efuse_kernel_requests_total") is None
+    assert value(s, "efuse_kernel_request_duration_seconds_count") is None
+    # The programs are gone (the kernel frees them after an RCU grace period).
+    h.wait_until(lambda: loaded(ids) == 0, 10, interval=0.1, what="the programs to be detached")
+    # The mount goes on serving, and the verdict is logged once, not on every scrape.
+    h.assert_serves(m)
+    lookups(m, 200, "b")
+    parse(scrape(PORT))
+    lines = [l for l in m.log_text().splitlines() if "stopped matching" in l]
+    assert len(lines) == 1, lines
+    assert "efuse_bpf_up 0" in lines[0], lines[0]
+    assert value(parse(scrape(PORT)), "efuse_requests_total", opcode="lookup") >= 1700
+
+
+@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"])
+def test_healthy_keying_counts_every_request_once(m):
+    # Requests are keyed by their struct fuse_req address: each LOOKUP of this mount is
+    # counted once, ends once, and the self-check stays quiet over many windows.
+    bpf_up_or_skip(m, PORT)
+    own = dict(mount=os.path.basename(m.mnt))
+    before = value(parse(scrape(PORT)), "efuse_kernel_requests_total", opcode="lookup", **own) or 0
+    done_before = value(parse(scrape(PORT)), "efuse_kernel_request_duration_seconds_count",
+                        opcode="lookup", **own) or 0
+    for round_ in range(5):
+        lookups(m, 1000, f"r{round_}")
+        assert value(parse(scrape(PORT)), "efuse_bpf_up") == 1
+    s = parse(scrape(PORT))
+    assert value(s, "efuse_kernel_requests_total", opcode="lookup", **own) - before == 5000
+    assert value(s, "efuse_kernel_request_duration_seconds_count", opcode="lookup", **own) \
+        - done_before == 5000
+    assert value(s, "efuse_kernel_requests_in_flight", opcode="lookup", **own) == 0
+    assert value(s, "efuse_bpf_off_reason", reason="mismatch") is None
+    assert not [l for l in m.log_text().splitlines() if "stopped matching" in l]
+
+
+if __name__ == "__main__":
+    h.main(globals(), require=("bpftool",))
