@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -177,7 +178,7 @@ std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* re
 Options Options::from_env() {
   Options o;
   o.enabled = !env_off("EFUSE_BPF");
-  o.sched_switch = !env_off("EFUSE_BPF_SCHED");
+  o.switches = !env_off("EFUSE_BPF_SCHED");
   const char* mismatch = std::getenv("EFUSE_BPF_TEST_MISMATCH");
   o.test_mismatch = mismatch != nullptr && std::strcmp(mismatch, "1") == 0;
   return o;
@@ -233,20 +234,12 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
              reason.c_str());
     return t;
   }
-  if (t->status_.reason.empty() && !opts.sched_switch)
-    t->status_.reason = "sched_switch left out by EFUSE_BPF_SCHED=0";
   std::string ids;
   for (uint32_t id : t->program_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
-  if (t->status_.programs_attached == kProgramCount)
-    LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end, "
-             "sched_switch; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
-             t->status_.programs_attached, ids.c_str(), t->status_.tracepoints.c_str());
-  else if (t->status_.load_failures == 0)  // left out on purpose
-    LOG_INFO("bpf: telemetry on: %d of %d programs attached: %s", t->status_.programs_attached,
-             kProgramCount, t->status_.reason.c_str());
-  else
-    LOG_WARN("bpf: telemetry partly on: %d of %d programs attached: %s",
-             t->status_.programs_attached, kProgramCount, t->status_.reason.c_str());
+  LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end; "
+           "bpftool prog show id %s; FUSE tracepoints from %s BTF; context switches %s)",
+           t->status_.programs_attached, ids.c_str(), t->status_.tracepoints.c_str(),
+           opts.switches ? "counted" : "not counted (EFUSE_BPF_SCHED=0)");
   return t;
 }
 
@@ -254,90 +247,65 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
   status_.tracepoints = find_fuse_tracepoints(opts.kernel_btf, reason, kernel_lacks);
   if (status_.tracepoints.empty()) return false;
 
-  // Attempt 1 with every program; if the kernel refuses, attempt 2 without sched_switch
-  // (request accounting alone is still worth having).
-  bool want_sched = opts.sched_switch;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    skel_ = TelemetrySkeleton::open();
-    if (!skel_) {
-      *reason = std::string("cannot open the BPF object: ") + errno_text(errno);
-      return false;
-    }
-    std::string layout_error;
-    if (!check_layout(skel_.object(), kTelemetryMaps, &layout_error)) {
-      *reason = "refusing to load: " + layout_error;
-      return false;
-    }
-    bpf_program__set_autoload(skel_->progs.efuse_sched_switch, want_sched);
-    // Any odd offset: no fuse_req lives there, so no end finds the send.
-    skel_->rodata->test_send_key_skew = opts.test_mismatch ? 1 : 0;
-
-    int err = efuse_telemetry_bpf__load(skel_.get());
-    if (err != 0) {
-      std::string why = "load: " + errno_text(err);
-      std::string libbpf = take_first_libbpf_warning();
-      // A refused bpf() is explained above; libbpf's lines then only add its generic
-      // "failed to load object".
-      if (!libbpf.empty() && err != -EPERM && err != -EACCES) why += " (libbpf: " + libbpf + ")";
-      if (want_sched && err != -EPERM && err != -EACCES) {
-        ++status_.load_failures;
-        LOG_DEBUG("bpf: full load failed (%s); retrying without sched_switch", why.c_str());
-        status_.reason = "sched_switch program refused: " + why;
-        want_sched = false;
-        continue;
-      }
-      *reason = why;
-      return false;
-    }
-
-    struct Prog {
-      bpf_program* prog;
-      bpf_link** link;
-      bool wanted;
-    };
-    Prog progs[] = {
-        {skel_->progs.efuse_request_send, &skel_->links.efuse_request_send, true},
-        {skel_->progs.efuse_request_end, &skel_->links.efuse_request_end, true},
-        {skel_->progs.efuse_sched_switch, &skel_->links.efuse_sched_switch, want_sched},
-    };
-    int attached = 0;
-    for (Prog& p : progs) {
-      if (!p.wanted) continue;
-      bpf_link* link = bpf_program__attach(p.prog);
-      if (link == nullptr) {
-        std::string why = std::string("attach ") + bpf_program__name(p.prog) + ": " +
-                          errno_text(errno);
-        if (p.prog == skel_->progs.efuse_sched_switch) {
-          ++status_.load_failures;
-          status_.reason = why;
-          continue;
-        }
-        *reason = why;
-        return false;  // skel_.reset() in start() detaches what was attached
-      }
-      *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
-      ++attached;
-    }
-    int slots_fd = bpf_map__fd(skel_->maps.inflight_slots);
-    void* m = mmap(nullptr, kSlotsBytes, PROT_READ | PROT_WRITE, MAP_SHARED, slots_fd, 0);
-    if (m == MAP_FAILED) {
-      *reason = "cannot map inflight_slots: " + errno_text(errno);
-      return false;
-    }
-    slots_map_ = m;
-    status_.up = true;
-    status_.programs_attached = attached;
-    return true;
+  skel_ = TelemetrySkeleton::open();
+  if (!skel_) {
+    *reason = std::string("cannot open the BPF object: ") + errno_text(errno);
+    return false;
   }
-  return false;
+  std::string layout_error;
+  if (!check_layout(skel_.object(), kTelemetryMaps, &layout_error)) {
+    *reason = "refusing to load: " + layout_error;
+    return false;
+  }
+  // Any odd offset: no fuse_req lives there, so no end finds the send.
+  skel_->rodata->test_send_key_skew = opts.test_mismatch ? 1 : 0;
+  skel_->data->level = opts.switches ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+
+  int err = efuse_telemetry_bpf__load(skel_.get());
+  if (err != 0) {
+    std::string why = "load: " + errno_text(err);
+    std::string libbpf = take_first_libbpf_warning();
+    // A refused bpf() is explained above; libbpf's lines then only add its generic
+    // "failed to load object".
+    if (!libbpf.empty() && err != -EPERM && err != -EACCES) why += " (libbpf: " + libbpf + ")";
+    *reason = why;
+    return false;
+  }
+  struct Prog {
+    bpf_program* prog;
+    bpf_link** link;
+  };
+  Prog progs[] = {
+      {skel_->progs.efuse_request_send, &skel_->links.efuse_request_send},
+      {skel_->progs.efuse_request_end, &skel_->links.efuse_request_end},
+  };
+  int attached = 0;
+  for (Prog& p : progs) {
+    bpf_link* link = bpf_program__attach(p.prog);
+    if (link == nullptr) {
+      *reason = std::string("attach ") + bpf_program__name(p.prog) + ": " + errno_text(errno);
+      return false;  // skel_.reset() in start() detaches what was attached
+    }
+    *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
+    ++attached;
+  }
+  int slots_fd = bpf_map__fd(skel_->maps.inflight_slots);
+  void* m = mmap(nullptr, kSlotsBytes, PROT_READ | PROT_WRITE, MAP_SHARED, slots_fd, 0);
+  if (m == MAP_FAILED) {
+    *reason = "cannot map inflight_slots: " + errno_text(errno);
+    return false;
+  }
+  slots_map_ = m;
+  status_.up = true;
+  status_.programs_attached = attached;
+  return true;
 }
 
 std::vector<uint32_t> Telemetry::program_ids() const {
   std::vector<uint32_t> ids;
   std::lock_guard<std::mutex> lock(mu_);
   if (!skel_ || !status_.up) return ids;
-  for (bpf_program* p : {skel_->progs.efuse_request_send, skel_->progs.efuse_request_end,
-                         skel_->progs.efuse_sched_switch}) {
+  for (bpf_program* p : {skel_->progs.efuse_request_send, skel_->progs.efuse_request_end}) {
     int fd = bpf_program__fd(p);
     if (fd < 0) continue;
     bpf_prog_info info{};
@@ -390,36 +358,18 @@ Snapshot Telemetry::snapshot() const {
   const size_t ncpu = possible_cpus();
 
   {
-    int fd = bpf_map__fd(skel_->maps.op_stats);
-    std::set<std::pair<uint32_t, uint32_t>> seen;
-    for_each_key(fd, sizeof(efuse_op_key), 2 * EFUSE_BPF_MAX_OP_KEYS, [&](const void* k) {
-      efuse_op_key key;
+    int fd = bpf_map__fd(skel_->maps.stats);
+    std::set<std::tuple<uint32_t, uint32_t, uint32_t>> seen;
+    for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {
+      efuse_stats_key key;
       std::memcpy(&key, k, sizeof key);
-      if (!seen.insert({key.conn, key.opcode}).second) return;
-      efuse_op_stats v;
-      if (lookup_percpu_sum(fd, &key, ncpu, &v)) snap.conns[key.conn].ops[key.opcode] = v;
-    });
-  }
-  {
-    int fd = bpf_map__fd(skel_->maps.queue_stats);
-    std::set<std::pair<uint32_t, uint32_t>> seen;
-    for_each_key(fd, sizeof(efuse_queue_key), 2 * EFUSE_BPF_MAX_QUEUE_KEYS, [&](const void* k) {
-      efuse_queue_key key;
-      std::memcpy(&key, k, sizeof key);
-      if (!seen.insert({key.conn, key.qid}).second) return;
-      efuse_queue_stats v;
-      if (lookup_percpu_sum(fd, &key, ncpu, &v)) snap.conns[key.conn].queues[key.qid] = v;
-    });
-  }
-  {
-    int fd = bpf_map__fd(skel_->maps.ctxsw_stats);
-    std::set<uint32_t> seen;
-    for_each_key(fd, sizeof(__u32), 2 * EFUSE_BPF_MAX_CONNS, [&](const void* k) {
-      __u32 conn;
-      std::memcpy(&conn, k, sizeof conn);
-      if (!seen.insert(conn).second) return;
-      efuse_ctxsw_stats v;
-      if (lookup_percpu_sum(fd, &conn, ncpu, &v)) snap.conns[conn].ctxsw = v;
+      if (!seen.insert({key.conn, key.opcode, key.qid}).second) return;
+      efuse_stats v;
+      if (!lookup_percpu_sum(fd, &key, ncpu, &v)) return;
+      ConnSnapshot& c = snap.conns[key.conn];
+      accumulate(c.ops[key.opcode], v);
+      accumulate(c.queues[key.qid], v);
+      accumulate(c.ctxsw, v.ctxsw);
     });
   }
   const uint64_t now = monotonic_ns();
@@ -497,17 +447,18 @@ Snapshot Telemetry::snapshot() const {
 }
 
 void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
-  for (const auto& [opcode, v] : c.ops) {
+  for (const auto& [opcode, v] : c.ops)
     for (__u64 n : v.latency) forgotten_ended_ += n;
-    efuse_op_key key{conn, opcode};
-    bpf_map_delete_elem(bpf_map__fd(skel_->maps.op_stats), &key);
+  {
+    int fd = bpf_map__fd(skel_->maps.stats);
+    std::vector<efuse_stats_key> doomed;
+    for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {
+      efuse_stats_key key;
+      std::memcpy(&key, k, sizeof key);
+      if (key.conn == conn) doomed.push_back(key);
+    });
+    for (const efuse_stats_key& key : doomed) bpf_map_delete_elem(fd, &key);
   }
-  for (const auto& [qid, v] : c.queues) {
-    efuse_queue_key key{conn, qid};
-    bpf_map_delete_elem(bpf_map__fd(skel_->maps.queue_stats), &key);
-  }
-  __u32 key = conn;
-  bpf_map_delete_elem(bpf_map__fd(skel_->maps.ctxsw_stats), &key);
   if (!c.in_flight.empty()) {
     for (efuse_inflight_slot& s : slots()) {
       uint64_t req = slot_req(s);

@@ -1,13 +1,12 @@
 // bpf::Telemetry: efused's eBPF request telemetry for every FUSE connection on the host.
 //
 // start() loads bpf/efuse_telemetry.bpf.c (a libbpf skeleton built into efused), checks
-// its map layouts against bpf/efuse_telemetry.h and attaches its three programs to the
-// BTF tracepoints fuse_request_send, fuse_request_end and sched_switch. It never fails
-// the daemon: when the kernel refuses (not root, no BTF, no FUSE tracepoints, verifier
-// refusal) it logs why once and the object reports up() == false; efused serves its
-// mounts regardless. EFUSE_BPF=0 in the environment turns it off; EFUSE_BPF_SCHED=0
-// leaves out the sched_switch program (context switch counters), whose cost is paid on
-// every context switch of the host.
+// its map layouts against bpf/efuse_telemetry.h and attaches its two programs to the BTF
+// tracepoints fuse_request_send and fuse_request_end. It never fails the daemon: when the
+// kernel refuses (not root, no BTF, no FUSE tracepoints, verifier refusal) it logs why once
+// and the object reports up() == false; efused serves its mounts regardless. EFUSE_BPF=0
+// in the environment turns it off; EFUSE_BPF_SCHED=0 keeps it at level "requests" (no
+// context switch counting).
 //
 // snapshot() reads the maps at scrape time (nothing is aggregated in between), the way
 // cloudflare's ebpf_exporter does, and removes the entries of connections that no longer
@@ -28,10 +27,11 @@
 namespace efuse::bpf {
 
 // One FUSE connection's counters, summed over CPUs.
+// One FUSE connection's counters, summed over CPUs (and over queues, opcodes).
 struct ConnSnapshot {
-  std::map<uint32_t, efuse_op_stats> ops;        // by opcode (clamped to OPCODE_SLOTS - 1)
-  std::map<uint32_t, uint64_t> in_flight;        // by opcode: requests sent, not ended yet
-  std::map<uint32_t, efuse_queue_stats> queues;  // by qid; EFUSE_BPF_QUEUE_CLASSIC = /dev/fuse
+  std::map<uint32_t, efuse_stats> ops;     // by opcode (clamped to OPCODE_SLOTS - 1)
+  std::map<uint32_t, uint64_t> in_flight;  // by opcode: requests sent, not ended yet
+  std::map<uint32_t, efuse_stats> queues;  // by qid; EFUSE_BPF_QUEUE_CLASSIC = /dev/fuse
   efuse_ctxsw_stats ctxsw{};
 };
 
@@ -73,7 +73,7 @@ class MatchCheck {
 
 struct Options {
   bool enabled = true;       // EFUSE_BPF=0 (or "off", "false", "no") turns telemetry off
-  bool sched_switch = true;  // EFUSE_BPF_SCHED=0 leaves the sched_switch program out
+  bool switches = true;      // EFUSE_BPF_SCHED=0: level "requests" at most
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
   // Test only (EFUSE_BPF_TEST_MISMATCH=1): sends are filed under a key no end looks up, so
   // the self-check sees every request unmatched (docs/bpf.md).
@@ -94,7 +94,7 @@ std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* re
 
 class Telemetry {
  public:
-  static constexpr int kProgramCount = 3;
+  static constexpr int kProgramCount = 2;
 
   // Never throws and never returns null.
   static std::unique_ptr<Telemetry> start(const Options& opts);

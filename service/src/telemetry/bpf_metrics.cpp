@@ -99,8 +99,8 @@ void append_health(const bpf::Status& status, const efuse_health* health,
   out.push_back(std::move(up));
   prometheus::MetricFamily attached = make_family(
       "efuse_bpf_programs_attached",
-      "BPF programs attached (fuse_request_send, fuse_request_end, sched_switch: 3 when "
-      "everything runs).",
+      "BPF programs attached (fuse_request_send, fuse_request_end: 2 when the telemetry "
+      "runs).",
       MetricType::Gauge);
   add_gauge(attached, {}, status.programs_attached);
   out.push_back(std::move(attached));
@@ -182,8 +182,11 @@ void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapsho
       latency[key].add(op.latency, op.latency_sum_ns);
       in_flight[key] += 0;  // every opcode seen has a series, 0 when idle
     }
-    for (const auto& [opcode, n] : c.in_flight)
+    // Sent = ended + still in flight (the programs count a request when it ends).
+    for (const auto& [opcode, n] : c.in_flight) {
       in_flight[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
+      requests[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
+    }
     for (const auto& [qid, q] : c.queues)
       queue_latency[{l.mount, queue_label(qid)}].add(q.latency, q.latency_sum_ns);
     if (!c.ops.empty() || !c.queues.empty()) {
