@@ -2,7 +2,9 @@
 """The eBPF telemetry checks itself and can be turned down: when the tracepoints' sends and
 ends stop pairing efused says so (efuse_bpf_up 0, efuse_bpf_off_reason{reason="mismatch"},
 one log line) and detaches its programs instead of serving wrong numbers, while the mounts
-go on serving.
+go on serving. The config's `telemetry: full | requests | off` changes live on reload
+(efuse_bpf_level and `efusectl status` say which runs); a bad value is refused with its
+place in the file and changes nothing.
 
 Every assertion is about this test's own efused (its /metrics, its log, its program ids):
 the BPF programs see every FUSE mount on the host, and other FUSE servers run beside it.
@@ -10,6 +12,7 @@ the BPF programs see every FUSE mount on the host, and other FUSE servers run be
 Skips (exit 77; a failure under CI=true) only when the kernel truly cannot load the
 programs: no BTF, no FUSE tracepoints, no privilege to load BPF."""
 
+import json
 import os
 import re
 import subprocess
@@ -19,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
 from prom_text import free_port, parse, scrape, value  # noqa: E402
 from test_bpf_telemetry import bpf_up_or_skip  # noqa: E402
+from test_dbus import DbusEfused, require_daemon_contract  # noqa: E402
 
 PORT = free_port()
 
@@ -99,6 +103,117 @@ def test_healthy_keying_counts_every_request_once(m):
     assert value(s, "efuse_kernel_requests_in_flight", opcode="lookup", **own) == 0
     assert value(s, "efuse_bpf_off_reason", reason="mismatch") is None
     assert not [l for l in m.log_text().splitlines() if "stopped matching" in l]
+
+
+class LevelsEfused(DbusEfused):
+    """efused --config CFG --bus PRIVATE serving mount "a", /metrics on PORT, with a
+    `telemetry:` line (or a raw one, to test bad values)."""
+
+    def __init__(self):
+        self.telemetry = "requests"
+        super().__init__(start=False)
+
+    def write_config(self, with_b=False, broken=False, raw=None):
+        line = raw if raw is not None else f"telemetry: {self.telemetry}"
+        lines = ["metrics:", f'  listen: "127.0.0.1:{PORT}"', line, "mounts:",
+                 "  - name: a", f"    mountpoint: {self.mnts[0]}",
+                 "    backend: passthrough", f"    source: {self.srcs[0]}"]
+        with open(self.cfg + ".new", "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.rename(self.cfg + ".new", self.cfg)
+
+    def level(self, level):
+        self.telemetry = level
+        self.write_config()
+        self.ctl("reload")
+
+
+def switches(s, mount):
+    return sum(v for n, l, v in s
+               if n == "efuse_context_switches_total" and l.get("mount") == mount)
+
+
+def running_level(s):
+    on = [l["level"] for n, l, v in s if n == "efuse_bpf_level" and v == 1]
+    assert len(on) == 1, on
+    return on[0]
+
+
+def test_levels_change_live_on_reload():
+    require_daemon_contract()
+    with LevelsEfused() as m:
+        m.start()
+        s = bpf_up_or_skip(m, PORT)
+        assert running_level(s) == "requests"
+        assert "telemetry: requests\n" in m.ctl("status").out
+        ids = program_ids(m)
+
+        # requests: counts and latency of this mount, no context switches.
+        lookups(m, 300, "req")
+        s = parse(scrape(PORT))
+        n_req = value(s, "efuse_kernel_requests_total", mount="a", opcode="lookup")
+        assert n_req >= 300, n_req
+        assert switches(s, "a") == 0, switches(s, "a")
+
+        # full, live: the same programs (nothing reloaded), counters go on.
+        m.level("full")
+        s = parse(scrape(PORT))
+        assert running_level(s) == "full" and value(s, "efuse_bpf_up") == 1
+        assert program_ids(m) == ids
+        assert value(s, "efuse_kernel_requests_total", mount="a", opcode="lookup") >= n_req
+        lookups(m, 300, "full")
+        s = parse(scrape(PORT))
+        client = value(s, "efuse_context_switches_total", mount="a", side="client",
+                       kind="voluntary") or 0
+        daemon = value(s, "efuse_context_switches_total", mount="a", side="daemon",
+                       kind="voluntary") or 0
+        # Each LOOKUP is a round trip the client sleeps through; the server thread that
+        # replies sleeps in between (a few requests may have found it awake).
+        assert client >= 300 * 0.8 and daemon >= 300 * 0.5, (client, daemon)
+        status = json.loads(m.ctl("--json", "status").out)["telemetry"]
+        assert status["level"] == "full" and status["up"] is True, status
+
+        # off: programs detached, mount untouched.
+        m.level("off")
+        s = parse(scrape(PORT))
+        assert value(s, "efuse_bpf_up") == 0 and running_level(s) == "off"
+        assert value(s, "efuse_bpf_off_reason", reason="disabled") == 1
+        assert value(s, "efuse_bpf_load_failures_total") == 0
+        assert value(s, "efuse_kernel_requests_total") is None
+        h.wait_until(lambda: loaded(ids) == 0, 10, interval=0.1, what="the programs to go")
+        assert "telemetry: off\n" in m.ctl("status").out
+        h.assert_serves(m)
+
+        # A bad value: refused with its place in the file; nothing changes.
+        m.write_config(raw="telemetry: on")
+        r = m.ctl("reload", expect=1)
+        assert re.search(r"mounts\.yaml:3:12: telemetry must be one of full, requests, off; "
+                         r"not 'on'", r.err), r.err
+        s = parse(scrape(PORT))
+        assert value(s, "efuse_bpf_up") == 0 and running_level(s) == "off"
+        h.assert_serves(m)
+
+        # And back on: loaded again.
+        m.level("full")
+        s = parse(scrape(PORT))
+        assert value(s, "efuse_bpf_up") == 1 and running_level(s) == "full"
+        new_ids = program_ids(m)
+        assert loaded(new_ids) == 2 and not set(new_ids) & set(ids), (ids, new_ids)
+
+
+def test_a_bad_telemetry_option_is_a_usage_error():
+    tmp = h.run(["mktemp", "-d"]).out.strip()
+    try:
+        src, mnt = os.path.join(tmp, "s"), os.path.join(tmp, "m")
+        os.makedirs(src)
+        os.makedirs(mnt)
+        r = h.run([h.EFUSED, "--telemetry", "some", "--mount", f"{src}:{mnt}"], check=False,
+                  timeout=30)
+        assert r.rc == 2, (r.rc, r.err)
+        assert "--telemetry must be full, requests or off, not 'some'" in r.err, r.err
+        assert not h.is_fuse_mounted(mnt)
+    finally:
+        subprocess.run(["rm", "-rf", tmp], check=False)
 
 
 if __name__ == "__main__":

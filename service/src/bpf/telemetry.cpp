@@ -207,40 +207,108 @@ Status Telemetry::status() const {
   return status_;
 }
 
+const char* level_name(Level level) {
+  switch (level) {
+    case Level::Off: return "off";
+    case Level::Requests: return "requests";
+    case Level::Full: return "full";
+  }
+  return "off";
+}
+
+std::optional<Level> parse_level(std::string_view text) {
+  for (Level l : {Level::Full, Level::Requests, Level::Off})
+    if (text == level_name(l)) return l;
+  return std::nullopt;
+}
+
+Level Telemetry::effective(const Options& opts) {
+  if (!opts.enabled) return Level::Off;
+  if (opts.level == Level::Full && !opts.switches) return Level::Requests;
+  return opts.level;
+}
+
 std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   std::unique_ptr<Telemetry> t(new Telemetry());
-  if (!opts.enabled) {
-    t->status_.reason = "disabled by EFUSE_BPF=0";
-    t->status_.off = kOffDisabled;
-    LOG_INFO("bpf: telemetry off: %s", t->status_.reason.c_str());
-    return t;
+  std::lock_guard<std::mutex> lock(t->mu_);
+  t->opts_ = opts;
+  t->attach();
+  return t;
+}
+
+void Telemetry::attach() {
+  status_.level = level_name(Level::Off);
+  const Level level = effective(opts_);
+  if (level == Level::Off) {
+    status_.reason = opts_.enabled ? "disabled by the configuration (telemetry: off)"
+                                   : "disabled by EFUSE_BPF=0";
+    status_.off = kOffDisabled;
+    LOG_INFO("bpf: telemetry off: %s", status_.reason.c_str());
+    return;
   }
   route_libbpf_log();
   (void)take_first_libbpf_warning();
   std::string reason;
   bool loaded = false, kernel_lacks = false;
   try {
-    loaded = t->load(opts, &reason, &kernel_lacks);
+    loaded = load(opts_, &reason, &kernel_lacks);
   } catch (const std::exception& e) {  // bad_alloc while building messages
     reason = e.what();
   }
   if (!loaded) {
-    t->skel_.reset();
+    skel_.reset();
     // A kernel without BTF or FUSE tracepoints (Linux < 6.12) is a clean skip, not a
     // failure: nothing was refused, there is nothing to attach to.
-    t->status_ = Status{false, 0, t->status_.load_failures + (kernel_lacks ? 0 : 1), reason,
-                        "", kernel_lacks ? kOffUnsupported : kOffRefused};
+    status_ = Status{false, 0, status_.load_failures + (kernel_lacks ? 0 : 1), reason,
+                     "", kernel_lacks ? kOffUnsupported : kOffRefused, level_name(Level::Off)};
     LOG_WARN("bpf: telemetry off: %s; serving mounts without kernel-side metrics",
              reason.c_str());
-    return t;
+    return;
   }
+  status_.reason.clear();
+  status_.off.clear();
+  status_.level = level_name(level);
   std::string ids;
-  for (uint32_t id : t->program_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
-  LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end; "
-           "bpftool prog show id %s; FUSE tracepoints from %s BTF; context switches %s)",
-           t->status_.programs_attached, ids.c_str(), t->status_.tracepoints.c_str(),
-           opts.switches ? "counted" : "not counted (EFUSE_BPF_SCHED=0)");
-  return t;
+  for (uint32_t id : ids_locked()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  LOG_INFO("bpf: telemetry on: level %s, %d programs attached (fuse_request_send, "
+           "fuse_request_end; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
+           status_.level.c_str(), status_.programs_attached, ids.c_str(),
+           status_.tracepoints.c_str());
+}
+
+void Telemetry::detach() const {
+  if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
+  slots_map_ = nullptr;
+  skel_.reset();  // detaches the programs
+  status_.up = false;
+  status_.programs_attached = 0;
+  status_.level = level_name(Level::Off);
+}
+
+void Telemetry::set_level(Level level) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Level before = effective(opts_);
+  opts_.level = level;
+  const Level after = effective(opts_);
+  if (after == before) return;
+  if (status_.up) {
+    if (after == Level::Off) {
+      detach();
+      status_.reason = "disabled by the configuration (telemetry: off)";
+      status_.off = kOffDisabled;
+      LOG_INFO("bpf: telemetry off: %s; programs detached", status_.reason.c_str());
+      return;
+    }
+    // requests <-> full: the programs read the level on every event; nothing reloads.
+    skel_->data->level = after == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+    status_.level = level_name(after);
+    LOG_INFO("bpf: telemetry level %s (was %s)", level_name(after), level_name(before));
+    return;
+  }
+  // Down: only a telemetry the operator turned off is started again; one the kernel
+  // cannot run (unsupported, refused) or that failed its self-check stays off until
+  // efused restarts.
+  if (status_.off == kOffDisabled) attach();
 }
 
 bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lacks) {
@@ -259,7 +327,8 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
   }
   // Any odd offset: no fuse_req lives there, so no end finds the send.
   skel_->rodata->test_send_key_skew = opts.test_mismatch ? 1 : 0;
-  skel_->data->level = opts.switches ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+  skel_->data->level =
+      effective(opts) == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
 
   int err = efuse_telemetry_bpf__load(skel_.get());
   if (err != 0) {
@@ -302,8 +371,12 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
 }
 
 std::vector<uint32_t> Telemetry::program_ids() const {
-  std::vector<uint32_t> ids;
   std::lock_guard<std::mutex> lock(mu_);
+  return ids_locked();
+}
+
+std::vector<uint32_t> Telemetry::ids_locked() const {
+  std::vector<uint32_t> ids;
   if (!skel_ || !status_.up) return ids;
   for (bpf_program* p : {skel_->progs.efuse_request_send, skel_->progs.efuse_request_end}) {
     int fd = bpf_program__fd(p);
@@ -316,11 +389,7 @@ std::vector<uint32_t> Telemetry::program_ids() const {
 }
 
 void Telemetry::withdraw(const std::string& verdict) const {
-  if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
-  slots_map_ = nullptr;
-  skel_.reset();  // detaches the programs
-  status_.up = false;
-  status_.programs_attached = 0;
+  detach();
   status_.reason = verdict;
   status_.off = kOffMismatch;
   LOG_WARN("bpf: telemetry off: %s; programs detached, kernel-side metrics withdrawn "

@@ -17,8 +17,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bpf/skeleton.h"
@@ -46,6 +48,12 @@ inline constexpr const char* kOffUnsupported = "unsupported";  // no BTF or no F
 inline constexpr const char* kOffRefused = "refused";          // the kernel refused load/attach
 inline constexpr const char* kOffMismatch = "mismatch";        // self-check: sends, ends disagree
 
+// How much the telemetry does (the config's `telemetry:`): off (no program attached),
+// requests (counts, errors, latency, in flight), full (and context switches).
+enum class Level { Off, Requests, Full };
+const char* level_name(Level level);  // "off", "requests", "full"
+std::optional<Level> parse_level(std::string_view text);
+
 struct Status {
   bool up = false;             // the request programs are attached
   int programs_attached = 0;   // of kProgramCount
@@ -53,6 +61,7 @@ struct Status {
   std::string reason;          // why not (fully) up; "" when everything is attached
   std::string tracepoints;     // whose BTF has the FUSE tracepoints: "vmlinux", "fuse module"
   std::string off;             // when !up: one of kOff*
+  std::string level = "off";   // the level running: level_name()
 };
 
 // The self-check: whether the programs' sends and ends still pair up. Fed the running
@@ -74,6 +83,7 @@ class MatchCheck {
 struct Options {
   bool enabled = true;       // EFUSE_BPF=0 (or "off", "false", "no") turns telemetry off
   bool switches = true;      // EFUSE_BPF_SCHED=0: level "requests" at most
+  Level level = Level::Full;  // the configuration's telemetry level
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
   // Test only (EFUSE_BPF_TEST_MISMATCH=1): sends are filed under a key no end looks up, so
   // the self-check sees every request unmatched (docs/bpf.md).
@@ -107,6 +117,12 @@ class Telemetry {
   Status status() const;
   bool up() const { return status().up; }
 
+  // Changes the level live (a config reload): full <-> requests flips a variable the
+  // programs read, nothing is reloaded and no counter resets; off detaches the programs;
+  // from off they are loaded again (counters start from zero). A telemetry the kernel
+  // cannot run, or that failed its self-check, stays off. Thread-safe.
+  void set_level(Level level);
+
   // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up(). Runs the
   // self-check (MatchCheck) on what it read: when sends and ends stopped pairing it logs
   // one line, detaches the programs and returns empty; from then on up() is false and
@@ -118,12 +134,17 @@ class Telemetry {
 
  private:
   Telemetry() = default;
+  static Level effective(const Options& opts);  // the level after EFUSE_BPF, EFUSE_BPF_SCHED
+  void attach();  // mu_ held: loads at effective(opts_), or stays off; sets status_
+  void detach() const;  // mu_ held: detaches and unmaps; status_ says off
+  std::vector<uint32_t> ids_locked() const;
   bool load(const Options& opts, std::string* reason, bool* kernel_lacks);
   void forget_connection(uint32_t conn, const ConnSnapshot& c) const;
   void withdraw(const std::string& verdict) const;  // mu_ held
   // The inflight_slots array, mapped: read and cleared without a system call per slot.
   std::span<efuse_inflight_slot> slots() const;
 
+  Options opts_;
   // Mutable: the self-check in snapshot() may take the telemetry down.
   mutable Status status_;
   mutable TelemetrySkeleton skel_;

@@ -100,6 +100,17 @@ bool Client::mount_count(uint32_t* out, CallError* error) {
   return true;
 }
 
+bool Client::telemetry(std::string* json_text, CallError* error) {
+  ErrorHolder e;
+  char* value = nullptr;
+  const int r = sd_bus_get_property_string(bus_.get(), kBusName, kObjectPath, kInterface,
+                                           "Telemetry", &e.error, &value);
+  if (r < 0) return fail(error, e.error, r);
+  *json_text = value;
+  free(value);
+  return true;
+}
+
 bool Client::list_mounts(std::string* json_text, CallError* error) {
   return call("ListMounts", 0, nullptr, json_text, error);
 }

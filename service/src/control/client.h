@@ -34,6 +34,7 @@ class Client {
   // Each returns true on success; otherwise fills *error.
   bool version(std::string* out, CallError* error);
   bool mount_count(uint32_t* out, CallError* error);
+  bool telemetry(std::string* json_text, CallError* error);  // property Telemetry
   bool list_mounts(std::string* json_text, CallError* error);
   bool get_mount(const std::string& name, std::string* json_text, CallError* error);
   bool mount(const std::string& name, CallError* error);

@@ -16,8 +16,13 @@ std::string format_mount_table(const nlohmann::json& mounts);
 // "kernel" are flattened to "kernel.protocol: 7.45".
 std::string format_mount_details(const nlohmann::json& mount);
 
-// "efused VERSION, N mounts (M mounted)" followed by the table.
+// "efused VERSION, N mounts (M mounted)", the telemetry line (when `telemetry` is an
+// object: Manager::telemetry()) and the table.
 std::string format_status(const std::string& version, uint32_t mount_count,
-                          const nlohmann::json& mounts);
+                          const nlohmann::json& mounts,
+                          const nlohmann::json& telemetry = nlohmann::json());
+
+// "telemetry: full" or "telemetry: off (configured full; unsupported: why)".
+std::string format_telemetry(const nlohmann::json& telemetry);
 
 }  // namespace efuse::control

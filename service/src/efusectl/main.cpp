@@ -145,17 +145,19 @@ void print(const std::string& text) { std::fputs(text.c_str(), stdout); }
 void print_json(const nlohmann::json& value) { print(value.dump(2) + "\n"); }
 
 int status_all(Client& client, const Options& opts, CallError* error) {
-  std::string version, text;
+  std::string version, text, telemetry_text;
   uint32_t count = 0;
   if (!client.version(&version, error) || !client.mount_count(&count, error) ||
-      !client.list_mounts(&text, error)) {
+      !client.list_mounts(&text, error) || !client.telemetry(&telemetry_text, error)) {
     return -1;
   }
   const nlohmann::json mounts = nlohmann::json::parse(text);
+  const nlohmann::json telemetry = nlohmann::json::parse(telemetry_text, nullptr, false);
   if (opts.json) {
-    print_json({{"version", version}, {"mount_count", count}, {"mounts", mounts}});
+    print_json({{"version", version}, {"mount_count", count}, {"telemetry", telemetry},
+                {"mounts", mounts}});
   } else {
-    print(control::format_status(version, count, mounts));
+    print(control::format_status(version, count, mounts, telemetry));
   }
   return kExitOk;
 }

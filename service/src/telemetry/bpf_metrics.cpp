@@ -97,6 +97,15 @@ void append_health(const bpf::Status& status, const efuse_health* health,
       MetricType::Gauge);
   add_gauge(up, {}, status.up ? 1 : 0);
   out.push_back(std::move(up));
+  prometheus::MetricFamily level = make_family(
+      "efuse_bpf_level",
+      "The telemetry level running (1) among full (requests and the context switches they "
+      "cost), requests (counts, errors, latency, in flight) and off; set by telemetry: in "
+      "the configuration, live on reload.",
+      MetricType::Gauge);
+  for (bpf::Level l : {bpf::Level::Full, bpf::Level::Requests, bpf::Level::Off})
+    add_gauge(level, {{"level", bpf::level_name(l)}}, status.level == bpf::level_name(l) ? 1 : 0);
+  out.push_back(std::move(level));
   prometheus::MetricFamily attached = make_family(
       "efuse_bpf_programs_attached",
       "BPF programs attached (fuse_request_send, fuse_request_end: 2 when the telemetry "

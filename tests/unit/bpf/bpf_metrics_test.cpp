@@ -40,7 +40,7 @@ constexpr uint32_t kForeign = bpf::connection_id(0, 51);
 constexpr uint32_t kUnmounted = bpf::connection_id(0, 77);
 constexpr uint32_t kLookup = 1, kRead = 15;
 
-bpf::Status up() { return bpf::Status{true, 2, 0, ""}; }
+bpf::Status up() { return bpf::Status{true, 2, 0, "", "vmlinux", "", "full"}; }
 
 std::map<uint32_t, bpf::FuseMount> mounts() {
   return {{kOwn, {"/tmp/x/mnt", "fuse.efuse"}}, {kForeign, {"/tmp/x/ll", "fuse.passthrough_ll"}}};
@@ -180,6 +180,20 @@ TEST(BpfMetrics, HealthWhenUp) {
   EXPECT_EQ(unmatched->counter.value, 3);
 }
 
+TEST(BpfMetrics, LevelSaysWhichRuns) {
+  for (const char* running : {"full", "requests", "off"}) {
+    bpf::Status st = up();
+    st.level = running;
+    std::vector<prometheus::MetricFamily> out;
+    append_bpf_families(st, snapshot(), mounts(), own(), out);
+    for (const char* l : {"full", "requests", "off"}) {
+      auto* s = series(out, "efuse_bpf_level", {{"level", l}});
+      ASSERT_NE(s, nullptr) << l;
+      EXPECT_EQ(s->gauge.value, std::string(l) == running ? 1 : 0) << running << " " << l;
+    }
+  }
+}
+
 TEST(BpfMetrics, OffReasonOnlyWhileDown) {
   std::vector<prometheus::MetricFamily> out;
   append_bpf_families(up(), snapshot(), mounts(), own(), out);
@@ -197,7 +211,9 @@ TEST(BpfMetrics, DownExportsOnlyHealth) {
   std::vector<prometheus::MetricFamily> out;
   append_bpf_families(bpf::Status{false, 0, 1, "verifier", "", bpf::kOffRefused}, snapshot(),
                       mounts(), own(), out);
-  ASSERT_EQ(out.size(), 4u);
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "off"}})->gauge.value, 1);
+  EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "full"}})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_load_failures_total", {})->counter.value, 1);
   ASSERT_NE(series(out, "efuse_bpf_off_reason", {{"reason", "refused"}}), nullptr);

@@ -34,6 +34,60 @@ TEST(BpfTelemetry, EnvironmentSwitches) {
   unsetenv("EFUSE_BPF");
 }
 
+TEST(BpfTelemetry, LevelNames) {
+  EXPECT_EQ(parse_level("full"), Level::Full);
+  EXPECT_EQ(parse_level("requests"), Level::Requests);
+  EXPECT_EQ(parse_level("off"), Level::Off);
+  EXPECT_EQ(parse_level("Full"), std::nullopt);
+  EXPECT_EQ(parse_level("on"), std::nullopt);
+  EXPECT_EQ(parse_level(""), std::nullopt);
+  for (Level l : {Level::Off, Level::Requests, Level::Full}) EXPECT_EQ(parse_level(level_name(l)), l);
+}
+
+TEST(BpfTelemetry, ConfiguredOffIsDownButNotAFailure) {
+  Options o;
+  o.level = Level::Off;
+  auto t = Telemetry::start(o);
+  EXPECT_FALSE(t->up());
+  EXPECT_EQ(t->status().load_failures, 0u);
+  EXPECT_EQ(t->status().off, kOffDisabled);
+  EXPECT_EQ(t->status().level, "off");
+  EXPECT_NE(t->status().reason.find("telemetry: off"), std::string::npos) << t->status().reason;
+}
+
+TEST(BpfTelemetry, LevelsChangeLive) {
+  if (geteuid() != 0) GTEST_SKIP() << "loading BPF needs root";
+  Options o;
+  o.level = Level::Requests;
+  auto t = Telemetry::start(o);
+  if (!t->up()) GTEST_SKIP() << "kernel refused: " << t->status().reason;
+  EXPECT_EQ(t->status().level, "requests");
+  std::vector<uint32_t> ids = t->program_ids();
+  t->set_level(Level::Full);  // no reload: the same programs
+  EXPECT_EQ(t->status().level, "full");
+  EXPECT_EQ(t->program_ids(), ids);
+  t->set_level(Level::Off);
+  EXPECT_FALSE(t->up());
+  EXPECT_EQ(t->status().level, "off");
+  EXPECT_EQ(t->status().off, kOffDisabled);
+  EXPECT_TRUE(t->program_ids().empty());
+  EXPECT_TRUE(t->snapshot().conns.empty());
+  t->set_level(Level::Full);  // loaded again
+  EXPECT_TRUE(t->up()) << t->status().reason;
+  EXPECT_EQ(t->status().level, "full");
+  EXPECT_EQ(t->program_ids().size(), 2u);
+  EXPECT_EQ(t->status().load_failures, 0u);
+}
+
+TEST(BpfTelemetry, EnvironmentOffWinsOverTheConfiguration) {
+  Options o;
+  o.enabled = false;  // EFUSE_BPF=0
+  auto t = Telemetry::start(o);
+  t->set_level(Level::Full);
+  EXPECT_FALSE(t->up());
+  EXPECT_NE(t->status().reason.find("EFUSE_BPF=0"), std::string::npos) << t->status().reason;
+}
+
 TEST(BpfTelemetry, DisabledIsDownButNotAFailure) {
   Options o;
   o.enabled = false;

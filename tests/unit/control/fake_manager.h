@@ -64,6 +64,9 @@ class FakeManager : public Manager {
   }
 
   std::string version() const override { return "9.8.7-test"; }
+  nlohmann::json telemetry() const override {
+    return {{"configured", "full"}, {"level", "full"}, {"up", true}, {"reason", ""}, {"off", ""}};
+  }
   size_t mount_count() const override { return canned().count; }
 
   nlohmann::json list_mounts() const override {
