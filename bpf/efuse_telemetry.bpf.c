@@ -136,6 +136,9 @@ static const struct efuse_stats zero_stats;
 /* The telemetry level efused asked for (EFUSE_BPF_LEVEL_*), written by efused through the
  * mapped .bss at any time: a reload changes it without reloading the programs. */
 __u32 level = EFUSE_BPF_LEVEL_FULL;
+/* Bumped by efused at every level change: a server thread's counters taken before it are
+ * a baseline only (at level "requests" they were not kept up to date). */
+__u32 level_gen = 0;
 
 #define HEALTH_INC(field)                                              \
 	do {                                                           \
@@ -374,11 +377,13 @@ int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 	if (!t)
 		return 0;
 	__u64 nvcsw = self->nvcsw, nivcsw = self->nivcsw;
-	if (t->flags & EFUSE_BPF_TASK_DAEMON) {
+	__u32 gen = level_gen;
+	if ((t->flags & EFUSE_BPF_TASK_DAEMON) && t->level_gen == gen) {
 		st->ctxsw.daemon_voluntary += nvcsw - t->nvcsw;
 		st->ctxsw.daemon_involuntary += nivcsw - t->nivcsw;
 	}
 	t->flags |= EFUSE_BPF_TASK_DAEMON;
+	t->level_gen = gen;
 	t->nvcsw = nvcsw;
 	t->nivcsw = nivcsw;
 	return 0;

@@ -158,7 +158,7 @@ struct efuse_stats {
 
 struct efuse_task {
 	__u32 flags; /* EFUSE_BPF_TASK_* */
-	__u32 pad;
+	__u32 level_gen; /* the program's level_gen when nvcsw/nivcsw were taken */
 	__u64 nvcsw;  /* task_struct.nvcsw at its latest reply */
 	__u64 nivcsw; /* task_struct.nivcsw */
 };

@@ -173,6 +173,19 @@ def test_levels_change_live_on_reload():
         status = json.loads(m.ctl("--json", "status").out)["telemetry"]
         assert status["level"] == "full" and status["up"] is True, status
 
+        # full -> requests -> full: switches made at level requests are not charged to the
+        # first replies after it (each server thread's counters start again).
+        m.level("requests")
+        lookups(m, 900, "req2")
+        before = value(parse(scrape(PORT)), "efuse_context_switches_total", mount="a",
+                       side="daemon", kind="voluntary")
+        m.level("full")
+        lookups(m, 300, "full2")
+        after = value(parse(scrape(PORT)), "efuse_context_switches_total", mount="a",
+                      side="daemon", kind="voluntary")
+        # ~1 per reply; with the 900 requests-level replies charged it would be ~1,200.
+        assert 150 <= after - before < 600, (before, after)
+
         # off: programs detached, mount untouched.
         m.level("off")
         s = parse(scrape(PORT))

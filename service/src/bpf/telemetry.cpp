@@ -301,6 +301,7 @@ void Telemetry::set_level(Level level) {
     }
     // requests <-> full: the programs read the level on every event; nothing reloads.
     skel_->data->level = after == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+    __atomic_add_fetch(&skel_->bss->level_gen, 1, __ATOMIC_RELEASE);
     status_.level = level_name(after);
     LOG_INFO("bpf: telemetry level %s (was %s)", level_name(after), level_name(before));
     return;

@@ -44,6 +44,7 @@ class Client {
  private:
   bool call(const char* member, uint64_t timeout_usec, const char* arg, std::string* reply_text,
             CallError* error);
+  bool string_property(const char* name, std::string* out, CallError* error);
 
   BusPtr bus_;
 };

@@ -35,8 +35,9 @@ constexpr const char* kUsage = R"(Usage: efusectl [--json] [--bus system|session
 Control efused through its D-Bus API (org.efuse.Manager1).
 
 Commands:
-  status [NAME]   daemon version, mount count and the mount table;
-                  with NAME, every detail of that mount
+  status [NAME]   daemon version, mount count, the eBPF telemetry level
+                  running and the mount table; with NAME, every detail of
+                  that mount
   mounts          the mount table (name, state, mountpoint, transport, error)
   mount NAME      mount a configured mount that is not live (root only)
   unmount NAME    unmount a live mount; it stays configured (root only)
