@@ -55,11 +55,9 @@ def test_self_check_withdraws_when_sends_and_ends_stop_matching(m):
     # EFUSE_BPF_TEST_MISMATCH=1 (test only) files every send under a key no end looks up:
     # the programs really run and really fail to pair, as on a kernel whose tracepoints
     # disagree on the key (Debian's 6.12 with the old unique-based key).
-    os.environ["EFUSE_BPF_TEST_MISMATCH"] = "1"
-    try:
-        m.start()
-    finally:
-        del os.environ["EFUSE_BPF_TEST_MISMATCH"]
+    command = m.cmd()
+    m.cmd = lambda: ["env", "EFUSE_BPF_TEST_MISMATCH=1"] + command  # env execs: same pid
+    m.start()
     bpf_up_or_skip(m, PORT)  # the first scrape starts the self-check's window
     ids = program_ids(m)
     assert loaded(ids) == len(ids)
