@@ -5,7 +5,7 @@
 #   scripts/test.sh -L unit      one label (unit, integration, vm)
 # With no arguments the QEMU guest tests (label vm, scripts/test-vm.sh) are left out, and
 # the unit suite then runs once more under ASan+UBSan from a build of its own in
-# build-asan/ (EFUSE_TEST_SANITIZE=0 skips that; about 12 more minutes on 2 busy cores).
+# build-asan/ (EFUSE_TEST_SANITIZE=0 skips that; 6-12 more minutes on 2 cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
