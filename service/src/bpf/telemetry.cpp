@@ -269,7 +269,12 @@ void Telemetry::attach() {
   status_.off.clear();
   status_.level = level_name(level);
   std::string ids;
-  for (uint32_t id : ids_locked()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict for
+  // `"," + std::to_string(id)` (operator+(const char*, string&&)).
+  for (uint32_t id : ids_locked()) {
+    if (!ids.empty()) ids += ',';
+    ids += std::to_string(id);
+  }
   LOG_INFO("bpf: telemetry on: level %s, %d programs attached (fuse_request_send, "
            "fuse_request_end; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
            status_.level.c_str(), status_.programs_attached, ids.c_str(),
