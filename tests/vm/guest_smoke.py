@@ -18,6 +18,7 @@ import hashlib
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -391,6 +392,147 @@ def check_kmod_efuse():
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
+# /sys/fs/efuse/handler/<name> (kmod patch 0004; enum efuse_handler_stat in
+# bpf/handlers/efuse_handler.h, same order).
+HANDLER_STATS = ("answered", "declined", "no_memory", "disconnected", "bad_verdict",
+                 "bad_nodeid", "bad_error", "bad_size", "bad_opcode", "bad_reply")
+HANDLER_ANSWER = struct.Struct("<QiI256s")  # efuse_handler_answer: nodeid error size data
+AT_FDCWD, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS = -100, 0x2000, 0x7FF
+
+
+def handler_stats():
+    out = {}
+    for name in HANDLER_STATS:
+        with open(f"/sys/fs/efuse/handler/{name}") as f:
+            out[name] = int(f.read())
+    return out
+
+
+def statx_sync(path):
+    """(ino, size, mode) by statx(AT_STATX_FORCE_SYNC): exactly one GETATTR reaches FUSE
+    for the last component, whatever the attribute cache holds (os.stat may be served from
+    the cache within the same jiffy)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    if libc.statx(AT_FDCWD, path.encode(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, buf):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    mode, = struct.unpack_from("<H", buf, 28)
+    ino, size = struct.unpack_from("<QQ", buf, 32)
+    return ino, size, mode
+
+
+def check_kmod_handler():
+    """kmod patches 0002-0004: bpf/handlers/efuse_getattr.bpf.o, attached to efuse.ko's
+    writable tracepoint efuse_handler, answers GETATTR from its map in the kernel; nodes not
+    in the map and malformed answers go up to the server (counted by reason); with no
+    handler attached everything goes up; a dead connection gets ENOTCONN, not map data."""
+    import bpf_sys
+    import raw_fuse
+    obj = os.path.join(os.path.dirname(os.path.dirname(EFUSED)), "bpf", "handlers",
+                       "efuse_getattr.bpf.o")
+    assert os.path.exists(obj), f"{obj} missing: build efuse (scripts/build.sh) first"
+    with open("/proc/modules") as f:
+        if not any(line.split()[0] == "efuse" for line in f):
+            subprocess.run(["insmod", f"{DATA}/efuse.ko"], check=True, timeout=120,
+                           capture_output=True)
+    mnt, backing = "/mnt/efuse-handler", f"{DATA}/efuse-handler-backing.bin"
+    pin_prog, pin_maps = "/sys/fs/bpf/efuse_getattr", "/sys/fs/bpf/efuse_getattr_maps"
+    os.makedirs(mnt, exist_ok=True)
+    with open(backing, "wb") as f:
+        f.write(b"x" * 12345)
+    fnode = raw_fuse.FILE_NODE
+
+    def attr_answer(nodeid, mode, size, answer_nodeid=None, error=0, body_size=None):
+        body = raw_fuse.ATTR_VALID.pack(0, 0, 0) + raw_fuse.ATTR.pack(
+            nodeid, size, 0, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, 4096, 0)
+        return HANDLER_ANSWER.pack(nodeid if answer_nodeid is None else answer_nodeid, error,
+                                   len(body) if body_size is None else body_size, body)
+
+    server = raw_fuse.RawServer("/dev/efuse", mnt, "efuse", backing)
+    link = prog_fd = map_fd = -1
+    try:
+        def step(path):
+            """statx path; returns its (ino, size, mode), the requests the server read
+            meanwhile and the counters' changes."""
+            before, n = handler_stats(), len(server.requests)
+            result = statx_sync(path)
+            after = handler_stats()
+            return result, server.requests[n:], {k: after[k] - before[k] for k in after
+                                                 if after[k] != before[k]}
+
+        # No handler attached: stock behaviour, nothing counted.
+        got, reqs, delta = step(mnt)
+        assert got[1] == raw_fuse.ROOT_SIZE and (raw_fuse.OP_GETATTR, 1) in reqs and \
+            not delta, f"no handler: stat {got}, server read {reqs}, counters moved {delta}"
+
+        subprocess.run(["bpftool", "prog", "load", obj, pin_prog, "pinmaps", pin_maps],
+                       check=True, timeout=120, capture_output=True)
+        prog_fd = bpf_sys.obj_get(pin_prog)
+        map_fd = bpf_sys.obj_get(f"{pin_maps}/efuse_getattr_answers")
+        link = bpf_sys.raw_tracepoint_open("efuse_handler", prog_fd)
+        key = lambda nodeid: struct.pack("<Q", nodeid)  # noqa: E731
+        bpf_sys.map_update(map_fd, key(1), attr_answer(1, 0o40755, 7777))
+
+        # In the map: answered in the kernel, the server reads nothing.
+        got, reqs, delta = step(mnt)
+        assert got[1] == 7777 and got[2] == 0o40755 and not reqs and \
+            delta == {"answered": 1}, \
+            f"root in the map: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # Not in the map: goes up; every request the server reads was declined once.
+        got, reqs, delta = step(f"{mnt}/f")
+        assert got[1] == 12345 and reqs.count((raw_fuse.OP_GETATTR, fnode)) == 1 and \
+            delta == {"declined": len(reqs)}, \
+            f"f not in the map: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # Malformed answers: refused, counted by reason, the request goes up and the
+        # server's attributes come back (a directory's mode for a regular file would make
+        # the stock reply path mark the inode bad; the module must refuse it first).
+        for reason, answer in (
+                ("bad_nodeid", attr_answer(fnode, 0o100644, 1, answer_nodeid=1)),
+                ("bad_size", attr_answer(fnode, 0o100644, 1, body_size=100)),
+                ("bad_error", attr_answer(fnode, 0o100644, 1, error=-5)),
+                ("bad_reply", attr_answer(fnode, 0o40755, 1)),
+                ("bad_reply", attr_answer(fnode, 0, 1))):
+            bpf_sys.map_update(map_fd, key(fnode), answer)
+            got, reqs, delta = step(f"{mnt}/f")
+            declined = len(reqs) - 1
+            want = {reason: 1, **({"declined": declined} if declined else {})}
+            assert got[1] == 12345 and got[2] == 0o100644 and \
+                reqs.count((raw_fuse.OP_GETATTR, fnode)) == 1 and delta == want, \
+                f"{reason}: stat {got}, server read {reqs}, counters moved {delta}, want {want}"
+
+        # Detached: stock again although the map still answers for the root.
+        os.close(link)
+        link = -1
+        got, reqs, delta = step(mnt)
+        assert got[1] == raw_fuse.ROOT_SIZE and reqs == [(raw_fuse.OP_GETATTR, 1)] and \
+            not delta, f"detached: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # Server gone (its device descriptor closed, what the kernel does when the process
+        # is killed): ENOTCONN, never the map's answer.
+        link = bpf_sys.raw_tracepoint_open("efuse_handler", prog_fd)
+        got, reqs, delta = step(mnt)
+        assert got[1] == 7777 and delta == {"answered": 1}, f"reattached: {got} {delta}"
+        server.abort()
+        before = handler_stats()
+        try:
+            got = statx_sync(mnt)
+            raise AssertionError(f"stat after the server died: {got}, not ENOTCONN")
+        except OSError as e:
+            assert e.errno == errno.ENOTCONN, f"stat after the server died: {e}"
+        assert handler_stats() == before, f"counters moved after the server died"
+    finally:
+        for fd in (link, map_fd, prog_fd):
+            if fd >= 0:
+                os.close(fd)
+        server.stop()
+        subprocess.run(["rm", "-rf", pin_prog, pin_maps])
+    subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
+
+
 def main():
     if PROFILE not in EXPECT:
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
@@ -405,6 +547,7 @@ def main():
             check(fn)
     if os.environ.get("efuse_kmod") == "1":
         check(check_kmod_efuse)
+        check(check_kmod_handler)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()
