@@ -511,19 +511,35 @@ def check_kmod_handler():
         assert got[1] == raw_fuse.ROOT_SIZE and reqs == [(raw_fuse.OP_GETATTR, 1)] and \
             not delta, f"detached: stat {got}, server read {reqs}, counters moved {delta}"
 
-        # Server gone (its device descriptor closed, what the kernel does when the process
-        # is killed): ENOTCONN, never the map's answer.
+        # The server killed: its device descriptor moves to a process of its own (the
+        # serving thread stopped first: a thread blocked in select() on the descriptor would
+        # keep the file open), which is then SIGKILLed; its exit releases the last
+        # reference, and the kernel aborts the connection as for a killed efused.
         link = bpf_sys.raw_tracepoint_open("efuse_handler", prog_fd)
-        got, reqs, delta = step(mnt)
-        assert got[1] == 7777 and delta == {"answered": 1}, f"reattached: {got} {delta}"
-        server.abort()
+        os.write(server.stop_w, b"x")
+        server.thread.join(30)
+        assert not server.thread.is_alive(), "the raw server's thread did not stop"
+        holder = subprocess.Popen(["sleep", "600"], pass_fds=[server.fd])
+        server.abort()  # the holder has the only descriptor now
+        try:
+            # Still alive: the map answers (in a child: a request going up now would wait
+            # for a server that no longer reads; killing the holder releases it).
+            probe = subprocess.run(
+                [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                 "from guest_smoke import statx_sync; print(statx_sync(sys.argv[2])[1])",
+                 HERE, mnt], capture_output=True, text=True, timeout=60)
+            assert probe.stdout.split() == ["7777"], \
+                f"server alive, root in the map: {probe.stdout!r} {probe.stderr!r}"
+        finally:
+            holder.kill()
+            holder.wait()
         before = handler_stats()
         try:
             got = statx_sync(mnt)
-            raise AssertionError(f"stat after the server died: {got}, not ENOTCONN")
+            raise AssertionError(f"stat after the server was killed: {got}, not ENOTCONN")
         except OSError as e:
-            assert e.errno == errno.ENOTCONN, f"stat after the server died: {e}"
-        assert handler_stats() == before, f"counters moved after the server died"
+            assert e.errno == errno.ENOTCONN, f"stat after the server was killed: {e}"
+        assert handler_stats() == before, "counters moved after the server was killed"
     finally:
         for fd in (link, map_fd, prog_fd):
             if fd >= 0:
