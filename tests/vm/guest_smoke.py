@@ -430,15 +430,18 @@ def check_kmod_handler():
     handler attached everything goes up; a dead connection gets ENOTCONN, not map data."""
     import bpf_sys
     import raw_fuse
-    obj = os.path.join(os.path.dirname(os.path.dirname(EFUSED)), "bpf", "handlers",
-                       "efuse_getattr.bpf.o")
-    assert os.path.exists(obj), f"{obj} missing: build efuse (scripts/build.sh) first"
+    build = os.path.dirname(os.path.dirname(EFUSED))
+    obj = os.path.join(build, "bpf", "handlers", "efuse_getattr.bpf.o")
+    bounds = os.path.join(build, "tests", "vm", "handler_bounds.bpf.o")
+    for o in (obj, bounds):
+        assert os.path.exists(o), f"{o} missing: build efuse (scripts/build.sh) first"
     with open("/proc/modules") as f:
         if not any(line.split()[0] == "efuse" for line in f):
             subprocess.run(["insmod", f"{DATA}/efuse.ko"], check=True, timeout=120,
                            capture_output=True)
     mnt, backing = "/mnt/efuse-handler", f"{DATA}/efuse-handler-backing.bin"
     pin_prog, pin_maps = "/sys/fs/bpf/efuse_getattr", "/sys/fs/bpf/efuse_getattr_maps"
+    pin_bounds = "/sys/fs/bpf/efuse_handler_bounds"
     os.makedirs(mnt, exist_ok=True)
     with open(backing, "wb") as f:
         f.write(b"x" * 12345)
@@ -466,6 +469,21 @@ def check_kmod_handler():
         got, reqs, delta = step(mnt)
         assert got[1] == raw_fuse.ROOT_SIZE and (raw_fuse.OP_GETATTR, 1) in reqs and \
             not delta, f"no handler: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # The verifier bounds a handler to the module's buffer: a program writing its last
+        # byte attaches, one writing the byte after it is refused (both load).
+        subprocess.run(["bpftool", "prog", "loadall", bounds, pin_bounds], check=True,
+                       timeout=120, capture_output=True)
+        for name, want in (("efuse_last_byte", 0), ("efuse_past_end", errno.EINVAL)):
+            fd = bpf_sys.obj_get(f"{pin_bounds}/{name}")
+            try:
+                os.close(bpf_sys.raw_tracepoint_open("efuse_handler", fd))
+                err = 0
+            except OSError as e:
+                err = e.errno
+            finally:
+                os.close(fd)
+            assert err == want, f"attaching {name}: errno {err}, want {want}"
 
         subprocess.run(["bpftool", "prog", "load", obj, pin_prog, "pinmaps", pin_maps],
                        check=True, timeout=120, capture_output=True)
@@ -545,7 +563,7 @@ def check_kmod_handler():
             if fd >= 0:
                 os.close(fd)
         server.stop()
-        subprocess.run(["rm", "-rf", pin_prog, pin_maps])
+        subprocess.run(["rm", "-rf", pin_prog, pin_maps, pin_bounds])
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
