@@ -23,7 +23,7 @@
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-#include "efuse_handler.h"
+#include "efuse_handler_maps.h"
 
 #define FUSE_GETATTR 3
 

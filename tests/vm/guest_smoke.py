@@ -432,8 +432,9 @@ def check_kmod_handler():
     import raw_fuse
     build = os.path.dirname(os.path.dirname(EFUSED))
     obj = os.path.join(build, "bpf", "handlers", "efuse_getattr.bpf.o")
+    lookup_obj = os.path.join(build, "bpf", "handlers", "efuse_lookup.bpf.o")
     bounds = os.path.join(build, "tests", "vm", "handler_bounds.bpf.o")
-    for o in (obj, bounds):
+    for o in (obj, lookup_obj, bounds):
         assert os.path.exists(o), f"{o} missing: build efuse (scripts/build.sh) first"
     with open("/proc/modules") as f:
         if not any(line.split()[0] == "efuse" for line in f):
@@ -442,6 +443,7 @@ def check_kmod_handler():
     mnt, backing = "/mnt/efuse-handler", f"{DATA}/efuse-handler-backing.bin"
     pin_prog, pin_maps = "/sys/fs/bpf/efuse_getattr", "/sys/fs/bpf/efuse_getattr_maps"
     pin_bounds = "/sys/fs/bpf/efuse_handler_bounds"
+    pin_lookup, pin_lookup_maps = "/sys/fs/bpf/efuse_lookup", "/sys/fs/bpf/efuse_lookup_maps"
     os.makedirs(mnt, exist_ok=True)
     with open(backing, "wb") as f:
         f.write(b"x" * 12345)
@@ -457,10 +459,13 @@ def check_kmod_handler():
     link = prog_fd = map_fd = -1
     try:
         def step(path):
-            """statx path; returns its (ino, size, mode), the requests the server read
-            meanwhile and the counters' changes."""
+            """statx path; returns its (ino, size, mode) or the errno, the requests the
+            server read meanwhile and the counters' changes."""
             before, n = handler_stats(), len(server.requests)
-            result = statx_sync(path)
+            try:
+                result = statx_sync(path)
+            except OSError as e:
+                result = e.errno
             after = handler_stats()
             return result, server.requests[n:], {k: after[k] - before[k] for k in after
                                                  if after[k] != before[k]}
@@ -522,6 +527,38 @@ def check_kmod_handler():
                 reqs.count((raw_fuse.OP_GETATTR, fnode)) == 1 and delta == want, \
                 f"{reason}: stat {got}, server read {reqs}, counters moved {delta}, want {want}"
 
+        # LOOKUP (patch 0005): negative answers are taken, positive entries refused. Each
+        # name is looked up for the first time (a negative dentry cached for entry_valid 0
+        # could still be valid within the same jiffy).
+        subprocess.run(["bpftool", "prog", "load", lookup_obj, pin_lookup, "pinmaps",
+                        pin_lookup_maps], check=True, timeout=120, capture_output=True)
+        lookup_fd = bpf_sys.obj_get(pin_lookup)
+        lookup_map = bpf_sys.obj_get(f"{pin_lookup_maps}/efuse_lookup_answers")
+        lookup_link = bpf_sys.raw_tracepoint_open("efuse_handler", lookup_fd)
+        name_key = lambda parent, name: struct.pack("<Q256s", parent, name.encode())  # noqa
+        no_attr = raw_fuse.ATTR.pack(*[0] * 16)
+
+        def entry(nodeid):  # entry_valid 0, attr_valid 0; attributes of a regular file
+            return raw_fuse.ENTRY_OUT.pack(nodeid, 0, 0, 0, 0, 0) + raw_fuse.ATTR.pack(
+                nodeid, 1, 0, 0, 0, 0, 0, 0, 0, 0o100644, 1, 0, 0, 0, 4096, 0)
+        for name, answer, want_stat in (
+                ("gone", HANDLER_ANSWER.pack(1, -errno.ENOENT, 0, b""), {"answered": 1}),
+                ("neg", HANDLER_ANSWER.pack(1, 0, len(entry(0)), entry(0)), {"answered": 1}),
+                ("pos", HANDLER_ANSWER.pack(1, 0, len(entry(fnode)), entry(fnode)),
+                 {"bad_reply": 1}),
+                ("eio", HANDLER_ANSWER.pack(1, -errno.EIO, 0, b""), {"bad_error": 1}),
+                ("body", HANDLER_ANSWER.pack(1, -errno.ENOENT, 8, no_attr), {"bad_error": 1}),
+                ("other", HANDLER_ANSWER.pack(2, -errno.ENOENT, 0, b""), {"bad_nodeid": 1})):
+            bpf_sys.map_update(lookup_map, name_key(1, name), answer)
+            got, reqs, delta = step(f"{mnt}/{name}")
+            want_reqs = [] if "answered" in want_stat else [(raw_fuse.OP_LOOKUP, 1)]
+            assert got == errno.ENOENT and reqs == want_reqs and delta == want_stat, \
+                f"lookup {name}: got {got}, server read {reqs} (want {want_reqs}), " \
+                f"counters moved {delta} (want {want_stat})"
+        os.close(lookup_link)
+        os.close(lookup_map)
+        os.close(lookup_fd)
+
         # Detached: stock again although the map still answers for the root.
         os.close(link)
         link = -1
@@ -563,7 +600,8 @@ def check_kmod_handler():
             if fd >= 0:
                 os.close(fd)
         server.stop()
-        subprocess.run(["rm", "-rf", pin_prog, pin_maps, pin_bounds])
+        subprocess.run(["rm", "-rf", pin_prog, pin_maps, pin_bounds, pin_lookup,
+                        pin_lookup_maps])
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 

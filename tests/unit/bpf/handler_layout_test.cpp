@@ -11,6 +11,7 @@
 
 #include "bpf/layout.h"
 #include "efuse_handler.h"
+#include "efuse_handler_maps.h"
 
 namespace efuse::bpf {
 namespace {
@@ -20,6 +21,16 @@ TEST(BpfHandlerLayout, GetattrAnswerMapHoldsTheSharedAnswer) {
   ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
   const MapLayout maps[] = {
       {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_answer)}};
+  std::string error;
+  EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
+  bpf_object__close(obj);
+}
+
+TEST(BpfHandlerLayout, LookupAnswerMapHoldsTheSharedKeyAndAnswer) {
+  bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", nullptr);
+  ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
+  const MapLayout maps[] = {{"efuse_lookup_answers", sizeof(efuse_handler_name_key),
+                             sizeof(efuse_handler_answer)}};
   std::string error;
   EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
   bpf_object__close(obj);
