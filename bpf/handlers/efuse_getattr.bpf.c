@@ -19,11 +19,7 @@
  * Needs no kernel headers beyond the UAPI: the buffer is the module's own fixed layout,
  * with nothing to relocate.
  */
-#include <linux/types.h>
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-#include "efuse_handler_maps.h"
+#include "efuse_handler.bpf.h"
 
 #define FUSE_GETATTR 3
 
@@ -38,18 +34,13 @@ struct {
 SEC("raw_tp.w/efuse_handler")
 int efuse_getattr(struct bpf_raw_tracepoint_args *args)
 {
-	struct efuse_handler_ctx *ctx = (struct efuse_handler_ctx *)args->args[0];
-	struct efuse_handler_answer *ans;
+	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	__u64 nodeid;
 
 	if (ctx->in.opcode != FUSE_GETATTR)
 		return 0;
 	nodeid = ctx->in.nodeid;
-	ans = bpf_map_lookup_elem(&efuse_getattr_answers, &nodeid);
-	if (!ans)
-		return 0;
-	__builtin_memcpy(&ctx->out.answer, ans, sizeof(*ans));
-	ctx->out.verdict = EFUSE_HANDLER_ANSWER;
+	efuse_handler_answer_from(ctx, &efuse_getattr_answers, &nodeid);
 	return 0;
 }
 

@@ -9,11 +9,7 @@
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
  * (which says why there is no program array).
  */
-#include <linux/types.h>
-#include <linux/bpf.h>
-#include <bpf/bpf_helpers.h>
-
-#include "efuse_handler_maps.h"
+#include "efuse_handler.bpf.h"
 
 #define FUSE_LOOKUP 1
 
@@ -27,19 +23,14 @@ struct {
 SEC("raw_tp.w/efuse_handler")
 int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 {
-	struct efuse_handler_ctx *ctx = (struct efuse_handler_ctx *)args->args[0];
-	struct efuse_handler_answer *ans;
+	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	struct efuse_handler_name_key key;
 
 	if (ctx->in.opcode != FUSE_LOOKUP || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX)
 		return 0;
 	key.parent = ctx->in.nodeid;
 	__builtin_memcpy(key.name, ctx->in.name, sizeof(key.name));  /* zero-filled */
-	ans = bpf_map_lookup_elem(&efuse_lookup_answers, &key);
-	if (!ans)
-		return 0;
-	__builtin_memcpy(&ctx->out.answer, ans, sizeof(*ans));
-	ctx->out.verdict = EFUSE_HANDLER_ANSWER;
+	efuse_handler_answer_from(ctx, &efuse_lookup_answers, &key);
 	return 0;
 }
 
