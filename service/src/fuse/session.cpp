@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <thread>
 
@@ -29,28 +30,19 @@ struct Session::Request {
   Transport& out;
   std::span<char> scratch;
   fs::Context ctx;
+  uint64_t start_ns = 0;
   bool replied = false;
+  bool deferred = false;  // a DeferredReply answers (and records) it
   int error = 0;
 
   void send(const struct iovec* payload, int n, int err = 0) {
-    k::fuse_out_header oh{};
-    oh.error = -err;
-    oh.unique = hdr.unique;
-    struct iovec iov[4];
-    iov[0] = {&oh, sizeof oh};
-    size_t len = sizeof oh;
-    for (int i = 0; i < n && i < 3; ++i) {
-      iov[i + 1] = payload[i];
-      len += payload[i].iov_len;
-    }
-    oh.len = static_cast<uint32_t>(len);
-    int rc = out.send(iov, n + 1);
+    int rc = send_reply(out, hdr.unique, err, {payload, static_cast<size_t>(n)});
     // ENOENT: the request was interrupted and the kernel no longer waits; not an error.
     if (rc < 0 && rc != -ENOENT)
       LOG_DEBUG("reply to %s (unique %llu) failed: %s", opcode_name(hdr.opcode),
                 static_cast<unsigned long long>(hdr.unique), strerror(-rc));
     replied = true;
-    error = err;
+    error = rc == -E2BIG ? EIO : err;
   }
   void reply_err(int err) { send(nullptr, 0, err); }
   void reply_ok() { send(nullptr, 0, 0); }
@@ -62,6 +54,19 @@ struct Session::Request {
   void reply(const T& v) { reply(&v, sizeof v); }
   void none() { replied = true; }  // FORGET, BATCH_FORGET, INTERRUPT take no reply
 };
+
+DeferredReply Session::defer(Request& r) {
+  r.replied = true;
+  r.deferred = true;
+  r.out.defer();
+  deferred_.fetch_add(1, std::memory_order_relaxed);
+  return DeferredReply(*this, r.out, r.hdr.unique, r.hdr.opcode, r.start_ns);
+}
+
+void Session::deferred_answered(uint32_t opcode, uint64_t start_ns, int err) {
+  stats_[opcode <= k::kMaxOpcode ? opcode : 0].record(monotonic_ns() - start_ns, err);
+  deferred_.fetch_sub(1, std::memory_order_relaxed);
+}
 
 namespace {
 
@@ -154,7 +159,7 @@ void Session::handle(std::span<const char> request, Transport& out,
   r.body = Reader(request.subspan(sizeof(k::fuse_in_header),
                                   request.size() - sizeof(k::fuse_in_header) - extlen));
   uint32_t op = hdr->opcode;
-  uint64_t start = monotonic_ns();
+  r.start_ns = monotonic_ns();
   try {
     dispatch(r);
   } catch (const std::bad_alloc&) {
@@ -167,7 +172,7 @@ void Session::handle(std::span<const char> request, Transport& out,
     LOG_ERROR("BUG: %s left without a reply", opcode_name(op));
     r.reply_err(EIO);
   }
-  stats_[op <= k::kMaxOpcode ? op : 0].record(monotonic_ns() - start, r.error);
+  if (!r.deferred) stats_[op <= k::kMaxOpcode ? op : 0].record(monotonic_ns() - r.start_ns, r.error);
 }
 
 void Session::malformed(Request& r) {
@@ -873,8 +878,25 @@ void Session::do_setlkw(Request& r) {
   wait_for_lock(r, *in, Clock::time_point::max());
 }
 
+// One blocking lock wait: its reply, and its place among the waits shutdown() waits for,
+// which it leaves when it goes, answered or not (a wait dropped unanswered answers EIO).
+struct Session::LockWait {
+  Session& session;
+  DeferredReply reply;
+  ~LockWait() {
+    uint64_t unique = reply.unique();
+    { DeferredReply dropped = std::move(reply); }
+    std::lock_guard lk(session.waits_mu_);
+    session.waiting_.erase(unique);
+    session.interrupted_.erase(unique);
+    --session.waiters_;
+    session.waits_cv_.notify_all();
+  }
+};
+
 // Conflict: wait on a thread of its own so this worker keeps serving (the holder's unlock
-// needs a free worker). The waiter replies; INTERRUPT cancels it with EINTR.
+// needs a free worker). The waiter holds the request's DeferredReply; INTERRUPT cancels it
+// with EINTR. When no thread can start, the request is answered ENOLCK at once.
 void Session::wait_for_lock(Request& r, const k::fuse_lk_in& in, Clock::time_point give_up) {
   {
     std::lock_guard lk(waits_mu_);
@@ -882,16 +904,28 @@ void Session::wait_for_lock(Request& r, const k::fuse_lk_in& in, Clock::time_poi
     waiting_.insert(r.hdr.unique);
     ++waiters_;
   }
-  r.none();
-  std::thread(&Session::lock_waiter, this, std::ref(r.out), r.ctx, r.hdr.nodeid, in.fh,
-              in.owner, to_lock(in.lk), (in.lk_flags & k::kLkFlock) != 0, give_up)
-      .detach();
+  // std::function wants a copyable callable: the wait travels in a shared_ptr, and stays
+  // here when the thread cannot start.
+  std::shared_ptr<LockWait> w(new LockWait{*this, defer(r)});
+  auto wait = [this, w, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in.fh, owner = in.owner,
+               lock = to_lock(in.lk), is_flock = (in.lk_flags & k::kLkFlock) != 0, give_up] {
+    w->reply.reply_err(lock_waiter(ctx, nodeid, fh, owner, lock, is_flock, give_up));
+  };
+  try {
+    if (opts_.start_thread)
+      opts_.start_thread(std::move(wait));
+    else
+      std::thread(std::move(wait)).detach();
+  } catch (const std::exception& e) {
+    LOG_WARN("cannot start a lock waiter thread (%s); answering ENOLCK", e.what());
+    w->reply.reply_err(ENOLCK);
+  }
 }
 
-// Retries until the lock is granted, the request is interrupted or the session stops; with a
-// finite give_up (a LOCK_NB flock waiting for a RELEASE) also until no closed holder is left
-// or give_up passes, then answers EAGAIN.
-void Session::lock_waiter(Transport& out, fs::Context ctx, uint64_t nodeid, uint64_t fh,
+// Retries until the lock is granted, the request is interrupted (EINTR) or the session stops
+// (EINTR); with a finite give_up (a LOCK_NB flock waiting for a RELEASE) also until no closed
+// holder is left or give_up passes (EAGAIN). Returns the errno to answer.
+int Session::lock_waiter(const fs::Context& ctx, uint64_t nodeid, uint64_t fh,
                           uint64_t owner, fs::Lock lock, bool is_flock, Clock::time_point give_up) {
   efuse::name_this_thread("efuse-lockwait");
   const bool bounded = give_up != Clock::time_point::max();
@@ -925,16 +959,7 @@ void Session::lock_waiter(Transport& out, fs::Context ctx, uint64_t nodeid, uint
     }
     delay = std::min(delay * 2, std::chrono::milliseconds(50));
   }
-  k::fuse_in_header hdr{};
-  hdr.unique = ctx.unique;
-  hdr.opcode = static_cast<uint32_t>(bounded ? k::Opcode::Setlk : k::Opcode::Setlkw);
-  Request r{hdr, Reader({}), out, {}, ctx};
-  r.reply_err(err);
-  std::lock_guard lk(waits_mu_);
-  waiting_.erase(ctx.unique);
-  interrupted_.erase(ctx.unique);
-  --waiters_;
-  waits_cv_.notify_all();
+  return err;
 }
 
 // ---- notifications ------------------------------------------------------------------------

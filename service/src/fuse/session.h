@@ -11,8 +11,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <ranges>
 #include <span>
@@ -24,20 +26,10 @@
 
 #include "fs/filesystem.h"
 #include "fuse/kernel.h"
+#include "fuse/reply.h"
 #include "fuse/stats.h"
 
 namespace fuse {
-
-// Where replies go, and the /dev/fuse ioctls the session needs.
-class Transport {
- public:
-  virtual ~Transport() = default;
-  // Sends one reply or notification; returns 0 or -errno.
-  virtual int send(const struct iovec* iov, int count) = 0;
-  // FUSE_DEV_IOC_BACKING_OPEN / _CLOSE; return id >= 1 or -errno.
-  virtual int backing_open(int fd) = 0;
-  virtual void backing_close(int id) = 0;
-};
 
 struct SessionOptions {
   double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
@@ -50,6 +42,10 @@ struct SessionOptions {
   bool posix_acl = false;
   uint32_t max_write = 1u << 20;
   uint16_t max_background = 64;
+  // Runs deferred work (a blocking lock wait) on a thread of its own; empty: a detached
+  // std::thread. May throw (std::system_error, std::bad_alloc) when no thread can start;
+  // the request is then answered ENOLCK. Tests inject that failure here.
+  std::function<void(std::function<void()>)> start_thread;
 };
 
 // What INIT settled.
@@ -96,8 +92,11 @@ class Session {
   uint64_t decode_errors() const { return decode_errors_.load(); }
   uint64_t passthrough_opens() const { return passthrough_opens_.load(); }
   uint64_t passthrough_refusals() const { return passthrough_refusals_.load(); }
+  // Requests whose DeferredReply has not answered yet.
+  uint64_t deferred() const { return deferred_.load(); }
 
  private:
+  friend class DeferredReply;
   struct Request;
   using Handler = void (Session::*)(Request&);
   static const std::array<Handler, kernel::kMaxOpcode + 1> kHandlers;
@@ -153,8 +152,12 @@ class Session {
                      Transport& t, uint64_t nodeid);
   using Clock = std::chrono::steady_clock;
   void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
-  void lock_waiter(Transport& out, efuse::fs::Context ctx, uint64_t nodeid, uint64_t fh,
-                   uint64_t owner, efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
+  struct LockWait;
+  int lock_waiter(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh, uint64_t owner,
+                  efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
+  DeferredReply defer(Request& r);
+  // A DeferredReply answered: records the request's real latency and errno.
+  void deferred_answered(uint32_t opcode, uint64_t start_ns, int err);
   efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
                           uint32_t type);
   void flock_closed(uint64_t nodeid, uint64_t fh, bool released);
@@ -173,6 +176,7 @@ class Session {
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<uint64_t> passthrough_refusals_{0};
   std::atomic<uint64_t> notifications_{0};
+  std::atomic<uint64_t> deferred_{0};
 
   // Passthrough backing ids: one per inode with passthrough opens.
   struct Backing {

@@ -277,12 +277,16 @@ class UringChannel::Entry final : public Transport {
   int send(const struct iovec* iov, int count) override;
   int backing_open(int fd) override;
   void backing_close(int id) override;
+  // The session answers this entry's request later (DeferredReply): it stays parked, and
+  // its reply is committed through defer_commit() from whichever thread sends it.
+  void defer() override { deferred_ = true; }
 
   Queue& q_;
   std::unique_ptr<uring::EntryBuffer> buf_;
   bool replied_ = false;    // a reply was stored by the queue thread itself
   bool in_kernel_ = false;  // a command of this entry is pending in the kernel
   bool dead_ = false;       // the kernel no longer knows this entry
+  bool deferred_ = false;   // its reply comes later; reset when the entry is committed
 };
 
 // Dying without a goodbye (kill -9): the kernel aborts a FUSE connection when the last file
@@ -405,7 +409,7 @@ int UringChannel::Entry::send(const struct iovec* iov, int count) {
     LOG_ERROR("io_uring queue %u: a %zu-byte reply does not fit the %zu-byte payload buffer; "
               "sent EIO instead", q_.qid_, total, buf_->payload_capacity());
   }
-  if (t_current_queue == &q_) {
+  if (t_current_queue == &q_ && !deferred_) {
     replied_ = true;  // committed by the queue thread once Session::handle returns
     return 0;
   }
@@ -606,6 +610,7 @@ void UringChannel::Queue::handle(Entry& e) {
   uint64_t t0 = monotonic_ns();
   stats_.in_flight.store(1, std::memory_order_relaxed);
   e.replied_ = false;
+  e.deferred_ = false;
   const char* why = nullptr;
   std::span<const char> request = e.buf_->assemble_request(&why);
   uint32_t opcode = 0;
@@ -635,8 +640,8 @@ void UringChannel::Queue::handle(Entry& e) {
     (void)e.buf_->encode_reply(&iov, 1);
     e.replied_ = true;
   }
-  // Not replied: the session answers later from another thread (a blocking lock), through
-  // Entry::send and defer_commit. The entry stays ours until then.
+  // Deferred (Entry::defer): the session answers later, maybe from another thread, through
+  // Entry::send and defer_commit. The entry stays parked until then.
   if (e.replied_) commit(e);
   stats_.in_flight.store(0, std::memory_order_relaxed);
   stats_.requests.fetch_add(1, std::memory_order_relaxed);

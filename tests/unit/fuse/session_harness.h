@@ -315,17 +315,28 @@ class SessionHarness {
     return transport_.take();
   }
 
-  // Sends one request and expects exactly one reply, carrying the request's unique.
+  // Sends one request and expects exactly one reply carrying the request's unique. Replies
+  // to other requests sent meanwhile (a lock waiter answering from its own thread) are
+  // kept for take_stray().
   Reply call(uint32_t opcode, uint64_t nodeid, std::string_view body) {
     uint64_t unique = next_unique();
     auto sent = handle_raw(make_request(opcode, nodeid, unique, body));
-    if (sent.size() != 1) {
-      ADD_FAILURE() << "opcode " << opcode << " got " << sent.size() << " replies, want 1";
+    std::vector<Reply> mine;
+    for (const std::string& m : sent) {
+      Reply r = parse_reply(m);
+      (r.hdr.unique == unique ? mine : stray_).push_back(r);
+    }
+    if (mine.size() != 1) {
+      ADD_FAILURE() << "opcode " << opcode << " got " << mine.size() << " replies, want 1";
       return Reply{};
     }
-    Reply r = parse_reply(sent[0]);
-    EXPECT_EQ(r.hdr.unique, unique) << "reply must carry the request's unique";
-    return r;
+    return mine[0];
+  }
+  // Replies call() set aside because they answered other requests.
+  std::vector<Reply> take_stray() {
+    std::vector<Reply> out;
+    out.swap(stray_);
+    return out;
   }
   Reply call(k::Opcode op, uint64_t nodeid, std::string_view body) {
     return call(code(op), nodeid, body);
@@ -374,6 +385,7 @@ class SessionHarness {
   RecordingTransport transport_;
   std::unique_ptr<Session> session_;
   std::vector<char> scratch_;
+  std::vector<Reply> stray_;
   uint64_t next_unique_ = 1;
 };
 

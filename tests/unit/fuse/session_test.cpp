@@ -11,9 +11,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -738,18 +740,23 @@ TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen)
 // INTERRUPT, success once the holder's FLUSH drops its locks.
 class SessionLocks : public SessionOps {
  protected:
-  // Collects replies until one carries `unique`; returns it (or a missing Reply on timeout).
+  // The reply carrying `unique`: from *others (a reply that arrived with another request's,
+  // e.g. the FLUSH that woke the waiter), from those h.call() set aside, or as it comes.
+  // Every other reply seen is added to *others. A missing Reply when none came in 5 s.
   Reply wait_for(uint64_t unique, std::vector<Reply>* others) {
+    for (Reply& r : h.take_stray()) others->push_back(r);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (std::chrono::steady_clock::now() < deadline) {
-      for (const std::string& m : h.transport().take()) {
-        Reply r = parse_reply(m);
-        if (r.hdr.unique == unique) return r;
-        others->push_back(r);
+    for (;;) {
+      for (const std::string& m : h.transport().take()) others->push_back(parse_reply(m));
+      for (auto it = others->begin(); it != others->end(); ++it) {
+        if (it->hdr.unique != unique) continue;
+        Reply r = *it;
+        others->erase(it);
+        return r;
       }
+      if (std::chrono::steady_clock::now() >= deadline) return Reply{};
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
-    return Reply{};
   }
 };
 
@@ -803,6 +810,75 @@ TEST_F(SessionLocks, BlockedSetlkwIsAnsweredByInterruptOrByTheUnlock) {
   h.session().shutdown(h.transport());
   others.clear();
   EXPECT_EQ(wait_for(u3, &others).error(), EINTR);
+  h.release(n, fa);
+  h.release(n, fb);
+}
+
+// A deferred request is counted once, when it is answered, with the errno it got.
+TEST_F(SessionLocks, DeferredWaitIsRecordedWhenAnsweredWithItsErrno) {
+  ASSERT_TRUE(write_file(h.src("lock"), "x"));
+  auto n = h.lookup(kRootId, "lock").nodeid;
+  uint64_t fa = h.open(n, O_RDWR), fb = h.open(n, O_RDWR);
+  ASSERT_EQ(h.call(Op::Setlk, n, lk_body(fa, 0xa, F_WRLCK)).error(), 0);
+  const OpcodeStats& st = h.session().stats()[code(Op::Setlkw)];
+  uint64_t u = h.next_unique();
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlkw), n, u, lk_body(fb, 0xb, F_WRLCK))).empty());
+  EXPECT_EQ(h.session().deferred(), 1u);
+  EXPECT_EQ(st.requests.load(), 0u) << "not counted before it is answered";
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Interrupt), 0, h.next_unique(),
+                                        pod(k::fuse_interrupt_in{u})))
+                  .empty());
+  std::vector<Reply> others;
+  EXPECT_EQ(wait_for(u, &others).error(), EINTR);
+  EXPECT_EQ(st.requests.load(), 1u);
+  EXPECT_EQ(st.errors.load(), 1u);
+  EXPECT_EQ(st.errors_by_errno[EINTR].load(), 1u);
+  EXPECT_EQ(h.session().deferred(), 0u);
+  h.release(n, fa);
+  h.release(n, fb);
+}
+
+// Takes a lock through fa so that a SETLKW through fb must wait; returns fb's SETLKW reply.
+Reply blocked_setlkw(SessionHarness& h, uint64_t* n, uint64_t* fa, uint64_t* fb) {
+  EXPECT_EQ(h.init().error(), 0);
+  EXPECT_TRUE(write_file(h.src("lock"), "x"));
+  *n = h.lookup(kRootId, "lock").nodeid;
+  *fa = h.open(*n, O_RDWR);
+  *fb = h.open(*n, O_RDWR);
+  EXPECT_EQ(h.call(Op::Setlk, *n, lk_body(*fa, 0xa, F_WRLCK)).error(), 0);
+  return h.call(Op::Setlkw, *n, lk_body(*fb, 0xb, F_WRLCK));
+}
+
+// std::thread throws when no thread can start: the SETLKW is answered ENOLCK at once
+// (it used to be marked answered first: no reply ever came and shutdown() never returned).
+TEST(SessionDeferred, LockWaitWhoseThreadCannotStartIsAnsweredEnolck) {
+  SessionOptions opts;
+  int attempts = 0;
+  opts.start_thread = [&attempts](std::function<void()>) {
+    ++attempts;
+    throw std::system_error(EAGAIN, std::generic_category(), "pthread_create");
+  };
+  SessionHarness h(opts);
+  uint64_t n = 0, fa = 0, fb = 0;
+  EXPECT_EQ(blocked_setlkw(h, &n, &fa, &fb).error(), ENOLCK);
+  EXPECT_EQ(attempts, 1);
+  EXPECT_EQ(h.session().deferred(), 0u);
+  EXPECT_EQ(h.session().stats()[code(Op::Setlkw)].errors_by_errno[ENOLCK].load(), 1u);
+  h.session().shutdown(h.transport());  // returns: no wait is left behind
+  h.release(n, fa);
+  h.release(n, fb);
+}
+
+// Deferred work dropped without running drops the DeferredReply unanswered: the backstop
+// answers EIO, never silence, and the wait leaves the session.
+TEST(SessionDeferred, DeferredReplyDroppedUnansweredAnswersEio) {
+  SessionOptions opts;
+  opts.start_thread = [](std::function<void()> work) { (void)work; };
+  SessionHarness h(opts);
+  uint64_t n = 0, fa = 0, fb = 0;
+  EXPECT_EQ(blocked_setlkw(h, &n, &fa, &fb).error(), EIO);
+  EXPECT_EQ(h.session().deferred(), 0u);
+  h.session().shutdown(h.transport());
   h.release(n, fa);
   h.release(n, fb);
 }
