@@ -150,6 +150,8 @@ class Session {
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
                      Transport& t, uint64_t nodeid);
+  void backing_released(Transport& t, uint64_t fh);
+  void close_backing_ids(Transport& t);
   using Clock = std::chrono::steady_clock;
   void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
   struct LockWait;
