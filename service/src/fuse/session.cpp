@@ -8,6 +8,7 @@
 #include <new>
 
 #include "common/log.h"
+#include "fuse/opcode_list.h"
 #include "fuse/opcodes.h"
 #include "fuse/session_request.h"
 
@@ -32,50 +33,14 @@ void Session::deferred_answered(uint32_t opcode, uint64_t start_ns, int err) {
   deferred_.fetch_sub(1, std::memory_order_relaxed);
 }
 
+// The dispatch table, from the one opcode table: opcode `name` is served by do_<name>.
 const std::array<Session::Handler, k::kMaxOpcode + 1> Session::kHandlers = [] {
   std::array<Handler, k::kMaxOpcode + 1> t{};
-  auto set = [&t](k::Opcode op, Handler h) { t[static_cast<uint32_t>(op)] = h; };
-  set(k::Opcode::Lookup, &Session::do_lookup);
-  set(k::Opcode::Forget, &Session::do_forget);
-  set(k::Opcode::Getattr, &Session::do_getattr);
-  set(k::Opcode::Setattr, &Session::do_setattr);
-  set(k::Opcode::Readlink, &Session::do_readlink);
-  set(k::Opcode::Symlink, &Session::do_symlink);
-  set(k::Opcode::Mknod, &Session::do_mknod);
-  set(k::Opcode::Mkdir, &Session::do_mkdir);
-  set(k::Opcode::Unlink, &Session::do_unlink);
-  set(k::Opcode::Rmdir, &Session::do_rmdir);
-  set(k::Opcode::Rename, &Session::do_rename);
-  set(k::Opcode::Link, &Session::do_link);
-  set(k::Opcode::Open, &Session::do_open);
-  set(k::Opcode::Read, &Session::do_read);
-  set(k::Opcode::Write, &Session::do_write);
-  set(k::Opcode::Statfs, &Session::do_statfs);
-  set(k::Opcode::Release, &Session::do_release);
-  set(k::Opcode::Fsync, &Session::do_fsync);
-  set(k::Opcode::Setxattr, &Session::do_setxattr);
-  set(k::Opcode::Getxattr, &Session::do_getxattr);
-  set(k::Opcode::Listxattr, &Session::do_listxattr);
-  set(k::Opcode::Removexattr, &Session::do_removexattr);
-  set(k::Opcode::Flush, &Session::do_flush);
-  set(k::Opcode::Init, &Session::do_init);
-  set(k::Opcode::Opendir, &Session::do_opendir);
-  set(k::Opcode::Readdir, &Session::do_readdir);
-  set(k::Opcode::Releasedir, &Session::do_releasedir);
-  set(k::Opcode::Fsyncdir, &Session::do_fsyncdir);
-  set(k::Opcode::Getlk, &Session::do_getlk);
-  set(k::Opcode::Setlk, &Session::do_setlk);
-  set(k::Opcode::Setlkw, &Session::do_setlkw);
-  set(k::Opcode::Access, &Session::do_access);
-  set(k::Opcode::Create, &Session::do_create);
-  set(k::Opcode::Interrupt, &Session::do_interrupt);
-  set(k::Opcode::Destroy, &Session::do_destroy);
-  set(k::Opcode::BatchForget, &Session::do_batch_forget);
-  set(k::Opcode::Fallocate, &Session::do_fallocate);
-  set(k::Opcode::Readdirplus, &Session::do_readdirplus);
-  set(k::Opcode::Rename2, &Session::do_rename2);
-  set(k::Opcode::Lseek, &Session::do_lseek);
-  set(k::Opcode::CopyFileRange, &Session::do_copy_file_range);
+#define EFUSE_OPCODE_HANDLER(E, n, name) t[n] = &Session::do_##name;
+#define EFUSE_OPCODE_UNSERVED(E, n, name)
+  EFUSE_FUSE_OPCODES(EFUSE_OPCODE_HANDLER, EFUSE_OPCODE_UNSERVED)
+#undef EFUSE_OPCODE_HANDLER
+#undef EFUSE_OPCODE_UNSERVED
   return t;
 }();
 
