@@ -217,7 +217,8 @@ int main(int argc, char** argv) {
   std::printf("mounted %s (conn %u)\n", mnt.c_str(), m->conn_id);
 
   if (mode == "fail-setup") depth = 256;
-  auto ch = std::make_unique<fuse::UringChannel>(*session, m->fd, depth, 2);
+  auto conn = std::make_unique<fuse::Connection>(efuse::UniqueFd(m->fd));
+  auto ch = std::make_unique<fuse::UringChannel>(*session, *conn, depth, 2);
   efuse::Status s = ch->serve_init(&error);
   check(s.ok(), "serve_init" + (s.ok() ? "" : ": " + error));
   bool granted = session->negotiated().has(fuse::kernel::init::kOverIoUring);

@@ -50,7 +50,7 @@ class MountInstance final : private fs::Invalidator {
   // Why a configured io_uring transport is not in use ("" when it is, or was not asked for).
   const std::string& transport_fallback() const { return fallback_reason_; }
   fs::BackendStats backend_stats() const { return fs_ ? fs_->backend_stats() : fs::BackendStats{}; }
-  unsigned uring_queues() const { return uring_ && uring_->rings_active() ? uring_->queue_count() : 0; }
+  unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
 
  private:
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
@@ -60,9 +60,8 @@ class MountInstance final : private fs::Invalidator {
   MountConfig cfg_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;
-  // Exactly one of these serves a live mount.
-  std::unique_ptr<fuse::ClassicChannel> classic_;
-  std::unique_ptr<fuse::UringChannel> uring_;
+  std::unique_ptr<fuse::Connection> conn_;  // the /dev/fuse fd; outlives channel_
+  std::unique_ptr<fuse::Channel> channel_;  // classic or io_uring
   std::string fallback_reason_;
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
@@ -74,7 +73,6 @@ class MountInstance final : private fs::Invalidator {
   uint64_t requests_served() const;
   bool channel_stopped() const;
   bool channel_wait(int ms);
-  fuse::Transport& notify_transport();
 };
 
 }  // namespace efuse::daemon

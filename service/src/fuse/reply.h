@@ -10,15 +10,12 @@
 namespace fuse {
 
 // Where one request's reply goes: the /dev/fuse fd it was read from (classic) or the
-// io_uring entry it arrived in.
+// io_uring entry it arrived in. Nothing connection-wide (see connection.h).
 class Transport {
  public:
   virtual ~Transport() = default;
   // Sends one reply (iov[0] is the fuse_out_header); returns 0 or -errno.
   virtual int send(const struct iovec* iov, int count) = 0;
-  // FUSE_DEV_IOC_BACKING_OPEN / _CLOSE; return id >= 1 or -errno.
-  virtual int backing_open(int fd) = 0;
-  virtual void backing_close(int id) = 0;
   // The request's reply will come later, possibly from another thread, through send():
   // keep what send() needs (an io_uring entry stays parked) until then.
   virtual void defer() {}

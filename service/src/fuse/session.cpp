@@ -208,18 +208,18 @@ void Session::do_interrupt(Request& r) {
   // Other requests finish promptly on their own; nothing to cancel.
 }
 
-int Session::notify_inval_inode(Transport& out, uint64_t nodeid, int64_t off, int64_t len) {
-  if (!initialized()) return -ENOTCONN;
+int Session::notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len) {
+  if (!initialized() || conn_ == nullptr) return -ENOTCONN;
   k::fuse_notify_inval_inode_out arg{nodeid, off, len};
   k::fuse_out_header oh{static_cast<uint32_t>(sizeof oh + sizeof arg),
                         static_cast<int32_t>(k::NotifyCode::InvalInode), 0};
   struct iovec iov[2] = {{&oh, sizeof oh}, {&arg, sizeof arg}};
   notifications_.fetch_add(1, std::memory_order_relaxed);
-  return out.send(iov, 2);
+  return conn_->notify(iov, 2);
 }
 
-int Session::notify_inval_entry(Transport& out, uint64_t parent, std::string_view name) {
-  if (!initialized()) return -ENOTCONN;
+int Session::notify_inval_entry(uint64_t parent, std::string_view name) {
+  if (!initialized() || conn_ == nullptr) return -ENOTCONN;
   if (name.empty() || name.size() > 1024) return -EINVAL;
   k::fuse_notify_inval_entry_out arg{parent, static_cast<uint32_t>(name.size()), 0};
   char nul = '\0';
@@ -230,17 +230,17 @@ int Session::notify_inval_entry(Transport& out, uint64_t parent, std::string_vie
                          {const_cast<char*>(name.data()), name.size()},
                          {&nul, 1}};
   notifications_.fetch_add(1, std::memory_order_relaxed);
-  return out.send(iov, 4);
+  return conn_->notify(iov, 4);
 }
 
-void Session::shutdown(Transport& out) {
+void Session::shutdown() {
   {
     std::unique_lock lk(waits_mu_);
     stopping_ = true;
     waits_cv_.notify_all();
     waits_cv_.wait(lk, [this] { return waiters_ == 0; });
   }
-  close_backing_ids(out);
+  close_backing_ids();
 }
 
 }  // namespace fuse

@@ -1,8 +1,9 @@
 // Session: decodes FUSE requests, calls the Filesystem, encodes exactly one reply.
 //
-// Transport-agnostic: channels (classic /dev/fuse workers, later io_uring queues) hand it a
-// request buffer and a Transport to reply through. Thread-safe: many workers call handle()
-// concurrently.
+// Transport-agnostic: channels (classic /dev/fuse workers, io_uring queues) hand it a
+// request buffer and a Transport to reply through; what is connection-wide (backing ids,
+// notifications) goes through the Connection the channel connects it to. Thread-safe: many
+// workers call handle() concurrently.
 #pragma once
 
 #include <sys/uio.h>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "fs/filesystem.h"
+#include "fuse/connection.h"
 #include "fuse/kernel.h"
 #include "fuse/reply.h"
 #include "fuse/stats.h"
@@ -67,6 +69,10 @@ class Session {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
+  // The connection this session serves: backing ids and notifications go through it. Set
+  // once, by the channel, before the first request; must outlive shutdown().
+  void connect(Connection& conn) { conn_ = &conn; }
+
   // Handles one request (as read from the device). `scratch` is a per-worker buffer of at
   // least max_write + 4096 bytes used for read and readdir replies.
   void handle(std::span<const char> request, Transport& out, std::span<char> scratch) noexcept;
@@ -81,12 +87,14 @@ class Session {
 
   // FUSE notifications (unique 0). Send them from a thread of their own, never from a
   // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object).
-  int notify_inval_inode(Transport& out, uint64_t nodeid, int64_t off, int64_t len);
-  int notify_inval_entry(Transport& out, uint64_t parent, std::string_view name);
+  // -ENOTCONN before INIT or without a connection.
+  int notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len);
+  int notify_inval_entry(uint64_t parent, std::string_view name);
   uint64_t notifications() const { return notifications_.load(); }
 
-  // Stops blocking-lock waiters and closes backing ids; call before the transport goes away.
-  void shutdown(Transport& out);
+  // Stops blocking-lock waiters (their deferred replies answer EINTR) and closes backing
+  // ids; call before the transports and the connection go away. A second call does nothing.
+  void shutdown();
 
   const SessionStats& stats() const { return stats_; }
   uint64_t decode_errors() const { return decode_errors_.load(); }
@@ -149,9 +157,9 @@ class Session {
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
-                     Transport& t, uint64_t nodeid);
-  void backing_released(Transport& t, uint64_t fh);
-  void close_backing_ids(Transport& t);
+                     uint64_t nodeid);
+  void backing_released(uint64_t fh);
+  void close_backing_ids();
   using Clock = std::chrono::steady_clock;
   void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
   struct LockWait;
@@ -169,6 +177,7 @@ class Session {
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
+  Connection* conn_ = nullptr;
   std::atomic<double> negative_timeout_;
   Negotiated negotiated_;
   std::atomic<bool> initialized_{false};

@@ -15,7 +15,7 @@ namespace k = kernel;
 namespace fs = efuse::fs;
 
 void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool dir,
-                            Transport& t, uint64_t nodeid) {
+                            uint64_t nodeid) {
   *o = {};
   o->fh = info.fh;
   if (info.direct_io) o->open_flags |= k::kFopenDirectIo;
@@ -27,7 +27,7 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
   std::lock_guard lk(backing_mu_);
   Backing& b = backing_[nodeid];
   if (b.id <= 0) {
-    int id = t.backing_open(info.passthrough_fd);
+    int id = conn_ != nullptr ? conn_->backing_open(info.passthrough_fd) : -ENOTCONN;
     if (id <= 0) {
       backing_.erase(nodeid);
       // The kernel refused (stacking depth, permissions, limits): serve this file's I/O.
@@ -53,22 +53,22 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
 
 // RELEASE of `fh`. The kernel holds its own reference to the backing file while the inode is
 // open; the id only names it for new opens, so it goes with the inode's last passthrough open.
-void Session::backing_released(Transport& t, uint64_t fh) {
+void Session::backing_released(uint64_t fh) {
   std::lock_guard lk(backing_mu_);
   auto it = backing_fh_.find(fh);
   if (it == backing_fh_.end()) return;
   auto b = backing_.find(it->second);
   if (b != backing_.end() && --b->second.opens == 0) {
-    t.backing_close(b->second.id);
+    conn_->backing_close(b->second.id);  // ids exist only with a connection
     backing_.erase(b);
   }
   backing_fh_.erase(it);
 }
 
 // Shutdown: every id still registered.
-void Session::close_backing_ids(Transport& t) {
+void Session::close_backing_ids() {
   std::lock_guard lk(backing_mu_);
-  for (auto& [nodeid, b] : backing_) t.backing_close(b.id);
+  for (auto& [nodeid, b] : backing_) conn_->backing_close(b.id);
   backing_.clear();
   backing_fh_.clear();
 }

@@ -19,7 +19,7 @@ namespace fs = efuse::fs;
 
 void Session::reply_open(Request& r, const fs::OpenInfo& info, bool dir) {
   k::fuse_open_out o;
-  fill_open_out(&o, info, dir, r.out, r.hdr.nodeid);
+  fill_open_out(&o, info, dir, r.hdr.nodeid);
   r.reply(o);
 }
 
@@ -47,7 +47,7 @@ void Session::do_create(Request& r) {
   split_timeout(c->entry.entry_timeout, &out.e.entry_valid, &out.e.entry_valid_nsec);
   split_timeout(c->entry.attr_timeout, &out.e.attr_valid, &out.e.attr_valid_nsec);
   encode_attr(c->entry.attr, &out.e.attr);
-  fill_open_out(&out.o, c->open, false, r.out, c->entry.ino);
+  fill_open_out(&out.o, c->open, false, c->entry.ino);
   static_assert(sizeof out == sizeof(k::fuse_entry_out) + sizeof(k::fuse_open_out));
   r.reply(out);
 }
@@ -80,7 +80,7 @@ void Session::do_flush(Request& r) {
 
 void Session::do_release(Request& r) {
   TAKE(in, k::fuse_release_in);
-  backing_released(r.out, in->fh);
+  backing_released(in->fh);
   if (in->release_flags & k::kReleaseFlockUnlock)
     (void)fs_.flock(r.ctx, r.hdr.nodeid, in->fh, LOCK_UN);
   Status s = fs_.release(r.ctx, r.hdr.nodeid, in->fh);

@@ -275,8 +275,6 @@ class UringChannel::Entry final : public Transport {
  public:
   Entry(Queue& q, std::unique_ptr<uring::EntryBuffer> buf) : q_(q), buf_(std::move(buf)) {}
   int send(const struct iovec* iov, int count) override;
-  int backing_open(int fd) override;
-  void backing_close(int id) override;
   // The session answers this entry's request later (DeferredReply): it stays parked, and
   // its reply is committed through defer_commit() from whichever thread sends it.
   void defer() override { deferred_ = true; }
@@ -316,7 +314,7 @@ class UringChannel::Queue {
   ~Queue() {
     if (thread_.joinable()) thread_.join();
     if (evfd_ >= 0) ::close(evfd_);
-    if (cmd_fd_ >= 0 && cmd_fd_ != ch_.dev_fd_) ::close(cmd_fd_);
+
   }
 
   void run();
@@ -382,7 +380,8 @@ class UringChannel::Queue {
 
   struct io_uring ring_ {};
   bool ring_ok_ = false;
-  int cmd_fd_ = -1;  // the /dev/fuse fd this queue's commands name: a clone, else dev_fd_
+  efuse::UniqueFd own_cmd_fd_;  // this queue's clone of the connection's fd, if it has one
+  int cmd_fd_ = -1;  // the /dev/fuse fd this queue's commands name: own_cmd_fd_, else the connection's
   struct io_uring sentinel_ {};
   bool sentinel_ok_ = false;
   std::vector<char> scratch_;
@@ -392,15 +391,6 @@ class UringChannel::Queue {
 };
 
 int UringChannel::Entry::send(const struct iovec* iov, int count) {
-  if (count >= 1 && iov[0].iov_len == sizeof(k::fuse_out_header)) {
-    k::fuse_out_header oh;
-    std::memcpy(&oh, iov[0].iov_base, sizeof oh);
-    if (oh.unique == 0) {
-      // A notification: the rings refuse them; they go over /dev/fuse.
-      ssize_t n = ::writev(q_.ch_.dev_fd_, iov, count);
-      return n < 0 ? -errno : 0;
-    }
-  }
   int rc = buf_->encode_reply(iov, count);
   if (rc < 0) {
     size_t total = 0;
@@ -414,18 +404,6 @@ int UringChannel::Entry::send(const struct iovec* iov, int count) {
     return 0;
   }
   return q_.defer_commit(*this);
-}
-
-int UringChannel::Entry::backing_open(int fd) {
-  k::fuse_backing_map map{};
-  map.fd = fd;
-  int id = ::ioctl(q_.ch_.dev_fd_, k::kDevIocBackingOpen, &map);
-  return id < 0 ? -errno : id;
-}
-
-void UringChannel::Entry::backing_close(int id) {
-  uint32_t bid = static_cast<uint32_t>(id);
-  (void)::ioctl(q_.ch_.dev_fd_, k::kDevIocBackingClose, &bid);
 }
 
 void UringChannel::Queue::report(Phase p, const std::string& error) {
@@ -493,15 +471,10 @@ bool UringChannel::Queue::setup(std::string* error) {
   (void)io_uring_register_ring_fd(&ring_);
 
   // See "Dying without a goodbye" above.
-  cmd_fd_ = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
-  if (cmd_fd_ >= 0) {
-    uint32_t master = static_cast<uint32_t>(ch_.dev_fd_);
-    if (::ioctl(cmd_fd_, k::kDevIocClone, &master) != 0) {
-      ::close(cmd_fd_);
-      cmd_fd_ = -1;
-    }
-  }
-  if (cmd_fd_ < 0) cmd_fd_ = ch_.dev_fd_;  // works the same; shares one file's refcount
+  auto clone = ch_.conn_.clone();
+  if (clone.ok()) own_cmd_fd_ = std::move(*clone);
+  // Without a clone the connection's fd works the same; it shares one file's refcount.
+  cmd_fd_ = own_cmd_fd_ ? own_cmd_fd_.get() : ch_.conn_.fd();
   rc = io_uring_queue_init(1, &sentinel_, 0);
   sentinel_ok_ = rc == 0;
   if (!sentinel_ok_)
@@ -753,21 +726,21 @@ void UringChannel::Queue::run() {
 
 // ---- channel -----------------------------------------------------------------------------
 
-UringChannel::UringChannel(Session& session, int dev_fd, unsigned queue_depth,
+UringChannel::UringChannel(Session& session, Connection& conn, unsigned queue_depth,
                            unsigned classic_threads)
     : session_(session),
-      dev_fd_(dev_fd),
+      conn_(conn),
       depth_(queue_depth == 0 ? 1 : queue_depth),
-      classic_(session, dev_fd, classic_threads) {}
+      classic_(session, conn, classic_threads) {}
 
 UringChannel::~UringChannel() {
   stop_queues();
-  // Blocking-lock waiters may still hold an entry as their Transport: stop them while the
-  // entries exist. (~ClassicChannel calls shutdown again; the second call does nothing.)
-  if (!queues_.empty() && !queues_.front()->entries_.empty())
-    session_.shutdown(*queues_.front()->entries_.front());
+  // Blocking-lock waiters may still hold an entry as their Transport (a DeferredReply):
+  // stop them while the entries exist. (~ClassicChannel calls shutdown again; the second
+  // call does nothing.)
+  session_.shutdown();
   queues_.clear();
-  // classic_ (declared first) goes last: it joins the /dev/fuse workers and closes dev_fd.
+  // classic_ (declared first) goes last: it joins the /dev/fuse workers.
 }
 
 void UringChannel::stop_queues() {
@@ -807,7 +780,7 @@ efuse::Status UringChannel::start(std::string* error) {
     stop_queues();
     queues_.clear();
     std::string drop_why;
-    efuse::Status d = drop_kernel_uring(dev_fd_, &drop_why);
+    efuse::Status d = drop_kernel_uring(conn_.fd(), &drop_why);
     fallback_ready_ = d.ok();
     *error = why + (fallback_ready_ ? "; the kernel now serves this mount over /dev/fuse"
                                     : "; cannot switch the kernel back to /dev/fuse: " + drop_why);

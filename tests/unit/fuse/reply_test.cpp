@@ -24,8 +24,6 @@ class PieceTransport final : public Transport {
       pieces.emplace_back(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     return 0;
   }
-  int backing_open(int) override { return -EPERM; }
-  void backing_close(int) override {}
   k::fuse_out_header header() const {
     k::fuse_out_header oh{};
     EXPECT_EQ(pieces.at(0).size(), sizeof oh);

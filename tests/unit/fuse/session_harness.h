@@ -1,5 +1,6 @@
-// Test harness for fuse::Session: a Transport that records replies, request builders, reply
-// parsers, and a Session over a PassthroughFs on a private temp directory.
+// Test harness for fuse::Session: a Transport that records replies, a Connection that records
+// notifications and backing ids, request builders, reply parsers, and a Session over a
+// PassthroughFs on a private temp directory.
 //
 // Not a test source itself (the unit CMakeLists globs *_test.cpp); the fuse/ tests include it.
 #pragma once
@@ -34,10 +35,6 @@ constexpr uint32_t code(k::Opcode op) { return static_cast<uint32_t>(op); }
 
 // Records every send() as one byte string, the iovecs concatenated: what one write() to
 // /dev/fuse would carry. Thread-safe, because SETLKW waiters reply from their own threads.
-//
-// backing_open refuses with EPERM by default, as the kernel does for a daemon without
-// CAP_SYS_ADMIN, so passthrough opens fall back to I/O through the daemon. grant_backing_ids()
-// makes it hand out ids 1, 2, 3... instead, to test the session's id bookkeeping.
 class RecordingTransport final : public Transport {
  public:
   int send(const struct iovec* iov, int count) override {
@@ -48,6 +45,26 @@ class RecordingTransport final : public Transport {
     sent_.push_back(std::move(msg));
     return 0;
   }
+  // Everything sent since the last take().
+  std::vector<std::string> take() {
+    std::lock_guard lk(mu_);
+    std::vector<std::string> out;
+    out.swap(sent_);
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> sent_;
+};
+
+// A Connection without a device: records notifications and backing-id calls.
+//
+// backing_open refuses with EPERM by default, as the kernel does for a daemon without
+// CAP_SYS_ADMIN, so passthrough opens fall back to I/O through the daemon. grant_backing_ids()
+// makes it hand out ids 1, 2, 3... instead, to test the session's id bookkeeping.
+class RecordingConnection final : public Connection {
+ public:
   int backing_open(int fd) override {
     std::lock_guard lk(mu_);
     backing_open_fds_.push_back(fd);
@@ -58,17 +75,18 @@ class RecordingTransport final : public Transport {
     std::lock_guard lk(mu_);
     closed_backing_ids_.push_back(id);
   }
+  int notify(const struct iovec* iov, int count) override {
+    std::string msg;
+    for (int i = 0; i < count; ++i)
+      msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    std::lock_guard lk(mu_);
+    notifications_.push_back(std::move(msg));
+    return 0;
+  }
 
   void grant_backing_ids() {
     std::lock_guard lk(mu_);
     next_backing_id_ = 1;
-  }
-  // Everything sent since the last take().
-  std::vector<std::string> take() {
-    std::lock_guard lk(mu_);
-    std::vector<std::string> out;
-    out.swap(sent_);
-    return out;
   }
   size_t backing_opens() const {
     std::lock_guard lk(mu_);
@@ -78,12 +96,16 @@ class RecordingTransport final : public Transport {
     std::lock_guard lk(mu_);
     return closed_backing_ids_;
   }
+  std::vector<std::string> notifications() const {
+    std::lock_guard lk(mu_);
+    return notifications_;
+  }
 
  private:
   mutable std::mutex mu_;
-  std::vector<std::string> sent_;
   std::vector<int> backing_open_fds_;
   std::vector<int> closed_backing_ids_;
+  std::vector<std::string> notifications_;
   int next_backing_id_ = 0;
 };
 
@@ -291,10 +313,11 @@ class SessionHarness {
     if (::mkdir(src_.c_str(), 0755) != 0) ADD_FAILURE() << "mkdir " << src_;
     fs_ = std::make_unique<efuse::fs::passthrough::PassthroughFs>(src_, efuse::fs::Policy{});
     session_ = std::make_unique<Session>(*fs_, opts_);
+    session_->connect(connection_);
     scratch_.resize(opts_.max_write + 4096);
   }
   ~SessionHarness() {
-    session_->shutdown(transport_);
+    session_->shutdown();
     efuse::log::set_level(saved_log_level_);
   }
   SessionHarness(const SessionHarness&) = delete;
@@ -302,6 +325,7 @@ class SessionHarness {
 
   Session& session() { return *session_; }
   RecordingTransport& transport() { return transport_; }
+  RecordingConnection& connection() { return connection_; }
   efuse::fs::passthrough::PassthroughFs& fs() { return *fs_; }
   const TempDir& tmp() const { return tmp_; }
   // A path inside the served (source) directory.
@@ -383,6 +407,7 @@ class SessionHarness {
   std::string src_;
   std::unique_ptr<efuse::fs::passthrough::PassthroughFs> fs_;
   RecordingTransport transport_;
+  RecordingConnection connection_;
   std::unique_ptr<Session> session_;
   std::vector<char> scratch_;
   std::vector<Reply> stray_;

@@ -324,7 +324,7 @@ TEST_F(SessionOps, MkdirCreateWriteReadRelease) {
   EXPECT_EQ(ce.attr.size, 0u);
   EXPECT_GE(ce.nodeid, 2u);
   // The transport refused the backing file (EPERM), so I/O goes through the daemon.
-  EXPECT_EQ(h.transport().backing_opens(), 1u);
+  EXPECT_EQ(h.connection().backing_opens(), 1u);
   EXPECT_EQ(h.session().passthrough_refusals(), 1u);
   EXPECT_EQ(h.session().passthrough_opens(), 0u);
   EXPECT_EQ(co.open_flags & k::kFopenPassthrough, 0u);
@@ -694,7 +694,7 @@ TEST_F(SessionOps, StatsCountRequestsAndErrorsPerOpcode) {
 
 // Two passthrough opens of one inode share one backing id, closed with the last release.
 TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen) {
-  h.transport().grant_backing_ids();
+  h.connection().grant_backing_ids();
   ASSERT_TRUE(write_file(h.src("p"), "data"));
   ASSERT_TRUE(write_file(h.src("q"), "data"));
   auto p = h.lookup(kRootId, "p");
@@ -713,21 +713,21 @@ TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen)
   EXPECT_GT(o1.backing_id, 0);
   EXPECT_EQ(o1.backing_id, o2.backing_id);
   EXPECT_NE(o3.backing_id, o1.backing_id);
-  EXPECT_EQ(h.transport().backing_opens(), 2u);
+  EXPECT_EQ(h.connection().backing_opens(), 2u);
   EXPECT_EQ(h.session().passthrough_opens(), 3u);
 
   h.release(p.nodeid, o1.fh);
-  EXPECT_TRUE(h.transport().closed_backing_ids().empty()) << "p still has an open";
+  EXPECT_TRUE(h.connection().closed_backing_ids().empty()) << "p still has an open";
   h.release(p.nodeid, o2.fh);
-  EXPECT_EQ(h.transport().closed_backing_ids(), std::vector<int>{o1.backing_id});
+  EXPECT_EQ(h.connection().closed_backing_ids(), std::vector<int>{o1.backing_id});
 
   // A new open after the last release registers a new id.
   auto o4 = open_out(p.nodeid);
   EXPECT_GT(o4.backing_id, 0);
-  EXPECT_EQ(h.transport().backing_opens(), 3u);
+  EXPECT_EQ(h.connection().backing_opens(), 3u);
   h.release(p.nodeid, o4.fh);
   h.release(q.nodeid, o3.fh);
-  EXPECT_EQ(h.transport().closed_backing_ids().size(), 3u);
+  EXPECT_EQ(h.connection().closed_backing_ids().size(), 3u);
 
   // Directories never get backing ids.
   Reply od = h.call(Op::Opendir, kRootId, pod(k::fuse_open_in{O_RDONLY, 0}));
@@ -813,7 +813,7 @@ TEST_F(SessionLocks, BlockedSetlkwIsAnsweredByInterruptOrByTheUnlock) {
   uint64_t u3 = h.next_unique();
   EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlkw), n, u3, lk_body(fa, owner_a, F_WRLCK)))
                   .empty());
-  h.session().shutdown(h.transport());
+  h.session().shutdown();
   others.clear();
   EXPECT_EQ(wait_for(u3, &others).error(), EINTR);
   h.release(n, fa);
@@ -869,7 +869,7 @@ TEST(SessionDeferred, LockWaitWhoseThreadCannotStartIsAnsweredEnolck) {
   EXPECT_EQ(attempts, 1);
   EXPECT_EQ(h.session().deferred(), 0u);
   EXPECT_EQ(h.session().stats()[code(Op::Setlkw)].errors_by_errno[ENOLCK].load(), 1u);
-  h.session().shutdown(h.transport());  // returns: no wait is left behind
+  h.session().shutdown();  // returns: no wait is left behind
   h.release(n, fa);
   h.release(n, fb);
 }
@@ -883,7 +883,7 @@ TEST(SessionDeferred, DeferredReplyDroppedUnansweredAnswersEio) {
   uint64_t n = 0, fa = 0, fb = 0;
   EXPECT_EQ(blocked_setlkw(h, &n, &fa, &fb).error(), EIO);
   EXPECT_EQ(h.session().deferred(), 0u);
-  h.session().shutdown(h.transport());
+  h.session().shutdown();
   h.release(n, fa);
   h.release(n, fb);
 }
@@ -949,6 +949,43 @@ TEST_F(SessionLocks, NonBlockingFlockWaitsForTheReleaseOfAClosedHolder) {
   EXPECT_EQ(h.call(Op::Setlk, n, flock_body(fc, F_RDLCK)).error(), EAGAIN);
   h.release(n, fc);
   h.release(n, fd2);
+}
+
+}  // namespace
+}  // namespace fuse::testing
+
+namespace fuse::testing {
+namespace {
+
+// Notifications are connection-wide: they go through the Connection, never a request's
+// Transport, and only after INIT.
+TEST(SessionConnection, NotificationsGoThroughTheConnection) {
+  SessionHarness h;
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), -ENOTCONN) << "before INIT";
+  ASSERT_EQ(h.init().error(), 0);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), 0);
+  EXPECT_EQ(h.session().notify_inval_entry(k::kRootId, "name"), 0);
+  EXPECT_TRUE(h.transport().take().empty());
+  auto sent = h.connection().notifications();
+  ASSERT_EQ(sent.size(), 2u);
+  k::fuse_out_header oh{};
+  std::memcpy(&oh, sent[0].data(), sizeof oh);
+  EXPECT_EQ(oh.unique, 0u);
+  EXPECT_EQ(oh.error, static_cast<int32_t>(k::NotifyCode::InvalInode));
+  EXPECT_EQ(oh.len, sent[0].size());
+  std::memcpy(&oh, sent[1].data(), sizeof oh);
+  EXPECT_EQ(oh.error, static_cast<int32_t>(k::NotifyCode::InvalEntry));
+  EXPECT_EQ(oh.len, sent[1].size());
+  EXPECT_EQ(h.session().notifications(), 2u);
+}
+
+// A session no channel connected has no backing ids and sends no notifications.
+TEST(SessionConnection, WithoutAConnectionNothingConnectionWideHappens) {
+  efuse::fs::Filesystem nothing;
+  Session s(nothing, SessionOptions{});
+  EXPECT_EQ(s.notify_inval_inode(k::kRootId, 0, 0), -ENOTCONN);
+  s.shutdown();
+  s.shutdown();  // a second call does nothing
 }
 
 }  // namespace
