@@ -40,6 +40,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/system.h"
 #include "fs/passthrough/passthrough_fs.h"
 #include "fuse/mount.h"
 #include "fuse/opcodes.h"
@@ -272,7 +273,7 @@ int main(int argc, char** argv) {
     s = ch->start(&error);
     check(s.ok(), "start()" + (s.ok() ? "" : ": " + error));
     check(ch->rings_active(), "rings active");
-    check(ch->queue_count() == fuse::uring::possible_cpus(),
+    check(ch->queue_count() == efuse::possible_cpus(),
           "one queue per possible CPU (" + std::to_string(ch->queue_count()) + ")");
   }
 

@@ -36,13 +36,6 @@ namespace fuse {
 
 namespace uring {
 
-// Parses a kernel CPU list ("0-3,8,10-11", as in /sys/devices/system/cpu/possible) into
-// ascending CPU ids; nullopt when malformed.
-std::optional<std::vector<unsigned>> parse_cpu_list(std::string_view text);
-
-// Number of queues the kernel expects: num_possible_cpus() (qid = CPU id).
-unsigned possible_cpus();
-
 // Size of the payload buffer the kernel requires of every entry:
 // max(FUSE_MIN_READ_BUFFER, max_write, max_pages * page_size).
 size_t payload_size(uint32_t max_write, uint16_t max_pages, size_t page_size);
