@@ -26,13 +26,11 @@ namespace {
 
 int read_first_byte(const char* path, char* out, const char** step) {
   *step = "opening";
-  int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno;
+  efuse::UniqueFd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) return errno;
   *step = "reading";
-  ssize_t n = ::read(fd, out, 1);
-  int err = n == 1 ? 0 : n < 0 ? errno : EIO;
-  ::close(fd);
-  return err;
+  ssize_t n = ::read(fd.get(), out, 1);
+  return n == 1 ? 0 : n < 0 ? errno : EIO;
 }
 
 }  // namespace
@@ -93,8 +91,7 @@ efuse::Status UringChannel::supported(std::string* why) {
   int err = read_first_byte(param, &v, &step);
   if (err == ENOENT && access("/sys/module/fuse", F_OK) != 0 && access("/sys/module", F_OK) == 0) {
     // FUSE built as a module that is not loaded yet: opening /dev/fuse loads it.
-    int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (fd >= 0) ::close(fd);
+    efuse::UniqueFd load(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
     err = read_first_byte(param, &v, &step);
   }
   if (err == ENOENT && access("/sys/module/fuse/parameters", F_OK) == 0) {
@@ -127,13 +124,12 @@ efuse::Status UringChannel::supported(std::string* why) {
       return efuse::Errno{EPERM};
     }
     const char* what = "opening it for writing";
-    int fd = ::open(param, O_WRONLY | O_CLOEXEC);
-    err = fd < 0 ? errno : 0;
-    if (fd >= 0) {
+    efuse::UniqueFd fd(::open(param, O_WRONLY | O_CLOEXEC));
+    err = fd ? 0 : errno;
+    if (fd) {
       what = "writing Y to it";
-      ssize_t n = ::write(fd, "Y", 1);
+      ssize_t n = ::write(fd.get(), "Y", 1);
       err = n == 1 ? 0 : n < 0 ? errno : EIO;
-      ::close(fd);
     }
     if (err != 0) {
       *why = std::string("FUSE over io_uring is off (") + param + " is " + v +
