@@ -178,13 +178,15 @@ Status MountInstance::start(std::string* error) {
   return {};
 }
 
-void MountInstance::inval_inode(uint64_t ino, bool data_too) {
+Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
-  (void)session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
+  int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
+  return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
-void MountInstance::inval_entry(uint64_t parent, std::string_view name) {
-  (void)session_->notify_inval_entry(parent, name);
+Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
+  int rc = session_->notify_inval_entry(parent, name);
+  return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {

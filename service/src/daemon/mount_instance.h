@@ -54,8 +54,8 @@ class MountInstance final : private fs::Invalidator {
 
  private:
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
-  void inval_inode(uint64_t ino, bool data_too) override;
-  void inval_entry(uint64_t parent, std::string_view name) override;
+  Status inval_inode(uint64_t ino, bool data_too) override;
+  Status inval_entry(uint64_t parent, std::string_view name) override;
 
   MountConfig cfg_;
   std::unique_ptr<fs::Filesystem> fs_;

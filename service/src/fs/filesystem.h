@@ -119,9 +119,12 @@ class Invalidator {
  public:
   virtual ~Invalidator() = default;
   // Attributes, and when data_too the cached data (and readdir cache) of `ino`.
-  virtual void inval_inode(uint64_t ino, bool data_too) = 0;
+  // Each returns whether the kernel took the invalidation; ENOENT (it no longer knows the
+  // object) means there was nothing to invalidate. The implementation logs and counts
+  // failures; callers use the result for their own accounting.
+  virtual Status inval_inode(uint64_t ino, bool data_too) = 0;
   // The name `name` in directory `parent` (positive or negative dentry).
-  virtual void inval_entry(uint64_t parent, std::string_view name) = 0;
+  virtual Status inval_entry(uint64_t parent, std::string_view name) = 0;
 };
 
 // What a backend reports to /metrics: the inodes it holds for the kernel and the

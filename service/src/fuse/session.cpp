@@ -215,7 +215,7 @@ int Session::notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len) {
                         static_cast<int32_t>(k::NotifyCode::InvalInode), 0};
   struct iovec iov[2] = {{&oh, sizeof oh}, {&arg, sizeof arg}};
   notifications_.fetch_add(1, std::memory_order_relaxed);
-  return conn_->notify(iov, 2);
+  return notified(InvalKind::Inode, conn_->notify(iov, 2));
 }
 
 int Session::notify_inval_entry(uint64_t parent, std::string_view name) {
@@ -230,7 +230,20 @@ int Session::notify_inval_entry(uint64_t parent, std::string_view name) {
                          {const_cast<char*>(name.data()), name.size()},
                          {&nul, 1}};
   notifications_.fetch_add(1, std::memory_order_relaxed);
-  return conn_->notify(iov, 4);
+  return notified(InvalKind::Entry, conn_->notify(iov, 4));
+}
+
+// A notification's result: ENOENT (the kernel forgot the object meanwhile) is no failure;
+// anything else is counted and logged once per kind (the kernel's caches may now be stale).
+int Session::notified(InvalKind kind, int rc) {
+  if (rc >= 0 || rc == -ENOENT) return rc;
+  size_t k = static_cast<size_t>(kind);
+  inval_failures_[k].fetch_add(1, std::memory_order_relaxed);
+  if (!inval_failure_logged_[k].exchange(true))
+    LOG_WARN("the kernel refused a %s invalidation (%s); its cache may be stale until the "
+             "timeout (efuse_invalidation_failures_total counts them; logged once)",
+             kind == InvalKind::Inode ? "inode" : "entry", strerror(-rc));
+  return rc;
 }
 
 void Session::shutdown() {

@@ -86,11 +86,17 @@ class Session {
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
 
   // FUSE notifications (unique 0). Send them from a thread of their own, never from a
-  // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object).
-  // -ENOTCONN before INIT or without a connection.
+  // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object;
+  // -ENOTCONN before INIT or without a connection). Any other failure is counted per kind
+  // (invalidation_failures) and logged once per kind.
   int notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len);
   int notify_inval_entry(uint64_t parent, std::string_view name);
   uint64_t notifications() const { return notifications_.load(); }
+  enum class InvalKind { Inode, Entry };
+  // Invalidations the kernel did not take (efuse_invalidation_failures_total{kind}).
+  uint64_t invalidation_failures(InvalKind kind) const {
+    return inval_failures_[static_cast<size_t>(kind)].load();
+  }
 
   // Stops blocking-lock waiters (their deferred replies answer EINTR) and closes backing
   // ids; call before the transports and the connection go away. A second call does nothing.
@@ -188,6 +194,9 @@ class Session {
   std::atomic<uint64_t> passthrough_refusals_{0};
   std::atomic<uint64_t> notifications_{0};
   std::atomic<uint64_t> deferred_{0};
+  std::array<std::atomic<uint64_t>, 2> inval_failures_{};  // by InvalKind
+  std::array<std::atomic<bool>, 2> inval_failure_logged_{};
+  int notified(InvalKind kind, int rc);
 
   // Passthrough backing ids: one per inode with passthrough opens.
   struct Backing {

@@ -351,13 +351,15 @@ TEST_F(PassthroughTest, CreateMkdirMknodAndUnlink) {
 // Records what the backend asks the kernel to forget (the watcher thread calls it too).
 class RecordingInvalidator final : public Invalidator {
  public:
-  void inval_inode(uint64_t ino, bool data_too) override {
+  Status inval_inode(uint64_t ino, bool data_too) override {
     std::lock_guard lk(mu_);
     inodes_.push_back({ino, data_too});
+    return {};
   }
-  void inval_entry(uint64_t parent, std::string_view name) override {
+  Status inval_entry(uint64_t parent, std::string_view name) override {
     std::lock_guard lk(mu_);
     entries_.push_back({parent, std::string(name)});
+    return {};
   }
   // How often `ino`'s cached pages (a directory's listing) were dropped.
   size_t pages_dropped(uint64_t ino) {

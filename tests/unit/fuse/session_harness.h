@@ -81,7 +81,12 @@ class RecordingConnection final : public Connection {
       msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
     std::lock_guard lk(mu_);
     notifications_.push_back(std::move(msg));
-    return 0;
+    return notify_result_;
+  }
+  // What notify() answers from now on (0, or -errno as the kernel would).
+  void set_notify_result(int rc) {
+    std::lock_guard lk(mu_);
+    notify_result_ = rc;
   }
 
   void grant_backing_ids() {
@@ -106,6 +111,7 @@ class RecordingConnection final : public Connection {
   std::vector<int> backing_open_fds_;
   std::vector<int> closed_backing_ids_;
   std::vector<std::string> notifications_;
+  int notify_result_ = 0;
   int next_backing_id_ = 0;
 };
 

@@ -979,6 +979,26 @@ TEST(SessionConnection, NotificationsGoThroughTheConnection) {
   EXPECT_EQ(h.session().notifications(), 2u);
 }
 
+// An invalidation the kernel refuses is returned, counted by kind and logged once; ENOENT
+// (the kernel forgot the object meanwhile) is no failure.
+TEST(SessionConnection, RefusedInvalidationsAreCountedByKind) {
+  using Kind = Session::InvalKind;
+  SessionHarness h;
+  ASSERT_EQ(h.init().error(), 0);
+  h.connection().set_notify_result(-ENOENT);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), -ENOENT);
+  EXPECT_EQ(h.session().notify_inval_entry(k::kRootId, "a"), -ENOENT);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Inode), 0u);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Entry), 0u);
+  h.connection().set_notify_result(-EIO);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), -EIO);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, -1, 0), -EIO);
+  EXPECT_EQ(h.session().notify_inval_entry(k::kRootId, "a"), -EIO);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Inode), 2u);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Entry), 1u);
+  EXPECT_EQ(h.session().notifications(), 5u);
+}
+
 // A session no channel connected has no backing ids and sends no notifications.
 TEST(SessionConnection, WithoutAConnectionNothingConnectionWideHappens) {
   efuse::fs::Filesystem nothing;
