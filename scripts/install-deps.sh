@@ -2,6 +2,7 @@
 # Installs every Debian 12 package efuse needs that is not already present.
 #   scripts/install-deps.sh            build + test dependencies
 #   scripts/install-deps.sh --bench    also what bench/ needs (linux-source tarball, libfuse examples)
+#   scripts/install-deps.sh --vm       also what the QEMU guest tests need (scripts/test-vm.sh)
 # Runs apt-get only when something is missing, so repeated runs are fast and offline-safe.
 set -euo pipefail
 
@@ -21,9 +22,15 @@ pkgs=(
   coreutils tar git attr acl xz-utils diffutils   # real programs the integration tests drive
   fio stress-ng                               # I/O verification and stress
 )
-if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(linux-source-6.1 hyperfine)
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --bench) pkgs+=(linux-source-6.1 hyperfine) ;;
+    # QEMU, the guest's busybox and initramfs tools, module indexing (depmod, modprobe
+    # --show-depends), the data disk (mkfs.ext4 -d, debugfs), .ko.xz decompression.
+    --vm) pkgs+=(qemu-system-x86 busybox-static cpio kmod e2fsprogs xz-utils) ;;
+    *) echo "install-deps: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 missing=()
 for p in "${pkgs[@]}"; do

@@ -29,8 +29,10 @@ import atexit
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import inspect
+import json
 import os
 import pickle
 import re
@@ -406,6 +408,126 @@ def detach(path):
 
 
 # --------------------------------------------------------------------------------------
+# Host-wide settings: tests share the host with other test runs and other FUSE servers
+# --------------------------------------------------------------------------------------
+
+# Every test process that runs efused holds HOST_LOCK shared for its whole life; a test that
+# changes a host-wide setting (a sysctl every efused on the host feels) takes it exclusively,
+# so no other efuse test run starts or serves under the changed value. The old value is
+# written to HOST_JOURNAL first, so that a test killed before it could restore (a ctest
+# timeout is SIGKILL) is repaired by the next test that takes the lock.
+HOST_LOCK = os.environ.get("EFUSE_TEST_LOCK", "/run/lock/efuse-tests.lock")
+HOST_JOURNAL = HOST_LOCK + ".journal"
+HOST_LOCK_WAIT = 600.0  # seconds an exclusive taker waits for other test runs to finish
+_host_fd = None
+_host_exclusive = 0
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _repair_host_settings():
+    """Restore the settings a dead test run left changed (its journal names them)."""
+    try:
+        with open(HOST_JOURNAL) as f:
+            journal = json.load(f)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        print(f"  warning: unreadable {HOST_JOURNAL}: {e}", flush=True)
+        return
+    if journal.get("pid") != os.getpid() and _pid_alive(journal.get("pid", 0)):
+        return  # its owner still runs and will restore it
+    for path, old in journal.get("settings", {}).items():
+        with open(path, "w") as f:
+            f.write(old)
+        print(f"  host: restored {path} to {old} (left changed by test pid "
+              f"{journal.get('pid')})", flush=True)
+    try:
+        os.unlink(HOST_JOURNAL)
+    except FileNotFoundError:
+        pass  # another test run repaired it at the same time
+
+
+def hold_host_shared():
+    """Take HOST_LOCK shared for the rest of this process (idempotent)."""
+    global _host_fd
+    if _host_fd is not None:
+        return
+    os.makedirs(os.path.dirname(HOST_LOCK), exist_ok=True)
+    _host_fd = os.open(HOST_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(_host_fd, fcntl.LOCK_SH)
+
+
+class HostSysctl:
+    """Sets /proc/sys/<name> to value for a with block, host-wide: takes HOST_LOCK
+    exclusively (waiting for other efuse test runs), journals the old value, says so in
+    the test's output, and restores it in all cases."""
+
+    def __init__(self, name, value):
+        self.name, self.value = name, str(value)
+        self.path = "/proc/sys/" + name.replace(".", "/")
+
+    def __enter__(self):
+        global _host_exclusive
+        hold_host_shared()
+        if _host_exclusive == 0:
+            deadline = time.monotonic() + HOST_LOCK_WAIT
+            said = False
+            while True:
+                try:
+                    fcntl.flock(_host_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if not said:
+                        print(f"  host: waiting for other efuse test runs before changing "
+                              f"{self.name}", flush=True)
+                        said = True
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"other efuse test runs held {HOST_LOCK} for "
+                                             f"{HOST_LOCK_WAIT:.0f}s; cannot change {self.name}")
+                    time.sleep(0.05)
+        _host_exclusive += 1
+        try:
+            _repair_host_settings()
+            with open(self.path) as f:
+                self.old = f.read().strip()
+            with open(HOST_JOURNAL, "w") as f:
+                json.dump({"pid": os.getpid(), "settings": {self.path: self.old}}, f)
+            print(f"  host: {self.name} = {self.value} (was {self.old}) for this step; other "
+                  f"processes on the host see it too", flush=True)
+            with open(self.path, "w") as f:
+                f.write(self.value)
+        except BaseException:
+            self._release()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            with open(self.path, "w") as f:
+                f.write(self.old)
+            os.unlink(HOST_JOURNAL)
+            print(f"  host: {self.name} restored to {self.old}", flush=True)
+        finally:
+            self._release()
+
+    @staticmethod
+    def _release():
+        global _host_exclusive
+        _host_exclusive -= 1
+        if _host_exclusive == 0:
+            fcntl.flock(_host_fd, fcntl.LOCK_SH)
+
+
+# --------------------------------------------------------------------------------------
 # efused instances
 # --------------------------------------------------------------------------------------
 
@@ -514,6 +636,9 @@ class EfusedMount:
     def start(self, timeout=START_TIMEOUT):
         """Start efused and wait until every mount is live and the ready line is printed."""
         assert self.proc is None or self.proc.poll() is not None, "efused already running"
+        hold_host_shared()
+        if _host_exclusive == 0:
+            _repair_host_settings()
         with open(self.log, "ab") as lf:
             self._log_offset = lf.tell()
             lf.write(f"### harness: starting {_fmt_cmd(self.cmd())}\n".encode())

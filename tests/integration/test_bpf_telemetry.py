@@ -196,7 +196,7 @@ def test_a_long_request_shares_its_slot(m):
     # In-flight requests sit in a lock-free array at an index their unique hashes to; the
     # 4096th request after one that is still waiting finds that slot taken and is tracked in
     # a hash map instead. Every request must still be counted once and end exactly once.
-    s0 = bpf_up_or_skip(m, PORT)
+    bpf_up_or_skip(m, PORT)
     own = dict(mount=os.path.basename(m.mnt))
     h.write_file(m.s("lock"), b"x")
     holder = os.open(m.s("lock"), os.O_RDONLY)  # held outside the mount
@@ -222,9 +222,9 @@ def test_a_long_request_shares_its_slot(m):
         s = parse(scrape(PORT))
         assert value(s, "efuse_kernel_requests_total", opcode="lookup", **own) - before == n
         assert value(s, "efuse_kernel_request_duration_seconds_count", opcode="setlkw", **own) == 1
-        for reason in ("inflight_full", "duplicate_send", "unmatched_end"):
-            assert (value(s, "efuse_bpf_events_dropped_total", reason=reason) or 0) == \
-                (value(s0, "efuse_bpf_events_dropped_total", reason=reason) or 0), reason
+        # efuse_bpf_events_dropped_total is host-wide (other FUSE servers on the host move it):
+        # the exact per-mount counts above are what shows that none of this mount's requests
+        # was dropped or counted twice.
     finally:
         os.close(holder)
         if waiter is not None:

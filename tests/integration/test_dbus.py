@@ -16,12 +16,15 @@ import os
 import re
 import select
 import shlex
+import socket
 import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
+from prom_text import parse, scrape, value  # noqa: E402
+from test_single_instance import notify_socket  # noqa: E402
 
 J = os.path.join
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,7 +33,7 @@ EFUSECTL = J(os.path.dirname(h.EFUSED), "efusectl")
 NOBODY = 65534
 
 # efusectl's documented exit codes.
-EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_DENIED = 1, 3, 4
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_NOT_LIVE = 1, 3, 4, 5
 
 # What /usr/share/dbus-1/system.conf says, minus the parts that need a real system (user
 # switch, pid file, service activation): method calls are denied unless a policy allows.
@@ -89,6 +92,7 @@ class DbusEfused(h.EfusedMount):
         self.mnts, self.extra = [self.mnts[0]], (self.srcs[1], self.mnts[1])
         self.srcs = [self.srcs[0]]
         self.cfg = J(self.tmp, "mounts.yaml")
+        self.listen = "127.0.0.1:0"
         self.write_config()
         self.dbus = None
         try:
@@ -125,7 +129,7 @@ class DbusEfused(h.EfusedMount):
 
     # -- efused ----------------------------------------------------------------------------
     def write_config(self, with_b=False, broken=False):
-        lines = ["metrics:", '  listen: "127.0.0.1:0"', "mounts:",
+        lines = ["metrics:", f'  listen: "{self.listen}"', "mounts:",
                  "  - name: a", f"    mountpoint: {self.mnts[0]}",
                  "    backend: passthrough", f"    source: {self.srcs[0]}"]
         if with_b:
@@ -322,6 +326,81 @@ def test_reload_with_invalid_config_changes_nothing():
         m.write_config(with_b=False)
         m.ctl("reload")
         assert m.state() == "mounted"
+
+
+def test_second_efused_on_the_bus_exits_before_mounting():
+    """Another config, the same bus: the name is taken, so the second efused exits 75
+    naming the owner, before mounting anything; the first keeps serving."""
+    with DbusEfused() as m:
+        other_cfg = J(m.tmp, "other.yaml")
+        with open(other_cfg, "w") as f:
+            f.write(f"metrics:\n  listen: \"\"\nmounts:\n  - name: b\n"
+                    f"    mountpoint: {m.extra[1]}\n    backend: passthrough\n"
+                    f"    source: {m.extra[0]}\n")
+        r = h.run([h.EFUSED, "--config", other_cfg, "--bus", m.address], check=False,
+                  timeout=60)
+        assert r.rc == 75, f"exit {r.rc}\n{r.err}"
+        assert f"{h.FSTYPE}" not in h.fstypes_at(m.extra[1]), "the second efused mounted"
+        assert re.search(r"org\.efuse\.Manager1 is owned by pid %d \(.*efused" % m.proc.pid,
+                         r.err), r.err
+        assert m.state() == "mounted"
+        h.assert_serves(m)
+
+
+def test_status_exit_code_is_a_health_check():
+    """efusectl status exits 5 while a configured mount is not mounted, 0 once it is."""
+    with DbusEfused() as m:
+        m.ctl("status")
+        m.ctl("unmount", "a")
+        r = m.ctl("status", expect=EXIT_NOT_LIVE)
+        assert "1 mount (0 mounted)" in r.out, r.out
+        m.ctl("--json", "status", expect=EXIT_NOT_LIVE)
+        m.ctl("status", "a", expect=EXIT_NOT_LIVE)
+        m.ctl("mounts")  # the table itself is no health check
+        m.ctl("mount", "a")
+        m.ctl("status")
+        m.ctl("status", "a")
+
+
+def test_metrics_port_in_use_is_reported_and_reload_retries_it():
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    path = None
+    try:
+        with DbusEfused(start=False) as m:
+            m.listen = f"127.0.0.1:{port}"
+            m.write_config()
+            path = J(m.tmp, "notify")
+            sock, messages, stop, t = notify_socket(path)
+            os.environ["NOTIFY_SOCKET"] = path
+            try:
+                m.start()
+            finally:
+                del os.environ["NOTIFY_SOCKET"]
+            why = f'metrics: cannot listen on "127.0.0.1:{port}": Address already in use; ' \
+                  "serving the mounts without /metrics (systemctl reload efused, or SIGHUP, " \
+                  "retries)"
+            assert why in m.log_text(), m.log_tail()
+            h.wait_until(lambda: any(why in x for x in messages if x.startswith("STATUS=")),
+                         10, what=f"STATUS= with the metrics error: {messages}")
+            r = m.ctl("status")  # the mounts are fine: exit 0
+            assert f"metrics: NOT SERVING: {why}" in r.out, r.out
+            st = json.loads(m.ctl("--json", "status").out)
+            assert st["daemon"]["metrics"]["error"] == why, st
+            h.assert_serves(m)
+            blocker.close()
+            m.ctl("reload")  # nothing changed in the file; the bind is retried
+            r = m.ctl("status")
+            assert f"metrics: http://127.0.0.1:{port}/metrics" in r.out, r.out
+            samples = parse(scrape(port))
+            assert value(samples, "efuse_metrics_listen_failures_total") == 1, samples
+            stop.set()
+            t.join(5)
+            sock.close()
+    finally:
+        blocker.close()
 
 
 def test_efused_not_running():

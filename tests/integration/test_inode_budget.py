@@ -67,13 +67,23 @@ def test_tree_larger_than_the_descriptor_limit(m):
     archive = J(m.tmp, "tree.tar")
     run(["tar", "-C", m.native, "--sort=name", "-cf", archive, "tree"], env=ENV, timeout=300)
 
-    # Extract into the mount: every new entry stays in the kernel's caches, so efused holds
-    # an inode for each of the 3,000+ entries.
+    # Extract into the mount: new entries stay in the kernel's caches, so efused holds an
+    # inode for each of the 3,000+ entries. On a busy host the kernel may have let some go
+    # (memory pressure, another process dropping caches): a walk looks them up again.
     run(["tar", "-C", m.mnt, "-xpf", archive], env=ENV, timeout=300)
     peak = fd_count(m.proc.pid)
     got = metrics()
+    for walk in range(5):
+        if got["efuse_inodes"] >= DIRS * FILES:
+            break
+        print(f"  walk {walk + 1}: the kernel let inodes go ({got['efuse_inodes']} held)")
+        for root, dirs, files in os.walk(m.m("tree")):
+            for name in dirs + files:
+                os.lstat(J(root, name))
+        peak = max(peak, fd_count(m.proc.pid))
+        got = metrics()
     print(f"  after extraction: {got}, efused fds {peak}")
-    assert got["efuse_inodes"] >= DIRS * FILES, "the kernel still holds the extracted inodes"
+    assert got["efuse_inodes"] >= DIRS * FILES, "the kernel holds the tree's inodes"
     # Requests evict only past the hard limit (half again the budget); the mount's evictor
     # thread brings the count back within the budget.
     assert got["efuse_inode_fds"] <= BUDGET + BUDGET // 2, f"hard limit exceeded: {got}"

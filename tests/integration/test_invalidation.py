@@ -411,7 +411,7 @@ def writes_seen_without_fanotify(m, limit, logged):
     h.write_file(m.s("f"), b"one\n")
     os.mkdir(m.s("d"))
     h.write_file(m.s("d", "g"), b"two\n")
-    with Sysctl(limit, 0):
+    with h.HostSysctl(limit, 0):
         m.start()
         assert h.read_file(m.m("f")) == b"one\n" and h.read_file(m.m("d", "g")) == b"two\n"
     assert logged in m.log_text(), f"efused did not log {logged!r}:\n{m.log_tail()}"
@@ -445,27 +445,10 @@ def test_writes_watched_with_inotify_where_fanotify_cannot_mark(m):
     writes_seen_without_fanotify(m, "fs.fanotify.max_user_marks", "fanotify cannot mark")
 
 
-class Sysctl:
-    """Sets /proc/sys/<name> for the duration of a with block, restoring it after."""
-
-    def __init__(self, name, value):
-        self.path, self.value = "/proc/sys/" + name.replace(".", "/"), str(value)
-
-    def __enter__(self):
-        with open(self.path) as f:
-            self.old = f.read().strip()
-        with open(self.path, "w") as f:
-            f.write(self.value)
-
-    def __exit__(self, *exc):
-        with open(self.path, "w") as f:
-            f.write(self.old)
-
-
 def capped_without_watches(m, limit, setting, logged):
     """Start m while `limit` is `setting`, so that efused cannot watch the backing tree:
     its hour-long timeouts must be capped at 1 s, and outside changes still show."""
-    with Sysctl(limit, setting):
+    with h.HostSysctl(limit, setting):
         m.start()  # efused's first watches are taken while it starts
         h.write_file(m.s("f"), b"one\n")
         os.mkdir(m.s("d"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The operator-facing scripts refuse bad arguments with a clear message and exit 2 before
-doing anything (scripts/soak.sh would otherwise build and mount for half an hour), and a
-bad EFUSE_SOAK_SCALE stops a test before it mounts anything."""
+doing anything (scripts/soak.sh would otherwise build and mount for half an hour, and
+scripts/test-vm.sh install packages, build and download kernels), and a bad
+EFUSE_SOAK_SCALE stops a test before it mounts anything."""
 
 import os
 import subprocess
@@ -12,6 +13,7 @@ import efuse_harness as h  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOAK = os.path.join(ROOT, "scripts", "soak.sh")
+TEST_VM = os.path.join(ROOT, "scripts", "test-vm.sh")
 
 
 def soak(*args):
@@ -43,6 +45,22 @@ def test_bad_soak_scale_stops_a_test_before_it_mounts():
         assert r.returncode != 0 and f"EFUSE_SOAK_SCALE must be a positive integer, not '{bad}'" \
             in r.stdout + r.stderr, (bad, r.returncode, r.stdout[-500:], r.stderr[-500:])
         assert "PASS" not in r.stdout, r.stdout
+
+
+def test_test_vm_refuses_bad_arguments():
+    for args, said in [(["--kernel", "5.10"], "invalid choice: '5.10'"),
+                       (["--timeout", "soon"], "invalid int value: 'soon'"),
+                       (["--fast"], "unrecognized arguments: --fast")]:
+        r = subprocess.run(["bash", TEST_VM, *args], capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, EFUSE_BUILD_DIR="/nonexistent"))
+        assert r.returncode == 2 and said in r.stderr, (args, r.returncode, r.stderr)
+        assert "install-deps" not in r.stderr and "missing" not in r.stderr, (args, r.stderr)
+
+
+def test_test_vm_help():
+    r = subprocess.run(["bash", TEST_VM, "--help"], capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, EFUSE_BUILD_DIR="/nonexistent"))
+    assert r.returncode == 0 and "--kernel {6.12,6.1,all}" in r.stdout, r
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ packaged minimal config is valid. The slow end-to-end check under a booted syste
 scripts/test-system.sh."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -129,6 +130,23 @@ def test_unit_service_contract():
     if values(e, "Service", "DevicePolicy") in (["closed"], ["strict"]):
         assert "/dev/fuse rw" in allow, "DevicePolicy closes /dev/fuse: DeviceAllow=%s" % allow
     assert values(e, "Install", "WantedBy") == ["multi-user.target"]
+
+
+def test_unit_does_not_restart_what_a_restart_cannot_fix():
+    """Every exit status efused --help says the unit does not restart on is in
+    RestartPreventExitStatus= (an invalid config restarted forever before)."""
+    e = parse_unit(UNIT)
+    assert values(e, "Service", "Restart") == ["on-failure"], values(e, "Service", "Restart")
+    prevent = " ".join(values(e, "Service", "RestartPreventExitStatus")).split()
+    text = h.run([h.EFUSED, "--help"], timeout=30).out
+    said = re.search(r"efused\.service lists ([0-9 and,]+) in RestartPreventExitStatus=", text)
+    assert said, "efused --help does not say which exit statuses the unit does not restart on"
+    codes = re.findall(r"[0-9]+", said.group(1))
+    assert codes and set(codes) <= set(prevent), \
+        "RestartPreventExitStatus=%s lacks %s" % (" ".join(prevent), codes)
+    for code in codes:  # each is explained in the exit status list
+        assert re.search(r"^\s+%s\s+\S" % code, text, re.M), code
+    assert re.search(r"^\s+78\s+the config file is invalid", text, re.M), text
 
 
 def test_dbus_policy_well_formed():

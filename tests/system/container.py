@@ -54,7 +54,7 @@ class Container:
 
     def nspawn_command(self):
         cmd = ["systemd-nspawn", "--boot", "-D", self.root, "-M", self.name,
-               "--private-network",  # its own loopback: /metrics on 127.0.0.1:9567 is its own
+               "--private-network",  # its own loopback: /metrics on 127.0.0.1:19567 is its own
                "--bind=/dev/fuse", "--console=passive",
                # nspawn's own seccomp filter refuses bpf(), perf_event_open(), io_uring and
                # fanotify to the container even with CAP_SYS_ADMIN; efused's eBPF

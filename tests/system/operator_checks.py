@@ -26,7 +26,7 @@ MOUNT_LOGS = """\
 HEADER = """\
 # written by tests/system/run_system_tests.py
 metrics:
-  listen: "127.0.0.1:9567"
+  listen: "127.0.0.1:19567"
 mounts:
 """
 CONFIG_ONE = HEADER + MOUNT_DATA
@@ -67,6 +67,8 @@ class OperatorChecks(Checks):
                    self.t_kill9_restart)
         self.check("systemd-analyze security efused.service", self.t_security)
         self.check("systemctl stop efused: mounts gone, no ENOTCONN left", self.t_stop)
+        self.check("broken config at start: exit 78, failed without a restart loop, "
+                   "systemctl status names file:line:column", self.t_start_broken)
 
     def t_verify(self):
         r = self.sh("systemd-analyze verify %s 2>&1" % UNIT, ok=False)
@@ -114,7 +116,7 @@ class OperatorChecks(Checks):
                "under systemd:\n%s(expected:\n%s)" % (r.stdout, want))
 
     def t_metrics(self):
-        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:19567/metrics")
         m = re.search(r'^efuse_mount_up\{[^}]*mount="data"[^}]*\} 1$', r.stdout, re.M)
         expect(m is not None, "no efuse_mount_up{mount=\"data\"} 1 in /metrics:\n%s"
                % "\n".join(l for l in r.stdout.splitlines() if "mount_up" in l))
@@ -124,7 +126,7 @@ class OperatorChecks(Checks):
         if not os.path.exists("/sys/kernel/btf/vmlinux"):
             self.notes["bpf"] = "not checked: the kernel has no BTF"
             return
-        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:19567/metrics")
         up = re.search(r"^efuse_bpf_up (\S+)$", r.stdout, re.M)
         expect(up is not None and up.group(1) == "1", "efuse_bpf_up %s:\n%s" % (
             up.group(1) if up else "missing",
@@ -161,7 +163,7 @@ class OperatorChecks(Checks):
         # fanotify_init/fanotify_mark and open_by_handle_at are in systemd's @privileged
         # group, not @system-service: without them in the unit's SystemCallFilter efused
         # falls back to inotify for writes and keeps every inode's descriptor open.
-        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:9567/metrics")
+        r = self.sh("curl -fsS --max-time 5 http://127.0.0.1:19567/metrics")
         m = re.search(r'^efuse_watch_fanotify_directories\{[^}]*mount="data"[^}]*\} (\S+)$',
                       r.stdout, re.M)
         journal = self.journal(200)
@@ -327,6 +329,32 @@ class OperatorChecks(Checks):
                         % (mp, mp, mp), ok=False)
             expect(r.returncode == 0, "%s after stop: %s" % (mp, describe(r)))
 
+
+    def t_start_broken(self):
+        self.write_config(CONFIG_BROKEN)
+        try:
+            restarts = self.prop("NRestarts")
+            r = self.sh("systemctl start %s" % UNIT, timeout=90, ok=False)
+            expect(r.returncode != 0, "systemctl start with a broken config succeeded")
+            # With RestartPreventExitStatus the unit is "failed" at once; a restart loop
+            # would show "activating" (auto-restart) instead.
+            state = (self.prop("ActiveState"), self.prop("SubState"))
+            expect(state == ("failed", "failed"), "state after a broken start: %s" % (state,))
+            expect(self.prop("ExecMainStatus") == "78",
+                   "exit status %s, not 78" % self.prop("ExecMainStatus"))
+            expect(self.prop("NRestarts") == restarts, "restarted: NRestarts %s -> %s"
+                   % (restarts, self.prop("NRestarts")))
+            pat = re.compile(r"%s:%d:\d+" % (re.escape(CONF), BROKEN_LINE))
+            status = self.sh("systemctl status --no-pager -l %s" % UNIT, ok=False).stdout
+            expect(pat.search(self.prop("StatusText")) and pat.search(status),
+                   "systemctl status does not name %s:%d:COLUMN:\n%s" % (CONF, BROKEN_LINE,
+                                                                         status))
+            self.notes["broken_start_status"] = self.prop("StatusText")
+            expect(self.efuse_mounts() == {}, "mounted with a broken config: %s"
+                   % self.efuse_mounts())
+        finally:
+            self.write_config(CONFIG_TWO)
+            self.sh("systemctl reset-failed %s" % UNIT, ok=False)
 
 
 def prepare(root, repo, efused, efusectl):

@@ -9,7 +9,7 @@ from checks import CONF, UNIT, Checks, describe, expect
 DEB_IN_ROOT = "/root/efused.deb"
 CONFIG_PKG = """\
 metrics:
-  listen: "127.0.0.1:9567"
+  listen: "127.0.0.1:19567"
 mounts:
   - name: pkg
     mountpoint: /srv/efuse/pkg

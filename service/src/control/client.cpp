@@ -104,6 +104,10 @@ bool Client::list_mounts(std::string* json_text, CallError* error) {
   return call("ListMounts", 0, nullptr, json_text, error);
 }
 
+bool Client::get_status(std::string* json_text, CallError* error) {
+  return call("GetStatus", 0, nullptr, json_text, error);
+}
+
 bool Client::get_mount(const std::string& name, std::string* json_text, CallError* error) {
   return call("GetMount", 0, name.c_str(), json_text, error);
 }

@@ -35,6 +35,7 @@ class Client {
   bool version(std::string* out, CallError* error);
   bool mount_count(uint32_t* out, CallError* error);
   bool list_mounts(std::string* json_text, CallError* error);
+  bool get_status(std::string* json_text, CallError* error);
   bool get_mount(const std::string& name, std::string* json_text, CallError* error);
   bool mount(const std::string& name, CallError* error);
   bool unmount(const std::string& name, CallError* error);

@@ -7,6 +7,7 @@
 //               Mount(s name)            root only
 //               Unmount(s name)          root only
 //               Reload()                 root only; replies once the new config is applied
+//               GetStatus() -> s         JSON object: the daemon beyond its mounts (/metrics)
 //   properties  Version s (const), MountCount u (emits PropertiesChanged)
 //   signal      MountStateChanged(s name, s state)
 #pragma once

@@ -163,6 +163,10 @@ struct DbusService::Handlers {
     return sd_bus_reply_method_return(m, "");
   }
 
+  static int get_status(DbusService& self, sd_bus_message* m, sd_bus_error*) {
+    return reply_json(m, self.manager_.daemon_status());
+  }
+
   static int version(DbusService& self, sd_bus_message* reply) {
     const std::string v = sanitize_utf8(self.manager_.version());
     return sd_bus_message_append(reply, "s", v.c_str());
@@ -195,6 +199,8 @@ const sd_bus_vtable* DbusService::vtable() {
                               SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("Reload", SD_BUS_NO_ARGS, SD_BUS_NO_RESULT, H::method<H::reload>,
                               SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("GetStatus", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", status),
+                              H::method<H::get_status>, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_SIGNAL_WITH_ARGS("MountStateChanged", SD_BUS_ARGS("s", name, "s", state), 0),
       SD_BUS_VTABLE_END,
   };

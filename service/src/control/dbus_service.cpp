@@ -2,13 +2,16 @@
 // in dbus_handlers.cpp.
 #include "control/dbus_service.h"
 
+#include <signal.h>
 #include <sys/epoll.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 
 #include "common/log.h"
+#include "common/process.h"
 #include "common/thread_name.h"
 #include "control/dbus_api.h"
 
@@ -21,8 +24,29 @@ Status fail(std::string* error, const std::string& what, int r) {
   return Errno{-r};
 }
 
-std::string name_error(int r) {
-  if (r == -EEXIST) return std::string("D-Bus name ") + kBusName + " is owned by another process";
+// The PID owning kBusName, 0 when unknown or unowned.
+pid_t name_owner(sd_bus* bus) {
+  sd_bus_creds* creds = nullptr;
+  pid_t pid = 0;
+  if (sd_bus_get_name_creds(bus, kBusName, SD_BUS_CREDS_PID, &creds) < 0 ||
+      sd_bus_creds_get_pid(creds, &pid) < 0)
+    pid = 0;
+  sd_bus_creds_unref(creds);
+  return pid;
+}
+
+bool owner_alive(sd_bus* bus) {
+  pid_t pid = name_owner(bus);
+  return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+std::string name_error(sd_bus* bus, int r) {
+  if (r == -EEXIST) {
+    pid_t pid = name_owner(bus);
+    std::string owner = pid > 0 ? describe_process(pid) : "another process";
+    return std::string("D-Bus name ") + kBusName + " is owned by " + owner +
+           " (another efused is running)";
+  }
   if (r == -EACCES || r == -EPERM) {
     return std::string("the bus policy does not allow owning ") + kBusName +
            " (is org.efuse.Manager1.conf installed, are we root?)";
@@ -77,7 +101,14 @@ Status DbusService::setup(std::string* error) {
     queue->push(name, state);
   });
   listener_set_ = true;
-  if ((r = sd_bus_request_name(bus_, kBusName, 0)) < 0) return fail(error, name_error(r), r);
+  r = sd_bus_request_name(bus_, kBusName, 0);
+  // A previous owner that just exited (systemctl restart) keeps the name until the bus
+  // daemon has seen its connection close: wait for that, never for a live owner.
+  for (int i = 0; r == -EEXIST && i < 50 && !owner_alive(bus_); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    r = sd_bus_request_name(bus_, kBusName, 0);
+  }
+  if (r < 0) return fail(error, name_error(bus_, r), r);
   name_owned_ = true;
   return {};
 }

@@ -19,6 +19,9 @@ class Manager {
   virtual std::string version() const = 0;
   // Mounts configured (live or not).
   virtual size_t mount_count() const = 0;
+  // The daemon beyond its mounts: {"metrics": {"listen": "HOST:PORT" ("" = off),
+  //   "url": "http://.../metrics" ("" when not serving), "error": "..." ("" when none)}}.
+  virtual nlohmann::json daemon_status() const = 0;
 
   // One JSON object per configured mount:
   // {"name","mountpoint","backend","source","state": "mounted"|"failed"|"unmounted"|"starting",

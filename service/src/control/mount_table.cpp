@@ -83,11 +83,20 @@ std::string format_mount_table(const nlohmann::json& mounts) {
 }
 
 std::string format_status(const std::string& version, uint32_t mount_count,
-                          const nlohmann::json& mounts) {
+                          const nlohmann::json& mounts, const nlohmann::json& daemon) {
   std::string out = "efused " + version + ", " + std::to_string(mount_count) +
                     (mount_count == 1 ? " mount" : " mounts") + " (" +
-                    std::to_string(count_mounted(mounts)) + " mounted)\n\n";
-  return out + format_mount_table(mounts);
+                    std::to_string(count_mounted(mounts)) + " mounted)\n";
+  if (daemon.is_object() && daemon.contains("metrics")) {
+    const nlohmann::json& m = daemon["metrics"];
+    if (cell(m, "error") != kEmptyCell)
+      out += "metrics: NOT SERVING: " + cell(m, "error") + "\n";
+    else if (cell(m, "url") != kEmptyCell)
+      out += "metrics: " + cell(m, "url") + "\n";
+    else
+      out += "metrics: off\n";
+  }
+  return out + "\n" + format_mount_table(mounts);
 }
 
 }  // namespace efuse::control

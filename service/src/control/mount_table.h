@@ -16,8 +16,10 @@ std::string format_mount_table(const nlohmann::json& mounts);
 // "kernel" are flattened to "kernel.protocol: 7.45".
 std::string format_mount_details(const nlohmann::json& mount);
 
-// "efused VERSION, N mounts (M mounted)" followed by the table.
+// "efused VERSION, N mounts (M mounted)", the /metrics line from `daemon` (GetStatus: served
+// at URL, off, or why not), then the table.
 std::string format_status(const std::string& version, uint32_t mount_count,
-                          const nlohmann::json& mounts);
+                          const nlohmann::json& mounts,
+                          const nlohmann::json& daemon = nlohmann::json::object());
 
 }  // namespace efuse::control

@@ -60,6 +60,7 @@ void apply_options(const json& options, MountFlags& out) {
   set_if_present(options, "allow_other", out.allow_other);
   set_if_present(options, "default_permissions", out.default_permissions);
   set_if_present(options, "read_only", out.read_only);
+  set_if_present(options, "stack", out.stack);
 }
 
 // The keys `defaults:` and a mount share; inside cache and options each key falls back alone.
@@ -81,6 +82,7 @@ MountConfig build_mount(const json& mount, const MountConfig& defaults) {
   out.mountpoint = normalize_path(mount.at("mountpoint").get<std::string>());
   out.backend = mount.at("backend").get<std::string>();
   out.source = normalize_path(mount.at("source").get<std::string>());
+  set_if_present(mount, "create_mountpoint", out.create_mountpoint);
   if (auto it = mount.find("bpf_handlers"); it != mount.end()) {
     for (const auto& [opcode, file] : it->items())
       out.bpf_handlers[opcode] = normalize_path(file.get<std::string>());

@@ -36,6 +36,7 @@ struct MountFlags {
   bool allow_other = true;
   bool default_permissions = true;
   bool read_only = false;
+  bool stack = false;  // mount even where another live FUSE mount sits (on top of it)
   bool operator==(const MountFlags&) const = default;
 };
 
@@ -44,6 +45,7 @@ struct MountConfig {
   std::string mountpoint;  // absolute path
   std::string backend;     // "passthrough"
   std::string source;      // passthrough: absolute path of the backing directory
+  bool create_mountpoint = false;  // create a missing mountpoint (0755, with parents)
   unsigned threads = 4;
   unsigned queue_depth = 8;  // io_uring entries per CPU queue
   Transport transport = Transport::Auto;
@@ -58,7 +60,7 @@ struct MountConfig {
 
 struct Config {
   std::string path;                             // where it was loaded from
-  std::string metrics_listen = "127.0.0.1:9567";  // HOST:PORT; "" disables /metrics
+  std::string metrics_listen = "127.0.0.1:19567";  // HOST:PORT; "" disables /metrics
   std::vector<MountConfig> mounts;
 };
 

@@ -28,9 +28,9 @@ std::string_view mounts_schema_text() {
       "additionalProperties": false,
       "properties": {
         "listen": {
-          "description": "\"HOST:PORT\" to serve /metrics on, or \"\" to disable it. HOST is an IPv4 address, an IPv6 address in brackets or localhost; PORT is 0..65535 (0 picks a free port). Default \"127.0.0.1:9567\".",
+          "description": "\"HOST:PORT\" to serve /metrics on, or \"\" to disable it. HOST is an IPv4 address, an IPv6 address in brackets or localhost; PORT is 0..65535 (0 picks a free port). Default \"127.0.0.1:19567\".",
           "type": "string",
-          "default": "127.0.0.1:9567",
+          "default": "127.0.0.1:19567",
           "pattern": "^$|^(localhost|(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}|\\[[0-9A-Fa-f:.]+\\]):([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
         }
       }
@@ -71,6 +71,11 @@ std::string_view mounts_schema_text() {
         "source": {
           "$ref": "#/definitions/absolute_path",
           "description": "The directory the passthrough backend serves: an absolute path without '..' components. A missing source fails only this mount, when it is mounted."
+        },
+        "create_mountpoint": {
+          "description": "Create the mountpoint directory (mode 0755, owned by efused's user, with missing parents) when it does not exist, as systemd mount units do. Default false: a missing mountpoint fails this mount with an error that says so.",
+          "type": "boolean",
+          "default": false
         },
         "threads": { "$ref": "#/definitions/threads" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
@@ -167,6 +172,11 @@ std::string_view mounts_schema_text() {
         },
         "read_only": {
           "description": "Mount read-only. Default false.",
+          "type": "boolean",
+          "default": false
+        },
+        "stack": {
+          "description": "Mount even when the mountpoint already carries a live FUSE mount (of another efused or any other FUSE server), on top of it, hiding it. Default false: such a mountpoint is refused with an error naming the file system there and the process serving it. A dead FUSE mount left by a killed server is detached either way.",
           "type": "boolean",
           "default": false
         }

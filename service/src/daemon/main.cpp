@@ -16,6 +16,7 @@
 #include "daemon/config.h"
 #include "daemon/mount_instance.h"
 #include "daemon/service.h"
+#include "telemetry/listen_address.h"
 
 namespace {
 
@@ -38,12 +39,13 @@ Where the mounts come from (one of):
                                  commented example in config/
       --demo                     the embedded demo config: a passthrough mount of
                                  /tmp/efuse-demo/source at /tmp/efuse-demo/mnt, metrics on
-                                 127.0.0.1:9567 (directories are created)
+                                 127.0.0.1:19567 (directories are created)
   -m, --mount SOURCE:MOUNTPOINT  serve SOURCE at MOUNTPOINT with default settings
                                  (repeatable; no config file, no metrics unless --metrics)
       --check-config FILE        validate FILE, print the first error as
                                  FILE:LINE:COLUMN: message, exit 0 if valid, 1 if not;
-                                 mounts nothing
+                                 warns about what a valid file cannot do here (an IPv6
+                                 metrics.listen); mounts nothing
 
 Options:
       --metrics HOST:PORT        serve /metrics here (overrides the config's metrics.listen;
@@ -66,6 +68,10 @@ With --mount (a config file sets these per mount):
                                  changes cannot be invalidated exactly
       --writeback-cache          let the kernel cache writes (excludes passthrough)
       --read-only                mount read-only
+      --create-mountpoint        create a missing MOUNTPOINT (0755, with parents)
+      --stack                    mount even where another live FUSE mount sits, on top of
+                                 it (without it such a mountpoint is refused, naming the
+                                 file system there and the process serving it)
 
 Common:
       --log-level LEVEL          debug, info, warning or error (default info)
@@ -73,8 +79,18 @@ Common:
   -h, --help                     print this help and exit
 
 efused prints "efused: ready" on standard output once every mount was attempted.
-Exit status: 0 after a clean stop; 1 when the config is invalid, when no mount could be
-started, or (with --mount) when any mount could not be started; 2 on bad usage.
+
+Exit status:
+  0   stopped cleanly (SIGTERM or SIGINT)
+  1   no mount could be started (with --mount: a mount could not be started), or the
+      D-Bus given with --bus cannot be used
+  2   bad usage
+  75  another efused already serves this config file (it holds the lock in /run/efuse)
+      or owns the D-Bus name org.efuse.Manager1; nothing was mounted
+  78  the config file is invalid or unreadable; the message says FILE:LINE:COLUMN
+efused.service lists 75 and 78 in RestartPreventExitStatus=: systemd does not restart
+efused over a broken config or an efused already running. --check-config exits 1 for an
+invalid file.
 )";
 
 [[noreturn]] void usage_error(const std::string& msg) {
@@ -94,7 +110,10 @@ double parse_seconds(const char* s, const char* option) {
 std::string absolute(const std::string& p) {
   char buf[PATH_MAX];
   if (realpath(p.c_str(), buf) != nullptr) return buf;
-  return p;  // start-up reports why it does not resolve
+  // start-up reports why it does not resolve (or creates it: --create-mountpoint)
+  if (!p.empty() && p[0] != '/' && getcwd(buf, sizeof buf) != nullptr)
+    return std::string(buf) + "/" + p;
+  return p;
 }
 
 // Mount names must be [A-Za-z0-9_.-]{1,64}; derive one from the mountpoint.
@@ -124,7 +143,8 @@ int main(int argc, char** argv) {
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
-         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth };
+         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
+         kCreateMountpoint };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -141,6 +161,8 @@ int main(int argc, char** argv) {
       {"keep-cache", no_argument, nullptr, kKeepCache},
       {"writeback-cache", no_argument, nullptr, kWriteback},
       {"read-only", no_argument, nullptr, kReadOnly},
+      {"stack", no_argument, nullptr, kStack},
+      {"create-mountpoint", no_argument, nullptr, kCreateMountpoint},
       {"transport", required_argument, nullptr, kTransport},
       {"queue-depth", required_argument, nullptr, kQueueDepth},
       {"version", no_argument, nullptr, 'V'},
@@ -195,6 +217,8 @@ int main(int argc, char** argv) {
       }
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
+      case kStack: cli_defaults.options.stack = true; break;
+      case kCreateMountpoint: cli_defaults.create_mountpoint = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
       case 'h': std::fputs(kUsage, stdout); return 0;
       case ':': usage_error(std::string("option '") + argv[optind - 1] + "' needs a value");
@@ -207,6 +231,13 @@ int main(int argc, char** argv) {
     try {
       Config cfg = efuse::daemon::load_config(check_path);
       std::printf("%s: valid (%zu mount(s))\n", check_path.c_str(), cfg.mounts.size());
+      if (!cfg.metrics_listen.empty() &&
+          efuse::telemetry::parse_listen_address(cfg.metrics_listen).family == AF_INET6)
+        std::fprintf(stderr,
+                     "%s: warning: metrics.listen \"%s\" is an IPv6 address: the civetweb in "
+                     "Debian 12's prometheus-cpp is built without IPv6, so efused would serve "
+                     "no /metrics; use 127.0.0.1 or localhost\n",
+                     check_path.c_str(), cfg.metrics_listen.c_str());
       return 0;
     } catch (const ConfigError& e) {
       std::fprintf(stderr, "%s\n", e.what());
@@ -251,8 +282,7 @@ int main(int argc, char** argv) {
       cfg = efuse::daemon::load_config(reload_path);
     }
   } catch (const ConfigError& e) {
-    std::fprintf(stderr, "efused: %s\n", e.what());
-    return 1;
+    return efuse::daemon::exit_with(efuse::daemon::kExitConfig, e.what());
   }
   if (have_metrics) cfg.metrics_listen = metrics;
   if (bus.empty()) bus = mount_args.empty() ? "system" : "none";

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
@@ -15,6 +16,7 @@
 
 #include "common/log.h"
 #include "fs/passthrough/passthrough_fs.h"
+#include "telemetry/kernel_features.h"
 
 namespace efuse::daemon {
 
@@ -26,11 +28,22 @@ static bool inside(const std::string& path, const std::string& dir) {
 
 std::string check_paths(const MountConfig& c) {
   struct stat st;
-  if (stat(c.source.c_str(), &st) != 0) return "source " + c.source + ": " + strerror(errno);
+  if (stat(c.source.c_str(), &st) != 0) {
+    if (errno == ENOENT)
+      return "source " + c.source + " does not exist: create that directory or correct the "
+             "mount's source";
+    return "source " + c.source + ": " + strerror(errno);
+  }
   if (!S_ISDIR(st.st_mode)) return "source " + c.source + " is not a directory";
   if (stat(c.mountpoint.c_str(), &st) != 0) {
-    // ENOTCONN: a dead FUSE mount left there; start() detaches it.
-    if (errno != ENOTCONN) return "mountpoint " + c.mountpoint + ": " + strerror(errno);
+    // ENOTCONN: a dead FUSE mount left there; start() detaches it. ENOENT with
+    // create_mountpoint: start() creates it.
+    if (errno == ENOENT && !c.create_mountpoint)
+      return "mountpoint " + c.mountpoint + " does not exist: create it (mkdir -p " +
+             c.mountpoint + ") or set create_mountpoint: true for this mount "
+             "(--create-mountpoint with --mount)";
+    if (errno != ENOTCONN && errno != ENOENT)
+      return "mountpoint " + c.mountpoint + ": " + strerror(errno);
   } else if (!S_ISDIR(st.st_mode)) {
     return "mountpoint " + c.mountpoint + " is not a directory";
   }
@@ -41,6 +54,42 @@ std::string check_paths(const MountConfig& c) {
     return "source " + c.source + " lies inside mountpoint " + c.mountpoint +
            " (efused would serve its own mount)";
   return {};
+}
+
+bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* error) {
+  *mask = 0;
+  size_t start = 0;
+  while (start <= text.size()) {
+    size_t comma = text.find(',', start);
+    std::string name = text.substr(start, comma == std::string::npos ? comma : comma - start);
+    start = comma == std::string::npos ? text.size() + 1 : comma + 1;
+    if (name.empty()) continue;
+    bool known = false;
+    for (const auto& f : telemetry::kKernelFeatures) {
+      if (name == f.name) {
+        *mask |= f.flag;
+        known = true;
+      }
+    }
+    if (!known) {
+      std::string names;
+      for (const auto& f : telemetry::kKernelFeatures)
+        names += std::string(names.empty() ? "" : ", ") + f.name;
+      *error = "EFUSE_MASK_KERNEL_FEATURES: unknown feature '" + name + "'; known: " + names;
+      return false;
+    }
+  }
+  return true;
+}
+
+// mkdir -p with mode 0755 for every directory it creates (efused runs with umask 0).
+static std::string make_directories(const std::string& path) {
+  for (size_t slash = path.find('/', 1);; slash = path.find('/', slash + 1)) {
+    std::string prefix = path.substr(0, slash);
+    if (mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST)
+      return "cannot create mountpoint " + path + ": mkdir " + prefix + ": " + strerror(errno);
+    if (slash == std::string::npos) return {};
+  }
 }
 
 bool needs_remount(const MountConfig& a, const MountConfig& b) {
@@ -122,9 +171,34 @@ Status MountInstance::start(std::string* error) {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
   }
+  struct stat st;
+  if (cfg_.create_mountpoint && stat(cfg_.mountpoint.c_str(), &st) != 0 && errno == ENOENT) {
+    *error = make_directories(cfg_.mountpoint);
+    if (!error->empty()) return Errno{EACCES};
+    LOG_INFO("%s: created mountpoint %s (create_mountpoint: true)", cfg_.name.c_str(),
+             cfg_.mountpoint.c_str());
+  }
+  // A dead mount left by a killed server is detached; a live one is someone's file system.
+  fuse::detach_stale(cfg_.mountpoint);
+  if (auto held = fuse::fuse_mount_at(cfg_.mountpoint); held && !cfg_.options.stack) {
+    *error = "mountpoint " + cfg_.mountpoint + " already carries a live " +
+             fuse::describe_holder(*held) + "; stop that server or unmount " + cfg_.mountpoint +
+             " first, or set options.stack: true to mount on top of it";
+    return Errno{EBUSY};
+  }
   fallback_reason_.clear();
+  passthrough_missing_.clear();
+  uint64_t masked = 0;
+  if (const char* env = std::getenv("EFUSE_MASK_KERNEL_FEATURES"); env != nullptr && *env) {
+    if (!parse_feature_mask(env, &masked, error)) return Errno{EINVAL};
+    LOG_WARN("%s: EFUSE_MASK_KERNEL_FEATURES=%s: treating these INIT features as not offered "
+             "by the kernel", cfg_.name.c_str(), env);
+  }
   bool want_uring = false;
-  if (cfg_.transport != Transport::Classic) {
+  if (cfg_.transport != Transport::Classic && (masked & fuse::kernel::init::kOverIoUring)) {
+    fallback_reason_ = "io_uring masked by EFUSE_MASK_KERNEL_FEATURES";
+    LOG_INFO("%s: %s; serving over /dev/fuse", cfg_.name.c_str(), fallback_reason_.c_str());
+  } else if (cfg_.transport != Transport::Classic) {
     std::string why;
     want_uring = fuse::UringChannel::supported(&why).ok();
     if (!want_uring) {
@@ -152,12 +226,12 @@ Status MountInstance::start(std::string* error) {
   so.passthrough = geteuid() == 0 && !cfg_.cache.writeback;
   so.io_uring = want_uring;
   so.posix_acl = cfg_.options.default_permissions;
+  so.masked_flags = masked;
   if (cfg_.cache.writeback && cfg_.io_path == IoPath::Passthrough)
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());
   session_ = std::make_unique<fuse::Session>(*fs_, so);
 
-  fuse::detach_stale(cfg_.mountpoint);
   fuse::MountOptions mo;
   mo.fsname = cfg_.source;
   mo.mountpoint = cfg_.mountpoint;
@@ -175,7 +249,39 @@ Status MountInstance::start(std::string* error) {
     return s;
   }
   fs_->set_invalidator(this);
+
+  const auto& n = session_->negotiated();
+  if (!n.has(fuse::kernel::init::kPassthrough)) {
+    if (masked & fuse::kernel::init::kPassthrough)
+      passthrough_missing_ = "masked by EFUSE_MASK_KERNEL_FEATURES";
+    else if (geteuid() != 0)
+      passthrough_missing_ = "efused is not root (FUSE passthrough needs CAP_SYS_ADMIN)";
+    else if (cfg_.cache.writeback)
+      passthrough_missing_ = "cache.writeback is on (the kernel does not combine the two)";
+    else if (!(n.kernel_flags & fuse::kernel::init::kPassthrough))
+      passthrough_missing_ = "the kernel does not offer FUSE passthrough (Linux 6.9+, "
+                             "CONFIG_FUSE_PASSTHROUGH)";
+    else
+      passthrough_missing_ = "the kernel did not grant it";
+  }
+  report_io_path();
   return {};
+}
+
+const char* MountInstance::effective_io_path() const {
+  if (!live() || !session_ || !session_->initialized()) return "";
+  return passthrough_missing_.empty() ? to_string(cfg_.io_path) : to_string(IoPath::Cache);
+}
+
+void MountInstance::report_io_path() const {
+  if (passthrough_missing_.empty() || cfg_.io_path == IoPath::Cache) return;
+  if (cfg_.io_path == IoPath::Passthrough)
+    LOG_WARN("%s: io_path passthrough requested, but FUSE passthrough is not available: %s; "
+             "file data goes through efused (io_path in effect: cache)",
+             cfg_.name.c_str(), passthrough_missing_.c_str());
+  else
+    LOG_INFO("%s: io_path auto: FUSE passthrough not available (%s); io_path in effect: cache",
+             cfg_.name.c_str(), passthrough_missing_.c_str());
 }
 
 Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
@@ -191,7 +297,10 @@ Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
   cfg_.cache = cfg.cache;
+  bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;
+  cfg_.create_mountpoint = cfg.create_mountpoint;
+  if (io_path_changed && live()) report_io_path();
   if (fs_) fs_->set_policy(policy_of(cfg_));
   if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
 }

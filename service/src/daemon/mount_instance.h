@@ -19,6 +19,10 @@ namespace efuse::daemon {
 // an empty string when usable, else the problem in words.
 std::string check_paths(const MountConfig& cfg);
 
+// The INIT flags named in `text` (EFUSE_MASK_KERNEL_FEATURES: comma-separated feature names
+// as in efuse_kernel_feature{feature=...}). Returns false with *error naming a bad one.
+bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* error);
+
 // Whether going from `a` to `b` needs an unmount and mount (otherwise the change is applied
 // live with MountInstance::apply_policy).
 bool needs_remount(const MountConfig& a, const MountConfig& b);
@@ -49,6 +53,11 @@ class MountInstance final : private fs::Invalidator {
   const char* transport() const;
   // Why a configured io_uring transport is not in use ("" when it is, or was not asked for).
   const std::string& transport_fallback() const { return fallback_reason_; }
+  // The I/O path in effect for new opens: io_path as configured when the kernel granted
+  // FUSE passthrough, "cache" when it did not (then io_path_note() says why), "" when not
+  // live.
+  const char* effective_io_path() const;
+  const std::string& io_path_note() const { return passthrough_missing_; }
   fs::BackendStats backend_stats() const { return fs_ ? fs_->backend_stats() : fs::BackendStats{}; }
   unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
 
@@ -63,10 +72,13 @@ class MountInstance final : private fs::Invalidator {
   std::unique_ptr<fuse::Connection> conn_;  // the /dev/fuse fd; outlives channel_
   std::unique_ptr<fuse::Channel> channel_;  // classic or io_uring
   std::string fallback_reason_;
+  std::string passthrough_missing_;  // why INIT did not grant passthrough ("" when it did)
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
 
   Status start_channel(int fd, bool want_uring, std::string* error);
+  // Logs (once per start, and when a reload asks for it) that io_path cannot be in effect.
+  void report_io_path() const;
   // syncfs() on the mount's root from a helper thread while the workers serve the WRITEs
   // it causes; gives up (logged) when the mount makes no progress for a while.
   void flush_dirty();

@@ -19,6 +19,7 @@
 #include "common/log.h"
 #include "control/bus.h"
 #include "control/dbus_service.h"
+#include "daemon/config_lock.h"
 #include "daemon/supervisor.h"
 #include "telemetry/bpf_metrics.h"
 #include "telemetry/metrics_server.h"
@@ -79,6 +80,16 @@ class HealthProbe {
 
 }  // namespace
 
+int exit_with(int status, const std::string& message) {
+  LOG_ERROR("%s", message.c_str());
+  std::string line = "STATUS=" + message;
+  for (char& c : line)
+    if (c == '\n') c = ' ';
+  sd_notify(0, line.c_str());
+  (void)sd_notify_barrier(0, 5 * 1000 * 1000);  // systemd has the status before we exit
+  return status;
+}
+
 int run_service(Config cfg, const ServiceOptions& opts) {
   // Signals are taken synchronously by this thread; no other thread ever sees them.
   sigset_t sigs;
@@ -93,16 +104,50 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   umask(0);
   raise_fd_limit();
 
-  Supervisor sup(opts.config_path, std::move(cfg));
-  size_t live = sup.start_all();
-  if (live == 0 && sup.mount_count() > 0) {
-    LOG_ERROR("no mount could be started");
-    sd_notify(0, "STATUS=no mount could be started");
-    return 1;
+  // One efused per config file and per bus name, checked before anything is mounted.
+  ConfigLock lock;
+  if (!opts.config_path.empty()) {
+    std::string why;
+    switch (lock.acquire(opts.config_path, &why)) {
+      case ConfigLock::Outcome::Held: break;
+      case ConfigLock::Outcome::InUse: return exit_with(kExitInUse, why);
+      case ConfigLock::Outcome::Unavailable:
+        LOG_WARN("not locking %s against a second efused: %s", opts.config_path.c_str(),
+                 why.c_str());
+        break;
+    }
   }
+  Supervisor sup(opts.config_path, std::move(cfg));
+
+  // org.efuse.Manager1: efusectl and systemd's ExecReload talk to it. Taken before mounting:
+  // a name owned by another efused means that one serves already.
+  std::unique_ptr<control::DbusService> dbus;
+  if (opts.bus != "none") {
+    std::string err;
+    auto bus = control::open_bus(opts.bus, &err);
+    Status started = Errno{ENOTCONN};
+    if (bus.ok()) {
+      dbus = std::make_unique<control::DbusService>(sup, std::move(bus).value());
+      started = dbus->start(&err);
+      if (!started.ok()) dbus.reset();
+    }
+    if (started.error() == EEXIST)
+      return exit_with(kExitInUse, "D-Bus " + control::describe_bus(opts.bus) + ": " + err);
+    if (!dbus) {
+      // An explicitly requested bus that cannot be used is a configuration error.
+      if (opts.bus != "system")
+        return exit_with(kExitFailed, "D-Bus " + control::describe_bus(opts.bus) + ": " + err);
+      LOG_WARN("D-Bus: %s; efusectl cannot reach this efused", err.c_str());
+    }
+  }
+
+  size_t live = sup.start_all();
+  if (live == 0 && sup.mount_count() > 0)
+    return exit_with(kExitFailed, "no mount could be started");
   if (opts.strict && live != sup.mount_count()) {
-    LOG_ERROR("%zu of %zu mount(s) failed to start", sup.mount_count() - live, sup.mount_count());
-    return 1;
+    return exit_with(kExitFailed, std::to_string(sup.mount_count() - live) + " of " +
+                                      std::to_string(sup.mount_count()) +
+                                      " mount(s) failed to start");
   }
 
   // eBPF telemetry of every FUSE mount on the host (kernel-side latency, context switches).
@@ -116,47 +161,36 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   auto listen_of = [&opts](const Config& c) {
     return opts.metrics_override ? *opts.metrics_override : c.metrics_listen;
   };
+  // A failure shows in the log, STATUS=, efusectl status and
+  // efuse_metrics_listen_failures_total; every reload tries again.
   auto start_metrics = [&](const std::string& listen, std::string* error) -> Status {
     metrics.reset();
-    if (listen.empty()) return {};
-    try {
-      metrics = std::make_unique<telemetry::MetricsServer>(listen, metrics_source);
-      return {};
-    } catch (const telemetry::ListenError& e) {
-      *error = e.what();  // "metrics: cannot listen on ..."
-      return Errno{EADDRNOTAVAIL};
-    } catch (const std::exception& e) {
-      *error = std::string("metrics: ") + e.what();
+    if (!listen.empty()) {
+      try {
+        metrics = std::make_unique<telemetry::MetricsServer>(listen, metrics_source);
+      } catch (const telemetry::ListenError& e) {
+        *error = e.what();  // "metrics: cannot listen on ..."
+      } catch (const std::exception& e) {
+        *error = std::string("metrics: ") + e.what();
+      }
+    }
+    if (!metrics && !listen.empty()) {
+      *error += "; serving the mounts without /metrics (systemctl reload efused, or SIGHUP, "
+                "retries)";
+      sup.set_metrics_state(listen, "", *error);
       return Errno{EADDRNOTAVAIL};
     }
+    sup.set_metrics_state(listen, metrics ? metrics->url() : "", "");
+    return {};
   };
   std::string error;
-  if (!start_metrics(listen_of(sup.config()), &error).ok())
-    LOG_ERROR("%s; serving the mounts without /metrics", error.c_str());
+  if (!start_metrics(listen_of(sup.config()), &error).ok()) LOG_ERROR("%s", error.c_str());
+  // Reloads move /metrics when its address changed, and retry it when it is not serving.
   sup.set_applied_hook([&](const Config& old_cfg, const Config& new_cfg, std::string* err) -> Status {
     if (listen_of(old_cfg) == listen_of(new_cfg) && (metrics || listen_of(new_cfg).empty()))
       return {};
     return start_metrics(listen_of(new_cfg), err);
   });
-
-  // org.efuse.Manager1: efusectl and systemd's ExecReload talk to it.
-  std::unique_ptr<control::DbusService> dbus;
-  if (opts.bus != "none") {
-    std::string err;
-    auto bus = control::open_bus(opts.bus, &err);
-    if (bus.ok()) {
-      dbus = std::make_unique<control::DbusService>(sup, std::move(bus).value());
-      if (!dbus->start(&err).ok()) dbus.reset();
-    }
-    if (!dbus) {
-      if (opts.bus != "system") {
-        // An explicitly requested bus that cannot be used is a configuration error.
-        LOG_ERROR("D-Bus %s: %s", control::describe_bus(opts.bus).c_str(), err.c_str());
-        return 1;
-      }
-      LOG_WARN("D-Bus: %s; efusectl cannot reach this efused", err.c_str());
-    }
-  }
 
   // What an operator at a terminal needs to know (the quick start prints this).
   for (const auto& m : sup.list_mounts())
@@ -206,7 +240,7 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   sup.set_applied_hook(nullptr);
   metrics.reset();
   sup.stop_all();
-  return 0;
+  return kExitOk;
 }
 
 }  // namespace efuse::daemon

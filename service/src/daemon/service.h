@@ -8,6 +8,18 @@
 
 namespace efuse::daemon {
 
+// efused's exit statuses: efused --help, README and efused.service (RestartPreventExitStatus=)
+// list them.
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;   // no mount could be started (with --mount: any mount failed)
+constexpr int kExitUsage = 2;    // bad command line
+constexpr int kExitInUse = 75;   // another efused serves this config file or the D-Bus name
+constexpr int kExitConfig = 78;  // the config file is invalid or unreadable (EX_CONFIG)
+
+// Logs `message`, shows it in systemd's STATUS= (waiting until systemd has it, as the process
+// is about to exit) and returns `status`.
+int exit_with(int status, const std::string& message);
+
 struct ServiceOptions {
   std::string config_path;                      // what SIGHUP / Reload re-reads ("" = none)
   std::string bus = "system";                   // "system", "none" or a D-Bus address

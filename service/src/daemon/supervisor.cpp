@@ -162,7 +162,10 @@ Status Supervisor::apply(Config next, std::string* error) {
         } else {
           LOG_INFO("%s: policy changed; applied live", m.name.c_str());
           s.cfg = m;
-          if (live) s.instance->apply_policy(m);
+          if (live)
+            s.instance->apply_policy(m);
+          else
+            start_slot(s, &events);  // retry a failed mount with what changed
         }
       } else if (!live) {
         start_slot(s, &events);  // retry failed or operator-unmounted mounts
@@ -178,9 +181,28 @@ Status Supervisor::apply(Config next, std::string* error) {
 }
 
 void Supervisor::notify_status() const {
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "STATUS=%zu of %zu mount(s) live", live_count(), mount_count());
-  sd_notify(0, buf);
+  std::string status = "STATUS=" + std::to_string(live_count()) + " of " +
+                       std::to_string(mount_count()) + " mount(s) live";
+  {
+    std::lock_guard lk(mu_);
+    if (!metrics_error_.empty()) status += "; " + metrics_error_;
+  }
+  sd_notify(0, status.c_str());
+}
+
+void Supervisor::set_metrics_state(const std::string& listen, const std::string& url,
+                                   const std::string& error) {
+  if (!error.empty()) metrics_listen_failures_.fetch_add(1);
+  std::lock_guard lk(mu_);
+  metrics_listen_ = listen;
+  metrics_url_ = url;
+  metrics_error_ = error;
+}
+
+nlohmann::json Supervisor::daemon_status() const {
+  std::lock_guard lk(mu_);
+  return {{"metrics", {{"listen", metrics_listen_}, {"url", metrics_url_},
+                       {"error", metrics_error_}}}};
 }
 
 // systemd 252 has no Type=notify-reload; RELOADING=1 still marks the unit "reloading" and
@@ -209,12 +231,14 @@ Status Supervisor::reload(std::string* error) {
       Config next = load_config(config_path_);
       LOG_INFO("reloading %s", config_path_.c_str());
       result = apply(std::move(next), error);
+      if (!result.ok()) LOG_ERROR("reload applied, but %s", error->c_str());
     } catch (const ConfigError& e) {
       *error = e.what();
       result = Errno{EINVAL};
     }
   }
-  if (!result.ok()) LOG_ERROR("reload failed, running config kept: %s", error->c_str());
+  if (!result.ok() && result.error() == EINVAL)
+    LOG_ERROR("reload failed, running config kept: %s", error->c_str());
   (result.ok() ? reloads_ok_ : reloads_failed_).fetch_add(1);
   last_reload_ok_.store(result.ok());
   last_reload_duration_.store(
@@ -244,6 +268,8 @@ nlohmann::json Supervisor::view(const Slot& s) const {
       {"transport", s.instance ? s.instance->transport() : ""},
       {"transport_fallback", s.instance ? s.instance->transport_fallback() : ""},
       {"io_path", to_string(s.cfg.io_path)},
+      {"io_path_effective", s.instance ? s.instance->effective_io_path() : ""},
+      {"io_path_note", s.instance ? s.instance->io_path_note() : ""},
       {"threads", s.cfg.threads},
       {"start_failures", s.start_failures},
   };
@@ -345,6 +371,7 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
     v.mountpoint = s.cfg.mountpoint;
     v.backend = s.cfg.backend;
     v.io_path = to_string(s.cfg.io_path);
+    v.io_path_effective = s.instance ? s.instance->effective_io_path() : "";
     v.up = s.instance && s.instance->live();
     v.start_failures = s.start_failures;
     if (v.up) {
@@ -367,6 +394,7 @@ telemetry::DaemonView Supervisor::daemon() const {
   d.last_reload_ok = last_reload_ok_.load();
   d.last_reload_duration_seconds = last_reload_duration_.load();
   d.start_timestamp = start_ts_;
+  d.metrics_listen_failures = metrics_listen_failures_.load();
   return d;
 }
 

@@ -39,12 +39,17 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   void set_applied_hook(AppliedHook hook) { applied_hook_ = std::move(hook); }
   Config config() const;
   size_t live_count() const;
-  // STATUS= for systemd: how many mounts are live.
+  // STATUS= for systemd: how many mounts are live, and a /metrics problem if there is one.
   void notify_status() const;
+  // What /metrics does now: the configured address, the URL served ("" when not serving)
+  // and why it is not serving ("" when it is, or is off). An error counts a failure.
+  void set_metrics_state(const std::string& listen, const std::string& url,
+                         const std::string& error);
 
   // control::Manager
   std::string version() const override;
   size_t mount_count() const override;
+  nlohmann::json daemon_status() const override;
   nlohmann::json list_mounts() const override;
   Result<nlohmann::json> get_mount(const std::string& name) const override;
   Status mount(const std::string& name, std::string* error) override;
@@ -86,6 +91,8 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   std::mutex listener_mu_;
   AppliedHook applied_hook_;
 
+  std::string metrics_listen_, metrics_url_, metrics_error_;  // under mu_
+  std::atomic<uint64_t> metrics_listen_failures_{0};
   std::atomic<uint64_t> reloads_ok_{0};
   std::atomic<uint64_t> reloads_failed_{0};
   std::atomic<double> last_reload_ts_{0};

@@ -27,6 +27,7 @@ constexpr int kExitRefused = 1;
 constexpr int kExitUsage = 2;
 constexpr int kExitUnreachable = 3;
 constexpr int kExitDenied = 4;
+constexpr int kExitNotLive = 5;
 
 constexpr const char* kBusEnv = "EFUSE_BUS_ADDRESS";
 
@@ -35,8 +36,9 @@ constexpr const char* kUsage = R"(Usage: efusectl [--json] [--bus system|session
 Control efused through its D-Bus API (org.efuse.Manager1).
 
 Commands:
-  status [NAME]   daemon version, mount count and the mount table;
-                  with NAME, every detail of that mount
+  status [NAME]   daemon version, mount count, /metrics and the mount table;
+                  with NAME, every detail of that mount. Exits 5 when a mount
+                  (with NAME: that mount) is not mounted: usable as a health check
   mounts          the mount table (name, state, mountpoint, transport, error)
   mount NAME      mount a configured mount that is not live (root only)
   unmount NAME    unmount a live mount; it stays configured (root only)
@@ -56,6 +58,7 @@ Exit status:
   2  usage error
   3  efused is not running or not reachable on the bus
   4  permission denied (changes need root)
+  5  status: a configured mount (with NAME: that mount) is not mounted
 )";
 
 struct Options {
@@ -144,31 +147,45 @@ void print(const std::string& text) { std::fputs(text.c_str(), stdout); }
 
 void print_json(const nlohmann::json& value) { print(value.dump(2) + "\n"); }
 
+// kExitNotLive when any of `mounts` is not mounted.
+int health(const nlohmann::json& mounts) {
+  for (const auto& m : mounts)
+    if (m.value("state", "") != "mounted") return kExitNotLive;
+  return kExitOk;
+}
+
 int status_all(Client& client, const Options& opts, CallError* error) {
-  std::string version, text;
+  std::string version, text, daemon_text;
   uint32_t count = 0;
   if (!client.version(&version, error) || !client.mount_count(&count, error) ||
       !client.list_mounts(&text, error)) {
     return -1;
   }
   const nlohmann::json mounts = nlohmann::json::parse(text);
+  // An efused older than GetStatus answers the rest; leave the daemon part out then.
+  CallError ignored;
+  const nlohmann::json daemon = client.get_status(&daemon_text, &ignored)
+                                    ? nlohmann::json::parse(daemon_text)
+                                    : nlohmann::json::object();
   if (opts.json) {
-    print_json({{"version", version}, {"mount_count", count}, {"mounts", mounts}});
+    print_json({{"version", version}, {"mount_count", count}, {"daemon", daemon},
+                {"mounts", mounts}});
   } else {
-    print(control::format_status(version, count, mounts));
+    print(control::format_status(version, count, mounts, daemon));
   }
-  return kExitOk;
+  return health(mounts);
 }
 
 int status_one(Client& client, const Options& opts, CallError* error) {
   std::string text;
   if (!client.get_mount(opts.args[0], &text, error)) return -1;
+  const nlohmann::json mount = nlohmann::json::parse(text);
   if (opts.json) {
     print(text + "\n");
   } else {
-    print(control::format_mount_details(nlohmann::json::parse(text)));
+    print(control::format_mount_details(mount));
   }
-  return kExitOk;
+  return health(nlohmann::json::array({mount}));
 }
 
 int mounts(Client& client, const Options& opts, CallError* error) {

@@ -9,11 +9,16 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string>
 
 #include "common/log.h"
+#include "common/process.h"
 #include "common/unique_fd.h"
 
 namespace fuse {
@@ -126,23 +131,120 @@ static Result<Mounted> mount_fusermount(const MountOptions& o, std::string* erro
   return m;
 }
 
+namespace {
+
+struct MountinfoEntry {
+  unsigned minor = 0;
+  std::string mountpoint, fstype, source;
+};
+
+// mountinfo escapes space, tab, newline and backslash as \ooo.
+std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && s.size() - i >= 4) {
+      out += static_cast<char>(std::stoi(s.substr(i + 1, 3), nullptr, 8));
+      i += 3;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
+// /proc/self/mountinfo in order (a later entry at the same mountpoint is stacked on top).
+std::vector<MountinfoEntry> read_mountinfo() {
+  std::vector<MountinfoEntry> out;
+  std::ifstream f("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    std::istringstream in(line);
+    std::string id, parent, dev, root, mp, field;
+    if (!(in >> id >> parent >> dev >> root >> mp)) continue;
+    while (in >> field && field != "-") {
+    }
+    MountinfoEntry e;
+    if (!(in >> e.fstype)) continue;
+    in >> e.source;
+    e.mountpoint = unescape(mp);
+    e.source = unescape(e.source);
+    auto colon = dev.find(':');
+    if (colon != std::string::npos) e.minor = static_cast<unsigned>(std::stoul(dev.substr(colon + 1)));
+    out.push_back(std::move(e));
+  }
+  return out;
+}
+
+std::optional<MountinfoEntry> topmost_at(const std::string& mountpoint) {
+  std::optional<MountinfoEntry> top;
+  for (auto& e : read_mountinfo())
+    if (e.mountpoint == mountpoint) top = std::move(e);
+  return top;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream f(path);
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
 Result<Mounted> mount(const MountOptions& o, std::string* error) {
   auto m = geteuid() == 0 ? mount_kernel(o, error) : mount_fusermount(o, error);
   if (!m.ok()) return m;
   // The connection id is the minor number of the mount's anonymous device. stat() of the
   // new mount root would block until INIT is answered, so read it from mountinfo instead.
-  FILE* f = fopen("/proc/self/mountinfo", "re");
-  if (f != nullptr) {
-    char line[4096];
-    while (fgets(line, sizeof line, f)) {
-      unsigned maj = 0, mnr = 0;
-      char mp[4096];
-      if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &mnr, mp) == 3 && o.mountpoint == mp)
-        m->conn_id = mnr;  // the last match is the topmost mount
-    }
-    fclose(f);
-  }
+  if (auto top = topmost_at(o.mountpoint)) m->conn_id = top->minor;
   return m;
+}
+
+std::optional<FuseMountAt> fuse_mount_at(const std::string& mountpoint) {
+  auto top = topmost_at(mountpoint);
+  if (!top || !(top->fstype == "fuse" || top->fstype == "fuseblk" || top->fstype.starts_with("fuse.")))
+    return std::nullopt;
+  return FuseMountAt{top->fstype, top->source, top->minor};
+}
+
+std::vector<pid_t> fuse_servers(unsigned conn_id) {
+  std::vector<pid_t> out;
+  const std::string want = "fuse_connection:\t" + std::to_string(conn_id) + "\n";
+  DIR* proc = opendir("/proc");
+  if (proc == nullptr) return out;
+  while (struct dirent* p = readdir(proc)) {
+    if (p->d_name[0] < '1' || p->d_name[0] > '9') continue;
+    const std::string dir = std::string("/proc/") + p->d_name;
+    DIR* fds = opendir((dir + "/fd").c_str());
+    if (fds == nullptr) continue;
+    bool holds = false;
+    while (struct dirent* fd = readdir(fds)) {
+      if (fd->d_name[0] == '.') continue;
+      char target[64];
+      ssize_t n = readlink((dir + "/fd/" + fd->d_name).c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      target[n] = '\0';
+      if (std::strcmp(target, "/dev/fuse") != 0) continue;
+      if (read_text(dir + "/fdinfo/" + fd->d_name).find(want) != std::string::npos) {
+        holds = true;
+        break;
+      }
+    }
+    closedir(fds);
+    if (holds) out.push_back(static_cast<pid_t>(std::stol(p->d_name)));
+  }
+  closedir(proc);
+  return out;
+}
+
+std::string describe_holder(const FuseMountAt& at) {
+  std::string s = at.fstype + " mount of " + at.source + " (FUSE connection " +
+                  std::to_string(at.conn_id);
+  auto servers = fuse_servers(at.conn_id);
+  for (size_t i = 0; i < servers.size(); ++i)
+    s += (i == 0 ? ", served by " : " and ") + efuse::describe_process(servers[i]);
+  if (servers.empty()) s += ", server not identified";
+  return s + ")";
 }
 
 Result<const char*> unmount(const std::string& mountpoint, bool via_fusermount) {

@@ -1,7 +1,11 @@
 // Mounting and unmounting FUSE file systems: mount(2) as root, fusermount3 otherwise.
 #pragma once
 
+#include <sys/types.h>
+
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "common/result.h"
 
@@ -27,6 +31,23 @@ struct Mounted {
 bool detach_stale(const std::string& mountpoint);
 
 efuse::Result<Mounted> mount(const MountOptions& opts, std::string* error);
+
+// The topmost mount at `mountpoint` when it is a FUSE mount (fuse, fuse.*, fuseblk), from
+// /proc/self/mountinfo.
+struct FuseMountAt {
+  std::string fstype;    // "fuse.efuse", "fuse.sshfs", ...
+  std::string source;    // the mount's source (fsname)
+  unsigned conn_id = 0;  // the FUSE connection: the minor of the mount's anonymous device
+};
+std::optional<FuseMountAt> fuse_mount_at(const std::string& mountpoint);
+
+// The processes holding a /dev/fuse descriptor of connection `conn_id` (the servers), found
+// by the "fuse_connection:" line of /proc/PID/fdinfo (empty on kernels that do not show it).
+std::vector<pid_t> fuse_servers(unsigned conn_id);
+
+// "fuse.efuse mount of /src (FUSE connection 40, served by pid 12 (efused --config /x))":
+// what holds a mountpoint, for an operator.
+std::string describe_holder(const FuseMountAt& at);
 
 // Unmounts; when busy, detaches lazily (the mountpoint is free at once, open files keep the
 // connection until they close). Returns "unmounted" / "detached" for the log.

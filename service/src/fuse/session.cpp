@@ -127,6 +127,7 @@ void Session::do_init(Request& r) {
   }
   uint64_t offered = in->flags;
   if (offered & k::init::kInitExt) offered |= static_cast<uint64_t>(in->flags2) << 32;
+  offered &= ~opts_.masked_flags;
 
   uint64_t want = k::init::kAsyncRead | k::init::kPosixLocks | k::init::kAtomicOTrunc |
                   k::init::kBigWrites | k::init::kFlockLocks | k::init::kAutoInvalData |

@@ -42,6 +42,9 @@ struct SessionOptions {
   // applies default ACLs. The kernel turns default_permissions on with it, so only ask
   // when the mount has default_permissions anyway.
   bool posix_acl = false;
+  // INIT flags treated as not offered by the kernel (EFUSE_MASK_KERNEL_FEATURES: debugging,
+  // or to keep a feature the kernel gets wrong out of use).
+  uint64_t masked_flags = 0;
   uint32_t max_write = 1u << 20;
   uint16_t max_background = 64;
   // Runs deferred work (a blocking lock wait) on a thread of its own; empty: a detached

@@ -48,6 +48,14 @@ void append_daemon_families(const DaemonView& daemon, std::vector<prometheus::Me
   append_gauge(out, "efuse_start_time_seconds", "Unix time when efused started.",
                daemon.start_timestamp);
   append_reloads(daemon, out);
+  prometheus::MetricFamily listen =
+      make_family("efuse_metrics_listen_failures_total",
+                  "Times efused could not listen on the configured /metrics address (address "
+                  "in use, IPv6 on Debian 12's civetweb...); each start and reload that "
+                  "(re)tries it counts. Seen once a later reload has bound it.",
+                  MetricType::Counter);
+  add_counter(listen, {}, static_cast<double>(daemon.metrics_listen_failures));
+  out.push_back(std::move(listen));
 }
 
 }  // namespace efuse::telemetry

@@ -29,7 +29,7 @@ struct ListenAddress {
   std::string host;  // numeric, without brackets
   uint16_t port = 0;
 
-  // "127.0.0.1:9567", "[::1]:9567": civetweb's listening_ports syntax.
+  // "127.0.0.1:19567", "[::1]:19567": civetweb's listening_ports syntax.
   std::string to_string() const;
 };
 

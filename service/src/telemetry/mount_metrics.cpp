@@ -74,7 +74,9 @@ MountFamilies::MountFamilies()
                                   MetricType::Counter)),
       info_(make_family("efuse_mount_info",
                         "Constant 1; labels describe the mount: configured mountpoint, backend, "
-                        "transport running (empty when not live) and configured I/O path policy.",
+                        "transport running (empty when not live), configured I/O path policy "
+                        "(io_path) and the one in effect (io_path_effective: cache when the "
+                        "kernel did not grant FUSE passthrough; empty when not live).",
                         MetricType::Gauge)),
       fallback_(make_family("efuse_mount_transport_fallback",
                             "1 when the mount was configured for (or auto-selected) FUSE over "
@@ -256,7 +258,8 @@ void MountFamilies::add_state(const MountView& mount) {
              {"mountpoint", mount.mountpoint},
              {"backend", mount.backend},
              {"transport", mount.transport},
-             {"io_path", mount.io_path}},
+             {"io_path", mount.io_path},
+             {"io_path_effective", mount.io_path_effective}},
             1);
   add_gauge(fallback_, mount_label(mount.name), mount.transport_fallback.empty() ? 0 : 1);
 }

@@ -24,6 +24,8 @@ struct MountView {
   std::string backend;    // "passthrough"
   std::string transport;  // "classic" | "uring" (what runs), "" when not live
   std::string io_path;    // configured policy: "auto" | "passthrough" | "cache"
+  std::string io_path_effective;  // in effect for new opens: io_path, or "cache" when the
+                                  // kernel did not grant passthrough; "" when not live
   bool up = false;
   const fuse::Session* session = nullptr;             // null when not live
   std::vector<const fuse::WorkerStats*> workers;      // empty when not live
@@ -40,6 +42,7 @@ struct DaemonView {
   bool last_reload_ok = true;
   double last_reload_duration_seconds = 0;
   double start_timestamp = 0;        // unix seconds when efused started
+  uint64_t metrics_listen_failures = 0;  // times /metrics could not listen where configured
 };
 
 class MetricsSource {

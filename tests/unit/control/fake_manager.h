@@ -64,6 +64,9 @@ class FakeManager : public Manager {
   }
 
   std::string version() const override { return "9.8.7-test"; }
+  nlohmann::json daemon_status() const override {
+    return {{"metrics", {{"listen", "127.0.0.1:1"}, {"url", ""}, {"error", "test error"}}}};
+  }
   size_t mount_count() const override { return canned().count; }
 
   nlohmann::json list_mounts() const override {

@@ -129,6 +129,17 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "options", "default_permissions"}),
             m.options.default_permissions);
   EXPECT_EQ(default_at({"defaults", "options", "read_only"}), m.options.read_only);
+  EXPECT_EQ(default_at({"defaults", "options", "stack"}), m.options.stack);
+  EXPECT_EQ(default_at({"mounts", "0", "create_mountpoint"}), m.create_mountpoint);
+}
+
+TEST(ConfigLoad, StackAndCreateMountpoint) {
+  Config c = parse_config(
+      with_mount_keys("    create_mountpoint: true\n    options: {stack: true}\n"), "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 1u);
+  EXPECT_TRUE(c.mounts[0].create_mountpoint);
+  EXPECT_TRUE(c.mounts[0].options.stack);
+  EXPECT_FALSE(parse_config(with_mount_keys(""), "t.yaml").mounts[0].create_mountpoint);
 }
 
 TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
@@ -146,7 +157,7 @@ TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
 
 TEST(ConfigLoad, ExampleFileLoads) {
   Config c = load_config((kRepo / "config/mounts.yaml").string());
-  EXPECT_EQ(c.metrics_listen, "127.0.0.1:9567");
+  EXPECT_EQ(c.metrics_listen, "127.0.0.1:19567");
   ASSERT_EQ(c.mounts.size(), 2u);
 
   MountConfig plain;
@@ -176,7 +187,7 @@ TEST(ConfigLoad, ExamplesDirectoryLoads) {
 TEST(ConfigLoad, EmbeddedDemoConfig) {
   Config c = parse_config(embedded_default_config(), "<demo>");
   EXPECT_EQ(c.path, "<demo>");
-  EXPECT_EQ(c.metrics_listen, "127.0.0.1:9567");
+  EXPECT_EQ(c.metrics_listen, "127.0.0.1:19567");
   ASSERT_EQ(c.mounts.size(), 1u);
   EXPECT_EQ(c.mounts[0].name, "demo");
   EXPECT_EQ(c.mounts[0].backend, "passthrough");
@@ -186,7 +197,7 @@ TEST(ConfigLoad, EmbeddedDemoConfig) {
 
 TEST(ConfigLoad, MinimalMountGetsBuiltInDefaults) {
   Config c = parse_config(kMount, "t.yaml");
-  EXPECT_EQ(c.metrics_listen, "127.0.0.1:9567");
+  EXPECT_EQ(c.metrics_listen, "127.0.0.1:19567");
   ASSERT_EQ(c.mounts.size(), 1u);
   MountConfig expected;
   expected.name = "a";
@@ -257,7 +268,7 @@ TEST(ConfigLoad, OverlappingSourcesAreFine) {
 }
 
 TEST(ConfigLoad, MetricsListenForms) {
-  for (const char* listen : {"", "localhost:0", "127.0.0.1:9567", "0.0.0.0:65535", "[::1]:9567",
+  for (const char* listen : {"", "localhost:0", "127.0.0.1:19567", "0.0.0.0:65535", "[::1]:19567",
                              "[::]:80", "[2001:db8::1]:443", "[::ffff:10.0.0.1]:1"}) {
     std::string text = std::string("metrics: {listen: \"") + listen + "\"}\n" + kMount;
     EXPECT_EQ(parse_config(text, "t.yaml").metrics_listen, listen);
@@ -451,7 +462,7 @@ TEST(ConfigError, UnknownKeyListsAllowedKeys) {
             "t.yaml:1:11: unknown key 'port' in metrics; expected one of listen");
   EXPECT_EQ(error_of(with_mount_keys("    options: {noexec: true}\n")),
             "t.yaml:6:15: unknown key 'noexec' in mounts[0].options; expected one of allow_other, "
-            "default_permissions, read_only");
+            "default_permissions, read_only, stack");
 }
 
 TEST(ConfigError, UnknownBpfOpcode) {
@@ -483,7 +494,7 @@ TEST(ConfigError, WrongType) {
       error_of(with_mount_keys("    options: {read_only: yes}\n")),
       "t.yaml:6:26: mounts[0].options.read_only must be a boolean (true or false), not a string");
   EXPECT_EQ(error_of("mounts: {name: a}\n"), "t.yaml:1:9: mounts must be a list, not a map");
-  EXPECT_EQ(error_of("metrics: {listen: 9567}\n" + std::string(kMount)),
+  EXPECT_EQ(error_of("metrics: {listen: 19567}\n" + std::string(kMount)),
             "t.yaml:1:19: metrics.listen must be a string, not an integer");
 }
 

@@ -125,7 +125,7 @@ TEST_F(MetricsServerTest, SecondServerOnTheSamePortFails) {
 TEST_F(MetricsServerTest, AddressNotOnThisHostIsAClearError) {
   // 192.0.2.0/24 is TEST-NET-1: never a local address.
   try {
-    MetricsServer server("192.0.2.1:9567", source_);
+    MetricsServer server("192.0.2.1:19567", source_);
     FAIL() << "a non-local address must fail";
   } catch (const ListenError& e) {
     EXPECT_EQ(e.reason(), strerror(EADDRNOTAVAIL)) << e.what();
@@ -133,8 +133,8 @@ TEST_F(MetricsServerTest, AddressNotOnThisHostIsAClearError) {
 }
 
 TEST_F(MetricsServerTest, BadSyntaxIsAClearError) {
-  for (const char* bad : {"", "9567", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536",
-                          "127.0.0.1:95x", "example.com:80", ":9567", "[::1:9567", "[zz]:1",
+  for (const char* bad : {"", "19567", "127.0.0.1", "127.0.0.1:", "127.0.0.1:65536",
+                          "127.0.0.1:95x", "example.com:80", ":19567", "[::1:19567", "[zz]:1",
                           "1.2.3:80"}) {
     try {
       MetricsServer server(bad, source_);
@@ -232,11 +232,11 @@ TEST_F(MetricsServerTest, PromtoolAcceptsTheScrape) {
 // ---- listen addresses --------------------------------------------------------------------
 
 TEST(MetricsListenAddress, Parses) {
-  ListenAddress a = parse_listen_address("127.0.0.1:9567");
+  ListenAddress a = parse_listen_address("127.0.0.1:19567");
   EXPECT_EQ(a.family, AF_INET);
   EXPECT_EQ(a.host, "127.0.0.1");
-  EXPECT_EQ(a.port, 9567);
-  EXPECT_EQ(a.to_string(), "127.0.0.1:9567");
+  EXPECT_EQ(a.port, 19567);
+  EXPECT_EQ(a.to_string(), "127.0.0.1:19567");
 
   ListenAddress local = parse_listen_address("localhost:0");
   EXPECT_EQ(local.host, "127.0.0.1");
@@ -245,10 +245,10 @@ TEST(MetricsListenAddress, Parses) {
   ListenAddress any = parse_listen_address("0.0.0.0:65535");
   EXPECT_EQ(any.port, 65535);
 
-  ListenAddress v6 = parse_listen_address("[::1]:9567");
+  ListenAddress v6 = parse_listen_address("[::1]:19567");
   EXPECT_EQ(v6.family, AF_INET6);
   EXPECT_EQ(v6.host, "::1");
-  EXPECT_EQ(v6.to_string(), "[::1]:9567");
+  EXPECT_EQ(v6.to_string(), "[::1]:19567");
   EXPECT_EQ(parse_listen_address("[fe80::1:2]:80").host, "fe80::1:2");
 }
 

@@ -53,7 +53,8 @@ class MetricsCollector : public ::testing::Test {
     data.mountpoint = "/srv/data";
     data.backend = "passthrough";
     data.transport = "classic";
-    data.io_path = "auto";
+    data.io_path = "passthrough";
+    data.io_path_effective = "cache";  // the kernel did not grant passthrough
     data.up = true;
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
@@ -73,6 +74,7 @@ class MetricsCollector : public ::testing::Test {
 
     source_.mounts = {data, broken};
     source_.daemon_view.reloads_ok = 4;
+    source_.daemon_view.metrics_listen_failures = 2;
     source_.daemon_view.reloads_failed = 1;
     source_.daemon_view.last_reload_ok = false;
     source_.daemon_view.last_reload_timestamp = 1700000000.5;
@@ -222,9 +224,17 @@ TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
                                          {"mountpoint", "/srv/data"},
                                          {"backend", "passthrough"},
                                          {"transport", "classic"},
-                                         {"io_path", "auto"}}),
+                                         {"io_path", "passthrough"},
+                                         {"io_path_effective", "cache"}}),
             1);
   EXPECT_EQ(e.find("efuse_mount_info", {{"mount", "broken"}}).size(), 1u);
+  EXPECT_EQ(e.value("efuse_mount_info", {{"mount", "broken"},
+                                         {"mountpoint", "/srv/broken"},
+                                         {"backend", "passthrough"},
+                                         {"transport", ""},
+                                         {"io_path", "cache"},
+                                         {"io_path_effective", ""}}),
+            1);
   // A mount without a session has no request, kernel or worker series.
   for (const char* name : {"efuse_requests_total", "efuse_kernel_feature",
                            "efuse_kernel_protocol_minor", "efuse_worker_requests_total",
@@ -251,6 +261,7 @@ TEST_F(MetricsCollector, DaemonFamilies) {
   Exposition e = scrape();
   EXPECT_EQ(e.value("efuse_config_reloads_total", {{"result", "success"}}), 4);
   EXPECT_EQ(e.value("efuse_config_reloads_total", {{"result", "failure"}}), 1);
+  EXPECT_EQ(e.value("efuse_metrics_listen_failures_total", {}), 2);
   EXPECT_EQ(e.value("efuse_config_last_reload_success"), 0);
   EXPECT_DOUBLE_EQ(*e.value("efuse_config_last_reload_timestamp_seconds"), 1700000000.5);
   EXPECT_DOUBLE_EQ(*e.value("efuse_config_last_reload_duration_seconds"), 0.25);

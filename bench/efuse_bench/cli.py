@@ -1,0 +1,205 @@
+"""bench/run: options, the lock, leftovers of an earlier run, and the run from start to
+cleanup."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import fcntl
+import json
+import os
+import resource
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __doc__ as DESCRIPTION
+from . import common
+from .bench import Bench
+from .common import BENCH, DAEMONS, GROUPS, LOCK, RUN, SIDES, WORK, BenchError, Interrupted, \
+    _on_signal, log
+from .machine import write_machine
+from .mounts import force_unmount, mounts_under, safe_rmtree
+from .procs import REG
+from .report import git_info
+
+
+def acquire_lock():
+    WORK.mkdir(parents=True, exist_ok=True)
+    fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit("bench: another bench run holds bench/work/.lock; refusing to start")
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def clean_leftovers() -> list[str]:
+    """Stops daemons and unmounts file systems a previous (crashed) run left behind."""
+    found = []
+    if DAEMONS.exists():
+        try:
+            old = json.loads(DAEMONS.read_text() or "{}")
+        except ValueError:
+            old = {}
+        # Measured commands first (they may hold the mounts busy), then the daemons.
+        for pid, info in sorted(old.items(), key=lambda kv: not kv[1].get("group")):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+            except OSError:
+                continue
+            if [c.decode(errors="replace") for c in cmd] == info.get("cmdline"):
+                found.append(f"{'command' if info.get('group') else 'daemon'} pid {pid}: "
+                             f"{shlex.join(info['cmdline'])}")
+                try:
+                    if info.get("group"):  # a measured command: its own process group
+                        os.killpg(int(pid), signal.SIGKILL)
+                        continue
+                    os.kill(int(pid), signal.SIGTERM)
+                    for _ in range(100):
+                        if not Path(f"/proc/{pid}").exists():
+                            break
+                        time.sleep(0.1)
+                    else:
+                        os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        DAEMONS.unlink()
+    for m in sorted(mounts_under(WORK), key=lambda m: -len(m.mountpoint)):
+        found.append(f"mount {m.mountpoint} ({m.fstype})")
+        force_unmount(Path(m.mountpoint))
+    return found
+
+
+def final_cleanup(keep: bool):
+    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, signal.SIG_IGN)
+    REG.kill_cmds()
+    for d in list(REG.daemons.values()):
+        try:
+            d.stop()
+        except Exception as e:  # noqa: BLE001
+            log(f"warning: stopping {d.side}: {e}")
+    for m in sorted(mounts_under(WORK), key=lambda m: -len(m.mountpoint)):
+        log(f"unmounting leftover {m.mountpoint}")
+        force_unmount(Path(m.mountpoint))
+    if DAEMONS.exists() and not REG.daemons:
+        DAEMONS.unlink()
+    if not keep:
+        try:
+            safe_rmtree(RUN)
+        except BenchError as e:
+            log(f"warning: {e}")
+
+
+def parse_args(argv):
+    # Allow `--efused-args "--threads 2"` (argparse would take the value for an option).
+    fixed, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--efused-args" and i + 1 < len(argv):
+            fixed.append(f"--efused-args={argv[i + 1]}")
+            i += 2
+        else:
+            fixed.append(argv[i])
+            i += 1
+    ap = argparse.ArgumentParser(prog="bench/run", description=DESCRIPTION,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="1 repetition, 5 s fio runs, smaller files, no full kernel tar (a few minutes)")
+    ap.add_argument("--out", help="output directory (default bench/results/<date>-<sha>/)")
+    ap.add_argument("--efused-args", default="", help="extra efused flags, e.g. \"--threads 2\"")
+    ap.add_argument("--efused", help="efused binary (default build/bin/efused; built if missing)")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma list of sides: {','.join(SIDES)} (default all; "
+                    "efused-nobpf runs in fio, tree and cat rows only)")
+    ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "
+                    "(default all; --quick leaves out tar-full)")
+    ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")
+    ap.add_argument("--runtime", type=int, help="fio runtime in seconds (default 15, quick 5)")
+    ap.add_argument("--skip-deps", action="store_true", help="do not run scripts/install-deps.sh")
+    ap.add_argument("--keep-work", action="store_true", help="keep bench/work/run data after the run")
+    a = ap.parse_args(fixed)
+    a.sides = [s.strip() for s in a.sides.split(",") if s.strip()]
+    a.rows = [s.strip() for s in a.rows.split(",") if s.strip()]
+    for s in a.sides:
+        if s not in SIDES:
+            ap.error(f"unknown side {s!r}")
+    for r in a.rows:
+        if r not in GROUPS:
+            ap.error(f"unknown row group {r!r}")
+    return a
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench: must run as root (mounts, drop_caches)")
+    # Installed explicitly: a shell starts background jobs with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    lock = acquire_lock()
+    left = clean_leftovers()
+    if left:
+        print("bench: found leftovers of an earlier run under bench/work and cleaned them up:\n  "
+              + "\n  ".join(left) + "\nrefusing to start; run again.", file=sys.stderr)
+        return 2
+    safe_rmtree(RUN)
+    RUN.mkdir(parents=True)
+
+    # passthrough_ll keeps one O_PATH fd per inode the kernel knows (83k for the kernel tar):
+    # every side runs with the same, raised open-file limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nr_open, nr_open))
+    except (OSError, ValueError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        print(f"bench: note: RLIMIT_NOFILE stays at hard limit {hard} (no CAP_SYS_RESOURCE); "
+              "see bench/README.md", file=sys.stderr)
+
+    bench = Bench(args)
+    g = git_info()
+    out = Path(args.out) if args.out else BENCH / "results" / f"{bench.started:%Y-%m-%d}-{g['sha']}"
+    if not args.out and out.exists():
+        n = 2
+        while Path(f"{out}-{n}").exists():
+            n += 1
+        out = Path(f"{out}-{n}")
+    out.mkdir(parents=True, exist_ok=True)
+    bench.out = out.resolve()
+    common.LOGF = open(bench.out / "log.txt", "a")
+    log(f"bench: output in {bench.out}")
+    rc = 0
+    try:
+        bench.setup()
+        write_machine(bench)
+        bench.run_all()
+        bench.status = "complete"
+    except (KeyboardInterrupt, Interrupted) as e:
+        bench.status = "interrupted"
+        log(f"interrupted ({str(e) or 'SIGINT'}); cleaning up")
+        rc = 130
+    except BaseException as e:
+        bench.status = f"aborted: {e}"
+        log(f"aborted: {e!r}")
+        rc = 1
+        if not isinstance(e, (SystemExit, BenchError)):
+            import traceback
+            traceback.print_exc()
+    finally:
+        final_cleanup(args.keep_work)
+        bench.finished = datetime.datetime.now()
+        try:
+            bench.write_results()
+        except Exception as e:  # noqa: BLE001
+            log(f"warning: writing results: {e}")
+        os.close(lock)
+    took = (bench.finished - bench.started).total_seconds()
+    log(f"bench: {bench.status} in {took / 60:.1f} min; results: {bench.out / 'results.md'}")
+    if rc == 0:
+        sys.stdout.write((bench.out / "results.md").read_text())
+    return rc
+
+

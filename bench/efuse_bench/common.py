@@ -1,0 +1,79 @@
+"""Paths, constants, the log and the harness's exceptions: what every other module of the
+bench uses."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent.parent  # bench/
+REPO = BENCH.parent
+WORK = BENCH / "work"
+RUN = WORK / "run"
+BIN = WORK / "bin"
+LOCK = WORK / ".lock"
+DAEMONS = WORK / "daemons.json"
+EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
+LINUX_TXZ = Path("/usr/src/linux-source-6.1.tar.xz")
+LINUX_TAR = WORK / "linux-source-6.1.tar"
+LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
+# The subset tar holds only these top-level directories of the kernel tree (~11k entries):
+# it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
+SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
+SIDES = ("native", "libfuse", "efused", "efused-nobpf")
+GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
+QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
+FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
+# Row groups efused-nobpf measures on the efused side's mount (the tar rows extract into a
+# fresh mount per repetition, which the two cannot share).
+COST_GROUPS = FIO_GROUPS + ("tree", "cat")
+# Row groups with an extra counted run per FUSE side (COUNTED_SIDES) and variant, with the
+# telemetry efused attached and scraped: the upcalls / context switches per operation table
+# (per fio I/O, per file catted, per archive entry extracted).
+COUNTED_GROUPS = ("fio-one", "cat", "tar-subset")
+COUNTED_SIDES = ("libfuse", "efused")
+ENV = dict(os.environ, LC_ALL="C")
+# Every measured efused runs with its own telemetry off: the eBPF programs are host-wide and
+# a measured efused lives through every side's timed runs, so telemetry is attached instead
+# by a separate telemetry-only efused exactly during the timed runs that must carry it (see
+# Telemetry and bench/README.md, "eBPF telemetry").
+EFUSED_ENV = dict(ENV, EFUSE_BPF="0")
+TELEMETRY_ENV = {k: v for k, v in ENV.items() if k != "EFUSE_BPF"}
+# Name of one of the programs every efused telemetry copy loads (bpf/efuse_telemetry.bpf.c).
+TELEMETRY_PROG = "efuse_request_send"
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+
+LOGF = None
+
+
+def log(msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, file=sys.stderr, flush=True)
+    if LOGF:
+        LOGF.write(line + "\n")
+        LOGF.flush()
+
+
+class BenchError(Exception):
+    """A measurement or a side failed; the harness records it and goes on."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM / SIGHUP: treated like Ctrl-C."""
+
+
+def _on_signal(signum, _frame):
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def tail(path: Path, n: int = 600, start: int = 0) -> str:
+    try:
+        data = path.read_bytes()[start:][-n:].decode(errors="replace")
+    except OSError:
+        return ""
+    return data.strip()
+

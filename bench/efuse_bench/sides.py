@@ -1,0 +1,158 @@
+"""The sides a row is measured on: native, libfuse (passthrough_ll), efused, efused-nobpf."""
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .common import BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, RUN, SIDES, BenchError
+from .mounts import retire
+from .procs import Daemon
+
+if TYPE_CHECKING:
+    from .bench import Bench
+
+
+class Side:
+    name = ""
+    groups = GROUPS     # the row groups this side is measured in
+    telemetry = False   # its timed runs carry efused's eBPF telemetry (see Telemetry)
+
+    def __init__(self, bench: "Bench"):
+        self.bench = bench
+        self.unavailable: str | None = None  # set when the side cannot run at all
+
+    def begin(self, group: str) -> Path:
+        raise NotImplementedError
+
+    def end(self) -> None:
+        pass
+
+    def check(self) -> None:
+        pass
+
+    def storage(self, group: str) -> Path:
+        raise NotImplementedError
+
+
+class NativeSide(Side):
+    name = "native"
+
+    def storage(self, group):
+        return RUN / "native" / group
+
+    def begin(self, group):
+        d = self.storage(group)
+        retire(d)
+        d.mkdir(parents=True)
+        return d
+
+
+class FuseSide(Side):
+    fstype = ""
+    env = ENV
+    ready: bytes | None = None
+
+    def __init__(self, bench):
+        super().__init__(bench)
+        self.daemon: Daemon | None = None
+        self.mnt = RUN / f"mnt-{self.name}"
+        self.notes: list[str] = []
+
+    def storage(self, group):
+        return RUN / f"src-{self.name}" / group
+
+    def argv(self, src: Path, mnt: Path) -> list[str]:
+        raise NotImplementedError
+
+    def begin(self, group):
+        if self.unavailable:
+            raise BenchError(self.unavailable)
+        src = self.storage(group)
+        retire(src)
+        src.mkdir(parents=True)
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        self.daemon = Daemon(self.name, self.argv(src, self.mnt), self.mnt, self.fstype,
+                             self.bench.out / "logs" / f"{self.name}-{group}.log", self.env,
+                             self.ready)
+        try:
+            self.daemon.start()
+        except BaseException:
+            self.end()
+            raise
+        return self.mnt
+
+    def check(self):
+        if not self.daemon:
+            raise BenchError(f"{self.name} is not running")
+        self.daemon.check()
+
+    def end(self):
+        if self.daemon:
+            d = self.daemon
+            self.daemon = None
+            d.stop()
+            for n in d.notes:
+                if n not in self.notes:
+                    self.notes.append(n)
+
+
+class LibfuseSide(FuseSide):
+    name = "libfuse"
+    fstype = "fuse.passthrough_ll"
+
+    def argv(self, src, mnt):
+        # DEFAULT passthrough_ll options: only the source and foreground mode.
+        return [str(BIN / "passthrough_ll"), "-f", "-o", f"source={src}", str(mnt)]
+
+
+class EfusedSide(FuseSide):
+    """efused as shipped: telemetry on. The daemon itself runs with EFUSE_BPF=0 and the
+    telemetry efused attaches the same programs around each of this side's timed runs."""
+    name = "efused"
+    fstype = "fuse.efuse"
+    env = EFUSED_ENV
+    ready = b"efused: ready"
+    telemetry = True
+
+    def argv(self, src, mnt):
+        return [str(self.bench.efused_bin), "--mount", f"{src}:{mnt}"] + \
+            shlex.split(self.bench.args.efused_args)
+
+
+class EfusedNoBpfSide(EfusedSide):
+    """The efused side's own daemon, mount and files with no eBPF telemetry attached: the
+    telemetry's cost is efused ÷ this, measured back to back on the same data, so that file
+    placement and page cache state do not count as telemetry cost. Runs a daemon of its own
+    only when the efused side is not part of the run."""
+    name = "efused-nobpf"
+    groups = COST_GROUPS
+    telemetry = False
+
+    def __init__(self, bench):
+        super().__init__(bench)
+        self.shared: EfusedSide | None = None  # the efused side whose mount this measures
+
+    def begin(self, group):
+        twin = next((s for s in self.bench.sides if s.name == EfusedSide.name), None)
+        if twin is not None and twin.daemon is not None:
+            self.shared = twin
+            return twin.mnt
+        self.shared = None
+        return super().begin(group)
+
+    def check(self):
+        if self.shared is not None:
+            self.shared.check()
+        else:
+            super().check()
+
+    def end(self):
+        if self.shared is not None:
+            self.shared = None
+        else:
+            super().end()
+
+
+SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide)}
+assert tuple(SIDE_CLASSES) == SIDES

@@ -1,0 +1,312 @@
+"""Unit tests of the bench's report code (bench/efuse_bench/report.py and the numbers it reads):
+formatting, medians and ratios, the tables of results.md, results.json. No root, no mounts:
+a Bench is filled with the values a run would have measured.
+
+Run: python3 -m unittest discover -s bench/tests -t bench   (ctest: unit.bench_report)"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from efuse_bench import report  # noqa: E402
+from efuse_bench.bench import Bench  # noqa: E402
+from efuse_bench.cli import parse_args  # noqa: E402
+from efuse_bench.report import describe_counts, fmt, fmt_per, fmt_ratio, mdesc  # noqa: E402
+from efuse_bench.sides import SIDE_CLASSES  # noqa: E402
+from efuse_bench.telemetry import counter_deltas, counters_of  # noqa: E402
+
+CAT_ROW = "cat one 4 KiB file x 20,000 (xargs -n 200 cat), warm"
+FIO_ROW = "fio randrw 70/30 1 x 256 MiB bs=4KiB, warm"
+TAR_ROW = "tar -xf linux-source-6.1 subset (10,958 entries, 0.13 GB)"
+
+
+def extra(foreign=0, attached=False, ios=1000):
+    return {"ios": ios, "foreign_bpf_telemetry": foreign, "bpf_telemetry": attached}
+
+
+def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar-subset"):
+    """A Bench as a quick run of fio-one, cat and tar-subset would leave it: libfuse failed in
+    cat, one efused run saw another copy of the telemetry, one could not be checked."""
+    b = Bench(parse_args(["--quick", "--sides", sides, "--rows", rows]))
+    b.loadavg = [0.1, 0.2, 0.3]
+    b.efused_version = "efused 0.1.0"
+    b.sides = [SIDE_CLASSES[n](b) for n in b.side_names]
+    b.wait_floor = {"same_cpu_us": 10.0, "cross_cpu_us": 20.0, "unpinned_us": 12.0}
+
+    def fill(m, vals):
+        for side, v in vals.items():
+            if side not in b.side_names:
+                continue
+            if isinstance(v, str):
+                m.errors[side] = v
+                continue
+            m.reps[side] = list(v)
+            m.extra[side] = [extra(attached=side == "efused") for _ in v]
+
+    iops = b.declare("fio-one.warm.iops", "fio-one", FIO_ROW, "IOPS r+w", "IOPS", "higher")
+    fill(iops, {"native": [1000, 1200, 1100], "libfuse": [100, 110, 120],
+                "efused": [900, 950, 1000], "efused-nobpf": [1000, 1000, 1000]})
+    if "efused" in b.side_names:
+        iops.extra["efused"][1]["foreign_bpf_telemetry"] = 1
+        iops.extra["efused"][2]["foreign_bpf_telemetry"] = None
+    cat = b.declare("cat.warm", "cat", CAT_ROW, "time", "s", "lower")
+    fill(cat, {"native": [1.0, 1.2, 1.1], "libfuse": "exit 1: boom | pipe\n  broken",
+               "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0]})
+    tar = b.declare("tar-subset.extract", "tar-subset", TAR_ROW, "time excl. sync", "s", "lower")
+    fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0]})
+
+    key = b.counted("cat", "warm", CAT_ROW, "files")
+    if key:
+        upcalls = {"OPEN": 20000, "FLUSH": 20000, "RELEASE": 20000, "GETATTR": 10, "LOOKUP": 5,
+                   "READ": 3}
+        switches = {"daemon voluntary": 60000, "daemon involuntary": 100,
+                    "client voluntary": 40000, "client involuntary": 20}
+        if "efused" in b.side_names:
+            b.counts[key]["efused"] = {"ios": 20000, "counters": {
+                "ios": 20000, "upcalls": upcalls, "upcalls_total": sum(upcalls.values()),
+                "switches": switches, "upcall_latency_mean_us": 12.345,
+                "events_dropped": {"ringbuf": 7}}}
+        if "libfuse" in b.side_names:
+            b.counts[key]["libfuse"] = {"error": "libfuse died"}
+    return b
+
+
+def table_rows(md: str, heading: str) -> list[list[str]]:
+    """The cells of the first table after `heading` (## level), header rows dropped."""
+    part = md.split(f"## {heading}\n", 1)[1] if heading else md
+    rows, started = [], False
+    for line in part.splitlines():
+        if line.startswith("|"):
+            started = True
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+            rows.append(cells)
+        elif started:
+            break
+    return rows[2:]
+
+
+def row_of(rows, first, second=None):
+    for r in rows:
+        if r[0] == first and (second is None or r[1] == second):
+            return r
+    raise AssertionError(f"no row {first!r} / {second!r} in {rows}")
+
+
+class FormattingTest(unittest.TestCase):
+    def test_values_by_unit(self):
+        self.assertEqual(fmt(None, "s"), "—")
+        self.assertEqual(fmt(1234.4, "IOPS"), "1,234")
+        self.assertEqual(fmt(12.34, "MB/s"), "12.3")
+        self.assertEqual(fmt(0.012345, "s"), "0.01235")
+        self.assertEqual(fmt(2.0, "s"), "2.000")
+        self.assertEqual(fmt(1500.0, "s"), "1,500")
+
+    def test_ratios(self):
+        self.assertEqual(fmt_ratio(None), "—")
+        self.assertEqual(fmt_ratio(0.05), "0.050x")
+        self.assertEqual(fmt_ratio(0.5), "0.50x")
+        self.assertEqual(fmt_ratio(12.0), "12.0x")
+
+    def test_counts_per_operation(self):
+        self.assertEqual(fmt_per(0), "0")
+        self.assertEqual(fmt_per(0.0005), "5.0e-04")
+        self.assertEqual(fmt_per(2.5), "2.500")
+        self.assertEqual(fmt_per(12.0), "12.0")
+
+    def test_markdown_cell_text(self):
+        self.assertEqual(mdesc("a |b\n   c"), "a \\|b c")
+        long = mdesc("x" * 700)
+        self.assertEqual(long, "x" * 600 + " …")
+
+    def test_describe_counts(self):
+        c = counter_deltas({}, {"upcalls:OPEN": 4, "switches:daemon voluntary": 2,
+                                "switches:client voluntary": 6}, 2)
+        self.assertEqual(describe_counts({"ios": 2, "counters": c}),
+                         "2 operations, upcalls/op 2.000, context switches/op daemon 1.000, "
+                         "client 3.000")
+        self.assertIn("not counted", describe_counts({"ios": 5, "counters": None}))
+
+
+class CountersTest(unittest.TestCase):
+    def test_counters_of_keeps_the_measured_mount_and_host_wide_drops(self):
+        samples = [("efuse_kernel_requests_total", {"mount": "/m", "opcode": "OPEN"}, 3.0),
+                   ("efuse_kernel_requests_total", {"mount": "/other", "opcode": "OPEN"}, 9.0),
+                   ("efuse_context_switches_total", {"mount": "/m", "side": "client",
+                                                     "kind": "voluntary"}, 5.0),
+                   ("efuse_kernel_request_duration_seconds_sum", {"mount": "/m"}, 0.5),
+                   ("efuse_bpf_events_dropped_total", {"reason": "ringbuf"}, 2.0)]
+        self.assertEqual(counters_of(samples, "/m"),
+                         {"upcalls:OPEN": 3.0, "switches:client voluntary": 5.0,
+                          "latency_sum_s": 0.5, "dropped:ringbuf": 2.0})
+
+    def test_deltas(self):
+        before = {"upcalls:OPEN": 10, "upcalls:READ": 4, "latency_sum_s": 1.0}
+        after = {"upcalls:OPEN": 13, "upcalls:READ": 4, "upcalls:FLUSH": 1, "latency_sum_s": 1.004,
+                 "dropped:ringbuf": 1}
+        d = counter_deltas(before, after, 2)
+        self.assertEqual(d["upcalls"], {"FLUSH": 1, "OPEN": 3})  # READ did not move
+        self.assertEqual(d["upcalls_total"], 4)
+        self.assertAlmostEqual(d["upcall_latency_mean_us"], 1000.0)
+        self.assertEqual(d["switches"]["client voluntary"], 0)
+        self.assertEqual(d["events_dropped"], {"ringbuf": 1})
+        self.assertIsNone(counter_deltas({}, {}, 0)["upcall_latency_mean_us"])
+
+
+class ReportTest(unittest.TestCase):
+    def setUp(self):
+        self._git = report._GIT
+        report._GIT = {"sha": "abc1234", "dirty": False}
+
+    def tearDown(self):
+        report._GIT = self._git
+
+    def test_medians_and_ratios(self):
+        b = make_bench()
+        iops, cat = b.by_key["fio-one.warm.iops"], b.by_key["cat.warm"]
+        self.assertEqual(iops.median("native"), 1100)
+        self.assertAlmostEqual(b.ratio(iops, "efused", "native"), 950 / 1100)
+        self.assertIsNone(b.ratio(cat, "efused", "libfuse"))  # libfuse failed
+        self.assertIsNone(b.ratio(cat, "libfuse", "native"))
+        iops.reps["native"] = [0.0]
+        self.assertIsNone(b.ratio(iops, "efused", "native"))
+
+    def test_main_table(self):
+        md = make_bench().render_md()
+        rows = table_rows(md, "")
+        self.assertEqual(row_of(rows, FIO_ROW),
+                         [FIO_ROW, "IOPS r+w", "↑ higher", "1,100", "110", "950", "0.86x", "8.64x"])
+        self.assertEqual(row_of(rows, CAT_ROW),
+                         [CAT_ROW, "time (s)", "↓ lower", "1.100", "FAILED", "2.200", "2.00x", "—"])
+        self.assertEqual(len(rows), 3)
+        self.assertIn("status: **running**, mode: quick", md)
+        self.assertIn("git: abc1234; efused: `efused 0.1.0`", md)
+        self.assertNotIn("expect noise", md)
+
+    def test_sides_not_selected_are_not_run(self):
+        rows = table_rows(make_bench(sides="native,efused").render_md(), "")
+        self.assertEqual(row_of(rows, FIO_ROW)[3:], ["1,100", "not run", "950", "0.86x", "—"])
+        reps = table_rows(make_bench().render_md(), "Repetitions")
+        # efused-nobpf never runs tar rows.
+        self.assertEqual(row_of(reps, TAR_ROW), [TAR_ROW, "time excl. sync", "0.5000", "3.000",
+                                                 "2.000", "—"])
+        cost = make_bench()
+        self.assertEqual(cost.cell(cost.by_key["tar-subset.extract"], "efused-nobpf"), "not run")
+
+    def test_telemetry_cost(self):
+        b = make_bench()
+        rows = {r["key"]: r for r in b.cost_rows()}
+        self.assertEqual(set(rows), {"fio-one.warm.iops", "cat.warm"})  # no tar: nobpf not run
+        fio = rows["fio-one.warm.iops"]
+        self.assertAlmostEqual(fio["on/off"], 0.95)
+        self.assertEqual([round(x, 2) for x in fio["per_rep_on/off"]], [0.9, 0.95, 1.0])
+        self.assertEqual((fio["runs"], fio["runs_with_foreign_telemetry"], fio["runs_unchecked"]),
+                         (6, 1, 1))
+        # A time row's ratio is off's time ÷ on's: below 1 = slower with telemetry.
+        cat = rows["cat.warm"]
+        self.assertAlmostEqual(cat["on/off"], 2.0 / 2.2)
+        self.assertEqual([round(x, 2) for x in cat["per_rep_on/off"]], [1.0, 0.91, 0.83])
+        md = b.render_md()
+        table = table_rows(md, "eBPF telemetry cost: efused with telemetry on ÷ off")
+        self.assertEqual(row_of(table, FIO_ROW),
+                         [FIO_ROW, "IOPS", "950", "1,000", "0.95x", "0.90x, 0.95x, 1.00x",
+                          "**in 1 of 6 runs** (1 unchecked: bpftool failed)"])
+        self.assertIn("Median on ÷ off over these 2 rows: **0.93x**; lowest: 0.91x "
+                      f"({CAT_ROW}).", md)
+
+    def test_no_cost_section_without_both_efused_sides(self):
+        self.assertNotIn("## eBPF telemetry cost", make_bench(sides="native,efused").render_md())
+
+    def test_counted_runs(self):
+        md = make_bench().render_md()
+        rows = table_rows(md, "Upcalls and context switches per operation")
+        self.assertEqual(row_of(rows, CAT_ROW, "libfuse")[2], "FAILED")
+        ef = row_of(rows, CAT_ROW, "efused")
+        self.assertEqual(ef[2:5], ["20,000 files", "60,018", "3.001"])
+        # The four largest opcodes and the rest summed.
+        self.assertEqual(ef[5], "OPEN 1.000, FLUSH 1.000, RELEASE 1.000, GETATTR 5.0e-04, "
+                                "2 others 4.0e-04")
+        self.assertEqual(ef[6:], ["3.000", "0.005", "2.000", "0.001", "12.3 µs"])
+        self.assertIn(f"libfuse FAILED in the counted run of {CAT_ROW}: libfuse died", md)
+        self.assertIn("ringbuf 7; the counts above may miss", md)
+
+    def test_counted_runs_without_telemetry(self):
+        b = make_bench()
+        for rec in b.counts.values():
+            rec.clear()
+        b.telemetry.unavailable = "telemetry efused: efuse_bpf_up is 0"
+        md = b.render_md()
+        self.assertIn("**eBPF telemetry unavailable, nothing counted**: telemetry efused: "
+                      "efuse_bpf_up is 0", md)
+        self.assertIn("- eBPF telemetry: unavailable: telemetry efused: efuse_bpf_up is 0", md)
+
+    def test_wait_floor(self):
+        b = make_bench()
+        self.assertEqual(b.floor_us(), 10.0)
+        (row,) = b.floor_rows()
+        self.assertAlmostEqual(row["native_per_op_us"], 55.0)
+        self.assertAlmostEqual(row["waits_per_op"], 2.0)
+        self.assertAlmostEqual(row["lowest_ratio"], (55.0 + 2 * 10.0) / 55.0)
+        table = table_rows(b.render_md(), "Wait floor")
+        self.assertEqual(table, [[CAT_ROW, "55.0 µs", "2.000", "10.0 µs", "1.36x", "2.00x"]])
+        b.wait_floor = {"error": "gcc: not found"}
+        self.assertEqual(b.floor_rows(), [])
+        self.assertIn("not measured (gcc: not found).", b.render_md())
+
+    def test_failures_and_notes(self):
+        b = make_bench()
+        b.foreign["efused"] = {"runs": 6, "disturbed": 1, "unknown": 1,
+                               "holders": {"pid 42 (efused --mount a:b)"}}
+        md = b.render_md()
+        notes = md.split("## Failures and notes\n", 1)[1].split("\n## ", 1)[0]
+        self.assertIn("- **libfuse** failed in `cat`: exit 1: boom \\| pipe broken", notes)
+        self.assertEqual(notes.count("**libfuse** failed"), 1)
+        self.assertIn("- efused: during 1 of 6 timed runs, copies of efused's eBPF telemetry", notes)
+        self.assertIn("pid 42 (efused --mount a:b)", notes)
+        self.assertIn("- efused: 1 of 6 timed runs could not be checked", notes)
+
+    def test_busy_machine_is_flagged(self):
+        b = make_bench()
+        b.loadavg = [2.0, 1.0, 0.5]
+        self.assertIn("2.00 / 1.00 / 0.50 — **other work was running", b.render_md())
+
+    def test_write_results(self):
+        b = make_bench()
+        with tempfile.TemporaryDirectory() as d:
+            b.out = Path(d)
+            b.write_results()
+            doc = json.loads((b.out / "results.json").read_text())
+            self.assertEqual((b.out / "results.md").read_text(), b.render_md())
+            self.assertFalse((b.out / "results.json.tmp").exists())
+        self.assertEqual(doc["meta"]["status"], "running")
+        self.assertEqual(doc["meta"]["sides"], ["native", "libfuse", "efused", "efused-nobpf"])
+        self.assertEqual(doc["meta"]["git"], {"sha": "abc1234", "dirty": False})
+        rows = {r["key"]: r for r in doc["rows"]}
+        self.assertEqual(list(rows), ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
+        cat = rows["cat.warm"]
+        self.assertEqual(cat["sides"]["libfuse"]["error"], "exit 1: boom | pipe\n  broken")
+        self.assertEqual(cat["sides"]["efused"]["median"], 2.2)
+        self.assertEqual(cat["sides"]["efused"]["reps"], [2.0, 2.2, 2.4])
+        self.assertIsNone(cat["ratios"]["efused/libfuse"])
+        self.assertAlmostEqual(cat["ratios"]["efused/native"], 2.0)
+        self.assertAlmostEqual(rows["fio-one.warm.iops"]["ratios"]["efused/efused-nobpf"], 0.95)
+        self.assertEqual([c["key"] for c in doc["upcalls_ctxsw_per_io"]], ["cat.warm"])
+        self.assertEqual(doc["upcalls_ctxsw_per_io"][0]["sides"]["libfuse"], {"error": "libfuse died"})
+        self.assertEqual(len(doc["wait_floor"]), 1)
+        self.assertEqual([r["key"] for r in doc["telemetry_cost"]], ["fio-one.warm.iops", "cat.warm"])
+
+    def test_write_results_needs_the_output_directory(self):
+        b = make_bench()
+        with tempfile.TemporaryDirectory() as d:
+            b.out = Path(d) / "gone"
+            b.write_results()  # an output directory that is not there: nothing written
+            self.assertEqual(list(Path(d).iterdir()), [])
+
+
+if __name__ == "__main__":
+    unittest.main()
