@@ -14,12 +14,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 DeferredReply Session::defer(Request& r) {
   r.replied = true;
   r.deferred = true;

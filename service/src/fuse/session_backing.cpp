@@ -8,12 +8,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool dir,
                             uint64_t nodeid) {
   *o = {};

@@ -10,12 +10,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 void Session::do_opendir(Request& r) {
   TAKE(in, k::fuse_open_in);
   auto o = fs_.opendir(r.ctx, r.hdr.nodeid, static_cast<int>(in->flags));

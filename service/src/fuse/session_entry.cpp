@@ -10,12 +10,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 void Session::reply_entry(Request& r, const fs::Entry& e) {
   k::fuse_entry_out o{};
   o.nodeid = e.ino;

@@ -11,12 +11,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 void Session::reply_open(Request& r, const fs::OpenInfo& info, bool dir) {
   k::fuse_open_out o;
   fill_open_out(&o, info, dir, r.hdr.nodeid);

@@ -16,12 +16,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 static fs::Lock to_lock(const k::fuse_file_lock& l) {
   return fs::Lock{l.start, l.end, l.type, l.pid};
 }

@@ -15,12 +15,19 @@
 
 namespace fuse {
 
+// The names every handler file uses (this header is private to session*.cpp).
+using efuse::Errno;
+using efuse::Result;
+using efuse::Status;
+namespace k = kernel;
+namespace fs = efuse::fs;
+
 struct Session::Request {
-  kernel::fuse_in_header hdr;
+  k::fuse_in_header hdr;
   Reader body;
   Transport& out;
   std::span<char> scratch;
-  efuse::fs::Context ctx;
+  fs::Context ctx;
   uint64_t start_ns = 0;
   bool replied = false;
   bool deferred = false;  // a DeferredReply answers (and records) it

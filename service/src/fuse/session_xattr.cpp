@@ -5,12 +5,6 @@
 
 namespace fuse {
 
-using efuse::Errno;
-using efuse::Result;
-using efuse::Status;
-namespace k = kernel;
-namespace fs = efuse::fs;
-
 void Session::do_setxattr(Request& r) {
   size_t in_size = negotiated_.has(k::init::kSetxattrExt) ? sizeof(k::fuse_setxattr_in)
                                                           : k::kCompatSetxattrInSize;
