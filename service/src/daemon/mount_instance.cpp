@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "common/log.h"
-#include "fs/passthrough/passthrough_fs.h"
+#include "fs/registry.h"
 #include "telemetry/kernel_features.h"
 
 namespace efuse::daemon {
@@ -167,7 +167,7 @@ Status MountInstance::start(std::string* error) {
     *error = problem;
     return Errno{ENOENT};
   }
-  if (cfg_.backend != "passthrough") {
+  if (!fs::backend_known(cfg_.backend)) {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
   }
@@ -211,12 +211,9 @@ Status MountInstance::start(std::string* error) {
                  why.c_str());
     }
   }
-  try {
-    fs_ = std::make_unique<fs::passthrough::PassthroughFs>(cfg_.source, policy_of(cfg_));
-  } catch (const std::system_error& e) {
-    *error = e.what();
-    return Errno{e.code().value()};
-  }
+  auto backend = fs::create_backend(cfg_.backend, {cfg_.source, policy_of(cfg_)}, error);
+  if (!backend.ok()) return Errno{backend.error()};
+  fs_ = std::move(*backend);
   fuse::SessionOptions so;
   so.negative_timeout = cfg_.cache.negative_timeout;
   so.writeback_cache = cfg_.cache.writeback;
