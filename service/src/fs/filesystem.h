@@ -154,6 +154,12 @@ class Filesystem {
  public:
   virtual ~Filesystem() = default;
 
+  // INIT, first step: `offered` is what the kernel offers (and the mount's options allow);
+  // the backend answers what it wants of it. The session grants the wanted part it can
+  // combine (the kernel refuses writeback cache with passthrough opens; passthrough wins)
+  // and then calls init() with the grant. Default: everything offered.
+  virtual Capabilities negotiate(const Capabilities& offered) { return offered; }
+  // INIT, second step: what was granted.
   virtual void init(const Capabilities&) {}
   virtual void set_policy(const Policy&) {}
   // Starts (non-null) or stops (null) telling the kernel about changes made behind the

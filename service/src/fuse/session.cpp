@@ -123,16 +123,25 @@ void Session::do_init(Request& r) {
   if (offered & k::init::kInitExt) offered |= static_cast<uint64_t>(in->flags2) << 32;
   offered &= ~opts_.masked_flags;
 
-  uint64_t want = k::init::kAsyncRead | k::init::kPosixLocks | k::init::kAtomicOTrunc |
-                  k::init::kBigWrites | k::init::kFlockLocks | k::init::kAutoInvalData |
+  // What the session itself wants; the backend's capabilities it asks the backend for.
+  uint64_t want = k::init::kAsyncRead | k::init::kAtomicOTrunc |
+                  k::init::kBigWrites | k::init::kAutoInvalData |
                   k::init::kDoReaddirplus | k::init::kReaddirplusAuto | k::init::kAsyncDio |
                   k::init::kParallelDirops | k::init::kMaxPages | k::init::kCacheSymlinks |
                   k::init::kSetxattrExt | k::init::kInitExt | k::init::kDontMask |
                   k::init::kHandleKillprivV2;
   if (opts_.posix_acl) want |= k::init::kPosixAcl;
-  if (opts_.writeback_cache) want |= k::init::kWritebackCache;
-  if (opts_.passthrough) want |= k::init::kPassthrough;
   if (opts_.io_uring) want |= k::init::kOverIoUring;
+  fs::Capabilities on_offer;  // what the kernel offers and the mount's options allow
+  on_offer.writeback_cache = opts_.writeback_cache && (offered & k::init::kWritebackCache);
+  on_offer.passthrough = opts_.passthrough && (offered & k::init::kPassthrough);
+  on_offer.posix_locks = offered & k::init::kPosixLocks;
+  on_offer.flock_locks = offered & k::init::kFlockLocks;
+  fs::Capabilities wanted = fs_.negotiate(on_offer);
+  if (wanted.writeback_cache && on_offer.writeback_cache) want |= k::init::kWritebackCache;
+  if (wanted.passthrough && on_offer.passthrough) want |= k::init::kPassthrough;
+  if (wanted.posix_locks && on_offer.posix_locks) want |= k::init::kPosixLocks;
+  if (wanted.flock_locks && on_offer.flock_locks) want |= k::init::kFlockLocks;
   uint64_t granted = offered & want;
   // The kernel refuses writeback cache combined with passthrough opens; prefer passthrough.
   if ((granted & k::init::kPassthrough) && (granted & k::init::kWritebackCache))

@@ -1010,3 +1010,73 @@ TEST(SessionConnection, WithoutAConnectionNothingConnectionWideHappens) {
 
 }  // namespace
 }  // namespace fuse::testing
+
+namespace fuse::testing {
+namespace {
+
+// A backend that wants only what it is told to, and records the negotiation.
+class PickyFs final : public efuse::fs::Filesystem {
+ public:
+  efuse::fs::Capabilities wants, offered, granted;
+  efuse::fs::Capabilities negotiate(const efuse::fs::Capabilities& o) override {
+    offered = o;
+    return wants;
+  }
+  void init(const efuse::fs::Capabilities& g) override { granted = g; }
+};
+
+k::fuse_init_out init_of(Session& s, uint64_t flags) {
+  RecordingTransport t;
+  std::vector<char> scratch(4096);
+  std::string req = make_request(code(k::Opcode::Init), 0, 1,
+                                 init_body(k::kVersion, k::kMinorVersion, flags));
+  s.handle(std::span<const char>(req.data(), req.size()), t, std::span<char>(scratch));
+  auto sent = t.take();
+  if (sent.size() != 1) {
+    ADD_FAILURE() << "INIT got " << sent.size() << " replies";
+    return {};
+  }
+  return parse_reply(sent[0]).as<k::fuse_init_out>();
+}
+
+uint64_t flags_of(const k::fuse_init_out& o) {
+  return o.flags | static_cast<uint64_t>(o.flags2) << 32;
+}
+
+// INIT asks the backend what it wants of what the kernel offers (and the mount allows); the
+// session no longer chooses the backend's capabilities for it.
+TEST(SessionInit, TheBackendChoosesItsCapabilitiesFromWhatIsOffered) {
+  PickyFs fs;
+  fs.wants.flock_locks = true;  // no POSIX locks, no passthrough, no writeback cache
+  SessionOptions opts;
+  opts.passthrough = true;
+  opts.writeback_cache = false;  // the mount does not allow it: never offered to the backend
+  Session s(fs, opts);
+  uint64_t granted = flags_of(init_of(s, kKernelFlags));
+  EXPECT_TRUE(fs.offered.passthrough && fs.offered.posix_locks && fs.offered.flock_locks);
+  EXPECT_FALSE(fs.offered.writeback_cache);
+  EXPECT_EQ(granted & k::init::kPosixLocks, 0u);
+  EXPECT_EQ(granted & k::init::kPassthrough, 0u);
+  EXPECT_EQ(granted & k::init::kWritebackCache, 0u);
+  EXPECT_NE(granted & k::init::kFlockLocks, 0u);
+  EXPECT_TRUE(fs.granted.flock_locks);
+  EXPECT_FALSE(fs.granted.posix_locks || fs.granted.passthrough || fs.granted.writeback_cache);
+  EXPECT_NE(granted & k::init::kAsyncRead, 0u) << "the session's own flags are unchanged";
+}
+
+// What the backend wants but the kernel does not offer is never granted.
+TEST(SessionInit, AWantTheKernelDidNotOfferIsNotGranted) {
+  PickyFs fs;
+  fs.wants = {true, true, true, true};
+  SessionOptions opts;
+  opts.writeback_cache = true;
+  Session s(fs, opts);
+  uint64_t granted = flags_of(init_of(s, kKernelFlags & ~k::init::kPosixLocks & ~k::init::kPassthrough));
+  EXPECT_FALSE(fs.offered.posix_locks || fs.offered.passthrough);
+  EXPECT_EQ(granted & (k::init::kPosixLocks | k::init::kPassthrough), 0u);
+  EXPECT_NE(granted & k::init::kWritebackCache, 0u) << "offered, allowed and wanted";
+  EXPECT_TRUE(fs.granted.writeback_cache && fs.granted.flock_locks);
+}
+
+}  // namespace
+}  // namespace fuse::testing

@@ -55,6 +55,8 @@ class PassthroughFs final : public Filesystem {
   PassthroughFs(std::string source, const Policy& policy);
   ~PassthroughFs() override;
 
+  // Wants all of it: writeback cache, passthrough, POSIX locks and flock.
+  Capabilities negotiate(const Capabilities& offered) override { return offered; }
   void init(const Capabilities& caps) override;
   void set_policy(const Policy& policy) override;
   void set_invalidator(Invalidator* inv) override;
