@@ -33,14 +33,20 @@ using efuse::testing::TempDir;
 
 constexpr uint32_t code(k::Opcode op) { return static_cast<uint32_t>(op); }
 
+// The bytes one writev() of these iovecs would carry.
+inline std::string joined(const struct iovec* iov, int count) {
+  std::string msg;
+  for (int i = 0; i < count; ++i)
+    msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+  return msg;
+}
+
 // Records every send() as one byte string, the iovecs concatenated: what one write() to
 // /dev/fuse would carry. Thread-safe, because SETLKW waiters reply from their own threads.
 class RecordingTransport final : public Transport {
  public:
   int send(const struct iovec* iov, int count) override {
-    std::string msg;
-    for (int i = 0; i < count; ++i)
-      msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    std::string msg = joined(iov, count);
     std::lock_guard lk(mu_);
     sent_.push_back(std::move(msg));
     return 0;
@@ -76,9 +82,7 @@ class RecordingConnection final : public Connection {
     closed_backing_ids_.push_back(id);
   }
   int notify(const struct iovec* iov, int count) override {
-    std::string msg;
-    for (int i = 0; i < count; ++i)
-      msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    std::string msg = joined(iov, count);
     std::lock_guard lk(mu_);
     notifications_.push_back(std::move(msg));
     return notify_result_;
