@@ -129,8 +129,8 @@ def panels():
         stat("eBPF telemetry", [
             target(f"efuse_bpf_up{{{INST}}}", "up {{instance}}"),
             target(f"efuse_bpf_programs_attached{{{INST}}}", "programs {{instance}}", "B")],
-            "efuse_bpf_up and programs attached (3: fuse_request_send, fuse_request_end, "
-            "sched_switch). 0 means the kernel refused; efused's log says why (docs/bpf.md)."),
+            "efuse_bpf_up and programs attached (2: fuse_request_send, fuse_request_end). 0 "
+            "means off: efuse_bpf_off_reason and efused's log say why (docs/bpf.md)."),
         timeseries("Daemon CPU and memory", [
             target(f"rate(efuse_process_cpu_seconds_total{{{INST}}}[{RATE}])", "CPU {{instance}}"),
         ], "percentunit", "CPU seconds per second used by efused."),
