@@ -40,6 +40,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/system.h"
 #include "fs/passthrough/passthrough_fs.h"
 #include "fuse/mount.h"
 #include "fuse/opcodes.h"
@@ -217,7 +218,8 @@ int main(int argc, char** argv) {
   std::printf("mounted %s (conn %u)\n", mnt.c_str(), m->conn_id);
 
   if (mode == "fail-setup") depth = 256;
-  auto ch = std::make_unique<fuse::UringChannel>(*session, m->fd, depth, 2);
+  auto conn = std::make_unique<fuse::Connection>(efuse::UniqueFd(m->fd));
+  auto ch = std::make_unique<fuse::UringChannel>(*session, *conn, depth, 2);
   efuse::Status s = ch->serve_init(&error);
   check(s.ok(), "serve_init" + (s.ok() ? "" : ": " + error));
   bool granted = session->negotiated().has(fuse::kernel::init::kOverIoUring);
@@ -271,7 +273,7 @@ int main(int argc, char** argv) {
     s = ch->start(&error);
     check(s.ok(), "start()" + (s.ok() ? "" : ": " + error));
     check(ch->rings_active(), "rings active");
-    check(ch->queue_count() == fuse::uring::possible_cpus(),
+    check(ch->queue_count() == efuse::possible_cpus(),
           "one queue per possible CPU (" + std::to_string(ch->queue_count()) + ")");
   }
 

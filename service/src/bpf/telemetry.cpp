@@ -23,6 +23,7 @@
 #include "bpf/maps.h"
 #include "bpf/mountinfo.h"
 #include "common/log.h"
+#include "common/system.h"
 #include "efuse_telemetry.skel.h"
 
 namespace efuse::bpf {
@@ -69,17 +70,6 @@ bool initial_user_namespace() {
   return n == 3 && inside == 0 && outside == 0 && count == 4294967295ULL;
 }
 
-bool seccomp_filtered() {
-  FILE* f = std::fopen("/proc/self/status", "re");
-  if (f == nullptr) return false;
-  char line[256];
-  int mode = 0;
-  while (std::fgets(line, sizeof line, f) != nullptr)
-    if (std::sscanf(line, "Seccomp: %d", &mode) == 1) break;
-  std::fclose(f);
-  return mode == 2;
-}
-
 // Why the kernel said EPERM/EACCES to bpf(), from what this process may do, with what the
 // operator can change. (libbpf's own hints at this point are about RLIMIT_MEMLOCK, which
 // does not apply: kernels with the FUSE tracepoints charge BPF memory to the memory cgroup;
@@ -101,7 +91,7 @@ std::string permission_text() {
                                          "CapabilityBoundingSet lists them)")
                            : std::string("run it as root, or grant it CAP_BPF and CAP_PERFMON")) +
            ", or set EFUSE_BPF=0 to not try; RLIMIT_MEMLOCK is not the cause";
-  if (seccomp_filtered())
+  if (efuse::seccomp_filtered())
     return "efused has the capabilities, but a seccomp filter refuses bpf() (systemd-nspawn's "
            "default filter, or SystemCallFilter=): allow bpf and perf_event_open (nspawn: "
            "--system-call-filter='bpf perf_event_open'), or set EFUSE_BPF=0 to not try; "

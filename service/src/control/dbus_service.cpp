@@ -76,6 +76,7 @@ Status DbusService::start(std::string* error) {
     return st;
   }
   last_mount_count_ = current_mount_count();
+  serving_ = true;
   thread_ = std::thread([this] { run(); });
   return {};
 }
@@ -156,6 +157,7 @@ void DbusService::run() noexcept {
   } else if (!stopping_) {
     LOG_ERROR("D-Bus: connection to the bus lost; the control interface is gone");
   }
+  serving_ = false;
 }
 
 int DbusService::wakeup_cb(sd_event_source*, int, uint32_t, void* userdata) noexcept {

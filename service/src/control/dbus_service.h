@@ -46,6 +46,9 @@ class DbusService {
   Status start(std::string* error);
   // Stops serving: releases the name, joins the bus thread. Idempotent.
   void stop() noexcept;
+  // Whether the bus thread's event loop runs: from start() until stop(), or until the
+  // connection to the bus is lost (the loop then ends by itself, logged).
+  bool serving() const { return serving_.load(); }
 
   // For tests: callers with this effective uid may call the mutating methods (default 0).
   void set_privileged_uid_for_testing(uid_t uid) { privileged_uid_.store(uid); }
@@ -76,6 +79,7 @@ class DbusService {
   std::shared_ptr<SignalQueue> queue_;
   std::thread thread_;
   std::atomic<bool> stopping_{false};
+  std::atomic<bool> serving_{false};
   bool started_ = false;
   bool listener_set_ = false;
   bool name_owned_ = false;

@@ -15,7 +15,7 @@
 #include <thread>
 
 #include "common/log.h"
-#include "fs/passthrough/passthrough_fs.h"
+#include "fs/registry.h"
 #include "telemetry/kernel_features.h"
 
 namespace efuse::daemon {
@@ -113,11 +113,11 @@ MountInstance::MountInstance(MountConfig cfg) : cfg_(std::move(cfg)) {}
 
 MountInstance::~MountInstance() {
   stop();
-  if ((classic_ || uring_) && !channel_stopped()) {
+  if (channel_ && !channel_stopped()) {
     // Workers still blocked on a connection that could not be aborted: they reference the
-    // session and backend, so those must outlive them. Only reached on the way out.
-    (void)classic_.release();
-    (void)uring_.release();
+    // connection, session and backend, so those must outlive them. Only reached on the way out.
+    (void)channel_.release();
+    (void)conn_.release();
     (void)session_.release();
     (void)fs_.release();
   }
@@ -125,45 +125,39 @@ MountInstance::~MountInstance() {
 
 const char* MountInstance::transport() const {
   if (!live()) return "";
-  return uring_ && uring_->rings_active() ? "uring" : "classic";
+  return channel_ ? channel_->transport() : "classic";
 }
 
-bool MountInstance::channel_stopped() const {
-  if (uring_) return uring_->stopped();
-  return !classic_ || classic_->stopped();
-}
+bool MountInstance::channel_stopped() const { return !channel_ || channel_->stopped(); }
 
-bool MountInstance::channel_wait(int ms) {
-  if (uring_) return uring_->wait(ms);
-  return !classic_ || classic_->wait(ms);
-}
-
-fuse::Transport& MountInstance::notify_transport() {
-  return uring_ ? uring_->notify_transport() : classic_->notify_transport();
-}
+bool MountInstance::channel_wait(int ms) { return !channel_ || channel_->wait(ms); }
 
 // io_uring queues when configured and granted; otherwise (or when they cannot be set up
 // while the kernel can still go back) classic /dev/fuse workers. A fallback is logged and
 // shows as transport="classic" with efuse_mount_transport_fallback 1 in /metrics.
 Status MountInstance::start_channel(int fd, bool want_uring, std::string* error) {
+  conn_ = std::make_unique<fuse::Connection>(UniqueFd(fd));
   if (!want_uring) {
-    classic_ = std::make_unique<fuse::ClassicChannel>(*session_, fd, cfg_.threads);
-    Status s = classic_->serve_init(error);
-    return s.ok() ? classic_->start(error) : s;
+    channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads);
+    Status s = channel_->serve_init(error);
+    return s.ok() ? channel_->start(error) : s;
   }
-  uring_ = std::make_unique<fuse::UringChannel>(*session_, fd, cfg_.queue_depth, cfg_.threads);
-  Status s = uring_->serve_init(error);
+  auto uring = std::make_unique<fuse::UringChannel>(*session_, *conn_, cfg_.queue_depth,
+                                                    cfg_.threads);
+  fuse::UringChannel& u = *uring;
+  channel_ = std::move(uring);
+  Status s = u.serve_init(error);
   if (!s.ok()) return s;
   std::string why;
-  if (uring_->start(&why).ok()) return {};
-  if (!uring_->classic_fallback_ready()) {
+  if (u.start(&why).ok()) return {};
+  if (!u.classic_fallback_ready()) {
     *error = "io_uring setup failed and the kernel cannot go back to /dev/fuse: " + why;
     return Errno{EIO};
   }
   fallback_reason_ = why;
   LOG_WARN("%s: io_uring transport not in use (%s); serving over /dev/fuse", cfg_.name.c_str(),
            why.c_str());
-  return uring_->start_classic(error);
+  return u.start_classic(error);
 }
 
 Status MountInstance::start(std::string* error) {
@@ -173,7 +167,7 @@ Status MountInstance::start(std::string* error) {
     *error = problem;
     return Errno{ENOENT};
   }
-  if (cfg_.backend != "passthrough") {
+  if (!fs::backend_known(cfg_.backend)) {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
   }
@@ -217,12 +211,9 @@ Status MountInstance::start(std::string* error) {
                  why.c_str());
     }
   }
-  try {
-    fs_ = std::make_unique<fs::passthrough::PassthroughFs>(cfg_.source, policy_of(cfg_));
-  } catch (const std::system_error& e) {
-    *error = e.what();
-    return Errno{e.code().value()};
-  }
+  auto backend = fs::create_backend(cfg_.backend, {cfg_.source, policy_of(cfg_)}, error);
+  if (!backend.ok()) return Errno{backend.error()};
+  fs_ = std::move(*backend);
   fuse::SessionOptions so;
   so.negative_timeout = cfg_.cache.negative_timeout;
   so.writeback_cache = cfg_.cache.writeback;
@@ -290,13 +281,15 @@ void MountInstance::report_io_path() const {
              cfg_.name.c_str(), passthrough_missing_.c_str());
 }
 
-void MountInstance::inval_inode(uint64_t ino, bool data_too) {
+Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
-  (void)session_->notify_inval_inode(notify_transport(), ino, data_too ? 0 : -1, 0);
+  int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
+  return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
-void MountInstance::inval_entry(uint64_t parent, std::string_view name) {
-  (void)session_->notify_inval_entry(notify_transport(), parent, name);
+Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
+  int rc = session_->notify_inval_entry(parent, name);
+  return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
@@ -309,12 +302,10 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
 }
 
-bool MountInstance::lost() const { return mounted_now_ && (classic_ || uring_) && channel_stopped(); }
+bool MountInstance::lost() const { return mounted_now_ && channel_ && channel_stopped(); }
 
 std::vector<const fuse::WorkerStats*> MountInstance::worker_stats() const {
-  if (uring_) return uring_->worker_stats();
-  if (classic_) return classic_->worker_stats();
-  return {};
+  return channel_ ? channel_->worker_stats() : std::vector<const fuse::WorkerStats*>{};
 }
 
 uint64_t MountInstance::requests_served() const {
@@ -424,7 +415,7 @@ void MountInstance::stop(int grace_ms) {
   if (fs_) fs_->set_invalidator(nullptr);  // joins the watcher before the channel goes
   // Only while the workers serve (not after the connection ended, nor for a mount that
   // never answered INIT: opening its root would wait for INIT).
-  if ((classic_ || uring_) && !channel_stopped() && session_ && session_->initialized() &&
+  if (channel_ && !channel_stopped() && session_ && session_->initialized() &&
       !cfg_.options.read_only)
     flush_dirty();
   auto how = fuse::unmount(cfg_.mountpoint, mounted_.via_fusermount);
@@ -433,7 +424,7 @@ void MountInstance::stop(int grace_ms) {
   else if (how.error() != EINVAL && how.error() != ENOENT)  // EINVAL: no longer mounted
     LOG_WARN("%s: unmounting %s failed: %s", cfg_.name.c_str(), cfg_.mountpoint.c_str(),
              strerror(how.error()));
-  bool has_channel = classic_ || uring_;
+  bool has_channel = channel_ != nullptr;
   if (has_channel && !channel_wait(grace_ms)) {
     // Detached but still in use: end the connection so the workers stop; the clients'
     // open files fail with ENOTCONN from now on.
@@ -446,8 +437,8 @@ void MountInstance::stop(int grace_ms) {
     channel_wait(grace_ms);
   }
   if (has_channel && channel_stopped()) {  // joins, closes the fds
-    uring_.reset();
-    classic_.reset();
+    channel_.reset();
+    conn_.reset();
   }
 }
 

@@ -59,19 +59,18 @@ class MountInstance final : private fs::Invalidator {
   const char* effective_io_path() const;
   const std::string& io_path_note() const { return passthrough_missing_; }
   fs::BackendStats backend_stats() const { return fs_ ? fs_->backend_stats() : fs::BackendStats{}; }
-  unsigned uring_queues() const { return uring_ && uring_->rings_active() ? uring_->queue_count() : 0; }
+  unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
 
  private:
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
-  void inval_inode(uint64_t ino, bool data_too) override;
-  void inval_entry(uint64_t parent, std::string_view name) override;
+  Status inval_inode(uint64_t ino, bool data_too) override;
+  Status inval_entry(uint64_t parent, std::string_view name) override;
 
   MountConfig cfg_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;
-  // Exactly one of these serves a live mount.
-  std::unique_ptr<fuse::ClassicChannel> classic_;
-  std::unique_ptr<fuse::UringChannel> uring_;
+  std::unique_ptr<fuse::Connection> conn_;  // the /dev/fuse fd; outlives channel_
+  std::unique_ptr<fuse::Channel> channel_;  // classic or io_uring
   std::string fallback_reason_;
   std::string passthrough_missing_;  // why INIT did not grant passthrough ("" when it did)
   fuse::Mounted mounted_;
@@ -86,7 +85,6 @@ class MountInstance final : private fs::Invalidator {
   uint64_t requests_served() const;
   bool channel_stopped() const;
   bool channel_wait(int ms);
-  fuse::Transport& notify_transport();
 };
 
 }  // namespace efuse::daemon

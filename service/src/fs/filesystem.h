@@ -119,9 +119,12 @@ class Invalidator {
  public:
   virtual ~Invalidator() = default;
   // Attributes, and when data_too the cached data (and readdir cache) of `ino`.
-  virtual void inval_inode(uint64_t ino, bool data_too) = 0;
+  // Each returns whether the kernel took the invalidation; ENOENT (it no longer knows the
+  // object) means there was nothing to invalidate. The implementation logs and counts
+  // failures; callers use the result for their own accounting.
+  virtual Status inval_inode(uint64_t ino, bool data_too) = 0;
   // The name `name` in directory `parent` (positive or negative dentry).
-  virtual void inval_entry(uint64_t parent, std::string_view name) = 0;
+  virtual Status inval_entry(uint64_t parent, std::string_view name) = 0;
 };
 
 // What a backend reports to /metrics: the inodes it holds for the kernel and the
@@ -151,6 +154,12 @@ class Filesystem {
  public:
   virtual ~Filesystem() = default;
 
+  // INIT, first step: `offered` is what the kernel offers (and the mount's options allow);
+  // the backend answers what it wants of it. The session grants the wanted part it can
+  // combine (the kernel refuses writeback cache with passthrough opens; passthrough wins)
+  // and then calls init() with the grant. Default: everything offered.
+  virtual Capabilities negotiate(const Capabilities& offered) { return offered; }
+  // INIT, second step: what was granted.
   virtual void init(const Capabilities&) {}
   virtual void set_policy(const Policy&) {}
   // Starts (non-null) or stops (null) telling the kernel about changes made behind the
@@ -161,6 +170,25 @@ class Filesystem {
   virtual BackendStats backend_stats() const { return {}; }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
+  // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each
+  // readdirplus entry but . and ..) adds one to the node's count; FORGET and BATCH_FORGET
+  // subtract nlookup. A node goes at zero, and its nodeid is never reused while the kernel
+  // may still name it. Today a FORGET for more than the backend counted clamps to zero and
+  // drops the node: every lookup the kernel holds was answered by efused, so the kernel's
+  // count can only be smaller.
+  //
+  // Contract for lookups the kernel answers without efused seeing them (the kmod tier's
+  // LOOKUP handlers, tier 3): the kernel's count then exceeds efused's by what that tier
+  // answered, so a FORGET for more than efused counted is normal, and neither clamping (a
+  // node the kernel still holds would be dropped) nor ignoring it (a node would leak) is
+  // right. So (1) the tier answers only for nodes whose count efused holds above zero, and
+  // efused withdraws a node from the tier's maps before it may drop it; (2) the tier counts
+  // each lookup it answers per nodeid in a map efused owns; (3) before applying a FORGET,
+  // efused folds that count into the node's (and zeroes it), so every FORGET meets the
+  // kernel's full count: a node drops exactly when the kernel's count reaches zero. A FORGET
+  // still exceeding the folded count is a bookkeeping bug: logged, counted, and the node
+  // dropped (the kernel holds nothing more to forget). Not implemented yet: no tier answers
+  // lookups in this version.
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.

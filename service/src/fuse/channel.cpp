@@ -45,55 +45,50 @@ constexpr size_t kWriteDataOffset = sizeof(kernel::fuse_in_header) + sizeof(kern
 
 class ClassicChannel::Worker final : public Transport {
  public:
-  Worker(int fd, bool owns_fd, size_t bufsize, size_t scratch)
-      : fd_(fd), owns_fd_(owns_fd), in_(bufsize + AlignedBuffer::kPage), scratch_(scratch) {}
+  // `own`: a clone of the connection's fd for this worker alone; empty: it reads `fd`, the
+  // connection's own.
+  Worker(int fd, efuse::UniqueFd own, size_t bufsize, size_t scratch)
+      : own_(std::move(own)),
+        fd_(own_ ? own_.get() : fd),
+        in_(bufsize + AlignedBuffer::kPage),
+        scratch_(scratch) {}
   char* in() const { return in_.data() + AlignedBuffer::kPage - kWriteDataOffset; }
   size_t in_size() const { return in_.size() - AlignedBuffer::kPage + kWriteDataOffset; }
   std::span<char> scratch() const { return {scratch_.data(), scratch_.size()}; }
-  ~Worker() override {
-    if (owns_fd_) ::close(fd_);
-  }
 
   int send(const struct iovec* iov, int count) override {
     ssize_t n = ::writev(fd_, iov, count);
     return n < 0 ? -errno : 0;
   }
-  int backing_open(int fd) override {
-    kernel::fuse_backing_map map{};
-    map.fd = fd;
-    int id = ::ioctl(fd_, kernel::kDevIocBackingOpen, &map);
-    return id < 0 ? -errno : id;
-  }
-  void backing_close(int id) override {
-    uint32_t bid = static_cast<uint32_t>(id);
-    (void)::ioctl(fd_, kernel::kDevIocBackingClose, &bid);
-  }
 
+  efuse::UniqueFd own_;
   int fd_;
-  bool owns_fd_;
   WorkerStats stats_;
   AlignedBuffer in_;
   AlignedBuffer scratch_;
   std::thread thread_;
 };
 
-ClassicChannel::ClassicChannel(Session& session, int dev_fd, unsigned threads)
-    : session_(session), dev_fd_(dev_fd), threads_(threads == 0 ? 1 : threads) {}
+ClassicChannel::ClassicChannel(Session& session, Connection& conn, unsigned threads)
+    : session_(session), conn_(conn), threads_(threads == 0 ? 1 : threads) {
+  session_.connect(conn_);
+}
 
 ClassicChannel::~ClassicChannel() {
   join();
-  if (!workers_.empty()) session_.shutdown(*workers_.front());
+  session_.shutdown();
 }
 
 static size_t scratch_size(const Session& s) { return s.request_buffer_size(); }
 
 efuse::Status ClassicChannel::serve_init(std::string* error) {
-  // The first worker uses the original fd; it also answers INIT.
-  workers_.push_back(std::make_unique<Worker>(dev_fd_, true, session_.request_buffer_size(),
+  // The first worker uses the connection's own fd; it also answers INIT.
+  workers_.push_back(std::make_unique<Worker>(conn_.fd(), efuse::UniqueFd(),
+                                              session_.request_buffer_size(),
                                               scratch_size(session_)));
   Worker& w = *workers_.front();
   while (!session_.initialized()) {
-    ssize_t n = ::read(dev_fd_, w.in(), w.in_size());
+    ssize_t n = ::read(w.fd_, w.in(), w.in_size());
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN || errno == ENOENT) continue;
       *error = std::string("reading INIT from /dev/fuse: ") + strerror(errno);
@@ -113,20 +108,20 @@ efuse::Status ClassicChannel::start(std::string* error) {
   workers_.front()->in_.resize(bufsize + AlignedBuffer::kPage);
   workers_.front()->scratch_.resize(bufsize);
   for (unsigned i = 1; i < threads_; ++i) {
-    int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
-    if (fd < 0) {
-      *error = std::string("cannot open /dev/fuse for a worker: ") + strerror(errno);
-      return efuse::last_errno();
+    bool no_clone = false;
+    auto fd = conn_.clone(&no_clone);
+    if (!fd.ok() && !no_clone) {
+      *error = std::string("cannot open /dev/fuse for a worker: ") + strerror(fd.error());
+      return efuse::Errno{fd.error()};
     }
-    uint32_t master = static_cast<uint32_t>(dev_fd_);
-    if (::ioctl(fd, kernel::kDevIocClone, &master) != 0) {
+    if (!fd.ok()) {
       // Old kernels without cloning: every worker shares the original fd.
-      LOG_WARN("FUSE_DEV_IOC_CLONE failed (%s); workers share one /dev/fuse fd", strerror(errno));
-      ::close(fd);
-      workers_.push_back(std::make_unique<Worker>(dev_fd_, false, bufsize, bufsize));
+      LOG_WARN("FUSE_DEV_IOC_CLONE failed (%s); workers share one /dev/fuse fd",
+               strerror(fd.error()));
+      workers_.push_back(std::make_unique<Worker>(conn_.fd(), efuse::UniqueFd(), bufsize, bufsize));
       continue;
     }
-    workers_.push_back(std::make_unique<Worker>(fd, true, bufsize, bufsize));
+    workers_.push_back(std::make_unique<Worker>(conn_.fd(), std::move(*fd), bufsize, bufsize));
   }
   running_.store(static_cast<unsigned>(workers_.size()));
   for (auto& w : workers_) w->thread_ = std::thread(&ClassicChannel::run, this, std::ref(*w));
@@ -167,8 +162,6 @@ std::vector<const WorkerStats*> ClassicChannel::worker_stats() const {
   for (const auto& w : workers_) out.push_back(&w->stats_);
   return out;
 }
-
-Transport& ClassicChannel::notify_transport() { return *workers_.front(); }
 
 bool ClassicChannel::stopped() const { return running_.load() == 0; }
 

@@ -1,5 +1,7 @@
-// Classic channel: N worker threads, each reading requests from its own clone of the
-// connection's /dev/fuse fd (FUSE_DEV_IOC_CLONE) and replying on the same fd.
+// Channels: what reads a connection's requests, hands them to the Session and carries the
+// replies back. A mount holds one Channel, whichever transport serves it:
+//   ClassicChannel   N worker threads on /dev/fuse (this file)
+//   UringChannel     FUSE over io_uring, one queue per CPU (uring_channel.h)
 #pragma once
 
 #include <atomic>
@@ -9,41 +11,64 @@
 #include <vector>
 
 #include "common/result.h"
+#include "fuse/connection.h"
 #include "fuse/session.h"
 #include "fuse/stats.h"
 
 namespace fuse {
 
-class ClassicChannel {
+// The life cycle every channel has. Constructing one connects the session to the
+// connection (Session::connect); destroying it stops the session's deferred work
+// (Session::shutdown) before its transports go.
+class Channel {
  public:
-  ClassicChannel(Session& session, int dev_fd, unsigned threads);
-  ~ClassicChannel();
+  virtual ~Channel() = default;
+  // Serves requests on the calling thread until INIT has been answered (the kernel sends
+  // INIT first, over /dev/fuse). Fails when the connection ends before that or INIT is
+  // refused.
+  virtual efuse::Status serve_init(std::string* error) = 0;
+  // Starts serving on the channel's own threads.
+  virtual efuse::Status start(std::string* error) = 0;
+  // Waits for every thread to see the connection end, up to timeout_ms; false on timeout.
+  virtual bool wait(int timeout_ms) = 0;
+  virtual void join() = 0;
+  virtual bool stopped() const = 0;
+  // One entry per queue or worker thread; valid while the channel lives.
+  virtual std::vector<const WorkerStats*> worker_stats() const = 0;
+  virtual uint64_t channel_errors() const = 0;
+  // What serves requests now: "uring" or "classic".
+  virtual const char* transport() const = 0;
+  // io_uring queues serving now (0 on /dev/fuse).
+  virtual unsigned queue_count() const { return 0; }
+};
+
+// Classic channel: N worker threads, each reading requests from its own clone of the
+// connection's /dev/fuse fd (FUSE_DEV_IOC_CLONE) and replying on the same fd.
+class ClassicChannel final : public Channel {
+ public:
+  ClassicChannel(Session& session, Connection& conn, unsigned threads);
+  ~ClassicChannel() override;
   ClassicChannel(const ClassicChannel&) = delete;
   ClassicChannel& operator=(const ClassicChannel&) = delete;
 
-  // Serves requests on the calling thread until INIT has been answered (the kernel sends
-  // INIT first). Fails when the connection ends before that or INIT is refused.
-  efuse::Status serve_init(std::string* error);
-  // Starts the worker threads.
-  efuse::Status start(std::string* error);
-  // Waits for every worker to see the connection end (ENODEV), up to timeout_ms;
-  // returns false on timeout.
-  bool wait(int timeout_ms);
-  void join();
-  bool stopped() const;
-  // One entry per worker thread, in worker order; valid while the channel lives.
-  std::vector<const WorkerStats*> worker_stats() const;
+  efuse::Status serve_init(std::string* error) override;
+  efuse::Status start(std::string* error) override;
+  // Waits for every worker to see the connection end (ENODEV).
+  bool wait(int timeout_ms) override;
+  void join() override;
+  bool stopped() const override;
+  // One entry per worker thread, in worker order.
+  std::vector<const WorkerStats*> worker_stats() const override;
+  uint64_t channel_errors() const override { return channel_errors_.load(); }
+  const char* transport() const override { return "classic"; }
   unsigned threads() const { return threads_; }
-  // Where notifications go (any fd of the connection will do); valid after serve_init().
-  Transport& notify_transport();
-  uint64_t channel_errors() const { return channel_errors_.load(); }
 
  private:
   class Worker;
   void run(Worker& w);
 
   Session& session_;
-  int dev_fd_;
+  Connection& conn_;
   unsigned threads_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<unsigned> running_{0};

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <sys/ioctl.h>
 
+#include "fuse/opcode_list.h"
+
 namespace fuse::kernel {
 
 inline constexpr uint32_t kVersion = 7;
@@ -18,18 +20,17 @@ inline constexpr uint32_t kMinMinor = 31;  // oldest kernel protocol efused serv
 inline constexpr size_t kMinReadBuffer = 8192;
 inline constexpr uint64_t kRootId = 1;
 
-enum class Opcode : uint32_t {
-  Lookup = 1, Forget = 2, Getattr = 3, Setattr = 4, Readlink = 5, Symlink = 6, Mknod = 8,
-  Mkdir = 9, Unlink = 10, Rmdir = 11, Rename = 12, Link = 13, Open = 14, Read = 15,
-  Write = 16, Statfs = 17, Release = 18, Fsync = 20, Setxattr = 21, Getxattr = 22,
-  Listxattr = 23, Removexattr = 24, Flush = 25, Init = 26, Opendir = 27, Readdir = 28,
-  Releasedir = 29, Fsyncdir = 30, Getlk = 31, Setlk = 32, Setlkw = 33, Access = 34,
-  Create = 35, Interrupt = 36, Bmap = 37, Destroy = 38, Ioctl = 39, Poll = 40,
-  NotifyReply = 41, BatchForget = 42, Fallocate = 43, Readdirplus = 44, Rename2 = 45,
-  Lseek = 46, CopyFileRange = 47, Setupmapping = 48, Removemapping = 49, Syncfs = 50,
-  Tmpfile = 51, Statx = 52, CopyFileRange64 = 53,
-};
-inline constexpr uint32_t kMaxOpcode = 53;
+#define EFUSE_OPCODE_ENUMERATOR(E, n, name) E = n,
+enum class Opcode : uint32_t { EFUSE_FUSE_OPCODES(EFUSE_OPCODE_ENUMERATOR, EFUSE_OPCODE_ENUMERATOR) };
+#undef EFUSE_OPCODE_ENUMERATOR
+// The highest opcode efused knows (opcode_list.h).
+inline constexpr uint32_t kMaxOpcode = [] {
+  uint32_t max = 0;
+#define EFUSE_OPCODE_MAX(E, n, name) max = n > max ? n : max;
+  EFUSE_FUSE_OPCODES(EFUSE_OPCODE_MAX, EFUSE_OPCODE_MAX)
+#undef EFUSE_OPCODE_MAX
+  return max;
+}();
 
 // INIT flags (fuse_init_in/out.flags, and flags2 << 32 when FUSE_INIT_EXT is set).
 namespace init {

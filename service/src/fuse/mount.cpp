@@ -19,6 +19,7 @@
 
 #include "common/log.h"
 #include "common/process.h"
+#include "common/unique_fd.h"
 
 namespace fuse {
 
@@ -51,8 +52,8 @@ static std::string common_options(const MountOptions& o) {
 }
 
 static Result<Mounted> mount_kernel(const MountOptions& o, std::string* error) {
-  int fd = ::open("/dev/fuse", O_RDWR | O_CLOEXEC);
-  if (fd < 0) {
+  efuse::UniqueFd fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
+  if (!fd) {
     *error = std::string("cannot open /dev/fuse: ") + strerror(errno);
     return efuse::last_errno();
   }
@@ -60,24 +61,22 @@ static Result<Mounted> mount_kernel(const MountOptions& o, std::string* error) {
   if (stat(o.mountpoint.c_str(), &st) != 0) {
     int e = errno;
     *error = "cannot stat mountpoint " + o.mountpoint + ": " + strerror(e);
-    ::close(fd);
     return Errno{e};
   }
   // rootmode is octal in the kernel's parser.
   char rootmode[32];
   std::snprintf(rootmode, sizeof rootmode, "%o", S_IFDIR);
-  std::string data = "fd=" + std::to_string(fd) + ",rootmode=" + rootmode + ",user_id=" +
+  std::string data = "fd=" + std::to_string(fd.get()) + ",rootmode=" + rootmode + ",user_id=" +
          std::to_string(getuid()) + ",group_id=" + std::to_string(getgid()) + common_options(o);
   std::string type = "fuse." + o.subtype;
   unsigned long flags = MS_NOSUID | MS_NODEV | (o.read_only ? MS_RDONLY : 0);
   if (::mount(o.fsname.c_str(), o.mountpoint.c_str(), type.c_str(), flags, data.c_str()) != 0) {
     int e = errno;
     *error = "mount(" + o.mountpoint + ") failed: " + strerror(e);
-    ::close(fd);
     return Errno{e};
   }
   Mounted m;
-  m.fd = fd;
+  m.fd = fd.release();
   return m;
 }
 
@@ -263,14 +262,12 @@ Result<const char*> unmount(const std::string& mountpoint, bool via_fusermount) 
 bool abort_connection(unsigned conn_id) {
   if (conn_id == 0) return false;
   std::string path = "/sys/fs/fuse/connections/" + std::to_string(conn_id) + "/abort";
-  int fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0 && errno == ENOENT && geteuid() == 0 &&
+  efuse::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd && errno == ENOENT && geteuid() == 0 &&
       ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr) == 0)
-    fd = ::open(path.c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool ok = ::write(fd, "1", 1) == 1;
-  ::close(fd);
-  return ok;
+    fd.reset(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!fd) return false;
+  return ::write(fd.get(), "1", 1) == 1;
 }
 
 }  // namespace fuse

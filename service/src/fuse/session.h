@@ -1,8 +1,9 @@
 // Session: decodes FUSE requests, calls the Filesystem, encodes exactly one reply.
 //
-// Transport-agnostic: channels (classic /dev/fuse workers, later io_uring queues) hand it a
-// request buffer and a Transport to reply through. Thread-safe: many workers call handle()
-// concurrently.
+// Transport-agnostic: channels (classic /dev/fuse workers, io_uring queues) hand it a
+// request buffer and a Transport to reply through; what is connection-wide (backing ids,
+// notifications) goes through the Connection the channel connects it to. Thread-safe: many
+// workers call handle() concurrently.
 #pragma once
 
 #include <sys/uio.h>
@@ -11,8 +12,10 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <ranges>
 #include <span>
@@ -23,21 +26,12 @@
 #include <vector>
 
 #include "fs/filesystem.h"
+#include "fuse/connection.h"
 #include "fuse/kernel.h"
+#include "fuse/reply.h"
 #include "fuse/stats.h"
 
 namespace fuse {
-
-// Where replies go, and the /dev/fuse ioctls the session needs.
-class Transport {
- public:
-  virtual ~Transport() = default;
-  // Sends one reply or notification; returns 0 or -errno.
-  virtual int send(const struct iovec* iov, int count) = 0;
-  // FUSE_DEV_IOC_BACKING_OPEN / _CLOSE; return id >= 1 or -errno.
-  virtual int backing_open(int fd) = 0;
-  virtual void backing_close(int id) = 0;
-};
 
 struct SessionOptions {
   double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
@@ -53,6 +47,10 @@ struct SessionOptions {
   uint64_t masked_flags = 0;
   uint32_t max_write = 1u << 20;
   uint16_t max_background = 64;
+  // Runs deferred work (a blocking lock wait) on a thread of its own; empty: a detached
+  // std::thread. May throw (std::system_error, std::bad_alloc) when no thread can start;
+  // the request is then answered ENOLCK. Tests inject that failure here.
+  std::function<void(std::function<void()>)> start_thread;
 };
 
 // What INIT settled.
@@ -74,6 +72,10 @@ class Session {
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
 
+  // The connection this session serves: backing ids and notifications go through it. Set
+  // once, by the channel, before the first request; must outlive shutdown().
+  void connect(Connection& conn) { conn_ = &conn; }
+
   // Handles one request (as read from the device). `scratch` is a per-worker buffer of at
   // least max_write + 4096 bytes used for read and readdir replies.
   void handle(std::span<const char> request, Transport& out, std::span<char> scratch) noexcept;
@@ -87,20 +89,31 @@ class Session {
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
 
   // FUSE notifications (unique 0). Send them from a thread of their own, never from a
-  // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object).
-  int notify_inval_inode(Transport& out, uint64_t nodeid, int64_t off, int64_t len);
-  int notify_inval_entry(Transport& out, uint64_t parent, std::string_view name);
+  // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object;
+  // -ENOTCONN before INIT or without a connection). Any other failure is counted per kind
+  // (invalidation_failures) and logged once per kind.
+  int notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len);
+  int notify_inval_entry(uint64_t parent, std::string_view name);
   uint64_t notifications() const { return notifications_.load(); }
+  enum class InvalKind { Inode, Entry };
+  // Invalidations the kernel did not take (efuse_invalidation_failures_total{kind}).
+  uint64_t invalidation_failures(InvalKind kind) const {
+    return inval_failures_[static_cast<size_t>(kind)].load();
+  }
 
-  // Stops blocking-lock waiters and closes backing ids; call before the transport goes away.
-  void shutdown(Transport& out);
+  // Stops blocking-lock waiters (their deferred replies answer EINTR) and closes backing
+  // ids; call before the transports and the connection go away. A second call does nothing.
+  void shutdown();
 
   const SessionStats& stats() const { return stats_; }
   uint64_t decode_errors() const { return decode_errors_.load(); }
   uint64_t passthrough_opens() const { return passthrough_opens_.load(); }
   uint64_t passthrough_refusals() const { return passthrough_refusals_.load(); }
+  // Requests whose DeferredReply has not answered yet.
+  uint64_t deferred() const { return deferred_.load(); }
 
  private:
+  friend class DeferredReply;
   struct Request;
   using Handler = void (Session::*)(Request&);
   static const std::array<Handler, kernel::kMaxOpcode + 1> kHandlers;
@@ -153,11 +166,17 @@ class Session {
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
-                     Transport& t, uint64_t nodeid);
+                     uint64_t nodeid);
+  void backing_released(uint64_t fh);
+  void close_backing_ids();
   using Clock = std::chrono::steady_clock;
   void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
-  void lock_waiter(Transport& out, efuse::fs::Context ctx, uint64_t nodeid, uint64_t fh,
-                   uint64_t owner, efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
+  struct LockWait;
+  int lock_waiter(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh, uint64_t owner,
+                  efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
+  DeferredReply defer(Request& r);
+  // A DeferredReply answered: records the request's real latency and errno.
+  void deferred_answered(uint32_t opcode, uint64_t start_ns, int err);
   efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
                           uint32_t type);
   void flock_closed(uint64_t nodeid, uint64_t fh, bool released);
@@ -167,6 +186,7 @@ class Session {
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
+  Connection* conn_ = nullptr;
   std::atomic<double> negative_timeout_;
   Negotiated negotiated_;
   std::atomic<bool> initialized_{false};
@@ -176,6 +196,10 @@ class Session {
   std::atomic<uint64_t> passthrough_opens_{0};
   std::atomic<uint64_t> passthrough_refusals_{0};
   std::atomic<uint64_t> notifications_{0};
+  std::atomic<uint64_t> deferred_{0};
+  std::array<std::atomic<uint64_t>, 2> inval_failures_{};  // by InvalKind
+  std::array<std::atomic<bool>, 2> inval_failure_logged_{};
+  int notified(InvalKind kind, int rc);
 
   // Passthrough backing ids: one per inode with passthrough opens.
   struct Backing {

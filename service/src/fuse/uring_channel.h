@@ -2,7 +2,7 @@
 // own thread pinned to that CPU with its own io_uring, plus the classic /dev/fuse reader(s)
 // for what the kernel still sends there (INIT, FORGET / BATCH_FORGET, INTERRUPT).
 //
-// Life cycle (mirrors ClassicChannel so a mount can hold either):
+// Life cycle (the Channel interface, channel.h, plus the fallback steps):
 //   supported()        before mounting: may the session ask for io_uring at INIT?
 //   serve_init()       answers INIT over /dev/fuse (SessionOptions::io_uring asks for it)
 //   start()            if INIT granted io_uring: sets up and registers every queue, then
@@ -35,13 +35,6 @@
 namespace fuse {
 
 namespace uring {
-
-// Parses a kernel CPU list ("0-3,8,10-11", as in /sys/devices/system/cpu/possible) into
-// ascending CPU ids; nullopt when malformed.
-std::optional<std::vector<unsigned>> parse_cpu_list(std::string_view text);
-
-// Number of queues the kernel expects: num_possible_cpus() (qid = CPU id).
-unsigned possible_cpus();
 
 // Size of the payload buffer the kernel requires of every entry:
 // max(FUSE_MIN_READ_BUFFER, max_write, max_pages * page_size).
@@ -91,13 +84,14 @@ class EntryBuffer {
 
 }  // namespace uring
 
-class UringChannel {
+class UringChannel final : public Channel {
  public:
   // `queue_depth` ring entries per queue (each holds a payload buffer of about max_write);
   // `classic_threads` /dev/fuse readers (1 is plenty while the rings run; it is also how
   // many classic workers serve after a fallback).
-  UringChannel(Session& session, int dev_fd, unsigned queue_depth, unsigned classic_threads = 1);
-  ~UringChannel();
+  UringChannel(Session& session, Connection& conn, unsigned queue_depth,
+               unsigned classic_threads = 1);
+  ~UringChannel() override;
   UringChannel(const UringChannel&) = delete;
   UringChannel& operator=(const UringChannel&) = delete;
 
@@ -115,11 +109,11 @@ class UringChannel {
   static efuse::Status drop_kernel_uring(int dev_fd, std::string* why);
 
   // Serves INIT over /dev/fuse on the calling thread (as ClassicChannel::serve_init).
-  efuse::Status serve_init(std::string* error);
+  efuse::Status serve_init(std::string* error) override;
   // Sets up and registers every queue and starts its thread, then the /dev/fuse reader(s).
   // Needs INIT to have granted io_uring. On failure nothing of the rings runs; see
   // classic_fallback_ready().
-  efuse::Status start(std::string* error);
+  efuse::Status start(std::string* error) override;
   // After a failed start(): true when the kernel now serves this connection over /dev/fuse
   // (io_uring was not granted, or it was dropped), so start_classic() can take over. False
   // means the connection cannot serve requests: abort it.
@@ -128,19 +122,19 @@ class UringChannel {
   efuse::Status start_classic(std::string* error);
 
   // Waits until every thread saw the connection end, up to timeout_ms; false on timeout.
-  bool wait(int timeout_ms);
-  void join();
-  bool stopped() const;
+  bool wait(int timeout_ms) override;
+  void join() override;
+  bool stopped() const override;
   // Queues in qid order (queue_count() of them; empty unless the rings run), then the
   // /dev/fuse workers. Valid while the channel lives.
-  std::vector<const WorkerStats*> worker_stats() const;
-  unsigned queue_count() const { return static_cast<unsigned>(queues_.size()); }
-  // Where notifications go: /dev/fuse (the rings refuse unique-0 messages); valid after
-  // serve_init(), as ClassicChannel::notify_transport().
-  Transport& notify_transport() { return classic_.notify_transport(); }
+  std::vector<const WorkerStats*> worker_stats() const override;
+  unsigned queue_count() const override {
+    return rings_active() ? static_cast<unsigned>(queues_.size()) : 0;
+  }
+  const char* transport() const override { return rings_active() ? "uring" : "classic"; }
   bool rings_active() const { return rings_active_.load(); }
   unsigned queue_depth() const { return depth_; }
-  uint64_t channel_errors() const;
+  uint64_t channel_errors() const override;
 
  private:
   class Entry;
@@ -148,9 +142,9 @@ class UringChannel {
   void stop_queues();
 
   Session& session_;
-  int dev_fd_;
+  Connection& conn_;
   unsigned depth_;
-  ClassicChannel classic_;  // owns dev_fd; destroyed last
+  ClassicChannel classic_;  // destroyed last: joins the /dev/fuse workers
   std::vector<std::unique_ptr<Queue>> queues_;
   std::atomic<bool> rings_active_{false};
   std::atomic<uint64_t> channel_errors_{0};

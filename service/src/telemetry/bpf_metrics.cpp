@@ -4,8 +4,15 @@
 #include <limits>
 #include <utility>
 
+#include "efuse_telemetry.h"
+#include "fuse/kernel.h"
 #include "fuse/opcodes.h"
 #include "telemetry/family.h"
+
+// Every opcode of the one opcode table (fuse/opcode_list.h) has a per-opcode slot of its own
+// on the BPF side, and the last slot stays for the opcodes folded into it, named "unknown".
+static_assert(fuse::kernel::kMaxOpcode < EFUSE_BPF_OPCODE_SLOTS - 1,
+              "EFUSE_BPF_OPCODE_SLOTS (bpf/efuse_telemetry.h) is too small for the opcode table");
 
 namespace efuse::telemetry {
 namespace {

@@ -89,6 +89,12 @@ MountFamilies::MountFamilies()
                                  "(efuse_watch_invalidations_total) and for cached directory "
                                  "listings a change raced (efuse_listing_cache_drops_total).",
                                  MetricType::Counter)),
+      invalidation_failures_(make_family(
+          "efuse_invalidation_failures_total",
+          "Invalidation notifications the kernel did not take (other than ENOENT, an object "
+          "it had already forgotten), by kind: inode (attributes and data) or entry (a name). "
+          "Its cache may hold stale data until the timeout; the log says why, once per kind.",
+          MetricType::Counter)),
       watched_dirs_(make_family("efuse_watched_directories",
                                 "Backing directories watched (inotify) for changes made behind "
                                 "efused's back: every directory the kernel knows.",
@@ -266,6 +272,11 @@ void MountFamilies::add_session(const std::string& mount, const fuse::Session& s
   add_counter(passthrough_refusals_, mount_label(mount),
               static_cast<double>(session.passthrough_refusals()));
   add_counter(notifications_, mount_label(mount), static_cast<double>(session.notifications()));
+  using Kind = fuse::Session::InvalKind;
+  add_counter(invalidation_failures_, with(mount_label(mount), "kind", "inode"),
+              static_cast<double>(session.invalidation_failures(Kind::Inode)));
+  add_counter(invalidation_failures_, with(mount_label(mount), "kind", "entry"),
+              static_cast<double>(session.invalidation_failures(Kind::Entry)));
   if (session.initialized()) add_kernel(mount, session.negotiated());
 }
 
@@ -328,7 +339,7 @@ void MountFamilies::add_workers(const std::string& mount,
 
 void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
   for (prometheus::MetricFamily* f :
-       {&up_, &start_failures_, &info_, &fallback_, &notifications_, &requests_, &errors_, &duration_, &decode_errors_,
+       {&up_, &start_failures_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,

@@ -60,6 +60,7 @@ class MountFamilies {
   prometheus::MetricFamily info_;
   prometheus::MetricFamily fallback_;
   prometheus::MetricFamily notifications_;
+  prometheus::MetricFamily invalidation_failures_;
   prometheus::MetricFamily watched_dirs_;
   prometheus::MetricFamily watch_fanotify_dirs_;
   prometheus::MetricFamily watch_muted_files_;

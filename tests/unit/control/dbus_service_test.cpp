@@ -530,12 +530,20 @@ TEST_F(DbusServiceTest, StopWaitsForACallInProgress) {
 }
 
 TEST_F(DbusServiceTest, LosingTheBusEndsTheLoopAndStopStillWorks) {
+  ASSERT_TRUE(service_->serving());
+  ASSERT_TRUE(manager_.has_listener());
   client_.reset();
   bus_.reset();  // kills dbus-daemon under the running service
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  // The loop ends by itself (sd_bus_set_exit_on_disconnect), without a stop().
+  const auto deadline = std::chrono::steady_clock::now() + kSignalTimeout;
+  while (service_->serving() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  EXPECT_FALSE(service_->serving()) << "the bus thread's loop must end when the bus goes";
+  EXPECT_TRUE(manager_.has_listener()) << "nothing is torn down before stop()";
   service_->stop();  // no hang, no crash, no exit()
+  EXPECT_FALSE(service_->serving());
+  EXPECT_FALSE(manager_.has_listener()) << "stop() still tears down after the loop ended";
   service_.reset();
-  SUCCEED();
 }
 
 TEST_F(DbusServiceTest, ClientClassifiesErrors) {

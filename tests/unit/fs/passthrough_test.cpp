@@ -351,13 +351,15 @@ TEST_F(PassthroughTest, CreateMkdirMknodAndUnlink) {
 // Records what the backend asks the kernel to forget (the watcher thread calls it too).
 class RecordingInvalidator final : public Invalidator {
  public:
-  void inval_inode(uint64_t ino, bool data_too) override {
+  Status inval_inode(uint64_t ino, bool data_too) override {
     std::lock_guard lk(mu_);
     inodes_.push_back({ino, data_too});
+    return {};
   }
-  void inval_entry(uint64_t parent, std::string_view name) override {
+  Status inval_entry(uint64_t parent, std::string_view name) override {
     std::lock_guard lk(mu_);
     entries_.push_back({parent, std::string(name)});
+    return {};
   }
   // How often `ino`'s cached pages (a directory's listing) were dropped.
   size_t pages_dropped(uint64_t ino) {
@@ -786,6 +788,46 @@ TEST_F(PassthroughTest, FlockSeesEachSharedOpenAsItsOwnDescription) {
   EXPECT_EQ(::flock(native, LOCK_EX | LOCK_NB), 0);
   ::close(native);
   release(ino, b);
+}
+
+}  // namespace
+}  // namespace efuse::fs::passthrough
+
+namespace efuse::fs::passthrough {
+namespace {
+
+bool fd_open(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
+
+// A handle the kernel never got is EBADF everywhere, and never reaches another descriptor
+// of efused: the passthrough fh carries its descriptor, and RELEASE used to close() whatever
+// descriptor a forged fh named.
+TEST_F(PassthroughTest, UnknownHandlesAreEbadfAndCloseNothing) {
+  ASSERT_TRUE(write_file(src("f"), "abc"));
+  uint64_t id = lookup(kRoot, "f");
+  int other = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // efused's, not the kernel's
+  ASSERT_GE(other, 0);
+  uint64_t forged = static_cast<uint64_t>(other);
+  char buf[4];
+  EXPECT_EQ(fs_->read(ctx_, id, forged, 0, buf).error(), EBADF);
+  EXPECT_EQ(fs_->write(ctx_, id, forged, 0, std::span<const char>("x", 1)).error(), EBADF);
+  EXPECT_EQ(fs_->fsync(ctx_, id, forged, false).error(), EBADF);
+  EXPECT_EQ(fs_->flush(ctx_, id, forged, 0).error(), EBADF);
+  EXPECT_EQ(fs_->getattr(ctx_, id, &forged).error(), EBADF);
+  EXPECT_EQ(fs_->release(ctx_, id, forged).error(), EBADF);
+  EXPECT_TRUE(fd_open(other)) << "a forged RELEASE closed an unrelated descriptor";
+  ::close(other);
+
+  // A real handle works until it is released, then is unknown too.
+  size_t before = fs_->open_handles();
+  uint64_t fh = open(id, O_RDWR);
+  EXPECT_EQ(fs_->open_handles(), before + 1);
+  auto n = fs_->read(ctx_, id, fh, 0, buf);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 3u);
+  release(id, fh);
+  EXPECT_EQ(fs_->open_handles(), before);
+  EXPECT_EQ(fs_->read(ctx_, id, fh, 0, buf).error(), EBADF);
+  EXPECT_EQ(fs_->release(ctx_, id, fh).error(), EBADF) << "a second RELEASE";
 }
 
 }  // namespace

@@ -157,7 +157,7 @@ class Fuzzer {
 
   // Answers every outstanding SETLKW (session shutdown) and gives back all open handles.
   void finish() {
-    h_.session().shutdown(h_.transport());
+    h_.session().shutdown();
     collect_async(h_.transport().take());
     EXPECT_TRUE(pending_setlkw_.empty()) << pending_setlkw_.size() << " SETLKW never answered";
     for (uint64_t fh : file_fhs_)

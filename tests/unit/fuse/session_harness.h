@@ -1,5 +1,6 @@
-// Test harness for fuse::Session: a Transport that records replies, request builders, reply
-// parsers, and a Session over a PassthroughFs on a private temp directory.
+// Test harness for fuse::Session: a Transport that records replies, a Connection that records
+// notifications and backing ids, request builders, reply parsers, and a Session over a
+// PassthroughFs on a private temp directory.
 //
 // Not a test source itself (the unit CMakeLists globs *_test.cpp); the fuse/ tests include it.
 #pragma once
@@ -32,22 +33,44 @@ using efuse::testing::TempDir;
 
 constexpr uint32_t code(k::Opcode op) { return static_cast<uint32_t>(op); }
 
+// The bytes one writev() of these iovecs would carry.
+inline std::string joined(const struct iovec* iov, int count) {
+  std::string msg;
+  for (int i = 0; i < count; ++i)
+    msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+  return msg;
+}
+
 // Records every send() as one byte string, the iovecs concatenated: what one write() to
 // /dev/fuse would carry. Thread-safe, because SETLKW waiters reply from their own threads.
-//
-// backing_open refuses with EPERM by default, as the kernel does for a daemon without
-// CAP_SYS_ADMIN, so passthrough opens fall back to I/O through the daemon. grant_backing_ids()
-// makes it hand out ids 1, 2, 3... instead, to test the session's id bookkeeping.
 class RecordingTransport final : public Transport {
  public:
   int send(const struct iovec* iov, int count) override {
-    std::string msg;
-    for (int i = 0; i < count; ++i)
-      msg.append(static_cast<const char*>(iov[i].iov_base), iov[i].iov_len);
+    std::string msg = joined(iov, count);
     std::lock_guard lk(mu_);
     sent_.push_back(std::move(msg));
     return 0;
   }
+  // Everything sent since the last take().
+  std::vector<std::string> take() {
+    std::lock_guard lk(mu_);
+    std::vector<std::string> out;
+    out.swap(sent_);
+    return out;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::vector<std::string> sent_;
+};
+
+// A Connection without a device: records notifications and backing-id calls.
+//
+// backing_open refuses with EPERM by default, as the kernel does for a daemon without
+// CAP_SYS_ADMIN, so passthrough opens fall back to I/O through the daemon. grant_backing_ids()
+// makes it hand out ids 1, 2, 3... instead, to test the session's id bookkeeping.
+class RecordingConnection final : public Connection {
+ public:
   int backing_open(int fd) override {
     std::lock_guard lk(mu_);
     backing_open_fds_.push_back(fd);
@@ -58,17 +81,21 @@ class RecordingTransport final : public Transport {
     std::lock_guard lk(mu_);
     closed_backing_ids_.push_back(id);
   }
+  int notify(const struct iovec* iov, int count) override {
+    std::string msg = joined(iov, count);
+    std::lock_guard lk(mu_);
+    notifications_.push_back(std::move(msg));
+    return notify_result_;
+  }
+  // What notify() answers from now on (0, or -errno as the kernel would).
+  void set_notify_result(int rc) {
+    std::lock_guard lk(mu_);
+    notify_result_ = rc;
+  }
 
   void grant_backing_ids() {
     std::lock_guard lk(mu_);
     next_backing_id_ = 1;
-  }
-  // Everything sent since the last take().
-  std::vector<std::string> take() {
-    std::lock_guard lk(mu_);
-    std::vector<std::string> out;
-    out.swap(sent_);
-    return out;
   }
   size_t backing_opens() const {
     std::lock_guard lk(mu_);
@@ -78,12 +105,17 @@ class RecordingTransport final : public Transport {
     std::lock_guard lk(mu_);
     return closed_backing_ids_;
   }
+  std::vector<std::string> notifications() const {
+    std::lock_guard lk(mu_);
+    return notifications_;
+  }
 
  private:
   mutable std::mutex mu_;
-  std::vector<std::string> sent_;
   std::vector<int> backing_open_fds_;
   std::vector<int> closed_backing_ids_;
+  std::vector<std::string> notifications_;
+  int notify_result_ = 0;
   int next_backing_id_ = 0;
 };
 
@@ -291,10 +323,11 @@ class SessionHarness {
     if (::mkdir(src_.c_str(), 0755) != 0) ADD_FAILURE() << "mkdir " << src_;
     fs_ = std::make_unique<efuse::fs::passthrough::PassthroughFs>(src_, efuse::fs::Policy{});
     session_ = std::make_unique<Session>(*fs_, opts_);
+    session_->connect(connection_);
     scratch_.resize(opts_.max_write + 4096);
   }
   ~SessionHarness() {
-    session_->shutdown(transport_);
+    session_->shutdown();
     efuse::log::set_level(saved_log_level_);
   }
   SessionHarness(const SessionHarness&) = delete;
@@ -302,6 +335,7 @@ class SessionHarness {
 
   Session& session() { return *session_; }
   RecordingTransport& transport() { return transport_; }
+  RecordingConnection& connection() { return connection_; }
   efuse::fs::passthrough::PassthroughFs& fs() { return *fs_; }
   const TempDir& tmp() const { return tmp_; }
   // A path inside the served (source) directory.
@@ -315,17 +349,28 @@ class SessionHarness {
     return transport_.take();
   }
 
-  // Sends one request and expects exactly one reply, carrying the request's unique.
+  // Sends one request and expects exactly one reply carrying the request's unique. Replies
+  // to other requests sent meanwhile (a lock waiter answering from its own thread) are
+  // kept for take_stray().
   Reply call(uint32_t opcode, uint64_t nodeid, std::string_view body) {
     uint64_t unique = next_unique();
     auto sent = handle_raw(make_request(opcode, nodeid, unique, body));
-    if (sent.size() != 1) {
-      ADD_FAILURE() << "opcode " << opcode << " got " << sent.size() << " replies, want 1";
+    std::vector<Reply> mine;
+    for (const std::string& m : sent) {
+      Reply r = parse_reply(m);
+      (r.hdr.unique == unique ? mine : stray_).push_back(r);
+    }
+    if (mine.size() != 1) {
+      ADD_FAILURE() << "opcode " << opcode << " got " << mine.size() << " replies, want 1";
       return Reply{};
     }
-    Reply r = parse_reply(sent[0]);
-    EXPECT_EQ(r.hdr.unique, unique) << "reply must carry the request's unique";
-    return r;
+    return mine[0];
+  }
+  // Replies call() set aside because they answered other requests.
+  std::vector<Reply> take_stray() {
+    std::vector<Reply> out;
+    out.swap(stray_);
+    return out;
   }
   Reply call(k::Opcode op, uint64_t nodeid, std::string_view body) {
     return call(code(op), nodeid, body);
@@ -372,8 +417,10 @@ class SessionHarness {
   std::string src_;
   std::unique_ptr<efuse::fs::passthrough::PassthroughFs> fs_;
   RecordingTransport transport_;
+  RecordingConnection connection_;
   std::unique_ptr<Session> session_;
   std::vector<char> scratch_;
+  std::vector<Reply> stray_;
   uint64_t next_unique_ = 1;
 };
 

@@ -11,9 +11,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <map>
 #include <set>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -322,7 +324,7 @@ TEST_F(SessionOps, MkdirCreateWriteReadRelease) {
   EXPECT_EQ(ce.attr.size, 0u);
   EXPECT_GE(ce.nodeid, 2u);
   // The transport refused the backing file (EPERM), so I/O goes through the daemon.
-  EXPECT_EQ(h.transport().backing_opens(), 1u);
+  EXPECT_EQ(h.connection().backing_opens(), 1u);
   EXPECT_EQ(h.session().passthrough_refusals(), 1u);
   EXPECT_EQ(h.session().passthrough_opens(), 0u);
   EXPECT_EQ(co.open_flags & k::kFopenPassthrough, 0u);
@@ -695,7 +697,7 @@ TEST_F(SessionOps, StatsCountRequestsAndErrorsPerOpcode) {
 
 // Two passthrough opens of one inode share one backing id, closed with the last release.
 TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen) {
-  h.transport().grant_backing_ids();
+  h.connection().grant_backing_ids();
   ASSERT_TRUE(write_file(h.src("p"), "data"));
   ASSERT_TRUE(write_file(h.src("q"), "data"));
   auto p = h.lookup(kRootId, "p");
@@ -714,21 +716,21 @@ TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen)
   EXPECT_GT(o1.backing_id, 0);
   EXPECT_EQ(o1.backing_id, o2.backing_id);
   EXPECT_NE(o3.backing_id, o1.backing_id);
-  EXPECT_EQ(h.transport().backing_opens(), 2u);
+  EXPECT_EQ(h.connection().backing_opens(), 2u);
   EXPECT_EQ(h.session().passthrough_opens(), 3u);
 
   h.release(p.nodeid, o1.fh);
-  EXPECT_TRUE(h.transport().closed_backing_ids().empty()) << "p still has an open";
+  EXPECT_TRUE(h.connection().closed_backing_ids().empty()) << "p still has an open";
   h.release(p.nodeid, o2.fh);
-  EXPECT_EQ(h.transport().closed_backing_ids(), std::vector<int>{o1.backing_id});
+  EXPECT_EQ(h.connection().closed_backing_ids(), std::vector<int>{o1.backing_id});
 
   // A new open after the last release registers a new id.
   auto o4 = open_out(p.nodeid);
   EXPECT_GT(o4.backing_id, 0);
-  EXPECT_EQ(h.transport().backing_opens(), 3u);
+  EXPECT_EQ(h.connection().backing_opens(), 3u);
   h.release(p.nodeid, o4.fh);
   h.release(q.nodeid, o3.fh);
-  EXPECT_EQ(h.transport().closed_backing_ids().size(), 3u);
+  EXPECT_EQ(h.connection().closed_backing_ids().size(), 3u);
 
   // Directories never get backing ids.
   Reply od = h.call(Op::Opendir, kRootId, pod(k::fuse_open_in{O_RDONLY, 0}));
@@ -741,27 +743,29 @@ TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen)
 // INTERRUPT, success once the holder's FLUSH drops its locks.
 class SessionLocks : public SessionOps {
  protected:
-  // Collects replies until one carries `unique`; returns it (or a missing Reply on timeout).
-  // The waiter thread may answer while handle_raw() is still collecting what the session
-  // sent, so the answer may already be among `others` (which then loses it).
+  // The reply carrying `unique`: from *others (a reply that arrived with another request's,
+  // e.g. the FLUSH that woke the waiter), from those h.call() set aside, or as it comes.
+  // Every other reply seen is added to *others. A missing Reply when none came in 5 s.
   Reply wait_for(uint64_t unique, std::vector<Reply>* others) {
-    for (auto it = others->begin(); it != others->end(); ++it) {
-      if (it->hdr.unique == unique) {
+    for (Reply& r : h.take_stray()) others->push_back(r);
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (;;) {
+      for (const std::string& m : h.transport().take()) others->push_back(parse_reply(m));
+      for (auto it = others->begin(); it != others->end(); ++it) {
+        if (it->hdr.unique != unique) continue;
         Reply r = *it;
         others->erase(it);
         return r;
       }
-    }
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    while (std::chrono::steady_clock::now() < deadline) {
-      for (const std::string& m : h.transport().take()) {
-        Reply r = parse_reply(m);
-        if (r.hdr.unique == unique) return r;
-        others->push_back(r);
-      }
+      if (std::chrono::steady_clock::now() >= deadline) return Reply{};
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
-    return Reply{};
+  }
+  // Sends INTERRUPT for `unique`; whatever came back (a waiter's reply) goes to *others.
+  void interrupt(uint64_t unique, std::vector<Reply>* others) {
+    for (const std::string& m : h.handle_raw(make_request(code(Op::Interrupt), 0, h.next_unique(),
+                                                          pod(k::fuse_interrupt_in{unique}))))
+      others->push_back(parse_reply(m));
   }
 };
 
@@ -782,10 +786,10 @@ TEST_F(SessionLocks, BlockedSetlkwIsAnsweredByInterruptOrByTheUnlock) {
   EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlkw), n, u1, lk_body(fb, owner_b, F_WRLCK)))
                   .empty())
       << "a blocked SETLKW is answered later";
+  // The waiter may answer before handle_raw() collects: its reply then comes back with
+  // the INTERRUPT's (which itself has none).
   std::vector<Reply> others;
-  for (const std::string& m : h.handle_raw(make_request(code(Op::Interrupt), 0, h.next_unique(),
-                                                        pod(k::fuse_interrupt_in{u1}))))
-    others.push_back(parse_reply(m));
+  interrupt(u1, &others);
   Reply r1 = wait_for(u1, &others);
   EXPECT_EQ(r1.error(), EINTR);
   EXPECT_TRUE(others.empty()) << "INTERRUPT itself takes no reply";
@@ -812,9 +816,77 @@ TEST_F(SessionLocks, BlockedSetlkwIsAnsweredByInterruptOrByTheUnlock) {
   uint64_t u3 = h.next_unique();
   EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlkw), n, u3, lk_body(fa, owner_a, F_WRLCK)))
                   .empty());
-  h.session().shutdown(h.transport());
+  h.session().shutdown();
   others.clear();
   EXPECT_EQ(wait_for(u3, &others).error(), EINTR);
+  h.release(n, fa);
+  h.release(n, fb);
+}
+
+// A deferred request is counted once, when it is answered, with the errno it got.
+TEST_F(SessionLocks, DeferredWaitIsRecordedWhenAnsweredWithItsErrno) {
+  ASSERT_TRUE(write_file(h.src("lock"), "x"));
+  auto n = h.lookup(kRootId, "lock").nodeid;
+  uint64_t fa = h.open(n, O_RDWR), fb = h.open(n, O_RDWR);
+  ASSERT_EQ(h.call(Op::Setlk, n, lk_body(fa, 0xa, F_WRLCK)).error(), 0);
+  const OpcodeStats& st = h.session().stats()[code(Op::Setlkw)];
+  uint64_t u = h.next_unique();
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Setlkw), n, u, lk_body(fb, 0xb, F_WRLCK))).empty());
+  EXPECT_EQ(h.session().deferred(), 1u);
+  EXPECT_EQ(st.requests.load(), 0u) << "not counted before it is answered";
+  std::vector<Reply> others;
+  interrupt(u, &others);
+  EXPECT_EQ(wait_for(u, &others).error(), EINTR);
+  EXPECT_TRUE(others.empty());
+  EXPECT_EQ(st.requests.load(), 1u);
+  EXPECT_EQ(st.errors.load(), 1u);
+  EXPECT_EQ(st.errors_by_errno[EINTR].load(), 1u);
+  EXPECT_EQ(h.session().deferred(), 0u);
+  h.release(n, fa);
+  h.release(n, fb);
+}
+
+// Takes a lock through fa so that a SETLKW through fb must wait; returns fb's SETLKW reply.
+Reply blocked_setlkw(SessionHarness& h, uint64_t* n, uint64_t* fa, uint64_t* fb) {
+  EXPECT_EQ(h.init().error(), 0);
+  EXPECT_TRUE(write_file(h.src("lock"), "x"));
+  *n = h.lookup(kRootId, "lock").nodeid;
+  *fa = h.open(*n, O_RDWR);
+  *fb = h.open(*n, O_RDWR);
+  EXPECT_EQ(h.call(Op::Setlk, *n, lk_body(*fa, 0xa, F_WRLCK)).error(), 0);
+  return h.call(Op::Setlkw, *n, lk_body(*fb, 0xb, F_WRLCK));
+}
+
+// std::thread throws when no thread can start: the SETLKW is answered ENOLCK at once
+// (it used to be marked answered first: no reply ever came and shutdown() never returned).
+TEST(SessionDeferred, LockWaitWhoseThreadCannotStartIsAnsweredEnolck) {
+  SessionOptions opts;
+  int attempts = 0;
+  opts.start_thread = [&attempts](std::function<void()>) {
+    ++attempts;
+    throw std::system_error(EAGAIN, std::generic_category(), "pthread_create");
+  };
+  SessionHarness h(opts);
+  uint64_t n = 0, fa = 0, fb = 0;
+  EXPECT_EQ(blocked_setlkw(h, &n, &fa, &fb).error(), ENOLCK);
+  EXPECT_EQ(attempts, 1);
+  EXPECT_EQ(h.session().deferred(), 0u);
+  EXPECT_EQ(h.session().stats()[code(Op::Setlkw)].errors_by_errno[ENOLCK].load(), 1u);
+  h.session().shutdown();  // returns: no wait is left behind
+  h.release(n, fa);
+  h.release(n, fb);
+}
+
+// Deferred work dropped without running drops the DeferredReply unanswered: the backstop
+// answers EIO, never silence, and the wait leaves the session.
+TEST(SessionDeferred, DeferredReplyDroppedUnansweredAnswersEio) {
+  SessionOptions opts;
+  opts.start_thread = [](std::function<void()> work) { (void)work; };
+  SessionHarness h(opts);
+  uint64_t n = 0, fa = 0, fb = 0;
+  EXPECT_EQ(blocked_setlkw(h, &n, &fa, &fb).error(), EIO);
+  EXPECT_EQ(h.session().deferred(), 0u);
+  h.session().shutdown();
   h.release(n, fa);
   h.release(n, fb);
 }
@@ -880,6 +952,133 @@ TEST_F(SessionLocks, NonBlockingFlockWaitsForTheReleaseOfAClosedHolder) {
   EXPECT_EQ(h.call(Op::Setlk, n, flock_body(fc, F_RDLCK)).error(), EAGAIN);
   h.release(n, fc);
   h.release(n, fd2);
+}
+
+}  // namespace
+}  // namespace fuse::testing
+
+namespace fuse::testing {
+namespace {
+
+// Notifications are connection-wide: they go through the Connection, never a request's
+// Transport, and only after INIT.
+TEST(SessionConnection, NotificationsGoThroughTheConnection) {
+  SessionHarness h;
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), -ENOTCONN) << "before INIT";
+  ASSERT_EQ(h.init().error(), 0);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), 0);
+  EXPECT_EQ(h.session().notify_inval_entry(k::kRootId, "name"), 0);
+  EXPECT_TRUE(h.transport().take().empty());
+  auto sent = h.connection().notifications();
+  ASSERT_EQ(sent.size(), 2u);
+  k::fuse_out_header oh{};
+  std::memcpy(&oh, sent[0].data(), sizeof oh);
+  EXPECT_EQ(oh.unique, 0u);
+  EXPECT_EQ(oh.error, static_cast<int32_t>(k::NotifyCode::InvalInode));
+  EXPECT_EQ(oh.len, sent[0].size());
+  std::memcpy(&oh, sent[1].data(), sizeof oh);
+  EXPECT_EQ(oh.error, static_cast<int32_t>(k::NotifyCode::InvalEntry));
+  EXPECT_EQ(oh.len, sent[1].size());
+  EXPECT_EQ(h.session().notifications(), 2u);
+}
+
+// An invalidation the kernel refuses is returned, counted by kind and logged once; ENOENT
+// (the kernel forgot the object meanwhile) is no failure.
+TEST(SessionConnection, RefusedInvalidationsAreCountedByKind) {
+  using Kind = Session::InvalKind;
+  SessionHarness h;
+  ASSERT_EQ(h.init().error(), 0);
+  h.connection().set_notify_result(-ENOENT);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), -ENOENT);
+  EXPECT_EQ(h.session().notify_inval_entry(k::kRootId, "a"), -ENOENT);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Inode), 0u);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Entry), 0u);
+  h.connection().set_notify_result(-EIO);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, 0, 0), -EIO);
+  EXPECT_EQ(h.session().notify_inval_inode(k::kRootId, -1, 0), -EIO);
+  EXPECT_EQ(h.session().notify_inval_entry(k::kRootId, "a"), -EIO);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Inode), 2u);
+  EXPECT_EQ(h.session().invalidation_failures(Kind::Entry), 1u);
+  EXPECT_EQ(h.session().notifications(), 5u);
+}
+
+// A session no channel connected has no backing ids and sends no notifications.
+TEST(SessionConnection, WithoutAConnectionNothingConnectionWideHappens) {
+  efuse::fs::Filesystem nothing;
+  Session s(nothing, SessionOptions{});
+  EXPECT_EQ(s.notify_inval_inode(k::kRootId, 0, 0), -ENOTCONN);
+  s.shutdown();
+  s.shutdown();  // a second call does nothing
+}
+
+}  // namespace
+}  // namespace fuse::testing
+
+namespace fuse::testing {
+namespace {
+
+// A backend that wants only what it is told to, and records the negotiation.
+class PickyFs final : public efuse::fs::Filesystem {
+ public:
+  efuse::fs::Capabilities wants, offered, granted;
+  efuse::fs::Capabilities negotiate(const efuse::fs::Capabilities& o) override {
+    offered = o;
+    return wants;
+  }
+  void init(const efuse::fs::Capabilities& g) override { granted = g; }
+};
+
+k::fuse_init_out init_of(Session& s, uint64_t flags) {
+  RecordingTransport t;
+  std::vector<char> scratch(4096);
+  std::string req = make_request(code(k::Opcode::Init), 0, 1,
+                                 init_body(k::kVersion, k::kMinorVersion, flags));
+  s.handle(std::span<const char>(req.data(), req.size()), t, std::span<char>(scratch));
+  auto sent = t.take();
+  if (sent.size() != 1) {
+    ADD_FAILURE() << "INIT got " << sent.size() << " replies";
+    return {};
+  }
+  return parse_reply(sent[0]).as<k::fuse_init_out>();
+}
+
+uint64_t flags_of(const k::fuse_init_out& o) {
+  return o.flags | static_cast<uint64_t>(o.flags2) << 32;
+}
+
+// INIT asks the backend what it wants of what the kernel offers (and the mount allows); the
+// session no longer chooses the backend's capabilities for it.
+TEST(SessionInit, TheBackendChoosesItsCapabilitiesFromWhatIsOffered) {
+  PickyFs fs;
+  fs.wants.flock_locks = true;  // no POSIX locks, no passthrough, no writeback cache
+  SessionOptions opts;
+  opts.passthrough = true;
+  opts.writeback_cache = false;  // the mount does not allow it: never offered to the backend
+  Session s(fs, opts);
+  uint64_t granted = flags_of(init_of(s, kKernelFlags));
+  EXPECT_TRUE(fs.offered.passthrough && fs.offered.posix_locks && fs.offered.flock_locks);
+  EXPECT_FALSE(fs.offered.writeback_cache);
+  EXPECT_EQ(granted & k::init::kPosixLocks, 0u);
+  EXPECT_EQ(granted & k::init::kPassthrough, 0u);
+  EXPECT_EQ(granted & k::init::kWritebackCache, 0u);
+  EXPECT_NE(granted & k::init::kFlockLocks, 0u);
+  EXPECT_TRUE(fs.granted.flock_locks);
+  EXPECT_FALSE(fs.granted.posix_locks || fs.granted.passthrough || fs.granted.writeback_cache);
+  EXPECT_NE(granted & k::init::kAsyncRead, 0u) << "the session's own flags are unchanged";
+}
+
+// What the backend wants but the kernel does not offer is never granted.
+TEST(SessionInit, AWantTheKernelDidNotOfferIsNotGranted) {
+  PickyFs fs;
+  fs.wants = {true, true, true, true};
+  SessionOptions opts;
+  opts.writeback_cache = true;
+  Session s(fs, opts);
+  uint64_t granted = flags_of(init_of(s, kKernelFlags & ~k::init::kPosixLocks & ~k::init::kPassthrough));
+  EXPECT_FALSE(fs.offered.posix_locks || fs.offered.passthrough);
+  EXPECT_EQ(granted & (k::init::kPosixLocks | k::init::kPassthrough), 0u);
+  EXPECT_NE(granted & k::init::kWritebackCache, 0u) << "offered, allowed and wanted";
+  EXPECT_TRUE(fs.granted.writeback_cache && fs.granted.flock_locks);
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "common/system.h"
 #include "fuse/uring_channel.h"
 
 namespace fuse {
@@ -14,21 +15,21 @@ namespace {
 namespace k = kernel;
 
 TEST(UringCpuList, ParsesRangesAndSingles) {
-  auto c = uring::parse_cpu_list("0-3,8,10-11\n");
+  auto c = efuse::parse_cpu_list("0-3,8,10-11\n");
   ASSERT_TRUE(c);
   EXPECT_EQ(*c, (std::vector<unsigned>{0, 1, 2, 3, 8, 10, 11}));
-  c = uring::parse_cpu_list("0");
+  c = efuse::parse_cpu_list("0");
   ASSERT_TRUE(c);
   EXPECT_EQ(*c, (std::vector<unsigned>{0}));
-  c = uring::parse_cpu_list("3,1-2,1");  // unordered and repeated
+  c = efuse::parse_cpu_list("3,1-2,1");  // unordered and repeated
   ASSERT_TRUE(c);
   EXPECT_EQ(*c, (std::vector<unsigned>{1, 2, 3}));
 }
 
 TEST(UringCpuList, RejectsMalformed) {
   for (const char* bad : {"a", "1-", "-1", "3-1", "1,,2", "0,", "1-2-3", "0x1"})
-    EXPECT_FALSE(uring::parse_cpu_list(bad)) << bad;
-  auto empty = uring::parse_cpu_list("\n");
+    EXPECT_FALSE(efuse::parse_cpu_list(bad)) << bad;
+  auto empty = efuse::parse_cpu_list("\n");
   ASSERT_TRUE(empty);
   EXPECT_TRUE(empty->empty());
 }

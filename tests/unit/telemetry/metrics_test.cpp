@@ -172,6 +172,9 @@ TEST_F(MetricsCollector, SessionCounters) {
   EXPECT_EQ(e.value("efuse_decode_errors_total", {{"mount", "data"}}), 1);
   EXPECT_EQ(e.value("efuse_passthrough_opens_total", {{"mount", "data"}}), 0);
   EXPECT_EQ(e.value("efuse_passthrough_refusals_total", {{"mount", "data"}}), 0);
+  for (const char* kind : {"inode", "entry"})
+    EXPECT_EQ(e.value("efuse_invalidation_failures_total", {{"mount", "data"}, {"kind", kind}}), 0)
+        << kind;
 }
 
 TEST_F(MetricsCollector, BackendSeriesOfLiveMountsOnly) {
@@ -299,7 +302,8 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_worker_wait_seconds_total", "efuse_worker_busy_seconds_total", "efuse_mount_up",
         "efuse_mount_start_failures_total", "efuse_mount_info", "efuse_kernel_feature",
         "efuse_kernel_feature_offered", "efuse_kernel_protocol_minor", "efuse_max_write_bytes",
-        "efuse_decode_errors_total", "efuse_passthrough_opens_total",
+        "efuse_decode_errors_total", "efuse_invalidation_failures_total",
+        "efuse_passthrough_opens_total",
         "efuse_passthrough_refusals_total", "efuse_inodes", "efuse_inode_fds",
         "efuse_inode_fd_evictions_total", "efuse_inode_fd_reopens_total",
         "efuse_inode_fd_reopen_failures_total", "efuse_listing_cache_drops_total",

@@ -163,6 +163,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
   struct stat st;
   int rc;
   if (fh != nullptr) {
+    CHECK_FH(*fh);
     rc = fstat(fd_of(*fh), &st);
   } else {
     PIN_FD(fd, inode);
@@ -175,6 +176,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
 
 Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {
   GET_INODE(inode, ino);
+  if (s.has_fh) CHECK_FH(s.fh);
   int fh = s.has_fh ? fd_of(s.fh) : -1;
   PIN_FD(fd, inode);
   if (s.set_mode) {

@@ -10,6 +10,7 @@
 #include <unordered_map>
 
 #include "fs/filesystem.h"
+#include "fs/passthrough/handle_table.h"
 #include "fs/passthrough/inode_table.h"
 #include "fs/passthrough/watcher.h"
 
@@ -35,7 +36,8 @@ mode_t privs_to_kill(mode_t mode);
 // every write).
 Status kill_suidgid(int fd);
 
-// A file handle (fh) is the backing file's descriptor. Plain read-only opens of a regular
+// A file handle (fh) is the backing file's descriptor, usable only while it is in the
+// backend's HandleTable (an unknown fh is EBADF, see handle_table.h). Plain read-only opens of a regular
 // file share the inode's own descriptor instead, made readable once (Inode::readable_fd),
 // so OPEN, FLUSH and RELEASE of a file read again and again cost no system call. Such a
 // handle carries kSharedFh, and in bits 32-62 a serial number that tells the opens apart.
@@ -53,6 +55,8 @@ class PassthroughFs final : public Filesystem {
   PassthroughFs(std::string source, const Policy& policy);
   ~PassthroughFs() override;
 
+  // Wants all of it: writeback cache, passthrough, POSIX locks and flock.
+  Capabilities negotiate(const Capabilities& offered) override { return offered; }
   void init(const Capabilities& caps) override;
   void set_policy(const Policy& policy) override;
   void set_invalidator(Invalidator* inv) override;
@@ -79,6 +83,8 @@ class PassthroughFs final : public Filesystem {
                      std::string_view newname) override;
 
   Result<OpenInfo> open(const Context&, uint64_t ino, int flags) override;
+  // Open handles in the table (tests).
+  size_t open_handles() const { return handles_.size(); }
   Result<Created> create(const Context&, uint64_t parent, std::string_view name, mode_t mode,
                          int flags) override;
   Result<size_t> read(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
@@ -125,6 +131,7 @@ class PassthroughFs final : public Filesystem {
   Result<Entry> lookup_at(int dirfd, const char* name);
   Result<Entry> entry_for(int fd);  // adopts fd (O_PATH) and returns its entry
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
+  Result<OpenInfo> open_file(const Context&, uint64_t ino, int flags);
   uint32_t holder_pid(const Inode& inode, uint64_t owner, const struct flock& conflict);
   // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in.
   OpenInfo open_info(Inode& inode, int fd, int flags) const;
@@ -186,6 +193,8 @@ class PassthroughFs final : public Filesystem {
   std::atomic<uint64_t> shared_serial_{0};  // also counts the shared opens
   std::atomic<uint64_t> listing_drops_{0};
 
+  HandleTable handles_;  // every open fh the kernel holds
+
   std::mutex dirs_mu_;
   uint64_t next_dir_fh_ = 1;  // 0 is the handle of directories opened without OPENDIR
   std::atomic<bool> no_opendir_{false};  // OPENDIR answered ENOSYS: the kernel sends no more
@@ -196,6 +205,10 @@ class PassthroughFs final : public Filesystem {
 #define GET_INODE(var, id)    \
   auto var = inodes_.get(id); \
   if (!var) return Errno{ESTALE};
+
+// A file handle the kernel holds, or EBADF (never a descriptor it did not get from us).
+#define CHECK_FH(fh) \
+  if (!handles_.contains(fh)) return Errno{EBADF};
 
 // `inode`'s O_PATH descriptor, pinned for the rest of the scope (see InodeTable).
 #define PIN_FD(var, inode)     \

@@ -78,6 +78,12 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
 }
 
 Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags) {
+  auto info = open_file(ctx, ino, flags);
+  if (info.ok()) handles_.add(info->fh);
+  return info;
+}
+
+Result<OpenInfo> PassthroughFs::open_file(const Context& ctx, uint64_t ino, int flags) {
   GET_INODE(inode, ino);
   bool share = S_ISREG(inode->type) && shareable(flags);
   PathFd path_fd = inode->pin(share ? Inode::Reopen::kReadable : Inode::Reopen::kPath);
@@ -144,11 +150,13 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   Created c;
   c.entry = *e;
   c.open = open_info(*inode, fd, flags);
+  handles_.add(c.open.fh);
   return c;
 }
 
 Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64_t off,
                                    std::span<char> buf) {
+  CHECK_FH(fh);
   // FUSE takes a short read for end of file: fill the buffer unless the file really ends.
   size_t done = 0;
   while (done < buf.size()) {
@@ -167,6 +175,7 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64
 
 Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t, uint64_t fh, uint64_t off,
                                     std::span<const char> data) {
+  CHECK_FH(fh);
   if (ctx.kill_suidgid) {
     Status k = kill_suidgid(fd_of(fh));
     if (!k.ok()) return Errno{k.error()};
@@ -186,6 +195,7 @@ Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t, uint64_t fh, u
 }
 
 Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t lock_owner) {
+  CHECK_FH(fh);
   // close() of a descriptor releases the caller's POSIX locks on the file.
   if (auto inode = inodes_.get(ino)) {
     std::lock_guard lk(inode->lock_mu);
@@ -204,6 +214,8 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
 }
 
 Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
+  // Unknown: nothing was opened under this handle, so nothing is closed or counted down.
+  if (!handles_.remove(fh)) return Errno{EBADF};
   auto inode = inodes_.get(ino);
   if (inode) {
     if (is_shared(fh)) {
@@ -227,18 +239,21 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
 }
 
 Status PassthroughFs::fsync(const Context&, uint64_t, uint64_t fh, bool datasync) {
+  CHECK_FH(fh);
   int fd = fd_of(fh);
   return check(datasync ? fdatasync(fd) : ::fsync(fd));
 }
 
 Status PassthroughFs::fallocate(const Context&, uint64_t, uint64_t fh, int mode, uint64_t off,
                                 uint64_t len) {
+  CHECK_FH(fh);
   return check(::fallocate(fd_of(fh), mode, static_cast<off_t>(off),
                            static_cast<off_t>(len)));
 }
 
 Result<uint64_t> PassthroughFs::lseek(const Context&, uint64_t, uint64_t fh, uint64_t off,
                                       int whence) {
+  CHECK_FH(fh);
   off_t r = ::lseek(fd_of(fh), static_cast<off_t>(off), whence);
   if (r < 0) return last_errno();
   return static_cast<uint64_t>(r);
@@ -247,6 +262,8 @@ Result<uint64_t> PassthroughFs::lseek(const Context&, uint64_t, uint64_t fh, uin
 Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t fh_in,
                                               uint64_t off_in, uint64_t, uint64_t fh_out,
                                               uint64_t off_out, uint64_t len, uint64_t flags) {
+  CHECK_FH(fh_in);
+  CHECK_FH(fh_out);
   loff_t in = static_cast<loff_t>(off_in), out = static_cast<loff_t>(off_out);
   ssize_t n = ::copy_file_range(fd_of(fh_in), &in, fd_of(fh_out), &out,
                                 len, static_cast<unsigned>(flags));
@@ -287,6 +304,7 @@ static struct flock to_flock(const Lock& l) {
 Result<Lock> PassthroughFs::getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
                                   const Lock& l) {
   GET_INODE(inode, ino);
+  CHECK_FH(fh);
   std::lock_guard lk(inode->lock_mu);
   auto fd = lock_fd(*inode, fh, owner);
   if (!fd.ok()) return Errno{fd.error()};
@@ -341,6 +359,7 @@ static void record_lock(Inode::LockOwner& lo, const Lock& l) {
 Status PassthroughFs::setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
                             const Lock& l) {
   GET_INODE(inode, ino);
+  CHECK_FH(fh);
   std::lock_guard lk(inode->lock_mu);
   auto fd = lock_fd(*inode, fh, owner);
   if (!fd.ok()) return Errno{fd.error()};
@@ -351,6 +370,7 @@ Status PassthroughFs::setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t 
 }
 
 Status PassthroughFs::flock(const Context&, uint64_t ino, uint64_t fh, int op) {
+  CHECK_FH(fh);
   if (!is_shared(fh)) return check(::flock(fd_of(fh), op));
   GET_INODE(inode, ino);
   std::lock_guard lk(inode->lock_mu);  // op carries LOCK_NB: this does not block

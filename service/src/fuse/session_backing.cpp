@@ -1,0 +1,70 @@
+// Session: FUSE passthrough backing ids, one per inode with passthrough opens.
+#include "fuse/session.h"
+
+#include <cstring>
+
+#include "common/log.h"
+#include "fuse/session_request.h"
+
+namespace fuse {
+
+void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool dir,
+                            uint64_t nodeid) {
+  *o = {};
+  o->fh = info.fh;
+  if (info.direct_io) o->open_flags |= k::kFopenDirectIo;
+  if (info.keep_cache) o->open_flags |= k::kFopenKeepCache;
+  if (info.nonseekable) o->open_flags |= k::kFopenNonseekable;
+  if (dir || info.passthrough_fd < 0 || !negotiated_.has(k::init::kPassthrough)) return;
+  // The kernel wants one backing id per inode for all its passthrough opens (a second id
+  // for the same inode fails the open with EIO). The id lives while the inode has opens.
+  std::lock_guard lk(backing_mu_);
+  Backing& b = backing_[nodeid];
+  if (b.id <= 0) {
+    int id = conn_ != nullptr ? conn_->backing_open(info.passthrough_fd) : -ENOTCONN;
+    if (id <= 0) {
+      backing_.erase(nodeid);
+      // The kernel refused (stacking depth, permissions, limits): serve this file's I/O.
+      uint64_t n = passthrough_refusals_.fetch_add(1, std::memory_order_relaxed);
+      fs_.passthrough_refused(nodeid);
+      if (n == 0)
+        LOG_WARN("kernel refused a passthrough backing file (%s); serving I/O in efused",
+                 strerror(-id));
+      return;
+    }
+    b.id = id;
+  }
+  ++b.opens;
+  backing_fh_[info.fh] = nodeid;
+  // The kernel fails a passthrough open (EIO) that carries any flag outside
+  // PASSTHROUGH | DIRECT_IO | PARALLEL_DIRECT_WRITES | NOFLUSH; page-cache flags such as
+  // KEEP_CACHE mean nothing without a FUSE page cache anyway.
+  o->open_flags &= k::kFopenNoflush | k::kFopenParallelDirectWrites;
+  o->open_flags |= k::kFopenPassthrough;
+  o->backing_id = b.id;
+  passthrough_opens_.fetch_add(1, std::memory_order_relaxed);
+}
+
+// RELEASE of `fh`. The kernel holds its own reference to the backing file while the inode is
+// open; the id only names it for new opens, so it goes with the inode's last passthrough open.
+void Session::backing_released(uint64_t fh) {
+  std::lock_guard lk(backing_mu_);
+  auto it = backing_fh_.find(fh);
+  if (it == backing_fh_.end()) return;
+  auto b = backing_.find(it->second);
+  if (b != backing_.end() && --b->second.opens == 0) {
+    conn_->backing_close(b->second.id);  // ids exist only with a connection
+    backing_.erase(b);
+  }
+  backing_fh_.erase(it);
+}
+
+// Shutdown: every id still registered.
+void Session::close_backing_ids() {
+  std::lock_guard lk(backing_mu_);
+  for (auto& [nodeid, b] : backing_) conn_->backing_close(b.id);
+  backing_.clear();
+  backing_fh_.clear();
+}
+
+}  // namespace fuse

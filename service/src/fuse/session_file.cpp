@@ -1,0 +1,116 @@
+// Session: file operations (open, create, read, write, flush, release, fsync, fallocate,
+// lseek, copy_file_range).
+#include "fuse/session.h"
+
+#include <sys/file.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "fuse/session_request.h"
+
+namespace fuse {
+
+void Session::reply_open(Request& r, const fs::OpenInfo& info, bool dir) {
+  k::fuse_open_out o;
+  fill_open_out(&o, info, dir, r.hdr.nodeid);
+  r.reply(o);
+}
+
+void Session::do_open(Request& r) {
+  TAKE(in, k::fuse_open_in);
+  r.ctx.kill_suidgid = in->open_flags & k::kOpenKillSuidgid;
+  auto o = fs_.open(r.ctx, r.hdr.nodeid, static_cast<int>(in->flags));
+  if (!o.ok()) return r.reply_err(o.error());
+  reply_open(r, *o, false);
+}
+
+void Session::do_create(Request& r) {
+  TAKE(in, k::fuse_create_in);
+  TAKE_NAME(name);
+  if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
+  r.ctx.kill_suidgid = in->open_flags & k::kOpenKillSuidgid;
+  auto c = fs_.create(r.ctx, r.hdr.nodeid, *name, in->mode, static_cast<int>(in->flags));
+  if (!c.ok()) return r.reply_err(c.error());
+  struct {
+    k::fuse_entry_out e;
+    k::fuse_open_out o;
+  } out{};
+  out.e.nodeid = c->entry.ino;
+  out.e.generation = c->entry.generation;
+  split_timeout(c->entry.entry_timeout, &out.e.entry_valid, &out.e.entry_valid_nsec);
+  split_timeout(c->entry.attr_timeout, &out.e.attr_valid, &out.e.attr_valid_nsec);
+  encode_attr(c->entry.attr, &out.e.attr);
+  fill_open_out(&out.o, c->open, false, c->entry.ino);
+  static_assert(sizeof out == sizeof(k::fuse_entry_out) + sizeof(k::fuse_open_out));
+  r.reply(out);
+}
+
+void Session::do_read(Request& r) {
+  TAKE(in, k::fuse_read_in);
+  size_t size = std::min<size_t>(in->size, r.scratch.size());
+  auto n = fs_.read(r.ctx, r.hdr.nodeid, in->fh, in->offset, r.scratch.first(size));
+  if (!n.ok()) return r.reply_err(n.error());
+  r.reply(r.scratch.data(), std::min(*n, size));
+}
+
+void Session::do_write(Request& r) {
+  TAKE(in, k::fuse_write_in);
+  auto data = r.body.take_bytes(in->size);
+  if (!data) return malformed(r);
+  r.ctx.kill_suidgid = in->write_flags & k::kWriteKillSuidgid;
+  auto n = fs_.write(r.ctx, r.hdr.nodeid, in->fh, in->offset, *data);
+  if (!n.ok()) return r.reply_err(n.error());
+  k::fuse_write_out o{};
+  o.size = static_cast<uint32_t>(*n);
+  r.reply(o);
+}
+
+void Session::do_flush(Request& r) {
+  TAKE(in, k::fuse_flush_in);
+  flock_closed(r.hdr.nodeid, in->fh, false);
+  r.reply_err(fs_.flush(r.ctx, r.hdr.nodeid, in->fh, in->lock_owner).error());
+}
+
+void Session::do_release(Request& r) {
+  TAKE(in, k::fuse_release_in);
+  backing_released(in->fh);
+  if (in->release_flags & k::kReleaseFlockUnlock)
+    (void)fs_.flock(r.ctx, r.hdr.nodeid, in->fh, LOCK_UN);
+  Status s = fs_.release(r.ctx, r.hdr.nodeid, in->fh);
+  flock_closed(r.hdr.nodeid, in->fh, true);  // after the description is gone
+  r.reply_err(s.error());
+}
+
+void Session::do_fsync(Request& r) {
+  TAKE(in, k::fuse_fsync_in);
+  r.reply_err(
+      fs_.fsync(r.ctx, r.hdr.nodeid, in->fh, in->fsync_flags & k::kFsyncFdatasync).error());
+}
+
+void Session::do_fallocate(Request& r) {
+  TAKE(in, k::fuse_fallocate_in);
+  r.reply_err(fs_.fallocate(r.ctx, r.hdr.nodeid, in->fh, static_cast<int>(in->mode), in->offset,
+                            in->length)
+                  .error());
+}
+
+void Session::do_lseek(Request& r) {
+  TAKE(in, k::fuse_lseek_in);
+  auto off = fs_.lseek(r.ctx, r.hdr.nodeid, in->fh, in->offset, static_cast<int>(in->whence));
+  if (!off.ok()) return r.reply_err(off.error());
+  k::fuse_lseek_out o{*off};
+  r.reply(o);
+}
+
+void Session::do_copy_file_range(Request& r) {
+  TAKE(in, k::fuse_copy_file_range_in);
+  auto n = fs_.copy_file_range(r.ctx, r.hdr.nodeid, in->fh_in, in->off_in, in->nodeid_out,
+                               in->fh_out, in->off_out, in->len, in->flags);
+  if (!n.ok()) return r.reply_err(n.error());
+  k::fuse_write_out o{};
+  o.size = static_cast<uint32_t>(std::min<size_t>(*n, UINT32_MAX));
+  r.reply(o);
+}
+
+}  // namespace fuse

@@ -1,0 +1,65 @@
+// Session internals shared by session*.cpp (not part of the Session interface): one
+// request being handled, and the decoding macros of its handlers.
+#pragma once
+
+#include <cstring>
+#include <span>
+
+#include "common/log.h"
+#include "fs/filesystem.h"
+#include "fuse/kernel.h"
+#include "fuse/opcodes.h"
+#include "fuse/reply.h"
+#include "fuse/session.h"
+#include "fuse/wire.h"
+
+namespace fuse {
+
+// The names every handler file uses (this header is private to session*.cpp).
+using efuse::Errno;
+using efuse::Result;
+using efuse::Status;
+namespace k = kernel;
+namespace fs = efuse::fs;
+
+struct Session::Request {
+  k::fuse_in_header hdr;
+  Reader body;
+  Transport& out;
+  std::span<char> scratch;
+  fs::Context ctx;
+  uint64_t start_ns = 0;
+  bool replied = false;
+  bool deferred = false;  // a DeferredReply answers (and records) it
+  int error = 0;
+
+  void send(const struct iovec* payload, int n, int err = 0) {
+    int rc = send_reply(out, hdr.unique, err, {payload, static_cast<size_t>(n)});
+    // ENOENT: the request was interrupted and the kernel no longer waits; not an error.
+    if (rc < 0 && rc != -ENOENT)
+      LOG_DEBUG("reply to %s (unique %llu) failed: %s", opcode_name(hdr.opcode),
+                static_cast<unsigned long long>(hdr.unique), strerror(-rc));
+    replied = true;
+    error = rc == -E2BIG ? EIO : err;
+  }
+  void reply_err(int err) { send(nullptr, 0, err); }
+  void reply_ok() { send(nullptr, 0, 0); }
+  void reply(const void* data, size_t len) {
+    struct iovec iov{const_cast<void*>(data), len};
+    send(&iov, 1);
+  }
+  template <class T>
+  void reply(const T& v) { reply(&v, sizeof v); }
+  void none() { replied = true; }  // FORGET, BATCH_FORGET, INTERRUPT take no reply
+};
+
+// Malformed request body: the kernel never sends one, so a forged or truncated request is
+// answered with EINVAL and counted.
+#define TAKE(var, type)               \
+  auto var = r.body.take<type>();     \
+  if (!var) return malformed(r);
+#define TAKE_NAME(var)                \
+  auto var = r.body.take_name();      \
+  if (!var) return malformed(r);
+
+}  // namespace fuse
