@@ -252,6 +252,18 @@ def test_exposure_score():
     assert with_dropin < score, "drop-in: %.1f, unit alone: %.1f" % (with_dropin, score)
 
 
+def test_version_from_changelog():
+    """CMake's project VERSION is read from debian/changelog: the binaries report the
+    upstream part of its top entry."""
+    top = open(os.path.join(REPO, "packaging/deb/debian/changelog")).readline()
+    m = re.match(r"efuse \((\d+\.\d+\.\d+)[^)]*\)", top)
+    assert m, top
+    for prog in (h.EFUSED, efusectl_path()):
+        out = h.run([prog, "--version"], timeout=30).out.strip()
+        want = "%s %s" % (os.path.basename(prog), m.group(1))
+        assert out == want, "%s --version: %r, debian/changelog says %r" % (prog, out, want)
+
+
 def test_packaged_config_valid():
     if not os.path.exists(DEB_CONFIG):
         return  # packaging/deb ships no config
