@@ -148,6 +148,16 @@ def mean_latency(metric, sel):
             f"sum by (mount, opcode) (rate({metric}_count{{{sel}}}[{RATE}]))")
 
 
+def upcalls(sel):
+    return f"sum by (mount, opcode) (rate(efuse_kernel_requests_total{{{sel}}}[{RATE}]))"
+
+
+def switches_per_upcall(sel):
+    return (f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{sel}}}[{RATE}]))"
+            f" / on (mount) group_left "
+            f"sum by (mount) (rate(efuse_kernel_requests_total{{{sel}}}[{RATE}]))")
+
+
 def health_rows():
     out = [row("Health")]
     out += place([
@@ -221,9 +231,7 @@ def request_rows():
             f"sum by (opcode) (rate(efuse_requests_total{{{SEL}}}[{RATE}]))", "{{opcode}}")],
             "reqps", "Requests efused handled per second (efuse_requests_total), FORGET and "
             "INTERRUPT included. Passthrough reads and writes never reach efused.", stack=True),
-        timeseries("Upcalls by opcode (kernel, eBPF)", [target(
-            f"sum by (mount, opcode) (rate(efuse_kernel_requests_total{{{SEL}}}[{RATE}]))",
-            "{{mount}} {{opcode}}")],
+        timeseries("Upcalls by opcode (kernel, eBPF)", [target(upcalls(SEL), "{{mount}} {{opcode}}")],
             "reqps", "Requests the kernel sent to efused's mounts (efuse_kernel_requests_total, "
             "eBPF on fuse_request_send). Other FUSE mounts are in the last row.", stack=True),
     ])
@@ -314,11 +322,7 @@ def context_switch_rows():
             "{{mount}} {{side}} {{kind}}")],
             "ops", "side=daemon: FUSE server threads; side=client: tasks with a request of the "
             "mount outstanding. involuntary = preempted."),
-        timeseries("Context switches per upcall", [target(
-            f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{SEL}}}[{RATE}]))"
-            f" / on (mount) group_left "
-            f"sum by (mount) (rate(efuse_kernel_requests_total{{{SEL}}}[{RATE}]))",
-            "{{mount}} {{side}} {{kind}}")],
+        timeseries("Context switches per upcall", [target(switches_per_upcall(SEL), "{{mount}} {{side}} {{kind}}")],
             "short", "What one request costs in context switches, per side."),
     ])
     return out
@@ -408,8 +412,7 @@ def other_mount_rows():
     out = [row("Other FUSE mounts on the host (kernel side, eBPF)")]
     out += place([
         timeseries("Upcalls by opcode (other FUSE mounts)", [target(
-            f"sum by (mount, opcode) (rate(efuse_kernel_requests_total{{{OTHER}}}[{RATE}]))",
-            "{{mount}} {{opcode}}")],
+            upcalls(OTHER), "{{mount}} {{opcode}}")],
             "reqps", "Requests the kernel sent to FUSE servers other than this efused (sshfs, "
             "libfuse file systems, other efused instances), seen by efused's eBPF programs and "
             "labelled by mountpoint ($other)."),
@@ -423,11 +426,7 @@ def other_mount_rows():
                            "{{mount}} sent, not answered", "A")],
             "short", "Mean number of requests in flight over each interval (Little's law on "
             "the latency histogram's _sum) for the other FUSE mounts."),
-        timeseries("Context switches per upcall (other FUSE mounts)", [target(
-            f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{OTHER}}}[{RATE}]))"
-            f" / on (mount) group_left "
-            f"sum by (mount) (rate(efuse_kernel_requests_total{{{OTHER}}}[{RATE}]))",
-            "{{mount}} {{side}} {{kind}}")],
+        timeseries("Context switches per upcall (other FUSE mounts)", [target(switches_per_upcall(OTHER), "{{mount}} {{side}} {{kind}}")],
             "short", "Context switches one request costs the other FUSE mounts' servers "
             "(side=daemon) and clients (side=client)."),
     ])
