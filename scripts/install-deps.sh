@@ -3,6 +3,7 @@
 #   scripts/install-deps.sh            build + test dependencies
 #   scripts/install-deps.sh --bench    also what bench/ needs (linux-source tarball, libfuse examples)
 #   scripts/install-deps.sh --vm       also what the QEMU guest tests need (scripts/test-vm.sh)
+#   scripts/install-deps.sh --kmod     also what building the kernel module needs (kmod/build.sh)
 # Runs apt-get only when something is missing, so repeated runs are fast and offline-safe.
 set -euo pipefail
 
@@ -30,6 +31,9 @@ for arg in "$@"; do
     # QEMU, the guest's busybox and initramfs tools, module indexing (depmod, modprobe
     # --show-depends), the data disk (mkfs.ext4 -d, debugfs), .ko.xz decompression.
     --vm) pkgs+=(qemu-system-x86 busybox-static cpio kmod e2fsprogs xz-utils) ;;
+    # kmod/build.sh: the kernel's compiler, kbuild's tools, pahole for the module's BTF;
+    # dkms (tests/vm builds the module through kmod/dkms.conf).
+    --kmod) pkgs+=(gcc-12 make patch xz-utils dwarves dkms) ;;
     *) echo "install-deps: unknown option $arg" >&2; exit 2 ;;
   esac
 done

@@ -23,8 +23,10 @@ import sys
 import time
 import traceback
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
+sys.path.insert(0, HERE)
 from prom_text import parse, scrape, value  # noqa: E402
 
 PROFILE = os.environ.get("efuse_profile", "")
@@ -329,6 +331,66 @@ def check_clean_stop():
     assert not fstypes_at(MNT), f"left mounted: {fstypes_at(MNT)}"
 
 
+def check_kmod_efuse():
+    """kmod/'s efuse.ko (built on the host for this kernel, on the data disk) loads beside
+    the built-in fuse and serves a mount of type efuse through /dev/efuse."""
+    ko = f"{DATA}/efuse.ko"
+    assert os.path.exists(ko), f"{ko} missing: the host did not build the module"
+    subprocess.run(["insmod", ko], check=True, timeout=120, capture_output=True)
+    with open("/proc/modules") as f:
+        assert any(line.split()[0] == "efuse" for line in f), "efuse not in /proc/modules"
+    st, fuse = os.stat("/dev/efuse"), os.stat("/dev/fuse")
+    assert stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == 10 and \
+        os.minor(st.st_rdev) != 229, f"/dev/efuse is {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    assert (os.major(fuse.st_rdev), os.minor(fuse.st_rdev)) == (10, 229), "/dev/fuse changed"
+    with open("/proc/filesystems") as f:
+        fstypes = {line.split()[-1] for line in f}
+    missing = {"fuse", "fuseblk", "fusectl", "efuse", "efuseblk", "efusectl"} - fstypes
+    assert not missing, f"file system types missing: {missing}"
+    assert os.path.isdir("/sys/fs/efuse/connections"), "no /sys/fs/efuse/connections"
+    for ev in ("efuse_request_send", "efuse_request_end"):
+        assert os.path.isdir(f"/sys/kernel/tracing/events/efuse/{ev}"), f"no tracepoint {ev}"
+    # efused opens /dev/fuse only; a raw-protocol server proves that a mount of type efuse
+    # works and that FUSE passthrough works through /dev/efuse.
+    import raw_fuse
+    mnt = "/mnt/efuse-raw"
+    os.makedirs(mnt, exist_ok=True)
+    backing = f"{DATA}/efuse-backing.bin"
+    with open(backing, "wb") as f:
+        f.write(os.urandom(256 << 10))
+    with open(backing, "rb") as f:
+        want = hashlib.sha256(f.read()).hexdigest()
+    server = raw_fuse.RawServer("/dev/efuse", mnt, "efuse", backing)
+    try:
+        client = subprocess.Popen(
+            [sys.executable, "-c", "import hashlib,os,sys; s=os.stat(sys.argv[1]); "
+             "print(s.st_ino, s.st_size, oct(s.st_mode), flush=True); "
+             "print(hashlib.sha256(open(sys.argv[2], 'rb').read()).hexdigest())",
+             mnt, os.path.join(mnt, "f")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            stdout, stderr = client.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.abort()  # releases the client from the kernel's wait for a reply
+            client.kill()
+            stdout, stderr = client.communicate(timeout=30)
+            stderr += " (client timed out after 60 s: connection aborted)"
+        assert "efuse" in fstypes_at(mnt), f"mount types at {mnt}: {fstypes_at(mnt)}"
+    finally:
+        server.stop()
+    seen = f"(requests seen {server.seen})"
+    out = stdout.split()
+    assert out[:3] == ["1", str(raw_fuse.ROOT_SIZE), "0o40755"], \
+        f"stat through the efuse mount: {stdout!r} {stderr!r} {seen}"
+    assert server.seen[:1] == [raw_fuse.OP_INIT], seen
+    assert server.passthrough, "the kernel did not offer passthrough at INIT on /dev/efuse"
+    assert out[3:] == [want], f"content of f through the efuse mount: {stdout!r} {stderr!r}"
+    assert server.backing_ids and raw_fuse.OP_READ not in server.seen, \
+        f"passthrough: backing ids {server.backing_ids}, but READs reached the server {seen}"
+    assert not fstypes_at(mnt), f"left mounted: {fstypes_at(mnt)}"
+    subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
+
+
 def main():
     if PROFILE not in EXPECT:
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
@@ -341,6 +403,8 @@ def main():
         for fn in (check_fuse_module, check_file_ops, check_tar_extract, check_mount_up,
                    check_kernel_features, check_data_path, check_bpf_telemetry, check_clean_stop):
             check(fn)
+    if os.environ.get("efuse_kmod") == "1":
+        check(check_kmod_efuse)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

@@ -9,24 +9,32 @@ that hangs past the timeout, fails to boot or reports nothing is a failure too).
 See tests/vm/README.md.
 """
 import argparse
+import glob
 import io
+import lzma
 import os
 import random
+import re
 import shutil
 import signal
+import subprocess
 import sys
 import tarfile
 import tempfile
 import time
+import traceback
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+KMOD = os.path.join(REPO, "kmod")
 sys.path.insert(0, HERE)
 
 import guest  # noqa: E402
 import kernels  # noqa: E402
 
 RESULTS = "/out/results.txt"  # on the data disk, written by guest_smoke.py
+KMOD_PROFILES = ("6.12",)  # kernels kmod/ builds efuse.ko for (loaded in their guest)
+KMOD_REFUSED = ("6.1",)  # kernels kmod/build.sh must refuse: the series does not apply
 
 
 class Interrupted(BaseException):
@@ -78,6 +86,44 @@ def data_dir(work):
     return d
 
 
+def kmod_build(release, out):
+    """Build efuse.ko for `release` the way DKMS does on a host: kmod/build.sh fetches and
+    unpacks the kernel's headers and fs/fuse (cached), then `dkms add` and `dkms build`, with
+    private source and DKMS trees under `out` (nothing in /usr/src or /var/lib/dkms), run
+    kmod/dkms.conf against them. Returns (path of efuse.ko or None, what went wrong)."""
+    r = subprocess.run(["bash", os.path.join(KMOD, "build.sh"), "--release", release,
+                        "--print-inputs"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+    if r.returncode != 0:
+        return None, f"kmod/build.sh --print-inputs exited {r.returncode}: {r.stderr[-1500:]}"
+    kdir, fuse_src = r.stdout.strip().splitlines()[-1].split("\t")
+    with open(os.path.join(KMOD, "dkms.conf")) as f:
+        version = re.search(r'^PACKAGE_VERSION="([^"]+)"', f.read(), re.M).group(1)
+    srctree, dkmstree = os.path.join(out, "src"), os.path.join(out, "dkms")
+    shutil.rmtree(out, ignore_errors=True)
+    pkg = os.path.join(srctree, f"efuse-{version}")
+    shutil.copytree(os.path.join(KMOD, "patches"), os.path.join(pkg, "patches"))
+    for f in ("build.sh", "dkms.conf"):
+        shutil.copy2(os.path.join(KMOD, f), pkg)
+    os.makedirs(dkmstree)
+    trees = ["-m", "efuse", "-v", version, "--sourcetree", srctree, "--dkmstree", dkmstree]
+    env = dict(os.environ, EFUSE_LINUX_SOURCE=fuse_src)
+    for cmd in (["dkms", "add", *trees],
+                ["dkms", "build", *trees, "-k", release, "--kernelsourcedir", kdir]):
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env=env)
+        if r.returncode != 0:
+            log = os.path.join(dkmstree, "efuse", version, "build", "make.log")
+            text = open(log, errors="replace").read() if os.path.exists(log) else ""
+            return None, f"{' '.join(cmd[:2])} exited {r.returncode}: {r.stdout[-800:]}\n" \
+                         f"make.log: {text[-1500:]}"
+    built = glob.glob(os.path.join(dkmstree, "efuse", version, release, "*", "module",
+                                   "efuse.ko*"))
+    if not built:
+        return None, f"dkms build left no efuse.ko in {dkmstree}"
+    return built[0], ""
+
+
 def run_kernel(profile, args, work, efused, tally):
     label = profile
     t0 = time.monotonic()
@@ -89,13 +135,33 @@ def run_kernel(profile, args, work, efused, tally):
     kdir = os.path.join(work, profile)
     os.makedirs(kdir, exist_ok=True)
     initramfs = guest.build_initramfs(k, kdir)
+    data = data_dir(kdir)
+    kmod = profile in KMOD_PROFILES and not args.no_kmod
+    if profile in KMOD_REFUSED and not args.no_kmod:
+        ko, why = kmod_build(k.release, os.path.join(kdir, "kmod"))
+        if ko is None and "refusing to build for this kernel" in why:
+            tally.ok(f"{label} kmod_refused")
+        else:
+            tally.fail(f"{label} kmod_refused", f"not refused: built {ko}" if ko else why)
+    if kmod:
+        t = time.monotonic()
+        ko, why = kmod_build(k.release, os.path.join(kdir, "kmod"))
+        if ko:
+            opener = lzma.open if ko.endswith(".xz") else open
+            with opener(ko, "rb") as f, open(os.path.join(data, "efuse.ko"), "wb") as dst:
+                shutil.copyfileobj(f, dst)
+            tally.ok(f"{label} kmod_build")
+            tally.timings.append(f"{label}: efuse.ko by dkms build {time.monotonic() - t:.1f} s")
+        else:
+            tally.fail(f"{label} kmod_build", why)
+            kmod = False
     disk = os.path.join(kdir, "data.img")
-    guest.make_data_disk(data_dir(kdir), disk)
+    guest.make_data_disk(data, disk)
     prep = time.monotonic() - t0
     print(f"[{label}] kernel {k.release}; prepared in {prep:.1f} s; booting "
           f"(timeout {args.timeout} s)", flush=True)
     env = {"efuse_run": os.path.join(HERE, "guest_smoke.py"), "efuse_efused": efused,
-           "efuse_profile": profile}
+           "efuse_profile": profile, "efuse_kmod": int(kmod)}
     console = os.path.join(kdir, "console.log")
     res = guest.boot(k, initramfs, disk, env, args.timeout, console,
                      echo=lambda line: print(f"[{label}] {line}", flush=True), accel=args.accel)
@@ -116,7 +182,7 @@ def run_kernel(profile, args, work, efused, tally):
             tally.fail(f"{label} {name}", why)
             seen += 1
             failed += 1
-    where = f"(console: {console})"
+    where = "(console above" + (f", and in {console})" if args.keep else ")")
     if res.timed_out:
         tally.fail(f"{label} guest", f"killed after {args.timeout} s without powering off {where}")
     elif res.init_failed:
@@ -154,6 +220,8 @@ def main():
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"],
                     default=os.environ.get("EFUSE_VM_ACCEL", "auto"),
                     help="QEMU accelerator (default auto: KVM when /dev/kvm works, else TCG)")
+    ap.add_argument("--no-kmod", action="store_true",
+                    help="do not build kmod/'s efuse.ko nor load it in the 6.12 guest")
     ap.add_argument("--keep", action="store_true",
                     help="keep the work directory (initramfs, data disks, console logs)")
     ap.add_argument("--work-dir", help="work directory (default: a new one under /var/tmp)")
@@ -175,14 +243,20 @@ def main():
     start = time.monotonic()
     try:
         for profile in (["6.12", "6.1"] if args.kernel == "all" else [args.kernel]):
-            run_kernel(profile, args, work, efused, tally)
+            try:
+                run_kernel(profile, args, work, efused, tally)
+            except Exception:  # a broken setup step fails this kernel, not the whole run
+                tally.fail(f"{profile} setup", traceback.format_exc())
     except Interrupted as e:
         tally.fail("run", f"interrupted ({e})")
     finally:
-        if args.keep or tally.failed:
+        if args.keep:
             print(f"work directory kept: {work}", flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if tally.failed:
+                print("(the console is above; --keep keeps the work directory: initramfs, "
+                      "data disks, console logs)", flush=True)
     for t in tally.timings:
         print(f"time {t}")
     print(f"time total {time.monotonic() - start:.1f} s")
