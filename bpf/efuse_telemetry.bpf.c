@@ -1,32 +1,32 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
  * FUSE request telemetry for every FUSE connection on the host, built on the kernel's
- * fuse_request_send / fuse_request_end tracepoints and sched_switch (BTF-typed
- * tracepoints: fentry/kprobes are not needed). CO-RE throughout, no hard-coded offsets:
- * the tracepoint arguments are BTF-typed pointers, so their fields are read with plain
- * loads that clang records as CO-RE relocations (vmlinux.h and the FUSE types below mark
- * every struct preserve_access_index) and libbpf fixes up against the running kernel's BTF; the one
- * untyped pointer (fuse_req.ring_queue is a void *) is read with BPF_CORE_READ. The object
- * loads on any kernel whose BTF has the fields, whatever their offsets, with FUSE built in
- * or as a module.
+ * fuse_request_send / fuse_request_end tracepoints (BTF-typed tracepoints: fentry/kprobes
+ * are not needed). CO-RE throughout, no hard-coded offsets: the tracepoint arguments are
+ * BTF-typed pointers, so their fields are read with plain loads that clang records as CO-RE
+ * relocations (vmlinux.h and the FUSE types below mark every struct preserve_access_index)
+ * and libbpf fixes up against the running kernel's BTF; the untyped pointers
+ * (fuse_req.ring_queue is a void *, the waiting client's task_struct is kept as a number)
+ * are read with BPF_CORE_READ. The object loads on any kernel whose BTF has the fields,
+ * whatever their offsets, with FUSE built in or as a module.
  *
- * Direct loads instead of BPF_CORE_READ everywhere: each BPF_CORE_READ step is a
- * bpf_probe_read_kernel() call, and these programs run on every FUSE request and every
- * context switch of the host (docs/bpf.md has the measured cost).
+ * Nothing runs on context switches: the switches a request costs are read from the
+ * threads' own counters (task_struct.nvcsw / nivcsw, what /proc/<pid>/status shows as
+ * voluntary/nonvoluntary_ctxt_switches) at send and end. Direct loads instead of
+ * BPF_CORE_READ wherever the pointer is typed: each BPF_CORE_READ step is a
+ * bpf_probe_read_kernel() call, and these programs run on every FUSE request of the host
+ * (docs/bpf.md has the measured cost).
  *
  * Maps and their layouts: efuse_telemetry.h (shared with efused's loader).
  *
- *   send: remember (conn, unique) -> start time, opcode, sending thread; count the upcall;
- *         mark the sender as a client with one more request outstanding.
- *   end:  latency per (conn, opcode) and per (conn, queue) into log2 histograms; errors;
- *         the current thread (the server writing its reply) becomes a daemon thread of
- *         conn; the sender has one request fewer outstanding.
- *   sched_switch: a switched-out daemon thread counts for its connection's daemon side, a
- *         switched-out thread with requests outstanding for its connection's client side;
- *         voluntary unless it was preempted (preempt || prev_state == TASK_RUNNING), the
- *         same rule as /proc/<pid>/status's voluntary/nonvoluntary_ctxt_switches.
+ *   send: remember the request (its struct fuse_req address) -> start time, opcode,
+ *         connection; at level "full" also the waiting client and its switch counters.
+ *   end:  one per-CPU statistics entry per (conn, opcode, queue): count, errors, log2
+ *         latency histogram; at level "full" the client's switches while it waited and the
+ *         replying server thread's switches since its previous reply.
  *
- * In-flight requests are the inflight map's entries, counted by user space at scrape time.
+ * In-flight requests are the inflight_slots / inflight entries, counted by user space at
+ * scrape time.
  */
 #include "vmlinux.h"
 
@@ -44,15 +44,11 @@
  * kernel's types, in vmlinux or in the module. Only the fields read are declared; their
  * offsets here mean nothing. */
 struct fuse_in_header___efuse {
-	__u32 len;
 	__u32 opcode;
-	__u64 unique;
 } __attribute__((preserve_access_index));
 
 struct fuse_out_header___efuse {
-	__u32 len;
 	__s32 error;
-	__u64 unique;
 } __attribute__((preserve_access_index));
 
 struct fuse_conn___efuse {
@@ -67,7 +63,12 @@ struct fuse_ring_queue___efuse {
 	unsigned int qid;
 } __attribute__((preserve_access_index));
 
+enum fuse_req_flag___efuse {
+	FR_BACKGROUND___efuse = 2,
+};
+
 struct fuse_req___efuse {
+	unsigned long flags;
 	struct {
 		struct fuse_in_header___efuse h;
 	} in;
@@ -80,9 +81,13 @@ struct fuse_req___efuse {
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+/* A number as a read-only BTF pointer of the given type (Linux 6.2+, as are the FUSE
+ * tracepoints): its fields are then plain loads the kernel guards against faults, cheaper
+ * than a bpf_probe_read_kernel() call each. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+
 #define EFUSE_ENOTCONN 107
 #define EFUSE_ECONNABORTED 103
-#define EFUSE_TASK_DEAD 0x80
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -99,36 +104,22 @@ struct {
 	__type(value, struct efuse_req_start);
 } inflight SEC(".maps");
 
-/* The per-CPU statistics maps allocate on first use (a few dozen keys in practice):
- * preallocating max_entries x possible CPUs x ~300 bytes would cost megabytes per CPU. */
+/* The per-CPU statistics map allocates on first use (a few dozen keys in practice):
+ * preallocating max_entries x possible CPUs x ~350 bytes would cost megabytes per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EFUSE_BPF_MAX_OP_KEYS);
-	__type(key, struct efuse_op_key);
-	__type(value, struct efuse_op_stats);
-} op_stats SEC(".maps");
+	__uint(max_entries, EFUSE_BPF_MAX_STATS_KEYS);
+	__type(key, struct efuse_stats_key);
+	__type(value, struct efuse_stats);
+} stats SEC(".maps");
 
+/* Server threads: set at their first reply, freed with the thread (no thread id reuse
+ * to worry about); a lookup for a thread without storage is one pointer test. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EFUSE_BPF_MAX_QUEUE_KEYS);
-	__type(key, struct efuse_queue_key);
-	__type(value, struct efuse_queue_stats);
-} queue_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, EFUSE_BPF_MAX_CONNS);
-	__type(key, __u32);
-	__type(value, struct efuse_ctxsw_stats);
-} ctxsw_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, EFUSE_BPF_MAX_TASKS);
-	__type(key, __u32);
+	__type(key, int);
 	__type(value, struct efuse_task);
 } tasks SEC(".maps");
 
@@ -139,10 +130,15 @@ struct {
 	__type(value, struct efuse_health);
 } health SEC(".maps");
 
-/* Zero values to insert (read-only data; the kernel copies them). */
-static const struct efuse_op_stats zero_op;
-static const struct efuse_queue_stats zero_queue;
-static const struct efuse_ctxsw_stats zero_ctxsw;
+/* Zero value to insert (read-only data; the kernel copies it). */
+static const struct efuse_stats zero_stats;
+
+/* The telemetry level efused asked for (EFUSE_BPF_LEVEL_*), written by efused through the
+ * mapped .bss at any time: a reload changes it without reloading the programs. */
+__u32 level = EFUSE_BPF_LEVEL_FULL;
+/* Bumped by efused at every level change: a server thread's counters taken before it are
+ * a baseline only (at level "requests" they were not kept up to date). */
+__u32 level_gen = 0;
 
 #define HEALTH_INC(field)                                              \
 	do {                                                           \
@@ -209,198 +205,186 @@ static __always_inline __u32 req_queue(const struct fuse_req___efuse *req)
 {
 	if (!bpf_core_field_exists(req->ring_queue))
 		return EFUSE_BPF_QUEUE_CLASSIC;
-	struct fuse_ring_queue___efuse *q = (struct fuse_ring_queue___efuse *)req->ring_queue;
-	if (!q)
+	void *ring_queue = req->ring_queue;
+	if (!ring_queue)
 		return EFUSE_BPF_QUEUE_CLASSIC;
-	return BPF_CORE_READ(q, qid);
+	struct fuse_ring_queue___efuse *q = bpf_rdonly_cast(
+		ring_queue, bpf_core_type_id_kernel(struct fuse_ring_queue___efuse));
+	return q->qid;
 }
 
+/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program files every request
+ * under its address plus this, so no end finds its send, as on a kernel whose tracepoints
+ * do not agree on the key. Lets the tests trigger efused's self-check for real. */
+const volatile __u64 test_send_key_skew = 0;
+
 /* Remembers a request's start: in its slot when that is free (a compare-and-swap claims it,
- * an exchange publishes it), else in the inflight hash, whose bucket locks cost more. */
-static __always_inline bool track_start(const struct efuse_req_key *key,
-					const struct efuse_req_start *start)
+ * an exchange publishes it), else in the inflight hash, whose bucket locks cost more. An
+ * entry with the same address is a request freed without reaching fuse_request_end: the
+ * new one replaces it. */
+static __always_inline bool track_start(__u64 req, const struct efuse_req_start *start)
 {
-	__u32 idx = efuse_inflight_index(key->conn, key->unique);
+	__u32 idx = efuse_inflight_index(req);
 	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
 
-	if (slot && key->unique > EFUSE_BPF_SLOT_BUSY &&
-	    __sync_val_compare_and_swap(&slot->unique, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY) ==
-		    EFUSE_BPF_SLOT_FREE) {
-		slot->conn = key->conn;
+	if (!slot)
+		return false;
+	if (__sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY) ==
+	    EFUSE_BPF_SLOT_FREE) {
 		slot->start = *start;
-		__sync_lock_test_and_set(&slot->unique, key->unique);
+		__sync_lock_test_and_set(&slot->req, req);
 		return true;
 	}
-	if (slot && slot->unique == key->unique && slot->conn == key->conn) {
+	if (slot->req == req) {
+		/* Only this address's requests use it, and the older one is dead. */
 		HEALTH_INC(duplicate_send);
-		return false;
+		slot->start = *start;
+		return true;
 	}
-	long err = bpf_map_update_elem(&inflight, key, start, BPF_NOEXIST);
+	struct efuse_req_key key = { .req = req };
+	long err = bpf_map_update_elem(&inflight, &key, start, BPF_NOEXIST);
+	if (err == -17 /* EEXIST */) {
+		HEALTH_INC(duplicate_send);
+		err = bpf_map_update_elem(&inflight, &key, start, BPF_ANY);
+	}
 	if (err) {
-		if (err == -17 /* EEXIST */)
-			HEALTH_INC(duplicate_send);
-		else
-			HEALTH_INC(inflight_full);
+		HEALTH_INC(inflight_full);
 		return false;
 	}
 	return true;
 }
 
 /* Finds and forgets a request's start; false if it was not seen being sent. */
-static __always_inline bool take_start(const struct efuse_req_key *key,
-				       struct efuse_req_start *start)
+static __always_inline bool take_start(__u64 req, struct efuse_req_start *start)
 {
-	__u32 idx = efuse_inflight_index(key->conn, key->unique);
+	__u32 idx = efuse_inflight_index(req);
 	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
 
 	/* Only this request's end empties its slot, so a match cannot change under us. */
-	if (slot && slot->unique == key->unique && slot->conn == key->conn) {
+	if (slot && slot->req == req) {
 		*start = slot->start;
-		__sync_lock_test_and_set(&slot->unique, EFUSE_BPF_SLOT_FREE);
+		__sync_lock_test_and_set(&slot->req, EFUSE_BPF_SLOT_FREE);
 		return true;
 	}
-	struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, key);
+	struct efuse_req_key key = { .req = req };
+	struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, &key);
 	if (!found) {
 		HEALTH_INC(unmatched_end);
 		return false;
 	}
 	*start = *found;
-	bpf_map_delete_elem(&inflight, key);
+	bpf_map_delete_elem(&inflight, &key);
 	return true;
+}
+
+/* Whether the sender waits for the reply: background requests (readahead, writeback,
+ * async I/O) are sent by whoever queued them, who does not wait; their switches are not
+ * the request's. Kernels without the flag count every sender. */
+static __always_inline bool foreground(const struct fuse_req___efuse *req)
+{
+	if (!bpf_core_enum_value_exists(enum fuse_req_flag___efuse, FR_BACKGROUND___efuse))
+		return true;
+	__u32 bit = bpf_core_enum_value(enum fuse_req_flag___efuse, FR_BACKGROUND___efuse);
+	return !((req->flags >> (bit & 63)) & 1);
+}
+
+/* The request's address as a number. The verifier does not let a BTF pointer be hashed
+ * or compared with a number, so read the tracepoint's raw argument as data. */
+static __always_inline __u64 req_address(unsigned long long *ctx)
+{
+	__u64 addr = 0;
+
+	bpf_probe_read_kernel(&addr, sizeof(addr), &ctx[0]);
+	return addr;
 }
 
 SEC("tp_btf/fuse_request_send")
 int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 {
-	struct efuse_req_key key = {};
 	struct efuse_req_start start = {};
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct efuse_task *task;
 
-	key.conn = req_conn(req);
-	key.unique = req->in.h.unique;
+	start.conn = req_conn(req);
 	start.start_ns = bpf_ktime_get_ns();
 	start.opcode = clamp_opcode(req->in.h.opcode);
 
-	/* A server thread sending (the kernel flushes queued background requests from the
-	 * reply path) is not a client waiting for it. */
-	task = bpf_map_lookup_elem(&tasks, &tid);
-	if (!task || !(task->flags & EFUSE_BPF_TASK_DAEMON))
-		start.client_tid = tid;
-
-	if (!track_start(&key, &start))
-		return 0;
-
-	struct efuse_op_key op_key = { .conn = key.conn, .opcode = start.opcode };
-	struct efuse_op_stats *op = lookup_or_init(&op_stats, &op_key, &zero_op);
-	if (op)
-		__sync_fetch_and_add(&op->requests, 1);
-
-	if (start.client_tid) {
-		if (task) {
-			task->client_conn = key.conn;
-			__sync_fetch_and_add(&task->outstanding, 1);
-		} else {
-			struct efuse_task t = { .client_conn = key.conn, .outstanding = 1 };
-			bpf_map_update_elem(&tasks, &tid, &t, BPF_NOEXIST);
+	if (level == EFUSE_BPF_LEVEL_FULL && foreground(req)) {
+		struct task_struct *task = bpf_get_current_task_btf();
+		/* A server thread sending (the kernel flushes queued background requests from
+		 * the reply path) is not a client waiting for it. */
+		struct efuse_task *t = bpf_task_storage_get(&tasks, task, 0, 0);
+		if (!t || !(t->flags & EFUSE_BPF_TASK_DAEMON)) {
+			start.client_tid = task->pid;
+			start.client_task = bpf_get_current_task(); /* == task, as a number */
+			start.client_nvcsw = task->nvcsw;
+			start.client_nivcsw = task->nivcsw;
 		}
 	}
+	track_start(req_address(ctx) + test_send_key_skew, &start);
 	return 0;
 }
 
 SEC("tp_btf/fuse_request_end")
 int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 {
-	struct efuse_req_key key = {};
 	struct efuse_req_start start;
 	__u64 now = bpf_ktime_get_ns();
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 
-	key.conn = req_conn(req);
-	key.unique = req->in.h.unique;
-	if (!take_start(&key, &start))
+	if (!take_start(req_address(ctx), &start))
 		return 0;
 
 	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
-	__u32 slot = latency_slot(delta);
 	int error = req->out.h.error;
+	struct efuse_stats_key key = {
+		.conn = start.conn, .opcode = start.opcode, .qid = req_queue(req),
+	};
+	struct efuse_stats *st = lookup_or_init(&stats, &key, &zero_stats);
+	if (!st)
+		return 0;
+	/* Per-CPU values: plain adds (a tracing program does not nest on its CPU). */
+	st->requests += 1;
+	if (error)
+		st->errors += 1;
+	st->latency_sum_ns += delta;
+	st->latency[latency_slot(delta)] += 1;
 
-	struct efuse_op_key op_key = { .conn = key.conn, .opcode = start.opcode };
-	struct efuse_op_stats *op = lookup_or_init(&op_stats, &op_key, &zero_op);
-	if (op) {
-		if (error)
-			__sync_fetch_and_add(&op->errors, 1);
-		__sync_fetch_and_add(&op->latency_sum_ns, delta);
-		__sync_fetch_and_add(&op->latency[slot], 1);
-	}
+	if (level != EFUSE_BPF_LEVEL_FULL)
+		return 0;
 
-	struct efuse_queue_key q_key = { .conn = key.conn, .qid = req_queue(req) };
-	struct efuse_queue_stats *q = lookup_or_init(&queue_stats, &q_key, &zero_queue);
-	if (q) {
-		__sync_fetch_and_add(&q->requests, 1);
-		__sync_fetch_and_add(&q->latency_sum_ns, delta);
-		__sync_fetch_and_add(&q->latency[slot], 1);
-	}
-
-	/* The sender has one request fewer outstanding. */
-	if (start.client_tid) {
-		struct efuse_task *client = bpf_map_lookup_elem(&tasks, &start.client_tid);
-		if (client && client->outstanding > 0)
-			__sync_fetch_and_add(&client->outstanding, -1);
+	/* The client's switches while it waited: its counters now minus at send. A sent
+	 * foreground request's client waits in the kernel until this end wakes it (if it gave
+	 * up while the request was still queued, there is no end), so it is alive; its pid
+	 * guards against anything else. */
+	if (start.client_task) {
+		struct task_struct *client = bpf_rdonly_cast((void *)start.client_task,
+							     bpf_core_type_id_kernel(struct task_struct));
+		if (client->pid == (int)start.client_tid) {
+			st->ctxsw.client_voluntary += client->nvcsw - start.client_nvcsw;
+			st->ctxsw.client_involuntary += client->nivcsw - start.client_nivcsw;
+		}
 	}
 
 	/* Whoever completes a request with a real reply is the server: fuse_request_end runs
 	 * in the context of the thread that wrote the reply (/dev/fuse write or io_uring
 	 * commit). Requests ended by the kernel itself (connection gone: -ENOTCONN, aborted:
-	 * -ECONNABORTED) end in whatever context noticed, often a client's: skip those. */
-	if (tid != start.client_tid && error != -EFUSE_ENOTCONN && error != -EFUSE_ECONNABORTED) {
-		struct efuse_task *self = bpf_map_lookup_elem(&tasks, &tid);
-		if (self) {
-			self->daemon_conn = key.conn;
-			self->flags |= EFUSE_BPF_TASK_DAEMON;
-		} else {
-			struct efuse_task t = { .flags = EFUSE_BPF_TASK_DAEMON, .daemon_conn = key.conn };
-			bpf_map_update_elem(&tasks, &tid, &t, BPF_ANY);
-		}
-	}
-	return 0;
-}
-
-SEC("tp_btf/sched_switch")
-int BPF_PROG(efuse_sched_switch, bool preempt, struct task_struct *prev,
-	     struct task_struct *next, unsigned int prev_state)
-{
-	__u32 tid = prev->pid;
-	struct efuse_task *task = bpf_map_lookup_elem(&tasks, &tid);
-
-	if (!task)
+	 * -ECONNABORTED) end in whatever context noticed, often a client's: skip those. Its
+	 * switches since its previous reply count for this connection. */
+	struct task_struct *self = bpf_get_current_task_btf();
+	if (self->pid == (int)start.client_tid || error == -EFUSE_ENOTCONN ||
+	    error == -EFUSE_ECONNABORTED)
 		return 0;
-	if (prev_state & EFUSE_TASK_DEAD) {
-		/* Its last switch: forget it so a recycled thread id starts clean. */
-		bpf_map_delete_elem(&tasks, &tid);
+	struct efuse_task *t = bpf_task_storage_get(&tasks, self, 0,
+						    BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!t)
 		return 0;
+	__u64 nvcsw = self->nvcsw, nivcsw = self->nivcsw;
+	__u32 gen = level_gen;
+	if ((t->flags & EFUSE_BPF_TASK_DAEMON) && t->level_gen == gen) {
+		st->ctxsw.daemon_voluntary += nvcsw - t->nvcsw;
+		st->ctxsw.daemon_involuntary += nivcsw - t->nivcsw;
 	}
-	bool involuntary = preempt || prev_state == 0 /* TASK_RUNNING */;
-
-	if (task->flags & EFUSE_BPF_TASK_DAEMON) {
-		__u32 conn = task->daemon_conn;
-		struct efuse_ctxsw_stats *c = lookup_or_init(&ctxsw_stats, &conn, &zero_ctxsw);
-		if (c) {
-			if (involuntary)
-				__sync_fetch_and_add(&c->daemon_involuntary, 1);
-			else
-				__sync_fetch_and_add(&c->daemon_voluntary, 1);
-		}
-	}
-	if (task->outstanding > 0) {
-		__u32 conn = task->client_conn;
-		struct efuse_ctxsw_stats *c = lookup_or_init(&ctxsw_stats, &conn, &zero_ctxsw);
-		if (c) {
-			if (involuntary)
-				__sync_fetch_and_add(&c->client_involuntary, 1);
-			else
-				__sync_fetch_and_add(&c->client_voluntary, 1);
-		}
-	}
+	t->flags |= EFUSE_BPF_TASK_DAEMON;
+	t->level_gen = gen;
+	t->nvcsw = nvcsw;
+	t->nivcsw = nivcsw;
 	return 0;
 }

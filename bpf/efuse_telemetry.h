@@ -37,26 +37,24 @@
 
 /* Map sizes. */
 #define EFUSE_BPF_MAX_INFLIGHT 16384  /* requests between send and end, host-wide */
-#define EFUSE_BPF_MAX_OP_KEYS 4096    /* (connection, opcode) pairs */
-#define EFUSE_BPF_MAX_QUEUE_KEYS 1024 /* (connection, queue) pairs */
-#define EFUSE_BPF_MAX_CONNS 256       /* connections with context switch counters */
-#define EFUSE_BPF_MAX_TASKS 16384     /* threads seen as FUSE clients or servers */
+#define EFUSE_BPF_MAX_STATS_KEYS 16384 /* (connection, opcode, queue) triples */
+
+/* Telemetry levels (the bpf program's `level`, written by efused at any time). "off" has
+ * no value here: then no program is attached. */
+#define EFUSE_BPF_LEVEL_REQUESTS 1 /* counts, errors, latency, in flight */
+#define EFUSE_BPF_LEVEL_FULL 2     /* and the context switches requests cost */
 
 /* ---- X-macros: each list declares a struct's counters once; the C++ side builds its
  * metric names, help texts and aggregation loops from the same lists. ---- */
 
-/* Per (connection, opcode) counters, besides the latency histogram. */
-#define EFUSE_BPF_OP_COUNTERS(X)                                                  \
-	X(requests, "requests the kernel sent to the FUSE server (upcalls)")       \
+/* Per (connection, opcode, queue) counters, besides the latency histogram and the
+ * context switches. */
+#define EFUSE_BPF_STATS_COUNTERS(X)                                               \
+	X(requests, "requests that ended (user space adds those in flight)")       \
 	X(errors, "requests the server answered with an error (out.h.error != 0)") \
 	X(latency_sum_ns, "sum of send-to-end durations in nanoseconds")
 
-/* Per (connection, queue) counters, besides the latency histogram. */
-#define EFUSE_BPF_QUEUE_COUNTERS(X)                                        \
-	X(requests, "requests completed on this queue")                     \
-	X(latency_sum_ns, "sum of send-to-end durations in nanoseconds")
-
-/* Per connection context switch counters: X(field, side, kind). */
+/* Context switch counters: X(field, side, kind). */
 #define EFUSE_BPF_CTXSW_COUNTERS(X)                   \
 	X(daemon_voluntary, "daemon", "voluntary")     \
 	X(daemon_involuntary, "daemon", "involuntary") \
@@ -68,7 +66,8 @@
 	X(inflight_full, "inflight_full",                                                  \
 	  "a request was not tracked because the in-flight map was full")                  \
 	X(duplicate_send, "duplicate_send",                                                \
-	  "a send was seen for a (connection, unique) already in flight")                  \
+	  "a request was sent at the address of one still tracked as in flight (freed "     \
+	  "without reaching fuse_request_end): the older entry was replaced")              \
 	X(unmatched_end, "unmatched_end",                                                  \
 	  "a request ended that was not seen being sent (sent before the programs attached)") \
 	X(stats_full, "stats_full",                                                        \
@@ -76,85 +75,92 @@
 
 /* ---- Map keys and values ---- */
 
-/* inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
- * Requests between send and end, at the index their (connection, unique) hashes to
+/* Request key: the kernel's struct fuse_req * itself. It exists before fuse_request_send
+ * fires on every kernel that has the tracepoint and stays the same until fuse_request_end
+ * (the request is freed after it), whereas in.h.unique is assigned only after
+ * fuse_request_send on 6.12 (every send there shows unique 0) and after it in newer ones.
+ * A fuse_req freed without reaching fuse_request_end (a killed client's request that was
+ * still queued) leaves a stale entry that the next request at that address replaces.
+ *
+ * inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
+ * Requests between send and end, at the index their address hashes to
  * (efuse_inflight_index), claimed and released with atomic exchanges: no locks on the
  * request path. A request whose slot is taken goes to the inflight hash below instead. */
 #define EFUSE_BPF_INFLIGHT_SLOTS 4096 /* a power of two */
+#define EFUSE_BPF_INFLIGHT_SLOT_BITS 12
 #define EFUSE_BPF_SLOT_FREE 0ULL
-#define EFUSE_BPF_SLOT_BUSY 1ULL /* being filled or emptied; FUSE uniques are even, >= 2 */
+#define EFUSE_BPF_SLOT_BUSY 1ULL /* being filled or emptied; kernel addresses are never 0, 1 */
 
 struct efuse_req_start {
-	__u64 start_ns;   /* bpf_ktime_get_ns() at fuse_request_send */
-	__u32 opcode;     /* clamped to EFUSE_BPF_OPCODE_SLOTS - 1 */
-	__u32 client_tid; /* thread that sent it; 0 when the sender is a known server thread */
+	__u64 start_ns;      /* bpf_ktime_get_ns() at fuse_request_send */
+	__u32 opcode;        /* clamped to EFUSE_BPF_OPCODE_SLOTS - 1 */
+	__u32 client_tid;    /* thread waiting for it; 0: none counted (level "requests", a
+			      * background request, or sent by a server thread) */
+	__u32 conn;          /* connection id */
+	__u32 pad;
+	__u64 client_task;   /* its struct task_struct *, read back at end */
+	__u64 client_nvcsw;  /* its voluntary switches at send (task_struct.nvcsw) */
+	__u64 client_nivcsw; /* and involuntary ones (nivcsw) */
 };
 
 struct efuse_inflight_slot {
-	__u64 unique; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's unique */
-	__u32 conn;
-	__u32 pad;
+	__u64 req; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's address */
 	struct efuse_req_start start;
 };
 
-static inline __u32 efuse_inflight_index(__u32 conn, __u64 unique)
+static inline __u32 efuse_inflight_index(__u64 req)
 {
-	/* Consecutive uniques of one connection take consecutive slots; connections spread. */
-	return ((__u32)(unique >> 1) ^ (conn * 0x9E3779B1U)) & (EFUSE_BPF_INFLIGHT_SLOTS - 1);
+	/* fuse_reqs come from one slab cache, a few hundred bytes apart: mix every bit of the
+	 * address (murmur3's 64-bit finalizer) so that neighbours spread like random keys. */
+	req ^= req >> 33;
+	req *= 0xff51afd7ed558ccdULL;
+	req ^= req >> 33;
+	return (__u32)(req >> (64 - EFUSE_BPF_INFLIGHT_SLOT_BITS));
 }
 
 /* inflight: BPF_MAP_TYPE_HASH, key efuse_req_key, value efuse_req_start: requests whose
  * slot was taken by another one still in flight. */
 struct efuse_req_key {
-	__u32 conn;
-	__u32 pad;
-	__u64 unique;
+	__u64 req;
 };
 
-/* op_stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_op_key, value efuse_op_stats. */
-struct efuse_op_key {
-	__u32 conn;
-	__u32 opcode;
-};
-
-struct efuse_op_stats {
-#define EFUSE_BPF_FIELD(name, help) __u64 name;
-	EFUSE_BPF_OP_COUNTERS(EFUSE_BPF_FIELD)
-#undef EFUSE_BPF_FIELD
-	__u64 latency[EFUSE_BPF_LATENCY_SLOTS];
-};
-
-/* queue_stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_queue_key, value efuse_queue_stats. */
-struct efuse_queue_key {
-	__u32 conn;
-	__u32 qid; /* io_uring queue id (fuse_ring_queue.qid) or EFUSE_BPF_QUEUE_CLASSIC */
-};
-
-struct efuse_queue_stats {
-#define EFUSE_BPF_FIELD(name, help) __u64 name;
-	EFUSE_BPF_QUEUE_COUNTERS(EFUSE_BPF_FIELD)
-#undef EFUSE_BPF_FIELD
-	__u64 latency[EFUSE_BPF_LATENCY_SLOTS];
-};
-
-/* ctxsw_stats: BPF_MAP_TYPE_PERCPU_HASH, key __u32 conn, value efuse_ctxsw_stats. */
+/* Context switches: X-macro fields, summed over CPUs and queues per connection. */
 struct efuse_ctxsw_stats {
 #define EFUSE_BPF_FIELD(name, side, kind) __u64 name;
 	EFUSE_BPF_CTXSW_COUNTERS(EFUSE_BPF_FIELD)
 #undef EFUSE_BPF_FIELD
 };
 
-/* tasks: BPF_MAP_TYPE_LRU_HASH, key __u32 thread id, value efuse_task. A thread is a
- * "daemon" thread of daemon_conn once it completed a request of that connection (the
- * server writes its reply in its own context, so fuse_request_end runs there); it is a
- * "client" of client_conn while it has requests of that connection outstanding. */
+/* stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key, value efuse_stats: everything a
+ * request's end adds, in one map so that an end does one hash lookup. User space sums it
+ * by (connection, opcode), by (connection, queue) and by connection. */
+struct efuse_stats_key {
+	__u32 conn;
+	__u32 opcode;
+	__u32 qid; /* io_uring queue id (fuse_ring_queue.qid) or EFUSE_BPF_QUEUE_CLASSIC */
+	__u32 pad;
+};
+
+struct efuse_stats {
+#define EFUSE_BPF_FIELD(name, help) __u64 name;
+	EFUSE_BPF_STATS_COUNTERS(EFUSE_BPF_FIELD)
+#undef EFUSE_BPF_FIELD
+	__u64 latency[EFUSE_BPF_LATENCY_SLOTS];
+	/* client: switches of the waiting client between send and end; daemon: switches of
+	 * the replying server thread since its previous reply (level "full" only) */
+	struct efuse_ctxsw_stats ctxsw;
+};
+
+/* tasks: BPF_MAP_TYPE_TASK_STORAGE, value efuse_task: a server ("daemon") thread, from its
+ * first reply on (the server writes its reply in its own context, so fuse_request_end runs
+ * there), with its switch counters at its latest reply. */
 #define EFUSE_BPF_TASK_DAEMON 1U
 
 struct efuse_task {
-	__u32 flags;       /* EFUSE_BPF_TASK_* */
-	__u32 daemon_conn; /* valid with EFUSE_BPF_TASK_DAEMON */
-	__u32 client_conn; /* connection of the latest request the thread sent */
-	__u32 outstanding; /* requests it sent that have not ended yet */
+	__u32 flags; /* EFUSE_BPF_TASK_* */
+	__u32 level_gen; /* the program's level_gen when nvcsw/nivcsw were taken */
+	__u64 nvcsw;  /* task_struct.nvcsw at its latest reply */
+	__u64 nivcsw; /* task_struct.nivcsw */
 };
 
 /* health: BPF_MAP_TYPE_PERCPU_ARRAY, one element, value efuse_health. */
@@ -166,22 +172,18 @@ struct efuse_health {
 
 #ifdef __cplusplus
 /* The kernel copies map values byte for byte: pin every layout both sides rely on. */
-static_assert(sizeof(struct efuse_req_key) == 16, "efuse_req_key layout");
-static_assert(sizeof(struct efuse_req_start) == 16, "efuse_req_start layout");
-static_assert(sizeof(struct efuse_inflight_slot) == 32, "efuse_inflight_slot layout");
-static_assert((EFUSE_BPF_INFLIGHT_SLOTS & (EFUSE_BPF_INFLIGHT_SLOTS - 1)) == 0,
-	      "EFUSE_BPF_INFLIGHT_SLOTS is a power of two");
-static_assert(sizeof(struct efuse_op_key) == 8, "efuse_op_key layout");
-static_assert(sizeof(struct efuse_op_stats) == 8 * (3 + EFUSE_BPF_LATENCY_SLOTS),
-	      "efuse_op_stats layout");
-static_assert(sizeof(struct efuse_queue_key) == 8, "efuse_queue_key layout");
-static_assert(sizeof(struct efuse_queue_stats) == 8 * (2 + EFUSE_BPF_LATENCY_SLOTS),
-	      "efuse_queue_stats layout");
+static_assert(sizeof(struct efuse_req_key) == 8, "efuse_req_key layout");
+static_assert(sizeof(struct efuse_req_start) == 48, "efuse_req_start layout");
+static_assert(sizeof(struct efuse_inflight_slot) == 56, "efuse_inflight_slot layout");
+static_assert(EFUSE_BPF_INFLIGHT_SLOTS == 1 << EFUSE_BPF_INFLIGHT_SLOT_BITS,
+	      "EFUSE_BPF_INFLIGHT_SLOTS is 2^EFUSE_BPF_INFLIGHT_SLOT_BITS");
+static_assert(sizeof(struct efuse_stats_key) == 16, "efuse_stats_key layout");
 static_assert(sizeof(struct efuse_ctxsw_stats) == 8 * 4, "efuse_ctxsw_stats layout");
-static_assert(sizeof(struct efuse_task) == 16, "efuse_task layout");
+static_assert(sizeof(struct efuse_stats) == 8 * (3 + EFUSE_BPF_LATENCY_SLOTS + 4),
+	      "efuse_stats layout");
+static_assert(sizeof(struct efuse_task) == 24, "efuse_task layout");
 static_assert(sizeof(struct efuse_health) == 8 * 4, "efuse_health layout");
-static_assert(sizeof(struct efuse_op_stats) % 8 == 0 && sizeof(struct efuse_queue_stats) % 8 == 0,
-	      "per-CPU values are read in 8-byte strides");
+static_assert(sizeof(struct efuse_stats) % 8 == 0, "per-CPU values are read in 8-byte strides");
 #endif
 
 #endif /* EFUSE_BPF_TELEMETRY_H */

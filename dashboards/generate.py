@@ -174,8 +174,8 @@ def health_rows():
         stat("eBPF telemetry", [
             target(f"efuse_bpf_up{{{INST}}}", "up {{instance}}"),
             target(f"efuse_bpf_programs_attached{{{INST}}}", "programs {{instance}}", "B")],
-            "efuse_bpf_up and programs attached (3: fuse_request_send, fuse_request_end, "
-            "sched_switch). 0 means the kernel refused; efused's log says why (docs/bpf.md)."),
+            "efuse_bpf_up and programs attached (2: fuse_request_send, fuse_request_end). 0 "
+            "means off: efuse_bpf_off_reason and efused's log say why (docs/bpf.md)."),
         table("Transport and I/O path: configured and in effect", [target(
             f"efuse_mount_info{{{SEL}}}", "", fmt="table", instant=True)],
             "efuse_mount_info per mount: transport (classic = /dev/fuse, uring = FUSE over "

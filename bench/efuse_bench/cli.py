@@ -113,7 +113,8 @@ def parse_args(argv):
     ap.add_argument("--efused-args", default="", help="extra efused flags, e.g. \"--threads 2\"")
     ap.add_argument("--efused", help="efused binary (default build/bin/efused; built if missing)")
     ap.add_argument("--sides", default=",".join(SIDES), help=f"comma list of sides: {','.join(SIDES)} (default all; "
-                    "efused-nobpf runs in fio, tree and cat rows only)")
+                    "efused-nobpf = efused without telemetry, in every row: efused ÷ efused-nobpf is the "
+                    "telemetry's cost, efused-nobpf ÷ libfuse is efused without telemetry against libfuse)")
     ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "
                     "(default all; --quick leaves out tar-full)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")

@@ -57,11 +57,14 @@ def write_machine(bench: Bench):
         f"`{bench.args.efused_args or '(none)'}`, environment `EFUSE_BPF=0`; its eBPF telemetry "
         f"is attached around each of its timed runs by the telemetry efused "
         f"`{shlex.join(bench.telemetry.argv(RUN / 'telemetry.yaml'))}` (config: `mounts: []`)",
-        "- efused-nobpf (fio, tree and cat rows): the efused side's daemon, mount and files, measured with no "
-        "telemetry attached (back to back with efused in every repetition)",
+        "- efused-nobpf: efused with no telemetry attached; in fio, tree and cat rows the efused side's "
+        "daemon, mount and files (back to back with efused in every repetition), in tar rows a fresh "
+        "efused mount per repetition like every other side",
         f"- RLIMIT_NOFILE for every process: {soft}/{hard}",
         "",
         "## Run parameters", "",
+        f"- load average before the run (1/5/15 min): {' / '.join(f'{v:.2f}' for v in bench.loadavg)}; "
+        f"when the results were written: {Path('/proc/loadavg').read_text().split()[:3]}",
         f"- mode: {'quick' if bench.quick else 'full'}, repetitions: {bench.reps}, fio runtime: "
         f"{bench.runtime}s, sides: {', '.join(bench.side_names)}, groups: {', '.join(bench.groups)}",
         f"- command line: `{shlex.join(sys.argv)}`",

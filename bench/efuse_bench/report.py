@@ -60,12 +60,14 @@ class Report:
                 "ratios": {"efused/native": self.ratio(m, "efused", "native"),
                            "efused/libfuse": self.ratio(m, "efused", "libfuse"),
                            "libfuse/native": self.ratio(m, "libfuse", "native"),
-                           "efused/efused-nobpf": self.ratio(m, "efused", "efused-nobpf")},
+                           "efused/efused-nobpf": self.ratio(m, "efused", "efused-nobpf"),
+                           "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse")},
             })
         doc = {"meta": self.meta(), "rows": rows,
                "upcalls_ctxsw_per_io": self.count_rows(),
                "wait_floor": self.floor_rows(),
-               "telemetry_cost": self.cost_rows()}
+               "telemetry_cost": self.cost_rows(),
+               "nobpf_vs_libfuse": self.nobpf_rows()}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(self.out / "results.json")
@@ -154,6 +156,41 @@ class Report:
                 "runs_unchecked": sum(1 for e in runs if e["foreign_bpf_telemetry"] is None)})
         return rows
 
+    def nobpf_rows(self) -> list[dict]:
+        """efused without telemetry (efused-nobpf) against libfuse, per row both ran, in the main
+        table's orientation (efused-nobpf ÷ libfuse), with the per-repetition ratios."""
+        rows = []
+        for m in self.metrics:
+            if not {"efused-nobpf", "libfuse"} <= set(m.reps):
+                continue
+            a, b = m.reps["efused-nobpf"], m.reps["libfuse"]
+            rows.append({"key": m.key, "row": m.row, "metric": m.label, "unit": m.unit,
+                         "better": m.better, "efused-nobpf": m.median("efused-nobpf"),
+                         "libfuse": m.median("libfuse"),
+                         "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse"),
+                         "per_rep": [x / y for x, y in zip(a, b) if y]})
+        return rows
+
+    def render_nobpf_md(self) -> list[str]:
+        rows = self.nobpf_rows()
+        L = ["", "## efused without telemetry ÷ libfuse", "",
+             "`efused-nobpf` (efused, no eBPF telemetry attached) against `libfuse` on every row "
+             "both ran, oriented like the main table (IOPS: higher is better; time: lower is "
+             "better). *Per repetition* pairs the two sides' runs of the same repetition.", ""]
+        if not rows:
+            return L + ["No row ran on both sides."]
+        L += ["| row | metric | better | libfuse | efused-nobpf | efused-nobpf ÷ libfuse | per repetition |",
+              "|---|---|---|---:|---:|---:|---|"]
+        for r in rows:
+            m = self.by_key[r["key"]]
+            unit = f" ({m.unit})" if m.unit not in ("IOPS", "MB/s") else ""
+            L.append(f"| {r['row']} | {r['metric']}{unit} | "
+                     f"{'↑ higher' if m.better == 'higher' else '↓ lower'} | "
+                     f"{self.cell(m, 'libfuse')} | {self.cell(m, 'efused-nobpf')} | "
+                     f"{fmt_ratio(r['efused-nobpf/libfuse'])} | "
+                     f"{', '.join(fmt_ratio(x) for x in r['per_rep']) or '—'} |")
+        return L
+
     def cell(self, m, side):
         if side not in self.side_names or m.group not in SIDE_CLASSES[side].groups:
             return "not run"
@@ -238,8 +275,10 @@ class Report:
             L += [f"**eBPF telemetry unavailable** ({mdesc(self.telemetry.unavailable)}): the "
                   "`efused` runs below without telemetry too, so the ratio measures nothing but "
                   "noise.", ""]
-        L += ["| row | metric | efused, telemetry on | efused-nobpf, off | on ÷ off | "
-              "per repetition | other telemetry |", "|---|---|---:|---:|---:|---|---|"]
+        L += [f"{self.reps} repetitions per side and row; *spread* is the lowest and highest "
+              "per-repetition ratio (each repetition's on run ÷ its off run).", "",
+              "| row | metric | efused, telemetry on | efused-nobpf, off | on ÷ off | spread | "
+              "per repetition | other telemetry |", "|---|---|---:|---:|---:|---|---|---|"]
         for r in rows:
             m = self.by_key[r["key"]]
             other = ("none" if not r["runs_with_foreign_telemetry"] else
@@ -249,6 +288,8 @@ class Report:
             unit = "IOPS" if r["unit"] == "IOPS" else f"{r['metric']} ({r['unit']})"
             L.append(f"| {r['row']} | {unit} | {self.cell(m, 'efused')} | {self.cell(m, 'efused-nobpf')} | "
                      f"{fmt_ratio(r['on/off'])} | "
+                     + (f"{fmt_ratio(min(r['per_rep_on/off']))}–{fmt_ratio(max(r['per_rep_on/off']))}"
+                        if r['per_rep_on/off'] else "—") + " | "
                      f"{', '.join(fmt_ratio(x) for x in r['per_rep_on/off']) or '—'} | {other} |")
         ratios = [(r["on/off"], r["row"]) for r in rows if r["on/off"] is not None]
         if ratios:
@@ -274,8 +315,8 @@ class Report:
              "(`-f -o source=SRC MNT`)",
              "- sides take turns in every repetition; repetitions 2k and 2k+1 run the side "
              "order rotated by k, forwards then backwards (native, libfuse, efused, "
-             "efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, ...; "
-             "`efused-nobpf` in fio, tree and cat rows only); every FUSE side serves a fresh ext4 "
+             "efused-nobpf; efused-nobpf, efused, libfuse, native; libfuse, ...); every FUSE side "
+             "serves a fresh ext4 "
              "directory, data lives inside the mount. Machine: [machine.md](machine.md)",
              "- efused's eBPF telemetry (it observes every FUSE mount on the host) is attached "
              "only during `efused`'s timed runs and the counted runs: `native`, `libfuse` and "
@@ -298,6 +339,8 @@ class Report:
         L += self.render_floor_md()
         if {"efused", "efused-nobpf"} <= set(self.side_names) and set(COST_GROUPS) & set(self.groups):
             L += self.render_cost_md()
+        if {"libfuse", "efused-nobpf"} <= set(self.side_names):
+            L += self.render_nobpf_md()
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
         unav = [s for s in self.sides if s.unavailable]
         notes = [(s.name, n) for s in self.sides for n in getattr(s, "notes", [])]

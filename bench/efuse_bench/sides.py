@@ -5,7 +5,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, RUN, SIDES, BenchError
+from .common import BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, RUN, SHARED_COST_GROUPS, SIDES, \
+    BenchError
 from .mounts import retire
 from .procs import Daemon
 
@@ -121,10 +122,11 @@ class EfusedSide(FuseSide):
 
 
 class EfusedNoBpfSide(EfusedSide):
-    """The efused side's own daemon, mount and files with no eBPF telemetry attached: the
-    telemetry's cost is efused ÷ this, measured back to back on the same data, so that file
-    placement and page cache state do not count as telemetry cost. Runs a daemon of its own
-    only when the efused side is not part of the run."""
+    """efused with no eBPF telemetry attached: the telemetry's cost is efused ÷ this. In the
+    fio, tree and cat rows it measures the efused side's own daemon, mount and files, back to
+    back on the same data, so that file placement and page cache state do not count as
+    telemetry cost; in the tar rows (a fresh mount per repetition) and when the efused side is
+    not part of the run it runs a daemon of its own."""
     name = "efused-nobpf"
     groups = COST_GROUPS
     telemetry = False
@@ -135,7 +137,7 @@ class EfusedNoBpfSide(EfusedSide):
 
     def begin(self, group):
         twin = next((s for s in self.bench.sides if s.name == EfusedSide.name), None)
-        if twin is not None and twin.daemon is not None:
+        if group in SHARED_COST_GROUPS and twin is not None and twin.daemon is not None:
             self.shared = twin
             return twin.mnt
         self.shared = None

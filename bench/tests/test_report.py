@@ -59,7 +59,7 @@ def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar
     fill(cat, {"native": [1.0, 1.2, 1.1], "libfuse": "exit 1: boom | pipe\n  broken",
                "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0]})
     tar = b.declare("tar-subset.extract", "tar-subset", TAR_ROW, "time excl. sync", "s", "lower")
-    fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0]})
+    fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0], "efused-nobpf": [1.9]})
 
     key = b.counted("cat", "warm", CAT_ROW, "files")
     if key:
@@ -192,16 +192,16 @@ class ReportTest(unittest.TestCase):
         rows = table_rows(make_bench(sides="native,efused").render_md(), "")
         self.assertEqual(row_of(rows, FIO_ROW)[3:], ["1,100", "not run", "950", "0.86x", "—"])
         reps = table_rows(make_bench().render_md(), "Repetitions")
-        # efused-nobpf never runs tar rows.
+        # efused-nobpf runs tar rows too (a fresh efused mount per repetition).
         self.assertEqual(row_of(reps, TAR_ROW), [TAR_ROW, "time excl. sync", "0.5000", "3.000",
-                                                 "2.000", "—"])
-        cost = make_bench()
+                                                 "2.000", "1.900"])
+        cost = make_bench(sides="native,efused")
         self.assertEqual(cost.cell(cost.by_key["tar-subset.extract"], "efused-nobpf"), "not run")
 
     def test_telemetry_cost(self):
         b = make_bench()
         rows = {r["key"]: r for r in b.cost_rows()}
-        self.assertEqual(set(rows), {"fio-one.warm.iops", "cat.warm"})  # no tar: nobpf not run
+        self.assertEqual(set(rows), {"fio-one.warm.iops", "cat.warm", "tar-subset.extract"})
         fio = rows["fio-one.warm.iops"]
         self.assertAlmostEqual(fio["on/off"], 0.95)
         self.assertEqual([round(x, 2) for x in fio["per_rep_on/off"]], [0.9, 0.95, 1.0])
@@ -214,10 +214,26 @@ class ReportTest(unittest.TestCase):
         md = b.render_md()
         table = table_rows(md, "eBPF telemetry cost: efused with telemetry on ÷ off")
         self.assertEqual(row_of(table, FIO_ROW),
-                         [FIO_ROW, "IOPS", "950", "1,000", "0.95x", "0.90x, 0.95x, 1.00x",
+                         [FIO_ROW, "IOPS", "950", "1,000", "0.95x", "0.90x–1.00x",
+                          "0.90x, 0.95x, 1.00x",
                           "**in 1 of 6 runs** (1 unchecked: bpftool failed)"])
-        self.assertIn("Median on ÷ off over these 2 rows: **0.93x**; lowest: 0.91x "
+        self.assertIn("Median on ÷ off over these 3 rows: **0.95x**; lowest: 0.91x "
                       f"({CAT_ROW}).", md)
+        self.assertIn("1 repetitions per side and row; *spread*", md)
+
+    def test_efused_without_telemetry_against_libfuse(self):
+        b = make_bench()
+        rows = {r["key"]: r for r in b.nobpf_rows()}
+        # cat: libfuse failed, so not compared; tar: one repetition each.
+        self.assertEqual(set(rows), {"fio-one.warm.iops", "tar-subset.extract"})
+        self.assertAlmostEqual(rows["fio-one.warm.iops"]["efused-nobpf/libfuse"], 1000 / 110)
+        self.assertAlmostEqual(rows["tar-subset.extract"]["efused-nobpf/libfuse"], 1.9 / 3.0)
+        table = table_rows(b.render_md(), "efused without telemetry ÷ libfuse")
+        self.assertEqual(row_of(table, TAR_ROW),
+                         [TAR_ROW, "time excl. sync (s)", "↓ lower", "3.000", "1.900", "0.63x",
+                          "0.63x"])
+        self.assertNotIn("efused without telemetry ÷ libfuse",
+                         make_bench(sides="native,efused").render_md())
 
     def test_no_cost_section_without_both_efused_sides(self):
         self.assertNotIn("## eBPF telemetry cost", make_bench(sides="native,efused").render_md())
@@ -298,7 +314,10 @@ class ReportTest(unittest.TestCase):
         self.assertEqual([c["key"] for c in doc["upcalls_ctxsw_per_io"]], ["cat.warm"])
         self.assertEqual(doc["upcalls_ctxsw_per_io"][0]["sides"]["libfuse"], {"error": "libfuse died"})
         self.assertEqual(len(doc["wait_floor"]), 1)
-        self.assertEqual([r["key"] for r in doc["telemetry_cost"]], ["fio-one.warm.iops", "cat.warm"])
+        self.assertEqual([r["key"] for r in doc["telemetry_cost"]],
+                         ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
+        self.assertEqual([r["key"] for r in doc["nobpf_vs_libfuse"]],
+                         ["fio-one.warm.iops", "tar-subset.extract"])
 
     def test_write_results_needs_the_output_directory(self):
         b = make_bench()

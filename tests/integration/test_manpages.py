@@ -24,7 +24,8 @@ def schema_keys():
     """Dotted keys a mount or the top level can carry (defaults.* are the mount keys)."""
     s = json.load(open(SCHEMA))
     d = s["definitions"]
-    keys = {"metrics." + k for k in d["metrics"]["properties"]} | {"defaults", "mounts"}
+    keys = {"metrics." + k for k in d["metrics"]["properties"]}
+    keys |= {k for k in s["properties"] if k != "metrics"}  # defaults, mounts, telemetry...
     for k in d["mount"]["properties"]:
         if k in ("cache", "options"):
             keys |= {f"{k}.{sub}" for sub in d[k]["properties"]}

@@ -35,7 +35,7 @@ DATA = "/mnt/data"
 SRC, NATIVE = f"{DATA}/src", f"{DATA}/native"
 MNT = "/mnt/efuse"
 NAME = "efuse"  # efused names a --mount after its mountpoint's last component
-PORT = 9567
+PORT = 19567
 LOG = "/tmp/efused.log"
 RESULTS = f"{DATA}/out/results.txt"
 CHECK_TIMEOUT = 300  # seconds; turns a hung check into a failure (TCG is slow, not that slow)
@@ -290,6 +290,11 @@ def check_bpf_telemetry():
         assert up == 0, f"efuse_bpf_up = {up} on a kernel without FUSE tracepoints"
         off = [l for l in bpf_lines if "telemetry off:" in l]
         assert len(off) == 1 and "fuse_request_send" in off[0], f"bpf log lines: {bpf_lines}"
+        # A clean skip, not a refusal: nothing counts as a load failure.
+        failures = value(s, "efuse_bpf_load_failures_total")
+        assert failures == 0, f"efuse_bpf_load_failures_total = {failures} for a clean skip"
+        assert value(s, "efuse_bpf_off_reason", reason="unsupported") == 1, \
+            [(n, l, v) for n, l, v in s if n.startswith("efuse_bpf")]
         assert os.listdir(MNT), "mount not served"
         return
     assert up == 1, f"efuse_bpf_up = {up}: {bpf_lines}"
@@ -312,11 +317,11 @@ def check_bpf_telemetry():
             wrong.append(f"{op}: kernel-side telemetry counted {k:g}, efused served {served:g}")
     dropped = {l.get("reason"): v for n, l, v in s if n == "efuse_bpf_events_dropped_total" and v}
     hint = ""
-    if dropped.get("duplicate_send"):
-        # Known on Debian's 6.12 (ARCHITECTURE.md): fuse_request_send fires before the
-        # request's unique is assigned, so requests keyed by unique collide.
-        hint = (" - duplicate_send drops: this kernel fires fuse_request_send before it "
-                "assigns the request's unique, and the telemetry keys requests by unique")
+    if dropped.get("duplicate_send") or dropped.get("unmatched_end"):
+        # Debian's 6.12 fires fuse_request_send before the request's unique is assigned
+        # (ARCHITECTURE.md): requests are keyed by their struct fuse_req address for that.
+        hint = (" - sends and ends did not pair: does the telemetry still key requests by "
+                "their struct fuse_req address (docs/bpf.md, Request key)?")
     assert not wrong, "; ".join(wrong) + f" (events dropped: {dropped}){hint}"
 
 

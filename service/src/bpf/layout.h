@@ -21,12 +21,10 @@ struct MapLayout {
   size_t value_size;
 };
 
-inline constexpr std::array<MapLayout, 7> kTelemetryMaps = {{
+inline constexpr std::array<MapLayout, 5> kTelemetryMaps = {{
     {"inflight", sizeof(efuse_req_key), sizeof(efuse_req_start)},
-    {"op_stats", sizeof(efuse_op_key), sizeof(efuse_op_stats)},
-    {"queue_stats", sizeof(efuse_queue_key), sizeof(efuse_queue_stats)},
-    {"ctxsw_stats", sizeof(__u32), sizeof(efuse_ctxsw_stats)},
-    {"tasks", sizeof(__u32), sizeof(efuse_task)},
+    {"stats", sizeof(efuse_stats_key), sizeof(efuse_stats)},
+    {"tasks", sizeof(int), sizeof(efuse_task)},
     {"health", sizeof(__u32), sizeof(efuse_health)},
     {"inflight_slots", sizeof(__u32), sizeof(efuse_inflight_slot)},
 }};

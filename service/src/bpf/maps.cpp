@@ -7,24 +7,18 @@
 
 namespace efuse::bpf {
 
-void accumulate(efuse_op_stats& into, const efuse_op_stats& from) {
-#define EFUSE_BPF_SUM(name, help) into.name += from.name;
-  EFUSE_BPF_OP_COUNTERS(EFUSE_BPF_SUM)
-#undef EFUSE_BPF_SUM
-  for (size_t i = 0; i < EFUSE_BPF_LATENCY_SLOTS; ++i) into.latency[i] += from.latency[i];
-}
-
-void accumulate(efuse_queue_stats& into, const efuse_queue_stats& from) {
-#define EFUSE_BPF_SUM(name, help) into.name += from.name;
-  EFUSE_BPF_QUEUE_COUNTERS(EFUSE_BPF_SUM)
-#undef EFUSE_BPF_SUM
-  for (size_t i = 0; i < EFUSE_BPF_LATENCY_SLOTS; ++i) into.latency[i] += from.latency[i];
-}
-
 void accumulate(efuse_ctxsw_stats& into, const efuse_ctxsw_stats& from) {
 #define EFUSE_BPF_SUM(name, side, kind) into.name += from.name;
   EFUSE_BPF_CTXSW_COUNTERS(EFUSE_BPF_SUM)
 #undef EFUSE_BPF_SUM
+}
+
+void accumulate(efuse_stats& into, const efuse_stats& from) {
+#define EFUSE_BPF_SUM(name, help) into.name += from.name;
+  EFUSE_BPF_STATS_COUNTERS(EFUSE_BPF_SUM)
+#undef EFUSE_BPF_SUM
+  for (size_t i = 0; i < EFUSE_BPF_LATENCY_SLOTS; ++i) into.latency[i] += from.latency[i];
+  accumulate(into.ctxsw, from.ctxsw);
 }
 
 void accumulate(efuse_health& into, const efuse_health& from) {

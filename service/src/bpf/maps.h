@@ -13,8 +13,7 @@
 
 namespace efuse::bpf {
 
-void accumulate(efuse_op_stats& into, const efuse_op_stats& from);
-void accumulate(efuse_queue_stats& into, const efuse_queue_stats& from);
+void accumulate(efuse_stats& into, const efuse_stats& from);
 void accumulate(efuse_ctxsw_stats& into, const efuse_ctxsw_stats& from);
 void accumulate(efuse_health& into, const efuse_health& from);
 

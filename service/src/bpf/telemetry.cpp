@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <set>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -130,8 +131,13 @@ bool has_tracepoints(const struct btf* btf) {
 // tracepoints are in vmlinux's BTF. FUSE as a module: in the module's, which the kernel
 // publishes next to vmlinux's once the module is loaded; libbpf then attaches to the
 // module's tracepoints and relocates against its types by itself.
-std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason) {
+std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason,
+                                  bool* kernel_lacks) {
+  bool lacks_dummy = false;
+  if (kernel_lacks == nullptr) kernel_lacks = &lacks_dummy;
+  *kernel_lacks = false;
   if (access(kernel_btf.c_str(), R_OK) != 0) {
+    *kernel_lacks = errno == ENOENT;
     *reason = "kernel has no BTF (" + kernel_btf + ": " + std::strerror(errno) +
               "); CO-RE programs need CONFIG_DEBUG_INFO_BTF";
     return {};
@@ -161,6 +167,7 @@ std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* re
     btf__free(split);
   }
   btf__free(base);
+  if (where.empty()) *kernel_lacks = true;
   if (where.empty())
     *reason = std::string("kernel has no ") + kFuseTracepoints[0] +
               " tracepoint (FUSE tracepoints need Linux 6.12 or later; looked in " + kernel_btf +
@@ -171,136 +178,213 @@ std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* re
 Options Options::from_env() {
   Options o;
   o.enabled = !env_off("EFUSE_BPF");
-  o.sched_switch = !env_off("EFUSE_BPF_SCHED");
+  o.switches = !env_off("EFUSE_BPF_SCHED");
+  const char* mismatch = std::getenv("EFUSE_BPF_TEST_MISMATCH");
+  o.test_mismatch = mismatch != nullptr && std::strcmp(mismatch, "1") == 0;
   return o;
+}
+
+std::string MatchCheck::observe(uint64_t matched, uint64_t mismatched) {
+  // Totals only grow; a smaller one (never expected) restarts the window.
+  if (matched < base_matched_ || mismatched < base_mismatched_) {
+    base_matched_ = matched;
+    base_mismatched_ = mismatched;
+    return {};
+  }
+  const uint64_t good = matched - base_matched_, bad = mismatched - base_mismatched_;
+  if (good + bad < kWindow) return {};
+  base_matched_ = matched;
+  base_mismatched_ = mismatched;
+  if (bad * 4 <= good + bad) return {};
+  return "sends and ends stopped matching: " + std::to_string(bad) + " of the last " +
+         std::to_string(good + bad) +
+         " request events did not pair (ends never seen sent, or sends over a request still "
+         "in flight; this kernel's FUSE tracepoints do not behave as efused expects)";
+}
+
+Status Telemetry::status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return status_;
+}
+
+const char* level_name(Level level) {
+  switch (level) {
+    case Level::Off: return "off";
+    case Level::Requests: return "requests";
+    case Level::Full: return "full";
+  }
+  return "off";
+}
+
+std::optional<Level> parse_level(std::string_view text) {
+  for (Level l : {Level::Full, Level::Requests, Level::Off})
+    if (text == level_name(l)) return l;
+  return std::nullopt;
+}
+
+Level Telemetry::effective(const Options& opts) {
+  if (!opts.enabled) return Level::Off;
+  if (opts.level == Level::Full && !opts.switches) return Level::Requests;
+  return opts.level;
 }
 
 std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   std::unique_ptr<Telemetry> t(new Telemetry());
-  if (!opts.enabled) {
-    t->status_.reason = "disabled by EFUSE_BPF=0";
-    LOG_INFO("bpf: telemetry off: %s", t->status_.reason.c_str());
-    return t;
+  std::lock_guard<std::mutex> lock(t->mu_);
+  t->opts_ = opts;
+  t->attach();
+  return t;
+}
+
+void Telemetry::attach() {
+  status_.level = level_name(Level::Off);
+  const Level level = effective(opts_);
+  if (level == Level::Off) {
+    status_.reason = opts_.enabled ? "disabled by the configuration (telemetry: off)"
+                                   : "disabled by EFUSE_BPF=0";
+    status_.off = kOffDisabled;
+    LOG_INFO("bpf: telemetry off: %s", status_.reason.c_str());
+    return;
   }
   route_libbpf_log();
   (void)take_first_libbpf_warning();
   std::string reason;
-  bool loaded = false;
+  bool loaded = false, kernel_lacks = false;
   try {
-    loaded = t->load(opts, &reason);
+    loaded = load(opts_, &reason, &kernel_lacks);
   } catch (const std::exception& e) {  // bad_alloc while building messages
     reason = e.what();
   }
   if (!loaded) {
-    t->skel_.reset();
-    t->status_ = Status{false, 0, t->status_.load_failures + 1, reason};
+    skel_.reset();
+    // A kernel without BTF or FUSE tracepoints (Linux < 6.12) is a clean skip, not a
+    // failure: nothing was refused, there is nothing to attach to.
+    status_ = Status{false, 0, status_.load_failures + (kernel_lacks ? 0 : 1), reason,
+                     "", kernel_lacks ? kOffUnsupported : kOffRefused, level_name(Level::Off)};
     LOG_WARN("bpf: telemetry off: %s; serving mounts without kernel-side metrics",
              reason.c_str());
-    return t;
+    return;
   }
-  if (t->status_.reason.empty() && !opts.sched_switch)
-    t->status_.reason = "sched_switch left out by EFUSE_BPF_SCHED=0";
+  status_.reason.clear();
+  status_.off.clear();
+  status_.level = level_name(level);
   std::string ids;
-  for (uint32_t id : t->program_ids()) ids += (ids.empty() ? "" : ",") + std::to_string(id);
-  if (t->status_.programs_attached == kProgramCount)
-    LOG_INFO("bpf: telemetry on: %d programs attached (fuse_request_send, fuse_request_end, "
-             "sched_switch; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
-             t->status_.programs_attached, ids.c_str(), t->status_.tracepoints.c_str());
-  else if (t->status_.load_failures == 0)  // left out on purpose
-    LOG_INFO("bpf: telemetry on: %d of %d programs attached: %s", t->status_.programs_attached,
-             kProgramCount, t->status_.reason.c_str());
-  else
-    LOG_WARN("bpf: telemetry partly on: %d of %d programs attached: %s",
-             t->status_.programs_attached, kProgramCount, t->status_.reason.c_str());
-  return t;
+  // Appended piece by piece: GCC 12 at -O3 reports a false -Wrestrict for
+  // `"," + std::to_string(id)` (operator+(const char*, string&&)).
+  for (uint32_t id : ids_locked()) {
+    if (!ids.empty()) ids += ',';
+    ids += std::to_string(id);
+  }
+  LOG_INFO("bpf: telemetry on: level %s, %d programs attached (fuse_request_send, "
+           "fuse_request_end; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
+           status_.level.c_str(), status_.programs_attached, ids.c_str(),
+           status_.tracepoints.c_str());
 }
 
-bool Telemetry::load(const Options& opts, std::string* reason) {
-  status_.tracepoints = find_fuse_tracepoints(opts.kernel_btf, reason);
+void Telemetry::detach() const {
+  if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
+  slots_map_ = nullptr;
+  skel_.reset();  // detaches the programs
+  status_.up = false;
+  status_.programs_attached = 0;
+  status_.level = level_name(Level::Off);
+}
+
+void Telemetry::set_level(Level level) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const Level before = effective(opts_);
+  opts_.level = level;
+  const Level after = effective(opts_);
+  if (after == before) return;
+  if (status_.up) {
+    if (after == Level::Off) {
+      detach();
+      status_.reason = "disabled by the configuration (telemetry: off)";
+      status_.off = kOffDisabled;
+      LOG_INFO("bpf: telemetry off: %s; programs detached", status_.reason.c_str());
+      return;
+    }
+    // requests <-> full: the programs read the level on every event; nothing reloads.
+    skel_->data->level = after == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+    __atomic_add_fetch(&skel_->bss->level_gen, 1, __ATOMIC_RELEASE);
+    status_.level = level_name(after);
+    LOG_INFO("bpf: telemetry level %s (was %s)", level_name(after), level_name(before));
+    return;
+  }
+  // Down: only a telemetry the operator turned off is started again; one the kernel
+  // cannot run (unsupported, refused) or that failed its self-check stays off until
+  // efused restarts.
+  if (status_.off == kOffDisabled) attach();
+}
+
+bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lacks) {
+  status_.tracepoints = find_fuse_tracepoints(opts.kernel_btf, reason, kernel_lacks);
   if (status_.tracepoints.empty()) return false;
 
-  // Attempt 1 with every program; if the kernel refuses, attempt 2 without sched_switch
-  // (request accounting alone is still worth having).
-  bool want_sched = opts.sched_switch;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    skel_ = TelemetrySkeleton::open();
-    if (!skel_) {
-      *reason = std::string("cannot open the BPF object: ") + errno_text(errno);
-      return false;
-    }
-    std::string layout_error;
-    if (!check_layout(skel_.object(), kTelemetryMaps, &layout_error)) {
-      *reason = "refusing to load: " + layout_error;
-      return false;
-    }
-    bpf_program__set_autoload(skel_->progs.efuse_sched_switch, want_sched);
-
-    int err = efuse_telemetry_bpf__load(skel_.get());
-    if (err != 0) {
-      std::string why = "load: " + errno_text(err);
-      std::string libbpf = take_first_libbpf_warning();
-      // A refused bpf() is explained above; libbpf's lines then only add its generic
-      // "failed to load object".
-      if (!libbpf.empty() && err != -EPERM && err != -EACCES) why += " (libbpf: " + libbpf + ")";
-      if (want_sched && err != -EPERM && err != -EACCES) {
-        ++status_.load_failures;
-        LOG_DEBUG("bpf: full load failed (%s); retrying without sched_switch", why.c_str());
-        status_.reason = "sched_switch program refused: " + why;
-        want_sched = false;
-        continue;
-      }
-      *reason = why;
-      return false;
-    }
-
-    struct Prog {
-      bpf_program* prog;
-      bpf_link** link;
-      bool wanted;
-    };
-    Prog progs[] = {
-        {skel_->progs.efuse_request_send, &skel_->links.efuse_request_send, true},
-        {skel_->progs.efuse_request_end, &skel_->links.efuse_request_end, true},
-        {skel_->progs.efuse_sched_switch, &skel_->links.efuse_sched_switch, want_sched},
-    };
-    int attached = 0;
-    for (Prog& p : progs) {
-      if (!p.wanted) continue;
-      bpf_link* link = bpf_program__attach(p.prog);
-      if (link == nullptr) {
-        std::string why = std::string("attach ") + bpf_program__name(p.prog) + ": " +
-                          errno_text(errno);
-        if (p.prog == skel_->progs.efuse_sched_switch) {
-          ++status_.load_failures;
-          status_.reason = why;
-          continue;
-        }
-        *reason = why;
-        return false;  // skel_.reset() in start() detaches what was attached
-      }
-      *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
-      ++attached;
-    }
-    int slots_fd = bpf_map__fd(skel_->maps.inflight_slots);
-    void* m = mmap(nullptr, kSlotsBytes, PROT_READ | PROT_WRITE, MAP_SHARED, slots_fd, 0);
-    if (m == MAP_FAILED) {
-      *reason = "cannot map inflight_slots: " + errno_text(errno);
-      return false;
-    }
-    slots_map_ = m;
-    status_.up = true;
-    status_.programs_attached = attached;
-    return true;
+  skel_ = TelemetrySkeleton::open();
+  if (!skel_) {
+    *reason = std::string("cannot open the BPF object: ") + errno_text(errno);
+    return false;
   }
-  return false;
+  std::string layout_error;
+  if (!check_layout(skel_.object(), kTelemetryMaps, &layout_error)) {
+    *reason = "refusing to load: " + layout_error;
+    return false;
+  }
+  // Any odd offset: no fuse_req lives there, so no end finds the send.
+  skel_->rodata->test_send_key_skew = opts.test_mismatch ? 1 : 0;
+  skel_->data->level =
+      effective(opts) == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+
+  int err = efuse_telemetry_bpf__load(skel_.get());
+  if (err != 0) {
+    std::string why = "load: " + errno_text(err);
+    std::string libbpf = take_first_libbpf_warning();
+    // A refused bpf() is explained above; libbpf's lines then only add its generic
+    // "failed to load object".
+    if (!libbpf.empty() && err != -EPERM && err != -EACCES) why += " (libbpf: " + libbpf + ")";
+    *reason = why;
+    return false;
+  }
+  struct Prog {
+    bpf_program* prog;
+    bpf_link** link;
+  };
+  Prog progs[] = {
+      {skel_->progs.efuse_request_send, &skel_->links.efuse_request_send},
+      {skel_->progs.efuse_request_end, &skel_->links.efuse_request_end},
+  };
+  int attached = 0;
+  for (Prog& p : progs) {
+    bpf_link* link = bpf_program__attach(p.prog);
+    if (link == nullptr) {
+      *reason = std::string("attach ") + bpf_program__name(p.prog) + ": " + errno_text(errno);
+      return false;  // skel_.reset() in start() detaches what was attached
+    }
+    *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
+    ++attached;
+  }
+  int slots_fd = bpf_map__fd(skel_->maps.inflight_slots);
+  void* m = mmap(nullptr, kSlotsBytes, PROT_READ | PROT_WRITE, MAP_SHARED, slots_fd, 0);
+  if (m == MAP_FAILED) {
+    *reason = "cannot map inflight_slots: " + errno_text(errno);
+    return false;
+  }
+  slots_map_ = m;
+  status_.up = true;
+  status_.programs_attached = attached;
+  return true;
 }
 
 std::vector<uint32_t> Telemetry::program_ids() const {
-  std::vector<uint32_t> ids;
   std::lock_guard<std::mutex> lock(mu_);
-  if (!skel_) return ids;
-  for (bpf_program* p : {skel_->progs.efuse_request_send, skel_->progs.efuse_request_end,
-                         skel_->progs.efuse_sched_switch}) {
+  return ids_locked();
+}
+
+std::vector<uint32_t> Telemetry::ids_locked() const {
+  std::vector<uint32_t> ids;
+  if (!skel_ || !status_.up) return ids;
+  for (bpf_program* p : {skel_->progs.efuse_request_send, skel_->progs.efuse_request_end}) {
     int fd = bpf_program__fd(p);
     if (fd < 0) continue;
     bpf_prog_info info{};
@@ -308,6 +392,14 @@ std::vector<uint32_t> Telemetry::program_ids() const {
     if (bpf_obj_get_info_by_fd(fd, &info, &len) == 0) ids.push_back(info.id);
   }
   return ids;
+}
+
+void Telemetry::withdraw(const std::string& verdict) const {
+  detach();
+  status_.reason = verdict;
+  status_.off = kOffMismatch;
+  LOG_WARN("bpf: telemetry off: %s; programs detached, kernel-side metrics withdrawn "
+           "(efuse_bpf_up 0) rather than served wrong", verdict.c_str());
 }
 
 Telemetry::~Telemetry() {
@@ -321,16 +413,16 @@ std::span<efuse_inflight_slot> Telemetry::slots() const {
   return {static_cast<efuse_inflight_slot*>(slots_map_), EFUSE_BPF_INFLIGHT_SLOTS};
 }
 
-// A slot's unique, loaded as the BPF programs' atomic exchanges publish it.
-static uint64_t slot_unique(const efuse_inflight_slot& s) {
-  return __atomic_load_n(&s.unique, __ATOMIC_ACQUIRE);
+// A slot's request address, loaded as the BPF programs' atomic exchanges publish it.
+static uint64_t slot_req(const efuse_inflight_slot& s) {
+  return __atomic_load_n(&s.req, __ATOMIC_ACQUIRE);
 }
 
 // Empties a slot whose request will never end (its connection is gone, or it is older than
 // kStaleInflightNs), unless it changed meanwhile: only a request's own end frees it
 // otherwise, so a compare-and-swap from here cannot take a live request's slot.
-static void clear_slot(efuse_inflight_slot& s, uint64_t unique) {
-  __atomic_compare_exchange_n(&s.unique, &unique, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
+static void clear_slot(efuse_inflight_slot& s, uint64_t req) {
+  __atomic_compare_exchange_n(&s.req, &req, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
                               __ATOMIC_RELAXED);
 }
 
@@ -341,36 +433,18 @@ Snapshot Telemetry::snapshot() const {
   const size_t ncpu = possible_cpus();
 
   {
-    int fd = bpf_map__fd(skel_->maps.op_stats);
-    std::set<std::pair<uint32_t, uint32_t>> seen;
-    for_each_key(fd, sizeof(efuse_op_key), 2 * EFUSE_BPF_MAX_OP_KEYS, [&](const void* k) {
-      efuse_op_key key;
+    int fd = bpf_map__fd(skel_->maps.stats);
+    std::set<std::tuple<uint32_t, uint32_t, uint32_t>> seen;
+    for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {
+      efuse_stats_key key;
       std::memcpy(&key, k, sizeof key);
-      if (!seen.insert({key.conn, key.opcode}).second) return;
-      efuse_op_stats v;
-      if (lookup_percpu_sum(fd, &key, ncpu, &v)) snap.conns[key.conn].ops[key.opcode] = v;
-    });
-  }
-  {
-    int fd = bpf_map__fd(skel_->maps.queue_stats);
-    std::set<std::pair<uint32_t, uint32_t>> seen;
-    for_each_key(fd, sizeof(efuse_queue_key), 2 * EFUSE_BPF_MAX_QUEUE_KEYS, [&](const void* k) {
-      efuse_queue_key key;
-      std::memcpy(&key, k, sizeof key);
-      if (!seen.insert({key.conn, key.qid}).second) return;
-      efuse_queue_stats v;
-      if (lookup_percpu_sum(fd, &key, ncpu, &v)) snap.conns[key.conn].queues[key.qid] = v;
-    });
-  }
-  {
-    int fd = bpf_map__fd(skel_->maps.ctxsw_stats);
-    std::set<uint32_t> seen;
-    for_each_key(fd, sizeof(__u32), 2 * EFUSE_BPF_MAX_CONNS, [&](const void* k) {
-      __u32 conn;
-      std::memcpy(&conn, k, sizeof conn);
-      if (!seen.insert(conn).second) return;
-      efuse_ctxsw_stats v;
-      if (lookup_percpu_sum(fd, &conn, ncpu, &v)) snap.conns[conn].ctxsw = v;
+      if (!seen.insert({key.conn, key.opcode, key.qid}).second) return;
+      efuse_stats v;
+      if (!lookup_percpu_sum(fd, &key, ncpu, &v)) return;
+      ConnSnapshot& c = snap.conns[key.conn];
+      accumulate(c.ops[key.opcode], v);
+      accumulate(c.queues[key.qid], v);
+      accumulate(c.ctxsw, v.ctxsw);
     });
   }
   const uint64_t now = monotonic_ns();
@@ -378,30 +452,30 @@ Snapshot Telemetry::snapshot() const {
     size_t used = 0;
     std::vector<std::pair<efuse_inflight_slot*, uint64_t>> stale;
     for (efuse_inflight_slot& s : slots()) {
-      uint64_t unique = slot_unique(s);
-      if (unique <= EFUSE_BPF_SLOT_BUSY) continue;
+      uint64_t req = slot_req(s);
+      if (req <= EFUSE_BPF_SLOT_BUSY) continue;
       efuse_inflight_slot copy = s;
-      if (slot_unique(s) != unique) continue;  // ended (and maybe reused) while read
+      if (slot_req(s) != req) continue;  // ended (and maybe reused) while read
       ++used;
       if (now > copy.start.start_ns && now - copy.start.start_ns > kStaleInflightNs)
-        stale.push_back({&s, unique});
-      ++snap.conns[copy.conn].in_flight[copy.start.opcode];
+        stale.push_back({&s, req});
+      ++snap.conns[copy.start.conn].in_flight[copy.start.opcode];
     }
     if (used > EFUSE_BPF_INFLIGHT_SLOTS / 2)
-      for (auto [s, unique] : stale) clear_slot(*s, unique);
+      for (auto [s, req] : stale) clear_slot(*s, req);
   }
   {
     int fd = bpf_map__fd(skel_->maps.inflight);
-    std::set<std::pair<uint32_t, uint64_t>> seen;
+    std::set<uint64_t> seen;
     std::vector<efuse_req_key> stale;
     for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
       efuse_req_key key;
       std::memcpy(&key, k, sizeof key);
-      if (!seen.insert({key.conn, key.unique}).second) return;
+      if (!seen.insert(key.req).second) return;
       efuse_req_start v;
       if (lookup_raw(fd, &key, &v) != 0) return;  // ended meanwhile
       if (now > v.start_ns && now - v.start_ns > kStaleInflightNs) stale.push_back(key);
-      ++snap.conns[key.conn].in_flight[v.opcode];
+      ++snap.conns[v.conn].in_flight[v.opcode];
     });
     if (seen.size() > EFUSE_BPF_MAX_INFLIGHT / 2) {
       for (const efuse_req_key& key : stale) bpf_map_delete_elem(fd, &key);
@@ -414,6 +488,20 @@ Snapshot Telemetry::snapshot() const {
     int fd = bpf_map__fd(skel_->maps.health);
     __u32 zero = 0;
     (void)lookup_percpu_sum(fd, &zero, ncpu, &snap.health);
+  }
+  // The self-check, on totals that only grow (ended requests of deleted connections are
+  // kept in forgotten_ended_).
+  {
+    uint64_t matched = forgotten_ended_;
+    for (const auto& [conn, c] : snap.conns)
+      for (const auto& [opcode, op] : c.ops)
+        for (__u64 n : op.latency) matched += n;
+    std::string verdict = match_check_.observe(
+        matched, snap.health.unmatched_end + snap.health.duplicate_send);
+    if (!verdict.empty()) {
+      withdraw(verdict);
+      return {};
+    }
   }
   // Connections that no longer exist: delete their counters (a new mount that gets a
   // recycled device number must start from zero) and leave them out. Runs after the maps
@@ -434,27 +522,30 @@ Snapshot Telemetry::snapshot() const {
 }
 
 void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
-  for (const auto& [opcode, v] : c.ops) {
-    efuse_op_key key{conn, opcode};
-    bpf_map_delete_elem(bpf_map__fd(skel_->maps.op_stats), &key);
+  for (const auto& [opcode, v] : c.ops)
+    for (__u64 n : v.latency) forgotten_ended_ += n;
+  {
+    int fd = bpf_map__fd(skel_->maps.stats);
+    std::vector<efuse_stats_key> doomed;
+    for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {
+      efuse_stats_key key;
+      std::memcpy(&key, k, sizeof key);
+      if (key.conn == conn) doomed.push_back(key);
+    });
+    for (const efuse_stats_key& key : doomed) bpf_map_delete_elem(fd, &key);
   }
-  for (const auto& [qid, v] : c.queues) {
-    efuse_queue_key key{conn, qid};
-    bpf_map_delete_elem(bpf_map__fd(skel_->maps.queue_stats), &key);
-  }
-  __u32 key = conn;
-  bpf_map_delete_elem(bpf_map__fd(skel_->maps.ctxsw_stats), &key);
   if (!c.in_flight.empty()) {
     for (efuse_inflight_slot& s : slots()) {
-      uint64_t unique = slot_unique(s);
-      if (unique > EFUSE_BPF_SLOT_BUSY && s.conn == conn) clear_slot(s, unique);
+      uint64_t req = slot_req(s);
+      if (req > EFUSE_BPF_SLOT_BUSY && s.start.conn == conn) clear_slot(s, req);
     }
     int fd = bpf_map__fd(skel_->maps.inflight);
     std::vector<efuse_req_key> doomed;
     for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
       efuse_req_key rk;
       std::memcpy(&rk, k, sizeof rk);
-      if (rk.conn == conn) doomed.push_back(rk);
+      efuse_req_start v;
+      if (lookup_raw(fd, &rk, &v) == 0 && v.conn == conn) doomed.push_back(rk);
     });
     for (const efuse_req_key& rk : doomed) bpf_map_delete_elem(fd, &rk);
   }

@@ -1,13 +1,12 @@
 // bpf::Telemetry: efused's eBPF request telemetry for every FUSE connection on the host.
 //
 // start() loads bpf/efuse_telemetry.bpf.c (a libbpf skeleton built into efused), checks
-// its map layouts against bpf/efuse_telemetry.h and attaches its three programs to the
-// BTF tracepoints fuse_request_send, fuse_request_end and sched_switch. It never fails
-// the daemon: when the kernel refuses (not root, no BTF, no FUSE tracepoints, verifier
-// refusal) it logs why once and the object reports up() == false; efused serves its
-// mounts regardless. EFUSE_BPF=0 in the environment turns it off; EFUSE_BPF_SCHED=0
-// leaves out the sched_switch program (context switch counters), whose cost is paid on
-// every context switch of the host.
+// its map layouts against bpf/efuse_telemetry.h and attaches its two programs to the BTF
+// tracepoints fuse_request_send and fuse_request_end. It never fails the daemon: when the
+// kernel refuses (not root, no BTF, no FUSE tracepoints, verifier refusal) it logs why once
+// and the object reports up() == false; efused serves its mounts regardless. EFUSE_BPF=0
+// in the environment turns it off; EFUSE_BPF_SCHED=0 keeps it at level "requests" (no
+// context switch counting).
 //
 // snapshot() reads the maps at scrape time (nothing is aggregated in between), the way
 // cloudflare's ebpf_exporter does, and removes the entries of connections that no longer
@@ -18,8 +17,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bpf/skeleton.h"
@@ -28,10 +29,11 @@
 namespace efuse::bpf {
 
 // One FUSE connection's counters, summed over CPUs.
+// One FUSE connection's counters, summed over CPUs (and over queues, opcodes).
 struct ConnSnapshot {
-  std::map<uint32_t, efuse_op_stats> ops;        // by opcode (clamped to OPCODE_SLOTS - 1)
-  std::map<uint32_t, uint64_t> in_flight;        // by opcode: requests sent, not ended yet
-  std::map<uint32_t, efuse_queue_stats> queues;  // by qid; EFUSE_BPF_QUEUE_CLASSIC = /dev/fuse
+  std::map<uint32_t, efuse_stats> ops;     // by opcode (clamped to OPCODE_SLOTS - 1)
+  std::map<uint32_t, uint64_t> in_flight;  // by opcode: requests sent, not ended yet
+  std::map<uint32_t, efuse_stats> queues;  // by qid; EFUSE_BPF_QUEUE_CLASSIC = /dev/fuse
   efuse_ctxsw_stats ctxsw{};
 };
 
@@ -40,18 +42,52 @@ struct Snapshot {
   efuse_health health{};
 };
 
+// Why the telemetry is off (Status::off; the `reason` label of efuse_bpf_off_reason).
+inline constexpr const char* kOffDisabled = "disabled";        // the operator turned it off
+inline constexpr const char* kOffUnsupported = "unsupported";  // no BTF or no FUSE tracepoints
+inline constexpr const char* kOffRefused = "refused";          // the kernel refused load/attach
+inline constexpr const char* kOffMismatch = "mismatch";        // self-check: sends, ends disagree
+
+// How much the telemetry does (the config's `telemetry:`): off (no program attached),
+// requests (counts, errors, latency, in flight), full (and context switches).
+enum class Level { Off, Requests, Full };
+const char* level_name(Level level);  // "off", "requests", "full"
+std::optional<Level> parse_level(std::string_view text);
+
 struct Status {
   bool up = false;             // the request programs are attached
   int programs_attached = 0;   // of kProgramCount
   uint64_t load_failures = 0;  // load or attach attempts the kernel refused
   std::string reason;          // why not (fully) up; "" when everything is attached
   std::string tracepoints;     // whose BTF has the FUSE tracepoints: "vmlinux", "fuse module"
+  std::string off;             // when !up: one of kOff*
+  std::string level = "off";   // the level running: level_name()
+};
+
+// The self-check: whether the programs' sends and ends still pair up. Fed the running
+// totals of requests whose end found their send (`matched`) and of events that did not pair
+// (`mismatched`: ends never seen sent, sends over a request still tracked), it judges each
+// window of at least kWindow events and says why when more than a quarter of a window did
+// not pair. A few unmatched ends are normal (requests in flight when efused started).
+class MatchCheck {
+ public:
+  static constexpr uint64_t kWindow = 1000;
+  // "" while healthy; else the verdict (one sentence with the window's numbers).
+  std::string observe(uint64_t matched, uint64_t mismatched);
+
+ private:
+  uint64_t base_matched_ = 0;
+  uint64_t base_mismatched_ = 0;
 };
 
 struct Options {
   bool enabled = true;       // EFUSE_BPF=0 (or "off", "false", "no") turns telemetry off
-  bool sched_switch = true;  // EFUSE_BPF_SCHED=0 leaves the sched_switch program out
+  bool switches = true;      // EFUSE_BPF_SCHED=0: level "requests" at most
+  Level level = Level::Full;  // the configuration's telemetry level
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
+  // Test only (EFUSE_BPF_TEST_MISMATCH=1): sends are filed under a key no end looks up, so
+  // the self-check sees every request unmatched (docs/bpf.md).
+  bool test_mismatch = false;
   static Options from_env();
 };
 
@@ -60,12 +96,15 @@ inline constexpr const char* kFuseTracepoints[] = {"fuse_request_send", "fuse_re
 // Whose BTF describes both FUSE request tracepoints: "vmlinux" (FUSE built in) or
 // "fuse module" (FUSE as a module: its BTF is the file "fuse" next to kernel_btf, read as
 // split BTF on top of it; under /sys/kernel/btf/ the module is loaded first when missing,
-// by opening /dev/fuse). Empty, with *reason saying why, when neither has them.
-std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason);
+// by opening /dev/fuse). Empty, with *reason saying why, when neither has them; then
+// *kernel_lacks (if given) says whether the kernel simply has no BTF or no FUSE tracepoints
+// (Linux < 6.12: a clean skip, not a failure) rather than refusing to let efused read them.
+std::string find_fuse_tracepoints(const std::string& kernel_btf, std::string* reason,
+                                  bool* kernel_lacks = nullptr);
 
 class Telemetry {
  public:
-  static constexpr int kProgramCount = 3;
+  static constexpr int kProgramCount = 2;
 
   // Never throws and never returns null.
   static std::unique_ptr<Telemetry> start(const Options& opts);
@@ -75,10 +114,19 @@ class Telemetry {
   Telemetry(const Telemetry&) = delete;
   Telemetry& operator=(const Telemetry&) = delete;
 
-  const Status& status() const { return status_; }
-  bool up() const { return status_.up; }
+  Status status() const;
+  bool up() const { return status().up; }
 
-  // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up().
+  // Changes the level live (a config reload): full <-> requests flips a variable the
+  // programs read, nothing is reloaded and no counter resets; off detaches the programs;
+  // from off they are loaded again (counters start from zero). A telemetry the kernel
+  // cannot run, or that failed its self-check, stays off. Thread-safe.
+  void set_level(Level level);
+
+  // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up(). Runs the
+  // self-check (MatchCheck) on what it read: when sends and ends stopped pairing it logs
+  // one line, detaches the programs and returns empty; from then on up() is false and
+  // status().off is kOffMismatch.
   Snapshot snapshot() const;
 
   // Kernel ids of the loaded programs (`bpftool prog show id N`); empty when !up().
@@ -86,14 +134,23 @@ class Telemetry {
 
  private:
   Telemetry() = default;
-  bool load(const Options& opts, std::string* reason);
+  static Level effective(const Options& opts);  // the level after EFUSE_BPF, EFUSE_BPF_SCHED
+  void attach();  // mu_ held: loads at effective(opts_), or stays off; sets status_
+  void detach() const;  // mu_ held: detaches and unmaps; status_ says off
+  std::vector<uint32_t> ids_locked() const;
+  bool load(const Options& opts, std::string* reason, bool* kernel_lacks);
   void forget_connection(uint32_t conn, const ConnSnapshot& c) const;
+  void withdraw(const std::string& verdict) const;  // mu_ held
   // The inflight_slots array, mapped: read and cleared without a system call per slot.
   std::span<efuse_inflight_slot> slots() const;
 
-  Status status_;
-  TelemetrySkeleton skel_;
-  void* slots_map_ = nullptr;  // mmap of inflight_slots while loaded
+  Options opts_;
+  // Mutable: the self-check in snapshot() may take the telemetry down.
+  mutable Status status_;
+  mutable TelemetrySkeleton skel_;
+  mutable void* slots_map_ = nullptr;   // mmap of inflight_slots while loaded
+  mutable MatchCheck match_check_;
+  mutable uint64_t forgotten_ended_ = 0;  // ended requests of connections deleted from the maps
   mutable std::mutex mu_;
 };
 

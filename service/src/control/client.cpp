@@ -81,15 +81,19 @@ bool Client::call(const char* member, uint64_t timeout_usec, const char* arg,
   return true;
 }
 
-bool Client::version(std::string* out, CallError* error) {
+bool Client::string_property(const char* name, std::string* out, CallError* error) {
   ErrorHolder e;
   char* value = nullptr;
-  const int r = sd_bus_get_property_string(bus_.get(), kBusName, kObjectPath, kInterface,
-                                           "Version", &e.error, &value);
+  const int r = sd_bus_get_property_string(bus_.get(), kBusName, kObjectPath, kInterface, name,
+                                           &e.error, &value);
   if (r < 0) return fail(error, e.error, r);
   *out = value;
   free(value);
   return true;
+}
+
+bool Client::version(std::string* out, CallError* error) {
+  return string_property("Version", out, error);
 }
 
 bool Client::mount_count(uint32_t* out, CallError* error) {
@@ -98,6 +102,10 @@ bool Client::mount_count(uint32_t* out, CallError* error) {
                                             "MountCount", &e.error, 'u', out);
   if (r < 0) return fail(error, e.error, r);
   return true;
+}
+
+bool Client::telemetry(std::string* json_text, CallError* error) {
+  return string_property("Telemetry", json_text, error);
 }
 
 bool Client::list_mounts(std::string* json_text, CallError* error) {

@@ -34,6 +34,7 @@ class Client {
   // Each returns true on success; otherwise fills *error.
   bool version(std::string* out, CallError* error);
   bool mount_count(uint32_t* out, CallError* error);
+  bool telemetry(std::string* json_text, CallError* error);  // property Telemetry
   bool list_mounts(std::string* json_text, CallError* error);
   bool get_status(std::string* json_text, CallError* error);
   bool get_mount(const std::string& name, std::string* json_text, CallError* error);
@@ -44,6 +45,7 @@ class Client {
  private:
   bool call(const char* member, uint64_t timeout_usec, const char* arg, std::string* reply_text,
             CallError* error);
+  bool string_property(const char* name, std::string* out, CallError* error);
 
   BusPtr bus_;
 };

@@ -175,6 +175,12 @@ struct DbusService::Handlers {
   static int mount_count(DbusService& self, sd_bus_message* reply) {
     return sd_bus_message_append(reply, "u", self.current_mount_count());
   }
+
+  static int telemetry(DbusService& self, sd_bus_message* reply) {
+    const std::string text = self.manager_.telemetry().dump(-1, ' ', false,
+                                                           nlohmann::json::error_handler_t::replace);
+    return sd_bus_message_append(reply, "s", text.c_str());
+  }
 };
 
 // Every member is SD_BUS_VTABLE_UNPRIVILEGED: sd-bus's own check (CAP_SYS_ADMIN on an
@@ -187,6 +193,7 @@ const sd_bus_vtable* DbusService::vtable() {
       SD_BUS_PROPERTY("Version", "s", H::property<H::version>, 0, SD_BUS_VTABLE_PROPERTY_CONST),
       SD_BUS_PROPERTY("MountCount", "u", H::property<H::mount_count>, 0,
                       SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+      SD_BUS_PROPERTY("Telemetry", "s", H::property<H::telemetry>, 0, 0),
       SD_BUS_METHOD_WITH_ARGS("ListMounts", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", mounts),
                               H::method<H::list_mounts>, SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("GetMount", SD_BUS_ARGS("s", name), SD_BUS_RESULT("s", mount),

@@ -44,6 +44,11 @@ class Manager {
   // says why (file:line:column: message). Other errno: applying failed, *error says why.
   virtual Status reload(std::string* error) = 0;
 
+  // The eBPF telemetry: {"configured": "full"|"requests"|"off" (the config's telemetry:),
+  //  "level": the level running ("off" when it is not), "up": bool, "reason": why not up
+  //  ("" when up), "off": "disabled"|"unsupported"|"refused"|"mismatch"|""}.
+  virtual nlohmann::json telemetry() const = 0;
+
   // Called (from any thread) whenever a mount's state changes: (name, new state).
   using StateListener = std::function<void(const std::string& name, const std::string& state)>;
   virtual void set_state_listener(StateListener listener) = 0;

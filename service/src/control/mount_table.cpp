@@ -82,8 +82,23 @@ std::string format_mount_table(const nlohmann::json& mounts) {
   return render(rows);
 }
 
+std::string format_telemetry(const nlohmann::json& t) {
+  auto text = [&t](const char* key) {
+    auto it = t.find(key);
+    return it != t.end() && it->is_string() ? it->get<std::string>() : std::string();
+  };
+  std::string out = "telemetry: " + (text("level").empty() ? "off" : text("level"));
+  std::string detail;
+  if (!text("configured").empty() && text("configured") != text("level"))
+    detail = "configured " + text("configured");
+  if (!text("off").empty() && text("off") != "disabled")
+    detail += (detail.empty() ? "" : "; ") + text("off") + ": " + text("reason");
+  return out + (detail.empty() ? "" : " (" + detail + ")") + "\n";
+}
+
 std::string format_status(const std::string& version, uint32_t mount_count,
-                          const nlohmann::json& mounts, const nlohmann::json& daemon) {
+                          const nlohmann::json& mounts, const nlohmann::json& daemon,
+                          const nlohmann::json& telemetry) {
   std::string out = "efused " + version + ", " + std::to_string(mount_count) +
                     (mount_count == 1 ? " mount" : " mounts") + " (" +
                     std::to_string(count_mounted(mounts)) + " mounted)\n";
@@ -96,6 +111,7 @@ std::string format_status(const std::string& version, uint32_t mount_count,
     else
       out += "metrics: off\n";
   }
+  if (telemetry.is_object()) out += format_telemetry(telemetry);
   return out + "\n" + format_mount_table(mounts);
 }
 

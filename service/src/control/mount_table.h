@@ -17,9 +17,14 @@ std::string format_mount_table(const nlohmann::json& mounts);
 std::string format_mount_details(const nlohmann::json& mount);
 
 // "efused VERSION, N mounts (M mounted)", the /metrics line from `daemon` (GetStatus: served
-// at URL, off, or why not), then the table.
+// at URL, off, or why not), the telemetry line (when `telemetry` is an object:
+// Manager::telemetry()), then the table.
 std::string format_status(const std::string& version, uint32_t mount_count,
                           const nlohmann::json& mounts,
-                          const nlohmann::json& daemon = nlohmann::json::object());
+                          const nlohmann::json& daemon = nlohmann::json::object(),
+                          const nlohmann::json& telemetry = nlohmann::json());
+
+// "telemetry: full" or "telemetry: off (configured full; unsupported: why)".
+std::string format_telemetry(const nlohmann::json& telemetry);
 
 }  // namespace efuse::control

@@ -97,6 +97,7 @@ Config build_config(const json& document, const std::string& origin) {
   if (auto metrics = document.find("metrics"); metrics != document.end()) {
     set_if_present(*metrics, "listen", config.metrics_listen);
   }
+  set_if_present(document, "telemetry", config.telemetry);  // the schema's enum checked it
   MountConfig defaults;
   if (auto it = document.find("defaults"); it != document.end()) apply_settings(*it, defaults);
   for (const auto& mount : document.at("mounts"))

@@ -61,6 +61,7 @@ struct MountConfig {
 struct Config {
   std::string path;                             // where it was loaded from
   std::string metrics_listen = "127.0.0.1:19567";  // HOST:PORT; "" disables /metrics
+  std::string telemetry = "full";  // eBPF telemetry level: "full", "requests", "off"
   std::vector<MountConfig> mounts;
 };
 

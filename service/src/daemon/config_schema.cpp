@@ -8,12 +8,18 @@ std::string_view mounts_schema_text() {
   return R"schema({
   "$schema": "http://json-schema.org/draft-07/schema#",
   "title": "efused configuration",
-  "description": "The configuration of efused (/etc/efuse/mounts.yaml): the /metrics endpoint, defaults shared by all mounts, and the mounts. efused validates its YAML file against this schema; it is the one specification of the format.",
+  "description": "The configuration of efused (/etc/efuse/mounts.yaml): the /metrics endpoint, the eBPF telemetry level, defaults shared by all mounts, and the mounts. efused validates its YAML file against this schema; it is the one specification of the format.",
   "type": "object",
   "additionalProperties": false,
   "required": ["mounts"],
   "properties": {
     "metrics": { "$ref": "#/definitions/metrics" },
+    "telemetry": {
+      "description": "How much of every FUSE request on the host the eBPF telemetry measures: full (requests, errors, latency, in flight, and the context switches they cost their clients and servers), requests (the same without context switches; cheaper), off (no BPF program attached). Changes apply on reload without a remount. Default full.",
+      "type": "string",
+      "default": "full",
+      "enum": ["full", "requests", "off"]
+    },
     "defaults": { "$ref": "#/definitions/defaults" },
     "mounts": {
       "description": "The mounts efused serves. Names and mountpoints are unique; no mountpoint may lie inside a source or another mountpoint, and no source inside a mountpoint (efused never serves its own mounts).",

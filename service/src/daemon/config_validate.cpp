@@ -5,11 +5,16 @@
 #include <memory>
 #include <tuple>
 
+// GCC 12 at -O3 reports a false -Wrestrict overlap in valijson's json_pointer.hpp
+// (std::string::replace inlined into replaceAllInPlace); silenced for valijson only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wrestrict"
 #include <valijson/adapters/nlohmann_json_adapter.hpp>
 #include <valijson/schema.hpp>
 #include <valijson/schema_parser.hpp>
 #include <valijson/validation_results.hpp>
 #include <valijson/validator.hpp>
+#pragma GCC diagnostic pop
 
 #include "daemon/config.h"
 #include "daemon/config_schema.h"

@@ -8,10 +8,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "bpf/telemetry.h"
 #include "common/log.h"
 #include "daemon/config.h"
 #include "daemon/mount_instance.h"
@@ -50,6 +52,12 @@ Where the mounts come from (one of):
 Options:
       --metrics HOST:PORT        serve /metrics here (overrides the config's metrics.listen;
                                  "" turns it off)
+      --telemetry LEVEL          eBPF telemetry of every FUSE request on the host: full
+                                 (with the context switches requests cost), requests
+                                 (counts, errors, latency; cheaper) or off (overrides the
+                                 config's telemetry:, default full; docs/bpf.md has the
+                                 cost of each). EFUSE_BPF=0 in the environment turns it
+                                 off whatever this says
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
                                  with --config/--demo), "none" (default with --mount), or
                                  an address such as unix:path=/run/x/bus
@@ -138,13 +146,14 @@ int main(int argc, char** argv) {
   std::vector<std::string> mount_args;
   std::string config_path, check_path, bus = "", metrics;
   bool demo = false, have_metrics = false;
+  std::optional<std::string> telemetry;
   MountConfig cli_defaults;
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint };
+         kCreateMountpoint, kTelemetry };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -152,6 +161,7 @@ int main(int argc, char** argv) {
       {"check-config", required_argument, nullptr, kCheck},
       {"metrics", required_argument, nullptr, kMetrics},
       {"bus", required_argument, nullptr, kBus},
+      {"telemetry", required_argument, nullptr, kTelemetry},
       {"threads", required_argument, nullptr, 't'},
       {"io-path", required_argument, nullptr, kIoPath},
       {"log-level", required_argument, nullptr, kLogLevel},
@@ -179,6 +189,11 @@ int main(int argc, char** argv) {
       case kCheck: check_path = optarg; break;
       case kMetrics: metrics = optarg; have_metrics = true; break;
       case kBus: bus = optarg; break;
+      case kTelemetry:
+        if (!efuse::bpf::parse_level(optarg))
+          usage_error(std::string("--telemetry must be full, requests or off, not '") + optarg + "'");
+        telemetry = optarg;
+        break;
       case 't': {
         char* end = nullptr;
         long v = std::strtol(optarg, &end, 10);
@@ -291,6 +306,7 @@ int main(int argc, char** argv) {
   so.config_path = reload_path;
   so.bus = bus;
   so.metrics_override = have_metrics ? std::optional<std::string>(metrics) : std::nullopt;
+  so.telemetry_override = telemetry;
   so.strict = !mount_args.empty();
   return efuse::daemon::run_service(std::move(cfg), so);
 }

@@ -150,11 +150,26 @@ int run_service(Config cfg, const ServiceOptions& opts) {
                                       " mount(s) failed to start");
   }
 
-  // eBPF telemetry of every FUSE mount on the host (kernel-side latency, context switches).
-  // Never fails the daemon: when the kernel refuses it logs why once and /metrics says
-  // efuse_bpf_up 0. EFUSE_BPF=0 turns it off. Outlives the metrics server that reads it.
-  std::unique_ptr<bpf::Telemetry> bpf_telemetry = bpf::Telemetry::start();
+  // eBPF telemetry of every FUSE mount on the host (kernel-side latency, context switches),
+  // at the config's level (telemetry: full | requests | off), changed live on reload. Never
+  // fails the daemon: when the kernel refuses it logs why once and /metrics says
+  // efuse_bpf_up 0. EFUSE_BPF=0 turns it off whatever the config says. Outlives the
+  // metrics server and the D-Bus object that read it.
+  auto level_of = [&opts](const Config& c) {
+    const std::string& text = opts.telemetry_override ? *opts.telemetry_override : c.telemetry;
+    return bpf::parse_level(text).value_or(bpf::Level::Full);  // schema and main checked it
+  };
+  bpf::Options bpf_opts = bpf::Options::from_env();
+  bpf_opts.level = level_of(sup.config());
+  std::unique_ptr<bpf::Telemetry> bpf_telemetry = bpf::Telemetry::start(bpf_opts);
   telemetry::BpfMetricsSource metrics_source(sup, bpf_telemetry.get());
+  sup.set_telemetry_view([&sup, &opts, t = bpf_telemetry.get()] {
+    const bpf::Status st = t->status();
+    const std::string configured =
+        opts.telemetry_override ? *opts.telemetry_override : sup.config().telemetry;
+    return nlohmann::json{{"configured", configured}, {"level", st.level},
+                          {"up", st.up}, {"reason", st.reason}, {"off", st.off}};
+  });
 
   // /metrics follows the config across reloads; --metrics pins it.
   std::unique_ptr<telemetry::MetricsServer> metrics;
@@ -187,6 +202,7 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   if (!start_metrics(listen_of(sup.config()), &error).ok()) LOG_ERROR("%s", error.c_str());
   // Reloads move /metrics when its address changed, and retry it when it is not serving.
   sup.set_applied_hook([&](const Config& old_cfg, const Config& new_cfg, std::string* err) -> Status {
+    if (level_of(old_cfg) != level_of(new_cfg)) bpf_telemetry->set_level(level_of(new_cfg));
     if (listen_of(old_cfg) == listen_of(new_cfg) && (metrics || listen_of(new_cfg).empty()))
       return {};
     return start_metrics(listen_of(new_cfg), err);

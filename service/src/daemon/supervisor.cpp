@@ -252,6 +252,12 @@ Status Supervisor::reload(std::string* error) {
 
 std::string Supervisor::version() const { return EFUSE_VERSION; }
 
+nlohmann::json Supervisor::telemetry() const {
+  if (telemetry_view_) return telemetry_view_();
+  return {{"configured", config().telemetry}, {"level", "off"}, {"up", false},
+          {"reason", "not started"}, {"off", ""}};
+}
+
 size_t Supervisor::mount_count() const {
   std::lock_guard lk(mu_);
   return slots_.size();

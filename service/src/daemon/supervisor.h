@@ -37,6 +37,8 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   using AppliedHook = std::function<Status(const Config& old_cfg, const Config& new_cfg,
                                            std::string* error)>;
   void set_applied_hook(AppliedHook hook) { applied_hook_ = std::move(hook); }
+  // What telemetry() reports (set once by the service, before the control plane starts).
+  void set_telemetry_view(std::function<nlohmann::json()> view) { telemetry_view_ = std::move(view); }
   Config config() const;
   size_t live_count() const;
   // STATUS= for systemd: how many mounts are live, and a /metrics problem if there is one.
@@ -48,6 +50,7 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
 
   // control::Manager
   std::string version() const override;
+  nlohmann::json telemetry() const override;
   size_t mount_count() const override;
   nlohmann::json daemon_status() const override;
   nlohmann::json list_mounts() const override;
@@ -89,6 +92,7 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   std::vector<Slot> slots_;      // in config order
   StateListener listener_;
   std::mutex listener_mu_;
+  std::function<nlohmann::json()> telemetry_view_;
   AppliedHook applied_hook_;
 
   std::string metrics_listen_, metrics_url_, metrics_error_;  // under mu_

@@ -36,9 +36,10 @@ constexpr const char* kUsage = R"(Usage: efusectl [--json] [--bus system|session
 Control efused through its D-Bus API (org.efuse.Manager1).
 
 Commands:
-  status [NAME]   daemon version, mount count, /metrics and the mount table;
-                  with NAME, every detail of that mount. Exits 5 when a mount
-                  (with NAME: that mount) is not mounted: usable as a health check
+  status [NAME]   daemon version, mount count, /metrics, the eBPF telemetry
+                  level running and the mount table; with NAME, every detail
+                  of that mount. Exits 5 when a mount (with NAME: that mount)
+                  is not mounted: usable as a health check
   mounts          the mount table (name, state, mountpoint, transport, error)
   mount NAME      mount a configured mount that is not live (root only)
   unmount NAME    unmount a live mount; it stays configured (root only)
@@ -155,13 +156,14 @@ int health(const nlohmann::json& mounts) {
 }
 
 int status_all(Client& client, const Options& opts, CallError* error) {
-  std::string version, text, daemon_text;
+  std::string version, text, daemon_text, telemetry_text;
   uint32_t count = 0;
   if (!client.version(&version, error) || !client.mount_count(&count, error) ||
-      !client.list_mounts(&text, error)) {
+      !client.list_mounts(&text, error) || !client.telemetry(&telemetry_text, error)) {
     return -1;
   }
   const nlohmann::json mounts = nlohmann::json::parse(text);
+  const nlohmann::json telemetry = nlohmann::json::parse(telemetry_text, nullptr, false);
   // An efused older than GetStatus answers the rest; leave the daemon part out then.
   CallError ignored;
   const nlohmann::json daemon = client.get_status(&daemon_text, &ignored)
@@ -169,9 +171,9 @@ int status_all(Client& client, const Options& opts, CallError* error) {
                                     : nlohmann::json::object();
   if (opts.json) {
     print_json({{"version", version}, {"mount_count", count}, {"daemon", daemon},
-                {"mounts", mounts}});
+                {"telemetry", telemetry}, {"mounts", mounts}});
   } else {
-    print(control::format_status(version, count, mounts, daemon));
+    print(control::format_status(version, count, mounts, daemon, telemetry));
   }
   return health(mounts);
 }

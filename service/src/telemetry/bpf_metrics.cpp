@@ -92,29 +92,50 @@ void append_health(const bpf::Status& status, const efuse_health* health,
                    std::vector<prometheus::MetricFamily>& out) {
   prometheus::MetricFamily up = make_family(
       "efuse_bpf_up",
-      "Whether efused's eBPF request telemetry is loaded and attached (1) or not (0: not "
-      "root, no BTF, no FUSE tracepoints, verifier refusal, or EFUSE_BPF=0; the log says "
-      "why).",
+      "Whether efused's eBPF request telemetry is loaded, attached and passing its self-check "
+      "(1) or not (0: efuse_bpf_off_reason and the log say why).",
       MetricType::Gauge);
   add_gauge(up, {}, status.up ? 1 : 0);
   out.push_back(std::move(up));
+  prometheus::MetricFamily level = make_family(
+      "efuse_bpf_level",
+      "The telemetry level running (1) among full (requests and the context switches they "
+      "cost), requests (counts, errors, latency, in flight) and off; set by telemetry: in "
+      "the configuration, live on reload.",
+      MetricType::Gauge);
+  for (bpf::Level l : {bpf::Level::Full, bpf::Level::Requests, bpf::Level::Off})
+    add_gauge(level, {{"level", bpf::level_name(l)}}, status.level == bpf::level_name(l) ? 1 : 0);
+  out.push_back(std::move(level));
   prometheus::MetricFamily attached = make_family(
       "efuse_bpf_programs_attached",
-      "BPF programs attached (fuse_request_send, fuse_request_end, sched_switch: 3 when "
-      "everything runs).",
+      "BPF programs attached (fuse_request_send, fuse_request_end: 2 when the telemetry "
+      "runs).",
       MetricType::Gauge);
   add_gauge(attached, {}, status.programs_attached);
   out.push_back(std::move(attached));
   prometheus::MetricFamily failures = make_family(
       "efuse_bpf_load_failures_total",
-      "Attempts to load or attach BPF programs that the kernel refused.", MetricType::Counter);
+      "Attempts to load or attach BPF programs that the kernel refused (a kernel without BTF "
+      "or FUSE tracepoints is skipped, not counted).", MetricType::Counter);
   add_counter(failures, {}, static_cast<double>(status.load_failures));
   out.push_back(std::move(failures));
+  if (!status.up && !status.off.empty()) {
+    prometheus::MetricFamily off = make_family(
+        "efuse_bpf_off_reason",
+        "Why the eBPF telemetry is off (1 for the one reason, present while efuse_bpf_up is 0): "
+        "disabled (by the operator), unsupported (no BTF or no FUSE tracepoints: Linux < 6.12), "
+        "refused (the kernel refused to load or attach: privileges, verifier), mismatch (the "
+        "self-check found the tracepoints' sends and ends no longer pair; programs detached).",
+        MetricType::Gauge);
+    add_gauge(off, {{"reason", status.off}}, 1);
+    out.push_back(std::move(off));
+  }
   if (health == nullptr) return;
   prometheus::MetricFamily dropped = make_family(
       "efuse_bpf_events_dropped_total",
       "Tracepoint events the BPF programs could not account, by reason (inflight_full, "
-      "duplicate_send, unmatched_end: ended before being seen sent, stats_full).",
+      "duplicate_send: a request sent at the address of one never seen ending, unmatched_end: "
+      "ended before being seen sent, stats_full).",
       MetricType::Counter);
 #define EFUSE_BPF_HEALTH_SERIES(name, reason, help) \
   add_counter(dropped, {{"reason", reason}}, static_cast<double>(health->name));
@@ -170,8 +191,11 @@ void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapsho
       latency[key].add(op.latency, op.latency_sum_ns);
       in_flight[key] += 0;  // every opcode seen has a series, 0 when idle
     }
-    for (const auto& [opcode, n] : c.in_flight)
+    // Sent = ended + still in flight (the programs count a request when it ends).
+    for (const auto& [opcode, n] : c.in_flight) {
       in_flight[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
+      requests[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
+    }
     for (const auto& [qid, q] : c.queues)
       queue_latency[{l.mount, queue_label(qid)}].add(q.latency, q.latency_sum_ns);
     if (!c.ops.empty() || !c.queues.empty()) {

@@ -40,7 +40,7 @@ constexpr uint32_t kForeign = bpf::connection_id(0, 51);
 constexpr uint32_t kUnmounted = bpf::connection_id(0, 77);
 constexpr uint32_t kLookup = 1, kRead = 15;
 
-bpf::Status up() { return bpf::Status{true, 3, 0, ""}; }
+bpf::Status up() { return bpf::Status{true, 2, 0, "", "vmlinux", "", "full"}; }
 
 std::map<uint32_t, bpf::FuseMount> mounts() {
   return {{kOwn, {"/tmp/x/mnt", "fuse.efuse"}}, {kForeign, {"/tmp/x/ll", "fuse.passthrough_ll"}}};
@@ -50,29 +50,29 @@ std::vector<OwnMount> own() { return {{"data", "/tmp/x/mnt/"}}; }  // trailing s
 
 bpf::Snapshot snapshot() {
   bpf::Snapshot s;
-  efuse_op_stats lookup{};
+  efuse_stats lookup{};
   lookup.requests = 10;
   lookup.errors = 2;
   lookup.latency_sum_ns = 10 * 3000;
   lookup.latency[11] = 10;  // [2048, 4096) ns
   s.conns[kOwn].ops[kLookup] = lookup;
   s.conns[kOwn].in_flight[kLookup] = 1;
-  efuse_queue_stats classic{};
+  efuse_stats classic{};
   classic.requests = 10;
   classic.latency[11] = 10;
   s.conns[kOwn].queues[EFUSE_BPF_QUEUE_CLASSIC] = classic;
   s.conns[kOwn].ctxsw.daemon_voluntary = 7;
   s.conns[kOwn].ctxsw.client_involuntary = 1;
 
-  efuse_op_stats read{};
+  efuse_stats read{};
   read.requests = 4;
   read.latency[20] = 4;
   s.conns[kForeign].ops[kRead] = read;
-  efuse_queue_stats q1{};
+  efuse_stats q1{};
   q1.latency[20] = 4;
   s.conns[kForeign].queues[1] = q1;
   // Two opcode slots efused has no name for add up into one "unknown" series.
-  efuse_op_stats odd{};
+  efuse_stats odd{};
   odd.requests = 1;
   odd.latency[0] = 1;
   s.conns[kForeign].ops[7] = odd;
@@ -116,7 +116,7 @@ TEST(BpfMetrics, OwnMountsByNameOthersByMountpointUnmountedByConnection) {
   auto* own_lookup = series(out, "efuse_kernel_requests_total",
                             {{"mount", "data"}, {"fstype", "fuse.efuse"}, {"opcode", "lookup"}});
   ASSERT_NE(own_lookup, nullptr);
-  EXPECT_EQ(own_lookup->counter.value, 10);
+  EXPECT_EQ(own_lookup->counter.value, 11);  // 10 ended + 1 in flight: sent
   auto* foreign_read =
       series(out, "efuse_kernel_requests_total",
              {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}, {"opcode", "read"}});
@@ -173,19 +173,51 @@ TEST(BpfMetrics, HealthWhenUp) {
   append_bpf_families(up(), snapshot(), mounts(), own(), out);
   ASSERT_NE(series(out, "efuse_bpf_up", {}), nullptr);
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 1);
-  EXPECT_EQ(series(out, "efuse_bpf_programs_attached", {})->gauge.value, 3);
+  EXPECT_EQ(series(out, "efuse_bpf_programs_attached", {})->gauge.value, 2);
   EXPECT_EQ(series(out, "efuse_bpf_load_failures_total", {})->counter.value, 0);
   auto* unmatched = series(out, "efuse_bpf_events_dropped_total", {{"reason", "unmatched_end"}});
   ASSERT_NE(unmatched, nullptr);
   EXPECT_EQ(unmatched->counter.value, 3);
 }
 
+TEST(BpfMetrics, LevelSaysWhichRuns) {
+  for (const char* running : {"full", "requests", "off"}) {
+    bpf::Status st = up();
+    st.level = running;
+    std::vector<prometheus::MetricFamily> out;
+    append_bpf_families(st, snapshot(), mounts(), own(), out);
+    for (const char* l : {"full", "requests", "off"}) {
+      auto* s = series(out, "efuse_bpf_level", {{"level", l}});
+      ASSERT_NE(s, nullptr) << l;
+      EXPECT_EQ(s->gauge.value, std::string(l) == running ? 1 : 0) << running << " " << l;
+    }
+  }
+}
+
+TEST(BpfMetrics, OffReasonOnlyWhileDown) {
+  std::vector<prometheus::MetricFamily> out;
+  append_bpf_families(up(), snapshot(), mounts(), own(), out);
+  EXPECT_EQ(find(out, "efuse_bpf_off_reason"), nullptr);
+  out.clear();
+  append_bpf_families(bpf::Status{false, 0, 0, "sends and ends stopped matching", "vmlinux",
+                                  bpf::kOffMismatch},
+                      snapshot(), mounts(), own(), out);
+  EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);
+  ASSERT_NE(series(out, "efuse_bpf_off_reason", {{"reason", "mismatch"}}), nullptr);
+  EXPECT_EQ(find(out, "efuse_kernel_requests_total"), nullptr);  // no wrong numbers served
+}
+
 TEST(BpfMetrics, DownExportsOnlyHealth) {
   std::vector<prometheus::MetricFamily> out;
-  append_bpf_families(bpf::Status{false, 0, 1, "no BTF"}, snapshot(), mounts(), own(), out);
-  ASSERT_EQ(out.size(), 3u);
+  append_bpf_families(bpf::Status{false, 0, 1, "verifier", "", bpf::kOffRefused}, snapshot(),
+                      mounts(), own(), out);
+  ASSERT_EQ(out.size(), 5u);
+  EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "off"}})->gauge.value, 1);
+  EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "full"}})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_load_failures_total", {})->counter.value, 1);
+  ASSERT_NE(series(out, "efuse_bpf_off_reason", {{"reason", "refused"}}), nullptr);
+  EXPECT_EQ(series(out, "efuse_bpf_off_reason", {{"reason", "refused"}})->gauge.value, 1);
   EXPECT_EQ(find(out, "efuse_kernel_requests_total"), nullptr);
 
   out.clear();

@@ -25,13 +25,67 @@ TEST(BpfTelemetry, EnvironmentSwitches) {
   setenv("EFUSE_BPF_SCHED", "off", 1);
   Options o = Options::from_env();
   EXPECT_FALSE(o.enabled);
-  EXPECT_FALSE(o.sched_switch);
+  EXPECT_FALSE(o.switches);
   setenv("EFUSE_BPF", "1", 1);
   unsetenv("EFUSE_BPF_SCHED");
   o = Options::from_env();
   EXPECT_TRUE(o.enabled);
-  EXPECT_TRUE(o.sched_switch);
+  EXPECT_TRUE(o.switches);
   unsetenv("EFUSE_BPF");
+}
+
+TEST(BpfTelemetry, LevelNames) {
+  EXPECT_EQ(parse_level("full"), Level::Full);
+  EXPECT_EQ(parse_level("requests"), Level::Requests);
+  EXPECT_EQ(parse_level("off"), Level::Off);
+  EXPECT_EQ(parse_level("Full"), std::nullopt);
+  EXPECT_EQ(parse_level("on"), std::nullopt);
+  EXPECT_EQ(parse_level(""), std::nullopt);
+  for (Level l : {Level::Off, Level::Requests, Level::Full}) EXPECT_EQ(parse_level(level_name(l)), l);
+}
+
+TEST(BpfTelemetry, ConfiguredOffIsDownButNotAFailure) {
+  Options o;
+  o.level = Level::Off;
+  auto t = Telemetry::start(o);
+  EXPECT_FALSE(t->up());
+  EXPECT_EQ(t->status().load_failures, 0u);
+  EXPECT_EQ(t->status().off, kOffDisabled);
+  EXPECT_EQ(t->status().level, "off");
+  EXPECT_NE(t->status().reason.find("telemetry: off"), std::string::npos) << t->status().reason;
+}
+
+TEST(BpfTelemetry, LevelsChangeLive) {
+  if (geteuid() != 0) GTEST_SKIP() << "loading BPF needs root";
+  Options o;
+  o.level = Level::Requests;
+  auto t = Telemetry::start(o);
+  if (!t->up()) GTEST_SKIP() << "kernel refused: " << t->status().reason;
+  EXPECT_EQ(t->status().level, "requests");
+  std::vector<uint32_t> ids = t->program_ids();
+  t->set_level(Level::Full);  // no reload: the same programs
+  EXPECT_EQ(t->status().level, "full");
+  EXPECT_EQ(t->program_ids(), ids);
+  t->set_level(Level::Off);
+  EXPECT_FALSE(t->up());
+  EXPECT_EQ(t->status().level, "off");
+  EXPECT_EQ(t->status().off, kOffDisabled);
+  EXPECT_TRUE(t->program_ids().empty());
+  EXPECT_TRUE(t->snapshot().conns.empty());
+  t->set_level(Level::Full);  // loaded again
+  EXPECT_TRUE(t->up()) << t->status().reason;
+  EXPECT_EQ(t->status().level, "full");
+  EXPECT_EQ(t->program_ids().size(), 2u);
+  EXPECT_EQ(t->status().load_failures, 0u);
+}
+
+TEST(BpfTelemetry, EnvironmentOffWinsOverTheConfiguration) {
+  Options o;
+  o.enabled = false;  // EFUSE_BPF=0
+  auto t = Telemetry::start(o);
+  t->set_level(Level::Full);
+  EXPECT_FALSE(t->up());
+  EXPECT_NE(t->status().reason.find("EFUSE_BPF=0"), std::string::npos) << t->status().reason;
 }
 
 TEST(BpfTelemetry, DisabledIsDownButNotAFailure) {
@@ -46,12 +100,13 @@ TEST(BpfTelemetry, DisabledIsDownButNotAFailure) {
   EXPECT_TRUE(t->snapshot().conns.empty());
 }
 
-TEST(BpfTelemetry, NoKernelBtfIsDownWithTheReason) {
+TEST(BpfTelemetry, NoKernelBtfIsASkipNotAFailure) {
   Options o;
   o.kernel_btf = "/nonexistent/btf/vmlinux";
   auto t = Telemetry::start(o);
   EXPECT_FALSE(t->up());
-  EXPECT_EQ(t->status().load_failures, 1u);
+  EXPECT_EQ(t->status().load_failures, 0u);
+  EXPECT_EQ(t->status().off, kOffUnsupported);
   EXPECT_NE(t->status().reason.find("no BTF"), std::string::npos) << t->status().reason;
 }
 
@@ -128,6 +183,79 @@ TEST(BpfTelemetry, NoFuseTracepointsSaysWhereItLooked) {
   EXPECT_NE(reason.find("cannot read the fuse module's BTF"), std::string::npos) << reason;
 }
 
+TEST(BpfTelemetry, KernelWithoutFuseTracepointsIsASkipNotAFailure) {
+  // Debian's 6.1: BTF, but no fuse_request_send/end. efused serves without telemetry and
+  // efuse_bpf_load_failures_total stays 0: nothing was refused.
+  testing::TempDir d;
+  ASSERT_TRUE(testing::write_file(d / "vmlinux", raw_btf({}, true)));
+  Options o;
+  o.kernel_btf = d / "vmlinux";
+  auto t = Telemetry::start(o);
+  EXPECT_FALSE(t->up());
+  EXPECT_EQ(t->status().load_failures, 0u);
+  EXPECT_EQ(t->status().off, kOffUnsupported);
+  EXPECT_NE(t->status().reason.find("no fuse_request_send tracepoint"), std::string::npos)
+      << t->status().reason;
+  bool lacks = false;
+  std::string reason;
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason, &lacks), "");
+  EXPECT_TRUE(lacks);
+  // Unreadable module BTF is not "the kernel lacks them": that one counts.
+  ASSERT_TRUE(testing::write_file(d / "fuse", "not BTF"));
+  EXPECT_EQ(find_fuse_tracepoints(d / "vmlinux", &reason, &lacks), "");
+  EXPECT_FALSE(lacks);
+  EXPECT_EQ(Telemetry::start(o)->status().load_failures, 1u);
+}
+
+TEST(BpfMatchCheck, HealthyTrafficPasses) {
+  MatchCheck c;
+  // A few unmatched ends at start (requests in flight when efused started), then pairs.
+  EXPECT_EQ(c.observe(0, 3), "");
+  for (uint64_t n = 100; n <= 100000; n += 100) EXPECT_EQ(c.observe(n, 3), "") << n;
+  // Up to a quarter of a window unpaired is tolerated.
+  EXPECT_EQ(c.observe(100000 + 750, 3 + 250), "");
+}
+
+TEST(BpfMatchCheck, TripsWhenSendsAndEndsStopPairing) {
+  MatchCheck c;
+  EXPECT_EQ(c.observe(5000, 0), "");  // healthy window
+  // Debian 6.12 with the old (connection, unique) key: 1 request counted against 18,172
+  // duplicate sends and 18,173 unmatched ends.
+  EXPECT_EQ(c.observe(5001, 500), "");  // window not full yet: no verdict on 501 events
+  std::string v = c.observe(5001, 36345);
+  EXPECT_NE(v.find("sends and ends stopped matching"), std::string::npos) << v;
+  EXPECT_NE(v.find("36345 of the last 36346"), std::string::npos) << v;
+}
+
+TEST(BpfMatchCheck, JudgesEachWindowOnItsOwn) {
+  MatchCheck c;
+  EXPECT_EQ(c.observe(0, 900), "");  // 900 events, not a window yet
+  // With the next 9,100 paired ones the window holds 10,000 events, 9 % unpaired: fine.
+  EXPECT_EQ(c.observe(9100, 900), "");
+  // The next window is judged from there: 300 paired, 700 not.
+  EXPECT_NE(c.observe(9400, 1600), "");
+  // A total that went backwards (never expected) restarts rather than misjudges.
+  EXPECT_EQ(c.observe(10, 10), "");
+  EXPECT_EQ(c.observe(1010, 10), "");
+}
+
+TEST(BpfInflightIndex, SlabNeighboursSpreadOverTheSlots) {
+  // fuse_reqs are slab objects a few hundred bytes apart; the slot indexes of 4,096
+  // neighbours must spread like random keys (which use 1 - 1/e = 63 % of the slots), not
+  // pile up (a collision only costs a trip to the inflight hash).
+  for (uint64_t stride : {192u, 256u, 320u, 512u}) {
+    std::vector<bool> used(EFUSE_BPF_INFLIGHT_SLOTS);
+    size_t distinct = 0;
+    for (uint64_t i = 0; i < EFUSE_BPF_INFLIGHT_SLOTS; ++i) {
+      uint32_t idx = efuse_inflight_index(0xffff888100000000ULL + i * stride);
+      ASSERT_LT(idx, EFUSE_BPF_INFLIGHT_SLOTS);
+      if (!used[idx]) ++distinct;
+      used[idx] = true;
+    }
+    EXPECT_GT(distinct, EFUSE_BPF_INFLIGHT_SLOTS * 58 / 100) << "stride " << stride;
+  }
+}
+
 TEST(BpfTelemetry, UnprivilegedIsDownWithTheReason) {
   // In a child that drops to an unprivileged user (when we are root), or as we are.
   int pipefd[2];
@@ -151,7 +279,7 @@ TEST(BpfTelemetry, UnprivilegedIsDownWithTheReason) {
   int status = 0;
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
-  EXPECT_EQ(msg.rfind("down 1 ", 0), 0u) << msg;
+  EXPECT_EQ(msg.rfind("down 1 ", 0), 0u) << msg;  // refused: that one counts
   EXPECT_NE(msg.find("root"), std::string::npos) << msg;  // says what it would need
 }
 
@@ -169,7 +297,7 @@ TEST(BpfTelemetry, LoadsAttachesAndDetachesOnDestruction) {
   std::string reason;
   EXPECT_EQ(t->status().tracepoints, find_fuse_tracepoints(Options{}.kernel_btf, &reason));
   std::vector<uint32_t> ids = t->program_ids();
-  ASSERT_EQ(ids.size(), 3u);
+  ASSERT_EQ(ids.size(), 2u);
   for (uint32_t id : ids) {
     int fd = bpf_prog_get_fd_by_id(id);
     EXPECT_GE(fd, 0) << "program " << id << " not loaded";
@@ -194,15 +322,22 @@ TEST(BpfTelemetry, LoadsAttachesAndDetachesOnDestruction) {
   EXPECT_EQ(loaded(), 0) << "programs still loaded 5 s after the Telemetry was destroyed";
 }
 
-TEST(BpfTelemetry, SchedSwitchCanBeLeftOut) {
+TEST(BpfTelemetry, NothingRunsOnContextSwitches) {
+  // Context switches are read from the threads' own counters at send and end: no program
+  // is attached to sched_switch, whose cost every thread of the host would pay.
   if (geteuid() != 0) GTEST_SKIP() << "loading BPF needs root";
-  Options o;
-  o.sched_switch = false;
-  auto t = Telemetry::start(o);
+  auto t = Telemetry::start(Options{});
   if (!t->up()) GTEST_SKIP() << "kernel refused: " << t->status().reason;
-  EXPECT_EQ(t->status().programs_attached, 2);
-  EXPECT_EQ(t->status().load_failures, 0u);
-  EXPECT_NE(t->status().reason.find("EFUSE_BPF_SCHED"), std::string::npos);
+  for (uint32_t id : t->program_ids()) {
+    int fd = bpf_prog_get_fd_by_id(id);
+    ASSERT_GE(fd, 0);
+    bpf_prog_info info{};
+    uint32_t len = sizeof info;
+    ASSERT_EQ(bpf_obj_get_info_by_fd(fd, &info, &len), 0);
+    close(fd);
+    EXPECT_EQ(std::string(info.name).find("sched"), std::string::npos) << info.name;
+  }
+  EXPECT_EQ(t->program_ids().size(), 2u);
 }
 
 }  // namespace

@@ -332,7 +332,9 @@ TEST_F(DbusServiceTest, ManyStateChangesFromManyThreadsAllArriveInOrderPerThread
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([this, t] {
-      for (int i = 0; i < kEach; ++i) manager_.fire("m" + std::to_string(t), std::to_string(i));
+      std::string mount("m");  // not "m" + to_string(t): GCC 12 -O3 false -Wrestrict
+      mount += std::to_string(t);
+      for (int i = 0; i < kEach; ++i) manager_.fire(mount, std::to_string(i));
     });
   }
   for (auto& t : threads) t.join();

@@ -67,6 +67,9 @@ class FakeManager : public Manager {
   nlohmann::json daemon_status() const override {
     return {{"metrics", {{"listen", "127.0.0.1:1"}, {"url", ""}, {"error", "test error"}}}};
   }
+  nlohmann::json telemetry() const override {
+    return {{"configured", "full"}, {"level", "full"}, {"up", true}, {"reason", ""}, {"off", ""}};
+  }
   size_t mount_count() const override { return canned().count; }
 
   nlohmann::json list_mounts() const override {

@@ -42,6 +42,23 @@ TEST(MountTable, Status) {
   EXPECT_EQ(format_status("1", 1, json::array()).substr(0, 20), "efused 1, 1 mount (0");
 }
 
+TEST(MountTable, StatusSaysWhichTelemetryLevelRuns) {
+  const json running = {{"configured", "requests"}, {"level", "requests"}, {"up", true},
+                        {"reason", ""}, {"off", ""}};
+  std::string s = format_status("1", 1, json::array(), running);
+  EXPECT_NE(s.find("\ntelemetry: requests\n"), std::string::npos) << s;
+  EXPECT_EQ(format_telemetry({{"configured", "off"}, {"level", "off"}, {"off", "disabled"}}),
+            "telemetry: off\n");
+  EXPECT_EQ(format_telemetry({{"configured", "full"},
+                              {"level", "off"},
+                              {"off", "unsupported"},
+                              {"reason", "kernel has no fuse_request_send tracepoint"}}),
+            "telemetry: off (configured full; unsupported: kernel has no fuse_request_send "
+            "tracepoint)\n");
+  // An efused without the property: no telemetry line.
+  EXPECT_EQ(format_status("1", 1, json::array()).find("telemetry"), std::string::npos);
+}
+
 TEST(MountTable, DetailsFlattenNestedObjects) {
   const json mount = {{"name", "a"}, {"kernel", {{"protocol", "7.45"}, {"passthrough", true}}},
                       {"requests", 12}};

@@ -117,6 +117,7 @@ const json& default_at(const YamlPath& path) {
 TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   const MountConfig m;
   EXPECT_EQ(default_at({"metrics", "listen"}), Config().metrics_listen);
+  EXPECT_EQ(default_at({"telemetry"}), Config().telemetry);
   EXPECT_EQ(default_at({"defaults", "threads"}), m.threads);
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
@@ -501,6 +502,19 @@ TEST(ConfigError, WrongType) {
 TEST(ConfigError, EmptyValueIsReportedAtItsKey) {
   EXPECT_EQ(error_of(with_mount_keys("    cache:\n    threads: 2\n")),
             "t.yaml:6:5: mounts[0].cache must be a map, not an empty value");
+}
+
+TEST(Config, TelemetryLevel) {
+  EXPECT_EQ(parse_config(kMount, "t.yaml").telemetry, "full");
+  for (const char* level : {"full", "requests", "off"})
+    EXPECT_EQ(parse_config(std::string("telemetry: ") + level + "\n" + kMount, "t.yaml").telemetry,
+              level);
+  EXPECT_EQ(error_of("telemetry: on\n" + std::string(kMount)),
+            "t.yaml:1:12: telemetry must be one of full, requests, off; not 'on'");
+  EXPECT_EQ(error_of("telemetry: true\n" + std::string(kMount)),
+            "t.yaml:1:12: telemetry must be a string, not a boolean");
+  EXPECT_EQ(error_of("telemetry:\n  level: full\n" + std::string(kMount)),
+            "t.yaml:2:3: telemetry must be a string, not a map");
 }
 
 TEST(ConfigError, EnumViolation) {

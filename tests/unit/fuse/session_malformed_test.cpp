@@ -42,7 +42,9 @@ bool unserved_op(uint32_t op) {
 // is taken, so the complete requests of different opcodes do not collide). Every strict
 // prefix of it is malformed.
 std::string full_body(uint32_t op) {
-  std::string name = cstr("n" + std::to_string(op));
+  std::string n("n");  // not "n" + to_string(op): GCC 12 -O3 false -Wrestrict
+  n += std::to_string(op);
+  std::string name = cstr(n);
   switch (static_cast<Op>(op)) {
     case Op::Lookup: case Op::Unlink: case Op::Rmdir: return name;
     case Op::Forget: return pod(k::fuse_forget_in{1});
