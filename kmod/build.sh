@@ -150,6 +150,15 @@ while read -r p; do
   patch -d "$out" -p1 --forward --batch --quiet < "$here/patches/$p"
 done < "$here/patches/series"
 
+# efuse_handler.h is one header for the module, the BPF handlers and user space: the
+# series must leave fs/fuse's copy byte for byte equal to bpf/handlers/'.
+shared="$here/../bpf/handlers/efuse_handler.h"
+if [[ -e $shared ]] && ! cmp -s "$shared" "$out/fs/fuse/efuse_handler.h"; then
+  diff -u "$shared" "$out/fs/fuse/efuse_handler.h" >&2 || true
+  log "fs/fuse/efuse_handler.h after the series differs from bpf/handlers/efuse_handler.h"
+  exit 1
+fi
+
 log "building against $kdir"
 make -C "$kdir" M="$out/fs/fuse" -j"$(nproc)" modules >"$out/build.log" 2>&1 ||
   { tail -30 "$out/build.log" >&2; log "build failed (log: $out/build.log)"; exit 1; }

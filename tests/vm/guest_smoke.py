@@ -18,6 +18,7 @@ import hashlib
 import os
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -396,6 +397,219 @@ def check_kmod_efuse():
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
+# /sys/fs/efuse/handler/<name> (kmod patch 0004; enum efuse_handler_stat in
+# bpf/handlers/efuse_handler.h, same order).
+HANDLER_STATS = ("answered", "declined", "no_memory", "disconnected", "bad_verdict",
+                 "bad_nodeid", "bad_error", "bad_size", "bad_opcode", "bad_reply")
+HANDLER_ANSWER = struct.Struct("<QiI256s")  # efuse_handler_answer: nodeid error size data
+AT_FDCWD, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS = -100, 0x2000, 0x7FF
+
+
+def handler_stats():
+    out = {}
+    for name in HANDLER_STATS:
+        with open(f"/sys/fs/efuse/handler/{name}") as f:
+            out[name] = int(f.read())
+    return out
+
+
+def statx_sync(path):
+    """(ino, size, mode) by statx(AT_STATX_FORCE_SYNC): exactly one GETATTR reaches FUSE
+    for the last component, whatever the attribute cache holds (os.stat may be served from
+    the cache within the same jiffy)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    buf = ctypes.create_string_buffer(256)
+    if libc.statx(AT_FDCWD, path.encode(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, buf):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    mode, = struct.unpack_from("<H", buf, 28)
+    ino, size = struct.unpack_from("<QQ", buf, 32)
+    return ino, size, mode
+
+
+def check_kmod_handler():
+    """kmod patches 0002-0004: bpf/handlers/efuse_getattr.bpf.o, attached to efuse.ko's
+    writable tracepoint efuse_handler, answers GETATTR from its map in the kernel; nodes not
+    in the map and malformed answers go up to the server (counted by reason); with no
+    handler attached everything goes up; a dead connection gets ENOTCONN, not map data."""
+    import bpf_sys
+    import raw_fuse
+    build = os.path.dirname(os.path.dirname(EFUSED))
+    obj = os.path.join(build, "bpf", "handlers", "efuse_getattr.bpf.o")
+    lookup_obj = os.path.join(build, "bpf", "handlers", "efuse_lookup.bpf.o")
+    bounds = os.path.join(build, "tests", "vm", "handler_bounds.bpf.o")
+    for o in (obj, lookup_obj, bounds):
+        assert os.path.exists(o), f"{o} missing: build efuse (scripts/build.sh) first"
+    with open("/proc/modules") as f:
+        if not any(line.split()[0] == "efuse" for line in f):
+            subprocess.run(["insmod", f"{DATA}/efuse.ko"], check=True, timeout=120,
+                           capture_output=True)
+    mnt, backing = "/mnt/efuse-handler", f"{DATA}/efuse-handler-backing.bin"
+    pin_prog, pin_maps = "/sys/fs/bpf/efuse_getattr", "/sys/fs/bpf/efuse_getattr_maps"
+    pin_bounds = "/sys/fs/bpf/efuse_handler_bounds"
+    pin_lookup, pin_lookup_maps = "/sys/fs/bpf/efuse_lookup", "/sys/fs/bpf/efuse_lookup_maps"
+    os.makedirs(mnt, exist_ok=True)
+    with open(backing, "wb") as f:
+        f.write(b"x" * 12345)
+    fnode = raw_fuse.FILE_NODE
+
+    def attr_answer(nodeid, mode, size, answer_nodeid=None, error=0, body_size=None):
+        body = raw_fuse.ATTR_VALID.pack(0, 0, 0) + raw_fuse.ATTR.pack(
+            nodeid, size, 0, 0, 0, 0, 0, 0, 0, mode, 1, 0, 0, 0, 4096, 0)
+        return HANDLER_ANSWER.pack(nodeid if answer_nodeid is None else answer_nodeid, error,
+                                   len(body) if body_size is None else body_size, body)
+
+    server = raw_fuse.RawServer("/dev/efuse", mnt, "efuse", backing)
+    link = prog_fd = map_fd = -1
+    try:
+        def step(path):
+            """statx path; returns its (ino, size, mode) or the errno, the requests the
+            server read meanwhile and the counters' changes."""
+            before, n = handler_stats(), len(server.requests)
+            try:
+                result = statx_sync(path)
+            except OSError as e:
+                result = e.errno
+            after = handler_stats()
+            return result, server.requests[n:], {k: after[k] - before[k] for k in after
+                                                 if after[k] != before[k]}
+
+        # No handler attached: stock behaviour, nothing counted.
+        got, reqs, delta = step(mnt)
+        assert got[1] == raw_fuse.ROOT_SIZE and (raw_fuse.OP_GETATTR, 1) in reqs and \
+            not delta, f"no handler: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # The verifier bounds a handler to the module's buffer: a program writing its last
+        # byte attaches, one writing the byte after it is refused (both load).
+        subprocess.run(["bpftool", "prog", "loadall", bounds, pin_bounds], check=True,
+                       timeout=120, capture_output=True)
+        for name, want in (("efuse_last_byte", 0), ("efuse_past_end", errno.EINVAL)):
+            fd = bpf_sys.obj_get(f"{pin_bounds}/{name}")
+            try:
+                os.close(bpf_sys.raw_tracepoint_open("efuse_handler", fd))
+                err = 0
+            except OSError as e:
+                err = e.errno
+            finally:
+                os.close(fd)
+            assert err == want, f"attaching {name}: errno {err}, want {want}"
+
+        subprocess.run(["bpftool", "prog", "load", obj, pin_prog, "pinmaps", pin_maps],
+                       check=True, timeout=120, capture_output=True)
+        prog_fd = bpf_sys.obj_get(pin_prog)
+        map_fd = bpf_sys.obj_get(f"{pin_maps}/efuse_getattr_answers")
+        link = bpf_sys.raw_tracepoint_open("efuse_handler", prog_fd)
+        key = lambda nodeid: struct.pack("<Q", nodeid)  # noqa: E731
+        bpf_sys.map_update(map_fd, key(1), attr_answer(1, 0o40755, 7777))
+
+        # In the map: answered in the kernel, the server reads nothing.
+        got, reqs, delta = step(mnt)
+        assert got[1] == 7777 and got[2] == 0o40755 and not reqs and \
+            delta == {"answered": 1}, \
+            f"root in the map: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # Not in the map: goes up; every request the server reads was declined once.
+        got, reqs, delta = step(f"{mnt}/f")
+        assert got[1] == 12345 and reqs.count((raw_fuse.OP_GETATTR, fnode)) == 1 and \
+            delta == {"declined": len(reqs)}, \
+            f"f not in the map: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # Malformed answers: refused, counted by reason, the request goes up and the
+        # server's attributes come back (a directory's mode for a regular file would make
+        # the stock reply path mark the inode bad; the module must refuse it first).
+        for reason, answer in (
+                ("bad_nodeid", attr_answer(fnode, 0o100644, 1, answer_nodeid=1)),
+                ("bad_size", attr_answer(fnode, 0o100644, 1, body_size=100)),
+                ("bad_error", attr_answer(fnode, 0o100644, 1, error=-5)),
+                ("bad_reply", attr_answer(fnode, 0o40755, 1)),
+                ("bad_reply", attr_answer(fnode, 0, 1))):
+            bpf_sys.map_update(map_fd, key(fnode), answer)
+            got, reqs, delta = step(f"{mnt}/f")
+            declined = len(reqs) - 1
+            want = {reason: 1, **({"declined": declined} if declined else {})}
+            assert got[1] == 12345 and got[2] == 0o100644 and \
+                reqs.count((raw_fuse.OP_GETATTR, fnode)) == 1 and delta == want, \
+                f"{reason}: stat {got}, server read {reqs}, counters moved {delta}, want {want}"
+
+        # LOOKUP (patch 0005): negative answers are taken, positive entries refused. Each
+        # name is looked up for the first time (a negative dentry cached for entry_valid 0
+        # could still be valid within the same jiffy).
+        subprocess.run(["bpftool", "prog", "load", lookup_obj, pin_lookup, "pinmaps",
+                        pin_lookup_maps], check=True, timeout=120, capture_output=True)
+        lookup_fd = bpf_sys.obj_get(pin_lookup)
+        lookup_map = bpf_sys.obj_get(f"{pin_lookup_maps}/efuse_lookup_answers")
+        lookup_link = bpf_sys.raw_tracepoint_open("efuse_handler", lookup_fd)
+        name_key = lambda parent, name: struct.pack("<Q256s", parent, name.encode())  # noqa
+        no_attr = raw_fuse.ATTR.pack(*[0] * 16)
+
+        def entry(nodeid):  # entry_valid 0, attr_valid 0; attributes of a regular file
+            return raw_fuse.ENTRY_OUT.pack(nodeid, 0, 0, 0, 0, 0) + raw_fuse.ATTR.pack(
+                nodeid, 1, 0, 0, 0, 0, 0, 0, 0, 0o100644, 1, 0, 0, 0, 4096, 0)
+        for name, answer, want_stat in (
+                ("gone", HANDLER_ANSWER.pack(1, -errno.ENOENT, 0, b""), {"answered": 1}),
+                ("neg", HANDLER_ANSWER.pack(1, 0, len(entry(0)), entry(0)), {"answered": 1}),
+                ("pos", HANDLER_ANSWER.pack(1, 0, len(entry(fnode)), entry(fnode)),
+                 {"bad_reply": 1}),
+                ("eio", HANDLER_ANSWER.pack(1, -errno.EIO, 0, b""), {"bad_error": 1}),
+                ("body", HANDLER_ANSWER.pack(1, -errno.ENOENT, 8, no_attr), {"bad_error": 1}),
+                ("other", HANDLER_ANSWER.pack(2, -errno.ENOENT, 0, b""), {"bad_nodeid": 1})):
+            bpf_sys.map_update(lookup_map, name_key(1, name), answer)
+            got, reqs, delta = step(f"{mnt}/{name}")
+            want_reqs = [] if "answered" in want_stat else [(raw_fuse.OP_LOOKUP, 1)]
+            assert got == errno.ENOENT and reqs == want_reqs and delta == want_stat, \
+                f"lookup {name}: got {got}, server read {reqs} (want {want_reqs}), " \
+                f"counters moved {delta} (want {want_stat})"
+        os.close(lookup_link)
+        os.close(lookup_map)
+        os.close(lookup_fd)
+
+        # Detached: stock again although the map still answers for the root.
+        os.close(link)
+        link = -1
+        got, reqs, delta = step(mnt)
+        assert got[1] == raw_fuse.ROOT_SIZE and reqs == [(raw_fuse.OP_GETATTR, 1)] and \
+            not delta, f"detached: stat {got}, server read {reqs}, counters moved {delta}"
+
+        # The server killed: its device descriptor moves to a process of its own (the
+        # serving thread stopped first: a thread blocked in select() on the descriptor would
+        # keep the file open), which is then SIGKILLed; its exit releases the last
+        # reference, and the kernel aborts the connection as for a killed efused.
+        link = bpf_sys.raw_tracepoint_open("efuse_handler", prog_fd)
+        os.write(server.stop_w, b"x")
+        server.thread.join(30)
+        assert not server.thread.is_alive(), "the raw server's thread did not stop"
+        holder = subprocess.Popen(["sleep", "600"], pass_fds=[server.fd])
+        server.abort()  # the holder has the only descriptor now
+        try:
+            # Still alive: the map answers (in a child: a request going up now would wait
+            # for a server that no longer reads; killing the holder releases it).
+            probe = subprocess.run(
+                [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                 "from guest_smoke import statx_sync; print(statx_sync(sys.argv[2])[1])",
+                 HERE, mnt], capture_output=True, text=True, timeout=60)
+            assert probe.stdout.split() == ["7777"], \
+                f"server alive, root in the map: {probe.stdout!r} {probe.stderr!r}"
+        finally:
+            holder.kill()
+            holder.wait()
+        before = handler_stats()
+        try:
+            got = statx_sync(mnt)
+            raise AssertionError(f"stat after the server was killed: {got}, not ENOTCONN")
+        except OSError as e:
+            assert e.errno == errno.ENOTCONN, f"stat after the server was killed: {e}"
+        assert handler_stats() == before, "counters moved after the server was killed"
+    finally:
+        for fd in (link, map_fd, prog_fd):
+            if fd >= 0:
+                os.close(fd)
+        server.stop()
+        subprocess.run(["rm", "-rf", pin_prog, pin_maps, pin_bounds, pin_lookup,
+                        pin_lookup_maps])
+    subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
+
+
 def main():
     if PROFILE not in EXPECT:
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
@@ -410,6 +624,7 @@ def main():
             check(fn)
     if os.environ.get("efuse_kmod") == "1":
         check(check_kmod_efuse)
+        check(check_kmod_handler)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

@@ -49,6 +49,7 @@ class RawServer:
 
     def __init__(self, device, mnt, fstype, backing):
         self.mnt, self.seen, self.error = mnt, [], None
+        self.requests = []  # (opcode, nodeid) of every request read, in order
         self.backing, self.backing_size = backing, os.stat(backing).st_size
         self.passthrough = False  # granted at INIT
         self.backing_ids = []  # registered for opens of f
@@ -69,17 +70,26 @@ class RawServer:
     def _serve(self):
         try:
             while True:
-                ready, _, _ = select.select([self.fd, self.stop_r], [], [])
+                fd = self.fd
+                if fd < 0:  # aborted by the owner (a test "killing the server")
+                    return
+                try:
+                    ready, _, _ = select.select([fd, self.stop_r], [], [])
+                except OSError as e:
+                    if e.errno == errno.EBADF and self.fd < 0:  # aborted meanwhile
+                        return
+                    raise
                 if self.stop_r in ready:
                     return
                 try:
-                    req = os.read(self.fd, 1 << 20 | 4096)
+                    req = os.read(fd, 1 << 20 | 4096)
                 except OSError as e:
-                    if e.errno == errno.ENODEV:  # unmounted
+                    if e.errno == errno.ENODEV or self.fd < 0:  # unmounted, or aborted
                         return
                     raise
                 _, opcode, unique, nodeid, *_ = IN_HEADER.unpack_from(req)
                 self.seen.append(opcode)
+                self.requests.append((opcode, nodeid))
                 body = req[IN_HEADER.size:]
                 if opcode in NO_REPLY:
                     continue

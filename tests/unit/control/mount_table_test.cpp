@@ -45,7 +45,7 @@ TEST(MountTable, Status) {
 TEST(MountTable, StatusSaysWhichTelemetryLevelRuns) {
   const json running = {{"configured", "requests"}, {"level", "requests"}, {"up", true},
                         {"reason", ""}, {"off", ""}};
-  std::string s = format_status("1", 1, json::array(), running);
+  std::string s = format_status("1", 1, json::array(), json::object(), running);
   EXPECT_NE(s.find("\ntelemetry: requests\n"), std::string::npos) << s;
   EXPECT_EQ(format_telemetry({{"configured", "off"}, {"level", "off"}, {"off", "disabled"}}),
             "telemetry: off\n");

@@ -1,0 +1,93 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The buffer efuse.ko hands to eBPF handlers through the writable raw
+ * tracepoint efuse_handler, before a request would be queued for the
+ * server. The module, the BPF programs and user space share this header
+ * byte for byte: fixed-width types, explicit padding.
+ *
+ * The verifier bounds every access a raw_tp.w program makes through the
+ * tracepoint's first argument to sizeof(struct efuse_handler_ctx). The
+ * module fills in, zeroes out, runs the handlers and then reads out only;
+ * it checks the answer against its own copy of the request, never against
+ * in, which a handler may overwrite.
+ */
+#ifndef EFUSE_HANDLER_H
+#define EFUSE_HANDLER_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Bytes of a name handed to a handler, with its terminating NUL. */
+#define EFUSE_HANDLER_NAME_MAX 256
+/* Bytes of reply body a handler can answer with. */
+#define EFUSE_HANDLER_DATA_MAX 256
+
+/* out.verdict */
+#define EFUSE_HANDLER_UPCALL 0	/* queue the request for the server */
+#define EFUSE_HANDLER_ANSWER 1	/* complete it with out.answer */
+
+/*
+ * Module-wide counters, /sys/fs/efuse/handler/<name>: requests answered by
+ * a handler, and requests that went up although a handler was attached,
+ * by reason. The bad_* reasons are answers the module refused.
+ */
+enum efuse_handler_stat {
+	EFUSE_HANDLER_STAT_ANSWERED,	 /* answered: the handler's answer */
+	EFUSE_HANDLER_STAT_DECLINED,	 /* declined: handlers let it go up */
+	EFUSE_HANDLER_STAT_NO_MEMORY,	 /* no_memory: no buffer for them */
+	EFUSE_HANDLER_STAT_DISCONNECTED, /* disconnected: connection died */
+	EFUSE_HANDLER_STAT_BAD_VERDICT,	 /* bad_verdict: no EFUSE_HANDLER_* */
+	EFUSE_HANDLER_STAT_BAD_NODEID,	 /* bad_nodeid: not the request's */
+	EFUSE_HANDLER_STAT_BAD_ERROR,	 /* bad_error: not for this opcode */
+	EFUSE_HANDLER_STAT_BAD_SIZE,	 /* bad_size: not the reply's size */
+	EFUSE_HANDLER_STAT_BAD_OPCODE,	 /* bad_opcode: opcode not answered */
+	EFUSE_HANDLER_STAT_BAD_REPLY,	 /* bad_reply: body failed checks */
+	EFUSE_HANDLER_NR_STATS
+};
+
+/* What a handler learns about the request. */
+struct efuse_handler_in {
+	__u32 opcode;
+	__u32 uid;		/* the caller's, as the server would see them */
+	__u32 gid;
+	__u32 pid;
+	__u64 nodeid;
+	__u64 offset;		/* READ */
+	__u32 size;		/* READ, GETXATTR */
+	__u32 flags;		/* OPEN, READ */
+	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
+	__u32 padding;
+	char name[EFUSE_HANDLER_NAME_MAX];	/* NUL-terminated, zero-filled */
+};
+
+/* A whole answer: what user space stores in a handler's map, ready to copy. */
+struct efuse_handler_answer {
+	__u64 nodeid;		/* the node answered for: must be in.nodeid */
+	__s32 error;		/* 0, or the negative errno the request ends with */
+	__u32 size;		/* bytes of data: the reply body */
+	__u8 data[EFUSE_HANDLER_DATA_MAX];
+};
+
+struct efuse_handler_out {
+	__u32 verdict;		/* EFUSE_HANDLER_* */
+	__u32 padding;
+	struct efuse_handler_answer answer;
+};
+
+struct efuse_handler_ctx {
+	struct efuse_handler_in in;
+	struct efuse_handler_out out;
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(struct efuse_handler_in) == 48 + EFUSE_HANDLER_NAME_MAX,
+	      "efuse_handler_in layout");
+static_assert(sizeof(struct efuse_handler_answer) == 16 + EFUSE_HANDLER_DATA_MAX,
+	      "efuse_handler_answer layout");
+static_assert(sizeof(struct efuse_handler_ctx) ==
+	      48 + EFUSE_HANDLER_NAME_MAX + 24 + EFUSE_HANDLER_DATA_MAX,
+	      "efuse_handler_ctx layout");
+#endif
+
+#endif /* EFUSE_HANDLER_H */

@@ -1,0 +1,25 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Map layouts of the handlers in bpf/handlers/, shared by the BPF programs and user space
+ * (not by the module, which sees only efuse_handler.h). Values are whole answers,
+ * struct efuse_handler_answer, encoded by user space.
+ */
+#ifndef EFUSE_HANDLER_MAPS_H
+#define EFUSE_HANDLER_MAPS_H
+
+#include "efuse_handler.h"
+
+/* efuse_getattr_answers: key __u64 nodeid. */
+
+/* efuse_lookup_answers: (parent nodeid, name zero-filled to EFUSE_HANDLER_NAME_MAX). */
+struct efuse_handler_name_key {
+	__u64 parent;
+	char name[EFUSE_HANDLER_NAME_MAX];
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(struct efuse_handler_name_key) == 8 + EFUSE_HANDLER_NAME_MAX,
+	      "efuse_handler_name_key layout");
+#endif
+
+#endif /* EFUSE_HANDLER_MAPS_H */
