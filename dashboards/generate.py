@@ -6,9 +6,11 @@ is PromQL over efused's metrics (docs/metrics.md: daemon side; docs/bpf.md: kern
 eBPF); tests/integration/test_dashboards.py evaluates each of them against a real
 Prometheus that scraped a real efused under fio load and fails on any that returns nothing.
 
-Variables: $datasource (a Prometheus data source), $instance (efused instances),
-$mount (efused's configured mount names and, from the eBPF telemetry, the mountpoints of
-every other FUSE mount on those hosts). Python standard library only.
+Variables: $datasource (a Prometheus data source), $instance (efused instances), $mount
+(efused's own mounts: configured names, which never contain "/" or ":") and $other (every
+other FUSE mount on those hosts, seen only by the eBPF telemetry and labelled by mountpoint
+or "connection:MAJOR:MINOR"). Annotations mark reloads, failed reloads and restarts.
+Python standard library only.
 """
 
 import json
@@ -17,8 +19,15 @@ import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'instance=~"$instance", mount=~"$mount"'
+OTHER = 'instance=~"$instance", mount=~"$other"'
 INST = 'instance=~"$instance"'
 RATE = "$__rate_interval"
+# efused's mount names match [A-Za-z0-9_.-]{1,64}; the eBPF telemetry labels every other
+# FUSE mount by its mountpoint ("/...") or "connection:MAJOR:MINOR". These regexes are the
+# "All" values of $mount and $other, so the two never overlap.
+OWN_MOUNTS = "[A-Za-z0-9_.-]+"
+OTHER_MOUNTS = ".*[/:].*"
+REFRESH = "30s"  # at least Prometheus's scrape_interval (prometheus.yml: 15s)
 
 _next_id = [1]
 _y = [0]
@@ -47,20 +56,25 @@ def row(title):
 def place(panels, h=8):
     """Lays panels out left to right on one grid row (24 columns)."""
     w = 24 // len(panels)
-    for i, p in enumerate(panels):
-        p["gridPos"] = {"h": h, "w": w, "x": i * w, "y": _y[0]}
+    for i, p in enumerate(panels):  # the last panel takes what division leaves over
+        width = 24 - i * w if i == len(panels) - 1 else w
+        p["gridPos"] = {"h": h, "w": width, "x": i * w, "y": _y[0]}
     _y[0] += h
     return panels
 
 
-def timeseries(title, targets, unit="short", description="", stack=False):
+def timeseries(title, targets, unit="short", description="", stack=False, right=()):
+    """right: refIds drawn on a right-hand axis with unit "short" (counts beside a ratio)."""
+    overrides = [{"matcher": {"id": "byFrameRefID", "options": ref},
+                  "properties": [{"id": "custom.axisPlacement", "value": "right"},
+                                 {"id": "unit", "value": "short"}]} for ref in right]
     return {
         "type": "timeseries", "title": title, "id": _id(), "datasource": DS,
         "description": description, "targets": targets,
         "fieldConfig": {"defaults": {"unit": unit, "custom": {
             "drawStyle": "line", "lineWidth": 1, "fillOpacity": 10 if stack else 0,
             "stacking": {"mode": "normal" if stack else "none", "group": "A"}}},
-            "overrides": []},
+            "overrides": overrides},
         "options": {"legend": {"displayMode": "table", "placement": "right",
                                "calcs": ["mean", "max"]},
                     "tooltip": {"mode": "multi", "sort": "desc"}},
@@ -81,14 +95,16 @@ def heatmap(title, expr, description=""):
     }
 
 
-def stat(title, targets, description="", mappings=None, unit="short"):
+GOOD_AT_1 = [{"color": "red", "value": None}, {"color": "green", "value": 1}]
+NEUTRAL = [{"color": "blue", "value": None}]
+
+
+def stat(title, targets, description="", mappings=None, unit="short", steps=GOOD_AT_1):
     return {
         "type": "stat", "title": title, "id": _id(), "datasource": DS,
         "description": description, "targets": targets,
         "fieldConfig": {"defaults": {"unit": unit, "mappings": mappings or [],
-                                     "thresholds": {"mode": "absolute", "steps": [
-                                         {"color": "red", "value": None},
-                                         {"color": "green", "value": 1}]}},
+                                     "thresholds": {"mode": "absolute", "steps": steps}},
                         "overrides": []},
         "options": {"colorMode": "background", "graphMode": "none", "textMode": "value_and_name",
                     "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False}},
@@ -106,8 +122,7 @@ def table(title, targets, description=""):
     }
 
 
-def quantiles(metric, by, extra_sel=""):
-    sel = SEL + extra_sel
+def quantiles(metric, by, sel=SEL):
     return [target(f'histogram_quantile({q}, sum by ({by}, le) '
                    f'(rate({metric}_bucket{{{sel}}}[{RATE}])))',
                    f"p{int(q * 100)} " + " ".join("{{%s}}" % b for b in by.split(", ")),
@@ -117,65 +132,174 @@ def quantiles(metric, by, extra_sel=""):
 
 UP_MAP = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"},
                                         "1": {"text": "UP", "color": "green"}}}]
+OK_MAP = [{"type": "value", "options": {"0": {"text": "FAILED", "color": "red"},
+                                        "1": {"text": "OK", "color": "green"}}}]
 
 
-def panels():
-    out = []
-    out.append(row("Health"))
+def mean_in_flight(metric, sel, legend, ref):
+    """Little's law: the seconds of requests that ended in the window, per second of window,
+    are the mean number in flight over it. Every request counts for as long as it lasted,
+    however short the burst, where a gauge sampled every scrape sees only the instant."""
+    return target(f"sum by (mount) (rate({metric}_sum{{{sel}}}[{RATE}]))", legend, ref)
+
+
+def mean_latency(metric, sel):
+    return (f"sum by (mount, opcode) (rate({metric}_sum{{{sel}}}[{RATE}])) / "
+            f"sum by (mount, opcode) (rate({metric}_count{{{sel}}}[{RATE}]))")
+
+
+def upcalls(sel):
+    return f"sum by (mount, opcode) (rate(efuse_kernel_requests_total{{{sel}}}[{RATE}]))"
+
+
+def switches_per_upcall(sel):
+    return (f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{sel}}}[{RATE}]))"
+            f" / on (mount) group_left "
+            f"sum by (mount) (rate(efuse_kernel_requests_total{{{sel}}}[{RATE}]))")
+
+
+def health_rows():
+    out = [row("Health")]
     out += place([
         stat("Mount health", [target(f"efuse_mount_up{{{SEL}}}", "{{mount}}")],
-             "efuse_mount_up: 1 while the mount is live and serving (docs/metrics.md).",
-             UP_MAP),
+             "efuse_mount_up: 1 while the mount is live and serving, 0 for a configured mount "
+             "that failed to start or was unmounted (docs/metrics.md). `efusectl status NAME` "
+             "and the log say why.", UP_MAP),
+        timeseries("Mount start failures", [target(
+            f"sum by (mount) (increase(efuse_mount_start_failures_total{{{SEL}}}[{RATE}]))",
+            "{{mount}}")],
+            "short", "Failed attempts to start a mount (mount(2), INIT, transport set-up), per "
+            "interval (efuse_mount_start_failures_total). A start, a reload and `efusectl "
+            "mount` each try once; the error is in the log and in `efusectl status NAME`."),
         stat("eBPF telemetry", [
             target(f"efuse_bpf_up{{{INST}}}", "up {{instance}}"),
             target(f"efuse_bpf_programs_attached{{{INST}}}", "programs {{instance}}", "B")],
             "efuse_bpf_up and programs attached (2: fuse_request_send, fuse_request_end). 0 "
             "means off: efuse_bpf_off_reason and efused's log say why (docs/bpf.md)."),
-        timeseries("Daemon CPU and memory", [
-            target(f"rate(efuse_process_cpu_seconds_total{{{INST}}}[{RATE}])", "CPU {{instance}}"),
-        ], "percentunit", "CPU seconds per second used by efused."),
-    ], h=5)
+        table("Transport and I/O path: configured and in effect", [target(
+            f"efuse_mount_info{{{SEL}}}", "", fmt="table", instant=True)],
+            "efuse_mount_info per mount: transport (classic = /dev/fuse, uring = FUSE over "
+            "io_uring; empty when not live), io_path as configured and io_path_effective, the "
+            "one new opens get (cache when the kernel did not grant passthrough: not root, "
+            "writeback cache, old kernel, EFUSE_MASK_KERNEL_FEATURES)."),
+    ], h=6)
 
-    out.append(row("Requests"))
+    out.append(row("Daemon process and configuration"))
+    out += place([
+        timeseries("Daemon CPU", [
+            target(f"rate(efuse_process_cpu_seconds_total{{{INST}}}[{RATE}])", "{{instance}}")],
+            "percentunit", "CPU seconds per second used by efused, user plus system "
+            "(efuse_process_cpu_seconds_total); 1 = one CPU."),
+        timeseries("Daemon memory (RSS)", [
+            target(f"efuse_process_resident_memory_bytes{{{INST}}}", "{{instance}}")],
+            "bytes", "Resident set size of efused (efuse_process_resident_memory_bytes, VmRSS). "
+            "io_uring queues hold about CPUs x queue_depth x 1 MiB of payload buffers per "
+            "mount; the passthrough backend a few hundred bytes per inode the kernel holds."),
+        timeseries("Open descriptors against the limit", [
+            target(f"efuse_process_open_fds{{{INST}}} / efuse_process_max_fds{{{INST}}}",
+                   "{{instance}} share of RLIMIT_NOFILE"),
+            target(f"efuse_process_open_fds{{{INST}}}", "{{instance}} open (right axis)", "B"),
+            target(f"sum by (instance) (efuse_inode_fds{{{SEL}}})",
+                   "{{instance}} of which inode descriptors (right axis)", "C")],
+            "percentunit", "Open descriptors of efused as a share of its soft RLIMIT_NOFILE "
+            "(efuse_process_open_fds / efuse_process_max_fds), and the counts. Inode "
+            "descriptors stay within half of the limit (beyond it inodes are held by file "
+            "handle); the rest is /dev/fuse clones, io_uring rings, open files. Near 1 opens "
+            "fail with EMFILE: raise LimitNOFILE=.", right=("B", "C")),
+        stat("Last reload", [
+            target(f"efuse_config_last_reload_success{{{INST}}}", "{{instance}}")],
+            "Whether the last configuration reload (systemctl reload efused, efusectl reload, "
+            "SIGHUP) succeeded (efuse_config_last_reload_success; OK before any reload). A "
+            "failed reload changed nothing; the log and `efusectl reload` give FILE:LINE:COLUMN.",
+            OK_MAP),
+        timeseries("Reloads", [
+            target(f"sum by (instance, result) (increase(efuse_config_reloads_total{{{INST}}}"
+                   f"[{RATE}]))", "{{instance}} {{result}}"),
+            target(f"efuse_config_last_reload_duration_seconds{{{INST}}}",
+                   "{{instance}} last took (s, right axis)", "B")],
+            "short", "Reloads per interval by result (efuse_config_reloads_total) and how long "
+            "the last one took, remounts included (efuse_config_last_reload_duration_seconds). "
+            "The annotations mark each reload and restart.", right=("B",)),
+    ], h=6)
+    return out
+
+
+def request_rows():
+    out = [row("Requests")]
     out += place([
         timeseries("Request rate by opcode (daemon)", [target(
             f"sum by (opcode) (rate(efuse_requests_total{{{SEL}}}[{RATE}]))", "{{opcode}}")],
-            "reqps", "Requests efused handled per second (efuse_requests_total).", stack=True),
-        timeseries("Upcalls by opcode (kernel, eBPF)", [target(
-            f"sum by (mount, opcode) (rate(efuse_kernel_requests_total{{{SEL}}}[{RATE}]))",
-            "{{mount}} {{opcode}}")],
-            "reqps", "Requests the kernel sent to the FUSE server, every FUSE mount on the host "
-            "(efuse_kernel_requests_total).", stack=True),
+            "reqps", "Requests efused handled per second (efuse_requests_total), FORGET and "
+            "INTERRUPT included. Passthrough reads and writes never reach efused.", stack=True),
+        timeseries("Upcalls by opcode (kernel, eBPF)", [target(upcalls(SEL), "{{mount}} {{opcode}}")],
+            "reqps", "Requests the kernel sent to efused's mounts (efuse_kernel_requests_total, "
+            "eBPF on fuse_request_send). Other FUSE mounts are in the last row.", stack=True),
     ])
     out += place([
+        timeseries("Daemon errors by errno", [target(
+            f"sum by (mount, opcode, errno) (rate(efuse_request_errors_total{{{SEL}}}[{RATE}]))",
+            "{{mount}} {{opcode}} {{errno}}")],
+            "reqps", "Requests efused answered with an error, per second, by opcode and errno "
+            "name (efuse_request_errors_total). ENOENT on lookup is rare: a missing name is "
+            "answered with a negative entry while negative_timeout > 0."),
         timeseries("Errors by opcode (kernel)", [target(
             f"sum by (mount, opcode) (rate(efuse_kernel_request_errors_total{{{SEL}}}[{RATE}]))",
             "{{mount}} {{opcode}}")],
-            "reqps", "Replies with out.h.error != 0, per second."),
-        timeseries("Requests in flight (kernel)", [target(
-            f"sum by (mount, opcode) (efuse_kernel_requests_in_flight{{{SEL}}})",
+            "reqps", "Replies with out.h.error != 0 per second, as the kernel saw them "
+            "(efuse_kernel_request_errors_total), including errors the kernel set itself "
+            "(ENOTCONN, ECONNABORTED)."),
+    ])
+    out += place([
+        timeseries("Requests in flight (mean over the interval)", [
+            mean_in_flight("efuse_kernel_request_duration_seconds", SEL,
+                           "{{mount}} sent, not answered (kernel)", "A"),
+            mean_in_flight("efuse_request_duration_seconds", SEL,
+                           "{{mount}} being handled by efused", "B"),
+            target(f"sum by (mount) (efuse_kernel_requests_in_flight{{{SEL}}})",
+                   "{{mount}} at the scrape (stuck requests)", "C")],
+            "short", "Mean number of requests in flight over each interval (Little's law: "
+            "rate of the latency histograms' _sum), so bursts shorter than the scrape interval "
+            "count for as long as they lasted. Kernel: fuse_request_send to fuse_request_end; "
+            "efused: decode to reply. The difference waited in the kernel's queues or for a "
+            "worker. 'At the scrape' is efuse_kernel_requests_in_flight sampled at each "
+            "scrape: nearly always 0, steady only for stuck requests."),
+        timeseries("Queue wait per request (kernel minus daemon)", [target(
+            f"{mean_latency('efuse_kernel_request_duration_seconds', SEL)} - on (mount, opcode) "
+            f"({mean_latency('efuse_request_duration_seconds', SEL)})",
             "{{mount}} {{opcode}}")],
-            "short", "Requests sent to the server and not answered yet."),
+            "s", "Mean kernel-side latency minus mean time inside efused, per opcode: what a "
+            "request spends queued in the kernel, waiting for a free worker and in transit "
+            "(context switches). Rises when workers are saturated."),
         timeseries("Worker utilisation", [target(
             f"rate(efuse_worker_busy_seconds_total{{{SEL}}}[{RATE}])", "{{mount}} {{worker}}")],
             "percentunit", "Fraction of time each efused worker (classic thread or io_uring "
-            "queue) spends handling requests."),
+            "queue) spends handling requests (efuse_worker_busy_seconds_total). When every "
+            "worker of a mount is near 1, requests queue in the kernel."),
     ])
+    return out
 
-    out.append(row("Latency"))
+
+def latency_rows():
+    out = [row("Latency")]
     out += place([
         heatmap("Daemon latency (efuse_request_duration_seconds)",
                 f"sum by (le) (rate(efuse_request_duration_seconds_bucket{{{SEL}}}[{RATE}]))",
-                "Decode to reply written, inside efused."),
+                "Decode to reply written, inside efused: every request of the selected mounts, "
+                "per bucket (5 us to 10 s)."),
         heatmap("Kernel latency (efuse_kernel_request_duration_seconds)",
                 f"sum by (le) (rate(efuse_kernel_request_duration_seconds_bucket{{{SEL}}}[{RATE}]))",
-                "fuse_request_send to fuse_request_end: kernel queueing + server + reply."),
+                "fuse_request_send to fuse_request_end: kernel queueing + server + reply "
+                "(log2 buckets)."),
     ])
     out += place([
         timeseries("p50 / p99 by opcode (daemon)",
-                   quantiles("efuse_request_duration_seconds", "opcode"), "s"),
+                   quantiles("efuse_request_duration_seconds", "opcode"), "s",
+                   "Median and 99th percentile of efused's processing time per opcode, "
+                   "interpolated inside the histogram buckets."),
         timeseries("p50 / p99 by opcode (kernel)",
-                   quantiles("efuse_kernel_request_duration_seconds", "mount, opcode"), "s"),
+                   quantiles("efuse_kernel_request_duration_seconds", "mount, opcode"), "s",
+                   "Median and 99th percentile of the kernel-side latency per opcode "
+                   "(log2 buckets: precise to a factor of 2)."),
     ])
     out += place([
         timeseries("p99 by queue (kernel)",
@@ -183,29 +307,49 @@ def panels():
                    "s", "queue = io_uring queue id (one per CPU) or \"classic\" (/dev/fuse)."),
         timeseries("Requests by queue (kernel)", [target(
             f"sum by (mount, queue) (rate(efuse_kernel_queue_request_duration_seconds_count"
-            f"{{{SEL}}}[{RATE}]))", "{{mount}} q{{queue}}")], "reqps"),
+            f"{{{SEL}}}[{RATE}]))", "{{mount}} q{{queue}}")], "reqps",
+            "Requests per second per queue: with io_uring the kernel puts a request on the "
+            "queue of the sender's CPU; \"classic\" carries /dev/fuse traffic."),
     ])
+    return out
 
-    out.append(row("Context switches"))
+
+def context_switch_rows():
+    out = [row("Context switches")]
     out += place([
         timeseries("Context switches", [target(
             f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{SEL}}}[{RATE}]))",
             "{{mount}} {{side}} {{kind}}")],
             "ops", "side=daemon: FUSE server threads; side=client: tasks with a request of the "
             "mount outstanding. involuntary = preempted."),
-        timeseries("Context switches per upcall", [target(
-            f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{SEL}}}[{RATE}]))"
-            f" / on (mount) group_left "
-            f"sum by (mount) (rate(efuse_kernel_requests_total{{{SEL}}}[{RATE}]))",
-            "{{mount}} {{side}} {{kind}}")],
+        timeseries("Context switches per upcall", [target(switches_per_upcall(SEL), "{{mount}} {{side}} {{kind}}")],
             "short", "What one request costs in context switches, per side."),
     ])
+    return out
 
-    out.append(row("Kernel features and I/O path"))
+
+def io_path_rows():
+    out = [row("Kernel features and I/O path")]
     out += place([
         table("Kernel features (negotiated at INIT)", [target(
             f"efuse_kernel_feature{{{SEL}}}", "", fmt="table", instant=True)],
             "1 = enabled for the mount (offered by the kernel and accepted by efused)."),
+        timeseries("Fallbacks", [
+            target(f"efuse_mount_transport_fallback{{{SEL}}}",
+                   "{{mount}} transport: /dev/fuse instead of io_uring"),
+            target(f"max by (instance, mount) (efuse_mount_info{{{SEL}, io_path!=\"cache\", "
+                   f"io_path_effective=\"cache\"}}) or max by (instance, mount) "
+                   f"(efuse_mount_info{{{SEL}}} * 0)",
+                   "{{mount}} I/O path: through efused instead of passthrough", "B"),
+            target(f"efuse_kernel_feature_offered{{{SEL}, feature=~\"passthrough|io_uring\"}}"
+                   f" - on (instance, mount, feature) efuse_kernel_feature{{{SEL}}}",
+                   "{{mount}} {{feature}} offered, not used", "C")],
+            "short", "1 = the mount runs on less than it asked for: FUSE over io_uring could "
+            "not be used (efuse_mount_transport_fallback), passthrough was wanted but not "
+            "granted (efuse_mount_info io_path vs io_path_effective), or the kernel offered "
+            "passthrough or io_uring and the mount does not use it (efuse_kernel_feature_offered "
+            "- efuse_kernel_feature; 1 for passthrough also with writeback cache). "
+            "`efusectl status NAME` says why."),
         timeseries("Passthrough opens and refusals", [
             target(f"sum by (mount) (rate(efuse_passthrough_opens_total{{{SEL}}}[{RATE}]))",
                    "{{mount}} passthrough"),
@@ -213,6 +357,8 @@ def panels():
                    "{{mount}} refused", "B")],
             "ops", "Opens served by kernel passthrough, and opens that asked for it and fell "
             "back to I/O through the daemon."),
+    ])
+    out += place([
         timeseries("Inodes and their descriptors", [
             target(f"sum by (mount) (efuse_inodes{{{SEL}}})", "{{mount}} inodes"),
             target(f"sum by (mount) (efuse_inode_fds{{{SEL}}})", "{{mount}} descriptors", "B"),
@@ -262,38 +408,93 @@ def panels():
     return out
 
 
+def other_mount_rows():
+    out = [row("Other FUSE mounts on the host (kernel side, eBPF)")]
+    out += place([
+        timeseries("Upcalls by opcode (other FUSE mounts)", [target(
+            upcalls(OTHER), "{{mount}} {{opcode}}")],
+            "reqps", "Requests the kernel sent to FUSE servers other than this efused (sshfs, "
+            "libfuse file systems, other efused instances), seen by efused's eBPF programs and "
+            "labelled by mountpoint ($other)."),
+        timeseries("p99 by opcode (other FUSE mounts)",
+                   [quantiles("efuse_kernel_request_duration_seconds", "mount, opcode",
+                              OTHER)[1]], "s",
+                   "99th percentile of fuse_request_send to fuse_request_end per opcode for "
+                   "the other FUSE mounts: their servers' latency as their clients feel it."),
+        timeseries("Requests in flight, mean (other FUSE mounts)", [
+            mean_in_flight("efuse_kernel_request_duration_seconds", OTHER,
+                           "{{mount}} sent, not answered", "A")],
+            "short", "Mean number of requests in flight over each interval (Little's law on "
+            "the latency histogram's _sum) for the other FUSE mounts."),
+        timeseries("Context switches per upcall (other FUSE mounts)", [target(switches_per_upcall(OTHER), "{{mount}} {{side}} {{kind}}")],
+            "short", "Context switches one request costs the other FUSE mounts' servers "
+            "(side=daemon) and clients (side=client)."),
+    ])
+    return out
+
+
+def panels():
+    return (health_rows() + request_rows() + latency_rows() + context_switch_rows()
+            + io_path_rows() + other_mount_rows())
+
+
+def annotation(name, expr, color, text):
+    return {"name": name, "datasource": DS, "enable": True, "hide": False,
+            "iconColor": color, "expr": expr, "step": "60s", "titleFormat": name,
+            "textFormat": text, "tagKeys": "instance", "useValueForTime": False}
+
+
+# Each expression is > 0 in the minute a reload or restart happened (changes() of a gauge
+# that a reload or start sets).
+ANNOTATIONS = [
+    annotation("Reload", f"changes(efuse_config_last_reload_timestamp_seconds{{{INST}}}[1m]) > 0",
+               "blue", "configuration reloaded on {{instance}}"),
+    annotation("Failed reload",
+               f"(changes(efuse_config_last_reload_timestamp_seconds{{{INST}}}[1m]) > 0) "
+               f"and on (instance) (efuse_config_last_reload_success{{{INST}}} == 0)",
+               "red", "reload failed on {{instance}}: nothing changed; see the log"),
+    annotation("Restart", f"changes(efuse_start_time_seconds{{{INST}}}[1m]) > 0",
+               "orange", "efused restarted on {{instance}}"),
+]
+
+
+def variable(name, label, query, all_value):
+    return {"name": name, "label": label, "type": "query", "datasource": DS,
+            "query": {"query": query, "refId": name}, "definition": query,
+            "refresh": 2, "multi": True, "includeAll": True, "allValue": all_value,
+            "current": {}, "sort": 1}
+
+
 def dashboard():
     _next_id[0], _y[0] = 1, 0  # ids and layout are the same on every call
     return {
         "title": "efuse",
         "uid": "efuse-overview",
         "description": "efused: FUSE requests (daemon and kernel side), latency, queues, "
-                       "context switches, mount health, kernel features.",
+                       "context switches, mount health, daemon process and reloads, kernel "
+                       "features and fallbacks, other FUSE mounts on the host.",
         "tags": ["efuse", "fuse", "ebpf"],
         "timezone": "browser",
         "schemaVersion": 37,
         "version": 1,
         "editable": True,
         "graphTooltip": 1,
-        "refresh": "10s",
+        "refresh": REFRESH,
         "time": {"from": "now-30m", "to": "now"},
         "templating": {"list": [
             {"name": "datasource", "label": "Data source", "type": "datasource",
              "query": "prometheus", "current": {}, "hide": 0, "refresh": 1},
-            {"name": "instance", "label": "Instance", "type": "query", "datasource": DS,
-             "query": {"query": "label_values(efuse_build_info, instance)", "refId": "instance"},
-             "definition": "label_values(efuse_build_info, instance)",
-             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
-             "current": {}, "sort": 1},
-            {"name": "mount", "label": "Mount", "type": "query", "datasource": DS,
-             "query": {"query": 'label_values({__name__=~"efuse_mount_up|efuse_kernel_requests_total",'
-                                ' instance=~"$instance"}, mount)', "refId": "mount"},
-             "definition": 'label_values({__name__=~"efuse_mount_up|efuse_kernel_requests_total",'
-                           ' instance=~"$instance"}, mount)',
-             "refresh": 2, "multi": True, "includeAll": True, "allValue": ".*",
-             "current": {}, "sort": 1},
+            variable("instance", "Instance", "label_values(efuse_build_info, instance)", ".*"),
+            variable("mount", "efused mount",
+                     'label_values(efuse_mount_up{instance=~"$instance"}, mount)', OWN_MOUNTS),
+            variable("other", "Other FUSE mount",
+                     f'label_values(efuse_kernel_requests_total{{instance=~"$instance", '
+                     f'mount=~"{OTHER_MOUNTS}"}}, mount)', OTHER_MOUNTS),
         ]},
-        "annotations": {"list": []},
+        "annotations": {"list": [
+            {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+             "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
+             "name": "Annotations & Alerts", "type": "dashboard"}] + ANNOTATIONS},
         "panels": panels(),
     }
 

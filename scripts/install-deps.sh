@@ -20,6 +20,8 @@ pkgs=(
   fuse3 libfuse3-dev                          # fusermount3 (non-root mounts); libfuse examples for the baseline
   util-linux procps psmisc                    # findmnt, mountpoint, pkill, fuser
   python3                                     # integration test harness (stdlib only)
+  bash-completion                             # completions/ under bash-completion (test_completion)
+  groff-base                                  # man page checks (test_manpages)
   coreutils tar git attr acl xz-utils diffutils   # real programs the integration tests drive
   fio stress-ng                               # I/O verification and stress
 )

@@ -22,6 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 UNIT = os.path.join(REPO, "systemd/efused.service")
 POLICY = os.path.join(REPO, "systemd/org.efuse.Manager1.conf")
 TMPFILES = os.path.join(REPO, "systemd/efused.tmpfiles")
+LOOPBACK_DROPIN = os.path.join(REPO, "systemd/efused-metrics-loopback.conf")
+MAX_EXPOSURE = 4.9  # docs/systemd.md, "Exposure score"
 DEB_CONFIG = os.path.join(REPO, "packaging/deb/mounts.yaml")
 
 # Options that make systemd run the service in its own mount namespace (systemd.exec(5):
@@ -212,8 +214,56 @@ def test_tmpfiles_apply():
         r = h.run(["systemd-tmpfiles", "--create", "--root=" + d, TMPFILES], check=False,
                   timeout=30)
         assert r.rc == 0 and not r.err.strip(), "systemd-tmpfiles: exit %d %s" % (r.rc, r.err)
-        for sub in ("etc/efuse", "run/efuse"):
-            assert os.path.isdir(os.path.join(d, sub)), "%s not created" % sub
+        made = sorted(os.path.relpath(os.path.join(dp, n), d)
+                      for dp, dirs, files in os.walk(d) for n in dirs + files)
+        # Only what efused uses: its runtime directory for the config lock.
+        assert made == ["run", "run/efuse"], "systemd-tmpfiles created %s" % made
+
+
+def exposure(dropins=()):
+    """`systemd-analyze security --offline` of the unit (plus drop-ins) in a scratch root:
+    (overall exposure, {setting: line})."""
+    with tempfile.TemporaryDirectory(prefix="efuse-security-") as root:
+        unit_dir = os.path.join(root, "etc/systemd/system")
+        os.makedirs(os.path.join(unit_dir, "efused.service.d"))
+        shutil.copy(UNIT, unit_dir)
+        for d in dropins:
+            shutil.copy(d, os.path.join(unit_dir, "efused.service.d"))
+        r = h.run(["systemd-analyze", "security", "--offline=true", "--root=" + root,
+                   "--no-pager", "efused.service"], check=False, timeout=60)
+    m = re.search(r"Overall exposure level for efused\.service: ([0-9.]+)", r.out)
+    assert m, "systemd-analyze security: exit %d\n%s%s" % (r.rc, r.out, r.err)
+    items = {}
+    for line in r.out.splitlines():
+        mo = re.match(r"\W*(\w+)=", line)
+        if mo:
+            items[mo.group(1)] = line
+    return float(m.group(1)), items
+
+
+def test_exposure_score():
+    """The unit's exposure stays at or below 4.9; the optional loopback-only drop-in
+    installs an IP allow list of localhost only and lowers it."""
+    score, _ = exposure()
+    assert score <= MAX_EXPOSURE, "exposure %.1f > %.1f" % (score, MAX_EXPOSURE)
+    dropin = parse_unit(LOOPBACK_DROPIN)
+    assert values(dropin, "Service", "IPAddressDeny") == ["any"], dropin
+    assert values(dropin, "Service", "IPAddressAllow") == ["localhost"], dropin
+    with_dropin, items = exposure([LOOPBACK_DROPIN])
+    assert "only localhost" in items.get("IPAddressDeny", ""), items.get("IPAddressDeny")
+    assert with_dropin < score, "drop-in: %.1f, unit alone: %.1f" % (with_dropin, score)
+
+
+def test_version_from_changelog():
+    """CMake's project VERSION is read from debian/changelog: the binaries report the
+    upstream part of its top entry."""
+    top = open(os.path.join(REPO, "packaging/deb/debian/changelog")).readline()
+    m = re.match(r"efuse \((\d+\.\d+\.\d+)[^)]*\)", top)
+    assert m, top
+    for prog in (h.EFUSED, efusectl_path()):
+        out = h.run([prog, "--version"], timeout=30).out.strip()
+        want = "%s %s" % (os.path.basename(prog), m.group(1))
+        assert out == want, "%s --version: %r, debian/changelog says %r" % (prog, out, want)
 
 
 def test_packaged_config_valid():

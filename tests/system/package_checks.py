@@ -2,9 +2,27 @@
 enables and starts on the empty config it ships, a first mount added with reload, and
 `dpkg --purge` that stops it and leaves no mount behind."""
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 from checks import CONF, UNIT, Checks, describe, expect
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOC = "/usr/share/doc/efused"
+# What an operator looks for after installing (besides binaries, unit and policy).
+INSTALLED = [
+    "/usr/share/man/man5/mounts.yaml.5.gz", "/usr/share/man/man8/efused.8.gz",
+    "/usr/share/man/man1/efusectl.1.gz",
+    "/usr/share/bash-completion/completions/efused",
+    "/usr/share/bash-completion/completions/efusectl",
+    "/usr/share/efuse/dashboards/efuse.json", "/usr/share/efuse/dashboards/prometheus.yml",
+    "/usr/share/efuse/dashboards/provisioning/dashboards/efuse.yml",
+    "/usr/share/efuse/dashboards/provisioning/datasources/efuse-prometheus.yml",
+    DOC + "/README.md", DOC + "/config/README.md", DOC + "/copyright",
+    DOC + "/examples/efused-metrics-loopback.conf",
+]
 
 DEB_IN_ROOT = "/root/efused.deb"
 CONFIG_PKG = """\
@@ -31,6 +49,10 @@ class PackageChecks(Checks):
         self.check("the package enables and starts efused on its empty config",
                    self.t_started)
         self.check("efusectl status after install", self.t_efusectl)
+        self.check("the package's files: man pages with FILES and SEE ALSO, bash completion, "
+                   "dashboards, README.Debian, copyright, version from debian/changelog",
+                   self.t_contents)
+        self.check("links in %s resolve to installed files" % DOC, self.t_doc_links)
         self.check("a mount added to the shipped config goes live with systemctl reload",
                    self.t_first_mount)
         self.check("dpkg --purge: efused stopped, mounts gone, config removed", self.t_purge)
@@ -57,6 +79,33 @@ class PackageChecks(Checks):
     def t_efusectl(self):
         r = self.sh("efusectl status", ok=False)
         expect(r.returncode == 0, "efusectl status: %s" % describe(r))
+
+    def t_contents(self):
+        missing = [p for p in INSTALLED if self.sh("test -e %s" % p, ok=False).returncode]
+        expect(not missing, "not installed: %s" % missing)
+        r = self.sh("ls %s/README.Debian*" % DOC, ok=False)
+        expect(r.returncode == 0, "no README.Debian: %s" % describe(r))
+        for page in ("man5/mounts.yaml.5.gz", "man8/efused.8.gz", "man1/efusectl.1.gz"):
+            roff = self.sh("zcat /usr/share/man/%s" % page).stdout
+            for section in ("FILES", "SEE ALSO"):
+                expect(re.search(r'^\.SH "?%s"?$' % section, roff, re.M), "%s: no %s section"
+                       % (page, section))
+        expect("GPL-2+" in self.sh("cat %s/copyright" % DOC).stdout, "copyright: no GPL-2+")
+        tmpfiles = [l for l in self.sh("cat /usr/lib/tmpfiles.d/efused.conf").stdout.splitlines()
+                    if l.strip() and not l.startswith("#")]
+        expect([l.split()[1] for l in tmpfiles] == ["/run/efuse"], "tmpfiles: %s" % tmpfiles)
+        version = self.sh("dpkg-query -W -f '${Version}' efused").stdout.strip()
+        upstream = version.split("-")[0]
+        out = self.sh("efused --version").stdout.strip()
+        expect(out == "efused %s" % upstream, "efused --version %r, package %s" % (out, version))
+        self.notes["package_version"] = version
+
+    def t_doc_links(self):
+        # The container has no python; its root is a directory here.
+        r = subprocess.run([sys.executable, os.path.join(REPO, "tests/docs/check_links.py"),
+                            "--installed", os.path.join(self.c.root, DOC.lstrip("/"))],
+                           capture_output=True, text=True, timeout=60)
+        expect(r.returncode == 0, "check_links.py --installed:\n%s%s" % (r.stdout, r.stderr))
 
     def t_first_mount(self):
         self.write_config(CONFIG_PKG)
