@@ -1,17 +1,16 @@
 #!/usr/bin/env bash
 # Quick start, command 2: install what is missing, build, run the whole test suite
 # (unit tests, then integration tests that mount real FUSE file systems; needs root).
-#   scripts/test.sh              everything in the default suite
-#   scripts/test.sh -L unit      one label (unit, integration, vm)
-# With no arguments the QEMU guest tests (label vm, scripts/test-vm.sh) are left out, and
-# the unit suite then runs once more under ASan+UBSan from a build of its own in
-# build-asan/ (EFUSE_TEST_SANITIZE=0 skips that; 6-12 more minutes on 2 cores).
+#   scripts/test.sh              everything: unit, integration and the QEMU guest tests
+#                                (label vm, scripts/test-vm.sh), then the unit suite again
+#                                under ASan+UBSan from a build of its own in build-asan/
+#                                (EFUSE_TEST_SANITIZE=0 skips that; 6-12 more minutes)
+#   scripts/test.sh -L unit      one label (unit, integration, vm), no sanitizer pass
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/build.sh
 sanitize=0
 if (($# == 0)); then
-  set -- -LE vm
   sanitize=${EFUSE_TEST_SANITIZE:-1}
 fi
 (cd build && ctest --output-on-failure --timeout 900 "$@")
