@@ -161,7 +161,8 @@ def run_kernel(profile, args, work, efused, tally):
     print(f"[{label}] kernel {k.release}; prepared in {prep:.1f} s; booting "
           f"(timeout {args.timeout} s)", flush=True)
     env = {"efuse_run": os.path.join(HERE, "guest_smoke.py"), "efuse_efused": efused,
-           "efuse_profile": profile, "efuse_kmod": int(kmod)}
+           "efuse_profile": profile, "efuse_kmod": int(kmod),
+           "efuse_keep": ":".join(sorted({REPO, os.path.dirname(efused)}))}
     console = os.path.join(kdir, "console.log")
     res = guest.boot(k, initramfs, disk, env, args.timeout, console,
                      echo=lambda line: print(f"[{label}] {line}", flush=True), accel=args.accel)
