@@ -164,6 +164,7 @@ class Session {
 
   void readdir_common(Request& r, bool plus);
   void reply_entry(Request& r, const efuse::fs::Entry& e);
+  void reply_attr(Request& r, const efuse::fs::Attr& a);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
                      uint64_t nodeid);

@@ -20,6 +20,13 @@ void Session::reply_entry(Request& r, const fs::Entry& e) {
   r.reply(o);
 }
 
+void Session::reply_attr(Request& r, const fs::Attr& a) {
+  k::fuse_attr_out o{};
+  split_timeout(a.timeout, &o.attr_valid, &o.attr_valid_nsec);
+  encode_attr(a.attr, &o.attr);
+  r.reply(o);
+}
+
 void Session::do_lookup(Request& r) {
   TAKE_NAME(name);
   auto e = fs_.lookup(r.ctx, r.hdr.nodeid, *name);
@@ -68,10 +75,7 @@ void Session::do_getattr(Request& r) {
   uint64_t fh = in->fh;
   auto a = fs_.getattr(r.ctx, r.hdr.nodeid, (in->getattr_flags & k::kGetattrFh) ? &fh : nullptr);
   if (!a.ok()) return r.reply_err(a.error());
-  k::fuse_attr_out o{};
-  split_timeout(a->timeout, &o.attr_valid, &o.attr_valid_nsec);
-  encode_attr(a->attr, &o.attr);
-  r.reply(o);
+  reply_attr(r, *a);
 }
 
 void Session::do_setattr(Request& r) {
@@ -98,10 +102,7 @@ void Session::do_setattr(Request& r) {
   if (s.atime.tv_nsec >= 1000000000 || s.mtime.tv_nsec >= 1000000000) return malformed(r);
   auto a = fs_.setattr(r.ctx, r.hdr.nodeid, s);
   if (!a.ok()) return r.reply_err(a.error());
-  k::fuse_attr_out o{};
-  split_timeout(a->timeout, &o.attr_valid, &o.attr_valid_nsec);
-  encode_attr(a->attr, &o.attr);
-  r.reply(o);
+  reply_attr(r, *a);
 }
 
 void Session::do_readlink(Request& r) {
