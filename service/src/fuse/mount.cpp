@@ -262,12 +262,21 @@ Result<const char*> unmount(const std::string& mountpoint, bool via_fusermount) 
 bool abort_connection(unsigned conn_id) {
   if (conn_id == 0) return false;
   std::string path = "/sys/fs/fuse/connections/" + std::to_string(conn_id) + "/abort";
+  constexpr const char* kFusectl = "/sys/fs/fuse/connections";
   efuse::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
+  // Without fusectl mounted (no systemd to mount it), mount it for this write only and
+  // take it away again, so the host is left as it was found. Another efused still using
+  // it keeps it busy: then it stays (EBUSY), which is harmless.
+  bool mounted_here = false;
   if (!fd && errno == ENOENT && geteuid() == 0 &&
-      ::mount("fusectl", "/sys/fs/fuse/connections", "fusectl", 0, nullptr) == 0)
+      ::mount("fusectl", kFusectl, "fusectl", 0, nullptr) == 0) {
+    mounted_here = true;
     fd.reset(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
-  if (!fd) return false;
-  return ::write(fd.get(), "1", 1) == 1;
+  }
+  const bool aborted = fd && ::write(fd.get(), "1", 1) == 1;
+  fd.reset();
+  if (mounted_here) ::umount2(kFusectl, UMOUNT_NOFOLLOW);
+  return aborted;
 }
 
 }  // namespace fuse
