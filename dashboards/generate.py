@@ -408,6 +408,41 @@ def io_path_rows():
     return out
 
 
+def adaptive_rows():
+    out = [row("Adaptive I/O path (io_path: auto)")]
+    out += place([
+        timeseries("I/O path decisions", [
+            target(f"sum by (mount, decision, reason) (rate(efuse_io_path_decisions_total"
+                   f"{{{SEL}}}[{RATE}]))", "{{mount}} {{decision}} ({{reason}})")],
+            "ops", "Opens whose I/O path was decided (the first open of an inode; later opens "
+            "join it), by decision (cache: page cache, READ and WRITE served by efused; "
+            "passthrough: FUSE passthrough) and reason: fixed, unavailable, setid, and with "
+            "io_path auto guess (nothing measured yet), probe, predicted (the class's cheaper "
+            "path) or history (the file's own measured opens). docs/adaptive-io.md.",
+            stack=True),
+        timeseries("Probe results: predicted cost per open", [
+            target(f"max by (mount, class, path) (efuse_io_path_predicted_cost_seconds"
+                   f"{{{SEL}}})", "{{mount}} {{class}} {{path}}")],
+            "s", "The latest completed probe of each class of opens (size x cold/warm x "
+            "read/write): mean cost per open of each path as efused measures it. cache: "
+            "requests served x 20 us of round trip plus efused's time; passthrough: "
+            "registering the backing file. The cheaper one is committed."),
+        table("Current choice per class of opens", [target(
+            f"max by (mount, class, path) (efuse_io_path_choice{{{SEL}}})", "",
+            fmt="table", instant=True)],
+            "1 = the path the class is committed to; both 0 while the class probes. "
+            "efusectl status NAME shows the same (io_path_choices)."),
+        timeseries("Probes by cause", [
+            target(f"sum by (mount, cause) (increase(efuse_io_path_probes_total{{{SEL}}}"
+                   f"[{RATE}]))", "{{mount}} {{cause}}")],
+            "short", "Probes started: start, round (the committed round was used up), period "
+            "(adaptive.reprobe_interval passed), drift (the committed path's cost moved 2x "
+            "from its prediction, or it was refused), shift (the file sizes moved within the "
+            "class). Frequent drift or shift means a changing workload."),
+    ])
+    return out
+
+
 def other_mount_rows():
     out = [row("Other FUSE mounts on the host (kernel side, eBPF)")]
     out += place([
@@ -435,7 +470,7 @@ def other_mount_rows():
 
 def panels():
     return (health_rows() + request_rows() + latency_rows() + context_switch_rows()
-            + io_path_rows() + other_mount_rows())
+            + io_path_rows() + adaptive_rows() + other_mount_rows())
 
 
 def annotation(name, expr, color, text):

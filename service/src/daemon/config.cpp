@@ -63,6 +63,12 @@ void apply_options(const json& options, MountFlags& out) {
   set_if_present(options, "stack", out.stack);
 }
 
+void apply_adaptive(const json& adaptive, accel::Settings& out) {
+  set_if_present(adaptive, "probe", out.probe);
+  set_if_present(adaptive, "round", out.round);
+  set_if_present(adaptive, "reprobe_interval", out.reprobe_interval);
+}
+
 // The keys `defaults:` and a mount share; inside cache and options each key falls back alone.
 void apply_settings(const json& settings, MountConfig& out) {
   set_if_present(settings, "threads", out.threads);
@@ -71,6 +77,7 @@ void apply_settings(const json& settings, MountConfig& out) {
     out.transport = from_name(kTransports, it->get<std::string>());
   if (auto it = settings.find("io_path"); it != settings.end())
     out.io_path = from_name(kIoPaths, it->get<std::string>());
+  if (auto it = settings.find("adaptive"); it != settings.end()) apply_adaptive(*it, out.adaptive);
   if (auto it = settings.find("cache"); it != settings.end()) apply_cache(*it, out.cache);
   if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);
 }

@@ -13,6 +13,8 @@
 #include <string_view>
 #include <vector>
 
+#include "accel/engine.h"
+
 namespace efuse::daemon {
 
 enum class Transport { Auto, Classic, Uring };
@@ -50,6 +52,7 @@ struct MountConfig {
   unsigned queue_depth = 8;  // io_uring entries per CPU queue
   Transport transport = Transport::Auto;
   IoPath io_path = IoPath::Auto;
+  accel::Settings adaptive;  // the adaptive schedulers (live on reload)
   CachePolicy cache;
   MountFlags options;
   // eBPF handler programs by opcode name ("lookup" -> "/path/prog.bpf.o"); validated now,

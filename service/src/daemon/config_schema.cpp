@@ -50,6 +50,7 @@ std::string_view mounts_schema_text() {
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
+        "adaptive": { "$ref": "#/definitions/adaptive" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" }
       }
@@ -87,6 +88,7 @@ std::string_view mounts_schema_text() {
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
+        "adaptive": { "$ref": "#/definitions/adaptive" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" },
         "bpf_handlers": { "$ref": "#/definitions/bpf_handlers" }
@@ -118,10 +120,38 @@ std::string_view mounts_schema_text() {
       "enum": ["auto", "classic", "uring"]
     },
     "io_path": {
-      "description": "How file data moves: passthrough lets the kernel read and write the backing file directly (FUSE passthrough, Linux 6.9+, needs root), cache sends reads and writes through efused and the page cache, auto uses passthrough when available. Default auto.",
+      "description": "How file data moves: passthrough lets the kernel read and write the backing file directly (FUSE passthrough, Linux 6.9+, needs root), cache sends reads and writes through efused and the page cache, auto chooses one of the two per file at open from what earlier opens measured (docs/adaptive-io.md). Changes apply on reload to new opens. Default auto.",
       "type": "string",
       "default": "auto",
       "enum": ["auto", "passthrough", "cache"]
+    },
+    "adaptive": {
+      "description": "The adaptive schedulers (io_path: auto): each probes both paths for a few decisions, commits to the cheaper for a round, and probes again (docs/adaptive-io.md). The defaults need no tuning. Changes apply on reload without a remount, from the next decision. Inside adaptive each key falls back on its own.",
+      "type": "object",
+      "additionalProperties": false,
+      "properties": {
+        "probe": {
+          "description": "Measurements of each path a probe takes before predicting, 1..64. Default 4.",
+          "type": "integer",
+          "default": 4,
+          "minimum": 1,
+          "maximum": 64
+        },
+        "round": {
+          "description": "Decisions committed to a prediction before probing again, 1..1000000. Default 256.",
+          "type": "integer",
+          "default": 256,
+          "minimum": 1,
+          "maximum": 1000000
+        },
+        "reprobe_interval": {
+          "description": "Seconds after which a committed prediction is probed again even if its round is not used up, 0.1..86400. Default 60.",
+          "type": "number",
+          "default": 60,
+          "minimum": 0.1,
+          "maximum": 86400
+        }
+      }
     },
     "seconds": {
       "description": "A duration in seconds, 0..31536000 (one year); fractions allowed.",

@@ -106,6 +106,7 @@ static fs::Policy policy_of(const MountConfig& c) {
   p.keep_cache = c.cache.keep_cache;
   p.passthrough_io = c.io_path != IoPath::Cache;
   p.adaptive_io = c.io_path == IoPath::Auto;
+  p.adaptive = c.adaptive;
   return p;
 }
 
@@ -296,6 +297,7 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   cfg_.cache = cfg.cache;
   bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;
+  cfg_.adaptive = cfg.adaptive;
   cfg_.create_mountpoint = cfg.create_mountpoint;
   if (io_path_changed && live()) report_io_path();
   if (fs_) fs_->set_policy(policy_of(cfg_));

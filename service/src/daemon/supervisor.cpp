@@ -263,6 +263,35 @@ size_t Supervisor::mount_count() const {
   return slots_.size();
 }
 
+// The adaptive I/O path choices of a live mount (efusectl status NAME): per class of opens
+// its phase, the path it is committed to and the latest probe's mean cost per open of each
+// path; and the decisions so far by path and reason.
+static nlohmann::json io_path_view(const accel::IoPathReport& r) {
+  nlohmann::json decisions = nlohmann::json::object();
+  for (int path = 0; path < 2; ++path)
+    for (size_t reason = 0; reason < r.decisions[path].size(); ++reason)
+      if (r.decisions[path][reason] != 0)
+        decisions[std::string(accel::to_string(static_cast<accel::IoPath>(path))) + "_" +
+                  accel::to_string(static_cast<accel::IoReason>(reason))] = r.decisions[path][reason];
+  nlohmann::json classes = nlohmann::json::object();
+  for (const accel::IoClassReport& c : r.classes) {
+    nlohmann::json v = {
+        {"phase", c.engine.phase == accel::Phase::Probe ? "probe" : "commit"},
+        {"choice", c.engine.choice < 0 ? "" : accel::to_string(static_cast<accel::IoPath>(c.engine.choice))},
+        {"round_left", c.engine.round_left},
+    };
+    for (int path = 0; path < 2; ++path) {
+      std::string key = std::string(accel::to_string(static_cast<accel::IoPath>(path))) + "_cost_us";
+      v[key] = c.engine.predicted[path] < 0 ? nlohmann::json() : nlohmann::json(c.engine.predicted[path] / 1e3);
+    }
+    uint64_t probes = 0;
+    for (uint64_t n : c.engine.probes) probes += n;
+    v["probes"] = probes;
+    classes[c.name] = std::move(v);
+  }
+  return {{"decisions", std::move(decisions)}, {"classes", std::move(classes)}};
+}
+
 nlohmann::json Supervisor::view(const Slot& s) const {
   nlohmann::json j = {
       {"name", s.cfg.name},
@@ -295,6 +324,7 @@ nlohmann::json Supervisor::view(const Slot& s) const {
     uint64_t requests = 0;
     for (const auto& op : sess->stats()) requests += op.requests.load(std::memory_order_relaxed);
     j["requests"] = requests;
+    j["io_path_choices"] = io_path_view(s.instance->backend_stats().io_path);
   } else {
     j["kernel"] = nlohmann::json::object();
     j["requests"] = 0;

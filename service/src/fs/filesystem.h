@@ -13,6 +13,7 @@
 #include <string>
 #include <string_view>
 
+#include "accel/io_path.h"
 #include "common/result.h"
 
 namespace efuse::fs {
@@ -46,7 +47,8 @@ struct Policy {
   double attr_timeout = 1.0;   // seconds the kernel may cache attributes
   bool keep_cache = false;     // keep the page cache across opens (FOPEN_KEEP_CACHE)
   bool passthrough_io = true;  // offer backing fds for kernel passthrough when granted
-  bool adaptive_io = true;     // ...except for read-only opens of small files (page cache)
+  bool adaptive_io = true;     // ...choosing cache or passthrough per file (accel/io_path.h)
+  accel::Settings adaptive;    // the adaptive schedulers' settings (mounts.yaml adaptive:)
 };
 
 struct Entry {
@@ -148,6 +150,7 @@ struct BackendStats {
   uint64_t watch_invalidations = 0;  // notifications sent for outside changes
   uint64_t watch_overflows = 0;      // event queue overflows
   uint64_t watch_failures = 0;       // watches that could not be set up
+  accel::IoPathReport io_path;       // cache or passthrough per file: decisions and probes
 };
 
 class Filesystem {
@@ -193,6 +196,9 @@ class Filesystem {
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.
   virtual void passthrough_refused(uint64_t /*ino*/) {}
+  // The session registered the backing file of a passthrough open of `ino` with the kernel
+  // (FUSE_DEV_IOC_BACKING_OPEN), which took `ns`: what passthrough cost efused for it.
+  virtual void passthrough_registered(uint64_t /*ino*/, uint64_t /*ns*/) {}
   virtual Result<Attr> getattr(const Context&, uint64_t, const uint64_t* /*fh*/) { return Errno{ENOSYS}; }
   virtual Result<Attr> setattr(const Context&, uint64_t, const SetattrRequest&) { return Errno{ENOSYS}; }
   virtual Result<std::string> readlink(const Context&, uint64_t) { return Errno{ENOSYS}; }

@@ -1,6 +1,7 @@
 // Session: FUSE passthrough backing ids, one per inode with passthrough opens.
 #include "fuse/session.h"
 
+#include <chrono>
 #include <cstring>
 
 #include "common/log.h"
@@ -21,7 +22,9 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
   std::lock_guard lk(backing_mu_);
   Backing& b = backing_[nodeid];
   if (b.id <= 0) {
+    auto start = std::chrono::steady_clock::now();
     int id = conn_ != nullptr ? conn_->backing_open(info.passthrough_fd) : -ENOTCONN;
+    auto took = std::chrono::steady_clock::now() - start;
     if (id <= 0) {
       backing_.erase(nodeid);
       // The kernel refused (stacking depth, permissions, limits): serve this file's I/O.
@@ -33,6 +36,9 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
       return;
     }
     b.id = id;
+    // What passthrough costs efused for this inode (io_path: auto weighs it, accel/io_path.h).
+    fs_.passthrough_registered(
+        nodeid, static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(took).count()));
   }
   ++b.opens;
   backing_fh_[info.fh] = nodeid;

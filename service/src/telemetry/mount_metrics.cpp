@@ -247,6 +247,7 @@ void MountFamilies::add_backend(const std::string& mount, const fs::BackendStats
   for (auto [by, v] :
        {std::pair{"evictor", b.evictor_passes}, std::pair{"request", b.request_passes}})
     add_counter(inode_eviction_passes_, {{"mount", mount}, {"by", by}}, static_cast<double>(v));
+  io_path_.add(mount, b.io_path);
 }
 
 void MountFamilies::add_state(const MountView& mount) {
@@ -347,6 +348,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &watch_fanotify_dirs_, &watch_muted_files_, &watch_events_, &watch_invalidations_, &watch_overflows_, &watch_failures_}) {
     append_nonempty(out, std::move(*f));
   }
+  std::move(io_path_).append_to(out);
 }
 
 }  // namespace efuse::telemetry

@@ -12,6 +12,7 @@
 
 #include "fuse/session.h"
 #include "fuse/stats.h"
+#include "telemetry/io_path_metrics.h"
 #include "telemetry/source.h"
 
 namespace efuse::telemetry {
@@ -90,6 +91,7 @@ class MountFamilies {
   prometheus::MetricFamily inode_eviction_passes_;
   prometheus::MetricFamily listing_drops_;
   prometheus::MetricFamily shared_opens_;
+  IoPathFamilies io_path_;
 };
 
 }  // namespace efuse::telemetry

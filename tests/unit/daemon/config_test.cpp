@@ -121,6 +121,9 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "threads"}), m.threads);
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
+  EXPECT_EQ(default_at({"defaults", "adaptive", "probe"}), m.adaptive.probe);
+  EXPECT_EQ(default_at({"defaults", "adaptive", "round"}), m.adaptive.round);
+  EXPECT_EQ(default_at({"defaults", "adaptive", "reprobe_interval"}), m.adaptive.reprobe_interval);
   EXPECT_EQ(default_at({"defaults", "cache", "entry_timeout"}), m.cache.entry_timeout);
   EXPECT_EQ(default_at({"defaults", "cache", "attr_timeout"}), m.cache.attr_timeout);
   EXPECT_EQ(default_at({"defaults", "cache", "negative_timeout"}), m.cache.negative_timeout);
@@ -243,6 +246,38 @@ mounts:
   EXPECT_EQ(b.io_path, IoPath::Cache);
   EXPECT_EQ(b.cache, (CachePolicy{60, 0.5, 1, true, false}));
   EXPECT_EQ(b.options, (MountFlags{false, true, true}));
+}
+
+TEST(ConfigLoad, AdaptiveSettingsFallBackKeyByKey) {
+  Config c = parse_config(R"(defaults:
+  adaptive: {probe: 8, reprobe_interval: 0.5}
+mounts:
+  - {name: a, mountpoint: /mnt/a, backend: passthrough, source: /srv/a}
+  - name: b
+    mountpoint: /mnt/b
+    backend: passthrough
+    source: /srv/b
+    adaptive: {round: 16}
+)",
+                          "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 2u);
+  EXPECT_EQ(c.mounts[0].adaptive, (accel::Settings{8, 256, 0.5}));
+  EXPECT_EQ(c.mounts[1].adaptive, (accel::Settings{8, 16, 0.5}));
+  EXPECT_EQ(MountConfig().adaptive, accel::Settings{});
+}
+
+TEST(ConfigError, AdaptiveValues) {
+  EXPECT_EQ(error_of(with_mount_keys("    adaptive: {probe: 0}\n")),
+            "t.yaml:6:23: mounts[0].adaptive.probe must be between 1 and 64, not 0");
+  EXPECT_EQ(error_of(with_mount_keys("    adaptive: {round: 2000000}\n")),
+            "t.yaml:6:23: mounts[0].adaptive.round must be between 1 and 1000000, not 2000000");
+  EXPECT_EQ(error_of(with_mount_keys("    adaptive: {reprobe_interval: 0}\n")),
+            "t.yaml:6:34: mounts[0].adaptive.reprobe_interval must be between 0.1 and 86400, not 0");
+  EXPECT_EQ(error_of(with_mount_keys("    adaptive: {probe: many}\n")),
+            "t.yaml:6:23: mounts[0].adaptive.probe must be an integer, not a string");
+  std::string typo = error_of(with_mount_keys("    adaptive: {probes: 4}\n"));
+  EXPECT_NE(typo.find("t.yaml:6:16:"), std::string::npos) << typo;
+  EXPECT_NE(typo.find("did you mean 'probe'"), std::string::npos) << typo;
 }
 
 TEST(ConfigLoad, PathsAreNormalized) {

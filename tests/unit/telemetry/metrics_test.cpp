@@ -64,6 +64,17 @@ class MetricsCollector : public ::testing::Test {
                   .watched_dirs = 60, .watch_fanotify_dirs = 58,
                   .watch_muted_files = 6, .watch_events = 1000, .watch_invalidations = 70,
                   .watch_overflows = 1, .watch_failures = 3};
+    // One epoch decided by the adaptive policy: a small file's first open (the guess,
+    // cache) that was served one READ taking 5 us in efused.
+    accel::IoPathPolicy policy;
+    accel::FileIo file;
+    accel::OpenFacts facts;
+    facts.size = 4096;
+    facts.passthrough_available = true;
+    EXPECT_EQ(policy.open(file, facts, 0), accel::IoPath::Cache);
+    accel::IoPathPolicy::served(file, 5000);
+    policy.closed(file, 0);
+    data.stats.io_path = policy.report();
 
     MountView broken;
     broken.name = "broken";
@@ -201,6 +212,26 @@ TEST_F(MetricsCollector, BackendSeriesOfLiveMountsOnly) {
   EXPECT_TRUE(e.find("efuse_watched_directories", {{"mount", "broken"}}).empty());
 }
 
+TEST_F(MetricsCollector, IoPathSeries) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_io_path_decisions_total",
+                    {{"mount", "data"}, {"decision", "cache"}, {"reason", "guess"}}), 1);
+  EXPECT_TRUE(e.find("efuse_io_path_decisions_total", {{"mount", "data"}, {"decision", "passthrough"}})
+                  .empty()) << "no series for decisions never made";
+  EXPECT_EQ(e.value("efuse_io_path_epochs_measured_total", {{"mount", "data"}}), 1);
+  EXPECT_EQ(e.value("efuse_io_path_probes_total",
+                    {{"mount", "data"}, {"class", "small_cold_read"}, {"cause", "start"}}), 1);
+  // The probe is not complete (passthrough not measured yet): no prediction, no choice.
+  EXPECT_TRUE(e.find("efuse_io_path_predicted_cost_seconds", {{"mount", "data"}}).empty());
+  EXPECT_EQ(e.value("efuse_io_path_choice",
+                    {{"mount", "data"}, {"class", "small_cold_read"}, {"path", "cache"}}), 0);
+  EXPECT_EQ(e.value("efuse_io_path_choice",
+                    {{"mount", "data"}, {"class", "small_cold_read"}, {"path", "passthrough"}}), 0);
+  EXPECT_EQ(e.type["efuse_io_path_choice"], "gauge");
+  EXPECT_EQ(e.type["efuse_io_path_decisions_total"], "counter");
+  EXPECT_TRUE(e.find("efuse_io_path_decisions_total", {{"mount", "broken"}}).empty());
+}
+
 TEST_F(MetricsCollector, WorkerSeries) {
   Exposition e = scrape();
   Labels w0 = {{"mount", "data"}, {"worker", "classic-0"}};
@@ -310,7 +341,9 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_shared_opens_total", "efuse_watched_directories",
         "efuse_watch_fanotify_directories", "efuse_watch_muted_files", "efuse_watch_events_total",
         "efuse_watch_invalidations_total", "efuse_watch_overflows_total",
-        "efuse_watch_failures_total", "efuse_config_reloads_total",
+        "efuse_watch_failures_total", "efuse_io_path_decisions_total",
+        "efuse_io_path_probes_total", "efuse_io_path_choice",
+        "efuse_io_path_epochs_measured_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",
         "efuse_config_last_reload_duration_seconds", "efuse_build_info",
         "efuse_start_time_seconds", "efuse_process_resident_memory_bytes",

@@ -145,6 +145,8 @@ struct Inode {
   std::mutex io_mu;
   uint32_t io_opens = 0;   // guarded by io_mu
   bool io_cached = false;  // guarded by io_mu
+  accel::FileIo io;        // what its opens measured, for the choice (guarded by io_mu but
+                           // its atomics)
 
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
   // OFD locks carry no pid, so each owner also keeps the ranges it holds and the pid that

@@ -72,6 +72,10 @@ void PassthroughFs::set_policy(const Policy& p) {
   keep_cache_.store(p.keep_cache, std::memory_order_relaxed);
   passthrough_io_.store(p.passthrough_io, std::memory_order_relaxed);
   adaptive_io_.store(p.adaptive_io, std::memory_order_relaxed);
+  io_policy_.set_mode(!p.passthrough_io ? accel::IoMode::Cache
+                      : p.adaptive_io   ? accel::IoMode::Auto
+                                        : accel::IoMode::Passthrough);
+  io_policy_.set_settings(p.adaptive);
 }
 
 Result<Entry> PassthroughFs::entry_for(int fd) {
@@ -127,7 +131,14 @@ Result<Entry> PassthroughFs::lookup(const Context&, uint64_t parent, std::string
 }
 
 void PassthroughFs::passthrough_refused(uint64_t ino) {
-  if (auto inode = inodes_.get(ino)) inode->paged.store(true, std::memory_order_relaxed);
+  if (auto inode = inodes_.get(ino)) {
+    inode->paged.store(true, std::memory_order_relaxed);
+    accel::IoPathPolicy::refused(inode->io);
+  }
+}
+
+void PassthroughFs::passthrough_registered(uint64_t ino, uint64_t ns) {
+  if (auto inode = inodes_.get(ino)) accel::IoPathPolicy::registered(inode->io, ns);
 }
 
 void PassthroughFs::forget(uint64_t ino, uint64_t nlookup) {
@@ -155,6 +166,7 @@ BackendStats PassthroughFs::backend_stats() const {
   s.watch_invalidations = watch_counters_.invalidations.load(std::memory_order_relaxed);
   s.watch_overflows = watch_counters_.overflows.load(std::memory_order_relaxed);
   s.watch_failures = watch_counters_.failures.load(std::memory_order_relaxed);
+  s.io_path = io_policy_.report();
   return s;
 }
 

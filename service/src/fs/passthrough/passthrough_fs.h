@@ -67,6 +67,7 @@ class PassthroughFs final : public Filesystem {
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
   void passthrough_refused(uint64_t ino) override;
+  void passthrough_registered(uint64_t ino, uint64_t ns) override;
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
   Result<Attr> setattr(const Context&, uint64_t ino, const SetattrRequest&) override;
   Result<std::string> readlink(const Context&, uint64_t ino) override;
@@ -133,12 +134,11 @@ class PassthroughFs final : public Filesystem {
   Result<int> lock_fd(Inode& inode, uint64_t fh, uint64_t owner);
   Result<OpenInfo> open_file(const Context&, uint64_t ino, int flags);
   uint32_t holder_pid(const Inode& inode, uint64_t owner, const struct flock& conflict);
-  // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in.
-  OpenInfo open_info(Inode& inode, int fd, int flags) const;
-  // Read-only first opens of files up to this size use the page cache, not passthrough:
-  // the whole file is cached after one READ, and each open saves the backing file
-  // registration and the attribute refresh that passthrough reads cause (atime).
-  static constexpr off_t kSmallFile = 64 * 1024;
+  // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in:
+  // the first open of the inode asks io_policy_ (accel/io_path.h), later ones join it.
+  OpenInfo open_info(Inode& inode, int fd, int flags);
+  // A READ or WRITE efused served for `ino`, started at steady_ns() `start`.
+  void served(uint64_t ino, int64_t start);
   // Whether every change behind efused's back reaches the kernel as an invalidation.
   bool exact_invalidation() const;
   // Inodes whose entry and attributes the kernel got after this time (Inode::refreshed_ns)
@@ -185,6 +185,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> keep_cache_;
   std::atomic<bool> passthrough_io_;
   std::atomic<bool> adaptive_io_;
+  accel::IoPathPolicy io_policy_;  // cache or passthrough per file, under io_path: auto
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
   Watcher::Counters watch_counters_;  // declared first: outlives the watchers using it

@@ -46,25 +46,29 @@ bool shareable(int flags) {
 
 }  // namespace
 
-OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) const {
+OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
-  if ((flags & O_ACCMODE) != O_RDONLY) {
+  const bool writable = (flags & O_ACCMODE) != O_RDONLY;
+  if (writable) {
     info.fh |= kWriterFh;
     inode.writers.fetch_add(1);
   }
-  bool passthrough = caps_.passthrough && passthrough_io_.load(std::memory_order_relaxed);
   std::lock_guard lk(inode.io_mu);
   if (inode.io_opens++ == 0) {
     struct stat st;
-    bool writable = (flags & O_ACCMODE) != O_RDONLY;
     bool known = fstat(fd, &st) == 0;
+    accel::OpenFacts facts;
+    facts.size = known ? st.st_size : 0;
+    facts.writable = writable;
     // Kernel-direct writes run with efused's credentials (CAP_FSETID), and with
     // FUSE_HANDLE_KILLPRIV_V2 the kernel leaves clearing set-ID bits to us: a set-ID file
     // opened for writing is served, so each WRITE can clear them.
-    bool small = adaptive_io_.load(std::memory_order_relaxed) && st.st_size <= kSmallFile;
-    inode.io_cached =
-        !passthrough || !known || (writable ? privs_to_kill(st.st_mode) != 0 : small);
+    facts.setid_write = writable && known && privs_to_kill(st.st_mode) != 0;
+    facts.passthrough_available = caps_.passthrough && known;
+    inode.io_cached = io_policy_.open(inode.io, facts, steady_ns()) == accel::IoPath::Cache;
+  } else {
+    io_policy_.joined(inode.io);
   }
   if (inode.io_cached) {
     inode.paged.store(true, std::memory_order_relaxed);
@@ -154,9 +158,17 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   return c;
 }
 
-Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64_t off,
+void PassthroughFs::served(uint64_t ino, int64_t start) {
+  if (auto inode = inodes_.get(ino))
+    accel::IoPathPolicy::served(inode->io, static_cast<uint64_t>(steady_ns() - start));
+}
+
+Result<size_t> PassthroughFs::read(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
                                    std::span<char> buf) {
   CHECK_FH(fh);
+  // What the page-cache path costs is measured for io_path: auto (accel/io_path.h).
+  const bool measure = adaptive_io_.load(std::memory_order_relaxed);
+  const int64_t start = measure ? steady_ns() : 0;
   // FUSE takes a short read for end of file: fill the buffer unless the file really ends.
   size_t done = 0;
   while (done < buf.size()) {
@@ -170,12 +182,15 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t, uint64_t fh, uint64
     if (n == 0) break;
     done += static_cast<size_t>(n);
   }
+  if (measure) served(ino, start);
   return done;
 }
 
-Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t, uint64_t fh, uint64_t off,
+Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t ino, uint64_t fh, uint64_t off,
                                     std::span<const char> data) {
   CHECK_FH(fh);
+  const bool measure = adaptive_io_.load(std::memory_order_relaxed);
+  const int64_t start = measure ? steady_ns() : 0;
   if (ctx.kill_suidgid) {
     Status k = kill_suidgid(fd_of(fh));
     if (!k.ok()) return Errno{k.error()};
@@ -191,6 +206,7 @@ Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t, uint64_t fh, u
     }
     done += static_cast<size_t>(n);
   }
+  if (measure) served(ino, start);
   return done;
 }
 
@@ -228,7 +244,7 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
       }
     }
     std::lock_guard lk(inode->io_mu);
-    if (inode->io_opens > 0) --inode->io_opens;
+    if (inode->io_opens > 0 && --inode->io_opens == 0) io_policy_.closed(inode->io, steady_ns());
   }
   if (!is_shared(fh)) ::close(fd_of(fh));
   if (inode && is_writer(fh) && inode->writers.fetch_sub(1) == 1 && inode->muted.load())

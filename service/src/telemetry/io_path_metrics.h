@@ -1,0 +1,28 @@
+// Metric families of the adaptive I/O path scheduler (accel/io_path.h), per mount:
+// decisions, probes, predictions and the current choice of each class of opens.
+#pragma once
+
+#include <prometheus/metric_family.h>
+
+#include <string>
+#include <vector>
+
+#include "accel/io_path.h"
+
+namespace efuse::telemetry {
+
+class IoPathFamilies {
+ public:
+  IoPathFamilies();
+  void add(const std::string& mount, const accel::IoPathReport& report);
+  void append_to(std::vector<prometheus::MetricFamily>& out) &&;
+
+ private:
+  prometheus::MetricFamily decisions_;
+  prometheus::MetricFamily probes_;
+  prometheus::MetricFamily predicted_;
+  prometheus::MetricFamily choice_;
+  prometheus::MetricFamily epochs_;
+};
+
+}  // namespace efuse::telemetry

@@ -1,0 +1,193 @@
+// The adaptive scheduler's engine, driven with simulated costs and times (no clock).
+#include "accel/engine.h"
+
+#include <gtest/gtest.h>
+
+namespace efuse::accel {
+namespace {
+
+constexpr int64_t kSecond = 1'000'000'000;
+
+// Decides and measures `n` times with the cost each path has in `cost`, at time `now`;
+// returns how many decisions went to path 1.
+int run(Engine& e, int n, const double (&cost)[2], int64_t now = 0, double feature = 0) {
+  int ones = 0;
+  for (int i = 0; i < n; ++i) {
+    Choice c = e.choose(now, 0, feature);
+    ones += c.path;
+    e.measured(c.path, cost[c.path], now);
+  }
+  return ones;
+}
+
+Settings small_settings() {
+  Settings s;
+  s.probe = 3;
+  s.round = 20;
+  s.reprobe_interval = 10;
+  return s;
+}
+
+TEST(Engine, FirstDecisionIsTheGuessThenProbesAlternate) {
+  Engine e;
+  e.set_settings(small_settings());
+  Choice c = e.choose(0, 1, 0);
+  EXPECT_EQ(c.path, 1);
+  EXPECT_EQ(c.pick, Pick::Guess);
+  e.measured(1, 10, 0);
+  // Path 0 has fewer measurements now.
+  c = e.choose(0, 1, 0);
+  EXPECT_EQ(c.path, 0);
+  EXPECT_EQ(c.pick, Pick::Probe);
+  EXPECT_EQ(e.phase(), Phase::Probe);
+}
+
+TEST(Engine, CommitsToTheCheaperPathAfterTheProbe) {
+  Engine e;
+  e.set_settings(small_settings());
+  const double cost[2] = {50, 5};
+  run(e, 6, cost);  // 3 measurements each
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  EXPECT_DOUBLE_EQ(e.predicted(0), 50);
+  EXPECT_DOUBLE_EQ(e.predicted(1), 5);
+  for (int i = 0; i < 20; ++i) {
+    Choice c = e.choose(0, 0, 0);
+    EXPECT_EQ(c.path, 1);
+    EXPECT_EQ(c.pick, Pick::Predicted);
+    e.measured(c.path, 5, 0);
+  }
+  EngineReport r = e.report();
+  EXPECT_EQ(r.choice, 1);
+  EXPECT_EQ(r.round_left, 0u);
+}
+
+TEST(Engine, ProbesAgainWhenTheRoundIsUsedUp) {
+  Engine e;
+  e.set_settings(small_settings());
+  const double cost[2] = {50, 5};
+  run(e, 6 + 20, cost);
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  Choice c = e.choose(0, 0, 0);
+  EXPECT_EQ(c.pick, Pick::Probe);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Round)], 1u);
+}
+
+TEST(Engine, ProbesAgainAfterTheInterval) {
+  Engine e;
+  e.set_settings(small_settings());
+  const double cost[2] = {50, 5};
+  run(e, 6, cost, 0);
+  EXPECT_EQ(e.choose(9 * kSecond, 0, 0).pick, Pick::Predicted);
+  EXPECT_EQ(e.choose(10 * kSecond, 0, 0).pick, Pick::Probe);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Period)], 1u);
+}
+
+TEST(Engine, FollowsAWorkloadWhoseCostsSwap) {
+  Engine e;
+  Settings s = small_settings();
+  s.round = 1000;
+  s.reprobe_interval = 1000;
+  e.set_settings(s);
+  const double before[2] = {50'000, 5'000};
+  run(e, 40, before);
+  EXPECT_EQ(e.report().choice, 1);
+  // Path 1 becomes ten times dearer: its measurements drift from the prediction, the
+  // engine probes again and moves to path 0.
+  const double after[2] = {5'000, 50'000};
+  run(e, 40, after);
+  EngineReport r = e.report();
+  EXPECT_EQ(r.choice, 0);
+  EXPECT_GE(r.probes[static_cast<size_t>(ProbeCause::Drift)], 1u);
+}
+
+TEST(Engine, DriftBelowTheNoiseFloorIsIgnored) {
+  Engine e(1000);
+  Settings s = small_settings();
+  s.round = 1000;
+  s.reprobe_interval = 1000;
+  e.set_settings(s);
+  const double before[2] = {500, 10};
+  run(e, 6, before);
+  const double after[2] = {500, 100};  // 10x, but only 90 units
+  run(e, 50, after);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Drift)], 0u);
+  EXPECT_EQ(e.report().choice, 1);
+}
+
+TEST(Engine, AShiftOfTheFeatureStartsAProbe) {
+  Engine e;
+  Settings s = small_settings();
+  s.round = 1000;
+  s.reprobe_interval = 1000;
+  e.set_settings(s);
+  const double cost[2] = {50, 5};
+  run(e, 6, cost, 0, 0.0);
+  run(e, 10, cost, 0, 0.1);  // within kShift
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Shift)], 0u);
+  run(e, 20, cost, 0, 0.9);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Shift)], 1u);
+}
+
+TEST(Engine, HysteresisKeepsTheChoiceWhenTheOtherIsBarelyCheaper) {
+  Engine e;
+  e.set_settings(small_settings());
+  const double first[2] = {50, 10};
+  run(e, 6 + 20, first);
+  EXPECT_EQ(e.report().choice, 1);
+  const double close[2] = {9.5, 10};  // 5 % cheaper: within kMargin
+  run(e, 6, close);
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  EXPECT_EQ(e.report().choice, 1);
+  run(e, 20, close);
+  const double clear[2] = {5, 10};
+  run(e, 6, clear);
+  EXPECT_EQ(e.report().choice, 0);
+}
+
+TEST(Engine, AFailedPathIsNotChosen) {
+  Engine e;
+  e.set_settings(small_settings());
+  Choice c = e.choose(0, 1, 0);
+  ASSERT_EQ(c.path, 1);
+  e.failed(1, 0);
+  for (int i = 0; i < 3; ++i) {
+    c = e.choose(0, 1, 0);
+    EXPECT_EQ(c.path, 0);
+    e.measured(0, 100, 0);
+  }
+  EngineReport r = e.report();
+  EXPECT_EQ(r.phase, Phase::Commit);
+  EXPECT_EQ(r.choice, 0);
+  EXPECT_LT(r.predicted[1], 0);
+}
+
+TEST(Engine, CommitsWhenMeasurementsNeverArrive) {
+  Engine e;
+  e.set_settings(small_settings());
+  // Decisions whose files stay open: no measurement comes back.
+  for (int i = 0; i < 8 * 3; ++i) e.choose(0, 0, 0);
+  // Nothing measured at all: still probing (nothing to predict from).
+  EXPECT_EQ(e.phase(), Phase::Probe);
+  e.measured(0, 7, 0);
+  for (int i = 0; i < 8 * 3; ++i) e.choose(0, 0, 0);
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  EXPECT_EQ(e.report().choice, 0);
+}
+
+TEST(Engine, SettingsApplyFromTheNextRound) {
+  Engine e;
+  e.set_settings(small_settings());
+  const double cost[2] = {50, 5};
+  run(e, 6, cost);
+  Settings s = small_settings();
+  s.probe = 1;
+  s.round = 2;
+  e.set_settings(s);
+  run(e, 20, cost);  // finishes the running round of 20
+  run(e, 2, cost);   // a probe of one measurement each
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  EXPECT_EQ(e.report().round_left, 2u);
+}
+
+}  // namespace
+}  // namespace efuse::accel

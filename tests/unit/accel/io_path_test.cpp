@@ -1,0 +1,255 @@
+// Cache or passthrough per file (accel/io_path.h), driven with simulated measurements: the
+// cost of an epoch is what its opens were served (requests and efused's time on the cache
+// path, the backing registration on the passthrough path). No clock, no file system.
+#include "accel/io_path.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <map>
+#include <memory>
+
+namespace efuse::accel {
+namespace {
+
+constexpr off_t kKiB = 1024;
+constexpr off_t kMiB = 1024 * 1024;
+
+OpenFacts facts(off_t size, bool writable = false) {
+  OpenFacts f;
+  f.size = size;
+  f.writable = writable;
+  f.passthrough_available = true;
+  return f;
+}
+
+uint64_t decisions(const IoPathReport& r, IoPath p, IoReason why) {
+  return r.decisions[static_cast<size_t>(p)][static_cast<size_t>(why)];
+}
+
+const IoClassReport* klass(const IoPathReport& r, const std::string& name) {
+  for (const auto& c : r.classes)
+    if (c.name == name) return &c;
+  return nullptr;
+}
+
+// A simulated workload: what one open of a file costs on each path. The page cache keeps a
+// file's pages from one cache epoch to the next (keep_cache), so a cache open of a file
+// whose pages are cached fetches nothing.
+struct SimFile {
+  off_t size;
+  FileIo io;
+  bool pages_cached = false;
+};
+
+class Sim {
+ public:
+  explicit Sim(Settings s = {}) { policy.set_settings(s); }
+
+  // One open-read-close of `f`; returns the path it got.
+  IoPath open_read_close(SimFile& f, int64_t now = 0) {
+    IoPath p = policy.open(f.io, facts(f.size), now);
+    if (p == IoPath::Cache) {
+      if (!f.pages_cached) {
+        // One READ per 128 KiB, 5 us of efused's time each.
+        uint64_t reads = static_cast<uint64_t>((f.size + 128 * kKiB - 1) / (128 * kKiB));
+        for (uint64_t i = 0; i < reads; ++i) IoPathPolicy::served(f.io, 5'000);
+        f.pages_cached = true;
+      }
+    } else {
+      IoPathPolicy::registered(f.io, 3'000);  // 3 us to register the backing file
+    }
+    policy.closed(f.io, now);
+    ++opened[p];
+    return p;
+  }
+
+  IoPathPolicy policy;
+  std::map<IoPath, int> opened;
+};
+
+TEST(IoPathPolicy, FixedModesAndUnavailablePassthrough) {
+  IoPathPolicy policy;
+  FileIo f;
+  policy.set_mode(IoMode::Cache);
+  EXPECT_EQ(policy.open(f, facts(10 * kMiB), 0), IoPath::Cache);
+  policy.closed(f, 0);
+  policy.set_mode(IoMode::Passthrough);
+  EXPECT_EQ(policy.open(f, facts(1 * kKiB), 0), IoPath::Passthrough);
+  policy.closed(f, 0);
+  policy.set_mode(IoMode::Auto);
+  OpenFacts no_pt = facts(10 * kMiB);
+  no_pt.passthrough_available = false;
+  EXPECT_EQ(policy.open(f, no_pt, 0), IoPath::Cache);
+  policy.closed(f, 0);
+  OpenFacts setid = facts(10 * kMiB, true);
+  setid.setid_write = true;
+  EXPECT_EQ(policy.open(f, setid, 0), IoPath::Cache);
+  policy.closed(f, 0);
+  IoPathReport r = policy.report();
+  EXPECT_EQ(decisions(r, IoPath::Cache, IoReason::Fixed), 1u);
+  EXPECT_EQ(decisions(r, IoPath::Passthrough, IoReason::Fixed), 1u);
+  EXPECT_EQ(decisions(r, IoPath::Cache, IoReason::Unavailable), 1u);
+  EXPECT_EQ(decisions(r, IoPath::Cache, IoReason::Setid), 1u);
+  EXPECT_EQ(r.epochs_measured, 0u);  // nothing decided by an engine
+  EXPECT_TRUE(r.classes.empty());
+}
+
+TEST(IoPathPolicy, StartingGuessIsThe64KiBRule) {
+  IoPathPolicy policy;
+  FileIo small, large, small_writer;
+  EXPECT_EQ(policy.open(small, facts(64 * kKiB), 0), IoPath::Cache);
+  EXPECT_EQ(policy.open(large, facts(64 * kKiB + 1), 0), IoPath::Passthrough);
+  EXPECT_EQ(policy.open(small_writer, facts(4 * kKiB, true), 0), IoPath::Passthrough);
+  IoPathReport r = policy.report();
+  EXPECT_EQ(decisions(r, IoPath::Cache, IoReason::Guess), 1u);
+  EXPECT_EQ(decisions(r, IoPath::Passthrough, IoReason::Guess), 2u);
+  ASSERT_NE(klass(r, "small_cold_read"), nullptr);
+  ASSERT_NE(klass(r, "medium_cold_read"), nullptr);
+  ASSERT_NE(klass(r, "small_cold_write"), nullptr);
+}
+
+TEST(IoPathPolicy, HotSmallFilesReReadEndOnTheCache) {
+  Sim sim;
+  std::vector<std::unique_ptr<SimFile>> files;
+  for (int i = 0; i < 20; ++i) files.push_back(std::make_unique<SimFile>(SimFile{4 * kKiB}));
+  for (int pass = 0; pass < 100; ++pass)
+    for (auto& f : files) sim.open_read_close(*f);
+  IoPathReport r = sim.policy.report();
+  // First opens: a READ (25 us) against a 3 us registration, passthrough wins.
+  const IoClassReport* cold = klass(r, "small_cold_read");
+  ASSERT_NE(cold, nullptr);
+  EXPECT_EQ(cold->engine.choice, static_cast<int>(IoPath::Passthrough));
+  // Warm reopens fetch nothing: the cache wins by measurement.
+  const IoClassReport* warm = klass(r, "small_warm_read");
+  ASSERT_NE(warm, nullptr);
+  EXPECT_EQ(warm->engine.choice, static_cast<int>(IoPath::Cache));
+  EXPECT_GE(warm->engine.predicted[1], 0);
+  EXPECT_LT(warm->engine.predicted[0], warm->engine.predicted[1]);
+  // Each file rents passthrough until its opens pay for a fetch (25 / 3: about 8 opens),
+  // then stays on the cache: most of the 2,000 opens were served from the page cache.
+  EXPECT_GT(sim.opened[IoPath::Cache], 1700);
+  EXPECT_LT(sim.opened[IoPath::Cache], 1960);
+  EXPECT_GT(decisions(r, IoPath::Cache, IoReason::History), 0u);
+}
+
+TEST(IoPathPolicy, LargeFilesStreamedOnceEndOnPassthrough) {
+  Sim sim;
+  std::vector<std::unique_ptr<SimFile>> files;
+  for (int i = 0; i < 200; ++i) files.push_back(std::make_unique<SimFile>(SimFile{32 * kMiB}));
+  for (auto& f : files) sim.open_read_close(*f);  // one pass, every open a first open
+  IoPathReport r = sim.policy.report();
+  const IoClassReport* first = klass(r, "large_cold_read");
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->engine.choice, static_cast<int>(IoPath::Passthrough));
+  // Only the probe tried the cache: a file's 256 READs at 25 us each.
+  EXPECT_NEAR(first->engine.predicted[0], 256 * (IoPathPolicy::kUpcallNs + 5'000), 1);
+  EXPECT_NEAR(first->engine.predicted[1], 3'000, 1);
+  EXPECT_LE(sim.opened[IoPath::Cache], 4);
+}
+
+TEST(IoPathPolicy, SmallFilesReadOnceGoPassthroughThenCacheWhenReuseStarts) {
+  Settings s;
+  s.round = 32;
+  Sim sim(s);
+  std::vector<std::unique_ptr<SimFile>> once;
+  for (int i = 0; i < 200; ++i) once.push_back(std::make_unique<SimFile>(SimFile{16 * kKiB}));
+  // One pass over many small files: a READ (25 us) per open on the cache path against a
+  // 3 us registration: passthrough is cheaper for first opens.
+  for (auto& f : once) sim.open_read_close(*f);
+  const IoClassReport* cold = klass(sim.policy.report(), "small_cold_read");
+  ASSERT_NE(cold, nullptr);
+  EXPECT_EQ(cold->engine.choice, static_cast<int>(IoPath::Passthrough));
+  EXPECT_LT(sim.opened[IoPath::Cache], 40);
+  // Fifty of them read again and again: they move to the cache and stay there.
+  for (int pass = 0; pass < 20; ++pass)
+    for (int i = 0; i < 50; ++i) sim.open_read_close(*once[i]);
+  const IoClassReport* warm = klass(sim.policy.report(), "small_warm_read");
+  ASSERT_NE(warm, nullptr);
+  EXPECT_EQ(warm->engine.choice, static_cast<int>(IoPath::Cache));
+  int cached_last_pass = 0;
+  for (int i = 0; i < 50; ++i) cached_last_pass += sim.open_read_close(*once[i]) == IoPath::Cache;
+  EXPECT_GE(cached_last_pass, 45);
+}
+
+TEST(IoPathPolicy, AFileWhosePagesDoNotStayGoesBackToPassthrough) {
+  Settings s;
+  s.probe = 2;
+  s.round = 1000;
+  Sim sim(s);
+  // Hot files commit the warm class to the cache.
+  std::vector<std::unique_ptr<SimFile>> hot;
+  for (int i = 0; i < 10; ++i) hot.push_back(std::make_unique<SimFile>(SimFile{8 * kKiB}));
+  for (int pass = 0; pass < 20; ++pass)
+    for (auto& f : hot) sim.open_read_close(*f);
+  ASSERT_EQ(klass(sim.policy.report(), "small_warm_read")->engine.choice,
+            static_cast<int>(IoPath::Cache));
+  // A file of the same size whose pages never stay (as if rewritten behind efused's back
+  // before each open): every cache epoch fetches it again.
+  FileIo churn;
+  std::vector<IoPath> paths;
+  for (int i = 0; i < 30; ++i) {
+    IoPath p = sim.policy.open(churn, facts(8 * kKiB), 0);
+    if (p == IoPath::Cache) IoPathPolicy::served(churn, 5'000);
+    else IoPathPolicy::registered(churn, 3'000);
+    sim.policy.closed(churn, 0);
+    paths.push_back(p);
+  }
+  // It rented passthrough, tried the cache once its opens would have paid for a fetch, saw
+  // its warm reopen fetch again, and went back to passthrough for good.
+  EXPECT_NE(std::find(paths.begin(), paths.end(), IoPath::Cache), paths.end());
+  for (int i = 20; i < 30; ++i) EXPECT_EQ(paths[i], IoPath::Passthrough) << i;
+  EXPECT_EQ(churn.warm_cache.n, 1u);
+}
+
+TEST(IoPathPolicy, ConcurrentOpensOfAnEpochShareItsCost) {
+  Settings s;
+  s.probe = 1;
+  IoPathPolicy policy;
+  policy.set_settings(s);
+  FileIo f;
+  ASSERT_EQ(policy.open(f, facts(1 * kMiB), 0), IoPath::Passthrough);  // the guess
+  policy.joined(f);
+  policy.joined(f);
+  policy.joined(f);
+  IoPathPolicy::registered(f, 8'000);
+  policy.closed(f, 0);
+  FileIo g;
+  ASSERT_EQ(policy.open(g, facts(1 * kMiB), 0), IoPath::Cache);  // the probe's other path
+  IoPathPolicy::served(g, 0);
+  policy.closed(g, 0);
+  const IoClassReport* c = klass(policy.report(), "medium_cold_read");
+  ASSERT_NE(c, nullptr);
+  EXPECT_DOUBLE_EQ(c->engine.predicted[1], 2'000);  // 8 us over four opens
+  EXPECT_DOUBLE_EQ(c->engine.predicted[0], IoPathPolicy::kUpcallNs);
+  EXPECT_EQ(c->engine.choice, static_cast<int>(IoPath::Passthrough));
+}
+
+TEST(IoPathPolicy, RefusedPassthroughIsNotChosenAgainByTheClass) {
+  Settings s;
+  s.probe = 2;
+  IoPathPolicy policy;
+  policy.set_settings(s);
+  for (int i = 0; i < 6; ++i) {
+    FileIo f;
+    IoPath p = policy.open(f, facts(1 * kMiB), 0);
+    if (p == IoPath::Passthrough) IoPathPolicy::refused(f);
+    else IoPathPolicy::served(f, 1'000);
+    policy.closed(f, 0);
+  }
+  const IoClassReport* c = klass(policy.report(), "medium_cold_read");
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(c->engine.choice, static_cast<int>(IoPath::Cache));
+  EXPECT_LT(c->engine.predicted[1], 0);
+}
+
+TEST(IoPathPolicy, ClassNames) {
+  EXPECT_EQ(IoPathPolicy::class_name(0), "small_cold_read");
+  EXPECT_EQ(IoPathPolicy::class_name(3), "small_warm_write");
+  EXPECT_EQ(IoPathPolicy::class_name(5), "medium_cold_write");
+  EXPECT_EQ(IoPathPolicy::class_name(IoPathPolicy::kClasses - 1), "large_warm_write");
+}
+
+}  // namespace
+}  // namespace efuse::accel
