@@ -64,6 +64,9 @@ class Bench(Rows, FioRows, Report):
             "fio_large": (4, (64 * MiB if self.quick else 256 * MiB), 1 * MiB),
             "tree_dirs": 100, "tree_files": 100, "tree_walks": 10,
             "cat_count": 20000, "cat_batch": 200, "cat_size": 4 * KiB,
+            # adaptive I/O path rows: hot (files, size, passes), cold (files, size)
+            "io_hot": (200, 16 * KiB, 10 if self.quick else 50),
+            "io_cold": (4, 16 * MiB) if self.quick else (8, 64 * MiB),
         }
 
     # ---- metrics bookkeeping

@@ -22,15 +22,22 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # The subset tar holds only these top-level directories of the kernel tree (~11k entries):
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
-SIDES = ("native", "libfuse", "efused", "efused-nobpf")
-GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
+SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough")
+# Row groups of the adaptive I/O path (io_path: auto against each fixed path, see
+# bench/README.md): small hot files re-read (the page cache should win), one pass over
+# large cold files (passthrough should win), both at once. Run by native, efused (auto),
+# efused-cache and efused-passthrough.
+IO_PATH_GROUPS = ("io-hot", "io-cold", "io-mix")
+IO_PATH_SIDES = ("efused-cache", "efused-passthrough", "efused")
+BASE_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
+GROUPS = BASE_GROUPS + IO_PATH_GROUPS
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
 FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
 # Row groups efused-nobpf measures: every one. In these it measures the efused side's own
 # mount and files (back to back, same data); the tar rows extract into a fresh mount per
 # repetition, which the two cannot share, so there it starts a fresh efused of its own for
 # every repetition, like every other side.
-COST_GROUPS = GROUPS
+COST_GROUPS = BASE_GROUPS
 SHARED_COST_GROUPS = FIO_GROUPS + ("tree", "cat")
 # Row groups with an extra counted run per FUSE side (COUNTED_SIDES) and variant, with the
 # telemetry efused attached and scraped: the upcalls / context switches per operation table

@@ -8,7 +8,7 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from .common import COST_GROUPS, COUNTED_GROUPS, COUNTED_SIDES, REPO, SIDES
+from .common import COST_GROUPS, COUNTED_GROUPS, COUNTED_SIDES, IO_PATH_GROUPS, REPO, SIDES
 from .sides import SIDE_CLASSES, LibfuseSide
 
 
@@ -67,6 +67,7 @@ class Report:
                "upcalls_ctxsw_per_io": self.count_rows(),
                "wait_floor": self.floor_rows(),
                "telemetry_cost": self.cost_rows(),
+               "adaptive_vs_fixed": self.adaptive_rows(),
                "nobpf_vs_libfuse": self.nobpf_rows()}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -189,6 +190,52 @@ class Report:
                      f"{self.cell(m, 'libfuse')} | {self.cell(m, 'efused-nobpf')} | "
                      f"{fmt_ratio(r['efused-nobpf/libfuse'])} | "
                      f"{', '.join(fmt_ratio(x) for x in r['per_rep']) or '—'} |")
+        return L
+
+    def adaptive_rows(self) -> list[dict]:
+        """The adaptive I/O path rows: efused with io_path auto (side `efused`) against each
+        fixed path (`efused-cache`, `efused-passthrough`), as a speed ratio auto ÷ the best
+        fixed path that ran (for time rows: best fixed time ÷ auto's time): 1.00x = as fast as
+        the best fixed path, above = faster. None where auto or every fixed path is missing."""
+        rows = []
+        for m in self.metrics:
+            if m.group not in IO_PATH_GROUPS:
+                continue
+
+            def ok(side):
+                return None if m.errors.get(side) else m.median(side)
+            auto = ok("efused")
+            fixed = {s: ok(s) for s in ("efused-cache", "efused-passthrough")}
+            ran = {s: v for s, v in fixed.items() if v}
+            best = None
+            if ran:
+                best = (min if m.better == "lower" else max)(ran, key=ran.get)
+            speed = None
+            if auto and best:
+                speed = ran[best] / auto if m.better == "lower" else auto / ran[best]
+            rows.append({"key": m.key, "row": m.row, "metric": m.label, "unit": m.unit,
+                         "native": ok("native"), "auto": auto, **fixed, "best_fixed": best,
+                         "auto_speed/best_fixed": speed,
+                         "beats_every_fixed": bool(speed and len(ran) == 2 and speed > 1)})
+        return rows
+
+    def render_adaptive_md(self) -> list[str]:
+        rows = self.adaptive_rows()
+        L = ["", "## Adaptive I/O path ÷ fixed paths", "",
+             "efused with `io_path: auto` (`efused`) against the same efused with `io_path` fixed "
+             "to `cache` (`efused-cache`) and to `passthrough` (`efused-passthrough`). "
+             "*auto speed ÷ best fixed*: the best fixed path's time ÷ auto's time (1.00x = as "
+             "fast as the best fixed path, above = faster).", ""]
+        if not rows:
+            return L + ["No adaptive I/O path row ran."]
+        L += ["| row | metric | native | cache | passthrough | auto | best fixed | "
+              "auto speed ÷ best fixed |", "|---|---|---:|---:|---:|---:|---|---:|"]
+        for r in rows:
+            m = self.by_key[r["key"]]
+            L.append(f"| {r['row']} | {r['metric']} ({m.unit}) | {self.cell(m, 'native')} | "
+                     f"{self.cell(m, 'efused-cache')} | {self.cell(m, 'efused-passthrough')} | "
+                     f"{self.cell(m, 'efused')} | {r['best_fixed'] or '—'} | "
+                     f"{fmt_ratio(r['auto_speed/best_fixed'])} |")
         return L
 
     def cell(self, m, side):
@@ -337,6 +384,8 @@ class Report:
         if self.counted_rows:
             L += self.render_counts_md()
         L += self.render_floor_md()
+        if set(IO_PATH_GROUPS) & set(self.groups):
+            L += self.render_adaptive_md()
         if {"efused", "efused-nobpf"} <= set(self.side_names) and set(COST_GROUPS) & set(self.groups):
             L += self.render_cost_md()
         if {"libfuse", "efused-nobpf"} <= set(self.side_names):
@@ -369,9 +418,11 @@ class Report:
             for s, n in notes:
                 L.append(f"- {s}: {mdesc(n)}")
         L += ["", "## Repetitions", "",
-              "| row | metric | " + " | ".join(SIDES) + " |", "|---|---|" + "---|" * len(SIDES)]
+              "| row | metric | " + " | ".join(self.side_names) + " |",
+              "|---|---|" + "---|" * len(self.side_names)]
         for m in self.metrics:
-            cells = [", ".join(fmt(v, m.unit) for v in m.reps.get(s, [])) or "—" for s in SIDES]
+            cells = [", ".join(fmt(v, m.unit) for v in m.reps.get(s, [])) or "—"
+                     for s in self.side_names]
             L.append(f"| {m.row} | {m.label} | " + " | ".join(cells) + " |")
         return "\n".join(L) + "\n"
 

@@ -2,11 +2,12 @@
 order the groups run in."""
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
 
-from .common import COUNTED_GROUPS, COUNTED_SIDES, KiB, LINUX_TAR, LINUX_TAR_SUBSET, RUN, \
+from .common import COUNTED_GROUPS, COUNTED_SIDES, KiB, LINUX_TAR, LINUX_TAR_SUBSET, MiB, RUN, \
     SUBSET_TAR_DIRS, BenchError
 from .model import Ctx, Phase
 from .mounts import retire
@@ -118,6 +119,56 @@ class Rows:
             phases.append(Phase([], measure, before, counted=key))
         self.run_group(gid, [mt, ms], None, phases)
 
+    def group_io(self, gid: str):
+        """The adaptive I/O path rows: io-hot re-reads small files (warm), io-cold reads large
+        files once after dropping caches, io-mix does both at the same time (cold)."""
+        hot_n, hot_size, passes = self.cfg["io_hot"]
+        cold_n, cold_size = self.cfg["io_cold"]
+        hot_desc = f"{hot_n} x {hot_size // KiB} KiB files re-read {passes} times"
+        cold_desc = f"one pass over {cold_n} x {cold_size // MiB} MiB files"
+        row = {"io-hot": f"I/O path, page cache wins: {hot_desc} (xargs cat), warm",
+               "io-cold": f"I/O path, passthrough wins: {cold_desc} (cat), cold",
+               "io-mix": f"I/O path, mixed: {hot_desc} while {cold_desc}, cold"}[gid]
+        m = self.declare(f"{gid}.time", gid, row, "time", "s", "lower")
+        lists = RUN / "lists"
+
+        def hot_list(ctx):
+            owner = getattr(ctx.side, "shared", None) or ctx.side
+            return lists / f"{gid}-{owner.name}.txt"
+
+        def prepare(ctx):
+            lists.mkdir(parents=True, exist_ok=True)
+            paths = []
+            if gid in ("io-hot", "io-mix"):
+                (ctx.data / "hot").mkdir()
+                for i in range(hot_n):
+                    p = ctx.data / "hot" / f"h{i:04d}"
+                    p.write_bytes(os.urandom(hot_size))
+                    paths.append(str(p))
+                hot_list(ctx).write_text("\n".join(paths * passes) + "\n")
+            if gid in ("io-cold", "io-mix"):
+                (ctx.data / "cold").mkdir()
+                for i in range(cold_n):
+                    run(["dd", "if=/dev/urandom", f"of={ctx.data / 'cold' / f'c{i:02d}'}",
+                         f"bs={MiB}", f"count={cold_size // MiB}", "status=none"], timeout=600)
+            sync()
+
+        def before(ctx):
+            if gid == "io-hot":
+                run(["xargs", "-d", "\\n", "-n", "200", "-a", hot_list(ctx), "cat"],
+                    timeout=1800)  # warm: one pass first
+            else:
+                drop_caches()
+
+        def measure(ctx, rep):
+            hot = shlex.join(["xargs", "-d", "\\n", "-n", "200", "-a", str(hot_list(ctx)), "cat"])
+            cold = f"cat {shlex.quote(str(ctx.data / 'cold'))}/c* >/dev/null"
+            cmd = {"io-hot": f"{hot} >/dev/null", "io-cold": cold,
+                   "io-mix": f"{hot} >/dev/null & {cold}; s=$?; wait $! || exit; exit $s"}[gid]
+            return {m.key: run(cmd, timeout=3600, what=f"{gid} on {ctx.side.name}")[0]}
+
+        self.run_group(gid, [m], prepare, [Phase([m], measure, before)])
+
     def counted(self, gid: str, variant: str, row: str, per: str) -> str | None:
         """Registers the counted run of a row group (per = what its operations are: "I/Os",
         "files", "entries"); its Phase key, or None when the group is not counted in this run."""
@@ -151,4 +202,6 @@ class Rows:
                                f"linux-source-6.1 subset {'+'.join(SUBSET_TAR_DIRS)}")
             elif g == "tar-full":
                 self.group_tar(g, LINUX_TAR, "linux-source-6.1")
+            elif g.startswith("io-"):
+                self.group_io(g)
 

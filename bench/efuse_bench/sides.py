@@ -5,8 +5,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, RUN, SHARED_COST_GROUPS, SIDES, \
-    BenchError
+from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, IO_PATH_GROUPS, RUN, \
+    SHARED_COST_GROUPS, SIDES, BenchError
 from .mounts import retire
 from .procs import Daemon
 
@@ -101,6 +101,7 @@ class FuseSide(Side):
 class LibfuseSide(FuseSide):
     name = "libfuse"
     fstype = "fuse.passthrough_ll"
+    groups = BASE_GROUPS
 
     def argv(self, src, mnt):
         # DEFAULT passthrough_ll options: only the source and foreground mode.
@@ -156,5 +157,23 @@ class EfusedNoBpfSide(EfusedSide):
             super().end()
 
 
-SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide)}
+class EfusedCacheSide(EfusedSide):
+    """efused with io_path fixed to cache (every file through the page cache and efused), for
+    the adaptive I/O path rows; telemetry attached like the efused side's."""
+    name = "efused-cache"
+    groups = IO_PATH_GROUPS
+    io_path = "cache"
+
+    def argv(self, src, mnt):
+        return super().argv(src, mnt) + ["--io-path", self.io_path]
+
+
+class EfusedPassthroughSide(EfusedCacheSide):
+    """efused with io_path fixed to passthrough (every file kernel-direct when granted)."""
+    name = "efused-passthrough"
+    io_path = "passthrough"
+
+
+SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
+                                    EfusedCacheSide, EfusedPassthroughSide)}
 assert tuple(SIDE_CLASSES) == SIDES

@@ -327,5 +327,107 @@ class ReportTest(unittest.TestCase):
             self.assertEqual(list(Path(d).iterdir()), [])
 
 
+HOT_ROW = "I/O path, page cache wins: 200 x 16 KiB files re-read 10 times (xargs cat), warm"
+COLD_ROW = "I/O path, passthrough wins: one pass over 4 x 16 MiB files (cat), cold"
+MIX_ROW = "I/O path, mixed: both, cold"
+
+
+def make_io_bench(sides="native,efused,efused-cache,efused-passthrough"):
+    """A Bench as a quick run of the adaptive I/O path rows would leave it: the cache wins the
+    hot row, passthrough the cold one, auto beats both on the mix; efused-passthrough failed
+    once in the mix."""
+    b = Bench(parse_args(["--quick", "--sides", sides, "--rows", "io-hot,io-cold,io-mix"]))
+    b.loadavg = [0.1, 0.2, 0.3]
+    b.sides = [SIDE_CLASSES[n](b) for n in b.side_names]
+    vals = {
+        "io-hot": (HOT_ROW, {"native": [0.5], "efused-cache": [1.0], "efused-passthrough": [2.0],
+                             "efused": [1.04]}),
+        "io-cold": (COLD_ROW, {"native": [3.0], "efused-cache": [9.0],
+                               "efused-passthrough": [3.2], "efused": [3.3]}),
+        "io-mix": (MIX_ROW, {"native": [3.0], "efused-cache": [9.0],
+                             "efused-passthrough": "exit 1: gone", "efused": [4.0]}),
+    }
+    for gid, (row, sides_vals) in vals.items():
+        m = b.declare(f"{gid}.time", gid, row, "time", "s", "lower")
+        for side, v in sides_vals.items():
+            if side not in b.side_names:
+                continue
+            if isinstance(v, str):
+                m.errors[side] = v
+            else:
+                m.reps[side] = v
+                m.extra[side] = [extra() for _ in v]
+    return b
+
+
+class AdaptiveIoPathTest(unittest.TestCase):
+    def setUp(self):
+        self._git = report._GIT
+        report._GIT = {"sha": "abc1234", "dirty": False}
+
+    def tearDown(self):
+        report._GIT = self._git
+
+    def test_sides_and_groups(self):
+        self.assertEqual(SIDE_CLASSES["efused-cache"].groups, ("io-hot", "io-cold", "io-mix"))
+        self.assertNotIn("io-hot", SIDE_CLASSES["libfuse"].groups)
+        self.assertNotIn("io-hot", SIDE_CLASSES["efused-nobpf"].groups)
+        self.assertIn("io-mix", SIDE_CLASSES["efused"].groups)
+        b = make_io_bench()
+        argv = {s.name: s.argv(Path("S"), Path("M")) for s in b.sides if s.name != "native"}
+        self.assertEqual(argv["efused-cache"][-2:], ["--io-path", "cache"])
+        self.assertEqual(argv["efused-passthrough"][-2:], ["--io-path", "passthrough"])
+        self.assertNotIn("--io-path", argv["efused"])
+
+    def test_adaptive_rows(self):
+        rows = {r["key"]: r for r in make_io_bench().adaptive_rows()}
+        hot, cold, mix = rows["io-hot.time"], rows["io-cold.time"], rows["io-mix.time"]
+        self.assertEqual(hot["best_fixed"], "efused-cache")
+        self.assertAlmostEqual(hot["auto_speed/best_fixed"], 1.0 / 1.04)
+        self.assertFalse(hot["beats_every_fixed"])
+        self.assertEqual(cold["best_fixed"], "efused-passthrough")
+        self.assertAlmostEqual(cold["auto_speed/best_fixed"], 3.2 / 3.3)
+        # A failed fixed side is left out of "best", and "beats every fixed path" needs both.
+        self.assertIsNone(mix["efused-passthrough"])
+        self.assertEqual(mix["best_fixed"], "efused-cache")
+        self.assertAlmostEqual(mix["auto_speed/best_fixed"], 9.0 / 4.0)
+        self.assertFalse(mix["beats_every_fixed"])
+        b = make_io_bench()
+        b.by_key["io-mix.time"].errors.clear()
+        b.by_key["io-mix.time"].reps["efused-passthrough"] = [5.0]
+        mix = {r["key"]: r for r in b.adaptive_rows()}["io-mix.time"]
+        self.assertTrue(mix["beats_every_fixed"])
+        self.assertAlmostEqual(mix["auto_speed/best_fixed"], 5.0 / 4.0)
+
+    def test_no_auto_no_ratio(self):
+        rows = make_io_bench(sides="native,efused-cache,efused-passthrough").adaptive_rows()
+        self.assertTrue(all(r["auto_speed/best_fixed"] is None for r in rows))
+
+    def test_adaptive_table(self):
+        md = make_io_bench().render_md()
+        rows = table_rows(md, "Adaptive I/O path ÷ fixed paths")
+        self.assertEqual(row_of(rows, HOT_ROW),
+                         [HOT_ROW, "time (s)", "0.5000", "1.000", "2.000", "1.040",
+                          "efused-cache", "0.96x"])
+        self.assertEqual(row_of(rows, MIX_ROW),
+                         [MIX_ROW, "time (s)", "3.000", "9.000", "FAILED", "4.000",
+                          "efused-cache", "2.25x"])
+        reps = table_rows(md, "Repetitions")
+        self.assertEqual(row_of(reps, COLD_ROW), [COLD_ROW, "time", "3.000", "3.300", "9.000",
+                                                  "3.200"])
+        self.assertNotIn("Adaptive I/O path", make_bench().render_md())
+
+    def test_results_json(self):
+        b = make_io_bench()
+        with tempfile.TemporaryDirectory() as d:
+            b.out = Path(d)
+            b.write_results()
+            doc = json.loads((b.out / "results.json").read_text())
+        self.assertEqual([r["key"] for r in doc["adaptive_vs_fixed"]],
+                         ["io-hot.time", "io-cold.time", "io-mix.time"])
+        self.assertEqual(doc["meta"]["config"]["io_hot"], [200, 16384, 10])
+        self.assertEqual(doc["meta"]["config"]["io_cold"], [4, 16 * 1024 * 1024])
+
+
 if __name__ == "__main__":
     unittest.main()
