@@ -20,6 +20,7 @@
 #pragma once
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 
 namespace efuse::accel {
@@ -60,7 +61,7 @@ struct EngineReport {
   std::array<uint32_t, 2> probe_samples{};  // measurements of the running probe
   std::array<bool, 2> failed{};             // the path was refused since the probe started
   uint32_t round_left = 0;
-  std::array<uint64_t, static_cast<size_t>(ProbeCause::kCount)> probes{};  // by cause
+  std::array<uint64_t, static_cast<std::size_t>(ProbeCause::kCount)> probes{};  // by cause
 };
 
 class Engine {
@@ -126,7 +127,7 @@ class Engine {
   uint32_t feature_n_ = 0;
   double cost_mean_ = 0;       // running mean of the committed path's cost since the commit
   uint32_t cost_n_ = 0;
-  std::array<uint64_t, static_cast<size_t>(ProbeCause::kCount)> probes_{};
+  std::array<uint64_t, static_cast<std::size_t>(ProbeCause::kCount)> probes_{};
 };
 
 }  // namespace efuse::accel

@@ -38,6 +38,7 @@ const IoClassReport* klass(const IoPathReport& r, const std::string& name) {
 // file's pages from one cache epoch to the next (keep_cache), so a cache open of a file
 // whose pages are cached fetches nothing.
 struct SimFile {
+  explicit SimFile(off_t s) : size(s) {}
   off_t size;
   FileIo io;
   bool pages_cached = false;
@@ -113,7 +114,7 @@ TEST(IoPathPolicy, StartingGuessIsThe64KiBRule) {
 TEST(IoPathPolicy, HotSmallFilesReReadEndOnTheCache) {
   Sim sim;
   std::vector<std::unique_ptr<SimFile>> files;
-  for (int i = 0; i < 20; ++i) files.push_back(std::make_unique<SimFile>(SimFile{4 * kKiB}));
+  for (int i = 0; i < 20; ++i) files.push_back(std::make_unique<SimFile>(4 * kKiB));
   for (int pass = 0; pass < 100; ++pass)
     for (auto& f : files) sim.open_read_close(*f);
   IoPathReport r = sim.policy.report();
@@ -137,7 +138,7 @@ TEST(IoPathPolicy, HotSmallFilesReReadEndOnTheCache) {
 TEST(IoPathPolicy, LargeFilesStreamedOnceEndOnPassthrough) {
   Sim sim;
   std::vector<std::unique_ptr<SimFile>> files;
-  for (int i = 0; i < 200; ++i) files.push_back(std::make_unique<SimFile>(SimFile{32 * kMiB}));
+  for (int i = 0; i < 200; ++i) files.push_back(std::make_unique<SimFile>(32 * kMiB));
   for (auto& f : files) sim.open_read_close(*f);  // one pass, every open a first open
   IoPathReport r = sim.policy.report();
   const IoClassReport* first = klass(r, "large_cold_read");
@@ -154,7 +155,7 @@ TEST(IoPathPolicy, SmallFilesReadOnceGoPassthroughThenCacheWhenReuseStarts) {
   s.round = 32;
   Sim sim(s);
   std::vector<std::unique_ptr<SimFile>> once;
-  for (int i = 0; i < 200; ++i) once.push_back(std::make_unique<SimFile>(SimFile{16 * kKiB}));
+  for (int i = 0; i < 200; ++i) once.push_back(std::make_unique<SimFile>(16 * kKiB));
   // One pass over many small files: a READ (25 us) per open on the cache path against a
   // 3 us registration: passthrough is cheaper for first opens.
   for (auto& f : once) sim.open_read_close(*f);
@@ -180,7 +181,7 @@ TEST(IoPathPolicy, AFileWhosePagesDoNotStayGoesBackToPassthrough) {
   Sim sim(s);
   // Hot files commit the warm class to the cache.
   std::vector<std::unique_ptr<SimFile>> hot;
-  for (int i = 0; i < 10; ++i) hot.push_back(std::make_unique<SimFile>(SimFile{8 * kKiB}));
+  for (int i = 0; i < 10; ++i) hot.push_back(std::make_unique<SimFile>(8 * kKiB));
   for (int pass = 0; pass < 20; ++pass)
     for (auto& f : hot) sim.open_read_close(*f);
   ASSERT_EQ(klass(sim.policy.report(), "small_warm_read")->engine.choice,
@@ -200,7 +201,11 @@ TEST(IoPathPolicy, AFileWhosePagesDoNotStayGoesBackToPassthrough) {
   // its warm reopen fetch again, and went back to passthrough for good.
   EXPECT_NE(std::find(paths.begin(), paths.end(), IoPath::Cache), paths.end());
   for (int i = 20; i < 30; ++i) EXPECT_EQ(paths[i], IoPath::Passthrough) << i;
-  EXPECT_EQ(churn.warm_cache.n, 1u);
+  // One warm epoch told it (a second may come from the warm class's probe: the file's
+  // refetch drifted the class's measured cost from its prediction).
+  EXPECT_GE(churn.warm_cache.n, 1u);
+  EXPECT_LE(churn.warm_cache.n, 2u);
+  EXPECT_GT(churn.warm_cache.mean, 3'000);
 }
 
 TEST(IoPathPolicy, ConcurrentOpensOfAnEpochShareItsCost) {
