@@ -696,8 +696,71 @@ TEST_F(SessionOps, StatsCountRequestsAndErrorsPerOpcode) {
 }
 
 // Two passthrough opens of one inode share one backing id, closed with the last release.
+// io_path auto: the backend decides each epoch's path (accel/io_path.h) and measures it:
+// the cache path by the READs it served, the passthrough path by the session's backing-file
+// registration (Filesystem::passthrough_registered). Every epoch ends up in backend_stats.
+TEST_F(SessionOps, IoPathAutoDecidesAndMeasuresEachEpoch) {
+  h.connection().grant_backing_ids();
+  ASSERT_TRUE(write_file(h.src("small"), "tiny"));
+  std::string big(100000, 'b');
+  ASSERT_TRUE(write_file(h.src("big"), big));
+  auto small = h.lookup(kRootId, "small");
+  auto large = h.lookup(kRootId, "big");
+  auto open_ro = [&](uint64_t nodeid) {
+    Reply r = h.call(Op::Open, nodeid, pod(k::fuse_open_in{O_RDONLY, 0}));
+    EXPECT_EQ(r.error(), 0);
+    return r.as<k::fuse_open_out>();
+  };
+  // The starting guess: a read-only open of a small file uses the page cache...
+  auto o1 = open_ro(small.nodeid);
+  EXPECT_EQ(o1.open_flags & k::kFopenPassthrough, 0u);
+  EXPECT_EQ(h.call(Op::Read, small.nodeid, read_body(o1.fh, 0, 4096)).payload, "tiny");
+  // ... and a second open of the same inode joins its path, whatever the policy says.
+  auto o2 = open_ro(small.nodeid);
+  EXPECT_EQ(o2.open_flags & k::kFopenPassthrough, 0u);
+  h.release(small.nodeid, o1.fh);
+  h.release(small.nodeid, o2.fh);
+  // A larger file: passthrough, registered once.
+  auto o3 = open_ro(large.nodeid);
+  EXPECT_NE(o3.open_flags & k::kFopenPassthrough, 0u);
+  EXPECT_EQ(h.connection().backing_opens(), 1u);
+  h.release(large.nodeid, o3.fh);
+
+  efuse::accel::IoPathReport r = h.fs().backend_stats().io_path;
+  using efuse::accel::IoPath;
+  using efuse::accel::IoReason;
+  auto decisions = [&](IoPath p, IoReason why) {
+    return r.decisions[static_cast<size_t>(p)][static_cast<size_t>(why)];
+  };
+  EXPECT_EQ(decisions(IoPath::Cache, IoReason::Guess), 1u);
+  EXPECT_EQ(decisions(IoPath::Passthrough, IoReason::Guess), 1u);
+  EXPECT_EQ(r.epochs_measured, 2u);
+  ASSERT_EQ(r.classes.size(), 2u);
+  for (const auto& c : r.classes) {
+    // One path of each class measured: each still probes, nothing predicted yet.
+    EXPECT_EQ(c.engine.phase, efuse::accel::Phase::Probe) << c.name;
+    EXPECT_EQ(c.engine.probe_samples[0] + c.engine.probe_samples[1], 1u) << c.name;
+  }
+  // The cache epoch served one READ (two opens): at least half a round trip per open.
+  EXPECT_EQ(r.classes[0].name, "small_cold_read");
+  EXPECT_EQ(r.classes[0].engine.probe_samples[0], 1u);
+  EXPECT_EQ(r.classes[1].name, "medium_cold_read");
+  EXPECT_EQ(r.classes[1].engine.probe_samples[1], 1u);
+
+  // The next open of the small file is warm (its pages may be cached): another class.
+  auto o4 = open_ro(small.nodeid);
+  h.release(small.nodeid, o4.fh);
+  r = h.fs().backend_stats().io_path;
+  EXPECT_EQ(r.classes.size(), 3u);
+  EXPECT_EQ(r.epochs_measured, 3u);
+}
+
 TEST_F(SessionOps, PassthroughBackingIdIsSharedPerInodeAndClosedWithItsLastOpen) {
   h.connection().grant_backing_ids();
+  // io_path passthrough: every open asks for passthrough (auto would probe the cache path).
+  efuse::fs::Policy fixed;
+  fixed.adaptive_io = false;
+  h.fs().set_policy(fixed);
   ASSERT_TRUE(write_file(h.src("p"), "data"));
   ASSERT_TRUE(write_file(h.src("q"), "data"));
   auto p = h.lookup(kRootId, "p");
