@@ -27,7 +27,7 @@ def schema_keys():
     keys = {"metrics." + k for k in d["metrics"]["properties"]}
     keys |= {k for k in s["properties"] if k != "metrics"}  # defaults, mounts, telemetry...
     for k in d["mount"]["properties"]:
-        if k in ("cache", "options"):
+        if k in ("adaptive", "cache", "options"):
             keys |= {f"{k}.{sub}" for sub in d[k]["properties"]}
         else:
             keys.add(k)
