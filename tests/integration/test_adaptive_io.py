@@ -25,6 +25,7 @@ class AdaptiveEfused(DbusEfused):
 
     def __init__(self):
         self.port = free_port()
+        self.adaptive = "{probe: 2, round: 1000, reprobe_interval: 3600}"
         super().__init__(policy="open", start=False)
         self.listen = f"127.0.0.1:{self.port}"
         self.write_config()
@@ -35,7 +36,7 @@ class AdaptiveEfused(DbusEfused):
                  "mounts:", "  - name: a", f"    mountpoint: {self.mnts[0]}",
                  "    backend: passthrough", f"    source: {self.srcs[0]}",
                  "    io_path: auto",
-                 "    adaptive: {probe: 2, round: 1000, reprobe_interval: 3600}"]
+                 f"    adaptive: {getattr(self, 'adaptive', '{}')}"]
         with open(self.cfg + ".new", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.rename(self.cfg + ".new", self.cfg)
@@ -126,6 +127,37 @@ def test_hot_small_file_ends_on_cache_and_large_streams_on_passthrough():
         view = json.loads(m.ctl("--json", "status", "a").out)
         assert view["io_path_choices"]["classes"]["large_cold_read"]["phase"] == "commit", view
         assert view["io_path_choices"]["decisions"]["passthrough_predicted"] >= 2, view
+
+
+def test_adaptive_settings_apply_live_and_bad_values_are_refused():
+    require_daemon_contract()
+    with AdaptiveEfused() as m:
+        h.write_file(J(m.src, "f"), b"f" * 1000)
+        m.read_measured("f")
+        before = json.loads(m.ctl("--json", "status", "a").out)
+        # A change of adaptive: applied live, not by remounting: the session's counters go on.
+        m.adaptive = "{probe: 3, round: 10, reprobe_interval: 0.5}"
+        m.write_config()
+        m.ctl("reload")
+        m.read_measured("f")
+        after = json.loads(m.ctl("--json", "status", "a").out)
+        assert after["state"] == "mounted", after
+        assert after["requests"] > before["requests"], (before["requests"], after["requests"])
+        assert sum(after["io_path_choices"]["decisions"].values()) == \
+            sum(before["io_path_choices"]["decisions"].values()) + 1, (before, after)
+        # Out of range: the reload is refused with FILE:LINE:COLUMN and changes nothing.
+        m.adaptive = "{probe: 0}"
+        m.write_config()
+        r = m.ctl("reload", expect=1)
+        assert f"{m.cfg}:9:" in r.err and \
+            "mounts[0].adaptive.probe must be between 1 and 64, not 0" in r.err, r.err
+        m.adaptive = "{probes: 4}"
+        m.write_config()
+        r = m.ctl("reload", expect=1)
+        assert "unknown key 'probes' in mounts[0].adaptive; did you mean 'probe'?" in r.err, r.err
+        r = h.run([h.EFUSED, "--check-config", m.cfg], check=False)
+        assert r.rc == 1 and "did you mean 'probe'?" in r.err, r
+        assert json.loads(m.ctl("--json", "status", "a").out)["state"] == "mounted"
 
 
 def test_fixed_io_path_counts_fixed_decisions():
