@@ -229,6 +229,7 @@ Status MountInstance::start(std::string* error) {
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());
   session_ = std::make_unique<fuse::Session>(*fs_, so);
+  session_->set_adaptive(cfg_.adaptive);
 
   fuse::MountOptions mo;
   mo.fsname = cfg_.source;
@@ -301,7 +302,10 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   cfg_.create_mountpoint = cfg.create_mountpoint;
   if (io_path_changed && live()) report_io_path();
   if (fs_) fs_->set_policy(policy_of(cfg_));
-  if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
+  if (session_) {
+    session_->set_negative_timeout(cfg_.cache.negative_timeout);
+    session_->set_adaptive(cfg_.adaptive);
+  }
 }
 
 bool MountInstance::lost() const { return mounted_now_ && channel_ && channel_stopped(); }

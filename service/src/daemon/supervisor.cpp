@@ -292,6 +292,29 @@ static nlohmann::json io_path_view(const accel::IoPathReport& r) {
   return {{"decisions", std::move(decisions)}, {"classes", std::move(classes)}};
 }
 
+// Requests that may block, per opcode: served inline or offloaded, and why (efusectl status).
+static nlohmann::json blocking_view(const accel::OffloadReport& r) {
+  nlohmann::json out = nlohmann::json::object();
+  for (size_t kind = 0; kind < r.engines.size(); ++kind) {
+    const accel::EngineReport& e = r.engines[kind];
+    uint64_t n[2] = {0, 0};
+    for (int path = 0; path < 2; ++path)
+      for (uint64_t v : r.served[kind][path]) n[path] += v;
+    if (n[0] + n[1] == 0) continue;
+    nlohmann::json v = {
+        {"phase", e.phase == accel::Phase::Probe ? "probe" : "commit"},
+        {"choice", e.choice < 0 ? "" : accel::to_string(static_cast<accel::Serve>(e.choice))},
+        {"inline", n[0]},
+        {"offload", n[1]},
+    };
+    for (int path = 0; path < 2; ++path)
+      v[std::string(accel::to_string(static_cast<accel::Serve>(path))) + "_cost_us"] =
+          e.predicted[path] < 0 ? nlohmann::json() : nlohmann::json(e.predicted[path] / 1e3);
+    out[accel::to_string(static_cast<accel::Blocking>(kind))] = std::move(v);
+  }
+  return out;
+}
+
 nlohmann::json Supervisor::view(const Slot& s) const {
   nlohmann::json j = {
       {"name", s.cfg.name},
@@ -325,6 +348,7 @@ nlohmann::json Supervisor::view(const Slot& s) const {
     for (const auto& op : sess->stats()) requests += op.requests.load(std::memory_order_relaxed);
     j["requests"] = requests;
     j["io_path_choices"] = io_path_view(s.instance->backend_stats().io_path);
+    j["queue_balancing"] = blocking_view(sess->offload_report());
   } else {
     j["kernel"] = nlohmann::json::object();
     j["requests"] = 0;

@@ -25,6 +25,7 @@
 #include <utility>
 #include <vector>
 
+#include "accel/offload.h"
 #include "fs/filesystem.h"
 #include "fuse/connection.h"
 #include "fuse/kernel.h"
@@ -111,6 +112,10 @@ class Session {
   uint64_t passthrough_refusals() const { return passthrough_refusals_.load(); }
   // Requests whose DeferredReply has not answered yet.
   uint64_t deferred() const { return deferred_.load(); }
+  // Queue balancing of requests that may block (accel/offload.h): settings (live) and what
+  // it decided.
+  void set_adaptive(const efuse::accel::Settings& s) { offload_.set_settings(s); }
+  efuse::accel::OffloadReport offload_report() const { return offload_.report(); }
 
  private:
   friend class DeferredReply;
@@ -176,6 +181,10 @@ class Session {
   int lock_waiter(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh, uint64_t owner,
                   efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
   DeferredReply defer(Request& r);
+  // Serves a request that may block (FSYNC, FSYNCDIR): `op` returns its errno. Inline or
+  // on a thread of its own, as offload_ decides (session_blocking.cpp).
+  void serve_blocking(Request& r, efuse::accel::Blocking kind, std::function<int()> op);
+  struct Offloaded;
   // A DeferredReply answered: records the request's real latency and errno.
   void deferred_answered(uint32_t opcode, uint64_t start_ns, int err);
   efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
@@ -198,6 +207,7 @@ class Session {
   std::atomic<uint64_t> passthrough_refusals_{0};
   std::atomic<uint64_t> notifications_{0};
   std::atomic<uint64_t> deferred_{0};
+  efuse::accel::OffloadPolicy offload_;
   std::array<std::atomic<uint64_t>, 2> inval_failures_{};  // by InvalKind
   std::array<std::atomic<bool>, 2> inval_failure_logged_{};
   int notified(InvalKind kind, int rc);

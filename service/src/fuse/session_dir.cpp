@@ -92,8 +92,11 @@ void Session::do_releasedir(Request& r) {
 
 void Session::do_fsyncdir(Request& r) {
   TAKE(in, k::fuse_fsync_in);
-  r.reply_err(
-      fs_.fsyncdir(r.ctx, r.hdr.nodeid, in->fh, in->fsync_flags & k::kFsyncFdatasync).error());
+  serve_blocking(r, efuse::accel::Blocking::Fsyncdir,
+                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in->fh,
+                  datasync = (in->fsync_flags & k::kFsyncFdatasync) != 0] {
+                   return fs_.fsyncdir(ctx, nodeid, fh, datasync).error();
+                 });
 }
 
 }  // namespace fuse

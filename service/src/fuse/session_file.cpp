@@ -84,8 +84,11 @@ void Session::do_release(Request& r) {
 
 void Session::do_fsync(Request& r) {
   TAKE(in, k::fuse_fsync_in);
-  r.reply_err(
-      fs_.fsync(r.ctx, r.hdr.nodeid, in->fh, in->fsync_flags & k::kFsyncFdatasync).error());
+  serve_blocking(r, efuse::accel::Blocking::Fsync,
+                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in->fh,
+                  datasync = (in->fsync_flags & k::kFsyncFdatasync) != 0] {
+                   return fs_.fsync(ctx, nodeid, fh, datasync).error();
+                 });
 }
 
 void Session::do_fallocate(Request& r) {

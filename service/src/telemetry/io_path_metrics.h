@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "accel/io_path.h"
+#include "accel/offload.h"
 
 namespace efuse::telemetry {
 
@@ -15,6 +16,8 @@ class IoPathFamilies {
  public:
   IoPathFamilies();
   void add(const std::string& mount, const accel::IoPathReport& report);
+  // Queue balancing of requests that may block (accel/offload.h).
+  void add_blocking(const std::string& mount, const accel::OffloadReport& report);
   void append_to(std::vector<prometheus::MetricFamily>& out) &&;
 
  private:
@@ -23,6 +26,8 @@ class IoPathFamilies {
   prometheus::MetricFamily predicted_;
   prometheus::MetricFamily choice_;
   prometheus::MetricFamily epochs_;
+  prometheus::MetricFamily blocking_;
+  prometheus::MetricFamily blocking_predicted_;
 };
 
 }  // namespace efuse::telemetry

@@ -267,6 +267,7 @@ void MountFamilies::add_state(const MountView& mount) {
 
 void MountFamilies::add_session(const std::string& mount, const fuse::Session& session) {
   add_opcodes(mount, session.stats());
+  io_path_.add_blocking(mount, session.offload_report());
   add_counter(decode_errors_, mount_label(mount), static_cast<double>(session.decode_errors()));
   add_counter(passthrough_opens_, mount_label(mount),
               static_cast<double>(session.passthrough_opens()));

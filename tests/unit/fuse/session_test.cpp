@@ -954,6 +954,73 @@ TEST(SessionDeferred, DeferredReplyDroppedUnansweredAnswersEio) {
   h.release(n, fb);
 }
 
+// Queue balancing (accel/offload.h): FSYNC is served inline or on a thread of its own. With
+// probes of one measurement, the first FSYNC takes the guess (inline, answered at once) and
+// the second is the probe of the other way: offloaded, answered by its thread later.
+TEST(SessionDeferred, FsyncIsServedInlineOrOffloadedAsTheSchedulerProbes) {
+  SessionOptions opts;
+  std::vector<std::function<void()>> started;
+  opts.start_thread = [&started](std::function<void()> work) { started.push_back(std::move(work)); };
+  SessionHarness h(opts);
+  efuse::accel::Settings s;
+  s.probe = 1;
+  h.session().set_adaptive(s);
+  ASSERT_EQ(h.init().error(), 0);
+  ASSERT_TRUE(write_file(h.src("f"), "data"));
+  uint64_t n = h.lookup(kRootId, "f").nodeid;
+  uint64_t fh = h.open(n, O_RDWR);
+  k::fuse_fsync_in in{fh, 0, 0};
+  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), 0);
+  EXPECT_TRUE(started.empty()) << "the first FSYNC is served inline";
+
+  uint64_t unique = h.next_unique();
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Fsync), n, unique, pod(in))).empty())
+      << "an offloaded FSYNC is answered by its thread";
+  ASSERT_EQ(started.size(), 1u);
+  EXPECT_EQ(h.session().deferred(), 1u);
+  std::thread([&started] { started[0](); }).join();
+  h.getattr(n);  // collects the FSYNC's reply as a stray one
+  auto stray = h.take_stray();
+  ASSERT_EQ(stray.size(), 1u);
+  EXPECT_EQ(stray[0].hdr.unique, unique);
+  EXPECT_EQ(stray[0].error(), 0);
+  EXPECT_EQ(h.session().deferred(), 0u);
+
+  efuse::accel::OffloadReport r = h.session().offload_report();
+  const auto& fsync = r.served[static_cast<size_t>(efuse::accel::Blocking::Fsync)];
+  EXPECT_EQ(fsync[0][static_cast<size_t>(efuse::accel::Pick::Guess)], 1u);
+  EXPECT_EQ(fsync[1][static_cast<size_t>(efuse::accel::Pick::Probe)], 1u);
+  // Both ways measured: the probe is complete and committed to one of them.
+  const auto& e = r.engines[static_cast<size_t>(efuse::accel::Blocking::Fsync)];
+  EXPECT_EQ(e.phase, efuse::accel::Phase::Commit);
+  EXPECT_GE(e.predicted[0], 0);
+  EXPECT_GE(e.predicted[1], 0);
+  EXPECT_EQ(h.session().stats()[code(Op::Fsync)].requests.load(), 2u);
+  h.release(n, fh);
+  h.session().shutdown();  // returns: the offloaded request is done
+}
+
+// An offloaded FSYNC whose thread never runs its work is answered EIO by the backstop, and
+// shutdown() does not wait for it forever.
+TEST(SessionDeferred, OffloadedFsyncDroppedUnrunAnswersEio) {
+  SessionOptions opts;
+  opts.start_thread = [](std::function<void()> work) { (void)work; };
+  SessionHarness h(opts);
+  efuse::accel::Settings s;
+  s.probe = 1;
+  h.session().set_adaptive(s);
+  ASSERT_EQ(h.init().error(), 0);
+  ASSERT_TRUE(write_file(h.src("f"), "data"));
+  uint64_t n = h.lookup(kRootId, "f").nodeid;
+  uint64_t fh = h.open(n, O_RDWR);
+  k::fuse_fsync_in in{fh, 0, 0};
+  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), 0);   // inline (the guess)
+  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), EIO);  // offloaded, dropped
+  EXPECT_EQ(h.session().deferred(), 0u);
+  h.release(n, fh);
+  h.session().shutdown();
+}
+
 // flock with server-side locks: close() answers after FLUSH, the lock goes with the RELEASE
 // the kernel sends afterwards, and another worker may serve a later LOCK_NB first. Natively
 // the close has dropped the lock by then, so the later request waits for that RELEASE.
