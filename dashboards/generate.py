@@ -432,6 +432,16 @@ def adaptive_rows():
             fmt="table", instant=True)],
             "1 = the path the class is committed to; both 0 while the class probes. "
             "efusectl status NAME shows the same (io_path_choices)."),
+        timeseries("Blocking requests: inline or offloaded", [
+            target(f"sum by (mount, opcode, path) (rate(efuse_blocking_requests_total"
+                   f"{{{SEL}}}[{RATE}]))", "{{mount}} {{opcode}} {{path}}"),
+            target(f"max by (mount, opcode, path) (efuse_blocking_predicted_seconds{{{SEL}}})"
+                   f" * 1e6", "{{mount}} {{opcode}} {{path}} µs held", "B")],
+            "ops", "FSYNC and FSYNCDIR served on the queue or worker that read them (inline: "
+            "what is queued behind waits) or on a thread of their own (offload), per second; "
+            "right axis: the latest probe's time each way held the serving thread (µs). "
+            "Queue load itself: Worker utilisation and the per-queue latency panels.",
+            right=("B",)),
         timeseries("Probes by cause", [
             target(f"sum by (mount, cause) (increase(efuse_io_path_probes_total{{{SEL}}}"
                    f"[{RATE}]))", "{{mount}} {{cause}}")],

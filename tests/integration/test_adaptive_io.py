@@ -160,6 +160,30 @@ def test_adaptive_settings_apply_live_and_bad_values_are_refused():
         assert json.loads(m.ctl("--json", "status", "a").out)["state"] == "mounted"
 
 
+def test_fsync_is_balanced_and_visible():
+    """FSYNC goes through the queue balancing scheduler: every one is counted by how it was
+    served, and `efusectl status a` shows its state. (Which way wins depends on the storage:
+    tests/unit/accel/offload_test.cpp drives that with simulated times.)"""
+    require_daemon_contract()
+    with AdaptiveEfused() as m:
+        with open(J(m.mnt, "synced"), "wb") as f:
+            for i in range(12):
+                f.write(b"x" * 4096)
+                os.fsync(f.fileno())
+        s = m.samples()
+        served = value(s, "efuse_blocking_requests_total", mount="a", opcode="fsync")
+        assert served == 12, served
+        assert (value(s, "efuse_blocking_requests_total", mount="a", opcode="fsync",
+                      path="offload", reason="probe") or 0) >= 1  # the probe tried both
+        assert value(s, "efuse_blocking_predicted_seconds", mount="a", opcode="fsync",
+                     path="inline") is not None
+        with open(J(m.src, "synced"), "rb") as f:
+            assert f.read() == b"x" * 4096 * 12
+        q = json.loads(m.ctl("--json", "status", "a").out)["queue_balancing"]["fsync"]
+        assert q["inline"] + q["offload"] == 12 and q["phase"] in ("probe", "commit"), q
+        assert "queue_balancing.fsync.choice:" in m.ctl("status", "a").out
+
+
 def test_fixed_io_path_counts_fixed_decisions():
     port = free_port()
     with h.EfusedMount(args=["--io-path", "cache", "--metrics", f"127.0.0.1:{port}"],

@@ -193,6 +193,8 @@ def check_panels(m, other):
             try:
                 with open(p, "w") as f:
                     f.write("x")
+                    if i % 10 == 0:  # FSYNC for the queue balancing panel
+                        os.fsync(f.fileno())
                 os.stat(p)
                 os.listdir(d)
                 try:  # a daemon-side error for "Daemon errors by errno": ENODATA
