@@ -67,6 +67,7 @@ class Bench(Rows, FioRows, Report):
             # adaptive I/O path rows: hot (files, size, passes), cold (files, size)
             "io_hot": (200, 16 * KiB, 10 if self.quick else 50),
             "io_cold": (4, 16 * MiB) if self.quick else (8, 64 * MiB),
+            "skew_stats": 2000 if self.quick else 20000,  # stats timed in the queue-skew row
         }
 
     # ---- metrics bookkeeping

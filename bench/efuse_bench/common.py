@@ -22,7 +22,8 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # The subset tar holds only these top-level directories of the kernel tree (~11k entries):
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
-SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough")
+SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough",
+         "efused-nobalance")
 # Row groups of the adaptive I/O path (io_path: auto against each fixed path, see
 # bench/README.md): small hot files re-read (the page cache should win), one pass over
 # large cold files (passthrough should win), both at once. Run by native, efused (auto),
@@ -30,7 +31,11 @@ SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-
 IO_PATH_GROUPS = ("io-hot", "io-cold", "io-mix")
 IO_PATH_SIDES = ("efused-cache", "efused-passthrough", "efused")
 BASE_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
-GROUPS = BASE_GROUPS + IO_PATH_GROUPS
+# Queue balancing (docs/adaptive-io.md): one process fsyncs in a loop while another stats,
+# both on CPU 0 (one io_uring queue); p99 stat latency with balancing on (efused) and off
+# (efused-nobalance: EFUSE_QUEUE_BALANCING=0).
+SKEW_GROUPS = ("queue-skew",)
+GROUPS = BASE_GROUPS + IO_PATH_GROUPS + SKEW_GROUPS
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
 FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
 # Row groups efused-nobpf measures: every one. In these it measures the efused side's own

@@ -8,7 +8,8 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from .common import COST_GROUPS, COUNTED_GROUPS, COUNTED_SIDES, IO_PATH_GROUPS, REPO, SIDES
+from .common import COST_GROUPS, COUNTED_GROUPS, COUNTED_SIDES, IO_PATH_GROUPS, REPO, SIDES, \
+    SKEW_GROUPS
 from .sides import SIDE_CLASSES, LibfuseSide
 
 
@@ -68,6 +69,7 @@ class Report:
                "wait_floor": self.floor_rows(),
                "telemetry_cost": self.cost_rows(),
                "adaptive_vs_fixed": self.adaptive_rows(),
+               "queue_balancing": self.balancing_rows(),
                "nobpf_vs_libfuse": self.nobpf_rows()}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
@@ -218,6 +220,37 @@ class Report:
                          "auto_speed/best_fixed": speed,
                          "beats_every_fixed": bool(speed and len(ran) == 2 and speed > 1)})
         return rows
+
+    def balancing_rows(self) -> list[dict]:
+        """queue-skew: efused (queue balancing on) against efused-nobalance (off), as
+        off ÷ on (above 1.00x: balancing made the stats faster)."""
+        rows = []
+        for m in self.metrics:
+            if m.group not in SKEW_GROUPS:
+                continue
+            rows.append({"key": m.key, "row": m.row, "metric": m.label, "unit": m.unit,
+                         "native": None if m.errors.get("native") else m.median("native"),
+                         "on": None if m.errors.get("efused") else m.median("efused"),
+                         "off": None if m.errors.get("efused-nobalance") else m.median("efused-nobalance"),
+                         "off/on": self.ratio(m, "efused-nobalance", "efused")})
+        return rows
+
+    def render_balancing_md(self) -> list[str]:
+        L = ["", "## Queue balancing on ÷ off", "",
+             "`efused` (queue balancing on: an FSYNC may be served off its queue) against "
+             "`efused-nobalance` (`EFUSE_QUEUE_BALANCING=0`: always on the queue that read it) "
+             "while one process fsyncs in a loop and another stats, both on CPU 0. "
+             "*off ÷ on* above 1.00x: balancing made the stats faster.", ""]
+        rows = self.balancing_rows()
+        if not rows:
+            return L + ["The queue-skew row did not run."]
+        L += ["| row | metric | native | on | off | off ÷ on |", "|---|---|---:|---:|---:|---:|"]
+        for r in rows:
+            m = self.by_key[r["key"]]
+            L.append(f"| {r['row']} | {r['metric']} ({m.unit}) | {self.cell(m, 'native')} | "
+                     f"{self.cell(m, 'efused')} | {self.cell(m, 'efused-nobalance')} | "
+                     f"{fmt_ratio(r['off/on'])} |")
+        return L
 
     def render_adaptive_md(self) -> list[str]:
         rows = self.adaptive_rows()
@@ -386,6 +419,8 @@ class Report:
         L += self.render_floor_md()
         if set(IO_PATH_GROUPS) & set(self.groups):
             L += self.render_adaptive_md()
+        if set(SKEW_GROUPS) & set(self.groups):
+            L += self.render_balancing_md()
         if {"efused", "efused-nobpf"} <= set(self.side_names) and set(COST_GROUPS) & set(self.groups):
             L += self.render_cost_md()
         if {"libfuse", "efused-nobpf"} <= set(self.side_names):

@@ -2,13 +2,17 @@
 order the groups run in."""
 from __future__ import annotations
 
+import json
 import os
 import shlex
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
-from .common import COUNTED_GROUPS, COUNTED_SIDES, KiB, LINUX_TAR, LINUX_TAR_SUBSET, MiB, RUN, \
-    SUBSET_TAR_DIRS, BenchError
+from .common import BENCH, COUNTED_GROUPS, COUNTED_SIDES, ENV, KiB, LINUX_TAR, LINUX_TAR_SUBSET, \
+    MiB, RUN, SUBSET_TAR_DIRS, BenchError
 from .model import Ctx, Phase
 from .mounts import retire
 from .procs import drop_caches, run, sync
@@ -169,6 +173,44 @@ class Rows:
 
         self.run_group(gid, [m], prepare, [Phase([m], measure, before)])
 
+    def group_skew(self):
+        """queue-skew: bench/fsync_loop.py writes and fsyncs one file in a loop while
+        bench/stat_latency.py times stat() of absent names (each a LOOKUP), both pinned to
+        CPU 0, so that with FUSE over io_uring their requests share one queue."""
+        n = self.cfg["skew_stats"]
+        row = f"queue skew: {n:,} stats of absent names while another process fsyncs (CPU 0)"
+        p99 = self.declare("queue-skew.p99", "queue-skew", row, "p99 stat latency", "µs", "lower")
+        p50 = self.declare("queue-skew.p50", "queue-skew", row, "p50 stat latency", "µs", "lower")
+
+        def prepare(ctx):
+            (ctx.data / "skew").mkdir()
+            sync()
+
+        def measure(ctx, rep):
+            d = ctx.data / "skew"
+            loop = subprocess.Popen(["taskset", "-c", "0", sys.executable,
+                                     str(BENCH / "fsync_loop.py"), str(d / "synced")],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, env=ENV, start_new_session=True)
+            try:
+                time.sleep(0.5)  # let the loop reach its steady state
+                if loop.poll() is not None:
+                    raise BenchError(f"fsync loop exited {loop.returncode}: "
+                                     f"{loop.stderr.read().decode(errors='replace')[-300:]}")
+                out = run(["taskset", "-c", "0", sys.executable, BENCH / "stat_latency.py", d,
+                           str(n)], stdout=subprocess.PIPE, timeout=900)[1]
+            finally:
+                try:
+                    os.killpg(loop.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                loop.wait()
+                loop.stderr.close()
+            r = json.loads(out)
+            return {p99.key: r["p99_us"], p50.key: r["p50_us"], "_extra": {"ios": n, **r}}
+
+        self.run_group("queue-skew", [p99, p50], prepare, [Phase([p99, p50], measure)])
+
     def counted(self, gid: str, variant: str, row: str, per: str) -> str | None:
         """Registers the counted run of a row group (per = what its operations are: "I/Os",
         "files", "entries"); its Phase key, or None when the group is not counted in this run."""
@@ -204,4 +246,6 @@ class Rows:
                 self.group_tar(g, LINUX_TAR, "linux-source-6.1")
             elif g.startswith("io-"):
                 self.group_io(g)
+            elif g == "queue-skew":
+                self.group_skew()
 

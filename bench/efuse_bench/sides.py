@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, IO_PATH_GROUPS, RUN, \
-    SHARED_COST_GROUPS, SIDES, BenchError
+    SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, BenchError
 from .mounts import retire
 from .procs import Daemon
 
@@ -174,6 +174,14 @@ class EfusedPassthroughSide(EfusedCacheSide):
     io_path = "passthrough"
 
 
+class EfusedNoBalanceSide(EfusedSide):
+    """efused with queue balancing off (EFUSE_QUEUE_BALANCING=0: FSYNC always served on the
+    queue that read it), for the queue-skew row only."""
+    name = "efused-nobalance"
+    groups = SKEW_GROUPS
+    env = dict(EFUSED_ENV, EFUSE_QUEUE_BALANCING="0")
+
+
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
-                                    EfusedCacheSide, EfusedPassthroughSide)}
+                                    EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide)}
 assert tuple(SIDE_CLASSES) == SIDES

@@ -429,5 +429,55 @@ class AdaptiveIoPathTest(unittest.TestCase):
         self.assertEqual(doc["meta"]["config"]["io_cold"], [4, 16 * 1024 * 1024])
 
 
+SKEW_ROW = "queue skew: 2,000 stats of absent names while another process fsyncs (CPU 0)"
+
+
+class QueueBalancingTest(unittest.TestCase):
+    def setUp(self):
+        self._git = report._GIT
+        report._GIT = {"sha": "abc1234", "dirty": False}
+
+    def tearDown(self):
+        report._GIT = self._git
+
+    def make(self, sides="native,efused,efused-nobalance"):
+        b = Bench(parse_args(["--quick", "--sides", sides, "--rows", "queue-skew"]))
+        b.loadavg = [0.1, 0.2, 0.3]
+        b.sides = [SIDE_CLASSES[n](b) for n in b.side_names]
+        p99 = b.declare("queue-skew.p99", "queue-skew", SKEW_ROW, "p99 stat latency", "µs", "lower")
+        for side, v in {"native": [8.0], "efused": [40.0], "efused-nobalance": [2000.0]}.items():
+            if side in b.side_names:
+                p99.reps[side] = v
+                p99.extra[side] = [extra()]
+        return b
+
+    def test_side(self):
+        side = SIDE_CLASSES["efused-nobalance"]
+        self.assertEqual(side.groups, ("queue-skew",))
+        self.assertEqual(side.env["EFUSE_QUEUE_BALANCING"], "0")
+        self.assertEqual(side.env["EFUSE_BPF"], "0")
+        self.assertNotIn("EFUSE_QUEUE_BALANCING", SIDE_CLASSES["efused"].env)
+        self.assertIn("queue-skew", SIDE_CLASSES["efused"].groups)
+        self.assertEqual(self.make().cfg["skew_stats"], 2000)
+
+    def test_rows_and_table(self):
+        b = self.make()
+        rows = b.balancing_rows()
+        self.assertEqual(len(rows), 1)
+        self.assertAlmostEqual(rows[0]["off/on"], 50.0)
+        md = b.render_md()
+        t = table_rows(md, "Queue balancing on ÷ off")
+        self.assertEqual(row_of(t, SKEW_ROW),
+                         [SKEW_ROW, "p99 stat latency (µs)", "8.000", "40.00", "2,000", "50.0x"])
+        self.assertNotIn("Queue balancing on", make_bench().render_md())
+        off = self.make(sides="native,efused").balancing_rows()
+        self.assertIsNone(off[0]["off/on"])
+        with tempfile.TemporaryDirectory() as d:
+            b.out = Path(d)
+            b.write_results()
+            doc = json.loads((b.out / "results.json").read_text())
+        self.assertEqual(doc["queue_balancing"][0]["on"], 40.0)
+
+
 if __name__ == "__main__":
     unittest.main()

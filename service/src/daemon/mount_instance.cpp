@@ -225,6 +225,9 @@ Status MountInstance::start(std::string* error) {
   so.io_uring = want_uring;
   so.posix_acl = cfg_.options.default_permissions;
   so.masked_flags = masked;
+  // EFUSE_QUEUE_BALANCING=0: FSYNC and FSYNCDIR always inline (docs/adaptive-io.md).
+  if (const char* qb = std::getenv("EFUSE_QUEUE_BALANCING"); qb != nullptr && std::strcmp(qb, "0") == 0)
+    so.queue_balancing = false;
   if (cfg_.cache.writeback && cfg_.io_path == IoPath::Passthrough)
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());

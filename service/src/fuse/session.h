@@ -52,6 +52,9 @@ struct SessionOptions {
   // std::thread. May throw (std::system_error, std::bad_alloc) when no thread can start;
   // the request is then answered ENOLCK. Tests inject that failure here.
   std::function<void(std::function<void()>)> start_thread;
+  // Queue balancing of requests that may block (accel/offload.h); false serves them all
+  // inline, on the thread that read them (EFUSE_QUEUE_BALANCING=0: comparisons, bench).
+  bool queue_balancing = true;
 };
 
 // What INIT settled.

@@ -28,6 +28,7 @@ struct Session::Offloaded {
 };
 
 void Session::serve_blocking(Request& r, accel::Blocking kind, std::function<int()> op) {
+  if (!opts_.queue_balancing) return r.reply_err(op());
   const uint64_t start = monotonic_ns();
   accel::Choice c = offload_.choose(kind, static_cast<int64_t>(start));
   bool offload = c.path == static_cast<int>(accel::Serve::Offload);
