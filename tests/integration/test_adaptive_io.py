@@ -184,6 +184,30 @@ def test_fsync_is_balanced_and_visible():
         assert "queue_balancing.fsync.choice:" in m.ctl("status", "a").out
 
 
+def test_queue_balancing_off_serves_fsync_inline():
+    """EFUSE_QUEUE_BALANCING=0 (the bench's efused-nobalance side): FSYNC is served on the
+    queue that read it, without consulting the scheduler."""
+    port = free_port()
+    old = os.environ.get("EFUSE_QUEUE_BALANCING")
+    os.environ["EFUSE_QUEUE_BALANCING"] = "0"
+    try:
+        m = h.EfusedMount(args=["--metrics", f"127.0.0.1:{port}"], tag="efuse-adaptive")
+    finally:
+        if old is None:
+            del os.environ["EFUSE_QUEUE_BALANCING"]
+        else:
+            os.environ["EFUSE_QUEUE_BALANCING"] = old
+    with m:
+        name = os.path.basename(m.mnt)
+        with open(J(m.mnt, "synced"), "wb") as f:
+            for _ in range(6):
+                f.write(b"y" * 4096)
+                os.fsync(f.fileno())
+        s = parse(scrape(port))
+        assert value(s, "efuse_requests_total", mount=name, opcode="fsync") == 6
+        assert value(s, "efuse_blocking_requests_total", mount=name) is None
+
+
 def test_fixed_io_path_counts_fixed_decisions():
     port = free_port()
     with h.EfusedMount(args=["--io-path", "cache", "--metrics", f"127.0.0.1:{port}"],
