@@ -417,14 +417,15 @@ def adaptive_rows():
             "ops", "Opens whose I/O path was decided (the first open of an inode; later opens "
             "join it), by decision (cache: page cache, READ and WRITE served by efused; "
             "passthrough: FUSE passthrough) and reason: fixed, unavailable, setid, and with "
-            "io_path auto guess (nothing measured yet), probe, predicted (the class's cheaper "
+            "io_path auto writer (writable opens: passthrough), guess (nothing measured yet), "
+            "probe, predicted (the class's cheaper "
             "path) or history (the file's own measured opens). docs/adaptive-io.md.",
             stack=True),
         timeseries("Probe results: predicted cost per open", [
             target(f"max by (mount, class, path) (efuse_io_path_predicted_cost_seconds"
                    f"{{{SEL}}})", "{{mount}} {{class}} {{path}}")],
-            "s", "The latest completed probe of each class of opens (size x cold/warm x "
-            "read/write): mean cost per open of each path as efused measures it. cache: "
+            "s", "The latest completed probe of each class of read-only opens (size x "
+            "cold/warm): mean cost per open of each path as efused measures it. cache: "
             "requests served x 20 us of round trip plus efused's time; passthrough: "
             "registering the backing file. The cheaper one is committed."),
         table("Current choice per class of opens", [target(

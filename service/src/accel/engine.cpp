@@ -67,7 +67,13 @@ void Engine::measured(int path, double cost, int64_t now_ns) {
   if (phase_ == Phase::Probe) {
     ++p.n;
     p.sum += cost;
-    if (probe_[0].done(settings_.probe) && probe_[1].done(settings_.probe)) finish_probe(now_ns);
+    if (probe_[0].done(settings_.probe) && probe_[1].done(settings_.probe)) {
+      finish_probe(now_ns);
+    } else if (probe_[0].n > 0 && probe_[1].n > 0 && !probe_[0].failed && !probe_[1].failed) {
+      const double a = probe_[0].sum / probe_[0].n, b = probe_[1].sum / probe_[1].n;
+      const double hi = std::max(a, b), lo = std::min(a, b);
+      if (hi - lo > noise_floor_ && hi >= lo * kDecisive) finish_probe(now_ns);
+    }
     return;
   }
   if (path != committed_) return;  // due from the probe before: it has been decided without it

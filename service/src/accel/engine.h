@@ -8,7 +8,8 @@
 //
 //   probe:  the next decisions alternate between the paths until each has `probe`
 //           measurements (the first decision, before anything was measured, takes the
-//           caller's guess);
+//           caller's guess), or until one measurement each shows one path kDecisive times
+//           dearer than the other;
 //   commit: the path with the lower mean measured cost (the other one must be better by
 //           kMargin to displace the path committed before) serves the next `round`
 //           decisions;
@@ -96,6 +97,10 @@ class Engine {
   static constexpr double kMargin = 0.1;
   // Weight of a new measurement in the running means of the committed phase.
   static constexpr double kAlpha = 0.2;
+  // A probe ends early, after one measurement of each path, when one path costs this many
+  // times the other (and more than the noise floor): more samples of a path that slow would
+  // only cost more.
+  static constexpr double kDecisive = 8.0;
 
  private:
   struct Probe {

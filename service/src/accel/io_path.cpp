@@ -12,6 +12,7 @@ const char* to_string(IoReason r) {
     case IoReason::Fixed: return "fixed";
     case IoReason::Unavailable: return "unavailable";
     case IoReason::Setid: return "setid";
+    case IoReason::Writer: return "writer";
     case IoReason::Guess: return "guess";
     case IoReason::Probe: return "probe";
     case IoReason::Predicted: return "predicted";
@@ -59,14 +60,13 @@ void FileIo::Mean::add(double v) {
 
 int IoPathPolicy::class_of(const OpenFacts& f, bool warm) {
   int size = f.size <= kSmall ? 0 : f.size <= kMedium ? 1 : 2;
-  return size * 4 + (warm ? 2 : 0) + (f.writable ? 1 : 0);
+  return size * 2 + (warm ? 1 : 0);
 }
 
 std::string IoPathPolicy::class_name(int klass) {
   static constexpr const char* kSizes[] = {"small", "medium", "large"};
-  std::string name = kSizes[std::clamp(klass / 4, 0, 2)];
-  name += (klass & 2) != 0 ? "_warm" : "_cold";
-  name += (klass & 1) != 0 ? "_write" : "_read";
+  std::string name = kSizes[std::clamp(klass / 2, 0, 2)];
+  name += (klass & 1) != 0 ? "_warm_read" : "_cold_read";
   return name;
 }
 
@@ -116,13 +116,16 @@ IoPath IoPathPolicy::open(FileIo& f, const OpenFacts& facts, int64_t now_ns) {
     why = IoReason::Setid;
   } else if (mode_ == IoMode::Passthrough) {
     path = IoPath::Passthrough;
+  } else if (facts.writable) {
+    path = IoPath::Passthrough;
+    why = IoReason::Writer;
   } else {
     const int k = class_of(facts, f.warm);
     used_[k] = true;
     f.klass = static_cast<uint8_t>(k);
     f.auto_decided = true;
     // Today's fixed rule is the guess: read-only opens of small files use the page cache.
-    IoPath guess = !facts.writable && facts.size <= kSmall ? IoPath::Cache : IoPath::Passthrough;
+    IoPath guess = facts.size <= kSmall ? IoPath::Cache : IoPath::Passthrough;
     Engine& e = engines_[k];
     Choice c = e.choose(now_ns, static_cast<int>(guess), size_feature(facts.size));
     path = static_cast<IoPath>(c.path);

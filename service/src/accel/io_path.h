@@ -6,8 +6,11 @@
 // open of an inode decides for all opens until the last is released (an "epoch"). This
 // policy makes that decision with an Engine per class of opens, classes being
 // (file size: small <= 64 KiB < medium <= 8 MiB < large) x (cold: the file's previous
-// epoch, if any, was passthrough; warm: it was cache, so its pages may still be cached)
-// x (read-only or writable). What an epoch cost, per open:
+// epoch, if any, was passthrough; warm: it was cache, so its pages may still be cached),
+// for read-only opens. A writable open uses passthrough without asking an engine: through
+// the cache every write would be an upcall (no writeback cache with passthrough), so the
+// cache cannot win, and probing it would push a writer's whole epoch through efused.
+// What an epoch cost, per open:
 //
 //   cache       = (READ + WRITE requests served x kUpcallNs + their time in efused) / opens
 //   passthrough = time efused spent registering the backing file
@@ -50,6 +53,7 @@ enum class IoReason : uint8_t {
   Fixed,        // io_path cache or passthrough
   Unavailable,  // the kernel did not grant passthrough (or writeback cache is on)
   Setid,        // writable open of a set-ID file: served, so each WRITE clears the bits
+  Writer,       // auto, a writable open: passthrough (see above)
   Guess,        // auto, nothing measured yet for its class: the starting guess
   Probe,        // auto, its class is probing
   Predicted,    // auto, its class's prediction
@@ -135,7 +139,7 @@ class IoPathPolicy {
   static constexpr double kUpcallNs = 20'000;
   static constexpr off_t kSmall = 64 * 1024;
   static constexpr off_t kMedium = 8 * 1024 * 1024;
-  static constexpr int kClasses = 3 * 2 * 2;
+  static constexpr int kClasses = 3 * 2;
   static std::string class_name(int klass);
 
  private:

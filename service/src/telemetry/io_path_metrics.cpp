@@ -15,7 +15,8 @@ IoPathFamilies::IoPathFamilies()
           "path until the last is released), by decision (cache: through the page cache and "
           "efused; passthrough: FUSE passthrough) and reason: fixed (io_path cache or "
           "passthrough), unavailable (no passthrough on this mount), setid (writable open of a "
-          "set-ID file), and with io_path auto guess (nothing measured yet: the 64 KiB rule), "
+          "set-ID file), and with io_path auto writer (a writable open: passthrough), guess "
+          "(nothing measured yet: the 64 KiB rule), "
           "probe (the class is measuring both paths), predicted (the class's cheaper path) or "
           "history (the file's own measured reopens).",
           MetricType::Counter)),

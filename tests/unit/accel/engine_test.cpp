@@ -45,16 +45,16 @@ TEST(Engine, FirstDecisionIsTheGuessThenProbesAlternate) {
 TEST(Engine, CommitsToTheCheaperPathAfterTheProbe) {
   Engine e;
   e.set_settings(small_settings());
-  const double cost[2] = {50, 5};
+  const double cost[2] = {50, 10};
   run(e, 6, cost);  // 3 measurements each
   EXPECT_EQ(e.phase(), Phase::Commit);
   EXPECT_DOUBLE_EQ(e.predicted(0), 50);
-  EXPECT_DOUBLE_EQ(e.predicted(1), 5);
+  EXPECT_DOUBLE_EQ(e.predicted(1), 10);
   for (int i = 0; i < 20; ++i) {
     Choice c = e.choose(0, 0, 0);
     EXPECT_EQ(c.path, 1);
     EXPECT_EQ(c.pick, Pick::Predicted);
-    e.measured(c.path, 5, 0);
+    e.measured(c.path, 10, 0);
   }
   EngineReport r = e.report();
   EXPECT_EQ(r.choice, 1);
@@ -64,7 +64,7 @@ TEST(Engine, CommitsToTheCheaperPathAfterTheProbe) {
 TEST(Engine, ProbesAgainWhenTheRoundIsUsedUp) {
   Engine e;
   e.set_settings(small_settings());
-  const double cost[2] = {50, 5};
+  const double cost[2] = {50, 10};
   run(e, 6 + 20, cost);
   EXPECT_EQ(e.phase(), Phase::Commit);
   Choice c = e.choose(0, 0, 0);
@@ -75,7 +75,7 @@ TEST(Engine, ProbesAgainWhenTheRoundIsUsedUp) {
 TEST(Engine, ProbesAgainAfterTheInterval) {
   Engine e;
   e.set_settings(small_settings());
-  const double cost[2] = {50, 5};
+  const double cost[2] = {50, 10};
   run(e, 6, cost, 0);
   EXPECT_EQ(e.choose(9 * kSecond, 0, 0).pick, Pick::Predicted);
   EXPECT_EQ(e.choose(10 * kSecond, 0, 0).pick, Pick::Probe);
@@ -120,7 +120,7 @@ TEST(Engine, AShiftOfTheFeatureStartsAProbe) {
   s.round = 1000;
   s.reprobe_interval = 1000;
   e.set_settings(s);
-  const double cost[2] = {50, 5};
+  const double cost[2] = {50, 10};
   run(e, 6, cost, 0, 0.0);
   run(e, 10, cost, 0, 0.1);  // within kShift
   EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Shift)], 0u);
@@ -142,6 +142,26 @@ TEST(Engine, HysteresisKeepsTheChoiceWhenTheOtherIsBarelyCheaper) {
   const double clear[2] = {5, 10};
   run(e, 6, clear);
   EXPECT_EQ(e.report().choice, 0);
+}
+
+TEST(Engine, ADecisiveDifferenceEndsTheProbeEarly) {
+  Engine e(100);
+  e.set_settings(small_settings());
+  const double cost[2] = {3'000'000, 5'000};  // a cache epoch of a large file vs passthrough
+  EXPECT_EQ(run(e, 2, cost), 1);
+  EXPECT_EQ(e.phase(), Phase::Commit) << "one measurement each was enough";
+  EXPECT_EQ(e.report().choice, 1);
+  // Within kDecisive, or within the noise floor: the probe takes its full length.
+  Engine f(100);
+  f.set_settings(small_settings());
+  const double close[2] = {30'000, 5'000};
+  run(f, 2, close);
+  EXPECT_EQ(f.phase(), Phase::Probe);
+  Engine g(1'000);
+  g.set_settings(small_settings());
+  const double tiny[2] = {900, 10};
+  run(g, 2, tiny);
+  EXPECT_EQ(g.phase(), Phase::Probe);
 }
 
 TEST(Engine, AFailedPathIsNotChosen) {
@@ -177,7 +197,7 @@ TEST(Engine, CommitsWhenMeasurementsNeverArrive) {
 TEST(Engine, SettingsApplyFromTheNextRound) {
   Engine e;
   e.set_settings(small_settings());
-  const double cost[2] = {50, 5};
+  const double cost[2] = {50, 10};
   run(e, 6, cost);
   Settings s = small_settings();
   s.probe = 1;
