@@ -195,6 +195,8 @@ def check_panels(m, other):
                     f.write("x")
                     if i % 10 == 0:  # FSYNC for the queue balancing panel
                         os.fsync(f.fileno())
+                with open(p, "rb") as f:  # read-only opens for the adaptive I/O path panels
+                    f.read()
                 os.stat(p)
                 os.listdir(d)
                 try:  # a daemon-side error for "Daemon errors by errno": ENODATA
