@@ -206,8 +206,11 @@ class Rows:
                     pass
                 loop.wait()
                 loop.stderr.close()
-            r = json.loads(out)
-            return {p99.key: r["p99_us"], p50.key: r["p50_us"], "_extra": {"ios": n, **r}}
+            try:
+                r = json.loads(out)
+                return {p99.key: r["p99_us"], p50.key: r["p50_us"], "_extra": {"ios": n, **r}}
+            except (ValueError, KeyError) as e:
+                raise BenchError(f"stat_latency.py printed {out[-300:]!r}: {e}") from e
 
         self.run_group("queue-skew", [p99, p50], prepare, [Phase([p99, p50], measure)])
 
