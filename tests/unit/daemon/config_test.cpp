@@ -160,7 +160,7 @@ TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
 TEST(ConfigLoad, ExampleFileLoads) {
   Config c = load_config((kRepo / "config/mounts.yaml").string());
   EXPECT_EQ(c.metrics_listen, "127.0.0.1:19567");
-  ASSERT_EQ(c.mounts.size(), 2u);
+  ASSERT_EQ(c.mounts.size(), 3u);
 
   MountConfig plain;
   plain.name = "home";
@@ -177,6 +177,12 @@ TEST(ConfigLoad, ExampleFileLoads) {
   EXPECT_EQ(full.cache, (CachePolicy{60, 60, 0, true, true}));
   EXPECT_EQ(full.options, (MountFlags{false, true, true}));
   EXPECT_TRUE(full.bpf_handlers.empty());
+
+  const MountConfig& memory = c.mounts[2];
+  EXPECT_EQ(memory.backend, "memory");
+  EXPECT_EQ(memory.source, "");
+  EXPECT_EQ(memory.memory.max_inodes, 3145728u);
+  EXPECT_GT(memory.memory.max_bytes, 0u);  // "50%" of this machine's RAM
 }
 
 TEST(ConfigLoad, ExamplesDirectoryLoads) {
