@@ -743,6 +743,15 @@ class EfusedMount:
         self.stop_clean()
         return self.start()
 
+    def restart_if_persistent(self):
+        """restart() (the checks after it then meet cold kernel caches) where the mount's
+        contents survive it: passthrough. A memory mount's would not, so it stays up and the
+        checks after it run on warm caches. Returns whether it restarted."""
+        if self.backend == "memory":
+            return False
+        self.restart()
+        return True
+
     def cleanup(self, keep_tmp=False):
         """Stop efused, detach anything left, kill -9 if needed, remove the temp dir."""
         if self._cleaned:

@@ -73,7 +73,9 @@ def test_enospc_is_clean_and_the_mount_goes_on(m):
         assert e.errno == errno.ENOSPC, e
     os.link(m.m("after"), m.m("hardlink"))  # a hard link is no new inode
     os.unlink(m.m("n0"))
-    h.write_file(m.m("again"), b"ok")  # its inode is free again
+    # Its inode is free once the kernel forgets it too (a FORGET right after the unlink).
+    h.wait_until(lambda: os.statvfs(m.mnt).f_ffree == 1, 10, what="the FORGET of n0")
+    h.write_file(m.m("again"), b"ok")
     m.check_alive()
 
 
