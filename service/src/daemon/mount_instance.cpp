@@ -267,8 +267,8 @@ Status MountInstance::start(std::string* error) {
     else if (!(n.kernel_flags & fuse::kernel::init::kPassthrough))
       passthrough_missing_ = "the kernel does not offer FUSE passthrough (Linux 6.9+, "
                              "CONFIG_FUSE_PASSTHROUGH)";
-    else
-      passthrough_missing_ = "the kernel did not grant it";
+    else  // offered and allowed: the session grants what the backend asks for of that
+      passthrough_missing_ = "backend " + cfg_.backend + " does not use it";
   }
   report_io_path();
   return {};
