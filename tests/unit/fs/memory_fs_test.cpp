@@ -253,6 +253,14 @@ TEST_F(MemoryFsTest, ReaddirIsExactUnderConcurrentChanges) {
       if (!fs.mknod(ctx_, dir, name, S_IFREG | 0644, 0).ok()) (void)fs.unlink(ctx_, dir, name);
     }
   });
+  struct Join {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~Join() {
+      stop.store(true);
+      t.join();
+    }
+  } join{stop, churn};
   for (int pass = 0; pass < 50; ++pass) {
     std::multiset<std::string> seen;
     uint64_t off = 0;
@@ -266,11 +274,12 @@ TEST_F(MemoryFsTest, ReaddirIsExactUnderConcurrentChanges) {
       for (uint64_t id : sink.nodeids) fs.forget(id, 1);  // readdirplus counted them
     }
     ASSERT_TRUE(fs.releasedir(ctx_, dir, fh).ok());
+    // Entries that exist throughout: exactly once. A churned name removed and made again
+    // during the listing is a new entry and may show twice (POSIX leaves it open).
     for (int i = 0; i < 200; ++i) ASSERT_EQ(seen.count("stable" + std::to_string(i)), 1u);
-    for (const auto& name : seen) ASSERT_EQ(seen.count(name), 1u) << name;
+    EXPECT_EQ(seen.count("."), 1u);
+    EXPECT_EQ(seen.count(".."), 1u);
   }
-  stop.store(true);
-  churn.join();
 }
 
 TEST_F(MemoryFsTest, RenameFlags) {
