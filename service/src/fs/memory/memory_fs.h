@@ -163,7 +163,7 @@ class MemoryFs final : public Filesystem {
   // zeroes the tail of the last one.
   void truncate(Node& node, uint64_t size);
   // Allocates the blocks of [off, off+len) that are holes (node.mu exclusive); ENOSPC when
-  // the pool is full (the blocks taken so far stay: as natively, a partial fallocate).
+  // the pool cannot hold them all, and then none is kept (as tmpfs undoes a failed one).
   Status allocate(Node& node, uint64_t off, uint64_t len);
   void punch(Node& node, uint64_t off, uint64_t len);
   // Stores an xattr value, charging the pool; ENOSPC when it does not fit.
