@@ -32,6 +32,10 @@ struct Context {
   // (group-executable) set-group-ID bits with this WRITE, truncating SETATTR or O_TRUNC
   // open, because the caller lacks CAP_FSETID.
   bool kill_suidgid = false;
+  // FUSE_SETXATTR_ACL_KILL_SGID: setting this POSIX ACL clears the set-group-ID bit, because
+  // the caller is neither in the file's group nor has CAP_FSETID (as posix_acl_update_mode
+  // does natively). A backend that stores ACLs itself (memory) applies it.
+  bool kill_sgid = false;
 };
 
 // What the kernel granted at INIT, as far as backends care.

@@ -480,6 +480,22 @@ TEST_F(MemoryFsTest, PosixAclsSetTheModeAndAreInherited) {
   ASSERT_TRUE(fs_.release(c, f->entry.ino, f->open.fh).ok());
 }
 
+// The kernel asks (FUSE_SETXATTR_ACL_KILL_SGID) to clear set-group-ID when the caller may
+// not keep it; otherwise it stays.
+TEST_F(MemoryFsTest, SettingAnAclClearsSetGroupIdWhenTheKernelSaysSo) {
+  auto f = fs_.mknod(ctx_, kRoot, "f", S_IFREG | 02775, 0);
+  ASSERT_TRUE(f.ok());
+  acl::Acl a = {{acl::kUserObj, 7, 0}, {acl::kUser, 7, 1000}, {acl::kGroupObj, 7, 0},
+                {acl::kMask, 7, 0},    {acl::kOther, 5, 0}};
+  std::string v = acl::format(a);
+  ASSERT_TRUE(fs_.setxattr(ctx_, f->ino, acl::kAccess, {v.data(), v.size()}, 0).ok());
+  EXPECT_EQ(fs_.getattr(ctx_, f->ino, nullptr)->attr.st_mode & 07777, 02775u);
+  Context outsider;
+  outsider.kill_sgid = true;
+  ASSERT_TRUE(fs_.setxattr(outsider, f->ino, acl::kAccess, {v.data(), v.size()}, 0).ok());
+  EXPECT_EQ(fs_.getattr(ctx_, f->ino, nullptr)->attr.st_mode & 07777, 0775u);
+}
+
 TEST_F(MemoryFsTest, WithoutADefaultAclTheUmaskApplies) {
   Context c;
   c.umask = 027;

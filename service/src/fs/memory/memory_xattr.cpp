@@ -67,7 +67,7 @@ void MemoryFs::chmod_acl(Node& node) {
   it->second = acl::format(*parsed);  // same size: the charge stays
 }
 
-Status MemoryFs::setxattr(const Context&, uint64_t ino, std::string_view name,
+Status MemoryFs::setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                           std::span<const char> value, int flags) {
   if (name.size() > kXattrNameMax) return Errno{ERANGE};
   if (!known_namespace(name)) return Errno{EOPNOTSUPP};
@@ -88,6 +88,7 @@ Status MemoryFs::setxattr(const Context&, uint64_t ino, std::string_view name,
       // The mode follows the ACL; an ACL the mode says in full is not kept.
       mode_t mode = node->mode;
       bool equiv = acl::equiv_mode(*parsed, &mode);
+      if (ctx.kill_sgid) mode &= ~S_ISGID;
       node->mode = mode;
       if (equiv) {
         erase_xattr(*node, name);
