@@ -92,6 +92,7 @@ MountConfig build_mount(const json& mount, const MountConfig& defaults) {
     set_if_present(*it, "max_inodes", out.memory.max_inodes);
   }
   set_if_present(mount, "create_mountpoint", out.create_mountpoint);
+  set_if_present(mount, "intercept", out.intercept);
   if (auto it = mount.find("bpf_handlers"); it != mount.end()) {
     for (const auto& [opcode, file] : it->items())
       out.bpf_handlers[opcode] = normalize_path(file.get<std::string>());

@@ -59,6 +59,7 @@ struct MountConfig {
   std::string source;      // passthrough: absolute path of the backing directory; memory: ""
   MemoryConfig memory;     // memory: its limits
   bool create_mountpoint = false;  // create a missing mountpoint (0755, with parents)
+  bool intercept = false;  // publish it for libefuse_intercept.so (efuse-run); live on reload
   unsigned threads = 4;
   unsigned queue_depth = 8;  // io_uring entries per CPU queue
   Transport transport = Transport::Auto;

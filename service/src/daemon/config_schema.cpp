@@ -84,6 +84,11 @@ std::string_view mounts_schema_text() {
           "type": "boolean",
           "default": false
         },
+        "intercept": {
+          "description": "Publish the mount for libefuse_intercept.so (efuse-run CMD): processes running under it have read-only opens, reads, stat and access of regular files on a passthrough mount served from the backing directory with their own credentials, without FUSE round trips; everything else goes through the kernel. Counted in efuse_intercept_calls_total. Memory mounts are published for the counters only (all their calls go through the kernel). Applies live on reload. Default false.",
+          "type": "boolean",
+          "default": false
+        },
         "threads": { "$ref": "#/definitions/threads" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },

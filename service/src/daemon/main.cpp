@@ -84,6 +84,10 @@ With --mount (a config file sets these per mount):
                                  --memory-max-bytes)
       --read-only                mount read-only
       --create-mountpoint        create a missing MOUNTPOINT (0755, with parents)
+      --intercept                publish the mounts for libefuse_intercept.so, so that
+                                 programs run with efuse-run are served without FUSE
+                                 round trips (in $EFUSE_INTERCEPT_DIR, default
+                                 /run/efuse/intercept)
       --stack                    mount even where another live FUSE mount sits, on top of
                                  it (without it such a mountpoint is refused, naming the
                                  file system there and the process serving it)
@@ -160,7 +164,7 @@ int main(int argc, char** argv) {
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
+         kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -180,6 +184,7 @@ int main(int argc, char** argv) {
       {"read-only", no_argument, nullptr, kReadOnly},
       {"stack", no_argument, nullptr, kStack},
       {"create-mountpoint", no_argument, nullptr, kCreateMountpoint},
+      {"intercept", no_argument, nullptr, kIntercept},
       {"transport", required_argument, nullptr, kTransport},
       {"queue-depth", required_argument, nullptr, kQueueDepth},
       {"memory-max-bytes", required_argument, nullptr, kMemoryMaxBytes},
@@ -257,6 +262,7 @@ int main(int argc, char** argv) {
       case kReadOnly: cli_defaults.options.read_only = true; break;
       case kStack: cli_defaults.options.stack = true; break;
       case kCreateMountpoint: cli_defaults.create_mountpoint = true; break;
+      case kIntercept: cli_defaults.intercept = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
       case 'h': std::fputs(kUsage, stdout); return 0;
       case ':': usage_error(std::string("option '") + argv[optind - 1] + "' needs a value");

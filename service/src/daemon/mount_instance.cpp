@@ -271,7 +271,14 @@ Status MountInstance::start(std::string* error) {
       passthrough_missing_ = "backend " + cfg_.backend + " does not use it";
   }
   report_io_path();
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);
   return {};
+}
+
+std::vector<fs::Metric> MountInstance::backend_metrics() const {
+  std::vector<fs::Metric> out = fs_ ? fs_->metrics() : std::vector<fs::Metric>{};
+  for (auto& m : intercept_.metrics()) out.push_back(std::move(m));
+  return out;
 }
 
 const char* MountInstance::effective_io_path() const {
@@ -307,6 +314,13 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   cfg_.io_path = cfg.io_path;
   cfg_.create_mountpoint = cfg.create_mountpoint;
   cfg_.memory = cfg.memory;
+  if (cfg_.intercept != cfg.intercept) {
+    cfg_.intercept = cfg.intercept;
+    if (!cfg_.intercept)
+      intercept_.withdraw();
+    else if (live())
+      intercept_.publish(cfg_, mounted_.conn_id);
+  }
   if (io_path_changed && live()) report_io_path();
   if (fs_) fs::reconfigure_backend(cfg_.backend, *fs_, params_of(cfg_));
   if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
@@ -422,6 +436,7 @@ void MountInstance::flush_dirty() {
 void MountInstance::stop(int grace_ms) {
   if (!mounted_now_) return;
   mounted_now_ = false;
+  intercept_.withdraw();  // libraries stop serving before the mount goes
   if (fs_) fs_->set_invalidator(nullptr);  // joins the watcher before the channel goes
   // Only while the workers serve (not after the connection ended, nor for a mount that
   // never answered INIT: opening its root would wait for INIT).

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "daemon/config.h"
+#include "daemon/intercept_publisher.h"
 #include "fs/filesystem.h"
 #include "fuse/channel.h"
 #include "fuse/mount.h"
@@ -63,9 +64,8 @@ class MountInstance final : private fs::Invalidator {
   // live.
   const char* effective_io_path() const;
   const std::string& io_path_note() const { return passthrough_missing_; }
-  std::vector<fs::Metric> backend_metrics() const {
-    return fs_ ? fs_->metrics() : std::vector<fs::Metric>{};
-  }
+  // The backend's series, and efuse_intercept_calls_total while published (intercept).
+  std::vector<fs::Metric> backend_metrics() const;
   unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
 
  private:
@@ -82,6 +82,7 @@ class MountInstance final : private fs::Invalidator {
   std::string passthrough_missing_;  // why INIT did not grant passthrough ("" when it did)
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
+  InterceptPublisher intercept_;  // published while live with intercept: true
 
   Status start_channel(int fd, bool want_uring, std::string* error);
   // Logs (once per start, and when a reload asks for it) that io_path cannot be in effect.
