@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/sendfile.h>
 #include <sys/uio.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "intercept/state.h"
@@ -408,6 +410,55 @@ __attribute__((visibility("default"))) off_t lseek(int fd, off_t off, int whence
 __attribute__((visibility("default"))) off64_t lseek64(int fd, off64_t off, int whence) {
   if (io_common(fd, EFUSE_IOP_lseek) < 0) return -1;
   return EFUSE_REAL(lseek64)(fd, off, whence);
+}
+
+// Copies in the kernel: the source is read, the destination written.
+__attribute__((visibility("default"))) ssize_t copy_file_range(int in, off64_t* in_off, int out,
+                                                              off64_t* out_off, size_t n,
+                                                              unsigned flags) {
+  if (io_common(in, EFUSE_IOP_read) < 0 || io_common(out, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(copy_file_range)(in, in_off, out, out_off, n, flags);
+}
+__attribute__((visibility("default"))) ssize_t sendfile(int out, int in, off_t* off, size_t n) {
+  if (io_common(in, EFUSE_IOP_read) < 0 || io_common(out, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(sendfile)(out, in, off, n);
+}
+__attribute__((visibility("default"))) ssize_t sendfile64(int out, int in, off64_t* off, size_t n) {
+  if (io_common(in, EFUSE_IOP_read) < 0 || io_common(out, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(sendfile64)(out, in, off, n);
+}
+
+// Changes through a descriptor the library opened reach the backing file directly: refused
+// with EROFS on a read-only mount, as the kernel refuses them there.
+static int fd_change(int fd) {
+  uint32_t e = fd_entry(fd);
+  if (!(e & kFdLibrary)) return 0;
+  Mount* m = mount_at(fd_mount(e));
+  if (!mount_alive(m)) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  if (m->flags & EFUSE_IR_READ_ONLY) {
+    errno = EROFS;
+    return -1;
+  }
+  return 0;
+}
+__attribute__((visibility("default"))) int fchmod(int fd, mode_t mode) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fchmod)(fd, mode);
+}
+__attribute__((visibility("default"))) int fchown(int fd, uid_t uid, gid_t gid) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fchown)(fd, uid, gid);
+}
+__attribute__((visibility("default"))) int futimens(int fd, const struct timespec times[2]) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(futimens)(fd, times);
+}
+__attribute__((visibility("default"))) int fsetxattr(int fd, const char* name, const void* value,
+                                                    size_t size, int flags) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fsetxattr)(fd, name, value, size, flags);
+}
+__attribute__((visibility("default"))) int fremovexattr(int fd, const char* name) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fremovexattr)(fd, name);
 }
 
 // ---- stat ------------------------------------------------------------------------------
