@@ -436,6 +436,87 @@ def test_efused_killed():
         assert plain.out.split() == ["ENOTCONN", "ENOTCONN"], plain.out
 
 
+class ConfigMount(h.EfusedMount):
+    """efused --config with one passthrough mount; `intercept` is its key's value."""
+
+    def __init__(self, pub):
+        self.port = free_port()
+        self.pub = pub
+        super().__init__(start=False, backend="passthrough", tag="efuse-intercept")
+        self.cfg = J(self.tmp, "mounts.yaml")
+        self.write_config("true")
+
+    def write_config(self, intercept):
+        with open(self.cfg + ".new", "w") as f:
+            f.write(f'metrics:\n  listen: "127.0.0.1:{self.port}"\nmounts:\n'
+                    f"  - name: mnt\n    mountpoint: {self.mnt}\n    backend: passthrough\n"
+                    f"    source: {self.src}\n    intercept: {intercept}\n")
+        os.rename(self.cfg + ".new", self.cfg)
+
+    def cmd(self):
+        return [h.EFUSED, "--config", self.cfg, "--bus", "none"] + h.EFUSED_ARGS
+
+    def reload(self, intercept):
+        self.write_config(intercept)
+        before = self.log_text().count("reload")
+        self.proc.send_signal(signal.SIGHUP)
+        h.wait_until(lambda: self.log_text().count("reload") > before, 10, what="the reload")
+
+    def records(self):
+        return [n for n in os.listdir(self.pub) if n.endswith(".rec")]
+
+
+def test_reload_turns_it_on_and_off_live():
+    """`intercept` changes on reload without a remount: withdrawn, the library stops serving
+    (calls are neither served nor counted); published again, it serves anew."""
+    pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
+    os.chmod(pub, 0o755)
+    os.environ["EFUSE_INTERCEPT_DIR"] = pub
+    try:
+        with ConfigMount(pub) as m:
+            m.start()
+            write_file(J(m.src, "f"), b"data\n")
+            dev = os.stat(m.mnt).st_dev
+
+            def served():
+                v = value(parse(scrape(m.port)), "efuse_intercept_calls_total", mount="mnt",
+                          op="open", path="library")
+                return v
+            assert len(m.records()) == 1 and served() == 0
+            # A long-running process under efuse-run sees every change: it opens the file
+            # each time the test asks.
+            p = subprocess.Popen([EFUSE_RUN, "python3", "-c",
+                                  "import os,sys\n"
+                                  "for line in sys.stdin:\n"
+                                  "  fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                                  "  print(os.read(fd, 10), flush=True); os.close(fd)\n",
+                                  J(m.mnt, "f")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True)
+            try:
+                def once():
+                    p.stdin.write("\n")
+                    p.stdin.flush()
+                    assert p.stdout.readline().strip() == "b'data\\n'"
+                once()
+                assert served() == 1
+                m.reload("false")
+                h.wait_until(lambda: not m.records(), 10, what="the record to be withdrawn")
+                assert "efuse_intercept_calls_total" not in scrape(m.port)
+                once()  # through the kernel now
+                m.reload("true")
+                h.wait_until(lambda: len(m.records()) == 1, 10, what="the record again")
+                assert served() == 1  # the counters kept their count
+                once()
+                assert served() == 2
+            finally:
+                p.stdin.close()
+                p.wait(timeout=30)
+            assert os.stat(m.mnt).st_dev == dev  # never remounted
+    finally:
+        run(["rm", "-rf", pub])
+        os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+
 def test_not_published_paths_untouched():
     """Paths outside the mount, and a mount without --intercept, are plain libc: the same
     results and no counting."""

@@ -133,6 +133,17 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "options", "read_only"}), m.options.read_only);
   EXPECT_EQ(default_at({"defaults", "options", "stack"}), m.options.stack);
   EXPECT_EQ(default_at({"mounts", "0", "create_mountpoint"}), m.create_mountpoint);
+  EXPECT_EQ(default_at({"mounts", "0", "intercept"}), m.intercept);
+}
+
+// intercept: parsed per mount, and applied live (publish or withdraw) without a remount.
+TEST(ConfigLoad, InterceptIsLive) {
+  Config a = parse_config(with_mount_keys(""), "t.yaml");
+  Config b = parse_config(with_mount_keys("    intercept: true\n"), "t.yaml");
+  EXPECT_FALSE(a.mounts[0].intercept);
+  EXPECT_TRUE(b.mounts[0].intercept);
+  EXPECT_FALSE(a.mounts[0] == b.mounts[0]);
+  EXPECT_FALSE(needs_remount(a.mounts[0], b.mounts[0]));
 }
 
 TEST(ConfigLoad, StackAndCreateMountpoint) {
