@@ -10,10 +10,11 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <cstring>
 #include <string>
 
-#include "testing/temp_dir.h"
+#include "../testing/temp_dir.h"
 
 namespace efuse::daemon {
 namespace {
