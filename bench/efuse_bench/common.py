@@ -22,7 +22,11 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # The subset tar holds only these top-level directories of the kernel tree (~11k entries):
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
-SIDES = ("native", "libfuse", "efused", "efused-nobpf")
+SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efuse-run")
+# efuse-run: efused with --intercept, the row's commands run under efuse-run (the interception
+# library serves their opens, reads and stats from the backing directory). Only these rows.
+INTERCEPT_GROUPS = ("tree", "cat")
+INTERCEPT_DIR = RUN / "intercept"   # EFUSE_INTERCEPT_DIR of that side's efused and clients
 GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset", "tar-full")
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
 FIO_GROUPS = ("fio-one", "fio-small", "fio-large")

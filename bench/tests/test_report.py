@@ -59,7 +59,8 @@ def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar
         iops.extra["efused"][2]["foreign_bpf_telemetry"] = None
     cat = b.declare("cat.warm", "cat", CAT_ROW, "time", "s", "lower")
     fill(cat, {"native": [1.0, 1.2, 1.1], "libfuse": "exit 1: boom | pipe\n  broken",
-               "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0]})
+               "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0],
+               "efuse-run": [1.1, 1.0, 1.2]})
     tar = b.declare("tar-subset.extract", "tar-subset", TAR_ROW, "time excl. sync", "s", "lower")
     fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0], "efused-nobpf": [1.9]})
 
@@ -196,7 +197,7 @@ class ReportTest(unittest.TestCase):
         reps = table_rows(make_bench().render_md(), "Repetitions")
         # efused-nobpf runs tar rows too (a fresh efused mount per repetition).
         self.assertEqual(row_of(reps, TAR_ROW), [TAR_ROW, "time excl. sync", "0.5000", "3.000",
-                                                 "2.000", "1.900"])
+                                                 "2.000", "1.900", "—"])
         cost = make_bench(sides="native,efused")
         self.assertEqual(cost.cell(cost.by_key["tar-subset.extract"], "efused-nobpf"), "not run")
 
@@ -236,6 +237,22 @@ class ReportTest(unittest.TestCase):
                           "0.63x"])
         self.assertNotIn("efused without telemetry ÷ libfuse",
                          make_bench(sides="native,efused").render_md())
+
+    def test_efuse_run_rows(self):
+        b = make_bench(sides="native,efused,efuse-run")
+        table = table_rows(b.render_md(), "efuse-run: the interception library")
+        # Only the rows efuse-run measures (tree, cat); cat here.
+        self.assertEqual(table, [[CAT_ROW, "time (s)", "1.100", "2.200", "1.100", "1.00x", "0.50x"]])
+        # The main table keeps its columns; fio and tar are not run on efuse-run.
+        self.assertEqual(b.cell(b.by_key["fio-one.warm.iops"], "efuse-run"), "not run")
+        self.assertNotIn("## efuse-run", make_bench().render_md())
+        with tempfile.TemporaryDirectory() as d:
+            b.out = Path(d)
+            with contextlib.redirect_stdout(io.StringIO()):
+                b.write_results()
+            rows = {r["key"]: r for r in json.loads((Path(d) / "results.json").read_text())["rows"]}
+        self.assertAlmostEqual(rows["cat.warm"]["ratios"]["efuse-run/native"], 1.0)
+        self.assertAlmostEqual(rows["cat.warm"]["ratios"]["efuse-run/efused"], 0.5)
 
     def test_no_cost_section_without_both_efused_sides(self):
         self.assertNotIn("## eBPF telemetry cost", make_bench(sides="native,efused").render_md())
