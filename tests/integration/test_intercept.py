@@ -361,7 +361,9 @@ threads = [threading.Thread(target=worker) for _ in range(4)]
 for t in threads: t.start()
 for t in threads: t.join()
 print("threads", errors)
-os.closerange(3, 1000)  # close_range: the library forgets them all
+survivor = fcntl.fcntl(d1, fcntl.F_DUPFD, 1001)
+os.closerange(3, 1000)  # close_range: the library forgets them all (and loses its pidfd)
+print("survivor", info(survivor), os.pread(survivor, 5, 0))
 try:
     os.fstat(d1); print("closerange left d1 open")
 except OSError as e:
@@ -380,6 +382,7 @@ def test_descriptors():
         assert "exec kept (True, 21, True) b'01234'" in lib.out, lib.out
         assert "exec cloexec Bad file descriptor" in lib.out, lib.out
         assert "threads []" in lib.out, lib.out
+        assert "survivor (True, 21, True) b'01234'" in lib.out, lib.out
         assert served[("open", "library")] >= 800, served
 
 

@@ -106,6 +106,24 @@ uint64_t start_time_of(int pid) {
   return strtoull(p, nullptr, 10);
 }
 
+// efused's pidfd, checked against PID reuse, at a high number and close-on-exec; -1 when
+// efused is gone (or another process has its PID).
+int open_pidfd(int32_t pid, uint64_t start, uint64_t* ino) {
+  int pidfd = static_cast<int>(sys(SYS_pidfd_open, pid, 0));
+  if (pidfd >= 0 && (start == 0 || start_time_of(pid) != start)) {
+    close_fd(pidfd);
+    return -1;
+  }
+  if (pidfd >= 0 && pidfd < kHighFd) {
+    int high = static_cast<int>(sys(SYS_fcntl, pidfd, F_DUPFD_CLOEXEC, kHighFd));
+    close_fd(pidfd);
+    pidfd = high;
+  }
+  struct stat st;
+  if (pidfd >= 0) *ino = sys(SYS_fstat, pidfd, reinterpret_cast<long>(&st)) == 0 ? st.st_ino : 0;
+  return pidfd;
+}
+
 void mark_dead(Mount* m) {
   int one = 1;
   if (m->state.compare_exchange_strong(one, 2)) g_active.fetch_sub(1);
@@ -140,17 +158,8 @@ void load_record(int dirfd, const char* name, bool* seen) {
     return;
   }
   Mount& m = g_mounts[count];
-  // efused itself, checked against PID reuse; kept at a high number, close-on-exec.
-  int pidfd = static_cast<int>(sys(SYS_pidfd_open, rec->pid, 0));
-  if (pidfd >= 0 && (rec->pid_start == 0 || start_time_of(rec->pid) != rec->pid_start)) {
-    close_fd(pidfd);
-    pidfd = -1;
-  }
-  if (pidfd >= 0 && pidfd < kHighFd) {
-    int high = static_cast<int>(sys(SYS_fcntl, pidfd, F_DUPFD_CLOEXEC, kHighFd));
-    close_fd(pidfd);
-    pidfd = high;
-  }
+  uint64_t pidfd_ino = 0;
+  int pidfd = open_pidfd(rec->pid, rec->pid_start, &pidfd_ino);
   // The mount as this process sees it: the same device (not another namespace's view, not
   // covered by another mount), its mount id and attribute mask for statx.
   struct statx sx;
@@ -200,6 +209,7 @@ void load_record(int dirfd, const char* name, bool* seen) {
     }
     m.cnt = cnt;
   }
+  m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
   m.state.store(1, std::memory_order_release);
   seen[count] = true;
@@ -265,21 +275,46 @@ bool any_active() { return g_active.load(std::memory_order_relaxed) > 0; }
 bool mount_alive(Mount* m) {
   if (m == nullptr || m->state.load(std::memory_order_acquire) != 1) return false;
   uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
-  int pidfd = m->pidfd.load(std::memory_order_acquire);
-  if (!(flags & EFUSE_IR_LIVE) || m->rec->generation != m->generation || pidfd < 0) {
+  if (!(flags & EFUSE_IR_LIVE) || m->rec->generation != m->generation) {
     mark_dead(m);
     return false;
   }
-  // Readable once efused exited; POLLNVAL (> 0 too) if the descriptor is gone.
-  struct pollfd p = {pidfd, POLLIN, 0};
   int saved = errno;
-  long r = sys(SYS_poll, reinterpret_cast<long>(&p), 1, 0);
-  errno = saved;
-  if (r != 0) {
-    mark_dead(m);
-    return false;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    int pidfd = m->pidfd.load(std::memory_order_acquire);
+    if (pidfd < 0) {
+      // The program closed or replaced the library's pidfd: open another one.
+      uint64_t ino = 0;
+      int fresh = open_pidfd(m->pid, m->rec->pid_start, &ino);
+      if (fresh < 0) break;  // efused is gone
+      int expected = -1;
+      if (m->pidfd.compare_exchange_strong(expected, fresh)) {
+        m->pidfd_ino.store(ino);
+        pidfd = fresh;
+      } else {
+        close_fd(fresh);  // another thread was faster
+        continue;
+      }
+    }
+    // Readable once efused exited. POLLNVAL: the descriptor was closed behind the
+    // library's back; readable but not the same inode: its number now belongs to the
+    // program. Either way the library forgets it (without closing it) and opens another.
+    struct pollfd p = {pidfd, POLLIN, 0};
+    long r = sys(SYS_poll, reinterpret_cast<long>(&p), 1, 0);
+    if (r == 0) {
+      errno = saved;
+      return true;
+    }
+    struct stat st;
+    bool ours = r > 0 && !(p.revents & POLLNVAL) &&
+                sys(SYS_fstat, pidfd, reinterpret_cast<long>(&st)) == 0 &&
+                st.st_ino == m->pidfd_ino.load();
+    if (ours) break;  // efused exited
+    m->pidfd.compare_exchange_strong(pidfd, -1);
   }
-  return true;
+  errno = saved;
+  mark_dead(m);
+  return false;
 }
 
 void refresh() {

@@ -31,7 +31,8 @@ struct Mount {
   std::atomic<int> state{0};  // 0 unused, 1 active, 2 dead (efused gone or withdrew it)
   const efuse_intercept_record* rec = nullptr;  // mapped read-only
   efuse_intercept_counters* cnt = nullptr;       // mapped read-write (may be null)
-  std::atomic<int> pidfd{-1};  // efused's pidfd: readable once efused exited
+  std::atomic<int> pidfd{-1};  // efused's pidfd: readable once efused exited; -1: reopen
+  std::atomic<uint64_t> pidfd_ino{0};  // its inode, to tell it from a reused number
   uint64_t generation = 0;
   int32_t pid = 0;
   uint32_t flags = 0;      // rec->flags when loaded
