@@ -442,10 +442,17 @@ def test_efused_killed():
 class ConfigMount(h.EfusedMount):
     """efused --config with one passthrough mount; `intercept` is its key's value."""
 
-    def __init__(self, pub):
+    def __init__(self, pub, closed_parent=False):
         self.port = free_port()
         self.pub = pub
         super().__init__(start=False, backend="passthrough", tag="efuse-intercept")
+        if closed_parent:  # the mountpoint in a directory the test user may not search
+            closed = J(self.tmp, "closed")
+            os.mkdir(closed, 0o755)
+            run(["setfacl", "-m", f"u:{USER[0]}:---", closed])
+            self.mnt = J(closed, "mnt")
+            os.mkdir(self.mnt, 0o755)
+            self.mnts = [self.mnt]
         self.cfg = J(self.tmp, "mounts.yaml")
         self.write_config("true")
 
@@ -515,6 +522,41 @@ def test_reload_turns_it_on_and_off_live():
                 p.stdin.close()
                 p.wait(timeout=30)
             assert os.stat(m.mnt).st_dev == dev  # never remounted
+    finally:
+        run(["rm", "-rf", pub])
+        os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+
+def test_mountpoint_parent_closed_to_the_user():
+    """The kernel refuses a user who may not search the directory above the mountpoint
+    (here through an ACL), although the backing directory is open to them: the library
+    refuses too, and still serves root."""
+    h.require_tools("setfacl")
+    pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
+    os.chmod(pub, 0o755)
+    os.environ["EFUSE_INTERCEPT_DIR"] = pub
+    try:
+        with ConfigMount(pub, closed_parent=True) as m:
+            m.start()
+            write_file(J(m.src, "f"), b"data\n")
+            probe = ["python3", "-c", PROBE, J(m.mnt, "f"), J(m.mnt, "missing")]
+            i = Intercepted.__new__(Intercepted)  # run_both and calls() over this mount
+            i.port, i.m = m.port, m
+            plain, lib, served = i.run_both(probe, user=USER, cwd="/")
+            same(plain, lib, "probe as the user")
+            assert f"{J(m.mnt, 'f')} read EACCES" in plain.out.splitlines(), plain.out
+            assert served[("open", "library")] == 0, served
+            plain, lib, served = i.run_both(probe, cwd="/")
+            same(plain, lib, "probe as root")
+            assert served[("open", "library")] > 0, served
+            # Root first (the library loads the mount then), then the user: refused per call.
+            drop = ["python3", "-c", "import os,sys\n"
+                    f"os.stat(sys.argv[1]); os.setgroups([]); os.setresgid({USER[1]},{USER[1]},{USER[1]})\n"
+                    f"os.setresuid({USER[0]},{USER[0]},{USER[0]})\n"
+                    "sys.argv[1:2] = []\n" + PROBE, m.mnt, J(m.mnt, "f")]
+            plain, lib, served = i.run_both(drop, cwd="/")
+            same(plain, lib, "probe after dropping to the user")
+            assert f"{J(m.mnt, 'f')} read EACCES" in plain.out.splitlines(), plain.out
     finally:
         run(["rm", "-rf", pub])
         os.environ.pop("EFUSE_INTERCEPT_DIR", None)

@@ -30,6 +30,7 @@ constexpr int kDecline = -2;
 // The caller may reach the mountpoint's parent (the kernel checks every component above
 // the mount; the backing directory's own ancestors are checked by the open itself).
 bool parent_ok(const Mount* m, int flags) {
+  if (m->parent_open) return true;  // checked when the mount was loaded
   int saved = errno;
   bool ok = sys(SYS_faccessat2, AT_FDCWD, reinterpret_cast<long>(m->parent), X_OK, flags) == 0;
   errno = saved;
@@ -167,6 +168,21 @@ FdKind classify(int fd, int op, bool* dead) {
   } while (0)
 
 int stat_resolved(const Resolved& r, struct stat* st, bool nofollow) {
+  if (r.single_name) {
+    // No symlink on the way but the name itself: one lstat; a symlink to follow is the
+    // kernel's (relative to the mount).
+    int saved = errno;
+    long rc = sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>(r.backing),
+                  reinterpret_cast<long>(st), AT_SYMLINK_NOFOLLOW);
+    if (rc == 0 && !(S_ISLNK(st->st_mode) && !nofollow)) {
+      errno = saved;
+      rewrite_stat(r.mount, st);
+      return 0;
+    }
+    if (rc != 0 && (errno == ENOENT || errno == ENOTDIR)) return -1;
+    errno = saved;
+    if (rc == 0) return kDecline;
+  }
   int pfd = open_path(r, nofollow);
   if (pfd < 0) return pfd;
   int saved = errno;
@@ -510,6 +526,22 @@ __attribute__((visibility("default"))) int statx(int dirfd, const char* path, in
   constexpr int kSync = AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC;
   if (!(mask & ~kServedStatxMask) && !(flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | kSync)) &&
       servable(r, AT_EACCESS)) {
+    if (r.single_name) {  // as in stat_resolved: one statx without following
+      int saved = errno;
+      long rc = sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(r.backing),
+                    AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, mask | STATX_BASIC_STATS,
+                    reinterpret_cast<long>(sx));
+      if (rc != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+        count(r.mount, EFUSE_IOP_stat, true);
+        return -1;
+      }
+      errno = saved;
+      if (rc == 0 && !(S_ISLNK(sx->stx_mode) && !(flags & AT_SYMLINK_NOFOLLOW))) {
+        rewrite_statx(r.mount, r.is_root, sx);
+        count(r.mount, EFUSE_IOP_stat, true);
+        return 0;
+      }
+    }
     int pfd = open_path(r, flags & AT_SYMLINK_NOFOLLOW);
     if (pfd == -1) {
       count(r.mount, EFUSE_IOP_stat, true);

@@ -124,6 +124,28 @@ int open_pidfd(int32_t pid, uint64_t start, uint64_t* ino) {
   return pidfd;
 }
 
+// Every directory from / down to `dir` is a real directory that everyone may search and
+// that carries no access ACL (which could refuse one user what "other" grants).
+bool searchable_by_all(const char* dir) {
+  char part[EFUSE_INTERCEPT_PATH_MAX];
+  size_t n = strlen(dir);
+  if (n >= sizeof part) return false;
+  for (size_t i = 1; i <= n; ++i) {
+    if (i != n && dir[i] != '/') continue;
+    memcpy(part, dir, i);
+    part[i] = '\0';
+    struct stat st;
+    if (sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>(part), reinterpret_cast<long>(&st),
+            AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISDIR(st.st_mode) || (st.st_mode & 0001) == 0)
+      return false;
+    long r = sys(SYS_lgetxattr, reinterpret_cast<long>(part),
+                 reinterpret_cast<long>("system.posix_acl_access"), 0, 0);
+    if (r >= 0 || (errno != ENODATA && errno != EOPNOTSUPP)) return false;
+  }
+  return true;
+}
+
 void mark_dead(Mount* m) {
   int one = 1;
   if (m->state.compare_exchange_strong(one, 2)) g_active.fetch_sub(1);
@@ -191,6 +213,7 @@ void load_record(int dirfd, const char* name, bool* seen) {
   size_t plen = slash == m.mp ? 1 : static_cast<size_t>(slash - m.mp);
   memcpy(m.parent, m.mp, plen);
   m.parent[plen] = '\0';
+  m.parent_open = searchable_by_all(m.parent);
   // allow_other: false lets only efused's user through the kernel; others get EACCES there.
   m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
             ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
@@ -428,6 +451,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     out->mount = &m;
     out->index = i;
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
+    out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
     return true;
   }
   return false;

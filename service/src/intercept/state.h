@@ -44,6 +44,7 @@ struct Mount {
   char mp[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t mp_len = 0;
   char parent[EFUSE_INTERCEPT_PATH_MAX] = {};  // the mountpoint's parent directory
+  bool parent_open = false;  // every directory above the mount searchable by all, no ACLs
   char src[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t src_len = 0;
 };
@@ -76,6 +77,9 @@ struct Resolved {
   int index = -1;
   char backing[2 * EFUSE_INTERCEPT_PATH_MAX + 8];  // source + rest
   bool is_root = false;
+  // One name relative to a directory whose path the kernel gave (getcwd, /proc/self/fd),
+  // which holds no symlink: only the last component can be one.
+  bool single_name = false;
 };
 bool resolve(int dirfd, const char* path, Resolved* out);
 
