@@ -8,6 +8,7 @@
 #include <linux/close_range.h>
 #include <linux/openat2.h>
 #include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -106,6 +107,7 @@ int lib_open(const Resolved& r, int flags) {
     return kDecline;
   }
   errno = saved;
+  fd_identity(static_cast<int>(fd), st.st_dev, st.st_ino);
   fd_put(static_cast<int>(fd), kFdLibrary | static_cast<uint32_t>(r.index + 1));
   return static_cast<int>(fd);
 }
@@ -150,6 +152,16 @@ FdKind classify(int fd, int op, bool* dead) {
     return FdKind::Kernel;
   }
   if (!mount_alive(m)) {
+    // Still the file the library opened? (Else the number was reused behind its back.)
+    struct stat st;
+    int saved = errno;
+    bool same = sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 &&
+                fd_same(fd, st.st_dev, st.st_ino);
+    errno = saved;
+    if (!same) {
+      fd_clear(fd);
+      return FdKind::Other;
+    }
     *dead = true;
     return FdKind::Library;
   }
@@ -201,7 +213,8 @@ int fstatat_common(int dirfd, const char* path, struct stat* st, int flags) {
     if (e & kFdLibrary) {
       EFUSE_DEAD_CHECK(dirfd, EFUSE_IOP_stat);
       int rc = EFUSE_REAL(fstatat)(dirfd, path, st, flags);
-      if (rc == 0) rewrite_stat(mount_at(fd_mount(e)), st);
+      if (rc == 0 && fd_same(dirfd, st->st_dev, st->st_ino)) rewrite_stat(mount_at(fd_mount(e)), st);
+      else if (rc == 0) fd_clear(dirfd);
       return rc;
     }
     if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
@@ -225,7 +238,10 @@ int fstat_common(int fd, struct stat* st) {
   if (e & kFdLibrary) EFUSE_DEAD_CHECK(fd, EFUSE_IOP_stat);
   else if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
   int rc = EFUSE_REAL(fstat)(fd, st);
-  if (rc == 0 && (e & kFdLibrary)) rewrite_stat(mount_at(fd_mount(e)), st);
+  if (rc == 0 && (e & kFdLibrary)) {
+    if (fd_same(fd, st->st_dev, st->st_ino)) rewrite_stat(mount_at(fd_mount(e)), st);
+    else fd_clear(fd);
+  }
   return rc;
 }
 
@@ -312,28 +328,26 @@ __attribute__((visibility("default"))) int close(int fd) {
 
 __attribute__((visibility("default"))) int dup(int fd) {
   int r = EFUSE_REAL(dup)(fd);
-  if (r >= 0) fd_put(r, fd_entry(fd));
+  if (r >= 0) fd_copy(fd, r);
   return r;
 }
 __attribute__((visibility("default"))) int dup2(int fd, int fd2) {
-  uint32_t e = fd_entry(fd);
   if (fd != fd2) internal_fd_gone(fd2);
   int r = EFUSE_REAL(dup2)(fd, fd2);
-  if (r >= 0 && fd != fd2) fd_put(r, e);
+  if (r >= 0) fd_copy(fd, r);
   return r;
 }
 __attribute__((visibility("default"))) int dup3(int fd, int fd2, int flags) {
-  uint32_t e = fd_entry(fd);
   if (fd != fd2) internal_fd_gone(fd2);
   int r = EFUSE_REAL(dup3)(fd, fd2, flags);
-  if (r >= 0) fd_put(r, e);
+  if (r >= 0) fd_copy(fd, r);
   return r;
 }
 
 static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, va_list ap) {
   void* arg = va_arg(ap, void*);  // every command takes at most one argument, int or pointer
   int r = real(fd, cmd, arg);
-  if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) fd_put(r, fd_entry(fd));
+  if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) fd_copy(fd, r);
   return r;
 }
 __attribute__((visibility("default"))) int fcntl(int fd, int cmd, ...) {
@@ -514,7 +528,10 @@ __attribute__((visibility("default"))) int statx(int dirfd, const char* path, in
       EFUSE_DEAD_CHECK(dirfd, EFUSE_IOP_stat);
       if (mask & ~kServedStatxMask) return EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
       int rc = EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
-      if (rc == 0) rewrite_statx(mount_at(fd_mount(e)), false, sx);
+      if (rc == 0 && fd_same(dirfd, makedev(sx->stx_dev_major, sx->stx_dev_minor), sx->stx_ino))
+        rewrite_statx(mount_at(fd_mount(e)), false, sx);
+      else if (rc == 0)
+        fd_clear(dirfd);
       return rc;
     }
     if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
@@ -641,6 +658,19 @@ __attribute__((visibility("default"))) ssize_t getdents64(int fd, void* buf, siz
   uint32_t e = fd_entry(fd);
   if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
   return EFUSE_REAL(getdents64)(fd, buf, n);
+}
+
+// A stream over a descriptor (fdopen): fclose closes it inside libc.
+__attribute__((visibility("default"))) int fclose(FILE* f) {
+  if (f != nullptr) {
+    int fd = fileno(f);
+    uint32_t e = fd_entry(fd);
+    if (e != 0) {
+      fd_clear(fd);
+      count(mount_at(fd_mount(e)), EFUSE_IOP_close, (e & kFdLibrary) != 0);
+    }
+  }
+  return EFUSE_REAL(fclose)(f);
 }
 
 // Descriptors inherited across exec that the library (or the kernel path) opened.

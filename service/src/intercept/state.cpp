@@ -17,6 +17,8 @@ namespace efuse::intercept {
 namespace {
 
 std::atomic<uint32_t> g_fds[kMaxFds];
+std::atomic<uint64_t> g_fd_dev[kMaxFds];
+std::atomic<uint64_t> g_fd_ino[kMaxFds];
 Mount g_mounts[kMaxMounts];
 std::atomic<int> g_mount_count{0};
 std::atomic<int> g_active{0};
@@ -287,6 +289,23 @@ void fd_put(int fd, uint32_t entry) {
   if (fd >= 0 && fd < kMaxFds) g_fds[fd].store(entry, std::memory_order_release);
 }
 void fd_clear(int fd) { fd_put(fd, 0); }
+void fd_identity(int fd, dev_t dev, ino_t ino) {
+  if (fd < 0 || fd >= kMaxFds) return;
+  g_fd_dev[fd].store(dev, std::memory_order_relaxed);
+  g_fd_ino[fd].store(ino, std::memory_order_relaxed);
+}
+bool fd_same(int fd, dev_t dev, ino_t ino) {
+  return fd >= 0 && fd < kMaxFds && g_fd_dev[fd].load(std::memory_order_relaxed) == dev &&
+         g_fd_ino[fd].load(std::memory_order_relaxed) == ino;
+}
+void fd_copy(int from, int to) {
+  if (to < 0 || to >= kMaxFds || from == to) return;
+  uint32_t e = fd_entry(from);
+  if (e != 0 && from >= 0 && from < kMaxFds)
+    fd_identity(to, g_fd_dev[from].load(std::memory_order_relaxed),
+                g_fd_ino[from].load(std::memory_order_relaxed));
+  fd_put(to, e);
+}
 
 Mount* mount_at(int index) {
   return index >= 0 && index < g_mount_count.load(std::memory_order_acquire) ? &g_mounts[index]
@@ -516,6 +535,7 @@ void adopt_inherited() {
         long fl = sys(SYS_fcntl, fd, F_GETFL);
         if (m.serve && under(m.src, m.src_len) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY &&
             sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode)) {
+          fd_identity(fd, st.st_dev, st.st_ino);
           fd_put(fd, kFdLibrary | static_cast<uint32_t>(i + 1));
           break;
         }

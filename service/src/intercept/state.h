@@ -56,6 +56,13 @@ uint32_t fd_entry(int fd);
 void fd_put(int fd, uint32_t entry);
 void fd_clear(int fd);
 inline int fd_mount(uint32_t entry) { return static_cast<int>(entry & 0xffff) - 1; }
+// The backing file a library descriptor was opened on: a descriptor closed behind the
+// library's back (fclose of an fdopen'ed stream, a raw close) and its number reused is
+// told apart by it, so it is never taken for the mount's (no rewritten st_dev, no ENOTCONN).
+void fd_identity(int fd, dev_t dev, ino_t ino);
+bool fd_same(int fd, dev_t dev, ino_t ino);
+// dup and friends: `to` gets `from`'s entry and identity.
+void fd_copy(int from, int to);
 
 Mount* mount_at(int index);
 // True when `m` may be served right now: published live, same generation, efused running.
