@@ -71,6 +71,19 @@ def intercepted(*args):
         i.close()
 
 
+@contextlib.contextmanager
+def child(cmd):
+    """A process the test talks to over its stdin and stdout; killed if still running."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def same(plain, lib, what):
     if (plain.rc, plain.out, plain.err) != (lib.rc, lib.out, lib.err):
         raise AssertionError(
@@ -282,9 +295,7 @@ def test_outside_changes_while_held():
         for prefix in ([], [EFUSE_RUN]):
             write_file(J(i.m.src, "inplace"), b"old inplace\n")
             write_file(J(i.m.src, "replaced"), b"old replaced\n")
-            p = subprocess.Popen([*prefix, "python3", "-c", HOLDER, i.m.mnt],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            try:
+            with child([*prefix, "python3", "-c", HOLDER, i.m.mnt]) as p:
                 first = p.stdout.readline()
                 with open(J(i.m.src, "inplace"), "r+b") as f:
                     f.write(b"NEW INPLACE, longer\n")
@@ -296,12 +307,8 @@ def test_outside_changes_while_held():
                              timeout=30, what="the rename to show through the mount")
                 h.wait_until(lambda: os.stat(J(i.m.mnt, "inplace")).st_size == 20, timeout=30,
                              what="the new size to show through the mount")
-                out, _ = p.communicate(input="\n", timeout=60)
-            finally:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            assert p.returncode == 0, out
+                out, err = p.communicate(input="\n", timeout=60)
+            assert p.returncode == 0, err
             results.append(first + out)
         assert results[0] == results[1], results
         assert "NEW INPLACE" in results[1] and "old replaced" in results[1], results[1]
@@ -420,18 +427,12 @@ def test_efused_killed():
     ENOTCONN, without hanging and without serving the backing file's bytes."""
     with intercepted() as i:
         write_file(J(i.m.src, "file"), b"secret data\n")
-        p = subprocess.Popen([EFUSE_RUN, "python3", "-c", DEAD, i.m.mnt], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
+        with child([EFUSE_RUN, "python3", "-c", DEAD, i.m.mnt]) as p:
             assert p.stdout.readline().strip() == "b'secre'"
             assert i.calls()[("open", "library")] >= 1
             i.m.kill9()
             i.m.clean_exit = False
             out, err = p.communicate(input="\n", timeout=60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
         assert p.returncode == 0, err
         lines = out.splitlines()
         assert lines[:5] == ["read ENOTCONN", "fstat ENOTCONN", "open ENOTCONN", "stat ENOTCONN",
@@ -503,14 +504,11 @@ def test_reload_turns_it_on_and_off_live():
             assert len(m.records()) == 1 and served() == 0
             # A long-running process under efuse-run sees every change: it opens the file
             # each time the test asks.
-            p = subprocess.Popen([EFUSE_RUN, "python3", "-c",
-                                  "import os,sys\n"
-                                  "for line in sys.stdin:\n"
-                                  "  fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-                                  "  print(os.read(fd, 10), flush=True); os.close(fd)\n",
-                                  J(m.mnt, "f")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                 text=True)
-            try:
+            opener = ("import os,sys\n"
+                      "for line in sys.stdin:\n"
+                      "  fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                      "  print(os.read(fd, 10), flush=True); os.close(fd)\n")
+            with child([EFUSE_RUN, "python3", "-c", opener, J(m.mnt, "f")]) as p:
                 def once():
                     p.stdin.write("\n")
                     p.stdin.flush()
@@ -526,9 +524,7 @@ def test_reload_turns_it_on_and_off_live():
                 assert served() == 1  # the counters kept their count
                 once()
                 assert served() == 2
-            finally:
-                p.stdin.close()
-                p.wait(timeout=30)
+                p.communicate(input="", timeout=30)
             assert os.stat(m.mnt).st_dev == dev  # never remounted
     finally:
         run(["rm", "-rf", pub])

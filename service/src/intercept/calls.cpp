@@ -82,12 +82,7 @@ int lib_open(const Resolved& r, int flags) {
   }
   // Reopen for reading: the permission check is the caller's own, as the kernel's.
   char proc[40] = "/proc/self/fd/";
-  size_t at = 14;
-  char digits[12];
-  int k = 0;
-  for (unsigned v = static_cast<unsigned>(pfd); k == 0 || v != 0; v /= 10) digits[k++] = char('0' + v % 10);
-  while (k > 0) proc[at++] = digits[--k];
-  proc[at] = '\0';
+  *append_uint(proc + 14, static_cast<unsigned>(pfd)) = '\0';
   long fd = sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(proc), flags & ~O_NOFOLLOW, 0);
   if (fd < 0) {
     close_quiet(pfd);

@@ -85,14 +85,27 @@ void map_generation() {
   if (p != nullptr) g_gen.store(static_cast<const uint64_t*>(p), std::memory_order_release);
 }
 
+// Calls f(dirfd, name) for every entry of `dir`, reading with getdents64 into buf.
+template <typename F>
+void for_each_name(const char* dir, char* buf, size_t size, F&& f) {
+  int dirfd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(dir),
+                                   O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dirfd < 0) return;
+  for (;;) {
+    long n = sys(SYS_getdents64, dirfd, reinterpret_cast<long>(buf), size);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      auto* d = reinterpret_cast<struct dirent64*>(buf + off);
+      off += d->d_reclen;
+      f(dirfd, d->d_name);
+    }
+  }
+  close_fd(dirfd);
+}
+
 uint64_t start_time_of(int pid) {
   char path[64] = "/proc/";
-  char digits[16];
-  int n = 0;
-  for (unsigned v = static_cast<unsigned>(pid); n == 0 || v != 0; v /= 10) digits[n++] = char('0' + v % 10);
-  size_t at = 6;
-  while (n > 0) path[at++] = digits[--n];
-  memcpy(path + at, "/stat", 6);
+  memcpy(append_uint(path + 6, static_cast<unsigned>(pid)), "/stat", 6);
   int fd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC));
   if (fd < 0) return 0;
   char buf[1024];
@@ -244,23 +257,11 @@ void load_record(int dirfd, const char* name, bool* seen) {
 
 void scan() {
   bool seen[kMaxMounts] = {};
-  int dirfd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(intercept_dir()),
-                                   O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dirfd >= 0) {
-    for (;;) {
-      long n = sys(SYS_getdents64, dirfd, reinterpret_cast<long>(g_dents), sizeof g_dents);
-      if (n <= 0) break;
-      for (long off = 0; off < n;) {
-        auto* d = reinterpret_cast<struct dirent64*>(g_dents + off);
-        off += d->d_reclen;
-        size_t len = strlen(d->d_name);
-        if (len > 6 && memcmp(d->d_name, "m-", 2) == 0 &&
-            memcmp(d->d_name + len - 4, ".rec", 4) == 0)
-          load_record(dirfd, d->d_name, seen);
-      }
-    }
-    close_fd(dirfd);
-  }
+  for_each_name(intercept_dir(), g_dents, sizeof g_dents, [&](int dirfd, const char* name) {
+    size_t len = strlen(name);
+    if (len > 6 && memcmp(name, "m-", 2) == 0 && memcmp(name + len - 4, ".rec", 4) == 0)
+      load_record(dirfd, name, seen);
+  });
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i)
     if (!seen[i] && g_mounts[i].state.load() == 1) mark_dead(&g_mounts[i]);
@@ -436,14 +437,9 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
       if (n > 0) n -= 1;  // the kernel counts the NUL
     } else {
       if (fd_entry(dirfd) & kFdLibrary) return false;  // a regular file: ENOTDIR, natively
-      char link[40] = "/proc/self/fd/";
-      size_t at = 14;
-      char digits[12];
-      int k = 0;
       if (dirfd < 0) return false;
-      for (unsigned v = static_cast<unsigned>(dirfd); k == 0 || v != 0; v /= 10) digits[k++] = char('0' + v % 10);
-      while (k > 0) link[at++] = digits[--k];
-      link[at] = '\0';
+      char link[40] = "/proc/self/fd/";
+      *append_uint(link + 14, static_cast<unsigned>(dirfd)) = '\0';
       n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(buf), cap - 1);
     }
     errno = saved;
@@ -499,50 +495,48 @@ void internal_fds_gone(unsigned first, unsigned last) {
 void adopt_inherited() {
   refresh();
   if (!any_active()) return;
-  int dirfd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/fd"),
-                                   O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dirfd < 0) return;
   alignas(8) char dents[4096];
   char target[EFUSE_INTERCEPT_PATH_MAX];
-  for (;;) {
-    long n = sys(SYS_getdents64, dirfd, reinterpret_cast<long>(dents), sizeof dents);
-    if (n <= 0) break;
-    for (long off = 0; off < n;) {
-      auto* d = reinterpret_cast<struct dirent64*>(dents + off);
-      off += d->d_reclen;
-      if (d->d_name[0] < '0' || d->d_name[0] > '9') continue;
-      int fd = atoi(d->d_name);
-      if (fd == dirfd || fd >= kMaxFds) continue;
-      long len = sys(SYS_readlinkat, dirfd, reinterpret_cast<long>(d->d_name),
-                     reinterpret_cast<long>(target), sizeof target - 1);
-      if (len <= 0 || target[0] != '/') continue;
-      target[len] = '\0';
-      int count = g_mount_count.load(std::memory_order_acquire);
-      for (int i = 0; i < count; ++i) {
-        Mount& m = g_mounts[i];
-        if (m.state.load() != 1) continue;
-        auto under = [&](const char* dir, size_t dlen) {
-          return static_cast<size_t>(len) >= dlen && memcmp(target, dir, dlen) == 0 &&
-                 (target[dlen] == '\0' || target[dlen] == '/');
-        };
-        if (under(m.mp, m.mp_len)) {
-          fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
-          break;
-        }
-        // A read-only regular file of the backing tree: one the library opened before exec
-        // (a program that opened the backing tree itself is taken for one too).
-        struct stat st;
-        long fl = sys(SYS_fcntl, fd, F_GETFL);
-        if (m.serve && under(m.src, m.src_len) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY &&
-            sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode)) {
-          fd_identity(fd, st.st_dev, st.st_ino);
-          fd_put(fd, kFdLibrary | static_cast<uint32_t>(i + 1));
-          break;
-        }
+  for_each_name("/proc/self/fd", dents, sizeof dents, [&](int dirfd, const char* name) {
+    if (name[0] < '0' || name[0] > '9') return;
+    int fd = atoi(name);
+    if (fd == dirfd || fd >= kMaxFds) return;
+    long len = sys(SYS_readlinkat, dirfd, reinterpret_cast<long>(name),
+                   reinterpret_cast<long>(target), sizeof target - 1);
+    if (len <= 0 || target[0] != '/') return;
+    target[len] = '\0';
+    int count = g_mount_count.load(std::memory_order_acquire);
+    for (int i = 0; i < count; ++i) {
+      Mount& m = g_mounts[i];
+      if (m.state.load() != 1) continue;
+      auto under = [&](const char* dir, size_t dlen) {
+        return static_cast<size_t>(len) >= dlen && memcmp(target, dir, dlen) == 0 &&
+               (target[dlen] == '\0' || target[dlen] == '/');
+      };
+      if (under(m.mp, m.mp_len)) {
+        fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
+        break;
+      }
+      // A read-only regular file of the backing tree: one the library opened before exec
+      // (a program that opened the backing tree itself is taken for one too).
+      struct stat st;
+      long fl = sys(SYS_fcntl, fd, F_GETFL);
+      if (m.serve && under(m.src, m.src_len) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY &&
+          sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode)) {
+        fd_identity(fd, st.st_dev, st.st_ino);
+        fd_put(fd, kFdLibrary | static_cast<uint32_t>(i + 1));
+        break;
       }
     }
-  }
-  close_fd(dirfd);
+  });
+}
+
+char* append_uint(char* out, unsigned v) {
+  char digits[12];
+  int k = 0;
+  do digits[k++] = static_cast<char>('0' + v % 10); while ((v /= 10) != 0);
+  while (k > 0) *out++ = digits[--k];
+  return out;
 }
 
 }  // namespace efuse::intercept

@@ -98,6 +98,9 @@ struct Guard {
   bool entered;  // false: nested, do not intercept
 };
 
+// Appends the decimal digits of `v` at `out`; returns the end (not NUL-terminated).
+char* append_uint(char* out, unsigned v);
+
 // Raw system calls.
 long sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0);
 
