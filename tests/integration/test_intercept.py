@@ -31,13 +31,13 @@ OPS = ("open", "close", "read", "write", "lseek", "stat", "access", "readdir")
 class Intercepted:
     """An efused with --intercept publishing into a private directory, and its /metrics."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, backend="passthrough"):
         self.pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
         os.chmod(self.pub, 0o755)
         os.environ["EFUSE_INTERCEPT_DIR"] = self.pub  # efused and the library both read it
         self.port = free_port()
         self.m = h.EfusedMount(args=["--intercept", "--metrics", f"127.0.0.1:{self.port}",
-                                     *args])
+                                     *args], backend=backend)
 
     def close(self):
         try:
@@ -63,8 +63,8 @@ class Intercepted:
 
 
 @contextlib.contextmanager
-def intercepted(*args):
-    i = Intercepted(*args)
+def intercepted(*args, backend="passthrough"):
+    i = Intercepted(*args, backend=backend)
     try:
         yield i
     finally:
@@ -564,6 +564,20 @@ def test_mountpoint_parent_closed_to_the_user():
     finally:
         run(["rm", "-rf", pub])
         os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+
+def test_memory_mount_counted_only():
+    """A memory mount with --intercept: every call goes through the kernel unchanged (same
+    results), and is counted as such."""
+    with intercepted(backend="memory") as i:
+        write_file(J(i.m.mnt, "f"), b"in memory\n")
+        os.mkdir(J(i.m.mnt, "d"))
+        plain, lib, served = i.run_both(["bash", "-c", "cat f; stat -c '%n %s %i %d %f' f d .; "
+                                         "ls -la --time-style=+%s; test -r f && echo readable"],
+                                        cwd=i.m.mnt)
+        same(plain, lib, "memory mount")
+        assert all(v == 0 for (op, path), v in served.items() if path == "library"), served
+        assert served[("open", "kernel")] > 0 and served[("stat", "kernel")] > 0, served
 
 
 def test_not_published_paths_untouched():
