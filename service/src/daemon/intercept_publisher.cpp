@@ -119,8 +119,10 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   }
   std::string base = dir + "/" + hash_name(cfg.mountpoint);
   std::string why;
-  // The counters: kept across publications of the same mountpoint, so they only grow.
-  auto* counters = map_file<efuse_intercept_counters>(base + ".cnt", O_CREAT, 0666, false, &why);
+  // The counters: a new file each time (counting from 0: a counter reset to Prometheus).
+  ::unlink((base + ".cnt").c_str());
+  auto* counters = map_file<efuse_intercept_counters>(base + ".cnt", O_CREAT | O_EXCL, 0666,
+                                                      false, &why);
   if (counters != nullptr && (counters->magic != EFUSE_INTERCEPT_MAGIC ||
                               counters->version != EFUSE_INTERCEPT_VERSION ||
                               counters->size != sizeof(efuse_intercept_counters))) {
@@ -185,6 +187,7 @@ void InterceptPublisher::withdraw() {
   if (record_ == nullptr) return;
   __atomic_store_n(&record_->flags, 0u, __ATOMIC_SEQ_CST);  // libraries stop serving now
   ::unlink(record_path_.c_str());
+  ::unlink(counters_path_.c_str());  // /run keeps nothing of a mount no longer published
   munmap(record_, sizeof *record_);
   record_ = nullptr;
   munmap(counters_, sizeof *counters_);

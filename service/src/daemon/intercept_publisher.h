@@ -26,7 +26,7 @@ class InterceptPublisher {
   // connection, whose device 0:conn_id the mount reports. A failure is logged and leaves
   // the mount unpublished (every call then goes through the kernel).
   void publish(const MountConfig& cfg, unsigned conn_id);
-  // Marks the record not live (libraries stop serving at once), removes the files.
+  // Marks the record not live (libraries stop serving at once), removes both files.
   void withdraw();
   bool published() const { return record_ != nullptr; }
   // efuse_intercept_calls_total{op,path} while published.

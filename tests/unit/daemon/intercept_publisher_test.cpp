@@ -122,13 +122,14 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
   EXPECT_FALSE(p.published());
   EXPECT_EQ(rec->flags, 0u);
   EXPECT_TRUE(only(".rec").empty());
+  EXPECT_TRUE(only(".cnt").empty());
   EXPECT_EQ(generation(), 2u);
   EXPECT_TRUE(p.metrics().empty());
 
-  // Published again (a remount): a new record, the counters go on from where they were.
+  // Published again (a remount): a new record, counters from 0 (a counter reset).
   p.publish(cfg_, 43);
   EXPECT_EQ(generation(), 3u);
-  EXPECT_EQ(series(p.metrics(), "open", "library"), 3);
+  EXPECT_EQ(series(p.metrics(), "open", "library"), 0);
   auto* rec2 = map<efuse_intercept_record>(only(".rec"), PROT_READ);
   EXPECT_EQ(rec2->dev_minor, 43u);
   EXPECT_GT(rec2->generation, 1u);
