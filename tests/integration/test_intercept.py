@@ -504,15 +504,20 @@ def test_reload_turns_it_on_and_off_live():
             assert len(m.records()) == 1 and served() == 0
             # A long-running process under efuse-run sees every change: it opens the file
             # each time the test asks.
+            # It also holds the descriptor of its first open: turning intercept off leaves
+            # it working (the mount goes on).
             opener = ("import os,sys\n"
+                      "held = None\n"
                       "for line in sys.stdin:\n"
                       "  fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-                      "  print(os.read(fd, 10), flush=True); os.close(fd)\n")
+                      "  held = fd if held is None else held\n"
+                      "  print(os.read(fd, 10), os.pread(held, 4, 0), flush=True)\n"
+                      "  fd != held and os.close(fd)\n")
             with child([EFUSE_RUN, "python3", "-c", opener, J(m.mnt, "f")]) as p:
                 def once():
                     p.stdin.write("\n")
                     p.stdin.flush()
-                    assert p.stdout.readline().strip() == "b'data\\n'"
+                    assert p.stdout.readline().strip() == "b'data\\n' b'data'"
                 once()
                 assert served() == 1
                 m.reload("false")

@@ -24,6 +24,8 @@
 #define EFUSE_IR_ALLOW_OTHER 0x4u  // options.allow_other
 #define EFUSE_IR_SERVE 0x8u       // the library may serve it (passthrough backend with
                                   // default_permissions); else it only counts kernel calls
+#define EFUSE_IR_FILES_GO_ON 0x10u  // withdrawn (LIVE clear) while the mount goes on:
+                                    // descriptors the library opened keep working
 
 struct efuse_intercept_record {
   uint64_t magic;

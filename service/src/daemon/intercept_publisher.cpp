@@ -104,7 +104,7 @@ std::string intercept_dir() {
 }
 
 void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
-  withdraw();
+  withdraw(true);
   std::string dir = intercept_dir();
   if (cfg.mountpoint.size() >= EFUSE_INTERCEPT_PATH_MAX ||
       cfg.source.size() >= EFUSE_INTERCEPT_PATH_MAX) {
@@ -183,12 +183,23 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
                                       "with default_permissions");
 }
 
-void InterceptPublisher::withdraw() {
+void InterceptPublisher::withdraw(bool mount_goes_on) {
+  if (!mount_goes_on) {
+    for (auto* rec : withdrawn_) {
+      __atomic_store_n(&rec->flags, 0u, __ATOMIC_SEQ_CST);
+      munmap(rec, sizeof *rec);
+    }
+    withdrawn_.clear();
+  }
   if (record_ == nullptr) return;
-  __atomic_store_n(&record_->flags, 0u, __ATOMIC_SEQ_CST);  // libraries stop serving now
+  // Libraries stop serving now (and, unless the mount goes on, fail their descriptors).
+  __atomic_store_n(&record_->flags, mount_goes_on ? EFUSE_IR_FILES_GO_ON : 0u, __ATOMIC_SEQ_CST);
   ::unlink(record_path_.c_str());
   ::unlink(counters_path_.c_str());  // /run keeps nothing of a mount no longer published
-  munmap(record_, sizeof *record_);
+  if (mount_goes_on)
+    withdrawn_.push_back(record_);
+  else
+    munmap(record_, sizeof *record_);
   record_ = nullptr;
   munmap(counters_, sizeof *counters_);
   counters_ = nullptr;

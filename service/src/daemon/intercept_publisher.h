@@ -18,7 +18,7 @@ std::string intercept_dir();
 class InterceptPublisher {
  public:
   InterceptPublisher() = default;
-  ~InterceptPublisher() { withdraw(); }
+  ~InterceptPublisher() { withdraw(false); }
   InterceptPublisher(const InterceptPublisher&) = delete;
   InterceptPublisher& operator=(const InterceptPublisher&) = delete;
 
@@ -26,14 +26,18 @@ class InterceptPublisher {
   // connection, whose device 0:conn_id the mount reports. A failure is logged and leaves
   // the mount unpublished (every call then goes through the kernel).
   void publish(const MountConfig& cfg, unsigned conn_id);
-  // Marks the record not live (libraries stop serving at once), removes both files.
-  void withdraw();
+  // Marks the record not live (libraries stop serving at once) and removes both files.
+  // `mount_goes_on` (intercept turned off, the mount stays): descriptors the libraries
+  // already opened keep working until the mount stops (a later withdraw(false)); else
+  // they fail with ENOTCONN from now on, as the mount's own files will.
+  void withdraw(bool mount_goes_on);
   bool published() const { return record_ != nullptr; }
   // efuse_intercept_calls_total{op,path} while published.
   std::vector<fs::Metric> metrics() const;
 
  private:
   efuse_intercept_record* record_ = nullptr;
+  std::vector<efuse_intercept_record*> withdrawn_;  // FILES_GO_ON records, until the stop
   efuse_intercept_counters* counters_ = nullptr;
   std::string record_path_;
   std::string counters_path_;

@@ -317,7 +317,7 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   if (cfg_.intercept != cfg.intercept) {
     cfg_.intercept = cfg.intercept;
     if (!cfg_.intercept)
-      intercept_.withdraw();
+      intercept_.withdraw(true);  // the mount goes on: open files keep working
     else if (live())
       intercept_.publish(cfg_, mounted_.conn_id);
   }
@@ -436,7 +436,7 @@ void MountInstance::flush_dirty() {
 void MountInstance::stop(int grace_ms) {
   if (!mounted_now_) return;
   mounted_now_ = false;
-  intercept_.withdraw();  // libraries stop serving before the mount goes
+  intercept_.withdraw(false);  // libraries stop serving before the mount goes
   if (fs_) fs_->set_invalidator(nullptr);  // joins the watcher before the channel goes
   // Only while the workers serve (not after the connection ended, nor for a mount that
   // never answered INIT: opening its root would wait for INIT).

@@ -146,7 +146,7 @@ FdKind classify(int fd, int op, bool* dead) {
     count(m, op, false);
     return FdKind::Kernel;
   }
-  if (!mount_alive(m)) {
+  if (!files_alive(m)) {
     // Still the file the library opened? (Else the number was reused behind its back.)
     struct stat st;
     int saved = errno;
@@ -459,7 +459,7 @@ static int fd_change(int fd) {
   uint32_t e = fd_entry(fd);
   if (!(e & kFdLibrary)) return 0;
   Mount* m = mount_at(fd_mount(e));
-  if (!mount_alive(m)) {
+  if (!files_alive(m)) {
     errno = ENOTCONN;
     return -1;
   }

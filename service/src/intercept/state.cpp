@@ -315,13 +315,9 @@ Mount* mount_at(int index) {
 
 bool any_active() { return g_active.load(std::memory_order_relaxed) > 0; }
 
-bool mount_alive(Mount* m) {
-  if (m == nullptr || m->state.load(std::memory_order_acquire) != 1) return false;
-  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
-  if (!(flags & EFUSE_IR_LIVE) || m->rec->generation != m->generation) {
-    mark_dead(m);
-    return false;
-  }
+namespace {
+// efused still runs (its pidfd not readable).
+bool efused_running(Mount* m) {
   int saved = errno;
   for (int attempt = 0; attempt < 2; ++attempt) {
     int pidfd = m->pidfd.load(std::memory_order_acquire);
@@ -356,6 +352,26 @@ bool mount_alive(Mount* m) {
     m->pidfd.compare_exchange_strong(pidfd, -1);
   }
   errno = saved;
+  return false;
+}
+}  // namespace
+
+bool mount_alive(Mount* m) {
+  if (m == nullptr || m->state.load(std::memory_order_acquire) != 1) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
+  if (!(flags & EFUSE_IR_LIVE) || m->rec->generation != m->generation || !efused_running(m)) {
+    mark_dead(m);
+    return false;
+  }
+  return true;
+}
+
+bool files_alive(Mount* m) {
+  if (m == nullptr || m->rec == nullptr) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
+  bool published = (flags & EFUSE_IR_LIVE) && m->rec->generation == m->generation;
+  if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
+  if (efused_running(m)) return true;
   mark_dead(m);
   return false;
 }

@@ -68,6 +68,9 @@ Mount* mount_at(int index);
 // True when `m` may be served right now: published live, same generation, efused running.
 // A dead mount is marked so and a rescan is requested.
 bool mount_alive(Mount* m);
+// True while descriptors the library opened on `m` may be used: the mount is published, or
+// was withdrawn while it goes on (EFUSE_IR_FILES_GO_ON), and efused runs.
+bool files_alive(Mount* m);
 // Re-reads the published mounts when efused changed them (cheap when nothing changed).
 void refresh();
 // Any mount published and active (checked before resolving paths).

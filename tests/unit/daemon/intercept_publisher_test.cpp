@@ -116,11 +116,12 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
   EXPECT_EQ(series(ms, "readdir", "kernel"), 5);
   EXPECT_EQ(series(ms, "read", "library"), 0);
 
-  // Withdrawn: a library holding the old record sees it not live at once; the record is
-  // gone, the generation moved, no series.
-  p.withdraw();
+  // Withdrawn while the mount goes on (intercept turned off): a library holding the old
+  // record sees it not live at once, but its open descriptors go on; the record is gone,
+  // the generation moved, no series.
+  p.withdraw(true);
   EXPECT_FALSE(p.published());
-  EXPECT_EQ(rec->flags, 0u);
+  EXPECT_EQ(rec->flags, EFUSE_IR_FILES_GO_ON);
   EXPECT_TRUE(only(".rec").empty());
   EXPECT_TRUE(only(".cnt").empty());
   EXPECT_EQ(generation(), 2u);
@@ -133,6 +134,11 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
   auto* rec2 = map<efuse_intercept_record>(only(".rec"), PROT_READ);
   EXPECT_EQ(rec2->dev_minor, 43u);
   EXPECT_GT(rec2->generation, 1u);
+  // The mount stops: every record it published says so (descriptors fail with ENOTCONN).
+  p.withdraw(false);
+  EXPECT_EQ(rec->flags, 0u);
+  EXPECT_EQ(rec2->flags, 0u);
+  EXPECT_TRUE(only(".rec").empty());
   munmap(rec, sizeof *rec);
   munmap(rec2, sizeof *rec2);
   munmap(cnt, sizeof *cnt);
