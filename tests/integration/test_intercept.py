@@ -24,6 +24,7 @@ import test_coreutils  # noqa: E402
 J = os.path.join
 EFUSE_RUN = os.environ.get("EFUSE_RUN") or J(os.path.dirname(h.EFUSED), "efuse-run")
 FSX = os.environ.get("EFUSE_FSX") or J(os.path.dirname(h.EFUSED), "efuse_fsx")
+PROBE_BIN = J(os.path.dirname(h.EFUSED), "efuse_intercept_probe")
 USER = (h.USER_UID, h.USER_GID)
 OPS = ("open", "close", "read", "write", "lseek", "stat", "access", "readdir")
 
@@ -391,6 +392,22 @@ def test_descriptors():
         assert "threads []" in lib.out, lib.out
         assert "survivor (True, 21, True) b'01234'" in lib.out, lib.out
         assert served[("open", "library")] >= 800, served
+
+
+def test_before_main_signal_handlers_threads():
+    """A C program calling open, read, stat and fstat before main, from a signal handler
+    that interrupts its own calls, and from four threads: the same with the library, which
+    served them."""
+    assert os.access(PROBE_BIN, os.X_OK), f"{PROBE_BIN} missing (build efuse_intercept_probe)"
+    with intercepted() as i:
+        write_file(J(i.m.src, "file"), b"probe data\n")
+        f = J(i.m.mnt, "file")
+        env = dict(os.environ, EFUSE_PROBE_FILE=f)
+        plain, lib, served = i.run_both([PROBE_BIN, f], env=env, timeout=300)
+        same(plain, lib, "efuse_intercept_probe")
+        assert "before main: read same as in main: 1, device the same: 1" in lib.out, lib.out
+        assert "signal handler: ran yes, errors 0; main thread errors 0" in lib.out, lib.out
+        assert served[("open", "library")] > 2000 and served[("stat", "library")] > 2000, served
 
 
 # Opens a file, reads it, waits; after the kill reads again and tries path calls.
