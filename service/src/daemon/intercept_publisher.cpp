@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 #include "common/log.h"
 #include "common/unique_fd.h"
@@ -26,9 +27,9 @@ std::string hash_name(const std::string& mountpoint) {
   return buf;
 }
 
-uint64_t own_start_time() {
+uint64_t start_time(const std::string& pid) {
   char buf[1024];
-  UniqueFd fd(::open("/proc/self/stat", O_RDONLY | O_CLOEXEC));
+  UniqueFd fd(::open(("/proc/" + pid + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return 0;
   ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
   if (n <= 0) return 0;
@@ -40,6 +41,29 @@ uint64_t own_start_time() {
   for (; *p != '\0' && field < 22; ++p)
     if (*p == ' ') ++field;
   return std::strtoull(p, nullptr, 10);
+}
+
+// Records left by an efused that was killed (its mounts detached since): removed with
+// their counters, so /run does not collect them. Libraries ignore them anyway (PID check).
+void remove_dead_records(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename();
+    if (name.size() < 7 || name.compare(0, 2, "m-") != 0 ||
+        name.compare(name.size() - 4, 4, ".rec") != 0)
+      continue;
+    efuse_intercept_record rec;
+    UniqueFd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!fd || ::pread(fd.get(), &rec, sizeof rec, 0) != static_cast<ssize_t>(sizeof rec) ||
+        rec.magic != EFUSE_INTERCEPT_MAGIC || rec.pid == getpid())
+      continue;
+    if (start_time(std::to_string(rec.pid)) == rec.pid_start) continue;  // its efused runs
+    std::string base = e.path().string();
+    base.resize(base.size() - 4);
+    ::unlink((base + ".rec").c_str());
+    ::unlink((base + ".cnt").c_str());
+    LOG_INFO("intercept: removed %s.rec, left by efused %d, which is gone", base.c_str(), rec.pid);
+  }
 }
 
 bool make_dir(const std::string& dir) {
@@ -117,6 +141,7 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
              cfg.name.c_str(), dir.c_str(), strerror(errno));
     return;
   }
+  remove_dead_records(dir);
   std::string base = dir + "/" + hash_name(cfg.mountpoint);
   std::string why;
   // The counters: a new file each time (counting from 0: a counter reset to Prometheus).
@@ -148,7 +173,7 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   rec->version = EFUSE_INTERCEPT_VERSION;
   rec->size = sizeof(efuse_intercept_record);
   rec->pid = static_cast<int32_t>(getpid());
-  rec->pid_start = own_start_time();
+  rec->pid_start = start_time("self");
   rec->generation = ++generation_;
   rec->uid = geteuid();
   rec->dev_major = 0;

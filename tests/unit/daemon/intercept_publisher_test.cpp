@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -167,6 +168,39 @@ TEST_F(InterceptPublisherTest, FlagsFollowTheMount) {
     EXPECT_NE(rec->flags & EFUSE_IR_LIVE, 0u) << i;
     munmap(rec, sizeof *rec);
   }
+}
+
+// A record left by a killed efused (its process gone) is removed, with its counters, when
+// a mount is published; a record of a running efused stays.
+TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
+  std::filesystem::create_directories(tmp_ / "pub");
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  auto write_record = [&](const std::string& base, int32_t pid, uint64_t start) {
+    efuse_intercept_record rec{};
+    rec.magic = EFUSE_INTERCEPT_MAGIC;
+    rec.version = EFUSE_INTERCEPT_VERSION;
+    rec.size = sizeof rec;
+    rec.pid = pid;
+    rec.pid_start = start;
+    int fd = ::open((tmp_ / "pub/" + base + ".rec").c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, &rec, sizeof rec), static_cast<ssize_t>(sizeof rec));
+    ::close(fd);
+    fd = ::open((tmp_ / "pub/" + base + ".cnt").c_str(), O_CREAT | O_WRONLY, 0644);
+    ::close(fd);
+  };
+  write_record("m-dead000000000000", child, 12345);
+  // A running process (pid 1) whose start time does not match: its PID was reused.
+  write_record("m-reused0000000000", 1, ~0ull - 1);
+  InterceptPublisher p;
+  p.publish(cfg_, 5);
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.rec"));
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.cnt"));
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-reused0000000000.rec"));
+  EXPECT_FALSE(only(".rec").empty());  // its own
 }
 
 TEST_F(InterceptPublisherTest, UnusableDirectoryLeavesItUnpublished) {
