@@ -332,7 +332,13 @@ class Bench(Rows, FioRows, Report):
         tmp.replace(copy)
         self.efused_bin = copy
         if "efuse-run" in self.side_names:
-            self.copy_intercept()
+            try:
+                self.copy_intercept()
+            except BenchError as e:  # only that side goes without
+                for side in self.sides:
+                    if side.name == "efuse-run":
+                        side.unavailable = " ".join(str(e).split())
+                log(f"efuse-run unavailable: {e}")
         try:
             r = subprocess.run([str(self.efused_bin), "--version"], capture_output=True, text=True,
                                timeout=5)
