@@ -133,7 +133,28 @@ efuse::Status UringChannel::start(std::string* error) {
   LOG_INFO("FUSE over io_uring: %u queues (one per CPU), %u entries each, %zu KiB payload per "
            "entry; FORGET and INTERRUPT stay on /dev/fuse",
            nr, depth_, payload / 1024);
-  return classic_.start(error);
+  return resuming_ ? classic_.resume(error) : classic_.start(error);
+}
+
+efuse::Status UringChannel::resume(std::string* error) {
+  if (!session_.negotiated().has(k::init::kOverIoUring)) return classic_.resume(error);
+  resuming_ = true;
+  return start(error);
+}
+
+bool UringChannel::stop_for_restart(int timeout_ms) {
+  // Each queue submits the replies it holds before its ring closes; the ring's commands
+  // waiting for requests are then cancelled by the kernel, and new requests wait in the
+  // kernel's queues for the entries the next efused registers.
+  stop_queues();
+  return classic_.stop_for_restart(timeout_ms);
+}
+
+std::vector<int> UringChannel::device_fds() const {
+  std::vector<int> out = classic_.device_fds();
+  for (const auto& q : queues_)
+    if (q->own_cmd_fd_) out.push_back(q->own_cmd_fd_.get());
+  return out;
 }
 
 bool UringChannel::stopped() const {

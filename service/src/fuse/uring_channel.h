@@ -135,8 +135,15 @@ class UringChannel final : public Channel {
   bool rings_active() const { return rings_active_.load(); }
   unsigned queue_depth() const { return depth_; }
   uint64_t channel_errors() const override;
+  // A resumed connection that had io_uring: registers new queues (the rings of the previous
+  // efused died with it; the kernel keeps the queues and takes new entries), then the
+  // /dev/fuse reader(s). Without io_uring: /dev/fuse only.
+  efuse::Status resume(std::string* error) override;
+  bool stop_for_restart(int timeout_ms) override;
+  std::vector<int> device_fds() const override;
 
  private:
+  bool resuming_ = false;
   class Entry;
   class Queue;
   void stop_queues();

@@ -286,7 +286,11 @@ void UringChannel::Queue::on_cqe(const struct io_uring_cqe* cqe) {
 
 void UringChannel::Queue::loop() {
   for (;;) {
-    if (stop_.load()) break;
+    if (stop_.load()) {
+      // Replies committed but not yet submitted reach the kernel before the ring goes.
+      if (io_uring_sq_ready(&ring_) > 0) (void)io_uring_submit(&ring_);
+      break;
+    }
     if (in_kernel_ == 0 && conn_dead_) break;
     uint64_t t0 = monotonic_ns();
     int rc = io_uring_submit_and_wait(&ring_, 1);

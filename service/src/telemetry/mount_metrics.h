@@ -57,6 +57,7 @@ class MountFamilies {
 
   prometheus::MetricFamily up_;
   prometheus::MetricFamily start_failures_;
+  prometheus::MetricFamily resumes_;
   prometheus::MetricFamily info_;
   prometheus::MetricFamily fallback_;
   prometheus::MetricFamily notifications_;

@@ -272,7 +272,9 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
     if (created != nullptr) *created = !known;
     if (known) {
       ::close(fd);
-      ++it->second->nlookup;
+      Inode& in = *it->second;
+      ++in.nlookup;
+      if (in.state_slot != nullptr) in.state_slot->v[1].store(in.nlookup, std::memory_order_relaxed);
       return it->second;
     }
     // New, or an inode number reused after the object an evicted inode stood for was
@@ -282,6 +284,7 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
     inode->nlookup = 1;
     by_id_[inode->nodeid] = inode;
     by_key_[{st.st_dev, st.st_ino}] = inode;
+    if (state_ != nullptr) record_node(*inode);
   }
   fd_opened();
   return inode;
@@ -330,6 +333,14 @@ std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
   if (it == by_id_.end() || nodeid == 1) return nullptr;
   Inode& inode = *it->second;
   inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
+  if (inode.state_slot != nullptr) {
+    if (inode.nlookup == 0) {
+      state_->free(inode.state_slot);
+      inode.state_slot = nullptr;
+    } else {
+      inode.state_slot->v[1].store(inode.nlookup, std::memory_order_relaxed);
+    }
+  }
   if (inode.nlookup == 0) {
     dropped = it->second;
     auto k = by_key_.find({inode.dev, inode.ino});
