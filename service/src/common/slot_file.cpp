@@ -137,7 +137,9 @@ void SlotFile::for_each(Kind kind, const std::function<void(Slot&)>& fn) const {
   }
 }
 
-bool SlotFile::overflowed() const { return header()->overflow.load() != 0; }
+bool SlotFile::incomplete() const { return header()->overflow.load() != 0; }
+
+void SlotFile::mark_incomplete() { header()->overflow.store(1); }
 
 bool SlotFile::clean() const { return header()->clean.load() != 0; }
 

@@ -71,14 +71,17 @@ class SlotFile {
   int fd() const { return fd_.get(); }
 
   // A zeroed slot, not yet published (kind 0), or nullptr when the file is full (then
-  // overflowed() is true from now on: the state is incomplete and must not be resumed).
+  // incomplete() is true from now on: the state must not be resumed).
   Slot* alloc();
   // Publishes a slot filled since alloc().
   static void publish(Slot* s, Kind kind) { s->kind.store(kind, std::memory_order_release); }
   void free(Slot* s);
   // Every published slot of `kind`, in file order.
   void for_each(Kind kind, const std::function<void(Slot&)>& fn) const;
-  bool overflowed() const;
+  // Something could not be recorded (the file is full, a file handle could not be taken):
+  // the state does not describe the connection and must not be resumed.
+  bool incomplete() const;
+  void mark_incomplete();
 
   // The owner's meta area (kMetaSize bytes). Writers keep it consistent themselves.
   unsigned char* meta() const { return base_ + kHeaderSize - kMetaSize; }

@@ -137,8 +137,9 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
              "bpf_handlers)";
     return Errno{ESTALE};
   }
-  if (file->overflowed()) {
-    *error = "the restart state overflowed (more inodes and open files than it holds)";
+  if (file->incomplete()) {
+    *error = "the restart state is incomplete (more inodes and open files than it holds, or "
+             "an inode without a file handle)";
     return Errno{EOVERFLOW};
   }
   unsigned conn = connection_of(fds.conn.get());

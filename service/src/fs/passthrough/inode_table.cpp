@@ -284,7 +284,7 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
     inode->nlookup = 1;
     by_id_[inode->nodeid] = inode;
     by_key_[{st.st_dev, st.st_ino}] = inode;
-    if (state_ != nullptr) record_node(*inode);
+    if (state_ != nullptr && !record_node(*inode)) state_->mark_incomplete();
   }
   fd_opened();
   return inode;

@@ -28,7 +28,7 @@ bool PassthroughFs::record_state(SlotFile* file) {
 void PassthroughFs::record_open(uint64_t fh, uint64_t nodeid, int flags, bool cached) {
   SlotFile* file = state_.load(std::memory_order_relaxed);
   SlotFile::Slot* s = file->alloc();
-  if (s == nullptr) return;  // the file is full: overflowed() keeps it from being resumed
+  if (s == nullptr) return;  // the file is full: incomplete() keeps it from being resumed
   s->v[0].store(fh, std::memory_order_relaxed);
   s->v[1].store(nodeid, std::memory_order_relaxed);
   s->v[2].store(static_cast<uint32_t>(flags), std::memory_order_relaxed);
