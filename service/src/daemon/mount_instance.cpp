@@ -198,10 +198,7 @@ Status MountInstance::start(std::string* error) {
   mo.default_permissions = cfg_.options.default_permissions;
   mo.read_only = cfg_.options.read_only;
   auto m = fuse::mount(mo, error);
-  if (!m.ok()) {
-    state_.reset();
-    return Errno{m.error()};
-  }
+  if (!m.ok()) return Errno{m.error()};
   mounted_ = *m;
   mounted_now_ = true;
 
@@ -457,9 +454,9 @@ void MountInstance::stop(int grace_ms) {
     channel_.reset();
     conn_.reset();
   }
-  // Unmounted for good: systemd closes its copies, and the state goes.
+  // Unmounted for good: systemd closes its copies. The state stays mapped while the backend
+  // and session that point into it live (until the instance goes).
   if (store_ != nullptr && state_) store_->remove_all(cfg_.name);
-  state_.reset();
 }
 
 }  // namespace efuse::daemon

@@ -89,6 +89,9 @@ class MountInstance final : private fs::Invalidator {
   Status inval_entry(uint64_t parent, std::string_view name) override;
 
   MountConfig cfg_;
+  // The restart state while recorded; declared before the backend and session, which point
+  // into it, so it goes after them.
+  std::unique_ptr<SlotFile> state_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;
   std::unique_ptr<fuse::Connection> conn_;  // the /dev/fuse fd; outlives channel_
@@ -98,7 +101,6 @@ class MountInstance final : private fs::Invalidator {
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
   const FdStore* store_ = nullptr;
-  std::unique_ptr<SlotFile> state_;  // the restart state, while recorded
   std::string resume_note_;
 
   // The backend, session and transport choice for cfg_ (start and resume).

@@ -249,7 +249,7 @@ void MountInstance::detach_for_restart() {
            mounted_.conn_id, cfg_.mountpoint.c_str());
   channel_.reset();
   conn_.reset();  // systemd's copy keeps the connection
-  state_.reset();
+  // state_ stays mapped while the backend and session live: they point into it.
 }
 
 }  // namespace efuse::daemon

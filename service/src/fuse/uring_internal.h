@@ -164,6 +164,7 @@ class UringChannel::Queue {
   struct io_uring_sqe* sqe();
   void arm_event();
   void arm_sentinel();
+  void drain();
   void commit(Entry& e);
   void on_cqe(const struct io_uring_cqe* cqe);
   void handle(Entry& e);
