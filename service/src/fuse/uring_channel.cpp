@@ -153,7 +153,7 @@ bool UringChannel::stop_for_restart(int timeout_ms) {
 std::vector<int> UringChannel::device_fds() const {
   std::vector<int> out = classic_.device_fds();
   for (const auto& q : queues_)
-    if (q->own_cmd_fd_) out.push_back(q->own_cmd_fd_.get());
+    if (q->cmd_fd() >= 0) out.push_back(q->cmd_fd());
   return out;
 }
 
