@@ -88,6 +88,19 @@ void MountInstance::begin_recording() {
 
 void MountInstance::store_descriptors(bool with_conn) {
   if (!state_ || !channel_) return;
+  if (session_->negotiated().has(fuse::kernel::init::kOverIoUring)) {
+    // The rings die with efused, and the kernel cannot take a request back from a ring
+    // entry of a dying ring: it ends one it had just handed to the entry with ECANCELED and
+    // never answers one the entry held (its caller waits until the mount goes; both seen on
+    // Linux 6.18 under load). Nor can the connection go back to /dev/fuse once its rings
+    // ran. So a connection on io_uring is not kept: a restart remounts it, as a stop does.
+    resume_note_ = "FUSE over io_uring: its rings cannot be handed to the next efused "
+                   "without losing requests; set transport: classic to keep this mount "
+                   "across restarts";
+    LOG_INFO("%s: a restart of efused will remount it (%s)", cfg_.name.c_str(),
+             resume_note_.c_str());
+    return;
+  }
   DaemonMeta* m = meta_of(*state_);
   if (with_conn) {
     m->conn_id = mounted_.conn_id;
@@ -156,7 +169,7 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
     *error = "backend '" + cfg_.backend + "' is not available";
     return Errno{EINVAL};
   }
-  bool want_uring = false;
+  bool want_uring = false;  // a resumed connection keeps what INIT settled
   Status s = prepare(&want_uring, error);
   auto fail = [&](const std::string& what, Status st) {
     *error = what;
@@ -171,19 +184,13 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
     return fail("the restart state is unusable: " + why, s);
   if (s = session_->restore_state(file.get(), &why); !s.ok())
     return fail("the restart state is unusable: " + why, s);
-  const bool had_uring = session_->negotiated().has(fuse::kernel::init::kOverIoUring);
-  if (had_uring && !want_uring)
-    return fail("the connection runs FUSE over io_uring, which this efused cannot serve now (" +
-                    fallback_reason_ + ")", Errno{EOPNOTSUPP});
+  if (session_->negotiated().has(fuse::kernel::init::kOverIoUring))
+    return fail("the connection runs FUSE over io_uring, whose rings cannot be resumed",
+                Errno{EOPNOTSUPP});
   UniqueFd dev(fcntl(fds.conn.get(), F_DUPFD_CLOEXEC, 3));
   if (!dev) return fail(std::string("dup: ") + strerror(errno), last_errno());
   conn_ = std::make_unique<fuse::Connection>(std::move(dev));
-  if (had_uring) {
-    channel_ = std::make_unique<fuse::UringChannel>(*session_, *conn_, cfg_.queue_depth,
-                                                    cfg_.threads);
-  } else {
-    channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads);
-  }
+  channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads);
   if (s = channel_->resume(error); !s.ok()) {
     // Threads may be serving already: the connection must end before they can be joined.
     return fail("cannot serve the connection again: " + *error, s);

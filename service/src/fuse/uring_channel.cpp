@@ -133,20 +133,18 @@ efuse::Status UringChannel::start(std::string* error) {
   LOG_INFO("FUSE over io_uring: %u queues (one per CPU), %u entries each, %zu KiB payload per "
            "entry; FORGET and INTERRUPT stay on /dev/fuse",
            nr, depth_, payload / 1024);
-  return resuming_ ? classic_.resume(error) : classic_.start(error);
+  return classic_.start(error);
 }
 
 efuse::Status UringChannel::resume(std::string* error) {
   if (!session_.negotiated().has(k::init::kOverIoUring)) return classic_.resume(error);
-  resuming_ = true;
-  return start(error);
+  *error = "a connection that ran FUSE over io_uring cannot be resumed: the kernel drops "
+           "the requests held by a dead ring's entries";
+  return efuse::Errno{EOPNOTSUPP};
 }
 
 bool UringChannel::stop_for_restart(int timeout_ms) {
-  // Each queue submits the replies it holds before its ring closes; the ring's commands
-  // waiting for requests are then cancelled by the kernel, and new requests wait in the
-  // kernel's queues for the entries the next efused registers.
-  stop_queues();
+  stop_queues();  // none run when the connection can be resumed (see resume)
   return classic_.stop_for_restart(timeout_ms);
 }
 

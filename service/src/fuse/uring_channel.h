@@ -135,15 +135,14 @@ class UringChannel final : public Channel {
   bool rings_active() const { return rings_active_.load(); }
   unsigned queue_depth() const { return depth_; }
   uint64_t channel_errors() const override;
-  // A resumed connection that had io_uring: registers new queues (the rings of the previous
-  // efused died with it; the kernel keeps the queues and takes new entries), then the
-  // /dev/fuse reader(s). Without io_uring: /dev/fuse only.
+  // A resumed connection: /dev/fuse readers, when INIT did not grant io_uring. One that ran
+  // rings cannot be resumed (EOPNOTSUPP): when a ring dies, the kernel ends the request it
+  // was handing to an entry with ECANCELED and never answers one an entry held.
   efuse::Status resume(std::string* error) override;
   bool stop_for_restart(int timeout_ms) override;
   std::vector<int> device_fds() const override;
 
  private:
-  bool resuming_ = false;
   class Entry;
   class Queue;
   void stop_queues();
