@@ -39,7 +39,8 @@ Under systemd each mount's FUSE connection and restart state stay in the unit's 
 descriptor store: on SIGTERM from a restart job (systemctl restart, a package upgrade)
 efused leaves its mounts mounted, and the next efused (also after a crash and
 Restart=on-failure) resumes them without remounting: clients see a pause, open files keep
-working. A stop unmounts as above. EFUSE_FDSTORE=0 in the environment turns this off.
+working. Mounts on FUSE over io_uring are remounted instead (transport: classic keeps
+them). A stop unmounts as above. EFUSE_FDSTORE=0 in the environment turns this off.
 
 Where the mounts come from (one of):
   -c, --config FILE              YAML config (default /etc/efuse/mounts.yaml); schema and a
