@@ -74,8 +74,9 @@ void MountInstance::begin_recording() {
   if (!file.ok()) {
     resume_note_ = std::string("cannot create the restart state: ") + strerror(file.error());
   } else if (!fs_->record_state(file->get())) {
-    resume_note_ = "the " + cfg_.backend + " backend cannot record its state here (it needs "
-                   "file handles on the source)";
+    resume_note_ = "the " + cfg_.backend + " backend cannot record its state for a restart "
+                   "(passthrough needs file handles on the source; a memory mount's contents "
+                   "live in efused)";
   }
   if (!resume_note_.empty()) {
     LOG_WARN("%s: a restart of efused will remount it (clients get ENOTCONN): %s",

@@ -33,7 +33,7 @@ struct MountView {
   std::string transport_fallback;  // why a configured io_uring transport is not in use
   uint64_t start_failures = 0;                        // cumulative failed mount attempts
   uint64_t resumes = 0;  // times a new efused resumed this mount's connection (restarts)
-  fs::BackendStats stats;                             // the backend's (zero when not live)
+  std::vector<fs::Metric> backend_metrics;            // the backend's own (none when not live)
 };
 
 struct DaemonView {

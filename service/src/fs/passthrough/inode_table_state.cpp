@@ -10,7 +10,7 @@
 
 namespace efuse::fs::passthrough {
 
-bool InodeTable::record_node(Inode& inode) {
+bool InodeTable::record_node(Inode& inode, uint64_t lookups) {
   if (inode.nodeid == 1) return true;  // the root is the source, opened anew by each efused
   if (inode.handle_.empty()) {
     int fd = inode.fd_.load();
@@ -21,7 +21,7 @@ bool InodeTable::record_node(Inode& inode) {
   SlotFile::Slot* s = state_->alloc();
   if (s == nullptr) return false;
   s->v[0].store(inode.nodeid, std::memory_order_relaxed);
-  s->v[1].store(inode.nlookup, std::memory_order_relaxed);
+  s->v[1].store(lookups, std::memory_order_relaxed);
   s->v[2].store(static_cast<uint64_t>(inode.dev), std::memory_order_relaxed);
   s->v[3].store(static_cast<uint64_t>(inode.ino), std::memory_order_relaxed);
   uint32_t type = inode.type;
@@ -30,7 +30,8 @@ bool InodeTable::record_node(Inode& inode) {
   s->len = static_cast<uint32_t>(sizeof type + inode.handle_.size());
   SlotFile::publish(s, SlotFile::kNode);
   inode.state_slot = s;
-  if (counter_slot_ != nullptr) counter_slot_->v[0].store(next_nodeid_, std::memory_order_release);
+  if (counter_slot_ != nullptr && counter_slot_->v[0].load() <= inode.nodeid)
+    counter_slot_->v[0].store(inode.nodeid + 1, std::memory_order_release);
   return true;
 }
 
@@ -43,12 +44,13 @@ bool InodeTable::record(SlotFile* file) {
     state_ = nullptr;
     return false;
   }
-  counter_slot_->v[0].store(next_nodeid_);
+  counter_slot_->v[0].store(2);
   SlotFile::publish(counter_slot_, SlotFile::kNodeCounter);
-  for (auto& [id, inode] : by_id_) {
-    if (inode->state_slot != nullptr || record_node(*inode)) continue;
+  for (auto& inode : nodes_.all()) {
+    if (inode->state_slot != nullptr || record_node(*inode, nodes_.lookups(inode->nodeid)))
+      continue;
     LOG_WARN("cannot record inode %llu for a restart (no file handle)",
-             static_cast<unsigned long long>(id));
+             static_cast<unsigned long long>(inode->nodeid));
     state_ = nullptr;
     return false;
   }
@@ -71,7 +73,7 @@ Status InodeTable::restore(SlotFile* file, std::string* why) {
     *why = "the state has no nodeid counter";
     return Errno{EINVAL};
   }
-  std::vector<std::shared_ptr<Inode>> restored;
+  std::vector<std::pair<std::shared_ptr<Inode>, uint64_t>> restored;  // with lookups
   std::string problem;
   file->for_each(SlotFile::kNode, [&](SlotFile::Slot& s) {
     if (!problem.empty()) return;
@@ -87,7 +89,6 @@ Status InodeTable::restore(SlotFile* file, std::string* why) {
     auto inode = std::make_shared<Inode>(*this, -1, static_cast<dev_t>(s.v[2].load()),
                                          static_cast<ino_t>(s.v[3].load()),
                                          static_cast<mode_t>(type & S_IFMT), nodeid);
-    inode->nlookup = nlookup;
     inode->handle_.assign(s.data + sizeof type, s.data + s.len);
     auto* fh = reinterpret_cast<const file_handle*>(inode->handle_.data());
     if (inode->handle_.size() < sizeof(file_handle) ||
@@ -96,33 +97,33 @@ Status InodeTable::restore(SlotFile* file, std::string* why) {
       return;
     }
     inode->state_slot = &s;
-    restored.push_back(std::move(inode));
+    restored.emplace_back(std::move(inode), nlookup);
   });
   if (!problem.empty()) {
     *why = problem;
     return Errno{EINVAL};
   }
   std::unique_lock lk(mu_);
-  if (by_id_.size() != 1) {
+  if (nodes_.size() != 1) {
     *why = "the inode table is in use already";
     return Errno{EBUSY};
   }
   std::unordered_set<uint64_t> ids;
-  for (auto& inode : restored) {
+  for (auto& [inode, lookups] : restored) {
     if (!ids.insert(inode->nodeid).second) {
       *why = "nodeid " + std::to_string(inode->nodeid) + " recorded twice";
-      for (auto& r : restored) r->state_slot = nullptr;
+      for (auto& r : restored) r.first->state_slot = nullptr;
       return Errno{EINVAL};
     }
   }
-  for (auto& inode : restored) by_id_.emplace(inode->nodeid, inode);
+  for (auto& [inode, lookups] : restored) nodes_.insert(inode->nodeid, inode, lookups);
   // An object recorded under two nodeids (its inode number reused after an evicted inode's
   // object went): the newer nodeid takes the key, as ref() does.
-  for (auto& inode : restored) {
+  for (auto& [inode, lookups] : restored) {
     auto& slot = by_key_[{inode->dev, inode->ino}];
     if (!slot || slot->nodeid < inode->nodeid) slot = inode;
   }
-  next_nodeid_ = std::max(next_nodeid_, next);
+  nodes_.reserve_below(next);
   state_ = file;
   file->for_each(SlotFile::kNodeCounter, [&](SlotFile::Slot& s) {
     if (counter_slot_ == nullptr) counter_slot_ = &s;

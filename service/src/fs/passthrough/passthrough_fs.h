@@ -11,7 +11,7 @@
 #include <unordered_map>
 
 #include "fs/filesystem.h"
-#include "fs/passthrough/handle_table.h"
+#include "fs/handle_table.h"
 #include "fs/passthrough/inode_table.h"
 #include "fs/passthrough/watcher.h"
 
@@ -127,7 +127,9 @@ class PassthroughFs final : public Filesystem {
   Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
   Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
 
-  BackendStats backend_stats() const override;
+  // Its counters (for tests) and their /metrics series (passthrough_metrics.cpp).
+  BackendStats backend_stats() const;
+  std::vector<Metric> metrics() const override;
   // Restart state (passthrough_state.cpp): inodes (InodeTable::record) and open handles.
   bool record_state(SlotFile* file) override;
   Status restore_state(SlotFile* file, std::string* why) override;
