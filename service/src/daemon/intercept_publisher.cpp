@@ -231,6 +231,12 @@ void InterceptPublisher::withdraw(bool mount_goes_on) {
   bump_generation(record_path_.substr(0, record_path_.rfind('/')));
 }
 
+void InterceptPublisher::leave_for_restart() {
+  withdraw(true);
+  for (auto* rec : withdrawn_) munmap(rec, sizeof *rec);  // as they are: FILES_GO_ON
+  withdrawn_.clear();
+}
+
 std::vector<fs::Metric> InterceptPublisher::metrics() const {
   std::vector<fs::Metric> out;
   if (counters_ == nullptr) return out;

@@ -31,6 +31,9 @@ class InterceptPublisher {
   // already opened keep working until the mount stops (a later withdraw(false)); else
   // they fail with ENOTCONN from now on, as the mount's own files will.
   void withdraw(bool mount_goes_on);
+  // The mount is left to the next efused (restart): its records say the mount goes on and
+  // stay so (the next efused publishes its own); nothing is withdrawn later.
+  void leave_for_restart();
   bool published() const { return record_ != nullptr; }
   // efuse_intercept_calls_total{op,path} while published.
   std::vector<fs::Metric> metrics() const;

@@ -35,6 +35,12 @@ Serves FUSE file systems in the foreground (as systemd runs it) until SIGTERM or
 then unmounts everything (lazily when busy) and exits. SIGHUP re-reads the config file and
 applies the difference. With systemd (Type=notify) it reports READY=1 once every mount
 was attempted, STATUS=, RELOADING=1 and STOPPING=1, and feeds the watchdog.
+Under systemd each mount's FUSE connection and restart state stay in the unit's file
+descriptor store: on SIGTERM from a restart job (systemctl restart, a package upgrade)
+efused leaves its mounts mounted, and the next efused (also after a crash and
+Restart=on-failure) resumes them without remounting: clients see a pause, open files keep
+working. Mounts on FUSE over io_uring are remounted instead (transport: classic keeps
+them). A stop unmounts as above. EFUSE_FDSTORE=0 in the environment turns this off.
 
 Where the mounts come from (one of):
   -c, --config FILE              YAML config (default /etc/efuse/mounts.yaml); schema and a
@@ -100,7 +106,7 @@ Common:
 efused prints "efused: ready" on standard output once every mount was attempted.
 
 Exit status:
-  0   stopped cleanly (SIGTERM or SIGINT)
+  0   stopped cleanly (SIGTERM or SIGINT), or left the mounts for a restart
   1   no mount could be started (with --mount: a mount could not be started), or the
       D-Bus given with --bus cannot be used
   2   bad usage

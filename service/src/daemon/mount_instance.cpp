@@ -195,6 +195,36 @@ Status MountInstance::start(std::string* error) {
              " first, or set options.stack: true to mount on top of it";
     return Errno{EBUSY};
   }
+  bool want_uring = false;
+  Status prepared = prepare(&want_uring, error);
+  if (!prepared.ok()) return prepared;
+  begin_recording();
+
+  fuse::MountOptions mo;
+  mo.fsname = served(cfg_);
+  mo.mountpoint = cfg_.mountpoint;
+  mo.allow_other = cfg_.options.allow_other;
+  mo.default_permissions = cfg_.options.default_permissions;
+  mo.read_only = cfg_.options.read_only;
+  auto m = fuse::mount(mo, error);
+  if (!m.ok()) return Errno{m.error()};
+  mounted_ = *m;
+  mounted_now_ = true;
+
+  Status s = start_channel(mounted_.fd, want_uring, error);
+  if (!s.ok()) {
+    stop(0);
+    return s;
+  }
+  fs_->set_invalidator(this);
+  store_descriptors(true);
+  note_passthrough();
+  report_io_path();
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);
+  return {};
+}
+
+Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   fallback_reason_.clear();
   passthrough_missing_.clear();
   uint64_t masked = 0;
@@ -237,25 +267,12 @@ Status MountInstance::start(std::string* error) {
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());
   session_ = std::make_unique<fuse::Session>(*fs_, so);
+  *want_uring_out = want_uring;
+  return {};
+}
 
-  fuse::MountOptions mo;
-  mo.fsname = served(cfg_);
-  mo.mountpoint = cfg_.mountpoint;
-  mo.allow_other = cfg_.options.allow_other;
-  mo.default_permissions = cfg_.options.default_permissions;
-  mo.read_only = cfg_.options.read_only;
-  auto m = fuse::mount(mo, error);
-  if (!m.ok()) return Errno{m.error()};
-  mounted_ = *m;
-  mounted_now_ = true;
-
-  Status s = start_channel(mounted_.fd, want_uring, error);
-  if (!s.ok()) {
-    stop(0);
-    return s;
-  }
-  fs_->set_invalidator(this);
-
+void MountInstance::note_passthrough() {
+  const uint64_t masked = session_->masked_flags();
   const auto& n = session_->negotiated();
   if (!n.has(fuse::kernel::init::kPassthrough)) {
     if (masked & fuse::kernel::init::kPassthrough)
@@ -270,9 +287,6 @@ Status MountInstance::start(std::string* error) {
     else  // offered and allowed: the session grants what the backend asks for of that
       passthrough_missing_ = "backend " + cfg_.backend + " does not use it";
   }
-  report_io_path();
-  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);
-  return {};
 }
 
 std::vector<fs::Metric> MountInstance::backend_metrics() const {
@@ -465,6 +479,9 @@ void MountInstance::stop(int grace_ms) {
     channel_.reset();
     conn_.reset();
   }
+  // Unmounted for good: systemd closes its copies. The state stays mapped while the backend
+  // and session that point into it live (until the instance goes).
+  if (store_ != nullptr && state_) store_->remove_all(cfg_.name);
 }
 
 }  // namespace efuse::daemon

@@ -5,7 +5,9 @@
 #include <string>
 #include <vector>
 
+#include "common/slot_file.h"
 #include "daemon/config.h"
+#include "daemon/fd_store.h"
 #include "daemon/intercept_publisher.h"
 #include "fs/filesystem.h"
 #include "fuse/channel.h"
@@ -47,6 +49,26 @@ class MountInstance final : private fs::Invalidator {
   void stop(int grace_ms = 2000);
   // True once the connection ended without stop() (someone unmounted it).
   bool lost() const;
+
+  // Restart without remounting (mount_restart.cpp). With a store (set before start), a
+  // mount keeps its connection's descriptors and its restart state there while it is live.
+  void set_fd_store(const FdStore* store) { store_ = store; }
+  // Serves the connection a previous efused left in the store (`fds`): restores the state,
+  // resumes on the channel's threads without INIT and has the kernel resend what the previous
+  // efused had read but not answered. On failure (*error says why) nothing of it is kept
+  // and `fds` is still the caller's (see abandon()).
+  Status resume(FdStore::Mount& fds, std::string* error);
+  // A previous efused's connection that will not be resumed: its mount at the mountpoint
+  // is detached and the connection aborted (as a stop would), and the store forgets it.
+  static void abandon(const std::string& name, const std::string& mountpoint,
+                      FdStore::Mount fds, const FdStore* store);
+  // Stops serving without unmounting, for the next efused: the threads finish what they
+  // hold; the connection, the backing ids and the state stay with the kernel and the store.
+  void detach_for_restart();
+  // Times this mount's connection was resumed by a new efused since it was mounted.
+  uint64_t resumes() const;
+  // Why the mount would not survive a restart ("" when it would, or no store is used).
+  const std::string& resume_note() const { return resume_note_; }
   bool live() const { return mounted_now_; }
   // Applies the policy parts of `cfg` (cache timeouts, keep_cache, io_path) and the memory
   // backend's limits without a remount.
@@ -74,6 +96,9 @@ class MountInstance final : private fs::Invalidator {
   Status inval_entry(uint64_t parent, std::string_view name) override;
 
   MountConfig cfg_;
+  // The restart state while recorded; declared before the backend and session, which point
+  // into it, so it goes after them.
+  std::unique_ptr<SlotFile> state_;
   std::unique_ptr<fs::Filesystem> fs_;
   std::unique_ptr<fuse::Session> session_;
   std::unique_ptr<fuse::Connection> conn_;  // the /dev/fuse fd; outlives channel_
@@ -83,8 +108,19 @@ class MountInstance final : private fs::Invalidator {
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
   InterceptPublisher intercept_;  // published while live with intercept: true
+  const FdStore* store_ = nullptr;
+  std::string resume_note_;
+
+  // The backend, session and transport choice for cfg_ (start and resume).
+  Status prepare(bool* want_uring, std::string* error);
+  // Records into a new state file and keeps it and the connection's descriptors in the
+  // store (start), or keeps the new channel's clones there (resume).
+  void begin_recording();
+  void store_descriptors(bool with_conn);
 
   Status start_channel(int fd, bool want_uring, std::string* error);
+  // Why INIT did not grant passthrough (passthrough_missing_), once INIT is settled.
+  void note_passthrough();
   // Logs (once per start, and when a reload asks for it) that io_path cannot be in effect.
   void report_io_path() const;
   // syncfs() on the mount's root from a helper thread while the workers serve the WRITEs

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/slot_file.h"
 
 namespace efuse::fs {
 
@@ -164,6 +165,17 @@ class Filesystem {
   // The backend's own series for /metrics. Safe to call from any thread at any time
   // (scrapes).
   virtual std::vector<Metric> metrics() const { return {}; }
+  // Restart without remounting (common/slot_file.h). record_state: from now on keep in
+  // `file` what a new efused needs to go on serving this connection (the nodeids and file
+  // handles the kernel holds); false when the backend cannot (the mount is then not
+  // resumed across a restart). restore_state: rebuild that from `file` before the first
+  // request of a resumed connection, and go on recording; an error (*why) leaves the
+  // backend unusable for it (the mount starts fresh instead).
+  virtual bool record_state(SlotFile*) { return false; }
+  virtual Status restore_state(SlotFile*, std::string* why) {
+    *why = "this backend cannot resume a connection";
+    return Errno{EOPNOTSUPP};
+  }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each

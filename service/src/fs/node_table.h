@@ -69,6 +69,13 @@ class NodeTable {
   }
   // A fresh nodeid: never handed out before.
   uint64_t allocate() { return next_.fetch_add(1, std::memory_order_relaxed); }
+  // Nodeids below `next` were handed out already (by the efused before a restart, whose
+  // table is being restored): allocate() returns none of them.
+  void reserve_below(uint64_t next) {
+    uint64_t cur = next_.load();
+    while (cur < next && !next_.compare_exchange_weak(cur, next)) {
+    }
+  }
   // Adds `node` under a nodeid from allocate(), with `lookups` references.
   void insert(uint64_t nodeid, std::shared_ptr<Node> node, uint64_t lookups) {
     std::unique_lock lk(mu_);

@@ -207,6 +207,14 @@ std::optional<FuseMountAt> fuse_mount_at(const std::string& mountpoint) {
   return FuseMountAt{top->fstype, top->source, top->minor};
 }
 
+std::string mountpoint_of(unsigned conn_id) {
+  std::string at;
+  for (auto& e : read_mountinfo())
+    if (e.minor == conn_id && (e.fstype == "fuse" || e.fstype.starts_with("fuse.")))
+      at = e.mountpoint;
+  return at;
+}
+
 std::vector<pid_t> fuse_servers(unsigned conn_id) {
   std::vector<pid_t> out;
   const std::string want = "fuse_connection:\t" + std::to_string(conn_id) + "\n";

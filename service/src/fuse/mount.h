@@ -40,6 +40,8 @@ struct FuseMountAt {
   unsigned conn_id = 0;  // the FUSE connection: the minor of the mount's anonymous device
 };
 std::optional<FuseMountAt> fuse_mount_at(const std::string& mountpoint);
+// Where FUSE connection `conn_id` is mounted (the last such mount), "" when nowhere.
+std::string mountpoint_of(unsigned conn_id);
 
 // The processes holding a /dev/fuse descriptor of connection `conn_id` (the servers), found
 // by the "fuse_connection:" line of /proc/PID/fdinfo (empty on kernels that do not show it).

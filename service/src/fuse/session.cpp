@@ -187,6 +187,7 @@ void Session::do_init(Request& r) {
            : (offered & k::init::kOverIoUring) ? "offered, not used"
                                                 : "not offered");
   size_t len = n.minor < 23 ? 24 : sizeof o;
+  record_negotiated();
   r.reply(&o, len);
   initialized_.store(true, std::memory_order_release);
 }

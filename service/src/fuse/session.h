@@ -19,12 +19,14 @@
 #include <mutex>
 #include <ranges>
 #include <span>
+#include <string>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "common/slot_file.h"
 #include "fs/filesystem.h"
 #include "fuse/connection.h"
 #include "fuse/kernel.h"
@@ -83,6 +85,7 @@ class Session {
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
   bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
   const Negotiated& negotiated() const { return negotiated_; }
+  uint64_t masked_flags() const { return opts_.masked_flags; }
   // Size of buffer a channel must read requests into.
   size_t request_buffer_size() const;
   // Live policy change (config reload).
@@ -104,6 +107,16 @@ class Session {
   // Stops blocking-lock waiters (their deferred replies answer EINTR) and closes backing
   // ids; call before the transports and the connection go away. A second call does nothing.
   void shutdown();
+
+  // Restart without remounting (common/slot_file.h). record_state: INIT's outcome and the
+  // passthrough backing ids are kept current in `file` from now on. restore_state: a
+  // connection a previous efused served: takes INIT's outcome (no INIT comes) and the
+  // backing ids, which live on in the kernel, from `file`, tells the backend (init) and
+  // goes on recording; false with *why when the state does not add up. keep_for_restart:
+  // shutdown() leaves the backing ids registered, for the next efused.
+  void record_state(efuse::SlotFile* file);
+  efuse::Status restore_state(efuse::SlotFile* file, std::string* why);
+  void keep_for_restart() { keep_for_restart_ = true; }
 
   const SessionStats& stats() const { return stats_; }
   uint64_t decode_errors() const { return decode_errors_.load(); }
@@ -206,10 +219,16 @@ class Session {
   struct Backing {
     int id = 0;
     uint32_t opens = 0;
+    efuse::SlotFile::Slot* slot = nullptr;  // its record in the restart state
   };
   std::mutex backing_mu_;
   std::unordered_map<uint64_t, Backing> backing_;      // by nodeid
   std::unordered_map<uint64_t, uint64_t> backing_fh_;  // passthrough fh -> nodeid
+  // Restart state: the file (null: not recorded) and each passthrough fh's record.
+  efuse::SlotFile* state_ = nullptr;
+  std::unordered_map<uint64_t, efuse::SlotFile::Slot*> backing_fh_slots_;  // backing_mu_
+  bool keep_for_restart_ = false;
+  void record_negotiated();
 
   // Blocking lock waits (SETLKW) run on their own threads so workers stay free.
   std::mutex waits_mu_;

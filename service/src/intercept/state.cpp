@@ -373,6 +373,15 @@ bool files_alive(Mount* m) {
   if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
   if (efused_running(m)) return true;
   mark_dead(m);
+  if (!(flags & EFUSE_IR_FILES_GO_ON)) return false;
+  // Left to the next efused (a restart that keeps the connection): once it resumed and
+  // published the same connection (the same device), the descriptors go on.
+  refresh();
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Mount* s = &g_mounts[i];
+    if (s != m && s->dev == m->dev && mount_alive(s)) return true;
+  }
   return false;
 }
 

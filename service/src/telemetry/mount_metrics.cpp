@@ -72,6 +72,12 @@ MountFamilies::MountFamilies()
       start_failures_(make_family("efuse_mount_start_failures_total",
                                   "Failed attempts to start (mount and serve) the mount.",
                                   MetricType::Counter)),
+      resumes_(make_family("efuse_mount_resumes_total",
+                           "Times a new efused took over this mount's FUSE connection without "
+                           "remounting (systemctl restart, or a restart after a crash), since "
+                           "the mount was mounted; kept across those restarts in the mount's "
+                           "restart state. 0 when not live.",
+                           MetricType::Counter)),
       info_(make_family("efuse_mount_info",
                         "Constant 1; labels describe the mount: configured mountpoint, backend, "
                         "transport running (empty when not live), configured I/O path policy "
@@ -175,6 +181,7 @@ void MountFamilies::add_state(const MountView& mount) {
   add_gauge(up_, {{"mount", mount.name}, {"backend", mount.backend}}, mount.up ? 1 : 0);
   add_counter(start_failures_, mount_label(mount.name),
               static_cast<double>(mount.start_failures));
+  add_counter(resumes_, mount_label(mount.name), static_cast<double>(mount.resumes));
   add_gauge(info_,
             {{"mount", mount.name},
              {"mountpoint", mount.mountpoint},
@@ -261,7 +268,7 @@ void MountFamilies::add_workers(const std::string& mount,
 
 void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
   for (prometheus::MetricFamily* f :
-       {&up_, &start_failures_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
+       {&up_, &start_failures_, &resumes_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_}) {

@@ -59,6 +59,7 @@ class MountFamilies {
   std::map<std::string, prometheus::MetricFamily> backend_;  // by name, so output is ordered
   prometheus::MetricFamily up_;
   prometheus::MetricFamily start_failures_;
+  prometheus::MetricFamily resumes_;
   prometheus::MetricFamily info_;
   prometheus::MetricFamily fallback_;
   prometheus::MetricFamily notifications_;

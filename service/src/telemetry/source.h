@@ -32,6 +32,7 @@ struct MountView {
   unsigned uring_queues = 0;  // the first `uring_queues` workers are io_uring queues (qid order)
   std::string transport_fallback;  // why a configured io_uring transport is not in use
   uint64_t start_failures = 0;                        // cumulative failed mount attempts
+  uint64_t resumes = 0;  // times a new efused resumed this mount's connection (restarts)
   std::vector<fs::Metric> backend_metrics;            // the backend's own (none when not live)
 };
 

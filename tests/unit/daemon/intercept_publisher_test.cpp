@@ -203,6 +203,22 @@ TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
   EXPECT_FALSE(only(".rec").empty());  // its own
 }
 
+// Left for the next efused (a restart keeping the connection): the record says the mount
+// goes on, and stays so after this efused's publisher is gone.
+TEST_F(InterceptPublisherTest, LeftForRestartStaysGoingOn) {
+  efuse_intercept_record* rec = nullptr;
+  {
+    InterceptPublisher p;
+    p.publish(cfg_, 9);
+    rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    p.leave_for_restart();
+    EXPECT_FALSE(p.published());
+    EXPECT_TRUE(only(".rec").empty());
+  }
+  EXPECT_EQ(rec->flags, EFUSE_IR_FILES_GO_ON);
+  munmap(rec, sizeof *rec);
+}
+
 TEST_F(InterceptPublisherTest, UnusableDirectoryLeavesItUnpublished) {
   setenv("EFUSE_INTERCEPT_DIR", (tmp_ / "file/sub").c_str(), 1);
   int fd = ::open((tmp_ / "file").c_str(), O_CREAT | O_WRONLY, 0644);

@@ -269,7 +269,10 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
     if (created != nullptr) *created = !known;
     if (known) {
       ::close(fd);
-      nodes_.ref(it->second->nodeid);
+      Inode& in = *it->second;
+      nodes_.ref(in.nodeid);
+      if (in.state_slot != nullptr)
+        in.state_slot->v[1].store(nodes_.lookups(in.nodeid), std::memory_order_relaxed);
       return it->second;
     }
     // New, or an inode number reused after the object an evicted inode stood for was
@@ -278,6 +281,7 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
                                     nodes_.allocate());
     nodes_.insert(inode->nodeid, inode, 1);
     by_key_[{st.st_dev, st.st_ino}] = inode;
+    if (state_ != nullptr && !record_node(*inode, 1)) state_->mark_incomplete();
   }
   fd_opened();
   return inode;
@@ -318,6 +322,14 @@ std::vector<std::shared_ptr<Inode>> InodeTable::linked() const {
 std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
   std::unique_lock lk(mu_);
   std::shared_ptr<Inode> dropped = nodes_.forget(nodeid, n);  // closed by the caller
+  if (state_ != nullptr) {
+    if (dropped != nullptr) {
+      state_->free(dropped->state_slot);
+      dropped->state_slot = nullptr;
+    } else if (auto inode = nodes_.get(nodeid); inode && inode->state_slot != nullptr) {
+      inode->state_slot->v[1].store(nodes_.lookups(nodeid), std::memory_order_relaxed);
+    }
+  }
   if (dropped != nullptr) {
     auto k = by_key_.find({dropped->dev, dropped->ino});
     if (k != by_key_.end() && k->second == dropped) by_key_.erase(k);

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/slot_file.h"
 #include "fs/filesystem.h"
 #include "fs/node_table.h"
 #include "fs/passthrough/backend_stats.h"
@@ -107,6 +108,8 @@ struct Inode {
   const ino_t ino;
   const mode_t type;  // S_IFMT bits
   const uint64_t nodeid;
+  // Its record in the restart state (InodeTable::record), if any; guarded by InodeTable::mu_.
+  SlotFile::Slot* state_slot = nullptr;
   std::atomic<uint32_t> opens{0};    // open files through the mount
   std::atomic<uint32_t> writers{0};  // of which open for writing (Watcher::closed at 0)
   std::atomic<bool> muted{false};    // its write events are muted (Watcher::mute)
@@ -230,7 +233,20 @@ class InodeTable {
   // file system has none; EPERM: no CAP_DAC_READ_SEARCH, or a seccomp filter).
   int handles_errno() const { return handles_errno_; }
 
+  // Restart state (inode_table_state.cpp). record(): from now on every inode the kernel
+  // knows is kept in `file` with its lookup count and file handle (SlotFile::kNode), and the
+  // next nodeid (kNodeCounter), so a new efused can resume the connection. False (nothing
+  // recorded) without file handles, or when a handle cannot be taken.
+  bool record(SlotFile* file);
+  // Rebuilds the table from `file` (every inode evicted: reopened by file handle when first
+  // used) and goes on recording into it. Call before any request; on failure (*why) the
+  // table is as before.
+  Status restore(SlotFile* file, std::string* why);
+
  private:
+  // Writes `inode`'s record with `lookups` (mu_ held exclusively). False when the file is
+  // full or the inode has no file handle.
+  bool record_node(Inode& inode, uint64_t lookups);
   friend struct Inode;
 
   // Called after a descriptor was opened: over the budget it wakes the evictor threads
@@ -265,6 +281,8 @@ class InodeTable {
   NodeTable<Inode> nodes_;  // nodeids and lookup counts (fs/node_table.h)
   std::unordered_map<Key, std::shared_ptr<Inode>, KeyHash> by_key_;
   std::unordered_set<uint64_t> linked_;  // nodeids of inodes with `linked` set
+  SlotFile* state_ = nullptr;             // guarded by mu_: the restart state, if recorded
+  SlotFile::Slot* counter_slot_ = nullptr;
 
   const size_t fd_budget_;
   const Evictor evictor_kind_;

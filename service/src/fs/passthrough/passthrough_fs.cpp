@@ -44,7 +44,10 @@ PassthroughFs::PassthroughFs(std::string source, const Policy& policy)
                                               : "");
 }
 
-PassthroughFs::~PassthroughFs() = default;
+PassthroughFs::~PassthroughFs() {
+  for (auto& [fh, fd] : restored_fds_)
+    if (fd >= 0) ::close(fd);
+}
 
 void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
 
