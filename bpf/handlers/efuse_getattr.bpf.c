@@ -37,7 +37,7 @@ int efuse_getattr(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	__u64 nodeid;
 
-	if (ctx->in.opcode != FUSE_GETATTR)
+	if (ctx->in.opcode != FUSE_GETATTR || !efuse_handler_mine(ctx->in.conn))
 		return 0;
 	nodeid = ctx->in.nodeid;
 	efuse_handler_answer_from(ctx, &efuse_getattr_answers, &nodeid);

@@ -12,6 +12,19 @@
 
 #include "efuse_handler_maps.h"
 
+/*
+ * The connection this copy of the handler answers for (in.conn, the number of
+ * /sys/fs/efuse/connections/<conn>): efused sets it before loading, one copy
+ * with maps of its own per mount. 0, as in an object loaded as it is (bpftool),
+ * answers for every connection.
+ */
+const volatile __u32 efuse_conn = 0;
+
+static __always_inline int efuse_handler_mine(__u32 conn)
+{
+	return efuse_conn == 0 || conn == efuse_conn;
+}
+
 /* The module's buffer: the tracepoint's first argument. */
 static __always_inline struct efuse_handler_ctx *
 efuse_handler_ctx(struct bpf_raw_tracepoint_args *args)

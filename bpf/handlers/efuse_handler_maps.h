@@ -17,6 +17,15 @@ struct efuse_handler_name_key {
 	char name[EFUSE_HANDLER_NAME_MAX];
 };
 
+/*
+ * efuse_handler_outcomes (efuse_handler_stats.bpf.c): per-CPU __u64 counters of
+ * what became of the requests of one connection that reached handlers, at
+ * key opcode * EFUSE_HANDLER_NR_STATS + stat (enum efuse_handler_stat).
+ * Opcodes from EFUSE_HANDLER_OPCODE_SLOTS on are counted under opcode 0.
+ */
+#define EFUSE_HANDLER_OPCODE_SLOTS 64
+#define EFUSE_HANDLER_OUTCOME_SLOTS (EFUSE_HANDLER_OPCODE_SLOTS * EFUSE_HANDLER_NR_STATS)
+
 #ifdef __cplusplus
 static_assert(sizeof(struct efuse_handler_name_key) == 8 + EFUSE_HANDLER_NAME_MAX,
 	      "efuse_handler_name_key layout");

@@ -52,6 +52,7 @@ class MountFamilies {
   void add_latency(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_backend(const std::string& mount, const fs::BackendStats& backend);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
+  void add_kernel_tier(const MountView& mount);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
                    unsigned uring_queues);
 
@@ -90,6 +91,12 @@ class MountFamilies {
   prometheus::MetricFamily inode_eviction_passes_;
   prometheus::MetricFamily listing_drops_;
   prometheus::MetricFamily shared_opens_;
+  prometheus::MetricFamily kernel_answered_;
+  prometheus::MetricFamily kernel_fallbacks_;
+  prometheus::MetricFamily kernel_map_entries_;
+  prometheus::MetricFamily kernel_map_bytes_;
+  prometheus::MetricFamily kernel_map_skipped_;
+  prometheus::MetricFamily kernel_map_drops_;
 };
 
 }  // namespace efuse::telemetry
