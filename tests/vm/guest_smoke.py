@@ -266,6 +266,10 @@ def check_kernel_features():
             "classic transport": 1}
     assert got == want, f"got {got}, want {want}"
     assert "io_uring unavailable" in log_text(), "no log line saying why io_uring is not used"
+    # efuse.ko is not loaded yet: kernel_module auto falls back to the stock tier, saying why.
+    tier = value(s, "efuse_mount_info", mount=NAME, tier="stock", kernel_module="auto")
+    assert tier == 1 and "kernel_module auto: the efuse kernel module is not loaded" in \
+        log_text(), f"tier: efuse_mount_info{{tier=stock}} = {tier}"
 
 
 def check_data_path():
@@ -625,6 +629,12 @@ def main():
     if os.environ.get("efuse_kmod") == "1":
         check(check_kmod_efuse)
         check(check_kmod_handler)
+        import guest_kmod
+        try:
+            for fn in guest_kmod.CHECKS:
+                check(fn)
+        finally:
+            guest_kmod.cleanup()
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

@@ -74,12 +74,13 @@ def sample_tar(path):
 
 def data_dir(work):
     """The data disk's tree: src/ (efused's source directory), native/ (its native twin),
-    sample.tar, out/ (results)."""
+    ksrc/ and knative/ (the same for efused on the kernel module tier), sample.tar, out/
+    (results)."""
     d = os.path.join(work, "data")
     shutil.rmtree(d, ignore_errors=True)
-    for sub in ("src", "native", "out"):
+    for sub in ("src", "native", "ksrc", "knative", "out"):
         os.makedirs(os.path.join(d, sub))
-    for sub in ("src", "native"):
+    for sub in ("src", "native", "ksrc", "knative"):
         with open(os.path.join(d, sub, "seed.txt"), "w") as f:
             f.write("present before the mount\n")
     sample_tar(os.path.join(d, "sample.tar"))

@@ -1,0 +1,364 @@
+"""efused on the kernel module tier, run INSIDE the 6.12 test guest after guest_smoke.py's
+kmod checks (standard library only; imported by guest_smoke.py, which reports).
+
+efused serves /mnt/data/ksrc (ext4, the data disk) at /mnt/kefuse through efuse.ko
+(`--kernel-module on`) with the shipped handlers (build/bin/../bpf/handlers/) attached to
+its connection, `--negative-timeout 0` (the kernel caches no negative entry, so every
+lookup of a missing name reaches the LOOKUP handler). Each GETATTR is made with
+statx(AT_STATX_FORCE_SYNC), so exactly one GETATTR leaves the VFS per call, and the checks
+count where it was answered: efuse_kernel_answered_total (the module, per connection) or
+efuse_requests_total (efused). What the handlers answer must always equal the backing file.
+"""
+import ctypes
+import errno
+import json
+import os
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import guest_smoke as g  # noqa: E402
+from prom_text import parse, scrape, value  # noqa: E402
+
+KSRC, KNATIVE = f"{g.DATA}/ksrc", f"{g.DATA}/knative"
+KMNT = "/mnt/kefuse"
+KNAME = "kefuse"  # efused names a --mount after its mountpoint's last component
+KPORT = 19568
+KLOG = "/tmp/efused-kmod.log"
+FSTYPE = "efuse.efuse"
+EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is slow)
+FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
+HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_handler_d")  # bpftool's 15 chars
+
+efused = None
+
+AT_FDCWD, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS = -100, 0x2000, 0x7FF
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def statx(path):
+    """(size, mode, nlink, mtime_ns, ctime_ns) by statx(AT_STATX_FORCE_SYNC): one GETATTR."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statx(AT_FDCWD, path.encode(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, buf):
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    nlink, = struct.unpack_from("<I", buf, 16)
+    mode, = struct.unpack_from("<H", buf, 28)
+    size, = struct.unpack_from("<Q", buf, 40)
+    csec, cnsec = struct.unpack_from("<qI", buf, 96)
+    msec, mnsec = struct.unpack_from("<qI", buf, 112)
+    return size, mode, nlink, msec * 10**9 + mnsec, csec * 10**9 + cnsec
+
+
+def native(path):
+    st = os.lstat(path)
+    return st.st_size, st.st_mode, st.st_nlink, st.st_mtime_ns, st.st_ctime_ns
+
+
+def log_text():
+    try:
+        with open(KLOG, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def samples():
+    return parse(scrape(KPORT))
+
+
+def counts(opcode):
+    """(answered in the kernel, served by efused) for `opcode` now."""
+    s = samples()
+    return (value(s, "efuse_kernel_answered_total", mount=KNAME, opcode=opcode) or 0,
+            value(s, "efuse_requests_total", mount=KNAME, opcode=opcode) or 0)
+
+
+def where(opcode, fn):
+    """Runs fn(); returns its result and where the one `opcode` request went: "kernel",
+    "efused" (or the deltas, when it was not exactly one)."""
+    a0, e0 = counts(opcode)
+    try:
+        result = fn()
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, e.errno)
+    a1, e1 = counts(opcode)
+    delta = (a1 - a0, e1 - e0)
+    return result, {(1, 0): "kernel", (0, 1): "efused"}.get(delta, delta)
+
+
+def handler_programs():
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                       timeout=60, check=True)
+    return [p.get("name") for p in json.loads(r.stdout) if p.get("name") in HANDLER_PROGRAMS]
+
+
+def start_efused(*extra, expect_ready=True):
+    global efused
+    os.makedirs(KMNT, exist_ok=True)
+    logf = open(KLOG, "ab")
+    efused = subprocess.Popen([g.EFUSED, "--mount", f"{KSRC}:{KMNT}", "--kernel-module", "on",
+                               "--negative-timeout", "0", "--metrics", f"127.0.0.1:{KPORT}",
+                               "--telemetry", "off", *extra],
+                              stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    if not expect_ready:
+        return efused.wait(timeout=120)
+    deadline = time.monotonic() + 120
+    while log_text().count("efused: ready") < start_efused.readies + 1:
+        if efused.poll() is not None:
+            raise AssertionError(f"efused exited {efused.returncode}: {log_text()[-2000:]}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no ready line within 120 s: {log_text()[-2000:]}")
+        time.sleep(0.2)
+    start_efused.readies += 1
+    assert g.fstypes_at(KMNT) == [FSTYPE], f"mount types at {KMNT}: {g.fstypes_at(KMNT)}"
+    return efused
+
+
+start_efused.readies = 0
+
+
+def stop_efused():
+    efused.send_signal(signal.SIGTERM)
+    rc = efused.wait(timeout=60)
+    assert rc == 0, f"efused exited {rc}: {log_text()[-1500:]}"
+
+
+def eventually(what, fn, want):
+    deadline, last = time.monotonic() + EVENTUALLY, None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except OSError as e:
+            last = errno.errorcode.get(e.errno, e.errno)
+        if last == want:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what}: still {last!r} after {EVENTUALLY} s, want {want!r}")
+
+
+def released():
+    """Opens efused served minus RELEASEs it served: a file closed for writing keeps its
+    attributes out of the map until its (asynchronous) RELEASE arrives."""
+    s = samples()
+    req = lambda op: value(s, "efuse_requests_total", mount=KNAME, opcode=op) or 0  # noqa
+    return req("open") + req("create") - req("release")
+
+
+def primed(path):
+    """Once every open was released: the first GETATTR goes to efused, which stores its
+    answer, the second is answered in the kernel with the backing file's attributes."""
+    eventually("RELEASE of every open", released, 0)
+    first, _ = where("getattr", lambda: statx(path))
+    got, at = where("getattr", lambda: statx(path))
+    assert at == "kernel", f"{path}: second GETATTR went to {at} (first {first}, then {got})"
+    assert got == native(path.replace(KMNT, KSRC, 1)), f"{path}: map {got}, backing differs"
+    return got
+
+
+# ------------------------------------------------------------------------------------------
+# Checks, in order (guest_smoke.main runs them with efuse_kmod=1 on 6.12)
+# ------------------------------------------------------------------------------------------
+
+def check_kmod_efused_tier():
+    """kernel_module: on refuses without the module; with it the mount is efuse.efuse,
+    served through /dev/efuse with the handlers attached, and says so."""
+    with open("/proc/modules") as f:
+        assert not any(line.split()[0] == "efuse" for line in f), "efuse still loaded"
+    rc = start_efused(expect_ready=False)
+    assert rc != 0 and "kernel_module: on, but the efuse kernel module is not loaded" in \
+        log_text(), f"without the module: exit {rc}, log {log_text()[-800:]}"
+    subprocess.run(["insmod", f"{g.DATA}/efuse.ko"], check=True, timeout=120, capture_output=True)
+    start_efused()
+    s = samples()
+    info = value(s, "efuse_mount_info", mount=KNAME, tier="module", kernel_module="on")
+    assert info == 1, [(n, l) for n, l, v in s if n == "efuse_mount_info"]
+    assert "eBPF handlers for GETATTR and LOOKUP attached" in log_text(), log_text()[-800:]
+    assert sorted(handler_programs()) == sorted(HANDLER_PROGRAMS), handler_programs()
+
+
+def check_kmod_efused_answers():
+    """GETATTR and negative LOOKUP: the first goes to efused, which stores its answer; the
+    next is answered in the kernel, with the same attributes as the backing file."""
+    with open(f"{KSRC}/pre", "w") as f:
+        f.write("present before\n")
+    p = f"{KMNT}/pre"
+    first, at1 = where("getattr", lambda: statx(p))
+    second, at2 = where("getattr", lambda: statx(p))
+    assert (at1, at2) == ("efused", "kernel") and first == second == native(f"{KSRC}/pre"), \
+        f"GETATTR: {first} from {at1}, then {second} from {at2}"
+    r1, at1 = where("lookup", lambda: statx(f"{KMNT}/missing"))
+    r2, at2 = where("lookup", lambda: statx(f"{KMNT}/missing"))
+    assert (r1, at1, r2, at2) == ("ENOENT", "efused", "ENOENT", "kernel"), (r1, at1, r2, at2)
+    s = samples()
+    bad = [(l, v) for n, l, v in s if n == "efuse_kernel_handler_fallbacks_total"
+           and l.get("reason", "").startswith("bad_") and v]
+    assert not bad, f"the module refused answers efused stored: {bad}"
+    for m in ("getattr", "lookup"):
+        assert (value(s, "efuse_kernel_map_entries", mount=KNAME, map=m) or 0) >= 1, m
+
+
+def check_kmod_efused_own_changes():
+    """Every change through the mount drops what it makes stale before its reply: right
+    after it, the attributes are the backing file's (and are answered in the kernel again
+    once efused stored them anew)."""
+    f, h = f"{KMNT}/own", f"{KMNT}/own-link"
+    with open(f, "w") as fh:
+        fh.write("one\n")
+    os.mkdir(f"{KMNT}/own-dir")
+    cases = [
+        ("append", f, lambda: open(f, "a").write("two\n")),
+        ("truncate", f, lambda: os.truncate(f, 2)),
+        ("chmod", f, lambda: os.chmod(f, 0o600)),
+        ("setxattr", f, lambda: os.setxattr(f, "user.k", b"v")),
+        ("link", f, lambda: os.link(f, h)),
+        ("unlink a link", f, lambda: os.unlink(h)),
+        ("utime", f, lambda: os.utime(f, ns=(10**18, 10**18))),
+        ("create in dir", f"{KMNT}/own-dir", lambda: open(f"{KMNT}/own-dir/x", "w").close()),
+        ("mkdir in dir", f"{KMNT}/own-dir", lambda: os.mkdir(f"{KMNT}/own-dir/d")),
+        ("rename in dir", f"{KMNT}/own-dir",
+         lambda: os.rename(f"{KMNT}/own-dir/x", f"{KMNT}/own-dir/y")),
+    ]
+    for what, path, change in cases:
+        primed(path)
+        change()
+        got = statx(path)
+        assert got == native(path.replace(KMNT, KSRC, 1)), \
+            f"{what}: {got} through the mount, {native(path.replace(KMNT, KSRC, 1))} backing"
+    # A name created through the mount after its absence was stored.
+    missing = f"{KMNT}/own-new"
+    where("lookup", lambda: statx(missing))
+    r, at = where("lookup", lambda: statx(missing))
+    assert (r, at) == ("ENOENT", "kernel"), (r, at)
+    open(missing, "w").close()
+    assert statx(missing) == native(f"{KSRC}/own-new")
+    # Renamed over: the replaced name's node and both directories.
+    open(f"{KMNT}/own-a", "w").write("a\n")
+    open(f"{KMNT}/own-b", "w").write("bb\n")
+    os.link(f"{KMNT}/own-b", f"{KMNT}/own-b2")
+    primed(f"{KMNT}/own-b2")
+    os.rename(f"{KMNT}/own-a", f"{KMNT}/own-b")
+    assert statx(f"{KMNT}/own-b2") == native(f"{KSRC}/own-b2"), "nlink of a replaced file"
+
+
+def check_kmod_efused_outside_changes():
+    """Changes behind efused's back (in the backing directory): the watcher drops the map
+    entries before it invalidates the kernel's caches, so what the mount shows follows."""
+    s = lambda n: f"{KSRC}/{n}"  # noqa: E731
+    mnt = lambda n: f"{KMNT}/{n}"  # noqa: E731
+    for n, data in (("o-write", b"1"), ("o-trunc", b"12345"), ("o-chmod", b"x"),
+                    ("o-xattr", b"x"), ("o-gone", b"x"), ("o-old", b"x")):
+        with open(s(n), "wb") as f:
+            f.write(data)
+    for n in ("o-write", "o-trunc", "o-chmod", "o-xattr", "o-gone", "o-old"):
+        primed(mnt(n))
+    for n in ("o-created", "o-new"):
+        where("lookup", lambda n=n: statx(mnt(n)))
+        r, at = where("lookup", lambda n=n: statx(mnt(n)))
+        assert (r, at) == ("ENOENT", "kernel"), f"{n}: {r} from {at}"
+    with open(s("o-created"), "w") as f:
+        f.write("new\n")
+    eventually("outside create", lambda: statx(mnt("o-created")), native(s("o-created")))
+    os.rename(s("o-old"), s("o-new"))
+    eventually("outside rename: new name", lambda: statx(mnt("o-new")), native(s("o-new")))
+    eventually("outside rename: old name", lambda: statx(mnt("o-old")), "ENOENT")
+    os.unlink(s("o-gone"))
+    eventually("outside unlink", lambda: statx(mnt("o-gone")), "ENOENT")
+    with open(s("o-write"), "ab") as f:
+        f.write(b"more")
+    eventually("outside write", lambda: statx(mnt("o-write")), native(s("o-write")))
+    os.truncate(s("o-trunc"), 2)
+    eventually("outside truncate", lambda: statx(mnt("o-trunc")), native(s("o-trunc")))
+    os.chmod(s("o-chmod"), 0o604)
+    eventually("outside chmod", lambda: statx(mnt("o-chmod")), native(s("o-chmod")))
+    os.setxattr(s("o-xattr"), "user.k", b"v")
+    eventually("outside setxattr", lambda: statx(mnt("o-xattr")), native(s("o-xattr")))
+
+
+def check_kmod_efused_workloads():
+    """POSIX operations and tar against the native twin, fsx and fio --verify, all on the
+    mount with its handlers answering; nothing the module refused."""
+    a0, _ = counts("getattr")
+    g.diff(dict(enumerate(g.file_ops(KMNT))), dict(enumerate(g.file_ops(KNATIVE))),
+           "operations through the mount and natively")
+    g.diff(g.tree(f"{KMNT}/ops"), g.tree(f"{KSRC}/ops"), "the mount's tree and its backing")
+    for root in (KMNT, KNATIVE):
+        os.mkdir(f"{root}/tar")
+        subprocess.run(["tar", "-xf", f"{g.DATA}/sample.tar", "-C", f"{root}/tar"], check=True,
+                       timeout=g.CHECK_TIMEOUT)
+    g.diff(g.tree(f"{KMNT}/tar"), g.tree(f"{KNATIVE}/tar"), "tar through the mount and natively")
+    r = subprocess.run(["tar", "--compare", "-f", f"{g.DATA}/sample.tar", "-C", f"{KMNT}/tar"],
+                       capture_output=True, text=True, timeout=g.CHECK_TIMEOUT)
+    assert r.returncode == 0, f"tar --compare: {r.stdout[-800:]} {r.stderr[-800:]}"
+    fsx = os.path.join(os.path.dirname(g.EFUSED), "efuse_fsx")
+    seed = int.from_bytes(os.urandom(4), "little")
+    r = subprocess.run([fsx, "--ops", str(FSX_OPS), "--seed", str(seed), f"{KMNT}/fsx.file"],
+                       capture_output=True, text=True, timeout=g.CHECK_TIMEOUT)
+    assert r.returncode == 0, f"fsx seed {seed}: {r.stdout[-800:]} {r.stderr[-800:]}"
+    r = subprocess.run(["fio", "--name=verify", f"--directory={KMNT}", "--size=8M", "--bs=4k",
+                        "--rw=randwrite", "--verify=crc32c", "--numjobs=2", "--ioengine=psync",
+                        "--do_verify=1", "--group_reporting"],
+                       capture_output=True, text=True, timeout=g.CHECK_TIMEOUT)
+    assert r.returncode == 0, f"fio --verify: {r.stdout[-800:]} {r.stderr[-800:]}"
+    a1, _ = counts("getattr")
+    assert a1 > a0, "no GETATTR answered in the kernel during the workloads"
+    bad = [(l, v) for n, l, v in samples() if n == "efuse_kernel_handler_fallbacks_total"
+           and l.get("reason", "").startswith("bad_") and v]
+    assert not bad, f"the module refused answers efused stored: {bad}"
+
+
+def check_kmod_efused_clean_stop():
+    """SIGTERM: mount gone, no handler program left; efused starts again on the module."""
+    stop_efused()
+    assert not g.fstypes_at(KMNT), f"left mounted: {g.fstypes_at(KMNT)}"
+    eventually("handler programs freed after SIGTERM", handler_programs, [])
+
+
+def check_kmod_efused_kill9():
+    """kill -9 of efused mid-workload: the module stops answering at once (ENOTCONN, the
+    handlers are gone with efused's descriptors, no answer counted), a new efused detaches
+    the dead mount and serves again; after its SIGTERM the module unloads (nothing holds it)."""
+    start_efused()
+    p = f"{KMNT}/pre"
+    primed(p)
+    load = subprocess.Popen(
+        [sys.executable, "-c", "import os,sys\nwhile True:\n  try: os.stat(sys.argv[1]); "
+         "open(sys.argv[1]).read()\n  except OSError: pass", p],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1)  # let the workload run (it only loads the mount; nothing is timed)
+        efused.send_signal(signal.SIGKILL)
+        efused.wait(timeout=60)
+        before = g.handler_stats()
+        try:
+            got = statx(p)
+            raise AssertionError(f"stat after kill -9: {got}, not ENOTCONN")
+        except OSError as e:
+            assert e.errno == errno.ENOTCONN, f"stat after kill -9: {e}"
+        assert g.handler_stats()["answered"] == before["answered"], "answered after kill -9"
+    finally:
+        load.kill()
+        load.wait()
+    # The kernel frees programs once their last reference (efused's descriptors) is gone.
+    eventually("handler programs freed after kill -9", handler_programs, [])
+    start_efused()  # detaches the dead mount left at KMNT
+    assert statx(p) == native(f"{KSRC}/pre")
+    stop_efused()
+    subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
+
+
+CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_own_changes,
+          check_kmod_efused_outside_changes, check_kmod_efused_workloads,
+          check_kmod_efused_clean_stop, check_kmod_efused_kill9)
+
+
+def cleanup():
+    if efused is not None and efused.poll() is None:
+        efused.kill()
+        efused.wait()
+    subprocess.run(["umount", "-l", KMNT], stderr=subprocess.DEVNULL)
