@@ -33,18 +33,20 @@ KLOG = "/tmp/efused-kmod.log"
 FSTYPE = "efuse.efuse"
 EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is slow)
 FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
-HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_handler_d")  # bpftool's 15 chars
+# The shipped handlers' program names (bpf/handlers/), as the kernel keeps them (15 chars).
+HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_handler_done"[:15])
 
 efused = None
 
-AT_FDCWD, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS = -100, 0x2000, 0x7FF
+AT_FDCWD, AT_EMPTY_PATH, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS = -100, 0x1000, 0x2000, 0x7FF
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def statx(path):
-    """(size, mode, nlink, mtime_ns, ctime_ns) by statx(AT_STATX_FORCE_SYNC): one GETATTR."""
+def statx(path, fd=AT_FDCWD, flags=0):
+    """(size, mode, nlink, mtime_ns, ctime_ns) by statx(AT_STATX_FORCE_SYNC): one GETATTR of
+    the last component (and those the path walk's permission checks make)."""
     buf = ctypes.create_string_buffer(256)
-    if _libc.statx(AT_FDCWD, path.encode(), AT_STATX_FORCE_SYNC, STATX_BASIC_STATS, buf):
+    if _libc.statx(fd, path.encode(), AT_STATX_FORCE_SYNC | flags, STATX_BASIC_STATS, buf):
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e), path)
     nlink, = struct.unpack_from("<I", buf, 16)
@@ -53,6 +55,18 @@ def statx(path):
     csec, cnsec = struct.unpack_from("<qI", buf, 96)
     msec, mnsec = struct.unpack_from("<qI", buf, 112)
     return size, mode, nlink, msec * 10**9 + mnsec, csec * 10**9 + cnsec
+
+
+def statx_node(path):
+    """Which GETATTRs a statx of a path makes depends on its directories (a permission
+    check asks for a directory's attributes when a change invalidated them); a statx of an
+    O_PATH descriptor makes exactly one, for the node. Returns fn() doing that."""
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW)
+    statx_node.fds.append(fd)
+    return lambda: statx("", fd, AT_EMPTY_PATH)
+
+
+statx_node.fds = []
 
 
 def native(path):
@@ -95,7 +109,9 @@ def where(opcode, fn):
 def handler_programs():
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                        timeout=60, check=True)
-    return [p.get("name") for p in json.loads(r.stdout) if p.get("name") in HANDLER_PROGRAMS]
+    # bpftool prints the full name from BTF where the kernel's is cut short.
+    names = [(p.get("name") or "")[:15] for p in json.loads(r.stdout)]
+    return sorted(n for n in names if n in HANDLER_PROGRAMS)
 
 
 def start_efused(*extra, expect_ready=True):
@@ -154,8 +170,9 @@ def primed(path):
     """Once every open was released: the first GETATTR goes to efused, which stores its
     answer, the second is answered in the kernel with the backing file's attributes."""
     eventually("RELEASE of every open", released, 0)
-    first, _ = where("getattr", lambda: statx(path))
-    got, at = where("getattr", lambda: statx(path))
+    node = statx_node(path)
+    first, _ = where("getattr", node)
+    got, at = where("getattr", node)
     assert at == "kernel", f"{path}: second GETATTR went to {at} (first {first}, then {got})"
     assert got == native(path.replace(KMNT, KSRC, 1)), f"{path}: map {got}, backing differs"
     return got
@@ -179,7 +196,9 @@ def check_kmod_efused_tier():
     info = value(s, "efuse_mount_info", mount=KNAME, tier="module", kernel_module="on")
     assert info == 1, [(n, l) for n, l, v in s if n == "efuse_mount_info"]
     assert "eBPF handlers for GETATTR and LOOKUP attached" in log_text(), log_text()[-800:]
-    assert sorted(handler_programs()) == sorted(HANDLER_PROGRAMS), handler_programs()
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    assert handler_programs() == sorted(HANDLER_PROGRAMS), \
+        f"{handler_programs()}; all: {[p.get('name') for p in json.loads(r.stdout)]}"
 
 
 def check_kmod_efused_answers():
@@ -187,9 +206,9 @@ def check_kmod_efused_answers():
     next is answered in the kernel, with the same attributes as the backing file."""
     with open(f"{KSRC}/pre", "w") as f:
         f.write("present before\n")
-    p = f"{KMNT}/pre"
-    first, at1 = where("getattr", lambda: statx(p))
-    second, at2 = where("getattr", lambda: statx(p))
+    node = statx_node(f"{KMNT}/pre")
+    first, at1 = where("getattr", node)
+    second, at2 = where("getattr", node)
     assert (at1, at2) == ("efused", "kernel") and first == second == native(f"{KSRC}/pre"), \
         f"GETATTR: {first} from {at1}, then {second} from {at2}"
     r1, at1 = where("lookup", lambda: statx(f"{KMNT}/missing"))
@@ -313,7 +332,8 @@ def check_kmod_efused_workloads():
 
 
 def check_kmod_efused_clean_stop():
-    """SIGTERM: mount gone, no handler program left; efused starts again on the module."""
+    """SIGTERM: mount gone, no handler program left."""
+    close_nodes()
     stop_efused()
     assert not g.fstypes_at(KMNT), f"left mounted: {g.fstypes_at(KMNT)}"
     eventually("handler programs freed after SIGTERM", handler_programs, [])
@@ -344,6 +364,7 @@ def check_kmod_efused_kill9():
     finally:
         load.kill()
         load.wait()
+        close_nodes()  # an O_PATH descriptor would keep the dead mount (and the module) busy
     # The kernel frees programs once their last reference (efused's descriptors) is gone.
     eventually("handler programs freed after kill -9", handler_programs, [])
     start_efused()  # detaches the dead mount left at KMNT
@@ -357,7 +378,16 @@ CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_o
           check_kmod_efused_clean_stop, check_kmod_efused_kill9)
 
 
-def cleanup():
+def close_nodes():
+    while statx_node.fds:
+        os.close(statx_node.fds.pop())
+
+
+def cleanup(failed):
+    if failed:
+        print("--- efused (kernel module tier) log, last 40 lines ---\n" +
+              "\n".join(log_text().splitlines()[-40:]), flush=True)
+    close_nodes()
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

@@ -630,11 +630,12 @@ def main():
         check(check_kmod_efuse)
         check(check_kmod_handler)
         import guest_kmod
+        before = failures
         try:
             for fn in guest_kmod.CHECKS:
                 check(fn)
         finally:
-            guest_kmod.cleanup()
+            guest_kmod.cleanup(failures > before)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()
