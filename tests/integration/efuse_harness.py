@@ -17,6 +17,8 @@ Environment:
   EFUSED_ARGS  extra arguments appended to every efused command line (shlex split),
                e.g. ``--transport uring``
   EFUSE_FSX    path of the fsx binary (used by test_fsx.py)
+  EFUSE_FSTYPE the mounts' type in /proc/self/mountinfo (default fuse.efuse; efuse.efuse
+               with ``EFUSED_ARGS=--kernel-module on``)
   CI=true      a test that would be skipped (no root, no /dev/fuse) fails instead
   EFUSE_KEEP=1 keep temporary directories of failed tests (mounts are still removed)
   EFUSE_SEED   seed for randomized tests (default: a fresh one, printed)
@@ -50,7 +52,9 @@ import traceback
 
 EFUSED = os.environ.get("EFUSED") or "/work/main/build/bin/efused"
 EFUSED_ARGS = shlex.split(os.environ.get("EFUSED_ARGS", ""))
-FSTYPE = "fuse.efuse"
+# The type efused's mounts have: fuse.efuse; efuse.efuse when EFUSED_ARGS puts them on the
+# efuse kernel module (--kernel-module on; tests/vm runs suites that way).
+FSTYPE = os.environ.get("EFUSE_FSTYPE") or "fuse.efuse"
 READY_LINE = "efused: ready"
 SKIP_CODE = 77
 

@@ -331,6 +331,39 @@ def check_kmod_efused_workloads():
     assert not bad, f"the module refused answers efused stored: {bad}"
 
 
+# Integration suites (tests/integration/) run as they are, every mount of theirs on the
+# module tier with its handlers: POSIX operations against a native twin, exact invalidation
+# of outside changes, kill -9. (test_fsx, test_fio_verify and test_tar do too much work for
+# TCG or read their data over 9p: check_kmod_efused_workloads does smaller versions.)
+SUITES = ("test_posix_ops.py", "test_invalidation.py", "test_kill9.py")
+SUITE_TIMEOUT = 900
+
+
+def check_kmod_efused_suites():
+    """The integration suites above on efuse.ko mounts (EFUSED_ARGS=--kernel-module on):
+    all pass, and the handlers answered requests meanwhile."""
+    env = dict(os.environ, EFUSED=g.EFUSED, EFUSED_ARGS="--kernel-module on --telemetry off",
+               EFUSE_FSTYPE=FSTYPE, CI="true", PYTHONDONTWRITEBYTECODE="1")
+    failed = []
+    for suite in SUITES:
+        before = g.handler_stats()["answered"]
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, os.path.join(g.REPO, "tests", "integration", suite)],
+                           env=env, capture_output=True, text=True, timeout=SUITE_TIMEOUT)
+        answered = g.handler_stats()["answered"] - before
+        summary = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"  {suite}: {summary}, {answered} answered in the kernel, "
+              f"{time.monotonic() - t0:.0f} s", flush=True)
+        if r.returncode != 0 or answered == 0:
+            fails = [l for l in r.stdout.splitlines() if l.startswith(("FAIL", "failed:"))]
+            failed.append(f"{suite}: exit {r.returncode}, {answered} answered, {fails[-6:]}, "
+                          f"{r.stdout[-1500:]} {r.stderr[-500:]}")
+    assert not failed, "; ".join(failed)
+
+
+check_kmod_efused_suites.timeout = SUITE_TIMEOUT * len(SUITES)
+
+
 def check_kmod_efused_clean_stop():
     """SIGTERM: mount gone, no handler program left."""
     close_nodes()
@@ -375,7 +408,7 @@ def check_kmod_efused_kill9():
 
 CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_own_changes,
           check_kmod_efused_outside_changes, check_kmod_efused_workloads,
-          check_kmod_efused_clean_stop, check_kmod_efused_kill9)
+          check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_kill9)
 
 
 def close_nodes():
