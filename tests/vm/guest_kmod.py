@@ -86,22 +86,22 @@ def samples():
     return parse(scrape(KPORT))
 
 
-def counts(opcode):
+def counts(opcode, port=KPORT, name=KNAME):
     """(answered in the kernel, served by efused) for `opcode` now."""
-    s = samples()
-    return (value(s, "efuse_kernel_answered_total", mount=KNAME, opcode=opcode) or 0,
-            value(s, "efuse_requests_total", mount=KNAME, opcode=opcode) or 0)
+    s = parse(scrape(port))
+    return (value(s, "efuse_kernel_answered_total", mount=name, opcode=opcode) or 0,
+            value(s, "efuse_requests_total", mount=name, opcode=opcode) or 0)
 
 
-def where(opcode, fn):
+def where(opcode, fn, port=KPORT, name=KNAME):
     """Runs fn(); returns its result and where the one `opcode` request went: "kernel",
     "efused" (or the deltas, when it was not exactly one)."""
-    a0, e0 = counts(opcode)
+    a0, e0 = counts(opcode, port, name)
     try:
         result = fn()
     except OSError as e:
         result = errno.errorcode.get(e.errno, e.errno)
-    a1, e1 = counts(opcode)
+    a1, e1 = counts(opcode, port, name)
     delta = (a1 - a0, e1 - e0)
     return result, {(1, 0): "kernel", (0, 1): "efused"}.get(delta, delta)
 
@@ -220,6 +220,41 @@ def check_kmod_efused_answers():
     assert not bad, f"the module refused answers efused stored: {bad}"
     for m in ("getattr", "lookup"):
         assert (value(s, "efuse_kernel_map_entries", mount=KNAME, map=m) or 0) >= 1, m
+
+
+def check_kmod_efused_two_mounts():
+    """Two efused mounts on the module at once: each one's handlers answer its own
+    connection's requests only (module patch 0006), although both roots are nodeid 1."""
+    src2, mnt2, port2, name2 = f"{g.DATA}/ksrc2", "/mnt/kefuse2", KPORT + 1, "kefuse2"
+    os.makedirs(src2, exist_ok=True)
+    os.makedirs(mnt2, exist_ok=True)
+    os.chmod(src2, 0o751)
+    for i in range(3):
+        os.makedirs(f"{src2}/d{i}", exist_ok=True)  # another nlink than KSRC's root
+    logf = open("/tmp/efused-kmod2.log", "wb")
+    other = subprocess.Popen([g.EFUSED, "--mount", f"{src2}:{mnt2}", "--kernel-module", "on",
+                              "--metrics", f"127.0.0.1:{port2}", "--telemetry", "off"],
+                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while g.fstypes_at(mnt2) != [FSTYPE]:
+            assert other.poll() is None and time.monotonic() < deadline, \
+                open("/tmp/efused-kmod2.log").read()[-1500:]
+            time.sleep(0.2)
+        eventually("RELEASE of every open", released, 0)
+        roots = {KMNT: (KSRC, KPORT, KNAME), mnt2: (src2, port2, name2)}
+        nodes = {m: statx_node(m) for m in roots}
+        for m, (src, port, name) in roots.items():
+            where("getattr", nodes[m], port, name)  # stored by this mount's efused
+        for m, (src, port, name) in roots.items():
+            got, at = where("getattr", nodes[m], port, name)
+            assert (got, at) == (native(src), "kernel"), \
+                f"root of {m}: {got} from {at}, backing {native(src)}"
+    finally:
+        other.send_signal(signal.SIGTERM)
+        rc = other.wait(timeout=60)
+        close_nodes()
+    assert rc == 0 and not g.fstypes_at(mnt2), f"second efused: exit {rc}, {g.fstypes_at(mnt2)}"
 
 
 def check_kmod_efused_own_changes():
@@ -406,7 +441,8 @@ def check_kmod_efused_kill9():
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
-CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_own_changes,
+CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_two_mounts,
+          check_kmod_efused_own_changes,
           check_kmod_efused_outside_changes, check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_kill9)
 
