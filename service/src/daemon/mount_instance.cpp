@@ -353,6 +353,10 @@ Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
+  // Stored handler answers carry the timeouts efused sent them with.
+  const bool timeouts_changed = cfg_.cache.attr_timeout != cfg.cache.attr_timeout ||
+                                cfg_.cache.negative_timeout != cfg.cache.negative_timeout;
+  if (answers_ && timeouts_changed) answers_->drop_all();
   cfg_.cache = cfg.cache;
   bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;

@@ -177,6 +177,18 @@ void KernelAnswers::forgotten(uint64_t nodeid) {
   index_.erase(index_.lower_bound(first), index_.lower_bound(last));
 }
 
+void KernelAnswers::drop_all() {
+  std::lock_guard lk(mu_);
+  ++seq_;
+  attr_stamp_.fill(seq_);
+  name_stamp_.fill(seq_);
+  for (uint64_t nodeid : attrs_) store_.drop_attr(nodeid);
+  for (const Name& n : negatives_) store_.drop_name(name_key(n.first, n.second));
+  drops_ += attrs_.size() + negatives_.size();
+  attrs_.clear();
+  negatives_.clear();
+}
+
 KernelAnswerStats KernelAnswers::stats() const {
   std::lock_guard lk(mu_);
   return {attrs_.size(), negatives_.size(), stores_skipped_, drops_};

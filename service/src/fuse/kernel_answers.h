@@ -98,6 +98,8 @@ class KernelAnswers {
   void write_released(uint64_t nodeid);
   // The kernel forgot the node: its attributes, and the names under it, go.
   void forgotten(uint64_t nodeid);
+  // Everything goes (the mount's cache timeouts changed: stored replies carry the old ones).
+  void drop_all();
 
   KernelAnswerStats stats() const;
 

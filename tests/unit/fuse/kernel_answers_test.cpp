@@ -196,6 +196,20 @@ TEST_F(KernelAnswersTest, OutsideChangeAndForgetDropEverythingTheyTouch) {
   EXPECT_EQ(answers.stats().name_entries, 1u);
 }
 
+TEST_F(KernelAnswersTest, DropAllEmptiesBothMapsAndKeepsRacingAnswersOut) {
+  stat_reply(7);
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "gone", ENOENT, {}, since);
+  answers.drop_all();
+  EXPECT_TRUE(store.attrs.empty());
+  EXPECT_TRUE(store.names.empty());
+  EXPECT_EQ(answers.stats().drops, 2u);
+  answers.store_attr(8, bytes(attr_out(8, 1)), since);  // read under the old policy
+  EXPECT_FALSE(store.attrs.contains(8));
+  stat_reply(8);
+  EXPECT_TRUE(store.attrs.contains(8));
+}
+
 TEST_F(KernelAnswersTest, AFullMapOnlyCostsTheAnswer) {
   store.full = true;
   stat_reply(7);
