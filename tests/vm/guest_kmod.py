@@ -237,10 +237,11 @@ def check_kmod_efused_two_mounts():
                              stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
-        while g.fstypes_at(mnt2) != [FSTYPE]:
+        while "efused: ready" not in open("/tmp/efused-kmod2.log", errors="replace").read():
             assert other.poll() is None and time.monotonic() < deadline, \
                 open("/tmp/efused-kmod2.log").read()[-1500:]
             time.sleep(0.2)
+        assert g.fstypes_at(mnt2) == [FSTYPE], g.fstypes_at(mnt2)
         eventually("RELEASE of every open", released, 0)
         roots = {KMNT: (KSRC, KPORT, KNAME), mnt2: (src2, port2, name2)}
         nodes = {m: statx_node(m) for m in roots}
