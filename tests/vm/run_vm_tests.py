@@ -217,8 +217,8 @@ def main():
                     help="which guest kernel(s) to boot (default: all)")
     ap.add_argument("--efused", default=os.path.join(REPO, "build", "bin", "efused"),
                     help="efused binary, run inside the guest from the host's / over 9p")
-    ap.add_argument("--timeout", type=int, default=int(os.environ.get("EFUSE_VM_TIMEOUT", 600)),
-                    help="seconds before a guest is killed and counted as failed (default 600)")
+    ap.add_argument("--timeout", type=int, default=int(os.environ.get("EFUSE_VM_TIMEOUT", 1500)),
+                    help="seconds before a guest is killed and counted as failed (default 1500)")
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"],
                     default=os.environ.get("EFUSE_VM_ACCEL", "auto"),
                     help="QEMU accelerator (default auto: KVM when /dev/kvm works, else TCG)")
