@@ -23,12 +23,12 @@
 
 #define FUSE_GETATTR 3
 
-/* nodeid -> the whole answer (struct fuse_attr_out in data), as efused encodes it. */
+/* nodeid -> the whole answer (struct fuse_attr_out in data) and its expiry, from efused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct efuse_handler_answer);
+	__type(value, struct efuse_handler_entry);
 } efuse_getattr_answers SEC(".maps");
 
 SEC("raw_tp.w/efuse_handler")

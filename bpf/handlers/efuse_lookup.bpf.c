@@ -17,7 +17,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct efuse_handler_name_key);
-	__type(value, struct efuse_handler_answer);
+	__type(value, struct efuse_handler_entry);
 } efuse_lookup_answers SEC(".maps");
 
 SEC("raw_tp.w/efuse_handler")

@@ -387,13 +387,18 @@ def is_efuse_mounted(path):
     return FSTYPE in fstypes_at(path)
 
 
+def _fuse_type(t):
+    """A FUSE mount of the kernel's (fuse, fuse.*) or of the efuse module (efuse, efuse.*)."""
+    return t in ("fuse", "efuse") or t.startswith(("fuse.", "efuse."))
+
+
 def is_fuse_mounted(path):
-    return any(t == "fuse" or t.startswith("fuse.") for t in fstypes_at(path))
+    return any(_fuse_type(t) for t in fstypes_at(path))
 
 
 def efuse_mounts_under(prefix):
     prefix = prefix.rstrip("/") + "/"
-    return [m for m in mountinfo() if m[1].startswith("fuse") and (m[0] + "/").startswith(prefix)]
+    return [m for m in mountinfo() if _fuse_type(m[1]) and (m[0] + "/").startswith(prefix)]
 
 
 def detach(path):

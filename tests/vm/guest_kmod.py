@@ -3,9 +3,10 @@ kmod checks (standard library only; imported by guest_smoke.py, which reports).
 
 efused serves /mnt/data/ksrc (ext4, the data disk) at /mnt/kefuse through efuse.ko
 (`--kernel-module on`) with the shipped handlers (build/bin/../bpf/handlers/) attached to
-its connection, `--negative-timeout 0` (the kernel caches no negative entry, so every
-lookup of a missing name reaches the LOOKUP handler). Each GETATTR is made with
-statx(AT_STATX_FORCE_SYNC), so exactly one GETATTR leaves the VFS per call, and the checks
+its connection. Each counted GETATTR is a statx(AT_STATX_FORCE_SYNC) of an O_PATH
+descriptor, so exactly one GETATTR leaves the VFS per call; a counted LOOKUP of a missing
+name follows a drop of the guest's dentries (vm.drop_caches 2: the kernel's negative dentry
+would answer it otherwise, for the --negative-timeout the map entry also has). The checks
 count where it was answered: efuse_kernel_answered_total (the module, per connection) or
 efuse_requests_total (efused). What the handlers answer must always equal the backing file.
 """
@@ -119,7 +120,7 @@ def start_efused(*extra, expect_ready=True):
     os.makedirs(KMNT, exist_ok=True)
     logf = open(KLOG, "ab")
     efused = subprocess.Popen([g.EFUSED, "--mount", f"{KSRC}:{KMNT}", "--kernel-module", "on",
-                               "--negative-timeout", "0", "--metrics", f"127.0.0.1:{KPORT}",
+                               "--negative-timeout", "3600", "--metrics", f"127.0.0.1:{KPORT}",
                                "--telemetry", "off", *extra],
                               stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
     if not expect_ready:
@@ -156,6 +157,22 @@ def eventually(what, fn, want):
             return
         time.sleep(0.1)
     raise AssertionError(f"{what}: still {last!r} after {EVENTUALLY} s, want {want!r}")
+
+
+def forget_dentries():
+    """The guest's dentry and inode caches dropped (guest only; nothing else runs there)."""
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2")
+
+
+def absent_in_kernel(path):
+    """A missing name: its first LOOKUP goes to efused, which stores the negative entry;
+    once the kernel forgot its own negative dentry, the next is answered in the kernel."""
+    r1, at1 = where("lookup", lambda: statx(path))
+    forget_dentries()
+    r2, at2 = where("lookup", lambda: statx(path))
+    assert (r1, at1, r2, at2) == ("ENOENT", "efused", "ENOENT", "kernel"), \
+        f"{path}: {r1} from {at1}, then {r2} from {at2}"
 
 
 def released():
@@ -211,9 +228,7 @@ def check_kmod_efused_answers():
     second, at2 = where("getattr", node)
     assert (at1, at2) == ("efused", "kernel") and first == second == native(f"{KSRC}/pre"), \
         f"GETATTR: {first} from {at1}, then {second} from {at2}"
-    r1, at1 = where("lookup", lambda: statx(f"{KMNT}/missing"))
-    r2, at2 = where("lookup", lambda: statx(f"{KMNT}/missing"))
-    assert (r1, at1, r2, at2) == ("ENOENT", "efused", "ENOENT", "kernel"), (r1, at1, r2, at2)
+    absent_in_kernel(f"{KMNT}/missing")
     s = samples()
     bad = [(l, v) for n, l, v in s if n == "efuse_kernel_handler_fallbacks_total"
            and l.get("reason", "").startswith("bad_") and v]
@@ -287,9 +302,7 @@ def check_kmod_efused_own_changes():
             f"{what}: {got} through the mount, {native(path.replace(KMNT, KSRC, 1))} backing"
     # A name created through the mount after its absence was stored.
     missing = f"{KMNT}/own-new"
-    where("lookup", lambda: statx(missing))
-    r, at = where("lookup", lambda: statx(missing))
-    assert (r, at) == ("ENOENT", "kernel"), (r, at)
+    absent_in_kernel(missing)
     open(missing, "w").close()
     assert statx(missing) == native(f"{KSRC}/own-new")
     # Renamed over: the replaced name's node and both directories.
@@ -313,9 +326,7 @@ def check_kmod_efused_outside_changes():
     for n in ("o-write", "o-trunc", "o-chmod", "o-xattr", "o-gone", "o-old"):
         primed(mnt(n))
     for n in ("o-created", "o-new"):
-        where("lookup", lambda n=n: statx(mnt(n)))
-        r, at = where("lookup", lambda n=n: statx(mnt(n)))
-        assert (r, at) == ("ENOENT", "kernel"), f"{n}: {r} from {at}"
+        absent_in_kernel(mnt(n))
     with open(s("o-created"), "w") as f:
         f.write("new\n")
     eventually("outside create", lambda: statx(mnt("o-created")), native(s("o-created")))

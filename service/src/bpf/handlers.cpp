@@ -24,9 +24,9 @@ namespace {
 
 // The maps efused reads and writes, per object, against the shared header.
 const MapLayout kGetattrMaps[] = {
-    {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_answer)}};
+    {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_entry)}};
 const MapLayout kLookupMaps[] = {
-    {"efuse_lookup_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_answer)}};
+    {"efuse_lookup_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)}};
 const MapLayout kStatsMaps[] = {{"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)}};
 
 std::span<const MapLayout> layouts_of(std::string_view name) {
@@ -151,9 +151,9 @@ HandlerSet::~HandlerSet() {
   }
 }
 
-bool HandlerSet::put_attr(uint64_t nodeid, const efuse_handler_answer& answer) {
+bool HandlerSet::put_attr(uint64_t nodeid, const efuse_handler_entry& entry) {
   __u64 key = nodeid;
-  return bpf_map_update_elem(attr_fd_, &key, &answer, BPF_ANY) == 0;
+  return bpf_map_update_elem(attr_fd_, &key, &entry, BPF_ANY) == 0;
 }
 
 void HandlerSet::drop_attr(uint64_t nodeid) {
@@ -161,8 +161,8 @@ void HandlerSet::drop_attr(uint64_t nodeid) {
   bpf_map_delete_elem(attr_fd_, &key);
 }
 
-bool HandlerSet::put_name(const efuse_handler_name_key& key, const efuse_handler_answer& answer) {
-  return bpf_map_update_elem(name_fd_, &key, &answer, BPF_ANY) == 0;
+bool HandlerSet::put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry) {
+  return bpf_map_update_elem(name_fd_, &key, &entry, BPF_ANY) == 0;
 }
 
 void HandlerSet::drop_name(const efuse_handler_name_key& key) {

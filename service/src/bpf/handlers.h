@@ -51,9 +51,9 @@ class HandlerSet {
   HandlerSet& operator=(const HandlerSet&) = delete;
 
   // The answer maps (efuse_getattr_answers, efuse_lookup_answers). false: not stored.
-  bool put_attr(uint64_t nodeid, const efuse_handler_answer& answer);
+  bool put_attr(uint64_t nodeid, const efuse_handler_entry& entry);
   void drop_attr(uint64_t nodeid);
-  bool put_name(const efuse_handler_name_key& key, const efuse_handler_answer& answer);
+  bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
   void drop_name(const efuse_handler_name_key& key);
 
   // efuse_handler_outcomes summed over CPUs: EFUSE_HANDLER_OUTCOME_SLOTS counters, at

@@ -37,12 +37,12 @@ inline constexpr const char* kTierStock = "stock";    // the kernel's own FUSE, 
 class HandlerStore final : public fuse::AnswerStore {
  public:
   explicit HandlerStore(std::unique_ptr<bpf::HandlerSet> set) : set_(std::move(set)) {}
-  bool put_attr(uint64_t nodeid, const efuse_handler_answer& a) override {
-    return set_->put_attr(nodeid, a);
+  bool put_attr(uint64_t nodeid, const efuse_handler_entry& e) override {
+    return set_->put_attr(nodeid, e);
   }
   void drop_attr(uint64_t nodeid) override { set_->drop_attr(nodeid); }
-  bool put_name(const efuse_handler_name_key& k, const efuse_handler_answer& a) override {
-    return set_->put_name(k, a);
+  bool put_name(const efuse_handler_name_key& k, const efuse_handler_entry& e) override {
+    return set_->put_name(k, e);
   }
   void drop_name(const efuse_handler_name_key& k) override { set_->drop_name(k); }
   const bpf::HandlerSet& set() const { return *set_; }

@@ -1,5 +1,8 @@
 #include "fuse/kernel_answers.h"
 
+#include <time.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -20,6 +23,17 @@ efuse_handler_name_key name_key(uint64_t parent, std::string_view name) {
 // Names the handlers can be asked about: the module hands them at most 255 bytes.
 bool storable(std::string_view name) { return !name.empty() && name.size() < EFUSE_HANDLER_NAME_MAX; }
 
+// When a reply valid for `sec` + `nsec` from now stops being used (bpf_ktime_get_ns(),
+// CLOCK_MONOTONIC); 0 for a reply valid for no time at all, which is not stored.
+uint64_t expiry(uint64_t sec, uint32_t nsec) {
+  if (sec == 0 && nsec == 0) return 0;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  constexpr uint64_t kMaxSec = 100ULL * 365 * 24 * 3600;  // no overflow, "never" in practice
+  return (static_cast<uint64_t>(now.tv_sec) + std::min(sec, kMaxSec)) * 1000000000ULL +
+         static_cast<uint64_t>(now.tv_nsec) + nsec;
+}
+
 }  // namespace
 
 size_t KernelAnswers::attr_bucket(uint64_t nodeid) {
@@ -37,16 +51,20 @@ uint64_t KernelAnswers::begin() {
 
 void KernelAnswers::store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since) {
   if (reply.size() != sizeof(kernel::fuse_attr_out)) return;
+  kernel::fuse_attr_out o;
+  std::memcpy(&o, reply.data(), sizeof o);
+  efuse_handler_entry e{};
+  e.expires = expiry(o.attr_valid, o.attr_valid_nsec);
+  if (e.expires == 0) return;  // attr_timeout 0: the kernel asks efused every time
+  e.answer.nodeid = nodeid;
+  e.answer.size = static_cast<uint32_t>(reply.size());
+  std::memcpy(e.answer.data, reply.data(), reply.size());
   std::lock_guard lk(mu_);
   if (attr_stamp_[attr_bucket(nodeid)] > since || writers_.contains(nodeid)) {
     ++stores_skipped_;
     return;
   }
-  efuse_handler_answer a{};
-  a.nodeid = nodeid;
-  a.size = static_cast<uint32_t>(reply.size());
-  std::memcpy(a.data, reply.data(), reply.size());
-  if (store_.put_attr(nodeid, a))
+  if (store_.put_attr(nodeid, e))
     attrs_.insert(nodeid);
   else
     ++stores_skipped_;
@@ -54,26 +72,24 @@ void KernelAnswers::store_attr(uint64_t nodeid, std::span<const char> reply, uin
 
 void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int error,
                                  std::span<const char> reply, uint64_t since) {
-  efuse_handler_answer a{};
-  a.nodeid = parent;
-  if (error == ENOENT) {
-    a.error = -ENOENT;
-  } else if (error != 0 || reply.size() != sizeof(kernel::fuse_entry_out)) {
-    return;
-  } else {
-    kernel::fuse_entry_out e;
-    std::memcpy(&e, reply.data(), sizeof e);
-    if (e.nodeid != 0) return entry_sent(parent, name, e.nodeid);
-    a.size = static_cast<uint32_t>(reply.size());
-    std::memcpy(a.data, reply.data(), reply.size());
-  }
-  if (!storable(name)) return;
+  // An ENOENT error (negative_timeout 0) is valid for no time: the kernel caches nothing,
+  // and neither do the handlers.
+  if (error != 0 || reply.size() != sizeof(kernel::fuse_entry_out)) return;
+  kernel::fuse_entry_out out;
+  std::memcpy(&out, reply.data(), sizeof out);
+  if (out.nodeid != 0) return entry_sent(parent, name, out.nodeid);
+  efuse_handler_entry e{};
+  e.expires = expiry(out.entry_valid, out.entry_valid_nsec);
+  if (e.expires == 0 || !storable(name)) return;
+  e.answer.nodeid = parent;
+  e.answer.size = static_cast<uint32_t>(reply.size());
+  std::memcpy(e.answer.data, reply.data(), reply.size());
   std::lock_guard lk(mu_);
   if (name_stamp_[name_bucket(parent, name)] > since) {
     ++stores_skipped_;
     return;
   }
-  if (store_.put_name(name_key(parent, name), a))
+  if (store_.put_name(name_key(parent, name), e))
     negatives_.emplace(parent, std::string(name));
   else
     ++stores_skipped_;

@@ -4,7 +4,9 @@
 // The handlers answer GETATTR from a map keyed by nodeid and negative LOOKUPs from a map
 // keyed by (parent nodeid, name). Only answers efused itself sent go into them: the
 // session hands over the reply bytes of every GETATTR and negative LOOKUP it answers
-// (store_*). Every change made through the mount drops the entries it may make wrong before
+// (store_*), and each is used until the validity it gave the kernel (attr_valid,
+// entry_valid) runs out, so the cache timeouts still bound what the watcher cannot see; a
+// reply valid for no time (timeout 0, an ENOENT error) is not stored. Every change made through the mount drops the entries it may make wrong before
 // its reply is sent, and the mount's watcher drops them for outside changes before it
 // invalidates the kernel's caches (the *_changed calls):
 //
@@ -47,9 +49,9 @@ namespace fuse {
 class AnswerStore {
  public:
   virtual ~AnswerStore() = default;
-  virtual bool put_attr(uint64_t nodeid, const efuse_handler_answer& answer) = 0;
+  virtual bool put_attr(uint64_t nodeid, const efuse_handler_entry& entry) = 0;
   virtual void drop_attr(uint64_t nodeid) = 0;
-  virtual bool put_name(const efuse_handler_name_key& key, const efuse_handler_answer& answer) = 0;
+  virtual bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
   virtual void drop_name(const efuse_handler_name_key& key) = 0;
 };
 
@@ -61,9 +63,9 @@ struct KernelAnswerStats {
 };
 
 // Bytes of one stored entry, key and value, per map (efuse_kernel_map_bytes).
-inline constexpr uint64_t kAttrEntryBytes = sizeof(uint64_t) + sizeof(efuse_handler_answer);
+inline constexpr uint64_t kAttrEntryBytes = sizeof(uint64_t) + sizeof(efuse_handler_entry);
 inline constexpr uint64_t kNameEntryBytes =
-    sizeof(efuse_handler_name_key) + sizeof(efuse_handler_answer);
+    sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry);
 
 class KernelAnswers {
  public:
@@ -76,8 +78,8 @@ class KernelAnswers {
 
   // Answers efused sent. `reply` is the reply body (fuse_attr_out, fuse_entry_out).
   void store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since);
-  // A LOOKUP reply: a negative one (error ENOENT, or an entry with nodeid 0) is stored; a
-  // positive one only goes into the name index.
+  // A LOOKUP reply: a negative entry (nodeid 0, entry_valid > 0) is stored; a positive one
+  // only goes into the name index.
   void store_lookup(uint64_t parent, std::string_view name, int error,
                     std::span<const char> reply, uint64_t since);
   // An entry efused sent for a name (creating operations, READDIRPLUS): the name index.

@@ -20,7 +20,7 @@ TEST(BpfHandlerLayout, GetattrAnswerMapHoldsTheSharedAnswer) {
   bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_getattr.bpf.o", nullptr);
   ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
   const MapLayout maps[] = {
-      {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_answer)}};
+      {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_entry)}};
   std::string error;
   EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
   bpf_object__close(obj);
@@ -30,7 +30,7 @@ TEST(BpfHandlerLayout, LookupAnswerMapHoldsTheSharedKeyAndAnswer) {
   bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", nullptr);
   ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
   const MapLayout maps[] = {{"efuse_lookup_answers", sizeof(efuse_handler_name_key),
-                             sizeof(efuse_handler_answer)}};
+                             sizeof(efuse_handler_entry)}};
   std::string error;
   EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
   bpf_object__close(obj);

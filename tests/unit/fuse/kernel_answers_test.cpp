@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <map>
 #include <string>
 
@@ -19,13 +20,13 @@ namespace k = kernel;
 
 class TableStore final : public AnswerStore {
  public:
-  bool put_attr(uint64_t nodeid, const efuse_handler_answer& a) override {
+  bool put_attr(uint64_t nodeid, const efuse_handler_entry& a) override {
     if (full) return false;
     attrs[nodeid] = a;
     return true;
   }
   void drop_attr(uint64_t nodeid) override { attrs.erase(nodeid); }
-  bool put_name(const efuse_handler_name_key& key, const efuse_handler_answer& a) override {
+  bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& a) override {
     names[{key.parent, key.name}] = a;
     return true;
   }
@@ -36,8 +37,8 @@ class TableStore final : public AnswerStore {
   }
 
   bool full = false;
-  std::map<uint64_t, efuse_handler_answer> attrs;
-  std::map<std::pair<uint64_t, std::string>, efuse_handler_answer> names;
+  std::map<uint64_t, efuse_handler_entry> attrs;
+  std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;
 };
 
 std::pair<uint64_t, std::string> name(uint64_t parent, const char* n) { return {parent, n}; }
@@ -64,6 +65,9 @@ k::fuse_entry_out entry_out(uint64_t nodeid) {
 
 class KernelAnswersTest : public ::testing::Test {
  protected:
+  void absent(uint64_t parent, const std::string& n, uint64_t since) {
+    answers.store_lookup(parent, n, 0, bytes(entry_out(0)), since);
+  }
   void stat_reply(uint64_t nodeid, uint64_t size = 5) {
     uint64_t since = answers.begin();
     answers.store_attr(nodeid, bytes(attr_out(nodeid, size)), since);
@@ -75,27 +79,43 @@ class KernelAnswersTest : public ::testing::Test {
 TEST_F(KernelAnswersTest, StoresTheExactReply) {
   stat_reply(7, 1234);
   ASSERT_TRUE(store.attrs.contains(7));
-  const efuse_handler_answer& a = store.attrs[7];
+  const efuse_handler_answer& a = store.attrs[7].answer;
   EXPECT_EQ(a.nodeid, 7u);
   EXPECT_EQ(a.error, 0);
   ASSERT_EQ(a.size, sizeof(k::fuse_attr_out));
   k::fuse_attr_out want = attr_out(7, 1234);
   EXPECT_EQ(std::memcmp(a.data, &want, sizeof want), 0);
   EXPECT_EQ(answers.stats().attr_entries, 1u);
+  // Used for as long as the reply's attr_valid (60 s) from now, as the kernel's cache.
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + now.tv_nsec;
+  EXPECT_GT(store.attrs[7].expires, now_ns + 59ULL * 1000000000ULL);
+  EXPECT_LE(store.attrs[7].expires, now_ns + 60ULL * 1000000000ULL);
+}
+
+TEST_F(KernelAnswersTest, RepliesValidForNoTimeAreNotStored) {
+  k::fuse_attr_out zero = attr_out(7, 1);
+  zero.attr_valid = 0;
+  answers.store_attr(7, bytes(zero), answers.begin());
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "gone", ENOENT, {}, since);  // negative_timeout 0: an error reply
+  k::fuse_entry_out neg0 = entry_out(0);
+  neg0.entry_valid = 0;
+  answers.store_lookup(1, "neg0", 0, bytes(neg0), since);
+  EXPECT_TRUE(store.attrs.empty());
+  EXPECT_TRUE(store.names.empty());
 }
 
 TEST_F(KernelAnswersTest, NegativeLookupsStoredPositiveOnesIndexed) {
   uint64_t since = answers.begin();
-  answers.store_lookup(1, "gone", ENOENT, {}, since);
   answers.store_lookup(1, "neg", 0, bytes(entry_out(0)), since);
   answers.store_lookup(1, "there", 0, bytes(entry_out(9)), since);
   answers.store_lookup(1, "eio", EIO, {}, since);
-  EXPECT_TRUE(store.has_name(1, "gone"));
-  EXPECT_EQ(store.names[name(1, "gone")].error, -ENOENT);
-  EXPECT_EQ(store.names[name(1, "gone")].size, 0u);
-  EXPECT_EQ(store.names[name(1, "gone")].nodeid, 1u) << "answers for the parent";
   EXPECT_TRUE(store.has_name(1, "neg"));
-  EXPECT_EQ(store.names[name(1, "neg")].size, sizeof(k::fuse_entry_out));
+  EXPECT_EQ(store.names[name(1, "neg")].answer.error, 0);
+  EXPECT_EQ(store.names[name(1, "neg")].answer.nodeid, 1u) << "answers for the parent";
+  EXPECT_EQ(store.names[name(1, "neg")].answer.size, sizeof(k::fuse_entry_out));
   EXPECT_FALSE(store.has_name(1, "there"));
   EXPECT_FALSE(store.has_name(1, "eio"));
   // The index: removing "there" drops the attributes of node 9.
@@ -112,7 +132,7 @@ TEST_F(KernelAnswersTest, AChangeDuringTheAnswerKeepsItOut) {
   EXPECT_EQ(answers.stats().stores_skipped, 1u);
   since = answers.begin();
   answers.name_created(1, "x");
-  answers.store_lookup(1, "x", ENOENT, {}, since);
+  absent(1, "x", since);
   EXPECT_FALSE(store.has_name(1, "x"));
   stat_reply(7);  // begun after the change: stored
   EXPECT_TRUE(store.attrs.contains(7));
@@ -136,7 +156,7 @@ TEST_F(KernelAnswersTest, NameChangesDropParentChildAndAbsence) {
   stat_reply(1);
   stat_reply(5);
   uint64_t since = answers.begin();
-  answers.store_lookup(1, "new", ENOENT, {}, since);
+  absent(1, "new", since);
   answers.name_created(1, "new");
   EXPECT_FALSE(store.has_name(1, "new"));
   EXPECT_FALSE(store.attrs.contains(1)) << "the directory's mtime changed";
@@ -178,15 +198,15 @@ TEST_F(KernelAnswersTest, OutsideChangeAndForgetDropEverythingTheyTouch) {
   answers.entry_sent(1, "f", 5);
   stat_reply(5);
   uint64_t since = answers.begin();
-  answers.store_lookup(1, "g", ENOENT, {}, since);
+  absent(1, "g", since);
   answers.name_changed_outside(1, "f");
   answers.name_changed_outside(1, "g");
   EXPECT_FALSE(store.attrs.contains(5));
   EXPECT_FALSE(store.has_name(1, "g"));
   since = answers.begin();
-  answers.store_lookup(3, "x", ENOENT, {}, since);
-  answers.store_lookup(3, "y", ENOENT, {}, since);
-  answers.store_lookup(4, "x", ENOENT, {}, since);
+  absent(3, "x", since);
+  absent(3, "y", since);
+  absent(4, "x", since);
   stat_reply(3);
   answers.forgotten(3);
   EXPECT_FALSE(store.attrs.contains(3));
@@ -199,7 +219,7 @@ TEST_F(KernelAnswersTest, OutsideChangeAndForgetDropEverythingTheyTouch) {
 TEST_F(KernelAnswersTest, DropAllEmptiesBothMapsAndKeepsRacingAnswersOut) {
   stat_reply(7);
   uint64_t since = answers.begin();
-  answers.store_lookup(1, "gone", ENOENT, {}, since);
+  absent(1, "gone", since);
   answers.drop_all();
   EXPECT_TRUE(store.attrs.empty());
   EXPECT_TRUE(store.names.empty());
@@ -221,7 +241,7 @@ TEST_F(KernelAnswersTest, AFullMapOnlyCostsTheAnswer) {
 
 TEST_F(KernelAnswersTest, NamesTheModuleCannotAskAboutAreNotStored) {
   uint64_t since = answers.begin();
-  answers.store_lookup(1, std::string(EFUSE_HANDLER_NAME_MAX, 'n'), ENOENT, {}, since);
+  absent(1, std::string(EFUSE_HANDLER_NAME_MAX, 'n'), since);
   EXPECT_TRUE(store.names.empty());
 }
 

@@ -243,9 +243,9 @@ TEST_F(MetricsCollector, KernelModuleTierSeries) {
   EXPECT_EQ(e.value("efuse_kernel_map_entries", {{"mount", "data"}, {"map", "getattr"}}), 3);
   EXPECT_EQ(e.value("efuse_kernel_map_entries", {{"mount", "data"}, {"map", "lookup"}}), 2);
   EXPECT_EQ(e.value("efuse_kernel_map_bytes", {{"mount", "data"}, {"map", "getattr"}}),
-            3 * (8 + sizeof(efuse_handler_answer)));
+            3 * (8 + sizeof(efuse_handler_entry)));
   EXPECT_EQ(e.value("efuse_kernel_map_bytes", {{"mount", "data"}, {"map", "lookup"}}),
-            2 * (sizeof(efuse_handler_name_key) + sizeof(efuse_handler_answer)));
+            2 * (sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry)));
   EXPECT_EQ(e.value("efuse_kernel_map_stores_skipped_total", {{"mount", "data"}}), 5);
   EXPECT_EQ(e.value("efuse_kernel_map_drops_total", {{"mount", "data"}}), 6);
   EXPECT_EQ(e.type["efuse_kernel_answered_total"], "counter");
