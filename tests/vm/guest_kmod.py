@@ -382,17 +382,19 @@ def check_kmod_efused_workloads():
 # module tier with its handlers: POSIX operations against a native twin, exact invalidation
 # of outside changes, kill -9. (test_fsx, test_fio_verify and test_tar do too much work for
 # TCG or read their data over 9p: check_kmod_efused_workloads does smaller versions.)
-SUITES = ("test_posix_ops.py", "test_invalidation.py", "test_kill9.py")
+# (script, whether its requests must have been answered in the kernel at least once:
+# test_kill9 writes and kills, and nothing in it asks for attributes again)
+SUITES = (("test_posix_ops.py", True), ("test_invalidation.py", True), ("test_kill9.py", False))
 SUITE_TIMEOUT = 900
 
 
 def check_kmod_efused_suites():
     """The integration suites above on efuse.ko mounts (EFUSED_ARGS=--kernel-module on):
-    all pass, and the handlers answered requests meanwhile."""
+    all pass, and the handlers answered requests meanwhile where the suite asks again."""
     env = dict(os.environ, EFUSED=g.EFUSED, EFUSED_ARGS="--kernel-module on --telemetry off",
                EFUSE_FSTYPE=FSTYPE, CI="true", PYTHONDONTWRITEBYTECODE="1")
     failed = []
-    for suite in SUITES:
+    for suite, must_answer in SUITES:
         before = g.handler_stats()["answered"]
         t0 = time.monotonic()
         r = subprocess.run([sys.executable, os.path.join(g.REPO, "tests", "integration", suite)],
@@ -401,7 +403,7 @@ def check_kmod_efused_suites():
         summary = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"  {suite}: {summary}, {answered} answered in the kernel, "
               f"{time.monotonic() - t0:.0f} s", flush=True)
-        if r.returncode != 0 or answered == 0:
+        if r.returncode != 0 or (must_answer and answered == 0):
             fails = [l for l in r.stdout.splitlines() if l.startswith(("FAIL", "failed:"))]
             failed.append(f"{suite}: exit {r.returncode}, {answered} answered, {fails[-6:]}, "
                           f"{r.stdout[-1500:]} {r.stderr[-500:]}")
