@@ -11,6 +11,7 @@
 #include <map>
 #include <string>
 
+#include "answer_table.h"
 #include "fuse/kernel.h"
 
 namespace fuse {
@@ -18,28 +19,6 @@ namespace {
 
 namespace k = kernel;
 
-class TableStore final : public AnswerStore {
- public:
-  bool put_attr(uint64_t nodeid, const efuse_handler_entry& a) override {
-    if (full) return false;
-    attrs[nodeid] = a;
-    return true;
-  }
-  void drop_attr(uint64_t nodeid) override { attrs.erase(nodeid); }
-  bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& a) override {
-    names[{key.parent, key.name}] = a;
-    return true;
-  }
-  void drop_name(const efuse_handler_name_key& key) override { names.erase({key.parent, key.name}); }
-
-  bool has_name(uint64_t parent, const std::string& name) const {
-    return names.contains({parent, name});
-  }
-
-  bool full = false;
-  std::map<uint64_t, efuse_handler_entry> attrs;
-  std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;
-};
 
 std::pair<uint64_t, std::string> name(uint64_t parent, const char* n) { return {parent, n}; }
 
@@ -72,7 +51,7 @@ class KernelAnswersTest : public ::testing::Test {
     uint64_t since = answers.begin();
     answers.store_attr(nodeid, bytes(attr_out(nodeid, size)), since);
   }
-  TableStore store;
+  AnswerTable store;
   KernelAnswers answers{store};
 };
 
