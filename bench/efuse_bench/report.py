@@ -34,6 +34,7 @@ class Report:
             "telemetry": {
                 "cmd": shlex.join(self.telemetry.argv(Path("CONFIG"))),
                 "measured_efused_env": "EFUSE_BPF=0",
+                "settle_seconds": self.args.telemetry_settle,
                 "attached_for_sides": [s.name for s in self.sides if s.telemetry],
                 "counted_groups": [g for g in COUNTED_GROUPS if g in self.groups],
                 "unavailable": self.telemetry.unavailable,

@@ -5,6 +5,8 @@ a Bench is filled with the values a run would have measured.
 Run: python3 -m unittest discover -s bench/tests -t bench   (ctest: unit.bench_report)"""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sys
@@ -302,6 +304,7 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(doc["meta"]["status"], "running")
         self.assertEqual(doc["meta"]["sides"], ["native", "libfuse", "efused", "efused-nobpf"])
         self.assertEqual(doc["meta"]["git"], {"sha": "abc1234", "dirty": False})
+        self.assertEqual(doc["meta"]["telemetry"]["settle_seconds"], 2.0)
         rows = {r["key"]: r for r in doc["rows"]}
         self.assertEqual(list(rows), ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
         cat = rows["cat.warm"]
@@ -318,6 +321,12 @@ class ReportTest(unittest.TestCase):
                          ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
         self.assertEqual([r["key"] for r in doc["nobpf_vs_libfuse"]],
                          ["fio-one.warm.iops", "tar-subset.extract"])
+
+    def test_telemetry_settle_option(self):
+        self.assertEqual(parse_args(["--telemetry-settle", "0.5"]).telemetry_settle, 0.5)
+        for bad in ("-1", "61"):
+            with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+                parse_args(["--telemetry-settle", bad])
 
     def test_write_results_needs_the_output_directory(self):
         b = make_bench()

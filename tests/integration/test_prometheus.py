@@ -81,15 +81,27 @@ def test_prometheus_scrapes_efused_under_load(m):
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS_PORT = free_port()
+MEMORY_DOCS_PORT = free_port()
 
 
 @h.mount_options(args=["--metrics", f"127.0.0.1:{DOCS_PORT}"])
 def test_every_metric_is_documented(m):
     """Every metric family efused exports (after some I/O, so per-opcode and backend series
     exist) has its row in docs/metrics.md and its place in the README's metrics reference."""
+    check_documented(m, DOCS_PORT)
+
+
+@h.mount_options(backend="memory", args=["--metrics", f"127.0.0.1:{MEMORY_DOCS_PORT}"])
+def test_every_memory_backend_metric_is_documented(m):
+    """The same for a memory mount, whose backend exports series of its own."""
+    text = check_documented(m, MEMORY_DOCS_PORT)
+    assert "efuse_memory_bytes_limit" in text, text
+
+
+def check_documented(m, port):
     h.write_file(m.m("f"), "x" * 10000)
     h.run(["cat", m.m("f")], timeout=60)
-    text = get(f"http://127.0.0.1:{DOCS_PORT}/metrics")
+    text = get(f"http://127.0.0.1:{port}/metrics")
     names = sorted({line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")})
     assert len(names) > 30, names
     for doc in ("docs/metrics.md", "README.md"):
@@ -97,6 +109,7 @@ def test_every_metric_is_documented(m):
             body = f.read()
         missing = [n for n in names if f"`{n}`" not in body]
         assert not missing, f"exported but not documented in {doc}: {missing}"
+    return text
 
 
 if __name__ == "__main__":

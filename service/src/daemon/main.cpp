@@ -28,7 +28,7 @@ using efuse::daemon::MountConfig;
 
 constexpr const char* kDefaultConfig = "/etc/efuse/mounts.yaml";
 
-constexpr const char* kUsage = R"(Usage: efused [--config FILE | --demo | --mount SOURCE:MOUNTPOINT ...] [OPTIONS]
+constexpr const char* kUsage = R"(Usage: efused [--config FILE | --demo | --mount [SOURCE|memory]:MOUNTPOINT ...] [OPTIONS]
        efused --check-config FILE
 
 Serves FUSE file systems in the foreground (as systemd runs it) until SIGTERM or SIGINT,
@@ -44,6 +44,9 @@ Where the mounts come from (one of):
                                  127.0.0.1:19567 (directories are created)
   -m, --mount SOURCE:MOUNTPOINT  serve SOURCE at MOUNTPOINT with default settings
                                  (repeatable; no config file, no metrics unless --metrics)
+  -m, --mount memory:MOUNTPOINT  serve an in-memory file system at MOUNTPOINT (its files
+                                 are lost when it is unmounted; a directory named
+                                 "memory" is given as ./memory)
       --check-config FILE        validate FILE, print the first error as
                                  FILE:LINE:COLUMN: message, exit 0 if valid, 1 if not;
                                  warns about what a valid file cannot do here (an IPv6
@@ -80,6 +83,10 @@ With --mount (a config file sets these per mount):
       --keep-cache               keep file pages cached across opens even when outside
                                  changes cannot be invalidated exactly
       --writeback-cache          let the kernel cache writes (excludes passthrough)
+      --memory-max-bytes SIZE    memory mounts: data limit, bytes or a number with K, M,
+                                 G or T, or a percentage of RAM (default 50%)
+      --memory-max-inodes N      memory mounts: inode limit (default one per 4 KiB of
+                                 --memory-max-bytes)
       --read-only                mount read-only
       --create-mountpoint        create a missing MOUNTPOINT (0755, with parents)
       --stack                    mount even where another live FUSE mount sits, on top of
@@ -158,7 +165,7 @@ int main(int argc, char** argv) {
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint, kTelemetry };
+         kCreateMountpoint, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -181,6 +188,8 @@ int main(int argc, char** argv) {
       {"create-mountpoint", no_argument, nullptr, kCreateMountpoint},
       {"transport", required_argument, nullptr, kTransport},
       {"queue-depth", required_argument, nullptr, kQueueDepth},
+      {"memory-max-bytes", required_argument, nullptr, kMemoryMaxBytes},
+      {"memory-max-inodes", required_argument, nullptr, kMemoryMaxInodes},
       {"version", no_argument, nullptr, 'V'},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
@@ -242,6 +251,20 @@ int main(int argc, char** argv) {
         cli_defaults.queue_depth = static_cast<unsigned>(v);
         break;
       }
+      case kMemoryMaxBytes: {
+        std::string why;
+        if (!efuse::daemon::parse_size(optarg, &cli_defaults.memory.max_bytes, &why))
+          usage_error(std::string("--memory-max-bytes '") + optarg + "' is not valid: " + why);
+        break;
+      }
+      case kMemoryMaxInodes: {
+        char* end = nullptr;
+        unsigned long long v = std::strtoull(optarg, &end, 10);
+        if (*optarg < '0' || *optarg > '9' || *end != '\0' || v < 1)
+          usage_error(std::string("--memory-max-inodes wants a positive number, not '") + optarg + "'");
+        cli_defaults.memory.max_inodes = v;
+        break;
+      }
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
       case kStack: cli_defaults.options.stack = true; break;
@@ -295,7 +318,13 @@ int main(int argc, char** argv) {
         if (colon == std::string::npos || colon == 0 || colon + 1 == arg.size())
           usage_error("--mount wants SOURCE:MOUNTPOINT, got '" + arg + "'");
         MountConfig m = cli_defaults;
-        m.source = absolute(arg.substr(0, colon));
+        if (arg.substr(0, colon) == "memory") {
+          m.backend = "memory";
+          m.options.default_permissions = true;
+        } else {
+          m.source = absolute(arg.substr(0, colon));
+          m.memory = {};
+        }
         m.mountpoint = absolute(arg.substr(colon + 1));
         std::string problem = efuse::daemon::check_paths(m);
         if (!problem.empty()) usage_error(problem);

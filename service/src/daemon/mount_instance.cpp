@@ -28,13 +28,16 @@ static bool inside(const std::string& path, const std::string& dir) {
 
 std::string check_paths(const MountConfig& c) {
   struct stat st;
-  if (stat(c.source.c_str(), &st) != 0) {
+  if (c.source.empty()) {
+    // A memory mount: nothing to serve from, only the mountpoint to check.
+  } else if (stat(c.source.c_str(), &st) != 0) {
     if (errno == ENOENT)
       return "source " + c.source + " does not exist: create that directory or correct the "
              "mount's source";
     return "source " + c.source + ": " + strerror(errno);
+  } else if (!S_ISDIR(st.st_mode)) {
+    return "source " + c.source + " is not a directory";
   }
-  if (!S_ISDIR(st.st_mode)) return "source " + c.source + " is not a directory";
   if (stat(c.mountpoint.c_str(), &st) != 0) {
     // ENOTCONN: a dead FUSE mount left there; start() detaches it. ENOENT with
     // create_mountpoint: start() creates it.
@@ -47,6 +50,7 @@ std::string check_paths(const MountConfig& c) {
   } else if (!S_ISDIR(st.st_mode)) {
     return "mountpoint " + c.mountpoint + " is not a directory";
   }
+  if (c.source.empty()) return {};
   if (inside(c.mountpoint, c.source))
     return "mountpoint " + c.mountpoint + " lies inside source " + c.source +
            " (efused would serve its own mount)";
@@ -55,6 +59,8 @@ std::string check_paths(const MountConfig& c) {
            " (efused would serve its own mount)";
   return {};
 }
+
+std::string served(const MountConfig& c) { return c.source.empty() ? c.backend : c.source; }
 
 bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* error) {
   *mask = 0;
@@ -100,13 +106,16 @@ bool needs_remount(const MountConfig& a, const MountConfig& b) {
          a.cache.writeback != b.cache.writeback || a.bpf_handlers != b.bpf_handlers;
 }
 
-static fs::Policy policy_of(const MountConfig& c) {
-  fs::Policy p;
-  p.entry_timeout = c.cache.entry_timeout;
-  p.attr_timeout = c.cache.attr_timeout;
-  p.keep_cache = c.cache.keep_cache;
-  p.passthrough_io = c.io_path != IoPath::Cache;
-  p.adaptive_io = c.io_path == IoPath::Auto;
+static fs::BackendParams params_of(const MountConfig& c) {
+  fs::BackendParams p;
+  p.source = c.source;
+  p.policy.entry_timeout = c.cache.entry_timeout;
+  p.policy.attr_timeout = c.cache.attr_timeout;
+  p.policy.keep_cache = c.cache.keep_cache;
+  p.policy.passthrough_io = c.io_path != IoPath::Cache;
+  p.policy.adaptive_io = c.io_path == IoPath::Auto;
+  p.memory.max_bytes = c.memory.max_bytes;
+  p.memory.max_inodes = c.memory.max_inodes;
   return p;
 }
 
@@ -265,7 +274,7 @@ Status MountInstance::start(std::string* error) {
                  why.c_str());
     }
   }
-  auto backend = fs::create_backend(cfg_.backend, {cfg_.source, policy_of(cfg_)}, error);
+  auto backend = fs::create_backend(cfg_.backend, params_of(cfg_), error);
   if (!backend.ok()) return Errno{backend.error()};
   fs_ = std::move(*backend);
   fuse::SessionOptions so;
@@ -284,7 +293,7 @@ Status MountInstance::start(std::string* error) {
   session_ = std::make_unique<fuse::Session>(*fs_, so);
 
   fuse::MountOptions mo;
-  mo.fsname = cfg_.source;
+  mo.fsname = served(cfg_);
   mo.mountpoint = cfg_.mountpoint;
   mo.allow_other = cfg_.options.allow_other;
   mo.default_permissions = cfg_.options.default_permissions;
@@ -315,8 +324,8 @@ Status MountInstance::start(std::string* error) {
     else if (!(n.kernel_flags & fuse::kernel::init::kPassthrough))
       passthrough_missing_ = "the kernel does not offer FUSE passthrough (Linux 6.9+, "
                              "CONFIG_FUSE_PASSTHROUGH)";
-    else
-      passthrough_missing_ = "the kernel did not grant it";
+    else  // offered and allowed: the session grants what the backend asks for of that
+      passthrough_missing_ = "backend " + cfg_.backend + " does not use it";
   }
   report_io_path();
   return {};
@@ -361,8 +370,9 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;
   cfg_.create_mountpoint = cfg.create_mountpoint;
+  cfg_.memory = cfg.memory;
   if (io_path_changed && live()) report_io_path();
-  if (fs_) fs_->set_policy(policy_of(cfg_));
+  if (fs_) fs::reconfigure_backend(cfg_.backend, *fs_, params_of(cfg_));
   if (session_) session_->set_negative_timeout(cfg_.cache.negative_timeout);
 }
 

@@ -21,6 +21,10 @@ namespace efuse::daemon {
 // an empty string when usable, else the problem in words.
 std::string check_paths(const MountConfig& cfg);
 
+// What a mount serves, for logs and the mount table: its source, or the backend's name when
+// it has none (memory).
+std::string served(const MountConfig& cfg);
+
 // The INIT flags named in `text` (EFUSE_MASK_KERNEL_FEATURES: comma-separated feature names
 // as in efuse_kernel_feature{feature=...}). Returns false with *error naming a bad one.
 bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* error);
@@ -67,7 +71,8 @@ class MountInstance final : private fs::Invalidator {
   // True once the connection ended without stop() (someone unmounted it).
   bool lost() const;
   bool live() const { return mounted_now_; }
-  // Applies the policy parts of `cfg` (cache timeouts, keep_cache, io_path) without a remount.
+  // Applies the policy parts of `cfg` (cache timeouts, keep_cache, io_path) and the memory
+  // backend's limits without a remount.
   void apply_policy(const MountConfig& cfg);
 
   const MountConfig& config() const { return cfg_; }
@@ -82,7 +87,9 @@ class MountInstance final : private fs::Invalidator {
   // live.
   const char* effective_io_path() const;
   const std::string& io_path_note() const { return passthrough_missing_; }
-  fs::BackendStats backend_stats() const { return fs_ ? fs_->backend_stats() : fs::BackendStats{}; }
+  std::vector<fs::Metric> backend_metrics() const {
+    return fs_ ? fs_->metrics() : std::vector<fs::Metric>{};
+  }
   // The tier in effect (kTierModule, kTierStock; "" when not live), and why a mount with
   // kernel_module auto runs on the stock tier, or why the module tier runs without
   // handlers ("" otherwise).

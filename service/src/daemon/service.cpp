@@ -212,7 +212,10 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   for (const auto& m : sup.list_mounts())
     if (m["state"] == "mounted")
       std::printf("efused: %s: %s served at %s\n", m["name"].get<std::string>().c_str(),
-                  m["source"].get<std::string>().c_str(), m["mountpoint"].get<std::string>().c_str());
+                  m["source"].get<std::string>().empty()
+                      ? m["backend"].get<std::string>().c_str()  // memory: no source
+                      : m["source"].get<std::string>().c_str(),
+                  m["mountpoint"].get<std::string>().c_str());
   if (metrics) std::printf("efused: metrics at %s\n", metrics->url().c_str());
   std::printf("efused: stop with Ctrl-C or kill -TERM %d\n", static_cast<int>(getpid()));
   std::printf("efused: ready\n");

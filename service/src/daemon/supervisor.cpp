@@ -42,14 +42,14 @@ void Supervisor::start_slot(Slot& slot, std::vector<Event>* events) {
   if (slot.instance->start(&error).ok()) {
     slot.state = "mounted";
     slot.error.clear();
-    LOG_INFO("%s: serving %s at %s (%u threads)", slot.cfg.name.c_str(), slot.cfg.source.c_str(),
+    LOG_INFO("%s: serving %s at %s (%u threads)", slot.cfg.name.c_str(), served(slot.cfg).c_str(),
              slot.cfg.mountpoint.c_str(), slot.cfg.threads);
   } else {
     slot.instance.reset();
     slot.state = "failed";
     slot.error = error;
     ++slot.start_failures;
-    LOG_ERROR("%s: cannot serve %s at %s: %s", slot.cfg.name.c_str(), slot.cfg.source.c_str(),
+    LOG_ERROR("%s: cannot serve %s at %s: %s", slot.cfg.name.c_str(), served(slot.cfg).c_str(),
               slot.cfg.mountpoint.c_str(), error.c_str());
   }
   events->push_back({slot.cfg.name, slot.state});
@@ -391,7 +391,7 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
       v.workers = s.instance->worker_stats();
       v.uring_queues = s.instance->uring_queues();
       v.transport_fallback = s.instance->transport_fallback();
-      v.stats = s.instance->backend_stats();
+      v.backend_metrics = s.instance->backend_metrics();
       v.tier = s.instance->tier();
       if (const bpf::HandlerSet* h = s.instance->handlers()) {
         v.handlers = true;

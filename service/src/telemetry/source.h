@@ -33,7 +33,7 @@ struct MountView {
   unsigned uring_queues = 0;  // the first `uring_queues` workers are io_uring queues (qid order)
   std::string transport_fallback;  // why a configured io_uring transport is not in use
   uint64_t start_failures = 0;                        // cumulative failed mount attempts
-  fs::BackendStats stats;                             // the backend's (zero when not live)
+  std::vector<fs::Metric> backend_metrics;            // the backend's own (none when not live)
   // The kernel module tier (kmod/): configured kernel_module, the tier in effect ("module",
   // "stock"; "" when not live), and on the module tier with handlers attached, what became
   // of the requests that reached them (EFUSE_HANDLER_OUTCOME_SLOTS counters by opcode and

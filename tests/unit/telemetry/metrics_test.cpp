@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "fs/memory/memory_fs.h"
+#include "fs/passthrough/backend_stats.h"
 #include "fuse/stats.h"
 #include "metrics_fixture.h"
 #include "telemetry/collector.h"
@@ -29,7 +31,8 @@ std::string render(const std::vector<prometheus::MetricFamily>& families) {
   return prometheus::TextSerializer().Serialize(families);
 }
 
-// Two mounts: "data" live over a driven Session with two workers, "broken" failed to start.
+// Three mounts: "data" live over a driven Session with two workers, "broken" failed to start,
+// "scratch" a live memory mount without a session.
 class MetricsCollector : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -73,11 +76,20 @@ class MetricsCollector : public ::testing::Test {
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
     data.start_failures = 1;
-    data.stats = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
-                  .reopen_failures = 2, .listing_drops = 4, .shared_opens = 5,
-                  .watched_dirs = 60, .watch_fanotify_dirs = 58,
-                  .watch_muted_files = 6, .watch_events = 1000, .watch_invalidations = 70,
-                  .watch_overflows = 1, .watch_failures = 3};
+    data.backend_metrics = fs::passthrough::metrics_of(
+        {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90, .reopen_failures = 2,
+         .listing_drops = 4, .shared_opens = 5, .watched_dirs = 60,
+         .watch_fanotify_dirs = 58, .watch_muted_files = 6, .watch_events = 1000,
+         .watch_invalidations = 70, .watch_overflows = 1, .watch_failures = 3},
+        0);
+
+    // A live memory mount: its backend's own series, from a real backend.
+    MountView scratch;
+    scratch.name = "scratch";
+    scratch.mountpoint = "/srv/scratch";
+    scratch.backend = "memory";
+    scratch.up = true;
+    scratch.backend_metrics = memory_.metrics();
 
     MountView broken;
     broken.name = "broken";
@@ -87,7 +99,7 @@ class MetricsCollector : public ::testing::Test {
     broken.kernel_module = "on";
     broken.start_failures = 3;
 
-    source_.mounts = {data, broken};
+    source_.mounts = {data, broken, scratch};
     source_.daemon_view.reloads_ok = 4;
     source_.daemon_view.metrics_listen_failures = 2;
     source_.daemon_view.reloads_failed = 1;
@@ -100,6 +112,7 @@ class MetricsCollector : public ::testing::Test {
   Exposition scrape() const { return parse_exposition(render(Collector(source_).Collect())); }
 
   DrivenSession session_;
+  fs::memory::MemoryFs memory_{{1 << 20, 100}, fs::Policy{}};
   fuse::WorkerStats workers_[2];
   FakeSource source_;
 };
@@ -214,6 +227,23 @@ TEST_F(MetricsCollector, BackendSeriesOfLiveMountsOnly) {
   EXPECT_EQ(e.type["efuse_watch_events_total"], "counter");
   EXPECT_TRUE(e.find("efuse_inodes", {{"mount", "broken"}}).empty()) << "not live: no table";
   EXPECT_TRUE(e.find("efuse_watched_directories", {{"mount", "broken"}}).empty());
+}
+
+// Each backend exports its own series under the mount label: the memory backend its pool
+// and inode limits, and no passthrough series.
+TEST_F(MetricsCollector, EachBackendExportsItsOwnSeries) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_memory_bytes_limit", {{"mount", "scratch"}}), 1 << 20);
+  EXPECT_EQ(e.value("efuse_memory_bytes", {{"mount", "scratch"}}), 0);
+  EXPECT_EQ(e.value("efuse_memory_inodes", {{"mount", "scratch"}}), 1);
+  EXPECT_EQ(e.value("efuse_memory_inodes_limit", {{"mount", "scratch"}}), 100);
+  EXPECT_EQ(e.value("efuse_memory_enospc_total", {{"mount", "scratch"}}), 0);
+  EXPECT_EQ(e.type["efuse_memory_enospc_total"], "counter");
+  EXPECT_EQ(e.value("efuse_inodes", {{"mount", "scratch"}}), 1);  // the root
+  EXPECT_EQ(e.value("efuse_forget_excess_total", {{"mount", "data"}}), 0);
+  EXPECT_TRUE(e.find("efuse_inode_fds", {{"mount", "scratch"}}).empty());
+  EXPECT_TRUE(e.find("efuse_memory_bytes", {{"mount", "data"}}).empty());
+  EXPECT_EQ(e.value("efuse_inode_fd_eviction_passes_total", {{"mount", "data"}, {"by", "evictor"}}), 0);
 }
 
 TEST_F(MetricsCollector, WorkerSeries) {
@@ -354,7 +384,9 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_shared_opens_total", "efuse_watched_directories",
         "efuse_watch_fanotify_directories", "efuse_watch_muted_files", "efuse_watch_events_total",
         "efuse_watch_invalidations_total", "efuse_watch_overflows_total",
-        "efuse_watch_failures_total", "efuse_config_reloads_total",
+        "efuse_watch_failures_total", "efuse_forget_excess_total", "efuse_memory_bytes",
+        "efuse_memory_bytes_limit", "efuse_memory_inodes", "efuse_memory_inodes_limit",
+        "efuse_memory_enospc_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",
         "efuse_config_last_reload_duration_seconds", "efuse_build_info",
         "efuse_start_time_seconds", "efuse_process_resident_memory_bytes",

@@ -34,6 +34,8 @@
 
 #include "common/result.h"
 #include "fs/filesystem.h"
+#include "fs/node_table.h"
+#include "fs/passthrough/backend_stats.h"
 
 namespace efuse::fs::passthrough {
 
@@ -105,7 +107,6 @@ struct Inode {
   const ino_t ino;
   const mode_t type;  // S_IFMT bits
   const uint64_t nodeid;
-  uint64_t nlookup = 0;  // guarded by InodeTable::mu_
   std::atomic<uint32_t> opens{0};    // open files through the mount
   std::atomic<uint32_t> writers{0};  // of which open for writing (Watcher::closed at 0)
   std::atomic<bool> muted{false};    // its write events are muted (Watcher::mute)
@@ -210,8 +211,11 @@ class InodeTable {
   std::shared_ptr<Inode> ref(int fd, const struct stat& st, bool* created = nullptr);
   // The inode for a backing object, if the kernel knows it (no reference added).
   std::shared_ptr<Inode> find(dev_t dev, ino_t ino) const;
-  // Drops `n` lookup references; the inode is forgotten at zero and returned.
+  // Drops `n` lookup references; the inode is forgotten at zero and returned (the
+  // contract for counts efused never saw is in fs/node_table.h).
   std::shared_ptr<Inode> forget(uint64_t nodeid, uint64_t n);
+  // FORGETs for more than the kernel was given (NodeTable::excess_forgets).
+  uint64_t excess_forgets() const { return nodes_.excess_forgets(); }
   // Every inode the kernel knows (for resynchronising after lost change events).
   std::vector<std::shared_ptr<Inode>> all() const;
   // Records the attributes efused replied with for `inode` (Inode::kernel_attrs, linked).
@@ -255,9 +259,10 @@ class InodeTable {
     }
   };
 
+  // mu_ guards by_key_ and linked_, and is taken before the node table's own lock, so that
+  // a key and its nodeid change together.
   mutable std::shared_mutex mu_;
-  uint64_t next_nodeid_ = 2;  // never reused: a nodeid the kernel saw names one object forever
-  std::unordered_map<uint64_t, std::shared_ptr<Inode>> by_id_;
+  NodeTable<Inode> nodes_;  // nodeids and lookup counts (fs/node_table.h)
   std::unordered_map<Key, std::shared_ptr<Inode>, KeyHash> by_key_;
   std::unordered_set<uint64_t> linked_;  // nodeids of inodes with `linked` set
 

@@ -10,7 +10,7 @@
 #include <unordered_map>
 
 #include "fs/filesystem.h"
-#include "fs/passthrough/handle_table.h"
+#include "fs/handle_table.h"
 #include "fs/passthrough/inode_table.h"
 #include "fs/passthrough/watcher.h"
 
@@ -123,7 +123,9 @@ class PassthroughFs final : public Filesystem {
   Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
   Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
 
-  BackendStats backend_stats() const override;
+  // Its counters (for tests) and their /metrics series (passthrough_metrics.cpp).
+  BackendStats backend_stats() const;
+  std::vector<Metric> metrics() const override;
 
  private:
   struct DirHandle;
