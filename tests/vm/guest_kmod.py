@@ -115,14 +115,14 @@ def handler_programs():
     return sorted(n for n in names if n in HANDLER_PROGRAMS)
 
 
-def start_efused(*extra, expect_ready=True):
+def start_efused(*extra, expect_ready=True, env=None):
     global efused
     os.makedirs(KMNT, exist_ok=True)
     logf = open(KLOG, "ab")
     efused = subprocess.Popen([g.EFUSED, "--mount", f"{KSRC}:{KMNT}", "--kernel-module", "on",
                                "--negative-timeout", "3600", "--metrics", f"127.0.0.1:{KPORT}",
                                "--telemetry", "off", *extra],
-                              stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+                              stdout=logf, stderr=logf, stdin=subprocess.DEVNULL, env=env)
     if not expect_ready:
         return efused.wait(timeout=120)
     deadline = time.monotonic() + 120
@@ -421,6 +421,29 @@ def check_kmod_efused_clean_stop():
     eventually("handler programs freed after SIGTERM", handler_programs, [])
 
 
+def check_kmod_efused_no_handlers():
+    """Handlers that cannot be loaded (EFUSE_HANDLER_DIR names an empty directory): the
+    mount is still served through efuse.ko, every request going up to efused, and the log
+    and the metrics say so."""
+    empty = "/tmp/efuse-no-handlers"
+    os.makedirs(empty, exist_ok=True)
+    start_efused(env=dict(os.environ, EFUSE_HANDLER_DIR=empty))
+    try:
+        s = samples()
+        assert value(s, "efuse_mount_info", mount=KNAME, tier="module") == 1
+        assert "without eBPF handlers: handlers not attached: cannot open handler" in \
+            log_text(), log_text()[-800:]
+        assert value(s, "efuse_kernel_map_entries", mount=KNAME) is None, "no maps, no series"
+        assert handler_programs() == [], handler_programs()
+        node = statx_node(f"{KMNT}/pre")
+        for _ in range(2):
+            got, at = where("getattr", node)
+            assert (got, at) == (native(f"{KSRC}/pre"), "efused"), (got, at)
+    finally:
+        close_nodes()
+        stop_efused()
+
+
 def check_kmod_efused_kill9():
     """kill -9 of efused mid-workload: the module stops answering at once (ENOTCONN, the
     handlers are gone with efused's descriptors, no answer counted), a new efused detaches
@@ -458,7 +481,8 @@ def check_kmod_efused_kill9():
 CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_two_mounts,
           check_kmod_efused_own_changes,
           check_kmod_efused_outside_changes, check_kmod_efused_workloads,
-          check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_kill9)
+          check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
+          check_kmod_efused_kill9)
 
 
 def close_nodes():
