@@ -23,6 +23,8 @@ Environment:
                ``@backing_dir(reason)`` (changes made in a backing directory behind efused's
                back) are skipped with that reason
   EFUSE_FSX    path of the fsx binary (used by test_fsx.py)
+  EFUSE_FSTYPE the mounts' type in /proc/self/mountinfo (default fuse.efuse; efuse.efuse
+               with ``EFUSED_ARGS=--kernel-module on``)
   CI=true      a test that would be skipped (no root, no /dev/fuse) fails instead
   EFUSE_KEEP=1 keep temporary directories of failed tests (mounts are still removed)
   EFUSE_SEED   seed for randomized tests (default: a fresh one, printed)
@@ -59,7 +61,9 @@ EFUSED_ARGS = shlex.split(os.environ.get("EFUSED_ARGS", ""))
 BACKEND = os.environ.get("EFUSE_BACKEND", "passthrough")
 if BACKEND not in ("passthrough", "memory"):
     raise SystemExit(f"EFUSE_BACKEND must be passthrough or memory, not {BACKEND!r}")
-FSTYPE = "fuse.efuse"
+# The type efused's mounts have: fuse.efuse; efuse.efuse when EFUSED_ARGS puts them on the
+# efuse kernel module (--kernel-module on; tests/vm runs suites that way).
+FSTYPE = os.environ.get("EFUSE_FSTYPE") or "fuse.efuse"
 READY_LINE = "efused: ready"
 SKIP_CODE = 77
 
@@ -392,13 +396,18 @@ def is_efuse_mounted(path):
     return FSTYPE in fstypes_at(path)
 
 
+def _fuse_type(t):
+    """A FUSE mount of the kernel's (fuse, fuse.*) or of the efuse module (efuse, efuse.*)."""
+    return t in ("fuse", "efuse") or t.startswith(("fuse.", "efuse."))
+
+
 def is_fuse_mounted(path):
-    return any(t == "fuse" or t.startswith("fuse.") for t in fstypes_at(path))
+    return any(_fuse_type(t) for t in fstypes_at(path))
 
 
 def efuse_mounts_under(prefix):
     prefix = prefix.rstrip("/") + "/"
-    return [m for m in mountinfo() if m[1].startswith("fuse") and (m[0] + "/").startswith(prefix)]
+    return [m for m in mountinfo() if _fuse_type(m[1]) and (m[0] + "/").startswith(prefix)]
 
 
 def detach(path):

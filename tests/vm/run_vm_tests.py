@@ -74,12 +74,13 @@ def sample_tar(path):
 
 def data_dir(work):
     """The data disk's tree: src/ (efused's source directory), native/ (its native twin),
-    sample.tar, out/ (results)."""
+    ksrc/ and knative/ (the same for efused on the kernel module tier), sample.tar, out/
+    (results)."""
     d = os.path.join(work, "data")
     shutil.rmtree(d, ignore_errors=True)
-    for sub in ("src", "native", "out"):
+    for sub in ("src", "native", "ksrc", "knative", "out"):
         os.makedirs(os.path.join(d, sub))
-    for sub in ("src", "native"):
+    for sub in ("src", "native", "ksrc", "knative"):
         with open(os.path.join(d, sub, "seed.txt"), "w") as f:
             f.write("present before the mount\n")
     sample_tar(os.path.join(d, "sample.tar"))
@@ -216,8 +217,8 @@ def main():
                     help="which guest kernel(s) to boot (default: all)")
     ap.add_argument("--efused", default=os.path.join(REPO, "build", "bin", "efused"),
                     help="efused binary, run inside the guest from the host's / over 9p")
-    ap.add_argument("--timeout", type=int, default=int(os.environ.get("EFUSE_VM_TIMEOUT", 600)),
-                    help="seconds before a guest is killed and counted as failed (default 600)")
+    ap.add_argument("--timeout", type=int, default=int(os.environ.get("EFUSE_VM_TIMEOUT", 1500)),
+                    help="seconds before a guest is killed and counted as failed (default 1500)")
     ap.add_argument("--accel", choices=["auto", "kvm", "tcg"],
                     default=os.environ.get("EFUSE_VM_ACCEL", "auto"),
                     help="QEMU accelerator (default auto: KVM when /dev/kvm works, else TCG)")

@@ -25,6 +25,8 @@ constexpr std::pair<Transport, const char*> kTransports[] = {
     {Transport::Auto, "auto"}, {Transport::Classic, "classic"}, {Transport::Uring, "uring"}};
 constexpr std::pair<IoPath, const char*> kIoPaths[] = {
     {IoPath::Auto, "auto"}, {IoPath::Passthrough, "passthrough"}, {IoPath::Cache, "cache"}};
+constexpr std::pair<KernelModule, const char*> kKernelModules[] = {
+    {KernelModule::Auto, "auto"}, {KernelModule::On, "on"}, {KernelModule::Off, "off"}};
 
 // The enum value named `name`; the schema has already rejected every other name.
 template <typename Enum, size_t N>
@@ -71,6 +73,8 @@ void apply_settings(const json& settings, MountConfig& out) {
     out.transport = from_name(kTransports, it->get<std::string>());
   if (auto it = settings.find("io_path"); it != settings.end())
     out.io_path = from_name(kIoPaths, it->get<std::string>());
+  if (auto it = settings.find("kernel_module"); it != settings.end())
+    out.kernel_module = from_name(kKernelModules, it->get<std::string>());
   if (auto it = settings.find("cache"); it != settings.end()) apply_cache(*it, out.cache);
   if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);
 }
@@ -142,6 +146,7 @@ std::string read_file(const std::string& path) {
 
 const char* to_string(Transport t) { return name_of(kTransports, t); }
 const char* to_string(IoPath p) { return name_of(kIoPaths, p); }
+const char* to_string(KernelModule m) { return name_of(kKernelModules, m); }
 
 ConfigError::ConfigError(std::string file, int line, int column, const std::string& message)
     : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " +

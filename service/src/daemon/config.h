@@ -17,9 +17,12 @@ namespace efuse::daemon {
 
 enum class Transport { Auto, Classic, Uring };
 enum class IoPath { Auto, Passthrough, Cache };
+// Whether a mount is served through the efuse kernel module (/dev/efuse, kmod/).
+enum class KernelModule { Auto, On, Off };
 
 const char* to_string(Transport t);
 const char* to_string(IoPath p);
+const char* to_string(KernelModule m);
 
 // Kernel caching policy; every field can change on reload without remounting.
 struct CachePolicy {
@@ -64,6 +67,7 @@ struct MountConfig {
   unsigned queue_depth = 8;  // io_uring entries per CPU queue
   Transport transport = Transport::Auto;
   IoPath io_path = IoPath::Auto;
+  KernelModule kernel_module = KernelModule::Auto;
   CachePolicy cache;
   MountFlags options;
   // eBPF handler programs by opcode name ("lookup" -> "/path/prog.bpf.o"); validated now,

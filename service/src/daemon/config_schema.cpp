@@ -50,6 +50,7 @@ std::string_view mounts_schema_text() {
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
+        "kernel_module": { "$ref": "#/definitions/kernel_module" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" }
       }
@@ -93,6 +94,7 @@ std::string_view mounts_schema_text() {
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
+        "kernel_module": { "$ref": "#/definitions/kernel_module" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" },
         "bpf_handlers": { "$ref": "#/definitions/bpf_handlers" }
@@ -146,6 +148,12 @@ std::string_view mounts_schema_text() {
       "type": "string",
       "default": "auto",
       "enum": ["auto", "passthrough", "cache"]
+    },
+    "kernel_module": {
+      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR and negative LOOKUP requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
+      "type": "string",
+      "default": "auto",
+      "enum": ["auto", "on", "off"]
     },
     "seconds": {
       "description": "A duration in seconds, 0..31536000 (one year); fractions allowed.",

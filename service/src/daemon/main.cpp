@@ -78,6 +78,11 @@ With --mount (a config file sets these per mount):
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
                                  passthrough when the kernel grants it, the page cache
                                  for read-only opens of files up to 64 KiB)
+      --kernel-module MODE       auto, on or off (default auto: serve through the efuse
+                                 kernel module, /dev/efuse, when it is loaded and efused
+                                 is root, with eBPF handlers answering GETATTR and negative
+                                 LOOKUP in the kernel; on: fail when it is not; off: the
+                                 kernel's own FUSE)
       --entry-timeout SECONDS    how long the kernel may cache names (default 60)
       --attr-timeout SECONDS     how long the kernel may cache attributes (default 60)
       --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
@@ -168,7 +173,7 @@ int main(int argc, char** argv) {
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
-  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
+  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
          kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
   static const option kOptions[] = {
@@ -181,6 +186,7 @@ int main(int argc, char** argv) {
       {"telemetry", required_argument, nullptr, kTelemetry},
       {"threads", required_argument, nullptr, 't'},
       {"io-path", required_argument, nullptr, kIoPath},
+      {"kernel-module", required_argument, nullptr, kKernelModule},
       {"log-level", required_argument, nullptr, kLogLevel},
       {"entry-timeout", required_argument, nullptr, kEntryTimeout},
       {"attr-timeout", required_argument, nullptr, kAttrTimeout},
@@ -226,6 +232,12 @@ int main(int argc, char** argv) {
         else if (std::strcmp(optarg, "passthrough") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Passthrough;
         else if (std::strcmp(optarg, "cache") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Cache;
         else usage_error(std::string("--io-path must be auto, passthrough or cache, not '") + optarg + "'");
+        break;
+      case kKernelModule:
+        if (std::strcmp(optarg, "auto") == 0) cli_defaults.kernel_module = efuse::daemon::KernelModule::Auto;
+        else if (std::strcmp(optarg, "on") == 0) cli_defaults.kernel_module = efuse::daemon::KernelModule::On;
+        else if (std::strcmp(optarg, "off") == 0) cli_defaults.kernel_module = efuse::daemon::KernelModule::Off;
+        else usage_error(std::string("--kernel-module must be auto, on or off, not '") + optarg + "'");
         break;
       case kLogLevel: {
         efuse::log::Level l;

@@ -101,7 +101,8 @@ static std::string make_directories(const std::string& path) {
 bool needs_remount(const MountConfig& a, const MountConfig& b) {
   return a.mountpoint != b.mountpoint || a.backend != b.backend || a.source != b.source ||
          a.threads != b.threads || a.queue_depth != b.queue_depth ||
-         a.transport != b.transport || !(a.options == b.options) ||
+         a.transport != b.transport || a.kernel_module != b.kernel_module ||
+         !(a.options == b.options) ||
          a.cache.writeback != b.cache.writeback || a.bpf_handlers != b.bpf_handlers;
 }
 
@@ -127,9 +128,61 @@ MountInstance::~MountInstance() {
     // connection, session and backend, so those must outlive them. Only reached on the way out.
     (void)channel_.release();
     (void)conn_.release();
+    (void)answers_.release();
+    (void)handler_store_.release();
     (void)session_.release();
     (void)fs_.release();
   }
+}
+
+const char* MountInstance::tier() const {
+  if (!live()) return "";
+  return module_tier_ ? kTierModule : kTierStock;
+}
+
+bool MountInstance::choose_tier(std::string* error) {
+  module_tier_ = false;
+  tier_note_.clear();
+  if (cfg_.kernel_module == KernelModule::Off) return true;
+  std::string why;
+  if (geteuid() != 0)
+    why = "efused is not root (mounting through /dev/efuse needs mount(2))";
+  else
+    fuse::efuse_module_loaded(&why);
+  if (why.empty()) {
+    module_tier_ = true;
+    return true;
+  }
+  if (cfg_.kernel_module == KernelModule::On) {
+    *error = "kernel_module: on, but " + why + "; load the module or set kernel_module: auto";
+    return false;
+  }
+  tier_note_ = why;
+  LOG_INFO("%s: kernel_module auto: %s; serving on the stock kernel FUSE (/dev/fuse)",
+           cfg_.name.c_str(), why.c_str());
+  return true;
+}
+
+void MountInstance::attach_handlers() {
+  if (mounted_.conn_id == 0) {
+    tier_note_ = "the mount's FUSE connection is unknown: no handlers attached";
+  } else {
+    const std::string dir = bpf::default_handler_dir();
+    std::string error;
+    auto set = bpf::HandlerSet::load(dir, mounted_.conn_id, &error);
+    if (set) {
+      handler_store_ = std::make_unique<HandlerStore>(std::move(set));
+      answers_ = std::make_unique<fuse::KernelAnswers>(*handler_store_);
+      session_->set_kernel_answers(answers_.get());
+      LOG_INFO("%s: serving through the efuse kernel module (/dev/efuse, connection %u); "
+               "eBPF handlers for GETATTR and LOOKUP attached from %s",
+               cfg_.name.c_str(), mounted_.conn_id, dir.c_str());
+      return;
+    }
+    tier_note_ = "handlers not attached: " + error;
+  }
+  LOG_WARN("%s: serving through the efuse kernel module (/dev/efuse) without eBPF handlers: %s",
+           cfg_.name.c_str(), tier_note_.c_str());
 }
 
 const char* MountInstance::transport() const {
@@ -206,10 +259,13 @@ Status MountInstance::start(std::string* error) {
   mo.allow_other = cfg_.options.allow_other;
   mo.default_permissions = cfg_.options.default_permissions;
   mo.read_only = cfg_.options.read_only;
+  mo.efuse_module = module_tier_;
   auto m = fuse::mount(mo, error);
   if (!m.ok()) return Errno{m.error()};
   mounted_ = *m;
   mounted_now_ = true;
+  // Before INIT is answered: no request reaches a handler before its maps are kept.
+  if (module_tier_) attach_handlers();
 
   Status s = start_channel(mounted_.fd, want_uring, error);
   if (!s.ok()) {
@@ -227,6 +283,7 @@ Status MountInstance::start(std::string* error) {
 Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   fallback_reason_.clear();
   passthrough_missing_.clear();
+  if (!choose_tier(error)) return Errno{ENODEV};
   uint64_t masked = 0;
   if (const char* env = std::getenv("EFUSE_MASK_KERNEL_FEATURES"); env != nullptr && *env) {
     if (!parse_feature_mask(env, &masked, error)) return Errno{EINVAL};
@@ -312,17 +369,24 @@ void MountInstance::report_io_path() const {
 }
 
 Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
+  // The handlers' maps first: the kernel asks again as soon as its cache is invalidated.
+  if (answers_) answers_->attr_changed(ino);
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
   int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
 Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
+  if (answers_) answers_->name_changed_outside(parent, name);
   int rc = session_->notify_inval_entry(parent, name);
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
+  // Stored handler answers carry the timeouts efused sent them with.
+  const bool timeouts_changed = cfg_.cache.attr_timeout != cfg.cache.attr_timeout ||
+                                cfg_.cache.negative_timeout != cfg.cache.negative_timeout;
+  if (answers_ && timeouts_changed) answers_->drop_all();
   cfg_.cache = cfg.cache;
   bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;
@@ -467,7 +531,7 @@ void MountInstance::stop(int grace_ms) {
   if (has_channel && !channel_wait(grace_ms)) {
     // Detached but still in use: end the connection so the workers stop; the clients'
     // open files fail with ENOTCONN from now on.
-    if (fuse::abort_connection(mounted_.conn_id)) {
+    if (fuse::abort_connection(mounted_.conn_id, mounted_.efuse_module)) {
       LOG_WARN("%s: still in use after %d ms; connection aborted", cfg_.name.c_str(), grace_ms);
     } else {
       LOG_WARN("%s: still in use; cannot abort connection %u", cfg_.name.c_str(),
@@ -482,6 +546,13 @@ void MountInstance::stop(int grace_ms) {
   // Unmounted for good: systemd closes its copies. The state stays mapped while the backend
   // and session that point into it live (until the instance goes).
   if (store_ != nullptr && state_) store_->remove_all(cfg_.name);
+  // The handlers go with the connection; with workers still blocked (the destructor's
+  // case) they stay until efused exits, which detaches them.
+  if (!has_channel || channel_stopped()) {
+    if (session_) session_->set_kernel_answers(nullptr);
+    answers_.reset();
+    handler_store_.reset();
+  }
 }
 
 }  // namespace efuse::daemon

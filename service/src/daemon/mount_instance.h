@@ -5,12 +5,14 @@
 #include <string>
 #include <vector>
 
+#include "bpf/handlers.h"
 #include "common/slot_file.h"
 #include "daemon/config.h"
 #include "daemon/fd_store.h"
 #include "daemon/intercept_publisher.h"
 #include "fs/filesystem.h"
 #include "fuse/channel.h"
+#include "fuse/kernel_answers.h"
 #include "fuse/mount.h"
 #include "fuse/session.h"
 #include "fuse/uring_channel.h"
@@ -33,6 +35,28 @@ bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* er
 // Whether going from `a` to `b` needs an unmount and mount (otherwise the change is applied
 // live with MountInstance::apply_policy).
 bool needs_remount(const MountConfig& a, const MountConfig& b);
+
+// The tier a mount is served on (efuse_mount_info{tier}, efusectl status).
+inline constexpr const char* kTierModule = "module";  // efuse.ko, /dev/efuse, eBPF handlers
+inline constexpr const char* kTierStock = "stock";    // the kernel's own FUSE, /dev/fuse
+
+// fuse::AnswerStore over one mount's handler maps (bpf::HandlerSet).
+class HandlerStore final : public fuse::AnswerStore {
+ public:
+  explicit HandlerStore(std::unique_ptr<bpf::HandlerSet> set) : set_(std::move(set)) {}
+  bool put_attr(uint64_t nodeid, const efuse_handler_entry& e) override {
+    return set_->put_attr(nodeid, e);
+  }
+  void drop_attr(uint64_t nodeid) override { set_->drop_attr(nodeid); }
+  bool put_name(const efuse_handler_name_key& k, const efuse_handler_entry& e) override {
+    return set_->put_name(k, e);
+  }
+  void drop_name(const efuse_handler_name_key& k) override { set_->drop_name(k); }
+  const bpf::HandlerSet& set() const { return *set_; }
+
+ private:
+  std::unique_ptr<bpf::HandlerSet> set_;
+};
 
 class MountInstance final : private fs::Invalidator {
  public:
@@ -88,6 +112,17 @@ class MountInstance final : private fs::Invalidator {
   const std::string& io_path_note() const { return passthrough_missing_; }
   // The backend's series, and efuse_intercept_calls_total while published (intercept).
   std::vector<fs::Metric> backend_metrics() const;
+  // The tier in effect (kTierModule, kTierStock; "" when not live), and why a mount with
+  // kernel_module auto runs on the stock tier, or why the module tier runs without
+  // handlers ("" otherwise).
+  const char* tier() const;
+  const std::string& tier_note() const { return tier_note_; }
+  // The module tier's handlers for this mount (null when none are attached), and the
+  // answers efused keeps for them.
+  const bpf::HandlerSet* handlers() const { return handler_store_ ? &handler_store_->set() : nullptr; }
+  fuse::KernelAnswerStats kernel_answers() const {
+    return answers_ ? answers_->stats() : fuse::KernelAnswerStats{};
+  }
   unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
 
  private:
@@ -105,6 +140,10 @@ class MountInstance final : private fs::Invalidator {
   std::unique_ptr<fuse::Channel> channel_;  // classic or io_uring
   std::string fallback_reason_;
   std::string passthrough_missing_;  // why INIT did not grant passthrough ("" when it did)
+  std::string tier_note_;
+  bool module_tier_ = false;  // the mount goes through /dev/efuse
+  std::unique_ptr<HandlerStore> handler_store_;  // the handlers; outlives answers_
+  std::unique_ptr<fuse::KernelAnswers> answers_;  // outlives the channel's workers
   fuse::Mounted mounted_;
   bool mounted_now_ = false;
   InterceptPublisher intercept_;  // published while live with intercept: true
@@ -121,6 +160,11 @@ class MountInstance final : private fs::Invalidator {
   Status start_channel(int fd, bool want_uring, std::string* error);
   // Why INIT did not grant passthrough (passthrough_missing_), once INIT is settled.
   void note_passthrough();
+  // kernel_module: decides the tier before mounting; false with *error when `on` cannot be
+  // honoured.
+  bool choose_tier(std::string* error);
+  // Loads and attaches the handlers for the new connection (module tier).
+  void attach_handlers();
   // Logs (once per start, and when a reload asks for it) that io_path cannot be in effect.
   void report_io_path() const;
   // syncfs() on the mount's root from a helper thread while the workers serve the WRITEs

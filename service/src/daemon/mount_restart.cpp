@@ -102,6 +102,15 @@ void MountInstance::store_descriptors(bool with_conn) {
              resume_note_.c_str());
     return;
   }
+  if (module_tier_) {
+    // Not tried yet: the handlers and their maps belong to the process that attached them,
+    // and a resume through /dev/efuse has not been tested in the guests.
+    resume_note_ = "kernel module tier: a restart remounts it (resuming a /dev/efuse "
+                   "connection is not supported yet)";
+    LOG_INFO("%s: a restart of efused will remount it (%s)", cfg_.name.c_str(),
+             resume_note_.c_str());
+    return;
+  }
   DaemonMeta* m = meta_of(*state_);
   if (with_conn) {
     m->conn_id = mounted_.conn_id;

@@ -314,6 +314,10 @@ nlohmann::json Supervisor::view(const Slot& s) const {
       {"io_path", to_string(s.cfg.io_path)},
       {"io_path_effective", s.instance ? s.instance->effective_io_path() : ""},
       {"io_path_note", s.instance ? s.instance->io_path_note() : ""},
+      {"kernel_module", to_string(s.cfg.kernel_module)},
+      {"tier", s.instance ? s.instance->tier() : ""},
+      {"tier_note", s.instance ? s.instance->tier_note() : ""},
+      {"handlers", s.instance && s.instance->handlers() != nullptr},
       {"threads", s.cfg.threads},
       {"start_failures", s.start_failures},
       {"resumes", s.instance ? s.instance->resumes() : 0},
@@ -421,6 +425,7 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
     v.up = s.instance && s.instance->live();
     v.start_failures = s.start_failures;
     v.resumes = s.instance ? s.instance->resumes() : 0;
+    v.kernel_module = to_string(s.cfg.kernel_module);
     if (v.up) {
       v.transport = s.instance->transport();
       v.session = s.instance->session();
@@ -428,6 +433,12 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
       v.uring_queues = s.instance->uring_queues();
       v.transport_fallback = s.instance->transport_fallback();
       v.backend_metrics = s.instance->backend_metrics();
+      v.tier = s.instance->tier();
+      if (const bpf::HandlerSet* h = s.instance->handlers()) {
+        v.handlers = true;
+        v.handler_outcomes = h->outcomes();
+        v.kernel_answers = s.instance->kernel_answers();
+      }
     }
     fn(v);
   }

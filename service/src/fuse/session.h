@@ -35,6 +35,8 @@
 
 namespace fuse {
 
+class KernelAnswers;
+
 struct SessionOptions {
   double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
   bool writeback_cache = false;
@@ -90,6 +92,10 @@ class Session {
   size_t request_buffer_size() const;
   // Live policy change (config reload).
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
+  // The kernel module tier: answers its eBPF handlers give from maps this session keeps
+  // exact (fuse/kernel_answers.h). Set before the first request, or null; must outlive the
+  // requests in flight.
+  void set_kernel_answers(KernelAnswers* answers) { answers_.store(answers); }
 
   // FUSE notifications (unique 0). Send them from a thread of their own, never from a
   // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object;
@@ -176,6 +182,9 @@ class Session {
   void do_setlkw(Request& r);
 
   void readdir_common(Request& r, bool plus);
+  // session_answers.cpp: the KernelAnswers side of a request (before its reply is sent).
+  uint64_t answers_begin(uint32_t opcode);
+  void keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept;
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_attr(Request& r, const efuse::fs::Attr& a);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
@@ -200,6 +209,7 @@ class Session {
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
+  std::atomic<KernelAnswers*> answers_{nullptr};
   Connection* conn_ = nullptr;
   std::atomic<double> negative_timeout_;
   Negotiated negotiated_;

@@ -1,9 +1,11 @@
 #include "telemetry/mount_metrics.h"
 
 #include <limits>
+#include <tuple>
 #include <string>
 #include <utility>
 
+#include "bpf/handlers.h"
 #include "fuse/opcodes.h"
 #include "telemetry/errno_names.h"
 #include "telemetry/family.h"
@@ -82,7 +84,10 @@ MountFamilies::MountFamilies()
                         "Constant 1; labels describe the mount: configured mountpoint, backend, "
                         "transport running (empty when not live), configured I/O path policy "
                         "(io_path) and the one in effect (io_path_effective: cache when the "
-                        "kernel did not grant FUSE passthrough; empty when not live).",
+                        "kernel did not grant FUSE passthrough; empty when not live), "
+                        "configured kernel_module (auto, on, off) and the tier in effect "
+                        "(tier: module = efuse.ko through /dev/efuse, stock = the kernel's "
+                        "FUSE; empty when not live).",
                         MetricType::Gauge)),
       fallback_(make_family("efuse_mount_transport_fallback",
                             "1 when the mount was configured for (or auto-selected) FUSE over "
@@ -152,13 +157,75 @@ MountFamilies::MountFamilies()
                                MetricType::Counter)),
       worker_busy_(make_family("efuse_worker_busy_seconds_total",
                                "Time the worker spent handling requests.",
-                               MetricType::Counter)) {}
+                               MetricType::Counter)),
+      kernel_answered_(make_family(
+          "efuse_kernel_answered_total",
+          "Requests of the mount answered in the kernel by efused's eBPF handlers (kernel "
+          "module tier, efuse.ko), by opcode: they never reached efused. Counted by the module "
+          "after it checked the answer (efuse_handler_done tracepoint).",
+          MetricType::Counter)),
+      kernel_fallbacks_(make_family(
+          "efuse_kernel_handler_fallbacks_total",
+          "Requests of the mount that reached efused's eBPF handlers but went up to efused, by "
+          "opcode and reason: declined (no answer in the maps), no_memory, disconnected, or "
+          "an answer the module refused (bad_verdict, bad_nodeid, bad_error, bad_size, "
+          "bad_opcode, bad_reply: a bug, never expected).",
+          MetricType::Counter)),
+      kernel_map_entries_(make_family(
+          "efuse_kernel_map_entries",
+          "Answers efused keeps in the mount's handler maps, by map: getattr (attributes by "
+          "node) and lookup (negative entries by parent and name).",
+          MetricType::Gauge)),
+      kernel_map_bytes_(make_family(
+          "efuse_kernel_map_bytes",
+          "Bytes of keys and values in the mount's handler maps, by map (entries times the "
+          "entry size; the kernel's own overhead per entry is not included).",
+          MetricType::Gauge)),
+      kernel_map_skipped_(make_family(
+          "efuse_kernel_map_stores_skipped_total",
+          "Answers efused sent but did not store for the handlers: a change raced them, the "
+          "node was open for writing, or the map was full.",
+          MetricType::Counter)),
+      kernel_map_drops_(make_family(
+          "efuse_kernel_map_drops_total",
+          "Handler map entries dropped because something changed (through the mount or "
+          "behind efused's back) or the kernel forgot the node.",
+          MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
   add_state(mount);
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
   if (mount.up) add_backend(mount.name, mount.backend_metrics);
+  if (mount.handlers) add_kernel_tier(mount);
+}
+
+void MountFamilies::add_kernel_tier(const MountView& mount) {
+  const auto& outcomes = mount.handler_outcomes;
+  std::map<std::string, std::array<uint64_t, EFUSE_HANDLER_NR_STATS>> by_opcode;
+  for (size_t slot = 0; slot < outcomes.size(); ++slot) {
+    if (outcomes[slot] == 0) continue;
+    auto& counts = by_opcode[fuse::opcode_name(static_cast<uint32_t>(slot / EFUSE_HANDLER_NR_STATS))];
+    counts[slot % EFUSE_HANDLER_NR_STATS] += outcomes[slot];
+  }
+  for (const auto& [opcode, counts] : by_opcode) {
+    Labels labels = with(mount_label(mount.name), "opcode", opcode);
+    add_counter(kernel_answered_, labels, static_cast<double>(counts[EFUSE_HANDLER_STAT_ANSWERED]));
+    for (size_t stat = 0; stat < counts.size(); ++stat) {
+      if (stat == EFUSE_HANDLER_STAT_ANSWERED || counts[stat] == 0) continue;
+      add_counter(kernel_fallbacks_, with(labels, "reason", bpf::kHandlerStatNames[stat]),
+                  static_cast<double>(counts[stat]));
+    }
+  }
+  const auto& a = mount.kernel_answers;
+  for (auto [map, entries, size] : {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
+                                    std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes}}) {
+    Labels labels = with(mount_label(mount.name), "map", map);
+    add_gauge(kernel_map_entries_, labels, static_cast<double>(entries));
+    add_gauge(kernel_map_bytes_, std::move(labels), static_cast<double>(entries * size));
+  }
+  add_counter(kernel_map_skipped_, mount_label(mount.name), static_cast<double>(a.stores_skipped));
+  add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
 }
 
 void MountFamilies::add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics) {
@@ -188,7 +255,9 @@ void MountFamilies::add_state(const MountView& mount) {
              {"backend", mount.backend},
              {"transport", mount.transport},
              {"io_path", mount.io_path},
-             {"io_path_effective", mount.io_path_effective}},
+             {"io_path_effective", mount.io_path_effective},
+             {"kernel_module", mount.kernel_module},
+             {"tier", mount.tier}},
             1);
   add_gauge(fallback_, mount_label(mount.name), mount.transport_fallback.empty() ? 0 : 1);
 }
@@ -271,7 +340,8 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
        {&up_, &start_failures_, &resumes_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
-        &worker_busy_}) {
+        &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
+        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_}) {
     append_nonempty(out, std::move(*f));
   }
   for (auto& [name, family] : backend_) append_nonempty(out, std::move(family));

@@ -53,6 +53,7 @@ class MountFamilies {
   // The backend's own series (fs::Filesystem::metrics), one family per name.
   void add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
+  void add_kernel_tier(const MountView& mount);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
                    unsigned uring_queues);
 
@@ -78,6 +79,12 @@ class MountFamilies {
   prometheus::MetricFamily worker_in_flight_;
   prometheus::MetricFamily worker_wait_;
   prometheus::MetricFamily worker_busy_;
+  prometheus::MetricFamily kernel_answered_;
+  prometheus::MetricFamily kernel_fallbacks_;
+  prometheus::MetricFamily kernel_map_entries_;
+  prometheus::MetricFamily kernel_map_bytes_;
+  prometheus::MetricFamily kernel_map_skipped_;
+  prometheus::MetricFamily kernel_map_drops_;
 };
 
 }  // namespace efuse::telemetry

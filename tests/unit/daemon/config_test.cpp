@@ -122,6 +122,7 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "threads"}), m.threads);
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
+  EXPECT_EQ(default_at({"defaults", "kernel_module"}), to_string(m.kernel_module));
   EXPECT_EQ(default_at({"defaults", "cache", "entry_timeout"}), m.cache.entry_timeout);
   EXPECT_EQ(default_at({"defaults", "cache", "attr_timeout"}), m.cache.attr_timeout);
   EXPECT_EQ(default_at({"defaults", "cache", "negative_timeout"}), m.cache.negative_timeout);
@@ -153,6 +154,21 @@ TEST(ConfigLoad, StackAndCreateMountpoint) {
   EXPECT_TRUE(c.mounts[0].create_mountpoint);
   EXPECT_TRUE(c.mounts[0].options.stack);
   EXPECT_FALSE(parse_config(with_mount_keys(""), "t.yaml").mounts[0].create_mountpoint);
+}
+
+TEST(ConfigLoad, KernelModule) {
+  Config c = parse_config("defaults:\n  kernel_module: off\n" +
+                              with_mount_keys("    kernel_module: on\n"), "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 1u);
+  EXPECT_EQ(c.mounts[0].kernel_module, KernelModule::On);
+  EXPECT_EQ(parse_config("defaults:\n  kernel_module: off\n" + with_mount_keys(""), "t.yaml")
+                .mounts[0].kernel_module, KernelModule::Off);
+  EXPECT_EQ(parse_config(with_mount_keys(""), "t.yaml").mounts[0].kernel_module,
+            KernelModule::Auto);
+  EXPECT_STREQ(to_string(KernelModule::On), "on");
+  MountConfig a, b;
+  b.kernel_module = KernelModule::Off;
+  EXPECT_TRUE(needs_remount(a, b)) << "the tier is chosen at mount time";
 }
 
 TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {

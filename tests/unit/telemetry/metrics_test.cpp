@@ -58,6 +58,20 @@ class MetricsCollector : public ::testing::Test {
     data.transport = "classic";
     data.io_path = "passthrough";
     data.io_path_effective = "cache";  // the kernel did not grant passthrough
+    data.kernel_module = "auto";
+    data.tier = "module";
+    data.handlers = true;
+    data.handler_outcomes.assign(EFUSE_HANDLER_OUTCOME_SLOTS, 0);
+    auto outcome = [&](k::Opcode op, int stat) -> uint64_t& {
+      return data.handler_outcomes[code(op) * EFUSE_HANDLER_NR_STATS + stat];
+    };
+    outcome(k::Opcode::Getattr, EFUSE_HANDLER_STAT_ANSWERED) = 40;
+    outcome(k::Opcode::Getattr, EFUSE_HANDLER_STAT_DECLINED) = 7;
+    outcome(k::Opcode::Lookup, EFUSE_HANDLER_STAT_ANSWERED) = 12;
+    outcome(k::Opcode::Lookup, EFUSE_HANDLER_STAT_BAD_REPLY) = 1;
+    outcome(k::Opcode::Read, EFUSE_HANDLER_STAT_DECLINED) = 9;
+    data.kernel_answers = {.attr_entries = 3, .name_entries = 2, .stores_skipped = 5,
+                           .drops = 6};
     data.up = true;
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
@@ -82,6 +96,7 @@ class MetricsCollector : public ::testing::Test {
     broken.mountpoint = "/srv/broken";
     broken.backend = "passthrough";
     broken.io_path = "cache";
+    broken.kernel_module = "on";
     broken.start_failures = 3;
 
     source_.mounts = {data, broken, scratch};
@@ -244,6 +259,31 @@ TEST_F(MetricsCollector, WorkerSeries) {
   EXPECT_EQ(e.find("efuse_worker_requests_total").size(), 2u);
 }
 
+TEST_F(MetricsCollector, KernelModuleTierSeries) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_kernel_answered_total", {{"mount", "data"}, {"opcode", "getattr"}}), 40);
+  EXPECT_EQ(e.value("efuse_kernel_answered_total", {{"mount", "data"}, {"opcode", "lookup"}}), 12);
+  // An opcode that reached the handlers but was never answered has its 0.
+  EXPECT_EQ(e.value("efuse_kernel_answered_total", {{"mount", "data"}, {"opcode", "read"}}), 0);
+  EXPECT_EQ(e.value("efuse_kernel_handler_fallbacks_total",
+                    {{"mount", "data"}, {"opcode", "getattr"}, {"reason", "declined"}}), 7);
+  EXPECT_EQ(e.value("efuse_kernel_handler_fallbacks_total",
+                    {{"mount", "data"}, {"opcode", "lookup"}, {"reason", "bad_reply"}}), 1);
+  EXPECT_EQ(e.find("efuse_kernel_handler_fallbacks_total").size(), 3u) << "zero reasons omitted";
+  EXPECT_EQ(e.value("efuse_kernel_map_entries", {{"mount", "data"}, {"map", "getattr"}}), 3);
+  EXPECT_EQ(e.value("efuse_kernel_map_entries", {{"mount", "data"}, {"map", "lookup"}}), 2);
+  EXPECT_EQ(e.value("efuse_kernel_map_bytes", {{"mount", "data"}, {"map", "getattr"}}),
+            3 * (8 + sizeof(efuse_handler_entry)));
+  EXPECT_EQ(e.value("efuse_kernel_map_bytes", {{"mount", "data"}, {"map", "lookup"}}),
+            2 * (sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry)));
+  EXPECT_EQ(e.value("efuse_kernel_map_stores_skipped_total", {{"mount", "data"}}), 5);
+  EXPECT_EQ(e.value("efuse_kernel_map_drops_total", {{"mount", "data"}}), 6);
+  EXPECT_EQ(e.type["efuse_kernel_answered_total"], "counter");
+  EXPECT_EQ(e.type["efuse_kernel_map_entries"], "gauge");
+  EXPECT_TRUE(e.find("efuse_kernel_answered_total", {{"mount", "broken"}}).empty());
+  EXPECT_TRUE(e.find("efuse_kernel_map_entries", {{"mount", "broken"}}).empty());
+}
+
 TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
   Exposition e = scrape();
   EXPECT_EQ(e.value("efuse_mount_up", {{"mount", "data"}, {"backend", "passthrough"}}), 1);
@@ -255,7 +295,9 @@ TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
                                          {"backend", "passthrough"},
                                          {"transport", "classic"},
                                          {"io_path", "passthrough"},
-                                         {"io_path_effective", "cache"}}),
+                                         {"io_path_effective", "cache"},
+                                         {"kernel_module", "auto"},
+                                         {"tier", "module"}}),
             1);
   EXPECT_EQ(e.find("efuse_mount_info", {{"mount", "broken"}}).size(), 1u);
   EXPECT_EQ(e.value("efuse_mount_info", {{"mount", "broken"},
@@ -263,7 +305,9 @@ TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
                                          {"backend", "passthrough"},
                                          {"transport", ""},
                                          {"io_path", "cache"},
-                                         {"io_path_effective", ""}}),
+                                         {"io_path_effective", ""},
+                                         {"kernel_module", "on"},
+                                         {"tier", ""}}),
             1);
   // A mount without a session has no request, kernel or worker series.
   for (const char* name : {"efuse_requests_total", "efuse_kernel_feature",
