@@ -181,7 +181,9 @@ def health_rows():
             "efuse_mount_info per mount: transport (classic = /dev/fuse, uring = FUSE over "
             "io_uring; empty when not live), io_path as configured and io_path_effective, the "
             "one new opens get (cache when the kernel did not grant passthrough: not root, "
-            "writeback cache, old kernel, EFUSE_MASK_KERNEL_FEATURES)."),
+            "writeback cache, old kernel, EFUSE_MASK_KERNEL_FEATURES), kernel_module as "
+            "configured and the tier in effect (module = efuse.ko through /dev/efuse, stock = "
+            "the kernel's FUSE)."),
     ], h=6)
 
     out.append(row("Daemon process and configuration"))
@@ -357,6 +359,31 @@ def io_path_rows():
                    "{{mount}} refused", "B")],
             "ops", "Opens served by kernel passthrough, and opens that asked for it and fell "
             "back to I/O through the daemon."),
+    ])
+    # Mounts on the stock tier have no efuse_kernel_answered_total etc.: they show 0.
+    stock_zero = f"0 * max by (instance, mount) (efuse_mount_info{{{SEL}}})"
+    out += place([
+        timeseries("Answered in the kernel (kernel module tier)", [
+            target(f"sum by (mount, opcode) (rate(efuse_kernel_answered_total{{{SEL}}}[{RATE}]))"
+                   f" or 0 * sum by (mount, opcode) (rate(efuse_requests_total{{{SEL}, "
+                   f"opcode=~\"getattr|lookup\"}}[{RATE}]))", "{{mount}} {{opcode}} in the kernel"),
+            target(f"sum by (mount, reason) (rate(efuse_kernel_handler_fallbacks_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} went up: {{reason}}", "B")],
+            "reqps", "Requests efuse.ko's eBPF handlers answered from the maps efused keeps "
+            "(they never reached efused), and those that reached the handlers but went up, by "
+            "reason: declined = not in the maps; bad_* = an answer the module refused (a bug). "
+            "0 for mounts on the stock tier (efuse_mount_info tier)."),
+        timeseries("Handler maps (kernel module tier)", [
+            target(f"sum by (mount, map) (efuse_kernel_map_entries{{{SEL}}}) or {stock_zero}",
+                   "{{mount}} {{map}} entries"),
+            target(f"sum by (mount) (rate(efuse_kernel_map_drops_total{{{SEL}}}[{RATE}])) or "
+                   f"{stock_zero}", "{{mount}} drops/s", "B", ),
+            target(f"sum by (mount) (rate(efuse_kernel_map_stores_skipped_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} stores skipped/s", "C")],
+            "short", "Answers stored for the handlers (getattr: attributes by node; lookup: "
+            "absent names), entries dropped because something changed, and answers not stored "
+            "(a change raced them, the file was open for writing, or the map was full). 0 for "
+            "mounts on the stock tier."),
     ])
     out += place([
         timeseries("Inodes and their descriptors", [

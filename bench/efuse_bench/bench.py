@@ -335,6 +335,14 @@ class Bench(Rows, FioRows, Report):
         tmp.chmod(0o755)
         tmp.replace(copy)
         self.efused_bin = copy
+        if "efuse-run" in self.side_names:
+            try:
+                self.copy_intercept()
+            except BenchError as e:  # only that side goes without
+                for side in self.sides:
+                    if side.name == "efuse-run":
+                        side.unavailable = " ".join(str(e).split())
+                log(f"efuse-run unavailable: {e}")
         try:
             r = subprocess.run([str(self.efused_bin), "--version"], capture_output=True, text=True,
                                timeout=5)
@@ -342,6 +350,19 @@ class Bench(Rows, FioRows, Report):
             self.efused_version = v[0] if r.returncode == 0 and v else f"unknown (--version exit {r.returncode})"
         except (OSError, subprocess.TimeoutExpired) as e:
             self.efused_version = f"unknown ({e})"
+
+    def copy_intercept(self):
+        """Private copies of libefuse_intercept.so and efuse-run, beside efused's (the build's
+        are in build/lib/ and build/bin/ next to the efused it came from)."""
+        build = self.efused_src.resolve().parent.parent
+        lib, script = build / "lib" / "libefuse_intercept.so", build / "bin" / "efuse-run"
+        if not lib.exists() or not script.exists():
+            raise BenchError(f"{lib} or {script} missing: cmake --build {build} --target efuse_run")
+        for src, name in ((lib, "libefuse_intercept.so"), (script, "efuse-run")):
+            tmp = BIN / f"{name}.tmp"
+            tmp.write_bytes(src.read_bytes())
+            tmp.chmod(0o755)
+            tmp.replace(BIN / name)
 
     def prepare_tar(self):
         if not LINUX_TAR.exists():

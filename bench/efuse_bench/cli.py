@@ -119,11 +119,16 @@ def parse_args(argv):
                     "(default all; --quick leaves out tar-full)")
     ap.add_argument("--reps", type=int, help="repetitions per cell (default 3, quick 1)")
     ap.add_argument("--runtime", type=int, help="fio runtime in seconds (default 15, quick 5)")
+    ap.add_argument("--telemetry-settle", type=float, default=2.0, metavar="SECONDS",
+                    help="wait this long after attaching the eBPF telemetry before a timed run (default 2; "
+                    "runs started at once measured several %% slower for about a second, see bench/README.md)")
     ap.add_argument("--skip-deps", action="store_true", help="do not run scripts/install-deps.sh")
     ap.add_argument("--keep-work", action="store_true", help="keep bench/work/run data after the run")
     a = ap.parse_args(fixed)
     a.sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     a.rows = [s.strip() for s in a.rows.split(",") if s.strip()]
+    if not 0 <= a.telemetry_settle <= 60:
+        ap.error("--telemetry-settle must be between 0 and 60 seconds")
     for s in a.sides:
         if s not in SIDES:
             ap.error(f"unknown side {s!r}")

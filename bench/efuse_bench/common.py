@@ -23,7 +23,7 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
 SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough",
-         "efused-nobalance")
+         "efused-nobalance", "efuse-run")
 # Row groups of the adaptive I/O path (io_path: auto against each fixed path, see
 # bench/README.md): small hot files re-read (the page cache should win), one pass over
 # large cold files (passthrough should win), both at once. Run by native, efused (auto),
@@ -36,6 +36,10 @@ BASE_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset",
 # (efused-nobalance: EFUSE_QUEUE_BALANCING=0).
 SKEW_GROUPS = ("queue-skew",)
 GROUPS = BASE_GROUPS + IO_PATH_GROUPS + SKEW_GROUPS
+# efuse-run: efused with --intercept, the row's commands run under efuse-run (the interception
+# library serves their opens, reads and stats from the backing directory). Only these rows.
+INTERCEPT_GROUPS = ("tree", "cat")
+INTERCEPT_DIR = RUN / "intercept"   # EFUSE_INTERCEPT_DIR of that side's efused and clients
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
 FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
 # Row groups efused-nobpf measures: every one. In these it measures the efused side's own

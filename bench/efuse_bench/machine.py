@@ -55,7 +55,8 @@ def write_machine(bench: Bench):
         f"- efused: `{bench.efused_src}` (run from a private copy, sha256 "
         f"`{bench.efused_sha256[:16]}`), version `{bench.efused_version}`, args: "
         f"`{bench.args.efused_args or '(none)'}`, environment `EFUSE_BPF=0`; its eBPF telemetry "
-        f"is attached around each of its timed runs by the telemetry efused "
+        f"is attached around each of its timed runs (each run starts "
+        f"{bench.args.telemetry_settle:g} s after the attach, `--telemetry-settle`) by the telemetry efused "
         f"`{shlex.join(bench.telemetry.argv(RUN / 'telemetry.yaml'))}` (config: `mounts: []`)",
         "- efused-nobpf: efused with no telemetry attached; in fio, tree and cat rows the efused side's "
         "daemon, mount and files (back to back with efused in every repetition), in tar rows a fresh "

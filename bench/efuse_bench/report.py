@@ -35,6 +35,7 @@ class Report:
             "telemetry": {
                 "cmd": shlex.join(self.telemetry.argv(Path("CONFIG"))),
                 "measured_efused_env": "EFUSE_BPF=0",
+                "settle_seconds": self.args.telemetry_settle,
                 "attached_for_sides": [s.name for s in self.sides if s.telemetry],
                 "counted_groups": [g for g in COUNTED_GROUPS if g in self.groups],
                 "unavailable": self.telemetry.unavailable,
@@ -62,7 +63,9 @@ class Report:
                            "efused/libfuse": self.ratio(m, "efused", "libfuse"),
                            "libfuse/native": self.ratio(m, "libfuse", "native"),
                            "efused/efused-nobpf": self.ratio(m, "efused", "efused-nobpf"),
-                           "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse")},
+                           "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse"),
+                           "efuse-run/native": self.ratio(m, "efuse-run", "native"),
+                           "efuse-run/efused": self.ratio(m, "efuse-run", "efused")},
             })
         doc = {"meta": self.meta(), "rows": rows,
                "upcalls_ctxsw_per_io": self.count_rows(),
@@ -271,6 +274,25 @@ class Report:
                      f"{fmt_ratio(r['auto_speed/best_fixed'])} |")
         return L
 
+    def render_intercept_md(self) -> list[str]:
+        """The rows measured under efuse-run (the interception library) beside native and
+        efused."""
+        L = ["", "## efuse-run: the interception library", "",
+             "`efuse-run`: efused with `--intercept`, the row's commands run under `efuse-run`, "
+             "so `libefuse_intercept.so` serves their opens, reads and stats from the backing "
+             "directory (README, *Interception library*). Ratios as in the main table.", "",
+             "| row | metric | native | efused | efuse-run | efuse-run/native | efuse-run/efused |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+        for m in self.metrics:
+            if m.group not in SIDE_CLASSES["efuse-run"].groups:
+                continue
+            unit = f" ({m.unit})" if m.unit not in ("IOPS", "MB/s") else ""
+            L.append(f"| {m.row} | {m.label}{unit} | {self.cell(m, 'native')} | "
+                     f"{self.cell(m, 'efused')} | {self.cell(m, 'efuse-run')} | "
+                     f"{fmt_ratio(self.ratio(m, 'efuse-run', 'native'))} | "
+                     f"{fmt_ratio(self.ratio(m, 'efuse-run', 'efused'))} |")
+        return L
+
     def cell(self, m, side):
         if side not in self.side_names or m.group not in SIDE_CLASSES[side].groups:
             return "not run"
@@ -423,6 +445,8 @@ class Report:
             L += self.render_balancing_md()
         if {"efused", "efused-nobpf"} <= set(self.side_names) and set(COST_GROUPS) & set(self.groups):
             L += self.render_cost_md()
+        if "efuse-run" in self.side_names:
+            L += self.render_intercept_md()
         if {"libfuse", "efused-nobpf"} <= set(self.side_names):
             L += self.render_nobpf_md()
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]

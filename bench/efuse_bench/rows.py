@@ -49,7 +49,8 @@ class Rows:
             sync()
 
         def find(ctx, warm, stat):
-            argv = ["find", ctx.data / "tree"] + (["-printf", fmt_] if stat else [])
+            argv = ctx.side.prefix() + ["find", ctx.data / "tree"] + \
+                (["-printf", fmt_] if stat else [])
             if not warm:
                 return run(argv, timeout=900)[0]
             run(argv, timeout=900)
@@ -85,11 +86,12 @@ class Rows:
 
         def measure(ctx, rep):
             f = ctx.data / "small.dat"
-            run(["cat", f], timeout=60)  # warm-up
+            run(ctx.side.prefix() + ["cat", f], timeout=60)  # warm-up
             owner = getattr(ctx.side, "shared", None) or ctx.side  # whose data this is
             lst = lists / f"cat-{owner.name}.txt"
-            return {m.key: run(["xargs", "-d", "\\n", "-n", str(batch), "-a", lst, "cat"],
-                               timeout=1800)[0], "_extra": {"ios": count}}
+            return {m.key: run(ctx.side.prefix() + ["xargs", "-d", "\\n", "-n", str(batch), "-a",
+                                                    lst, "cat"], timeout=1800)[0],
+                    "_extra": {"ios": count}}
 
         phases = [Phase([m], measure)]
         key = self.counted("cat", "warm", m.row, "files")

@@ -5,8 +5,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, IO_PATH_GROUPS, RUN, \
-    SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, BenchError
+from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, INTERCEPT_DIR, \
+    INTERCEPT_GROUPS, IO_PATH_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, BenchError
 from .mounts import retire
 from .procs import Daemon
 
@@ -34,6 +34,10 @@ class Side:
 
     def storage(self, group: str) -> Path:
         raise NotImplementedError
+
+    def prefix(self) -> list[str]:
+        """What the row's commands run under on this side (efuse-run: the library)."""
+        return []
 
 
 class NativeSide(Side):
@@ -182,6 +186,24 @@ class EfusedNoBalanceSide(EfusedSide):
     env = dict(EFUSED_ENV, EFUSE_QUEUE_BALANCING="0")
 
 
+class EfuseRunSide(EfusedSide):
+    """efused with --intercept, no telemetry; the row's commands run under efuse-run, so
+    libefuse_intercept.so serves their opens, reads and stats from the backing directory.
+    The library and efuse-run are the private copies Bench.build_efused makes."""
+    name = "efuse-run"
+    groups = INTERCEPT_GROUPS
+    telemetry = False
+    env = dict(EFUSED_ENV, EFUSE_INTERCEPT_DIR=str(INTERCEPT_DIR))
+
+    def argv(self, src, mnt):
+        return super().argv(src, mnt) + ["--intercept"]
+
+    def prefix(self):
+        return ["env", f"EFUSE_INTERCEPT_DIR={INTERCEPT_DIR}",
+                f"EFUSE_INTERCEPT_LIB={BIN / 'libefuse_intercept.so'}", str(BIN / "efuse-run")]
+
+
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
-                                    EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide)}
+                                    EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide,
+                                    EfuseRunSide)}
 assert tuple(SIDE_CLASSES) == SIDES

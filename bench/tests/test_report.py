@@ -5,6 +5,8 @@ a Bench is filled with the values a run would have measured.
 Run: python3 -m unittest discover -s bench/tests -t bench   (ctest: unit.bench_report)"""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sys
@@ -57,7 +59,8 @@ def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar
         iops.extra["efused"][2]["foreign_bpf_telemetry"] = None
     cat = b.declare("cat.warm", "cat", CAT_ROW, "time", "s", "lower")
     fill(cat, {"native": [1.0, 1.2, 1.1], "libfuse": "exit 1: boom | pipe\n  broken",
-               "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0]})
+               "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0],
+               "efuse-run": [1.1, 1.0, 1.2]})
     tar = b.declare("tar-subset.extract", "tar-subset", TAR_ROW, "time excl. sync", "s", "lower")
     fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0], "efused-nobpf": [1.9]})
 
@@ -192,7 +195,8 @@ class ReportTest(unittest.TestCase):
         rows = table_rows(make_bench(sides="native,efused").render_md(), "")
         self.assertEqual(row_of(rows, FIO_ROW)[3:], ["1,100", "not run", "950", "0.86x", "—"])
         reps = table_rows(make_bench().render_md(), "Repetitions")
-        # efused-nobpf runs tar rows too (a fresh efused mount per repetition).
+        # efused-nobpf runs tar rows too (a fresh efused mount per repetition). The table has
+        # a column per side selected (here not efuse-run).
         self.assertEqual(row_of(reps, TAR_ROW), [TAR_ROW, "time excl. sync", "0.5000", "3.000",
                                                  "2.000", "1.900"])
         cost = make_bench(sides="native,efused")
@@ -234,6 +238,22 @@ class ReportTest(unittest.TestCase):
                           "0.63x"])
         self.assertNotIn("efused without telemetry ÷ libfuse",
                          make_bench(sides="native,efused").render_md())
+
+    def test_efuse_run_rows(self):
+        b = make_bench(sides="native,efused,efuse-run")
+        table = table_rows(b.render_md(), "efuse-run: the interception library")
+        # Only the rows efuse-run measures (tree, cat); cat here.
+        self.assertEqual(table, [[CAT_ROW, "time (s)", "1.100", "2.200", "1.100", "1.00x", "0.50x"]])
+        # The main table keeps its columns; fio and tar are not run on efuse-run.
+        self.assertEqual(b.cell(b.by_key["fio-one.warm.iops"], "efuse-run"), "not run")
+        self.assertNotIn("## efuse-run", make_bench().render_md())
+        with tempfile.TemporaryDirectory() as d:
+            b.out = Path(d)
+            with contextlib.redirect_stdout(io.StringIO()):
+                b.write_results()
+            rows = {r["key"]: r for r in json.loads((Path(d) / "results.json").read_text())["rows"]}
+        self.assertAlmostEqual(rows["cat.warm"]["ratios"]["efuse-run/native"], 1.0)
+        self.assertAlmostEqual(rows["cat.warm"]["ratios"]["efuse-run/efused"], 0.5)
 
     def test_no_cost_section_without_both_efused_sides(self):
         self.assertNotIn("## eBPF telemetry cost", make_bench(sides="native,efused").render_md())
@@ -302,6 +322,7 @@ class ReportTest(unittest.TestCase):
         self.assertEqual(doc["meta"]["status"], "running")
         self.assertEqual(doc["meta"]["sides"], ["native", "libfuse", "efused", "efused-nobpf"])
         self.assertEqual(doc["meta"]["git"], {"sha": "abc1234", "dirty": False})
+        self.assertEqual(doc["meta"]["telemetry"]["settle_seconds"], 2.0)
         rows = {r["key"]: r for r in doc["rows"]}
         self.assertEqual(list(rows), ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
         cat = rows["cat.warm"]
@@ -318,6 +339,12 @@ class ReportTest(unittest.TestCase):
                          ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
         self.assertEqual([r["key"] for r in doc["nobpf_vs_libfuse"]],
                          ["fio-one.warm.iops", "tar-subset.extract"])
+
+    def test_telemetry_settle_option(self):
+        self.assertEqual(parse_args(["--telemetry-settle", "0.5"]).telemetry_settle, 0.5)
+        for bad in ("-1", "61"):
+            with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+                parse_args(["--telemetry-settle", bad])
 
     def test_write_results_needs_the_output_directory(self):
         b = make_bench()

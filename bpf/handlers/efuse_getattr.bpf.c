@@ -23,12 +23,12 @@
 
 #define FUSE_GETATTR 3
 
-/* nodeid -> the whole answer (struct fuse_attr_out in data), as efused encodes it. */
+/* nodeid -> the whole answer (struct fuse_attr_out in data) and its expiry, from efused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, struct efuse_handler_answer);
+	__type(value, struct efuse_handler_entry);
 } efuse_getattr_answers SEC(".maps");
 
 SEC("raw_tp.w/efuse_handler")
@@ -37,7 +37,7 @@ int efuse_getattr(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	__u64 nodeid;
 
-	if (ctx->in.opcode != FUSE_GETATTR)
+	if (ctx->in.opcode != FUSE_GETATTR || !efuse_handler_mine(ctx->in.conn))
 		return 0;
 	nodeid = ctx->in.nodeid;
 	efuse_handler_answer_from(ctx, &efuse_getattr_answers, &nodeid);

@@ -57,7 +57,7 @@ struct efuse_handler_in {
 	__u32 size;		/* READ, GETXATTR */
 	__u32 flags;		/* OPEN, READ */
 	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
-	__u32 padding;
+	__u32 conn;		/* the connection: /sys/fs/efuse/connections/<conn> */
 	char name[EFUSE_HANDLER_NAME_MAX];	/* NUL-terminated, zero-filled */
 };
 

@@ -17,7 +17,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct efuse_handler_name_key);
-	__type(value, struct efuse_handler_answer);
+	__type(value, struct efuse_handler_entry);
 } efuse_lookup_answers SEC(".maps");
 
 SEC("raw_tp.w/efuse_handler")
@@ -26,7 +26,8 @@ int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	struct efuse_handler_name_key key;
 
-	if (ctx->in.opcode != FUSE_LOOKUP || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX)
+	if (ctx->in.opcode != FUSE_LOOKUP || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX ||
+	    !efuse_handler_mine(ctx->in.conn))
 		return 0;
 	key.parent = ctx->in.nodeid;
 	__builtin_memcpy(key.name, ctx->in.name, sizeof(key.name));  /* zero-filled */

@@ -16,7 +16,15 @@ Environment:
   EFUSED       path of the efused binary (default /work/main/build/bin/efused)
   EFUSED_ARGS  extra arguments appended to every efused command line (shlex split),
                e.g. ``--transport uring``
+  EFUSE_BACKEND  ``passthrough`` (default) or ``memory``: the backend every EfusedMount
+               serves. On memory mounts ``src`` is the mount itself (the backend is the
+               store, so a test's read-back checks re-read through the mount), ``native`` is
+               a tmpfs (the twin the mount is compared with), and tests marked
+               ``@backing_dir(reason)`` (changes made in a backing directory behind efused's
+               back) are skipped with that reason
   EFUSE_FSX    path of the fsx binary (used by test_fsx.py)
+  EFUSE_FSTYPE the mounts' type in /proc/self/mountinfo (default fuse.efuse; efuse.efuse
+               with ``EFUSED_ARGS=--kernel-module on``)
   CI=true      a test that would be skipped (no root, no /dev/fuse) fails instead
   EFUSE_KEEP=1 keep temporary directories of failed tests (mounts are still removed)
   EFUSE_SEED   seed for randomized tests (default: a fresh one, printed)
@@ -50,7 +58,12 @@ import traceback
 
 EFUSED = os.environ.get("EFUSED") or "/work/main/build/bin/efused"
 EFUSED_ARGS = shlex.split(os.environ.get("EFUSED_ARGS", ""))
-FSTYPE = "fuse.efuse"
+BACKEND = os.environ.get("EFUSE_BACKEND", "passthrough")
+if BACKEND not in ("passthrough", "memory"):
+    raise SystemExit(f"EFUSE_BACKEND must be passthrough or memory, not {BACKEND!r}")
+# The type efused's mounts have: fuse.efuse; efuse.efuse when EFUSED_ARGS puts them on the
+# efuse kernel module (--kernel-module on; tests/vm runs suites that way).
+FSTYPE = os.environ.get("EFUSE_FSTYPE") or "fuse.efuse"
 READY_LINE = "efused: ready"
 SKIP_CODE = 77
 
@@ -383,13 +396,18 @@ def is_efuse_mounted(path):
     return FSTYPE in fstypes_at(path)
 
 
+def _fuse_type(t):
+    """A FUSE mount of the kernel's (fuse, fuse.*) or of the efuse module (efuse, efuse.*)."""
+    return t in ("fuse", "efuse") or t.startswith(("fuse.", "efuse."))
+
+
 def is_fuse_mounted(path):
-    return any(t == "fuse" or t.startswith("fuse.") for t in fstypes_at(path))
+    return any(_fuse_type(t) for t in fstypes_at(path))
 
 
 def efuse_mounts_under(prefix):
     prefix = prefix.rstrip("/") + "/"
-    return [m for m in mountinfo() if m[1].startswith("fuse") and (m[0] + "/").startswith(prefix)]
+    return [m for m in mountinfo() if _fuse_type(m[1]) and (m[0] + "/").startswith(prefix)]
 
 
 def detach(path):
@@ -597,7 +615,8 @@ class EfusedMount:
     """
 
     def __init__(self, count=1, threads=None, args=(), start=True, clean_exit=True,
-                 tag="efuse"):
+                 tag="efuse", backend=None):
+        self.backend = backend or BACKEND
         _install_handlers()
         self.count, self.threads, self.args = count, threads, list(args)
         self.clean_exit = clean_exit  # require exit 0 and no mount left on normal exit
@@ -613,13 +632,22 @@ class EfusedMount:
             names = [("src", "mnt")]
         else:
             names = [(f"src{i}", f"mnt{i}") for i in range(count)]
-        self.srcs = [os.path.join(self.tmp, s) for s, _ in names]
         self.mnts = [os.path.join(self.tmp, m) for _, m in names]
+        if self.backend == "memory":
+            self.srcs = list(self.mnts)  # the mount is its own store
+        else:
+            self.srcs = [os.path.join(self.tmp, s) for s, _ in names]
         self.native = os.path.join(self.tmp, "native")
         self.log = os.path.join(self.tmp, "efused.log")
-        for d in self.srcs + self.mnts + [self.native]:
+        self._native_tmpfs = False
+        for d in sorted(set(self.srcs + self.mnts)) + [self.native]:
             os.mkdir(d)
             os.chmod(d, 0o755)
+        if self.backend == "memory":
+            # The twin of a memory mount is a tmpfs: the same kind of file system, natively.
+            run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-twin", self.native],
+                timeout=30)
+            self._native_tmpfs = True
         self.src, self.mnt = self.srcs[0], self.mnts[0]
         self._started = False
         if start:
@@ -631,6 +659,8 @@ class EfusedMount:
 
     # -- lifecycle ---------------------------------------------------------------------
     def cmd(self):
+        if self.backend == "memory":
+            return efused_cmd([("memory", m) for m in self.mnts], self.threads, self.args)
         return efused_cmd(list(zip(self.srcs, self.mnts)), self.threads, self.args)
 
     def start(self, timeout=START_TIMEOUT):
@@ -722,6 +752,15 @@ class EfusedMount:
         self.stop_clean()
         return self.start()
 
+    def restart_if_persistent(self):
+        """restart() (the checks after it then meet cold kernel caches) where the mount's
+        contents survive it: passthrough. A memory mount's would not, so it stays up and the
+        checks after it run on warm caches. Returns whether it restarted."""
+        if self.backend == "memory":
+            return False
+        self.restart()
+        return True
+
     def cleanup(self, keep_tmp=False):
         """Stop efused, detach anything left, kill -9 if needed, remove the temp dir."""
         if self._cleaned:
@@ -740,6 +779,9 @@ class EfusedMount:
         for m in self.mnts:
             if is_fuse_mounted(m):
                 detach(m)
+        if self._native_tmpfs:
+            run(["umount", "-l", self.native], timeout=30, check=False)
+            self._native_tmpfs = False
         self._cleaned = True
         with _LIVE_LOCK:
             if self in _LIVE:
@@ -787,6 +829,16 @@ class EfusedMount:
 
     def s(self, *parts):
         return os.path.join(self.src, *parts)
+
+
+def backing_dir(reason):
+    """Decorator: the test needs a passthrough mount's backing directory (it changes files
+    behind efused's back, or watches the backing tree); on memory mounts it is skipped, and
+    the run says so with `reason`."""
+    def deco(fn):
+        fn.efuse_backing_dir = reason
+        return fn
+    return deco
 
 
 def mount_options(**kw):
@@ -1064,10 +1116,15 @@ def main(namespace, require=()):
     selected = sys.argv[1:]
     if selected:
         tests = [(n, f) for n, f in tests if any(s in n for s in selected)]
-    print(f"efused: {EFUSED} {' '.join(EFUSED_ARGS)}".rstrip(), flush=True)
-    passed = failed = 0
+    print(f"efused: {EFUSED} {' '.join(EFUSED_ARGS)} (backend {BACKEND})".rstrip(), flush=True)
+    passed = failed = skipped = 0
     failures = []
     for name, fn in tests:
+        reason = getattr(fn, "efuse_backing_dir", None)
+        if BACKEND == "memory" and reason:
+            print(f"SKIP {name}: needs a backing directory ({reason})", flush=True)
+            skipped += 1
+            continue
         print(f"RUN  {name}", flush=True)
         t0 = time.monotonic()
         try:
@@ -1096,5 +1153,6 @@ def main(namespace, require=()):
             detach(mp)
     if failures:
         print("failed: " + " ".join(failures))
-    print(f"{passed} passed, {failed} failed", flush=True)
+    print(f"{passed} passed, {failed} failed"
+          + (f", {skipped} skipped (passthrough only)" if skipped else ""), flush=True)
     sys.exit(1 if failed else 0)

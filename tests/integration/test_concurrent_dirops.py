@@ -202,7 +202,7 @@ def test_concurrent_one_directory(m):
     check(m, m.m("d"), m.s("d"), results)
     m.check_alive()
     # After a restart the kernel has no cached entries: still the same picture.
-    m.restart()
+    m.restart_if_persistent()
     check(m, m.m("d"), m.s("d"), results)
 
 

@@ -222,14 +222,19 @@ def test_status_and_mounts():
         assert row and row[0][:3] == ["a", "mounted", m.mnt], r.out
 
         table = m.ctl("mounts").out.splitlines()
-        assert table[0].split() == ["NAME", "STATE", "MOUNTPOINT", "TRANSPORT", "ERROR"], table
+        assert table[0].split() == ["NAME", "STATE", "MOUNTPOINT", "TRANSPORT", "TIER", "ERROR"], \
+            table
         assert table[1].split()[:3] == ["a", "mounted", m.mnt], table
+        # No efuse kernel module on this host: kernel_module auto runs on the stock tier.
+        assert table[1].split()[4] == "stock", table
 
         mounts = json.loads(m.ctl("--json", "mounts").out)
         assert [x["name"] for x in mounts] == ["a"], mounts
         a = mounts[0]
         assert (a["state"], a["mountpoint"], a["source"], a["backend"], a["error"]) == \
             ("mounted", m.mnt, m.src, "passthrough", ""), a
+        assert (a["kernel_module"], a["tier"], a["handlers"]) == ("auto", "stock", False), a
+        assert "efuse kernel module is not loaded" in a["tier_note"], a
 
         st = json.loads(m.ctl("--json", "status").out)
         assert st["mount_count"] == 1 and st["mounts"] == mounts and st["version"], st

@@ -130,7 +130,7 @@ def test_git_history_identical(m):
     h.assert_same_tree(m.m("clone"), m.s("clone"), times=True, dir_size=True)
 
     # After a restart (cold kernel caches) the repository is still clean and consistent.
-    m.restart()
+    m.restart_if_persistent()
     git = Git(home)
     assert git(m.m("repo"), "status", "--porcelain") == ""
     assert git(m.m("repo"), "fsck", "--full", "--strict", "--no-progress") == native["fsck"]

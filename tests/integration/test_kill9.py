@@ -183,7 +183,7 @@ def test_restart_replaces_idle_dead_mount(m):
     os.stat(m.mnt)
     m.kill9()
     m.start()
-    assert h.fstypes_at(m.mnt) == ["fuse.efuse"], h.fstypes_at(m.mnt)
+    assert h.fstypes_at(m.mnt) == [h.FSTYPE], h.fstypes_at(m.mnt)
     h.assert_serves(m)
 
 

@@ -72,7 +72,7 @@ def sections(roff):
 
 def test_files_and_see_also():
     pages = {"mounts.yaml.5": text()}
-    for name in ("efused.h2m", "efusectl.h2m"):
+    for name in ("efused.h2m", "efusectl.h2m", "efuse-run.h2m"):
         pages[name] = open(os.path.join(MAN, name), encoding="utf-8").read()
     for name, roff in pages.items():
         found = {a or b for a, b in sections(roff)}

@@ -97,6 +97,7 @@ def test_large_and_unaligned_io(m):
     assert h.sha256_file(m.s("big")) == digest
 
 
+@h.backing_dir("files created in the backing directory behind efused's back")
 def test_backing_changes_visible(m):
     # A file created directly in the backing dir is visible and readable through the mount.
     data = rand_bytes(300000, 3)
@@ -1019,6 +1020,7 @@ def test_errnos(m):
 
 # ---------------------------------------------------------------- handles, not paths
 
+@h.backing_dir("renames and removals in the backing directory behind efused's back")
 def test_open_file_survives_backing_rename(m):
     write_file(m.m("f"), "hello")
     fd = os.open(m.m("f"), os.O_RDWR)

@@ -3,8 +3,10 @@
 load, its HTTP API returns efused's series, and promtool finds nothing to complain about
 in the exposition or in the scrape config."""
 
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -81,15 +83,39 @@ def test_prometheus_scrapes_efused_under_load(m):
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOCS_PORT = free_port()
+MEMORY_DOCS_PORT = free_port()
+INTERCEPT_DOCS_PORT = free_port()
+# --intercept publishes into a directory of this test's, not the host's /run/efuse/intercept.
+INTERCEPT_DIR = tempfile.mkdtemp(prefix="efuse-prom-intercept-", dir="/tmp")
+os.environ["EFUSE_INTERCEPT_DIR"] = INTERCEPT_DIR
+atexit.register(shutil.rmtree, INTERCEPT_DIR, True)
 
 
 @h.mount_options(args=["--metrics", f"127.0.0.1:{DOCS_PORT}"])
 def test_every_metric_is_documented(m):
     """Every metric family efused exports (after some I/O, so per-opcode and backend series
     exist) has its row in docs/metrics.md and its place in the README's metrics reference."""
+    check_documented(m, DOCS_PORT)
+
+
+@h.mount_options(backend="memory", args=["--metrics", f"127.0.0.1:{MEMORY_DOCS_PORT}"])
+def test_every_memory_backend_metric_is_documented(m):
+    """The same for a memory mount, whose backend exports series of its own."""
+    text = check_documented(m, MEMORY_DOCS_PORT)
+    assert "efuse_memory_bytes_limit" in text, text
+
+
+@h.mount_options(args=["--intercept", "--metrics", f"127.0.0.1:{INTERCEPT_DOCS_PORT}"])
+def test_every_intercept_metric_is_documented(m):
+    """The same for a mount with --intercept, which exports the library's counters."""
+    text = check_documented(m, INTERCEPT_DOCS_PORT)
+    assert "efuse_intercept_calls_total" in text, text
+
+
+def check_documented(m, port):
     h.write_file(m.m("f"), "x" * 10000)
     h.run(["cat", m.m("f")], timeout=60)
-    text = get(f"http://127.0.0.1:{DOCS_PORT}/metrics")
+    text = get(f"http://127.0.0.1:{port}/metrics")
     names = sorted({line.split()[2] for line in text.splitlines() if line.startswith("# HELP ")})
     assert len(names) > 30, names
     for doc in ("docs/metrics.md", "README.md"):
@@ -97,6 +123,7 @@ def test_every_metric_is_documented(m):
             body = f.read()
         missing = [n for n in names if f"`{n}`" not in body]
         assert not missing, f"exported but not documented in {doc}: {missing}"
+    return text
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import time
 
 from checks import CONF, UNIT, Checks, Failure, describe, expect
+from restart_checks import RestartChecks
 
 MOUNT_DATA = """\
   - name: data
@@ -42,7 +43,7 @@ DROPIN_DIR = "/etc/systemd/system/%s.d" % UNIT
 
 
 
-class OperatorChecks(Checks):
+class OperatorChecks(Checks, RestartChecks):
     # ---- the checks ----------------------------------------------------------------------
 
     def run(self):
@@ -69,6 +70,7 @@ class OperatorChecks(Checks):
         self.check("watchdog is fed (WATCHDOG=1 seen by systemd)", self.t_watchdog)
         self.check("kill -9: Restart=on-failure brings the mounts back, no dead mount",
                    self.t_kill9_restart)
+        self.restart_checks()
         self.check("systemd-analyze security efused.service: exposure at most %.1f"
                    % MAX_EXPOSURE, self.t_security)
         self.check("loopback-only drop-in (IPAddressDeny=any, IPAddressAllow=localhost): "

@@ -25,6 +25,22 @@ INSTALLED = [
 ]
 
 DEB_IN_ROOT = "/root/efused.deb"
+# Holds a file open on the mount across the upgrade: each line it reads is written over the
+# file's content through the same descriptor and read back.
+UPGRADE_HOLDER = r"""
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+def put(tag):
+    data = (tag + "\n").encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    ok = os.pread(fd, 64, 0) == data
+    print(("ok " if ok else "FAIL ") + tag, flush=True)
+put("before")
+for line in sys.stdin:
+    put(line.strip())
+os.close(fd)
+"""
 CONFIG_PKG = """\
 metrics:
   listen: "127.0.0.1:19567"
@@ -55,6 +71,9 @@ class PackageChecks(Checks):
         self.check("links in %s resolve to installed files" % DOC, self.t_doc_links)
         self.check("a mount added to the shipped config goes live with systemctl reload",
                    self.t_first_mount)
+        self.check("upgrade (dpkg -i again) with a file held open on the mount: efused "
+                   "restarted into the installed binary, same mount, the open file keeps "
+                   "working, the edited conffile kept", self.t_upgrade)
         self.check("dpkg --purge: efused stopped, mounts gone, config removed", self.t_purge)
 
     def t_install(self):
@@ -114,6 +133,48 @@ class PackageChecks(Checks):
         expect("/srv/efuse/pkg" in self.efuse_mounts(), "/srv/efuse/pkg not mounted after "
                "reload: %s" % self.efuse_mounts())
         self.sh("echo pkg > /srv/efuse/pkg/p.txt && grep -qx pkg /var/lib/efuse-test/pkg/p.txt")
+
+    def t_upgrade(self):
+        # dpkg -i of the installed version again is an upgrade to it: prerm upgrade, then
+        # postinst configure with the old version, where debhelper restarts the unit. The
+        # operator's edit: the mount on /dev/fuse (a restart remounts io_uring mounts).
+        self.write_config(CONFIG_PKG.replace("    source: /var/lib/efuse-test/pkg\n",
+                                             "    source: /var/lib/efuse-test/pkg\n"
+                                             "    transport: classic\n"))
+        r = self.sh("systemctl reload %s" % UNIT, timeout=90, ok=False)
+        expect(r.returncode == 0, "systemctl reload: %s\n%s" % (describe(r), self.journal(20)))
+        expect("transport: classic" in self.sh("cat %s" % CONF).stdout, "config not edited")
+        held = "/proc/%d/root/srv/efuse/pkg/held.txt" % self.c.leader  # from the host
+        holder = subprocess.Popen(
+            [sys.executable, "-c", UPGRADE_HOLDER, held], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            expect(holder.stdout.readline().strip() == "ok before", "holder could not write")
+            conf = self.sh("sha256sum %s" % CONF).stdout
+            pid = self.prop("MainPID")
+            mount = self.efuse_mounts().get("/srv/efuse/pkg")
+            r = self.sh("DEBIAN_FRONTEND=noninteractive dpkg -i %s" % DEB_IN_ROOT, timeout=180,
+                        ok=False)
+            expect(r.returncode == 0, "dpkg -i (upgrade): %s" % describe(r))
+            self.wait_for("efused to run again", lambda: self.prop("SubState") == "running"
+                          and self.prop("MainPID") not in ("0", pid), 60)
+            new_pid = self.prop("MainPID")
+            expect(self.sh("readlink /proc/%s/exe" % new_pid).stdout.strip() ==
+                   "/usr/sbin/efused", "efused runs a deleted binary after the upgrade")
+            expect(self.efuse_mounts().get("/srv/efuse/pkg") == mount,
+                   "the mount was replaced: %s -> %s\n%s" % (
+                       mount, self.efuse_mounts().get("/srv/efuse/pkg"), self.journal(40)))
+            holder.stdin.write("after\n")
+            holder.stdin.flush()
+            line = holder.stdout.readline().strip()
+            expect(line == "ok after", "the open file failed after the upgrade: %r" % line)
+            expect(self.sh("sha256sum %s" % CONF).stdout == conf, "the edited %s changed" % CONF)
+            expect("pkg: resumed FUSE connection" in self.journal(200),
+                   "no resume in the journal:\n%s" % self.journal(60))
+        finally:
+            holder.stdin.close()
+            holder.wait(timeout=30)
+        self.sh("grep -qx after /var/lib/efuse-test/pkg/held.txt")
 
     def t_purge(self):
         r = self.sh("DEBIAN_FRONTEND=noninteractive dpkg --purge efused", timeout=120, ok=False)

@@ -67,13 +67,13 @@ class Hung(Exception):
 
 
 def _alarm(signum, frame):
-    raise Hung(f"check did not finish within {CHECK_TIMEOUT} s")
+    raise Hung("check did not finish within its time limit")
 
 
 def check(fn):
     name = fn.__name__.removeprefix("check_")
     signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(CHECK_TIMEOUT)
+    signal.alarm(getattr(fn, "timeout", CHECK_TIMEOUT))
     try:
         fn()
         report("PASS", name)
@@ -266,6 +266,10 @@ def check_kernel_features():
             "classic transport": 1}
     assert got == want, f"got {got}, want {want}"
     assert "io_uring unavailable" in log_text(), "no log line saying why io_uring is not used"
+    # efuse.ko is not loaded yet: kernel_module auto falls back to the stock tier, saying why.
+    tier = value(s, "efuse_mount_info", mount=NAME, tier="stock", kernel_module="auto")
+    assert tier == 1 and "kernel_module auto: the efuse kernel module is not loaded" in \
+        log_text(), f"tier: efuse_mount_info{{tier=stock}} = {tier}"
 
 
 def check_data_path():
@@ -402,6 +406,7 @@ def check_kmod_efuse():
 HANDLER_STATS = ("answered", "declined", "no_memory", "disconnected", "bad_verdict",
                  "bad_nodeid", "bad_error", "bad_size", "bad_opcode", "bad_reply")
 HANDLER_ANSWER = struct.Struct("<QiI256s")  # efuse_handler_answer: nodeid error size data
+NEVER = struct.pack("<Q", 2**64 - 1)  # efuse_handler_entry.expires: the answer, then this
 AT_FDCWD, AT_STATX_FORCE_SYNC, STATX_BASIC_STATS = -100, 0x2000, 0x7FF
 
 
@@ -501,7 +506,7 @@ def check_kmod_handler():
         map_fd = bpf_sys.obj_get(f"{pin_maps}/efuse_getattr_answers")
         link = bpf_sys.raw_tracepoint_open("efuse_handler", prog_fd)
         key = lambda nodeid: struct.pack("<Q", nodeid)  # noqa: E731
-        bpf_sys.map_update(map_fd, key(1), attr_answer(1, 0o40755, 7777))
+        bpf_sys.map_update(map_fd, key(1), attr_answer(1, 0o40755, 7777) + NEVER)
 
         # In the map: answered in the kernel, the server reads nothing.
         got, reqs, delta = step(mnt)
@@ -524,7 +529,7 @@ def check_kmod_handler():
                 ("bad_error", attr_answer(fnode, 0o100644, 1, error=-5)),
                 ("bad_reply", attr_answer(fnode, 0o40755, 1)),
                 ("bad_reply", attr_answer(fnode, 0, 1))):
-            bpf_sys.map_update(map_fd, key(fnode), answer)
+            bpf_sys.map_update(map_fd, key(fnode), answer + NEVER)
             got, reqs, delta = step(f"{mnt}/f")
             declined = len(reqs) - 1
             want = {reason: 1, **({"declined": declined} if declined else {})}
@@ -554,7 +559,7 @@ def check_kmod_handler():
                 ("eio", HANDLER_ANSWER.pack(1, -errno.EIO, 0, b""), {"bad_error": 1}),
                 ("body", HANDLER_ANSWER.pack(1, -errno.ENOENT, 8, no_attr), {"bad_error": 1}),
                 ("other", HANDLER_ANSWER.pack(2, -errno.ENOENT, 0, b""), {"bad_nodeid": 1})):
-            bpf_sys.map_update(lookup_map, name_key(1, name), answer)
+            bpf_sys.map_update(lookup_map, name_key(1, name), answer + NEVER)
             got, reqs, delta = step(f"{mnt}/{name}")
             want_reqs = [] if "answered" in want_stat else [(raw_fuse.OP_LOOKUP, 1)]
             assert got == errno.ENOENT and reqs == want_reqs and delta == want_stat, \
@@ -625,6 +630,13 @@ def main():
     if os.environ.get("efuse_kmod") == "1":
         check(check_kmod_efuse)
         check(check_kmod_handler)
+        import guest_kmod
+        before = failures
+        try:
+            for fn in guest_kmod.CHECKS:
+                check(fn)
+        finally:
+            guest_kmod.cleanup(failures > before)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

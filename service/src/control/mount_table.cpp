@@ -8,9 +8,9 @@ namespace efuse::control {
 
 namespace {
 
-constexpr size_t kColumns = 5;
+constexpr size_t kColumns = 6;
 using Row = std::array<std::string, kColumns>;
-constexpr Row kHeader = {"NAME", "STATE", "MOUNTPOINT", "TRANSPORT", "ERROR"};
+constexpr Row kHeader = {"NAME", "STATE", "MOUNTPOINT", "TRANSPORT", "TIER", "ERROR"};
 constexpr const char* kEmptyCell = "-";
 
 // One line, no control characters: error texts may span lines.
@@ -27,7 +27,7 @@ std::string cell(const nlohmann::json& mount, const char* key) {
 
 Row row_of(const nlohmann::json& mount) {
   return {cell(mount, "name"), cell(mount, "state"), cell(mount, "mountpoint"),
-          cell(mount, "transport"), cell(mount, "error")};
+          cell(mount, "transport"), cell(mount, "tier"), cell(mount, "error")};
 }
 
 std::string render(const std::vector<Row>& rows) {

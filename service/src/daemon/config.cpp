@@ -25,6 +25,8 @@ constexpr std::pair<Transport, const char*> kTransports[] = {
     {Transport::Auto, "auto"}, {Transport::Classic, "classic"}, {Transport::Uring, "uring"}};
 constexpr std::pair<IoPath, const char*> kIoPaths[] = {
     {IoPath::Auto, "auto"}, {IoPath::Passthrough, "passthrough"}, {IoPath::Cache, "cache"}};
+constexpr std::pair<KernelModule, const char*> kKernelModules[] = {
+    {KernelModule::Auto, "auto"}, {KernelModule::On, "on"}, {KernelModule::Off, "off"}};
 
 // The enum value named `name`; the schema has already rejected every other name.
 template <typename Enum, size_t N>
@@ -77,6 +79,8 @@ void apply_settings(const json& settings, MountConfig& out) {
     out.transport = from_name(kTransports, it->get<std::string>());
   if (auto it = settings.find("io_path"); it != settings.end())
     out.io_path = from_name(kIoPaths, it->get<std::string>());
+  if (auto it = settings.find("kernel_module"); it != settings.end())
+    out.kernel_module = from_name(kKernelModules, it->get<std::string>());
   if (auto it = settings.find("adaptive"); it != settings.end()) apply_adaptive(*it, out.adaptive);
   if (auto it = settings.find("cache"); it != settings.end()) apply_cache(*it, out.cache);
   if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);
@@ -88,8 +92,18 @@ MountConfig build_mount(const json& mount, const MountConfig& defaults) {
   out.name = mount.at("name").get<std::string>();
   out.mountpoint = normalize_path(mount.at("mountpoint").get<std::string>());
   out.backend = mount.at("backend").get<std::string>();
-  out.source = normalize_path(mount.at("source").get<std::string>());
+  if (auto it = mount.find("source"); it != mount.end())
+    out.source = normalize_path(it->get<std::string>());
+  if (auto it = mount.find("memory"); it != mount.end()) {
+    if (auto b = it->find("max_bytes"); b != it->end()) {
+      std::string why;  // check_semantics reports it
+      if (!parse_size(b->is_string() ? b->get<std::string>() : b->dump(), &out.memory.max_bytes, &why))
+        out.memory.max_bytes = 0;
+    }
+    set_if_present(*it, "max_inodes", out.memory.max_inodes);
+  }
   set_if_present(mount, "create_mountpoint", out.create_mountpoint);
+  set_if_present(mount, "intercept", out.intercept);
   if (auto it = mount.find("bpf_handlers"); it != mount.end()) {
     for (const auto& [opcode, file] : it->items())
       out.bpf_handlers[opcode] = normalize_path(file.get<std::string>());
@@ -139,6 +153,7 @@ std::string read_file(const std::string& path) {
 
 const char* to_string(Transport t) { return name_of(kTransports, t); }
 const char* to_string(IoPath p) { return name_of(kIoPaths, p); }
+const char* to_string(KernelModule m) { return name_of(kKernelModules, m); }
 
 ConfigError::ConfigError(std::string file, int line, int column, const std::string& message)
     : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " +
@@ -158,5 +173,52 @@ Config parse_config(std::string_view text, const std::string& origin) {
 }
 
 Config load_config(const std::string& path) { return parse_config(read_file(path), path); }
+
+bool parse_size(std::string_view text, uint64_t* bytes, std::string* why) {
+  size_t digits = 0;
+  while (digits < text.size() && text[digits] >= '0' && text[digits] <= '9') ++digits;
+  std::string_view suffix = text.substr(digits);
+  if (digits == 0 || suffix.size() > 1) {
+    *why = "want bytes, a number with K, M, G or T, or a percentage of RAM";
+    return false;
+  }
+  constexpr uint64_t kMax = uint64_t{1} << 62;
+  uint64_t n = 0;
+  for (char c : text.substr(0, digits)) {
+    n = n * 10 + static_cast<uint64_t>(c - '0');
+    if (n > kMax) {
+      *why = "too large";
+      return false;
+    }
+  }
+  uint64_t v = n;
+  if (suffix == "%") {
+    if (n < 1 || n > 100) {
+      *why = "a percentage of RAM must be between 1% and 100%";
+      return false;
+    }
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    uint64_t ram = pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 0;
+    v = ram / 100 * n;
+  } else if (!suffix.empty()) {
+    int shift = suffix == "K" ? 10 : suffix == "M" ? 20 : suffix == "G" ? 30 : suffix == "T" ? 40 : -1;
+    if (shift < 0) {
+      *why = "the unit must be K, M, G, T or %";
+      return false;
+    }
+    if (n > (kMax >> shift)) {
+      *why = "too large";
+      return false;
+    }
+    v = n << shift;
+  }
+  v -= v % 4096;
+  if (v < 4096) {
+    *why = "less than one 4 KiB block";
+    return false;
+  }
+  *bytes = v;
+  return true;
+}
 
 }  // namespace efuse::daemon

@@ -19,9 +19,12 @@ namespace efuse::daemon {
 
 enum class Transport { Auto, Classic, Uring };
 enum class IoPath { Auto, Passthrough, Cache };
+// Whether a mount is served through the efuse kernel module (/dev/efuse, kmod/).
+enum class KernelModule { Auto, On, Off };
 
 const char* to_string(Transport t);
 const char* to_string(IoPath p);
+const char* to_string(KernelModule m);
 
 // Kernel caching policy; every field can change on reload without remounting.
 struct CachePolicy {
@@ -42,17 +45,32 @@ struct MountFlags {
   bool operator==(const MountFlags&) const = default;
 };
 
+// Limits of a memory mount (`memory:`); 0 = the backend's default. Live on reload.
+struct MemoryConfig {
+  uint64_t max_bytes = 0;
+  uint64_t max_inodes = 0;
+  bool operator==(const MemoryConfig&) const = default;
+};
+
+// memory.max_bytes as written: bytes, a number with K, M, G or T (binary), or a percentage
+// of RAM ("25%"); rounded down to whole 4 KiB blocks. False (and *why) when it is not
+// valid: no number, a percentage outside 1..100, less than 4096 bytes, too large.
+bool parse_size(std::string_view text, uint64_t* bytes, std::string* why);
+
 struct MountConfig {
   std::string name;        // unique, [A-Za-z0-9_.-]{1,64}: used in metric labels and D-Bus
   std::string mountpoint;  // absolute path
-  std::string backend;     // "passthrough"
-  std::string source;      // passthrough: absolute path of the backing directory
+  std::string backend;     // "passthrough" or "memory"
+  std::string source;      // passthrough: absolute path of the backing directory; memory: ""
+  MemoryConfig memory;     // memory: its limits
   bool create_mountpoint = false;  // create a missing mountpoint (0755, with parents)
+  bool intercept = false;  // publish it for libefuse_intercept.so (efuse-run); live on reload
   unsigned threads = 4;
   unsigned queue_depth = 8;  // io_uring entries per CPU queue
   Transport transport = Transport::Auto;
   IoPath io_path = IoPath::Auto;
   accel::Settings adaptive;  // the adaptive schedulers (live on reload)
+  KernelModule kernel_module = KernelModule::Auto;
   CachePolicy cache;
   MountFlags options;
   // eBPF handler programs by opcode name ("lookup" -> "/path/prog.bpf.o"); validated now,

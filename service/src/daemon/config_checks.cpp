@@ -84,12 +84,14 @@ void check_paths(const YamlDocument& doc, const Config& config) {
     const MountConfig& m = config.mounts[i];
     PathRef mountpoint{"mountpoint", m.mountpoint, i};
     PathRef source{"source", m.source, i};
-    check_overlap(doc, config, source, mountpoint);
+    bool has_source = !m.source.empty();  // a memory mount has none
+    if (has_source) check_overlap(doc, config, source, mountpoint);
     for (size_t j = 0; j < i; ++j) {
       const MountConfig& other = config.mounts[j];
       check_overlap(doc, config, mountpoint, {"mountpoint", other.mountpoint, j});
-      check_overlap(doc, config, mountpoint, {"source", other.source, j});
-      check_overlap(doc, config, source, {"mountpoint", other.mountpoint, j});
+      if (!other.source.empty())
+        check_overlap(doc, config, mountpoint, {"source", other.source, j});
+      if (has_source) check_overlap(doc, config, source, {"mountpoint", other.mountpoint, j});
     }
   }
 }
@@ -133,6 +135,40 @@ void check_permissions(const YamlDocument& doc, const Config& config) {
   }
 }
 
+// What each backend needs and refuses: passthrough serves a `source` and has no `memory`;
+// memory has no source, valid limits, and needs the kernel to check permissions (it keeps
+// no credentials of its own to check with).
+void check_backends(const YamlDocument& doc, const Config& config) {
+  for (size_t i = 0; i < config.mounts.size(); ++i) {
+    const MountConfig& m = config.mounts[i];
+    std::string who = "mount '" + m.name + "'";
+    if (m.backend == "passthrough") {
+      if (m.source.empty())
+        doc.fail(doc.value_mark({"mounts", std::to_string(i)}),
+                 who + ": backend passthrough needs 'source', the directory it serves");
+      if (doc.has(mount_path(i, "memory")))
+        doc.fail(doc.key_mark(mount_path(i, "memory")),
+                 who + ": 'memory' applies to backend memory only, not passthrough");
+    } else if (m.backend == "memory") {
+      if (doc.has(mount_path(i, "source")))
+        doc.fail(doc.key_mark(mount_path(i, "source")),
+                 who + ": backend memory serves no directory; remove 'source'");
+      YamlPath max_bytes{"mounts", std::to_string(i), "memory", "max_bytes"};
+      if (doc.has(max_bytes)) {
+        uint64_t bytes = 0;
+        std::string why;
+        if (!parse_size(doc.text(max_bytes), &bytes, &why))
+          doc.fail(doc.value_mark(max_bytes),
+                   doc.describe(max_bytes) + " '" + doc.text(max_bytes) + "' is not valid: " + why);
+      }
+      if (!m.options.default_permissions)
+        doc.fail(doc.value_mark({"mounts", std::to_string(i), "options", "default_permissions"}),
+                 who + ": backend memory needs default_permissions: true (the kernel checks "
+                       "permissions for it, with POSIX ACLs)");
+    }
+  }
+}
+
 }  // namespace
 
 std::string normalize_path(std::string_view path) {
@@ -154,6 +190,7 @@ void check_semantics(const YamlDocument& doc, const Config& config) {
   check_paths(doc, config);
   check_bpf_handlers(doc, config);
   check_permissions(doc, config);
+  check_backends(doc, config);
 }
 
 }  // namespace efuse::daemon

@@ -51,6 +51,7 @@ std::string_view mounts_schema_text() {
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
         "adaptive": { "$ref": "#/definitions/adaptive" },
+        "kernel_module": { "$ref": "#/definitions/kernel_module" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" }
       }
@@ -59,7 +60,7 @@ std::string_view mounts_schema_text() {
       "description": "One FUSE mount.",
       "type": "object",
       "additionalProperties": false,
-      "required": ["name", "mountpoint", "backend", "source"],
+      "required": ["name", "mountpoint", "backend"],
       "properties": {
         "name": {
           "description": "1 to 64 characters from A-Z a-z 0-9 _ . - (it names the mount in metric labels, D-Bus and efusectl).",
@@ -71,16 +72,22 @@ std::string_view mounts_schema_text() {
           "description": "Where the filesystem is mounted: an absolute path without '..' components; repeated and trailing slashes are dropped."
         },
         "backend": {
-          "description": "The filesystem served: passthrough mirrors the directory `source`.",
+          "description": "The filesystem served: passthrough mirrors the directory `source`; memory keeps files in efused's memory (lost when the mount goes) within the limits of `memory`.",
           "type": "string",
-          "enum": ["passthrough"]
+          "enum": ["passthrough", "memory"]
         },
         "source": {
           "$ref": "#/definitions/absolute_path",
-          "description": "The directory the passthrough backend serves: an absolute path without '..' components. A missing source fails only this mount, when it is mounted."
+          "description": "The directory the passthrough backend serves (required with backend passthrough, not allowed with memory): an absolute path without '..' components. A missing source fails only this mount, when it is mounted."
         },
+        "memory": { "$ref": "#/definitions/memory" },
         "create_mountpoint": {
           "description": "Create the mountpoint directory (mode 0755, owned by efused's user, with missing parents) when it does not exist, as systemd mount units do. Default false: a missing mountpoint fails this mount with an error that says so.",
+          "type": "boolean",
+          "default": false
+        },
+        "intercept": {
+          "description": "Publish the mount for libefuse_intercept.so (efuse-run CMD): processes running under it have read-only opens, reads, stat and access of regular files on a passthrough mount served from the backing directory with their own credentials, without FUSE round trips; everything else goes through the kernel. Counted in efuse_intercept_calls_total. Memory mounts are published for the counters only (all their calls go through the kernel). Applies live on reload. Default false.",
           "type": "boolean",
           "default": false
         },
@@ -89,6 +96,7 @@ std::string_view mounts_schema_text() {
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
         "adaptive": { "$ref": "#/definitions/adaptive" },
+        "kernel_module": { "$ref": "#/definitions/kernel_module" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" },
         "bpf_handlers": { "$ref": "#/definitions/bpf_handlers" }
@@ -98,6 +106,24 @@ std::string_view mounts_schema_text() {
       "description": "An absolute path without '..' components; repeated and trailing slashes and '.' components are dropped.",
       "type": "string",
       "pattern": "^/(?!(.*/)?\\.\\.(/|$))"
+    },
+    "memory": {
+      "description": "Limits of a memory mount (backend memory only). Both apply on reload without a remount; a limit lowered below what is in use refuses new data or inodes (ENOSPC) until enough is freed.",
+      "type": "object",
+      "additionalProperties": false,
+      "properties": {
+        "max_bytes": {
+          "description": "must be a number of bytes (at least 4096), or a string: a number with K, M, G or T (binary: K = 1024), or a percentage of the machine's RAM such as \"25%\" (1% to 100%). Default \"50%\", as tmpfs.",
+          "type": ["integer", "string"],
+          "minimum": 4096,
+          "pattern": "^[0-9]+[KMGT%]?$"
+        },
+        "max_inodes": {
+          "description": "Files, directories, symbolic links and special files the mount may hold, its root included. Default: one per 4 KiB of max_bytes, as tmpfs.",
+          "type": "integer",
+          "minimum": 1
+        }
+      }
     },
     "threads": {
       "description": "Worker threads reading requests from /dev/fuse, 1..256. Default 4.",
@@ -152,6 +178,12 @@ std::string_view mounts_schema_text() {
           "maximum": 86400
         }
       }
+    },
+    "kernel_module": {
+      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR and negative LOOKUP requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
+      "type": "string",
+      "default": "auto",
+      "enum": ["auto", "on", "off"]
     },
     "seconds": {
       "description": "A duration in seconds, 0..31536000 (one year); fractions allowed.",

@@ -202,6 +202,10 @@ std::string YamlDocument::describe(const YamlPath& path) const {
   return out;
 }
 
+bool YamlDocument::has(const YamlPath& path) const {
+  return walk(Located{root_, root_}, path).complete;
+}
+
 std::string YamlDocument::text(const YamlPath& path) const {
   Located found = walk(Located{root_, root_}, path);
   return found.complete && found.value.IsScalar() ? found.value.Scalar() : std::string();

@@ -33,6 +33,8 @@ class YamlDocument {
   std::string describe(const YamlPath& path) const;
   // "in mounts[0].cache"; "at the top level" for {}.
   std::string where(const YamlPath& path) const;
+  // Whether `path` exists in the document.
+  bool has(const YamlPath& path) const;
   // The text of the scalar at `path` as written (without quotes); "" for anything else.
   std::string text(const YamlPath& path) const;
   // The keys of the map at `path` in file order; empty when it is not a map.

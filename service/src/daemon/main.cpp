@@ -28,13 +28,19 @@ using efuse::daemon::MountConfig;
 
 constexpr const char* kDefaultConfig = "/etc/efuse/mounts.yaml";
 
-constexpr const char* kUsage = R"(Usage: efused [--config FILE | --demo | --mount SOURCE:MOUNTPOINT ...] [OPTIONS]
+constexpr const char* kUsage = R"(Usage: efused [--config FILE | --demo | --mount [SOURCE|memory]:MOUNTPOINT ...] [OPTIONS]
        efused --check-config FILE
 
 Serves FUSE file systems in the foreground (as systemd runs it) until SIGTERM or SIGINT,
 then unmounts everything (lazily when busy) and exits. SIGHUP re-reads the config file and
 applies the difference. With systemd (Type=notify) it reports READY=1 once every mount
 was attempted, STATUS=, RELOADING=1 and STOPPING=1, and feeds the watchdog.
+Under systemd each mount's FUSE connection and restart state stay in the unit's file
+descriptor store: on SIGTERM from a restart job (systemctl restart, a package upgrade)
+efused leaves its mounts mounted, and the next efused (also after a crash and
+Restart=on-failure) resumes them without remounting: clients see a pause, open files keep
+working. Mounts on FUSE over io_uring are remounted instead (transport: classic keeps
+them). A stop unmounts as above. EFUSE_FDSTORE=0 in the environment turns this off.
 
 Where the mounts come from (one of):
   -c, --config FILE              YAML config (default /etc/efuse/mounts.yaml); schema and a
@@ -44,6 +50,9 @@ Where the mounts come from (one of):
                                  127.0.0.1:19567 (directories are created)
   -m, --mount SOURCE:MOUNTPOINT  serve SOURCE at MOUNTPOINT with default settings
                                  (repeatable; no config file, no metrics unless --metrics)
+  -m, --mount memory:MOUNTPOINT  serve an in-memory file system at MOUNTPOINT (its files
+                                 are lost when it is unmounted; a directory named
+                                 "memory" is given as ./memory)
       --check-config FILE        validate FILE, print the first error as
                                  FILE:LINE:COLUMN: message, exit 0 if valid, 1 if not;
                                  warns about what a valid file cannot do here (an IPv6
@@ -69,14 +78,27 @@ With --mount (a config file sets these per mount):
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
                                  passthrough when the kernel grants it, the page cache
                                  for read-only opens of files up to 64 KiB)
+      --kernel-module MODE       auto, on or off (default auto: serve through the efuse
+                                 kernel module, /dev/efuse, when it is loaded and efused
+                                 is root, with eBPF handlers answering GETATTR and negative
+                                 LOOKUP in the kernel; on: fail when it is not; off: the
+                                 kernel's own FUSE)
       --entry-timeout SECONDS    how long the kernel may cache names (default 60)
       --attr-timeout SECONDS     how long the kernel may cache attributes (default 60)
       --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
       --keep-cache               keep file pages cached across opens even when outside
                                  changes cannot be invalidated exactly
       --writeback-cache          let the kernel cache writes (excludes passthrough)
+      --memory-max-bytes SIZE    memory mounts: data limit, bytes or a number with K, M,
+                                 G or T, or a percentage of RAM (default 50%)
+      --memory-max-inodes N      memory mounts: inode limit (default one per 4 KiB of
+                                 --memory-max-bytes)
       --read-only                mount read-only
       --create-mountpoint        create a missing MOUNTPOINT (0755, with parents)
+      --intercept                publish the mounts for libefuse_intercept.so, so that
+                                 programs run with efuse-run are served without FUSE
+                                 round trips (in $EFUSE_INTERCEPT_DIR, default
+                                 /run/efuse/intercept)
       --stack                    mount even where another live FUSE mount sits, on top of
                                  it (without it such a mountpoint is refused, naming the
                                  file system there and the process serving it)
@@ -89,7 +111,7 @@ Common:
 efused prints "efused: ready" on standard output once every mount was attempted.
 
 Exit status:
-  0   stopped cleanly (SIGTERM or SIGINT)
+  0   stopped cleanly (SIGTERM or SIGINT), or left the mounts for a restart
   1   no mount could be started (with --mount: a mount could not be started), or the
       D-Bus given with --bus cannot be used
   2   bad usage
@@ -151,9 +173,9 @@ int main(int argc, char** argv) {
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
-  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kLogLevel, kEntryTimeout, kAttrTimeout,
+  enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint, kTelemetry };
+         kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -164,6 +186,7 @@ int main(int argc, char** argv) {
       {"telemetry", required_argument, nullptr, kTelemetry},
       {"threads", required_argument, nullptr, 't'},
       {"io-path", required_argument, nullptr, kIoPath},
+      {"kernel-module", required_argument, nullptr, kKernelModule},
       {"log-level", required_argument, nullptr, kLogLevel},
       {"entry-timeout", required_argument, nullptr, kEntryTimeout},
       {"attr-timeout", required_argument, nullptr, kAttrTimeout},
@@ -173,8 +196,11 @@ int main(int argc, char** argv) {
       {"read-only", no_argument, nullptr, kReadOnly},
       {"stack", no_argument, nullptr, kStack},
       {"create-mountpoint", no_argument, nullptr, kCreateMountpoint},
+      {"intercept", no_argument, nullptr, kIntercept},
       {"transport", required_argument, nullptr, kTransport},
       {"queue-depth", required_argument, nullptr, kQueueDepth},
+      {"memory-max-bytes", required_argument, nullptr, kMemoryMaxBytes},
+      {"memory-max-inodes", required_argument, nullptr, kMemoryMaxInodes},
       {"version", no_argument, nullptr, 'V'},
       {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0},
@@ -207,6 +233,12 @@ int main(int argc, char** argv) {
         else if (std::strcmp(optarg, "cache") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Cache;
         else usage_error(std::string("--io-path must be auto, passthrough or cache, not '") + optarg + "'");
         break;
+      case kKernelModule:
+        if (std::strcmp(optarg, "auto") == 0) cli_defaults.kernel_module = efuse::daemon::KernelModule::Auto;
+        else if (std::strcmp(optarg, "on") == 0) cli_defaults.kernel_module = efuse::daemon::KernelModule::On;
+        else if (std::strcmp(optarg, "off") == 0) cli_defaults.kernel_module = efuse::daemon::KernelModule::Off;
+        else usage_error(std::string("--kernel-module must be auto, on or off, not '") + optarg + "'");
+        break;
       case kLogLevel: {
         efuse::log::Level l;
         if (!efuse::log::parse_level(optarg, &l)) usage_error(std::string("unknown log level '") + optarg + "'");
@@ -230,10 +262,25 @@ int main(int argc, char** argv) {
         cli_defaults.queue_depth = static_cast<unsigned>(v);
         break;
       }
+      case kMemoryMaxBytes: {
+        std::string why;
+        if (!efuse::daemon::parse_size(optarg, &cli_defaults.memory.max_bytes, &why))
+          usage_error(std::string("--memory-max-bytes '") + optarg + "' is not valid: " + why);
+        break;
+      }
+      case kMemoryMaxInodes: {
+        char* end = nullptr;
+        unsigned long long v = std::strtoull(optarg, &end, 10);
+        if (*optarg < '0' || *optarg > '9' || *end != '\0' || v < 1)
+          usage_error(std::string("--memory-max-inodes wants a positive number, not '") + optarg + "'");
+        cli_defaults.memory.max_inodes = v;
+        break;
+      }
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
       case kStack: cli_defaults.options.stack = true; break;
       case kCreateMountpoint: cli_defaults.create_mountpoint = true; break;
+      case kIntercept: cli_defaults.intercept = true; break;
       case 'V': std::printf("efused %s\n", EFUSE_VERSION); return 0;
       case 'h': std::fputs(kUsage, stdout); return 0;
       case ':': usage_error(std::string("option '") + argv[optind - 1] + "' needs a value");
@@ -283,7 +330,13 @@ int main(int argc, char** argv) {
         if (colon == std::string::npos || colon == 0 || colon + 1 == arg.size())
           usage_error("--mount wants SOURCE:MOUNTPOINT, got '" + arg + "'");
         MountConfig m = cli_defaults;
-        m.source = absolute(arg.substr(0, colon));
+        if (arg.substr(0, colon) == "memory") {
+          m.backend = "memory";
+          m.options.default_permissions = true;
+        } else {
+          m.source = absolute(arg.substr(0, colon));
+          m.memory = {};
+        }
         m.mountpoint = absolute(arg.substr(colon + 1));
         std::string problem = efuse::daemon::check_paths(m);
         if (!problem.empty()) usage_error(problem);

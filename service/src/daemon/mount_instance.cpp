@@ -28,13 +28,16 @@ static bool inside(const std::string& path, const std::string& dir) {
 
 std::string check_paths(const MountConfig& c) {
   struct stat st;
-  if (stat(c.source.c_str(), &st) != 0) {
+  if (c.source.empty()) {
+    // A memory mount: nothing to serve from, only the mountpoint to check.
+  } else if (stat(c.source.c_str(), &st) != 0) {
     if (errno == ENOENT)
       return "source " + c.source + " does not exist: create that directory or correct the "
              "mount's source";
     return "source " + c.source + ": " + strerror(errno);
+  } else if (!S_ISDIR(st.st_mode)) {
+    return "source " + c.source + " is not a directory";
   }
-  if (!S_ISDIR(st.st_mode)) return "source " + c.source + " is not a directory";
   if (stat(c.mountpoint.c_str(), &st) != 0) {
     // ENOTCONN: a dead FUSE mount left there; start() detaches it. ENOENT with
     // create_mountpoint: start() creates it.
@@ -47,6 +50,7 @@ std::string check_paths(const MountConfig& c) {
   } else if (!S_ISDIR(st.st_mode)) {
     return "mountpoint " + c.mountpoint + " is not a directory";
   }
+  if (c.source.empty()) return {};
   if (inside(c.mountpoint, c.source))
     return "mountpoint " + c.mountpoint + " lies inside source " + c.source +
            " (efused would serve its own mount)";
@@ -55,6 +59,8 @@ std::string check_paths(const MountConfig& c) {
            " (efused would serve its own mount)";
   return {};
 }
+
+std::string served(const MountConfig& c) { return c.source.empty() ? c.backend : c.source; }
 
 bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* error) {
   *mask = 0;
@@ -95,18 +101,22 @@ static std::string make_directories(const std::string& path) {
 bool needs_remount(const MountConfig& a, const MountConfig& b) {
   return a.mountpoint != b.mountpoint || a.backend != b.backend || a.source != b.source ||
          a.threads != b.threads || a.queue_depth != b.queue_depth ||
-         a.transport != b.transport || !(a.options == b.options) ||
+         a.transport != b.transport || a.kernel_module != b.kernel_module ||
+         !(a.options == b.options) ||
          a.cache.writeback != b.cache.writeback || a.bpf_handlers != b.bpf_handlers;
 }
 
-static fs::Policy policy_of(const MountConfig& c) {
-  fs::Policy p;
-  p.entry_timeout = c.cache.entry_timeout;
-  p.attr_timeout = c.cache.attr_timeout;
-  p.keep_cache = c.cache.keep_cache;
-  p.passthrough_io = c.io_path != IoPath::Cache;
-  p.adaptive_io = c.io_path == IoPath::Auto;
-  p.adaptive = c.adaptive;
+static fs::BackendParams params_of(const MountConfig& c) {
+  fs::BackendParams p;
+  p.source = c.source;
+  p.policy.entry_timeout = c.cache.entry_timeout;
+  p.policy.attr_timeout = c.cache.attr_timeout;
+  p.policy.keep_cache = c.cache.keep_cache;
+  p.policy.passthrough_io = c.io_path != IoPath::Cache;
+  p.policy.adaptive_io = c.io_path == IoPath::Auto;
+  p.policy.adaptive = c.adaptive;  // the io_path scheduler's settings (passthrough backend)
+  p.memory.max_bytes = c.memory.max_bytes;
+  p.memory.max_inodes = c.memory.max_inodes;
   return p;
 }
 
@@ -119,9 +129,61 @@ MountInstance::~MountInstance() {
     // connection, session and backend, so those must outlive them. Only reached on the way out.
     (void)channel_.release();
     (void)conn_.release();
+    (void)answers_.release();
+    (void)handler_store_.release();
     (void)session_.release();
     (void)fs_.release();
   }
+}
+
+const char* MountInstance::tier() const {
+  if (!live()) return "";
+  return module_tier_ ? kTierModule : kTierStock;
+}
+
+bool MountInstance::choose_tier(std::string* error) {
+  module_tier_ = false;
+  tier_note_.clear();
+  if (cfg_.kernel_module == KernelModule::Off) return true;
+  std::string why;
+  if (geteuid() != 0)
+    why = "efused is not root (mounting through /dev/efuse needs mount(2))";
+  else
+    fuse::efuse_module_loaded(&why);
+  if (why.empty()) {
+    module_tier_ = true;
+    return true;
+  }
+  if (cfg_.kernel_module == KernelModule::On) {
+    *error = "kernel_module: on, but " + why + "; load the module or set kernel_module: auto";
+    return false;
+  }
+  tier_note_ = why;
+  LOG_INFO("%s: kernel_module auto: %s; serving on the stock kernel FUSE (/dev/fuse)",
+           cfg_.name.c_str(), why.c_str());
+  return true;
+}
+
+void MountInstance::attach_handlers() {
+  if (mounted_.conn_id == 0) {
+    tier_note_ = "the mount's FUSE connection is unknown: no handlers attached";
+  } else {
+    const std::string dir = bpf::default_handler_dir();
+    std::string error;
+    auto set = bpf::HandlerSet::load(dir, mounted_.conn_id, &error);
+    if (set) {
+      handler_store_ = std::make_unique<HandlerStore>(std::move(set));
+      answers_ = std::make_unique<fuse::KernelAnswers>(*handler_store_);
+      session_->set_kernel_answers(answers_.get());
+      LOG_INFO("%s: serving through the efuse kernel module (/dev/efuse, connection %u); "
+               "eBPF handlers for GETATTR and LOOKUP attached from %s",
+               cfg_.name.c_str(), mounted_.conn_id, dir.c_str());
+      return;
+    }
+    tier_note_ = "handlers not attached: " + error;
+  }
+  LOG_WARN("%s: serving through the efuse kernel module (/dev/efuse) without eBPF handlers: %s",
+           cfg_.name.c_str(), tier_note_.c_str());
 }
 
 const char* MountInstance::transport() const {
@@ -187,8 +249,42 @@ Status MountInstance::start(std::string* error) {
              " first, or set options.stack: true to mount on top of it";
     return Errno{EBUSY};
   }
+  bool want_uring = false;
+  Status prepared = prepare(&want_uring, error);
+  if (!prepared.ok()) return prepared;
+  begin_recording();
+
+  fuse::MountOptions mo;
+  mo.fsname = served(cfg_);
+  mo.mountpoint = cfg_.mountpoint;
+  mo.allow_other = cfg_.options.allow_other;
+  mo.default_permissions = cfg_.options.default_permissions;
+  mo.read_only = cfg_.options.read_only;
+  mo.efuse_module = module_tier_;
+  auto m = fuse::mount(mo, error);
+  if (!m.ok()) return Errno{m.error()};
+  mounted_ = *m;
+  mounted_now_ = true;
+  // Before INIT is answered: no request reaches a handler before its maps are kept.
+  if (module_tier_) attach_handlers();
+
+  Status s = start_channel(mounted_.fd, want_uring, error);
+  if (!s.ok()) {
+    stop(0);
+    return s;
+  }
+  fs_->set_invalidator(this);
+  store_descriptors(true);
+  note_passthrough();
+  report_io_path();
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);
+  return {};
+}
+
+Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   fallback_reason_.clear();
   passthrough_missing_.clear();
+  if (!choose_tier(error)) return Errno{ENODEV};
   uint64_t masked = 0;
   if (const char* env = std::getenv("EFUSE_MASK_KERNEL_FEATURES"); env != nullptr && *env) {
     if (!parse_feature_mask(env, &masked, error)) return Errno{EINVAL};
@@ -212,7 +308,7 @@ Status MountInstance::start(std::string* error) {
                  why.c_str());
     }
   }
-  auto backend = fs::create_backend(cfg_.backend, {cfg_.source, policy_of(cfg_)}, error);
+  auto backend = fs::create_backend(cfg_.backend, params_of(cfg_), error);
   if (!backend.ok()) return Errno{backend.error()};
   fs_ = std::move(*backend);
   fuse::SessionOptions so;
@@ -232,26 +328,15 @@ Status MountInstance::start(std::string* error) {
     LOG_WARN("%s: writeback cache and passthrough I/O exclude each other; using the writeback "
              "cache", cfg_.name.c_str());
   session_ = std::make_unique<fuse::Session>(*fs_, so);
+  // The session's own schedulers (FSYNC offloading) take `adaptive:` too; reload applies
+  // it again in apply_policy(), beside the backend's reconfigure_backend().
   session_->set_adaptive(cfg_.adaptive);
+  *want_uring_out = want_uring;
+  return {};
+}
 
-  fuse::MountOptions mo;
-  mo.fsname = cfg_.source;
-  mo.mountpoint = cfg_.mountpoint;
-  mo.allow_other = cfg_.options.allow_other;
-  mo.default_permissions = cfg_.options.default_permissions;
-  mo.read_only = cfg_.options.read_only;
-  auto m = fuse::mount(mo, error);
-  if (!m.ok()) return Errno{m.error()};
-  mounted_ = *m;
-  mounted_now_ = true;
-
-  Status s = start_channel(mounted_.fd, want_uring, error);
-  if (!s.ok()) {
-    stop(0);
-    return s;
-  }
-  fs_->set_invalidator(this);
-
+void MountInstance::note_passthrough() {
+  const uint64_t masked = session_->masked_flags();
   const auto& n = session_->negotiated();
   if (!n.has(fuse::kernel::init::kPassthrough)) {
     if (masked & fuse::kernel::init::kPassthrough)
@@ -263,11 +348,15 @@ Status MountInstance::start(std::string* error) {
     else if (!(n.kernel_flags & fuse::kernel::init::kPassthrough))
       passthrough_missing_ = "the kernel does not offer FUSE passthrough (Linux 6.9+, "
                              "CONFIG_FUSE_PASSTHROUGH)";
-    else
-      passthrough_missing_ = "the kernel did not grant it";
+    else  // offered and allowed: the session grants what the backend asks for of that
+      passthrough_missing_ = "backend " + cfg_.backend + " does not use it";
   }
-  report_io_path();
-  return {};
+}
+
+std::vector<fs::Metric> MountInstance::backend_metrics() const {
+  std::vector<fs::Metric> out = fs_ ? fs_->metrics() : std::vector<fs::Metric>{};
+  for (auto& m : intercept_.metrics()) out.push_back(std::move(m));
+  return out;
 }
 
 const char* MountInstance::effective_io_path() const {
@@ -287,24 +376,39 @@ void MountInstance::report_io_path() const {
 }
 
 Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
+  // The handlers' maps first: the kernel asks again as soon as its cache is invalidated.
+  if (answers_) answers_->attr_changed(ino);
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
   int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
 Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
+  if (answers_) answers_->name_changed_outside(parent, name);
   int rc = session_->notify_inval_entry(parent, name);
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
 void MountInstance::apply_policy(const MountConfig& cfg) {
+  // Stored handler answers carry the timeouts efused sent them with.
+  const bool timeouts_changed = cfg_.cache.attr_timeout != cfg.cache.attr_timeout ||
+                                cfg_.cache.negative_timeout != cfg.cache.negative_timeout;
+  if (answers_ && timeouts_changed) answers_->drop_all();
   cfg_.cache = cfg.cache;
   bool io_path_changed = cfg_.io_path != cfg.io_path;
   cfg_.io_path = cfg.io_path;
   cfg_.adaptive = cfg.adaptive;
   cfg_.create_mountpoint = cfg.create_mountpoint;
+  cfg_.memory = cfg.memory;
+  if (cfg_.intercept != cfg.intercept) {
+    cfg_.intercept = cfg.intercept;
+    if (!cfg_.intercept)
+      intercept_.withdraw(true);  // the mount goes on: open files keep working
+    else if (live())
+      intercept_.publish(cfg_, mounted_.conn_id);
+  }
   if (io_path_changed && live()) report_io_path();
-  if (fs_) fs_->set_policy(policy_of(cfg_));
+  if (fs_) fs::reconfigure_backend(cfg_.backend, *fs_, params_of(cfg_));
   if (session_) {
     session_->set_negative_timeout(cfg_.cache.negative_timeout);
     session_->set_adaptive(cfg_.adaptive);
@@ -421,6 +525,7 @@ void MountInstance::flush_dirty() {
 void MountInstance::stop(int grace_ms) {
   if (!mounted_now_) return;
   mounted_now_ = false;
+  intercept_.withdraw(false);  // libraries stop serving before the mount goes
   if (fs_) fs_->set_invalidator(nullptr);  // joins the watcher before the channel goes
   // Only while the workers serve (not after the connection ended, nor for a mount that
   // never answered INIT: opening its root would wait for INIT).
@@ -437,7 +542,7 @@ void MountInstance::stop(int grace_ms) {
   if (has_channel && !channel_wait(grace_ms)) {
     // Detached but still in use: end the connection so the workers stop; the clients'
     // open files fail with ENOTCONN from now on.
-    if (fuse::abort_connection(mounted_.conn_id)) {
+    if (fuse::abort_connection(mounted_.conn_id, mounted_.efuse_module)) {
       LOG_WARN("%s: still in use after %d ms; connection aborted", cfg_.name.c_str(), grace_ms);
     } else {
       LOG_WARN("%s: still in use; cannot abort connection %u", cfg_.name.c_str(),
@@ -448,6 +553,16 @@ void MountInstance::stop(int grace_ms) {
   if (has_channel && channel_stopped()) {  // joins, closes the fds
     channel_.reset();
     conn_.reset();
+  }
+  // Unmounted for good: systemd closes its copies. The state stays mapped while the backend
+  // and session that point into it live (until the instance goes).
+  if (store_ != nullptr && state_) store_->remove_all(cfg_.name);
+  // The handlers go with the connection; with workers still blocked (the destructor's
+  // case) they stay until efused exits, which detaches them.
+  if (!has_channel || channel_stopped()) {
+    if (session_) session_->set_kernel_answers(nullptr);
+    answers_.reset();
+    handler_store_.reset();
   }
 }
 

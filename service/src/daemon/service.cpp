@@ -20,6 +20,7 @@
 #include "control/bus.h"
 #include "control/dbus_service.h"
 #include "daemon/config_lock.h"
+#include "daemon/fd_store.h"
 #include "daemon/supervisor.h"
 #include "telemetry/bpf_metrics.h"
 #include "telemetry/metrics_server.h"
@@ -103,6 +104,8 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   // parent's default ACL); the daemon's own umask must not mask them again.
   umask(0);
   raise_fd_limit();
+  // Descriptors a previous efused left in systemd's store (restart without remounting).
+  FdStore store;
 
   // One efused per config file and per bus name, checked before anything is mounted.
   ConfigLock lock;
@@ -118,6 +121,7 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     }
   }
   Supervisor sup(opts.config_path, std::move(cfg));
+  if (store.enabled()) sup.set_fd_store(&store);
 
   // org.efuse.Manager1: efusectl and systemd's ExecReload talk to it. Taken before mounting:
   // a name owned by another efused means that one serves already.
@@ -212,7 +216,10 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   for (const auto& m : sup.list_mounts())
     if (m["state"] == "mounted")
       std::printf("efused: %s: %s served at %s\n", m["name"].get<std::string>().c_str(),
-                  m["source"].get<std::string>().c_str(), m["mountpoint"].get<std::string>().c_str());
+                  m["source"].get<std::string>().empty()
+                      ? m["backend"].get<std::string>().c_str()  // memory: no source
+                      : m["source"].get<std::string>().c_str(),
+                  m["mountpoint"].get<std::string>().c_str());
   if (metrics) std::printf("efused: metrics at %s\n", metrics->url().c_str());
   std::printf("efused: stop with Ctrl-C or kill -TERM %d\n", static_cast<int>(getpid()));
   std::printf("efused: ready\n");
@@ -225,11 +232,21 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   auto last_ping = std::chrono::steady_clock::now();
   HealthProbe probe;
 
+  bool restart = false;
   for (;;) {
     struct timespec tick{0, 500 * 1000 * 1000};
     int sig = sigtimedwait(&sigs, nullptr, &tick);
     if (sig == SIGTERM || sig == SIGINT) {
-      LOG_INFO("%s: unmounting %zu mount(s)", strsignal(sig), sup.live_count());
+      // systemd's restart (systemctl restart, a package upgrade) keeps the mounts: the next
+      // efused resumes their connections from the fd store. A stop unmounts them.
+      std::string job;
+      restart = sig == SIGTERM && store.enabled() && restart_pending(&job);
+      if (restart)
+        LOG_INFO("%s: restart (%s): leaving %zu mount(s) mounted for the next efused",
+                 strsignal(sig), job.c_str(), sup.live_count());
+      else
+        LOG_INFO("%s: unmounting %zu mount(s)%s%s", strsignal(sig), sup.live_count(),
+                 job.empty() ? "" : "; ", job.c_str());
       break;
     }
     if (sig == SIGHUP) {
@@ -255,7 +272,10 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   dbus.reset();
   sup.set_applied_hook(nullptr);
   metrics.reset();
-  sup.stop_all();
+  if (restart)
+    sup.detach_all_for_restart();
+  else
+    sup.stop_all();
   return kExitOk;
 }
 

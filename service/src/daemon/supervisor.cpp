@@ -38,18 +38,36 @@ const Supervisor::Slot* Supervisor::find(const std::string& name) const {
 
 void Supervisor::start_slot(Slot& slot, std::vector<Event>* events) {
   slot.instance = std::make_unique<MountInstance>(slot.cfg);
+  slot.instance->set_fd_store(store_);
   std::string error;
-  if (slot.instance->start(&error).ok()) {
+  bool resumed = false;
+  if (store_ != nullptr) {
+    FdStore::Mount fds = store_->take(slot.cfg.name);
+    if (fds.conn || fds.state) {
+      resumed = slot.instance->resume(fds, &error).ok();
+      if (!resumed) {
+        LOG_WARN("%s: not resuming the previous efused's connection: %s; mounting afresh "
+                 "(clients of the old mount get ENOTCONN)",
+                 slot.cfg.name.c_str(), error.c_str());
+        MountInstance::abandon(slot.cfg.name, slot.cfg.mountpoint, std::move(fds), store_);
+        slot.instance = std::make_unique<MountInstance>(slot.cfg);
+        slot.instance->set_fd_store(store_);
+        error.clear();
+      }
+    }
+  }
+  if (resumed || slot.instance->start(&error).ok()) {
     slot.state = "mounted";
     slot.error.clear();
-    LOG_INFO("%s: serving %s at %s (%u threads)", slot.cfg.name.c_str(), slot.cfg.source.c_str(),
-             slot.cfg.mountpoint.c_str(), slot.cfg.threads);
+    if (!resumed)
+      LOG_INFO("%s: serving %s at %s (%u threads)", slot.cfg.name.c_str(),
+               served(slot.cfg).c_str(), slot.cfg.mountpoint.c_str(), slot.cfg.threads);
   } else {
     slot.instance.reset();
     slot.state = "failed";
     slot.error = error;
     ++slot.start_failures;
-    LOG_ERROR("%s: cannot serve %s at %s: %s", slot.cfg.name.c_str(), slot.cfg.source.c_str(),
+    LOG_ERROR("%s: cannot serve %s at %s: %s", slot.cfg.name.c_str(), served(slot.cfg).c_str(),
               slot.cfg.mountpoint.c_str(), error.c_str());
   }
   events->push_back({slot.cfg.name, slot.state});
@@ -79,9 +97,29 @@ size_t Supervisor::start_all() {
     std::lock_guard lk(mu_);
     for (auto& s : slots_)
       if (!s.instance) start_slot(s, &events);
+    // Connections of mounts no longer configured: unmounted, as a reload would.
+    if (store_ != nullptr) {
+      for (const std::string& name : store_->leftover()) {
+        LOG_INFO("%s: no longer configured; unmounting the previous efused's mount", name.c_str());
+        MountInstance::abandon(name, "", store_->take(name), store_);
+      }
+    }
   }
   emit(events);
   return live_count();
+}
+
+void Supervisor::detach_all_for_restart() {
+  {
+    std::lock_guard rl(reload_mu_);
+    std::lock_guard lk(mu_);
+    for (auto& s : slots_) {
+      if (s.instance) {
+        s.instance->detach_for_restart();
+        s.instance.reset();
+      }
+    }
+  }
 }
 
 void Supervisor::stop_all() {
@@ -328,8 +366,14 @@ nlohmann::json Supervisor::view(const Slot& s) const {
       {"io_path", to_string(s.cfg.io_path)},
       {"io_path_effective", s.instance ? s.instance->effective_io_path() : ""},
       {"io_path_note", s.instance ? s.instance->io_path_note() : ""},
+      {"kernel_module", to_string(s.cfg.kernel_module)},
+      {"tier", s.instance ? s.instance->tier() : ""},
+      {"tier_note", s.instance ? s.instance->tier_note() : ""},
+      {"handlers", s.instance && s.instance->handlers() != nullptr},
       {"threads", s.cfg.threads},
       {"start_failures", s.start_failures},
+      {"resumes", s.instance ? s.instance->resumes() : 0},
+      {"resume_note", s.instance ? s.instance->resume_note() : ""},
   };
   const fuse::Session* sess = s.instance ? s.instance->session() : nullptr;
   if (sess != nullptr && sess->initialized()) {
@@ -347,7 +391,7 @@ nlohmann::json Supervisor::view(const Slot& s) const {
     uint64_t requests = 0;
     for (const auto& op : sess->stats()) requests += op.requests.load(std::memory_order_relaxed);
     j["requests"] = requests;
-    j["io_path_choices"] = io_path_view(s.instance->backend_stats().io_path);
+    j["io_path_choices"] = io_path_view(s.instance->io_path_report());
     j["queue_balancing"] = blocking_view(sess->offload_report());
   } else {
     j["kernel"] = nlohmann::json::object();
@@ -434,13 +478,21 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
     v.io_path_effective = s.instance ? s.instance->effective_io_path() : "";
     v.up = s.instance && s.instance->live();
     v.start_failures = s.start_failures;
+    v.resumes = s.instance ? s.instance->resumes() : 0;
+    v.kernel_module = to_string(s.cfg.kernel_module);
     if (v.up) {
       v.transport = s.instance->transport();
       v.session = s.instance->session();
       v.workers = s.instance->worker_stats();
       v.uring_queues = s.instance->uring_queues();
       v.transport_fallback = s.instance->transport_fallback();
-      v.stats = s.instance->backend_stats();
+      v.backend_metrics = s.instance->backend_metrics();
+      v.tier = s.instance->tier();
+      if (const bpf::HandlerSet* h = s.instance->handlers()) {
+        v.handlers = true;
+        v.handler_outcomes = h->outcomes();
+        v.kernel_answers = s.instance->kernel_answers();
+      }
     }
     fn(v);
   }

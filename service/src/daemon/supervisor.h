@@ -29,6 +29,12 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   size_t start_all();
   // Unmounts everything (lazily when busy).
   void stop_all();
+  // systemd's file descriptor store (fd_store.h): mounts keep their connections there, and
+  // start_all() resumes the connections a previous efused left. Set before start_all().
+  void set_fd_store(FdStore* store) { store_ = store; }
+  // Stops serving every mount without unmounting, for the next efused (restart); mounts
+  // that cannot be resumed are unmounted as by stop_all().
+  void detach_all_for_restart();
   // Marks mounts whose connection ended behind our back (umount from outside) as failed.
   // Returns how many mounts are live afterwards.
   size_t check_mounts();
@@ -103,6 +109,7 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   std::atomic<bool> last_reload_ok_{true};
   std::atomic<double> last_reload_duration_{0};
   double start_ts_;
+  FdStore* store_ = nullptr;
 };
 
 }  // namespace efuse::daemon

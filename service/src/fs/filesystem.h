@@ -12,9 +12,12 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "accel/io_path.h"
 #include "common/result.h"
+#include "common/slot_file.h"
 
 namespace efuse::fs {
 
@@ -31,6 +34,10 @@ struct Context {
   // (group-executable) set-group-ID bits with this WRITE, truncating SETATTR or O_TRUNC
   // open, because the caller lacks CAP_FSETID.
   bool kill_suidgid = false;
+  // FUSE_SETXATTR_ACL_KILL_SGID: setting this POSIX ACL clears the set-group-ID bit, because
+  // the caller is neither in the file's group nor has CAP_FSETID (as posix_acl_update_mode
+  // does natively). A backend that stores ACLs itself (memory) applies it.
+  bool kill_sgid = false;
 };
 
 // What the kernel granted at INIT, as far as backends care.
@@ -129,28 +136,16 @@ class Invalidator {
   virtual Status inval_entry(uint64_t parent, std::string_view name) = 0;
 };
 
-// What a backend reports to /metrics: the inodes it holds for the kernel and the
-// descriptors it keeps for them (efuse_inodes, efuse_inode_fds, efuse_inode_fd_*_total),
-// how it keeps the kernel's caches exact (efuse_watch*, efuse_listing_cache_drops_total)
-// and how opens were served (efuse_shared_opens_total).
-struct BackendStats {
-  uint64_t inodes = 0;           // the kernel holds a reference (nlookup > 0)
-  uint64_t fds = 0;              // of those, with an open O_PATH descriptor
-  uint64_t evictions = 0;        // descriptors closed to stay within the budget
-  uint64_t evictor_passes = 0;   // eviction passes run by the table's evictor thread
-  uint64_t request_passes = 0;   // ... by a request, past the hard limit
-  uint64_t reopens = 0;          // descriptors reopened from a file handle
-  uint64_t reopen_failures = 0;  // reopen failed (mostly ESTALE: removed meanwhile)
-  uint64_t listing_drops = 0;    // cached directory listings dropped: a change raced them
-  uint64_t shared_opens = 0;     // read-only opens that shared the inode's descriptor
-  uint64_t watched_dirs = 0;         // backing directories watched for outside changes
-  uint64_t watch_fanotify_dirs = 0;  // of those, whose files' writes fanotify reports
-  uint64_t watch_muted_files = 0;    // files whose write events are muted while written
-  uint64_t watch_events = 0;         // inotify and fanotify events read
-  uint64_t watch_invalidations = 0;  // notifications sent for outside changes
-  uint64_t watch_overflows = 0;      // event queue overflows
-  uint64_t watch_failures = 0;       // watches that could not be set up
-  accel::IoPathReport io_path;       // cache or passthrough per file: decisions and probes
+// One series a backend exports to /metrics. The metrics layer adds the `mount` label and
+// groups series by name into families, so each backend names and documents its own
+// (docs/metrics.md lists every one). Series of one name must agree on help and type.
+struct Metric {
+  enum class Type { Gauge, Counter };
+  const char* name;  // the family, e.g. "efuse_inodes" (static storage)
+  const char* help;  // static storage
+  Type type;
+  double value;
+  std::vector<std::pair<std::string, std::string>> labels = {};  // besides `mount`
 };
 
 class Filesystem {
@@ -169,29 +164,34 @@ class Filesystem {
   // mount's back. The invalidator must stay valid until set_invalidator(nullptr) returns.
   virtual void set_invalidator(Invalidator*) {}
   virtual void destroy() {}
-  // Safe to call from any thread at any time (scrapes).
-  virtual BackendStats backend_stats() const { return {}; }
+  // The backend's own series for /metrics. Safe to call from any thread at any time
+  // (scrapes).
+  virtual std::vector<Metric> metrics() const { return {}; }
+  // How the backend chose cache or passthrough per file (io_path: auto; accel/io_path.h):
+  // for efusectl status and the D-Bus view. Empty for a backend without that choice. (The
+  // same report reaches /metrics as efuse_io_path_* series through metrics().)
+  virtual accel::IoPathReport io_path_report() const { return {}; }
+  // Restart without remounting (common/slot_file.h). record_state: from now on keep in
+  // `file` what a new efused needs to go on serving this connection (the nodeids and file
+  // handles the kernel holds); false when the backend cannot (the mount is then not
+  // resumed across a restart). restore_state: rebuild that from `file` before the first
+  // request of a resumed connection, and go on recording; an error (*why) leaves the
+  // backend unusable for it (the mount starts fresh instead).
+  virtual bool record_state(SlotFile*) { return false; }
+  virtual Status restore_state(SlotFile*, std::string* why) {
+    *why = "this backend cannot resume a connection";
+    return Errno{EOPNOTSUPP};
+  }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each
   // readdirplus entry but . and ..) adds one to the node's count; FORGET and BATCH_FORGET
-  // subtract nlookup. A node goes at zero, and its nodeid is never reused while the kernel
-  // may still name it. Today a FORGET for more than the backend counted clamps to zero and
-  // drops the node: every lookup the kernel holds was answered by efused, so the kernel's
-  // count can only be smaller.
-  //
-  // Contract for lookups the kernel answers without efused seeing them (the kmod tier's
-  // LOOKUP handlers, tier 3): the kernel's count then exceeds efused's by what that tier
-  // answered, so a FORGET for more than efused counted is normal, and neither clamping (a
-  // node the kernel still holds would be dropped) nor ignoring it (a node would leak) is
-  // right. So (1) the tier answers only for nodes whose count efused holds above zero, and
-  // efused withdraws a node from the tier's maps before it may drop it; (2) the tier counts
-  // each lookup it answers per nodeid in a map efused owns; (3) before applying a FORGET,
-  // efused folds that count into the node's (and zeroes it), so every FORGET meets the
-  // kernel's full count: a node drops exactly when the kernel's count reaches zero. A FORGET
-  // still exceeding the folded count is a bookkeeping bug: logged, counted, and the node
-  // dropped (the kernel holds nothing more to forget). Not implemented yet: no tier answers
-  // lookups in this version.
+  // subtract nlookup. A node goes at zero (or, in a backend that is the file system itself,
+  // when its last name goes too), and its nodeid is never reused while the kernel may still
+  // name it. Backends keep these counts in fs::NodeTable (fs/node_table.h), which also holds
+  // the written contract for lookups the kernel answers without efused seeing them (the
+  // kernel tier raises counts efused never saw: a FORGET for more than efused counted must
+  // neither drop a node the kernel still holds nor leak one). No tier answers lookups yet.
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.

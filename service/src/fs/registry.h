@@ -10,6 +10,7 @@
 
 #include "common/result.h"
 #include "fs/filesystem.h"
+#include "fs/memory/pool.h"
 
 namespace efuse::fs {
 
@@ -18,7 +19,12 @@ namespace efuse::fs {
 struct BackendParams {
   std::string source;  // the mount's `source` (the passthrough backend's backing directory)
   Policy policy;       // caching and I/O policy; replaced live with set_policy()
+  memory::Limits memory;  // the memory backend's limits (`memory:`); live on reload
 };
+
+// Applies what of `params` a running backend can change without a remount (the policy;
+// the memory backend's limits). `fs` must have been created as backend `name`.
+void reconfigure_backend(std::string_view name, Filesystem& fs, const BackendParams& params);
 
 // Registered names, in registration order.
 std::vector<std::string_view> backend_names();

@@ -2,13 +2,17 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <new>
+#include <thread>
 
 #include "common/log.h"
 #include "common/thread_name.h"
@@ -63,6 +67,8 @@ class ClassicChannel::Worker final : public Transport {
 
   efuse::UniqueFd own_;
   int fd_;
+  std::atomic<bool> in_read_{false};  // blocked in read(): stop_for_restart may signal it
+  std::atomic<bool> done_{false};
   WorkerStats stats_;
   AlignedBuffer in_;
   AlignedBuffer scratch_;
@@ -134,7 +140,10 @@ void ClassicChannel::run(Worker& w) {
   efuse::name_this_thread("efuse-dev%u", index);
   for (;;) {
     uint64_t t0 = monotonic_ns();
+    w.in_read_.store(true);
+    if (draining_.load()) break;
     ssize_t n = ::read(w.fd_, w.in(), w.in_size());
+    w.in_read_.store(false);
     uint64_t t1 = monotonic_ns();
     w.stats_.wait_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
     if (n < 0) {
@@ -153,6 +162,8 @@ void ClassicChannel::run(Worker& w) {
     w.stats_.requests.fetch_add(1, std::memory_order_relaxed);
     w.stats_.busy_ns.fetch_add(monotonic_ns() - t1, std::memory_order_relaxed);
   }
+  w.in_read_.store(false);
+  w.done_.store(true);
   running_.fetch_sub(1);
   running_.notify_all();
 }
@@ -172,6 +183,48 @@ bool ClassicChannel::wait(int timeout_ms) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   return true;
+}
+
+efuse::Status ClassicChannel::resume(std::string* error) {
+  if (!workers_.empty()) return efuse::Errno{EALREADY};
+  size_t bufsize = session_.request_buffer_size();
+  workers_.push_back(std::make_unique<Worker>(conn_.fd(), efuse::UniqueFd(), bufsize, bufsize));
+  return start(error);
+}
+
+namespace {
+// Interrupts a worker's read() of /dev/fuse (EINTR) and does nothing else.
+void wake_handler(int) {}
+std::once_flag g_wake_once;
+}  // namespace
+
+bool ClassicChannel::stop_for_restart(int timeout_ms) {
+  std::call_once(g_wake_once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = wake_handler;  // no SA_RESTART: read() returns EINTR
+    sigemptyset(&sa.sa_mask);
+    sigaction(kWakeSignal, &sa, nullptr);
+  });
+  draining_.store(true);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (running_.load() != 0) {
+    // A worker between its check of draining_ and read() misses this signal: it gets the
+    // next one. One handling a request stops after replying.
+    for (auto& w : workers_)
+      if (!w->done_.load() && w->in_read_.load() && w->thread_.joinable())
+        pthread_kill(w->thread_.native_handle(), kWakeSignal);
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  join();
+  return true;
+}
+
+std::vector<int> ClassicChannel::device_fds() const {
+  std::vector<int> out{conn_.fd()};
+  for (const auto& w : workers_)
+    if (w->own_) out.push_back(w->own_.get());
+  return out;
 }
 
 void ClassicChannel::join() {

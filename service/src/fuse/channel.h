@@ -4,6 +4,7 @@
 //   UringChannel     FUSE over io_uring, one queue per CPU (uring_channel.h)
 #pragma once
 
+#include <csignal>
 #include <atomic>
 #include <memory>
 #include <string>
@@ -16,6 +17,9 @@
 #include "fuse/stats.h"
 
 namespace fuse {
+
+// The signal ClassicChannel::stop_for_restart interrupts a worker's read() of /dev/fuse with.
+inline constexpr int kWakeSignal = SIGUSR2;
 
 // The life cycle every channel has. Constructing one connects the session to the
 // connection (Session::connect); destroying it stops the session's deferred work
@@ -40,6 +44,17 @@ class Channel {
   virtual const char* transport() const = 0;
   // io_uring queues serving now (0 on /dev/fuse).
   virtual unsigned queue_count() const { return 0; }
+
+  // Restart without remounting. resume(): serves a connection a previous efused answered
+  // INIT on (Session::restore_state), on the channel's own threads, as start() does.
+  // stop_for_restart(): the threads finish the requests they hold, reply, and stop, while
+  // the connection stays up (requests wait in the kernel for the next efused); true once
+  // all stopped. device_fds(): every /dev/fuse descriptor the channel reads or issues
+  // commands on (the connection's own first); the fd store keeps them so that a killed
+  // efused's requests in flight stay with the connection (see fuse/restart.h).
+  virtual efuse::Status resume(std::string* error) = 0;
+  virtual bool stop_for_restart(int timeout_ms) = 0;
+  virtual std::vector<int> device_fds() const = 0;
 };
 
 // Classic channel: N worker threads, each reading requests from its own clone of the
@@ -62,6 +77,9 @@ class ClassicChannel final : public Channel {
   uint64_t channel_errors() const override { return channel_errors_.load(); }
   const char* transport() const override { return "classic"; }
   unsigned threads() const { return threads_; }
+  efuse::Status resume(std::string* error) override;
+  bool stop_for_restart(int timeout_ms) override;
+  std::vector<int> device_fds() const override;
 
  private:
   class Worker;
@@ -72,6 +90,7 @@ class ClassicChannel final : public Channel {
   unsigned threads_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::atomic<unsigned> running_{0};
+  std::atomic<bool> draining_{false};  // stop_for_restart: stop after the current request
   std::atomic<uint64_t> channel_errors_{0};
 };
 

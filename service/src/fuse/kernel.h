@@ -111,6 +111,7 @@ inline constexpr uint32_t kWriteCache = 1 << 0;     // fuse_write_in.write_flags
 inline constexpr uint32_t kWriteLockowner = 1 << 1;
 inline constexpr uint32_t kWriteKillSuidgid = 1 << 2;
 inline constexpr uint32_t kOpenKillSuidgid = 1 << 0;  // fuse_open_in/fuse_create_in.open_flags
+inline constexpr uint32_t kSetxattrAclKillSgid = 1 << 0;  // fuse_setxattr_in.setxattr_flags
 inline constexpr uint32_t kReadLockowner = 1 << 1;  // fuse_read_in.read_flags
 inline constexpr uint32_t kFsyncFdatasync = 1 << 0;  // fuse_fsync_in.fsync_flags
 

@@ -51,10 +51,31 @@ static std::string common_options(const MountOptions& o) {
   return s;
 }
 
+bool efuse_module_loaded(std::string* why) {
+  std::ifstream f("/proc/filesystems");
+  std::string line;
+  bool listed = false;
+  while (std::getline(f, line)) {
+    if (line.size() >= 6 && line.compare(line.size() - 6, 6, "\tefuse") == 0) listed = true;
+  }
+  struct stat st;
+  if (!listed) {
+    *why = "the efuse kernel module is not loaded (/proc/filesystems has no efuse; "
+           "modprobe efuse, see kmod/README.md)";
+    return false;
+  }
+  if (stat("/dev/efuse", &st) != 0 || !S_ISCHR(st.st_mode)) {
+    *why = "the efuse kernel module is loaded but /dev/efuse is missing";
+    return false;
+  }
+  return true;
+}
+
 static Result<Mounted> mount_kernel(const MountOptions& o, std::string* error) {
-  efuse::UniqueFd fd(::open("/dev/fuse", O_RDWR | O_CLOEXEC));
+  const char* device = o.efuse_module ? "/dev/efuse" : "/dev/fuse";
+  efuse::UniqueFd fd(::open(device, O_RDWR | O_CLOEXEC));
   if (!fd) {
-    *error = std::string("cannot open /dev/fuse: ") + strerror(errno);
+    *error = std::string("cannot open ") + device + ": " + strerror(errno);
     return efuse::last_errno();
   }
   struct stat st;
@@ -68,7 +89,7 @@ static Result<Mounted> mount_kernel(const MountOptions& o, std::string* error) {
   std::snprintf(rootmode, sizeof rootmode, "%o", S_IFDIR);
   std::string data = "fd=" + std::to_string(fd.get()) + ",rootmode=" + rootmode + ",user_id=" +
          std::to_string(getuid()) + ",group_id=" + std::to_string(getgid()) + common_options(o);
-  std::string type = "fuse." + o.subtype;
+  std::string type = (o.efuse_module ? "efuse." : "fuse.") + o.subtype;
   unsigned long flags = MS_NOSUID | MS_NODEV | (o.read_only ? MS_RDONLY : 0);
   if (::mount(o.fsname.c_str(), o.mountpoint.c_str(), type.c_str(), flags, data.c_str()) != 0) {
     int e = errno;
@@ -77,6 +98,7 @@ static Result<Mounted> mount_kernel(const MountOptions& o, std::string* error) {
   }
   Mounted m;
   m.fd = fd.release();
+  m.efuse_module = o.efuse_module;
   return m;
 }
 
@@ -192,6 +214,10 @@ std::string read_text(const std::string& path) {
 }  // namespace
 
 Result<Mounted> mount(const MountOptions& o, std::string* error) {
+  if (o.efuse_module && geteuid() != 0) {
+    *error = "mounting through the efuse kernel module needs root";
+    return Errno{EPERM};
+  }
   auto m = geteuid() == 0 ? mount_kernel(o, error) : mount_fusermount(o, error);
   if (!m.ok()) return m;
   // The connection id is the minor number of the mount's anonymous device. stat() of the
@@ -202,9 +228,20 @@ Result<Mounted> mount(const MountOptions& o, std::string* error) {
 
 std::optional<FuseMountAt> fuse_mount_at(const std::string& mountpoint) {
   auto top = topmost_at(mountpoint);
-  if (!top || !(top->fstype == "fuse" || top->fstype == "fuseblk" || top->fstype.starts_with("fuse.")))
+  auto fuse_type = [](const std::string& t, const std::string& fs) {
+    return t == fs || t == fs + "blk" || t.starts_with(fs + ".");
+  };
+  if (!top || !(fuse_type(top->fstype, "fuse") || fuse_type(top->fstype, "efuse")))
     return std::nullopt;
   return FuseMountAt{top->fstype, top->source, top->minor};
+}
+
+std::string mountpoint_of(unsigned conn_id) {
+  std::string at;
+  for (auto& e : read_mountinfo())
+    if (e.minor == conn_id && (e.fstype == "fuse" || e.fstype.starts_with("fuse.")))
+      at = e.mountpoint;
+  return at;
 }
 
 std::vector<pid_t> fuse_servers(unsigned conn_id) {
@@ -224,7 +261,8 @@ std::vector<pid_t> fuse_servers(unsigned conn_id) {
       ssize_t n = readlink((dir + "/fd/" + fd->d_name).c_str(), target, sizeof target - 1);
       if (n <= 0) continue;
       target[n] = '\0';
-      if (std::strcmp(target, "/dev/fuse") != 0) continue;
+      if (std::strcmp(target, "/dev/fuse") != 0 && std::strcmp(target, "/dev/efuse") != 0)
+        continue;
       if (read_text(dir + "/fdinfo/" + fd->d_name).find(want) != std::string::npos) {
         holds = true;
         break;
@@ -259,17 +297,18 @@ Result<const char*> unmount(const std::string& mountpoint, bool via_fusermount) 
   return efuse::last_errno();
 }
 
-bool abort_connection(unsigned conn_id) {
+bool abort_connection(unsigned conn_id, bool efuse_module) {
   if (conn_id == 0) return false;
-  std::string path = "/sys/fs/fuse/connections/" + std::to_string(conn_id) + "/abort";
-  constexpr const char* kFusectl = "/sys/fs/fuse/connections";
+  const char* kFusectl = efuse_module ? "/sys/fs/efuse/connections" : "/sys/fs/fuse/connections";
+  const char* ctl_type = efuse_module ? "efusectl" : "fusectl";
+  std::string path = std::string(kFusectl) + "/" + std::to_string(conn_id) + "/abort";
   efuse::UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
   // Without fusectl mounted (no systemd to mount it), mount it for this write only and
   // take it away again, so the host is left as it was found. Another efused still using
   // it keeps it busy: then it stays (EBUSY), which is harmless.
   bool mounted_here = false;
   if (!fd && errno == ENOENT && geteuid() == 0 &&
-      ::mount("fusectl", kFusectl, "fusectl", 0, nullptr) == 0) {
+      ::mount(ctl_type, kFusectl, ctl_type, 0, nullptr) == 0) {
     mounted_here = true;
     fd.reset(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
   }

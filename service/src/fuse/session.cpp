@@ -70,6 +70,13 @@ void Session::handle(std::span<const char> request, Transport& out,
                                   request.size() - sizeof(k::fuse_in_header) - extlen));
   uint32_t op = hdr->opcode;
   r.start_ns = monotonic_ns();
+  if (KernelAnswers* answers = answers_.load(std::memory_order_acquire)) {
+    r.session = this;
+    r.answers = answers;
+    r.raw = request.subspan(sizeof(k::fuse_in_header),
+                            request.size() - sizeof(k::fuse_in_header) - extlen);
+    r.answers_since = answers_begin(op);
+  }
   try {
     dispatch(r);
   } catch (const std::bad_alloc&) {
@@ -187,6 +194,7 @@ void Session::do_init(Request& r) {
            : (offered & k::init::kOverIoUring) ? "offered, not used"
                                                 : "not offered");
   size_t len = n.minor < 23 ? 24 : sizeof o;
+  record_negotiated();
   r.reply(&o, len);
   initialized_.store(true, std::memory_order_release);
 }

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <ranges>
 #include <span>
+#include <string>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "accel/offload.h"
+#include "common/slot_file.h"
 #include "fs/filesystem.h"
 #include "fuse/connection.h"
 #include "fuse/kernel.h"
@@ -33,6 +35,8 @@
 #include "fuse/stats.h"
 
 namespace fuse {
+
+class KernelAnswers;
 
 struct SessionOptions {
   double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
@@ -87,10 +91,15 @@ class Session {
   bool initialized() const { return initialized_.load(std::memory_order_acquire); }
   bool destroyed() const { return destroyed_.load(std::memory_order_acquire); }
   const Negotiated& negotiated() const { return negotiated_; }
+  uint64_t masked_flags() const { return opts_.masked_flags; }
   // Size of buffer a channel must read requests into.
   size_t request_buffer_size() const;
   // Live policy change (config reload).
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
+  // The kernel module tier: answers its eBPF handlers give from maps this session keeps
+  // exact (fuse/kernel_answers.h). Set before the first request, or null; must outlive the
+  // requests in flight.
+  void set_kernel_answers(KernelAnswers* answers) { answers_.store(answers); }
 
   // FUSE notifications (unique 0). Send them from a thread of their own, never from a
   // request handler. Return 0, or -errno (-ENOENT: the kernel no longer knows the object;
@@ -108,6 +117,16 @@ class Session {
   // Stops blocking-lock waiters (their deferred replies answer EINTR) and closes backing
   // ids; call before the transports and the connection go away. A second call does nothing.
   void shutdown();
+
+  // Restart without remounting (common/slot_file.h). record_state: INIT's outcome and the
+  // passthrough backing ids are kept current in `file` from now on. restore_state: a
+  // connection a previous efused served: takes INIT's outcome (no INIT comes) and the
+  // backing ids, which live on in the kernel, from `file`, tells the backend (init) and
+  // goes on recording; false with *why when the state does not add up. keep_for_restart:
+  // shutdown() leaves the backing ids registered, for the next efused.
+  void record_state(efuse::SlotFile* file);
+  efuse::Status restore_state(efuse::SlotFile* file, std::string* why);
+  void keep_for_restart() { keep_for_restart_ = true; }
 
   const SessionStats& stats() const { return stats_; }
   uint64_t decode_errors() const { return decode_errors_.load(); }
@@ -171,6 +190,9 @@ class Session {
   void do_setlkw(Request& r);
 
   void readdir_common(Request& r, bool plus);
+  // session_answers.cpp: the KernelAnswers side of a request (before its reply is sent).
+  uint64_t answers_begin(uint32_t opcode);
+  void keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept;
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_attr(Request& r, const efuse::fs::Attr& a);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
@@ -199,6 +221,7 @@ class Session {
 
   efuse::fs::Filesystem& fs_;
   SessionOptions opts_;
+  std::atomic<KernelAnswers*> answers_{nullptr};
   Connection* conn_ = nullptr;
   std::atomic<double> negative_timeout_;
   Negotiated negotiated_;
@@ -219,10 +242,16 @@ class Session {
   struct Backing {
     int id = 0;
     uint32_t opens = 0;
+    efuse::SlotFile::Slot* slot = nullptr;  // its record in the restart state
   };
   std::mutex backing_mu_;
   std::unordered_map<uint64_t, Backing> backing_;      // by nodeid
   std::unordered_map<uint64_t, uint64_t> backing_fh_;  // passthrough fh -> nodeid
+  // Restart state: the file (null: not recorded) and each passthrough fh's record.
+  efuse::SlotFile* state_ = nullptr;
+  std::unordered_map<uint64_t, efuse::SlotFile::Slot*> backing_fh_slots_;  // backing_mu_
+  bool keep_for_restart_ = false;
+  void record_negotiated();
 
   // Blocking lock waits (SETLKW) run on their own threads so workers stay free.
   std::mutex waits_mu_;

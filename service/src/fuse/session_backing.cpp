@@ -39,9 +39,23 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
     // What passthrough costs efused for this inode (io_path: auto weighs it, accel/io_path.h).
     fs_.passthrough_registered(
         nodeid, static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(took).count()));
+    if (state_ != nullptr && (b.slot = state_->alloc()) != nullptr) {
+      b.slot->v[0].store(nodeid, std::memory_order_relaxed);
+      b.slot->v[1].store(static_cast<uint64_t>(id), std::memory_order_relaxed);
+      efuse::SlotFile::publish(b.slot, efuse::SlotFile::kBacking);
+    }
   }
   ++b.opens;
+  if (b.slot != nullptr) b.slot->v[2].store(b.opens, std::memory_order_relaxed);
   backing_fh_[info.fh] = nodeid;
+  if (state_ != nullptr) {
+    if (efuse::SlotFile::Slot* fs = state_->alloc()) {
+      fs->v[0].store(info.fh, std::memory_order_relaxed);
+      fs->v[1].store(nodeid, std::memory_order_relaxed);
+      efuse::SlotFile::publish(fs, efuse::SlotFile::kBackingFh);
+      backing_fh_slots_[info.fh] = fs;
+    }
+  }
   // The kernel fails a passthrough open (EIO) that carries any flag outside
   // PASSTHROUGH | DIRECT_IO | PARALLEL_DIRECT_WRITES | NOFLUSH; page-cache flags such as
   // KEEP_CACHE mean nothing without a FUSE page cache anyway.
@@ -60,14 +74,23 @@ void Session::backing_released(uint64_t fh) {
   auto b = backing_.find(it->second);
   if (b != backing_.end() && --b->second.opens == 0) {
     conn_->backing_close(b->second.id);  // ids exist only with a connection
+    if (state_ != nullptr) state_->free(b->second.slot);
     backing_.erase(b);
+  } else if (b != backing_.end() && b->second.slot != nullptr) {
+    b->second.slot->v[2].store(b->second.opens, std::memory_order_relaxed);
   }
   backing_fh_.erase(it);
+  if (auto s = backing_fh_slots_.find(fh); s != backing_fh_slots_.end()) {
+    state_->free(s->second);
+    backing_fh_slots_.erase(s);
+  }
 }
 
 // Shutdown: every id still registered.
 void Session::close_backing_ids() {
   std::lock_guard lk(backing_mu_);
+  // A restart hands them to the next efused: the kernel keeps them with the connection.
+  if (keep_for_restart_) return;
   for (auto& [nodeid, b] : backing_) conn_->backing_close(b.id);
   backing_.clear();
   backing_fh_.clear();

@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "fuse/kernel_answers.h"
 #include "fuse/session_request.h"
 
 namespace fuse {
@@ -50,6 +51,7 @@ void Session::do_forget(Request& r) {
     decode_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->forgotten(r.hdr.nodeid);
   fs_.forget(r.hdr.nodeid, in->nlookup);
 }
 
@@ -66,6 +68,7 @@ void Session::do_batch_forget(Request& r) {
       decode_errors_.fetch_add(1, std::memory_order_relaxed);
       return;
     }
+    if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->forgotten(one->nodeid);
     fs_.forget(one->nodeid, one->nlookup);
   }
 }

@@ -32,8 +32,15 @@ struct Session::Request {
   bool replied = false;
   bool deferred = false;  // a DeferredReply answers (and records) it
   int error = 0;
+  // The kernel module tier (KernelAnswers): the request body as sent, for keep_answers(),
+  // and the sequence number taken before a GETATTR or LOOKUP asked the backend.
+  Session* session = nullptr;
+  KernelAnswers* answers = nullptr;
+  std::span<const char> raw;
+  uint64_t answers_since = 0;
 
   void send(const struct iovec* payload, int n, int err = 0) {
+    if (answers != nullptr) session->keep_answers(*this, payload, n, err);
     int rc = send_reply(out, hdr.unique, err, {payload, static_cast<size_t>(n)});
     // ENOENT: the request was interrupted and the kernel no longer waits; not an error.
     if (rc < 0 && rc != -ENOENT)

@@ -14,6 +14,9 @@ void Session::do_setxattr(Request& r) {
   if (!name || name->empty()) return malformed(r);
   auto value = r.body.take_bytes(in->size);
   if (!value) return malformed(r);
+  // Only the extended struct has setxattr_flags (FUSE_SETXATTR_EXT).
+  r.ctx.kill_sgid = in_size == sizeof(k::fuse_setxattr_in) &&
+                    (in->setxattr_flags & k::kSetxattrAclKillSgid);
   r.reply_err(fs_.setxattr(r.ctx, r.hdr.nodeid, *name, *value, static_cast<int>(in->flags)).error());
 }
 

@@ -136,6 +136,25 @@ efuse::Status UringChannel::start(std::string* error) {
   return classic_.start(error);
 }
 
+efuse::Status UringChannel::resume(std::string* error) {
+  if (!session_.negotiated().has(k::init::kOverIoUring)) return classic_.resume(error);
+  *error = "a connection that ran FUSE over io_uring cannot be resumed: the kernel drops "
+           "the requests held by a dead ring's entries";
+  return efuse::Errno{EOPNOTSUPP};
+}
+
+bool UringChannel::stop_for_restart(int timeout_ms) {
+  stop_queues();  // none run when the connection can be resumed (see resume)
+  return classic_.stop_for_restart(timeout_ms);
+}
+
+std::vector<int> UringChannel::device_fds() const {
+  std::vector<int> out = classic_.device_fds();
+  for (const auto& q : queues_)
+    if (q->cmd_fd() >= 0) out.push_back(q->cmd_fd());
+  return out;
+}
+
 bool UringChannel::stopped() const {
   for (const auto& q : queues_)
     if (q->running_.load()) return false;

@@ -135,6 +135,12 @@ class UringChannel final : public Channel {
   bool rings_active() const { return rings_active_.load(); }
   unsigned queue_depth() const { return depth_; }
   uint64_t channel_errors() const override;
+  // A resumed connection: /dev/fuse readers, when INIT did not grant io_uring. One that ran
+  // rings cannot be resumed (EOPNOTSUPP): when a ring dies, the kernel ends the request it
+  // was handing to an entry with ECANCELED and never answers one an entry held.
+  efuse::Status resume(std::string* error) override;
+  bool stop_for_restart(int timeout_ms) override;
+  std::vector<int> device_fds() const override;
 
  private:
   class Entry;

@@ -153,6 +153,8 @@ class UringChannel::Queue {
   bool closed_ = false;
 
   std::vector<std::unique_ptr<Entry>> entries_;
+  // This queue's clone of the connection's /dev/fuse fd (UringChannel::device_fds).
+  int cmd_fd() const { return own_cmd_fd_ ? own_cmd_fd_.get() : -1; }
 
  private:
   bool setup(std::string* error);
@@ -164,6 +166,7 @@ class UringChannel::Queue {
   struct io_uring_sqe* sqe();
   void arm_event();
   void arm_sentinel();
+  void drain();
   void commit(Entry& e);
   void on_cqe(const struct io_uring_cqe* cqe);
   void handle(Entry& e);

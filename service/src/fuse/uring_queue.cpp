@@ -286,7 +286,10 @@ void UringChannel::Queue::on_cqe(const struct io_uring_cqe* cqe) {
 
 void UringChannel::Queue::loop() {
   for (;;) {
-    if (stop_.load()) break;
+    if (stop_.load()) {
+      drain();
+      break;
+    }
     if (in_kernel_ == 0 && conn_dead_) break;
     uint64_t t0 = monotonic_ns();
     int rc = io_uring_submit_and_wait(&ring_, 1);
@@ -315,6 +318,34 @@ void UringChannel::Queue::loop() {
       if (!e->dead_ && !e->in_kernel_) commit(*e);
     }
   }
+}
+
+// Before the ring closes: replies committed but not yet submitted go to the kernel. Each
+// COMMIT_AND_FETCH may at once hand its entry the next queued request, which is answered
+// too, until the queue has been quiet for two short looks (or after a bound, under a load
+// that never pauses). A request handed to an entry after the last look is lost with the
+// ring: the kernel resends only what /dev/fuse readers hold (README, "Restart and upgrade").
+void UringChannel::Queue::drain() {
+  int quiet = 0;
+  for (int round = 0; round < 1000 && quiet < 2; ++round) {
+    if (io_uring_sq_ready(&ring_) > 0) (void)io_uring_submit(&ring_);
+    struct __kernel_timespec ts {};
+    ts.tv_nsec = 2 * 1000 * 1000;
+    struct io_uring_cqe* cqe = nullptr;
+    if (io_uring_wait_cqe_timeout(&ring_, &cqe, &ts) != 0) {
+      ++quiet;
+      continue;
+    }
+    quiet = 0;
+    unsigned head;
+    unsigned n = 0;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++n;
+      on_cqe(cqe);
+    }
+    io_uring_cq_advance(&ring_, n);
+  }
+  if (io_uring_sq_ready(&ring_) > 0) (void)io_uring_submit(&ring_);
 }
 
 void UringChannel::Queue::finish() {

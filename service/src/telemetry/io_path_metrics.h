@@ -1,5 +1,6 @@
-// Metric families of the adaptive I/O path scheduler (accel/io_path.h), per mount:
-// decisions, probes, predictions and the current choice of each class of opens.
+// Metric families of the adaptive schedulers that live in the session, per mount: the queue
+// balancing of requests that may block (accel/offload.h). The io_path scheduler's series
+// (efuse_io_path_*) are the passthrough backend's own: fs::Filesystem::metrics().
 #pragma once
 
 #include <prometheus/metric_family.h>
@@ -7,7 +8,6 @@
 #include <string>
 #include <vector>
 
-#include "accel/io_path.h"
 #include "accel/offload.h"
 
 namespace efuse::telemetry {
@@ -15,17 +15,11 @@ namespace efuse::telemetry {
 class IoPathFamilies {
  public:
   IoPathFamilies();
-  void add(const std::string& mount, const accel::IoPathReport& report);
   // Queue balancing of requests that may block (accel/offload.h).
   void add_blocking(const std::string& mount, const accel::OffloadReport& report);
   void append_to(std::vector<prometheus::MetricFamily>& out) &&;
 
  private:
-  prometheus::MetricFamily decisions_;
-  prometheus::MetricFamily probes_;
-  prometheus::MetricFamily predicted_;
-  prometheus::MetricFamily choice_;
-  prometheus::MetricFamily epochs_;
   prometheus::MetricFamily blocking_;
   prometheus::MetricFamily blocking_predicted_;
 };

@@ -1,9 +1,11 @@
 #include "telemetry/mount_metrics.h"
 
 #include <limits>
+#include <tuple>
 #include <string>
 #include <utility>
 
+#include "bpf/handlers.h"
 #include "fuse/opcodes.h"
 #include "telemetry/errno_names.h"
 #include "telemetry/family.h"
@@ -72,11 +74,20 @@ MountFamilies::MountFamilies()
       start_failures_(make_family("efuse_mount_start_failures_total",
                                   "Failed attempts to start (mount and serve) the mount.",
                                   MetricType::Counter)),
+      resumes_(make_family("efuse_mount_resumes_total",
+                           "Times a new efused took over this mount's FUSE connection without "
+                           "remounting (systemctl restart, or a restart after a crash), since "
+                           "the mount was mounted; kept across those restarts in the mount's "
+                           "restart state. 0 when not live.",
+                           MetricType::Counter)),
       info_(make_family("efuse_mount_info",
                         "Constant 1; labels describe the mount: configured mountpoint, backend, "
                         "transport running (empty when not live), configured I/O path policy "
                         "(io_path) and the one in effect (io_path_effective: cache when the "
-                        "kernel did not grant FUSE passthrough; empty when not live).",
+                        "kernel did not grant FUSE passthrough; empty when not live), "
+                        "configured kernel_module (auto, on, off) and the tier in effect "
+                        "(tier: module = efuse.ko through /dev/efuse, stock = the kernel's "
+                        "FUSE; empty when not live).",
                         MetricType::Gauge)),
       fallback_(make_family("efuse_mount_transport_fallback",
                             "1 when the mount was configured for (or auto-selected) FUSE over "
@@ -95,43 +106,6 @@ MountFamilies::MountFamilies()
           "it had already forgotten), by kind: inode (attributes and data) or entry (a name). "
           "Its cache may hold stale data until the timeout; the log says why, once per kind.",
           MetricType::Counter)),
-      watched_dirs_(make_family("efuse_watched_directories",
-                                "Backing directories watched (inotify) for changes made behind "
-                                "efused's back: every directory the kernel knows.",
-                                MetricType::Gauge)),
-      watch_fanotify_dirs_(make_family(
-          "efuse_watch_fanotify_directories",
-          "Of the watched directories, those whose files' writes fanotify reports (so that a "
-          "file being written through the mount can have its write events muted). The rest "
-          "have inotify report every write: fanotify is unavailable or refused them (no file "
-          "ids on that file system, fs.fanotify limits; the log says which).",
-          MetricType::Gauge)),
-      watch_muted_files_(make_family(
-          "efuse_watch_muted_files",
-          "Files open for writing through the mount whose write events the kernel drops "
-          "(fanotify ignore marks) until their last writable open closes; efused compares "
-          "their attributes with the kernel's once a second meanwhile.",
-          MetricType::Gauge)),
-      watch_events_(make_family("efuse_watch_events_total",
-                                "inotify and fanotify events read from the backing tree: "
-                                "changes by anyone, efused's own and writes through "
-                                "passthrough opens included (repeated ones merged by the "
-                                "kernel).",
-                                MetricType::Counter)),
-      watch_invalidations_(make_family("efuse_watch_invalidations_total",
-                                       "Invalidations sent to the kernel for changes made "
-                                       "behind efused's back (names, attributes, data). Events "
-                                       "whose change the kernel already sees send none.",
-                                       MetricType::Counter)),
-      watch_overflows_(make_family("efuse_watch_overflows_total",
-                                   "inotify queue overflows: efused no longer knew what "
-                                   "changed and invalidated everything the kernel caches.",
-                                   MetricType::Counter)),
-      watch_failures_(make_family("efuse_watch_failures_total",
-                                  "Watches that could not be set up (inotify_init1 or "
-                                  "inotify_add_watch failed: fs.inotify limits). After one, "
-                                  "the mount's cache timeouts are capped at 1 s.",
-                                  MetricType::Counter)),
       requests_(make_family("efuse_requests_total",
                             "FUSE requests the daemon handled, by opcode (\"unknown\" for "
                             "opcodes efused does not know). Only opcodes seen so far appear.",
@@ -184,83 +158,106 @@ MountFamilies::MountFamilies()
       worker_busy_(make_family("efuse_worker_busy_seconds_total",
                                "Time the worker spent handling requests.",
                                MetricType::Counter)),
-      inodes_(make_family("efuse_inodes",
-                          "Inodes the kernel holds references to (looked up and not yet "
-                          "forgotten); each is an entry in the backend's inode table.",
-                          MetricType::Gauge)),
-      inode_fds_(make_family("efuse_inode_fds",
-                             "Of those, how many hold an open O_PATH descriptor on the backing "
-                             "object. Bounded by half of RLIMIT_NOFILE for the whole daemon; "
-                             "the others are held by file handle.",
-                             MetricType::Gauge)),
-      inode_evictions_(make_family("efuse_inode_fd_evictions_total",
-                                   "Inode descriptors closed to stay within the descriptor "
-                                   "budget (least recently used, not open, first).",
-                                   MetricType::Counter)),
-      inode_reopens_(make_family("efuse_inode_fd_reopens_total",
-                                 "Evicted inode descriptors reopened from their file handle "
-                                 "(open_by_handle_at) because a request needed them.",
-                                 MetricType::Counter)),
-      inode_reopen_failures_(make_family("efuse_inode_fd_reopen_failures_total",
-                                         "Reopens that failed, mostly because the backing "
-                                         "object was removed while evicted (answered ESTALE).",
-                                         MetricType::Counter)),
-      inode_eviction_passes_(make_family("efuse_inode_fd_eviction_passes_total",
-                                         "Eviction passes over the inode table (each closes "
-                                         "descriptors down to three quarters of the budget), "
-                                         "by who ran them: the mount's evictor thread, or a "
-                                         "request that found the daemon past the hard limit.",
-                                         MetricType::Counter)),
-      listing_drops_(make_family("efuse_listing_cache_drops_total",
-                                 "Directory listings the kernel had cached (or was building) "
-                                 "that efused dropped: an entry of the directory changed less "
-                                 "than 2 s before the listing completed, or behind efused's back.",
-                                 MetricType::Counter)),
-      shared_opens_(make_family("efuse_shared_opens_total",
-                                "Plain read-only opens of regular files that shared the "
-                                "inode's own (readable) descriptor instead of opening the "
-                                "backing file.",
-                                MetricType::Counter)) {}
+      kernel_answered_(make_family(
+          "efuse_kernel_answered_total",
+          "Requests of the mount answered in the kernel by efused's eBPF handlers (kernel "
+          "module tier, efuse.ko), by opcode: they never reached efused. Counted by the module "
+          "after it checked the answer (efuse_handler_done tracepoint).",
+          MetricType::Counter)),
+      kernel_fallbacks_(make_family(
+          "efuse_kernel_handler_fallbacks_total",
+          "Requests of the mount that reached efused's eBPF handlers but went up to efused, by "
+          "opcode and reason: declined (no answer in the maps), no_memory, disconnected, or "
+          "an answer the module refused (bad_verdict, bad_nodeid, bad_error, bad_size, "
+          "bad_opcode, bad_reply: a bug, never expected).",
+          MetricType::Counter)),
+      kernel_map_entries_(make_family(
+          "efuse_kernel_map_entries",
+          "Answers efused keeps in the mount's handler maps, by map: getattr (attributes by "
+          "node) and lookup (negative entries by parent and name).",
+          MetricType::Gauge)),
+      kernel_map_bytes_(make_family(
+          "efuse_kernel_map_bytes",
+          "Bytes of keys and values in the mount's handler maps, by map (entries times the "
+          "entry size; the kernel's own overhead per entry is not included).",
+          MetricType::Gauge)),
+      kernel_map_skipped_(make_family(
+          "efuse_kernel_map_stores_skipped_total",
+          "Answers efused sent but did not store for the handlers: a change raced them, the "
+          "node was open for writing, or the map was full.",
+          MetricType::Counter)),
+      kernel_map_drops_(make_family(
+          "efuse_kernel_map_drops_total",
+          "Handler map entries dropped because something changed (through the mount or "
+          "behind efused's back) or the kernel forgot the node.",
+          MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
   add_state(mount);
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
-  if (mount.up) add_backend(mount.name, mount.stats);
+  if (mount.up) add_backend(mount.name, mount.backend_metrics);
+  if (mount.handlers) add_kernel_tier(mount);
 }
 
-void MountFamilies::add_backend(const std::string& mount, const fs::BackendStats& b) {
-  using Series = std::pair<prometheus::MetricFamily*, uint64_t>;
-  const Labels labels = mount_label(mount);
-  for (auto [family, v] : {Series{&inodes_, b.inodes}, Series{&inode_fds_, b.fds},
-                           Series{&watched_dirs_, b.watched_dirs},
-                           Series{&watch_fanotify_dirs_, b.watch_fanotify_dirs},
-                           Series{&watch_muted_files_, b.watch_muted_files}})
-    add_gauge(*family, labels, static_cast<double>(v));
-  for (auto [family, v] :
-       {Series{&inode_evictions_, b.evictions}, Series{&inode_reopens_, b.reopens},
-        Series{&inode_reopen_failures_, b.reopen_failures},
-        Series{&listing_drops_, b.listing_drops}, Series{&shared_opens_, b.shared_opens},
-        Series{&watch_events_, b.watch_events}, Series{&watch_invalidations_, b.watch_invalidations},
-        Series{&watch_overflows_, b.watch_overflows}, Series{&watch_failures_, b.watch_failures}})
-    add_counter(*family, labels, static_cast<double>(v));
-  for (auto [by, v] :
-       {std::pair{"evictor", b.evictor_passes}, std::pair{"request", b.request_passes}})
-    add_counter(inode_eviction_passes_, {{"mount", mount}, {"by", by}}, static_cast<double>(v));
-  io_path_.add(mount, b.io_path);
+void MountFamilies::add_kernel_tier(const MountView& mount) {
+  const auto& outcomes = mount.handler_outcomes;
+  std::map<std::string, std::array<uint64_t, EFUSE_HANDLER_NR_STATS>> by_opcode;
+  for (size_t slot = 0; slot < outcomes.size(); ++slot) {
+    if (outcomes[slot] == 0) continue;
+    auto& counts = by_opcode[fuse::opcode_name(static_cast<uint32_t>(slot / EFUSE_HANDLER_NR_STATS))];
+    counts[slot % EFUSE_HANDLER_NR_STATS] += outcomes[slot];
+  }
+  for (const auto& [opcode, counts] : by_opcode) {
+    Labels labels = with(mount_label(mount.name), "opcode", opcode);
+    add_counter(kernel_answered_, labels, static_cast<double>(counts[EFUSE_HANDLER_STAT_ANSWERED]));
+    for (size_t stat = 0; stat < counts.size(); ++stat) {
+      if (stat == EFUSE_HANDLER_STAT_ANSWERED || counts[stat] == 0) continue;
+      add_counter(kernel_fallbacks_, with(labels, "reason", bpf::kHandlerStatNames[stat]),
+                  static_cast<double>(counts[stat]));
+    }
+  }
+  const auto& a = mount.kernel_answers;
+  for (auto [map, entries, size] : {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
+                                    std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes}}) {
+    Labels labels = with(mount_label(mount.name), "map", map);
+    add_gauge(kernel_map_entries_, labels, static_cast<double>(entries));
+    add_gauge(kernel_map_bytes_, std::move(labels), static_cast<double>(entries * size));
+  }
+  add_counter(kernel_map_skipped_, mount_label(mount.name), static_cast<double>(a.stores_skipped));
+  add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
+}
+
+void MountFamilies::add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics) {
+  for (const fs::Metric& m : metrics) {
+    auto it = backend_.find(m.name);
+    if (it == backend_.end()) {
+      auto type = m.type == fs::Metric::Type::Gauge ? MetricType::Gauge : MetricType::Counter;
+      it = backend_.emplace(m.name, make_family(m.name, m.help, type)).first;
+    }
+    Labels labels = mount_label(mount);
+    for (const auto& [name, value] : m.labels) labels.push_back({name, value});
+    if (m.type == fs::Metric::Type::Gauge)
+      add_gauge(it->second, std::move(labels), m.value);
+    else
+      add_counter(it->second, std::move(labels), m.value);
+  }
 }
 
 void MountFamilies::add_state(const MountView& mount) {
   add_gauge(up_, {{"mount", mount.name}, {"backend", mount.backend}}, mount.up ? 1 : 0);
   add_counter(start_failures_, mount_label(mount.name),
               static_cast<double>(mount.start_failures));
+  add_counter(resumes_, mount_label(mount.name), static_cast<double>(mount.resumes));
   add_gauge(info_,
             {{"mount", mount.name},
              {"mountpoint", mount.mountpoint},
              {"backend", mount.backend},
              {"transport", mount.transport},
              {"io_path", mount.io_path},
-             {"io_path_effective", mount.io_path_effective}},
+             {"io_path_effective", mount.io_path_effective},
+             {"kernel_module", mount.kernel_module},
+             {"tier", mount.tier}},
             1);
   add_gauge(fallback_, mount_label(mount.name), mount.transport_fallback.empty() ? 0 : 1);
 }
@@ -341,14 +338,14 @@ void MountFamilies::add_workers(const std::string& mount,
 
 void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
   for (prometheus::MetricFamily* f :
-       {&up_, &start_failures_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
+       {&up_, &start_failures_, &resumes_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
-        &worker_busy_, &inodes_, &inode_fds_, &inode_evictions_, &inode_reopens_,
-        &inode_reopen_failures_, &inode_eviction_passes_, &listing_drops_, &shared_opens_, &watched_dirs_,
-        &watch_fanotify_dirs_, &watch_muted_files_, &watch_events_, &watch_invalidations_, &watch_overflows_, &watch_failures_}) {
+        &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
+        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_}) {
     append_nonempty(out, std::move(*f));
   }
+  for (auto& [name, family] : backend_) append_nonempty(out, std::move(family));
   std::move(io_path_).append_to(out);
 }
 

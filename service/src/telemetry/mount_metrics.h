@@ -51,24 +51,21 @@ class MountFamilies {
   void add_opcodes(const std::string& mount, const fuse::SessionStats& stats);
   void add_errors(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
   void add_latency(const std::string& mount, const std::string& opcode, const OpcodeSnapshot& op);
-  void add_backend(const std::string& mount, const fs::BackendStats& backend);
+  // The backend's own series (fs::Filesystem::metrics), one family per name.
+  void add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
+  void add_kernel_tier(const MountView& mount);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
                    unsigned uring_queues);
 
+  std::map<std::string, prometheus::MetricFamily> backend_;  // by name, so output is ordered
   prometheus::MetricFamily up_;
   prometheus::MetricFamily start_failures_;
+  prometheus::MetricFamily resumes_;
   prometheus::MetricFamily info_;
   prometheus::MetricFamily fallback_;
   prometheus::MetricFamily notifications_;
   prometheus::MetricFamily invalidation_failures_;
-  prometheus::MetricFamily watched_dirs_;
-  prometheus::MetricFamily watch_fanotify_dirs_;
-  prometheus::MetricFamily watch_muted_files_;
-  prometheus::MetricFamily watch_events_;
-  prometheus::MetricFamily watch_invalidations_;
-  prometheus::MetricFamily watch_overflows_;
-  prometheus::MetricFamily watch_failures_;
   prometheus::MetricFamily requests_;
   prometheus::MetricFamily errors_;
   prometheus::MetricFamily duration_;
@@ -83,15 +80,13 @@ class MountFamilies {
   prometheus::MetricFamily worker_in_flight_;
   prometheus::MetricFamily worker_wait_;
   prometheus::MetricFamily worker_busy_;
-  prometheus::MetricFamily inodes_;
-  prometheus::MetricFamily inode_fds_;
-  prometheus::MetricFamily inode_evictions_;
-  prometheus::MetricFamily inode_reopens_;
-  prometheus::MetricFamily inode_reopen_failures_;
-  prometheus::MetricFamily inode_eviction_passes_;
-  prometheus::MetricFamily listing_drops_;
-  prometheus::MetricFamily shared_opens_;
-  IoPathFamilies io_path_;
+  prometheus::MetricFamily kernel_answered_;
+  prometheus::MetricFamily kernel_fallbacks_;
+  prometheus::MetricFamily kernel_map_entries_;
+  prometheus::MetricFamily kernel_map_bytes_;
+  prometheus::MetricFamily kernel_map_skipped_;
+  prometheus::MetricFamily kernel_map_drops_;
+  IoPathFamilies io_path_;  // efuse_blocking_* (the session's FSYNC offloading)
 };
 
 }  // namespace efuse::telemetry

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "fs/filesystem.h"
+#include "fuse/kernel_answers.h"
 #include "fuse/session.h"
 #include "fuse/stats.h"
 
@@ -32,7 +33,17 @@ struct MountView {
   unsigned uring_queues = 0;  // the first `uring_queues` workers are io_uring queues (qid order)
   std::string transport_fallback;  // why a configured io_uring transport is not in use
   uint64_t start_failures = 0;                        // cumulative failed mount attempts
-  fs::BackendStats stats;                             // the backend's (zero when not live)
+  uint64_t resumes = 0;  // times a new efused resumed this mount's connection (restarts)
+  std::vector<fs::Metric> backend_metrics;            // the backend's own (none when not live)
+  // The kernel module tier (kmod/): configured kernel_module, the tier in effect ("module",
+  // "stock"; "" when not live), and on the module tier with handlers attached, what became
+  // of the requests that reached them (EFUSE_HANDLER_OUTCOME_SLOTS counters by opcode and
+  // enum efuse_handler_stat, efuse_handler_maps.h) and the answers efused keeps for them.
+  std::string kernel_module;
+  std::string tier;
+  bool handlers = false;
+  std::vector<uint64_t> handler_outcomes;
+  fuse::KernelAnswerStats kernel_answers;
 };
 
 struct DaemonView {

@@ -3,12 +3,14 @@
 // fs/fuse/efuse_handler.h differs from it). Here: the compiled handler's answer map holds
 // exactly that header's answer, and the offsets the module and the tests rely on hold.
 // Opening the object parses the ELF only: no privileges.
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <gtest/gtest.h>
 
 #include <cstddef>
 #include <string>
 
+#include "bpf/handlers.h"
 #include "bpf/layout.h"
 #include "efuse_handler.h"
 #include "efuse_handler_maps.h"
@@ -20,7 +22,7 @@ TEST(BpfHandlerLayout, GetattrAnswerMapHoldsTheSharedAnswer) {
   bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_getattr.bpf.o", nullptr);
   ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
   const MapLayout maps[] = {
-      {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_answer)}};
+      {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_entry)}};
   std::string error;
   EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
   bpf_object__close(obj);
@@ -30,10 +32,36 @@ TEST(BpfHandlerLayout, LookupAnswerMapHoldsTheSharedKeyAndAnswer) {
   bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", nullptr);
   ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
   const MapLayout maps[] = {{"efuse_lookup_answers", sizeof(efuse_handler_name_key),
-                             sizeof(efuse_handler_answer)}};
+                             sizeof(efuse_handler_entry)}};
   std::string error;
   EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
   bpf_object__close(obj);
+}
+
+TEST(BpfHandlerLayout, OutcomeCountersArePerOpcodeAndStat) {
+  bpf_object* obj =
+      bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_handler_stats.bpf.o", nullptr);
+  ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
+  const MapLayout maps[] = {{"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)}};
+  std::string error;
+  EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
+  const bpf_map* m = bpf_object__find_map_by_name(obj, "efuse_handler_outcomes");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(bpf_map__max_entries(m), static_cast<__u32>(EFUSE_HANDLER_OUTCOME_SLOTS));
+  bpf_object__close(obj);
+}
+
+TEST(BpfHandlerLayout, EveryShippedObjectTakesItsConnection) {
+  // efused sets efuse_conn (efuse_handler.bpf.h) before loading each object for a mount.
+  for (const char* name : kHandlerObjects) {
+    const std::string path = std::string(EFUSE_BPF_HANDLER_DIR) + "/" + name + ".bpf.o";
+    bpf_object* obj = bpf_object__open_file(path.c_str(), nullptr);
+    ASSERT_NE(obj, nullptr) << path;
+    const btf* b = bpf_object__btf(obj);
+    ASSERT_NE(b, nullptr) << path;
+    EXPECT_GT(btf__find_by_name_kind(b, "efuse_conn", BTF_KIND_VAR), 0) << path;
+    bpf_object__close(obj);
+  }
 }
 
 TEST(BpfHandlerLayout, OffsetsTheModuleReads) {

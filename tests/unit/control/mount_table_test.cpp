@@ -10,22 +10,23 @@ using nlohmann::json;
 TEST(MountTable, AlignsColumns) {
   const json mounts = json::array(
       {{{"name", "a"}, {"state", "mounted"}, {"mountpoint", "/mnt/a"}, {"transport", "uring"},
-        {"error", ""}},
+        {"tier", "module"}, {"error", ""}},
        {{"name", "longer"}, {"state", "failed"}, {"mountpoint", "/m"}, {"transport", ""},
-        {"error", "mountpoint /m: No such file or directory"}}});
+        {"tier", ""}, {"error", "mountpoint /m: No such file or directory"}}});
   EXPECT_EQ(format_mount_table(mounts),
-            "NAME    STATE    MOUNTPOINT  TRANSPORT  ERROR\n"
-            "a       mounted  /mnt/a      uring      -\n"
-            "longer  failed   /m          -          mountpoint /m: No such file or directory\n");
+            "NAME    STATE    MOUNTPOINT  TRANSPORT  TIER    ERROR\n"
+            "a       mounted  /mnt/a      uring      module  -\n"
+            "longer  failed   /m          -          -       mountpoint /m: No such file or "
+            "directory\n");
 }
 
 TEST(MountTable, ToleratesMissingAndOddFields) {
   const json mounts = json::array({{{"name", "a"}, {"state", 3}, {"error", "two\nlines"}},
                                    "not an object"});
   EXPECT_EQ(format_mount_table(mounts),
-            "NAME  STATE  MOUNTPOINT  TRANSPORT  ERROR\n"
-            "a     3      -           -          two lines\n"
-            "-     -      -           -          -\n");
+            "NAME  STATE  MOUNTPOINT  TRANSPORT  TIER  ERROR\n"
+            "a     3      -           -          -     two lines\n"
+            "-     -      -           -          -     -\n");
 }
 
 TEST(MountTable, EmptyAndWrongShapes) {

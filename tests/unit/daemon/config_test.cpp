@@ -1,6 +1,7 @@
 // The config loader: the schema (embedded copy, defaults, opcodes), the shipped examples,
 // and every kind of error with its exact FILE:LINE:COLUMN: message.
 #include "daemon/config.h"
+#include "daemon/mount_instance.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -94,7 +95,7 @@ TEST(ConfigSchema, IsDraft7) {
 // Every object in the schema forbids keys it does not list.
 void expect_closed_objects(const json& schema, const std::string& where) {
   if (!schema.is_object()) return;
-  if (schema.value("type", "") == "object") {
+  if (schema.contains("type") && schema["type"] == "object") {
     EXPECT_EQ(schema.value("additionalProperties", json(true)), json(false)) << where;
   }
   for (const auto& [key, child] : schema.items()) {
@@ -121,6 +122,7 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "threads"}), m.threads);
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
+  EXPECT_EQ(default_at({"defaults", "kernel_module"}), to_string(m.kernel_module));
   EXPECT_EQ(default_at({"defaults", "adaptive", "probe"}), m.adaptive.probe);
   EXPECT_EQ(default_at({"defaults", "adaptive", "round"}), m.adaptive.round);
   EXPECT_EQ(default_at({"defaults", "adaptive", "reprobe_interval"}), m.adaptive.reprobe_interval);
@@ -135,6 +137,17 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "options", "read_only"}), m.options.read_only);
   EXPECT_EQ(default_at({"defaults", "options", "stack"}), m.options.stack);
   EXPECT_EQ(default_at({"mounts", "0", "create_mountpoint"}), m.create_mountpoint);
+  EXPECT_EQ(default_at({"mounts", "0", "intercept"}), m.intercept);
+}
+
+// intercept: parsed per mount, and applied live (publish or withdraw) without a remount.
+TEST(ConfigLoad, InterceptIsLive) {
+  Config a = parse_config(with_mount_keys(""), "t.yaml");
+  Config b = parse_config(with_mount_keys("    intercept: true\n"), "t.yaml");
+  EXPECT_FALSE(a.mounts[0].intercept);
+  EXPECT_TRUE(b.mounts[0].intercept);
+  EXPECT_FALSE(a.mounts[0] == b.mounts[0]);
+  EXPECT_FALSE(needs_remount(a.mounts[0], b.mounts[0]));
 }
 
 TEST(ConfigLoad, StackAndCreateMountpoint) {
@@ -144,6 +157,21 @@ TEST(ConfigLoad, StackAndCreateMountpoint) {
   EXPECT_TRUE(c.mounts[0].create_mountpoint);
   EXPECT_TRUE(c.mounts[0].options.stack);
   EXPECT_FALSE(parse_config(with_mount_keys(""), "t.yaml").mounts[0].create_mountpoint);
+}
+
+TEST(ConfigLoad, KernelModule) {
+  Config c = parse_config("defaults:\n  kernel_module: off\n" +
+                              with_mount_keys("    kernel_module: on\n"), "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 1u);
+  EXPECT_EQ(c.mounts[0].kernel_module, KernelModule::On);
+  EXPECT_EQ(parse_config("defaults:\n  kernel_module: off\n" + with_mount_keys(""), "t.yaml")
+                .mounts[0].kernel_module, KernelModule::Off);
+  EXPECT_EQ(parse_config(with_mount_keys(""), "t.yaml").mounts[0].kernel_module,
+            KernelModule::Auto);
+  EXPECT_STREQ(to_string(KernelModule::On), "on");
+  MountConfig a, b;
+  b.kernel_module = KernelModule::Off;
+  EXPECT_TRUE(needs_remount(a, b)) << "the tier is chosen at mount time";
 }
 
 TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
@@ -162,7 +190,7 @@ TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
 TEST(ConfigLoad, ExampleFileLoads) {
   Config c = load_config((kRepo / "config/mounts.yaml").string());
   EXPECT_EQ(c.metrics_listen, "127.0.0.1:19567");
-  ASSERT_EQ(c.mounts.size(), 2u);
+  ASSERT_EQ(c.mounts.size(), 3u);
 
   MountConfig plain;
   plain.name = "home";
@@ -179,6 +207,12 @@ TEST(ConfigLoad, ExampleFileLoads) {
   EXPECT_EQ(full.cache, (CachePolicy{60, 60, 0, true, true}));
   EXPECT_EQ(full.options, (MountFlags{false, true, true}));
   EXPECT_TRUE(full.bpf_handlers.empty());
+
+  const MountConfig& memory = c.mounts[2];
+  EXPECT_EQ(memory.backend, "memory");
+  EXPECT_EQ(memory.source, "");
+  EXPECT_EQ(memory.memory.max_inodes, 3145728u);
+  EXPECT_GT(memory.memory.max_bytes, 0u);  // "50%" of this machine's RAM
 }
 
 TEST(ConfigLoad, ExamplesDirectoryLoads) {
@@ -557,8 +591,84 @@ TEST(ConfigError, EnumViolation) {
             "t.yaml:6:16: mounts[0].transport must be one of auto, classic, uring; not 'fast'");
   EXPECT_EQ(error_of("defaults:\n  io_path: direct\n" + std::string(kMount)),
             "t.yaml:2:12: defaults.io_path must be one of auto, passthrough, cache; not 'direct'");
-  EXPECT_EQ(error_of("mounts:\n  - {name: a, mountpoint: /m, backend: memory, source: /s}\n"),
-            "t.yaml:2:40: mounts[0].backend must be one of passthrough; not 'memory'");
+  EXPECT_EQ(error_of("mounts:\n  - {name: a, mountpoint: /m, backend: nfs, source: /s}\n"),
+            "t.yaml:2:40: mounts[0].backend must be one of passthrough, memory; not 'nfs'");
+}
+
+const char* kMemory = R"(mounts:
+  - name: scratch
+    mountpoint: /mnt/scratch
+    backend: memory
+)";
+
+TEST(ConfigLoad, MemoryMountsAndTheirLimits) {
+  Config c = parse_config(kMemory, "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 1u);
+  EXPECT_EQ(c.mounts[0].backend, "memory");
+  EXPECT_EQ(c.mounts[0].source, "");
+  EXPECT_EQ(c.mounts[0].memory, MemoryConfig{});  // the backend's defaults
+  c = parse_config(std::string(kMemory) + "    memory: {max_bytes: 1G, max_inodes: 5000}\n", "t.yaml");
+  EXPECT_EQ(c.mounts[0].memory.max_bytes, uint64_t{1} << 30);
+  EXPECT_EQ(c.mounts[0].memory.max_inodes, 5000u);
+  c = parse_config(std::string(kMemory) + "    memory: {max_bytes: 10000}\n", "t.yaml");
+  EXPECT_EQ(c.mounts[0].memory.max_bytes, 8192u);  // whole 4 KiB blocks
+  c = parse_config(std::string(kMemory) + "    memory: {max_bytes: \"512K\"}\n", "t.yaml");
+  EXPECT_EQ(c.mounts[0].memory.max_bytes, 512u * 1024);
+  c = parse_config(std::string(kMemory) + "    memory: {max_bytes: 10%}\n", "t.yaml");
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  uint64_t ram = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page);
+  EXPECT_EQ(c.mounts[0].memory.max_bytes, (ram / 100 * 10) / 4096 * 4096);
+  // A memory mount needs no source on disk and may sit anywhere (no overlap with sources).
+  c = parse_config(std::string(kMemory) + R"(  - name: data
+    mountpoint: /srv/data
+    backend: passthrough
+    source: /srv/src
+)", "t.yaml");
+  EXPECT_EQ(c.mounts.size(), 2u);
+}
+
+// Limits change live on reload; everything that remounts a memory mount loses its files.
+TEST(ConfigLoad, MemoryLimitsApplyWithoutARemount) {
+  Config a = parse_config(std::string(kMemory) + "    memory: {max_bytes: 1G}\n", "t.yaml");
+  Config b = parse_config(std::string(kMemory) + "    memory: {max_bytes: 2G, max_inodes: 9}\n", "t.yaml");
+  EXPECT_FALSE(needs_remount(a.mounts[0], b.mounts[0]));
+  EXPECT_FALSE(a.mounts[0] == b.mounts[0]);
+}
+
+TEST(ConfigError, BadMemorySettings) {
+  std::string m = kMemory;
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: 1X}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes '1X' is not valid: must be a number of "
+            "bytes (at least 4096), or a string: a number with K, M, G or T (binary: K = 1024), "
+            "or a percentage of the machine's RAM such as \"25%\" (1% to 100%). Default "
+            "\"50%\", as tmpfs.");
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: 100}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes must be at least 4096, not 100");
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: 1K}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes '1K' is not valid: less than one 4 KiB block");
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: 0%}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes '0%' is not valid: a percentage of RAM must "
+            "be between 1% and 100%");
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: 101%}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes '101%' is not valid: a percentage of RAM "
+            "must be between 1% and 100%");
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: 99999999999T}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes '99999999999T' is not valid: too large");
+  EXPECT_EQ(error_of(m + "    memory: {max_bytes: -5}\n"),
+            "t.yaml:5:25: mounts[0].memory.max_bytes must be at least 4096, not -5");
+  EXPECT_EQ(error_of(m + "    memory: {max_inodes: 0}\n"),
+            "t.yaml:5:26: mounts[0].memory.max_inodes must be at least 1, not 0");
+  EXPECT_EQ(error_of(m + "    memory: {max_inodes: many}\n"),
+            "t.yaml:5:26: mounts[0].memory.max_inodes must be an integer, not a string");
+  EXPECT_EQ(error_of(m + "    memory: {max_byte: 1G}\n"),
+            "t.yaml:5:14: unknown key 'max_byte' in mounts[0].memory; did you mean 'max_bytes'?");
+  EXPECT_EQ(error_of(m + "    source: /srv/a\n"),
+            "t.yaml:5:5: mount 'scratch': backend memory serves no directory; remove 'source'");
+  EXPECT_EQ(error_of(m + "    options: {allow_other: false, default_permissions: false}\n"),
+            "t.yaml:5:56: mount 'scratch': backend memory needs default_permissions: true (the "
+            "kernel checks permissions for it, with POSIX ACLs)");
+  EXPECT_EQ(error_of(with_mount_keys("    memory: {max_bytes: 1G}\n")),
+            "t.yaml:6:5: mount 'a': 'memory' applies to backend memory only, not passthrough");
 }
 
 TEST(ConfigError, OutOfRangeShowsTheValueAsWritten) {
@@ -582,9 +692,9 @@ TEST(ConfigError, OutOfRange) {
 
 TEST(ConfigError, MissingRequiredKey) {
   EXPECT_EQ(error_of("mounts:\n  - name: a\n    mountpoint: /mnt/a\n    backend: passthrough\n"),
-            "t.yaml:2:5: missing required key 'source' in mounts[0]");
+            "t.yaml:2:5: mount 'a': backend passthrough needs 'source', the directory it serves");
   EXPECT_EQ(error_of("mounts:\n  - name: a\n  - name: b\n    backend: passthrough\n"),
-            "t.yaml:2:5: missing required keys 'mountpoint', 'backend', 'source' in mounts[0]");
+            "t.yaml:2:5: missing required keys 'mountpoint', 'backend' in mounts[0]");
   EXPECT_EQ(error_of("metrics: {}\n"),
             "t.yaml:1:1: missing required key 'mounts' at the top level");
 }

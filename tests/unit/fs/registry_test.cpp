@@ -26,11 +26,14 @@ TEST(BackendRegistry, CreatesByNameAndRefusesUnknownNames) {
   EXPECT_EQ(missing.error(), ENOENT);
   EXPECT_NE(error.find("missing"), std::string::npos) << error;
 
-  auto unknown = create_backend("memory", {tmp.path(), Policy{}}, &error);
+  auto unknown = create_backend("nosuch", {tmp.path(), Policy{}}, &error);
   EXPECT_EQ(unknown.error(), EINVAL);
-  EXPECT_EQ(error, "backend 'memory' is not available");
-  EXPECT_FALSE(backend_known("memory"));
+  EXPECT_EQ(error, "backend 'nosuch' is not available");
+  EXPECT_FALSE(backend_known("nosuch"));
   EXPECT_TRUE(backend_known("passthrough"));
+  EXPECT_TRUE(backend_known("memory"));
+  auto memory = create_backend("memory", {"", Policy{}, {1 << 20, 16}}, &error);
+  ASSERT_TRUE(memory.ok()) << error;
 }
 
 TEST(BackendRegistry, TheConfigSchemaListsExactlyTheRegisteredBackends) {

@@ -172,10 +172,12 @@ inline std::string init_body(uint32_t major, uint32_t minor, uint64_t flags,
 }
 
 // fuse_setxattr_in in its FUSE_SETXATTR_EXT (16-byte) form, name, value.
-inline std::string setxattr_body(std::string_view name, std::string_view value, uint32_t flags = 0) {
+inline std::string setxattr_body(std::string_view name, std::string_view value, uint32_t flags = 0,
+                                 uint32_t setxattr_flags = 0) {
   k::fuse_setxattr_in in{};
   in.size = static_cast<uint32_t>(value.size());
   in.flags = flags;
+  in.setxattr_flags = setxattr_flags;
   return pod(in) + cstr(name) + std::string(value);
 }
 

@@ -141,9 +141,9 @@ class RecordingFs final : public fs::Filesystem {
     calls.push_back(fmt("access %llu mask=%d", u(ino), mask));
     return {};
   }
-  Status setxattr(const fs::Context&, uint64_t ino, std::string_view n, std::span<const char> v, int flags) override {
-    calls.push_back(fmt("setxattr %llu %s=%s flags=%d", u(ino), str(n).c_str(),
-                        std::string(v.data(), v.size()).c_str(), flags));
+  Status setxattr(const fs::Context& c, uint64_t ino, std::string_view n, std::span<const char> v, int flags) override {
+    calls.push_back(fmt("setxattr %llu %s=%s flags=%d kill_sgid=%d", u(ino), str(n).c_str(),
+                        std::string(v.data(), v.size()).c_str(), flags, c.kill_sgid));
     return {};
   }
   Result<size_t> getxattr(const fs::Context&, uint64_t ino, std::string_view n, std::span<char> b) override {
@@ -295,7 +295,10 @@ TEST_F(SessionRouting, EveryOpcodeReachesItsMethodWithItsArguments) {
   check(Op::Statfs, 5, "", "statfs 5");
   check(Op::Access, 7, pod(k::fuse_access_in{R_OK | W_OK, 0}), fmt("access 7 mask=%d", R_OK | W_OK));
   check(Op::Setxattr, 7, setxattr_body("user.k", "val", XATTR_CREATE),
-        fmt("setxattr 7 user.k=val flags=%d", XATTR_CREATE));
+        fmt("setxattr 7 user.k=val flags=%d kill_sgid=0", XATTR_CREATE));
+  check(Op::Setxattr, 7,
+        setxattr_body("system.posix_acl_access", "acl", 0, k::kSetxattrAclKillSgid),
+        "setxattr 7 system.posix_acl_access=acl flags=0 kill_sgid=1");
   check(Op::Getxattr, 7, getxattr_body("user.k", 64), "getxattr 7 user.k size=64");
   check(Op::Listxattr, 7, pod(k::fuse_getxattr_in{32, 0}), "listxattr 7 size=32");
   check(Op::Removexattr, 7, cstr("user.k"), "removexattr 7 user.k");

@@ -726,7 +726,7 @@ TEST_F(SessionOps, IoPathAutoDecidesAndMeasuresEachEpoch) {
   EXPECT_EQ(h.connection().backing_opens(), 1u);
   h.release(large.nodeid, o3.fh);
 
-  efuse::accel::IoPathReport r = h.fs().backend_stats().io_path;
+  efuse::accel::IoPathReport r = h.fs().io_path_report();
   using efuse::accel::IoPath;
   using efuse::accel::IoReason;
   auto decisions = [&](IoPath p, IoReason why) {
@@ -750,7 +750,7 @@ TEST_F(SessionOps, IoPathAutoDecidesAndMeasuresEachEpoch) {
   // The next open of the small file is warm (its pages may be cached): another class.
   auto o4 = open_ro(small.nodeid);
   h.release(small.nodeid, o4.fh);
-  r = h.fs().backend_stats().io_path;
+  r = h.fs().io_path_report();
   EXPECT_EQ(r.classes.size(), 3u);
   EXPECT_EQ(r.epochs_measured, 3u);
 }

@@ -8,6 +8,8 @@
 #include <stdexcept>
 #include <thread>
 
+#include "fs/memory/memory_fs.h"
+#include "fs/passthrough/backend_stats.h"
 #include "fuse/stats.h"
 #include "metrics_fixture.h"
 #include "telemetry/collector.h"
@@ -29,7 +31,8 @@ std::string render(const std::vector<prometheus::MetricFamily>& families) {
   return prometheus::TextSerializer().Serialize(families);
 }
 
-// Two mounts: "data" live over a driven Session with two workers, "broken" failed to start.
+// Three mounts: "data" live over a driven Session with two workers, "broken" failed to start,
+// "scratch" a live memory mount without a session.
 class MetricsCollector : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -55,15 +58,30 @@ class MetricsCollector : public ::testing::Test {
     data.transport = "classic";
     data.io_path = "passthrough";
     data.io_path_effective = "cache";  // the kernel did not grant passthrough
+    data.kernel_module = "auto";
+    data.tier = "module";
+    data.handlers = true;
+    data.handler_outcomes.assign(EFUSE_HANDLER_OUTCOME_SLOTS, 0);
+    auto outcome = [&](k::Opcode op, int stat) -> uint64_t& {
+      return data.handler_outcomes[code(op) * EFUSE_HANDLER_NR_STATS + stat];
+    };
+    outcome(k::Opcode::Getattr, EFUSE_HANDLER_STAT_ANSWERED) = 40;
+    outcome(k::Opcode::Getattr, EFUSE_HANDLER_STAT_DECLINED) = 7;
+    outcome(k::Opcode::Lookup, EFUSE_HANDLER_STAT_ANSWERED) = 12;
+    outcome(k::Opcode::Lookup, EFUSE_HANDLER_STAT_BAD_REPLY) = 1;
+    outcome(k::Opcode::Read, EFUSE_HANDLER_STAT_DECLINED) = 9;
+    data.kernel_answers = {.attr_entries = 3, .name_entries = 2, .stores_skipped = 5,
+                           .drops = 6};
     data.up = true;
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
     data.start_failures = 1;
-    data.stats = {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90,
-                  .reopen_failures = 2, .listing_drops = 4, .shared_opens = 5,
-                  .watched_dirs = 60, .watch_fanotify_dirs = 58,
-                  .watch_muted_files = 6, .watch_events = 1000, .watch_invalidations = 70,
-                  .watch_overflows = 1, .watch_failures = 3};
+    data.backend_metrics = fs::passthrough::metrics_of(
+        {.inodes = 700, .fds = 500, .evictions = 300, .reopens = 90, .reopen_failures = 2,
+         .listing_drops = 4, .shared_opens = 5, .watched_dirs = 60,
+         .watch_fanotify_dirs = 58, .watch_muted_files = 6, .watch_events = 1000,
+         .watch_invalidations = 70, .watch_overflows = 1, .watch_failures = 3},
+        0);
     // One epoch decided by the adaptive policy: a small file's first open (the guess,
     // cache) that was served one READ taking 5 us in efused.
     accel::IoPathPolicy policy;
@@ -74,16 +92,25 @@ class MetricsCollector : public ::testing::Test {
     EXPECT_EQ(policy.open(file, facts, 0), accel::IoPath::Cache);
     accel::IoPathPolicy::served(file, 5000);
     policy.closed(file, 0);
-    data.stats.io_path = policy.report();
+    fs::passthrough::add_io_path_metrics(data.backend_metrics, policy.report());
+
+    // A live memory mount: its backend's own series, from a real backend.
+    MountView scratch;
+    scratch.name = "scratch";
+    scratch.mountpoint = "/srv/scratch";
+    scratch.backend = "memory";
+    scratch.up = true;
+    scratch.backend_metrics = memory_.metrics();
 
     MountView broken;
     broken.name = "broken";
     broken.mountpoint = "/srv/broken";
     broken.backend = "passthrough";
     broken.io_path = "cache";
+    broken.kernel_module = "on";
     broken.start_failures = 3;
 
-    source_.mounts = {data, broken};
+    source_.mounts = {data, broken, scratch};
     source_.daemon_view.reloads_ok = 4;
     source_.daemon_view.metrics_listen_failures = 2;
     source_.daemon_view.reloads_failed = 1;
@@ -96,6 +123,7 @@ class MetricsCollector : public ::testing::Test {
   Exposition scrape() const { return parse_exposition(render(Collector(source_).Collect())); }
 
   DrivenSession session_;
+  fs::memory::MemoryFs memory_{{1 << 20, 100}, fs::Policy{}};
   fuse::WorkerStats workers_[2];
   FakeSource source_;
 };
@@ -232,6 +260,23 @@ TEST_F(MetricsCollector, IoPathSeries) {
   EXPECT_TRUE(e.find("efuse_io_path_decisions_total", {{"mount", "broken"}}).empty());
 }
 
+// Each backend exports its own series under the mount label: the memory backend its pool
+// and inode limits, and no passthrough series.
+TEST_F(MetricsCollector, EachBackendExportsItsOwnSeries) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_memory_bytes_limit", {{"mount", "scratch"}}), 1 << 20);
+  EXPECT_EQ(e.value("efuse_memory_bytes", {{"mount", "scratch"}}), 0);
+  EXPECT_EQ(e.value("efuse_memory_inodes", {{"mount", "scratch"}}), 1);
+  EXPECT_EQ(e.value("efuse_memory_inodes_limit", {{"mount", "scratch"}}), 100);
+  EXPECT_EQ(e.value("efuse_memory_enospc_total", {{"mount", "scratch"}}), 0);
+  EXPECT_EQ(e.type["efuse_memory_enospc_total"], "counter");
+  EXPECT_EQ(e.value("efuse_inodes", {{"mount", "scratch"}}), 1);  // the root
+  EXPECT_EQ(e.value("efuse_forget_excess_total", {{"mount", "data"}}), 0);
+  EXPECT_TRUE(e.find("efuse_inode_fds", {{"mount", "scratch"}}).empty());
+  EXPECT_TRUE(e.find("efuse_memory_bytes", {{"mount", "data"}}).empty());
+  EXPECT_EQ(e.value("efuse_inode_fd_eviction_passes_total", {{"mount", "data"}, {"by", "evictor"}}), 0);
+}
+
 TEST_F(MetricsCollector, WorkerSeries) {
   Exposition e = scrape();
   Labels w0 = {{"mount", "data"}, {"worker", "classic-0"}};
@@ -245,6 +290,31 @@ TEST_F(MetricsCollector, WorkerSeries) {
   EXPECT_EQ(e.find("efuse_worker_requests_total").size(), 2u);
 }
 
+TEST_F(MetricsCollector, KernelModuleTierSeries) {
+  Exposition e = scrape();
+  EXPECT_EQ(e.value("efuse_kernel_answered_total", {{"mount", "data"}, {"opcode", "getattr"}}), 40);
+  EXPECT_EQ(e.value("efuse_kernel_answered_total", {{"mount", "data"}, {"opcode", "lookup"}}), 12);
+  // An opcode that reached the handlers but was never answered has its 0.
+  EXPECT_EQ(e.value("efuse_kernel_answered_total", {{"mount", "data"}, {"opcode", "read"}}), 0);
+  EXPECT_EQ(e.value("efuse_kernel_handler_fallbacks_total",
+                    {{"mount", "data"}, {"opcode", "getattr"}, {"reason", "declined"}}), 7);
+  EXPECT_EQ(e.value("efuse_kernel_handler_fallbacks_total",
+                    {{"mount", "data"}, {"opcode", "lookup"}, {"reason", "bad_reply"}}), 1);
+  EXPECT_EQ(e.find("efuse_kernel_handler_fallbacks_total").size(), 3u) << "zero reasons omitted";
+  EXPECT_EQ(e.value("efuse_kernel_map_entries", {{"mount", "data"}, {"map", "getattr"}}), 3);
+  EXPECT_EQ(e.value("efuse_kernel_map_entries", {{"mount", "data"}, {"map", "lookup"}}), 2);
+  EXPECT_EQ(e.value("efuse_kernel_map_bytes", {{"mount", "data"}, {"map", "getattr"}}),
+            3 * (8 + sizeof(efuse_handler_entry)));
+  EXPECT_EQ(e.value("efuse_kernel_map_bytes", {{"mount", "data"}, {"map", "lookup"}}),
+            2 * (sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry)));
+  EXPECT_EQ(e.value("efuse_kernel_map_stores_skipped_total", {{"mount", "data"}}), 5);
+  EXPECT_EQ(e.value("efuse_kernel_map_drops_total", {{"mount", "data"}}), 6);
+  EXPECT_EQ(e.type["efuse_kernel_answered_total"], "counter");
+  EXPECT_EQ(e.type["efuse_kernel_map_entries"], "gauge");
+  EXPECT_TRUE(e.find("efuse_kernel_answered_total", {{"mount", "broken"}}).empty());
+  EXPECT_TRUE(e.find("efuse_kernel_map_entries", {{"mount", "broken"}}).empty());
+}
+
 TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
   Exposition e = scrape();
   EXPECT_EQ(e.value("efuse_mount_up", {{"mount", "data"}, {"backend", "passthrough"}}), 1);
@@ -256,7 +326,9 @@ TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
                                          {"backend", "passthrough"},
                                          {"transport", "classic"},
                                          {"io_path", "passthrough"},
-                                         {"io_path_effective", "cache"}}),
+                                         {"io_path_effective", "cache"},
+                                         {"kernel_module", "auto"},
+                                         {"tier", "module"}}),
             1);
   EXPECT_EQ(e.find("efuse_mount_info", {{"mount", "broken"}}).size(), 1u);
   EXPECT_EQ(e.value("efuse_mount_info", {{"mount", "broken"},
@@ -264,7 +336,9 @@ TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {
                                          {"backend", "passthrough"},
                                          {"transport", ""},
                                          {"io_path", "cache"},
-                                         {"io_path_effective", ""}}),
+                                         {"io_path_effective", ""},
+                                         {"kernel_module", "on"},
+                                         {"tier", ""}}),
             1);
   // A mount without a session has no request, kernel or worker series.
   for (const char* name : {"efuse_requests_total", "efuse_kernel_feature",
@@ -341,7 +415,9 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_shared_opens_total", "efuse_watched_directories",
         "efuse_watch_fanotify_directories", "efuse_watch_muted_files", "efuse_watch_events_total",
         "efuse_watch_invalidations_total", "efuse_watch_overflows_total",
-        "efuse_watch_failures_total", "efuse_io_path_decisions_total",
+        "efuse_watch_failures_total", "efuse_forget_excess_total", "efuse_memory_bytes",
+        "efuse_memory_bytes_limit", "efuse_memory_inodes", "efuse_memory_inodes_limit",
+        "efuse_memory_enospc_total", "efuse_io_path_decisions_total",
         "efuse_io_path_probes_total", "efuse_io_path_choice",
         "efuse_io_path_epochs_measured_total", "efuse_config_reloads_total",
         "efuse_config_last_reload_success", "efuse_config_last_reload_timestamp_seconds",

@@ -220,7 +220,7 @@ InodeTable::~InodeTable() {
   if (evictor_.joinable()) evictor_.join();  // it may hold inodes of a pass
   // Inodes give their descriptors back to the counters: before those go.
   by_key_.clear();
-  by_id_.clear();
+  nodes_.clear();
   if (mount_fd_ >= 0) ::close(mount_fd_);
 }
 
@@ -250,17 +250,14 @@ void InodeTable::set_root(int fd, const struct stat& st) {
       g_tables.push_back(this);
     }
     auto root = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT, 1);
-    root->nlookup = 1;
-    by_id_[1] = root;
+    nodes_.set_root(root);
     by_key_[{st.st_dev, st.st_ino}] = root;
   }
   fd_opened();
 }
 
 std::shared_ptr<Inode> InodeTable::get(uint64_t nodeid) const {
-  std::shared_lock lk(mu_);
-  auto it = by_id_.find(nodeid);
-  return it == by_id_.end() ? nullptr : it->second;
+  return nodes_.get(nodeid);
 }
 
 std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* created) {
@@ -272,16 +269,19 @@ std::shared_ptr<Inode> InodeTable::ref(int fd, const struct stat& st, bool* crea
     if (created != nullptr) *created = !known;
     if (known) {
       ::close(fd);
-      ++it->second->nlookup;
+      Inode& in = *it->second;
+      nodes_.ref(in.nodeid);
+      if (in.state_slot != nullptr)
+        in.state_slot->v[1].store(nodes_.lookups(in.nodeid), std::memory_order_relaxed);
       return it->second;
     }
     // New, or an inode number reused after the object an evicted inode stood for was
     // removed: a new nodeid takes the key, the old one lives on until the kernel forgets it.
     inode = std::make_shared<Inode>(*this, fd, st.st_dev, st.st_ino, st.st_mode & S_IFMT,
-                                    next_nodeid_++);
-    inode->nlookup = 1;
-    by_id_[inode->nodeid] = inode;
+                                    nodes_.allocate());
+    nodes_.insert(inode->nodeid, inode, 1);
     by_key_[{st.st_dev, st.st_ino}] = inode;
+    if (state_ != nullptr && !record_node(*inode, 1)) state_->mark_incomplete();
   }
   fd_opened();
   return inode;
@@ -294,11 +294,7 @@ std::shared_ptr<Inode> InodeTable::find(dev_t dev, ino_t ino) const {
 }
 
 std::vector<std::shared_ptr<Inode>> InodeTable::all() const {
-  std::shared_lock lk(mu_);
-  std::vector<std::shared_ptr<Inode>> out;
-  out.reserve(by_id_.size());
-  for (const auto& [id, inode] : by_id_) out.push_back(inode);
-  return out;
+  return nodes_.all();
 }
 
 void InodeTable::replied(Inode& inode, const struct stat& st) {
@@ -309,7 +305,7 @@ void InodeTable::replied(Inode& inode, const struct stat& st) {
   inode.linked.store(linked);
   if (!linked) {
     linked_.erase(inode.nodeid);
-  } else if (by_id_.count(inode.nodeid)) {  // not if forgotten meanwhile
+  } else if (nodes_.get(inode.nodeid) != nullptr) {  // not if forgotten meanwhile
     linked_.insert(inode.nodeid);
   }
 }
@@ -319,30 +315,31 @@ std::vector<std::shared_ptr<Inode>> InodeTable::linked() const {
   std::vector<std::shared_ptr<Inode>> out;
   out.reserve(linked_.size());
   for (uint64_t id : linked_)
-    if (auto it = by_id_.find(id); it != by_id_.end()) out.push_back(it->second);
+    if (auto inode = nodes_.get(id)) out.push_back(std::move(inode));
   return out;
 }
 
 std::shared_ptr<Inode> InodeTable::forget(uint64_t nodeid, uint64_t n) {
-  std::shared_ptr<Inode> dropped;  // closed by the caller, outside the lock
   std::unique_lock lk(mu_);
-  auto it = by_id_.find(nodeid);
-  if (it == by_id_.end() || nodeid == 1) return nullptr;
-  Inode& inode = *it->second;
-  inode.nlookup = n >= inode.nlookup ? 0 : inode.nlookup - n;
-  if (inode.nlookup == 0) {
-    dropped = it->second;
-    auto k = by_key_.find({inode.dev, inode.ino});
+  std::shared_ptr<Inode> dropped = nodes_.forget(nodeid, n);  // closed by the caller
+  if (state_ != nullptr) {
+    if (dropped != nullptr) {
+      state_->free(dropped->state_slot);
+      dropped->state_slot = nullptr;
+    } else if (auto inode = nodes_.get(nodeid); inode && inode->state_slot != nullptr) {
+      inode->state_slot->v[1].store(nodes_.lookups(nodeid), std::memory_order_relaxed);
+    }
+  }
+  if (dropped != nullptr) {
+    auto k = by_key_.find({dropped->dev, dropped->ino});
     if (k != by_key_.end() && k->second == dropped) by_key_.erase(k);
     linked_.erase(nodeid);
-    by_id_.erase(it);
   }
   return dropped;
 }
 
 size_t InodeTable::size() const {
-  std::shared_lock lk(mu_);
-  return by_id_.size();
+  return nodes_.size();
 }
 
 BackendStats InodeTable::stats() const {
@@ -432,21 +429,15 @@ size_t InodeTable::evict_some(std::atomic<uint64_t>& by, uint64_t held_at_wake) 
 
   std::vector<std::pair<uint32_t, uint64_t>> candidates;  // (last use, nodeid)
   candidates.reserve(fds_.load(std::memory_order_relaxed));
-  for (size_t bucket = 0;;) {
-    std::shared_lock lk(mu_);
-    size_t end = std::min(by_id_.bucket_count(), bucket + kScanBuckets);
-    if (bucket >= end) break;
-    for (; bucket < end; ++bucket) {
-      for (auto it = by_id_.begin(bucket); it != by_id_.end(bucket); ++it) {
-        const Inode& inode = *it->second;
-        if (inode.fd_.load(std::memory_order_relaxed) < 0 ||
-            inode.pinned_forever_.load(std::memory_order_relaxed) ||
-            inode.pins_.load(std::memory_order_relaxed) != 0 ||
-            inode.opens.load(std::memory_order_relaxed) != 0)
-          continue;
-        candidates.emplace_back(inode.last_use_.load(std::memory_order_relaxed), it->first);
-      }
-    }
+  auto consider = [&candidates](uint64_t nodeid, const Inode& inode) {
+    if (inode.fd_.load(std::memory_order_relaxed) < 0 ||
+        inode.pinned_forever_.load(std::memory_order_relaxed) ||
+        inode.pins_.load(std::memory_order_relaxed) != 0 ||
+        inode.opens.load(std::memory_order_relaxed) != 0)
+      return;
+    candidates.emplace_back(inode.last_use_.load(std::memory_order_relaxed), nodeid);
+  };
+  for (size_t bucket = 0; (bucket = nodes_.visit_buckets(bucket, kScanBuckets, consider)) != 0;) {
   }
   epoch_.fetch_add(1, std::memory_order_relaxed);
   if (candidates.size() > want) {
@@ -458,12 +449,9 @@ size_t InodeTable::evict_some(std::atomic<uint64_t>& by, uint64_t held_at_wake) 
   std::vector<std::shared_ptr<Inode>> slice;
   for (size_t i = 0; i < candidates.size(); i += kEvictSlice) {
     slice.clear();
-    {
-      std::shared_lock lk(mu_);
-      for (size_t k = i; k < std::min(candidates.size(), i + kEvictSlice); ++k)
-        if (auto it = by_id_.find(candidates[k].second); it != by_id_.end())
-          slice.push_back(it->second);  // forgotten meanwhile: nothing to evict
-    }
+    for (size_t k = i; k < std::min(candidates.size(), i + kEvictSlice); ++k)
+      if (auto inode = nodes_.get(candidates[k].second))
+        slice.push_back(std::move(inode));  // forgotten meanwhile: nothing to evict
     for (auto& inode : slice) {
       if (!inode->evict()) continue;  // pinned, opened or evicted since the scan
       fd_closed();

@@ -33,7 +33,10 @@
 #include <vector>
 
 #include "common/result.h"
+#include "common/slot_file.h"
 #include "fs/filesystem.h"
+#include "fs/node_table.h"
+#include "fs/passthrough/backend_stats.h"
 
 namespace efuse::fs::passthrough {
 
@@ -105,7 +108,8 @@ struct Inode {
   const ino_t ino;
   const mode_t type;  // S_IFMT bits
   const uint64_t nodeid;
-  uint64_t nlookup = 0;  // guarded by InodeTable::mu_
+  // Its record in the restart state (InodeTable::record), if any; guarded by InodeTable::mu_.
+  SlotFile::Slot* state_slot = nullptr;
   std::atomic<uint32_t> opens{0};    // open files through the mount
   std::atomic<uint32_t> writers{0};  // of which open for writing (Watcher::closed at 0)
   std::atomic<bool> muted{false};    // its write events are muted (Watcher::mute)
@@ -212,8 +216,11 @@ class InodeTable {
   std::shared_ptr<Inode> ref(int fd, const struct stat& st, bool* created = nullptr);
   // The inode for a backing object, if the kernel knows it (no reference added).
   std::shared_ptr<Inode> find(dev_t dev, ino_t ino) const;
-  // Drops `n` lookup references; the inode is forgotten at zero and returned.
+  // Drops `n` lookup references; the inode is forgotten at zero and returned (the
+  // contract for counts efused never saw is in fs/node_table.h).
   std::shared_ptr<Inode> forget(uint64_t nodeid, uint64_t n);
+  // FORGETs for more than the kernel was given (NodeTable::excess_forgets).
+  uint64_t excess_forgets() const { return nodes_.excess_forgets(); }
   // Every inode the kernel knows (for resynchronising after lost change events).
   std::vector<std::shared_ptr<Inode>> all() const;
   // Records the attributes efused replied with for `inode` (Inode::kernel_attrs, linked).
@@ -228,7 +235,20 @@ class InodeTable {
   // file system has none; EPERM: no CAP_DAC_READ_SEARCH, or a seccomp filter).
   int handles_errno() const { return handles_errno_; }
 
+  // Restart state (inode_table_state.cpp). record(): from now on every inode the kernel
+  // knows is kept in `file` with its lookup count and file handle (SlotFile::kNode), and the
+  // next nodeid (kNodeCounter), so a new efused can resume the connection. False (nothing
+  // recorded) without file handles, or when a handle cannot be taken.
+  bool record(SlotFile* file);
+  // Rebuilds the table from `file` (every inode evicted: reopened by file handle when first
+  // used) and goes on recording into it. Call before any request; on failure (*why) the
+  // table is as before.
+  Status restore(SlotFile* file, std::string* why);
+
  private:
+  // Writes `inode`'s record with `lookups` (mu_ held exclusively). False when the file is
+  // full or the inode has no file handle.
+  bool record_node(Inode& inode, uint64_t lookups);
   friend struct Inode;
 
   // Called after a descriptor was opened: over the budget it wakes the evictor threads
@@ -257,11 +277,14 @@ class InodeTable {
     }
   };
 
+  // mu_ guards by_key_ and linked_, and is taken before the node table's own lock, so that
+  // a key and its nodeid change together.
   mutable std::shared_mutex mu_;
-  uint64_t next_nodeid_ = 2;  // never reused: a nodeid the kernel saw names one object forever
-  std::unordered_map<uint64_t, std::shared_ptr<Inode>> by_id_;
+  NodeTable<Inode> nodes_;  // nodeids and lookup counts (fs/node_table.h)
   std::unordered_map<Key, std::shared_ptr<Inode>, KeyHash> by_key_;
   std::unordered_set<uint64_t> linked_;  // nodeids of inodes with `linked` set
+  SlotFile* state_ = nullptr;             // guarded by mu_: the restart state, if recorded
+  SlotFile::Slot* counter_slot_ = nullptr;
 
   const size_t fd_budget_;
   const Evictor evictor_kind_;

@@ -44,7 +44,10 @@ PassthroughFs::PassthroughFs(std::string source, const Policy& policy)
                                               : "");
 }
 
-PassthroughFs::~PassthroughFs() = default;
+PassthroughFs::~PassthroughFs() {
+  for (auto& [fh, fd] : restored_fds_)
+    if (fd >= 0) ::close(fd);
+}
 
 void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
 
@@ -166,9 +169,10 @@ BackendStats PassthroughFs::backend_stats() const {
   s.watch_invalidations = watch_counters_.invalidations.load(std::memory_order_relaxed);
   s.watch_overflows = watch_counters_.overflows.load(std::memory_order_relaxed);
   s.watch_failures = watch_counters_.failures.load(std::memory_order_relaxed);
-  s.io_path = io_policy_.report();
   return s;
 }
+
+accel::IoPathReport PassthroughFs::io_path_report() const { return io_policy_.report(); }
 
 Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
   GET_INODE(inode, ino);

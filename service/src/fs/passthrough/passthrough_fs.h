@@ -6,11 +6,12 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
 #include <unordered_map>
 
 #include "fs/filesystem.h"
-#include "fs/passthrough/handle_table.h"
+#include "fs/handle_table.h"
 #include "fs/passthrough/inode_table.h"
 #include "fs/passthrough/watcher.h"
 
@@ -29,6 +30,9 @@ int chmod_fd(int fd, mode_t mode);
 // Bits a write, truncate or O_TRUNC open by a caller without CAP_FSETID clears: set-user-ID,
 // and set-group-ID when the group may execute (as the VFS does natively).
 mode_t privs_to_kill(mode_t mode);
+
+// The flags a backing file is opened with for a FUSE open with `flags`.
+int backing_open_flags(int flags, bool writeback);
 
 // Clears them on fd's file (any descriptor, O_PATH included). efused writes with
 // CAP_FSETID, so the backing file system would keep them; with FUSE_HANDLE_KILLPRIV_V2 the
@@ -124,9 +128,32 @@ class PassthroughFs final : public Filesystem {
   Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
   Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
 
-  BackendStats backend_stats() const override;
+  // Its counters (for tests) and their /metrics series (passthrough_metrics.cpp).
+  BackendStats backend_stats() const;
+  std::vector<Metric> metrics() const override;
+  accel::IoPathReport io_path_report() const override;
+  // Restart state (passthrough_state.cpp): inodes (InodeTable::record) and open handles.
+  bool record_state(SlotFile* file) override;
+  Status restore_state(SlotFile* file, std::string* why) override;
 
  private:
+  // The descriptor behind file handle `fh`: the number it carries, or for a handle a
+  // previous efused gave the kernel (restore_state) the descriptor reopened for it.
+  int fd_of(uint64_t fh) const {
+    if (has_restored_.load(std::memory_order_acquire)) {
+      std::shared_lock lk(state_mu_);
+      if (auto it = restored_fds_.find(fh); it != restored_fds_.end()) return it->second;
+    }
+    return passthrough::fd_of(fh);
+  }
+  // Restart state of an open handle: recorded after it was added to handles_, dropped at
+  // its release (closing a restored handle's descriptor: true when `fh` was one).
+  void record_open(uint64_t fh, uint64_t nodeid, int flags, bool cached);
+  bool forget_open(uint64_t fh);
+  // A new private handle must not carry the number of a handle restored from a previous
+  // efused the kernel still holds: moves the descriptor to another number if it does.
+  void avoid_restored(OpenInfo& info);
+
   struct DirHandle;
 
   Result<Entry> lookup_at(int dirfd, const char* name);
@@ -195,6 +222,14 @@ class PassthroughFs final : public Filesystem {
   std::atomic<uint64_t> listing_drops_{0};
 
   HandleTable handles_;  // every open fh the kernel holds
+
+  // Restart state: the file recorded into (null: none), the slot of each open handle, and
+  // the descriptors of handles restored from a previous efused (by fh).
+  mutable std::shared_mutex state_mu_;
+  std::atomic<SlotFile*> state_{nullptr};
+  std::unordered_map<uint64_t, SlotFile::Slot*> open_slots_;  // guarded by state_mu_
+  std::unordered_map<uint64_t, int> restored_fds_;            // guarded by state_mu_
+  std::atomic<bool> has_restored_{false};
 
   std::mutex dirs_mu_;
   uint64_t next_dir_fh_ = 1;  // 0 is the handle of directories opened without OPENDIR

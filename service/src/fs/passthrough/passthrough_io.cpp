@@ -12,8 +12,6 @@
 
 namespace efuse::fs::passthrough {
 
-namespace {
-
 int backing_open_flags(int flags, bool writeback) {
   // The kernel resolved the path already (O_NOFOLLOW on a symlink fails before we are
   // asked); the backing file is reached through a /proc/self/fd magic link, which
@@ -27,6 +25,8 @@ int backing_open_flags(int flags, bool writeback) {
   }
   return flags | O_CLOEXEC;
 }
+
+namespace {
 
 // Read-only opens whose flags change nothing about reading may share one description.
 bool shareable(int flags) {
@@ -83,7 +83,12 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) {
 
 Result<OpenInfo> PassthroughFs::open(const Context& ctx, uint64_t ino, int flags) {
   auto info = open_file(ctx, ino, flags);
-  if (info.ok()) handles_.add(info->fh);
+  if (info.ok()) {
+    if (has_restored_.load(std::memory_order_relaxed)) avoid_restored(*info);
+    handles_.add(info->fh);
+    if (state_.load(std::memory_order_relaxed) != nullptr)
+      record_open(info->fh, ino, flags, info->passthrough_fd < 0);
+  }
   return info;
 }
 
@@ -154,7 +159,11 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   Created c;
   c.entry = *e;
   c.open = open_info(*inode, fd, flags);
+  if (has_restored_.load(std::memory_order_relaxed)) avoid_restored(c.open);
   handles_.add(c.open.fh);
+  if (state_.load(std::memory_order_relaxed) != nullptr)
+    record_open(c.open.fh, inode->nodeid, flags & ~(O_CREAT | O_EXCL | O_TRUNC),
+                c.open.passthrough_fd < 0);
   return c;
 }
 
@@ -232,6 +241,10 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
 Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
   // Unknown: nothing was opened under this handle, so nothing is closed or counted down.
   if (!handles_.remove(fh)) return Errno{EBADF};
+  // A handle of a previous efused's closes the descriptor restore_state() opened for it.
+  const bool restored = (has_restored_.load(std::memory_order_relaxed) ||
+                         state_.load(std::memory_order_relaxed) != nullptr) &&
+                        forget_open(fh);
   auto inode = inodes_.get(ino);
   if (inode) {
     if (is_shared(fh)) {
@@ -246,7 +259,7 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
     std::lock_guard lk(inode->io_mu);
     if (inode->io_opens > 0 && --inode->io_opens == 0) io_policy_.closed(inode->io, steady_ns());
   }
-  if (!is_shared(fh)) ::close(fd_of(fh));
+  if (!is_shared(fh) && !restored) ::close(fd_of(fh));
   if (inode && is_writer(fh) && inode->writers.fetch_sub(1) == 1 && inode->muted.load())
     if (auto w = watcher()) w->closed(*inode);
   // Last: with no opens left the inode's descriptor may be evicted.

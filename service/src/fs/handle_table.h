@@ -1,6 +1,6 @@
-// The file handles (fh) a backend gave the kernel, looked up before any descriptor is used:
-// a handle the kernel never got (a forged or stale request) is EBADF and can never reach,
-// let alone close, an unrelated descriptor of efused. The passthrough backend's handles
+// The file handles (fh) a backend gave the kernel, looked up before a handle is used (every
+// backend keeps its handles here): a handle the kernel never got (a forged or stale
+// request) is EBADF and can never reach, let alone close, an unrelated descriptor of efused. The passthrough backend's handles
 // carry their descriptor (fd_of(); see passthrough_fs.h): the table decides whether one
 // may be used. Thread-safe; lookups take a shared lock.
 #pragma once
@@ -10,7 +10,7 @@
 #include <shared_mutex>
 #include <unordered_set>
 
-namespace efuse::fs::passthrough {
+namespace efuse::fs {
 
 class HandleTable {
  public:
@@ -37,4 +37,4 @@ class HandleTable {
   std::unordered_set<uint64_t> live_;
 };
 
-}  // namespace efuse::fs::passthrough
+}  // namespace efuse::fs

@@ -1,0 +1,71 @@
+// What efused publishes for libefuse_intercept.so (service/src/intercept/), and the
+// counters the library adds to. Plain C layout, shared by efused (daemon layer) and the
+// library; both sides check magic, version and size before using a file.
+//
+// Directory: $EFUSE_INTERCEPT_DIR, default /run/efuse/intercept. In it:
+//   generation       8-byte counter (in a 4 KiB file) efused bumps whenever it publishes
+//                    or withdraws a mount; the library maps it and rescans when it moves.
+//   m-<hash>.rec     one record per mount with `intercept: true` (mode 0644, efused's);
+//                    <hash> is the FNV-1a hash of the mountpoint, so two efused instances
+//                    never share a record.
+//   m-<hash>.cnt     the mount's counters (mode 0666: every user's library adds to them).
+#pragma once
+
+#include <stdint.h>
+
+#define EFUSE_INTERCEPT_MAGIC 0x3152494553554645ull  // "EFUSEIR1"
+#define EFUSE_INTERCEPT_VERSION 1u
+#define EFUSE_INTERCEPT_DEFAULT_DIR "/run/efuse/intercept"
+#define EFUSE_INTERCEPT_PATH_MAX 1024
+
+// efuse_intercept_record.flags
+#define EFUSE_IR_LIVE 0x1u        // efused serves the mount; cleared before it unmounts
+#define EFUSE_IR_READ_ONLY 0x2u   // options.read_only
+#define EFUSE_IR_ALLOW_OTHER 0x4u  // options.allow_other
+#define EFUSE_IR_SERVE 0x8u       // the library may serve it (passthrough backend with
+                                  // default_permissions); else it only counts kernel calls
+#define EFUSE_IR_FILES_GO_ON 0x10u  // withdrawn (LIVE clear) while the mount goes on:
+                                    // descriptors the library opened keep working
+
+struct efuse_intercept_record {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t size;        // sizeof(struct efuse_intercept_record)
+  uint32_t flags;       // EFUSE_IR_*; written last when publishing (release order)
+  int32_t pid;          // efused
+  uint64_t pid_start;   // efused's start time (field 22 of /proc/PID/stat), against PID reuse
+  uint64_t generation;  // the mount's start count in this efused (a remount bumps it)
+  uint32_t uid;         // efused's uid (the mount's owner for allow_other: false)
+  uint32_t dev_major;   // st_dev the mount reports (0:conn_id)
+  uint32_t dev_minor;
+  uint32_t reserved;
+  uint64_t reserved2;
+  char mountpoint[EFUSE_INTERCEPT_PATH_MAX];  // canonical, no trailing '/'
+  char source[EFUSE_INTERCEPT_PATH_MAX];      // backing directory (empty for memory)
+};
+
+// Counters, by operation and by who served the call.
+#define EFUSE_INTERCEPT_OPS(X) \
+  X(open) X(close) X(read) X(write) X(lseek) X(stat) X(access) X(readdir)
+
+enum efuse_intercept_op {
+#define EFUSE_IOP_ENUM(name) EFUSE_IOP_##name,
+  EFUSE_INTERCEPT_OPS(EFUSE_IOP_ENUM)
+#undef EFUSE_IOP_ENUM
+  EFUSE_IOP_COUNT
+};
+
+// [0][op]: served by the library; [1][op]: passed to the kernel (the FUSE mount).
+struct efuse_intercept_counters {
+  uint64_t magic;
+  uint32_t version;
+  uint32_t size;
+  uint64_t calls[2][EFUSE_IOP_COUNT];  // updated with atomic adds by every process
+};
+
+#ifdef __cplusplus
+static_assert(sizeof(struct efuse_intercept_record) == 64 + 2 * EFUSE_INTERCEPT_PATH_MAX,
+              "record layout");
+static_assert(sizeof(struct efuse_intercept_counters) == 16 + 16 * EFUSE_IOP_COUNT,
+              "counters layout");
+#endif

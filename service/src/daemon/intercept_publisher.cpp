@@ -1,0 +1,260 @@
+#include "daemon/intercept_publisher.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "common/log.h"
+#include "common/unique_fd.h"
+
+namespace efuse::daemon {
+namespace {
+
+constexpr size_t kGenerationSize = 4096;
+
+std::string hash_name(const std::string& mountpoint) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : mountpoint) h = (h ^ c) * 1099511628211ull;
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "m-%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+uint64_t start_time(const std::string& pid) {
+  char buf[1024];
+  UniqueFd fd(::open(("/proc/" + pid + "/stat").c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return 0;
+  ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
+  if (n <= 0) return 0;
+  buf[n] = '\0';
+  const char* p = std::strrchr(buf, ')');  // the command may hold spaces and parentheses
+  if (p == nullptr) return 0;
+  // After ")": field 3 (state) ... field 22 (starttime).
+  int field = 2;
+  for (; *p != '\0' && field < 22; ++p)
+    if (*p == ' ') ++field;
+  return std::strtoull(p, nullptr, 10);
+}
+
+// Records left by an efused that was killed (its mounts detached since): removed with
+// their counters, so /run does not collect them. Libraries ignore them anyway (PID check).
+void remove_dead_records(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::string name = e.path().filename();
+    if (name.size() < 7 || name.compare(0, 2, "m-") != 0 ||
+        name.compare(name.size() - 4, 4, ".rec") != 0)
+      continue;
+    efuse_intercept_record rec;
+    UniqueFd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+    if (!fd || ::pread(fd.get(), &rec, sizeof rec, 0) != static_cast<ssize_t>(sizeof rec) ||
+        rec.magic != EFUSE_INTERCEPT_MAGIC || rec.pid == getpid())
+      continue;
+    if (start_time(std::to_string(rec.pid)) == rec.pid_start) continue;  // its efused runs
+    std::string base = e.path().string();
+    base.resize(base.size() - 4);
+    ::unlink((base + ".rec").c_str());
+    ::unlink((base + ".cnt").c_str());
+    LOG_INFO("intercept: removed %s.rec, left by efused %d, which is gone", base.c_str(), rec.pid);
+  }
+}
+
+bool make_dir(const std::string& dir) {
+  for (size_t i = 1; i <= dir.size(); ++i) {
+    if (i != dir.size() && dir[i] != '/') continue;
+    std::string part = dir.substr(0, i);
+    if (::mkdir(part.c_str(), 0755) != 0 && errno != EEXIST) return false;
+  }
+  return true;
+}
+
+// Adds one to the directory's generation counter (creating it), so libraries rescan.
+void bump_generation(const std::string& dir) {
+  std::string path = dir + "/generation";
+  UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0644));
+  struct stat st;
+  if (!fd || fstat(fd.get(), &st) != 0) {
+    LOG_WARN("intercept: cannot update %s: %s", path.c_str(), strerror(errno));
+    return;
+  }
+  if (st.st_size < static_cast<off_t>(kGenerationSize) &&
+      ftruncate(fd.get(), kGenerationSize) != 0) {
+    LOG_WARN("intercept: cannot size %s: %s", path.c_str(), strerror(errno));
+    return;
+  }
+  void* p = mmap(nullptr, kGenerationSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) {
+    LOG_WARN("intercept: cannot map %s: %s", path.c_str(), strerror(errno));
+    return;
+  }
+  __atomic_fetch_add(static_cast<uint64_t*>(p), 1, __ATOMIC_SEQ_CST);
+  munmap(p, kGenerationSize);
+}
+
+template <typename T>
+T* map_file(const std::string& path, int flags, mode_t mode, bool fresh, std::string* why) {
+  UniqueFd fd(::open(path.c_str(), flags | O_RDWR | O_CLOEXEC | O_NOFOLLOW, mode));
+  if (!fd) {
+    *why = path + ": " + strerror(errno);
+    return nullptr;
+  }
+  struct stat st;
+  if (fstat(fd.get(), &st) != 0 || fchmod(fd.get(), mode) != 0 ||  // umask may have masked it
+      (fresh && ftruncate(fd.get(), 0) != 0) ||
+      (static_cast<size_t>(st.st_size) != sizeof(T) && ftruncate(fd.get(), sizeof(T)) != 0)) {
+    *why = path + ": " + strerror(errno);
+    return nullptr;
+  }
+  void* p = mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  if (p == MAP_FAILED) {
+    *why = path + ": " + strerror(errno);
+    return nullptr;
+  }
+  return static_cast<T*>(p);
+}
+
+}  // namespace
+
+std::string intercept_dir() {
+  const char* env = std::getenv("EFUSE_INTERCEPT_DIR");
+  return env != nullptr && *env == '/' ? std::string(env) : EFUSE_INTERCEPT_DEFAULT_DIR;
+}
+
+void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
+  withdraw(true);
+  std::string dir = intercept_dir();
+  if (cfg.mountpoint.size() >= EFUSE_INTERCEPT_PATH_MAX ||
+      cfg.source.size() >= EFUSE_INTERCEPT_PATH_MAX) {
+    LOG_WARN("%s: intercept: mountpoint or source longer than %d bytes; not published, every "
+             "call goes through the kernel", cfg.name.c_str(), EFUSE_INTERCEPT_PATH_MAX - 1);
+    return;
+  }
+  if (!make_dir(dir)) {
+    LOG_WARN("%s: intercept: cannot create %s: %s; every call goes through the kernel",
+             cfg.name.c_str(), dir.c_str(), strerror(errno));
+    return;
+  }
+  remove_dead_records(dir);
+  std::string base = dir + "/" + hash_name(cfg.mountpoint);
+  std::string why;
+  // The counters: a new file each time (counting from 0: a counter reset to Prometheus).
+  ::unlink((base + ".cnt").c_str());
+  auto* counters = map_file<efuse_intercept_counters>(base + ".cnt", O_CREAT | O_EXCL, 0666,
+                                                      false, &why);
+  if (counters != nullptr && (counters->magic != EFUSE_INTERCEPT_MAGIC ||
+                              counters->version != EFUSE_INTERCEPT_VERSION ||
+                              counters->size != sizeof(efuse_intercept_counters))) {
+    std::memset(counters, 0, sizeof *counters);
+    counters->version = EFUSE_INTERCEPT_VERSION;
+    counters->size = sizeof(efuse_intercept_counters);
+    __atomic_store_n(&counters->magic, EFUSE_INTERCEPT_MAGIC, __ATOMIC_RELEASE);
+  }
+  // The record: a new file each time (a library holding the old one sees it not live).
+  std::string tmp = base + ".rec.tmp";
+  ::unlink(tmp.c_str());
+  auto* rec = counters == nullptr
+                  ? nullptr
+                  : map_file<efuse_intercept_record>(tmp, O_CREAT | O_EXCL, 0644, true, &why);
+  if (rec == nullptr) {
+    LOG_WARN("%s: intercept: cannot publish the mount (%s); every call goes through the kernel",
+             cfg.name.c_str(), why.c_str());
+    if (counters != nullptr) munmap(counters, sizeof *counters);
+    ::unlink(tmp.c_str());
+    return;
+  }
+  rec->magic = EFUSE_INTERCEPT_MAGIC;
+  rec->version = EFUSE_INTERCEPT_VERSION;
+  rec->size = sizeof(efuse_intercept_record);
+  rec->pid = static_cast<int32_t>(getpid());
+  rec->pid_start = start_time("self");
+  rec->generation = ++generation_;
+  rec->uid = geteuid();
+  rec->dev_major = 0;
+  rec->dev_minor = conn_id;
+  std::memcpy(rec->mountpoint, cfg.mountpoint.c_str(), cfg.mountpoint.size() + 1);
+  std::memcpy(rec->source, cfg.source.c_str(), cfg.source.size() + 1);
+  uint32_t flags = EFUSE_IR_LIVE;
+  if (cfg.options.read_only) flags |= EFUSE_IR_READ_ONLY;
+  if (cfg.options.allow_other) flags |= EFUSE_IR_ALLOW_OTHER;
+  // The library serves a backing tree with the caller's own credentials: only where the
+  // kernel checks permissions the same way (default_permissions) and there is one.
+  if (cfg.backend == "passthrough" && cfg.options.default_permissions && !cfg.source.empty())
+    flags |= EFUSE_IR_SERVE;
+  __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
+  record_path_ = base + ".rec";
+  counters_path_ = base + ".cnt";
+  if (::rename(tmp.c_str(), record_path_.c_str()) != 0) {
+    LOG_WARN("%s: intercept: cannot publish %s: %s", cfg.name.c_str(), record_path_.c_str(),
+             strerror(errno));
+    munmap(rec, sizeof *rec);
+    munmap(counters, sizeof *counters);
+    ::unlink(tmp.c_str());
+    return;
+  }
+  record_ = rec;
+  counters_ = counters;
+  bump_generation(dir);
+  LOG_INFO("%s: intercept: published %s for libefuse_intercept.so (%s)", cfg.name.c_str(),
+           record_path_.c_str(),
+           (flags & EFUSE_IR_SERVE) ? "served by the library"
+                                    : "counted only: the library serves passthrough mounts "
+                                      "with default_permissions");
+}
+
+void InterceptPublisher::withdraw(bool mount_goes_on) {
+  if (!mount_goes_on) {
+    for (auto* rec : withdrawn_) {
+      __atomic_store_n(&rec->flags, 0u, __ATOMIC_SEQ_CST);
+      munmap(rec, sizeof *rec);
+    }
+    withdrawn_.clear();
+  }
+  if (record_ == nullptr) return;
+  // Libraries stop serving now (and, unless the mount goes on, fail their descriptors).
+  __atomic_store_n(&record_->flags, mount_goes_on ? EFUSE_IR_FILES_GO_ON : 0u, __ATOMIC_SEQ_CST);
+  ::unlink(record_path_.c_str());
+  ::unlink(counters_path_.c_str());  // /run keeps nothing of a mount no longer published
+  if (mount_goes_on)
+    withdrawn_.push_back(record_);
+  else
+    munmap(record_, sizeof *record_);
+  record_ = nullptr;
+  munmap(counters_, sizeof *counters_);
+  counters_ = nullptr;
+  bump_generation(record_path_.substr(0, record_path_.rfind('/')));
+}
+
+void InterceptPublisher::leave_for_restart() {
+  withdraw(true);
+  for (auto* rec : withdrawn_) munmap(rec, sizeof *rec);  // as they are: FILES_GO_ON
+  withdrawn_.clear();
+}
+
+std::vector<fs::Metric> InterceptPublisher::metrics() const {
+  std::vector<fs::Metric> out;
+  if (counters_ == nullptr) return out;
+  static const char* const kOps[] = {
+#define EFUSE_IOP_NAME(name) #name,
+      EFUSE_INTERCEPT_OPS(EFUSE_IOP_NAME)
+#undef EFUSE_IOP_NAME
+  };
+  static const char* const kHelp =
+      "File calls on the mount by processes running libefuse_intercept.so (efuse-run): "
+      "served by the library (path=library) or passed to the kernel (path=kernel)";
+  for (int path = 0; path < 2; ++path)
+    for (int op = 0; op < EFUSE_IOP_COUNT; ++op)
+      out.push_back({"efuse_intercept_calls_total", kHelp, fs::Metric::Type::Counter,
+                     static_cast<double>(__atomic_load_n(&counters_->calls[path][op],
+                                                         __ATOMIC_RELAXED)),
+                     {{"op", kOps[op]}, {"path", path == 0 ? "library" : "kernel"}}});
+  return out;
+}
+
+}  // namespace efuse::daemon

@@ -1,0 +1,50 @@
+// Publishes a mount with `intercept: true` for libefuse_intercept.so (common/intercept_abi.h
+// has the files and their layout) and reads the counters the library keeps for it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/intercept_abi.h"
+#include "daemon/config.h"
+#include "fs/filesystem.h"
+
+namespace efuse::daemon {
+
+// $EFUSE_INTERCEPT_DIR, else /run/efuse/intercept.
+std::string intercept_dir();
+
+class InterceptPublisher {
+ public:
+  InterceptPublisher() = default;
+  ~InterceptPublisher() { withdraw(false); }
+  InterceptPublisher(const InterceptPublisher&) = delete;
+  InterceptPublisher& operator=(const InterceptPublisher&) = delete;
+
+  // Writes the mount's record (live) and maps its counters; `conn_id` is the FUSE
+  // connection, whose device 0:conn_id the mount reports. A failure is logged and leaves
+  // the mount unpublished (every call then goes through the kernel).
+  void publish(const MountConfig& cfg, unsigned conn_id);
+  // Marks the record not live (libraries stop serving at once) and removes both files.
+  // `mount_goes_on` (intercept turned off, the mount stays): descriptors the libraries
+  // already opened keep working until the mount stops (a later withdraw(false)); else
+  // they fail with ENOTCONN from now on, as the mount's own files will.
+  void withdraw(bool mount_goes_on);
+  // The mount is left to the next efused (restart): its records say the mount goes on and
+  // stay so (the next efused publishes its own); nothing is withdrawn later.
+  void leave_for_restart();
+  bool published() const { return record_ != nullptr; }
+  // efuse_intercept_calls_total{op,path} while published.
+  std::vector<fs::Metric> metrics() const;
+
+ private:
+  efuse_intercept_record* record_ = nullptr;
+  std::vector<efuse_intercept_record*> withdrawn_;  // FILES_GO_ON records, until the stop
+  efuse_intercept_counters* counters_ = nullptr;
+  std::string record_path_;
+  std::string counters_path_;
+  uint64_t generation_ = 0;
+};
+
+}  // namespace efuse::daemon

@@ -1,0 +1,213 @@
+#include "fuse/kernel_answers.h"
+
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <functional>
+
+#include "fuse/kernel.h"
+
+namespace fuse {
+
+namespace {
+
+efuse_handler_name_key name_key(uint64_t parent, std::string_view name) {
+  efuse_handler_name_key key{};
+  key.parent = parent;
+  std::memcpy(key.name, name.data(), std::min(name.size(), sizeof key.name - 1));
+  return key;
+}
+
+// Names the handlers can be asked about: the module hands them at most 255 bytes.
+bool storable(std::string_view name) { return !name.empty() && name.size() < EFUSE_HANDLER_NAME_MAX; }
+
+// When a reply valid for `sec` + `nsec` from now stops being used (bpf_ktime_get_ns(),
+// CLOCK_MONOTONIC); 0 for a reply valid for no time at all, which is not stored.
+uint64_t expiry(uint64_t sec, uint32_t nsec) {
+  if (sec == 0 && nsec == 0) return 0;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  constexpr uint64_t kMaxSec = 100ULL * 365 * 24 * 3600;  // no overflow, "never" in practice
+  return (static_cast<uint64_t>(now.tv_sec) + std::min(sec, kMaxSec)) * 1000000000ULL +
+         static_cast<uint64_t>(now.tv_nsec) + nsec;
+}
+
+}  // namespace
+
+size_t KernelAnswers::attr_bucket(uint64_t nodeid) {
+  return std::hash<uint64_t>{}(nodeid * 0x9e3779b97f4a7c15ULL) % kBuckets;
+}
+
+size_t KernelAnswers::name_bucket(uint64_t parent, std::string_view name) {
+  return (std::hash<std::string_view>{}(name) ^ (parent * 0x9e3779b97f4a7c15ULL)) % kBuckets;
+}
+
+uint64_t KernelAnswers::begin() {
+  std::lock_guard lk(mu_);
+  return seq_;
+}
+
+void KernelAnswers::store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since) {
+  if (reply.size() != sizeof(kernel::fuse_attr_out)) return;
+  kernel::fuse_attr_out o;
+  std::memcpy(&o, reply.data(), sizeof o);
+  efuse_handler_entry e{};
+  e.expires = expiry(o.attr_valid, o.attr_valid_nsec);
+  if (e.expires == 0) return;  // attr_timeout 0: the kernel asks efused every time
+  e.answer.nodeid = nodeid;
+  e.answer.size = static_cast<uint32_t>(reply.size());
+  std::memcpy(e.answer.data, reply.data(), reply.size());
+  std::lock_guard lk(mu_);
+  if (attr_stamp_[attr_bucket(nodeid)] > since || writers_.contains(nodeid)) {
+    ++stores_skipped_;
+    return;
+  }
+  if (store_.put_attr(nodeid, e))
+    attrs_.insert(nodeid);
+  else
+    ++stores_skipped_;
+}
+
+void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int error,
+                                 std::span<const char> reply, uint64_t since) {
+  // An ENOENT error (negative_timeout 0) is valid for no time: the kernel caches nothing,
+  // and neither do the handlers.
+  if (error != 0 || reply.size() != sizeof(kernel::fuse_entry_out)) return;
+  kernel::fuse_entry_out out;
+  std::memcpy(&out, reply.data(), sizeof out);
+  if (out.nodeid != 0) return entry_sent(parent, name, out.nodeid);
+  efuse_handler_entry e{};
+  e.expires = expiry(out.entry_valid, out.entry_valid_nsec);
+  if (e.expires == 0 || !storable(name)) return;
+  e.answer.nodeid = parent;
+  e.answer.size = static_cast<uint32_t>(reply.size());
+  std::memcpy(e.answer.data, reply.data(), reply.size());
+  std::lock_guard lk(mu_);
+  if (name_stamp_[name_bucket(parent, name)] > since) {
+    ++stores_skipped_;
+    return;
+  }
+  if (store_.put_name(name_key(parent, name), e))
+    negatives_.emplace(parent, std::string(name));
+  else
+    ++stores_skipped_;
+}
+
+void KernelAnswers::entry_sent(uint64_t parent, std::string_view name, uint64_t nodeid) {
+  if (nodeid == 0 || name == "." || name == "..") return;
+  std::lock_guard lk(mu_);
+  index_[Name(parent, std::string(name))] = nodeid;
+}
+
+void KernelAnswers::drop_attr_locked(uint64_t nodeid) {
+  attr_stamp_[attr_bucket(nodeid)] = ++seq_;
+  if (attrs_.erase(nodeid) != 0) {
+    store_.drop_attr(nodeid);
+    ++drops_;
+  }
+}
+
+void KernelAnswers::drop_name_locked(uint64_t parent, std::string_view name) {
+  name_stamp_[name_bucket(parent, name)] = ++seq_;
+  auto it = negatives_.find(Name(parent, std::string(name)));
+  if (it != negatives_.end()) {
+    negatives_.erase(it);
+    store_.drop_name(name_key(parent, name));
+    ++drops_;
+  }
+}
+
+uint64_t KernelAnswers::child_locked(uint64_t parent, std::string_view name) const {
+  auto it = index_.find(Name(parent, std::string(name)));
+  return it == index_.end() ? 0 : it->second;
+}
+
+void KernelAnswers::attr_changed(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  drop_attr_locked(nodeid);
+}
+
+void KernelAnswers::name_created(uint64_t parent, std::string_view name) {
+  std::lock_guard lk(mu_);
+  drop_name_locked(parent, name);
+  drop_attr_locked(parent);
+}
+
+void KernelAnswers::name_removed(uint64_t parent, std::string_view name, bool done) {
+  std::lock_guard lk(mu_);
+  drop_name_locked(parent, name);
+  drop_attr_locked(parent);
+  if (uint64_t child = child_locked(parent, name)) drop_attr_locked(child);
+  if (done) index_.erase(Name(parent, std::string(name)));
+}
+
+void KernelAnswers::name_moved(uint64_t from_parent, std::string_view from, uint64_t to_parent,
+                               std::string_view to, bool exchange, bool done) {
+  std::lock_guard lk(mu_);
+  const uint64_t moved = child_locked(from_parent, from);
+  const uint64_t replaced = child_locked(to_parent, to);
+  for (uint64_t n : {from_parent, to_parent, moved, replaced})
+    if (n != 0) drop_attr_locked(n);
+  drop_name_locked(from_parent, from);
+  drop_name_locked(to_parent, to);
+  if (!done) return;
+  Name a(from_parent, std::string(from)), b(to_parent, std::string(to));
+  index_.erase(a);
+  index_.erase(b);
+  if (moved != 0) index_[b] = moved;
+  if (exchange && replaced != 0) index_[a] = replaced;
+}
+
+void KernelAnswers::name_changed_outside(uint64_t parent, std::string_view name) {
+  std::lock_guard lk(mu_);
+  drop_name_locked(parent, name);
+  drop_attr_locked(parent);
+  if (uint64_t child = child_locked(parent, name)) drop_attr_locked(child);
+  index_.erase(Name(parent, std::string(name)));
+}
+
+void KernelAnswers::write_opened(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  ++writers_[nodeid];
+  drop_attr_locked(nodeid);
+}
+
+void KernelAnswers::write_released(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  auto it = writers_.find(nodeid);
+  if (it != writers_.end() && --it->second == 0) writers_.erase(it);
+  drop_attr_locked(nodeid);
+}
+
+void KernelAnswers::forgotten(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  drop_attr_locked(nodeid);
+  const Name first(nodeid, std::string()), last(nodeid + 1, std::string());
+  for (auto it = negatives_.lower_bound(first); it != negatives_.end() && *it < last;) {
+    store_.drop_name(name_key(it->first, it->second));
+    ++drops_;
+    it = negatives_.erase(it);
+  }
+  index_.erase(index_.lower_bound(first), index_.lower_bound(last));
+}
+
+void KernelAnswers::drop_all() {
+  std::lock_guard lk(mu_);
+  ++seq_;
+  attr_stamp_.fill(seq_);
+  name_stamp_.fill(seq_);
+  for (uint64_t nodeid : attrs_) store_.drop_attr(nodeid);
+  for (const Name& n : negatives_) store_.drop_name(name_key(n.first, n.second));
+  drops_ += attrs_.size() + negatives_.size();
+  attrs_.clear();
+  negatives_.clear();
+}
+
+KernelAnswerStats KernelAnswers::stats() const {
+  std::lock_guard lk(mu_);
+  return {attrs_.size(), negatives_.size(), stores_skipped_, drops_};
+}
+
+}  // namespace fuse

@@ -1,0 +1,163 @@
+// Session: keeping the kernel module's handler maps exact (KernelAnswers, fuse/kernel_answers.h).
+// Called for every reply just before it is sent, with the request as the kernel sent it and
+// the reply body: what the reply answers goes into the maps, what the request changed is
+// dropped from them. Nothing here touches the stock tier (no KernelAnswers attached).
+#include <fcntl.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "fuse/kernel_answers.h"
+#include "fuse/session_request.h"
+
+namespace fuse {
+
+namespace {
+
+// The reply body, when it went out in one piece (every reply that matters here does).
+std::span<const char> body_of(const struct iovec* payload, int n) {
+  if (n != 1 || payload == nullptr) return {};
+  return {static_cast<const char*>(payload[0].iov_base), payload[0].iov_len};
+}
+
+uint64_t entry_nodeid(std::span<const char> body) {
+  k::fuse_entry_out e;
+  if (body.size() < sizeof e) return 0;
+  std::memcpy(&e, body.data(), sizeof e);
+  return e.nodeid;
+}
+
+bool for_writing(uint32_t flags) { return (flags & O_ACCMODE) != O_RDONLY; }
+
+// The names of a READDIRPLUS reply, with the nodeids sent for them.
+void index_direntplus(KernelAnswers& a, uint64_t dir, std::span<const char> body) {
+  while (body.size() >= sizeof(k::fuse_direntplus)) {
+    k::fuse_direntplus d;
+    std::memcpy(&d, body.data(), sizeof d);
+    size_t len = k::direntplus_size(d.dirent.namelen);
+    if (len > body.size()) return;
+    a.entry_sent(dir, std::string_view(body.data() + sizeof d, d.dirent.namelen),
+                 d.entry_out.nodeid);
+    body = body.subspan(len);
+  }
+}
+
+}  // namespace
+
+uint64_t Session::answers_begin(uint32_t opcode) {
+  KernelAnswers* a = answers_.load(std::memory_order_acquire);
+  if (a == nullptr) return 0;
+  if (opcode != static_cast<uint32_t>(k::Opcode::Getattr) &&
+      opcode != static_cast<uint32_t>(k::Opcode::Lookup))
+    return 0;
+  return a->begin();
+}
+
+void Session::keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept {
+  KernelAnswers* a = r.answers;
+  if (a == nullptr) return;
+  try {
+    Reader in(r.raw);
+    const uint64_t node = r.hdr.nodeid;
+    const bool ok = err == 0;
+    const std::span<const char> body = body_of(payload, n);
+    switch (static_cast<k::Opcode>(r.hdr.opcode)) {
+      case k::Opcode::Getattr:
+        if (ok) a->store_attr(node, body, r.answers_since);
+        break;
+      case k::Opcode::Lookup:
+        if (auto name = in.take_name()) a->store_lookup(node, *name, err, body, r.answers_since);
+        break;
+      case k::Opcode::Setattr:
+      case k::Opcode::Write:
+      case k::Opcode::Fallocate:
+      case k::Opcode::Setxattr:
+      case k::Opcode::Removexattr:
+        a->attr_changed(node);
+        break;
+      case k::Opcode::CopyFileRange:
+        if (auto cin = in.take<k::fuse_copy_file_range_in>()) a->attr_changed(cin->nodeid_out);
+        break;
+      case k::Opcode::Open:
+        if (auto o = in.take<k::fuse_open_in>()) {
+          if (o->flags & O_TRUNC) a->attr_changed(node);
+          if (ok && for_writing(o->flags)) a->write_opened(node);
+        }
+        break;
+      case k::Opcode::Release:
+        if (auto rel = in.take<k::fuse_release_in>(); rel && for_writing(rel->flags))
+          a->write_released(node);
+        break;
+      case k::Opcode::Create: {
+        auto c = in.take<k::fuse_create_in>();
+        auto name = c ? in.take_name() : std::nullopt;
+        if (!name) break;
+        a->name_created(node, *name);
+        if (!ok) break;
+        uint64_t child = entry_nodeid(body);
+        a->entry_sent(node, *name, child);
+        if (child != 0 && for_writing(c->flags)) a->write_opened(child);
+        break;
+      }
+      case k::Opcode::Mknod:
+      case k::Opcode::Mkdir:
+      case k::Opcode::Symlink:
+      case k::Opcode::Link: {
+        std::optional<std::string_view> name;
+        if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Mknod)) {
+          if (in.take<k::fuse_mknod_in>()) name = in.take_name();
+        } else if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Mkdir)) {
+          if (in.take<k::fuse_mkdir_in>()) name = in.take_name();
+        } else if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Link)) {
+          if (auto l = in.take<k::fuse_link_in>()) {
+            a->attr_changed(l->oldnodeid);
+            name = in.take_name();
+          }
+        } else {
+          name = in.take_name();
+        }
+        if (!name) break;
+        a->name_created(node, *name);
+        if (ok) a->entry_sent(node, *name, entry_nodeid(body));
+        break;
+      }
+      case k::Opcode::Unlink:
+      case k::Opcode::Rmdir:
+        if (auto name = in.take_name()) a->name_removed(node, *name, ok);
+        break;
+      case k::Opcode::Rename:
+      case k::Opcode::Rename2: {
+        uint64_t newdir = 0;
+        uint32_t flags = 0;
+        if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
+          auto rin = in.take<k::fuse_rename_in>();
+          if (!rin) break;
+          newdir = rin->newdir;
+        } else {
+          auto rin = in.take<k::fuse_rename2_in>();
+          if (!rin) break;
+          newdir = rin->newdir;
+          flags = rin->flags;
+        }
+        auto from = in.take_name();
+        auto to = from ? in.take_name() : std::nullopt;
+        if (to) a->name_moved(node, *from, newdir, *to, (flags & RENAME_EXCHANGE) != 0, ok);
+        break;
+      }
+      case k::Opcode::Readdirplus:
+        if (ok) index_direntplus(*a, node, body);
+        break;
+      default:
+        break;
+    }
+  } catch (...) {
+    // Only allocating a name can fail (std::bad_alloc); the change may then not have been
+    // applied to the maps, which an operator must know about.
+    LOG_ERROR("kernel answers: out of memory while keeping the handler maps exact for %s; "
+              "handler answers may be stale until the mount restarts",
+              opcode_name(r.hdr.opcode));
+  }
+}
+
+}  // namespace fuse

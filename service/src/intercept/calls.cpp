@@ -1,0 +1,677 @@
+// libefuse_intercept.so: the exported file calls. Each either serves a call on a published
+// mount from its backing directory (path calls: only read-only opens of regular files, stat
+// and access; descriptor calls: on the descriptors it handed out), or passes it to libc
+// unchanged, counting the calls on intercepted mounts that go through the kernel.
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <linux/openat2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/sendfile.h>
+#include <sys/uio.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include "intercept/state.h"
+
+using namespace efuse::intercept;
+
+namespace {
+
+static_assert(sizeof(struct stat) == sizeof(struct stat64), "stat and stat64 agree here");
+
+constexpr int kDecline = -2;
+
+// The caller may reach the mountpoint's parent (the kernel checks every component above
+// the mount; the backing directory's own ancestors are checked by the open itself).
+bool parent_ok(const Mount* m, int flags) {
+  if (m->parent_open) return true;  // checked when the mount was loaded
+  int saved = errno;
+  bool ok = sys(SYS_faccessat2, AT_FDCWD, reinterpret_cast<long>(m->parent), X_OK, flags) == 0;
+  errno = saved;
+  return ok;
+}
+
+// An O_PATH descriptor of the backing object, following no symlink anywhere (a symlink may
+// point outside the mount, where the kernel would resolve it differently): returns the fd,
+// -1 with errno for an answer the kernel path gives alike (ENOENT, ENOTDIR), kDecline else.
+int open_path(const Resolved& r, bool nofollow) {
+  struct open_how how = {};
+  how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
+  how.resolve = RESOLVE_NO_SYMLINKS;
+  int saved = errno;
+  long fd = sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(r.backing),
+                reinterpret_cast<long>(&how), sizeof how);
+  if (fd >= 0) {
+    errno = saved;
+    return static_cast<int>(fd);
+  }
+  if (errno == ENOENT || errno == ENOTDIR) return -1;
+  errno = saved;
+  return kDecline;
+}
+
+void close_quiet(int fd) {
+  int saved = errno;
+  sys(SYS_close, fd);
+  errno = saved;
+}
+
+bool servable(const Resolved& r, int access_flags) {
+  return r.mount->serve && mount_alive(r.mount) && parent_ok(r.mount, access_flags);
+}
+
+constexpr int kUnservedOpenFlags =
+    O_CREAT | O_TRUNC | O_PATH | O_DIRECTORY | O_DIRECT | O_NOATIME | O_ASYNC | O_APPEND;
+
+int lib_open(const Resolved& r, int flags) {
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
+  int pfd = open_path(r, flags & O_NOFOLLOW);
+  if (pfd < 0) return pfd;
+  struct stat st;
+  int saved = errno;
+  if (sys(SYS_fstat, pfd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
+    close_quiet(pfd);  // directories, FIFOs, devices, symlinks: the kernel path
+    return kDecline;
+  }
+  // Reopen for reading: the permission check is the caller's own, as the kernel's.
+  char proc[40] = "/proc/self/fd/";
+  *append_uint(proc + 14, static_cast<unsigned>(pfd)) = '\0';
+  long fd = sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(proc), flags & ~O_NOFOLLOW, 0);
+  if (fd < 0) {
+    close_quiet(pfd);
+    errno = saved;
+    return kDecline;  // EACCES and the like: the kernel path answers
+  }
+  // The lowest free number, as open() gives: the O_PATH descriptor's.
+  if (fd > pfd && sys(SYS_dup3, fd, pfd, flags & O_CLOEXEC) == pfd) {
+    close_quiet(static_cast<int>(fd));
+    fd = pfd;
+  } else {
+    close_quiet(pfd);
+  }
+  if (fd >= kMaxFds) {
+    close_quiet(static_cast<int>(fd));
+    errno = saved;
+    return kDecline;
+  }
+  errno = saved;
+  fd_identity(static_cast<int>(fd), st.st_dev, st.st_ino);
+  fd_put(static_cast<int>(fd), kFdLibrary | static_cast<uint32_t>(r.index + 1));
+  return static_cast<int>(fd);
+}
+
+template <typename Real>
+int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) {
+  Guard g;
+  Resolved r;
+  if (!g.entered || !resolve(dirfd, path, &r)) return real(dirfd, path, flags, mode);
+  if (servable(r, AT_EACCESS)) {
+    int fd = lib_open(r, flags);
+    if (fd != kDecline) {
+      count(r.mount, EFUSE_IOP_open, true);
+      return fd;
+    }
+  }
+  int fd = real(dirfd, path, flags, mode);
+  count(r.mount, EFUSE_IOP_open, false);
+  if (fd >= 0) fd_put(fd, kFdKernel | static_cast<uint32_t>(r.index + 1));
+  return fd;
+}
+
+int real_openat_fn(int dirfd, const char* path, int flags, mode_t mode) {
+  return EFUSE_REAL(openat)(dirfd, path, flags, mode);
+}
+
+mode_t mode_arg(int flags, va_list ap) {
+  return (flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE ? static_cast<mode_t>(va_arg(ap, int))
+                                                               : 0;
+}
+
+// The descriptor's mount when the library handed it out, for a call that needs efused alive:
+// nullptr and errno ENOTCONN when it is gone (like the mount's files after it died).
+enum class FdKind { Other, Library, Kernel };
+FdKind classify(int fd, int op, bool* dead) {
+  *dead = false;
+  uint32_t e = fd_entry(fd);
+  if (e == 0) return FdKind::Other;
+  Mount* m = mount_at(fd_mount(e));
+  if (e & kFdKernel) {
+    count(m, op, false);
+    return FdKind::Kernel;
+  }
+  if (!files_alive(m)) {
+    // Still the file the library opened? (Else the number was reused behind its back.)
+    struct stat st;
+    int saved = errno;
+    bool same = sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 &&
+                fd_same(fd, st.st_dev, st.st_ino);
+    errno = saved;
+    if (!same) {
+      fd_clear(fd);
+      return FdKind::Other;
+    }
+    *dead = true;
+    return FdKind::Library;
+  }
+  count(m, op, true);
+  return FdKind::Library;
+}
+
+#define EFUSE_DEAD_CHECK(fd, op)        \
+  do {                                  \
+    bool dead_;                         \
+    classify((fd), (op), &dead_);       \
+    if (dead_) {                        \
+      errno = ENOTCONN;                 \
+      return -1;                        \
+    }                                   \
+  } while (0)
+
+int stat_resolved(const Resolved& r, struct stat* st, bool nofollow) {
+  if (r.single_name) {
+    // No symlink on the way but the name itself: one lstat; a symlink to follow is the
+    // kernel's (relative to the mount).
+    int saved = errno;
+    long rc = sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>(r.backing),
+                  reinterpret_cast<long>(st), AT_SYMLINK_NOFOLLOW);
+    if (rc == 0 && !(S_ISLNK(st->st_mode) && !nofollow)) {
+      errno = saved;
+      rewrite_stat(r.mount, st);
+      return 0;
+    }
+    if (rc != 0 && (errno == ENOENT || errno == ENOTDIR)) return -1;
+    errno = saved;
+    if (rc == 0) return kDecline;
+  }
+  int pfd = open_path(r, nofollow);
+  if (pfd < 0) return pfd;
+  int saved = errno;
+  long rc = sys(SYS_fstat, pfd, reinterpret_cast<long>(st));
+  close_quiet(pfd);
+  if (rc != 0) return kDecline;
+  errno = saved;
+  rewrite_stat(r.mount, st);
+  return 0;
+}
+
+int fstatat_common(int dirfd, const char* path, struct stat* st, int flags) {
+  Guard g;
+  if (g.entered && (flags & AT_EMPTY_PATH) && path != nullptr && path[0] == '\0') {
+    uint32_t e = fd_entry(dirfd);
+    if (e & kFdLibrary) {
+      EFUSE_DEAD_CHECK(dirfd, EFUSE_IOP_stat);
+      int rc = EFUSE_REAL(fstatat)(dirfd, path, st, flags);
+      if (rc == 0 && fd_same(dirfd, st->st_dev, st->st_ino)) rewrite_stat(mount_at(fd_mount(e)), st);
+      else if (rc == 0) fd_clear(dirfd);
+      return rc;
+    }
+    if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
+    return EFUSE_REAL(fstatat)(dirfd, path, st, flags);
+  }
+  Resolved r;
+  if (!g.entered || !resolve(dirfd, path, &r)) return EFUSE_REAL(fstatat)(dirfd, path, st, flags);
+  if (!(flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT)) && servable(r, AT_EACCESS)) {
+    int rc = stat_resolved(r, st, flags & AT_SYMLINK_NOFOLLOW);
+    if (rc != kDecline) {
+      count(r.mount, EFUSE_IOP_stat, true);
+      return rc;
+    }
+  }
+  count(r.mount, EFUSE_IOP_stat, false);
+  return EFUSE_REAL(fstatat)(dirfd, path, st, flags);
+}
+
+int fstat_common(int fd, struct stat* st) {
+  uint32_t e = fd_entry(fd);
+  if (e & kFdLibrary) EFUSE_DEAD_CHECK(fd, EFUSE_IOP_stat);
+  else if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
+  int rc = EFUSE_REAL(fstat)(fd, st);
+  if (rc == 0 && (e & kFdLibrary)) {
+    if (fd_same(fd, st->st_dev, st->st_ino)) rewrite_stat(mount_at(fd_mount(e)), st);
+    else fd_clear(fd);
+  }
+  return rc;
+}
+
+// statx as the kernel reports it for a FUSE mount whose server has no STATX: the basic
+// fields, no birth time, the mount's device and id, only the VFS's own attributes.
+constexpr unsigned kServedStatxMask = STATX_BASIC_STATS | STATX_BTIME | STATX_MNT_ID;
+void rewrite_statx(const Mount* m, bool is_root, struct statx* sx) {
+  sx->stx_mask = (sx->stx_mask & STATX_BASIC_STATS) | STATX_MNT_ID;
+  sx->stx_btime = {};
+  sx->stx_dev_major = major(m->dev);
+  sx->stx_dev_minor = minor(m->dev);
+  sx->stx_mnt_id = m->mnt_id;
+  sx->stx_attributes_mask = m->attributes_mask;
+  sx->stx_attributes = is_root ? (STATX_ATTR_MOUNT_ROOT & m->attributes_mask) : 0;
+}
+
+ssize_t io_common(int fd, int op) {
+  bool dead;
+  classify(fd, op, &dead);
+  if (dead) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+extern "C" {
+
+// ---- open ------------------------------------------------------------------------------
+__attribute__((visibility("default"))) int open(const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = mode_arg(flags, ap);
+  va_end(ap);
+  return open_common(real_openat_fn, AT_FDCWD, path, flags, mode);
+}
+__attribute__((visibility("default"))) int open64(const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = mode_arg(flags, ap);
+  va_end(ap);
+  return open_common(real_openat_fn, AT_FDCWD, path, flags, mode);
+}
+__attribute__((visibility("default"))) int openat(int dirfd, const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = mode_arg(flags, ap);
+  va_end(ap);
+  return open_common(real_openat_fn, dirfd, path, flags, mode);
+}
+__attribute__((visibility("default"))) int openat64(int dirfd, const char* path, int flags, ...) {
+  va_list ap;
+  va_start(ap, flags);
+  mode_t mode = mode_arg(flags, ap);
+  va_end(ap);
+  return open_common(real_openat_fn, dirfd, path, flags, mode);
+}
+// _FORTIFY_SOURCE's checked variants (no O_CREAT, so no mode).
+__attribute__((visibility("default"))) int __open_2(const char* path, int flags) {
+  return open_common(real_openat_fn, AT_FDCWD, path, flags, 0);
+}
+__attribute__((visibility("default"))) int __open64_2(const char* path, int flags) {
+  return open_common(real_openat_fn, AT_FDCWD, path, flags, 0);
+}
+__attribute__((visibility("default"))) int __openat_2(int dirfd, const char* path, int flags) {
+  return open_common(real_openat_fn, dirfd, path, flags, 0);
+}
+__attribute__((visibility("default"))) int __openat64_2(int dirfd, const char* path, int flags) {
+  return open_common(real_openat_fn, dirfd, path, flags, 0);
+}
+
+// ---- close, dup, fcntl, close_range ---------------------------------------------------------
+__attribute__((visibility("default"))) int close(int fd) {
+  uint32_t e = fd_entry(fd);
+  if (e != 0) {
+    fd_clear(fd);  // before the number can be handed out again
+    count(mount_at(fd_mount(e)), EFUSE_IOP_close, (e & kFdLibrary) != 0);
+  }
+  internal_fd_gone(fd);
+  return EFUSE_REAL(close)(fd);
+}
+
+__attribute__((visibility("default"))) int dup(int fd) {
+  int r = EFUSE_REAL(dup)(fd);
+  if (r >= 0) fd_copy(fd, r);
+  return r;
+}
+__attribute__((visibility("default"))) int dup2(int fd, int fd2) {
+  if (fd != fd2) internal_fd_gone(fd2);
+  int r = EFUSE_REAL(dup2)(fd, fd2);
+  if (r >= 0) fd_copy(fd, r);
+  return r;
+}
+__attribute__((visibility("default"))) int dup3(int fd, int fd2, int flags) {
+  if (fd != fd2) internal_fd_gone(fd2);
+  int r = EFUSE_REAL(dup3)(fd, fd2, flags);
+  if (r >= 0) fd_copy(fd, r);
+  return r;
+}
+
+static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, va_list ap) {
+  void* arg = va_arg(ap, void*);  // every command takes at most one argument, int or pointer
+  int r = real(fd, cmd, arg);
+  if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) fd_copy(fd, r);
+  return r;
+}
+__attribute__((visibility("default"))) int fcntl(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  int r = fcntl_common(EFUSE_REAL(fcntl), fd, cmd, ap);
+  va_end(ap);
+  return r;
+}
+__attribute__((visibility("default"))) int fcntl64(int fd, int cmd, ...) {
+  va_list ap;
+  va_start(ap, cmd);
+  int r = fcntl_common(EFUSE_REAL(fcntl64), fd, cmd, ap);
+  va_end(ap);
+  return r;
+}
+
+static void forget_range(unsigned first, unsigned last) {
+  for (unsigned fd = first; fd <= last && fd < static_cast<unsigned>(kMaxFds); ++fd)
+    if (fd_entry(static_cast<int>(fd)) != 0) fd_clear(static_cast<int>(fd));
+  internal_fds_gone(first, last);
+}
+__attribute__((visibility("default"))) int close_range(unsigned first, unsigned last, int flags) {
+  if (!(flags & CLOSE_RANGE_CLOEXEC) && first <= last) forget_range(first, last);
+  return EFUSE_REAL(close_range)(first, last, flags);
+}
+__attribute__((visibility("default"))) void closefrom(int lowfd) {
+  if (lowfd >= 0) forget_range(static_cast<unsigned>(lowfd), ~0u);
+  EFUSE_REAL(closefrom)(lowfd);
+}
+
+// ---- read, write, lseek ------------------------------------------------------------------
+__attribute__((visibility("default"))) ssize_t read(int fd, void* buf, size_t n) {
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return EFUSE_REAL(read)(fd, buf, n);
+}
+__attribute__((visibility("default"))) ssize_t __read_chk(int fd, void* buf, size_t n, size_t buflen) {
+  using Fn = ssize_t (*)(int, void*, size_t, size_t);
+  static std::atomic<void*> slot{nullptr};
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return reinterpret_cast<Fn>(real_symbol(&slot, "__read_chk"))(fd, buf, n, buflen);
+}
+__attribute__((visibility("default"))) ssize_t pread(int fd, void* buf, size_t n, off_t off) {
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return EFUSE_REAL(pread)(fd, buf, n, off);
+}
+__attribute__((visibility("default"))) ssize_t pread64(int fd, void* buf, size_t n, off64_t off) {
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return EFUSE_REAL(pread64)(fd, buf, n, off);
+}
+__attribute__((visibility("default"))) ssize_t __pread_chk(int fd, void* buf, size_t n, off_t off,
+                                                          size_t buflen) {
+  using Fn = ssize_t (*)(int, void*, size_t, off_t, size_t);
+  static std::atomic<void*> slot{nullptr};
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return reinterpret_cast<Fn>(real_symbol(&slot, "__pread_chk"))(fd, buf, n, off, buflen);
+}
+__attribute__((visibility("default"))) ssize_t __pread64_chk(int fd, void* buf, size_t n,
+                                                            off64_t off, size_t buflen) {
+  using Fn = ssize_t (*)(int, void*, size_t, off64_t, size_t);
+  static std::atomic<void*> slot{nullptr};
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return reinterpret_cast<Fn>(real_symbol(&slot, "__pread64_chk"))(fd, buf, n, off, buflen);
+}
+__attribute__((visibility("default"))) ssize_t readv(int fd, const struct iovec* iov, int n) {
+  if (io_common(fd, EFUSE_IOP_read) < 0) return -1;
+  return EFUSE_REAL(readv)(fd, iov, n);
+}
+__attribute__((visibility("default"))) ssize_t write(int fd, const void* buf, size_t n) {
+  if (io_common(fd, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(write)(fd, buf, n);
+}
+__attribute__((visibility("default"))) ssize_t pwrite(int fd, const void* buf, size_t n, off_t off) {
+  if (io_common(fd, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(pwrite)(fd, buf, n, off);
+}
+__attribute__((visibility("default"))) ssize_t pwrite64(int fd, const void* buf, size_t n,
+                                                       off64_t off) {
+  if (io_common(fd, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(pwrite64)(fd, buf, n, off);
+}
+__attribute__((visibility("default"))) ssize_t writev(int fd, const struct iovec* iov, int n) {
+  if (io_common(fd, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(writev)(fd, iov, n);
+}
+__attribute__((visibility("default"))) off_t lseek(int fd, off_t off, int whence) {
+  if (io_common(fd, EFUSE_IOP_lseek) < 0) return -1;
+  return EFUSE_REAL(lseek)(fd, off, whence);
+}
+__attribute__((visibility("default"))) off64_t lseek64(int fd, off64_t off, int whence) {
+  if (io_common(fd, EFUSE_IOP_lseek) < 0) return -1;
+  return EFUSE_REAL(lseek64)(fd, off, whence);
+}
+
+// Copies in the kernel: the source is read, the destination written.
+__attribute__((visibility("default"))) ssize_t copy_file_range(int in, off64_t* in_off, int out,
+                                                              off64_t* out_off, size_t n,
+                                                              unsigned flags) {
+  if (io_common(in, EFUSE_IOP_read) < 0 || io_common(out, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(copy_file_range)(in, in_off, out, out_off, n, flags);
+}
+__attribute__((visibility("default"))) ssize_t sendfile(int out, int in, off_t* off, size_t n) {
+  if (io_common(in, EFUSE_IOP_read) < 0 || io_common(out, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(sendfile)(out, in, off, n);
+}
+__attribute__((visibility("default"))) ssize_t sendfile64(int out, int in, off64_t* off, size_t n) {
+  if (io_common(in, EFUSE_IOP_read) < 0 || io_common(out, EFUSE_IOP_write) < 0) return -1;
+  return EFUSE_REAL(sendfile64)(out, in, off, n);
+}
+
+// Changes through a descriptor the library opened reach the backing file directly: refused
+// with EROFS on a read-only mount, as the kernel refuses them there.
+static int fd_change(int fd) {
+  uint32_t e = fd_entry(fd);
+  if (!(e & kFdLibrary)) return 0;
+  Mount* m = mount_at(fd_mount(e));
+  if (!files_alive(m)) {
+    errno = ENOTCONN;
+    return -1;
+  }
+  if (m->flags & EFUSE_IR_READ_ONLY) {
+    errno = EROFS;
+    return -1;
+  }
+  return 0;
+}
+__attribute__((visibility("default"))) int fchmod(int fd, mode_t mode) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fchmod)(fd, mode);
+}
+__attribute__((visibility("default"))) int fchown(int fd, uid_t uid, gid_t gid) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fchown)(fd, uid, gid);
+}
+__attribute__((visibility("default"))) int futimens(int fd, const struct timespec times[2]) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(futimens)(fd, times);
+}
+__attribute__((visibility("default"))) int fsetxattr(int fd, const char* name, const void* value,
+                                                    size_t size, int flags) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fsetxattr)(fd, name, value, size, flags);
+}
+__attribute__((visibility("default"))) int fremovexattr(int fd, const char* name) {
+  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fremovexattr)(fd, name);
+}
+
+// ---- stat ------------------------------------------------------------------------------
+__attribute__((visibility("default"))) int stat(const char* path, struct stat* st) {
+  return fstatat_common(AT_FDCWD, path, st, 0);
+}
+__attribute__((visibility("default"))) int stat64(const char* path, struct stat64* st) {
+  return fstatat_common(AT_FDCWD, path, reinterpret_cast<struct stat*>(st), 0);
+}
+__attribute__((visibility("default"))) int lstat(const char* path, struct stat* st) {
+  return fstatat_common(AT_FDCWD, path, st, AT_SYMLINK_NOFOLLOW);
+}
+__attribute__((visibility("default"))) int lstat64(const char* path, struct stat64* st) {
+  return fstatat_common(AT_FDCWD, path, reinterpret_cast<struct stat*>(st), AT_SYMLINK_NOFOLLOW);
+}
+__attribute__((visibility("default"))) int fstatat(int dirfd, const char* path, struct stat* st,
+                                                  int flags) {
+  return fstatat_common(dirfd, path, st, flags);
+}
+__attribute__((visibility("default"))) int fstatat64(int dirfd, const char* path,
+                                                    struct stat64* st, int flags) {
+  return fstatat_common(dirfd, path, reinterpret_cast<struct stat*>(st), flags);
+}
+__attribute__((visibility("default"))) int fstat(int fd, struct stat* st) {
+  return fstat_common(fd, st);
+}
+__attribute__((visibility("default"))) int fstat64(int fd, struct stat64* st) {
+  return fstat_common(fd, reinterpret_cast<struct stat*>(st));
+}
+
+__attribute__((visibility("default"))) int statx(int dirfd, const char* path, int flags,
+                                                unsigned mask, struct statx* sx) {
+  Guard g;
+  if (g.entered && (flags & AT_EMPTY_PATH) && path != nullptr && path[0] == '\0') {
+    uint32_t e = fd_entry(dirfd);
+    if (e & kFdLibrary) {
+      EFUSE_DEAD_CHECK(dirfd, EFUSE_IOP_stat);
+      if (mask & ~kServedStatxMask) return EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
+      int rc = EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
+      if (rc == 0 && fd_same(dirfd, makedev(sx->stx_dev_major, sx->stx_dev_minor), sx->stx_ino))
+        rewrite_statx(mount_at(fd_mount(e)), false, sx);
+      else if (rc == 0)
+        fd_clear(dirfd);
+      return rc;
+    }
+    if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
+    return EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
+  }
+  Resolved r;
+  if (!g.entered || !resolve(dirfd, path, &r))
+    return EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
+  constexpr int kSync = AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC;
+  if (!(mask & ~kServedStatxMask) && !(flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | kSync)) &&
+      servable(r, AT_EACCESS)) {
+    if (r.single_name) {  // as in stat_resolved: one statx without following
+      int saved = errno;
+      long rc = sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(r.backing),
+                    AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, mask | STATX_BASIC_STATS,
+                    reinterpret_cast<long>(sx));
+      if (rc != 0 && (errno == ENOENT || errno == ENOTDIR)) {
+        count(r.mount, EFUSE_IOP_stat, true);
+        return -1;
+      }
+      errno = saved;
+      if (rc == 0 && !(S_ISLNK(sx->stx_mode) && !(flags & AT_SYMLINK_NOFOLLOW))) {
+        rewrite_statx(r.mount, r.is_root, sx);
+        count(r.mount, EFUSE_IOP_stat, true);
+        return 0;
+      }
+    }
+    int pfd = open_path(r, flags & AT_SYMLINK_NOFOLLOW);
+    if (pfd == -1) {
+      count(r.mount, EFUSE_IOP_stat, true);
+      return -1;
+    }
+    if (pfd >= 0) {
+      int saved = errno;
+      long rc = sys(SYS_statx, pfd, reinterpret_cast<long>(""), AT_EMPTY_PATH,
+                    mask | STATX_BASIC_STATS, reinterpret_cast<long>(sx));
+      close_quiet(pfd);
+      errno = saved;
+      if (rc == 0) {
+        rewrite_statx(r.mount, r.is_root, sx);
+        count(r.mount, EFUSE_IOP_stat, true);
+        return 0;
+      }
+    }
+  }
+  count(r.mount, EFUSE_IOP_stat, false);
+  return EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
+}
+
+// ---- access ----------------------------------------------------------------------------
+static int faccessat_common(int dirfd, const char* path, int mode, int flags) {
+  Guard g;
+  Resolved r;
+  if (!g.entered || !resolve(dirfd, path, &r)) return EFUSE_REAL(faccessat)(dirfd, path, mode, flags);
+  bool ro_write = (mode & W_OK) && (r.mount->flags & EFUSE_IR_READ_ONLY);  // EROFS: the kernel's
+  if (!ro_write && !(flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW)) &&
+      servable(r, flags & AT_EACCESS)) {
+    int pfd = open_path(r, flags & AT_SYMLINK_NOFOLLOW);
+    if (pfd == -1) {
+      count(r.mount, EFUSE_IOP_access, true);
+      return -1;
+    }
+    if (pfd >= 0) {
+      int saved = errno;
+      long rc = sys(SYS_faccessat2, pfd, reinterpret_cast<long>(""), mode,
+                    (flags & AT_EACCESS) | AT_EMPTY_PATH);
+      int err = errno;
+      close_quiet(pfd);
+      if (rc == 0 || err == EACCES) {
+        errno = rc == 0 ? saved : err;
+        count(r.mount, EFUSE_IOP_access, true);
+        return rc == 0 ? 0 : -1;
+      }
+      errno = saved;
+    }
+  }
+  count(r.mount, EFUSE_IOP_access, false);
+  return EFUSE_REAL(faccessat)(dirfd, path, mode, flags);
+}
+__attribute__((visibility("default"))) int access(const char* path, int mode) {
+  return faccessat_common(AT_FDCWD, path, mode, 0);
+}
+__attribute__((visibility("default"))) int faccessat(int dirfd, const char* path, int mode,
+                                                    int flags) {
+  return faccessat_common(dirfd, path, mode, flags);
+}
+
+// ---- directories: through the kernel, counted ---------------------------------------------
+__attribute__((visibility("default"))) DIR* opendir(const char* path) {
+  Guard g;
+  Resolved r;
+  if (!g.entered || !resolve(AT_FDCWD, path, &r)) return EFUSE_REAL(opendir)(path);
+  DIR* d = EFUSE_REAL(opendir)(path);
+  count(r.mount, EFUSE_IOP_open, false);
+  if (d != nullptr) fd_put(dirfd(d), kFdKernel | static_cast<uint32_t>(r.index + 1));
+  return d;
+}
+__attribute__((visibility("default"))) struct dirent* readdir(DIR* d) {
+  if (d != nullptr) {
+    uint32_t e = fd_entry(dirfd(d));
+    if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
+  }
+  return EFUSE_REAL(readdir)(d);
+}
+__attribute__((visibility("default"))) struct dirent64* readdir64(DIR* d) {
+  if (d != nullptr) {
+    uint32_t e = fd_entry(dirfd(d));
+    if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
+  }
+  return EFUSE_REAL(readdir64)(d);
+}
+__attribute__((visibility("default"))) int closedir(DIR* d) {
+  if (d != nullptr) {
+    int fd = dirfd(d);
+    uint32_t e = fd_entry(fd);
+    if (e != 0) {
+      fd_clear(fd);
+      count(mount_at(fd_mount(e)), EFUSE_IOP_close, false);
+    }
+  }
+  return EFUSE_REAL(closedir)(d);
+}
+__attribute__((visibility("default"))) ssize_t getdents64(int fd, void* buf, size_t n) {
+  uint32_t e = fd_entry(fd);
+  if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
+  return EFUSE_REAL(getdents64)(fd, buf, n);
+}
+
+// A stream over a descriptor (fdopen): fclose closes it inside libc.
+__attribute__((visibility("default"))) int fclose(FILE* f) {
+  if (f != nullptr) {
+    int fd = fileno(f);
+    uint32_t e = fd_entry(fd);
+    if (e != 0) {
+      fd_clear(fd);
+      count(mount_at(fd_mount(e)), EFUSE_IOP_close, (e & kFdLibrary) != 0);
+    }
+  }
+  return EFUSE_REAL(fclose)(f);
+}
+
+// Descriptors inherited across exec that the library (or the kernel path) opened.
+__attribute__((constructor)) static void efuse_intercept_init() {
+  Guard g;
+  if (g.entered) adopt_inherited();
+}
+
+}  // extern "C"

@@ -1,0 +1,567 @@
+#include "intercept/state.h"
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <dirent.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace efuse::intercept {
+namespace {
+
+std::atomic<uint32_t> g_fds[kMaxFds];
+std::atomic<uint64_t> g_fd_dev[kMaxFds];
+std::atomic<uint64_t> g_fd_ino[kMaxFds];
+Mount g_mounts[kMaxMounts];
+std::atomic<int> g_mount_count{0};
+std::atomic<int> g_active{0};
+std::atomic<const uint64_t*> g_gen{nullptr};
+std::atomic<uint64_t> g_gen_seen{~0ull};
+std::atomic<bool> g_rescan{true};
+std::atomic<bool> g_scanning{false};
+std::atomic<int64_t> g_next_probe_ns{0};
+thread_local int t_depth __attribute__((tls_model("initial-exec"))) = 0;
+
+// Only the scanning thread (g_scanning held) uses these.
+char g_dir[EFUSE_INTERCEPT_PATH_MAX];
+alignas(8) char g_dents[8192];
+
+constexpr int kHighFd = 512;  // the library's own descriptors live at or above this
+
+int64_t now_ns() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+void close_fd(int fd) { sys(SYS_close, fd); }
+
+const char* intercept_dir() {
+  if (g_dir[0] == '\0') {
+    const char* env = getenv("EFUSE_INTERCEPT_DIR");
+    const char* d = env != nullptr && env[0] == '/' ? env : EFUSE_INTERCEPT_DEFAULT_DIR;
+    size_t n = strlen(d);
+    if (n >= sizeof g_dir - 32) d = EFUSE_INTERCEPT_DEFAULT_DIR, n = strlen(d);
+    memcpy(g_dir, d, n + 1);
+  }
+  return g_dir;
+}
+
+// A file efused wrote: owned by root or by us, not writable by others.
+bool trusted(int fd, size_t size) {
+  struct stat st;
+  if (sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0) return false;
+  return S_ISREG(st.st_mode) && static_cast<size_t>(st.st_size) == size &&
+         (st.st_uid == 0 || st.st_uid == geteuid()) && (st.st_mode & 022) == 0;
+}
+
+void* map_at(int dirfd, const char* name, int prot, size_t size, bool check_owner) {
+  int fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(name),
+                                ((prot & PROT_WRITE) ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW));
+  if (fd < 0) return nullptr;
+  struct stat st;
+  bool ok = check_owner ? trusted(fd, size)
+                        : sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 &&
+                              S_ISREG(st.st_mode) && static_cast<size_t>(st.st_size) == size;
+  void* p = ok ? mmap(nullptr, size, prot, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close_fd(fd);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+void map_generation() {
+  char path[EFUSE_INTERCEPT_PATH_MAX + 16];
+  const char* d = intercept_dir();
+  size_t n = strlen(d);
+  memcpy(path, d, n);
+  memcpy(path + n, "/generation", 12);
+  void* p = map_at(AT_FDCWD, path, PROT_READ, 4096, true);
+  if (p != nullptr) g_gen.store(static_cast<const uint64_t*>(p), std::memory_order_release);
+}
+
+// Calls f(dirfd, name) for every entry of `dir`, reading with getdents64 into buf.
+template <typename F>
+void for_each_name(const char* dir, char* buf, size_t size, F&& f) {
+  int dirfd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(dir),
+                                   O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dirfd < 0) return;
+  for (;;) {
+    long n = sys(SYS_getdents64, dirfd, reinterpret_cast<long>(buf), size);
+    if (n <= 0) break;
+    for (long off = 0; off < n;) {
+      auto* d = reinterpret_cast<struct dirent64*>(buf + off);
+      off += d->d_reclen;
+      f(dirfd, d->d_name);
+    }
+  }
+  close_fd(dirfd);
+}
+
+uint64_t start_time_of(int pid) {
+  char path[64] = "/proc/";
+  memcpy(append_uint(path + 6, static_cast<unsigned>(pid)), "/stat", 6);
+  int fd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path), O_RDONLY | O_CLOEXEC));
+  if (fd < 0) return 0;
+  char buf[1024];
+  long r = sys(SYS_read, fd, reinterpret_cast<long>(buf), sizeof buf - 1);
+  close_fd(fd);
+  if (r <= 0) return 0;
+  buf[r] = '\0';
+  const char* p = strrchr(buf, ')');
+  if (p == nullptr) return 0;
+  int field = 2;
+  for (; *p != '\0' && field < 22; ++p)
+    if (*p == ' ') ++field;
+  return strtoull(p, nullptr, 10);
+}
+
+// efused's pidfd, checked against PID reuse, at a high number and close-on-exec; -1 when
+// efused is gone (or another process has its PID).
+int open_pidfd(int32_t pid, uint64_t start, uint64_t* ino) {
+  int pidfd = static_cast<int>(sys(SYS_pidfd_open, pid, 0));
+  if (pidfd >= 0 && (start == 0 || start_time_of(pid) != start)) {
+    close_fd(pidfd);
+    return -1;
+  }
+  if (pidfd >= 0 && pidfd < kHighFd) {
+    int high = static_cast<int>(sys(SYS_fcntl, pidfd, F_DUPFD_CLOEXEC, kHighFd));
+    close_fd(pidfd);
+    pidfd = high;
+  }
+  struct stat st;
+  if (pidfd >= 0) *ino = sys(SYS_fstat, pidfd, reinterpret_cast<long>(&st)) == 0 ? st.st_ino : 0;
+  return pidfd;
+}
+
+// Every directory from / down to `dir` is a real directory that everyone may search and
+// that carries no access ACL (which could refuse one user what "other" grants).
+bool searchable_by_all(const char* dir) {
+  char part[EFUSE_INTERCEPT_PATH_MAX];
+  size_t n = strlen(dir);
+  if (n >= sizeof part) return false;
+  for (size_t i = 1; i <= n; ++i) {
+    if (i != n && dir[i] != '/') continue;
+    memcpy(part, dir, i);
+    part[i] = '\0';
+    struct stat st;
+    if (sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>(part), reinterpret_cast<long>(&st),
+            AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISDIR(st.st_mode) || (st.st_mode & 0001) == 0)
+      return false;
+    long r = sys(SYS_lgetxattr, reinterpret_cast<long>(part),
+                 reinterpret_cast<long>("system.posix_acl_access"), 0, 0);
+    if (r >= 0 || (errno != ENODATA && errno != EOPNOTSUPP)) return false;
+  }
+  return true;
+}
+
+void mark_dead(Mount* m) {
+  int one = 1;
+  if (m->state.compare_exchange_strong(one, 2)) g_active.fetch_sub(1);
+  g_rescan.store(true);
+}
+
+bool same_record(const Mount& m, const efuse_intercept_record* r) {
+  return m.pid == r->pid && m.generation == r->generation &&
+         strncmp(m.mp, r->mountpoint, sizeof m.mp) == 0;
+}
+
+// Loads one published record into a new slot (or confirms the slot it is in).
+void load_record(int dirfd, const char* name, bool* seen) {
+  auto* rec = static_cast<const efuse_intercept_record*>(
+      map_at(dirfd, name, PROT_READ, sizeof(efuse_intercept_record), true));
+  if (rec == nullptr) return;
+  uint32_t flags = __atomic_load_n(&rec->flags, __ATOMIC_ACQUIRE);
+  bool usable = rec->magic == EFUSE_INTERCEPT_MAGIC && rec->version == EFUSE_INTERCEPT_VERSION &&
+                rec->size == sizeof(efuse_intercept_record) && (flags & EFUSE_IR_LIVE) &&
+                rec->pid != getpid() && rec->mountpoint[0] == '/' &&
+                memchr(rec->mountpoint, '\0', sizeof rec->mountpoint) != nullptr &&
+                memchr(rec->source, '\0', sizeof rec->source) != nullptr;
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; usable && i < count; ++i) {
+    if (g_mounts[i].state.load() == 1 && same_record(g_mounts[i], rec)) {
+      seen[i] = true;
+      usable = false;  // already loaded
+    }
+  }
+  if (!usable || count >= kMaxMounts) {
+    munmap(const_cast<efuse_intercept_record*>(rec), sizeof *rec);
+    return;
+  }
+  Mount& m = g_mounts[count];
+  uint64_t pidfd_ino = 0;
+  int pidfd = open_pidfd(rec->pid, rec->pid_start, &pidfd_ino);
+  // The mount as this process sees it: the same device (not another namespace's view, not
+  // covered by another mount), its mount id and attribute mask for statx.
+  struct statx sx;
+  bool same_mount =
+      pidfd >= 0 &&
+      sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(rec->mountpoint),
+          AT_NO_AUTOMOUNT | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID,
+          reinterpret_cast<long>(&sx)) == 0 &&
+      sx.stx_dev_major == rec->dev_major && sx.stx_dev_minor == rec->dev_minor &&
+      (sx.stx_mask & STATX_MNT_ID);
+  if (!same_mount) {
+    if (pidfd >= 0) close_fd(pidfd);
+    munmap(const_cast<efuse_intercept_record*>(rec), sizeof *rec);
+    return;
+  }
+  m.rec = rec;
+  m.pid = rec->pid;
+  m.generation = rec->generation;
+  m.flags = flags;
+  m.dev = makedev(rec->dev_major, rec->dev_minor);
+  m.mnt_id = sx.stx_mnt_id;
+  m.root_ino = sx.stx_ino;
+  m.attributes_mask = sx.stx_attributes_mask;
+  m.mp_len = strlen(rec->mountpoint);
+  memcpy(m.mp, rec->mountpoint, m.mp_len + 1);
+  m.src_len = strlen(rec->source);
+  memcpy(m.src, rec->source, m.src_len + 1);
+  const char* slash = strrchr(m.mp, '/');
+  size_t plen = slash == m.mp ? 1 : static_cast<size_t>(slash - m.mp);
+  memcpy(m.parent, m.mp, plen);
+  m.parent[plen] = '\0';
+  m.parent_open = searchable_by_all(m.parent);
+  // allow_other: false lets only efused's user through the kernel; others get EACCES there.
+  m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
+            ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
+  // The counters: "m-<hash>.cnt" beside "m-<hash>.rec".
+  char cname[64];
+  size_t nlen = strlen(name);
+  if (nlen + 1 < sizeof cname && nlen > 4) {
+    memcpy(cname, name, nlen - 4);
+    memcpy(cname + nlen - 4, ".cnt", 5);
+    auto* cnt = static_cast<efuse_intercept_counters*>(
+        map_at(dirfd, cname, PROT_READ | PROT_WRITE, sizeof(efuse_intercept_counters), false));
+    if (cnt != nullptr && (cnt->magic != EFUSE_INTERCEPT_MAGIC ||
+                           cnt->size != sizeof(efuse_intercept_counters))) {
+      munmap(cnt, sizeof *cnt);
+      cnt = nullptr;
+    }
+    m.cnt = cnt;
+  }
+  m.pidfd_ino.store(pidfd_ino);
+  m.pidfd.store(pidfd);
+  m.state.store(1, std::memory_order_release);
+  seen[count] = true;
+  g_active.fetch_add(1);
+  g_mount_count.store(count + 1, std::memory_order_release);
+}
+
+void scan() {
+  bool seen[kMaxMounts] = {};
+  for_each_name(intercept_dir(), g_dents, sizeof g_dents, [&](int dirfd, const char* name) {
+    size_t len = strlen(name);
+    if (len > 6 && memcmp(name, "m-", 2) == 0 && memcmp(name + len - 4, ".rec", 4) == 0)
+      load_record(dirfd, name, seen);
+  });
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i)
+    if (!seen[i] && g_mounts[i].state.load() == 1) mark_dead(&g_mounts[i]);
+  g_rescan.store(false);  // mark_dead above asked again; this scan already saw everything
+}
+
+}  // namespace
+
+void* real_symbol(std::atomic<void*>* slot, const char* name) {
+  void* p = slot->load(std::memory_order_acquire);
+  if (p == nullptr) {
+    p = dlsym(RTLD_NEXT, name);
+    slot->store(p, std::memory_order_release);
+  }
+  return p;
+}
+
+long sys(long nr, long a, long b, long c, long d, long e, long f) {
+  return syscall(nr, a, b, c, d, e, f);
+}
+
+uint32_t fd_entry(int fd) {
+  return fd >= 0 && fd < kMaxFds ? g_fds[fd].load(std::memory_order_acquire) : 0;
+}
+void fd_put(int fd, uint32_t entry) {
+  if (fd >= 0 && fd < kMaxFds) g_fds[fd].store(entry, std::memory_order_release);
+}
+void fd_clear(int fd) { fd_put(fd, 0); }
+void fd_identity(int fd, dev_t dev, ino_t ino) {
+  if (fd < 0 || fd >= kMaxFds) return;
+  g_fd_dev[fd].store(dev, std::memory_order_relaxed);
+  g_fd_ino[fd].store(ino, std::memory_order_relaxed);
+}
+bool fd_same(int fd, dev_t dev, ino_t ino) {
+  return fd >= 0 && fd < kMaxFds && g_fd_dev[fd].load(std::memory_order_relaxed) == dev &&
+         g_fd_ino[fd].load(std::memory_order_relaxed) == ino;
+}
+void fd_copy(int from, int to) {
+  if (to < 0 || to >= kMaxFds || from == to) return;
+  uint32_t e = fd_entry(from);
+  if (e != 0 && from >= 0 && from < kMaxFds)
+    fd_identity(to, g_fd_dev[from].load(std::memory_order_relaxed),
+                g_fd_ino[from].load(std::memory_order_relaxed));
+  fd_put(to, e);
+}
+
+Mount* mount_at(int index) {
+  return index >= 0 && index < g_mount_count.load(std::memory_order_acquire) ? &g_mounts[index]
+                                                                              : nullptr;
+}
+
+bool any_active() { return g_active.load(std::memory_order_relaxed) > 0; }
+
+namespace {
+// efused still runs (its pidfd not readable).
+bool efused_running(Mount* m) {
+  int saved = errno;
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    int pidfd = m->pidfd.load(std::memory_order_acquire);
+    if (pidfd < 0) {
+      // The program closed or replaced the library's pidfd: open another one.
+      uint64_t ino = 0;
+      int fresh = open_pidfd(m->pid, m->rec->pid_start, &ino);
+      if (fresh < 0) break;  // efused is gone
+      int expected = -1;
+      if (m->pidfd.compare_exchange_strong(expected, fresh)) {
+        m->pidfd_ino.store(ino);
+        pidfd = fresh;
+      } else {
+        close_fd(fresh);  // another thread was faster
+        continue;
+      }
+    }
+    // Readable once efused exited. POLLNVAL: the descriptor was closed behind the
+    // library's back; readable but not the same inode: its number now belongs to the
+    // program. Either way the library forgets it (without closing it) and opens another.
+    struct pollfd p = {pidfd, POLLIN, 0};
+    long r = sys(SYS_poll, reinterpret_cast<long>(&p), 1, 0);
+    if (r == 0) {
+      errno = saved;
+      return true;
+    }
+    struct stat st;
+    bool ours = r > 0 && !(p.revents & POLLNVAL) &&
+                sys(SYS_fstat, pidfd, reinterpret_cast<long>(&st)) == 0 &&
+                st.st_ino == m->pidfd_ino.load();
+    if (ours) break;  // efused exited
+    m->pidfd.compare_exchange_strong(pidfd, -1);
+  }
+  errno = saved;
+  return false;
+}
+}  // namespace
+
+bool mount_alive(Mount* m) {
+  if (m == nullptr || m->state.load(std::memory_order_acquire) != 1) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
+  if (!(flags & EFUSE_IR_LIVE) || m->rec->generation != m->generation || !efused_running(m)) {
+    mark_dead(m);
+    return false;
+  }
+  return true;
+}
+
+bool files_alive(Mount* m) {
+  if (m == nullptr || m->rec == nullptr) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
+  bool published = (flags & EFUSE_IR_LIVE) && m->rec->generation == m->generation;
+  if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
+  if (efused_running(m)) return true;
+  mark_dead(m);
+  if (!(flags & EFUSE_IR_FILES_GO_ON)) return false;
+  // Left to the next efused (a restart that keeps the connection): once it resumed and
+  // published the same connection (the same device), the descriptors go on.
+  refresh();
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Mount* s = &g_mounts[i];
+    if (s != m && s->dev == m->dev && mount_alive(s)) return true;
+  }
+  return false;
+}
+
+void refresh() {
+  const uint64_t* gen = g_gen.load(std::memory_order_acquire);
+  if (gen == nullptr) {
+    // No efused published anything yet: look again at most once a second.
+    int64_t now = now_ns();
+    int64_t next = g_next_probe_ns.load(std::memory_order_relaxed);
+    if (now < next || !g_next_probe_ns.compare_exchange_strong(next, now + 1000000000)) return;
+    bool expected = false;
+    if (!g_scanning.compare_exchange_strong(expected, true)) return;
+    int saved = errno;
+    map_generation();
+    errno = saved;
+    g_scanning.store(false);
+    gen = g_gen.load(std::memory_order_acquire);
+    if (gen == nullptr) return;
+  }
+  uint64_t v = __atomic_load_n(gen, __ATOMIC_ACQUIRE);
+  if (v == g_gen_seen.load(std::memory_order_relaxed) && !g_rescan.load(std::memory_order_relaxed))
+    return;
+  bool expected = false;
+  if (!g_scanning.compare_exchange_strong(expected, true)) return;  // another thread scans
+  int saved = errno;
+  g_gen_seen.store(v);
+  scan();
+  errno = saved;
+  g_scanning.store(false);
+}
+
+void count(Mount* m, int op, bool by_library) {
+  if (m != nullptr && m->cnt != nullptr)
+    __atomic_fetch_add(&m->cnt->calls[by_library ? 0 : 1][op], 1, __ATOMIC_RELAXED);
+}
+
+Guard::Guard() : entered(t_depth++ == 0) {}
+Guard::~Guard() { --t_depth; }
+
+namespace {
+thread_local char t_path[2 * EFUSE_INTERCEPT_PATH_MAX + 8] __attribute__((tls_model("initial-exec")));
+
+// Collapses "//" and "/./" and a trailing "/."; false on a ".." component (the kernel
+// resolves those: across the mountpoint they leave the mount).
+bool normalize(char* p) {
+  char* w = p;
+  const char* r = p;
+  while (*r != '\0') {
+    if (r[0] == '/') {
+      if (r[1] == '/') { ++r; continue; }
+      if (r[1] == '.' && (r[2] == '/' || r[2] == '\0')) {
+        r += 2;
+        if (*r == '\0') *w++ = '/';
+        continue;
+      }
+      if (r[1] == '.' && r[2] == '.' && (r[3] == '/' || r[3] == '\0')) return false;
+    }
+    *w++ = *r++;
+  }
+  *w = '\0';
+  return true;
+}
+}  // namespace
+
+bool resolve(int dirfd, const char* path, Resolved* out) {
+  if (path == nullptr || path[0] == '\0') return false;
+  refresh();
+  if (!any_active()) return false;
+  char* buf = t_path;
+  const size_t cap = sizeof t_path;
+  size_t len = 0;
+  size_t plen = strlen(path);
+  int saved = errno;
+  if (path[0] != '/') {
+    long n;
+    if (dirfd == AT_FDCWD) {
+      n = sys(SYS_getcwd, reinterpret_cast<long>(buf), cap);
+      if (n > 0) n -= 1;  // the kernel counts the NUL
+    } else {
+      if (fd_entry(dirfd) & kFdLibrary) return false;  // a regular file: ENOTDIR, natively
+      if (dirfd < 0) return false;
+      char link[40] = "/proc/self/fd/";
+      *append_uint(link + 14, static_cast<unsigned>(dirfd)) = '\0';
+      n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(buf), cap - 1);
+    }
+    errno = saved;
+    if (n <= 0 || buf[0] != '/' || static_cast<size_t>(n) + plen + 2 >= cap) return false;
+    len = static_cast<size_t>(n);
+    buf[len++] = '/';
+  } else if (plen + 1 >= cap) {
+    return false;
+  }
+  memcpy(buf + len, path, plen + 1);
+  if (!normalize(buf)) return false;
+  len = strlen(buf);
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    if (m.state.load(std::memory_order_acquire) != 1) continue;
+    if (len < m.mp_len || memcmp(buf, m.mp, m.mp_len) != 0) continue;
+    if (buf[m.mp_len] != '\0' && buf[m.mp_len] != '/') continue;
+    const char* rest = buf + m.mp_len;
+    size_t rlen = len - m.mp_len;
+    if (m.src_len + rlen + 1 > sizeof out->backing) return false;
+    memcpy(out->backing, m.src, m.src_len);
+    memcpy(out->backing + m.src_len, rest, rlen + 1);
+    out->mount = &m;
+    out->index = i;
+    out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
+    out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
+    return true;
+  }
+  return false;
+}
+
+void rewrite_stat(const Mount* m, struct stat* st) { st->st_dev = m->dev; }
+
+void internal_fd_gone(int fd) {
+  if (fd < kHighFd) return;
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    int expected = fd;
+    g_mounts[i].pidfd.compare_exchange_strong(expected, -1);
+  }
+}
+
+void internal_fds_gone(unsigned first, unsigned last) {
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    int fd = g_mounts[i].pidfd.load();
+    if (fd >= 0 && static_cast<unsigned>(fd) >= first && static_cast<unsigned>(fd) <= last)
+      g_mounts[i].pidfd.compare_exchange_strong(fd, -1);
+  }
+}
+
+void adopt_inherited() {
+  refresh();
+  if (!any_active()) return;
+  alignas(8) char dents[4096];
+  char target[EFUSE_INTERCEPT_PATH_MAX];
+  for_each_name("/proc/self/fd", dents, sizeof dents, [&](int dirfd, const char* name) {
+    if (name[0] < '0' || name[0] > '9') return;
+    int fd = atoi(name);
+    if (fd == dirfd || fd >= kMaxFds) return;
+    long len = sys(SYS_readlinkat, dirfd, reinterpret_cast<long>(name),
+                   reinterpret_cast<long>(target), sizeof target - 1);
+    if (len <= 0 || target[0] != '/') return;
+    target[len] = '\0';
+    int count = g_mount_count.load(std::memory_order_acquire);
+    for (int i = 0; i < count; ++i) {
+      Mount& m = g_mounts[i];
+      if (m.state.load() != 1) continue;
+      auto under = [&](const char* dir, size_t dlen) {
+        return static_cast<size_t>(len) >= dlen && memcmp(target, dir, dlen) == 0 &&
+               (target[dlen] == '\0' || target[dlen] == '/');
+      };
+      if (under(m.mp, m.mp_len)) {
+        fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
+        break;
+      }
+      // A read-only regular file of the backing tree: one the library opened before exec
+      // (a program that opened the backing tree itself is taken for one too).
+      struct stat st;
+      long fl = sys(SYS_fcntl, fd, F_GETFL);
+      if (m.serve && under(m.src, m.src_len) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY &&
+          sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode)) {
+        fd_identity(fd, st.st_dev, st.st_ino);
+        fd_put(fd, kFdLibrary | static_cast<uint32_t>(i + 1));
+        break;
+      }
+    }
+  });
+}
+
+char* append_uint(char* out, unsigned v) {
+  char digits[12];
+  int k = 0;
+  do digits[k++] = static_cast<char>('0' + v % 10); while ((v /= 10) != 0);
+  while (k > 0) *out++ = digits[--k];
+  return out;
+}
+
+}  // namespace efuse::intercept

@@ -1,0 +1,118 @@
+// libefuse_intercept.so, internal: the mounts efused published (common/intercept_abi.h),
+// the descriptors the library handed out, path resolution and the counters. Everything here
+// is usable before main, from several threads and from signal handlers: no allocation, no
+// locks that can block, raw system calls for the library's own work (its exported names
+// shadow libc's, so calling open() or close() here would call the library again).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <atomic>
+
+#include "common/intercept_abi.h"
+
+namespace efuse::intercept {
+
+// libc's own function behind an exported name (dlsym RTLD_NEXT), resolved on first use.
+void* real_symbol(std::atomic<void*>* slot, const char* name);
+#define EFUSE_REAL(name)                                                                   \
+  ([]() {                                                                                  \
+    static std::atomic<void*> slot_{nullptr};                                              \
+    return reinterpret_cast<decltype(&::name)>(::efuse::intercept::real_symbol(&slot_, #name)); \
+  }())
+
+constexpr int kMaxMounts = 64;
+constexpr int kMaxFds = 65536;  // descriptors above are never the library's own
+
+struct Mount {
+  std::atomic<int> state{0};  // 0 unused, 1 active, 2 dead (efused gone or withdrew it)
+  const efuse_intercept_record* rec = nullptr;  // mapped read-only
+  efuse_intercept_counters* cnt = nullptr;       // mapped read-write (may be null)
+  std::atomic<int> pidfd{-1};  // efused's pidfd: readable once efused exited; -1: reopen
+  std::atomic<uint64_t> pidfd_ino{0};  // its inode, to tell it from a reused number
+  uint64_t generation = 0;
+  int32_t pid = 0;
+  uint32_t flags = 0;      // rec->flags when loaded
+  bool serve = false;      // the library serves calls (else it only counts them)
+  dev_t dev = 0;           // what the mount reports
+  uint64_t mnt_id = 0;     // statx stx_mnt_id of the mount
+  uint64_t root_ino = 0;   // the mount root's inode (STATX_ATTR_MOUNT_ROOT)
+  uint64_t attributes_mask = 0;  // stx_attributes_mask the kernel reports for the mount
+  char mp[EFUSE_INTERCEPT_PATH_MAX] = {};
+  size_t mp_len = 0;
+  char parent[EFUSE_INTERCEPT_PATH_MAX] = {};  // the mountpoint's parent directory
+  bool parent_open = false;  // every directory above the mount searchable by all, no ACLs
+  char src[EFUSE_INTERCEPT_PATH_MAX] = {};
+  size_t src_len = 0;
+};
+
+// The descriptor table: per fd, 0 or (mount index + 1) | kind.
+constexpr uint32_t kFdLibrary = 0x10000;  // a backing-file descriptor the library opened
+constexpr uint32_t kFdKernel = 0x20000;   // opened through the mount (counted as kernel)
+uint32_t fd_entry(int fd);
+void fd_put(int fd, uint32_t entry);
+void fd_clear(int fd);
+inline int fd_mount(uint32_t entry) { return static_cast<int>(entry & 0xffff) - 1; }
+// The backing file a library descriptor was opened on: a descriptor closed behind the
+// library's back (fclose of an fdopen'ed stream, a raw close) and its number reused is
+// told apart by it, so it is never taken for the mount's (no rewritten st_dev, no ENOTCONN).
+void fd_identity(int fd, dev_t dev, ino_t ino);
+bool fd_same(int fd, dev_t dev, ino_t ino);
+// dup and friends: `to` gets `from`'s entry and identity.
+void fd_copy(int from, int to);
+
+Mount* mount_at(int index);
+// True when `m` may be served right now: published live, same generation, efused running.
+// A dead mount is marked so and a rescan is requested.
+bool mount_alive(Mount* m);
+// True while descriptors the library opened on `m` may be used: the mount is published, or
+// was withdrawn while it goes on (EFUSE_IR_FILES_GO_ON), and efused runs.
+bool files_alive(Mount* m);
+// Re-reads the published mounts when efused changed them (cheap when nothing changed).
+void refresh();
+// Any mount published and active (checked before resolving paths).
+bool any_active();
+
+void count(Mount* m, int op, bool by_library);
+
+// Path resolution. `out` receives what the caller meant: the mount and the path inside
+// it ("" for its root, else "/a/b", trailing '/' kept), or nothing (nullptr) when the path
+// is not under a published mount, or cannot be judged lexically ("..", too long): then
+// the kernel decides.
+struct Resolved {
+  Mount* mount = nullptr;
+  int index = -1;
+  char backing[2 * EFUSE_INTERCEPT_PATH_MAX + 8];  // source + rest
+  bool is_root = false;
+  // One name relative to a directory whose path the kernel gave (getcwd, /proc/self/fd),
+  // which holds no symlink: only the last component can be one.
+  bool single_name = false;
+};
+bool resolve(int dirfd, const char* path, Resolved* out);
+
+// The per-thread guard: calls made while the library is already working in this thread
+// (from a signal handler, or libc calling back) go to libc untouched.
+struct Guard {
+  Guard();
+  ~Guard();
+  bool entered;  // false: nested, do not intercept
+};
+
+// Appends the decimal digits of `v` at `out`; returns the end (not NUL-terminated).
+char* append_uint(char* out, unsigned v);
+
+// Raw system calls.
+long sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0);
+
+// Rewrites what a backing file reports to what the mount reports.
+void rewrite_stat(const Mount* m, struct stat* st);
+// Adopts descriptors inherited across exec (called from the constructor).
+void adopt_inherited();
+// A descriptor the library keeps for itself was closed or replaced by the program.
+void internal_fd_gone(int fd);
+void internal_fds_gone(unsigned first, unsigned last);
+
+}  // namespace efuse::intercept

@@ -1,0 +1,617 @@
+#!/usr/bin/env python3
+"""libefuse_intercept.so under efuse-run on a mount with `--intercept`: every program gives
+the same results with and without the library (coreutils, tar, git, python, fsx); as
+another user, with ACLs and on a read-only mount nothing is granted that the kernel path
+refuses; files changed in the backing directory while a process holds them read the same;
+descriptors the library hands out behave as kernel ones across dup, dup2, dup3,
+fcntl(F_DUPFD), fork, exec, threads, close_range and O_CLOEXEC; after kill -9 of efused
+every call fails with ENOTCONN and no data is served; efused's /metrics counts the calls
+the library served and those it passed to the kernel."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+from efuse_harness import run, write_file  # noqa: E402
+from prom_text import free_port, parse, scrape, value  # noqa: E402
+import test_coreutils  # noqa: E402
+
+J = os.path.join
+EFUSE_RUN = os.environ.get("EFUSE_RUN") or J(os.path.dirname(h.EFUSED), "efuse-run")
+FSX = os.environ.get("EFUSE_FSX") or J(os.path.dirname(h.EFUSED), "efuse_fsx")
+PROBE_BIN = J(os.path.dirname(h.EFUSED), "efuse_intercept_probe")
+USER = (h.USER_UID, h.USER_GID)
+OPS = ("open", "close", "read", "write", "lseek", "stat", "access", "readdir")
+
+
+class Intercepted:
+    """An efused with --intercept publishing into a private directory, and its /metrics."""
+
+    def __init__(self, *args, backend="passthrough"):
+        self.pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
+        os.chmod(self.pub, 0o755)
+        os.environ["EFUSE_INTERCEPT_DIR"] = self.pub  # efused and the library both read it
+        self.port = free_port()
+        self.m = h.EfusedMount(args=["--intercept", "--metrics", f"127.0.0.1:{self.port}",
+                                     *args], backend=backend)
+
+    def close(self):
+        try:
+            self.m.cleanup()
+        finally:
+            run(["rm", "-rf", self.pub])
+            os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+    def calls(self):
+        samples = parse(scrape(self.port))
+        return {(op, path): value(samples, "efuse_intercept_calls_total", mount="mnt", op=op,
+                                  path=path) or 0
+                for op in OPS for path in ("library", "kernel")}
+
+    def run_both(self, cmd, **kw):
+        """(output without the library, output with it, calls the library served)."""
+        plain = run(cmd, **kw)
+        before = self.calls()
+        lib = run([EFUSE_RUN, *cmd], **kw)
+        after = self.calls()
+        served = {k: after[k] - before[k] for k in after}
+        return plain, lib, served
+
+
+@contextlib.contextmanager
+def intercepted(*args, backend="passthrough"):
+    i = Intercepted(*args, backend=backend)
+    try:
+        yield i
+    finally:
+        i.close()
+
+
+@contextlib.contextmanager
+def child(cmd):
+    """A process the test talks to over its stdin and stdout; killed if still running."""
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def same(plain, lib, what):
+    if (plain.rc, plain.out, plain.err) != (lib.rc, lib.out, lib.err):
+        raise AssertionError(
+            f"{what}: results differ with the library\n--- without (rc {plain.rc}) ---\n"
+            f"{h._tail(plain.out + plain.err, 40)}\n--- with (rc {lib.rc}) ---\n"
+            f"{h._tail(lib.out + lib.err, 40)}")
+
+
+# Everything a file's stat says but its atime: the library reads the backing file's, the
+# kernel path the atime it cached (FUSE updates it only with the attributes).
+STAT_FMT = "%n %F %s %b %B %o %i %d %D %f %u %g %h %t %T %Y %y %Z"
+
+
+def test_tools_same_with_and_without():
+    """coreutils, tar, git, python: identical output with and without the library, and the
+    library served the opens, reads and stats."""
+    h.require_tools("git", "tar", "sha256sum", "stat", "find", "du", "ls")
+    with intercepted() as i:
+        m = i.m
+        test_coreutils.make_tree(J(m.src, "tree"))
+        run(["git", "init", "-q", J(m.src, "repo")])
+        for n in range(20):
+            write_file(J(m.src, "repo", f"f{n}.txt"), f"line {n}\n" * (n + 1))
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "safe.directory=*"]
+        run([*git, "add", "-A"], cwd=J(m.src, "repo"))
+        run([*git, "commit", "-qm", "one"], cwd=J(m.src, "repo"))
+        write_file(J(m.src, "repo", "f3.txt"), "changed\n")
+        scripts = {
+            "sha256sum": "find . -type f -print0 | sort -z | xargs -0 sha256sum",
+            "cat": "find . -type f -print0 | sort -z | xargs -0 cat | sha256sum",
+            "ls -lR": "ls -lRn --time-style=+%s .",
+            "stat": f"find . -print0 | sort -z | xargs -0 stat -c '{STAT_FMT}'",
+            "stat -L": "find . -type l -print0 | sort -z | xargs -0 stat -L -c '%n %s %i %d' || true",
+            "du": "du -s --apparent-size . && du -s . && du -a . | sort -k2",
+            "test -r -w -x": "find . -maxdepth 2 -print0 | sort -z | "
+                             "while IFS= read -r -d '' f; do "
+                             "printf '%s %s%s%s\\n' \"$f\" $(test -r \"$f\" && echo r) "
+                             "$(test -w \"$f\" && echo w) $(test -x \"$f\" && echo x); done",
+            "tar": "tar --sort=name -cf - tree | sha256sum && "
+                   "tar --sort=name -cf - tree | tar -tvf - | tail -50",
+            "git": f"cd repo && {' '.join(git)} status --porcelain && "
+                   f"{' '.join(git)} ls-files -s && {' '.join(git)} fsck --no-progress && "
+                   f"{' '.join(git)} diff --stat && {' '.join(git)} log --format=%H:%s",
+        }
+        served = {}
+        for what, script in scripts.items():
+            plain, lib, s = i.run_both(["bash", "-o", "pipefail", "-c", script], cwd=m.mnt,
+                                       check=False)
+            assert plain.rc == 0, f"{what} failed without the library: {plain.err}"
+            same(plain, lib, what)
+            for k, v in s.items():
+                served[k] = served.get(k, 0) + v
+        py = ("import hashlib,os,sys\n"
+              "for d, dirs, files in sorted(os.walk('.')):\n"
+              "  dirs.sort()\n"
+              "  for f in sorted(files):\n"
+              "    p = os.path.join(d, f); st = os.lstat(p)\n"
+              "    data = b'' if os.path.islink(p) or not os.path.isfile(p) else open(p,'rb').read()\n"
+              "    print(p, st.st_mode, st.st_ino, st.st_dev, st.st_size, st.st_nlink,"
+              " st.st_mtime_ns, st.st_ctime_ns, hashlib.sha256(data).hexdigest(),"
+              " os.access(p, os.R_OK|os.W_OK))\n")
+        plain, lib, s = i.run_both(["python3", "-c", py], cwd=m.mnt)
+        same(plain, lib, "python os.walk")
+        for k, v in s.items():
+            served[k] = served.get(k, 0) + v
+        # The library served them, and counted what it passed on (listings).
+        for op in ("open", "read", "stat", "access", "close"):
+            assert served[(op, "library")] > 0, f"no {op} served by the library: {served}"
+        assert served[("readdir", "kernel")] > 0, served
+
+
+def test_fsx_same_with_and_without():
+    """fsx with one seed, on two files, once through the kernel and once under efuse-run:
+    both pass and leave the same bytes (fsx opens read-write: the kernel path serves it,
+    the library counts and stays out of the way)."""
+    with intercepted() as i:
+        seed = str(int.from_bytes(os.urandom(4), "little"))
+        cmd = [FSX, "--ops", "3000", "--seed", seed]
+        run([*cmd, J(i.m.mnt, "fsx.plain")], timeout=600)
+        run([EFUSE_RUN, *cmd, J(i.m.mnt, "fsx.lib")], timeout=600)
+        assert h.sha256_file(J(i.m.src, "fsx.plain")) == h.sha256_file(J(i.m.src, "fsx.lib"))
+
+
+# Probes paths as the calling user and prints one line per check: the outcome only.
+PROBE = r"""
+import errno, os, stat, sys
+def out(*a):
+    print(*a, flush=True)
+def res(fn, *a):
+    try:
+        r = fn(*a)
+        return str(r) if isinstance(r, bool) else "ok" if r is None or isinstance(r, int) else r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+for p in sys.argv[1:]:
+    def rd(p=p):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            return os.read(fd, 64)
+        finally:
+            os.close(fd)
+    def st(p=p, follow=True):
+        s = os.stat(p, follow_symlinks=follow)
+        return (stat.filemode(s.st_mode), s.st_size, s.st_ino, s.st_dev, s.st_uid, s.st_mtime_ns)
+    def wr(p=p):
+        os.close(os.open(p, os.O_WRONLY))
+    def chmod_fd(p=p):
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fchmod(fd, os.fstat(fd).st_mode & 0o7777)
+        finally:
+            os.close(fd)
+    out(p, "read", res(rd))
+    out(p, "stat", res(st))
+    out(p, "lstat", res(st, p, False))
+    for name, mode in (("R", os.R_OK), ("W", os.W_OK), ("X", os.X_OK), ("F", os.F_OK)):
+        out(p, "access", name, res(os.access, p, mode),
+            res(lambda: os.access(p, mode, effective_ids=True)))
+    out(p, "write-open", res(wr))
+    out(p, "fchmod", res(chmod_fd))
+"""
+
+
+def permission_tree(src):
+    """Files and directories whose access depends on modes, ownership and ACLs."""
+    def mk(rel, data=b"data\n", mode=0o644, uid=0, gid=0):
+        p = J(src, rel)
+        write_file(p, data, mode)
+        os.chmod(p, mode)
+        os.chown(p, uid, gid)
+        return rel
+    os.mkdir(J(src, "closed"), 0o700)
+    os.mkdir(J(src, "searchonly"), 0o711)
+    os.mkdir(J(src, "userdir"), 0o700)
+    os.chown(J(src, "userdir"), *USER)
+    paths = [
+        mk("public"), mk("secret", mode=0o600), mk("mine", mode=0o600, uid=USER[0], gid=USER[1]),
+        mk("group", mode=0o640, gid=USER[1]), mk("exec", b"#!/bin/sh\n", 0o755),
+        mk("closed/inner"), mk("searchonly/inner"), mk("userdir/inner", uid=USER[0]),
+        mk("acl-grant", mode=0o600), mk("acl-deny", mode=0o644), mk("acl-mask", mode=0o600),
+    ]
+    run(["setfacl", "-m", f"u:{USER[0]}:r", J(src, "acl-grant")])
+    run(["setfacl", "-m", f"u:{USER[0]}:---", J(src, "acl-deny")])
+    run(["setfacl", "-m", f"u:{USER[0]}:rw,m::r", J(src, "acl-mask")])
+    os.symlink("public", J(src, "link"))
+    os.symlink("../../etc/hostname", J(src, "escape"))
+    paths += ["link", "escape", "closed", "searchonly", "missing", "public/", "closed/missing"]
+    return paths
+
+
+def compare_probe(i, paths, user):
+    cmd = ["python3", "-c", PROBE, *[J(i.m.mnt, p) for p in paths]]
+    plain, lib, served = i.run_both(cmd, user=user, cwd="/")
+    same(plain, lib, f"probe as uid {user[0] if user else 0}")
+    return plain, served
+
+
+def test_other_user_acls():
+    """As root and as another user: reads, stats, access and opens of files with modes and
+    ACLs give what the kernel path gives, and the library served some of them."""
+    h.require_tools("setfacl")
+    with intercepted() as i:
+        paths = permission_tree(i.m.src)
+        for user in (None, USER):
+            plain, served = compare_probe(i, paths, user)
+            assert served[("open", "library")] > 0 and served[("stat", "library")] > 0, served
+        # The checks bite: the other user is refused what the modes and ACLs refuse.
+        lines = set(plain.out.splitlines())
+        for p, want in (("secret", "EACCES"), ("acl-deny", "EACCES"), ("closed/inner", "EACCES"),
+                        ("acl-grant", "b'data\\n'"), ("acl-mask", "b'data\\n'")):
+            assert f"{J(i.m.mnt, p)} read {want}" in lines, (p, want, plain.out)
+
+
+def test_read_only_mount():
+    """On a read-only mount writes and changes are EROFS with the library too, also through
+    a descriptor the library opened (fchmod)."""
+    with intercepted("--read-only") as i:
+        paths = permission_tree(i.m.src)
+        for user in (None, USER):
+            plain, served = compare_probe(i, paths, user)
+            assert served[("open", "library")] > 0, served
+        lines = set(plain.out.splitlines())
+        assert f"{J(i.m.mnt, 'mine')} fchmod EROFS" in lines, plain.out
+        assert f"{J(i.m.mnt, 'mine')} access W False False" in lines, plain.out
+
+
+# Holds two files open, lets the test change them in the backing directory, reads again.
+HOLDER = r"""
+import os, sys
+mnt = sys.argv[1]
+held = os.open(os.path.join(mnt, "inplace"), os.O_RDONLY)
+replaced = os.open(os.path.join(mnt, "replaced"), os.O_RDONLY)
+print(os.pread(held, 100, 0), os.pread(replaced, 100, 0), flush=True)
+sys.stdin.readline()
+print(os.pread(held, 100, 0), os.fstat(held).st_size, flush=True)
+print(os.pread(replaced, 100, 0), os.fstat(replaced).st_size, flush=True)
+with open(os.path.join(mnt, "replaced"), "rb") as f:
+    print(f.read(), flush=True)
+"""
+
+
+def test_outside_changes_while_held():
+    """Files changed in the backing directory while a process holds them: rewritten in
+    place, the held descriptor reads the new bytes; replaced by a rename, it keeps the old
+    file and a new open finds the new one; the same with and without the library (FUSE
+    passthrough, so the kernel path reads the backing file too)."""
+    with intercepted("--io-path", "passthrough") as i:
+        results = []
+        for prefix in ([], [EFUSE_RUN]):
+            write_file(J(i.m.src, "inplace"), b"old inplace\n")
+            write_file(J(i.m.src, "replaced"), b"old replaced\n")
+            with child([*prefix, "python3", "-c", HOLDER, i.m.mnt]) as p:
+                first = p.stdout.readline()
+                with open(J(i.m.src, "inplace"), "r+b") as f:
+                    f.write(b"NEW INPLACE, longer\n")
+                write_file(J(i.m.src, "replaced.tmp"), b"new replaced\n")
+                os.rename(J(i.m.src, "replaced.tmp"), J(i.m.src, "replaced"))
+                # The kernel path learns of the rename through efused's watcher: wait until
+                # the mount shows it, so both runs read after the same event.
+                h.wait_until(lambda: h.read_file(J(i.m.mnt, "replaced")) == b"new replaced\n",
+                             timeout=30, what="the rename to show through the mount")
+                h.wait_until(lambda: os.stat(J(i.m.mnt, "inplace")).st_size == 20, timeout=30,
+                             what="the new size to show through the mount")
+                out, err = p.communicate(input="\n", timeout=60)
+            assert p.returncode == 0, err
+            results.append(first + out)
+        assert results[0] == results[1], results
+        assert "NEW INPLACE" in results[1] and "old replaced" in results[1], results[1]
+
+
+# Descriptor semantics: prints what it saw; the test compares the runs with and without.
+DESCRIPTORS = r"""
+import fcntl, os, sys, threading
+path = sys.argv[1]
+dev = os.stat(os.path.dirname(path)).st_dev
+def info(fd):
+    st = os.fstat(fd)
+    return (st.st_dev == dev, st.st_size, os.get_inheritable(fd))
+if len(sys.argv) > 2:  # after exec: the inherited descriptors
+    keep, gone = int(sys.argv[2]), int(sys.argv[3])
+    print("exec kept", info(keep), os.pread(keep, 5, 0), flush=True)
+    try:
+        os.fstat(gone)
+        print("exec cloexec still open", flush=True)
+    except OSError as e:
+        print("exec cloexec", e.strerror, flush=True)
+    sys.exit(0)
+fd = os.open(path, os.O_RDONLY)
+print("open", info(fd), os.read(fd, 4))
+d1 = os.dup(fd); print("dup", info(d1), os.read(d1, 4))  # shares the offset
+d2 = os.dup2(fd, 40); print("dup2", d2, info(40))
+d3 = os.dup2(fd, 41, inheritable=False); print("dup3", d3, info(41))
+d4 = fcntl.fcntl(fd, fcntl.F_DUPFD, 50); print("F_DUPFD", d4 >= 50, info(d4))
+d5 = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 60); print("F_DUPFD_CLOEXEC", d5 >= 60, info(d5))
+os.close(fd)
+print("after close", info(d1), os.pread(d1, 4, 8))
+lowest = os.open(path, os.O_RDONLY); print("lowest number", lowest == fd)
+os.close(lowest)
+pid = os.fork()
+if pid == 0:
+    os.write(1, repr(("child", info(d1), os.pread(d1, 6, 0))).encode() + b"\n")
+    os._exit(0)
+os.waitpid(pid, 0)
+sys.stdout.flush()
+keep = os.open(path, os.O_RDONLY); os.set_inheritable(keep, True)
+gone = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, sys.argv[0], path, str(keep), str(gone)])
+os.waitpid(pid, 0)
+errors = []
+def worker():
+    for _ in range(200):
+        f = os.open(path, os.O_RDONLY)
+        try:
+            if os.fstat(f).st_dev != dev or os.read(f, 100) != data:
+                errors.append("mismatch")
+        finally:
+            os.close(f)
+data = open(path, "rb").read()
+threads = [threading.Thread(target=worker) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("threads", errors)
+survivor = fcntl.fcntl(d1, fcntl.F_DUPFD, 1001)
+os.closerange(3, 1000)  # close_range: the library forgets them all (and loses its pidfd)
+print("survivor", info(survivor), os.pread(survivor, 5, 0))
+try:
+    os.fstat(d1); print("closerange left d1 open")
+except OSError as e:
+    print("closerange", e.strerror)
+again = os.open(path, os.O_RDONLY); print("after closerange", again, info(again), os.read(again, 5))
+"""
+
+
+def test_descriptors():
+    with intercepted() as i:
+        write_file(J(i.m.src, "file"), b"0123456789abcdefghij\n")
+        script = J(i.pub, "descriptors.py")
+        write_file(script, DESCRIPTORS)
+        plain, lib, served = i.run_both(["python3", script, J(i.m.mnt, "file")])
+        same(plain, lib, "descriptor semantics")
+        assert "exec kept (True, 21, True) b'01234'" in lib.out, lib.out
+        assert "exec cloexec Bad file descriptor" in lib.out, lib.out
+        assert "threads []" in lib.out, lib.out
+        assert "survivor (True, 21, True) b'01234'" in lib.out, lib.out
+        assert served[("open", "library")] >= 800, served
+
+
+def test_before_main_signal_handlers_threads():
+    """A C program calling open, read, stat and fstat before main, from a signal handler
+    that interrupts its own calls, and from four threads: the same with the library, which
+    served them."""
+    assert os.access(PROBE_BIN, os.X_OK), f"{PROBE_BIN} missing (build efuse_intercept_probe)"
+    with intercepted() as i:
+        write_file(J(i.m.src, "file"), b"probe data\n")
+        f = J(i.m.mnt, "file")
+        env = dict(os.environ, EFUSE_PROBE_FILE=f)
+        plain, lib, served = i.run_both([PROBE_BIN, f], env=env, timeout=300)
+        same(plain, lib, "efuse_intercept_probe")
+        assert "before main: read same as in main: 1, device the same: 1" in lib.out, lib.out
+        assert "signal handler: ran yes, errors 0; main thread errors 0" in lib.out, lib.out
+        assert served[("open", "library")] > 2000 and served[("stat", "library")] > 2000, served
+
+
+# Opens a file, reads it, waits; after the kill reads again and tries path calls.
+DEAD = r"""
+import ctypes, errno, os, stat, sys
+mnt = sys.argv[1]
+fd = os.open(os.path.join(mnt, "file"), os.O_RDONLY)
+# A descriptor closed behind the library's back (a raw close) and its number reused by a
+# pipe: never taken for the mount's.
+gone = os.open(os.path.join(mnt, "file"), os.O_RDONLY)
+ctypes.CDLL(None, use_errno=True).syscall(3, gone)  # SYS_close
+r, w = os.pipe()
+print(os.read(fd, 5), flush=True)
+sys.stdin.readline()
+os.write(w, b"x")
+print("pipe", r == gone, os.read(r, 1), stat.S_ISFIFO(os.fstat(r).st_mode), file=sys.stderr)
+def res(fn, *a):
+    try:
+        r = fn(*a)
+        return "ok %r" % (r,)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+print("read", res(os.pread, fd, 5, 0))
+print("fstat", res(lambda: os.fstat(fd).st_size))
+print("open", res(os.open, os.path.join(mnt, "file"), os.O_RDONLY))
+print("stat", res(lambda: os.stat(os.path.join(mnt, "file")).st_size))
+print("access", res(os.access, os.path.join(mnt, "file"), os.R_OK))
+print("close", res(os.close, fd))
+"""
+
+
+def test_efused_killed():
+    """kill -9 of efused: a descriptor the library opened and every path call fail with
+    ENOTCONN, without hanging and without serving the backing file's bytes."""
+    with intercepted() as i:
+        write_file(J(i.m.src, "file"), b"secret data\n")
+        with child([EFUSE_RUN, "python3", "-c", DEAD, i.m.mnt]) as p:
+            assert p.stdout.readline().strip() == "b'secre'"
+            assert i.calls()[("open", "library")] >= 1
+            i.m.kill9()
+            i.m.clean_exit = False
+            out, err = p.communicate(input="\n", timeout=60)
+        assert p.returncode == 0, err
+        lines = out.splitlines()
+        assert lines[:5] == ["read ENOTCONN", "fstat ENOTCONN", "open ENOTCONN", "stat ENOTCONN",
+                             "access ok False"], out
+        assert lines[5] == "close ok None", out
+        assert "pipe True b'x' True" in err, err
+        # The kernel path says the same for the path calls.
+        plain = run(["python3", "-c", "import os,errno,sys\n"
+                     "for f in (os.stat, lambda p: os.open(p, os.O_RDONLY)):\n"
+                     "  try: f(sys.argv[1]); print('ok')\n"
+                     "  except OSError as e: print(errno.errorcode[e.errno])",
+                     J(i.m.mnt, "file")])
+        assert plain.out.split() == ["ENOTCONN", "ENOTCONN"], plain.out
+
+
+class ConfigMount(h.EfusedMount):
+    """efused --config with one passthrough mount; `intercept` is its key's value."""
+
+    def __init__(self, pub, closed_parent=False):
+        self.port = free_port()
+        self.pub = pub
+        super().__init__(start=False, backend="passthrough", tag="efuse-intercept")
+        if closed_parent:  # the mountpoint in a directory the test user may not search
+            closed = J(self.tmp, "closed")
+            os.mkdir(closed, 0o755)
+            run(["setfacl", "-m", f"u:{USER[0]}:---", closed])
+            self.mnt = J(closed, "mnt")
+            os.mkdir(self.mnt, 0o755)
+            self.mnts = [self.mnt]
+        self.cfg = J(self.tmp, "mounts.yaml")
+        self.write_config("true")
+
+    def write_config(self, intercept):
+        with open(self.cfg + ".new", "w") as f:
+            f.write(f'metrics:\n  listen: "127.0.0.1:{self.port}"\nmounts:\n'
+                    f"  - name: mnt\n    mountpoint: {self.mnt}\n    backend: passthrough\n"
+                    f"    source: {self.src}\n    intercept: {intercept}\n")
+        os.rename(self.cfg + ".new", self.cfg)
+
+    def cmd(self):
+        return [h.EFUSED, "--config", self.cfg, "--bus", "none"] + h.EFUSED_ARGS
+
+    def reload(self, intercept):
+        self.write_config(intercept)
+        before = self.log_text().count("reload")
+        self.proc.send_signal(signal.SIGHUP)
+        h.wait_until(lambda: self.log_text().count("reload") > before, 10, what="the reload")
+
+    def records(self):
+        return [n for n in os.listdir(self.pub) if n.endswith(".rec")]
+
+
+def test_reload_turns_it_on_and_off_live():
+    """`intercept` changes on reload without a remount: withdrawn, the library stops serving
+    (calls are neither served nor counted); published again, it serves anew."""
+    pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
+    os.chmod(pub, 0o755)
+    os.environ["EFUSE_INTERCEPT_DIR"] = pub
+    try:
+        with ConfigMount(pub) as m:
+            m.start()
+            write_file(J(m.src, "f"), b"data\n")
+            dev = os.stat(m.mnt).st_dev
+
+            def served():
+                v = value(parse(scrape(m.port)), "efuse_intercept_calls_total", mount="mnt",
+                          op="open", path="library")
+                return v
+            assert len(m.records()) == 1 and served() == 0
+            # A long-running process under efuse-run sees every change: it opens the file
+            # each time the test asks.
+            # It also holds the descriptor of its first open: turning intercept off leaves
+            # it working (the mount goes on).
+            opener = ("import os,sys\n"
+                      "held = None\n"
+                      "for line in sys.stdin:\n"
+                      "  fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+                      "  held = fd if held is None else held\n"
+                      "  print(os.read(fd, 10), os.pread(held, 4, 0), flush=True)\n"
+                      "  fd != held and os.close(fd)\n")
+            with child([EFUSE_RUN, "python3", "-c", opener, J(m.mnt, "f")]) as p:
+                def once():
+                    p.stdin.write("\n")
+                    p.stdin.flush()
+                    assert p.stdout.readline().strip() == "b'data\\n' b'data'"
+                once()
+                assert served() == 1
+                m.reload("false")
+                h.wait_until(lambda: not m.records(), 10, what="the record to be withdrawn")
+                assert "efuse_intercept_calls_total" not in scrape(m.port)
+                once()  # through the kernel now
+                m.reload("true")
+                h.wait_until(lambda: len(m.records()) == 1, 10, what="the record again")
+                assert served() == 0  # new counters (a reset to Prometheus)
+                once()
+                assert served() == 1
+                p.communicate(input="", timeout=30)
+            assert os.stat(m.mnt).st_dev == dev  # never remounted
+    finally:
+        run(["rm", "-rf", pub])
+        os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+
+def test_mountpoint_parent_closed_to_the_user():
+    """The kernel refuses a user who may not search the directory above the mountpoint
+    (here through an ACL), although the backing directory is open to them: the library
+    refuses too, and still serves root."""
+    h.require_tools("setfacl")
+    pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
+    os.chmod(pub, 0o755)
+    os.environ["EFUSE_INTERCEPT_DIR"] = pub
+    try:
+        with ConfigMount(pub, closed_parent=True) as m:
+            m.start()
+            write_file(J(m.src, "f"), b"data\n")
+            probe = ["python3", "-c", PROBE, J(m.mnt, "f"), J(m.mnt, "missing")]
+            i = Intercepted.__new__(Intercepted)  # run_both and calls() over this mount
+            i.port, i.m = m.port, m
+            plain, lib, served = i.run_both(probe, user=USER, cwd="/")
+            same(plain, lib, "probe as the user")
+            assert f"{J(m.mnt, 'f')} read EACCES" in plain.out.splitlines(), plain.out
+            assert served[("open", "library")] == 0, served
+            plain, lib, served = i.run_both(probe, cwd="/")
+            same(plain, lib, "probe as root")
+            assert served[("open", "library")] > 0, served
+            # Root first (the library loads the mount then), then the user: refused per call.
+            drop = ["python3", "-c", "import os,sys\n"
+                    f"os.stat(sys.argv[1]); os.setgroups([]); os.setresgid({USER[1]},{USER[1]},{USER[1]})\n"
+                    f"os.setresuid({USER[0]},{USER[0]},{USER[0]})\n"
+                    "sys.argv[1:2] = []\n" + PROBE, m.mnt, J(m.mnt, "f")]
+            plain, lib, served = i.run_both(drop, cwd="/")
+            same(plain, lib, "probe after dropping to the user")
+            assert f"{J(m.mnt, 'f')} read EACCES" in plain.out.splitlines(), plain.out
+    finally:
+        run(["rm", "-rf", pub])
+        os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+
+def test_memory_mount_counted_only():
+    """A memory mount with --intercept: every call goes through the kernel unchanged (same
+    results), and is counted as such."""
+    with intercepted(backend="memory") as i:
+        write_file(J(i.m.mnt, "f"), b"in memory\n")
+        os.mkdir(J(i.m.mnt, "d"))
+        plain, lib, served = i.run_both(["bash", "-c", "cat f; stat -c '%n %s %i %d %f' f d .; "
+                                         "ls -la --time-style=+%s; test -r f && echo readable"],
+                                        cwd=i.m.mnt)
+        same(plain, lib, "memory mount")
+        assert all(v == 0 for (op, path), v in served.items() if path == "library"), served
+        assert served[("open", "kernel")] > 0 and served[("stat", "kernel")] > 0, served
+
+
+def test_not_published_paths_untouched():
+    """Paths outside the mount, and a mount without --intercept, are plain libc: the same
+    results and no counting."""
+    with intercepted() as i:
+        write_file(J(i.m.native, "x"), b"native\n")
+        plain, lib, served = i.run_both(["bash", "-c", f"cat {i.m.native}/x; stat -c '%s %i %d' "
+                                         f"{i.m.native}/x; ls {i.m.native}"])
+        same(plain, lib, "native paths")
+        assert all(v == 0 for v in served.values()), served
+
+
+if __name__ == "__main__":
+    h.main(globals(), require=["python3", "bash", "setfacl"])

@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""The memory backend's own behaviour, on real mounts: ENOSPC at memory.max_bytes and
+memory.max_inodes is a clean error and the mount keeps working; statfs reports the pool;
+the limits change live on reload without losing files; a restart starts empty (contents are
+lost on unmount); its metrics; bad memory settings are clear errors. The POSIX, coreutils,
+fsx, fio, tar, git and stress-ng suites run on memory mounts too (EFUSE_BACKEND=memory,
+tests/integration/CMakeLists.txt)."""
+
+import errno
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efuse_harness as h  # noqa: E402
+from prom_text import free_port, parse, scrape, value  # noqa: E402
+
+MIB = 1 << 20
+
+
+def fill(path, chunk=64 * 1024):
+    """Writes until ENOSPC; returns the bytes written. Any other error fails."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    written = 0
+    try:
+        while True:
+            try:
+                n = os.write(fd, b"m" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC, e
+                return written
+            assert n > 0
+            written += n
+            assert written <= 64 * MIB, "no ENOSPC far beyond the limit"
+    finally:
+        os.close(fd)
+
+
+@h.mount_options(backend="memory", args=["--memory-max-bytes", "1M", "--memory-max-inodes", "32"])
+def test_enospc_is_clean_and_the_mount_goes_on(m):
+    st = os.statvfs(m.mnt)
+    assert st.f_frsize * st.f_blocks == MIB, st
+    assert st.f_files == 32, st
+    written = fill(m.m("big"))
+    assert written == MIB, written  # every block of the pool, then ENOSPC
+    assert os.statvfs(m.mnt).f_bavail == 0
+    assert os.stat(m.m("big")).st_size == written
+    # What was written before the limit reads back; other operations still work.
+    with open(m.m("big"), "rb") as f:
+        assert f.read(4) == b"mmmm"
+    os.mkdir(m.m("still-works"))
+    # Space freed is space again.
+    os.truncate(m.m("big"), 0)
+    assert os.statvfs(m.mnt).f_bavail == os.statvfs(m.mnt).f_blocks
+    h.write_file(m.m("after"), b"x" * 10000)
+    assert h.read_file(m.m("after")) == b"x" * 10000
+    # The inode limit: the root, "big", "still-works" and "after" hold 4 of 32.
+    made = 0
+    while True:
+        try:
+            h.write_file(m.m(f"n{made}"), b"")
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+            break
+        made += 1
+        assert made <= 32
+    assert made == 28, made
+    assert os.statvfs(m.mnt).f_ffree == 0
+    try:
+        os.symlink("big", m.m("l"))
+        raise AssertionError("symlink beyond the inode limit succeeded")
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    os.link(m.m("after"), m.m("hardlink"))  # a hard link is no new inode
+    os.unlink(m.m("n0"))
+    # Its inode is free once the kernel forgets it too (a FORGET right after the unlink).
+    h.wait_until(lambda: os.statvfs(m.mnt).f_ffree == 1, 10, what="the FORGET of n0")
+    h.write_file(m.m("again"), b"ok")
+    m.check_alive()
+
+
+@h.mount_options(backend="memory")
+def test_contents_are_lost_on_unmount(m):
+    h.write_file(m.m("f"), b"data")
+    os.mkdir(m.m("d"))
+    m.restart()
+    assert os.listdir(m.mnt) == []
+
+
+@h.mount_options(backend="memory", args=["--memory-max-bytes", "1M"])
+def test_sparse_files_take_blocks_only_where_written(m):
+    with open(m.m("sparse"), "wb") as f:
+        f.seek(100 * MIB)  # far beyond the limit: holes take no blocks
+        f.write(b"end")
+    st = os.stat(m.m("sparse"))
+    assert st.st_size == 100 * MIB + 3
+    assert st.st_blocks == 8, st  # one 4 KiB block
+    fd = os.open(m.m("sparse"), os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 0, os.SEEK_DATA) == 100 * MIB - 100 * MIB % 4096
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 0
+        assert os.pread(fd, 4, 5 * MIB) == b"\0" * 4
+    finally:
+        os.close(fd)
+
+
+class ConfigMount(h.EfusedMount):
+    """efused --config with one memory mount at mnt; `memory` is its memory: map."""
+
+    def __init__(self):
+        self.port = free_port()
+        super().__init__(start=False, backend="memory", tag="efuse-memory")
+        self.cfg = os.path.join(self.tmp, "mounts.yaml")
+        self.write_config("{max_bytes: 1M, max_inodes: 100}")
+
+    def write_config(self, memory):
+        with open(self.cfg + ".new", "w") as f:
+            f.write(f'metrics:\n  listen: "127.0.0.1:{self.port}"\nmounts:\n'
+                    f"  - name: scratch\n    mountpoint: {self.mnt}\n    backend: memory\n"
+                    f"    memory: {memory}\n")
+        os.rename(self.cfg + ".new", self.cfg)
+
+    def cmd(self):
+        return [h.EFUSED, "--config", self.cfg, "--bus", "none"] + h.EFUSED_ARGS
+
+    def reload(self, memory):
+        self.write_config(memory)
+        before = self.log_text().count("reload")
+        self.proc.send_signal(signal.SIGHUP)
+        h.wait_until(lambda: self.log_text().count("reload") > before, 10, what="the reload")
+
+
+def test_limits_change_live_on_reload_and_metrics():
+    with ConfigMount() as m:
+        m.start()
+        h.write_file(m.m("keep"), b"k" * 5000)
+        ino = os.stat(m.m("keep")).st_ino
+        st = os.statvfs(m.mnt)
+        assert (st.f_blocks * st.f_frsize, st.f_files) == (MIB, 100)
+        samples = parse(scrape(m.port))
+        assert value(samples, "efuse_memory_bytes_limit", mount="scratch") == MIB
+        assert value(samples, "efuse_memory_bytes", mount="scratch") == 8192
+        assert value(samples, "efuse_memory_inodes", mount="scratch") == 2
+        assert value(samples, "efuse_memory_inodes_limit", mount="scratch") == 100
+        assert value(samples, "efuse_memory_enospc_total", mount="scratch") == 0
+        assert value(samples, "efuse_inodes", mount="scratch") >= 1
+        assert value(samples, "efuse_forget_excess_total", mount="scratch") == 0
+        assert value(samples, "efuse_inode_fds", mount="scratch") is None  # passthrough's
+
+        m.reload('{max_bytes: "2M", max_inodes: 200}')
+        h.wait_until(lambda: os.statvfs(m.mnt).f_blocks * os.statvfs(m.mnt).f_frsize == 2 * MIB,
+                     10, what="the new limit in statfs")
+        assert os.statvfs(m.mnt).f_files == 200
+        # No remount: the file is still there, the same inode.
+        assert h.read_file(m.m("keep")) == b"k" * 5000
+        assert os.stat(m.m("keep")).st_ino == ino
+        assert fill(m.m("fill")) == 2 * MIB - 8192
+        samples = parse(scrape(m.port))
+        assert value(samples, "efuse_memory_enospc_total", mount="scratch") >= 1
+        assert value(samples, "efuse_memory_bytes", mount="scratch") == 2 * MIB
+
+        # Lowered below what is in use: nothing is taken away, new data is refused.
+        m.reload("{max_bytes: 1M}")
+        h.wait_until(lambda: os.statvfs(m.mnt).f_blocks * os.statvfs(m.mnt).f_frsize == MIB,
+                     10, what="the lowered limit in statfs")
+        assert os.statvfs(m.mnt).f_bavail == 0
+        assert h.read_file(m.m("keep")) == b"k" * 5000
+        os.unlink(m.m("fill"))
+        h.write_file(m.m("small"), b"s")
+
+        # An invalid value on reload changes nothing and says where.
+        m.reload("{max_bytes: 0%}")
+        h.wait_until(lambda: "between 1% and 100%" in m.log_text(), 10, what="the reload error")
+        assert f"{m.cfg}:7:" in m.log_text(), m.log_tail()
+        assert h.read_file(m.m("keep")) == b"k" * 5000
+        m.check_alive()
+
+
+def test_bad_memory_settings_are_clear_errors():
+    tmp = h.EfusedMount(start=False, backend="memory", tag="efuse-memory-bad")
+    try:
+        for args, want in (
+                (["--memory-max-bytes", "12X"], "--memory-max-bytes '12X' is not valid"),
+                (["--memory-max-bytes", "0%"], "between 1% and 100%"),
+                (["--memory-max-bytes", "100"], "less than one 4 KiB block"),
+                (["--memory-max-inodes", "0"], "--memory-max-inodes wants a positive number")):
+            r = h.run([h.EFUSED, "--mount", f"memory:{tmp.mnt}", *args], check=False, timeout=30)
+            assert r.rc == 2 and want in r.err, (args, r.rc, r.err)
+        cfg = os.path.join(tmp.tmp, "bad.yaml")
+        with open(cfg, "w") as f:
+            f.write(f"mounts:\n  - name: s\n    mountpoint: {tmp.mnt}\n    backend: memory\n"
+                    f"    source: /srv\n")
+        r = h.run([h.EFUSED, "--check-config", cfg], check=False, timeout=30)
+        assert r.rc == 1 and "backend memory serves no directory; remove 'source'" in r.err, r.err
+        assert not h.is_fuse_mounted(tmp.mnt)
+    finally:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    h.main(globals())

@@ -1,0 +1,234 @@
+// What efused publishes for libefuse_intercept.so: the record, the counters and the
+// generation counter, their modes, withdrawal, and the metrics read from the counters.
+#include "daemon/intercept_publisher.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <cstring>
+#include <string>
+
+#include "../testing/temp_dir.h"
+
+namespace efuse::daemon {
+namespace {
+
+class InterceptPublisherTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const char* old = std::getenv("EFUSE_INTERCEPT_DIR");
+    if (old != nullptr) saved_ = old, had_ = true;
+    setenv("EFUSE_INTERCEPT_DIR", (tmp_ / "pub").c_str(), 1);
+    cfg_.name = "data";
+    cfg_.mountpoint = "/srv/efuse/data";
+    cfg_.backend = "passthrough";
+    cfg_.source = "/srv/data";
+    cfg_.intercept = true;
+  }
+  void TearDown() override {
+    if (had_) setenv("EFUSE_INTERCEPT_DIR", saved_.c_str(), 1);
+    else unsetenv("EFUSE_INTERCEPT_DIR");
+  }
+
+  std::string only(const char* suffix) {
+    std::string found;
+    for (const auto& e : std::filesystem::directory_iterator(tmp_ / "pub")) {
+      std::string n = e.path().filename();
+      if (n.size() > 4 && n.compare(n.size() - 4, 4, suffix) == 0) {
+        EXPECT_TRUE(found.empty()) << "two " << suffix << " files";
+        found = e.path();
+      }
+    }
+    return found;
+  }
+  uint64_t generation() {
+    int fd = ::open((tmp_ / "pub/generation").c_str(), O_RDONLY);
+    if (fd < 0) return 0;
+    uint64_t v = 0;
+    EXPECT_EQ(::pread(fd, &v, sizeof v, 0), static_cast<ssize_t>(sizeof v));
+    ::close(fd);
+    return v;
+  }
+  template <typename T>
+  T* map(const std::string& path, int prot) {
+    int fd = ::open(path.c_str(), (prot & PROT_WRITE) ? O_RDWR : O_RDONLY);
+    EXPECT_GE(fd, 0) << path;
+    void* p = mmap(nullptr, sizeof(T), prot, MAP_SHARED, fd, 0);
+    ::close(fd);
+    EXPECT_NE(p, MAP_FAILED);
+    return static_cast<T*>(p);
+  }
+  static double series(const std::vector<fs::Metric>& ms, const char* op, const char* path) {
+    for (const auto& m : ms)
+      if (m.labels.size() == 2 && m.labels[0].second == op && m.labels[1].second == path)
+        return m.value;
+    ADD_FAILURE() << "no series op=" << op << " path=" << path;
+    return -1;
+  }
+
+  efuse::testing::TempDir tmp_;
+  MountConfig cfg_;
+  std::string saved_;
+  bool had_ = false;
+};
+
+TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
+  InterceptPublisher p;
+  p.publish(cfg_, 42);
+  ASSERT_TRUE(p.published());
+  EXPECT_EQ(generation(), 1u);
+  std::string rec_path = only(".rec"), cnt_path = only(".cnt");
+  ASSERT_FALSE(rec_path.empty());
+  ASSERT_FALSE(cnt_path.empty());
+  struct stat st;
+  ASSERT_EQ(stat(rec_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), sizeof(efuse_intercept_record));
+  ASSERT_EQ(stat(cnt_path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0666u);  // every user's library adds to it
+
+  auto* rec = map<efuse_intercept_record>(rec_path, PROT_READ);
+  EXPECT_EQ(rec->magic, EFUSE_INTERCEPT_MAGIC);
+  EXPECT_EQ(rec->version, EFUSE_INTERCEPT_VERSION);
+  EXPECT_EQ(rec->pid, getpid());
+  EXPECT_NE(rec->pid_start, 0u);
+  EXPECT_EQ(rec->dev_major, 0u);
+  EXPECT_EQ(rec->dev_minor, 42u);
+  EXPECT_STREQ(rec->mountpoint, "/srv/efuse/data");
+  EXPECT_STREQ(rec->source, "/srv/data");
+  EXPECT_EQ(rec->flags, EFUSE_IR_LIVE | EFUSE_IR_ALLOW_OTHER | EFUSE_IR_SERVE);
+
+  // What the libraries count is what /metrics shows.
+  auto* cnt = map<efuse_intercept_counters>(cnt_path, PROT_READ | PROT_WRITE);
+  EXPECT_EQ(cnt->magic, EFUSE_INTERCEPT_MAGIC);
+  cnt->calls[0][EFUSE_IOP_open] += 3;
+  cnt->calls[1][EFUSE_IOP_readdir] += 5;
+  auto ms = p.metrics();
+  EXPECT_EQ(ms.size(), 2u * EFUSE_IOP_COUNT);
+  EXPECT_STREQ(ms[0].name, "efuse_intercept_calls_total");
+  EXPECT_EQ(series(ms, "open", "library"), 3);
+  EXPECT_EQ(series(ms, "readdir", "kernel"), 5);
+  EXPECT_EQ(series(ms, "read", "library"), 0);
+
+  // Withdrawn while the mount goes on (intercept turned off): a library holding the old
+  // record sees it not live at once, but its open descriptors go on; the record is gone,
+  // the generation moved, no series.
+  p.withdraw(true);
+  EXPECT_FALSE(p.published());
+  EXPECT_EQ(rec->flags, EFUSE_IR_FILES_GO_ON);
+  EXPECT_TRUE(only(".rec").empty());
+  EXPECT_TRUE(only(".cnt").empty());
+  EXPECT_EQ(generation(), 2u);
+  EXPECT_TRUE(p.metrics().empty());
+
+  // Published again (a remount): a new record, counters from 0 (a counter reset).
+  p.publish(cfg_, 43);
+  EXPECT_EQ(generation(), 3u);
+  EXPECT_EQ(series(p.metrics(), "open", "library"), 0);
+  auto* rec2 = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+  EXPECT_EQ(rec2->dev_minor, 43u);
+  EXPECT_GT(rec2->generation, 1u);
+  // The mount stops: every record it published says so (descriptors fail with ENOTCONN).
+  p.withdraw(false);
+  EXPECT_EQ(rec->flags, 0u);
+  EXPECT_EQ(rec2->flags, 0u);
+  EXPECT_TRUE(only(".rec").empty());
+  munmap(rec, sizeof *rec);
+  munmap(rec2, sizeof *rec2);
+  munmap(cnt, sizeof *cnt);
+}
+
+TEST_F(InterceptPublisherTest, FlagsFollowTheMount) {
+  cfg_.options.read_only = true;
+  cfg_.options.allow_other = false;
+  {
+    InterceptPublisher p;
+    p.publish(cfg_, 7);
+    auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    EXPECT_EQ(rec->flags, EFUSE_IR_LIVE | EFUSE_IR_READ_ONLY | EFUSE_IR_SERVE);
+    munmap(rec, sizeof *rec);
+  }  // the destructor withdraws
+  EXPECT_TRUE(only(".rec").empty());
+  // Memory mounts and mounts without default_permissions are published for counting only.
+  for (int i = 0; i < 2; ++i) {
+    MountConfig c = cfg_;
+    if (i == 0) c.backend = "memory", c.source.clear();
+    else c.options.default_permissions = false;
+    InterceptPublisher p;
+    p.publish(c, 7);
+    auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    EXPECT_EQ(rec->flags & EFUSE_IR_SERVE, 0u) << i;
+    EXPECT_NE(rec->flags & EFUSE_IR_LIVE, 0u) << i;
+    munmap(rec, sizeof *rec);
+  }
+}
+
+// A record left by a killed efused (its process gone) is removed, with its counters, when
+// a mount is published; a record of a running efused stays.
+TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
+  std::filesystem::create_directories(tmp_ / "pub");
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  auto write_record = [&](const std::string& base, int32_t pid, uint64_t start) {
+    efuse_intercept_record rec{};
+    rec.magic = EFUSE_INTERCEPT_MAGIC;
+    rec.version = EFUSE_INTERCEPT_VERSION;
+    rec.size = sizeof rec;
+    rec.pid = pid;
+    rec.pid_start = start;
+    int fd = ::open((tmp_ / "pub/" + base + ".rec").c_str(), O_CREAT | O_WRONLY, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, &rec, sizeof rec), static_cast<ssize_t>(sizeof rec));
+    ::close(fd);
+    fd = ::open((tmp_ / "pub/" + base + ".cnt").c_str(), O_CREAT | O_WRONLY, 0644);
+    ::close(fd);
+  };
+  write_record("m-dead000000000000", child, 12345);
+  // A running process (pid 1) whose start time does not match: its PID was reused.
+  write_record("m-reused0000000000", 1, ~0ull - 1);
+  InterceptPublisher p;
+  p.publish(cfg_, 5);
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.rec"));
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.cnt"));
+  EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-reused0000000000.rec"));
+  EXPECT_FALSE(only(".rec").empty());  // its own
+}
+
+// Left for the next efused (a restart keeping the connection): the record says the mount
+// goes on, and stays so after this efused's publisher is gone.
+TEST_F(InterceptPublisherTest, LeftForRestartStaysGoingOn) {
+  efuse_intercept_record* rec = nullptr;
+  {
+    InterceptPublisher p;
+    p.publish(cfg_, 9);
+    rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    p.leave_for_restart();
+    EXPECT_FALSE(p.published());
+    EXPECT_TRUE(only(".rec").empty());
+  }
+  EXPECT_EQ(rec->flags, EFUSE_IR_FILES_GO_ON);
+  munmap(rec, sizeof *rec);
+}
+
+TEST_F(InterceptPublisherTest, UnusableDirectoryLeavesItUnpublished) {
+  setenv("EFUSE_INTERCEPT_DIR", (tmp_ / "file/sub").c_str(), 1);
+  int fd = ::open((tmp_ / "file").c_str(), O_CREAT | O_WRONLY, 0644);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  InterceptPublisher p;
+  p.publish(cfg_, 1);  // logged; the mount goes on without it
+  EXPECT_FALSE(p.published());
+  EXPECT_TRUE(p.metrics().empty());
+}
+
+}  // namespace
+}  // namespace efuse::daemon

@@ -1,0 +1,45 @@
+// An in-memory fuse::AnswerStore: the two handler maps as tables, for tests of
+// fuse::KernelAnswers and of the session's hook (the BPF maps themselves are exercised by
+// the guest tests, tests/vm/guest_kmod.py).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+#include <utility>
+
+#include "fuse/kernel_answers.h"
+
+namespace fuse {
+
+class AnswerTable final : public AnswerStore {
+ public:
+  bool put_attr(uint64_t nodeid, const efuse_handler_entry& e) override {
+    if (full) return false;
+    attrs[nodeid] = e;
+    return true;
+  }
+  void drop_attr(uint64_t nodeid) override {
+    if (on_drop) on_drop();
+    attrs.erase(nodeid);
+  }
+  bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& e) override {
+    names[{key.parent, key.name}] = e;
+    return true;
+  }
+  void drop_name(const efuse_handler_name_key& key) override {
+    if (on_drop) on_drop();
+    names.erase({key.parent, key.name});
+  }
+
+  bool has_name(uint64_t parent, const std::string& name) const {
+    return names.contains({parent, name});
+  }
+
+  bool full = false;
+  std::function<void()> on_drop;  // runs before every drop that reaches the table
+  std::map<uint64_t, efuse_handler_entry> attrs;
+  std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;
+};
+
+}  // namespace fuse

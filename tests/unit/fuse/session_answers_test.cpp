@@ -1,0 +1,187 @@
+// The session's side of the kernel module tier (fuse/session_answers.cpp): over a real
+// passthrough backend, what its replies store in the handler maps and what each change
+// drops, before the change's reply is sent.
+#include "fuse/session.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "answer_table.h"
+#include "fuse/kernel_answers.h"
+#include "session_harness.h"
+
+namespace fuse::testing {
+namespace {
+
+using efuse::testing::write_file;
+using k::kRootId;
+using Op = k::Opcode;
+
+class SessionAnswers : public ::testing::Test {
+ protected:
+  SessionAnswers() : answers_(table_) {
+    h_.session().set_kernel_answers(&answers_);
+    EXPECT_EQ(h_.init().error(), 0);
+    // Every drop must come before the reply of the request that causes it.
+    table_.on_drop = [this] { replies_before_drop_ += h_.transport().take().size(); };
+  }
+
+  uint64_t make_file(const std::string& name, const std::string& data = "x") {
+    EXPECT_TRUE(write_file(h_.src(name), data));
+    return h_.lookup(kRootId, name).nodeid;
+  }
+  // GETATTR through the session: its reply must be what the map holds afterwards.
+  void stat_stored(uint64_t nodeid) {
+    Reply r = h_.call(Op::Getattr, nodeid, pod(k::fuse_getattr_in{}));
+    ASSERT_EQ(r.error(), 0);
+    ASSERT_TRUE(table_.attrs.contains(nodeid));
+    const efuse_handler_answer& a = table_.attrs[nodeid].answer;
+    ASSERT_EQ(a.size, r.payload.size());
+    EXPECT_EQ(std::memcmp(a.data, r.payload.data(), a.size), 0) << "the exact reply";
+  }
+
+  SessionHarness h_;
+  AnswerTable table_;
+  KernelAnswers answers_;
+  size_t replies_before_drop_ = 0;
+};
+
+TEST_F(SessionAnswers, GetattrStoredAndEveryAttributeChangeDropsIt) {
+  const uint64_t f = make_file("f", "hello");
+  struct Change {
+    const char* what;
+    Op op;
+    std::string body;
+  };
+  k::fuse_setattr_in sa{};
+  sa.valid = k::kFattrMode;
+  sa.mode = S_IFREG | 0600;
+  k::fuse_fallocate_in fa{};
+  fa.length = 4096;
+  const uint64_t fh = h_.open(f, O_RDONLY);
+  fa.fh = fh;
+  for (const Change& c :
+       {Change{"setattr", Op::Setattr, pod(sa)},
+        Change{"setxattr", Op::Setxattr, setxattr_body("user.k", "v")},
+        Change{"removexattr", Op::Removexattr, cstr("user.k")},
+        Change{"fallocate", Op::Fallocate, pod(fa)}}) {
+    stat_stored(f);
+    h_.call(c.op, f, c.body);
+    EXPECT_FALSE(table_.attrs.contains(f)) << c.what;
+  }
+  h_.release(f, fh);
+  EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
+}
+
+TEST_F(SessionAnswers, NothingStoredWhileOpenForWriting) {
+  const uint64_t f = make_file("f");
+  stat_stored(f);
+  const uint64_t fh = h_.open(f, O_WRONLY);
+  EXPECT_FALSE(table_.attrs.contains(f));
+  h_.call(Op::Getattr, f, pod(k::fuse_getattr_in{}));
+  EXPECT_FALSE(table_.attrs.contains(f)) << "passthrough writes change it behind efused";
+  h_.call(Op::Write, f, write_body(fh, 0, "abc"));
+  k::fuse_release_in rel{};
+  rel.fh = fh;
+  rel.flags = O_WRONLY;  // the kernel sends the file's flags
+  EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), 0);
+  stat_stored(f);  // released: stored again
+  EXPECT_EQ(table_.attrs[f].answer.size, sizeof(k::fuse_attr_out));
+}
+
+TEST_F(SessionAnswers, AbsentNamesStoredAndDroppedByWhatCreatesThem) {
+  Reply miss = h_.call(Op::Lookup, kRootId, cstr("new"));  // negative_timeout 1: an entry
+  ASSERT_EQ(miss.error(), 0);
+  ASSERT_EQ(miss.as<k::fuse_entry_out>().nodeid, 0u);
+  ASSERT_TRUE(table_.has_name(kRootId, "new"));
+  const efuse_handler_answer& neg = table_.names.begin()->second.answer;
+  EXPECT_EQ(neg.nodeid, kRootId) << "answers for the parent";
+  k::fuse_mkdir_in mk{};
+  mk.mode = S_IFDIR | 0755;
+  ASSERT_EQ(h_.call(Op::Mkdir, kRootId, pod(mk) + cstr("new")).error(), 0);
+  EXPECT_FALSE(table_.has_name(kRootId, "new"));
+  // CREATE, MKNOD, SYMLINK, LINK and the target of a RENAME do the same.
+  const uint64_t f = make_file("f");
+  for (const char* n : {"c", "m", "s", "l", "r"}) {
+    ASSERT_EQ(h_.call(Op::Lookup, kRootId, cstr(n)).error(), 0);
+    ASSERT_TRUE(table_.has_name(kRootId, n)) << n;
+  }
+  k::fuse_create_in cr{};
+  cr.flags = O_RDONLY | O_CREAT;
+  cr.mode = S_IFREG | 0644;
+  EXPECT_EQ(h_.call(Op::Create, kRootId, pod(cr) + cstr("c")).error(), 0);
+  k::fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0644;
+  EXPECT_EQ(h_.call(Op::Mknod, kRootId, pod(mn) + cstr("m")).error(), 0);
+  EXPECT_EQ(h_.call(Op::Symlink, kRootId, cstr("s") + cstr("f")).error(), 0);
+  EXPECT_EQ(h_.call(Op::Link, kRootId, pod(k::fuse_link_in{f}) + cstr("l")).error(), 0);
+  EXPECT_EQ(h_.call(Op::Rename, kRootId, pod(k::fuse_rename_in{kRootId}) + cstr("f") +
+                                             cstr("r")).error(), 0);
+  EXPECT_TRUE(table_.names.empty());
+  EXPECT_EQ(replies_before_drop_, 0u);
+}
+
+TEST_F(SessionAnswers, RemovingANameDropsTheNodeItLedTo) {
+  const uint64_t f = make_file("f");
+  ASSERT_TRUE(write_file(h_.src("g"), "y"));
+  ASSERT_EQ(::link(h_.src("g").c_str(), h_.src("g2").c_str()), 0);
+  const uint64_t g = h_.lookup(kRootId, "g").nodeid;
+  stat_stored(f);
+  stat_stored(g);
+  stat_stored(kRootId);
+  EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("g2")).error(), 0);  // g2 never looked up
+  EXPECT_TRUE(table_.attrs.contains(g)) << "not known to lead to g: kernel has no dentry";
+  EXPECT_FALSE(table_.attrs.contains(kRootId)) << "the directory's mtime";
+  ASSERT_EQ(::link(h_.src("g").c_str(), h_.src("g2").c_str()), 0);
+  h_.lookup(kRootId, "g2");  // now the kernel knows g2 leads to g
+  EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("g2")).error(), 0);
+  EXPECT_FALSE(table_.attrs.contains(g)) << "g's link count changed";
+  // RENAME over f: the replaced node's attributes go too.
+  stat_stored(f);
+  EXPECT_EQ(h_.call(Op::Rename, kRootId, pod(k::fuse_rename_in{kRootId}) + cstr("g") +
+                                             cstr("f")).error(), 0);
+  EXPECT_FALSE(table_.attrs.contains(f));
+  // RENAME_EXCHANGE swaps what the names lead to.
+  const uint64_t a = make_file("a"), b = make_file("b");
+  k::fuse_rename2_in ex{};
+  ex.newdir = kRootId;
+  ex.flags = RENAME_EXCHANGE;
+  ASSERT_EQ(h_.call(Op::Rename2, kRootId, pod(ex) + cstr("a") + cstr("b")).error(), 0);
+  stat_stored(a);
+  stat_stored(b);
+  EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("a")).error(), 0);
+  EXPECT_FALSE(table_.attrs.contains(b)) << "after the exchange, a leads to b's node";
+  EXPECT_TRUE(table_.attrs.contains(a));
+  EXPECT_EQ(replies_before_drop_, 0u);
+}
+
+TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
+  ASSERT_TRUE(write_file(h_.src("d1"), "z"));
+  const uint64_t dir = kRootId;
+  const uint64_t dh = h_.opendir(dir);
+  Reply r = h_.call(Op::Readdirplus, dir, read_body(dh, 0, 4096));
+  ASSERT_EQ(r.error(), 0);
+  uint64_t d1 = 0;
+  std::vector<Dirent> ents;
+  ASSERT_TRUE(parse_dirents(r.payload, true, &ents));
+  for (const Dirent& d : ents)
+    if (d.name == "d1") d1 = d.entry.nodeid;
+  ASSERT_NE(d1, 0u);
+  stat_stored(d1);
+  EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("d1")).error(), 0);
+  EXPECT_FALSE(table_.attrs.contains(d1)) << "readdirplus named it";
+  const uint64_t f = make_file("f");
+  stat_stored(f);
+  h_.call_no_reply(Op::Forget, f, pod(k::fuse_forget_in{1}));
+  EXPECT_FALSE(table_.attrs.contains(f));
+}
+
+}  // namespace
+}  // namespace fuse::testing
