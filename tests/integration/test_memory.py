@@ -166,6 +166,10 @@ def test_limits_change_live_on_reload_and_metrics():
         assert os.statvfs(m.mnt).f_bavail == 0
         assert h.read_file(m.m("keep")) == b"k" * 5000
         os.unlink(m.m("fill"))
+        # Its blocks return to the pool at the kernel's FORGET, which follows the unlink
+        # asynchronously (on /dev/fuse a FORGET is read whenever a worker gets to it).
+        h.wait_until(lambda: os.statvfs(m.mnt).f_bavail > 0, 10,
+                     what="the removed file's blocks back in the pool (its FORGET)")
         h.write_file(m.m("small"), b"s")
 
         # An invalid value on reload changes nothing and says where.
