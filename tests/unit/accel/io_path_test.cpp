@@ -33,6 +33,8 @@ const IoClassReport* klass(const IoPathReport& r, const std::string& name) {
     if (c.name == name) return &c;
   return nullptr;
 }
+// The pointer points into the report: a temporary report would leave it dangling.
+const IoClassReport* klass(IoPathReport&&, const std::string&) = delete;
 
 // A simulated workload: what one open of a file costs on each path. The page cache keeps a
 // file's pages from one cache epoch to the next (keep_cache), so a cache open of a file
@@ -162,14 +164,16 @@ TEST(IoPathPolicy, SmallFilesReadOnceGoPassthroughThenCacheWhenReuseStarts) {
   // One pass over many small files: a READ (25 us) per open on the cache path against a
   // 3 us registration: passthrough is cheaper for first opens.
   for (auto& f : once) sim.open_read_close(*f);
-  const IoClassReport* cold = klass(sim.policy.report(), "small_cold_read");
+  const IoPathReport cold_report = sim.policy.report();  // klass() points into it
+  const IoClassReport* cold = klass(cold_report, "small_cold_read");
   ASSERT_NE(cold, nullptr);
   EXPECT_EQ(cold->engine.choice, static_cast<int>(IoPath::Passthrough));
   EXPECT_LT(sim.opened[IoPath::Cache], 40);
   // Fifty of them read again and again: they move to the cache and stay there.
   for (int pass = 0; pass < 20; ++pass)
     for (int i = 0; i < 50; ++i) sim.open_read_close(*once[i]);
-  const IoClassReport* warm = klass(sim.policy.report(), "small_warm_read");
+  const IoPathReport warm_report = sim.policy.report();  // klass() points into it
+  const IoClassReport* warm = klass(warm_report, "small_warm_read");
   ASSERT_NE(warm, nullptr);
   EXPECT_EQ(warm->engine.choice, static_cast<int>(IoPath::Cache));
   int cached_last_pass = 0;
@@ -187,7 +191,8 @@ TEST(IoPathPolicy, AFileWhosePagesDoNotStayGoesBackToPassthrough) {
   for (int i = 0; i < 10; ++i) hot.push_back(std::make_unique<SimFile>(8 * kKiB));
   for (int pass = 0; pass < 20; ++pass)
     for (auto& f : hot) sim.open_read_close(*f);
-  ASSERT_EQ(klass(sim.policy.report(), "small_warm_read")->engine.choice,
+  const IoPathReport settled = sim.policy.report();
+  ASSERT_EQ(klass(settled, "small_warm_read")->engine.choice,
             static_cast<int>(IoPath::Cache));
   // A file of the same size whose pages never stay (as if rewritten behind efused's back
   // before each open): every cache epoch fetches it again.
@@ -227,7 +232,8 @@ TEST(IoPathPolicy, ConcurrentOpensOfAnEpochShareItsCost) {
   ASSERT_EQ(policy.open(g, facts(1 * kMiB), 0), IoPath::Cache);  // the probe's other path
   IoPathPolicy::served(g, 0);
   policy.closed(g, 0);
-  const IoClassReport* c = klass(policy.report(), "medium_cold_read");
+  const IoPathReport c_report = policy.report();  // klass() points into it
+  const IoClassReport* c = klass(c_report, "medium_cold_read");
   ASSERT_NE(c, nullptr);
   EXPECT_DOUBLE_EQ(c->engine.predicted[1], 2'000);  // 8 us over four opens
   EXPECT_DOUBLE_EQ(c->engine.predicted[0], IoPathPolicy::kUpcallNs);
@@ -246,7 +252,8 @@ TEST(IoPathPolicy, RefusedPassthroughIsNotChosenAgainByTheClass) {
     else IoPathPolicy::served(f, 1'000);
     policy.closed(f, 0);
   }
-  const IoClassReport* c = klass(policy.report(), "medium_cold_read");
+  const IoPathReport c_report = policy.report();  // klass() points into it
+  const IoClassReport* c = klass(c_report, "medium_cold_read");
   ASSERT_NE(c, nullptr);
   EXPECT_EQ(c->engine.choice, static_cast<int>(IoPath::Cache));
   EXPECT_LT(c->engine.predicted[1], 0);
