@@ -149,18 +149,30 @@ void MemoryFs::drop_if_unused(Node& node) {
   if (node.nlink == 0) nodes_.erase_unreferenced(node.nodeid);
 }
 
+Result<MemoryFs::NodePtr> MemoryFs::dir_of(uint64_t nodeid) const {
+  NodePtr dir = get(nodeid);
+  if (!dir) return Errno{ESTALE};
+  if (!dir->is_dir()) return Errno{ENOTDIR};
+  return dir;
+}
+
+Result<MemoryFs::NodePtr> MemoryFs::child_of(const Node& dir, std::string_view name) const {
+  auto it = dir.names.find(name);
+  if (it == dir.names.end()) return Errno{ENOENT};
+  NodePtr child = get(it->second.nodeid);
+  if (!child) return Errno{EIO};
+  return child;
+}
+
 Result<Entry> MemoryFs::lookup(const Context&, uint64_t parent, std::string_view name) {
   if (name.size() > kNameMax) return Errno{ENAMETOOLONG};
   std::shared_lock lk(mu_);
-  NodePtr dir = get(parent);
-  if (!dir) return Errno{ESTALE};
-  if (!dir->is_dir()) return Errno{ENOTDIR};
-  auto it = dir->names.find(name);
-  if (it == dir->names.end()) return Errno{ENOENT};
-  NodePtr child = get(it->second.nodeid);
-  if (!child) return Errno{EIO};
-  std::shared_lock nl(child->mu);
-  return entry_of(*child);
+  auto dir = dir_of(parent);
+  if (!dir.ok()) return Errno{dir.error()};
+  auto child = child_of(**dir, name);
+  if (!child.ok()) return Errno{child.error()};
+  std::shared_lock nl((*child)->mu);
+  return entry_of(**child);
 }
 
 void MemoryFs::forget(uint64_t ino, uint64_t nlookup) {
@@ -354,15 +366,12 @@ Result<Entry> MemoryFs::link(const Context&, uint64_t ino, uint64_t newparent,
 
 Status MemoryFs::unlink(const Context&, uint64_t parent, std::string_view name) {
   std::unique_lock lk(mu_);
-  NodePtr dir = get(parent);
-  if (!dir) return Errno{ESTALE};
-  if (!dir->is_dir()) return Errno{ENOTDIR};
-  auto it = dir->names.find(name);
-  if (it == dir->names.end()) return Errno{ENOENT};
-  NodePtr node = get(it->second.nodeid);
-  if (!node) return Errno{EIO};
-  if (node->is_dir()) return Errno{EISDIR};
-  remove_name(*dir, name, *node);
+  auto dir = dir_of(parent);
+  if (!dir.ok()) return Errno{dir.error()};
+  auto node = child_of(**dir, name);
+  if (!node.ok()) return Errno{node.error()};
+  if ((*node)->is_dir()) return Errno{EISDIR};
+  remove_name(**dir, name, **node);
   return {};
 }
 
@@ -370,16 +379,13 @@ Status MemoryFs::rmdir(const Context&, uint64_t parent, std::string_view name) {
   if (name == ".") return Errno{EINVAL};
   if (name == "..") return Errno{ENOTEMPTY};
   std::unique_lock lk(mu_);
-  NodePtr dir = get(parent);
-  if (!dir) return Errno{ESTALE};
-  if (!dir->is_dir()) return Errno{ENOTDIR};
-  auto it = dir->names.find(name);
-  if (it == dir->names.end()) return Errno{ENOENT};
-  NodePtr node = get(it->second.nodeid);
-  if (!node) return Errno{EIO};
-  if (!node->is_dir()) return Errno{ENOTDIR};
-  if (!node->names.empty()) return Errno{ENOTEMPTY};
-  remove_name(*dir, name, *node);
+  auto dir = dir_of(parent);
+  if (!dir.ok()) return Errno{dir.error()};
+  auto node = child_of(**dir, name);
+  if (!node.ok()) return Errno{node.error()};
+  if (!(*node)->is_dir()) return Errno{ENOTDIR};
+  if (!(*node)->names.empty()) return Errno{ENOTEMPTY};
+  remove_name(**dir, name, **node);
   return {};
 }
 

@@ -145,6 +145,10 @@ class MemoryFs final : public Filesystem {
   using NodePtr = std::shared_ptr<Node>;
 
   NodePtr get(uint64_t nodeid) const { return nodes_.get(nodeid); }
+  // The directory `nodeid` (ESTALE: gone, ENOTDIR: not a directory), and the node `name`
+  // names in it (ENOENT: no such name, EIO: a name whose node is gone); mu_ held.
+  Result<NodePtr> dir_of(uint64_t nodeid) const;
+  Result<NodePtr> child_of(const Node& dir, std::string_view name) const;
   // The entry reply for `node`, adding one lookup reference.
   Entry entry_of(const Node& node);
   Attr attr_of(const Node& node) const;
