@@ -63,6 +63,7 @@ void apply_options(const json& options, MountFlags& out) {
   set_if_present(options, "default_permissions", out.default_permissions);
   set_if_present(options, "read_only", out.read_only);
   set_if_present(options, "stack", out.stack);
+  set_if_present(options, "xattr", out.xattr);
 }
 
 void apply_adaptive(const json& adaptive, accel::Settings& out) {

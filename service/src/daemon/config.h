@@ -42,6 +42,10 @@ struct MountFlags {
   bool default_permissions = true;
   bool read_only = false;
   bool stack = false;  // mount even where another live FUSE mount sits (on top of it)
+  // Serve extended attributes. false answers every xattr request with ENOSYS, after which
+  // the kernel sends none for the mount (no security.capability GETXATTR before each
+  // write and chown) and the mount has no xattrs and no POSIX ACLs.
+  bool xattr = true;  // mount even where another live FUSE mount sits (on top of it)
   bool operator==(const MountFlags&) const = default;
 };
 

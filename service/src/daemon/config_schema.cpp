@@ -247,6 +247,11 @@ std::string_view mounts_schema_text() {
           "description": "Mount even when the mountpoint already carries a live FUSE mount (of another efused or any other FUSE server), on top of it, hiding it. Default false: such a mountpoint is refused with an error naming the file system there and the process serving it. A dead FUSE mount left by a killed server is detached either way.",
           "type": "boolean",
           "default": false
+        },
+        "xattr": {
+          "description": "Serve extended attributes (user.*, security.*, trusted.*, POSIX ACLs). Default true. false answers every xattr request with ENOSYS, after which the kernel sends the mount none: getfattr and setfattr fail with ENOTSUP, the mount has no POSIX ACLs, and writes and chowns save the security.capability lookup the kernel makes before each of them (two round trips per file extracted by tar; libfuse's passthrough_ll without -o xattr behaves the same way).",
+          "type": "boolean",
+          "default": true
         }
       }
     },

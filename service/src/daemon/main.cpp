@@ -94,6 +94,10 @@ With --mount (a config file sets these per mount):
       --memory-max-inodes N      memory mounts: inode limit (default one per 4 KiB of
                                  --memory-max-bytes)
       --read-only                mount read-only
+      --no-xattr                 serve no extended attributes (ENOTSUP; no POSIX ACLs):
+                                 spares the kernel's security.capability lookup
+                                 before each write and chown (2 round trips per file
+                                 tar extracts)
       --create-mountpoint        create a missing MOUNTPOINT (0755, with parents)
       --intercept                publish the mounts for libefuse_intercept.so, so that
                                  programs run with efuse-run are served without FUSE
@@ -174,7 +178,7 @@ int main(int argc, char** argv) {
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
-         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kTransport, kQueueDepth, kStack,
+         kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kNoXattr, kTransport, kQueueDepth, kStack,
          kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
@@ -194,6 +198,7 @@ int main(int argc, char** argv) {
       {"keep-cache", no_argument, nullptr, kKeepCache},
       {"writeback-cache", no_argument, nullptr, kWriteback},
       {"read-only", no_argument, nullptr, kReadOnly},
+      {"no-xattr", no_argument, nullptr, kNoXattr},
       {"stack", no_argument, nullptr, kStack},
       {"create-mountpoint", no_argument, nullptr, kCreateMountpoint},
       {"intercept", no_argument, nullptr, kIntercept},
@@ -278,6 +283,7 @@ int main(int argc, char** argv) {
       }
       case kWriteback: cli_defaults.cache.writeback = true; break;
       case kReadOnly: cli_defaults.options.read_only = true; break;
+      case kNoXattr: cli_defaults.options.xattr = false; break;
       case kStack: cli_defaults.options.stack = true; break;
       case kCreateMountpoint: cli_defaults.create_mountpoint = true; break;
       case kIntercept: cli_defaults.intercept = true; break;

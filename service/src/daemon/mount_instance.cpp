@@ -319,7 +319,9 @@ Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   // The kernel does not combine it with the writeback cache; an explicit writeback wins.
   so.passthrough = geteuid() == 0 && !cfg_.cache.writeback;
   so.io_uring = want_uring;
-  so.posix_acl = cfg_.options.default_permissions;
+  so.xattr = cfg_.options.xattr;
+  // POSIX ACLs are xattrs: without xattrs the kernel checks mode bits only.
+  so.posix_acl = cfg_.options.default_permissions && cfg_.options.xattr;
   so.masked_flags = masked;
   // EFUSE_QUEUE_BALANCING=0: FSYNC and FSYNCDIR always inline (docs/adaptive-io.md).
   if (const char* qb = std::getenv("EFUSE_QUEUE_BALANCING"); qb != nullptr && std::strcmp(qb, "0") == 0)

@@ -47,6 +47,7 @@ uint64_t identity(const MountConfig& c) {
     << c.queue_depth << '\0' << to_string(c.transport) << '\0' << c.options.allow_other
     << c.options.default_permissions << c.options.read_only << c.options.stack << '\0'
     << c.cache.writeback << '\0';
+  if (!c.options.xattr) s << "noxattr" << '\0';  // only then: the identity of older states stays
   for (const auto& [op, path] : c.bpf_handlers) s << op << '=' << path << '\0';
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char ch : s.str()) {

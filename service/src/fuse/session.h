@@ -47,6 +47,10 @@ struct SessionOptions {
   // applies default ACLs. The kernel turns default_permissions on with it, so only ask
   // when the mount has default_permissions anyway.
   bool posix_acl = false;
+  // Serve GETXATTR, SETXATTR, LISTXATTR and REMOVEXATTR. false answers them ENOSYS, which
+  // makes the kernel stop sending each of them for the connection (and report ENOTSUP);
+  // posix_acl must then be false too.
+  bool xattr = true;
   // INIT flags treated as not offered by the kernel (EFUSE_MASK_KERNEL_FEATURES: debugging,
   // or to keep a feature the kernel gets wrong out of use).
   uint64_t masked_flags = 0;

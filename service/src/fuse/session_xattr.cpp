@@ -1,4 +1,5 @@
-// Session: extended attributes.
+// Session: extended attributes. With SessionOptions::xattr off every xattr request is
+// answered ENOSYS: the kernel then stops sending that request for the connection.
 #include "fuse/session.h"
 
 #include "fuse/session_request.h"
@@ -6,6 +7,7 @@
 namespace fuse {
 
 void Session::do_setxattr(Request& r) {
+  if (!opts_.xattr) return r.reply_err(ENOSYS);
   size_t in_size = negotiated_.has(k::init::kSetxattrExt) ? sizeof(k::fuse_setxattr_in)
                                                           : k::kCompatSetxattrInSize;
   auto in = r.body.take_prefix<k::fuse_setxattr_in>(in_size);
@@ -21,6 +23,7 @@ void Session::do_setxattr(Request& r) {
 }
 
 void Session::do_getxattr(Request& r) {
+  if (!opts_.xattr) return r.reply_err(ENOSYS);
   TAKE(in, k::fuse_getxattr_in);
   auto name = r.body.take_string();
   if (!name || name->empty()) return malformed(r);
@@ -37,6 +40,7 @@ void Session::do_getxattr(Request& r) {
 }
 
 void Session::do_listxattr(Request& r) {
+  if (!opts_.xattr) return r.reply_err(ENOSYS);
   TAKE(in, k::fuse_getxattr_in);
   if (in->size == 0) {
     auto n = fs_.listxattr(r.ctx, r.hdr.nodeid, {});
@@ -51,6 +55,7 @@ void Session::do_listxattr(Request& r) {
 }
 
 void Session::do_removexattr(Request& r) {
+  if (!opts_.xattr) return r.reply_err(ENOSYS);
   auto name = r.body.take_string();
   if (!name || name->empty()) return malformed(r);
   r.reply_err(fs_.removexattr(r.ctx, r.hdr.nodeid, *name).error());

@@ -136,6 +136,7 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
             m.options.default_permissions);
   EXPECT_EQ(default_at({"defaults", "options", "read_only"}), m.options.read_only);
   EXPECT_EQ(default_at({"defaults", "options", "stack"}), m.options.stack);
+  EXPECT_EQ(default_at({"defaults", "options", "xattr"}), m.options.xattr);
   EXPECT_EQ(default_at({"mounts", "0", "create_mountpoint"}), m.create_mountpoint);
   EXPECT_EQ(default_at({"mounts", "0", "intercept"}), m.intercept);
 }
@@ -148,6 +149,19 @@ TEST(ConfigLoad, InterceptIsLive) {
   EXPECT_TRUE(b.mounts[0].intercept);
   EXPECT_FALSE(a.mounts[0] == b.mounts[0]);
   EXPECT_FALSE(needs_remount(a.mounts[0], b.mounts[0]));
+}
+
+// options.xattr: on unless turned off; a change remounts (the kernel's xattr switch-off
+// lasts as long as the connection).
+TEST(ConfigLoad, XattrIsOnByDefaultAndRemounts) {
+  Config a = parse_config(with_mount_keys(""), "t.yaml");
+  Config b = parse_config(with_mount_keys("    options: {xattr: false}\n"), "t.yaml");
+  EXPECT_TRUE(a.mounts[0].options.xattr);
+  EXPECT_FALSE(b.mounts[0].options.xattr);
+  EXPECT_TRUE(needs_remount(a.mounts[0], b.mounts[0]));
+  EXPECT_EQ(
+      error_of(with_mount_keys("    options: {xattr: off}\n")),
+      "t.yaml:6:22: mounts[0].options.xattr must be a boolean (true or false), not a string");
 }
 
 TEST(ConfigLoad, StackAndCreateMountpoint) {
@@ -532,7 +546,7 @@ TEST(ConfigError, UnknownKeyListsAllowedKeys) {
             "t.yaml:1:11: unknown key 'port' in metrics; expected one of listen");
   EXPECT_EQ(error_of(with_mount_keys("    options: {noexec: true}\n")),
             "t.yaml:6:15: unknown key 'noexec' in mounts[0].options; expected one of allow_other, "
-            "default_permissions, read_only, stack");
+            "default_permissions, read_only, stack, xattr");
 }
 
 TEST(ConfigError, UnknownBpfOpcode) {
