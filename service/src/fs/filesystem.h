@@ -178,6 +178,9 @@ class Filesystem {
   // request of a resumed connection, and go on recording; an error (*why) leaves the
   // backend unusable for it (the mount starts fresh instead).
   virtual bool record_state(SlotFile*) { return false; }
+  // Whether record_state can work at all for this backend (checked before the transport is
+  // chosen: transport auto prefers /dev/fuse for a mount a restart can keep).
+  virtual bool can_record_state() const { return false; }
   virtual Status restore_state(SlotFile*, std::string* why) {
     *why = "this backend cannot resume a connection";
     return Errno{EOPNOTSUPP};
