@@ -36,7 +36,8 @@ struct Context {
   bool kill_suidgid = false;
   // FUSE_SETXATTR_ACL_KILL_SGID: setting this POSIX ACL clears the set-group-ID bit, because
   // the caller is neither in the file's group nor has CAP_FSETID (as posix_acl_update_mode
-  // does natively). A backend that stores ACLs itself (memory) applies it.
+  // does natively). Every backend applies it: memory when it updates the mode from the ACL,
+  // passthrough after the backing file system did so as efused (which may keep the bit).
   bool kill_sgid = false;
 };
 
