@@ -621,6 +621,13 @@ def notify_socket(path):
     return sock, messages, stop, t
 
 
+def check_config(path, text):
+    """Writes `text` to the config file `path` and runs `efused --check-config` on it."""
+    with open(path, "w") as f:
+        f.write(text)
+    return run([EFUSED, "--check-config", path], check=False, timeout=30)
+
+
 def efused_cmd(mounts, threads=None, args=()):
     """The efused command line for [(source, mountpoint), ...] plus EFUSED_ARGS."""
     cmd = [EFUSED]

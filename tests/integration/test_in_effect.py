@@ -98,16 +98,13 @@ def test_unknown_mask_name_fails_the_mount_clearly():
 def test_check_config_warns_about_ipv6_listen():
     with h.EfusedMount(start=False, tag="efuse-effect") as m:
         cfg = J(m.tmp, "v6.yaml")
-        with open(cfg, "w") as f:
-            f.write(f'metrics:\n  listen: "[::1]:0"\nmounts:\n  - name: a\n'
-                    f'    mountpoint: {m.mnt}\n    backend: passthrough\n    source: {m.src}\n')
-        r = h.run([h.EFUSED, "--check-config", cfg], check=False, timeout=30)
+        r = h.check_config(cfg, f'metrics:\n  listen: "[::1]:0"\nmounts:\n  - name: a\n'
+                                f'    mountpoint: {m.mnt}\n    backend: passthrough\n'
+                                f'    source: {m.src}\n')
         assert r.rc == 0, (r.rc, r.err)
         assert f'{cfg}: warning: metrics.listen "[::1]:0" is an IPv6 address' in r.err, r.err
         # An IPv4 address: no warning.
-        with open(cfg, "w") as f:
-            f.write(f'metrics:\n  listen: "127.0.0.1:0"\nmounts: []\n')
-        r = h.run([h.EFUSED, "--check-config", cfg], check=False, timeout=30)
+        r = h.check_config(cfg, 'metrics:\n  listen: "127.0.0.1:0"\nmounts: []\n')
         assert r.rc == 0 and "warning" not in r.err, (r.rc, r.err)
 
 

@@ -97,10 +97,9 @@ def test_default_serves_xattrs_and_pays_the_lookups():
 def test_bad_xattr_value_is_refused_clearly():
     with h.EfusedMount(start=False, tag="efuse-noxattr") as m:
         cfg = J(m.tmp, "bad.yaml")
-        with open(cfg, "w") as f:
-            f.write(f"mounts:\n  - name: a\n    mountpoint: {m.mnt}\n    backend: passthrough\n"
-                    f"    source: {m.src}\n    options: {{xattr: off}}\n")
-        r = h.run([h.EFUSED, "--check-config", cfg], check=False, timeout=30)
+        r = h.check_config(cfg, f"mounts:\n  - name: a\n    mountpoint: {m.mnt}\n"
+                                f"    backend: passthrough\n    source: {m.src}\n"
+                                f"    options: {{xattr: off}}\n")
         assert r.rc == 1, (r.rc, r.err)
         assert (f"{cfg}:6:22: mounts[0].options.xattr must be a boolean (true or false), "
                 "not a string") in r.err, r.err
