@@ -410,6 +410,102 @@ def test_before_main_signal_handlers_threads():
         assert served[("open", "library")] > 2000 and served[("stat", "library")] > 2000, served
 
 
+# Calls relative to directory descriptors opened through the mount (what find and fts do):
+# the library answers them relative to the backing directory it bound the descriptor to.
+# The test renames and replaces things between the steps (stdin lines), through the mount
+# and in the backing directory; every line is compared with the run without the library.
+DIRFD = r"""
+import errno, os, stat, sys
+mnt = sys.argv[1]
+def res(fn, *a, **kw):  # (each run makes new files: inode numbers are not compared)
+    try:
+        r = fn(*a, **kw)
+        if isinstance(r, os.stat_result):
+            return (stat.filemode(r.st_mode), r.st_size, r.st_dev == dev, r.st_nlink)
+        return r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(name, d):
+    fd = os.open(name, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+dev = os.stat(mnt).st_dev
+def probe(tag, d):
+    for name in ("f", "sub/g", "link", "sub", "missing", "sub/../f", "./f", "f/"):
+        print(tag, name, res(os.stat, name, dir_fd=d, follow_symlinks=False),
+              res(os.stat, name, dir_fd=d), res(rd, name, d),
+              res(os.access, name, os.R_OK, dir_fd=d), flush=True)
+d = os.open(os.path.join(mnt, "d"), os.O_RDONLY | os.O_DIRECTORY)
+probe("start", d)
+sys.stdin.readline()  # d renamed to e through the mount, then e to x in the backing tree
+probe("renamed", d)
+print("renamed path", res(os.stat, os.path.join(mnt, "x", "f")), flush=True)
+sys.stdin.readline()  # x replaced in the backing tree by another directory
+probe("replaced", d)
+x = os.open(os.path.join(mnt, "x"), os.O_RDONLY | os.O_DIRECTORY)
+probe("new x", x)
+# Numbers reused: d closed and its number given to a directory outside the mount; x
+# replaced by dup2 of that one.
+os.close(d)
+other = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
+print("reused", other == d, flush=True)
+probe("outside", other)
+os.dup2(other, x)
+probe("dup2 over", x)
+"""
+
+
+def test_dirfd_relative_calls():
+    """fstatat/openat/faccessat relative to a directory descriptor of the mount: the same
+    results with the library, also after the directory is renamed (through the mount and
+    in the backing tree) or replaced, after its number is reused for a directory outside
+    the mount, through a symlink, "..", "." and a trailing slash; and the library served
+    them."""
+    with intercepted() as i:
+        m = i.m
+        results = []
+        served = None
+        for prefix in ([], [EFUSE_RUN]):
+            run(["rm", "-rf", J(m.src, "d"), J(m.src, "e"), J(m.src, "x"), J(m.native, "o")])
+            os.makedirs(J(m.src, "d", "sub"))
+            write_file(J(m.src, "d", "f"), b"first f\n")
+            write_file(J(m.src, "d", "sub", "g"), b"first g\n")
+            os.symlink("f", J(m.src, "d", "link"))
+            os.makedirs(J(m.native, "o", "sub"))
+            write_file(J(m.native, "o", "f"), b"outside\n")
+            before = i.calls()
+            with child([*prefix, "python3", "-c", DIRFD, m.mnt, J(m.native, "o")]) as p:
+                out = [p.stdout.readline() for _ in range(8)]
+                os.rename(J(m.mnt, "d"), J(m.mnt, "e"))
+                os.rename(J(m.src, "e"), J(m.src, "x"))
+                h.wait_until(lambda: os.path.exists(J(m.mnt, "x", "f")), timeout=30,
+                             what="the outside rename to show through the mount")
+                p.stdin.write("\n")
+                p.stdin.flush()
+                out += [p.stdout.readline() for _ in range(9)]
+                run(["rm", "-rf", J(m.src, "x")])
+                os.makedirs(J(m.src, "x", "sub"))
+                write_file(J(m.src, "x", "f"), b"second f, longer\n")
+                h.wait_until(lambda: os.path.exists(J(m.mnt, "x", "f")) and
+                             os.stat(J(m.mnt, "x", "f")).st_size == 17, timeout=30,
+                             what="the replaced directory to show")
+                rest, err = p.communicate(input="\n", timeout=60)
+            assert p.returncode == 0, err
+            results.append("".join(out) + rest)
+            after = i.calls()
+            served = {k: after[k] - before[k] for k in after}
+        assert results[0] == results[1], "\n".join(
+            f"{a!r}\n{b!r}" for a, b in zip(results[0].splitlines(), results[1].splitlines())
+            if a != b)
+        text = results[1]
+        assert "start f ('-rw-r--r--', 8," in text and "renamed f ('-rw-r--r--', 8," in text, text
+        assert "replaced f ENOENT" in text and "new x f ('-rw-r--r--', 17," in text, text
+        assert "reused True" in text and "outside f ('-rw-r--r--', 8, " in text, text
+        assert served[("stat", "library")] >= 20 and served[("open", "library")] >= 8, served
+
+
 # Opens a file, reads it, waits; after the kill reads again and tries path calls.
 DEAD = r"""
 import ctypes, errno, os, stat, sys

@@ -1,15 +1,21 @@
 #include "daemon/intercept_publisher.h"
 
 #include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
+#include <mutex>
+#include <thread>
 
 #include "common/log.h"
 #include "common/unique_fd.h"
@@ -43,12 +49,27 @@ uint64_t start_time(const std::string& pid) {
   return std::strtoull(p, nullptr, 10);
 }
 
+std::string alive_name(unsigned long pid, unsigned long long start) {
+  return "alive-" + std::to_string(pid) + "-" + std::to_string(start);
+}
+
 // Records left by an efused that was killed (its mounts detached since): removed with
 // their counters, so /run does not collect them. Libraries ignore them anyway (PID check).
 void remove_dead_records(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     std::string name = e.path().filename();
+    unsigned long pid = 0;
+    unsigned long long start = 0;
+    char tail = 0;
+    if (std::sscanf(name.c_str(), "alive-%lu-%llu%c", &pid, &start, &tail) == 2 &&
+        name == alive_name(pid, start)) {
+      if (static_cast<pid_t>(pid) != getpid() && start_time(std::to_string(pid)) != start) {
+        ::unlink(e.path().c_str());
+        LOG_INFO("intercept: removed %s, left by efused %lu, which is gone", e.path().c_str(), pid);
+      }
+      continue;
+    }
     if (name.size() < 7 || name.compare(0, 2, "m-") != 0 ||
         name.compare(name.size() - 4, 4, ".rec") != 0)
       continue;
@@ -120,6 +141,51 @@ T* map_file(const std::string& path, int flags, mode_t mode, bool fresh, std::st
   return static_cast<T*>(p);
 }
 
+// The alive file (common/intercept_abi.h): one per directory this efused publishes in, its
+// robust mutex locked by a thread that never lets go and lives as long as the process.
+struct AlivePage {
+  pthread_mutex_t mutex;
+  char pad[EFUSE_INTERCEPT_ALIVE_SIZE - sizeof(pthread_mutex_t)];
+};
+static_assert(sizeof(AlivePage) == EFUSE_INTERCEPT_ALIVE_SIZE);
+static_assert(offsetof(pthread_mutex_t, __data.__lock) == 0, "the futex word comes first");
+
+bool ensure_alive(const std::string& dir, std::string* why) {
+  static std::mutex mu;
+  static std::vector<std::string> done;  // directories with this process's alive file
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& d : done)
+    if (d == dir) return true;
+  std::string path = dir + "/" + alive_name(getpid(), start_time("self"));
+  ::unlink(path.c_str());
+  auto* page = map_file<AlivePage>(path, O_CREAT | O_EXCL, 0644, true, why);
+  if (page == nullptr) return false;
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&page->mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  std::promise<int> locked;
+  std::future<int> result = locked.get_future();
+  // The holder: locks, reports, and sleeps until the process ends (every signal blocked,
+  // so none is delivered here and pause() never returns). It owns nothing to clean up.
+  std::thread([page, locked = std::move(locked)]() mutable {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    locked.set_value(pthread_mutex_lock(&page->mutex));
+    for (;;) pause();
+  }).detach();
+  int rc = result.get();
+  if (rc != 0) {
+    *why = path + ": locking its mutex: " + strerror(rc);
+    return false;  // left mapped: the holder thread may still refer to it
+  }
+  done.push_back(dir);
+  return true;
+}
+
 }  // namespace
 
 std::string intercept_dir() {
@@ -144,6 +210,11 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   remove_dead_records(dir);
   std::string base = dir + "/" + hash_name(cfg.mountpoint);
   std::string why;
+  if (!ensure_alive(dir, &why)) {
+    LOG_WARN("%s: intercept: cannot publish the mount (%s); every call goes through the kernel",
+             cfg.name.c_str(), why.c_str());
+    return;
+  }
   // The counters: a new file each time (counting from 0: a counter reset to Prometheus).
   ::unlink((base + ".cnt").c_str());
   auto* counters = map_file<efuse_intercept_counters>(base + ".cnt", O_CREAT | O_EXCL, 0666,

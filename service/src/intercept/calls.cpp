@@ -30,8 +30,9 @@ constexpr int kDecline = -2;
 
 // The caller may reach the mountpoint's parent (the kernel checks every component above
 // the mount; the backing directory's own ancestors are checked by the open itself).
-bool parent_ok(const Mount* m, int flags) {
-  if (m->parent_open) return true;  // checked when the mount was loaded
+bool parent_ok(const Resolved& r, int flags) {
+  const Mount* m = r.mount;
+  if (m->parent_open || r.bound) return true;  // a dirfd: the kernel checks nothing above it  // checked when the mount was loaded
   int saved = errno;
   bool ok = sys(SYS_faccessat2, AT_FDCWD, reinterpret_cast<long>(m->parent), X_OK, flags) == 0;
   errno = saved;
@@ -44,9 +45,10 @@ bool parent_ok(const Mount* m, int flags) {
 int open_path(const Resolved& r, bool nofollow) {
   struct open_how how = {};
   how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
-  how.resolve = RESOLVE_NO_SYMLINKS;
+  // Beneath a bound directory: ".." cannot occur (plain_relative) and nothing may lead out.
+  how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
   int saved = errno;
-  long fd = sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(r.backing),
+  long fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path),
                 reinterpret_cast<long>(&how), sizeof how);
   if (fd >= 0) {
     errno = saved;
@@ -64,20 +66,67 @@ void close_quiet(int fd) {
 }
 
 bool servable(const Resolved& r, int access_flags) {
-  return r.mount->serve && mount_alive(r.mount) && parent_ok(r.mount, access_flags);
+  return r.mount->serve && mount_alive(r.mount) && parent_ok(r, access_flags);
 }
 
 constexpr int kUnservedOpenFlags =
     O_CREAT | O_TRUNC | O_PATH | O_DIRECTORY | O_DIRECT | O_NOATIME | O_ASYNC | O_APPEND;
 
+// Registers a backing file the library opened as the mount's.
+int handed_out(const Resolved& r, long fd, const struct stat& st, int saved) {
+  if (fd >= kMaxFds) {
+    close_quiet(static_cast<int>(fd));
+    errno = saved;
+    return kDecline;
+  }
+  errno = saved;
+  fd_identity(static_cast<int>(fd), st.st_dev, st.st_ino);
+  fd_put(static_cast<int>(fd), kFdLibrary | static_cast<uint32_t>(r.index + 1));
+  return static_cast<int>(fd);
+}
+
+// One name in a directory with no symlink on the way (a bound directory, or the current
+// directory): its type first (a FIFO or device must not be opened, not even to look), then
+// the open by name, not following a symlink swapped in meanwhile, then the check that it
+// is the file looked at. Three calls instead of an O_PATH open and a reopen through /proc.
+int lib_open_name(const Resolved& r, int flags) {
+  struct stat st;
+  int saved = errno;
+  if (sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&st),
+          AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno == ENOENT || errno == ENOTDIR) return -1;
+    errno = saved;
+    return kDecline;
+  }
+  if (!S_ISREG(st.st_mode)) {  // directories, FIFOs, devices, symlinks: the kernel path
+    errno = saved;
+    return kDecline;
+  }
+  long fd = sys(SYS_openat, r.at_fd, reinterpret_cast<long>(r.at_path), flags | O_NOFOLLOW, 0);
+  if (fd < 0) {
+    errno = saved;
+    return kDecline;  // EACCES and the like: the kernel path answers
+  }
+  struct stat now;
+  if (sys(SYS_fstat, fd, reinterpret_cast<long>(&now)) != 0 || now.st_ino != st.st_ino ||
+      now.st_dev != st.st_dev || !S_ISREG(now.st_mode)) {
+    close_quiet(static_cast<int>(fd));  // replaced between the two calls
+    errno = saved;
+    return kDecline;
+  }
+  return handed_out(r, fd, now, saved);
+}
+
 int lib_open(const Resolved& r, int flags) {
   if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
+  if (r.single_name) return lib_open_name(r, flags);
   int pfd = open_path(r, flags & O_NOFOLLOW);
   if (pfd < 0) return pfd;
   struct stat st;
   int saved = errno;
   if (sys(SYS_fstat, pfd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
     close_quiet(pfd);  // directories, FIFOs, devices, symlinks: the kernel path
+    errno = saved;
     return kDecline;
   }
   // Reopen for reading: the permission check is the caller's own, as the kernel's.
@@ -96,22 +145,19 @@ int lib_open(const Resolved& r, int flags) {
   } else {
     close_quiet(pfd);
   }
-  if (fd >= kMaxFds) {
-    close_quiet(static_cast<int>(fd));
-    errno = saved;
-    return kDecline;
-  }
-  errno = saved;
-  fd_identity(static_cast<int>(fd), st.st_dev, st.st_ino);
-  fd_put(static_cast<int>(fd), kFdLibrary | static_cast<uint32_t>(r.index + 1));
-  return static_cast<int>(fd);
+  return handed_out(r, fd, st, saved);
 }
 
 template <typename Real>
 int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) {
   Guard g;
   Resolved r;
-  if (!g.entered || !resolve(dirfd, path, &r)) return real(dirfd, path, flags, mode);
+  if (!g.entered || !resolve(dirfd, path, &r)) {
+    int fd = real(dirfd, path, flags, mode);
+    // A number the library knew, closed behind its back (a raw close): not the mount's now.
+    if (fd >= 0 && fd_entry(fd) != 0) fd_clear(fd);
+    return fd;
+  }
   if (servable(r, AT_EACCESS)) {
     int fd = lib_open(r, flags);
     if (fd != kDecline) {
@@ -179,7 +225,7 @@ int stat_resolved(const Resolved& r, struct stat* st, bool nofollow) {
     // No symlink on the way but the name itself: one lstat; a symlink to follow is the
     // kernel's (relative to the mount).
     int saved = errno;
-    long rc = sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>(r.backing),
+    long rc = sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path),
                   reinterpret_cast<long>(st), AT_SYMLINK_NOFOLLOW);
     if (rc == 0 && !(S_ISLNK(st->st_mode) && !nofollow)) {
       errno = saved;
@@ -540,7 +586,7 @@ __attribute__((visibility("default"))) int statx(int dirfd, const char* path, in
       servable(r, AT_EACCESS)) {
     if (r.single_name) {  // as in stat_resolved: one statx without following
       int saved = errno;
-      long rc = sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(r.backing),
+      long rc = sys(SYS_statx, r.at_fd, reinterpret_cast<long>(r.at_path),
                     AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, mask | STATX_BASIC_STATS,
                     reinterpret_cast<long>(sx));
       if (rc != 0 && (errno == ENOENT || errno == ENOTDIR)) {

@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <dirent.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -19,6 +20,10 @@ namespace {
 std::atomic<uint32_t> g_fds[kMaxFds];
 std::atomic<uint64_t> g_fd_dev[kMaxFds];
 std::atomic<uint64_t> g_fd_ino[kMaxFds];
+// fd_backing_dir: per program descriptor, 0 unbound, the library's descriptor + 1, or -1
+// (cannot be bound); per library descriptor, its program descriptor + 1.
+std::atomic<int32_t> g_fd_bound[kMaxFds];
+std::atomic<int32_t> g_bound_owner[kMaxFds];
 Mount g_mounts[kMaxMounts];
 std::atomic<int> g_mount_count{0};
 std::atomic<int> g_active{0};
@@ -28,6 +33,7 @@ std::atomic<bool> g_rescan{true};
 std::atomic<bool> g_scanning{false};
 std::atomic<int64_t> g_next_probe_ns{0};
 thread_local int t_depth __attribute__((tls_model("initial-exec"))) = 0;
+thread_local char t_bind[2 * EFUSE_INTERCEPT_PATH_MAX + 8] __attribute__((tls_model("initial-exec")));
 
 // Only the scanning thread (g_scanning held) uses these.
 char g_dir[EFUSE_INTERCEPT_PATH_MAX];
@@ -247,6 +253,19 @@ void load_record(int dirfd, const char* name, bool* seen) {
     }
     m.cnt = cnt;
   }
+  // efused's alive mutex: once mapped, liveness costs a load instead of a poll().
+  char aname[64] = "alive-";
+  char* e = append_uint(aname + 6, static_cast<unsigned>(rec->pid));
+  *e++ = '-';
+  e = append_u64(e, rec->pid_start);
+  *e = '\0';
+  auto* alive = static_cast<const uint32_t*>(
+      map_at(dirfd, aname, PROT_READ, EFUSE_INTERCEPT_ALIVE_SIZE, true));
+  if (alive != nullptr && (__atomic_load_n(alive, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK) == 0) {
+    munmap(const_cast<uint32_t*>(alive), EFUSE_INTERCEPT_ALIVE_SIZE);  // not held: ask the pidfd
+    alive = nullptr;
+  }
+  m.alive = alive;
   m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
   m.state.store(1, std::memory_order_release);
@@ -287,7 +306,77 @@ uint32_t fd_entry(int fd) {
   return fd >= 0 && fd < kMaxFds ? g_fds[fd].load(std::memory_order_acquire) : 0;
 }
 void fd_put(int fd, uint32_t entry) {
-  if (fd >= 0 && fd < kMaxFds) g_fds[fd].store(entry, std::memory_order_release);
+  if (fd < 0 || fd >= kMaxFds) return;
+  if (g_fd_bound[fd].load(std::memory_order_relaxed) != 0) fd_unbind(fd);
+  g_fds[fd].store(entry, std::memory_order_release);
+}
+
+void fd_unbind(int fd) {
+  if (fd < 0 || fd >= kMaxFds) return;
+  int32_t b = g_fd_bound[fd].exchange(0, std::memory_order_acq_rel);
+  if (b <= 0) return;
+  int hidden = b - 1;
+  int32_t owner = fd + 1;
+  if (g_bound_owner[hidden].compare_exchange_strong(owner, 0)) {
+    int saved = errno;
+    close_fd(hidden);
+    errno = saved;
+  }
+}
+
+int fd_backing_dir(int fd, int index) {
+  if (fd < 0 || fd >= kMaxFds) return -1;
+  int32_t b = g_fd_bound[fd].load(std::memory_order_acquire);
+  if (b != 0) return b - 1;  // -1 stays -1 (cannot be bound)
+  Mount* m = mount_at(index);
+  if (m == nullptr || !m->serve) return -1;
+  int saved = errno;
+  int hidden = -1;
+  // The directory's path in the mount, as the kernel has it now, and the same path in
+  // the backing tree, opened without following any symlink.
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  char* path = t_bind;
+  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(path),
+               EFUSE_INTERCEPT_PATH_MAX);
+  if (n > 0 && static_cast<size_t>(n) >= m->mp_len && n < EFUSE_INTERCEPT_PATH_MAX &&
+      memcmp(path, m->mp, m->mp_len) == 0 && (n == static_cast<long>(m->mp_len) || path[m->mp_len] == '/')) {
+    size_t rlen = static_cast<size_t>(n) - m->mp_len;
+    char* backing = t_bind + EFUSE_INTERCEPT_PATH_MAX + 4;
+    if (m->src_len + rlen + 1 > EFUSE_INTERCEPT_PATH_MAX + 4) rlen = 0, n = -1;
+    memcpy(backing + m->src_len, path + m->mp_len, rlen);
+    memcpy(backing, m->src, m->src_len);
+    backing[m->src_len + rlen] = '\0';
+    struct open_how how = {};
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = RESOLVE_NO_SYMLINKS;
+    long bfd = n < 0 ? -1 : sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(backing),
+                   reinterpret_cast<long>(&how), sizeof how);
+    struct stat kst, bst;
+    // The same directory: renamed or replaced between the readlink and the open, it is not.
+    if (bfd >= 0 && sys(SYS_fstat, fd, reinterpret_cast<long>(&kst)) == 0 &&
+        sys(SYS_fstat, bfd, reinterpret_cast<long>(&bst)) == 0 && S_ISDIR(kst.st_mode) &&
+        S_ISDIR(bst.st_mode) && kst.st_ino == bst.st_ino && kst.st_dev == m->dev)
+      hidden = static_cast<int>(sys(SYS_fcntl, bfd, F_DUPFD_CLOEXEC, kHighFd));
+    if (bfd >= 0) close_fd(static_cast<int>(bfd));
+  }
+  if (hidden >= kMaxFds) {
+    close_fd(hidden);
+    hidden = -1;
+  }
+  errno = saved;
+  int32_t expected = 0;
+  if (hidden < 0) {
+    g_fd_bound[fd].compare_exchange_strong(expected, -1);
+    return -1;
+  }
+  g_bound_owner[hidden].store(fd + 1, std::memory_order_release);
+  if (!g_fd_bound[fd].compare_exchange_strong(expected, hidden + 1)) {  // another thread won
+    g_bound_owner[hidden].store(0);
+    close_fd(hidden);
+    return expected > 0 ? expected - 1 : -1;
+  }
+  return hidden;
 }
 void fd_clear(int fd) { fd_put(fd, 0); }
 void fd_identity(int fd, dev_t dev, ino_t ino) {
@@ -318,6 +407,8 @@ bool any_active() { return g_active.load(std::memory_order_relaxed) > 0; }
 namespace {
 // efused still runs (its pidfd not readable).
 bool efused_running(Mount* m) {
+  if (m->alive != nullptr)
+    return (__atomic_load_n(m->alive, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK) != 0;
   int saved = errno;
   for (int attempt = 0; attempt < 2; ++attempt) {
     int pidfd = m->pidfd.load(std::memory_order_acquire);
@@ -446,10 +537,49 @@ bool normalize(char* p) {
 }
 }  // namespace
 
+namespace {
+// A relative path with no "." or ".." component (so it never names the directory itself
+// nor leaves it), shorter than the longest path published.
+bool plain_relative(const char* p) {
+  size_t i = 0;
+  for (const char* c = p;; ++c, ++i) {
+    if (i >= EFUSE_INTERCEPT_PATH_MAX) return false;
+    bool start = c == p || c[-1] == '/';
+    if (start && c[0] == '.' && (c[1] == '\0' || c[1] == '/' ||
+                                 (c[1] == '.' && (c[2] == '\0' || c[2] == '/'))))
+      return false;
+    if (*c == '\0') return true;
+  }
+}
+}  // namespace
+
 bool resolve(int dirfd, const char* path, Resolved* out) {
   if (path == nullptr || path[0] == '\0') return false;
   refresh();
   if (!any_active()) return false;
+  out->at_fd = AT_FDCWD;
+  out->at_path = out->backing;
+  out->bound = false;
+  if (path[0] != '/' && dirfd >= 0) {
+    uint32_t e = fd_entry(dirfd);
+    if ((e & kFdKernel) && plain_relative(path)) {
+      int index = fd_mount(e);
+      Mount* m = mount_at(index);
+      int bound = m != nullptr && m->state.load(std::memory_order_acquire) == 1
+                      ? fd_backing_dir(dirfd, index) : -1;
+      if (bound >= 0) {
+        out->mount = m;
+        out->index = index;
+        out->backing[0] = '\0';
+        out->at_fd = bound;
+        out->at_path = path;
+        out->bound = true;
+        out->is_root = false;
+        out->single_name = strchr(path, '/') == nullptr;
+        return true;
+      }
+    }
+  }
   char* buf = t_path;
   const size_t cap = sizeof t_path;
   size_t len = 0;
@@ -499,8 +629,20 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
 
 void rewrite_stat(const Mount* m, struct stat* st) { st->st_dev = m->dev; }
 
+namespace {
+// The program closed or replaced one of the library's bound-directory descriptors: its
+// program descriptor resolves by path again (nothing is closed: the number is the program's).
+void bound_gone(int fd) {
+  int32_t owner = g_bound_owner[fd].exchange(0);
+  if (owner <= 0) return;
+  int32_t expected = fd + 1;
+  g_fd_bound[owner - 1].compare_exchange_strong(expected, 0);
+}
+}  // namespace
+
 void internal_fd_gone(int fd) {
   if (fd < kHighFd) return;
+  if (fd < kMaxFds) bound_gone(fd);
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int expected = fd;
@@ -509,6 +651,9 @@ void internal_fd_gone(int fd) {
 }
 
 void internal_fds_gone(unsigned first, unsigned last) {
+  for (unsigned fd = first < static_cast<unsigned>(kHighFd) ? kHighFd : first;
+       fd <= last && fd < static_cast<unsigned>(kMaxFds); ++fd)
+    if (g_bound_owner[fd].load(std::memory_order_relaxed) != 0) bound_gone(static_cast<int>(fd));
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int fd = g_mounts[i].pidfd.load();
@@ -554,6 +699,14 @@ void adopt_inherited() {
       }
     }
   });
+}
+
+char* append_u64(char* out, uint64_t v) {
+  char digits[24];
+  int k = 0;
+  do digits[k++] = static_cast<char>('0' + v % 10); while ((v /= 10) != 0);
+  while (k > 0) *out++ = digits[--k];
+  return out;
 }
 
 char* append_uint(char* out, unsigned v) {

@@ -31,6 +31,9 @@ struct Mount {
   std::atomic<int> state{0};  // 0 unused, 1 active, 2 dead (efused gone or withdrew it)
   const efuse_intercept_record* rec = nullptr;  // mapped read-only
   efuse_intercept_counters* cnt = nullptr;       // mapped read-write (may be null)
+  // The futex word of efused's alive mutex (common/intercept_abi.h): efused runs while its
+  // TID bits are set. Null when efused published none: then its pidfd tells.
+  const uint32_t* alive = nullptr;
   std::atomic<int> pidfd{-1};  // efused's pidfd: readable once efused exited; -1: reopen
   std::atomic<uint64_t> pidfd_ino{0};  // its inode, to tell it from a reused number
   uint64_t generation = 0;
@@ -53,6 +56,7 @@ struct Mount {
 constexpr uint32_t kFdLibrary = 0x10000;  // a backing-file descriptor the library opened
 constexpr uint32_t kFdKernel = 0x20000;   // opened through the mount (counted as kernel)
 uint32_t fd_entry(int fd);
+// Also forgets the number's backing directory (fd_unbind): a new entry is a new descriptor.
 void fd_put(int fd, uint32_t entry);
 void fd_clear(int fd);
 inline int fd_mount(uint32_t entry) { return static_cast<int>(entry & 0xffff) - 1; }
@@ -63,6 +67,19 @@ void fd_identity(int fd, dev_t dev, ino_t ino);
 bool fd_same(int fd, dev_t dev, ino_t ino);
 // dup and friends: `to` gets `from`'s entry and identity.
 void fd_copy(int from, int to);
+
+// A directory descriptor opened through the mount (kFdKernel) and the backing directory it
+// stands for: an O_PATH descriptor of the same directory (checked by inode when bound) that
+// the library keeps at a high number, close-on-exec, so calls relative to the kernel
+// descriptor (fstatat(dirfd, name), what find and fts do for every entry) are answered
+// relative to the backing one, with no path to rebuild and no symlink to fear above it.
+// Both name the same directory whatever is renamed later, and the kernel checks no
+// directory above a dirfd either. Bound lazily, on first use; -1 when it cannot be (not
+// a directory, renamed while binding, a symlink or ".." on the way): then the caller
+// resolves the descriptor's path instead.
+int fd_backing_dir(int fd, int mount_index);
+// Forgets `fd`'s backing directory (closing the library's descriptor).
+void fd_unbind(int fd);
 
 Mount* mount_at(int index);
 // True when `m` may be served right now: published live, same generation, efused running.
@@ -90,6 +107,12 @@ struct Resolved {
   // One name relative to a directory whose path the kernel gave (getcwd, /proc/self/fd),
   // which holds no symlink: only the last component can be one.
   bool single_name = false;
+  // What to resolve in the backing tree: `at_path` relative to `at_fd`. Either AT_FDCWD
+  // and `backing`, or a bound directory (fd_backing_dir) and the caller's relative path,
+  // resolved beneath it.
+  int at_fd = -100;  // AT_FDCWD
+  const char* at_path = nullptr;
+  bool bound = false;
 };
 bool resolve(int dirfd, const char* path, Resolved* out);
 
@@ -103,6 +126,7 @@ struct Guard {
 
 // Appends the decimal digits of `v` at `out`; returns the end (not NUL-terminated).
 char* append_uint(char* out, unsigned v);
+char* append_u64(char* out, uint64_t v);
 
 // Raw system calls.
 long sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0);

@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -201,6 +202,58 @@ TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
   EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.cnt"));
   EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-reused0000000000.rec"));
   EXPECT_FALSE(only(".rec").empty());  // its own
+}
+
+// The alive file: a robust mutex a thread of efused holds; killed, the kernel clears the
+// holder's TID in its futex word (what the library reads instead of polling a pidfd), and
+// the next publish removes the file.
+TEST_F(InterceptPublisherTest, AliveFileTellsWhetherEfusedRuns) {
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    InterceptPublisher p;
+    p.publish(cfg_, 3);
+    char c = p.published() ? 'y' : 'n';
+    (void)!::write(ready[1], &c, 1);
+    for (;;) pause();
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  EXPECT_EQ(c, 'y');
+  std::string alive;
+  for (const auto& e : std::filesystem::directory_iterator(tmp_ / "pub"))
+    if (e.path().filename().string().rfind("alive-" + std::to_string(child) + "-", 0) == 0)
+      alive = e.path();
+  ASSERT_FALSE(alive.empty());
+  struct stat st;
+  ASSERT_EQ(stat(alive.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), EFUSE_INTERCEPT_ALIVE_SIZE);
+  int fd = ::open(alive.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  void* p = mmap(nullptr, EFUSE_INTERCEPT_ALIVE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  ASSERT_NE(p, MAP_FAILED);
+  const auto* word = static_cast<const uint32_t*>(p);
+  EXPECT_NE(__atomic_load_n(word, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK, 0u);
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  uint32_t after = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+  EXPECT_EQ(after & EFUSE_INTERCEPT_ALIVE_TID_MASK, 0u);
+  EXPECT_NE(after & 0x40000000u, 0u);  // FUTEX_OWNER_DIED
+  munmap(p, EFUSE_INTERCEPT_ALIVE_SIZE);
+  // This process's own publish removes the dead one's alive file, and makes its own.
+  InterceptPublisher mine;
+  mine.publish(cfg_, 4);
+  EXPECT_FALSE(std::filesystem::exists(alive));
+  int own = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp_ / "pub"))
+    own += e.path().filename().string().rfind("alive-" + std::to_string(getpid()) + "-", 0) == 0;
+  EXPECT_EQ(own, 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
 }
 
 // Left for the next efused (a restart keeping the connection): the record says the mount
