@@ -231,7 +231,10 @@ def permission_tree(src):
     run(["setfacl", "-m", f"u:{USER[0]}:rw,m::r", J(src, "acl-mask")])
     os.symlink("public", J(src, "link"))
     os.symlink("../../etc/hostname", J(src, "escape"))
-    paths += ["link", "escape", "closed", "searchonly", "missing", "public/", "closed/missing"]
+    os.symlink("searchonly", J(src, "dirlink"))  # a symlink on the way, not at the end
+    os.symlink("/nonexistent-efuse-dir", J(src, "deadlink"))
+    paths += ["link", "escape", "closed", "searchonly", "missing", "public/", "closed/missing",
+              "dirlink/inner", "dirlink/missing", "deadlink/inner", "public/inner"]
     return paths
 
 

@@ -85,16 +85,29 @@ int handed_out(const Resolved& r, long fd, const struct stat& st, int saved) {
   return static_cast<int>(fd);
 }
 
-// One name in a directory with no symlink on the way (a bound directory, or the current
-// directory): its type first (a FIFO or device must not be opened, not even to look), then
-// the open by name, not following a symlink swapped in meanwhile, then the check that it
-// is the file looked at. Three calls instead of an O_PATH open and a reopen through /proc.
-int lib_open_name(const Resolved& r, int flags) {
+// Opens a regular file of the backing tree for reading, with the caller's credentials: its
+// type first (a FIFO or a device must not be opened, not even to look: the mount is nodev
+// and a FIFO would block), then the open itself, following no symlink anywhere (one swapped
+// in meanwhile, or one on the way that the first look followed: ELOOP, the kernel's), then
+// the check that the file opened is the one looked at. Three calls and two walks, instead
+// of an O_PATH open, its fstat, a reopen through /proc/self/fd and moving the descriptor
+// to the O_PATH one's number (the open here gets the lowest free number itself).
+int lib_open(const Resolved& r, int flags) {
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
   struct stat st;
   int saved = errno;
   if (sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&st),
           AT_SYMLINK_NOFOLLOW) != 0) {
-    if (errno == ENOENT || errno == ENOTDIR) return -1;
+    if (errno != ENOENT && errno != ENOTDIR) {
+      errno = saved;
+      return kDecline;
+    }
+    if (r.single_name) return -1;  // nothing on the way could have led elsewhere
+    // A symlink on the way may lead elsewhere through the mount: ENOENT is the answer only
+    // when the walk that follows none says so too.
+    int pfd = open_path(r, true);
+    if (pfd >= 0) close_quiet(pfd);
+    if (pfd == -1) return -1;
     errno = saved;
     return kDecline;
   }
@@ -102,10 +115,19 @@ int lib_open_name(const Resolved& r, int flags) {
     errno = saved;
     return kDecline;
   }
-  long fd = sys(SYS_openat, r.at_fd, reinterpret_cast<long>(r.at_path), flags | O_NOFOLLOW, 0);
+  long fd;
+  if (r.single_name) {
+    fd = sys(SYS_openat, r.at_fd, reinterpret_cast<long>(r.at_path), flags | O_NOFOLLOW, 0);
+  } else {
+    struct open_how how = {};
+    how.flags = static_cast<uint64_t>(flags | O_NOFOLLOW);
+    how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
+    fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&how),
+             sizeof how);
+  }
   if (fd < 0) {
     errno = saved;
-    return kDecline;  // EACCES and the like: the kernel path answers
+    return kDecline;  // EACCES, ELOOP and the like: the kernel path answers
   }
   struct stat now;
   if (sys(SYS_fstat, fd, reinterpret_cast<long>(&now)) != 0 || now.st_ino != st.st_ino ||
@@ -115,37 +137,6 @@ int lib_open_name(const Resolved& r, int flags) {
     return kDecline;
   }
   return handed_out(r, fd, now, saved);
-}
-
-int lib_open(const Resolved& r, int flags) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
-  if (r.single_name) return lib_open_name(r, flags);
-  int pfd = open_path(r, flags & O_NOFOLLOW);
-  if (pfd < 0) return pfd;
-  struct stat st;
-  int saved = errno;
-  if (sys(SYS_fstat, pfd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
-    close_quiet(pfd);  // directories, FIFOs, devices, symlinks: the kernel path
-    errno = saved;
-    return kDecline;
-  }
-  // Reopen for reading: the permission check is the caller's own, as the kernel's.
-  char proc[40] = "/proc/self/fd/";
-  *append_uint(proc + 14, static_cast<unsigned>(pfd)) = '\0';
-  long fd = sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(proc), flags & ~O_NOFOLLOW, 0);
-  if (fd < 0) {
-    close_quiet(pfd);
-    errno = saved;
-    return kDecline;  // EACCES and the like: the kernel path answers
-  }
-  // The lowest free number, as open() gives: the O_PATH descriptor's.
-  if (fd > pfd && sys(SYS_dup3, fd, pfd, flags & O_CLOEXEC) == pfd) {
-    close_quiet(static_cast<int>(fd));
-    fd = pfd;
-  } else {
-    close_quiet(pfd);
-  }
-  return handed_out(r, fd, st, saved);
 }
 
 template <typename Real>

@@ -201,13 +201,26 @@ void load_record(int dirfd, const char* name, bool* seen) {
     return;
   }
   Mount& m = g_mounts[count];
+  // efused's alive mutex: once mapped, liveness costs a load instead of a poll().
+  char aname[64] = "alive-";
+  char* e = append_uint(aname + 6, static_cast<unsigned>(rec->pid));
+  *e++ = '-';
+  e = append_u64(e, rec->pid_start);
+  *e = '\0';
+  auto* alive = static_cast<const uint32_t*>(
+      map_at(dirfd, aname, PROT_READ, EFUSE_INTERCEPT_ALIVE_SIZE, true));
+  if (alive != nullptr && (__atomic_load_n(alive, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK) == 0) {
+    munmap(const_cast<uint32_t*>(alive), EFUSE_INTERCEPT_ALIVE_SIZE);  // not held: ask the pidfd
+    alive = nullptr;
+  }
+  // Without one, efused's pidfd (checked against PID reuse) tells whether it runs.
   uint64_t pidfd_ino = 0;
-  int pidfd = open_pidfd(rec->pid, rec->pid_start, &pidfd_ino);
+  int pidfd = alive != nullptr ? -1 : open_pidfd(rec->pid, rec->pid_start, &pidfd_ino);
   // The mount as this process sees it: the same device (not another namespace's view, not
   // covered by another mount), its mount id and attribute mask for statx.
   struct statx sx;
   bool same_mount =
-      pidfd >= 0 &&
+      (pidfd >= 0 || alive != nullptr) &&
       sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(rec->mountpoint),
           AT_NO_AUTOMOUNT | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID,
           reinterpret_cast<long>(&sx)) == 0 &&
@@ -215,10 +228,12 @@ void load_record(int dirfd, const char* name, bool* seen) {
       (sx.stx_mask & STATX_MNT_ID);
   if (!same_mount) {
     if (pidfd >= 0) close_fd(pidfd);
+    if (alive != nullptr) munmap(const_cast<uint32_t*>(alive), EFUSE_INTERCEPT_ALIVE_SIZE);
     munmap(const_cast<efuse_intercept_record*>(rec), sizeof *rec);
     return;
   }
   m.rec = rec;
+  m.alive = alive;
   m.pid = rec->pid;
   m.generation = rec->generation;
   m.flags = flags;
@@ -253,19 +268,6 @@ void load_record(int dirfd, const char* name, bool* seen) {
     }
     m.cnt = cnt;
   }
-  // efused's alive mutex: once mapped, liveness costs a load instead of a poll().
-  char aname[64] = "alive-";
-  char* e = append_uint(aname + 6, static_cast<unsigned>(rec->pid));
-  *e++ = '-';
-  e = append_u64(e, rec->pid_start);
-  *e = '\0';
-  auto* alive = static_cast<const uint32_t*>(
-      map_at(dirfd, aname, PROT_READ, EFUSE_INTERCEPT_ALIVE_SIZE, true));
-  if (alive != nullptr && (__atomic_load_n(alive, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK) == 0) {
-    munmap(const_cast<uint32_t*>(alive), EFUSE_INTERCEPT_ALIVE_SIZE);  // not held: ask the pidfd
-    alive = nullptr;
-  }
-  m.alive = alive;
   m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
   m.state.store(1, std::memory_order_release);
