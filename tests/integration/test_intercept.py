@@ -11,6 +11,8 @@ the library served and those it passed to the kernel."""
 import contextlib
 import os
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -259,6 +261,27 @@ def test_other_user_acls():
         for p, want in (("secret", "EACCES"), ("acl-deny", "EACCES"), ("closed/inner", "EACCES"),
                         ("acl-grant", "b'data\\n'"), ("acl-mask", "b'data\\n'")):
             assert f"{J(i.m.mnt, p)} read {want}" in lines, (p, want, plain.out)
+        # Each user counted into a file of their own, which the other may not write, in a
+        # directory no user may list; a file forged for root by the user is not counted.
+        counts = J(i.pub, "counts")
+        assert stat.S_IMODE(os.stat(counts).st_mode) == 0o1733
+        files = {os.stat(J(counts, n)).st_uid: J(counts, n) for n in os.listdir(counts)}
+        assert set(files) == {0, USER[0]}, files
+        for f, uid in ((files[0], 0), (files[USER[0]], USER[0])):
+            assert os.stat(f).st_mode & 0o022 == 0 and f.endswith(f".{uid}"), f
+        poke = ("import os,sys\n"
+                "for f in sys.argv[1:]:\n"
+                "  try: os.close(os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)); print('wrote', f)\n"
+                "  except OSError as e: print(e.strerror)\n"
+                "try: os.listdir(os.path.dirname(sys.argv[1])); print('listed')\n"
+                "except OSError as e: print(e.strerror)\n")
+        forged = files[0][:-1] + "99999"
+        r = run(["python3", "-c", poke, files[0], forged], user=USER)
+        assert r.out.splitlines() == ["Permission denied", f"wrote {forged}", "Permission denied"], r.out
+        # A well-formed file (magic "EFUSEIR1", version 1, 144 bytes) of a billion calls each.
+        with open(forged, "r+b") as f:  # named for uid 99999, owned by the user
+            f.write(struct.pack("<QII", 0x3152494553554645, 1, 144) + struct.pack("<16Q", *[10**9] * 16))
+        assert i.calls()[("open", "library")] < 10**9
 
 
 def test_read_only_mount():
@@ -418,7 +441,7 @@ def test_before_main_signal_handlers_threads():
 # The test renames and replaces things between the steps (stdin lines), through the mount
 # and in the backing directory; every line is compared with the run without the library.
 DIRFD = r"""
-import errno, os, stat, sys
+import errno, os, stat, sys, time
 mnt = sys.argv[1]
 def res(fn, *a, **kw):  # (each run makes new files: inode numbers are not compared)
     try:
@@ -446,6 +469,12 @@ sys.stdin.readline()  # d renamed to e through the mount, then e to x in the bac
 probe("renamed", d)
 print("renamed path", res(os.stat, os.path.join(mnt, "x", "f")), flush=True)
 sys.stdin.readline()  # x replaced in the backing tree by another directory
+# Through the kernel the removed names go once efused's watcher invalidated them: wait for
+# that (whichever path answers), so both runs probe after the same event.
+for _ in range(3000):
+    if all(res(os.stat, n, dir_fd=d) == "ENOENT" for n in ("f", "sub", "sub/../f", "link")):
+        break
+    time.sleep(0.01)
 probe("replaced", d)
 x = os.open(os.path.join(mnt, "x"), os.O_RDONLY | os.O_DIRECTORY)
 probe("new x", x)

@@ -7,6 +7,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstddef>
 #include <cstdio>
@@ -85,6 +87,17 @@ void remove_dead_records(const std::string& dir) {
     ::unlink((base + ".cnt").c_str());
     LOG_INFO("intercept: removed %s.rec, left by efused %d, which is gone", base.c_str(), rec.pid);
   }
+  // Counter files of publications whose efused is gone (their PID names no process).
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/" + EFUSE_INTERCEPT_COUNTS_DIR, ec)) {
+    std::string name = e.path().filename();
+    unsigned long pid = 0;
+    int used = 0;
+    if (name.size() < 20 || name.compare(0, 2, "m-") != 0 ||
+        std::sscanf(name.c_str() + 18, "-%lu-%*u.%*u%n", &pid, &used) != 1 ||
+        static_cast<size_t>(used) + 18 != name.size() || static_cast<pid_t>(pid) == getpid())
+      continue;
+    if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) ::unlink(e.path().c_str());
+  }
 }
 
 bool make_dir(const std::string& dir) {
@@ -139,6 +152,58 @@ T* map_file(const std::string& path, int flags, mode_t mode, bool fresh, std::st
     return nullptr;
   }
   return static_cast<T*>(p);
+}
+
+constexpr const char* kCountsDir = EFUSE_INTERCEPT_COUNTS_DIR;
+
+// <dir>/counts: 01733, efused's, a real directory.
+bool make_counts_dir(const std::string& path, std::string* why) {
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    *why = "cannot create " + path + ": " + strerror(errno);
+    return false;
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
+    *why = path + " is not a directory of efused's user";
+    return false;
+  }
+  if ((st.st_mode & 07777) != 01733 && ::chmod(path.c_str(), 01733) != 0) {
+    *why = "cannot make " + path + " mode 1733: " + strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+// Calls f(name, uid) for the files "<prefix><uid>" in `dir` (at most 65,536 looked at).
+template <typename F>
+void for_each_count_file(const std::string& dir, const std::string& prefix, F&& f) {
+  if (dir.empty() || prefix.empty()) return;
+  std::error_code ec;
+  int seen = 0;
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator() && seen < 65536; it.increment(ec), ++seen) {
+    std::string name = it->path().filename();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const char* digits = name.c_str() + prefix.size();
+    char* end = nullptr;
+    errno = 0;
+    unsigned long uid = std::strtoul(digits, &end, 10);
+    if (errno != 0 || *end != '\0' || !std::isdigit(static_cast<unsigned char>(*digits)) ||
+        uid > 0xffffffffu || std::to_string(uid) != digits)
+      continue;
+    f(name, static_cast<uint32_t>(uid));
+  }
+}
+
+// A user's counters: their own regular file, of the right size and layout.
+bool read_count_file(const std::string& path, uint32_t uid, efuse_intercept_counters* c) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  struct stat st;
+  return fd && fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == uid &&
+         static_cast<size_t>(st.st_size) == sizeof *c &&
+         ::pread(fd.get(), c, sizeof *c, 0) == static_cast<ssize_t>(sizeof *c) &&
+         c->magic == EFUSE_INTERCEPT_MAGIC && c->version == EFUSE_INTERCEPT_VERSION &&
+         c->size == sizeof *c;
 }
 
 // The alive file (common/intercept_abi.h): one per directory this efused publishes in, its
@@ -215,28 +280,20 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
              cfg.name.c_str(), why.c_str());
     return;
   }
-  // The counters: a new file each time (counting from 0: a counter reset to Prometheus).
-  ::unlink((base + ".cnt").c_str());
-  auto* counters = map_file<efuse_intercept_counters>(base + ".cnt", O_CREAT | O_EXCL, 0666,
-                                                      false, &why);
-  if (counters != nullptr && (counters->magic != EFUSE_INTERCEPT_MAGIC ||
-                              counters->version != EFUSE_INTERCEPT_VERSION ||
-                              counters->size != sizeof(efuse_intercept_counters))) {
-    std::memset(counters, 0, sizeof *counters);
-    counters->version = EFUSE_INTERCEPT_VERSION;
-    counters->size = sizeof(efuse_intercept_counters);
-    __atomic_store_n(&counters->magic, EFUSE_INTERCEPT_MAGIC, __ATOMIC_RELEASE);
-  }
+  // The counters: one file per user of this publication, made by that user's libraries in
+  // a sticky directory every user may write in (none may list it, remove or write another
+  // user's file); a new publication counts from 0 (a counter reset to Prometheus).
+  std::string counts = dir + "/" + kCountsDir;
+  if (!make_counts_dir(counts, &why))
+    LOG_WARN("%s: intercept: %s; the calls of programs using the library are not counted",
+             cfg.name.c_str(), why.c_str());
   // The record: a new file each time (a library holding the old one sees it not live).
   std::string tmp = base + ".rec.tmp";
   ::unlink(tmp.c_str());
-  auto* rec = counters == nullptr
-                  ? nullptr
-                  : map_file<efuse_intercept_record>(tmp, O_CREAT | O_EXCL, 0644, true, &why);
+  auto* rec = map_file<efuse_intercept_record>(tmp, O_CREAT | O_EXCL, 0644, true, &why);
   if (rec == nullptr) {
     LOG_WARN("%s: intercept: cannot publish the mount (%s); every call goes through the kernel",
              cfg.name.c_str(), why.c_str());
-    if (counters != nullptr) munmap(counters, sizeof *counters);
     ::unlink(tmp.c_str());
     return;
   }
@@ -260,17 +317,21 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
     flags |= EFUSE_IR_SERVE;
   __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
   record_path_ = base + ".rec";
-  counters_path_ = base + ".cnt";
   if (::rename(tmp.c_str(), record_path_.c_str()) != 0) {
     LOG_WARN("%s: intercept: cannot publish %s: %s", cfg.name.c_str(), record_path_.c_str(),
              strerror(errno));
     munmap(rec, sizeof *rec);
-    munmap(counters, sizeof *counters);
     ::unlink(tmp.c_str());
     return;
   }
   record_ = rec;
-  counters_ = counters;
+  counts_dir_ = counts;
+  counts_prefix_ = hash_name(cfg.mountpoint) + "-" + std::to_string(rec->pid) + "-" +
+                   std::to_string(rec->generation) + ".";
+  {
+    std::lock_guard<std::mutex> lock(counts_mu_);
+    counts_seen_.clear();
+  }
   bump_generation(dir);
   LOG_INFO("%s: intercept: published %s for libefuse_intercept.so (%s)", cfg.name.c_str(),
            record_path_.c_str(),
@@ -291,14 +352,15 @@ void InterceptPublisher::withdraw(bool mount_goes_on) {
   // Libraries stop serving now (and, unless the mount goes on, fail their descriptors).
   __atomic_store_n(&record_->flags, mount_goes_on ? EFUSE_IR_FILES_GO_ON : 0u, __ATOMIC_SEQ_CST);
   ::unlink(record_path_.c_str());
-  ::unlink(counters_path_.c_str());  // /run keeps nothing of a mount no longer published
+  // /run keeps nothing of a mount no longer published.
+  for_each_count_file(counts_dir_, counts_prefix_, [&](const std::string& name, uint32_t) {
+    ::unlinkat(AT_FDCWD, (counts_dir_ + "/" + name).c_str(), 0);
+  });
   if (mount_goes_on)
     withdrawn_.push_back(record_);
   else
     munmap(record_, sizeof *record_);
   record_ = nullptr;
-  munmap(counters_, sizeof *counters_);
-  counters_ = nullptr;
   bump_generation(record_path_.substr(0, record_path_.rfind('/')));
 }
 
@@ -310,7 +372,20 @@ void InterceptPublisher::leave_for_restart() {
 
 std::vector<fs::Metric> InterceptPublisher::metrics() const {
   std::vector<fs::Metric> out;
-  if (counters_ == nullptr) return out;
+  if (record_ == nullptr) return out;
+  Calls total{};
+  {
+    std::lock_guard<std::mutex> lock(counts_mu_);
+    for_each_count_file(counts_dir_, counts_prefix_, [&](const std::string& name, uint32_t uid) {
+      efuse_intercept_counters c;
+      if (!read_count_file(counts_dir_ + "/" + name, uid, &c)) return;
+      Calls& seen = counts_seen_[uid];
+      for (int i = 0; i < 2 * EFUSE_IOP_COUNT; ++i)
+        seen[i] = std::max(seen[i], c.calls[i / EFUSE_IOP_COUNT][i % EFUSE_IOP_COUNT]);
+    });
+    for (const auto& [uid, seen] : counts_seen_)
+      for (int i = 0; i < 2 * EFUSE_IOP_COUNT; ++i) total[i] += seen[i];
+  }
   static const char* const kOps[] = {
 #define EFUSE_IOP_NAME(name) #name,
       EFUSE_INTERCEPT_OPS(EFUSE_IOP_NAME)
@@ -322,8 +397,7 @@ std::vector<fs::Metric> InterceptPublisher::metrics() const {
   for (int path = 0; path < 2; ++path)
     for (int op = 0; op < EFUSE_IOP_COUNT; ++op)
       out.push_back({"efuse_intercept_calls_total", kHelp, fs::Metric::Type::Counter,
-                     static_cast<double>(__atomic_load_n(&counters_->calls[path][op],
-                                                         __ATOMIC_RELAXED)),
+                     static_cast<double>(total[path * EFUSE_IOP_COUNT + op]),
                      {{"op", kOps[op]}, {"path", path == 0 ? "library" : "kernel"}}});
   return out;
 }

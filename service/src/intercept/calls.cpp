@@ -45,7 +45,7 @@ bool parent_ok(const Resolved& r, int flags) {
 int open_path(const Resolved& r, bool nofollow) {
   struct open_how how = {};
   how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
-  // Beneath a bound directory: ".." cannot occur (plain_relative) and nothing may lead out.
+  // Beneath a bound directory: ".." cannot occur (without_dots) and nothing may lead out.
   how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
   int saved = errno;
   long fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path),
@@ -66,7 +66,7 @@ void close_quiet(int fd) {
 }
 
 bool servable(const Resolved& r, int access_flags) {
-  return r.mount->serve && mount_alive(r.mount) && parent_ok(r, access_flags);
+  return !r.decline && r.mount->serve && mount_alive(r.mount) && parent_ok(r, access_flags);
 }
 
 constexpr int kUnservedOpenFlags =
@@ -177,7 +177,7 @@ enum class FdKind { Other, Library, Kernel };
 FdKind classify(int fd, int op, bool* dead) {
   *dead = false;
   uint32_t e = fd_entry(fd);
-  if (e == 0) return FdKind::Other;
+  if (e == 0 || e == kFdOther) return FdKind::Other;
   Mount* m = mount_at(fd_mount(e));
   if (e & kFdKernel) {
     count(m, op, false);

@@ -178,6 +178,53 @@ bool same_record(const Mount& m, const efuse_intercept_record* r) {
          strncmp(m.mp, r->mountpoint, sizeof m.mp) == 0;
 }
 
+// This user's counters for the record `name` ("m-<hash>.rec"): counts/m-<hash>-<pid>-
+// <generation>.<euid>, created if missing (common/intercept_abi.h). Null when it cannot
+// be had as a file of this user's that no one else may write: the calls go uncounted.
+efuse_intercept_counters* open_counters(int dirfd, const char* name, const efuse_intercept_record* rec) {
+  char path[128] = EFUSE_INTERCEPT_COUNTS_DIR "/";
+  size_t off = strlen(path);
+  size_t nlen = strlen(name);
+  if (nlen < 5 || nlen + off + 64 > sizeof path) return nullptr;
+  memcpy(path + off, name, nlen - 4);
+  char* e = path + off + nlen - 4;
+  *e++ = '-';
+  e = append_uint(e, static_cast<unsigned>(rec->pid));
+  *e++ = '-';
+  e = append_u64(e, rec->generation);
+  *e++ = '.';
+  unsigned uid = static_cast<unsigned>(geteuid());
+  e = append_uint(e, uid);
+  *e = '\0';
+  constexpr size_t kSize = sizeof(efuse_intercept_counters);
+  int fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                                O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (fd < 0 && errno == EEXIST)
+    fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                              O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (fd < 0) return nullptr;
+  struct stat st;
+  bool ok = sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode) &&
+            st.st_uid == uid && (st.st_mode & 022) == 0 &&
+            (static_cast<size_t>(st.st_size) == kSize ||
+             (st.st_size == 0 && sys(SYS_ftruncate, fd, kSize) == 0));
+  void* p = ok ? mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close_fd(fd);
+  if (p == MAP_FAILED) return nullptr;
+  auto* cnt = static_cast<efuse_intercept_counters*>(p);
+  if (__atomic_load_n(&cnt->magic, __ATOMIC_ACQUIRE) == 0) {  // new (two makers write the same)
+    cnt->version = EFUSE_INTERCEPT_VERSION;
+    cnt->size = kSize;
+    __atomic_store_n(&cnt->magic, EFUSE_INTERCEPT_MAGIC, __ATOMIC_RELEASE);
+  }
+  if (cnt->magic != EFUSE_INTERCEPT_MAGIC || cnt->version != EFUSE_INTERCEPT_VERSION ||
+      cnt->size != kSize) {
+    munmap(p, kSize);
+    return nullptr;
+  }
+  return cnt;
+}
+
 // Loads one published record into a new slot (or confirms the slot it is in).
 void load_record(int dirfd, const char* name, bool* seen) {
   auto* rec = static_cast<const efuse_intercept_record*>(
@@ -253,21 +300,7 @@ void load_record(int dirfd, const char* name, bool* seen) {
   // allow_other: false lets only efused's user through the kernel; others get EACCES there.
   m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
             ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
-  // The counters: "m-<hash>.cnt" beside "m-<hash>.rec".
-  char cname[64];
-  size_t nlen = strlen(name);
-  if (nlen + 1 < sizeof cname && nlen > 4) {
-    memcpy(cname, name, nlen - 4);
-    memcpy(cname + nlen - 4, ".cnt", 5);
-    auto* cnt = static_cast<efuse_intercept_counters*>(
-        map_at(dirfd, cname, PROT_READ | PROT_WRITE, sizeof(efuse_intercept_counters), false));
-    if (cnt != nullptr && (cnt->magic != EFUSE_INTERCEPT_MAGIC ||
-                           cnt->size != sizeof(efuse_intercept_counters))) {
-      munmap(cnt, sizeof *cnt);
-      cnt = nullptr;
-    }
-    m.cnt = cnt;
-  }
+  m.cnt = open_counters(dirfd, name, rec);
   m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
   m.state.store(1, std::memory_order_release);
@@ -540,18 +573,58 @@ bool normalize(char* p) {
 }  // namespace
 
 namespace {
-// A relative path with no "." or ".." component (so it never names the directory itself
-// nor leaves it), shorter than the longest path published.
-bool plain_relative(const char* p) {
-  size_t i = 0;
-  for (const char* c = p;; ++c, ++i) {
-    if (i >= EFUSE_INTERCEPT_PATH_MAX) return false;
-    bool start = c == p || c[-1] == '/';
-    if (start && c[0] == '.' && (c[1] == '\0' || c[1] == '/' ||
-                                 (c[1] == '.' && (c[2] == '\0' || c[2] == '/'))))
-      return false;
-    if (*c == '\0') return true;
+// `p` (relative) without its "." components and repeated slashes, into `out`; false for a
+// ".." component (it may leave the directory, and the mount), for the directory itself,
+// and when too long.
+bool without_dots(const char* p, char* out, size_t cap) {
+  size_t w = 0;
+  for (const char* c = p; *c != '\0';) {
+    if (*c == '/') {
+      if (w > 0 && out[w - 1] != '/') {
+        if (w + 1 >= cap) return false;
+        out[w++] = '/';
+      }
+      ++c;
+      continue;
+    }
+    const char* end = c;
+    while (*end != '\0' && *end != '/') ++end;
+    size_t n = static_cast<size_t>(end - c);
+    if (n == 2 && c[0] == '.' && c[1] == '.') return false;
+    if (!(n == 1 && c[0] == '.')) {
+      if (w + n + 1 >= cap) return false;
+      memcpy(out + w, c, n);
+      w += n;
+    }
+    c = end;
   }
+  out[w] = '\0';  // "a/." became "a/" (still: a directory); "." alone, nothing
+  return w > 0;
+}
+
+// A descriptor the library did not see opened (inherited and not adopted, received over a
+// socket, opened by a raw system call): the published mount its path lies in, recorded as
+// the mount's (kernel) descriptor, or -1, recorded as not the library's concern.
+int mount_of_fd(int fd) {
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  int saved = errno;
+  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(t_bind),
+               EFUSE_INTERCEPT_PATH_MAX);
+  errno = saved;
+  if (n <= 0 || n >= EFUSE_INTERCEPT_PATH_MAX) return -1;  // gone, or too long to judge
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    if (m.state.load(std::memory_order_acquire) != 1 || static_cast<size_t>(n) < m.mp_len ||
+        memcmp(t_bind, m.mp, m.mp_len) != 0 ||
+        (static_cast<size_t>(n) > m.mp_len && t_bind[m.mp_len] != '/'))
+      continue;
+    fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
+    return i;
+  }
+  if (t_bind[0] == '/') fd_put(fd, kFdOther);
+  return -1;
 }
 }  // namespace
 
@@ -562,25 +635,33 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
   out->at_fd = AT_FDCWD;
   out->at_path = out->backing;
   out->bound = false;
-  if (path[0] != '/' && dirfd >= 0) {
+  out->decline = false;
+  if (path[0] != '/' && dirfd != AT_FDCWD) {
+    // Relative to a directory descriptor: only ever answered relative to the backing
+    // directory it is bound to (its path may no longer lead to it: renamed outside, the
+    // kernel's name for it may be stale), else by the kernel.
+    if (dirfd < 0) return false;
     uint32_t e = fd_entry(dirfd);
-    if ((e & kFdKernel) && plain_relative(path)) {
-      int index = fd_mount(e);
-      Mount* m = mount_at(index);
-      int bound = m != nullptr && m->state.load(std::memory_order_acquire) == 1
-                      ? fd_backing_dir(dirfd, index) : -1;
-      if (bound >= 0) {
-        out->mount = m;
-        out->index = index;
-        out->backing[0] = '\0';
-        out->at_fd = bound;
-        out->at_path = path;
-        out->bound = true;
-        out->is_root = false;
-        out->single_name = strchr(path, '/') == nullptr;
-        return true;
-      }
+    if (e & (kFdLibrary | kFdOther)) return false;  // a regular file (ENOTDIR), or not ours
+    int index = (e & kFdKernel) ? fd_mount(e) : mount_of_fd(dirfd);
+    Mount* m = mount_at(index);
+    if (m == nullptr || m->state.load(std::memory_order_acquire) != 1) return false;
+    out->mount = m;
+    out->index = index;
+    out->backing[0] = '\0';
+    out->is_root = false;
+    out->single_name = false;
+    char* rel = t_path;
+    int bound = without_dots(path, rel, sizeof t_path) ? fd_backing_dir(dirfd, index) : -1;
+    if (bound < 0) {
+      out->decline = true;  // ".." (which may leave the mount), the directory itself, unbound
+      return true;
     }
+    out->at_fd = bound;
+    out->at_path = rel;
+    out->bound = true;
+    out->single_name = strchr(rel, '/') == nullptr;
+    return true;
   }
   char* buf = t_path;
   const size_t cap = sizeof t_path;
@@ -593,11 +674,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
       n = sys(SYS_getcwd, reinterpret_cast<long>(buf), cap);
       if (n > 0) n -= 1;  // the kernel counts the NUL
     } else {
-      if (fd_entry(dirfd) & kFdLibrary) return false;  // a regular file: ENOTDIR, natively
-      if (dirfd < 0) return false;
-      char link[40] = "/proc/self/fd/";
-      *append_uint(link + 14, static_cast<unsigned>(dirfd)) = '\0';
-      n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(buf), cap - 1);
+      return false;  // handled above
     }
     errno = saved;
     if (n <= 0 || buf[0] != '/' || static_cast<size_t>(n) + plen + 2 >= cap) return false;

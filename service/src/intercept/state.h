@@ -55,6 +55,9 @@ struct Mount {
 // The descriptor table: per fd, 0 or (mount index + 1) | kind.
 constexpr uint32_t kFdLibrary = 0x10000;  // a backing-file descriptor the library opened
 constexpr uint32_t kFdKernel = 0x20000;   // opened through the mount (counted as kernel)
+// Known not to be in a published mount (a directory descriptor calls were made relative
+// to): its calls go to libc without another look. Forgotten like any entry.
+constexpr uint32_t kFdOther = 0x40000;
 uint32_t fd_entry(int fd);
 // Also forgets the number's backing directory (fd_unbind): a new entry is a new descriptor.
 void fd_put(int fd, uint32_t entry);
@@ -113,6 +116,9 @@ struct Resolved {
   int at_fd = -100;  // AT_FDCWD
   const char* at_path = nullptr;
   bool bound = false;
+  // Under the mount, but the kernel answers (counted as such): a call relative to a
+  // directory descriptor that could not be bound, or whose path holds "..".
+  bool decline = false;
 };
 bool resolve(int dirfd, const char* path, Resolved* out);
 
