@@ -110,7 +110,7 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
 
   // What the libraries count, per user, is what /metrics shows summed.
   std::string base = std::filesystem::path(rec_path).filename().string();
-  base = (tmp_ / "pub/counts").string() + "/" + base.substr(0, base.size() - 4) + "-" +
+  base = std::string(tmp_ / "pub/counts") + "/" + base.substr(0, base.size() - 4) + "-" +
          std::to_string(getpid()) + "-" + std::to_string(rec->generation) + ".";
   auto put = [&](const std::string& path, uid_t owner, uint64_t open_lib, uint64_t readdir_k,
                  uint64_t magic = EFUSE_INTERCEPT_MAGIC) {
@@ -224,7 +224,7 @@ TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
   write_record("m-dead000000000000", child, 12345);
   std::filesystem::create_directories(tmp_ / "pub/counts");
   std::string dead_counts =
-      (tmp_ / "pub/counts").string() + "/m-dead000000000000-" + std::to_string(child) + "-1.0";
+      std::string(tmp_ / "pub/counts") + "/m-dead000000000000-" + std::to_string(child) + "-1.0";
   ::close(::open(dead_counts.c_str(), O_CREAT | O_WRONLY, 0644));
   // A running process (pid 1) whose start time does not match: its PID was reused.
   write_record("m-reused0000000000", 1, ~0ull - 1);
