@@ -538,6 +538,98 @@ def test_dirfd_relative_calls():
         assert served[("stat", "library")] >= 20 and served[("open", "library")] >= 8, served
 
 
+# Probes paths inside the mount each time the test asks (a line on stdin): before, while
+# and after a tmpfs is mounted on a directory inside the mount.
+INSIDE = r"""
+import errno, os, stat, sys
+mnt = sys.argv[1]
+dev = os.stat(mnt).st_dev
+def res(fn, *a, **kw):
+    try:
+        r = fn(*a, **kw)
+        if isinstance(r, os.stat_result):
+            return (stat.filemode(r.st_mode), r.st_size, r.st_dev == dev)
+        return r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(p, d=None):
+    fd = os.open(p, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+top = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+held = os.open(os.path.join(mnt, "sub"), os.O_RDONLY | os.O_DIRECTORY)
+for line in sys.stdin:
+    sub = os.open(os.path.join(mnt, "sub"), os.O_RDONLY | os.O_DIRECTORY)
+    tag = line.strip()
+    for p in ("sub", "sub/x", "sub/deeper/y", "subsibling/z"):
+        print(tag, p, res(os.stat, os.path.join(mnt, p), follow_symlinks=False),
+              res(rd, os.path.join(mnt, p)), res(os.stat, p, dir_fd=top), res(rd, p, top),
+              flush=True)
+    print(tag, "x in sub", res(os.stat, "x", dir_fd=sub), res(rd, "x", sub), flush=True)
+    print(tag, "x in held", res(os.stat, "x", dir_fd=held), res(rd, "x", held), flush=True)
+    os.close(sub)
+"""
+
+
+def test_file_system_mounted_inside():
+    """A tmpfs mounted on a directory inside the mount while a program runs: its paths, and
+    calls relative to directory descriptors above it, show the tmpfs with the library as
+    without (the library leaves them to the kernel once efused saw the mount table change),
+    and the backing directory again after the unmount."""
+    with intercepted() as i:
+        m = i.m
+        os.makedirs(J(m.src, "sub", "deeper"))
+        os.makedirs(J(m.src, "subsibling"))
+        write_file(J(m.src, "sub", "x"), b"backing x\n")
+        write_file(J(m.src, "sub", "deeper", "y"), b"backing y\n")
+        write_file(J(m.src, "subsibling", "z"), b"backing z\n")
+        gen = J(i.pub, "generation")
+
+        def generation():
+            with open(gen, "rb") as f:
+                return int.from_bytes(f.read(8), "little")
+        results = []
+        for prefix in ([], [EFUSE_RUN]):
+            with child([*prefix, "python3", "-c", INSIDE, m.mnt]) as p:
+                out = []
+
+                def step(tag, lines=6):
+                    p.stdin.write(tag + "\n")
+                    p.stdin.flush()
+                    out.extend(p.stdout.readline() for _ in range(lines))
+                step("before")
+                before = generation()
+                run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-inside", J(m.mnt, "sub")])
+                try:
+                    write_file(J(m.mnt, "sub", "x"), b"tmpfs x\n")
+                    h.wait_until(lambda: generation() > before, timeout=30,
+                                 what="efused to see the mount table change")
+                    step("mounted")
+                finally:
+                    before = generation()
+                    run(["umount", J(m.mnt, "sub")])
+                h.wait_until(lambda: generation() > before, timeout=30,
+                             what="efused to see the unmount")
+                step("unmounted")
+                rest, err = p.communicate(input="", timeout=60)
+            assert p.returncode == 0, err
+            results.append("".join(out) + rest)
+        assert results[0] == results[1], "\n".join(
+            f"{a!r}\n{b!r}" for a, b in zip(results[0].splitlines(), results[1].splitlines())
+            if a != b)
+        lines = set(results[1].splitlines())
+        for want in ("mounted sub/x ('-rw-r--r--', 8, False) b'tmpfs x\\n' "
+                     "('-rw-r--r--', 8, False) b'tmpfs x\\n'",
+                     "mounted x in sub ('-rw-r--r--', 8, False) b'tmpfs x\\n'",
+                     # the directory underneath, held from before the mount
+                     "mounted x in held ('-rw-r--r--', 10, True) b'backing x\\n'",
+                     "unmounted sub/x ('-rw-r--r--', 10, True) b'backing x\\n' "
+                     "('-rw-r--r--', 10, True) b'backing x\\n'"):
+            assert want in lines, (want, results[1])
+
+
 # Opens a file, reads it, waits; after the kill reads again and tries path calls.
 DEAD = r"""
 import ctypes, errno, os, stat, sys

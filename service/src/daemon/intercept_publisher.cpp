@@ -1,6 +1,7 @@
 #include "daemon/intercept_publisher.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -233,14 +234,27 @@ bool ensure_alive(const std::string& dir, std::string* why) {
   pthread_mutexattr_destroy(&attr);
   std::promise<int> locked;
   std::future<int> result = locked.get_future();
-  // The holder: locks, reports, and sleeps until the process ends (every signal blocked,
-  // so none is delivered here and pause() never returns). It owns nothing to clean up.
-  std::thread([page, locked = std::move(locked)]() mutable {
+  // The holder: locks, reports, and stays until the process ends (every signal blocked,
+  // so none is delivered here). It owns nothing to clean up. Meanwhile it watches this
+  // namespace's mount table: a file system mounted inside a published mount (or one
+  // unmounted there) must be seen by the libraries, which read the table when they rescan,
+  // so any change of it bumps the generation.
+  std::thread([page, dir, locked = std::move(locked)]() mutable {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    UniqueFd table(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
     locked.set_value(pthread_mutex_lock(&page->mutex));
-    for (;;) pause();
+    for (;;) {
+      struct pollfd p = {table.get(), POLLPRI, 0};
+      if (!table || ::poll(&p, 1, -1) < 0 || (p.revents & POLLNVAL)) {
+        LOG_WARN("intercept: cannot watch /proc/self/mountinfo (%s): file systems mounted "
+                 "inside published mounts later are not seen by running programs",
+                 strerror(errno));
+        for (;;) pause();
+      }
+      if (p.revents & (POLLPRI | POLLERR)) bump_generation(dir);
+    }
   }).detach();
   int rc = result.get();
   if (rc != 0) {

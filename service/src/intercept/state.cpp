@@ -38,6 +38,13 @@ thread_local char t_bind[2 * EFUSE_INTERCEPT_PATH_MAX + 8] __attribute__((tls_mo
 // Only the scanning thread (g_scanning held) uses these.
 char g_dir[EFUSE_INTERCEPT_PATH_MAX];
 alignas(8) char g_dents[8192];
+char g_table[16384 + EFUSE_INTERCEPT_PATH_MAX * 4];  // /proc/self/mountinfo, a chunk at a time
+char g_point[EFUSE_INTERCEPT_PATH_MAX];
+struct HoleList {
+  int count = 0;
+  char path[kMaxHoles][EFUSE_INTERCEPT_PATH_MAX];
+};
+HoleList g_new_holes[kMaxMounts];
 
 constexpr int kHighFd = 512;  // the library's own descriptors live at or above this
 
@@ -309,6 +316,81 @@ void load_record(int dirfd, const char* name, bool* seen) {
   g_mount_count.store(count + 1, std::memory_order_release);
 }
 
+// One mount table line's mount point (field 5, octal escapes undone) into g_point; false
+// when the line is malformed or the point too long.
+bool mount_point_of(const char* line, const char* end) {
+  const char* f = line;
+  for (int field = 1; field < 5; ++field) {
+    while (f < end && *f != ' ') ++f;
+    if (f >= end) return false;
+    ++f;
+  }
+  size_t w = 0;
+  for (; f < end && *f != ' '; ++f) {
+    char c = *f;
+    if (c == '\\' && end - f >= 4 && f[1] >= '0' && f[1] <= '3') {
+      c = static_cast<char>(((f[1] - '0') << 6) | ((f[2] - '0') << 3) | (f[3] - '0'));
+      f += 3;
+    }
+    if (w + 1 >= sizeof g_point) return false;
+    g_point[w++] = c;
+  }
+  g_point[w] = '\0';
+  return w > 0;
+}
+
+// Reads this process's mount table and records, per active mount, the file systems
+// mounted strictly inside it (published to readers under holes_seq).
+void update_holes() {
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) g_new_holes[i].count = 0;
+  int fd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/mountinfo"),
+                                O_RDONLY | O_CLOEXEC));
+  bool complete = fd >= 0;
+  size_t have = 0;
+  const size_t chunk = 16384;
+  while (fd >= 0) {
+    long n = sys(SYS_read, fd, reinterpret_cast<long>(g_table + have), chunk);
+    if (n < 0) complete = false;
+    if (n <= 0) break;
+    have += static_cast<size_t>(n);
+    char* start = g_table;
+    for (char* nl; (nl = static_cast<char*>(memchr(start, '\n', have - (start - g_table)))) != nullptr;
+         start = nl + 1) {
+      if (!mount_point_of(start, nl)) continue;
+      size_t plen = strlen(g_point);
+      for (int i = 0; i < count; ++i) {
+        Mount& m = g_mounts[i];
+        if (m.state.load() != 1 || plen <= m.mp_len || memcmp(g_point, m.mp, m.mp_len) != 0 ||
+            (g_point[m.mp_len] != '/' && m.mp_len != 1))
+          continue;
+        HoleList& h = g_new_holes[i];
+        if (h.count >= 0 && h.count < kMaxHoles) memcpy(h.path[h.count++], g_point, plen + 1);
+        else h.count = -1;
+      }
+    }
+    have -= static_cast<size_t>(start - g_table);
+    memmove(g_table, start, have);
+    if (have > sizeof g_table - chunk) {  // a line longer than the buffer: give up on it
+      complete = false;
+      break;
+    }
+  }
+  if (fd >= 0) close_fd(fd);
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    HoleList& h = g_new_holes[i];
+    int want = complete ? h.count : -1;  // an unreadable table: nothing under the mount is served
+    bool same = m.holes == want;
+    for (int k = 0; same && k < want; ++k) same = strcmp(m.hole[k], h.path[k]) == 0;
+    if (same) continue;
+    m.holes_seq.fetch_add(1, std::memory_order_acq_rel);  // odd: being written
+    m.holes = want;
+    for (int k = 0; k < want; ++k) memcpy(m.hole[k], h.path[k], strlen(h.path[k]) + 1);
+    m.holes_seq.fetch_add(1, std::memory_order_release);
+  }
+}
+
 void scan() {
   bool seen[kMaxMounts] = {};
   for_each_name(intercept_dir(), g_dents, sizeof g_dents, [&](int dirfd, const char* name) {
@@ -319,6 +401,7 @@ void scan() {
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i)
     if (!seen[i] && g_mounts[i].state.load() == 1) mark_dead(&g_mounts[i]);
+  update_holes();
   g_rescan.store(false);  // mark_dead above asked again; this scan already saw everything
 }
 
@@ -438,6 +521,20 @@ Mount* mount_at(int index) {
 }
 
 bool any_active() { return g_active.load(std::memory_order_relaxed) > 0; }
+
+bool in_hole(const Mount* m, const char* path, size_t len) {
+  uint32_t seq = m->holes_seq.load(std::memory_order_acquire);
+  if (seq & 1) return true;
+  int n = m->holes;
+  if (n == 0) return m->holes_seq.load(std::memory_order_acquire) != seq;
+  if (n < 0 || path == nullptr) return true;
+  bool inside = false;
+  for (int k = 0; k < n && !inside; ++k) {
+    size_t hl = strnlen(m->hole[k], EFUSE_INTERCEPT_PATH_MAX);
+    inside = len >= hl && memcmp(path, m->hole[k], hl) == 0 && (len == hl || path[hl] == '/');
+  }
+  return inside || m->holes_seq.load(std::memory_order_acquire) != seq;
+}
 
 namespace {
 // efused still runs (its pidfd not readable).
@@ -652,7 +749,9 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     out->is_root = false;
     out->single_name = false;
     char* rel = t_path;
-    int bound = without_dots(path, rel, sizeof t_path) ? fd_backing_dir(dirfd, index) : -1;
+    // A file system mounted anywhere inside: the directory may lead into it.
+    int bound = !in_hole(m, nullptr, 0) && without_dots(path, rel, sizeof t_path)
+                    ? fd_backing_dir(dirfd, index) : -1;
     if (bound < 0) {
       out->decline = true;  // ".." (which may leave the mount), the directory itself, unbound
       return true;
@@ -699,6 +798,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     memcpy(out->backing + m.src_len, rest, rlen + 1);
     out->mount = &m;
     out->index = i;
+    out->decline = in_hole(&m, buf, len);  // inside a file system mounted in the mount
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
     out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
     return true;

@@ -26,6 +26,7 @@ void* real_symbol(std::atomic<void*>* slot, const char* name);
 
 constexpr int kMaxMounts = 64;
 constexpr int kMaxFds = 65536;  // descriptors above are never the library's own
+constexpr int kMaxHoles = 8;    // mounts inside one published mount the library tells apart
 
 struct Mount {
   std::atomic<int> state{0};  // 0 unused, 1 active, 2 dead (efused gone or withdrew it)
@@ -50,6 +51,14 @@ struct Mount {
   bool parent_open = false;  // every directory above the mount searchable by all, no ACLs
   char src[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t src_len = 0;
+  // File systems mounted inside the mount, as this process's mount table shows them at
+  // the last rescan (efused bumps the generation whenever its table changes): paths at or
+  // under one are the kernel's, and while there is any, so are calls relative to directory
+  // descriptors. `holes` < 0: too many to list (everything goes to the kernel). Written by
+  // the scanning thread only, under `holes_seq` (odd while it writes).
+  std::atomic<uint32_t> holes_seq{0};
+  int holes = 0;
+  char hole[kMaxHoles][EFUSE_INTERCEPT_PATH_MAX] = {};
 };
 
 // The descriptor table: per fd, 0 or (mount index + 1) | kind.
@@ -95,6 +104,9 @@ bool files_alive(Mount* m);
 void refresh();
 // Any mount published and active (checked before resolving paths).
 bool any_active();
+// `path` (absolute, normalized) is at or under a file system mounted inside `m`, or
+// (path null) `m` has any such file system; true as well while the list is being rewritten.
+bool in_hole(const Mount* m, const char* path, size_t len);
 
 void count(Mount* m, int op, bool by_library);
 
