@@ -651,47 +651,6 @@ __attribute__((visibility("default"))) int faccessat(int dirfd, const char* path
   return faccessat_common(dirfd, path, mode, flags);
 }
 
-// ---- directories: through the kernel, counted ---------------------------------------------
-__attribute__((visibility("default"))) DIR* opendir(const char* path) {
-  Guard g;
-  Resolved r;
-  if (!g.entered || !resolve(AT_FDCWD, path, &r)) return EFUSE_REAL(opendir)(path);
-  DIR* d = EFUSE_REAL(opendir)(path);
-  count(r.mount, EFUSE_IOP_open, false);
-  if (d != nullptr) fd_put(dirfd(d), kFdKernel | static_cast<uint32_t>(r.index + 1));
-  return d;
-}
-__attribute__((visibility("default"))) struct dirent* readdir(DIR* d) {
-  if (d != nullptr) {
-    uint32_t e = fd_entry(dirfd(d));
-    if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
-  }
-  return EFUSE_REAL(readdir)(d);
-}
-__attribute__((visibility("default"))) struct dirent64* readdir64(DIR* d) {
-  if (d != nullptr) {
-    uint32_t e = fd_entry(dirfd(d));
-    if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
-  }
-  return EFUSE_REAL(readdir64)(d);
-}
-__attribute__((visibility("default"))) int closedir(DIR* d) {
-  if (d != nullptr) {
-    int fd = dirfd(d);
-    uint32_t e = fd_entry(fd);
-    if (e != 0) {
-      fd_clear(fd);
-      count(mount_at(fd_mount(e)), EFUSE_IOP_close, false);
-    }
-  }
-  return EFUSE_REAL(closedir)(d);
-}
-__attribute__((visibility("default"))) ssize_t getdents64(int fd, void* buf, size_t n) {
-  uint32_t e = fd_entry(fd);
-  if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
-  return EFUSE_REAL(getdents64)(fd, buf, n);
-}
-
 // A stream over a descriptor (fdopen): fclose closes it inside libc.
 __attribute__((visibility("default"))) int fclose(FILE* f) {
   if (f != nullptr) {

@@ -46,7 +46,6 @@ struct HoleList {
 };
 HoleList g_new_holes[kMaxMounts];
 
-constexpr int kHighFd = 512;  // the library's own descriptors live at or above this
 
 int64_t now_ns() {
   struct timespec ts;

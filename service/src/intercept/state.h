@@ -26,6 +26,7 @@ void* real_symbol(std::atomic<void*>* slot, const char* name);
 
 constexpr int kMaxMounts = 64;
 constexpr int kMaxFds = 65536;  // descriptors above are never the library's own
+constexpr int kHighFd = 512;    // the library's own descriptors live at or above this
 constexpr int kMaxHoles = 8;    // mounts inside one published mount the library tells apart
 
 struct Mount {
