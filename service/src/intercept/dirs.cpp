@@ -27,7 +27,7 @@ static_assert(sizeof(struct dirent) == sizeof(struct dirent64) &&
               "dirent and dirent64 agree here (LP64)");
 
 struct Stream {
-  int fd;      // the backing directory, O_RDONLY, at a high number, close-on-exec
+  int fd;      // the backing directory, O_RDONLY: the kernel descriptor's binding
   int mount;   // index
   long last;   // telldir: the position after the entry returned last
   size_t off, len;
@@ -85,17 +85,12 @@ void serve_stream(DIR* d) {
   Mount* m = mount_at(index);
   if (m == nullptr || !m->serve || !mount_alive(m) || in_hole(m, nullptr, 0)) return;
   int saved = errno;
-  int bound = fd_backing_dir(kfd, index);
-  long fd = -1;
-  if (bound >= 0 && sys(SYS_lseek, kfd, 0, SEEK_CUR) == 0) {
-    // "." of the bound directory, for reading, with the caller's credentials (it needs
-    // search permission too, which the kernel's opendir does not: refused, the kernel reads).
-    long rd = sys(SYS_openat, bound, reinterpret_cast<long>("."), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (rd >= 0) {
-      fd = sys(SYS_fcntl, rd, F_DUPFD_CLOEXEC, kHighFd);
-      sys(SYS_close, rd);
-    }
-  }
+  // The binding, opened for reading with the caller's credentials (one the caller may not
+  // read was bound O_PATH: the kernel reads it), at the start as the kernel's stream is.
+  long fd = fd_backing_dir(kfd, index) >= 0 ? fd_backing_stream(kfd) : -1;
+  if (fd >= 0 && (sys(SYS_lseek, kfd, 0, SEEK_CUR) != 0 || sys(SYS_lseek, fd, 0, SEEK_SET) != 0))
+    fd = -1;
+  errno = saved;
   Stream* s = fd >= 0 ? static_cast<Stream*>(malloc(sizeof(Stream))) : nullptr;
   if (s != nullptr) {
     s->fd = static_cast<int>(fd);
@@ -107,32 +102,36 @@ void serve_stream(DIR* d) {
       s = nullptr;
     }
   }
-  if (s == nullptr && fd >= 0) sys(SYS_close, fd);
-  errno = saved;
 }
 
-struct dirent64* next(DIR* d, Stream* s) {
-  Mount* m = mount_at(s->mount);
-  if (!files_alive(m)) {
-    errno = ENOTCONN;  // as the mount's stream fails once efused is gone
-    return nullptr;
-  }
+// The next entry. efused's liveness is checked, and the calls counted, once per buffer of
+// entries (libc's own readdir buffers the kernel's entries the same way): one count per
+// entry the buffer holds, and one for the call that finds the end.
+struct dirent64* next(Stream* s) {
   if (s->off >= s->len) {
+    Mount* m = mount_at(s->mount);
+    if (!files_alive(m)) {
+      errno = ENOTCONN;  // as the mount's stream fails once efused is gone
+      return nullptr;
+    }
     int saved = errno;
     long n = sys(SYS_getdents64, s->fd, reinterpret_cast<long>(s->buf), 32768);
     if (n <= 0) {
       errno = n < 0 ? errno : saved;  // the end: errno as it was
+      count(m, EFUSE_IOP_readdir, true, 1);
       return nullptr;
     }
     errno = saved;
     s->off = 0;
     s->len = static_cast<size_t>(n);
+    uint64_t entries = 0;
+    for (size_t o = 0; o < s->len; o += reinterpret_cast<struct dirent64*>(s->buf + o)->d_reclen)
+      ++entries;
+    count(m, EFUSE_IOP_readdir, true, entries);
   }
   auto* ent = reinterpret_cast<struct dirent64*>(s->buf + s->off);
   s->off += ent->d_reclen;
   s->last = ent->d_off;
-  count(m, EFUSE_IOP_readdir, true);
-  (void)d;
   return ent;
 }
 
@@ -142,6 +141,15 @@ void reposition(Stream* s, long pos) {
   errno = saved;
   s->off = s->len = 0;
   s->last = pos;
+}
+
+// The stream served, while its kernel descriptor is still bound to the descriptor it reads
+// (a program that dup2()s over a stream's descriptor: the kernel reads what is there now).
+Stream* served(DIR* d) {
+  Stream* s = find(d);
+  if (s == nullptr || fd_backing_stream(dirfd(d)) == s->fd) return s;
+  free(forget(d));
+  return nullptr;
 }
 
 }  // namespace
@@ -169,13 +177,13 @@ __attribute__((visibility("default"))) DIR* fdopendir(int fd) {
 }
 
 __attribute__((visibility("default"))) struct dirent* readdir(DIR* d) {
-  if (Stream* s = find(d)) return reinterpret_cast<struct dirent*>(next(d, s));
+  if (Stream* s = served(d)) return reinterpret_cast<struct dirent*>(next(s));
   uint32_t e = fd_entry(dirfd(d));
   if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
   return EFUSE_REAL(readdir)(d);
 }
 __attribute__((visibility("default"))) struct dirent64* readdir64(DIR* d) {
-  if (Stream* s = find(d)) return next(d, s);
+  if (Stream* s = served(d)) return next(s);
   uint32_t e = fd_entry(dirfd(d));
   if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
   return EFUSE_REAL(readdir64)(d);
@@ -184,7 +192,7 @@ __attribute__((visibility("default"))) struct dirent64* readdir64(DIR* d) {
 static int readdir_r_common(DIR* d, struct dirent64* entry, struct dirent64** result, Stream* s) {
   int saved = errno;
   errno = 0;
-  struct dirent64* e = next(d, s);
+  struct dirent64* e = next(s);
   int err = errno;
   errno = saved;
   if (e == nullptr) {
@@ -199,41 +207,36 @@ static int readdir_r_common(DIR* d, struct dirent64* entry, struct dirent64** re
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"  // still exported, still used
 __attribute__((visibility("default"))) int readdir_r(DIR* d, struct dirent* entry,
                                                     struct dirent** result) {
-  if (Stream* s = find(d))
+  if (Stream* s = served(d))
     return readdir_r_common(d, reinterpret_cast<struct dirent64*>(entry),
                             reinterpret_cast<struct dirent64**>(result), s);
   return EFUSE_REAL(readdir_r)(d, entry, result);
 }
 __attribute__((visibility("default"))) int readdir64_r(DIR* d, struct dirent64* entry,
                                                       struct dirent64** result) {
-  if (Stream* s = find(d)) return readdir_r_common(d, entry, result, s);
+  if (Stream* s = served(d)) return readdir_r_common(d, entry, result, s);
   return EFUSE_REAL(readdir64_r)(d, entry, result);
 }
 #pragma GCC diagnostic pop
 
 __attribute__((visibility("default"))) void rewinddir(DIR* d) {
-  if (Stream* s = find(d)) reposition(s, 0);
+  if (Stream* s = served(d)) reposition(s, 0);
   EFUSE_REAL(rewinddir)(d);
 }
 __attribute__((visibility("default"))) void seekdir(DIR* d, long pos) {
-  if (Stream* s = find(d)) {
+  if (Stream* s = served(d)) {
     reposition(s, pos);
     return;
   }
   EFUSE_REAL(seekdir)(d, pos);
 }
 __attribute__((visibility("default"))) long telldir(DIR* d) {
-  if (Stream* s = find(d)) return s->last;
+  if (Stream* s = served(d)) return s->last;
   return EFUSE_REAL(telldir)(d);
 }
 
 __attribute__((visibility("default"))) int closedir(DIR* d) {
-  if (Stream* s = forget(d)) {
-    int saved = errno;
-    sys(SYS_close, s->fd);
-    errno = saved;
-    free(s);
-  }
+  if (Stream* s = forget(d)) free(s);  // its descriptor is the binding: fd_clear below
   int fd = dirfd(d);
   uint32_t e = fd_entry(fd);
   if (e != 0) {

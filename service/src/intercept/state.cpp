@@ -24,6 +24,7 @@ std::atomic<uint64_t> g_fd_ino[kMaxFds];
 // (cannot be bound); per library descriptor, its program descriptor + 1.
 std::atomic<int32_t> g_fd_bound[kMaxFds];
 std::atomic<int32_t> g_bound_owner[kMaxFds];
+std::atomic<bool> g_bound_readable[kMaxFds];  // per library descriptor: opened O_RDONLY
 Mount g_mounts[kMaxMounts];
 std::atomic<int> g_mount_count{0};
 std::atomic<int> g_active{0};
@@ -449,6 +450,7 @@ int fd_backing_dir(int fd, int index) {
   if (m == nullptr || !m->serve) return -1;
   int saved = errno;
   int hidden = -1;
+  bool readable = false;
   // The directory's path in the mount, as the kernel has it now, and the same path in
   // the backing tree, opened without following any symlink.
   char link[40] = "/proc/self/fd/";
@@ -464,11 +466,20 @@ int fd_backing_dir(int fd, int index) {
     memcpy(backing + m->src_len, path + m->mp_len, rlen);
     memcpy(backing, m->src, m->src_len);
     backing[m->src_len + rlen] = '\0';
+    // Open for reading where the caller may (a directory stream on it reads its entries
+    // from this descriptor), else O_PATH (enough for lookups, which check search
+    // permission themselves).
     struct open_how how = {};
-    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
     how.resolve = RESOLVE_NO_SYMLINKS;
     long bfd = n < 0 ? -1 : sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(backing),
                    reinterpret_cast<long>(&how), sizeof how);
+    readable = bfd >= 0;
+    if (bfd < 0 && errno == EACCES) {
+      how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+      bfd = sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(backing), reinterpret_cast<long>(&how),
+                sizeof how);
+    }
     struct stat kst, bst;
     // The same directory: renamed or replaced between the readlink and the open, it is not.
     if (bfd >= 0 && sys(SYS_fstat, fd, reinterpret_cast<long>(&kst)) == 0 &&
@@ -487,6 +498,7 @@ int fd_backing_dir(int fd, int index) {
     g_fd_bound[fd].compare_exchange_strong(expected, -1);
     return -1;
   }
+  g_bound_readable[hidden].store(readable, std::memory_order_relaxed);
   g_bound_owner[hidden].store(fd + 1, std::memory_order_release);
   if (!g_fd_bound[fd].compare_exchange_strong(expected, hidden + 1)) {  // another thread won
     g_bound_owner[hidden].store(0);
@@ -512,6 +524,30 @@ void fd_copy(int from, int to) {
     fd_identity(to, g_fd_dev[from].load(std::memory_order_relaxed),
                 g_fd_ino[from].load(std::memory_order_relaxed));
   fd_put(to, e);
+  // A bound directory's copy (fts keeps one as its working directory) is bound to a copy
+  // of the same backing descriptor: one call instead of binding it anew.
+  int32_t b = from >= 0 && from < kMaxFds ? g_fd_bound[from].load(std::memory_order_acquire) : 0;
+  if (b <= 0) return;
+  int saved = errno;
+  long hidden = sys(SYS_fcntl, b - 1, F_DUPFD_CLOEXEC, kHighFd);
+  errno = saved;
+  if (hidden < 0) return;
+  if (hidden >= kMaxFds) {
+    close_fd(static_cast<int>(hidden));
+    return;
+  }
+  g_bound_readable[hidden].store(g_bound_readable[b - 1].load(std::memory_order_relaxed));
+  g_bound_owner[hidden].store(to + 1, std::memory_order_release);
+  int32_t expected = 0;
+  if (!g_fd_bound[to].compare_exchange_strong(expected, static_cast<int32_t>(hidden) + 1)) {
+    g_bound_owner[hidden].store(0);
+    close_fd(static_cast<int>(hidden));
+  }
+}
+
+int fd_backing_stream(int fd) {
+  int32_t b = fd >= 0 && fd < kMaxFds ? g_fd_bound[fd].load(std::memory_order_acquire) : 0;
+  return b > 0 && g_bound_readable[b - 1].load(std::memory_order_relaxed) ? b - 1 : -1;
 }
 
 Mount* mount_at(int index) {
@@ -635,9 +671,9 @@ void refresh() {
   g_scanning.store(false);
 }
 
-void count(Mount* m, int op, bool by_library) {
+void count(Mount* m, int op, bool by_library, uint64_t n) {
   if (m != nullptr && m->cnt != nullptr)
-    __atomic_fetch_add(&m->cnt->calls[by_library ? 0 : 1][op], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&m->cnt->calls[by_library ? 0 : 1][op], n, __ATOMIC_RELAXED);
 }
 
 Guard::Guard() : entered(t_depth++ == 0) {}

@@ -93,6 +93,9 @@ void fd_copy(int from, int to);
 int fd_backing_dir(int fd, int mount_index);
 // Forgets `fd`'s backing directory (closing the library's descriptor).
 void fd_unbind(int fd);
+// `fd`'s backing directory descriptor when bound and open for reading (else -1): what a
+// directory stream on `fd` reads its entries from. Its file position is the stream's.
+int fd_backing_stream(int fd);
 
 Mount* mount_at(int index);
 // True when `m` may be served right now: published live, same generation, efused running.
@@ -109,7 +112,7 @@ bool any_active();
 // (path null) `m` has any such file system; true as well while the list is being rewritten.
 bool in_hole(const Mount* m, const char* path, size_t len);
 
-void count(Mount* m, int op, bool by_library);
+void count(Mount* m, int op, bool by_library, uint64_t n = 1);
 
 // Path resolution. `out` receives what the caller meant: the mount and the path inside
 // it ("" for its root, else "/a/b", trailing '/' kept), or nothing (nullptr) when the path
