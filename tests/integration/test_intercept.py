@@ -155,7 +155,18 @@ def test_tools_same_with_and_without():
         # The library served them, and counted what it passed on (listings).
         for op in ("open", "read", "stat", "access", "close"):
             assert served[(op, "library")] > 0, f"no {op} served by the library: {served}"
-        assert served[("readdir", "library")] > 0, served
+        assert served[("readdir", "kernel")] > 0, served  # listings: the kernel's by default
+        # With EFUSE_INTERCEPT_READDIR=1 the library reads listings too: the same output.
+        env = dict(os.environ, EFUSE_INTERCEPT_READDIR="1")
+        listed = 0
+        for what in ("ls -lR", "stat", "du", "tar", "git"):
+            plain, lib, s = i.run_both(["bash", "-o", "pipefail", "-c", scripts[what]], cwd=m.mnt,
+                                       env=env)
+            same(plain, lib, f"{what}, listings served")
+            listed += s[("readdir", "library")]
+        plain, lib, s = i.run_both(["python3", "-c", py], cwd=m.mnt, env=env)
+        same(plain, lib, "python os.walk, listings served")
+        assert listed + s[("readdir", "library")] > 0
 
 
 def test_fsx_same_with_and_without():
@@ -590,7 +601,7 @@ for path in sys.argv[1:]:
 
 
 def test_listings_same_with_and_without():
-    """readdir of directories of the mount (the root, one of 1,500 entries spanning several
+    """With EFUSE_INTERCEPT_READDIR=1, readdir of directories of the mount (the root, one of 1,500 entries spanning several
     buffers, an empty one, one the user may read but not search, one the user may not read):
     the same names, d_ino, d_type and d_off in the same order with the library, telldir,
     seekdir and rewinddir too, for root and another user; and the library served them."""
@@ -610,9 +621,10 @@ def test_listings_same_with_and_without():
         os.mkdir(J(m.src, "closed"), 0o700)
         paths = [m.mnt, J(m.mnt, "big"), J(m.mnt, "empty"), J(m.mnt, "readonly"),
                  J(m.mnt, "closed")]
+        env = dict(os.environ, EFUSE_INTERCEPT_READDIR="1")
         for user in (None, USER):
             plain, lib, served = i.run_both(["python3", "-c", LISTING, *paths], user=user,
-                                            cwd="/")
+                                            cwd="/", env=env)
             same(plain, lib, f"listings as uid {user[0] if user else 0}")
             assert served[("readdir", "library")] >= 1500, served
         assert f"{J(m.mnt, 'big')} 1505 True True" in lib.out, lib.out

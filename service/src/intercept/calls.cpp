@@ -158,7 +158,12 @@ int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) 
   }
   int fd = real(dirfd, path, flags, mode);
   count(r.mount, EFUSE_IOP_open, false);
-  if (fd >= 0) fd_put(fd, kFdKernel | static_cast<uint32_t>(r.index + 1));
+  if (fd >= 0) {
+    fd_put(fd, kFdKernel | static_cast<uint32_t>(r.index + 1));
+    // A directory opened relative to a bound one (fts, find): bound now, from its parent.
+    if (r.bound && (flags & O_DIRECTORY) && !(flags & O_PATH))
+      fd_bind_child(fd, r.index, r.at_fd, r.at_path);
+  }
   return fd;
 }
 

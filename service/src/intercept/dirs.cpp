@@ -77,7 +77,23 @@ Stream* forget(DIR* d) {
 // A stream the kernel just opened on a mount directory: served when the mount is, the
 // directory descriptor binds to its backing directory, no file system is mounted inside,
 // the caller may read the backing directory, and the stream is at its start.
+// EFUSE_INTERCEPT_READDIR=1 turns it on: on a warm tree the kernel's cached listing of a
+// FUSE directory costs less than reading the backing file system's (measured: `find` of
+// 10,101 entries 3.8 ms through the kernel, 5.9 ms served, 4.9 ms natively on ext4), so
+// the kernel reads listings unless asked otherwise. Read once, at the first stream.
+bool readdir_wanted() {
+  static std::atomic<int> wanted{-1};
+  int w = wanted.load(std::memory_order_relaxed);
+  if (w < 0) {
+    const char* v = getenv("EFUSE_INTERCEPT_READDIR");
+    w = v != nullptr && v[0] == '1' && v[1] == '\0';
+    wanted.store(w, std::memory_order_relaxed);
+  }
+  return w == 1;
+}
+
 void serve_stream(DIR* d) {
+  if (!readdir_wanted()) return;
   int kfd = dirfd(d);
   uint32_t e = fd_entry(kfd);
   if (!(e & kFdKernel)) return;
@@ -189,7 +205,7 @@ __attribute__((visibility("default"))) struct dirent64* readdir64(DIR* d) {
   return EFUSE_REAL(readdir64)(d);
 }
 
-static int readdir_r_common(DIR* d, struct dirent64* entry, struct dirent64** result, Stream* s) {
+static int readdir_r_common(struct dirent64* entry, struct dirent64** result, Stream* s) {
   int saved = errno;
   errno = 0;
   struct dirent64* e = next(s);
@@ -208,13 +224,13 @@ static int readdir_r_common(DIR* d, struct dirent64* entry, struct dirent64** re
 __attribute__((visibility("default"))) int readdir_r(DIR* d, struct dirent* entry,
                                                     struct dirent** result) {
   if (Stream* s = served(d))
-    return readdir_r_common(d, reinterpret_cast<struct dirent64*>(entry),
+    return readdir_r_common(reinterpret_cast<struct dirent64*>(entry),
                             reinterpret_cast<struct dirent64**>(result), s);
   return EFUSE_REAL(readdir_r)(d, entry, result);
 }
 __attribute__((visibility("default"))) int readdir64_r(DIR* d, struct dirent64* entry,
                                                       struct dirent64** result) {
-  if (Stream* s = served(d)) return readdir_r_common(d, entry, result, s);
+  if (Stream* s = served(d)) return readdir_r_common(entry, result, s);
   return EFUSE_REAL(readdir64_r)(d, entry, result);
 }
 #pragma GCC diagnostic pop

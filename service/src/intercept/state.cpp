@@ -442,57 +442,40 @@ void fd_unbind(int fd) {
   }
 }
 
-int fd_backing_dir(int fd, int index) {
-  if (fd < 0 || fd >= kMaxFds) return -1;
-  int32_t b = g_fd_bound[fd].load(std::memory_order_acquire);
-  if (b != 0) return b - 1;  // -1 stays -1 (cannot be bound)
-  Mount* m = mount_at(index);
-  if (m == nullptr || !m->serve) return -1;
-  int saved = errno;
-  int hidden = -1;
-  bool readable = false;
-  // The directory's path in the mount, as the kernel has it now, and the same path in
-  // the backing tree, opened without following any symlink.
-  char link[40] = "/proc/self/fd/";
-  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
-  char* path = t_bind;
-  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(path),
-               EFUSE_INTERCEPT_PATH_MAX);
-  if (n > 0 && static_cast<size_t>(n) >= m->mp_len && n < EFUSE_INTERCEPT_PATH_MAX &&
-      memcmp(path, m->mp, m->mp_len) == 0 && (n == static_cast<long>(m->mp_len) || path[m->mp_len] == '/')) {
-    size_t rlen = static_cast<size_t>(n) - m->mp_len;
-    char* backing = t_bind + EFUSE_INTERCEPT_PATH_MAX + 4;
-    if (m->src_len + rlen + 1 > EFUSE_INTERCEPT_PATH_MAX + 4) rlen = 0, n = -1;
-    memcpy(backing + m->src_len, path + m->mp_len, rlen);
-    memcpy(backing, m->src, m->src_len);
-    backing[m->src_len + rlen] = '\0';
-    // Open for reading where the caller may (a directory stream on it reads its entries
-    // from this descriptor), else O_PATH (enough for lookups, which check search
-    // permission themselves).
-    struct open_how how = {};
-    how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
-    how.resolve = RESOLVE_NO_SYMLINKS;
-    long bfd = n < 0 ? -1 : sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(backing),
-                   reinterpret_cast<long>(&how), sizeof how);
-    readable = bfd >= 0;
-    if (bfd < 0 && errno == EACCES) {
-      how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
-      bfd = sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(backing), reinterpret_cast<long>(&how),
-                sizeof how);
-    }
-    struct stat kst, bst;
-    // The same directory: renamed or replaced between the readlink and the open, it is not.
-    if (bfd >= 0 && sys(SYS_fstat, fd, reinterpret_cast<long>(&kst)) == 0 &&
-        sys(SYS_fstat, bfd, reinterpret_cast<long>(&bst)) == 0 && S_ISDIR(kst.st_mode) &&
-        S_ISDIR(bst.st_mode) && kst.st_ino == bst.st_ino && kst.st_dev == m->dev)
-      hidden = static_cast<int>(sys(SYS_fcntl, bfd, F_DUPFD_CLOEXEC, kHighFd));
-    if (bfd >= 0) close_fd(static_cast<int>(bfd));
+namespace {
+// The backing directory `path` (relative to `dirfd`), opened without following any symlink:
+// for reading where the caller may (a directory stream on it reads its entries from this
+// descriptor), else O_PATH (enough for lookups, which check search permission themselves).
+long open_backing_dir(int dirfd, const char* path, uint64_t resolve, bool* readable) {
+  struct open_how how = {};
+  how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS | resolve;
+  long bfd = sys(SYS_openat2, dirfd, reinterpret_cast<long>(path), reinterpret_cast<long>(&how),
+                 sizeof how);
+  *readable = bfd >= 0;
+  if (bfd < 0 && errno == EACCES) {
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    bfd = sys(SYS_openat2, dirfd, reinterpret_cast<long>(path), reinterpret_cast<long>(&how),
+              sizeof how);
   }
+  return bfd;
+}
+
+// Makes `bfd` (closed here) `fd`'s binding if it is the same directory (not renamed or
+// replaced between the kernel's open and this one): a copy at a high number. Returns the
+// binding, or -1 (and `fd` is marked as not to be bound).
+int keep_binding(int fd, const Mount* m, long bfd, bool readable) {
+  int hidden = -1;
+  struct stat kst, bst;
+  if (bfd >= 0 && sys(SYS_fstat, fd, reinterpret_cast<long>(&kst)) == 0 &&
+      sys(SYS_fstat, bfd, reinterpret_cast<long>(&bst)) == 0 && S_ISDIR(kst.st_mode) &&
+      S_ISDIR(bst.st_mode) && kst.st_ino == bst.st_ino && kst.st_dev == m->dev)
+    hidden = static_cast<int>(sys(SYS_fcntl, bfd, F_DUPFD_CLOEXEC, kHighFd));
+  if (bfd >= 0) close_fd(static_cast<int>(bfd));
   if (hidden >= kMaxFds) {
     close_fd(hidden);
     hidden = -1;
   }
-  errno = saved;
   int32_t expected = 0;
   if (hidden < 0) {
     g_fd_bound[fd].compare_exchange_strong(expected, -1);
@@ -506,6 +489,50 @@ int fd_backing_dir(int fd, int index) {
     return expected > 0 ? expected - 1 : -1;
   }
   return hidden;
+}
+}  // namespace
+
+int fd_backing_dir(int fd, int index) {
+  if (fd < 0 || fd >= kMaxFds) return -1;
+  int32_t b = g_fd_bound[fd].load(std::memory_order_acquire);
+  if (b != 0) return b - 1;  // -1 stays -1 (cannot be bound)
+  Mount* m = mount_at(index);
+  if (m == nullptr || !m->serve) return -1;
+  int saved = errno;
+  long bfd = -1;
+  bool readable = false;
+  // The directory's path in the mount, as the kernel has it now, and the same path in
+  // the backing tree.
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  char* path = t_bind;
+  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(path),
+               EFUSE_INTERCEPT_PATH_MAX);
+  if (n > 0 && static_cast<size_t>(n) >= m->mp_len && n < EFUSE_INTERCEPT_PATH_MAX &&
+      memcmp(path, m->mp, m->mp_len) == 0 && (n == static_cast<long>(m->mp_len) || path[m->mp_len] == '/')) {
+    size_t rlen = static_cast<size_t>(n) - m->mp_len;
+    char* backing = t_bind + EFUSE_INTERCEPT_PATH_MAX + 4;
+    if (m->src_len + rlen + 1 <= EFUSE_INTERCEPT_PATH_MAX + 4) {
+      memcpy(backing + m->src_len, path + m->mp_len, rlen);
+      memcpy(backing, m->src, m->src_len);
+      backing[m->src_len + rlen] = '\0';
+      bfd = open_backing_dir(AT_FDCWD, backing, 0, &readable);
+    }
+  }
+  int hidden = keep_binding(fd, m, bfd, readable);
+  errno = saved;
+  return hidden;
+}
+
+void fd_bind_child(int fd, int index, int parent, const char* path) {
+  if (fd < 0 || fd >= kMaxFds || g_fd_bound[fd].load(std::memory_order_acquire) != 0) return;
+  Mount* m = mount_at(index);
+  if (m == nullptr || !m->serve) return;
+  int saved = errno;
+  bool readable = false;
+  long bfd = open_backing_dir(parent, path, RESOLVE_BENEATH, &readable);
+  keep_binding(fd, m, bfd, readable);
+  errno = saved;
 }
 void fd_clear(int fd) { fd_put(fd, 0); }
 void fd_identity(int fd, dev_t dev, ino_t ino) {

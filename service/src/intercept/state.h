@@ -91,6 +91,9 @@ void fd_copy(int from, int to);
 // a directory, renamed while binding, a symlink or ".." on the way): then the caller
 // resolves the descriptor's path instead.
 int fd_backing_dir(int fd, int mount_index);
+// `fd` was just opened through the kernel as `path` relative to a directory descriptor
+// bound to `parent`: binds it the cheap way (no path to read back), when it is a directory.
+void fd_bind_child(int fd, int mount_index, int parent, const char* path);
 // Forgets `fd`'s backing directory (closing the library's descriptor).
 void fd_unbind(int fd);
 // `fd`'s backing directory descriptor when bound and open for reading (else -1): what a
