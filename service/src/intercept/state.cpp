@@ -416,7 +416,7 @@ void* real_symbol(std::atomic<void*>* slot, const char* name) {
   return p;
 }
 
-long sys(long nr, long a, long b, long c, long d, long e, long f) {
+long sys_slow(long nr, long a, long b, long c, long d, long e, long f) {
   return syscall(nr, a, b, c, d, e, f);
 }
 
