@@ -950,12 +950,6 @@ char* append_u64(char* out, uint64_t v) {
   return out;
 }
 
-char* append_uint(char* out, unsigned v) {
-  char digits[12];
-  int k = 0;
-  do digits[k++] = static_cast<char>('0' + v % 10); while ((v /= 10) != 0);
-  while (k > 0) *out++ = digits[--k];
-  return out;
-}
+char* append_uint(char* out, unsigned v) { return append_u64(out, v); }
 
 }  // namespace efuse::intercept
