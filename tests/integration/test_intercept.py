@@ -4,7 +4,9 @@ the same results with and without the library (coreutils, tar, git, python, fsx)
 another user, with ACLs and on a read-only mount nothing is granted that the kernel path
 refuses; files changed in the backing directory while a process holds them read the same;
 descriptors the library hands out behave as kernel ones across dup, dup2, dup3,
-fcntl(F_DUPFD), fork, exec, threads, close_range and O_CLOEXEC; after kill -9 of efused
+fcntl(F_DUPFD), fork, exec, threads, close_range and O_CLOEXEC; calls relative to directory
+descriptors (renamed, replaced, reused, permissions changed while held), listings, and a
+file system mounted inside the mount give what the kernel gives; after kill -9 of efused
 every call fails with ENOTCONN and no data is served; efused's /metrics counts the calls
 the library served and those it passed to the kernel."""
 
@@ -75,10 +77,13 @@ def intercepted(*args, backend="passthrough"):
 
 
 @contextlib.contextmanager
-def child(cmd):
-    """A process the test talks to over its stdin and stdout; killed if still running."""
+def child(cmd, user=None):
+    """A process the test talks to over its stdin and stdout (as `user`, (uid, gid), with no
+    supplementary groups, if given); killed if still running."""
+    kw = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": [],
+                                  "cwd": "/"}
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, **kw)
     try:
         yield p
     finally:
@@ -629,6 +634,82 @@ def test_listings_same_with_and_without():
             assert served[("readdir", "library")] >= 1500, served
         assert f"{J(m.mnt, 'big')} 1505 True True" in lib.out, lib.out
         assert f"{J(m.mnt, 'closed')} opendir Permission denied" in lib.out, lib.out
+
+
+# As another user: a directory descriptor opened while the directory was open to all,
+# then probed after root closed it (mode 0700), and after an ACL gave the user back search
+# permission only.
+CLOSED_LATER = r"""
+import errno, os, sys
+d = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+def res(fn, *a, **kw):
+    try:
+        r = fn(*a, **kw)
+        return "ok" if r is None else (r.st_size if isinstance(r, os.stat_result) else r)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(name):
+    fd = os.open(name, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+for line in sys.stdin:
+    for name in ("f", "sub/g", "missing"):
+        print(line.strip(), name, res(os.stat, name, dir_fd=d, follow_symlinks=False),
+              res(rd, name), res(os.access, name, os.R_OK, dir_fd=d), flush=True)
+"""
+
+
+def test_dirfd_permissions_change_while_held():
+    """A user's directory descriptor bound by the library: when root takes away the user's
+    search permission on the directory (mode, then an ACL that gives it back), calls relative
+    to the descriptor are refused and allowed again exactly as through the kernel."""
+    h.require_tools("setfacl")
+    with intercepted() as i:
+        m = i.m
+        results = []
+        served = None
+        for prefix in ([], [EFUSE_RUN]):
+            run(["rm", "-rf", J(m.src, "d")])
+            os.makedirs(J(m.src, "d", "sub"))
+            os.chmod(J(m.src, "d"), 0o755)
+            write_file(J(m.src, "d", "f"), b"f data\n")
+            write_file(J(m.src, "d", "sub", "g"), b"g data\n")
+            # The second time: the kernel first forgets the directory the first run closed.
+            h.wait_until(lambda: os.stat(J(m.mnt, "d")).st_ino == os.stat(J(m.src, "d")).st_ino,
+                         timeout=30, what="the new directory to show through the mount")
+            before = i.calls()
+            with child([*prefix, "python3", "-c", CLOSED_LATER, J(m.mnt, "d")], user=USER) as p:
+                out = []
+
+                def step(tag):
+                    if p.poll() is not None:
+                        raise AssertionError((out, p.stderr.read()))
+                    p.stdin.write(tag + "\n")
+                    p.stdin.flush()
+                    out.extend(p.stdout.readline() for _ in range(3))
+
+                def mode_shows(want):
+                    h.wait_until(lambda: stat.S_IMODE(os.stat(J(m.mnt, "d")).st_mode) == want,
+                                 timeout=30, what=f"mode {want:o} to show through the mount")
+                step("open")
+                os.chmod(J(m.src, "d"), 0o700)  # in the backing directory: the watcher
+                mode_shows(0o700)
+                step("closed")
+                run(["setfacl", "-m", f"u:{USER[0]}:x", J(m.mnt, "d")])  # through the mount
+                step("acl")
+                rest, err = p.communicate(input="", timeout=60)
+            assert p.returncode == 0, (out, err)
+            results.append("".join(out) + rest)
+            after = i.calls()
+            served = {k: after[k] - before[k] for k in after}
+        assert results[0] == results[1], results
+        lines = results[1].splitlines()
+        assert "open f 7 b'f data\\n' True" in lines, lines
+        assert "closed f EACCES EACCES False" in lines, lines
+        assert "acl f 7 b'f data\\n' True" in lines, lines
+        assert served[("stat", "library")] >= 3, served
 
 
 # Probes paths inside the mount each time the test asks (a line on stdin): before, while
