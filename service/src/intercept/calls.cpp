@@ -32,7 +32,8 @@ constexpr int kDecline = -2;
 // the mount; the backing directory's own ancestors are checked by the open itself).
 bool parent_ok(const Resolved& r, int flags) {
   const Mount* m = r.mount;
-  if (m->parent_open || r.bound) return true;  // a dirfd: the kernel checks nothing above it  // checked when the mount was loaded
+  // Checked when the mount was loaded; or relative to a dirfd: the kernel checks nothing above.
+  if (m->parent_open || r.bound) return true;
   int saved = errno;
   bool ok = sys(SYS_faccessat2, AT_FDCWD, reinterpret_cast<long>(m->parent), X_OK, flags) == 0;
   errno = saved;

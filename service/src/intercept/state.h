@@ -83,14 +83,14 @@ bool fd_same(int fd, dev_t dev, ino_t ino);
 void fd_copy(int from, int to);
 
 // A directory descriptor opened through the mount (kFdKernel) and the backing directory it
-// stands for: an O_PATH descriptor of the same directory (checked by inode when bound) that
-// the library keeps at a high number, close-on-exec, so calls relative to the kernel
-// descriptor (fstatat(dirfd, name), what find and fts do for every entry) are answered
-// relative to the backing one, with no path to rebuild and no symlink to fear above it.
-// Both name the same directory whatever is renamed later, and the kernel checks no
-// directory above a dirfd either. Bound lazily, on first use; -1 when it cannot be (not
-// a directory, renamed while binding, a symlink or ".." on the way): then the caller
-// resolves the descriptor's path instead.
+// stands for: a descriptor of the same directory (checked by inode when bound; opened for
+// reading where the caller may, else O_PATH) that the library keeps at a high number,
+// close-on-exec, so calls relative to the kernel descriptor (fstatat(dirfd, name), what
+// find and fts do for every entry) are answered relative to the backing one, with no path
+// to rebuild and no symlink to fear above it. Both name the same directory whatever is
+// renamed later, and the kernel checks no directory above a dirfd either. Bound on first
+// use (or when opened relative to a bound one); -1 when it cannot be (not a directory,
+// renamed or replaced while binding, a symlink on the way): then the kernel answers.
 int fd_backing_dir(int fd, int mount_index);
 // `fd` was just opened through the kernel as `path` relative to a directory descriptor
 // bound to `parent`: binds it the cheap way (no path to read back), when it is a directory.
