@@ -160,7 +160,8 @@ void IoPathPolicy::closed(FileIo& f, int64_t now_ns) {
     cost = (static_cast<double>(f.requests.load(std::memory_order_relaxed)) * kUpcallNs +
             static_cast<double>(f.service_ns.load(std::memory_order_relaxed))) / opens;
   else
-    cost = static_cast<double>(f.backing_ns.load(std::memory_order_relaxed)) / opens;
+    cost = static_cast<double>(f.backing_ns.load(std::memory_order_relaxed)) / opens +
+           kBackingFileNs;
   e.measured(p, cost, now_ns);
   ++epochs_measured_;
   if (f.path == IoPath::Passthrough) f.passthrough.add(cost);

@@ -13,8 +13,9 @@
 // What an epoch cost, per open:
 //
 //   cache       = (READ + WRITE requests served x kUpcallNs + their time in efused) / opens
-//   passthrough = time efused spent registering the backing file
-//                 (FUSE_DEV_IOC_BACKING_OPEN) / opens
+//   passthrough = time efused spent registering and unregistering the backing file
+//                 (FUSE_DEV_IOC_BACKING_OPEN, _CLOSE) / opens + kBackingFileNs (the kernel's
+//                 own backing file open and release, per open, which efused cannot see)
 //
 // Page-cache hits cost nothing on the cache path: a warm file read again costs nothing, a
 // cold one a request per max_write. Committed, a class lets a file's own history decide:
@@ -38,6 +39,7 @@
 #include <string>
 #include <vector>
 
+#include "accel/device.h"
 #include "accel/engine.h"
 
 namespace efuse::accel {
@@ -105,6 +107,7 @@ struct IoPathReport {
   std::array<std::array<uint64_t, static_cast<size_t>(IoReason::kCount)>, 2> decisions{};
   std::vector<IoClassReport> classes;  // only classes that made a decision
   uint64_t epochs_measured = 0;
+  DeviceReport device;  // device or kernel for the reads efused serves (accel/device.h)
 };
 
 class IoPathPolicy {
@@ -123,7 +126,8 @@ class IoPathPolicy {
     file.requests.fetch_add(1, std::memory_order_relaxed);
     file.service_ns.fetch_add(ns, std::memory_order_relaxed);
   }
-  // The backing file of a passthrough open was registered with the kernel in `ns`.
+  // The backing file of a passthrough open was registered with the kernel, or its id
+  // closed, in `ns`.
   static void registered(FileIo& file, uint64_t ns) {
     file.backing_ns.fetch_add(ns, std::memory_order_relaxed);
   }
@@ -137,6 +141,13 @@ class IoPathPolicy {
   // What one upcall costs beyond efused's own time: the kernel/user round trip (two
   // context switches and the copies), ~14-21 us on the machines measured (bench: wait floor).
   static constexpr double kUpcallNs = 20'000;
+  // What one passthrough open costs the kernel beyond a page-cache open, in the opening
+  // process: it opens its own backing file (backing_file_open) and drops it at the release.
+  // Measured here as the client's CPU time (perf stat task-clock) of open-read-close loops
+  // over 16 KiB files, passthrough against warm page cache: 1.8-2.2 us per open on 6.18.
+  // Without it the model saw only efused's ~2 us of ioctls and kept hot small files on
+  // passthrough twice as long as their reopens paid for (docs/adaptive-io.md).
+  static constexpr double kBackingFileNs = 2'000;
   static constexpr off_t kSmall = 64 * 1024;
   static constexpr off_t kMedium = 8 * 1024 * 1024;
   static constexpr int kClasses = 3 * 2;
