@@ -91,9 +91,9 @@ class DevicePolicy {
 
   static constexpr off_t kSmall = 8 * 1024 * 1024;
   static constexpr int kClasses = 2;
-  // Epochs that read less than this are not measured: a few pages say little about a path's
-  // cost per MiB, and their decision is dropped.
-  static constexpr uint64_t kMinBytes = 64 * 1024;
+  // Epochs that read less than a page are not measured (a read past the end of the file,
+  // a probe of its size): their decision is dropped.
+  static constexpr uint64_t kMinBytes = 4096;
   // Differences below this (ns per MiB) are noise for drift detection.
   static constexpr double kNoiseFloor = 50'000;
 

@@ -6,7 +6,7 @@ namespace efuse::fs::passthrough {
 
 std::vector<Metric> PassthroughFs::metrics() const {
   std::vector<Metric> out = metrics_of(backend_stats(), inodes_.excess_forgets());
-  add_io_path_metrics(out, io_policy_.report());
+  add_io_path_metrics(out, io_path_report());
   return out;
 }
 
