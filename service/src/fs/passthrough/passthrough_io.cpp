@@ -266,7 +266,10 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t ino, uint64_t fh, ui
   }
   if (inode) {
     const uint64_t ns = static_cast<uint64_t>(steady_ns() - start);
-    if (measure) accel::IoPathPolicy::served(inode->io, ns);
+    // A read the device engine is probing with costs what the probe costs, not what the
+    // cache path does: cache or passthrough is weighed on the request alone then.
+    const bool device_probe = dfd >= 0 && inode->dev_io.reason == accel::DevReason::Probe;
+    if (measure) accel::IoPathPolicy::served(inode->io, device_probe ? 0 : ns);
     if (device) accel::DevicePolicy::served(inode->dev_io, done, ns);
   }
   return done;
