@@ -336,9 +336,14 @@ def test_device_path_reads_verify_on_a_direct_io_file_system():
         with open(J(m.src, "odd"), "rb") as want, open(J(m.mnt, "odd"), "rb") as got:
             for off, n in ((1, 4095), (4097, 65536 + 3), (MIB * 9 - 10, 4096), (5 * MIB + 1, 1)):
                 assert os.pread(got.fileno(), n, off) == os.pread(want.fileno(), n, off), off
-        # Each epoch is measured at its RELEASE, which the kernel sends after close().
-        h.wait_until(lambda: sum(choice(m.samples(), "large_device").values()) == 1, 10,
-                     what="the large_device class committed")
+        # Each epoch is measured at its RELEASE, which the kernel sends after close(). A
+        # completed probe predicts both paths (the class may have started another since:
+        # cold reads vary, and a 2x drift probes again).
+        def large_costs():
+            return {l["path"]: v for n, l, v in m.samples()
+                    if n == "efuse_io_path_predicted_cost_seconds" and l.get("mount") == "a"
+                    and l.get("class") == "large_device"}
+        h.wait_until(lambda: len(large_costs()) == 2, 10, what="the large_device probe done")
         # fio writes through the mount and verifies what it reads back with O_DIRECT (each
         # read a READ that efused serves, on whichever path the class chose).
         h.run(["fio", "--name=v", f"--filename={J(m.mnt, 'fio')}", "--size=12M", "--bs=64k",
@@ -352,12 +357,12 @@ def test_device_path_reads_verify_on_a_direct_io_file_system():
         # The probe tried both paths on the large files; nothing was unsupported here.
         assert d.get(("device", "probe"), 0) >= 1 and d.get(("kernel", "guess"), 0) >= 1, d
         assert ("kernel", "unsupported") not in d, d
-        cost = {l["path"]: v for n, l, v in s if n == "efuse_io_path_predicted_cost_seconds"
-                and l.get("mount") == "a" and l.get("class") == "large_device"}
+        cost = large_costs()
         assert cost.get("kernel", 0) > 0 and cost.get("device", 0) > 0, cost
         view = json.loads(m.ctl("--json", "status", "a").out)["io_path_choices"]
         large = view["classes"]["large_device"]
-        assert large["phase"] == "commit" and large["choice"] in ("kernel", "device"), large
+        # fio's reads may have started another probe (drift): committed once is what counts.
+        assert large["probes"] >= 1 and large["choice"] in ("kernel", "device", ""), large
         assert large["device_cost_us"] > 0 and large["kernel_cost_us"] > 0, large
         assert view["decisions"]["device_probe"] >= 1, view
         assert "io_path_choices.classes.large_device.choice:" in m.ctl("status", "a").out
