@@ -13,9 +13,12 @@
 // What an epoch cost, per open:
 //
 //   cache       = (READ + WRITE requests served x kUpcallNs + their time in efused) / opens
-//   passthrough = time efused spent registering and unregistering the backing file
-//                 (FUSE_DEV_IOC_BACKING_OPEN, _CLOSE) / opens + kBackingFileNs (the kernel's
-//                 own backing file open and release, per open, which efused cannot see)
+//   passthrough = (time efused spent registering and unregistering the backing file
+//                 (FUSE_DEV_IOC_BACKING_OPEN, _CLOSE) + attr_refetch_ratio() x kUpcallNs)
+//                 / opens + kBackingFileNs (the kernel's own backing file open and
+//                 release, per open, which efused cannot see). Passthrough reads invalidate
+//                 the kernel's cached atime, so the file's next stat is a GETATTR upcall;
+//                 the ratio is how often one followed a passthrough epoch on this mount.
 //
 // Page-cache hits cost nothing on the cache path: a warm file read again costs nothing, a
 // cold one a request per max_write. Committed, a class lets a file's own history decide:
@@ -77,6 +80,10 @@ struct FileIo {
   std::atomic<uint64_t> service_ns{0};
   std::atomic<uint64_t> backing_ns{0};
   std::atomic<bool> refused{false};
+  // A passthrough epoch ended and the kernel has not asked for the file's attributes
+  // since: its passthrough reads invalidated the cached atime, so the next stat costs a
+  // GETATTR upcall (attr_fetched()). Cleared at the end of the next epoch.
+  std::atomic<bool> attr_due{false};
   // History (guarded by the caller's per-inode lock): running means of the cost per open
   // (ns) of its cold cache epochs (the fetch), warm cache epochs and passthrough epochs.
   uint32_t epochs = 0;  // epochs ended
@@ -135,6 +142,15 @@ class IoPathPolicy {
   static void refused(FileIo& file) { file.refused.store(true, std::memory_order_relaxed); }
   // The epoch's last open was released: its cost becomes a measurement.
   void closed(FileIo& file, int64_t now_ns);
+  // efused served a GETATTR of the file: if a passthrough epoch of it ended since its
+  // attributes were last asked for, the kernel is refetching what passthrough invalidated.
+  void attr_fetched(FileIo& file) {
+    if (file.attr_due.load(std::memory_order_relaxed) &&
+        file.attr_due.exchange(false, std::memory_order_relaxed))
+      attr_refetches_.fetch_add(1, std::memory_order_relaxed);
+  }
+  // GETATTRs that followed passthrough epochs, per passthrough epoch (0..1; 0 before any).
+  double attr_refetch_ratio() const;
 
   IoPathReport report() const;
 
@@ -167,6 +183,8 @@ class IoPathPolicy {
   std::array<bool, kClasses> used_{};
   std::array<std::array<uint64_t, static_cast<size_t>(IoReason::kCount)>, 2> decisions_{};
   uint64_t epochs_measured_ = 0;
+  std::atomic<uint64_t> passthrough_epochs_{0};
+  std::atomic<uint64_t> attr_refetches_{0};
 };
 
 }  // namespace efuse::accel

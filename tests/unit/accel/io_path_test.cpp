@@ -185,6 +185,62 @@ TEST(IoPathPolicy, PassthroughIsPricedWithItsUnregistrationAndTheKernelsBackingF
   EXPECT_EQ(paths[6], IoPath::Cache);
 }
 
+// Passthrough reads invalidate the kernel's cached atime: a stat after a passthrough
+// epoch is a GETATTR upcall, which efused sees. Counted per passthrough epoch on the mount,
+// it prices passthrough at a round trip more, and a hot 16 KiB file moves to the cache at
+// its second open (a 24 us fetch spread over two opens is below 1.2 + 0.8 + 20 + 2 us).
+TEST(IoPathPolicy, TheGetattrAfterPassthroughReadsIsChargedToPassthrough) {
+  Settings s;
+  s.probe = 2;
+  IoPathPolicy policy;
+  policy.set_settings(s);
+  EXPECT_EQ(policy.attr_refetch_ratio(), 0);
+  // Files read once, each stat'ed again later (as `cat` does at its next open).
+  std::vector<std::unique_ptr<FileIo>> once;
+  for (int i = 0; i < 8; ++i) {
+    once.push_back(std::make_unique<FileIo>());
+    FileIo& f = *once.back();
+    if (policy.open(f, facts(16 * kKiB), 0) == IoPath::Cache) {
+      IoPathPolicy::served(f, 4'000);
+    } else {
+      IoPathPolicy::registered(f, 1'200);
+      IoPathPolicy::registered(f, 800);
+    }
+    policy.closed(f, 0);
+    policy.attr_fetched(f);  // the next stat: a refetch only after a passthrough epoch
+    policy.attr_fetched(f);  // a second GETATTR is not one
+  }
+  EXPECT_DOUBLE_EQ(policy.attr_refetch_ratio(), 1.0);
+  const IoPathReport committed = policy.report();  // klass() points into it
+  const IoClassReport* cold = klass(committed, "small_cold_read");
+  ASSERT_NE(cold, nullptr);
+  // The first passthrough epoch was priced before any refetch was seen, the second after.
+  EXPECT_DOUBLE_EQ(cold->engine.predicted[1],
+                   2'000 + IoPathPolicy::kBackingFileNs + IoPathPolicy::kUpcallNs / 2);
+  // A file read again: its second open fetches it.
+  FileIo hot;
+  std::vector<IoPath> paths;
+  for (int i = 0; i < 2; ++i) {
+    IoPath p = policy.open(hot, facts(16 * kKiB), 0);
+    if (p == IoPath::Cache) {
+      IoPathPolicy::served(hot, 4'000);
+    } else {
+      IoPathPolicy::registered(hot, 1'200);
+      IoPathPolicy::registered(hot, 800);
+    }
+    policy.closed(hot, 0);
+    policy.attr_fetched(hot);
+    paths.push_back(p);
+  }
+  EXPECT_EQ(paths[0], IoPath::Passthrough);
+  EXPECT_EQ(paths[1], IoPath::Cache);
+  // A GETATTR long after a cache epoch (attributes expired) is not charged to passthrough.
+  FileIo cached;
+  cached.path = IoPath::Cache;
+  policy.attr_fetched(cached);
+  EXPECT_DOUBLE_EQ(policy.attr_refetch_ratio(), 1.0);
+}
+
 TEST(IoPathPolicy, LargeFilesStreamedOnceEndOnPassthrough) {
   Sim sim;
   std::vector<std::unique_ptr<SimFile>> files;

@@ -193,6 +193,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
   }
   if (rc != 0) return last_errno();
   replied(*inode, st);
+  io_policy_.attr_fetched(inode->io);  // a refetch after passthrough reads (accel/io_path.h)
   return Attr{st, cache_timeout(attr_timeout_)};
 }
 
