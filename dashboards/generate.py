@@ -457,8 +457,8 @@ def adaptive_rows():
             "s", "The latest completed probe of each class of read-only opens (size x "
             "cold/warm): mean cost per open of each path as efused measures it. cache: "
             "requests served x 20 us of round trip plus efused's time; passthrough: "
-            "registering and unregistering the backing file plus 2 us for the kernel's "
-            "backing file. small_device and large_device: kernel and device path, cost per "
+            "registering and unregistering the backing file, the GETATTR a later stat "
+            "refetches, 2 us for the kernel's backing file. small_device and large_device: kernel and device path, cost per "
             "MiB read. The cheaper one is committed."),
         table("Current choice per class of opens", [target(
             f"max by (mount, class, path) (efuse_io_path_choice{{{SEL}}})", "",

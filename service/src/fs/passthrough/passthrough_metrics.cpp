@@ -113,7 +113,8 @@ void add_io_path_metrics(std::vector<Metric>& out, const accel::IoPathReport& r)
       "Result of the latest completed probe of a class of opens: the mean cost per open "
       "of each path as efused measures it (cache: served READ and WRITE requests times "
       "20 us of round trip plus efused's time; passthrough: registering and unregistering "
-      "the backing file plus 2 us for the kernel's backing file open). For the *_device "
+      "the backing file, 20 us times the share of passthrough epochs a later stat refetched "
+      "attributes after, plus 2 us for the kernel's backing file open). For the *_device "
       "classes the mean cost per MiB read of the kernel and device paths (efused's time "
       "serving READs). No series for a path not measured or refused.";
   static constexpr const char* kChoice = "efuse_io_path_choice";
