@@ -54,7 +54,7 @@ struct efuse_handler_in {
 	__u32 pid;
 	__u64 nodeid;
 	__u64 offset;		/* READ */
-	__u32 size;		/* READ, GETXATTR */
+	__u32 size;		/* READ, GETXATTR, LISTXATTR */
 	__u32 flags;		/* OPEN, READ */
 	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
 	__u32 conn;		/* the connection: /sys/fs/efuse/connections/<conn> */

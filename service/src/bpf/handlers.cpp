@@ -28,10 +28,15 @@ const MapLayout kGetattrMaps[] = {
 const MapLayout kLookupMaps[] = {
     {"efuse_lookup_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)}};
 const MapLayout kStatsMaps[] = {{"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)}};
+const MapLayout kXattrMaps[] = {
+    {"efuse_xattr_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)}};
+const MapLayout kEntryCountMaps[] = {{"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)}};
 
 std::span<const MapLayout> layouts_of(std::string_view name) {
   if (name == "efuse_getattr") return kGetattrMaps;
   if (name == "efuse_lookup") return kLookupMaps;
+  if (name == "efuse_entry_counts") return kEntryCountMaps;
+  if (name == "efuse_xattr") return kXattrMaps;
   return kStatsMaps;
 }
 
@@ -140,6 +145,8 @@ std::unique_ptr<HandlerSet> HandlerSet::load(const std::string& dir, uint32_t co
   set->attr_fd_ = fd("efuse_getattr_answers");
   set->name_fd_ = fd("efuse_lookup_answers");
   set->outcomes_fd_ = fd("efuse_handler_outcomes");
+  set->entry_fd_ = fd("efuse_entry_lookups");
+  set->xattr_fd_ = fd("efuse_xattr_answers");
   return set;
 }
 
@@ -167,6 +174,24 @@ bool HandlerSet::put_name(const efuse_handler_name_key& key, const efuse_handler
 
 void HandlerSet::drop_name(const efuse_handler_name_key& key) {
   bpf_map_delete_elem(name_fd_, &key);
+}
+
+bool HandlerSet::put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry) {
+  return bpf_map_update_elem(xattr_fd_, &key, &entry, BPF_ANY) == 0;
+}
+
+void HandlerSet::drop_xattr(const efuse_handler_name_key& key) {
+  bpf_map_delete_elem(xattr_fd_, &key);
+}
+
+uint64_t HandlerSet::entry_lookups(uint64_t nodeid) const {
+  __u64 key = nodeid, value = 0;
+  return lookup_raw(entry_fd_, &key, &value) == 0 ? value : 0;
+}
+
+void HandlerSet::drop_entry_lookups(uint64_t nodeid) {
+  __u64 key = nodeid;
+  bpf_map_delete_elem(entry_fd_, &key);
 }
 
 std::vector<uint64_t> HandlerSet::outcomes() const {

@@ -180,7 +180,7 @@ std::string_view mounts_schema_text() {
       }
     },
     "kernel_module": {
-      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR and negative LOOKUP requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
+      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR, LOOKUP, GETXATTR and LISTXATTR requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
       "type": "string",
       "default": "auto",
       "enum": ["auto", "on", "off"]

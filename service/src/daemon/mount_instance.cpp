@@ -174,6 +174,7 @@ void MountInstance::attach_handlers() {
     if (set) {
       handler_store_ = std::make_unique<HandlerStore>(std::move(set));
       answers_ = std::make_unique<fuse::KernelAnswers>(*handler_store_);
+      fs_->set_tier(answers_.get());  // before INIT: no entry has been answered yet
       session_->set_kernel_answers(answers_.get());
       LOG_INFO("%s: serving through the efuse kernel module (/dev/efuse, connection %u); "
                "eBPF handlers for GETATTR and LOOKUP attached from %s",
@@ -377,7 +378,8 @@ void MountInstance::report_io_path() const {
 
 Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   // The handlers' maps first: the kernel asks again as soon as its cache is invalidated.
-  if (answers_) answers_->attr_changed(ino);
+  // (The watcher cannot tell an extended attribute's change from another.)
+  if (answers_) answers_->xattrs_changed(ino);
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
   int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
   return rc < 0 ? Status(Errno{-rc}) : Status();
@@ -561,6 +563,7 @@ void MountInstance::stop(int grace_ms) {
   // case) they stay until efused exits, which detaches them.
   if (!has_channel || channel_stopped()) {
     if (session_) session_->set_kernel_answers(nullptr);
+    if (fs_) fs_->set_tier(nullptr);
     answers_.reset();
     handler_store_.reset();
   }

@@ -52,6 +52,12 @@ class HandlerStore final : public fuse::AnswerStore {
     return set_->put_name(k, e);
   }
   void drop_name(const efuse_handler_name_key& k) override { set_->drop_name(k); }
+  uint64_t entry_lookups(uint64_t nodeid) override { return set_->entry_lookups(nodeid); }
+  void drop_entry_lookups(uint64_t nodeid) override { set_->drop_entry_lookups(nodeid); }
+  bool put_xattr(const efuse_handler_name_key& k, const efuse_handler_entry& e) override {
+    return set_->put_xattr(k, e);
+  }
+  void drop_xattr(const efuse_handler_name_key& k) override { set_->drop_xattr(k); }
   const bpf::HandlerSet& set() const { return *set_; }
 
  private:

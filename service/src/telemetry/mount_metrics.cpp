@@ -174,7 +174,9 @@ MountFamilies::MountFamilies()
       kernel_map_entries_(make_family(
           "efuse_kernel_map_entries",
           "Answers efused keeps in the mount's handler maps, by map: getattr (attributes by "
-          "node) and lookup (negative entries by parent and name).",
+          "node), lookup (entries by parent and name, negative and positive), xattr "
+          "(extended attributes and lists by node and name) and entry_lookups (nodes with a "
+          "counter of lookups taken from positive entries).",
           MetricType::Gauge)),
       kernel_map_bytes_(make_family(
           "efuse_kernel_map_bytes",
@@ -190,6 +192,12 @@ MountFamilies::MountFamilies()
           "efuse_kernel_map_drops_total",
           "Handler map entries dropped because something changed (through the mount or "
           "behind efused's back) or the kernel forgot the node.",
+          MetricType::Counter)),
+      kernel_entry_lookups_(make_family(
+          "efuse_kernel_entry_lookups_total",
+          "Lookups the kernel took from the handlers' positive LOOKUP answers, as the module "
+          "reported them, folded into efused's lookup counts before the FORGETs that "
+          "covered them.",
           MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
@@ -218,14 +226,19 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
     }
   }
   const auto& a = mount.kernel_answers;
-  for (auto [map, entries, size] : {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
-                                    std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes}}) {
+  for (auto [map, entries, size] :
+       {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
+        std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes},
+        std::tuple{"xattr", a.xattr_entries, fuse::kNameEntryBytes},
+        std::tuple{"entry_lookups", a.tier_nodes, fuse::kEntryCounterBytes}}) {
     Labels labels = with(mount_label(mount.name), "map", map);
     add_gauge(kernel_map_entries_, labels, static_cast<double>(entries));
     add_gauge(kernel_map_bytes_, std::move(labels), static_cast<double>(entries * size));
   }
   add_counter(kernel_map_skipped_, mount_label(mount.name), static_cast<double>(a.stores_skipped));
   add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
+  add_counter(kernel_entry_lookups_, mount_label(mount.name),
+              static_cast<double>(a.tier_lookups));
 }
 
 void MountFamilies::add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics) {
@@ -342,7 +355,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
-        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_}) {
+        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_}) {
     append_nonempty(out, std::move(*f));
   }
   for (auto& [name, family] : backend_) append_nonempty(out, std::move(family));

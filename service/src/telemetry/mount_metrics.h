@@ -86,6 +86,7 @@ class MountFamilies {
   prometheus::MetricFamily kernel_map_bytes_;
   prometheus::MetricFamily kernel_map_skipped_;
   prometheus::MetricFamily kernel_map_drops_;
+  prometheus::MetricFamily kernel_entry_lookups_;
   IoPathFamilies io_path_;  // efuse_blocking_* (the session's FSYNC offloading)
 };
 
