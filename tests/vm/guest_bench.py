@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Issue 19 point 7's bench, run INSIDE the 6.12 guest (bench/run --vm; standard library
 only). Three sides on the same guest and the same data: native ext4 (the data disk), efused
 on the kernel's own FUSE (`--kernel-module off`), efused on efuse.ko (`--kernel-module on`,
@@ -35,7 +36,7 @@ DATA = "/mnt/data"
 EFUSED = os.environ.get("efuse_efused", os.path.join(REPO, "build", "bin", "efused"))
 OUT = f"{DATA}/out/bench.json"
 REPS = int(os.environ.get("efuse_bench_reps", "3"))
-CATS = 300
+CATS = int(os.environ.get("efuse_bench_cats", "100"))
 FIO_SECONDS = 5
 SIDES = (  # name, data directory, mountpoint (None: native), efused flags
     ("native", f"{DATA}/bench-native", None, None),

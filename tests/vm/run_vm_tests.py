@@ -186,6 +186,7 @@ def run_bench(args, work, efused):
     env = {"efuse_run": os.path.join(HERE, "guest_bench.py"), "efuse_efused": efused,
            "efuse_profile": "6.12", "efuse_kmod": 1,
            "efuse_bench_reps": os.environ.get("EFUSE_BENCH_REPS", "3"),
+           "efuse_bench_cats": os.environ.get("EFUSE_BENCH_CATS", "100"),
            "efuse_keep": ":".join(sorted({REPO, os.path.dirname(efused)}))}
     res = guest.boot(k, initramfs, disk, env, args.timeout, os.path.join(kdir, "console.log"),
                      echo=lambda line: print(f"[bench] {line}", flush=True), accel=args.accel)
