@@ -7,11 +7,14 @@
  * refuses positive entries, which would change lookup counts behind the server's back.
  *
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
- * (which says why there is no program array).
+ * (which says why there is no program array). EFUSE_LOOKUP_VARIANT (tests/vm) builds a copy
+ * that answers the same with other instructions, for swap tests.
  */
 #include "efuse_handler.bpf.h"
 
 #define FUSE_LOOKUP 1
+
+EFUSE_HANDLER_OPCODE(FUSE_LOOKUP);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -26,10 +29,14 @@ int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	struct efuse_handler_name_key key;
 
-	if (ctx->in.opcode != FUSE_LOOKUP || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX ||
-	    !efuse_handler_mine(ctx->in.conn))
+	if (!efuse_handler_turn(ctx, FUSE_LOOKUP) || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX)
 		return 0;
 	key.parent = ctx->in.nodeid;
+#ifdef EFUSE_LOOKUP_VARIANT
+	key.parent += EFUSE_LOOKUP_VARIANT;	/* tests/vm: the same answer, other instructions */
+	asm volatile("" : "+r"(key.parent));
+	key.parent -= EFUSE_LOOKUP_VARIANT;
+#endif
 	__builtin_memcpy(key.name, ctx->in.name, sizeof(key.name));  /* zero-filled */
 	efuse_handler_answer_from(ctx, &efuse_lookup_answers, &key);
 	return 0;

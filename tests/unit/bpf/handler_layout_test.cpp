@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "bpf/handlers.h"
 #include "bpf/layout.h"
@@ -53,13 +54,18 @@ TEST(BpfHandlerLayout, OutcomeCountersArePerOpcodeAndStat) {
 
 TEST(BpfHandlerLayout, EveryShippedObjectTakesItsConnection) {
   // efused sets efuse_conn (efuse_handler.bpf.h) before loading each object for a mount.
-  for (const char* name : kHandlerObjects) {
+  std::vector<const char*> objects = {kStatsObject};
+  for (const ShippedHandler& h : kShippedHandlers) objects.push_back(h.object);
+  for (const char* name : objects) {
     const std::string path = std::string(EFUSE_BPF_HANDLER_DIR) + "/" + name + ".bpf.o";
     bpf_object* obj = bpf_object__open_file(path.c_str(), nullptr);
     ASSERT_NE(obj, nullptr) << path;
     const btf* b = bpf_object__btf(obj);
     ASSERT_NE(b, nullptr) << path;
     EXPECT_GT(btf__find_by_name_kind(b, "efuse_conn", BTF_KIND_VAR), 0) << path;
+    // ... and efuse_slot (the gate of a hot swap) and the ABI it was built for.
+    EXPECT_GT(btf__find_by_name_kind(b, "efuse_slot", BTF_KIND_VAR), 0) << path;
+    EXPECT_GT(btf__find_by_name_kind(b, "efuse_handler_abi", BTF_KIND_VAR), 0) << path;
     bpf_object__close(obj);
   }
 }
@@ -72,6 +78,7 @@ TEST(BpfHandlerLayout, OffsetsTheModuleReads) {
   EXPECT_EQ(offsetof(efuse_handler_answer, data), 16u);
   EXPECT_EQ(offsetof(efuse_handler_ctx, out), 304u);
   EXPECT_EQ(offsetof(efuse_handler_out, answer), 8u);
+  EXPECT_EQ(offsetof(efuse_handler_out, turn), 4u);  // the handlers' own word (hot swap)
   EXPECT_EQ(offsetof(efuse_handler_in, name), 48u);
   EXPECT_EQ(sizeof(efuse_handler_ctx), 304u + 8u + 16u + EFUSE_HANDLER_DATA_MAX);
 }
