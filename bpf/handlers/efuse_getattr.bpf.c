@@ -42,7 +42,7 @@ int efuse_getattr(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	__u64 nodeid;
 
-	if (!efuse_handler_turn(ctx, FUSE_GETATTR))
+	if (!efuse_handler_turn(ctx, FUSE_GETATTR) || efuse_handler_answered_twice(ctx))
 		return 0;
 	nodeid = ctx->in.nodeid;
 #ifdef EFUSE_GETATTR_VARIANT

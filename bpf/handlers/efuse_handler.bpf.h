@@ -94,6 +94,22 @@ static __always_inline int efuse_handler_turn(struct efuse_handler_ctx *ctx, __u
 	return turn == efuse_slot;
 }
 
+/*
+ * tests/vm builds (EFUSE_HANDLER_TATTLE): a copy that finds the request already answered by
+ * another copy makes the module refuse the answer (bad_verdict), so a request two handlers
+ * answered during a swap shows in efuse_kernel_handler_fallbacks_total. Never shipped.
+ */
+static __always_inline int efuse_handler_answered_twice(struct efuse_handler_ctx *ctx)
+{
+#ifdef EFUSE_HANDLER_TATTLE
+	if (ctx->out.verdict != EFUSE_HANDLER_UPCALL) {
+		ctx->out.verdict = 2;
+		return 1;
+	}
+#endif
+	return 0;
+}
+
 static __always_inline void efuse_handler_answer_from(struct efuse_handler_ctx *ctx,
 						      void *answers, const void *key)
 {

@@ -29,7 +29,8 @@ int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	struct efuse_handler_name_key key;
 
-	if (!efuse_handler_turn(ctx, FUSE_LOOKUP) || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX)
+	if (!efuse_handler_turn(ctx, FUSE_LOOKUP) || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX ||
+	    efuse_handler_answered_twice(ctx))
 		return 0;
 	key.parent = ctx->in.nodeid;
 #ifdef EFUSE_LOOKUP_VARIANT
