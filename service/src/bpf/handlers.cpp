@@ -170,7 +170,10 @@ bool HandlerSet::grace_period() {
 }
 
 void HandlerSet::publish(uint32_t opcode, uint32_t slot) {
-  __atomic_store_n(&gate_[opcode], slot, __ATOMIC_SEQ_CST);
+  // An mmapped array map lays its elements out 8-byte aligned (round_up(value_size, 8)).
+  constexpr size_t kStride = (sizeof(__u32) + 7) / 8 * 8;
+  auto* entry = reinterpret_cast<uint32_t*>(reinterpret_cast<char*>(gate_) + opcode * kStride);
+  __atomic_store_n(entry, slot, __ATOMIC_SEQ_CST);
 }
 
 void HandlerSet::run_stats(int prog_fd, uint64_t* ns, uint64_t* count) {

@@ -514,7 +514,9 @@ TEST_F(DbusServiceTest, HandlerErrnosMapToNamedErrors) {
                               : c.remove_handler("a", "lookup", &error);
       EXPECT_FALSE(ok);
       EXPECT_EQ(error.name, tc.name) << "errno " << tc.err << " method " << method;
-      if (*tc.detail) EXPECT_EQ(error.message, tc.detail);
+      if (*tc.detail) {
+        EXPECT_EQ(error.message, tc.detail);
+      }
     }
   }
 }
