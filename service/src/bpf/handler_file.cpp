@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 
+#include "bpf/libbpf_log.h"
 #include "common/unique_fd.h"
 #include "efuse_handler.h"
 
@@ -178,6 +179,7 @@ bool set_rodata_u32(bpf_object* obj, const char* name, uint32_t value) {
 
 OpenedHandler open_handler(const std::string& path, uint32_t opcode, bool expect_opcode,
                            uid_t owner, std::string* why) {
+  route_libbpf_log();  // libbpf's complaints go to efused's log, not stderr
   std::vector<char> bytes;
   if (!read_trusted_file(path, owner, &bytes, why)) return {};
   std::string name = path.substr(path.rfind('/') + 1);
