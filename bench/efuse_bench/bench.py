@@ -47,6 +47,8 @@ class Bench(Rows, FioRows, Report):
         self.efused_version = "n/a"
         self.efused_sha256 = "n/a"
         self.efused_src = self.efused_bin
+        self.efused_base_bin = Path(args.efused_base) if getattr(args, "efused_base", None) else None
+        self.efused_base_sha256 = "n/a"
         self.setup_notes: list[str] = []
         # What one blocking request and reply between two processes costs here (pingpong.c):
         # {"same_cpu_us", "cross_cpu_us", "unpinned_us"}, or {"error": why}.
@@ -326,15 +328,17 @@ class Bench(Rows, FioRows, Report):
             if not self.efused_bin.exists():
                 raise BenchError(f"build succeeded but {self.efused_bin} is missing")
         # Run a private copy: others may rebuild build/bin/efused while the bench runs.
-        data = self.efused_bin.read_bytes()
-        self.efused_sha256 = hashlib.sha256(data).hexdigest()
         self.efused_src = self.efused_bin
-        copy = BIN / "efused"
-        tmp = BIN / "efused.tmp"
-        tmp.write_bytes(data)
-        tmp.chmod(0o755)
-        tmp.replace(copy)
-        self.efused_bin = copy
+        self.efused_bin, self.efused_sha256 = private_copy(self.efused_bin, "efused")
+        if "efused-base" in self.side_names:
+            src = Path(self.args.efused_base)
+            try:
+                self.efused_base_bin, self.efused_base_sha256 = private_copy(src, "efused-base")
+            except OSError as e:  # only that side goes without
+                for side in self.sides:
+                    if side.name == "efused-base":
+                        side.unavailable = f"--efused-base {src}: {e.strerror or e}"
+                log(f"efused-base unavailable: {e}")
         if "efuse-run" in self.side_names:
             try:
                 self.copy_intercept()
@@ -391,3 +395,14 @@ class Bench(Rows, FioRows, Report):
                 out = subprocess.run(["tar", "-tf", str(path)], capture_output=True, check=True).stdout
                 self.tar_entries[str(path)] = out.count(b"\n")
                 cache.write_text(str(self.tar_entries[str(path)]))
+
+
+def private_copy(src: Path, name: str) -> tuple[Path, str]:
+    """Copy an efused binary to bench/work/bin/NAME (atomically) and return the copy and the
+    binary's sha256: the bench runs the copy, so a rebuild during the run changes nothing."""
+    data = src.read_bytes()
+    copy, tmp = BIN / name, BIN / f"{name}.tmp"
+    tmp.write_bytes(data)
+    tmp.chmod(0o755)
+    tmp.replace(copy)
+    return copy, hashlib.sha256(data).hexdigest()

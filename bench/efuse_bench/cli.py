@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __doc__ as DESCRIPTION
 from . import common
 from .bench import Bench
-from .common import BENCH, DAEMONS, GROUPS, LOCK, RUN, SIDES, WORK, BenchError, Interrupted, \
+from .common import BENCH, DAEMONS, GROUPS, LOCK, OPT_IN_SIDES, RUN, SIDES, WORK, BenchError, Interrupted, \
     _on_signal, log
 from .machine import write_machine
 from .mounts import force_unmount, mounts_under, safe_rmtree
@@ -112,7 +112,12 @@ def parse_args(argv):
     ap.add_argument("--out", help="output directory (default bench/results/<date>-<sha>/)")
     ap.add_argument("--efused-args", default="", help="extra efused flags, e.g. \"--threads 2\"")
     ap.add_argument("--efused", help="efused binary (default build/bin/efused; built if missing)")
-    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma list of sides: {','.join(SIDES)} (default all; "
+    ap.add_argument("--efused-base", metavar="BINARY",
+                    help="a second efused binary (e.g. an earlier commit's build/bin/efused), measured "
+                    "without telemetry as side efused-base in the tree, cat, fio and tar rows; the "
+                    "report adds efused-nobpf ÷ efused-base (before/after in one run)")
+    ap.add_argument("--sides", default=None, help=f"comma list of sides: {','.join(SIDES)} (default all "
+                    "but efused-base, which --efused-base adds; "
                     "efused-nobpf = efused without telemetry, in every row: efused ÷ efused-nobpf is the "
                     "telemetry's cost, efused-nobpf ÷ libfuse is efused without telemetry against libfuse)")
     ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "
@@ -125,6 +130,8 @@ def parse_args(argv):
     ap.add_argument("--skip-deps", action="store_true", help="do not run scripts/install-deps.sh")
     ap.add_argument("--keep-work", action="store_true", help="keep bench/work/run data after the run")
     a = ap.parse_args(fixed)
+    if a.sides is None:
+        a.sides = ",".join(s for s in SIDES if s not in OPT_IN_SIDES or (s == "efused-base" and a.efused_base))
     a.sides = [s.strip() for s in a.sides.split(",") if s.strip()]
     a.rows = [s.strip() for s in a.rows.split(",") if s.strip()]
     if not 0 <= a.telemetry_settle <= 60:
@@ -132,6 +139,10 @@ def parse_args(argv):
     for s in a.sides:
         if s not in SIDES:
             ap.error(f"unknown side {s!r}")
+    if "efused-base" in a.sides and not a.efused_base:
+        ap.error("side efused-base needs --efused-base BINARY")
+    if a.efused_base and "efused-base" not in a.sides:
+        ap.error("--efused-base given but side efused-base is not in --sides")
     for r in a.rows:
         if r not in GROUPS:
             ap.error(f"unknown row group {r!r}")

@@ -23,7 +23,9 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
 SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough",
-         "efused-nobalance", "efuse-run")
+         "efused-nobalance", "efuse-run", "efused-base")
+# Sides that run only when asked for by name (--sides): efused-base needs --efused-base.
+OPT_IN_SIDES = ("efused-base",)
 # Row groups of the adaptive I/O path (io_path: auto against each fixed path, see
 # bench/README.md): small hot files re-read (the page cache should win), one pass over
 # large cold files (passthrough should win), both at once. Run by native, efused (auto),

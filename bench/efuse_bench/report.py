@@ -27,6 +27,8 @@ class Report:
             "efused_bin": str(self.efused_src), "efused_sha256": self.efused_sha256,
             "efused_args": self.args.efused_args,
             "efused_version": self.efused_version,
+            "efused_base_bin": self.args.efused_base if "efused-base" in self.side_names else None,
+            "efused_base_sha256": self.efused_base_sha256,
             "libfuse_cmd": shlex.join(LibfuseSide(self).argv(Path("SRC"), Path("MNT"))),
             "config": {k: v for k, v in self.cfg.items()},
             "tar_entries": self.tar_entries,
@@ -65,7 +67,8 @@ class Report:
                            "efused/efused-nobpf": self.ratio(m, "efused", "efused-nobpf"),
                            "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse"),
                            "efuse-run/native": self.ratio(m, "efuse-run", "native"),
-                           "efuse-run/efused": self.ratio(m, "efuse-run", "efused")},
+                           "efuse-run/efused": self.ratio(m, "efuse-run", "efused"),
+                           "efused-nobpf/efused-base": self.ratio(m, "efused-nobpf", "efused-base")},
             })
         doc = {"meta": self.meta(), "rows": rows,
                "upcalls_ctxsw_per_io": self.count_rows(),
@@ -73,7 +76,8 @@ class Report:
                "telemetry_cost": self.cost_rows(),
                "adaptive_vs_fixed": self.adaptive_rows(),
                "queue_balancing": self.balancing_rows(),
-               "nobpf_vs_libfuse": self.nobpf_rows()}
+               "nobpf_vs_libfuse": self.pair_rows("efused-nobpf", "libfuse"),
+               "nobpf_vs_base": self.pair_rows("efused-nobpf", "efused-base")}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(self.out / "results.json")
@@ -162,38 +166,36 @@ class Report:
                 "runs_unchecked": sum(1 for e in runs if e["foreign_bpf_telemetry"] is None)})
         return rows
 
-    def nobpf_rows(self) -> list[dict]:
-        """efused without telemetry (efused-nobpf) against libfuse, per row both ran, in the main
-        table's orientation (efused-nobpf ÷ libfuse), with the per-repetition ratios."""
+    def pair_rows(self, a: str, b: str) -> list[dict]:
+        """Side a against side b, per row both ran, in the main table's orientation (a ÷ b),
+        with the per-repetition ratios (the two sides' runs of the same repetition)."""
         rows = []
         for m in self.metrics:
-            if not {"efused-nobpf", "libfuse"} <= set(m.reps):
+            if not {a, b} <= set(m.reps):
                 continue
-            a, b = m.reps["efused-nobpf"], m.reps["libfuse"]
+            ra, rb = m.reps[a], m.reps[b]
             rows.append({"key": m.key, "row": m.row, "metric": m.label, "unit": m.unit,
-                         "better": m.better, "efused-nobpf": m.median("efused-nobpf"),
-                         "libfuse": m.median("libfuse"),
-                         "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse"),
-                         "per_rep": [x / y for x, y in zip(a, b) if y]})
+                         "better": m.better, a: m.median(a), b: m.median(b),
+                         f"{a}/{b}": self.ratio(m, a, b),
+                         "per_rep": [x / y for x, y in zip(ra, rb) if y]})
         return rows
 
-    def render_nobpf_md(self) -> list[str]:
-        rows = self.nobpf_rows()
-        L = ["", "## efused without telemetry ÷ libfuse", "",
-             "`efused-nobpf` (efused, no eBPF telemetry attached) against `libfuse` on every row "
-             "both ran, oriented like the main table (IOPS: higher is better; time: lower is "
-             "better). *Per repetition* pairs the two sides' runs of the same repetition.", ""]
+    def render_pair_md(self, a: str, b: str, title: str, blurb: str) -> list[str]:
+        rows = self.pair_rows(a, b)
+        L = ["", f"## {title}", "", blurb + " Oriented like the main table (IOPS: higher is "
+             "better; time: lower is better). *Per repetition* pairs the two sides' runs of the "
+             "same repetition.", ""]
         if not rows:
             return L + ["No row ran on both sides."]
-        L += ["| row | metric | better | libfuse | efused-nobpf | efused-nobpf ÷ libfuse | per repetition |",
+        L += [f"| row | metric | better | {b} | {a} | {a} ÷ {b} | per repetition |",
               "|---|---|---|---:|---:|---:|---|"]
         for r in rows:
             m = self.by_key[r["key"]]
             unit = f" ({m.unit})" if m.unit not in ("IOPS", "MB/s") else ""
             L.append(f"| {r['row']} | {r['metric']}{unit} | "
                      f"{'↑ higher' if m.better == 'higher' else '↓ lower'} | "
-                     f"{self.cell(m, 'libfuse')} | {self.cell(m, 'efused-nobpf')} | "
-                     f"{fmt_ratio(r['efused-nobpf/libfuse'])} | "
+                     f"{self.cell(m, b)} | {self.cell(m, a)} | "
+                     f"{fmt_ratio(r[f'{a}/{b}'])} | "
                      f"{', '.join(fmt_ratio(x) for x in r['per_rep']) or '—'} |")
         return L
 
@@ -448,7 +450,15 @@ class Report:
         if "efuse-run" in self.side_names:
             L += self.render_intercept_md()
         if {"libfuse", "efused-nobpf"} <= set(self.side_names):
-            L += self.render_nobpf_md()
+            L += self.render_pair_md("efused-nobpf", "libfuse", "efused without telemetry ÷ libfuse",
+                                     "`efused-nobpf` (efused, no eBPF telemetry attached) against "
+                                     "`libfuse` on every row both ran.")
+        if {"efused-base", "efused-nobpf"} <= set(self.side_names):
+            L += self.render_pair_md("efused-nobpf", "efused-base", "This efused ÷ the base efused",
+                                     f"`efused-nobpf` (this build, {self.efused_sha256[:12]}) "
+                                     f"against `efused-base` (`{self.args.efused_base}`, "
+                                     f"{self.efused_base_sha256[:12]}), both without telemetry, "
+                                     "same host, data and repetitions: the change's cost or gain.")
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
         unav = [s for s in self.sides if s.unavailable]
         notes = [(s.name, n) for s in self.sides for n in getattr(s, "notes", [])]

@@ -203,7 +203,20 @@ class EfuseRunSide(EfusedSide):
                 f"EFUSE_INTERCEPT_LIB={BIN / 'libefuse_intercept.so'}", str(BIN / "efuse-run")]
 
 
+class EfusedBaseSide(EfusedSide):
+    """A second efused binary (--efused-base, e.g. an earlier commit's build), no telemetry,
+    for a before/after comparison in one run: efused-nobpf ÷ efused-base is the change's cost
+    or gain with everything else equal (same host, data, order rotation and repetitions)."""
+    name = "efused-base"
+    groups = BASE_GROUPS
+    telemetry = False
+
+    def argv(self, src, mnt):
+        return [str(self.bench.efused_base_bin), "--mount", f"{src}:{mnt}"] + \
+            shlex.split(self.bench.args.efused_args)
+
+
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
                                     EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide,
-                                    EfuseRunSide)}
+                                    EfuseRunSide, EfusedBaseSide)}
 assert tuple(SIDE_CLASSES) == SIDES

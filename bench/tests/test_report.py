@@ -32,10 +32,11 @@ def extra(foreign=0, attached=False, ios=1000):
     return {"ios": ios, "foreign_bpf_telemetry": foreign, "bpf_telemetry": attached}
 
 
-def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar-subset"):
+def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar-subset",
+               more=()):
     """A Bench as a quick run of fio-one, cat and tar-subset would leave it: libfuse failed in
     cat, one efused run saw another copy of the telemetry, one could not be checked."""
-    b = Bench(parse_args(["--quick", "--sides", sides, "--rows", rows]))
+    b = Bench(parse_args(["--quick", "--sides", sides, "--rows", rows, *more]))
     b.loadavg = [0.1, 0.2, 0.3]
     b.efused_version = "efused 0.1.0"
     b.sides = [SIDE_CLASSES[n](b) for n in b.side_names]
@@ -53,14 +54,15 @@ def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar
 
     iops = b.declare("fio-one.warm.iops", "fio-one", FIO_ROW, "IOPS r+w", "IOPS", "higher")
     fill(iops, {"native": [1000, 1200, 1100], "libfuse": [100, 110, 120],
-                "efused": [900, 950, 1000], "efused-nobpf": [1000, 1000, 1000]})
+                "efused": [900, 950, 1000], "efused-nobpf": [1000, 1000, 1000],
+                "efused-base": [800, 1000, 1250]})
     if "efused" in b.side_names:
         iops.extra["efused"][1]["foreign_bpf_telemetry"] = 1
         iops.extra["efused"][2]["foreign_bpf_telemetry"] = None
     cat = b.declare("cat.warm", "cat", CAT_ROW, "time", "s", "lower")
     fill(cat, {"native": [1.0, 1.2, 1.1], "libfuse": "exit 1: boom | pipe\n  broken",
                "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0],
-               "efuse-run": [1.1, 1.0, 1.2]})
+               "efuse-run": [1.1, 1.0, 1.2], "efused-base": [2.5, 2.0, 2.0]})
     tar = b.declare("tar-subset.extract", "tar-subset", TAR_ROW, "time excl. sync", "s", "lower")
     fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0], "efused-nobpf": [1.9]})
 
@@ -227,7 +229,7 @@ class ReportTest(unittest.TestCase):
 
     def test_efused_without_telemetry_against_libfuse(self):
         b = make_bench()
-        rows = {r["key"]: r for r in b.nobpf_rows()}
+        rows = {r["key"]: r for r in b.pair_rows("efused-nobpf", "libfuse")}
         # cat: libfuse failed, so not compared; tar: one repetition each.
         self.assertEqual(set(rows), {"fio-one.warm.iops", "tar-subset.extract"})
         self.assertAlmostEqual(rows["fio-one.warm.iops"]["efused-nobpf/libfuse"], 1000 / 110)
@@ -339,6 +341,30 @@ class ReportTest(unittest.TestCase):
                          ["fio-one.warm.iops", "cat.warm", "tar-subset.extract"])
         self.assertEqual([r["key"] for r in doc["nobpf_vs_libfuse"]],
                          ["fio-one.warm.iops", "tar-subset.extract"])
+
+    def test_efused_base_side(self):
+        # efused-base runs only when asked for, and only with a binary.
+        self.assertNotIn("efused-base", parse_args([]).sides)
+        self.assertIn("efused-base", parse_args(["--efused-base", "/x/efused"]).sides)
+        for bad in (["--sides", "native,efused-base"],
+                    ["--sides", "native,efused", "--efused-base", "/x/efused"]):
+            with self.assertRaises(SystemExit), contextlib.redirect_stderr(io.StringIO()):
+                parse_args(bad)
+        b = make_bench(sides="native,efused-nobpf,efused-base",
+                       more=("--efused-base", "/old/efused"))
+        b.efused_sha256, b.efused_base_sha256 = "a" * 64, "b" * 64
+        rows = {r["key"]: r for r in b.pair_rows("efused-nobpf", "efused-base")}
+        # tar: efused-base has no value there, so no row.
+        self.assertEqual(set(rows), {"fio-one.warm.iops", "cat.warm"})
+        self.assertAlmostEqual(rows["fio-one.warm.iops"]["efused-nobpf/efused-base"], 1.0)
+        self.assertEqual(rows["cat.warm"]["per_rep"], [0.8, 1.0, 1.0])
+        md = b.render_md()
+        self.assertIn("`efused-base` (`/old/efused`, bbbbbbbbbbbb)", md)
+        table = table_rows(md, "This efused ÷ the base efused")
+        self.assertEqual(row_of(table, CAT_ROW),
+                         [CAT_ROW, "time (s)", "↓ lower", "2.000", "2.000", "1.00x",
+                          "0.80x, 1.00x, 1.00x"])
+        self.assertNotIn("This efused ÷ the base efused", make_bench().render_md())
 
     def test_telemetry_settle_option(self):
         self.assertEqual(parse_args(["--telemetry-settle", "0.5"]).telemetry_settle, 0.5)

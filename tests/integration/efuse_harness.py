@@ -48,6 +48,7 @@ import select
 import shlex
 import shutil
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -596,6 +597,30 @@ def _install_handlers():
     _HANDLERS_INSTALLED = True
 
 
+def notify_socket(path):
+    """A datagram socket standing in for systemd's notify socket; returns (sock, messages)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    messages = []
+    stop = threading.Event()
+
+    def pump():
+        while not stop.is_set():
+            try:
+                # recv() drops the ancillary data: the BARRIER=1 fd is closed at once, which
+                # is what systemd does once it has read everything before it.
+                messages.append(sock.recv(65536).decode())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    return sock, messages, stop, t
+
+
 def efused_cmd(mounts, threads=None, args=()):
     """The efused command line for [(source, mountpoint), ...] plus EFUSED_ARGS."""
     cmd = [EFUSED]
@@ -615,8 +640,9 @@ class EfusedMount:
     """
 
     def __init__(self, count=1, threads=None, args=(), start=True, clean_exit=True,
-                 tag="efuse", backend=None):
+                 tag="efuse", backend=None, env=None):
         self.backend = backend or BACKEND
+        self.env = dict(os.environ, **env) if env else None  # efused's environment
         _install_handlers()
         self.count, self.threads, self.args = count, threads, list(args)
         self.clean_exit = clean_exit  # require exit 0 and no mount left on normal exit
@@ -676,7 +702,7 @@ class EfusedMount:
             self._log_offset = lf.tell()
             try:
                 self.proc = subprocess.Popen(self.cmd(), stdin=subprocess.DEVNULL, stdout=lf,
-                                             stderr=lf, start_new_session=True)
+                                             stderr=lf, start_new_session=True, env=self.env)
             except OSError as e:
                 raise AssertionError(f"cannot start efused ({EFUSED}): {e}") from None
         self._started = True

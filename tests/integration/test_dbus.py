@@ -25,7 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
 from prom_text import parse, scrape, value  # noqa: E402
-from test_single_instance import notify_socket  # noqa: E402
 
 J = os.path.join
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -381,7 +380,7 @@ def test_metrics_port_in_use_is_reported_and_reload_retries_it():
             m.listen = f"127.0.0.1:{port}"
             m.write_config()
             path = J(m.tmp, "notify")
-            sock, messages, stop, t = notify_socket(path)
+            sock, messages, stop, t = h.notify_socket(path)
             os.environ["NOTIFY_SOCKET"] = path
             try:
                 m.start()

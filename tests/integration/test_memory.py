@@ -79,6 +79,33 @@ def test_enospc_is_clean_and_the_mount_goes_on(m):
     m.check_alive()
 
 
+@h.mount_options(backend="memory", args=["--memory-max-bytes", "1M"])
+def test_removed_file_frees_its_blocks_at_unlink_unless_open(m):
+    # A removed file's blocks go back to the pool at the unlink when no handle is open on it,
+    # not at the kernel's FORGET, which an O_PATH descriptor (it keeps the kernel's inode but
+    # opens nothing in efused) holds off here. An open handle keeps them until its RELEASE.
+    blocks = os.statvfs(m.mnt).f_blocks
+    assert fill(m.m("a")) == MIB
+    refs = [os.open(m.m("a"), os.O_PATH)]
+    try:
+        os.unlink(m.m("a"))
+        assert os.statvfs(m.mnt).f_bavail == blocks, os.statvfs(m.mnt)
+        h.write_file(m.m("b"), b"x" * (MIB // 2))
+        fd = os.open(m.m("b"), os.O_RDONLY)
+        refs.append(os.open(m.m("b"), os.O_PATH))
+        os.unlink(m.m("b"))
+        assert os.statvfs(m.mnt).f_bavail == blocks // 2, os.statvfs(m.mnt)
+        assert os.pread(fd, 4, MIB // 2 - 4) == b"xxxx"
+        os.close(fd)
+        h.wait_until(lambda: os.statvfs(m.mnt).f_bavail == blocks, 10,
+                     what="b's blocks back in the pool at its RELEASE")
+        assert fill(m.m("c")) == MIB
+    finally:
+        for r in refs:
+            os.close(r)
+    m.check_alive()
+
+
 @h.mount_options(backend="memory")
 def test_contents_are_lost_on_unmount(m):
     h.write_file(m.m("f"), b"data")
@@ -166,10 +193,10 @@ def test_limits_change_live_on_reload_and_metrics():
         assert os.statvfs(m.mnt).f_bavail == 0
         assert h.read_file(m.m("keep")) == b"k" * 5000
         os.unlink(m.m("fill"))
-        # Its blocks return to the pool at the kernel's FORGET, which follows the unlink
-        # asynchronously (on /dev/fuse a FORGET is read whenever a worker gets to it).
+        # Its blocks return to the pool at the unlink, or at the RELEASE of its last handle
+        # if the kernel sends that after the unlink (a close's RELEASE is asynchronous).
         h.wait_until(lambda: os.statvfs(m.mnt).f_bavail > 0, 10,
-                     what="the removed file's blocks back in the pool (its FORGET)")
+                     what="the removed file's blocks back in the pool")
         h.write_file(m.m("small"), b"s")
 
         # An invalid value on reload changes nothing and says where.

@@ -1223,6 +1223,37 @@ def test_posix_acl(m):
     h.assert_same_tree(m.mnt, m.src, dir_size=True)
 
 
+def acl_access(uid, perms):
+    """system.posix_acl_access's value: the owner rwx, user `uid` with `perms`, the group
+    rwx, mask rwx, others nothing (struct posix_acl_xattr_header and entries, version 2)."""
+    import struct
+    entries = [(0x01, 7, 0xFFFFFFFF), (0x02, perms, uid), (0x04, 7, 0xFFFFFFFF),
+               (0x10, 7, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)]
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def test_posix_acl_clears_sgid_unless_in_group(m):
+    # Setting an access ACL clears the set-group-ID bit when the caller (here the owner) is
+    # neither in the file's group nor has CAP_FSETID, as posix_acl_update_mode does natively
+    # (through FUSE: FUSE_SETXATTR_ACL_KILL_SGID); a caller in the group keeps it.
+    def op(b):
+        modes = {}
+        for name, groups in (("outsider", ()), ("member", (4243,))):
+            p = J(b, name)
+            write_file(p, "x")
+            os.chown(p, h.USER_UID, 4243)
+            os.chmod(p, 0o2770)
+            got = outcome(as_user, os.setxattr, p, "system.posix_acl_access",
+                          acl_access(h.USER_UID + 1, 6), groups=groups)
+            modes[name] = (got, mode_of(p))
+        return modes
+
+    modes = m.twin().same(op)
+    assert modes == {"outsider": (("ok", None), "0o770"),
+                     "member": (("ok", None), "0o2770")}, modes
+    check_backing(m)
+
+
 def test_permission_denied_for_other_user(m):
     def op(b):
         write_file(J(b, "rootfile"), "root data", mode=0o644)

@@ -11,10 +11,8 @@ STATUS= (checked on a real notify socket)."""
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
@@ -187,35 +185,11 @@ def test_second_efused_for_the_same_config_exits_75():
         b.stop_clean()
 
 
-def notify_socket(path):
-    """A datagram socket standing in for systemd's notify socket; returns (sock, messages)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(0.2)
-    messages = []
-    stop = threading.Event()
-
-    def pump():
-        while not stop.is_set():
-            try:
-                # recv() drops the ancillary data: the BARRIER=1 fd is closed at once, which
-                # is what systemd does once it has read everything before it.
-                messages.append(sock.recv(65536).decode())
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
-    return sock, messages, stop, t
-
-
 def test_invalid_config_exits_78_with_status():
     with ConfigEfused() as b:
         b.write_config([("one", b.srcs[0], b.mnts[0], [])], broken=True)
         path = J(b.tmp, "notify")
-        sock, messages, stop, t = notify_socket(path)
+        sock, messages, stop, t = h.notify_socket(path)
         try:
             env = dict(os.environ, NOTIFY_SOCKET=path)
             r = h.run(b.cmd(), check=False, timeout=60, env=env)

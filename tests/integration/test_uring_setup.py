@@ -123,5 +123,39 @@ def test_queue_threads_pinned_and_batch():
         assert workers > 0, "no /dev/fuse workers (FORGET and INTERRUPT)"
 
 
+def test_auto_prefers_dev_fuse_under_systemd():
+    # Under systemd (NOTIFY_SOCKET: efused keeps its /dev/fuse descriptors in the unit's
+    # descriptor store) transport auto serves over /dev/fuse, the transport a restart can
+    # resume; started by hand it takes io_uring when usable; transport uring under systemd
+    # takes io_uring and says that a restart remounts it.
+    note = "transport auto under systemd: /dev/fuse"
+    tmp = os.path.realpath(tempfile.mkdtemp(prefix="efuse-auto-", dir="/tmp"))
+    path = J(tmp, "notify")
+    sock, messages, stop, t = h.notify_socket(path)
+    try:
+        systemd = {"NOTIFY_SOCKET": path}
+        with h.EfusedMount(env=systemd) as m:
+            h.write_file(m.m("f"), "auto")
+            assert h.read_file(m.m("f")) == b"auto"
+            log = m.log_text()
+        assert note in log and "io_uring on" not in log, log
+        h.wait_until(lambda: any("FDSTORE=1" in x for x in messages), 5,
+                     what="efused to store its descriptors")
+        with h.EfusedMount(args=["--transport", "uring"], env=systemd) as m:
+            uring_log = m.log_text()
+        assert note not in uring_log, uring_log
+        if "io_uring on" not in uring_log:
+            h.skip("FUSE over io_uring is not usable here: only the systemd case was checked")
+        assert "a restart of efused will remount it (FUSE over io_uring" in uring_log, uring_log
+        with h.EfusedMount() as m:
+            by_hand = m.log_text()
+        assert note not in by_hand and "io_uring on" in by_hand, by_hand
+    finally:
+        stop.set()
+        t.join(5)
+        sock.close()
+        h.shutil.rmtree(tmp, ignore_errors=True)
+
+
 if __name__ == "__main__":
     h.main(globals(), require=("unshare", "mount"))

@@ -137,13 +137,17 @@ class PackageChecks(Checks):
     def t_upgrade(self):
         # dpkg -i of the installed version again is an upgrade to it: prerm upgrade, then
         # postinst configure with the old version, where debhelper restarts the unit. The
-        # operator's edit: the mount on /dev/fuse (a restart remounts io_uring mounts).
+        # operator's edit: a thread count. The transport stays auto, which under systemd is
+        # /dev/fuse, the transport a restart keeps (io_uring mounts are remounted).
         self.write_config(CONFIG_PKG.replace("    source: /var/lib/efuse-test/pkg\n",
                                              "    source: /var/lib/efuse-test/pkg\n"
-                                             "    transport: classic\n"))
+                                             "    threads: 3\n"))
         r = self.sh("systemctl reload %s" % UNIT, timeout=90, ok=False)
         expect(r.returncode == 0, "systemctl reload: %s\n%s" % (describe(r), self.journal(20)))
-        expect("transport: classic" in self.sh("cat %s" % CONF).stdout, "config not edited")
+        expect("threads: 3" in self.sh("cat %s" % CONF).stdout, "config not edited")
+        st = self.sh("efusectl --json status pkg", ok=False).stdout
+        expect(re.search(r'"transport":\s*"classic"', st) and "transport auto under systemd" in st,
+               "transport auto under systemd is not /dev/fuse with its note: %s" % st)
         held = "/proc/%d/root/srv/efuse/pkg/held.txt" % self.c.leader  # from the host
         holder = subprocess.Popen(
             [sys.executable, "-c", UPGRADE_HOLDER, held], stdin=subprocess.PIPE,

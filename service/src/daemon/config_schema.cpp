@@ -140,7 +140,7 @@ std::string_view mounts_schema_text() {
       "maximum": 1024
     },
     "transport": {
-      "description": "How requests reach efused: classic reads /dev/fuse, uring uses FUSE over io_uring (Linux 6.14+), auto uses io_uring when the kernel offers it. Default auto.",
+      "description": "How requests reach efused: classic reads /dev/fuse, uring uses FUSE over io_uring (Linux 6.14+), auto uses /dev/fuse under systemd for mounts a restart can keep (passthrough backend, stock tier: a connection on io_uring cannot survive a restart), else io_uring when the kernel offers it. Default auto.",
       "type": "string",
       "default": "auto",
       "enum": ["auto", "classic", "uring"]

@@ -73,7 +73,8 @@ Options:
 With --mount (a config file sets these per mount):
   -t, --threads N                worker threads per mount (default 4)
       --transport MODE           auto, classic or uring (default auto: FUSE over
-                                 io_uring, one queue per CPU, when the kernel offers it)
+                                 io_uring, one queue per CPU, when the kernel offers it;
+                                 under systemd /dev/fuse, which a restart can keep)
       --queue-depth N            io_uring entries per CPU queue (default 8)
       --io-path MODE             auto, passthrough or cache (default auto: FUSE
                                  passthrough when the kernel grants it, the page cache

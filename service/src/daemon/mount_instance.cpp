@@ -373,8 +373,17 @@ Status MountInstance::start(std::string* error) {
 
 Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   fallback_reason_.clear();
+  transport_note_.clear();
   passthrough_missing_.clear();
   if (!choose_tier(error)) return Errno{ENODEV};
+  auto backend = fs::create_backend(cfg_.backend, params_of(cfg_), error);
+  if (!backend.ok()) return Errno{backend.error()};
+  fs_ = std::move(*backend);
+  // Under systemd with its descriptor store a restart resumes a /dev/fuse connection, but
+  // never one that ran FUSE over io_uring (mount_restart.cpp, store_descriptors). So auto
+  // keeps clients across restarts and upgrades by default; transport: uring chooses speed.
+  const bool restart_keeps_it = store_ != nullptr && store_->enabled() && !module_tier_ &&
+                                fs_->can_record_state();
   uint64_t masked = 0;
   if (const char* env = std::getenv("EFUSE_MASK_KERNEL_FEATURES"); env != nullptr && *env) {
     if (!parse_feature_mask(env, &masked, error)) return Errno{EINVAL};
@@ -385,6 +394,12 @@ Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   if (cfg_.transport != Transport::Classic && (masked & fuse::kernel::init::kOverIoUring)) {
     fallback_reason_ = "io_uring masked by EFUSE_MASK_KERNEL_FEATURES";
     LOG_INFO("%s: %s; serving over /dev/fuse", cfg_.name.c_str(), fallback_reason_.c_str());
+  } else if (cfg_.transport == Transport::Auto && restart_keeps_it) {
+    transport_note_ = "transport auto under systemd: /dev/fuse, so that a restart of efused "
+                      "keeps this mount's clients (a FUSE over io_uring connection cannot be "
+                      "resumed); transport: uring prefers io_uring, and a restart then "
+                      "remounts it";
+    LOG_INFO("%s: serving over /dev/fuse (%s)", cfg_.name.c_str(), transport_note_.c_str());
   } else if (cfg_.transport != Transport::Classic) {
     std::string why;
     want_uring = fuse::UringChannel::supported(&why).ok();
@@ -398,9 +413,6 @@ Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
                  why.c_str());
     }
   }
-  auto backend = fs::create_backend(cfg_.backend, params_of(cfg_), error);
-  if (!backend.ok()) return Errno{backend.error()};
-  fs_ = std::move(*backend);
   fuse::SessionOptions so;
   so.negative_timeout = cfg_.cache.negative_timeout;
   so.writeback_cache = cfg_.cache.writeback;

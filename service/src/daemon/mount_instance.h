@@ -114,6 +114,8 @@ class MountInstance final : private fs::Invalidator {
   const char* transport() const;
   // Why a configured io_uring transport is not in use ("" when it is, or was not asked for).
   const std::string& transport_fallback() const { return fallback_reason_; }
+  // Why transport auto chose /dev/fuse although io_uring may be usable (empty otherwise).
+  const std::string& transport_note() const { return transport_note_; }
   // The I/O path in effect for new opens: io_path as configured when the kernel granted
   // FUSE passthrough, "cache" when it did not (then io_path_note() says why), "" when not
   // live.
@@ -163,6 +165,7 @@ class MountInstance final : private fs::Invalidator {
   std::unique_ptr<fuse::Connection> conn_;  // the /dev/fuse fd; outlives channel_
   std::unique_ptr<fuse::Channel> channel_;  // classic or io_uring
   std::string fallback_reason_;
+  std::string transport_note_;
   std::string passthrough_missing_;  // why INIT did not grant passthrough ("" when it did)
   std::string tier_note_;
   bool module_tier_ = false;  // the mount goes through /dev/efuse

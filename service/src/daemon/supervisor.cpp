@@ -377,6 +377,7 @@ nlohmann::json Supervisor::view(const Slot& s) const {
       {"error", s.error},
       {"transport", s.instance ? s.instance->transport() : ""},
       {"transport_fallback", s.instance ? s.instance->transport_fallback() : ""},
+      {"transport_note", s.instance ? s.instance->transport_note() : ""},
       {"io_path", to_string(s.cfg.io_path)},
       {"io_path_effective", s.instance ? s.instance->effective_io_path() : ""},
       {"io_path_note", s.instance ? s.instance->io_path_note() : ""},

@@ -36,7 +36,8 @@ struct Context {
   bool kill_suidgid = false;
   // FUSE_SETXATTR_ACL_KILL_SGID: setting this POSIX ACL clears the set-group-ID bit, because
   // the caller is neither in the file's group nor has CAP_FSETID (as posix_acl_update_mode
-  // does natively). A backend that stores ACLs itself (memory) applies it.
+  // does natively). Every backend applies it: memory when it updates the mode from the ACL,
+  // passthrough after the backing file system did so as efused (which may keep the bit).
   bool kill_sgid = false;
 };
 
@@ -178,6 +179,9 @@ class Filesystem {
   // request of a resumed connection, and go on recording; an error (*why) leaves the
   // backend unusable for it (the mount starts fresh instead).
   virtual bool record_state(SlotFile*) { return false; }
+  // Whether record_state can work at all for this backend (checked before the transport is
+  // chosen: transport auto prefers /dev/fuse for a mount a restart can keep).
+  virtual bool can_record_state() const { return false; }
   virtual Status restore_state(SlotFile*, std::string* why) {
     *why = "this backend cannot resume a connection";
     return Errno{EOPNOTSUPP};

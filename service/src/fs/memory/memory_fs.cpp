@@ -146,7 +146,11 @@ Entry MemoryFs::entry_of(const Node& node) {
 }
 
 void MemoryFs::drop_if_unused(Node& node) {
-  if (node.nlink == 0) nodes_.erase_unreferenced(node.nodeid);
+  if (node.nlink != 0) return;
+  // Not at the kernel's FORGET, which may come much later (an O_PATH descriptor, a cached
+  // dentry): a write right after the unlink would see ENOSPC on a full pool.
+  if (S_ISREG(node.mode) && node.opens == 0) truncate(node, 0);
+  nodes_.erase_unreferenced(node.nodeid);
 }
 
 Result<MemoryFs::NodePtr> MemoryFs::dir_of(uint64_t nodeid) const {

@@ -55,6 +55,7 @@ struct Node {
   nlink_t nlink = 0;
   dev_t rdev = 0;
   uint64_t size = 0;
+  uint32_t opens = 0;  // handles the kernel holds open on it (OPEN/CREATE until RELEASE)
   struct timespec atime {}, mtime {}, ctime {};
 
   // Regular files: block index -> block; missing = hole.
@@ -160,7 +161,9 @@ class MemoryFs final : public Filesystem {
   // Removes `name` from `dir` (mu_ exclusive) and drops a link of its node; the node goes
   // when nothing holds it any more.
   void remove_name(Node& dir, std::string_view name, Node& node);
-  // Drops the node from the table if it has no name left and the kernel forgot it.
+  // For a node with no name left (mu_ exclusive): frees a regular file's blocks at once when
+  // no handle is open on it (nothing else can reach its data), and drops the node from the
+  // table once the kernel forgot it too.
   void drop_if_unused(Node& node);
   Status check_fh(uint64_t ino, uint64_t fh) const;
   // Sets the size of a regular file (node.mu held exclusively): frees blocks past it and

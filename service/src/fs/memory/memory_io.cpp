@@ -81,13 +81,14 @@ Result<OpenInfo> MemoryFs::open(const Context& ctx, uint64_t ino, int flags) {
   NodePtr node = get(ino);
   if (!node) return Errno{ESTALE};
   if (node->is_dir() && (flags & O_ACCMODE) != O_RDONLY) return Errno{EISDIR};
-  if (flags & O_TRUNC) {
+  {
     std::unique_lock nl(node->mu);
-    if (S_ISREG(node->mode)) {
+    if ((flags & O_TRUNC) && S_ISREG(node->mode)) {
       truncate(*node, 0);
       node->mtime = node->ctime = now();
       if (ctx.kill_suidgid) kill_privs(*node);
     }
+    ++node->opens;
   }
   OpenInfo info;
   info.fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
@@ -124,6 +125,7 @@ Result<Created> MemoryFs::create(const Context& ctx, uint64_t parent, std::strin
     nodes_.insert(node->nodeid, node, 0);
     add_name(*dir, name, *node);
   }
+  ++node->opens;
   Created c;
   c.entry = entry_of(*node);
   c.open.fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
@@ -194,8 +196,16 @@ Status MemoryFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t) {
   return check_fh(ino, fh);
 }
 
-Status MemoryFs::release(const Context&, uint64_t, uint64_t fh) {
-  return handles_.remove(fh) ? Status() : Status(Errno{EBADF});
+Status MemoryFs::release(const Context&, uint64_t ino, uint64_t fh) {
+  if (!handles_.remove(fh)) return Errno{EBADF};
+  std::shared_lock lk(mu_);
+  NodePtr node = get(ino);
+  if (!node) return {};
+  std::unique_lock nl(node->mu);
+  // The last handle of an unlinked file: its blocks go back to the pool now.
+  if (node->opens > 0 && --node->opens == 0 && node->nlink == 0 && S_ISREG(node->mode))
+    truncate(*node, 0);
+  return {};
 }
 
 Status MemoryFs::fsync(const Context&, uint64_t ino, uint64_t fh, bool) {

@@ -134,6 +134,7 @@ class PassthroughFs final : public Filesystem {
   accel::IoPathReport io_path_report() const override;
   // Restart state (passthrough_state.cpp): inodes (InodeTable::record) and open handles.
   bool record_state(SlotFile* file) override;
+  bool can_record_state() const override { return true; }
   Status restore_state(SlotFile* file, std::string* why) override;
 
  private:

@@ -417,13 +417,21 @@ Status PassthroughFs::flock(const Context&, uint64_t ino, uint64_t fh, int op) {
 // O_PATH handles do not take f*xattr calls; the /proc/self/fd path reaches the same inode.
 // Symlinks cannot carry user xattrs on Linux, and the proc path would follow them.
 
-Status PassthroughFs::setxattr(const Context&, uint64_t ino, std::string_view name,
+Status PassthroughFs::setxattr(const Context& ctx, uint64_t ino, std::string_view name,
                                std::span<const char> value, int flags) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{EPERM};
   PIN_FD(fd, inode);
   std::string n(name);
-  return check(::setxattr(ProcPath(fd), n.c_str(), value.data(), value.size(), flags));
+  Status s = check(::setxattr(ProcPath(fd), n.c_str(), value.data(), value.size(), flags));
+  // The backing file system updated the mode from the ACL as efused, which may keep the
+  // set-group-ID bit; the caller could not (FUSE_SETXATTR_ACL_KILL_SGID), so clear it.
+  if (s.ok() && ctx.kill_sgid && name == "system.posix_acl_access") {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) return last_errno();
+    if (st.st_mode & S_ISGID) s = check(::chmod(ProcPath(fd), st.st_mode & 07777 & ~S_ISGID));
+  }
+  return s;
 }
 
 Result<size_t> PassthroughFs::getxattr(const Context&, uint64_t ino, std::string_view name,
