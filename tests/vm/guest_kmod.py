@@ -212,8 +212,9 @@ def check_kmod_efused_tier():
     s = samples()
     info = value(s, "efuse_mount_info", mount=KNAME, tier="module", kernel_module="on")
     assert info == 1, [(n, l) for n, l, v in s if n == "efuse_mount_info"]
-    assert "eBPF handlers attached: getattr (" in log_text() and "lookup (" in log_text(), \
-        log_text()[-800:]
+    attached = [l for l in log_text().splitlines() if "eBPF handlers attached: " in l]
+    assert attached and "lookup (" in attached[-1] and "getattr (" in attached[-1], \
+        attached or log_text()[-800:]
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     assert handler_programs() == sorted(HANDLER_PROGRAMS), \
         f"{handler_programs()}; all: {[p.get('name') for p in json.loads(r.stdout)]}"
