@@ -390,6 +390,33 @@ def io_path_rows():
             "lookups the kernel took from positive entries (folded into efused's counts). 0 "
             "for mounts on the stock tier."),
     ])
+    # eBPF handlers and their hot swaps (README, Kernel module tier; docs/bpf.md).
+    out += place([
+        table("Handlers in place (kernel module tier)", [
+            target(f"max by (mount, opcode, prog_id, tag, abi, path) (efuse_handler_info{{{SEL}}})"
+                   f" or {stock_zero}", "", fmt="table", instant=True)],
+            "The eBPF handler answering each opcode of each mount: kernel program id, program "
+            "tag (two builds of one handler differ here), the handler ABI it was built for and "
+            "the object it came from. A swap shows as a new prog_id. Mounts on the stock tier "
+            "show one row with no opcode (value 0)."),
+        timeseries("Handler swaps (kernel module tier)", [
+            target(f"sum by (mount, opcode) (increase(efuse_handler_swaps_total{{{SEL}}}[{RATE}]))"
+                   f" or {stock_zero}", "{{mount}} {{opcode}} swapped"),
+            target(f"sum by (mount, opcode) (increase(efuse_handler_swap_failures_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} {{opcode}} refused", "B"),
+            target(f"sum by (mount, opcode) (increase(efuse_handler_removals_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} {{opcode}} removed", "C")],
+            "short", "Handlers put in place (load, reload, efusectl handler swap), swaps refused "
+            "(file owner or mode, symlink, handler ABI, opcode, verifier: the old handler "
+            "stayed) and handlers removed, per interval. 0 for mounts on the stock tier."),
+        timeseries("Handler run time (kernel.bpf_stats_enabled)", [
+            target(f"sum by (mount, opcode) (rate(efuse_handler_run_seconds_total{{{SEL}}}"
+                   f"[{RATE}])) / sum by (mount, opcode) (rate(efuse_handler_runs_total{{{SEL}}}"
+                   f"[{RATE}]) > 0) or {stock_zero}", "{{mount}} {{opcode}} mean per run")],
+            "s", "Mean time one run of the handler takes in the kernel (bpf_prog_info "
+            "run_time_ns / run_cnt). The kernel counts only while kernel.bpf_stats_enabled is "
+            "1; otherwise, and on the stock tier, 0."),
+    ])
     out += place([
         timeseries("Inodes and their descriptors", [
             target(f"sum by (mount) (efuse_inodes{{{SEL}}})", "{{mount}} inodes"),

@@ -630,6 +630,14 @@ def main():
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
         return 1
     print(f"guest: kernel {os.uname().release}, profile {PROFILE}, efused {EFUSED}", flush=True)
+    if os.environ.get("efuse_only") == "swap" and os.environ.get("efuse_kmod") == "1":
+        import guest_swap  # EFUSE_VM_ONLY=swap (tests/vm/README.md): the swap checks alone
+        try:
+            for fn in guest_swap.CHECKS:
+                check(fn)
+        finally:
+            guest_swap.cleanup(failures > 0)
+        return 1 if failures else 0
     check(check_efused_starts)
     if efused is None or efused.poll() is not None:
         report("FAIL", "rest", "efused is not running; nothing else can be checked")
@@ -647,6 +655,13 @@ def main():
                 check(fn)
         finally:
             guest_kmod.cleanup(failures > before)
+        import guest_swap  # handler hot swap (issue 20), after guest_kmod's rmmod
+        before = failures
+        try:
+            for fn in guest_swap.CHECKS:
+                check(fn)
+        finally:
+            guest_swap.cleanup(failures > before)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

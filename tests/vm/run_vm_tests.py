@@ -277,6 +277,8 @@ def run_kernel(profile, args, work, efused, tally):
     env = {"efuse_run": os.path.join(HERE, "guest_smoke.py"), "efuse_efused": efused,
            "efuse_profile": profile, "efuse_kmod": int(kmod),
            "efuse_keep": ":".join(sorted({REPO, os.path.dirname(efused)}))}
+    if os.environ.get("EFUSE_VM_ONLY"):  # e.g. "swap": only those checks (iterating on them)
+        env["efuse_only"] = os.environ["EFUSE_VM_ONLY"]
     console = os.path.join(kdir, "console.log")
     res = guest.boot(k, initramfs, disk, env, args.timeout, console,
                      echo=lambda line: print(f"[{label}] {line}", flush=True), accel=args.accel)

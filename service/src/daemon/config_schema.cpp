@@ -251,12 +251,12 @@ std::string_view mounts_schema_text() {
       }
     },
     "bpf_program": {
-      "description": "Absolute path of a compiled eBPF object (*.bpf.o) that handles this opcode in the kernel; the file must exist when the configuration is loaded.",
+      "description": "Absolute path of a compiled eBPF object (*.bpf.o) that handles this opcode in the kernel (kernel module tier): a root-owned file no group or other user can write, reached without symlinks, built for efused's handler ABI and declaring this opcode.",
       "type": "string",
       "pattern": "^/(?!(.*/)?\\.\\.(/|$)).*\\.bpf\\.o$"
     },
     "bpf_handlers": {
-      "description": "eBPF programs that answer some requests in the kernel, by FUSE opcode name. Default none.",
+      "description": "eBPF handlers that answer some requests in the kernel, by FUSE opcode name, instead of the shipped handler of that opcode; a reload swaps them live. Default none (the shipped handlers).",
       "type": "object",
       "additionalProperties": false,
       "properties": {

@@ -47,7 +47,6 @@ uint64_t identity(const MountConfig& c) {
     << c.queue_depth << '\0' << to_string(c.transport) << '\0' << c.options.allow_other
     << c.options.default_permissions << c.options.read_only << c.options.stack << '\0'
     << c.cache.writeback << '\0';
-  for (const auto& [op, path] : c.bpf_handlers) s << op << '=' << path << '\0';
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char ch : s.str()) {
     h ^= ch;
@@ -156,8 +155,7 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
   }
   if (m->identity != identity(cfg_)) {
     *error = "its configuration changed in a way that needs a remount (mountpoint, source, "
-             "backend, threads, queue_depth, transport, options, cache.writeback or "
-             "bpf_handlers)";
+             "backend, threads, queue_depth, transport, options or cache.writeback)";
     return Errno{ESTALE};
   }
   if (file->incomplete()) {

@@ -198,6 +198,41 @@ MountFamilies::MountFamilies()
           "Lookups the kernel took from the handlers' positive LOOKUP answers, as the module "
           "reported them, folded into efused's lookup counts before the FORGETs that "
           "covered them.",
+          MetricType::Counter)),
+      handler_info_(make_family(
+          "efuse_handler_info",
+          "The eBPF handler in place for the opcode on the mount (kernel module tier): its "
+          "kernel program id, program tag, handler ABI version and object path; always 1. "
+          "No series while the opcode has no handler.",
+          MetricType::Gauge)),
+      handler_loaded_(make_family(
+          "efuse_handler_loaded_timestamp_seconds",
+          "Unix time the opcode's handler was put in place (its load or swap).",
+          MetricType::Gauge)),
+      handler_swaps_(make_family(
+          "efuse_handler_swaps_total",
+          "Handlers put in place for the opcode since the mount started (the first load "
+          "counts), from the shipped set, bpf_handlers or SwapHandler.",
+          MetricType::Counter)),
+      handler_swap_failures_(make_family(
+          "efuse_handler_swap_failures_total",
+          "Handler loads or swaps refused for the opcode (file ownership or mode, symlink, "
+          "handler ABI, opcode, verifier, attach); the handler before stayed in place.",
+          MetricType::Counter)),
+      handler_removals_(make_family(
+          "efuse_handler_removals_total",
+          "Handlers removed for the opcode (RemoveHandler, or a reload that dropped it).",
+          MetricType::Counter)),
+      handler_runs_(make_family(
+          "efuse_handler_runs_total",
+          "Runs of the opcode's handler programs, every request of every efuse mount they "
+          "saw (bpf_prog_info run_cnt, summed over the programs that held the slot); counted "
+          "by the kernel only while kernel.bpf_stats_enabled is 1.",
+          MetricType::Counter)),
+      handler_run_seconds_(make_family(
+          "efuse_handler_run_seconds_total",
+          "Time spent in the opcode's handler programs (bpf_prog_info run_time_ns, summed "
+          "over the programs that held the slot); only while kernel.bpf_stats_enabled is 1.",
           MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
@@ -205,7 +240,30 @@ void MountFamilies::add(const MountView& mount) {
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
   if (mount.up) add_backend(mount.name, mount.backend_metrics);
-  if (mount.handlers) add_kernel_tier(mount);
+  if (mount.handlers) {
+    add_kernel_tier(mount);
+    add_handler_table(mount);
+  }
+}
+
+void MountFamilies::add_handler_table(const MountView& mount) {
+  for (const bpf::HandlerView& h : mount.handler_table) {
+    Labels labels = with(mount_label(mount.name), "opcode", fuse::opcode_name(h.opcode));
+    if (h.prog_id != 0) {
+      Labels info = labels;
+      info.push_back({"prog_id", std::to_string(h.prog_id)});
+      info.push_back({"tag", h.tag});
+      info.push_back({"abi", std::to_string(h.abi)});
+      info.push_back({"path", h.path});
+      add_gauge(handler_info_, std::move(info), 1);
+      add_gauge(handler_loaded_, labels, h.loaded_at);
+    }
+    add_counter(handler_swaps_, labels, static_cast<double>(h.swaps));
+    add_counter(handler_swap_failures_, labels, static_cast<double>(h.failed_swaps));
+    add_counter(handler_removals_, labels, static_cast<double>(h.removals));
+    add_counter(handler_runs_, labels, static_cast<double>(h.run_count));
+    add_counter(handler_run_seconds_, std::move(labels), static_cast<double>(h.run_ns) / 1e9);
+  }
 }
 
 void MountFamilies::add_kernel_tier(const MountView& mount) {
@@ -355,7 +413,9 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
-        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_}) {
+        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_,
+        &handler_info_, &handler_loaded_, &handler_swaps_, &handler_swap_failures_,
+        &handler_removals_, &handler_runs_, &handler_run_seconds_}) {
     append_nonempty(out, std::move(*f));
   }
   for (auto& [name, family] : backend_) append_nonempty(out, std::move(family));

@@ -1,9 +1,12 @@
-// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
- * GETXATTR and LISTXATTR handler for the efuse kernel module's attach point (kmod/,
- * patches 0002-0009): answers from what user space stored for (nodeid, name) in
- * efuse_xattr_answers (name "" for the node's list: the kernel never asks for an empty
- * name), and lets every other request go up.
+ * GETXATTR and LISTXATTR handlers for the efuse kernel module's attach point (kmod/,
+ * patches 0002-0010): efuse_getxattr.bpf.c and efuse_listxattr.bpf.c, one object per opcode
+ * like every handler (so each is listed, swapped and counted on its own, docs/bpf.md *Handler
+ * hot swap*), answering from the one map both declare: efuse_xattr_answers, which a mount's
+ * objects share by name, so both read what user space stored for (nodeid, name), name ""
+ * for the node's list (the kernel never asks for an empty name). Every other request goes
+ * up.
  *
  * An entry is either an error answer (-ENODATA: the node has no such attribute), used as
  * it is, or the whole value (the list) in data with its length in size. The request's
@@ -14,8 +17,12 @@
  * makes before each write and chown, reaches efused.
  *
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
- * (which says why there is no program array).
+ * (which says why there is no program array). EFUSE_XATTR_VARIANT (tests/vm) builds copies
+ * that answer the same with other instructions, for swap tests.
  */
+#ifndef EFUSE_XATTR_BPF_H
+#define EFUSE_XATTR_BPF_H
+
 #include "efuse_handler.bpf.h"
 
 #define FUSE_GETXATTR 22
@@ -29,17 +36,21 @@ struct {
 	__type(value, struct efuse_handler_entry);
 } efuse_xattr_answers SEC(".maps");
 
-SEC("raw_tp.w/efuse_handler")
-int efuse_xattr(struct bpf_raw_tracepoint_args *args)
+/* The handler of `op` (FUSE_GETXATTR or FUSE_LISTXATTR). */
+static __always_inline int efuse_xattr_handler(struct efuse_handler_ctx *ctx, __u32 op)
 {
-	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	const struct efuse_handler_entry *e;
 	struct efuse_handler_name_key key;
-	__u32 op = ctx->in.opcode, len;
+	__u32 len;
 
-	if ((op != FUSE_GETXATTR && op != FUSE_LISTXATTR) || !efuse_handler_mine(ctx->in.conn))
+	if (!efuse_handler_turn(ctx, op) || efuse_handler_answered_twice(ctx))
 		return 0;
 	key.parent = ctx->in.nodeid;
+#ifdef EFUSE_XATTR_VARIANT
+	key.parent += EFUSE_XATTR_VARIANT;	/* tests/vm: the same answer, other instructions */
+	asm volatile("" : "+r"(key.parent));
+	key.parent -= EFUSE_XATTR_VARIANT;
+#endif
 	if (op == FUSE_GETXATTR) {
 		if (ctx->in.namelen == 0 || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX)
 			return 0;
@@ -69,4 +80,4 @@ int efuse_xattr(struct bpf_raw_tracepoint_args *args)
 	return 0;
 }
 
-char LICENSE[] SEC("license") = "GPL";
+#endif /* EFUSE_XATTR_BPF_H */
