@@ -149,10 +149,11 @@ def write_bench(result, out, k, timing):
         f.write(f"# efused on stock FUSE and on efuse.ko, inside one guest\n\n"
                 f"`bench/run --vm` at {sha}: guest kernel {result['kernel']} under QEMU "
                 f"({timing}), {result['cpus']} vCPUs; every side on the same guest and data "
-                f"disk; median of {result['reps']} repetitions after a warm-up pass. "
-                f"stock = efused `--kernel-module off`, module = efused `--kernel-module on` "
-                f"with the shipped handlers. x native: time ÷ native time (fio: native IOPS "
-                f"÷ IOPS). Requests per op: efuse_requests_total (reached efused) and "
+                f"disk; per workload a warm-up pass per side, then {result['reps']} rounds running "
+                f"the sides one after the other (median). stock = efused `--kernel-module off`, "
+                f"module = efused `--kernel-module on` with the shipped handlers, both "
+                f"`{' '.join(result.get('efused_args', []))} --telemetry off`. x native: time ÷ "
+                f"native time (fio: native IOPS ÷ IOPS, from fio's own runtime). Requests per op: efuse_requests_total (reached efused) and "
                 f"efuse_kernel_answered_total (answered by the handlers) over the timed "
                 f"parts, by opcode.\n\n{bench_table(result)}\n")
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
