@@ -4,13 +4,17 @@ the same results with and without the library (coreutils, tar, git, python, fsx)
 another user, with ACLs and on a read-only mount nothing is granted that the kernel path
 refuses; files changed in the backing directory while a process holds them read the same;
 descriptors the library hands out behave as kernel ones across dup, dup2, dup3,
-fcntl(F_DUPFD), fork, exec, threads, close_range and O_CLOEXEC; after kill -9 of efused
+fcntl(F_DUPFD), fork, exec, threads, close_range and O_CLOEXEC; calls relative to directory
+descriptors (renamed, replaced, reused, permissions changed while held), listings, and a
+file system mounted inside the mount give what the kernel gives; after kill -9 of efused
 every call fails with ENOTCONN and no data is served; efused's /metrics counts the calls
 the library served and those it passed to the kernel."""
 
 import contextlib
 import os
 import signal
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -73,10 +77,13 @@ def intercepted(*args, backend="passthrough"):
 
 
 @contextlib.contextmanager
-def child(cmd):
-    """A process the test talks to over its stdin and stdout; killed if still running."""
+def child(cmd, user=None):
+    """A process the test talks to over its stdin and stdout (as `user`, (uid, gid), with no
+    supplementary groups, if given); killed if still running."""
+    kw = {} if user is None else {"user": user[0], "group": user[1], "extra_groups": [],
+                                  "cwd": "/"}
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, **kw)
     try:
         yield p
     finally:
@@ -153,7 +160,18 @@ def test_tools_same_with_and_without():
         # The library served them, and counted what it passed on (listings).
         for op in ("open", "read", "stat", "access", "close"):
             assert served[(op, "library")] > 0, f"no {op} served by the library: {served}"
-        assert served[("readdir", "kernel")] > 0, served
+        assert served[("readdir", "kernel")] > 0, served  # listings: the kernel's by default
+        # With EFUSE_INTERCEPT_READDIR=1 the library reads listings too: the same output.
+        env = dict(os.environ, EFUSE_INTERCEPT_READDIR="1")
+        listed = 0
+        for what in ("ls -lR", "stat", "du", "tar", "git"):
+            plain, lib, s = i.run_both(["bash", "-o", "pipefail", "-c", scripts[what]], cwd=m.mnt,
+                                       env=env)
+            same(plain, lib, f"{what}, listings served")
+            listed += s[("readdir", "library")]
+        plain, lib, s = i.run_both(["python3", "-c", py], cwd=m.mnt, env=env)
+        same(plain, lib, "python os.walk, listings served")
+        assert listed + s[("readdir", "library")] > 0
 
 
 def test_fsx_same_with_and_without():
@@ -231,7 +249,10 @@ def permission_tree(src):
     run(["setfacl", "-m", f"u:{USER[0]}:rw,m::r", J(src, "acl-mask")])
     os.symlink("public", J(src, "link"))
     os.symlink("../../etc/hostname", J(src, "escape"))
-    paths += ["link", "escape", "closed", "searchonly", "missing", "public/", "closed/missing"]
+    os.symlink("searchonly", J(src, "dirlink"))  # a symlink on the way, not at the end
+    os.symlink("/nonexistent-efuse-dir", J(src, "deadlink"))
+    paths += ["link", "escape", "closed", "searchonly", "missing", "public/", "closed/missing",
+              "dirlink/inner", "dirlink/missing", "deadlink/inner", "public/inner"]
     return paths
 
 
@@ -256,6 +277,27 @@ def test_other_user_acls():
         for p, want in (("secret", "EACCES"), ("acl-deny", "EACCES"), ("closed/inner", "EACCES"),
                         ("acl-grant", "b'data\\n'"), ("acl-mask", "b'data\\n'")):
             assert f"{J(i.m.mnt, p)} read {want}" in lines, (p, want, plain.out)
+        # Each user counted into a file of their own, which the other may not write, in a
+        # directory no user may list; a file forged for root by the user is not counted.
+        counts = J(i.pub, "counts")
+        assert stat.S_IMODE(os.stat(counts).st_mode) == 0o1733
+        files = {os.stat(J(counts, n)).st_uid: J(counts, n) for n in os.listdir(counts)}
+        assert set(files) == {0, USER[0]}, files
+        for f, uid in ((files[0], 0), (files[USER[0]], USER[0])):
+            assert os.stat(f).st_mode & 0o022 == 0 and f.endswith(f".{uid}"), f
+        poke = ("import os,sys\n"
+                "for f in sys.argv[1:]:\n"
+                "  try: os.close(os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)); print('wrote', f)\n"
+                "  except OSError as e: print(e.strerror)\n"
+                "try: os.listdir(os.path.dirname(sys.argv[1])); print('listed')\n"
+                "except OSError as e: print(e.strerror)\n")
+        forged = files[0][:-1] + "99999"
+        r = run(["python3", "-c", poke, files[0], forged], user=USER)
+        assert r.out.splitlines() == ["Permission denied", f"wrote {forged}", "Permission denied"], r.out
+        # A well-formed file (magic "EFUSEIR1", version 1, 144 bytes) of a billion calls each.
+        with open(forged, "r+b") as f:  # named for uid 99999, owned by the user
+            f.write(struct.pack("<QII", 0x3152494553554645, 1, 144) + struct.pack("<16Q", *[10**9] * 16))
+        assert i.calls()[("open", "library")] < 10**9
 
 
 def test_read_only_mount():
@@ -408,6 +450,358 @@ def test_before_main_signal_handlers_threads():
         assert "before main: read same as in main: 1, device the same: 1" in lib.out, lib.out
         assert "signal handler: ran yes, errors 0; main thread errors 0" in lib.out, lib.out
         assert served[("open", "library")] > 2000 and served[("stat", "library")] > 2000, served
+
+
+# Calls relative to directory descriptors opened through the mount (what find and fts do):
+# the library answers them relative to the backing directory it bound the descriptor to.
+# The test renames and replaces things between the steps (stdin lines), through the mount
+# and in the backing directory; every line is compared with the run without the library.
+DIRFD = r"""
+import errno, os, stat, sys, time
+mnt = sys.argv[1]
+def res(fn, *a, **kw):  # (each run makes new files: inode numbers are not compared)
+    try:
+        r = fn(*a, **kw)
+        if isinstance(r, os.stat_result):
+            return (stat.filemode(r.st_mode), r.st_size, r.st_dev == dev, r.st_nlink)
+        return r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(name, d):
+    fd = os.open(name, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+dev = os.stat(mnt).st_dev
+def probe(tag, d):
+    for name in ("f", "sub/g", "link", "sub", "missing", "sub/../f", "./f", "f/"):
+        print(tag, name, res(os.stat, name, dir_fd=d, follow_symlinks=False),
+              res(os.stat, name, dir_fd=d), res(rd, name, d),
+              res(os.access, name, os.R_OK, dir_fd=d), flush=True)
+d = os.open(os.path.join(mnt, "d"), os.O_RDONLY | os.O_DIRECTORY)
+probe("start", d)
+sys.stdin.readline()  # d renamed to e through the mount, then e to x in the backing tree
+probe("renamed", d)
+print("renamed path", res(os.stat, os.path.join(mnt, "x", "f")), flush=True)
+sys.stdin.readline()  # x replaced in the backing tree by another directory
+# Through the kernel the removed names go once efused's watcher invalidated them: wait for
+# that (whichever path answers), so both runs probe after the same event.
+for _ in range(3000):
+    if all(res(os.stat, n, dir_fd=d) == "ENOENT" for n in ("f", "sub", "sub/../f", "link")):
+        break
+    time.sleep(0.01)
+probe("replaced", d)
+x = os.open(os.path.join(mnt, "x"), os.O_RDONLY | os.O_DIRECTORY)
+probe("new x", x)
+# Numbers reused: d closed and its number given to a directory outside the mount; x
+# replaced by dup2 of that one.
+os.close(d)
+other = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
+print("reused", other == d, flush=True)
+probe("outside", other)
+os.dup2(other, x)
+probe("dup2 over", x)
+"""
+
+
+def test_dirfd_relative_calls():
+    """fstatat/openat/faccessat relative to a directory descriptor of the mount: the same
+    results with the library, also after the directory is renamed (through the mount and
+    in the backing tree) or replaced, after its number is reused for a directory outside
+    the mount, through a symlink, "..", "." and a trailing slash; and the library served
+    them."""
+    with intercepted() as i:
+        m = i.m
+        results = []
+        served = None
+        for prefix in ([], [EFUSE_RUN]):
+            run(["rm", "-rf", J(m.src, "d"), J(m.src, "e"), J(m.src, "x"), J(m.native, "o")])
+            os.makedirs(J(m.src, "d", "sub"))
+            write_file(J(m.src, "d", "f"), b"first f\n")
+            write_file(J(m.src, "d", "sub", "g"), b"first g\n")
+            os.symlink("f", J(m.src, "d", "link"))
+            os.makedirs(J(m.native, "o", "sub"))
+            write_file(J(m.native, "o", "f"), b"outside\n")
+            before = i.calls()
+            with child([*prefix, "python3", "-c", DIRFD, m.mnt, J(m.native, "o")]) as p:
+                out = [p.stdout.readline() for _ in range(8)]
+                os.rename(J(m.mnt, "d"), J(m.mnt, "e"))
+                os.rename(J(m.src, "e"), J(m.src, "x"))
+                h.wait_until(lambda: os.path.exists(J(m.mnt, "x", "f")), timeout=30,
+                             what="the outside rename to show through the mount")
+                p.stdin.write("\n")
+                p.stdin.flush()
+                out += [p.stdout.readline() for _ in range(9)]
+                run(["rm", "-rf", J(m.src, "x")])
+                os.makedirs(J(m.src, "x", "sub"))
+                write_file(J(m.src, "x", "f"), b"second f, longer\n")
+                h.wait_until(lambda: os.path.exists(J(m.mnt, "x", "f")) and
+                             os.stat(J(m.mnt, "x", "f")).st_size == 17, timeout=30,
+                             what="the replaced directory to show")
+                rest, err = p.communicate(input="\n", timeout=60)
+            assert p.returncode == 0, err
+            results.append("".join(out) + rest)
+            after = i.calls()
+            served = {k: after[k] - before[k] for k in after}
+        assert results[0] == results[1], "\n".join(
+            f"{a!r}\n{b!r}" for a, b in zip(results[0].splitlines(), results[1].splitlines())
+            if a != b)
+        text = results[1]
+        assert "start f ('-rw-r--r--', 8," in text and "renamed f ('-rw-r--r--', 8," in text, text
+        assert "replaced f ENOENT" in text and "new x f ('-rw-r--r--', 17," in text, text
+        assert "reused True" in text and "outside f ('-rw-r--r--', 8, " in text, text
+        assert served[("stat", "library")] >= 20 and served[("open", "library")] >= 8, served
+
+
+# Lists directories through libc's opendir/readdir/telldir/seekdir/rewinddir/closedir (by
+# ctypes, so the library's versions are the ones called): every entry's name, d_ino,
+# d_type and d_off, in order, and what repositioning gives.
+LISTING = r"""
+import ctypes, os, sys
+class Dirent(ctypes.Structure):
+    _fields_ = [("d_ino", ctypes.c_uint64), ("d_off", ctypes.c_int64),
+                ("d_reclen", ctypes.c_uint16), ("d_type", ctypes.c_uint8),
+                ("d_name", ctypes.c_char * 256)]
+libc = ctypes.CDLL(None, use_errno=True)
+libc.opendir.restype = ctypes.c_void_p
+libc.fdopendir.restype = ctypes.c_void_p
+libc.readdir.restype = ctypes.POINTER(Dirent)
+libc.readdir.argtypes = libc.telldir.argtypes = libc.rewinddir.argtypes = [ctypes.c_void_p]
+libc.closedir.argtypes = [ctypes.c_void_p]
+libc.telldir.restype = ctypes.c_long
+libc.seekdir.argtypes = [ctypes.c_void_p, ctypes.c_long]
+def entries(d, n=None):
+    out = []
+    while n is None or len(out) < n:
+        e = libc.readdir(d)
+        if not e:
+            break
+        e = e.contents
+        out.append((e.d_name.decode(), e.d_ino, e.d_type, e.d_off))
+    return out
+for path in sys.argv[1:]:
+    d = libc.opendir(path.encode())
+    if not d:
+        print(path, "opendir", os.strerror(ctypes.get_errno()))
+        continue
+    first = entries(d, 10)
+    pos = libc.telldir(d)
+    five = entries(d, 5)
+    libc.seekdir(d, pos)
+    again = entries(d, 5)
+    rest = entries(d)
+    libc.rewinddir(d)
+    head = entries(d, 3)
+    print(path, len(first) + len(again) + len(rest), five == again, head == first[:3], flush=True)
+    for e in first + again + rest:
+        print(" ", *e)
+    libc.closedir(d)
+    # fdopendir of a descriptor opened through the mount (what fts does)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    d = libc.fdopendir(fd)
+    print(path, "fdopendir", sorted(e[0] for e in entries(d)) == sorted(e[0] for e in first + again + rest))
+    libc.closedir(d)
+"""
+
+
+def test_listings_same_with_and_without():
+    """With EFUSE_INTERCEPT_READDIR=1, readdir of directories of the mount (the root, one of 1,500 entries spanning several
+    buffers, an empty one, one the user may read but not search, one the user may not read):
+    the same names, d_ino, d_type and d_off in the same order with the library, telldir,
+    seekdir and rewinddir too, for root and another user; and the library served them."""
+    with intercepted() as i:
+        m = i.m
+        big = J(m.src, "big")
+        os.mkdir(big)
+        for n in range(1500):
+            write_file(J(big, f"file-with-a-longer-name-{n:05d}"), b"")
+        os.mkdir(J(big, "subdir"))
+        os.symlink("x", J(big, "link"))
+        os.mkfifo(J(big, "fifo"))
+        os.mkdir(J(m.src, "empty"))
+        os.mkdir(J(m.src, "readonly"), 0o755)
+        write_file(J(m.src, "readonly", "a"), b"")
+        os.chmod(J(m.src, "readonly"), 0o744)  # others: read, no search
+        os.mkdir(J(m.src, "closed"), 0o700)
+        paths = [m.mnt, J(m.mnt, "big"), J(m.mnt, "empty"), J(m.mnt, "readonly"),
+                 J(m.mnt, "closed")]
+        env = dict(os.environ, EFUSE_INTERCEPT_READDIR="1")
+        for user in (None, USER):
+            plain, lib, served = i.run_both(["python3", "-c", LISTING, *paths], user=user,
+                                            cwd="/", env=env)
+            same(plain, lib, f"listings as uid {user[0] if user else 0}")
+            assert served[("readdir", "library")] >= 1500, served
+        assert f"{J(m.mnt, 'big')} 1505 True True" in lib.out, lib.out
+        assert f"{J(m.mnt, 'closed')} opendir Permission denied" in lib.out, lib.out
+
+
+# As another user: a directory descriptor opened while the directory was open to all,
+# then probed after root closed it (mode 0700), and after an ACL gave the user back search
+# permission only.
+CLOSED_LATER = r"""
+import errno, os, sys
+d = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+def res(fn, *a, **kw):
+    try:
+        r = fn(*a, **kw)
+        return "ok" if r is None else (r.st_size if isinstance(r, os.stat_result) else r)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(name):
+    fd = os.open(name, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+for line in sys.stdin:
+    for name in ("f", "sub/g", "missing"):
+        print(line.strip(), name, res(os.stat, name, dir_fd=d, follow_symlinks=False),
+              res(rd, name), res(os.access, name, os.R_OK, dir_fd=d), flush=True)
+"""
+
+
+def test_dirfd_permissions_change_while_held():
+    """A user's directory descriptor bound by the library: when root takes away the user's
+    search permission on the directory (mode, then an ACL that gives it back), calls relative
+    to the descriptor are refused and allowed again exactly as through the kernel."""
+    h.require_tools("setfacl")
+    with intercepted() as i:
+        m = i.m
+        results = []
+        served = None
+        for prefix in ([], [EFUSE_RUN]):
+            run(["rm", "-rf", J(m.src, "d")])
+            os.makedirs(J(m.src, "d", "sub"))
+            os.chmod(J(m.src, "d"), 0o755)
+            write_file(J(m.src, "d", "f"), b"f data\n")
+            write_file(J(m.src, "d", "sub", "g"), b"g data\n")
+            # The second time: the kernel first forgets the directory the first run closed.
+            h.wait_until(lambda: os.stat(J(m.mnt, "d")).st_ino == os.stat(J(m.src, "d")).st_ino,
+                         timeout=30, what="the new directory to show through the mount")
+            before = i.calls()
+            with child([*prefix, "python3", "-c", CLOSED_LATER, J(m.mnt, "d")], user=USER) as p:
+                out = []
+
+                def step(tag):
+                    if p.poll() is not None:
+                        raise AssertionError((out, p.stderr.read()))
+                    p.stdin.write(tag + "\n")
+                    p.stdin.flush()
+                    out.extend(p.stdout.readline() for _ in range(3))
+
+                def mode_shows(want):
+                    h.wait_until(lambda: stat.S_IMODE(os.stat(J(m.mnt, "d")).st_mode) == want,
+                                 timeout=30, what=f"mode {want:o} to show through the mount")
+                step("open")
+                os.chmod(J(m.src, "d"), 0o700)  # in the backing directory: the watcher
+                mode_shows(0o700)
+                step("closed")
+                run(["setfacl", "-m", f"u:{USER[0]}:x", J(m.mnt, "d")])  # through the mount
+                step("acl")
+                rest, err = p.communicate(input="", timeout=60)
+            assert p.returncode == 0, (out, err)
+            results.append("".join(out) + rest)
+            after = i.calls()
+            served = {k: after[k] - before[k] for k in after}
+        assert results[0] == results[1], results
+        lines = results[1].splitlines()
+        assert "open f 7 b'f data\\n' True" in lines, lines
+        assert "closed f EACCES EACCES False" in lines, lines
+        assert "acl f 7 b'f data\\n' True" in lines, lines
+        assert served[("stat", "library")] >= 3, served
+
+
+# Probes paths inside the mount each time the test asks (a line on stdin): before, while
+# and after a tmpfs is mounted on a directory inside the mount.
+INSIDE = r"""
+import errno, os, stat, sys
+mnt = sys.argv[1]
+dev = os.stat(mnt).st_dev
+def res(fn, *a, **kw):
+    try:
+        r = fn(*a, **kw)
+        if isinstance(r, os.stat_result):
+            return (stat.filemode(r.st_mode), r.st_size, r.st_dev == dev)
+        return r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(p, d=None):
+    fd = os.open(p, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+top = os.open(mnt, os.O_RDONLY | os.O_DIRECTORY)
+held = os.open(os.path.join(mnt, "sub"), os.O_RDONLY | os.O_DIRECTORY)
+for line in sys.stdin:
+    sub = os.open(os.path.join(mnt, "sub"), os.O_RDONLY | os.O_DIRECTORY)
+    tag = line.strip()
+    for p in ("sub", "sub/x", "sub/deeper/y", "subsibling/z"):
+        print(tag, p, res(os.stat, os.path.join(mnt, p), follow_symlinks=False),
+              res(rd, os.path.join(mnt, p)), res(os.stat, p, dir_fd=top), res(rd, p, top),
+              flush=True)
+    print(tag, "x in sub", res(os.stat, "x", dir_fd=sub), res(rd, "x", sub), flush=True)
+    print(tag, "x in held", res(os.stat, "x", dir_fd=held), res(rd, "x", held), flush=True)
+    os.close(sub)
+"""
+
+
+def test_file_system_mounted_inside():
+    """A tmpfs mounted on a directory inside the mount while a program runs: its paths, and
+    calls relative to directory descriptors above it, show the tmpfs with the library as
+    without (the library leaves them to the kernel once efused saw the mount table change),
+    and the backing directory again after the unmount."""
+    with intercepted() as i:
+        m = i.m
+        os.makedirs(J(m.src, "sub", "deeper"))
+        os.makedirs(J(m.src, "subsibling"))
+        write_file(J(m.src, "sub", "x"), b"backing x\n")
+        write_file(J(m.src, "sub", "deeper", "y"), b"backing y\n")
+        write_file(J(m.src, "subsibling", "z"), b"backing z\n")
+        gen = J(i.pub, "generation")
+
+        def generation():
+            with open(gen, "rb") as f:
+                return int.from_bytes(f.read(8), "little")
+        results = []
+        for prefix in ([], [EFUSE_RUN]):
+            with child([*prefix, "python3", "-c", INSIDE, m.mnt]) as p:
+                out = []
+
+                def step(tag, lines=6):
+                    p.stdin.write(tag + "\n")
+                    p.stdin.flush()
+                    out.extend(p.stdout.readline() for _ in range(lines))
+                step("before")
+                before = generation()
+                run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-inside", J(m.mnt, "sub")])
+                try:
+                    write_file(J(m.mnt, "sub", "x"), b"tmpfs x\n")
+                    h.wait_until(lambda: generation() > before, timeout=30,
+                                 what="efused to see the mount table change")
+                    step("mounted")
+                finally:
+                    before = generation()
+                    run(["umount", J(m.mnt, "sub")])
+                h.wait_until(lambda: generation() > before, timeout=30,
+                             what="efused to see the unmount")
+                step("unmounted")
+                rest, err = p.communicate(input="", timeout=60)
+            assert p.returncode == 0, err
+            results.append("".join(out) + rest)
+        assert results[0] == results[1], "\n".join(
+            f"{a!r}\n{b!r}" for a, b in zip(results[0].splitlines(), results[1].splitlines())
+            if a != b)
+        lines = set(results[1].splitlines())
+        for want in ("mounted sub/x ('-rw-r--r--', 8, False) b'tmpfs x\\n' "
+                     "('-rw-r--r--', 8, False) b'tmpfs x\\n'",
+                     "mounted x in sub ('-rw-r--r--', 8, False) b'tmpfs x\\n'",
+                     # the directory underneath, held from before the mount
+                     "mounted x in held ('-rw-r--r--', 10, True) b'backing x\\n'",
+                     "unmounted sub/x ('-rw-r--r--', 10, True) b'backing x\\n' "
+                     "('-rw-r--r--', 10, True) b'backing x\\n'"):
+            assert want in lines, (want, results[1])
 
 
 # Opens a file, reads it, waits; after the kill reads again and tries path calls.

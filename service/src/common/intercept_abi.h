@@ -8,7 +8,21 @@
 //   m-<hash>.rec     one record per mount with `intercept: true` (mode 0644, efused's);
 //                    <hash> is the FNV-1a hash of the mountpoint, so two efused instances
 //                    never share a record.
-//   m-<hash>.cnt     the mount's counters (mode 0666: every user's library adds to them).
+//   counts/          mode 01733 (sticky; every user may create files, none may list the
+//                    directory or remove or write another user's files): the counters, one
+//     m-<hash>-<pid>-<generation>.<uid>   file per user and publication (struct
+//                    efuse_intercept_counters, mode 0644), created by that user's library
+//                    (owned by <uid>; efused ignores a file owned by anyone else) and summed
+//                    by efused, each as far as it ever went, so a user can only add calls
+//                    of their own (which they could make anyway). <pid> and <generation>
+//                    are the record's.
+//   alive-<pid>-<start>  one per efused (4 KiB, mode 0644): a process-shared robust pthread
+//                    mutex at offset 0 that one thread of efused locks before its first
+//                    record is published and holds until the process ends. When efused
+//                    exits, however it exits (kill -9 too), the kernel clears the owner's
+//                    TID in the mutex's futex word (its first 32 bits; robust futex list),
+//                    so the library tells a running efused from a dead one with one load,
+//                    no system call. <start> is pid_start below.
 #pragma once
 
 #include <stdint.h>
@@ -17,6 +31,9 @@
 #define EFUSE_INTERCEPT_VERSION 1u
 #define EFUSE_INTERCEPT_DEFAULT_DIR "/run/efuse/intercept"
 #define EFUSE_INTERCEPT_PATH_MAX 1024
+#define EFUSE_INTERCEPT_COUNTS_DIR "counts"
+#define EFUSE_INTERCEPT_ALIVE_SIZE 4096u
+#define EFUSE_INTERCEPT_ALIVE_TID_MASK 0x3fffffffu  // FUTEX_TID_MASK
 
 // efuse_intercept_record.flags
 #define EFUSE_IR_LIVE 0x1u        // efused serves the mount; cleared before it unmounts

@@ -1,15 +1,24 @@
 #include "daemon/intercept_publisher.h"
 
 #include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <future>
+#include <mutex>
+#include <thread>
 
 #include "common/log.h"
 #include "common/unique_fd.h"
@@ -43,12 +52,27 @@ uint64_t start_time(const std::string& pid) {
   return std::strtoull(p, nullptr, 10);
 }
 
+std::string alive_name(unsigned long pid, unsigned long long start) {
+  return "alive-" + std::to_string(pid) + "-" + std::to_string(start);
+}
+
 // Records left by an efused that was killed (its mounts detached since): removed with
 // their counters, so /run does not collect them. Libraries ignore them anyway (PID check).
 void remove_dead_records(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
     std::string name = e.path().filename();
+    unsigned long pid = 0;
+    unsigned long long start = 0;
+    char tail = 0;
+    if (std::sscanf(name.c_str(), "alive-%lu-%llu%c", &pid, &start, &tail) == 2 &&
+        name == alive_name(pid, start)) {
+      if (static_cast<pid_t>(pid) != getpid() && start_time(std::to_string(pid)) != start) {
+        ::unlink(e.path().c_str());
+        LOG_INFO("intercept: removed %s, left by efused %lu, which is gone", e.path().c_str(), pid);
+      }
+      continue;
+    }
     if (name.size() < 7 || name.compare(0, 2, "m-") != 0 ||
         name.compare(name.size() - 4, 4, ".rec") != 0)
       continue;
@@ -63,6 +87,17 @@ void remove_dead_records(const std::string& dir) {
     ::unlink((base + ".rec").c_str());
     ::unlink((base + ".cnt").c_str());
     LOG_INFO("intercept: removed %s.rec, left by efused %d, which is gone", base.c_str(), rec.pid);
+  }
+  // Counter files of publications whose efused is gone (their PID names no process).
+  for (const auto& e : std::filesystem::directory_iterator(dir + "/" + EFUSE_INTERCEPT_COUNTS_DIR, ec)) {
+    std::string name = e.path().filename();
+    unsigned long pid = 0;
+    int used = 0;
+    if (name.size() < 20 || name.compare(0, 2, "m-") != 0 ||
+        std::sscanf(name.c_str() + 18, "-%lu-%*u.%*u%n", &pid, &used) != 1 ||
+        static_cast<size_t>(used) + 18 != name.size() || static_cast<pid_t>(pid) == getpid())
+      continue;
+    if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) ::unlink(e.path().c_str());
   }
 }
 
@@ -120,6 +155,116 @@ T* map_file(const std::string& path, int flags, mode_t mode, bool fresh, std::st
   return static_cast<T*>(p);
 }
 
+constexpr const char* kCountsDir = EFUSE_INTERCEPT_COUNTS_DIR;
+
+// <dir>/counts: 01733, efused's, a real directory.
+bool make_counts_dir(const std::string& path, std::string* why) {
+  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
+    *why = "cannot create " + path + ": " + strerror(errno);
+    return false;
+  }
+  struct stat st;
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != geteuid()) {
+    *why = path + " is not a directory of efused's user";
+    return false;
+  }
+  if ((st.st_mode & 07777) != 01733 && ::chmod(path.c_str(), 01733) != 0) {
+    *why = "cannot make " + path + " mode 1733: " + strerror(errno);
+    return false;
+  }
+  return true;
+}
+
+// Calls f(name, uid) for the files "<prefix><uid>" in `dir` (at most 65,536 looked at).
+template <typename F>
+void for_each_count_file(const std::string& dir, const std::string& prefix, F&& f) {
+  if (dir.empty() || prefix.empty()) return;
+  std::error_code ec;
+  int seen = 0;
+  for (auto it = std::filesystem::directory_iterator(dir, ec);
+       !ec && it != std::filesystem::directory_iterator() && seen < 65536; it.increment(ec), ++seen) {
+    std::string name = it->path().filename();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const char* digits = name.c_str() + prefix.size();
+    char* end = nullptr;
+    errno = 0;
+    unsigned long uid = std::strtoul(digits, &end, 10);
+    if (errno != 0 || *end != '\0' || !std::isdigit(static_cast<unsigned char>(*digits)) ||
+        uid > 0xffffffffu || std::to_string(uid) != digits)
+      continue;
+    f(name, static_cast<uint32_t>(uid));
+  }
+}
+
+// A user's counters: their own regular file, of the right size and layout.
+bool read_count_file(const std::string& path, uint32_t uid, efuse_intercept_counters* c) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  struct stat st;
+  return fd && fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == uid &&
+         static_cast<size_t>(st.st_size) == sizeof *c &&
+         ::pread(fd.get(), c, sizeof *c, 0) == static_cast<ssize_t>(sizeof *c) &&
+         c->magic == EFUSE_INTERCEPT_MAGIC && c->version == EFUSE_INTERCEPT_VERSION &&
+         c->size == sizeof *c;
+}
+
+// The alive file (common/intercept_abi.h): one per directory this efused publishes in, its
+// robust mutex locked by a thread that never lets go and lives as long as the process.
+struct AlivePage {
+  pthread_mutex_t mutex;
+  char pad[EFUSE_INTERCEPT_ALIVE_SIZE - sizeof(pthread_mutex_t)];
+};
+static_assert(sizeof(AlivePage) == EFUSE_INTERCEPT_ALIVE_SIZE);
+static_assert(offsetof(pthread_mutex_t, __data.__lock) == 0, "the futex word comes first");
+
+bool ensure_alive(const std::string& dir, std::string* why) {
+  static std::mutex mu;
+  static std::vector<std::string> done;  // directories with this process's alive file
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& d : done)
+    if (d == dir) return true;
+  std::string path = dir + "/" + alive_name(getpid(), start_time("self"));
+  ::unlink(path.c_str());
+  auto* page = map_file<AlivePage>(path, O_CREAT | O_EXCL, 0644, true, why);
+  if (page == nullptr) return false;
+  pthread_mutexattr_t attr;
+  pthread_mutexattr_init(&attr);
+  pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+  pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+  pthread_mutex_init(&page->mutex, &attr);
+  pthread_mutexattr_destroy(&attr);
+  std::promise<int> locked;
+  std::future<int> result = locked.get_future();
+  // The holder: locks, reports, and stays until the process ends (every signal blocked,
+  // so none is delivered here). It owns nothing to clean up. Meanwhile it watches this
+  // namespace's mount table: a file system mounted inside a published mount (or one
+  // unmounted there) must be seen by the libraries, which read the table when they rescan,
+  // so any change of it bumps the generation.
+  std::thread([page, dir, locked = std::move(locked)]() mutable {
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, nullptr);
+    UniqueFd table(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+    locked.set_value(pthread_mutex_lock(&page->mutex));
+    for (;;) {
+      struct pollfd p = {table.get(), POLLPRI, 0};
+      if (!table || ::poll(&p, 1, -1) < 0 || (p.revents & POLLNVAL)) {
+        LOG_WARN("intercept: cannot watch /proc/self/mountinfo (%s): file systems mounted "
+                 "inside published mounts later are not seen by running programs",
+                 strerror(errno));
+        for (;;) pause();
+      }
+      if (p.revents & (POLLPRI | POLLERR)) bump_generation(dir);
+    }
+  }).detach();
+  int rc = result.get();
+  if (rc != 0) {
+    *why = path + ": locking its mutex: " + strerror(rc);
+    return false;  // left mapped: the holder thread may still refer to it
+  }
+  done.push_back(dir);
+  return true;
+}
+
 }  // namespace
 
 std::string intercept_dir() {
@@ -144,28 +289,25 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   remove_dead_records(dir);
   std::string base = dir + "/" + hash_name(cfg.mountpoint);
   std::string why;
-  // The counters: a new file each time (counting from 0: a counter reset to Prometheus).
-  ::unlink((base + ".cnt").c_str());
-  auto* counters = map_file<efuse_intercept_counters>(base + ".cnt", O_CREAT | O_EXCL, 0666,
-                                                      false, &why);
-  if (counters != nullptr && (counters->magic != EFUSE_INTERCEPT_MAGIC ||
-                              counters->version != EFUSE_INTERCEPT_VERSION ||
-                              counters->size != sizeof(efuse_intercept_counters))) {
-    std::memset(counters, 0, sizeof *counters);
-    counters->version = EFUSE_INTERCEPT_VERSION;
-    counters->size = sizeof(efuse_intercept_counters);
-    __atomic_store_n(&counters->magic, EFUSE_INTERCEPT_MAGIC, __ATOMIC_RELEASE);
+  if (!ensure_alive(dir, &why)) {
+    LOG_WARN("%s: intercept: cannot publish the mount (%s); every call goes through the kernel",
+             cfg.name.c_str(), why.c_str());
+    return;
   }
+  // The counters: one file per user of this publication, made by that user's libraries in
+  // a sticky directory every user may write in (none may list it, remove or write another
+  // user's file); a new publication counts from 0 (a counter reset to Prometheus).
+  std::string counts = dir + "/" + kCountsDir;
+  if (!make_counts_dir(counts, &why))
+    LOG_WARN("%s: intercept: %s; the calls of programs using the library are not counted",
+             cfg.name.c_str(), why.c_str());
   // The record: a new file each time (a library holding the old one sees it not live).
   std::string tmp = base + ".rec.tmp";
   ::unlink(tmp.c_str());
-  auto* rec = counters == nullptr
-                  ? nullptr
-                  : map_file<efuse_intercept_record>(tmp, O_CREAT | O_EXCL, 0644, true, &why);
+  auto* rec = map_file<efuse_intercept_record>(tmp, O_CREAT | O_EXCL, 0644, true, &why);
   if (rec == nullptr) {
     LOG_WARN("%s: intercept: cannot publish the mount (%s); every call goes through the kernel",
              cfg.name.c_str(), why.c_str());
-    if (counters != nullptr) munmap(counters, sizeof *counters);
     ::unlink(tmp.c_str());
     return;
   }
@@ -189,17 +331,21 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
     flags |= EFUSE_IR_SERVE;
   __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
   record_path_ = base + ".rec";
-  counters_path_ = base + ".cnt";
   if (::rename(tmp.c_str(), record_path_.c_str()) != 0) {
     LOG_WARN("%s: intercept: cannot publish %s: %s", cfg.name.c_str(), record_path_.c_str(),
              strerror(errno));
     munmap(rec, sizeof *rec);
-    munmap(counters, sizeof *counters);
     ::unlink(tmp.c_str());
     return;
   }
   record_ = rec;
-  counters_ = counters;
+  counts_dir_ = counts;
+  counts_prefix_ = hash_name(cfg.mountpoint) + "-" + std::to_string(rec->pid) + "-" +
+                   std::to_string(rec->generation) + ".";
+  {
+    std::lock_guard<std::mutex> lock(counts_mu_);
+    counts_seen_.clear();
+  }
   bump_generation(dir);
   LOG_INFO("%s: intercept: published %s for libefuse_intercept.so (%s)", cfg.name.c_str(),
            record_path_.c_str(),
@@ -220,14 +366,15 @@ void InterceptPublisher::withdraw(bool mount_goes_on) {
   // Libraries stop serving now (and, unless the mount goes on, fail their descriptors).
   __atomic_store_n(&record_->flags, mount_goes_on ? EFUSE_IR_FILES_GO_ON : 0u, __ATOMIC_SEQ_CST);
   ::unlink(record_path_.c_str());
-  ::unlink(counters_path_.c_str());  // /run keeps nothing of a mount no longer published
+  // /run keeps nothing of a mount no longer published.
+  for_each_count_file(counts_dir_, counts_prefix_, [&](const std::string& name, uint32_t) {
+    ::unlinkat(AT_FDCWD, (counts_dir_ + "/" + name).c_str(), 0);
+  });
   if (mount_goes_on)
     withdrawn_.push_back(record_);
   else
     munmap(record_, sizeof *record_);
   record_ = nullptr;
-  munmap(counters_, sizeof *counters_);
-  counters_ = nullptr;
   bump_generation(record_path_.substr(0, record_path_.rfind('/')));
 }
 
@@ -239,7 +386,20 @@ void InterceptPublisher::leave_for_restart() {
 
 std::vector<fs::Metric> InterceptPublisher::metrics() const {
   std::vector<fs::Metric> out;
-  if (counters_ == nullptr) return out;
+  if (record_ == nullptr) return out;
+  Calls total{};
+  {
+    std::lock_guard<std::mutex> lock(counts_mu_);
+    for_each_count_file(counts_dir_, counts_prefix_, [&](const std::string& name, uint32_t uid) {
+      efuse_intercept_counters c;
+      if (!read_count_file(counts_dir_ + "/" + name, uid, &c)) return;
+      Calls& seen = counts_seen_[uid];
+      for (int i = 0; i < 2 * EFUSE_IOP_COUNT; ++i)
+        seen[i] = std::max(seen[i], c.calls[i / EFUSE_IOP_COUNT][i % EFUSE_IOP_COUNT]);
+    });
+    for (const auto& [uid, seen] : counts_seen_)
+      for (int i = 0; i < 2 * EFUSE_IOP_COUNT; ++i) total[i] += seen[i];
+  }
   static const char* const kOps[] = {
 #define EFUSE_IOP_NAME(name) #name,
       EFUSE_INTERCEPT_OPS(EFUSE_IOP_NAME)
@@ -251,8 +411,7 @@ std::vector<fs::Metric> InterceptPublisher::metrics() const {
   for (int path = 0; path < 2; ++path)
     for (int op = 0; op < EFUSE_IOP_COUNT; ++op)
       out.push_back({"efuse_intercept_calls_total", kHelp, fs::Metric::Type::Counter,
-                     static_cast<double>(__atomic_load_n(&counters_->calls[path][op],
-                                                         __ATOMIC_RELAXED)),
+                     static_cast<double>(total[path * EFUSE_IOP_COUNT + op]),
                      {{"op", kOps[op]}, {"path", path == 0 ? "library" : "kernel"}}});
   return out;
 }

@@ -2,7 +2,10 @@
 // has the files and their layout) and reads the counters the library keeps for it.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -35,16 +38,21 @@ class InterceptPublisher {
   // stay so (the next efused publishes its own); nothing is withdrawn later.
   void leave_for_restart();
   bool published() const { return record_ != nullptr; }
-  // efuse_intercept_calls_total{op,path} while published.
+  // efuse_intercept_calls_total{op,path} while published: the sum over the per-user
+  // counter files of this publication, each counted only as far as it ever went (a user
+  // can reset or remove their own file, never make the sum go down or count for others).
   std::vector<fs::Metric> metrics() const;
 
  private:
   efuse_intercept_record* record_ = nullptr;
   std::vector<efuse_intercept_record*> withdrawn_;  // FILES_GO_ON records, until the stop
-  efuse_intercept_counters* counters_ = nullptr;
   std::string record_path_;
-  std::string counters_path_;
+  std::string counts_dir_;     // <dir>/counts
+  std::string counts_prefix_;  // m-<hash>-<pid>-<generation>. (then the uid)
   uint64_t generation_ = 0;
+  using Calls = std::array<uint64_t, 2 * EFUSE_IOP_COUNT>;
+  mutable std::mutex counts_mu_;
+  mutable std::map<uint32_t, Calls> counts_seen_;  // per uid: the highest values read
 };
 
 }  // namespace efuse::daemon

@@ -30,8 +30,10 @@ constexpr int kDecline = -2;
 
 // The caller may reach the mountpoint's parent (the kernel checks every component above
 // the mount; the backing directory's own ancestors are checked by the open itself).
-bool parent_ok(const Mount* m, int flags) {
-  if (m->parent_open) return true;  // checked when the mount was loaded
+bool parent_ok(const Resolved& r, int flags) {
+  const Mount* m = r.mount;
+  // Checked when the mount was loaded; or relative to a dirfd: the kernel checks nothing above.
+  if (m->parent_open || r.bound) return true;
   int saved = errno;
   bool ok = sys(SYS_faccessat2, AT_FDCWD, reinterpret_cast<long>(m->parent), X_OK, flags) == 0;
   errno = saved;
@@ -44,9 +46,10 @@ bool parent_ok(const Mount* m, int flags) {
 int open_path(const Resolved& r, bool nofollow) {
   struct open_how how = {};
   how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
-  how.resolve = RESOLVE_NO_SYMLINKS;
+  // Beneath a bound directory: ".." cannot occur (without_dots) and nothing may lead out.
+  how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
   int saved = errno;
-  long fd = sys(SYS_openat2, AT_FDCWD, reinterpret_cast<long>(r.backing),
+  long fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path),
                 reinterpret_cast<long>(&how), sizeof how);
   if (fd >= 0) {
     errno = saved;
@@ -64,38 +67,14 @@ void close_quiet(int fd) {
 }
 
 bool servable(const Resolved& r, int access_flags) {
-  return r.mount->serve && mount_alive(r.mount) && parent_ok(r.mount, access_flags);
+  return !r.decline && r.mount->serve && mount_alive(r.mount) && parent_ok(r, access_flags);
 }
 
 constexpr int kUnservedOpenFlags =
     O_CREAT | O_TRUNC | O_PATH | O_DIRECTORY | O_DIRECT | O_NOATIME | O_ASYNC | O_APPEND;
 
-int lib_open(const Resolved& r, int flags) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
-  int pfd = open_path(r, flags & O_NOFOLLOW);
-  if (pfd < 0) return pfd;
-  struct stat st;
-  int saved = errno;
-  if (sys(SYS_fstat, pfd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
-    close_quiet(pfd);  // directories, FIFOs, devices, symlinks: the kernel path
-    return kDecline;
-  }
-  // Reopen for reading: the permission check is the caller's own, as the kernel's.
-  char proc[40] = "/proc/self/fd/";
-  *append_uint(proc + 14, static_cast<unsigned>(pfd)) = '\0';
-  long fd = sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(proc), flags & ~O_NOFOLLOW, 0);
-  if (fd < 0) {
-    close_quiet(pfd);
-    errno = saved;
-    return kDecline;  // EACCES and the like: the kernel path answers
-  }
-  // The lowest free number, as open() gives: the O_PATH descriptor's.
-  if (fd > pfd && sys(SYS_dup3, fd, pfd, flags & O_CLOEXEC) == pfd) {
-    close_quiet(static_cast<int>(fd));
-    fd = pfd;
-  } else {
-    close_quiet(pfd);
-  }
+// Registers a backing file the library opened as the mount's.
+int handed_out(const Resolved& r, long fd, const struct stat& st, int saved) {
   if (fd >= kMaxFds) {
     close_quiet(static_cast<int>(fd));
     errno = saved;
@@ -107,11 +86,70 @@ int lib_open(const Resolved& r, int flags) {
   return static_cast<int>(fd);
 }
 
+// Opens a regular file of the backing tree for reading, with the caller's credentials: its
+// type first (a FIFO or a device must not be opened, not even to look: the mount is nodev
+// and a FIFO would block), then the open itself, following no symlink anywhere (one swapped
+// in meanwhile, or one on the way that the first look followed: ELOOP, the kernel's), then
+// the check that the file opened is the one looked at. Three calls and two walks, instead
+// of an O_PATH open, its fstat, a reopen through /proc/self/fd and moving the descriptor
+// to the O_PATH one's number (the open here gets the lowest free number itself).
+int lib_open(const Resolved& r, int flags) {
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
+  struct stat st;
+  int saved = errno;
+  if (sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&st),
+          AT_SYMLINK_NOFOLLOW) != 0) {
+    if (errno != ENOENT && errno != ENOTDIR) {
+      errno = saved;
+      return kDecline;
+    }
+    if (r.single_name) return -1;  // nothing on the way could have led elsewhere
+    // A symlink on the way may lead elsewhere through the mount: ENOENT is the answer only
+    // when the walk that follows none says so too.
+    int pfd = open_path(r, true);
+    if (pfd >= 0) close_quiet(pfd);
+    if (pfd == -1) return -1;
+    errno = saved;
+    return kDecline;
+  }
+  if (!S_ISREG(st.st_mode)) {  // directories, FIFOs, devices, symlinks: the kernel path
+    errno = saved;
+    return kDecline;
+  }
+  long fd;
+  if (r.single_name) {
+    fd = sys(SYS_openat, r.at_fd, reinterpret_cast<long>(r.at_path), flags | O_NOFOLLOW, 0);
+  } else {
+    struct open_how how = {};
+    how.flags = static_cast<uint64_t>(flags | O_NOFOLLOW);
+    how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
+    fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&how),
+             sizeof how);
+  }
+  if (fd < 0) {
+    errno = saved;
+    return kDecline;  // EACCES, ELOOP and the like: the kernel path answers
+  }
+  struct stat now;
+  if (sys(SYS_fstat, fd, reinterpret_cast<long>(&now)) != 0 || now.st_ino != st.st_ino ||
+      now.st_dev != st.st_dev || !S_ISREG(now.st_mode)) {
+    close_quiet(static_cast<int>(fd));  // replaced between the two calls
+    errno = saved;
+    return kDecline;
+  }
+  return handed_out(r, fd, now, saved);
+}
+
 template <typename Real>
 int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) {
   Guard g;
   Resolved r;
-  if (!g.entered || !resolve(dirfd, path, &r)) return real(dirfd, path, flags, mode);
+  if (!g.entered || !resolve(dirfd, path, &r)) {
+    int fd = real(dirfd, path, flags, mode);
+    // A number the library knew, closed behind its back (a raw close): not the mount's now.
+    if (fd >= 0 && fd_entry(fd) != 0) fd_clear(fd);
+    return fd;
+  }
   if (servable(r, AT_EACCESS)) {
     int fd = lib_open(r, flags);
     if (fd != kDecline) {
@@ -121,7 +159,12 @@ int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) 
   }
   int fd = real(dirfd, path, flags, mode);
   count(r.mount, EFUSE_IOP_open, false);
-  if (fd >= 0) fd_put(fd, kFdKernel | static_cast<uint32_t>(r.index + 1));
+  if (fd >= 0) {
+    fd_put(fd, kFdKernel | static_cast<uint32_t>(r.index + 1));
+    // A directory opened relative to a bound one (fts, find): bound now, from its parent.
+    if (r.bound && (flags & O_DIRECTORY) && !(flags & O_PATH))
+      fd_bind_child(fd, r.index, r.at_fd, r.at_path);
+  }
   return fd;
 }
 
@@ -140,7 +183,7 @@ enum class FdKind { Other, Library, Kernel };
 FdKind classify(int fd, int op, bool* dead) {
   *dead = false;
   uint32_t e = fd_entry(fd);
-  if (e == 0) return FdKind::Other;
+  if (e == 0 || e == kFdOther) return FdKind::Other;
   Mount* m = mount_at(fd_mount(e));
   if (e & kFdKernel) {
     count(m, op, false);
@@ -179,7 +222,7 @@ int stat_resolved(const Resolved& r, struct stat* st, bool nofollow) {
     // No symlink on the way but the name itself: one lstat; a symlink to follow is the
     // kernel's (relative to the mount).
     int saved = errno;
-    long rc = sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>(r.backing),
+    long rc = sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path),
                   reinterpret_cast<long>(st), AT_SYMLINK_NOFOLLOW);
     if (rc == 0 && !(S_ISLNK(st->st_mode) && !nofollow)) {
       errno = saved;
@@ -540,7 +583,7 @@ __attribute__((visibility("default"))) int statx(int dirfd, const char* path, in
       servable(r, AT_EACCESS)) {
     if (r.single_name) {  // as in stat_resolved: one statx without following
       int saved = errno;
-      long rc = sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(r.backing),
+      long rc = sys(SYS_statx, r.at_fd, reinterpret_cast<long>(r.at_path),
                     AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT, mask | STATX_BASIC_STATS,
                     reinterpret_cast<long>(sx));
       if (rc != 0 && (errno == ENOENT || errno == ENOTDIR)) {
@@ -612,47 +655,6 @@ __attribute__((visibility("default"))) int access(const char* path, int mode) {
 __attribute__((visibility("default"))) int faccessat(int dirfd, const char* path, int mode,
                                                     int flags) {
   return faccessat_common(dirfd, path, mode, flags);
-}
-
-// ---- directories: through the kernel, counted ---------------------------------------------
-__attribute__((visibility("default"))) DIR* opendir(const char* path) {
-  Guard g;
-  Resolved r;
-  if (!g.entered || !resolve(AT_FDCWD, path, &r)) return EFUSE_REAL(opendir)(path);
-  DIR* d = EFUSE_REAL(opendir)(path);
-  count(r.mount, EFUSE_IOP_open, false);
-  if (d != nullptr) fd_put(dirfd(d), kFdKernel | static_cast<uint32_t>(r.index + 1));
-  return d;
-}
-__attribute__((visibility("default"))) struct dirent* readdir(DIR* d) {
-  if (d != nullptr) {
-    uint32_t e = fd_entry(dirfd(d));
-    if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
-  }
-  return EFUSE_REAL(readdir)(d);
-}
-__attribute__((visibility("default"))) struct dirent64* readdir64(DIR* d) {
-  if (d != nullptr) {
-    uint32_t e = fd_entry(dirfd(d));
-    if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
-  }
-  return EFUSE_REAL(readdir64)(d);
-}
-__attribute__((visibility("default"))) int closedir(DIR* d) {
-  if (d != nullptr) {
-    int fd = dirfd(d);
-    uint32_t e = fd_entry(fd);
-    if (e != 0) {
-      fd_clear(fd);
-      count(mount_at(fd_mount(e)), EFUSE_IOP_close, false);
-    }
-  }
-  return EFUSE_REAL(closedir)(d);
-}
-__attribute__((visibility("default"))) ssize_t getdents64(int fd, void* buf, size_t n) {
-  uint32_t e = fd_entry(fd);
-  if (e != 0) count(mount_at(fd_mount(e)), EFUSE_IOP_readdir, false);
-  return EFUSE_REAL(getdents64)(fd, buf, n);
 }
 
 // A stream over a descriptor (fdopen): fclose closes it inside libc.

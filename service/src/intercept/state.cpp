@@ -3,6 +3,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <dirent.h>
 #include <poll.h>
 #include <stdlib.h>
@@ -19,6 +20,11 @@ namespace {
 std::atomic<uint32_t> g_fds[kMaxFds];
 std::atomic<uint64_t> g_fd_dev[kMaxFds];
 std::atomic<uint64_t> g_fd_ino[kMaxFds];
+// fd_backing_dir: per program descriptor, 0 unbound, the library's descriptor + 1, or -1
+// (cannot be bound); per library descriptor, its program descriptor + 1.
+std::atomic<int32_t> g_fd_bound[kMaxFds];
+std::atomic<int32_t> g_bound_owner[kMaxFds];
+std::atomic<bool> g_bound_readable[kMaxFds];  // per library descriptor: opened O_RDONLY
 Mount g_mounts[kMaxMounts];
 std::atomic<int> g_mount_count{0};
 std::atomic<int> g_active{0};
@@ -28,12 +34,19 @@ std::atomic<bool> g_rescan{true};
 std::atomic<bool> g_scanning{false};
 std::atomic<int64_t> g_next_probe_ns{0};
 thread_local int t_depth __attribute__((tls_model("initial-exec"))) = 0;
+thread_local char t_bind[2 * EFUSE_INTERCEPT_PATH_MAX + 8] __attribute__((tls_model("initial-exec")));
 
 // Only the scanning thread (g_scanning held) uses these.
 char g_dir[EFUSE_INTERCEPT_PATH_MAX];
 alignas(8) char g_dents[8192];
+char g_table[16384 + EFUSE_INTERCEPT_PATH_MAX * 4];  // /proc/self/mountinfo, a chunk at a time
+char g_point[EFUSE_INTERCEPT_PATH_MAX];
+struct HoleList {
+  int count = 0;
+  char path[kMaxHoles][EFUSE_INTERCEPT_PATH_MAX];
+};
+HoleList g_new_holes[kMaxMounts];
 
-constexpr int kHighFd = 512;  // the library's own descriptors live at or above this
 
 int64_t now_ns() {
   struct timespec ts;
@@ -172,6 +185,53 @@ bool same_record(const Mount& m, const efuse_intercept_record* r) {
          strncmp(m.mp, r->mountpoint, sizeof m.mp) == 0;
 }
 
+// This user's counters for the record `name` ("m-<hash>.rec"): counts/m-<hash>-<pid>-
+// <generation>.<euid>, created if missing (common/intercept_abi.h). Null when it cannot
+// be had as a file of this user's that no one else may write: the calls go uncounted.
+efuse_intercept_counters* open_counters(int dirfd, const char* name, const efuse_intercept_record* rec) {
+  char path[128] = EFUSE_INTERCEPT_COUNTS_DIR "/";
+  size_t off = strlen(path);
+  size_t nlen = strlen(name);
+  if (nlen < 5 || nlen + off + 64 > sizeof path) return nullptr;
+  memcpy(path + off, name, nlen - 4);
+  char* e = path + off + nlen - 4;
+  *e++ = '-';
+  e = append_uint(e, static_cast<unsigned>(rec->pid));
+  *e++ = '-';
+  e = append_u64(e, rec->generation);
+  *e++ = '.';
+  unsigned uid = static_cast<unsigned>(geteuid());
+  e = append_uint(e, uid);
+  *e = '\0';
+  constexpr size_t kSize = sizeof(efuse_intercept_counters);
+  int fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                                O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (fd < 0 && errno == EEXIST)
+    fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                              O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (fd < 0) return nullptr;
+  struct stat st;
+  bool ok = sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode) &&
+            st.st_uid == uid && (st.st_mode & 022) == 0 &&
+            (static_cast<size_t>(st.st_size) == kSize ||
+             (st.st_size == 0 && sys(SYS_ftruncate, fd, kSize) == 0));
+  void* p = ok ? mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0) : MAP_FAILED;
+  close_fd(fd);
+  if (p == MAP_FAILED) return nullptr;
+  auto* cnt = static_cast<efuse_intercept_counters*>(p);
+  if (__atomic_load_n(&cnt->magic, __ATOMIC_ACQUIRE) == 0) {  // new (two makers write the same)
+    cnt->version = EFUSE_INTERCEPT_VERSION;
+    cnt->size = kSize;
+    __atomic_store_n(&cnt->magic, EFUSE_INTERCEPT_MAGIC, __ATOMIC_RELEASE);
+  }
+  if (cnt->magic != EFUSE_INTERCEPT_MAGIC || cnt->version != EFUSE_INTERCEPT_VERSION ||
+      cnt->size != kSize) {
+    munmap(p, kSize);
+    return nullptr;
+  }
+  return cnt;
+}
+
 // Loads one published record into a new slot (or confirms the slot it is in).
 void load_record(int dirfd, const char* name, bool* seen) {
   auto* rec = static_cast<const efuse_intercept_record*>(
@@ -195,13 +255,26 @@ void load_record(int dirfd, const char* name, bool* seen) {
     return;
   }
   Mount& m = g_mounts[count];
+  // efused's alive mutex: once mapped, liveness costs a load instead of a poll().
+  char aname[64] = "alive-";
+  char* e = append_uint(aname + 6, static_cast<unsigned>(rec->pid));
+  *e++ = '-';
+  e = append_u64(e, rec->pid_start);
+  *e = '\0';
+  auto* alive = static_cast<const uint32_t*>(
+      map_at(dirfd, aname, PROT_READ, EFUSE_INTERCEPT_ALIVE_SIZE, true));
+  if (alive != nullptr && (__atomic_load_n(alive, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK) == 0) {
+    munmap(const_cast<uint32_t*>(alive), EFUSE_INTERCEPT_ALIVE_SIZE);  // not held: ask the pidfd
+    alive = nullptr;
+  }
+  // Without one, efused's pidfd (checked against PID reuse) tells whether it runs.
   uint64_t pidfd_ino = 0;
-  int pidfd = open_pidfd(rec->pid, rec->pid_start, &pidfd_ino);
+  int pidfd = alive != nullptr ? -1 : open_pidfd(rec->pid, rec->pid_start, &pidfd_ino);
   // The mount as this process sees it: the same device (not another namespace's view, not
   // covered by another mount), its mount id and attribute mask for statx.
   struct statx sx;
   bool same_mount =
-      pidfd >= 0 &&
+      (pidfd >= 0 || alive != nullptr) &&
       sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(rec->mountpoint),
           AT_NO_AUTOMOUNT | AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS | STATX_MNT_ID,
           reinterpret_cast<long>(&sx)) == 0 &&
@@ -209,10 +282,12 @@ void load_record(int dirfd, const char* name, bool* seen) {
       (sx.stx_mask & STATX_MNT_ID);
   if (!same_mount) {
     if (pidfd >= 0) close_fd(pidfd);
+    if (alive != nullptr) munmap(const_cast<uint32_t*>(alive), EFUSE_INTERCEPT_ALIVE_SIZE);
     munmap(const_cast<efuse_intercept_record*>(rec), sizeof *rec);
     return;
   }
   m.rec = rec;
+  m.alive = alive;
   m.pid = rec->pid;
   m.generation = rec->generation;
   m.flags = flags;
@@ -232,27 +307,88 @@ void load_record(int dirfd, const char* name, bool* seen) {
   // allow_other: false lets only efused's user through the kernel; others get EACCES there.
   m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
             ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
-  // The counters: "m-<hash>.cnt" beside "m-<hash>.rec".
-  char cname[64];
-  size_t nlen = strlen(name);
-  if (nlen + 1 < sizeof cname && nlen > 4) {
-    memcpy(cname, name, nlen - 4);
-    memcpy(cname + nlen - 4, ".cnt", 5);
-    auto* cnt = static_cast<efuse_intercept_counters*>(
-        map_at(dirfd, cname, PROT_READ | PROT_WRITE, sizeof(efuse_intercept_counters), false));
-    if (cnt != nullptr && (cnt->magic != EFUSE_INTERCEPT_MAGIC ||
-                           cnt->size != sizeof(efuse_intercept_counters))) {
-      munmap(cnt, sizeof *cnt);
-      cnt = nullptr;
-    }
-    m.cnt = cnt;
-  }
+  m.cnt = open_counters(dirfd, name, rec);
   m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
   m.state.store(1, std::memory_order_release);
   seen[count] = true;
   g_active.fetch_add(1);
   g_mount_count.store(count + 1, std::memory_order_release);
+}
+
+// One mount table line's mount point (field 5, octal escapes undone) into g_point; false
+// when the line is malformed or the point too long.
+bool mount_point_of(const char* line, const char* end) {
+  const char* f = line;
+  for (int field = 1; field < 5; ++field) {
+    while (f < end && *f != ' ') ++f;
+    if (f >= end) return false;
+    ++f;
+  }
+  size_t w = 0;
+  for (; f < end && *f != ' '; ++f) {
+    char c = *f;
+    if (c == '\\' && end - f >= 4 && f[1] >= '0' && f[1] <= '3') {
+      c = static_cast<char>(((f[1] - '0') << 6) | ((f[2] - '0') << 3) | (f[3] - '0'));
+      f += 3;
+    }
+    if (w + 1 >= sizeof g_point) return false;
+    g_point[w++] = c;
+  }
+  g_point[w] = '\0';
+  return w > 0;
+}
+
+// Reads this process's mount table and records, per active mount, the file systems
+// mounted strictly inside it (published to readers under holes_seq).
+void update_holes() {
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) g_new_holes[i].count = 0;
+  int fd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/mountinfo"),
+                                O_RDONLY | O_CLOEXEC));
+  bool complete = fd >= 0;
+  size_t have = 0;
+  const size_t chunk = 16384;
+  while (fd >= 0) {
+    long n = sys(SYS_read, fd, reinterpret_cast<long>(g_table + have), chunk);
+    if (n < 0) complete = false;
+    if (n <= 0) break;
+    have += static_cast<size_t>(n);
+    char* start = g_table;
+    for (char* nl; (nl = static_cast<char*>(memchr(start, '\n', have - (start - g_table)))) != nullptr;
+         start = nl + 1) {
+      if (!mount_point_of(start, nl)) continue;
+      size_t plen = strlen(g_point);
+      for (int i = 0; i < count; ++i) {
+        Mount& m = g_mounts[i];
+        if (m.state.load() != 1 || plen <= m.mp_len || memcmp(g_point, m.mp, m.mp_len) != 0 ||
+            (g_point[m.mp_len] != '/' && m.mp_len != 1))
+          continue;
+        HoleList& h = g_new_holes[i];
+        if (h.count >= 0 && h.count < kMaxHoles) memcpy(h.path[h.count++], g_point, plen + 1);
+        else h.count = -1;
+      }
+    }
+    have -= static_cast<size_t>(start - g_table);
+    memmove(g_table, start, have);
+    if (have > sizeof g_table - chunk) {  // a line longer than the buffer: give up on it
+      complete = false;
+      break;
+    }
+  }
+  if (fd >= 0) close_fd(fd);
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    HoleList& h = g_new_holes[i];
+    int want = complete ? h.count : -1;  // an unreadable table: nothing under the mount is served
+    bool same = m.holes == want;
+    for (int k = 0; same && k < want; ++k) same = strcmp(m.hole[k], h.path[k]) == 0;
+    if (same) continue;
+    m.holes_seq.fetch_add(1, std::memory_order_acq_rel);  // odd: being written
+    m.holes = want;
+    for (int k = 0; k < want; ++k) memcpy(m.hole[k], h.path[k], strlen(h.path[k]) + 1);
+    m.holes_seq.fetch_add(1, std::memory_order_release);
+  }
 }
 
 void scan() {
@@ -265,6 +401,7 @@ void scan() {
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i)
     if (!seen[i] && g_mounts[i].state.load() == 1) mark_dead(&g_mounts[i]);
+  update_holes();
   g_rescan.store(false);  // mark_dead above asked again; this scan already saw everything
 }
 
@@ -279,7 +416,7 @@ void* real_symbol(std::atomic<void*>* slot, const char* name) {
   return p;
 }
 
-long sys(long nr, long a, long b, long c, long d, long e, long f) {
+long sys_slow(long nr, long a, long b, long c, long d, long e, long f) {
   return syscall(nr, a, b, c, d, e, f);
 }
 
@@ -287,7 +424,115 @@ uint32_t fd_entry(int fd) {
   return fd >= 0 && fd < kMaxFds ? g_fds[fd].load(std::memory_order_acquire) : 0;
 }
 void fd_put(int fd, uint32_t entry) {
-  if (fd >= 0 && fd < kMaxFds) g_fds[fd].store(entry, std::memory_order_release);
+  if (fd < 0 || fd >= kMaxFds) return;
+  if (g_fd_bound[fd].load(std::memory_order_relaxed) != 0) fd_unbind(fd);
+  g_fds[fd].store(entry, std::memory_order_release);
+}
+
+void fd_unbind(int fd) {
+  if (fd < 0 || fd >= kMaxFds) return;
+  int32_t b = g_fd_bound[fd].exchange(0, std::memory_order_acq_rel);
+  if (b <= 0) return;
+  int hidden = b - 1;
+  int32_t owner = fd + 1;
+  if (g_bound_owner[hidden].compare_exchange_strong(owner, 0)) {
+    int saved = errno;
+    close_fd(hidden);
+    errno = saved;
+  }
+}
+
+namespace {
+// The backing directory `path` (relative to `dirfd`), opened without following any symlink:
+// for reading where the caller may (a directory stream on it reads its entries from this
+// descriptor), else O_PATH (enough for lookups, which check search permission themselves).
+long open_backing_dir(int dirfd, const char* path, uint64_t resolve, bool* readable) {
+  struct open_how how = {};
+  how.flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_NO_SYMLINKS | resolve;
+  long bfd = sys(SYS_openat2, dirfd, reinterpret_cast<long>(path), reinterpret_cast<long>(&how),
+                 sizeof how);
+  *readable = bfd >= 0;
+  if (bfd < 0 && errno == EACCES) {
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    bfd = sys(SYS_openat2, dirfd, reinterpret_cast<long>(path), reinterpret_cast<long>(&how),
+              sizeof how);
+  }
+  return bfd;
+}
+
+// Makes `bfd` (closed here) `fd`'s binding if it is the same directory (not renamed or
+// replaced between the kernel's open and this one): a copy at a high number. Returns the
+// binding, or -1 (and `fd` is marked as not to be bound).
+int keep_binding(int fd, const Mount* m, long bfd, bool readable) {
+  int hidden = -1;
+  struct stat kst, bst;
+  if (bfd >= 0 && sys(SYS_fstat, fd, reinterpret_cast<long>(&kst)) == 0 &&
+      sys(SYS_fstat, bfd, reinterpret_cast<long>(&bst)) == 0 && S_ISDIR(kst.st_mode) &&
+      S_ISDIR(bst.st_mode) && kst.st_ino == bst.st_ino && kst.st_dev == m->dev)
+    hidden = static_cast<int>(sys(SYS_fcntl, bfd, F_DUPFD_CLOEXEC, kHighFd));
+  if (bfd >= 0) close_fd(static_cast<int>(bfd));
+  if (hidden >= kMaxFds) {
+    close_fd(hidden);
+    hidden = -1;
+  }
+  int32_t expected = 0;
+  if (hidden < 0) {
+    g_fd_bound[fd].compare_exchange_strong(expected, -1);
+    return -1;
+  }
+  g_bound_readable[hidden].store(readable, std::memory_order_relaxed);
+  g_bound_owner[hidden].store(fd + 1, std::memory_order_release);
+  if (!g_fd_bound[fd].compare_exchange_strong(expected, hidden + 1)) {  // another thread won
+    g_bound_owner[hidden].store(0);
+    close_fd(hidden);
+    return expected > 0 ? expected - 1 : -1;
+  }
+  return hidden;
+}
+}  // namespace
+
+int fd_backing_dir(int fd, int index) {
+  if (fd < 0 || fd >= kMaxFds) return -1;
+  int32_t b = g_fd_bound[fd].load(std::memory_order_acquire);
+  if (b != 0) return b - 1;  // -1 stays -1 (cannot be bound)
+  Mount* m = mount_at(index);
+  if (m == nullptr || !m->serve) return -1;
+  int saved = errno;
+  long bfd = -1;
+  bool readable = false;
+  // The directory's path in the mount, as the kernel has it now, and the same path in
+  // the backing tree.
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  char* path = t_bind;
+  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(path),
+               EFUSE_INTERCEPT_PATH_MAX);
+  if (n > 0 && static_cast<size_t>(n) >= m->mp_len && n < EFUSE_INTERCEPT_PATH_MAX &&
+      memcmp(path, m->mp, m->mp_len) == 0 && (n == static_cast<long>(m->mp_len) || path[m->mp_len] == '/')) {
+    size_t rlen = static_cast<size_t>(n) - m->mp_len;
+    char* backing = t_bind + EFUSE_INTERCEPT_PATH_MAX + 4;
+    if (m->src_len + rlen + 1 <= EFUSE_INTERCEPT_PATH_MAX + 4) {
+      memcpy(backing + m->src_len, path + m->mp_len, rlen);
+      memcpy(backing, m->src, m->src_len);
+      backing[m->src_len + rlen] = '\0';
+      bfd = open_backing_dir(AT_FDCWD, backing, 0, &readable);
+    }
+  }
+  int hidden = keep_binding(fd, m, bfd, readable);
+  errno = saved;
+  return hidden;
+}
+
+void fd_bind_child(int fd, int index, int parent, const char* path) {
+  if (fd < 0 || fd >= kMaxFds || g_fd_bound[fd].load(std::memory_order_acquire) != 0) return;
+  Mount* m = mount_at(index);
+  if (m == nullptr || !m->serve) return;
+  int saved = errno;
+  bool readable = false;
+  long bfd = open_backing_dir(parent, path, RESOLVE_BENEATH, &readable);
+  keep_binding(fd, m, bfd, readable);
+  errno = saved;
 }
 void fd_clear(int fd) { fd_put(fd, 0); }
 void fd_identity(int fd, dev_t dev, ino_t ino) {
@@ -306,6 +551,30 @@ void fd_copy(int from, int to) {
     fd_identity(to, g_fd_dev[from].load(std::memory_order_relaxed),
                 g_fd_ino[from].load(std::memory_order_relaxed));
   fd_put(to, e);
+  // A bound directory's copy (fts keeps one as its working directory) is bound to a copy
+  // of the same backing descriptor: one call instead of binding it anew.
+  int32_t b = from >= 0 && from < kMaxFds ? g_fd_bound[from].load(std::memory_order_acquire) : 0;
+  if (b <= 0) return;
+  int saved = errno;
+  long hidden = sys(SYS_fcntl, b - 1, F_DUPFD_CLOEXEC, kHighFd);
+  errno = saved;
+  if (hidden < 0) return;
+  if (hidden >= kMaxFds) {
+    close_fd(static_cast<int>(hidden));
+    return;
+  }
+  g_bound_readable[hidden].store(g_bound_readable[b - 1].load(std::memory_order_relaxed));
+  g_bound_owner[hidden].store(to + 1, std::memory_order_release);
+  int32_t expected = 0;
+  if (!g_fd_bound[to].compare_exchange_strong(expected, static_cast<int32_t>(hidden) + 1)) {
+    g_bound_owner[hidden].store(0);
+    close_fd(static_cast<int>(hidden));
+  }
+}
+
+int fd_backing_stream(int fd) {
+  int32_t b = fd >= 0 && fd < kMaxFds ? g_fd_bound[fd].load(std::memory_order_acquire) : 0;
+  return b > 0 && g_bound_readable[b - 1].load(std::memory_order_relaxed) ? b - 1 : -1;
 }
 
 Mount* mount_at(int index) {
@@ -315,9 +584,25 @@ Mount* mount_at(int index) {
 
 bool any_active() { return g_active.load(std::memory_order_relaxed) > 0; }
 
+bool in_hole(const Mount* m, const char* path, size_t len) {
+  uint32_t seq = m->holes_seq.load(std::memory_order_acquire);
+  if (seq & 1) return true;
+  int n = m->holes;
+  if (n == 0) return m->holes_seq.load(std::memory_order_acquire) != seq;
+  if (n < 0 || path == nullptr) return true;
+  bool inside = false;
+  for (int k = 0; k < n && !inside; ++k) {
+    size_t hl = strnlen(m->hole[k], EFUSE_INTERCEPT_PATH_MAX);
+    inside = len >= hl && memcmp(path, m->hole[k], hl) == 0 && (len == hl || path[hl] == '/');
+  }
+  return inside || m->holes_seq.load(std::memory_order_acquire) != seq;
+}
+
 namespace {
 // efused still runs (its pidfd not readable).
 bool efused_running(Mount* m) {
+  if (m->alive != nullptr)
+    return (__atomic_load_n(m->alive, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK) != 0;
   int saved = errno;
   for (int attempt = 0; attempt < 2; ++attempt) {
     int pidfd = m->pidfd.load(std::memory_order_acquire);
@@ -413,9 +698,9 @@ void refresh() {
   g_scanning.store(false);
 }
 
-void count(Mount* m, int op, bool by_library) {
+void count(Mount* m, int op, bool by_library, uint64_t n) {
   if (m != nullptr && m->cnt != nullptr)
-    __atomic_fetch_add(&m->cnt->calls[by_library ? 0 : 1][op], 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&m->cnt->calls[by_library ? 0 : 1][op], n, __ATOMIC_RELAXED);
 }
 
 Guard::Guard() : entered(t_depth++ == 0) {}
@@ -446,10 +731,99 @@ bool normalize(char* p) {
 }
 }  // namespace
 
+namespace {
+// `p` (relative) without its "." components and repeated slashes, into `out`; false for a
+// ".." component (it may leave the directory, and the mount), for the directory itself,
+// and when too long.
+bool without_dots(const char* p, char* out, size_t cap) {
+  size_t w = 0;
+  for (const char* c = p; *c != '\0';) {
+    if (*c == '/') {
+      if (w > 0 && out[w - 1] != '/') {
+        if (w + 1 >= cap) return false;
+        out[w++] = '/';
+      }
+      ++c;
+      continue;
+    }
+    const char* end = c;
+    while (*end != '\0' && *end != '/') ++end;
+    size_t n = static_cast<size_t>(end - c);
+    if (n == 2 && c[0] == '.' && c[1] == '.') return false;
+    if (!(n == 1 && c[0] == '.')) {
+      if (w + n + 1 >= cap) return false;
+      memcpy(out + w, c, n);
+      w += n;
+    }
+    c = end;
+  }
+  out[w] = '\0';  // "a/." became "a/" (still: a directory); "." alone, nothing
+  return w > 0;
+}
+
+// A descriptor the library did not see opened (inherited and not adopted, received over a
+// socket, opened by a raw system call): the published mount its path lies in, recorded as
+// the mount's (kernel) descriptor, or -1, recorded as not the library's concern.
+int mount_of_fd(int fd) {
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  int saved = errno;
+  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(t_bind),
+               EFUSE_INTERCEPT_PATH_MAX);
+  errno = saved;
+  if (n <= 0 || n >= EFUSE_INTERCEPT_PATH_MAX) return -1;  // gone, or too long to judge
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    if (m.state.load(std::memory_order_acquire) != 1 || static_cast<size_t>(n) < m.mp_len ||
+        memcmp(t_bind, m.mp, m.mp_len) != 0 ||
+        (static_cast<size_t>(n) > m.mp_len && t_bind[m.mp_len] != '/'))
+      continue;
+    fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
+    return i;
+  }
+  if (t_bind[0] == '/') fd_put(fd, kFdOther);
+  return -1;
+}
+}  // namespace
+
 bool resolve(int dirfd, const char* path, Resolved* out) {
   if (path == nullptr || path[0] == '\0') return false;
   refresh();
   if (!any_active()) return false;
+  out->at_fd = AT_FDCWD;
+  out->at_path = out->backing;
+  out->bound = false;
+  out->decline = false;
+  if (path[0] != '/' && dirfd != AT_FDCWD) {
+    // Relative to a directory descriptor: only ever answered relative to the backing
+    // directory it is bound to (its path may no longer lead to it: renamed outside, the
+    // kernel's name for it may be stale), else by the kernel.
+    if (dirfd < 0) return false;
+    uint32_t e = fd_entry(dirfd);
+    if (e & (kFdLibrary | kFdOther)) return false;  // a regular file (ENOTDIR), or not ours
+    int index = (e & kFdKernel) ? fd_mount(e) : mount_of_fd(dirfd);
+    Mount* m = mount_at(index);
+    if (m == nullptr || m->state.load(std::memory_order_acquire) != 1) return false;
+    out->mount = m;
+    out->index = index;
+    out->backing[0] = '\0';
+    out->is_root = false;
+    out->single_name = false;
+    char* rel = t_path;
+    // A file system mounted anywhere inside: the directory may lead into it.
+    int bound = !in_hole(m, nullptr, 0) && without_dots(path, rel, sizeof t_path)
+                    ? fd_backing_dir(dirfd, index) : -1;
+    if (bound < 0) {
+      out->decline = true;  // ".." (which may leave the mount), the directory itself, unbound
+      return true;
+    }
+    out->at_fd = bound;
+    out->at_path = rel;
+    out->bound = true;
+    out->single_name = strchr(rel, '/') == nullptr;
+    return true;
+  }
   char* buf = t_path;
   const size_t cap = sizeof t_path;
   size_t len = 0;
@@ -461,11 +835,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
       n = sys(SYS_getcwd, reinterpret_cast<long>(buf), cap);
       if (n > 0) n -= 1;  // the kernel counts the NUL
     } else {
-      if (fd_entry(dirfd) & kFdLibrary) return false;  // a regular file: ENOTDIR, natively
-      if (dirfd < 0) return false;
-      char link[40] = "/proc/self/fd/";
-      *append_uint(link + 14, static_cast<unsigned>(dirfd)) = '\0';
-      n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(buf), cap - 1);
+      return false;  // handled above
     }
     errno = saved;
     if (n <= 0 || buf[0] != '/' || static_cast<size_t>(n) + plen + 2 >= cap) return false;
@@ -490,6 +860,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     memcpy(out->backing + m.src_len, rest, rlen + 1);
     out->mount = &m;
     out->index = i;
+    out->decline = in_hole(&m, buf, len);  // inside a file system mounted in the mount
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
     out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
     return true;
@@ -499,8 +870,20 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
 
 void rewrite_stat(const Mount* m, struct stat* st) { st->st_dev = m->dev; }
 
+namespace {
+// The program closed or replaced one of the library's bound-directory descriptors: its
+// program descriptor resolves by path again (nothing is closed: the number is the program's).
+void bound_gone(int fd) {
+  int32_t owner = g_bound_owner[fd].exchange(0);
+  if (owner <= 0) return;
+  int32_t expected = fd + 1;
+  g_fd_bound[owner - 1].compare_exchange_strong(expected, 0);
+}
+}  // namespace
+
 void internal_fd_gone(int fd) {
   if (fd < kHighFd) return;
+  if (fd < kMaxFds) bound_gone(fd);
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int expected = fd;
@@ -509,6 +892,9 @@ void internal_fd_gone(int fd) {
 }
 
 void internal_fds_gone(unsigned first, unsigned last) {
+  for (unsigned fd = first < static_cast<unsigned>(kHighFd) ? kHighFd : first;
+       fd <= last && fd < static_cast<unsigned>(kMaxFds); ++fd)
+    if (g_bound_owner[fd].load(std::memory_order_relaxed) != 0) bound_gone(static_cast<int>(fd));
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int fd = g_mounts[i].pidfd.load();
@@ -556,12 +942,14 @@ void adopt_inherited() {
   });
 }
 
-char* append_uint(char* out, unsigned v) {
-  char digits[12];
+char* append_u64(char* out, uint64_t v) {
+  char digits[24];
   int k = 0;
   do digits[k++] = static_cast<char>('0' + v % 10); while ((v /= 10) != 0);
   while (k > 0) *out++ = digits[--k];
   return out;
 }
+
+char* append_uint(char* out, unsigned v) { return append_u64(out, v); }
 
 }  // namespace efuse::intercept

@@ -5,6 +5,7 @@
 // shadow libc's, so calling open() or close() here would call the library again).
 #pragma once
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/stat.h>
@@ -26,11 +27,16 @@ void* real_symbol(std::atomic<void*>* slot, const char* name);
 
 constexpr int kMaxMounts = 64;
 constexpr int kMaxFds = 65536;  // descriptors above are never the library's own
+constexpr int kHighFd = 512;    // the library's own descriptors live at or above this
+constexpr int kMaxHoles = 8;    // mounts inside one published mount the library tells apart
 
 struct Mount {
   std::atomic<int> state{0};  // 0 unused, 1 active, 2 dead (efused gone or withdrew it)
   const efuse_intercept_record* rec = nullptr;  // mapped read-only
   efuse_intercept_counters* cnt = nullptr;       // mapped read-write (may be null)
+  // The futex word of efused's alive mutex (common/intercept_abi.h): efused runs while its
+  // TID bits are set. Null when efused published none: then its pidfd tells.
+  const uint32_t* alive = nullptr;
   std::atomic<int> pidfd{-1};  // efused's pidfd: readable once efused exited; -1: reopen
   std::atomic<uint64_t> pidfd_ino{0};  // its inode, to tell it from a reused number
   uint64_t generation = 0;
@@ -47,12 +53,24 @@ struct Mount {
   bool parent_open = false;  // every directory above the mount searchable by all, no ACLs
   char src[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t src_len = 0;
+  // File systems mounted inside the mount, as this process's mount table shows them at
+  // the last rescan (efused bumps the generation whenever its table changes): paths at or
+  // under one are the kernel's, and while there is any, so are calls relative to directory
+  // descriptors. `holes` < 0: too many to list (everything goes to the kernel). Written by
+  // the scanning thread only, under `holes_seq` (odd while it writes).
+  std::atomic<uint32_t> holes_seq{0};
+  int holes = 0;
+  char hole[kMaxHoles][EFUSE_INTERCEPT_PATH_MAX] = {};
 };
 
 // The descriptor table: per fd, 0 or (mount index + 1) | kind.
 constexpr uint32_t kFdLibrary = 0x10000;  // a backing-file descriptor the library opened
 constexpr uint32_t kFdKernel = 0x20000;   // opened through the mount (counted as kernel)
+// Known not to be in a published mount (a directory descriptor calls were made relative
+// to): its calls go to libc without another look. Forgotten like any entry.
+constexpr uint32_t kFdOther = 0x40000;
 uint32_t fd_entry(int fd);
+// Also forgets the number's backing directory (fd_unbind): a new entry is a new descriptor.
 void fd_put(int fd, uint32_t entry);
 void fd_clear(int fd);
 inline int fd_mount(uint32_t entry) { return static_cast<int>(entry & 0xffff) - 1; }
@@ -63,6 +81,25 @@ void fd_identity(int fd, dev_t dev, ino_t ino);
 bool fd_same(int fd, dev_t dev, ino_t ino);
 // dup and friends: `to` gets `from`'s entry and identity.
 void fd_copy(int from, int to);
+
+// A directory descriptor opened through the mount (kFdKernel) and the backing directory it
+// stands for: a descriptor of the same directory (checked by inode when bound; opened for
+// reading where the caller may, else O_PATH) that the library keeps at a high number,
+// close-on-exec, so calls relative to the kernel descriptor (fstatat(dirfd, name), what
+// find and fts do for every entry) are answered relative to the backing one, with no path
+// to rebuild and no symlink to fear above it. Both name the same directory whatever is
+// renamed later, and the kernel checks no directory above a dirfd either. Bound on first
+// use (or when opened relative to a bound one); -1 when it cannot be (not a directory,
+// renamed or replaced while binding, a symlink on the way): then the kernel answers.
+int fd_backing_dir(int fd, int mount_index);
+// `fd` was just opened through the kernel as `path` relative to a directory descriptor
+// bound to `parent`: binds it the cheap way (no path to read back), when it is a directory.
+void fd_bind_child(int fd, int mount_index, int parent, const char* path);
+// Forgets `fd`'s backing directory (closing the library's descriptor).
+void fd_unbind(int fd);
+// `fd`'s backing directory descriptor when bound and open for reading (else -1): what a
+// directory stream on `fd` reads its entries from. Its file position is the stream's.
+int fd_backing_stream(int fd);
 
 Mount* mount_at(int index);
 // True when `m` may be served right now: published live, same generation, efused running.
@@ -75,8 +112,11 @@ bool files_alive(Mount* m);
 void refresh();
 // Any mount published and active (checked before resolving paths).
 bool any_active();
+// `path` (absolute, normalized) is at or under a file system mounted inside `m`, or
+// (path null) `m` has any such file system; true as well while the list is being rewritten.
+bool in_hole(const Mount* m, const char* path, size_t len);
 
-void count(Mount* m, int op, bool by_library);
+void count(Mount* m, int op, bool by_library, uint64_t n = 1);
 
 // Path resolution. `out` receives what the caller meant: the mount and the path inside
 // it ("" for its root, else "/a/b", trailing '/' kept), or nothing (nullptr) when the path
@@ -90,6 +130,15 @@ struct Resolved {
   // One name relative to a directory whose path the kernel gave (getcwd, /proc/self/fd),
   // which holds no symlink: only the last component can be one.
   bool single_name = false;
+  // What to resolve in the backing tree: `at_path` relative to `at_fd`. Either AT_FDCWD
+  // and `backing`, or a bound directory (fd_backing_dir) and the caller's relative path,
+  // resolved beneath it.
+  int at_fd = -100;  // AT_FDCWD
+  const char* at_path = nullptr;
+  bool bound = false;
+  // Under the mount, but the kernel answers (counted as such): a call relative to a
+  // directory descriptor that could not be bound, or whose path holds "..".
+  bool decline = false;
 };
 bool resolve(int dirfd, const char* path, Resolved* out);
 
@@ -103,9 +152,30 @@ struct Guard {
 
 // Appends the decimal digits of `v` at `out`; returns the end (not NUL-terminated).
 char* append_uint(char* out, unsigned v);
+char* append_u64(char* out, uint64_t v);
 
-// Raw system calls.
-long sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0);
+// Raw system calls: -1 and errno on failure, as syscall(2), inline where the architecture
+// is known (libc's variadic syscall() was 4 % of a served fstatat).
+long sys_slow(long nr, long a, long b, long c, long d, long e, long f);
+inline long sys(long nr, long a = 0, long b = 0, long c = 0, long d = 0, long e = 0, long f = 0) {
+#if defined(__x86_64__)
+  long ret;
+  register long r10 __asm__("r10") = d;
+  register long r8 __asm__("r8") = e;
+  register long r9 __asm__("r9") = f;
+  __asm__ volatile("syscall"
+                   : "=a"(ret)
+                   : "a"(nr), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                   : "rcx", "r11", "memory");
+  if (ret < 0 && ret > -4096) {
+    errno = static_cast<int>(-ret);
+    return -1;
+  }
+  return ret;
+#else
+  return sys_slow(nr, a, b, c, d, e, f);
+#endif
+}
 
 // Rewrites what a backing file reports to what the mount reports.
 void rewrite_stat(const Mount* m, struct stat* st);

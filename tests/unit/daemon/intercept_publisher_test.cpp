@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
@@ -84,15 +85,17 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
   p.publish(cfg_, 42);
   ASSERT_TRUE(p.published());
   EXPECT_EQ(generation(), 1u);
-  std::string rec_path = only(".rec"), cnt_path = only(".cnt");
+  std::string rec_path = only(".rec");
   ASSERT_FALSE(rec_path.empty());
-  ASSERT_FALSE(cnt_path.empty());
+  EXPECT_TRUE(only(".cnt").empty());  // no shared counters file any more
   struct stat st;
   ASSERT_EQ(stat(rec_path.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 07777, 0644u);
   EXPECT_EQ(static_cast<size_t>(st.st_size), sizeof(efuse_intercept_record));
-  ASSERT_EQ(stat(cnt_path.c_str(), &st), 0);
-  EXPECT_EQ(st.st_mode & 07777, 0666u);  // every user's library adds to it
+  // The counters' directory: every user may create files there, none may list it.
+  ASSERT_EQ(lstat((tmp_ / "pub/counts").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISDIR(st.st_mode));
+  EXPECT_EQ(st.st_mode & 07777, 01733u);
 
   auto* rec = map<efuse_intercept_record>(rec_path, PROT_READ);
   EXPECT_EQ(rec->magic, EFUSE_INTERCEPT_MAGIC);
@@ -105,26 +108,53 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
   EXPECT_STREQ(rec->source, "/srv/data");
   EXPECT_EQ(rec->flags, EFUSE_IR_LIVE | EFUSE_IR_ALLOW_OTHER | EFUSE_IR_SERVE);
 
-  // What the libraries count is what /metrics shows.
-  auto* cnt = map<efuse_intercept_counters>(cnt_path, PROT_READ | PROT_WRITE);
-  EXPECT_EQ(cnt->magic, EFUSE_INTERCEPT_MAGIC);
-  cnt->calls[0][EFUSE_IOP_open] += 3;
-  cnt->calls[1][EFUSE_IOP_readdir] += 5;
+  // What the libraries count, per user, is what /metrics shows summed.
+  std::string base = std::filesystem::path(rec_path).filename().string();
+  base = std::string(tmp_ / "pub/counts") + "/" + base.substr(0, base.size() - 4) + "-" +
+         std::to_string(getpid()) + "-" + std::to_string(rec->generation) + ".";
+  auto put = [&](const std::string& path, uid_t owner, uint64_t open_lib, uint64_t readdir_k,
+                 uint64_t magic = EFUSE_INTERCEPT_MAGIC) {
+    efuse_intercept_counters c{};
+    c.magic = magic;
+    c.version = EFUSE_INTERCEPT_VERSION;
+    c.size = sizeof c;
+    c.calls[0][EFUSE_IOP_open] = open_lib;
+    c.calls[1][EFUSE_IOP_readdir] = readdir_k;
+    ::unlink(path.c_str());
+    int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_EXCL, 0644);
+    ASSERT_GE(fd, 0) << path;
+    ASSERT_EQ(::write(fd, &c, sizeof c), static_cast<ssize_t>(sizeof c));
+    ASSERT_EQ(fchown(fd, owner, owner), 0);
+    ::close(fd);
+  };
+  put(base + "0", 0, 3, 5);
+  put(base + "1234", 1234, 10, 0);
+  put(base + "4321", 1234, 1000, 1000);     // owned by another user than it names: ignored
+  put(base + "77", 77, 1000, 1000, 12345);  // not the layout: ignored
+  put(base + "x1", 0, 1000, 1000);          // not a uid: ignored
   auto ms = p.metrics();
   EXPECT_EQ(ms.size(), 2u * EFUSE_IOP_COUNT);
   EXPECT_STREQ(ms[0].name, "efuse_intercept_calls_total");
-  EXPECT_EQ(series(ms, "open", "library"), 3);
+  EXPECT_EQ(series(ms, "open", "library"), 13);
   EXPECT_EQ(series(ms, "readdir", "kernel"), 5);
   EXPECT_EQ(series(ms, "read", "library"), 0);
+  // A user resetting or removing their own file never makes the sum go down.
+  put(base + "1234", 1234, 2, 0);
+  EXPECT_EQ(series(p.metrics(), "open", "library"), 13);
+  ::unlink((base + "1234").c_str());
+  EXPECT_EQ(series(p.metrics(), "open", "library"), 13);
+  put(base + "1234", 1234, 12, 0);
+  EXPECT_EQ(series(p.metrics(), "open", "library"), 15);
 
   // Withdrawn while the mount goes on (intercept turned off): a library holding the old
-  // record sees it not live at once, but its open descriptors go on; the record is gone,
-  // the generation moved, no series.
+  // record sees it not live at once, but its open descriptors go on; the record and the
+  // counter files are gone, the generation moved, no series.
   p.withdraw(true);
   EXPECT_FALSE(p.published());
   EXPECT_EQ(rec->flags, EFUSE_IR_FILES_GO_ON);
   EXPECT_TRUE(only(".rec").empty());
-  EXPECT_TRUE(only(".cnt").empty());
+  EXPECT_FALSE(std::filesystem::exists(base + "0"));
+  EXPECT_FALSE(std::filesystem::exists(base + "1234"));
   EXPECT_EQ(generation(), 2u);
   EXPECT_TRUE(p.metrics().empty());
 
@@ -142,7 +172,6 @@ TEST_F(InterceptPublisherTest, PublishesRecordCountersAndGeneration) {
   EXPECT_TRUE(only(".rec").empty());
   munmap(rec, sizeof *rec);
   munmap(rec2, sizeof *rec2);
-  munmap(cnt, sizeof *cnt);
 }
 
 TEST_F(InterceptPublisherTest, FlagsFollowTheMount) {
@@ -193,6 +222,10 @@ TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
     ::close(fd);
   };
   write_record("m-dead000000000000", child, 12345);
+  std::filesystem::create_directories(tmp_ / "pub/counts");
+  std::string dead_counts =
+      std::string(tmp_ / "pub/counts") + "/m-dead000000000000-" + std::to_string(child) + "-1.0";
+  ::close(::open(dead_counts.c_str(), O_CREAT | O_WRONLY, 0644));
   // A running process (pid 1) whose start time does not match: its PID was reused.
   write_record("m-reused0000000000", 1, ~0ull - 1);
   InterceptPublisher p;
@@ -200,7 +233,60 @@ TEST_F(InterceptPublisherTest, RemovesRecordsOfDeadDaemons) {
   EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.rec"));
   EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-dead000000000000.cnt"));
   EXPECT_FALSE(std::filesystem::exists(tmp_ / "pub/m-reused0000000000.rec"));
+  EXPECT_FALSE(std::filesystem::exists(dead_counts));
   EXPECT_FALSE(only(".rec").empty());  // its own
+}
+
+// The alive file: a robust mutex a thread of efused holds; killed, the kernel clears the
+// holder's TID in its futex word (what the library reads instead of polling a pidfd), and
+// the next publish removes the file.
+TEST_F(InterceptPublisherTest, AliveFileTellsWhetherEfusedRuns) {
+  int ready[2];
+  ASSERT_EQ(pipe(ready), 0);
+  pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    InterceptPublisher p;
+    p.publish(cfg_, 3);
+    char c = p.published() ? 'y' : 'n';
+    (void)!::write(ready[1], &c, 1);
+    for (;;) pause();
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  EXPECT_EQ(c, 'y');
+  std::string alive;
+  for (const auto& e : std::filesystem::directory_iterator(tmp_ / "pub"))
+    if (e.path().filename().string().rfind("alive-" + std::to_string(child) + "-", 0) == 0)
+      alive = e.path();
+  ASSERT_FALSE(alive.empty());
+  struct stat st;
+  ASSERT_EQ(stat(alive.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0644u);
+  EXPECT_EQ(static_cast<size_t>(st.st_size), EFUSE_INTERCEPT_ALIVE_SIZE);
+  int fd = ::open(alive.c_str(), O_RDONLY);
+  ASSERT_GE(fd, 0);
+  void* p = mmap(nullptr, EFUSE_INTERCEPT_ALIVE_SIZE, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  ASSERT_NE(p, MAP_FAILED);
+  const auto* word = static_cast<const uint32_t*>(p);
+  EXPECT_NE(__atomic_load_n(word, __ATOMIC_ACQUIRE) & EFUSE_INTERCEPT_ALIVE_TID_MASK, 0u);
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);
+  uint32_t after = __atomic_load_n(word, __ATOMIC_ACQUIRE);
+  EXPECT_EQ(after & EFUSE_INTERCEPT_ALIVE_TID_MASK, 0u);
+  EXPECT_NE(after & 0x40000000u, 0u);  // FUTEX_OWNER_DIED
+  munmap(p, EFUSE_INTERCEPT_ALIVE_SIZE);
+  // This process's own publish removes the dead one's alive file, and makes its own.
+  InterceptPublisher mine;
+  mine.publish(cfg_, 4);
+  EXPECT_FALSE(std::filesystem::exists(alive));
+  int own = 0;
+  for (const auto& e : std::filesystem::directory_iterator(tmp_ / "pub"))
+    own += e.path().filename().string().rfind("alive-" + std::to_string(getpid()) + "-", 0) == 0;
+  EXPECT_EQ(own, 1);
+  ::close(ready[0]);
+  ::close(ready[1]);
 }
 
 // Left for the next efused (a restart keeping the connection): the record says the mount
