@@ -478,7 +478,10 @@ def adaptive_rows():
             "passthrough: FUSE passthrough) and reason: fixed, unavailable, setid, and with "
             "io_path auto writer (writable opens: passthrough), guess (nothing measured yet), "
             "probe, predicted (the class's cheaper "
-            "path) or history (the file's own measured opens). docs/adaptive-io.md.",
+            "path) or history (the file's own measured opens). kernel (buffered) and device "
+            "(O_DIRECT through io_uring): the path of the reads efused serves in a cache "
+            "epoch, decided at its first READ (unsupported: no direct I/O on the backing "
+            "file system, e.g. tmpfs). docs/adaptive-io.md.",
             stack=True),
         timeseries("Probe results: predicted cost per open", [
             target(f"max by (mount, class, path) (efuse_io_path_predicted_cost_seconds"
@@ -486,7 +489,9 @@ def adaptive_rows():
             "s", "The latest completed probe of each class of read-only opens (size x "
             "cold/warm): mean cost per open of each path as efused measures it. cache: "
             "requests served x 20 us of round trip plus efused's time; passthrough: "
-            "registering the backing file. The cheaper one is committed."),
+            "registering and unregistering the backing file, the GETATTR a later stat "
+            "refetches, 2 us for the kernel's backing file. small_device and large_device: kernel and device path, cost per "
+            "MiB read. The cheaper one is committed."),
         table("Current choice per class of opens", [target(
             f"max by (mount, class, path) (efuse_io_path_choice{{{SEL}}})", "",
             fmt="table", instant=True)],

@@ -21,15 +21,47 @@ MIB = 1 << 20
 
 
 class AdaptiveEfused(DbusEfused):
-    """DbusEfused whose mount "a" has io_path auto with short probes, /metrics on a port."""
+    """DbusEfused whose mount "a" has io_path auto with short probes, /metrics on a port.
+    source: None (a directory under /tmp), "tmpfs" (a tmpfs mounted there) or "direct" (a
+    file system that does direct I/O: /tmp's if it does, else an ext4 loop image)."""
 
-    def __init__(self):
+    def __init__(self, source=None):
         self.port = free_port()
         self.adaptive = "{probe: 2, round: 1000, reprobe_interval: 3600}"
+        self.source_mounts = []
         super().__init__(policy="open", start=False)
         self.listen = f"127.0.0.1:{self.port}"
         self.write_config()
-        self.start()
+        try:
+            if source == "tmpfs" or (source == "direct" and fs_type(self.srcs[0]) == "tmpfs"):
+                self.mount_source(source)
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def mount_source(self, kind):
+        src = self.srcs[0]
+        if kind == "tmpfs":
+            h.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-src", src], timeout=30)
+        else:
+            img = J(self.tmp, "src.img")
+            h.run(["truncate", "-s", "256M", img])
+            h.run(["mkfs.ext4", "-q", "-F", img], timeout=120)
+            h.run(["mount", "-o", "loop", img, src], timeout=30)
+        self.source_mounts.append(src)
+
+    def cleanup(self, keep_tmp=False):
+        if self.source_mounts:
+            if self.proc is not None and self.proc.poll() is None:
+                self.stop()
+            for m in self.mnts:
+                if h.is_fuse_mounted(m):
+                    h.detach(m)
+            for src in self.source_mounts:
+                h.run(["umount", "-l", src], timeout=30, check=False)
+            self.source_mounts = []
+        super().cleanup(keep_tmp)
 
     def write_config(self, with_b=False, broken=False):
         lines = ["metrics:", f'  listen: "{getattr(self, "listen", "127.0.0.1:0")}"',
@@ -60,6 +92,29 @@ class AdaptiveEfused(DbusEfused):
                 if want is not None:
                     assert chunk == want, name
         h.wait_until(lambda: self.epochs() > n, 10, what=f"the epoch of {name} measured")
+
+
+def fs_type(path):
+    return h.run(["stat", "-f", "-c", "%T", path]).out.strip()
+
+
+class env_set:
+    """Sets environment variables for what starts inside (efused inherits them)."""
+
+    def __init__(self, **kw):
+        self.kw, self.old = kw, {}
+
+    def __enter__(self):
+        for k, v in self.kw.items():
+            self.old[k] = os.environ.get(k)
+            os.environ[k] = v
+
+    def __exit__(self, *exc):
+        for k, v in self.old.items():
+            if v is None:
+                del os.environ[k]
+            else:
+                os.environ[k] = v
 
 
 def require_passthrough(m):
@@ -224,6 +279,116 @@ def test_fixed_io_path_counts_fixed_decisions():
         assert value(s, "efuse_io_path_decisions_total", mount=name,
                      decision="passthrough") is None
         assert not [n for n, l, v in s if n == "efuse_io_path_choice" and l.get("mount") == name]
+
+
+def drop_backing_pages(path):
+    """Evicts PATH's pages from the backing page cache (this file only: no host-wide drop)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def sha256(path, direct=False):
+    import hashlib
+    d = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(MIB)
+            if not chunk:
+                break
+            d.update(chunk)
+    return d.hexdigest()
+
+
+def device_decisions(samples):
+    return {(l["decision"], l["reason"]): v for n, l, v in samples
+            if n == "efuse_io_path_decisions_total" and l.get("mount") == "a"
+            and l["decision"] in ("kernel", "device")}
+
+
+def test_device_path_reads_verify_on_a_direct_io_file_system():
+    """Reads efused serves itself (here every open: passthrough is masked) go through the
+    device or kernel path as the large_device and small_device engines decide; either way
+    the data is the file's, at every offset, aligned or not (fio --verify through the
+    mount, checksums of whole files, odd-sized preads)."""
+    require_daemon_contract()
+    h.require_tools("fio")
+    with env_set(EFUSE_MASK_KERNEL_FEATURES="passthrough"), AdaptiveEfused(source="direct") as m:
+        assert fs_type(m.src) != "tmpfs"
+        # Large files read once each, cold (their backing pages dropped): the probe tries
+        # both paths, then the class commits to the cheaper per MiB.
+        sums = {}
+        for i in range(6):
+            name = f"big{i}"
+            with open(J(m.src, name), "wb") as f:
+                f.write(os.urandom(MIB) * 9 + os.urandom(12345))  # an unaligned end
+            sums[name] = sha256(J(m.src, name))
+            drop_backing_pages(J(m.src, name))
+        for name in sums:
+            assert sha256(J(m.mnt, name)) == sums[name], name
+        # Unaligned reads of one more large file, compared with the backing file.
+        with open(J(m.src, "odd"), "wb") as f:
+            f.write(os.urandom(MIB * 9 + 777))
+        drop_backing_pages(J(m.src, "odd"))
+        with open(J(m.src, "odd"), "rb") as want, open(J(m.mnt, "odd"), "rb") as got:
+            for off, n in ((1, 4095), (4097, 65536 + 3), (MIB * 9 - 10, 4096), (5 * MIB + 1, 1)):
+                assert os.pread(got.fileno(), n, off) == os.pread(want.fileno(), n, off), off
+        # Each epoch is measured at its RELEASE, which the kernel sends after close(). A
+        # completed probe predicts both paths (the class may have started another since:
+        # cold reads vary, and a 2x drift probes again).
+        def large_costs():
+            return {l["path"]: v for n, l, v in m.samples()
+                    if n == "efuse_io_path_predicted_cost_seconds" and l.get("mount") == "a"
+                    and l.get("class") == "large_device"}
+        h.wait_until(lambda: len(large_costs()) == 2, 10, what="the large_device probe done")
+        # fio writes through the mount and verifies what it reads back with O_DIRECT (each
+        # read a READ that efused serves, on whichever path the class chose).
+        h.run(["fio", "--name=v", f"--filename={J(m.mnt, 'fio')}", "--size=12M", "--bs=64k",
+               "--rw=write", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+               "--ioengine=psync"], timeout=300)
+        h.run(["fio", "--name=r", f"--filename={J(m.mnt, 'fio')}", "--size=12M", "--bs=64k",
+               "--rw=read", "--verify=crc32c", "--verify_only=1", "--verify_fatal=1",
+               "--direct=1", "--ioengine=psync"], timeout=300)
+        s = m.samples()
+        d = device_decisions(s)
+        # The probe tried both paths on the large files; nothing was unsupported here.
+        assert d.get(("device", "probe"), 0) >= 1 and d.get(("kernel", "guess"), 0) >= 1, d
+        assert ("kernel", "unsupported") not in d, d
+        cost = large_costs()
+        assert cost.get("kernel", 0) > 0 and cost.get("device", 0) > 0, cost
+        view = json.loads(m.ctl("--json", "status", "a").out)["io_path_choices"]
+        large = view["classes"]["large_device"]
+        # fio's reads may have started another probe (drift): committed once is what counts.
+        assert large["probes"] >= 1 and large["choice"] in ("kernel", "device", ""), large
+        assert large["device_cost_us"] > 0 and large["kernel_cost_us"] > 0, large
+        assert view["decisions"]["device_probe"] >= 1, view
+        assert "io_path_choices.classes.large_device.choice:" in m.ctl("status", "a").out
+
+
+def test_device_path_is_not_used_on_tmpfs_and_says_so():
+    """tmpfs does no direct I/O (it accepts O_DIRECT since Linux 6.6 but reports no direct
+    I/O alignment: there is no device to go to): the kernel path serves, every decision
+    says `unsupported`, the log says it once, and the data is right."""
+    require_daemon_contract()
+    with env_set(EFUSE_MASK_KERNEL_FEATURES="passthrough"), AdaptiveEfused(source="tmpfs") as m:
+        assert fs_type(m.src) == "tmpfs"
+        data = {}
+        for i in range(4):
+            data[f"f{i}"] = os.urandom(MIB * 2 + 100 * i)
+            h.write_file(J(m.src, f"f{i}"), data[f"f{i}"])
+        for name, want in data.items():
+            with open(J(m.mnt, name), "rb") as f:
+                assert f.read() == want, name
+        d = device_decisions(m.samples())
+        assert d == {("kernel", "unsupported"): 4}, d
+        log = m.log_text()
+        assert log.count("does no direct I/O") == 1, m.log_tail()
+        view = json.loads(m.ctl("--json", "status", "a").out)["io_path_choices"]
+        assert view["decisions"]["kernel_unsupported"] == 4, view
+        assert "large_device" not in view["classes"] and "small_device" not in view["classes"]
 
 
 if __name__ == "__main__":

@@ -139,11 +139,29 @@ IoPath IoPathPolicy::open(FileIo& f, const OpenFacts& facts, int64_t now_ns) {
   return path;
 }
 
+double IoPathPolicy::attr_refetch_ratio() const {
+  const uint64_t epochs = passthrough_epochs_.load(std::memory_order_relaxed);
+  if (epochs == 0) return 0;
+  return std::min(1.0, static_cast<double>(attr_refetches_.load(std::memory_order_relaxed)) /
+                           static_cast<double>(epochs));
+}
+
 void IoPathPolicy::closed(FileIo& f, int64_t now_ns) {
   const bool measure = f.auto_decided;
   f.auto_decided = false;
   ++f.epochs;
   f.last = f.path;
+  // The window in which a GETATTR counts as the refetch a passthrough epoch caused: from its
+  // end to the end of the next epoch.
+  const bool passthrough = f.path == IoPath::Passthrough && !f.refused.load(std::memory_order_relaxed);
+  f.attr_due.store(passthrough, std::memory_order_relaxed);
+  // Counted after this epoch is priced: its own refetch has not come yet.
+  struct CountAfter {
+    std::atomic<uint64_t>* n;
+    ~CountAfter() {
+      if (n != nullptr) n->fetch_add(1, std::memory_order_relaxed);
+    }
+  } count{passthrough ? &passthrough_epochs_ : nullptr};
   if (!measure) return;
   const int p = static_cast<int>(f.path);
   std::lock_guard lk(mu_);
@@ -160,7 +178,9 @@ void IoPathPolicy::closed(FileIo& f, int64_t now_ns) {
     cost = (static_cast<double>(f.requests.load(std::memory_order_relaxed)) * kUpcallNs +
             static_cast<double>(f.service_ns.load(std::memory_order_relaxed))) / opens;
   else
-    cost = static_cast<double>(f.backing_ns.load(std::memory_order_relaxed)) / opens;
+    cost = (static_cast<double>(f.backing_ns.load(std::memory_order_relaxed)) +
+            attr_refetch_ratio() * kUpcallNs) / opens +
+           kBackingFileNs;
   e.measured(p, cost, now_ns);
   ++epochs_measured_;
   if (f.path == IoPath::Passthrough) f.passthrough.add(cost);

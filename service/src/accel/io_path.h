@@ -13,8 +13,12 @@
 // What an epoch cost, per open:
 //
 //   cache       = (READ + WRITE requests served x kUpcallNs + their time in efused) / opens
-//   passthrough = time efused spent registering the backing file
-//                 (FUSE_DEV_IOC_BACKING_OPEN) / opens
+//   passthrough = (time efused spent registering and unregistering the backing file
+//                 (FUSE_DEV_IOC_BACKING_OPEN, _CLOSE) + attr_refetch_ratio() x kUpcallNs)
+//                 / opens + kBackingFileNs (the kernel's own backing file open and
+//                 release, per open, which efused cannot see). Passthrough reads invalidate
+//                 the kernel's cached atime, so the file's next stat is a GETATTR upcall;
+//                 the ratio is how often one followed a passthrough epoch on this mount.
 //
 // Page-cache hits cost nothing on the cache path: a warm file read again costs nothing, a
 // cold one a request per max_write. Committed, a class lets a file's own history decide:
@@ -38,6 +42,7 @@
 #include <string>
 #include <vector>
 
+#include "accel/device.h"
 #include "accel/engine.h"
 
 namespace efuse::accel {
@@ -75,6 +80,10 @@ struct FileIo {
   std::atomic<uint64_t> service_ns{0};
   std::atomic<uint64_t> backing_ns{0};
   std::atomic<bool> refused{false};
+  // A passthrough epoch ended and the kernel has not asked for the file's attributes
+  // since: its passthrough reads invalidated the cached atime, so the next stat costs a
+  // GETATTR upcall (attr_fetched()). Cleared at the end of the next epoch.
+  std::atomic<bool> attr_due{false};
   // History (guarded by the caller's per-inode lock): running means of the cost per open
   // (ns) of its cold cache epochs (the fetch), warm cache epochs and passthrough epochs.
   uint32_t epochs = 0;  // epochs ended
@@ -105,6 +114,7 @@ struct IoPathReport {
   std::array<std::array<uint64_t, static_cast<size_t>(IoReason::kCount)>, 2> decisions{};
   std::vector<IoClassReport> classes;  // only classes that made a decision
   uint64_t epochs_measured = 0;
+  DeviceReport device;  // device or kernel for the reads efused serves (accel/device.h)
 };
 
 class IoPathPolicy {
@@ -123,7 +133,8 @@ class IoPathPolicy {
     file.requests.fetch_add(1, std::memory_order_relaxed);
     file.service_ns.fetch_add(ns, std::memory_order_relaxed);
   }
-  // The backing file of a passthrough open was registered with the kernel in `ns`.
+  // The backing file of a passthrough open was registered with the kernel, or its id
+  // closed, in `ns`.
   static void registered(FileIo& file, uint64_t ns) {
     file.backing_ns.fetch_add(ns, std::memory_order_relaxed);
   }
@@ -131,12 +142,28 @@ class IoPathPolicy {
   static void refused(FileIo& file) { file.refused.store(true, std::memory_order_relaxed); }
   // The epoch's last open was released: its cost becomes a measurement.
   void closed(FileIo& file, int64_t now_ns);
+  // efused served a GETATTR of the file: if a passthrough epoch of it ended since its
+  // attributes were last asked for, the kernel is refetching what passthrough invalidated.
+  void attr_fetched(FileIo& file) {
+    if (file.attr_due.load(std::memory_order_relaxed) &&
+        file.attr_due.exchange(false, std::memory_order_relaxed))
+      attr_refetches_.fetch_add(1, std::memory_order_relaxed);
+  }
+  // GETATTRs that followed passthrough epochs, per passthrough epoch (0..1; 0 before any).
+  double attr_refetch_ratio() const;
 
   IoPathReport report() const;
 
   // What one upcall costs beyond efused's own time: the kernel/user round trip (two
   // context switches and the copies), ~14-21 us on the machines measured (bench: wait floor).
   static constexpr double kUpcallNs = 20'000;
+  // What one passthrough open costs the kernel beyond a page-cache open, in the opening
+  // process: it opens its own backing file (backing_file_open) and drops it at the release.
+  // Measured here as the client's CPU time (perf stat task-clock) of open-read-close loops
+  // over 16 KiB files, passthrough against warm page cache: 1.8-2.2 us per open on 6.18.
+  // Without it the model saw only efused's ~2 us of ioctls and kept hot small files on
+  // passthrough twice as long as their reopens paid for (docs/adaptive-io.md).
+  static constexpr double kBackingFileNs = 2'000;
   static constexpr off_t kSmall = 64 * 1024;
   static constexpr off_t kMedium = 8 * 1024 * 1024;
   static constexpr int kClasses = 3 * 2;
@@ -156,6 +183,8 @@ class IoPathPolicy {
   std::array<bool, kClasses> used_{};
   std::array<std::array<uint64_t, static_cast<size_t>(IoReason::kCount)>, 2> decisions_{};
   uint64_t epochs_measured_ = 0;
+  std::atomic<uint64_t> passthrough_epochs_{0};
+  std::atomic<uint64_t> attr_refetches_{0};
 };
 
 }  // namespace efuse::accel

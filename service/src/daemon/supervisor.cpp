@@ -325,22 +325,35 @@ static nlohmann::json io_path_view(const accel::IoPathReport& r) {
       if (r.decisions[path][reason] != 0)
         decisions[std::string(accel::to_string(static_cast<accel::IoPath>(path))) + "_" +
                   accel::to_string(static_cast<accel::IoReason>(reason))] = r.decisions[path][reason];
+  for (int path = 0; path < 2; ++path)
+    for (size_t reason = 0; reason < r.device.decisions[path].size(); ++reason)
+      if (r.device.decisions[path][reason] != 0)
+        decisions[std::string(accel::to_string(static_cast<accel::DevPath>(path))) + "_" +
+                  accel::to_string(static_cast<accel::DevReason>(reason))] =
+            r.device.decisions[path][reason];
   nlohmann::json classes = nlohmann::json::object();
-  for (const accel::IoClassReport& c : r.classes) {
+  // Cache/passthrough classes cost us per open; device classes (kernel/device) us per MiB.
+  auto add_class = [&](const std::string& name, const accel::EngineReport& e,
+                       std::array<const char*, 2> paths) {
     nlohmann::json v = {
-        {"phase", c.engine.phase == accel::Phase::Probe ? "probe" : "commit"},
-        {"choice", c.engine.choice < 0 ? "" : accel::to_string(static_cast<accel::IoPath>(c.engine.choice))},
-        {"round_left", c.engine.round_left},
+        {"phase", e.phase == accel::Phase::Probe ? "probe" : "commit"},
+        {"choice", e.choice < 0 ? "" : paths[e.choice]},
+        {"round_left", e.round_left},
     };
-    for (int path = 0; path < 2; ++path) {
-      std::string key = std::string(accel::to_string(static_cast<accel::IoPath>(path))) + "_cost_us";
-      v[key] = c.engine.predicted[path] < 0 ? nlohmann::json() : nlohmann::json(c.engine.predicted[path] / 1e3);
-    }
+    for (int path = 0; path < 2; ++path)
+      v[std::string(paths[path]) + "_cost_us"] =
+          e.predicted[path] < 0 ? nlohmann::json() : nlohmann::json(e.predicted[path] / 1e3);
     uint64_t probes = 0;
-    for (uint64_t n : c.engine.probes) probes += n;
+    for (uint64_t n : e.probes) probes += n;
     v["probes"] = probes;
-    classes[c.name] = std::move(v);
-  }
+    classes[name] = std::move(v);
+  };
+  for (const accel::IoClassReport& c : r.classes)
+    add_class(c.name, c.engine, {accel::to_string(accel::IoPath::Cache),
+                                 accel::to_string(accel::IoPath::Passthrough)});
+  for (const auto& [name, e] : r.device.classes)
+    add_class(name, e, {accel::to_string(accel::DevPath::Kernel),
+                        accel::to_string(accel::DevPath::Device)});
   return {{"decisions", std::move(decisions)}, {"classes", std::move(classes)}};
 }
 

@@ -207,7 +207,9 @@ class Filesystem {
   // through the kernel's page cache.
   virtual void passthrough_refused(uint64_t /*ino*/) {}
   // The session registered the backing file of a passthrough open of `ino` with the kernel
-  // (FUSE_DEV_IOC_BACKING_OPEN), which took `ns`: what passthrough cost efused for it.
+  // (FUSE_DEV_IOC_BACKING_OPEN), or closed its id after the last passthrough open
+  // (FUSE_DEV_IOC_BACKING_CLOSE, before release()), which took `ns`: what passthrough cost
+  // efused for it.
   virtual void passthrough_registered(uint64_t /*ino*/, uint64_t /*ns*/) {}
   virtual Result<Attr> getattr(const Context&, uint64_t, const uint64_t* /*fh*/) { return Errno{ENOSYS}; }
   virtual Result<Attr> setattr(const Context&, uint64_t, const SetattrRequest&) { return Errno{ENOSYS}; }

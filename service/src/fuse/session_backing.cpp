@@ -9,6 +9,16 @@
 
 namespace fuse {
 
+namespace {
+
+uint64_t elapsed_ns(std::chrono::steady_clock::time_point since) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                   std::chrono::steady_clock::now() - since)
+                                   .count());
+}
+
+}  // namespace
+
 void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool dir,
                             uint64_t nodeid) {
   *o = {};
@@ -22,9 +32,9 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
   std::lock_guard lk(backing_mu_);
   Backing& b = backing_[nodeid];
   if (b.id <= 0) {
-    auto start = std::chrono::steady_clock::now();
+    const auto start = std::chrono::steady_clock::now();
     int id = conn_ != nullptr ? conn_->backing_open(info.passthrough_fd) : -ENOTCONN;
-    auto took = std::chrono::steady_clock::now() - start;
+    const uint64_t took = elapsed_ns(start);
     if (id <= 0) {
       backing_.erase(nodeid);
       // The kernel refused (stacking depth, permissions, limits): serve this file's I/O.
@@ -37,8 +47,7 @@ void Session::fill_open_out(k::fuse_open_out* o, const fs::OpenInfo& info, bool 
     }
     b.id = id;
     // What passthrough costs efused for this inode (io_path: auto weighs it, accel/io_path.h).
-    fs_.passthrough_registered(
-        nodeid, static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(took).count()));
+    fs_.passthrough_registered(nodeid, took);
     if (state_ != nullptr && (b.slot = state_->alloc()) != nullptr) {
       b.slot->v[0].store(nodeid, std::memory_order_relaxed);
       b.slot->v[1].store(static_cast<uint64_t>(id), std::memory_order_relaxed);
@@ -73,7 +82,11 @@ void Session::backing_released(uint64_t fh) {
   if (it == backing_fh_.end()) return;
   auto b = backing_.find(it->second);
   if (b != backing_.end() && --b->second.opens == 0) {
+    const auto start = std::chrono::steady_clock::now();
     conn_->backing_close(b->second.id);  // ids exist only with a connection
+    // Also part of what passthrough cost efused for this inode (before fs_.release() ends
+    // its epoch).
+    fs_.passthrough_registered(it->second, elapsed_ns(start));
     if (state_ != nullptr) state_->free(b->second.slot);
     backing_.erase(b);
   } else if (b != backing_.end() && b->second.slot != nullptr) {

@@ -151,6 +151,13 @@ struct Inode {
   bool io_cached = false;  // guarded by io_mu
   accel::FileIo io;        // what its opens measured, for the choice (guarded by io_mu but
                            // its atomics)
+  // Device or kernel path of the READs efused serves in a cache epoch (accel/device.h),
+  // decided at the epoch's first READ (kDevUndecided until then) and reset at its end.
+  static constexpr uint8_t kDevUndecided = 0, kDevKernel = 1, kDevDevice = 2;
+  std::atomic<uint8_t> dev_state{kDevUndecided};  // written under io_mu
+  std::atomic<int> direct_fd{-1};    // O_DIRECT descriptor while kDevDevice (io_mu)
+  std::atomic<uint32_t> direct_align{0};
+  accel::FileDevice dev_io;          // guarded by io_mu but its atomics
 
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
   // OFD locks carry no pid, so each owner also keeps the ranges it holds and the pid that

@@ -79,6 +79,8 @@ void PassthroughFs::set_policy(const Policy& p) {
                       : p.adaptive_io   ? accel::IoMode::Auto
                                         : accel::IoMode::Passthrough);
   io_policy_.set_settings(p.adaptive);
+  dev_policy_.set_settings(p.adaptive);
+  device_path_.store(p.passthrough_io && p.adaptive_io, std::memory_order_relaxed);
 }
 
 Result<Entry> PassthroughFs::entry_for(int fd) {
@@ -172,7 +174,11 @@ BackendStats PassthroughFs::backend_stats() const {
   return s;
 }
 
-accel::IoPathReport PassthroughFs::io_path_report() const { return io_policy_.report(); }
+accel::IoPathReport PassthroughFs::io_path_report() const {
+  accel::IoPathReport r = io_policy_.report();
+  r.device = dev_policy_.report();
+  return r;
+}
 
 Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t* fh) {
   GET_INODE(inode, ino);
@@ -187,6 +193,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
   }
   if (rc != 0) return last_errno();
   replied(*inode, st);
+  io_policy_.attr_fetched(inode->io);  // a refetch after passthrough reads (accel/io_path.h)
   return Attr{st, cache_timeout(attr_timeout_)};
 }
 

@@ -168,6 +168,14 @@ class PassthroughFs final : public Filesystem {
   OpenInfo open_info(Inode& inode, int fd, int flags);
   // A READ or WRITE efused served for `ino`, started at steady_ns() `start`.
   void served(uint64_t ino, int64_t start);
+  // The device path (accel/device.h, device_io.h): the O_DIRECT descriptor the READs of
+  // `inode`'s cache epoch use, or -1 for the kernel path; decides at the epoch's first READ
+  // (`fd`: the handle's descriptor). end_device_epoch(): at its last release (io_mu held).
+  int device_fd(Inode& inode, int fd);
+  void end_device_epoch(Inode& inode);
+  // Direct I/O alignment of the backing file system `dev` (0: none), asked once per file
+  // system; the first one without says so in the log.
+  uint32_t direct_alignment(dev_t dev, int fd);
   // Whether every change behind efused's back reaches the kernel as an invalidation.
   bool exact_invalidation() const;
   // Inodes whose entry and attributes the kernel got after this time (Inode::refreshed_ns)
@@ -215,6 +223,11 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> passthrough_io_;
   std::atomic<bool> adaptive_io_;
   accel::IoPathPolicy io_policy_;  // cache or passthrough per file, under io_path: auto
+  accel::DevicePolicy dev_policy_;  // device or kernel for the reads efused serves (auto)
+  std::atomic<bool> device_path_{false};  // io_path auto: dev_policy_ decides
+  std::mutex direct_mu_;
+  std::unordered_map<dev_t, uint32_t> direct_align_;  // guarded by direct_mu_
+  bool direct_none_logged_ = false;                   // guarded by direct_mu_
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
   Watcher::Counters watch_counters_;  // declared first: outlives the watchers using it

@@ -1,12 +1,16 @@
 // Passthrough backend: open files, data I/O and locks. A file handle is the backing fd.
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <string>
 
+#include "common/log.h"
 #include "fs/passthrough/creds.h"
+#include "fs/passthrough/device_io.h"
 #include "fs/passthrough/passthrough_fs.h"
 #include "fs/passthrough/proc_path.h"
 
@@ -172,26 +176,102 @@ void PassthroughFs::served(uint64_t ino, int64_t start) {
     accel::IoPathPolicy::served(inode->io, static_cast<uint64_t>(steady_ns() - start));
 }
 
+uint32_t PassthroughFs::direct_alignment(dev_t dev, int fd) {
+  std::lock_guard lk(direct_mu_);
+  auto it = direct_align_.find(dev);
+  if (it != direct_align_.end()) return it->second;
+  uint32_t align = direct_io_alignment(fd);
+  direct_align_.emplace(dev, align);
+  if (align == 0 && !direct_none_logged_) {
+    direct_none_logged_ = true;
+    LOG_INFO("backing file system of %s does no direct I/O (tmpfs or similar): reads efused "
+             "serves stay on the kernel path (buffered)", source_.c_str());
+  }
+  return align;
+}
+
+int PassthroughFs::device_fd(Inode& inode, int fd) {
+  uint8_t state = inode.dev_state.load(std::memory_order_acquire);
+  if (state == Inode::kDevUndecided) {
+    std::lock_guard lk(inode.io_mu);
+    state = inode.dev_state.load(std::memory_order_relaxed);
+    if (state == Inode::kDevUndecided && inode.io_opens > 0) {
+      const int64_t now = steady_ns();
+      struct stat st;
+      const bool known = fstat(fd, &st) == 0;
+      const uint32_t align = known ? direct_alignment(st.st_dev, fd) : 0;
+      accel::DevPath path =
+          dev_policy_.open(inode.dev_io, known ? st.st_size : 0, align != 0, now);
+      state = Inode::kDevKernel;
+      if (path == accel::DevPath::Device) {
+        int dfd = ::open(ProcPath(fd), O_RDONLY | O_DIRECT | O_CLOEXEC);
+        if (dfd >= 0) {
+          inode.direct_fd.store(dfd, std::memory_order_relaxed);
+          inode.direct_align.store(align, std::memory_order_relaxed);
+          state = Inode::kDevDevice;
+        } else {
+          int err = errno;
+          dev_policy_.refused(inode.dev_io, now);
+          std::lock_guard dlk(direct_mu_);
+          direct_align_[st.st_dev] = 0;  // not asked again
+          if (!direct_none_logged_) {
+            direct_none_logged_ = true;
+            LOG_INFO("O_DIRECT open of a file under %s failed (%s): reads efused serves "
+                     "stay on the kernel path (buffered)", source_.c_str(), strerror(err));
+          }
+        }
+      }
+      inode.dev_state.store(state, std::memory_order_release);
+    }
+  }
+  return state == Inode::kDevDevice ? inode.direct_fd.load(std::memory_order_relaxed) : -1;
+}
+
+void PassthroughFs::end_device_epoch(Inode& inode) {
+  if (inode.dev_state.load(std::memory_order_relaxed) == Inode::kDevUndecided) return;
+  dev_policy_.closed(inode.dev_io, steady_ns());
+  int dfd = inode.direct_fd.exchange(-1, std::memory_order_relaxed);
+  if (dfd >= 0) ::close(dfd);
+  inode.dev_state.store(Inode::kDevUndecided, std::memory_order_release);
+}
+
 Result<size_t> PassthroughFs::read(const Context&, uint64_t ino, uint64_t fh, uint64_t off,
                                    std::span<char> buf) {
   CHECK_FH(fh);
-  // What the page-cache path costs is measured for io_path: auto (accel/io_path.h).
+  // What the page-cache path costs is measured for io_path: auto (accel/io_path.h), and
+  // the device path is chosen by what each way costs (accel/device.h).
   const bool measure = adaptive_io_.load(std::memory_order_relaxed);
-  const int64_t start = measure ? steady_ns() : 0;
-  // FUSE takes a short read for end of file: fill the buffer unless the file really ends.
+  const bool device = device_path_.load(std::memory_order_relaxed);
+  std::shared_ptr<Inode> inode = measure || device ? inodes_.get(ino) : nullptr;
+  const int64_t start = measure || device ? steady_ns() : 0;
+  const int dfd = device && inode ? device_fd(*inode, fd_of(fh)) : -1;
   size_t done = 0;
-  while (done < buf.size()) {
-    ssize_t n = pread(fd_of(fh), buf.data() + done, buf.size() - done,
-                      static_cast<off_t>(off + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (done > 0) break;
-      return last_errno();
+  if (dfd >= 0) {
+    auto n = direct_read(dfd, buf, off, inode->direct_align.load(std::memory_order_relaxed));
+    if (!n.ok()) return Errno{n.error()};
+    done = *n;
+  } else {
+    // FUSE takes a short read for end of file: fill the buffer unless the file really ends.
+    while (done < buf.size()) {
+      ssize_t n = pread(fd_of(fh), buf.data() + done, buf.size() - done,
+                        static_cast<off_t>(off + done));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (done > 0) break;
+        return last_errno();
+      }
+      if (n == 0) break;
+      done += static_cast<size_t>(n);
     }
-    if (n == 0) break;
-    done += static_cast<size_t>(n);
   }
-  if (measure) served(ino, start);
+  if (inode) {
+    const uint64_t ns = static_cast<uint64_t>(steady_ns() - start);
+    // A read the device engine is probing with costs what the probe costs, not what the
+    // cache path does: cache or passthrough is weighed on the request alone then.
+    const bool device_probe = dfd >= 0 && inode->dev_io.reason == accel::DevReason::Probe;
+    if (measure) accel::IoPathPolicy::served(inode->io, device_probe ? 0 : ns);
+    if (device) accel::DevicePolicy::served(inode->dev_io, done, ns);
+  }
   return done;
 }
 
@@ -257,7 +337,10 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
       }
     }
     std::lock_guard lk(inode->io_mu);
-    if (inode->io_opens > 0 && --inode->io_opens == 0) io_policy_.closed(inode->io, steady_ns());
+    if (inode->io_opens > 0 && --inode->io_opens == 0) {
+      io_policy_.closed(inode->io, steady_ns());
+      end_device_epoch(*inode);
+    }
   }
   if (!is_shared(fh) && !restored) ::close(fd_of(fh));
   if (inode && is_writer(fh) && inode->writers.fetch_sub(1) == 1 && inode->muted.load())

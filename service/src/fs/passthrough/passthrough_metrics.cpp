@@ -6,7 +6,7 @@ namespace efuse::fs::passthrough {
 
 std::vector<Metric> PassthroughFs::metrics() const {
   std::vector<Metric> out = metrics_of(backend_stats(), inodes_.excess_forgets());
-  add_io_path_metrics(out, io_policy_.report());
+  add_io_path_metrics(out, io_path_report());
   return out;
 }
 
@@ -98,7 +98,10 @@ void add_io_path_metrics(std::vector<Metric>& out, const accel::IoPathReport& r)
       "set-ID file), and with io_path auto writer (a writable open: passthrough), guess "
       "(nothing measured yet: the 64 KiB rule), "
       "probe (the class is measuring both paths), predicted (the class's cheaper path) or "
-      "history (the file's own measured reopens).";
+      "history (the file's own measured reopens). Decisions kernel (buffered pread) and "
+      "device (O_DIRECT through io_uring) are those of the reads efused serves in a cache "
+      "epoch, made at its first READ under io_path auto, with reason guess, probe, "
+      "predicted or unsupported (the backing file system does no direct I/O).";
   static constexpr const char* kProbes = "efuse_io_path_probes_total";
   static constexpr const char* kProbesHelp =
       "Probes the io_path auto scheduler started per class of opens, by cause: start, "
@@ -109,8 +112,11 @@ void add_io_path_metrics(std::vector<Metric>& out, const accel::IoPathReport& r)
   static constexpr const char* kPredictedHelp =
       "Result of the latest completed probe of a class of opens: the mean cost per open "
       "of each path as efused measures it (cache: served READ and WRITE requests times "
-      "20 us of round trip plus efused's time; passthrough: registering the backing file). "
-      "No series for a path not measured or refused.";
+      "20 us of round trip plus efused's time; passthrough: registering and unregistering "
+      "the backing file, 20 us times the share of passthrough epochs a later stat refetched "
+      "attributes after, plus 2 us for the kernel's backing file open). For the *_device "
+      "classes the mean cost per MiB read of the kernel and device paths (efused's time "
+      "serving READs). No series for a path not measured or refused.";
   static constexpr const char* kChoice = "efuse_io_path_choice";
   static constexpr const char* kChoiceHelp =
       "1 for the path a class of opens is committed to, 0 for the other; both 0 while "
@@ -130,22 +136,38 @@ void add_io_path_metrics(std::vector<Metric>& out, const accel::IoPathReport& r)
   }
   out.push_back({kEpochs, kEpochsHelp, Metric::Type::Counter,
                  static_cast<double>(r.epochs_measured)});
-  for (const accel::IoClassReport& c : r.classes) {
-    for (size_t cause = 0; cause < c.engine.probes.size(); ++cause) {
+  for (int path = 0; path < 2; ++path) {
+    for (size_t reason = 0; reason < r.device.decisions[path].size(); ++reason) {
+      uint64_t n = r.device.decisions[path][reason];
+      if (n == 0) continue;
+      out.push_back({kDecisions, kDecisionsHelp, Metric::Type::Counter, static_cast<double>(n),
+                     {{"decision", accel::to_string(static_cast<accel::DevPath>(path))},
+                      {"reason", accel::to_string(static_cast<accel::DevReason>(reason))}}});
+    }
+  }
+  auto add_class = [&](const std::string& klass, const accel::EngineReport& e,
+                       std::array<const char*, 2> paths, double scale) {
+    for (size_t cause = 0; cause < e.probes.size(); ++cause) {
       out.push_back({kProbes, kProbesHelp, Metric::Type::Counter,
-                     static_cast<double>(c.engine.probes[cause]),
-                     {{"class", c.name},
+                     static_cast<double>(e.probes[cause]),
+                     {{"class", klass},
                       {"cause", accel::to_string(static_cast<accel::ProbeCause>(cause))}}});
     }
     for (int path = 0; path < 2; ++path) {
-      const char* name = accel::to_string(static_cast<accel::IoPath>(path));
-      if (c.engine.predicted[path] >= 0)
+      if (e.predicted[path] >= 0)
         out.push_back({kPredicted, kPredictedHelp, Metric::Type::Gauge,
-                       c.engine.predicted[path] * 1e-9, {{"class", c.name}, {"path", name}}});
-      out.push_back({kChoice, kChoiceHelp, Metric::Type::Gauge,
-                     c.engine.choice == path ? 1.0 : 0.0, {{"class", c.name}, {"path", name}}});
+                       e.predicted[path] * scale, {{"class", klass}, {"path", paths[path]}}});
+      out.push_back({kChoice, kChoiceHelp, Metric::Type::Gauge, e.choice == path ? 1.0 : 0.0,
+                     {{"class", klass}, {"path", paths[path]}}});
     }
-  }
+  };
+  for (const accel::IoClassReport& c : r.classes)
+    add_class(c.name, c.engine, {accel::to_string(accel::IoPath::Cache),
+                                 accel::to_string(accel::IoPath::Passthrough)}, 1e-9);
+  // Device classes: cost per MiB, in seconds per MiB.
+  for (const auto& [name, e] : r.device.classes)
+    add_class(name, e, {accel::to_string(accel::DevPath::Kernel),
+                        accel::to_string(accel::DevPath::Device)}, 1e-9);
 }
 
 }  // namespace efuse::fs::passthrough

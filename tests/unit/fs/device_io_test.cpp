@@ -1,0 +1,124 @@
+// The device path's reads (fs/passthrough/device_io.h) on a real file: O_DIRECT through
+// io_uring at aligned and unaligned offsets, lengths and buffers, compared with what a
+// buffered pread returns.
+#include "fs/passthrough/device_io.h"
+
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <sys/vfs.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "../testing/temp_dir.h"
+
+namespace efuse::fs::passthrough {
+namespace {
+
+using efuse::testing::TempDir;
+
+constexpr long kTmpfsMagic = 0x01021994;
+
+class DeviceIoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    // A file of 1 MiB and 1,000 bytes (its end is not aligned), random contents.
+    data_.resize((1 << 20) + 1000);
+    std::mt19937 rng(21);
+    for (char& c : data_) c = static_cast<char>(rng());
+    path_ = tmp_ / "f";
+    int fd = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, data_.data(), data_.size()), static_cast<ssize_t>(data_.size()));
+    ASSERT_EQ(::fsync(fd), 0);
+    ::close(fd);
+    buffered_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(buffered_, 0);
+    align_ = direct_io_alignment(buffered_);
+  }
+  void TearDown() override {
+    if (buffered_ >= 0) ::close(buffered_);
+    if (direct_ >= 0) ::close(direct_);
+  }
+  // Skips where $TMPDIR does no direct I/O (a tmpfs; the integration tests cover that).
+  bool open_direct() {
+    if (align_ == 0) return false;
+    direct_ = ::open(path_.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+    EXPECT_GE(direct_, 0) << strerror(errno);
+    return direct_ >= 0;
+  }
+
+  TempDir tmp_;
+  std::string path_;
+  std::vector<char> data_;
+  int buffered_ = -1, direct_ = -1;
+  uint32_t align_ = 0;
+};
+
+TEST_F(DeviceIoTest, TmpfsReportsNoDirectIoAlignment) {
+  struct statfs sf {};
+  ASSERT_EQ(fstatfs(buffered_, &sf), 0);
+  if (sf.f_type == kTmpfsMagic)
+    EXPECT_EQ(align_, 0u);
+  else
+    EXPECT_GT(align_, 0u) << "TMPDIR is on a file system without direct I/O";
+}
+
+TEST_F(DeviceIoTest, AlignedReadsLandInTheCallersBuffer) {
+  if (!open_direct()) GTEST_SKIP() << "TMPDIR does no direct I/O";
+  void* p = nullptr;
+  ASSERT_EQ(posix_memalign(&p, 4096, 256 * 1024), 0);
+  std::span<char> buf(static_cast<char*>(p), 256 * 1024);
+  for (uint64_t off : {0ul, 256ul * 1024, 768ul * 1024}) {
+    auto n = direct_read(direct_, buf, off, align_);
+    ASSERT_TRUE(n.ok()) << strerror(n.error());
+    ASSERT_EQ(*n, buf.size());
+    EXPECT_EQ(0, memcmp(buf.data(), data_.data() + off, buf.size())) << off;
+  }
+  // The last 128 KiB window runs past the end: short, with exactly the file's tail.
+  auto n = direct_read(direct_, buf.first(128 * 1024), 1 << 20, align_);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 1000u);
+  EXPECT_EQ(0, memcmp(buf.data(), data_.data() + (1 << 20), 1000));
+  // At and past the end: nothing.
+  n = direct_read(direct_, buf.first(4096), data_.size() + 4096, align_);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(*n, 0u);
+  free(p);
+}
+
+TEST_F(DeviceIoTest, UnalignedHeadsTailsAndBuffersGoThroughTheBounceBuffer) {
+  if (!open_direct()) GTEST_SKIP() << "TMPDIR does no direct I/O";
+  std::vector<char> raw(300 * 1024);
+  struct Case {
+    uint64_t off;
+    size_t len;
+    size_t buf_at;  // the buffer starts this far into `raw` (1: never aligned)
+  };
+  for (const Case& c : {Case{1, 4095, 0}, Case{4095, 2, 0}, Case{100, 200 * 1024, 1},
+                        Case{0, 4096, 1}, Case{(1 << 20) - 10, 4096, 3},
+                        Case{12345, 131072, 0}, Case{(1 << 20) + 999, 10, 0}}) {
+    std::span<char> buf(raw.data() + c.buf_at, c.len);
+    auto n = direct_read(direct_, buf, c.off, align_);
+    ASSERT_TRUE(n.ok()) << c.off << ": " << strerror(n.error());
+    const size_t want = std::min<size_t>(c.len, data_.size() - c.off);
+    ASSERT_EQ(*n, want) << c.off;
+    EXPECT_EQ(0, memcmp(buf.data(), data_.data() + c.off, want)) << c.off << "+" << c.len;
+  }
+}
+
+TEST_F(DeviceIoTest, ABadAlignmentOrDescriptorIsAnError) {
+  std::vector<char> buf(4096);
+  auto n = direct_read(buffered_, buf, 0, 3);  // not a power of two
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error(), EINVAL);
+  n = direct_read(-1, buf, 0, 4096);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error(), EBADF);
+}
+
+}  // namespace
+}  // namespace efuse::fs::passthrough
