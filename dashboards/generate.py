@@ -366,7 +366,7 @@ def io_path_rows():
         timeseries("Answered in the kernel (kernel module tier)", [
             target(f"sum by (mount, opcode) (rate(efuse_kernel_answered_total{{{SEL}}}[{RATE}]))"
                    f" or 0 * sum by (mount, opcode) (rate(efuse_requests_total{{{SEL}, "
-                   f"opcode=~\"getattr|lookup\"}}[{RATE}]))", "{{mount}} {{opcode}} in the kernel"),
+                   f"opcode=~\"getattr|lookup|getxattr|listxattr\"}}[{RATE}]))", "{{mount}} {{opcode}} in the kernel"),
             target(f"sum by (mount, reason) (rate(efuse_kernel_handler_fallbacks_total{{{SEL}}}"
                    f"[{RATE}])) or {stock_zero}", "{{mount}} went up: {{reason}}", "B")],
             "reqps", "Requests efuse.ko's eBPF handlers answered from the maps efused keeps "
@@ -379,11 +379,43 @@ def io_path_rows():
             target(f"sum by (mount) (rate(efuse_kernel_map_drops_total{{{SEL}}}[{RATE}])) or "
                    f"{stock_zero}", "{{mount}} drops/s", "B", ),
             target(f"sum by (mount) (rate(efuse_kernel_map_stores_skipped_total{{{SEL}}}"
-                   f"[{RATE}])) or {stock_zero}", "{{mount}} stores skipped/s", "C")],
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} stores skipped/s", "C"),
+            target(f"sum by (mount) (rate(efuse_kernel_entry_lookups_total{{{SEL}}}[{RATE}])) "
+                   f"or {stock_zero}", "{{mount}} lookups taken from entries/s", "D")],
             "short", "Answers stored for the handlers (getattr: attributes by node; lookup: "
-            "absent names), entries dropped because something changed, and answers not stored "
-            "(a change raced them, the file was open for writing, or the map was full). 0 for "
-            "mounts on the stock tier."),
+            "names, absent or leading to a node the kernel holds; xattr: extended attributes "
+            "and lists; entry_lookups: nodes with "
+            "lookups counted), entries dropped because something changed, answers not stored "
+            "(a change raced them, the file was open for writing, or the map was full), and "
+            "lookups the kernel took from positive entries (folded into efused's counts). 0 "
+            "for mounts on the stock tier."),
+    ])
+    # eBPF handlers and their hot swaps (README, Kernel module tier; docs/bpf.md).
+    out += place([
+        table("Handlers in place (kernel module tier)", [
+            target(f"max by (mount, opcode, prog_id, tag, abi, path) (efuse_handler_info{{{SEL}}})"
+                   f" or {stock_zero}", "", fmt="table", instant=True)],
+            "The eBPF handler answering each opcode of each mount: kernel program id, program "
+            "tag (two builds of one handler differ here), the handler ABI it was built for and "
+            "the object it came from. A swap shows as a new prog_id. Mounts on the stock tier "
+            "show one row with no opcode (value 0)."),
+        timeseries("Handler swaps (kernel module tier)", [
+            target(f"sum by (mount, opcode) (increase(efuse_handler_swaps_total{{{SEL}}}[{RATE}]))"
+                   f" or {stock_zero}", "{{mount}} {{opcode}} swapped"),
+            target(f"sum by (mount, opcode) (increase(efuse_handler_swap_failures_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} {{opcode}} refused", "B"),
+            target(f"sum by (mount, opcode) (increase(efuse_handler_removals_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} {{opcode}} removed", "C")],
+            "short", "Handlers put in place (load, reload, efusectl handler swap), swaps refused "
+            "(file owner or mode, symlink, handler ABI, opcode, verifier: the old handler "
+            "stayed) and handlers removed, per interval. 0 for mounts on the stock tier."),
+        timeseries("Handler run time (kernel.bpf_stats_enabled)", [
+            target(f"sum by (mount, opcode) (rate(efuse_handler_run_seconds_total{{{SEL}}}"
+                   f"[{RATE}])) / sum by (mount, opcode) (rate(efuse_handler_runs_total{{{SEL}}}"
+                   f"[{RATE}]) > 0) or {stock_zero}", "{{mount}} {{opcode}} mean per run")],
+            "s", "Mean time one run of the handler takes in the kernel (bpf_prog_info "
+            "run_time_ns / run_cnt). The kernel counts only while kernel.bpf_stats_enabled is "
+            "1; otherwise, and on the stock tier, 0."),
     ])
     out += place([
         timeseries("Inodes and their descriptors", [

@@ -10,6 +10,7 @@ import os
 import resource
 import shlex
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,23 @@ def final_cleanup(keep: bool):
             log(f"warning: {e}")
 
 
+def run_vm(args):
+    """bench/run --vm: tests/vm/run_vm_tests.py --bench boots the 6.12 guest (building
+    efuse.ko as DKMS would) and writes the table under bench/results/."""
+    g = git_info()
+    out = Path(args.out) if args.out else BENCH / "results" / f"{time.strftime('%Y-%m-%d')}-{g['sha']}-vm"
+    efused = args.efused or str(BENCH.parent / "build" / "bin" / "efused")
+    if not args.skip_deps:
+        subprocess.run(["bash", str(BENCH.parent / "scripts" / "install-deps.sh"), "--vm", "--kmod"],
+                       check=True)
+    env = dict(os.environ)
+    if args.reps:
+        env["EFUSE_BENCH_REPS"] = str(args.reps)
+    return subprocess.run([sys.executable, str(BENCH.parent / "tests" / "vm" / "run_vm_tests.py"),
+                           "--kernel", "6.12", "--efused", efused, "--bench", str(out)],
+                          env=env).returncode
+
+
 def parse_args(argv):
     # Allow `--efused-args "--threads 2"` (argparse would take the value for an option).
     fixed, i = [], 0
@@ -129,6 +147,10 @@ def parse_args(argv):
                     "runs started at once measured several %% slower for about a second, see bench/README.md)")
     ap.add_argument("--skip-deps", action="store_true", help="do not run scripts/install-deps.sh")
     ap.add_argument("--keep-work", action="store_true", help="keep bench/work/run data after the run")
+    ap.add_argument("--vm", action="store_true",
+                    help="the kernel module tier's bench instead: native, efused on stock FUSE and efused "
+                    "on efuse.ko inside one Debian 6.12 QEMU guest (tests/vm/guest_bench.py; --out, "
+                    "--efused and --reps apply; see bench/README.md)")
     a = ap.parse_args(fixed)
     if a.sides is None:
         a.sides = ",".join(s for s in SIDES if s not in OPT_IN_SIDES or (s == "efused-base" and a.efused_base))
@@ -153,6 +175,8 @@ def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if os.geteuid() != 0:
         raise SystemExit("bench: must run as root (mounts, drop_caches)")
+    if args.vm:
+        return run_vm(args)
     # Installed explicitly: a shell starts background jobs with SIGINT ignored.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)

@@ -16,12 +16,17 @@
  * touches), so a tail-called handler would not be bounded. Each handler attaches itself
  * and tests the opcode first.
  *
+ * EFUSE_GETATTR_VARIANT (tests/vm) builds a copy that answers the same with other
+ * instructions, for swap tests.
+ *
  * Needs no kernel headers beyond the UAPI: the buffer is the module's own fixed layout,
  * with nothing to relocate.
  */
 #include "efuse_handler.bpf.h"
 
 #define FUSE_GETATTR 3
+
+EFUSE_HANDLER_OPCODE(FUSE_GETATTR);
 
 /* nodeid -> the whole answer (struct fuse_attr_out in data) and its expiry, from efused. */
 struct {
@@ -37,9 +42,14 @@ int efuse_getattr(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	__u64 nodeid;
 
-	if (ctx->in.opcode != FUSE_GETATTR || !efuse_handler_mine(ctx->in.conn))
+	if (!efuse_handler_turn(ctx, FUSE_GETATTR) || efuse_handler_answered_twice(ctx))
 		return 0;
 	nodeid = ctx->in.nodeid;
+#ifdef EFUSE_GETATTR_VARIANT
+	nodeid += EFUSE_GETATTR_VARIANT;	/* tests/vm: the same answer, other instructions */
+	asm volatile("" : "+r"(nodeid));
+	nodeid -= EFUSE_GETATTR_VARIANT;
+#endif
 	efuse_handler_answer_from(ctx, &efuse_getattr_answers, &nodeid);
 	return 0;
 }

@@ -23,6 +23,17 @@
 /* Bytes of reply body a handler can answer with. */
 #define EFUSE_HANDLER_DATA_MAX 256
 
+/*
+ * The handler ABI: this layout, and what user space (efused) asks of a
+ * handler object beyond it. A handler object records the version it was
+ * built for; a loader refuses an object built for another one. Bump it with
+ * any change either side could notice. It starts at 3: 1 and 2 stand for
+ * the unversioned ABIs before it (GETATTR and negative LOOKUP answers; then
+ * positive LOOKUP entries, GETXATTR and LISTXATTR answers, and the size of
+ * a LISTXATTR request).
+ */
+#define EFUSE_HANDLER_ABI_VERSION 3
+
 /* out.verdict */
 #define EFUSE_HANDLER_UPCALL 0	/* queue the request for the server */
 #define EFUSE_HANDLER_ANSWER 1	/* complete it with out.answer */
@@ -54,7 +65,7 @@ struct efuse_handler_in {
 	__u32 pid;
 	__u64 nodeid;
 	__u64 offset;		/* READ */
-	__u32 size;		/* READ, GETXATTR */
+	__u32 size;		/* READ, GETXATTR, LISTXATTR */
 	__u32 flags;		/* OPEN, READ */
 	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
 	__u32 conn;		/* the connection: /sys/fs/efuse/connections/<conn> */
@@ -71,7 +82,7 @@ struct efuse_handler_answer {
 
 struct efuse_handler_out {
 	__u32 verdict;		/* EFUSE_HANDLER_* */
-	__u32 padding;
+	__u32 turn;		/* zeroed; the handlers' own, the module never reads it */
 	struct efuse_handler_answer answer;
 };
 

@@ -37,6 +37,14 @@ struct efuse_handler_name_key {
 #define EFUSE_HANDLER_OPCODE_SLOTS 64
 #define EFUSE_HANDLER_OUTCOME_SLOTS (EFUSE_HANDLER_OPCODE_SLOTS * EFUSE_HANDLER_NR_STATS)
 
+/*
+ * efuse_entry_lookups (efuse_entry_counts.bpf.c): key __u64 nodeid, value __u64, the
+ * lookups the kernel took from positive LOOKUP answers for that node (monotonic). Key 0
+ * counts those that found the map full. efused keeps fewer nodes with positive answers
+ * than this holds.
+ */
+#define EFUSE_ENTRY_COUNTERS 262144
+
 #ifdef __cplusplus
 static_assert(sizeof(struct efuse_handler_name_key) == 8 + EFUSE_HANDLER_NAME_MAX,
 	      "efuse_handler_name_key layout");

@@ -1,17 +1,22 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * LOOKUP handler for the efuse kernel module's attach point (kmod/, patches 0002-0005):
+ * LOOKUP handler for the efuse kernel module's attach point (kmod/, patches 0002-0008):
  * answers a LOOKUP from the answer user space stored for (parent nodeid, name) in
  * efuse_lookup_answers, and lets every other request go up. The module takes negative
- * answers only so far (-ENOENT, or an entry with nodeid 0 cached for entry_valid); it
- * refuses positive entries, which would change lookup counts behind the server's back.
+ * answers (-ENOENT, or an entry with nodeid 0 cached for entry_valid) and positive entries
+ * for an inode the kernel holds already (patch 0008); it reports each positive entry it
+ * takes on the tracepoint efuse_handler_entry, where efuse_entry_counts.bpf.c counts it for
+ * efused, whichever LOOKUP handler answered, so lookup counts stay exact across a swap.
  *
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
- * (which says why there is no program array).
+ * (which says why there is no program array). EFUSE_LOOKUP_VARIANT (tests/vm) builds a copy
+ * that answers the same with other instructions, for swap tests.
  */
 #include "efuse_handler.bpf.h"
 
 #define FUSE_LOOKUP 1
+
+EFUSE_HANDLER_OPCODE(FUSE_LOOKUP);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -26,10 +31,15 @@ int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
 	struct efuse_handler_name_key key;
 
-	if (ctx->in.opcode != FUSE_LOOKUP || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX ||
-	    !efuse_handler_mine(ctx->in.conn))
+	if (!efuse_handler_turn(ctx, FUSE_LOOKUP) || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX ||
+	    efuse_handler_answered_twice(ctx))
 		return 0;
 	key.parent = ctx->in.nodeid;
+#ifdef EFUSE_LOOKUP_VARIANT
+	key.parent += EFUSE_LOOKUP_VARIANT;	/* tests/vm: the same answer, other instructions */
+	asm volatile("" : "+r"(key.parent));
+	key.parent -= EFUSE_LOOKUP_VARIANT;
+#endif
 	__builtin_memcpy(key.name, ctx->in.name, sizeof(key.name));  /* zero-filled */
 	efuse_handler_answer_from(ctx, &efuse_lookup_answers, &key);
 	return 0;

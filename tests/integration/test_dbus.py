@@ -16,6 +16,7 @@ import os
 import re
 import select
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -127,10 +128,12 @@ class DbusEfused(h.EfusedMount):
         return f"unix:path={sock}"
 
     # -- efused ----------------------------------------------------------------------------
-    def write_config(self, with_b=False, broken=False):
+    def write_config(self, with_b=False, broken=False, handlers=None):
         lines = ["metrics:", f'  listen: "{self.listen}"', "mounts:",
                  "  - name: a", f"    mountpoint: {self.mnts[0]}",
                  "    backend: passthrough", f"    source: {self.srcs[0]}"]
+        if handlers:
+            lines += ["    bpf_handlers:"] + [f"      {op}: {p}" for op, p in handlers.items()]
         if with_b:
             lines += ["  - name: b", f"    mountpoint: {self.extra[1]}",
                       "    backend: passthrough", f"    source: {self.extra[0]}"]
@@ -407,6 +410,83 @@ def test_metrics_port_in_use_is_reported_and_reload_retries_it():
         blocker.close()
 
 
+# Handlers (issue 20). This host has no efuse kernel module, so mount "a" (kernel_module
+# auto) runs on the stock tier: every handler command must say so, and why, and change
+# nothing; bpf_handlers changes apply without a remount.
+HANDLER_DIR = J(os.path.dirname(os.path.dirname(h.EFUSED)), "bpf", "handlers")
+
+
+def test_handler_commands_on_the_stock_tier_say_which_tier_and_why():
+    lookup = J(HANDLER_DIR, "efuse_lookup.bpf.o")
+    with DbusEfused() as m:
+        before = os.stat(m.mnt).st_dev
+        for args in (["handler", "list", "a"], ["handler", "stats", "a"],
+                     ["handler", "swap", "a", "lookup", lookup],
+                     ["handler", "remove", "a", "lookup"]):
+            r = m.ctl(*args, expect=EXIT_REFUSED)
+            assert "mount 'a' is served on the stock tier" in r.err, (args, r.err)
+            assert "kernel_module: auto" in r.err and "efuse" in r.err, (args, r.err)
+            assert "eBPF handlers run only on the kernel module tier" in r.err, (args, r.err)
+            assert len(r.err.strip().splitlines()) == 1, r.err
+        # The same through D-Bus directly: a named error.
+        r = h.run(["busctl", f"--address={m.address}", "call", "org.efuse.Manager1",
+                   "/org/efuse/Manager1", "org.efuse.Manager1", "SwapHandler", "sss", "a",
+                   "lookup", lookup], check=False, timeout=60) \
+            if shutil.which("busctl") else None
+        if r is not None:
+            assert r.rc != 0 and "stock tier" in r.err, (r.rc, r.err)
+        # Unknown mount, unknown opcode: the usual errors.
+        r = m.ctl("handler", "list", "nosuch", expect=EXIT_REFUSED)
+        assert "no mount named 'nosuch'" in r.err, r.err
+        assert os.stat(m.mnt).st_dev == before and m.state() == "mounted"
+        h.assert_serves(m)
+
+
+def test_handler_changes_need_root():
+    lookup = J(HANDLER_DIR, "efuse_lookup.bpf.o")
+    for policy in ("system", "open"):  # refused by the bus policy, then by efused itself
+        with DbusEfused(policy=policy) as m:
+            for args in (["handler", "swap", "a", "lookup", lookup],
+                         ["handler", "remove", "a", "lookup"]):
+                r = m.ctl(*args, unprivileged=True, expect=EXIT_DENIED)
+                assert "permission denied" in r.err, (policy, r.err)
+            # Reading is for everyone (and says the tier here).
+            r = m.ctl("handler", "list", "a", unprivileged=True, expect=EXIT_REFUSED)
+            assert "stock tier" in r.err, r.err
+            h.assert_serves(m)
+
+
+def test_reload_of_bpf_handlers_does_not_remount():
+    with DbusEfused() as m:
+        src_file = J(m.src, "held.txt")
+        with open(src_file, "w") as f:
+            f.write("before\n")
+        held = open(J(m.mnt, "held.txt"))
+        try:
+            dev = os.stat(m.mnt).st_dev
+            m.write_config(handlers={"lookup": J(HANDLER_DIR, "efuse_lookup.bpf.o")})
+            m.ctl("reload")
+            assert os.stat(m.mnt).st_dev == dev, "remounted"
+            assert held.read() == "before\n", "a file held open across the reload broke"
+            assert m.state() == "mounted"
+            # A handler object efused would not load: the reload is refused with
+            # FILE:LINE:COLUMN and the reason, nothing changes.
+            link = J(m.tmp, "link.bpf.o")
+            os.symlink(J(HANDLER_DIR, "efuse_lookup.bpf.o"), link)
+            m.write_config(handlers={"lookup": link})
+            r = m.ctl("reload", expect=EXIT_REFUSED)
+            assert re.search(re.escape(m.cfg) + r":9:15: mounts\[0\]\.bpf_handlers\.lookup: "
+                             r"cannot use '.*': .* is a symlink", r.err), r.err
+            wrong = J(HANDLER_DIR, "efuse_getattr.bpf.o")
+            m.write_config(handlers={"lookup": wrong})
+            r = m.ctl("reload", expect=EXIT_REFUSED)
+            assert "answers opcode 3, not opcode 1" in r.err, r.err
+            assert os.stat(m.mnt).st_dev == dev and m.state() == "mounted"
+        finally:
+            held.close()
+        h.assert_serves(m)
+
+
 def test_efused_not_running():
     with DbusEfused(start=False) as m:
         r = m.ctl("status", expect=EXIT_UNREACHABLE)
@@ -419,12 +499,15 @@ def test_efused_not_running():
 
 
 def test_efusectl_usage():
-    for args in ([], ["bogus"], ["mount"], ["unmount", "a", "b"], ["--frobnicate", "status"]):
+    for args in ([], ["bogus"], ["mount"], ["unmount", "a", "b"], ["--frobnicate", "status"],
+                 ["handler"], ["handler", "bogus", "a"], ["handler", "swap", "a", "lookup"],
+                 ["handler", "remove", "a"], ["handler", "list"]):
         r = h.run([EFUSECTL, *args], check=False, timeout=30)
         assert r.rc == 2 and "efusectl" in r.err, (args, r.rc, r.err)
     r = h.run([EFUSECTL, "--help"], timeout=30)
     for word in ("status", "mounts", "unmount", "reload", "--bus", "EFUSE_BUS_ADDRESS",
-                 "Exit status"):
+                 "Exit status", "handler swap NAME OPCODE PATH", "handler remove NAME OPCODE",
+                 "handler list NAME", "handler stats NAME", "stock kernel FUSE"):
         assert word in r.out, word
 
 

@@ -74,11 +74,13 @@ def build_initramfs(kernel, work):
     return img
 
 
-def make_data_disk(src_dir, path, size_mb=256):
-    """An ext4 image holding src_dir's tree (mkfs.ext4 -d, no mount, no loop device)."""
+def make_data_disk(src_dir, path, size_mb=256, inodes=None):
+    """An ext4 image holding src_dir's tree (mkfs.ext4 -d, no mount, no loop device);
+    `inodes`: how many it has room for (mkfs.ext4's default otherwise)."""
     if os.path.exists(path):
         os.unlink(path)
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "efuse-data", "-E", "root_owner=0:0",
+                    *(["-N", str(inodes)] if inodes else []),
                     "-d", src_dir, path, f"{size_mb}M"], check=True,
                    stdout=subprocess.DEVNULL)
 

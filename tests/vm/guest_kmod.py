@@ -35,7 +35,8 @@ FSTYPE = "efuse.efuse"
 EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is slow)
 FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
 # The shipped handlers' program names (bpf/handlers/), as the kernel keeps them (15 chars).
-HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_handler_done"[:15])
+HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_getxattr", "efuse_listxattr",
+                    "efuse_handler_done"[:15], "efuse_handler_entry"[:15])
 
 efused = None
 
@@ -212,7 +213,10 @@ def check_kmod_efused_tier():
     s = samples()
     info = value(s, "efuse_mount_info", mount=KNAME, tier="module", kernel_module="on")
     assert info == 1, [(n, l) for n, l, v in s if n == "efuse_mount_info"]
-    assert "eBPF handlers for GETATTR and LOOKUP attached" in log_text(), log_text()[-800:]
+    attached = [l for l in log_text().splitlines() if "eBPF handlers attached: " in l]
+    assert attached and all(f"{op} (" in attached[-1]
+                            for op in ("lookup", "getattr", "getxattr", "listxattr")), \
+        attached or log_text()[-800:]
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     assert handler_programs() == sorted(HANDLER_PROGRAMS), \
         f"{handler_programs()}; all: {[p.get('name') for p in json.loads(r.stdout)]}"
@@ -346,6 +350,126 @@ def check_kmod_efused_outside_changes():
     eventually("outside setxattr", lambda: statx(mnt("o-xattr")), native(s("o-xattr")))
 
 
+def metric(name):
+    return value(samples(), name, mount=KNAME) or 0
+
+
+def check_kmod_efused_positive_lookups():
+    """Positive LOOKUPs answered in the kernel (module patch 0008) for a node the kernel
+    holds (here through an open descriptor of another name of it), each one's lookup
+    counted for efused; changes through the mount and outside show at once (outside: as
+    soon as the watcher saw them); and when the kernel lets go of the node its FORGET meets
+    efused's folded count exactly: no excess, and the node is dropped."""
+    os.makedirs(f"{KSRC}/pos", exist_ok=True)
+    with open(f"{KSRC}/pos/f", "w") as f:
+        f.write("positive\n")
+    os.link(f"{KSRC}/pos/f", f"{KSRC}/pos/g")
+    close_nodes()
+    eventually("RELEASE of every open", released, 0)
+    excess0, taken0 = metric("efuse_forget_excess_total"), metric("efuse_kernel_entry_lookups_total")
+    held = os.open(f"{KMNT}/pos/f", os.O_PATH)  # keeps the node's inode in the kernel
+    try:
+        g_path = f"{KMNT}/pos/g"
+
+        def lookup_g():
+            forget_dentries()  # g's dentry is unused: it goes; the inode stays (held)
+            return where("lookup", lambda: statx(g_path))
+
+        first, at1 = lookup_g()  # efused answers and stores the entry
+        second, at2 = lookup_g()
+        assert (at1, at2) == ("efused", "kernel") and first == second == native(
+            f"{KSRC}/pos/g"), f"LOOKUP of g: {first} from {at1}, then {second} from {at2}"
+        # A change through the mount drops the entry before its reply.
+        os.chmod(f"{KMNT}/pos/f", 0o640)
+        got, at = lookup_g()
+        assert got == native(f"{KSRC}/pos/g"), f"after chmod through the mount: {got} from {at}"
+        got, at = lookup_g()
+        assert (got, at) == (native(f"{KSRC}/pos/g"), "kernel"), f"stored anew: {got} from {at}"
+        # Outside changes: the watcher drops the entry before it invalidates.
+        os.chmod(f"{KSRC}/pos/g", 0o604)
+        eventually("outside chmod", lambda: lookup_g()[0], native(f"{KSRC}/pos/g"))
+        os.unlink(f"{KSRC}/pos/g")
+        eventually("outside unlink", lambda: lookup_g()[0], "ENOENT")
+    finally:
+        os.close(held)
+    # The kernel evicts the inode and sends one FORGET for every lookup it holds, those it
+    # took from the maps included: efused's count meets it exactly.
+    inodes = lambda: (forget_dentries(), metric("efuse_inodes"))[1]  # noqa: E731
+    eventually("every node forgotten but the root", inodes, 1)
+    assert metric("efuse_forget_excess_total") == excess0, "a FORGET exceeded efused's count"
+    # Folded when the FORGET came: the lookups of g the kernel took from the maps.
+    taken = metric("efuse_kernel_entry_lookups_total") - taken0
+    assert taken >= 2, f"lookups taken from entries and folded into the FORGET: {taken}"
+    assert (value(samples(), "efuse_kernel_map_entries", mount=KNAME, map="entry_lookups")
+            or 0) == 0, "the forgotten node's counter is still there"
+
+
+def check_kmod_efused_xattrs():
+    """GETXATTR and LISTXATTR answered in the kernel (module patch 0009): an absent
+    attribute (security.capability, which the kernel asks before writes), a value and the
+    list, each first from efused, then from the kernel with the same answer; changes
+    through the mount show at once, outside ones as soon as the watcher saw them; writes
+    keep the stored absence of security.capability."""
+    x, sx = f"{KMNT}/xa", f"{KSRC}/xa"
+    with open(sx, "w") as f:
+        f.write("x\n")
+    os.setxattr(sx, "user.a", b"b")
+    eventually("RELEASE of every open", released, 0)
+
+    def twice(op, fn, want):
+        first, at1 = where(op, fn)
+        second, at2 = where(op, fn)
+        assert (first, at1, second, at2) == (want, "efused", want, "kernel"), \
+            f"{op}: {first!r} from {at1}, then {second!r} from {at2}; want {want!r}"
+
+    caps = lambda: os.getxattr(x, "security.capability")  # noqa: E731
+    listed = lambda: sorted(os.listxattr(x))  # noqa: E731
+    twice("getxattr", caps, "ENODATA")
+    twice("getxattr", lambda: os.getxattr(x, "user.a"), b"b")
+    twice("listxattr", listed, ["user.a"])
+    # Writes keep the stored absence (a write can only remove security.capability).
+    a0, _ = counts("getxattr")
+    with open(x, "a") as f:
+        for _ in range(3):
+            f.write("more\n")
+            f.flush()
+    assert h_read(x) == h_read(sx) == "x\n" + "more\n" * 3
+    assert caps_absent(x), "security.capability appeared"
+    assert counts("getxattr")[0] > a0, "no GETXATTR answered in the kernel around the writes"
+    # Through the mount: seen at once.
+    os.setxattr(x, "user.c", b"d")
+    assert listed() == ["user.a", "user.c"] and os.getxattr(x, "user.c") == b"d"
+    os.removexattr(x, "user.a")
+    assert listed() == ["user.c"] and errno_of(lambda: os.getxattr(x, "user.a")) == "ENODATA"
+    # Outside: as soon as the watcher saw it.
+    os.setxattr(sx, "user.e", b"f")
+    eventually("outside setxattr", listed, ["user.c", "user.e"])
+    os.removexattr(sx, "user.c")
+    eventually("outside removexattr", lambda: errno_of(lambda: os.getxattr(x, "user.c")),
+               "ENODATA")
+    s = samples()
+    assert (value(s, "efuse_kernel_map_entries", mount=KNAME, map="xattr") or 0) >= 1
+    bad = [(l, v) for n, l, v in s if n == "efuse_kernel_handler_fallbacks_total"
+           and l.get("reason", "").startswith("bad_") and v]
+    assert not bad, f"the module refused answers efused stored: {bad}"
+
+
+def h_read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def errno_of(fn):
+    try:
+        return fn()
+    except OSError as e:
+        return errno.errorcode.get(e.errno, e.errno)
+
+
+def caps_absent(path):
+    return errno_of(lambda: os.getxattr(path, "security.capability")) == "ENODATA"
+
+
 def check_kmod_efused_workloads():
     """POSIX operations and tar against the native twin, fsx and fio --verify, all on the
     mount with its handlers answering; nothing the module refused."""
@@ -431,8 +555,9 @@ def check_kmod_efused_no_handlers():
     try:
         s = samples()
         assert value(s, "efuse_mount_info", mount=KNAME, tier="module") == 1
-        assert "without eBPF handlers: handlers not attached: cannot open handler" in \
-            log_text(), log_text()[-800:]
+        assert f"without eBPF handlers: handlers not attached: handler {empty}/" \
+            "efuse_handler_stats.bpf.o refused: No such file or directory" in log_text(), \
+            log_text()[-800:]
         assert value(s, "efuse_kernel_map_entries", mount=KNAME) is None, "no maps, no series"
         assert handler_programs() == [], handler_programs()
         node = statx_node(f"{KMNT}/pre")
@@ -480,7 +605,9 @@ def check_kmod_efused_kill9():
 
 CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_two_mounts,
           check_kmod_efused_own_changes,
-          check_kmod_efused_outside_changes, check_kmod_efused_workloads,
+          check_kmod_efused_outside_changes, check_kmod_efused_positive_lookups,
+          check_kmod_efused_xattrs,
+          check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)
 

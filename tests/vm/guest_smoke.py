@@ -358,7 +358,7 @@ def check_kmod_efuse():
     missing = {"fuse", "fuseblk", "fusectl", "efuse", "efuseblk", "efusectl"} - fstypes
     assert not missing, f"file system types missing: {missing}"
     assert os.path.isdir("/sys/fs/efuse/connections"), "no /sys/fs/efuse/connections"
-    for ev in ("efuse_request_send", "efuse_request_end"):
+    for ev in ("efuse_request_send", "efuse_request_end", "efuse_handler_entry"):
         assert os.path.isdir(f"/sys/kernel/tracing/events/efuse/{ev}"), f"no tracepoint {ev}"
     # efused opens /dev/fuse only; a raw-protocol server proves that a mount of type efuse
     # works and that FUSE passthrough works through /dev/efuse.
@@ -537,9 +537,10 @@ def check_kmod_handler():
                 reqs.count((raw_fuse.OP_GETATTR, fnode)) == 1 and delta == want, \
                 f"{reason}: stat {got}, server read {reqs}, counters moved {delta}, want {want}"
 
-        # LOOKUP (patch 0005): negative answers are taken, positive entries refused. Each
-        # name is looked up for the first time (a negative dentry cached for entry_valid 0
-        # could still be valid within the same jiffy).
+        # LOOKUP (patch 0005): negative answers are taken; a positive entry (patch 0008)
+        # only for an inode the kernel holds (below), not for nodeid 999, which it does not.
+        # Each name is looked up for the first time (a negative dentry cached for
+        # entry_valid 0 could still be valid within the same jiffy).
         subprocess.run(["bpftool", "prog", "load", lookup_obj, pin_lookup, "pinmaps",
                         pin_lookup_maps], check=True, timeout=120, capture_output=True)
         lookup_fd = bpf_sys.obj_get(pin_lookup)
@@ -554,7 +555,7 @@ def check_kmod_handler():
         for name, answer, want_stat in (
                 ("gone", HANDLER_ANSWER.pack(1, -errno.ENOENT, 0, b""), {"answered": 1}),
                 ("neg", HANDLER_ANSWER.pack(1, 0, len(entry(0)), entry(0)), {"answered": 1}),
-                ("pos", HANDLER_ANSWER.pack(1, 0, len(entry(fnode)), entry(fnode)),
+                ("pos", HANDLER_ANSWER.pack(1, 0, len(entry(999)), entry(999)),
                  {"bad_reply": 1}),
                 ("eio", HANDLER_ANSWER.pack(1, -errno.EIO, 0, b""), {"bad_error": 1}),
                 ("body", HANDLER_ANSWER.pack(1, -errno.ENOENT, 8, no_attr), {"bad_error": 1}),
@@ -565,6 +566,15 @@ def check_kmod_handler():
             assert got == errno.ENOENT and reqs == want_reqs and delta == want_stat, \
                 f"lookup {name}: got {got}, server read {reqs} (want {want_reqs}), " \
                 f"counters moved {delta} (want {want_stat})"
+        # A positive entry for f, whose inode the steps above left in the kernel's cache:
+        # taken (no LOOKUP reaches the server; the statx's GETATTR of f goes up, refused:
+        # the GETATTR map still holds the last malformed answer for f).
+        bpf_sys.map_update(lookup_map, name_key(1, "pos-f"),
+                           HANDLER_ANSWER.pack(1, 0, len(entry(fnode)), entry(fnode)) + NEVER)
+        got, reqs, delta = step(f"{mnt}/pos-f")
+        assert isinstance(got, tuple) and (raw_fuse.OP_LOOKUP, 1) not in reqs \
+            and delta.get("answered") == 1, \
+            f"lookup pos-f: got {got}, server read {reqs}, counters moved {delta}"
         os.close(lookup_link)
         os.close(lookup_map)
         os.close(lookup_fd)
@@ -620,6 +630,14 @@ def main():
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
         return 1
     print(f"guest: kernel {os.uname().release}, profile {PROFILE}, efused {EFUSED}", flush=True)
+    if os.environ.get("efuse_only") == "swap" and os.environ.get("efuse_kmod") == "1":
+        import guest_swap  # EFUSE_VM_ONLY=swap (tests/vm/README.md): the swap checks alone
+        try:
+            for fn in guest_swap.CHECKS:
+                check(fn)
+        finally:
+            guest_swap.cleanup(failures > 0)
+        return 1 if failures else 0
     check(check_efused_starts)
     if efused is None or efused.poll() is not None:
         report("FAIL", "rest", "efused is not running; nothing else can be checked")
@@ -637,6 +655,13 @@ def main():
                 check(fn)
         finally:
             guest_kmod.cleanup(failures > before)
+        import guest_swap  # handler hot swap (issue 20), after guest_kmod's rmmod
+        before = failures
+        try:
+            for fn in guest_swap.CHECKS:
+                check(fn)
+        finally:
+            guest_swap.cleanup(failures > before)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

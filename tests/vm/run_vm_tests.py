@@ -11,6 +11,7 @@ See tests/vm/README.md.
 import argparse
 import glob
 import io
+import json
 import lzma
 import os
 import random
@@ -85,6 +86,119 @@ def data_dir(work):
             f.write("present before the mount\n")
     sample_tar(os.path.join(d, "sample.tar"))
     return d
+
+
+BENCH_TREE = 10000  # entries of the stat-tree workload's tree, per side
+
+
+def bench_data(d):
+    """What tests/vm/guest_bench.py needs on the data disk, made here on the host: per side
+    (bench-native, bench-stock, bench-module) a BENCH_TREE-entry tree (100 directories of
+    99 files), a 4 KiB file for cat; and bench.tar, the tar workload's input (service/src of
+    this repository: a few hundred small sources in a few directories)."""
+    for side in ("bench-native", "bench-stock", "bench-module"):
+        root = os.path.join(d, side)
+        for i in range(BENCH_TREE // 100):
+            sub = os.path.join(root, "tree", f"d{i:03}")
+            os.makedirs(sub)
+            for j in range(99):
+                with open(os.path.join(sub, f"f{j:02}"), "w") as f:
+                    f.write(f"{i} {j}\n")
+        with open(os.path.join(root, "small.txt"), "wb") as f:
+            f.write(bytes(range(256)) * 16)
+    with tarfile.open(os.path.join(d, "bench.tar"), "w") as tar:
+        tar.add(os.path.join(REPO, "service", "src"), arcname="src",
+                filter=lambda ti: None if "__pycache__" in ti.name else ti)
+
+
+def bench_table(result):
+    """The markdown table of a guest_bench.py result."""
+    sides = result["sides"]
+    native = sides["native"]
+    t = ["| workload | side | median s | x native | " + "requests to efused per op | "
+         "answered in the kernel per op | share in the kernel |",
+         "|---|---|---:|---:|---|---|---:|"]
+    fmt = lambda d: ", ".join(f"{k} {v:.2f}" for k, v in d.items() if v >= 0.005) or "0"  # noqa
+    for w in ("stat-tree", "cat", "tar", "fio"):
+        for side in ("native", "stock", "module"):
+            row = sides[side][w]
+            ratio = row["seconds"] / native[w]["seconds"] if native[w]["seconds"] else 0
+            if w == "fio":  # time-based: compare operations per second instead
+                ratio = native[w]["iops"] / row["iops"] if row["iops"] else 0
+            up, kern = row.get("upcalls_per_op"), row.get("kernel_per_op")
+            if up is None:
+                cells = ["", "", ""]
+            else:
+                su, sk = sum(up.values()), sum(kern.values())
+                share = f"{100 * sk / (su + sk):.0f} %" if su + sk else "-"
+                cells = [fmt(up), fmt(kern), share]
+            secs = f"{row['seconds']:.3f}" + (f" ({row['iops']:.0f} IOPS)" if w == "fio" else "")
+            t.append(f"| {w} ({row['ops']} ops) | {side} | {secs} | {ratio:.2f} | " +
+                     " | ".join(cells) + " |")
+    return "\n".join(t)
+
+
+def write_bench(result, out, k, timing):
+    """bench/results/DIR: results.json, results.md (the table), machine.md."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    sha = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                         capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(f"# efused on stock FUSE and on efuse.ko, inside one guest\n\n"
+                f"`bench/run --vm` at {sha}: guest kernel {result['kernel']} under QEMU "
+                f"({timing}), {result['cpus']} vCPUs; every side on the same guest and data "
+                f"disk; per workload a warm-up pass per side, then {result['reps']} rounds running "
+                f"the sides one after the other (median). stock = efused `--kernel-module off`, "
+                f"module = efused `--kernel-module on` with the shipped handlers, both "
+                f"`{' '.join(result.get('efused_args', []))} --telemetry off`. x native: time ÷ "
+                f"native time (fio: native IOPS ÷ IOPS, from fio's own runtime). Requests per op: efuse_requests_total (reached efused) and "
+                f"efuse_kernel_answered_total (answered by the handlers) over the timed "
+                f"parts, by opcode.\n\n{bench_table(result)}\n")
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    with open(os.path.join(out, "machine.md"), "w") as f:
+        f.write(f"# Machine\n\n- host: {os.uname().release}, {os.cpu_count()} CPUs\n"
+                f"- guest: Debian kernel {k.release} ({result['kernel']}), QEMU {timing}, "
+                f"`-m 4G -smp 2`\n- data: ext4 image made on the host (mkfs.ext4 -d)\n\n"
+                f"```\n{lscpu}```\n")
+
+
+def run_bench(args, work, efused):
+    """bench/run --vm: tests/vm/guest_bench.py in the 6.12 guest; the table goes to
+    args.bench. Returns an exit status."""
+    k = kernels.prepare("6.12", log=lambda m: print(f"[bench] {m}", flush=True))
+    kdir = os.path.join(work, "bench")
+    os.makedirs(kdir, exist_ok=True)
+    initramfs = guest.build_initramfs(k, kdir)
+    d = os.path.join(kdir, "data")
+    shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(os.path.join(d, "out"))
+    bench_data(d)
+    ko, why = kmod_build(k.release, os.path.join(kdir, "kmod"))
+    if ko is None:
+        print(f"bench: efuse.ko did not build: {why}", file=sys.stderr)
+        return 1
+    opener = lzma.open if ko.endswith(".xz") else open
+    with opener(ko, "rb") as f, open(os.path.join(d, "efuse.ko"), "wb") as dst:
+        shutil.copyfileobj(f, dst)
+    disk = os.path.join(kdir, "data.img")
+    guest.make_data_disk(d, disk, size_mb=1024, inodes=131072)
+    env = {"efuse_run": os.path.join(HERE, "guest_bench.py"), "efuse_efused": efused,
+           "efuse_profile": "6.12", "efuse_kmod": 1,
+           "efuse_bench_reps": os.environ.get("EFUSE_BENCH_REPS", "3"),
+           "efuse_bench_cats": os.environ.get("EFUSE_BENCH_CATS", "100"),
+           "efuse_keep": ":".join(sorted({REPO, os.path.dirname(efused)}))}
+    res = guest.boot(k, initramfs, disk, env, args.timeout, os.path.join(kdir, "console.log"),
+                     echo=lambda line: print(f"[bench] {line}", flush=True), accel=args.accel)
+    text = guest.read_from_disk(disk, "/out/bench.json")
+    if not text:
+        print(f"bench: no results (guest exit {res.status}, timed out {res.timed_out})",
+              file=sys.stderr)
+        return 1
+    write_bench(json.loads(text), args.bench, k, res.accel)
+    print(f"bench: wrote {args.bench}", flush=True)
+    return 0
 
 
 def kmod_build(release, out):
@@ -164,6 +278,8 @@ def run_kernel(profile, args, work, efused, tally):
     env = {"efuse_run": os.path.join(HERE, "guest_smoke.py"), "efuse_efused": efused,
            "efuse_profile": profile, "efuse_kmod": int(kmod),
            "efuse_keep": ":".join(sorted({REPO, os.path.dirname(efused)}))}
+    if os.environ.get("EFUSE_VM_ONLY"):  # e.g. "swap": only those checks (iterating on them)
+        env["efuse_only"] = os.environ["EFUSE_VM_ONLY"]
     console = os.path.join(kdir, "console.log")
     res = guest.boot(k, initramfs, disk, env, args.timeout, console,
                      echo=lambda line: print(f"[{label}] {line}", flush=True), accel=args.accel)
@@ -239,6 +355,9 @@ def main():
     ap.add_argument("--keep", action="store_true",
                     help="keep the work directory (initramfs, data disks, console logs)")
     ap.add_argument("--work-dir", help="work directory (default: a new one under /var/tmp)")
+    ap.add_argument("--bench", metavar="DIR",
+                    help="instead of the tests, run tests/vm/guest_bench.py in the 6.12 guest "
+                         "and write its table to DIR (bench/run --vm)")
     ap.add_argument("--check-args", action="store_true",
                     help=argparse.SUPPRESS)  # scripts/test-vm.sh: validate, do nothing
     args = ap.parse_args()
@@ -253,6 +372,12 @@ def main():
         signal.signal(sig, on_signal)
     work = args.work_dir or tempfile.mkdtemp(prefix="efuse-vm-", dir="/var/tmp")
     os.makedirs(work, exist_ok=True)
+    if args.bench:
+        try:
+            return run_bench(args, work, efused)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
     tally = Tally()
     start = time.monotonic()
     try:

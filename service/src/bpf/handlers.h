@@ -1,19 +1,40 @@
-// bpf::HandlerSet: the eBPF handlers of bpf/handlers/ loaded for one mount on the kernel
-// module tier (efuse.ko, kmod/).
+// bpf::HandlerSet: the eBPF handlers of one mount on the kernel module tier (efuse.ko, kmod/),
+// by opcode, replaceable while the mount serves (issue 20, docs/bpf.md "Handler hot swap").
 //
-// load() opens the shipped objects from a directory (default_handler_dir()), checks their
-// map layouts against bpf/handlers/efuse_handler_maps.h, sets each copy's efuse_conn to
-// the mount's connection (so it answers that mount's requests only), loads them and
-// attaches them: efuse_handler_stats to the module's efuse_handler_done tracepoint first,
-// then the answering handlers (GETATTR, negative LOOKUP) to efuse_handler. Each mount has
-// copies and maps of its own. Destroying the set detaches everything and frees the maps
-// (nothing is pinned), and so does the death of efused: a killed efused leaves no handler
-// behind, and the module answers its dead connection's requests with ENOTCONN.
+// load() loads the counting programs (efuse_handler_stats on the module's efuse_handler_done
+// tracepoint: each request's outcome; efuse_entry_counts on efuse_handler_entry: the lookups
+// the kernel took from positive LOOKUP answers, which efused folds in before a FORGET) and
+// creates the mount's gate map; they answer nothing and stay for the mount's life, whatever
+// handler answers LOOKUP. swap() then loads one handler object for one opcode (the shipped ones at mount time, bpf_handlers from mounts.yaml, or an operator's
+// through D-Bus) and makes it the one that answers, remove() leaves the opcode to efused.
+// Every object goes through open_handler() (handler_file.h: a root-owned file nobody else can
+// write, no symlinks, efused's handler ABI and the opcode it is loaded for); its copy gets
+// efuse_conn (the mount's connection: it answers that mount's requests only) and a slot of
+// its own (efuse_slot) before load.
+//
+// A swap is atomic per request: the new copy is attached beside the old one, an RCU grace
+// period passes (so every request that could see the new gate value runs the new copy
+// too), the gate entry of the opcode takes the new slot in one aligned 4-byte store, and
+// the old copy is detached. efuse_handler_turn() (efuse_handler.bpf.h) has the copies of
+// one request agree on what the gate said when the first of them looked, so each request
+// is looked at by the old handler or the new one: never by both, never by none. A load the
+// verifier refuses, or an attach the kernel refuses, changes nothing.
+//
+// Maps are the mount's, not a copy's: a map a handler object declares is created by the
+// first object that declares it and handed (by name) to every later one, so efused's
+// answers (efuse_getattr_answers, efuse_lookup_answers, efuse_xattr_answers) survive a swap. Nothing is
+// pinned: destroying the set, or the death of efused, detaches everything; the module then
+// answers the dead connection's requests with ENOTCONN.
 #pragma once
 
+#include <sys/types.h>
+
+#include <atomic>
 #include <cstdint>
 #include <iterator>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -32,51 +53,132 @@ inline constexpr const char* kHandlerStatNames[] = {
 static_assert(std::size(kHandlerStatNames) == EFUSE_HANDLER_NR_STATS,
               "kHandlerStatNames follows enum efuse_handler_stat");
 
-// The shipped handler objects, in attach order.
-inline constexpr const char* kHandlerObjects[] = {"efuse_handler_stats", "efuse_getattr",
-                                                  "efuse_lookup"};
+// The handlers efused ships (bpf/handlers/<object>.bpf.o), by FUSE opcode: what a mount on
+// the module tier gets for every opcode its bpf_handlers does not name. A new handler is
+// one line here (its object declares the same opcode: EFUSE_HANDLER_OPCODE).
+struct ShippedHandler {
+  uint32_t opcode;
+  const char* object;
+};
+inline constexpr ShippedHandler kShippedHandlers[] = {{3, "efuse_getattr"},
+                                                      {1, "efuse_lookup"},
+                                                      {22, "efuse_getxattr"},
+                                                      {23, "efuse_listxattr"}};
+// The counting programs, one copy each per mount, loaded before any handler and never
+// swapped: outcomes (efuse_handler_done) and lookups taken from positive LOOKUP answers
+// (efuse_handler_entry; without it a positive answer would leave efused's lookup count short).
+inline constexpr const char* kStatsObject = "efuse_handler_stats";
+inline constexpr const char* kEntryCountsObject = "efuse_entry_counts";
+inline constexpr const char* kCountingObjects[] = {kStatsObject, kEntryCountsObject};
 
 // Where the shipped handlers are: $EFUSE_HANDLER_DIR when set; else bpf/handlers/ of the
 // build tree when efused runs from one (build/bin/efused); else the installed
 // /usr/lib/efuse/handlers (EFUSE_INSTALLED_HANDLER_DIR).
 std::string default_handler_dir();
+// The file of a shipped object in `dir`.
+inline std::string shipped_object(const std::string& dir, const char* object) {
+  return dir + "/" + object + ".bpf.o";
+}
+
+// One opcode's handler: the program in place (prog_id 0 when none is) and what happened to
+// the opcode's slot since the mount started.
+struct HandlerView {
+  uint32_t opcode = 0;
+  std::string path;       // the object it was loaded from ("" when none is loaded)
+  uint32_t prog_id = 0;   // kernel program id
+  std::string tag;        // the kernel's program tag, 16 hex digits
+  uint32_t abi = 0;       // handler ABI the object was built for
+  double loaded_at = 0;   // unix seconds of the swap that put it in place
+  uint64_t swaps = 0;         // programs put in place (the first load counts)
+  uint64_t failed_swaps = 0;  // swaps refused (file, ABI, verifier, attach)
+  uint64_t removals = 0;
+  // bpf_prog_info run_time_ns / run_cnt of every program that held the slot, summed; they
+  // grow only while kernel.bpf_stats_enabled is 1.
+  uint64_t run_ns = 0;
+  uint64_t run_count = 0;
+};
 
 class HandlerSet {
  public:
-  // Null, with *error saying why, when an object is missing or the kernel refuses it.
+  // Loads the counting programs (kCountingObjects) from `dir` for connection `conn`.
+  // Handler files must be owned by `owner` (root in efused). Null, with *error saying why,
+  // when an object is refused or the kernel refuses it.
   static std::unique_ptr<HandlerSet> load(const std::string& dir, uint32_t conn,
-                                          std::string* error);
+                                          std::string* error, uid_t owner = 0);
   ~HandlerSet();
   HandlerSet(const HandlerSet&) = delete;
   HandlerSet& operator=(const HandlerSet&) = delete;
 
-  // The answer maps (efuse_getattr_answers, efuse_lookup_answers). false: not stored.
+  // Puts the handler object at `path` in place for `opcode` (see above). False with *error
+  // (the verifier's log when it refused the program) and the old handler still in place.
+  bool swap(uint32_t opcode, const std::string& path, std::string* error);
+  // No handler for `opcode` any more: its requests go to efused. False when none was loaded.
+  bool remove(uint32_t opcode, std::string* error);
+  // Every opcode that had a handler or a swap attempt, by opcode.
+  std::vector<HandlerView> list() const;
+
+  // The answer maps (efuse_getattr_answers, efuse_lookup_answers). false: not stored (no
+  // handler object declared the map yet, or it is full).
   bool put_attr(uint64_t nodeid, const efuse_handler_entry& entry);
   void drop_attr(uint64_t nodeid);
   bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
   void drop_name(const efuse_handler_name_key& key);
+  // efuse_xattr_answers: (nodeid, name; "" for the list). false: not stored.
+  bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
+  void drop_xattr(const efuse_handler_name_key& key);
+  // efuse_entry_lookups (efuse_entry_counts): lookups the kernel took from positive LOOKUP
+  // answers for `nodeid` (0 when it has no counter); the counter's removal. Key 0: lookups
+  // not counted (the map was full).
+  uint64_t entry_lookups(uint64_t nodeid) const;
+  void drop_entry_lookups(uint64_t nodeid);
 
   // efuse_handler_outcomes summed over CPUs: EFUSE_HANDLER_OUTCOME_SLOTS counters, at
   // opcode * EFUSE_HANDLER_NR_STATS + stat. Empty if the map cannot be read.
   std::vector<uint64_t> outcomes() const;
 
   uint32_t conn() const { return conn_; }
-  const std::string& dir() const { return dir_; }
-  // Kernel program ids, in kHandlerObjects order.
+  // Kernel program ids: the counting programs, then the handlers by opcode.
   std::vector<uint32_t> program_ids() const;
 
  private:
   HandlerSet() = default;
-  struct Object {
+  struct Installed {
     bpf_object* obj = nullptr;
-    std::vector<bpf_link*> links;
+    bpf_link* link = nullptr;
+    int prog_fd = -1;
+    uint32_t slot = 0;
+    std::vector<char> bytes;  // what obj was opened from
+    HandlerView view;
   };
-  std::vector<Object> objects_;  // kHandlerObjects order; destroyed in reverse
+  // The kernel's run statistics of one program.
+  static void run_stats(int prog_fd, uint64_t* ns, uint64_t* count);
+  void retire(Installed& h, HandlerView& counters);  // detaches and frees, keeps the sums
+  void publish(uint32_t opcode, uint32_t slot);     // gate store after a grace period
+  bool grace_period();
+
+  mutable std::mutex mu_;                  // everything below but the atomics
+  std::map<uint32_t, Installed> table_;    // opcode -> the handler in place
+  std::map<uint32_t, HandlerView> counters_;  // opcode -> swaps, failures, retired run stats
+  std::map<std::string, int> maps_;        // the mount's maps by name (fds owned)
+  struct Counting {
+    bpf_object* obj = nullptr;
+    bpf_link* link = nullptr;
+    std::vector<char> bytes;  // what obj was opened from
+  };
+  bool load_counting(const std::string& path, std::string* error);
+  std::vector<Counting> counting_;  // kCountingObjects order; detached last, in reverse
+  int gate_fd_ = -1;
+  uint32_t* gate_ = nullptr;  // the gate map, mmapped
+  size_t gate_len_ = 0;
+  int sync_fd_ = -1;          // ARRAY_OF_MAPS: an update waits for an RCU grace period
+  int sync_inner_fd_ = -1;
   uint32_t conn_ = 0;
-  std::string dir_;
-  int attr_fd_ = -1;
-  int name_fd_ = -1;
+  uid_t owner_ = 0;
+  std::atomic<int> attr_fd_{-1};
+  std::atomic<int> name_fd_{-1};
+  std::atomic<int> xattr_fd_{-1};
   int outcomes_fd_ = -1;
+  int entry_fd_ = -1;
 };
 
 }  // namespace efuse::bpf

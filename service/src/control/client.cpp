@@ -64,13 +64,15 @@ CallError classify_error(const char* name, const char* message, int r) {
   return out;
 }
 
-bool Client::call(const char* member, uint64_t timeout_usec, const char* arg,
-                  std::string* reply_text, CallError* error) {
+bool Client::call(const char* member, uint64_t timeout_usec,
+                  std::initializer_list<const char*> args, std::string* reply_text,
+                  CallError* error) {
   MessageHolder request, reply;
   ErrorHolder e;
   int r = sd_bus_message_new_method_call(bus_.get(), &request.message, kBusName, kObjectPath,
                                          kInterface, member);
-  if (r >= 0 && arg != nullptr) r = sd_bus_message_append(request.message, "s", arg);
+  for (const char* arg : args)
+    if (r >= 0) r = sd_bus_message_append(request.message, "s", arg);
   if (r < 0) return fail(error, e.error, r);
   r = sd_bus_call(bus_.get(), request.message, timeout_usec, &e.error, &reply.message);
   if (r < 0) return fail(error, e.error, r);
@@ -109,27 +111,43 @@ bool Client::telemetry(std::string* json_text, CallError* error) {
 }
 
 bool Client::list_mounts(std::string* json_text, CallError* error) {
-  return call("ListMounts", 0, nullptr, json_text, error);
+  return call("ListMounts", 0, {}, json_text, error);
 }
 
 bool Client::get_status(std::string* json_text, CallError* error) {
-  return call("GetStatus", 0, nullptr, json_text, error);
+  return call("GetStatus", 0, {}, json_text, error);
 }
 
 bool Client::get_mount(const std::string& name, std::string* json_text, CallError* error) {
-  return call("GetMount", 0, name.c_str(), json_text, error);
+  return call("GetMount", 0, {name.c_str()}, json_text, error);
 }
 
 bool Client::mount(const std::string& name, CallError* error) {
-  return call("Mount", kChangeTimeoutUsec, name.c_str(), nullptr, error);
+  return call("Mount", kChangeTimeoutUsec, {name.c_str()}, nullptr, error);
 }
 
 bool Client::unmount(const std::string& name, CallError* error) {
-  return call("Unmount", kChangeTimeoutUsec, name.c_str(), nullptr, error);
+  return call("Unmount", kChangeTimeoutUsec, {name.c_str()}, nullptr, error);
 }
 
 bool Client::reload(CallError* error) {
-  return call("Reload", kChangeTimeoutUsec, nullptr, nullptr, error);
+  return call("Reload", kChangeTimeoutUsec, {}, nullptr, error);
+}
+
+bool Client::list_handlers(const std::string& mount, std::string* json_text, CallError* error) {
+  return call("ListHandlers", 0, {mount.c_str()}, json_text, error);
+}
+
+bool Client::swap_handler(const std::string& mount, const std::string& opcode,
+                          const std::string& path, CallError* error) {
+  return call("SwapHandler", kChangeTimeoutUsec, {mount.c_str(), opcode.c_str(), path.c_str()},
+              nullptr, error);
+}
+
+bool Client::remove_handler(const std::string& mount, const std::string& opcode,
+                            CallError* error) {
+  return call("RemoveHandler", kChangeTimeoutUsec, {mount.c_str(), opcode.c_str()}, nullptr,
+              error);
 }
 
 }  // namespace efuse::control

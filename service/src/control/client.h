@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -41,10 +42,14 @@ class Client {
   bool mount(const std::string& name, CallError* error);
   bool unmount(const std::string& name, CallError* error);
   bool reload(CallError* error);
+  bool list_handlers(const std::string& mount, std::string* json_text, CallError* error);
+  bool swap_handler(const std::string& mount, const std::string& opcode,
+                    const std::string& path, CallError* error);
+  bool remove_handler(const std::string& mount, const std::string& opcode, CallError* error);
 
  private:
-  bool call(const char* member, uint64_t timeout_usec, const char* arg, std::string* reply_text,
-            CallError* error);
+  bool call(const char* member, uint64_t timeout_usec, std::initializer_list<const char*> args,
+            std::string* reply_text, CallError* error);
   bool string_property(const char* name, std::string* out, CallError* error);
 
   BusPtr bus_;

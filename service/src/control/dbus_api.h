@@ -8,6 +8,9 @@
 //               Unmount(s name)          root only
 //               Reload()                 root only; replies once the new config is applied
 //               GetStatus() -> s         JSON object: the daemon beyond its mounts (/metrics)
+//               ListHandlers(s mount) -> s             JSON array: the mount's eBPF handlers
+//               SwapHandler(s mount, s opcode, s path) root only; replies once in place
+//               RemoveHandler(s mount, s opcode)       root only
 //   properties  Version s (const), MountCount u (emits PropertiesChanged)
 //   signal      MountStateChanged(s name, s state)
 #pragma once
@@ -27,6 +30,11 @@ inline constexpr const char* kErrorAlreadyMounted = "org.efuse.Manager1.Error.Al
 inline constexpr const char* kErrorNotMounted = "org.efuse.Manager1.Error.NotMounted";
 inline constexpr const char* kErrorInvalidConfig = "org.efuse.Manager1.Error.InvalidConfig";
 inline constexpr const char* kErrorFailed = "org.efuse.Manager1.Error.Failed";
+// Handlers (issue 20): the mount is not on the kernel module tier; the object was refused
+// (the old handler stays); no handler is loaded for the opcode.
+inline constexpr const char* kErrorNoHandlers = "org.efuse.Manager1.Error.NoHandlers";
+inline constexpr const char* kErrorHandlerRefused = "org.efuse.Manager1.Error.HandlerRefused";
+inline constexpr const char* kErrorNoSuchHandler = "org.efuse.Manager1.Error.NoSuchHandler";
 
 // Mount names as the config allows them: [A-Za-z0-9_.-]{1,64}.
 inline constexpr size_t kMaxMountNameLength = 64;

@@ -15,6 +15,9 @@ const char* verb(Operation op) {
     case Operation::Mount: return "mount";
     case Operation::Unmount: return "unmount";
     case Operation::Reload: return "reload";
+    case Operation::ListHandlers: return "list handlers of";
+    case Operation::SwapHandler: return "swap a handler of";
+    case Operation::RemoveHandler: return "remove a handler of";
   }
   return "?";
 }
@@ -37,6 +40,14 @@ NamedError map_manager_error(Operation op, int err, const std::string& mount,
                              const std::string& detail) {
   if (op == Operation::Reload) return reload_error(err, detail);
   if (err == ENOENT) return {kErrorNoSuchMount, "no mount named " + quoted(mount)};
+  if (op == Operation::ListHandlers || op == Operation::SwapHandler ||
+      op == Operation::RemoveHandler) {
+    if (err == ENOTCONN) return {kErrorNotMounted, quoted(mount) + " is not mounted"};
+    if (err == EOPNOTSUPP) return {kErrorNoHandlers, reason(err, detail)};
+    if (err == ECANCELED) return {kErrorHandlerRefused, reason(err, detail)};
+    if (err == ENODATA) return {kErrorNoSuchHandler, reason(err, detail)};
+    if (err == EINVAL) return {SD_BUS_ERROR_INVALID_ARGS, reason(err, detail)};
+  }
   if (op == Operation::Mount && err == EALREADY) {
     return {kErrorAlreadyMounted, quoted(mount) + " is already mounted"};
   }

@@ -7,7 +7,7 @@
 
 namespace efuse::control {
 
-enum class Operation { GetMount, Mount, Unmount, Reload };
+enum class Operation { GetMount, Mount, Unmount, Reload, ListHandlers, SwapHandler, RemoveHandler };
 
 struct NamedError {
   std::string name;     // e.g. org.efuse.Manager1.Error.NoSuchMount

@@ -106,7 +106,7 @@ struct DbusService::Handlers {
     }
     if (euid != self.privileged_uid_) {
       return sd_bus_error_setf(error, SD_BUS_ERROR_ACCESS_DENIED,
-                               "%s: permission denied (only root may change mounts)",
+                               "%s: permission denied (only root may change mounts and their handlers)",
                                sd_bus_message_get_member(m));
     }
     return 0;
@@ -163,6 +163,37 @@ struct DbusService::Handlers {
     return sd_bus_reply_method_return(m, "");
   }
 
+  // Handlers (issue 20): ListHandlers(mount), SwapHandler(mount, opcode, path),
+  // RemoveHandler(mount, opcode). Mutations are root only, checked after the arguments.
+  static int list_handlers(DbusService& self, sd_bus_message* m, sd_bus_error* error) {
+    std::string name, detail;
+    int r = read_name(m, &name);
+    if (r < 0) return r;
+    if (!valid_mount_name(name)) return invalid_name(error, name);
+    Result<nlohmann::json> table = self.manager_.list_handlers(name, &detail);
+    if (!table.ok())
+      return set_error(error, map_manager_error(Operation::ListHandlers, table.error(), name, detail));
+    return reply_json(m, table.value());
+  }
+
+  template <Operation Op>
+  static int change_handler(DbusService& self, sd_bus_message* m, sd_bus_error* error) {
+    const char* name = nullptr;
+    const char* opcode = nullptr;
+    const char* path = nullptr;
+    int r = Op == Operation::SwapHandler ? sd_bus_message_read(m, "sss", &name, &opcode, &path)
+                                         : sd_bus_message_read(m, "ss", &name, &opcode);
+    if (r < 0) return r;
+    if (!valid_mount_name(name)) return invalid_name(error, name);
+    if ((r = authorize(self, m, error)) < 0) return r;
+    std::string detail;
+    const Status st = Op == Operation::SwapHandler
+                          ? self.manager_.swap_handler(name, opcode, path, &detail)
+                          : self.manager_.remove_handler(name, opcode, &detail);
+    if (!st.ok()) return set_error(error, map_manager_error(Op, st.error(), name, detail));
+    return sd_bus_reply_method_return(m, "");
+  }
+
   static int get_status(DbusService& self, sd_bus_message* m, sd_bus_error*) {
     return reply_json(m, self.manager_.daemon_status());
   }
@@ -208,6 +239,15 @@ const sd_bus_vtable* DbusService::vtable() {
                               SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_METHOD_WITH_ARGS("GetStatus", SD_BUS_NO_ARGS, SD_BUS_RESULT("s", status),
                               H::method<H::get_status>, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("ListHandlers", SD_BUS_ARGS("s", mount), SD_BUS_RESULT("s", handlers),
+                              H::method<H::list_handlers>, SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("SwapHandler", SD_BUS_ARGS("s", mount, "s", opcode, "s", path),
+                              SD_BUS_NO_RESULT, H::method<H::change_handler<Operation::SwapHandler>>,
+                              SD_BUS_VTABLE_UNPRIVILEGED),
+      SD_BUS_METHOD_WITH_ARGS("RemoveHandler", SD_BUS_ARGS("s", mount, "s", opcode),
+                              SD_BUS_NO_RESULT,
+                              H::method<H::change_handler<Operation::RemoveHandler>>,
+                              SD_BUS_VTABLE_UNPRIVILEGED),
       SD_BUS_SIGNAL_WITH_ARGS("MountStateChanged", SD_BUS_ARGS("s", name, "s", state), 0),
       SD_BUS_VTABLE_END,
   };

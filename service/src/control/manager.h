@@ -44,6 +44,24 @@ class Manager {
   // says why (file:line:column: message). Other errno: applying failed, *error says why.
   virtual Status reload(std::string* error) = 0;
 
+  // eBPF handlers of a mount on the kernel module tier (issue 20), by opcode name:
+  // [{"opcode": "lookup", "loaded": bool, "path", "prog_id", "tag", "abi", "loaded_at" (unix
+  //   seconds), "swaps", "failed_swaps", "removals", "run_ns", "run_count", "answered",
+  //   "fallbacks"}].
+  // ENOENT: unknown mount; ENOTCONN: not mounted; EOPNOTSUPP: the mount runs on the stock
+  // tier, where handlers cannot run (*error names the tier and why).
+  virtual Result<nlohmann::json> list_handlers(const std::string& mount,
+                                               std::string* error) const = 0;
+  // Replaces (or adds) the handler of `opcode` with the object at `path`: atomically, and
+  // the old one stays when the new one is refused. Errors as list_handlers, and EINVAL: no
+  // handler opcode of that name, or not an absolute path; ECANCELED: the object was refused
+  // (ownership, symlink, ABI, opcode, verifier: *error says why, with the verifier's log).
+  virtual Status swap_handler(const std::string& mount, const std::string& opcode,
+                              const std::string& path, std::string* error) = 0;
+  // Removes the handler of `opcode` (its requests go to efused). ENODATA: none is loaded.
+  virtual Status remove_handler(const std::string& mount, const std::string& opcode,
+                                std::string* error) = 0;
+
   // The eBPF telemetry: {"configured": "full"|"requests"|"off" (the config's telemetry:),
   //  "level": the level running ("off" when it is not), "up": bool, "reason": why not up
   //  ("" when up), "off": "disabled"|"unsupported"|"refused"|"mismatch"|""}.

@@ -1,5 +1,6 @@
 #include "daemon/config_checks.h"
 
+#include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -8,6 +9,8 @@
 #include <cstring>
 #include <map>
 
+#include "bpf/handler_file.h"
+#include "daemon/mount_instance.h"
 #include "telemetry/listen_address.h"
 
 namespace efuse::daemon {
@@ -96,17 +99,17 @@ void check_paths(const YamlDocument& doc, const Config& config) {
   }
 }
 
-// The object must be a regular file efused can open now; the BPF layer loads it later.
-void check_bpf_object(const YamlDocument& doc, const YamlPath& where, const std::string& file) {
-  auto fail = [&](const std::string& why) {
+// The object must be one efused would load for that opcode: a root-owned file nobody else
+// can write, reached without symlinks, built for efused's handler ABI and declaring the
+// opcode (bpf::open_handler, the same checks as at mount time and on a swap).
+void check_bpf_object(const YamlDocument& doc, const YamlPath& where, const std::string& opcode,
+                      const std::string& file) {
+  std::string why;
+  bpf::OpenedHandler o = bpf::open_handler(file, handler_opcode(opcode), true, 0, &why);
+  const bool usable = o.obj != nullptr;
+  bpf_object__close(o.obj);
+  if (!usable)
     doc.fail(doc.value_mark(where), doc.describe(where) + ": cannot use '" + file + "': " + why);
-  };
-  int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) fail(std::strerror(errno));
-  struct stat st;
-  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  ::close(fd);
-  if (!regular) fail("not a regular file");
 }
 
 void check_bpf_handlers(const YamlDocument& doc, const Config& config) {
@@ -115,7 +118,7 @@ void check_bpf_handlers(const YamlDocument& doc, const Config& config) {
     for (const auto& opcode : doc.keys(handlers)) {
       YamlPath where = handlers;
       where.push_back(opcode);
-      check_bpf_object(doc, where, config.mounts[i].bpf_handlers.at(opcode));
+      check_bpf_object(doc, where, opcode, config.mounts[i].bpf_handlers.at(opcode));
     }
   }
 }

@@ -180,7 +180,7 @@ std::string_view mounts_schema_text() {
       }
     },
     "kernel_module": {
-      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR and negative LOOKUP requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
+      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR, LOOKUP, GETXATTR and LISTXATTR requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
       "type": "string",
       "default": "auto",
       "enum": ["auto", "on", "off"]
@@ -256,12 +256,12 @@ std::string_view mounts_schema_text() {
       }
     },
     "bpf_program": {
-      "description": "Absolute path of a compiled eBPF object (*.bpf.o) that handles this opcode in the kernel; the file must exist when the configuration is loaded.",
+      "description": "Absolute path of a compiled eBPF object (*.bpf.o) that handles this opcode in the kernel (kernel module tier): a root-owned file no group or other user can write, reached without symlinks, built for efused's handler ABI and declaring this opcode.",
       "type": "string",
       "pattern": "^/(?!(.*/)?\\.\\.(/|$)).*\\.bpf\\.o$"
     },
     "bpf_handlers": {
-      "description": "eBPF programs that answer some requests in the kernel, by FUSE opcode name. Default none.",
+      "description": "eBPF handlers that answer some requests in the kernel, by FUSE opcode name, instead of the shipped handler of that opcode; a reload swaps them live. Default none (the shipped handlers).",
       "type": "object",
       "additionalProperties": false,
       "properties": {

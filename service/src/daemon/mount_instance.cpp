@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "fs/registry.h"
+#include "fuse/opcodes.h"
 #include "telemetry/kernel_features.h"
 
 namespace efuse::daemon {
@@ -102,8 +103,7 @@ bool needs_remount(const MountConfig& a, const MountConfig& b) {
   return a.mountpoint != b.mountpoint || a.backend != b.backend || a.source != b.source ||
          a.threads != b.threads || a.queue_depth != b.queue_depth ||
          a.transport != b.transport || a.kernel_module != b.kernel_module ||
-         !(a.options == b.options) ||
-         a.cache.writeback != b.cache.writeback || a.bpf_handlers != b.bpf_handlers;
+         !(a.options == b.options) || a.cache.writeback != b.cache.writeback;
 }
 
 static fs::BackendParams params_of(const MountConfig& c) {
@@ -164,6 +164,21 @@ bool MountInstance::choose_tier(std::string* error) {
   return true;
 }
 
+uint32_t handler_opcode(std::string_view name) {
+  for (uint32_t op = 1; op < EFUSE_HANDLER_OPCODE_SLOTS; ++op)
+    if (name == fuse::opcode_name(op)) return op;
+  return 0;
+}
+
+std::map<uint32_t, std::string> handler_table(const MountConfig& cfg, const std::string& dir) {
+  std::map<uint32_t, std::string> table;
+  for (const bpf::ShippedHandler& h : bpf::kShippedHandlers)
+    table[h.opcode] = bpf::shipped_object(dir, h.object);
+  for (const auto& [name, path] : cfg.bpf_handlers)
+    if (uint32_t op = handler_opcode(name)) table[op] = path;
+  return table;
+}
+
 void MountInstance::attach_handlers() {
   if (mounted_.conn_id == 0) {
     tier_note_ = "the mount's FUSE connection is unknown: no handlers attached";
@@ -172,18 +187,93 @@ void MountInstance::attach_handlers() {
     std::string error;
     auto set = bpf::HandlerSet::load(dir, mounted_.conn_id, &error);
     if (set) {
+      std::string names, failed;
+      for (const auto& [op, path] : handler_table(cfg_, dir)) {
+        std::string why;
+        if (set->swap(op, path, &why)) {
+          names += std::string(names.empty() ? "" : ", ") + fuse::opcode_name(op) + " (" + path + ")";
+        } else {
+          LOG_WARN("%s: no %s handler: %s", cfg_.name.c_str(), fuse::opcode_name(op), why.c_str());
+          failed += std::string(failed.empty() ? "" : "; ") + fuse::opcode_name(op) + ": " + why;
+        }
+      }
       handler_store_ = std::make_unique<HandlerStore>(std::move(set));
       answers_ = std::make_unique<fuse::KernelAnswers>(*handler_store_);
+      fs_->set_tier(answers_.get());  // before INIT: no entry has been answered yet
       session_->set_kernel_answers(answers_.get());
+      if (!failed.empty()) tier_note_ = "handlers refused: " + failed;
       LOG_INFO("%s: serving through the efuse kernel module (/dev/efuse, connection %u); "
-               "eBPF handlers for GETATTR and LOOKUP attached from %s",
-               cfg_.name.c_str(), mounted_.conn_id, dir.c_str());
+               "eBPF handlers attached: %s", cfg_.name.c_str(), mounted_.conn_id,
+               names.empty() ? "none" : names.c_str());
       return;
     }
     tier_note_ = "handlers not attached: " + error;
   }
   LOG_WARN("%s: serving through the efuse kernel module (/dev/efuse) without eBPF handlers: %s",
            cfg_.name.c_str(), tier_note_.c_str());
+}
+
+std::string MountInstance::handlers_unavailable() const {
+  if (!live()) return "mount '" + cfg_.name + "' is not live";
+  if (!module_tier_) {
+    std::string why = cfg_.kernel_module == KernelModule::Off
+                          ? "kernel_module: off"
+                          : "kernel_module: auto, and " + tier_note_;
+    return "mount '" + cfg_.name + "' is served on the stock tier (the kernel's own FUSE, "
+           "/dev/fuse: " + why + "); eBPF handlers run only on the kernel module tier "
+           "(efuse.ko), where the module asks them before a request goes up";
+  }
+  if (!handler_store_)
+    return "mount '" + cfg_.name + "' is on the kernel module tier without handlers: " + tier_note_;
+  return {};
+}
+
+bool MountInstance::swap_handler(uint32_t opcode, const std::string& path, std::string* error) {
+  if (std::string why = handlers_unavailable(); !why.empty()) {
+    *error = why;
+    return false;
+  }
+  auto t0 = std::chrono::steady_clock::now();
+  if (!handler_store_->mutable_set().swap(opcode, path, error)) {
+    LOG_WARN("%s: %s handler not swapped: %s", cfg_.name.c_str(), fuse::opcode_name(opcode),
+             error->c_str());
+    return false;
+  }
+  LOG_INFO("%s: %s handler swapped to %s (%.3f s)", cfg_.name.c_str(), fuse::opcode_name(opcode),
+           path.c_str(),
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return true;
+}
+
+bool MountInstance::remove_handler(uint32_t opcode, std::string* error) {
+  if (std::string why = handlers_unavailable(); !why.empty()) {
+    *error = why;
+    return false;
+  }
+  if (!handler_store_->mutable_set().remove(opcode, error)) return false;
+  LOG_INFO("%s: %s handler removed; those requests go to efused", cfg_.name.c_str(),
+           fuse::opcode_name(opcode));
+  return true;
+}
+
+std::string MountInstance::apply_handlers(const MountConfig& next) {
+  if (!live() || !handler_store_) return {};
+  const std::string dir = bpf::default_handler_dir();
+  auto before = handler_table(cfg_, dir), after = handler_table(next, dir);
+  std::string failed;
+  for (const auto& [op, path] : after) {
+    auto it = before.find(op);
+    if (it != before.end() && it->second == path) continue;
+    std::string why;
+    if (!swap_handler(op, path, &why))
+      failed += std::string(failed.empty() ? "" : "; ") + fuse::opcode_name(op) + ": " + why;
+  }
+  for (const auto& [op, path] : before) {
+    std::string why;
+    if (!after.count(op) && !remove_handler(op, &why))
+      failed += std::string(failed.empty() ? "" : "; ") + fuse::opcode_name(op) + ": " + why;
+  }
+  return failed;
 }
 
 const char* MountInstance::transport() const {
@@ -391,7 +481,8 @@ void MountInstance::report_io_path() const {
 
 Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   // The handlers' maps first: the kernel asks again as soon as its cache is invalidated.
-  if (answers_) answers_->attr_changed(ino);
+  // (The watcher cannot tell an extended attribute's change from another.)
+  if (answers_) answers_->xattrs_changed(ino);
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
   int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
   return rc < 0 ? Status(Errno{-rc}) : Status();
@@ -414,6 +505,7 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   cfg_.adaptive = cfg.adaptive;
   cfg_.create_mountpoint = cfg.create_mountpoint;
   cfg_.memory = cfg.memory;
+  cfg_.bpf_handlers = cfg.bpf_handlers;  // swapped by apply_handlers() before
   if (cfg_.intercept != cfg.intercept) {
     cfg_.intercept = cfg.intercept;
     if (!cfg_.intercept)
@@ -575,6 +667,7 @@ void MountInstance::stop(int grace_ms) {
   // case) they stay until efused exits, which detaches them.
   if (!has_channel || channel_stopped()) {
     if (session_) session_->set_kernel_answers(nullptr);
+    if (fs_) fs_->set_tier(nullptr);
     answers_.reset();
     handler_store_.reset();
   }

@@ -1,6 +1,7 @@
 // One served mount: backend + session + channel + the kernel mount, with its lifecycle.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -36,6 +37,13 @@ bool parse_feature_mask(const std::string& text, uint64_t* mask, std::string* er
 // live with MountInstance::apply_policy).
 bool needs_remount(const MountConfig& a, const MountConfig& b);
 
+// The FUSE opcode named `name` ("lookup"), as bpf_handlers and efusectl name them; 0 when
+// no opcode has that name or it has no handler slot.
+uint32_t handler_opcode(std::string_view name);
+// The handlers a mount on the module tier runs, by opcode: the shipped ones (in `dir`) for
+// every opcode that has one, and the mount's bpf_handlers over them.
+std::map<uint32_t, std::string> handler_table(const MountConfig& cfg, const std::string& dir);
+
 // The tier a mount is served on (efuse_mount_info{tier}, efusectl status).
 inline constexpr const char* kTierModule = "module";  // efuse.ko, /dev/efuse, eBPF handlers
 inline constexpr const char* kTierStock = "stock";    // the kernel's own FUSE, /dev/fuse
@@ -52,7 +60,14 @@ class HandlerStore final : public fuse::AnswerStore {
     return set_->put_name(k, e);
   }
   void drop_name(const efuse_handler_name_key& k) override { set_->drop_name(k); }
+  uint64_t entry_lookups(uint64_t nodeid) override { return set_->entry_lookups(nodeid); }
+  void drop_entry_lookups(uint64_t nodeid) override { set_->drop_entry_lookups(nodeid); }
+  bool put_xattr(const efuse_handler_name_key& k, const efuse_handler_entry& e) override {
+    return set_->put_xattr(k, e);
+  }
+  void drop_xattr(const efuse_handler_name_key& k) override { set_->drop_xattr(k); }
   const bpf::HandlerSet& set() const { return *set_; }
+  bpf::HandlerSet& mutable_set() { return *set_; }
 
  private:
   std::unique_ptr<bpf::HandlerSet> set_;
@@ -126,6 +141,17 @@ class MountInstance final : private fs::Invalidator {
   // The module tier's handlers for this mount (null when none are attached), and the
   // answers efused keeps for them.
   const bpf::HandlerSet* handlers() const { return handler_store_ ? &handler_store_->set() : nullptr; }
+  // "" when this mount's handlers can be listed and swapped; else why not, naming the tier
+  // in effect (the stock tier: no module, no handlers).
+  std::string handlers_unavailable() const;
+  // Hot swap (issue 20, bpf::HandlerSet::swap/remove). False with *error; the handler in
+  // place before stays.
+  bool swap_handler(uint32_t opcode, const std::string& path, std::string* error);
+  bool remove_handler(uint32_t opcode, std::string* error);
+  // A reload that changes bpf_handlers: swaps what changed live (the shipped handler again
+  // for an opcode no longer named). Returns the failures ("" when none); cfg_ is not
+  // changed (apply_policy does that).
+  std::string apply_handlers(const MountConfig& next);
   fuse::KernelAnswerStats kernel_answers() const {
     return answers_ ? answers_->stats() : fuse::KernelAnswerStats{};
   }

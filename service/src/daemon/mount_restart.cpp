@@ -48,7 +48,6 @@ uint64_t identity(const MountConfig& c) {
     << c.options.default_permissions << c.options.read_only << c.options.stack << '\0'
     << c.cache.writeback << '\0';
   if (!c.options.xattr) s << "noxattr" << '\0';  // only then: the identity of older states stays
-  for (const auto& [op, path] : c.bpf_handlers) s << op << '=' << path << '\0';
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char ch : s.str()) {
     h ^= ch;
@@ -157,8 +156,7 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
   }
   if (m->identity != identity(cfg_)) {
     *error = "its configuration changed in a way that needs a remount (mountpoint, source, "
-             "backend, threads, queue_depth, transport, options, cache.writeback or "
-             "bpf_handlers)";
+             "backend, threads, queue_depth, transport, options or cache.writeback)";
     return Errno{ESTALE};
   }
   if (file->incomplete()) {

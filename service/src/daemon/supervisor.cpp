@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "fuse/kernel.h"
+#include "fuse/opcodes.h"
 
 namespace efuse::daemon {
 
@@ -168,6 +169,7 @@ Config Supervisor::config() const {
 Status Supervisor::apply(Config next, std::string* error) {
   std::vector<Event> events;
   Config old;
+  std::string handler_failures;
   {
     std::lock_guard lk(mu_);
     old = config_;
@@ -200,9 +202,14 @@ Status Supervisor::apply(Config next, std::string* error) {
         } else {
           LOG_INFO("%s: policy changed; applied live", m.name.c_str());
           s.cfg = m;
-          if (live)
+          if (live) {
+            // bpf_handlers: swapped live, one opcode at a time (a refused object leaves the
+            // handler before it in place, and the reload reports it).
+            std::string failed = s.instance->apply_handlers(m);
+            if (!failed.empty())
+              handler_failures += (handler_failures.empty() ? "" : "; ") + m.name + ": " + failed;
             s.instance->apply_policy(m);
-          else
+          } else
             start_slot(s, &events);  // retry a failed mount with what changed
         }
       } else if (!live) {
@@ -214,7 +221,14 @@ Status Supervisor::apply(Config next, std::string* error) {
     config_ = next;
   }
   emit(events);
-  if (applied_hook_) return applied_hook_(old, next, error);
+  if (applied_hook_) {
+    Status hooked = applied_hook_(old, next, error);
+    if (!hooked.ok()) return hooked;
+  }
+  if (!handler_failures.empty()) {
+    *error = "handlers not swapped (the ones before stay): " + handler_failures;
+    return Errno{EIO};
+  }
   return {};
 }
 
@@ -474,6 +488,93 @@ Status Supervisor::unmount(const std::string& name, std::string* error) {
   return {};
 }
 
+Result<MountInstance*> Supervisor::handler_mount(const std::string& name,
+                                                 std::string* error) const {
+  const Slot* s = find(name);
+  if (s == nullptr) {
+    *error = "no mount named '" + name + "'";
+    return Errno{ENOENT};
+  }
+  if (!s->instance || !s->instance->live()) {
+    *error = name + " is not mounted";
+    return Errno{ENOTCONN};
+  }
+  if (std::string why = s->instance->handlers_unavailable(); !why.empty()) {
+    *error = why;
+    return Errno{EOPNOTSUPP};
+  }
+  return s->instance.get();
+}
+
+static Result<uint32_t> opcode_arg(const std::string& opcode, std::string* error) {
+  uint32_t op = handler_opcode(opcode);
+  if (op == 0) {
+    *error = "no handler opcode named '" + opcode.substr(0, 40) + "' (FUSE opcode names, lower "
+             "case, as in bpf_handlers: lookup, getattr, ...)";
+    return Errno{EINVAL};
+  }
+  return op;
+}
+
+Result<nlohmann::json> Supervisor::list_handlers(const std::string& name,
+                                                 std::string* error) const {
+  std::lock_guard lk(mu_);
+  Result<MountInstance*> m = handler_mount(name, error);
+  if (!m.ok()) return Errno{m.error()};
+  nlohmann::json out = nlohmann::json::array();
+  const std::vector<uint64_t> outcomes = (*m)->handlers()->outcomes();
+  for (const bpf::HandlerView& h : (*m)->handlers()->list()) {
+    uint64_t answered = 0, fallbacks = 0;
+    for (size_t stat = 0; stat < EFUSE_HANDLER_NR_STATS && !outcomes.empty(); ++stat) {
+      uint64_t n = outcomes[h.opcode * EFUSE_HANDLER_NR_STATS + stat];
+      (stat == EFUSE_HANDLER_STAT_ANSWERED ? answered : fallbacks) += n;
+    }
+    out.push_back({{"opcode", fuse::opcode_name(h.opcode)},
+                   {"loaded", h.prog_id != 0},
+                   {"path", h.path},
+                   {"prog_id", h.prog_id},
+                   {"tag", h.tag},
+                   {"abi", h.abi},
+                   {"loaded_at", h.loaded_at},
+                   {"swaps", h.swaps},
+                   {"failed_swaps", h.failed_swaps},
+                   {"removals", h.removals},
+                   {"run_ns", h.run_ns},
+                   {"run_count", h.run_count},
+                   {"answered", answered},
+                   {"fallbacks", fallbacks}});
+  }
+  return out;
+}
+
+Status Supervisor::swap_handler(const std::string& name, const std::string& opcode,
+                                const std::string& path, std::string* error) {
+  std::lock_guard rl(reload_mu_);
+  std::lock_guard lk(mu_);
+  Result<MountInstance*> m = handler_mount(name, error);
+  if (!m.ok()) return Errno{m.error()};
+  Result<uint32_t> op = opcode_arg(opcode, error);
+  if (!op.ok()) return Errno{op.error()};
+  if (path.empty() || path[0] != '/') {
+    *error = "handler path '" + path.substr(0, 200) + "' is not absolute";
+    return Errno{EINVAL};
+  }
+  if (!(*m)->swap_handler(*op, path, error)) return Errno{ECANCELED};
+  return {};
+}
+
+Status Supervisor::remove_handler(const std::string& name, const std::string& opcode,
+                                  std::string* error) {
+  std::lock_guard rl(reload_mu_);
+  std::lock_guard lk(mu_);
+  Result<MountInstance*> m = handler_mount(name, error);
+  if (!m.ok()) return Errno{m.error()};
+  Result<uint32_t> op = opcode_arg(opcode, error);
+  if (!op.ok()) return Errno{op.error()};
+  if (!(*m)->remove_handler(*op, error)) return Errno{ENODATA};
+  return {};
+}
+
 void Supervisor::set_state_listener(StateListener listener) {
   std::lock_guard lk(listener_mu_);
   listener_ = std::move(listener);
@@ -505,6 +606,7 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
       if (const bpf::HandlerSet* h = s.instance->handlers()) {
         v.handlers = true;
         v.handler_outcomes = h->outcomes();
+        v.handler_table = h->list();
         v.kernel_answers = s.instance->kernel_answers();
       }
     }

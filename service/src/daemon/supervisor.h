@@ -64,6 +64,12 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   Status mount(const std::string& name, std::string* error) override;
   Status unmount(const std::string& name, std::string* error) override;
   Status reload(std::string* error) override;
+  Result<nlohmann::json> list_handlers(const std::string& mount,
+                                       std::string* error) const override;
+  Status swap_handler(const std::string& mount, const std::string& opcode,
+                      const std::string& path, std::string* error) override;
+  Status remove_handler(const std::string& mount, const std::string& opcode,
+                        std::string* error) override;
   void set_state_listener(StateListener listener) override;
 
   // telemetry::MetricsSource
@@ -88,6 +94,9 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   Slot* find(const std::string& name);
   const Slot* find(const std::string& name) const;
   nlohmann::json view(const Slot& slot) const;
+  // The live mount `name` whose handlers can be managed, or an errno with *error filled
+  // (ENOENT, ENOTCONN, EOPNOTSUPP: the tier in effect and why). Expects mu_ held.
+  Result<MountInstance*> handler_mount(const std::string& name, std::string* error) const;
   void emit(const std::vector<Event>& events);
   Status apply(Config next, std::string* error);
 

@@ -1,7 +1,9 @@
 // efusectl: the operator's client of efused's D-Bus API (org.efuse.Manager1).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <ctime>
 #include <cstdlib>
 #include <exception>
 #include <string>
@@ -45,9 +47,24 @@ Commands:
   unmount NAME    unmount a live mount; it stays configured (root only)
   reload          re-read efused's config file and apply it; returns once applied,
                   fails with file:line:column: message on an invalid config (root only)
+  handler list NAME
+                  the eBPF handlers of a mount on the kernel module tier, by opcode:
+                  program id, tag, handler ABI, when loaded, from which object
+  handler stats NAME
+                  per handler: answers and fallbacks, swaps and failed swaps, runs
+                  and mean run time (run times need kernel.bpf_stats_enabled=1)
+  handler swap NAME OPCODE PATH
+                  replace (or add) the handler of OPCODE (shipped: lookup, getattr,
+                  getxattr, listxattr) with the object at PATH, atomically; a
+                  refused object (owner, mode, symlink, ABI, verifier: its log is
+                  printed) leaves the old one in place (root only)
+  handler remove NAME OPCODE
+                  remove the handler of OPCODE: those requests go to efused (root only)
+                  On a mount served by the stock kernel FUSE (no efuse.ko) every handler
+                  command fails and says which tier is in effect and why.
 
 Options:
-  --json          print JSON (status, mounts) instead of tables
+  --json          print JSON (status, mounts, handler list|stats) instead of tables
   --bus BUS       "system" (default), "session", or a D-Bus address such as
                   unix:path=/run/efuse/bus; default from $EFUSE_BUS_ADDRESS if set
   -h, --help      show this help
@@ -129,8 +146,9 @@ int report(const CallError& error, const std::string& command, const std::string
       return kExitUnreachable;
     case CallError::Kind::Denied:
       // The bus policy's rejection text is long and says nothing an operator needs.
-      std::fprintf(stderr, "efusectl: %s: permission denied: only root may mount, unmount or "
-                   "reload%s\n", command.c_str(), geteuid() != 0 ? " (run as root)" : "");
+      std::fprintf(stderr, "efusectl: %s: permission denied: only root may mount, unmount, "
+                   "reload or change handlers%s\n", command.c_str(),
+                   geteuid() != 0 ? " (run as root)" : "");
       return kExitDenied;
     case CallError::Kind::Refused:
       break;
@@ -201,6 +219,81 @@ int mounts(Client& client, const Options& opts, CallError* error) {
   return kExitOk;
 }
 
+std::string text_of(const nlohmann::json& v) {
+  return v.is_string() ? v.get<std::string>() : v.dump();
+}
+
+// handler list|stats NAME: one row per opcode.
+int handler_table(Client& client, const Options& opts, CallError* error) {
+  std::string text;
+  if (!client.list_handlers(opts.args[1], &text, error)) return -1;
+  if (opts.json) {
+    print(text + "\n");
+    return kExitOk;
+  }
+  const nlohmann::json rows = nlohmann::json::parse(text);
+  const bool stats = opts.args[0] == "stats";
+  std::vector<std::vector<std::string>> table;
+  if (stats)
+    table.push_back({"OPCODE", "ANSWERED", "FALLBACKS", "SWAPS", "FAILED", "RUNS", "MEAN_NS"});
+  else
+    table.push_back({"OPCODE", "PROG_ID", "TAG", "ABI", "LOADED_AT", "PATH"});
+  for (const auto& r : rows) {
+    const bool loaded = r.value("loaded", false);
+    if (stats) {
+      uint64_t runs = r.value("run_count", uint64_t{0}), ns = r.value("run_ns", uint64_t{0});
+      table.push_back({text_of(r["opcode"]), text_of(r["answered"]), text_of(r["fallbacks"]),
+                       text_of(r["swaps"]), text_of(r["failed_swaps"]), std::to_string(runs),
+                       runs ? std::to_string(ns / runs) : "-"});
+    } else {
+      char when[32] = "-";
+      if (loaded) {
+        time_t t = static_cast<time_t>(r.value("loaded_at", 0.0));
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      }
+      table.push_back({text_of(r["opcode"]), loaded ? text_of(r["prog_id"]) : "-",
+                       loaded ? text_of(r["tag"]) : "-", loaded ? text_of(r["abi"]) : "-", when,
+                       loaded ? text_of(r["path"]) : "(none: requests go to efused)"});
+    }
+  }
+  std::vector<size_t> width(table[0].size());
+  for (const auto& row : table)
+    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
+  for (const auto& row : table) {
+    std::string line;
+    for (size_t i = 0; i < row.size(); ++i)
+      line += i + 1 == row.size() ? row[i] : row[i] + std::string(width[i] - row[i].size() + 2, ' ');
+    print(line + "\n");
+  }
+  if (stats) {
+    FILE* f = std::fopen("/proc/sys/kernel/bpf_stats_enabled", "r");
+    int on = 0;
+    if (f != nullptr) {
+      if (std::fscanf(f, "%d", &on) != 1) on = 0;
+      std::fclose(f);
+    }
+    if (!on)
+      print("run times: kernel.bpf_stats_enabled is 0 here, so the kernel does not count runs "
+            "(sysctl -w kernel.bpf_stats_enabled=1 turns it on)\n");
+  }
+  return kExitOk;
+}
+
+int handler(Client& client, const Options& opts, CallError* error) {
+  const std::string& sub = opts.args[0];
+  if (sub == "list" || sub == "stats") return handler_table(client, opts, error);
+  if (sub == "remove") return client.remove_handler(opts.args[1], opts.args[2], error) ? kExitOk : -1;
+  // swap: a relative path is taken from here (efused never follows symlinks in it).
+  std::string path = opts.args[3];
+  if (!path.empty() && path[0] != '/') {
+    char cwd[4096];
+    if (getcwd(cwd, sizeof cwd) != nullptr) path = std::string(cwd) + "/" + path;
+  }
+  return client.swap_handler(opts.args[1], opts.args[2], path, error) ? kExitOk : -1;
+}
+
 // Runs the command; -1 means *error describes a failed call.
 int dispatch(Client& client, const Options& opts, CallError* error) {
   const std::string& cmd = opts.command;
@@ -210,6 +303,7 @@ int dispatch(Client& client, const Options& opts, CallError* error) {
   if (cmd == "mount") return client.mount(opts.args[0], error) ? kExitOk : -1;
   if (cmd == "unmount") return client.unmount(opts.args[0], error) ? kExitOk : -1;
   if (cmd == "reload") return client.reload(error) ? kExitOk : -1;
+  if (cmd == "handler") return handler(client, opts, error);
   return usage_error("unknown command " + cmd);
 }
 
@@ -219,6 +313,17 @@ int validate(const Options& opts) {
   if (cmd == "status") return check_arity(opts, 0, 1);
   if (cmd == "mounts" || cmd == "reload") return check_arity(opts, 0, 0);
   if (cmd == "mount" || cmd == "unmount") return check_arity(opts, 1, 1);
+  if (cmd == "handler") {
+    const std::string sub = opts.args.empty() ? "" : opts.args[0];
+    size_t want = sub == "list" || sub == "stats" ? 2 : sub == "remove" ? 3 : sub == "swap" ? 4 : 0;
+    if (want == 0)
+      return usage_error("handler: expected list, stats, swap or remove" +
+                         (sub.empty() ? std::string() : ", not " + sub));
+    if (opts.args.size() != want)
+      return usage_error("handler " + sub + ": expected " +
+                         (sub == "swap" ? "NAME OPCODE PATH" : sub == "remove" ? "NAME OPCODE" : "NAME"));
+    return -1;
+  }
   return usage_error("unknown command " + cmd);
 }
 

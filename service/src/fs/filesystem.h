@@ -21,6 +21,8 @@
 
 namespace efuse::fs {
 
+class TierLookups;  // fs/node_table.h
+
 // Who is asking: from the request header.
 struct Context {
   uint32_t uid = 0;
@@ -195,8 +197,12 @@ class Filesystem {
   // name it. Backends keep these counts in fs::NodeTable (fs/node_table.h), which also holds
   // the written contract for lookups the kernel answers without efused seeing them (the
   // kernel tier raises counts efused never saw: a FORGET for more than efused counted must
-  // neither drop a node the kernel still holds nor leak one). No tier answers lookups yet.
+  // neither drop a node the kernel still holds nor leak one).
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}
+  // Connects (non-null) or disconnects (null) the kernel module tier's lookup counts to the
+  // backend's node table (NodeTable::set_tier). Set before the handlers can answer a
+  // positive LOOKUP, reset before the tier goes.
+  virtual void set_tier(TierLookups*) {}
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.
   virtual void passthrough_refused(uint64_t /*ino*/) {}

@@ -21,6 +21,8 @@ efuse_handler_name_key name_key(uint64_t parent, std::string_view name) {
 }
 
 // Names the handlers can be asked about: the module hands them at most 255 bytes.
+constexpr uint64_t kRootNodeid = 1;
+
 bool storable(std::string_view name) { return !name.empty() && name.size() < EFUSE_HANDLER_NAME_MAX; }
 
 // When a reply valid for `sec` + `nsec` from now stops being used (bpf_ktime_get_ns(),
@@ -77,22 +79,94 @@ void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int err
   if (error != 0 || reply.size() != sizeof(kernel::fuse_entry_out)) return;
   kernel::fuse_entry_out out;
   std::memcpy(&out, reply.data(), sizeof out);
-  if (out.nodeid != 0) return entry_sent(parent, name, out.nodeid);
+  const uint64_t node = out.nodeid;
+  if (node != 0) entry_sent(parent, name, node);
   efuse_handler_entry e{};
   e.expires = expiry(out.entry_valid, out.entry_valid_nsec);
+  if (node != 0) {
+    // The entry carries the node's attributes: used while both are valid. The module
+    // refuses an entry for the root, and "." and ".." are never asked.
+    e.expires = std::min<uint64_t>(e.expires, expiry(out.attr_valid, out.attr_valid_nsec));
+    if (node == kRootNodeid || name == "." || name == "..") return;
+  }
   if (e.expires == 0 || !storable(name)) return;
   e.answer.nodeid = parent;
   e.answer.size = static_cast<uint32_t>(reply.size());
   std::memcpy(e.answer.data, reply.data(), reply.size());
   std::lock_guard lk(mu_);
-  if (name_stamp_[name_bucket(parent, name)] > since) {
+  if (name_stamp_[name_bucket(parent, name)] > since ||
+      (node != 0 && (attr_stamp_[attr_bucket(node)] > since || writers_.contains(node) ||
+                     (!taken_.contains(node) && taken_.size() >= max_tier_nodes_)))) {
     ++stores_skipped_;
     return;
   }
-  if (store_.put_name(name_key(parent, name), e))
-    negatives_.emplace(parent, std::string(name));
+  if (!store_.put_name(name_key(parent, name), e)) {
+    ++stores_skipped_;
+    return;
+  }
+  Name key(parent, std::string(name));
+  auto [it, added] = names_.try_emplace(key, node);
+  if (!added && it->second != node) {  // the map entry was overwritten: unlink the old node
+    unlink_pointing_locked(it);
+    it->second = node;
+  }
+  if (node != 0) {
+    pointing_[node].insert(std::move(key));
+    taken_.try_emplace(node, 0);
+  }
+}
+
+void KernelAnswers::attr_validity(uint64_t sec, uint32_t nsec) {
+  constexpr uint64_t kMaxSec = 100ULL * 365 * 24 * 3600;
+  attr_valid_ns_.store(std::min(sec, kMaxSec) * 1000000000ULL + nsec, std::memory_order_relaxed);
+}
+
+void KernelAnswers::store_xattr(uint64_t nodeid, std::string_view name, int error,
+                                uint32_t size, std::span<const char> reply, uint64_t since) {
+  const bool list = name.empty();
+  efuse_handler_entry e{};
+  e.answer.nodeid = nodeid;
+  if (error == ENODATA && !list) {
+    e.answer.error = -ENODATA;
+  } else if (error == 0 && size != 0 && reply.size() <= sizeof e.answer.data) {
+    e.answer.size = static_cast<uint32_t>(reply.size());
+    std::memcpy(e.answer.data, reply.data(), reply.size());
+  } else {
+    return;  // a size query (no value to store), ERANGE, another error, or too long
+  }
+  if ((!list && !storable(name)) || name.starts_with("trusted.")) return;
+  const uint64_t valid = attr_valid_ns_.load(std::memory_order_relaxed);
+  if (valid == 0) return;  // attr_timeout 0 (or no attributes sent yet): nothing stored
+  e.expires = expiry(valid / 1000000000ULL, static_cast<uint32_t>(valid % 1000000000ULL));
+  std::lock_guard lk(mu_);
+  const bool value = e.answer.error == 0;
+  if (attr_stamp_[attr_bucket(nodeid)] > since || (value && writers_.contains(nodeid))) {
+    ++stores_skipped_;
+    return;
+  }
+  if (store_.put_xattr(name_key(nodeid, name), e))
+    xattrs_[Name(nodeid, std::string(name))] = value;
   else
     ++stores_skipped_;
+}
+
+void KernelAnswers::drop_xattrs_locked(uint64_t nodeid, bool absences_too) {
+  const Name first(nodeid, std::string()), last(nodeid + 1, std::string());
+  for (auto it = xattrs_.lower_bound(first); it != xattrs_.end() && it->first < last;) {
+    if (!absences_too && !it->second) {
+      ++it;
+      continue;
+    }
+    store_.drop_xattr(name_key(it->first.first, it->first.second));
+    ++drops_;
+    it = xattrs_.erase(it);
+  }
+}
+
+void KernelAnswers::xattrs_changed(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  drop_attr_locked(nodeid);
+  drop_xattrs_locked(nodeid, true);
 }
 
 void KernelAnswers::entry_sent(uint64_t parent, std::string_view name, uint64_t nodeid) {
@@ -107,15 +181,40 @@ void KernelAnswers::drop_attr_locked(uint64_t nodeid) {
     store_.drop_attr(nodeid);
     ++drops_;
   }
+  drop_pointing_locked(nodeid);  // positive entries carry the attributes too
+  drop_xattrs_locked(nodeid, false);  // values (a chown or write may remove one)
+}
+
+void KernelAnswers::unlink_pointing_locked(std::map<Name, uint64_t>::iterator it) {
+  if (it->second == 0) return;
+  auto p = pointing_.find(it->second);
+  if (p == pointing_.end()) return;
+  p->second.erase(it->first);
+  if (p->second.empty()) pointing_.erase(p);
+}
+
+void KernelAnswers::drop_name_locked(std::map<Name, uint64_t>::iterator it) {
+  unlink_pointing_locked(it);
+  store_.drop_name(name_key(it->first.first, it->first.second));
+  ++drops_;
+  names_.erase(it);
 }
 
 void KernelAnswers::drop_name_locked(uint64_t parent, std::string_view name) {
   name_stamp_[name_bucket(parent, name)] = ++seq_;
-  auto it = negatives_.find(Name(parent, std::string(name)));
-  if (it != negatives_.end()) {
-    negatives_.erase(it);
-    store_.drop_name(name_key(parent, name));
-    ++drops_;
+  auto it = names_.find(Name(parent, std::string(name)));
+  if (it != names_.end()) drop_name_locked(it);
+}
+
+void KernelAnswers::drop_pointing_locked(uint64_t nodeid) {
+  auto p = pointing_.find(nodeid);
+  if (p == pointing_.end()) return;
+  const std::set<Name> names = std::move(p->second);
+  pointing_.erase(p);
+  for (const Name& n : names) {
+    name_stamp_[name_bucket(n.first, n.second)] = ++seq_;
+    auto it = names_.find(n);
+    if (it != names_.end()) drop_name_locked(it);
   }
 }
 
@@ -181,16 +280,18 @@ void KernelAnswers::write_released(uint64_t nodeid) {
   drop_attr_locked(nodeid);
 }
 
+void KernelAnswers::drop_node_locked(uint64_t nodeid) {
+  drop_attr_locked(nodeid);
+  drop_xattrs_locked(nodeid, true);
+  const Name first(nodeid, std::string()), last(nodeid + 1, std::string());
+  for (auto it = names_.lower_bound(first); it != names_.end() && it->first < last;)
+    drop_name_locked(it++);
+  index_.erase(index_.lower_bound(first), index_.lower_bound(last));
+}
+
 void KernelAnswers::forgotten(uint64_t nodeid) {
   std::lock_guard lk(mu_);
-  drop_attr_locked(nodeid);
-  const Name first(nodeid, std::string()), last(nodeid + 1, std::string());
-  for (auto it = negatives_.lower_bound(first); it != negatives_.end() && *it < last;) {
-    store_.drop_name(name_key(it->first, it->second));
-    ++drops_;
-    it = negatives_.erase(it);
-  }
-  index_.erase(index_.lower_bound(first), index_.lower_bound(last));
+  drop_node_locked(nodeid);
 }
 
 void KernelAnswers::drop_all() {
@@ -199,15 +300,47 @@ void KernelAnswers::drop_all() {
   attr_stamp_.fill(seq_);
   name_stamp_.fill(seq_);
   for (uint64_t nodeid : attrs_) store_.drop_attr(nodeid);
-  for (const Name& n : negatives_) store_.drop_name(name_key(n.first, n.second));
-  drops_ += attrs_.size() + negatives_.size();
+  for (const auto& [n, node] : names_) store_.drop_name(name_key(n.first, n.second));
+  for (const auto& [n, value] : xattrs_) store_.drop_xattr(name_key(n.first, n.second));
+  drops_ += attrs_.size() + names_.size() + xattrs_.size();
   attrs_.clear();
-  negatives_.clear();
+  names_.clear();
+  xattrs_.clear();
+  pointing_.clear();
+}
+
+uint64_t KernelAnswers::take(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  auto it = taken_.find(nodeid);
+  if (it == taken_.end()) return 0;  // never answered for: no counter to read
+  const uint64_t counted = store_.entry_lookups(nodeid);
+  if (counted <= it->second) return 0;
+  const uint64_t fresh = counted - it->second;
+  it->second = counted;
+  tier_lookups_ += fresh;
+  return fresh;
+}
+
+void KernelAnswers::withdraw(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  drop_node_locked(nodeid);
+  // The kernel evicted the node before the FORGET that dropped it, and the module takes
+  // positive answers only for inodes it holds: nothing counts for it any more.
+  if (taken_.erase(nodeid) != 0) store_.drop_entry_lookups(nodeid);
 }
 
 KernelAnswerStats KernelAnswers::stats() const {
   std::lock_guard lk(mu_);
-  return {attrs_.size(), negatives_.size(), stores_skipped_, drops_};
+  KernelAnswerStats s;
+  s.attr_entries = attrs_.size();
+  s.name_entries = names_.size();
+  for (const auto& [node, names] : pointing_) s.positive_entries += names.size();
+  s.tier_nodes = taken_.size();
+  s.xattr_entries = xattrs_.size();
+  s.tier_lookups = tier_lookups_;
+  s.stores_skipped = stores_skipped_;
+  s.drops = drops_;
+  return s;
 }
 
 }  // namespace fuse

@@ -1,22 +1,37 @@
 // KernelAnswers: the answers efuse.ko's eBPF handlers give without asking efused (the
 // kernel-module tier, kmod/ and bpf/handlers/), and how the session keeps them exact.
 //
-// The handlers answer GETATTR from a map keyed by nodeid and negative LOOKUPs from a map
-// keyed by (parent nodeid, name). Only answers efused itself sent go into them: the
-// session hands over the reply bytes of every GETATTR and negative LOOKUP it answers
-// (store_*), and each is used until the validity it gave the kernel (attr_valid,
-// entry_valid) runs out, so the cache timeouts still bound what the watcher cannot see; a
-// reply valid for no time (timeout 0, an ENOENT error) is not stored. Every change made through the mount drops the entries it may make wrong before
-// its reply is sent, and the mount's watcher drops them for outside changes before it
-// invalidates the kernel's caches (the *_changed calls):
+// The handlers answer GETATTR from a map keyed by nodeid and LOOKUPs from a map keyed by
+// (parent nodeid, name): negative ones, and positive ones for a node the kernel holds
+// already (module patch 0008). Only answers efused itself sent go into them: the session
+// hands over the reply bytes of every GETATTR and LOOKUP it answers (store_*), and each is
+// used until the validity it gave the kernel (attr_valid, entry_valid; for an entry the
+// shorter of the two) runs out, so the cache timeouts still bound what the watcher cannot
+// see; a reply valid for no time (timeout 0, an ENOENT error) is not stored. Every change
+// made through the mount drops the entries it may make wrong before its reply is sent, and
+// the mount's watcher drops them for outside changes before it invalidates the kernel's
+// caches (the *_changed calls):
 //
 //   attributes of N   SETATTR, WRITE, FALLOCATE, COPY_FILE_RANGE (target), SETXATTR,
 //                     REMOVEXATTR, an open with O_TRUNC, LINK (its nlink), and while N is
 //                     open for writing nothing is stored for it at all (FUSE passthrough
-//                     writes reach the backing file without a request)
+//                     writes reach the backing file without a request); a positive entry
+//                     for N carries N's attributes and goes with them
 //   name P/X          CREATE, MKNOD, MKDIR, SYMLINK, LINK, RENAME of or onto it, UNLINK,
-//                     RMDIR: drops the negative entry, the attributes of P (mtime, nlink)
-//                     and those of the node the name led to (nlink, ctime)
+//                     RMDIR: drops the stored answer for the name, the attributes of P
+//                     (mtime, nlink) and those of the node the name led to (nlink, ctime)
+//
+// GETXATTR and LISTXATTR replies go into a third map keyed by (nodeid, name; "" for the
+// list): an ENODATA, or a value (list) of at most EFUSE_HANDLER_DATA_MAX bytes read with a
+// buffer. The kernel caches no extended attribute and a reply carries no validity: a stored
+// one is used for the attribute validity efused last sent (attr_valid), and names under
+// "trusted." are not stored (efused reads them with the caller's credentials, so their
+// answer depends on the caller). A value goes with the node's attributes (a write or chown
+// may remove security.capability, and chmod rewrites an ACL); an absence only with
+// SETXATTR, REMOVEXATTR and outside changes (xattrs_changed), the only ways a name can
+// appear, so a file open for writing keeps its stored absences: the kernel asks for
+// security.capability before every write, and the answer stays "none" however it is
+// written.
 //
 // The node a name leads to comes from an index of the entries efused sent (LOOKUP, the
 // entry-creating operations, READDIRPLUS), as the kernel can only name nodes it got that
@@ -25,10 +40,21 @@
 // drop stamps its key's bucket with a newer one, and a store whose bucket is newer than its
 // begin() is skipped. Buckets are hashed, so a collision skips a store: never a wrong entry.
 //
+// Lookup counts (fs::TierLookups, the contract in fs/node_table.h): every positive entry
+// the module takes from a handler adds one lookup the backend's node table never saw. The
+// module reports each one (tracepoint efuse_handler_entry, fired while it holds the inode)
+// and the handlers' counting program adds it to a per-nodeid counter (AnswerStore::
+// entry_lookups, monotonic); take() hands the node table what was added since it last
+// asked, before it applies a FORGET, and withdraw() forgets a dropped node's counter. The
+// module takes positive entries only for inodes it holds with lookups of their own, so no
+// answer can count for a node after the FORGET that dropped it, and nodeids are never
+// reused.
+//
 // Thread-safe: workers of all channels call it concurrently.
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -41,6 +67,7 @@
 #include <utility>
 
 #include "efuse_handler_maps.h"
+#include "fs/node_table.h"
 
 namespace fuse {
 
@@ -53,11 +80,22 @@ class AnswerStore {
   virtual void drop_attr(uint64_t nodeid) = 0;
   virtual bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
   virtual void drop_name(const efuse_handler_name_key& key) = 0;
+  // efuse_entry_lookups: the lookups the kernel took from positive LOOKUP answers for
+  // `nodeid`, counted since its counter was created (0 when there is none).
+  virtual uint64_t entry_lookups(uint64_t nodeid) = 0;
+  virtual void drop_entry_lookups(uint64_t nodeid) = 0;
+  // efuse_xattr_answers: (nodeid, attribute name; "" for the list).
+  virtual bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
+  virtual void drop_xattr(const efuse_handler_name_key& key) = 0;
 };
 
 struct KernelAnswerStats {
   uint64_t attr_entries = 0;    // GETATTR answers stored
-  uint64_t name_entries = 0;    // negative LOOKUP answers stored
+  uint64_t name_entries = 0;    // LOOKUP answers stored (negative and positive)
+  uint64_t positive_entries = 0;  // of which positive
+  uint64_t xattr_entries = 0;   // GETXATTR and LISTXATTR answers stored
+  uint64_t tier_nodes = 0;      // nodes with a lookup counter (efuse_entry_lookups)
+  uint64_t tier_lookups = 0;    // lookups taken from positive answers, folded into FORGETs
   uint64_t stores_skipped = 0;  // answers not stored: a change raced them, or the map was full
   uint64_t drops = 0;           // entries dropped because something changed
 };
@@ -66,10 +104,15 @@ struct KernelAnswerStats {
 inline constexpr uint64_t kAttrEntryBytes = sizeof(uint64_t) + sizeof(efuse_handler_entry);
 inline constexpr uint64_t kNameEntryBytes =
     sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry);
+inline constexpr uint64_t kEntryCounterBytes = 2 * sizeof(uint64_t);  // nodeid -> count
 
-class KernelAnswers {
+class KernelAnswers final : public efuse::fs::TierLookups {
  public:
-  explicit KernelAnswers(AnswerStore& store) : store_(store) {}
+  // Nodes with a lookup counter at most (efuse_entry_counts.bpf.c holds more, and key 0).
+  static constexpr size_t kMaxTierNodes = 200000;
+
+  explicit KernelAnswers(AnswerStore& store, size_t max_tier_nodes = kMaxTierNodes)
+      : store_(store), max_tier_nodes_(max_tier_nodes) {}
   KernelAnswers(const KernelAnswers&) = delete;
   KernelAnswers& operator=(const KernelAnswers&) = delete;
 
@@ -79,15 +122,27 @@ class KernelAnswers {
   // Answers efused sent. `reply` is the reply body (fuse_attr_out, fuse_entry_out).
   void store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since);
   // A LOOKUP reply: a negative entry (nodeid 0, entry_valid > 0) is stored; a positive one
-  // only goes into the name index.
+  // goes into the name index, and is stored when it is valid for some time, the node is
+  // not open for writing and not the root, and nothing changed the name or the node since
+  // `since`.
   void store_lookup(uint64_t parent, std::string_view name, int error,
                     std::span<const char> reply, uint64_t since);
+  // A GETXATTR (`name`) or LISTXATTR (empty `name`) reply to a request for `size` bytes:
+  // an ENODATA error, or the value (list) read with a buffer, is stored.
+  void store_xattr(uint64_t nodeid, std::string_view name, int error, uint32_t size,
+                   std::span<const char> reply, uint64_t since);
+  // The attribute validity of a reply efused sent (attr_valid, attr_valid_nsec): how long
+  // stored extended attributes are used.
+  void attr_validity(uint64_t sec, uint32_t nsec);
   // An entry efused sent for a name (creating operations, READDIRPLUS): the name index.
   void entry_sent(uint64_t parent, std::string_view name, uint64_t nodeid);
 
   // Changes (see the table above). `done` says whether the operation succeeded: the index
   // follows only changes that happened; entries are dropped either way.
   void attr_changed(uint64_t nodeid);
+  // SETXATTR, REMOVEXATTR, or an outside change of the node (the watcher cannot tell an
+  // attribute change from an extended one): the attributes and every stored xattr answer.
+  void xattrs_changed(uint64_t nodeid);
   void name_created(uint64_t parent, std::string_view name);
   void name_removed(uint64_t parent, std::string_view name, bool done);
   void name_moved(uint64_t from_parent, std::string_view from, uint64_t to_parent,
@@ -103,6 +158,11 @@ class KernelAnswers {
   // Everything goes (the mount's cache timeouts changed: stored replies carry the old ones).
   void drop_all();
 
+  // fs::TierLookups: lookups of `nodeid` the kernel took from positive answers since the
+  // last take; and the node's withdrawal (its answers and its counter go).
+  uint64_t take(uint64_t nodeid) override;
+  void withdraw(uint64_t nodeid) override;
+
   KernelAnswerStats stats() const;
 
  private:
@@ -111,17 +171,28 @@ class KernelAnswers {
 
   void drop_attr_locked(uint64_t nodeid);
   void drop_name_locked(uint64_t parent, std::string_view name);
+  void drop_name_locked(std::map<Name, uint64_t>::iterator it);
+  void unlink_pointing_locked(std::map<Name, uint64_t>::iterator it);
+  void drop_pointing_locked(uint64_t nodeid);  // positive answers naming `nodeid`
+  void drop_node_locked(uint64_t nodeid);      // attributes, answers naming it, names under it
+  void drop_xattrs_locked(uint64_t nodeid, bool absences_too);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
   static size_t attr_bucket(uint64_t nodeid);
   static size_t name_bucket(uint64_t parent, std::string_view name);
 
   AnswerStore& store_;
+  const size_t max_tier_nodes_;
   mutable std::mutex mu_;
   uint64_t seq_ = 0;
   std::array<uint64_t, kBuckets> attr_stamp_{};
   std::array<uint64_t, kBuckets> name_stamp_{};
   std::unordered_set<uint64_t> attrs_;              // nodeids with a stored GETATTR answer
-  std::set<Name> negatives_;                        // names with a stored negative answer
+  std::map<Name, uint64_t> names_;                  // names with a stored answer -> its nodeid (0: absent)
+  std::map<uint64_t, std::set<Name>> pointing_;     // nodeid -> names with a positive answer for it
+  std::unordered_map<uint64_t, uint64_t> taken_;    // nodes with a lookup counter -> lookups taken
+  std::map<Name, bool> xattrs_;                     // stored xattr answers -> a value (not ENODATA)
+  std::atomic<uint64_t> attr_valid_ns_{0};          // validity of the last attributes sent
+  uint64_t tier_lookups_ = 0;
   std::map<Name, uint64_t> index_;                  // names -> the nodeid efused sent for it
   std::unordered_map<uint64_t, uint32_t> writers_;  // nodeid -> opens for writing
   uint64_t stores_skipped_ = 0;

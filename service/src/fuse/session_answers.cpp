@@ -21,6 +21,35 @@ std::span<const char> body_of(const struct iovec* payload, int n) {
   return {static_cast<const char*>(payload[0].iov_base), payload[0].iov_len};
 }
 
+// The attribute validity a reply gave the kernel, for KernelAnswers::attr_validity: the
+// attributes of a GETATTR or SETATTR, or those of an entry (creating operations' replies
+// start with their entry).
+void note_validity(KernelAnswers& a, uint32_t opcode, std::span<const char> body) {
+  switch (static_cast<k::Opcode>(opcode)) {
+    case k::Opcode::Getattr:
+    case k::Opcode::Setattr: {
+      k::fuse_attr_out o;
+      if (body.size() != sizeof o) return;
+      std::memcpy(&o, body.data(), sizeof o);
+      return a.attr_validity(o.attr_valid, o.attr_valid_nsec);
+    }
+    case k::Opcode::Lookup:
+    case k::Opcode::Create:
+    case k::Opcode::Mknod:
+    case k::Opcode::Mkdir:
+    case k::Opcode::Symlink:
+    case k::Opcode::Link: {
+      k::fuse_entry_out e;
+      if (body.size() < sizeof e) return;
+      std::memcpy(&e, body.data(), sizeof e);
+      if (e.nodeid != 0) a.attr_validity(e.attr_valid, e.attr_valid_nsec);
+      return;
+    }
+    default:
+      return;
+  }
+}
+
 uint64_t entry_nodeid(std::span<const char> body) {
   k::fuse_entry_out e;
   if (body.size() < sizeof e) return 0;
@@ -48,9 +77,15 @@ void index_direntplus(KernelAnswers& a, uint64_t dir, std::span<const char> body
 uint64_t Session::answers_begin(uint32_t opcode) {
   KernelAnswers* a = answers_.load(std::memory_order_acquire);
   if (a == nullptr) return 0;
-  if (opcode != static_cast<uint32_t>(k::Opcode::Getattr) &&
-      opcode != static_cast<uint32_t>(k::Opcode::Lookup))
-    return 0;
+  switch (static_cast<k::Opcode>(opcode)) {
+    case k::Opcode::Getattr:
+    case k::Opcode::Lookup:
+    case k::Opcode::Getxattr:
+    case k::Opcode::Listxattr:
+      break;
+    default:
+      return 0;
+  }
   return a->begin();
 }
 
@@ -62,6 +97,7 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
     const uint64_t node = r.hdr.nodeid;
     const bool ok = err == 0;
     const std::span<const char> body = body_of(payload, n);
+    if (ok) note_validity(*a, r.hdr.opcode, body);
     switch (static_cast<k::Opcode>(r.hdr.opcode)) {
       case k::Opcode::Getattr:
         if (ok) a->store_attr(node, body, r.answers_since);
@@ -69,12 +105,24 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
       case k::Opcode::Lookup:
         if (auto name = in.take_name()) a->store_lookup(node, *name, err, body, r.answers_since);
         break;
+      case k::Opcode::Getxattr:
+        if (auto gin = in.take<k::fuse_getxattr_in>()) {
+          if (auto name = in.take_name())
+            a->store_xattr(node, *name, err, gin->size, body, r.answers_since);
+        }
+        break;
+      case k::Opcode::Listxattr:
+        if (auto gin = in.take<k::fuse_getxattr_in>())
+          a->store_xattr(node, {}, err, gin->size, body, r.answers_since);
+        break;
       case k::Opcode::Setattr:
       case k::Opcode::Write:
       case k::Opcode::Fallocate:
+        a->attr_changed(node);
+        break;
       case k::Opcode::Setxattr:
       case k::Opcode::Removexattr:
-        a->attr_changed(node);
+        a->xattrs_changed(node);
         break;
       case k::Opcode::CopyFileRange:
         if (auto cin = in.take<k::fuse_copy_file_range_in>()) a->attr_changed(cin->nodeid_out);

@@ -174,7 +174,9 @@ MountFamilies::MountFamilies()
       kernel_map_entries_(make_family(
           "efuse_kernel_map_entries",
           "Answers efused keeps in the mount's handler maps, by map: getattr (attributes by "
-          "node) and lookup (negative entries by parent and name).",
+          "node), lookup (entries by parent and name, negative and positive), xattr "
+          "(extended attributes and lists by node and name) and entry_lookups (nodes with a "
+          "counter of lookups taken from positive entries).",
           MetricType::Gauge)),
       kernel_map_bytes_(make_family(
           "efuse_kernel_map_bytes",
@@ -190,6 +192,47 @@ MountFamilies::MountFamilies()
           "efuse_kernel_map_drops_total",
           "Handler map entries dropped because something changed (through the mount or "
           "behind efused's back) or the kernel forgot the node.",
+          MetricType::Counter)),
+      kernel_entry_lookups_(make_family(
+          "efuse_kernel_entry_lookups_total",
+          "Lookups the kernel took from the handlers' positive LOOKUP answers, as the module "
+          "reported them, folded into efused's lookup counts before the FORGETs that "
+          "covered them.",
+          MetricType::Counter)),
+      handler_info_(make_family(
+          "efuse_handler_info",
+          "The eBPF handler in place for the opcode on the mount (kernel module tier): its "
+          "kernel program id, program tag, handler ABI version and object path; always 1. "
+          "No series while the opcode has no handler.",
+          MetricType::Gauge)),
+      handler_loaded_(make_family(
+          "efuse_handler_loaded_timestamp_seconds",
+          "Unix time the opcode's handler was put in place (its load or swap).",
+          MetricType::Gauge)),
+      handler_swaps_(make_family(
+          "efuse_handler_swaps_total",
+          "Handlers put in place for the opcode since the mount started (the first load "
+          "counts), from the shipped set, bpf_handlers or SwapHandler.",
+          MetricType::Counter)),
+      handler_swap_failures_(make_family(
+          "efuse_handler_swap_failures_total",
+          "Handler loads or swaps refused for the opcode (file ownership or mode, symlink, "
+          "handler ABI, opcode, verifier, attach); the handler before stayed in place.",
+          MetricType::Counter)),
+      handler_removals_(make_family(
+          "efuse_handler_removals_total",
+          "Handlers removed for the opcode (RemoveHandler, or a reload that dropped it).",
+          MetricType::Counter)),
+      handler_runs_(make_family(
+          "efuse_handler_runs_total",
+          "Runs of the opcode's handler programs, every request of every efuse mount they "
+          "saw (bpf_prog_info run_cnt, summed over the programs that held the slot); counted "
+          "by the kernel only while kernel.bpf_stats_enabled is 1.",
+          MetricType::Counter)),
+      handler_run_seconds_(make_family(
+          "efuse_handler_run_seconds_total",
+          "Time spent in the opcode's handler programs (bpf_prog_info run_time_ns, summed "
+          "over the programs that held the slot); only while kernel.bpf_stats_enabled is 1.",
           MetricType::Counter)) {}
 
 void MountFamilies::add(const MountView& mount) {
@@ -197,7 +240,30 @@ void MountFamilies::add(const MountView& mount) {
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
   if (mount.up) add_backend(mount.name, mount.backend_metrics);
-  if (mount.handlers) add_kernel_tier(mount);
+  if (mount.handlers) {
+    add_kernel_tier(mount);
+    add_handler_table(mount);
+  }
+}
+
+void MountFamilies::add_handler_table(const MountView& mount) {
+  for (const bpf::HandlerView& h : mount.handler_table) {
+    Labels labels = with(mount_label(mount.name), "opcode", fuse::opcode_name(h.opcode));
+    if (h.prog_id != 0) {
+      Labels info = labels;
+      info.push_back({"prog_id", std::to_string(h.prog_id)});
+      info.push_back({"tag", h.tag});
+      info.push_back({"abi", std::to_string(h.abi)});
+      info.push_back({"path", h.path});
+      add_gauge(handler_info_, std::move(info), 1);
+      add_gauge(handler_loaded_, labels, h.loaded_at);
+    }
+    add_counter(handler_swaps_, labels, static_cast<double>(h.swaps));
+    add_counter(handler_swap_failures_, labels, static_cast<double>(h.failed_swaps));
+    add_counter(handler_removals_, labels, static_cast<double>(h.removals));
+    add_counter(handler_runs_, labels, static_cast<double>(h.run_count));
+    add_counter(handler_run_seconds_, std::move(labels), static_cast<double>(h.run_ns) / 1e9);
+  }
 }
 
 void MountFamilies::add_kernel_tier(const MountView& mount) {
@@ -218,14 +284,19 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
     }
   }
   const auto& a = mount.kernel_answers;
-  for (auto [map, entries, size] : {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
-                                    std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes}}) {
+  for (auto [map, entries, size] :
+       {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
+        std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes},
+        std::tuple{"xattr", a.xattr_entries, fuse::kNameEntryBytes},
+        std::tuple{"entry_lookups", a.tier_nodes, fuse::kEntryCounterBytes}}) {
     Labels labels = with(mount_label(mount.name), "map", map);
     add_gauge(kernel_map_entries_, labels, static_cast<double>(entries));
     add_gauge(kernel_map_bytes_, std::move(labels), static_cast<double>(entries * size));
   }
   add_counter(kernel_map_skipped_, mount_label(mount.name), static_cast<double>(a.stores_skipped));
   add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
+  add_counter(kernel_entry_lookups_, mount_label(mount.name),
+              static_cast<double>(a.tier_lookups));
 }
 
 void MountFamilies::add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics) {
@@ -342,7 +413,9 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
-        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_}) {
+        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_,
+        &handler_info_, &handler_loaded_, &handler_swaps_, &handler_swap_failures_,
+        &handler_removals_, &handler_runs_, &handler_run_seconds_}) {
     append_nonempty(out, std::move(*f));
   }
   for (auto& [name, family] : backend_) append_nonempty(out, std::move(family));

@@ -55,6 +55,7 @@ class MountFamilies {
   void add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics);
   void add_kernel(const std::string& mount, const fuse::Negotiated& negotiated);
   void add_kernel_tier(const MountView& mount);
+  void add_handler_table(const MountView& mount);
   void add_workers(const std::string& mount, const std::vector<const fuse::WorkerStats*>& workers,
                    unsigned uring_queues);
 
@@ -86,6 +87,14 @@ class MountFamilies {
   prometheus::MetricFamily kernel_map_bytes_;
   prometheus::MetricFamily kernel_map_skipped_;
   prometheus::MetricFamily kernel_map_drops_;
+  prometheus::MetricFamily kernel_entry_lookups_;
+  prometheus::MetricFamily handler_info_;
+  prometheus::MetricFamily handler_loaded_;
+  prometheus::MetricFamily handler_swaps_;
+  prometheus::MetricFamily handler_swap_failures_;
+  prometheus::MetricFamily handler_removals_;
+  prometheus::MetricFamily handler_runs_;
+  prometheus::MetricFamily handler_run_seconds_;
   IoPathFamilies io_path_;  // efuse_blocking_* (the session's FSYNC offloading)
 };
 

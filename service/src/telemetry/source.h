@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "bpf/handlers.h"
 #include "fs/filesystem.h"
 #include "fuse/kernel_answers.h"
 #include "fuse/session.h"
@@ -44,6 +45,8 @@ struct MountView {
   bool handlers = false;
   std::vector<uint64_t> handler_outcomes;
   fuse::KernelAnswerStats kernel_answers;
+  // The handler of each opcode that had one or a swap attempt (bpf::HandlerSet::list()).
+  std::vector<bpf::HandlerView> handler_table;
 };
 
 struct DaemonView {

@@ -8,7 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <cstddef>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "bpf/handlers.h"
 #include "bpf/layout.h"
@@ -38,6 +40,34 @@ TEST(BpfHandlerLayout, LookupAnswerMapHoldsTheSharedKeyAndAnswer) {
   bpf_object__close(obj);
 }
 
+TEST(BpfHandlerLayout, XattrHandlersShareOneAnswerMapOfTheSharedKeyAndAnswer) {
+  // GETXATTR and LISTXATTR are two objects (one opcode each, so each swaps on its own) that
+  // declare the same map: a mount's objects share it by name (bpf::HandlerSet::swap).
+  for (const char* object : {"/efuse_getxattr.bpf.o", "/efuse_listxattr.bpf.o"}) {
+    const std::string path = std::string(EFUSE_BPF_HANDLER_DIR) + object;
+    bpf_object* obj = bpf_object__open_file(path.c_str(), nullptr);
+    ASSERT_NE(obj, nullptr) << path << ": libbpf error " << errno;
+    const MapLayout maps[] = {{"efuse_xattr_answers", sizeof(efuse_handler_name_key),
+                               sizeof(efuse_handler_entry)}};
+    std::string error;
+    EXPECT_TRUE(check_layout(obj, maps, &error)) << path << ": " << error;
+    bpf_object__close(obj);
+  }
+}
+
+TEST(BpfHandlerLayout, EntryCountersAreNodeidToCount) {
+  bpf_object* obj =
+      bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_entry_counts.bpf.o", nullptr);
+  ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
+  const MapLayout maps[] = {{"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)}};
+  std::string error;
+  EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
+  const bpf_map* m = bpf_object__find_map_by_name(obj, "efuse_entry_lookups");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(bpf_map__max_entries(m), static_cast<__u32>(EFUSE_ENTRY_COUNTERS));
+  bpf_object__close(obj);
+}
+
 TEST(BpfHandlerLayout, OutcomeCountersArePerOpcodeAndStat) {
   bpf_object* obj =
       bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_handler_stats.bpf.o", nullptr);
@@ -53,13 +83,18 @@ TEST(BpfHandlerLayout, OutcomeCountersArePerOpcodeAndStat) {
 
 TEST(BpfHandlerLayout, EveryShippedObjectTakesItsConnection) {
   // efused sets efuse_conn (efuse_handler.bpf.h) before loading each object for a mount.
-  for (const char* name : kHandlerObjects) {
+  std::vector<const char*> objects(std::begin(kCountingObjects), std::end(kCountingObjects));
+  for (const ShippedHandler& h : kShippedHandlers) objects.push_back(h.object);
+  for (const char* name : objects) {
     const std::string path = std::string(EFUSE_BPF_HANDLER_DIR) + "/" + name + ".bpf.o";
     bpf_object* obj = bpf_object__open_file(path.c_str(), nullptr);
     ASSERT_NE(obj, nullptr) << path;
     const btf* b = bpf_object__btf(obj);
     ASSERT_NE(b, nullptr) << path;
     EXPECT_GT(btf__find_by_name_kind(b, "efuse_conn", BTF_KIND_VAR), 0) << path;
+    // ... and efuse_slot (the gate of a hot swap) and the ABI it was built for.
+    EXPECT_GT(btf__find_by_name_kind(b, "efuse_slot", BTF_KIND_VAR), 0) << path;
+    EXPECT_GT(btf__find_by_name_kind(b, "efuse_handler_abi", BTF_KIND_VAR), 0) << path;
     bpf_object__close(obj);
   }
 }
@@ -72,6 +107,7 @@ TEST(BpfHandlerLayout, OffsetsTheModuleReads) {
   EXPECT_EQ(offsetof(efuse_handler_answer, data), 16u);
   EXPECT_EQ(offsetof(efuse_handler_ctx, out), 304u);
   EXPECT_EQ(offsetof(efuse_handler_out, answer), 8u);
+  EXPECT_EQ(offsetof(efuse_handler_out, turn), 4u);  // the handlers' own word (hot swap)
   EXPECT_EQ(offsetof(efuse_handler_in, name), 48u);
   EXPECT_EQ(sizeof(efuse_handler_ctx), 304u + 8u + 16u + EFUSE_HANDLER_DATA_MAX);
 }

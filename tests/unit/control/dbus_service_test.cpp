@@ -136,8 +136,10 @@ int on_properties_changed(sd_bus_message* m, void* userdata, sd_bus_error*) {
   return 0;
 }
 
-// Runs `member(arg)` from a forked child as uid/gid `id`; returns the error name ("" = ok).
-std::string call_as(uid_t id, const std::string& address, const char* member, const char* arg) {
+// Runs `action` on a bus connection of a forked child as uid/gid `id`; returns the error
+// name it returns ("" = ok).
+std::string run_as(uid_t id, const std::string& address,
+                   const std::function<std::string(BusPtr bus)>& action) {
   int fds[2];
   if (::pipe(fds) != 0) return "pipe failed";
   const pid_t pid = ::fork();
@@ -148,7 +150,7 @@ std::string call_as(uid_t id, const std::string& address, const char* member, co
         ::setresuid(id, id, id) == 0) {
       std::string err;
       Result<BusPtr> bus = open_bus(address, &err);
-      result = bus.ok() ? call(bus->get(), member, arg).error : "connect: " + err;
+      result = bus.ok() ? action(std::move(bus).value()) : "connect: " + err;
       if (result.empty()) result = "OK";
     }
     [[maybe_unused]] ssize_t n = ::write(fds[1], result.data(), result.size());
@@ -167,6 +169,10 @@ std::string call_as(uid_t id, const std::string& address, const char* member, co
   ::kill(pid, SIGKILL);  // no-op when it already exited
   ::waitpid(pid, nullptr, 0);
   return out == "OK" ? "" : out;
+}
+
+std::string call_as(uid_t id, const std::string& address, const char* member, const char* arg) {
+  return run_as(id, address, [&](BusPtr bus) { return call(bus.get(), member, arg).error; });
 }
 
 class DbusServiceTest : public ::testing::Test {
@@ -194,7 +200,9 @@ class DbusServiceTest : public ::testing::Test {
 
   void expect_no_mutating_calls() {
     for (const std::string& c : manager_.calls()) {
-      EXPECT_TRUE(c.starts_with("ListMounts") || c.starts_with("GetMount")) << c;
+      EXPECT_TRUE(c.starts_with("ListMounts") || c.starts_with("GetMount") ||
+                  c.starts_with("ListHandlers"))
+          << c;
     }
   }
 
@@ -460,6 +468,91 @@ TEST_F(DbusServiceTest, UnprivilegedUserIsRefusedAndNothingIsHarmed) {
   expect_no_mutating_calls();
   // Root still may.
   EXPECT_EQ(call(client(), "Unmount", "a").error, "");
+}
+
+// Handlers (issue 20): ListHandlers for everyone, SwapHandler and RemoveHandler for root,
+// each Manager errno as a named error with the Manager's text.
+TEST_F(DbusServiceTest, HandlerMethodsCallTheManager) {
+  Client c(connect());
+  CallError error;
+  std::string text;
+  ASSERT_TRUE(c.list_handlers("a", &text, &error)) << error.message;
+  EXPECT_EQ(nlohmann::json::parse(text)[0]["opcode"], "lookup");
+  EXPECT_TRUE(c.swap_handler("a", "lookup", "/h/new.bpf.o", &error)) << error.message;
+  EXPECT_TRUE(c.remove_handler("a", "getattr", &error)) << error.message;
+  EXPECT_EQ(manager_.calls(),
+            (std::vector<std::string>{"ListHandlers a", "SwapHandler a lookup /h/new.bpf.o",
+                                      "RemoveHandler a getattr"}));
+}
+
+TEST_F(DbusServiceTest, HandlerErrnosMapToNamedErrors) {
+  const struct {
+    int err;
+    const char* detail;
+    const char* name;
+  } cases[] = {
+      {ENOENT, "", kErrorNoSuchMount},
+      {ENOTCONN, "", kErrorNotMounted},
+      {EOPNOTSUPP, "mount 'a' is served on the stock tier (the kernel's own FUSE)",
+       kErrorNoHandlers},
+      {ECANCELED, "the kernel refused /h/x.bpf.o (Permission denied); verifier log:\nR0 invalid",
+       kErrorHandlerRefused},
+      {ENODATA, "no handler is loaded for opcode 1", kErrorNoSuchHandler},
+      {EINVAL, "no handler opcode named 'write'", SD_BUS_ERROR_INVALID_ARGS},
+  };
+  for (const auto& tc : cases) {
+    FakeManager::Canned canned;
+    canned.handler_errno = tc.err;
+    canned.detail = tc.detail;
+    manager_.set(canned);
+    Client c(connect());
+    for (int method = 0; method < 3; ++method) {
+      CallError error;
+      std::string text;
+      bool ok = method == 0   ? c.list_handlers("a", &text, &error)
+                : method == 1 ? c.swap_handler("a", "lookup", "/h/x.bpf.o", &error)
+                              : c.remove_handler("a", "lookup", &error);
+      EXPECT_FALSE(ok);
+      EXPECT_EQ(error.name, tc.name) << "errno " << tc.err << " method " << method;
+      if (*tc.detail) {
+        EXPECT_EQ(error.message, tc.detail);
+      }
+    }
+  }
+}
+
+TEST_F(DbusServiceTest, HandlerChangesNeedRootAndReadingDoesNot) {
+  service_->set_privileged_uid_for_testing(::geteuid() + 1);
+  Client c(connect());
+  CallError error;
+  EXPECT_FALSE(c.swap_handler("a", "lookup", "/h/x.bpf.o", &error));
+  EXPECT_EQ(error.kind, CallError::Kind::Denied);
+  EXPECT_NE(error.message.find("only root"), std::string::npos) << error.message;
+  EXPECT_FALSE(c.remove_handler("a", "lookup", &error));
+  EXPECT_EQ(error.kind, CallError::Kind::Denied);
+  std::string text;
+  EXPECT_TRUE(c.list_handlers("a", &text, &error)) << error.message;
+  EXPECT_EQ(manager_.calls(), (std::vector<std::string>{"ListHandlers a"}));
+}
+
+TEST_F(DbusServiceTest, UnprivilegedUserCannotChangeHandlers) {
+  if (::geteuid() != 0) {
+    if (in_ci()) FAIL() << "needs root to run a client as uid 65534 (CI=true)";
+    GTEST_SKIP() << "needs root to run a client as uid 65534";
+  }
+  for (bool swap : {true, false}) {
+    EXPECT_EQ(run_as(kNobody, bus_->address(),
+                     [swap](BusPtr bus) {
+                       Client c(std::move(bus));
+                       CallError e;
+                       bool ok = swap ? c.swap_handler("a", "lookup", "/h/x.bpf.o", &e)
+                                      : c.remove_handler("a", "lookup", &e);
+                       return ok ? std::string() : e.name;
+                     }),
+              SD_BUS_ERROR_ACCESS_DENIED);
+  }
+  EXPECT_EQ(call_as(kNobody, bus_->address(), "ListHandlers", "a"), "");
+  expect_no_mutating_calls();
 }
 
 TEST_F(DbusServiceTest, SecondServiceCannotTakeTheName) {

@@ -30,6 +30,9 @@ class FakeManager : public Manager {
     bool throw_in_list = false;  // list_mounts throws std::runtime_error
     bool bad_alloc_in_list = false;
     int reload_delay_ms = 0;     // reload blocks this long (as a real reload may)
+    int handler_errno = 0;       // ListHandlers, SwapHandler, RemoveHandler
+    nlohmann::json handlers = nlohmann::json::array(
+        {{{"opcode", "lookup"}, {"loaded", true}, {"prog_id", 7}, {"path", "/h/l.bpf.o"}}});
   };
 
   void set(const Canned& canned) {
@@ -101,6 +104,26 @@ class FakeManager : public Manager {
     const int delay = canned().reload_delay_ms;
     if (delay > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay));
     return answer(canned().reload_errno, error);
+  }
+
+  Result<nlohmann::json> list_handlers(const std::string& name,
+                                       std::string* error) const override {
+    record("ListHandlers " + name);
+    if (int err = canned().handler_errno) {
+      *error = canned().detail;
+      return Errno{err};
+    }
+    return canned().handlers;
+  }
+  Status swap_handler(const std::string& name, const std::string& opcode,
+                      const std::string& path, std::string* error) override {
+    record("SwapHandler " + name + " " + opcode + " " + path);
+    return answer(canned().handler_errno, error);
+  }
+  Status remove_handler(const std::string& name, const std::string& opcode,
+                        std::string* error) override {
+    record("RemoveHandler " + name + " " + opcode);
+    return answer(canned().handler_errno, error);
   }
 
   void set_state_listener(StateListener listener) override {

@@ -18,6 +18,7 @@
 
 #include "daemon/config_checks.h"
 #include "daemon/config_schema.h"
+#include "efuse_handler.h"
 #include "fuse/kernel.h"
 #include "fuse/opcodes.h"
 
@@ -383,16 +384,26 @@ TEST(ConfigLoad, ScalarsFollowYaml12CoreSchema) {
       "1");
 }
 
-TEST(ConfigLoad, BpfHandlerWithExistingObject) {
+// A copy of a built handler object in `dir`, mode 0644 (bpf_handlers refuses group- or
+// other-writable files).
+std::string handler_copy(const ScratchDir& dir, const std::string& from, const std::string& name) {
+  std::ifstream in(from, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  std::string path = dir.file(name, bytes.str());
+  ::chmod(path.c_str(), 0644);
+  return path;
+}
+
+TEST(ConfigLoad, BpfHandlerWithShippedObjects) {
   ScratchDir dir;
-  std::string object = dir.file("lookup.bpf.o",
-                                "\x7f"
-                                "ELF");
-  Config c = parse_config(with_mount_keys("    bpf_handlers:\n      lookup: " + object +
-                                          "\n      statfs: " + object + "\n"),
+  std::string lookup = handler_copy(dir, EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", "l.bpf.o");
+  std::string getattr = handler_copy(dir, EFUSE_BPF_HANDLER_DIR "/efuse_getattr.bpf.o", "g.bpf.o");
+  Config c = parse_config(with_mount_keys("    bpf_handlers:\n      lookup: " + lookup +
+                                          "\n      getattr: " + getattr + "\n"),
                           "t.yaml");
   EXPECT_EQ(c.mounts[0].bpf_handlers,
-            (std::map<std::string, std::string>{{"lookup", object}, {"statfs", object}}));
+            (std::map<std::string, std::string>{{"lookup", lookup}, {"getattr", getattr}}));
 }
 
 TEST(ConfigLoad, EnumNames) {
@@ -829,9 +840,8 @@ TEST(ConfigError, InvalidIpv6Address) {
 TEST(ConfigError, MissingBpfObject) {
   EXPECT_EQ(
       error_of(with_mount_keys("    bpf_handlers:\n      lookup: /nonexistent/lookup.bpf.o\n")),
-      "t.yaml:7:15: mounts[0].bpf_handlers.lookup: cannot use '/nonexistent/lookup.bpf.o': No such "
-      "file or "
-      "directory");
+      "t.yaml:7:15: mounts[0].bpf_handlers.lookup: cannot use '/nonexistent/lookup.bpf.o': "
+      "/nonexistent: No such file or directory");
 }
 
 TEST(ConfigError, BpfObjectNotARegularFile) {
@@ -839,8 +849,59 @@ TEST(ConfigError, BpfObjectNotARegularFile) {
   std::string object = dir.path() + "/x.bpf.o";
   ASSERT_EQ(::mkdir(object.c_str(), 0700), 0);
   EXPECT_EQ(
-      error_of(with_mount_keys("    bpf_handlers: {read: " + object + "}\n")),
-      "t.yaml:6:26: mounts[0].bpf_handlers.read: cannot use '" + object + "': not a regular file");
+      error_of(with_mount_keys("    bpf_handlers: {lookup: " + object + "}\n")),
+      "t.yaml:6:28: mounts[0].bpf_handlers.lookup: cannot use '" + object + "': not a regular file");
+}
+
+// bpf_handlers names objects efused would load (issue 20): each refusal with the reason,
+// at the object's line and column, the same checks as at mount time and on a swap.
+TEST(ConfigError, BpfObjectWritableByOthersIsRefused) {
+  ScratchDir dir;
+  std::string object = handler_copy(dir, EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", "l.bpf.o");
+  ::chmod(object.c_str(), 0664);
+  EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {lookup: " + object + "}\n")),
+            "t.yaml:6:28: mounts[0].bpf_handlers.lookup: cannot use '" + object +
+                "': writable by group or other (mode 0664)");
+}
+
+TEST(ConfigError, BpfObjectBehindASymlinkIsRefused) {
+  ScratchDir dir;
+  std::string object = handler_copy(dir, EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", "l.bpf.o");
+  std::string link = dir.path() + "/link.bpf.o";
+  ASSERT_EQ(::symlink(object.c_str(), link.c_str()), 0);
+  EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {lookup: " + link + "}\n")),
+            "t.yaml:6:28: mounts[0].bpf_handlers.lookup: cannot use '" + link + "': " + link +
+                " is a symlink (handler objects are opened without following symlinks)");
+}
+
+TEST(ConfigError, BpfObjectOfAnotherOwnerIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to give a file to uid 65534";
+  ScratchDir dir;
+  std::string object = handler_copy(dir, EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", "l.bpf.o");
+  ASSERT_EQ(::chown(object.c_str(), 65534, 65534), 0);
+  EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {lookup: " + object + "}\n")),
+            "t.yaml:6:28: mounts[0].bpf_handlers.lookup: cannot use '" + object +
+                "': owned by uid 65534, not root");
+}
+
+TEST(ConfigError, BpfObjectOfAnotherAbiOrOpcodeIsRefused) {
+  ScratchDir dir;
+  std::string old = handler_copy(dir, EFUSE_VM_FIXTURE_DIR "/swap_lookup_abi1.bpf.o", "o.bpf.o");
+  EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {lookup: " + old + "}\n")),
+            "t.yaml:6:28: mounts[0].bpf_handlers.lookup: cannot use '" + old +
+                "': built for handler ABI 1, efused speaks ABI " +
+                std::to_string(EFUSE_HANDLER_ABI_VERSION));
+  std::string getattr = handler_copy(dir, EFUSE_BPF_HANDLER_DIR "/efuse_getattr.bpf.o", "g.bpf.o");
+  EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {lookup: " + getattr + "}\n")),
+            "t.yaml:6:28: mounts[0].bpf_handlers.lookup: cannot use '" + getattr +
+                "': answers opcode 3, not opcode 1");
+  std::string junk = dir.file("j.bpf.o", "\x7f" "ELF");
+  ::chmod(junk.c_str(), 0644);
+  EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {read: " + junk + "}\n"))
+                .rfind("t.yaml:6:26: mounts[0].bpf_handlers.read: cannot use '" + junk +
+                           "': not a BPF object libbpf can open",
+                       0),
+            0u);
 }
 
 TEST(ConfigError, BpfObjectPathMustBeAbsoluteBpfO) {

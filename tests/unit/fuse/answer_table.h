@@ -32,6 +32,20 @@ class AnswerTable final : public AnswerStore {
     names.erase({key.parent, key.name});
   }
 
+  uint64_t entry_lookups(uint64_t nodeid) override {
+    auto it = counts.find(nodeid);
+    return it == counts.end() ? 0 : it->second;
+  }
+  void drop_entry_lookups(uint64_t nodeid) override { counts.erase(nodeid); }
+  bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& e) override {
+    xattrs[{key.parent, key.name}] = e;
+    return true;
+  }
+  void drop_xattr(const efuse_handler_name_key& key) override {
+    if (on_drop) on_drop();
+    xattrs.erase({key.parent, key.name});
+  }
+
   bool has_name(uint64_t parent, const std::string& name) const {
     return names.contains({parent, name});
   }
@@ -40,6 +54,8 @@ class AnswerTable final : public AnswerStore {
   std::function<void()> on_drop;  // runs before every drop that reaches the table
   std::map<uint64_t, efuse_handler_entry> attrs;
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;
+  std::map<uint64_t, uint64_t> counts;
+  std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> xattrs;  // efuse_entry_lookups, as the counting program keeps it
 };
 
 }  // namespace fuse

@@ -42,6 +42,18 @@ k::fuse_entry_out entry_out(uint64_t nodeid) {
   return e;
 }
 
+// A positive entry as efused sends it: valid for a minute, with the node's attributes.
+k::fuse_entry_out positive(uint64_t nodeid) {
+  k::fuse_entry_out e{};
+  e.nodeid = nodeid;
+  e.entry_valid = 60;
+  e.attr_valid = 60;
+  e.attr.ino = nodeid;
+  e.attr.mode = 0100644;
+  e.attr.nlink = 1;
+  return e;
+}
+
 class KernelAnswersTest : public ::testing::Test {
  protected:
   void absent(uint64_t parent, const std::string& n, uint64_t since) {
@@ -86,21 +98,138 @@ TEST_F(KernelAnswersTest, RepliesValidForNoTimeAreNotStored) {
   EXPECT_TRUE(store.names.empty());
 }
 
-TEST_F(KernelAnswersTest, NegativeLookupsStoredPositiveOnesIndexed) {
+TEST_F(KernelAnswersTest, NegativeAndPositiveLookupsStored) {
   uint64_t since = answers.begin();
   answers.store_lookup(1, "neg", 0, bytes(entry_out(0)), since);
-  answers.store_lookup(1, "there", 0, bytes(entry_out(9)), since);
+  answers.store_lookup(1, "there", 0, bytes(positive(9)), since);
   answers.store_lookup(1, "eio", EIO, {}, since);
   EXPECT_TRUE(store.has_name(1, "neg"));
   EXPECT_EQ(store.names[name(1, "neg")].answer.error, 0);
   EXPECT_EQ(store.names[name(1, "neg")].answer.nodeid, 1u) << "answers for the parent";
   EXPECT_EQ(store.names[name(1, "neg")].answer.size, sizeof(k::fuse_entry_out));
-  EXPECT_FALSE(store.has_name(1, "there"));
+  ASSERT_TRUE(store.has_name(1, "there"));
+  k::fuse_entry_out want = positive(9);
+  EXPECT_EQ(std::memcmp(store.names[name(1, "there")].answer.data, &want, sizeof want), 0);
   EXPECT_FALSE(store.has_name(1, "eio"));
-  // The index: removing "there" drops the attributes of node 9.
+  EXPECT_EQ(answers.stats().name_entries, 2u);
+  EXPECT_EQ(answers.stats().positive_entries, 1u);
+  // The index: removing "there" drops the attributes of node 9, and the name's entry.
   stat_reply(9);
   answers.name_removed(1, "there", true);
   EXPECT_FALSE(store.attrs.contains(9));
+  EXPECT_FALSE(store.has_name(1, "there"));
+}
+
+TEST_F(KernelAnswersTest, PositiveEntriesGoWithTheNodesAttributes) {
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "a", 0, bytes(positive(9)), since);
+  answers.store_lookup(2, "b", 0, bytes(positive(9)), since);  // a hard link
+  answers.store_lookup(1, "c", 0, bytes(positive(10)), since);
+  answers.attr_changed(9);  // chmod, write, an outside change...
+  EXPECT_FALSE(store.has_name(1, "a"));
+  EXPECT_FALSE(store.has_name(2, "b"));
+  EXPECT_TRUE(store.has_name(1, "c"));
+  answers.write_opened(10);
+  EXPECT_FALSE(store.has_name(1, "c"));
+  since = answers.begin();
+  answers.store_lookup(1, "c", 0, bytes(positive(10)), since);
+  EXPECT_FALSE(store.has_name(1, "c")) << "open for writing";
+  answers.write_released(10);
+  // Read before a change of the node's attributes: not stored.
+  since = answers.begin();
+  answers.attr_changed(10);
+  answers.store_lookup(1, "c", 0, bytes(positive(10)), since);
+  EXPECT_FALSE(store.has_name(1, "c"));
+  EXPECT_EQ(answers.stats().positive_entries, 0u);
+}
+
+TEST_F(KernelAnswersTest, PositiveEntriesOnlyWhenTheyAreValidAndAskable) {
+  uint64_t since = answers.begin();
+  k::fuse_entry_out no_attr_time = positive(9);
+  no_attr_time.attr_valid = 0;
+  answers.store_lookup(1, "a", 0, bytes(no_attr_time), since);
+  answers.store_lookup(1, "root", 0, bytes(positive(1)), since);
+  answers.store_lookup(1, "..", 0, bytes(positive(5)), since);
+  EXPECT_TRUE(store.names.empty());
+  // Valid for the shorter of entry_valid and attr_valid.
+  k::fuse_entry_out e = positive(9);
+  e.entry_valid = 3600;
+  e.attr_valid = 2;
+  answers.store_lookup(1, "a", 0, bytes(e), since);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + now.tv_nsec;
+  ASSERT_TRUE(store.has_name(1, "a"));
+  EXPECT_LE(store.names[name(1, "a")].expires, now_ns + 2ULL * 1000000000ULL);
+}
+
+TEST_F(KernelAnswersTest, ANameThatNowLeadsElsewhereUnlinksTheOldNode) {
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "a", 0, bytes(positive(9)), since);
+  answers.store_lookup(1, "a", 0, bytes(positive(10)), since);
+  answers.attr_changed(9);  // no longer named by 1/a: the entry stays
+  EXPECT_TRUE(store.has_name(1, "a"));
+  answers.attr_changed(10);
+  EXPECT_FALSE(store.has_name(1, "a"));
+}
+
+TEST_F(KernelAnswersTest, LookupsTakenFromAnswersAreHandedToTheNodeTableOnce) {
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "a", 0, bytes(positive(9)), since);
+  EXPECT_EQ(answers.take(9), 0u);
+  EXPECT_EQ(answers.take(5), 0u) << "never answered for";
+  store.counts[9] = 3;  // the module took three entries for node 9
+  store.counts[5] = 7;  // no positive answer was stored for 5: not read
+  EXPECT_EQ(answers.take(9), 3u);
+  EXPECT_EQ(answers.take(9), 0u);
+  EXPECT_EQ(answers.take(5), 0u);
+  store.counts[9] = 4;
+  EXPECT_EQ(answers.take(9), 1u);
+  EXPECT_EQ(answers.stats().tier_lookups, 4u);
+  EXPECT_EQ(answers.stats().tier_nodes, 1u);
+  // Dropped from the node table: answers and counter go.
+  answers.withdraw(9);
+  EXPECT_FALSE(store.has_name(1, "a"));
+  EXPECT_FALSE(store.counts.contains(9));
+  EXPECT_EQ(answers.take(9), 0u);
+  EXPECT_EQ(answers.stats().tier_nodes, 0u);
+}
+
+TEST_F(KernelAnswersTest, ANodeTableFoldsTheLookupsSoForgetsMatchTheKernel) {
+  // The whole contract of fs/node_table.h with this tier: the kernel holds node 9 with one
+  // lookup efused sent and two the module took from a stored answer; its FORGET of 3
+  // drops the node exactly, with no excess, and the tier forgets it.
+  efuse::fs::NodeTable<int> table;
+  table.set_tier(&answers);
+  table.insert(9, std::make_shared<int>(0), 1);
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "a", 0, bytes(positive(9)), since);
+  store.counts[9] = 2;
+  EXPECT_NE(table.forget(9, 3), nullptr);
+  EXPECT_EQ(table.excess_forgets(), 0u);
+  EXPECT_FALSE(store.has_name(1, "a"));
+  EXPECT_FALSE(store.counts.contains(9));
+  // Without the tier the same FORGET would have been an excess.
+  efuse::fs::NodeTable<int> blind;
+  blind.insert(9, std::make_shared<int>(0), 1);
+  blind.forget(9, 3);
+  EXPECT_EQ(blind.excess_forgets(), 1u);
+  table.set_tier(nullptr);
+}
+
+TEST_F(KernelAnswersTest, TierNodesAreBounded) {
+  static_assert(KernelAnswers::kMaxTierNodes < EFUSE_ENTRY_COUNTERS, "room for key 0");
+  KernelAnswers small{store, 3};
+  uint64_t since = small.begin();
+  for (uint64_t n = 2; n < 5; ++n)
+    small.store_lookup(1, "n" + std::to_string(n), 0, bytes(positive(n)), since);
+  EXPECT_EQ(small.stats().tier_nodes, 3u);
+  const uint64_t skipped = small.stats().stores_skipped;
+  small.store_lookup(1, "more", 0, bytes(positive(1000000)), since);
+  EXPECT_FALSE(store.has_name(1, "more"));
+  EXPECT_EQ(small.stats().stores_skipped, skipped + 1);
+  small.store_lookup(1, "again", 0, bytes(positive(2)), since);  // a node it has
+  EXPECT_TRUE(store.has_name(1, "again"));
 }
 
 TEST_F(KernelAnswersTest, AChangeDuringTheAnswerKeepsItOut) {
@@ -222,6 +351,72 @@ TEST_F(KernelAnswersTest, NamesTheModuleCannotAskAboutAreNotStored) {
   uint64_t since = answers.begin();
   absent(1, std::string(EFUSE_HANDLER_NAME_MAX, 'n'), since);
   EXPECT_TRUE(store.names.empty());
+}
+
+std::span<const char> text(const char* t) { return {t, std::strlen(t)}; }
+
+TEST_F(KernelAnswersTest, XattrAnswersLiveForTheAttributeValidity) {
+  uint64_t since = answers.begin();
+  answers.store_xattr(7, "security.capability", ENODATA, 0, {}, since);
+  EXPECT_TRUE(store.xattrs.empty()) << "no attributes sent yet: no validity known";
+  answers.attr_validity(2, 0);
+  answers.store_xattr(7, "security.capability", ENODATA, 0, {}, since);
+  answers.store_xattr(7, "user.a", 0, 64, text("value"), since);
+  answers.store_xattr(7, "", 0, 64, text("user.a"), since);  // the list
+  ASSERT_EQ(store.xattrs.size(), 3u);
+  const efuse_handler_entry& neg = store.xattrs[name(7, "security.capability")];
+  EXPECT_EQ(neg.answer.error, -ENODATA);
+  EXPECT_EQ(neg.answer.nodeid, 7u);
+  EXPECT_EQ(neg.answer.size, 0u);
+  const efuse_handler_entry& val = store.xattrs[name(7, "user.a")];
+  ASSERT_EQ(val.answer.size, 5u);
+  EXPECT_EQ(std::memcmp(val.answer.data, "value", 5), 0);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + now.tv_nsec;
+  EXPECT_LE(neg.expires, now_ns + 2ULL * 1000000000ULL);
+  EXPECT_EQ(answers.stats().xattr_entries, 3u);
+}
+
+TEST_F(KernelAnswersTest, XattrAnswersThatCannotBeStored) {
+  answers.attr_validity(60, 0);
+  uint64_t since = answers.begin();
+  answers.store_xattr(7, "user.a", 0, 0, text("\x05\0\0\0\0\0\0\0"), since);  // a size query
+  answers.store_xattr(7, "user.b", ERANGE, 4, {}, since);
+  answers.store_xattr(7, "user.c", EACCES, 4, {}, since);
+  answers.store_xattr(7, "", ENODATA, 4, {}, since);  // not an answer a list can have
+  answers.store_xattr(7, "trusted.x", ENODATA, 0, {}, since);  // depends on the caller
+  const std::string big(EFUSE_HANDLER_DATA_MAX + 1, 'v');
+  answers.store_xattr(7, "user.big", 0, 4096, {big.data(), big.size()}, since);
+  EXPECT_TRUE(store.xattrs.empty());
+  answers.attr_changed(7);  // a change while a GETXATTR was being answered
+  answers.store_xattr(7, "user.d", ENODATA, 0, {}, since);
+  EXPECT_TRUE(store.xattrs.empty());
+}
+
+TEST_F(KernelAnswersTest, AbsencesSurviveWritesAndChownsValuesDoNot) {
+  answers.attr_validity(60, 0);
+  uint64_t since = answers.begin();
+  answers.store_xattr(7, "security.capability", ENODATA, 0, {}, since);
+  answers.store_xattr(7, "user.a", 0, 64, text("v"), since);
+  answers.write_opened(7);
+  answers.attr_changed(7);  // a WRITE, a chown: may remove an attribute, never add one
+  EXPECT_TRUE(store.xattrs.contains(name(7, "security.capability")));
+  EXPECT_FALSE(store.xattrs.contains(name(7, "user.a")));
+  since = answers.begin();
+  answers.store_xattr(7, "user.a", 0, 64, text("v"), since);
+  EXPECT_FALSE(store.xattrs.contains(name(7, "user.a"))) << "open for writing";
+  answers.store_xattr(7, "user.none", ENODATA, 0, {}, since);
+  EXPECT_TRUE(store.xattrs.contains(name(7, "user.none"))) << "absences may be stored";
+  // SETXATTR, REMOVEXATTR, an outside change: everything of the node goes.
+  answers.xattrs_changed(7);
+  EXPECT_TRUE(store.xattrs.empty());
+  answers.store_xattr(8, "security.capability", ENODATA, 0, {}, answers.begin());
+  answers.forgotten(8);
+  EXPECT_TRUE(store.xattrs.empty());
+  answers.store_xattr(9, "security.capability", ENODATA, 0, {}, answers.begin());
+  answers.drop_all();
+  EXPECT_TRUE(store.xattrs.empty());
 }
 
 }  // namespace

@@ -80,6 +80,50 @@ TEST_F(SessionAnswers, GetattrStoredAndEveryAttributeChangeDropsIt) {
   EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
 }
 
+TEST_F(SessionAnswers, PositiveLookupsStoredAndDroppedWithTheNodesAttributes) {
+  const uint64_t f = make_file("f");  // a LOOKUP: its entry is stored for the name
+  ASSERT_TRUE(table_.has_name(kRootId, "f"));
+  k::fuse_entry_out stored;
+  const std::pair<uint64_t, std::string> fname{kRootId, "f"};
+  std::memcpy(&stored, table_.names[fname].answer.data, sizeof stored);
+  EXPECT_EQ(stored.nodeid, f);
+  EXPECT_EQ(answers_.stats().positive_entries, 1u);
+  k::fuse_setattr_in sa{};
+  sa.valid = k::kFattrMode;
+  sa.mode = S_IFREG | 0600;
+  ASSERT_EQ(h_.call(Op::Setattr, f, pod(sa)).error(), 0);
+  EXPECT_FALSE(table_.has_name(kRootId, "f")) << "the entry carries the old mode";
+  EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
+  // Looked up again: stored again; the kernel forgets the node: gone.
+  h_.lookup(kRootId, "f");
+  ASSERT_TRUE(table_.has_name(kRootId, "f"));
+  k::fuse_forget_in fo{};
+  fo.nlookup = 2;
+  h_.call_no_reply(Op::Forget, f, pod(fo));
+  EXPECT_FALSE(table_.has_name(kRootId, "f"));
+}
+
+TEST_F(SessionAnswers, XattrRepliesStoredAndDroppedBeforeTheChangesReply) {
+  const uint64_t f = make_file("f");  // its entry gives the attribute validity
+  Reply none = h_.call(Op::Getxattr, f, getxattr_body("security.capability", 0));
+  ASSERT_EQ(none.error(), ENODATA);
+  const std::pair<uint64_t, std::string> caps{f, "security.capability"};
+  ASSERT_TRUE(table_.xattrs.contains(caps));
+  EXPECT_EQ(table_.xattrs[caps].answer.error, -ENODATA);
+  ASSERT_EQ(h_.call(Op::Setxattr, f, setxattr_body("user.k", "v")).error(), 0);
+  EXPECT_TRUE(table_.xattrs.empty()) << "SETXATTR drops every stored answer of the node";
+  Reply v = h_.call(Op::Getxattr, f, getxattr_body("user.k", 64));
+  ASSERT_EQ(v.error(), 0);
+  const std::pair<uint64_t, std::string> key{f, "user.k"};
+  ASSERT_TRUE(table_.xattrs.contains(key));
+  const efuse_handler_answer& a = table_.xattrs[key].answer;
+  ASSERT_EQ(a.size, v.payload.size());
+  EXPECT_EQ(std::memcmp(a.data, v.payload.data(), a.size), 0) << "the exact reply";
+  ASSERT_EQ(h_.call(Op::Removexattr, f, cstr("user.k")).error(), 0);
+  EXPECT_TRUE(table_.xattrs.empty());
+  EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
+}
+
 TEST_F(SessionAnswers, NothingStoredWhileOpenForWriting) {
   const uint64_t f = make_file("f");
   stat_stored(f);

@@ -72,6 +72,24 @@ class MetricsCollector : public ::testing::Test {
     outcome(k::Opcode::Read, EFUSE_HANDLER_STAT_DECLINED) = 9;
     data.kernel_answers = {.attr_entries = 3, .name_entries = 2, .stores_skipped = 5,
                            .drops = 6};
+    // The handler table (issue 20): LOOKUP in place after 3 swaps and a refused one; GETATTR
+    // removed (counters stay, no info series).
+    bpf::HandlerView lookup;
+    lookup.opcode = code(k::Opcode::Lookup);
+    lookup.path = "/usr/lib/efuse/handlers/efuse_lookup.bpf.o";
+    lookup.prog_id = 42;
+    lookup.tag = "0123456789abcdef";
+    lookup.abi = 2;
+    lookup.loaded_at = 1700000000.5;
+    lookup.swaps = 3;
+    lookup.failed_swaps = 1;
+    lookup.run_ns = 2'500'000'000;
+    lookup.run_count = 1000;
+    bpf::HandlerView getattr;
+    getattr.opcode = code(k::Opcode::Getattr);
+    getattr.swaps = 1;
+    getattr.removals = 1;
+    data.handler_table = {getattr, lookup};
     data.up = true;
     data.session = &session_.session();
     data.workers = {&workers_[0], &workers_[1]};
@@ -313,6 +331,29 @@ TEST_F(MetricsCollector, KernelModuleTierSeries) {
   EXPECT_EQ(e.type["efuse_kernel_map_entries"], "gauge");
   EXPECT_TRUE(e.find("efuse_kernel_answered_total", {{"mount", "broken"}}).empty());
   EXPECT_TRUE(e.find("efuse_kernel_map_entries", {{"mount", "broken"}}).empty());
+}
+
+TEST_F(MetricsCollector, HandlerSeries) {
+  Exposition e = scrape();
+  Labels lookup = {{"mount", "data"}, {"opcode", "lookup"}};
+  Labels getattr = {{"mount", "data"}, {"opcode", "getattr"}};
+  EXPECT_EQ(e.value("efuse_handler_info",
+                    {{"mount", "data"}, {"opcode", "lookup"}, {"prog_id", "42"},
+                     {"tag", "0123456789abcdef"}, {"abi", "2"},
+                     {"path", "/usr/lib/efuse/handlers/efuse_lookup.bpf.o"}}), 1);
+  EXPECT_EQ(e.find("efuse_handler_info").size(), 1u) << "a removed handler has no info series";
+  EXPECT_DOUBLE_EQ(*e.value("efuse_handler_loaded_timestamp_seconds", lookup), 1700000000.5);
+  EXPECT_TRUE(e.find("efuse_handler_loaded_timestamp_seconds", getattr).empty());
+  EXPECT_EQ(e.value("efuse_handler_swaps_total", lookup), 3);
+  EXPECT_EQ(e.value("efuse_handler_swap_failures_total", lookup), 1);
+  EXPECT_EQ(e.value("efuse_handler_swaps_total", getattr), 1);
+  EXPECT_EQ(e.value("efuse_handler_removals_total", getattr), 1);
+  EXPECT_EQ(e.value("efuse_handler_runs_total", lookup), 1000);
+  EXPECT_DOUBLE_EQ(*e.value("efuse_handler_run_seconds_total", lookup), 2.5);
+  EXPECT_EQ(e.type["efuse_handler_info"], "gauge");
+  EXPECT_EQ(e.type["efuse_handler_swaps_total"], "counter");
+  EXPECT_EQ(e.type["efuse_handler_run_seconds_total"], "counter");
+  EXPECT_TRUE(e.find("efuse_handler_swaps_total", {{"mount", "broken"}}).empty());
 }
 
 TEST_F(MetricsCollector, MountStateForLiveAndFailedMounts) {

@@ -228,6 +228,8 @@ class InodeTable {
   std::shared_ptr<Inode> forget(uint64_t nodeid, uint64_t n);
   // FORGETs for more than the kernel was given (NodeTable::excess_forgets).
   uint64_t excess_forgets() const { return nodes_.excess_forgets(); }
+  // The kernel tier's lookup counts (NodeTable::set_tier).
+  void set_tier(TierLookups* tier) { nodes_.set_tier(tier); }
   // Every inode the kernel knows (for resynchronising after lost change events).
   std::vector<std::shared_ptr<Inode>> all() const;
   // Records the attributes efused replied with for `inode` (Inode::kernel_attrs, linked).

@@ -70,6 +70,7 @@ class PassthroughFs final : public Filesystem {
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
+  void set_tier(TierLookups* tier) override { inodes_.set_tier(tier); }
   void passthrough_refused(uint64_t ino) override;
   void passthrough_registered(uint64_t ino, uint64_t ns) override;
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
