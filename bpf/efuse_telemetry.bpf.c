@@ -19,14 +19,21 @@
  *
  * Maps and their layouts: efuse_telemetry.h (shared with efused's loader).
  *
- *   send: remember the request (its struct fuse_req address) -> start time, opcode,
- *         connection; at level "full" also the waiting client and its switch counters.
- *   end:  one per-CPU statistics entry per (conn, opcode, queue): count, errors, log2
- *         latency histogram; at level "full" the client's switches while it waited and the
- *         replying server thread's switches since its previous reply.
+ * Every request is counted exactly; 1 in sample_every is timed (docs/bpf.md, "Sampling"):
  *
- * In-flight requests are the inflight_slots / inflight entries, counted by user space at
- * scrape time.
+ *   send: count it in its connection's per-CPU array entry for its opcode; if it is the
+ *         one of its CPU's block of sample_every sends that is timed, remember it (its
+ *         struct fuse_req address) -> start time, opcode, connection, and at level "full"
+ *         the waiting client and its switch counters.
+ *   end:  count it (ended, error) per opcode and per queue; if it was remembered, add its
+ *         latency to the log2 histogram of its (conn, opcode, queue) in the per-CPU stats
+ *         hash, and at level "full" the client's switches while it waited and the replying
+ *         server thread's switches since its previous sampled reply.
+ *
+ * A request not sampled costs no clock read, no hash map operation and no task storage:
+ * array lookups (inlined by the verifier) and adds.
+ *
+ * In-flight requests are sent minus ended, computed by user space at scrape time.
  */
 #include "vmlinux.h"
 
@@ -104,6 +111,46 @@ struct {
 	__type(value, struct efuse_req_start);
 } inflight SEC(".maps");
 
+/* Connection slots: conn_slots[i] is the connection whose exact counters are at index
+ * i * EFUSE_BPF_OPCODE_SLOTS + opcode of counts and i * EFUSE_BPF_QUEUE_SLOTS + queue slot
+ * of queue_counts (efuse_telemetry.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EFUSE_BPF_CONN_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} conn_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EFUSE_BPF_CONN_SLOTS * EFUSE_BPF_OPCODE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct efuse_counts);
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EFUSE_BPF_CONN_SLOTS * EFUSE_BPF_QUEUE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct efuse_counts);
+} queue_counts SEC(".maps");
+
+/* Counters of connections without a slot, and of io_uring queues beyond the array's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EFUSE_BPF_MAX_STATS_KEYS);
+	__type(key, struct efuse_stats_key);
+	__type(value, struct efuse_counts);
+} spill SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct efuse_sampler);
+} sampler SEC(".maps");
+
 /* The per-CPU statistics map allocates on first use (a few dozen keys in practice):
  * preallocating max_entries x possible CPUs x ~350 bytes would cost megabytes per CPU. */
 struct {
@@ -130,8 +177,9 @@ struct {
 	__type(value, struct efuse_health);
 } health SEC(".maps");
 
-/* Zero value to insert (read-only data; the kernel copies it). */
+/* Zero values to insert (read-only data; the kernel copies them). */
 static const struct efuse_stats zero_stats;
+static const struct efuse_counts zero_counts;
 
 /* The telemetry level efused asked for (EFUSE_BPF_LEVEL_*), written by efused through the
  * mapped .bss at any time: a reload changes it without reloading the programs. */
@@ -139,6 +187,12 @@ __u32 level = EFUSE_BPF_LEVEL_FULL;
 /* Bumped by efused at every level change: a server thread's counters taken before it are
  * a baseline only (at level "requests" they were not kept up to date). */
 __u32 level_gen = 0;
+/* 1 in sample_every requests is timed (efuse_telemetry.h); written by efused at any time. */
+__u32 sample_every = 1;
+/* Entries in the inflight hash. The end of a request that was not sampled looks there only
+ * while it is not 0; whoever deletes an entry (the request's end, or efused dropping stale
+ * entries) decrements it. */
+__u64 inflight_hashed = 0;
 
 #define HEALTH_INC(field)                                              \
 	do {                                                           \
@@ -213,20 +267,115 @@ static __always_inline __u32 req_queue(const struct fuse_req___efuse *req)
 	return q->qid;
 }
 
-/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program files every request
- * under its address plus this, so no end finds its send, as on a kernel whose tracepoints
- * do not agree on the key. Lets the tests trigger efused's self-check for real. */
+/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program neither counts a
+ * request nor files a sampled one where its end looks (its address plus this), as on a
+ * kernel whose tracepoints do not agree. Lets the tests trigger efused's self-check for real. */
 const volatile __u64 test_send_key_skew = 0;
 
-/* Remembers a request's start: in its slot when that is free (a compare-and-swap claims it,
- * an exchange publishes it), else in the inflight hash, whose bucket locks cost more. An
- * entry with the same address is a request freed without reaching fuse_request_end: the
- * new one replaces it. */
-static __always_inline bool track_start(__u64 req, const struct efuse_req_start *start)
+/* The slot of the connection's exact counters, claimed at its first request; -1 when all
+ * of its EFUSE_BPF_CONN_PROBES places belong to other connections (then: the spill hash). */
+static __always_inline int conn_slot(__u32 conn)
+{
+	__u32 h = efuse_conn_hash(conn);
+
+	for (__u32 i = 0; i < EFUSE_BPF_CONN_PROBES; i++) {
+		__u32 idx = (h + i) & (EFUSE_BPF_CONN_SLOTS - 1);
+		__u32 *owner = bpf_map_lookup_elem(&conn_slots, &idx);
+		if (!owner)
+			return -1;
+		__u32 cur = *(volatile __u32 *)owner;
+		if (cur == conn)
+			return idx;
+		if (cur == EFUSE_BPF_CONN_FREE) {
+			cur = __sync_val_compare_and_swap(owner, EFUSE_BPF_CONN_FREE, conn);
+			if (cur == EFUSE_BPF_CONN_FREE || cur == conn)
+				return idx;
+		}
+	}
+	return -1;
+}
+
+/* The exact counters of (connection, opcode): an array entry, or the spill hash's. */
+static __always_inline struct efuse_counts *op_counts(int slot, __u32 conn, __u32 opcode)
+{
+	if (slot >= 0) {
+		__u32 idx = (__u32)slot * EFUSE_BPF_OPCODE_SLOTS + opcode;
+		return bpf_map_lookup_elem(&counts, &idx);
+	}
+	struct efuse_stats_key key = { .conn = conn, .opcode = opcode, .qid = EFUSE_BPF_QUEUE_ANY };
+	return lookup_or_init(&spill, &key, &zero_counts);
+}
+
+/* The exact counters of (connection, queue). */
+static __always_inline struct efuse_counts *queue_counts_of(int slot, __u32 conn, __u32 qid)
+{
+	__u32 qslot = qid == EFUSE_BPF_QUEUE_CLASSIC ? 0 : qid + 1;
+
+	if (slot >= 0 && qslot < EFUSE_BPF_QUEUE_SLOTS) {
+		__u32 idx = (__u32)slot * EFUSE_BPF_QUEUE_SLOTS + qslot;
+		return bpf_map_lookup_elem(&queue_counts, &idx);
+	}
+	struct efuse_stats_key key = { .conn = conn, .opcode = EFUSE_BPF_OPCODE_ANY, .qid = qid };
+	return lookup_or_init(&spill, &key, &zero_counts);
+}
+
+/* Whether this send is the one of its CPU's current block of sample_every sends that is
+ * timed (efuse_telemetry.h). A tracing program does not nest on its CPU, so the per-CPU
+ * state needs no atomics. */
+static __always_inline bool sample_this(void)
+{
+	__u32 every = sample_every;
+
+	if (every <= 1)
+		return true;
+	__u32 zero = 0;
+	struct efuse_sampler *s = bpf_map_lookup_elem(&sampler, &zero);
+	if (!s)
+		return false;
+	__u32 pos = s->pos;
+	if (pos == 0 || pos >= every) { /* a new block (or sample_every just shrank) */
+		pos = 0;
+		s->pick = bpf_get_prandom_u32() % every;
+	}
+	bool hit = pos == s->pick;
+	s->pos = pos + 1 < every ? pos + 1 : 0;
+	return hit;
+}
+
+static __always_inline struct efuse_inflight_slot *slot_of(__u64 req)
 {
 	__u32 idx = efuse_inflight_index(req);
-	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
 
+	return bpf_map_lookup_elem(&inflight_slots, &idx);
+}
+
+/* Drops what is remembered at the request's address: a request at that address freed without
+ * reaching fuse_request_end (a killed client's request that was still queued). Called at
+ * every send that is not sampled, so that its end cannot take the dead one's start for its
+ * own (a sampled send replaces it). */
+static __always_inline void forget_stale(__u64 req, struct efuse_inflight_slot *slot)
+{
+	if (slot && slot->req == req) {
+		/* Only this address's requests use it, and the older one is dead. */
+		HEALTH_INC(duplicate_send);
+		__sync_lock_test_and_set(&slot->req, EFUSE_BPF_SLOT_FREE);
+	}
+	if (!inflight_hashed)
+		return;
+	struct efuse_req_key key = { .req = req };
+	if (bpf_map_delete_elem(&inflight, &key) == 0) {
+		HEALTH_INC(duplicate_send);
+		__sync_fetch_and_add(&inflight_hashed, -1);
+	}
+}
+
+/* Remembers a sampled request's start: in its slot when that is free (a compare-and-swap
+ * claims it, an exchange publishes it), else in the inflight hash, whose bucket locks cost
+ * more. An entry with the same address is a request freed without reaching
+ * fuse_request_end: the new one replaces it. */
+static __always_inline bool track_start(__u64 req, struct efuse_inflight_slot *slot,
+					const struct efuse_req_start *start)
+{
 	if (!slot)
 		return false;
 	if (__sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY) ==
@@ -246,6 +395,8 @@ static __always_inline bool track_start(__u64 req, const struct efuse_req_start 
 	if (err == -17 /* EEXIST */) {
 		HEALTH_INC(duplicate_send);
 		err = bpf_map_update_elem(&inflight, &key, start, BPF_ANY);
+	} else if (err == 0) {
+		__sync_fetch_and_add(&inflight_hashed, 1);
 	}
 	if (err) {
 		HEALTH_INC(inflight_full);
@@ -254,11 +405,10 @@ static __always_inline bool track_start(__u64 req, const struct efuse_req_start 
 	return true;
 }
 
-/* Finds and forgets a request's start; false if it was not seen being sent. */
+/* Finds and forgets a request's start; false if it was not sampled (or not seen being sent). */
 static __always_inline bool take_start(__u64 req, struct efuse_req_start *start)
 {
-	__u32 idx = efuse_inflight_index(req);
-	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
+	struct efuse_inflight_slot *slot = slot_of(req);
 
 	/* Only this request's end empties its slot, so a match cannot change under us. */
 	if (slot && slot->req == req) {
@@ -266,14 +416,15 @@ static __always_inline bool take_start(__u64 req, struct efuse_req_start *start)
 		__sync_lock_test_and_set(&slot->req, EFUSE_BPF_SLOT_FREE);
 		return true;
 	}
+	if (!inflight_hashed)
+		return false;
 	struct efuse_req_key key = { .req = req };
 	struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, &key);
-	if (!found) {
-		HEALTH_INC(unmatched_end);
+	if (!found)
 		return false;
-	}
 	*start = *found;
-	bpf_map_delete_elem(&inflight, &key);
+	if (bpf_map_delete_elem(&inflight, &key) == 0)
+		__sync_fetch_and_add(&inflight_hashed, -1);
 	return true;
 }
 
@@ -301,12 +452,25 @@ static __always_inline __u64 req_address(unsigned long long *ctx)
 SEC("tp_btf/fuse_request_send")
 int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 {
+	__u32 conn = req_conn(req);
+	__u32 opcode = clamp_opcode(req->in.h.opcode);
+
+	if (!test_send_key_skew) {
+		struct efuse_counts *c = op_counts(conn_slot(conn), conn, opcode);
+		if (c)
+			c->sent += 1; /* per-CPU value: a plain add */
+	}
+	__u64 addr = req_address(ctx) + test_send_key_skew;
+	struct efuse_inflight_slot *slot = slot_of(addr);
+	if (!sample_this()) {
+		forget_stale(addr, slot);
+		return 0;
+	}
+
 	struct efuse_req_start start = {};
-
-	start.conn = req_conn(req);
+	start.conn = conn;
+	start.opcode = opcode;
 	start.start_ns = bpf_ktime_get_ns();
-	start.opcode = clamp_opcode(req->in.h.opcode);
-
 	if (level == EFUSE_BPF_LEVEL_FULL && foreground(req)) {
 		struct task_struct *task = bpf_get_current_task_btf();
 		/* A server thread sending (the kernel flushes queued background requests from
@@ -319,31 +483,42 @@ int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 			start.client_nivcsw = task->nivcsw;
 		}
 	}
-	track_start(req_address(ctx) + test_send_key_skew, &start);
+	track_start(addr, slot, &start);
 	return 0;
 }
 
 SEC("tp_btf/fuse_request_end")
 int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 {
-	struct efuse_req_start start;
-	__u64 now = bpf_ktime_get_ns();
-
-	if (!take_start(req_address(ctx), &start))
-		return 0;
-
-	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
+	__u32 conn = req_conn(req);
+	__u32 opcode = clamp_opcode(req->in.h.opcode);
+	__u32 qid = req_queue(req);
 	int error = req->out.h.error;
-	struct efuse_stats_key key = {
-		.conn = start.conn, .opcode = start.opcode, .qid = req_queue(req),
-	};
+	int cslot = conn_slot(conn);
+
+	struct efuse_counts *c = op_counts(cslot, conn, opcode);
+	if (c) { /* per-CPU values: plain adds (a tracing program does not nest on its CPU) */
+		c->ended += 1;
+		if (error)
+			c->errors += 1;
+	}
+	c = queue_counts_of(cslot, conn, qid);
+	if (c) {
+		c->ended += 1;
+		if (error)
+			c->errors += 1;
+	}
+
+	struct efuse_req_start start;
+	if (!take_start(req_address(ctx), &start))
+		return 0; /* not sampled */
+	__u64 now = bpf_ktime_get_ns();
+	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
+	struct efuse_stats_key key = { .conn = conn, .opcode = opcode, .qid = qid };
 	struct efuse_stats *st = lookup_or_init(&stats, &key, &zero_stats);
 	if (!st)
 		return 0;
-	/* Per-CPU values: plain adds (a tracing program does not nest on its CPU). */
-	st->requests += 1;
-	if (error)
-		st->errors += 1;
+	st->samples += 1;
 	st->latency_sum_ns += delta;
 	st->latency[latency_slot(delta)] += 1;
 
@@ -367,7 +542,8 @@ int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 	 * in the context of the thread that wrote the reply (/dev/fuse write or io_uring
 	 * commit). Requests ended by the kernel itself (connection gone: -ENOTCONN, aborted:
 	 * -ECONNABORTED) end in whatever context noticed, often a client's: skip those. Its
-	 * switches since its previous reply count for this connection. */
+	 * switches since its previous sampled reply count for this connection: every switch
+	 * of the thread is counted once, at the sampled reply that follows it. */
 	struct task_struct *self = bpf_get_current_task_btf();
 	if (self->pid == (int)start.client_tid || error == -EFUSE_ENOTCONN ||
 	    error == -EFUSE_ECONNABORTED)

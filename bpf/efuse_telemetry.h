@@ -44,15 +44,54 @@
 #define EFUSE_BPF_LEVEL_REQUESTS 1 /* counts, errors, latency, in flight */
 #define EFUSE_BPF_LEVEL_FULL 2     /* and the context switches requests cost */
 
+/* Latency sampling (the program's `sample_every`, written by efused at any time): every
+ * request is counted, 1 in sample_every is timed (and, at level "full", its client's context
+ * switches read). Each CPU's sends are taken in blocks of sample_every and one request of a
+ * block, at a position drawn at random when the block starts, is timed: every request has
+ * the same chance 1/sample_every whatever its opcode, a workload that repeats with a period
+ * of sample_every requests is not aliased, and each CPU times exactly one request per
+ * complete block. 1 times every request. */
+#define EFUSE_BPF_SAMPLE_EVERY_MAX 65536
+
+/* Exact counters live in per-CPU arrays indexed by (connection slot, opcode) and
+ * (connection slot, queue slot): an array lookup is a few inlined instructions, a hash
+ * lookup a function call with a key hash and a bucket walk. A connection takes one of
+ * EFUSE_BPF_CONN_SLOTS slots (conn_slots, claimed with a compare-and-swap at its first
+ * request, at one of EFUSE_BPF_CONN_PROBES places its id hashes to; freed by efused when
+ * the connection is gone). Connections that find no free slot, and io_uring queues at or
+ * above EFUSE_BPF_QUEUE_SLOTS - 1, are counted in the `spill` hash instead. */
+#define EFUSE_BPF_CONN_SLOT_BITS 5
+#define EFUSE_BPF_CONN_SLOTS (1U << EFUSE_BPF_CONN_SLOT_BITS)
+#define EFUSE_BPF_CONN_PROBES 4
+#define EFUSE_BPF_QUEUE_SLOTS 64 /* queue slot 0: classic (/dev/fuse); qid q: slot q + 1 */
+#define EFUSE_BPF_CONN_FREE 0U   /* no FUSE connection has device number 0:0 */
+/* The spill hash's key is an efuse_stats_key: a per-opcode count has qid
+ * EFUSE_BPF_QUEUE_ANY, a per-queue count opcode EFUSE_BPF_OPCODE_ANY. */
+#define EFUSE_BPF_QUEUE_ANY 0xfffffffeU
+#define EFUSE_BPF_OPCODE_ANY 0xffffffffU
+
+static inline __u32 efuse_conn_hash(__u32 conn)
+{
+	return (conn * 0x9e3779b1U) >> (32 - EFUSE_BPF_CONN_SLOT_BITS);
+}
+
 /* ---- X-macros: each list declares a struct's counters once; the C++ side builds its
  * metric names, help texts and aggregation loops from the same lists. ---- */
 
 /* Per (connection, opcode, queue) counters, besides the latency histogram and the
  * context switches. */
+/* Exact per (connection, opcode) and per (connection, queue) counters: every request. */
+#define EFUSE_BPF_COUNT_COUNTERS(X)                                                  \
+	X(sent, "requests seen at fuse_request_send (per queue: always 0, the queue is "  \
+		"chosen after the tracepoint)")                                           \
+	X(ended, "requests seen at fuse_request_end")                                 \
+	X(errors, "ended requests whose reply carried an error (out.h.error != 0)")
+
+/* Per (connection, opcode, queue) latency of the sampled requests, besides the latency
+ * histogram and the context switches. */
 #define EFUSE_BPF_STATS_COUNTERS(X)                                               \
-	X(requests, "requests that ended (user space adds those in flight)")       \
-	X(errors, "requests the server answered with an error (out.h.error != 0)") \
-	X(latency_sum_ns, "sum of send-to-end durations in nanoseconds")
+	X(samples, "requests timed (1 in sample_every; == the histogram's total)") \
+	X(latency_sum_ns, "sum of their send-to-end durations in nanoseconds")
 
 /* Context switch counters: X(field, side, kind). */
 #define EFUSE_BPF_CTXSW_COUNTERS(X)                   \
@@ -68,8 +107,6 @@
 	X(duplicate_send, "duplicate_send",                                                \
 	  "a request was sent at the address of one still tracked as in flight (freed "     \
 	  "without reaching fuse_request_end): the older entry was replaced")              \
-	X(unmatched_end, "unmatched_end",                                                  \
-	  "a request ended that was not seen being sent (sent before the programs attached)") \
 	X(stats_full, "stats_full",                                                        \
 	  "a counter could not be updated because its statistics map was full")
 
@@ -83,9 +120,11 @@
  * still queued) leaves a stale entry that the next request at that address replaces.
  *
  * inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
- * Requests between send and end, at the index their address hashes to
+ * Sampled requests between send and end, at the index their address hashes to
  * (efuse_inflight_index), claimed and released with atomic exchanges: no locks on the
- * request path. A request whose slot is taken goes to the inflight hash below instead. */
+ * request path. A sampled request whose slot is taken goes to the inflight hash below
+ * instead (the program's inflight_hashed counts its entries, so that the ends of requests
+ * not sampled look there only while it has any). */
 #define EFUSE_BPF_INFLIGHT_SLOTS 4096 /* a power of two */
 #define EFUSE_BPF_INFLIGHT_SLOT_BITS 12
 #define EFUSE_BPF_SLOT_FREE 0ULL
@@ -124,6 +163,23 @@ struct efuse_req_key {
 	__u64 req;
 };
 
+/* counts, queue_counts: BPF_MAP_TYPE_PERCPU_ARRAY, key __u32, value efuse_counts: index
+ * slot * EFUSE_BPF_OPCODE_SLOTS + opcode and slot * EFUSE_BPF_QUEUE_SLOTS + queue slot for
+ * the connection in conn_slots[slot]. spill: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key,
+ * value efuse_counts. */
+struct efuse_counts {
+#define EFUSE_BPF_FIELD(name, help) __u64 name;
+	EFUSE_BPF_COUNT_COUNTERS(EFUSE_BPF_FIELD)
+#undef EFUSE_BPF_FIELD
+};
+
+/* sampler: BPF_MAP_TYPE_PERCPU_ARRAY, one element: where this CPU is in its current block
+ * of sample_every sends, and which position of the block is timed. */
+struct efuse_sampler {
+	__u32 pos;
+	__u32 pick;
+};
+
 /* Context switches: X-macro fields, summed over CPUs and queues per connection. */
 struct efuse_ctxsw_stats {
 #define EFUSE_BPF_FIELD(name, side, kind) __u64 name;
@@ -131,9 +187,9 @@ struct efuse_ctxsw_stats {
 #undef EFUSE_BPF_FIELD
 };
 
-/* stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key, value efuse_stats: everything a
- * request's end adds, in one map so that an end does one hash lookup. User space sums it
- * by (connection, opcode), by (connection, queue) and by connection. */
+/* stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key, value efuse_stats: what a sampled
+ * request's end adds, in one map so that it does one hash lookup. User space sums it by
+ * (connection, opcode), by (connection, queue) and by connection. */
 struct efuse_stats_key {
 	__u32 conn;
 	__u32 opcode;
@@ -179,10 +235,14 @@ static_assert(EFUSE_BPF_INFLIGHT_SLOTS == 1 << EFUSE_BPF_INFLIGHT_SLOT_BITS,
 	      "EFUSE_BPF_INFLIGHT_SLOTS is 2^EFUSE_BPF_INFLIGHT_SLOT_BITS");
 static_assert(sizeof(struct efuse_stats_key) == 16, "efuse_stats_key layout");
 static_assert(sizeof(struct efuse_ctxsw_stats) == 8 * 4, "efuse_ctxsw_stats layout");
-static_assert(sizeof(struct efuse_stats) == 8 * (3 + EFUSE_BPF_LATENCY_SLOTS + 4),
+static_assert(sizeof(struct efuse_stats) == 8 * (2 + EFUSE_BPF_LATENCY_SLOTS + 4),
 	      "efuse_stats layout");
+static_assert(sizeof(struct efuse_counts) == 8 * 3, "efuse_counts layout");
+static_assert(sizeof(struct efuse_sampler) == 8, "efuse_sampler layout");
+static_assert(EFUSE_BPF_CONN_PROBES <= EFUSE_BPF_CONN_SLOTS, "conn slot probes");
+static_assert(EFUSE_BPF_QUEUE_ANY != EFUSE_BPF_QUEUE_CLASSIC, "spill key markers");
 static_assert(sizeof(struct efuse_task) == 24, "efuse_task layout");
-static_assert(sizeof(struct efuse_health) == 8 * 4, "efuse_health layout");
+static_assert(sizeof(struct efuse_health) == 8 * 3, "efuse_health layout");
 static_assert(sizeof(struct efuse_stats) % 8 == 0, "per-CPU values are read in 8-byte strides");
 #endif
 

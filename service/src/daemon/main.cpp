@@ -67,6 +67,9 @@ Options:
                                  config's telemetry:, default full; docs/bpf.md has the
                                  cost of each). EFUSE_BPF=0 in the environment turns it
                                  off whatever this says
+      --telemetry-sample-every N time 1 in N FUSE requests (1..65536; 1: every one):
+                                 latency histograms come from those, counts are exact
+                                 (overrides the config's telemetry_sample_every, default 8)
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
                                  with --config/--demo), "none" (default with --mount), or
                                  an address such as unix:path=/run/x/bus
@@ -174,13 +177,14 @@ int main(int argc, char** argv) {
   std::string config_path, check_path, bus = "", metrics;
   bool demo = false, have_metrics = false;
   std::optional<std::string> telemetry;
+  std::optional<unsigned> sample_every;
   MountConfig cli_defaults;
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kNoXattr, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
+         kCreateMountpoint, kIntercept, kTelemetry, kSampleEvery, kMemoryMaxBytes, kMemoryMaxInodes };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -189,6 +193,7 @@ int main(int argc, char** argv) {
       {"metrics", required_argument, nullptr, kMetrics},
       {"bus", required_argument, nullptr, kBus},
       {"telemetry", required_argument, nullptr, kTelemetry},
+      {"telemetry-sample-every", required_argument, nullptr, kSampleEvery},
       {"threads", required_argument, nullptr, 't'},
       {"io-path", required_argument, nullptr, kIoPath},
       {"kernel-module", required_argument, nullptr, kKernelModule},
@@ -226,6 +231,14 @@ int main(int argc, char** argv) {
           usage_error(std::string("--telemetry must be full, requests or off, not '") + optarg + "'");
         telemetry = optarg;
         break;
+      case kSampleEvery: {
+        char* end = nullptr;
+        long v = std::strtol(optarg, &end, 10);
+        if (*optarg == '\0' || *end != '\0' || v < 1 || v > efuse::bpf::kMaxSampleEvery)
+          usage_error(std::string("--telemetry-sample-every must be 1..65536, not '") + optarg + "'");
+        sample_every = static_cast<unsigned>(v);
+        break;
+      }
       case 't': {
         char* end = nullptr;
         long v = std::strtol(optarg, &end, 10);
@@ -367,6 +380,7 @@ int main(int argc, char** argv) {
   so.bus = bus;
   so.metrics_override = have_metrics ? std::optional<std::string>(metrics) : std::nullopt;
   so.telemetry_override = telemetry;
+  so.sample_every_override = sample_every;
   so.strict = !mount_args.empty();
   return efuse::daemon::run_service(std::move(cfg), so);
 }
