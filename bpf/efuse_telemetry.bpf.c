@@ -332,14 +332,9 @@ static __always_inline bool sample_this(void)
 	struct efuse_sampler *s = bpf_map_lookup_elem(&sampler, &zero);
 	if (!s)
 		return false;
-	__u32 pos = s->pos;
-	if (pos == 0 || pos >= every) { /* a new block (or sample_every just shrank) */
-		pos = 0;
+	if (efuse_sample_block_starts(s, every))
 		s->pick = bpf_get_prandom_u32() % every;
-	}
-	bool hit = pos == s->pick;
-	s->pos = pos + 1 < every ? pos + 1 : 0;
-	return hit;
+	return efuse_sample_take(s, every);
 }
 
 static __always_inline struct efuse_inflight_slot *slot_of(__u64 req)

@@ -180,6 +180,29 @@ struct efuse_sampler {
 	__u32 pick;
 };
 
+/* The sampling rule, one send at a time (the program and the unit tests run this code):
+ *
+ *	if (efuse_sample_block_starts(s, every))
+ *		s->pick = random % every;
+ *	timed = efuse_sample_take(s, every);
+ *
+ * so that the random number is drawn once per block, not per send. */
+static inline int efuse_sample_block_starts(struct efuse_sampler *s, __u32 every)
+{
+	if (s->pos != 0 && s->pos < every)
+		return 0;
+	s->pos = 0; /* a new block (or every just shrank below pos) */
+	return 1;
+}
+
+static inline int efuse_sample_take(struct efuse_sampler *s, __u32 every)
+{
+	int hit = s->pos == s->pick;
+
+	s->pos = s->pos + 1 < every ? s->pos + 1 : 0;
+	return hit;
+}
+
 /* Context switches: X-macro fields, summed over CPUs and queues per connection. */
 struct efuse_ctxsw_stats {
 #define EFUSE_BPF_FIELD(name, side, kind) __u64 name;

@@ -3,11 +3,13 @@
 efused mount, xargs -n 200 cat), alternating variants (order reversed every other
 repetition), each attached 2 s before its run:
 
-    bench/tools/cat_telemetry_ab.py REPS VARIANT...   (VARIANT: off, empty, requests, full)
+    bench/tools/cat_telemetry_ab.py REPS VARIANT...
+        (VARIANT: off, empty, requests, full, requests:N, full:N)
 
 off: nothing attached by this script; empty: two programs that do nothing on the same two
 tracepoints (bench/tools/empty_tp, built into bench/work/empty_tp on first use with clang and
-libbpf); requests / full: a second efused (memory mount) with --telemetry LEVEL. cat and
+libbpf); requests / full: a second efused (memory mount) with --telemetry LEVEL and its
+default sampling; LEVEL:N also with --telemetry-sample-every N (1 in N requests timed). cat and
 every thread of the measured efused run at SCHED_FIFO 10 (`chrt`, RT=... to change; RT=""
 for none), which makes the times repeatable on a host busy with nice'd builds (see
 bench/README.md, "A/B by hand"). With STATS=1 it also prints each program's run time per
@@ -17,7 +19,12 @@ see the same requests: `bpftool prog show | grep -c efuse_request_send` before y
 EFUSED (default build/bin/efused) is the efused to measure."""
 import os, subprocess, sys, time, statistics, shlex, json
 from pathlib import Path
-if len(sys.argv) < 3 or any(v not in ("off", "empty", "requests", "full") for v in sys.argv[2:]):
+def valid(v):
+    level, _, every = v.partition(":")
+    if level in ("off", "empty"):
+        return not every
+    return level in ("requests", "full") and (not every or every.isdigit())
+if len(sys.argv) < 3 or not all(valid(v) for v in sys.argv[2:]):
     sys.exit(__doc__)
 reps = int(sys.argv[1]); variants = sys.argv[2:]
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -54,7 +61,9 @@ def attach(v):
         p.stdout.readline()
     else:
         e = {k: x for k, x in os.environ.items() if k != "EFUSE_BPF"}
-        p = subprocess.Popen([E, "--mount", f"memory:{BASE}/tmnt", "--telemetry", v, "--metrics", "127.0.0.1:19893"],
+        level, _, every = v.partition(":")
+        p = subprocess.Popen([E, "--mount", f"memory:{BASE}/tmnt", "--telemetry", level, "--metrics", "127.0.0.1:19893"]
+                             + (["--telemetry-sample-every", every] if every else []),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=e)
         for l in p.stdout:
             if b"telemetry on" in l: print("   ", l.decode().strip()[:160])
