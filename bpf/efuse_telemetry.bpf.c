@@ -358,7 +358,8 @@ static __always_inline void forget_stale(__u64 req, struct efuse_inflight_slot *
 	if (!inflight_hashed)
 		return;
 	struct efuse_req_key key = { .req = req };
-	if (bpf_map_delete_elem(&inflight, &key) == 0) {
+	/* A lookup takes no bucket lock; a delete does, so only for an entry that is there. */
+	if (bpf_map_lookup_elem(&inflight, &key) && bpf_map_delete_elem(&inflight, &key) == 0) {
 		HEALTH_INC(duplicate_send);
 		__sync_fetch_and_add(&inflight_hashed, -1);
 	}

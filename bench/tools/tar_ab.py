@@ -26,7 +26,8 @@ were quiet, and the times become repeatable (spread ~2 % instead of 2-3x); sched
 not CFS's, so confirm a finding without it on a quiet host.
 --perf prints each server's CPU time, context switches and migrations during the run
 (perf stat). --scrape URL reads a telemetry efused's /metrics before and after each run
-and prints the kernel-side mean latency per opcode of the measured mount (start one with
+and prints the upcalls per opcode of the measured mount (efuse_kernel_requests_total) with
+their kernel-side mean latency (from the sampled requests; start one with
 `efused --mount memory:/tmp/t --metrics 127.0.0.1:PORT --telemetry requests`)."""
 import argparse
 import os
@@ -50,12 +51,19 @@ def mounted(mnt: str) -> bool:
 
 
 def scrape(url: str, mnt: str) -> dict:
+    """(opcode, "requests") -> upcalls (every request), (opcode, "sum" / "count") -> the
+    latency histogram's sum and count (of the sampled requests: 1 in
+    efuse_bpf_latency_sample_every)."""
     out = {}
     for line in urllib.request.urlopen(url).read().decode().splitlines():
-        if line.startswith("efuse_kernel_request_duration_seconds_") and f'mount="{mnt}"' in line:
-            m = re.match(r'efuse_kernel_request_duration_seconds_(sum|count)\{.*opcode="(\w+)".*\} (\S+)', line)
-            if m:
-                out[(m[2], m[1])] = float(m[3])
+        if f'mount="{mnt}"' not in line:
+            continue
+        m = re.match(r'efuse_kernel_request_duration_seconds_(sum|count)\{.*opcode="(\w+)".*\} (\S+)', line)
+        if m:
+            out[(m[2], m[1])] = float(m[3])
+        m = re.match(r'efuse_kernel_requests_total\{.*opcode="(\w+)".*\} (\S+)', line)
+        if m:
+            out[(m[1], "requests")] = float(m[2])
     return out
 
 
@@ -133,11 +141,14 @@ def main() -> int:
                     time.sleep(0.2)
                     s1 = scrape(a.scrape, str(mnt))
                     for op in sorted({k[0] for k in s1}):
-                        n = s1.get((op, "count"), 0) - s0.get((op, "count"), 0)
-                        if n > 100:
-                            lat = (s1[(op, "sum")] - s0.get((op, "sum"), 0)) / n * 1e6
+                        n = s1.get((op, "requests"), 0) - s0.get((op, "requests"), 0)
+                        timed = s1.get((op, "count"), 0) - s0.get((op, "count"), 0)
+                        if n > 100 and timed > 0:
+                            lat = (s1[(op, "sum")] - s0.get((op, "sum"), 0)) / timed * 1e6
                             lats.setdefault((name, op), []).append(lat)
                             extra += f" {op} {n:.0f}x{lat:.1f}us"
+                        elif n > 100:
+                            extra += f" {op} {n:.0f}"
                 print(f"{name} rep {rep}: {t:.3f} s{extra} (load {os.getloadavg()[0]:.2f})",
                       flush=True)
             finally:
