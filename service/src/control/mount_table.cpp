@@ -90,10 +90,10 @@ std::string format_telemetry(const nlohmann::json& t) {
   std::string out = "telemetry: " + (text("level").empty() ? "off" : text("level"));
   auto every = t.find("sample_every");
   if (!text("level").empty() && text("level") != "off" && every != t.end() &&
-      every->is_number_unsigned())
-    out += every->get<uint64_t>() == 1
+      every->is_number_integer() && every->get<int64_t>() > 0)
+    out += every->get<int64_t>() == 1
                ? ", every request timed"
-               : ", 1 in " + std::to_string(every->get<uint64_t>()) + " requests timed";
+               : ", 1 in " + std::to_string(every->get<int64_t>()) + " requests timed";
   std::string detail;
   if (!text("configured").empty() && text("configured") != text("level"))
     detail = "configured " + text("configured");
