@@ -235,6 +235,7 @@ def test_sampling_counts_every_request_and_changes_live_on_reload():
     require_daemon_contract()
     with LevelsEfused() as m:
         m.telemetry, m.sample_every = "full", 4
+        m.write_config()
         m.start()
         s = bpf_up_or_skip(m, PORT)
         assert value(s, "efuse_bpf_latency_sample_every") == 4
