@@ -52,6 +52,8 @@
  * offsets here mean nothing. */
 struct fuse_in_header___efuse {
 	__u32 opcode;
+	__u64 nodeid;
+	__u32 pid;
 } __attribute__((preserve_access_index));
 
 struct fuse_out_header___efuse {
@@ -110,6 +112,15 @@ struct {
 	__type(key, struct efuse_req_key);
 	__type(value, struct efuse_req_start);
 } inflight SEC(".maps");
+
+/* Sampled starts remembered, per bucket of (nodeid, pid, opcode): efuse_telemetry.h. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, EFUSE_BPF_SAMPLE_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct efuse_sample_bucket);
+} sampled SEC(".maps");
 
 /* Connection slots: conn_slots[i] is the connection whose exact counters are at index
  * i * EFUSE_BPF_OPCODE_SLOTS + opcode of counts and i * EFUSE_BPF_QUEUE_SLOTS + queue slot
@@ -189,6 +200,14 @@ __u32 level = EFUSE_BPF_LEVEL_FULL;
 __u32 level_gen = 0;
 /* 1 in sample_every requests is timed (efuse_telemetry.h); written by efused at any time. */
 __u32 sample_every = 1;
+/* Bumped by efused whenever it frees a connection slot: the CPUs' cached slots are void. */
+__u32 conn_gen SEC(".data") = 0;
+/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program neither counts a
+ * request nor files a sampled one where its end looks (its address plus this), as on a
+ * kernel whose tracepoints do not agree. Lets the tests trigger efused's self-check for
+ * real. In .data beside the variables above (one cache line), not in .rodata: every send
+ * reads it. */
+__u64 test_send_key_skew SEC(".data") = 0;
 /* Entries in the inflight hash. The end of a request that was not sampled looks there only
  * while it is not 0; whoever deletes an entry (the request's end, or efused dropping stale
  * entries) decrements it. */
@@ -267,11 +286,6 @@ static __always_inline __u32 req_queue(const struct fuse_req___efuse *req)
 	return q->qid;
 }
 
-/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program neither counts a
- * request nor files a sampled one where its end looks (its address plus this), as on a
- * kernel whose tracepoints do not agree. Lets the tests trigger efused's self-check for real. */
-const volatile __u64 test_send_key_skew = 0;
-
 /* The slot of the connection's exact counters, claimed at its first request; -1 when all
  * of its EFUSE_BPF_CONN_PROBES places belong to other connections (then: the spill hash). */
 static __always_inline int conn_slot(__u32 conn)
@@ -293,6 +307,27 @@ static __always_inline int conn_slot(__u32 conn)
 		}
 	}
 	return -1;
+}
+
+/* conn_slot(), through this CPU's cache of its last lookup. */
+static __always_inline int conn_slot_cached(__u32 conn, struct efuse_sampler *cpu)
+{
+	__u32 gen = conn_gen;
+
+	if (cpu->conn == conn && cpu->gen == gen)
+		return cpu->slot;
+	int slot = conn_slot(conn);
+	cpu->conn = conn;
+	cpu->slot = slot;
+	cpu->gen = gen;
+	return slot;
+}
+
+static __always_inline struct efuse_sampler *cpu_state(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sampler, &zero);
 }
 
 /* The exact counters of (connection, opcode): an array entry, or the spill hash's. */
@@ -322,16 +357,12 @@ static __always_inline struct efuse_counts *queue_counts_of(int slot, __u32 conn
 /* Whether this send is the one of its CPU's current block of sample_every sends that is
  * timed (efuse_telemetry.h). A tracing program does not nest on its CPU, so the per-CPU
  * state needs no atomics. */
-static __always_inline bool sample_this(void)
+static __always_inline bool sample_this(struct efuse_sampler *s)
 {
 	__u32 every = sample_every;
 
 	if (every <= 1)
 		return true;
-	__u32 zero = 0;
-	struct efuse_sampler *s = bpf_map_lookup_elem(&sampler, &zero);
-	if (!s)
-		return false;
 	if (efuse_sample_block_starts(s, every))
 		s->pick = bpf_get_prandom_u32() % every;
 	return efuse_sample_take(s, every);
@@ -344,84 +375,111 @@ static __always_inline struct efuse_inflight_slot *slot_of(__u64 req)
 	return bpf_map_lookup_elem(&inflight_slots, &idx);
 }
 
-/* Drops what is remembered at the request's address: a request at that address freed without
- * reaching fuse_request_end (a killed client's request that was still queued). Called at
- * every send that is not sampled, so that its end cannot take the dead one's start for its
- * own (a sampled send replaces it). */
-static __always_inline void forget_stale(__u64 req, struct efuse_inflight_slot *slot)
+static __always_inline struct efuse_sample_bucket *bucket_of(__u64 nodeid, __u32 pid,
+							     __u32 opcode)
 {
-	if (slot && slot->req == req) {
-		/* Only this address's requests use it, and the older one is dead. */
-		HEALTH_INC(duplicate_send);
-		__sync_lock_test_and_set(&slot->req, EFUSE_BPF_SLOT_FREE);
-	}
-	if (!inflight_hashed)
-		return;
-	struct efuse_req_key key = { .req = req };
-	/* A lookup takes no bucket lock; a delete does, so only for an entry that is there. */
-	if (bpf_map_lookup_elem(&inflight, &key) && bpf_map_delete_elem(&inflight, &key) == 0) {
-		HEALTH_INC(duplicate_send);
-		__sync_fetch_and_add(&inflight_hashed, -1);
-	}
+	__u32 b = efuse_sample_bucket_of(nodeid, pid, opcode);
+
+	return bpf_map_lookup_elem(&sampled, &b);
 }
 
 /* Remembers a sampled request's start: in its slot when that is free (a compare-and-swap
  * claims it, an exchange publishes it), else in the inflight hash, whose bucket locks cost
  * more. An entry with the same address is a request freed without reaching
- * fuse_request_end: the new one replaces it. */
-static __always_inline bool track_start(__u64 req, struct efuse_inflight_slot *slot,
-					const struct efuse_req_start *start)
+ * fuse_request_end: the new one replaces it (the bucket counts stay: one start out, one in,
+ * unless they are in different buckets). */
+static __always_inline void track_start(__u64 req, const struct efuse_req_start *start)
 {
-	if (!slot)
-		return false;
-	if (__sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY) ==
-	    EFUSE_BPF_SLOT_FREE) {
+	struct efuse_inflight_slot *slot = slot_of(req);
+	struct efuse_sample_bucket *b = bucket_of(start->nodeid, start->pid, start->opcode);
+
+	if (!slot || !b)
+		return;
+	__u64 old = __sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY);
+	if (old == EFUSE_BPF_SLOT_FREE) {
 		slot->start = *start;
+		__sync_fetch_and_add(&b->starts, 1);
 		__sync_lock_test_and_set(&slot->req, req);
-		return true;
+		return;
 	}
-	if (slot->req == req) {
+	if (old == req &&
+	    __sync_val_compare_and_swap(&slot->req, req, EFUSE_BPF_SLOT_BUSY) == req) {
 		/* Only this address's requests use it, and the older one is dead. */
 		HEALTH_INC(duplicate_send);
+		struct efuse_sample_bucket *ob =
+			bucket_of(slot->start.nodeid, slot->start.pid, slot->start.opcode);
+		if (ob)
+			__sync_fetch_and_add(&ob->starts, -1);
 		slot->start = *start;
-		return true;
+		__sync_fetch_and_add(&b->starts, 1);
+		__sync_lock_test_and_set(&slot->req, req);
+		return;
 	}
 	struct efuse_req_key key = { .req = req };
 	long err = bpf_map_update_elem(&inflight, &key, start, BPF_NOEXIST);
 	if (err == -17 /* EEXIST */) {
+		/* A dead request's start at this address: replaced (and recounted). */
 		HEALTH_INC(duplicate_send);
-		err = bpf_map_update_elem(&inflight, &key, start, BPF_ANY);
-	} else if (err == 0) {
-		__sync_fetch_and_add(&inflight_hashed, 1);
+		struct efuse_req_start *dead = bpf_map_lookup_elem(&inflight, &key);
+		if (dead && bpf_map_delete_elem(&inflight, &key) == 0) {
+			struct efuse_sample_bucket *ob = bucket_of(dead->nodeid, dead->pid, dead->opcode);
+			if (ob)
+				__sync_fetch_and_add(&ob->starts, -1);
+			__sync_fetch_and_add(&inflight_hashed, -1);
+		}
+		err = bpf_map_update_elem(&inflight, &key, start, BPF_NOEXIST);
 	}
 	if (err) {
 		HEALTH_INC(inflight_full);
-		return false;
+		return;
 	}
-	return true;
+	__sync_fetch_and_add(&inflight_hashed, 1);
+	__sync_fetch_and_add(&b->starts, 1);
 }
 
-/* Finds and forgets a request's start; false if it was not sampled (or not seen being sent). */
-static __always_inline bool take_start(__u64 req, struct efuse_req_start *start)
+/* Whether a start is this request's: the same sender, node and opcode (a start at the same
+ * address left by a request freed without an end has another sender: its client was killed). */
+static __always_inline bool start_matches(const struct efuse_req_start *start, __u64 nodeid,
+					  __u32 pid, __u32 opcode, __u32 conn)
+{
+	return start->pid == pid && start->nodeid == nodeid && start->opcode == opcode &&
+	       start->conn == conn;
+}
+
+/* Finds and forgets a request's start; false if it was not sampled (or not seen being sent,
+ * or what is at its address is a dead request's start, which is dropped). */
+static __always_inline bool take_start(__u64 req, struct efuse_sample_bucket *b, __u64 nodeid,
+				       __u32 pid, __u32 opcode, __u32 conn,
+				       struct efuse_req_start *start)
 {
 	struct efuse_inflight_slot *slot = slot_of(req);
 
-	/* Only this request's end empties its slot, so a match cannot change under us. */
-	if (slot && slot->req == req) {
+	/* A compare-and-swap claims it: efused may be dropping it as stale at the same time. */
+	if (slot && slot->req == req &&
+	    __sync_val_compare_and_swap(&slot->req, req, EFUSE_BPF_SLOT_BUSY) == req) {
 		*start = slot->start;
 		__sync_lock_test_and_set(&slot->req, EFUSE_BPF_SLOT_FREE);
+	} else {
+		if (!inflight_hashed)
+			return false;
+		struct efuse_req_key key = { .req = req };
+		struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, &key);
+		if (!found)
+			return false;
+		*start = *found;
+		if (bpf_map_delete_elem(&inflight, &key) != 0)
+			return false; /* efused dropped it meanwhile, and counted it */
+		__sync_fetch_and_add(&inflight_hashed, -1);
+	}
+	if (start_matches(start, nodeid, pid, opcode, conn)) {
+		__sync_fetch_and_add(&b->starts, -1);
 		return true;
 	}
-	if (!inflight_hashed)
-		return false;
-	struct efuse_req_key key = { .req = req };
-	struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, &key);
-	if (!found)
-		return false;
-	*start = *found;
-	if (bpf_map_delete_elem(&inflight, &key) == 0)
-		__sync_fetch_and_add(&inflight_hashed, -1);
-	return true;
+	HEALTH_INC(duplicate_send);
+	struct efuse_sample_bucket *ob = bucket_of(start->nodeid, start->pid, start->opcode);
+	if (ob)
+		__sync_fetch_and_add(&ob->starts, -1);
+	return false;
 }
 
 /* Whether the sender waits for the reply: background requests (readahead, writeback,
@@ -450,22 +508,23 @@ int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 {
 	__u32 conn = req_conn(req);
 	__u32 opcode = clamp_opcode(req->in.h.opcode);
+	struct efuse_sampler *cpu = cpu_state();
 
+	if (!cpu)
+		return 0;
 	if (!test_send_key_skew) {
-		struct efuse_counts *c = op_counts(conn_slot(conn), conn, opcode);
+		struct efuse_counts *c = op_counts(conn_slot_cached(conn, cpu), conn, opcode);
 		if (c)
 			c->sent += 1; /* per-CPU value: a plain add */
 	}
-	__u64 addr = req_address(ctx) + test_send_key_skew;
-	struct efuse_inflight_slot *slot = slot_of(addr);
-	if (!sample_this()) {
-		forget_stale(addr, slot);
+	if (!sample_this(cpu))
 		return 0;
-	}
 
 	struct efuse_req_start start = {};
 	start.conn = conn;
 	start.opcode = opcode;
+	start.pid = req->in.h.pid;
+	start.nodeid = req->in.h.nodeid;
 	start.start_ns = bpf_ktime_get_ns();
 	if (level == EFUSE_BPF_LEVEL_FULL && foreground(req)) {
 		struct task_struct *task = bpf_get_current_task_btf();
@@ -479,7 +538,7 @@ int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 			start.client_nivcsw = task->nivcsw;
 		}
 	}
-	track_start(addr, slot, &start);
+	track_start(req_address(ctx) + test_send_key_skew, &start);
 	return 0;
 }
 
@@ -490,7 +549,8 @@ int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 	__u32 opcode = clamp_opcode(req->in.h.opcode);
 	__u32 qid = req_queue(req);
 	int error = req->out.h.error;
-	int cslot = conn_slot(conn);
+	struct efuse_sampler *cpu = cpu_state();
+	int cslot = cpu ? conn_slot_cached(conn, cpu) : conn_slot(conn);
 
 	struct efuse_counts *c = op_counts(cslot, conn, opcode);
 	if (c) { /* per-CPU values: plain adds (a tracing program does not nest on its CPU) */
@@ -505,9 +565,15 @@ int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 			c->errors += 1;
 	}
 
+	/* Not sampled, unless its bucket holds a start: then the slot (or hash) says. */
+	__u64 nodeid = req->in.h.nodeid;
+	__u32 pid = req->in.h.pid;
+	struct efuse_sample_bucket *b = bucket_of(nodeid, pid, opcode);
+	if (!b || b->starts <= 0)
+		return 0;
 	struct efuse_req_start start;
-	if (!take_start(req_address(ctx), &start))
-		return 0; /* not sampled */
+	if (!take_start(req_address(ctx), b, nodeid, pid, opcode, conn, &start))
+		return 0;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
 	struct efuse_stats_key key = { .conn = conn, .opcode = opcode, .qid = qid };

@@ -136,7 +136,11 @@ struct efuse_req_start {
 	__u32 client_tid;    /* thread waiting for it; 0: none counted (level "requests", a
 			      * background request, or sent by a server thread) */
 	__u32 conn;          /* connection id */
-	__u32 pad;
+	__u32 pid;           /* in.h.pid: with nodeid and opcode, what an end checks before
+			      * taking a start at its address for its own (a start left by a
+			      * request freed without an end, e.g. of a killed client, has
+			      * another sender) and what picks the start's sampled bucket */
+	__u64 nodeid;        /* in.h.nodeid */
 	__u64 client_task;   /* its struct task_struct *, read back at end */
 	__u64 client_nvcsw;  /* its voluntary switches at send (task_struct.nvcsw) */
 	__u64 client_nivcsw; /* and involuntary ones (nivcsw) */
@@ -146,6 +150,31 @@ struct efuse_inflight_slot {
 	__u64 req; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's address */
 	struct efuse_req_start start;
 };
+
+/* sampled: BPF_MAP_TYPE_ARRAY (mmapable), EFUSE_BPF_SAMPLE_BUCKETS entries of
+ * efuse_sample_bucket: how many sampled starts (slots and inflight hash) are remembered per
+ * bucket of (nodeid, pid, opcode). The end of a request whose bucket holds none was not
+ * sampled and looks at no slot: the slots are 256 KiB of memory touched at random, a cache
+ * and TLB miss per look. One bucket per cache line, so that buckets never share one. Whoever
+ * removes a start (its end, a send replacing it, efused dropping a stale one) decrements
+ * its bucket; a count is signed and only "> 0" means "look". */
+#define EFUSE_BPF_SAMPLE_BUCKET_BITS 6
+#define EFUSE_BPF_SAMPLE_BUCKETS (1U << EFUSE_BPF_SAMPLE_BUCKET_BITS)
+
+struct efuse_sample_bucket {
+	__s64 starts;
+	__u64 pad[7];
+};
+
+static inline __u32 efuse_sample_bucket_of(__u64 nodeid, __u32 pid, __u32 opcode)
+{
+	__u64 h = nodeid ^ ((__u64)pid << 32) ^ opcode;
+
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return (__u32)(h >> (64 - EFUSE_BPF_SAMPLE_BUCKET_BITS));
+}
 
 static inline __u32 efuse_inflight_index(__u64 req)
 {
@@ -174,10 +203,17 @@ struct efuse_counts {
 };
 
 /* sampler: BPF_MAP_TYPE_PERCPU_ARRAY, one element: where this CPU is in its current block
- * of sample_every sends, and which position of the block is timed. */
+ * of sample_every sends, and which position of the block is timed; and the connection slot
+ * this CPU looked up last (valid while the program's conn_gen, which efused bumps whenever
+ * it frees a slot, is `gen`), so that a CPU serving one mount reads one line of its own
+ * instead of conn_slots. */
 struct efuse_sampler {
 	__u32 pos;
 	__u32 pick;
+	__u32 conn;  /* the connection last looked up (EFUSE_BPF_CONN_FREE: none) */
+	__s32 slot;  /* its slot, or -1: the spill hash */
+	__u32 gen;   /* conn_gen when looked up */
+	__u32 pad;
 };
 
 /* The sampling rule, one send at a time (the program and the unit tests run this code):
@@ -252,8 +288,9 @@ struct efuse_health {
 #ifdef __cplusplus
 /* The kernel copies map values byte for byte: pin every layout both sides rely on. */
 static_assert(sizeof(struct efuse_req_key) == 8, "efuse_req_key layout");
-static_assert(sizeof(struct efuse_req_start) == 48, "efuse_req_start layout");
-static_assert(sizeof(struct efuse_inflight_slot) == 56, "efuse_inflight_slot layout");
+static_assert(sizeof(struct efuse_req_start) == 56, "efuse_req_start layout");
+static_assert(sizeof(struct efuse_inflight_slot) == 64, "efuse_inflight_slot layout");
+static_assert(sizeof(struct efuse_sample_bucket) == 64, "efuse_sample_bucket layout");
 static_assert(EFUSE_BPF_INFLIGHT_SLOTS == 1 << EFUSE_BPF_INFLIGHT_SLOT_BITS,
 	      "EFUSE_BPF_INFLIGHT_SLOTS is 2^EFUSE_BPF_INFLIGHT_SLOT_BITS");
 static_assert(sizeof(struct efuse_stats_key) == 16, "efuse_stats_key layout");
@@ -261,7 +298,7 @@ static_assert(sizeof(struct efuse_ctxsw_stats) == 8 * 4, "efuse_ctxsw_stats layo
 static_assert(sizeof(struct efuse_stats) == 8 * (2 + EFUSE_BPF_LATENCY_SLOTS + 4),
 	      "efuse_stats layout");
 static_assert(sizeof(struct efuse_counts) == 8 * 3, "efuse_counts layout");
-static_assert(sizeof(struct efuse_sampler) == 8, "efuse_sampler layout");
+static_assert(sizeof(struct efuse_sampler) == 24, "efuse_sampler layout");
 static_assert(EFUSE_BPF_CONN_PROBES <= EFUSE_BPF_CONN_SLOTS, "conn slot probes");
 static_assert(EFUSE_BPF_QUEUE_ANY != EFUSE_BPF_QUEUE_CLASSIC, "spill key markers");
 static_assert(sizeof(struct efuse_task) == 24, "efuse_task layout");

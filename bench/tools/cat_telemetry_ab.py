@@ -4,12 +4,13 @@ efused mount, xargs -n 200 cat), alternating variants (order reversed every othe
 repetition), each attached 2 s before its run:
 
     bench/tools/cat_telemetry_ab.py REPS VARIANT...
-        (VARIANT: off, empty, requests, full, requests:N, full:N)
+        (VARIANT: off, empty, requests, full, requests:N, full:N, any of those @BINARY)
 
 off: nothing attached by this script; empty: two programs that do nothing on the same two
 tracepoints (bench/tools/empty_tp, built into bench/work/empty_tp on first use with clang and
 libbpf); requests / full: a second efused (memory mount) with --telemetry LEVEL and its
-default sampling; LEVEL:N also with --telemetry-sample-every N (1 in N requests timed). cat and
+default sampling; LEVEL:N also with --telemetry-sample-every N (1 in N requests timed);
+LEVEL[:N]@BINARY with that efused binary instead (e.g. an earlier build's). cat and
 every thread of the measured efused run at SCHED_FIFO 10 (`chrt`, RT=... to change; RT=""
 for none), which makes the times repeatable on a host busy with nice'd builds (see
 bench/README.md, "A/B by hand"). With STATS=1 it also prints each program's run time per
@@ -17,9 +18,12 @@ event from kernel.bpf_stats_enabled, which must then be 1 (set it, and restore i
 it costs every BPF program of the host a little). Other efused instances' telemetry copies
 see the same requests: `bpftool prog show | grep -c efuse_request_send` before you start.
 EFUSED (default build/bin/efused) is the efused to measure."""
-import os, subprocess, sys, time, statistics, shlex, json
+import os, re, subprocess, sys, time, statistics, shlex, json
 from pathlib import Path
 def valid(v):
+    v, _, binary = v.partition("@")
+    if binary and not os.access(binary, os.X_OK):
+        return False
     level, _, every = v.partition(":")
     if level in ("off", "empty"):
         return not every
@@ -61,12 +65,16 @@ def attach(v):
         p.stdout.readline()
     else:
         e = {k: x for k, x in os.environ.items() if k != "EFUSE_BPF"}
-        level, _, every = v.partition(":")
-        p = subprocess.Popen([E, "--mount", f"memory:{BASE}/tmnt", "--telemetry", level, "--metrics", "127.0.0.1:19893"]
+        spec, _, binary = v.partition("@")
+        level, _, every = spec.partition(":")
+        p = subprocess.Popen([binary or E, "--mount", f"memory:{BASE}/tmnt", "--telemetry", level, "--metrics", "127.0.0.1:19893"]
                              + (["--telemetry-sample-every", every] if every else []),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=e)
         for l in p.stdout:
-            if b"telemetry on" in l: print("   ", l.decode().strip()[:160])
+            if b"telemetry on" in l:
+                print("   ", l.decode().strip()[:160])
+                m = re.search(rb"prog show id ([0-9,]+)", l)
+                p.own_ids = [int(i) for i in m[1].split(b",")] if m else []
             if b"efused: ready" in l: break
     time.sleep(2)  # settle (docs/bpf.md: the kernel is slower for ~1 s after an attach)
     return p
@@ -78,8 +86,16 @@ for rep in range(reps):
         p = attach(v)
         ids = []
         if p is not None and os.environ.get("STATS"):
-            for prog in json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True).stdout):
-                if prog.get("name", "").startswith(("efuse_request", "empty_")): ids.append(prog["id"])
+            # Only this variant's programs: other engineers' efused load programs of the
+            # same names (their ids are in efused's "telemetry on" line).
+            ids = getattr(p, "own_ids", None)
+            if ids is None:
+                ids = [prog["id"] for prog in json.loads(subprocess.run(
+                           ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
+                       if prog.get("name", "").startswith("empty_")]
+        foreign = sum(1 for prog in json.loads(subprocess.run(
+                          ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
+                      if prog.get("name") == "efuse_request_send") - (1 if v not in ("off", "empty") else 0)
         def snap():
             out = {}
             for i in ids:
@@ -94,7 +110,8 @@ for rep in range(reps):
             dt, dn = s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]
             if dn: extra += f" {k}: {dn} runs {dt/dn:.0f} ns/run"; stats.setdefault((v, k), []).append(dt/dn)
         res[v].append(t)
-        print(f"{v} rep{rep} {t:.3f}s{extra} load={open('/proc/loadavg').read().split()[0]}", flush=True)
+        print(f"{v} rep{rep} {t:.3f}s{extra} load={open('/proc/loadavg').read().split()[0]} "
+              f"other_telemetry_copies={foreign}", flush=True)
         if p is not None:
             p.terminate(); p.wait()
 srv.terminate(); srv.wait()

@@ -21,7 +21,7 @@ struct MapLayout {
   size_t value_size;
 };
 
-inline constexpr std::array<MapLayout, 10> kTelemetryMaps = {{
+inline constexpr std::array<MapLayout, 11> kTelemetryMaps = {{
     {"inflight", sizeof(efuse_req_key), sizeof(efuse_req_start)},
     {"stats", sizeof(efuse_stats_key), sizeof(efuse_stats)},
     {"tasks", sizeof(int), sizeof(efuse_task)},
@@ -32,6 +32,7 @@ inline constexpr std::array<MapLayout, 10> kTelemetryMaps = {{
     {"queue_counts", sizeof(__u32), sizeof(efuse_counts)},
     {"spill", sizeof(efuse_stats_key), sizeof(efuse_counts)},
     {"sampler", sizeof(__u32), sizeof(efuse_sampler)},
+    {"sampled", sizeof(__u32), sizeof(efuse_sample_bucket)},
 }};
 
 // True when every map in `layouts` exists in `obj` with those key and value sizes; else

@@ -38,6 +38,7 @@ namespace {
 // either way.
 constexpr uint64_t kStaleInflightNs = 600ULL * 1000 * 1000 * 1000;
 constexpr size_t kSlotsBytes = sizeof(efuse_inflight_slot) * EFUSE_BPF_INFLIGHT_SLOTS;
+constexpr size_t kBucketsBytes = sizeof(efuse_sample_bucket) * EFUSE_BPF_SAMPLE_BUCKETS;
 
 bool env_off(const char* name) {
   const char* v = std::getenv(name);
@@ -282,7 +283,8 @@ void Telemetry::attach() {
 
 void Telemetry::detach() const {
   if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
-  slots_map_ = nullptr;
+  if (buckets_map_ != nullptr) munmap(buckets_map_, kBucketsBytes);
+  slots_map_ = buckets_map_ = nullptr;
   skel_.reset();  // detaches the programs
   status_.up = false;
   status_.programs_attached = 0;
@@ -342,7 +344,7 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
     return false;
   }
   // Any odd offset: no fuse_req lives there, so no end finds the send.
-  skel_->rodata->test_send_key_skew = opts.test_mismatch ? 1 : 0;
+  skel_->data->test_send_key_skew = opts.test_mismatch ? 1 : 0;
   skel_->data->level =
       effective(opts) == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
   skel_->data->sample_every = opts.sample_every;
@@ -382,6 +384,13 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
     return false;
   }
   slots_map_ = m;
+  m = mmap(nullptr, kBucketsBytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+           bpf_map__fd(skel_->maps.sampled), 0);
+  if (m == MAP_FAILED) {
+    *reason = "cannot map sampled: " + errno_text(errno);
+    return false;
+  }
+  buckets_map_ = m;
   status_.up = true;
   status_.programs_attached = attached;
   return true;
@@ -416,6 +425,7 @@ void Telemetry::withdraw(const std::string& verdict) const {
 Telemetry::~Telemetry() {
   std::lock_guard<std::mutex> lock(mu_);
   if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
+  if (buckets_map_ != nullptr) munmap(buckets_map_, kBucketsBytes);
   skel_.reset();
 }
 
@@ -429,12 +439,23 @@ static uint64_t slot_req(const efuse_inflight_slot& s) {
   return __atomic_load_n(&s.req, __ATOMIC_ACQUIRE);
 }
 
+// One start fewer in its bucket (efuse_telemetry.h, `sampled`): the programs do the same
+// for the starts they remove.
+void Telemetry::uncount_start(const efuse_req_start& start) const {
+  if (buckets_map_ == nullptr) return;
+  auto* b = static_cast<efuse_sample_bucket*>(buckets_map_) +
+            efuse_sample_bucket_of(start.nodeid, start.pid, start.opcode);
+  __atomic_sub_fetch(&b->starts, 1, __ATOMIC_ACQ_REL);
+}
+
 // Empties a slot whose request will never end (its connection is gone, or it is older than
-// kStaleInflightNs), unless it changed meanwhile: only a request's own end frees it
-// otherwise, so a compare-and-swap from here cannot take a live request's slot.
-static void clear_slot(efuse_inflight_slot& s, uint64_t req) {
-  __atomic_compare_exchange_n(&s.req, &req, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
-                              __ATOMIC_RELAXED);
+// kStaleInflightNs), unless it changed meanwhile: the programs claim a slot with a
+// compare-and-swap too, so exactly one of them or this removes (and uncounts) a start.
+void Telemetry::drop_slot(efuse_inflight_slot& s, uint64_t req,
+                          const efuse_req_start& start) const {
+  if (__atomic_compare_exchange_n(&s.req, &req, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_RELAXED))
+    uncount_start(start);
 }
 
 // The exact counters: every claimed connection slot's ranges of counts and queue_counts
@@ -487,10 +508,12 @@ void Telemetry::read_counts(Snapshot& snap, size_t ncpu) const {
   });
 }
 
-bool Telemetry::delete_hashed_start(const efuse_req_key& key) const {
+bool Telemetry::delete_hashed_start(const efuse_req_key& key,
+                                    const efuse_req_start& start) const {
   if (bpf_map_delete_elem(bpf_map__fd(skel_->maps.inflight), &key) != 0) return false;
   // Only the one whose delete succeeded decrements (the programs do the same).
   __atomic_sub_fetch(&skel_->bss->inflight_hashed, 1, __ATOMIC_ACQ_REL);
+  uncount_start(start);
   return true;
 }
 
@@ -505,21 +528,21 @@ void Telemetry::drop_stale_starts(uint64_t now) const {
     efuse_inflight_slot copy = s;
     if (slot_req(s) != req) continue;  // ended (and maybe reused) while read
     if (stale(copy.start.start_ns)) {
-      clear_slot(s, req);
+      drop_slot(s, req, copy.start);
       ++dropped;
     }
   }
   int fd = bpf_map__fd(skel_->maps.inflight);
   std::set<uint64_t> seen;
-  std::vector<efuse_req_key> doomed;
+  std::vector<std::pair<efuse_req_key, efuse_req_start>> doomed;
   for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
     efuse_req_key key;
     std::memcpy(&key, k, sizeof key);
     if (!seen.insert(key.req).second) return;
     efuse_req_start v;
-    if (lookup_raw(fd, &key, &v) == 0 && stale(v.start_ns)) doomed.push_back(key);
+    if (lookup_raw(fd, &key, &v) == 0 && stale(v.start_ns)) doomed.push_back({key, v});
   });
-  for (const efuse_req_key& key : doomed) dropped += delete_hashed_start(key) ? 1 : 0;
+  for (const auto& [key, v] : doomed) dropped += delete_hashed_start(key, v) ? 1 : 0;
   if (dropped != 0)
     LOG_DEBUG("bpf: dropped %zu sampled starts older than %llu s", dropped,
               static_cast<unsigned long long>(kStaleInflightNs / 1000000000ULL));
@@ -623,20 +646,24 @@ void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
                EFUSE_BPF_QUEUE_SLOTS);
     uint32_t free_slot = EFUSE_BPF_CONN_FREE;
     bpf_map_update_elem(slots_fd, &i, &free_slot, BPF_ANY);
+    // The CPUs' cached slots (efuse_sampler) are void from here.
+    __atomic_add_fetch(&skel_->data->conn_gen, 1, __ATOMIC_RELEASE);
   }
   for (efuse_inflight_slot& s : slots()) {
     uint64_t req = slot_req(s);
-    if (req > EFUSE_BPF_SLOT_BUSY && s.start.conn == conn) clear_slot(s, req);
+    if (req <= EFUSE_BPF_SLOT_BUSY) continue;
+    efuse_inflight_slot copy = s;
+    if (slot_req(s) == req && copy.start.conn == conn) drop_slot(s, req, copy.start);
   }
   int fd = bpf_map__fd(skel_->maps.inflight);
-  std::vector<efuse_req_key> doomed;
+  std::vector<std::pair<efuse_req_key, efuse_req_start>> doomed;
   for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
     efuse_req_key rk;
     std::memcpy(&rk, k, sizeof rk);
     efuse_req_start v;
-    if (lookup_raw(fd, &rk, &v) == 0 && v.conn == conn) doomed.push_back(rk);
+    if (lookup_raw(fd, &rk, &v) == 0 && v.conn == conn) doomed.push_back({rk, v});
   });
-  for (const efuse_req_key& rk : doomed) (void)delete_hashed_start(rk);
+  for (const auto& [rk, v] : doomed) (void)delete_hashed_start(rk, v);
   LOG_DEBUG("bpf: connection %s is gone; its counters were removed",
             connection_name(conn).c_str());
 }

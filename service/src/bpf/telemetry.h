@@ -159,7 +159,11 @@ class Telemetry {
   void forget_connection(uint32_t conn, const ConnSnapshot& c) const;
   void read_counts(Snapshot& snap, size_t ncpu) const;  // conn_slots, counts, queue_counts, spill
   void drop_stale_starts(uint64_t now) const;  // sampled starts whose end will never come
-  bool delete_hashed_start(const efuse_req_key& key) const;  // and keeps inflight_hashed
+  // Removing a sampled start keeps the programs' counts right: inflight_hashed and the
+  // start's bucket in `sampled`.
+  bool delete_hashed_start(const efuse_req_key& key, const efuse_req_start& start) const;
+  void drop_slot(efuse_inflight_slot& s, uint64_t req, const efuse_req_start& start) const;
+  void uncount_start(const efuse_req_start& start) const;
   void withdraw(const std::string& verdict) const;  // mu_ held
   // The inflight_slots array, mapped: read and cleared without a system call per slot.
   std::span<efuse_inflight_slot> slots() const;
@@ -169,6 +173,7 @@ class Telemetry {
   mutable Status status_;
   mutable TelemetrySkeleton skel_;
   mutable void* slots_map_ = nullptr;   // mmap of inflight_slots while loaded
+  mutable void* buckets_map_ = nullptr;  // mmap of sampled while loaded
   mutable MatchCheck match_check_;
   // Self-check totals of connections deleted from the maps: requests whose send and end
   // both were seen, and ends never seen sent.
