@@ -48,7 +48,7 @@ struct Snapshot {
 };
 
 // Latency sampling: 1 request in N is timed (the config's telemetry_sample_every).
-inline constexpr uint32_t kDefaultSampleEvery = 8;
+inline constexpr uint32_t kDefaultSampleEvery = 16;
 inline constexpr uint32_t kMaxSampleEvery = EFUSE_BPF_SAMPLE_EVERY_MAX;
 
 // Why the telemetry is off (Status::off; the `reason` label of efuse_bpf_off_reason).

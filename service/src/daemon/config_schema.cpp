@@ -21,9 +21,9 @@ std::string_view mounts_schema_text() {
       "enum": ["full", "requests", "off"]
     },
     "telemetry_sample_every": {
-      "description": "The eBPF telemetry times 1 in this many FUSE requests, 1..65536 (1: every request): the kernel-side latency histograms, and at level full the clients' context switches, come from those; request, error and in-flight counts always count every request. Changes apply on reload without a remount. Default 8.",
+      "description": "The eBPF telemetry times 1 in this many FUSE requests, 1..65536 (1: every request): the kernel-side latency histograms, and at level full the clients' context switches, come from those; request, error and in-flight counts always count every request. Changes apply on reload without a remount. Default 16.",
       "type": "integer",
-      "default": 8,
+      "default": 16,
       "minimum": 1,
       "maximum": 65536
     },

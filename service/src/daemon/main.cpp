@@ -69,7 +69,7 @@ Options:
                                  off whatever this says
       --telemetry-sample-every N time 1 in N FUSE requests (1..65536; 1: every one):
                                  latency histograms come from those, counts are exact
-                                 (overrides the config's telemetry_sample_every, default 8)
+                                 (overrides the config's telemetry_sample_every, default 16)
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
                                  with --config/--demo), "none" (default with --mount), or
                                  an address such as unix:path=/run/x/bus

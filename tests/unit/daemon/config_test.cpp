@@ -613,7 +613,7 @@ TEST(Config, TelemetryLevel) {
 }
 
 TEST(Config, TelemetrySampling) {
-  EXPECT_EQ(parse_config(kMount, "t.yaml").telemetry_sample_every, 8u);
+  EXPECT_EQ(parse_config(kMount, "t.yaml").telemetry_sample_every, 16u);
   for (unsigned n : {1u, 2u, 8u, 1000u, 65536u})
     EXPECT_EQ(parse_config("telemetry_sample_every: " + std::to_string(n) + "\n" + kMount, "t.yaml")
                   .telemetry_sample_every,
