@@ -310,8 +310,9 @@ TEST(BpfSampling, ExactlyOneTimedSendPerBlockAtTheDrawnPlace) {
     // The place follows the draw: a periodic workload cannot line up with it.
     std::vector<uint32_t> hist(every);
     for (uint32_t i : at) ++hist[i];
-    if (every <= 4)
+    if (every <= 4) {
       for (uint32_t i = 0; i < every; ++i) EXPECT_GT(hist[i], 0u) << every << " " << i;
+    }
   }
 }
 
