@@ -470,7 +470,15 @@ void Telemetry::read_counts(Snapshot& snap, size_t ncpu) const {
     LIBBPF_OPTS(bpf_map_batch_opts, opts);
     int err = bpf_map_lookup_batch(fd, first == 0 ? nullptr : &prev, &prev, keys.data(),
                                    values.data(), &count, &opts);
-    if (err != 0 && errno != ENOENT) return;  // ENOENT: the last batch of the map
+    if (err != 0 && errno != ENOENT) {  // ENOENT: the last batch of the map
+      // A kernel that cannot batch: one lookup per key.
+      for (uint32_t k = 0; k < n; ++k) {
+        uint32_t key = first + k;
+        efuse_counts sum{};
+        if (lookup_percpu_sum(fd, &key, ncpu, &sum)) fn(k, sum);
+      }
+      return;
+    }
     for (uint32_t k = 0; k < count && k < n; ++k) {
       if (keys[k] < first || keys[k] >= first + n) continue;
       efuse_counts sum{};
