@@ -80,42 +80,48 @@ def attach(v):
     return p
 res = {v: [] for v in variants}
 stats = {}
-for rep in range(reps):
-    vs = variants if rep % 2 == 0 else variants[::-1]
-    for v in vs:
-        p = attach(v)
-        ids = []
-        if p is not None and os.environ.get("STATS"):
-            # Only this variant's programs: other engineers' efused load programs of the
-            # same names (their ids are in efused's "telemetry on" line).
-            ids = getattr(p, "own_ids", None)
-            if ids is None:
-                ids = [prog["id"] for prog in json.loads(subprocess.run(
-                           ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
-                       if prog.get("name", "").startswith("empty_")]
-        foreign = sum(1 for prog in json.loads(subprocess.run(
-                          ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
-                      if prog.get("name") == "efuse_request_send") - (1 if v not in ("off", "empty") else 0)
-        def snap():
-            out = {}
-            for i in ids:
-                j = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True).stdout)
-                out[j["name"]] = (j.get("run_time_ns", 0), j.get("run_cnt", 0))
-            return out
-        s0 = snap()
-        t = catrun()
-        s1 = snap()
-        extra = ""
-        for k in s1:
-            dt, dn = s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]
-            if dn: extra += f" {k}: {dn} runs {dt/dn:.0f} ns/run"; stats.setdefault((v, k), []).append(dt/dn)
-        res[v].append(t)
-        print(f"{v} rep{rep} {t:.3f}s{extra} load={open('/proc/loadavg').read().split()[0]} "
-              f"other_telemetry_copies={foreign}", flush=True)
-        if p is not None:
-            p.terminate(); p.wait()
-srv.terminate(); srv.wait()
-subprocess.run(["umount", "-l", f"{BASE}/mnt"], stderr=subprocess.DEVNULL)
+current = None
+try:  # the measured mount goes away whatever happens (it was started by this script)
+    for rep in range(reps):
+        vs = variants if rep % 2 == 0 else variants[::-1]
+        for v in vs:
+            p = current = attach(v)
+            ids = []
+            if p is not None and os.environ.get("STATS"):
+                # Only this variant's programs: other engineers' efused load programs of the
+                # same names (their ids are in efused's "telemetry on" line).
+                ids = getattr(p, "own_ids", None)
+                if ids is None:
+                    ids = [prog["id"] for prog in json.loads(subprocess.run(
+                               ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
+                           if prog.get("name", "").startswith("empty_")]
+            foreign = sum(1 for prog in json.loads(subprocess.run(
+                              ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
+                          if prog.get("name") == "efuse_request_send") - (1 if v not in ("off", "empty") else 0)
+            def snap():
+                out = {}
+                for i in ids:
+                    j = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True).stdout)
+                    out[j["name"]] = (j.get("run_time_ns", 0), j.get("run_cnt", 0))
+                return out
+            s0 = snap()
+            t = catrun()
+            s1 = snap()
+            extra = ""
+            for k in s1:
+                dt, dn = s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]
+                if dn: extra += f" {k}: {dn} runs {dt/dn:.0f} ns/run"; stats.setdefault((v, k), []).append(dt/dn)
+            res[v].append(t)
+            print(f"{v} rep{rep} {t:.3f}s{extra} load={open('/proc/loadavg').read().split()[0]} "
+                  f"other_telemetry_copies={foreign}", flush=True)
+            if p is not None:
+                p.terminate(); p.wait()
+            current = None
+finally:
+    if current is not None:  # a variant's efused (or loader) still attached
+        current.terminate(); current.wait()
+    srv.terminate(); srv.wait()
+    subprocess.run(["umount", "-l", f"{BASE}/mnt"], stderr=subprocess.DEVNULL)
 for v, x in res.items(): print(f"{v}: median {statistics.median(x):.3f} min {min(x):.3f} max {max(x):.3f}")
 for v in variants[1:]:
     r = [a / b for a, b in zip(res[variants[0]], res[v])]
