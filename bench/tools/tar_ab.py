@@ -73,6 +73,9 @@ def main() -> int:
     ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority (0: off)")
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--scrape", default="")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="seconds between the mount coming up and the timed run (a server that "
+                         "attaches eBPF telemetry: 2, docs/bpf.md 'attach transient')")
     ap.add_argument("--tar", default=str(TAR))
     ap.add_argument("variants", nargs="+", metavar="NAME=CMD")
     a = ap.parse_args()
@@ -107,7 +110,7 @@ def main() -> int:
                 if not mounted(str(mnt)):
                     print(f"{name}: did not mount (see {BASE / (name + '.log')})", file=sys.stderr)
                     return 1
-                time.sleep(0.5)
+                time.sleep(a.settle)
                 if a.rt:
                     subprocess.run(["chrt", "-a", "-f", "-p", str(a.rt), str(srv.pid)],
                                    stdout=subprocess.DEVNULL, check=True)
