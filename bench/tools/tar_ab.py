@@ -3,7 +3,7 @@
 mounts of several FUSE servers, alternating them (order reversed every other repetition),
 and prints each run's time, medians and each variant's ratio to the first.
 
-    bench/tools/tar_ab.py [--reps N] [--rt PRIO] [--perf] [--scrape URL] NAME='CMD' ...
+    bench/tools/tar_ab.py [--reps N] [--rt PRIO] [--perf] [--scrape URL] [--settle S] NAME='CMD' ...
 
 CMD is the server's command line with SRC and MNT for the backing directory and the
 mountpoint, e.g.
