@@ -69,6 +69,7 @@ class AdaptiveEfused(DbusEfused):
                  "    backend: passthrough", f"    source: {self.srcs[0]}",
                  "    io_path: auto",
                  f"    adaptive: {getattr(self, 'adaptive', '{}')}"]
+        lines += getattr(self, "extra", [])
         with open(self.cfg + ".new", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.rename(self.cfg + ".new", self.cfg)
@@ -389,6 +390,76 @@ def test_device_path_is_not_used_on_tmpfs_and_says_so():
         view = json.loads(m.ctl("--json", "status", "a").out)["io_path_choices"]
         assert view["decisions"]["kernel_unsupported"] == 4, view
         assert "large_device" not in view["classes"] and "small_device" not in view["classes"]
+
+
+def test_worker_count_grows_when_every_worker_is_busy():
+    """Queue balancing off (every fsync inline) and one /dev/fuse worker to start with: when
+    that worker serves an fsync that blocks (its storage, a stopped FUSE mount below, does not
+    answer), a second worker starts and serves the stat() calls queued behind it. Classic
+    transport only: over io_uring the queues serve the requests."""
+    from test_queue_balancing import Stacked, fsync_blocked_while_stats_run
+    port = free_port()
+    args = ["--transport", "classic", "--threads", "1", "--max-threads", "2", "--io-path",
+            "cache", "--attr-timeout", "0", "--metrics", f"127.0.0.1:{port}"]
+    with Stacked(args, env={"EFUSE_QUEUE_BALANCING": "0"}) as st:
+        s = fsync_blocked_while_stats_run(st, port)
+        name = os.path.basename(st.upper.mnt)
+        assert value(s, "efuse_classic_workers", mount=name) == 2, s
+        assert value(s, "efuse_classic_worker_changes_total", mount=name, change="grown") >= 1
+        assert value(s, "efuse_classic_workers_limit", mount=name, bound="min") == 1
+        assert value(s, "efuse_classic_workers_limit", mount=name, bound="max") == 2
+        assert value(s, "efuse_offloaded_requests_total", mount=name) == 0
+        assert value(s, "efuse_blocking_requests_total", mount=name) is None
+
+
+def test_worker_and_pool_limits_apply_live_and_bad_values_are_refused():
+    """max_threads, offload_threads and offload_queue change on reload without a remount and
+    show in `efusectl status`; values out of range, or a max_threads below threads, are
+    refused with FILE:LINE:COLUMN and leave the running mount as it was."""
+    require_daemon_contract()
+    with AdaptiveEfused() as m:
+        view = json.loads(m.ctl("--json", "status", "a").out)
+        assert view["workers"]["min"] == 4 and view["workers"]["max"] == 16, view["workers"]
+        assert view["offload_pool"]["max_threads"] == 4, view["offload_pool"]
+        assert view["offload_pool"]["max_queued"] == 256, view["offload_pool"]
+        m.extra = ["    max_threads: 6", "    offload_threads: 2", "    offload_queue: 32"]
+        m.write_config()
+        m.ctl("reload")
+        after = json.loads(m.ctl("--json", "status", "a").out)
+        assert after["state"] == "mounted" and after["requests"] >= view["requests"], after
+        assert after["workers"]["max"] == 6 and after["workers"]["running"] >= 4, after["workers"]
+        assert after["offload_pool"]["max_threads"] == 2, after["offload_pool"]
+        assert after["offload_pool"]["max_queued"] == 32, after["offload_pool"]
+        text = m.ctl("status", "a").out
+        assert "workers.max: 6" in text and "offload_pool.max_threads: 2" in text, text
+        for extra, message in (
+                (["    threads: 4", "    max_threads: 2"],
+                 "mount 'a': max_threads (2) is below threads (4), the workers that start "
+                 "with the mount; raise max_threads or lower threads"),
+                (["    offload_threads: 0"],
+                 "mounts[0].offload_threads must be between 1 and 64, not 0"),
+                (["    offload_queue: 100000"],
+                 "mounts[0].offload_queue must be between 1 and 65536, not 100000"),
+                (["    max_threads: 257"],
+                 "mounts[0].max_threads must be between 1 and 256, not 257")):
+            m.extra = extra
+            m.write_config()
+            r = m.ctl("reload", expect=1)
+            assert f"{m.cfg}:" in r.err and message in r.err, (extra, r.err)
+            r = h.run([h.EFUSED, "--check-config", m.cfg], check=False)
+            assert r.rc == 1 and message in r.err, r
+            now = json.loads(m.ctl("--json", "status", "a").out)
+            assert now["state"] == "mounted", now
+            assert now["workers"]["max"] == 6 and now["offload_pool"]["max_threads"] == 2, now
+        with open(J(m.mnt, "still"), "wb") as f:
+            f.write(b"ok")
+            os.fsync(f.fileno())
+        r = h.run([h.EFUSED, "--mount", f"{m.src}:{m.mnt}", "--threads", "4",
+                   "--max-threads", "3"], check=False, timeout=30)
+        assert r.rc == 2 and "--max-threads (3) must not be below --threads (4)" in r.err, r
+        r = h.run([h.EFUSED, "--mount", f"{m.src}:{m.mnt}", "--offload-threads", "65"],
+                  check=False, timeout=30)
+        assert r.rc == 2 and "--offload-threads must be 1..64, not '65'" in r.err, r
 
 
 if __name__ == "__main__":
