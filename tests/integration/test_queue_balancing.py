@@ -82,7 +82,7 @@ def test_stats_complete_while_a_setlkw_waits():
         waiter = None
         try:
             expect_line(holder, "held")
-            assert conn_waiting(m.mnt) == 0
+            h.wait_until(lambda: conn_waiting(m.mnt) == 0, 30, what="no request outstanding")
             waiter = child("fd = os.open(sys.argv[1], os.O_RDWR)\nprint('open', flush=True)\n"
                            "fcntl.lockf(fd, fcntl.LOCK_EX)\nprint('locked', flush=True)", path)
             expect_line(waiter, "open")
@@ -158,15 +158,17 @@ def fsync_blocked_while_stats_run(st, port):
                    J(up.mnt, "synced"))
     try:
         expect_line(syncer, "written")
-        assert conn_waiting(st.lower.mnt) == 0
+        h.wait_until(lambda: conn_waiting(st.lower.mnt) == 0, 30,
+                     what="no request outstanding on the lower mount")
         st.stop_lower()
         syncer.stdin.write("\n")
         syncer.stdin.flush()
-        # The fsync reached the lower mount, whose server does not answer.
-        h.wait_until(lambda: conn_waiting(st.lower.mnt) >= 1, 30,
-                     what="the upper efused's fsync waiting in the lower mount")
+        # The FSYNC is with the upper efused, and its fsync reached the lower mount, whose
+        # server does not answer.
+        h.wait_until(lambda: conn_waiting(up.mnt) >= 1 and conn_waiting(st.lower.mnt) >= 1,
+                     30, what="the fsync outstanding in both mounts")
         stat_all(paths)
-        assert syncer.poll() is None and conn_waiting(st.lower.mnt) >= 1, \
+        assert syncer.poll() is None and conn_waiting(up.mnt) >= 1, \
             "the fsync must still be outstanding"
         samples = parse(scrape(port))
         st.cont_lower()

@@ -25,13 +25,13 @@ class WorkerCountPolicy {
   // Defaults of mounts.yaml `max_threads` when it is not set: max(threads, kDefaultMax).
   static constexpr unsigned kDefaultMax = 16;
 
-  WorkerCountPolicy(unsigned min, unsigned max, int64_t window_ns = kWindow)
-      : min_(min), max_(max), window_(window_ns) {}
+  WorkerCountPolicy(unsigned lo, unsigned hi, int64_t window_ns = kWindow)
+      : min_(lo), max_(hi < lo ? lo : hi), window_(window_ns) {}
 
   // Live (config reload); max below min is taken as min.
-  void set_limits(unsigned min, unsigned max) {
-    min_.store(min);
-    max_.store(max < min ? min : max);
+  void set_limits(unsigned lo, unsigned hi) {
+    min_.store(lo);
+    max_.store(hi < lo ? lo : hi);
   }
   unsigned min() const { return min_.load(std::memory_order_relaxed); }
   unsigned max() const { return max_.load(std::memory_order_relaxed); }

@@ -57,19 +57,15 @@ struct OffloadPool::State {
   }
 };
 
-namespace {
-
 // Travels with a thread's body: when the body is destroyed without having run (a start
 // that kept it and dropped it), the thread is no longer counted.
-struct Ticket {
-  std::shared_ptr<OffloadPool::State> state;
+struct OffloadPool::Ticket {
+  std::shared_ptr<State> state;
   bool entered = false;
   ~Ticket() {
-    if (!entered) state->never_ran();
+    if (!entered && state) state->never_ran();
   }
 };
-
-}  // namespace
 
 OffloadPool::OffloadPool(unsigned max_threads, size_t max_queued, StartThread start)
     : state_(std::make_shared<State>()), start_(std::move(start)) {
@@ -96,7 +92,8 @@ bool OffloadPool::submit(Task& task) {
   if (more) {
     // Outside the lock: a start that keeps the body and drops it at once (tests) takes the
     // thread back through its ticket, which locks.
-    auto ticket = std::make_shared<Ticket>(Ticket{state_});
+    auto ticket = std::make_shared<Ticket>();  // (a temporary Ticket would count as dropped)
+    ticket->state = state_;
     auto body = [ticket] {
       ticket->entered = true;
       efuse::name_this_thread("efuse-offload");

@@ -55,6 +55,7 @@ class OffloadPool {
 
  private:
   struct State;
+  struct Ticket;
   std::shared_ptr<State> state_;
   StartThread start_;
 };

@@ -32,9 +32,9 @@ void Session::do_create(Request& r) {
   TAKE_NAME(name);
   if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
   r.ctx.kill_suidgid = in->open_flags & k::kOpenKillSuidgid;
-  auto create = [this, ctx = r.ctx, parent = r.hdr.nodeid, name = std::string(*name),
+  auto create = [this, ctx = r.ctx, parent = r.hdr.nodeid, leaf = std::string(*name),
                  mode = in->mode, flags = static_cast<int>(in->flags)] {
-    auto c = fs_.create(ctx, parent, name, mode, flags);
+    auto c = fs_.create(ctx, parent, leaf, mode, flags);
     if (!c.ok()) return BlockingAnswer::error(c.error());
     struct {
       k::fuse_entry_out e;

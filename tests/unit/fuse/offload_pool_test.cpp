@@ -122,7 +122,8 @@ TEST(OffloadPool, TasksNoThreadRanAreDestroyedAtStop) {
   };
   bool ran = false;
   {
-    auto token = std::make_shared<Token>(Token{destroyed});
+    auto token = std::make_shared<Token>();
+    token->flag = destroyed;
     OffloadPool::Task t = [token, &ran] { ran = true; };
     ASSERT_TRUE(pool.submit(t));
   }

@@ -161,31 +161,31 @@ DirectStream::Slot* DirectStream::find(uint64_t chunk) {
 
 DirectStream::Slot* DirectStream::issue(uint64_t chunk) {
   // A slot that is empty, else one outside the window [base_, base_ + kWindow).
-  Slot* free = nullptr;
+  Slot* slot = nullptr;
   for (Slot& s : slots_) {
     if (s.in_flight) continue;
     if (s.chunk == UINT64_MAX) {
-      free = &s;
+      slot = &s;
       break;
     }
-    if (s.chunk < base_ || s.chunk >= base_ + kWindow) free = &s;
+    if (s.chunk < base_ || s.chunk >= base_ + kWindow) slot = &s;
   }
-  if (free == nullptr) return nullptr;
+  if (slot == nullptr) return nullptr;
   struct io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
   if (sqe == nullptr) return nullptr;
-  free->chunk = chunk;
-  free->in_flight = true;
-  free->res = 0;
-  io_uring_prep_read(sqe, fd_, free->data, static_cast<unsigned>(kChunk), chunk * kChunk);
-  io_uring_sqe_set_data(sqe, free);
+  slot->chunk = chunk;
+  slot->in_flight = true;
+  slot->res = 0;
+  io_uring_prep_read(sqe, fd_, slot->data, static_cast<unsigned>(kChunk), chunk * kChunk);
+  io_uring_sqe_set_data(sqe, slot);
   if (io_uring_submit(&ring_) < 1) {
-    free->in_flight = false;
-    free->chunk = UINT64_MAX;
+    slot->in_flight = false;
+    slot->chunk = UINT64_MAX;
     return nullptr;
   }
   ++in_flight_;
   ++chunks_read_;
-  return free;
+  return slot;
 }
 
 int DirectStream::wait_for(Slot& s) {
