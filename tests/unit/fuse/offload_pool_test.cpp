@@ -37,6 +37,14 @@ struct Gate {
     open = true;
     cv.notify_all();
   }
+  // Submits `n` of them; true when the pool took all and `running` of them run.
+  bool submit(OffloadPool& pool, int n, unsigned running) {
+    for (int i = 0; i < n; ++i) {
+      OffloadPool::Task t = task();
+      if (!pool.submit(t)) return false;
+    }
+    return eventually([&] { return pool.stats().running == running; });
+  }
 };
 
 TEST(OffloadPool, RunsEveryTaskAndStopWaitsForThem) {
@@ -58,11 +66,7 @@ TEST(OffloadPool, RunsEveryTaskAndStopWaitsForThem) {
 TEST(OffloadPool, NeverMoreThreadsThanItsLimitAndTheRestQueue) {
   OffloadPool pool(3, 100);
   Gate g;
-  for (int i = 0; i < 10; ++i) {
-    OffloadPool::Task t = g.task();
-    ASSERT_TRUE(pool.submit(t));
-  }
-  ASSERT_TRUE(eventually([&] { return pool.stats().running == 3; }));
+  ASSERT_TRUE(g.submit(pool, 10, 3));
   OffloadPool::Stats s = pool.stats();
   EXPECT_EQ(s.threads, 3u);
   EXPECT_EQ(s.queued, 7u);
@@ -139,11 +143,7 @@ TEST(OffloadPool, TasksNoThreadRanAreDestroyedAtStop) {
 TEST(OffloadPool, ALoweredLimitLetsThreadsGo) {
   OffloadPool pool(4, 100);
   Gate g;
-  for (int i = 0; i < 4; ++i) {
-    OffloadPool::Task t = g.task();
-    ASSERT_TRUE(pool.submit(t));
-  }
-  ASSERT_TRUE(eventually([&] { return pool.stats().running == 4; }));
+  ASSERT_TRUE(g.submit(pool, 4, 4));
   pool.set_limits(1, 100);
   g.release();
   ASSERT_TRUE(eventually([&] { return pool.stats().threads == 1; }));
