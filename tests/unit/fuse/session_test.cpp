@@ -1038,9 +1038,9 @@ TEST(SessionDeferred, OffloadedCreateAndSetattrCarryTheirReplies) {
   h.session().set_adaptive(s);
   ASSERT_EQ(h.init().error(), 0);
   ASSERT_TRUE(write_file(h.src("t"), std::string(100000, 'x')));
-  auto create = [&](uint64_t unique) {
+  auto create = [&](uint64_t id) {
     k::fuse_create_in c{O_RDWR | O_CREAT | O_TRUNC, 0644, 0, 0};
-    return h.handle_raw(make_request(code(Op::Create), kRootId, unique, pod(c) + cstr("t")));
+    return h.handle_raw(make_request(code(Op::Create), kRootId, id, pod(c) + cstr("t")));
   };
   auto first = create(h.next_unique());
   ASSERT_EQ(first.size(), 1u) << "the guess: inline";
@@ -1062,11 +1062,11 @@ TEST(SessionDeferred, OffloadedCreateAndSetattrCarryTheirReplies) {
   auto o2 = r.as<k::fuse_open_out>(sizeof(k::fuse_entry_out));
   EXPECT_NE(o2.fh, 0u);
 
-  auto truncate = [&](uint64_t unique, uint64_t size) {
+  auto truncate = [&](uint64_t id, uint64_t size) {
     k::fuse_setattr_in sa{};
     sa.valid = k::kFattrSize;
     sa.size = size;
-    return h.handle_raw(make_request(code(Op::Setattr), e1.nodeid, unique, pod(sa)));
+    return h.handle_raw(make_request(code(Op::Setattr), e1.nodeid, id, pod(sa)));
   };
   auto t1 = truncate(h.next_unique(), 12345);
   ASSERT_EQ(t1.size(), 1u) << "the guess: inline";
