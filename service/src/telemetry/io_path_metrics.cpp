@@ -40,6 +40,11 @@ IoPathFamilies::IoPathFamilies()
                                  "not take (offload_queue full, no thread could start, "
                                  "stopping): served inline.",
                                  MetricType::Counter)),
+      deferred_(make_family("efuse_deferred_requests",
+                            "Requests that will be answered later through a deferred reply "
+                            "and are not answered yet: lock waits (SETLKW) and requests on "
+                            "the offload pool.",
+                            MetricType::Gauge)),
       workers_(make_family("efuse_classic_workers",
                            "/dev/fuse worker threads running now (classic channel; beside "
                            "the io_uring queues, the readers of /dev/fuse).",
@@ -75,8 +80,9 @@ void IoPathFamilies::add_blocking(const std::string& mount, const accel::Offload
 }
 
 void IoPathFamilies::add_offload_pool(const std::string& mount,
-                                      const fuse::OffloadPool::Stats& pool) {
+                                      const fuse::OffloadPool::Stats& pool, uint64_t deferred) {
   const Labels labels{{"mount", mount}};
+  add_gauge(deferred_, labels, static_cast<double>(deferred));
   add_gauge(pool_depth_, labels, static_cast<double>(pool.queued + pool.running));
   add_gauge(pool_threads_, labels, pool.threads);
   add_counter(pool_offloaded_, labels, static_cast<double>(pool.submitted));
@@ -96,7 +102,7 @@ void IoPathFamilies::add_worker_count(const std::string& mount, const fuse::Work
 void IoPathFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
   for (prometheus::MetricFamily* f :
        {&blocking_, &blocking_predicted_, &pool_depth_, &pool_threads_, &pool_offloaded_,
-        &pool_rejected_, &workers_, &workers_limit_, &worker_changes_})
+        &pool_rejected_, &deferred_, &workers_, &workers_limit_, &worker_changes_})
     append_nonempty(out, std::move(*f));
 }
 

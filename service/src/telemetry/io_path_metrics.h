@@ -21,7 +21,9 @@ class IoPathFamilies {
   IoPathFamilies();
   // Queue balancing of requests that may block (accel/offload.h).
   void add_blocking(const std::string& mount, const accel::OffloadReport& report);
-  void add_offload_pool(const std::string& mount, const fuse::OffloadPool::Stats& pool);
+  // The pool, and the requests still owed a deferred reply (lock waits and offloaded ones).
+  void add_offload_pool(const std::string& mount, const fuse::OffloadPool::Stats& pool,
+                        uint64_t deferred);
   void add_worker_count(const std::string& mount, const fuse::WorkerCount& workers);
   void append_to(std::vector<prometheus::MetricFamily>& out) &&;
 
@@ -32,6 +34,7 @@ class IoPathFamilies {
   prometheus::MetricFamily pool_threads_;
   prometheus::MetricFamily pool_offloaded_;
   prometheus::MetricFamily pool_rejected_;
+  prometheus::MetricFamily deferred_;
   prometheus::MetricFamily workers_;
   prometheus::MetricFamily workers_limit_;
   prometheus::MetricFamily worker_changes_;

@@ -337,7 +337,7 @@ void MountFamilies::add_state(const MountView& mount) {
 void MountFamilies::add_session(const std::string& mount, const fuse::Session& session) {
   add_opcodes(mount, session.stats());
   io_path_.add_blocking(mount, session.offload_report());
-  io_path_.add_offload_pool(mount, session.offload_pool_stats());
+  io_path_.add_offload_pool(mount, session.offload_pool_stats(), session.deferred());
   add_counter(decode_errors_, mount_label(mount), static_cast<double>(session.decode_errors()));
   add_counter(passthrough_opens_, mount_label(mount),
               static_cast<double>(session.passthrough_opens()));
