@@ -69,7 +69,7 @@ class AdaptiveEfused(DbusEfused):
                  "    backend: passthrough", f"    source: {self.srcs[0]}",
                  "    io_path: auto",
                  f"    adaptive: {getattr(self, 'adaptive', '{}')}"]
-        lines += getattr(self, "extra", [])
+        lines += getattr(self, "more_keys", [])
         with open(self.cfg + ".new", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.rename(self.cfg + ".new", self.cfg)
@@ -422,7 +422,7 @@ def test_worker_and_pool_limits_apply_live_and_bad_values_are_refused():
         assert view["workers"]["min"] == 4 and view["workers"]["max"] == 16, view["workers"]
         assert view["offload_pool"]["max_threads"] == 4, view["offload_pool"]
         assert view["offload_pool"]["max_queued"] == 256, view["offload_pool"]
-        m.extra = ["    max_threads: 6", "    offload_threads: 2", "    offload_queue: 32"]
+        m.more_keys = ["    max_threads: 6", "    offload_threads: 2", "    offload_queue: 32"]
         m.write_config()
         m.ctl("reload")
         after = json.loads(m.ctl("--json", "status", "a").out)
@@ -442,7 +442,7 @@ def test_worker_and_pool_limits_apply_live_and_bad_values_are_refused():
                  "mounts[0].offload_queue must be between 1 and 65536, not 100000"),
                 (["    max_threads: 257"],
                  "mounts[0].max_threads must be between 1 and 256, not 257")):
-            m.extra = extra
+            m.more_keys = extra
             m.write_config()
             r = m.ctl("reload", expect=1)
             assert f"{m.cfg}:" in r.err and message in r.err, (extra, r.err)
