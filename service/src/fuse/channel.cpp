@@ -202,14 +202,17 @@ bool ClassicChannel::grow(std::string* error) {
 void ClassicChannel::run(Worker& w) {
   efuse::name_this_thread("efuse-dev%u", w.index_);
   bool retired = false;
+  // Two clock reads per request: when it was read (also the end of the wait) and when the
+  // session was done with it (also the start of the next wait).
+  uint64_t t0 = monotonic_ns();
   for (;;) {
-    uint64_t t0 = monotonic_ns();
     w.in_read_.store(true);
     if (draining_.load()) break;
     ssize_t n = ::read(w.fd_, w.in(), w.in_size());
     w.in_read_.store(false);
     uint64_t t1 = monotonic_ns();
     w.stats_.wait_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
+    t0 = t1;
     if (n < 0) {
       int e = errno;
       // ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: retry.
@@ -230,16 +233,16 @@ void ClassicChannel::run(Worker& w) {
       }
     }
     w.stats_.in_flight.store(1, std::memory_order_relaxed);
-    session_.handle(std::span<const char>(w.in(), static_cast<size_t>(n)), w, w.scratch());
+    t0 = session_.handle(std::span<const char>(w.in(), static_cast<size_t>(n)), w, w.scratch(),
+                         t1);
     w.stats_.in_flight.store(0, std::memory_order_relaxed);
     busy_.fetch_sub(1, std::memory_order_relaxed);
-    const uint64_t t2 = monotonic_ns();
     w.stats_.requests.fetch_add(1, std::memory_order_relaxed);
-    w.stats_.busy_ns.fetch_add(t2 - t1, std::memory_order_relaxed);
+    w.stats_.busy_ns.fetch_add(t0 - t1, std::memory_order_relaxed);
     // A worker beyond the first `threads_` leaves when the policy finds it idle.
     unsigned running = running_.load();
     if (w.index_ >= threads_ && running > threads_ &&
-        policy_.finished(running, static_cast<int64_t>(t2)) &&
+        policy_.finished(running, static_cast<int64_t>(t0)) &&
         running_.compare_exchange_strong(running, running - 1)) {
       retired = true;
       retired_.fetch_add(1, std::memory_order_relaxed);
