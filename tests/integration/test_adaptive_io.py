@@ -412,6 +412,84 @@ def test_worker_count_grows_when_every_worker_is_busy():
         assert value(s, "efuse_blocking_requests_total", mount=name) is None
 
 
+class FdStoreListener:
+    """A datagram socket standing in for systemd's notify socket that also takes the
+    descriptors sent with FDSTORE=1 (SCM_RIGHTS): it counts them per FDNAME and closes them
+    at once (a /dev/fuse descriptor held here would keep the connection)."""
+
+    def __init__(self, path):
+        import socket
+        import threading
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.fds = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.pump, daemon=True)
+        self.thread.start()
+
+    def pump(self):
+        import array
+        import socket
+        while not self.stop.is_set():
+            try:
+                msg, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(64 * 4))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            got = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got.frombytes(data[:len(data) - len(data) % got.itemsize])
+            for fd in got:
+                os.close(fd)
+            text = msg.decode(errors="replace")
+            if "FDSTORE=1" in text:
+                name = [l[7:] for l in text.split("\n") if l.startswith("FDNAME=")]
+                key = name[0] if name else ""
+                self.fds[key] = self.fds.get(key, 0) + len(got)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_grown_workers_descriptor_goes_to_the_fd_store():
+    """Restart keeps a mount's FUSE connection in systemd's descriptor store, every /dev/fuse
+    descriptor of it included. A worker the channel grows after start brings a clone of its
+    own: it is stored when it is made (FDSTORE=1, FDNAME=efuse.NAME.clone). One worker to
+    start with and a maximum of 2: the first request finds every worker busy."""
+    import tempfile
+    tmp = os.path.realpath(tempfile.mkdtemp(prefix="efuse-fdstore-", dir="/tmp"))
+    listener = FdStoreListener(J(tmp, "notify"))
+    port = free_port()
+    try:
+        with h.EfusedMount(args=["--transport", "classic", "--threads", "1", "--max-threads",
+                                 "2", "--metrics", f"127.0.0.1:{port}"],
+                           env={"NOTIFY_SOCKET": J(tmp, "notify")}, tag="efuse-adaptive") as m:
+            name = os.path.basename(m.mnt)
+            if "cannot record its state" in m.log_text() or "will remount it" in m.log_text():
+                raise AssertionError("the mount is not kept for a restart here:\n" + m.log_tail())
+            h.wait_until(lambda: listener.fds.get(f"efuse.{name}.conn", 0) == 1, 10,
+                         what="the connection stored")
+            assert listener.fds.get(f"efuse.{name}.clone", 0) == 0, listener.fds
+            for i in range(20):
+                h.write_file(J(m.mnt, f"f{i}"), b"x")
+            s = parse(scrape(port))
+            assert value(s, "efuse_classic_worker_changes_total", mount=name, change="grown") >= 1
+            assert value(s, "efuse_classic_workers_limit", mount=name, bound="max") == 2
+            h.wait_until(lambda: listener.fds.get(f"efuse.{name}.clone", 0) == 1, 10,
+                         what="the grown worker's clone stored")
+            grown = value(s, "efuse_classic_worker_changes_total", mount=name, change="grown")
+            # Only a new clone is stored: a worker started again reuses a parked one's.
+            assert listener.fds[f"efuse.{name}.clone"] == 1, (listener.fds, grown)
+    finally:
+        listener.close()
+        h.shutil.rmtree(tmp, ignore_errors=True)
+
+
 def test_worker_and_pool_limits_apply_live_and_bad_values_are_refused():
     """max_threads, offload_threads and offload_queue change on reload without a remount and
     show in `efusectl status`; values out of range, or a max_threads below threads, are
