@@ -47,6 +47,9 @@ std::string_view mounts_schema_text() {
       "additionalProperties": false,
       "properties": {
         "threads": { "$ref": "#/definitions/threads" },
+        "max_threads": { "$ref": "#/definitions/max_threads" },
+        "offload_threads": { "$ref": "#/definitions/offload_threads" },
+        "offload_queue": { "$ref": "#/definitions/offload_queue" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
@@ -92,6 +95,9 @@ std::string_view mounts_schema_text() {
           "default": false
         },
         "threads": { "$ref": "#/definitions/threads" },
+        "max_threads": { "$ref": "#/definitions/max_threads" },
+        "offload_threads": { "$ref": "#/definitions/offload_threads" },
+        "offload_queue": { "$ref": "#/definitions/offload_queue" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
@@ -126,11 +132,31 @@ std::string_view mounts_schema_text() {
       }
     },
     "threads": {
-      "description": "Worker threads reading requests from /dev/fuse, 1..256. Default 4.",
+      "description": "Worker threads reading requests from /dev/fuse that start with the mount and always run (the minimum), 1..256. Default 4.",
       "type": "integer",
       "default": 4,
       "minimum": 1,
       "maximum": 256
+    },
+    "max_threads": {
+      "description": "Most worker threads reading /dev/fuse: one more starts whenever every worker is busy, and one leaves after 10 s in which at least two were idle whenever a request came, never below threads. threads..256; default max(threads, 16). Live on reload.",
+      "type": "integer",
+      "minimum": 1,
+      "maximum": 256
+    },
+    "offload_threads": {
+      "description": "Threads of the pool that serves requests that may block (fsync, fsyncdir, fallocate, a truncating create or setattr) off the queue that read them, when the queue balancing scheduler finds that cheaper, 1..64. Default 4. Live on reload.",
+      "type": "integer",
+      "default": 4,
+      "minimum": 1,
+      "maximum": 64
+    },
+    "offload_queue": {
+      "description": "Requests that may wait for a thread of the offload pool; more are served inline, on the queue that read them, 1..65536. Default 256. Live on reload.",
+      "type": "integer",
+      "default": 256,
+      "minimum": 1,
+      "maximum": 65536
     },
     "queue_depth": {
       "description": "With the uring transport: requests each per-CPU io_uring queue can hold in flight (ring entries, each with a buffer of max_write bytes), 1..1024. Default 8.",

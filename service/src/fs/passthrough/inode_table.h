@@ -49,6 +49,7 @@ inline int64_t steady_ns() {
 
 struct Inode;
 class InodeTable;
+class DirectStream;
 
 // The file handle (a struct file_handle) of fd's object, any descriptor (O_PATH included);
 // `flags` are added to AT_EMPTY_PATH for name_to_handle_at. Empty with errno set on failure.
@@ -158,6 +159,13 @@ struct Inode {
   std::atomic<int> direct_fd{-1};    // O_DIRECT descriptor while kDevDevice (io_mu)
   std::atomic<uint32_t> direct_align{0};
   accel::FileDevice dev_io;          // guarded by io_mu but its atomics
+  // Readahead of the device path (fs/passthrough/device_io.h): made at the epoch's second
+  // sequential device READ, dropped at its end (io_mu); dev_next is where the latest
+  // device READ ended.
+  std::shared_ptr<DirectStream> dev_stream;
+  std::atomic<uint64_t> dev_next{0};
+  // The file's data changed (through efused or behind its back): what was read ahead goes.
+  void drop_read_ahead();
 
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
   // OFD locks carry no pid, so each owner also keeps the ranges it holds and the pid that

@@ -216,6 +216,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
     int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
                      : truncate(ProcPath(fd), static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
+    data_changed(ino);
     if (ctx.kill_suidgid) {
       Status k = kill_suidgid(fd);
       if (!k.ok()) return Errno{k.error()};

@@ -173,6 +173,14 @@ class PassthroughFs final : public Filesystem {
   // (`fd`: the handle's descriptor). end_device_epoch(): at its last release (io_mu held).
   int device_fd(Inode& inode, int fd);
   void end_device_epoch(Inode& inode, int64_t now_ns);
+  // The device path's readahead of the inode (fs/passthrough/device_io.h): its stream once
+  // two device READs of the epoch followed each other (at most kMaxStreams per mount), else
+  // null (one synchronous O_DIRECT read per READ).
+  std::shared_ptr<DirectStream> device_stream(Inode& inode, int dfd, uint64_t off, size_t len);
+  // Data of `ino` changed through efused: drops what its stream read ahead.
+  void data_changed(uint64_t ino);
+  static constexpr int kMaxStreams = 32;
+  std::atomic<int> streams_{0};
   // Direct I/O alignment of the backing file system `dev` (0: none), asked once per file
   // system; the first one without says so in the log.
   uint32_t direct_alignment(dev_t dev, int fd);
@@ -228,6 +236,7 @@ class PassthroughFs final : public Filesystem {
   std::mutex direct_mu_;
   std::unordered_map<dev_t, uint32_t> direct_align_;  // guarded by direct_mu_
   bool direct_none_logged_ = false;                   // guarded by direct_mu_
+  bool stream_failure_logged_ = false;                // guarded by direct_mu_
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
   Watcher::Counters watch_counters_;  // declared first: outlives the watchers using it
