@@ -23,6 +23,16 @@
 //                    TID in the mutex's futex word (its first 32 bits; robust futex list),
 //                    so the library tells a running efused from a dead one with one load,
 //                    no system call. <start> is pid_start below.
+//   m-<hash>-<pid>-<generation>.sock   (mode 0666, efused's; only on mounts with
+//                    EFUSE_IR_WRITES) a SOCK_SEQPACKET socket efused listens on while the
+//                    record is published: the library tells efused, before its call
+//                    returns, about every backing file it opened for writing or whose
+//                    attributes it changed (struct efuse_intercept_request, the file's
+//                    descriptor attached with SCM_RIGHTS), so the kernel's caches of the
+//                    mount never show what the file was before (docs/intercept.md has the
+//                    contract). efused checks the peer with SO_PEERCRED (allow_other: false
+//                    takes only its own user and root); the library checks that the peer is
+//                    the record's efused.
 #pragma once
 
 #include <stdint.h>
@@ -43,6 +53,8 @@
                                   // default_permissions); else it only counts kernel calls
 #define EFUSE_IR_FILES_GO_ON 0x10u  // withdrawn (LIVE clear) while the mount goes on:
                                     // descriptors the library opened keep working
+#define EFUSE_IR_WRITES 0x20u  // efused listens on the .sock: the library may open files for
+                               // writing and change attributes (never with READ_ONLY)
 
 struct efuse_intercept_record {
   uint64_t magic;
@@ -59,6 +71,25 @@ struct efuse_intercept_record {
   uint64_t reserved2;
   char mountpoint[EFUSE_INTERCEPT_PATH_MAX];  // canonical, no trailing '/'
   char source[EFUSE_INTERCEPT_PATH_MAX];      // backing directory (empty for memory)
+};
+
+// Requests on the .sock: one message each way; each request carries exactly one
+// descriptor of a regular backing file.
+#define EFUSE_IREQ_WRITING 1u  // opened for writing (the descriptor is that open): efused
+                               // drops what the kernel caches of the file and caches none of
+                               // its attributes or pages until no open for writing remains
+#define EFUSE_IREQ_CHANGED 2u  // its attributes, ACLs or xattrs were just changed through
+                               // the descriptor: efused drops the kernel's copy
+
+struct efuse_intercept_request {
+  uint64_t magic;  // EFUSE_INTERCEPT_MAGIC
+  uint32_t version;
+  uint32_t op;     // EFUSE_IREQ_*
+};
+
+struct efuse_intercept_reply {
+  int32_t error;  // 0, or the errno of the refusal (the library then lets the kernel serve)
+  uint32_t reserved;
 };
 
 // Counters, by operation and by who served the call.
@@ -85,4 +116,6 @@ static_assert(sizeof(struct efuse_intercept_record) == 64 + 2 * EFUSE_INTERCEPT_
               "record layout");
 static_assert(sizeof(struct efuse_intercept_counters) == 16 + 16 * EFUSE_IOP_COUNT,
               "counters layout");
+static_assert(sizeof(struct efuse_intercept_request) == 16, "request layout");
+static_assert(sizeof(struct efuse_intercept_reply) == 8, "reply layout");
 #endif

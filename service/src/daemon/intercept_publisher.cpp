@@ -73,6 +73,18 @@ void remove_dead_records(const std::string& dir) {
       }
       continue;
     }
+    unsigned long sock_pid = 0;
+    int used = 0;
+    if (name.size() > 24 && name.compare(0, 2, "m-") == 0 &&
+        name.compare(name.size() - 5, 5, ".sock") == 0 &&
+        std::sscanf(name.c_str() + 18, "-%lu.sock%n", &sock_pid, &used) == 1 &&
+        static_cast<size_t>(used) + 18 == name.size()) {
+      // An intercept socket of an efused that is gone (m-<hash>-<pid>.sock).
+      if (static_cast<pid_t>(sock_pid) != getpid() && ::kill(static_cast<pid_t>(sock_pid), 0) != 0 &&
+          errno == ESRCH)
+        ::unlink(e.path().c_str());
+      continue;
+    }
     if (name.size() < 7 || name.compare(0, 2, "m-") != 0 ||
         name.compare(name.size() - 4, 4, ".rec") != 0)
       continue;
@@ -272,7 +284,7 @@ std::string intercept_dir() {
   return env != nullptr && *env == '/' ? std::string(env) : EFUSE_INTERCEPT_DEFAULT_DIR;
 }
 
-void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
+void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::Filesystem* fs) {
   withdraw(true);
   std::string dir = intercept_dir();
   if (cfg.mountpoint.size() >= EFUSE_INTERCEPT_PATH_MAX ||
@@ -329,6 +341,17 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   // kernel checks permissions the same way (default_permissions) and there is one.
   if (cfg.backend == "passthrough" && cfg.options.default_permissions && !cfg.source.empty())
     flags |= EFUSE_IR_SERVE;
+  // Writes: the backend keeps the kernel's caches exact around them (docs/intercept.md).
+  if ((flags & EFUSE_IR_SERVE) && !cfg.options.read_only && fs != nullptr && fs->library_writes()) {
+    if (server_ == nullptr) {
+      std::string sock = base + "-" + std::to_string(rec->pid) + ".sock";
+      server_ = InterceptServer::start(sock, *fs, cfg.options.allow_other, &why);
+      if (server_ == nullptr)
+        LOG_WARN("%s: intercept: no socket for the library's writes (%s); opens for writing "
+                 "go through the kernel", cfg.name.c_str(), why.c_str());
+    }
+    if (server_ != nullptr) flags |= EFUSE_IR_WRITES;
+  }
   __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
   record_path_ = base + ".rec";
   if (::rename(tmp.c_str(), record_path_.c_str()) != 0) {
@@ -349,13 +372,15 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   bump_generation(dir);
   LOG_INFO("%s: intercept: published %s for libefuse_intercept.so (%s)", cfg.name.c_str(),
            record_path_.c_str(),
-           (flags & EFUSE_IR_SERVE) ? "served by the library"
-                                    : "counted only: the library serves passthrough mounts "
-                                      "with default_permissions");
+           (flags & EFUSE_IR_WRITES)  ? "served by the library, writes too"
+           : (flags & EFUSE_IR_SERVE) ? "served by the library, writes through the kernel"
+                                      : "counted only: the library serves passthrough mounts "
+                                        "with default_permissions");
 }
 
 void InterceptPublisher::withdraw(bool mount_goes_on) {
   if (!mount_goes_on) {
+    server_.reset();  // the backend goes with the mount
     for (auto* rec : withdrawn_) {
       __atomic_store_n(&rec->flags, 0u, __ATOMIC_SEQ_CST);
       munmap(rec, sizeof *rec);
@@ -380,6 +405,9 @@ void InterceptPublisher::withdraw(bool mount_goes_on) {
 
 void InterceptPublisher::leave_for_restart() {
   withdraw(true);
+  // The next efused knows nothing of the library's writers: their descriptors fail with
+  // ENOTCONN once this efused is gone (the library checks that the efused it asked runs).
+  server_.reset();
   for (auto* rec : withdrawn_) munmap(rec, sizeof *rec);  // as they are: FILES_GO_ON
   withdrawn_.clear();
 }

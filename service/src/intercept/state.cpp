@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <time.h>
@@ -307,6 +309,25 @@ void load_record(int dirfd, const char* name, bool* seen) {
   // allow_other: false lets only efused's user through the kernel; others get EACCES there.
   m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
             ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
+  // Writes: efused's socket is m-<hash>-<pid>.sock beside the record; a mount this process
+  // sees read-only (a read-only bind of it, say) is written through the kernel, which says
+  // EROFS.
+  struct statfs sfs;
+  size_t nlen = strlen(name);
+  const char* dir = intercept_dir();
+  size_t dlen = strlen(dir);
+  m.writes = m.serve && (flags & EFUSE_IR_WRITES) && !(flags & EFUSE_IR_READ_ONLY) &&
+             sys(SYS_statfs, reinterpret_cast<long>(rec->mountpoint), reinterpret_cast<long>(&sfs)) == 0 &&
+             !(sfs.f_flags & ST_RDONLY) && dlen + nlen + 32 < sizeof m.sock;
+  if (m.writes) {
+    memcpy(m.sock, dir, dlen);
+    m.sock[dlen] = '/';
+    memcpy(m.sock + dlen + 1, name, nlen - 4);  // without ".rec"
+    char* se = m.sock + dlen + 1 + nlen - 4;
+    *se++ = '-';
+    se = append_uint(se, static_cast<unsigned>(rec->pid));
+    memcpy(se, ".sock", 6);
+  }
   m.cnt = open_counters(dirfd, name, rec);
   m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
@@ -670,6 +691,16 @@ bool files_alive(Mount* m) {
   return false;
 }
 
+bool writes_alive(Mount* m) {
+  if (m == nullptr || m->rec == nullptr) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
+  bool published = (flags & EFUSE_IR_LIVE) && m->rec->generation == m->generation;
+  if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
+  if (efused_running(m)) return true;
+  mark_dead(m);
+  return false;
+}
+
 void refresh() {
   const uint64_t* gen = g_gen.load(std::memory_order_acquire);
   if (gen == nullptr) {
@@ -928,14 +959,18 @@ void adopt_inherited() {
         fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
         break;
       }
-      // A read-only regular file of the backing tree: one the library opened before exec
-      // (a program that opened the backing tree itself is taken for one too).
+      // A regular file of the backing tree: one the library opened before exec (a program
+      // that opened the backing tree itself is taken for one too). One open for writing
+      // (a shell's `> file` under efuse-run) is handed to this efused first, as an open of
+      // the library's would be; if it cannot be, it is left alone.
       struct stat st;
       long fl = sys(SYS_fcntl, fd, F_GETFL);
-      if (m.serve && under(m.src, m.src_len) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY &&
-          sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode)) {
+      bool writable = fl >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+      if (m.serve && under(m.src, m.src_len) && fl >= 0 &&
+          sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode) &&
+          (!writable || ask_efused(&m, EFUSE_IREQ_WRITING, fd) == 0)) {
         fd_identity(fd, st.st_dev, st.st_ino);
-        fd_put(fd, kFdLibrary | static_cast<uint32_t>(i + 1));
+        fd_put(fd, kFdLibrary | (writable ? kFdWritable : 0) | static_cast<uint32_t>(i + 1));
         break;
       }
     }

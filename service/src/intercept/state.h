@@ -53,6 +53,11 @@ struct Mount {
   bool parent_open = false;  // every directory above the mount searchable by all, no ACLs
   char src[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t src_len = 0;
+  // The library opens files for writing and changes attributes itself, telling efused over
+  // `sock` (EFUSE_IR_WRITES; not on a read-only mount, nor where this process sees the
+  // mount read-only).
+  bool writes = false;
+  char sock[EFUSE_INTERCEPT_PATH_MAX + 64] = {};
   // File systems mounted inside the mount, as this process's mount table shows them at
   // the last rescan (efused bumps the generation whenever its table changes): paths at or
   // under one are the kernel's, and while there is any, so are calls relative to directory
@@ -69,6 +74,9 @@ constexpr uint32_t kFdKernel = 0x20000;   // opened through the mount (counted a
 // Known not to be in a published mount (a directory descriptor calls were made relative
 // to): its calls go to libc without another look. Forgotten like any entry.
 constexpr uint32_t kFdOther = 0x40000;
+// With kFdLibrary: open for writing (efused was told, EFUSE_IREQ_WRITING). Such a
+// descriptor works only while the efused that was told runs (writes_alive).
+constexpr uint32_t kFdWritable = 0x80000;
 uint32_t fd_entry(int fd);
 // Also forgets the number's backing directory (fd_unbind): a new entry is a new descriptor.
 void fd_put(int fd, uint32_t entry);
@@ -108,6 +116,14 @@ bool mount_alive(Mount* m);
 // True while descriptors the library opened on `m` may be used: the mount is published, or
 // was withdrawn while it goes on (EFUSE_IR_FILES_GO_ON), and efused runs.
 bool files_alive(Mount* m);
+// For a descriptor the library opened for writing: the mount is published (or withdrawn
+// while it goes on) by the efused that was told of the open, and that efused runs. Another
+// efused that took the mount over knows nothing of the library's writers.
+bool writes_alive(Mount* m);
+// Tells m's efused about backing file `fd` (EFUSE_IREQ_WRITING or _CHANGED) and waits for
+// its answer: 0, or -1 with errno (efused's refusal; ENOTCONN when it cannot be reached or
+// went away meanwhile). Never hangs on an efused that is gone: its end of the socket closes.
+int ask_efused(Mount* m, uint32_t op, int fd);
 // Re-reads the published mounts when efused changed them (cheap when nothing changed).
 void refresh();
 // Any mount published and active (checked before resolving paths).

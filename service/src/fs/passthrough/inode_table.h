@@ -116,6 +116,10 @@ struct Inode {
   // An open of this file was served through the kernel's page cache (not passthrough), so
   // the kernel may hold its pages, even after the last close (KEEP_CACHE, mmap).
   std::atomic<bool> paged{false};
+  // A process under libefuse_intercept.so may be writing the backing file itself
+  // (PassthroughFs::library_writing): the kernel gets its attributes valid for no time and
+  // no open of it through the page cache, until no open for writing of it remains.
+  std::atomic<bool> library_writes{false};
   std::atomic<int> watch{-1};        // inotify watch descriptor (directories)
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};
