@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, INTERCEPT_DIR, \
-    INTERCEPT_GROUPS, IO_PATH_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, BenchError
-from .mounts import retire
-from .procs import Daemon
+    INTERCEPT_GROUPS, IO_PATH_GROUPS, MEMORY_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, \
+    BenchError
+from .mounts import mount_at, retire
+from .procs import Daemon, run
 
 if TYPE_CHECKING:
     from .bench import Bench
@@ -216,7 +217,41 @@ class EfusedBaseSide(EfusedSide):
             shlex.split(self.bench.args.efused_args)
 
 
+class TmpfsSide(Side):
+    """A tmpfs mounted for the row (default size: half of RAM), what the memory backend is
+    measured against."""
+    name = "tmpfs"
+    groups = MEMORY_GROUPS
+
+    def storage(self, group):
+        return RUN / "tmpfs" / group
+
+    def begin(self, group):
+        d = self.storage(group)
+        retire(d)
+        d.mkdir(parents=True)
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-bench", d], timeout=60)
+        return d
+
+    def end(self):
+        for d in (RUN / "tmpfs").glob("*"):
+            if mount_at(d) is not None:
+                run(["umount", d], timeout=120)
+
+
+class MemorySide(EfusedSide):
+    """efused's memory backend (efused --mount memory:MNT), no telemetry: the files live in
+    efused's block pool."""
+    name = "memory"
+    groups = MEMORY_GROUPS
+    telemetry = False
+
+    def argv(self, src, mnt):
+        return [str(self.bench.efused_bin), "--mount", f"memory:{mnt}"] + \
+            shlex.split(self.bench.args.efused_args)
+
+
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
                                     EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide,
-                                    EfuseRunSide, EfusedBaseSide)}
+                                    EfuseRunSide, EfusedBaseSide, TmpfsSide, MemorySide)}
 assert tuple(SIDE_CLASSES) == SIDES

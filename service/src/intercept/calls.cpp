@@ -103,7 +103,7 @@ int handed_out(const Resolved& r, long fd, const struct stat& st, int saved, boo
 int lib_open(const Resolved& r, int flags) {
   const bool writing = (flags & O_ACCMODE) != O_RDONLY;
   if ((flags & kUnservedOpenFlags) || (flags & O_ACCMODE) == O_ACCMODE) return kDecline;
-  if (writing ? !r.mount->writes || (flags & O_EXCL) : (flags & kWriteOpenFlags) != 0)
+  if (writing ? (flags & O_EXCL) || !mount_writes(r.mount) : (flags & kWriteOpenFlags) != 0)
     return kDecline;
   struct stat st;
   int saved = errno;

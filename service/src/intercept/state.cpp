@@ -309,16 +309,13 @@ void load_record(int dirfd, const char* name, bool* seen) {
   // allow_other: false lets only efused's user through the kernel; others get EACCES there.
   m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
             ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
-  // Writes: efused's socket is m-<hash>-<pid>.sock beside the record; a mount this process
-  // sees read-only (a read-only bind of it, say) is written through the kernel, which says
-  // EROFS.
-  struct statfs sfs;
+  // Writes: efused's socket is m-<hash>-<pid>.sock beside the record (whether this process
+  // sees the mount writable is asked at the first open for writing: mount_writes()).
   size_t nlen = strlen(name);
   const char* dir = intercept_dir();
   size_t dlen = strlen(dir);
   m.writes = m.serve && (flags & EFUSE_IR_WRITES) && !(flags & EFUSE_IR_READ_ONLY) &&
-             sys(SYS_statfs, reinterpret_cast<long>(rec->mountpoint), reinterpret_cast<long>(&sfs)) == 0 &&
-             !(sfs.f_flags & ST_RDONLY) && dlen + nlen + 32 < sizeof m.sock;
+             dlen + nlen + 32 < sizeof m.sock;
   if (m.writes) {
     memcpy(m.sock, dir, dlen);
     m.sock[dlen] = '/';
@@ -689,6 +686,24 @@ bool files_alive(Mount* m) {
     if (s != m && s->dev == m->dev && mount_alive(s)) return true;
   }
   return false;
+}
+
+bool mount_writes(Mount* m) {
+  if (m == nullptr || !m->writes) return false;
+  int known = m->writable.load(std::memory_order_acquire);
+  if (known == 0) {
+    // A mount this process sees read-only (a read-only bind of it, say) is written through
+    // the kernel, which says EROFS. One STATFS round trip, once per process.
+    struct statfs sfs;
+    int saved = errno;
+    known = sys(SYS_statfs, reinterpret_cast<long>(m->mp), reinterpret_cast<long>(&sfs)) == 0 &&
+                    !(sfs.f_flags & ST_RDONLY)
+                ? 1
+                : 2;
+    errno = saved;
+    m->writable.store(known, std::memory_order_release);
+  }
+  return known == 1;
 }
 
 bool writes_alive(Mount* m) {

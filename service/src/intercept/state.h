@@ -54,9 +54,9 @@ struct Mount {
   char src[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t src_len = 0;
   // The library opens files for writing and changes attributes itself, telling efused over
-  // `sock` (EFUSE_IR_WRITES; not on a read-only mount, nor where this process sees the
-  // mount read-only).
+  // `sock` (EFUSE_IR_WRITES, not on a read-only mount; see mount_writes()).
   bool writes = false;
+  std::atomic<int> writable{0};  // mount_writes(): 0 not asked yet, 1 yes, 2 no
   char sock[EFUSE_INTERCEPT_PATH_MAX + 64] = {};
   // File systems mounted inside the mount, as this process's mount table shows them at
   // the last rescan (efused bumps the generation whenever its table changes): paths at or
@@ -116,6 +116,9 @@ bool mount_alive(Mount* m);
 // True while descriptors the library opened on `m` may be used: the mount is published, or
 // was withdrawn while it goes on (EFUSE_IR_FILES_GO_ON), and efused runs.
 bool files_alive(Mount* m);
+// The library may open files of `m` for writing: efused takes them (Mount::writes) and this
+// process does not see the mount read-only (asked once).
+bool mount_writes(Mount* m);
 // For a descriptor the library opened for writing: the mount is published (or withdrawn
 // while it goes on) by the efused that was told of the open, and that efused runs. Another
 // efused that took the mount over knows nothing of the library's writers.
