@@ -47,7 +47,7 @@ int open_path(const Resolved& r, bool nofollow) {
   struct open_how how = {};
   how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
   // Beneath a bound directory: ".." cannot occur (without_dots) and nothing may lead out.
-  how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
+  how.resolve = RESOLVE_NO_SYMLINKS | (r.bound || r.beneath ? RESOLVE_BENEATH : 0);
   int saved = errno;
   long fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path),
                 reinterpret_cast<long>(&how), sizeof how);
@@ -133,7 +133,7 @@ int lib_open(const Resolved& r, int flags) {
   } else {
     struct open_how how = {};
     how.flags = static_cast<uint64_t>(oflags);
-    how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
+    how.resolve = RESOLVE_NO_SYMLINKS | (r.bound || r.beneath ? RESOLVE_BENEATH : 0);
     fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&how),
              sizeof how);
   }

@@ -688,6 +688,31 @@ bool files_alive(Mount* m) {
   return false;
 }
 
+int mount_root(Mount* m) {
+  int fd = m->root_fd.load(std::memory_order_acquire);
+  if (fd != -1) return fd;
+  int saved = errno;
+  long root = sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(m->src),
+                  O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root >= 0 && root < kHighFd) {
+    long high = sys(SYS_fcntl, root, F_DUPFD_CLOEXEC, kHighFd);
+    close_fd(static_cast<int>(root));
+    root = high;
+  }
+  if (root >= kMaxFds) {
+    close_fd(static_cast<int>(root));
+    root = -1;
+  }
+  errno = saved;
+  int got = root >= 0 ? static_cast<int>(root) : -2;
+  int expected = -1;
+  if (!m->root_fd.compare_exchange_strong(expected, got)) {  // another thread was faster
+    if (got >= 0) close_fd(got);
+    return expected;
+  }
+  return got;
+}
+
 bool mount_writes(Mount* m) {
   if (m == nullptr || !m->writes) return false;
   int known = m->writable.load(std::memory_order_acquire);
@@ -840,6 +865,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
   out->at_fd = AT_FDCWD;
   out->at_path = out->backing;
   out->bound = false;
+  out->beneath = false;
   out->decline = false;
   if (path[0] != '/' && dirfd != AT_FDCWD) {
     // Relative to a directory descriptor: only ever answered relative to the backing
@@ -907,6 +933,14 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     out->mount = &m;
     out->index = i;
     out->decline = in_hole(&m, buf, len);  // inside a file system mounted in the mount
+    int root = m.serve ? mount_root(&m) : -2;
+    if (root >= 0) {
+      const char* below = rest;
+      while (*below == '/') ++below;
+      out->at_fd = root;
+      out->at_path = *below != '\0' ? below : ".";
+      out->beneath = true;
+    }
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
     out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
     return true;
@@ -934,6 +968,8 @@ void internal_fd_gone(int fd) {
   for (int i = 0; i < count; ++i) {
     int expected = fd;
     g_mounts[i].pidfd.compare_exchange_strong(expected, -1);
+    expected = fd;
+    g_mounts[i].root_fd.compare_exchange_strong(expected, -1);
   }
 }
 
@@ -946,6 +982,9 @@ void internal_fds_gone(unsigned first, unsigned last) {
     int fd = g_mounts[i].pidfd.load();
     if (fd >= 0 && static_cast<unsigned>(fd) >= first && static_cast<unsigned>(fd) <= last)
       g_mounts[i].pidfd.compare_exchange_strong(fd, -1);
+    fd = g_mounts[i].root_fd.load();
+    if (fd >= 0 && static_cast<unsigned>(fd) >= first && static_cast<unsigned>(fd) <= last)
+      g_mounts[i].root_fd.compare_exchange_strong(fd, -1);
   }
 }
 

@@ -57,6 +57,9 @@ struct Mount {
   // `sock` (EFUSE_IR_WRITES, not on a read-only mount; see mount_writes()).
   bool writes = false;
   std::atomic<int> writable{0};  // mount_writes(): 0 not asked yet, 1 yes, 2 no
+  // The backing directory, opened O_PATH by this process (mount_root()): -1 not yet, -2
+  // cannot be (then paths are walked from / as before).
+  std::atomic<int> root_fd{-1};
   char sock[EFUSE_INTERCEPT_PATH_MAX + 64] = {};
   // File systems mounted inside the mount, as this process's mount table shows them at
   // the last rescan (efused bumps the generation whenever its table changes): paths at or
@@ -116,6 +119,14 @@ bool mount_alive(Mount* m);
 // True while descriptors the library opened on `m` may be used: the mount is published, or
 // was withdrawn while it goes on (EFUSE_IR_FILES_GO_ON), and efused runs.
 bool files_alive(Mount* m);
+// m's backing directory opened O_PATH (close-on-exec, at a high number) with this process's
+// credentials, once; -2 when it cannot be. Paths under the mount are resolved beneath it,
+// so each call walks the components under the mount only, not the backing directory's
+// path from / (the kernel path checks no directory above the backing one either, and the
+// mountpoint's parents are checked as before). It follows the directory efused serves
+// whatever is renamed above it later. Forgotten (and opened again when needed) when the
+// program closes or replaces its number (internal_fd_gone).
+int mount_root(Mount* m);
 // The library may open files of `m` for writing: efused takes them (Mount::writes) and this
 // process does not see the mount read-only (asked once).
 bool mount_writes(Mount* m);
@@ -155,6 +166,9 @@ struct Resolved {
   int at_fd = -100;  // AT_FDCWD
   const char* at_path = nullptr;
   bool bound = false;
+  // at_fd is the mount's backing root (mount_root()) and at_path the rest of the path:
+  // resolved beneath it, as beneath a bound directory.
+  bool beneath = false;
   // Under the mount, but the kernel answers (counted as such): a call relative to a
   // directory descriptor that could not be bound, or whose path holds "..".
   bool decline = false;
