@@ -32,7 +32,7 @@ class InterceptPublisher {
   // the mount unpublished (every call then goes through the kernel). Where `fs` takes the
   // library's writes (and the mount is writable) the intercept socket is started with the
   // first publication and kept until the mount stops (EFUSE_IR_WRITES).
-  void publish(const MountConfig& cfg, unsigned conn_id, fs::Filesystem* fs);
+  void publish(const MountConfig& cfg, unsigned conn_id, fs::Filesystem* fs = nullptr);
   // Marks the record not live (libraries stop serving at once) and removes both files.
   // `mount_goes_on` (intercept turned off, the mount stays): descriptors the libraries
   // already opened keep working until the mount stops (a later withdraw(false)); else

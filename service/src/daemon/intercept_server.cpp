@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <cstring>
+#include <utility>
 
 #include "common/intercept_abi.h"
 #include "common/log.h"

@@ -4,6 +4,7 @@
 // by mistake with a forked child or another thread, nor kept open by a program that
 // closes every descriptor but its own.
 #include <errno.h>
+#include <fcntl.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
