@@ -524,8 +524,8 @@ __attribute__((visibility("default"))) ssize_t sendfile64(int out, int in, off64
 // directly: refused with EROFS on a read-only mount, as the kernel refuses them there, and
 // told to efused before they return (EFUSE_IREQ_CHANGED), which drops the kernel's cached
 // attributes and ACLs of the file.
-template <typename Change>
-static int fd_change(int fd, Change&& change) {
+extern "C++" template <typename Change>
+int fd_change(int fd, Change&& change) {
   uint32_t e = fd_entry(fd);
   if (!(e & kFdLibrary)) return change();
   Mount* m = mount_at(fd_mount(e));

@@ -206,9 +206,13 @@ efuse_intercept_counters* open_counters(int dirfd, const char* name, const efuse
   e = append_uint(e, uid);
   *e = '\0';
   constexpr size_t kSize = sizeof(efuse_intercept_counters);
+  // Made by this user's first process; every later one opens it (one call, not two).
   int fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
-                                O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
-  if (fd < 0 && errno == EEXIST)
+                                O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (fd < 0 && errno == ENOENT)
+    fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                              O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (fd < 0 && errno == EEXIST)  // another process made it meanwhile
     fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
                               O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (fd < 0) return nullptr;
