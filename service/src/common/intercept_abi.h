@@ -23,7 +23,13 @@
 //                    TID in the mutex's futex word (its first 32 bits; robust futex list),
 //                    so the library tells a running efused from a dead one with one load,
 //                    no system call. <start> is pid_start below.
-//   m-<hash>-<pid>-<generation>.sock   (mode 0666, efused's; only on mounts with
+//   mounts-<pid>-<start>  (mode 0644, efused's) a copy of efused's /proc/self/mountinfo
+//                    after a line "efuse-mounts <root st_dev> <root st_ino> <mnt ns inode>",
+//                    rewritten (and only then the generation bumped) whenever the table
+//                    changes: a library with the same root, whose published mounts carry the
+//                    mount ids it sees (so: the same mount namespace), reads it instead of
+//                    its own mountinfo, which costs far more to generate.
+//   m-<hash>-<pid>.sock  (mode 0666, efused's; only on mounts with
 //                    EFUSE_IR_WRITES) a SOCK_SEQPACKET socket efused listens on while the
 //                    record is published: the library tells efused, before its call
 //                    returns, about every backing file it opened for writing or whose

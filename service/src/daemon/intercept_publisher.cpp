@@ -56,6 +56,38 @@ std::string alive_name(unsigned long pid, unsigned long long start) {
   return "alive-" + std::to_string(pid) + "-" + std::to_string(start);
 }
 
+// efused's copy of its mount table (common/intercept_abi.h): a header line, then
+// /proc/self/mountinfo as read.
+std::string mounts_name(unsigned long pid, unsigned long long start) {
+  return "mounts-" + std::to_string(pid) + "-" + std::to_string(start);
+}
+
+// Writes the copy anew (a new file renamed over the old one). Called before the generation
+// is bumped for a change of the table, so a library that rescans reads the new one.
+void publish_mount_table(const std::string& dir, int table) {
+  struct stat ns, root;
+  if (::stat("/proc/self/ns/mnt", &ns) != 0 || ::stat("/", &root) != 0) return;
+  std::string text = "efuse-mounts " + std::to_string(root.st_dev) + " " +
+                     std::to_string(root.st_ino) + " " + std::to_string(ns.st_ino) + "\n";
+  char buf[16384];
+  for (off_t off = 0;;) {
+    ssize_t n = ::pread(table, buf, sizeof buf, off);
+    if (n < 0) return;  // the libraries read their own table while the copy is missing
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    off += n;
+  }
+  std::string path = dir + "/" + mounts_name(getpid(), start_time("self"));
+  std::string tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd || ::fchmod(fd.get(), 0644) != 0 ||
+      ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+      ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    ::unlink(path.c_str());  // none rather than a stale one
+  }
+}
+
 // Records left by an efused that was killed (its mounts detached since): removed with
 // their counters, so /run does not collect them. Libraries ignore them anyway (PID check).
 void remove_dead_records(const std::string& dir) {
@@ -65,8 +97,10 @@ void remove_dead_records(const std::string& dir) {
     unsigned long pid = 0;
     unsigned long long start = 0;
     char tail = 0;
-    if (std::sscanf(name.c_str(), "alive-%lu-%llu%c", &pid, &start, &tail) == 2 &&
-        name == alive_name(pid, start)) {
+    if ((std::sscanf(name.c_str(), "alive-%lu-%llu%c", &pid, &start, &tail) == 2 &&
+         name == alive_name(pid, start)) ||
+        (std::sscanf(name.c_str(), "mounts-%lu-%llu%c", &pid, &start, &tail) == 2 &&
+         name == mounts_name(pid, start))) {
       if (static_cast<pid_t>(pid) != getpid() && start_time(std::to_string(pid)) != start) {
         ::unlink(e.path().c_str());
         LOG_INFO("intercept: removed %s, left by efused %lu, which is gone", e.path().c_str(), pid);
@@ -250,12 +284,15 @@ bool ensure_alive(const std::string& dir, std::string* why) {
   // so none is delivered here). It owns nothing to clean up. Meanwhile it watches this
   // namespace's mount table: a file system mounted inside a published mount (or one
   // unmounted there) must be seen by the libraries, which read the table when they rescan,
-  // so any change of it bumps the generation.
+  // so any change of it is copied for them (mounts-<pid>-<start>: reading the kernel's
+  // mountinfo cost each process under efuse-run ~40 us at its start) and then bumps the
+  // generation.
   std::thread([page, dir, locked = std::move(locked)]() mutable {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
     UniqueFd table(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+    if (table) publish_mount_table(dir, table.get());
     locked.set_value(pthread_mutex_lock(&page->mutex));
     for (;;) {
       struct pollfd p = {table.get(), POLLPRI, 0};
@@ -265,7 +302,10 @@ bool ensure_alive(const std::string& dir, std::string* why) {
                  strerror(errno));
         for (;;) pause();
       }
-      if (p.revents & (POLLPRI | POLLERR)) bump_generation(dir);
+      if (p.revents & (POLLPRI | POLLERR)) {
+        publish_mount_table(dir, table.get());
+        bump_generation(dir);
+      }
     }
   }).detach();
   int rc = result.get();

@@ -60,6 +60,7 @@ struct Mount {
   // The backing directory, opened O_PATH by this process (mount_root()): -1 not yet, -2
   // cannot be (then paths are walked from / as before).
   std::atomic<int> root_fd{-1};
+  std::atomic<uint64_t> src_dev{0};  // its st_dev, once opened
   char sock[EFUSE_INTERCEPT_PATH_MAX + 64] = {};
   // File systems mounted inside the mount, as this process's mount table shows them at
   // the last rescan (efused bumps the generation whenever its table changes): paths at or
