@@ -122,8 +122,14 @@ class EfusedSide(FuseSide):
     ready = b"efused: ready"
     telemetry = True
 
+    def binary(self) -> Path:
+        return self.bench.efused_bin
+
+    def mount_spec(self, src, mnt) -> str:
+        return f"{src}:{mnt}"
+
     def argv(self, src, mnt):
-        return [str(self.bench.efused_bin), "--mount", f"{src}:{mnt}"] + \
+        return [str(self.binary()), "--mount", self.mount_spec(src, mnt)] + \
             shlex.split(self.bench.args.efused_args)
 
 
@@ -212,12 +218,11 @@ class EfusedBaseSide(EfusedSide):
     groups = BASE_GROUPS
     telemetry = False
 
-    def argv(self, src, mnt):
-        return [str(self.bench.efused_base_bin), "--mount", f"{src}:{mnt}"] + \
-            shlex.split(self.bench.args.efused_args)
+    def binary(self):
+        return self.bench.efused_base_bin
 
 
-class TmpfsSide(Side):
+class TmpfsSide(NativeSide):
     """A tmpfs mounted for the row (default size: half of RAM), what the memory backend is
     measured against."""
     name = "tmpfs"
@@ -227,9 +232,7 @@ class TmpfsSide(Side):
         return RUN / "tmpfs" / group
 
     def begin(self, group):
-        d = self.storage(group)
-        retire(d)
-        d.mkdir(parents=True)
+        d = super().begin(group)
         run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-bench", d], timeout=60)
         return d
 
@@ -246,9 +249,8 @@ class MemorySide(EfusedSide):
     groups = MEMORY_GROUPS
     telemetry = False
 
-    def argv(self, src, mnt):
-        return [str(self.bench.efused_bin), "--mount", f"memory:{mnt}"] + \
-            shlex.split(self.bench.args.efused_args)
+    def mount_spec(self, src, mnt):
+        return f"memory:{mnt}"
 
 
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,

@@ -42,6 +42,9 @@
 #pragma once
 
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define EFUSE_INTERCEPT_MAGIC 0x3152494553554645ull  // "EFUSEIR1"
 #define EFUSE_INTERCEPT_VERSION 1u
@@ -97,6 +100,29 @@ struct efuse_intercept_reply {
   int32_t error;  // 0, or the errno of the refusal (the library then lets the kernel serve)
   uint32_t reserved;
 };
+
+// Fills `msg` to send request `op` (in `req`, through `iov`) with descriptor `fd` attached;
+// `control` holds CMSG_SPACE(sizeof(int)) bytes aligned for struct cmsghdr.
+static inline void efuse_intercept_message(struct msghdr* msg, struct iovec* iov,
+                                           struct efuse_intercept_request* req, uint32_t op,
+                                           char* control, int fd) {
+  req->magic = EFUSE_INTERCEPT_MAGIC;
+  req->version = EFUSE_INTERCEPT_VERSION;
+  req->op = op;
+  iov->iov_base = req;
+  iov->iov_len = sizeof *req;
+  memset(msg, 0, sizeof *msg);
+  memset(control, 0, CMSG_SPACE(sizeof(int)));
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 1;
+  msg->msg_control = control;
+  msg->msg_controllen = CMSG_SPACE(sizeof(int));
+  struct cmsghdr* c = CMSG_FIRSTHDR(msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+}
 
 // Counters, by operation and by who served the call.
 #define EFUSE_INTERCEPT_OPS(X) \

@@ -52,19 +52,11 @@ long connect_to(const Mount* m) {
 
 // One request and its reply: 0, -1 with efused's errno, or -2 when the exchange broke.
 int exchange(long conn, uint32_t op, int fd) {
-  efuse_intercept_request req = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION, op};
-  struct iovec iov = {&req, sizeof req};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  efuse_intercept_request req;
+  struct iovec iov;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg;
+  efuse_intercept_message(&msg, &iov, &req, op, control, fd);
   long n;
   do n = sys(SYS_sendmsg, conn, reinterpret_cast<long>(&msg), MSG_NOSIGNAL);
   while (n < 0 && errno == EINTR);

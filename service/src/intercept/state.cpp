@@ -744,13 +744,20 @@ bool mount_alive(Mount* m) {
   return true;
 }
 
-bool files_alive(Mount* m) {
+bool writes_alive(Mount* m) {
   if (m == nullptr || m->rec == nullptr) return false;
   uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
   bool published = (flags & EFUSE_IR_LIVE) && m->rec->generation == m->generation;
   if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
   if (efused_running(m)) return true;
   mark_dead(m);
+  return false;
+}
+
+bool files_alive(Mount* m) {
+  if (writes_alive(m)) return true;
+  if (m == nullptr || m->rec == nullptr) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
   if (!(flags & EFUSE_IR_FILES_GO_ON)) return false;
   // Left to the next efused (a restart that keeps the connection): once it resumed and
   // published the same connection (the same device), the descriptors go on.
@@ -809,15 +816,6 @@ bool mount_writes(Mount* m) {
   return known == 1;
 }
 
-bool writes_alive(Mount* m) {
-  if (m == nullptr || m->rec == nullptr) return false;
-  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
-  bool published = (flags & EFUSE_IR_LIVE) && m->rec->generation == m->generation;
-  if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
-  if (efused_running(m)) return true;
-  mark_dead(m);
-  return false;
-}
 
 void refresh() {
   const uint64_t* gen = g_gen.load(std::memory_order_acquire);

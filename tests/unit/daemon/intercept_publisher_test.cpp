@@ -70,6 +70,12 @@ class InterceptPublisherTest : public ::testing::Test {
     EXPECT_NE(p, MAP_FAILED);
     return static_cast<T*>(p);
   }
+  uint32_t record_flags() {
+    auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    uint32_t flags = rec->flags;
+    munmap(rec, sizeof *rec);
+    return flags;
+  }
   static double series(const std::vector<fs::Metric>& ms, const char* op, const char* path) {
     for (const auto& m : ms)
       if (m.labels.size() == 2 && m.labels[0].second == op && m.labels[1].second == path)
@@ -330,19 +336,11 @@ int ask(const std::string& sock, uint32_t op, int fd) {
     ::close(s);
     return -1;
   }
-  efuse_intercept_request req = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION, op};
-  struct iovec iov = {&req, sizeof req};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  struct cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+  efuse_intercept_request req;
+  struct iovec iov;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg;
+  efuse_intercept_message(&msg, &iov, &req, op, control, fd);
   efuse_intercept_reply reply = {-1, 0};
   bool ok = ::sendmsg(s, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof req) &&
             ::recv(s, &reply, sizeof reply, 0) == static_cast<ssize_t>(sizeof reply);
@@ -359,9 +357,7 @@ TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
     InterceptPublisher p;
     p.publish(cfg_, 42, &backend);
     ASSERT_NE(p.server(), nullptr);
-    auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
-    EXPECT_TRUE(rec->flags & EFUSE_IR_WRITES);
-    munmap(rec, sizeof *rec);
+    EXPECT_TRUE(record_flags() & EFUSE_IR_WRITES);
     std::string sock = p.server()->path();
     std::string tail = "-" + std::to_string(getpid()) + ".sock";
     EXPECT_EQ(sock.compare(sock.size() - tail.size(), tail.size(), tail), 0) << sock;
@@ -398,9 +394,7 @@ TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
   InterceptPublisher q;
   q.publish(cfg_, 43, &backend);
   EXPECT_EQ(q.server(), nullptr);
-  auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
-  EXPECT_FALSE(rec->flags & EFUSE_IR_WRITES);
-  munmap(rec, sizeof *rec);
+  EXPECT_FALSE(record_flags() & EFUSE_IR_WRITES);
 }
 
 }  // namespace

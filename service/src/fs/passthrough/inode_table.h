@@ -50,6 +50,19 @@ inline int64_t steady_ns() {
 struct Inode;
 class InodeTable;
 
+// A backing object's identity: (st_dev, st_ino).
+struct BackingKey {
+  dev_t dev;
+  ino_t ino;
+  bool operator==(const BackingKey&) const = default;
+};
+struct BackingKeyHash {
+  size_t operator()(const BackingKey& k) const noexcept {
+    return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
+                                 static_cast<uint64_t>(k.dev));
+  }
+};
+
 // The file handle (a struct file_handle) of fd's object, any descriptor (O_PATH included);
 // `flags` are added to AT_EMPTY_PATH for name_to_handle_at. Empty with errno set on failure.
 std::vector<unsigned char> handle_of(int fd, int flags = 0);
@@ -278,17 +291,8 @@ class InodeTable {
   static void wake_evictors(uint64_t held);
   void evictor_loop();
 
-  struct Key {
-    dev_t dev;
-    ino_t ino;
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    size_t operator()(const Key& k) const noexcept {
-      return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
-                                   static_cast<uint64_t>(k.dev));
-    }
-  };
+  using Key = BackingKey;
+  using KeyHash = BackingKeyHash;
 
   // mu_ guards by_key_ and linked_, and is taken before the node table's own lock, so that
   // a key and its nodeid change together.

@@ -254,19 +254,8 @@ class PassthroughFs final : public Filesystem {
   // Backing files libefuse_intercept.so opened for writing (passthrough_library.cpp), by
   // (st_dev, st_ino), each with an O_PATH descriptor to test for writers; changed only by
   // the intercept server's thread, read by lookups (library_mark_new).
-  struct FileKey {
-    dev_t dev;
-    ino_t ino;
-    bool operator==(const FileKey&) const = default;
-  };
-  struct FileKeyHash {
-    size_t operator()(const FileKey& k) const noexcept {
-      return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
-                                   static_cast<uint64_t>(k.dev));
-    }
-  };
   mutable std::mutex library_mu_;
-  std::unordered_map<FileKey, int, FileKeyHash> library_marks_;  // guarded by library_mu_
+  std::unordered_map<BackingKey, int, BackingKeyHash> library_marks_;  // guarded by library_mu_
   std::atomic<size_t> library_mark_count_{0};
   std::atomic<uint64_t> library_refusals_{0};
 

@@ -75,7 +75,7 @@ Status PassthroughFs::library_writing(int fd) {
   int fl = ::fcntl(fd, F_GETFL);
   if (fl < 0) return last_errno();
   if ((fl & O_ACCMODE) == O_RDONLY) return Errno{EBADF};
-  const FileKey key{st.st_dev, st.st_ino};
+  const BackingKey key{st.st_dev, st.st_ino};
   std::shared_ptr<Inode> inode;
   {
     std::lock_guard lk(library_mu_);
@@ -127,7 +127,7 @@ Status PassthroughFs::library_changed(int fd) {
 }
 
 size_t PassthroughFs::library_sweep() {
-  std::vector<std::pair<FileKey, int>> marks;
+  std::vector<std::pair<BackingKey, int>> marks;
   {
     std::lock_guard lk(library_mu_);
     marks.assign(library_marks_.begin(), library_marks_.end());
