@@ -368,7 +368,7 @@ Status MountInstance::start(std::string* error) {
   store_descriptors(true);
   note_passthrough();
   report_io_path();
-  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id, fs_.get());
   return {};
 }
 
@@ -514,7 +514,7 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
     if (!cfg_.intercept)
       intercept_.withdraw(true);  // the mount goes on: open files keep working
     else if (live())
-      intercept_.publish(cfg_, mounted_.conn_id);
+      intercept_.publish(cfg_, mounted_.conn_id, fs_.get());
   }
   if (io_path_changed && live()) report_io_path();
   if (fs_) fs::reconfigure_backend(cfg_.backend, *fs_, params_of(cfg_));

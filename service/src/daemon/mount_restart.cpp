@@ -235,7 +235,7 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
   store_descriptors(false);
   fs_->set_invalidator(this);
   note_passthrough();
-  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);  // this efused's PID now
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id, fs_.get());  // this efused's PID now
   DaemonMeta* dm = meta_of(*state_);
   dm->resumes += 1;
   state_->mark_clean(false);

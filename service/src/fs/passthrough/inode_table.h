@@ -51,6 +51,19 @@ struct Inode;
 class InodeTable;
 class DirectStream;
 
+// A backing object's identity: (st_dev, st_ino).
+struct BackingKey {
+  dev_t dev;
+  ino_t ino;
+  bool operator==(const BackingKey&) const = default;
+};
+struct BackingKeyHash {
+  size_t operator()(const BackingKey& k) const noexcept {
+    return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
+                                 static_cast<uint64_t>(k.dev));
+  }
+};
+
 // The file handle (a struct file_handle) of fd's object, any descriptor (O_PATH included);
 // `flags` are added to AT_EMPTY_PATH for name_to_handle_at. Empty with errno set on failure.
 std::vector<unsigned char> handle_of(int fd, int flags = 0);
@@ -117,6 +130,10 @@ struct Inode {
   // An open of this file was served through the kernel's page cache (not passthrough), so
   // the kernel may hold its pages, even after the last close (KEEP_CACHE, mmap).
   std::atomic<bool> paged{false};
+  // A process under libefuse_intercept.so may be writing the backing file itself
+  // (PassthroughFs::library_writing): the kernel gets its attributes valid for no time and
+  // no open of it through the page cache, until no open for writing of it remains.
+  std::atomic<bool> library_writes{false};
   std::atomic<int> watch{-1};        // inotify watch descriptor (directories)
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};
@@ -282,17 +299,8 @@ class InodeTable {
   static void wake_evictors(uint64_t held);
   void evictor_loop();
 
-  struct Key {
-    dev_t dev;
-    ino_t ino;
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    size_t operator()(const Key& k) const noexcept {
-      return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
-                                   static_cast<uint64_t>(k.dev));
-    }
-  };
+  using Key = BackingKey;
+  using KeyHash = BackingKeyHash;
 
   // mu_ guards by_key_ and linked_, and is taken before the node table's own lock, so that
   // a key and its nodeid change together.

@@ -71,15 +71,24 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_n
     facts.setid_write = writable && known && privs_to_kill(st.st_mode) != 0;
     facts.passthrough_available = caps_.passthrough && known;
     inode.io_cached = io_policy_.open(inode.io, facts, now_ns) == accel::IoPath::Cache;
+    // Written by a process under the interception library: no page cache that its writes
+    // would leave stale. Passthrough reads the backing file; where the kernel cannot (or
+    // each WRITE must clear set-ID bits) efused serves every read and write (direct I/O).
+    if (inode.io_cached && inode.library_writes.load()) {
+      inode.io_cached = false;
+      info.direct_io = facts.setid_write || !caps_.passthrough;
+    }
   } else {
     io_policy_.joined(inode.io);
+    // Joining uncached opens without kernel passthrough: those are direct I/O (above).
+    if (!inode.io_cached && !caps_.passthrough) info.direct_io = true;
   }
   if (inode.io_cached) {
     inode.paged.store(true, std::memory_order_relaxed);
     // Pages may stay across opens when outside changes are invalidated exactly (or the
     // operator asked for it regardless).
     info.keep_cache = keep_cache_.load(std::memory_order_relaxed) || exact_invalidation();
-  } else {
+  } else if (!info.direct_io) {
     info.passthrough_fd = fd;
   }
   return info;
