@@ -130,6 +130,7 @@ Config build_config(const json& document, const std::string& origin) {
     set_if_present(*metrics, "listen", config.metrics_listen);
   }
   set_if_present(document, "telemetry", config.telemetry);  // the schema's enum checked it
+  set_if_present(document, "telemetry_sample_every", config.telemetry_sample_every);  // 1..65536
   MountConfig defaults;
   if (auto it = document.find("defaults"); it != document.end()) apply_settings(*it, defaults);
   for (const auto& mount : document.at("mounts"))

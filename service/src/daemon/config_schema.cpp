@@ -8,7 +8,7 @@ std::string_view mounts_schema_text() {
   return R"schema({
   "$schema": "http://json-schema.org/draft-07/schema#",
   "title": "efused configuration",
-  "description": "The configuration of efused (/etc/efuse/mounts.yaml): the /metrics endpoint, the eBPF telemetry level, defaults shared by all mounts, and the mounts. efused validates its YAML file against this schema; it is the one specification of the format.",
+  "description": "The configuration of efused (/etc/efuse/mounts.yaml): the /metrics endpoint, the eBPF telemetry level and sampling, defaults shared by all mounts, and the mounts. efused validates its YAML file against this schema; it is the one specification of the format.",
   "type": "object",
   "additionalProperties": false,
   "required": ["mounts"],
@@ -19,6 +19,13 @@ std::string_view mounts_schema_text() {
       "type": "string",
       "default": "full",
       "enum": ["full", "requests", "off"]
+    },
+    "telemetry_sample_every": {
+      "description": "The eBPF telemetry times 1 in this many FUSE requests, 1..65536 (1: every request): the kernel-side latency histograms, and at level full the clients' context switches, come from those; request, error and in-flight counts always count every request. Changes apply on reload without a remount. Default 16.",
+      "type": "integer",
+      "default": 16,
+      "minimum": 1,
+      "maximum": 65536
     },
     "defaults": { "$ref": "#/definitions/defaults" },
     "mounts": {

@@ -68,6 +68,9 @@ Options:
                                  config's telemetry:, default full; docs/bpf.md has the
                                  cost of each). EFUSE_BPF=0 in the environment turns it
                                  off whatever this says
+      --telemetry-sample-every N time 1 in N FUSE requests (1..65536; 1: every one):
+                                 latency histograms come from those, counts are exact
+                                 (overrides the config's telemetry_sample_every, default 16)
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
                                  with --config/--demo), "none" (default with --mount), or
                                  an address such as unix:path=/run/x/bus
@@ -192,14 +195,15 @@ int main(int argc, char** argv) {
   std::string config_path, check_path, bus = "", metrics;
   bool demo = false, have_metrics = false;
   std::optional<std::string> telemetry;
+  std::optional<unsigned> sample_every;
   MountConfig cli_defaults;
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kNoXattr, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes, kMaxThreads,
-         kOffloadThreads };
+         kCreateMountpoint, kIntercept, kTelemetry, kSampleEvery, kMemoryMaxBytes, kMemoryMaxInodes,
+         kMaxThreads, kOffloadThreads };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -208,6 +212,7 @@ int main(int argc, char** argv) {
       {"metrics", required_argument, nullptr, kMetrics},
       {"bus", required_argument, nullptr, kBus},
       {"telemetry", required_argument, nullptr, kTelemetry},
+      {"telemetry-sample-every", required_argument, nullptr, kSampleEvery},
       {"threads", required_argument, nullptr, 't'},
       {"max-threads", required_argument, nullptr, kMaxThreads},
       {"offload-threads", required_argument, nullptr, kOffloadThreads},
@@ -246,6 +251,10 @@ int main(int argc, char** argv) {
         if (!efuse::bpf::parse_level(optarg))
           usage_error(std::string("--telemetry must be full, requests or off, not '") + optarg + "'");
         telemetry = optarg;
+        break;
+      case kSampleEvery:
+        sample_every =
+            parse_count(optarg, "--telemetry-sample-every", 1, efuse::bpf::kMaxSampleEvery);
         break;
       case 't': cli_defaults.threads = parse_count(optarg, "--threads", 1, 256); break;
       case kMaxThreads: cli_defaults.max_threads = parse_count(optarg, "--max-threads", 1, 256); break;
@@ -383,6 +392,7 @@ int main(int argc, char** argv) {
   so.bus = bus;
   so.metrics_override = have_metrics ? std::optional<std::string>(metrics) : std::nullopt;
   so.telemetry_override = telemetry;
+  so.sample_every_override = sample_every;
   so.strict = !mount_args.empty();
   return efuse::daemon::run_service(std::move(cfg), so);
 }

@@ -307,7 +307,8 @@ std::string Supervisor::version() const { return EFUSE_VERSION; }
 nlohmann::json Supervisor::telemetry() const {
   if (telemetry_view_) return telemetry_view_();
   return {{"configured", config().telemetry}, {"level", "off"}, {"up", false},
-          {"reason", "not started"}, {"off", ""}};
+          {"reason", "not started"}, {"off", ""},
+          {"sample_every", config().telemetry_sample_every}};
 }
 
 size_t Supervisor::mount_count() const {

@@ -120,6 +120,7 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   const MountConfig m;
   EXPECT_EQ(default_at({"metrics", "listen"}), Config().metrics_listen);
   EXPECT_EQ(default_at({"telemetry"}), Config().telemetry);
+  EXPECT_EQ(default_at({"telemetry_sample_every"}), Config().telemetry_sample_every);
   EXPECT_EQ(default_at({"defaults", "threads"}), m.threads);
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
@@ -609,6 +610,26 @@ TEST(Config, TelemetryLevel) {
             "t.yaml:1:12: telemetry must be a string, not a boolean");
   EXPECT_EQ(error_of("telemetry:\n  level: full\n" + std::string(kMount)),
             "t.yaml:2:3: telemetry must be a string, not a map");
+}
+
+TEST(Config, TelemetrySampling) {
+  EXPECT_EQ(parse_config(kMount, "t.yaml").telemetry_sample_every, 16u);
+  for (unsigned n : {1u, 2u, 8u, 1000u, 65536u})
+    EXPECT_EQ(parse_config("telemetry_sample_every: " + std::to_string(n) + "\n" + kMount, "t.yaml")
+                  .telemetry_sample_every,
+              n);
+  EXPECT_EQ(error_of("telemetry_sample_every: 0\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be between 1 and 65536, not 0");
+  EXPECT_EQ(error_of("telemetry_sample_every: 65537\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be between 1 and 65536, not 65537");
+  EXPECT_EQ(error_of("telemetry_sample_every: -1\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be between 1 and 65536, not -1");
+  EXPECT_EQ(error_of("telemetry_sample_every: 2.5\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be an integer, not a number");
+  EXPECT_EQ(error_of("telemetry_sample_every: eight\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be an integer, not a string");
+  EXPECT_EQ(error_of("telemetry_sample_every:\n" + std::string(kMount)),
+            "t.yaml:1:1: telemetry_sample_every must be an integer, not an empty value");
 }
 
 TEST(ConfigError, EnumViolation) {
