@@ -630,13 +630,17 @@ def main():
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
         return 1
     print(f"guest: kernel {os.uname().release}, profile {PROFILE}, efused {EFUSED}", flush=True)
-    if os.environ.get("efuse_only") == "swap" and os.environ.get("efuse_kmod") == "1":
-        import guest_swap  # EFUSE_VM_ONLY=swap (tests/vm/README.md): the swap checks alone
-        try:
-            for fn in guest_swap.CHECKS:
-                check(fn)
-        finally:
-            guest_swap.cleanup(failures > 0)
+    only = os.environ.get("efuse_only", "")
+    if only and os.environ.get("efuse_kmod") == "1":
+        # EFUSE_VM_ONLY=swap, read or read,swap (tests/vm/README.md): those checks alone
+        for part in only.split(","):
+            mod = __import__(f"guest_{part}")
+            before = failures
+            try:
+                for fn in mod.CHECKS:
+                    check(fn)
+            finally:
+                mod.cleanup(failures > before)
         return 1 if failures else 0
     check(check_efused_starts)
     if efused is None or efused.poll() is not None:
@@ -655,7 +659,14 @@ def main():
                 check(fn)
         finally:
             guest_kmod.cleanup(failures > before)
-        import guest_swap  # handler hot swap (issue 20), after guest_kmod's rmmod
+        import guest_read  # READ answered in the kernel (kmod patch 0011)
+        before = failures
+        try:
+            for fn in guest_read.CHECKS:
+                check(fn)
+        finally:
+            guest_read.cleanup(failures > before)
+        import guest_swap  # handler hot swap (issue 20), after guest_read's rmmod
         before = failures
         try:
             for fn in guest_swap.CHECKS:
