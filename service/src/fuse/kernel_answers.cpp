@@ -146,7 +146,7 @@ void KernelAnswers::store_read(uint64_t nodeid, uint64_t offset, uint32_t size,
   for (; (index + 1) * kBlock <= end; ++index)
     put_block_locked(nodeid, index, f.gen, data.subspan(index * kBlock - offset, kBlock), false);
   // The block the file ends in (empty when it ends at a block's start).
-  if (eof && index * kBlock >= offset)
+  if (eof && index * kBlock >= offset && index * kBlock <= end)
     put_block_locked(nodeid, index, f.gen, data.subspan(index * kBlock - offset), true);
 }
 
@@ -156,7 +156,7 @@ void KernelAnswers::store_read(uint64_t nodeid, uint64_t offset, uint32_t size,
 void KernelAnswers::put_block_locked(uint64_t nodeid, uint64_t index, uint64_t gen,
                                      std::span<const char> bytes, bool eof) {
   const uint32_t set = efuse_read_set(nodeid, index, sets_);
-  uint32_t slot = UINT32_MAX;
+  uint32_t slot = set * EFUSE_READ_WAYS;
   uint64_t oldest = UINT64_MAX;
   for (uint32_t w = 0; w < EFUSE_READ_WAYS; ++w) {
     const uint32_t s = set * EFUSE_READ_WAYS + w;

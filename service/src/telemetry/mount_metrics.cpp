@@ -203,7 +203,7 @@ MountFamilies::MountFamilies()
       kernel_read_capacity_(make_family(
           "efuse_kernel_read_cache_capacity_bytes",
           "Bytes of the mount's READ block cache (handler_cache_bytes rounded down to whole "
-          "sets of 4 blocks, key and value of each block); efuse_kernel_map_bytes{map="
+          "sets of 4 blocks of 4136 bytes, a block and its header); efuse_kernel_map_bytes{map="
           "\"read_blocks\"} is the part in use.",
           MetricType::Gauge)),
       kernel_read_evictions_(make_family(
@@ -310,10 +310,12 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
   add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
   add_counter(kernel_entry_lookups_, mount_label(mount.name),
               static_cast<double>(a.tier_lookups));
-  add_gauge(kernel_read_capacity_, mount_label(mount.name),
-            static_cast<double>(a.read_capacity * fuse::kReadBlockBytes));
-  add_counter(kernel_read_evictions_, mount_label(mount.name),
-              static_cast<double>(a.read_evictions));
+  if (a.read_capacity > 0) {  // a READ block cache (handler_cache_bytes)
+    add_gauge(kernel_read_capacity_, mount_label(mount.name),
+              static_cast<double>(a.read_capacity * fuse::kReadBlockBytes));
+    add_counter(kernel_read_evictions_, mount_label(mount.name),
+                static_cast<double>(a.read_evictions));
+  }
 }
 
 void MountFamilies::add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics) {
