@@ -240,11 +240,13 @@ def prime_reads(n):
     """n small files whose blocks efused stored: the first O_DIRECT read of each goes to
     efused, the next is answered in the kernel."""
     import guest_read as r
+    prime_reads.calls += 1
     paths = []
-    for i in range(n):
-        with open(f"{k.KSRC}/swaprd{i}", "wb") as f:
+    for i in range(n):  # new names on every call: no outside change for the watcher
+        name = f"swaprd{prime_reads.calls}-{i}"
+        with open(f"{k.KSRC}/{name}", "wb") as f:
             f.write(os.urandom(3000 + 7000 * i))
-        paths.append(f"{k.KMNT}/swaprd{i}")
+        paths.append(f"{k.KMNT}/{name}")
     k.eventually("RELEASE of every open", k.released, 0)
     for p in paths:
         want = open(p.replace(k.KMNT, k.KSRC, 1), "rb").read()
@@ -253,6 +255,9 @@ def prime_reads(n):
         assert (got1, at1, got2, at2) == (want, "efused", want, "kernel"), \
             f"{p}: from {at1}, then {at2}; bytes right: {got1 == want}, {got2 == want}"
     return paths
+
+
+prime_reads.calls = 0
 
 
 def read_probe(path):

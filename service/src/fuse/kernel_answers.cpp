@@ -61,10 +61,18 @@ uint64_t KernelAnswers::begin() {
   return seq_;
 }
 
+static FileStamp stamp_of(const kernel::fuse_attr& a) {
+  return {a.size, a.mtime * 1000000000ULL + a.mtimensec};
+}
+
 void KernelAnswers::store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since) {
   if (reply.size() != sizeof(kernel::fuse_attr_out)) return;
   kernel::fuse_attr_out o;
   std::memcpy(&o, reply.data(), sizeof o);
+  if (!pool_.empty()) {
+    std::lock_guard lk(mu_);
+    stamp_seen_locked(nodeid, stamp_of(o.attr));
+  }
   efuse_handler_entry e{};
   e.expires = expiry(o.attr_valid, o.attr_valid_nsec);
   if (e.expires == 0) return;  // attr_timeout 0: the kernel asks efused every time
@@ -91,6 +99,10 @@ void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int err
   std::memcpy(&out, reply.data(), sizeof out);
   const uint64_t node = out.nodeid;
   if (node != 0) entry_sent(parent, name, node);
+  if (node != 0 && !pool_.empty()) {
+    std::lock_guard lk(mu_);
+    stamp_seen_locked(node, stamp_of(out.attr));
+  }
   efuse_handler_entry e{};
   e.expires = expiry(out.entry_valid, out.entry_valid_nsec);
   if (node != 0) {
@@ -127,7 +139,8 @@ void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int err
 }
 
 void KernelAnswers::store_read(uint64_t nodeid, uint64_t offset, uint32_t size,
-                               std::span<const char> data, uint64_t since) {
+                               std::span<const char> data, const FileStamp& stamp,
+                               uint64_t since) {
   constexpr uint64_t kBlock = EFUSE_HANDLER_BLOCK_SIZE;
   if (pool_.empty() || data.size() > size) return;
   const bool eof = data.size() < size;  // FUSE: a short read is the end of the file
@@ -140,8 +153,18 @@ void KernelAnswers::store_read(uint64_t nodeid, uint64_t offset, uint32_t size,
     ++stores_skipped_;
     return;
   }
+  // A short read contradicting the size taken before it: changed meanwhile.
+  if (eof && end != stamp.size) {
+    ++stores_skipped_;
+    return;
+  }
+  if (auto it = files_.find(nodeid); it != files_.end() && !(it->second.stamp == stamp))
+    drop_blocks_locked(nodeid);  // another version
   File& f = files_[nodeid];
-  if (f.gen == 0) f.gen = ++next_gen_;
+  if (f.gen == 0) {
+    f.gen = ++next_gen_;
+    f.stamp = stamp;
+  }
   uint64_t index = (offset + kBlock - 1) / kBlock;  // the first block the reply covers whole
   for (; (index + 1) * kBlock <= end; ++index)
     put_block_locked(nodeid, index, f.gen, data.subspan(index * kBlock - offset, kBlock), false);
@@ -200,6 +223,13 @@ void KernelAnswers::put_block_locked(uint64_t nodeid, uint64_t index, uint64_t g
   std::memset(b.data + bytes.size(), 0, sizeof b.data - bytes.size());
   std::atomic_thread_fence(std::memory_order_seq_cst);
   __atomic_store_n(&b.gen, gen, __ATOMIC_SEQ_CST);
+}
+
+void KernelAnswers::stamp_seen_locked(uint64_t nodeid, const FileStamp& stamp) {
+  auto it = files_.find(nodeid);
+  if (it == files_.end() || it->second.stamp == stamp) return;
+  attr_stamp_[attr_bucket(nodeid)] = ++seq_;  // a READ read before this stores nothing
+  drop_blocks_locked(nodeid);
 }
 
 void KernelAnswers::drop_blocks_locked(uint64_t nodeid) {

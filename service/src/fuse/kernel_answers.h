@@ -46,7 +46,10 @@
 // go in when its data lies in a file's first EFUSE_HANDLER_READ_MAX bytes and the reply
 // either showed where the file ends (a short read: its last block is stored as the end of
 // the file) or answered a request that stayed within those bytes. All blocks of one version
-// of a file carry one generation, and a handler never mixes generations. The blocks of a
+// of a file carry one generation, and a handler never mixes generations. A version is the
+// file's size and mtime, taken before its bytes are read: attributes efused later sends with
+// another size or mtime drop the blocks, as the kernel drops its pages when it notices
+// (FUSE_AUTO_INVAL_DATA), which bounds changes the watcher cannot see. The blocks of a
 // node go (generation zeroed in place, before the reply of the change is sent) with its
 // attributes: every change of its data (WRITE, truncating SETATTR or open, FALLOCATE,
 // COPY_FILE_RANGE onto it, passthrough writable opens and their release) or any other
@@ -84,6 +87,14 @@
 #include "fs/node_table.h"
 
 namespace fuse {
+
+// A file's size and modification time (ns), as efused's replies report them: a version of
+// its bytes for the READ block cache.
+struct FileStamp {
+  uint64_t size = 0;
+  uint64_t mtime_ns = 0;
+  bool operator==(const FileStamp&) const = default;
+};
 
 // Where the answers live: the handlers' BPF maps (bpf::HandlerSet). Writes may fail (a full
 // map): then the answer is simply not stored.
@@ -151,9 +162,16 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // an ENODATA error, or the value (list) read with a buffer, is stored.
   void store_xattr(uint64_t nodeid, std::string_view name, int error, uint32_t size,
                    std::span<const char> reply, uint64_t since);
-  // A READ reply: `data` answered a request for `size` bytes at `offset` of `nodeid`.
+  // Whether READ replies of `offset` may be stored: there is a block cache, and the offset
+  // is in the part of a file it keeps. The session then takes the file's stamp before its
+  // bytes are read.
+  bool keeps_read(uint64_t offset) const {
+    return !pool_.empty() && offset < EFUSE_HANDLER_READ_MAX;
+  }
+  // A READ reply: `data` answered a request for `size` bytes at `offset` of `nodeid`, whose
+  // size and mtime were `stamp` before the bytes were read.
   void store_read(uint64_t nodeid, uint64_t offset, uint32_t size, std::span<const char> data,
-                  uint64_t since);
+                  const FileStamp& stamp, uint64_t since);
   // The attribute validity of a reply efused sent (attr_valid, attr_valid_nsec): how long
   // stored extended attributes are used.
   void attr_validity(uint64_t sec, uint32_t nsec);
@@ -203,6 +221,9 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void drop_xattrs_locked(uint64_t nodeid, bool absences_too);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
   void drop_blocks_locked(uint64_t nodeid);  // the node's READ blocks
+  // Attributes efused sent for the node (GETATTR, LOOKUP): a size or mtime other than its
+  // blocks' drops them, as the kernel drops its pages then (FUSE_AUTO_INVAL_DATA).
+  void stamp_seen_locked(uint64_t nodeid, const FileStamp& stamp);
   void put_block_locked(uint64_t nodeid, uint64_t index, uint64_t gen,
                         std::span<const char> bytes, bool eof);
   static size_t attr_bucket(uint64_t nodeid);
@@ -233,6 +254,7 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   };
   struct File {
     uint64_t gen = 0;
+    FileStamp stamp;  // the version its blocks are of
     std::vector<uint32_t> slots;
   };
   std::span<efuse_read_block> pool_;

@@ -125,8 +125,8 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
           a->store_xattr(node, {}, err, gin->size, body, r.answers_since);
         break;
       case k::Opcode::Read:
-        if (auto rin = in.take<k::fuse_read_in>(); rin && ok)
-          a->store_read(node, rin->offset, rin->size, body, r.answers_since);
+        if (auto rin = in.take<k::fuse_read_in>(); rin && ok && r.read_attrs)
+          a->store_read(node, rin->offset, rin->size, body, r.read_stamp, r.answers_since);
         break;
       case k::Opcode::Setattr:
       case k::Opcode::Write:

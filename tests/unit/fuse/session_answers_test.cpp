@@ -49,7 +49,13 @@ class SessionAnswers : public ::testing::Test {
     EXPECT_EQ(std::memcmp(a.data, r.payload.data(), a.size), 0) << "the exact reply";
   }
 
-  SessionHarness h_;
+  // Pages kept across opens (as with efused's watcher): an open does not drop the blocks.
+  static efuse::fs::Policy keeping() {
+    efuse::fs::Policy p;
+    p.keep_cache = true;
+    return p;
+  }
+  SessionHarness h_{SessionOptions{}, keeping()};
   AnswerTable table_;
   KernelAnswers answers_;
   size_t replies_before_drop_ = 0;
@@ -200,14 +206,8 @@ TEST_F(SessionAnswers, EveryChangeOfAFileDropsItsBlocksBeforeItsReply) {
   auto fill = [&](uint64_t node) {
     const uint64_t fh = h_.open(node, O_RDONLY);
     EXPECT_EQ(h_.call(Op::Read, node, read_body(fh, 0, 8192)).error(), 0);
-    h_.release(node, fh);
-    const uint64_t fh2 = h_.open(node, O_RDONLY);  // keeps no cache: drops them
-    h_.release(node, fh2);
-    EXPECT_TRUE(table_.blocks_of(node).empty()) << "an open without keep_cache drops them";
-    const uint64_t fh3 = h_.open(node, O_RDONLY);
-    EXPECT_EQ(h_.call(Op::Read, node, read_body(fh3, 0, 8192)).error(), 0);
     EXPECT_FALSE(table_.blocks_of(node).empty());
-    return fh3;
+    return fh;
   };
   k::fuse_setattr_in sa{};
   sa.valid = k::kFattrSize;
@@ -263,6 +263,24 @@ TEST_F(SessionAnswers, EveryChangeOfAFileDropsItsBlocksBeforeItsReply) {
   }
   EXPECT_FALSE(table_.blocks_of(other).empty()) << "another file keeps its blocks";
   h_.release(other, rfh);
+  EXPECT_EQ(replies_before_drop_, 0u);
+}
+
+TEST(SessionReadBlocks, AnOpenThatDropsThePageCacheDropsTheBlocks) {
+  SessionHarness h;  // no keep_cache: the kernel drops a file's pages at each open
+  AnswerTable table;
+  KernelAnswers answers(table);
+  h.session().set_kernel_answers(&answers);
+  ASSERT_EQ(h.init().error(), 0);
+  ASSERT_TRUE(write_file(h.src("f"), pattern(5000)));
+  const uint64_t f = h.lookup(kRootId, "f").nodeid;
+  const uint64_t fh = h.open(f, O_RDONLY);
+  ASSERT_EQ(h.call(Op::Read, f, read_body(fh, 0, 8192)).error(), 0);
+  EXPECT_EQ(table.blocks_of(f).size(), 2u);
+  const uint64_t fh2 = h.open(f, O_RDONLY);
+  EXPECT_TRUE(table.blocks_of(f).empty());
+  h.release(f, fh);
+  h.release(f, fh2);
 }
 
 TEST_F(SessionAnswers, AbsentNamesStoredAndDroppedByWhatCreatesThem) {
