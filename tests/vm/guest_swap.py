@@ -398,54 +398,40 @@ def check_swap_under_load():
     assert read1[0] - read0[0] > 0, "no READ answered in the kernel during the swaps"
 
 
-def check_swap_every_request_once():
-    """EXACT_SWAPS swaps of the GETATTR handler with only the stat loop on the mount: every
-    GETATTR it made was answered exactly once, in the kernel, by the old handler or the
-    new one (a request neither looked at would have gone to efused)."""
-    paths, _ = prime(4, 0)
-    stop = "/tmp/efuse-swap-stop2"
+def exact_swaps(op, paths, start_loop, stop):
+    """EXACT_SWAPS swaps of `op`'s handler with only `start_loop(paths, stop)` (requests of
+    `op` the handlers answer) on the mount: every request it made was answered exactly
+    once, in the kernel, by the old handler or the new one (a request neither looked at
+    would have gone to efused)."""
     if os.path.exists(stop):
         os.unlink(stop)
     k.eventually("RELEASE of every open", k.released, 0)
-    answered0, efused0 = k.counts("getattr")
-    loop = start_stat_loop(paths, [], stop, lookups=False)
+    answered0, efused0 = k.counts(op)
+    loop = start_loop(paths, stop)
     try:
         for i in range(EXACT_SWAPS):
-            ctl("handler", "swap", k.KNAME, "getattr", (VARIANT, SHIPPED)[i % 2]["getattr"])
+            ctl("handler", "swap", k.KNAME, op, (VARIANT, SHIPPED)[i % 2][op])
     finally:
-        counts = json.loads(stop_process(loop, stop))
-    answered1, efused1 = k.counts("getattr")
-    assert (answered1 - answered0, efused1 - efused0) == (counts["getattr"], 0), \
-        f"{counts['getattr']} GETATTRs made: {answered1 - answered0} answered in the kernel, " \
+        made = json.loads(stop_process(loop, stop))[op]
+    answered1, efused1 = k.counts(op)
+    assert (answered1 - answered0, efused1 - efused0) == (made, 0), \
+        f"{made} {op} requests made: {answered1 - answered0} answered in the kernel, " \
         f"{efused1 - efused0} by efused"
     assert not bad_fallbacks(), bad_fallbacks()
-    print(f"  {EXACT_SWAPS} GETATTR swaps: {counts['getattr']} GETATTRs, each answered once "
-          "in the kernel", flush=True)
+    print(f"  {EXACT_SWAPS} {op} swaps: {made} requests, each answered once in the kernel",
+          flush=True)
+
+
+def check_swap_every_request_once():
+    """GETATTR: exact_swaps with a stat loop."""
+    paths, _ = prime(4, 0)
+    exact_swaps("getattr", paths, lambda p, stop: start_stat_loop(p, [], stop, lookups=False),
+                "/tmp/efuse-swap-stop2")
 
 
 def check_swap_every_read_once():
-    """EXACT_SWAPS swaps of the READ handler with only the read loop on the mount: every
-    READ it made was answered exactly once, in the kernel, by the old handler or the new
-    one, with the backing file's bytes."""
-    paths = prime_reads(3)
-    stop = "/tmp/efuse-swap-stop3"
-    if os.path.exists(stop):
-        os.unlink(stop)
-    k.eventually("RELEASE of every open", k.released, 0)
-    answered0, efused0 = k.counts("read")
-    loop = start_read_loop(paths, stop)
-    try:
-        for i in range(EXACT_SWAPS):
-            ctl("handler", "swap", k.KNAME, "read", (VARIANT, SHIPPED)[i % 2]["read"])
-    finally:
-        counts = json.loads(stop_process(loop, stop))
-    answered1, efused1 = k.counts("read")
-    assert (answered1 - answered0, efused1 - efused0) == (counts["read"], 0), \
-        f"{counts['read']} READs made: {answered1 - answered0} answered in the kernel, " \
-        f"{efused1 - efused0} by efused"
-    assert not bad_fallbacks(), bad_fallbacks()
-    print(f"  {EXACT_SWAPS} READ swaps: {counts['read']} READs, each answered once in the "
-          "kernel", flush=True)
+    """READ: exact_swaps with a loop of O_DIRECT reads, every byte the backing file's."""
+    exact_swaps("read", prime_reads(3), start_read_loop, "/tmp/efuse-swap-stop3")
 
 
 def check_swap_none_and_back():
