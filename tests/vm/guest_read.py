@@ -130,7 +130,8 @@ def check_kmod_read_answers():
         # backing file with O_DIRECT, which ext4 wants aligned): within a block, across
         # two, from the last one past the end, and the longest read at any offset.
         last = (size - 1) // 512 * 512
-        spans = [(0, 512), (3584, 1024), (3584, 8704), (last, 2048), (size // 1024 * 512, size),
+        spans = [(0, 512), (3584, 1024), (3584, 8704), (last, 2048),
+                 (size // 1024 * 512, (size + 511) // 512 * 512),
                  (512, READ_MAX)]
         for off, length in spans:
             if off >= size:
