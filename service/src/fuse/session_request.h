@@ -10,6 +10,7 @@
 #include "fuse/kernel.h"
 #include "fuse/opcodes.h"
 #include "fuse/reply.h"
+#include "fuse/kernel_answers.h"
 #include "fuse/session.h"
 #include "fuse/wire.h"
 

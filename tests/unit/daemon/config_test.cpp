@@ -189,7 +189,7 @@ TEST(ConfigLoad, HandlerCacheBytes) {
             "t.yaml:6:26: mounts[0].handler_cache_bytes must be between 0 and 1073741824, "
             "not 2147483648");
   EXPECT_EQ(error_of(with_mount_keys("    handler_cache_bytes: 8M\n")),
-            "t.yaml:6:26: mounts[0].handler_cache_bytes must be an integer, not '8M'");
+            "t.yaml:6:26: mounts[0].handler_cache_bytes must be an integer, not a string");
   MountConfig a, b;
   b.handler_cache_bytes = 0;
   EXPECT_TRUE(needs_remount(a, b)) << "the block cache is created with the handlers";

@@ -202,6 +202,17 @@ TEST_F(SessionAnswers, EveryChangeOfAFileDropsItsBlocksBeforeItsReply) {
   const uint64_t f = make_file("f", pattern(6000));
   const uint64_t other = make_file("other", pattern(3000));
   const uint64_t rfh = h_.open(other, O_RDONLY);
+  // A RELEASE as the kernel sends it, with the open's flags (a writable one ends a writer).
+  auto release_w = [&](uint64_t node, uint64_t fh, uint32_t flags) {
+    k::fuse_release_in rel{};
+    rel.fh = fh;
+    rel.flags = flags;
+    EXPECT_EQ(h_.call(Op::Release, node, pod(rel)).error(), 0);
+  };
+  const uint64_t ofh = h_.open(other, O_RDONLY);
+  ASSERT_EQ(h_.call(Op::Read, other, read_body(ofh, 0, 4096)).error(), 0);
+  h_.release(other, ofh);
+  ASSERT_FALSE(table_.blocks_of(other).empty());
   // Blocks of the file, read through a read-only open (an open for writing stores none).
   auto fill = [&](uint64_t node) {
     const uint64_t fh = h_.open(node, O_RDONLY);
@@ -224,7 +235,7 @@ TEST_F(SessionAnswers, EveryChangeOfAFileDropsItsBlocksBeforeItsReply) {
        [&](uint64_t) {
          const uint64_t w = h_.open(f, O_RDWR);
          h_.call(Op::Write, f, write_body(w, 10, "xyz"));
-         h_.release(f, w);
+         release_w(f, w, O_RDWR);
        }},
       {"fallocate",
        [&](uint64_t fh) {
@@ -243,7 +254,7 @@ TEST_F(SessionAnswers, EveryChangeOfAFileDropsItsBlocksBeforeItsReply) {
       {"open O_TRUNC",
        [&](uint64_t) {
          const uint64_t w = h_.open(f, O_WRONLY | O_TRUNC);
-         h_.release(f, w);
+         release_w(f, w, O_WRONLY);
        }},
       {"rename over",
        [&](uint64_t) {
