@@ -375,8 +375,13 @@ def check_swap_under_load():
     assert not bad_fallbacks(), f"answered twice or refused: {bad_fallbacks()}"
     # efused's own time per swap (load, verifier, attach, grace period, gate, detach), from
     # its log: the rest of a call is efusectl and D-Bus.
-    inside = [float(l.rsplit("(", 1)[1].split(" s)")[0]) for l in k.log_text().splitlines()
-              if "handler swapped to" in l][-SWAPS:]
+    swapped = [l for l in k.log_text().splitlines() if "handler swapped to" in l][-SWAPS:]
+    seconds = lambda l: float(l.rsplit("(", 1)[1].split(" s)")[0])  # noqa: E731
+    inside = [seconds(l) for l in swapped]
+    for op in SWAPPED:
+        mine = [seconds(l) for l in swapped if f": {op} handler swapped" in l]
+        print(f"  efused's part of a {op} swap: median {statistics.median(mine) * 1000:.0f} ms, "
+              f"max {max(mine) * 1000:.0f} ms", flush=True)
     print(f"  LOOKUP answers refused as bad_reply (positive entries for evicted nodes): "
           f"{stale_entries():.0f}", flush=True)
     print(f"  efused's part of a swap: median {statistics.median(inside) * 1000:.0f} ms, "
@@ -394,7 +399,9 @@ def check_swap_under_load():
               flush=True)
     print(f"  read loop: {read_counts['read']} O_DIRECT reads, every byte the backing file's; "
           f"READs answered in the kernel {read1[0] - read0[0]:.0f}, by efused "
-          f"{read1[1] - read0[1]:.0f} (fio's files and those after a removal)", flush=True)
+          f"{read1[1] - read0[1]:.0f} (fio's, those after a removal of the READ handler, and "
+          "those after the stat loop's dentry drops evicted an inode: its FORGET drops its "
+          "blocks)", flush=True)
     assert read1[0] - read0[0] > 0, "no READ answered in the kernel during the swaps"
 
 
