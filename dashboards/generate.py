@@ -518,11 +518,29 @@ def adaptive_rows():
                    f"{{{SEL}}}[{RATE}]))", "{{mount}} {{opcode}} {{path}}"),
             target(f"max by (mount, opcode, path) (efuse_blocking_predicted_seconds{{{SEL}}})"
                    f" * 1e6", "{{mount}} {{opcode}} {{path}} µs held", "B")],
-            "ops", "FSYNC and FSYNCDIR served on the queue or worker that read them (inline: "
-            "what is queued behind waits) or on a thread of their own (offload), per second; "
-            "right axis: the latest probe's time each way held the serving thread (µs). "
-            "Queue load itself: Worker utilisation and the per-queue latency panels.",
+            "ops", "FSYNC, FSYNCDIR, FALLOCATE, truncating CREATE and size-changing SETATTR "
+            "served on the queue or worker that read them (inline: what is queued behind "
+            "waits) or on the offload pool (offload), per second; right axis: the latest "
+            "probe's cost of each way (inline: service time; offload: the wait for a pool "
+            "thread), µs. Queue load itself: Worker utilisation and the per-queue latency "
+            "panels.",
             right=("B",)),
+        timeseries("Offload pool and /dev/fuse workers", [
+            target(f"max by (mount) (efuse_offload_pool_depth{{{SEL}}})",
+                   "{{mount}} pool depth", "A"),
+            target(f"max by (mount) (efuse_offload_pool_threads{{{SEL}}})",
+                   "{{mount}} pool threads", "B"),
+            target(f"max by (mount) (efuse_classic_workers{{{SEL}}})",
+                   "{{mount}} /dev/fuse workers", "C"),
+            target(f"max by (mount, bound) (efuse_classic_workers_limit{{{SEL}}})",
+                   "{{mount}} workers {{bound}}", "D"),
+            target(f"sum by (mount) (rate(efuse_offload_rejected_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} offloads refused /s", "E")],
+            "short", "Offload pool: requests on it now (waiting plus served) and its threads "
+            "(at most offload_threads); refused offloads per second (offload_queue full: "
+            "served inline). /dev/fuse workers running, between min (threads) and max "
+            "(max_threads): one more starts when all are busy, one leaves after 10 s with "
+            "two idle."),
         timeseries("Probes by cause", [
             target(f"sum by (mount, cause) (increase(efuse_io_path_probes_total{{{SEL}}}"
                    f"[{RATE}]))", "{{mount}} {{cause}}")],

@@ -939,3 +939,45 @@ TEST(ConfigError, BpfObjectPathMustBeAbsoluteBpfO) {
 
 }  // namespace
 }  // namespace efuse::daemon
+
+namespace efuse::daemon {
+namespace {
+
+TEST(ConfigLoad, WorkerAndOffloadLimitsFallBackAndDefault) {
+  Config c = parse_config(R"(defaults:
+  max_threads: 8
+  offload_threads: 2
+mounts:
+  - {name: a, mountpoint: /mnt/a, backend: passthrough, source: /srv/a}
+  - {name: b, mountpoint: /mnt/b, backend: passthrough, source: /srv/b, threads: 32,
+     max_threads: 64, offload_queue: 16}
+  - {name: c, mountpoint: /mnt/c, backend: passthrough, source: /srv/c, threads: 8}
+)",
+                          "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 3u);
+  EXPECT_EQ(c.mounts[0].workers_max(), 8u);
+  EXPECT_EQ(c.mounts[0].offload_threads, 2u);
+  EXPECT_EQ(c.mounts[0].offload_queue, 256u);
+  EXPECT_EQ(c.mounts[1].workers_max(), 64u);
+  EXPECT_EQ(c.mounts[1].offload_queue, 16u);
+  EXPECT_EQ(c.mounts[2].workers_max(), 8u) << "the defaults' max_threads, equal to threads";
+  MountConfig plain;
+  EXPECT_EQ(plain.workers_max(), 16u) << "no max_threads: max(threads, 16)";
+  plain.threads = 40;
+  EXPECT_EQ(plain.workers_max(), 40u);
+}
+
+TEST(ConfigError, WorkerAndOffloadLimits) {
+  EXPECT_EQ(error_of(with_mount_keys("    threads: 8\n    max_threads: 4\n")),
+            "t.yaml:7:18: mount 'a': max_threads (4) is below threads (8), the workers that "
+            "start with the mount; raise max_threads or lower threads");
+  EXPECT_EQ(error_of(with_mount_keys("    max_threads: 0\n")),
+            "t.yaml:6:18: mounts[0].max_threads must be between 1 and 256, not 0");
+  EXPECT_EQ(error_of(with_mount_keys("    offload_threads: 65\n")),
+            "t.yaml:6:22: mounts[0].offload_threads must be between 1 and 64, not 65");
+  EXPECT_EQ(error_of(with_mount_keys("    offload_queue: 0\n")),
+            "t.yaml:6:20: mounts[0].offload_queue must be between 1 and 65536, not 0");
+}
+
+}  // namespace
+}  // namespace efuse::daemon
