@@ -66,6 +66,7 @@ class HandlerStore final : public fuse::AnswerStore {
     return set_->put_xattr(k, e);
   }
   void drop_xattr(const efuse_handler_name_key& k) override { set_->drop_xattr(k); }
+  std::span<efuse_read_block> read_blocks() override { return set_->read_blocks(); }
   const bpf::HandlerSet& set() const { return *set_; }
   bpf::HandlerSet& mutable_set() { return *set_; }
 
