@@ -46,6 +46,16 @@ class AnswerTable final : public AnswerStore {
     xattrs.erase({key.parent, key.name});
   }
 
+  bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& e) override {
+    if (full) return false;
+    (map == NodeMap::Open ? opens : flushes)[nodeid] = e;
+    return true;
+  }
+  void drop_node(NodeMap map, uint64_t nodeid) override {
+    if (on_drop) on_drop();
+    (map == NodeMap::Open ? opens : flushes).erase(nodeid);
+  }
+
   bool has_name(uint64_t parent, const std::string& name) const {
     return names.contains({parent, name});
   }
@@ -55,6 +65,8 @@ class AnswerTable final : public AnswerStore {
   std::map<uint64_t, efuse_handler_entry> attrs;
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;
   std::map<uint64_t, uint64_t> counts;
+  std::map<uint64_t, efuse_handler_entry> opens;    // efuse_open_answers
+  std::map<uint64_t, efuse_handler_entry> flushes;  // efuse_flush_answers
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> xattrs;  // efuse_entry_lookups, as the counting program keeps it
 };
 

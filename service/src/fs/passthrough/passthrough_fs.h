@@ -44,7 +44,9 @@ Status kill_suidgid(int fd);
 // backend's HandleTable (an unknown fh is EBADF, see handle_table.h). Plain read-only opens of a regular
 // file share the inode's own descriptor instead, made readable once (Inode::readable_fd),
 // so OPEN, FLUSH and RELEASE of a file read again and again cost no system call. Such a
-// handle carries kSharedFh, and in bits 32-62 a serial number that tells the opens apart.
+// handle carries kSharedFh, and in bits 32-61 a serial number that tells the opens apart
+// (bit 62 stays clear: kSharedFh | kWriterFh is EFUSE_HANDLER_KERNEL_FH, the fh of an open
+// efuse.ko's OPEN handler answered, efuse_handler.h).
 inline constexpr uint64_t kSharedFh = 1ULL << 63;
 // A private handle open for writing carries kWriterFh (Inode::writers counts them); in a
 // shared handle that bit belongs to the serial number.
@@ -123,6 +125,8 @@ class PassthroughFs final : public Filesystem {
   Result<size_t> copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
                                  uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
                                  uint64_t flags) override;
+
+  bool holds(uint64_t ino) const override { return inodes_.get(ino) != nullptr; }
 
   Result<Lock> getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
                      const Lock&) override;

@@ -107,7 +107,7 @@ Result<OpenInfo> PassthroughFs::open_file(const Context& ctx, uint64_t ino, int 
     int fd = inode->readable_fd(path_fd);
     if (fd >= 0) {
       OpenInfo info = open_info(*inode, fd, flags);
-      uint64_t serial = shared_serial_.fetch_add(1, std::memory_order_relaxed) & 0x7fffffffu;
+      uint64_t serial = shared_serial_.fetch_add(1, std::memory_order_relaxed) & 0x3fffffffu;
       info.fh = kSharedFh | serial << 32 | static_cast<uint32_t>(fd);
       return info;
     }
