@@ -72,7 +72,10 @@ class PassthroughFs final : public Filesystem {
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
-  void set_tier(TierLookups* tier) override { inodes_.set_tier(tier); }
+  void set_tier(TierLookups* tier) override {
+    inodes_.set_tier(tier);
+    kernel_tier_.store(tier != nullptr, std::memory_order_relaxed);
+  }
   void passthrough_refused(uint64_t ino) override;
   void passthrough_registered(uint64_t ino, uint64_t ns) override;
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
@@ -226,6 +229,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> keep_cache_;
   std::atomic<bool> passthrough_io_;
   std::atomic<bool> adaptive_io_;
+  std::atomic<bool> kernel_tier_{false};  // on efuse.ko with handlers: opens answered there
   accel::IoPathPolicy io_policy_;  // cache or passthrough per file, under io_path: auto
   accel::DevicePolicy dev_policy_;  // device or kernel for the reads efused serves (auto)
   std::atomic<bool> device_path_{false};  // io_path auto: dev_policy_ decides

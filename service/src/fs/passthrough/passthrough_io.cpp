@@ -70,6 +70,7 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) {
     // opened for writing is served, so each WRITE can clear them.
     facts.setid_write = writable && known && privs_to_kill(st.st_mode) != 0;
     facts.passthrough_available = caps_.passthrough && known;
+    facts.kernel_opens = kernel_tier_.load(std::memory_order_relaxed);
     inode.io_cached = io_policy_.open(inode.io, facts, steady_ns()) == accel::IoPath::Cache;
   } else {
     io_policy_.joined(inode.io);
