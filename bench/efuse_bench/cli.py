@@ -108,6 +108,8 @@ def run_vm(args):
     env = dict(os.environ)
     if args.reps:
         env["EFUSE_BENCH_REPS"] = str(args.reps)
+    if args.rows:  # the guest's workloads: stat-tree, cat, tar, fio
+        env["EFUSE_BENCH_WORKLOADS"] = args.rows
     return subprocess.run([sys.executable, str(BENCH.parent / "tests" / "vm" / "run_vm_tests.py"),
                            "--kernel", "6.12", "--efused", efused, "--bench", str(out)],
                           env=env).returncode
