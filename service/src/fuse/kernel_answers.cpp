@@ -176,7 +176,7 @@ void KernelAnswers::entry_sent(uint64_t parent, std::string_view name, uint64_t 
 }
 
 bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
-  if (backing_id <= 0) return false;
+  if (backing_id <= 0 || !opens_allowed()) return false;
   efuse_handler_entry e{};
   e.expires = UINT64_MAX;  // kept exact by the drops, and the id lives as long as the node
   e.answer.nodeid = nodeid;

@@ -160,6 +160,10 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // which the session holds registered until the node is dropped: the open answer, and the
   // FLUSH answer unless a lock was asked for on the node. False when not stored (a full map).
   bool store_open(uint64_t nodeid, int32_t backing_id);
+  // Whether OPEN answers are stored at all: only on a mount with default_permissions (the
+  // module refuses them elsewhere, as efused then checks access itself). Default: yes.
+  void allow_opens(bool allowed) { opens_allowed_.store(allowed, std::memory_order_relaxed); }
+  bool opens_allowed() const { return opens_allowed_.load(std::memory_order_relaxed); }
   // A GETLK, SETLK or SETLKW (POSIX or flock) on `nodeid`: FLUSH of the node goes up from
   // now on, until the node is dropped (withdraw).
   void lock_asked(uint64_t nodeid);
@@ -223,6 +227,7 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::unordered_set<uint64_t> flushes_;            // nodeids with a stored FLUSH answer
   std::unordered_set<uint64_t> locked_;             // nodeids a lock was asked for
   std::atomic<uint64_t> attr_valid_ns_{0};          // validity of the last attributes sent
+  std::atomic<bool> opens_allowed_{true};
   uint64_t tier_lookups_ = 0;
   std::map<Name, uint64_t> index_;                  // names -> the nodeid efused sent for it
   std::unordered_map<uint64_t, uint32_t> writers_;  // nodeid -> opens for writing

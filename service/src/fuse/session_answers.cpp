@@ -134,7 +134,8 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
           // What the OPEN handler answers (efuse_open.bpf.c): read-only, no O_TRUNC,
           // passthrough.
           k::fuse_open_out out;
-          if (ok && !for_writing(o->flags) && !(o->flags & O_TRUNC) && body.size() == sizeof out) {
+          if (ok && !for_writing(o->flags) && !(o->flags & O_TRUNC) && a->opens_allowed() &&
+              body.size() == sizeof out) {
             std::memcpy(&out, body.data(), sizeof out);
             if ((out.open_flags & k::kFopenPassthrough) && out.backing_id > 0 &&
                 hold_for_kernel_opens(r.ctx, node, out.backing_id))

@@ -494,6 +494,10 @@ TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
   EXPECT_TRUE(store.opens.empty() && store.flushes.empty());
   EXPECT_EQ(answers.stats().open_entries, 0u);
   EXPECT_EQ(answers.stats().flush_entries, 0u);
+  answers.allow_opens(false);  // a mount without default_permissions
+  EXPECT_FALSE(answers.store_open(7, 3));
+  EXPECT_TRUE(store.opens.empty());
+  answers.allow_opens(true);
   store.full = true;
   EXPECT_FALSE(answers.store_open(7, 3)) << "a full map";
   EXPECT_EQ(answers.stats().open_entries, 0u);
