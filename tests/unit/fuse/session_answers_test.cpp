@@ -273,7 +273,12 @@ TEST_F(SessionAnswers, ReadOnlyPassthroughOpenStoresOpenAndFlushAnswersAndHoldsT
 
 TEST_F(SessionAnswers, KernelOpensRequestsAreServedWithEfusedsOwnHandles) {
   h_.connection().grant_backing_ids();
+  efuse::fs::Policy fixed;
+  fixed.adaptive_io = false;
+  h_.fs().set_policy(fixed);
   const uint64_t f = make_file("f", "data");
+  h_.release(f, h_.open(f, O_RDONLY));  // stores the answers, holds a handle
+  ASSERT_TRUE(table_.flushes.contains(f));
   // FLUSH, FSYNC and LSEEK of a kernel open: served with the handle held for the node.
   k::fuse_flush_in fl{};
   fl.fh = kernel_fh(1);
@@ -289,7 +294,6 @@ TEST_F(SessionAnswers, KernelOpensRequestsAreServedWithEfusedsOwnHandles) {
   EXPECT_EQ(seek.error(), 0);
   EXPECT_EQ(seek.as<k::fuse_lseek_out>().offset, 0u);
   // A POSIX lock: FLUSH answers stop for the node.
-  table_.flushes[f] = {};
   EXPECT_EQ(h_.call(Op::Setlk, f, lk_body(kernel_fh(1), 7, F_RDLCK)).error(), 0);
   EXPECT_FALSE(table_.flushes.contains(f));
   EXPECT_EQ(h_.call(Op::Flush, f, pod(fl)).error(), 0);
@@ -310,9 +314,12 @@ TEST_F(SessionAnswers, KernelOpensRequestsAreServedWithEfusedsOwnHandles) {
   EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), 0);
   fl.fh = 12345;
   EXPECT_EQ(h_.call(Op::Flush, f, pod(fl)).error(), EBADF);
-  // The node dropped (its FORGET): the held handle goes.
+  // The node dropped (its FORGET): the answers, then the held handle and the id go.
+  EXPECT_TRUE(h_.connection().closed_backing_ids().empty());
   h_.call_no_reply(Op::Forget, f, pod(k::fuse_forget_in{1}));
   EXPECT_EQ(h_.session().kernel_open_holds(), 0u);
+  EXPECT_TRUE(table_.opens.empty());
+  EXPECT_EQ(h_.connection().closed_backing_ids().size(), 1u);
 }
 
 }  // namespace
