@@ -34,6 +34,7 @@ bool Session::hold_for_kernel_opens(const fs::Context& ctx, uint64_t nodeid,
                                     int32_t backing_id) {
   std::lock_guard lk(kernel_opens_mu_);
   if (!kernel_opens_.contains(nodeid)) {
+    if (kernel_opens_.size() >= kMaxOpenAnswers) return false;  // as many as answers
     auto o = fs_.open(ctx, nodeid, O_RDONLY);
     if (!o.ok()) return false;
     k::fuse_open_out out;
