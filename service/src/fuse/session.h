@@ -271,8 +271,12 @@ class Session {
   // efused's. Their requests that still come up are served with a handle efused holds per
   // node (also keeping the node's backing id registered) until the node is dropped, or for
   // one that took a flock, with a handle of its own until its RELEASE.
+  struct KernelOpenHold {
+    uint64_t fh = 0;
+    bool backed = false;  // counted among the node's passthrough opens: holds its backing id
+  };
   std::mutex kernel_opens_mu_;
-  std::unordered_map<uint64_t, uint64_t> kernel_opens_;   // nodeid -> efused's handle
+  std::unordered_map<uint64_t, KernelOpenHold> kernel_opens_;  // by nodeid
   std::unordered_map<uint64_t, uint64_t> kernel_flocks_;  // module's fh -> efused's handle
   std::atomic<uint64_t> kernel_open_holds_{0};
 

@@ -33,7 +33,15 @@ bool kernel_fh(uint64_t fh) { return (fh & EFUSE_HANDLER_KERNEL_FH) == EFUSE_HAN
 bool Session::hold_for_kernel_opens(const fs::Context& ctx, uint64_t nodeid,
                                     int32_t backing_id) {
   std::lock_guard lk(kernel_opens_mu_);
-  if (!kernel_opens_.contains(nodeid)) {
+  auto held = kernel_opens_.find(nodeid);
+  if (held != kernel_opens_.end() && !held->second.backed) {
+    // Taken by own_fh() for a module fh of a previous efused: one that holds the id instead.
+    (void)fs_.release(ctx, nodeid, held->second.fh);
+    kernel_opens_.erase(held);
+    kernel_open_holds_.fetch_sub(1, std::memory_order_relaxed);
+    held = kernel_opens_.end();
+  }
+  if (held == kernel_opens_.end()) {
     if (kernel_opens_.size() >= kMaxOpenAnswers) return false;  // as many as answers
     auto o = fs_.open(ctx, nodeid, O_RDONLY);
     if (!o.ok()) return false;
@@ -44,7 +52,7 @@ bool Session::hold_for_kernel_opens(const fs::Context& ctx, uint64_t nodeid,
       (void)fs_.release(ctx, nodeid, o->fh);
       return false;
     }
-    kernel_opens_.emplace(nodeid, o->fh);
+    kernel_opens_.emplace(nodeid, KernelOpenHold{o->fh, true});
     kernel_open_holds_.fetch_add(1, std::memory_order_relaxed);
   }
   std::lock_guard b(backing_mu_);
@@ -57,10 +65,10 @@ uint64_t Session::own_fh(const fs::Context& ctx, uint64_t nodeid, uint64_t fh) {
   if (!kernel_fh(fh)) return fh;
   std::lock_guard lk(kernel_opens_mu_);
   if (auto f = kernel_flocks_.find(fh); f != kernel_flocks_.end()) return f->second;
-  if (auto h = kernel_opens_.find(nodeid); h != kernel_opens_.end()) return h->second;
+  if (auto h = kernel_opens_.find(nodeid); h != kernel_opens_.end()) return h->second.fh;
   auto o = fs_.open(ctx, nodeid, O_RDONLY);
   if (!o.ok()) return fh;  // the backend answers EBADF, as for any handle it never gave
-  kernel_opens_.emplace(nodeid, o->fh);
+  kernel_opens_.emplace(nodeid, KernelOpenHold{o->fh, false});
   kernel_open_holds_.fetch_add(1, std::memory_order_relaxed);
   return o->fh;
 }
@@ -91,17 +99,17 @@ std::optional<uint64_t> Session::released_kernel_fh(uint64_t fh) {
 // After a FORGET: once the node is gone, so is the handle held for its kernel opens, and
 // with it (the answers went first, KernelAnswers::forgotten) perhaps the backing id.
 void Session::node_forgotten(uint64_t nodeid) {
-  uint64_t fh;
+  KernelOpenHold hold;
   {
     std::lock_guard lk(kernel_opens_mu_);
     auto h = kernel_opens_.find(nodeid);
     if (h == kernel_opens_.end() || fs_.holds(nodeid)) return;
-    fh = h->second;
+    hold = h->second;
     kernel_opens_.erase(h);
     kernel_open_holds_.fetch_sub(1, std::memory_order_relaxed);
   }
-  backing_released(fh);
-  (void)fs_.release(fs::Context{}, nodeid, fh);
+  if (hold.backed) backing_released(hold.fh);
+  (void)fs_.release(fs::Context{}, nodeid, hold.fh);
 }
 
 }  // namespace fuse
