@@ -265,6 +265,7 @@ void Session::shutdown() {
     waits_cv_.notify_all();
     waits_cv_.wait(lk, [this] { return waiters_ == 0; });
   }
+  release_kernel_opens();
   close_backing_ids();
 }
 

@@ -213,6 +213,8 @@ class Session {
   uint64_t flock_fh(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh);
   std::optional<uint64_t> released_kernel_fh(uint64_t fh);
   void node_forgotten(uint64_t nodeid);
+  void release_kernel_opens();
+  bool kernel_fh(uint64_t fh) const;
   using Clock = std::chrono::steady_clock;
   void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
   struct LockWait;
@@ -274,10 +276,11 @@ class Session {
   struct KernelOpenHold {
     uint64_t fh = 0;
     bool backed = false;  // counted among the node's passthrough opens: holds its backing id
+    uint64_t nodeid = 0;
   };
   std::mutex kernel_opens_mu_;
   std::unordered_map<uint64_t, KernelOpenHold> kernel_opens_;  // by nodeid
-  std::unordered_map<uint64_t, uint64_t> kernel_flocks_;  // module's fh -> efused's handle
+  std::unordered_map<uint64_t, KernelOpenHold> kernel_flocks_;  // by module fh
   std::atomic<uint64_t> kernel_open_holds_{0};
 
   // Blocking lock waits (SETLKW) run on their own threads so workers stay free.

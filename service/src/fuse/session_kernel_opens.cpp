@@ -13,6 +13,9 @@
 //     flock belongs to one open file description; the RELEASE that undoes it (the module
 //     sends it up with FUSE_RELEASE_FLOCK_UNLOCK) releases that handle;
 //   - RELEASE of a module fh without such a handle: answered 0, nothing held for it.
+//
+// Only on the kernel module tier with handlers (answers_ set): elsewhere no such open
+// exists, and an fh with both bits is one efused never gave (EBADF from the backend).
 #include <fcntl.h>
 
 #include "fuse/kernel_answers.h"
@@ -23,9 +26,13 @@ namespace fuse {
 
 namespace {
 
-bool kernel_fh(uint64_t fh) { return (fh & EFUSE_HANDLER_KERNEL_FH) == EFUSE_HANDLER_KERNEL_FH; }
+bool module_fh(uint64_t fh) { return (fh & EFUSE_HANDLER_KERNEL_FH) == EFUSE_HANDLER_KERNEL_FH; }
 
 }  // namespace
+
+bool Session::kernel_fh(uint64_t fh) const {
+  return module_fh(fh) && answers_.load(std::memory_order_acquire) != nullptr;
+}
 
 // Before an open answer with `backing_id` is stored for `nodeid`: holds a read-only
 // passthrough open of the node (the id stays registered while the kernel may still set up
@@ -52,7 +59,7 @@ bool Session::hold_for_kernel_opens(const fs::Context& ctx, uint64_t nodeid,
       (void)fs_.release(ctx, nodeid, o->fh);
       return false;
     }
-    kernel_opens_.emplace(nodeid, KernelOpenHold{o->fh, true});
+    kernel_opens_.emplace(nodeid, KernelOpenHold{o->fh, true, nodeid});
     kernel_open_holds_.fetch_add(1, std::memory_order_relaxed);
   }
   std::lock_guard b(backing_mu_);
@@ -64,11 +71,11 @@ bool Session::hold_for_kernel_opens(const fs::Context& ctx, uint64_t nodeid,
 uint64_t Session::own_fh(const fs::Context& ctx, uint64_t nodeid, uint64_t fh) {
   if (!kernel_fh(fh)) return fh;
   std::lock_guard lk(kernel_opens_mu_);
-  if (auto f = kernel_flocks_.find(fh); f != kernel_flocks_.end()) return f->second;
+  if (auto f = kernel_flocks_.find(fh); f != kernel_flocks_.end()) return f->second.fh;
   if (auto h = kernel_opens_.find(nodeid); h != kernel_opens_.end()) return h->second.fh;
   auto o = fs_.open(ctx, nodeid, O_RDONLY);
   if (!o.ok()) return fh;  // the backend answers EBADF, as for any handle it never gave
-  kernel_opens_.emplace(nodeid, KernelOpenHold{o->fh, false});
+  kernel_opens_.emplace(nodeid, KernelOpenHold{o->fh, false, nodeid});
   kernel_open_holds_.fetch_add(1, std::memory_order_relaxed);
   return o->fh;
 }
@@ -77,10 +84,10 @@ uint64_t Session::own_fh(const fs::Context& ctx, uint64_t nodeid, uint64_t fh) {
 uint64_t Session::flock_fh(const fs::Context& ctx, uint64_t nodeid, uint64_t fh) {
   if (!kernel_fh(fh)) return fh;
   std::lock_guard lk(kernel_opens_mu_);
-  if (auto f = kernel_flocks_.find(fh); f != kernel_flocks_.end()) return f->second;
+  if (auto f = kernel_flocks_.find(fh); f != kernel_flocks_.end()) return f->second.fh;
   auto o = fs_.open(ctx, nodeid, O_RDONLY);
   if (!o.ok()) return fh;
-  kernel_flocks_.emplace(fh, o->fh);
+  kernel_flocks_.emplace(fh, KernelOpenHold{o->fh, false, nodeid});
   return o->fh;
 }
 
@@ -91,7 +98,7 @@ std::optional<uint64_t> Session::released_kernel_fh(uint64_t fh) {
   std::lock_guard lk(kernel_opens_mu_);
   auto f = kernel_flocks_.find(fh);
   if (f == kernel_flocks_.end()) return std::nullopt;
-  uint64_t own = f->second;
+  uint64_t own = f->second.fh;
   kernel_flocks_.erase(f);
   return own;
 }
@@ -110,6 +117,25 @@ void Session::node_forgotten(uint64_t nodeid) {
   }
   if (hold.backed) backing_released(hold.fh);
   (void)fs_.release(fs::Context{}, nodeid, hold.fh);
+}
+
+// Session shutdown: every handle held for kernel opens (unless a restart hands the
+// connection, and with it those opens, to the next efused).
+void Session::release_kernel_opens() {
+  if (keep_for_restart_) return;
+  std::unordered_map<uint64_t, KernelOpenHold> holds;
+  std::unordered_map<uint64_t, KernelOpenHold> flocks;
+  {
+    std::lock_guard lk(kernel_opens_mu_);
+    holds.swap(kernel_opens_);
+    flocks.swap(kernel_flocks_);
+    kernel_open_holds_.store(0, std::memory_order_relaxed);
+  }
+  for (const auto& [nodeid, hold] : holds) {
+    if (hold.backed) backing_released(hold.fh);
+    (void)fs_.release(fs::Context{}, nodeid, hold.fh);
+  }
+  for (const auto& [kfh, hold] : flocks) (void)fs_.release(fs::Context{}, hold.nodeid, hold.fh);
 }
 
 }  // namespace fuse
