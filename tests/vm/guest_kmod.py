@@ -518,10 +518,17 @@ def stored_cat(path):
     return want
 
 
-def no_refusals(opcodes=None):
-    bad = [(l, v) for n, l, v in samples() if n == "efuse_kernel_handler_fallbacks_total"
-           and l.get("reason", "").startswith("bad_") and v
-           and (opcodes is None or l.get("opcode") in opcodes)]
+def refusals(opcodes=None):
+    """{(opcode, reason): answers the module refused} now."""
+    return {(l.get("opcode"), l["reason"]): v for n, l, v in samples()
+            if n == "efuse_kernel_handler_fallbacks_total" and l.get("mount") == KNAME
+            and l.get("reason", "").startswith("bad_") and v
+            and (opcodes is None or l.get("opcode") in opcodes)}
+
+
+def no_refusals(before, opcodes=None):
+    bad = {k: v - before.get(k, 0) for k, v in refusals(opcodes).items()
+           if v != before.get(k, 0)}
     assert not bad, f"the module refused answers efused stored: {bad}"
 
 
@@ -531,6 +538,7 @@ def check_kmod_efused_open_flush():
     sends nothing to efused and reads the backing file's bytes; writes, O_TRUNC and other
     files still go up; a lock makes FLUSH go up for good (efused releases it there), a
     flock makes RELEASE go up, and two kernel opens' flocks conflict as two descriptions'."""
+    refused0 = refusals()
     src, path = f"{KSRC}/cat", f"{KMNT}/cat"
     with open(src, "wb") as f:
         f.write(b"cat me\n" * 100)
@@ -597,7 +605,7 @@ def check_kmod_efused_open_flush():
     os.close(b)  # its RELEASE goes up too (it asked for a flock)
     eventually("the second flock's RELEASE served by efused", lambda: counts("release")[1] - r0, 2)
     released.kernel += 2
-    no_refusals()
+    no_refusals(refused0)
 
 
 def open_answers_map():
@@ -670,6 +678,7 @@ def check_kmod_efused_open_changes():
     node's own backing file; a name that leads to another file opens that one."""
     s = lambda n: f"{KSRC}/{n}"  # noqa: E731
     m = lambda n: f"{KMNT}/{n}"  # noqa: E731
+    refused0 = refusals(("open", "flush"))
     for n in ("u", "r", "w", "x"):
         with open(s(n), "wb") as f:
             f.write(f"{n} first\n".encode())
@@ -695,7 +704,7 @@ def check_kmod_efused_open_changes():
     eventually("outside replace", lambda: cat(m("x")), b"x replaced\n")
     os.unlink(s("w"))
     eventually("outside unlink", lambda: cat(m("w")), "ENOENT")
-    no_refusals(("open", "flush"))
+    no_refusals(refused0, ("open", "flush"))
 
 
 def check_kmod_efused_workloads():

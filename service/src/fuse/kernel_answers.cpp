@@ -189,8 +189,10 @@ bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
   flush.expires = UINT64_MAX;
   flush.answer.nodeid = nodeid;
   std::lock_guard lk(mu_);
-  if (!opens_.contains(nodeid) &&
-      (opens_.size() >= kMaxOpenAnswers || !store_.put_node(AnswerStore::NodeMap::Open, nodeid, e))) {
+  // Written again even when stored: only first opens reach efused, and so an entry that
+  // went wrong behind efused's back (it never should) is mended by the next one.
+  if ((!opens_.contains(nodeid) && opens_.size() >= kMaxOpenAnswers) ||
+      !store_.put_node(AnswerStore::NodeMap::Open, nodeid, e)) {
     ++stores_skipped_;
     return false;
   }
