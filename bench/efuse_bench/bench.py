@@ -238,7 +238,7 @@ class Bench(Rows, FioRows, Report):
         BIN.mkdir(parents=True, exist_ok=True)
         self.sides = [SIDE_CLASSES[name](self) for name in self.side_names]
         for side in self.sides:
-            if side.name == "libfuse":
+            if side.name in ("libfuse", "libfuse-xattr"):
                 try:
                     self.build_passthrough_ll()
                 except BenchError as e:

@@ -141,7 +141,8 @@ def parse_args(argv):
                     "without telemetry as side efused-base in the tree, cat, fio and tar rows; the "
                     "report adds efused-nobpf ÷ efused-base (before/after in one run)")
     ap.add_argument("--sides", default=None, help=f"comma list of sides: {','.join(SIDES)} (default all "
-                    "but efused-base, which --efused-base adds; "
+                    "but efused-base, which --efused-base adds, and libfuse-xattr, passthrough_ll -o xattr "
+                    "in the tar rows, asked for by name; "
                     "efused-nobpf = efused without telemetry, in every row: efused ÷ efused-nobpf is the "
                     "telemetry's cost, efused-nobpf ÷ libfuse is efused without telemetry against libfuse)")
     ap.add_argument("--rows", default="", help=f"comma list of row groups: {','.join(GROUPS)} "

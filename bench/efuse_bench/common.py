@@ -23,9 +23,13 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
 SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough",
-         "efused-nobalance", "efuse-run", "efused-base")
-# Sides that run only when asked for by name (--sides): efused-base needs --efused-base.
-OPT_IN_SIDES = ("efused-base",)
+         "efused-nobalance", "efuse-run", "efused-base", "libfuse-xattr")
+# Sides that run only when asked for by name (--sides): efused-base needs --efused-base;
+# libfuse-xattr (passthrough_ll -o xattr, the tar rows only) is libfuse serving extended
+# attributes as efused does: like for like on the tar rows, where the kernel asks for
+# security.capability twice per file of a server that serves xattrs (bench/README.md).
+OPT_IN_SIDES = ("efused-base", "libfuse-xattr")
+TAR_GROUPS = ("tar-subset", "tar-full")
 # Row groups of the adaptive I/O path (io_path: auto against each fixed path, see
 # bench/README.md): small hot files re-read (the page cache should win), one pass over
 # large cold files (passthrough should win), both at once. Run by native, efused (auto),

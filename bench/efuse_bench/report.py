@@ -77,7 +77,8 @@ class Report:
                "adaptive_vs_fixed": self.adaptive_rows(),
                "queue_balancing": self.balancing_rows(),
                "nobpf_vs_libfuse": self.pair_rows("efused-nobpf", "libfuse"),
-               "nobpf_vs_base": self.pair_rows("efused-nobpf", "efused-base")}
+               "nobpf_vs_base": self.pair_rows("efused-nobpf", "efused-base"),
+               "efused_vs_libfuse_xattr": self.pair_rows("efused", "libfuse-xattr")}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(self.out / "results.json")
@@ -453,6 +454,12 @@ class Report:
             L += self.render_pair_md("efused-nobpf", "libfuse", "efused without telemetry ÷ libfuse",
                                      "`efused-nobpf` (efused, no eBPF telemetry attached) against "
                                      "`libfuse` on every row both ran.")
+        if {"libfuse-xattr", "efused"} <= set(self.side_names):
+            L += self.render_pair_md("efused", "libfuse-xattr", "efused ÷ libfuse serving xattrs",
+                                     "`efused` (defaults, telemetry on) against `libfuse-xattr` "
+                                     "(`passthrough_ll -o xattr`): both serve extended attributes, "
+                                     "so the kernel asks both for security.capability before a "
+                                     "file's first write and at every chown.")
         if {"efused-base", "efused-nobpf"} <= set(self.side_names):
             L += self.render_pair_md("efused-nobpf", "efused-base", "This efused ÷ the base efused",
                                      f"`efused-nobpf` (this build, {self.efused_sha256[:12]}) "

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, INTERCEPT_DIR, \
-    INTERCEPT_GROUPS, IO_PATH_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, BenchError
+    INTERCEPT_GROUPS, IO_PATH_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, TAR_GROUPS, \
+    BenchError
 from .mounts import retire
 from .procs import Daemon
 
@@ -110,6 +111,17 @@ class LibfuseSide(FuseSide):
     def argv(self, src, mnt):
         # DEFAULT passthrough_ll options: only the source and foreground mode.
         return [str(BIN / "passthrough_ll"), "-f", "-o", f"source={src}", str(mnt)]
+
+
+class LibfuseXattrSide(LibfuseSide):
+    """passthrough_ll serving extended attributes (`-o xattr`), as efused does by default: the
+    like-for-like comparison on the tar rows, where a server without xattrs (ENOSYS) spares the
+    kernel's two security.capability GETXATTRs per extracted file."""
+    name = "libfuse-xattr"
+    groups = TAR_GROUPS
+
+    def argv(self, src, mnt):
+        return super().argv(src, mnt)[:-1] + ["-o", "xattr", str(mnt)]
 
 
 class EfusedSide(FuseSide):
@@ -218,5 +230,5 @@ class EfusedBaseSide(EfusedSide):
 
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
                                     EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide,
-                                    EfuseRunSide, EfusedBaseSide)}
+                                    EfuseRunSide, EfusedBaseSide, LibfuseXattrSide)}
 assert tuple(SIDE_CLASSES) == SIDES

@@ -2,7 +2,7 @@
 formatting, medians and ratios, the tables of results.md, results.json. No root, no mounts:
 a Bench is filled with the values a run would have measured.
 
-Run: python3 -m unittest discover -s bench/tests -t bench   (ctest: unit.bench_report)"""
+Run: python3 -m unittest discover -s bench/tests -v   (ctest: unit.bench_report)"""
 from __future__ import annotations
 
 import contextlib
@@ -64,7 +64,8 @@ def make_bench(sides="native,libfuse,efused,efused-nobpf", rows="fio-one,cat,tar
                "efused": [2.0, 2.2, 2.4], "efused-nobpf": [2.0, 2.0, 2.0],
                "efuse-run": [1.1, 1.0, 1.2], "efused-base": [2.5, 2.0, 2.0]})
     tar = b.declare("tar-subset.extract", "tar-subset", TAR_ROW, "time excl. sync", "s", "lower")
-    fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0], "efused-nobpf": [1.9]})
+    fill(tar, {"native": [0.5], "libfuse": [3.0], "efused": [2.0], "efused-nobpf": [1.9],
+               "libfuse-xattr": [4.0]})
 
     key = b.counted("cat", "warm", CAT_ROW, "files")
     if key:
@@ -365,6 +366,22 @@ class ReportTest(unittest.TestCase):
                          [CAT_ROW, "time (s)", "↓ lower", "2.000", "2.000", "1.00x",
                           "0.80x, 1.00x, 1.00x"])
         self.assertNotIn("This efused ÷ the base efused", make_bench().render_md())
+
+    def test_libfuse_xattr_side(self):
+        # Asked for by name only; passthrough_ll with -o xattr; the tar rows only.
+        self.assertNotIn("libfuse-xattr", parse_args([]).sides)
+        b = make_bench(sides="native,libfuse,efused,libfuse-xattr")
+        side = SIDE_CLASSES["libfuse-xattr"](b)
+        argv = side.argv(Path("S"), Path("M"))
+        self.assertEqual(argv[-3:], ["-o", "xattr", "M"])
+        self.assertIn("source=S", argv)
+        self.assertEqual(set(side.groups), {"tar-subset", "tar-full"})
+        rows = b.pair_rows("efused", "libfuse-xattr")
+        self.assertEqual([r["key"] for r in rows], ["tar-subset.extract"])
+        self.assertAlmostEqual(rows[0]["efused/libfuse-xattr"], 0.5)
+        table = table_rows(b.render_md(), "efused ÷ libfuse serving xattrs")
+        self.assertEqual(row_of(table, TAR_ROW)[5], "0.50x")
+        self.assertNotIn("libfuse serving xattrs", make_bench().render_md())
 
     def test_telemetry_settle_option(self):
         self.assertEqual(parse_args(["--telemetry-settle", "0.5"]).telemetry_settle, 0.5)

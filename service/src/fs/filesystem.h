@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -29,6 +30,17 @@ struct Context {
   uint32_t gid = 0;
   uint32_t pid = 0;
   uint64_t unique = 0;
+  // When the request arrived (CLOCK_MONOTONIC, ns; what std::chrono::steady_clock reads on
+  // Linux), for a backend that times what it serves without a clock read of its own; 0 when
+  // the caller did not say (a backend then reads the clock).
+  int64_t now_ns = 0;
+  // now_ns, or the clock when the caller did not say.
+  int64_t now_or_clock() const {
+    return now_ns != 0 ? now_ns
+                       : std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now().time_since_epoch())
+                             .count();
+  }
   // The caller's umask for CREATE, MKNOD and MKDIR when the kernel left masking to us
   // (FUSE_DONT_MASK): it applies only where the parent has no default ACL. 0 otherwise.
   uint32_t umask = 0;

@@ -138,14 +138,17 @@ void ClassicChannel::run(Worker& w) {
   unsigned index = 0;
   while (index < workers_.size() && workers_[index].get() != &w) ++index;
   efuse::name_this_thread("efuse-dev%u", index);
+  // Two clock reads per request: when it was read (also the end of the wait) and when the
+  // session was done with it (also the start of the next wait).
+  uint64_t t0 = monotonic_ns();
   for (;;) {
-    uint64_t t0 = monotonic_ns();
     w.in_read_.store(true);
     if (draining_.load()) break;
     ssize_t n = ::read(w.fd_, w.in(), w.in_size());
     w.in_read_.store(false);
     uint64_t t1 = monotonic_ns();
     w.stats_.wait_ns.fetch_add(t1 - t0, std::memory_order_relaxed);
+    t0 = t1;
     if (n < 0) {
       int e = errno;
       // ENOENT: the request was interrupted before we read it; EINTR/EAGAIN: retry.
@@ -157,10 +160,11 @@ void ClassicChannel::run(Worker& w) {
       break;  // ENODEV: the connection is gone (unmounted or aborted)
     }
     w.stats_.in_flight.store(1, std::memory_order_relaxed);
-    session_.handle(std::span<const char>(w.in(), static_cast<size_t>(n)), w, w.scratch());
+    t0 = session_.handle(std::span<const char>(w.in(), static_cast<size_t>(n)), w, w.scratch(),
+                         t1);
     w.stats_.in_flight.store(0, std::memory_order_relaxed);
     w.stats_.requests.fetch_add(1, std::memory_order_relaxed);
-    w.stats_.busy_ns.fetch_add(monotonic_ns() - t1, std::memory_order_relaxed);
+    w.stats_.busy_ns.fetch_add(t0 - t1, std::memory_order_relaxed);
   }
   w.in_read_.store(false);
   w.done_.store(true);

@@ -49,27 +49,29 @@ size_t Session::request_buffer_size() const {
                                                  sizeof(k::fuse_write_in));
 }
 
-void Session::handle(std::span<const char> request, Transport& out,
-                     std::span<char> scratch) noexcept {
+uint64_t Session::handle(std::span<const char> request, Transport& out,
+                         std::span<char> scratch, uint64_t start_ns) noexcept {
   Reader whole(request);
   auto hdr = whole.take<k::fuse_in_header>();
   if (!hdr) {
     // Not even a header: nothing to reply to.
     decode_errors_.fetch_add(1, std::memory_order_relaxed);
     LOG_WARN("dropping a %zu-byte request shorter than its header", request.size());
-    return;
+    return monotonic_ns();
   }
   size_t extlen = static_cast<size_t>(hdr->total_extlen) * 8;
   Request r{*hdr, Reader({}), out, scratch, {hdr->uid, hdr->gid, hdr->pid, hdr->unique}};
   if (hdr->len != request.size() || hdr->len < sizeof(k::fuse_in_header) + extlen) {
     decode_errors_.fetch_add(1, std::memory_order_relaxed);
-    return r.reply_err(EIO);
+    r.reply_err(EIO);
+    return monotonic_ns();
   }
   // Extensions (security context, supplementary groups) trail the body; efused ignores them.
   r.body = Reader(request.subspan(sizeof(k::fuse_in_header),
                                   request.size() - sizeof(k::fuse_in_header) - extlen));
   uint32_t op = hdr->opcode;
-  r.start_ns = monotonic_ns();
+  r.start_ns = start_ns != 0 ? start_ns : monotonic_ns();
+  r.ctx.now_ns = static_cast<int64_t>(r.start_ns);
   if (KernelAnswers* answers = answers_.load(std::memory_order_acquire)) {
     r.session = this;
     r.answers = answers;
@@ -89,7 +91,9 @@ void Session::handle(std::span<const char> request, Transport& out,
     LOG_ERROR("BUG: %s left without a reply", opcode_name(op));
     r.reply_err(EIO);
   }
-  if (!r.deferred) stats_[op <= k::kMaxOpcode ? op : 0].record(monotonic_ns() - r.start_ns, r.error);
+  const uint64_t end = monotonic_ns();
+  if (!r.deferred) stats_[op <= k::kMaxOpcode ? op : 0].record(end - r.start_ns, r.error);
+  return end;
 }
 
 void Session::malformed(Request& r) {

@@ -181,6 +181,9 @@ class UringChannel::Queue {
   uint64_t event_value_ = 0;
   unsigned in_kernel_ = 0;
   bool conn_dead_ = false;
+  // monotonic_ns() of the latest wake-up or request end: the next request's start and the next
+  // wait's start, so a request costs two clock reads (0: read the clock).
+  uint64_t now_ = 0;
 };
 
 }  // namespace fuse

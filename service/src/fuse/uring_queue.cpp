@@ -211,7 +211,8 @@ void UringChannel::Queue::commit(Entry& e) {
 }
 
 void UringChannel::Queue::handle(Entry& e) {
-  uint64_t t0 = monotonic_ns();
+  const uint64_t t0 = now_ != 0 ? now_ : monotonic_ns();
+  uint64_t end = 0;
   stats_.in_flight.store(1, std::memory_order_relaxed);
   e.replied_ = false;
   e.deferred_ = false;
@@ -234,7 +235,7 @@ void UringChannel::Queue::handle(Entry& e) {
     std::span<char> scratch = e.buf_->request_payload_size() == 0
                                   ? std::span<char>(e.buf_->payload(), e.buf_->payload_capacity())
                                   : std::span<char>(scratch_);
-    ch_.session_.handle(request, e, scratch);
+    end = ch_.session_.handle(request, e, scratch, t0);
   }
   if (!e.replied_ && takes_no_reply(opcode)) {
     LOG_WARN("io_uring queue %u: %s arrived on a ring; recycling its entry", qid_,
@@ -249,7 +250,8 @@ void UringChannel::Queue::handle(Entry& e) {
   if (e.replied_) commit(e);
   stats_.in_flight.store(0, std::memory_order_relaxed);
   stats_.requests.fetch_add(1, std::memory_order_relaxed);
-  stats_.busy_ns.fetch_add(monotonic_ns() - t0, std::memory_order_relaxed);
+  now_ = end != 0 ? end : monotonic_ns();
+  stats_.busy_ns.fetch_add(now_ - t0, std::memory_order_relaxed);
 }
 
 void UringChannel::Queue::on_cqe(const struct io_uring_cqe* cqe) {
@@ -291,9 +293,10 @@ void UringChannel::Queue::loop() {
       break;
     }
     if (in_kernel_ == 0 && conn_dead_) break;
-    uint64_t t0 = monotonic_ns();
+    const uint64_t t0 = now_ != 0 ? now_ : monotonic_ns();
     int rc = io_uring_submit_and_wait(&ring_, 1);
-    stats_.wait_ns.fetch_add(monotonic_ns() - t0, std::memory_order_relaxed);
+    now_ = monotonic_ns();
+    stats_.wait_ns.fetch_add(now_ - t0, std::memory_order_relaxed);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {
       ch_.channel_errors_.fetch_add(1, std::memory_order_relaxed);
       LOG_ERROR("io_uring queue %u: io_uring_enter failed: %s; queue stops", qid_,
@@ -337,6 +340,7 @@ void UringChannel::Queue::drain() {
       continue;
     }
     quiet = 0;
+    now_ = monotonic_ns();
     unsigned head;
     unsigned n = 0;
     io_uring_for_each_cqe(&ring_, head, cqe) {

@@ -172,14 +172,14 @@ class PassthroughFs final : public Filesystem {
   uint32_t holder_pid(const Inode& inode, uint64_t owner, const struct flock& conflict);
   // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in:
   // the first open of the inode asks io_policy_ (accel/io_path.h), later ones join it.
-  OpenInfo open_info(Inode& inode, int fd, int flags);
+  OpenInfo open_info(Inode& inode, int fd, int flags, int64_t now_ns);
   // A READ or WRITE efused served for `ino`, started at steady_ns() `start`.
   void served(uint64_t ino, int64_t start);
   // The device path (accel/device.h, device_io.h): the O_DIRECT descriptor the READs of
   // `inode`'s cache epoch use, or -1 for the kernel path; decides at the epoch's first READ
   // (`fd`: the handle's descriptor). end_device_epoch(): at its last release (io_mu held).
   int device_fd(Inode& inode, int fd);
-  void end_device_epoch(Inode& inode);
+  void end_device_epoch(Inode& inode, int64_t now_ns);
   // Direct I/O alignment of the backing file system `dev` (0: none), asked once per file
   // system; the first one without says so in the log.
   uint32_t direct_alignment(dev_t dev, int fd);

@@ -50,7 +50,7 @@ bool shareable(int flags) {
 
 }  // namespace
 
-OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) {
+OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_ns) {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
   const bool writable = (flags & O_ACCMODE) != O_RDONLY;
@@ -71,7 +71,7 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags) {
     facts.setid_write = writable && known && privs_to_kill(st.st_mode) != 0;
     facts.passthrough_available = caps_.passthrough && known;
     facts.kernel_opens = kernel_tier_.load(std::memory_order_relaxed);
-    inode.io_cached = io_policy_.open(inode.io, facts, steady_ns()) == accel::IoPath::Cache;
+    inode.io_cached = io_policy_.open(inode.io, facts, now_ns) == accel::IoPath::Cache;
   } else {
     io_policy_.joined(inode.io);
   }
@@ -107,7 +107,7 @@ Result<OpenInfo> PassthroughFs::open_file(const Context& ctx, uint64_t ino, int 
     // The descriptor stays while the inode has opens (eviction skips it).
     int fd = inode->readable_fd(path_fd);
     if (fd >= 0) {
-      OpenInfo info = open_info(*inode, fd, flags);
+      OpenInfo info = open_info(*inode, fd, flags, ctx.now_or_clock());
       uint64_t serial = shared_serial_.fetch_add(1, std::memory_order_relaxed) & 0x3fffffffu;
       info.fh = kSharedFh | serial << 32 | static_cast<uint32_t>(fd);
       return info;
@@ -120,7 +120,7 @@ Result<OpenInfo> PassthroughFs::open_file(const Context& ctx, uint64_t ino, int 
     return last_errno();
   }
   if (ctx.kill_suidgid) (void)kill_suidgid(fd);  // O_TRUNC by a caller without CAP_FSETID
-  OpenInfo info = open_info(*inode, fd, flags);
+  OpenInfo info = open_info(*inode, fd, flags, ctx.now_or_clock());
   // A writable open joining passthrough opens (the first open chose passthrough: it was
   // read-only, or the bits were set later) writes kernel-direct with efused's CAP_FSETID,
   // which keeps set-ID bits. Clear them now, as the caller's first write would natively;
@@ -163,7 +163,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
-  c.open = open_info(*inode, fd, flags);
+  c.open = open_info(*inode, fd, flags, ctx.now_or_clock());
   if (has_restored_.load(std::memory_order_relaxed)) avoid_restored(c.open);
   handles_.add(c.open.fh);
   if (state_.load(std::memory_order_relaxed) != nullptr)
@@ -228,9 +228,9 @@ int PassthroughFs::device_fd(Inode& inode, int fd) {
   return state == Inode::kDevDevice ? inode.direct_fd.load(std::memory_order_relaxed) : -1;
 }
 
-void PassthroughFs::end_device_epoch(Inode& inode) {
+void PassthroughFs::end_device_epoch(Inode& inode, int64_t now_ns) {
   if (inode.dev_state.load(std::memory_order_relaxed) == Inode::kDevUndecided) return;
-  dev_policy_.closed(inode.dev_io, steady_ns());
+  dev_policy_.closed(inode.dev_io, now_ns);
   int dfd = inode.direct_fd.exchange(-1, std::memory_order_relaxed);
   if (dfd >= 0) ::close(dfd);
   inode.dev_state.store(Inode::kDevUndecided, std::memory_order_release);
@@ -319,7 +319,7 @@ Status PassthroughFs::flush(const Context&, uint64_t ino, uint64_t fh, uint64_t 
   return check(::close(dupfd));
 }
 
-Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
+Status PassthroughFs::release(const Context& ctx, uint64_t ino, uint64_t fh) {
   // Unknown: nothing was opened under this handle, so nothing is closed or counted down.
   if (!handles_.remove(fh)) return Errno{EBADF};
   // A handle of a previous efused's closes the descriptor restore_state() opened for it.
@@ -339,8 +339,9 @@ Status PassthroughFs::release(const Context&, uint64_t ino, uint64_t fh) {
     }
     std::lock_guard lk(inode->io_mu);
     if (inode->io_opens > 0 && --inode->io_opens == 0) {
-      io_policy_.closed(inode->io, steady_ns());
-      end_device_epoch(*inode);
+      const int64_t now = ctx.now_or_clock();
+      io_policy_.closed(inode->io, now);
+      end_device_epoch(*inode, now);
     }
   }
   if (!is_shared(fh) && !restored) ::close(fd_of(fh));
