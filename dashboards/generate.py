@@ -366,7 +366,7 @@ def io_path_rows():
         timeseries("Answered in the kernel (kernel module tier)", [
             target(f"sum by (mount, opcode) (rate(efuse_kernel_answered_total{{{SEL}}}[{RATE}]))"
                    f" or 0 * sum by (mount, opcode) (rate(efuse_requests_total{{{SEL}, "
-                   f"opcode=~\"getattr|lookup|getxattr|listxattr|open|flush|release\"}}[{RATE}]))",
+                   f"opcode=~\"getattr|lookup|getxattr|listxattr|read|open|flush|release\"}}[{RATE}]))",
                    "{{mount}} {{opcode}} in the kernel"),
             target(f"sum by (mount, reason) (rate(efuse_kernel_handler_fallbacks_total{{{SEL}}}"
                    f"[{RATE}])) or {stock_zero}", "{{mount}} went up: {{reason}}", "B")],
@@ -394,6 +394,22 @@ def io_path_rows():
             "(a change raced them, the file was open for writing, or the map was full), and "
             "lookups the kernel took from positive entries (folded into efused's counts). 0 "
             "for mounts on the stock tier."),
+        timeseries("READ block cache (kernel module tier)", [
+            target(f"sum by (mount) (efuse_kernel_map_bytes{{{SEL}, map=\"read_blocks\"}}) / "
+                   f"sum by (mount) (efuse_kernel_read_cache_capacity_bytes{{{SEL}}} > 0) or "
+                   f"{stock_zero}", "{{mount}} filled"),
+            target(f"sum by (mount) (rate(efuse_kernel_answered_total{{{SEL}, opcode=\"read\"}}"
+                   f"[{RATE}])) / (sum by (mount) (rate(efuse_kernel_answered_total{{{SEL}, "
+                   f"opcode=\"read\"}}[{RATE}])) + sum by (mount) (rate(efuse_requests_total{{"
+                   f"{SEL}, opcode=\"read\"}}[{RATE}])) > 0) or {stock_zero}",
+                   "{{mount}} READs answered in the kernel", "B"),
+            target(f"sum by (mount) (rate(efuse_kernel_read_cache_evictions_total{{{SEL}}}"
+                   f"[{RATE}])) or {stock_zero}", "{{mount}} evictions/s", "C")],
+            "percentunit", "The READ block cache (handler_cache_bytes): the share in use, the "
+            "share of READs (page cache misses, direct I/O) the READ handler answered from it "
+            "rather than efused, and blocks replaced per second (least recently used first; a "
+            "steady rate means the cache is too small for the small files read). 0 for mounts "
+            "on the stock tier.", right=("C",)),
     ])
     # eBPF handlers and their hot swaps (README, Kernel module tier; docs/bpf.md).
     out += place([

@@ -6,7 +6,8 @@
  * byte for byte: fixed-width types, explicit padding.
  *
  * The verifier bounds every access a raw_tp.w program makes through the
- * tracepoint's first argument to sizeof(struct efuse_handler_ctx). The
+ * tracepoint's first argument to sizeof(struct efuse_handler_ctx)
+ * (sizeof(struct efuse_handler_read_ctx) for efuse_handler_read). The
  * module fills in, zeroes out, runs the handlers and then reads out only;
  * it checks the answer against its own copy of the request, never against
  * in, which a handler may overwrite.
@@ -30,8 +31,10 @@
  * any change either side could notice. It starts at 3: 1 and 2 stand for
  * the unversioned ABIs before it (GETATTR and negative LOOKUP answers; then
  * positive LOOKUP entries, GETXATTR and LISTXATTR answers, and the size of
- * a LISTXATTR request). 4: OPEN and FLUSH answers, EFUSE_HANDLER_KERNEL_FH
- * and EFUSE_HANDLER_FLUSH_KERNEL_OPEN (kmod patch 0012).
+ * a LISTXATTR request). 4: READ requests fire efuse_handler_read with a
+ * struct efuse_handler_read_ctx, and READ can be answered with file data
+ * (kmod patch 0011); OPEN and FLUSH answers, EFUSE_HANDLER_KERNEL_FH and
+ * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012).
  */
 #define EFUSE_HANDLER_ABI_VERSION 4
 
@@ -104,7 +107,38 @@ struct efuse_handler_ctx {
 	struct efuse_handler_out out;
 };
 
+/*
+ * READ (ABI 4). File data does not fit out.answer.data, so READ requests
+ * fire the writable tracepoint efuse_handler_read instead of
+ * efuse_handler, with this buffer: the same head, then room for the file
+ * blocks a read touches. The buffer is allocated for READ requests only,
+ * and only while something is attached to efuse_handler_read.
+ *
+ * A handler answers a READ of in.size bytes at in.offset with
+ * out.answer.size bytes (error 0), placed in blocks from
+ * in.offset % EFUSE_HANDLER_BLOCK_SIZE on: blocks starts with the file
+ * block in.offset falls in, so whole stored blocks are copied to fixed
+ * offsets. The module takes the answer only when its size is at most the
+ * request's and fits blocks, and the read is short only at the end of the
+ * file as the kernel knows it (i_size): size is exactly
+ * min(in.size, i_size - in.offset), or 0 at or past the end.
+ */
+#define EFUSE_HANDLER_BLOCK_SIZE 4096
+#define EFUSE_HANDLER_READ_BLOCKS 9
+/* The longest READ answered whatever its offset (a longer one at EOF too). */
+#define EFUSE_HANDLER_READ_MAX \
+	((EFUSE_HANDLER_READ_BLOCKS - 1) * EFUSE_HANDLER_BLOCK_SIZE)
+
+struct efuse_handler_read_ctx {
+	struct efuse_handler_ctx head;
+	__u8 blocks[EFUSE_HANDLER_READ_BLOCKS * EFUSE_HANDLER_BLOCK_SIZE];
+};
+
 #ifdef __cplusplus
+static_assert(sizeof(struct efuse_handler_read_ctx) ==
+	      sizeof(struct efuse_handler_ctx) +
+	      EFUSE_HANDLER_READ_BLOCKS * EFUSE_HANDLER_BLOCK_SIZE,
+	      "efuse_handler_read_ctx layout");
 static_assert(sizeof(struct efuse_handler_in) == 48 + EFUSE_HANDLER_NAME_MAX,
 	      "efuse_handler_in layout");
 static_assert(sizeof(struct efuse_handler_answer) == 16 + EFUSE_HANDLER_DATA_MAX,

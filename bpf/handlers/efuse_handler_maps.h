@@ -52,7 +52,47 @@ struct efuse_handler_name_key {
  */
 #define EFUSE_ENTRY_COUNTERS 262144
 
+/*
+ * efuse_read_blocks (efuse_read.bpf.c): the mount's READ block cache, an array of
+ * EFUSE_READ_WAYS * efuse_read_sets blocks that efused creates (size from mounts.yaml,
+ * handler_cache_bytes), maps into its memory and hands to every READ handler. Block
+ * `index` (file offset / EFUSE_HANDLER_BLOCK_SIZE) of node `nodeid` lives in one of the
+ * EFUSE_READ_WAYS slots of set efuse_read_set(nodeid, index, sets); efused picks the slot
+ * (an empty one, else the least recently used: `used`, which handlers stamp on each hit).
+ *
+ * Array slots are never freed or recycled by the kernel, and `gen` guards each one like a
+ * sequence lock: efused stores 0 in it, then the rest, then the version of the file the
+ * block belongs to (never 0, never reused); to drop a block it stores 0. A handler reads
+ * gen with an atomic (a full barrier), then the fields and data, then gen again, and uses
+ * the block only when both reads agree and are not 0, and when every block of one answer
+ * has the same gen: a block being written or dropped meanwhile, or a mix of two versions
+ * of a file, is never served. efused drops a file's blocks before it replies to anything
+ * that changes the file, and before it invalidates the kernel's cache for an outside
+ * change.
+ */
+#define EFUSE_READ_WAYS 4
+
+struct efuse_read_block {
+	__u64 gen;		/* 0: empty; else the file version this block belongs to */
+	__u64 nodeid;
+	__u64 index;		/* file offset / EFUSE_HANDLER_BLOCK_SIZE */
+	__u64 used;		/* bpf_ktime_get_ns() of the last store or hit */
+	__u32 valid;		/* bytes of data that are the file's; the rest is zero */
+	__u32 eof;		/* 1: the file ends at index * block size + valid */
+	__u8 data[EFUSE_HANDLER_BLOCK_SIZE];
+};
+
+/* The set block `index` of `nodeid` lives in, of `sets` (> 0). */
+static inline __u32 efuse_read_set(__u64 nodeid, __u64 index, __u32 sets)
+{
+	__u64 h = nodeid * 0x9e3779b97f4a7c15ULL ^ (index + 1) * 0xc2b2ae3d27d4eb4fULL;
+
+	return (__u32)(h >> 32) % sets;
+}
+
 #ifdef __cplusplus
+static_assert(sizeof(struct efuse_read_block) == 40 + EFUSE_HANDLER_BLOCK_SIZE,
+	      "efuse_read_block layout");
 static_assert(sizeof(struct efuse_handler_name_key) == 8 + EFUSE_HANDLER_NAME_MAX,
 	      "efuse_handler_name_key layout");
 static_assert(sizeof(struct efuse_handler_entry) == 16 + EFUSE_HANDLER_DATA_MAX + 8,

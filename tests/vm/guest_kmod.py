@@ -38,7 +38,7 @@ EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is
 FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
 # The shipped handlers' program names (bpf/handlers/), as the kernel keeps them (15 chars).
 HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_getxattr", "efuse_listxattr",
-                    "efuse_open", "efuse_flush",
+                    "efuse_read", "efuse_open", "efuse_flush",
                     "efuse_handler_done"[:15], "efuse_handler_entry"[:15])
 
 efused = None
@@ -223,7 +223,7 @@ def check_kmod_efused_tier():
     assert info == 1, [(n, l) for n, l, v in s if n == "efuse_mount_info"]
     attached = [l for l in log_text().splitlines() if "eBPF handlers attached: " in l]
     assert attached and all(f"{op} (" in attached[-1]
-                            for op in ("lookup", "getattr", "getxattr", "listxattr",
+                            for op in ("lookup", "getattr", "getxattr", "listxattr", "read",
                                        "open", "flush")), \
         attached or log_text()[-800:]
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)

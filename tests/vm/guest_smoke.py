@@ -625,20 +625,28 @@ def check_kmod_handler():
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
+def run_module(part):
+    """The checks of guest_<part>.py in order, then its cleanup (which unloads efuse.ko)."""
+    mod = __import__(f"guest_{part}")
+    before = failures
+    try:
+        for fn in mod.CHECKS:
+            check(fn)
+    finally:
+        mod.cleanup(failures > before)
+
+
 def main():
     if PROFILE not in EXPECT:
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
         return 1
     print(f"guest: kernel {os.uname().release}, profile {PROFILE}, efused {EFUSED}", flush=True)
-    if os.environ.get("efuse_only") == "swap" and os.environ.get("efuse_kmod") == "1":
-        import guest_swap  # EFUSE_VM_ONLY=swap (tests/vm/README.md): the swap checks alone
-        try:
-            for fn in guest_swap.CHECKS:
-                check(fn)
-        finally:
-            guest_swap.cleanup(failures > 0)
-        return 1 if failures else 0
     only = os.environ.get("efuse_only", "")
+    if only and not only.startswith("kmod:") and os.environ.get("efuse_kmod") == "1":
+        # EFUSE_VM_ONLY=swap, read or read,swap (tests/vm/README.md): those checks alone
+        for part in only.split(","):
+            run_module(part)
+        return 1 if failures else 0
     if only.startswith("kmod:") and os.environ.get("efuse_kmod") == "1":
         import guest_kmod  # EFUSE_VM_ONLY=kmod:open_flush,kill9: those checks of guest_kmod
         names = [f"check_kmod_efused_{n}" for n in only[5:].split(",") if n]
@@ -663,20 +671,9 @@ def main():
     if os.environ.get("efuse_kmod") == "1":
         check(check_kmod_efuse)
         check(check_kmod_handler)
-        import guest_kmod
-        before = failures
-        try:
-            for fn in guest_kmod.CHECKS:
-                check(fn)
-        finally:
-            guest_kmod.cleanup(failures > before)
-        import guest_swap  # handler hot swap (issue 20), after guest_kmod's rmmod
-        before = failures
-        try:
-            for fn in guest_swap.CHECKS:
-                check(fn)
-        finally:
-            guest_swap.cleanup(failures > before)
+        run_module("kmod")  # efused on the kernel module tier
+        run_module("read")  # READ answered in the kernel (kmod patch 0011)
+        run_module("swap")  # handler hot swap (issue 20)
     if efused is not None and efused.poll() is None:
         efused.kill()
         efused.wait()

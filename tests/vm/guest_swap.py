@@ -6,7 +6,7 @@ efused serves /mnt/data/ksrc at /mnt/kefuse through efuse.ko (guest_kmod.start_e
 private D-Bus (open policy: efused's own uid check is the guard), and the checks drive it
 with efusectl: the handler table, refused objects (another owner, writable by group,
 a symlink, another handler ABI, one the verifier refuses: each leaves the handler in place),
-an unprivileged caller, and swaps of the LOOKUP and GETATTR handlers between the shipped
+an unprivileged caller, and swaps of the LOOKUP, GETATTR and READ handlers between the shipped
 builds and builds that answer the same with other instructions (tests/vm/CMakeLists.txt,
 swap_*_variant.bpf.o), and to none and back, while fio --verify and a stat loop run on the
 mount; then the same for GETXATTR and LISTXATTR, and positive LOOKUP entries answered by a
@@ -30,11 +30,12 @@ from prom_text import parse, scrape, value  # noqa: E402
 
 BUILD = os.path.dirname(os.path.dirname(g.EFUSED))
 EFUSECTL = os.path.join(os.path.dirname(g.EFUSED), "efusectl")
-OPS = ("lookup", "getattr", "getxattr", "listxattr", "open", "flush")  # the shipped handlers
+OPS = ("lookup", "getattr", "getxattr", "listxattr", "read", "open", "flush")  # the shipped handlers
+SWAPPED = ("lookup", "getattr", "read")  # swapped in turn under load
 SHIPPED = {op: os.path.join(BUILD, "bpf", "handlers", f"efuse_{op}.bpf.o") for op in OPS}
 # Variants (same answers, other instructions) of the handlers the swap checks swap.
 VARIANT = {op: os.path.join(BUILD, "tests", "vm", f"swap_{op}_variant.bpf.o")
-           for op in ("lookup", "getattr", "getxattr", "listxattr")}
+           for op in ("lookup", "getattr", "getxattr", "listxattr", "read")}
 FIXTURE = lambda name: os.path.join(BUILD, "tests", "vm", f"swap_{name}.bpf.o")  # noqa: E731
 BUS_DIR = "/tmp/efuse-swap-bus"
 OBJS = "/tmp/efuse-swap-objs"
@@ -125,7 +126,9 @@ def check_swap_setup():
                             "--nopidfile"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     k.eventually("dbus-daemon socket", lambda: os.path.exists(sock), True)
     address = f"unix:path={sock}"
-    k.start_efused("--bus", address, "--attr-timeout", "3600")
+    # io_path cache: file data goes through the page cache, so O_DIRECT reads send READs
+    # (with passthrough no READ would reach the handlers).
+    k.start_efused("--bus", address, "--attr-timeout", "3600", "--io-path", "cache")
     table = handlers()
     assert set(table) == set(OPS), table
     progs = {p["id"]: p.get("name", "") for p in
@@ -209,6 +212,64 @@ print(json.dumps({"getattr": calls, "lookup": misses}))
 """
 
 
+READ_LOOP = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import guest_read as r
+names, stop = sys.argv[2].split(","), sys.argv[3]
+want = {n: open(n.replace(r.k.KMNT, r.k.KSRC, 1), "rb").read() for n in names}
+reads = 0
+while not os.path.exists(stop):
+    for n in names:
+        got = r.direct_read(n, 0, r.READ_MAX)
+        reads += 1
+        if got != want[n]:
+            print(f"{n}: {len(got)} bytes read, not the backing file's {len(want[n])}",
+                  file=sys.stderr)
+            sys.exit(1)
+print(json.dumps({"read": reads}))
+"""
+
+
+def start_read_loop(paths, stop):
+    """O_DIRECT reads of whole small files, each compared with the backing file: one READ
+    per read, answered in the kernel from the blocks efused stored."""
+    return subprocess.Popen([sys.executable, "-c", READ_LOOP, HERE, ",".join(paths), stop],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def prime_reads(n):
+    """n small files whose blocks efused stored: the first O_DIRECT read of each goes to
+    efused, the next is answered in the kernel."""
+    import guest_read as r
+    prime_reads.calls += 1
+    paths = []
+    for i in range(n):  # new names on every call: no outside change for the watcher
+        name = f"swaprd{prime_reads.calls}-{i}"
+        with open(f"{k.KSRC}/{name}", "wb") as f:
+            f.write(os.urandom(3000 + 7000 * i))
+        paths.append(f"{k.KMNT}/{name}")
+    k.eventually("RELEASE of every open", k.released, 0)
+    for p in paths:
+        want = open(p.replace(k.KMNT, k.KSRC, 1), "rb").read()
+        got1, at1 = k.where("read", lambda: r.direct_read(p, 0, r.READ_MAX))
+        got2, at2 = k.where("read", lambda: r.direct_read(p, 0, r.READ_MAX))
+        assert (got1, at1, got2, at2) == (want, "efused", want, "kernel"), \
+            f"{p}: from {at1}, then {at2}; bytes right: {got1 == want}, {got2 == want}"
+    return paths
+
+
+prime_reads.calls = 0
+
+
+def read_probe(path):
+    """One READ the handler answers: an O_DIRECT read of a file whose blocks are stored."""
+    import guest_read as r
+    want = open(path.replace(k.KMNT, k.KSRC, 1), "rb").read()
+    got = r.direct_read(path, 0, r.READ_MAX)
+    assert got == want, f"{path}: wrong bytes after a swap"
+
+
 def start_stat_loop(paths, missing, stop, lookups=True):
     return subprocess.Popen([sys.executable, "-c", STAT_LOOP, HERE, ",".join(paths),
                              ",".join(missing), stop] + (["lookups"] if lookups else []),
@@ -267,6 +328,7 @@ def check_swap_under_load():
     25th to none and back) while fio --verify and a stat loop run on the mount: no I/O
     error, no wrong attribute, no byte fio did not write, no request answered twice."""
     paths, missing = prime(6)
+    read_paths = prime_reads(4)
     os.makedirs(f"{k.KMNT}/fio", exist_ok=True)
     stop = "/tmp/efuse-swap-stop"
     if os.path.exists(stop):
@@ -278,36 +340,50 @@ def check_swap_under_load():
          "n=$((n+1)); done; echo $n"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     loop = start_stat_loop(paths, missing, stop)
+    reads = start_read_loop(read_paths, stop)
     probe_node = k.statx_node(paths[0])
-    swaps0 = {op: handlers()[op]["swaps"] for op in ("lookup", "getattr")}
+    swaps0 = {op: handlers()[op]["swaps"] for op in SWAPPED}
+    read0 = k.counts("read")
     call_s, first_s, removed = [], [], 0
+    by_op = {op: [] for op in SWAPPED}
     try:
         for i in range(SWAPS):
-            op = ("lookup", "getattr")[i % 2]
-            target = (VARIANT, SHIPPED)[(i // 2) % 2][op]
+            op = SWAPPED[i % len(SWAPPED)]
+            target = (VARIANT, SHIPPED)[(i // len(SWAPPED)) % 2][op]
             if i % 25 == 24:
                 ctl("handler", "remove", k.KNAME, op)
                 assert not handlers()[op]["loaded"]
                 removed += 1
-            probe = probe_node if op == "getattr" else lambda: lookup_probe(missing[0])
+            probe = {"getattr": probe_node, "lookup": lambda: lookup_probe(missing[0]),
+                     "read": lambda: read_probe(read_paths[0])}[op]
             c, f = swap_and_time(op, target, probe)
             call_s.append(c)
             first_s.append(f)
+            by_op[op].append(f)
             assert fio.poll() is None, f"fio failed: {fio.communicate()[1][-1500:]}"
             assert loop.poll() is None, f"stat loop failed: {loop.communicate()[1][-1500:]}"
+            assert reads.poll() is None, f"read loop failed: {reads.communicate()[1][-1500:]}"
     finally:
         counts = json.loads(stop_process(loop, stop))
+        read_counts = json.loads(stop_process(reads, stop))
         out, err = fio.communicate(timeout=600)
     assert fio.returncode == 0, f"fio --verify failed: {out[-800:]} {err[-1500:]}"
     table = handlers()
-    for op in ("lookup", "getattr"):
-        assert table[op]["loaded"] and table[op]["swaps"] == swaps0[op] + SWAPS // 2, table[op]
-        assert table[op]["removals"] >= removed // 2, table[op]
+    for op in SWAPPED:
+        want_swaps = swaps0[op] + len(range(SWAPPED.index(op), SWAPS, len(SWAPPED)))
+        assert table[op]["loaded"] and table[op]["swaps"] == want_swaps, table[op]
+        assert table[op]["removals"] >= removed // len(SWAPPED), table[op]
+    read1 = k.counts("read")
     assert not bad_fallbacks(), f"answered twice or refused: {bad_fallbacks()}"
     # efused's own time per swap (load, verifier, attach, grace period, gate, detach), from
     # its log: the rest of a call is efusectl and D-Bus.
-    inside = [float(l.rsplit("(", 1)[1].split(" s)")[0]) for l in k.log_text().splitlines()
-              if "handler swapped to" in l][-SWAPS:]
+    swapped = [l for l in k.log_text().splitlines() if "handler swapped to" in l][-SWAPS:]
+    seconds = lambda l: float(l.rsplit("(", 1)[1].split(" s)")[0])  # noqa: E731
+    inside = [seconds(l) for l in swapped]
+    for op in SWAPPED:
+        mine = [seconds(l) for l in swapped if f": {op} handler swapped" in l]
+        print(f"  efused's part of a {op} swap: median {statistics.median(mine) * 1000:.0f} ms, "
+              f"max {max(mine) * 1000:.0f} ms", flush=True)
     print(f"  LOOKUP answers refused as bad_reply (positive entries for evicted nodes): "
           f"{stale_entries():.0f}", flush=True)
     print(f"  efused's part of a swap: median {statistics.median(inside) * 1000:.0f} ms, "
@@ -319,31 +395,52 @@ def check_swap_under_load():
           f"call to first request answered by the new handler median "
           f"{statistics.median(first_s) * 1000:.0f} ms, max {max(first_s) * 1000:.0f} ms",
           flush=True)
+    for op, times in by_op.items():
+        print(f"  {op}: {len(times)} swaps, call to first request answered by the new handler "
+              f"median {statistics.median(times) * 1000:.0f} ms, max {max(times) * 1000:.0f} ms",
+              flush=True)
+    print(f"  read loop: {read_counts['read']} O_DIRECT reads, every byte the backing file's; "
+          f"READs answered in the kernel {read1[0] - read0[0]:.0f}, by efused "
+          f"{read1[1] - read0[1]:.0f} (fio's, those after a removal of the READ handler, and "
+          "those after the stat loop's dentry drops evicted an inode: its FORGET drops its "
+          "blocks)", flush=True)
+    assert read1[0] - read0[0] > 0, "no READ answered in the kernel during the swaps"
 
 
-def check_swap_every_request_once():
-    """EXACT_SWAPS swaps of the GETATTR handler with only the stat loop on the mount: every
-    GETATTR it made was answered exactly once, in the kernel, by the old handler or the
-    new one (a request neither looked at would have gone to efused)."""
-    paths, _ = prime(4, 0)
-    stop = "/tmp/efuse-swap-stop2"
+def exact_swaps(op, paths, start_loop, stop):
+    """EXACT_SWAPS swaps of `op`'s handler with only `start_loop(paths, stop)` (requests of
+    `op` the handlers answer) on the mount: every request it made was answered exactly
+    once, in the kernel, by the old handler or the new one (a request neither looked at
+    would have gone to efused)."""
     if os.path.exists(stop):
         os.unlink(stop)
     k.eventually("RELEASE of every open", k.released, 0)
-    answered0, efused0 = k.counts("getattr")
-    loop = start_stat_loop(paths, [], stop, lookups=False)
+    answered0, efused0 = k.counts(op)
+    loop = start_loop(paths, stop)
     try:
         for i in range(EXACT_SWAPS):
-            ctl("handler", "swap", k.KNAME, "getattr", (VARIANT, SHIPPED)[i % 2]["getattr"])
+            ctl("handler", "swap", k.KNAME, op, (VARIANT, SHIPPED)[i % 2][op])
     finally:
-        counts = json.loads(stop_process(loop, stop))
-    answered1, efused1 = k.counts("getattr")
-    assert (answered1 - answered0, efused1 - efused0) == (counts["getattr"], 0), \
-        f"{counts['getattr']} GETATTRs made: {answered1 - answered0} answered in the kernel, " \
+        made = json.loads(stop_process(loop, stop))[op]
+    answered1, efused1 = k.counts(op)
+    assert (answered1 - answered0, efused1 - efused0) == (made, 0), \
+        f"{made} {op} requests made: {answered1 - answered0} answered in the kernel, " \
         f"{efused1 - efused0} by efused"
     assert not bad_fallbacks(), bad_fallbacks()
-    print(f"  {EXACT_SWAPS} GETATTR swaps: {counts['getattr']} GETATTRs, each answered once "
-          "in the kernel", flush=True)
+    print(f"  {EXACT_SWAPS} {op} swaps: {made} requests, each answered once in the kernel",
+          flush=True)
+
+
+def check_swap_every_request_once():
+    """GETATTR: exact_swaps with a stat loop."""
+    paths, _ = prime(4, 0)
+    exact_swaps("getattr", paths, lambda p, stop: start_stat_loop(p, [], stop, lookups=False),
+                "/tmp/efuse-swap-stop2")
+
+
+def check_swap_every_read_once():
+    """READ: exact_swaps with a loop of O_DIRECT reads, every byte the backing file's."""
+    exact_swaps("read", prime_reads(3), start_read_loop, "/tmp/efuse-swap-stop3")
 
 
 def check_swap_none_and_back():
@@ -447,7 +544,8 @@ def check_swap_stop():
 
 
 CHECKS = (check_swap_setup, check_swap_refusals, check_swap_under_load,
-          check_swap_every_request_once, check_swap_none_and_back, check_swap_xattr_handlers,
+          check_swap_every_request_once, check_swap_every_read_once, check_swap_none_and_back,
+          check_swap_xattr_handlers,
           check_swap_positive_lookups, check_swap_stop)
 check_swap_under_load.timeout = 1200
 

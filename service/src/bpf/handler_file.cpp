@@ -177,6 +177,11 @@ bool set_rodata_u32(bpf_object* obj, const char* name, uint32_t value) {
   return bpf_map__set_initial_value(rodata, data.data(), data.size()) == 0;
 }
 
+const char* handler_section(uint32_t opcode) {
+  constexpr uint32_t kRead = 15;  // FUSE_READ
+  return opcode == kRead ? "raw_tp.w/efuse_handler_read" : "raw_tp.w/efuse_handler";
+}
+
 OpenedHandler open_handler(const std::string& path, uint32_t opcode, bool expect_opcode,
                            uid_t owner, std::string* why) {
   route_libbpf_log();  // libbpf's complaints go to efused's log, not stderr
@@ -216,9 +221,9 @@ OpenedHandler open_handler(const std::string& path, uint32_t opcode, bool expect
     bpf_program* prog;
     bpf_object__for_each_program(prog, obj) {
       ++programs;
-      if (std::strcmp(bpf_program__section_name(prog), "raw_tp.w/efuse_handler") != 0)
+      if (std::strcmp(bpf_program__section_name(prog), handler_section(opcode)) != 0)
         return fail(std::string("program ") + bpf_program__name(prog) + " is in section " +
-                    bpf_program__section_name(prog) + ", not raw_tp.w/efuse_handler");
+                    bpf_program__section_name(prog) + ", not " + handler_section(opcode));
     }
     if (programs != 1)
       return fail("holds " + std::to_string(programs) + " programs; a handler object holds one");

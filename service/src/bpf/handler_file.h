@@ -28,11 +28,15 @@ bool read_trusted_file(const std::string& path, uid_t owner, std::vector<char>* 
 bool rodata_u32(bpf_object* obj, const char* name, uint32_t* value);
 bool set_rodata_u32(bpf_object* obj, const char* name, uint32_t value);
 
+// The section (tracepoint) a handler of `opcode` attaches to: READ has its own, with room
+// for file data (kmod patch 0011); every other opcode shares efuse_handler.
+const char* handler_section(uint32_t opcode);
+
 // A handler object opened (not loaded) from `path` for `opcode`: trusted as above, built for
 // EFUSE_HANDLER_ABI_VERSION (efuse_handler_abi), declaring `opcode` (efuse_handler_opcode;
 // `expect_opcode` false for efuse_handler_stats, which answers nothing) and holding what a
-// swap needs (efuse_slot, efuse_conn, the efuse_gate map, one raw_tp.w/efuse_handler
-// program). Null with *why otherwise; the caller closes it (bpf_object__close).
+// swap needs (efuse_slot, efuse_conn, the efuse_gate map, one program in
+// handler_section(opcode)). Null with *why otherwise; the caller closes it (bpf_object__close).
 struct OpenedHandler {
   bpf_object* obj = nullptr;
   uint32_t abi = 0;

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdlib>
@@ -35,6 +36,7 @@ const MapLayout kHandlerMaps[] = {
     {"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)},
     {"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)},
     {"efuse_gate", sizeof(__u32), sizeof(__u32)},
+    {"efuse_read_blocks", sizeof(__u32), sizeof(efuse_read_block)},
 };
 
 bool check_maps(bpf_object* obj, std::string* why) {
@@ -88,7 +90,8 @@ std::string default_handler_dir() {
 }
 
 std::unique_ptr<HandlerSet> HandlerSet::load(const std::string& dir, uint32_t conn,
-                                             std::string* error, uid_t owner) {
+                                             std::string* error, uid_t owner,
+                                             uint64_t read_cache_bytes) {
   route_libbpf_log();
   std::unique_ptr<HandlerSet> set(new HandlerSet());
   set->conn_ = conn;
@@ -116,6 +119,27 @@ std::unique_ptr<HandlerSet> HandlerSet::load(const std::string& dir, uint32_t co
   if (set->sync_fd_ < 0) {
     *error = std::string("cannot create the handler sync map: ") + strerror(errno);
     return nullptr;
+  }
+  if (uint64_t sets = read_cache_bytes / (EFUSE_READ_WAYS * sizeof(efuse_read_block))) {
+    const uint32_t slots = static_cast<uint32_t>(std::min<uint64_t>(sets, 1u << 20) * EFUSE_READ_WAYS);
+    set->read_fd_ = bpf_map_create(BPF_MAP_TYPE_ARRAY, "efuse_read_blk", sizeof(__u32),
+                                   sizeof(efuse_read_block), slots, &mmapable);
+    if (set->read_fd_ < 0) {
+      *error = "cannot create the READ block cache (" + std::to_string(slots) +
+               " blocks): " + strerror(errno);
+      return nullptr;
+    }
+    // An mmapped array lays its elements out 8-byte aligned; efuse_read_block is.
+    static_assert(sizeof(efuse_read_block) % 8 == 0);
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    set->read_len_ = (slots * sizeof(efuse_read_block) + page - 1) / page * page;
+    void* pool = mmap(nullptr, set->read_len_, PROT_READ | PROT_WRITE, MAP_SHARED, set->read_fd_, 0);
+    if (pool == MAP_FAILED) {
+      *error = std::string("cannot map the READ block cache: ") + strerror(errno);
+      return nullptr;
+    }
+    set->read_pool_ = static_cast<efuse_read_block*>(pool);
+    set->read_slots_ = slots;
   }
   for (const char* object : kCountingObjects)
     if (!set->load_counting(shipped_object(dir, object), error)) return nullptr;
@@ -183,7 +207,8 @@ HandlerSet::~HandlerSet() {
   }
   for (auto& [name, fd] : maps_) ::close(fd);
   if (gate_) munmap(gate_, gate_len_);
-  for (int fd : {gate_fd_, sync_fd_, sync_inner_fd_})
+  if (read_pool_) munmap(read_pool_, read_len_);
+  for (int fd : {gate_fd_, read_fd_, sync_fd_, sync_inner_fd_})
     if (fd >= 0) ::close(fd);
 }
 
@@ -249,12 +274,20 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     close_next();
     return refuse(path + ": cannot set efuse_conn and efuse_slot");
   }
+  // A READ handler learns the block cache's size; without one it answers nothing.
+  uint32_t unused;
+  if (rodata_u32(next.obj, "efuse_read_sets", &unused) &&
+      !set_rodata_u32(next.obj, "efuse_read_sets",
+                      static_cast<uint32_t>(read_slots_ / EFUSE_READ_WAYS))) {
+    close_next();
+    return refuse(path + ": cannot set efuse_read_sets");
+  }
   std::vector<std::string> created;
   bpf_map* map;
   bpf_object__for_each_map(map, next.obj) {
     if (bpf_map__is_internal(map)) continue;
     const std::string name = bpf_map__name(map);
-    int fd = name == "efuse_gate" ? gate_fd_ : -1;
+    int fd = name == "efuse_gate" ? gate_fd_ : name == "efuse_read_blocks" ? read_fd_ : -1;
     if (auto it = maps_.find(name); it != maps_.end()) fd = it->second;
     if (fd >= 0) {
       if (bpf_map__reuse_fd(map, fd) != 0) {
@@ -282,7 +315,9 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
   if (next.link == nullptr) {
     int e = errno;
     close_next();
-    return refuse("the kernel refused to attach " + path + " to efuse_handler (" + strerror(e) +
+    return refuse("the kernel refused to attach " + path + " to " +
+                  std::string(handler_section(opcode)).substr(sizeof "raw_tp.w/" - 1) + " (" +
+                  strerror(e) +
                   (e == EINVAL ? ": a handler may not reach past the module's buffer" : "") + ")");
   }
   next.prog_fd = bpf_program__fd(prog);

@@ -35,6 +35,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -64,6 +65,7 @@ inline constexpr ShippedHandler kShippedHandlers[] = {{3, "efuse_getattr"},
                                                       {1, "efuse_lookup"},
                                                       {22, "efuse_getxattr"},
                                                       {23, "efuse_listxattr"},
+                                                      {15, "efuse_read"},
                                                       {14, "efuse_open"},
                                                       {25, "efuse_flush"}};
 // The counting programs, one copy each per mount, loaded before any handler and never
@@ -102,11 +104,14 @@ struct HandlerView {
 
 class HandlerSet {
  public:
-  // Loads the counting programs (kCountingObjects) from `dir` for connection `conn`.
-  // Handler files must be owned by `owner` (root in efused). Null, with *error saying why,
-  // when an object is refused or the kernel refuses it.
+  // Loads the counting programs (kCountingObjects) from `dir` for connection `conn`, and
+  // creates the mount's READ block cache (efuse_read_blocks) of `read_cache_bytes` (whole
+  // sets of EFUSE_READ_WAYS blocks; none below one set). Handler files must be owned by
+  // `owner` (root in efused). Null, with *error saying why, when an object is refused or
+  // the kernel refuses it.
   static std::unique_ptr<HandlerSet> load(const std::string& dir, uint32_t conn,
-                                          std::string* error, uid_t owner = 0);
+                                          std::string* error, uid_t owner = 0,
+                                          uint64_t read_cache_bytes = 0);
   ~HandlerSet();
   HandlerSet(const HandlerSet&) = delete;
   HandlerSet& operator=(const HandlerSet&) = delete;
@@ -136,6 +141,10 @@ class HandlerSet {
   // not counted (the map was full).
   uint64_t entry_lookups(uint64_t nodeid) const;
   void drop_entry_lookups(uint64_t nodeid);
+
+  // efuse_read_blocks, mapped read-write (empty without a block cache): what KernelAnswers
+  // fills, under the protocol of efuse_handler_maps.h.
+  std::span<efuse_read_block> read_blocks() const { return {read_pool_, read_slots_}; }
 
   // efuse_handler_outcomes summed over CPUs: EFUSE_HANDLER_OUTCOME_SLOTS counters, at
   // opcode * EFUSE_HANDLER_NR_STATS + stat. Empty if the map cannot be read.
@@ -173,6 +182,10 @@ class HandlerSet {
   bool load_counting(const std::string& path, std::string* error);
   std::vector<Counting> counting_;  // kCountingObjects order; detached last, in reverse
   int gate_fd_ = -1;
+  int read_fd_ = -1;                     // efuse_read_blocks
+  efuse_read_block* read_pool_ = nullptr;  // ... mapped
+  size_t read_slots_ = 0;
+  size_t read_len_ = 0;
   uint32_t* gate_ = nullptr;  // the gate map, mmapped
   size_t gate_len_ = 0;
   int sync_fd_ = -1;          // ARRAY_OF_MAPS: an update waits for an RCU grace period

@@ -82,6 +82,7 @@ void apply_settings(const json& settings, MountConfig& out) {
     out.io_path = from_name(kIoPaths, it->get<std::string>());
   if (auto it = settings.find("kernel_module"); it != settings.end())
     out.kernel_module = from_name(kKernelModules, it->get<std::string>());
+  set_if_present(settings, "handler_cache_bytes", out.handler_cache_bytes);
   if (auto it = settings.find("adaptive"); it != settings.end()) apply_adaptive(*it, out.adaptive);
   if (auto it = settings.find("cache"); it != settings.end()) apply_cache(*it, out.cache);
   if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);

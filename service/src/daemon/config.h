@@ -75,6 +75,8 @@ struct MountConfig {
   IoPath io_path = IoPath::Auto;
   accel::Settings adaptive;  // the adaptive schedulers (live on reload)
   KernelModule kernel_module = KernelModule::Auto;
+  // Bytes of the kernel module tier's READ block cache (efuse_read_blocks); remount.
+  uint64_t handler_cache_bytes = 8u << 20;
   CachePolicy cache;
   MountFlags options;
   // eBPF handler programs by opcode name ("lookup" -> "/path/prog.bpf.o"); validated now,

@@ -52,6 +52,7 @@ std::string_view mounts_schema_text() {
         "io_path": { "$ref": "#/definitions/io_path" },
         "adaptive": { "$ref": "#/definitions/adaptive" },
         "kernel_module": { "$ref": "#/definitions/kernel_module" },
+        "handler_cache_bytes": { "$ref": "#/definitions/handler_cache_bytes" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" }
       }
@@ -97,6 +98,7 @@ std::string_view mounts_schema_text() {
         "io_path": { "$ref": "#/definitions/io_path" },
         "adaptive": { "$ref": "#/definitions/adaptive" },
         "kernel_module": { "$ref": "#/definitions/kernel_module" },
+        "handler_cache_bytes": { "$ref": "#/definitions/handler_cache_bytes" },
         "cache": { "$ref": "#/definitions/cache" },
         "options": { "$ref": "#/definitions/options" },
         "bpf_handlers": { "$ref": "#/definitions/bpf_handlers" }
@@ -178,6 +180,13 @@ std::string_view mounts_schema_text() {
           "maximum": 86400
         }
       }
+    },
+    "handler_cache_bytes": {
+      "description": "Bytes of the mount's READ block cache on the kernel module tier: 4 KiB blocks of small files (up to 32 KiB) read through the mount, from which the eBPF READ handler answers READ requests in the kernel (page cache misses, direct I/O), least recently used blocks replaced first. Rounded down to whole sets of 4 blocks (16,544 bytes); less than one set, 0 included, keeps no blocks (every READ goes to efused). At most 1 GiB. Changing it remounts. Ignored on the stock tier. Default 8388608 (8 MiB).",
+      "type": "integer",
+      "minimum": 0,
+      "maximum": 1073741824,
+      "default": 8388608
     },
     "kernel_module": {
       "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR, LOOKUP, GETXATTR and LISTXATTR requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",

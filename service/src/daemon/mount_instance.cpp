@@ -103,6 +103,7 @@ bool needs_remount(const MountConfig& a, const MountConfig& b) {
   return a.mountpoint != b.mountpoint || a.backend != b.backend || a.source != b.source ||
          a.threads != b.threads || a.queue_depth != b.queue_depth ||
          a.transport != b.transport || a.kernel_module != b.kernel_module ||
+         a.handler_cache_bytes != b.handler_cache_bytes ||
          !(a.options == b.options) || a.cache.writeback != b.cache.writeback;
 }
 
@@ -185,7 +186,7 @@ void MountInstance::attach_handlers() {
   } else {
     const std::string dir = bpf::default_handler_dir();
     std::string error;
-    auto set = bpf::HandlerSet::load(dir, mounted_.conn_id, &error);
+    auto set = bpf::HandlerSet::load(dir, mounted_.conn_id, &error, 0, cfg_.handler_cache_bytes);
     if (set) {
       std::string names, failed;
       for (const auto& [op, path] : handler_table(cfg_, dir)) {

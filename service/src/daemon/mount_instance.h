@@ -72,6 +72,7 @@ class HandlerStore final : public fuse::AnswerStore {
   void drop_node(NodeMap map, uint64_t nodeid) override {
     set_->drop_node(map == NodeMap::Open, nodeid);
   }
+  std::span<efuse_read_block> read_blocks() override { return set_->read_blocks(); }
   const bpf::HandlerSet& set() const { return *set_; }
   bpf::HandlerSet& mutable_set() { return *set_; }
 

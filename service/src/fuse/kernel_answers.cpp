@@ -3,6 +3,7 @@
 #include <time.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <functional>
@@ -38,6 +39,15 @@ uint64_t expiry(uint64_t sec, uint32_t nsec) {
 
 }  // namespace
 
+KernelAnswers::KernelAnswers(AnswerStore& store, size_t max_tier_nodes)
+    : store_(store), max_tier_nodes_(max_tier_nodes), pool_(store.read_blocks()) {
+  sets_ = static_cast<uint32_t>(pool_.size() / EFUSE_READ_WAYS);
+  pool_ = pool_.first(static_cast<size_t>(sets_) * EFUSE_READ_WAYS);
+  slots_.resize(pool_.size());
+  // Whatever the mapping held before (a new array is zeroed): nothing is valid.
+  for (efuse_read_block& b : pool_) __atomic_store_n(&b.gen, 0, __ATOMIC_SEQ_CST);
+}
+
 size_t KernelAnswers::attr_bucket(uint64_t nodeid) {
   return std::hash<uint64_t>{}(nodeid * 0x9e3779b97f4a7c15ULL) % kBuckets;
 }
@@ -51,10 +61,18 @@ uint64_t KernelAnswers::begin() {
   return seq_;
 }
 
+static FileStamp stamp_of(const kernel::fuse_attr& a) {
+  return {a.size, a.mtime * 1000000000ULL + a.mtimensec};
+}
+
 void KernelAnswers::store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since) {
   if (reply.size() != sizeof(kernel::fuse_attr_out)) return;
   kernel::fuse_attr_out o;
   std::memcpy(&o, reply.data(), sizeof o);
+  if (!pool_.empty()) {
+    std::lock_guard lk(mu_);
+    stamp_seen_locked(nodeid, stamp_of(o.attr));
+  }
   efuse_handler_entry e{};
   e.expires = expiry(o.attr_valid, o.attr_valid_nsec);
   if (e.expires == 0) return;  // attr_timeout 0: the kernel asks efused every time
@@ -81,6 +99,10 @@ void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int err
   std::memcpy(&out, reply.data(), sizeof out);
   const uint64_t node = out.nodeid;
   if (node != 0) entry_sent(parent, name, node);
+  if (node != 0 && !pool_.empty()) {
+    std::lock_guard lk(mu_);
+    stamp_seen_locked(node, stamp_of(out.attr));
+  }
   efuse_handler_entry e{};
   e.expires = expiry(out.entry_valid, out.entry_valid_nsec);
   if (node != 0) {
@@ -114,6 +136,112 @@ void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int err
     pointing_[node].insert(std::move(key));
     taken_.try_emplace(node, 0);
   }
+}
+
+void KernelAnswers::store_read(uint64_t nodeid, uint64_t offset, uint32_t size,
+                               std::span<const char> data, const FileStamp& stamp,
+                               uint64_t since) {
+  constexpr uint64_t kBlock = EFUSE_HANDLER_BLOCK_SIZE;
+  if (pool_.empty() || data.size() > size) return;
+  const bool eof = data.size() < size;  // FUSE: a short read is the end of the file
+  const uint64_t end = offset + data.size();
+  // Small files: the data lies in the first EFUSE_HANDLER_READ_MAX bytes, and the reply
+  // showed where the file ends or answered a request that stayed there.
+  if (end > EFUSE_HANDLER_READ_MAX || (!eof && offset + size > EFUSE_HANDLER_READ_MAX)) return;
+  std::lock_guard lk(mu_);
+  if (attr_stamp_[attr_bucket(nodeid)] > since || writers_.contains(nodeid)) {
+    ++stores_skipped_;
+    return;
+  }
+  // A short read contradicting the size taken before it: changed meanwhile.
+  if (eof && end != stamp.size) {
+    ++stores_skipped_;
+    return;
+  }
+  if (auto it = files_.find(nodeid); it != files_.end() && !(it->second.stamp == stamp))
+    drop_blocks_locked(nodeid);  // another version
+  File& f = files_[nodeid];
+  if (f.gen == 0) {
+    f.gen = ++next_gen_;
+    f.stamp = stamp;
+  }
+  uint64_t index = (offset + kBlock - 1) / kBlock;  // the first block the reply covers whole
+  for (; (index + 1) * kBlock <= end; ++index)
+    put_block_locked(nodeid, index, f.gen, data.subspan(index * kBlock - offset, kBlock), false);
+  // The block the file ends in (empty when it ends at a block's start).
+  if (eof && index * kBlock >= offset && index * kBlock <= end)
+    put_block_locked(nodeid, index, f.gen, data.subspan(index * kBlock - offset), true);
+}
+
+// The protocol of efuse_handler_maps.h: gen 0 first (a handler reading the slot now misses),
+// then the block, then its generation. A handler that saw the same non-zero gen before and
+// after its copy read a whole block of that generation.
+void KernelAnswers::put_block_locked(uint64_t nodeid, uint64_t index, uint64_t gen,
+                                     std::span<const char> bytes, bool eof) {
+  const uint32_t set = efuse_read_set(nodeid, index, sets_);
+  uint32_t slot = set * EFUSE_READ_WAYS;
+  uint64_t oldest = UINT64_MAX;
+  for (uint32_t w = 0; w < EFUSE_READ_WAYS; ++w) {
+    const uint32_t s = set * EFUSE_READ_WAYS + w;
+    if (slots_[s].nodeid == nodeid && slots_[s].index == index) {
+      slot = s;
+      break;
+    }
+    // An empty slot counts as never used; handlers stamp `used` on each hit.
+    const uint64_t used =
+        slots_[s].nodeid == 0 ? 0 : __atomic_load_n(&pool_[s].used, __ATOMIC_RELAXED);
+    if (used < oldest) {
+      oldest = used;
+      slot = s;
+    }
+  }
+  efuse_read_block& b = pool_[slot];
+  Slot& mine = slots_[slot];
+  if (mine.nodeid != nodeid || mine.index != index) {
+    if (mine.nodeid != 0) {  // evict another node's block
+      ++read_evictions_;
+      --read_blocks_;
+      if (auto it = files_.find(mine.nodeid); it != files_.end()) {
+        std::erase(it->second.slots, slot);
+        if (it->second.slots.empty()) files_.erase(it);
+      }
+    }
+    mine = {nodeid, index};
+    files_[nodeid].slots.push_back(slot);
+    ++read_blocks_;
+  }
+  __atomic_store_n(&b.gen, 0, __ATOMIC_SEQ_CST);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  b.nodeid = nodeid;
+  b.index = index;
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  b.used = static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + static_cast<uint64_t>(now.tv_nsec);
+  b.valid = static_cast<uint32_t>(bytes.size());
+  b.eof = eof ? 1 : 0;
+  std::memcpy(b.data, bytes.data(), bytes.size());
+  std::memset(b.data + bytes.size(), 0, sizeof b.data - bytes.size());
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  __atomic_store_n(&b.gen, gen, __ATOMIC_SEQ_CST);
+}
+
+void KernelAnswers::stamp_seen_locked(uint64_t nodeid, const FileStamp& stamp) {
+  auto it = files_.find(nodeid);
+  if (it == files_.end() || it->second.stamp == stamp) return;
+  attr_stamp_[attr_bucket(nodeid)] = ++seq_;  // a READ read before this stores nothing
+  drop_blocks_locked(nodeid);
+}
+
+void KernelAnswers::drop_blocks_locked(uint64_t nodeid) {
+  auto it = files_.find(nodeid);
+  if (it == files_.end()) return;
+  for (uint32_t slot : it->second.slots) {
+    __atomic_store_n(&pool_[slot].gen, 0, __ATOMIC_SEQ_CST);
+    slots_[slot] = {};
+    --read_blocks_;
+    ++drops_;
+  }
+  files_.erase(it);  // the next block stored gets a new generation
 }
 
 void KernelAnswers::attr_validity(uint64_t sec, uint32_t nsec) {
@@ -218,6 +346,7 @@ void KernelAnswers::lock_asked(uint64_t nodeid) {
 
 void KernelAnswers::drop_attr_locked(uint64_t nodeid) {
   attr_stamp_[attr_bucket(nodeid)] = ++seq_;
+  drop_blocks_locked(nodeid);  // any change of the node may be one of its data
   if (attrs_.erase(nodeid) != 0) {
     store_.drop_attr(nodeid);
     ++drops_;
@@ -312,6 +441,12 @@ void KernelAnswers::name_changed_outside(uint64_t parent, std::string_view name)
   index_.erase(Name(parent, std::string(name)));
 }
 
+void KernelAnswers::pages_dropped(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  attr_stamp_[attr_bucket(nodeid)] = ++seq_;  // a READ read before this stores nothing
+  drop_blocks_locked(nodeid);
+}
+
 void KernelAnswers::write_opened(uint64_t nodeid) {
   std::lock_guard lk(mu_);
   ++writers_[nodeid];
@@ -351,6 +486,7 @@ void KernelAnswers::drop_all() {
   for (uint64_t nodeid : opens_) store_.drop_node(AnswerStore::NodeMap::Open, nodeid);
   for (uint64_t nodeid : flushes_) store_.drop_node(AnswerStore::NodeMap::Flush, nodeid);
   drops_ += attrs_.size() + names_.size() + xattrs_.size() + opens_.size() + flushes_.size();
+  while (!files_.empty()) drop_blocks_locked(files_.begin()->first);
   attrs_.clear();
   names_.clear();
   xattrs_.clear();
@@ -391,6 +527,9 @@ KernelAnswerStats KernelAnswers::stats() const {
   s.open_entries = opens_.size();
   s.flush_entries = flushes_.size();
   s.tier_lookups = tier_lookups_;
+  s.read_blocks = read_blocks_;
+  s.read_capacity = pool_.size();
+  s.read_evictions = read_evictions_;
   s.stores_skipped = stores_skipped_;
   s.drops = drops_;
   return s;

@@ -40,6 +40,22 @@
 // drop stamps its key's bucket with a newer one, and a store whose bucket is newer than its
 // begin() is skipped. Buckets are hashed, so a collision skips a store: never a wrong entry.
 //
+// READ replies fill the block cache the READ handler answers from (efuse_read_blocks,
+// efuse_handler_maps.h: an array mapped into efused, EFUSE_READ_WAYS slots per set, a slot
+// chosen empty or least recently used). Small files only: the blocks a reply covers whole
+// go in when its data lies in a file's first EFUSE_HANDLER_READ_MAX bytes and the reply
+// either showed where the file ends (a short read: its last block is stored as the end of
+// the file) or answered a request that stayed within those bytes. All blocks of one version
+// of a file carry one generation, and a handler never mixes generations. A version is the
+// file's size and mtime, taken before its bytes are read: attributes efused later sends with
+// another size or mtime drop the blocks, as the kernel drops its pages when it notices
+// (FUSE_AUTO_INVAL_DATA), which bounds changes the watcher cannot see. The blocks of a
+// node go (generation zeroed in place, before the reply of the change is sent) with its
+// attributes: every change of its data (WRITE, truncating SETATTR or open, FALLOCATE,
+// COPY_FILE_RANGE onto it, passthrough writable opens and their release) or any other
+// change of the node, through the mount or seen by the watcher, and its FORGET; nothing is
+// stored while it is open for writing, nor from a READ that raced a change.
+//
 // OPEN and FLUSH answers (module patch 0012) go into two maps keyed by nodeid. An OPEN reply
 // efused sent for a read-only open without O_TRUNC of a file in passthrough mode is stored
 // as the node's open answer: fh 0, FOPEN_PASSTHROUGH and the backing id, which the session
@@ -77,11 +93,20 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "efuse_handler_maps.h"
 #include "fs/node_table.h"
 
 namespace fuse {
+
+// A file's size and modification time (ns), as efused's replies report them: a version of
+// its bytes for the READ block cache.
+struct FileStamp {
+  uint64_t size = 0;
+  uint64_t mtime_ns = 0;
+  bool operator==(const FileStamp&) const = default;
+};
 
 // Where the answers live: the handlers' BPF maps (bpf::HandlerSet). Writes may fail (a full
 // map): then the answer is simply not stored.
@@ -103,6 +128,9 @@ class AnswerStore {
   enum class NodeMap { Open, Flush };
   virtual bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) = 0;
   virtual void drop_node(NodeMap map, uint64_t nodeid) = 0;
+  // efuse_read_blocks, mapped: EFUSE_READ_WAYS * sets blocks, written in place under the
+  // protocol of efuse_handler_maps.h. Empty when the mount has no block cache.
+  virtual std::span<efuse_read_block> read_blocks() { return {}; }
 };
 
 struct KernelAnswerStats {
@@ -114,6 +142,9 @@ struct KernelAnswerStats {
   uint64_t flush_entries = 0;   // FLUSH answers stored
   uint64_t tier_nodes = 0;      // nodes with a lookup counter (efuse_entry_lookups)
   uint64_t tier_lookups = 0;    // lookups taken from positive answers, folded into FORGETs
+  uint64_t read_blocks = 0;     // READ blocks stored (efuse_read_blocks)
+  uint64_t read_capacity = 0;   // blocks the cache holds at most
+  uint64_t read_evictions = 0;  // blocks replaced by another one of their set (LRU)
   uint64_t stores_skipped = 0;  // answers not stored: a change raced them, or the map was full
   uint64_t drops = 0;           // entries dropped because something changed
 };
@@ -125,14 +156,14 @@ inline constexpr uint64_t kNameEntryBytes =
 inline constexpr uint64_t kEntryCounterBytes = 2 * sizeof(uint64_t);  // nodeid -> count
 // The largest nodeid-keyed maps, efuse_open_answers and efuse_flush_answers, hold at most this.
 inline constexpr size_t kMaxOpenAnswers = EFUSE_OPEN_ANSWERS;
+inline constexpr uint64_t kReadBlockBytes = sizeof(efuse_read_block);
 
 class KernelAnswers final : public efuse::fs::TierLookups {
  public:
   // Nodes with a lookup counter at most (efuse_entry_counts.bpf.c holds more, and key 0).
   static constexpr size_t kMaxTierNodes = 200000;
 
-  explicit KernelAnswers(AnswerStore& store, size_t max_tier_nodes = kMaxTierNodes)
-      : store_(store), max_tier_nodes_(max_tier_nodes) {}
+  explicit KernelAnswers(AnswerStore& store, size_t max_tier_nodes = kMaxTierNodes);
   KernelAnswers(const KernelAnswers&) = delete;
   KernelAnswers& operator=(const KernelAnswers&) = delete;
 
@@ -151,6 +182,16 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // an ENODATA error, or the value (list) read with a buffer, is stored.
   void store_xattr(uint64_t nodeid, std::string_view name, int error, uint32_t size,
                    std::span<const char> reply, uint64_t since);
+  // Whether READ replies of `offset` may be stored: there is a block cache, and the offset
+  // is in the part of a file it keeps. The session then takes the file's stamp before its
+  // bytes are read.
+  bool keeps_read(uint64_t offset) const {
+    return !pool_.empty() && offset < EFUSE_HANDLER_READ_MAX;
+  }
+  // A READ reply: `data` answered a request for `size` bytes at `offset` of `nodeid`, whose
+  // size and mtime were `stamp` before the bytes were read.
+  void store_read(uint64_t nodeid, uint64_t offset, uint32_t size, std::span<const char> data,
+                  const FileStamp& stamp, uint64_t since);
   // The attribute validity of a reply efused sent (attr_valid, attr_valid_nsec): how long
   // stored extended attributes are used.
   void attr_validity(uint64_t sec, uint32_t nsec);
@@ -181,6 +222,8 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // An outside change of a name the watcher saw: whatever it was, the kernel forgets the
   // name, and so does everything here.
   void name_changed_outside(uint64_t parent, std::string_view name);
+  // The kernel drops the node's pages (an open without FOPEN_KEEP_CACHE): its READ blocks go.
+  void pages_dropped(uint64_t nodeid);
   // Opens and releases for writing (O_WRONLY, O_RDWR).
   void write_opened(uint64_t nodeid);
   void write_released(uint64_t nodeid);
@@ -209,6 +252,12 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void drop_xattrs_locked(uint64_t nodeid, bool absences_too);
   void drop_flush_locked(uint64_t nodeid);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
+  void drop_blocks_locked(uint64_t nodeid);  // the node's READ blocks
+  // Attributes efused sent for the node (GETATTR, LOOKUP): a size or mtime other than its
+  // blocks' drops them, as the kernel drops its pages then (FUSE_AUTO_INVAL_DATA).
+  void stamp_seen_locked(uint64_t nodeid, const FileStamp& stamp);
+  void put_block_locked(uint64_t nodeid, uint64_t index, uint64_t gen,
+                        std::span<const char> bytes, bool eof);
   static size_t attr_bucket(uint64_t nodeid);
   static size_t name_bucket(uint64_t parent, std::string_view name);
 
@@ -233,6 +282,24 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::unordered_map<uint64_t, uint32_t> writers_;  // nodeid -> opens for writing
   uint64_t stores_skipped_ = 0;
   uint64_t drops_ = 0;
+  // The READ block cache: the mapped slots, what efused put in each (nodeid 0: empty), and
+  // per node its generation and slots.
+  struct Slot {
+    uint64_t nodeid = 0;
+    uint64_t index = 0;
+  };
+  struct File {
+    uint64_t gen = 0;
+    FileStamp stamp;  // the version its blocks are of
+    std::vector<uint32_t> slots;
+  };
+  std::span<efuse_read_block> pool_;
+  uint32_t sets_ = 0;
+  std::vector<Slot> slots_;
+  std::unordered_map<uint64_t, File> files_;
+  uint64_t next_gen_ = 0;
+  uint64_t read_blocks_ = 0;
+  uint64_t read_evictions_ = 0;
 };
 
 }  // namespace fuse

@@ -59,6 +59,14 @@ uint64_t entry_nodeid(std::span<const char> body) {
 
 bool for_writing(uint32_t flags) { return (flags & O_ACCMODE) != O_RDONLY; }
 
+// Whether an OPEN reply keeps the kernel's page cache of the file (FOPEN_KEEP_CACHE).
+bool keeps_cache(std::span<const char> body) {
+  k::fuse_open_out o;
+  if (body.size() != sizeof o) return false;
+  std::memcpy(&o, body.data(), sizeof o);
+  return (o.open_flags & k::kFopenKeepCache) != 0;
+}
+
 // The names of a READDIRPLUS reply, with the nodeids sent for them.
 void index_direntplus(KernelAnswers& a, uint64_t dir, std::span<const char> body) {
   while (body.size() >= sizeof(k::fuse_direntplus)) {
@@ -82,6 +90,7 @@ uint64_t Session::answers_begin(uint32_t opcode) {
     case k::Opcode::Lookup:
     case k::Opcode::Getxattr:
     case k::Opcode::Listxattr:
+    case k::Opcode::Read:
       break;
     default:
       return 0;
@@ -115,6 +124,10 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (auto gin = in.take<k::fuse_getxattr_in>())
           a->store_xattr(node, {}, err, gin->size, body, r.answers_since);
         break;
+      case k::Opcode::Read:
+        if (auto rin = in.take<k::fuse_read_in>(); rin && ok && r.read_attrs)
+          a->store_read(node, rin->offset, rin->size, body, r.read_stamp, r.answers_since);
+        break;
       case k::Opcode::Setattr:
       case k::Opcode::Write:
       case k::Opcode::Fallocate:
@@ -129,7 +142,10 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         break;
       case k::Opcode::Open:
         if (auto o = in.take<k::fuse_open_in>()) {
+          // An open without FOPEN_KEEP_CACHE makes the kernel drop the file's pages (close
+          // to open consistency): its READ blocks go too.
           if (o->flags & O_TRUNC) a->attr_changed(node);
+          if (ok && !keeps_cache(body)) a->pages_dropped(node);
           if (ok && for_writing(o->flags)) a->write_opened(node);
           // What the OPEN handler answers (efuse_open.bpf.c): read-only, no O_TRUNC,
           // passthrough.
@@ -156,6 +172,7 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (!ok) break;
         uint64_t child = entry_nodeid(body);
         a->entry_sent(node, *name, child);
+        if (child != 0 && (c->flags & O_TRUNC)) a->attr_changed(child);  // an existing file
         if (child != 0 && for_writing(c->flags)) a->write_opened(child);
         break;
       }

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "fuse/kernel_answers.h"
 #include "fuse/session_request.h"
 
 namespace fuse {
@@ -49,6 +50,17 @@ void Session::do_create(Request& r) {
 void Session::do_read(Request& r) {
   TAKE(in, k::fuse_read_in);
   size_t size = std::min<size_t>(in->size, r.scratch.size());
+  if (r.answers != nullptr && r.answers->keeps_read(in->offset)) {
+    // The READ block cache keeps what this reply carries as the version of the file these
+    // attributes describe, so they are taken before the bytes (fuse/kernel_answers.h).
+    const uint64_t fh = own_fh(r.ctx, r.hdr.nodeid, in->fh);
+    if (auto a = fs_.getattr(r.ctx, r.hdr.nodeid, &fh); a.ok()) {
+      r.read_stamp = {static_cast<uint64_t>(a->attr.st_size),
+                      static_cast<uint64_t>(a->attr.st_mtim.tv_sec) * 1000000000ULL +
+                          static_cast<uint64_t>(a->attr.st_mtim.tv_nsec)};
+      r.read_attrs = true;
+    }
+  }
   auto n = fs_.read(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh), in->offset,
                     r.scratch.first(size));
   if (!n.ok()) return r.reply_err(n.error());

@@ -10,6 +10,7 @@
 #include "fuse/kernel.h"
 #include "fuse/opcodes.h"
 #include "fuse/reply.h"
+#include "fuse/kernel_answers.h"
 #include "fuse/session.h"
 #include "fuse/wire.h"
 
@@ -38,6 +39,10 @@ struct Session::Request {
   KernelAnswers* answers = nullptr;
   std::span<const char> raw;
   uint64_t answers_since = 0;
+  // READ: the file's size and mtime taken before its bytes were read (for the READ block
+  // cache; read_attrs false when not taken).
+  FileStamp read_stamp;
+  bool read_attrs = false;
 
   void send(const struct iovec* payload, int n, int err = 0) {
     if (answers != nullptr) session->keep_answers(*this, payload, n, err);

@@ -180,8 +180,9 @@ MountFamilies::MountFamilies()
           "efuse_kernel_map_entries",
           "Answers efused keeps in the mount's handler maps, by map: getattr (attributes by "
           "node), lookup (entries by parent and name, negative and positive), xattr "
-          "(extended attributes and lists by node and name) and entry_lookups (nodes with a "
-          "counter of lookups taken from positive entries).",
+          "(extended attributes and lists by node and name), entry_lookups (nodes with a "
+          "counter of lookups taken from positive entries) and read_blocks (4 KiB blocks of "
+          "small files in the READ block cache).",
           MetricType::Gauge)),
       kernel_map_bytes_(make_family(
           "efuse_kernel_map_bytes",
@@ -203,6 +204,17 @@ MountFamilies::MountFamilies()
           "Lookups the kernel took from the handlers' positive LOOKUP answers, as the module "
           "reported them, folded into efused's lookup counts before the FORGETs that "
           "covered them.",
+          MetricType::Counter)),
+      kernel_read_capacity_(make_family(
+          "efuse_kernel_read_cache_capacity_bytes",
+          "Bytes of the mount's READ block cache (handler_cache_bytes rounded down to whole "
+          "sets of 4 blocks of 4136 bytes, a block and its header); efuse_kernel_map_bytes{map="
+          "\"read_blocks\"} is the part in use.",
+          MetricType::Gauge)),
+      kernel_read_evictions_(make_family(
+          "efuse_kernel_read_cache_evictions_total",
+          "READ blocks the mount's block cache replaced by another block of their set, the "
+          "least recently used first.",
           MetricType::Counter)),
       handler_info_(make_family(
           "efuse_handler_info",
@@ -295,7 +307,8 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
         std::tuple{"xattr", a.xattr_entries, fuse::kNameEntryBytes},
         std::tuple{"open", a.open_entries, fuse::kAttrEntryBytes},
         std::tuple{"flush", a.flush_entries, fuse::kAttrEntryBytes},
-        std::tuple{"entry_lookups", a.tier_nodes, fuse::kEntryCounterBytes}}) {
+        std::tuple{"entry_lookups", a.tier_nodes, fuse::kEntryCounterBytes},
+        std::tuple{"read_blocks", a.read_blocks, fuse::kReadBlockBytes}}) {
     Labels labels = with(mount_label(mount.name), "map", map);
     add_gauge(kernel_map_entries_, labels, static_cast<double>(entries));
     add_gauge(kernel_map_bytes_, std::move(labels), static_cast<double>(entries * size));
@@ -304,6 +317,12 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
   add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
   add_counter(kernel_entry_lookups_, mount_label(mount.name),
               static_cast<double>(a.tier_lookups));
+  if (a.read_capacity > 0) {  // a READ block cache (handler_cache_bytes)
+    add_gauge(kernel_read_capacity_, mount_label(mount.name),
+              static_cast<double>(a.read_capacity * fuse::kReadBlockBytes));
+    add_counter(kernel_read_evictions_, mount_label(mount.name),
+                static_cast<double>(a.read_evictions));
+  }
 }
 
 void MountFamilies::add_backend(const std::string& mount, const std::vector<fs::Metric>& metrics) {
@@ -423,6 +442,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
         &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_,
+        &kernel_read_capacity_, &kernel_read_evictions_,
         &handler_info_, &handler_loaded_, &handler_swaps_, &handler_swap_failures_,
         &handler_removals_, &handler_runs_, &handler_run_seconds_}) {
     append_nonempty(out, std::move(*f));

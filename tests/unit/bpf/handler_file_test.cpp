@@ -77,12 +77,12 @@ TEST_F(HandlerFileTest, ShippedHandlersDeclareTheirOpcodeAndTheAbi) {
 
 TEST_F(HandlerFileTest, ShippedTableCoversEveryAnsweringObjectOnce) {
   // One object per opcode (the xattr handlers are two objects), and the opcodes the module
-  // lets handlers answer (kmod patches 0003, 0005, 0008, 0009, 0012): LOOKUP, GETATTR,
-  // OPEN, GETXATTR, LISTXATTR, FLUSH (RELEASE has no handler: the module ends it).
+  // lets handlers answer (kmod patches 0003, 0005, 0008, 0009, 0011, 0012): LOOKUP, GETATTR,
+  // OPEN, READ, GETXATTR, LISTXATTR, FLUSH (RELEASE has no handler: the module ends it).
   std::vector<uint32_t> opcodes;
   for (const ShippedHandler& h : kShippedHandlers) opcodes.push_back(h.opcode);
   std::sort(opcodes.begin(), opcodes.end());
-  EXPECT_EQ(opcodes, (std::vector<uint32_t>{1, 3, 14, 22, 23, 25}));
+  EXPECT_EQ(opcodes, (std::vector<uint32_t>{1, 3, 14, 15, 22, 23, 25}));
 }
 
 TEST_F(HandlerFileTest, XattrHandlerIsRefusedForTheOtherXattrOpcode) {
@@ -90,6 +90,13 @@ TEST_F(HandlerFileTest, XattrHandlerIsRefusedForTheOtherXattrOpcode) {
             "answers opcode 22, not opcode 23");
   EXPECT_EQ(refusal(copy(shipped("efuse_listxattr"), "lx.bpf.o"), 22),
             "answers opcode 23, not opcode 22");
+}
+
+TEST_F(HandlerFileTest, ReadHandlerAttachesToItsOwnTracepoint) {
+  EXPECT_STREQ(handler_section(15), "raw_tp.w/efuse_handler_read");
+  EXPECT_STREQ(handler_section(3), "raw_tp.w/efuse_handler");
+  EXPECT_EQ(refusal(copy(shipped("efuse_read"), "r.bpf.o"), 3), "answers opcode 15, not opcode 3");
+  EXPECT_EQ(refusal(copy(shipped("efuse_read"), "r2.bpf.o"), 15), "");
 }
 
 TEST_F(HandlerFileTest, WrongOpcodeIsRefusedNamingBoth) {

@@ -55,6 +55,24 @@ TEST(BpfHandlerLayout, XattrHandlersShareOneAnswerMapOfTheSharedKeyAndAnswer) {
   }
 }
 
+TEST(BpfHandlerLayout, ReadHandlerUsesTheSharedBlockAndItsOwnTracepoint) {
+  bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_read.bpf.o", nullptr);
+  ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
+  const MapLayout maps[] = {{"efuse_read_blocks", sizeof(__u32), sizeof(efuse_read_block)}};
+  std::string error;
+  EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
+  bpf_program* prog = bpf_object__next_program(obj, nullptr);
+  ASSERT_NE(prog, nullptr);
+  EXPECT_STREQ(bpf_program__section_name(prog), "raw_tp.w/efuse_handler_read");
+  bpf_object__close(obj);
+  // The module's READ buffer: the head every handler knows, then whole blocks.
+  EXPECT_EQ(offsetof(efuse_handler_read_ctx, blocks), sizeof(efuse_handler_ctx));
+  EXPECT_EQ(EFUSE_HANDLER_READ_MAX, 32768);
+  // efused and the handler place a block in the same set.
+  EXPECT_LT(efuse_read_set(12345, 3, 7), 7u);
+  EXPECT_NE(efuse_read_set(2, 0, 1u << 20), efuse_read_set(2, 1, 1u << 20));
+}
+
 TEST(BpfHandlerLayout, EntryCountersAreNodeidToCount) {
   bpf_object* obj =
       bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_entry_counts.bpf.o", nullptr);

@@ -124,6 +124,7 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
   EXPECT_EQ(default_at({"defaults", "kernel_module"}), to_string(m.kernel_module));
+  EXPECT_EQ(default_at({"defaults", "handler_cache_bytes"}), m.handler_cache_bytes);
   EXPECT_EQ(default_at({"defaults", "adaptive", "probe"}), m.adaptive.probe);
   EXPECT_EQ(default_at({"defaults", "adaptive", "round"}), m.adaptive.round);
   EXPECT_EQ(default_at({"defaults", "adaptive", "reprobe_interval"}), m.adaptive.reprobe_interval);
@@ -172,6 +173,26 @@ TEST(ConfigLoad, StackAndCreateMountpoint) {
   EXPECT_TRUE(c.mounts[0].create_mountpoint);
   EXPECT_TRUE(c.mounts[0].options.stack);
   EXPECT_FALSE(parse_config(with_mount_keys(""), "t.yaml").mounts[0].create_mountpoint);
+}
+
+TEST(ConfigLoad, HandlerCacheBytes) {
+  Config c = parse_config("defaults:\n  handler_cache_bytes: 65536\n" +
+                              with_mount_keys("    handler_cache_bytes: 0\n"), "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 1u);
+  EXPECT_EQ(c.mounts[0].handler_cache_bytes, 0u);
+  EXPECT_EQ(parse_config("defaults:\n  handler_cache_bytes: 65536\n" + with_mount_keys(""),
+                         "t.yaml").mounts[0].handler_cache_bytes, 65536u);
+  EXPECT_EQ(parse_config(with_mount_keys(""), "t.yaml").mounts[0].handler_cache_bytes, 8u << 20);
+  EXPECT_EQ(error_of(with_mount_keys("    handler_cache_bytes: -1\n")),
+            "t.yaml:6:26: mounts[0].handler_cache_bytes must be between 0 and 1073741824, not -1");
+  EXPECT_EQ(error_of(with_mount_keys("    handler_cache_bytes: 2147483648\n")),
+            "t.yaml:6:26: mounts[0].handler_cache_bytes must be between 0 and 1073741824, "
+            "not 2147483648");
+  EXPECT_EQ(error_of(with_mount_keys("    handler_cache_bytes: 8M\n")),
+            "t.yaml:6:26: mounts[0].handler_cache_bytes must be an integer, not a string");
+  MountConfig a, b;
+  b.handler_cache_bytes = 0;
+  EXPECT_TRUE(needs_remount(a, b)) << "the block cache is created with the handlers";
 }
 
 TEST(ConfigLoad, KernelModule) {

@@ -1,4 +1,5 @@
-// An in-memory fuse::AnswerStore: the two handler maps as tables, for tests of
+// An in-memory fuse::AnswerStore: the handler maps as tables (the READ block cache as an
+// array, as efused maps it), for tests of
 // fuse::KernelAnswers and of the session's hook (the BPF maps themselves are exercised by
 // the guest tests, tests/vm/guest_kmod.py).
 #pragma once
@@ -7,6 +8,7 @@
 #include <map>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "fuse/kernel_answers.h"
 
@@ -55,6 +57,15 @@ class AnswerTable final : public AnswerStore {
     if (on_drop) on_drop();
     (map == NodeMap::Open ? opens : flushes).erase(nodeid);
   }
+  std::span<efuse_read_block> read_blocks() override { return pool; }
+
+  // The READ blocks held for `nodeid` (gen not 0): index -> the block.
+  std::map<uint64_t, efuse_read_block> blocks_of(uint64_t nodeid) const {
+    std::map<uint64_t, efuse_read_block> out;
+    for (const efuse_read_block& b : pool)
+      if (b.gen != 0 && b.nodeid == nodeid) out[b.index] = b;
+    return out;
+  }
 
   bool has_name(uint64_t parent, const std::string& name) const {
     return names.contains({parent, name});
@@ -67,6 +78,7 @@ class AnswerTable final : public AnswerStore {
   std::map<uint64_t, uint64_t> counts;
   std::map<uint64_t, efuse_handler_entry> opens;    // efuse_open_answers
   std::map<uint64_t, efuse_handler_entry> flushes;  // efuse_flush_answers
+  std::vector<efuse_read_block> pool = std::vector<efuse_read_block>(4 * EFUSE_READ_WAYS);
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> xattrs;  // efuse_entry_lookups, as the counting program keeps it
 };
 

@@ -10,6 +10,7 @@
 #include <ctime>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "answer_table.h"
 #include "fuse/kernel.h"
@@ -501,6 +502,68 @@ TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
   store.full = true;
   EXPECT_FALSE(answers.store_open(7, 3)) << "a full map";
   EXPECT_EQ(answers.stats().open_entries, 0u);
+TEST_F(KernelAnswersTest, ReadBlocksRacingAChangeAreNotStored) {
+  const std::string data(5000, 'r');
+  const FileStamp v1{5000, 0};
+  const uint64_t since = answers.begin();
+  answers.attr_changed(9);  // a WRITE answered while the READ read the old bytes
+  answers.store_read(9, 0, 8192, data, v1, since);
+  EXPECT_TRUE(store.blocks_of(9).empty());
+  answers.write_opened(9);
+  answers.store_read(9, 0, 8192, data, v1, answers.begin());
+  EXPECT_TRUE(store.blocks_of(9).empty()) << "nothing while open for writing";
+  answers.write_released(9);
+  answers.store_read(9, 0, 8192, data, FileStamp{4000, 0}, answers.begin());
+  EXPECT_TRUE(store.blocks_of(9).empty()) << "the file changed between its stamp and read";
+  answers.store_read(9, 0, 8192, data, v1, answers.begin());
+  EXPECT_EQ(store.blocks_of(9).size(), 2u);
+  // Each version of the file has a generation of its own.
+  const uint64_t gen = store.blocks_of(9)[0].gen;
+  answers.xattrs_changed(9);  // what the watcher's invalidation of the node does
+  EXPECT_TRUE(store.blocks_of(9).empty());
+  answers.store_read(9, 0, 8192, data, v1, answers.begin());
+  EXPECT_NE(store.blocks_of(9)[0].gen, gen);
+  // Attributes efused sends with the same size and mtime keep the blocks; another size or
+  // mtime (a change the watcher did not see) drops them, as the kernel drops its pages.
+  stat_reply(9, 5000);
+  EXPECT_EQ(store.blocks_of(9).size(), 2u);
+  stat_reply(9, 5001);
+  EXPECT_TRUE(store.blocks_of(9).empty());
+  answers.store_read(9, 0, 8192, data, v1, answers.begin());
+  answers.forgotten(9);
+  EXPECT_TRUE(store.blocks_of(9).empty());
+  EXPECT_EQ(answers.stats().read_blocks, 0u);
+}
+
+TEST_F(KernelAnswersTest, AFullSetReplacesItsLeastRecentlyUsedBlock) {
+  // Sixteen blocks, four sets of four: store single blocks of many files until one set is
+  // full, then one more of that set.
+  const std::string block(4096, 'b');
+  std::map<uint32_t, std::vector<uint64_t>> by_set;
+  uint64_t node = 100;
+  uint32_t full_set = 0;
+  for (;; ++node) {
+    const uint32_t set = efuse_read_set(node, 0, 4);
+    by_set[set].push_back(node);
+    answers.store_read(node, 0, 4096, block, FileStamp{4096, 0}, answers.begin());
+    if (by_set[set].size() == EFUSE_READ_WAYS + 1) {
+      full_set = set;
+      break;
+    }
+  }
+  const std::vector<uint64_t>& nodes = by_set[full_set];
+  EXPECT_TRUE(store.blocks_of(nodes[0]).empty()) << "the oldest went";
+  for (size_t i = 1; i < nodes.size(); ++i) EXPECT_EQ(store.blocks_of(nodes[i]).size(), 1u);
+  EXPECT_EQ(answers.stats().read_evictions, 1u);
+  EXPECT_EQ(answers.stats().read_capacity, 16u);
+  // A hit (the handler stamps `used`) keeps a block: the next eviction takes another.
+  for (efuse_read_block& b : store.pool)
+    if (b.gen != 0 && b.nodeid == nodes[1]) b.used = UINT64_MAX;
+  uint64_t next = node + 1;
+  while (efuse_read_set(next, 0, 4) != full_set) ++next;
+  answers.store_read(next, 0, 4096, block, FileStamp{4096, 0}, answers.begin());
+  EXPECT_EQ(store.blocks_of(nodes[1]).size(), 1u);
+  EXPECT_TRUE(store.blocks_of(nodes[2]).empty());
 }
 
 }  // namespace

@@ -11,6 +11,8 @@
 
 #include <cstdio>
 #include <cstring>
+#include <functional>
+#include <vector>
 #include <string>
 
 #include "answer_table.h"
@@ -47,7 +49,13 @@ class SessionAnswers : public ::testing::Test {
     EXPECT_EQ(std::memcmp(a.data, r.payload.data(), a.size), 0) << "the exact reply";
   }
 
-  SessionHarness h_;
+  // Pages kept across opens (as with efused's watcher): an open does not drop the blocks.
+  static efuse::fs::Policy keeping() {
+    efuse::fs::Policy p;
+    p.keep_cache = true;
+    return p;
+  }
+  SessionHarness h_{SessionOptions{}, keeping()};
   AnswerTable table_;
   KernelAnswers answers_;
   size_t replies_before_drop_ = 0;
@@ -138,6 +146,152 @@ TEST_F(SessionAnswers, NothingStoredWhileOpenForWriting) {
   EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), 0);
   stat_stored(f);  // released: stored again
   EXPECT_EQ(table_.attrs[f].answer.size, sizeof(k::fuse_attr_out));
+}
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 4096) % 26);
+  return s;
+}
+
+TEST_F(SessionAnswers, ReadRepliesOfSmallFilesFillTheBlockCache) {
+  const std::string data = pattern(10000);
+  const uint64_t f = make_file("f", data);
+  const uint64_t fh = h_.open(f, O_RDONLY);
+  // Readahead of the whole file: a short reply shows where it ends.
+  Reply r = h_.call(Op::Read, f, read_body(fh, 0, 12288));
+  ASSERT_EQ(r.payload, data);
+  auto blocks = table_.blocks_of(f);
+  ASSERT_EQ(blocks.size(), 3u);
+  const uint64_t gen = blocks[0].gen;
+  for (const auto& [index, b] : blocks) {
+    EXPECT_EQ(b.gen, gen) << "one generation per version of the file";
+    const size_t len = std::min<size_t>(4096, data.size() - index * 4096);
+    EXPECT_EQ(b.valid, len);
+    EXPECT_EQ(b.eof, index == 2 ? 1u : 0u);
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.data), len), data.substr(index * 4096, len));
+    EXPECT_EQ(std::string(reinterpret_cast<const char*>(b.data) + len, 4096 - len),
+              std::string(4096 - len, '\0')) << "zero past the file's bytes";
+  }
+  h_.release(f, fh);
+  // A file ending on a block boundary gets an empty end block; a big file nothing.
+  const uint64_t g = make_file("g", pattern(8192));
+  const uint64_t gh = h_.open(g, O_RDONLY);
+  ASSERT_EQ(h_.call(Op::Read, g, read_body(gh, 0, 16384)).payload.size(), 8192u);
+  auto gb = table_.blocks_of(g);
+  ASSERT_EQ(gb.size(), 3u);
+  EXPECT_EQ(gb[2].valid, 0u);
+  EXPECT_EQ(gb[2].eof, 1u);
+  h_.release(g, gh);
+  const uint64_t big = make_file("big", pattern(100000));
+  const uint64_t bh = h_.open(big, O_RDONLY);
+  ASSERT_EQ(h_.call(Op::Read, big, read_body(bh, 0, 131072)).payload.size(), 100000u);
+  ASSERT_EQ(h_.call(Op::Read, big, read_body(bh, 8192, 65536)).payload.size(), 65536u);
+  EXPECT_TRUE(table_.blocks_of(big).empty()) << "only small files";
+  // Direct I/O inside the first 32 KiB: the blocks it covers whole.
+  ASSERT_EQ(h_.call(Op::Read, big, read_body(bh, 4096, 4096)).payload.size(), 4096u);
+  ASSERT_EQ(h_.call(Op::Read, big, read_body(bh, 100, 4096)).payload.size(), 4096u);
+  auto bb = table_.blocks_of(big);
+  ASSERT_EQ(bb.size(), 1u);
+  EXPECT_EQ(bb.begin()->first, 1u);
+  EXPECT_EQ(bb.begin()->second.eof, 0u);
+  h_.release(big, bh);
+}
+
+TEST_F(SessionAnswers, EveryChangeOfAFileDropsItsBlocksBeforeItsReply) {
+  const uint64_t f = make_file("f", pattern(6000));
+  const uint64_t other = make_file("other", pattern(3000));
+  const uint64_t rfh = h_.open(other, O_RDONLY);
+  // A RELEASE as the kernel sends it, with the open's flags (a writable one ends a writer).
+  auto release_w = [&](uint64_t node, uint64_t fh, uint32_t flags) {
+    k::fuse_release_in rel{};
+    rel.fh = fh;
+    rel.flags = flags;
+    EXPECT_EQ(h_.call(Op::Release, node, pod(rel)).error(), 0);
+  };
+  const uint64_t ofh = h_.open(other, O_RDONLY);
+  ASSERT_EQ(h_.call(Op::Read, other, read_body(ofh, 0, 4096)).error(), 0);
+  h_.release(other, ofh);
+  ASSERT_FALSE(table_.blocks_of(other).empty());
+  // Blocks of the file, read through a read-only open (an open for writing stores none).
+  auto fill = [&](uint64_t node) {
+    const uint64_t fh = h_.open(node, O_RDONLY);
+    EXPECT_EQ(h_.call(Op::Read, node, read_body(fh, 0, 8192)).error(), 0);
+    EXPECT_FALSE(table_.blocks_of(node).empty());
+    return fh;
+  };
+  k::fuse_setattr_in sa{};
+  sa.valid = k::kFattrSize;
+  sa.size = 100;
+  k::fuse_fallocate_in fa{};
+  fa.length = 65536;
+  struct Change {
+    const char* what;
+    std::function<void(uint64_t fh)> run;
+  };
+  const std::vector<Change> changes = {
+      {"truncate", [&](uint64_t) { h_.call(Op::Setattr, f, pod(sa)); }},
+      {"write",
+       [&](uint64_t) {
+         const uint64_t w = h_.open(f, O_RDWR);
+         h_.call(Op::Write, f, write_body(w, 10, "xyz"));
+         release_w(f, w, O_RDWR);
+       }},
+      {"fallocate",
+       [&](uint64_t fh) {
+         fa.fh = fh;
+         h_.call(Op::Fallocate, f, pod(fa));
+       }},
+      {"copy_file_range",
+       [&](uint64_t fh) {
+         k::fuse_copy_file_range_in c{};
+         c.fh_in = rfh;
+         c.nodeid_out = f;
+         c.fh_out = fh;
+         c.len = 100;
+         h_.call(Op::CopyFileRange, other, pod(c));
+       }},
+      {"open O_TRUNC",
+       [&](uint64_t) {
+         const uint64_t w = h_.open(f, O_WRONLY | O_TRUNC);
+         release_w(f, w, O_WRONLY);
+       }},
+      {"rename over",
+       [&](uint64_t) {
+         ASSERT_TRUE(write_file(h_.src("n"), "new"));
+         h_.lookup(kRootId, "n");
+         h_.lookup(kRootId, "f");
+         h_.call(Op::Rename, kRootId, pod(k::fuse_rename_in{kRootId}) + cstr("n") + cstr("f"));
+       }},
+  };
+  for (const Change& c : changes) {
+    const uint64_t fh = fill(f);
+    c.run(fh);
+    EXPECT_TRUE(table_.blocks_of(f).empty()) << c.what;
+    h_.release(f, fh);
+    if (std::string(c.what) == "rename over") break;
+    ASSERT_TRUE(write_file(h_.src("f"), pattern(6000)));
+  }
+  EXPECT_FALSE(table_.blocks_of(other).empty()) << "another file keeps its blocks";
+  h_.release(other, rfh);
+  EXPECT_EQ(replies_before_drop_, 0u);
+}
+
+TEST(SessionReadBlocks, AnOpenThatDropsThePageCacheDropsTheBlocks) {
+  SessionHarness h;  // no keep_cache: the kernel drops a file's pages at each open
+  AnswerTable table;
+  KernelAnswers answers(table);
+  h.session().set_kernel_answers(&answers);
+  ASSERT_EQ(h.init().error(), 0);
+  ASSERT_TRUE(write_file(h.src("f"), pattern(5000)));
+  const uint64_t f = h.lookup(kRootId, "f").nodeid;
+  const uint64_t fh = h.open(f, O_RDONLY);
+  ASSERT_EQ(h.call(Op::Read, f, read_body(fh, 0, 8192)).error(), 0);
+  EXPECT_EQ(table.blocks_of(f).size(), 2u);
+  const uint64_t fh2 = h.open(f, O_RDONLY);
+  EXPECT_TRUE(table.blocks_of(f).empty());
+  h.release(f, fh);
+  h.release(f, fh2);
 }
 
 TEST_F(SessionAnswers, AbsentNamesStoredAndDroppedByWhatCreatesThem) {

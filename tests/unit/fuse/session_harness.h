@@ -317,13 +317,13 @@ inline ::testing::AssertionResult parse_dirents(const std::string& payload, bool
 // files outside the served tree), the backend, a RecordingTransport and the Session.
 class SessionHarness {
  public:
-  explicit SessionHarness(SessionOptions opts = {}) : opts_(opts) {
+  explicit SessionHarness(SessionOptions opts = {}, efuse::fs::Policy policy = {}) : opts_(opts) {
     // INIT and malformed requests log at info/warning; keep test output readable.
     saved_log_level_ = efuse::log::level();
     efuse::log::set_level(efuse::log::Level::Error);
     src_ = tmp_ / "src";
     if (::mkdir(src_.c_str(), 0755) != 0) ADD_FAILURE() << "mkdir " << src_;
-    fs_ = std::make_unique<efuse::fs::passthrough::PassthroughFs>(src_, efuse::fs::Policy{});
+    fs_ = std::make_unique<efuse::fs::passthrough::PassthroughFs>(src_, policy);
     session_ = std::make_unique<Session>(*fs_, opts_);
     session_->connect(connection_);
     scratch_.resize(opts_.max_write + 4096);
