@@ -502,6 +502,8 @@ TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
   store.full = true;
   EXPECT_FALSE(answers.store_open(7, 3)) << "a full map";
   EXPECT_EQ(answers.stats().open_entries, 0u);
+}
+
 TEST_F(KernelAnswersTest, ReadBlocksRacingAChangeAreNotStored) {
   const std::string data(5000, 'r');
   const FileStamp v1{5000, 0};
