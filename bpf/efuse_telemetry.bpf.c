@@ -19,14 +19,21 @@
  *
  * Maps and their layouts: efuse_telemetry.h (shared with efused's loader).
  *
- *   send: remember the request (its struct fuse_req address) -> start time, opcode,
- *         connection; at level "full" also the waiting client and its switch counters.
- *   end:  one per-CPU statistics entry per (conn, opcode, queue): count, errors, log2
- *         latency histogram; at level "full" the client's switches while it waited and the
- *         replying server thread's switches since its previous reply.
+ * Every request is counted exactly; 1 in sample_every is timed (docs/bpf.md, "Sampling"):
  *
- * In-flight requests are the inflight_slots / inflight entries, counted by user space at
- * scrape time.
+ *   send: count it in its connection's per-CPU array entry for its opcode; if it is the
+ *         one of its CPU's block of sample_every sends that is timed, remember it (its
+ *         struct fuse_req address) -> start time, opcode, connection, and at level "full"
+ *         the waiting client and its switch counters.
+ *   end:  count it (ended, error) per opcode and per queue; if it was remembered, add its
+ *         latency to the log2 histogram of its (conn, opcode, queue) in the per-CPU stats
+ *         hash, and at level "full" the client's switches while it waited and the replying
+ *         server thread's switches since its previous sampled reply.
+ *
+ * A request not sampled costs no clock read, no hash map operation and no task storage:
+ * array lookups (inlined by the verifier) and adds.
+ *
+ * In-flight requests are sent minus ended, computed by user space at scrape time.
  */
 #include "vmlinux.h"
 
@@ -45,6 +52,8 @@
  * offsets here mean nothing. */
 struct fuse_in_header___efuse {
 	__u32 opcode;
+	__u64 nodeid;
+	__u32 pid;
 } __attribute__((preserve_access_index));
 
 struct fuse_out_header___efuse {
@@ -104,6 +113,55 @@ struct {
 	__type(value, struct efuse_req_start);
 } inflight SEC(".maps");
 
+/* Sampled starts remembered, per bucket of (nodeid, pid, opcode): efuse_telemetry.h. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, EFUSE_BPF_SAMPLE_BUCKETS);
+	__type(key, __u32);
+	__type(value, struct efuse_sample_bucket);
+} sampled SEC(".maps");
+
+/* Connection slots: conn_slots[i] is the connection whose exact counters are at index
+ * i * EFUSE_BPF_OPCODE_SLOTS + opcode of counts and i * EFUSE_BPF_QUEUE_SLOTS + queue slot
+ * of queue_counts (efuse_telemetry.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, EFUSE_BPF_CONN_SLOTS);
+	__type(key, __u32);
+	__type(value, __u32);
+} conn_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EFUSE_BPF_CONN_SLOTS * EFUSE_BPF_OPCODE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct efuse_counts);
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, EFUSE_BPF_CONN_SLOTS * EFUSE_BPF_QUEUE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct efuse_counts);
+} queue_counts SEC(".maps");
+
+/* Counters of connections without a slot, and of io_uring queues beyond the array's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, EFUSE_BPF_MAX_STATS_KEYS);
+	__type(key, struct efuse_stats_key);
+	__type(value, struct efuse_counts);
+} spill SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct efuse_sampler);
+} sampler SEC(".maps");
+
 /* The per-CPU statistics map allocates on first use (a few dozen keys in practice):
  * preallocating max_entries x possible CPUs x ~350 bytes would cost megabytes per CPU. */
 struct {
@@ -130,8 +188,9 @@ struct {
 	__type(value, struct efuse_health);
 } health SEC(".maps");
 
-/* Zero value to insert (read-only data; the kernel copies it). */
+/* Zero values to insert (read-only data; the kernel copies them). */
 static const struct efuse_stats zero_stats;
+static const struct efuse_counts zero_counts;
 
 /* The telemetry level efused asked for (EFUSE_BPF_LEVEL_*), written by efused through the
  * mapped .bss at any time: a reload changes it without reloading the programs. */
@@ -139,6 +198,20 @@ __u32 level = EFUSE_BPF_LEVEL_FULL;
 /* Bumped by efused at every level change: a server thread's counters taken before it are
  * a baseline only (at level "requests" they were not kept up to date). */
 __u32 level_gen = 0;
+/* 1 in sample_every requests is timed (efuse_telemetry.h); written by efused at any time. */
+__u32 sample_every = 1;
+/* Bumped by efused whenever it frees a connection slot: the CPUs' cached slots are void. */
+__u32 conn_gen SEC(".data") = 0;
+/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program neither counts a
+ * request nor files a sampled one where its end looks (its address plus this), as on a
+ * kernel whose tracepoints do not agree. Lets the tests trigger efused's self-check for
+ * real. In .data beside the variables above (one cache line), not in .rodata: every send
+ * reads it. */
+__u64 test_send_key_skew SEC(".data") = 0;
+/* Entries in the inflight hash. The end of a request that was not sampled looks there only
+ * while it is not 0; whoever deletes an entry (the request's end, or efused dropping stale
+ * entries) decrements it. */
+__u64 inflight_hashed = 0;
 
 #define HEALTH_INC(field)                                              \
 	do {                                                           \
@@ -213,68 +286,200 @@ static __always_inline __u32 req_queue(const struct fuse_req___efuse *req)
 	return q->qid;
 }
 
-/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program files every request
- * under its address plus this, so no end finds its send, as on a kernel whose tracepoints
- * do not agree on the key. Lets the tests trigger efused's self-check for real. */
-const volatile __u64 test_send_key_skew = 0;
+/* The slot of the connection's exact counters, claimed at its first request; -1 when all
+ * of its EFUSE_BPF_CONN_PROBES places belong to other connections (then: the spill hash). */
+static __always_inline int conn_slot(__u32 conn)
+{
+	__u32 h = efuse_conn_hash(conn);
 
-/* Remembers a request's start: in its slot when that is free (a compare-and-swap claims it,
- * an exchange publishes it), else in the inflight hash, whose bucket locks cost more. An
- * entry with the same address is a request freed without reaching fuse_request_end: the
- * new one replaces it. */
-static __always_inline bool track_start(__u64 req, const struct efuse_req_start *start)
+	for (__u32 i = 0; i < EFUSE_BPF_CONN_PROBES; i++) {
+		__u32 idx = (h + i) & (EFUSE_BPF_CONN_SLOTS - 1);
+		__u32 *owner = bpf_map_lookup_elem(&conn_slots, &idx);
+		if (!owner)
+			return -1;
+		__u32 cur = *(volatile __u32 *)owner;
+		if (cur == conn)
+			return idx;
+		if (cur == EFUSE_BPF_CONN_FREE) {
+			cur = __sync_val_compare_and_swap(owner, EFUSE_BPF_CONN_FREE, conn);
+			if (cur == EFUSE_BPF_CONN_FREE || cur == conn)
+				return idx;
+		}
+	}
+	return -1;
+}
+
+/* conn_slot(), through this CPU's cache of its last lookup. */
+static __always_inline int conn_slot_cached(__u32 conn, struct efuse_sampler *cpu)
+{
+	__u32 gen = conn_gen;
+
+	if (cpu->conn == conn && cpu->gen == gen)
+		return cpu->slot;
+	int slot = conn_slot(conn);
+	cpu->conn = conn;
+	cpu->slot = slot;
+	cpu->gen = gen;
+	return slot;
+}
+
+static __always_inline struct efuse_sampler *cpu_state(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&sampler, &zero);
+}
+
+/* The exact counters of (connection, opcode): an array entry, or the spill hash's. */
+static __always_inline struct efuse_counts *op_counts(int slot, __u32 conn, __u32 opcode)
+{
+	if (slot >= 0) {
+		__u32 idx = (__u32)slot * EFUSE_BPF_OPCODE_SLOTS + opcode;
+		return bpf_map_lookup_elem(&counts, &idx);
+	}
+	struct efuse_stats_key key = { .conn = conn, .opcode = opcode, .qid = EFUSE_BPF_QUEUE_ANY };
+	return lookup_or_init(&spill, &key, &zero_counts);
+}
+
+/* The exact counters of (connection, queue). */
+static __always_inline struct efuse_counts *queue_counts_of(int slot, __u32 conn, __u32 qid)
+{
+	__u32 qslot = qid == EFUSE_BPF_QUEUE_CLASSIC ? 0 : qid + 1;
+
+	if (slot >= 0 && qslot < EFUSE_BPF_QUEUE_SLOTS) {
+		__u32 idx = (__u32)slot * EFUSE_BPF_QUEUE_SLOTS + qslot;
+		return bpf_map_lookup_elem(&queue_counts, &idx);
+	}
+	struct efuse_stats_key key = { .conn = conn, .opcode = EFUSE_BPF_OPCODE_ANY, .qid = qid };
+	return lookup_or_init(&spill, &key, &zero_counts);
+}
+
+/* Whether this send is the one of its CPU's current block of sample_every sends that is
+ * timed (efuse_telemetry.h). A tracing program does not nest on its CPU, so the per-CPU
+ * state needs no atomics. */
+static __always_inline bool sample_this(struct efuse_sampler *s)
+{
+	__u32 every = sample_every;
+
+	if (every <= 1)
+		return true;
+	if (efuse_sample_block_starts(s, every))
+		s->pick = bpf_get_prandom_u32() % every;
+	return efuse_sample_take(s, every);
+}
+
+static __always_inline struct efuse_inflight_slot *slot_of(__u64 req)
 {
 	__u32 idx = efuse_inflight_index(req);
-	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
 
-	if (!slot)
-		return false;
-	if (__sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY) ==
-	    EFUSE_BPF_SLOT_FREE) {
+	return bpf_map_lookup_elem(&inflight_slots, &idx);
+}
+
+static __always_inline struct efuse_sample_bucket *bucket_of(__u64 nodeid, __u32 pid,
+							     __u32 opcode)
+{
+	__u32 b = efuse_sample_bucket_of(nodeid, pid, opcode);
+
+	return bpf_map_lookup_elem(&sampled, &b);
+}
+
+/* Remembers a sampled request's start: in its slot when that is free (a compare-and-swap
+ * claims it, an exchange publishes it), else in the inflight hash, whose bucket locks cost
+ * more. An entry with the same address is a request freed without reaching
+ * fuse_request_end: the new one replaces it (the bucket counts stay: one start out, one in,
+ * unless they are in different buckets). */
+static __always_inline void track_start(__u64 req, const struct efuse_req_start *start)
+{
+	struct efuse_inflight_slot *slot = slot_of(req);
+	struct efuse_sample_bucket *b = bucket_of(start->nodeid, start->pid, start->opcode);
+
+	if (!slot || !b)
+		return;
+	__u64 old = __sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY);
+	if (old == EFUSE_BPF_SLOT_FREE) {
 		slot->start = *start;
+		__sync_fetch_and_add(&b->starts, 1);
 		__sync_lock_test_and_set(&slot->req, req);
-		return true;
+		return;
 	}
-	if (slot->req == req) {
+	if (old == req &&
+	    __sync_val_compare_and_swap(&slot->req, req, EFUSE_BPF_SLOT_BUSY) == req) {
 		/* Only this address's requests use it, and the older one is dead. */
 		HEALTH_INC(duplicate_send);
+		struct efuse_sample_bucket *ob =
+			bucket_of(slot->start.nodeid, slot->start.pid, slot->start.opcode);
+		if (ob)
+			__sync_fetch_and_add(&ob->starts, -1);
 		slot->start = *start;
-		return true;
+		__sync_fetch_and_add(&b->starts, 1);
+		__sync_lock_test_and_set(&slot->req, req);
+		return;
 	}
 	struct efuse_req_key key = { .req = req };
 	long err = bpf_map_update_elem(&inflight, &key, start, BPF_NOEXIST);
 	if (err == -17 /* EEXIST */) {
+		/* A dead request's start at this address: replaced (and recounted). */
 		HEALTH_INC(duplicate_send);
-		err = bpf_map_update_elem(&inflight, &key, start, BPF_ANY);
+		struct efuse_req_start *dead = bpf_map_lookup_elem(&inflight, &key);
+		if (dead && bpf_map_delete_elem(&inflight, &key) == 0) {
+			struct efuse_sample_bucket *ob = bucket_of(dead->nodeid, dead->pid, dead->opcode);
+			if (ob)
+				__sync_fetch_and_add(&ob->starts, -1);
+			__sync_fetch_and_add(&inflight_hashed, -1);
+		}
+		err = bpf_map_update_elem(&inflight, &key, start, BPF_NOEXIST);
 	}
 	if (err) {
 		HEALTH_INC(inflight_full);
-		return false;
+		return;
 	}
-	return true;
+	__sync_fetch_and_add(&inflight_hashed, 1);
+	__sync_fetch_and_add(&b->starts, 1);
 }
 
-/* Finds and forgets a request's start; false if it was not seen being sent. */
-static __always_inline bool take_start(__u64 req, struct efuse_req_start *start)
+/* Whether a start is this request's: the same sender, node and opcode (a start at the same
+ * address left by a request freed without an end has another sender: its client was killed). */
+static __always_inline bool start_matches(const struct efuse_req_start *start, __u64 nodeid,
+					  __u32 pid, __u32 opcode, __u32 conn)
 {
-	__u32 idx = efuse_inflight_index(req);
-	struct efuse_inflight_slot *slot = bpf_map_lookup_elem(&inflight_slots, &idx);
+	return start->pid == pid && start->nodeid == nodeid && start->opcode == opcode &&
+	       start->conn == conn;
+}
 
-	/* Only this request's end empties its slot, so a match cannot change under us. */
-	if (slot && slot->req == req) {
+/* Finds and forgets a request's start; false if it was not sampled (or not seen being sent,
+ * or what is at its address is a dead request's start, which is dropped). */
+static __always_inline bool take_start(__u64 req, struct efuse_sample_bucket *b, __u64 nodeid,
+				       __u32 pid, __u32 opcode, __u32 conn,
+				       struct efuse_req_start *start)
+{
+	struct efuse_inflight_slot *slot = slot_of(req);
+
+	/* A compare-and-swap claims it: efused may be dropping it as stale at the same time. */
+	if (slot && slot->req == req &&
+	    __sync_val_compare_and_swap(&slot->req, req, EFUSE_BPF_SLOT_BUSY) == req) {
 		*start = slot->start;
 		__sync_lock_test_and_set(&slot->req, EFUSE_BPF_SLOT_FREE);
+	} else {
+		if (!inflight_hashed)
+			return false;
+		struct efuse_req_key key = { .req = req };
+		struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, &key);
+		if (!found)
+			return false;
+		*start = *found;
+		if (bpf_map_delete_elem(&inflight, &key) != 0)
+			return false; /* efused dropped it meanwhile, and counted it */
+		__sync_fetch_and_add(&inflight_hashed, -1);
+	}
+	if (start_matches(start, nodeid, pid, opcode, conn)) {
+		__sync_fetch_and_add(&b->starts, -1);
 		return true;
 	}
-	struct efuse_req_key key = { .req = req };
-	struct efuse_req_start *found = bpf_map_lookup_elem(&inflight, &key);
-	if (!found) {
-		HEALTH_INC(unmatched_end);
-		return false;
-	}
-	*start = *found;
-	bpf_map_delete_elem(&inflight, &key);
-	return true;
+	HEALTH_INC(duplicate_send);
+	struct efuse_sample_bucket *ob = bucket_of(start->nodeid, start->pid, start->opcode);
+	if (ob)
+		__sync_fetch_and_add(&ob->starts, -1);
+	return false;
 }
 
 /* Whether the sender waits for the reply: background requests (readahead, writeback,
@@ -301,12 +506,26 @@ static __always_inline __u64 req_address(unsigned long long *ctx)
 SEC("tp_btf/fuse_request_send")
 int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 {
+	__u32 conn = req_conn(req);
+	__u32 opcode = clamp_opcode(req->in.h.opcode);
+	struct efuse_sampler *cpu = cpu_state();
+
+	if (!cpu)
+		return 0;
+	if (!test_send_key_skew) {
+		struct efuse_counts *c = op_counts(conn_slot_cached(conn, cpu), conn, opcode);
+		if (c)
+			c->sent += 1; /* per-CPU value: a plain add */
+	}
+	if (!sample_this(cpu))
+		return 0;
+
 	struct efuse_req_start start = {};
-
-	start.conn = req_conn(req);
+	start.conn = conn;
+	start.opcode = opcode;
+	start.pid = req->in.h.pid;
+	start.nodeid = req->in.h.nodeid;
 	start.start_ns = bpf_ktime_get_ns();
-	start.opcode = clamp_opcode(req->in.h.opcode);
-
 	if (level == EFUSE_BPF_LEVEL_FULL && foreground(req)) {
 		struct task_struct *task = bpf_get_current_task_btf();
 		/* A server thread sending (the kernel flushes queued background requests from
@@ -326,24 +545,42 @@ int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 SEC("tp_btf/fuse_request_end")
 int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 {
-	struct efuse_req_start start;
-	__u64 now = bpf_ktime_get_ns();
-
-	if (!take_start(req_address(ctx), &start))
-		return 0;
-
-	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
+	__u32 conn = req_conn(req);
+	__u32 opcode = clamp_opcode(req->in.h.opcode);
+	__u32 qid = req_queue(req);
 	int error = req->out.h.error;
-	struct efuse_stats_key key = {
-		.conn = start.conn, .opcode = start.opcode, .qid = req_queue(req),
-	};
+	struct efuse_sampler *cpu = cpu_state();
+	int cslot = cpu ? conn_slot_cached(conn, cpu) : conn_slot(conn);
+
+	struct efuse_counts *c = op_counts(cslot, conn, opcode);
+	if (c) { /* per-CPU values: plain adds (a tracing program does not nest on its CPU) */
+		c->ended += 1;
+		if (error)
+			c->errors += 1;
+	}
+	c = queue_counts_of(cslot, conn, qid);
+	if (c) {
+		c->ended += 1;
+		if (error)
+			c->errors += 1;
+	}
+
+	/* Not sampled, unless its bucket holds a start: then the slot (or hash) says. */
+	__u64 nodeid = req->in.h.nodeid;
+	__u32 pid = req->in.h.pid;
+	struct efuse_sample_bucket *b = bucket_of(nodeid, pid, opcode);
+	if (!b || b->starts <= 0)
+		return 0;
+	struct efuse_req_start start;
+	if (!take_start(req_address(ctx), b, nodeid, pid, opcode, conn, &start))
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
+	struct efuse_stats_key key = { .conn = conn, .opcode = opcode, .qid = qid };
 	struct efuse_stats *st = lookup_or_init(&stats, &key, &zero_stats);
 	if (!st)
 		return 0;
-	/* Per-CPU values: plain adds (a tracing program does not nest on its CPU). */
-	st->requests += 1;
-	if (error)
-		st->errors += 1;
+	st->samples += 1;
 	st->latency_sum_ns += delta;
 	st->latency[latency_slot(delta)] += 1;
 
@@ -367,7 +604,8 @@ int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 	 * in the context of the thread that wrote the reply (/dev/fuse write or io_uring
 	 * commit). Requests ended by the kernel itself (connection gone: -ENOTCONN, aborted:
 	 * -ECONNABORTED) end in whatever context noticed, often a client's: skip those. Its
-	 * switches since its previous reply count for this connection. */
+	 * switches since its previous sampled reply count for this connection: every switch
+	 * of the thread is counted once, at the sampled reply that follows it. */
 	struct task_struct *self = bpf_get_current_task_btf();
 	if (self->pid == (int)start.client_tid || error == -EFUSE_ENOTCONN ||
 	    error == -EFUSE_ECONNABORTED)

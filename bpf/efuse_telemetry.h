@@ -44,15 +44,54 @@
 #define EFUSE_BPF_LEVEL_REQUESTS 1 /* counts, errors, latency, in flight */
 #define EFUSE_BPF_LEVEL_FULL 2     /* and the context switches requests cost */
 
+/* Latency sampling (the program's `sample_every`, written by efused at any time): every
+ * request is counted, 1 in sample_every is timed (and, at level "full", its client's context
+ * switches read). Each CPU's sends are taken in blocks of sample_every and one request of a
+ * block, at a position drawn at random when the block starts, is timed: every request has
+ * the same chance 1/sample_every whatever its opcode, a workload that repeats with a period
+ * of sample_every requests is not aliased, and each CPU times exactly one request per
+ * complete block. 1 times every request. */
+#define EFUSE_BPF_SAMPLE_EVERY_MAX 65536
+
+/* Exact counters live in per-CPU arrays indexed by (connection slot, opcode) and
+ * (connection slot, queue slot): an array lookup is a few inlined instructions, a hash
+ * lookup a function call with a key hash and a bucket walk. A connection takes one of
+ * EFUSE_BPF_CONN_SLOTS slots (conn_slots, claimed with a compare-and-swap at its first
+ * request, at one of EFUSE_BPF_CONN_PROBES places its id hashes to; freed by efused when
+ * the connection is gone). Connections that find no free slot, and io_uring queues at or
+ * above EFUSE_BPF_QUEUE_SLOTS - 1, are counted in the `spill` hash instead. */
+#define EFUSE_BPF_CONN_SLOT_BITS 5
+#define EFUSE_BPF_CONN_SLOTS (1U << EFUSE_BPF_CONN_SLOT_BITS)
+#define EFUSE_BPF_CONN_PROBES 4
+#define EFUSE_BPF_QUEUE_SLOTS 64 /* queue slot 0: classic (/dev/fuse); qid q: slot q + 1 */
+#define EFUSE_BPF_CONN_FREE 0U   /* no FUSE connection has device number 0:0 */
+/* The spill hash's key is an efuse_stats_key: a per-opcode count has qid
+ * EFUSE_BPF_QUEUE_ANY, a per-queue count opcode EFUSE_BPF_OPCODE_ANY. */
+#define EFUSE_BPF_QUEUE_ANY 0xfffffffeU
+#define EFUSE_BPF_OPCODE_ANY 0xffffffffU
+
+static inline __u32 efuse_conn_hash(__u32 conn)
+{
+	return (conn * 0x9e3779b1U) >> (32 - EFUSE_BPF_CONN_SLOT_BITS);
+}
+
 /* ---- X-macros: each list declares a struct's counters once; the C++ side builds its
  * metric names, help texts and aggregation loops from the same lists. ---- */
 
 /* Per (connection, opcode, queue) counters, besides the latency histogram and the
  * context switches. */
+/* Exact per (connection, opcode) and per (connection, queue) counters: every request. */
+#define EFUSE_BPF_COUNT_COUNTERS(X)                                                  \
+	X(sent, "requests seen at fuse_request_send (per queue: always 0, the queue is "  \
+		"chosen after the tracepoint)")                                           \
+	X(ended, "requests seen at fuse_request_end")                                 \
+	X(errors, "ended requests whose reply carried an error (out.h.error != 0)")
+
+/* Per (connection, opcode, queue) latency of the sampled requests, besides the latency
+ * histogram and the context switches. */
 #define EFUSE_BPF_STATS_COUNTERS(X)                                               \
-	X(requests, "requests that ended (user space adds those in flight)")       \
-	X(errors, "requests the server answered with an error (out.h.error != 0)") \
-	X(latency_sum_ns, "sum of send-to-end durations in nanoseconds")
+	X(samples, "requests timed (1 in sample_every; == the histogram's total)") \
+	X(latency_sum_ns, "sum of their send-to-end durations in nanoseconds")
 
 /* Context switch counters: X(field, side, kind). */
 #define EFUSE_BPF_CTXSW_COUNTERS(X)                   \
@@ -68,8 +107,6 @@
 	X(duplicate_send, "duplicate_send",                                                \
 	  "a request was sent at the address of one still tracked as in flight (freed "     \
 	  "without reaching fuse_request_end): the older entry was replaced")              \
-	X(unmatched_end, "unmatched_end",                                                  \
-	  "a request ended that was not seen being sent (sent before the programs attached)") \
 	X(stats_full, "stats_full",                                                        \
 	  "a counter could not be updated because its statistics map was full")
 
@@ -83,9 +120,11 @@
  * still queued) leaves a stale entry that the next request at that address replaces.
  *
  * inflight_slots: BPF_MAP_TYPE_ARRAY (mmapable), key __u32 index, value efuse_inflight_slot.
- * Requests between send and end, at the index their address hashes to
+ * Sampled requests between send and end, at the index their address hashes to
  * (efuse_inflight_index), claimed and released with atomic exchanges: no locks on the
- * request path. A request whose slot is taken goes to the inflight hash below instead. */
+ * request path. A sampled request whose slot is taken goes to the inflight hash below
+ * instead (the program's inflight_hashed counts its entries, so that the ends of requests
+ * not sampled look there only while it has any). */
 #define EFUSE_BPF_INFLIGHT_SLOTS 4096 /* a power of two */
 #define EFUSE_BPF_INFLIGHT_SLOT_BITS 12
 #define EFUSE_BPF_SLOT_FREE 0ULL
@@ -97,7 +136,11 @@ struct efuse_req_start {
 	__u32 client_tid;    /* thread waiting for it; 0: none counted (level "requests", a
 			      * background request, or sent by a server thread) */
 	__u32 conn;          /* connection id */
-	__u32 pad;
+	__u32 pid;           /* in.h.pid: with nodeid and opcode, what an end checks before
+			      * taking a start at its address for its own (a start left by a
+			      * request freed without an end, e.g. of a killed client, has
+			      * another sender) and what picks the start's sampled bucket */
+	__u64 nodeid;        /* in.h.nodeid */
 	__u64 client_task;   /* its struct task_struct *, read back at end */
 	__u64 client_nvcsw;  /* its voluntary switches at send (task_struct.nvcsw) */
 	__u64 client_nivcsw; /* and involuntary ones (nivcsw) */
@@ -107,6 +150,31 @@ struct efuse_inflight_slot {
 	__u64 req; /* EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY or the request's address */
 	struct efuse_req_start start;
 };
+
+/* sampled: BPF_MAP_TYPE_ARRAY (mmapable), EFUSE_BPF_SAMPLE_BUCKETS entries of
+ * efuse_sample_bucket: how many sampled starts (slots and inflight hash) are remembered per
+ * bucket of (nodeid, pid, opcode). The end of a request whose bucket holds none was not
+ * sampled and looks at no slot: the slots are 256 KiB of memory touched at random, a cache
+ * and TLB miss per look. One bucket per cache line, so that buckets never share one. Whoever
+ * removes a start (its end, a send replacing it, efused dropping a stale one) decrements
+ * its bucket; a count is signed and only "> 0" means "look". */
+#define EFUSE_BPF_SAMPLE_BUCKET_BITS 6
+#define EFUSE_BPF_SAMPLE_BUCKETS (1U << EFUSE_BPF_SAMPLE_BUCKET_BITS)
+
+struct efuse_sample_bucket {
+	__s64 starts;
+	__u64 pad[7];
+};
+
+static inline __u32 efuse_sample_bucket_of(__u64 nodeid, __u32 pid, __u32 opcode)
+{
+	__u64 h = nodeid ^ ((__u64)pid << 32) ^ opcode;
+
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return (__u32)(h >> (64 - EFUSE_BPF_SAMPLE_BUCKET_BITS));
+}
 
 static inline __u32 efuse_inflight_index(__u64 req)
 {
@@ -124,6 +192,53 @@ struct efuse_req_key {
 	__u64 req;
 };
 
+/* counts, queue_counts: BPF_MAP_TYPE_PERCPU_ARRAY, key __u32, value efuse_counts: index
+ * slot * EFUSE_BPF_OPCODE_SLOTS + opcode and slot * EFUSE_BPF_QUEUE_SLOTS + queue slot for
+ * the connection in conn_slots[slot]. spill: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key,
+ * value efuse_counts. */
+struct efuse_counts {
+#define EFUSE_BPF_FIELD(name, help) __u64 name;
+	EFUSE_BPF_COUNT_COUNTERS(EFUSE_BPF_FIELD)
+#undef EFUSE_BPF_FIELD
+};
+
+/* sampler: BPF_MAP_TYPE_PERCPU_ARRAY, one element: where this CPU is in its current block
+ * of sample_every sends, and which position of the block is timed; and the connection slot
+ * this CPU looked up last (valid while the program's conn_gen, which efused bumps whenever
+ * it frees a slot, is `gen`), so that a CPU serving one mount reads one line of its own
+ * instead of conn_slots. */
+struct efuse_sampler {
+	__u32 pos;
+	__u32 pick;
+	__u32 conn;  /* the connection last looked up (EFUSE_BPF_CONN_FREE: none) */
+	__s32 slot;  /* its slot, or -1: the spill hash */
+	__u32 gen;   /* conn_gen when looked up */
+	__u32 pad;
+};
+
+/* The sampling rule, one send at a time (the program and the unit tests run this code):
+ *
+ *	if (efuse_sample_block_starts(s, every))
+ *		s->pick = random % every;
+ *	timed = efuse_sample_take(s, every);
+ *
+ * so that the random number is drawn once per block, not per send. */
+static inline int efuse_sample_block_starts(struct efuse_sampler *s, __u32 every)
+{
+	if (s->pos != 0 && s->pos < every)
+		return 0;
+	s->pos = 0; /* a new block (or every just shrank below pos) */
+	return 1;
+}
+
+static inline int efuse_sample_take(struct efuse_sampler *s, __u32 every)
+{
+	int hit = s->pos == s->pick;
+
+	s->pos = s->pos + 1 < every ? s->pos + 1 : 0;
+	return hit;
+}
+
 /* Context switches: X-macro fields, summed over CPUs and queues per connection. */
 struct efuse_ctxsw_stats {
 #define EFUSE_BPF_FIELD(name, side, kind) __u64 name;
@@ -131,9 +246,9 @@ struct efuse_ctxsw_stats {
 #undef EFUSE_BPF_FIELD
 };
 
-/* stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key, value efuse_stats: everything a
- * request's end adds, in one map so that an end does one hash lookup. User space sums it
- * by (connection, opcode), by (connection, queue) and by connection. */
+/* stats: BPF_MAP_TYPE_PERCPU_HASH, key efuse_stats_key, value efuse_stats: what a sampled
+ * request's end adds, in one map so that it does one hash lookup. User space sums it by
+ * (connection, opcode), by (connection, queue) and by connection. */
 struct efuse_stats_key {
 	__u32 conn;
 	__u32 opcode;
@@ -173,16 +288,21 @@ struct efuse_health {
 #ifdef __cplusplus
 /* The kernel copies map values byte for byte: pin every layout both sides rely on. */
 static_assert(sizeof(struct efuse_req_key) == 8, "efuse_req_key layout");
-static_assert(sizeof(struct efuse_req_start) == 48, "efuse_req_start layout");
-static_assert(sizeof(struct efuse_inflight_slot) == 56, "efuse_inflight_slot layout");
+static_assert(sizeof(struct efuse_req_start) == 56, "efuse_req_start layout");
+static_assert(sizeof(struct efuse_inflight_slot) == 64, "efuse_inflight_slot layout");
+static_assert(sizeof(struct efuse_sample_bucket) == 64, "efuse_sample_bucket layout");
 static_assert(EFUSE_BPF_INFLIGHT_SLOTS == 1 << EFUSE_BPF_INFLIGHT_SLOT_BITS,
 	      "EFUSE_BPF_INFLIGHT_SLOTS is 2^EFUSE_BPF_INFLIGHT_SLOT_BITS");
 static_assert(sizeof(struct efuse_stats_key) == 16, "efuse_stats_key layout");
 static_assert(sizeof(struct efuse_ctxsw_stats) == 8 * 4, "efuse_ctxsw_stats layout");
-static_assert(sizeof(struct efuse_stats) == 8 * (3 + EFUSE_BPF_LATENCY_SLOTS + 4),
+static_assert(sizeof(struct efuse_stats) == 8 * (2 + EFUSE_BPF_LATENCY_SLOTS + 4),
 	      "efuse_stats layout");
+static_assert(sizeof(struct efuse_counts) == 8 * 3, "efuse_counts layout");
+static_assert(sizeof(struct efuse_sampler) == 24, "efuse_sampler layout");
+static_assert(EFUSE_BPF_CONN_PROBES <= EFUSE_BPF_CONN_SLOTS, "conn slot probes");
+static_assert(EFUSE_BPF_QUEUE_ANY != EFUSE_BPF_QUEUE_CLASSIC, "spill key markers");
 static_assert(sizeof(struct efuse_task) == 24, "efuse_task layout");
-static_assert(sizeof(struct efuse_health) == 8 * 4, "efuse_health layout");
+static_assert(sizeof(struct efuse_health) == 8 * 3, "efuse_health layout");
 static_assert(sizeof(struct efuse_stats) % 8 == 0, "per-CPU values are read in 8-byte strides");
 #endif
 

@@ -148,12 +148,28 @@ def mean_latency(metric, sel):
             f"sum by (mount, opcode) (rate({metric}_count{{{sel}}}[{RATE}]))")
 
 
+def kernel_mean_in_flight(sel, legend, ref):
+    """Little's law on the kernel side, whose latency is sampled (1 in
+    efuse_bpf_latency_sample_every requests, docs/bpf.md): the samples' mean latency per
+    opcode times the exact request rate, not rate(_sum), which is 1/N of it."""
+    return target(
+        f"sum by (mount) ({mean_latency('efuse_kernel_request_duration_seconds', sel)} "
+        f"* on (mount, opcode) {upcalls(sel)})", legend, ref)
+
+
 def upcalls(sel):
     return f"sum by (mount, opcode) (rate(efuse_kernel_requests_total{{{sel}}}[{RATE}]))"
 
 
 def switches_per_upcall(sel):
-    return (f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{sel}}}[{RATE}]))"
+    """Client switches are counted over the sampled requests (divide by the samples, the
+    latency histogram's _count), the servers' over all of them (divide by the requests)."""
+    return (f"sum by (mount, side, kind) (rate(efuse_context_switches_total"
+            f"{{{sel}, side=\"client\"}}[{RATE}]))"
+            f" / on (mount) group_left "
+            f"sum by (mount) (rate(efuse_kernel_request_duration_seconds_count{{{sel}}}[{RATE}]))"
+            f" or sum by (mount, side, kind) (rate(efuse_context_switches_total"
+            f"{{{sel}, side=\"daemon\"}}[{RATE}]))"
             f" / on (mount) group_left "
             f"sum by (mount) (rate(efuse_kernel_requests_total{{{sel}}}[{RATE}]))")
 
@@ -173,9 +189,12 @@ def health_rows():
             "mount` each try once; the error is in the log and in `efusectl status NAME`."),
         stat("eBPF telemetry", [
             target(f"efuse_bpf_up{{{INST}}}", "up {{instance}}"),
-            target(f"efuse_bpf_programs_attached{{{INST}}}", "programs {{instance}}", "B")],
+            target(f"efuse_bpf_programs_attached{{{INST}}}", "programs {{instance}}", "B"),
+            target(f"efuse_bpf_latency_sample_every{{{INST}}}", "1 in N timed {{instance}}", "C")],
             "efuse_bpf_up and programs attached (2: fuse_request_send, fuse_request_end). 0 "
-            "means off: efuse_bpf_off_reason and efused's log say why (docs/bpf.md)."),
+            "means off: efuse_bpf_off_reason and efused's log say why (docs/bpf.md). 1 in N "
+            "timed: efuse_bpf_latency_sample_every, the sampling of the kernel-side latency "
+            "(counts are exact)."),
         table("Transport and I/O path: configured and in effect", [target(
             f"efuse_mount_info{{{SEL}}}", "", fmt="table", instant=True)],
             "efuse_mount_info per mount: transport (classic = /dev/fuse, uring = FUSE over "
@@ -253,15 +272,14 @@ def request_rows():
     ])
     out += place([
         timeseries("Requests in flight (mean over the interval)", [
-            mean_in_flight("efuse_kernel_request_duration_seconds", SEL,
-                           "{{mount}} sent, not answered (kernel)", "A"),
+            kernel_mean_in_flight(SEL, "{{mount}} sent, not answered (kernel)", "A"),
             mean_in_flight("efuse_request_duration_seconds", SEL,
                            "{{mount}} being handled by efused", "B"),
             target(f"sum by (mount) (efuse_kernel_requests_in_flight{{{SEL}}})",
                    "{{mount}} at the scrape (stuck requests)", "C")],
             "short", "Mean number of requests in flight over each interval (Little's law: "
-            "rate of the latency histograms' _sum), so bursts shorter than the scrape interval "
-            "count for as long as they lasted. Kernel: fuse_request_send to fuse_request_end; "
+            "request rate times mean latency; the kernel's latency from its samples), so bursts "
+            "shorter than the scrape interval count for as long as they lasted. Kernel: fuse_request_send to fuse_request_end; "
             "efused: decode to reply. The difference waited in the kernel's queues or for a "
             "worker. 'At the scrape' is efuse_kernel_requests_in_flight sampled at each "
             "scrape: nearly always 0, steady only for stuck requests."),
@@ -269,7 +287,8 @@ def request_rows():
             f"{mean_latency('efuse_kernel_request_duration_seconds', SEL)} - on (mount, opcode) "
             f"({mean_latency('efuse_request_duration_seconds', SEL)})",
             "{{mount}} {{opcode}}")],
-            "s", "Mean kernel-side latency minus mean time inside efused, per opcode: what a "
+            "s", "Mean kernel-side latency (of the sampled requests) minus mean time inside "
+            "efused, per opcode: what a "
             "request spends queued in the kernel, waiting for a free worker and in transit "
             "(context switches). Rises when workers are saturated."),
         timeseries("Worker utilisation", [target(
@@ -291,7 +310,8 @@ def latency_rows():
         heatmap("Kernel latency (efuse_kernel_request_duration_seconds)",
                 f"sum by (le) (rate(efuse_kernel_request_duration_seconds_bucket{{{SEL}}}[{RATE}]))",
                 "fuse_request_send to fuse_request_end: kernel queueing + server + reply "
-                "(log2 buckets)."),
+                "(log2 buckets), of the sampled requests (1 in efuse_bpf_latency_sample_every): "
+                "the shape is the requests', the counts per bucket are the samples'."),
     ])
     out += place([
         timeseries("p50 / p99 by opcode (daemon)",
@@ -301,17 +321,18 @@ def latency_rows():
         timeseries("p50 / p99 by opcode (kernel)",
                    quantiles("efuse_kernel_request_duration_seconds", "mount, opcode"), "s",
                    "Median and 99th percentile of the kernel-side latency per opcode "
-                   "(log2 buckets: precise to a factor of 2)."),
+                   "(log2 buckets: precise to a factor of 2), from the sampled requests."),
     ])
     out += place([
         timeseries("p99 by queue (kernel)",
                    [quantiles("efuse_kernel_queue_request_duration_seconds", "mount, queue")[1]],
                    "s", "queue = io_uring queue id (one per CPU) or \"classic\" (/dev/fuse)."),
         timeseries("Requests by queue (kernel)", [target(
-            f"sum by (mount, queue) (rate(efuse_kernel_queue_request_duration_seconds_count"
+            f"sum by (mount, queue) (rate(efuse_kernel_queue_requests_total"
             f"{{{SEL}}}[{RATE}]))", "{{mount}} q{{queue}}")], "reqps",
-            "Requests per second per queue: with io_uring the kernel puts a request on the "
-            "queue of the sender's CPU; \"classic\" carries /dev/fuse traffic."),
+            "Requests per second per queue (efuse_kernel_queue_requests_total, every request): "
+            "with io_uring the kernel puts a request on the queue of the sender's CPU; "
+            "\"classic\" carries /dev/fuse traffic."),
     ])
     return out
 
@@ -322,10 +343,12 @@ def context_switch_rows():
         timeseries("Context switches", [target(
             f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{SEL}}}[{RATE}]))",
             "{{mount}} {{side}} {{kind}}")],
-            "ops", "side=daemon: FUSE server threads; side=client: tasks with a request of the "
-            "mount outstanding. involuntary = preempted."),
+            "ops", "side=daemon: FUSE server threads; side=client: tasks with a sampled request "
+            "of the mount outstanding (1 in efuse_bpf_latency_sample_every requests, so 1/N of "
+            "the clients' switches). involuntary = preempted."),
         timeseries("Context switches per upcall", [target(switches_per_upcall(SEL), "{{mount}} {{side}} {{kind}}")],
-            "short", "What one request costs in context switches, per side."),
+            "short", "What one request costs in context switches, per side: the clients' over "
+            "the sampled requests, the servers' over all requests."),
     ])
     return out
 
@@ -523,11 +546,29 @@ def adaptive_rows():
                    f"{{{SEL}}}[{RATE}]))", "{{mount}} {{opcode}} {{path}}"),
             target(f"max by (mount, opcode, path) (efuse_blocking_predicted_seconds{{{SEL}}})"
                    f" * 1e6", "{{mount}} {{opcode}} {{path}} µs held", "B")],
-            "ops", "FSYNC and FSYNCDIR served on the queue or worker that read them (inline: "
-            "what is queued behind waits) or on a thread of their own (offload), per second; "
-            "right axis: the latest probe's time each way held the serving thread (µs). "
-            "Queue load itself: Worker utilisation and the per-queue latency panels.",
+            "ops", "FSYNC, FSYNCDIR, FALLOCATE, truncating CREATE and size-changing SETATTR "
+            "served on the queue or worker that read them (inline: what is queued behind "
+            "waits) or on the offload pool (offload), per second; right axis: the latest "
+            "probe's cost of each way (inline: service time; offload: the wait for a pool "
+            "thread), µs. Queue load itself: Worker utilisation and the per-queue latency "
+            "panels.",
             right=("B",)),
+        timeseries("Offload pool and /dev/fuse workers", [
+            target(f"max by (mount) (efuse_offload_pool_depth{{{SEL}}})",
+                   "{{mount}} pool depth", "A"),
+            target(f"max by (mount) (efuse_offload_pool_threads{{{SEL}}})",
+                   "{{mount}} pool threads", "B"),
+            target(f"max by (mount) (efuse_classic_workers{{{SEL}}})",
+                   "{{mount}} /dev/fuse workers", "C"),
+            target(f"max by (mount, bound) (efuse_classic_workers_limit{{{SEL}}})",
+                   "{{mount}} workers {{bound}}", "D"),
+            target(f"sum by (mount) (rate(efuse_offload_rejected_total{{{SEL}}}[{RATE}]))",
+                   "{{mount}} offloads refused /s", "E")],
+            "short", "Offload pool: requests on it now (waiting plus served) and its threads "
+            "(at most offload_threads); refused offloads per second (offload_queue full: "
+            "served inline). /dev/fuse workers running, between min (threads) and max "
+            "(max_threads): one more starts when all are busy, one leaves after 10 s with "
+            "two idle."),
         timeseries("Probes by cause", [
             target(f"sum by (mount, cause) (increase(efuse_io_path_probes_total{{{SEL}}}"
                    f"[{RATE}]))", "{{mount}} {{cause}}")],
@@ -553,10 +594,9 @@ def other_mount_rows():
                    "99th percentile of fuse_request_send to fuse_request_end per opcode for "
                    "the other FUSE mounts: their servers' latency as their clients feel it."),
         timeseries("Requests in flight, mean (other FUSE mounts)", [
-            mean_in_flight("efuse_kernel_request_duration_seconds", OTHER,
-                           "{{mount}} sent, not answered", "A")],
-            "short", "Mean number of requests in flight over each interval (Little's law on "
-            "the latency histogram's _sum) for the other FUSE mounts."),
+            kernel_mean_in_flight(OTHER, "{{mount}} sent, not answered", "A")],
+            "short", "Mean number of requests in flight over each interval (Little's law: "
+            "request rate times the sampled mean latency) for the other FUSE mounts."),
         timeseries("Context switches per upcall (other FUSE mounts)", [target(switches_per_upcall(OTHER), "{{mount}} {{side}} {{kind}}")],
             "short", "Context switches one request costs the other FUSE mounts' servers "
             "(side=daemon) and clients (side=client)."),

@@ -170,7 +170,8 @@ class Bench(Rows, FioRows, Report):
         (always present) holding the run's details; for a counted phase "_extra" also holds
         the measured mount's counter deltas."""
         side = ctx.side
-        attached = (side.telemetry or bool(phase.counted)) and self.telemetry.start()
+        attached = (side.telemetry or bool(phase.counted)) and \
+            self.telemetry.start(exact=bool(phase.counted))
         try:
             if phase.before_each:
                 phase.before_each(ctx)

@@ -23,12 +23,14 @@ LINUX_TAR_SUBSET = WORK / "linux-source-6.1-subset.tar"
 # it stays below the 20,000 open files a stock passthrough_ll may hold here (see README).
 SUBSET_TAR_DIRS = ("fs", "include", "kernel", "net")
 SIDES = ("native", "libfuse", "efused", "efused-nobpf", "efused-cache", "efused-passthrough",
-         "efused-nobalance", "efuse-run", "efused-base", "libfuse-xattr")
+         "efused-nobalance", "efuse-run", "efused-base", "libfuse-xattr",
+         "tmpfs", "memory")
 # Sides that run only when asked for by name (--sides): efused-base needs --efused-base;
 # libfuse-xattr (passthrough_ll -o xattr, the tar rows only) is libfuse serving extended
 # attributes as efused does: like for like on the tar rows, where the kernel asks for
 # security.capability twice per file of a server that serves xattrs (bench/README.md).
-OPT_IN_SIDES = ("efused-base", "libfuse-xattr")
+OPT_IN_SIDES = ("efused-base", "libfuse-xattr",
+         "tmpfs", "memory")
 TAR_GROUPS = ("tar-subset", "tar-full")
 # Row groups of the adaptive I/O path (io_path: auto against each fixed path, see
 # bench/README.md): small hot files re-read (the page cache should win), one pass over
@@ -46,6 +48,10 @@ GROUPS = BASE_GROUPS + IO_PATH_GROUPS + SKEW_GROUPS
 # library serves their opens, reads and stats from the backing directory). Only these rows.
 INTERCEPT_GROUPS = ("tree", "cat")
 INTERCEPT_DIR = RUN / "intercept"   # EFUSE_INTERCEPT_DIR of that side's efused and clients
+# The memory backend against tmpfs (issue 22: fio 4 KiB 70/30 on one file, warm, >= 0.8x
+# tmpfs; find and stat of the tree <= 1.2x tmpfs): sides `memory` (efused --mount
+# memory:MNT, no telemetry) and `tmpfs` (a tmpfs mounted for the row), in these rows only.
+MEMORY_GROUPS = ("tree", "fio-one")
 QUICK_GROUPS = ("tree", "cat", "fio-one", "fio-small", "fio-large", "tar-subset")
 FIO_GROUPS = ("fio-one", "fio-small", "fio-large")
 # Row groups efused-nobpf measures: every one. In these it measures the efused side's own

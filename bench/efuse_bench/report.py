@@ -68,7 +68,8 @@ class Report:
                            "efused-nobpf/libfuse": self.ratio(m, "efused-nobpf", "libfuse"),
                            "efuse-run/native": self.ratio(m, "efuse-run", "native"),
                            "efuse-run/efused": self.ratio(m, "efuse-run", "efused"),
-                           "efused-nobpf/efused-base": self.ratio(m, "efused-nobpf", "efused-base")},
+                           "efused-nobpf/efused-base": self.ratio(m, "efused-nobpf", "efused-base"),
+                           "memory/tmpfs": self.ratio(m, "memory", "tmpfs")},
             })
         doc = {"meta": self.meta(), "rows": rows,
                "upcalls_ctxsw_per_io": self.count_rows(),
@@ -78,7 +79,8 @@ class Report:
                "queue_balancing": self.balancing_rows(),
                "nobpf_vs_libfuse": self.pair_rows("efused-nobpf", "libfuse"),
                "nobpf_vs_base": self.pair_rows("efused-nobpf", "efused-base"),
-               "efused_vs_libfuse_xattr": self.pair_rows("efused", "libfuse-xattr")}
+               "efused_vs_libfuse_xattr": self.pair_rows("efused", "libfuse-xattr"),
+               "memory_vs_tmpfs": self.pair_rows("memory", "tmpfs")}
         tmp = self.out / "results.json.tmp"
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
         tmp.replace(self.out / "results.json")
@@ -466,6 +468,12 @@ class Report:
                                      f"against `efused-base` (`{self.args.efused_base}`, "
                                      f"{self.efused_base_sha256[:12]}), both without telemetry, "
                                      "same host, data and repetitions: the change's cost or gain.")
+        if {"memory", "tmpfs"} <= set(self.side_names):
+            L += self.render_pair_md("memory", "tmpfs", "Memory backend ÷ tmpfs",
+                                     "`memory` (efused's memory backend, `--mount memory:MNT`, no "
+                                     "telemetry) against a `tmpfs`, on the tree and one-file fio "
+                                     "rows (issue 22's goals: fio warm >= 0.80x, find and stat "
+                                     "<= 1.20x).")
         fails = [(m, s, e) for m in self.metrics for s, e in m.errors.items()]
         unav = [s for s in self.sides if s.unavailable]
         notes = [(s.name, n) for s in self.sides for n in getattr(s, "notes", [])]

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .common import BASE_GROUPS, BIN, COST_GROUPS, EFUSED_ENV, ENV, GROUPS, INTERCEPT_DIR, \
-    INTERCEPT_GROUPS, IO_PATH_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, TAR_GROUPS, \
-    BenchError
-from .mounts import retire
-from .procs import Daemon
+    INTERCEPT_GROUPS, IO_PATH_GROUPS, MEMORY_GROUPS, RUN, SHARED_COST_GROUPS, SIDES, SKEW_GROUPS, \
+    TAR_GROUPS, BenchError
+from .mounts import mount_at, retire
+from .procs import Daemon, run
 
 if TYPE_CHECKING:
     from .bench import Bench
@@ -133,8 +133,14 @@ class EfusedSide(FuseSide):
     ready = b"efused: ready"
     telemetry = True
 
+    def binary(self) -> Path:
+        return self.bench.efused_bin
+
+    def mount_spec(self, src, mnt) -> str:
+        return f"{src}:{mnt}"
+
     def argv(self, src, mnt):
-        return [str(self.bench.efused_bin), "--mount", f"{src}:{mnt}"] + \
+        return [str(self.binary()), "--mount", self.mount_spec(src, mnt)] + \
             shlex.split(self.bench.args.efused_args)
 
 
@@ -223,12 +229,43 @@ class EfusedBaseSide(EfusedSide):
     groups = BASE_GROUPS
     telemetry = False
 
-    def argv(self, src, mnt):
-        return [str(self.bench.efused_base_bin), "--mount", f"{src}:{mnt}"] + \
-            shlex.split(self.bench.args.efused_args)
+    def binary(self):
+        return self.bench.efused_base_bin
+
+
+class TmpfsSide(NativeSide):
+    """A tmpfs mounted for the row (default size: half of RAM), what the memory backend is
+    measured against."""
+    name = "tmpfs"
+    groups = MEMORY_GROUPS
+
+    def storage(self, group):
+        return RUN / "tmpfs" / group
+
+    def begin(self, group):
+        d = super().begin(group)
+        run(["mount", "-t", "tmpfs", "-o", "mode=0755", "efuse-bench", d], timeout=60)
+        return d
+
+    def end(self):
+        for d in (RUN / "tmpfs").glob("*"):
+            if mount_at(d) is not None:
+                run(["umount", d], timeout=120)
+
+
+class MemorySide(EfusedSide):
+    """efused's memory backend (efused --mount memory:MNT), no telemetry: the files live in
+    efused's block pool."""
+    name = "memory"
+    groups = MEMORY_GROUPS
+    telemetry = False
+
+    def mount_spec(self, src, mnt):
+        return f"memory:{mnt}"
 
 
 SIDE_CLASSES = {c.name: c for c in (NativeSide, LibfuseSide, EfusedSide, EfusedNoBpfSide,
                                     EfusedCacheSide, EfusedPassthroughSide, EfusedNoBalanceSide,
-                                    EfuseRunSide, EfusedBaseSide, LibfuseXattrSide)}
+                                    EfuseRunSide, EfusedBaseSide, LibfuseXattrSide, TmpfsSide,
+                                    MemorySide)}
 assert tuple(SIDE_CLASSES) == SIDES

@@ -132,13 +132,17 @@ class Telemetry:
     def pid(self) -> int | None:
         return self.daemon.proc.pid if self.daemon and self.daemon.proc else None
 
-    def start(self) -> bool:
+    def start(self, exact: bool = False) -> bool:
         """Attaches the telemetry; False when it cannot run (self.unavailable says why, and
-        later calls return False at once)."""
+        later calls return False at once). Timed runs get efused's defaults, what an operator
+        pays for (the latency of 1 in telemetry_sample_every requests); `exact` (the counted
+        runs) times every request, so that the mean upcall latency and the clients' context
+        switches per operation are over all requests, not a sample (docs/bpf.md, Sampling)."""
         if self.unavailable:
             return False
         config = RUN / "telemetry.yaml"
-        config.write_text("# telemetry-only efused of bench/run (bench/efuse_bench): no mounts\nmounts: []\n")
+        config.write_text("# telemetry-only efused of bench/run (bench/efuse_bench): no mounts\n"
+                          + ("telemetry_sample_every: 1\n" if exact else "") + "mounts: []\n")
         self.daemon = Daemon("telemetry", self.argv(config), None, "",
                              self.bench.out / "logs" / "telemetry.log", TELEMETRY_ENV,
                              b"efused: ready")

@@ -3,11 +3,14 @@
 efused mount, xargs -n 200 cat), alternating variants (order reversed every other
 repetition), each attached 2 s before its run:
 
-    bench/tools/cat_telemetry_ab.py REPS VARIANT...   (VARIANT: off, empty, requests, full)
+    bench/tools/cat_telemetry_ab.py REPS VARIANT...
+        (VARIANT: off, empty, requests, full, requests:N, full:N, any of those @BINARY)
 
 off: nothing attached by this script; empty: two programs that do nothing on the same two
 tracepoints (bench/tools/empty_tp, built into bench/work/empty_tp on first use with clang and
-libbpf); requests / full: a second efused (memory mount) with --telemetry LEVEL. cat and
+libbpf); requests / full: a second efused (memory mount) with --telemetry LEVEL and its
+default sampling; LEVEL:N also with --telemetry-sample-every N (1 in N requests timed);
+LEVEL[:N]@BINARY with that efused binary instead (e.g. an earlier build's). cat and
 every thread of the measured efused run at SCHED_FIFO 10 (`chrt`, RT=... to change; RT=""
 for none), which makes the times repeatable on a host busy with nice'd builds (see
 bench/README.md, "A/B by hand"). With STATS=1 it also prints each program's run time per
@@ -15,9 +18,17 @@ event from kernel.bpf_stats_enabled, which must then be 1 (set it, and restore i
 it costs every BPF program of the host a little). Other efused instances' telemetry copies
 see the same requests: `bpftool prog show | grep -c efuse_request_send` before you start.
 EFUSED (default build/bin/efused) is the efused to measure."""
-import os, subprocess, sys, time, statistics, shlex, json
+import os, re, subprocess, sys, time, statistics, shlex, json
 from pathlib import Path
-if len(sys.argv) < 3 or any(v not in ("off", "empty", "requests", "full") for v in sys.argv[2:]):
+def valid(v):
+    v, _, binary = v.partition("@")
+    if binary and not os.access(binary, os.X_OK):
+        return False
+    level, _, every = v.partition(":")
+    if level in ("off", "empty"):
+        return not every
+    return level in ("requests", "full") and (not every or every.isdigit())
+if len(sys.argv) < 3 or not all(valid(v) for v in sys.argv[2:]):
     sys.exit(__doc__)
 reps = int(sys.argv[1]); variants = sys.argv[2:]
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -54,42 +65,63 @@ def attach(v):
         p.stdout.readline()
     else:
         e = {k: x for k, x in os.environ.items() if k != "EFUSE_BPF"}
-        p = subprocess.Popen([E, "--mount", f"memory:{BASE}/tmnt", "--telemetry", v, "--metrics", "127.0.0.1:19893"],
+        spec, _, binary = v.partition("@")
+        level, _, every = spec.partition(":")
+        p = subprocess.Popen([binary or E, "--mount", f"memory:{BASE}/tmnt", "--telemetry", level, "--metrics", "127.0.0.1:19893"]
+                             + (["--telemetry-sample-every", every] if every else []),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=e)
         for l in p.stdout:
-            if b"telemetry on" in l: print("   ", l.decode().strip()[:160])
+            if b"telemetry on" in l:
+                print("   ", l.decode().strip()[:160])
+                m = re.search(rb"prog show id ([0-9,]+)", l)
+                p.own_ids = [int(i) for i in m[1].split(b",")] if m else []
             if b"efused: ready" in l: break
     time.sleep(2)  # settle (docs/bpf.md: the kernel is slower for ~1 s after an attach)
     return p
 res = {v: [] for v in variants}
 stats = {}
-for rep in range(reps):
-    vs = variants if rep % 2 == 0 else variants[::-1]
-    for v in vs:
-        p = attach(v)
-        ids = []
-        if p is not None and os.environ.get("STATS"):
-            for prog in json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True).stdout):
-                if prog.get("name", "").startswith(("efuse_request", "empty_")): ids.append(prog["id"])
-        def snap():
-            out = {}
-            for i in ids:
-                j = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True).stdout)
-                out[j["name"]] = (j.get("run_time_ns", 0), j.get("run_cnt", 0))
-            return out
-        s0 = snap()
-        t = catrun()
-        s1 = snap()
-        extra = ""
-        for k in s1:
-            dt, dn = s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]
-            if dn: extra += f" {k}: {dn} runs {dt/dn:.0f} ns/run"; stats.setdefault((v, k), []).append(dt/dn)
-        res[v].append(t)
-        print(f"{v} rep{rep} {t:.3f}s{extra} load={open('/proc/loadavg').read().split()[0]}", flush=True)
-        if p is not None:
-            p.terminate(); p.wait()
-srv.terminate(); srv.wait()
-subprocess.run(["umount", "-l", f"{BASE}/mnt"], stderr=subprocess.DEVNULL)
+current = None
+try:  # the measured mount goes away whatever happens (it was started by this script)
+    for rep in range(reps):
+        vs = variants if rep % 2 == 0 else variants[::-1]
+        for v in vs:
+            p = current = attach(v)
+            ids = []
+            if p is not None and os.environ.get("STATS"):
+                # Only this variant's programs: other engineers' efused load programs of the
+                # same names (their ids are in efused's "telemetry on" line).
+                ids = getattr(p, "own_ids", None)
+                if ids is None:
+                    ids = [prog["id"] for prog in json.loads(subprocess.run(
+                               ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
+                           if prog.get("name", "").startswith("empty_")]
+            foreign = sum(1 for prog in json.loads(subprocess.run(
+                              ["bpftool", "-j", "prog", "show"], capture_output=True).stdout)
+                          if prog.get("name") == "efuse_request_send") - (1 if v not in ("off", "empty") else 0)
+            def snap():
+                out = {}
+                for i in ids:
+                    j = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "id", str(i)], capture_output=True).stdout)
+                    out[j["name"]] = (j.get("run_time_ns", 0), j.get("run_cnt", 0))
+                return out
+            s0 = snap()
+            t = catrun()
+            s1 = snap()
+            extra = ""
+            for k in s1:
+                dt, dn = s1[k][0] - s0[k][0], s1[k][1] - s0[k][1]
+                if dn: extra += f" {k}: {dn} runs {dt/dn:.0f} ns/run"; stats.setdefault((v, k), []).append(dt/dn)
+            res[v].append(t)
+            print(f"{v} rep{rep} {t:.3f}s{extra} load={open('/proc/loadavg').read().split()[0]} "
+                  f"other_telemetry_copies={foreign}", flush=True)
+            if p is not None:
+                p.terminate(); p.wait()
+            current = None
+finally:
+    if current is not None:  # a variant's efused (or loader) still attached
+        current.terminate(); current.wait()
+    srv.terminate(); srv.wait()
+    subprocess.run(["umount", "-l", f"{BASE}/mnt"], stderr=subprocess.DEVNULL)
 for v, x in res.items(): print(f"{v}: median {statistics.median(x):.3f} min {min(x):.3f} max {max(x):.3f}")
 for v in variants[1:]:
     r = [a / b for a, b in zip(res[variants[0]], res[v])]

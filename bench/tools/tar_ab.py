@@ -3,7 +3,7 @@
 mounts of several FUSE servers, alternating them (order reversed every other repetition),
 and prints each run's time, medians and each variant's ratio to the first.
 
-    bench/tools/tar_ab.py [--reps N] [--rt PRIO] [--perf] [--scrape URL] NAME='CMD' ...
+    bench/tools/tar_ab.py [--reps N] [--rt PRIO] [--perf] [--scrape URL] [--settle S] NAME='CMD' ...
 
 CMD is the server's command line with SRC and MNT for the backing directory and the
 mountpoint, e.g.
@@ -26,7 +26,8 @@ were quiet, and the times become repeatable (spread ~2 % instead of 2-3x); sched
 not CFS's, so confirm a finding without it on a quiet host.
 --perf prints each server's CPU time, context switches and migrations during the run
 (perf stat). --scrape URL reads a telemetry efused's /metrics before and after each run
-and prints the kernel-side mean latency per opcode of the measured mount (start one with
+and prints the upcalls per opcode of the measured mount (efuse_kernel_requests_total) with
+their kernel-side mean latency (from the sampled requests; start one with
 `efused --mount memory:/tmp/t --metrics 127.0.0.1:PORT --telemetry requests`)."""
 import argparse
 import os
@@ -50,12 +51,19 @@ def mounted(mnt: str) -> bool:
 
 
 def scrape(url: str, mnt: str) -> dict:
+    """(opcode, "requests") -> upcalls (every request), (opcode, "sum" / "count") -> the
+    latency histogram's sum and count (of the sampled requests: 1 in
+    efuse_bpf_latency_sample_every)."""
     out = {}
     for line in urllib.request.urlopen(url).read().decode().splitlines():
-        if line.startswith("efuse_kernel_request_duration_seconds_") and f'mount="{mnt}"' in line:
-            m = re.match(r'efuse_kernel_request_duration_seconds_(sum|count)\{.*opcode="(\w+)".*\} (\S+)', line)
-            if m:
-                out[(m[2], m[1])] = float(m[3])
+        if f'mount="{mnt}"' not in line:
+            continue
+        m = re.match(r'efuse_kernel_request_duration_seconds_(sum|count)\{.*opcode="(\w+)".*\} (\S+)', line)
+        if m:
+            out[(m[2], m[1])] = float(m[3])
+        m = re.match(r'efuse_kernel_requests_total\{.*opcode="(\w+)".*\} (\S+)', line)
+        if m:
+            out[(m[1], "requests")] = float(m[2])
     return out
 
 
@@ -65,6 +73,9 @@ def main() -> int:
     ap.add_argument("--rt", type=int, default=0, help="SCHED_FIFO priority (0: off)")
     ap.add_argument("--perf", action="store_true")
     ap.add_argument("--scrape", default="")
+    ap.add_argument("--settle", type=float, default=0.5,
+                    help="seconds between the mount coming up and the timed run (a server that "
+                         "attaches eBPF telemetry: 2, docs/bpf.md 'attach transient')")
     ap.add_argument("--tar", default=str(TAR))
     ap.add_argument("variants", nargs="+", metavar="NAME=CMD")
     a = ap.parse_args()
@@ -99,7 +110,7 @@ def main() -> int:
                 if not mounted(str(mnt)):
                     print(f"{name}: did not mount (see {BASE / (name + '.log')})", file=sys.stderr)
                     return 1
-                time.sleep(0.5)
+                time.sleep(a.settle)
                 if a.rt:
                     subprocess.run(["chrt", "-a", "-f", "-p", str(a.rt), str(srv.pid)],
                                    stdout=subprocess.DEVNULL, check=True)
@@ -133,11 +144,14 @@ def main() -> int:
                     time.sleep(0.2)
                     s1 = scrape(a.scrape, str(mnt))
                     for op in sorted({k[0] for k in s1}):
-                        n = s1.get((op, "count"), 0) - s0.get((op, "count"), 0)
-                        if n > 100:
-                            lat = (s1[(op, "sum")] - s0.get((op, "sum"), 0)) / n * 1e6
+                        n = s1.get((op, "requests"), 0) - s0.get((op, "requests"), 0)
+                        timed = s1.get((op, "count"), 0) - s0.get((op, "count"), 0)
+                        if n > 100 and timed > 0:
+                            lat = (s1[(op, "sum")] - s0.get((op, "sum"), 0)) / timed * 1e6
                             lats.setdefault((name, op), []).append(lat)
                             extra += f" {op} {n:.0f}x{lat:.1f}us"
+                        elif n > 100:
+                            extra += f" {op} {n:.0f}"
                 print(f"{name} rep {rep}: {t:.3f} s{extra} (load {os.getloadavg()[0]:.2f})",
                       flush=True)
             finally:

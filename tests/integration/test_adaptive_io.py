@@ -69,6 +69,7 @@ class AdaptiveEfused(DbusEfused):
                  "    backend: passthrough", f"    source: {self.srcs[0]}",
                  "    io_path: auto",
                  f"    adaptive: {getattr(self, 'adaptive', '{}')}"]
+        lines += getattr(self, "more_keys", [])
         with open(self.cfg + ".new", "w") as f:
             f.write("\n".join(lines) + "\n")
         os.rename(self.cfg + ".new", self.cfg)
@@ -389,6 +390,154 @@ def test_device_path_is_not_used_on_tmpfs_and_says_so():
         view = json.loads(m.ctl("--json", "status", "a").out)["io_path_choices"]
         assert view["decisions"]["kernel_unsupported"] == 4, view
         assert "large_device" not in view["classes"] and "small_device" not in view["classes"]
+
+
+def test_worker_count_grows_when_every_worker_is_busy():
+    """Queue balancing off (every fsync inline) and one /dev/fuse worker to start with: when
+    that worker serves an fsync that blocks (its storage, a stopped FUSE mount below, does not
+    answer), a second worker starts and serves the stat() calls queued behind it. Classic
+    transport only: over io_uring the queues serve the requests."""
+    from test_queue_balancing import Stacked, fsync_blocked_while_stats_run
+    port = free_port()
+    args = ["--transport", "classic", "--threads", "1", "--max-threads", "2", "--io-path",
+            "cache", "--attr-timeout", "0", "--metrics", f"127.0.0.1:{port}"]
+    with Stacked(args, env={"EFUSE_QUEUE_BALANCING": "0"}) as st:
+        s = fsync_blocked_while_stats_run(st, port)
+        name = os.path.basename(st.upper.mnt)
+        assert value(s, "efuse_classic_workers", mount=name) == 2, s
+        assert value(s, "efuse_classic_worker_changes_total", mount=name, change="grown") >= 1
+        assert value(s, "efuse_classic_workers_limit", mount=name, bound="min") == 1
+        assert value(s, "efuse_classic_workers_limit", mount=name, bound="max") == 2
+        assert value(s, "efuse_offloaded_requests_total", mount=name) == 0
+        assert value(s, "efuse_blocking_requests_total", mount=name) is None
+
+
+class FdStoreListener:
+    """A datagram socket standing in for systemd's notify socket that also takes the
+    descriptors sent with FDSTORE=1 (SCM_RIGHTS): it counts them per FDNAME and closes them
+    at once (a /dev/fuse descriptor held here would keep the connection)."""
+
+    def __init__(self, path):
+        import socket
+        import threading
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+        self.fds = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.pump, daemon=True)
+        self.thread.start()
+
+    def pump(self):
+        import array
+        import socket
+        while not self.stop.is_set():
+            try:
+                msg, anc, _, _ = self.sock.recvmsg(65536, socket.CMSG_SPACE(64 * 4))
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            got = array.array("i")
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    got.frombytes(data[:len(data) - len(data) % got.itemsize])
+            for fd in got:
+                os.close(fd)
+            text = msg.decode(errors="replace")
+            if "FDSTORE=1" in text:
+                name = [l[7:] for l in text.split("\n") if l.startswith("FDNAME=")]
+                key = name[0] if name else ""
+                self.fds[key] = self.fds.get(key, 0) + len(got)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_grown_workers_descriptor_goes_to_the_fd_store():
+    """Restart keeps a mount's FUSE connection in systemd's descriptor store, every /dev/fuse
+    descriptor of it included. A worker the channel grows after start brings a clone of its
+    own: it is stored when it is made (FDSTORE=1, FDNAME=efuse.NAME.clone). One worker to
+    start with and a maximum of 2: the first request finds every worker busy."""
+    import tempfile
+    tmp = os.path.realpath(tempfile.mkdtemp(prefix="efuse-fdstore-", dir="/tmp"))
+    listener = FdStoreListener(J(tmp, "notify"))
+    port = free_port()
+    try:
+        with h.EfusedMount(args=["--transport", "classic", "--threads", "1", "--max-threads",
+                                 "2", "--metrics", f"127.0.0.1:{port}"],
+                           env={"NOTIFY_SOCKET": J(tmp, "notify")}, tag="efuse-adaptive") as m:
+            name = os.path.basename(m.mnt)
+            if "cannot record its state" in m.log_text() or "will remount it" in m.log_text():
+                raise AssertionError("the mount is not kept for a restart here:\n" + m.log_tail())
+            h.wait_until(lambda: listener.fds.get(f"efuse.{name}.conn", 0) == 1, 10,
+                         what="the connection stored")
+            assert listener.fds.get(f"efuse.{name}.clone", 0) == 0, listener.fds
+            for i in range(20):
+                h.write_file(J(m.mnt, f"f{i}"), b"x")
+            s = parse(scrape(port))
+            assert value(s, "efuse_classic_worker_changes_total", mount=name, change="grown") >= 1
+            assert value(s, "efuse_classic_workers_limit", mount=name, bound="max") == 2
+            h.wait_until(lambda: listener.fds.get(f"efuse.{name}.clone", 0) == 1, 10,
+                         what="the grown worker's clone stored")
+            grown = value(s, "efuse_classic_worker_changes_total", mount=name, change="grown")
+            # Only a new clone is stored: a worker started again reuses a parked one's.
+            assert listener.fds[f"efuse.{name}.clone"] == 1, (listener.fds, grown)
+    finally:
+        listener.close()
+        h.shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_worker_and_pool_limits_apply_live_and_bad_values_are_refused():
+    """max_threads, offload_threads and offload_queue change on reload without a remount and
+    show in `efusectl status`; values out of range, or a max_threads below threads, are
+    refused with FILE:LINE:COLUMN and leave the running mount as it was."""
+    require_daemon_contract()
+    with AdaptiveEfused() as m:
+        view = json.loads(m.ctl("--json", "status", "a").out)
+        assert view["workers"]["min"] == 4 and view["workers"]["max"] == 16, view["workers"]
+        assert view["offload_pool"]["max_threads"] == 4, view["offload_pool"]
+        assert view["offload_pool"]["max_queued"] == 256, view["offload_pool"]
+        m.more_keys = ["    max_threads: 6", "    offload_threads: 2", "    offload_queue: 32"]
+        m.write_config()
+        m.ctl("reload")
+        after = json.loads(m.ctl("--json", "status", "a").out)
+        assert after["state"] == "mounted" and after["requests"] >= view["requests"], after
+        assert after["workers"]["max"] == 6 and after["workers"]["running"] >= 4, after["workers"]
+        assert after["offload_pool"]["max_threads"] == 2, after["offload_pool"]
+        assert after["offload_pool"]["max_queued"] == 32, after["offload_pool"]
+        text = m.ctl("status", "a").out
+        assert "workers.max: 6" in text and "offload_pool.max_threads: 2" in text, text
+        for extra, message in (
+                (["    threads: 4", "    max_threads: 2"],
+                 "mount 'a': max_threads (2) is below threads (4), the workers that start "
+                 "with the mount; raise max_threads or lower threads"),
+                (["    offload_threads: 0"],
+                 "mounts[0].offload_threads must be between 1 and 64, not 0"),
+                (["    offload_queue: 100000"],
+                 "mounts[0].offload_queue must be between 1 and 65536, not 100000"),
+                (["    max_threads: 257"],
+                 "mounts[0].max_threads must be between 1 and 256, not 257")):
+            m.more_keys = extra
+            m.write_config()
+            r = m.ctl("reload", expect=1)
+            assert f"{m.cfg}:" in r.err and message in r.err, (extra, r.err)
+            r = h.run([h.EFUSED, "--check-config", m.cfg], check=False)
+            assert r.rc == 1 and message in r.err, r
+            now = json.loads(m.ctl("--json", "status", "a").out)
+            assert now["state"] == "mounted", now
+            assert now["workers"]["max"] == 6 and now["offload_pool"]["max_threads"] == 2, now
+        with open(J(m.mnt, "still"), "wb") as f:
+            f.write(b"ok")
+            os.fsync(f.fileno())
+        r = h.run([h.EFUSED, "--mount", f"{m.src}:{m.mnt}", "--threads", "4",
+                   "--max-threads", "3"], check=False, timeout=30)
+        assert r.rc == 2 and "--max-threads (3) must not be below --threads (4)" in r.err, r
+        r = h.run([h.EFUSED, "--mount", f"{m.src}:{m.mnt}", "--offload-threads", "65"],
+                  check=False, timeout=30)
+        assert r.rc == 2 and "--offload-threads must be 1..64, not '65'" in r.err, r
 
 
 if __name__ == "__main__":

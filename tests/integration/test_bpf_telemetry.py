@@ -112,7 +112,7 @@ def workload(root, n=40):
 PORT = free_port()
 
 
-@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"])
+@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}", "--telemetry-sample-every", "1"])
 def test_every_fuse_mount_is_covered(m):
     bpf_up_or_skip(m, PORT)
     ll = PassthroughLL(build_passthrough_ll(m.tmp), os.path.join(m.tmp, "llsrc"),
@@ -148,11 +148,12 @@ def test_every_fuse_mount_is_covered(m):
         assert e and e >= 40, f"kernel-side lookup errors for passthrough_ll: {e}"
         # The stock server writes its data through the daemon; efused passes it through.
         assert value(s, "efuse_kernel_requests_total", opcode="write", **foreign) >= 40
-        q = value(s, "efuse_kernel_queue_request_duration_seconds_count", mount=ll.mnt,
-                  queue="classic")
-        assert q and q > 0, "no per-queue latency for passthrough_ll (/dev/fuse: queue=classic)"
-        q = value(s, "efuse_kernel_queue_request_duration_seconds_count", mount=own["mount"])
-        assert q and q > 0, "no per-queue latency for efused's mount"
+        for name in ("efuse_kernel_queue_request_duration_seconds_count",
+                     "efuse_kernel_queue_requests_total"):
+            q = value(s, name, mount=ll.mnt, queue="classic")
+            assert q and q > 0, f"no {name} for passthrough_ll (/dev/fuse: queue=classic)"
+            q = value(s, name, mount=own["mount"])
+            assert q and q > 0, f"no {name} for efused's mount"
 
         # Daemon side = efused's own threads: never more switches than /proc counts for them
         # (the programs attached after the mount started, and only request-serving threads
@@ -191,11 +192,12 @@ def test_every_fuse_mount_is_covered(m):
         ll.stop()
 
 
-@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"])
+@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}", "--telemetry-sample-every", "1"])
 def test_a_long_request_shares_its_slot(m):
-    # In-flight requests sit in a lock-free array at an index their unique hashes to; the
-    # 4096th request after one that is still waiting finds that slot taken and is tracked in
-    # a hash map instead. Every request must still be counted once and end exactly once.
+    # Timed requests sit in a lock-free array at an index their address hashes to; with
+    # every request timed, one of the requests after one that is still waiting finds that
+    # slot taken and is tracked in a hash map instead. Every request must still be counted
+    # once and end exactly once.
     bpf_up_or_skip(m, PORT)
     own = dict(mount=os.path.basename(m.mnt))
     h.write_file(m.s("lock"), b"x")
@@ -282,7 +284,7 @@ def test_io_uring_queues_are_labelled_by_queue_id(m):
     workload(m.mnt, n=10)
     s = parse(scrape(PORT))
     queues = {l["queue"]: v for n, l, v in s
-              if n == "efuse_kernel_queue_request_duration_seconds_count"
+              if n == "efuse_kernel_queue_requests_total"
               and l.get("mount") == os.path.basename(m.mnt)}
     ring = {q: v for q, v in queues.items() if q != "classic"}
     assert ring and all(q.isdigit() and int(q) < os.cpu_count() for q in ring), queues

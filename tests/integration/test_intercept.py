@@ -176,8 +176,8 @@ def test_tools_same_with_and_without():
 
 def test_fsx_same_with_and_without():
     """fsx with one seed, on two files, once through the kernel and once under efuse-run:
-    both pass and leave the same bytes (fsx opens read-write: the kernel path serves it,
-    the library counts and stays out of the way)."""
+    both pass and leave the same bytes (fsx creates its file, which the kernel path does;
+    its reopens the library serves; test_intercept_writes runs it on an existing file)."""
     with intercepted() as i:
         seed = str(int.from_bytes(os.urandom(4), "little"))
         cmd = [FSX, "--ops", "3000", "--seed", seed]

@@ -2,9 +2,11 @@
 """The eBPF telemetry checks itself and can be turned down: when the tracepoints' sends and
 ends stop pairing efused says so (efuse_bpf_up 0, efuse_bpf_off_reason{reason="mismatch"},
 one log line) and detaches its programs instead of serving wrong numbers, while the mounts
-go on serving. The config's `telemetry: full | requests | off` changes live on reload
-(efuse_bpf_level and `efusectl status` say which runs); a bad value is refused with its
-place in the file and changes nothing.
+go on serving. The config's `telemetry: full | requests | off` and
+`telemetry_sample_every: N` change live on reload (efuse_bpf_level,
+efuse_bpf_latency_sample_every and `efusectl status` say what runs); every request is
+counted whatever N, 1 in N timed; a bad value is refused with its place in the file and
+changes nothing.
 
 Every assertion is about this test's own efused (its /metrics, its log, its program ids):
 the BPF programs see every FUSE mount on the host, and other FUSE servers run beside it.
@@ -82,10 +84,11 @@ def test_self_check_withdraws_when_sends_and_ends_stop_matching(m):
     assert value(parse(scrape(PORT)), "efuse_requests_total", opcode="lookup") >= 1700
 
 
-@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}"])
+@h.mount_options(args=["--metrics", f"127.0.0.1:{PORT}", "--telemetry-sample-every", "1"])
 def test_healthy_keying_counts_every_request_once(m):
-    # Requests are keyed by their struct fuse_req address: each LOOKUP of this mount is
-    # counted once, ends once, and the self-check stays quiet over many windows.
+    # Timed requests are keyed by their struct fuse_req address: with every request timed,
+    # each LOOKUP of this mount is counted once, timed once, and the self-check stays quiet
+    # over many windows.
     bpf_up_or_skip(m, PORT)
     own = dict(mount=os.path.basename(m.mnt))
     before = value(parse(scrape(PORT)), "efuse_kernel_requests_total", opcode="lookup", **own) or 0
@@ -109,11 +112,14 @@ class LevelsEfused(DbusEfused):
 
     def __init__(self):
         self.telemetry = "requests"
+        self.sample_every = 1  # every request timed: the assertions on latency are exact
         super().__init__(start=False)
 
-    def write_config(self, with_b=False, broken=False, raw=None):
+    def write_config(self, with_b=False, broken=False, raw=None, raw_sample=None):
         line = raw if raw is not None else f"telemetry: {self.telemetry}"
-        lines = ["metrics:", f'  listen: "127.0.0.1:{PORT}"', line, "mounts:",
+        sample = raw_sample if raw_sample is not None else \
+            f"telemetry_sample_every: {self.sample_every}"
+        lines = ["metrics:", f'  listen: "127.0.0.1:{PORT}"', line, sample, "mounts:",
                  "  - name: a", f"    mountpoint: {self.mnts[0]}",
                  "    backend: passthrough", f"    source: {self.srcs[0]}"]
         with open(self.cfg + ".new", "w") as f:
@@ -122,6 +128,11 @@ class LevelsEfused(DbusEfused):
 
     def level(self, level):
         self.telemetry = level
+        self.write_config()
+        self.ctl("reload")
+
+    def sampling(self, every):
+        self.sample_every = every
         self.write_config()
         self.ctl("reload")
 
@@ -143,7 +154,7 @@ def test_levels_change_live_on_reload():
         m.start()
         s = bpf_up_or_skip(m, PORT)
         assert running_level(s) == "requests"
-        assert "telemetry: requests\n" in m.ctl("status").out
+        assert "telemetry: requests, every request timed\n" in m.ctl("status").out
         ids = program_ids(m)
 
         # requests: counts and latency of this mount, no context switches.
@@ -210,6 +221,95 @@ def test_levels_change_live_on_reload():
         assert value(s, "efuse_bpf_up") == 1 and running_level(s) == "full"
         new_ids = program_ids(m)
         assert loaded(new_ids) == 2 and not set(new_ids) & set(ids), (ids, new_ids)
+
+
+def lookup_totals(mount):
+    """(requests counted, requests timed) of the mount's LOOKUPs."""
+    s = parse(scrape(PORT))
+    return (value(s, "efuse_kernel_requests_total", mount=mount, opcode="lookup") or 0,
+            value(s, "efuse_kernel_request_duration_seconds_count", mount=mount,
+                  opcode="lookup") or 0)
+
+
+def test_sampling_counts_every_request_and_changes_live_on_reload():
+    require_daemon_contract()
+    with LevelsEfused() as m:
+        m.telemetry, m.sample_every = "full", 4
+        m.write_config()
+        m.start()
+        s = bpf_up_or_skip(m, PORT)
+        assert value(s, "efuse_bpf_latency_sample_every") == 4
+        assert "telemetry: full, 1 in 4 requests timed\n" in m.ctl("status").out
+        assert json.loads(m.ctl("--json", "status").out)["telemetry"]["sample_every"] == 4
+        ids = program_ids(m)
+
+        # 1 in 4: every request counted, a quarter timed. Each CPU times exactly one send
+        # of each block of 4 it sees, at a random place in the block; the blocks also hold
+        # the host's other FUSE traffic, so this mount's share varies a little around 1,000
+        # (standard deviation ~27): the bounds are many deviations wide.
+        n0, t0 = lookup_totals("a")
+        lookups(m, 4000, "s4")
+        n1, t1 = lookup_totals("a")
+        assert n1 - n0 == 4000, (n0, n1)
+        assert 750 <= t1 - t0 <= 1250, (t0, t1)
+        s = parse(scrape(PORT))
+        assert value(s, "efuse_kernel_requests_in_flight", mount="a", opcode="lookup") == 0
+        # Client switches come from the timed requests: about one per timed LOOKUP, not
+        # one per request.
+        client = value(s, "efuse_context_switches_total", mount="a", side="client",
+                       kind="voluntary") or 0
+        timed = value(s, "efuse_kernel_request_duration_seconds_count", mount="a",
+                      opcode="lookup")
+        assert 0.5 * timed <= client <= 2 * timed, (client, timed)
+
+        # 1: every request timed, live (the same programs; counters go on).
+        m.sampling(1)
+        s = parse(scrape(PORT))
+        assert value(s, "efuse_bpf_latency_sample_every") == 1 and value(s, "efuse_bpf_up") == 1
+        assert "telemetry: full, every request timed\n" in m.ctl("status").out
+        assert program_ids(m) == ids
+        n2, t2 = lookup_totals("a")
+        assert n2 >= n1 and t2 >= t1, (n1, n2, t1, t2)
+        lookups(m, 500, "s1")
+        n3, t3 = lookup_totals("a")
+        assert n3 - n2 == 500 and t3 - t2 == 500, (n2, n3, t2, t3)
+
+        # Bad values: refused with their place in the file; nothing changes.
+        for raw, why in (("telemetry_sample_every: 0", "must be between 1 and 65536, not 0"),
+                         ("telemetry_sample_every: 65537",
+                          "must be between 1 and 65536, not 65537"),
+                         ("telemetry_sample_every: -8", "must be between 1 and 65536, not -8"),
+                         ("telemetry_sample_every: 2.5", "must be an integer"),
+                         ("telemetry_sample_every: eight", "must be an integer")):
+            m.write_config(raw_sample=raw)
+            r = m.ctl("reload", expect=1)
+            assert re.search(r"mounts\.yaml:4:25: telemetry_sample_every " + re.escape(why),
+                             r.err), (raw, r.err)
+            s = parse(scrape(PORT))
+            assert value(s, "efuse_bpf_latency_sample_every") == 1, raw
+            assert value(s, "efuse_bpf_up") == 1 and running_level(s) == "full", raw
+            assert program_ids(m) == ids
+            h.assert_serves(m)
+        n4, t4 = lookup_totals("a")
+        lookups(m, 100, "after-bad")
+        n5, t5 = lookup_totals("a")
+        assert n5 - n4 == 100 and t5 - t4 == 100, (n4, n5, t4, t5)
+
+
+def test_a_bad_sample_option_is_a_usage_error():
+    tmp = h.run(["mktemp", "-d"]).out.strip()
+    try:
+        src, mnt = os.path.join(tmp, "s"), os.path.join(tmp, "m")
+        os.makedirs(src)
+        os.makedirs(mnt)
+        for bad in ("0", "65537", "x", ""):
+            r = h.run([h.EFUSED, "--telemetry-sample-every", bad, "--mount", f"{src}:{mnt}"],
+                      check=False, timeout=30)
+            assert r.rc == 2, (bad, r.rc, r.err)
+            assert f"--telemetry-sample-every must be 1..65536, not '{bad}'" in r.err, r.err
+            assert not h.is_fuse_mounted(mnt)
+    finally:
+        subprocess.run(["rm", "-rf", tmp], check=False)
 
 
 def test_a_bad_telemetry_option_is_a_usage_error():

@@ -6,6 +6,9 @@ const char* to_string(Blocking b) {
   switch (b) {
     case Blocking::Fsync: return "fsync";
     case Blocking::Fsyncdir: return "fsyncdir";
+    case Blocking::Fallocate: return "fallocate";
+    case Blocking::Create: return "create";
+    case Blocking::Setattr: return "setattr";
     case Blocking::kCount: break;
   }
   return "?";
@@ -20,10 +23,21 @@ void OffloadPolicy::set_settings(const Settings& s) {
   for (Engine& e : engines_) e.set_settings(s);
 }
 
+Serve OffloadPolicy::guess(Blocking kind) {
+  switch (kind) {
+    case Blocking::Fsync:
+    case Blocking::Fsyncdir:
+    case Blocking::Fallocate:
+      return Serve::Offload;  // waits for storage: at least a device round trip
+    default:
+      return Serve::Inline;   // usually metadata work of microseconds
+  }
+}
+
 Choice OffloadPolicy::choose(Blocking kind, int64_t now_ns) {
   std::lock_guard lk(mu_);
-  // The guess: inline (what a request costs when nothing blocks); no workload feature.
-  Choice c = engines_[static_cast<size_t>(kind)].choose(now_ns, static_cast<int>(Serve::Inline), 0);
+  // No workload feature: the engine re-probes on drift, rounds and its period.
+  Choice c = engines_[static_cast<size_t>(kind)].choose(now_ns, static_cast<int>(guess(kind)), 0);
   ++counts_.served[static_cast<size_t>(kind)][c.path][static_cast<size_t>(c.pick)];
   return c;
 }
@@ -32,6 +46,11 @@ void OffloadPolicy::measured(Blocking kind, Serve path, uint64_t ns, int64_t now
   std::lock_guard lk(mu_);
   engines_[static_cast<size_t>(kind)].measured(static_cast<int>(path), static_cast<double>(ns),
                                                now_ns);
+}
+
+void OffloadPolicy::dropped(Blocking kind, Serve path) {
+  std::lock_guard lk(mu_);
+  engines_[static_cast<size_t>(kind)].dropped(static_cast<int>(path));
 }
 
 OffloadReport OffloadPolicy::report() const {

@@ -1,14 +1,18 @@
-// Queue balancing: a request that may block (FSYNC, FSYNCDIR) is served inline, on the
-// thread that read it, or handed to a thread of its own, whichever holds that thread (an
-// io_uring queue of one CPU, or a /dev/fuse worker) for less time, decided by an Engine per
-// opcode (docs/adaptive-io.md, "Blocking requests"):
+// Queue balancing: a request that may block (FSYNC, FSYNCDIR, FALLOCATE, a CREATE that
+// truncates, a SETATTR that changes the size) is served inline, on the thread that read it,
+// or handed to the mount's offload pool (fuse/offload_pool.h), whichever costs less time,
+// decided by an Engine per opcode (docs/adaptive-io.md, "Blocking requests"):
 //
-//   cost inline  = the request's service time (everything queued behind it waits that long)
-//   cost offload = the time the serving thread spent handing it over (starting the thread)
+//   cost inline  = the request's service time (everything queued behind it on that io_uring
+//                  queue or /dev/fuse worker waits that long)
+//   cost offload = the time from the handover until a pool thread starts it (the delay the
+//                  request itself takes for not holding up the others)
 //
 // fsync on fast or idle storage takes microseconds and stays inline; on slow storage it
 // takes milliseconds and moves off the queue, so stats and reads queued behind it on the
-// same CPU are not held up. Thread-safe.
+// same CPU are not held up. The first guess is offload for the kinds that wait for storage
+// (fsync, fsyncdir, fallocate: a handover to a waiting pool thread costs microseconds, a
+// flush at least a device round trip) and inline for the others. Thread-safe.
 #pragma once
 
 #include <array>
@@ -20,7 +24,7 @@
 
 namespace efuse::accel {
 
-enum class Blocking : uint8_t { Fsync, Fsyncdir, kCount };
+enum class Blocking : uint8_t { Fsync, Fsyncdir, Fallocate, Create, Setattr, kCount };
 const char* to_string(Blocking b);
 
 enum class Serve : uint8_t { Inline = 0, Offload = 1 };
@@ -38,11 +42,16 @@ class OffloadPolicy {
   void set_settings(const Settings& s);
   // How to serve the next request of `kind`.
   Choice choose(Blocking kind, int64_t now_ns);
-  // It held its serving thread for `ns`.
+  // It cost `ns` served that way (see above).
   void measured(Blocking kind, Serve path, uint64_t ns, int64_t now_ns);
+  // A request chosen for `path` could not take it (the pool was full): nothing to measure.
+  void dropped(Blocking kind, Serve path);
   OffloadReport report() const;
 
-  // Differences below this are noise: a thread start costs 20-60 us here.
+  // The way tried first, before anything was measured.
+  static Serve guess(Blocking kind);
+
+  // Differences below this are noise: a pool handover costs 5-40 us here, loaded.
   static constexpr double kNoiseFloorNs = 20'000;
 
  private:

@@ -21,12 +21,18 @@ struct MapLayout {
   size_t value_size;
 };
 
-inline constexpr std::array<MapLayout, 5> kTelemetryMaps = {{
+inline constexpr std::array<MapLayout, 11> kTelemetryMaps = {{
     {"inflight", sizeof(efuse_req_key), sizeof(efuse_req_start)},
     {"stats", sizeof(efuse_stats_key), sizeof(efuse_stats)},
     {"tasks", sizeof(int), sizeof(efuse_task)},
     {"health", sizeof(__u32), sizeof(efuse_health)},
     {"inflight_slots", sizeof(__u32), sizeof(efuse_inflight_slot)},
+    {"conn_slots", sizeof(__u32), sizeof(__u32)},
+    {"counts", sizeof(__u32), sizeof(efuse_counts)},
+    {"queue_counts", sizeof(__u32), sizeof(efuse_counts)},
+    {"spill", sizeof(efuse_stats_key), sizeof(efuse_counts)},
+    {"sampler", sizeof(__u32), sizeof(efuse_sampler)},
+    {"sampled", sizeof(__u32), sizeof(efuse_sample_bucket)},
 }};
 
 // True when every map in `layouts` exists in `obj` with those key and value sizes; else

@@ -21,6 +21,12 @@ void accumulate(efuse_stats& into, const efuse_stats& from) {
   accumulate(into.ctxsw, from.ctxsw);
 }
 
+void accumulate(efuse_counts& into, const efuse_counts& from) {
+#define EFUSE_BPF_SUM(name, help) into.name += from.name;
+  EFUSE_BPF_COUNT_COUNTERS(EFUSE_BPF_SUM)
+#undef EFUSE_BPF_SUM
+}
+
 void accumulate(efuse_health& into, const efuse_health& from) {
 #define EFUSE_BPF_SUM(name, reason, help) into.name += from.name;
   EFUSE_BPF_HEALTH_COUNTERS(EFUSE_BPF_SUM)

@@ -14,6 +14,7 @@
 namespace efuse::bpf {
 
 void accumulate(efuse_stats& into, const efuse_stats& from);
+void accumulate(efuse_counts& into, const efuse_counts& from);
 void accumulate(efuse_ctxsw_stats& into, const efuse_ctxsw_stats& from);
 void accumulate(efuse_health& into, const efuse_health& from);
 

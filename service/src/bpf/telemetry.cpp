@@ -9,10 +9,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -29,10 +31,14 @@
 namespace efuse::bpf {
 namespace {
 
-// In-flight entries older than this are dropped once the map is half full: requests whose
-// end the kernel never traces (a killed client's request still pending in the queue).
+// Sampled requests' starts older than this are dropped: requests whose end the kernel never
+// traces (a killed client's request still pending in the queue) would otherwise keep a slot
+// or an inflight entry, and keep the ends of requests not sampled looking in the hash. A
+// live request that waits longer (a lock) only loses its latency sample: it is counted
+// either way.
 constexpr uint64_t kStaleInflightNs = 600ULL * 1000 * 1000 * 1000;
 constexpr size_t kSlotsBytes = sizeof(efuse_inflight_slot) * EFUSE_BPF_INFLIGHT_SLOTS;
+constexpr size_t kBucketsBytes = sizeof(efuse_sample_bucket) * EFUSE_BPF_SAMPLE_BUCKETS;
 
 bool env_off(const char* name) {
   const char* v = std::getenv(name);
@@ -222,6 +228,8 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   std::unique_ptr<Telemetry> t(new Telemetry());
   std::lock_guard<std::mutex> lock(t->mu_);
   t->opts_ = opts;
+  t->opts_.sample_every = std::clamp<uint32_t>(opts.sample_every, 1, kMaxSampleEvery);
+  t->status_.sample_every = t->opts_.sample_every;
   t->attach();
   return t;
 }
@@ -250,7 +258,8 @@ void Telemetry::attach() {
     // A kernel without BTF or FUSE tracepoints (Linux < 6.12) is a clean skip, not a
     // failure: nothing was refused, there is nothing to attach to.
     status_ = Status{false, 0, status_.load_failures + (kernel_lacks ? 0 : 1), reason,
-                     "", kernel_lacks ? kOffUnsupported : kOffRefused, level_name(Level::Off)};
+                     "", kernel_lacks ? kOffUnsupported : kOffRefused, level_name(Level::Off),
+                     opts_.sample_every};
     LOG_WARN("bpf: telemetry off: %s; serving mounts without kernel-side metrics",
              reason.c_str());
     return;
@@ -265,15 +274,17 @@ void Telemetry::attach() {
     if (!ids.empty()) ids += ',';
     ids += std::to_string(id);
   }
-  LOG_INFO("bpf: telemetry on: level %s, %d programs attached (fuse_request_send, "
-           "fuse_request_end; bpftool prog show id %s; FUSE tracepoints from %s BTF)",
-           status_.level.c_str(), status_.programs_attached, ids.c_str(),
+  LOG_INFO("bpf: telemetry on: level %s, every request counted, 1 in %u timed, %d programs "
+           "attached (fuse_request_send, fuse_request_end; bpftool prog show id %s; FUSE "
+           "tracepoints from %s BTF)",
+           status_.level.c_str(), opts_.sample_every, status_.programs_attached, ids.c_str(),
            status_.tracepoints.c_str());
 }
 
 void Telemetry::detach() const {
   if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
-  slots_map_ = nullptr;
+  if (buckets_map_ != nullptr) munmap(buckets_map_, kBucketsBytes);
+  slots_map_ = buckets_map_ = nullptr;
   skel_.reset();  // detaches the programs
   status_.up = false;
   status_.programs_attached = 0;
@@ -307,6 +318,17 @@ void Telemetry::set_level(Level level) {
   if (status_.off == kOffDisabled) attach();
 }
 
+void Telemetry::set_sample_every(uint32_t every) {
+  every = std::clamp<uint32_t>(every, 1, kMaxSampleEvery);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (every == opts_.sample_every) return;
+  const uint32_t before = opts_.sample_every;
+  opts_.sample_every = every;
+  status_.sample_every = every;
+  if (status_.up && skel_) __atomic_store_n(&skel_->data->sample_every, every, __ATOMIC_RELEASE);
+  LOG_INFO("bpf: telemetry times 1 in %u requests (was 1 in %u)", every, before);
+}
+
 bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lacks) {
   status_.tracepoints = find_fuse_tracepoints(opts.kernel_btf, reason, kernel_lacks);
   if (status_.tracepoints.empty()) return false;
@@ -322,9 +344,10 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
     return false;
   }
   // Any odd offset: no fuse_req lives there, so no end finds the send.
-  skel_->rodata->test_send_key_skew = opts.test_mismatch ? 1 : 0;
+  skel_->data->test_send_key_skew = opts.test_mismatch ? 1 : 0;
   skel_->data->level =
       effective(opts) == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
+  skel_->data->sample_every = opts.sample_every;
 
   int err = efuse_telemetry_bpf__load(skel_.get());
   if (err != 0) {
@@ -361,6 +384,13 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
     return false;
   }
   slots_map_ = m;
+  m = mmap(nullptr, kBucketsBytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+           bpf_map__fd(skel_->maps.sampled), 0);
+  if (m == MAP_FAILED) {
+    *reason = "cannot map sampled: " + errno_text(errno);
+    return false;
+  }
+  buckets_map_ = m;
   status_.up = true;
   status_.programs_attached = attached;
   return true;
@@ -395,6 +425,7 @@ void Telemetry::withdraw(const std::string& verdict) const {
 Telemetry::~Telemetry() {
   std::lock_guard<std::mutex> lock(mu_);
   if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
+  if (buckets_map_ != nullptr) munmap(buckets_map_, kBucketsBytes);
   skel_.reset();
 }
 
@@ -408,12 +439,121 @@ static uint64_t slot_req(const efuse_inflight_slot& s) {
   return __atomic_load_n(&s.req, __ATOMIC_ACQUIRE);
 }
 
+// One start fewer in its bucket (efuse_telemetry.h, `sampled`): the programs do the same
+// for the starts they remove.
+void Telemetry::uncount_start(const efuse_req_start& start) const {
+  if (buckets_map_ == nullptr) return;
+  auto* b = static_cast<efuse_sample_bucket*>(buckets_map_) +
+            efuse_sample_bucket_of(start.nodeid, start.pid, start.opcode);
+  __atomic_sub_fetch(&b->starts, 1, __ATOMIC_ACQ_REL);
+}
+
 // Empties a slot whose request will never end (its connection is gone, or it is older than
-// kStaleInflightNs), unless it changed meanwhile: only a request's own end frees it
-// otherwise, so a compare-and-swap from here cannot take a live request's slot.
-static void clear_slot(efuse_inflight_slot& s, uint64_t req) {
-  __atomic_compare_exchange_n(&s.req, &req, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
-                              __ATOMIC_RELAXED);
+// kStaleInflightNs), unless it changed meanwhile: the programs claim a slot with a
+// compare-and-swap too, so exactly one of them or this removes (and uncounts) a start.
+void Telemetry::drop_slot(efuse_inflight_slot& s, uint64_t req,
+                          const efuse_req_start& start) const {
+  if (__atomic_compare_exchange_n(&s.req, &req, EFUSE_BPF_SLOT_FREE, false, __ATOMIC_ACQ_REL,
+                                  __ATOMIC_RELAXED))
+    uncount_start(start);
+}
+
+// The exact counters: every claimed connection slot's ranges of counts and queue_counts
+// (one batch read each), and the spill hash.
+void Telemetry::read_counts(Snapshot& snap, size_t ncpu) const {
+  const int slots_fd = bpf_map__fd(skel_->maps.conn_slots);
+  auto read_range = [ncpu](int fd, uint32_t first, uint32_t n,
+                           const std::function<void(uint32_t i, const efuse_counts&)>& fn) {
+    std::vector<uint32_t> keys(n);
+    std::vector<efuse_counts> values(static_cast<size_t>(n) * ncpu);
+    uint32_t count = n, prev = first - 1;
+    LIBBPF_OPTS(bpf_map_batch_opts, opts);
+    int err = bpf_map_lookup_batch(fd, first == 0 ? nullptr : &prev, &prev, keys.data(),
+                                   values.data(), &count, &opts);
+    if (err != 0 && errno != ENOENT) {  // ENOENT: the last batch of the map
+      // A kernel that cannot batch: one lookup per key.
+      for (uint32_t k = 0; k < n; ++k) {
+        uint32_t key = first + k;
+        efuse_counts sum{};
+        if (lookup_percpu_sum(fd, &key, ncpu, &sum)) fn(k, sum);
+      }
+      return;
+    }
+    for (uint32_t k = 0; k < count && k < n; ++k) {
+      if (keys[k] < first || keys[k] >= first + n) continue;
+      efuse_counts sum{};
+      for (size_t cpu = 0; cpu < ncpu; ++cpu) accumulate(sum, values[k * ncpu + cpu]);
+      fn(keys[k] - first, sum);
+    }
+  };
+  for (uint32_t i = 0; i < EFUSE_BPF_CONN_SLOTS; ++i) {
+    uint32_t conn = EFUSE_BPF_CONN_FREE;
+    if (lookup_raw(slots_fd, &i, &conn) != 0 || conn == EFUSE_BPF_CONN_FREE) continue;
+    ConnSnapshot& c = snap.conns[conn];
+    read_range(bpf_map__fd(skel_->maps.counts), i * EFUSE_BPF_OPCODE_SLOTS,
+               EFUSE_BPF_OPCODE_SLOTS, [&](uint32_t opcode, const efuse_counts& v) {
+                 if (v.sent != 0 || v.ended != 0) accumulate(c.counts[opcode], v);
+               });
+    read_range(bpf_map__fd(skel_->maps.queue_counts), i * EFUSE_BPF_QUEUE_SLOTS,
+               EFUSE_BPF_QUEUE_SLOTS, [&](uint32_t qslot, const efuse_counts& v) {
+                 if (v.ended == 0) return;
+                 accumulate(c.queue_counts[qslot == 0 ? EFUSE_BPF_QUEUE_CLASSIC : qslot - 1], v);
+               });
+  }
+  const int fd = bpf_map__fd(skel_->maps.spill);
+  std::set<std::tuple<uint32_t, uint32_t, uint32_t>> seen;
+  for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {
+    efuse_stats_key key;
+    std::memcpy(&key, k, sizeof key);
+    if (!seen.insert({key.conn, key.opcode, key.qid}).second) return;
+    efuse_counts v;
+    if (!lookup_percpu_sum(fd, &key, ncpu, &v)) return;
+    ConnSnapshot& c = snap.conns[key.conn];
+    if (key.qid == EFUSE_BPF_QUEUE_ANY)
+      accumulate(c.counts[key.opcode], v);
+    else if (key.opcode == EFUSE_BPF_OPCODE_ANY)
+      accumulate(c.queue_counts[key.qid], v);
+  });
+}
+
+bool Telemetry::delete_hashed_start(const efuse_req_key& key,
+                                    const efuse_req_start& start) const {
+  if (bpf_map_delete_elem(bpf_map__fd(skel_->maps.inflight), &key) != 0) return false;
+  // Only the one whose delete succeeded decrements (the programs do the same).
+  __atomic_sub_fetch(&skel_->bss->inflight_hashed, 1, __ATOMIC_ACQ_REL);
+  uncount_start(start);
+  return true;
+}
+
+void Telemetry::drop_stale_starts(uint64_t now) const {
+  auto stale = [now](uint64_t start_ns) {
+    return now > start_ns && now - start_ns > kStaleInflightNs;
+  };
+  size_t dropped = 0;
+  for (efuse_inflight_slot& s : slots()) {
+    uint64_t req = slot_req(s);
+    if (req <= EFUSE_BPF_SLOT_BUSY) continue;
+    efuse_inflight_slot copy = s;
+    if (slot_req(s) != req) continue;  // ended (and maybe reused) while read
+    if (stale(copy.start.start_ns)) {
+      drop_slot(s, req, copy.start);
+      ++dropped;
+    }
+  }
+  int fd = bpf_map__fd(skel_->maps.inflight);
+  std::set<uint64_t> seen;
+  std::vector<std::pair<efuse_req_key, efuse_req_start>> doomed;
+  for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
+    efuse_req_key key;
+    std::memcpy(&key, k, sizeof key);
+    if (!seen.insert(key.req).second) return;
+    efuse_req_start v;
+    if (lookup_raw(fd, &key, &v) == 0 && stale(v.start_ns)) doomed.push_back({key, v});
+  });
+  for (const auto& [key, v] : doomed) dropped += delete_hashed_start(key, v) ? 1 : 0;
+  if (dropped != 0)
+    LOG_DEBUG("bpf: dropped %zu sampled starts older than %llu s", dropped,
+              static_cast<unsigned long long>(kStaleInflightNs / 1000000000ULL));
 }
 
 Snapshot Telemetry::snapshot() const {
@@ -422,6 +562,7 @@ Snapshot Telemetry::snapshot() const {
   if (!status_.up || !skel_) return snap;
   const size_t ncpu = possible_cpus();
 
+  read_counts(snap, ncpu);
   {
     int fd = bpf_map__fd(skel_->maps.stats);
     std::set<std::tuple<uint32_t, uint32_t, uint32_t>> seen;
@@ -437,57 +578,23 @@ Snapshot Telemetry::snapshot() const {
       accumulate(c.ctxsw, v.ctxsw);
     });
   }
-  const uint64_t now = monotonic_ns();
-  {
-    size_t used = 0;
-    std::vector<std::pair<efuse_inflight_slot*, uint64_t>> stale;
-    for (efuse_inflight_slot& s : slots()) {
-      uint64_t req = slot_req(s);
-      if (req <= EFUSE_BPF_SLOT_BUSY) continue;
-      efuse_inflight_slot copy = s;
-      if (slot_req(s) != req) continue;  // ended (and maybe reused) while read
-      ++used;
-      if (now > copy.start.start_ns && now - copy.start.start_ns > kStaleInflightNs)
-        stale.push_back({&s, req});
-      ++snap.conns[copy.start.conn].in_flight[copy.start.opcode];
-    }
-    if (used > EFUSE_BPF_INFLIGHT_SLOTS / 2)
-      for (auto [s, req] : stale) clear_slot(*s, req);
-  }
-  {
-    int fd = bpf_map__fd(skel_->maps.inflight);
-    std::set<uint64_t> seen;
-    std::vector<efuse_req_key> stale;
-    for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
-      efuse_req_key key;
-      std::memcpy(&key, k, sizeof key);
-      if (!seen.insert(key.req).second) return;
-      efuse_req_start v;
-      if (lookup_raw(fd, &key, &v) != 0) return;  // ended meanwhile
-      if (now > v.start_ns && now - v.start_ns > kStaleInflightNs) stale.push_back(key);
-      ++snap.conns[v.conn].in_flight[v.opcode];
-    });
-    if (seen.size() > EFUSE_BPF_MAX_INFLIGHT / 2) {
-      for (const efuse_req_key& key : stale) bpf_map_delete_elem(fd, &key);
-      if (!stale.empty())
-        LOG_DEBUG("bpf: dropped %zu in-flight entries older than %llu s", stale.size(),
-                  static_cast<unsigned long long>(kStaleInflightNs / 1000000000ULL));
-    }
-  }
+  drop_stale_starts(monotonic_ns());
   {
     int fd = bpf_map__fd(skel_->maps.health);
     __u32 zero = 0;
     (void)lookup_percpu_sum(fd, &zero, ncpu, &snap.health);
   }
-  // The self-check, on totals that only grow (ended requests of deleted connections are
-  // kept in forgotten_ended_).
+  // The self-check, on totals that only grow (those of deleted connections are kept in
+  // forgotten_*): per connection and opcode, ends up to the number of sends paired, ends
+  // beyond it were never seen sent.
   {
-    uint64_t matched = forgotten_ended_;
+    uint64_t paired = forgotten_paired_, unpaired = forgotten_unpaired_;
     for (const auto& [conn, c] : snap.conns)
-      for (const auto& [opcode, op] : c.ops)
-        for (__u64 n : op.latency) matched += n;
-    std::string verdict = match_check_.observe(
-        matched, snap.health.unmatched_end + snap.health.duplicate_send);
+      for (const auto& [opcode, n] : c.counts) {
+        paired += std::min(n.sent, n.ended);
+        unpaired += n.ended - std::min(n.sent, n.ended);
+      }
+    std::string verdict = match_check_.observe(paired, unpaired + snap.health.duplicate_send);
     if (!verdict.empty()) {
       withdraw(verdict);
       return {};
@@ -512,10 +619,11 @@ Snapshot Telemetry::snapshot() const {
 }
 
 void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
-  for (const auto& [opcode, v] : c.ops)
-    for (__u64 n : v.latency) forgotten_ended_ += n;
-  {
-    int fd = bpf_map__fd(skel_->maps.stats);
+  for (const auto& [opcode, n] : c.counts) {
+    forgotten_paired_ += std::min(n.sent, n.ended);
+    forgotten_unpaired_ += n.ended - std::min(n.sent, n.ended);
+  }
+  auto delete_keys_of = [conn](int fd) {
     std::vector<efuse_stats_key> doomed;
     for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {
       efuse_stats_key key;
@@ -523,22 +631,47 @@ void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
       if (key.conn == conn) doomed.push_back(key);
     });
     for (const efuse_stats_key& key : doomed) bpf_map_delete_elem(fd, &key);
+  };
+  delete_keys_of(bpf_map__fd(skel_->maps.stats));
+  delete_keys_of(bpf_map__fd(skel_->maps.spill));
+  // Its slot: zero the counters first, then free the slot, so that a connection claiming
+  // it afterwards starts from zero (a dead connection sends nothing meanwhile).
+  const int slots_fd = bpf_map__fd(skel_->maps.conn_slots);
+  const size_t ncpu = possible_cpus();
+  for (uint32_t i = 0; i < EFUSE_BPF_CONN_SLOTS; ++i) {
+    uint32_t owner = EFUSE_BPF_CONN_FREE;
+    if (lookup_raw(slots_fd, &i, &owner) != 0 || owner != conn) continue;
+    auto zero_range = [ncpu](int fd, uint32_t first, uint32_t n) {
+      std::vector<uint32_t> keys(n);
+      for (uint32_t k = 0; k < n; ++k) keys[k] = first + k;
+      std::vector<efuse_counts> zeros(static_cast<size_t>(n) * ncpu);
+      LIBBPF_OPTS(bpf_map_batch_opts, opts);
+      uint32_t count = n;
+      (void)bpf_map_update_batch(fd, keys.data(), zeros.data(), &count, &opts);
+    };
+    zero_range(bpf_map__fd(skel_->maps.counts), i * EFUSE_BPF_OPCODE_SLOTS, EFUSE_BPF_OPCODE_SLOTS);
+    zero_range(bpf_map__fd(skel_->maps.queue_counts), i * EFUSE_BPF_QUEUE_SLOTS,
+               EFUSE_BPF_QUEUE_SLOTS);
+    uint32_t free_slot = EFUSE_BPF_CONN_FREE;
+    bpf_map_update_elem(slots_fd, &i, &free_slot, BPF_ANY);
+    // The CPUs' cached slots (efuse_sampler) are void from here.
+    __atomic_add_fetch(&skel_->data->conn_gen, 1, __ATOMIC_RELEASE);
   }
-  if (!c.in_flight.empty()) {
-    for (efuse_inflight_slot& s : slots()) {
-      uint64_t req = slot_req(s);
-      if (req > EFUSE_BPF_SLOT_BUSY && s.start.conn == conn) clear_slot(s, req);
-    }
-    int fd = bpf_map__fd(skel_->maps.inflight);
-    std::vector<efuse_req_key> doomed;
-    for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
-      efuse_req_key rk;
-      std::memcpy(&rk, k, sizeof rk);
-      efuse_req_start v;
-      if (lookup_raw(fd, &rk, &v) == 0 && v.conn == conn) doomed.push_back(rk);
-    });
-    for (const efuse_req_key& rk : doomed) bpf_map_delete_elem(fd, &rk);
+  for (efuse_inflight_slot& s : slots()) {
+    uint64_t req = slot_req(s);
+    if (req <= EFUSE_BPF_SLOT_BUSY) continue;
+    efuse_inflight_slot copy = s;
+    if (slot_req(s) == req && copy.start.conn == conn) drop_slot(s, req, copy.start);
   }
+  int fd = bpf_map__fd(skel_->maps.inflight);
+  std::vector<std::pair<efuse_req_key, efuse_req_start>> doomed;
+  for_each_key(fd, sizeof(efuse_req_key), 2 * EFUSE_BPF_MAX_INFLIGHT, [&](const void* k) {
+    efuse_req_key rk;
+    std::memcpy(&rk, k, sizeof rk);
+    efuse_req_start v;
+    if (lookup_raw(fd, &rk, &v) == 0 && v.conn == conn) doomed.push_back({rk, v});
+  });
+  for (const auto& [rk, v] : doomed) (void)delete_hashed_start(rk, v);
   LOG_DEBUG("bpf: connection %s is gone; its counters were removed",
             connection_name(conn).c_str());
 }

@@ -28,19 +28,28 @@
 
 namespace efuse::bpf {
 
-// One FUSE connection's counters, summed over CPUs.
-// One FUSE connection's counters, summed over CPUs (and over queues, opcodes).
+// One FUSE connection's counters, summed over CPUs. `counts` and `queue_counts` count every
+// request; `ops`, `queues` and `ctxsw` come from the sampled ones (1 in sample_every).
 struct ConnSnapshot {
-  std::map<uint32_t, efuse_stats> ops;     // by opcode (clamped to OPCODE_SLOTS - 1)
-  std::map<uint32_t, uint64_t> in_flight;  // by opcode: requests sent, not ended yet
+  std::map<uint32_t, efuse_counts> counts;        // by opcode (clamped to OPCODE_SLOTS - 1)
+  std::map<uint32_t, efuse_counts> queue_counts;  // by qid (ended, errors; sent is 0)
+  std::map<uint32_t, efuse_stats> ops;     // by opcode: the sampled requests' latency
   std::map<uint32_t, efuse_stats> queues;  // by qid; EFUSE_BPF_QUEUE_CLASSIC = /dev/fuse
   efuse_ctxsw_stats ctxsw{};
 };
+
+// Requests sent and not ended yet: sent - ended, or 0 while requests that were in flight
+// when the programs attached (ended, never seen sent) outnumber those in flight now.
+inline uint64_t in_flight(const efuse_counts& c) { return c.sent > c.ended ? c.sent - c.ended : 0; }
 
 struct Snapshot {
   std::map<uint32_t, ConnSnapshot> conns;  // by connection id (mountinfo.h)
   efuse_health health{};
 };
+
+// Latency sampling: 1 request in N is timed (the config's telemetry_sample_every).
+inline constexpr uint32_t kDefaultSampleEvery = 16;
+inline constexpr uint32_t kMaxSampleEvery = EFUSE_BPF_SAMPLE_EVERY_MAX;
 
 // Why the telemetry is off (Status::off; the `reason` label of efuse_bpf_off_reason).
 inline constexpr const char* kOffDisabled = "disabled";        // the operator turned it off
@@ -62,11 +71,13 @@ struct Status {
   std::string tracepoints;     // whose BTF has the FUSE tracepoints: "vmlinux", "fuse module"
   std::string off;             // when !up: one of kOff*
   std::string level = "off";   // the level running: level_name()
+  uint32_t sample_every = kDefaultSampleEvery;  // 1 in N requests timed (configured value)
 };
 
 // The self-check: whether the programs' sends and ends still pair up. Fed the running
-// totals of requests whose end found their send (`matched`) and of events that did not pair
-// (`mismatched`: ends never seen sent, sends over a request still tracked), it judges each
+// totals of requests whose end found their send (`matched`: per connection and opcode, the
+// ends up to the number of sends) and of events that did not pair (`mismatched`: ends beyond
+// the sends, i.e. never seen sent, and sends over a sampled request still tracked), it judges each
 // window of at least kWindow events and says why when more than a quarter of a window did
 // not pair. A few unmatched ends are normal (requests in flight when efused started).
 class MatchCheck {
@@ -84,6 +95,7 @@ struct Options {
   bool enabled = true;       // EFUSE_BPF=0 (or "off", "false", "no") turns telemetry off
   bool switches = true;      // EFUSE_BPF_SCHED=0: level "requests" at most
   Level level = Level::Full;  // the configuration's telemetry level
+  uint32_t sample_every = kDefaultSampleEvery;  // telemetry_sample_every, 1..kMaxSampleEvery
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
   // Test only (EFUSE_BPF_TEST_MISMATCH=1): sends are filed under a key no end looks up, so
   // the self-check sees every request unmatched (docs/bpf.md).
@@ -123,6 +135,11 @@ class Telemetry {
   // cannot run, or that failed its self-check, stays off. Thread-safe.
   void set_level(Level level);
 
+  // Changes the latency sampling live (a config reload): 1 in `every` requests is timed from
+  // the next send on; counts and histograms keep their values. Clamped to
+  // 1..kMaxSampleEvery (the configuration refuses anything else). Thread-safe.
+  void set_sample_every(uint32_t every);
+
   // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up(). Runs the
   // self-check (MatchCheck) on what it read: when sends and ends stopped pairing it logs
   // one line, detaches the programs and returns empty; from then on up() is false and
@@ -140,6 +157,13 @@ class Telemetry {
   std::vector<uint32_t> ids_locked() const;
   bool load(const Options& opts, std::string* reason, bool* kernel_lacks);
   void forget_connection(uint32_t conn, const ConnSnapshot& c) const;
+  void read_counts(Snapshot& snap, size_t ncpu) const;  // conn_slots, counts, queue_counts, spill
+  void drop_stale_starts(uint64_t now) const;  // sampled starts whose end will never come
+  // Removing a sampled start keeps the programs' counts right: inflight_hashed and the
+  // start's bucket in `sampled`.
+  bool delete_hashed_start(const efuse_req_key& key, const efuse_req_start& start) const;
+  void drop_slot(efuse_inflight_slot& s, uint64_t req, const efuse_req_start& start) const;
+  void uncount_start(const efuse_req_start& start) const;
   void withdraw(const std::string& verdict) const;  // mu_ held
   // The inflight_slots array, mapped: read and cleared without a system call per slot.
   std::span<efuse_inflight_slot> slots() const;
@@ -149,8 +173,12 @@ class Telemetry {
   mutable Status status_;
   mutable TelemetrySkeleton skel_;
   mutable void* slots_map_ = nullptr;   // mmap of inflight_slots while loaded
+  mutable void* buckets_map_ = nullptr;  // mmap of sampled while loaded
   mutable MatchCheck match_check_;
-  mutable uint64_t forgotten_ended_ = 0;  // ended requests of connections deleted from the maps
+  // Self-check totals of connections deleted from the maps: requests whose send and end
+  // both were seen, and ends never seen sent.
+  mutable uint64_t forgotten_paired_ = 0;
+  mutable uint64_t forgotten_unpaired_ = 0;
   mutable std::mutex mu_;
 };
 

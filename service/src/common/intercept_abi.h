@@ -23,9 +23,28 @@
 //                    TID in the mutex's futex word (its first 32 bits; robust futex list),
 //                    so the library tells a running efused from a dead one with one load,
 //                    no system call. <start> is pid_start below.
+//   mounts-<pid>-<start>  (mode 0644, efused's) a copy of efused's /proc/self/mountinfo
+//                    after a line "efuse-mounts <root st_dev> <root st_ino> <mnt ns inode>",
+//                    rewritten (and only then the generation bumped) whenever the table
+//                    changes: a library with the same root, whose published mounts carry the
+//                    mount ids it sees (so: the same mount namespace), reads it instead of
+//                    its own mountinfo, which costs far more to generate.
+//   m-<hash>-<pid>.sock  (mode 0666, efused's; only on mounts with
+//                    EFUSE_IR_WRITES) a SOCK_SEQPACKET socket efused listens on while the
+//                    record is published: the library tells efused, before its call
+//                    returns, about every backing file it opened for writing or whose
+//                    attributes it changed (struct efuse_intercept_request, the file's
+//                    descriptor attached with SCM_RIGHTS), so the kernel's caches of the
+//                    mount never show what the file was before (docs/intercept.md has the
+//                    contract). efused checks the peer with SO_PEERCRED (allow_other: false
+//                    takes only its own user and root); the library checks that the peer is
+//                    the record's efused.
 #pragma once
 
 #include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #define EFUSE_INTERCEPT_MAGIC 0x3152494553554645ull  // "EFUSEIR1"
 #define EFUSE_INTERCEPT_VERSION 1u
@@ -43,6 +62,8 @@
                                   // default_permissions); else it only counts kernel calls
 #define EFUSE_IR_FILES_GO_ON 0x10u  // withdrawn (LIVE clear) while the mount goes on:
                                     // descriptors the library opened keep working
+#define EFUSE_IR_WRITES 0x20u  // efused listens on the .sock: the library may open files for
+                               // writing and change attributes (never with READ_ONLY)
 
 struct efuse_intercept_record {
   uint64_t magic;
@@ -60,6 +81,48 @@ struct efuse_intercept_record {
   char mountpoint[EFUSE_INTERCEPT_PATH_MAX];  // canonical, no trailing '/'
   char source[EFUSE_INTERCEPT_PATH_MAX];      // backing directory (empty for memory)
 };
+
+// Requests on the .sock: one message each way; each request carries exactly one
+// descriptor of a regular backing file.
+#define EFUSE_IREQ_WRITING 1u  // opened for writing (the descriptor is that open): efused
+                               // drops what the kernel caches of the file and caches none of
+                               // its attributes or pages until no open for writing remains
+#define EFUSE_IREQ_CHANGED 2u  // its attributes, ACLs or xattrs were just changed through
+                               // the descriptor: efused drops the kernel's copy
+
+struct efuse_intercept_request {
+  uint64_t magic;  // EFUSE_INTERCEPT_MAGIC
+  uint32_t version;
+  uint32_t op;     // EFUSE_IREQ_*
+};
+
+struct efuse_intercept_reply {
+  int32_t error;  // 0, or the errno of the refusal (the library then lets the kernel serve)
+  uint32_t reserved;
+};
+
+// Fills `msg` to send request `op` (in `req`, through `iov`) with descriptor `fd` attached;
+// `control` holds CMSG_SPACE(sizeof(int)) bytes aligned for struct cmsghdr.
+static inline void efuse_intercept_message(struct msghdr* msg, struct iovec* iov,
+                                           struct efuse_intercept_request* req, uint32_t op,
+                                           char* control, int fd) {
+  req->magic = EFUSE_INTERCEPT_MAGIC;
+  req->version = EFUSE_INTERCEPT_VERSION;
+  req->op = op;
+  iov->iov_base = req;
+  iov->iov_len = sizeof *req;
+  memset(msg, 0, sizeof *msg);
+  memset(control, 0, CMSG_SPACE(sizeof(int)));
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 1;
+  msg->msg_control = control;
+  msg->msg_controllen = CMSG_SPACE(sizeof(int));
+  struct cmsghdr* c = CMSG_FIRSTHDR(msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &fd, sizeof fd);
+}
 
 // Counters, by operation and by who served the call.
 #define EFUSE_INTERCEPT_OPS(X) \
@@ -85,4 +148,6 @@ static_assert(sizeof(struct efuse_intercept_record) == 64 + 2 * EFUSE_INTERCEPT_
               "record layout");
 static_assert(sizeof(struct efuse_intercept_counters) == 16 + 16 * EFUSE_IOP_COUNT,
               "counters layout");
+static_assert(sizeof(struct efuse_intercept_request) == 16, "request layout");
+static_assert(sizeof(struct efuse_intercept_reply) == 8, "reply layout");
 #endif

@@ -88,6 +88,12 @@ std::string format_telemetry(const nlohmann::json& t) {
     return it != t.end() && it->is_string() ? it->get<std::string>() : std::string();
   };
   std::string out = "telemetry: " + (text("level").empty() ? "off" : text("level"));
+  auto every = t.find("sample_every");
+  if (!text("level").empty() && text("level") != "off" && every != t.end() &&
+      every->is_number_integer() && every->get<int64_t>() > 0)
+    out += every->get<int64_t>() == 1
+               ? ", every request timed"
+               : ", 1 in " + std::to_string(every->get<int64_t>()) + " requests timed";
   std::string detail;
   if (!text("configured").empty() && text("configured") != text("level"))
     detail = "configured " + text("configured");

@@ -24,7 +24,8 @@ std::string format_status(const std::string& version, uint32_t mount_count,
                           const nlohmann::json& daemon = nlohmann::json::object(),
                           const nlohmann::json& telemetry = nlohmann::json());
 
-// "telemetry: full" or "telemetry: off (configured full; unsupported: why)".
+// "telemetry: full, 1 in 16 requests timed" or "telemetry: off (configured full;
+// unsupported: why)".
 std::string format_telemetry(const nlohmann::json& telemetry);
 
 }  // namespace efuse::control

@@ -12,11 +12,18 @@
 
 #include <nlohmann/json.hpp>
 
+#include "accel/workers.h"
 #include "daemon/config_checks.h"
 #include "daemon/config_schema.h"
 #include "daemon/config_yaml.h"
 
 namespace efuse::daemon {
+
+unsigned MountConfig::workers_max() const {
+  if (max_threads != 0) return max_threads;
+  return threads > accel::WorkerCountPolicy::kDefaultMax ? threads
+                                                          : accel::WorkerCountPolicy::kDefaultMax;
+}
 namespace {
 
 using nlohmann::json;
@@ -75,6 +82,9 @@ void apply_adaptive(const json& adaptive, accel::Settings& out) {
 // The keys `defaults:` and a mount share; inside cache and options each key falls back alone.
 void apply_settings(const json& settings, MountConfig& out) {
   set_if_present(settings, "threads", out.threads);
+  set_if_present(settings, "max_threads", out.max_threads);
+  set_if_present(settings, "offload_threads", out.offload_threads);
+  set_if_present(settings, "offload_queue", out.offload_queue);
   set_if_present(settings, "queue_depth", out.queue_depth);
   if (auto it = settings.find("transport"); it != settings.end())
     out.transport = from_name(kTransports, it->get<std::string>());
@@ -121,6 +131,7 @@ Config build_config(const json& document, const std::string& origin) {
     set_if_present(*metrics, "listen", config.metrics_listen);
   }
   set_if_present(document, "telemetry", config.telemetry);  // the schema's enum checked it
+  set_if_present(document, "telemetry_sample_every", config.telemetry_sample_every);  // 1..65536
   MountConfig defaults;
   if (auto it = document.find("defaults"); it != document.end()) apply_settings(*it, defaults);
   for (const auto& mount : document.at("mounts"))

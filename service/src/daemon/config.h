@@ -69,8 +69,14 @@ struct MountConfig {
   MemoryConfig memory;     // memory: its limits
   bool create_mountpoint = false;  // create a missing mountpoint (0755, with parents)
   bool intercept = false;  // publish it for libefuse_intercept.so (efuse-run); live on reload
-  unsigned threads = 4;
+  unsigned threads = 4;       // /dev/fuse workers started with the mount (the minimum)
+  unsigned max_threads = 0;   // most /dev/fuse workers (grown when all are busy); 0: default
   unsigned queue_depth = 8;  // io_uring entries per CPU queue
+  // The offload pool of requests that may block (fuse/offload_pool.h); live on reload.
+  unsigned offload_threads = 4;
+  unsigned offload_queue = 256;
+  // max_threads in effect: as set, else max(threads, 16) (accel/workers.h).
+  unsigned workers_max() const;
   Transport transport = Transport::Auto;
   IoPath io_path = IoPath::Auto;
   accel::Settings adaptive;  // the adaptive schedulers (live on reload)
@@ -89,6 +95,7 @@ struct Config {
   std::string path;                             // where it was loaded from
   std::string metrics_listen = "127.0.0.1:19567";  // HOST:PORT; "" disables /metrics
   std::string telemetry = "full";  // eBPF telemetry level: "full", "requests", "off"
+  unsigned telemetry_sample_every = 16;  // 1 in N requests timed (bpf::kDefaultSampleEvery)
   std::vector<MountConfig> mounts;
 };
 

@@ -172,6 +172,20 @@ void check_backends(const YamlDocument& doc, const Config& config) {
   }
 }
 
+// max_threads is the ceiling of the worker count that starts at threads.
+void check_workers(const YamlDocument& doc, const Config& config) {
+  for (size_t i = 0; i < config.mounts.size(); ++i) {
+    const MountConfig& m = config.mounts[i];
+    if (m.max_threads == 0 || m.max_threads >= m.threads) continue;
+    YamlPath where = doc.has(mount_path(i, "max_threads")) ? mount_path(i, "max_threads")
+                                                            : YamlPath{"defaults", "max_threads"};
+    doc.fail(doc.value_mark(where),
+             "mount '" + m.name + "': max_threads (" + std::to_string(m.max_threads) +
+                 ") is below threads (" + std::to_string(m.threads) +
+                 "), the workers that start with the mount; raise max_threads or lower threads");
+  }
+}
+
 }  // namespace
 
 std::string normalize_path(std::string_view path) {
@@ -194,6 +208,7 @@ void check_semantics(const YamlDocument& doc, const Config& config) {
   check_bpf_handlers(doc, config);
   check_permissions(doc, config);
   check_backends(doc, config);
+  check_workers(doc, config);
 }
 
 }  // namespace efuse::daemon

@@ -8,7 +8,7 @@ std::string_view mounts_schema_text() {
   return R"schema({
   "$schema": "http://json-schema.org/draft-07/schema#",
   "title": "efused configuration",
-  "description": "The configuration of efused (/etc/efuse/mounts.yaml): the /metrics endpoint, the eBPF telemetry level, defaults shared by all mounts, and the mounts. efused validates its YAML file against this schema; it is the one specification of the format.",
+  "description": "The configuration of efused (/etc/efuse/mounts.yaml): the /metrics endpoint, the eBPF telemetry level and sampling, defaults shared by all mounts, and the mounts. efused validates its YAML file against this schema; it is the one specification of the format.",
   "type": "object",
   "additionalProperties": false,
   "required": ["mounts"],
@@ -19,6 +19,13 @@ std::string_view mounts_schema_text() {
       "type": "string",
       "default": "full",
       "enum": ["full", "requests", "off"]
+    },
+    "telemetry_sample_every": {
+      "description": "The eBPF telemetry times 1 in this many FUSE requests, 1..65536 (1: every request): the kernel-side latency histograms, and at level full the clients' context switches, come from those; request, error and in-flight counts always count every request. Changes apply on reload without a remount. Default 16.",
+      "type": "integer",
+      "default": 16,
+      "minimum": 1,
+      "maximum": 65536
     },
     "defaults": { "$ref": "#/definitions/defaults" },
     "mounts": {
@@ -47,6 +54,9 @@ std::string_view mounts_schema_text() {
       "additionalProperties": false,
       "properties": {
         "threads": { "$ref": "#/definitions/threads" },
+        "max_threads": { "$ref": "#/definitions/max_threads" },
+        "offload_threads": { "$ref": "#/definitions/offload_threads" },
+        "offload_queue": { "$ref": "#/definitions/offload_queue" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
@@ -88,11 +98,14 @@ std::string_view mounts_schema_text() {
           "default": false
         },
         "intercept": {
-          "description": "Publish the mount for libefuse_intercept.so (efuse-run CMD): processes running under it have read-only opens, reads, stat and access of regular files on a passthrough mount served from the backing directory with their own credentials, without FUSE round trips; everything else goes through the kernel. Counted in efuse_intercept_calls_total. Memory mounts are published for the counters only (all their calls go through the kernel). Applies live on reload. Default false.",
+          "description": "Publish the mount for libefuse_intercept.so (efuse-run CMD): processes running under it have opens of existing regular files (for writing too on a writable mount), reads, writes, stat and access on a passthrough mount served from the backing directory with their own credentials, without FUSE round trips (efused is told of every open for writing and keeps the kernel's caches of the file exact); everything else, creating files included, goes through the kernel. Counted in efuse_intercept_calls_total. Memory mounts are published for the counters only (all their calls go through the kernel). Applies live on reload. Default false.",
           "type": "boolean",
           "default": false
         },
         "threads": { "$ref": "#/definitions/threads" },
+        "max_threads": { "$ref": "#/definitions/max_threads" },
+        "offload_threads": { "$ref": "#/definitions/offload_threads" },
+        "offload_queue": { "$ref": "#/definitions/offload_queue" },
         "queue_depth": { "$ref": "#/definitions/queue_depth" },
         "transport": { "$ref": "#/definitions/transport" },
         "io_path": { "$ref": "#/definitions/io_path" },
@@ -128,11 +141,31 @@ std::string_view mounts_schema_text() {
       }
     },
     "threads": {
-      "description": "Worker threads reading requests from /dev/fuse, 1..256. Default 4.",
+      "description": "Worker threads reading requests from /dev/fuse that start with the mount and always run (the minimum), 1..256. Default 4.",
       "type": "integer",
       "default": 4,
       "minimum": 1,
       "maximum": 256
+    },
+    "max_threads": {
+      "description": "Most worker threads reading /dev/fuse: one more starts whenever every worker is busy, and one leaves after 10 s in which at least two were idle whenever a request came, never below threads. threads..256; default max(threads, 16). Live on reload.",
+      "type": "integer",
+      "minimum": 1,
+      "maximum": 256
+    },
+    "offload_threads": {
+      "description": "Threads of the pool that serves requests that may block (fsync, fsyncdir, fallocate, a truncating create or setattr) off the queue that read them, when the queue balancing scheduler finds that cheaper, 1..64. Default 4. Live on reload.",
+      "type": "integer",
+      "default": 4,
+      "minimum": 1,
+      "maximum": 64
+    },
+    "offload_queue": {
+      "description": "Requests that may wait for a thread of the offload pool; more are served inline, on the queue that read them, 1..65536. Default 256. Live on reload.",
+      "type": "integer",
+      "default": 256,
+      "minimum": 1,
+      "maximum": 65536
     },
     "queue_depth": {
       "description": "With the uring transport: requests each per-CPU io_uring queue can hold in flight (ring entries, each with a buffer of max_write bytes), 1..1024. Default 8.",

@@ -56,6 +56,38 @@ std::string alive_name(unsigned long pid, unsigned long long start) {
   return "alive-" + std::to_string(pid) + "-" + std::to_string(start);
 }
 
+// efused's copy of its mount table (common/intercept_abi.h): a header line, then
+// /proc/self/mountinfo as read.
+std::string mounts_name(unsigned long pid, unsigned long long start) {
+  return "mounts-" + std::to_string(pid) + "-" + std::to_string(start);
+}
+
+// Writes the copy anew (a new file renamed over the old one). Called before the generation
+// is bumped for a change of the table, so a library that rescans reads the new one.
+void publish_mount_table(const std::string& dir, int table) {
+  struct stat ns, root;
+  if (::stat("/proc/self/ns/mnt", &ns) != 0 || ::stat("/", &root) != 0) return;
+  std::string text = "efuse-mounts " + std::to_string(root.st_dev) + " " +
+                     std::to_string(root.st_ino) + " " + std::to_string(ns.st_ino) + "\n";
+  char buf[16384];
+  for (off_t off = 0;;) {
+    ssize_t n = ::pread(table, buf, sizeof buf, off);
+    if (n < 0) return;  // the libraries read their own table while the copy is missing
+    if (n == 0) break;
+    text.append(buf, static_cast<size_t>(n));
+    off += n;
+  }
+  std::string path = dir + "/" + mounts_name(getpid(), start_time("self"));
+  std::string tmp = path + ".tmp";
+  UniqueFd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0644));
+  if (!fd || ::fchmod(fd.get(), 0644) != 0 ||
+      ::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()) ||
+      ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    ::unlink(path.c_str());  // none rather than a stale one
+  }
+}
+
 // Records left by an efused that was killed (its mounts detached since): removed with
 // their counters, so /run does not collect them. Libraries ignore them anyway (PID check).
 void remove_dead_records(const std::string& dir) {
@@ -65,12 +97,26 @@ void remove_dead_records(const std::string& dir) {
     unsigned long pid = 0;
     unsigned long long start = 0;
     char tail = 0;
-    if (std::sscanf(name.c_str(), "alive-%lu-%llu%c", &pid, &start, &tail) == 2 &&
-        name == alive_name(pid, start)) {
+    if ((std::sscanf(name.c_str(), "alive-%lu-%llu%c", &pid, &start, &tail) == 2 &&
+         name == alive_name(pid, start)) ||
+        (std::sscanf(name.c_str(), "mounts-%lu-%llu%c", &pid, &start, &tail) == 2 &&
+         name == mounts_name(pid, start))) {
       if (static_cast<pid_t>(pid) != getpid() && start_time(std::to_string(pid)) != start) {
         ::unlink(e.path().c_str());
         LOG_INFO("intercept: removed %s, left by efused %lu, which is gone", e.path().c_str(), pid);
       }
+      continue;
+    }
+    unsigned long sock_pid = 0;
+    int used = 0;
+    if (name.size() > 24 && name.compare(0, 2, "m-") == 0 &&
+        name.compare(name.size() - 5, 5, ".sock") == 0 &&
+        std::sscanf(name.c_str() + 18, "-%lu.sock%n", &sock_pid, &used) == 1 &&
+        static_cast<size_t>(used) + 18 == name.size()) {
+      // An intercept socket of an efused that is gone (m-<hash>-<pid>.sock).
+      if (static_cast<pid_t>(sock_pid) != getpid() && ::kill(static_cast<pid_t>(sock_pid), 0) != 0 &&
+          errno == ESRCH)
+        ::unlink(e.path().c_str());
       continue;
     }
     if (name.size() < 7 || name.compare(0, 2, "m-") != 0 ||
@@ -238,12 +284,15 @@ bool ensure_alive(const std::string& dir, std::string* why) {
   // so none is delivered here). It owns nothing to clean up. Meanwhile it watches this
   // namespace's mount table: a file system mounted inside a published mount (or one
   // unmounted there) must be seen by the libraries, which read the table when they rescan,
-  // so any change of it bumps the generation.
+  // so any change of it is copied for them (mounts-<pid>-<start>: reading the kernel's
+  // mountinfo cost each process under efuse-run ~40 us at its start) and then bumps the
+  // generation.
   std::thread([page, dir, locked = std::move(locked)]() mutable {
     sigset_t all;
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
     UniqueFd table(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+    if (table) publish_mount_table(dir, table.get());
     locked.set_value(pthread_mutex_lock(&page->mutex));
     for (;;) {
       struct pollfd p = {table.get(), POLLPRI, 0};
@@ -253,7 +302,10 @@ bool ensure_alive(const std::string& dir, std::string* why) {
                  strerror(errno));
         for (;;) pause();
       }
-      if (p.revents & (POLLPRI | POLLERR)) bump_generation(dir);
+      if (p.revents & (POLLPRI | POLLERR)) {
+        publish_mount_table(dir, table.get());
+        bump_generation(dir);
+      }
     }
   }).detach();
   int rc = result.get();
@@ -272,7 +324,7 @@ std::string intercept_dir() {
   return env != nullptr && *env == '/' ? std::string(env) : EFUSE_INTERCEPT_DEFAULT_DIR;
 }
 
-void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
+void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::Filesystem* fs) {
   withdraw(true);
   std::string dir = intercept_dir();
   if (cfg.mountpoint.size() >= EFUSE_INTERCEPT_PATH_MAX ||
@@ -329,6 +381,17 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   // kernel checks permissions the same way (default_permissions) and there is one.
   if (cfg.backend == "passthrough" && cfg.options.default_permissions && !cfg.source.empty())
     flags |= EFUSE_IR_SERVE;
+  // Writes: the backend keeps the kernel's caches exact around them (docs/intercept.md).
+  if ((flags & EFUSE_IR_SERVE) && !cfg.options.read_only && fs != nullptr && fs->library_writes()) {
+    if (server_ == nullptr) {
+      std::string sock = base + "-" + std::to_string(rec->pid) + ".sock";
+      server_ = InterceptServer::start(sock, *fs, cfg.options.allow_other, &why);
+      if (server_ == nullptr)
+        LOG_WARN("%s: intercept: no socket for the library's writes (%s); opens for writing "
+                 "go through the kernel", cfg.name.c_str(), why.c_str());
+    }
+    if (server_ != nullptr) flags |= EFUSE_IR_WRITES;
+  }
   __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
   record_path_ = base + ".rec";
   if (::rename(tmp.c_str(), record_path_.c_str()) != 0) {
@@ -349,13 +412,15 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id) {
   bump_generation(dir);
   LOG_INFO("%s: intercept: published %s for libefuse_intercept.so (%s)", cfg.name.c_str(),
            record_path_.c_str(),
-           (flags & EFUSE_IR_SERVE) ? "served by the library"
-                                    : "counted only: the library serves passthrough mounts "
-                                      "with default_permissions");
+           (flags & EFUSE_IR_WRITES)  ? "served by the library, writes too"
+           : (flags & EFUSE_IR_SERVE) ? "served by the library, writes through the kernel"
+                                      : "counted only: the library serves passthrough mounts "
+                                        "with default_permissions");
 }
 
 void InterceptPublisher::withdraw(bool mount_goes_on) {
   if (!mount_goes_on) {
+    server_.reset();  // the backend goes with the mount
     for (auto* rec : withdrawn_) {
       __atomic_store_n(&rec->flags, 0u, __ATOMIC_SEQ_CST);
       munmap(rec, sizeof *rec);
@@ -380,6 +445,9 @@ void InterceptPublisher::withdraw(bool mount_goes_on) {
 
 void InterceptPublisher::leave_for_restart() {
   withdraw(true);
+  // The next efused knows nothing of the library's writers: their descriptors fail with
+  // ENOTCONN once this efused is gone (the library checks that the efused it asked runs).
+  server_.reset();
   for (auto* rec : withdrawn_) munmap(rec, sizeof *rec);  // as they are: FILES_GO_ON
   withdrawn_.clear();
 }

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
@@ -67,11 +68,21 @@ Options:
                                  config's telemetry:, default full; docs/bpf.md has the
                                  cost of each). EFUSE_BPF=0 in the environment turns it
                                  off whatever this says
+      --telemetry-sample-every N time 1 in N FUSE requests (1..65536; 1: every one):
+                                 latency histograms come from those, counts are exact
+                                 (overrides the config's telemetry_sample_every, default 16)
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
                                  with --config/--demo), "none" (default with --mount), or
                                  an address such as unix:path=/run/x/bus
 With --mount (a config file sets these per mount):
-  -t, --threads N                worker threads per mount (default 4)
+  -t, --threads N                /dev/fuse worker threads per mount that start with it
+                                 (default 4)
+      --max-threads N            most /dev/fuse workers per mount: one more starts when
+                                 every worker is busy, and leaves again when idle
+                                 (default the larger of --threads and 16)
+      --offload-threads N        threads per mount that serve requests that may block
+                                 (fsync, fallocate, a truncating create or setattr) off the
+                                 queue that read them, 1..64 (default 4)
       --transport MODE           auto, classic or uring (default auto: FUSE over
                                  io_uring, one queue per CPU, when the kernel offers it;
                                  under systemd /dev/fuse, which a restart can keep)
@@ -134,6 +145,16 @@ invalid file.
 }
 
 // Seconds as the config allows them: 0 .. one year.
+unsigned parse_count(const char* s, const char* option, long lo, long hi) {
+  char* end = nullptr;
+  errno = 0;
+  long v = std::strtol(s, &end, 10);
+  if (end == s || *end != '\0' || errno != 0 || v < lo || v > hi)
+    usage_error(std::string(option) + " must be " + std::to_string(lo) + ".." +
+                std::to_string(hi) + ", not '" + s + "'");
+  return static_cast<unsigned>(v);
+}
+
 double parse_seconds(const char* s, const char* option) {
   char* end = nullptr;
   double v = std::strtod(s, &end);
@@ -174,13 +195,15 @@ int main(int argc, char** argv) {
   std::string config_path, check_path, bus = "", metrics;
   bool demo = false, have_metrics = false;
   std::optional<std::string> telemetry;
+  std::optional<unsigned> sample_every;
   MountConfig cli_defaults;
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
   enum { kDemo = 256, kCheck, kMetrics, kBus, kIoPath, kKernelModule, kLogLevel, kEntryTimeout, kAttrTimeout,
          kNegativeTimeout, kKeepCache, kWriteback, kReadOnly, kNoXattr, kTransport, kQueueDepth, kStack,
-         kCreateMountpoint, kIntercept, kTelemetry, kMemoryMaxBytes, kMemoryMaxInodes };
+         kCreateMountpoint, kIntercept, kTelemetry, kSampleEvery, kMemoryMaxBytes, kMemoryMaxInodes,
+         kMaxThreads, kOffloadThreads };
   static const option kOptions[] = {
       {"config", required_argument, nullptr, 'c'},
       {"demo", no_argument, nullptr, kDemo},
@@ -189,7 +212,10 @@ int main(int argc, char** argv) {
       {"metrics", required_argument, nullptr, kMetrics},
       {"bus", required_argument, nullptr, kBus},
       {"telemetry", required_argument, nullptr, kTelemetry},
+      {"telemetry-sample-every", required_argument, nullptr, kSampleEvery},
       {"threads", required_argument, nullptr, 't'},
+      {"max-threads", required_argument, nullptr, kMaxThreads},
+      {"offload-threads", required_argument, nullptr, kOffloadThreads},
       {"io-path", required_argument, nullptr, kIoPath},
       {"kernel-module", required_argument, nullptr, kKernelModule},
       {"log-level", required_argument, nullptr, kLogLevel},
@@ -226,13 +252,15 @@ int main(int argc, char** argv) {
           usage_error(std::string("--telemetry must be full, requests or off, not '") + optarg + "'");
         telemetry = optarg;
         break;
-      case 't': {
-        char* end = nullptr;
-        long v = std::strtol(optarg, &end, 10);
-        if (*end != '\0' || v < 1 || v > 256) usage_error("--threads must be 1..256");
-        cli_defaults.threads = static_cast<unsigned>(v);
+      case kSampleEvery:
+        sample_every =
+            parse_count(optarg, "--telemetry-sample-every", 1, efuse::bpf::kMaxSampleEvery);
         break;
-      }
+      case 't': cli_defaults.threads = parse_count(optarg, "--threads", 1, 256); break;
+      case kMaxThreads: cli_defaults.max_threads = parse_count(optarg, "--max-threads", 1, 256); break;
+      case kOffloadThreads:
+        cli_defaults.offload_threads = parse_count(optarg, "--offload-threads", 1, 64);
+        break;
       case kIoPath:
         if (std::strcmp(optarg, "auto") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Auto;
         else if (std::strcmp(optarg, "passthrough") == 0) cli_defaults.io_path = efuse::daemon::IoPath::Passthrough;
@@ -261,13 +289,7 @@ int main(int argc, char** argv) {
         else if (std::strcmp(optarg, "uring") == 0) cli_defaults.transport = efuse::daemon::Transport::Uring;
         else usage_error(std::string("--transport must be auto, classic or uring, not '") + optarg + "'");
         break;
-      case kQueueDepth: {
-        char* end = nullptr;
-        long v = std::strtol(optarg, &end, 10);
-        if (*end != '\0' || v < 1 || v > 1024) usage_error("--queue-depth must be 1..1024");
-        cli_defaults.queue_depth = static_cast<unsigned>(v);
-        break;
-      }
+      case kQueueDepth: cli_defaults.queue_depth = parse_count(optarg, "--queue-depth", 1, 1024); break;
       case kMemoryMaxBytes: {
         std::string why;
         if (!efuse::daemon::parse_size(optarg, &cli_defaults.memory.max_bytes, &why))
@@ -331,6 +353,9 @@ int main(int argc, char** argv) {
         }
       }
     } else if (!mount_args.empty()) {
+      if (cli_defaults.max_threads != 0 && cli_defaults.max_threads < cli_defaults.threads)
+        usage_error("--max-threads (" + std::to_string(cli_defaults.max_threads) +
+                    ") must not be below --threads (" + std::to_string(cli_defaults.threads) + ")");
       cfg.metrics_listen = "";
       for (const auto& arg : mount_args) {
         auto colon = arg.find(':');
@@ -367,6 +392,7 @@ int main(int argc, char** argv) {
   so.bus = bus;
   so.metrics_override = have_metrics ? std::optional<std::string>(metrics) : std::nullopt;
   so.telemetry_override = telemetry;
+  so.sample_every_override = sample_every;
   so.strict = !mount_args.empty();
   return efuse::daemon::run_service(std::move(cfg), so);
 }

@@ -294,12 +294,13 @@ bool MountInstance::channel_wait(int ms) { return !channel_ || channel_->wait(ms
 Status MountInstance::start_channel(int fd, bool want_uring, std::string* error) {
   conn_ = std::make_unique<fuse::Connection>(UniqueFd(fd));
   if (!want_uring) {
-    channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads);
+    channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads,
+                                                      cfg_.workers_max());
     Status s = channel_->serve_init(error);
     return s.ok() ? channel_->start(error) : s;
   }
   auto uring = std::make_unique<fuse::UringChannel>(*session_, *conn_, cfg_.queue_depth,
-                                                    cfg_.threads);
+                                                    cfg_.threads, cfg_.workers_max());
   fuse::UringChannel& u = *uring;
   channel_ = std::move(uring);
   Status s = u.serve_init(error);
@@ -370,7 +371,7 @@ Status MountInstance::start(std::string* error) {
   store_descriptors(true);
   note_passthrough();
   report_io_path();
-  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id, fs_.get());
   return {};
 }
 
@@ -428,6 +429,8 @@ Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   // POSIX ACLs are xattrs: without xattrs the kernel checks mode bits only.
   so.posix_acl = cfg_.options.default_permissions && cfg_.options.xattr;
   so.masked_flags = masked;
+  so.offload_threads = cfg_.offload_threads;
+  so.offload_queue = cfg_.offload_queue;
   // EFUSE_QUEUE_BALANCING=0: FSYNC and FSYNCDIR always inline (docs/adaptive-io.md).
   if (const char* qb = std::getenv("EFUSE_QUEUE_BALANCING"); qb != nullptr && std::strcmp(qb, "0") == 0)
     so.queue_balancing = false;
@@ -514,13 +517,18 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
     if (!cfg_.intercept)
       intercept_.withdraw(true);  // the mount goes on: open files keep working
     else if (live())
-      intercept_.publish(cfg_, mounted_.conn_id);
+      intercept_.publish(cfg_, mounted_.conn_id, fs_.get());
   }
   if (io_path_changed && live()) report_io_path();
   if (fs_) fs::reconfigure_backend(cfg_.backend, *fs_, params_of(cfg_));
+  cfg_.max_threads = cfg.max_threads;
+  cfg_.offload_threads = cfg.offload_threads;
+  cfg_.offload_queue = cfg.offload_queue;
+  if (channel_) channel_->set_max_workers(cfg_.workers_max());
   if (session_) {
     session_->set_negative_timeout(cfg_.cache.negative_timeout);
     session_->set_adaptive(cfg_.adaptive);
+    session_->set_offload_limits(cfg_.offload_threads, cfg_.offload_queue);
   }
 }
 

@@ -163,6 +163,9 @@ class MountInstance final : private fs::Invalidator {
     return answers_ ? answers_->stats() : fuse::KernelAnswerStats{};
   }
   unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
+  fuse::WorkerCount worker_count() const {
+    return channel_ ? channel_->worker_count() : fuse::WorkerCount{};
+  }
 
  private:
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.

@@ -118,6 +118,15 @@ void MountInstance::store_descriptors(bool with_conn) {
     m->resumes = 0;
     m->magic = kDaemonMagic;
   }
+  // Workers the channel grows later bring clones of their own: the store keeps those too,
+  // as they are made (before device_fds(), so that none falls between the two).
+  channel_->set_device_fd_listener([store = store_, name = cfg_.name](int fd) {
+    Status st = store->store(name, "clone", {fd});
+    if (!st.ok())
+      LOG_WARN("%s: systemd did not take a new worker's /dev/fuse descriptor (%s): requests "
+               "that worker holds when efused is killed fail instead of waiting for the next "
+               "efused", name.c_str(), strerror(st.error()));
+  });
   std::vector<int> devs = channel_->device_fds();
   std::vector<int> clones(devs.begin() + 1, devs.end());
   Status s = with_conn ? store_->store(cfg_.name, "state", {state_->fd()}) : Status();
@@ -199,7 +208,8 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
   UniqueFd dev(fcntl(fds.conn.get(), F_DUPFD_CLOEXEC, 3));
   if (!dev) return fail(std::string("dup: ") + strerror(errno), last_errno());
   conn_ = std::make_unique<fuse::Connection>(std::move(dev));
-  channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads);
+  channel_ = std::make_unique<fuse::ClassicChannel>(*session_, *conn_, cfg_.threads,
+                                                    cfg_.workers_max());
   if (s = channel_->resume(error); !s.ok()) {
     // Threads may be serving already: the connection must end before they can be joined.
     return fail("cannot serve the connection again: " + *error, s);
@@ -225,7 +235,7 @@ Status MountInstance::resume(FdStore::Mount& fds, std::string* error) {
   store_descriptors(false);
   fs_->set_invalidator(this);
   note_passthrough();
-  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id);  // this efused's PID now
+  if (cfg_.intercept) intercept_.publish(cfg_, mounted_.conn_id, fs_.get());  // this efused's PID now
   DaemonMeta* dm = meta_of(*state_);
   dm->resumes += 1;
   state_->mark_clean(false);

@@ -163,8 +163,13 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     const std::string& text = opts.telemetry_override ? *opts.telemetry_override : c.telemetry;
     return bpf::parse_level(text).value_or(bpf::Level::Full);  // schema and main checked it
   };
+  static_assert(Config{}.telemetry_sample_every == bpf::kDefaultSampleEvery);
+  auto sample_every_of = [&opts](const Config& c) {
+    return opts.sample_every_override ? *opts.sample_every_override : c.telemetry_sample_every;
+  };
   bpf::Options bpf_opts = bpf::Options::from_env();
   bpf_opts.level = level_of(sup.config());
+  bpf_opts.sample_every = sample_every_of(sup.config());
   std::unique_ptr<bpf::Telemetry> bpf_telemetry = bpf::Telemetry::start(bpf_opts);
   telemetry::BpfMetricsSource metrics_source(sup, bpf_telemetry.get());
   sup.set_telemetry_view([&sup, &opts, t = bpf_telemetry.get()] {
@@ -172,7 +177,8 @@ int run_service(Config cfg, const ServiceOptions& opts) {
     const std::string configured =
         opts.telemetry_override ? *opts.telemetry_override : sup.config().telemetry;
     return nlohmann::json{{"configured", configured}, {"level", st.level},
-                          {"up", st.up}, {"reason", st.reason}, {"off", st.off}};
+                          {"up", st.up}, {"reason", st.reason}, {"off", st.off},
+                          {"sample_every", st.sample_every}};
   });
 
   // /metrics follows the config across reloads; --metrics pins it.
@@ -207,6 +213,8 @@ int run_service(Config cfg, const ServiceOptions& opts) {
   // Reloads move /metrics when its address changed, and retry it when it is not serving.
   sup.set_applied_hook([&](const Config& old_cfg, const Config& new_cfg, std::string* err) -> Status {
     if (level_of(old_cfg) != level_of(new_cfg)) bpf_telemetry->set_level(level_of(new_cfg));
+    if (sample_every_of(old_cfg) != sample_every_of(new_cfg))
+      bpf_telemetry->set_sample_every(sample_every_of(new_cfg));
     if (listen_of(old_cfg) == listen_of(new_cfg) && (metrics || listen_of(new_cfg).empty()))
       return {};
     return start_metrics(listen_of(new_cfg), err);

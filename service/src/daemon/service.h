@@ -25,6 +25,7 @@ struct ServiceOptions {
   std::string bus = "system";                   // "system", "none" or a D-Bus address
   std::optional<std::string> metrics_override;  // --metrics: wins over the config on reload
   std::optional<std::string> telemetry_override;  // --telemetry: likewise
+  std::optional<unsigned> sample_every_override;  // --telemetry-sample-every: likewise
   bool strict = false;                          // exit 1 if any mount fails to start
 };
 

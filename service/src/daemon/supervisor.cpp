@@ -307,7 +307,8 @@ std::string Supervisor::version() const { return EFUSE_VERSION; }
 nlohmann::json Supervisor::telemetry() const {
   if (telemetry_view_) return telemetry_view_();
   return {{"configured", config().telemetry}, {"level", "off"}, {"up", false},
-          {"reason", "not started"}, {"off", ""}};
+          {"reason", "not started"}, {"off", ""},
+          {"sample_every", config().telemetry_sample_every}};
 }
 
 size_t Supervisor::mount_count() const {
@@ -421,6 +422,14 @@ nlohmann::json Supervisor::view(const Slot& s) const {
     j["requests"] = requests;
     j["io_path_choices"] = io_path_view(s.instance->io_path_report());
     j["queue_balancing"] = blocking_view(sess->offload_report());
+    const fuse::OffloadPool::Stats p = sess->offload_pool_stats();
+    j["offload_pool"] = {{"depth", p.queued + p.running}, {"queued", p.queued},
+                         {"running", p.running},         {"threads", p.threads},
+                         {"max_threads", p.max_threads}, {"max_queued", p.max_queued},
+                         {"offloaded", p.submitted},     {"rejected", p.rejected}};
+    const fuse::WorkerCount w = s.instance->worker_count();
+    j["workers"] = {{"running", w.running}, {"min", w.min},         {"max", w.max},
+                    {"grown", w.grown},     {"retired", w.retired}};
   } else {
     j["kernel"] = nlohmann::json::object();
     j["requests"] = 0;
@@ -600,6 +609,7 @@ void Supervisor::visit_mounts(const std::function<void(const telemetry::MountVie
       v.session = s.instance->session();
       v.workers = s.instance->worker_stats();
       v.uring_queues = s.instance->uring_queues();
+      v.worker_count = s.instance->worker_count();
       v.transport_fallback = s.instance->transport_fallback();
       v.backend_metrics = s.instance->backend_metrics();
       v.tier = s.instance->tier();

@@ -201,6 +201,20 @@ class Filesystem {
     return Errno{EOPNOTSUPP};
   }
 
+  // libefuse_intercept.so changes backing files itself (daemon/intercept_server.cpp,
+  // docs/intercept.md). `fd` is the process's own descriptor of the file, received over
+  // the socket; the backend does not keep it. library_writing(): the process opened it for
+  // writing and writes only once this returned: the kernel's cached attributes and pages of
+  // the file are dropped, and none are cached again until no open for writing of it remains
+  // (library_sweep() finds out). An error refuses (the library lets the kernel serve the
+  // open instead). library_changed(): its attributes, ACLs or xattrs were just changed
+  // through `fd`: the kernel's copy is dropped. Both are called from one thread only.
+  virtual bool library_writes() const { return false; }
+  virtual Status library_writing(int) { return Errno{EOPNOTSUPP}; }
+  virtual Status library_changed(int) { return Errno{EOPNOTSUPP}; }
+  // Forgets the files no longer open for writing anywhere; how many are still marked.
+  virtual size_t library_sweep() { return 0; }
+
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each
   // readdirplus entry but . and ..) adds one to the node's count; FORGET and BATCH_FORGET

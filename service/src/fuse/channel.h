@@ -5,12 +5,16 @@
 #pragma once
 
 #include <csignal>
+#include <array>
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "accel/workers.h"
 #include "common/result.h"
 #include "fuse/connection.h"
 #include "fuse/session.h"
@@ -55,13 +59,26 @@ class Channel {
   virtual efuse::Status resume(std::string* error) = 0;
   virtual bool stop_for_restart(int timeout_ms) = 0;
   virtual std::vector<int> device_fds() const = 0;
+  // Called with each /dev/fuse descriptor the channel makes after start() (a worker the
+  // channel grew), from the thread that made it, so that the fd store keeps it too. Set it
+  // before reading device_fds() (a descriptor may then be reported twice; the store takes
+  // it once).
+  virtual void set_device_fd_listener(std::function<void(int)> fn) { (void)fn; }
+  // The /dev/fuse workers: how many, within which limits (live, on reload).
+  virtual WorkerCount worker_count() const { return {}; }
+  virtual void set_max_workers(unsigned max) { (void)max; }
 };
 
-// Classic channel: N worker threads, each reading requests from its own clone of the
-// connection's /dev/fuse fd (FUSE_DEV_IOC_CLONE) and replying on the same fd.
+// Classic channel: worker threads, each reading requests from its own clone of the
+// connection's /dev/fuse fd (FUSE_DEV_IOC_CLONE) and replying on the same fd. `threads`
+// start with the channel and always run; more start while every worker is busy, up to
+// `max_threads`, and leave again when idle (accel/workers.h). A worker that leaves keeps its
+// clone for the next one to start, so the channel never has more than `max_threads`
+// descriptors and each one, made once, stays in the fd store (restart).
 class ClassicChannel final : public Channel {
  public:
-  ClassicChannel(Session& session, Connection& conn, unsigned threads);
+  // max_threads below threads (0 included) means threads: a fixed count.
+  ClassicChannel(Session& session, Connection& conn, unsigned threads, unsigned max_threads = 0);
   ~ClassicChannel() override;
   ClassicChannel(const ClassicChannel&) = delete;
   ClassicChannel& operator=(const ClassicChannel&) = delete;
@@ -72,7 +89,7 @@ class ClassicChannel final : public Channel {
   bool wait(int timeout_ms) override;
   void join() override;
   bool stopped() const override;
-  // One entry per worker thread, in worker order.
+  // One entry per worker ever started (running or not), in worker order.
   std::vector<const WorkerStats*> worker_stats() const override;
   uint64_t channel_errors() const override { return channel_errors_.load(); }
   const char* transport() const override { return "classic"; }
@@ -80,16 +97,34 @@ class ClassicChannel final : public Channel {
   efuse::Status resume(std::string* error) override;
   bool stop_for_restart(int timeout_ms) override;
   std::vector<int> device_fds() const override;
+  void set_device_fd_listener(std::function<void(int)> fn) override;
+  WorkerCount worker_count() const override;
+  void set_max_workers(unsigned max) override;
+
+  static constexpr unsigned kMaxWorkers = 256;  // mounts.yaml's bound of max_threads
 
  private:
   class Worker;
   void run(Worker& w);
+  // Starts one more worker (a parked one first); false when none can start.
+  bool grow(std::string* error);
+  efuse::Status start_worker(Worker& w, std::string* error);
 
   Session& session_;
   Connection& conn_;
   unsigned threads_;
-  std::vector<std::unique_ptr<Worker>> workers_;
+  efuse::accel::WorkerCountPolicy policy_;
+  // Workers by index, created on demand and never destroyed before the channel: their
+  // stats and clones stay. count_ of them exist (published after construction).
+  std::array<std::unique_ptr<Worker>, kMaxWorkers> workers_;
+  std::atomic<unsigned> count_{0};
+  mutable std::mutex grow_mu_;  // creating, restarting and joining workers
+  bool joining_ = false;        // under grow_mu_: no more workers start
+  std::function<void(int)> fd_listener_;  // under grow_mu_
   std::atomic<unsigned> running_{0};
+  std::atomic<unsigned> busy_{0};
+  std::atomic<uint64_t> grown_{0};
+  std::atomic<uint64_t> retired_{0};
   std::atomic<bool> draining_{false};  // stop_for_restart: stop after the current request
   std::atomic<uint64_t> channel_errors_{0};
 };

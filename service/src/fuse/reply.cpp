@@ -54,7 +54,7 @@ DeferredReply::~DeferredReply() {
   reply_err(EIO);
 }
 
-void DeferredReply::reply_err(int err) {
+void DeferredReply::reply(int err, std::span<const struct iovec> payload) {
   if (!pending()) return;
   Transport* out = out_;
   Session* session = session_;
@@ -62,7 +62,8 @@ void DeferredReply::reply_err(int err) {
   session_ = nullptr;
   // Recorded first, so whoever sees the reply sees it counted.
   session->deferred_answered(opcode_, start_ns_, err);
-  int rc = send_reply(*out, unique_, err, {});
+  if (err != 0) payload = {};
+  int rc = send_reply(*out, unique_, err, payload);
   // ENOENT: the request was interrupted and the kernel no longer waits; not an error.
   if (rc < 0 && rc != -ENOENT)
     LOG_DEBUG("deferred reply to %s (unique %llu) failed: %s", opcode_name(opcode_),

@@ -31,7 +31,8 @@ int send_reply(Transport& out, uint64_t unique, int err, std::span<const struct 
 
 class Session;
 
-// Owed by a handler that answers later (a blocking lock wait today): the request's reply,
+// Owed by a handler that answers later (a blocking lock wait, a request moved off its
+// queue: fuse/session_blocking.cpp): the request's reply,
 // and with it what its transport holds for it (an io_uring entry; nothing on /dev/fuse).
 // Move-only. Exactly one reply: reply_err() answers once; a token destroyed unanswered
 // answers EIO and logs (the session's one-reply-per-request backstop, for deferred
@@ -50,7 +51,10 @@ class DeferredReply {
   bool pending() const { return out_ != nullptr; }
   uint64_t unique() const { return unique_; }
   // Answers with `err` (0: success, no payload). Does nothing when already answered.
-  void reply_err(int err);
+  void reply_err(int err) { reply(err, {}); }
+  // Answers with `err` and, when 0, `payload` (at most kMaxReplyPieces pieces; the bytes
+  // are sent before this returns). Does nothing when already answered.
+  void reply(int err, std::span<const struct iovec> payload);
 
  private:
   friend class Session;

@@ -39,7 +39,10 @@ const std::array<Session::Handler, k::kMaxOpcode + 1> Session::kHandlers = [] {
 }();
 
 Session::Session(fs::Filesystem& fs, SessionOptions opts)
-    : fs_(fs), opts_(opts), negative_timeout_(opts.negative_timeout) {}
+    : fs_(fs),
+      opts_(opts),
+      negative_timeout_(opts.negative_timeout),
+      pool_(opts.offload_threads, opts.offload_queue, opts.start_thread) {}
 
 Session::~Session() = default;
 
@@ -269,6 +272,8 @@ void Session::shutdown() {
     waits_cv_.notify_all();
     waits_cv_.wait(lk, [this] { return waiters_ == 0; });
   }
+  // Offloaded requests: those queued run and answer (an fsync asked for is done).
+  pool_.stop();
   release_kernel_opens();
   close_backing_ids();
 }

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstring>
 #include <functional>
 #include <cstdint>
 #include <map>
@@ -29,6 +30,7 @@
 
 #include "accel/offload.h"
 #include "common/slot_file.h"
+#include "fuse/offload_pool.h"
 #include "fs/filesystem.h"
 #include "fuse/connection.h"
 #include "fuse/kernel.h"
@@ -57,13 +59,18 @@ struct SessionOptions {
   uint64_t masked_flags = 0;
   uint32_t max_write = 1u << 20;
   uint16_t max_background = 64;
-  // Runs deferred work (a blocking lock wait) on a thread of its own; empty: a detached
-  // std::thread. May throw (std::system_error, std::bad_alloc) when no thread can start;
-  // the request is then answered ENOLCK. Tests inject that failure here.
+  // Starts a thread for deferred work (a blocking lock wait, a thread of the offload pool);
+  // empty: a detached std::thread. May throw (std::system_error, std::bad_alloc) when no
+  // thread can start: a lock wait is then answered ENOLCK, an offloaded request served
+  // inline. Tests inject that failure here.
   std::function<void(std::function<void()>)> start_thread;
   // Queue balancing of requests that may block (accel/offload.h); false serves them all
   // inline, on the thread that read them (EFUSE_QUEUE_BALANCING=0: comparisons, bench).
   bool queue_balancing = true;
+  // The offload pool's bounds (fuse/offload_pool.h; mounts.yaml offload_threads,
+  // offload_queue); live through set_offload_limits().
+  unsigned offload_threads = OffloadPool::kDefaultThreads;
+  size_t offload_queue = OffloadPool::kDefaultQueued;
 };
 
 // What INIT settled.
@@ -150,6 +157,8 @@ class Session {
   // it decided.
   void set_adaptive(const efuse::accel::Settings& s) { offload_.set_settings(s); }
   efuse::accel::OffloadReport offload_report() const { return offload_.report(); }
+  OffloadPool::Stats offload_pool_stats() const { return pool_.stats(); }
+  void set_offload_limits(unsigned threads, size_t queued) { pool_.set_limits(threads, queued); }
 
  private:
   friend class DeferredReply;
@@ -207,6 +216,7 @@ class Session {
   void keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept;
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_attr(Request& r, const efuse::fs::Attr& a);
+  static kernel::fuse_attr_out attr_out(const efuse::fs::Attr& a);
   void reply_open(Request& r, const efuse::fs::OpenInfo& info, bool dir);
   void fill_open_out(kernel::fuse_open_out* out, const efuse::fs::OpenInfo& info, bool dir,
                      uint64_t nodeid);
@@ -226,10 +236,29 @@ class Session {
   int lock_waiter(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh, uint64_t owner,
                   efuse::fs::Lock lock, bool flock, Clock::time_point give_up);
   DeferredReply defer(Request& r);
-  // Serves a request that may block (FSYNC, FSYNCDIR): `op` returns its errno. Inline or
-  // on a thread of its own, as offload_ decides (session_blocking.cpp).
-  void serve_blocking(Request& r, efuse::accel::Blocking kind, std::function<int()> op);
-  struct Offloaded;
+  // What a request that may block answers: an errno, or (err 0) a body of `len` bytes.
+  struct BlockingAnswer {
+    int err = 0;
+    size_t len = 0;
+    alignas(8) std::array<char, 160> body{};
+    static BlockingAnswer error(int e) {
+      BlockingAnswer a;
+      a.err = e;
+      return a;
+    }
+    template <class T>
+    static BlockingAnswer of(const T& v) {
+      static_assert(sizeof v <= sizeof body);
+      BlockingAnswer a;
+      std::memcpy(a.body.data(), &v, sizeof v);
+      a.len = sizeof v;
+      return a;
+    }
+  };
+  // Serves a request that may block: `op` (which must own copies of what it reads from the
+  // request) computes its answer, inline or on the offload pool, as offload_ decides
+  // (session_blocking.cpp).
+  void serve_blocking(Request& r, efuse::accel::Blocking kind, std::function<BlockingAnswer()> op);
   // A DeferredReply answered: records the request's real latency and errno.
   void deferred_answered(uint32_t opcode, uint64_t start_ns, int err);
   efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
@@ -255,6 +284,7 @@ class Session {
   std::atomic<uint64_t> notifications_{0};
   std::atomic<uint64_t> deferred_{0};
   efuse::accel::OffloadPolicy offload_;
+  OffloadPool pool_;
   std::array<std::atomic<uint64_t>, 2> inval_failures_{};  // by InvalKind
   std::array<std::atomic<bool>, 2> inval_failure_logged_{};
   int notified(InvalKind kind, int rc);

@@ -1,67 +1,63 @@
-// Session: requests that may block (FSYNC, FSYNCDIR), served inline or on a thread of their
-// own so that they do not hold up the requests queued behind them on the same io_uring queue
-// or /dev/fuse worker (accel/offload.h decides which, from what each way cost).
+// Session: requests that may block (FSYNC, FSYNCDIR, FALLOCATE, a truncating CREATE or
+// SETATTR), served inline or on the mount's offload pool so that they do not hold up the
+// requests queued behind them on the same io_uring queue or /dev/fuse worker
+// (accel/offload.h decides which, from what each way cost; fuse/offload_pool.h runs them).
 #include "fuse/session.h"
 
 #include <memory>
-#include <thread>
 
 #include "common/log.h"
-#include "common/thread_name.h"
 #include "fuse/session_request.h"
 
 namespace fuse {
 
 namespace accel = efuse::accel;
 
-// An offloaded request: its deferred reply, counted as a waiter so that shutdown() waits
-// for it (the backend must outlive the thread).
-struct Session::Offloaded {
-  Session& session;
-  DeferredReply reply;
-  ~Offloaded() {
-    { DeferredReply dropped = std::move(reply); }  // answers EIO if the work never ran
-    std::lock_guard lk(session.waits_mu_);
-    --session.waiters_;
-    session.waits_cv_.notify_all();
-  }
-};
+namespace {
 
-void Session::serve_blocking(Request& r, accel::Blocking kind, std::function<int()> op) {
-  if (!opts_.queue_balancing) return r.reply_err(op());
+// The kernel module tier keeps its maps exact from each reply together with the request as
+// the kernel sent it (Session::keep_answers); a deferred reply carries neither, so requests
+// whose replies change what the maps hold are not moved off their queue there.
+bool changes_kernel_answers(accel::Blocking kind) {
+  return kind != accel::Blocking::Fsync && kind != accel::Blocking::Fsyncdir;
+}
+
+}  // namespace
+
+void Session::serve_blocking(Request& r, accel::Blocking kind,
+                             std::function<BlockingAnswer()> op) {
+  auto answer = [&r](const BlockingAnswer& a) {
+    if (a.err != 0) return r.reply_err(a.err);
+    r.reply(a.body.data(), a.len);
+  };
+  if (!opts_.queue_balancing || (r.answers != nullptr && changes_kernel_answers(kind)))
+    return answer(op());
   const uint64_t start = monotonic_ns();
   accel::Choice c = offload_.choose(kind, static_cast<int64_t>(start));
-  bool offload = c.path == static_cast<int>(accel::Serve::Offload);
-  if (offload) {
-    std::lock_guard lk(waits_mu_);
-    if (stopping_ || waiters_ >= 1024) offload = false;  // stopping, or too many: inline
-    else ++waiters_;
-  }
-  if (!offload) {
-    int err = op();
+  if (c.path == static_cast<int>(accel::Serve::Inline)) {
+    BlockingAnswer a = op();
     const uint64_t end = monotonic_ns();
     offload_.measured(kind, accel::Serve::Inline, end - start, static_cast<int64_t>(end));
-    return r.reply_err(err);
+    return answer(a);
   }
-  std::shared_ptr<Offloaded> w(new Offloaded{*this, defer(r)});
-  auto work = [w, op = std::move(op)]() mutable {
-    if (!w) return;  // ran already (a copy of this function)
-    efuse::name_this_thread("efuse-blocking");
-    w->reply.reply_err(op());
-    w.reset();  // done: shutdown() need not wait for whoever still holds this function
+  // The pool's Task must be copyable: the token travels in a shared_ptr. It answers EIO if
+  // the task is destroyed unrun (the pool stopped with no thread left to run it).
+  auto token = std::make_shared<DeferredReply>(defer(r));
+  auto reply_with = [](DeferredReply& t, const BlockingAnswer& a) {
+    struct iovec iov{const_cast<char*>(a.body.data()), a.len};
+    t.reply(a.err, {&iov, a.len != 0 ? 1u : 0u});
   };
-  try {
-    if (opts_.start_thread)
-      opts_.start_thread(work);
-    else
-      std::thread(work).detach();
-  } catch (const std::exception& e) {
-    // No thread: serve it here after all.
-    LOG_WARN("cannot start a thread for a blocking request (%s); serving it inline", e.what());
-    work();
-  }
-  const uint64_t end = monotonic_ns();
-  offload_.measured(kind, accel::Serve::Offload, end - start, static_cast<int64_t>(end));
+  OffloadPool::Task task = [this, token, op, kind, start, reply_with] {
+    const uint64_t began = monotonic_ns();
+    // What offloading cost: the time until a pool thread took it.
+    offload_.measured(kind, accel::Serve::Offload, began - start, static_cast<int64_t>(began));
+    reply_with(*token, op());
+  };
+  if (pool_.submit(task)) return;
+  // The pool did not take it (full, stopping, no thread could start): served here after
+  // all, answered through its token. Not measured: the engine asked for the other way.
+  offload_.dropped(kind, accel::Serve::Offload);
+  reply_with(*token, op());
 }
 
 }  // namespace fuse

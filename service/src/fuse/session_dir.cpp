@@ -95,7 +95,7 @@ void Session::do_fsyncdir(Request& r) {
   serve_blocking(r, efuse::accel::Blocking::Fsyncdir,
                  [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in->fh,
                   datasync = (in->fsync_flags & k::kFsyncFdatasync) != 0] {
-                   return fs_.fsyncdir(ctx, nodeid, fh, datasync).error();
+                   return BlockingAnswer::error(fs_.fsyncdir(ctx, nodeid, fh, datasync).error());
                  });
 }
 

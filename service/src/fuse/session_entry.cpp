@@ -21,12 +21,14 @@ void Session::reply_entry(Request& r, const fs::Entry& e) {
   r.reply(o);
 }
 
-void Session::reply_attr(Request& r, const fs::Attr& a) {
+k::fuse_attr_out Session::attr_out(const fs::Attr& a) {
   k::fuse_attr_out o{};
   split_timeout(a.timeout, &o.attr_valid, &o.attr_valid_nsec);
   encode_attr(a.attr, &o.attr);
-  r.reply(o);
+  return o;
 }
+
+void Session::reply_attr(Request& r, const fs::Attr& a) { r.reply(attr_out(a)); }
 
 void Session::do_lookup(Request& r) {
   TAKE_NAME(name);
@@ -105,9 +107,17 @@ void Session::do_setattr(Request& r) {
   s.atime = {static_cast<time_t>(in->atime), static_cast<long>(in->atimensec)};
   s.mtime = {static_cast<time_t>(in->mtime), static_cast<long>(in->mtimensec)};
   if (s.atime.tv_nsec >= 1000000000 || s.mtime.tv_nsec >= 1000000000) return malformed(r);
-  auto a = fs_.setattr(r.ctx, r.hdr.nodeid, s);
-  if (!a.ok()) return r.reply_err(a.error());
-  reply_attr(r, *a);
+  if (!s.set_size) {
+    auto a = fs_.setattr(r.ctx, r.hdr.nodeid, s);
+    if (!a.ok()) return r.reply_err(a.error());
+    return reply_attr(r, *a);
+  }
+  // A size change may take long (freeing or allocating a large file's blocks).
+  serve_blocking(r, efuse::accel::Blocking::Setattr, [this, ctx = r.ctx, nodeid = r.hdr.nodeid, s] {
+    auto a = fs_.setattr(ctx, nodeid, s);
+    if (!a.ok()) return BlockingAnswer::error(a.error());
+    return BlockingAnswer::of(attr_out(*a));
+  });
 }
 
 void Session::do_readlink(Request& r) {

@@ -2,10 +2,12 @@
 // lseek, copy_file_range).
 #include "fuse/session.h"
 
+#include <fcntl.h>
 #include <sys/file.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "fuse/kernel_answers.h"
 #include "fuse/session_request.h"
@@ -31,20 +33,29 @@ void Session::do_create(Request& r) {
   TAKE_NAME(name);
   if (negotiated_.has(k::init::kDontMask)) r.ctx.umask = in->umask;
   r.ctx.kill_suidgid = in->open_flags & k::kOpenKillSuidgid;
-  auto c = fs_.create(r.ctx, r.hdr.nodeid, *name, in->mode, static_cast<int>(in->flags));
-  if (!c.ok()) return r.reply_err(c.error());
-  struct {
-    k::fuse_entry_out e;
-    k::fuse_open_out o;
-  } out{};
-  out.e.nodeid = c->entry.ino;
-  out.e.generation = c->entry.generation;
-  split_timeout(c->entry.entry_timeout, &out.e.entry_valid, &out.e.entry_valid_nsec);
-  split_timeout(c->entry.attr_timeout, &out.e.attr_valid, &out.e.attr_valid_nsec);
-  encode_attr(c->entry.attr, &out.e.attr);
-  fill_open_out(&out.o, c->open, false, c->entry.ino);
-  static_assert(sizeof out == sizeof(k::fuse_entry_out) + sizeof(k::fuse_open_out));
-  r.reply(out);
+  auto create = [this, ctx = r.ctx, parent = r.hdr.nodeid, leaf = std::string(*name),
+                 mode = in->mode, flags = static_cast<int>(in->flags)] {
+    auto c = fs_.create(ctx, parent, leaf, mode, flags);
+    if (!c.ok()) return BlockingAnswer::error(c.error());
+    struct {
+      k::fuse_entry_out e;
+      k::fuse_open_out o;
+    } out{};
+    out.e.nodeid = c->entry.ino;
+    out.e.generation = c->entry.generation;
+    split_timeout(c->entry.entry_timeout, &out.e.entry_valid, &out.e.entry_valid_nsec);
+    split_timeout(c->entry.attr_timeout, &out.e.attr_valid, &out.e.attr_valid_nsec);
+    encode_attr(c->entry.attr, &out.e.attr);
+    fill_open_out(&out.o, c->open, false, c->entry.ino);
+    static_assert(sizeof out == sizeof(k::fuse_entry_out) + sizeof(k::fuse_open_out));
+    return BlockingAnswer::of(out);
+  };
+  // Only a create that truncates an existing file may take long (freeing its blocks).
+  if (!(in->flags & O_TRUNC)) {
+    BlockingAnswer a = create();
+    return a.err != 0 ? r.reply_err(a.err) : r.reply(a.body.data(), a.len);
+  }
+  serve_blocking(r, efuse::accel::Blocking::Create, std::move(create));
 }
 
 void Session::do_read(Request& r) {
@@ -103,16 +114,18 @@ void Session::do_fsync(Request& r) {
   serve_blocking(r, efuse::accel::Blocking::Fsync,
                  [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = own_fh(r.ctx, r.hdr.nodeid, in->fh),
                   datasync = (in->fsync_flags & k::kFsyncFdatasync) != 0] {
-                   return fs_.fsync(ctx, nodeid, fh, datasync).error();
+                   return BlockingAnswer::error(fs_.fsync(ctx, nodeid, fh, datasync).error());
                  });
 }
 
 void Session::do_fallocate(Request& r) {
   TAKE(in, k::fuse_fallocate_in);
-  r.reply_err(fs_.fallocate(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh),
-                            static_cast<int>(in->mode), in->offset,
-                            in->length)
-                  .error());
+  serve_blocking(r, efuse::accel::Blocking::Fallocate,
+                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = own_fh(r.ctx, r.hdr.nodeid, in->fh),
+                  mode = static_cast<int>(in->mode), off = in->offset, len = in->length] {
+                   return BlockingAnswer::error(
+                       fs_.fallocate(ctx, nodeid, fh, mode, off, len).error());
+                 });
 }
 
 void Session::do_lseek(Request& r) {

@@ -50,6 +50,16 @@ struct WorkerStats {
   std::atomic<uint64_t> busy_ns{0};       // time spent handling requests
 };
 
+// The /dev/fuse worker count of a channel (accel/workers.h): what runs now, the limits,
+// and how often it changed (cumulative).
+struct WorkerCount {
+  unsigned running = 0;
+  unsigned min = 0;
+  unsigned max = 0;
+  uint64_t grown = 0;    // workers started beyond the first `min`, or again
+  uint64_t retired = 0;  // workers that left (idle, or above a lowered maximum)
+};
+
 inline uint64_t monotonic_ns() {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -22,11 +22,11 @@ using namespace uring_detail;
 
 
 UringChannel::UringChannel(Session& session, Connection& conn, unsigned queue_depth,
-                           unsigned classic_threads)
+                           unsigned classic_threads, unsigned classic_max_threads)
     : session_(session),
       conn_(conn),
       depth_(queue_depth == 0 ? 1 : queue_depth),
-      classic_(session, conn, classic_threads) {}
+      classic_(session, conn, classic_threads, classic_max_threads) {}
 
 UringChannel::~UringChannel() {
   stop_queues();

@@ -88,9 +88,9 @@ class UringChannel final : public Channel {
  public:
   // `queue_depth` ring entries per queue (each holds a payload buffer of about max_write);
   // `classic_threads` /dev/fuse readers (1 is plenty while the rings run; it is also how
-  // many classic workers serve after a fallback).
+  // many classic workers serve after a fallback, growing up to `classic_max_threads`).
   UringChannel(Session& session, Connection& conn, unsigned queue_depth,
-               unsigned classic_threads = 1);
+               unsigned classic_threads = 1, unsigned classic_max_threads = 0);
   ~UringChannel() override;
   UringChannel(const UringChannel&) = delete;
   UringChannel& operator=(const UringChannel&) = delete;
@@ -141,6 +141,12 @@ class UringChannel final : public Channel {
   efuse::Status resume(std::string* error) override;
   bool stop_for_restart(int timeout_ms) override;
   std::vector<int> device_fds() const override;
+  // The /dev/fuse workers beside the rings (or after a fallback).
+  void set_device_fd_listener(std::function<void(int)> fn) override {
+    classic_.set_device_fd_listener(std::move(fn));
+  }
+  WorkerCount worker_count() const override { return classic_.worker_count(); }
+  void set_max_workers(unsigned max) override { classic_.set_max_workers(max); }
 
  private:
   class Entry;

@@ -47,7 +47,7 @@ int open_path(const Resolved& r, bool nofollow) {
   struct open_how how = {};
   how.flags = O_PATH | O_CLOEXEC | (nofollow ? O_NOFOLLOW : 0);
   // Beneath a bound directory: ".." cannot occur (without_dots) and nothing may lead out.
-  how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
+  how.resolve = RESOLVE_NO_SYMLINKS | (r.bound || r.beneath ? RESOLVE_BENEATH : 0);
   int saved = errno;
   long fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path),
                 reinterpret_cast<long>(&how), sizeof how);
@@ -70,11 +70,14 @@ bool servable(const Resolved& r, int access_flags) {
   return !r.decline && r.mount->serve && mount_alive(r.mount) && parent_ok(r, access_flags);
 }
 
-constexpr int kUnservedOpenFlags =
-    O_CREAT | O_TRUNC | O_PATH | O_DIRECTORY | O_DIRECT | O_NOATIME | O_ASYNC | O_APPEND;
+// Never served (O_TMPFILE carries O_DIRECTORY).
+constexpr int kUnservedOpenFlags = O_PATH | O_DIRECTORY | O_DIRECT | O_NOATIME | O_ASYNC;
+// Served only with an open for writing (O_CREAT only where the file exists: creating is the
+// kernel's, which must drop a cached "no such name" it may hold).
+constexpr int kWriteOpenFlags = O_CREAT | O_TRUNC | O_APPEND;
 
 // Registers a backing file the library opened as the mount's.
-int handed_out(const Resolved& r, long fd, const struct stat& st, int saved) {
+int handed_out(const Resolved& r, long fd, const struct stat& st, int saved, bool writable) {
   if (fd >= kMaxFds) {
     close_quiet(static_cast<int>(fd));
     errno = saved;
@@ -82,24 +85,31 @@ int handed_out(const Resolved& r, long fd, const struct stat& st, int saved) {
   }
   errno = saved;
   fd_identity(static_cast<int>(fd), st.st_dev, st.st_ino);
-  fd_put(static_cast<int>(fd), kFdLibrary | static_cast<uint32_t>(r.index + 1));
+  fd_put(static_cast<int>(fd), kFdLibrary | (writable ? kFdWritable : 0) |
+                                   static_cast<uint32_t>(r.index + 1));
   return static_cast<int>(fd);
 }
 
-// Opens a regular file of the backing tree for reading, with the caller's credentials: its
-// type first (a FIFO or a device must not be opened, not even to look: the mount is nodev
-// and a FIFO would block), then the open itself, following no symlink anywhere (one swapped
-// in meanwhile, or one on the way that the first look followed: ELOOP, the kernel's), then
+// Opens a regular file of the backing tree with the caller's credentials: its type first
+// (a FIFO or a device must not be opened, not even to look: the mount is nodev and a FIFO
+// would block), then the open itself, following no symlink anywhere (one swapped in
+// meanwhile, or one on the way that the first look followed: ELOOP, the kernel's), then
 // the check that the file opened is the one looked at. Three calls and two walks, instead
 // of an O_PATH open, its fstat, a reopen through /proc/self/fd and moving the descriptor
 // to the O_PATH one's number (the open here gets the lowest free number itself).
+// An open for writing is handed to efused before it is returned (EFUSE_IREQ_WRITING:
+// the kernel's caches of the file are dropped and stay off while it is written; a refusal
+// lets the kernel serve the open), and O_TRUNC truncates only after that.
 int lib_open(const Resolved& r, int flags) {
-  if ((flags & O_ACCMODE) != O_RDONLY || (flags & kUnservedOpenFlags)) return kDecline;
+  const bool writing = (flags & O_ACCMODE) != O_RDONLY;
+  if ((flags & kUnservedOpenFlags) || (flags & O_ACCMODE) == O_ACCMODE) return kDecline;
+  if (writing ? (flags & O_EXCL) || !mount_writes(r.mount) : (flags & kWriteOpenFlags) != 0)
+    return kDecline;
   struct stat st;
   int saved = errno;
   if (sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&st),
           AT_SYMLINK_NOFOLLOW) != 0) {
-    if (errno != ENOENT && errno != ENOTDIR) {
+    if ((errno != ENOENT && errno != ENOTDIR) || (flags & O_CREAT)) {
       errno = saved;
       return kDecline;
     }
@@ -117,12 +127,13 @@ int lib_open(const Resolved& r, int flags) {
     return kDecline;
   }
   long fd;
+  const int oflags = (flags & ~(O_CREAT | O_TRUNC)) | O_NOFOLLOW;
   if (r.single_name) {
-    fd = sys(SYS_openat, r.at_fd, reinterpret_cast<long>(r.at_path), flags | O_NOFOLLOW, 0);
+    fd = sys(SYS_openat, r.at_fd, reinterpret_cast<long>(r.at_path), oflags, 0);
   } else {
     struct open_how how = {};
-    how.flags = static_cast<uint64_t>(flags | O_NOFOLLOW);
-    how.resolve = RESOLVE_NO_SYMLINKS | (r.bound ? RESOLVE_BENEATH : 0);
+    how.flags = static_cast<uint64_t>(oflags);
+    how.resolve = RESOLVE_NO_SYMLINKS | (r.bound || r.beneath ? RESOLVE_BENEATH : 0);
     fd = sys(SYS_openat2, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&how),
              sizeof how);
   }
@@ -137,7 +148,20 @@ int lib_open(const Resolved& r, int flags) {
     errno = saved;
     return kDecline;
   }
-  return handed_out(r, fd, now, saved);
+  if (writing) {
+    if (ask_efused(r.mount, EFUSE_IREQ_WRITING, static_cast<int>(fd)) != 0) {
+      close_quiet(static_cast<int>(fd));  // refused, or efused is gone: the kernel answers
+      errno = saved;
+      return kDecline;
+    }
+    if ((flags & O_TRUNC) && sys(SYS_ftruncate, fd, 0) != 0) {
+      int err = errno;
+      close_quiet(static_cast<int>(fd));
+      errno = err;
+      return -1;
+    }
+  }
+  return handed_out(r, fd, now, saved, writing);
 }
 
 template <typename Real>
@@ -189,7 +213,7 @@ FdKind classify(int fd, int op, bool* dead) {
     count(m, op, false);
     return FdKind::Kernel;
   }
-  if (!files_alive(m)) {
+  if (!((e & kFdWritable) ? writes_alive(m) : files_alive(m))) {
     // Still the file the library opened? (Else the number was reused behind its back.)
     struct stat st;
     int saved = errno;
@@ -496,13 +520,16 @@ __attribute__((visibility("default"))) ssize_t sendfile64(int out, int in, off64
   return EFUSE_REAL(sendfile64)(out, in, off, n);
 }
 
-// Changes through a descriptor the library opened reach the backing file directly: refused
-// with EROFS on a read-only mount, as the kernel refuses them there.
-static int fd_change(int fd) {
+// Attribute changes through a descriptor the library opened reach the backing file
+// directly: refused with EROFS on a read-only mount, as the kernel refuses them there, and
+// told to efused before they return (EFUSE_IREQ_CHANGED), which drops the kernel's cached
+// attributes and ACLs of the file.
+extern "C++" template <typename Change>
+int fd_change(int fd, Change&& change) {
   uint32_t e = fd_entry(fd);
-  if (!(e & kFdLibrary)) return 0;
+  if (!(e & kFdLibrary)) return change();
   Mount* m = mount_at(fd_mount(e));
-  if (!files_alive(m)) {
+  if (!((e & kFdWritable) ? writes_alive(m) : files_alive(m))) {
     errno = ENOTCONN;
     return -1;
   }
@@ -510,23 +537,29 @@ static int fd_change(int fd) {
     errno = EROFS;
     return -1;
   }
-  return 0;
+  int rc = change();
+  if (rc == 0 && m->writes) {
+    int saved = errno;
+    (void)ask_efused(m, EFUSE_IREQ_CHANGED, fd);  // fails only when efused is gone
+    errno = saved;
+  }
+  return rc;
 }
 __attribute__((visibility("default"))) int fchmod(int fd, mode_t mode) {
-  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fchmod)(fd, mode);
+  return fd_change(fd, [&] { return EFUSE_REAL(fchmod)(fd, mode); });
 }
 __attribute__((visibility("default"))) int fchown(int fd, uid_t uid, gid_t gid) {
-  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fchown)(fd, uid, gid);
+  return fd_change(fd, [&] { return EFUSE_REAL(fchown)(fd, uid, gid); });
 }
 __attribute__((visibility("default"))) int futimens(int fd, const struct timespec times[2]) {
-  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(futimens)(fd, times);
+  return fd_change(fd, [&] { return EFUSE_REAL(futimens)(fd, times); });
 }
 __attribute__((visibility("default"))) int fsetxattr(int fd, const char* name, const void* value,
                                                     size_t size, int flags) {
-  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fsetxattr)(fd, name, value, size, flags);
+  return fd_change(fd, [&] { return EFUSE_REAL(fsetxattr)(fd, name, value, size, flags); });
 }
 __attribute__((visibility("default"))) int fremovexattr(int fd, const char* name) {
-  return fd_change(fd) < 0 ? -1 : EFUSE_REAL(fremovexattr)(fd, name);
+  return fd_change(fd, [&] { return EFUSE_REAL(fremovexattr)(fd, name); });
 }
 
 // ---- stat ------------------------------------------------------------------------------

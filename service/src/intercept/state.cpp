@@ -9,6 +9,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <time.h>
@@ -41,8 +44,10 @@ char g_dir[EFUSE_INTERCEPT_PATH_MAX];
 alignas(8) char g_dents[8192];
 char g_table[16384 + EFUSE_INTERCEPT_PATH_MAX * 4];  // /proc/self/mountinfo, a chunk at a time
 char g_point[EFUSE_INTERCEPT_PATH_MAX];
+// No member initializers: zero-initialized in .bss with no dynamic initializer, which
+// would touch one page per entry of g_new_holes (64 page faults) in every process at load.
 struct HoleList {
-  int count = 0;
+  int count;
   char path[kMaxHoles][EFUSE_INTERCEPT_PATH_MAX];
 };
 HoleList g_new_holes[kMaxMounts];
@@ -204,9 +209,13 @@ efuse_intercept_counters* open_counters(int dirfd, const char* name, const efuse
   e = append_uint(e, uid);
   *e = '\0';
   constexpr size_t kSize = sizeof(efuse_intercept_counters);
+  // Made by this user's first process; every later one opens it (one call, not two).
   int fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
-                                O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
-  if (fd < 0 && errno == EEXIST)
+                                O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (fd < 0 && errno == ENOENT)
+    fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+                              O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644));
+  if (fd < 0 && errno == EEXIST)  // another process made it meanwhile
     fd = static_cast<int>(sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
                               O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
   if (fd < 0) return nullptr;
@@ -307,6 +316,22 @@ void load_record(int dirfd, const char* name, bool* seen) {
   // allow_other: false lets only efused's user through the kernel; others get EACCES there.
   m.serve = (flags & EFUSE_IR_SERVE) && m.src_len > 0 &&
             ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid);
+  // Writes: efused's socket is m-<hash>-<pid>.sock beside the record (whether this process
+  // sees the mount writable is asked at the first open for writing: mount_writes()).
+  size_t nlen = strlen(name);
+  const char* dir = intercept_dir();
+  size_t dlen = strlen(dir);
+  m.writes = m.serve && (flags & EFUSE_IR_WRITES) && !(flags & EFUSE_IR_READ_ONLY) &&
+             dlen + nlen + 32 < sizeof m.sock;
+  if (m.writes) {
+    memcpy(m.sock, dir, dlen);
+    m.sock[dlen] = '/';
+    memcpy(m.sock + dlen + 1, name, nlen - 4);  // without ".rec"
+    char* se = m.sock + dlen + 1 + nlen - 4;
+    *se++ = '-';
+    se = append_uint(se, static_cast<unsigned>(rec->pid));
+    memcpy(se, ".sock", 6);
+  }
   m.cnt = open_counters(dirfd, name, rec);
   m.pidfd_ino.store(pidfd_ino);
   m.pidfd.store(pidfd);
@@ -339,13 +364,62 @@ bool mount_point_of(const char* line, const char* end) {
   return w > 0;
 }
 
-// Reads this process's mount table and records, per active mount, the file systems
-// mounted strictly inside it (published to readers under holes_seq).
-void update_holes() {
+// efused's copy of its mount table (mounts-<pid>-<start>, common/intercept_abi.h),
+// positioned after its header line, when it was made with this process's root; else -1.
+// Whether it is this process's mount namespace too is told by the mount ids in it
+// (read_mount_table).
+int open_efused_table() {
   int count = g_mount_count.load(std::memory_order_acquire);
+  const Mount* m = nullptr;
+  for (int i = 0; i < count && m == nullptr; ++i)
+    if (g_mounts[i].state.load() == 1) m = &g_mounts[i];
+  struct stat root;
+  if (m == nullptr ||
+      sys(SYS_newfstatat, AT_FDCWD, reinterpret_cast<long>("/"), reinterpret_cast<long>(&root), 0) != 0)
+    return -1;
+  char path[EFUSE_INTERCEPT_PATH_MAX + 64];
+  const char* d = intercept_dir();
+  size_t n = strlen(d);
+  memcpy(path, d, n);
+  char* e = path + n;
+  memcpy(e, "/mounts-", 8);
+  e = append_uint(e + 8, static_cast<unsigned>(m->pid));
+  *e++ = '-';
+  e = append_u64(e, m->rec->pid_start);
+  *e = '\0';
+  int fd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(path),
+                                O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+  if (fd < 0) return -1;
+  // "efuse-mounts <root st_dev> <root st_ino> <mnt ns inode>\n", then the table.
+  char want[64] = "efuse-mounts ";
+  char* w = append_u64(want + 13, root.st_dev);
+  *w++ = ' ';
+  w = append_u64(w, root.st_ino);
+  *w++ = ' ';
+  size_t wl = static_cast<size_t>(w - want);
+  char head[96];
+  struct stat st;
+  long got = sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode) &&
+                     (st.st_uid == 0 || st.st_uid == geteuid()) && (st.st_mode & 022) == 0
+                 ? sys(SYS_read, fd, reinterpret_cast<long>(head), sizeof head)
+                 : -1;
+  const char* nl = got > 0 ? static_cast<const char*>(memchr(head, '\n', static_cast<size_t>(got))) : nullptr;
+  if (nl == nullptr || static_cast<size_t>(got) < wl || memcmp(head, want, wl) != 0 ||
+      sys(SYS_lseek, fd, nl + 1 - head, SEEK_SET) < 0) {
+    close_fd(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads a mount table from `fd` (closed here) into g_new_holes: per active mount, the file
+// systems mounted strictly inside it. False when it could not be read whole, or (`check_ids`)
+// when a mount's own line does not carry the mount id this process sees there: then the
+// table is another namespace's.
+bool read_mount_table(int fd, bool check_ids) {
+  int count = g_mount_count.load(std::memory_order_acquire);
+  uint64_t top_id[kMaxMounts] = {};
   for (int i = 0; i < count; ++i) g_new_holes[i].count = 0;
-  int fd = static_cast<int>(sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>("/proc/self/mountinfo"),
-                                O_RDONLY | O_CLOEXEC));
   bool complete = fd >= 0;
   size_t have = 0;
   const size_t chunk = 16384;
@@ -361,7 +435,10 @@ void update_holes() {
       size_t plen = strlen(g_point);
       for (int i = 0; i < count; ++i) {
         Mount& m = g_mounts[i];
-        if (m.state.load() != 1 || plen <= m.mp_len || memcmp(g_point, m.mp, m.mp_len) != 0 ||
+        if (m.state.load() != 1) continue;
+        if (plen == m.mp_len && memcmp(g_point, m.mp, plen) == 0)
+          top_id[i] = strtoull(start, nullptr, 10);  // the last one is what paths reach
+        if (plen <= m.mp_len || memcmp(g_point, m.mp, m.mp_len) != 0 ||
             (g_point[m.mp_len] != '/' && m.mp_len != 1))
           continue;
         HoleList& h = g_new_holes[i];
@@ -377,6 +454,22 @@ void update_holes() {
     }
   }
   if (fd >= 0) close_fd(fd);
+  for (int i = 0; check_ids && complete && i < count; ++i)
+    if (g_mounts[i].state.load() == 1 && top_id[i] != g_mounts[i].mnt_id) complete = false;
+  return complete;
+}
+
+// Reads this process's mount table and records, per active mount, the file systems
+// mounted strictly inside it (published to readers under holes_seq). efused's copy serves
+// when it is this namespace's (reading /proc/self/mountinfo cost each process ~40 us).
+void update_holes() {
+  int count = g_mount_count.load(std::memory_order_acquire);
+  bool complete = read_mount_table(open_efused_table(), true);
+  if (!complete)
+    complete = read_mount_table(static_cast<int>(sys(SYS_openat, AT_FDCWD,
+                                                     reinterpret_cast<long>("/proc/self/mountinfo"),
+                                                     O_RDONLY | O_CLOEXEC)),
+                                false);
   for (int i = 0; i < count; ++i) {
     Mount& m = g_mounts[i];
     HoleList& h = g_new_holes[i];
@@ -651,13 +744,20 @@ bool mount_alive(Mount* m) {
   return true;
 }
 
-bool files_alive(Mount* m) {
+bool writes_alive(Mount* m) {
   if (m == nullptr || m->rec == nullptr) return false;
   uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
   bool published = (flags & EFUSE_IR_LIVE) && m->rec->generation == m->generation;
   if (!published && !(flags & EFUSE_IR_FILES_GO_ON)) return false;
   if (efused_running(m)) return true;
   mark_dead(m);
+  return false;
+}
+
+bool files_alive(Mount* m) {
+  if (writes_alive(m)) return true;
+  if (m == nullptr || m->rec == nullptr) return false;
+  uint32_t flags = __atomic_load_n(&m->rec->flags, __ATOMIC_ACQUIRE);
   if (!(flags & EFUSE_IR_FILES_GO_ON)) return false;
   // Left to the next efused (a restart that keeps the connection): once it resumed and
   // published the same connection (the same device), the descriptors go on.
@@ -669,6 +769,53 @@ bool files_alive(Mount* m) {
   }
   return false;
 }
+
+int mount_root(Mount* m) {
+  int fd = m->root_fd.load(std::memory_order_acquire);
+  if (fd != -1) return fd;
+  int saved = errno;
+  long root = sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(m->src),
+                  O_PATH | O_DIRECTORY | O_CLOEXEC);
+  if (root >= 0 && root < kHighFd) {
+    long high = sys(SYS_fcntl, root, F_DUPFD_CLOEXEC, kHighFd);
+    close_fd(static_cast<int>(root));
+    root = high;
+  }
+  if (root >= kMaxFds) {
+    close_fd(static_cast<int>(root));
+    root = -1;
+  }
+  struct stat st;
+  if (root >= 0 && sys(SYS_fstat, root, reinterpret_cast<long>(&st)) == 0)
+    m->src_dev.store(st.st_dev, std::memory_order_release);
+  errno = saved;
+  int got = root >= 0 ? static_cast<int>(root) : -2;
+  int expected = -1;
+  if (!m->root_fd.compare_exchange_strong(expected, got)) {  // another thread was faster
+    if (got >= 0) close_fd(got);
+    return expected;
+  }
+  return got;
+}
+
+bool mount_writes(Mount* m) {
+  if (m == nullptr || !m->writes) return false;
+  int known = m->writable.load(std::memory_order_acquire);
+  if (known == 0) {
+    // A mount this process sees read-only (a read-only bind of it, say) is written through
+    // the kernel, which says EROFS. One STATFS round trip, once per process.
+    struct statfs sfs;
+    int saved = errno;
+    known = sys(SYS_statfs, reinterpret_cast<long>(m->mp), reinterpret_cast<long>(&sfs)) == 0 &&
+                    !(sfs.f_flags & ST_RDONLY)
+                ? 1
+                : 2;
+    errno = saved;
+    m->writable.store(known, std::memory_order_release);
+  }
+  return known == 1;
+}
+
 
 void refresh() {
   const uint64_t* gen = g_gen.load(std::memory_order_acquire);
@@ -794,6 +941,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
   out->at_fd = AT_FDCWD;
   out->at_path = out->backing;
   out->bound = false;
+  out->beneath = false;
   out->decline = false;
   if (path[0] != '/' && dirfd != AT_FDCWD) {
     // Relative to a directory descriptor: only ever answered relative to the backing
@@ -861,6 +1009,14 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     out->mount = &m;
     out->index = i;
     out->decline = in_hole(&m, buf, len);  // inside a file system mounted in the mount
+    int root = m.serve ? mount_root(&m) : -2;
+    if (root >= 0) {
+      const char* below = rest;
+      while (*below == '/') ++below;
+      out->at_fd = root;
+      out->at_path = *below != '\0' ? below : ".";
+      out->beneath = true;
+    }
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
     out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
     return true;
@@ -888,6 +1044,8 @@ void internal_fd_gone(int fd) {
   for (int i = 0; i < count; ++i) {
     int expected = fd;
     g_mounts[i].pidfd.compare_exchange_strong(expected, -1);
+    expected = fd;
+    g_mounts[i].root_fd.compare_exchange_strong(expected, -1);
   }
 }
 
@@ -900,45 +1058,92 @@ void internal_fds_gone(unsigned first, unsigned last) {
     int fd = g_mounts[i].pidfd.load();
     if (fd >= 0 && static_cast<unsigned>(fd) >= first && static_cast<unsigned>(fd) <= last)
       g_mounts[i].pidfd.compare_exchange_strong(fd, -1);
+    fd = g_mounts[i].root_fd.load();
+    if (fd >= 0 && static_cast<unsigned>(fd) >= first && static_cast<unsigned>(fd) <= last)
+      g_mounts[i].root_fd.compare_exchange_strong(fd, -1);
   }
 }
+
+namespace {
+// Adopts inherited descriptor `fd` if it is one of a published mount or of its backing tree.
+void adopt_one(int fd) {
+  if (fd < 0 || fd >= kMaxFds) return;
+  // Only a descriptor on a mount's device, or a regular file on its backing directory's
+  // file system, can be one; its path is read only then (a pipe or a terminal costs an
+  // fstat, not a readlink).
+  struct stat fst;
+  if (sys(SYS_fstat, fd, reinterpret_cast<long>(&fst)) != 0) return;
+  bool candidate = false;
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count && !candidate; ++i) {
+    Mount& m = g_mounts[i];
+    if (m.state.load() != 1) continue;
+    if (fst.st_dev == m.dev) candidate = true;
+    if (m.serve && S_ISREG(fst.st_mode)) {
+      uint64_t sdev = mount_root(&m) >= 0 ? m.src_dev.load(std::memory_order_acquire) : 0;
+      candidate |= sdev == 0 || fst.st_dev == sdev;
+    }
+  }
+  if (!candidate) return;
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  char target[EFUSE_INTERCEPT_PATH_MAX];
+  long len = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link),
+                 reinterpret_cast<long>(target), sizeof target - 1);
+  if (len <= 0 || target[0] != '/') return;
+  target[len] = '\0';
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    if (m.state.load() != 1) continue;
+    auto under = [&](const char* dir, size_t dlen) {
+      return static_cast<size_t>(len) >= dlen && memcmp(target, dir, dlen) == 0 &&
+             (target[dlen] == '\0' || target[dlen] == '/');
+    };
+    if (under(m.mp, m.mp_len)) {
+      fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
+      return;
+    }
+    // A regular file of the backing tree: one the library opened before exec (a program
+    // that opened the backing tree itself is taken for one too). One open for writing (a
+    // shell's `> file` under efuse-run) is handed to this efused first, as an open of the
+    // library's would be; if it cannot be, it is left alone.
+    long fl = sys(SYS_fcntl, fd, F_GETFL);
+    bool writable = fl >= 0 && (fl & O_ACCMODE) != O_RDONLY;
+    if (m.serve && under(m.src, m.src_len) && fl >= 0 && S_ISREG(fst.st_mode) &&
+        (!writable || ask_efused(&m, EFUSE_IREQ_WRITING, fd) == 0)) {
+      fd_identity(fd, fst.st_dev, fst.st_ino);
+      fd_put(fd, kFdLibrary | (writable ? kFdWritable : 0) | static_cast<uint32_t>(i + 1));
+      return;
+    }
+  }
+}
+}  // namespace
 
 void adopt_inherited() {
   refresh();
   if (!any_active()) return;
+  // The open descriptors below 1024: one poll() of them says which are open (POLLNVAL:
+  // not), which costs a new process far less than listing /proc/self/fd (~30 us). Inherited
+  // descriptors at 1024 or above are not adopted: a backing file's reports its own st_dev
+  // (an open for writing stays exact all the same: efused's mark lasts while it is open),
+  // a mount's is recognised at its first call relative to it (mount_of_fd).
+  struct rlimit rl;
+  constexpr unsigned kPolled = 1024;
+  if (sys(SYS_prlimit64, 0, RLIMIT_NOFILE, 0, reinterpret_cast<long>(&rl)) == 0) {
+    struct pollfd p[kPolled];
+    unsigned n = rl.rlim_cur < kPolled ? static_cast<unsigned>(rl.rlim_cur) : kPolled;
+    for (unsigned i = 0; i < n; ++i) p[i] = {static_cast<int>(i), 0, 0};
+    if (sys(SYS_poll, reinterpret_cast<long>(p), n, 0) >= 0) {
+      for (unsigned i = 0; i < n; ++i)
+        if (!(p[i].revents & POLLNVAL)) adopt_one(static_cast<int>(i));
+      return;
+    }
+  }
   alignas(8) char dents[4096];
-  char target[EFUSE_INTERCEPT_PATH_MAX];
   for_each_name("/proc/self/fd", dents, sizeof dents, [&](int dirfd, const char* name) {
     if (name[0] < '0' || name[0] > '9') return;
     int fd = atoi(name);
-    if (fd == dirfd || fd >= kMaxFds) return;
-    long len = sys(SYS_readlinkat, dirfd, reinterpret_cast<long>(name),
-                   reinterpret_cast<long>(target), sizeof target - 1);
-    if (len <= 0 || target[0] != '/') return;
-    target[len] = '\0';
-    int count = g_mount_count.load(std::memory_order_acquire);
-    for (int i = 0; i < count; ++i) {
-      Mount& m = g_mounts[i];
-      if (m.state.load() != 1) continue;
-      auto under = [&](const char* dir, size_t dlen) {
-        return static_cast<size_t>(len) >= dlen && memcmp(target, dir, dlen) == 0 &&
-               (target[dlen] == '\0' || target[dlen] == '/');
-      };
-      if (under(m.mp, m.mp_len)) {
-        fd_put(fd, kFdKernel | static_cast<uint32_t>(i + 1));
-        break;
-      }
-      // A read-only regular file of the backing tree: one the library opened before exec
-      // (a program that opened the backing tree itself is taken for one too).
-      struct stat st;
-      long fl = sys(SYS_fcntl, fd, F_GETFL);
-      if (m.serve && under(m.src, m.src_len) && fl >= 0 && (fl & O_ACCMODE) == O_RDONLY &&
-          sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) == 0 && S_ISREG(st.st_mode)) {
-        fd_identity(fd, st.st_dev, st.st_ino);
-        fd_put(fd, kFdLibrary | static_cast<uint32_t>(i + 1));
-        break;
-      }
-    }
+    if (fd != dirfd) adopt_one(fd);
   });
 }
 

@@ -53,6 +53,15 @@ struct Mount {
   bool parent_open = false;  // every directory above the mount searchable by all, no ACLs
   char src[EFUSE_INTERCEPT_PATH_MAX] = {};
   size_t src_len = 0;
+  // The library opens files for writing and changes attributes itself, telling efused over
+  // `sock` (EFUSE_IR_WRITES, not on a read-only mount; see mount_writes()).
+  bool writes = false;
+  std::atomic<int> writable{0};  // mount_writes(): 0 not asked yet, 1 yes, 2 no
+  // The backing directory, opened O_PATH by this process (mount_root()): -1 not yet, -2
+  // cannot be (then paths are walked from / as before).
+  std::atomic<int> root_fd{-1};
+  std::atomic<uint64_t> src_dev{0};  // its st_dev, once opened
+  char sock[EFUSE_INTERCEPT_PATH_MAX + 64] = {};
   // File systems mounted inside the mount, as this process's mount table shows them at
   // the last rescan (efused bumps the generation whenever its table changes): paths at or
   // under one are the kernel's, and while there is any, so are calls relative to directory
@@ -69,6 +78,9 @@ constexpr uint32_t kFdKernel = 0x20000;   // opened through the mount (counted a
 // Known not to be in a published mount (a directory descriptor calls were made relative
 // to): its calls go to libc without another look. Forgotten like any entry.
 constexpr uint32_t kFdOther = 0x40000;
+// With kFdLibrary: open for writing (efused was told, EFUSE_IREQ_WRITING). Such a
+// descriptor works only while the efused that was told runs (writes_alive).
+constexpr uint32_t kFdWritable = 0x80000;
 uint32_t fd_entry(int fd);
 // Also forgets the number's backing directory (fd_unbind): a new entry is a new descriptor.
 void fd_put(int fd, uint32_t entry);
@@ -108,6 +120,25 @@ bool mount_alive(Mount* m);
 // True while descriptors the library opened on `m` may be used: the mount is published, or
 // was withdrawn while it goes on (EFUSE_IR_FILES_GO_ON), and efused runs.
 bool files_alive(Mount* m);
+// m's backing directory opened O_PATH (close-on-exec, at a high number) with this process's
+// credentials, once; -2 when it cannot be. Paths under the mount are resolved beneath it,
+// so each call walks the components under the mount only, not the backing directory's
+// path from / (the kernel path checks no directory above the backing one either, and the
+// mountpoint's parents are checked as before). It follows the directory efused serves
+// whatever is renamed above it later. Forgotten (and opened again when needed) when the
+// program closes or replaces its number (internal_fd_gone).
+int mount_root(Mount* m);
+// The library may open files of `m` for writing: efused takes them (Mount::writes) and this
+// process does not see the mount read-only (asked once).
+bool mount_writes(Mount* m);
+// For a descriptor the library opened for writing: the mount is published (or withdrawn
+// while it goes on) by the efused that was told of the open, and that efused runs. Another
+// efused that took the mount over knows nothing of the library's writers.
+bool writes_alive(Mount* m);
+// Tells m's efused about backing file `fd` (EFUSE_IREQ_WRITING or _CHANGED) and waits for
+// its answer: 0, or -1 with errno (efused's refusal; ENOTCONN when it cannot be reached or
+// went away meanwhile). Never hangs on an efused that is gone: its end of the socket closes.
+int ask_efused(Mount* m, uint32_t op, int fd);
 // Re-reads the published mounts when efused changed them (cheap when nothing changed).
 void refresh();
 // Any mount published and active (checked before resolving paths).
@@ -136,6 +167,9 @@ struct Resolved {
   int at_fd = -100;  // AT_FDCWD
   const char* at_path = nullptr;
   bool bound = false;
+  // at_fd is the mount's backing root (mount_root()) and at_path the rest of the path:
+  // resolved beneath it, as beneath a bound directory.
+  bool beneath = false;
   // Under the mount, but the kernel answers (counted as such): a call relative to a
   // directory descriptor that could not be bound, or whose path holds "..".
   bool decline = false;

@@ -113,6 +113,14 @@ void append_health(const bpf::Status& status, const efuse_health* health,
   for (bpf::Level l : {bpf::Level::Full, bpf::Level::Requests, bpf::Level::Off})
     add_gauge(level, {{"level", bpf::level_name(l)}}, status.level == bpf::level_name(l) ? 1 : 0);
   out.push_back(std::move(level));
+  prometheus::MetricFamily sampling = make_family(
+      "efuse_bpf_latency_sample_every",
+      "1 in this many FUSE requests is timed (telemetry_sample_every): the kernel-side latency "
+      "histograms and the client context switches come from those; request, error, "
+      "in-flight and per-queue request counts are exact.",
+      MetricType::Gauge);
+  add_gauge(sampling, {}, status.sample_every);
+  out.push_back(std::move(sampling));
   prometheus::MetricFamily attached = make_family(
       "efuse_bpf_programs_attached",
       "BPF programs attached (fuse_request_send, fuse_request_end: 2 when the telemetry "
@@ -140,9 +148,9 @@ void append_health(const bpf::Status& status, const efuse_health* health,
   if (health == nullptr) return;
   prometheus::MetricFamily dropped = make_family(
       "efuse_bpf_events_dropped_total",
-      "Tracepoint events the BPF programs could not account, by reason (inflight_full, "
-      "duplicate_send: a request sent at the address of one never seen ending, unmatched_end: "
-      "ended before being seen sent, stats_full).",
+      "Tracepoint events the BPF programs could not account, by reason (inflight_full: a "
+      "sampled request not timed, duplicate_send: a request sent at the address of a sampled "
+      "one never seen ending, stats_full).",
       MetricType::Counter);
 #define EFUSE_BPF_HEALTH_SERIES(name, reason, help) \
   add_counter(dropped, {{"reason", reason}}, static_cast<double>(health->name));
@@ -187,22 +195,20 @@ void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapsho
   std::map<std::string, std::string> own_by_mountpoint;
   for (const OwnMount& m : own) own_by_mountpoint[normalize(m.mountpoint)] = m.name;
 
-  Series<uint64_t> requests, errors, in_flight, switches;
+  Series<uint64_t> requests, errors, in_flight, queue_requests, switches;
   Series<Hist> latency, queue_latency;
   for (const auto& [conn, c] : snapshot.conns) {
     ConnLabels l = labels_for(conn, mounts, own_by_mountpoint);
-    for (const auto& [opcode, op] : c.ops) {
+    // Counts: every request. Latency: the sampled ones (efuse_bpf_latency_sample_every).
+    for (const auto& [opcode, n] : c.counts) {
       std::vector<std::string> key = {l.mount, l.fstype, fuse::opcode_name(opcode)};
-      requests[key] += op.requests;
-      errors[key] += op.errors;
-      latency[key].add(op.latency, op.latency_sum_ns);
-      in_flight[key] += 0;  // every opcode seen has a series, 0 when idle
+      requests[key] += n.sent;
+      errors[key] += n.errors;
+      in_flight[key] += bpf::in_flight(n);  // every opcode seen has a series, 0 when idle
     }
-    // Sent = ended + still in flight (the programs count a request when it ends).
-    for (const auto& [opcode, n] : c.in_flight) {
-      in_flight[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
-      requests[{l.mount, l.fstype, fuse::opcode_name(opcode)}] += n;
-    }
+    for (const auto& [opcode, op] : c.ops)
+      latency[{l.mount, l.fstype, fuse::opcode_name(opcode)}].add(op.latency, op.latency_sum_ns);
+    for (const auto& [qid, n] : c.queue_counts) queue_requests[{l.mount, queue_label(qid)}] += n.ended;
     for (const auto& [qid, q] : c.queues)
       queue_latency[{l.mount, queue_label(qid)}].add(q.latency, q.latency_sum_ns);
     if (!c.ops.empty() || !c.queues.empty()) {
@@ -227,19 +233,29 @@ void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapsho
                                 op_labels, in_flight, MetricType::Gauge));
   append_nonempty(out, histograms("efuse_kernel_request_duration_seconds",
                                   "Kernel-side FUSE request latency, fuse_request_send to "
-                                  "fuse_request_end: queueing in the kernel, the server's "
-                                  "processing and the reply.",
+                                  "fuse_request_end (queueing in the kernel, the server's "
+                                  "processing and the reply), of the sampled requests: 1 in "
+                                  "efuse_bpf_latency_sample_every. _count counts sampled "
+                                  "requests; take request rates from efuse_kernel_requests_total.",
                                   op_labels, latency));
+  append_nonempty(out, counters("efuse_kernel_queue_requests_total",
+                                "FUSE requests that ended, by the queue they travelled on: the "
+                                "io_uring queue id, or \"classic\" for /dev/fuse.",
+                                {"mount", "queue"}, queue_requests, MetricType::Counter));
   append_nonempty(out, histograms("efuse_kernel_queue_request_duration_seconds",
-                                  "Kernel-side FUSE request latency by the queue the request "
+                                  "Kernel-side FUSE request latency of the sampled requests (1 "
+                                  "in efuse_bpf_latency_sample_every) by the queue the request "
                                   "travelled on: the io_uring queue id, or \"classic\" for "
-                                  "/dev/fuse.",
+                                  "/dev/fuse. Rates: efuse_kernel_queue_requests_total.",
                                   {"mount", "queue"}, queue_latency));
   append_nonempty(out, counters("efuse_context_switches_total",
                                 "Context switches of FUSE server threads (side=\"daemon\": "
-                                "threads that completed requests of the mount) and of client "
-                                "threads while they had a request of the mount outstanding "
-                                "(side=\"client\"); kind=\"involuntary\" when preempted.",
+                                "threads that completed requests of the mount, every switch, "
+                                "counted at their sampled replies) and of client threads while "
+                                "a sampled request of the mount was outstanding "
+                                "(side=\"client\": per request, divide by "
+                                "efuse_kernel_request_duration_seconds_count); "
+                                "kind=\"involuntary\" when preempted.",
                                 {"mount", "side", "kind"}, switches, MetricType::Counter));
 }
 

@@ -256,6 +256,7 @@ void MountFamilies::add(const MountView& mount) {
   add_state(mount);
   if (mount.session != nullptr) add_session(mount.name, *mount.session);
   add_workers(mount.name, mount.workers, mount.uring_queues);
+  io_path_.add_worker_count(mount.name, mount.worker_count);
   if (mount.up) add_backend(mount.name, mount.backend_metrics);
   if (mount.handlers) {
     add_kernel_tier(mount);
@@ -362,6 +363,7 @@ void MountFamilies::add_state(const MountView& mount) {
 void MountFamilies::add_session(const std::string& mount, const fuse::Session& session) {
   add_opcodes(mount, session.stats());
   io_path_.add_blocking(mount, session.offload_report());
+  io_path_.add_offload_pool(mount, session.offload_pool_stats(), session.deferred());
   add_counter(decode_errors_, mount_label(mount), static_cast<double>(session.decode_errors()));
   add_counter(passthrough_opens_, mount_label(mount),
               static_cast<double>(session.passthrough_opens()));

@@ -32,6 +32,7 @@ struct MountView {
   const fuse::Session* session = nullptr;             // null when not live
   std::vector<const fuse::WorkerStats*> workers;      // empty when not live
   unsigned uring_queues = 0;  // the first `uring_queues` workers are io_uring queues (qid order)
+  fuse::WorkerCount worker_count;  // the /dev/fuse workers (ClassicChannel); zero when not live
   std::string transport_fallback;  // why a configured io_uring transport is not in use
   uint64_t start_failures = 0;                        // cumulative failed mount attempts
   uint64_t resumes = 0;  // times a new efused resumed this mount's connection (restarts)

@@ -40,7 +40,7 @@ constexpr uint32_t kForeign = bpf::connection_id(0, 51);
 constexpr uint32_t kUnmounted = bpf::connection_id(0, 77);
 constexpr uint32_t kLookup = 1, kRead = 15;
 
-bpf::Status up() { return bpf::Status{true, 2, 0, "", "vmlinux", "", "full"}; }
+bpf::Status up() { return bpf::Status{true, 2, 0, "", "vmlinux", "", "full", 4}; }
 
 std::map<uint32_t, bpf::FuseMount> mounts() {
   return {{kOwn, {"/tmp/x/mnt", "fuse.efuse"}}, {kForeign, {"/tmp/x/ll", "fuse.passthrough_ll"}}};
@@ -48,38 +48,47 @@ std::map<uint32_t, bpf::FuseMount> mounts() {
 
 std::vector<OwnMount> own() { return {{"data", "/tmp/x/mnt/"}}; }  // trailing slash on purpose
 
+efuse_counts counts(uint64_t sent, uint64_t ended, uint64_t errors) {
+  efuse_counts c{};
+  c.sent = sent;
+  c.ended = ended;
+  c.errors = errors;
+  return c;
+}
+
+// Every request counted (counts), 1 in 4 timed (ops, queues: 10 of the 41 LOOKUPs).
 bpf::Snapshot snapshot() {
   bpf::Snapshot s;
+  s.conns[kOwn].counts[kLookup] = counts(41, 40, 2);  // 1 in flight
+  s.conns[kOwn].queue_counts[EFUSE_BPF_QUEUE_CLASSIC] = counts(0, 40, 2);
   efuse_stats lookup{};
-  lookup.requests = 10;
-  lookup.errors = 2;
+  lookup.samples = 10;
   lookup.latency_sum_ns = 10 * 3000;
   lookup.latency[11] = 10;  // [2048, 4096) ns
   s.conns[kOwn].ops[kLookup] = lookup;
-  s.conns[kOwn].in_flight[kLookup] = 1;
   efuse_stats classic{};
-  classic.requests = 10;
+  classic.samples = 10;
   classic.latency[11] = 10;
   s.conns[kOwn].queues[EFUSE_BPF_QUEUE_CLASSIC] = classic;
   s.conns[kOwn].ctxsw.daemon_voluntary = 7;
   s.conns[kOwn].ctxsw.client_involuntary = 1;
 
+  s.conns[kForeign].counts[kRead] = counts(4, 4, 0);
+  s.conns[kForeign].queue_counts[1] = counts(0, 4, 0);
   efuse_stats read{};
-  read.requests = 4;
-  read.latency[20] = 4;
+  read.samples = 1;
+  read.latency[20] = 1;
   s.conns[kForeign].ops[kRead] = read;
-  efuse_stats q1{};
-  q1.latency[20] = 4;
-  s.conns[kForeign].queues[1] = q1;
+  s.conns[kForeign].queues[1] = read;
   // Two opcode slots efused has no name for add up into one "unknown" series.
-  efuse_stats odd{};
-  odd.requests = 1;
-  odd.latency[0] = 1;
-  s.conns[kForeign].ops[7] = odd;
-  s.conns[kForeign].ops[EFUSE_BPF_OPCODE_SLOTS - 1] = odd;
+  s.conns[kForeign].counts[7] = counts(1, 1, 0);
+  s.conns[kForeign].counts[EFUSE_BPF_OPCODE_SLOTS - 1] = counts(1, 1, 0);
+  // Ended, never seen sent (in flight when the programs attached): none in flight.
+  s.conns[kForeign].counts[kLookup] = counts(2, 3, 0);
 
+  s.conns[kUnmounted].counts[kLookup] = counts(41, 40, 2);
   s.conns[kUnmounted].ops[kLookup] = lookup;
-  s.health.unmatched_end = 3;
+  s.health.duplicate_send = 3;
   return s;
 }
 
@@ -116,7 +125,7 @@ TEST(BpfMetrics, OwnMountsByNameOthersByMountpointUnmountedByConnection) {
   auto* own_lookup = series(out, "efuse_kernel_requests_total",
                             {{"mount", "data"}, {"fstype", "fuse.efuse"}, {"opcode", "lookup"}});
   ASSERT_NE(own_lookup, nullptr);
-  EXPECT_EQ(own_lookup->counter.value, 11);  // 10 ended + 1 in flight: sent
+  EXPECT_EQ(own_lookup->counter.value, 41);  // sent: every request, not the 10 timed
   auto* foreign_read =
       series(out, "efuse_kernel_requests_total",
              {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}, {"opcode", "read"}});
@@ -144,9 +153,13 @@ TEST(BpfMetrics, ErrorsInFlightLatencyQueuesAndSwitches) {
   ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", foreign_read), nullptr);
   EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", foreign_read)->gauge.value, 0);
 
+  Labels foreign_lookup = {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}, {"opcode", "lookup"}};
+  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", foreign_lookup), nullptr);
+  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", foreign_lookup)->gauge.value, 0);
+
   auto* lat = series(out, "efuse_kernel_request_duration_seconds", own_lookup);
   ASSERT_NE(lat, nullptr);
-  EXPECT_EQ(lat->histogram.sample_count, 10u);
+  EXPECT_EQ(lat->histogram.sample_count, 10u);  // the timed requests only
   EXPECT_DOUBLE_EQ(lat->histogram.sample_sum, 30e-6);
   EXPECT_EQ(lat->histogram.bucket[1].cumulative_count, 0u);   // le 2.048 µs
   EXPECT_EQ(lat->histogram.bucket[2].cumulative_count, 10u);  // le 4.096 µs
@@ -156,6 +169,11 @@ TEST(BpfMetrics, ErrorsInFlightLatencyQueuesAndSwitches) {
             nullptr);
   EXPECT_NE(series(out, "efuse_kernel_queue_request_duration_seconds",
                    {{"mount", "/tmp/x/ll"}, {"queue", "1"}}),
+            nullptr);
+  auto* q = series(out, "efuse_kernel_queue_requests_total", {{"mount", "data"}, {"queue", "classic"}});
+  ASSERT_NE(q, nullptr);
+  EXPECT_EQ(q->counter.value, 40);  // every ended request, not the 10 timed
+  ASSERT_NE(series(out, "efuse_kernel_queue_requests_total", {{"mount", "/tmp/x/ll"}, {"queue", "1"}}),
             nullptr);
 
   auto* dv = series(out, "efuse_context_switches_total",
@@ -175,9 +193,18 @@ TEST(BpfMetrics, HealthWhenUp) {
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 1);
   EXPECT_EQ(series(out, "efuse_bpf_programs_attached", {})->gauge.value, 2);
   EXPECT_EQ(series(out, "efuse_bpf_load_failures_total", {})->counter.value, 0);
-  auto* unmatched = series(out, "efuse_bpf_events_dropped_total", {{"reason", "unmatched_end"}});
-  ASSERT_NE(unmatched, nullptr);
-  EXPECT_EQ(unmatched->counter.value, 3);
+  auto* duplicate = series(out, "efuse_bpf_events_dropped_total", {{"reason", "duplicate_send"}});
+  ASSERT_NE(duplicate, nullptr);
+  EXPECT_EQ(duplicate->counter.value, 3);
+  auto* every = series(out, "efuse_bpf_latency_sample_every", {});
+  ASSERT_NE(every, nullptr);
+  EXPECT_EQ(every->gauge.value, 4);
+}
+
+TEST(BpfMetrics, InFlightIsSentMinusEndedNeverNegative) {
+  EXPECT_EQ(bpf::in_flight(counts(5, 3, 0)), 2u);
+  EXPECT_EQ(bpf::in_flight(counts(5, 5, 0)), 0u);
+  EXPECT_EQ(bpf::in_flight(counts(2, 3, 0)), 0u);  // ends of requests sent before attach
 }
 
 TEST(BpfMetrics, LevelSaysWhichRuns) {
@@ -211,7 +238,7 @@ TEST(BpfMetrics, DownExportsOnlyHealth) {
   std::vector<prometheus::MetricFamily> out;
   append_bpf_families(bpf::Status{false, 0, 1, "verifier", "", bpf::kOffRefused}, snapshot(),
                       mounts(), own(), out);
-  ASSERT_EQ(out.size(), 5u);
+  ASSERT_EQ(out.size(), 6u);
   EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "off"}})->gauge.value, 1);
   EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "full"}})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);

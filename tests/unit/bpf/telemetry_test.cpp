@@ -55,6 +55,19 @@ TEST(BpfTelemetry, ConfiguredOffIsDownButNotAFailure) {
   EXPECT_NE(t->status().reason.find("telemetry: off"), std::string::npos) << t->status().reason;
 }
 
+TEST(BpfTelemetry, SamplingIsClampedAndReported) {
+  Options o;
+  o.level = Level::Off;
+  o.sample_every = 0;  // the configuration refuses it; the class does not trust that
+  auto t = Telemetry::start(o);
+  EXPECT_EQ(t->status().sample_every, 1u);
+  t->set_sample_every(16);
+  EXPECT_EQ(t->status().sample_every, 16u);
+  t->set_sample_every(1u << 30);
+  EXPECT_EQ(t->status().sample_every, kMaxSampleEvery);
+  EXPECT_EQ(Options{}.sample_every, kDefaultSampleEvery);
+}
+
 TEST(BpfTelemetry, LevelsChangeLive) {
   if (geteuid() != 0) GTEST_SKIP() << "loading BPF needs root";
   Options o;
@@ -254,6 +267,89 @@ TEST(BpfInflightIndex, SlabNeighboursSpreadOverTheSlots) {
     }
     EXPECT_GT(distinct, EFUSE_BPF_INFLIGHT_SLOTS * 58 / 100) << "stride " << stride;
   }
+}
+
+// The sampling rule the send program runs (efuse_telemetry.h), driven here with chosen
+// "random" numbers: exact, no clock, no kernel.
+struct Sampler {
+  efuse_sampler state{};
+  uint32_t draws = 0;
+  bool send(uint32_t every, uint32_t random) {
+    if (efuse_sample_block_starts(&state, every)) {
+      state.pick = random % every;
+      ++draws;
+    }
+    return efuse_sample_take(&state, every) != 0;
+  }
+};
+
+TEST(BpfSampling, OneTimesEverySend) {
+  Sampler s;
+  for (uint32_t i = 0; i < 1000; ++i) EXPECT_TRUE(s.send(1, i * 2654435761u)) << i;
+}
+
+TEST(BpfSampling, ExactlyOneTimedSendPerBlockAtTheDrawnPlace) {
+  for (uint32_t every : {2u, 3u, 4u, 8u, 100u}) {
+    Sampler s;
+    uint64_t timed = 0, lcg = 12345;
+    std::vector<uint32_t> at;  // place in the block of each timed send
+    for (uint32_t block = 0; block < 500; ++block) {
+      uint32_t in_block = 0;
+      for (uint32_t i = 0; i < every; ++i) {
+        lcg = lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+        if (s.send(every, static_cast<uint32_t>(lcg >> 33))) {
+          ++in_block;
+          at.push_back(i);
+        }
+      }
+      EXPECT_EQ(in_block, 1u) << "every " << every << " block " << block;
+      timed += in_block;
+    }
+    EXPECT_EQ(timed, 500u);
+    EXPECT_EQ(s.draws, 500u);  // one random number per block, not per send
+    // The place follows the draw: a periodic workload cannot line up with it.
+    std::vector<uint32_t> hist(every);
+    for (uint32_t i : at) ++hist[i];
+    if (every <= 4) {
+      for (uint32_t i = 0; i < every; ++i) EXPECT_GT(hist[i], 0u) << every << " " << i;
+    }
+  }
+}
+
+TEST(BpfSampling, EachPlaceOfTheBlockHasTheSameChance) {
+  // Every request's chance is 1/every whatever its place (a workload with a period, such as
+  // OPEN, FLUSH, RELEASE per cat, is sampled evenly by opcode): over all draws 0..every-1
+  // each place is timed exactly once.
+  for (uint32_t every : {3u, 6u, 8u}) {
+    std::vector<uint32_t> times(every);
+    for (uint32_t r = 0; r < every; ++r) {
+      Sampler s;
+      for (uint32_t i = 0; i < every; ++i)
+        if (s.send(every, r)) ++times[i];
+    }
+    for (uint32_t i = 0; i < every; ++i) EXPECT_EQ(times[i], 1u) << every << " " << i;
+  }
+}
+
+TEST(BpfSampling, ChangingTheRateStartsANewBlock) {
+  Sampler s;
+  for (int i = 0; i < 5; ++i) s.send(8, 7);  // pos 5 of a block of 8
+  EXPECT_TRUE(s.send(4, 1) == false);       // pos 5 >= 4: new block, pick 1, pos 0 not timed
+  EXPECT_TRUE(s.send(4, 99));               // pos 1 == pick: timed, no new draw mid-block
+  EXPECT_EQ(s.draws, 2u);
+  EXPECT_TRUE(s.send(1, 5));                // 1: every send
+  EXPECT_TRUE(s.send(1, 6));
+}
+
+TEST(BpfConnSlots, ConnectionIdsSpreadOverTheSlots) {
+  // Anonymous device numbers (major 0) are handed out in order: neighbours must land on
+  // different slots so that a host's mounts each get an array slot, not the spill hash.
+  std::vector<int> used(EFUSE_BPF_CONN_SLOTS);
+  for (uint32_t minor = 40; minor < 40 + EFUSE_BPF_CONN_SLOTS / 2; ++minor)
+    ++used[efuse_conn_hash(minor)];
+  int distinct = 0;
+  for (int n : used) distinct += n > 0;
+  EXPECT_GE(distinct, static_cast<int>(EFUSE_BPF_CONN_SLOTS / 2) * 3 / 4);
 }
 
 TEST(BpfTelemetry, UnprivilegedIsDownWithTheReason) {

@@ -56,6 +56,16 @@ TEST(MountTable, StatusSaysWhichTelemetryLevelRuns) {
                               {"reason", "kernel has no fuse_request_send tracepoint"}}),
             "telemetry: off (configured full; unsupported: kernel has no fuse_request_send "
             "tracepoint)\n");
+  // With the sampling rate (efused since telemetry_sample_every); not while off.
+  EXPECT_EQ(format_telemetry({{"configured", "full"}, {"level", "full"}, {"up", true},
+                              {"off", ""}, {"sample_every", 8}}),
+            "telemetry: full, 1 in 8 requests timed\n");
+  EXPECT_EQ(format_telemetry({{"configured", "requests"}, {"level", "requests"}, {"up", true},
+                              {"off", ""}, {"sample_every", 1}}),
+            "telemetry: requests, every request timed\n");
+  EXPECT_EQ(format_telemetry({{"configured", "off"}, {"level", "off"}, {"off", "disabled"},
+                              {"sample_every", 8}}),
+            "telemetry: off\n");
   // An efused without the property: no telemetry line.
   EXPECT_EQ(format_status("1", 1, json::array()).find("telemetry"), std::string::npos);
 }

@@ -120,6 +120,7 @@ TEST(ConfigSchema, DocumentedDefaultsAreTheModelsDefaults) {
   const MountConfig m;
   EXPECT_EQ(default_at({"metrics", "listen"}), Config().metrics_listen);
   EXPECT_EQ(default_at({"telemetry"}), Config().telemetry);
+  EXPECT_EQ(default_at({"telemetry_sample_every"}), Config().telemetry_sample_every);
   EXPECT_EQ(default_at({"defaults", "threads"}), m.threads);
   EXPECT_EQ(default_at({"defaults", "transport"}), to_string(m.transport));
   EXPECT_EQ(default_at({"defaults", "io_path"}), to_string(m.io_path));
@@ -632,6 +633,26 @@ TEST(Config, TelemetryLevel) {
             "t.yaml:2:3: telemetry must be a string, not a map");
 }
 
+TEST(Config, TelemetrySampling) {
+  EXPECT_EQ(parse_config(kMount, "t.yaml").telemetry_sample_every, 16u);
+  for (unsigned n : {1u, 2u, 8u, 1000u, 65536u})
+    EXPECT_EQ(parse_config("telemetry_sample_every: " + std::to_string(n) + "\n" + kMount, "t.yaml")
+                  .telemetry_sample_every,
+              n);
+  EXPECT_EQ(error_of("telemetry_sample_every: 0\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be between 1 and 65536, not 0");
+  EXPECT_EQ(error_of("telemetry_sample_every: 65537\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be between 1 and 65536, not 65537");
+  EXPECT_EQ(error_of("telemetry_sample_every: -1\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be between 1 and 65536, not -1");
+  EXPECT_EQ(error_of("telemetry_sample_every: 2.5\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be an integer, not a number");
+  EXPECT_EQ(error_of("telemetry_sample_every: eight\n" + std::string(kMount)),
+            "t.yaml:1:25: telemetry_sample_every must be an integer, not a string");
+  EXPECT_EQ(error_of("telemetry_sample_every:\n" + std::string(kMount)),
+            "t.yaml:1:1: telemetry_sample_every must be an integer, not an empty value");
+}
+
 TEST(ConfigError, EnumViolation) {
   EXPECT_EQ(error_of(with_mount_keys("    transport: fast\n")),
             "t.yaml:6:16: mounts[0].transport must be one of auto, classic, uring; not 'fast'");
@@ -935,6 +956,48 @@ TEST(ConfigError, BpfObjectPathMustBeAbsoluteBpfO) {
   EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers: {read: /x/prog.o}\n"))
                 .rfind("t.yaml:6:26: mounts[0].bpf_handlers.read '/x/prog.o' is not valid", 0),
             0u);
+}
+
+}  // namespace
+}  // namespace efuse::daemon
+
+namespace efuse::daemon {
+namespace {
+
+TEST(ConfigLoad, WorkerAndOffloadLimitsFallBackAndDefault) {
+  Config c = parse_config(R"(defaults:
+  max_threads: 8
+  offload_threads: 2
+mounts:
+  - {name: a, mountpoint: /mnt/a, backend: passthrough, source: /srv/a}
+  - {name: b, mountpoint: /mnt/b, backend: passthrough, source: /srv/b, threads: 32,
+     max_threads: 64, offload_queue: 16}
+  - {name: c, mountpoint: /mnt/c, backend: passthrough, source: /srv/c, threads: 8}
+)",
+                          "t.yaml");
+  ASSERT_EQ(c.mounts.size(), 3u);
+  EXPECT_EQ(c.mounts[0].workers_max(), 8u);
+  EXPECT_EQ(c.mounts[0].offload_threads, 2u);
+  EXPECT_EQ(c.mounts[0].offload_queue, 256u);
+  EXPECT_EQ(c.mounts[1].workers_max(), 64u);
+  EXPECT_EQ(c.mounts[1].offload_queue, 16u);
+  EXPECT_EQ(c.mounts[2].workers_max(), 8u) << "the defaults' max_threads, equal to threads";
+  MountConfig plain;
+  EXPECT_EQ(plain.workers_max(), 16u) << "no max_threads: max(threads, 16)";
+  plain.threads = 40;
+  EXPECT_EQ(plain.workers_max(), 40u);
+}
+
+TEST(ConfigError, WorkerAndOffloadLimits) {
+  EXPECT_EQ(error_of(with_mount_keys("    threads: 8\n    max_threads: 4\n")),
+            "t.yaml:7:18: mount 'a': max_threads (4) is below threads (8), the workers that "
+            "start with the mount; raise max_threads or lower threads");
+  EXPECT_EQ(error_of(with_mount_keys("    max_threads: 0\n")),
+            "t.yaml:6:18: mounts[0].max_threads must be between 1 and 256, not 0");
+  EXPECT_EQ(error_of(with_mount_keys("    offload_threads: 65\n")),
+            "t.yaml:6:22: mounts[0].offload_threads must be between 1 and 64, not 65");
+  EXPECT_EQ(error_of(with_mount_keys("    offload_queue: 0\n")),
+            "t.yaml:6:20: mounts[0].offload_queue must be between 1 and 65536, not 0");
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <signal.h>
@@ -16,7 +18,9 @@
 #include <cstring>
 #include <string>
 
+#include "../testing/eventually.h"
 #include "../testing/temp_dir.h"
+#include "fs/passthrough/passthrough_fs.h"
 
 namespace efuse::daemon {
 namespace {
@@ -65,6 +69,12 @@ class InterceptPublisherTest : public ::testing::Test {
     ::close(fd);
     EXPECT_NE(p, MAP_FAILED);
     return static_cast<T*>(p);
+  }
+  uint32_t record_flags() {
+    auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    uint32_t flags = rec->flags;
+    munmap(rec, sizeof *rec);
+    return flags;
   }
   static double series(const std::vector<fs::Metric>& ms, const char* op, const char* path) {
     for (const auto& m : ms)
@@ -314,6 +324,77 @@ TEST_F(InterceptPublisherTest, UnusableDirectoryLeavesItUnpublished) {
   p.publish(cfg_, 1);  // logged; the mount goes on without it
   EXPECT_FALSE(p.published());
   EXPECT_TRUE(p.metrics().empty());
+}
+
+// One request on the intercept socket with `fd` attached: efused's errno, or -1.
+int ask(const std::string& sock, uint32_t op, int fd) {
+  int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  struct sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(s);
+    return -1;
+  }
+  efuse_intercept_request req;
+  struct iovec iov;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg;
+  efuse_intercept_message(&msg, &iov, &req, op, control, fd);
+  efuse_intercept_reply reply = {-1, 0};
+  bool ok = ::sendmsg(s, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof req) &&
+            ::recv(s, &reply, sizeof reply, 0) == static_cast<ssize_t>(sizeof reply);
+  ::close(s);
+  return ok ? reply.error : -1;
+}
+
+TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
+  std::string src = tmp_ / "src";
+  ASSERT_EQ(::mkdir(src.c_str(), 0755), 0);
+  cfg_.source = src;
+  fs::passthrough::PassthroughFs backend(src, fs::Policy{});
+  {
+    InterceptPublisher p;
+    p.publish(cfg_, 42, &backend);
+    ASSERT_NE(p.server(), nullptr);
+    EXPECT_TRUE(record_flags() & EFUSE_IR_WRITES);
+    std::string sock = p.server()->path();
+    std::string tail = "-" + std::to_string(getpid()) + ".sock";
+    EXPECT_EQ(sock.compare(sock.size() - tail.size(), tail.size(), tail), 0) << sock;
+    struct stat st;
+    ASSERT_EQ(::stat(sock.c_str(), &st), 0);
+    EXPECT_TRUE(S_ISSOCK(st.st_mode));
+    EXPECT_EQ(st.st_mode & 0777, 0666u);
+    // A file opened for writing is marked until no open for writing of it remains.
+    std::string f = src + "/f";
+    int fd = ::open(f.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(ask(sock, EFUSE_IREQ_WRITING, fd), 0);
+    EXPECT_EQ(backend.library_marked(), 1u);
+    EXPECT_EQ(ask(sock, EFUSE_IREQ_CHANGED, fd), 0);
+    EXPECT_EQ(ask(sock, 77, fd), EINVAL);
+    int ro = ::open(f.c_str(), O_RDONLY | O_CLOEXEC);
+    EXPECT_EQ(ask(sock, EFUSE_IREQ_WRITING, ro), EBADF);
+    ::close(ro);
+    ::close(fd);
+    EXPECT_TRUE(efuse::testing::eventually([&] { return backend.library_marked() == 0; }));
+    EXPECT_EQ(p.server()->accepted(), 2u);
+    EXPECT_EQ(p.server()->malformed(), 1u);
+    // Turned off live: the socket stays for the descriptors already handed out.
+    p.withdraw(true);
+    EXPECT_NE(p.server(), nullptr);
+    EXPECT_EQ(ask(sock, EFUSE_IREQ_CHANGED, fd = ::open(f.c_str(), O_RDONLY | O_CLOEXEC)), 0);
+    ::close(fd);
+    p.withdraw(false);
+    EXPECT_EQ(p.server(), nullptr);
+    EXPECT_NE(::stat(sock.c_str(), &st), 0) << "removed with the mount";
+  }
+  // A read-only mount takes no writes: no socket, no flag.
+  cfg_.options.read_only = true;
+  InterceptPublisher q;
+  q.publish(cfg_, 43, &backend);
+  EXPECT_EQ(q.server(), nullptr);
+  EXPECT_FALSE(record_flags() & EFUSE_IR_WRITES);
 }
 
 }  // namespace

@@ -8,7 +8,9 @@
 #include <sys/vfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -118,6 +120,51 @@ TEST_F(DeviceIoTest, ABadAlignmentOrDescriptorIsAnError) {
   n = direct_read(-1, buf, 0, 4096);
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.error(), EBADF);
+}
+
+// The readahead stream: sequential 128 KiB reads (as FUSE readahead sends them), odd-sized
+// reads, reads that go back and jump ahead, reads past the end: always the file's bytes.
+TEST_F(DeviceIoTest, AStreamReadsAheadAndReturnsTheFilesBytes) {
+  if (!open_direct()) GTEST_SKIP() << "TMPDIR does no direct I/O";
+  int err = 0;
+  auto stream = DirectStream::create(direct_, align_, &err);
+  ASSERT_TRUE(stream) << strerror(err);
+  std::vector<char> buf(DirectStream::kChunk);
+  // Sequential, whole file, then its end.
+  std::string got;
+  for (uint64_t off = 0;; off += buf.size()) {
+    auto n = stream->read(buf, off);
+    ASSERT_TRUE(n.ok()) << strerror(n.error());
+    got.append(buf.data(), *n);
+    if (*n < buf.size()) break;
+  }
+  ASSERT_EQ(got.size(), data_.size());
+  EXPECT_TRUE(got == std::string(data_.begin(), data_.end()));
+  DirectStream::Stats st = stream->stats();
+  EXPECT_GE(st.chunks_read, data_.size() / DirectStream::kChunk);
+  EXPECT_LT(st.chunks_waited, st.chunks_read) << "later chunks were read ahead";
+  // Odd offsets and sizes, backwards and forwards, across chunk boundaries.
+  std::mt19937 rng(7);
+  for (int i = 0; i < 200; ++i) {
+    uint64_t off = rng() % (data_.size() + 100);
+    size_t len = 1 + rng() % (3 * DirectStream::kChunk);
+    std::vector<char> b(len);
+    auto n = stream->read(b, off);
+    ASSERT_TRUE(n.ok()) << strerror(n.error());
+    size_t want = off >= data_.size() ? 0 : std::min<size_t>(len, data_.size() - off);
+    ASSERT_EQ(*n, want) << off << "+" << len;
+    EXPECT_EQ(std::memcmp(b.data(), data_.data() + off, want), 0) << off << "+" << len;
+  }
+  // The file changes (through efused: drop() is called): the new bytes are read.
+  int w = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(::pwrite(w, "CHANGED", 7, 4096 * 3), 7);
+  ASSERT_EQ(::fsync(w), 0);
+  ::close(w);
+  stream->drop();
+  std::vector<char> b(16);
+  ASSERT_EQ(*stream->read(b, 4096 * 3), 16u);
+  EXPECT_EQ(std::string(b.data(), 7), "CHANGED");
 }
 
 }  // namespace

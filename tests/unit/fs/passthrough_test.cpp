@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
@@ -828,6 +829,117 @@ TEST_F(PassthroughTest, UnknownHandlesAreEbadfAndCloseNothing) {
   EXPECT_EQ(fs_->open_handles(), before);
   EXPECT_EQ(fs_->read(ctx_, id, fh, 0, buf).error(), EBADF);
   EXPECT_EQ(fs_->release(ctx_, id, fh).error(), EBADF) << "a second RELEASE";
+}
+
+
+// ---- files written by processes under libefuse_intercept.so (passthrough_library.cpp) ----
+
+class LibraryWritesTest : public PassthroughTest {
+ protected:
+  LibraryWritesTest() {
+    Policy p;
+    p.attr_timeout = 60;
+    p.entry_timeout = 60;
+    p.passthrough_io = false;  // no passthrough granted here (init below): the page cache
+    p.adaptive_io = false;
+    fs_->set_policy(p);
+    fs_->set_invalidator(&inv_);
+  }
+  ~LibraryWritesTest() override { fs_->set_invalidator(nullptr); }
+  double attr_timeout(uint64_t ino) {
+    auto a = fs_->getattr(ctx_, ino, nullptr);
+    EXPECT_TRUE(a.ok());
+    return a.ok() ? a->timeout : -1;
+  }
+  RecordingInvalidator inv_;
+};
+
+TEST_F(LibraryWritesTest, AMarkedFileIsNotCachedWhileAnyOpenForWritingRemains) {
+  ASSERT_TRUE(write_file(src("f"), "abc"));
+  uint64_t id = lookup(kRoot, "f");
+  EXPECT_EQ(attr_timeout(id), 60);
+  int fd = ::open(src("f").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(fs_->library_writing(fd).ok());
+  EXPECT_EQ(inv_.pages_dropped(id), 1u) << "attributes and pages dropped at the mark";
+  EXPECT_EQ(attr_timeout(id), 0);
+  auto e = fs_->lookup(ctx_, kRoot, "f");
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->attr_timeout, 0);
+  EXPECT_EQ(e->entry_timeout, 60) << "the name is not what changes";
+  // The kernel's opens of it are uncached: direct I/O here (no passthrough granted).
+  auto o = fs_->open(ctx_, id, O_RDONLY);
+  ASSERT_TRUE(o.ok());
+  EXPECT_TRUE(o->direct_io);
+  release(id, o->fh);
+  // A forked child keeps the file open for writing after this process closed it.
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  pid_t child = ::fork();
+  if (child == 0) {
+    char c;
+    (void)!::read(pipefd[0], &c, 1);  // until the test says so
+    _exit(0);
+  }
+  ::close(fd);
+  EXPECT_EQ(fs_->library_sweep(), 1u) << "the child's open keeps it";
+  EXPECT_EQ(attr_timeout(id), 0);
+  (void)!::write(pipefd[1], "x", 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ::close(pipefd[0]);
+  ::close(pipefd[1]);
+  EXPECT_EQ(fs_->library_sweep(), 0u);
+  EXPECT_EQ(fs_->library_marked(), 0u);
+  EXPECT_EQ(attr_timeout(id), 60) << "cached again";
+}
+
+TEST_F(LibraryWritesTest, AFileTheKernelLooksUpAfterTheMarkIsMarkedToo) {
+  ASSERT_TRUE(write_file(src("later"), "abc"));
+  int fd = ::open(src("later").c_str(), O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_TRUE(fs_->library_writing(fd).ok());
+  auto e = fs_->lookup(ctx_, kRoot, "later");
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ(e->attr_timeout, 0);
+  ::close(fd);
+  EXPECT_EQ(fs_->library_sweep(), 0u);
+  EXPECT_EQ(attr_timeout(e->ino), 60);
+}
+
+TEST_F(LibraryWritesTest, RefusedWhileTheFileIsOpenThroughThePageCache) {
+  ASSERT_TRUE(write_file(src("f"), "abc"));
+  uint64_t id = lookup(kRoot, "f");
+  auto o = fs_->open(ctx_, id, O_RDONLY);
+  ASSERT_TRUE(o.ok());
+  ASSERT_FALSE(o->direct_io);  // through the page cache
+  int fd = ::open(src("f").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(fs_->library_writing(fd).error(), EBUSY);
+  EXPECT_EQ(fs_->library_marked(), 0u);
+  EXPECT_EQ(attr_timeout(id), 60);
+  release(id, o->fh);
+  EXPECT_TRUE(fs_->library_writing(fd).ok()) << "once that open is closed";
+  ::close(fd);
+}
+
+TEST_F(LibraryWritesTest, BadDescriptorsAreRefusedAndChangesInvalidateAttributes) {
+  ASSERT_TRUE(write_file(src("f"), "abc"));
+  uint64_t id = lookup(kRoot, "f");
+  int ro = ::open(src("f").c_str(), O_RDONLY | O_CLOEXEC);
+  int dir = ::open(src_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int pipefd[2];
+  ASSERT_EQ(::pipe(pipefd), 0);
+  EXPECT_EQ(fs_->library_writing(ro).error(), EBADF) << "not open for writing";
+  EXPECT_EQ(fs_->library_writing(dir).error(), EINVAL);
+  EXPECT_EQ(fs_->library_writing(pipefd[1]).error(), EINVAL);
+  EXPECT_EQ(fs_->library_writing(-1).error(), EBADF);
+  EXPECT_EQ(fs_->library_changed(pipefd[0]).error(), EINVAL);
+  EXPECT_EQ(fs_->library_marked(), 0u);
+  EXPECT_TRUE(fs_->library_changed(ro).ok());  // (no change made: the watcher stays quiet)
+  EXPECT_EQ(inv_.attrs_dropped(id), 1u);
+  EXPECT_EQ(inv_.pages_dropped(id), 0u);
+  for (int fd : {ro, dir, pipefd[0], pipefd[1]}) ::close(fd);
 }
 
 }  // namespace

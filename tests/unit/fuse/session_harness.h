@@ -315,9 +315,18 @@ inline ::testing::AssertionResult parse_dirents(const std::string& payload, bool
 
 // Owns a temp dir whose "src" subdirectory is the PassthroughFs source (so tests can keep
 // files outside the served tree), the backend, a RecordingTransport and the Session.
+// Options of a harness whose every request is answered before handle() returns: requests
+// that may block are not moved to the offload pool (queue balancing has tests of its own).
+inline SessionOptions serial_options() {
+  SessionOptions o;
+  o.queue_balancing = false;
+  return o;
+}
+
 class SessionHarness {
  public:
-  explicit SessionHarness(SessionOptions opts = {}, efuse::fs::Policy policy = {}) : opts_(opts) {
+  explicit SessionHarness(SessionOptions opts = serial_options(), efuse::fs::Policy policy = {})
+      : opts_(opts) {
     // INIT and malformed requests log at info/warning; keep test output readable.
     saved_log_level_ = efuse::log::level();
     efuse::log::set_level(efuse::log::Level::Error);

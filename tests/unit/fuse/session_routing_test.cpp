@@ -227,7 +227,7 @@ class SessionRouting : public ::testing::Test {
   }
 
   RecordingFs fs_;
-  Session session_{fs_, SessionOptions{}};
+  Session session_{fs_, SessionOptions{.queue_balancing = false}};
   RecordingTransport transport_;
   RecordingConnection conn_;
   std::vector<char> scratch_ = std::vector<char>(SessionOptions{}.max_write + 4096);

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <map>
 #include <set>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "session_harness.h"
+#include "../testing/eventually.h"
 
 namespace fuse::testing {
 namespace {
@@ -954,14 +956,12 @@ TEST(SessionDeferred, DeferredReplyDroppedUnansweredAnswersEio) {
   h.release(n, fb);
 }
 
-// Queue balancing (accel/offload.h): FSYNC is served inline or on a thread of its own. With
-// probes of one measurement, the first FSYNC takes the guess (inline, answered at once) and
-// the second is the probe of the other way: offloaded, answered by its thread later.
-TEST(SessionDeferred, FsyncIsServedInlineOrOffloadedAsTheSchedulerProbes) {
-  SessionOptions opts;
-  std::vector<std::function<void()>> started;
-  opts.start_thread = [&started](std::function<void()> work) { started.push_back(std::move(work)); };
-  SessionHarness h(opts);
+// Queue balancing (accel/offload.h): FSYNC is served inline or on the offload pool. With
+// probes of one measurement, the first FSYNC takes the guess (offload: answered later by a
+// pool thread through its deferred reply) and the second is the probe of the other way:
+// inline, answered at once.
+TEST(SessionDeferred, FsyncIsOffloadedOrServedInlineAsTheSchedulerProbes) {
+  SessionHarness h(SessionOptions{});
   efuse::accel::Settings s;
   s.probe = 1;
   h.session().set_adaptive(s);
@@ -970,54 +970,131 @@ TEST(SessionDeferred, FsyncIsServedInlineOrOffloadedAsTheSchedulerProbes) {
   uint64_t n = h.lookup(kRootId, "f").nodeid;
   uint64_t fh = h.open(n, O_RDWR);
   k::fuse_fsync_in in{fh, 0, 0};
-  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), 0);
-  EXPECT_TRUE(started.empty()) << "the first FSYNC is served inline";
-
   uint64_t unique = h.next_unique();
   EXPECT_TRUE(h.handle_raw(make_request(code(Op::Fsync), n, unique, pod(in))).empty())
-      << "an offloaded FSYNC is answered by its thread";
-  ASSERT_EQ(started.size(), 1u);
-  EXPECT_EQ(h.session().deferred(), 1u);
-  std::thread([&started] { started[0](); }).join();
+      << "an offloaded FSYNC is answered by a pool thread";
+  ASSERT_TRUE(efuse::testing::eventually([&] { return h.session().deferred() == 0; }));
   h.getattr(n);  // collects the FSYNC's reply as a stray one
   auto stray = h.take_stray();
   ASSERT_EQ(stray.size(), 1u);
   EXPECT_EQ(stray[0].hdr.unique, unique);
   EXPECT_EQ(stray[0].error(), 0);
-  EXPECT_EQ(h.session().deferred(), 0u);
+
+  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), 0) << "the probe of inline answers at once";
 
   efuse::accel::OffloadReport r = h.session().offload_report();
   const auto& fsync = r.served[static_cast<size_t>(efuse::accel::Blocking::Fsync)];
-  EXPECT_EQ(fsync[0][static_cast<size_t>(efuse::accel::Pick::Guess)], 1u);
-  EXPECT_EQ(fsync[1][static_cast<size_t>(efuse::accel::Pick::Probe)], 1u);
+  EXPECT_EQ(fsync[1][static_cast<size_t>(efuse::accel::Pick::Guess)], 1u);
+  EXPECT_EQ(fsync[0][static_cast<size_t>(efuse::accel::Pick::Probe)], 1u);
   // Both ways measured: the probe is complete and committed to one of them.
   const auto& e = r.engines[static_cast<size_t>(efuse::accel::Blocking::Fsync)];
   EXPECT_EQ(e.phase, efuse::accel::Phase::Commit);
   EXPECT_GE(e.predicted[0], 0);
   EXPECT_GE(e.predicted[1], 0);
   EXPECT_EQ(h.session().stats()[code(Op::Fsync)].requests.load(), 2u);
+  OffloadPool::Stats p = h.session().offload_pool_stats();
+  EXPECT_EQ(p.submitted, 1u);
+  EXPECT_EQ(p.rejected, 0u);
+  EXPECT_LE(p.threads, p.max_threads);
   h.release(n, fh);
-  h.session().shutdown();  // returns: the offloaded request is done
+  h.session().shutdown();
 }
 
-// An offloaded FSYNC whose thread never runs its work is answered EIO by the backstop, and
+// An offloaded FSYNC that no pool thread ever runs (the thread's start kept its body and
+// dropped it) is answered EIO by its token's backstop when the session shuts down, and
 // shutdown() does not wait for it forever.
 TEST(SessionDeferred, OffloadedFsyncDroppedUnrunAnswersEio) {
+  std::vector<std::function<void()>> kept;
   SessionOptions opts;
-  opts.start_thread = [](std::function<void()> work) { (void)work; };
+  opts.start_thread = [&kept](std::function<void()> body) { kept.push_back(std::move(body)); };
   SessionHarness h(opts);
-  efuse::accel::Settings s;
-  s.probe = 1;
-  h.session().set_adaptive(s);
   ASSERT_EQ(h.init().error(), 0);
   ASSERT_TRUE(write_file(h.src("f"), "data"));
   uint64_t n = h.lookup(kRootId, "f").nodeid;
   uint64_t fh = h.open(n, O_RDWR);
   k::fuse_fsync_in in{fh, 0, 0};
-  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), 0);   // inline (the guess)
-  EXPECT_EQ(h.call(Op::Fsync, n, pod(in)).error(), EIO);  // offloaded, dropped
+  uint64_t unique = h.next_unique();
+  EXPECT_TRUE(h.handle_raw(make_request(code(Op::Fsync), n, unique, pod(in))).empty());
+  ASSERT_EQ(kept.size(), 1u);
+  EXPECT_EQ(h.session().deferred(), 1u);
+  kept.clear();  // the thread never runs
+  h.session().shutdown();
+  auto sent = h.transport().take();
+  ASSERT_EQ(sent.size(), 1u);
+  Reply r = parse_reply(sent[0]);
+  EXPECT_EQ(r.hdr.unique, unique);
+  EXPECT_EQ(r.error(), EIO);
   EXPECT_EQ(h.session().deferred(), 0u);
-  h.release(n, fh);
+  EXPECT_EQ(h.session().stats()[code(Op::Fsync)].errors_by_errno[EIO].load(), 1u);
+}
+
+// A truncating CREATE and a size-changing SETATTR go through the scheduler too; offloaded,
+// their deferred replies carry the reply body (entry and open; attributes) a pool thread
+// built. With probes of one: the first is inline (the guess), the second offloaded.
+TEST(SessionDeferred, OffloadedCreateAndSetattrCarryTheirReplies) {
+  SessionHarness h(SessionOptions{});
+  efuse::accel::Settings s;
+  s.probe = 1;
+  h.session().set_adaptive(s);
+  ASSERT_EQ(h.init().error(), 0);
+  ASSERT_TRUE(write_file(h.src("t"), std::string(100000, 'x')));
+  auto create = [&](uint64_t id) {
+    k::fuse_create_in c{O_RDWR | O_CREAT | O_TRUNC, 0644, 0, 0};
+    return h.handle_raw(make_request(code(Op::Create), kRootId, id, pod(c) + cstr("t")));
+  };
+  auto first = create(h.next_unique());
+  ASSERT_EQ(first.size(), 1u) << "the guess: inline";
+  auto e1 = parse_reply(first[0]).as<k::fuse_entry_out>();
+  EXPECT_EQ(e1.attr.size, 0u);
+  ASSERT_TRUE(write_file(h.src("t"), std::string(5000, 'y')));
+  uint64_t unique = h.next_unique();
+  EXPECT_TRUE(create(unique).empty()) << "the probe: offloaded";
+  ASSERT_TRUE(efuse::testing::eventually([&] { return h.session().deferred() == 0; }));
+  auto sent = h.transport().take();
+  ASSERT_EQ(sent.size(), 1u);
+  Reply r = parse_reply(sent[0]);
+  ASSERT_EQ(r.hdr.unique, unique);
+  ASSERT_EQ(r.error(), 0);
+  ASSERT_EQ(r.payload.size(), sizeof(k::fuse_entry_out) + sizeof(k::fuse_open_out));
+  auto e2 = r.as<k::fuse_entry_out>();
+  EXPECT_EQ(e2.nodeid, e1.nodeid);
+  EXPECT_EQ(e2.attr.size, 0u) << "truncated";
+  auto o2 = r.as<k::fuse_open_out>(sizeof(k::fuse_entry_out));
+  EXPECT_NE(o2.fh, 0u);
+
+  auto truncate = [&](uint64_t id, uint64_t size) {
+    k::fuse_setattr_in sa{};
+    sa.valid = k::kFattrSize;
+    sa.size = size;
+    return h.handle_raw(make_request(code(Op::Setattr), e1.nodeid, id, pod(sa)));
+  };
+  auto t1 = truncate(h.next_unique(), 12345);
+  ASSERT_EQ(t1.size(), 1u) << "the guess: inline";
+  EXPECT_EQ(parse_reply(t1[0]).as<k::fuse_attr_out>().attr.size, 12345u);
+  unique = h.next_unique();
+  EXPECT_TRUE(truncate(unique, 777).empty()) << "the probe: offloaded";
+  ASSERT_TRUE(efuse::testing::eventually([&] { return h.session().deferred() == 0; }));
+  sent = h.transport().take();
+  ASSERT_EQ(sent.size(), 1u);
+  r = parse_reply(sent[0]);
+  EXPECT_EQ(r.hdr.unique, unique);
+  EXPECT_EQ(r.error(), 0);
+  EXPECT_EQ(r.as<k::fuse_attr_out>().attr.size, 777u);
+  struct stat st;
+  ASSERT_EQ(::stat(h.src("t").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 777);
+  // A chmod (no size change) is never offloaded: answered at once, not counted.
+  k::fuse_setattr_in chmod{};
+  chmod.valid = k::kFattrMode;
+  chmod.mode = 0600;
+  EXPECT_EQ(h.call(Op::Setattr, e1.nodeid, pod(chmod)).error(), 0);
+  efuse::accel::OffloadReport rep = h.session().offload_report();
+  uint64_t setattrs = 0;
+  for (const auto& path : rep.served[static_cast<size_t>(efuse::accel::Blocking::Setattr)])
+    for (uint64_t v : path) setattrs += v;
+  EXPECT_EQ(setattrs, 2u);
+  h.release(e1.nodeid, o2.fh);
+  h.release(e1.nodeid, parse_reply(first[0]).as<k::fuse_open_out>(sizeof(k::fuse_entry_out)).fh);
   h.session().shutdown();
 }
 

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <memory>
 
+#include "fs/passthrough/inode_table.h"
+
 namespace efuse::fs::passthrough {
 
 uint32_t direct_io_alignment(int fd) {
@@ -118,6 +120,163 @@ Result<size_t> direct_read(int fd, std::span<char> buf, uint64_t off, uint32_t a
     done += static_cast<size_t>(n);
   }
   return done;
+}
+
+std::unique_ptr<DirectStream> DirectStream::create(int fd, uint32_t align, int* err) {
+  if (align == 0 || (align & (align - 1)) != 0 || kChunk % align != 0) {
+    *err = EINVAL;
+    return nullptr;
+  }
+  std::unique_ptr<DirectStream> s(new DirectStream(fd, align));
+  int rc = io_uring_queue_init(kWindow, &s->ring_, 0);
+  if (rc < 0) {
+    *err = -rc;
+    return nullptr;
+  }
+  s->ring_ok_ = true;
+  void* p = nullptr;
+  if (posix_memalign(&p, std::max<size_t>(align, 4096), kChunk * kWindow) != 0) {
+    *err = ENOMEM;
+    return nullptr;
+  }
+  s->buffers_ = static_cast<char*>(p);
+  s->slots_.resize(kWindow);
+  for (unsigned i = 0; i < kWindow; ++i) s->slots_[i].data = s->buffers_ + i * kChunk;
+  return s;
+}
+
+DirectStream::~DirectStream() {
+  if (ring_ok_) {
+    reap_all();
+    io_uring_queue_exit(&ring_);
+  }
+  std::free(buffers_);
+}
+
+DirectStream::Slot* DirectStream::find(uint64_t chunk) {
+  for (Slot& s : slots_)
+    if (s.chunk == chunk) return &s;
+  return nullptr;
+}
+
+DirectStream::Slot* DirectStream::issue(uint64_t chunk) {
+  // A slot that is empty, else one outside the window [base_, base_ + kWindow).
+  Slot* slot = nullptr;
+  for (Slot& s : slots_) {
+    if (s.in_flight) continue;
+    if (s.chunk == UINT64_MAX) {
+      slot = &s;
+      break;
+    }
+    if (s.chunk < base_ || s.chunk >= base_ + kWindow) slot = &s;
+  }
+  if (slot == nullptr) return nullptr;
+  struct io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr) return nullptr;
+  slot->chunk = chunk;
+  slot->in_flight = true;
+  slot->res = 0;
+  io_uring_prep_read(sqe, fd_, slot->data, static_cast<unsigned>(kChunk), chunk * kChunk);
+  io_uring_sqe_set_data(sqe, slot);
+  if (io_uring_submit(&ring_) < 1) {
+    slot->in_flight = false;
+    slot->chunk = UINT64_MAX;
+    return nullptr;
+  }
+  ++in_flight_;
+  ++chunks_read_;
+  return slot;
+}
+
+int DirectStream::wait_for(Slot& s) {
+  while (s.in_flight) {
+    struct io_uring_cqe* cqe = nullptr;
+    int rc = io_uring_wait_cqe(&ring_, &cqe);
+    if (rc == -EINTR) continue;
+    if (rc < 0) return rc;
+    Slot* done = static_cast<Slot*>(io_uring_cqe_get_data(cqe));
+    done->res = cqe->res;
+    done->in_flight = false;
+    --in_flight_;
+    io_uring_cqe_seen(&ring_, cqe);
+  }
+  return 0;
+}
+
+void DirectStream::reap_all() {
+  for (Slot& s : slots_)
+    if (s.in_flight && wait_for(s) < 0) return;
+}
+
+// Keeps the window full: its chunks after `base_`, not past the end of the file.
+void DirectStream::fill_ahead() {
+  for (uint64_t c = base_ + 1; c < base_ + kWindow && c <= eof_chunk_; ++c) {
+    if (find(c) != nullptr) continue;
+    if (in_flight_ >= kWindow || issue(c) == nullptr) return;
+  }
+}
+
+Result<size_t> DirectStream::read(std::span<char> buf, uint64_t off) {
+  std::lock_guard lk(mu_);
+  size_t done = 0;
+  while (done < buf.size()) {
+    const uint64_t at = off + done;
+    const uint64_t chunk = at / kChunk;
+    if (eof_chunk_ != UINT64_MAX && chunk > eof_chunk_) eof_chunk_ = UINT64_MAX;  // grown?
+    base_ = chunk;  // the window follows the reader, forwards or back
+    Slot* s = find(chunk);
+    if (s == nullptr) s = issue(chunk);
+    if (s == nullptr) {
+      // Every slot is busy with reads still in flight: read this one directly.
+      auto n = direct_read(fd_, buf.subspan(done), at, align_);
+      if (!n.ok()) return done > 0 ? Result<size_t>(done) : n;
+      done += *n;
+      break;
+    }
+    // The chunks after this one start now, while this one is waited for and copied.
+    fill_ahead();
+    if (s->in_flight) {
+      ++chunks_waited_;
+      if (int rc = wait_for(*s); rc < 0) return Errno{-rc};
+    }
+    if (s->res < 0) {
+      int e = -s->res;
+      s->chunk = UINT64_MAX;  // not kept: the next read tries again
+      if (e == EINTR || e == EAGAIN) continue;
+      if (done > 0) break;
+      return Errno{e};
+    }
+    const size_t have = static_cast<size_t>(s->res);
+    if (have < kChunk) eof_chunk_ = chunk;
+    const size_t skip = static_cast<size_t>(at - chunk * kChunk);
+    if (skip >= have) break;  // end of file
+    const size_t n = std::min(have - skip, buf.size() - done);
+    std::memcpy(buf.data() + done, s->data + skip, n);
+    done += n;
+    if (have < kChunk && skip + n >= have) break;  // end of file
+  }
+  return done;
+}
+
+void DirectStream::drop() {
+  std::lock_guard lk(mu_);
+  reap_all();
+  for (Slot& s : slots_) s.chunk = UINT64_MAX;
+  eof_chunk_ = UINT64_MAX;
+}
+
+DirectStream::Stats DirectStream::stats() const {
+  std::lock_guard lk(mu_);
+  return {chunks_read_, chunks_waited_};
+}
+
+void Inode::drop_read_ahead() {
+  std::shared_ptr<DirectStream> s;
+  {
+    std::lock_guard lk(io_mu);
+    s = dev_stream;
+  }
+  if (s) s->drop();
 }
 
 }  // namespace efuse::fs::passthrough

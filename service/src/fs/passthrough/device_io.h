@@ -2,8 +2,13 @@
 // backing device into efused's buffer.
 #pragma once
 
+#include <liburing.h>
+
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <span>
+#include <vector>
 
 #include "common/result.h"
 
@@ -20,5 +25,65 @@ uint32_t direct_io_alignment(int fd);
 // through an aligned bounce buffer of the thread's: the aligned range around it is read
 // and the part asked for copied. Short only at end of file; fails with the read's errno.
 Result<size_t> direct_read(int fd, std::span<char> buf, uint64_t off, uint32_t align);
+
+// Readahead for the device path: one sequential reader of one O_DIRECT file that keeps up
+// to kWindow reads of kChunk bytes in flight ahead of the reads it serves, on an io_uring
+// ring of its own, so that the device works on the next chunks while efused answers the
+// current one (one synchronous O_DIRECT read per FUSE READ leaves the device idle between
+// requests and loses to the backing file's buffered readahead). Reads it serves are
+// copied out of its chunks; a read outside the window (not sequential) moves the window to
+// it. Data read ahead is a snapshot of the file when it was read: whoever changes the
+// file through efused calls drop() (writes, truncation). Thread-safe: the threads serving
+// one stream take turns (one mutex).
+class DirectStream {
+ public:
+  static constexpr size_t kChunk = 128 * 1024;
+  static constexpr unsigned kWindow = 8;
+
+  // A stream of `fd` (O_DIRECT) with the file system's `align` (direct_io_alignment());
+  // null (*err says why) when its ring or buffers cannot be set up.
+  static std::unique_ptr<DirectStream> create(int fd, uint32_t align, int* err);
+  ~DirectStream();  // waits for the reads in flight (they write into its buffers)
+  DirectStream(const DirectStream&) = delete;
+  DirectStream& operator=(const DirectStream&) = delete;
+
+  // Up to buf.size() bytes at `off`, short only at end of file, as direct_read().
+  Result<size_t> read(std::span<char> buf, uint64_t off);
+  // Forgets what was read ahead (the file changed).
+  void drop();
+
+  struct Stats {
+    uint64_t chunks_read = 0;    // chunk reads issued
+    uint64_t chunks_waited = 0;  // chunks a read had to wait for (not ahead enough)
+  };
+  Stats stats() const;
+
+ private:
+  struct Slot {
+    uint64_t chunk = UINT64_MAX;  // chunk index (offset / kChunk); UINT64_MAX: empty
+    bool in_flight = false;
+    int res = 0;  // bytes read, or -errno, once done
+    char* data = nullptr;
+  };
+  DirectStream(int fd, uint32_t align) : fd_(fd), align_(align) {}
+  Slot* find(uint64_t chunk);
+  Slot* issue(uint64_t chunk);  // null: no slot free (all in flight or in the window)
+  int wait_for(Slot& s);        // reaps completions until `s` is done; -errno on ring failure
+  void reap_all();
+  void fill_ahead();
+
+  mutable std::mutex mu_;
+  const int fd_;
+  const uint32_t align_;
+  struct io_uring ring_ {};
+  bool ring_ok_ = false;
+  std::vector<Slot> slots_;
+  char* buffers_ = nullptr;
+  unsigned in_flight_ = 0;
+  uint64_t base_ = 0;  // the chunk the latest read wanted: the window is [base_, base_ + kWindow)
+  uint64_t chunks_read_ = 0;
+  uint64_t chunks_waited_ = 0;
+  uint64_t eof_chunk_ = UINT64_MAX;  // the first chunk found short (end of file)
+};
 
 }  // namespace efuse::fs::passthrough

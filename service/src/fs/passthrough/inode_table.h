@@ -49,6 +49,20 @@ inline int64_t steady_ns() {
 
 struct Inode;
 class InodeTable;
+class DirectStream;
+
+// A backing object's identity: (st_dev, st_ino).
+struct BackingKey {
+  dev_t dev;
+  ino_t ino;
+  bool operator==(const BackingKey&) const = default;
+};
+struct BackingKeyHash {
+  size_t operator()(const BackingKey& k) const noexcept {
+    return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
+                                 static_cast<uint64_t>(k.dev));
+  }
+};
 
 // The file handle (a struct file_handle) of fd's object, any descriptor (O_PATH included);
 // `flags` are added to AT_EMPTY_PATH for name_to_handle_at. Empty with errno set on failure.
@@ -116,6 +130,10 @@ struct Inode {
   // An open of this file was served through the kernel's page cache (not passthrough), so
   // the kernel may hold its pages, even after the last close (KEEP_CACHE, mmap).
   std::atomic<bool> paged{false};
+  // A process under libefuse_intercept.so may be writing the backing file itself
+  // (PassthroughFs::library_writing): the kernel gets its attributes valid for no time and
+  // no open of it through the page cache, until no open for writing of it remains.
+  std::atomic<bool> library_writes{false};
   std::atomic<int> watch{-1};        // inotify watch descriptor (directories)
   // steady_clock time (ns) efused last gave the kernel this inode's entry and attributes.
   std::atomic<int64_t> refreshed_ns{0};
@@ -158,6 +176,13 @@ struct Inode {
   std::atomic<int> direct_fd{-1};    // O_DIRECT descriptor while kDevDevice (io_mu)
   std::atomic<uint32_t> direct_align{0};
   accel::FileDevice dev_io;          // guarded by io_mu but its atomics
+  // Readahead of the device path (fs/passthrough/device_io.h): made at the epoch's second
+  // sequential device READ, dropped at its end (io_mu); dev_next is where the latest
+  // device READ ended.
+  std::shared_ptr<DirectStream> dev_stream;
+  std::atomic<uint64_t> dev_next{0};
+  // The file's data changed (through efused or behind its back): what was read ahead goes.
+  void drop_read_ahead();
 
   // POSIX record locks: one open file description per lock owner, locked with OFD locks.
   // OFD locks carry no pid, so each owner also keeps the ranges it holds and the pid that
@@ -274,17 +299,8 @@ class InodeTable {
   static void wake_evictors(uint64_t held);
   void evictor_loop();
 
-  struct Key {
-    dev_t dev;
-    ino_t ino;
-    bool operator==(const Key&) const = default;
-  };
-  struct KeyHash {
-    size_t operator()(const Key& k) const noexcept {
-      return std::hash<uint64_t>()(static_cast<uint64_t>(k.ino) * 0x9E3779B97F4A7C15ULL ^
-                                   static_cast<uint64_t>(k.dev));
-    }
-  };
+  using Key = BackingKey;
+  using KeyHash = BackingKeyHash;
 
   // mu_ guards by_key_ and linked_, and is taken before the node table's own lock, so that
   // a key and its nodeid change together.

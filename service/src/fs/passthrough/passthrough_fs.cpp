@@ -47,6 +47,7 @@ PassthroughFs::PassthroughFs(std::string source, const Policy& policy)
 PassthroughFs::~PassthroughFs() {
   for (auto& [fh, fd] : restored_fds_)
     if (fd >= 0) ::close(fd);
+  for (auto& [key, fd] : library_marks_) ::close(fd);
 }
 
 void PassthroughFs::init(const Capabilities& caps) { caps_ = caps; }
@@ -94,11 +95,12 @@ Result<Entry> PassthroughFs::entry_for(int fd) {
   auto inode = inodes_.ref(fd, st, &created);
   if (created && S_ISDIR(st.st_mode))
     if (auto w = watcher()) w->watch(*inode);
+  if (created && S_ISREG(st.st_mode)) library_mark_new(*inode);
   Entry e;
   e.ino = inode->nodeid;
   e.attr = st;
   e.entry_timeout = cache_timeout(entry_timeout_);
-  e.attr_timeout = cache_timeout(attr_timeout_);
+  e.attr_timeout = attr_timeout_of(*inode);
   inode->refreshed_ns.store(steady_ns(), std::memory_order_relaxed);
   replied(*inode, st);
   return e;
@@ -119,6 +121,10 @@ double PassthroughFs::cache_timeout(const std::atomic<double>& configured) const
   auto w = watcher();
   if (w && !w->exact()) t = std::min(t, kUnwatchedTimeout);
   return t;
+}
+
+double PassthroughFs::attr_timeout_of(const Inode& inode) const {
+  return inode.library_writes.load(std::memory_order_relaxed) ? 0 : cache_timeout(attr_timeout_);
 }
 
 Result<Entry> PassthroughFs::lookup_at(int dirfd, const char* name) {
@@ -194,7 +200,7 @@ Result<Attr> PassthroughFs::getattr(const Context&, uint64_t ino, const uint64_t
   if (rc != 0) return last_errno();
   replied(*inode, st);
   io_policy_.attr_fetched(inode->io);  // a refetch after passthrough reads (accel/io_path.h)
-  return Attr{st, cache_timeout(attr_timeout_)};
+  return Attr{st, attr_timeout_of(*inode)};
 }
 
 Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const SetattrRequest& s) {
@@ -216,6 +222,7 @@ Result<Attr> PassthroughFs::setattr(const Context& ctx, uint64_t ino, const Seta
     int rc = fh >= 0 ? ftruncate(fh, static_cast<off_t>(s.size))
                      : truncate(ProcPath(fd), static_cast<off_t>(s.size));
     if (rc != 0) return last_errno();
+    data_changed(ino);
     if (ctx.kill_suidgid) {
       Status k = kill_suidgid(fd);
       if (!k.ok()) return Errno{k.error()};

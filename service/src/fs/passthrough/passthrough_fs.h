@@ -59,7 +59,7 @@ class PassthroughFs final : public Filesystem {
  public:
   // Opens the source directory; throws std::system_error when it is unusable.
   PassthroughFs(std::string source, const Policy& policy);
-  ~PassthroughFs() override;
+  ~PassthroughFs() override;  // closes library_marks_' descriptors too
 
   // Wants all of it: writeback cache, passthrough, POSIX locks and flock.
   Capabilities negotiate(const Capabilities& offered) override { return offered; }
@@ -136,6 +136,14 @@ class PassthroughFs final : public Filesystem {
   Status setlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner, const Lock&) override;
   Status flock(const Context&, uint64_t ino, uint64_t fh, int op) override;
 
+  // libefuse_intercept.so's own writes (passthrough_library.cpp, docs/intercept.md).
+  bool library_writes() const override { return !caps_.writeback_cache; }
+  Status library_writing(int fd) override;
+  Status library_changed(int fd) override;
+  size_t library_sweep() override;
+  // Files marked now (tests).
+  size_t library_marked() const;
+
   // Its counters (for tests) and their /metrics series (passthrough_metrics.cpp).
   BackendStats backend_stats() const;
   std::vector<Metric> metrics() const override;
@@ -180,6 +188,14 @@ class PassthroughFs final : public Filesystem {
   // (`fd`: the handle's descriptor). end_device_epoch(): at its last release (io_mu held).
   int device_fd(Inode& inode, int fd);
   void end_device_epoch(Inode& inode, int64_t now_ns);
+  // The device path's readahead of the inode (fs/passthrough/device_io.h): its stream once
+  // two device READs of the epoch followed each other (at most kMaxStreams per mount), else
+  // null (one synchronous O_DIRECT read per READ).
+  std::shared_ptr<DirectStream> device_stream(Inode& inode, int dfd, uint64_t off, size_t len);
+  // Data of `ino` changed through efused: drops what its stream read ahead.
+  void data_changed(uint64_t ino);
+  static constexpr int kMaxStreams = 32;
+  std::atomic<int> streams_{0};
   // Direct I/O alignment of the backing file system `dev` (0: none), asked once per file
   // system; the first one without says so in the log.
   uint32_t direct_alignment(dev_t dev, int fd);
@@ -192,6 +208,11 @@ class PassthroughFs final : public Filesystem {
   // not be added, the mount's entry and attr timeouts are capped at kUnwatchedTimeout.
   static constexpr double kUnwatchedTimeout = 1.0;
   double cache_timeout(const std::atomic<double>& configured) const;
+  // The attribute timeout of `inode`'s replies: 0 while the library may write it.
+  double attr_timeout_of(const Inode& inode) const;
+  // A regular file the kernel just got to know: marked if the library writes it
+  // (library_marks_ holds files the kernel did not know when they were marked).
+  void library_mark_new(Inode& inode);
   std::shared_ptr<Watcher> watcher() const { return watcher_.load(std::memory_order_acquire); }
   Result<std::shared_ptr<DirHandle>> dir_handle(uint64_t ino, uint64_t fh);
   // Whether the kernel may cache listings: while invalidation is exact (passthrough_dir.cpp).
@@ -236,6 +257,7 @@ class PassthroughFs final : public Filesystem {
   std::mutex direct_mu_;
   std::unordered_map<dev_t, uint32_t> direct_align_;  // guarded by direct_mu_
   bool direct_none_logged_ = false;                   // guarded by direct_mu_
+  bool stream_failure_logged_ = false;                // guarded by direct_mu_
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation
   InodeTable inodes_;
   Watcher::Counters watch_counters_;  // declared first: outlives the watchers using it
@@ -245,6 +267,14 @@ class PassthroughFs final : public Filesystem {
   std::atomic<uint64_t> listing_drops_{0};
 
   HandleTable handles_;  // every open fh the kernel holds
+
+  // Backing files libefuse_intercept.so opened for writing (passthrough_library.cpp), by
+  // (st_dev, st_ino), each with an O_PATH descriptor to test for writers; changed only by
+  // the intercept server's thread, read by lookups (library_mark_new).
+  mutable std::mutex library_mu_;
+  std::unordered_map<BackingKey, int, BackingKeyHash> library_marks_;  // guarded by library_mu_
+  std::atomic<size_t> library_mark_count_{0};
+  std::atomic<uint64_t> library_refusals_{0};
 
   // Restart state: the file recorded into (null: none), the slot of each open handle, and
   // the descriptors of handles restored from a previous efused (by fh).

@@ -72,15 +72,24 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_n
     facts.passthrough_available = caps_.passthrough && known;
     facts.kernel_opens = kernel_tier_.load(std::memory_order_relaxed);
     inode.io_cached = io_policy_.open(inode.io, facts, now_ns) == accel::IoPath::Cache;
+    // Written by a process under the interception library: no page cache that its writes
+    // would leave stale. Passthrough reads the backing file; where the kernel cannot (or
+    // each WRITE must clear set-ID bits) efused serves every read and write (direct I/O).
+    if (inode.io_cached && inode.library_writes.load()) {
+      inode.io_cached = false;
+      info.direct_io = facts.setid_write || !caps_.passthrough;
+    }
   } else {
     io_policy_.joined(inode.io);
+    // Joining uncached opens without kernel passthrough: those are direct I/O (above).
+    if (!inode.io_cached && !caps_.passthrough) info.direct_io = true;
   }
   if (inode.io_cached) {
     inode.paged.store(true, std::memory_order_relaxed);
     // Pages may stay across opens when outside changes are invalidated exactly (or the
     // operator asked for it regardless).
     info.keep_cache = keep_cache_.load(std::memory_order_relaxed) || exact_invalidation();
-  } else {
+  } else if (!info.direct_io) {
     info.passthrough_fd = fd;
   }
   return info;
@@ -228,7 +237,42 @@ int PassthroughFs::device_fd(Inode& inode, int fd) {
   return state == Inode::kDevDevice ? inode.direct_fd.load(std::memory_order_relaxed) : -1;
 }
 
+std::shared_ptr<DirectStream> PassthroughFs::device_stream(Inode& inode, int dfd, uint64_t off,
+                                                           size_t len) {
+  const uint64_t prev_end = inode.dev_next.exchange(off + len, std::memory_order_relaxed);
+  std::lock_guard lk(inode.io_mu);
+  if (inode.dev_stream || off == 0 || off != prev_end) return inode.dev_stream;
+  if (streams_.fetch_add(1) >= kMaxStreams) {
+    streams_.fetch_sub(1);
+    return nullptr;
+  }
+  int err = 0;
+  auto s = DirectStream::create(dfd, inode.direct_align.load(std::memory_order_relaxed), &err);
+  if (!s) {
+    streams_.fetch_sub(1);
+    std::lock_guard dlk(direct_mu_);
+    if (!stream_failure_logged_) {
+      stream_failure_logged_ = true;
+      LOG_WARN("device path readahead unavailable under %s (%s): one O_DIRECT read per READ",
+               source_.c_str(), strerror(err));
+    }
+    return nullptr;
+  }
+  inode.dev_stream = std::move(s);
+  return inode.dev_stream;
+}
+
+void PassthroughFs::data_changed(uint64_t ino) {
+  if (streams_.load(std::memory_order_relaxed) == 0) return;
+  if (auto inode = inodes_.get(ino)) inode->drop_read_ahead();
+}
+
 void PassthroughFs::end_device_epoch(Inode& inode, int64_t now_ns) {
+  if (inode.dev_stream) {
+    inode.dev_stream.reset();  // waits for its reads in flight (the last reader is done)
+    streams_.fetch_sub(1);
+  }
+  inode.dev_next.store(0, std::memory_order_relaxed);
   if (inode.dev_state.load(std::memory_order_relaxed) == Inode::kDevUndecided) return;
   dev_policy_.closed(inode.dev_io, now_ns);
   int dfd = inode.direct_fd.exchange(-1, std::memory_order_relaxed);
@@ -248,7 +292,9 @@ Result<size_t> PassthroughFs::read(const Context&, uint64_t ino, uint64_t fh, ui
   const int dfd = device && inode ? device_fd(*inode, fd_of(fh)) : -1;
   size_t done = 0;
   if (dfd >= 0) {
-    auto n = direct_read(dfd, buf, off, inode->direct_align.load(std::memory_order_relaxed));
+    std::shared_ptr<DirectStream> stream = device_stream(*inode, dfd, off, buf.size());
+    auto n = stream ? stream->read(buf, off)
+                    : direct_read(dfd, buf, off, inode->direct_align.load(std::memory_order_relaxed));
     if (!n.ok()) return Errno{n.error()};
     done = *n;
   } else {
@@ -297,6 +343,7 @@ Result<size_t> PassthroughFs::write(const Context& ctx, uint64_t ino, uint64_t f
     done += static_cast<size_t>(n);
   }
   if (measure) served(ino, start);
+  data_changed(ino);
   return done;
 }
 
@@ -358,11 +405,12 @@ Status PassthroughFs::fsync(const Context&, uint64_t, uint64_t fh, bool datasync
   return check(datasync ? fdatasync(fd) : ::fsync(fd));
 }
 
-Status PassthroughFs::fallocate(const Context&, uint64_t, uint64_t fh, int mode, uint64_t off,
-                                uint64_t len) {
+Status PassthroughFs::fallocate(const Context&, uint64_t ino, uint64_t fh, int mode,
+                                uint64_t off, uint64_t len) {
   CHECK_FH(fh);
-  return check(::fallocate(fd_of(fh), mode, static_cast<off_t>(off),
-                           static_cast<off_t>(len)));
+  Status s = check(::fallocate(fd_of(fh), mode, static_cast<off_t>(off), static_cast<off_t>(len)));
+  data_changed(ino);  // a punched hole reads as zeros now
+  return s;
 }
 
 Result<uint64_t> PassthroughFs::lseek(const Context&, uint64_t, uint64_t fh, uint64_t off,
@@ -374,7 +422,7 @@ Result<uint64_t> PassthroughFs::lseek(const Context&, uint64_t, uint64_t fh, uin
 }
 
 Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t fh_in,
-                                              uint64_t off_in, uint64_t, uint64_t fh_out,
+                                              uint64_t off_in, uint64_t ino_out, uint64_t fh_out,
                                               uint64_t off_out, uint64_t len, uint64_t flags) {
   CHECK_FH(fh_in);
   CHECK_FH(fh_out);
@@ -382,6 +430,7 @@ Result<size_t> PassthroughFs::copy_file_range(const Context&, uint64_t, uint64_t
   ssize_t n = ::copy_file_range(fd_of(fh_in), &in, fd_of(fh_out), &out,
                                 len, static_cast<unsigned>(flags));
   if (n < 0) return last_errno();
+  data_changed(ino_out);
   return static_cast<size_t>(n);
 }
 

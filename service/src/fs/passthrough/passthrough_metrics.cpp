@@ -7,6 +7,17 @@ namespace efuse::fs::passthrough {
 std::vector<Metric> PassthroughFs::metrics() const {
   std::vector<Metric> out = metrics_of(backend_stats(), inodes_.excess_forgets());
   add_io_path_metrics(out, io_path_report());
+  out.push_back({"efuse_intercept_written_files",
+       "Backing files that processes under libefuse_intercept.so opened for writing and "
+       "that are still open for writing somewhere: the kernel caches none of their "
+       "attributes or pages (docs/intercept.md).",
+                 Metric::Type::Gauge, static_cast<double>(library_marked())});
+  out.push_back({"efuse_intercept_write_refusals_total",
+       "Opens for writing by libefuse_intercept.so that efused refused (the file had an open "
+       "through the page cache, or 4096 files were being written already): the kernel "
+       "served them instead.",
+                 Metric::Type::Counter,
+                 static_cast<double>(library_refusals_.load(std::memory_order_relaxed))});
   return out;
 }
 

@@ -493,7 +493,10 @@ void Watcher::run() {
     // Counted as sent; one the kernel did not take is the invalidator's to log and count
     // (efuse_invalidation_failures_total).
     for (const auto& [dir, name] : batch.entries) (void)inv_.inval_entry(dir, name);
-    for (uint64_t ino : batch.data) (void)inv_.inval_inode(ino, true);
+    for (uint64_t ino : batch.data) {
+      if (auto inode = table_.get(ino)) inode->drop_read_ahead();
+      (void)inv_.inval_inode(ino, true);
+    }
     uint64_t sent = batch.entries.size() + batch.data.size();
     for (uint64_t ino : batch.attrs)
       if (!batch.data.count(ino)) {
