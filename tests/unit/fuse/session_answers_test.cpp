@@ -55,7 +55,7 @@ class SessionAnswers : public ::testing::Test {
     p.keep_cache = true;
     return p;
   }
-  SessionHarness h_{SessionOptions{}, keeping()};
+  SessionHarness h_{serial_options(), keeping()};
   AnswerTable table_;
   KernelAnswers answers_;
   size_t replies_before_drop_ = 0;
