@@ -389,7 +389,8 @@ def io_path_rows():
         timeseries("Answered in the kernel (kernel module tier)", [
             target(f"sum by (mount, opcode) (rate(efuse_kernel_answered_total{{{SEL}}}[{RATE}]))"
                    f" or 0 * sum by (mount, opcode) (rate(efuse_requests_total{{{SEL}, "
-                   f"opcode=~\"getattr|lookup|getxattr|listxattr|read\"}}[{RATE}]))", "{{mount}} {{opcode}} in the kernel"),
+                   f"opcode=~\"getattr|lookup|getxattr|listxattr|read|open|flush|release\"}}[{RATE}]))",
+                   "{{mount}} {{opcode}} in the kernel"),
             target(f"sum by (mount, reason) (rate(efuse_kernel_handler_fallbacks_total{{{SEL}}}"
                    f"[{RATE}])) or {stock_zero}", "{{mount}} went up: {{reason}}", "B")],
             "reqps", "Requests efuse.ko's eBPF handlers answered from the maps efused keeps "
@@ -404,11 +405,15 @@ def io_path_rows():
             target(f"sum by (mount) (rate(efuse_kernel_map_stores_skipped_total{{{SEL}}}"
                    f"[{RATE}])) or {stock_zero}", "{{mount}} stores skipped/s", "C"),
             target(f"sum by (mount) (rate(efuse_kernel_entry_lookups_total{{{SEL}}}[{RATE}])) "
-                   f"or {stock_zero}", "{{mount}} lookups taken from entries/s", "D")],
+                   f"or {stock_zero}", "{{mount}} lookups taken from entries/s", "D"),
+            target(f"sum by (mount) (efuse_kernel_open_holds{{{SEL}}}) or {stock_zero}",
+                   "{{mount}} nodes held for kernel opens", "E")],
             "short", "Answers stored for the handlers (getattr: attributes by node; lookup: "
             "names, absent or leading to a node the kernel holds; xattr: extended attributes "
             "and lists; entry_lookups: nodes with "
-            "lookups counted), entries dropped because something changed, answers not stored "
+            "lookups counted; open: OPEN answers of passthrough files; flush: FLUSH answers "
+            "of opens answered in the kernel), nodes whose backing id efused holds for opens "
+            "answered in the kernel, entries dropped because something changed, answers not stored "
             "(a change raced them, the file was open for writing, or the map was full), and "
             "lookups the kernel took from positive entries (folded into efused's counts). 0 "
             "for mounts on the stock tier."),

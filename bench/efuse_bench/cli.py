@@ -96,6 +96,10 @@ def final_cleanup(keep: bool):
             log(f"warning: {e}")
 
 
+# The workloads of tests/vm/guest_bench.py, which --rows picks from with --vm.
+VM_WORKLOADS = ("stat-tree", "cat", "tar", "fio")
+
+
 def run_vm(args):
     """bench/run --vm: tests/vm/run_vm_tests.py --bench boots the 6.12 guest (building
     efuse.ko as DKMS would) and writes the table under bench/results/."""
@@ -108,6 +112,8 @@ def run_vm(args):
     env = dict(os.environ)
     if args.reps:
         env["EFUSE_BENCH_REPS"] = str(args.reps)
+    if args.rows:  # the guest's workloads (VM_WORKLOADS)
+        env["EFUSE_BENCH_WORKLOADS"] = ",".join(args.rows)
     return subprocess.run([sys.executable, str(BENCH.parent / "tests" / "vm" / "run_vm_tests.py"),
                            "--kernel", "6.12", "--efused", efused, "--bench", str(out)],
                           env=env).returncode
@@ -167,8 +173,9 @@ def parse_args(argv):
     if a.efused_base and "efused-base" not in a.sides:
         ap.error("--efused-base given but side efused-base is not in --sides")
     for r in a.rows:
-        if r not in GROUPS:
-            ap.error(f"unknown row group {r!r}")
+        if r not in (VM_WORKLOADS if a.vm else GROUPS):
+            ap.error(f"unknown row group {r!r}" + (f" (--vm: {', '.join(VM_WORKLOADS)})"
+                                                   if a.vm else ""))
     return a
 
 

@@ -32,9 +32,23 @@
  * the unversioned ABIs before it (GETATTR and negative LOOKUP answers; then
  * positive LOOKUP entries, GETXATTR and LISTXATTR answers, and the size of
  * a LISTXATTR request). 4: READ requests fire efuse_handler_read with a
- * struct efuse_handler_read_ctx, and READ can be answered with file data.
+ * struct efuse_handler_read_ctx, and READ can be answered with file data
+ * (kmod patch 0011); OPEN and FLUSH answers, EFUSE_HANDLER_KERNEL_FH and
+ * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012).
  */
 #define EFUSE_HANDLER_ABI_VERSION 4
+
+/*
+ * The fh of an open a handler answered (FUSE_OPEN): set by the module, not
+ * taken from the answer (whose fh must be 0): these two bits, and below them
+ * the open's kernel handle number, unique on the connection. A server whose
+ * handlers answer opens never gives out an fh with both bits set, and meets
+ * such an fh in the requests of that open (FLUSH when a handler did not
+ * answer it, locks, FSYNC, ...; RELEASE only to undo a flock).
+ */
+#define EFUSE_HANDLER_KERNEL_FH (3ULL << 62)
+/* in.flags of a FLUSH: the file's open was answered by a handler. */
+#define EFUSE_HANDLER_FLUSH_KERNEL_OPEN 1
 
 /* out.verdict */
 #define EFUSE_HANDLER_UPCALL 0	/* queue the request for the server */
@@ -68,7 +82,7 @@ struct efuse_handler_in {
 	__u64 nodeid;
 	__u64 offset;		/* READ */
 	__u32 size;		/* READ, GETXATTR, LISTXATTR */
-	__u32 flags;		/* OPEN, READ */
+	__u32 flags;		/* OPEN, READ; FLUSH: EFUSE_HANDLER_FLUSH_* */
 	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
 	__u32 conn;		/* the connection: /sys/fs/efuse/connections/<conn> */
 	char name[EFUSE_HANDLER_NAME_MAX];	/* NUL-terminated, zero-filled */

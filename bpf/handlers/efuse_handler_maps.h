@@ -29,6 +29,13 @@ struct efuse_handler_name_key {
 };
 
 /*
+ * efuse_open_answers (efuse_open.bpf.c) and efuse_flush_answers (efuse_flush.bpf.c): key
+ * __u64 nodeid; entries that never expire (expires UINT64_MAX), kept exact by efused. At
+ * most this many nodes have them.
+ */
+#define EFUSE_OPEN_ANSWERS 16384
+
+/*
  * efuse_handler_outcomes (efuse_handler_stats.bpf.c): per-CPU __u64 counters of
  * what became of the requests of one connection that reached handlers, at
  * key opcode * EFUSE_HANDLER_NR_STATS + stat (enum efuse_handler_stat).

@@ -9,7 +9,8 @@ import os
 import struct
 
 NR_BPF = 321  # x86-64
-MAP_UPDATE_ELEM, MAP_DELETE_ELEM, OBJ_GET, RAW_TRACEPOINT_OPEN = 2, 3, 7, 17
+MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, MAP_DELETE_ELEM, MAP_GET_NEXT_KEY = 1, 2, 3, 4
+OBJ_GET, MAP_GET_FD_BY_ID, RAW_TRACEPOINT_OPEN = 7, 14, 17
 ATTR_SIZE = 128  # zero-filled bpf_attr; every field after the ones set must be zero
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -50,3 +51,25 @@ def map_update(map_fd, key, value):
 def map_delete(map_fd, key):
     k = ctypes.create_string_buffer(key, len(key))
     _bpf(MAP_DELETE_ELEM, "<IIQ", map_fd, 0, _addr(k))
+
+
+def map_fd_by_id(map_id):
+    """Descriptor of the map with kernel id map_id (bpftool map show lists them)."""
+    return _bpf(MAP_GET_FD_BY_ID, "<I", map_id)
+
+
+def map_items(map_fd, key_size, value_size):
+    """{key: value} of a hash map, as bytes."""
+    items, key = {}, None
+    nxt = ctypes.create_string_buffer(key_size)
+    while True:
+        k = ctypes.create_string_buffer(key, key_size) if key is not None else None
+        try:
+            _bpf(MAP_GET_NEXT_KEY, "<IIQQ", map_fd, 0, _addr(k) if k is not None else 0,
+                 _addr(nxt))
+        except OSError:
+            return items  # ENOENT: no key after the last one
+        key = nxt.raw
+        kb, v = ctypes.create_string_buffer(key, key_size), ctypes.create_string_buffer(value_size)
+        _bpf(MAP_LOOKUP_ELEM, "<IIQQQ", map_fd, 0, _addr(kb), _addr(v), 0)
+        items[key] = v.raw

@@ -12,6 +12,7 @@ efuse_requests_total (efused). What the handlers answer must always equal the ba
 """
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import bpf_sys  # noqa: E402
 import guest_smoke as g  # noqa: E402
 from prom_text import parse, scrape, value  # noqa: E402
 
@@ -36,7 +38,8 @@ EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is
 FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
 # The shipped handlers' program names (bpf/handlers/), as the kernel keeps them (15 chars).
 HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_getxattr", "efuse_listxattr",
-                    "efuse_read", "efuse_handler_done"[:15], "efuse_handler_entry"[:15])
+                    "efuse_read", "efuse_open", "efuse_flush",
+                    "efuse_handler_done"[:15], "efuse_handler_entry"[:15])
 
 efused = None
 
@@ -118,6 +121,7 @@ def handler_programs():
 
 def start_efused(*extra, expect_ready=True, env=None):
     global efused
+    released.kernel = 0  # a new efused counts from 0
     os.makedirs(KMNT, exist_ok=True)
     logf = open(KLOG, "ab")
     efused = subprocess.Popen([g.EFUSED, "--mount", f"{KSRC}:{KMNT}", "--kernel-module", "on",
@@ -178,10 +182,14 @@ def absent_in_kernel(path):
 
 def released():
     """Opens efused served minus RELEASEs it served: a file closed for writing keeps its
-    attributes out of the map until its (asynchronous) RELEASE arrives."""
+    attributes out of the map until its (asynchronous) RELEASE arrives. (RELEASEs of opens
+    answered in the kernel reach efused only to undo a flock: released.kernel counts them.)"""
     s = samples()
     req = lambda op: value(s, "efuse_requests_total", mount=KNAME, opcode=op) or 0  # noqa
-    return req("open") + req("create") - req("release")
+    return req("open") + req("create") - req("release") + released.kernel
+
+
+released.kernel = 0
 
 
 def primed(path):
@@ -215,7 +223,8 @@ def check_kmod_efused_tier():
     assert info == 1, [(n, l) for n, l, v in s if n == "efuse_mount_info"]
     attached = [l for l in log_text().splitlines() if "eBPF handlers attached: " in l]
     assert attached and all(f"{op} (" in attached[-1]
-                            for op in ("lookup", "getattr", "getxattr", "listxattr", "read")), \
+                            for op in ("lookup", "getattr", "getxattr", "listxattr", "read",
+                                       "open", "flush")), \
         attached or log_text()[-800:]
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
     assert handler_programs() == sorted(HANDLER_PROGRAMS), \
@@ -470,9 +479,238 @@ def caps_absent(path):
     return errno_of(lambda: os.getxattr(path, "security.capability")) == "ENODATA"
 
 
+FILE_OPS = ("open", "flush", "release")
+
+
+def file_ops(fn):
+    """Runs fn(); returns its result and, per opcode of FILE_OPS, (answered in the kernel,
+    served by efused) meanwhile."""
+    before = {op: counts(op) for op in FILE_OPS}
+    try:
+        result = fn()
+    except OSError as e:
+        result = errno.errorcode.get(e.errno, e.errno)
+    after = {op: counts(op) for op in FILE_OPS}
+    return result, {op: (after[op][0] - before[op][0], after[op][1] - before[op][1])
+                    for op in FILE_OPS}
+
+
+IN_KERNEL = {"open": (1, 0), "flush": (1, 0), "release": (1, 0)}
+UP = {"open": (0, 1), "flush": (0, 1), "release": (0, 1)}
+
+
+def cat(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def stored_cat(path):
+    """A cat of `path` whose OPEN efused served and stored (its RELEASE waited for), then
+    one answered wholly in the kernel: OPEN, FLUSH and RELEASE, with the backing file's
+    bytes. Returns the bytes."""
+    eventually("RELEASE of every open", released, 0)
+    want = cat(path.replace(KMNT, KSRC, 1))
+    first, at1 = file_ops(lambda: cat(path))
+    eventually("RELEASE of every open", released, 0)
+    second, at2 = file_ops(lambda: cat(path))
+    assert first == second == want and at2 == IN_KERNEL, \
+        f"{path}: {first[:20]!r} with {at1}, then {second[:20]!r} with {at2}"
+    return want
+
+
+def refusals(opcodes=None):
+    """{(opcode, reason): answers the module refused} now."""
+    return {(l.get("opcode"), l["reason"]): v for n, l, v in samples()
+            if n == "efuse_kernel_handler_fallbacks_total" and l.get("mount") == KNAME
+            and l.get("reason", "").startswith("bad_") and v
+            and (opcodes is None or l.get("opcode") in opcodes)}
+
+
+def no_refusals(before, opcodes=None):
+    bad = {k: v - before.get(k, 0) for k, v in refusals(opcodes).items()
+           if v != before.get(k, 0)}
+    assert not bad, f"the module refused answers efused stored: {bad}"
+
+
+def check_kmod_efused_open_flush():
+    """OPEN, FLUSH and RELEASE of a read-only open answered in the kernel (module patch
+    0012): the first open of a file goes to efused, which stores its answer; the next cat
+    sends nothing to efused and reads the backing file's bytes; writes, O_TRUNC and other
+    files still go up; a lock makes FLUSH go up for good (efused releases it there), a
+    flock makes RELEASE go up, and two kernel opens' flocks conflict as two descriptions'."""
+    refused0 = refusals()
+    src, path = f"{KSRC}/cat", f"{KMNT}/cat"
+    with open(src, "wb") as f:
+        f.write(b"cat me\n" * 100)
+    want = stored_cat(path)
+    for _ in range(3):
+        got, at = file_ops(lambda: cat(path))
+        assert (got, at) == (want, IN_KERNEL), f"warm cat: {got[:20]!r} with {at}"
+    s = samples()
+    assert (value(s, "efuse_kernel_map_entries", mount=KNAME, map="open") or 0) >= 1
+    assert (value(s, "efuse_kernel_map_entries", mount=KNAME, map="flush") or 0) >= 1
+    assert (value(s, "efuse_kernel_open_holds", mount=KNAME) or 0) >= 1
+    # Opens the handler leaves to efused: for writing, with O_TRUNC.
+    _, at = file_ops(lambda: os.close(os.open(path, os.O_RDWR)))
+    eventually("RELEASE of the open for writing", released, 0)
+    assert at["open"] == (0, 1), f"O_RDWR open: {at}"
+    _, at = file_ops(lambda: os.close(os.open(path, os.O_WRONLY | os.O_APPEND)))
+    assert at["open"] == (0, 1), f"O_WRONLY open: {at}"
+    eventually("RELEASE of the open for writing", released, 0)
+    # Reads through a kernel open of a file another open writes: the backing file's bytes.
+    fd = os.open(path, os.O_RDONLY)
+    with open(path, "ab") as w:
+        w.write(b"appended\n")
+    assert os.pread(fd, 4096, len(want)) == b"appended\n"
+    os.close(fd)
+    eventually("RELEASE of the open for writing", released, 0)
+    want = stored_cat(path)
+    # fstat, lseek(SEEK_DATA) and fsync through a kernel open: efused serves them with the
+    # handle it holds for the node (the module's fh is not one of efused's).
+    with open(path, "rb") as f:
+        assert os.fstat(f.fileno()).st_size == len(want)
+        assert os.lseek(f.fileno(), 0, os.SEEK_DATA) == 0
+        os.fsync(f.fileno())
+    # A POSIX lock through a kernel open: SETLK goes to efused, and FLUSH from then on too
+    # (efused drops the lock there), also for later opens of the node.
+    fd = os.open(path, os.O_RDONLY)
+    _, at = file_ops(lambda: fcntl.lockf(fd, fcntl.LOCK_SH))
+    got, at = file_ops(lambda: os.close(fd))
+    assert at["flush"] == (0, 1) and at["release"] == (1, 0), f"close after a lock: {at}"
+    other = subprocess.run(  # another process (lock owner): the lock was dropped at FLUSH
+        [sys.executable, "-c", "import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\n"
+         "fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)", path], capture_output=True, text=True)
+    assert other.returncode == 0, f"exclusive lock after the close: {other.stderr[-300:]}"
+    eventually("RELEASE of every open", released, 0)
+    cat(path)  # the other process's open for writing dropped the answer: stored anew
+    eventually("RELEASE of every open", released, 0)
+    got, at = file_ops(lambda: cat(path))
+    assert got == want and at["open"] == (1, 0) and at["flush"] == (0, 1), \
+        f"cat after a lock: {at}"
+    # flock through two kernel opens of one file: they conflict as two open file
+    # descriptions do; the RELEASE of the holder goes up and frees the lock.
+    src2, path2 = f"{KSRC}/flocked", f"{KMNT}/flocked"
+    with open(src2, "wb") as f:
+        f.write(b"flock\n")
+    stored_cat(path2)
+    a, b = os.open(path2, os.O_RDONLY), os.open(path2, os.O_RDONLY)
+    fcntl.flock(a, fcntl.LOCK_EX)
+    assert errno_of(lambda: fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)) in \
+        ("EAGAIN", "EWOULDBLOCK"), "a second description took the flock"
+    r0 = counts("release")[1]
+    os.close(a)
+    eventually("the flock's RELEASE served by efused", lambda: counts("release")[1] - r0, 1)
+    assert errno_of(lambda: fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)) is None, \
+        "the flock stayed after its description's RELEASE"
+    os.close(b)  # its RELEASE goes up too (it asked for a flock)
+    eventually("the second flock's RELEASE served by efused", lambda: counts("release")[1] - r0, 2)
+    released.kernel += 2
+    no_refusals(refused0)
+
+
+def open_answers_map():
+    """(descriptor, {nodeid: backing id}) of this mount's efuse_open_answers."""
+    r = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
+                       timeout=60, check=True)
+    ids = [m["id"] for m in json.loads(r.stdout) if m.get("name") == "efuse_open_answ"]
+    assert len(ids) == 1, f"efuse_open_answers maps: {ids}"
+    fd = bpf_sys.map_fd_by_id(ids[0])
+    entries = {}
+    for k, v in bpf_sys.map_items(fd, 8, ENTRY_SIZE).items():
+        nodeid, = struct.unpack("<Q", k)
+        entries[nodeid] = v
+    return fd, entries
+
+
+ENTRY_SIZE = 16 + 256 + 8  # struct efuse_handler_entry
+
+
+def open_entry(nodeid, fh=0, flags=1 << 7, backing_id=1):
+    body = struct.pack("<QIi", fh, flags, backing_id)
+    return struct.pack("<QiI", nodeid, 0, len(body)) + body.ljust(256, b"\0") + \
+        struct.pack("<Q", 2**64 - 1)
+
+
+def check_kmod_efused_open_refused():
+    """Bad OPEN answers written into efused's map behind its back: the module refuses each
+    (bad_reply: a backing id of another node, an id nobody registered, an fh, a flag it
+    does not take; bad_size: a short body), the open goes to efused, the bytes are the
+    file's, and efused's next reply stores the right answer again."""
+    for n in ("ra", "rb"):
+        with open(f"{KSRC}/{n}", "wb") as f:
+            f.write(n.encode() * 50)
+    fd0, before = open_answers_map()
+    os.close(fd0)
+    stored_cat(f"{KMNT}/ra")
+    fd, after = open_answers_map()
+    try:
+        (node_a,) = set(after) - set(before)
+        stored_cat(f"{KMNT}/rb")
+        _, now = open_answers_map()
+        (node_b,) = set(now) - set(after)
+        id_a = struct.unpack_from("<i", now[node_a], 16 + 12)[0]
+        id_b = struct.unpack_from("<i", now[node_b], 16 + 12)[0]
+        assert now[node_a] == open_entry(node_a, backing_id=id_a), "the stored answer"
+        cases = (("bad_reply", open_entry(node_a, backing_id=id_b)),
+                 ("bad_reply", open_entry(node_a, backing_id=2**31 - 1)),
+                 ("bad_reply", open_entry(node_a, fh=5, backing_id=id_a)),
+                 ("bad_reply", open_entry(node_a, flags=(1 << 7) | (1 << 1), backing_id=id_a)),
+                 ("bad_size", open_entry(node_a, backing_id=id_a)[:12] + struct.pack("<I", 8) +
+                  open_entry(node_a, backing_id=id_a)[16:]),
+                 ("bad_nodeid", open_entry(node_b, backing_id=id_a)))
+        for reason, entry in cases:
+            eventually("RELEASE of every open", released, 0)
+            bpf_sys.map_update(fd, struct.pack("<Q", node_a), entry)
+            f0 = value(samples(), "efuse_kernel_handler_fallbacks_total", mount=KNAME,
+                       opcode="open", reason=reason) or 0
+            got, at = file_ops(lambda: cat(f"{KMNT}/ra"))
+            f1 = value(samples(), "efuse_kernel_handler_fallbacks_total", mount=KNAME,
+                       opcode="open", reason=reason) or 0
+            assert got == b"ra" * 50 and at["open"] == (0, 1) and f1 - f0 == 1, \
+                f"{reason}: {got[:10]!r} with {at}, {f1 - f0} counted"
+        stored_cat(f"{KMNT}/ra")  # efused's reply stored the right answer again
+    finally:
+        os.close(fd)
+
+
+def check_kmod_efused_open_changes():
+    """No stale open: unlink, rename and outside changes. A kernel open always reads the
+    node's own backing file; a name that leads to another file opens that one."""
+    s = lambda n: f"{KSRC}/{n}"  # noqa: E731
+    m = lambda n: f"{KMNT}/{n}"  # noqa: E731
+    refused0 = refusals(("open", "flush"))
+    for n in ("u", "r", "w", "x"):
+        with open(s(n), "wb") as f:
+            f.write(f"{n} first\n".encode())
+        stored_cat(m(n))
+    # Unlink through the mount, a new file at the name: its bytes, not the old node's.
+    os.unlink(m("u"))
+    with open(m("u"), "wb") as f:
+        f.write(b"u second\n")
+    eventually("RELEASE of every open", released, 0)
+    assert cat(m("u")) == b"u second\n"
+    # Rename through the mount: the node keeps its bytes under its new name, the old
+    # name is gone.
+    os.rename(m("r"), m("r2"))
+    assert cat(m("r2")) == b"r first\n" and errno_of(lambda: cat(m("r"))) == "ENOENT"
+    # Outside: a write shows at once (the kernel reads the backing file), a file renamed
+    # over the name as soon as the watcher saw it.
+    with open(s("w"), "ab") as f:
+        f.write(b"more\n")
+    assert cat(m("w")) == b"w first\nmore\n"
+    with open(s("x.new"), "wb") as f:
+        f.write(b"x replaced\n")
+    os.rename(s("x.new"), s("x"))
+    eventually("outside replace", lambda: cat(m("x")), b"x replaced\n")
+    os.unlink(s("w"))
+    eventually("outside unlink", lambda: cat(m("w")), "ENOENT")
+    no_refusals(refused0, ("open", "flush"))
+
+
 def check_kmod_efused_workloads():
     """POSIX operations and tar against the native twin, fsx and fio --verify, all on the
     mount with its handlers answering; nothing the module refused."""
+    refused0 = refusals()
     a0, _ = counts("getattr")
     g.diff(dict(enumerate(g.file_ops(KMNT))), dict(enumerate(g.file_ops(KNATIVE))),
            "operations through the mount and natively")
@@ -495,11 +733,23 @@ def check_kmod_efused_workloads():
                         "--do_verify=1", "--group_reporting"],
                        capture_output=True, text=True, timeout=g.CHECK_TIMEOUT)
     assert r.returncode == 0, f"fio --verify: {r.stdout[-800:]} {r.stderr[-800:]}"
+    # Written with verify headers, then read and verified by read-only jobs twice: the
+    # second pass opens the file through the OPEN answer the first one stored.
+    job = ["fio", "--name=roverify", f"--directory={KMNT}", "--size=4M", "--bs=4k",
+           "--verify=crc32c", "--ioengine=psync"]
+    r = subprocess.run(job + ["--rw=write", "--do_verify=0"], capture_output=True, text=True,
+                       timeout=g.CHECK_TIMEOUT)
+    assert r.returncode == 0, f"fio write: {r.stdout[-800:]} {r.stderr[-800:]}"
+    o0, _ = counts("open")
+    for _ in range(2):
+        eventually("RELEASE of every open", released, 0)
+        r = subprocess.run(job + ["--rw=read", "--readonly"], capture_output=True, text=True,
+                           timeout=g.CHECK_TIMEOUT)
+        assert r.returncode == 0, f"fio read --verify: {r.stdout[-800:]} {r.stderr[-800:]}"
+    assert counts("open")[0] > o0, "no OPEN answered in the kernel for fio's read-only pass"
     a1, _ = counts("getattr")
     assert a1 > a0, "no GETATTR answered in the kernel during the workloads"
-    bad = [(l, v) for n, l, v in samples() if n == "efuse_kernel_handler_fallbacks_total"
-           and l.get("reason", "").startswith("bad_") and v]
-    assert not bad, f"the module refused answers efused stored: {bad}"
+    no_refusals(refused0)
 
 
 # Integration suites (tests/integration/) run as they are, every mount of theirs on the
@@ -590,6 +840,7 @@ def check_kmod_efused_kill9():
             raise AssertionError(f"stat after kill -9: {got}, not ENOTCONN")
         except OSError as e:
             assert e.errno == errno.ENOTCONN, f"stat after kill -9: {e}"
+        assert errno_of(lambda: cat(p)) == "ENOTCONN", "a cat after kill -9"
         assert g.handler_stats()["answered"] == before["answered"], "answered after kill -9"
     finally:
         load.kill()
@@ -606,7 +857,8 @@ def check_kmod_efused_kill9():
 CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_two_mounts,
           check_kmod_efused_own_changes,
           check_kmod_efused_outside_changes, check_kmod_efused_positive_lookups,
-          check_kmod_efused_xattrs,
+          check_kmod_efused_xattrs, check_kmod_efused_open_flush,
+          check_kmod_efused_open_refused, check_kmod_efused_open_changes,
           check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)

@@ -642,10 +642,24 @@ def main():
         return 1
     print(f"guest: kernel {os.uname().release}, profile {PROFILE}, efused {EFUSED}", flush=True)
     only = os.environ.get("efuse_only", "")
-    if only and os.environ.get("efuse_kmod") == "1":
+    if only and not only.startswith("kmod:") and os.environ.get("efuse_kmod") == "1":
         # EFUSE_VM_ONLY=swap, read or read,swap (tests/vm/README.md): those checks alone
         for part in only.split(","):
             run_module(part)
+        return 1 if failures else 0
+    if only.startswith("kmod:") and os.environ.get("efuse_kmod") == "1":
+        import guest_kmod  # EFUSE_VM_ONLY=kmod:open_flush,kill9: those checks of guest_kmod
+        names = [f"check_kmod_efused_{n}" for n in only[5:].split(",") if n]
+        unknown = [n for n in names if not hasattr(guest_kmod, n)]
+        if unknown:
+            report("FAIL", "setup", f"EFUSE_VM_ONLY names unknown checks: {unknown}")
+            return 1
+        try:  # the tier check loads the module and starts efused first
+            for fn in [guest_kmod.check_kmod_efused_tier] + [getattr(guest_kmod, n)
+                                                              for n in names]:
+                check(fn)
+        finally:
+            guest_kmod.cleanup(failures > 0)
         return 1 if failures else 0
     check(check_efused_starts)
     if efused is None or efused.poll() is not None:

@@ -13,6 +13,7 @@ const char* to_string(IoReason r) {
     case IoReason::Unavailable: return "unavailable";
     case IoReason::Setid: return "setid";
     case IoReason::Writer: return "writer";
+    case IoReason::KernelOpen: return "kernel_open";
     case IoReason::Guess: return "guess";
     case IoReason::Probe: return "probe";
     case IoReason::Predicted: return "predicted";
@@ -119,6 +120,10 @@ IoPath IoPathPolicy::open(FileIo& f, const OpenFacts& facts, int64_t now_ns) {
   } else if (facts.writable) {
     path = IoPath::Passthrough;
     why = IoReason::Writer;
+  } else if (facts.kernel_opens) {
+    // Only the first open of a passthrough file reaches efused: cheaper than any cache.
+    path = IoPath::Passthrough;
+    why = IoReason::KernelOpen;
   } else {
     const int k = class_of(facts, f.warm);
     used_[k] = true;

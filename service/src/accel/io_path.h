@@ -59,6 +59,8 @@ enum class IoReason : uint8_t {
   Unavailable,  // the kernel did not grant passthrough (or writeback cache is on)
   Setid,        // writable open of a set-ID file: served, so each WRITE clears the bits
   Writer,       // auto, a writable open: passthrough (see above)
+  KernelOpen,   // auto, a read-only open on the kernel module tier, whose OPEN handler
+                // answers later opens of a passthrough file without efused: passthrough
   Guess,        // auto, nothing measured yet for its class: the starting guess
   Probe,        // auto, its class is probing
   Predicted,    // auto, its class's prediction
@@ -102,6 +104,7 @@ struct OpenFacts {
   bool writable = false;
   bool setid_write = false;            // writable open of a set-ID file
   bool passthrough_available = false;  // the kernel granted passthrough for this mount
+  bool kernel_opens = false;           // efuse.ko's handlers answer this mount's opens
 };
 
 struct IoClassReport {

@@ -31,6 +31,8 @@ const MapLayout kHandlerMaps[] = {
     {"efuse_getattr_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_lookup_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)},
     {"efuse_xattr_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)},
+    {"efuse_open_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
+    {"efuse_flush_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)},
     {"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)},
     {"efuse_gate", sizeof(__u32), sizeof(__u32)},
@@ -334,6 +336,8 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     if (name == "efuse_getattr_answers") attr_fd_.store(fd);
     if (name == "efuse_lookup_answers") name_fd_.store(fd);
     if (name == "efuse_xattr_answers") xattr_fd_.store(fd);
+    if (name == "efuse_open_answers") open_fd_.store(fd);
+    if (name == "efuse_flush_answers") flush_fd_.store(fd);
   }
   if (auto it = table_.find(opcode); it != table_.end()) retire(it->second, counters);
   struct bpf_prog_info info {};
@@ -414,6 +418,17 @@ bool HandlerSet::put_xattr(const efuse_handler_name_key& key, const efuse_handle
 
 void HandlerSet::drop_xattr(const efuse_handler_name_key& key) {
   if (int fd = xattr_fd_.load(); fd >= 0) bpf_map_delete_elem(fd, &key);
+}
+
+bool HandlerSet::put_node(bool open, uint64_t nodeid, const efuse_handler_entry& entry) {
+  __u64 key = nodeid;
+  int fd = (open ? open_fd_ : flush_fd_).load();
+  return fd >= 0 && bpf_map_update_elem(fd, &key, &entry, BPF_ANY) == 0;
+}
+
+void HandlerSet::drop_node(bool open, uint64_t nodeid) {
+  __u64 key = nodeid;
+  if (int fd = (open ? open_fd_ : flush_fd_).load(); fd >= 0) bpf_map_delete_elem(fd, &key);
 }
 
 uint64_t HandlerSet::entry_lookups(uint64_t nodeid) const {

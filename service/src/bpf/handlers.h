@@ -65,7 +65,9 @@ inline constexpr ShippedHandler kShippedHandlers[] = {{3, "efuse_getattr"},
                                                       {1, "efuse_lookup"},
                                                       {22, "efuse_getxattr"},
                                                       {23, "efuse_listxattr"},
-                                                      {15, "efuse_read"}};
+                                                      {15, "efuse_read"},
+                                                      {14, "efuse_open"},
+                                                      {25, "efuse_flush"}};
 // The counting programs, one copy each per mount, loaded before any handler and never
 // swapped: outcomes (efuse_handler_done) and lookups taken from positive LOOKUP answers
 // (efuse_handler_entry; without it a positive answer would leave efused's lookup count short).
@@ -131,6 +133,9 @@ class HandlerSet {
   // efuse_xattr_answers: (nodeid, name; "" for the list). false: not stored.
   bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
   void drop_xattr(const efuse_handler_name_key& key);
+  // efuse_open_answers and efuse_flush_answers (`open` false): key nodeid. false: not stored.
+  bool put_node(bool open, uint64_t nodeid, const efuse_handler_entry& entry);
+  void drop_node(bool open, uint64_t nodeid);
   // efuse_entry_lookups (efuse_entry_counts): lookups the kernel took from positive LOOKUP
   // answers for `nodeid` (0 when it has no counter); the counter's removal. Key 0: lookups
   // not counted (the map was full).
@@ -190,6 +195,8 @@ class HandlerSet {
   std::atomic<int> attr_fd_{-1};
   std::atomic<int> name_fd_{-1};
   std::atomic<int> xattr_fd_{-1};
+  std::atomic<int> open_fd_{-1};
+  std::atomic<int> flush_fd_{-1};
   int outcomes_fd_ = -1;
   int entry_fd_ = -1;
 };

@@ -200,6 +200,8 @@ void MountInstance::attach_handlers() {
       }
       handler_store_ = std::make_unique<HandlerStore>(std::move(set));
       answers_ = std::make_unique<fuse::KernelAnswers>(*handler_store_);
+      // The module takes OPEN answers only where the kernel checks permissions itself.
+      answers_->allow_opens(cfg_.options.default_permissions);
       fs_->set_tier(answers_.get());  // before INIT: no entry has been answered yet
       session_->set_kernel_answers(answers_.get());
       if (!failed.empty()) tier_note_ = "handlers refused: " + failed;

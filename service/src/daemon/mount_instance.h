@@ -66,6 +66,12 @@ class HandlerStore final : public fuse::AnswerStore {
     return set_->put_xattr(k, e);
   }
   void drop_xattr(const efuse_handler_name_key& k) override { set_->drop_xattr(k); }
+  bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& e) override {
+    return set_->put_node(map == NodeMap::Open, nodeid, e);
+  }
+  void drop_node(NodeMap map, uint64_t nodeid) override {
+    set_->drop_node(map == NodeMap::Open, nodeid);
+  }
   std::span<efuse_read_block> read_blocks() override { return set_->read_blocks(); }
   const bpf::HandlerSet& set() const { return *set_; }
   bpf::HandlerSet& mutable_set() { return *set_; }

@@ -225,6 +225,9 @@ class Filesystem {
   // kernel tier raises counts efused never saw: a FORGET for more than efused counted must
   // neither drop a node the kernel still holds nor leak one).
   virtual void forget(uint64_t /*ino*/, uint64_t /*nlookup*/) {}
+  // Whether node `ino` is still there (the kernel holds lookups of it): false once a
+  // forget() dropped it.
+  virtual bool holds(uint64_t /*ino*/) const { return true; }
   // Connects (non-null) or disconnects (null) the kernel module tier's lookup counts to the
   // backend's node table (NodeTable::set_tier). Set before the handlers can answer a
   // positive LOOKUP, reset before the tier goes.

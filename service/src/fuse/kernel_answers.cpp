@@ -303,11 +303,56 @@ void KernelAnswers::entry_sent(uint64_t parent, std::string_view name, uint64_t 
   index_[Name(parent, std::string(name))] = nodeid;
 }
 
+bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
+  if (backing_id <= 0 || !opens_allowed()) return false;
+  efuse_handler_entry e{};
+  e.expires = UINT64_MAX;  // kept exact by the drops, and the id lives as long as the node
+  e.answer.nodeid = nodeid;
+  kernel::fuse_open_out o{};
+  o.open_flags = kernel::kFopenPassthrough;
+  o.backing_id = backing_id;
+  e.answer.size = sizeof o;
+  std::memcpy(e.answer.data, &o, sizeof o);
+  efuse_handler_entry flush{};
+  flush.expires = UINT64_MAX;
+  flush.answer.nodeid = nodeid;
+  std::lock_guard lk(mu_);
+  // Written again even when stored: only first opens reach efused, and so an entry that
+  // went wrong behind efused's back (it never should) is mended by the next one.
+  if ((!opens_.contains(nodeid) && opens_.size() >= kMaxOpenAnswers) ||
+      !store_.put_node(AnswerStore::NodeMap::Open, nodeid, e)) {
+    ++stores_skipped_;
+    return false;
+  }
+  opens_.insert(nodeid);
+  if (!locked_.contains(nodeid) && !flushes_.contains(nodeid) &&
+      flushes_.size() < kMaxOpenAnswers && store_.put_node(AnswerStore::NodeMap::Flush, nodeid, flush))
+    flushes_.insert(nodeid);
+  return true;
+}
+
+void KernelAnswers::drop_flush_locked(uint64_t nodeid) {
+  if (flushes_.erase(nodeid) != 0) {
+    store_.drop_node(AnswerStore::NodeMap::Flush, nodeid);
+    ++drops_;
+  }
+}
+
+void KernelAnswers::lock_asked(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  locked_.insert(nodeid);
+  drop_flush_locked(nodeid);
+}
+
 void KernelAnswers::drop_attr_locked(uint64_t nodeid) {
   attr_stamp_[attr_bucket(nodeid)] = ++seq_;
   drop_blocks_locked(nodeid);  // any change of the node may be one of its data
   if (attrs_.erase(nodeid) != 0) {
     store_.drop_attr(nodeid);
+    ++drops_;
+  }
+  if (opens_.erase(nodeid) != 0) {  // goes with the attributes (see the header)
+    store_.drop_node(AnswerStore::NodeMap::Open, nodeid);
     ++drops_;
   }
   drop_pointing_locked(nodeid);  // positive entries carry the attributes too
@@ -417,6 +462,7 @@ void KernelAnswers::write_released(uint64_t nodeid) {
 
 void KernelAnswers::drop_node_locked(uint64_t nodeid) {
   drop_attr_locked(nodeid);
+  drop_flush_locked(nodeid);
   drop_xattrs_locked(nodeid, true);
   const Name first(nodeid, std::string()), last(nodeid + 1, std::string());
   for (auto it = names_.lower_bound(first); it != names_.end() && it->first < last;)
@@ -437,11 +483,15 @@ void KernelAnswers::drop_all() {
   for (uint64_t nodeid : attrs_) store_.drop_attr(nodeid);
   for (const auto& [n, node] : names_) store_.drop_name(name_key(n.first, n.second));
   for (const auto& [n, value] : xattrs_) store_.drop_xattr(name_key(n.first, n.second));
-  drops_ += attrs_.size() + names_.size() + xattrs_.size();
+  for (uint64_t nodeid : opens_) store_.drop_node(AnswerStore::NodeMap::Open, nodeid);
+  for (uint64_t nodeid : flushes_) store_.drop_node(AnswerStore::NodeMap::Flush, nodeid);
+  drops_ += attrs_.size() + names_.size() + xattrs_.size() + opens_.size() + flushes_.size();
   while (!files_.empty()) drop_blocks_locked(files_.begin()->first);
   attrs_.clear();
   names_.clear();
   xattrs_.clear();
+  opens_.clear();
+  flushes_.clear();
   pointing_.clear();
 }
 
@@ -460,6 +510,7 @@ uint64_t KernelAnswers::take(uint64_t nodeid) {
 void KernelAnswers::withdraw(uint64_t nodeid) {
   std::lock_guard lk(mu_);
   drop_node_locked(nodeid);
+  locked_.erase(nodeid);  // evicted: its files were closed, their locks released at FLUSH
   // The kernel evicted the node before the FORGET that dropped it, and the module takes
   // positive answers only for inodes it holds: nothing counts for it any more.
   if (taken_.erase(nodeid) != 0) store_.drop_entry_lookups(nodeid);
@@ -473,6 +524,8 @@ KernelAnswerStats KernelAnswers::stats() const {
   for (const auto& [node, names] : pointing_) s.positive_entries += names.size();
   s.tier_nodes = taken_.size();
   s.xattr_entries = xattrs_.size();
+  s.open_entries = opens_.size();
+  s.flush_entries = flushes_.size();
   s.tier_lookups = tier_lookups_;
   s.read_blocks = read_blocks_;
   s.read_capacity = pool_.size();

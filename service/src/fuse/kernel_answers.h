@@ -56,6 +56,18 @@
 // change of the node, through the mount or seen by the watcher, and its FORGET; nothing is
 // stored while it is open for writing, nor from a READ that raced a change.
 //
+// OPEN and FLUSH answers (module patch 0012) go into two maps keyed by nodeid. An OPEN reply
+// efused sent for a read-only open without O_TRUNC of a file in passthrough mode is stored
+// as the node's open answer: fh 0, FOPEN_PASSTHROUGH and the backing id, which the session
+// keeps registered (with a handle of its own on the node) until the node is dropped
+// (Session::hold_for_kernel_opens), so no id a handler can hand out is ever closed, and the
+// kernel's passthrough state of the inode never meets a second id. The open answer needs no
+// expiry (the kernel checks the caller's access itself, default_permissions) and goes with
+// the node's attributes all the same (chmod, chown, writes, renames, unlinks, outside
+// changes). With it a FLUSH answer is stored unless a lock was ever asked for on the node
+// (lock_asked: efused releases POSIX locks and marks flocks at FLUSH), until the node is
+// dropped; it goes at every FORGET.
+//
 // Lookup counts (fs::TierLookups, the contract in fs/node_table.h): every positive entry
 // the module takes from a handler adds one lookup the backend's node table never saw. The
 // module reports each one (tracepoint efuse_handler_entry, fired while it holds the inode)
@@ -112,6 +124,10 @@ class AnswerStore {
   // efuse_xattr_answers: (nodeid, attribute name; "" for the list).
   virtual bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
   virtual void drop_xattr(const efuse_handler_name_key& key) = 0;
+  // efuse_open_answers and efuse_flush_answers: key nodeid.
+  enum class NodeMap { Open, Flush };
+  virtual bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) = 0;
+  virtual void drop_node(NodeMap map, uint64_t nodeid) = 0;
   // efuse_read_blocks, mapped: EFUSE_READ_WAYS * sets blocks, written in place under the
   // protocol of efuse_handler_maps.h. Empty when the mount has no block cache.
   virtual std::span<efuse_read_block> read_blocks() { return {}; }
@@ -122,6 +138,8 @@ struct KernelAnswerStats {
   uint64_t name_entries = 0;    // LOOKUP answers stored (negative and positive)
   uint64_t positive_entries = 0;  // of which positive
   uint64_t xattr_entries = 0;   // GETXATTR and LISTXATTR answers stored
+  uint64_t open_entries = 0;    // OPEN answers stored
+  uint64_t flush_entries = 0;   // FLUSH answers stored
   uint64_t tier_nodes = 0;      // nodes with a lookup counter (efuse_entry_lookups)
   uint64_t tier_lookups = 0;    // lookups taken from positive answers, folded into FORGETs
   uint64_t read_blocks = 0;     // READ blocks stored (efuse_read_blocks)
@@ -136,6 +154,8 @@ inline constexpr uint64_t kAttrEntryBytes = sizeof(uint64_t) + sizeof(efuse_hand
 inline constexpr uint64_t kNameEntryBytes =
     sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry);
 inline constexpr uint64_t kEntryCounterBytes = 2 * sizeof(uint64_t);  // nodeid -> count
+// The largest nodeid-keyed maps, efuse_open_answers and efuse_flush_answers, hold at most this.
+inline constexpr size_t kMaxOpenAnswers = EFUSE_OPEN_ANSWERS;
 inline constexpr uint64_t kReadBlockBytes = sizeof(efuse_read_block);
 
 class KernelAnswers final : public efuse::fs::TierLookups {
@@ -177,6 +197,17 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void attr_validity(uint64_t sec, uint32_t nsec);
   // An entry efused sent for a name (creating operations, READDIRPLUS): the name index.
   void entry_sent(uint64_t parent, std::string_view name, uint64_t nodeid);
+  // An OPEN reply for a read-only open of `nodeid` in passthrough mode with `backing_id`,
+  // which the session holds registered until the node is dropped: the open answer, and the
+  // FLUSH answer unless a lock was asked for on the node. False when not stored (a full map).
+  bool store_open(uint64_t nodeid, int32_t backing_id);
+  // Whether OPEN answers are stored at all: only on a mount with default_permissions (the
+  // module refuses them elsewhere, as efused then checks access itself). Default: yes.
+  void allow_opens(bool allowed) { opens_allowed_.store(allowed, std::memory_order_relaxed); }
+  bool opens_allowed() const { return opens_allowed_.load(std::memory_order_relaxed); }
+  // A GETLK, SETLK or SETLKW (POSIX or flock) on `nodeid`: FLUSH of the node goes up from
+  // now on, until the node is dropped (withdraw).
+  void lock_asked(uint64_t nodeid);
 
   // Changes (see the table above). `done` says whether the operation succeeded: the index
   // follows only changes that happened; entries are dropped either way.
@@ -219,6 +250,7 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void drop_pointing_locked(uint64_t nodeid);  // positive answers naming `nodeid`
   void drop_node_locked(uint64_t nodeid);      // attributes, answers naming it, names under it
   void drop_xattrs_locked(uint64_t nodeid, bool absences_too);
+  void drop_flush_locked(uint64_t nodeid);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
   void drop_blocks_locked(uint64_t nodeid);  // the node's READ blocks
   // Attributes efused sent for the node (GETATTR, LOOKUP): a size or mtime other than its
@@ -240,7 +272,11 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::map<uint64_t, std::set<Name>> pointing_;     // nodeid -> names with a positive answer for it
   std::unordered_map<uint64_t, uint64_t> taken_;    // nodes with a lookup counter -> lookups taken
   std::map<Name, bool> xattrs_;                     // stored xattr answers -> a value (not ENODATA)
+  std::unordered_set<uint64_t> opens_;              // nodeids with a stored OPEN answer
+  std::unordered_set<uint64_t> flushes_;            // nodeids with a stored FLUSH answer
+  std::unordered_set<uint64_t> locked_;             // nodeids a lock was asked for
   std::atomic<uint64_t> attr_valid_ns_{0};          // validity of the last attributes sent
+  std::atomic<bool> opens_allowed_{true};
   uint64_t tier_lookups_ = 0;
   std::map<Name, uint64_t> index_;                  // names -> the nodeid efused sent for it
   std::unordered_map<uint64_t, uint32_t> writers_;  // nodeid -> opens for writing

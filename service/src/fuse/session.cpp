@@ -274,6 +274,7 @@ void Session::shutdown() {
   }
   // Offloaded requests: those queued run and answer (an fsync asked for is done).
   pool_.stop();
+  release_kernel_opens();
   close_backing_ids();
 }
 

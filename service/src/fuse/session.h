@@ -18,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -147,6 +148,8 @@ class Session {
   const SessionStats& stats() const { return stats_; }
   uint64_t decode_errors() const { return decode_errors_.load(); }
   uint64_t passthrough_opens() const { return passthrough_opens_.load(); }
+  // Nodes with a handle held for opens answered in the kernel (session_kernel_opens.cpp).
+  uint64_t kernel_open_holds() const { return kernel_open_holds_.load(); }
   uint64_t passthrough_refusals() const { return passthrough_refusals_.load(); }
   // Requests whose DeferredReply has not answered yet.
   uint64_t deferred() const { return deferred_.load(); }
@@ -219,6 +222,14 @@ class Session {
                      uint64_t nodeid);
   void backing_released(uint64_t fh);
   void close_backing_ids();
+  // session_kernel_opens.cpp: opens answered by efuse.ko's OPEN handler (kmod patch 0012).
+  bool hold_for_kernel_opens(const efuse::fs::Context& ctx, uint64_t nodeid, int32_t backing_id);
+  uint64_t own_fh(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh);
+  uint64_t flock_fh(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh);
+  std::optional<uint64_t> released_kernel_fh(uint64_t fh);
+  void node_forgotten(uint64_t nodeid);
+  void release_kernel_opens();
+  bool kernel_fh(uint64_t fh) const;
   using Clock = std::chrono::steady_clock;
   void wait_for_lock(Request& r, const kernel::fuse_lk_in& in, Clock::time_point give_up);
   struct LockWait;
@@ -253,6 +264,7 @@ class Session {
   efuse::Status try_flock(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t fh,
                           uint32_t type);
   void flock_closed(uint64_t nodeid, uint64_t fh, bool released);
+  void lock_asked(uint64_t nodeid);
   using FlockHolders = std::map<std::pair<uint64_t, uint64_t>, bool>;
   std::ranges::subrange<FlockHolders::iterator> holders_of(uint64_t nodeid);
   bool closing_holder(uint64_t nodeid, uint64_t fh);
@@ -291,6 +303,20 @@ class Session {
   std::unordered_map<uint64_t, efuse::SlotFile::Slot*> backing_fh_slots_;  // backing_mu_
   bool keep_for_restart_ = false;
   void record_negotiated();
+
+  // Opens a handler answered carry the module's fh (EFUSE_HANDLER_KERNEL_FH), never one of
+  // efused's. Their requests that still come up are served with a handle efused holds per
+  // node (also keeping the node's backing id registered) until the node is dropped, or for
+  // one that took a flock, with a handle of its own until its RELEASE.
+  struct KernelOpenHold {
+    uint64_t fh = 0;
+    bool backed = false;  // counted among the node's passthrough opens: holds its backing id
+    uint64_t nodeid = 0;
+  };
+  std::mutex kernel_opens_mu_;
+  std::unordered_map<uint64_t, KernelOpenHold> kernel_opens_;  // by nodeid
+  std::unordered_map<uint64_t, KernelOpenHold> kernel_flocks_;  // by module fh
+  std::atomic<uint64_t> kernel_open_holds_{0};
 
   // Blocking lock waits (SETLKW) run on their own threads so workers stay free.
   std::mutex waits_mu_;

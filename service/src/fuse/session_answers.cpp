@@ -147,8 +147,19 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
           if (o->flags & O_TRUNC) a->attr_changed(node);
           if (ok && !keeps_cache(body)) a->pages_dropped(node);
           if (ok && for_writing(o->flags)) a->write_opened(node);
+          // What the OPEN handler answers (efuse_open.bpf.c): read-only, no O_TRUNC,
+          // passthrough.
+          k::fuse_open_out out;
+          if (ok && !for_writing(o->flags) && !(o->flags & O_TRUNC) && a->opens_allowed() &&
+              body.size() == sizeof out) {
+            std::memcpy(&out, body.data(), sizeof out);
+            if ((out.open_flags & k::kFopenPassthrough) && out.backing_id > 0 &&
+                hold_for_kernel_opens(r.ctx, node, out.backing_id))
+              a->store_open(node, out.backing_id);
+          }
         }
         break;
+
       case k::Opcode::Release:
         if (auto rel = in.take<k::fuse_release_in>(); rel && for_writing(rel->flags))
           a->write_released(node);

@@ -55,6 +55,7 @@ void Session::do_forget(Request& r) {
   }
   if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->forgotten(r.hdr.nodeid);
   fs_.forget(r.hdr.nodeid, in->nlookup);
+  node_forgotten(r.hdr.nodeid);
 }
 
 void Session::do_batch_forget(Request& r) {
@@ -72,12 +73,13 @@ void Session::do_batch_forget(Request& r) {
     }
     if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->forgotten(one->nodeid);
     fs_.forget(one->nodeid, one->nlookup);
+    node_forgotten(one->nodeid);
   }
 }
 
 void Session::do_getattr(Request& r) {
   TAKE(in, k::fuse_getattr_in);
-  uint64_t fh = in->fh;
+  uint64_t fh = own_fh(r.ctx, r.hdr.nodeid, in->fh);
   auto a = fs_.getattr(r.ctx, r.hdr.nodeid, (in->getattr_flags & k::kGetattrFh) ? &fh : nullptr);
   if (!a.ok()) return r.reply_err(a.error());
   reply_attr(r, *a);
@@ -97,7 +99,7 @@ void Session::do_setattr(Request& r) {
   s.mtime_now = v & k::kFattrMtimeNow;
   s.has_fh = v & k::kFattrFh;
   r.ctx.kill_suidgid = v & k::kFattrKillSuidgid;
-  s.fh = in->fh;
+  s.fh = s.has_fh ? own_fh(r.ctx, r.hdr.nodeid, in->fh) : in->fh;
   s.mode = in->mode;
   s.uid = in->uid;
   s.gid = in->gid;

@@ -64,7 +64,7 @@ void Session::do_read(Request& r) {
   if (r.answers != nullptr && r.answers->keeps_read(in->offset)) {
     // The READ block cache keeps what this reply carries as the version of the file these
     // attributes describe, so they are taken before the bytes (fuse/kernel_answers.h).
-    const uint64_t fh = in->fh;
+    const uint64_t fh = own_fh(r.ctx, r.hdr.nodeid, in->fh);
     if (auto a = fs_.getattr(r.ctx, r.hdr.nodeid, &fh); a.ok()) {
       r.read_stamp = {static_cast<uint64_t>(a->attr.st_size),
                       static_cast<uint64_t>(a->attr.st_mtim.tv_sec) * 1000000000ULL +
@@ -72,7 +72,8 @@ void Session::do_read(Request& r) {
       r.read_attrs = true;
     }
   }
-  auto n = fs_.read(r.ctx, r.hdr.nodeid, in->fh, in->offset, r.scratch.first(size));
+  auto n = fs_.read(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh), in->offset,
+                    r.scratch.first(size));
   if (!n.ok()) return r.reply_err(n.error());
   r.reply(r.scratch.data(), std::min(*n, size));
 }
@@ -82,7 +83,7 @@ void Session::do_write(Request& r) {
   auto data = r.body.take_bytes(in->size);
   if (!data) return malformed(r);
   r.ctx.kill_suidgid = in->write_flags & k::kWriteKillSuidgid;
-  auto n = fs_.write(r.ctx, r.hdr.nodeid, in->fh, in->offset, *data);
+  auto n = fs_.write(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh), in->offset, *data);
   if (!n.ok()) return r.reply_err(n.error());
   k::fuse_write_out o{};
   o.size = static_cast<uint32_t>(*n);
@@ -91,24 +92,27 @@ void Session::do_write(Request& r) {
 
 void Session::do_flush(Request& r) {
   TAKE(in, k::fuse_flush_in);
-  flock_closed(r.hdr.nodeid, in->fh, false);
-  r.reply_err(fs_.flush(r.ctx, r.hdr.nodeid, in->fh, in->lock_owner).error());
+  const uint64_t fh = own_fh(r.ctx, r.hdr.nodeid, in->fh);
+  flock_closed(r.hdr.nodeid, fh, false);
+  r.reply_err(fs_.flush(r.ctx, r.hdr.nodeid, fh, in->lock_owner).error());
 }
 
 void Session::do_release(Request& r) {
   TAKE(in, k::fuse_release_in);
-  backing_released(in->fh);
+  const std::optional<uint64_t> fh = released_kernel_fh(in->fh);
+  if (!fh) return r.reply_err(0);  // an open a handler answered: nothing held for it
+  backing_released(*fh);
   if (in->release_flags & k::kReleaseFlockUnlock)
-    (void)fs_.flock(r.ctx, r.hdr.nodeid, in->fh, LOCK_UN);
-  Status s = fs_.release(r.ctx, r.hdr.nodeid, in->fh);
-  flock_closed(r.hdr.nodeid, in->fh, true);  // after the description is gone
+    (void)fs_.flock(r.ctx, r.hdr.nodeid, *fh, LOCK_UN);
+  Status s = fs_.release(r.ctx, r.hdr.nodeid, *fh);
+  flock_closed(r.hdr.nodeid, *fh, true);  // after the description is gone
   r.reply_err(s.error());
 }
 
 void Session::do_fsync(Request& r) {
   TAKE(in, k::fuse_fsync_in);
   serve_blocking(r, efuse::accel::Blocking::Fsync,
-                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in->fh,
+                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = own_fh(r.ctx, r.hdr.nodeid, in->fh),
                   datasync = (in->fsync_flags & k::kFsyncFdatasync) != 0] {
                    return BlockingAnswer::error(fs_.fsync(ctx, nodeid, fh, datasync).error());
                  });
@@ -117,7 +121,7 @@ void Session::do_fsync(Request& r) {
 void Session::do_fallocate(Request& r) {
   TAKE(in, k::fuse_fallocate_in);
   serve_blocking(r, efuse::accel::Blocking::Fallocate,
-                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in->fh,
+                 [this, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = own_fh(r.ctx, r.hdr.nodeid, in->fh),
                   mode = static_cast<int>(in->mode), off = in->offset, len = in->length] {
                    return BlockingAnswer::error(
                        fs_.fallocate(ctx, nodeid, fh, mode, off, len).error());
@@ -126,7 +130,8 @@ void Session::do_fallocate(Request& r) {
 
 void Session::do_lseek(Request& r) {
   TAKE(in, k::fuse_lseek_in);
-  auto off = fs_.lseek(r.ctx, r.hdr.nodeid, in->fh, in->offset, static_cast<int>(in->whence));
+  auto off = fs_.lseek(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh), in->offset,
+                       static_cast<int>(in->whence));
   if (!off.ok()) return r.reply_err(off.error());
   k::fuse_lseek_out o{*off};
   r.reply(o);
@@ -134,8 +139,10 @@ void Session::do_lseek(Request& r) {
 
 void Session::do_copy_file_range(Request& r) {
   TAKE(in, k::fuse_copy_file_range_in);
-  auto n = fs_.copy_file_range(r.ctx, r.hdr.nodeid, in->fh_in, in->off_in, in->nodeid_out,
-                               in->fh_out, in->off_out, in->len, in->flags);
+  auto n = fs_.copy_file_range(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh_in),
+                               in->off_in, in->nodeid_out,
+                               own_fh(r.ctx, in->nodeid_out, in->fh_out), in->off_out, in->len,
+                               in->flags);
   if (!n.ok()) return r.reply_err(n.error());
   k::fuse_write_out o{};
   o.size = static_cast<uint32_t>(std::min<size_t>(*n, UINT32_MAX));

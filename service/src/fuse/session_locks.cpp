@@ -12,6 +12,7 @@
 
 #include "common/log.h"
 #include "common/thread_name.h"
+#include "fuse/kernel_answers.h"
 #include "fuse/session_request.h"
 
 namespace fuse {
@@ -20,9 +21,17 @@ static fs::Lock to_lock(const k::fuse_file_lock& l) {
   return fs::Lock{l.start, l.end, l.type, l.pid};
 }
 
+// Before any lock request is served: efused may now hold locks of the node that FLUSH must
+// drop, so the module's FLUSH handler stops answering for it (KernelAnswers::lock_asked).
+void Session::lock_asked(uint64_t nodeid) {
+  if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->lock_asked(nodeid);
+}
+
 void Session::do_getlk(Request& r) {
   TAKE(in, k::fuse_lk_in);
-  auto l = fs_.getlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, to_lock(in->lk));
+  lock_asked(r.hdr.nodeid);
+  auto l = fs_.getlk(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh), in->owner,
+                     to_lock(in->lk));
   if (!l.ok()) return r.reply_err(l.error());
   k::fuse_lk_out o{};
   o.lk = {l->start, l->end, l->type, l->pid};
@@ -93,17 +102,20 @@ static bool conflict(const Status& s) { return s.error() == EAGAIN || s.error() 
 
 void Session::do_setlk(Request& r) {
   TAKE(in, k::fuse_lk_in);
+  lock_asked(r.hdr.nodeid);
   if (!(in->lk_flags & k::kLkFlock)) {
-    Status s = fs_.setlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, to_lock(in->lk));
+    Status s = fs_.setlk(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh), in->owner,
+                         to_lock(in->lk));
     return r.reply_err(conflict(s) ? EAGAIN : s.error());
   }
+  const uint64_t fh = flock_fh(r.ctx, r.hdr.nodeid, in->fh);
   uint64_t releases = flock_releases_.load();
-  Status s = try_flock(r.ctx, r.hdr.nodeid, in->fh, in->lk.type);
+  Status s = try_flock(r.ctx, r.hdr.nodeid, fh, in->lk.type);
   if (conflict(s)) {
     // The holder may be a description closed a moment ago whose RELEASE another worker has
     // not served yet; natively close() would have dropped the lock already.
     std::unique_lock lk(waits_mu_);
-    if (flock_releases_.load() != releases || closing_holder(r.hdr.nodeid, in->fh)) {
+    if (flock_releases_.load() != releases || closing_holder(r.hdr.nodeid, fh)) {
       lk.unlock();
       return wait_for_lock(r, *in, Clock::now() + kReleaseGrace);
     }
@@ -114,9 +126,12 @@ void Session::do_setlk(Request& r) {
 
 void Session::do_setlkw(Request& r) {
   TAKE(in, k::fuse_lk_in);
+  lock_asked(r.hdr.nodeid);
   Status s = (in->lk_flags & k::kLkFlock)
-                 ? try_flock(r.ctx, r.hdr.nodeid, in->fh, in->lk.type)
-                 : fs_.setlk(r.ctx, r.hdr.nodeid, in->fh, in->owner, to_lock(in->lk));
+                 ? try_flock(r.ctx, r.hdr.nodeid, flock_fh(r.ctx, r.hdr.nodeid, in->fh),
+                             in->lk.type)
+                 : fs_.setlk(r.ctx, r.hdr.nodeid, own_fh(r.ctx, r.hdr.nodeid, in->fh),
+                             in->owner, to_lock(in->lk));
   if (!conflict(s)) return r.reply_err(s.error());
   wait_for_lock(r, *in, Clock::time_point::max());
 }
@@ -150,8 +165,11 @@ void Session::wait_for_lock(Request& r, const k::fuse_lk_in& in, Clock::time_poi
   // std::function wants a copyable callable: the wait travels in a shared_ptr, and stays
   // here when the thread cannot start.
   std::shared_ptr<LockWait> w(new LockWait{*this, defer(r)});
-  auto wait = [this, w, ctx = r.ctx, nodeid = r.hdr.nodeid, fh = in.fh, owner = in.owner,
-               lock = to_lock(in.lk), is_flock = (in.lk_flags & k::kLkFlock) != 0, give_up] {
+  const bool is_flock = (in.lk_flags & k::kLkFlock) != 0;
+  const uint64_t fh = is_flock ? flock_fh(r.ctx, r.hdr.nodeid, in.fh)
+                               : own_fh(r.ctx, r.hdr.nodeid, in.fh);
+  auto wait = [this, w, ctx = r.ctx, nodeid = r.hdr.nodeid, fh, owner = in.owner,
+               lock = to_lock(in.lk), is_flock, give_up] {
     w->reply.reply_err(lock_waiter(ctx, nodeid, fh, owner, lock, is_flock, give_up));
   };
   try {

@@ -127,6 +127,11 @@ MountFamilies::MountFamilies()
                                      "Opens served with FUSE passthrough (kernel does the I/O "
                                      "on the backing file).",
                                      MetricType::Counter)),
+      kernel_open_holds_(make_family("efuse_kernel_open_holds",
+                                     "Nodes efused holds a passthrough open of (and so its "
+                                     "backing id) while opens answered in the kernel may use "
+                                     "them.",
+                                     MetricType::Gauge)),
       passthrough_refusals_(make_family("efuse_passthrough_refusals_total",
                                         "Opens that asked for passthrough but fell back to I/O "
                                         "through the daemon (kernel refused the backing file).",
@@ -301,6 +306,8 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
        {std::tuple{"getattr", a.attr_entries, fuse::kAttrEntryBytes},
         std::tuple{"lookup", a.name_entries, fuse::kNameEntryBytes},
         std::tuple{"xattr", a.xattr_entries, fuse::kNameEntryBytes},
+        std::tuple{"open", a.open_entries, fuse::kAttrEntryBytes},
+        std::tuple{"flush", a.flush_entries, fuse::kAttrEntryBytes},
         std::tuple{"entry_lookups", a.tier_nodes, fuse::kEntryCounterBytes},
         std::tuple{"read_blocks", a.read_blocks, fuse::kReadBlockBytes}}) {
     Labels labels = with(mount_label(mount.name), "map", map);
@@ -362,6 +369,8 @@ void MountFamilies::add_session(const std::string& mount, const fuse::Session& s
               static_cast<double>(session.passthrough_opens()));
   add_counter(passthrough_refusals_, mount_label(mount),
               static_cast<double>(session.passthrough_refusals()));
+  add_gauge(kernel_open_holds_, mount_label(mount),
+            static_cast<double>(session.kernel_open_holds()));
   add_counter(notifications_, mount_label(mount), static_cast<double>(session.notifications()));
   using Kind = fuse::Session::InvalKind;
   add_counter(invalidation_failures_, with(mount_label(mount), "kind", "inode"),
@@ -431,7 +440,7 @@ void MountFamilies::add_workers(const std::string& mount,
 void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
   for (prometheus::MetricFamily* f :
        {&up_, &start_failures_, &resumes_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
-        &passthrough_opens_, &passthrough_refusals_, &feature_, &feature_offered_,
+        &passthrough_opens_, &kernel_open_holds_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
         &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_,

@@ -72,6 +72,7 @@ class MountFamilies {
   prometheus::MetricFamily duration_;
   prometheus::MetricFamily decode_errors_;
   prometheus::MetricFamily passthrough_opens_;
+  prometheus::MetricFamily kernel_open_holds_;
   prometheus::MetricFamily passthrough_refusals_;
   prometheus::MetricFamily feature_;
   prometheus::MetricFamily feature_offered_;

@@ -115,6 +115,25 @@ TEST(IoPathPolicy, StartingGuessIsThe64KiBRule) {
   EXPECT_EQ(r.classes.size(), 2u);
 }
 
+TEST(IoPathPolicy, KernelModuleOpensArePassthrough) {
+  // On efuse.ko with handlers only a passthrough file's first open reaches efused: its
+  // later opens, FLUSHes and RELEASEs are answered in the kernel, cheaper than any cache.
+  IoPathPolicy policy;
+  FileIo small, large;
+  OpenFacts f = facts(4 * kKiB);
+  f.kernel_opens = true;
+  EXPECT_EQ(policy.open(small, f, 0), IoPath::Passthrough);
+  f.size = 64 * kMiB;
+  EXPECT_EQ(policy.open(large, f, 0), IoPath::Passthrough);
+  IoPathReport r = policy.report();
+  EXPECT_EQ(decisions(r, IoPath::Passthrough, IoReason::KernelOpen), 2u);
+  EXPECT_TRUE(r.classes.empty()) << "no engine decides them";
+  // Where passthrough is unavailable the cache serves, whatever the tier.
+  FileIo other;
+  f.passthrough_available = false;
+  EXPECT_EQ(policy.open(other, f, 0), IoPath::Cache);
+}
+
 TEST(IoPathPolicy, HotSmallFilesReReadEndOnTheCache) {
   Sim sim;
   std::vector<std::unique_ptr<SimFile>> files;

@@ -48,6 +48,15 @@ class AnswerTable final : public AnswerStore {
     xattrs.erase({key.parent, key.name});
   }
 
+  bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& e) override {
+    if (full) return false;
+    (map == NodeMap::Open ? opens : flushes)[nodeid] = e;
+    return true;
+  }
+  void drop_node(NodeMap map, uint64_t nodeid) override {
+    if (on_drop) on_drop();
+    (map == NodeMap::Open ? opens : flushes).erase(nodeid);
+  }
   std::span<efuse_read_block> read_blocks() override { return pool; }
 
   // The READ blocks held for `nodeid` (gen not 0): index -> the block.
@@ -67,6 +76,8 @@ class AnswerTable final : public AnswerStore {
   std::map<uint64_t, efuse_handler_entry> attrs;
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;
   std::map<uint64_t, uint64_t> counts;
+  std::map<uint64_t, efuse_handler_entry> opens;    // efuse_open_answers
+  std::map<uint64_t, efuse_handler_entry> flushes;  // efuse_flush_answers
   std::vector<efuse_read_block> pool = std::vector<efuse_read_block>(4 * EFUSE_READ_WAYS);
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> xattrs;  // efuse_entry_lookups, as the counting program keeps it
 };

@@ -420,6 +420,90 @@ TEST_F(KernelAnswersTest, AbsencesSurviveWritesAndChownsValuesDoNot) {
   EXPECT_TRUE(store.xattrs.empty());
 }
 
+k::fuse_open_out open_body(const efuse_handler_entry& e) {
+  k::fuse_open_out o;
+  std::memcpy(&o, e.answer.data, sizeof o);
+  return o;
+}
+
+TEST_F(KernelAnswersTest, StoresOpenAndFlushAnswers) {
+  EXPECT_FALSE(answers.store_open(7, 0)) << "no backing id";
+  EXPECT_FALSE(answers.store_open(7, -2));
+  EXPECT_TRUE(store.opens.empty());
+  ASSERT_TRUE(answers.store_open(7, 3));
+  ASSERT_TRUE(store.opens.contains(7) && store.flushes.contains(7));
+  const efuse_handler_entry& e = store.opens[7];
+  EXPECT_EQ(e.answer.nodeid, 7u);
+  EXPECT_EQ(e.answer.error, 0);
+  EXPECT_EQ(e.answer.size, sizeof(k::fuse_open_out));
+  EXPECT_EQ(e.expires, UINT64_MAX) << "kept exact by drops, never expires";
+  const k::fuse_open_out o = open_body(e);
+  EXPECT_EQ(o.fh, 0u) << "the module gives kernel opens their own fh";
+  EXPECT_EQ(o.open_flags, k::kFopenPassthrough) << "the only flag the module takes";
+  EXPECT_EQ(o.backing_id, 3);
+  const efuse_handler_entry& f = store.flushes[7];
+  EXPECT_EQ(f.answer.nodeid, 7u);
+  EXPECT_EQ(f.answer.size, 0u);
+  EXPECT_EQ(f.expires, UINT64_MAX);
+  EXPECT_EQ(answers.stats().open_entries, 1u);
+  EXPECT_EQ(answers.stats().flush_entries, 1u);
+}
+
+TEST_F(KernelAnswersTest, OpenAnswersGoWithTheAttributes) {
+  for (uint64_t n : {7, 8, 9, 10, 11}) ASSERT_TRUE(answers.store_open(n, static_cast<int32_t>(n)));
+  answers.attr_changed(7);  // SETATTR (chmod, chown, truncate), WRITE, ...
+  answers.write_opened(8);
+  answers.entry_sent(1, "nine", 9);
+  answers.name_removed(1, "nine", true);  // UNLINK
+  answers.entry_sent(1, "ten", 10);
+  answers.name_moved(1, "ten", 1, "ten2", false, true);  // RENAME
+  answers.xattrs_changed(11);  // outside change (the watcher)
+  EXPECT_TRUE(store.opens.empty());
+  EXPECT_EQ(answers.stats().open_entries, 0u);
+  // The FLUSH answers stay: the open files' FLUSH needs no answer of efused's yet.
+  EXPECT_EQ(store.flushes.size(), 5u);
+  answers.write_released(8);
+  EXPECT_TRUE(answers.store_open(8, 8)) << "stored anew at the next open efused serves";
+}
+
+TEST_F(KernelAnswersTest, ALockSendsFlushUpUntilTheNodeIsDropped) {
+  ASSERT_TRUE(answers.store_open(7, 3));
+  answers.lock_asked(7);
+  EXPECT_FALSE(store.flushes.contains(7)) << "efused may hold a lock it drops at FLUSH";
+  EXPECT_TRUE(store.opens.contains(7)) << "the open answer stays";
+  answers.attr_changed(7);
+  ASSERT_TRUE(answers.store_open(7, 3));
+  EXPECT_FALSE(store.flushes.contains(7)) << "never again for this node";
+  answers.forgotten(7);  // a FORGET: the node may live on
+  ASSERT_TRUE(answers.store_open(7, 3));
+  EXPECT_FALSE(store.flushes.contains(7)) << "still the same node";
+  answers.withdraw(7);  // dropped: no file of it is open, no lock held
+  EXPECT_TRUE(store.opens.empty());
+  ASSERT_TRUE(answers.store_open(7, 3));
+  EXPECT_TRUE(store.flushes.contains(7));
+  answers.lock_asked(8);  // a lock on a node without answers
+  ASSERT_TRUE(answers.store_open(8, 4));
+  EXPECT_FALSE(store.flushes.contains(8));
+}
+
+TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
+  ASSERT_TRUE(answers.store_open(7, 3));
+  answers.forgotten(7);
+  EXPECT_TRUE(store.opens.empty() && store.flushes.empty());
+  ASSERT_TRUE(answers.store_open(7, 3));
+  answers.drop_all();
+  EXPECT_TRUE(store.opens.empty() && store.flushes.empty());
+  EXPECT_EQ(answers.stats().open_entries, 0u);
+  EXPECT_EQ(answers.stats().flush_entries, 0u);
+  answers.allow_opens(false);  // a mount without default_permissions
+  EXPECT_FALSE(answers.store_open(7, 3));
+  EXPECT_TRUE(store.opens.empty());
+  answers.allow_opens(true);
+  store.full = true;
+  EXPECT_FALSE(answers.store_open(7, 3)) << "a full map";
+  EXPECT_EQ(answers.stats().open_entries, 0u);
+}
+
 TEST_F(KernelAnswersTest, ReadBlocksRacingAChangeAreNotStored) {
   const std::string data(5000, 'r');
   const FileStamp v1{5000, 0};

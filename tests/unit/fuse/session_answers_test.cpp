@@ -381,5 +381,100 @@ TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
   EXPECT_FALSE(table_.attrs.contains(f));
 }
 
+// A request with the fh the module gives an open its OPEN handler answered.
+constexpr uint64_t kernel_fh(uint64_t n) { return EFUSE_HANDLER_KERNEL_FH | n; }
+
+std::string flock_body(uint64_t fh, uint32_t type) {
+  k::fuse_lk_in in{};
+  in.fh = fh;
+  in.owner = fh;
+  in.lk = {0, INT64_MAX, type, 0};
+  in.lk_flags = k::kLkFlock;
+  return pod(in);
+}
+
+TEST_F(SessionAnswers, ReadOnlyPassthroughOpenStoresOpenAndFlushAnswersAndHoldsTheId) {
+  h_.connection().grant_backing_ids();
+  efuse::fs::Policy fixed;  // io_path passthrough (auto would pick the cache for small files)
+  fixed.adaptive_io = false;
+  h_.fs().set_policy(fixed);
+  const uint64_t f = make_file("f", "data");
+  Reply r = h_.call(Op::Open, f, pod(k::fuse_open_in{O_RDONLY, 0}));
+  ASSERT_EQ(r.error(), 0);
+  const auto o = r.as<k::fuse_open_out>();
+  ASSERT_NE(o.open_flags & k::kFopenPassthrough, 0u);
+  ASSERT_TRUE(table_.opens.contains(f));
+  k::fuse_open_out stored;
+  std::memcpy(&stored, table_.opens[f].answer.data, sizeof stored);
+  EXPECT_EQ(stored.backing_id, o.backing_id);
+  EXPECT_EQ(stored.fh, 0u);
+  EXPECT_TRUE(table_.flushes.contains(f));
+  EXPECT_EQ(h_.session().kernel_open_holds(), 1u);
+  h_.release(f, o.fh);
+  EXPECT_TRUE(h_.connection().closed_backing_ids().empty()) << "held for kernel opens";
+  // Opens the handler does not answer store nothing: for writing (and it drops the answer,
+  // as every change of the node's attributes does), with O_TRUNC.
+  const uint64_t w = h_.open(f, O_RDWR);
+  EXPECT_FALSE(table_.opens.contains(f));
+  h_.release(f, w);
+  const uint64_t t = h_.open(f, O_RDONLY | O_TRUNC);
+  EXPECT_FALSE(table_.opens.contains(f));
+  h_.release(f, t);
+  h_.release(f, h_.open(f, O_RDONLY));
+  EXPECT_TRUE(table_.opens.contains(f)) << "stored anew";
+  EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
+}
+
+TEST_F(SessionAnswers, KernelOpensRequestsAreServedWithEfusedsOwnHandles) {
+  h_.connection().grant_backing_ids();
+  efuse::fs::Policy fixed;
+  fixed.adaptive_io = false;
+  h_.fs().set_policy(fixed);
+  const uint64_t f = make_file("f", "data");
+  h_.release(f, h_.open(f, O_RDONLY));  // stores the answers, holds a handle
+  ASSERT_TRUE(table_.flushes.contains(f));
+  // FLUSH, FSYNC and LSEEK of a kernel open: served with the handle held for the node.
+  k::fuse_flush_in fl{};
+  fl.fh = kernel_fh(1);
+  EXPECT_EQ(h_.call(Op::Flush, f, pod(fl)).error(), 0);
+  EXPECT_EQ(h_.session().kernel_open_holds(), 1u);
+  k::fuse_fsync_in fs{};
+  fs.fh = kernel_fh(1);
+  EXPECT_EQ(h_.call(Op::Fsync, f, pod(fs)).error(), 0);
+  k::fuse_lseek_in ls{};
+  ls.fh = kernel_fh(2);
+  ls.whence = SEEK_DATA;
+  Reply seek = h_.call(Op::Lseek, f, pod(ls));
+  EXPECT_EQ(seek.error(), 0);
+  EXPECT_EQ(seek.as<k::fuse_lseek_out>().offset, 0u);
+  // A POSIX lock: FLUSH answers stop for the node.
+  EXPECT_EQ(h_.call(Op::Setlk, f, lk_body(kernel_fh(1), 7, F_RDLCK)).error(), 0);
+  EXPECT_FALSE(table_.flushes.contains(f));
+  EXPECT_EQ(h_.call(Op::Flush, f, pod(fl)).error(), 0);
+  // flock: two kernel opens are two descriptions; the RELEASE that undoes a flock frees it.
+  EXPECT_EQ(h_.call(Op::Setlk, f, flock_body(kernel_fh(3), F_WRLCK)).error(), 0);
+  EXPECT_EQ(h_.call(Op::Setlk, f, flock_body(kernel_fh(4), F_WRLCK)).error(), EAGAIN);
+  k::fuse_release_in rel{};
+  rel.fh = kernel_fh(3);
+  rel.flags = O_RDONLY;
+  rel.release_flags = k::kReleaseFlockUnlock;
+  EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), 0);
+  EXPECT_EQ(h_.call(Op::Setlk, f, flock_body(kernel_fh(4), F_WRLCK)).error(), 0);
+  rel.fh = kernel_fh(4);
+  EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), 0);
+  // A RELEASE of a kernel open that holds nothing, and a forged handle of efused's.
+  rel.fh = kernel_fh(5);
+  rel.release_flags = 0;
+  EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), 0);
+  fl.fh = 12345;
+  EXPECT_EQ(h_.call(Op::Flush, f, pod(fl)).error(), EBADF);
+  // The node dropped (its FORGET): the answers, then the held handle and the id go.
+  EXPECT_TRUE(h_.connection().closed_backing_ids().empty());
+  h_.call_no_reply(Op::Forget, f, pod(k::fuse_forget_in{1}));
+  EXPECT_EQ(h_.session().kernel_open_holds(), 0u);
+  EXPECT_TRUE(table_.opens.empty());
+  EXPECT_EQ(h_.connection().closed_backing_ids().size(), 1u);
+}
+
 }  // namespace
 }  // namespace fuse::testing

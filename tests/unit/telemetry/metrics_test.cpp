@@ -449,7 +449,7 @@ TEST_F(MetricsCollector, EveryFamilyIsNamedTypedAndDocumented) {
         "efuse_mount_start_failures_total", "efuse_mount_info", "efuse_kernel_feature",
         "efuse_kernel_feature_offered", "efuse_kernel_protocol_minor", "efuse_max_write_bytes",
         "efuse_decode_errors_total", "efuse_invalidation_failures_total",
-        "efuse_passthrough_opens_total",
+        "efuse_passthrough_opens_total", "efuse_kernel_open_holds",
         "efuse_passthrough_refusals_total", "efuse_inodes", "efuse_inode_fds",
         "efuse_inode_fd_evictions_total", "efuse_inode_fd_reopens_total",
         "efuse_inode_fd_reopen_failures_total", "efuse_listing_cache_drops_total",

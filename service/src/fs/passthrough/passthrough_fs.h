@@ -44,7 +44,9 @@ Status kill_suidgid(int fd);
 // backend's HandleTable (an unknown fh is EBADF, see handle_table.h). Plain read-only opens of a regular
 // file share the inode's own descriptor instead, made readable once (Inode::readable_fd),
 // so OPEN, FLUSH and RELEASE of a file read again and again cost no system call. Such a
-// handle carries kSharedFh, and in bits 32-62 a serial number that tells the opens apart.
+// handle carries kSharedFh, and in bits 32-61 a serial number that tells the opens apart
+// (bit 62 stays clear: kSharedFh | kWriterFh is EFUSE_HANDLER_KERNEL_FH, the fh of an open
+// efuse.ko's OPEN handler answered, efuse_handler.h).
 inline constexpr uint64_t kSharedFh = 1ULL << 63;
 // A private handle open for writing carries kWriterFh (Inode::writers counts them); in a
 // shared handle that bit belongs to the serial number.
@@ -70,7 +72,10 @@ class PassthroughFs final : public Filesystem {
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
-  void set_tier(TierLookups* tier) override { inodes_.set_tier(tier); }
+  void set_tier(TierLookups* tier) override {
+    inodes_.set_tier(tier);
+    kernel_tier_.store(tier != nullptr, std::memory_order_relaxed);
+  }
   void passthrough_refused(uint64_t ino) override;
   void passthrough_registered(uint64_t ino, uint64_t ns) override;
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
@@ -123,6 +128,8 @@ class PassthroughFs final : public Filesystem {
   Result<size_t> copy_file_range(const Context&, uint64_t ino_in, uint64_t fh_in, uint64_t off_in,
                                  uint64_t ino_out, uint64_t fh_out, uint64_t off_out, uint64_t len,
                                  uint64_t flags) override;
+
+  bool holds(uint64_t ino) const override { return inodes_.get(ino) != nullptr; }
 
   Result<Lock> getlk(const Context&, uint64_t ino, uint64_t fh, uint64_t owner,
                      const Lock&) override;
@@ -243,6 +250,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> keep_cache_;
   std::atomic<bool> passthrough_io_;
   std::atomic<bool> adaptive_io_;
+  std::atomic<bool> kernel_tier_{false};  // on efuse.ko with handlers: opens answered there
   accel::IoPathPolicy io_policy_;  // cache or passthrough per file, under io_path: auto
   accel::DevicePolicy dev_policy_;  // device or kernel for the reads efused serves (auto)
   std::atomic<bool> device_path_{false};  // io_path auto: dev_policy_ decides

@@ -70,6 +70,7 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_n
     // opened for writing is served, so each WRITE can clear them.
     facts.setid_write = writable && known && privs_to_kill(st.st_mode) != 0;
     facts.passthrough_available = caps_.passthrough && known;
+    facts.kernel_opens = kernel_tier_.load(std::memory_order_relaxed);
     inode.io_cached = io_policy_.open(inode.io, facts, now_ns) == accel::IoPath::Cache;
     // Written by a process under the interception library: no page cache that its writes
     // would leave stale. Passthrough reads the backing file; where the kernel cannot (or
@@ -116,7 +117,7 @@ Result<OpenInfo> PassthroughFs::open_file(const Context& ctx, uint64_t ino, int 
     int fd = inode->readable_fd(path_fd);
     if (fd >= 0) {
       OpenInfo info = open_info(*inode, fd, flags, ctx.now_or_clock());
-      uint64_t serial = shared_serial_.fetch_add(1, std::memory_order_relaxed) & 0x7fffffffu;
+      uint64_t serial = shared_serial_.fetch_add(1, std::memory_order_relaxed) & 0x3fffffffu;
       info.fh = kSharedFh | serial << 32 | static_cast<uint32_t>(fd);
       return info;
     }

@@ -104,7 +104,7 @@ Status PassthroughFs::restore_state(SlotFile* file, std::string* why) {
       fd = ::open(ProcPath(path), flags);
     }
     if (fd < 0) ++lost;
-    if (is_shared(o.fh)) max_serial = std::max(max_serial, (o.fh >> 32) & 0x7fffffffu);
+    if (is_shared(o.fh)) max_serial = std::max(max_serial, (o.fh >> 32) & 0x3fffffffu);
     restored_fds_[o.fh] = fd;
     open_slots_[o.fh] = o.slot;
     handles_.add(o.fh);
