@@ -148,7 +148,8 @@ TEST(OffloadPool, ALoweredLimitLetsThreadsGo) {
   g.release();
   ASSERT_TRUE(eventually([&] { return pool.stats().threads == 1; }));
   EXPECT_EQ(pool.stats().max_threads, 1u);
-  EXPECT_EQ(g.ran.load(), 4);
+  // The thread that stays may still be finishing its task when the others have left.
+  EXPECT_TRUE(eventually([&] { return g.ran.load() == 4; }));
   pool.stop();
 }
 
