@@ -6,9 +6,13 @@ lost on unmount); its metrics; bad memory settings are clear errors. The POSIX, 
 fsx, fio, tar, git and stress-ng suites run on memory mounts too (EFUSE_BACKEND=memory,
 tests/integration/CMakeLists.txt)."""
 
+import ctypes
 import errno
+import mmap
 import os
 import signal
+import stat
+import struct
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -131,6 +135,149 @@ def test_sparse_files_take_blocks_only_where_written(m):
         os.close(fd)
 
 
+def dirents(path):
+    """(name, d_ino) of every entry getdents64 returns for `path`, "." and ".." included
+    (os.scandir leaves those two out)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    out = []
+    try:
+        buf = ctypes.create_string_buffer(1 << 16)
+        while True:
+            n = libc.syscall(217, fd, buf, len(buf))  # SYS_getdents64 on x86_64
+            if n < 0:
+                raise OSError(ctypes.get_errno(), "getdents64")
+            if n == 0:
+                return sorted(out)
+            pos = 0
+            while pos < n:
+                ino, _off, reclen = struct.unpack_from("=QqH", buf, pos)
+                name = buf.raw[pos + 19:pos + reclen].split(b"\0", 1)[0].decode()
+                out.append((name, ino))
+                pos += reclen
+    finally:
+        os.close(fd)
+
+
+def requests(port, *opcodes):
+    """efused's requests of these opcodes so far (efuse_requests_total)."""
+    samples = parse(scrape(port))
+    return sum(value(samples, "efuse_requests_total", opcode=op) or 0 for op in opcodes)
+
+
+PT_PORT = free_port()
+
+
+@h.mount_options(backend="memory", args=["--memory-max-bytes", "1M", "--metrics",
+                                         f"127.0.0.1:{PT_PORT}"])
+def test_passthrough_writes_keep_the_limit_and_attributes_exact(m):
+    # Run as root, a memory mount keeps file data in a private tmpfs and opens files with
+    # FUSE passthrough: reads and writes never reach efused, yet memory.max_bytes holds
+    # (ENOSPC, never an overrun) and stat reports what the writes did.
+    before = requests(PT_PORT, "read", "write")
+    fd = os.open(m.m("f"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        t0 = os.fstat(fd).st_mtime_ns
+        assert os.pwrite(fd, b"a" * 10000, 0) == 10000
+        st = os.stat(m.m("f"))
+        assert (st.st_size, st.st_blocks) == (10000, 24), st  # three 4 KiB pages
+        assert st.st_mtime_ns >= t0 and st.st_ctime_ns >= st.st_mtime_ns
+        assert os.pwrite(fd, b"z", 100000) == 1  # a hole between
+        st = os.stat(m.m("f"))
+        assert (st.st_size, st.st_blocks) == (100001, 32), st
+        assert os.lseek(fd, 0, os.SEEK_HOLE) == 12288
+        assert os.lseek(fd, 12288, os.SEEK_DATA) == 98304
+        os.ftruncate(fd, 5000)
+        st = os.stat(m.m("f"))
+        assert (st.st_size, st.st_blocks) == (5000, 16), st
+        # A hard link shares the data; an O_APPEND write through it grows the file for both.
+        os.link(m.m("f"), m.m("g"))
+        with open(m.m("g"), "ab") as g:
+            g.write(b"b" * 100)
+        assert os.stat(m.m("f")).st_size == 5100
+        assert os.pread(fd, 4, 5096) == b"bbbb"
+        # mmap writes land in the same pages.
+        with mmap.mmap(fd, 5100) as mm:
+            mm[0:3] = b"MAP"
+        assert h.read_file(m.m("g"))[:4] == b"MAPa"
+    finally:
+        os.close(fd)
+    # Every page of the limit, then ENOSPC, with nothing but passthrough writes.
+    free = os.statvfs(m.mnt).f_bavail * 4096
+    assert fill(m.m("big")) == free
+    assert os.statvfs(m.mnt).f_bavail == 0
+    assert os.stat(m.m("big")).st_size == free
+    assert os.stat(m.m("big")).st_blocks == free // 512
+    assert requests(PT_PORT, "read", "write") == before, "a READ or WRITE reached efused"
+    os.unlink(m.m("big"))
+    h.wait_until(lambda: os.statvfs(m.mnt).f_bavail * 4096 == free, 10,
+                 what="big's pages back at its unlink")
+    h.write_file(m.m("after"), b"ok")
+    assert h.read_file(m.m("after")) == b"ok"
+    m.check_alive()
+
+
+LISTING_PORT = free_port()
+LISTING_OPS = ("opendir", "readdir", "readdirplus", "releasedir", "getattr")
+
+
+def warm(path):
+    """Lists `path` until a listing reaches efused no more: the kernel keeps a listing it
+    cached once the directory's latest change is older than efused's grace (2 s)."""
+    def quiet():
+        before = requests(LISTING_PORT, *LISTING_OPS)
+        os.listdir(path)
+        return requests(LISTING_PORT, *LISTING_OPS) == before
+    h.wait_until(quiet, 60, interval=0.2, what=f"a listing of {path} from the kernel's cache")
+
+
+@h.mount_options(backend="memory", args=["--metrics", f"127.0.0.1:{LISTING_PORT}"])
+def test_cached_listings_stay_exact_through_changes(m):
+    # The kernel caches listings (no OPENDIR, FOPEN_CACHE_DIR): a warm listing sends efused
+    # nothing, and every change made through the mount shows in the next listing at once.
+    os.makedirs(m.m("a", "sub"))
+    os.mkdir(m.m("b"))
+    for i in range(50):
+        h.write_file(m.m("a", f"f{i}"), b"x")
+    want = {f"f{i}" for i in range(50)} | {"sub"}
+    assert set(os.listdir(m.m("a"))) == want
+    warm(m.m("a"))
+    before = requests(LISTING_PORT, *LISTING_OPS)
+    for _ in range(5):
+        assert set(os.listdir(m.m("a"))) == want
+    assert requests(LISTING_PORT, *LISTING_OPS) == before, "a warm listing reached efused"
+    # Changes through the mount, each seen by the very next listing.
+    steps = [
+        (lambda: h.write_file(m.m("a", "new"), b"n"), lambda w: w | {"new"}),
+        (lambda: os.unlink(m.m("a", "f0")), lambda w: w - {"f0"}),
+        (lambda: os.rename(m.m("a", "f1"), m.m("a", "g1")), lambda w: w - {"f1"} | {"g1"}),
+        (lambda: os.rename(m.m("a", "f2"), m.m("b", "f2")), lambda w: w - {"f2"}),
+        (lambda: os.rename(m.m("b", "f2"), m.m("a", "f3")), lambda w: w),  # replaces f3
+        (lambda: os.link(m.m("a", "f4"), m.m("a", "l4")), lambda w: w | {"l4"}),
+        (lambda: os.symlink("f5", m.m("a", "s5")), lambda w: w | {"s5"}),
+        (lambda: os.mkdir(m.m("a", "d")), lambda w: w | {"d"}),
+        (lambda: os.rmdir(m.m("a", "d")), lambda w: w - {"d"}),
+        (lambda: os.mknod(m.m("a", "fifo"), 0o600 | stat.S_IFIFO), lambda w: w | {"fifo"}),
+    ]
+    for change, expect in steps:
+        change()
+        want = expect(want)
+        assert set(os.listdir(m.m("a"))) == want
+        assert set(os.listdir(m.m("a"))) == want
+    assert set(os.listdir(m.m("b"))) == set()
+    # A directory moved to another parent: its ".." names the new one in the next listing,
+    # also when the kernel had cached its listing.
+    warm(m.m("a", "sub"))
+    assert dict(dirents(m.m("a", "sub")))[".."] == os.stat(m.m("a")).st_ino
+    os.rename(m.m("a", "sub"), m.m("b", "sub"))
+    assert dict(dirents(m.m("b", "sub")))[".."] == os.stat(m.m("b")).st_ino
+    warm(m.m("b", "sub"))
+    os.rename(m.m("b", "sub"), m.m("sub"))
+    assert dict(dirents(m.m("sub")))[".."] == os.stat(m.mnt).st_ino
+    assert set(os.listdir(m.m("a"))) == want - {"sub"}
+    m.check_alive()
+
+
 class ConfigMount(h.EfusedMount):
     """efused --config with one memory mount at mnt; `memory` is its memory: map."""
 
@@ -182,6 +329,16 @@ def test_limits_change_live_on_reload_and_metrics():
         assert h.read_file(m.m("keep")) == b"k" * 5000
         assert os.stat(m.m("keep")).st_ino == ino
         assert fill(m.m("fill")) == 2 * MIB - 8192
+        # Writes that FUSE passthrough sends straight to the data never reach efused (their
+        # ENOSPC comes from the kernel); a fallocate does, and is counted.
+        fd = os.open(m.m("keep"), os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, MIB)
+            raise AssertionError("fallocate beyond the limit succeeded")
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+        finally:
+            os.close(fd)
         samples = parse(scrape(m.port))
         assert value(samples, "efuse_memory_enospc_total", mount="scratch") >= 1
         assert value(samples, "efuse_memory_bytes", mount="scratch") == 2 * MIB

@@ -19,6 +19,12 @@
 
 namespace efuse::daemon {
 
+void apply_memory_cache_defaults(MountConfig& mount, bool entry_timeout_set,
+                                 bool attr_timeout_set) {
+  if (!entry_timeout_set) mount.cache.entry_timeout = kMemoryCacheTimeout;
+  if (!attr_timeout_set) mount.cache.attr_timeout = kMemoryCacheTimeout;
+}
+
 unsigned MountConfig::workers_max() const {
   if (max_threads != 0) return max_threads;
   return threads > accel::WorkerCountPolicy::kDefaultMax ? threads
@@ -98,7 +104,15 @@ void apply_settings(const json& settings, MountConfig& out) {
   if (auto it = settings.find("options"); it != settings.end()) apply_options(*it, out.options);
 }
 
-MountConfig build_mount(const json& mount, const MountConfig& defaults) {
+// Whether `cache.KEY` is set in `settings` (a mount, or defaults:).
+bool cache_key_set(const json* settings, const char* key) {
+  if (settings == nullptr) return false;
+  auto cache = settings->find("cache");
+  return cache != settings->end() && cache->contains(key);
+}
+
+MountConfig build_mount(const json& mount, const MountConfig& defaults,
+                        const json* defaults_json) {
   MountConfig out = defaults;
   apply_settings(mount, out);
   out.name = mount.at("name").get<std::string>();
@@ -114,6 +128,10 @@ MountConfig build_mount(const json& mount, const MountConfig& defaults) {
     }
     set_if_present(*it, "max_inodes", out.memory.max_inodes);
   }
+  if (out.backend == "memory")
+    apply_memory_cache_defaults(
+        out, cache_key_set(&mount, "entry_timeout") || cache_key_set(defaults_json, "entry_timeout"),
+        cache_key_set(&mount, "attr_timeout") || cache_key_set(defaults_json, "attr_timeout"));
   set_if_present(mount, "create_mountpoint", out.create_mountpoint);
   set_if_present(mount, "intercept", out.intercept);
   if (auto it = mount.find("bpf_handlers"); it != mount.end()) {
@@ -133,9 +151,13 @@ Config build_config(const json& document, const std::string& origin) {
   set_if_present(document, "telemetry", config.telemetry);  // the schema's enum checked it
   set_if_present(document, "telemetry_sample_every", config.telemetry_sample_every);  // 1..65536
   MountConfig defaults;
-  if (auto it = document.find("defaults"); it != document.end()) apply_settings(*it, defaults);
+  const json* defaults_json = nullptr;
+  if (auto it = document.find("defaults"); it != document.end()) {
+    apply_settings(*it, defaults);
+    defaults_json = &*it;
+  }
   for (const auto& mount : document.at("mounts"))
-    config.mounts.push_back(build_mount(mount, defaults));
+    config.mounts.push_back(build_mount(mount, defaults, defaults_json));
   return config;
 }
 

@@ -91,6 +91,12 @@ struct MountConfig {
   bool operator==(const MountConfig&) const = default;
 };
 
+// The cache timeouts of a memory mount where neither the mount nor `defaults:` (nor, with
+// --mount, --entry-timeout / --attr-timeout) set them: every change of a memory mount goes
+// through the kernel, so its names and attributes can be cached as long as a timeout can be.
+inline constexpr double kMemoryCacheTimeout = 31536000.0;  // a year, the schema's maximum
+void apply_memory_cache_defaults(MountConfig& mount, bool entry_timeout_set, bool attr_timeout_set);
+
 struct Config {
   std::string path;                             // where it was loaded from
   std::string metrics_listen = "127.0.0.1:19567";  // HOST:PORT; "" disables /metrics

@@ -240,12 +240,12 @@ std::string_view mounts_schema_text() {
       "properties": {
         "entry_timeout": {
           "$ref": "#/definitions/seconds",
-          "description": "Seconds the kernel may cache a name lookup, 0..31536000. Changes made to the backing tree behind efused's back are invalidated exactly (inotify), so long timeouts stay correct; if a directory cannot be watched, the mount's timeouts are capped at 1 s and listings are not cached. Default 60.",
+          "description": "Seconds the kernel may cache a name lookup, 0..31536000. Changes made to the backing tree behind efused's back are invalidated exactly (inotify), so long timeouts stay correct; if a directory cannot be watched, the mount's timeouts are capped at 1 s and listings are not cached. Default 60; 31536000 on memory mounts (every change goes through the kernel).",
           "default": 60
         },
         "attr_timeout": {
           "$ref": "#/definitions/seconds",
-          "description": "Seconds the kernel may cache attributes (stat), 0..31536000; exact invalidation and the 1 s cap as for entry_timeout. A directory listing the kernel cached is checked against the directory's mtime by the first listing after they expire. Default 60.",
+          "description": "Seconds the kernel may cache attributes (stat), 0..31536000; exact invalidation and the 1 s cap as for entry_timeout. A directory listing the kernel cached is checked against the directory's mtime by the first listing after they expire. Default 60; 31536000 on memory mounts (every change goes through the kernel).",
           "default": 60
         },
         "negative_timeout": {

@@ -95,8 +95,10 @@ With --mount (a config file sets these per mount):
                                  is root, with eBPF handlers answering GETATTR and negative
                                  LOOKUP in the kernel; on: fail when it is not; off: the
                                  kernel's own FUSE)
-      --entry-timeout SECONDS    how long the kernel may cache names (default 60)
-      --attr-timeout SECONDS     how long the kernel may cache attributes (default 60)
+      --entry-timeout SECONDS    how long the kernel may cache names (default 60;
+                                 memory mounts 31536000)
+      --attr-timeout SECONDS     how long the kernel may cache attributes (default 60;
+                                 memory mounts 31536000)
       --negative-timeout SECONDS how long the kernel may cache "no such name" (default 1)
       --keep-cache               keep file pages cached across opens even when outside
                                  changes cannot be invalidated exactly
@@ -197,6 +199,7 @@ int main(int argc, char** argv) {
   std::optional<std::string> telemetry;
   std::optional<unsigned> sample_every;
   MountConfig cli_defaults;
+  bool entry_timeout_set = false, attr_timeout_set = false;  // memory mounts have their own
   cli_defaults.backend = "passthrough";
   cli_defaults.options.allow_other = geteuid() == 0;
 
@@ -279,8 +282,14 @@ int main(int argc, char** argv) {
         efuse::log::set_level(l);
         break;
       }
-      case kEntryTimeout: cli_defaults.cache.entry_timeout = parse_seconds(optarg, "--entry-timeout"); break;
-      case kAttrTimeout: cli_defaults.cache.attr_timeout = parse_seconds(optarg, "--attr-timeout"); break;
+      case kEntryTimeout:
+        cli_defaults.cache.entry_timeout = parse_seconds(optarg, "--entry-timeout");
+        entry_timeout_set = true;
+        break;
+      case kAttrTimeout:
+        cli_defaults.cache.attr_timeout = parse_seconds(optarg, "--attr-timeout");
+        attr_timeout_set = true;
+        break;
       case kNegativeTimeout: cli_defaults.cache.negative_timeout = parse_seconds(optarg, "--negative-timeout"); break;
       case kKeepCache: cli_defaults.cache.keep_cache = true; break;
       case kTransport:
@@ -365,6 +374,7 @@ int main(int argc, char** argv) {
         if (arg.substr(0, colon) == "memory") {
           m.backend = "memory";
           m.options.default_permissions = true;
+          efuse::daemon::apply_memory_cache_defaults(m, entry_timeout_set, attr_timeout_set);
         } else {
           m.source = absolute(arg.substr(0, colon));
           m.memory = {};

@@ -25,7 +25,7 @@ constexpr Backend kBackends[] = {
      [](Filesystem& fs, const BackendParams& p) { fs.set_policy(p.policy); }},
     {"memory",
      [](const BackendParams& p) -> std::unique_ptr<Filesystem> {
-       return std::make_unique<memory::MemoryFs>(p.memory, p.policy);
+       return std::make_unique<memory::MemoryFs>(p.memory, p.policy, /*store=*/true);
      },
      [](Filesystem& fs, const BackendParams& p) {
        auto& m = static_cast<memory::MemoryFs&>(fs);

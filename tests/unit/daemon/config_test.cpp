@@ -694,6 +694,27 @@ TEST(ConfigLoad, MemoryMountsAndTheirLimits) {
   EXPECT_EQ(c.mounts.size(), 2u);
 }
 
+// Every change of a memory mount goes through the kernel: its names and attributes are
+// cached as long as a timeout can be, unless the mount or defaults: set the timeout.
+TEST(ConfigLoad, MemoryMountsCacheAsLongAsATimeoutCanBe) {
+  Config c = parse_config(std::string(kMemory) + R"(  - name: data
+    mountpoint: /srv/data
+    backend: passthrough
+    source: /srv/src
+)", "t.yaml");
+  EXPECT_EQ(c.mounts[0].cache.entry_timeout, kMemoryCacheTimeout);
+  EXPECT_EQ(c.mounts[0].cache.attr_timeout, kMemoryCacheTimeout);
+  EXPECT_EQ(c.mounts[0].cache.negative_timeout, 1.0);
+  EXPECT_EQ(c.mounts[1].cache.entry_timeout, 60.0);  // passthrough: outside changes
+  EXPECT_EQ(c.mounts[1].cache.attr_timeout, 60.0);
+  c = parse_config(std::string(kMemory) + "    cache: {attr_timeout: 5}\n", "t.yaml");
+  EXPECT_EQ(c.mounts[0].cache.entry_timeout, kMemoryCacheTimeout);
+  EXPECT_EQ(c.mounts[0].cache.attr_timeout, 5.0);
+  c = parse_config("defaults:\n  cache: {entry_timeout: 7}\n" + std::string(kMemory), "t.yaml");
+  EXPECT_EQ(c.mounts[0].cache.entry_timeout, 7.0);
+  EXPECT_EQ(c.mounts[0].cache.attr_timeout, kMemoryCacheTimeout);
+}
+
 // Limits change live on reload; everything that remounts a memory mount loses its files.
 TEST(ConfigLoad, MemoryLimitsApplyWithoutARemount) {
   Config a = parse_config(std::string(kMemory) + "    memory: {max_bytes: 1G}\n", "t.yaml");

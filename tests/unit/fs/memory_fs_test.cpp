@@ -16,6 +16,7 @@
 
 #include <cstdio>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -517,6 +518,117 @@ TEST_F(MemoryFsTest, ExportsItsMetrics) {
   EXPECT_EQ(m.at("efuse_inodes"), 2);  // the root and f, which the kernel holds
   EXPECT_EQ(m.at("efuse_forget_excess_total"), 0);
   ASSERT_TRUE(fs_.release(ctx_, ino, fh).ok());
+}
+
+// ---- cached directory listings (FOPEN_CACHE_DIR, no OPENDIR) -----------------------------
+
+// Records what the backend asks the kernel to forget.
+class RecordingInvalidator final : public Invalidator {
+ public:
+  Status inval_inode(uint64_t ino, bool data_too) override {
+    std::lock_guard lk(mu_);
+    if (data_too) ++dropped_[ino];
+    return {};
+  }
+  Status inval_entry(uint64_t, std::string_view) override { return {}; }
+  size_t pages_dropped(uint64_t ino) {
+    std::lock_guard lk(mu_);
+    return dropped_[ino];
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<uint64_t, size_t> dropped_;
+};
+
+class MemoryListingCacheTest : public MemoryFsTest {
+ protected:
+  MemoryListingCacheTest() {
+    fs_.set_invalidator(&inv_);
+    fs_.set_listing_grace_ns(0);  // a drop settles at once unless a test says otherwise
+    auto d = fs_.mkdir(ctx_, kRoot, "d", 0755);
+    EXPECT_TRUE(d.ok());
+    dir_ = d.ok() ? d->ino : 0;
+    file_ = mkfile(dir_, "a");
+    // With an invalidator (a real mount) the first OPENDIR turns directory handles off: the
+    // kernel lists with handle 0 from then on, into its cache.
+    EXPECT_EQ(fs_.opendir(ctx_, dir_, O_RDONLY).error(), ENOSYS);
+    EXPECT_EQ(fs_.opendir(ctx_, kRoot, O_RDONLY).error(), ENOSYS);
+  }
+  ~MemoryListingCacheTest() override { fs_.set_invalidator(nullptr); }
+
+  // One listing with handle 0 to its end (the empty reply), as the kernel fills its cache.
+  std::vector<std::string> list0(uint64_t dir) {
+    std::vector<std::string> names;
+    uint64_t off = 0;
+    for (;;) {
+      ListSink sink(false, 2);
+      EXPECT_TRUE(fs_.readdir(ctx_, dir, 0, off, sink).ok());
+      if (sink.names.empty()) return names;
+      names.insert(names.end(), sink.names.begin(), sink.names.end());
+      off = sink.last_off;
+    }
+  }
+
+  RecordingInvalidator inv_;
+  uint64_t dir_ = 0;
+  uint64_t file_ = 0;
+};
+
+TEST_F(MemoryListingCacheTest, ListsWithHandleZeroAndKeepsASettledListing) {
+  EXPECT_EQ(list0(dir_), (std::vector<std::string>{".", "..", "a"}));
+  EXPECT_TRUE(fs_.fsyncdir(ctx_, dir_, 0, false).ok());
+  // The creation of "a" had settled (grace 0) when the first listing ended: the first drop
+  // settled it, and the next complete listing is kept.
+  size_t drops = inv_.pages_dropped(dir_);
+  EXPECT_EQ(drops, 1u);
+  list0(dir_);
+  EXPECT_EQ(inv_.pages_dropped(dir_), drops) << "nothing changed: the cached listing stays";
+  // A bad handle is still EBADF; handle 0 of a file is ENOTDIR.
+  ListSink sink;
+  EXPECT_EQ(fs_.readdir(ctx_, dir_, 12345, 0, sink).error(), EBADF);
+  EXPECT_EQ(fs_.readdir(ctx_, file_, 0, 0, sink).error(), ENOTDIR);
+}
+
+TEST_F(MemoryListingCacheTest, AChangeRacingAListingDropsItUntilItSettles) {
+  list0(dir_);
+  list0(dir_);
+  const size_t settled = inv_.pages_dropped(dir_);
+  fs_.set_listing_grace_ns(60'000'000'000);  // nothing settles during this part
+  mkfile(dir_, "b");
+  list0(dir_);
+  EXPECT_EQ(inv_.pages_dropped(dir_), settled + 1) << "a reply built before the change may be in it";
+  list0(dir_);
+  EXPECT_EQ(inv_.pages_dropped(dir_), settled + 2) << "not settled yet: dropped again";
+  ASSERT_TRUE(fs_.unlink(ctx_, dir_, "b").ok());
+  fs_.set_listing_grace_ns(0);
+  list0(dir_);
+  EXPECT_EQ(inv_.pages_dropped(dir_), settled + 3) << "the drop that settles it";
+  EXPECT_EQ(list0(dir_), (std::vector<std::string>{".", "..", "a"}));
+  EXPECT_EQ(inv_.pages_dropped(dir_), settled + 3) << "settled: the next listing is kept";
+}
+
+// A directory moved to another parent gets another "..", which the kernel does not count as
+// a change of it: its cached listing is dropped.
+TEST_F(MemoryListingCacheTest, ADirectoryMovedElsewhereHasItsListingDropped) {
+  auto e = fs_.mkdir(ctx_, kRoot, "e", 0755);
+  ASSERT_TRUE(e.ok());
+  list0(dir_);
+  list0(dir_);
+  const size_t before = inv_.pages_dropped(dir_);
+  ASSERT_TRUE(fs_.rename(ctx_, kRoot, "d", kRoot, "d2", 0).ok());
+  EXPECT_EQ(inv_.pages_dropped(dir_), before) << "same parent: \"..\" is unchanged";
+  ASSERT_TRUE(fs_.rename(ctx_, kRoot, "d2", e->ino, "d", 0).ok());
+  EXPECT_EQ(inv_.pages_dropped(dir_), before + 1);
+  ListSink sink;
+  ASSERT_TRUE(fs_.readdir(ctx_, dir_, 0, 1, sink).ok());
+  ASSERT_FALSE(sink.names.empty());
+  EXPECT_EQ(sink.names[0], "..");
+  auto f = fs_.mkdir(ctx_, kRoot, "f", 0755);
+  ASSERT_TRUE(f.ok());
+  ASSERT_TRUE(fs_.rename(ctx_, e->ino, "d", kRoot, "f", RENAME_EXCHANGE).ok());
+  EXPECT_EQ(inv_.pages_dropped(dir_), before + 2);
+  EXPECT_EQ(inv_.pages_dropped(f->ino), 1u);
 }
 
 TEST(MemoryBackend, TheRegistryCreatesItAndAppliesNewLimits) {

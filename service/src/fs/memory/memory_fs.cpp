@@ -9,8 +9,11 @@
 #include <limits>
 #include <mutex>
 #include <new>
+#include <vector>
 
+#include "common/log.h"
 #include "fs/memory/acl.h"
+#include "fs/memory/store.h"
 
 namespace efuse::fs::memory {
 
@@ -27,7 +30,12 @@ struct timespec now() {
   return ts;
 }
 
-void touch_dir(Node& dir, const struct timespec& t) { dir.mtime = dir.ctime = t; }
+// An entry of `dir` was created, removed or renamed at `t` (after the change): its times, and
+// what keeps the kernel's cached listing of it exact (memory_dir.cpp).
+void touch_dir(Node& dir, const struct timespec& t) {
+  dir.mtime = dir.ctime = t;
+  dir.entries_changed();
+}
 
 Status check_name(std::string_view name) {
   if (name.empty() || name == "." || name == "..") return Errno{EINVAL};
@@ -51,6 +59,7 @@ Node::Node(Pool& pool_, uint64_t nodeid_, mode_t mode_) : pool(pool_), nodeid(no
 }
 
 Node::~Node() {
+  if (fd >= 0) ::close(fd);
   pool.release(xattr_blocks);
   pool.give_inode();
 }
@@ -69,12 +78,34 @@ struct stat Node::attributes() const {
   st.st_atim = atime;
   st.st_mtim = mtime;
   st.st_ctim = ctime;
+  struct stat data;
+  if (S_ISREG(mode) && pool.store() != nullptr && pool.store()->stat(nodeid, fd, &data).ok()) {
+    // The data file knows what passthrough writes did: size, pages, mtime, ctime. A change
+    // of the inode's own (chmod, link, xattr) is in `ctime`; the later of the two wins.
+    st.st_size = data.st_size;
+    st.st_blocks = static_cast<blkcnt_t>(data.st_blocks + xattr_blocks * (kBlockSize / 512));
+    st.st_mtim = data.st_mtim;
+    if (data.st_ctim.tv_sec > ctime.tv_sec ||
+        (data.st_ctim.tv_sec == ctime.tv_sec && data.st_ctim.tv_nsec > ctime.tv_nsec))
+      st.st_ctim = data.st_ctim;
+  }
   return st;
 }
 
-MemoryFs::MemoryFs(const Limits& limits, const Policy& policy)
-    : pool_(1, 1), entry_timeout_(policy.entry_timeout), attr_timeout_(policy.attr_timeout) {
+MemoryFs::MemoryFs(const Limits& limits, const Policy& policy, bool store)
+    : pool_(1, 1),
+      entry_timeout_(policy.entry_timeout),
+      attr_timeout_(policy.attr_timeout),
+      passthrough_io_(policy.passthrough_io) {
   set_limits(limits);
+  if (store) {
+    std::string why;
+    if (auto s = Store::create(pool_.max_bytes(), &why))
+      pool_.use_store(std::move(s));
+    else
+      LOG_INFO("memory mount: file data in efused's block pool, without FUSE passthrough (no "
+               "private tmpfs: %s)", why.c_str());
+  }
   if (!pool_.take_inode()) throw std::bad_alloc();  // max_inodes >= 1 (config checks it)
   auto root = std::make_shared<Node>(pool_, NodeTable<Node>::kRoot, S_IFDIR | 0755);
   root->uid = geteuid();
@@ -98,12 +129,26 @@ void MemoryFs::set_limits(const Limits& limits) {
 Capabilities MemoryFs::negotiate(const Capabilities& offered) {
   Capabilities want;
   want.writeback_cache = offered.writeback_cache;
+  want.passthrough = offered.passthrough && pool_.store() != nullptr;
   return want;
+}
+
+void MemoryFs::init(const Capabilities& granted) {
+  passthrough_.store(granted.passthrough && pool_.store() != nullptr);
+}
+
+void MemoryFs::passthrough_refused(uint64_t ino) {
+  std::shared_lock lk(mu_);
+  if (NodePtr node = get(ino)) {
+    std::unique_lock nl(node->mu);
+    node->no_passthrough = true;  // its opens go through efused from now on
+  }
 }
 
 void MemoryFs::set_policy(const Policy& policy) {
   entry_timeout_.store(policy.entry_timeout);
   attr_timeout_.store(policy.attr_timeout);
+  passthrough_io_.store(policy.passthrough_io);
 }
 
 std::vector<Metric> MemoryFs::metrics() const {
@@ -124,6 +169,8 @@ std::vector<Metric> MemoryFs::metrics() const {
   out.push_back({"efuse_memory_inodes_limit",
                  "The memory backend's inode limit (memory.max_inodes).",
                  Metric::Type::Gauge, static_cast<double>(pool_.max_inodes())});
+  out.push_back({"efuse_listing_cache_drops_total", kListingDropsHelp, Metric::Type::Counter,
+                 static_cast<double>(listing_drops_.load(std::memory_order_relaxed))});
   out.push_back({"efuse_memory_enospc_total",
                  "Requests of the memory backend refused with ENOSPC: the block pool or the "
                  "inode limit was reached.",
@@ -149,7 +196,7 @@ void MemoryFs::drop_if_unused(Node& node) {
   if (node.nlink != 0) return;
   // Not at the kernel's FORGET, which may come much later (an O_PATH descriptor, a cached
   // dentry): a write right after the unlink would see ENOSPC on a full pool.
-  if (S_ISREG(node.mode) && node.opens == 0) truncate(node, 0);
+  if (S_ISREG(node.mode) && node.opens == 0) drop_data(node);
   nodes_.erase_unreferenced(node.nodeid);
 }
 
@@ -201,11 +248,15 @@ Result<Attr> MemoryFs::setattr(const Context& ctx, uint64_t ino, const SetattrRe
   if (s.has_fh && !check_fh(ino, s.fh).ok()) return Errno{EBADF};
   std::unique_lock nl(node->mu);
   struct timespec t = now();
+  Store* store = S_ISREG(node->mode) ? pool_.store() : nullptr;
   if (s.set_size) {
     if (node->is_dir()) return Errno{EISDIR};
     if (!S_ISREG(node->mode)) return Errno{EINVAL};
     if (s.size > static_cast<uint64_t>(std::numeric_limits<off_t>::max())) return Errno{EFBIG};
-    if (s.size != node->size) {
+    if (store != nullptr) {
+      // ftruncate sets the data file's mtime and ctime when the size changes.
+      if (Status d = truncate_data(*node, s.size); !d.ok()) return Errno{d.error()};
+    } else if (s.size != node->size) {
       truncate(*node, s.size);
       node->mtime = t;
     }
@@ -221,7 +272,13 @@ Result<Attr> MemoryFs::setattr(const Context& ctx, uint64_t ino, const SetattrRe
     chmod_acl(*node);
   }
   if (s.set_atime) node->atime = s.atime_now ? t : s.atime;
-  if (s.set_mtime) node->mtime = s.mtime_now ? t : s.mtime;
+  if (s.set_mtime) {
+    node->mtime = s.mtime_now ? t : s.mtime;
+    if (store != nullptr) {
+      Status d = store->set_mtime(node->nodeid, node->fd, node->mtime);
+      if (!d.ok()) return Errno{d.error()};
+    }
+  }
   node->ctime = t;
   return attr_of(*node);
 }
@@ -271,6 +328,11 @@ Result<MemoryFs::NodePtr> MemoryFs::make_node(const Context& ctx, Node& dir,
     }
   } else if (!S_ISLNK(mode)) {
     node->mode &= ~(ctx.umask & 0777);
+  }
+  if (S_ISREG(mode) && pool_.store() != nullptr) {
+    // Its data file, born with it: the two agree on mtime and ctime from the start.
+    Status made = pool_.store()->make(node->nodeid);
+    if (!made.ok()) return Errno{made.error() == EMFILE ? ENFILE : made.error()};
   }
   return node;
 }
@@ -423,6 +485,7 @@ Status MemoryFs::rename(const Context&, uint64_t parent, std::string_view name,
     }
   };
   if (src->is_dir() && below(*to, src->nodeid)) return Errno{EINVAL};
+  std::vector<NodePtr> moved;  // directories whose ".." changes
 
   if (flags & RENAME_EXCHANGE) {
     if (!dst) return Errno{ENOENT};
@@ -431,6 +494,9 @@ Status MemoryFs::rename(const Context&, uint64_t parent, std::string_view name,
     src_it->second.nodeid = dst->nodeid;
     dst_it->second.nodeid = src->nodeid;
     if (from != to) {
+      // A directory that moves gets another "..": its cached listing names the old parent.
+      if (src->is_dir()) moved.push_back(src);
+      if (dst->is_dir()) moved.push_back(dst);
       if (src->is_dir() != dst->is_dir()) {
         // The directory's ".." moves to the other parent.
         Node& gains = src->is_dir() ? *to : *from;
@@ -445,6 +511,9 @@ Status MemoryFs::rename(const Context&, uint64_t parent, std::string_view name,
     touch_dir(*from, t);
     touch_dir(*to, t);
     src->ctime = dst->ctime = t;
+    for (const NodePtr& dir : moved) dir->entries_changed();
+    lk.unlock();
+    for (const NodePtr& dir : moved) drop_listing(dir->nodeid);
     return {};
   }
 
@@ -467,6 +536,12 @@ Status MemoryFs::rename(const Context&, uint64_t parent, std::string_view name,
   struct timespec t = now();
   touch_dir(*from, t);
   src->ctime = t;
+  if (src->is_dir() && from != to) {
+    // Its ".." names the new parent now: the kernel's cached listing of it names the old.
+    src->entries_changed();
+    lk.unlock();
+    drop_listing(src->nodeid);
+  }
   return {};
 }
 

@@ -7,10 +7,12 @@
 //   offsets are cookies, so an offset the kernel holds stays valid whatever is created,
 //   removed or renamed meanwhile: entries removed are not returned, entries added after the
 //   offset are (POSIX leaves both open).
-// - File data: 4 KiB blocks from the mount's Pool (`memory.max_bytes`), sparse: a block
-//   never written is a hole (reads as zeros, SEEK_HOLE finds it, punch_hole makes one).
-//   ENOSPC beyond the limit; statfs reports the pool. Inodes are limited too
-//   (`memory.max_inodes`).
+// - File data: when efused may mount (root), in a private tmpfs (store.h) sized to
+//   `memory.max_bytes`, one data file per regular file, which FUSE passthrough opens use as
+//   their backing file (reads, writes and mmap never reach efused). Otherwise 4 KiB blocks
+//   from the mount's Pool, sparse: a block never written is a hole (reads as zeros,
+//   SEEK_HOLE finds it, punch_hole makes one). Either way ENOSPC beyond the limit; statfs
+//   reports the pool. Inodes are limited too (`memory.max_inodes`).
 // - Permissions: the kernel checks them (memory mounts require default_permissions), with
 //   POSIX ACLs (acl.h). Locks: left to the kernel (POSIX locks and flock are not
 //   negotiated, so the kernel keeps them locally, exact for a file system on one host).
@@ -31,6 +33,7 @@
 
 #include "fs/filesystem.h"
 #include "fs/handle_table.h"
+#include "fs/listing_cache.h"
 #include "fs/memory/pool.h"
 #include "fs/node_table.h"
 
@@ -39,7 +42,8 @@ namespace efuse::fs::memory {
 // The first cookie of a directory entry; 1 and 2 are the offsets after "." and "..".
 inline constexpr uint64_t kFirstCookie = 3;
 
-struct Node {
+// Directories: ListingChanges keeps the kernel's cached listing exact (memory_dir.cpp).
+struct Node : ListingChanges {
   Node(Pool& pool, uint64_t nodeid, mode_t mode);
   ~Node();
   Node(const Node&) = delete;
@@ -58,8 +62,16 @@ struct Node {
   uint32_t opens = 0;  // handles the kernel holds open on it (OPEN/CREATE until RELEASE)
   struct timespec atime {}, mtime {}, ctime {};
 
-  // Regular files: block index -> block; missing = hole.
+  // Regular files: block index -> block; missing = hole (without a store).
   std::map<uint64_t, BlockPtr> blocks;
+  // Regular files with a store: the data file's descriptor while the kernel has the file
+  // open (opens > 0), else -1; opens served through efused (no passthrough), which the
+  // kernel does not mix with passthrough opens of the same inode; and whether the kernel
+  // refused the data file as a passthrough backing file.
+  int fd = -1;
+  uint32_t cached_opens = 0;
+  bool no_passthrough = false;
+  bool passthrough_seen = false;  // it had a passthrough open
   // Symbolic links.
   std::string target;
   // Directories.
@@ -81,12 +93,21 @@ struct Node {
 
 class MemoryFs final : public Filesystem {
  public:
-  MemoryFs(const Limits& limits, const Policy& policy);
+  // With `store`, file data goes to a private tmpfs when one can be made (store.h), else
+  // (and without `store`) to the block pool.
+  MemoryFs(const Limits& limits, const Policy& policy, bool store = false);
   ~MemoryFs() override;
 
-  // Locks stay with the kernel, and FUSE passthrough needs a backing file: not wanted.
+  // Locks stay with the kernel; FUSE passthrough is wanted when the data is in a store.
   Capabilities negotiate(const Capabilities& offered) override;
+  void init(const Capabilities& granted) override;
+  void passthrough_refused(uint64_t ino) override;
   void set_policy(const Policy& policy) override;
+  // With an invalidator the kernel caches directory listings (memory_dir.cpp).
+  void set_invalidator(Invalidator* inv) override { inv_.store(inv); }
+  // How long after a directory's latest change its cached listing settles (kListingGraceNs
+  // unless a test sets it).
+  void set_listing_grace_ns(int64_t ns) { listing_grace_ns_.store(ns); }
   void set_limits(const Limits& limits);
   std::vector<Metric> metrics() const override;
   const Pool& pool() const { return pool_; }
@@ -167,6 +188,16 @@ class MemoryFs final : public Filesystem {
   // table once the kernel forgot it too.
   void drop_if_unused(Node& node);
   Status check_fh(uint64_t ino, uint64_t fh) const;
+  // OPEN and CREATE of `node` (node.mu held exclusively): O_TRUNC, the open count, and
+  // whether the kernel does the I/O itself (passthrough) or sends it to efused.
+  Result<OpenInfo> open_node(const Context& ctx, Node& node, int flags);
+  // A regular file's data is no longer reachable (no name, no open): gone now.
+  void drop_data(Node& node);
+  // With a store: sets the size of `node`'s data file unless it has it already.
+  Status truncate_data(Node& node, uint64_t size);
+  // The data file's descriptor for one operation on `node` (node.mu held): its own while
+  // open, else a new one that `close_after` says to close.
+  Result<int> data_fd(Node& node, bool* close_after);
   // Sets the size of a regular file (node.mu held exclusively): frees blocks past it and
   // zeroes the tail of the last one.
   void truncate(Node& node, uint64_t size);
@@ -180,6 +211,8 @@ class MemoryFs final : public Filesystem {
   void recharge_xattrs(Node& node, uint64_t want_blocks);
   // chmod of a node with an access ACL: the ACL follows the mode.
   void chmod_acl(Node& node);
+  // Drops the kernel's cached listing of directory `nodeid` (call without mu_ held).
+  void drop_listing(uint64_t nodeid);
 
   Pool pool_;
   NodeTable<Node> nodes_;
@@ -188,6 +221,12 @@ class MemoryFs final : public Filesystem {
   std::atomic<uint64_t> next_fh_{1};
   std::atomic<double> entry_timeout_;
   std::atomic<double> attr_timeout_;
+  std::atomic<bool> passthrough_io_;       // io_path is not cache
+  std::atomic<bool> passthrough_{false};   // the kernel granted passthrough (and a store)
+  std::atomic<Invalidator*> inv_{nullptr};
+  std::atomic<bool> no_opendir_{false};  // OPENDIR answered ENOSYS: the kernel sends no more
+  std::atomic<int64_t> listing_grace_ns_{kListingGraceNs};
+  std::atomic<uint64_t> listing_drops_{0};
 };
 
 }  // namespace efuse::fs::memory

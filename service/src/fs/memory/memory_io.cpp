@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "fs/memory/memory_fs.h"
+#include "fs/memory/store.h"
 
 namespace efuse::fs::memory {
 namespace {
@@ -76,26 +78,114 @@ void MemoryFs::punch(Node& node, uint64_t off, uint64_t len) {
   }
 }
 
+Status MemoryFs::truncate_data(Node& node, uint64_t size) {
+  bool close_after = false;
+  auto fd = data_fd(node, &close_after);
+  if (!fd.ok()) return Errno{fd.error()};
+  struct stat st {};
+  int rc = fstat(*fd, &st);
+  if (rc == 0 && static_cast<uint64_t>(st.st_size) != size) rc = ftruncate(*fd, static_cast<off_t>(size));
+  Status s = rc == 0 ? Status() : Status(Errno{errno});
+  if (close_after) ::close(*fd);
+  if (size < static_cast<uint64_t>(st.st_size)) pool_.store()->shrink();
+  return s;
+}
+
+Result<int> MemoryFs::data_fd(Node& node, bool* close_after) {
+  *close_after = node.fd < 0;
+  if (node.fd >= 0) return node.fd;
+  return pool_.store()->open(node.nodeid);
+}
+
+void MemoryFs::drop_data(Node& node) {
+  if (Store* store = pool_.store()) {
+    store->remove(node.nodeid);  // the kernel may hold it a little longer (an mmap)
+  } else {
+    truncate(node, 0);
+  }
+}
+
+namespace {
+
+// Set-user-ID, or set-group-ID with group execute: what a write clears.
+bool has_privs(mode_t mode) {
+  return (mode & S_ISUID) || (mode & (S_ISGID | S_IXGRP)) == (S_ISGID | S_IXGRP);
+}
+
+// Handles of opens served through efused are odd, passthrough ones even.
+constexpr uint64_t kCachedFh = 1;
+
+}  // namespace
+
+Result<OpenInfo> MemoryFs::open_node(const Context& ctx, Node& node, int flags) {
+  Store* store = S_ISREG(node.mode) ? pool_.store() : nullptr;
+  if (store != nullptr && node.fd < 0) {
+    auto fd = store->open(node.nodeid);
+    if (!fd.ok()) return Errno{fd.error() == EMFILE ? ENFILE : fd.error()};
+    node.fd = *fd;
+  }
+  if ((flags & O_TRUNC) && S_ISREG(node.mode)) {
+    if (store != nullptr) {
+      if (ftruncate(node.fd, 0) != 0) {
+        Errno e = last_errno();
+        if (node.opens == 0) {
+          ::close(node.fd);
+          node.fd = -1;
+        }
+        return e;
+      }
+      store->shrink();
+    } else {
+      truncate(node, 0);
+      node.mtime = now();
+    }
+    node.ctime = now();
+    if (ctx.kill_suidgid) kill_privs(node);
+  }
+  OpenInfo info;
+  // Every change goes through the kernel, so its page cache is never stale: keep it.
+  info.keep_cache = true;
+  bool cached = true;
+  if (store != nullptr && passthrough_.load() && passthrough_io_.load() && !node.no_passthrough &&
+      node.cached_opens == 0) {
+    const bool writes = (flags & O_ACCMODE) != O_RDONLY;
+    const bool unprivileged = ctx.uid != 0;  // root is taken to have CAP_FSETID
+    if (writes && unprivileged && has_privs(node.mode)) {
+      // The kernel's passthrough writes do not clear set-ID bits: serve the first such open
+      // through efused, whose WRITE clears them; once passthrough opens exist (the kernel
+      // mixes no other kind with them) clear them now, as the first write would.
+      if (node.opens == node.cached_opens) {
+        cached = true;
+      } else {
+        kill_privs(node);
+        node.ctime = now();
+        cached = false;
+      }
+    } else {
+      cached = false;
+    }
+  }
+  info.fh = (next_fh_.fetch_add(1, std::memory_order_relaxed) << 1) | (cached ? kCachedFh : 0);
+  if (store != nullptr && !cached) {
+    info.passthrough_fd = node.fd;
+    node.passthrough_seen = true;
+  }
+  // Pages the kernel cached for an open served through efused are stale once a passthrough
+  // open (which bypasses them) may have written.
+  if (node.passthrough_seen) info.keep_cache = false;
+  if (store != nullptr && cached) ++node.cached_opens;
+  ++node.opens;
+  handles_.add(info.fh);
+  return info;
+}
+
 Result<OpenInfo> MemoryFs::open(const Context& ctx, uint64_t ino, int flags) {
   std::shared_lock lk(mu_);
   NodePtr node = get(ino);
   if (!node) return Errno{ESTALE};
   if (node->is_dir() && (flags & O_ACCMODE) != O_RDONLY) return Errno{EISDIR};
-  {
-    std::unique_lock nl(node->mu);
-    if ((flags & O_TRUNC) && S_ISREG(node->mode)) {
-      truncate(*node, 0);
-      node->mtime = node->ctime = now();
-      if (ctx.kill_suidgid) kill_privs(*node);
-    }
-    ++node->opens;
-  }
-  OpenInfo info;
-  info.fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
-  // Every change goes through the kernel, so its page cache is never stale: keep it.
-  info.keep_cache = true;
-  handles_.add(info.fh);
-  return info;
+  std::unique_lock nl(node->mu);
+  return open_node(ctx, *node, flags);
 }
 
 Result<Created> MemoryFs::create(const Context& ctx, uint64_t parent, std::string_view name,
@@ -111,26 +201,28 @@ Result<Created> MemoryFs::create(const Context& ctx, uint64_t parent, std::strin
       node = get(it->second.nodeid);
       if (!node) return Errno{EIO};
       if (node->is_dir()) return Errno{EISDIR};
-      if ((flags & O_TRUNC) && S_ISREG(node->mode)) {
-        truncate(*node, 0);
-        node->mtime = node->ctime = now();
-        if (ctx.kill_suidgid) kill_privs(*node);
-      }
     }
   }
+  bool made = false;
   if (!node) {
-    auto made = make_node(ctx, *dir, name, S_IFREG | (mode & 07777));
-    if (!made.ok()) return Errno{made.error()};
-    node = *made;
+    auto fresh = make_node(ctx, *dir, name, S_IFREG | (mode & 07777));
+    if (!fresh.ok()) return Errno{fresh.error()};
+    node = *fresh;
+    made = true;
+  }
+  std::unique_lock nl(node->mu);
+  auto opened = open_node(ctx, *node, made ? (flags & ~O_TRUNC) : flags);
+  if (!opened.ok()) {
+    if (made) drop_data(*node);
+    return Errno{opened.error()};
+  }
+  if (made) {
     nodes_.insert(node->nodeid, node, 0);
     add_name(*dir, name, *node);
   }
-  ++node->opens;
   Created c;
   c.entry = entry_of(*node);
-  c.open.fh = next_fh_.fetch_add(1, std::memory_order_relaxed);
-  c.open.keep_cache = true;
-  handles_.add(c.open.fh);
+  c.open = *opened;
   return c;
 }
 
@@ -142,6 +234,11 @@ Result<size_t> MemoryFs::read(const Context&, uint64_t ino, uint64_t fh, uint64_
   if (!node) return Errno{ESTALE};
   std::shared_lock nl(node->mu);
   if (node->is_dir()) return Errno{EISDIR};
+  if (node->fd >= 0) {
+    ssize_t n = pread(node->fd, buf.data(), buf.size(), static_cast<off_t>(off));
+    if (n < 0) return last_errno();
+    return static_cast<size_t>(n);
+  }
   if (off >= node->size) return size_t{0};
   size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), node->size - off));
   size_t done = 0;
@@ -170,6 +267,20 @@ Result<size_t> MemoryFs::write(const Context& ctx, uint64_t ino, uint64_t fh, ui
   std::unique_lock nl(node->mu);
   if (!S_ISREG(node->mode)) return Errno{EINVAL};
   if (off >= kMaxFileSize || data.size() > kMaxFileSize - off) return Errno{EFBIG};
+  if (node->fd >= 0) {
+    // The store's tmpfs enforces the limit: a short write, or ENOSPC when nothing fit. It
+    // sets the data file's mtime and ctime.
+    ssize_t n = pwrite(node->fd, data.data(), data.size(), static_cast<off_t>(off));
+    if (n < 0) {
+      if (errno == ENOSPC) pool_.count_enospc();
+      return last_errno();
+    }
+    if (ctx.kill_suidgid && n > 0) {
+      kill_privs(*node);
+      node->ctime = now();
+    }
+    return static_cast<size_t>(n);
+  }
   size_t done = 0;
   while (done < data.size()) {
     uint64_t pos = off + done;
@@ -202,9 +313,14 @@ Status MemoryFs::release(const Context&, uint64_t ino, uint64_t fh) {
   NodePtr node = get(ino);
   if (!node) return {};
   std::unique_lock nl(node->mu);
+  if ((fh & kCachedFh) && node->cached_opens > 0) --node->cached_opens;
+  if (node->opens == 0 || --node->opens != 0) return {};
+  if (node->fd >= 0) {
+    ::close(node->fd);
+    node->fd = -1;
+  }
   // The last handle of an unlinked file: its blocks go back to the pool now.
-  if (node->opens > 0 && --node->opens == 0 && node->nlink == 0 && S_ISREG(node->mode))
-    truncate(*node, 0);
+  if (node->nlink == 0 && S_ISREG(node->mode)) drop_data(*node);
   return {};
 }
 
@@ -226,6 +342,21 @@ Status MemoryFs::fallocate(const Context&, uint64_t ino, uint64_t fh, int mode, 
   if (!node) return Errno{ESTALE};
   std::unique_lock nl(node->mu);
   if (!S_ISREG(node->mode)) return Errno{ENODEV};
+  if (node->fd >= 0) {
+    // tmpfs has no ZERO_RANGE: a hole punched, then allocated. It sets the data file's times.
+    const off_t o = static_cast<off_t>(off), l = static_cast<off_t>(len);
+    int rc = 0;
+    if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE))
+      rc = ::fallocate(node->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, o, l);
+    if (rc == 0 && !(mode & FALLOC_FL_PUNCH_HOLE))
+      rc = ::fallocate(node->fd, mode & FALLOC_FL_KEEP_SIZE, o, l);
+    if (rc != 0) {
+      if (errno == ENOSPC) pool_.count_enospc();
+      return last_errno();
+    }
+    if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) pool_.store()->shrink();
+    return {};
+  }
   struct timespec t = now();
   if (mode & FALLOC_FL_PUNCH_HOLE) {
     if (off < node->size) punch(*node, off, std::min(len, node->size - off));
@@ -252,6 +383,11 @@ Result<uint64_t> MemoryFs::lseek(const Context&, uint64_t ino, uint64_t fh, uint
   NodePtr node = get(ino);
   if (!node) return Errno{ESTALE};
   std::shared_lock nl(node->mu);
+  if (node->fd >= 0) {
+    off_t at = ::lseek(node->fd, static_cast<off_t>(off), whence);
+    if (at < 0) return last_errno();
+    return static_cast<uint64_t>(at);
+  }
   if (off >= node->size) return Errno{ENXIO};
   uint64_t index = off / kBlockSize;
   auto it = node->blocks.lower_bound(index);

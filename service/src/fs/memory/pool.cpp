@@ -1,5 +1,7 @@
 #include "fs/memory/pool.h"
 
+#include "fs/memory/store.h"
+
 #include <unistd.h>
 
 #include <cstring>
@@ -21,6 +23,16 @@ Pool::~Pool() {
 void Pool::set_limits(uint64_t max_bytes, uint64_t max_inodes) {
   limit_.store(max_bytes / kBlockSize, std::memory_order_relaxed);
   max_inodes_.store(max_inodes, std::memory_order_relaxed);
+  if (store_) store_->set_limit(max_bytes);
+}
+
+void Pool::use_store(std::unique_ptr<Store> s) {
+  store_ = std::move(s);
+  store_->set_limit(max_bytes());
+}
+
+uint64_t Pool::used_blocks() const {
+  return store_ ? store_->used_blocks() : used_.load(std::memory_order_relaxed);
 }
 
 bool Pool::charge(uint64_t n) {
@@ -68,9 +80,20 @@ void Pool::give(Block* b) noexcept {
   delete b;
 }
 
-bool Pool::reserve(uint64_t n) { return n == 0 || charge(n); }
+bool Pool::reserve(uint64_t n) {
+  if (n == 0) return true;
+  if (!store_) return charge(n);
+  if (store_->charge(n)) return true;
+  count_enospc();
+  return false;
+}
 
-void Pool::release(uint64_t n) { used_.fetch_sub(n, std::memory_order_relaxed); }
+void Pool::release(uint64_t n) {
+  if (store_)
+    store_->uncharge(n);
+  else
+    used_.fetch_sub(n, std::memory_order_relaxed);
+}
 
 bool Pool::take_inode() {
   uint64_t n = inodes_.load(std::memory_order_relaxed);

@@ -5,6 +5,11 @@
 //
 // Freed blocks go back to a small free list (kMaxFree) for the next writer and beyond that
 // to the allocator, so a mount that shrinks gives its memory back. Thread-safe.
+//
+// With a Store (store.h: a private tmpfs, when efused may mount one) the regular files' data
+// lives there instead, and the store does the counting: used and reserved blocks are its
+// pages, and it enforces max_bytes for every path, FUSE passthrough included. take() is then
+// not used; the inode count stays here.
 #pragma once
 
 #include <atomic>
@@ -23,6 +28,7 @@ struct Block {
 };
 
 class Pool;
+class Store;
 
 // A memory mount's limits, as configured (`memory:` in mounts.yaml).
 struct Limits {
@@ -53,6 +59,11 @@ class Pool {
   // New limits (config reload). Lowering a limit below what is in use refuses new blocks
   // or inodes until enough are freed; nothing in use is taken away.
   void set_limits(uint64_t max_bytes, uint64_t max_inodes);
+  // From now on the data lives in `store` (before any block is used).
+  void use_store(std::unique_ptr<Store> s);
+  Store* store() const { return store_.get(); }
+  // A request refused for want of space elsewhere (a write to the store): counted.
+  void count_enospc() { enospc_.fetch_add(1, std::memory_order_relaxed); }
 
   // A zeroed block; null when the pool is at its limit or memory ran out (ENOSPC, counted).
   BlockPtr take();
@@ -64,9 +75,9 @@ class Pool {
   bool take_inode();
   void give_inode();
 
-  uint64_t used_bytes() const { return used_.load(std::memory_order_relaxed) * kBlockSize; }
+  uint64_t used_bytes() const { return used_blocks() * kBlockSize; }
   uint64_t max_bytes() const { return limit_.load(std::memory_order_relaxed) * kBlockSize; }
-  uint64_t used_blocks() const { return used_.load(std::memory_order_relaxed); }
+  uint64_t used_blocks() const;
   uint64_t max_blocks() const { return limit_.load(std::memory_order_relaxed); }
   uint64_t inodes() const { return inodes_.load(std::memory_order_relaxed); }
   uint64_t max_inodes() const { return max_inodes_.load(std::memory_order_relaxed); }
@@ -87,6 +98,7 @@ class Pool {
   std::atomic<uint64_t> enospc_{0};
   mutable std::mutex free_mu_;
   std::vector<Block*> free_;  // guarded by free_mu_
+  std::unique_ptr<Store> store_;
 };
 
 // Defaults of a memory mount: half of the machine's RAM for data (as tmpfs), and one inode

@@ -35,17 +35,11 @@
 #include "common/result.h"
 #include "common/slot_file.h"
 #include "fs/filesystem.h"
+#include "fs/listing_cache.h"
 #include "fs/node_table.h"
 #include "fs/passthrough/backend_stats.h"
 
 namespace efuse::fs::passthrough {
-
-// steady_clock time in nanoseconds: the clock of every age the backend keeps.
-inline int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 struct Inode;
 class InodeTable;
@@ -100,7 +94,8 @@ class PathFd {
 // stat() a ctime of its own even within one clock tick.
 uint64_t attr_digest(const struct stat& st);
 
-struct Inode {
+// Directories: ListingChanges keeps the kernel's cached listing exact (passthrough_dir.cpp).
+struct Inode : ListingChanges {
   Inode(InodeTable& table, int fd, dev_t dev_, ino_t ino_, mode_t type_, uint64_t nodeid_);
   ~Inode();
   Inode(const Inode&) = delete;
@@ -146,20 +141,10 @@ struct Inode {
   // for the name removed (the watcher then looks at these; see InodeTable::linked()).
   std::atomic<bool> linked{false};
 
-  // Directories: what keeps the kernel's cached listing exact (the reasoning is in
-  // passthrough_dir.cpp).
-  std::atomic<uint64_t> changed{0};     // changes of this directory's entries
-  std::atomic<uint64_t> settled{0};     // `changed` as of the last settling drop
-  std::atomic<int64_t> changed_ns{0};   // steady_ns() of the latest change
   // An entry changed behind efused's back: a complete cached listing may miss it. Dropped
   // before the kernel next gets this directory's attributes, which it asks for (or gets)
   // before using that cache again.
   std::atomic<bool> listing_stale{false};
-  // An entry of this directory was created, removed or renamed (call after the change).
-  void entries_changed() {
-    changed_ns.store(steady_ns());  // before the count: whoever sees it sees the time too
-    changed.fetch_add(1);
-  }
 
   // How the kernel does I/O for this file while it is open. The kernel refuses (ETXTBSY)
   // passthrough and page-cache opens of one inode at the same time, so the first open

@@ -131,14 +131,7 @@ void PassthroughFs::replied(Inode& inode, const struct stat& st) {
 
 void PassthroughFs::end_of_listing(Inode& dir) {
   if (inv_.load() == nullptr) return;
-  bool exact = exact_invalidation();
-  uint64_t changed = dir.changed.load();
-  if (exact && changed == dir.settled.load()) return;
-  drop_listing(dir);
-  // A change after the load of `changed` keeps the directory unsettled: `changed` moved on.
-  // One before it stored its time first, so its age is measured here.
-  if (exact && steady_ns() - dir.changed_ns.load() > listing_grace_ns_.load())
-    dir.settled.store(changed);
+  dir.end_of_listing(exact_invalidation(), listing_grace_ns_.load(), [&] { drop_listing(dir); });
 }
 
 Result<OpenInfo> PassthroughFs::opendir(const Context&, uint64_t ino, int) {

@@ -225,8 +225,6 @@ class PassthroughFs final : public Filesystem {
   // The kernel gets `inode`'s attributes `st` (every reply that carries them goes through
   // here): records them, and drops a directory's stale listing first (Inode::listing_stale).
   void replied(Inode& inode, const struct stat& st);
-  // A reply older than this has reached the kernel's listing cache (passthrough_dir.cpp).
-  static constexpr int64_t kListingGraceNs = 2'000'000'000;
   std::atomic<int64_t> listing_grace_ns_{kListingGraceNs};
 
   // A change of ours to an entry of `dir`. The watcher hears of it at once (so that it does

@@ -41,10 +41,7 @@ std::vector<Metric> metrics_of(const BackendStats& s, uint64_t excess_forgets) {
        "Reopens that failed, mostly because the backing "
        "object was removed while evicted (answered ESTALE).",
                  Metric::Type::Counter, static_cast<double>(s.reopen_failures)});
-  out.push_back({"efuse_listing_cache_drops_total",
-       "Directory listings the kernel had cached (or was building) "
-       "that efused dropped: an entry of the directory changed less "
-       "than 2 s before the listing completed, or behind efused's back.",
+  out.push_back({"efuse_listing_cache_drops_total", kListingDropsHelp,
                  Metric::Type::Counter, static_cast<double>(s.listing_drops)});
   out.push_back({"efuse_shared_opens_total",
        "Plain read-only opens of regular files that shared the "
