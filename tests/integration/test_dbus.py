@@ -397,6 +397,12 @@ def test_handler_commands_on_the_stock_tier_say_which_tier_and_why():
             if shutil.which("busctl") else None
         if r is not None:
             assert r.rc != 0 and "stock tier" in r.err, (r.rc, r.err)
+            # A relative object path is refused before anything else is looked at.
+            r = h.run(["busctl", f"--address={m.address}", "call", "org.efuse.Manager1",
+                       "/org/efuse/Manager1", "org.efuse.Manager1", "SwapHandler", "sss", "a",
+                       "lookup", "efuse_lookup.bpf.o"], check=False, timeout=60)
+            assert r.rc != 0 and "handler path 'efuse_lookup.bpf.o' is not absolute" in r.err, \
+                (r.rc, r.err)
         # Unknown mount, unknown opcode: the usual errors.
         r = m.ctl("handler", "list", "nosuch", expect=EXIT_REFUSED)
         assert "no mount named 'nosuch'" in r.err, r.err
