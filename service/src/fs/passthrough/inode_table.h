@@ -21,7 +21,6 @@
 #include <sys/stat.h>
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>

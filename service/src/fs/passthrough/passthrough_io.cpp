@@ -50,7 +50,8 @@ bool shareable(int flags) {
 
 }  // namespace
 
-OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_ns) {
+OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_ns,
+                                   const struct stat* known_st) {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
   const bool writable = (flags & O_ACCMODE) != O_RDONLY;
@@ -61,7 +62,11 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_n
   std::lock_guard lk(inode.io_mu);
   if (inode.io_opens++ == 0) {
     struct stat st;
-    bool known = fstat(fd, &st) == 0;
+    bool known = true;
+    if (known_st != nullptr)
+      st = *known_st;
+    else
+      known = fstat(fd, &st) == 0;
     accel::OpenFacts facts;
     facts.size = known ? st.st_size : 0;
     facts.writable = writable;
@@ -172,7 +177,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
-  c.open = open_info(*inode, fd, flags, ctx.now_or_clock());
+  c.open = open_info(*inode, fd, flags, ctx.now_or_clock(), &e->attr);  // stat of lookup_at
   if (has_restored_.load(std::memory_order_relaxed)) avoid_restored(c.open);
   handles_.add(c.open.fh);
   if (state_.load(std::memory_order_relaxed) != nullptr)
