@@ -8,17 +8,11 @@
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstdint>
 
-namespace efuse::fs {
+#include "common/clock.h"
 
-// steady_clock time in nanoseconds: the clock of every age the backends keep.
-inline int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+namespace efuse::fs {
 
 // A READDIR reply older than this has reached the kernel's listing cache.
 inline constexpr int64_t kListingGraceNs = 2'000'000'000;
