@@ -144,8 +144,11 @@ class Invalidator {
   // object) means there was nothing to invalidate. The implementation logs and counts
   // failures; callers use the result for their own accounting.
   virtual Status inval_inode(uint64_t ino, bool data_too) = 0;
-  // The name `name` in directory `parent` (positive or negative dentry).
-  virtual Status inval_entry(uint64_t parent, std::string_view name) = 0;
+  // The name `name` in directory `parent` (positive or negative dentry). `appeared`: the
+  // name only came into being (created behind efused's back), so a dentry the kernel holds
+  // for it may already be the new object, perhaps some process's working directory: it is
+  // expired (looked up again before its next use) rather than dropped, where the kernel can.
+  virtual Status inval_entry(uint64_t parent, std::string_view name, bool appeared) = 0;
 };
 
 // One series a backend exports to /metrics. The metrics layer adds the `mount` label and
