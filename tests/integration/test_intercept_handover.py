@@ -45,6 +45,15 @@ class HiddenSourceMount(h.EfusedMount):
             raise
 
 
+def warm(i):
+    """Root lists the mount first. Without it, on a fresh mount whose source lies in a
+    directory closed to the user, the user's very first open through the kernel path fails
+    with EACCES (a second identical open succeeds; efused sees no refusal: a defect of the
+    kernel path left for its own fix, reported with this branch), and the runs with and
+    without the library would differ by that alone."""
+    os.listdir(i.m.mnt)
+
+
 def handovers(i):
     samples = parse(scrape(i.port))
     return {r: value(samples, "efuse_intercept_handovers_total", mount="mnt", result=r) or 0
@@ -73,6 +82,7 @@ def test_other_user_groups_acls():
         os.chown(J(i.m.src, "suppl"), 0, GROUP)
         os.chmod(J(i.m.src, "suppl"), 0o640)
         paths.append("suppl")
+        warm(i)
         assert run(["python3", "-c", "import os,sys; os.stat(sys.argv[1])", J(i.m.src, "public")],
                    user=USER, check=False).rc != 0, "the backing directory must be closed to the user"
         outs = {}
@@ -107,6 +117,7 @@ def test_read_only_mount():
     and fchmod are EROFS with the library as without it."""
     with ti.intercepted("--read-only", mount=HiddenSourceMount) as i:
         paths = ti.permission_tree(i.m.src)
+        warm(i)
         probe = ["python3", "-c", ti.PROBE, *[J(i.m.mnt, p) for p in paths]]
         plain = run(as_user(probe), cwd="/")
         before = handovers(i)
@@ -136,6 +147,7 @@ def test_outside_changes_while_held():
         for prefix in ([], [ti.EFUSE_RUN]):
             write_file(J(i.m.src, "inplace"), b"old inplace\n")
             write_file(J(i.m.src, "replaced"), b"old replaced\n")
+            warm(i)
             before = handovers(i)
             with ti.child(as_user([*prefix, "python3", "-c", ti.HOLDER, i.m.mnt])) as p:
                 first = p.stdout.readline()
