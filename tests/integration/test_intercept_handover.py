@@ -264,8 +264,9 @@ req("public")
 def test_bad_requests_on_the_socket():
     """Malformed hand-over requests get EINVAL, a path leaving the backing tree or a symlink
     never opens anything, a file the user may not read is refused (EACCES), root is never
-    handed a descriptor (EPERM); efused and the mount go on, and a good request after them
-    is answered with the descriptor."""
+    handed a descriptor (EPERM), nor is a user who may not search the directory above the
+    mountpoint (EACCES); efused and the mount go on, and a good request after them is
+    answered with the descriptor."""
     with ti.intercepted(mount=HiddenSourceMount) as i:
         ti.permission_tree(i.m.src)
         sock = glob.glob(J(i.pub, f"m-*-{i.m.proc.pid}.sock"))[0]
@@ -278,6 +279,14 @@ def test_bad_requests_on_the_socket():
         assert after["opened"] - before["opened"] == 1
         assert after["refused"] - before["refused"] == 3  # ../, secret, link
         assert send(sock, open_request("public")) == errno.EPERM  # this test runs as root
+        # A user who may not search the directory above the mountpoint gets nothing through
+        # the kernel path, nor by asking efused directly.
+        run(["setfacl", "-m", f"u:{USER[0]}:---", i.m.tmp])
+        try:
+            r = run(as_user(["python3", "-c", BAD, sock]), cwd="/")
+            assert r.out.splitlines()[-1] == "EACCES -", r.out
+        finally:
+            run(["setfacl", "-b", i.m.tmp])
         assert i.m.proc.poll() is None, "efused died"
         assert h.read_file(J(i.m.mnt, "public")) == b"data\n"
 

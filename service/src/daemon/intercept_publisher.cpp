@@ -391,6 +391,7 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::F
   so.writes = (flags & EFUSE_IR_SERVE) && !cfg.options.read_only && fs != nullptr &&
               fs->library_writes();
   so.opens = (flags & EFUSE_IR_SERVE) && fs != nullptr && fs->library_opens();
+  so.mount_parent = cfg.mountpoint.substr(0, std::max<size_t>(cfg.mountpoint.rfind('/'), 1));
   if (so.writes || so.opens) {
     // The socket lives as long as the mount: a reload that turns writes off (none does
     // today) keeps the first publication's.

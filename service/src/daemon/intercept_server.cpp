@@ -226,6 +226,7 @@ int InterceptServer::hand_over(int conn, const efuse_intercept_open& req, int* f
   caller.uid = cred.uid;
   caller.gid = cred.gid;
   caller.groups.assign(groups, groups + glen / sizeof(gid_t));
+  caller.must_search = options_.mount_parent;
   Result<int> opened = fs_.library_open(std::string_view(req.path, req.path_len),
                                         static_cast<int>(req.flags), caller);
   if (!opened.ok()) {

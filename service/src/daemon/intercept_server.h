@@ -28,6 +28,8 @@ class InterceptServer {
     bool allow_other = true;
     bool writes = false;  // EFUSE_IREQ_WRITING and _CHANGED are taken (else EROFS)
     bool opens = false;   // EFUSE_IREQ_OPEN is taken (else EOPNOTSUPP)
+    // The mountpoint's parent, which a hand-over's caller must be able to search.
+    std::string mount_parent;
   };
   // Listens on `path` (mode 0666; a file left there is replaced) for `fs`. Null with *why
   // when the socket cannot be had.

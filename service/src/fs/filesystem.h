@@ -224,6 +224,10 @@ class Filesystem {
     uint32_t uid = 0;
     uint32_t gid = 0;
     std::vector<uint32_t> groups;  // supplementary
+    // A directory the caller must be able to search, checked with its identity first: the
+    // mountpoint's parent (the kernel path walks every directory down to the mountpoint;
+    // a client talking to the socket directly must not get past one closed to it).
+    std::string must_search;
   };
   virtual bool library_opens() const { return false; }
   virtual Result<int> library_open(std::string_view, int, const LibraryCaller&) {

@@ -180,6 +180,9 @@ Result<int> PassthroughFs::library_open(std::string_view path, int flags,
     std::vector<gid_t> groups(caller.groups.begin(), caller.groups.end());
     CredScope as_caller(caller.uid, caller.gid, groups.data(), groups.size());
     if (!as_caller.ok()) return Errno{EPERM};
+    if (!caller.must_search.empty() &&
+        ::faccessat(AT_FDCWD, caller.must_search.c_str(), X_OK, AT_EACCESS) != 0)
+      return Errno{EACCES};
     // The object first, following no symlink anywhere and never leaving the backing tree
     // (the kernel resolves symlinks relative to the mount); every directory on the way is
     // searched with the caller's identity, from the backing root down, as through the mount.
