@@ -214,6 +214,28 @@ class Filesystem {
   virtual Status library_changed(int) { return Errno{EOPNOTSUPP}; }
   // Forgets the files no longer open for writing anywhere; how many are still marked.
   virtual size_t library_sweep() { return 0; }
+  // The hand-over: a process under the library that cannot open a backing file itself (the
+  // directories above the backing directory are closed to it, or not in its mount
+  // namespace) asks efused to. library_open() opens the regular file at `path` (relative to
+  // the backing root, resolved beneath it without following any symlink) with `flags`
+  // (common/intercept_abi.h EFUSE_IOPEN_FLAGS) and the caller's file system identity, so the
+  // backing file system checks exactly what the kernel checks through the mount below the
+  // mountpoint (modes, ACLs; no capability of efused's); an open for writing is marked as
+  // library_writing() marks it. The descriptor is the caller's to close. From the intercept
+  // server's one thread.
+  struct LibraryCaller {
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    std::vector<uint32_t> groups;  // supplementary
+    // A directory the caller must be able to search, checked with its identity first: the
+    // mountpoint's parent (the kernel path walks every directory down to the mountpoint;
+    // a client talking to the socket directly must not get past one closed to it).
+    std::string must_search;
+  };
+  virtual bool library_opens() const { return false; }
+  virtual Result<int> library_open(std::string_view, int, const LibraryCaller&) {
+    return Errno{EOPNOTSUPP};
+  }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each
