@@ -530,7 +530,7 @@ class RecordingInvalidator final : public Invalidator {
     if (data_too) ++dropped_[ino];
     return {};
   }
-  Status inval_entry(uint64_t, std::string_view) override { return {}; }
+  Status inval_entry(uint64_t, std::string_view, bool) override { return {}; }
   size_t pages_dropped(uint64_t ino) {
     std::lock_guard lk(mu_);
     return dropped_[ino];
