@@ -412,6 +412,8 @@ void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& b
   // any: files only ever opened with passthrough have none (the kernel reads and maps the
   // backing file), so a write through such an open that is seen after the close costs
   // nothing once its attributes went back to the kernel.
+  // Any attribute event may be an extended attribute's change: absences stored go.
+  if (mask & IN_ATTRIB) inode.xattrs_changed();
   bool data = (mask & IN_MODIFY) && inode.paged.load() && inode.opens.load() == 0;
   uint64_t held = inode.kernel_attrs.load();
   if (!data && (held == 0 || held == attr_digest(st))) return;
