@@ -367,6 +367,30 @@ def test_an_outside_change_right_behind_one_of_ours_shows(m):
     assert metric("efuse_watch_failures_total") == 0
 
 
+CWD_PROBE = r"""
+import os, sys, time
+src, mnt = sys.argv[1:3]
+os.mkdir(src)
+os.chdir(mnt)  # before the watcher has seen the mkdir: the kernel looks the name up now
+time.sleep(0.5)  # the watcher has invalidated the new name by now (DEADLINE is 5 s)
+print(os.getcwd())
+"""
+
+
+@h.mount_options(args=HOUR)
+def test_a_working_directory_in_a_new_outside_directory_stays(m):
+    # The watcher tells the kernel about a name that appeared behind efused's back. A
+    # process that already entered the new directory through the mount must keep a working
+    # directory that getcwd() can name: the name is expired, not dropped (FUSE_EXPIRE_ONLY,
+    # where the kernel speaks FUSE 7.38), and the kernel finds the same directory again.
+    for i in range(5):
+        d = f"cwd{i}"
+        r = h.run([sys.executable, "-c", CWD_PROBE, m.s(d), m.m(d)], check=False, timeout=30)
+        assert r.rc == 0 and r.out.strip() == m.m(d), (d, r.rc, r.out, r.err[-800:])
+        os.mkdir(m.s(d, "sub"))  # and the name still leads to the directory, refreshed
+        eventually(f"{d}: an outside change inside it shows", lambda: os.listdir(m.m(d)), ["sub"])
+
+
 # A file capability (struct vfs_cap_data, revision 2): CAP_NET_BIND_SERVICE permitted.
 CAPS = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
 CAPS_NAME = "security.capability"

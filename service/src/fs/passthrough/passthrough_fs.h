@@ -141,6 +141,8 @@ class PassthroughFs final : public Filesystem {
   Status library_writing(int fd) override;
   Status library_changed(int fd) override;
   size_t library_sweep() override;
+  bool library_opens() const override { return root_; }
+  Result<int> library_open(std::string_view path, int flags, const LibraryCaller& caller) override;
   // Files marked now (tests).
   size_t library_marked() const;
 
