@@ -199,8 +199,13 @@ def test_adaptive_settings_apply_live_and_bad_values_are_refused():
         after = json.loads(m.ctl("--json", "status", "a").out)
         assert after["state"] == "mounted", after
         assert after["requests"] > before["requests"], (before["requests"], after["requests"])
-        assert sum(after["io_path_choices"]["decisions"].values()) == \
-            sum(before["io_path_choices"]["decisions"].values()) + 1, (before, after)
+        # One more open decision (cache or passthrough). A READ it may cost adds a kernel or
+        # device decision too, whether the file's pages stayed or were invalidated meanwhile
+        # (the watcher reports the file's creation on its own schedule): not counted here.
+        def opens(view):
+            return sum(v for k, v in view["io_path_choices"]["decisions"].items()
+                       if k.startswith(("cache_", "passthrough_")))
+        assert opens(after) == opens(before) + 1, (before, after)
         # Out of range: the reload is refused with FILE:LINE:COLUMN and changes nothing.
         m.adaptive = "{probe: 0}"
         m.write_config()

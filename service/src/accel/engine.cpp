@@ -23,6 +23,7 @@ void Engine::start_probe(int64_t, ProbeCause cause) {
   for (Probe& p : probe_) p = Probe{0, 0, p.pending, false};
   probe_decisions_ = 0;
   probe_feature_sum_ = 0;
+  probe_cause_ = cause;
   ++probes_[static_cast<size_t>(cause)];
 }
 
@@ -110,12 +111,17 @@ void Engine::finish_probe(int64_t now_ns) {
   const bool known0 = predicted_[0] >= 0 && !probe_[0].failed;
   const bool known1 = predicted_[1] >= 0 && !probe_[1].failed;
   int winner;
+  bool confirmed = false;
   if (known0 && known1) {
     winner = predicted_[1] < predicted_[0] ? 1 : 0;
     // Hysteresis: the path committed before stays unless the other is clearly cheaper.
     if (committed_ >= 0 && winner != committed_ &&
         predicted_[winner] * (1 + kMargin) >= predicted_[committed_])
       winner = committed_;
+    // A routine probe (round or period) found the committed path still clearly cheaper.
+    confirmed = committed_ >= 0 && winner == committed_ &&
+                predicted_[winner] * (1 + kMargin) < predicted_[1 - winner] &&
+                (probe_cause_ == ProbeCause::Round || probe_cause_ == ProbeCause::Period);
   } else if (known0 || known1) {
     winner = known1 ? 1 : 0;
   } else {
@@ -129,7 +135,9 @@ void Engine::finish_probe(int64_t now_ns) {
   }
   phase_ = Phase::Commit;
   committed_ = winner;
-  round_left_ = settings_.round;
+  backoff_ = confirmed ? std::min(backoff_ * 2, kMaxBackoff) : 1;
+  round_left_ = static_cast<uint32_t>(
+      std::min<uint64_t>(static_cast<uint64_t>(settings_.round) * backoff_, UINT32_MAX));
   committed_at_ns_ = now_ns;
   feature_base_ = probe_decisions_ > 0 ? probe_feature_sum_ / probe_decisions_ : 0;
   feature_mean_ = feature_base_;

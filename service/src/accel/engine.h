@@ -12,7 +12,8 @@
 //           dearer than the other;
 //   commit: the path with the lower mean measured cost (the other one must be better by
 //           kMargin to displace the path committed before) serves the next `round`
-//           decisions;
+//           decisions, twice as many after each probe that confirmed the committed path
+//           (up to kMaxBackoff times `round`: costs that stay put are probed less often);
 //   probe again when the round is used up, when `reprobe_interval` has passed since the
 //   commit, when the committed path's measured costs drift from the prediction (by a
 //   factor kDrift and more than the engine's noise floor), or when the workload shifts
@@ -101,6 +102,12 @@ class Engine {
   // times the other (and more than the noise floor): more samples of a path that slow would
   // only cost more.
   static constexpr double kDecisive = 8.0;
+  // A probe started because the round was used up or the period passed that confirms the
+  // committed path, cheaper than the other by more than kMargin, doubles the next round, up
+  // to this many times `round`. Any other outcome (the other path wins, the two are within
+  // kMargin, a probe for drift, a shift or a refusal, the first probe) brings the round back
+  // to `round`. The period (reprobe_interval) still bounds how long a prediction stands.
+  static constexpr uint32_t kMaxBackoff = 16;
 
  private:
   struct Probe {
@@ -126,6 +133,8 @@ class Engine {
   std::array<double, 2> predicted_{-1, -1};
   int committed_ = -1;
   uint32_t round_left_ = 0;
+  uint32_t backoff_ = 1;  // the running commit's round is settings_.round x backoff_
+  ProbeCause probe_cause_ = ProbeCause::Start;  // why the running (or latest) probe started
   int64_t committed_at_ns_ = 0;
   double feature_base_ = 0;    // mean feature of the probe's decisions
   double feature_mean_ = 0;    // running mean since the commit

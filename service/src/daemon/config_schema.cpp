@@ -199,7 +199,7 @@ std::string_view mounts_schema_text() {
           "maximum": 64
         },
         "round": {
-          "description": "Decisions committed to a prediction before probing again, 1..1000000. Default 256.",
+          "description": "Decisions committed to a prediction before probing again, doubled after each probe that confirms the prediction (up to 16 times), 1..1000000. Default 256.",
           "type": "integer",
           "default": 256,
           "minimum": 1,

@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace efuse::accel {
 namespace {
 
@@ -206,7 +208,65 @@ TEST(Engine, SettingsApplyFromTheNextRound) {
   run(e, 20, cost);  // finishes the running round of 20
   run(e, 2, cost);   // a probe of one measurement each
   EXPECT_EQ(e.phase(), Phase::Commit);
-  EXPECT_EQ(e.report().round_left, 2u);
+  // The new round, doubled: the probe confirmed the committed path (see below).
+  EXPECT_EQ(e.report().round_left, 2u * 2);
+}
+
+TEST(Engine, AProbeThatConfirmsTheChoiceDoublesTheNextRoundUpToALimit) {
+  Engine e;
+  Settings s = small_settings();  // probe 3, round 20
+  s.reprobe_interval = 1e6;
+  e.set_settings(s);
+  const double cost[2] = {50, 10};
+  run(e, 6, cost);  // the first probe: nothing to confirm, a round of 20
+  EXPECT_EQ(e.report().round_left, 20u);
+  uint32_t want = 20;
+  for (int k = 0; k < 6; ++k) {
+    run(e, static_cast<int>(e.report().round_left), cost);  // the round used up
+    EXPECT_EQ(run(e, 6, cost), 3) << "a probe of 3 measurements each";
+    want = std::min<uint32_t>(want * 2, 20 * Engine::kMaxBackoff);
+    EXPECT_EQ(e.report().round_left, want) << k;
+    EXPECT_EQ(e.report().choice, 1);
+  }
+  EXPECT_EQ(want, 20 * Engine::kMaxBackoff);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Round)], 6u);
+  // The costs swap: the next routine probe moves to path 0, and the round is 20 again.
+  run(e, static_cast<int>(e.report().round_left), cost);
+  const double swapped[2] = {10, 50};
+  run(e, 6, swapped);
+  EXPECT_EQ(e.report().choice, 0);
+  EXPECT_EQ(e.report().round_left, 20u);
+}
+
+TEST(Engine, ACloseCallOrADriftProbeDoesNotLengthenTheRound) {
+  Engine e;
+  Settings s = small_settings();
+  s.reprobe_interval = 1e6;
+  e.set_settings(s);
+  const double cost[2] = {50, 10};
+  run(e, 6 + 20 + 6, cost);  // committed, then confirmed once: a round of 40
+  ASSERT_EQ(e.report().round_left, 40u);
+  // The committed path is still cheaper, but within kMargin: keep probing at the base rate.
+  run(e, 40, cost);
+  const double close[2] = {10.5, 10};
+  run(e, 6, close);
+  EXPECT_EQ(e.report().choice, 1);
+  EXPECT_EQ(e.report().round_left, 20u);
+  // Confirmed again (a round of 40), then the committed path's cost drifts: the drift probe
+  // finds it still cheapest, but the round goes back to 20.
+  run(e, 20, cost);
+  run(e, 6, cost);
+  ASSERT_EQ(e.report().round_left, 40u);
+  const double drifted[2] = {500, 100};
+  int decisions = 0;
+  while (e.report().probes[static_cast<size_t>(ProbeCause::Drift)] == 0 && decisions < 40) {
+    run(e, 1, drifted);
+    ++decisions;
+  }
+  ASSERT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Drift)], 1u);
+  while (e.phase() == Phase::Probe) run(e, 1, drifted);
+  EXPECT_EQ(e.report().choice, 1);
+  EXPECT_EQ(e.report().round_left, 20u);
 }
 
 }  // namespace
