@@ -24,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
+from dbus_conf import OPEN_POLICY, SYSTEM_POLICY, bus_config  # noqa: E402
 from prom_text import parse, scrape, value  # noqa: E402
 
 J = os.path.join
@@ -34,40 +35,6 @@ NOBODY = 65534
 
 # efusectl's documented exit codes.
 EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_DENIED, EXIT_NOT_LIVE = 1, 3, 4, 5
-
-# What /usr/share/dbus-1/system.conf says, minus the parts that need a real system (user
-# switch, pid file, service activation): method calls are denied unless a policy allows.
-SYSTEM_POLICY = """
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Properties"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"
-          send_member="UpdateActivationEnvironment"/>
-  </policy>
-"""
-
-# Anyone may do anything: efused's own uid check is then the only guard.
-OPEN_POLICY = """
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-"""
 
 
 def require_daemon_contract():
@@ -109,15 +76,10 @@ class DbusEfused(h.EfusedMount):
         os.mkdir(bus_dir)
         os.chmod(bus_dir, 0o755)  # the unprivileged client connects too
         sock = J(bus_dir, "system_bus_socket")
-        rules = SYSTEM_POLICY + f"  <include>{POLICY}</include>\n" if policy == "system" \
-            else OPEN_POLICY
         conf = J(bus_dir, "bus.conf")
         with open(conf, "w") as f:
-            f.write('<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration '
-                    '1.0//EN"\n "http://www.freedesktop.org/standards/dbus/1.0/'
-                    'busconfig.dtd">\n'
-                    f"<busconfig>\n  <type>system</type>\n  <listen>unix:path={sock}</listen>\n"
-                    f"  <auth>EXTERNAL</auth>\n{rules}</busconfig>\n")
+            f.write(bus_config(sock, SYSTEM_POLICY, POLICY) if policy == "system"
+                    else bus_config(sock, OPEN_POLICY))
         self.bus_log = open(J(bus_dir, "dbus-daemon.log"), "wb")
         self.dbus = h.spawn(["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"],
                             stdin=subprocess.DEVNULL, stdout=self.bus_log, stderr=self.bus_log)
@@ -435,6 +397,12 @@ def test_handler_commands_on_the_stock_tier_say_which_tier_and_why():
             if shutil.which("busctl") else None
         if r is not None:
             assert r.rc != 0 and "stock tier" in r.err, (r.rc, r.err)
+            # A relative object path is refused before anything else is looked at.
+            r = h.run(["busctl", f"--address={m.address}", "call", "org.efuse.Manager1",
+                       "/org/efuse/Manager1", "org.efuse.Manager1", "SwapHandler", "sss", "a",
+                       "lookup", "efuse_lookup.bpf.o"], check=False, timeout=60)
+            assert r.rc != 0 and "handler path 'efuse_lookup.bpf.o' is not absolute" in r.err, \
+                (r.rc, r.err)
         # Unknown mount, unknown opcode: the usual errors.
         r = m.ctl("handler", "list", "nosuch", expect=EXIT_REFUSED)
         assert "no mount named 'nosuch'" in r.err, r.err

@@ -17,6 +17,7 @@ import xml.etree.ElementTree as ET
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import efuse_harness as h  # noqa: E402
+from dbus_conf import SYSTEM_POLICY, bus_config  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UNIT = os.path.join(REPO, "systemd/efused.service")
@@ -169,27 +170,7 @@ def test_dbus_daemon_loads_policy():
         sock = os.path.join(d, "bus")
         conf = os.path.join(d, "bus.conf")
         with open(conf, "w", encoding="utf-8") as f:
-            f.write("""<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-  </policy>
-  <include>%s</include>
-</busconfig>
-""" % (sock, POLICY))
+            f.write(bus_config(sock, SYSTEM_POLICY, POLICY))
         p = h.spawn(["dbus-daemon", "--config-file=" + conf, "--nofork", "--nopidfile",
                      "--print-address=1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:

@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import guest_kmod as k  # noqa: E402
 import guest_smoke as g  # noqa: E402
+from dbus_conf import OPEN_POLICY, bus_config  # noqa: E402
 from prom_text import parse, scrape, value  # noqa: E402
 
 BUILD = os.path.dirname(os.path.dirname(g.EFUSED))
@@ -57,21 +58,6 @@ ABI = abi_version()
 
 bus = None
 address = ""
-
-OPEN_POLICY = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=%s</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
 
 
 def ctl(*args, expect=0, uid=None):
@@ -120,7 +106,7 @@ def check_swap_setup():
     os.chmod(BUS_DIR, 0o755)
     sock = f"{BUS_DIR}/sock"
     with open(f"{BUS_DIR}/bus.conf", "w") as f:
-        f.write(OPEN_POLICY % sock)
+        f.write(bus_config(sock, OPEN_POLICY))
     bus = subprocess.Popen(["dbus-daemon", f"--config-file={BUS_DIR}/bus.conf", "--nofork",
                             "--nopidfile"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     k.eventually("dbus-daemon socket", lambda: os.path.exists(sock), True)

@@ -24,6 +24,7 @@
 #include "bpf/libbpf_log.h"
 #include "bpf/maps.h"
 #include "bpf/mountinfo.h"
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/system.h"
 #include "efuse_telemetry.skel.h"
@@ -45,12 +46,6 @@ bool env_off(const char* name) {
   if (v == nullptr) return false;
   return std::strcmp(v, "0") == 0 || strcasecmp(v, "off") == 0 || strcasecmp(v, "false") == 0 ||
          strcasecmp(v, "no") == 0;
-}
-
-uint64_t monotonic_ns() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
 // Effective capability bits from /proc/self/status (CapEff), 0 when unreadable.

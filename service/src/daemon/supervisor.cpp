@@ -556,32 +556,37 @@ Result<nlohmann::json> Supervisor::list_handlers(const std::string& name,
   return out;
 }
 
-Status Supervisor::swap_handler(const std::string& name, const std::string& opcode,
-                                const std::string& path, std::string* error) {
+// One handler change on the live mount `name`: under the reload lock and mu_, after the
+// mount and the opcode are checked; `change` returns false with *error filled on refusal.
+template <typename Change>
+Status Supervisor::change_handler(const std::string& name, const std::string& opcode,
+                                  std::string* error, int refused, Change change) {
   std::lock_guard rl(reload_mu_);
   std::lock_guard lk(mu_);
   Result<MountInstance*> m = handler_mount(name, error);
   if (!m.ok()) return Errno{m.error()};
   Result<uint32_t> op = opcode_arg(opcode, error);
   if (!op.ok()) return Errno{op.error()};
+  if (!change(**m, *op)) return Errno{refused};
+  return {};
+}
+
+Status Supervisor::swap_handler(const std::string& name, const std::string& opcode,
+                                const std::string& path, std::string* error) {
   if (path.empty() || path[0] != '/') {
     *error = "handler path '" + path.substr(0, 200) + "' is not absolute";
     return Errno{EINVAL};
   }
-  if (!(*m)->swap_handler(*op, path, error)) return Errno{ECANCELED};
-  return {};
+  return change_handler(name, opcode, error, ECANCELED, [&](MountInstance& m, uint32_t op) {
+    return m.swap_handler(op, path, error);
+  });
 }
 
 Status Supervisor::remove_handler(const std::string& name, const std::string& opcode,
                                   std::string* error) {
-  std::lock_guard rl(reload_mu_);
-  std::lock_guard lk(mu_);
-  Result<MountInstance*> m = handler_mount(name, error);
-  if (!m.ok()) return Errno{m.error()};
-  Result<uint32_t> op = opcode_arg(opcode, error);
-  if (!op.ok()) return Errno{op.error()};
-  if (!(*m)->remove_handler(*op, error)) return Errno{ENODATA};
-  return {};
+  return change_handler(name, opcode, error, ENODATA, [&](MountInstance& m, uint32_t op) {
+    return m.remove_handler(op, error);
+  });
 }
 
 void Supervisor::set_state_listener(StateListener listener) {

@@ -97,6 +97,9 @@ class Supervisor final : public control::Manager, public telemetry::MetricsSourc
   // The live mount `name` whose handlers can be managed, or an errno with *error filled
   // (ENOENT, ENOTCONN, EOPNOTSUPP: the tier in effect and why). Expects mu_ held.
   Result<MountInstance*> handler_mount(const std::string& name, std::string* error) const;
+  template <typename Change>
+  Status change_handler(const std::string& name, const std::string& opcode, std::string* error,
+                        int refused, Change change);
   void emit(const std::vector<Event>& events);
   Status apply(Config next, std::string* error);
 

@@ -8,7 +8,6 @@
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 
-#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "accel/io_path.h"
+#include "common/clock.h"
 #include "common/result.h"
 #include "common/slot_file.h"
 
@@ -36,10 +36,7 @@ struct Context {
   int64_t now_ns = 0;
   // now_ns, or the clock when the caller did not say.
   int64_t now_or_clock() const {
-    return now_ns != 0 ? now_ns
-                       : std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::steady_clock::now().time_since_epoch())
-                             .count();
+    return now_ns != 0 ? now_ns : steady_ns();
   }
   // The caller's umask for CREATE, MKNOD and MKDIR when the kernel left masking to us
   // (FUSE_DONT_MASK): it applies only where the parent has no default ACL. 0 otherwise.

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <ctime>
 
+#include "common/clock.h"
 #include "fuse/kernel.h"
 
 namespace fuse {
@@ -60,10 +61,6 @@ struct WorkerCount {
   uint64_t retired = 0;  // workers that left (idle, or above a lowered maximum)
 };
 
-inline uint64_t monotonic_ns() {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return static_cast<uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<uint64_t>(ts.tv_nsec);
-}
+using efuse::monotonic_ns;
 
 }  // namespace fuse

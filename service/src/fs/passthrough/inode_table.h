@@ -21,7 +21,6 @@
 #include <sys/stat.h>
 
 #include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <memory>
@@ -39,13 +38,6 @@
 #include "fs/passthrough/backend_stats.h"
 
 namespace efuse::fs::passthrough {
-
-// steady_clock time in nanoseconds: the clock of every age the backend keeps.
-inline int64_t steady_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
 
 struct Inode;
 class InodeTable;
