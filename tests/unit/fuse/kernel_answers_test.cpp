@@ -222,8 +222,8 @@ TEST_F(KernelAnswersTest, TierNodesAreBounded) {
   static_assert(KernelAnswers::kMaxTierNodes < EFUSE_ENTRY_COUNTERS, "room for key 0");
   KernelAnswers small{store, 3};
   uint64_t since = small.begin();
-  for (uint64_t n = 2; n < 5; ++n)
-    small.store_lookup(1, "n" + std::to_string(n), 0, bytes(positive(n)), since);
+  for (const char* n : {"n2", "n3", "n4"})  // nodes 2, 3, 4
+    small.store_lookup(1, n, 0, bytes(positive(n[1] - '0')), since);
   EXPECT_EQ(small.stats().tier_nodes, 3u);
   const uint64_t skipped = small.stats().stores_skipped;
   small.store_lookup(1, "more", 0, bytes(positive(1000000)), since);
@@ -455,6 +455,8 @@ TEST_F(KernelAnswersTest, ABackendThatStopsSeeingEveryChangeLosesEverythingKept)
   stat_reply(9);
   EXPECT_FALSE(store.attrs.contains(7)) << "kept beyond its validity: must go";
   EXPECT_FALSE(store.names.contains(name(1, "a")));
+  EXPECT_FALSE(store.attrs.contains(9)) << "begun before everything went: not stored";
+  stat_reply(9);
   ASSERT_TRUE(store.attrs.contains(9));
   EXPECT_LT(store.attrs[9].expires, UINT64_MAX) << "bounded by the validity again";
 }

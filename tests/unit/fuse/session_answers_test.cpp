@@ -406,9 +406,11 @@ TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
   ASSERT_NE(d1, 0u);
   // Stored as the name's LOOKUP answer: the entry exactly as the listing sent it.
   ASSERT_TRUE(table_.has_name(dir, "d1"));
-  for (const Dirent& d : ents)
-    if (d.name == "d1")
+  for (const Dirent& d : ents) {
+    if (d.name == "d1") {
       EXPECT_EQ(std::memcmp(table_.names[{dir, "d1"}].answer.data, &d.entry, sizeof d.entry), 0);
+    }
+  }
   stat_stored(d1);
   EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("d1")).error(), 0);
   EXPECT_FALSE(table_.attrs.contains(d1)) << "readdirplus named it";
