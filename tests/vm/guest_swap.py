@@ -487,41 +487,6 @@ def check_swap_xattr_handlers():
     assert not bad_fallbacks(), bad_fallbacks()
 
 
-def check_swap_open_flush_handlers():
-    """OPEN and FLUSH (kmod patch 0012) swap like the others: a variant build of each
-    swapped in answers a cat's OPEN and FLUSH from the maps efused kept (its RELEASE is the
-    module's own); removed, they go to efused, with the backing file's bytes; swapped back,
-    the kernel answers them again."""
-    path = f"{k.KMNT}/swapcat"
-    with open(f"{k.KSRC}/swapcat", "wb") as f:
-        f.write(b"swap cat\n")
-    k.stored_cat(path)  # stored by efused, then answered wholly in the kernel
-    before = handlers()
-
-    def cat_at(want):
-        k.eventually("RELEASE of every open", k.released, 0)
-        got, at = k.file_ops(lambda: k.cat(path))
-        assert (got, at) == (b"swap cat\n", want), f"cat: {got!r}, {at}"
-
-    for op in ("open", "flush"):
-        ctl("handler", "swap", k.KNAME, op, VARIANT[op])
-    cat_at(k.IN_KERNEL)
-    ctl("handler", "remove", k.KNAME, "flush")
-    cat_at({"open": (1, 0), "flush": (0, 1), "release": (1, 0)})
-    ctl("handler", "remove", k.KNAME, "open")
-    cat_at(k.UP)
-    for op in ("open", "flush"):
-        ctl("handler", "swap", k.KNAME, op, SHIPPED[op])
-    cat_at(k.IN_KERNEL)
-    after = handlers()
-    for op in ("open", "flush"):
-        h = after[op]
-        assert h["loaded"] and h["path"] == SHIPPED[op] and h["abi"] == ABI, h
-        assert (h["swaps"], h["removals"]) == (before[op]["swaps"] + 2,
-                                              before[op]["removals"] + 1), (before[op], h)
-    assert not bad_fallbacks(), bad_fallbacks()
-
-
 def check_swap_positive_lookups():
     """Positive LOOKUP entries (kmod patch 0008) answered by a swapped-in LOOKUP handler:
     the counting program is the mount's, not the handler's, so each lookup the kernel took
@@ -565,7 +530,7 @@ def check_swap_stop():
 
 CHECKS = (check_swap_setup, check_swap_refusals, check_swap_under_load,
           check_swap_every_request_once, check_swap_every_read_once, check_swap_none_and_back,
-          check_swap_xattr_handlers, check_swap_open_flush_handlers,
+          check_swap_xattr_handlers,
           check_swap_positive_lookups, check_swap_stop)
 check_swap_under_load.timeout = 1200
 
