@@ -36,13 +36,18 @@ OPS = ("open", "close", "read", "write", "lseek", "stat", "access", "readdir")
 class Intercepted:
     """An efused with --intercept publishing into a private directory, and its /metrics."""
 
-    def __init__(self, *args, backend="passthrough"):
+    def __init__(self, *args, backend="passthrough", mount=h.EfusedMount):
         self.pub = tempfile.mkdtemp(prefix="efuse-intercept-pub-", dir="/tmp")
         os.chmod(self.pub, 0o755)
         os.environ["EFUSE_INTERCEPT_DIR"] = self.pub  # efused and the library both read it
         self.port = free_port()
-        self.m = h.EfusedMount(args=["--intercept", "--metrics", f"127.0.0.1:{self.port}",
-                                     *args], backend=backend)
+        try:
+            self.m = mount(args=["--intercept", "--metrics", f"127.0.0.1:{self.port}", *args],
+                           backend=backend)
+        except BaseException:
+            run(["rm", "-rf", self.pub])
+            os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+            raise
 
     def close(self):
         try:
@@ -68,8 +73,8 @@ class Intercepted:
 
 
 @contextlib.contextmanager
-def intercepted(*args, backend="passthrough"):
-    i = Intercepted(*args, backend=backend)
+def intercepted(*args, backend="passthrough", mount=h.EfusedMount):
+    i = Intercepted(*args, backend=backend, mount=mount)
     try:
         yield i
     finally:
@@ -980,6 +985,22 @@ def test_mountpoint_parent_closed_to_the_user():
     finally:
         run(["rm", "-rf", pub])
         os.environ.pop("EFUSE_INTERCEPT_DIR", None)
+
+
+def test_no_xattr_mount_counted_only():
+    """With --no-xattr the kernel checks mode bits only and ignores ACLs, which the backing
+    file system applies: an ACL granting the user a file its mode refuses is refused with
+    the library too (the library serves nothing there, it only counts)."""
+    h.require_tools("setfacl")
+    with intercepted("--no-xattr") as i:
+        write_file(J(i.m.src, "acl-grant"), b"data\n", 0o600)
+        os.chmod(J(i.m.src, "acl-grant"), 0o600)
+        run(["setfacl", "-m", f"u:{USER[0]}:r", J(i.m.src, "acl-grant")])
+        write_file(J(i.m.src, "public"), b"data\n", 0o644)
+        plain, served = compare_probe(i, ["acl-grant", "public"], USER)
+        assert f"{J(i.m.mnt, 'acl-grant')} read EACCES" in plain.out.splitlines(), plain.out
+        assert all(v == 0 for (op, path), v in served.items() if path == "library"), served
+        assert served[("open", "kernel")] > 0, served
 
 
 def test_memory_mount_counted_only():

@@ -6,8 +6,10 @@ stale may remain afterwards. Runs with passthrough I/O and with I/O through the 
 (keep_cache), where data invalidation matters. Directory listings the kernel caches
 (FOPEN_CACHE_DIR) must be served from its cache and still show every change."""
 
+import errno
 import os
 import stat
+import struct
 import sys
 import time
 
@@ -363,6 +365,71 @@ def test_an_outside_change_right_behind_one_of_ours_shows(m):
         os.chmod(m.s("f"), mode)
         eventually(f"outside chmod {mode:o} behind ours", lambda: stat.S_IMODE(os.stat(m.m("f")).st_mode), mode)
     assert metric("efuse_watch_failures_total") == 0
+
+
+CWD_PROBE = r"""
+import os, sys, time
+src, mnt = sys.argv[1:3]
+os.mkdir(src)
+os.chdir(mnt)  # before the watcher has seen the mkdir: the kernel looks the name up now
+time.sleep(0.5)  # the watcher has invalidated the new name by now (DEADLINE is 5 s)
+print(os.getcwd())
+"""
+
+
+@h.mount_options(args=HOUR)
+def test_a_working_directory_in_a_new_outside_directory_stays(m):
+    # The watcher tells the kernel about a name that appeared behind efused's back. A
+    # process that already entered the new directory through the mount must keep a working
+    # directory that getcwd() can name: the name is expired, not dropped (FUSE_EXPIRE_ONLY,
+    # where the kernel speaks FUSE 7.38), and the kernel finds the same directory again.
+    for i in range(5):
+        d = f"cwd{i}"
+        r = h.run([sys.executable, "-c", CWD_PROBE, m.s(d), m.m(d)], check=False, timeout=30)
+        assert r.rc == 0 and r.out.strip() == m.m(d), (d, r.rc, r.out, r.err[-800:])
+        os.mkdir(m.s(d, "sub"))  # and the name still leads to the directory, refreshed
+        eventually(f"{d}: an outside change inside it shows", lambda: os.listdir(m.m(d)), ["sub"])
+
+
+# A file capability (struct vfs_cap_data, revision 2): CAP_NET_BIND_SERVICE permitted.
+CAPS = struct.pack("<5I", 0x02000000, 1 << 10, 0, 0, 0)
+CAPS_NAME = "security.capability"
+
+
+def caps_of(p):
+    try:
+        return os.getxattr(p, CAPS_NAME)
+    except OSError as e:
+        if e.errno == errno.ENODATA:
+            return None
+        raise
+
+
+@h.mount_options(args=HOUR)
+def test_a_known_absent_capability_stays_exact(m):
+    # efused keeps "no security.capability" per file (the kernel asks before the first
+    # write after each attribute refresh and before every chown), so every way one can
+    # appear must drop that: SETXATTR through the mount, and an outside setcap.
+    fd = os.open(m.m("cap"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o755)
+    os.write(fd, b"#!/bin/sh\n")  # the kernel's check before the write: a stored absence
+    os.close(fd)
+    assert caps_of(m.m("cap")) is None
+    os.setxattr(m.m("cap"), CAPS_NAME, CAPS)
+    assert caps_of(m.m("cap")) == CAPS and caps_of(m.s("cap")) == CAPS
+    os.removexattr(m.m("cap"), CAPS_NAME)
+    assert caps_of(m.m("cap")) is None and caps_of(m.s("cap")) is None
+    # Behind efused's back, right after the absence was read (and stored) again.
+    os.setxattr(m.s("cap"), CAPS_NAME, CAPS)
+    eventually("an outside setcap shows", lambda: caps_of(m.m("cap")), CAPS)
+    # The kernel removes a capability at a write by a caller: only if it sees it.
+    with open(m.m("cap"), "ab") as f:
+        f.write(b"true\n")
+    assert caps_of(m.s("cap")) is None, "a write through the mount left the capability"
+    assert caps_of(m.m("cap")) is None
+    os.setxattr(m.s("cap"), CAPS_NAME, CAPS)
+    eventually("a second outside setcap shows", lambda: caps_of(m.m("cap")), CAPS)
+    os.removexattr(m.s("cap"), CAPS_NAME)
+    eventually("an outside removal shows", lambda: caps_of(m.m("cap")), None)
 
 
 @h.mount_options(args=HOUR + ["--metrics", f"127.0.0.1:{PORT}"])

@@ -30,17 +30,19 @@
 //                    mount ids it sees (so: the same mount namespace), reads it instead of
 //                    its own mountinfo, which costs far more to generate.
 //   m-<hash>-<pid>.sock  (mode 0666, efused's; only on mounts with
-//                    EFUSE_IR_WRITES) a SOCK_SEQPACKET socket efused listens on while the
-//                    record is published: the library tells efused, before its call
-//                    returns, about every backing file it opened for writing or whose
-//                    attributes it changed (struct efuse_intercept_request, the file's
-//                    descriptor attached with SCM_RIGHTS), so the kernel's caches of the
-//                    mount never show what the file was before (docs/intercept.md has the
-//                    contract). efused checks the peer with SO_PEERCRED (allow_other: false
-//                    takes only its own user and root); the library checks that the peer is
-//                    the record's efused.
+//                    EFUSE_IR_WRITES or EFUSE_IR_OPENS) a SOCK_SEQPACKET socket efused
+//                    listens on while the record is published: the library tells efused,
+//                    before its call returns, about every backing file it opened for writing
+//                    or whose attributes it changed (struct efuse_intercept_request, the
+//                    file's descriptor attached with SCM_RIGHTS), so the kernel's caches of
+//                    the mount never show what the file was before, and asks efused to open
+//                    a file it cannot open itself, with its credentials (EFUSE_IREQ_OPEN, the
+//                    hand-over) (docs/intercept.md has the contract). efused checks the peer
+//                    with SO_PEERCRED (allow_other: false takes only its own user and root);
+//                    the library checks that the peer is the record's efused.
 #pragma once
 
+#include <fcntl.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -64,6 +66,8 @@
                                     // descriptors the library opened keep working
 #define EFUSE_IR_WRITES 0x20u  // efused listens on the .sock: the library may open files for
                                // writing and change attributes (never with READ_ONLY)
+#define EFUSE_IR_OPENS 0x40u   // efused listens on the .sock and opens files for a caller that
+                               // cannot open the backing file itself (EFUSE_IREQ_OPEN)
 
 struct efuse_intercept_record {
   uint64_t magic;
@@ -89,6 +93,12 @@ struct efuse_intercept_record {
                                // its attributes or pages until no open for writing remains
 #define EFUSE_IREQ_CHANGED 2u  // its attributes, ACLs or xattrs were just changed through
                                // the descriptor: efused drops the kernel's copy
+#define EFUSE_IREQ_OPEN 3u     // struct efuse_intercept_open, no descriptor attached: efused
+                               // opens the regular file at `path` under the mount's backing
+                               // directory with the caller's credentials (SO_PEERCRED's uid and
+                               // gid, SO_PEERGROUPS' groups: as the kernel checks them through
+                               // the mount) and answers with the descriptor attached (for
+                               // writing: marked as an EFUSE_IREQ_WRITING one would be)
 
 struct efuse_intercept_request {
   uint64_t magic;  // EFUSE_INTERCEPT_MAGIC
@@ -96,25 +106,29 @@ struct efuse_intercept_request {
   uint32_t op;     // EFUSE_IREQ_*
 };
 
+// EFUSE_IREQ_OPEN: the request, then `path_len` bytes of path (no NUL), relative to the
+// mount's root (no leading '/'), sent as one message of 24 + path_len bytes.
+// The flags efused applies; O_CREAT, O_EXCL, O_TRUNC (the library truncates once efused
+// answered), O_DIRECT, O_NOATIME, O_PATH, O_TMPFILE and the rest are refused (EINVAL).
+#define EFUSE_IOPEN_FLAGS                                                          \
+  (O_ACCMODE | O_APPEND | O_NONBLOCK | O_DSYNC | O_SYNC | O_CLOEXEC | O_NOCTTY | \
+   0100000 /* O_LARGEFILE as the kernel has it */)
+struct efuse_intercept_open {
+  struct efuse_intercept_request head;  // op EFUSE_IREQ_OPEN
+  uint32_t flags;                       // open(2) flags within EFUSE_IOPEN_FLAGS
+  uint32_t path_len;                    // 1 .. EFUSE_INTERCEPT_PATH_MAX - 1
+  char path[EFUSE_INTERCEPT_PATH_MAX];
+};
+
 struct efuse_intercept_reply {
   int32_t error;  // 0, or the errno of the refusal (the library then lets the kernel serve)
   uint32_t reserved;
 };
 
-// Fills `msg` to send request `op` (in `req`, through `iov`) with descriptor `fd` attached;
-// `control` holds CMSG_SPACE(sizeof(int)) bytes aligned for struct cmsghdr.
-static inline void efuse_intercept_message(struct msghdr* msg, struct iovec* iov,
-                                           struct efuse_intercept_request* req, uint32_t op,
-                                           char* control, int fd) {
-  req->magic = EFUSE_INTERCEPT_MAGIC;
-  req->version = EFUSE_INTERCEPT_VERSION;
-  req->op = op;
-  iov->iov_base = req;
-  iov->iov_len = sizeof *req;
-  memset(msg, 0, sizeof *msg);
+// Attaches descriptor `fd` to `msg` (SCM_RIGHTS); `control` holds CMSG_SPACE(sizeof(int))
+// bytes aligned for struct cmsghdr.
+static inline void efuse_intercept_attach(struct msghdr* msg, char* control, int fd) {
   memset(control, 0, CMSG_SPACE(sizeof(int)));
-  msg->msg_iov = iov;
-  msg->msg_iovlen = 1;
   msg->msg_control = control;
   msg->msg_controllen = CMSG_SPACE(sizeof(int));
   struct cmsghdr* c = CMSG_FIRSTHDR(msg);
@@ -122,6 +136,37 @@ static inline void efuse_intercept_message(struct msghdr* msg, struct iovec* iov
   c->cmsg_type = SCM_RIGHTS;
   c->cmsg_len = CMSG_LEN(sizeof(int));
   memcpy(CMSG_DATA(c), &fd, sizeof fd);
+}
+
+// Fills `msg` to send `len` bytes at `data` through `iov`, with descriptor `fd` attached
+// when it is not negative (`control` as above).
+static inline void efuse_intercept_prepare(struct msghdr* msg, struct iovec* iov, void* data,
+                                           size_t len, char* control, int fd) {
+  iov->iov_base = data;
+  iov->iov_len = len;
+  memset(msg, 0, sizeof *msg);
+  msg->msg_iov = iov;
+  msg->msg_iovlen = 1;
+  if (fd >= 0) efuse_intercept_attach(msg, control, fd);
+}
+
+// Fills `msg` to send request `op` (in `req`, through `iov`) with descriptor `fd` attached.
+static inline void efuse_intercept_message(struct msghdr* msg, struct iovec* iov,
+                                           struct efuse_intercept_request* req, uint32_t op,
+                                           char* control, int fd) {
+  req->magic = EFUSE_INTERCEPT_MAGIC;
+  req->version = EFUSE_INTERCEPT_VERSION;
+  req->op = op;
+  efuse_intercept_prepare(msg, iov, req, sizeof *req, control, fd);
+}
+
+// A well-formed EFUSE_IREQ_OPEN of `len` bytes (its head already checked).
+static inline int efuse_intercept_open_ok(const struct efuse_intercept_open* o, size_t len) {
+  const size_t head = sizeof(struct efuse_intercept_request) + 2 * sizeof(uint32_t);
+  return len > head && o->path_len == len - head && o->path_len < EFUSE_INTERCEPT_PATH_MAX &&
+         o->path[0] != '/' && memchr(o->path, '\0', o->path_len) == NULL &&
+         (o->flags & ~(uint32_t)(EFUSE_IOPEN_FLAGS)) == 0 &&
+         (o->flags & O_ACCMODE) != O_ACCMODE;
 }
 
 // Counters, by operation and by who served the call.
@@ -150,4 +195,5 @@ static_assert(sizeof(struct efuse_intercept_counters) == 16 + 16 * EFUSE_IOP_COU
               "counters layout");
 static_assert(sizeof(struct efuse_intercept_request) == 16, "request layout");
 static_assert(sizeof(struct efuse_intercept_reply) == 8, "reply layout");
+static_assert(sizeof(struct efuse_intercept_open) == 24 + EFUSE_INTERCEPT_PATH_MAX, "open layout");
 #endif

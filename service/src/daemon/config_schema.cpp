@@ -98,7 +98,7 @@ std::string_view mounts_schema_text() {
           "default": false
         },
         "intercept": {
-          "description": "Publish the mount for libefuse_intercept.so (efuse-run CMD): processes running under it have opens of existing regular files (for writing too on a writable mount), reads, writes, stat and access on a passthrough mount served from the backing directory with their own credentials, without FUSE round trips (efused is told of every open for writing and keeps the kernel's caches of the file exact); everything else, creating files included, goes through the kernel. Counted in efuse_intercept_calls_total. Memory mounts are published for the counters only (all their calls go through the kernel). Applies live on reload. Default false.",
+          "description": "Publish the mount for libefuse_intercept.so (efuse-run CMD): processes running under it have opens of existing regular files (for writing too on a writable mount), reads, writes, stat and access on a passthrough mount (with default_permissions and xattr) served from the backing directory with their own credentials (a file they cannot reach there but the mount lets them open, efused as root opens with their credentials and passes to them), without FUSE round trips (efused is told of every open for writing and keeps the kernel's caches of the file exact); everything else, creating files included, goes through the kernel. Counted in efuse_intercept_calls_total. Memory mounts are published for the counters only (all their calls go through the kernel). Applies live on reload. Default false.",
           "type": "boolean",
           "default": false
         },

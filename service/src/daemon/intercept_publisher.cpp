@@ -378,19 +378,33 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::F
   if (cfg.options.read_only) flags |= EFUSE_IR_READ_ONLY;
   if (cfg.options.allow_other) flags |= EFUSE_IR_ALLOW_OTHER;
   // The library serves a backing tree with the caller's own credentials: only where the
-  // kernel checks permissions the same way (default_permissions) and there is one.
-  if (cfg.backend == "passthrough" && cfg.options.default_permissions && !cfg.source.empty())
+  // kernel checks permissions the same way (default_permissions, and xattrs served: without
+  // them the kernel checks modes only, where the backing file system applies ACLs too, which
+  // may grant more) and there is one.
+  if (cfg.backend == "passthrough" && cfg.options.default_permissions && cfg.options.xattr &&
+      !cfg.source.empty())
     flags |= EFUSE_IR_SERVE;
   // Writes: the backend keeps the kernel's caches exact around them (docs/intercept.md).
-  if ((flags & EFUSE_IR_SERVE) && !cfg.options.read_only && fs != nullptr && fs->library_writes()) {
+  // Hand-overs: efused (as root) opens for a caller that cannot reach the backing file.
+  InterceptServer::Options so;
+  so.allow_other = cfg.options.allow_other;
+  so.writes = (flags & EFUSE_IR_SERVE) && !cfg.options.read_only && fs != nullptr &&
+              fs->library_writes();
+  so.opens = (flags & EFUSE_IR_SERVE) && fs != nullptr && fs->library_opens();
+  so.mount_parent = cfg.mountpoint.substr(0, std::max<size_t>(cfg.mountpoint.rfind('/'), 1));
+  if (so.writes || so.opens) {
+    // The socket lives as long as the mount: a reload that turns writes off (none does
+    // today) keeps the first publication's.
     if (server_ == nullptr) {
       std::string sock = base + "-" + std::to_string(rec->pid) + ".sock";
-      server_ = InterceptServer::start(sock, *fs, cfg.options.allow_other, &why);
+      server_ = InterceptServer::start(sock, *fs, so, &why);
       if (server_ == nullptr)
-        LOG_WARN("%s: intercept: no socket for the library's writes (%s); opens for writing "
-                 "go through the kernel", cfg.name.c_str(), why.c_str());
+        LOG_WARN("%s: intercept: no socket for the library's writes and hand-overs (%s); "
+                 "opens for writing, and opens the caller cannot make itself, go through the "
+                 "kernel", cfg.name.c_str(), why.c_str());
     }
-    if (server_ != nullptr) flags |= EFUSE_IR_WRITES;
+    if (server_ != nullptr && server_->options().writes) flags |= EFUSE_IR_WRITES;
+    if (server_ != nullptr && server_->options().opens) flags |= EFUSE_IR_OPENS;
   }
   __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
   record_path_ = base + ".rec";
@@ -413,6 +427,7 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::F
   LOG_INFO("%s: intercept: published %s for libefuse_intercept.so (%s)", cfg.name.c_str(),
            record_path_.c_str(),
            (flags & EFUSE_IR_WRITES)  ? "served by the library, writes too"
+           : (flags & EFUSE_IR_OPENS) ? "served by the library, writes through the kernel"
            : (flags & EFUSE_IR_SERVE) ? "served by the library, writes through the kernel"
                                       : "counted only: the library serves passthrough mounts "
                                         "with default_permissions");
@@ -481,6 +496,16 @@ std::vector<fs::Metric> InterceptPublisher::metrics() const {
       out.push_back({"efuse_intercept_calls_total", kHelp, fs::Metric::Type::Counter,
                      static_cast<double>(total[path * EFUSE_IOP_COUNT + op]),
                      {{"op", kOps[op]}, {"path", path == 0 ? "library" : "kernel"}}});
+  if (server_ != nullptr && server_->options().opens) {
+    static const char* const kHandoverHelp =
+        "Backing files efused opened with the caller's credentials for a process under "
+        "libefuse_intercept.so that could not open them itself (result=opened), and such "
+        "opens it refused (result=refused: the kernel answered the call)";
+    out.push_back({"efuse_intercept_handovers_total", kHandoverHelp, fs::Metric::Type::Counter,
+                   static_cast<double>(server_->handed_over()), {{"result", "opened"}}});
+    out.push_back({"efuse_intercept_handovers_total", kHandoverHelp, fs::Metric::Type::Counter,
+                   static_cast<double>(server_->handover_refused()), {{"result", "refused"}}});
+  }
   return out;
 }
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cstring>
 #include <utility>
 
@@ -20,6 +21,9 @@ namespace efuse::daemon {
 namespace {
 
 constexpr int kSweepMs = 1000;  // marks are looked at again this often
+// Supplementary groups of a caller a hand-over takes (the kernel's NGROUPS_MAX is 65536;
+// a caller in more is left to the kernel).
+constexpr size_t kMaxCallerGroups = 1024;
 
 void close_all(const int* fds, size_t n) {
   for (size_t i = 0; i < n; ++i) ::close(fds[i]);
@@ -28,7 +32,8 @@ void close_all(const int* fds, size_t n) {
 }  // namespace
 
 std::unique_ptr<InterceptServer> InterceptServer::start(const std::string& path,
-                                                        fs::Filesystem& fs, bool allow_other,
+                                                        fs::Filesystem& fs,
+                                                        const Options& options,
                                                         std::string* why) {
   struct sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
@@ -59,14 +64,14 @@ std::unique_ptr<InterceptServer> InterceptServer::start(const std::string& path,
     ::unlink(path.c_str());
     return nullptr;
   }
-  return std::unique_ptr<InterceptServer>(new InterceptServer(path, fs, allow_other, fd, wake));
+  return std::unique_ptr<InterceptServer>(new InterceptServer(path, fs, options, fd, wake));
 }
 
-InterceptServer::InterceptServer(std::string path, fs::Filesystem& fs, bool allow_other,
+InterceptServer::InterceptServer(std::string path, fs::Filesystem& fs, const Options& options,
                                  int listen_fd, int wake_fd)
     : path_(std::move(path)),
       fs_(fs),
-      allow_other_(allow_other),
+      options_(options),
       owner_(geteuid()),
       listen_fd_(listen_fd),
       wake_fd_(wake_fd) {
@@ -129,7 +134,7 @@ void InterceptServer::take_connections() {
     struct ucred cred = {};
     socklen_t len = sizeof cred;
     bool ok = ::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
-              (allow_other_ || cred.uid == owner_ || cred.uid == 0) &&
+              (options_.allow_other || cred.uid == owner_ || cred.uid == 0) &&
               conns_.size() < kMaxConnections;
     if (!ok) {
       refused_.fetch_add(1);
@@ -141,7 +146,7 @@ void InterceptServer::take_connections() {
 }
 
 bool InterceptServer::answer(int conn) {
-  efuse_intercept_request req;
+  efuse_intercept_open req;  // the largest request; the others are its head
   struct iovec iov = {&req, sizeof req};
   alignas(struct cmsghdr) char control[CMSG_SPACE(4 * sizeof(int))];
   struct msghdr msg = {};
@@ -159,21 +164,78 @@ bool InterceptServer::answer(int conn) {
     for (size_t i = 0; i < k && nfds < 4; ++i)
       std::memcpy(&fds[nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
   }
+  const efuse_intercept_request& head = req.head;
+  const size_t len = static_cast<size_t>(n);
+  const bool well_formed =
+      !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) && len >= sizeof head &&
+      head.magic == EFUSE_INTERCEPT_MAGIC && head.version == EFUSE_INTERCEPT_VERSION &&
+      (head.op == EFUSE_IREQ_OPEN
+           ? nfds == 0 && efuse_intercept_open_ok(&req, len)
+           : (head.op == EFUSE_IREQ_WRITING || head.op == EFUSE_IREQ_CHANGED) &&
+                 len == sizeof head && nfds == 1);
   efuse_intercept_reply reply = {};
-  if (static_cast<size_t>(n) != sizeof req || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-      nfds != 1 || req.magic != EFUSE_INTERCEPT_MAGIC || req.version != EFUSE_INTERCEPT_VERSION ||
-      (req.op != EFUSE_IREQ_WRITING && req.op != EFUSE_IREQ_CHANGED)) {
+  int handed = -1;  // the descriptor sent back (EFUSE_IREQ_OPEN)
+  if (!well_formed) {
     malformed_.fetch_add(1);
     reply.error = EINVAL;
+  } else if (head.op == EFUSE_IREQ_OPEN) {
+    reply.error = hand_over(conn, req, &handed);
+  } else if (!options_.writes) {
+    refused_.fetch_add(1);
+    reply.error = EROFS;  // a read-only mount (or one whose writes the kernel keeps)
   } else {
-    Status s = req.op == EFUSE_IREQ_WRITING ? fs_.library_writing(fds[0]) : fs_.library_changed(fds[0]);
+    Status s = head.op == EFUSE_IREQ_WRITING ? fs_.library_writing(fds[0]) : fs_.library_changed(fds[0]);
     reply.error = s.ok() ? 0 : s.error();
     (s.ok() ? accepted_ : refused_).fetch_add(1);
   }
   close_all(fds, nfds);  // the library's open: efused keeps none (a lease would see it)
   // A client that does not read its replies loses its connection rather than stall this.
-  return ::send(conn, &reply, sizeof reply, MSG_DONTWAIT | MSG_NOSIGNAL) ==
-         static_cast<ssize_t>(sizeof reply);
+  bool sent;
+  if (handed >= 0) {
+    struct iovec riov;
+    alignas(struct cmsghdr) char rcontrol[CMSG_SPACE(sizeof(int))];
+    struct msghdr rmsg;
+    efuse_intercept_prepare(&rmsg, &riov, &reply, sizeof reply, rcontrol, handed);
+    sent = ::sendmsg(conn, &rmsg, MSG_DONTWAIT | MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof reply);
+    ::close(handed);  // the caller's now (or nobody's, if it left)
+  } else {
+    sent = ::send(conn, &reply, sizeof reply, MSG_DONTWAIT | MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(sizeof reply);
+  }
+  return sent;
+}
+
+int InterceptServer::hand_over(int conn, const efuse_intercept_open& req, int* fd) {
+  if (!options_.opens) {
+    handover_refused_.fetch_add(1);
+    return EOPNOTSUPP;
+  }
+  // Who asks: the credentials the kernel recorded when the caller connected (for this one
+  // request), and its supplementary groups from the same record, so no /proc/PID lookup
+  // can be fooled by a PID reused meanwhile.
+  struct ucred cred = {};
+  socklen_t clen = sizeof cred;
+  gid_t groups[kMaxCallerGroups];
+  socklen_t glen = sizeof groups;
+  if (::getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &clen) != 0 ||
+      ::getsockopt(conn, SOL_SOCKET, SO_PEERGROUPS, groups, &glen) != 0) {
+    handover_refused_.fetch_add(1);
+    return EPERM;  // more groups than kept here (ERANGE), or no record: the kernel answers
+  }
+  fs::Filesystem::LibraryCaller caller;
+  caller.uid = cred.uid;
+  caller.gid = cred.gid;
+  caller.groups.assign(groups, groups + glen / sizeof(gid_t));
+  caller.must_search = options_.mount_parent;
+  Result<int> opened = fs_.library_open(std::string_view(req.path, req.path_len),
+                                        static_cast<int>(req.flags), caller);
+  if (!opened.ok()) {
+    handover_refused_.fetch_add(1);
+    return opened.error();
+  }
+  handed_over_.fetch_add(1);
+  *fd = opened.value();
+  return 0;
 }
 
 }  // namespace efuse::daemon

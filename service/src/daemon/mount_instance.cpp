@@ -496,9 +496,9 @@ Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
-Status MountInstance::inval_entry(uint64_t parent, std::string_view name) {
+Status MountInstance::inval_entry(uint64_t parent, std::string_view name, bool appeared) {
   if (answers_) answers_->name_changed_outside(parent, name);
-  int rc = session_->notify_inval_entry(parent, name);
+  int rc = session_->notify_inval_entry(parent, name, appeared);
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 

@@ -144,8 +144,11 @@ class Invalidator {
   // object) means there was nothing to invalidate. The implementation logs and counts
   // failures; callers use the result for their own accounting.
   virtual Status inval_inode(uint64_t ino, bool data_too) = 0;
-  // The name `name` in directory `parent` (positive or negative dentry).
-  virtual Status inval_entry(uint64_t parent, std::string_view name) = 0;
+  // The name `name` in directory `parent` (positive or negative dentry). `appeared`: the
+  // name only came into being (created behind efused's back), so a dentry the kernel holds
+  // for it may already be the new object, perhaps some process's working directory: it is
+  // expired (looked up again before its next use) rather than dropped, where the kernel can.
+  virtual Status inval_entry(uint64_t parent, std::string_view name, bool appeared) = 0;
 };
 
 // One series a backend exports to /metrics. The metrics layer adds the `mount` label and
@@ -211,6 +214,28 @@ class Filesystem {
   virtual Status library_changed(int) { return Errno{EOPNOTSUPP}; }
   // Forgets the files no longer open for writing anywhere; how many are still marked.
   virtual size_t library_sweep() { return 0; }
+  // The hand-over: a process under the library that cannot open a backing file itself (the
+  // directories above the backing directory are closed to it, or not in its mount
+  // namespace) asks efused to. library_open() opens the regular file at `path` (relative to
+  // the backing root, resolved beneath it without following any symlink) with `flags`
+  // (common/intercept_abi.h EFUSE_IOPEN_FLAGS) and the caller's file system identity, so the
+  // backing file system checks exactly what the kernel checks through the mount below the
+  // mountpoint (modes, ACLs; no capability of efused's); an open for writing is marked as
+  // library_writing() marks it. The descriptor is the caller's to close. From the intercept
+  // server's one thread.
+  struct LibraryCaller {
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    std::vector<uint32_t> groups;  // supplementary
+    // A directory the caller must be able to search, checked with its identity first: the
+    // mountpoint's parent (the kernel path walks every directory down to the mountpoint;
+    // a client talking to the socket directly must not get past one closed to it).
+    std::string must_search;
+  };
+  virtual bool library_opens() const { return false; }
+  virtual Result<int> library_open(std::string_view, int, const LibraryCaller&) {
+    return Errno{EOPNOTSUPP};
+  }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each

@@ -220,6 +220,11 @@ struct fuse_dirent {
 struct fuse_direntplus { fuse_entry_out entry_out; fuse_dirent dirent; };
 struct fuse_notify_inval_inode_out { uint64_t ino; int64_t off, len; };
 struct fuse_notify_inval_entry_out { uint64_t parent; uint32_t namelen, flags; };
+// fuse_notify_inval_entry_out.flags (7.38): mark the dentry expired, so the kernel looks the
+// name up again before its next use, instead of dropping it (d_invalidate), which would cut
+// off a process whose working directory it is. Kernels before 7.38 ignore the field.
+inline constexpr uint32_t kExpireOnly = 1 << 0;
+inline constexpr uint32_t kExpireOnlyMinor = 38;
 struct fuse_notify_delete_out { uint64_t parent, child; uint32_t namelen, padding; };
 struct fuse_backing_map { int32_t fd; uint32_t flags; uint64_t padding; };
 

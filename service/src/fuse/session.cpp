@@ -237,10 +237,12 @@ int Session::notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len) {
   return notified(InvalKind::Inode, conn_->notify(iov, 2));
 }
 
-int Session::notify_inval_entry(uint64_t parent, std::string_view name) {
+int Session::notify_inval_entry(uint64_t parent, std::string_view name, bool expire_only) {
   if (!initialized() || conn_ == nullptr) return -ENOTCONN;
   if (name.empty() || name.size() > 1024) return -EINVAL;
-  k::fuse_notify_inval_entry_out arg{parent, static_cast<uint32_t>(name.size()), 0};
+  const uint32_t flags =
+      expire_only && negotiated_.minor >= k::kExpireOnlyMinor ? k::kExpireOnly : 0;
+  k::fuse_notify_inval_entry_out arg{parent, static_cast<uint32_t>(name.size()), flags};
   char nul = '\0';
   k::fuse_out_header oh{static_cast<uint32_t>(sizeof oh + sizeof arg + name.size() + 1),
                         static_cast<int32_t>(k::NotifyCode::InvalEntry), 0};

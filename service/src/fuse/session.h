@@ -123,7 +123,8 @@ class Session {
   // -ENOTCONN before INIT or without a connection). Any other failure is counted per kind
   // (invalidation_failures) and logged once per kind.
   int notify_inval_inode(uint64_t nodeid, int64_t off, int64_t len);
-  int notify_inval_entry(uint64_t parent, std::string_view name);
+  // expire_only: FUSE_EXPIRE_ONLY where the kernel speaks 7.38 (else a plain invalidation).
+  int notify_inval_entry(uint64_t parent, std::string_view name, bool expire_only = false);
   uint64_t notifications() const { return notifications_.load(); }
   enum class InvalKind { Inode, Entry };
   // Invalidations the kernel did not take (efuse_invalidation_failures_total{kind}).

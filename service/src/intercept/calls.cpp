@@ -70,6 +70,12 @@ bool servable(const Resolved& r, int access_flags) {
   return !r.decline && r.mount->serve && mount_alive(r.mount) && parent_ok(r, access_flags);
 }
 
+// Path calls answered from the backing tree by this process (not opens, which efused may
+// make for it: hand_over).
+bool servable_here(const Resolved& r, int access_flags) {
+  return !r.no_root && servable(r, access_flags);
+}
+
 // Never served (O_TMPFILE carries O_DIRECTORY).
 constexpr int kUnservedOpenFlags = O_PATH | O_DIRECTORY | O_DIRECT | O_NOATIME | O_ASYNC;
 // Served only with an open for writing (O_CREAT only where the file exists: creating is the
@@ -90,6 +96,44 @@ int handed_out(const Resolved& r, long fd, const struct stat& st, int saved, boo
   return static_cast<int>(fd);
 }
 
+// The hand-over: this process may not open the backing file itself (refused by the
+// backing file system, or the backing directory out of its reach) while the mount may
+// grant it, so efused opens it with this thread's credentials (the kernel's record of them
+// when it connected: uid, gid, groups), checked by the backing file system below the
+// backing root as the kernel checks them below the mountpoint, and passes the descriptor
+// over the socket (EFUSE_IREQ_OPEN). Only for what the socket's credentials stand for: not
+// for root (whose capabilities efused cannot know), nor for a thread whose file system
+// identity differs from its effective one (setfsuid). Any refusal: the kernel answers.
+int hand_over(const Resolved& r, int flags, int saved) {
+  Mount* m = r.mount;
+  const bool writing = (flags & O_ACCMODE) != O_RDONLY;
+  constexpr int kHandled = EFUSE_IOPEN_FLAGS | O_CREAT | O_TRUNC | O_NOFOLLOW;
+  errno = saved;
+  if (!m->opens || r.rest == nullptr || r.bound || (flags & ~kHandled) ||
+      (writing && !mount_writes(m)))
+    return kDecline;
+  long euid = sys(SYS_geteuid);
+  if (euid == 0 || sys(SYS_setfsuid, -1) != euid || sys(SYS_setfsgid, -1) != sys(SYS_getegid))
+    return kDecline;
+  int fd = ask_efused_open(m, r.rest, flags & EFUSE_IOPEN_FLAGS & ~O_CLOEXEC,
+                           (flags & O_CLOEXEC) != 0);
+  struct stat st;
+  if (fd < 0 || sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 || !S_ISREG(st.st_mode)) {
+    if (fd >= 0) close_quiet(fd);
+    errno = saved;
+    return kDecline;  // missing, refused, efused gone: the kernel answers
+  }
+  if (writing && (flags & O_TRUNC) && sys(SYS_ftruncate, fd, 0) != 0) {
+    int err = errno;
+    close_quiet(fd);
+    errno = err;
+    return -1;
+  }
+  return handed_out(r, fd, st, saved, writing);
+}
+
+bool refused_here(int err) { return err == EACCES || err == EPERM; }
+
 // Opens a regular file of the backing tree with the caller's credentials: its type first
 // (a FIFO or a device must not be opened, not even to look: the mount is nodev and a FIFO
 // would block), then the open itself, following no symlink anywhere (one swapped in
@@ -107,8 +151,10 @@ int lib_open(const Resolved& r, int flags) {
     return kDecline;
   struct stat st;
   int saved = errno;
+  if (r.no_root) return hand_over(r, flags, saved);
   if (sys(SYS_newfstatat, r.at_fd, reinterpret_cast<long>(r.at_path), reinterpret_cast<long>(&st),
           AT_SYMLINK_NOFOLLOW) != 0) {
+    if (refused_here(errno)) return hand_over(r, flags, saved);
     if ((errno != ENOENT && errno != ENOTDIR) || (flags & O_CREAT)) {
       errno = saved;
       return kDecline;
@@ -138,8 +184,9 @@ int lib_open(const Resolved& r, int flags) {
              sizeof how);
   }
   if (fd < 0) {
+    if (refused_here(errno)) return hand_over(r, flags, saved);
     errno = saved;
-    return kDecline;  // EACCES, ELOOP and the like: the kernel path answers
+    return kDecline;  // ELOOP and the like: the kernel path answers
   }
   struct stat now;
   if (sys(SYS_fstat, fd, reinterpret_cast<long>(&now)) != 0 || now.st_ino != st.st_ino ||
@@ -284,7 +331,7 @@ int fstatat_common(int dirfd, const char* path, struct stat* st, int flags) {
   }
   Resolved r;
   if (!g.entered || !resolve(dirfd, path, &r)) return EFUSE_REAL(fstatat)(dirfd, path, st, flags);
-  if (!(flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT)) && servable(r, AT_EACCESS)) {
+  if (!(flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT)) && servable_here(r, AT_EACCESS)) {
     int rc = stat_resolved(r, st, flags & AT_SYMLINK_NOFOLLOW);
     if (rc != kDecline) {
       count(r.mount, EFUSE_IOP_stat, true);
@@ -613,7 +660,7 @@ __attribute__((visibility("default"))) int statx(int dirfd, const char* path, in
     return EFUSE_REAL(statx)(dirfd, path, flags, mask, sx);
   constexpr int kSync = AT_STATX_FORCE_SYNC | AT_STATX_DONT_SYNC;
   if (!(mask & ~kServedStatxMask) && !(flags & ~(AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT | kSync)) &&
-      servable(r, AT_EACCESS)) {
+      servable_here(r, AT_EACCESS)) {
     if (r.single_name) {  // as in stat_resolved: one statx without following
       int saved = errno;
       long rc = sys(SYS_statx, r.at_fd, reinterpret_cast<long>(r.at_path),
@@ -659,7 +706,7 @@ static int faccessat_common(int dirfd, const char* path, int mode, int flags) {
   if (!g.entered || !resolve(dirfd, path, &r)) return EFUSE_REAL(faccessat)(dirfd, path, mode, flags);
   bool ro_write = (mode & W_OK) && (r.mount->flags & EFUSE_IR_READ_ONLY);  // EROFS: the kernel's
   if (!ro_write && !(flags & ~(AT_EACCESS | AT_SYMLINK_NOFOLLOW)) &&
-      servable(r, flags & AT_EACCESS)) {
+      servable_here(r, flags & AT_EACCESS)) {
     int pfd = open_path(r, flags & AT_SYMLINK_NOFOLLOW);
     if (pfd == -1) {
       count(r.mount, EFUSE_IOP_access, true);

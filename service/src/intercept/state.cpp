@@ -321,9 +321,10 @@ void load_record(int dirfd, const char* name, bool* seen) {
   size_t nlen = strlen(name);
   const char* dir = intercept_dir();
   size_t dlen = strlen(dir);
-  m.writes = m.serve && (flags & EFUSE_IR_WRITES) && !(flags & EFUSE_IR_READ_ONLY) &&
-             dlen + nlen + 32 < sizeof m.sock;
-  if (m.writes) {
+  const bool sock_fits = dlen + nlen + 32 < sizeof m.sock;
+  m.writes = m.serve && (flags & EFUSE_IR_WRITES) && !(flags & EFUSE_IR_READ_ONLY) && sock_fits;
+  m.opens = m.serve && (flags & EFUSE_IR_OPENS) && sock_fits;
+  if (m.writes || m.opens) {
     memcpy(m.sock, dir, dlen);
     m.sock[dlen] = '/';
     memcpy(m.sock + dlen + 1, name, nlen - 4);  // without ".rec"
@@ -943,6 +944,8 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
   out->bound = false;
   out->beneath = false;
   out->decline = false;
+  out->no_root = false;
+  out->rest = nullptr;
   if (path[0] != '/' && dirfd != AT_FDCWD) {
     // Relative to a directory descriptor: only ever answered relative to the backing
     // directory it is bound to (its path may no longer lead to it: renamed outside, the
@@ -1009,13 +1012,16 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     out->mount = &m;
     out->index = i;
     out->decline = in_hole(&m, buf, len);  // inside a file system mounted in the mount
+    const char* below = rest;
+    while (*below == '/') ++below;
+    out->rest = *below != '\0' ? below : ".";
     int root = m.serve ? mount_root(&m) : -2;
     if (root >= 0) {
-      const char* below = rest;
-      while (*below == '/') ++below;
       out->at_fd = root;
-      out->at_path = *below != '\0' ? below : ".";
+      out->at_path = out->rest;
       out->beneath = true;
+    } else if (m.serve) {
+      out->no_root = true;
     }
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
     out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;

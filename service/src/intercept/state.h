@@ -56,6 +56,9 @@ struct Mount {
   // The library opens files for writing and changes attributes itself, telling efused over
   // `sock` (EFUSE_IR_WRITES, not on a read-only mount; see mount_writes()).
   bool writes = false;
+  // efused opens, with this process's credentials, files it cannot open itself
+  // (EFUSE_IR_OPENS; hand_over() in calls.cpp).
+  bool opens = false;
   std::atomic<int> writable{0};  // mount_writes(): 0 not asked yet, 1 yes, 2 no
   // The backing directory, opened O_PATH by this process (mount_root()): -1 not yet, -2
   // cannot be (then paths are walked from / as before).
@@ -139,6 +142,11 @@ bool writes_alive(Mount* m);
 // its answer: 0, or -1 with errno (efused's refusal; ENOTCONN when it cannot be reached or
 // went away meanwhile). Never hangs on an efused that is gone: its end of the socket closes.
 int ask_efused(Mount* m, uint32_t op, int fd);
+// Asks m's efused to open the regular file `rel` (relative to the mount's root) with
+// `flags` (EFUSE_IOPEN_FLAGS) and this thread's credentials (EFUSE_IREQ_OPEN): the
+// descriptor (close-on-exec if `cloexec`), or -1 with efused's errno (ENOTCONN when it
+// cannot be reached).
+int ask_efused_open(Mount* m, const char* rel, int flags, bool cloexec);
 // Re-reads the published mounts when efused changed them (cheap when nothing changed).
 void refresh();
 // Any mount published and active (checked before resolving paths).
@@ -173,6 +181,13 @@ struct Resolved {
   // Under the mount, but the kernel answers (counted as such): a call relative to a
   // directory descriptor that could not be bound, or whose path holds "..".
   bool decline = false;
+  // This process cannot open the mount's backing directory (mount_root() failed: a
+  // directory above it is closed to it, or it is not in its mount namespace): stats go to
+  // the kernel, opens to efused (hand_over).
+  bool no_root = false;
+  // The path below the mountpoint, without a leading '/' ("." for the root); null for a
+  // call relative to a directory descriptor.
+  const char* rest = nullptr;
 };
 bool resolve(int dirfd, const char* path, Resolved* out);
 

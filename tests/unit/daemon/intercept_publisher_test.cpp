@@ -3,6 +3,7 @@
 #include "daemon/intercept_publisher.h"
 
 #include <fcntl.h>
+#include <grp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -13,6 +14,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <filesystem>
 #include <cstring>
@@ -389,12 +392,124 @@ TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
     EXPECT_EQ(p.server(), nullptr);
     EXPECT_NE(::stat(sock.c_str(), &st), 0) << "removed with the mount";
   }
-  // A read-only mount takes no writes: no socket, no flag.
+  // A read-only mount takes no writes: no flag, and its socket (there for hand-overs when
+  // efused is root) refuses them.
   cfg_.options.read_only = true;
   InterceptPublisher q;
   q.publish(cfg_, 43, &backend);
-  EXPECT_EQ(q.server(), nullptr);
   EXPECT_FALSE(record_flags() & EFUSE_IR_WRITES);
+  EXPECT_EQ(q.server() != nullptr, backend.library_opens());
+  EXPECT_EQ((record_flags() & EFUSE_IR_OPENS) != 0, backend.library_opens());
+  if (q.server() != nullptr) {
+    int fd = ::open((src + "/f").c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    EXPECT_EQ(ask(q.server()->path(), EFUSE_IREQ_WRITING, fd), EROFS);
+    ::close(fd);
+    EXPECT_EQ(backend.library_marked(), 0u);
+  }
+}
+
+// One EFUSE_IREQ_OPEN of `path` with `flags`, `len` overriding the message's length: the
+// reply's errno (0 with *got the descriptor), or -1 when the exchange failed.
+int ask_open(const std::string& sock, const std::string& path, uint32_t flags, int* got,
+             size_t len = 0) {
+  int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  struct sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+  *got = -1;
+  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(s);
+    return -1;
+  }
+  efuse_intercept_open req = {};
+  req.head = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION, EFUSE_IREQ_OPEN};
+  req.flags = flags;
+  req.path_len = static_cast<uint32_t>(path.size());
+  std::memcpy(req.path, path.data(), std::min(path.size(), sizeof req.path));
+  size_t size = len != 0 ? len : offsetof(efuse_intercept_open, path) + path.size();
+  efuse_intercept_reply reply = {-1, 0};
+  struct iovec iov;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg;
+  efuse_intercept_prepare(&msg, &iov, &req, size, nullptr, -1);
+  bool ok = ::sendmsg(s, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(size);
+  efuse_intercept_prepare(&msg, &iov, &reply, sizeof reply, nullptr, -1);
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ok = ok && ::recvmsg(s, &msg, MSG_CMSG_CLOEXEC) == static_cast<ssize_t>(sizeof reply);
+  struct cmsghdr* c = ok ? CMSG_FIRSTHDR(&msg) : nullptr;
+  if (c != nullptr && c->cmsg_type == SCM_RIGHTS) std::memcpy(got, CMSG_DATA(c), sizeof(int));
+  ::close(s);
+  return ok ? reply.error : -1;
+}
+
+TEST_F(InterceptPublisherTest, HandOversOpenWithTheCallersCredentials) {
+  std::string src = tmp_ / "src";
+  ASSERT_EQ(::mkdir(src.c_str(), 0755), 0);
+  cfg_.source = src;
+  fs::passthrough::PassthroughFs backend(src, fs::Policy{});
+  if (!backend.library_opens()) GTEST_SKIP() << "hand-overs need efused to be root";
+  int made = ::open((src + "/f").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  ASSERT_GE(made, 0);
+  ASSERT_EQ(::write(made, "data", 4), 4);
+  ::close(made);
+  ASSERT_EQ(::mkdir((src + "/d").c_str(), 0755), 0);
+  // The other user below reaches the socket, and may search the mountpoint's parent
+  // (search only on the test's directory).
+  ASSERT_EQ(::chmod(tmp_.path().c_str(), 0711), 0);
+  cfg_.mountpoint = tmp_ / "mnt";
+  InterceptPublisher p;
+  p.publish(cfg_, 44, &backend);
+  ASSERT_NE(p.server(), nullptr);
+  EXPECT_TRUE(record_flags() & EFUSE_IR_OPENS);
+  const std::string sock = p.server()->path();
+  int fd = -1;
+  // Malformed: EINVAL, counted as such, nothing opened.
+  EXPECT_EQ(ask_open(sock, "/f", O_RDONLY, &fd), EINVAL);
+  EXPECT_EQ(ask_open(sock, std::string("f\0x", 3), O_RDONLY, &fd), EINVAL);
+  EXPECT_EQ(ask_open(sock, "f", O_RDONLY | O_CREAT, &fd), EINVAL);
+  EXPECT_EQ(ask_open(sock, "f", O_RDONLY | O_TRUNC, &fd), EINVAL);
+  EXPECT_EQ(ask_open(sock, "f", O_ACCMODE, &fd), EINVAL);
+  EXPECT_EQ(ask_open(sock, "f", O_RDONLY, &fd, offsetof(efuse_intercept_open, path) + 9), EINVAL);
+  EXPECT_EQ(ask_open(sock, "", O_RDONLY, &fd), EINVAL);
+  EXPECT_EQ(fd, -1);
+  EXPECT_EQ(p.server()->malformed(), 7u);
+  // Root (this test) is never handed a descriptor: its capabilities are not known.
+  EXPECT_EQ(ask_open(sock, "f", O_RDONLY, &fd), EPERM);
+  EXPECT_EQ(fd, -1);
+  EXPECT_EQ(p.server()->handover_refused(), 1u);
+  // As another user (a child that dropped to 65534 with group 65534 and no other group):
+  // the file (0644) opens for reading, not for writing; a directory, a symlink and a
+  // missing name are refused.
+  ASSERT_EQ(::symlink("f", (src + "/link").c_str()), 0);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0)
+      ::_exit(10);
+    int got = -1;
+    if (ask_open(sock, "f", O_RDONLY, &got) != 0 || got < 0) ::_exit(11);
+    char buf[8] = {};
+    if (::read(got, buf, sizeof buf) != 4 || std::memcmp(buf, "data", 4) != 0) ::_exit(12);
+    if (::fcntl(got, F_GETFD) != FD_CLOEXEC) ::_exit(13);
+    if (ask_open(sock, "f", O_WRONLY, &got) != EACCES || got != -1) ::_exit(14);
+    if (ask_open(sock, "d", O_RDONLY, &got) != EINVAL) ::_exit(15);
+    if (ask_open(sock, "link", O_RDONLY, &got) != EINVAL) ::_exit(16);  // never followed
+    if (ask_open(sock, "missing", O_RDONLY, &got) != ENOENT) ::_exit(17);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "child step " << WEXITSTATUS(status);
+  EXPECT_EQ(p.server()->handed_over(), 1u);
+  EXPECT_EQ(p.server()->handover_refused(), 5u);
+  EXPECT_EQ(backend.library_marked(), 0u);
+  // The thread that opened went back to efused's own identity: marks still work.
+  fd = ::open((src + "/f").c_str(), O_RDWR | O_CLOEXEC);
+  EXPECT_EQ(ask(sock, EFUSE_IREQ_WRITING, fd), 0);
+  ::close(fd);
 }
 
 }  // namespace

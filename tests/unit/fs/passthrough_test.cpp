@@ -357,7 +357,7 @@ class RecordingInvalidator final : public Invalidator {
     inodes_.push_back({ino, data_too});
     return {};
   }
-  Status inval_entry(uint64_t parent, std::string_view name) override {
+  Status inval_entry(uint64_t parent, std::string_view name, bool) override {
     std::lock_guard lk(mu_);
     entries_.push_back({parent, std::string(name)});
     return {};

@@ -133,6 +133,18 @@ struct Inode {
   // invalidated them (the kernel holds none until it asks again). An outside change shows
   // as a different digest; a change efused made itself and has replied with does not.
   std::atomic<uint64_t> kernel_attrs{0};
+  // security.capability known absent. The kernel asks for it before the first write after
+  // each attribute refresh and before every chown (two round trips per file tar extracts);
+  // an absence read at xattr_seq S is stored as caps_absent == S + 1 with its time, and is
+  // good while xattr_seq has not moved and the attribute timeout has not run out since.
+  // xattr_seq moves after every SETXATTR and REMOVEXATTR through the mount and for every
+  // attribute event the watcher sees (an outside setcap is one); absences are only used
+  // while the watcher sees every change (PassthroughFs::caps_absent).
+  std::atomic<uint64_t> xattr_seq{0};
+  std::atomic<uint64_t> caps_absent{0};
+  std::atomic<int64_t> caps_absent_ns{0};
+  void xattrs_changed() { xattr_seq.fetch_add(1); }
+
   // A non-directory the kernel was last told has more than one link. Removing one of its
   // names behind efused's back changes its link count and ctime, which inotify reports only
   // for the name removed (the watcher then looks at these; see InodeTable::linked()).

@@ -142,6 +142,8 @@ class PassthroughFs final : public Filesystem {
   Status library_writing(int fd) override;
   Status library_changed(int fd) override;
   size_t library_sweep() override;
+  bool library_opens() const override { return root_; }
+  Result<int> library_open(std::string_view path, int flags, const LibraryCaller& caller) override;
   // Files marked now (tests).
   size_t library_marked() const;
 
@@ -181,7 +183,13 @@ class PassthroughFs final : public Filesystem {
   uint32_t holder_pid(const Inode& inode, uint64_t owner, const struct flock& conflict);
   // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in:
   // the first open of the inode asks io_policy_ (accel/io_path.h), later ones join it.
-  OpenInfo open_info(Inode& inode, int fd, int flags, int64_t now_ns);
+  // Inode::caps_absent: whether an absence of security.capability read at xattr_seq `seq`
+  // still holds, and storing one.
+  bool caps_absent(const Inode& inode, uint64_t seq) const;
+  void note_caps_absent(Inode& inode, uint64_t seq);
+  // `known_st`: the file's stat when the caller has just taken it (CREATE), else fstat(fd).
+  OpenInfo open_info(Inode& inode, int fd, int flags, int64_t now_ns,
+                     const struct stat* known_st = nullptr);
   // A READ or WRITE efused served for `ino`, started at steady_ns() `start`.
   void served(uint64_t ino, int64_t start);
   // The device path (accel/device.h, device_io.h): the O_DIRECT descriptor the READs of

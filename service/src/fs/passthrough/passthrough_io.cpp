@@ -32,6 +32,8 @@ int backing_open_flags(int flags, bool writeback) {
 
 namespace {
 
+constexpr std::string_view kCapsXattr = "security.capability";
+
 // Read-only opens whose flags change nothing about reading may share one description.
 bool shareable(int flags) {
   // The kernel sets O_LARGEFILE on 64-bit opens; glibc's O_LARGEFILE is 0 there, so this is
@@ -50,7 +52,8 @@ bool shareable(int flags) {
 
 }  // namespace
 
-OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_ns) {
+OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_ns,
+                                   const struct stat* known_st) {
   OpenInfo info;
   info.fh = static_cast<uint64_t>(fd);
   const bool writable = (flags & O_ACCMODE) != O_RDONLY;
@@ -61,7 +64,11 @@ OpenInfo PassthroughFs::open_info(Inode& inode, int fd, int flags, int64_t now_n
   std::lock_guard lk(inode.io_mu);
   if (inode.io_opens++ == 0) {
     struct stat st;
-    bool known = fstat(fd, &st) == 0;
+    bool known = true;
+    if (known_st != nullptr)
+      st = *known_st;
+    else
+      known = fstat(fd, &st) == 0;
     accel::OpenFacts facts;
     facts.size = known ? st.st_size : 0;
     facts.writable = writable;
@@ -169,10 +176,14 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
     ::close(fd);
     return Errno{ESTALE};
   }
+  // A file O_EXCL made just now has no security.capability (nothing sets it at creation),
+  // which the kernel asks for before its first write.
+  if ((flags & O_EXCL) && S_ISREG(e->attr.st_mode) && exact_invalidation())
+    note_caps_absent(*inode, inode->xattr_seq.load());
   inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
-  c.open = open_info(*inode, fd, flags, ctx.now_or_clock());
+  c.open = open_info(*inode, fd, flags, ctx.now_or_clock(), &e->attr);  // stat of lookup_at
   if (has_restored_.load(std::memory_order_relaxed)) avoid_restored(c.open);
   handles_.add(c.open.fh);
   if (state_.load(std::memory_order_relaxed) != nullptr)
@@ -558,6 +569,7 @@ Status PassthroughFs::setxattr(const Context& ctx, uint64_t ino, std::string_vie
   PIN_FD(fd, inode);
   std::string n(name);
   Status s = check(::setxattr(ProcPath(fd), n.c_str(), value.data(), value.size(), flags));
+  inode->xattrs_changed();  // after the change: an absence read before it is not kept
   // The backing file system updated the mode from the ACL as efused, which may keep the
   // set-group-ID bit; the caller could not (FUSE_SETXATTR_ACL_KILL_SGID), so clear it.
   if (s.ok() && ctx.kill_sgid && name == "system.posix_acl_access") {
@@ -568,14 +580,31 @@ Status PassthroughFs::setxattr(const Context& ctx, uint64_t ino, std::string_vie
   return s;
 }
 
+bool PassthroughFs::caps_absent(const Inode& inode, uint64_t seq) const {
+  if (inode.caps_absent.load() != seq + 1) return false;
+  return steady_ns() - inode.caps_absent_ns.load() <
+         static_cast<int64_t>(cache_timeout(attr_timeout_) * 1e9);
+}
+
+void PassthroughFs::note_caps_absent(Inode& inode, uint64_t seq) {
+  inode.caps_absent_ns.store(steady_ns());
+  inode.caps_absent.store(seq + 1);
+}
+
 Result<size_t> PassthroughFs::getxattr(const Context&, uint64_t ino, std::string_view name,
                                        std::span<char> buf) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{ENODATA};
+  const bool caps = name == kCapsXattr && exact_invalidation();
+  const uint64_t seq = caps ? inode->xattr_seq.load() : 0;
+  if (caps && caps_absent(*inode, seq)) return Errno{ENODATA};
   PIN_FD(fd, inode);
   std::string n(name);
   ssize_t r = ::getxattr(ProcPath(fd), n.c_str(), buf.data(), buf.size());
-  if (r < 0) return last_errno();
+  if (r < 0) {
+    if (caps && errno == ENODATA) note_caps_absent(*inode, seq);
+    return last_errno();
+  }
   return static_cast<size_t>(r);
 }
 
@@ -593,7 +622,9 @@ Status PassthroughFs::removexattr(const Context&, uint64_t ino, std::string_view
   if (S_ISLNK(inode->type)) return Errno{EPERM};
   PIN_FD(fd, inode);
   std::string n(name);
-  return check(::removexattr(ProcPath(fd), n.c_str()));
+  Status s = check(::removexattr(ProcPath(fd), n.c_str()));
+  inode->xattrs_changed();
+  return s;
 }
 
 }  // namespace efuse::fs::passthrough

@@ -15,7 +15,9 @@
 // while the file is open for writing. Marks and sweeps run on the intercept server's one
 // thread; lookups read the marks (library_mark_new).
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <signal.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "common/intercept_abi.h"
+#include "fs/passthrough/creds.h"
 #include "fs/passthrough/passthrough_fs.h"
 #include "fs/passthrough/proc_path.h"
 
@@ -152,6 +156,65 @@ size_t PassthroughFs::library_sweep() {
 size_t PassthroughFs::library_marked() const {
   std::lock_guard lk(library_mu_);
   return library_marks_.size();
+}
+
+Result<int> PassthroughFs::library_open(std::string_view path, int flags,
+                                        const LibraryCaller& caller) {
+  if (path.empty() || path.front() == '/' || path.size() >= EFUSE_INTERCEPT_PATH_MAX ||
+      path.find('\0') != std::string_view::npos || (flags & ~EFUSE_IOPEN_FLAGS) != 0 ||
+      (flags & O_ACCMODE) == O_ACCMODE)
+    return Errno{EINVAL};
+  // Root's capabilities are not known here (a root process may have dropped them): it opens
+  // for itself, or the kernel answers.
+  if (caller.uid == 0) return Errno{EPERM};
+  const bool writing = (flags & O_ACCMODE) != O_RDONLY;
+  if (writing && !library_writes()) return Errno{EROFS};
+  auto root = inodes_.get(1);
+  if (!root) return Errno{ESTALE};
+  PathFd root_fd = root->pin();
+  if (!root_fd.ok()) return root_fd.error();
+  const std::string rel(path);
+  int fd = -1;
+  int err = 0;
+  {
+    std::vector<gid_t> groups(caller.groups.begin(), caller.groups.end());
+    CredScope as_caller(caller.uid, caller.gid, groups.data(), groups.size());
+    if (!as_caller.ok()) return Errno{EPERM};
+    if (!caller.must_search.empty() &&
+        ::faccessat(AT_FDCWD, caller.must_search.c_str(), X_OK, AT_EACCESS) != 0)
+      return Errno{EACCES};
+    // The object first, following no symlink anywhere and never leaving the backing tree
+    // (the kernel resolves symlinks relative to the mount); every directory on the way is
+    // searched with the caller's identity, from the backing root down, as through the mount.
+    struct open_how how = {};
+    how.flags = O_PATH | O_NOFOLLOW | O_CLOEXEC;
+    how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    int pfd = static_cast<int>(::syscall(SYS_openat2, static_cast<int>(root_fd), rel.c_str(),
+                                         &how, sizeof how));
+    struct stat st;
+    if (pfd < 0) {
+      err = errno;
+    } else if (::fstat(pfd, &st) != 0) {
+      err = errno;
+    } else if (!S_ISREG(st.st_mode)) {
+      err = EINVAL;  // never opened: a FIFO would block, a device is nodev through the mount
+    } else {
+      // The same inode, now opened: the permission check (modes, ACLs) is the backing file
+      // system's, with the caller's identity.
+      fd = ::open(ProcPath(pfd), (flags & ~O_NOCTTY) | O_NOCTTY | O_CLOEXEC);
+      if (fd < 0) err = errno;
+    }
+    if (pfd >= 0) ::close(pfd);
+  }
+  if (fd < 0) return Errno{err};
+  if (writing) {
+    Status s = library_writing(fd);
+    if (!s.ok()) {
+      ::close(fd);
+      return Errno{s.error()};
+    }
+  }
+  return fd;
 }
 
 }  // namespace efuse::fs::passthrough

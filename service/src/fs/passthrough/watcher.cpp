@@ -70,6 +70,9 @@ int ignore_mark(int fan_fd, unsigned op, int fd) {
 
 struct Watcher::Batch {
   std::set<std::pair<uint64_t, std::string>> entries;
+  // Of those, the names an event other than IN_CREATE was about (gone, renamed): dropped
+  // from the kernel's cache. The others only appeared: expired (Invalidator::inval_entry).
+  std::set<std::pair<uint64_t, std::string>> not_only_created;
   std::set<uint64_t> data;   // attributes and data (and a directory's readdir cache)
   std::set<uint64_t> attrs;  // attributes only
   // Attribute and data events, merged per file until the batch is read to its end: a
@@ -329,6 +332,8 @@ void Watcher::handle(uint64_t dir, std::string_view name, uint32_t mask, Batch& 
       parent->kernel_attrs.store(0);
     }
     batch.entries.insert({dir, std::string(name)});
+    if (mask & (IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO))
+      batch.not_only_created.insert({dir, std::string(name)});
     batch.attrs.insert(dir);  // the directory's size and times changed
     // A file that got this name (a new hard link, a rename) has a new ctime and maybe a new
     // link count; one that lost it may live on under another name with one link less.
@@ -412,6 +417,8 @@ void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& b
   // any: files only ever opened with passthrough have none (the kernel reads and maps the
   // backing file), so a write through such an open that is seen after the close costs
   // nothing once its attributes went back to the kernel.
+  // Any attribute event may be an extended attribute's change: absences stored go.
+  if (mask & IN_ATTRIB) inode.xattrs_changed();
   bool data = (mask & IN_MODIFY) && inode.paged.load() && inode.opens.load() == 0;
   uint64_t held = inode.kernel_attrs.load();
   if (!data && (held == 0 || held == attr_digest(st))) return;
@@ -492,7 +499,8 @@ void Watcher::run() {
     resolve(batch);
     // Counted as sent; one the kernel did not take is the invalidator's to log and count
     // (efuse_invalidation_failures_total).
-    for (const auto& [dir, name] : batch.entries) (void)inv_.inval_entry(dir, name);
+    for (const auto& key : batch.entries)
+      (void)inv_.inval_entry(key.first, key.second, batch.not_only_created.count(key) == 0);
     for (uint64_t ino : batch.data) {
       if (auto inode = table_.get(ino)) inode->drop_read_ahead();
       (void)inv_.inval_inode(ino, true);
