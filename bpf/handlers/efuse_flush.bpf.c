@@ -28,14 +28,12 @@ SEC("raw_tp.w/efuse_handler")
 int efuse_flush(struct bpf_raw_tracepoint_args *args)
 {
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
-	__u64 nodeid;
 
 	if (!efuse_handler_turn(ctx, FUSE_FLUSH) || efuse_handler_answered_twice(ctx))
 		return 0;
 	if (!(ctx->in.flags & EFUSE_HANDLER_FLUSH_KERNEL_OPEN))
 		return 0;
-	nodeid = ctx->in.nodeid;
-	efuse_handler_answer_from(ctx, &efuse_flush_answers, &nodeid);
+	efuse_handler_answer_node(ctx, &efuse_flush_answers);
 	return 0;
 }
 

@@ -16,8 +16,8 @@
  * touches), so a tail-called handler would not be bounded. Each handler attaches itself
  * and tests the opcode first.
  *
- * EFUSE_GETATTR_VARIANT (tests/vm) builds a copy that answers the same with other
- * instructions, for swap tests.
+ * EFUSE_HANDLER_VARIANT (tests/vm) builds a copy that answers the same with other
+ * instructions, for swap tests (efuse_handler.bpf.h).
  *
  * Needs no kernel headers beyond the UAPI: the buffer is the module's own fixed layout,
  * with nothing to relocate.
@@ -40,17 +40,10 @@ SEC("raw_tp.w/efuse_handler")
 int efuse_getattr(struct bpf_raw_tracepoint_args *args)
 {
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
-	__u64 nodeid;
 
 	if (!efuse_handler_turn(ctx, FUSE_GETATTR) || efuse_handler_answered_twice(ctx))
 		return 0;
-	nodeid = ctx->in.nodeid;
-#ifdef EFUSE_GETATTR_VARIANT
-	nodeid += EFUSE_GETATTR_VARIANT;	/* tests/vm: the same answer, other instructions */
-	asm volatile("" : "+r"(nodeid));
-	nodeid -= EFUSE_GETATTR_VARIANT;
-#endif
-	efuse_handler_answer_from(ctx, &efuse_getattr_answers, &nodeid);
+	efuse_handler_answer_node(ctx, &efuse_getattr_answers);
 	return 0;
 }
 

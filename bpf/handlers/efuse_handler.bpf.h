@@ -121,4 +121,31 @@ static __always_inline void efuse_handler_answer_from(struct efuse_handler_ctx *
 	ctx->out.verdict = EFUSE_HANDLER_ANSWER;
 }
 
+/*
+ * tests/vm builds copies of the handlers with -DEFUSE_HANDLER_VARIANT=N (swap_*_variant.bpf.o,
+ * tests/vm/CMakeLists.txt): the same answers through other instructions, so the swap tests
+ * can tell one program from another. EFUSE_HANDLER_VARY(x) leaves the integer x as it is,
+ * through instructions only such a copy has.
+ */
+#ifdef EFUSE_HANDLER_VARIANT
+#define EFUSE_HANDLER_VARY(x)					\
+	do {							\
+		(x) += EFUSE_HANDLER_VARIANT;			\
+		asm volatile("" : "+r"(x));			\
+		(x) -= EFUSE_HANDLER_VARIANT;			\
+	} while (0)
+#else
+#define EFUSE_HANDLER_VARY(x) do { } while (0)
+#endif
+
+/* The answer of a map keyed by the request's nodeid (GETATTR, OPEN, FLUSH). */
+static __always_inline void efuse_handler_answer_node(struct efuse_handler_ctx *ctx,
+						      void *answers)
+{
+	__u64 nodeid = ctx->in.nodeid;
+
+	EFUSE_HANDLER_VARY(nodeid);
+	efuse_handler_answer_from(ctx, answers, &nodeid);
+}
+
 #endif /* EFUSE_HANDLER_BPF_H */

@@ -10,10 +10,13 @@
 #include "efuse_handler.h"
 
 /*
- * The value of both answer maps: a whole answer and when it stops being used. efused
- * stores a reply it sent with the validity the reply gave the kernel (attr_valid,
- * entry_valid), so a map never answers for longer than the kernel's own cache would have:
- * the cache timeouts keep bounding what efused's watcher cannot see.
+ * The value of the answer maps: a whole answer and when it stops being used. Where efused
+ * sees every change of what it serves (the memory backend; a passthrough mount whose
+ * watcher watches every directory the kernel knows) it keeps a reply it sent until a
+ * change drops it (expires UINT64_MAX), beyond the validity the reply gave the kernel: the
+ * kernel's revalidating LOOKUP or GETATTR is then answered here. Elsewhere it stores it
+ * with that validity (attr_valid, entry_valid), so the cache timeouts keep bounding what
+ * no watcher sees.
  */
 struct efuse_handler_entry {
 	struct efuse_handler_answer answer;

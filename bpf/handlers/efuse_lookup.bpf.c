@@ -9,7 +9,7 @@
  * efused, whichever LOOKUP handler answered, so lookup counts stay exact across a swap.
  *
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
- * (which says why there is no program array). EFUSE_LOOKUP_VARIANT (tests/vm) builds a copy
+ * (which says why there is no program array). EFUSE_HANDLER_VARIANT (tests/vm) builds a copy
  * that answers the same with other instructions, for swap tests.
  */
 #include "efuse_handler.bpf.h"
@@ -35,11 +35,7 @@ int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 	    efuse_handler_answered_twice(ctx))
 		return 0;
 	key.parent = ctx->in.nodeid;
-#ifdef EFUSE_LOOKUP_VARIANT
-	key.parent += EFUSE_LOOKUP_VARIANT;	/* tests/vm: the same answer, other instructions */
-	asm volatile("" : "+r"(key.parent));
-	key.parent -= EFUSE_LOOKUP_VARIANT;
-#endif
+	EFUSE_HANDLER_VARY(key.parent);
 	__builtin_memcpy(key.name, ctx->in.name, sizeof(key.name));  /* zero-filled */
 	efuse_handler_answer_from(ctx, &efuse_lookup_answers, &key);
 	return 0;

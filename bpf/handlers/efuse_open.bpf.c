@@ -36,15 +36,13 @@ SEC("raw_tp.w/efuse_handler")
 int efuse_open(struct bpf_raw_tracepoint_args *args)
 {
 	struct efuse_handler_ctx *ctx = efuse_handler_ctx(args);
-	__u64 nodeid;
 
 	if (!efuse_handler_turn(ctx, FUSE_OPEN) || efuse_handler_answered_twice(ctx))
 		return 0;
 	if ((ctx->in.flags & EFUSE_O_ACCMODE) != EFUSE_O_RDONLY ||
 	    (ctx->in.flags & EFUSE_O_TRUNC))
 		return 0;
-	nodeid = ctx->in.nodeid;
-	efuse_handler_answer_from(ctx, &efuse_open_answers, &nodeid);
+	efuse_handler_answer_node(ctx, &efuse_open_answers);
 	return 0;
 }
 

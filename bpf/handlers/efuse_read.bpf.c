@@ -16,7 +16,7 @@
  * where the file ends (eof: that block's valid bytes are the file's last ones), so a read
  * past the end is short exactly there, as a server's reply would be.
  *
- * EFUSE_READ_VARIANT (tests/vm) builds a copy that answers the same with other
+ * EFUSE_HANDLER_VARIANT (tests/vm) builds a copy that answers the same with other
  * instructions, for swap tests.
  */
 #include "efuse_handler.bpf.h"
@@ -108,11 +108,7 @@ int efuse_read(struct bpf_raw_tracepoint_args *args)
 	if (efuse_read_sets == 0)
 		return 0;
 	nodeid = ctx->in.nodeid;
-#ifdef EFUSE_READ_VARIANT
-	nodeid += EFUSE_READ_VARIANT;	/* tests/vm: the same answer, other instructions */
-	asm volatile("" : "+r"(nodeid));
-	nodeid -= EFUSE_READ_VARIANT;
-#endif
+	EFUSE_HANDLER_VARY(nodeid);
 	first = ctx->in.offset / BS;
 	skip = ctx->in.offset % BS;
 	want = ctx->in.size;

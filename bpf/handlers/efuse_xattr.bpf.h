@@ -17,7 +17,7 @@
  * makes before each write and chown, reaches efused.
  *
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
- * (which says why there is no program array). EFUSE_XATTR_VARIANT (tests/vm) builds copies
+ * (which says why there is no program array). EFUSE_HANDLER_VARIANT (tests/vm) builds copies
  * that answer the same with other instructions, for swap tests.
  */
 #ifndef EFUSE_XATTR_BPF_H
@@ -46,11 +46,7 @@ static __always_inline int efuse_xattr_handler(struct efuse_handler_ctx *ctx, __
 	if (!efuse_handler_turn(ctx, op) || efuse_handler_answered_twice(ctx))
 		return 0;
 	key.parent = ctx->in.nodeid;
-#ifdef EFUSE_XATTR_VARIANT
-	key.parent += EFUSE_XATTR_VARIANT;	/* tests/vm: the same answer, other instructions */
-	asm volatile("" : "+r"(key.parent));
-	key.parent -= EFUSE_XATTR_VARIANT;
-#endif
+	EFUSE_HANDLER_VARY(key.parent);
 	if (op == FUSE_GETXATTR) {
 		if (ctx->in.namelen == 0 || ctx->in.namelen >= EFUSE_HANDLER_NAME_MAX)
 			return 0;

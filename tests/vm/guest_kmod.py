@@ -250,6 +250,22 @@ def check_kmod_efused_answers():
         assert (value(s, "efuse_kernel_map_entries", mount=KNAME, map=m) or 0) >= 1, m
 
 
+def start_other(src, mnt, port, log, *extra):
+    """Another efused on the module, serving src at mnt; returns it once ready."""
+    logf = open(log, "wb")
+    other = subprocess.Popen([g.EFUSED, "--mount", f"{src}:{mnt}", "--kernel-module", "on",
+                              "--metrics", f"127.0.0.1:{port}", "--telemetry", "off", *extra],
+                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while "efused: ready" not in open(log, errors="replace").read():
+        if other.poll() is not None or time.monotonic() > deadline:
+            other.kill()
+            other.wait()
+            raise AssertionError(open(log, errors="replace").read()[-1500:])
+        time.sleep(0.2)
+    return other
+
+
 def check_kmod_efused_two_mounts():
     """Two efused mounts on the module at once: each one's handlers answer its own
     connection's requests only (module patch 0006), although both roots are nodeid 1."""
@@ -259,16 +275,8 @@ def check_kmod_efused_two_mounts():
     os.chmod(src2, 0o751)
     for i in range(3):
         os.makedirs(f"{src2}/d{i}", exist_ok=True)  # another nlink than KSRC's root
-    logf = open("/tmp/efused-kmod2.log", "wb")
-    other = subprocess.Popen([g.EFUSED, "--mount", f"{src2}:{mnt2}", "--kernel-module", "on",
-                              "--metrics", f"127.0.0.1:{port2}", "--telemetry", "off"],
-                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    other = start_other(src2, mnt2, port2, "/tmp/efused-kmod2.log")
     try:
-        deadline = time.monotonic() + 120
-        while "efused: ready" not in open("/tmp/efused-kmod2.log", errors="replace").read():
-            assert other.poll() is None and time.monotonic() < deadline, \
-                open("/tmp/efused-kmod2.log").read()[-1500:]
-            time.sleep(0.2)
         assert g.fstypes_at(mnt2) == [FSTYPE], g.fstypes_at(mnt2)
         eventually("RELEASE of every open", released, 0)
         roots = {KMNT: (KSRC, KPORT, KNAME), mnt2: (src2, port2, name2)}
@@ -461,6 +469,129 @@ def check_kmod_efused_xattrs():
     bad = [(l, v) for n, l, v in s if n == "efuse_kernel_handler_fallbacks_total"
            and l.get("reason", "").startswith("bad_") and v]
     assert not bad, f"the module refused answers efused stored: {bad}"
+
+
+def check_kmod_efused_created():
+    """A node created through the mount has its security.capability absence stored before
+    the creating reply (the GETXATTR of its first write is answered in the kernel); a
+    capability set through the mount reads back as set, in the backing file too; a name
+    created through the mount and then unlinked or renamed behind efused's back shows so as
+    soon as the watcher saw it."""
+    # The mount has replied an absence of some attribute before (check_kmod_efused_xattrs
+    # may not have run: EFUSE_VM_ONLY): one of our own.
+    with open(f"{KSRC}/xseen", "w") as f:
+        f.write("x\n")
+    assert caps_absent(f"{KMNT}/xseen")
+    for kind in ("file", "dir", "symlink", "fifo"):
+        p = f"{KMNT}/new-{kind}"
+        if kind == "file":
+            os.close(os.open(p, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o644))
+        elif kind == "dir":
+            os.mkdir(p)
+        elif kind == "symlink":
+            os.symlink("new-file", p)
+        else:
+            os.mkfifo(p)
+        if kind == "symlink":
+            continue  # getxattr follows it: the file's absence, checked above
+        got, at = where("getxattr", lambda: errno_of(lambda: os.getxattr(p, "security.capability")))
+        assert (got, at) == ("ENODATA", "kernel"), f"{kind}: {got!r} from {at}"
+    # Set through the mount: read back as set, from efused, and so it is in the backing file.
+    cap = struct.pack("<IIIII", 0x02000000, 1 << 10, 0, 0, 0)  # VFS_CAP_REVISION_2, bind
+    os.setxattr(f"{KMNT}/new-file", "security.capability", cap)
+    k0, e0 = counts("getxattr")
+    got = os.getxattr(f"{KMNT}/new-file", "security.capability")
+    k1, e1 = counts("getxattr")
+    assert (got, k1 - k0) == (cap, 0) and e1 > e0, \
+        f"capability set: {got!r}, {k1 - k0} GETXATTRs in the kernel, {e1 - e0} to efused"
+    assert os.getxattr(f"{KSRC}/new-file", "security.capability") == cap
+    # Created here, then unlinked and renamed outside: shown once the watcher saw it.
+    for n in ("c1", "c2"):
+        with open(f"{KMNT}/{n}", "x") as f:
+            f.write(n)
+    eventually("RELEASE of every open", released, 0)
+    for n in ("c1", "c2"):
+        assert h_read(f"{KMNT}/{n}") == n
+    os.unlink(f"{KSRC}/c1")
+    os.rename(f"{KSRC}/c2", f"{KSRC}/c3")
+    eventually("outside unlink", lambda: errno_of(lambda: statx(f"{KMNT}/c1")), "ENOENT")
+    eventually("outside rename (old name)", lambda: errno_of(lambda: statx(f"{KMNT}/c2")),
+               "ENOENT")
+    eventually("outside rename (new name)", lambda: h_read(f"{KMNT}/c3"), "c2")
+    for p in ("new-file", "new-fifo", "new-symlink", "c3", "xseen"):
+        os.unlink(f"{KMNT}/{p}")
+    os.rmdir(f"{KMNT}/new-dir")
+    s = samples()
+    bad = [(l, v) for n, l, v in s if n == "efuse_kernel_handler_fallbacks_total"
+           and l.get("reason", "").startswith("bad_") and v]
+    assert not bad, f"the module refused answers efused stored: {bad}"
+
+
+def check_kmod_efused_revalidation():
+    """With 1 s entry and attr timeouts (a second efused): once the kernel's entries and
+    attributes expired, the revalidating LOOKUP and GETATTR are answered in the kernel from
+    the maps efused keeps beyond the kernel's validity, names listed by READDIRPLUS
+    included; changes still show, through the mount at once, outside once the watcher saw
+    them. And no answer the module took made the kernel warn (its inode lookups)."""
+    src, mnt, port, name = f"{g.DATA}/ksrc3", "/mnt/kefuse3", KPORT + 2, "kefuse3"
+    os.makedirs(f"{src}/d", exist_ok=True)
+    for n in ("f", "d/g", "d/h"):
+        with open(f"{src}/{n}", "w") as f:
+            f.write(n)
+    os.makedirs(mnt, exist_ok=True)
+    other = start_other(src, mnt, port, "/tmp/efused-kmod3.log",
+                        "--entry-timeout", "1", "--attr-timeout", "1")
+    expire = lambda: time.sleep(2)  # noqa: E731  (the kernel's 1 s validity runs out)
+    try:
+        def look(p):
+            """statx of mnt/p: its result and the LOOKUPs (in the kernel, to efused) of
+            the names of p the kernel revalidated."""
+            k0, e0 = counts("lookup", port, name)
+            got = statx(f"{mnt}/{p}")
+            k1, e1 = counts("lookup", port, name)
+            return got, (k1 - k0, e1 - e0)
+
+        got, (k, e) = look("f")
+        assert e == 1, f"first LOOKUP of f: {k} in the kernel, {e} to efused"
+        for _ in range(2):
+            expire()
+            got, (k, e) = look("f")
+            assert (got, k, e) == (native(f"{src}/f"), 1, 0), \
+                f"revalidated f: {got}, {k} LOOKUPs in the kernel, {e} to efused"
+        # Names a listing brought (READDIRPLUS), never looked up one by one.
+        assert sorted(os.listdir(f"{mnt}/d")) == ["g", "h"]
+        expire()
+        got, (k, e) = look("d/g")
+        assert (got, k, e) == (native(f"{src}/d/g"), 2, 0), \
+            f"listed d/g: {got}, {k} LOOKUPs (d, g) in the kernel, {e} to efused"
+        # Attributes: the GETATTR of an O_PATH descriptor, after the validity ran out.
+        node = statx_node(f"{mnt}/d/h")
+        where("getattr", node, port, name)
+        expire()
+        got, at = where("getattr", node, port, name)
+        assert (got, at) == (native(f"{src}/d/h"), "kernel"), f"d/h: {got} from {at}"
+        # Changes: through the mount at once, outside once the watcher saw them.
+        with open(f"{mnt}/f", "a") as f:
+            f.write("more")
+        assert statx(f"{mnt}/f") == native(f"{src}/f")
+        with open(f"{src}/d/g", "a") as f:
+            f.write("outside")
+        eventually("outside write", lambda: statx(f"{mnt}/d/g"), native(f"{src}/d/g"))
+        os.unlink(f"{src}/d/h")
+        eventually("outside unlink", lambda: errno_of(lambda: statx(f"{mnt}/d/h")), "ENOENT")
+        expire()
+        assert statx(f"{mnt}/d/g") == native(f"{src}/d/g")
+        s = parse(scrape(port))
+        bad = [(l, v) for n, l, v in s if n == "efuse_kernel_handler_fallbacks_total"
+               and l.get("reason", "").startswith("bad_") and v]
+        assert not bad, f"the module refused answers efused stored: {bad}"
+    finally:
+        other.send_signal(signal.SIGTERM)
+        rc = other.wait(timeout=60)
+        close_nodes()
+    assert rc == 0 and not g.fstypes_at(mnt), f"third efused: exit {rc}, {g.fstypes_at(mnt)}"
+    dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+    assert "fuse_ilookup" not in dmesg, "the kernel warned: " + dmesg[-1500:]
 
 
 def h_read(path):
@@ -857,7 +988,8 @@ def check_kmod_efused_kill9():
 CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_two_mounts,
           check_kmod_efused_own_changes,
           check_kmod_efused_outside_changes, check_kmod_efused_positive_lookups,
-          check_kmod_efused_xattrs, check_kmod_efused_open_flush,
+          check_kmod_efused_xattrs, check_kmod_efused_created, check_kmod_efused_revalidation,
+          check_kmod_efused_open_flush,
           check_kmod_efused_open_refused, check_kmod_efused_open_changes,
           check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,

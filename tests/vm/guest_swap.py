@@ -35,8 +35,7 @@ OPS = ("lookup", "getattr", "getxattr", "listxattr", "read", "open", "flush")  #
 SWAPPED = ("lookup", "getattr", "read")  # swapped in turn under load
 SHIPPED = {op: os.path.join(BUILD, "bpf", "handlers", f"efuse_{op}.bpf.o") for op in OPS}
 # Variants (same answers, other instructions) of the handlers the swap checks swap.
-VARIANT = {op: os.path.join(BUILD, "tests", "vm", f"swap_{op}_variant.bpf.o")
-           for op in ("lookup", "getattr", "getxattr", "listxattr", "read")}
+VARIANT = {op: os.path.join(BUILD, "tests", "vm", f"swap_{op}_variant.bpf.o") for op in OPS}
 FIXTURE = lambda name: os.path.join(BUILD, "tests", "vm", f"swap_{name}.bpf.o")  # noqa: E731
 BUS_DIR = "/tmp/efuse-swap-bus"
 OBJS = "/tmp/efuse-swap-objs"

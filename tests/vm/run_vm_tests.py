@@ -135,7 +135,9 @@ def bench_table(result):
                 share = f"{100 * sk / (su + sk):.0f} %" if su + sk else "-"
                 cells = [fmt(up), fmt(kern), share]
             secs = f"{row['seconds']:.3f}" + (f" ({row['iops']:.0f} IOPS)" if w == "fio" else "")
-            t.append(f"| {w} ({row['ops']} ops) | {side} | {secs} | {ratio:.2f} | " +
+            tmo = result.get("timeouts", {}).get(w)
+            label = f"{w} ({row['ops']} ops" + (f", timeouts {tmo} s)" if tmo else ")")
+            t.append(f"| {label} | {side} | {secs} | {ratio:.2f} | " +
                      " | ".join(cells) + " |")
     return "\n".join(t)
 
@@ -154,7 +156,9 @@ def write_bench(result, out, k, timing):
                 f"disk; per workload a warm-up pass per side, then {result['reps']} rounds running "
                 f"the sides one after the other (median). stock = efused `--kernel-module off`, "
                 f"module = efused `--kernel-module on` with the shipped handlers, both "
-                f"`{' '.join(result.get('efused_args', []))} --telemetry off`. x native: time ÷ "
+                f"`--telemetry off` and started afresh per workload with `--entry-timeout T "
+                f"--attr-timeout T`, T the workload's timeouts in the table (stat-tree waits T + 1 s "
+                f"before each timed pass, so the kernel revalidates every entry). x native: time ÷ "
                 f"native time (fio: native IOPS ÷ IOPS, from fio's own runtime). Requests per op: efuse_requests_total (reached efused) and "
                 f"efuse_kernel_answered_total (answered by the handlers) over the timed "
                 f"parts, by opcode.\n\n{bench_table(result)}\n")
@@ -191,6 +195,7 @@ def run_bench(args, work, efused):
            "efuse_bench_reps": os.environ.get("EFUSE_BENCH_REPS", "3"),
            "efuse_bench_cats": os.environ.get("EFUSE_BENCH_CATS", "2000"),
            "efuse_bench_workloads": os.environ.get("EFUSE_BENCH_WORKLOADS", ""),
+           "efuse_bench_stat_timeout": os.environ.get("EFUSE_BENCH_STAT_TIMEOUT", "1"),
            "efuse_keep": ":".join(sorted({REPO, os.path.dirname(efused)}))}
     res = guest.boot(k, initramfs, disk, env, args.timeout, os.path.join(kdir, "console.log"),
                      echo=lambda line: print(f"[bench] {line}", flush=True), accel=args.accel)

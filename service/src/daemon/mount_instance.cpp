@@ -202,6 +202,8 @@ void MountInstance::attach_handlers() {
       answers_ = std::make_unique<fuse::KernelAnswers>(*handler_store_);
       // The module takes OPEN answers only where the kernel checks permissions itself.
       answers_->allow_opens(cfg_.options.default_permissions);
+      // Answers outlive the kernel's validity while the backend sees every change.
+      answers_->set_exact([fs = fs_.get()] { return fs->sees_every_change(); });
       fs_->set_tier(answers_.get());  // before INIT: no entry has been answered yet
       session_->set_kernel_answers(answers_.get());
       if (!failed.empty()) tier_note_ = "handlers refused: " + failed;

@@ -254,6 +254,11 @@ class Filesystem {
   // backend's node table (NodeTable::set_tier). Set before the handlers can answer a
   // positive LOOKUP, reset before the tier goes.
   virtual void set_tier(TierLookups*) {}
+  // Whether every change of what the backend serves reaches it now: made through the mount,
+  // or seen by a watcher that watches every directory the kernel knows and tells the
+  // kernel (set_invalidator). The kernel module tier then keeps its answers beyond the
+  // validity they gave the kernel (fuse/kernel_answers.h). Safe to call from any thread.
+  virtual bool sees_every_change() const { return false; }
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.
   virtual void passthrough_refused(uint64_t /*ino*/) {}

@@ -56,6 +56,19 @@ size_t KernelAnswers::name_bucket(uint64_t parent, std::string_view name) {
   return (std::hash<std::string_view>{}(name) ^ (parent * 0x9e3779b97f4a7c15ULL)) % kBuckets;
 }
 
+void KernelAnswers::set_exact(std::function<bool()> exact) {
+  exact_ = std::move(exact);
+  was_exact_.store(exact_ && exact_(), std::memory_order_relaxed);
+}
+
+uint64_t KernelAnswers::hold(uint64_t sec, uint32_t nsec) {
+  const uint64_t until = expiry(sec, nsec);
+  if (until == 0) return 0;
+  const bool exact = exact_ && exact_();
+  if (!exact && was_exact_.exchange(false, std::memory_order_relaxed)) drop_all();
+  return exact ? UINT64_MAX : until;
+}
+
 uint64_t KernelAnswers::begin() {
   std::lock_guard lk(mu_);
   return seq_;
@@ -74,7 +87,7 @@ void KernelAnswers::store_attr(uint64_t nodeid, std::span<const char> reply, uin
     stamp_seen_locked(nodeid, stamp_of(o.attr));
   }
   efuse_handler_entry e{};
-  e.expires = expiry(o.attr_valid, o.attr_valid_nsec);
+  e.expires = hold(o.attr_valid, o.attr_valid_nsec);
   if (e.expires == 0) return;  // attr_timeout 0: the kernel asks efused every time
   e.answer.nodeid = nodeid;
   e.answer.size = static_cast<uint32_t>(reply.size());
@@ -104,11 +117,11 @@ void KernelAnswers::store_lookup(uint64_t parent, std::string_view name, int err
     stamp_seen_locked(node, stamp_of(out.attr));
   }
   efuse_handler_entry e{};
-  e.expires = expiry(out.entry_valid, out.entry_valid_nsec);
+  e.expires = hold(out.entry_valid, out.entry_valid_nsec);
   if (node != 0) {
     // The entry carries the node's attributes: used while both are valid. The module
     // refuses an entry for the root, and "." and ".." are never asked.
-    e.expires = std::min<uint64_t>(e.expires, expiry(out.attr_valid, out.attr_valid_nsec));
+    e.expires = std::min<uint64_t>(e.expires, hold(out.attr_valid, out.attr_valid_nsec));
     if (node == kRootNodeid || name == "." || name == "..") return;
   }
   if (e.expires == 0 || !storable(name)) return;
@@ -263,9 +276,15 @@ void KernelAnswers::store_xattr(uint64_t nodeid, std::string_view name, int erro
     return;  // a size query (no value to store), ERANGE, another error, or too long
   }
   if ((!list && !storable(name)) || name.starts_with("trusted.")) return;
+  xattrs_seen_.store(true, std::memory_order_relaxed);  // the backing store has them
+  put_xattr_answer(nodeid, name, e, since);
+}
+
+void KernelAnswers::put_xattr_answer(uint64_t nodeid, std::string_view name,
+                                     efuse_handler_entry& e, uint64_t since) {
   const uint64_t valid = attr_valid_ns_.load(std::memory_order_relaxed);
   if (valid == 0) return;  // attr_timeout 0 (or no attributes sent yet): nothing stored
-  e.expires = expiry(valid / 1000000000ULL, static_cast<uint32_t>(valid % 1000000000ULL));
+  e.expires = hold(valid / 1000000000ULL, static_cast<uint32_t>(valid % 1000000000ULL));
   std::lock_guard lk(mu_);
   const bool value = e.answer.error == 0;
   if (attr_stamp_[attr_bucket(nodeid)] > since || (value && writers_.contains(nodeid))) {
@@ -301,6 +320,15 @@ void KernelAnswers::entry_sent(uint64_t parent, std::string_view name, uint64_t 
   if (nodeid == 0 || name == "." || name == "..") return;
   std::lock_guard lk(mu_);
   index_[Name(parent, std::string(name))] = nodeid;
+}
+
+void KernelAnswers::node_created(uint64_t nodeid, uint64_t since) {
+  // No stored absence where the backing store may have no extended attributes at all.
+  if (nodeid == 0 || !xattrs_seen_.load(std::memory_order_relaxed)) return;
+  efuse_handler_entry e{};
+  e.answer.nodeid = nodeid;
+  e.answer.error = -ENODATA;
+  put_xattr_answer(nodeid, "security.capability", e, since);
 }
 
 bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {

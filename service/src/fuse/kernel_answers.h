@@ -4,13 +4,19 @@
 // The handlers answer GETATTR from a map keyed by nodeid and LOOKUPs from a map keyed by
 // (parent nodeid, name): negative ones, and positive ones for a node the kernel holds
 // already (module patch 0008). Only answers efused itself sent go into them: the session
-// hands over the reply bytes of every GETATTR and LOOKUP it answers (store_*), and each is
-// used until the validity it gave the kernel (attr_valid, entry_valid; for an entry the
-// shorter of the two) runs out, so the cache timeouts still bound what the watcher cannot
-// see; a reply valid for no time (timeout 0, an ENOENT error) is not stored. Every change
-// made through the mount drops the entries it may make wrong before its reply is sent, and
-// the mount's watcher drops them for outside changes before it invalidates the kernel's
-// caches (the *_changed calls):
+// hands over the reply bytes of every GETATTR and LOOKUP it answers (store_*), and the
+// entries of every READDIRPLUS reply (as positive LOOKUP answers). Where the backend sees
+// every change (set_exact: the memory backend, a passthrough mount whose watcher watches
+// every directory the kernel knows) a stored answer is kept beyond the validity it gave the
+// kernel, until a change drops it: when the kernel's cache expires, the revalidating LOOKUP
+// or GETATTR is answered by the handler (the kernel caches it again for the validity the
+// answer carries). Elsewhere each is used until that validity (attr_valid, entry_valid; for
+// an entry the shorter of the two) runs out, so the cache timeouts still bound what no
+// watcher sees; and when a backend stops seeing every change (a directory it could not
+// watch), everything stored goes. A reply valid for no time (timeout 0, an ENOENT error)
+// is never stored. Every change made through the mount drops the entries it may make wrong
+// before its reply is sent, and the mount's watcher drops them for outside changes before
+// it invalidates the kernel's caches (the *_changed calls):
 //
 //   attributes of N   SETATTR, WRITE, FALLOCATE, COPY_FILE_RANGE (target), SETXATTR,
 //                     REMOVEXATTR, an open with O_TRUNC, LINK (its nlink), and while N is
@@ -24,14 +30,20 @@
 // GETXATTR and LISTXATTR replies go into a third map keyed by (nodeid, name; "" for the
 // list): an ENODATA, or a value (list) of at most EFUSE_HANDLER_DATA_MAX bytes read with a
 // buffer. The kernel caches no extended attribute and a reply carries no validity: a stored
-// one is used for the attribute validity efused last sent (attr_valid), and names under
+// one is used for the attribute validity efused last sent (attr_valid; beyond it on an
+// exact backend, as above), and names under
 // "trusted." are not stored (efused reads them with the caller's credentials, so their
 // answer depends on the caller). A value goes with the node's attributes (a write or chown
 // may remove security.capability, and chmod rewrites an ACL); an absence only with
 // SETXATTR, REMOVEXATTR and outside changes (xattrs_changed), the only ways a name can
 // appear, so a file open for writing keeps its stored absences: the kernel asks for
 // security.capability before every write, and the answer stays "none" however it is
-// written.
+// written. A node created through the mount (CREATE, MKNOD, MKDIR, SYMLINK) has no
+// security.capability (nothing sets one at creation): its absence is stored before the
+// creating reply is sent (node_created), once the mount has shown that it has extended
+// attributes at all (an ENODATA or a value was replied; a backing file system without
+// them answers EOPNOTSUPP, which is the server's to give), so the GETXATTR of the first
+// write is answered in the kernel.
 //
 // The node a name leads to comes from an index of the entries efused sent (LOOKUP, the
 // entry-creating operations, READDIRPLUS), as the kernel can only name nodes it got that
@@ -84,6 +96,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -197,6 +210,14 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void attr_validity(uint64_t sec, uint32_t nsec);
   // An entry efused sent for a name (creating operations, READDIRPLUS): the name index.
   void entry_sent(uint64_t parent, std::string_view name, uint64_t nodeid);
+  // A node efused created (CREATE, MKNOD, MKDIR, SYMLINK; not LINK, whose node is an old
+  // one): the absence of its security.capability, unless a change raced it (`since`).
+  void node_created(uint64_t nodeid, uint64_t since);
+  // Whether the backend sees every change of what it serves (changes through the mount,
+  // and outside ones through a watcher that watches every directory the kernel knows):
+  // then answers are kept beyond the validity they gave the kernel. Asked at every store;
+  // the first time it turns false, everything stored goes (drop_all). Unset: never.
+  void set_exact(std::function<bool()> exact);
   // An OPEN reply for a read-only open of `nodeid` in passthrough mode with `backing_id`,
   // which the session holds registered until the node is dropped: the open answer, and the
   // FLUSH answer unless a lock was asked for on the node. False when not stored (a full map).
@@ -250,6 +271,11 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void drop_pointing_locked(uint64_t nodeid);  // positive answers naming `nodeid`
   void drop_node_locked(uint64_t nodeid);      // attributes, answers naming it, names under it
   void drop_xattrs_locked(uint64_t nodeid, bool absences_too);
+  // An xattr answer for (nodeid, name; "" for the list), kept for the attribute validity
+  // efused last sent (hold()), unless a change raced it or it is a value of a node open
+  // for writing. Called without mu_ held.
+  void put_xattr_answer(uint64_t nodeid, std::string_view name, efuse_handler_entry& e,
+                        uint64_t since);
   void drop_flush_locked(uint64_t nodeid);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
   void drop_blocks_locked(uint64_t nodeid);  // the node's READ blocks
@@ -258,6 +284,10 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void stamp_seen_locked(uint64_t nodeid, const FileStamp& stamp);
   void put_block_locked(uint64_t nodeid, uint64_t index, uint64_t gen,
                         std::span<const char> bytes, bool eof);
+  // How long an answer valid for `sec` + `nsec` is used (efuse_handler_entry.expires): 0
+  // (not stored) for no time; UINT64_MAX (until dropped) on an exact backend. Called
+  // without mu_ held: it may drop everything when the backend stopped being exact.
+  uint64_t hold(uint64_t sec, uint32_t nsec);
   static size_t attr_bucket(uint64_t nodeid);
   static size_t name_bucket(uint64_t parent, std::string_view name);
 
@@ -277,6 +307,9 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::unordered_set<uint64_t> locked_;             // nodeids a lock was asked for
   std::atomic<uint64_t> attr_valid_ns_{0};          // validity of the last attributes sent
   std::atomic<bool> opens_allowed_{true};
+  std::function<bool()> exact_;                     // set_exact; empty: never exact
+  std::atomic<bool> was_exact_{false};              // what exact_ said last
+  std::atomic<bool> xattrs_seen_{false};            // an ENODATA or a value was replied
   uint64_t tier_lookups_ = 0;
   std::map<Name, uint64_t> index_;                  // names -> the nodeid efused sent for it
   std::unordered_map<uint64_t, uint32_t> writers_;  // nodeid -> opens for writing

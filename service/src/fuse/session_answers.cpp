@@ -5,6 +5,7 @@
 #include <fcntl.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 
@@ -67,15 +68,23 @@ bool keeps_cache(std::span<const char> body) {
   return (o.open_flags & k::kFopenKeepCache) != 0;
 }
 
-// The names of a READDIRPLUS reply, with the nodeids sent for them.
-void index_direntplus(KernelAnswers& a, uint64_t dir, std::span<const char> body) {
+// The entries of a READDIRPLUS reply: each one with a node is an entry reply for its name
+// (the kernel takes it as a LOOKUP's), stored as the name's positive LOOKUP answer and
+// indexed. Entries without a node (nodeid 0: the name only) say nothing of the name's
+// absence and are not stored.
+void store_direntplus(KernelAnswers& a, uint64_t dir, std::span<const char> body,
+                      uint64_t since) {
   while (body.size() >= sizeof(k::fuse_direntplus)) {
     k::fuse_direntplus d;
     std::memcpy(&d, body.data(), sizeof d);
     size_t len = k::direntplus_size(d.dirent.namelen);
     if (len > body.size()) return;
-    a.entry_sent(dir, std::string_view(body.data() + sizeof d, d.dirent.namelen),
-                 d.entry_out.nodeid);
+    const std::string_view name(body.data() + sizeof d, d.dirent.namelen);
+    if (d.entry_out.nodeid != 0)
+      a.store_lookup(dir, name, 0,
+                     std::span<const char>(body.data() + offsetof(k::fuse_direntplus, entry_out),
+                                           sizeof d.entry_out),
+                     since);
     body = body.subspan(len);
   }
 }
@@ -91,6 +100,11 @@ uint64_t Session::answers_begin(uint32_t opcode) {
     case k::Opcode::Getxattr:
     case k::Opcode::Listxattr:
     case k::Opcode::Read:
+    case k::Opcode::Readdirplus:
+    case k::Opcode::Create:
+    case k::Opcode::Mknod:
+    case k::Opcode::Mkdir:
+    case k::Opcode::Symlink:
       break;
     default:
       return 0;
@@ -172,6 +186,9 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (!ok) break;
         uint64_t child = entry_nodeid(body);
         a->entry_sent(node, *name, child);
+        // A new file (O_EXCL; without it CREATE may have opened an existing one), before
+        // its writable open stamps it (which keeps absences).
+        if (c->flags & O_EXCL) a->node_created(child, r.answers_since);
         if (child != 0 && (c->flags & O_TRUNC)) a->attr_changed(child);  // an existing file
         if (child != 0 && for_writing(c->flags)) a->write_opened(child);
         break;
@@ -195,7 +212,10 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         }
         if (!name) break;
         a->name_created(node, *name);
-        if (ok) a->entry_sent(node, *name, entry_nodeid(body));
+        if (!ok) break;
+        a->entry_sent(node, *name, entry_nodeid(body));
+        if (r.hdr.opcode != static_cast<uint32_t>(k::Opcode::Link))  // LINK: an old node
+          a->node_created(entry_nodeid(body), r.answers_since);
         break;
       }
       case k::Opcode::Unlink:
@@ -222,7 +242,7 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         break;
       }
       case k::Opcode::Readdirplus:
-        if (ok) index_direntplus(*a, node, body);
+        if (ok) store_direntplus(*a, node, body, r.answers_since);
         break;
       default:
         break;

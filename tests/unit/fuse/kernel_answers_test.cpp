@@ -222,8 +222,8 @@ TEST_F(KernelAnswersTest, TierNodesAreBounded) {
   static_assert(KernelAnswers::kMaxTierNodes < EFUSE_ENTRY_COUNTERS, "room for key 0");
   KernelAnswers small{store, 3};
   uint64_t since = small.begin();
-  for (uint64_t n = 2; n < 5; ++n)
-    small.store_lookup(1, "n" + std::to_string(n), 0, bytes(positive(n)), since);
+  for (const char* n : {"n2", "n3", "n4"})  // nodes 2, 3, 4
+    small.store_lookup(1, n, 0, bytes(positive(n[1] - '0')), since);
   EXPECT_EQ(small.stats().tier_nodes, 3u);
   const uint64_t skipped = small.stats().stores_skipped;
   small.store_lookup(1, "more", 0, bytes(positive(1000000)), since);
@@ -418,6 +418,73 @@ TEST_F(KernelAnswersTest, AbsencesSurviveWritesAndChownsValuesDoNot) {
   answers.store_xattr(9, "security.capability", ENODATA, 0, {}, answers.begin());
   answers.drop_all();
   EXPECT_TRUE(store.xattrs.empty());
+}
+
+TEST_F(KernelAnswersTest, AnExactBackendKeepsAnswersBeyondTheirValidity) {
+  bool exact = true;
+  answers.set_exact([&exact] { return exact; });
+  stat_reply(7);
+  uint64_t since = answers.begin();
+  answers.store_lookup(1, "a", 0, bytes(positive(8)), since);
+  absent(1, "none", since);
+  answers.attr_validity(1, 0);
+  answers.store_xattr(7, "security.capability", ENODATA, 0, {}, since);
+  EXPECT_EQ(store.attrs[7].expires, UINT64_MAX) << "kept until a change drops it";
+  EXPECT_EQ(store.names[name(1, "a")].expires, UINT64_MAX);
+  EXPECT_EQ(store.names[name(1, "none")].expires, UINT64_MAX);
+  EXPECT_EQ(store.xattrs[name(7, "security.capability")].expires, UINT64_MAX);
+  // Still never for a reply valid for no time: the operator turned the cache off.
+  k::fuse_attr_out zero = attr_out(9, 1);
+  zero.attr_valid = 0;
+  answers.store_attr(9, bytes(zero), answers.begin());
+  EXPECT_FALSE(store.attrs.contains(9));
+  // The changes drop them as before.
+  answers.attr_changed(7);
+  EXPECT_FALSE(store.attrs.contains(7));
+  answers.name_changed_outside(1, "none");
+  EXPECT_FALSE(store.names.contains(name(1, "none")));
+}
+
+TEST_F(KernelAnswersTest, ABackendThatStopsSeeingEveryChangeLosesEverythingKept) {
+  bool exact = true;
+  answers.set_exact([&exact] { return exact; });
+  stat_reply(7);
+  answers.store_lookup(1, "a", 0, bytes(positive(8)), answers.begin());
+  ASSERT_EQ(store.attrs[7].expires, UINT64_MAX);
+  exact = false;  // a directory could not be watched
+  stat_reply(9);
+  EXPECT_FALSE(store.attrs.contains(7)) << "kept beyond its validity: must go";
+  EXPECT_FALSE(store.names.contains(name(1, "a")));
+  EXPECT_FALSE(store.attrs.contains(9)) << "begun before everything went: not stored";
+  stat_reply(9);
+  ASSERT_TRUE(store.attrs.contains(9));
+  EXPECT_LT(store.attrs[9].expires, UINT64_MAX) << "bounded by the validity again";
+}
+
+TEST_F(KernelAnswersTest, ACreatedNodeHasNoCapability) {
+  answers.attr_validity(60, 0);
+  uint64_t since = answers.begin();
+  answers.node_created(20, since);
+  EXPECT_TRUE(store.xattrs.empty()) << "no xattr reply seen yet: the backing store may have none";
+  answers.store_xattr(7, "user.x", ENODATA, 0, {}, answers.begin());
+  since = answers.begin();
+  answers.node_created(20, since);
+  ASSERT_TRUE(store.xattrs.contains(name(20, "security.capability")));
+  const efuse_handler_entry& e = store.xattrs[name(20, "security.capability")];
+  EXPECT_EQ(e.answer.nodeid, 20u);
+  EXPECT_EQ(e.answer.error, -ENODATA);
+  EXPECT_EQ(e.answer.size, 0u);
+  // Writes keep it; SETXATTR (or an outside change) drops it.
+  answers.write_opened(20);
+  answers.attr_changed(20);
+  EXPECT_TRUE(store.xattrs.contains(name(20, "security.capability")));
+  answers.xattrs_changed(20);
+  EXPECT_FALSE(store.xattrs.contains(name(20, "security.capability")));
+  // A change between the creation and its reply keeps it out.
+  since = answers.begin();
+  answers.xattrs_changed(21);
+  answers.node_created(21, since);
+  EXPECT_FALSE(store.xattrs.contains(name(21, "security.capability")));
 }
 
 k::fuse_open_out open_body(const efuse_handler_entry& e) {

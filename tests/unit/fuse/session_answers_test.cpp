@@ -132,6 +132,38 @@ TEST_F(SessionAnswers, XattrRepliesStoredAndDroppedBeforeTheChangesReply) {
   EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
 }
 
+TEST_F(SessionAnswers, CreatedNodesHaveTheirCapabilityAbsenceStored) {
+  const uint64_t f = make_file("f");
+  ASSERT_EQ(h_.call(Op::Getxattr, f, getxattr_body("user.none", 0)).error(), ENODATA);
+  const auto created = [](const Reply& r) { return r.as<k::fuse_entry_out>().nodeid; };
+  k::fuse_create_in cr{};
+  cr.flags = O_WRONLY | O_CREAT | O_EXCL;
+  cr.mode = S_IFREG | 0644;
+  Reply c = h_.call(Op::Create, kRootId, pod(cr) + cstr("c"));
+  ASSERT_EQ(c.error(), 0);
+  k::fuse_mkdir_in mk{};
+  mk.mode = S_IFDIR | 0755;
+  Reply d = h_.call(Op::Mkdir, kRootId, pod(mk) + cstr("d"));
+  ASSERT_EQ(d.error(), 0);
+  k::fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0644;
+  Reply m = h_.call(Op::Mknod, kRootId, pod(mn) + cstr("m"));
+  ASSERT_EQ(m.error(), 0);
+  for (const Reply* r : {&c, &d, &m}) {
+    const std::pair<uint64_t, std::string> caps{created(*r), "security.capability"};
+    ASSERT_TRUE(table_.xattrs.contains(caps));
+    EXPECT_EQ(table_.xattrs[caps].answer.error, -ENODATA);
+    // What efused itself answers for it.
+    EXPECT_EQ(h_.call(Op::Getxattr, created(*r), getxattr_body("security.capability", 0)).error(),
+              ENODATA);
+  }
+  // CREATE without O_EXCL may open a file that exists: nothing stored for it.
+  cr.flags = O_WRONLY | O_CREAT;
+  Reply again = h_.call(Op::Create, kRootId, pod(cr) + cstr("f"));
+  ASSERT_EQ(again.error(), 0);
+  EXPECT_FALSE(table_.xattrs.contains({created(again), "security.capability"}));
+}
+
 TEST_F(SessionAnswers, NothingStoredWhileOpenForWriting) {
   const uint64_t f = make_file("f");
   stat_stored(f);
@@ -372,6 +404,13 @@ TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
   for (const Dirent& d : ents)
     if (d.name == "d1") d1 = d.entry.nodeid;
   ASSERT_NE(d1, 0u);
+  // Stored as the name's LOOKUP answer: the entry exactly as the listing sent it.
+  ASSERT_TRUE(table_.has_name(dir, "d1"));
+  for (const Dirent& d : ents) {
+    if (d.name == "d1") {
+      EXPECT_EQ(std::memcmp(table_.names[{dir, "d1"}].answer.data, &d.entry, sizeof d.entry), 0);
+    }
+  }
   stat_stored(d1);
   EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("d1")).error(), 0);
   EXPECT_FALSE(table_.attrs.contains(d1)) << "readdirplus named it";

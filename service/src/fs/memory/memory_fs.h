@@ -118,6 +118,7 @@ class MemoryFs final : public Filesystem {
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;
   void set_tier(TierLookups* tier) override { nodes_.set_tier(tier); }
+  bool sees_every_change() const override { return true; }  // no other way in
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
   Result<Attr> setattr(const Context&, uint64_t ino, const SetattrRequest&) override;
   Result<std::string> readlink(const Context&, uint64_t ino) override;

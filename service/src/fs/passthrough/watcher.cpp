@@ -421,7 +421,10 @@ void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& b
   if (mask & IN_ATTRIB) inode.xattrs_changed();
   bool data = (mask & IN_MODIFY) && inode.paged.load() && inode.opens.load() == 0;
   uint64_t held = inode.kernel_attrs.load();
-  if (!data && (held == 0 || held == attr_digest(st))) return;
+  // An attribute event while the kernel holds no attributes still goes to the invalidator:
+  // the kernel module tier's stored extended attribute answers (which the kernel does not
+  // cache, so they outlive its attributes) must go with it.
+  if (!data && (held == attr_digest(st) || (held == 0 && !(mask & IN_ATTRIB)))) return;
   inode.kernel_attrs.store(0);
   (data ? batch.data : batch.attrs).insert(inode.nodeid);
 }
