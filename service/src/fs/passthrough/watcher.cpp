@@ -412,13 +412,13 @@ void Watcher::read_fanotify(Batch& batch) {
 
 // An attribute or data event of `inode`, whose attributes are now `st`.
 void Watcher::check(Inode& inode, const struct stat& st, uint32_t mask, Batch& batch) {
+  // Any attribute event may be an extended attribute's change: absences stored go.
+  if (mask & IN_ATTRIB) inode.xattrs_changed();
   // Open files keep their pages: writes through the mount (served or passthrough) land
   // here too. Closed files lose theirs whatever the attributes say, if the kernel may hold
   // any: files only ever opened with passthrough have none (the kernel reads and maps the
   // backing file), so a write through such an open that is seen after the close costs
   // nothing once its attributes went back to the kernel.
-  // Any attribute event may be an extended attribute's change: absences stored go.
-  if (mask & IN_ATTRIB) inode.xattrs_changed();
   bool data = (mask & IN_MODIFY) && inode.paged.load() && inode.opens.load() == 0;
   uint64_t held = inode.kernel_attrs.load();
   // An attribute event while the kernel holds no attributes still goes to the invalidator:
