@@ -30,6 +30,7 @@ from .telemetry import Telemetry, counter_deltas, counters_of, describe_pid, tel
 class Bench(Rows, FioRows, Report):
     def __init__(self, args):
         self.args = args
+        self.run_fs = ""  # how the run's file system was made (mounts.make_run_fs)
         self.quick = args.quick
         self.reps = args.reps or (1 if self.quick else 3)
         self.runtime = args.runtime or (5 if self.quick else 15)

@@ -21,7 +21,7 @@ from .bench import Bench
 from .common import BENCH, DAEMONS, GROUPS, LOCK, OPT_IN_SIDES, RUN, SIDES, WORK, BenchError, Interrupted, \
     _on_signal, log
 from .machine import write_machine
-from .mounts import force_unmount, mounts_under, safe_rmtree
+from .mounts import drop_run_fs, force_unmount, make_run_fs, mounts_under, mount_at, safe_rmtree
 from .procs import REG
 from .report import git_info
 
@@ -85,15 +85,13 @@ def final_cleanup(keep: bool):
         except Exception as e:  # noqa: BLE001
             log(f"warning: stopping {d.side}: {e}")
     for m in sorted(mounts_under(WORK), key=lambda m: -len(m.mountpoint)):
+        if m.mountpoint == str(RUN) and m.fstype == "ext4":
+            continue  # the run's own file system, dropped below
         log(f"unmounting leftover {m.mountpoint}")
         force_unmount(Path(m.mountpoint))
     if DAEMONS.exists() and not REG.daemons:
         DAEMONS.unlink()
-    if not keep:
-        try:
-            safe_rmtree(RUN)
-        except BenchError as e:
-            log(f"warning: {e}")
+    drop_run_fs(keep)
 
 
 # The workloads of tests/vm/guest_bench.py, which --rows picks from with --vm.
@@ -222,6 +220,7 @@ def main(argv=None):
     log(f"bench: output in {bench.out}")
     rc = 0
     try:
+        bench.run_fs = make_run_fs()
         bench.setup()
         write_machine(bench)
         bench.run_all()

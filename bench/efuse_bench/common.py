@@ -12,6 +12,8 @@ BENCH = Path(__file__).resolve().parent.parent  # bench/
 REPO = BENCH.parent
 WORK = BENCH / "work"
 RUN = WORK / "run"
+# The ext4 RUN is mounted from for one run (mounts.make_run_fs): sparse, on WORK's disk.
+RUN_IMAGE = WORK / "run.img"
 BIN = WORK / "bin"
 LOCK = WORK / ".lock"
 DAEMONS = WORK / "daemons.json"

@@ -45,11 +45,13 @@ def write_machine(bench: Bench):
         "## Work directory", "", "```",
         f"{WORK}: " + sh(f"findmnt -n -o SOURCE,FSTYPE,OPTIONS -T {shlex.quote(str(WORK))}"),
         sh(f"df -h {shlex.quote(str(WORK))} | tail -1"), "```", "",
+        f"Every side's data: {bench.run_fs or 'RUN on the work directory itself'}, "
+        f"mounted at `{RUN}`.", "",
         "## Packages", "", "```",
         sh("dpkg-query -W fio fuse3 libfuse3-3 libfuse3-dev tar coreutils findutils linux-source-6.1 2>&1"),
         sh("fio --version"), "```", "",
         "## Sides", "",
-        f"- native: plain ext4 directory under `{RUN}/native`",
+        f"- native: plain ext4 directory under `{RUN}/native` (the run's own ext4, see above)",
         f"- libfuse: `{shlex.join(LibfuseSide(bench).argv(Path('SRC'), Path('MNT')))}` "
         f"(built from `{EXAMPLES}/passthrough_ll.c` with `gcc -O2 $(pkg-config --cflags --libs fuse3)`)",
         f"- efused: `{bench.efused_src}` (run from a private copy, sha256 "
