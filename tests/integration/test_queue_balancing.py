@@ -16,6 +16,10 @@ While the blocker is outstanding (efused holds it: efuse_worker_in_flight plus
 efuse_deferred_requests in /metrics), another process runs stat() calls that each reach
 efused (--attr-timeout 0: every stat is a GETATTR); they must all complete, and the blocker
 must still be outstanding afterwards. Runs once per transport.
+
+The queue threads' scheduling class (docs/adaptive-io.md, "Queue threads"): over io_uring
+they run SCHED_IDLE, and a busy loop on CPU 0 starves queue 0's thread until the guard makes
+it SCHED_BATCH; over /dev/fuse there are no queues to classify.
 """
 
 import os
@@ -197,6 +201,74 @@ def test_stats_complete_while_an_fsync_blocks_on_storage():
         after = parse(scrape(port))
         assert value(after, "efuse_offload_pool_depth", mount=name) == 0
         assert value(after, "efuse_requests_total", mount=name, opcode="fsync") == 1
+
+
+def hog_cpu0():
+    """A busy loop pinned to CPU 0 (a normal task: it goes before any SCHED_IDLE thread)."""
+    return h.spawn([sys.executable, "-c",
+                    "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
+
+
+def stat_missing(d, first, n):
+    """n stat() calls of names that do not exist (each one a LOOKUP) from CPU 0."""
+    r = h.run([sys.executable, "-c",
+               "import os, sys\nos.sched_setaffinity(0, {0})\n"
+               "d, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])\n"
+               "for i in range(first, first + n):\n"
+               "    try:\n        os.stat(os.path.join(d, 'missing-%d' % i))\n"
+               "    except FileNotFoundError:\n        pass\nprint('statted')",
+               d, str(first), str(n)], timeout=120)
+    assert r.out.strip() == "statted", r
+
+
+def test_a_starved_idle_queue_thread_becomes_batch_and_idle_again():
+    port = free_port()
+    with h.EfusedMount(args=one_worker(port), tag="efuse-qc") as m:
+        name = os.path.basename(m.mnt)
+        s = parse(scrape(port))
+        if value(s, "efuse_worker_requests_total", mount=name, worker="uring-0") is None:
+            # /dev/fuse workers have no scheduling class to export.
+            assert value(s, "efuse_worker_idle_class", mount=name, worker="classic-0") is None
+            assert value(s, "efuse_worker_starved_total", mount=name, worker="classic-0") is None
+            return
+        assert value(s, "efuse_worker_idle_class", mount=name, worker="uring-0") == 1
+        assert value(s, "efuse_worker_starved_total", mount=name, worker="uring-0") == 0
+        assert "SCHED_IDLE under the starvation guard" in open(m.log).read()
+        hog = hog_cpu0()
+        try:
+            # Batches of LOOKUPs from CPU 0 until the guard found queue 0 starved (bounded by
+            # the number of batches, never by time).
+            for batch in range(50):
+                stat_missing(m.mnt, batch * 200, 200)
+                s = parse(scrape(port))
+                if value(s, "efuse_worker_starved_total", mount=name, worker="uring-0") >= 1:
+                    break
+            assert value(s, "efuse_worker_starved_total", mount=name, worker="uring-0") >= 1, s
+        finally:
+            hog.kill()
+            h.reap(hog)
+        # CPU 0 free again: idle after the hold (1 s, doubled per starvation soon after one).
+        h.wait_until(lambda: value(parse(scrape(port)), "efuse_worker_idle_class", mount=name,
+                                   worker="uring-0") == 1, timeout=200,
+                     what="queue 0 idle again")
+        stat_missing(m.mnt, 100000, 200)  # the mount still answers
+
+
+def test_efuse_idle_queues_0_keeps_the_queue_threads_batch():
+    port = free_port()
+    with h.EfusedMount(args=one_worker(port), tag="efuse-qc",
+                       env={"EFUSE_IDLE_QUEUES": "0"}) as m:
+        name = os.path.basename(m.mnt)
+        stat_missing(m.mnt, 0, 200)
+        s = parse(scrape(port))
+        if value(s, "efuse_worker_requests_total", mount=name, worker="uring-0") is None:
+            return  # /dev/fuse: see the test above
+        for q in range(os.cpu_count() or 1):
+            if value(s, "efuse_worker_requests_total", mount=name, worker=f"uring-{q}") is None:
+                continue
+            assert value(s, "efuse_worker_idle_class", mount=name, worker=f"uring-{q}") == 0
+            assert value(s, "efuse_worker_starved_total", mount=name, worker=f"uring-{q}") == 0
+        assert "SCHED_IDLE" not in open(m.log).read()
 
 
 if __name__ == "__main__":

@@ -301,8 +301,12 @@ Status MountInstance::start_channel(int fd, bool want_uring, std::string* error)
     Status s = channel_->serve_init(error);
     return s.ok() ? channel_->start(error) : s;
   }
+  // EFUSE_IDLE_QUEUES=0: queue threads stay SCHED_BATCH (docs/adaptive-io.md, comparisons).
+  const char* iq = std::getenv("EFUSE_IDLE_QUEUES");
+  const bool idle_queues = iq == nullptr || std::strcmp(iq, "0") != 0;
   auto uring = std::make_unique<fuse::UringChannel>(*session_, *conn_, cfg_.queue_depth,
-                                                    cfg_.threads, cfg_.workers_max());
+                                                    cfg_.threads, cfg_.workers_max(),
+                                                    idle_queues);
   fuse::UringChannel& u = *uring;
   channel_ = std::move(uring);
   Status s = u.serve_init(error);

@@ -49,6 +49,11 @@ struct WorkerStats {
   std::atomic<uint32_t> in_flight{0};     // 1 while the worker handles a request
   std::atomic<uint64_t> wait_ns{0};       // time spent waiting for the next request
   std::atomic<uint64_t> busy_ns{0};       // time spent handling requests
+  // io_uring queues: the thread's scheduling class (1 SCHED_IDLE, 0 SCHED_BATCH; -1 a
+  // /dev/fuse worker), and how often the starvation guard found it starved and made it
+  // SCHED_BATCH (accel/queue_class.h).
+  std::atomic<int> sched_class{-1};
+  std::atomic<uint64_t> starved{0};
 };
 
 // The /dev/fuse worker count of a channel (accel/workers.h): what runs now, the limits,

@@ -22,11 +22,13 @@ using namespace uring_detail;
 
 
 UringChannel::UringChannel(Session& session, Connection& conn, unsigned queue_depth,
-                           unsigned classic_threads, unsigned classic_max_threads)
+                           unsigned classic_threads, unsigned classic_max_threads,
+                           bool idle_queues)
     : session_(session),
       conn_(conn),
       depth_(queue_depth == 0 ? 1 : queue_depth),
-      classic_(session, conn, classic_threads, classic_max_threads) {}
+      classic_(session, conn, classic_threads, classic_max_threads),
+      idle_queues_(idle_queues) {}
 
 UringChannel::~UringChannel() {
   stop_queues();
@@ -39,6 +41,7 @@ UringChannel::~UringChannel() {
 }
 
 void UringChannel::stop_queues() {
+  stop_guard();
   for (auto& q : queues_) q->stop();
   for (auto& q : queues_)
     if (q->thread_.joinable()) q->thread_.join();
@@ -133,6 +136,7 @@ efuse::Status UringChannel::start(std::string* error) {
   LOG_INFO("FUSE over io_uring: %u queues (one per CPU), %u entries each, %zu KiB payload per "
            "entry; FORGET and INTERRUPT stay on /dev/fuse",
            nr, depth_, payload / 1024);
+  if (idle_queues_) guard_ = std::thread([this] { guard_run(); });
   return classic_.start(error);
 }
 
@@ -173,6 +177,7 @@ bool UringChannel::wait(int timeout_ms) {
 void UringChannel::join() {
   for (auto& q : queues_)
     if (q->thread_.joinable()) q->thread_.join();
+  stop_guard();
   classic_.join();
 }
 

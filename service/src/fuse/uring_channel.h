@@ -17,13 +17,16 @@
 #include <sys/uio.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "common/result.h"
@@ -89,8 +92,11 @@ class UringChannel final : public Channel {
   // `queue_depth` ring entries per queue (each holds a payload buffer of about max_write);
   // `classic_threads` /dev/fuse readers (1 is plenty while the rings run; it is also how
   // many classic workers serve after a fallback, growing up to `classic_max_threads`).
+  // `idle_queues`: run the queue threads SCHED_IDLE under the starvation guard
+  // (accel/queue_class.h, uring_guard.cpp); false keeps them SCHED_BATCH.
   UringChannel(Session& session, Connection& conn, unsigned queue_depth,
-               unsigned classic_threads = 1, unsigned classic_max_threads = 0);
+               unsigned classic_threads = 1, unsigned classic_max_threads = 0,
+               bool idle_queues = true);
   ~UringChannel() override;
   UringChannel(const UringChannel&) = delete;
   UringChannel& operator=(const UringChannel&) = delete;
@@ -152,6 +158,8 @@ class UringChannel final : public Channel {
   class Entry;
   class Queue;
   void stop_queues();
+  void guard_run();   // uring_guard.cpp
+  void stop_guard();
 
   Session& session_;
   Connection& conn_;
@@ -161,6 +169,12 @@ class UringChannel final : public Channel {
   std::atomic<bool> rings_active_{false};
   std::atomic<uint64_t> channel_errors_{0};
   bool fallback_ready_ = false;
+  // The starvation guard of the queue threads' scheduling class.
+  const bool idle_queues_;
+  std::thread guard_;
+  std::mutex guard_mu_;
+  std::condition_variable guard_cv_;
+  bool guard_stop_ = false;
 };
 
 }  // namespace fuse

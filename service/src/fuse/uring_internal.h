@@ -141,6 +141,11 @@ class UringChannel::Queue {
   std::thread thread_;
   WorkerStats stats_;
   std::atomic<bool> running_{true};
+  // The queue thread's id (set by setup()) and its wait sequence: bumped as it enters and
+  // as it leaves its wait for requests, so odd while inside (the starvation guard's view,
+  // accel/queue_class.h).
+  std::atomic<pid_t> tid_{0};
+  std::atomic<uint64_t> wait_seq_{0};
   std::atomic<bool> stop_{false};
 
   // Start handshake and deferred replies, under mu_.

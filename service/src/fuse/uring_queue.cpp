@@ -48,6 +48,7 @@ void UringChannel::Queue::report(Phase p, const std::string& error) {
 
 bool UringChannel::Queue::setup(std::string* error) {
   efuse::name_this_thread("efuse-uring%u", qid_);
+  tid_.store(static_cast<pid_t>(::gettid()));
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(qid_, &set);
@@ -61,11 +62,14 @@ bool UringChannel::Queue::setup(std::string* error) {
   // thread's wakeup only for work nobody waits for, at two context switches a request.
   // SCHED_BATCH makes the wakeup not preempt: the work runs when the CPU next reschedules
   // (the sender sleeps, typically on its next request, or its time slice ends), together
-  // with that next request. Waited-for requests are served as soon as before.
+  // with that next request. Waited-for requests are served as soon as before. The
+  // starvation guard (uring_guard.cpp) then makes it SCHED_IDLE where it can.
   struct sched_param batch {};
   rc = pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
   if (rc != 0)
     LOG_INFO("io_uring queue %u: cannot make its thread SCHED_BATCH (%s)", qid_, strerror(rc));
+  else
+    stats_.sched_class.store(0);
 
   // Buffers are touched first by this (pinned) thread, so they land on its NUMA node.
   for (unsigned i = 0; i < depth_; ++i) {
@@ -294,7 +298,9 @@ void UringChannel::Queue::loop() {
     }
     if (in_kernel_ == 0 && conn_dead_) break;
     const uint64_t t0 = now_ != 0 ? now_ : monotonic_ns();
+    wait_seq_.store(wait_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     int rc = io_uring_submit_and_wait(&ring_, 1);
+    wait_seq_.store(wait_seq_.load(std::memory_order_relaxed) + 1, std::memory_order_release);
     now_ = monotonic_ns();
     stats_.wait_ns.fetch_add(now_ - t0, std::memory_order_relaxed);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY && rc != -ETIME) {

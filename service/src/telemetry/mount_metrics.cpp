@@ -163,6 +163,16 @@ MountFamilies::MountFamilies()
       worker_busy_(make_family("efuse_worker_busy_seconds_total",
                                "Time the worker spent handling requests.",
                                MetricType::Counter)),
+      worker_idle_class_(make_family(
+          "efuse_worker_idle_class",
+          "io_uring queues: 1 while the queue's thread runs SCHED_IDLE (a client it answers "
+          "stays on its CPU), 0 while SCHED_BATCH (starved as idle, or EFUSE_IDLE_QUEUES=0).",
+          MetricType::Gauge)),
+      worker_starved_(make_family(
+          "efuse_worker_starved_total",
+          "io_uring queues: times the starvation guard found the SCHED_IDLE queue thread "
+          "woken but not run (other work had its CPU) and made it SCHED_BATCH for a while.",
+          MetricType::Counter)),
       kernel_answered_(make_family(
           "efuse_kernel_answered_total",
           "Requests of the mount answered in the kernel by efused's eBPF handlers (kernel "
@@ -433,6 +443,10 @@ void MountFamilies::add_workers(const std::string& mount,
     add_counter(worker_requests_, labels, static_cast<double>(load(w->requests)));
     add_gauge(worker_in_flight_, labels, w->in_flight.load(std::memory_order_relaxed));
     add_counter(worker_wait_, labels, seconds(load(w->wait_ns)));
+    if (int c = w->sched_class.load(std::memory_order_relaxed); c >= 0 && i < uring_queues) {
+      add_gauge(worker_idle_class_, labels, c);
+      add_counter(worker_starved_, labels, static_cast<double>(load(w->starved)));
+    }
     add_counter(worker_busy_, std::move(labels), seconds(load(w->busy_ns)));
   }
 }
@@ -442,7 +456,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
        {&up_, &start_failures_, &resumes_, &info_, &fallback_, &notifications_, &invalidation_failures_, &requests_, &errors_, &duration_, &decode_errors_,
         &passthrough_opens_, &kernel_open_holds_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
-        &worker_busy_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
+        &worker_busy_, &worker_idle_class_, &worker_starved_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
         &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_,
         &kernel_read_capacity_, &kernel_read_evictions_,
         &handler_info_, &handler_loaded_, &handler_swaps_, &handler_swap_failures_,

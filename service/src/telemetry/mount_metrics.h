@@ -82,6 +82,8 @@ class MountFamilies {
   prometheus::MetricFamily worker_in_flight_;
   prometheus::MetricFamily worker_wait_;
   prometheus::MetricFamily worker_busy_;
+  prometheus::MetricFamily worker_idle_class_;
+  prometheus::MetricFamily worker_starved_;
   prometheus::MetricFamily kernel_answered_;
   prometheus::MetricFamily kernel_fallbacks_;
   prometheus::MetricFamily kernel_map_entries_;
