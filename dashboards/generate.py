@@ -296,6 +296,15 @@ def request_rows():
             "percentunit", "Fraction of time each efused worker (classic thread or io_uring "
             "queue) spends handling requests (efuse_worker_busy_seconds_total). When every "
             "worker of a mount is near 1, requests queue in the kernel."),
+        timeseries("io_uring queue threads: SCHED_IDLE and starvations", [
+            target(f"efuse_worker_idle_class{{{SEL}}}", "{{mount}} {{worker}} idle class"),
+            target(f"rate(efuse_worker_starved_total{{{SEL}}}[{RATE}])",
+                   "{{mount}} {{worker}} starved/s", ref="B")],
+            "short", "1 while an io_uring queue's thread runs SCHED_IDLE (a client it answers "
+            "stays on its CPU), 0 while SCHED_BATCH (efuse_worker_idle_class); starvations per "
+            "second: the guard found the idle thread kept off its CPU by other work and made "
+            "it SCHED_BATCH for a hold (efuse_worker_starved_total; docs/adaptive-io.md, "
+            "\"Queue threads\").", right=("B",)),
     ])
     return out
 
