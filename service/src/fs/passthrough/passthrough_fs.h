@@ -184,9 +184,9 @@ class PassthroughFs final : public Filesystem {
   // Chooses the I/O path of a new open of `inode` (see Inode::io_cached) and fills it in:
   // the first open of the inode asks io_policy_ (accel/io_path.h), later ones join it.
   // Inode::caps_absent: whether an absence of security.capability read at xattr_seq `seq`
-  // still holds, and storing one.
-  bool caps_absent(const Inode& inode, uint64_t seq) const;
-  void note_caps_absent(Inode& inode, uint64_t seq);
+  // still holds at `now_ns` (the request's arrival, Context::now_or_clock()), and storing one.
+  bool caps_absent(const Inode& inode, uint64_t seq, int64_t now_ns) const;
+  void note_caps_absent(Inode& inode, uint64_t seq, int64_t now_ns);
   // `known_st`: the file's stat when the caller has just taken it (CREATE), else fstat(fd).
   OpenInfo open_info(Inode& inode, int fd, int flags, int64_t now_ns,
                      const struct stat* known_st = nullptr);

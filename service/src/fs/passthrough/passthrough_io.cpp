@@ -179,7 +179,7 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   // A file O_EXCL made just now has no security.capability (nothing sets it at creation),
   // which the kernel asks for before its first write.
   if ((flags & O_EXCL) && S_ISREG(e->attr.st_mode) && exact_invalidation())
-    note_caps_absent(*inode, inode->xattr_seq.load());
+    note_caps_absent(*inode, inode->xattr_seq.load(), ctx.now_or_clock());
   inode->opens.fetch_add(1);
   Created c;
   c.entry = *e;
@@ -580,29 +580,30 @@ Status PassthroughFs::setxattr(const Context& ctx, uint64_t ino, std::string_vie
   return s;
 }
 
-bool PassthroughFs::caps_absent(const Inode& inode, uint64_t seq) const {
+bool PassthroughFs::caps_absent(const Inode& inode, uint64_t seq, int64_t now_ns) const {
   if (inode.caps_absent.load() != seq + 1) return false;
-  return steady_ns() - inode.caps_absent_ns.load() <
+  return now_ns - inode.caps_absent_ns.load() <
          static_cast<int64_t>(cache_timeout(attr_timeout_) * 1e9);
 }
 
-void PassthroughFs::note_caps_absent(Inode& inode, uint64_t seq) {
-  inode.caps_absent_ns.store(steady_ns());
+void PassthroughFs::note_caps_absent(Inode& inode, uint64_t seq, int64_t now_ns) {
+  inode.caps_absent_ns.store(now_ns);
   inode.caps_absent.store(seq + 1);
 }
 
-Result<size_t> PassthroughFs::getxattr(const Context&, uint64_t ino, std::string_view name,
+Result<size_t> PassthroughFs::getxattr(const Context& ctx, uint64_t ino, std::string_view name,
                                        std::span<char> buf) {
   GET_INODE(inode, ino);
   if (S_ISLNK(inode->type)) return Errno{ENODATA};
   const bool caps = name == kCapsXattr && exact_invalidation();
   const uint64_t seq = caps ? inode->xattr_seq.load() : 0;
-  if (caps && caps_absent(*inode, seq)) return Errno{ENODATA};
+  const int64_t now = caps ? ctx.now_or_clock() : 0;
+  if (caps && caps_absent(*inode, seq, now)) return Errno{ENODATA};
   PIN_FD(fd, inode);
   std::string n(name);
   ssize_t r = ::getxattr(ProcPath(fd), n.c_str(), buf.data(), buf.size());
   if (r < 0) {
-    if (caps && errno == ENODATA) note_caps_absent(*inode, seq);
+    if (caps && errno == ENODATA) note_caps_absent(*inode, seq, now);
     return last_errno();
   }
   return static_cast<size_t>(r);
