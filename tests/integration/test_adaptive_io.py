@@ -505,6 +505,13 @@ def test_worker_and_pool_limits_apply_live_and_bad_values_are_refused():
         assert view["workers"]["min"] == 4 and view["workers"]["max"] == 16, view["workers"]
         assert view["offload_pool"]["max_threads"] == 4, view["offload_pool"]
         assert view["offload_pool"]["max_queued"] == 256, view["offload_pool"]
+        # io_uring queues with their threads' scheduling class (none over /dev/fuse).
+        if view["transport"] == "uring":
+            assert view["queues"] and all(q["class"] in ("idle", "batch") and q["starved"] >= 0
+                                          for q in view["queues"]), view["queues"]
+            assert [q["queue"] for q in view["queues"]] == list(range(len(view["queues"])))
+        else:
+            assert view["queues"] == [], view["queues"]
         m.more_keys = ["    max_threads: 6", "    offload_threads: 2", "    offload_queue: 32"]
         m.write_config()
         m.ctl("reload")

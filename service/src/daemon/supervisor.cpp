@@ -430,6 +430,19 @@ nlohmann::json Supervisor::view(const Slot& s) const {
     const fuse::WorkerCount w = s.instance->worker_count();
     j["workers"] = {{"running", w.running}, {"min", w.min},         {"max", w.max},
                     {"grown", w.grown},     {"retired", w.retired}};
+    // io_uring queues: requests served, and the thread's scheduling class under the
+    // starvation guard (docs/adaptive-io.md, "Queue threads").
+    nlohmann::json queues = nlohmann::json::array();
+    const auto stats = s.instance->worker_stats();
+    for (unsigned q = 0; q < s.instance->uring_queues() && q < stats.size(); ++q) {
+      const fuse::WorkerStats* ws = stats[q];
+      const int cls = ws->sched_class.load(std::memory_order_relaxed);
+      queues.push_back({{"queue", q},
+                        {"requests", ws->requests.load(std::memory_order_relaxed)},
+                        {"class", cls == 1 ? "idle" : cls == 0 ? "batch" : "other"},
+                        {"starved", ws->starved.load(std::memory_order_relaxed)}});
+    }
+    j["queues"] = std::move(queues);
   } else {
     j["kernel"] = nlohmann::json::object();
     j["requests"] = 0;
