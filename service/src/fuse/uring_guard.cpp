@@ -86,6 +86,7 @@ void UringChannel::guard_run() {
     efuse::UniqueFd schedstat;
     efuse::accel::QueueClassGuard guard;
     uint64_t runs = 0;  // at the last look
+    uint64_t seq = 1;   // wait sequence at the last look
     QueueClass applied = QueueClass::Batch;
   };
   const efuse::accel::QueueClassSettings settings;
@@ -115,6 +116,8 @@ void UringChannel::guard_run() {
   LOG_INFO("io_uring queue threads: %u of %zu SCHED_IDLE under the starvation guard "
            "(EFUSE_IDLE_QUEUES=0 keeps them SCHED_BATCH)", idle, watches.size());
 
+  constexpr uint64_t kIdleLookEvery = 25;
+  uint64_t looks = 0;
   uint64_t requests = 0;
   int64_t active_at = efuse::monotonic_ns();
   bool quiet = false;
@@ -128,6 +131,7 @@ void UringChannel::guard_run() {
     const int64_t now = efuse::monotonic_ns();
     bool running = false, any_runnable = false;
     uint64_t total = 0;
+    ++looks;
     for (Watch& w : watches) {
       if (!w.q->running_.load()) continue;
       running = true;
@@ -135,6 +139,12 @@ void UringChannel::guard_run() {
       efuse::accel::SchedSample s;
       s.now_ns = now;
       s.wait_seq = w.q->wait_seq_.load(std::memory_order_acquire);
+      // Still inside the wait it was in at the last look: asleep (an idle queue), or woken
+      // and not run. Looked at closely only every kIdleLookEvery ticks, so that a host with
+      // many CPUs reads /proc for the queues that serve, not for every queue every tick; a
+      // thread kept waiting that long runs now and then, and is judged by its wait then.
+      if (s.wait_seq == w.seq && (s.wait_seq & 1) != 0 && looks % kIdleLookEvery != 0) continue;
+      w.seq = s.wait_seq;
       if (!read_schedstat(w.schedstat.get(), &s)) continue;
       if (s.runs == w.runs) {  // did not run since the last look: asleep, or kept off the CPU
         std::optional<bool> r = runnable(w.stat.get());
