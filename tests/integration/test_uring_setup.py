@@ -93,34 +93,59 @@ def test_parameter_read_only_and_off():
         assert word in line, f"{word!r} missing from: {line}"
 
 
-def test_queue_threads_pinned_and_batch():
-    # One ring per CPU, each served by a thread pinned to that CPU and running SCHED_BATCH
-    # (its wakeups do not preempt the sender of a request nobody waits for); the /dev/fuse
-    # workers keep the default policy.
-    with h.EfusedMount(args=["--transport", "uring"]) as m:
+def queue_threads(m):
+    """{qid: (allowed CPUs, policy)} of efused's io_uring queue threads, the number of its
+    /dev/fuse workers (all SCHED_OTHER), and the policy of its queue guard (None if none)."""
+    queues, workers, guard = {}, 0, None
+    for tid in os.listdir(f"/proc/{m.proc.pid}/task"):
+        try:
+            with open(f"/proc/{m.proc.pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            policy = os.sched_getscheduler(int(tid))
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # a thread that just left
+        if name.startswith("efuse-uring"):
+            with open(f"/proc/{m.proc.pid}/task/{tid}/status") as f:
+                cpus = next(ln.split()[1] for ln in f if ln.startswith("Cpus_allowed_list"))
+            queues[int(name[len("efuse-uring"):])] = (cpus, policy)
+        elif name.startswith("efuse-dev"):
+            workers += 1
+            assert policy == os.SCHED_OTHER, f"{name}: policy {policy}"
+        elif name == "efuse-qguard":
+            guard = policy
+    return queues, workers, guard
+
+
+def check_queue_threads(env, want_policy, want_guard):
+    # One ring per CPU, each served by a thread pinned to that CPU: SCHED_IDLE under the
+    # starvation guard (a client woken by its reply stays on its CPU), SCHED_BATCH with
+    # EFUSE_IDLE_QUEUES=0 (its wakeups do not preempt the sender of a request nobody waits
+    # for); the /dev/fuse workers and the guard keep the default policy.
+    with h.EfusedMount(args=["--transport", "uring"], env=env) as m:
         if "io_uring on" not in m.log_text():
             h.skip("FUSE over io_uring is not in use here")
         h.write_file(m.m("f"), "x" * 10000)
         assert h.read_file(m.m("f")) == b"x" * 10000
-        queues, workers = {}, 0
-        for tid in os.listdir(f"/proc/{m.proc.pid}/task"):
-            with open(f"/proc/{m.proc.pid}/task/{tid}/comm") as f:
-                name = f.read().strip()
-            policy = os.sched_getscheduler(int(tid))
-            if name.startswith("efuse-uring"):
-                with open(f"/proc/{m.proc.pid}/task/{tid}/status") as f:
-                    cpus = next(ln.split()[1] for ln in f if ln.startswith("Cpus_allowed_list"))
-                queues[int(name[len("efuse-uring"):])] = (cpus, policy)
-            elif name.startswith("efuse-dev"):
-                workers += 1
-                assert policy == os.SCHED_OTHER, f"{name}: policy {policy}"
+        # The guard sets the class right after the rings start.
+        h.wait_until(lambda: all(p == want_policy for _, p in queue_threads(m)[0].values()),
+                     timeout=30, what=f"queue threads at policy {want_policy}")
+        queues, workers, guard = queue_threads(m)
         with open("/sys/devices/system/cpu/possible") as f:
             last = int(f.read().strip().split(",")[-1].split("-")[-1])
         assert sorted(queues) == list(range(last + 1)), f"one queue per CPU: {sorted(queues)}"
         for qid, (cpus, policy) in queues.items():
             assert cpus == str(qid), f"efuse-uring{qid} runs on CPUs {cpus}"
-            assert policy == os.SCHED_BATCH, f"efuse-uring{qid}: policy {policy}, not SCHED_BATCH"
+            assert policy == want_policy, f"efuse-uring{qid}: policy {policy}"
         assert workers > 0, "no /dev/fuse workers (FORGET and INTERRUPT)"
+        assert guard == want_guard, f"efuse-qguard: policy {guard}"
+
+
+def test_queue_threads_pinned_and_idle_under_the_guard():
+    check_queue_threads(None, os.SCHED_IDLE, os.SCHED_OTHER)
+
+
+def test_queue_threads_pinned_and_batch_with_efuse_idle_queues_0():
+    check_queue_threads({"EFUSE_IDLE_QUEUES": "0"}, os.SCHED_BATCH, None)
 
 
 def test_auto_prefers_dev_fuse_under_systemd():
