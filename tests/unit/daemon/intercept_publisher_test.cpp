@@ -198,7 +198,8 @@ TEST_F(InterceptPublisherTest, FlagsFollowTheMount) {
     munmap(rec, sizeof *rec);
   }  // the destructor withdraws
   EXPECT_TRUE(only(".rec").empty());
-  // Memory mounts and mounts without default_permissions are published for counting only.
+  // Memory mounts without data files to hand out (no backend here; no private tmpfs) and
+  // mounts without default_permissions are published for counting only.
   for (int i = 0; i < 2; ++i) {
     MountConfig c = cfg_;
     if (i == 0) c.backend = "memory", c.source.clear();
