@@ -1161,7 +1161,7 @@ namespace {
 struct Inherited {
   int fd;
   int mount;
-  uint64_t ino;  // a companion's inode number: the file's nodeid
+  uint64_t ino;  // its inode number (a companion's: the file's nodeid)
 };
 constexpr int kMaxInherited = 64;
 Inherited g_data[kMaxInherited];
@@ -1214,9 +1214,7 @@ void pair_inherited() {
     for (int c = 0; id != 0 && c < g_comp_count; ++c) {
       if (g_comps[c].fd < 0 || g_comps[c].mount != g_data[d].mount || g_comps[c].ino != id)
         continue;
-      struct stat st;
-      if (sys(SYS_fstat, g_data[d].fd, reinterpret_cast<long>(&st)) != 0) break;
-      fd_identity(g_data[d].fd, st.st_dev, st.st_ino);
+      fd_identity(g_data[d].fd, g_mounts[g_data[d].mount].data_dev, g_data[d].ino);
       fd_put(g_data[d].fd, kFdLibrary | static_cast<uint32_t>(g_data[d].mount + 1));
       fd_set_companion(g_data[d].fd, g_comps[c].fd);
       g_comps[c].fd = -1;
