@@ -233,6 +233,7 @@ def test_changes_through_the_kernel_while_held():
     with memory() as i:
         mnt = i.m.mnt
         results = []
+        before = i.calls()
         for prefix in ([], [ti.EFUSE_RUN]):
             for n in ("inplace", "grown", "cut", "replaced", "removed", "chmodded"):
                 write_file(J(mnt, n), f"old {n} contents\n".encode())
@@ -259,6 +260,7 @@ def test_changes_through_the_kernel_while_held():
             for n in ("inplace", "grown", "cut", "replaced", "chmodded"):
                 os.unlink(J(mnt, n))
         assert results[0] == results[1], results
+        assert i.calls()[("open", "library")] - before[("open", "library")] >= 7, i.calls()
         got = [json.loads(line) for line in results[1].splitlines()]
         for want in (["inplace", "NEW inplace contents\n", 21, 1], ["cut", "old ", 4, 1],
                      ["replaced", "old replaced contents\n", 22, 0],
@@ -296,7 +298,7 @@ def test_efused_killed():
     """kill -9 of efused: a data file the library handed out and every path call fail with
     ENOTCONN, without hanging and without serving the file's bytes."""
     with memory() as i:
-        ti.check_efused_killed(i)
+        ti.check_efused_killed(i, access=("access ok False", "access ok True"))
 
 
 def send_node(sock_path, payload, fds):

@@ -15,6 +15,7 @@
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
@@ -583,6 +584,22 @@ __attribute__((visibility("default"))) int fcntl64(int fd, int cmd, ...) {
   va_start(ap, cmd);
   int r = fcntl_common(EFUSE_REAL(fcntl64), fd, cmd, ap);
   va_end(ap);
+  return r;
+}
+
+// FIOCLEX and FIONCLEX (Python's os.set_inheritable) set what F_SETFD sets: a data file's
+// companion follows. Every other request is libc's as it is.
+__attribute__((visibility("default"))) int ioctl(int fd, unsigned long request, ...) {
+  va_list ap;
+  va_start(ap, request);
+  void* arg = va_arg(ap, void*);  // every request takes at most one argument
+  va_end(ap);
+  int r = EFUSE_REAL(ioctl)(fd, request, arg);
+  if (r == 0 && (request == FIOCLEX || request == FIONCLEX) && fd_companion(fd) >= 0) {
+    int saved = errno;
+    sys(SYS_fcntl, fd_companion(fd), F_SETFD, request == FIOCLEX ? FD_CLOEXEC : 0);  // O_PATH
+    errno = saved;
+  }
   return r;
 }
 

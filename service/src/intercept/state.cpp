@@ -1156,18 +1156,17 @@ void internal_fds_gone(unsigned first, unsigned last) {
 }
 
 namespace {
-// Memory mounts' data files and companions inherited across exec, paired by adopt_inherited
-// (the constructor's thread only).
+// Memory mounts' data files inherited across exec, paired with their companions by
+// pair_inherited (the constructor's thread only).
 struct Inherited {
   int fd;
   int mount;
-  uint64_t ino;  // its inode number (a companion's: the file's nodeid)
+  uint64_t ino;     // its inode number in the private tmpfs
+  uint64_t nodeid;  // the file's, which its companion reports as its inode number
 };
 constexpr int kMaxInherited = 64;
 Inherited g_data[kMaxInherited];
-Inherited g_comps[kMaxInherited];
 int g_data_count;
-int g_comp_count;
 
 // The nodeid a data file is named after (hex, in the root of efused's private tmpfs: "/1a",
 // "/1a (deleted)"); 0 when `fd`'s name is not one.
@@ -1186,42 +1185,48 @@ uint64_t data_file_nodeid(int fd) {
   return p > name + 1 && p - name <= 17 && (*p == '\0' || strcmp(p, " (deleted)") == 0) ? id : 0;
 }
 
-// Memory mounts: a data file or a companion (close-on-exec exactly when its data file is, so
-// both came across), kept for pairing. True when `fd` is one of them.
+// A memory mount's data file, kept for pairing. True when `fd` is one.
 bool note_inherited(int fd, const struct stat& fst) {
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     Mount& m = g_mounts[i];
-    if (m.state.load() != 1 || !m.nodes || !S_ISREG(fst.st_mode)) continue;
-    if (fst.st_dev == m.data_dev && g_data_count < kMaxInherited) {
-      g_data[g_data_count++] = {fd, i, fst.st_ino};
-      return true;
-    }
-    long fl = fd >= kHighFd && fst.st_dev == m.dev ? sys(SYS_fcntl, fd, F_GETFL) : -1;
-    if (fl >= 0 && (fl & O_PATH) && g_comp_count < kMaxInherited) {
-      g_comps[g_comp_count++] = {fd, i, fst.st_ino};
-      return true;
-    }
+    if (m.state.load() != 1 || !m.nodes || !S_ISREG(fst.st_mode) || fst.st_dev != m.data_dev)
+      continue;
+    uint64_t id = data_file_nodeid(fd);
+    if (id == 0 || g_data_count >= kMaxInherited) return true;  // stays the program's
+    g_data[g_data_count++] = {fd, i, fst.st_ino, id};
+    return true;
   }
   return false;
 }
 
-// Pairs the data files noted with their companions: each becomes the library's again.
-// Those without one stay the program's (a data file whose stat would not be the mount's).
+// Pairs the data files noted with their companions (close-on-exec exactly when their data
+// files are, so both came across): each becomes the library's again. The companions are
+// O_PATH descriptors at kHighFd or above, which poll() does not see (it reports them
+// closed), so they are looked for here, below 1024, only while a data file lacks one.
+// Data files without one stay the program's (reported as the data file).
 void pair_inherited() {
-  for (int d = 0; d < g_data_count; ++d) {
-    uint64_t id = data_file_nodeid(g_data[d].fd);
-    for (int c = 0; id != 0 && c < g_comp_count; ++c) {
-      if (g_comps[c].fd < 0 || g_comps[c].mount != g_data[d].mount || g_comps[c].ino != id)
-        continue;
-      fd_identity(g_data[d].fd, g_mounts[g_data[d].mount].data_dev, g_data[d].ino);
-      fd_put(g_data[d].fd, kFdLibrary | static_cast<uint32_t>(g_data[d].mount + 1));
-      fd_set_companion(g_data[d].fd, g_comps[c].fd);
-      g_comps[c].fd = -1;
+  int unpaired = g_data_count;
+  for (int fd = kHighFd; unpaired > 0 && fd < 1024; ++fd) {
+    struct stat st;
+    if (fd_entry(fd) != 0 || sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 ||
+        !S_ISREG(st.st_mode))
+      continue;
+    for (int d = 0; d < g_data_count; ++d) {
+      Inherited& in = g_data[d];
+      Mount& m = g_mounts[in.mount];
+      if (in.fd < 0 || st.st_dev != m.dev || st.st_ino != in.nodeid) continue;
+      long fl = sys(SYS_fcntl, fd, F_GETFL);
+      if (fl < 0 || !(fl & O_PATH)) break;
+      fd_identity(in.fd, m.data_dev, in.ino);
+      fd_put(in.fd, kFdLibrary | static_cast<uint32_t>(in.mount + 1));
+      fd_set_companion(in.fd, fd);
+      in.fd = -1;
+      --unpaired;
       break;
     }
   }
-  g_data_count = g_comp_count = 0;
+  g_data_count = 0;
 }
 
 // Adopts inherited descriptor `fd` if it is one of a published mount or of its backing tree.
