@@ -75,6 +75,12 @@ for p in sorted(sys.argv[1:]):
               st.st_ctime_ns), head, end, mid, lines, hashlib.sha256(data).hexdigest(),
           mapped == data, names, values, names == os.listxattr(p), vfs.f_bsize, vfs.f_namemax,
           vfs.f_blocks == os.statvfs(p).f_blocks)
+import fcntl
+p = [a for a in sys.argv[1:] if a.endswith("/big")][0]
+for flags in (os.O_RDONLY, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, os.O_RDONLY | os.O_APPEND):
+    fd = os.open(p, flags)
+    print("F_GETFL", oct(flags), oct(fcntl.fcntl(fd, fcntl.F_GETFL)), oct(fcntl.fcntl(fd, fcntl.F_GETFD)))
+    os.close(fd)
 """
 
 
@@ -129,7 +135,7 @@ def test_tools_same_with_and_without():
         files = sorted(J(d, f) for d, _, fs in os.walk(J(m.mnt, "tree")) for f in fs)
         plain, lib, s = i.run_both(["python3", "-c", PYIO, *files])
         ti.same(plain, lib, "python file I/O")
-        assert " True b'" in lib.out, lib.out
+        assert " True b'" in lib.out and "F_GETFL" in lib.out, lib.out
         add(total, s)
         for op in ("open", "read", "close"):
             assert total[(op, "library")] > 0, f"no {op} served by the library: {total}"

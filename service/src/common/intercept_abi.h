@@ -191,7 +191,7 @@ static inline int efuse_intercept_open_ok(const struct efuse_intercept_open* o, 
 // descriptor is counted by the receiver).
 static inline int efuse_intercept_open_node_ok(const struct efuse_intercept_open* o, size_t len) {
   return len == sizeof(struct efuse_intercept_request) + 2 * sizeof(uint32_t) &&
-         o->path_len == 0 && (o->flags & ~(uint32_t)(EFUSE_IOPEN_FLAGS)) == 0 &&
+         o->path_len == 0 && (o->flags & ~(uint32_t)(EFUSE_IOPEN_FLAGS | O_NOFOLLOW)) == 0 &&
          (o->flags & O_ACCMODE) == O_RDONLY;
 }
 

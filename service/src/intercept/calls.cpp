@@ -257,7 +257,7 @@ int node_open(const Resolved& r, int dirfd, const char* path, int flags) {
     errno = saved;
     return kDecline;
   }
-  int fd = ask_efused_node(m, static_cast<int>(comp), flags & EFUSE_IOPEN_FLAGS & ~O_CLOEXEC,
+  int fd = ask_efused_node(m, static_cast<int>(comp), flags & kNodeFlags & ~O_CLOEXEC,
                            (flags & O_CLOEXEC) != 0);
   struct stat st;
   if (fd < 0 || fd >= kMaxFds || sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 ||
