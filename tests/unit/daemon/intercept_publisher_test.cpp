@@ -330,8 +330,8 @@ TEST_F(InterceptPublisherTest, UnusableDirectoryLeavesItUnpublished) {
   EXPECT_TRUE(p.metrics().empty());
 }
 
-// One request on the intercept socket with `fd` attached: efused's errno, or -1.
-int ask(const std::string& sock, uint32_t op, int fd) {
+// A connection to the intercept socket `sock`, or -1.
+int connected(const std::string& sock) {
   int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   struct sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
@@ -340,6 +340,13 @@ int ask(const std::string& sock, uint32_t op, int fd) {
     ::close(s);
     return -1;
   }
+  return s;
+}
+
+// One request on the intercept socket with `fd` attached: efused's errno, or -1.
+int ask(const std::string& sock, uint32_t op, int fd) {
+  int s = connected(sock);
+  if (s < 0) return -1;
   efuse_intercept_request req;
   struct iovec iov;
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
@@ -367,14 +374,8 @@ struct NodeBackend : fs::Filesystem {
 // EFUSE_IREQ_OPEN_NODE of `flags` with `fd` attached (none if negative), or EFUSE_IREQ_OPEN
 // of path "f" (`path`): efused's answer, -1 if the exchange failed.
 int ask_node(const std::string& sock, int fd, uint32_t flags, bool path = false) {
-  int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  struct sockaddr_un addr = {};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
-  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(s);
-    return -1;
-  }
+  int s = connected(sock);
+  if (s < 0) return -1;
   efuse_intercept_open req = {};
   req.head = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION,
               path ? EFUSE_IREQ_OPEN : EFUSE_IREQ_OPEN_NODE};
@@ -489,15 +490,9 @@ TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
 // reply's errno (0 with *got the descriptor), or -1 when the exchange failed.
 int ask_open(const std::string& sock, const std::string& path, uint32_t flags, int* got,
              size_t len = 0) {
-  int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  struct sockaddr_un addr = {};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
   *got = -1;
-  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(s);
-    return -1;
-  }
+  int s = connected(sock);
+  if (s < 0) return -1;
   efuse_intercept_open req = {};
   req.head = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION, EFUSE_IREQ_OPEN};
   req.flags = flags;
