@@ -88,7 +88,7 @@ def test_tools_same_with_and_without():
     """cat, cp, ls -l, stat, find, sha256sum, tar (create, extract, compare) and python file
     I/O: identical output with and without the library, which served the opens and reads,
     while stats and listings went through the kernel (both counted)."""
-    h.require_tools("tar", "sha256sum", "stat", "find", "ls", "cp", "setfattr")
+    h.require_tools("tar", "sha256sum", "stat", "find", "ls", "cp", "setfattr", "getfattr")
     with memory() as i:
         m = i.m
         test_coreutils.make_tree(J(m.mnt, "tree"))
