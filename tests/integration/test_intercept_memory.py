@@ -85,10 +85,10 @@ for flags in (os.O_RDONLY, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, os.O_RDO
 
 
 def test_tools_same_with_and_without():
-    """cat, cp, ls -l, stat, find, sha256sum, tar (create, extract, compare) and python file
-    I/O: identical output with and without the library, which served the opens and reads,
+    """cat, cp, ls -l, stat, find, sha256sum, tar (create, extract, compare), git and python
+    file I/O: identical output with and without the library, which served the opens and reads,
     while stats and listings went through the kernel (both counted)."""
-    h.require_tools("tar", "sha256sum", "stat", "find", "ls", "cp", "setfattr", "getfattr")
+    h.require_tools("tar", "sha256sum", "stat", "find", "ls", "cp", "setfattr", "getfattr", "git")
     with memory() as i:
         m = i.m
         test_coreutils.make_tree(J(m.mnt, "tree"))
@@ -96,6 +96,13 @@ def test_tools_same_with_and_without():
         write_file(J(m.mnt, "tree", "zero"), b"")
         run(["setfattr", "-n", "user.note", "-v", "kept", J(m.mnt, "tree", "big")])
         run(["tar", "--sort=name", "-cf", J(m.native, "tree.tar"), "-C", m.mnt, "tree"])
+        git = ["git", "-c", "user.name=t", "-c", "user.email=t@e", "-c", "safe.directory=*"]
+        run(["git", "init", "-q", J(m.mnt, "repo")])
+        for n in range(20):
+            write_file(J(m.mnt, "repo", f"f{n}.txt"), f"line {n}\n" * (n + 1))
+        run([*git, "add", "-A"], cwd=J(m.mnt, "repo"))
+        run([*git, "commit", "-qm", "one"], cwd=J(m.mnt, "repo"))
+        write_file(J(m.mnt, "repo", "f3.txt"), "changed\n")
         out = J(m.native, "out")
         os.mkdir(out)
         scripts = {
@@ -108,11 +115,14 @@ def test_tools_same_with_and_without():
             "find": "find tree -type f -size +0 -newer tree/zero -print | sort; find tree -empty | sort",
             "cp": f"d=$(mktemp -d -p {out}); cp -a tree $d/ && cd $d && "
                   "find . -type f -print0 | sort -z | xargs -0 sha256sum && "
-                  "find . -print0 | sort -z | xargs -0 stat -c '%n %s %a %u %g %Y' && "
+                  "find . -mindepth 1 -print0 | sort -z | xargs -0 stat -c '%n %s %a %u %g %Y' && "
                   "getfattr -d -m - --absolute-names tree/big 2>/dev/null | sort; "
                   "cd / && rm -rf $d",
             "tar -c": "tar --sort=name -cf - tree | sha256sum && tar --sort=name -cf - tree | tar -tvf - | sort",
             "tar -d": f"tar -df {J(m.native, 'tree.tar')} && echo same",
+            "git": f"cd repo && {' '.join(git)} status --porcelain && "
+                   f"{' '.join(git)} ls-files -s && {' '.join(git)} fsck --no-progress && "
+                   f"{' '.join(git)} diff --stat && {' '.join(git)} log --format=%H:%s",
         }
         total = {}
         for what, script in scripts.items():
