@@ -30,14 +30,16 @@
 //                    mount ids it sees (so: the same mount namespace), reads it instead of
 //                    its own mountinfo, which costs far more to generate.
 //   m-<hash>-<pid>.sock  (mode 0666, efused's; only on mounts with
-//                    EFUSE_IR_WRITES or EFUSE_IR_OPENS) a SOCK_SEQPACKET socket efused
-//                    listens on while the record is published: the library tells efused,
+//                    EFUSE_IR_WRITES, EFUSE_IR_OPENS or EFUSE_IR_NODES) a SOCK_SEQPACKET
+//                    socket efused listens on while the record is published: the library tells efused,
 //                    before its call returns, about every backing file it opened for writing
 //                    or whose attributes it changed (struct efuse_intercept_request, the
 //                    file's descriptor attached with SCM_RIGHTS), so the kernel's caches of
 //                    the mount never show what the file was before, and asks efused to open
 //                    a file it cannot open itself, with its credentials (EFUSE_IREQ_OPEN, the
-//                    hand-over) (docs/intercept.md has the contract). efused checks the peer
+//                    hand-over), and on memory mounts (EFUSE_IR_NODES) for the data file
+//                    of a file it opened O_PATH through the mount (EFUSE_IREQ_OPEN_NODE)
+//                    (docs/intercept.md has the contract). efused checks the peer
 //                    with SO_PEERCRED (allow_other: false takes only its own user and root);
 //                    the library checks that the peer is the record's efused.
 #pragma once
@@ -68,6 +70,11 @@
                                // writing and change attributes (never with READ_ONLY)
 #define EFUSE_IR_OPENS 0x40u   // efused listens on the .sock and opens files for a caller that
                                // cannot open the backing file itself (EFUSE_IREQ_OPEN)
+#define EFUSE_IR_NODES 0x80u   // a memory mount whose file data lives in files of efused's
+                               // private tmpfs: efused listens on the .sock and opens a file's
+                               // data file for reading for a caller that sends a descriptor of
+                               // the file opened O_PATH through the mount (EFUSE_IREQ_OPEN_NODE);
+                               // never with EFUSE_IR_SERVE (there is no backing directory)
 
 struct efuse_intercept_record {
   uint64_t magic;
@@ -81,7 +88,8 @@ struct efuse_intercept_record {
   uint32_t dev_major;   // st_dev the mount reports (0:conn_id)
   uint32_t dev_minor;
   uint32_t reserved;
-  uint64_t reserved2;
+  uint64_t data_dev;    // EFUSE_IR_NODES: st_dev of the data files efused hands out (0 else),
+                        // so the library knows one inherited across exec
   char mountpoint[EFUSE_INTERCEPT_PATH_MAX];  // canonical, no trailing '/'
   char source[EFUSE_INTERCEPT_PATH_MAX];      // backing directory (empty for memory)
 };
@@ -99,6 +107,16 @@ struct efuse_intercept_record {
                                // gid, SO_PEERGROUPS' groups: as the kernel checks them through
                                // the mount) and answers with the descriptor attached (for
                                // writing: marked as an EFUSE_IREQ_WRITING one would be)
+
+#define EFUSE_IREQ_OPEN_NODE 4u  // struct efuse_intercept_open with path_len 0 (24 bytes) and
+                                 // exactly one descriptor attached: a regular file of the mount
+                                 // opened O_PATH through the mount (the kernel walked the path
+                                 // with the caller's credentials). efused checks the caller's
+                                 // credentials (SO_PEERCRED, SO_PEERGROUPS) against the file's
+                                 // mode and POSIX ACL as the kernel's default_permissions check
+                                 // does, without capabilities (what it refuses, the kernel
+                                 // answers), and answers with the file's data file opened with
+                                 // `flags` (O_RDONLY only) attached. EFUSE_IR_NODES mounts only.
 
 struct efuse_intercept_request {
   uint64_t magic;  // EFUSE_INTERCEPT_MAGIC
@@ -167,6 +185,14 @@ static inline int efuse_intercept_open_ok(const struct efuse_intercept_open* o, 
          o->path[0] != '/' && memchr(o->path, '\0', o->path_len) == NULL &&
          (o->flags & ~(uint32_t)(EFUSE_IOPEN_FLAGS)) == 0 &&
          (o->flags & O_ACCMODE) != O_ACCMODE;
+}
+
+// A well-formed EFUSE_IREQ_OPEN_NODE of `len` bytes (its head already checked; the
+// descriptor is counted by the receiver).
+static inline int efuse_intercept_open_node_ok(const struct efuse_intercept_open* o, size_t len) {
+  return len == sizeof(struct efuse_intercept_request) + 2 * sizeof(uint32_t) &&
+         o->path_len == 0 && (o->flags & ~(uint32_t)(EFUSE_IOPEN_FLAGS | O_NOFOLLOW)) == 0 &&
+         (o->flags & O_ACCMODE) == O_RDONLY;
 }
 
 // Counters, by operation and by who served the call.

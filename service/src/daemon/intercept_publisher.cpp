@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -386,11 +387,18 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::F
     flags |= EFUSE_IR_SERVE;
   // Writes: the backend keeps the kernel's caches exact around them (docs/intercept.md).
   // Hand-overs: efused (as root) opens for a caller that cannot reach the backing file.
+  // Memory mounts with their data in files of a private tmpfs: efused opens a file's data
+  // file for reading for a process that sends it the file opened O_PATH through the mount
+  // (EFUSE_IR_NODES; not with the writeback cache, whose dirty pages the data file lacks).
+  const bool nodes = cfg.backend == "memory" && cfg.options.default_permissions &&
+                     !cfg.cache.writeback && fs != nullptr && fs->library_data_dev() != 0;
   InterceptServer::Options so;
   so.allow_other = cfg.options.allow_other;
   so.writes = (flags & EFUSE_IR_SERVE) && !cfg.options.read_only && fs != nullptr &&
               fs->library_writes();
-  so.opens = (flags & EFUSE_IR_SERVE) && fs != nullptr && fs->library_opens();
+  so.opens = ((flags & EFUSE_IR_SERVE) || nodes) && fs != nullptr && fs->library_opens();
+  so.nodes = nodes;
+  so.mount_dev = makedev(0, conn_id);
   so.mount_parent = cfg.mountpoint.substr(0, std::max<size_t>(cfg.mountpoint.rfind('/'), 1));
   if (so.writes || so.opens) {
     // The socket lives as long as the mount: a reload that turns writes off (none does
@@ -404,8 +412,10 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::F
                  "kernel", cfg.name.c_str(), why.c_str());
     }
     if (server_ != nullptr && server_->options().writes) flags |= EFUSE_IR_WRITES;
-    if (server_ != nullptr && server_->options().opens) flags |= EFUSE_IR_OPENS;
+    if (server_ != nullptr && server_->options().opens)
+      flags |= server_->options().nodes ? EFUSE_IR_NODES : EFUSE_IR_OPENS;
   }
+  if (flags & EFUSE_IR_NODES) rec->data_dev = fs->library_data_dev();
   __atomic_store_n(&rec->flags, flags, __ATOMIC_RELEASE);
   record_path_ = base + ".rec";
   if (::rename(tmp.c_str(), record_path_.c_str()) != 0) {
@@ -429,8 +439,11 @@ void InterceptPublisher::publish(const MountConfig& cfg, unsigned conn_id, fs::F
            (flags & EFUSE_IR_WRITES)  ? "served by the library, writes too"
            : (flags & EFUSE_IR_OPENS) ? "served by the library, writes through the kernel"
            : (flags & EFUSE_IR_SERVE) ? "served by the library, writes through the kernel"
+           : (flags & EFUSE_IR_NODES) ? "opens for reading served by the library from the "
+                                        "data files, everything else through the kernel"
                                       : "counted only: the library serves passthrough mounts "
-                                        "with default_permissions");
+                                        "with default_permissions and memory mounts with "
+                                        "their data in a private tmpfs");
 }
 
 void InterceptPublisher::withdraw(bool mount_goes_on) {
@@ -498,9 +511,10 @@ std::vector<fs::Metric> InterceptPublisher::metrics() const {
                      {{"op", kOps[op]}, {"path", path == 0 ? "library" : "kernel"}}});
   if (server_ != nullptr && server_->options().opens) {
     static const char* const kHandoverHelp =
-        "Backing files efused opened with the caller's credentials for a process under "
-        "libefuse_intercept.so that could not open them itself (result=opened), and such "
-        "opens it refused (result=refused: the kernel answered the call)";
+        "Backing files (memory mounts: data files) efused opened with the caller's "
+        "credentials for a process under libefuse_intercept.so that could not open them "
+        "itself (result=opened), and such opens it refused (result=refused: the kernel "
+        "answered the call)";
     out.push_back({"efuse_intercept_handovers_total", kHandoverHelp, fs::Metric::Type::Counter,
                    static_cast<double>(server_->handed_over()), {{"result", "opened"}}});
     out.push_back({"efuse_intercept_handovers_total", kHandoverHelp, fs::Metric::Type::Counter,

@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -169,17 +170,18 @@ bool InterceptServer::answer(int conn) {
   const bool well_formed =
       !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) && len >= sizeof head &&
       head.magic == EFUSE_INTERCEPT_MAGIC && head.version == EFUSE_INTERCEPT_VERSION &&
-      (head.op == EFUSE_IREQ_OPEN
-           ? nfds == 0 && efuse_intercept_open_ok(&req, len)
-           : (head.op == EFUSE_IREQ_WRITING || head.op == EFUSE_IREQ_CHANGED) &&
-                 len == sizeof head && nfds == 1);
+      (head.op == EFUSE_IREQ_OPEN        ? nfds == 0 && efuse_intercept_open_ok(&req, len)
+       : head.op == EFUSE_IREQ_OPEN_NODE ? nfds == 1 && efuse_intercept_open_node_ok(&req, len)
+                                         : (head.op == EFUSE_IREQ_WRITING ||
+                                            head.op == EFUSE_IREQ_CHANGED) &&
+                                               len == sizeof head && nfds == 1);
   efuse_intercept_reply reply = {};
   int handed = -1;  // the descriptor sent back (EFUSE_IREQ_OPEN)
   if (!well_formed) {
     malformed_.fetch_add(1);
     reply.error = EINVAL;
-  } else if (head.op == EFUSE_IREQ_OPEN) {
-    reply.error = hand_over(conn, req, &handed);
+  } else if (head.op == EFUSE_IREQ_OPEN || head.op == EFUSE_IREQ_OPEN_NODE) {
+    reply.error = hand_over(conn, req, head.op == EFUSE_IREQ_OPEN_NODE ? fds[0] : -1, &handed);
   } else if (!options_.writes) {
     refused_.fetch_add(1);
     reply.error = EROFS;  // a read-only mount (or one whose writes the kernel keeps)
@@ -205,10 +207,25 @@ bool InterceptServer::answer(int conn) {
   return sent;
 }
 
-int InterceptServer::hand_over(int conn, const efuse_intercept_open& req, int* fd) {
-  if (!options_.opens) {
+int InterceptServer::hand_over(int conn, const efuse_intercept_open& req, int node_fd, int* fd) {
+  if (!options_.opens || options_.nodes != (node_fd >= 0)) {
     handover_refused_.fetch_add(1);
     return EOPNOTSUPP;
+  }
+  // By node: a file of this mount (its device; the descriptor may name anything), whose
+  // nodeid is its inode number. The kernel's cached attributes tell (AT_STATX_DONT_SYNC: no
+  // request to this efused, which must never wait on its own mount); neither changes for
+  // an inode's life.
+  uint64_t nodeid = 0;
+  if (node_fd >= 0) {
+    struct statx sx = {};
+    if (::statx(node_fd, "", AT_EMPTY_PATH | AT_STATX_DONT_SYNC, STATX_TYPE | STATX_INO, &sx) != 0 ||
+        makedev(sx.stx_dev_major, sx.stx_dev_minor) != options_.mount_dev ||
+        !S_ISREG(sx.stx_mode)) {
+      handover_refused_.fetch_add(1);
+      return EINVAL;
+    }
+    nodeid = sx.stx_ino;
   }
   // Who asks: the credentials the kernel recorded when the caller connected (for this one
   // request), and its supplementary groups from the same record, so no /proc/PID lookup
@@ -227,8 +244,12 @@ int InterceptServer::hand_over(int conn, const efuse_intercept_open& req, int* f
   caller.gid = cred.gid;
   caller.groups.assign(groups, groups + glen / sizeof(gid_t));
   caller.must_search = options_.mount_parent;
-  Result<int> opened = fs_.library_open(std::string_view(req.path, req.path_len),
-                                        static_cast<int>(req.flags), caller);
+  // By node, the kernel walked the path with the caller's credentials; the descriptor
+  // grants no more than reopening it through /proc/self/fd would.
+  Result<int> opened =
+      node_fd >= 0 ? fs_.library_open_node(nodeid, static_cast<int>(req.flags), caller)
+                   : fs_.library_open(std::string_view(req.path, req.path_len),
+                                      static_cast<int>(req.flags), caller);
   if (!opened.ok()) {
     handover_refused_.fetch_add(1);
     return opened.error();

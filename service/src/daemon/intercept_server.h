@@ -28,6 +28,10 @@ class InterceptServer {
     bool allow_other = true;
     bool writes = false;  // EFUSE_IREQ_WRITING and _CHANGED are taken (else EROFS)
     bool opens = false;   // EFUSE_IREQ_OPEN is taken (else EOPNOTSUPP)
+    // EFUSE_IREQ_OPEN_NODE is taken instead (a memory mount, no backing directory): the
+    // descriptor sent must be one of the mount's, whose device is `mount_dev`.
+    bool nodes = false;
+    dev_t mount_dev = 0;
     // The mountpoint's parent, which a hand-over's caller must be able to search.
     std::string mount_parent;
   };
@@ -62,8 +66,9 @@ class InterceptServer {
   void take_connections();
   // Reads and answers one request; false when the connection is to be closed.
   bool answer(int conn);
-  // EFUSE_IREQ_OPEN from `conn`: the descriptor (error 0) or the errno of the refusal.
-  int hand_over(int conn, const efuse_intercept_open& req, int* fd);
+  // EFUSE_IREQ_OPEN (node_fd -1) or EFUSE_IREQ_OPEN_NODE (node_fd: the file, opened O_PATH
+  // through the mount) from `conn`: the descriptor (error 0) or the errno of the refusal.
+  int hand_over(int conn, const efuse_intercept_open& req, int node_fd, int* fd);
 
   const std::string path_;
   fs::Filesystem& fs_;

@@ -236,6 +236,17 @@ class Filesystem {
   virtual Result<int> library_open(std::string_view, int, const LibraryCaller&) {
     return Errno{EOPNOTSUPP};
   }
+  // The hand-over by node (a backend that is the file system itself and keeps each regular
+  // file's data in a file of its own: memory with its private tmpfs): the caller opened the
+  // file O_PATH through the mount (so the kernel walked the path with its credentials) and
+  // sent that descriptor; library_open_node() gets its nodeid and opens its data file with
+  // `flags` (reading only) when the caller's identity may read the file by its mode and POSIX
+  // ACL alone (no capabilities: what that refuses, the kernel answers). library_data_dev():
+  // st_dev of those data files (0 when there are none). From the intercept server's thread.
+  virtual uint64_t library_data_dev() const { return 0; }
+  virtual Result<int> library_open_node(uint64_t, int, const LibraryCaller&) {
+    return Errno{EOPNOTSUPP};
+  }
 
   virtual Result<Entry> lookup(const Context&, uint64_t, std::string_view) { return Errno{ENOSYS}; }
   // Lookup counts. Every entry reply (lookup, create, mkdir, mknod, symlink, link, and each

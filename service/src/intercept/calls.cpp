@@ -11,8 +11,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/ioctl.h>
 #include <sys/sendfile.h>
 #include <sys/uio.h>
 #include <sys/xattr.h>
@@ -211,6 +214,66 @@ int lib_open(const Resolved& r, int flags) {
   return handed_out(r, fd, now, saved, writing);
 }
 
+// A memory mount (Mount::nodes): an open for reading of a regular file is served with the
+// file's data file, the tmpfs file whose pages FUSE passthrough opens of it read and write.
+// The kernel walks the path (an O_PATH open through the mount, with the caller's
+// credentials, following symlinks as the open would: no FUSE request while its lookups are
+// cached), then efused, sent that descriptor over the mount's socket, checks the caller's
+// read permission by the file's mode and ACL and answers with the data file opened for
+// reading (EFUSE_IREQ_OPEN_NODE). The O_PATH descriptor stays as the companion (state.h).
+// What efused refuses, and every other kind of open, the kernel answers.
+int node_open(const Resolved& r, int dirfd, const char* path, int flags) {
+  Mount* m = r.mount;
+  constexpr int kNodeFlags = (EFUSE_IOPEN_FLAGS & ~O_ACCMODE) | O_NOFOLLOW;
+  if ((flags & O_ACCMODE) != O_RDONLY || (flags & ~kNodeFlags)) return kDecline;
+  int saved = errno;
+  // efused checks the credentials the socket records (effective ids); the kernel checks the
+  // file system ids: only where they agree.
+  long euid = sys(SYS_geteuid);
+  if (sys(SYS_setfsuid, -1) != euid || sys(SYS_setfsgid, -1) != sys(SYS_getegid)) {
+    errno = saved;
+    return kDecline;
+  }
+  long p = sys(SYS_openat, dirfd, reinterpret_cast<long>(path),
+               O_PATH | O_CLOEXEC | (flags & O_NOFOLLOW));
+  if (p < 0) {
+    // What the walk answered an open answers too (a missing name, a file where a directory
+    // must be); anything else the kernel says again.
+    if (errno == ENOENT || errno == ENOTDIR) return -1;
+    errno = saved;
+    return kDecline;
+  }
+  // A regular file of this mount (the path may have led out of it): the kernel's cached
+  // attributes tell, with no request (neither changes for an inode's life).
+  struct statx sx;
+  long comp = sys(SYS_statx, p, reinterpret_cast<long>(""), AT_EMPTY_PATH | AT_STATX_DONT_SYNC,
+                  STATX_TYPE, reinterpret_cast<long>(&sx)) == 0 &&
+                      S_ISREG(sx.stx_mode) && makedev(sx.stx_dev_major, sx.stx_dev_minor) == m->dev
+                  ? sys(SYS_fcntl, p, (flags & O_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD, kHighFd)
+                  : -1;
+  close_quiet(static_cast<int>(p));
+  if (comp < 0 || comp >= kMaxFds) {
+    if (comp >= 0) close_quiet(static_cast<int>(comp));
+    errno = saved;
+    return kDecline;
+  }
+  int fd = ask_efused_node(m, static_cast<int>(comp), flags & kNodeFlags & ~O_CLOEXEC,
+                           (flags & O_CLOEXEC) != 0);
+  struct stat st;
+  if (fd < 0 || fd >= kMaxFds || sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 ||
+      !S_ISREG(st.st_mode) || st.st_dev != m->data_dev) {
+    if (fd >= 0) close_quiet(fd);
+    close_quiet(static_cast<int>(comp));
+    errno = saved;
+    return kDecline;  // refused, or efused is gone: the kernel answers
+  }
+  errno = saved;
+  fd_identity(fd, st.st_dev, st.st_ino);
+  fd_put(fd, kFdLibrary | static_cast<uint32_t>(r.index + 1));
+  fd_set_companion(fd, static_cast<int>(comp));
+  return fd;
+}
+
 template <typename Real>
 int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) {
   Guard g;
@@ -223,6 +286,12 @@ int open_common(Real real, int dirfd, const char* path, int flags, mode_t mode) 
   }
   if (servable(r, AT_EACCESS)) {
     int fd = lib_open(r, flags);
+    if (fd != kDecline) {
+      count(r.mount, EFUSE_IOP_open, true);
+      return fd;
+    }
+  } else if (!r.decline && r.mount->nodes && mount_alive(r.mount)) {
+    int fd = node_open(r, dirfd, path, flags);
     if (fd != kDecline) {
       count(r.mount, EFUSE_IOP_open, true);
       return fd;
@@ -278,6 +347,40 @@ FdKind classify(int fd, int op, bool* dead) {
   return FdKind::Library;
 }
 
+// A memory mount's library descriptor (a data file): its companion, through which the
+// kernel answers a call about the file (counted as the kernel's under `op` unless < 0);
+// -1 when `fd` has none (not a data file the library handed out: libc's call as it is);
+// -2 with errno ENOTCONN when efused is gone, as for every library descriptor.
+int companion_for(int fd, int op) {
+  uint32_t e = fd_entry(fd);
+  int c = (e & kFdLibrary) ? fd_companion(fd) : -1;
+  if (c < 0) return -1;
+  struct stat own;
+  int saved = errno;
+  bool same = sys(SYS_fstat, fd, reinterpret_cast<long>(&own)) == 0 &&
+              fd_same(fd, own.st_dev, own.st_ino);
+  errno = saved;
+  if (!same) {  // closed behind the library's back, the number reused
+    fd_clear(fd);
+    return -1;
+  }
+  Mount* m = mount_at(fd_mount(e));
+  if (!files_alive(m)) {
+    errno = ENOTCONN;
+    return -2;
+  }
+  if (op >= 0) count(m, op, false);
+  return c;
+}
+
+// "/proc/self/fd/N": the file a companion names, for calls that take a path (the magic link
+// is followed to the mount's inode, whatever it is called now).
+struct ProcFd {
+  explicit ProcFd(int fd) { *append_uint(path + 14, static_cast<unsigned>(fd)) = '\0'; }
+  long arg() const { return reinterpret_cast<long>(path); }
+  char path[40] = "/proc/self/fd/";
+};
+
 #define EFUSE_DEAD_CHECK(fd, op)        \
   do {                                  \
     bool dead_;                         \
@@ -318,6 +421,8 @@ int stat_resolved(const Resolved& r, struct stat* st, bool nofollow) {
 int fstatat_common(int dirfd, const char* path, struct stat* st, int flags) {
   Guard g;
   if (g.entered && (flags & AT_EMPTY_PATH) && path != nullptr && path[0] == '\0') {
+    int c = companion_for(dirfd, EFUSE_IOP_stat);
+    if (c != -1) return c < 0 ? -1 : EFUSE_REAL(fstatat)(c, path, st, flags);
     uint32_t e = fd_entry(dirfd);
     if (e & kFdLibrary) {
       EFUSE_DEAD_CHECK(dirfd, EFUSE_IOP_stat);
@@ -343,6 +448,8 @@ int fstatat_common(int dirfd, const char* path, struct stat* st, int flags) {
 }
 
 int fstat_common(int fd, struct stat* st) {
+  int c = companion_for(fd, EFUSE_IOP_stat);
+  if (c != -1) return c < 0 ? -1 : EFUSE_REAL(fstat)(c, st);
   uint32_t e = fd_entry(fd);
   if (e & kFdLibrary) EFUSE_DEAD_CHECK(fd, EFUSE_IOP_stat);
   else if (e & kFdKernel) count(mount_at(fd_mount(e)), EFUSE_IOP_stat, false);
@@ -457,6 +564,12 @@ static int fcntl_common(int (*real)(int, int, ...), int fd, int cmd, va_list ap)
   void* arg = va_arg(ap, void*);  // every command takes at most one argument, int or pointer
   int r = real(fd, cmd, arg);
   if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)) fd_copy(fd, r);
+  // A data file's companion crosses an exec exactly when it does.
+  if (r >= 0 && cmd == F_SETFD && fd_companion(fd) >= 0) {
+    int saved = errno;
+    sys(SYS_fcntl, fd_companion(fd), F_SETFD, reinterpret_cast<long>(arg) & FD_CLOEXEC);
+    errno = saved;
+  }
   return r;
 }
 __attribute__((visibility("default"))) int fcntl(int fd, int cmd, ...) {
@@ -471,6 +584,22 @@ __attribute__((visibility("default"))) int fcntl64(int fd, int cmd, ...) {
   va_start(ap, cmd);
   int r = fcntl_common(EFUSE_REAL(fcntl64), fd, cmd, ap);
   va_end(ap);
+  return r;
+}
+
+// FIOCLEX and FIONCLEX (Python's os.set_inheritable) set what F_SETFD sets: a data file's
+// companion follows. Every other request is libc's as it is.
+__attribute__((visibility("default"))) int ioctl(int fd, unsigned long request, ...) {
+  va_list ap;
+  va_start(ap, request);
+  void* arg = va_arg(ap, void*);  // every request takes at most one argument
+  va_end(ap);
+  int r = EFUSE_REAL(ioctl)(fd, request, arg);
+  if (r == 0 && (request == FIOCLEX || request == FIONCLEX) && fd_companion(fd) >= 0) {
+    int saved = errno;
+    sys(SYS_fcntl, fd_companion(fd), F_SETFD, request == FIOCLEX ? FD_CLOEXEC : 0);  // O_PATH
+    errno = saved;
+  }
   return r;
 }
 
@@ -571,8 +700,13 @@ __attribute__((visibility("default"))) ssize_t sendfile64(int out, int in, off64
 // directly: refused with EROFS on a read-only mount, as the kernel refuses them there, and
 // told to efused before they return (EFUSE_IREQ_CHANGED), which drops the kernel's cached
 // attributes and ACLs of the file.
-extern "C++" template <typename Change>
-int fd_change(int fd, Change&& change) {
+// On a memory mount's data file the change is made through the mount instead, by the
+// companion's /proc/self/fd path (`by_path`): the kernel checks and applies it as for the
+// mount's own descriptor.
+extern "C++" template <typename Change, typename ByPath>
+int fd_change(int fd, Change&& change, ByPath&& by_path) {
+  int c = companion_for(fd, -1);
+  if (c != -1) return c < 0 ? -1 : static_cast<int>(by_path(ProcFd(c).arg()));
   uint32_t e = fd_entry(fd);
   if (!(e & kFdLibrary)) return change();
   Mount* m = mount_at(fd_mount(e));
@@ -593,20 +727,64 @@ int fd_change(int fd, Change&& change) {
   return rc;
 }
 __attribute__((visibility("default"))) int fchmod(int fd, mode_t mode) {
-  return fd_change(fd, [&] { return EFUSE_REAL(fchmod)(fd, mode); });
+  return fd_change(fd, [&] { return EFUSE_REAL(fchmod)(fd, mode); },
+                   [&](long p) { return sys(SYS_fchmodat, AT_FDCWD, p, mode); });
 }
 __attribute__((visibility("default"))) int fchown(int fd, uid_t uid, gid_t gid) {
-  return fd_change(fd, [&] { return EFUSE_REAL(fchown)(fd, uid, gid); });
+  return fd_change(fd, [&] { return EFUSE_REAL(fchown)(fd, uid, gid); },
+                   [&](long p) { return sys(SYS_fchownat, AT_FDCWD, p, uid, gid, 0); });
 }
 __attribute__((visibility("default"))) int futimens(int fd, const struct timespec times[2]) {
-  return fd_change(fd, [&] { return EFUSE_REAL(futimens)(fd, times); });
+  return fd_change(fd, [&] { return EFUSE_REAL(futimens)(fd, times); },
+                   [&](long p) {
+                     return sys(SYS_utimensat, AT_FDCWD, p, reinterpret_cast<long>(times), 0);
+                   });
 }
 __attribute__((visibility("default"))) int fsetxattr(int fd, const char* name, const void* value,
                                                     size_t size, int flags) {
-  return fd_change(fd, [&] { return EFUSE_REAL(fsetxattr)(fd, name, value, size, flags); });
+  return fd_change(fd, [&] { return EFUSE_REAL(fsetxattr)(fd, name, value, size, flags); },
+                   [&](long p) {
+                     return sys(SYS_setxattr, p, reinterpret_cast<long>(name),
+                                reinterpret_cast<long>(value), static_cast<long>(size), flags);
+                   });
 }
 __attribute__((visibility("default"))) int fremovexattr(int fd, const char* name) {
-  return fd_change(fd, [&] { return EFUSE_REAL(fremovexattr)(fd, name); });
+  return fd_change(fd, [&] { return EFUSE_REAL(fremovexattr)(fd, name); },
+                   [&](long p) { return sys(SYS_removexattr, p, reinterpret_cast<long>(name)); });
+}
+
+// What only the mount can say about a memory mount's data file: its xattrs (ACLs among
+// them) and its file system. Other descriptors: libc's calls as they are.
+__attribute__((visibility("default"))) ssize_t fgetxattr(int fd, const char* name, void* value,
+                                                        size_t size) {
+  int c = companion_for(fd, -1);
+  if (c == -2) return -1;
+  if (c < 0) return EFUSE_REAL(fgetxattr)(fd, name, value, size);
+  return sys(SYS_getxattr, ProcFd(c).arg(), reinterpret_cast<long>(name),
+             reinterpret_cast<long>(value), static_cast<long>(size));
+}
+__attribute__((visibility("default"))) ssize_t flistxattr(int fd, char* list, size_t size) {
+  int c = companion_for(fd, -1);
+  if (c == -2) return -1;
+  if (c < 0) return EFUSE_REAL(flistxattr)(fd, list, size);
+  return sys(SYS_listxattr, ProcFd(c).arg(), reinterpret_cast<long>(list), static_cast<long>(size));
+}
+extern "C++" template <typename Real, typename Buf>
+int fs_info(Real real, int fd, Buf* buf) {
+  int c = companion_for(fd, -1);
+  return c == -2 ? -1 : real(c >= 0 ? c : fd, buf);
+}
+__attribute__((visibility("default"))) int fstatfs(int fd, struct statfs* buf) {
+  return fs_info(EFUSE_REAL(fstatfs), fd, buf);
+}
+__attribute__((visibility("default"))) int fstatfs64(int fd, struct statfs64* buf) {
+  return fs_info(EFUSE_REAL(fstatfs64), fd, buf);
+}
+__attribute__((visibility("default"))) int fstatvfs(int fd, struct statvfs* buf) {
+  return fs_info(EFUSE_REAL(fstatvfs), fd, buf);
+}
+__attribute__((visibility("default"))) int fstatvfs64(int fd, struct statvfs64* buf) {
+  return fs_info(EFUSE_REAL(fstatvfs64), fd, buf);
 }
 
 // ---- stat ------------------------------------------------------------------------------
@@ -641,6 +819,8 @@ __attribute__((visibility("default"))) int statx(int dirfd, const char* path, in
                                                 unsigned mask, struct statx* sx) {
   Guard g;
   if (g.entered && (flags & AT_EMPTY_PATH) && path != nullptr && path[0] == '\0') {
+    int c = companion_for(dirfd, EFUSE_IOP_stat);
+    if (c != -1) return c < 0 ? -1 : EFUSE_REAL(statx)(c, path, flags, mask, sx);
     uint32_t e = fd_entry(dirfd);
     if (e & kFdLibrary) {
       EFUSE_DEAD_CHECK(dirfd, EFUSE_IOP_stat);

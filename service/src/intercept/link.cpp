@@ -115,25 +115,42 @@ int ask(Mount* m, Exchange&& exchange) {
 
 }  // namespace
 
+namespace {
+// An open request (EFUSE_IREQ_OPEN with `len` bytes of path, or EFUSE_IREQ_OPEN_NODE with
+// descriptor `attached`): the descriptor efused passed back, or -1 with errno.
+int ask_open(Mount* m, uint32_t op, int flags, const char* rel, size_t len, int attached,
+             bool cloexec) {
+  efuse_intercept_open req;
+  req.head.magic = EFUSE_INTERCEPT_MAGIC;
+  req.head.version = EFUSE_INTERCEPT_VERSION;
+  req.head.op = op;
+  req.flags = static_cast<uint32_t>(flags);
+  req.path_len = static_cast<uint32_t>(len);
+  memcpy(req.path, rel, len);
+  const size_t size = offsetof(efuse_intercept_open, path) + len;
+  int fd = -1;
+  if (ask(m, [&](long conn) { return round_trip(conn, &req, size, attached, &fd, cloexec); }) != 0)
+    return -1;
+  if (fd < 0) errno = EIO;  // answered 0 without a descriptor: not efused's protocol
+  return fd;
+}
+}  // namespace
+
 int ask_efused_open(Mount* m, const char* rel, int flags, bool cloexec) {
   size_t len = strlen(rel);
   if (m == nullptr || !m->opens || len == 0 || len >= EFUSE_INTERCEPT_PATH_MAX) {
     errno = EOPNOTSUPP;
     return -1;
   }
-  efuse_intercept_open req;
-  req.head.magic = EFUSE_INTERCEPT_MAGIC;
-  req.head.version = EFUSE_INTERCEPT_VERSION;
-  req.head.op = EFUSE_IREQ_OPEN;
-  req.flags = static_cast<uint32_t>(flags);
-  req.path_len = static_cast<uint32_t>(len);
-  memcpy(req.path, rel, len);
-  const size_t size = offsetof(efuse_intercept_open, path) + len;
-  int fd = -1;
-  if (ask(m, [&](long conn) { return round_trip(conn, &req, size, -1, &fd, cloexec); }) != 0)
+  return ask_open(m, EFUSE_IREQ_OPEN, flags, rel, len, -1, cloexec);
+}
+
+int ask_efused_node(Mount* m, int opath, int flags, bool cloexec) {
+  if (m == nullptr || !m->nodes) {
+    errno = EOPNOTSUPP;
     return -1;
-  if (fd < 0) errno = EIO;  // answered 0 without a descriptor: not efused's protocol
-  return fd;
+  }
+  return ask_open(m, EFUSE_IREQ_OPEN_NODE, flags, "", 0, opath, cloexec);
 }
 
 int ask_efused(Mount* m, uint32_t op, int fd) {

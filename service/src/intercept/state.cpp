@@ -28,6 +28,10 @@ std::atomic<uint64_t> g_fd_ino[kMaxFds];
 std::atomic<int32_t> g_fd_bound[kMaxFds];
 std::atomic<int32_t> g_bound_owner[kMaxFds];
 std::atomic<bool> g_bound_readable[kMaxFds];  // per library descriptor: opened O_RDONLY
+// fd_set_companion: per program descriptor, 0 or its companion + 1; per companion, its
+// program descriptor + 1.
+std::atomic<int32_t> g_fd_comp[kMaxFds];
+std::atomic<int32_t> g_comp_owner[kMaxFds];
 Mount g_mounts[kMaxMounts];
 std::atomic<int> g_mount_count{0};
 std::atomic<int> g_active{0};
@@ -324,7 +328,10 @@ void load_record(int dirfd, const char* name, bool* seen) {
   const bool sock_fits = dlen + nlen + 32 < sizeof m.sock;
   m.writes = m.serve && (flags & EFUSE_IR_WRITES) && !(flags & EFUSE_IR_READ_ONLY) && sock_fits;
   m.opens = m.serve && (flags & EFUSE_IR_OPENS) && sock_fits;
-  if (m.writes || m.opens) {
+  m.nodes = !(flags & EFUSE_IR_SERVE) && (flags & EFUSE_IR_NODES) && rec->data_dev != 0 &&
+            ((flags & EFUSE_IR_ALLOW_OTHER) || geteuid() == rec->uid) && sock_fits;
+  m.data_dev = m.nodes ? rec->data_dev : 0;
+  if (m.writes || m.opens || m.nodes) {
     memcpy(m.sock, dir, dlen);
     m.sock[dlen] = '/';
     memcpy(m.sock + dlen + 1, name, nlen - 4);  // without ".rec"
@@ -517,10 +524,40 @@ long sys_slow(long nr, long a, long b, long c, long d, long e, long f) {
 uint32_t fd_entry(int fd) {
   return fd >= 0 && fd < kMaxFds ? g_fds[fd].load(std::memory_order_acquire) : 0;
 }
+namespace {
+// Forgets `fd`'s companion, closing it.
+void drop_companion(int fd) {
+  int32_t c = g_fd_comp[fd].exchange(0, std::memory_order_acq_rel);
+  if (c <= 0) return;
+  int32_t owner = fd + 1;
+  if (g_comp_owner[c - 1].compare_exchange_strong(owner, 0)) {
+    int saved = errno;
+    close_fd(c - 1);
+    errno = saved;
+  }
+}
+}  // namespace
+
 void fd_put(int fd, uint32_t entry) {
   if (fd < 0 || fd >= kMaxFds) return;
   if (g_fd_bound[fd].load(std::memory_order_relaxed) != 0) fd_unbind(fd);
+  if (g_fd_comp[fd].load(std::memory_order_relaxed) != 0) drop_companion(fd);
   g_fds[fd].store(entry, std::memory_order_release);
+}
+
+void fd_set_companion(int fd, int companion) {
+  if (fd < 0 || fd >= kMaxFds || companion < 0 || companion >= kMaxFds) return;
+  g_comp_owner[companion].store(fd + 1, std::memory_order_release);
+  int32_t expected = 0;
+  if (!g_fd_comp[fd].compare_exchange_strong(expected, companion + 1)) {
+    g_comp_owner[companion].store(0);
+    close_fd(companion);
+  }
+}
+
+int fd_companion(int fd) {
+  int32_t c = fd >= 0 && fd < kMaxFds ? g_fd_comp[fd].load(std::memory_order_acquire) : 0;
+  return c - 1;
 }
 
 void fd_unbind(int fd) {
@@ -645,11 +682,22 @@ void fd_copy(int from, int to) {
     fd_identity(to, g_fd_dev[from].load(std::memory_order_relaxed),
                 g_fd_ino[from].load(std::memory_order_relaxed));
   fd_put(to, e);
+  int saved = errno;
+  // A data file's copy gets a copy of its companion, close-on-exec as the copy is.
+  int comp = from >= 0 && from < kMaxFds ? fd_companion(from) : -1;
+  if (comp >= 0) {
+    long fdfl = sys(SYS_fcntl, to, F_GETFD);
+    long copy = fdfl < 0 ? -1
+                         : sys(SYS_fcntl, comp, (fdfl & FD_CLOEXEC) ? F_DUPFD_CLOEXEC : F_DUPFD,
+                               kHighFd);
+    if (copy >= kMaxFds) close_fd(static_cast<int>(copy));
+    else if (copy >= 0) fd_set_companion(to, static_cast<int>(copy));
+    errno = saved;
+  }
   // A bound directory's copy (fts keeps one as its working directory) is bound to a copy
   // of the same backing descriptor: one call instead of binding it anew.
   int32_t b = from >= 0 && from < kMaxFds ? g_fd_bound[from].load(std::memory_order_acquire) : 0;
   if (b <= 0) return;
-  int saved = errno;
   long hidden = sys(SYS_fcntl, b - 1, F_DUPFD_CLOEXEC, kHighFd);
   errno = saved;
   if (hidden < 0) return;
@@ -961,6 +1009,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     out->backing[0] = '\0';
     out->is_root = false;
     out->single_name = false;
+    if (m->nodes) return true;  // the kernel walks the path (node_open in calls.cpp)
     char* rel = t_path;
     // A file system mounted anywhere inside: the directory may lead into it.
     int bound = !in_hole(m, nullptr, 0) && without_dots(path, rel, sizeof t_path)
@@ -1043,9 +1092,43 @@ void bound_gone(int fd) {
 }
 }  // namespace
 
+namespace {
+// The program closed or replaced the companion `c` of a memory mount's library descriptor
+// (a closefrom, a close_range before exec, a loop closing every number): the descriptor
+// becomes a kernel open of the same file (reopened through the companion while it is still
+// there, at the same offset, with the same flags, at the same number), which answers
+// everything as the mount does from then on. If it cannot be reopened (its permissions
+// changed meanwhile), it stays the data file, no longer the library's. Either way the
+// companion is closed here, so the program's own close of that number finds it closed, as
+// it would without the library.
+void companion_gone(int c) {
+  int32_t owner1 = g_comp_owner[c].load(std::memory_order_acquire);
+  if (owner1 <= 0) return;
+  int owner = owner1 - 1;
+  int saved = errno;
+  uint32_t e = fd_entry(owner);
+  long fl = sys(SYS_fcntl, owner, F_GETFL);
+  long fdfl = sys(SYS_fcntl, owner, F_GETFD);
+  long off = sys(SYS_lseek, owner, 0, SEEK_CUR);
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(c)) = '\0';
+  constexpr long kKept = O_ACCMODE | O_APPEND | O_NONBLOCK | O_DSYNC | O_SYNC;
+  long k = fl < 0 || fdfl < 0 || off < 0
+               ? -1
+               : sys(SYS_openat, AT_FDCWD, reinterpret_cast<long>(link),
+                     (fl & kKept) | O_LARGEFILE | O_CLOEXEC);
+  bool moved = k >= 0 && sys(SYS_lseek, k, off, SEEK_SET) == off &&
+               sys(SYS_dup3, k, owner, (fdfl & FD_CLOEXEC) ? O_CLOEXEC : 0) == owner;
+  if (k >= 0) close_fd(static_cast<int>(k));
+  fd_put(owner, moved ? (kFdKernel | (e & 0xffff)) : 0);  // closes the companion
+  errno = saved;
+}
+}  // namespace
+
 void internal_fd_gone(int fd) {
   if (fd < kHighFd) return;
   if (fd < kMaxFds) bound_gone(fd);
+  if (fd < kMaxFds && g_comp_owner[fd].load(std::memory_order_relaxed) != 0) companion_gone(fd);
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int expected = fd;
@@ -1057,8 +1140,10 @@ void internal_fd_gone(int fd) {
 
 void internal_fds_gone(unsigned first, unsigned last) {
   for (unsigned fd = first < static_cast<unsigned>(kHighFd) ? kHighFd : first;
-       fd <= last && fd < static_cast<unsigned>(kMaxFds); ++fd)
+       fd <= last && fd < static_cast<unsigned>(kMaxFds); ++fd) {
     if (g_bound_owner[fd].load(std::memory_order_relaxed) != 0) bound_gone(static_cast<int>(fd));
+    if (g_comp_owner[fd].load(std::memory_order_relaxed) != 0) companion_gone(static_cast<int>(fd));
+  }
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int fd = g_mounts[i].pidfd.load();
@@ -1071,6 +1156,79 @@ void internal_fds_gone(unsigned first, unsigned last) {
 }
 
 namespace {
+// Memory mounts' data files inherited across exec, paired with their companions by
+// pair_inherited (the constructor's thread only).
+struct Inherited {
+  int fd;
+  int mount;
+  uint64_t ino;     // its inode number in the private tmpfs
+  uint64_t nodeid;  // the file's, which its companion reports as its inode number
+};
+constexpr int kMaxInherited = 64;
+Inherited g_data[kMaxInherited];
+int g_data_count;
+
+// The nodeid a data file is named after (hex, in the root of efused's private tmpfs: "/1a",
+// "/1a (deleted)"); 0 when `fd`'s name is not one.
+uint64_t data_file_nodeid(int fd) {
+  char link[40] = "/proc/self/fd/";
+  *append_uint(link + 14, static_cast<unsigned>(fd)) = '\0';
+  char name[64];
+  long n = sys(SYS_readlinkat, AT_FDCWD, reinterpret_cast<long>(link), reinterpret_cast<long>(name),
+               sizeof name - 1);
+  if (n < 2 || name[0] != '/') return 0;
+  name[n] = '\0';
+  uint64_t id = 0;
+  const char* p = name + 1;
+  for (; (*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f'); ++p)
+    id = id * 16 + static_cast<uint64_t>(*p <= '9' ? *p - '0' : *p - 'a' + 10);
+  return p > name + 1 && p - name <= 17 && (*p == '\0' || strcmp(p, " (deleted)") == 0) ? id : 0;
+}
+
+// A memory mount's data file, kept for pairing. True when `fd` is one.
+bool note_inherited(int fd, const struct stat& fst) {
+  int count = g_mount_count.load(std::memory_order_acquire);
+  for (int i = 0; i < count; ++i) {
+    Mount& m = g_mounts[i];
+    if (m.state.load() != 1 || !m.nodes || !S_ISREG(fst.st_mode) || fst.st_dev != m.data_dev)
+      continue;
+    uint64_t id = data_file_nodeid(fd);
+    if (id == 0 || g_data_count >= kMaxInherited) return true;  // stays the program's
+    g_data[g_data_count++] = {fd, i, fst.st_ino, id};
+    return true;
+  }
+  return false;
+}
+
+// Pairs the data files noted with their companions (close-on-exec exactly when their data
+// files are, so both came across): each becomes the library's again. The companions are
+// O_PATH descriptors at kHighFd or above, which poll() does not see (it reports them
+// closed), so they are looked for here, below 1024, only while a data file lacks one.
+// Data files without one stay the program's (reported as the data file).
+void pair_inherited() {
+  int unpaired = g_data_count;
+  for (int fd = kHighFd; unpaired > 0 && fd < 1024; ++fd) {
+    struct stat st;
+    if (fd_entry(fd) != 0 || sys(SYS_fstat, fd, reinterpret_cast<long>(&st)) != 0 ||
+        !S_ISREG(st.st_mode))
+      continue;
+    for (int d = 0; d < g_data_count; ++d) {
+      Inherited& in = g_data[d];
+      Mount& m = g_mounts[in.mount];
+      if (in.fd < 0 || st.st_dev != m.dev || st.st_ino != in.nodeid) continue;
+      long fl = sys(SYS_fcntl, fd, F_GETFL);
+      if (fl < 0 || !(fl & O_PATH)) break;
+      fd_identity(in.fd, m.data_dev, in.ino);
+      fd_put(in.fd, kFdLibrary | static_cast<uint32_t>(in.mount + 1));
+      fd_set_companion(in.fd, fd);
+      in.fd = -1;
+      --unpaired;
+      break;
+    }
+  }
+  g_data_count = 0;
+}
+
 // Adopts inherited descriptor `fd` if it is one of a published mount or of its backing tree.
 void adopt_one(int fd) {
   if (fd < 0 || fd >= kMaxFds) return;
@@ -1079,6 +1237,7 @@ void adopt_one(int fd) {
   // fstat, not a readlink).
   struct stat fst;
   if (sys(SYS_fstat, fd, reinterpret_cast<long>(&fst)) != 0) return;
+  if (note_inherited(fd, fst)) return;
   bool candidate = false;
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count && !candidate; ++i) {
@@ -1142,6 +1301,7 @@ void adopt_inherited() {
     if (sys(SYS_poll, reinterpret_cast<long>(p), n, 0) >= 0) {
       for (unsigned i = 0; i < n; ++i)
         if (!(p[i].revents & POLLNVAL)) adopt_one(static_cast<int>(i));
+      pair_inherited();
       return;
     }
   }
@@ -1151,6 +1311,7 @@ void adopt_inherited() {
     int fd = atoi(name);
     if (fd != dirfd) adopt_one(fd);
   });
+  pair_inherited();
 }
 
 char* append_u64(char* out, uint64_t v) {

@@ -59,6 +59,12 @@ struct Mount {
   // efused opens, with this process's credentials, files it cannot open itself
   // (EFUSE_IR_OPENS; hand_over() in calls.cpp).
   bool opens = false;
+  // A memory mount (EFUSE_IR_NODES): opens for reading are served with the file's data
+  // file, which efused opens for a descriptor of the file opened O_PATH through the mount
+  // (node_open() in calls.cpp); every other call goes through the kernel. `data_dev`: the
+  // data files' st_dev.
+  bool nodes = false;
+  uint64_t data_dev = 0;
   std::atomic<int> writable{0};  // mount_writes(): 0 not asked yet, 1 yes, 2 no
   // The backing directory, opened O_PATH by this process (mount_root()): -1 not yet, -2
   // cannot be (then paths are walked from / as before).
@@ -94,8 +100,17 @@ inline int fd_mount(uint32_t entry) { return static_cast<int>(entry & 0xffff) - 
 // told apart by it, so it is never taken for the mount's (no rewritten st_dev, no ENOTCONN).
 void fd_identity(int fd, dev_t dev, ino_t ino);
 bool fd_same(int fd, dev_t dev, ino_t ino);
-// dup and friends: `to` gets `from`'s entry and identity.
+// dup and friends: `to` gets `from`'s entry and identity (and a copy of its companion).
 void fd_copy(int from, int to);
+
+// A memory mount's library descriptor is the file's data file; beside it the library keeps
+// the file opened O_PATH through the mount, its companion (at a high number, close-on-exec
+// exactly when the descriptor is, so both cross an exec together and are paired again by
+// adopt_inherited), through which the kernel answers what the data file cannot say as the
+// mount would: fstat, statx, fstatfs, xattrs, attribute changes. Set after fd_put (which,
+// like fd_clear, closes the previous one). -1: none.
+void fd_set_companion(int fd, int companion);
+int fd_companion(int fd);
 
 // A directory descriptor opened through the mount (kFdKernel) and the backing directory it
 // stands for: a descriptor of the same directory (checked by inode when bound; opened for
@@ -147,6 +162,10 @@ int ask_efused(Mount* m, uint32_t op, int fd);
 // descriptor (close-on-exec if `cloexec`), or -1 with efused's errno (ENOTCONN when it
 // cannot be reached).
 int ask_efused_open(Mount* m, const char* rel, int flags, bool cloexec);
+// Asks m's efused (EFUSE_IREQ_OPEN_NODE) to open for reading, with `flags`, the data file of
+// the file `opath` names (opened O_PATH through the mount): the descriptor (close-on-exec if
+// `cloexec`), or -1 with efused's errno (ENOTCONN when it cannot be reached).
+int ask_efused_node(Mount* m, int opath, int flags, bool cloexec);
 // Re-reads the published mounts when efused changed them (cheap when nothing changed).
 void refresh();
 // Any mount published and active (checked before resolving paths).

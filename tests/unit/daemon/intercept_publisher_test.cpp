@@ -198,7 +198,8 @@ TEST_F(InterceptPublisherTest, FlagsFollowTheMount) {
     munmap(rec, sizeof *rec);
   }  // the destructor withdraws
   EXPECT_TRUE(only(".rec").empty());
-  // Memory mounts and mounts without default_permissions are published for counting only.
+  // Memory mounts without data files to hand out (no backend here; no private tmpfs) and
+  // mounts without default_permissions are published for counting only.
   for (int i = 0; i < 2; ++i) {
     MountConfig c = cfg_;
     if (i == 0) c.backend = "memory", c.source.clear();
@@ -329,8 +330,8 @@ TEST_F(InterceptPublisherTest, UnusableDirectoryLeavesItUnpublished) {
   EXPECT_TRUE(p.metrics().empty());
 }
 
-// One request on the intercept socket with `fd` attached: efused's errno, or -1.
-int ask(const std::string& sock, uint32_t op, int fd) {
+// A connection to the intercept socket `sock`, or -1.
+int connected(const std::string& sock) {
   int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
   struct sockaddr_un addr = {};
   addr.sun_family = AF_UNIX;
@@ -339,6 +340,13 @@ int ask(const std::string& sock, uint32_t op, int fd) {
     ::close(s);
     return -1;
   }
+  return s;
+}
+
+// One request on the intercept socket with `fd` attached: efused's errno, or -1.
+int ask(const std::string& sock, uint32_t op, int fd) {
+  int s = connected(sock);
+  if (s < 0) return -1;
   efuse_intercept_request req;
   struct iovec iov;
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
@@ -349,6 +357,75 @@ int ask(const std::string& sock, uint32_t op, int fd) {
             ::recv(s, &reply, sizeof reply, 0) == static_cast<ssize_t>(sizeof reply);
   ::close(s);
   return ok ? reply.error : -1;
+}
+
+// A backend whose regular files' data the library may read itself (memory with its private
+// tmpfs): it only says so and counts what reaches it.
+struct NodeBackend : fs::Filesystem {
+  bool library_opens() const override { return true; }
+  uint64_t library_data_dev() const override { return 1234; }
+  Result<int> library_open_node(uint64_t, int, const LibraryCaller&) override {
+    ++calls;
+    return Errno{EACCES};
+  }
+  int calls = 0;
+};
+
+// EFUSE_IREQ_OPEN_NODE of `flags` with `fd` attached (none if negative), or EFUSE_IREQ_OPEN
+// of path "f" (`path`): efused's answer, -1 if the exchange failed.
+int ask_node(const std::string& sock, int fd, uint32_t flags, bool path = false) {
+  int s = connected(sock);
+  if (s < 0) return -1;
+  efuse_intercept_open req = {};
+  req.head = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION,
+              path ? EFUSE_IREQ_OPEN : EFUSE_IREQ_OPEN_NODE};
+  req.flags = flags;
+  req.path_len = path ? 1 : 0;
+  req.path[0] = 'f';
+  struct iovec iov;
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  struct msghdr msg;
+  const size_t len = offsetof(efuse_intercept_open, path) + req.path_len;
+  efuse_intercept_prepare(&msg, &iov, &req, len, control, fd);
+  efuse_intercept_reply reply = {-1, 0};
+  bool ok = ::sendmsg(s, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(len) &&
+            ::recv(s, &reply, sizeof reply, 0) == static_cast<ssize_t>(sizeof reply);
+  ::close(s);
+  return ok ? reply.error : -1;
+}
+
+TEST_F(InterceptPublisherTest, MemoryMountsHandOutDataFilesByNodeOnly) {
+  cfg_.backend = "memory";
+  cfg_.source.clear();
+  NodeBackend backend;
+  {
+    InterceptPublisher p;
+    p.publish(cfg_, 9, &backend);
+    ASSERT_NE(p.server(), nullptr);
+    auto* rec = map<efuse_intercept_record>(only(".rec"), PROT_READ);
+    EXPECT_EQ(rec->flags, EFUSE_IR_LIVE | EFUSE_IR_ALLOW_OTHER | EFUSE_IR_NODES);
+    EXPECT_EQ(rec->data_dev, 1234u);
+    munmap(rec, sizeof *rec);
+    const std::string sock = p.server()->path();
+    // Only a regular file of this mount (device 0:9) reaches the backend: none exists here.
+    int other = ::open("/proc/self/exe", O_PATH | O_CLOEXEC);
+    ASSERT_GE(other, 0);
+    EXPECT_EQ(ask_node(sock, other, O_RDONLY), EINVAL);     // another file system's
+    EXPECT_EQ(ask_node(sock, other, O_RDWR), EINVAL);       // malformed: for reading only
+    EXPECT_EQ(ask_node(sock, -1, O_RDONLY), EINVAL);        // malformed: no descriptor
+    EXPECT_EQ(ask_node(sock, -1, O_RDONLY, true), EOPNOTSUPP);  // a path: passthrough's form
+    EXPECT_EQ(ask(sock, EFUSE_IREQ_WRITING, other), EROFS);  // no writes through the library
+    ::close(other);
+    EXPECT_EQ(backend.calls, 0);
+    EXPECT_EQ(p.server()->malformed(), 2u);
+    EXPECT_EQ(p.server()->handover_refused(), 2u);
+  }
+  // With the writeback cache (pages the data files lack) it is counted only.
+  cfg_.cache.writeback = true;
+  InterceptPublisher q;
+  q.publish(cfg_, 10, &backend);
+  EXPECT_EQ(q.server(), nullptr);
+  EXPECT_EQ(record_flags() & (EFUSE_IR_NODES | EFUSE_IR_OPENS | EFUSE_IR_SERVE), 0u);
 }
 
 TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
@@ -413,15 +490,9 @@ TEST_F(InterceptPublisherTest, WritesGoThroughASocketWhereTheBackendTakesThem) {
 // reply's errno (0 with *got the descriptor), or -1 when the exchange failed.
 int ask_open(const std::string& sock, const std::string& path, uint32_t flags, int* got,
              size_t len = 0) {
-  int s = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  struct sockaddr_un addr = {};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
   *got = -1;
-  if (::connect(s, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(s);
-    return -1;
-  }
+  int s = connected(sock);
+  if (s < 0) return -1;
   efuse_intercept_open req = {};
   req.head = {EFUSE_INTERCEPT_MAGIC, EFUSE_INTERCEPT_VERSION, EFUSE_IREQ_OPEN};
   req.flags = flags;

@@ -440,6 +440,41 @@ acl::Acl parse_acl(const std::string& value) {
   return a.value_or(acl::Acl{});
 }
 
+// acl::permits, what efused checks before handing libefuse_intercept.so a data file: the
+// kernel's acl_permission_check and posix_acl_permission, without capabilities.
+TEST(MemoryAclPermits, ModesAclsAndGroupsAsTheKernelChecksThem) {
+  const std::vector<uint32_t> none, g42 = {42};
+  const acl::Caller owner{7, 7, &none}, user{1000, 1000, &none}, in42{1000, 1000, &g42},
+      root{0, 0, &none};
+  constexpr unsigned kRead = 4, kWrite = 2;
+  // Modes: owner, owning group (primary or supplementary), other; root is no exception.
+  EXPECT_TRUE(acl::permits(owner, 0400, 7, 42, nullptr, kRead));
+  EXPECT_FALSE(acl::permits(owner, 0044, 7, 42, nullptr, kRead));  // the owner's bits decide
+  EXPECT_FALSE(acl::permits(user, 0640, 7, 42, nullptr, kRead));
+  EXPECT_TRUE(acl::permits(in42, 0640, 7, 42, nullptr, kRead));
+  EXPECT_FALSE(acl::permits(in42, 0640, 7, 42, nullptr, kWrite));
+  EXPECT_TRUE(acl::permits(user, 0604, 7, 42, nullptr, kRead));
+  EXPECT_FALSE(acl::permits(root, 0600, 7, 42, nullptr, kRead));
+  EXPECT_TRUE(acl::permits(root, 0644, 7, 42, nullptr, kRead));
+  // A named user, masked; a named group; other after a group entry that matched.
+  const acl::Acl named = {{acl::kUserObj, 6, 0}, {acl::kUser, 6, 1000}, {acl::kGroupObj, 0, 0},
+                          {acl::kGroup, 4, 42},  {acl::kMask, 4, 0},     {acl::kOther, 0, 0}};
+  EXPECT_TRUE(acl::permits(user, 0640, 7, 9, &named, kRead));
+  EXPECT_FALSE(acl::permits(user, 0640, 7, 9, &named, kWrite));  // the mask takes write away
+  const acl::Caller other{2000, 2000, &g42}, stranger{2000, 2000, &none};
+  EXPECT_TRUE(acl::permits(other, 0640, 7, 9, &named, kRead));
+  EXPECT_FALSE(acl::permits(other, 0640, 7, 9, &named, kWrite));
+  EXPECT_FALSE(acl::permits(stranger, 0640, 7, 9, &named, kRead));
+  const acl::Acl group_no = {{acl::kUserObj, 6, 0}, {acl::kGroupObj, 0, 0}, {acl::kMask, 4, 0},
+                             {acl::kOther, 4, 0}};
+  EXPECT_FALSE(acl::permits(in42, 0644, 7, 42, &group_no, kRead));  // in a group: not other
+  EXPECT_TRUE(acl::permits(stranger, 0644, 7, 42, &group_no, kRead));
+  // Group bits (the mask) of 0: the kernel looks at the modes only.
+  const acl::Acl masked = {{acl::kUserObj, 6, 0}, {acl::kUser, 4, 1000}, {acl::kGroupObj, 4, 0},
+                           {acl::kMask, 0, 0},    {acl::kOther, 4, 0}};
+  EXPECT_TRUE(acl::permits(user, 0604, 7, 42, &masked, kRead));
+}
+
 TEST_F(MemoryFsTest, PosixAclsSetTheModeAndAreInherited) {
   auto d = fs_.mkdir(ctx_, kRoot, "d", 0755);
   // user::rwx user:1000:r-x group::r-x mask::rwx other::---, as a default ACL.

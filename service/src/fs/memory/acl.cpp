@@ -120,4 +120,52 @@ void chmod(Acl& acl, mode_t mode) {
   if (g != nullptr) g->perm = (mode & S_IRWXG) >> 3;
 }
 
+bool Caller::in_group(uint32_t g) const {
+  if (g == gid) return true;
+  for (uint32_t s : *groups)
+    if (s == g) return true;
+  return false;
+}
+
+bool permits(const Caller& who, mode_t mode, uint32_t owner, uint32_t group, const Acl* acl,
+             unsigned want) {
+  want &= 7;
+  if (who.uid == owner) return ((mode >> 6) & want) == want;
+  // As the kernel: an ACL is looked at only while the group bits (its mask) grant anything.
+  if (acl == nullptr || acl->empty() || (mode & S_IRWXG) == 0) {
+    unsigned bits = who.in_group(group) ? (mode >> 3) & 7 : mode & 7;
+    return (bits & want) == want;
+  }
+  // The entries in the order the kernel keeps them (user_obj, users, group_obj, groups,
+  // mask, other); the first that names the caller decides, masked by the mask entry.
+  const Entry* match = nullptr;
+  bool found = false;  // in a group entry, none of which grants all of `want`
+  for (const Entry& e : *acl) {
+    switch (e.tag) {
+      case kUserObj:
+        break;  // the owner was handled above
+      case kUser:
+        if (e.id == who.uid) match = &e;
+        break;
+      case kGroupObj:
+      case kGroup:
+        if (who.in_group(e.tag == kGroupObj ? group : e.id)) {
+          found = true;
+          if ((e.perm & want) == want) match = &e;
+        }
+        break;
+      case kMask:
+        break;
+      case kOther:
+        if (found) return false;
+        return (e.perm & want) == want;
+    }
+    if (match != nullptr) break;
+  }
+  if (match == nullptr) return false;  // no other entry: malformed, refuse
+  for (const Entry& e : *acl)
+    if (e.tag == kMask) return (match->perm & e.perm & want) == want;
+  return (match->perm & want) == want;
+}
+
 }  // namespace efuse::fs::memory::acl

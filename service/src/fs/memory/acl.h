@@ -52,4 +52,18 @@ bool create_masq(Acl& acl, mode_t* mode);
 // posix_acl_chmod: the ACL's owner, mask (or group) and other entries follow `mode`.
 void chmod(Acl& acl, mode_t mode);
 
+// Who asks, as the kernel's permission check sees a task: fsuid, fsgid, supplementary groups.
+struct Caller {
+  uint32_t uid;
+  uint32_t gid;
+  const std::vector<uint32_t>* groups;
+  bool in_group(uint32_t g) const;
+};
+// acl_permission_check and posix_acl_permission: whether `who` may `want` (MAY_* bits: 4
+// read, 2 write, 1 execute) an inode of `mode`, `owner` and `group` with access ACL `acl`
+// (null: none), by the modes and the ACL alone. Capabilities are not looked at: root is
+// checked as any user (what this refuses, CAP_DAC_OVERRIDE may still grant).
+bool permits(const Caller& who, mode_t mode, uint32_t owner, uint32_t group, const Acl* acl,
+             unsigned want);
+
 }  // namespace efuse::fs::memory::acl

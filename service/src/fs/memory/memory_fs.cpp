@@ -74,7 +74,8 @@ struct stat Node::attributes() const {
   st.st_rdev = rdev;
   st.st_size = static_cast<off_t>(is_dir() ? kDirentSize * (names.size() + 2) : size);
   st.st_blksize = kBlockSize;
-  st.st_blocks = static_cast<blkcnt_t>((blocks.size() + xattr_blocks) * (kBlockSize / 512));
+  st.st_blocks =
+      static_cast<blkcnt_t>((blocks.size() + xattr_blocks) * (kBlockSize / 512)) + data_blocks;
   st.st_atim = atime;
   st.st_mtim = mtime;
   st.st_ctim = ctime;

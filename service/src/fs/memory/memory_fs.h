@@ -72,6 +72,9 @@ struct Node : ListingChanges {
   uint32_t cached_opens = 0;
   bool no_passthrough = false;
   bool passthrough_seen = false;  // it had a passthrough open
+  // 512-byte blocks its data file held when it was removed (drop_data), which size, mtime and
+  // ctime then keep too: what a descriptor that outlived the names still shows.
+  blkcnt_t data_blocks = 0;
   // Symbolic links.
   std::string target;
   // Directories.
@@ -114,6 +117,11 @@ class MemoryFs final : public Filesystem {
   // The node table's view (for tests): nodes held, nodes the kernel references.
   size_t nodes() const { return nodes_.size(); }
   size_t referenced() const { return nodes_.referenced(); }
+
+  // libefuse_intercept.so's opens for reading of a file's data file (memory_library.cpp).
+  bool library_opens() const override { return pool_.store() != nullptr; }
+  uint64_t library_data_dev() const override;
+  Result<int> library_open_node(uint64_t nodeid, int flags, const LibraryCaller& caller) override;
 
   Result<Entry> lookup(const Context&, uint64_t parent, std::string_view name) override;
   void forget(uint64_t ino, uint64_t nlookup) override;

@@ -99,6 +99,17 @@ Result<int> MemoryFs::data_fd(Node& node, bool* close_after) {
 
 void MemoryFs::drop_data(Node& node) {
   if (Store* store = pool_.store()) {
+    // Its attributes stay what the data file says now: a descriptor that outlived the
+    // names (the kernel's O_PATH one, a data file libefuse_intercept.so reads) shows them.
+    struct stat data {};
+    if (store->stat(node.nodeid, node.fd, &data).ok()) {
+      node.size = static_cast<uint64_t>(data.st_size);
+      node.mtime = data.st_mtim;
+      node.data_blocks = data.st_blocks;
+      if (data.st_ctim.tv_sec > node.ctime.tv_sec ||
+          (data.st_ctim.tv_sec == node.ctime.tv_sec && data.st_ctim.tv_nsec > node.ctime.tv_nsec))
+        node.ctime = data.st_ctim;
+    }
     store->remove(node.nodeid);  // the kernel may hold it a little longer (an mmap)
   } else {
     truncate(node, 0);

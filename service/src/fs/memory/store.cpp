@@ -103,10 +103,10 @@ Status Store::make(uint64_t nodeid) {
   return {};
 }
 
-Result<int> Store::open(uint64_t nodeid) {
-  // O_CREAT: a removed file opened again through a descriptor that outlived its names
-  // (/proc/PID/fd) finds it empty, as its data went with its last name.
-  int fd = openat(mnt_, name_of(nodeid).c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+Result<int> Store::open(uint64_t nodeid, int flags) {
+  // O_CREAT (the default): a removed file opened again through a descriptor that outlived
+  // its names (/proc/PID/fd) finds it empty, as its data went with its last name.
+  int fd = openat(mnt_, name_of(nodeid).c_str(), flags | O_CLOEXEC, 0600);
   if (fd < 0) return Errno{errno};
   return fd;
 }
@@ -125,6 +125,11 @@ Status Store::set_mtime(uint64_t nodeid, int fd, const struct timespec& mtime) {
   const struct timespec times[2] = {{0, UTIME_OMIT}, mtime};
   int rc = fd >= 0 ? futimens(fd, times) : utimensat(mnt_, name_of(nodeid).c_str(), times, 0);
   return rc == 0 ? Status() : errno_status();
+}
+
+dev_t Store::dev() const {
+  struct stat st {};
+  return fstat(mnt_, &st) == 0 ? st.st_dev : 0;
 }
 
 uint64_t Store::used_blocks() const {

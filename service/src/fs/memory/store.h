@@ -18,6 +18,7 @@
 // pages are freed (shrink(), called after every change of efused's that frees some).
 #pragma once
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -39,15 +40,18 @@ class Store {
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // The data file of `nodeid`: created empty (EEXIST if it exists), opened (O_RDWR), removed.
+  // The data file of `nodeid`: created empty (EEXIST if it exists), opened (by default
+  // O_RDWR, created if missing; close-on-exec always), removed.
   Status make(uint64_t nodeid);
-  Result<int> open(uint64_t nodeid);
+  Result<int> open(uint64_t nodeid, int flags = O_CREAT | O_RDWR);
   void remove(uint64_t nodeid);
   // Its attributes (through `fd` when >= 0, else by name).
   Status stat(uint64_t nodeid, int fd, struct stat* st) const;
   // Its times: mtime (UTIME_OMIT, UTIME_NOW or a time); ctime becomes now.
   Status set_mtime(uint64_t nodeid, int fd, const struct timespec& mtime);
 
+  // st_dev of the data files (the instance's anonymous device).
+  dev_t dev() const;
   // Pages in use (data and ballast) and the limit in pages.
   uint64_t used_blocks() const;
   uint64_t limit_blocks() const { return limit_.load(std::memory_order_relaxed); }
