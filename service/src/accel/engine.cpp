@@ -162,6 +162,12 @@ bool Engine::drifted() const {
   if (want < 0) return false;
   const double diff = std::fabs(cost_mean_ - want);
   if (diff <= noise_floor_) return false;
+  // Still kDecisive times cheaper than the other path was: a probe would pay for the other
+  // path's cost to learn what the choice would stay unless the other changed as much (the
+  // period bounds that). A passthrough open of a large file (~5 us, 10 with a slow ioctl
+  // under load) against its cache epoch (tens of ms) drifted on noise and probed the cache.
+  const double other = predicted_[1 - committed_];
+  if (other >= 0 && cost_mean_ * kDecisive <= other) return false;
   return cost_mean_ > want * kDrift || cost_mean_ * kDrift < want;
 }
 

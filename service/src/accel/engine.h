@@ -18,7 +18,8 @@
 //           less often, and a probe of a path that much dearer costs the most);
 //   probe again when the round is used up, when its period has passed since the
 //   commit, when the committed path's measured costs drift from the prediction (by a
-//   factor kDrift and more than the engine's noise floor), or when the workload shifts
+//   factor kDrift and more than the engine's noise floor, unless they are still kDecisive
+//   times below the other path's prediction), or when the workload shifts
 //   (the mean of the decisions' feature, a number in [0, 1] the caller chooses, moves by
 //   more than kShift from its mean during the probe).
 #pragma once

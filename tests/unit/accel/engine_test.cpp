@@ -116,6 +116,28 @@ TEST(Engine, DriftBelowTheNoiseFloorIsIgnored) {
   EXPECT_EQ(e.report().choice, 1);
 }
 
+// A committed path still kDecisive times cheaper than the other path's prediction does not
+// drift into a probe, however much it moves: a passthrough open of a large file at 12 us
+// instead of 5 (a slow ioctl on a loaded host) against its cache epoch's 3 ms. Once it comes
+// within kDecisive of the other path, drift probes as before.
+TEST(Engine, ADecisiveChoiceDoesNotDriftIntoAProbe) {
+  Engine e(100);
+  Settings s = small_settings();
+  s.round = 1000;
+  s.reprobe_interval = 1000;
+  e.set_settings(s);
+  const double start[2] = {3'000'000, 5'000};
+  run(e, 2, start);
+  ASSERT_EQ(e.report().choice, 1);
+  const double noisy[2] = {3'000'000, 12'000};  // 2.4x the prediction, 7 us more
+  EXPECT_EQ(run(e, 50, noisy), 50);
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Drift)], 0u);
+  const double dear[2] = {3'000'000, 500'000};  // within 8x of the other path
+  run(e, 50, dear);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Drift)], 1u);
+}
+
 TEST(Engine, AShiftOfTheFeatureStartsAProbe) {
   Engine e;
   Settings s = small_settings();
