@@ -234,8 +234,14 @@ def test_fsync_is_balanced_and_visible():
         s = m.samples()
         served = value(s, "efuse_blocking_requests_total", mount="a", opcode="fsync")
         assert served == 12, served
-        assert (value(s, "efuse_blocking_requests_total", mount="a", opcode="fsync",
-                      path="offload", reason="probe") or 0) >= 1  # the probe tried both
+        # The probe tried both: its first decision is the guess (offload), then inline; a
+        # probe that finds one way 8 times dearer ends there, and the engine does not probe
+        # again while the cheap way stays that cheap (docs/adaptive-io.md), so offload may
+        # have no decision labelled `probe`.
+        def tried(path):
+            return sum(value(s, "efuse_blocking_requests_total", mount="a", opcode="fsync",
+                             path=path, reason=r) or 0 for r in ("guess", "probe"))
+        assert tried("offload") >= 1 and tried("inline") >= 1, (tried("offload"), tried("inline"))
         assert value(s, "efuse_blocking_predicted_seconds", mount="a", opcode="fsync",
                      path="inline") is not None
         with open(J(m.src, "synced"), "rb") as f:

@@ -26,7 +26,8 @@ std::string DevicePolicy::class_name(int klass) {
   return klass == 0 ? "small_device" : "large_device";
 }
 
-DevPath DevicePolicy::open(FileDevice& f, off_t size, bool direct, int64_t now_ns) {
+DevPath DevicePolicy::open(FileDevice& f, off_t size, bool direct, int64_t now_ns,
+                           bool may_probe) {
   f.bytes.store(0, std::memory_order_relaxed);
   f.service_ns.store(0, std::memory_order_relaxed);
   f.decided = false;
@@ -39,7 +40,14 @@ DevPath DevicePolicy::open(FileDevice& f, off_t size, bool direct, int64_t now_n
   const int k = size <= kSmall ? 0 : 1;
   used_[k] = true;
   f.klass = static_cast<uint8_t>(k);
-  Choice c = engines_[k].choose(now_ns, static_cast<int>(DevPath::Kernel), 0);
+  Choice c;
+  if (may_probe) {
+    c = engines_[k].choose(now_ns, static_cast<int>(DevPath::Kernel), 0);
+  } else {
+    bool predicted = false;
+    c.path = engines_[k].held(static_cast<int>(DevPath::Kernel), &predicted);
+    c.pick = predicted ? Pick::Predicted : Pick::Guess;
+  }
   f.path = static_cast<DevPath>(c.path);
   f.decided = true;
   DevReason why = c.pick == Pick::Guess   ? DevReason::Guess

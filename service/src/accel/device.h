@@ -73,8 +73,11 @@ class DevicePolicy {
 
   // The first open of a cache epoch: chooses its path. `direct` = the backing file system
   // does direct I/O (DIO alignment reported). The caller opens the O_DIRECT descriptor for
-  // DevPath::Device and calls refused() if that fails.
-  DevPath open(FileDevice& file, off_t size, bool direct, int64_t now_ns);
+  // DevPath::Device and calls refused() if that fails. `may_probe` false: the epoch is itself
+  // a probe of the cache path (accel/io_path.h), so it takes the class's committed path, or
+  // the kernel path before the first commit (Engine::held), never a probe: one probe per
+  // epoch, not a cache probe on a device probe, which would cost the two together.
+  DevPath open(FileDevice& file, off_t size, bool direct, int64_t now_ns, bool may_probe = true);
   // The O_DIRECT open of a device epoch failed: the engine learns the path is refused and
   // the epoch goes on the kernel path (counted as `unsupported`).
   void refused(FileDevice& file, int64_t now_ns);

@@ -30,7 +30,7 @@ void Engine::start_probe(int64_t, ProbeCause cause) {
 Choice Engine::choose(int64_t now_ns, int guess, double feature) {
   guess = guess != 0 ? 1 : 0;
   if (phase_ == Phase::Commit) {
-    const double period_ns = settings_.reprobe_interval * 1e9;
+    const double period_ns = settings_.reprobe_interval * 1e9 * backoff_;
     ProbeCause cause = ProbeCause::kCount;
     if (round_left_ == 0) cause = ProbeCause::Round;
     else if (static_cast<double>(now_ns - committed_at_ns_) >= period_ns) cause = ProbeCause::Period;
@@ -96,6 +96,11 @@ void Engine::failed(int path, int64_t now_ns) {
   }
 }
 
+int Engine::held(int guess, bool* predicted) const {
+  *predicted = committed_ >= 0;
+  return committed_ >= 0 ? committed_ : (guess != 0 ? 1 : 0);
+}
+
 void Engine::dropped(int path) {
   Probe& p = probe_[path != 0 ? 1 : 0];
   if (p.pending > 0) --p.pending;
@@ -122,6 +127,11 @@ void Engine::finish_probe(int64_t now_ns) {
     confirmed = committed_ >= 0 && winner == committed_ &&
                 predicted_[winner] * (1 + kMargin) < predicted_[1 - winner] &&
                 (probe_cause_ == ProbeCause::Round || probe_cause_ == ProbeCause::Period);
+    // The first probe found the other path kDecisive times dearer: as sure as a confirmation.
+    const double lo = predicted_[winner], hi = predicted_[1 - winner];
+    if (probe_cause_ == ProbeCause::Start && committed_ < 0 && hi - lo > noise_floor_ &&
+        hi >= lo * kDecisive)
+      confirmed = true;
   } else if (known0 || known1) {
     winner = known1 ? 1 : 0;
   } else {
@@ -152,6 +162,12 @@ bool Engine::drifted() const {
   if (want < 0) return false;
   const double diff = std::fabs(cost_mean_ - want);
   if (diff <= noise_floor_) return false;
+  // Still kDecisive times cheaper than the other path was: a probe would pay for the other
+  // path's cost to learn what the choice would stay unless the other changed as much (the
+  // period bounds that). A passthrough open of a large file (~5 us, 10 with a slow ioctl
+  // under load) against its cache epoch (tens of ms) drifted on noise and probed the cache.
+  const double other = predicted_[1 - committed_];
+  if (other >= 0 && cost_mean_ * kDecisive <= other) return false;
   return cost_mean_ > want * kDrift || cost_mean_ * kDrift < want;
 }
 

@@ -12,11 +12,14 @@
 //           dearer than the other;
 //   commit: the path with the lower mean measured cost (the other one must be better by
 //           kMargin to displace the path committed before) serves the next `round`
-//           decisions, twice as many after each probe that confirmed the committed path
-//           (up to kMaxBackoff times `round`: costs that stay put are probed less often);
-//   probe again when the round is used up, when `reprobe_interval` has passed since the
+//           decisions for at most `reprobe_interval`, both twice as long after each probe
+//           that confirmed the committed path, or (the first probe) found the other path
+//           kDecisive times dearer (up to kMaxBackoff times: costs that stay put are probed
+//           less often, and a probe of a path that much dearer costs the most);
+//   probe again when the round is used up, when its period has passed since the
 //   commit, when the committed path's measured costs drift from the prediction (by a
-//   factor kDrift and more than the engine's noise floor), or when the workload shifts
+//   factor kDrift and more than the engine's noise floor, unless they are still kDecisive
+//   times below the other path's prediction), or when the workload shifts
 //   (the mean of the decisions' feature, a number in [0, 1] the caller chooses, moves by
 //   more than kShift from its mean during the probe).
 #pragma once
@@ -84,6 +87,12 @@ class Engine {
   void failed(int path, int64_t now_ns);
   // A decision for `path` ended without a measurement (nothing to measure).
   void dropped(int path);
+  // The path for a decision that must not probe (the caller is running a probe of its own
+  // on it, and two at once would cost both and blur each): the committed path (also while
+  // a probe for a new commit runs), or `guess` before the first commit. Not a decision of
+  // the engine: no probe starts, the round is not counted down. Its measurement, if the
+  // caller reports one, counts like any other. `*predicted` says which of the two it was.
+  int held(int guess, bool* predicted) const;
 
   EngineReport report() const;
   // The prediction for `path` (mean cost of the latest probe); negative when unknown.
@@ -103,10 +112,14 @@ class Engine {
   // only cost more.
   static constexpr double kDecisive = 8.0;
   // A probe started because the round was used up or the period passed that confirms the
-  // committed path, cheaper than the other by more than kMargin, doubles the next round, up
-  // to this many times `round`. Any other outcome (the other path wins, the two are within
-  // kMargin, a probe for drift, a shift or a refusal, the first probe) brings the round back
-  // to `round`. The period (reprobe_interval) still bounds how long a prediction stands.
+  // committed path, cheaper than the other by more than kMargin, doubles the next round and
+  // the next period, up to this many times `round` and `reprobe_interval`; so does the first
+  // probe when it found one path kDecisive times dearer than the other (beyond the noise
+  // floor): the margin is as sure as a confirmation, and each probe of the dear path costs
+  // kDecisive times the other's (a large file's cache epoch: tens of milliseconds). Any
+  // other outcome (the other path wins, the two are within kMargin, a probe for drift, a
+  // shift or a refusal, a first probe that was not decisive) brings both back to the
+  // settings. Drift and shift still start a probe at once.
   static constexpr uint32_t kMaxBackoff = 16;
 
  private:
@@ -133,7 +146,7 @@ class Engine {
   std::array<double, 2> predicted_{-1, -1};
   int committed_ = -1;
   uint32_t round_left_ = 0;
-  uint32_t backoff_ = 1;  // the running commit's round is settings_.round x backoff_
+  uint32_t backoff_ = 1;  // the running commit's round and period are the settings' x backoff_
   ProbeCause probe_cause_ = ProbeCause::Start;  // why the running (or latest) probe started
   int64_t committed_at_ns_ = 0;
   double feature_base_ = 0;    // mean feature of the probe's decisions

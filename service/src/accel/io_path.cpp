@@ -101,6 +101,7 @@ IoPath IoPathPolicy::open(FileIo& f, const OpenFacts& facts, int64_t now_ns) {
   f.warm = f.epochs > 0 && f.last == IoPath::Cache;
   f.opens = 1;
   f.auto_decided = false;
+  f.probe = false;
   f.requests.store(0, std::memory_order_relaxed);
   f.service_ns.store(0, std::memory_order_relaxed);
   f.backing_ns.store(0, std::memory_order_relaxed);
@@ -140,6 +141,7 @@ IoPath IoPathPolicy::open(FileIo& f, const OpenFacts& facts, int64_t now_ns) {
       why = IoReason::History;
   }
   f.path = path;
+  f.probe = why == IoReason::Probe;
   ++decisions_[static_cast<size_t>(path)][static_cast<size_t>(why)];
   return path;
 }

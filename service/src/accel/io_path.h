@@ -74,6 +74,7 @@ struct FileIo {
   // The running epoch (guarded by the caller's per-inode lock).
   IoPath path = IoPath::Cache;
   bool auto_decided = false;  // the epoch's path came from an engine (measure it)
+  bool probe = false;         // the epoch is a probe of its class (reason Probe)
   bool warm = false;          // the previous epoch was cache
   uint8_t klass = 0;
   uint32_t opens = 0;

@@ -199,14 +199,14 @@ std::string_view mounts_schema_text() {
           "maximum": 64
         },
         "round": {
-          "description": "Decisions committed to a prediction before probing again, doubled after each probe that confirms the prediction (up to 16 times), 1..1000000. Default 256.",
+          "description": "Decisions committed to a prediction before probing again, doubled after each probe that confirms the prediction or a first probe that found one path 8 times dearer (up to 16 times), 1..1000000. Default 256.",
           "type": "integer",
           "default": 256,
           "minimum": 1,
           "maximum": 1000000
         },
         "reprobe_interval": {
-          "description": "Seconds after which a committed prediction is probed again even if its round is not used up, 0.1..86400. Default 60.",
+          "description": "Seconds after which a committed prediction is probed again even if its round is not used up, doubled with the round, 0.1..86400. Default 60.",
           "type": "number",
           "default": 60,
           "minimum": 0.1,

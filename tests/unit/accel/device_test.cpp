@@ -23,9 +23,10 @@ const EngineReport* klass(const DeviceReport& r, const std::string& name) {
 const EngineReport* klass(DeviceReport&&, const std::string&) = delete;
 
 // One epoch of a file of `size` read whole, at `kernel_ns` or `device_ns` per MiB.
-DevPath epoch(DevicePolicy& policy, off_t size, double kernel_ns, double device_ns) {
+DevPath epoch(DevicePolicy& policy, off_t size, double kernel_ns, double device_ns,
+              bool may_probe = true) {
   FileDevice f;
-  DevPath p = policy.open(f, size, true, 0);
+  DevPath p = policy.open(f, size, true, 0, may_probe);
   const double per_mib = p == DevPath::Kernel ? kernel_ns : device_ns;
   for (off_t at = 0; at < size; at += kMiB) {
     const uint64_t n = static_cast<uint64_t>(std::min<off_t>(kMiB, size - at));
@@ -66,6 +67,37 @@ TEST(DevicePolicy, LargeColdStreamsGoToTheDeviceWhenItIsCheaper) {
   EXPECT_NEAR(large->predicted[1], 0.9e6, 1e3);
   EXPECT_GE(device, 17);  // all but the probe's kernel epochs
   EXPECT_GT(decisions(r, DevPath::Device, DevReason::Predicted), 0u);
+}
+
+// A cache epoch that is itself io_path auto's probe of the cache path (a large file read
+// once, tried through the page cache) does not probe the device path as well: it takes the
+// kernel path before the class has committed, then the committed path. Its measurement
+// counts. Ordinary epochs probe as before.
+TEST(DevicePolicy, AnEpochProbingTheCachePathDoesNotProbeTheDevice) {
+  DevicePolicy policy;
+  policy.set_settings(quick());  // probe 2
+  // The device is slower here (a shallow stream against 8 MiB of buffered readahead).
+  EXPECT_EQ(epoch(policy, 64 * kMiB, 0.6e6, 2e6), DevPath::Kernel);  // the guess
+  EXPECT_EQ(epoch(policy, 64 * kMiB, 0.6e6, 2e6, false), DevPath::Kernel) << "not a probe";
+  DeviceReport r = policy.report();
+  EXPECT_EQ(decisions(r, DevPath::Kernel, DevReason::Guess), 2u);
+  EXPECT_EQ(decisions(r, DevPath::Device, DevReason::Probe), 0u);
+  // The held epoch was measured: the kernel path has its two, ordinary epochs probe the device.
+  EXPECT_EQ(epoch(policy, 64 * kMiB, 0.6e6, 2e6), DevPath::Device);
+  EXPECT_EQ(epoch(policy, 64 * kMiB, 0.6e6, 2e6), DevPath::Device);
+  r = policy.report();
+  const EngineReport* large = klass(r, "large_device");
+  ASSERT_NE(large, nullptr);
+  EXPECT_EQ(large->choice, static_cast<int>(DevPath::Kernel));
+  EXPECT_EQ(epoch(policy, 64 * kMiB, 0.6e6, 2e6, false), DevPath::Kernel);
+  // Where the device is cheaper and committed, a held epoch takes the device.
+  DevicePolicy fast;
+  fast.set_settings(quick());
+  for (int i = 0; i < 4; ++i) epoch(fast, 64 * kMiB, 1.5e6, 0.9e6);
+  const DeviceReport fr = fast.report();
+  ASSERT_EQ(klass(fr, "large_device")->choice, static_cast<int>(DevPath::Device));
+  EXPECT_EQ(epoch(fast, 64 * kMiB, 1.5e6, 0.9e6, false), DevPath::Device);
+  EXPECT_EQ(decisions(fast.report(), DevPath::Device, DevReason::Predicted), 1u);
 }
 
 TEST(DevicePolicy, SmallHotFilesStayOnTheKernelPath) {

@@ -116,6 +116,28 @@ TEST(Engine, DriftBelowTheNoiseFloorIsIgnored) {
   EXPECT_EQ(e.report().choice, 1);
 }
 
+// A committed path still kDecisive times cheaper than the other path's prediction does not
+// drift into a probe, however much it moves: a passthrough open of a large file at 12 us
+// instead of 5 (a slow ioctl on a loaded host) against its cache epoch's 3 ms. Once it comes
+// within kDecisive of the other path, drift probes as before.
+TEST(Engine, ADecisiveChoiceDoesNotDriftIntoAProbe) {
+  Engine e(100);
+  Settings s = small_settings();
+  s.round = 1000;
+  s.reprobe_interval = 1000;
+  e.set_settings(s);
+  const double start[2] = {3'000'000, 5'000};
+  run(e, 2, start);
+  ASSERT_EQ(e.report().choice, 1);
+  const double noisy[2] = {3'000'000, 12'000};  // 2.4x the prediction, 7 us more
+  EXPECT_EQ(run(e, 50, noisy), 50);
+  EXPECT_EQ(e.phase(), Phase::Commit);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Drift)], 0u);
+  const double dear[2] = {3'000'000, 500'000};  // within 8x of the other path
+  run(e, 50, dear);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Drift)], 1u);
+}
+
 TEST(Engine, AShiftOfTheFeatureStartsAProbe) {
   Engine e;
   Settings s = small_settings();
@@ -164,6 +186,75 @@ TEST(Engine, ADecisiveDifferenceEndsTheProbeEarly) {
   const double tiny[2] = {900, 10};
   run(g, 2, tiny);
   EXPECT_EQ(g.phase(), Phase::Probe);
+}
+
+// One measurement each, one path 600 times dearer (a large file's cache epoch against its
+// passthrough open): the first probe counts as a confirmation, so the next round and period
+// are twice the settings'. Each probe of the dear path costs what it costs.
+TEST(Engine, ADecisiveFirstProbeLengthensTheRoundAndThePeriod) {
+  Engine e(100);
+  e.set_settings(small_settings());  // probe 3, round 20, period 10 s
+  const double cost[2] = {3'000'000, 5'000};
+  EXPECT_EQ(run(e, 2, cost), 1);
+  ASSERT_EQ(e.phase(), Phase::Commit);
+  EXPECT_EQ(e.report().choice, 1);
+  EXPECT_EQ(e.report().round_left, 40u);
+  EXPECT_EQ(e.choose(19 * kSecond, 0, 0).pick, Pick::Predicted) << "a period of 20 s";
+  EXPECT_EQ(e.choose(20 * kSecond, 0, 0).pick, Pick::Probe);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Period)], 1u);
+  // Not decisive (6 times dearer): the first probe leaves both as the settings say.
+  Engine f(100);
+  f.set_settings(small_settings());
+  const double close[2] = {30'000, 5'000};
+  run(f, 6, close);
+  ASSERT_EQ(f.phase(), Phase::Commit);
+  EXPECT_EQ(f.report().round_left, 20u);
+  EXPECT_EQ(f.choose(10 * kSecond, 0, 0).pick, Pick::Probe);
+  // Decisive but within the noise floor: neither.
+  Engine g(1'000);
+  g.set_settings(small_settings());
+  const double tiny[2] = {900, 10};
+  run(g, 6, tiny);
+  ASSERT_EQ(g.phase(), Phase::Commit);
+  EXPECT_EQ(g.report().round_left, 20u);
+}
+
+// A routine probe that confirms the committed path doubles the period with the round.
+TEST(Engine, AConfirmingProbeLengthensThePeriodToo) {
+  Engine e;
+  e.set_settings(small_settings());  // probe 3, round 20, period 10 s
+  const double cost[2] = {50, 10};
+  run(e, 6 + 20 + 6, cost);  // committed, the round used up, confirmed at time 0
+  ASSERT_EQ(e.report().round_left, 40u);
+  EXPECT_EQ(e.choose(19 * kSecond, 0, 0).pick, Pick::Predicted);
+  EXPECT_EQ(e.choose(20 * kSecond, 0, 0).pick, Pick::Probe);
+  EXPECT_EQ(e.report().probes[static_cast<size_t>(ProbeCause::Period)], 1u);
+  // The period probe finds the costs swapped: back to the settings' period.
+  const double swapped[2] = {10, 50};
+  while (e.phase() == Phase::Probe) run(e, 1, swapped, 20 * kSecond);
+  EXPECT_EQ(e.report().choice, 0);
+  EXPECT_EQ(e.choose(29 * kSecond, 0, 0).pick, Pick::Predicted);
+  EXPECT_EQ(e.choose(30 * kSecond, 0, 0).pick, Pick::Probe);
+}
+
+// A decision that must not probe (the caller's own probe runs on it) takes the committed
+// path, or the guess before the first commit, and changes nothing in the engine.
+TEST(Engine, AHeldDecisionTakesTheCommittedPath) {
+  Engine e;
+  e.set_settings(small_settings());
+  bool predicted = true;
+  EXPECT_EQ(e.held(1, &predicted), 1);
+  EXPECT_FALSE(predicted);
+  const double cost[2] = {10, 50};
+  run(e, 6, cost);
+  ASSERT_EQ(e.report().choice, 0);
+  EXPECT_EQ(e.held(1, &predicted), 0);
+  EXPECT_TRUE(predicted);
+  EXPECT_EQ(e.report().round_left, 20u) << "not counted as a decision";
+  // While a probe for a new commit runs, the path committed before.
+  EXPECT_EQ(e.choose(10 * kSecond, 0, 0).pick, Pick::Probe);
+  EXPECT_EQ(e.held(1, &predicted), 0);
+  EXPECT_TRUE(predicted);
 }
 
 TEST(Engine, AFailedPathIsNotChosen) {

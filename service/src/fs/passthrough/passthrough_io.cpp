@@ -221,8 +221,9 @@ int PassthroughFs::device_fd(Inode& inode, int fd) {
       struct stat st;
       const bool known = fstat(fd, &st) == 0;
       const uint32_t align = known ? direct_alignment(st.st_dev, fd) : 0;
-      accel::DevPath path =
-          dev_policy_.open(inode.dev_io, known ? st.st_size : 0, align != 0, now);
+      // A cache epoch that is a probe of io_path auto does not probe the device path too.
+      accel::DevPath path = dev_policy_.open(inode.dev_io, known ? st.st_size : 0, align != 0,
+                                             now, !inode.io.probe);
       state = Inode::kDevKernel;
       if (path == accel::DevPath::Device) {
         int dfd = ::open(ProcPath(fd), O_RDONLY | O_DIRECT | O_CLOEXEC);
