@@ -4,9 +4,7 @@
 // kernel's own check (the directory's i_version) misses a READDIR reply built before a
 // change that reaches the cache after it, so a directory whose entries changed less than
 // kListingGraceNs ago has its cached listing dropped at the empty reply that would complete
-// the cache. The memory backend counts only the moves of a directory to another parent
-// here: the kernel makes every entry change of a memory mount holding the directory locked
-// against listings, so no reply can race one (fs/memory/memory_dir.cpp).
+// the cache.
 #pragma once
 
 #include <atomic>
@@ -23,8 +21,7 @@ inline constexpr int64_t kListingGraceNs = 2'000'000'000;
 inline constexpr const char* kListingDropsHelp =
     "Directory listings the kernel had cached (or was building) "
     "that efused dropped: an entry of the directory changed less "
-    "than 2 s before the listing completed, or behind efused's back "
-    "(memory mounts: the directory moved to another parent).";
+    "than 2 s before the listing completed, or behind efused's back.";
 
 // Per directory.
 struct ListingChanges {

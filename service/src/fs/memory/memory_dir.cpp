@@ -19,29 +19,13 @@ namespace efuse::fs::memory {
 // listing (an invalidator: a real mount), the first OPENDIR is answered ENOSYS: the kernel
 // then opens every directory itself with FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE and handle 0,
 // sends no OPENDIR or RELEASEDIR again, and a warm walk (find, ls -R, du) costs no request.
-//
-// The hole the passthrough backend guards against with a grace (fs/passthrough/
-// passthrough_dir.cpp: a READDIR reply built before a change that reaches the cache after
-// it) needs a change the kernel does not serialize with the listing, and a memory mount has
-// none of its entries: the kernel sends every CREATE, MKNOD, MKDIR, SYMLINK, LINK, UNLINK,
-// RMDIR and RENAME holding the directory's i_rwsem exclusively (filename_create,
-// do_unlinkat, lock_rename) and bumps i_version before it lets go, while a reader holds it
-// shared from sending its READDIR until the reply's entries are in the cache (iterate_dir ->
-// fuse_readdir -> fuse_emit -> fuse_add_dirent_to_cache). A reply is therefore either parsed
-// into the cache before a change starts, and the change's i_version bump resets that cache
-// at the next listing from offset 0, or built after the change completed. No entry change
-// goes through ListingChanges here (touch_dir), so a completed listing is kept at once:
-// a tree just made is listed through efused once and then from the kernel's cache (with the
-// 2 s grace, every listing completed within 2 s of a change was dropped again).
-//
-// What the kernel's check does not see: a directory moved to another parent. Its ".."
-// changes, which the kernel does not count as a change of that directory, so rename()
-// drops its cached listing, and counts the move in ListingChanges: kernels that do not lock
-// the moved directory during a cross-directory rename (before Linux 6.5) let a reader of it
-// run beside the move, so a reply with the old ".." could still reach the cache after the
-// drop; the empty reply that completes a cache drops it while the move is less than
-// kListingGraceNs old. Changes made behind the kernel's back (a request ring of the
-// interception library, when memory mounts get one) must be counted the same way.
+// Two things the kernel's check does not see, handled here:
+// - a reply built before a change that reaches the cache after it (the hole described in
+//   fs/passthrough/passthrough_dir.cpp): every change of a directory's entries is counted
+//   (touch_dir, ListingChanges), and the empty reply that would complete a cache drops it
+//   while the latest change is less than the grace old;
+// - a directory moved to another parent: its ".." changes, which the kernel does not count
+//   as a change of that directory; rename() drops its cached listing.
 
 void MemoryFs::drop_listing(uint64_t nodeid) {
   Invalidator* inv = inv_.load();

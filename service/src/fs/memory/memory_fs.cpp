@@ -30,10 +30,12 @@ struct timespec now() {
   return ts;
 }
 
-// An entry of `dir` was created, removed or renamed at `t` (after the change): its times. Not
-// a change for ListingChanges: the kernel made it, holding the directory locked against
-// listings, and resets its cached listing itself (memory_dir.cpp).
-void touch_dir(Node& dir, const struct timespec& t) { dir.mtime = dir.ctime = t; }
+// An entry of `dir` was created, removed or renamed at `t` (after the change): its times, and
+// what keeps the kernel's cached listing of it exact (memory_dir.cpp).
+void touch_dir(Node& dir, const struct timespec& t) {
+  dir.mtime = dir.ctime = t;
+  dir.entries_changed();
+}
 
 Status check_name(std::string_view name) {
   if (name.empty() || name == "." || name == "..") return Errno{EINVAL};

@@ -42,8 +42,7 @@ namespace efuse::fs::memory {
 // The first cookie of a directory entry; 1 and 2 are the offsets after "." and "..".
 inline constexpr uint64_t kFirstCookie = 3;
 
-// Directories: ListingChanges counts the moves of the directory to another parent, the one
-// change of its listing the kernel does not see (memory_dir.cpp).
+// Directories: ListingChanges keeps the kernel's cached listing exact (memory_dir.cpp).
 struct Node : ListingChanges {
   Node(Pool& pool, uint64_t nodeid, mode_t mode);
   ~Node();
@@ -109,7 +108,7 @@ class MemoryFs final : public Filesystem {
   void set_policy(const Policy& policy) override;
   // With an invalidator the kernel caches directory listings (memory_dir.cpp).
   void set_invalidator(Invalidator* inv) override { inv_.store(inv); }
-  // How long after a directory's latest move its cached listing settles (kListingGraceNs
+  // How long after a directory's latest change its cached listing settles (kListingGraceNs
   // unless a test sets it).
   void set_listing_grace_ns(int64_t ns) { listing_grace_ns_.store(ns); }
   void set_limits(const Limits& limits);
