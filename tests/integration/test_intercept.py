@@ -14,6 +14,7 @@ import contextlib
 import os
 import signal
 import stat
+import socket
 import struct
 import subprocess
 import sys
@@ -70,6 +71,27 @@ class Intercepted:
         after = self.calls()
         served = {k: after[k] - before[k] for k in after}
         return plain, lib, served
+
+
+def socket_request(sock_path, payload, fds=(), descriptors_back=False):
+    """One raw request on a mount's intercept socket (with `fds` attached): its reply's errno,
+    or None when efused hung up. Descriptors in the reply are closed; one coming back where
+    `descriptors_back` is false fails the test. A missing reply fails it after 60 s instead of
+    hanging it."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(sock_path)
+        s.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                               struct.pack(f"{len(fds)}i", *fds))] if fds else [])
+        s.settimeout(60)
+        msg, anc, _, _ = s.recvmsg(64, socket.CMSG_SPACE(4 * 4))
+        back = []
+        for level, kind, data in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                back += struct.unpack(f"{len(data) // 4}i", data[:len(data) // 4 * 4])
+        for fd in back:
+            os.close(fd)
+        assert descriptors_back or not back, "a descriptor came back"
+        return struct.unpack("<iI", msg[:8])[0] if len(msg) >= 8 else None
 
 
 @contextlib.contextmanager

@@ -212,18 +212,7 @@ MAGIC = 0x3152494553554645
 
 
 def send(sock_path, payload, fds=()):
-    """One raw request: (its reply's errno, or None when efused hung up)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.connect(sock_path)
-        s.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                  if fds else [])
-        s.settimeout(60)  # a missing reply fails the test instead of hanging it
-        msg, anc, _, _ = s.recvmsg(64, socket.CMSG_SPACE(4))
-        for level, kind, data in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                os.close(struct.unpack("i", data[:4])[0])
-                raise AssertionError("a descriptor came back")
-        return struct.unpack("<iI", msg)[0] if msg else None
+    return ti.socket_request(sock_path, payload, fds)
 
 
 def open_request(path, flags=os.O_RDONLY, path_len=None):

@@ -318,19 +318,7 @@ def test_efused_killed():
 
 
 def send_node(sock_path, payload, fds):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        s.connect(sock_path)
-        s.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                  if fds else [])
-        data, anc, _, _ = s.recvmsg(8, socket.CMSG_SPACE(4))
-        for level, kind, blob in anc:
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                for fd in struct.unpack(f"{len(blob) // 4}i", blob):
-                    os.close(fd)
-        return struct.unpack("<iI", data)[0] if len(data) == 8 else None
-    finally:
-        s.close()
+    return ti.socket_request(sock_path, payload, fds, descriptors_back=True)
 
 
 def test_socket_refuses_what_is_not_the_mounts():

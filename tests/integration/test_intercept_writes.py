@@ -23,6 +23,7 @@ import efuse_harness as h  # noqa: E402
 from efuse_harness import run, write_file  # noqa: E402
 from prom_text import parse, scrape, value  # noqa: E402
 from test_intercept import EFUSE_RUN, FSX, child, intercepted, same  # noqa: E402
+from test_intercept import socket_request as send  # noqa: E402
 
 J = os.path.join
 
@@ -264,17 +265,6 @@ def test_read_only_mount_refuses():
                 assert send(sock, struct.pack("<QII", 0x3152494553554645, 1, 1), [fd]) == errno.EROFS
             finally:
                 os.close(fd)
-
-
-def send(sock_path, payload, fds=()):
-    """One raw request on efused's socket: its reply's errno, or None when it hung up."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
-        s.connect(sock_path)
-        s.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))]
-                  if fds else [])
-        s.settimeout(60)  # a missing reply fails the test instead of hanging it
-        reply = s.recv(64)
-        return struct.unpack("<iI", reply)[0] if reply else None
 
 
 def test_bad_requests_on_the_socket():
