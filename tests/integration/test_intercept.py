@@ -73,6 +73,21 @@ class Intercepted:
         return plain, lib, served
 
 
+def same_scripts(i, scripts, cwd):
+    """Runs each bash script of {what: script} in `cwd` without and with the library; each
+    must succeed without it and give the same results with it. Returns the calls the
+    library served, summed over the scripts ({op: count})."""
+    served = {}
+    for what, script in scripts.items():
+        plain, lib, s = i.run_both(["bash", "-o", "pipefail", "-c", script], cwd=cwd,
+                                   check=False)
+        assert plain.rc == 0, f"{what} failed without the library: {plain.err}"
+        same(plain, lib, what)
+        for k, v in s.items():
+            served[k] = served.get(k, 0) + v
+    return served
+
+
 def socket_request(sock_path, payload, fds=(), descriptors_back=False):
     """One raw request on a mount's intercept socket (with `fds` attached): its reply's errno,
     or None when efused hung up. Descriptors in the reply are closed; one coming back where
@@ -163,14 +178,7 @@ def test_tools_same_with_and_without():
                    f"{' '.join(git)} ls-files -s && {' '.join(git)} fsck --no-progress && "
                    f"{' '.join(git)} diff --stat && {' '.join(git)} log --format=%H:%s",
         }
-        served = {}
-        for what, script in scripts.items():
-            plain, lib, s = i.run_both(["bash", "-o", "pipefail", "-c", script], cwd=m.mnt,
-                                       check=False)
-            assert plain.rc == 0, f"{what} failed without the library: {plain.err}"
-            same(plain, lib, what)
-            for k, v in s.items():
-                served[k] = served.get(k, 0) + v
+        served = same_scripts(i, scripts, m.mnt)
         py = ("import hashlib,os,sys\n"
               "for d, dirs, files in sorted(os.walk('.')):\n"
               "  dirs.sort()\n"
@@ -361,27 +369,37 @@ def test_outside_changes_while_held():
     file and a new open finds the new one; the same with and without the library (FUSE
     passthrough, so the kernel path reads the backing file too)."""
     with intercepted("--io-path", "passthrough") as i:
-        results = []
-        for prefix in ([], [EFUSE_RUN]):
-            write_file(J(i.m.src, "inplace"), b"old inplace\n")
-            write_file(J(i.m.src, "replaced"), b"old replaced\n")
-            with child([*prefix, "python3", "-c", HOLDER, i.m.mnt]) as p:
-                first = p.stdout.readline()
-                with open(J(i.m.src, "inplace"), "r+b") as f:
-                    f.write(b"NEW INPLACE, longer\n")
-                write_file(J(i.m.src, "replaced.tmp"), b"new replaced\n")
-                os.rename(J(i.m.src, "replaced.tmp"), J(i.m.src, "replaced"))
-                # The kernel path learns of the rename through efused's watcher: wait until
-                # the mount shows it, so both runs read after the same event.
-                h.wait_until(lambda: h.read_file(J(i.m.mnt, "replaced")) == b"new replaced\n",
-                             timeout=30, what="the rename to show through the mount")
-                h.wait_until(lambda: os.stat(J(i.m.mnt, "inplace")).st_size == 20, timeout=30,
-                             what="the new size to show through the mount")
-                out, err = p.communicate(input="\n", timeout=60)
-            assert p.returncode == 0, err
-            results.append(first + out)
-        assert results[0] == results[1], results
-        assert "NEW INPLACE" in results[1] and "old replaced" in results[1], results[1]
+        outside_changes_while_held(i)
+
+
+def outside_changes_while_held(i, user=lambda cmd: cmd, each_run=None):
+    """The scenario of test_outside_changes_while_held on `i`: the holder runs as
+    user(command) (another user's, test_intercept_handover); each_run(prefix), if given, is
+    called before each run and returns a check to call after it."""
+    results = []
+    for prefix in ([], [EFUSE_RUN]):
+        write_file(J(i.m.src, "inplace"), b"old inplace\n")
+        write_file(J(i.m.src, "replaced"), b"old replaced\n")
+        after = each_run(prefix) if each_run else None
+        with child(user([*prefix, "python3", "-c", HOLDER, i.m.mnt])) as p:
+            first = p.stdout.readline()
+            with open(J(i.m.src, "inplace"), "r+b") as f:
+                f.write(b"NEW INPLACE, longer\n")
+            write_file(J(i.m.src, "replaced.tmp"), b"new replaced\n")
+            os.rename(J(i.m.src, "replaced.tmp"), J(i.m.src, "replaced"))
+            # The kernel path learns of the rename through efused's watcher: wait until
+            # the mount shows it, so both runs read after the same event.
+            h.wait_until(lambda: h.read_file(J(i.m.mnt, "replaced")) == b"new replaced\n",
+                         timeout=30, what="the rename to show through the mount")
+            h.wait_until(lambda: os.stat(J(i.m.mnt, "inplace")).st_size == 20, timeout=30,
+                         what="the new size to show through the mount")
+            out, err = p.communicate(input="\n", timeout=60)
+        assert p.returncode == 0, err
+        results.append(first + out)
+        if after:
+            after()
+    assert results[0] == results[1], results
+    assert "NEW INPLACE" in results[1] and "old replaced" in results[1], results[1]
 
 
 # Descriptor semantics: prints what it saw; the test compares the runs with and without.

@@ -124,13 +124,7 @@ def test_tools_same_with_and_without():
                    f"{' '.join(git)} ls-files -s && {' '.join(git)} fsck --no-progress && "
                    f"{' '.join(git)} diff --stat && {' '.join(git)} log --format=%H:%s",
         }
-        total = {}
-        for what, script in scripts.items():
-            plain, lib, s = i.run_both(["bash", "-o", "pipefail", "-c", script], cwd=m.mnt,
-                                       check=False)
-            assert plain.rc == 0, f"{what} failed without the library: {plain.err}"
-            ti.same(plain, lib, what)
-            add(total, s)
+        total = ti.same_scripts(i, scripts, m.mnt)
         # tar extract into the mount (writes: the kernel's), then compare, both ways.
         for tag in ("plain", "lib"):
             os.mkdir(J(m.mnt, f"x-{tag}"))

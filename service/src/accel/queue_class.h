@@ -82,7 +82,6 @@ class QueueClassGuard {
     return class_;
   }
 
-  QueueClass current() const { return class_; }
   uint64_t starved() const { return starved_; }  // times found starved (cumulative)
   int64_t hold_ns() const { return hold_; }
 

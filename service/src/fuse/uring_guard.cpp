@@ -105,14 +105,15 @@ void UringChannel::guard_run() {
     watches.push_back(Watch{q.get(), tid, std::move(stat), std::move(sched),
                             efuse::accel::QueueClassGuard(settings), probe.runs});
   }
+  // Gives a queue thread class c and shows it in /metrics; false if the kernel refused.
+  auto apply = [](Watch& w, QueueClass c) {
+    if (!set_class(w.tid, c)) return false;
+    w.applied = c;
+    w.q->stats_.sched_class.store(c == QueueClass::Idle ? 1 : 0);
+    return true;
+  };
   unsigned idle = 0;
-  for (Watch& w : watches) {
-    if (set_class(w.tid, QueueClass::Idle)) {
-      w.applied = QueueClass::Idle;
-      w.q->stats_.sched_class.store(1);
-      ++idle;
-    }
-  }
+  for (Watch& w : watches) idle += apply(w, QueueClass::Idle) ? 1 : 0;
   LOG_INFO("io_uring queue threads: %u of %zu SCHED_IDLE under the starvation guard "
            "(EFUSE_IDLE_QUEUES=0 keeps them SCHED_BATCH)", idle, watches.size());
 
@@ -154,10 +155,7 @@ void UringChannel::guard_run() {
       }
       w.runs = s.runs;
       QueueClass c = w.guard.observe(s);
-      if (c == w.applied) continue;
-      if (!set_class(w.tid, c)) continue;
-      w.applied = c;
-      w.q->stats_.sched_class.store(c == QueueClass::Idle ? 1 : 0);
+      if (c == w.applied || !apply(w, c)) continue;
       if (c == QueueClass::Batch) {
         w.q->stats_.starved.fetch_add(1, std::memory_order_relaxed);
         LOG_DEBUG("io_uring queue %u: starved as SCHED_IDLE; SCHED_BATCH for %.1f s",
@@ -172,10 +170,8 @@ void UringChannel::guard_run() {
     quiet = now - active_at >= settings.quiet_after_ns;
   }
   // Stopping: the queues drain their last replies at a normal share of the CPU.
-  for (Watch& w : watches) {
-    if (w.applied == QueueClass::Idle && w.q->running_.load() && set_class(w.tid, QueueClass::Batch))
-      w.q->stats_.sched_class.store(0);
-  }
+  for (Watch& w : watches)
+    if (w.applied == QueueClass::Idle && w.q->running_.load()) apply(w, QueueClass::Batch);
 }
 
 }  // namespace fuse

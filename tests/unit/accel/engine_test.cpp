@@ -30,6 +30,15 @@ Settings small_settings() {
   return s;
 }
 
+// small_settings() with rounds and a period too long to end in the test: only a drift or a
+// shift of the workload can start a probe.
+Settings drift_settings() {
+  Settings s = small_settings();
+  s.round = 1000;
+  s.reprobe_interval = 1000;
+  return s;
+}
+
 TEST(Engine, FirstDecisionIsTheGuessThenProbesAlternate) {
   Engine e;
   e.set_settings(small_settings());
@@ -86,10 +95,7 @@ TEST(Engine, ProbesAgainAfterTheInterval) {
 
 TEST(Engine, FollowsAWorkloadWhoseCostsSwap) {
   Engine e;
-  Settings s = small_settings();
-  s.round = 1000;
-  s.reprobe_interval = 1000;
-  e.set_settings(s);
+  e.set_settings(drift_settings());
   const double before[2] = {50'000, 5'000};
   run(e, 40, before);
   EXPECT_EQ(e.report().choice, 1);
@@ -104,10 +110,7 @@ TEST(Engine, FollowsAWorkloadWhoseCostsSwap) {
 
 TEST(Engine, DriftBelowTheNoiseFloorIsIgnored) {
   Engine e(1000);
-  Settings s = small_settings();
-  s.round = 1000;
-  s.reprobe_interval = 1000;
-  e.set_settings(s);
+  e.set_settings(drift_settings());
   const double before[2] = {500, 10};
   run(e, 6, before);
   const double after[2] = {500, 100};  // 10x, but only 90 units
@@ -122,10 +125,7 @@ TEST(Engine, DriftBelowTheNoiseFloorIsIgnored) {
 // within kDecisive of the other path, drift probes as before.
 TEST(Engine, ADecisiveChoiceDoesNotDriftIntoAProbe) {
   Engine e(100);
-  Settings s = small_settings();
-  s.round = 1000;
-  s.reprobe_interval = 1000;
-  e.set_settings(s);
+  e.set_settings(drift_settings());
   const double start[2] = {3'000'000, 5'000};
   run(e, 2, start);
   ASSERT_EQ(e.report().choice, 1);
@@ -140,10 +140,7 @@ TEST(Engine, ADecisiveChoiceDoesNotDriftIntoAProbe) {
 
 TEST(Engine, AShiftOfTheFeatureStartsAProbe) {
   Engine e;
-  Settings s = small_settings();
-  s.round = 1000;
-  s.reprobe_interval = 1000;
-  e.set_settings(s);
+  e.set_settings(drift_settings());
   const double cost[2] = {50, 10};
   run(e, 6, cost, 0, 0.0);
   run(e, 10, cost, 0, 0.1);  // within kShift
