@@ -19,21 +19,22 @@
  *
  * Maps and their layouts: efuse_telemetry.h (shared with efused's loader).
  *
- * Every request is counted exactly; 1 in sample_every is timed (docs/bpf.md, "Sampling"):
+ * Every request is counted exactly at its end; the requests sent while efused has the send
+ * program attached (sampling windows covering 1 in telemetry_sample_every of the time, or
+ * always when that is 1; docs/bpf.md, "Sampling") are timed:
  *
- *   send: count it in its connection's per-CPU array entry for its opcode; if it is the
- *         one of its CPU's block of sample_every sends that is timed, remember it (its
- *         struct fuse_req address) -> start time, opcode, connection, and at level "full"
- *         the waiting client and its switch counters.
+ *   send: (attached in sampling windows only) remember the request (its struct fuse_req
+ *         address) -> start time, opcode, connection, and at level "full" the waiting
+ *         client and its switch counters.
  *   end:  count it (ended, error) per opcode and per queue; if it was remembered, add its
  *         latency to the log2 histogram of its (conn, opcode, queue) in the per-CPU stats
  *         hash, and at level "full" the client's switches while it waited and the replying
  *         server thread's switches since its previous sampled reply.
  *
- * A request not sampled costs no clock read, no hash map operation and no task storage:
- * array lookups (inlined by the verifier) and adds.
+ * Outside the windows a request runs one program, and its end costs no clock read, no hash
+ * map operation and no task storage: array lookups (inlined by the verifier) and adds.
  *
- * In-flight requests are sent minus ended, computed by user space at scrape time.
+ * Requests in flight are the kernel's own count (fusectl's `waiting`), read by user space.
  */
 #include "vmlinux.h"
 
@@ -198,15 +199,12 @@ __u32 level = EFUSE_BPF_LEVEL_FULL;
 /* Bumped by efused at every level change: a server thread's counters taken before it are
  * a baseline only (at level "requests" they were not kept up to date). */
 __u32 level_gen = 0;
-/* 1 in sample_every requests is timed (efuse_telemetry.h); written by efused at any time. */
-__u32 sample_every = 1;
 /* Bumped by efused whenever it frees a connection slot: the CPUs' cached slots are void. */
 __u32 conn_gen SEC(".data") = 0;
-/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program neither counts a
- * request nor files a sampled one where its end looks (its address plus this), as on a
- * kernel whose tracepoints do not agree. Lets the tests trigger efused's self-check for
- * real. In .data beside the variables above (one cache line), not in .rodata: every send
- * reads it. */
+/* Test only (EFUSE_BPF_TEST_MISMATCH=1, docs/bpf.md): the send program files a sampled
+ * request where its end does not look (its address plus this), as on a kernel whose
+ * tracepoints do not agree. Lets the tests trigger efused's self-check for real. In .data
+ * beside the variables above (one cache line), not in .rodata: every send reads it. */
 __u64 test_send_key_skew SEC(".data") = 0;
 /* Entries in the inflight hash. The end of a request that was not sampled looks there only
  * while it is not 0; whoever deletes an entry (the request's end, or efused dropping stale
@@ -354,20 +352,6 @@ static __always_inline struct efuse_counts *queue_counts_of(int slot, __u32 conn
 	return lookup_or_init(&spill, &key, &zero_counts);
 }
 
-/* Whether this send is the one of its CPU's current block of sample_every sends that is
- * timed (efuse_telemetry.h). A tracing program does not nest on its CPU, so the per-CPU
- * state needs no atomics. */
-static __always_inline bool sample_this(struct efuse_sampler *s)
-{
-	__u32 every = sample_every;
-
-	if (every <= 1)
-		return true;
-	if (efuse_sample_block_starts(s, every))
-		s->pick = bpf_get_prandom_u32() % every;
-	return efuse_sample_take(s, every);
-}
-
 static __always_inline struct efuse_inflight_slot *slot_of(__u64 req)
 {
 	__u32 idx = efuse_inflight_index(req);
@@ -388,19 +372,19 @@ static __always_inline struct efuse_sample_bucket *bucket_of(__u64 nodeid, __u32
  * more. An entry with the same address is a request freed without reaching
  * fuse_request_end: the new one replaces it (the bucket counts stay: one start out, one in,
  * unless they are in different buckets). */
-static __always_inline void track_start(__u64 req, const struct efuse_req_start *start)
+static __always_inline bool track_start(__u64 req, const struct efuse_req_start *start)
 {
 	struct efuse_inflight_slot *slot = slot_of(req);
 	struct efuse_sample_bucket *b = bucket_of(start->nodeid, start->pid, start->opcode);
 
 	if (!slot || !b)
-		return;
+		return false;
 	__u64 old = __sync_val_compare_and_swap(&slot->req, EFUSE_BPF_SLOT_FREE, EFUSE_BPF_SLOT_BUSY);
 	if (old == EFUSE_BPF_SLOT_FREE) {
 		slot->start = *start;
 		__sync_fetch_and_add(&b->starts, 1);
 		__sync_lock_test_and_set(&slot->req, req);
-		return;
+		return true;
 	}
 	if (old == req &&
 	    __sync_val_compare_and_swap(&slot->req, req, EFUSE_BPF_SLOT_BUSY) == req) {
@@ -413,7 +397,7 @@ static __always_inline void track_start(__u64 req, const struct efuse_req_start 
 		slot->start = *start;
 		__sync_fetch_and_add(&b->starts, 1);
 		__sync_lock_test_and_set(&slot->req, req);
-		return;
+		return true;
 	}
 	struct efuse_req_key key = { .req = req };
 	long err = bpf_map_update_elem(&inflight, &key, start, BPF_NOEXIST);
@@ -431,10 +415,11 @@ static __always_inline void track_start(__u64 req, const struct efuse_req_start 
 	}
 	if (err) {
 		HEALTH_INC(inflight_full);
-		return;
+		return false;
 	}
 	__sync_fetch_and_add(&inflight_hashed, 1);
 	__sync_fetch_and_add(&b->starts, 1);
+	return true;
 }
 
 /* Whether a start is this request's: the same sender, node and opcode (a start at the same
@@ -506,23 +491,13 @@ static __always_inline __u64 req_address(unsigned long long *ctx)
 SEC("tp_btf/fuse_request_send")
 int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 {
-	__u32 conn = req_conn(req);
-	__u32 opcode = clamp_opcode(req->in.h.opcode);
 	struct efuse_sampler *cpu = cpu_state();
 
 	if (!cpu)
 		return 0;
-	if (!test_send_key_skew) {
-		struct efuse_counts *c = op_counts(conn_slot_cached(conn, cpu), conn, opcode);
-		if (c)
-			c->sent += 1; /* per-CPU value: a plain add */
-	}
-	if (!sample_this(cpu))
-		return 0;
-
 	struct efuse_req_start start = {};
-	start.conn = conn;
-	start.opcode = opcode;
+	start.conn = req_conn(req);
+	start.opcode = clamp_opcode(req->in.h.opcode);
 	start.pid = req->in.h.pid;
 	start.nodeid = req->in.h.nodeid;
 	start.start_ns = bpf_ktime_get_ns();
@@ -538,7 +513,8 @@ int BPF_PROG(efuse_request_send, const struct fuse_req___efuse *req)
 			start.client_nivcsw = task->nivcsw;
 		}
 	}
-	track_start(req_address(ctx) + test_send_key_skew, &start);
+	if (track_start(req_address(ctx) + test_send_key_skew, &start))
+		cpu->filed += 1; /* per-CPU value: a plain add */
 	return 0;
 }
 
@@ -574,6 +550,8 @@ int BPF_PROG(efuse_request_end, const struct fuse_req___efuse *req)
 	struct efuse_req_start start;
 	if (!take_start(req_address(ctx), b, nodeid, pid, opcode, conn, &start))
 		return 0;
+	if (cpu)
+		cpu->taken += 1;
 	__u64 now = bpf_ktime_get_ns();
 	__u64 delta = now > start.start_ns ? now - start.start_ns : 0;
 	struct efuse_stats_key key = { .conn = conn, .opcode = opcode, .qid = qid };

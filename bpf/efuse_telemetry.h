@@ -44,13 +44,11 @@
 #define EFUSE_BPF_LEVEL_REQUESTS 1 /* counts, errors, latency, in flight */
 #define EFUSE_BPF_LEVEL_FULL 2     /* and the context switches requests cost */
 
-/* Latency sampling (the program's `sample_every`, written by efused at any time): every
- * request is counted, 1 in sample_every is timed (and, at level "full", its client's context
- * switches read). Each CPU's sends are taken in blocks of sample_every and one request of a
- * block, at a position drawn at random when the block starts, is timed: every request has
- * the same chance 1/sample_every whatever its opcode, a workload that repeats with a period
- * of sample_every requests is not aliased, and each CPU times exactly one request per
- * complete block. 1 times every request. */
+/* Latency sampling (telemetry_sample_every, N): every request is counted at its end; the
+ * send program, which times requests, is attached by efused in sampling windows that cover
+ * 1/N of the time (service/src/bpf/sample_windows.h), and every request sent inside a window
+ * is timed (and, at level "full", its client's context switches read). N = 1 keeps it
+ * attached: every request timed. */
 #define EFUSE_BPF_SAMPLE_EVERY_MAX 65536
 
 /* Exact counters live in per-CPU arrays indexed by (connection slot, opcode) and
@@ -78,19 +76,16 @@ static inline __u32 efuse_conn_hash(__u32 conn)
 /* ---- X-macros: each list declares a struct's counters once; the C++ side builds its
  * metric names, help texts and aggregation loops from the same lists. ---- */
 
-/* Per (connection, opcode, queue) counters, besides the latency histogram and the
- * context switches. */
-/* Exact per (connection, opcode) and per (connection, queue) counters: every request. */
-#define EFUSE_BPF_COUNT_COUNTERS(X)                                                  \
-	X(sent, "requests seen at fuse_request_send (per queue: always 0, the queue is "  \
-		"chosen after the tracepoint)")                                           \
-	X(ended, "requests seen at fuse_request_end")                                 \
+/* Exact per (connection, opcode) and per (connection, queue) counters: every request,
+ * counted at its end (requests in flight: the kernel's own count, fusectl's `waiting`). */
+#define EFUSE_BPF_COUNT_COUNTERS(X)                           \
+	X(ended, "requests seen at fuse_request_end")          \
 	X(errors, "ended requests whose reply carried an error (out.h.error != 0)")
 
 /* Per (connection, opcode, queue) latency of the sampled requests, besides the latency
  * histogram and the context switches. */
 #define EFUSE_BPF_STATS_COUNTERS(X)                                               \
-	X(samples, "requests timed (1 in sample_every; == the histogram's total)") \
+	X(samples, "requests timed (sent in a sampling window; == the histogram's total)") \
 	X(latency_sum_ns, "sum of their send-to-end durations in nanoseconds")
 
 /* Context switch counters: X(field, side, kind). */
@@ -202,42 +197,19 @@ struct efuse_counts {
 #undef EFUSE_BPF_FIELD
 };
 
-/* sampler: BPF_MAP_TYPE_PERCPU_ARRAY, one element: where this CPU is in its current block
- * of sample_every sends, and which position of the block is timed; and the connection slot
- * this CPU looked up last (valid while the program's conn_gen, which efused bumps whenever
- * it frees a slot, is `gen`), so that a CPU serving one mount reads one line of its own
- * instead of conn_slots. */
+/* sampler: BPF_MAP_TYPE_PERCPU_ARRAY, one element: the connection slot this CPU looked up
+ * last (valid while the program's conn_gen, which efused bumps whenever it frees a slot, is
+ * `gen`), so that a CPU serving one mount reads one line of its own instead of conn_slots;
+ * and the self-check's counts of sampled starts: filed by the send program, taken back by
+ * the end of the same request (efused's self-check compares them, see MatchCheck). */
 struct efuse_sampler {
-	__u32 pos;
-	__u32 pick;
 	__u32 conn;  /* the connection last looked up (EFUSE_BPF_CONN_FREE: none) */
 	__s32 slot;  /* its slot, or -1: the spill hash */
 	__u32 gen;   /* conn_gen when looked up */
 	__u32 pad;
+	__u64 filed; /* sampled starts remembered by sends on this CPU */
+	__u64 taken; /* sampled starts found and taken by their request's end on this CPU */
 };
-
-/* The sampling rule, one send at a time (the program and the unit tests run this code):
- *
- *	if (efuse_sample_block_starts(s, every))
- *		s->pick = random % every;
- *	timed = efuse_sample_take(s, every);
- *
- * so that the random number is drawn once per block, not per send. */
-static inline int efuse_sample_block_starts(struct efuse_sampler *s, __u32 every)
-{
-	if (s->pos != 0 && s->pos < every)
-		return 0;
-	s->pos = 0; /* a new block (or every just shrank below pos) */
-	return 1;
-}
-
-static inline int efuse_sample_take(struct efuse_sampler *s, __u32 every)
-{
-	int hit = s->pos == s->pick;
-
-	s->pos = s->pos + 1 < every ? s->pos + 1 : 0;
-	return hit;
-}
 
 /* Context switches: X-macro fields, summed over CPUs and queues per connection. */
 struct efuse_ctxsw_stats {
@@ -297,8 +269,8 @@ static_assert(sizeof(struct efuse_stats_key) == 16, "efuse_stats_key layout");
 static_assert(sizeof(struct efuse_ctxsw_stats) == 8 * 4, "efuse_ctxsw_stats layout");
 static_assert(sizeof(struct efuse_stats) == 8 * (2 + EFUSE_BPF_LATENCY_SLOTS + 4),
 	      "efuse_stats layout");
-static_assert(sizeof(struct efuse_counts) == 8 * 3, "efuse_counts layout");
-static_assert(sizeof(struct efuse_sampler) == 24, "efuse_sampler layout");
+static_assert(sizeof(struct efuse_counts) == 8 * 2, "efuse_counts layout");
+static_assert(sizeof(struct efuse_sampler) == 32, "efuse_sampler layout");
 static_assert(EFUSE_BPF_CONN_PROBES <= EFUSE_BPF_CONN_SLOTS, "conn slot probes");
 static_assert(EFUSE_BPF_QUEUE_ANY != EFUSE_BPF_QUEUE_CLASSIC, "spill key markers");
 static_assert(sizeof(struct efuse_task) == 24, "efuse_task layout");

@@ -239,7 +239,7 @@ def test_sampling_counts_every_request_and_changes_live_on_reload():
         m.start()
         s = bpf_up_or_skip(m, PORT)
         assert value(s, "efuse_bpf_latency_sample_every") == 4
-        assert "telemetry: full, 1 in 4 requests timed\n" in m.ctl("status").out
+        assert "telemetry: full, timed 1 in 4 of the time\n" in m.ctl("status").out
         assert json.loads(m.ctl("--json", "status").out)["telemetry"]["sample_every"] == 4
         ids = program_ids(m)
 

@@ -27,6 +27,11 @@ void accumulate(efuse_counts& into, const efuse_counts& from) {
 #undef EFUSE_BPF_SUM
 }
 
+void accumulate(efuse_sampler& into, const efuse_sampler& from) {
+  into.filed += from.filed;
+  into.taken += from.taken;
+}
+
 void accumulate(efuse_health& into, const efuse_health& from) {
 #define EFUSE_BPF_SUM(name, reason, help) into.name += from.name;
   EFUSE_BPF_HEALTH_COUNTERS(EFUSE_BPF_SUM)

@@ -17,6 +17,8 @@ void accumulate(efuse_stats& into, const efuse_stats& from);
 void accumulate(efuse_counts& into, const efuse_counts& from);
 void accumulate(efuse_ctxsw_stats& into, const efuse_ctxsw_stats& from);
 void accumulate(efuse_health& into, const efuse_health& from);
+// The self-check's counts only (filed, taken); the connection cache is per CPU.
+void accumulate(efuse_sampler& into, const efuse_sampler& from);
 
 // Calls fn(key) for each key of the map behind `fd`. Keys deleted while iterating may
 // make the kernel restart from the first key: at most `limit` keys are visited, and callers

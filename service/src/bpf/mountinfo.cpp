@@ -1,10 +1,15 @@
 #include "bpf/mountinfo.h"
 
 #include <dirent.h>
+#include <fcntl.h>
+#include <sys/mount.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -13,6 +18,7 @@ namespace efuse::bpf {
 namespace {
 
 constexpr long kFuseCtlSuperMagic = 0x65735543;
+constexpr const char* kFuseCtlDir = "/sys/fs/fuse/connections";
 
 // mountinfo escapes ' ', '\t', '\n' and '\\' as \ooo.
 std::string unescape(std::string_view s) {
@@ -107,21 +113,80 @@ std::map<uint32_t, FuseMount> read_fuse_mounts() {
   return parse_fuse_mounts(ss.str());
 }
 
-std::set<uint32_t> live_connections(bool* host_wide) {
-  std::set<uint32_t> out;
+FuseCtl FuseCtl::open(std::string* reason) {
   struct statfs st;
-  if (statfs("/sys/fs/fuse/connections", &st) == 0 && st.f_type == kFuseCtlSuperMagic) {
-    if (DIR* d = opendir("/sys/fs/fuse/connections")) {
-      while (dirent* e = readdir(d)) {
-        char* end = nullptr;
-        unsigned long v = std::strtoul(e->d_name, &end, 10);
-        if (e->d_name[0] >= '0' && e->d_name[0] <= '9' && *end == '\0' && v <= 0xffffffffUL)
-          out.insert(static_cast<uint32_t>(v));
-      }
-      closedir(d);
-      if (host_wide != nullptr) *host_wide = true;
-      return out;
-    }
+  if (statfs(kFuseCtlDir, &st) == 0 && st.f_type == kFuseCtlSuperMagic) {
+    int fd = ::open(kFuseCtlDir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) return FuseCtl(fd);
+  }
+  // Not mounted there (no systemd, a container): an instance of our own, attached nowhere.
+  int fs = fsopen("fusectl", FSOPEN_CLOEXEC);
+  if (fs < 0) {
+    *reason = std::string("fusectl is not mounted at ") + kFuseCtlDir +
+              " and cannot be opened (fsopen: " + std::strerror(errno) + ")";
+    return FuseCtl();
+  }
+  int mnt = -1;
+  if (fsconfig(fs, FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) == 0)
+    mnt = fsmount(fs, FSMOUNT_CLOEXEC,
+                  MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+  const int err = errno;
+  ::close(fs);
+  if (mnt < 0) {
+    *reason = std::string("fusectl is not mounted at ") + kFuseCtlDir +
+              " and an instance of its own cannot be made (" + std::strerror(err) + ")";
+    return FuseCtl();
+  }
+  return FuseCtl(mnt);
+}
+
+FuseCtl& FuseCtl::operator=(FuseCtl&& o) noexcept {
+  if (this != &o) {
+    if (dirfd_ >= 0) ::close(dirfd_);
+    dirfd_ = o.dirfd_;
+    o.dirfd_ = -1;
+  }
+  return *this;
+}
+
+FuseCtl::~FuseCtl() {
+  if (dirfd_ >= 0) ::close(dirfd_);
+}
+
+std::map<uint32_t, uint64_t> FuseCtl::waiting() const {
+  std::map<uint32_t, uint64_t> out;
+  if (dirfd_ < 0) return out;
+  int fd = ::openat(dirfd_, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return out;
+  DIR* d = fdopendir(fd);
+  if (d == nullptr) {
+    ::close(fd);
+    return out;
+  }
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    unsigned long v = std::strtoul(e->d_name, &end, 10);
+    if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end != '\0' || v > 0xffffffffUL) continue;
+    const std::string file = std::string(e->d_name) + "/waiting";
+    int w = ::openat(dirfd_, file.c_str(), O_RDONLY | O_CLOEXEC);
+    if (w < 0) continue;
+    char buf[32];
+    ssize_t n = ::read(w, buf, sizeof buf - 1);
+    ::close(w);
+    if (n <= 0) continue;
+    buf[n] = '\0';
+    out[static_cast<uint32_t>(v)] = std::strtoull(buf, nullptr, 10);
+  }
+  closedir(d);
+  return out;
+}
+
+std::set<uint32_t> live_connections(const FuseCtl& ctl, bool* host_wide) {
+  std::set<uint32_t> out;
+  if (ctl.ok()) {
+    for (const auto& [conn, n] : ctl.waiting()) out.insert(conn);
+    if (host_wide != nullptr) *host_wide = true;
+    return out;
   }
   for (const auto& [conn, m] : read_fuse_mounts()) out.insert(conn);
   if (host_wide != nullptr) *host_wide = false;

@@ -31,9 +31,35 @@ std::map<uint32_t, FuseMount> parse_fuse_mounts(std::string_view mountinfo);
 // parse_fuse_mounts() of /proc/self/mountinfo; empty when unreadable.
 std::map<uint32_t, FuseMount> read_fuse_mounts();
 
-// Live FUSE connections: the entries of /sys/fs/fuse/connections when the fusectl file
-// system is mounted there (host-wide, every mount namespace), else the connections of
-// read_fuse_mounts(). `*host_wide` tells which.
-std::set<uint32_t> live_connections(bool* host_wide = nullptr);
+// The fusectl file system (one directory per FUSE connection on the host, every mount
+// namespace): systemd's mount at /sys/fs/fuse/connections when it is there, else an
+// instance of efused's own, mounted nowhere (fsopen/fsmount: a detached mount that goes
+// away with its descriptor; nothing in any mount table changes).
+class FuseCtl {
+ public:
+  // Not ok() when neither can be had (no fusectl in the kernel, no privilege); *reason says
+  // why.
+  static FuseCtl open(std::string* reason);
+  FuseCtl() = default;
+  FuseCtl(FuseCtl&& o) noexcept : dirfd_(o.dirfd_) { o.dirfd_ = -1; }
+  FuseCtl& operator=(FuseCtl&& o) noexcept;
+  FuseCtl(const FuseCtl&) = delete;
+  FuseCtl& operator=(const FuseCtl&) = delete;
+  ~FuseCtl();
+
+  bool ok() const { return dirfd_ >= 0; }
+  // Every FUSE connection on the host -> the requests the kernel holds for it: its
+  // `waiting` file (fuse_conn.num_waiting: sent and not ended, or waiting for a background
+  // slot). A connection whose file cannot be read (it went away meanwhile) is left out.
+  std::map<uint32_t, uint64_t> waiting() const;
+
+ private:
+  explicit FuseCtl(int dirfd) : dirfd_(dirfd) {}
+  int dirfd_ = -1;
+};
+
+// Live FUSE connections: fusectl's entries when `ctl` is ok() (host-wide, every mount
+// namespace), else the connections of read_fuse_mounts(). `*host_wide` tells which.
+std::set<uint32_t> live_connections(const FuseCtl& ctl, bool* host_wide = nullptr);
 
 }  // namespace efuse::bpf

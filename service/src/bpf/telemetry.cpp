@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <random>
 #include <set>
 #include <tuple>
 #include <utility>
@@ -24,6 +25,7 @@
 #include "bpf/libbpf_log.h"
 #include "bpf/maps.h"
 #include "bpf/mountinfo.h"
+#include "bpf/sample_windows.h"
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/system.h"
@@ -175,27 +177,78 @@ Options Options::from_env() {
   return o;
 }
 
-std::string MatchCheck::observe(uint64_t matched, uint64_t mismatched) {
+std::string MatchCheck::observe(uint64_t filed, uint64_t taken) {
   // Totals only grow; a smaller one (never expected) restarts the window.
-  if (matched < base_matched_ || mismatched < base_mismatched_) {
-    base_matched_ = matched;
-    base_mismatched_ = mismatched;
+  if (filed < base_filed_ || taken < base_taken_) {
+    base_filed_ = filed;
+    base_taken_ = taken;
     return {};
   }
-  const uint64_t good = matched - base_matched_, bad = mismatched - base_mismatched_;
-  if (good + bad < kWindow) return {};
-  base_matched_ = matched;
-  base_mismatched_ = mismatched;
-  if (bad * 4 <= good + bad) return {};
+  const uint64_t window = filed - base_filed_;
+  if (window < kWindow) return {};
+  // Starts filed in an earlier window and taken in this one count here: at most `window`.
+  const uint64_t good = std::min(taken - base_taken_, window), bad = window - good;
+  base_filed_ = filed;
+  base_taken_ = taken;
+  if (bad * 4 <= window) return {};
   return "sends and ends stopped matching: " + std::to_string(bad) + " of the last " +
-         std::to_string(good + bad) +
-         " request events did not pair (ends never seen sent, or sends over a request still "
-         "in flight; this kernel's FUSE tracepoints do not behave as efused expects)";
+         std::to_string(window) +
+         " timed requests were never seen ending (their ends did not find their sends; this "
+         "kernel's FUSE tracepoints do not behave as efused expects)";
 }
 
 Status Telemetry::status() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return status_;
+  Status s = status_;
+  s.in_flight_reason = in_flight_reason_;
+  return s;
+}
+
+bool Telemetry::open_window() const {
+  if (!skel_ || !status_.up) return false;
+  if (skel_->links.efuse_request_send != nullptr) return true;
+  bpf_link* link = bpf_program__attach(skel_->progs.efuse_request_send);
+  if (link == nullptr) {
+    if (!window_failure_logged_)
+      LOG_WARN("bpf: cannot attach fuse_request_send for a sampling window (%s): requests "
+               "are counted, not timed, until it attaches again",
+               errno_text(errno).c_str());
+    window_failure_logged_ = true;
+    return false;
+  }
+  skel_->links.efuse_request_send = link;  // efuse_telemetry_bpf__destroy() detaches it
+  ++status_.sample_windows;
+  return true;
+}
+
+void Telemetry::close_window() const {
+  if (!skel_ || skel_->links.efuse_request_send == nullptr) return;
+  bpf_link__destroy(skel_->links.efuse_request_send);
+  skel_->links.efuse_request_send = nullptr;
+}
+
+void Telemetry::run_windows() {
+  std::mt19937_64 rng(std::random_device{}());
+  std::uniform_real_distribution<double> draw(0.0, 1.0);
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!windows_stop_) {
+    const uint32_t every = opts_.sample_every;
+    auto changed = [&] { return windows_stop_ || !status_.up || opts_.sample_every != every; };
+    if (!status_.up) {
+      windows_cv_.wait(lock, [&] { return windows_stop_ || status_.up; });
+      continue;
+    }
+    if (SampleWindows::always(every)) {  // load() attached it; it stays until `every` changes
+      (void)open_window();
+      windows_cv_.wait(lock, changed);
+      continue;
+    }
+    close_window();
+    if (windows_cv_.wait_for(lock, SampleWindows::gap(every, draw(rng)), changed)) continue;
+    (void)open_window();
+    (void)windows_cv_.wait_for(lock, SampleWindows::kWindow, changed);
+    close_window();
+  }
 }
 
 const char* level_name(Level level) {
@@ -225,7 +278,15 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   t->opts_ = opts;
   t->opts_.sample_every = std::clamp<uint32_t>(opts.sample_every, 1, kMaxSampleEvery);
   t->status_.sample_every = t->opts_.sample_every;
+  std::string why;
+  t->fusectl_ = FuseCtl::open(&why);
+  t->in_flight_reason_ = why;
+  if (!why.empty())
+    LOG_WARN("bpf: no efuse_kernel_requests_in_flight: %s; dead connections' series are kept",
+             why.c_str());
   t->attach();
+  Telemetry* self = t.get();
+  t->windows_ = std::thread([self] { self->run_windows(); });
   return t;
 }
 
@@ -269,9 +330,10 @@ void Telemetry::attach() {
     if (!ids.empty()) ids += ',';
     ids += std::to_string(id);
   }
-  LOG_INFO("bpf: telemetry on: level %s, every request counted, 1 in %u timed, %d programs "
-           "attached (fuse_request_send, fuse_request_end; bpftool prog show id %s; FUSE "
-           "tracepoints from %s BTF)",
+  LOG_INFO("bpf: telemetry on: level %s, every request counted, timed in sampling windows "
+           "covering 1 in %u of the time, %d programs (fuse_request_end attached, "
+           "fuse_request_send in the windows; bpftool prog show id %s; FUSE tracepoints from "
+           "%s BTF)",
            status_.level.c_str(), opts_.sample_every, status_.programs_attached, ids.c_str(),
            status_.tracepoints.c_str());
 }
@@ -311,6 +373,7 @@ void Telemetry::set_level(Level level) {
   // cannot run (unsupported, refused) or that failed its self-check stays off until
   // efused restarts.
   if (status_.off == kOffDisabled) attach();
+  windows_cv_.notify_all();
 }
 
 void Telemetry::set_sample_every(uint32_t every) {
@@ -320,8 +383,9 @@ void Telemetry::set_sample_every(uint32_t every) {
   const uint32_t before = opts_.sample_every;
   opts_.sample_every = every;
   status_.sample_every = every;
-  if (status_.up && skel_) __atomic_store_n(&skel_->data->sample_every, every, __ATOMIC_RELEASE);
-  LOG_INFO("bpf: telemetry times 1 in %u requests (was 1 in %u)", every, before);
+  windows_cv_.notify_all();  // the next window (or the gap) follows the new rate
+  LOG_INFO("bpf: telemetry sampling windows cover 1 in %u of the time (was 1 in %u)", every,
+           before);
 }
 
 bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lacks) {
@@ -342,7 +406,6 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
   skel_->data->test_send_key_skew = opts.test_mismatch ? 1 : 0;
   skel_->data->level =
       effective(opts) == Level::Full ? EFUSE_BPF_LEVEL_FULL : EFUSE_BPF_LEVEL_REQUESTS;
-  skel_->data->sample_every = opts.sample_every;
 
   int err = efuse_telemetry_bpf__load(skel_.get());
   if (err != 0) {
@@ -358,11 +421,13 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
     bpf_program* prog;
     bpf_link** link;
   };
+  // The end program counts every request: attached for as long as the telemetry runs. The
+  // send program is attached in sampling windows (run_windows), or for good at 1 in 1;
+  // attached here either way, so that a kernel refusing it says so now.
   Prog progs[] = {
       {skel_->progs.efuse_request_send, &skel_->links.efuse_request_send},
       {skel_->progs.efuse_request_end, &skel_->links.efuse_request_end},
   };
-  int attached = 0;
   for (Prog& p : progs) {
     bpf_link* link = bpf_program__attach(p.prog);
     if (link == nullptr) {
@@ -370,7 +435,12 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
       return false;  // skel_.reset() in start() detaches what was attached
     }
     *p.link = link;  // efuse_telemetry_bpf__destroy() detaches it
-    ++attached;
+  }
+  if (SampleWindows::always(opts.sample_every)) {
+    ++status_.sample_windows;
+  } else {  // the first window opens after a gap
+    bpf_link__destroy(skel_->links.efuse_request_send);
+    skel_->links.efuse_request_send = nullptr;
   }
   int slots_fd = bpf_map__fd(skel_->maps.inflight_slots);
   void* m = mmap(nullptr, kSlotsBytes, PROT_READ | PROT_WRITE, MAP_SHARED, slots_fd, 0);
@@ -387,7 +457,7 @@ bool Telemetry::load(const Options& opts, std::string* reason, bool* kernel_lack
   }
   buckets_map_ = m;
   status_.up = true;
-  status_.programs_attached = attached;
+  status_.programs_attached = kProgramCount;  // loaded and in service, send in the windows
   return true;
 }
 
@@ -418,6 +488,12 @@ void Telemetry::withdraw(const std::string& verdict) const {
 }
 
 Telemetry::~Telemetry() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    windows_stop_ = true;
+  }
+  windows_cv_.notify_all();
+  if (windows_.joinable()) windows_.join();
   std::lock_guard<std::mutex> lock(mu_);
   if (slots_map_ != nullptr) munmap(slots_map_, kSlotsBytes);
   if (buckets_map_ != nullptr) munmap(buckets_map_, kBucketsBytes);
@@ -487,7 +563,7 @@ void Telemetry::read_counts(Snapshot& snap, size_t ncpu) const {
     ConnSnapshot& c = snap.conns[conn];
     read_range(bpf_map__fd(skel_->maps.counts), i * EFUSE_BPF_OPCODE_SLOTS,
                EFUSE_BPF_OPCODE_SLOTS, [&](uint32_t opcode, const efuse_counts& v) {
-                 if (v.sent != 0 || v.ended != 0) accumulate(c.counts[opcode], v);
+                 if (v.ended != 0) accumulate(c.counts[opcode], v);
                });
     read_range(bpf_map__fd(skel_->maps.queue_counts), i * EFUSE_BPF_QUEUE_SLOTS,
                EFUSE_BPF_QUEUE_SLOTS, [&](uint32_t qslot, const efuse_counts& v) {
@@ -579,45 +655,43 @@ Snapshot Telemetry::snapshot() const {
     __u32 zero = 0;
     (void)lookup_percpu_sum(fd, &zero, ncpu, &snap.health);
   }
-  // The self-check, on totals that only grow (those of deleted connections are kept in
-  // forgotten_*): per connection and opcode, ends up to the number of sends paired, ends
-  // beyond it were never seen sent.
+  // The self-check, on the sampled starts filed and taken back (totals that only grow).
   {
-    uint64_t paired = forgotten_paired_, unpaired = forgotten_unpaired_;
-    for (const auto& [conn, c] : snap.conns)
-      for (const auto& [opcode, n] : c.counts) {
-        paired += std::min(n.sent, n.ended);
-        unpaired += n.ended - std::min(n.sent, n.ended);
-      }
-    std::string verdict = match_check_.observe(paired, unpaired + snap.health.duplicate_send);
+    __u32 zero = 0;
+    efuse_sampler sum{};
+    (void)lookup_percpu_sum(bpf_map__fd(skel_->maps.sampler), &zero, ncpu, &sum);
+    std::string verdict = match_check_.observe(sum.filed, sum.taken);
     if (!verdict.empty()) {
       withdraw(verdict);
       return {};
     }
   }
+  snap.in_flight = fusectl_.waiting();
   // Connections that no longer exist: delete their counters (a new mount that gets a
   // recycled device number must start from zero) and leave them out. Runs after the maps
   // were read, so a connection created meanwhile is either in the live list or was not read.
   bool host_wide = false;
-  std::set<uint32_t> live = live_connections(&host_wide);
+  std::set<uint32_t> live;
+  if (fusectl_.ok()) {
+    for (const auto& [conn, n] : snap.in_flight) live.insert(conn);
+    host_wide = true;
+  } else {
+    live = live_connections(fusectl_, &host_wide);
+  }
   if (host_wide) {  // else only this mount namespace is visible: cannot tell dead ones
     for (auto it = snap.conns.begin(); it != snap.conns.end();) {
       if (live.count(it->first) != 0) {
         ++it;
         continue;
       }
-      forget_connection(it->first, it->second);
+      forget_connection(it->first);
       it = snap.conns.erase(it);
     }
   }
   return snap;
 }
 
-void Telemetry::forget_connection(uint32_t conn, const ConnSnapshot& c) const {
-  for (const auto& [opcode, n] : c.counts) {
-    forgotten_paired_ += std::min(n.sent, n.ended);
-    forgotten_unpaired_ += n.ended - std::min(n.sent, n.ended);
-  }
+void Telemetry::forget_connection(uint32_t conn) const {
   auto delete_keys_of = [conn](int fd) {
     std::vector<efuse_stats_key> doomed;
     for_each_key(fd, sizeof(efuse_stats_key), 2 * EFUSE_BPF_MAX_STATS_KEYS, [&](const void* k) {

@@ -13,6 +13,7 @@
 // exist. Destroying the object detaches every program (RAII: TelemetrySkeleton).
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -21,8 +22,10 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
+#include "bpf/mountinfo.h"
 #include "bpf/skeleton.h"
 #include "efuse_telemetry.h"
 
@@ -32,7 +35,7 @@ namespace efuse::bpf {
 // request; `ops`, `queues` and `ctxsw` come from the sampled ones (1 in sample_every).
 struct ConnSnapshot {
   std::map<uint32_t, efuse_counts> counts;        // by opcode (clamped to OPCODE_SLOTS - 1)
-  std::map<uint32_t, efuse_counts> queue_counts;  // by qid (ended, errors; sent is 0)
+  std::map<uint32_t, efuse_counts> queue_counts;  // by qid
   std::map<uint32_t, efuse_stats> ops;     // by opcode: the sampled requests' latency
   std::map<uint32_t, efuse_stats> queues;  // by qid; EFUSE_BPF_QUEUE_CLASSIC = /dev/fuse
   efuse_ctxsw_stats ctxsw{};
@@ -40,10 +43,11 @@ struct ConnSnapshot {
 
 // Requests sent and not ended yet: sent - ended, or 0 while requests that were in flight
 // when the programs attached (ended, never seen sent) outnumber those in flight now.
-inline uint64_t in_flight(const efuse_counts& c) { return c.sent > c.ended ? c.sent - c.ended : 0; }
-
 struct Snapshot {
   std::map<uint32_t, ConnSnapshot> conns;  // by connection id (mountinfo.h)
+  // Every FUSE connection on the host -> requests in flight (the kernel's own count,
+  // fusectl's `waiting`); empty when fusectl cannot be read (Status::in_flight_reason).
+  std::map<uint32_t, uint64_t> in_flight;
   efuse_health health{};
 };
 
@@ -71,24 +75,26 @@ struct Status {
   std::string tracepoints;     // whose BTF has the FUSE tracepoints: "vmlinux", "fuse module"
   std::string off;             // when !up: one of kOff*
   std::string level = "off";   // the level running: level_name()
-  uint32_t sample_every = kDefaultSampleEvery;  // 1 in N requests timed (configured value)
+  uint32_t sample_every = kDefaultSampleEvery;  // sampling windows cover 1 in N of the time
+  uint64_t sample_windows = 0;  // sampling windows opened (the send program attached)
+  std::string in_flight_reason;  // why requests in flight are not known ("" when they are)
 };
 
-// The self-check: whether the programs' sends and ends still pair up. Fed the running
-// totals of requests whose end found their send (`matched`: per connection and opcode, the
-// ends up to the number of sends) and of events that did not pair (`mismatched`: ends beyond
-// the sends, i.e. never seen sent, and sends over a sampled request still tracked), it judges each
-// window of at least kWindow events and says why when more than a quarter of a window did
-// not pair. A few unmatched ends are normal (requests in flight when efused started).
+// The self-check: a request the send program timed is remembered (filed) under its struct
+// fuse_req address, and its end takes it back. On a kernel whose two tracepoints do not
+// agree on that address, ends find nothing and starts pile up. Judged over windows of at
+// least kWindow filed starts: when fewer than three quarters of them were taken back, the
+// programs are withdrawn. Starts still in flight at a look are taken in a later window
+// (the totals only grow).
 class MatchCheck {
  public:
   static constexpr uint64_t kWindow = 1000;
   // "" while healthy; else the verdict (one sentence with the window's numbers).
-  std::string observe(uint64_t matched, uint64_t mismatched);
+  std::string observe(uint64_t filed, uint64_t taken);
 
  private:
-  uint64_t base_matched_ = 0;
-  uint64_t base_mismatched_ = 0;
+  uint64_t base_filed_ = 0;
+  uint64_t base_taken_ = 0;
 };
 
 struct Options {
@@ -97,8 +103,8 @@ struct Options {
   Level level = Level::Full;  // the configuration's telemetry level
   uint32_t sample_every = kDefaultSampleEvery;  // telemetry_sample_every, 1..kMaxSampleEvery
   std::string kernel_btf = "/sys/kernel/btf/vmlinux";  // checked before loading
-  // Test only (EFUSE_BPF_TEST_MISMATCH=1): sends are filed under a key no end looks up, so
-  // the self-check sees every request unmatched (docs/bpf.md).
+  // Test only (EFUSE_BPF_TEST_MISMATCH=1): sampled sends are filed under a key no end looks
+  // up, so the self-check sees no start taken back (docs/bpf.md).
   bool test_mismatch = false;
   static Options from_env();
 };
@@ -135,15 +141,16 @@ class Telemetry {
   // cannot run, or that failed its self-check, stays off. Thread-safe.
   void set_level(Level level);
 
-  // Changes the latency sampling live (a config reload): 1 in `every` requests is timed from
-  // the next send on; counts and histograms keep their values. Clamped to
-  // 1..kMaxSampleEvery (the configuration refuses anything else). Thread-safe.
+  // Changes the latency sampling live (a config reload): the sampling windows cover 1 in
+  // `every` of the time from the next window on (1: the send program stays attached);
+  // counts and histograms keep their values. Clamped to 1..kMaxSampleEvery (the
+  // configuration refuses anything else). Thread-safe.
   void set_sample_every(uint32_t every);
 
-  // Reads every map; thread-safe (scrapes may run concurrently). Empty when !up(). Runs the
-  // self-check (MatchCheck) on what it read: when sends and ends stopped pairing it logs
-  // one line, detaches the programs and returns empty; from then on up() is false and
-  // status().off is kOffMismatch.
+  // Reads every map and fusectl; thread-safe (scrapes may run concurrently). Empty when
+  // !up(). Runs the self-check (MatchCheck) on what it read: when sends and ends stopped
+  // pairing it logs one line, detaches the programs and returns empty; from then on up() is
+  // false and status().off is kOffMismatch.
   Snapshot snapshot() const;
 
   // Kernel ids of the loaded programs (`bpftool prog show id N`); empty when !up().
@@ -154,9 +161,15 @@ class Telemetry {
   static Level effective(const Options& opts);  // the level after EFUSE_BPF, EFUSE_BPF_SCHED
   void attach();  // mu_ held: loads at effective(opts_), or stays off; sets status_
   void detach() const;  // mu_ held: detaches and unmaps; status_ says off
+  // The sampling windows (sample_windows.h): a thread that attaches the send program for a
+  // window and detaches it for a gap, while the telemetry is up; started with the object,
+  // stopped by the destructor.
+  void run_windows();
+  bool open_window() const;   // mu_ held: attaches the send program; false if it failed
+  void close_window() const;  // mu_ held: detaches it
   std::vector<uint32_t> ids_locked() const;
   bool load(const Options& opts, std::string* reason, bool* kernel_lacks);
-  void forget_connection(uint32_t conn, const ConnSnapshot& c) const;
+  void forget_connection(uint32_t conn) const;
   void read_counts(Snapshot& snap, size_t ncpu) const;  // conn_slots, counts, queue_counts, spill
   void drop_stale_starts(uint64_t now) const;  // sampled starts whose end will never come
   // Removing a sampled start keeps the programs' counts right: inflight_hashed and the
@@ -175,11 +188,13 @@ class Telemetry {
   mutable void* slots_map_ = nullptr;   // mmap of inflight_slots while loaded
   mutable void* buckets_map_ = nullptr;  // mmap of sampled while loaded
   mutable MatchCheck match_check_;
-  // Self-check totals of connections deleted from the maps: requests whose send and end
-  // both were seen, and ends never seen sent.
-  mutable uint64_t forgotten_paired_ = 0;
-  mutable uint64_t forgotten_unpaired_ = 0;
+  FuseCtl fusectl_;  // requests in flight, live connections
+  std::string in_flight_reason_;  // why fusectl_ is not ok()
   mutable std::mutex mu_;
+  std::condition_variable windows_cv_;  // with mu_: sampling changed, telemetry up, stop
+  bool windows_stop_ = false;
+  mutable bool window_failure_logged_ = false;
+  std::thread windows_;
 };
 
 }  // namespace efuse::bpf

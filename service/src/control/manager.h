@@ -65,7 +65,7 @@ class Manager {
   // The eBPF telemetry: {"configured": "full"|"requests"|"off" (the config's telemetry:),
   //  "level": the level running ("off" when it is not), "up": bool, "reason": why not up
   //  ("" when up), "off": "disabled"|"unsupported"|"refused"|"mismatch"|"",
-  //  "sample_every": N (1 in N requests timed; telemetry_sample_every)}.
+  //  "sample_every": N (timing windows cover 1 in N of the time; telemetry_sample_every)}.
   virtual nlohmann::json telemetry() const = 0;
 
   // Called (from any thread) whenever a mount's state changes: (name, new state).

@@ -93,7 +93,7 @@ std::string format_telemetry(const nlohmann::json& t) {
       every->is_number_integer() && every->get<int64_t>() > 0)
     out += every->get<int64_t>() == 1
                ? ", every request timed"
-               : ", 1 in " + std::to_string(every->get<int64_t>()) + " requests timed";
+               : ", timed 1 in " + std::to_string(every->get<int64_t>()) + " of the time";
   std::string detail;
   if (!text("configured").empty() && text("configured") != text("level"))
     detail = "configured " + text("configured");

@@ -24,7 +24,7 @@ std::string format_status(const std::string& version, uint32_t mount_count,
                           const nlohmann::json& daemon = nlohmann::json::object(),
                           const nlohmann::json& telemetry = nlohmann::json());
 
-// "telemetry: full, 1 in 16 requests timed" or "telemetry: off (configured full;
+// "telemetry: full, timed 1 in 16 of the time" or "telemetry: off (configured full;
 // unsupported: why)".
 std::string format_telemetry(const nlohmann::json& telemetry);
 

@@ -101,7 +101,7 @@ struct Config {
   std::string path;                             // where it was loaded from
   std::string metrics_listen = "127.0.0.1:19567";  // HOST:PORT; "" disables /metrics
   std::string telemetry = "full";  // eBPF telemetry level: "full", "requests", "off"
-  unsigned telemetry_sample_every = 16;  // 1 in N requests timed (bpf::kDefaultSampleEvery)
+  unsigned telemetry_sample_every = 16;  // timing windows cover 1 in N of the time (bpf::kDefaultSampleEvery)
   std::vector<MountConfig> mounts;
 };
 

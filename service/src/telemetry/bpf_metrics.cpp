@@ -115,16 +115,24 @@ void append_health(const bpf::Status& status, const efuse_health* health,
   out.push_back(std::move(level));
   prometheus::MetricFamily sampling = make_family(
       "efuse_bpf_latency_sample_every",
-      "1 in this many FUSE requests is timed (telemetry_sample_every): the kernel-side latency "
-      "histograms and the client context switches come from those; request, error, "
-      "in-flight and per-queue request counts are exact.",
+      "telemetry_sample_every: requests sent in sampling windows that cover 1 in this many "
+      "of the time are timed; the kernel-side latency histograms and the client context "
+      "switches come from those; request, error, in-flight and per-queue request counts are "
+      "exact.",
       MetricType::Gauge);
   add_gauge(sampling, {}, status.sample_every);
   out.push_back(std::move(sampling));
+  prometheus::MetricFamily windows = make_family(
+      "efuse_bpf_sample_windows_total",
+      "Sampling windows opened: times the fuse_request_send program was attached to time the "
+      "requests sent while it is (telemetry_sample_every 1: once, for good).",
+      MetricType::Counter);
+  add_counter(windows, {}, static_cast<double>(status.sample_windows));
+  out.push_back(std::move(windows));
   prometheus::MetricFamily attached = make_family(
       "efuse_bpf_programs_attached",
-      "BPF programs attached (fuse_request_send, fuse_request_end: 2 when the telemetry "
-      "runs).",
+      "BPF programs in service (fuse_request_end, attached while the telemetry runs, and "
+      "fuse_request_send, attached in the sampling windows: 2 when the telemetry runs).",
       MetricType::Gauge);
   add_gauge(attached, {}, status.programs_attached);
   out.push_back(std::move(attached));
@@ -202,9 +210,8 @@ void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapsho
     // Counts: every request. Latency: the sampled ones (efuse_bpf_latency_sample_every).
     for (const auto& [opcode, n] : c.counts) {
       std::vector<std::string> key = {l.mount, l.fstype, fuse::opcode_name(opcode)};
-      requests[key] += n.sent;
+      requests[key] += n.ended;
       errors[key] += n.errors;
-      in_flight[key] += bpf::in_flight(n);  // every opcode seen has a series, 0 when idle
     }
     for (const auto& [opcode, op] : c.ops)
       latency[{l.mount, l.fstype, fuse::opcode_name(opcode)}].add(op.latency, op.latency_sum_ns);
@@ -218,19 +225,28 @@ void append_bpf_families(const bpf::Status& status, const bpf::Snapshot& snapsho
     }
   }
 
+  // Every connection on the host has a series, 0 when idle.
+  for (const auto& [conn, n] : snapshot.in_flight) {
+    ConnLabels l = labels_for(conn, mounts, own_by_mountpoint);
+    in_flight[{l.mount, l.fstype}] += n;
+  }
+
   const std::vector<const char*> op_labels = {"mount", "fstype", "opcode"};
   append_nonempty(out, counters("efuse_kernel_requests_total",
                                 "FUSE requests the kernel sent to the file system's server "
-                                "(upcalls), seen at the fuse_request_send tracepoint; every FUSE "
-                                "mount on the host.",
+                                "(upcalls), counted when they end (fuse_request_end tracepoint); "
+                                "every FUSE mount on the host.",
                                 op_labels, requests, MetricType::Counter));
   append_nonempty(out, counters("efuse_kernel_request_errors_total",
                                 "FUSE requests that ended with an error in the reply header "
                                 "(out.h.error != 0), seen at fuse_request_end.",
                                 op_labels, errors, MetricType::Counter));
   append_nonempty(out, counters("efuse_kernel_requests_in_flight",
-                                "FUSE requests sent to the server and not ended yet.",
-                                op_labels, in_flight, MetricType::Gauge));
+                                "FUSE requests the kernel holds for the mount's server: sent and "
+                                "not ended, or waiting for a background slot (fusectl's "
+                                "`waiting`, the kernel's own count); absent when fusectl cannot "
+                                "be read (the log says why).",
+                                {"mount", "fstype"}, in_flight, MetricType::Gauge));
   append_nonempty(out, histograms("efuse_kernel_request_duration_seconds",
                                   "Kernel-side FUSE request latency, fuse_request_send to "
                                   "fuse_request_end (queueing in the kernel, the server's "

@@ -38,6 +38,7 @@ const prometheus::ClientMetric* series(const std::vector<prometheus::MetricFamil
 constexpr uint32_t kOwn = bpf::connection_id(0, 39);
 constexpr uint32_t kForeign = bpf::connection_id(0, 51);
 constexpr uint32_t kUnmounted = bpf::connection_id(0, 77);
+constexpr uint32_t kStuck = bpf::connection_id(0, 78);
 constexpr uint32_t kLookup = 1, kRead = 15;
 
 bpf::Status up() { return bpf::Status{true, 2, 0, "", "vmlinux", "", "full", 4}; }
@@ -48,19 +49,19 @@ std::map<uint32_t, bpf::FuseMount> mounts() {
 
 std::vector<OwnMount> own() { return {{"data", "/tmp/x/mnt/"}}; }  // trailing slash on purpose
 
-efuse_counts counts(uint64_t sent, uint64_t ended, uint64_t errors) {
+efuse_counts counts(uint64_t ended, uint64_t errors) {
   efuse_counts c{};
-  c.sent = sent;
   c.ended = ended;
   c.errors = errors;
   return c;
 }
 
-// Every request counted (counts), 1 in 4 timed (ops, queues: 10 of the 41 LOOKUPs).
+// Every request counted at its end (counts), some timed (ops, queues: 10 of the 41 LOOKUPs).
 bpf::Snapshot snapshot() {
   bpf::Snapshot s;
-  s.conns[kOwn].counts[kLookup] = counts(41, 40, 2);  // 1 in flight
-  s.conns[kOwn].queue_counts[EFUSE_BPF_QUEUE_CLASSIC] = counts(0, 40, 2);
+  s.conns[kOwn].counts[kLookup] = counts(41, 2);
+  s.conns[kOwn].queue_counts[EFUSE_BPF_QUEUE_CLASSIC] = counts(41, 2);
+  s.in_flight[kOwn] = 1;
   efuse_stats lookup{};
   lookup.samples = 10;
   lookup.latency_sum_ns = 10 * 3000;
@@ -73,20 +74,23 @@ bpf::Snapshot snapshot() {
   s.conns[kOwn].ctxsw.daemon_voluntary = 7;
   s.conns[kOwn].ctxsw.client_involuntary = 1;
 
-  s.conns[kForeign].counts[kRead] = counts(4, 4, 0);
-  s.conns[kForeign].queue_counts[1] = counts(0, 4, 0);
+  s.conns[kForeign].counts[kRead] = counts(4, 0);
+  s.conns[kForeign].queue_counts[1] = counts(4, 0);
+  s.in_flight[kForeign] = 0;
   efuse_stats read{};
   read.samples = 1;
   read.latency[20] = 1;
   s.conns[kForeign].ops[kRead] = read;
   s.conns[kForeign].queues[1] = read;
   // Two opcode slots efused has no name for add up into one "unknown" series.
-  s.conns[kForeign].counts[7] = counts(1, 1, 0);
-  s.conns[kForeign].counts[EFUSE_BPF_OPCODE_SLOTS - 1] = counts(1, 1, 0);
-  // Ended, never seen sent (in flight when the programs attached): none in flight.
-  s.conns[kForeign].counts[kLookup] = counts(2, 3, 0);
+  s.conns[kForeign].counts[7] = counts(1, 0);
+  s.conns[kForeign].counts[EFUSE_BPF_OPCODE_SLOTS - 1] = counts(1, 0);
+  s.conns[kForeign].counts[kLookup] = counts(3, 0);
+  // A connection with requests in flight and none ended yet (a stopped server): in
+  // fusectl, not in the maps.
+  s.in_flight[kStuck] = 2;
 
-  s.conns[kUnmounted].counts[kLookup] = counts(41, 40, 2);
+  s.conns[kUnmounted].counts[kLookup] = counts(41, 2);
   s.conns[kUnmounted].ops[kLookup] = lookup;
   s.health.duplicate_send = 3;
   return s;
@@ -125,7 +129,7 @@ TEST(BpfMetrics, OwnMountsByNameOthersByMountpointUnmountedByConnection) {
   auto* own_lookup = series(out, "efuse_kernel_requests_total",
                             {{"mount", "data"}, {"fstype", "fuse.efuse"}, {"opcode", "lookup"}});
   ASSERT_NE(own_lookup, nullptr);
-  EXPECT_EQ(own_lookup->counter.value, 41);  // sent: every request, not the 10 timed
+  EXPECT_EQ(own_lookup->counter.value, 41);  // every request, not the 10 timed
   auto* foreign_read =
       series(out, "efuse_kernel_requests_total",
              {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}, {"opcode", "read"}});
@@ -147,15 +151,17 @@ TEST(BpfMetrics, ErrorsInFlightLatencyQueuesAndSwitches) {
   Labels own_lookup = {{"mount", "data"}, {"fstype", "fuse.efuse"}, {"opcode", "lookup"}};
   ASSERT_NE(series(out, "efuse_kernel_request_errors_total", own_lookup), nullptr);
   EXPECT_EQ(series(out, "efuse_kernel_request_errors_total", own_lookup)->counter.value, 2);
-  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", own_lookup), nullptr);
-  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", own_lookup)->gauge.value, 1);
-  Labels foreign_read = {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}, {"opcode", "read"}};
-  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", foreign_read), nullptr);
-  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", foreign_read)->gauge.value, 0);
-
-  Labels foreign_lookup = {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}, {"opcode", "lookup"}};
-  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", foreign_lookup), nullptr);
-  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", foreign_lookup)->gauge.value, 0);
+  // In flight: per connection, from fusectl; every connection has a series, 0 when idle.
+  Labels own_mount = {{"mount", "data"}, {"fstype", "fuse.efuse"}};
+  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", own_mount), nullptr);
+  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", own_mount)->gauge.value, 1);
+  Labels foreign_mount = {{"mount", "/tmp/x/ll"}, {"fstype", "fuse.passthrough_ll"}};
+  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", foreign_mount), nullptr);
+  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", foreign_mount)->gauge.value, 0);
+  Labels stuck = {{"mount", "connection:0:78"}, {"fstype", "unknown"}};
+  ASSERT_NE(series(out, "efuse_kernel_requests_in_flight", stuck), nullptr);
+  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", stuck)->gauge.value, 2);
+  EXPECT_EQ(series(out, "efuse_kernel_requests_in_flight", own_lookup), nullptr);  // no opcode
 
   auto* lat = series(out, "efuse_kernel_request_duration_seconds", own_lookup);
   ASSERT_NE(lat, nullptr);
@@ -172,7 +178,7 @@ TEST(BpfMetrics, ErrorsInFlightLatencyQueuesAndSwitches) {
             nullptr);
   auto* q = series(out, "efuse_kernel_queue_requests_total", {{"mount", "data"}, {"queue", "classic"}});
   ASSERT_NE(q, nullptr);
-  EXPECT_EQ(q->counter.value, 40);  // every ended request, not the 10 timed
+  EXPECT_EQ(q->counter.value, 41);  // every ended request, not the 10 timed
   ASSERT_NE(series(out, "efuse_kernel_queue_requests_total", {{"mount", "/tmp/x/ll"}, {"queue", "1"}}),
             nullptr);
 
@@ -199,12 +205,24 @@ TEST(BpfMetrics, HealthWhenUp) {
   auto* every = series(out, "efuse_bpf_latency_sample_every", {});
   ASSERT_NE(every, nullptr);
   EXPECT_EQ(every->gauge.value, 4);
+  bpf::Status st = up();
+  st.sample_windows = 12;
+  out.clear();
+  append_bpf_families(st, snapshot(), mounts(), own(), out);
+  auto* windows = series(out, "efuse_bpf_sample_windows_total", {});
+  ASSERT_NE(windows, nullptr);
+  EXPECT_EQ(windows->counter.value, 12);
 }
 
-TEST(BpfMetrics, InFlightIsSentMinusEndedNeverNegative) {
-  EXPECT_EQ(bpf::in_flight(counts(5, 3, 0)), 2u);
-  EXPECT_EQ(bpf::in_flight(counts(5, 5, 0)), 0u);
-  EXPECT_EQ(bpf::in_flight(counts(2, 3, 0)), 0u);  // ends of requests sent before attach
+TEST(BpfMetrics, NoInFlightSeriesWithoutFusectl) {
+  bpf::Snapshot s = snapshot();
+  s.in_flight.clear();
+  std::vector<prometheus::MetricFamily> out;
+  append_bpf_families(up(), s, mounts(), own(), out);
+  for (const auto& f : out) EXPECT_NE(f.name, "efuse_kernel_requests_in_flight");
+  EXPECT_NE(series(out, "efuse_kernel_requests_total",
+                   {{"mount", "data"}, {"fstype", "fuse.efuse"}, {"opcode", "lookup"}}),
+            nullptr);
 }
 
 TEST(BpfMetrics, LevelSaysWhichRuns) {
@@ -238,7 +256,7 @@ TEST(BpfMetrics, DownExportsOnlyHealth) {
   std::vector<prometheus::MetricFamily> out;
   append_bpf_families(bpf::Status{false, 0, 1, "verifier", "", bpf::kOffRefused}, snapshot(),
                       mounts(), own(), out);
-  ASSERT_EQ(out.size(), 6u);
+  ASSERT_EQ(out.size(), 7u);
   EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "off"}})->gauge.value, 1);
   EXPECT_EQ(series(out, "efuse_bpf_level", {{"level", "full"}})->gauge.value, 0);
   EXPECT_EQ(series(out, "efuse_bpf_up", {})->gauge.value, 0);

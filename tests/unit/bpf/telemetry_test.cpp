@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "../testing/temp_dir.h"
+#include "bpf/sample_windows.h"
 
 namespace efuse::bpf {
 namespace {
@@ -222,34 +223,35 @@ TEST(BpfTelemetry, KernelWithoutFuseTracepointsIsASkipNotAFailure) {
 
 TEST(BpfMatchCheck, HealthyTrafficPasses) {
   MatchCheck c;
-  // A few unmatched ends at start (requests in flight when efused started), then pairs.
-  EXPECT_EQ(c.observe(0, 3), "");
-  for (uint64_t n = 100; n <= 100000; n += 100) EXPECT_EQ(c.observe(n, 3), "") << n;
-  // Up to a quarter of a window unpaired is tolerated.
-  EXPECT_EQ(c.observe(100000 + 750, 3 + 250), "");
+  // Starts taken back as their requests end, a few still in flight at each look.
+  for (uint64_t n = 100; n <= 100000; n += 100) EXPECT_EQ(c.observe(n, n - 3), "") << n;
+  // Up to a quarter of a window never taken back is tolerated.
+  EXPECT_EQ(c.observe(101000, 100000 - 3 + 750), "");
 }
 
-TEST(BpfMatchCheck, TripsWhenSendsAndEndsStopPairing) {
+TEST(BpfMatchCheck, TripsWhenEndsStopFindingTheirSends) {
   MatchCheck c;
-  EXPECT_EQ(c.observe(5000, 0), "");  // healthy window
-  // Debian 6.12 with the old (connection, unique) key: 1 request counted against 18,172
-  // duplicate sends and 18,173 unmatched ends.
-  EXPECT_EQ(c.observe(5001, 500), "");  // window not full yet: no verdict on 501 events
-  std::string v = c.observe(5001, 36345);
+  EXPECT_EQ(c.observe(5000, 4998), "");  // healthy window
+  // Debian 6.12 with the old (connection, unique) key: no end finds its send.
+  EXPECT_EQ(c.observe(5500, 4998), "");  // window not full yet: no verdict on 500 starts
+  std::string v = c.observe(7000, 4999);
   EXPECT_NE(v.find("sends and ends stopped matching"), std::string::npos) << v;
-  EXPECT_NE(v.find("36345 of the last 36346"), std::string::npos) << v;
+  EXPECT_NE(v.find("1999 of the last 2000"), std::string::npos) << v;
 }
 
 TEST(BpfMatchCheck, JudgesEachWindowOnItsOwn) {
   MatchCheck c;
-  EXPECT_EQ(c.observe(0, 900), "");  // 900 events, not a window yet
-  // With the next 9,100 paired ones the window holds 10,000 events, 9 % unpaired: fine.
-  EXPECT_EQ(c.observe(9100, 900), "");
-  // The next window is judged from there: 300 paired, 700 not.
-  EXPECT_NE(c.observe(9400, 1600), "");
+  EXPECT_EQ(c.observe(900, 0), "");  // 900 starts, none back yet: not a window yet
+  // The next look: 10,000 filed, 9,100 taken back: 9 % missing, fine.
+  EXPECT_EQ(c.observe(10000, 9100), "");
+  // Starts in flight at one look and taken at the next count for the next window, never
+  // more than the window holds.
+  EXPECT_EQ(c.observe(11000, 11000), "");
+  // The next window is judged from there: 1,000 filed, 300 taken.
+  EXPECT_NE(c.observe(12000, 11300), "");
   // A total that went backwards (never expected) restarts rather than misjudges.
   EXPECT_EQ(c.observe(10, 10), "");
-  EXPECT_EQ(c.observe(1010, 10), "");
+  EXPECT_EQ(c.observe(1010, 1000), "");
 }
 
 TEST(BpfInflightIndex, SlabNeighboursSpreadOverTheSlots) {
@@ -269,76 +271,31 @@ TEST(BpfInflightIndex, SlabNeighboursSpreadOverTheSlots) {
   }
 }
 
-// The sampling rule the send program runs (efuse_telemetry.h), driven here with chosen
-// "random" numbers: exact, no clock, no kernel.
-struct Sampler {
-  efuse_sampler state{};
-  uint32_t draws = 0;
-  bool send(uint32_t every, uint32_t random) {
-    if (efuse_sample_block_starts(&state, every)) {
-      state.pick = random % every;
-      ++draws;
-    }
-    return efuse_sample_take(&state, every) != 0;
-  }
-};
-
-TEST(BpfSampling, OneTimesEverySend) {
-  Sampler s;
-  for (uint32_t i = 0; i < 1000; ++i) EXPECT_TRUE(s.send(1, i * 2654435761u)) << i;
+// When the send program is attached (sample_windows.h), driven with chosen draws: exact,
+// no clock, no kernel.
+TEST(BpfSampleWindows, OneKeepsTheSendProgramAttached) {
+  EXPECT_TRUE(SampleWindows::always(1));
+  EXPECT_FALSE(SampleWindows::always(2));
+  EXPECT_EQ(SampleWindows::gap(1, 0.7).count(), 0);
 }
 
-TEST(BpfSampling, ExactlyOneTimedSendPerBlockAtTheDrawnPlace) {
-  for (uint32_t every : {2u, 3u, 4u, 8u, 100u}) {
-    Sampler s;
-    uint64_t timed = 0, lcg = 12345;
-    std::vector<uint32_t> at;  // place in the block of each timed send
-    for (uint32_t block = 0; block < 500; ++block) {
-      uint32_t in_block = 0;
-      for (uint32_t i = 0; i < every; ++i) {
-        lcg = lcg * 6364136223846793005ULL + 1442695040888963407ULL;
-        if (s.send(every, static_cast<uint32_t>(lcg >> 33))) {
-          ++in_block;
-          at.push_back(i);
-        }
-      }
-      EXPECT_EQ(in_block, 1u) << "every " << every << " block " << block;
-      timed += in_block;
-    }
-    EXPECT_EQ(timed, 500u);
-    EXPECT_EQ(s.draws, 500u);  // one random number per block, not per send
-    // The place follows the draw: a periodic workload cannot line up with it.
-    std::vector<uint32_t> hist(every);
-    for (uint32_t i : at) ++hist[i];
-    if (every <= 4) {
-      for (uint32_t i = 0; i < every; ++i) EXPECT_GT(hist[i], 0u) << every << " " << i;
-    }
+TEST(BpfSampleWindows, WindowsCoverOneInEveryOfTheTimeOnAverage) {
+  using std::chrono::microseconds;
+  const int64_t w = std::chrono::duration_cast<microseconds>(SampleWindows::kWindow).count();
+  for (uint32_t every : {2u, 4u, 16u, 100u, 65536u}) {
+    // The gap runs from half to one and a half times (every - 1) windows...
+    EXPECT_EQ(SampleWindows::gap(every, 0.0).count(), (every - 1) * w / 2) << every;
+    EXPECT_EQ(SampleWindows::gap(every, 1.0).count(), (every - 1) * w * 3 / 2) << every;
+    // ...so that over uniform draws a window is 1 in `every` of the time.
+    double gaps = 0;
+    const int n = 1000;
+    for (int i = 0; i < n; ++i) gaps += SampleWindows::gap(every, (i + 0.5) / n).count();
+    const double share = static_cast<double>(w) / (w + gaps / n);
+    EXPECT_NEAR(share * every, 1.0, 1e-3) << every;
   }
-}
-
-TEST(BpfSampling, EachPlaceOfTheBlockHasTheSameChance) {
-  // Every request's chance is 1/every whatever its place (a workload with a period, such as
-  // OPEN, FLUSH, RELEASE per cat, is sampled evenly by opcode): over all draws 0..every-1
-  // each place is timed exactly once.
-  for (uint32_t every : {3u, 6u, 8u}) {
-    std::vector<uint32_t> times(every);
-    for (uint32_t r = 0; r < every; ++r) {
-      Sampler s;
-      for (uint32_t i = 0; i < every; ++i)
-        if (s.send(every, r)) ++times[i];
-    }
-    for (uint32_t i = 0; i < every; ++i) EXPECT_EQ(times[i], 1u) << every << " " << i;
-  }
-}
-
-TEST(BpfSampling, ChangingTheRateStartsANewBlock) {
-  Sampler s;
-  for (int i = 0; i < 5; ++i) s.send(8, 7);  // pos 5 of a block of 8
-  EXPECT_TRUE(s.send(4, 1) == false);       // pos 5 >= 4: new block, pick 1, pos 0 not timed
-  EXPECT_TRUE(s.send(4, 99));               // pos 1 == pick: timed, no new draw mid-block
-  EXPECT_EQ(s.draws, 2u);
-  EXPECT_TRUE(s.send(1, 5));                // 1: every send
-  EXPECT_TRUE(s.send(1, 6));
+  // Draws outside [0, 1) are clamped, never a negative or runaway gap.
+  EXPECT_EQ(SampleWindows::gap(16, -3.0), SampleWindows::gap(16, 0.0));
+  EXPECT_EQ(SampleWindows::gap(16, 7.0), SampleWindows::gap(16, 1.0));
 }
 
 TEST(BpfConnSlots, ConnectionIdsSpreadOverTheSlots) {

@@ -59,7 +59,7 @@ TEST(MountTable, StatusSaysWhichTelemetryLevelRuns) {
   // With the sampling rate (efused since telemetry_sample_every); not while off.
   EXPECT_EQ(format_telemetry({{"configured", "full"}, {"level", "full"}, {"up", true},
                               {"off", ""}, {"sample_every", 8}}),
-            "telemetry: full, 1 in 8 requests timed\n");
+            "telemetry: full, timed 1 in 8 of the time\n");
   EXPECT_EQ(format_telemetry({{"configured", "requests"}, {"level", "requests"}, {"up", true},
                               {"off", ""}, {"sample_every", 1}}),
             "telemetry: requests, every request timed\n");
