@@ -149,9 +149,10 @@ def mean_latency(metric, sel):
 
 
 def kernel_mean_in_flight(sel, legend, ref):
-    """Little's law on the kernel side, whose latency is sampled (1 in
-    efuse_bpf_latency_sample_every requests, docs/bpf.md): the samples' mean latency per
-    opcode times the exact request rate, not rate(_sum), which is 1/N of it."""
+    """Little's law on the kernel side, whose latency is sampled (the requests sent in
+    windows covering 1 in efuse_bpf_latency_sample_every of the time, docs/bpf.md): the
+    samples' mean latency per opcode times the exact request rate, not rate(_sum), which is
+    about 1/N of it."""
     return target(
         f"sum by (mount) ({mean_latency('efuse_kernel_request_duration_seconds', sel)} "
         f"* on (mount, opcode) {upcalls(sel)})", legend, ref)
@@ -191,10 +192,11 @@ def health_rows():
             target(f"efuse_bpf_up{{{INST}}}", "up {{instance}}"),
             target(f"efuse_bpf_programs_attached{{{INST}}}", "programs {{instance}}", "B"),
             target(f"efuse_bpf_latency_sample_every{{{INST}}}", "1 in N timed {{instance}}", "C")],
-            "efuse_bpf_up and programs attached (2: fuse_request_send, fuse_request_end). 0 "
-            "means off: efuse_bpf_off_reason and efused's log say why (docs/bpf.md). 1 in N "
-            "timed: efuse_bpf_latency_sample_every, the sampling of the kernel-side latency "
-            "(counts are exact)."),
+            "efuse_bpf_up and programs in service (2: fuse_request_end, attached while up, and "
+            "fuse_request_send, attached in sampling windows). 0 means off: "
+            "efuse_bpf_off_reason and efused's log say why (docs/bpf.md). 1 in N timed: "
+            "efuse_bpf_latency_sample_every, the windows' share of the time in which requests "
+            "are timed for the kernel-side latency (counts are exact)."),
         table("Transport and I/O path: configured and in effect", [target(
             f"efuse_mount_info{{{SEL}}}", "", fmt="table", instant=True)],
             "efuse_mount_info per mount: transport (classic = /dev/fuse, uring = FUSE over "
@@ -319,7 +321,8 @@ def latency_rows():
         heatmap("Kernel latency (efuse_kernel_request_duration_seconds)",
                 f"sum by (le) (rate(efuse_kernel_request_duration_seconds_bucket{{{SEL}}}[{RATE}]))",
                 "fuse_request_send to fuse_request_end: kernel queueing + server + reply "
-                "(log2 buckets), of the sampled requests (1 in efuse_bpf_latency_sample_every): "
+                "(log2 buckets), of the sampled requests (sent in windows covering 1 in "
+                "efuse_bpf_latency_sample_every of the time): "
                 "the shape is the requests', the counts per bucket are the samples'."),
     ])
     out += place([
@@ -353,8 +356,8 @@ def context_switch_rows():
             f"sum by (mount, side, kind) (rate(efuse_context_switches_total{{{SEL}}}[{RATE}]))",
             "{{mount}} {{side}} {{kind}}")],
             "ops", "side=daemon: FUSE server threads; side=client: tasks with a sampled request "
-            "of the mount outstanding (1 in efuse_bpf_latency_sample_every requests, so 1/N of "
-            "the clients' switches). involuntary = preempted."),
+            "of the mount outstanding (sent in windows covering 1 in efuse_bpf_latency_sample_every "
+            "of the time, so about 1/N of the clients' switches). involuntary = preempted."),
         timeseries("Context switches per upcall", [target(switches_per_upcall(SEL), "{{mount}} {{side}} {{kind}}")],
             "short", "What one request costs in context switches, per side: the clients' over "
             "the sampled requests, the servers' over all requests."),

@@ -9,7 +9,8 @@ repetition), each attached 2 s before its run:
 off: nothing attached by this script; empty: two programs that do nothing on the same two
 tracepoints (bench/tools/empty_tp, built into bench/work/empty_tp on first use with clang and
 libbpf); requests / full: a second efused (memory mount) with --telemetry LEVEL and its
-default sampling; LEVEL:N also with --telemetry-sample-every N (1 in N requests timed);
+default sampling; LEVEL:N also with --telemetry-sample-every N (requests timed in windows
+covering 1 in N of the time);
 LEVEL[:N]@BINARY with that efused binary instead (e.g. an earlier build's). cat and
 every thread of the measured efused run at SCHED_FIFO 10 (`chrt`, RT=... to change; RT=""
 for none), which makes the times repeatable on a host busy with nice'd builds (see

@@ -383,7 +383,10 @@ void Telemetry::set_sample_every(uint32_t every) {
   const uint32_t before = opts_.sample_every;
   opts_.sample_every = every;
   status_.sample_every = every;
-  windows_cv_.notify_all();  // the next window (or the gap) follows the new rate
+  // 1 in 1 takes effect before the reload returns; otherwise the next window (or gap)
+  // follows the new rate.
+  if (SampleWindows::always(every)) (void)open_window();
+  windows_cv_.notify_all();
   LOG_INFO("bpf: telemetry sampling windows cover 1 in %u of the time (was 1 in %u)", every,
            before);
 }

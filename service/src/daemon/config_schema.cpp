@@ -21,7 +21,7 @@ std::string_view mounts_schema_text() {
       "enum": ["full", "requests", "off"]
     },
     "telemetry_sample_every": {
-      "description": "The eBPF telemetry times 1 in this many FUSE requests, 1..65536 (1: every request): the kernel-side latency histograms, and at level full the clients' context switches, come from those; request, error and in-flight counts always count every request. Changes apply on reload without a remount. Default 16.",
+      "description": "The eBPF telemetry times the FUSE requests sent in sampling windows that cover 1 in this many of the time, 1..65536 (1: every request): the kernel-side latency histograms, and at level full the clients' context switches, come from those; request and error counts always count every request, and requests in flight are the kernel's own count. Changes apply on reload without a remount. Default 16.",
       "type": "integer",
       "default": 16,
       "minimum": 1,

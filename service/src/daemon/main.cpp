@@ -68,7 +68,8 @@ Options:
                                  config's telemetry:, default full; docs/bpf.md has the
                                  cost of each). EFUSE_BPF=0 in the environment turns it
                                  off whatever this says
-      --telemetry-sample-every N time 1 in N FUSE requests (1..65536; 1: every one):
+      --telemetry-sample-every N time the FUSE requests sent in sampling windows that
+                                 cover 1 in N of the time (1..65536; 1: every request):
                                  latency histograms come from those, counts are exact
                                  (overrides the config's telemetry_sample_every, default 16)
       --bus ADDRESS              D-Bus to offer org.efuse.Manager1 on: "system" (default
