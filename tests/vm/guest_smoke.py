@@ -203,8 +203,10 @@ def check_efused_starts():
     global efused
     os.makedirs(MNT, exist_ok=True)
     logf = open(LOG, "wb")
+    # Every request timed (1 in 1): check_bpf_telemetry pairs each send with its end.
     efused = subprocess.Popen([EFUSED, "--mount", f"{SRC}:{MNT}", "--metrics",
-                               f"127.0.0.1:{PORT}"], stdout=logf, stderr=logf,
+                               f"127.0.0.1:{PORT}", "--telemetry-sample-every", "1"],
+                              stdout=logf, stderr=logf,
                               stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while "efused: ready" not in log_text():
@@ -320,6 +322,15 @@ def check_bpf_telemetry():
         served = value(s, "efuse_requests_total", mount=NAME, opcode=op) or 0
         if served < 20 or k != served:
             wrong.append(f"{op}: kernel-side telemetry counted {k:g}, efused served {served:g}")
+        # Every request timed: each end found its send (keyed by the struct fuse_req).
+        timed = value(s, "efuse_kernel_request_duration_seconds_count", mount=NAME,
+                      opcode=op) or 0
+        if timed != k:
+            wrong.append(f"{op}: {timed:g} of {k:g} requests timed with every request timed")
+    # In flight: the kernel's own count, from fusectl (systemd's mount, or efused's own).
+    inflight = value(s, "efuse_kernel_requests_in_flight", mount=NAME)
+    if inflight != 0:
+        wrong.append(f"efuse_kernel_requests_in_flight = {inflight} with nothing running")
     dropped = {l.get("reason"): v for n, l, v in s if n == "efuse_bpf_events_dropped_total" and v}
     hint = ""
     if dropped.get("duplicate_send"):
