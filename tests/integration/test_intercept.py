@@ -403,6 +403,8 @@ def test_fifos_and_devices_never_opened():
             os.mkfifo(J(src, rel))
         for rel in ("dev", "d/dev"):
             os.mknod(J(src, rel), 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's
+        for rel in ("fifo", "d/fifo", "dev", "d/dev"):
+            os.chmod(J(src, rel), 0o666)  # the other user may open them, and look too
         write_file(J(src, "d", "file"), b"x")
         # The check bites: the backing FIFO has a reader while the backing device is open.
         fd = os.open(J(src, "fifo"), os.O_RDONLY | os.O_NONBLOCK)
@@ -410,14 +412,16 @@ def test_fifos_and_devices_never_opened():
             os.close(os.open(J(src, "fifo"), os.O_WRONLY | os.O_NONBLOCK))
         finally:
             os.close(fd)
-        plain, lib, served = i.run_both(["python3", "-c", SPECIAL, i.m.mnt, src], cwd="/")
-        same(plain, lib, "FIFOs and devices")
-        lines = plain.out.splitlines()
-        nonblock = os.O_RDONLY | os.O_NONBLOCK
-        assert any(line.startswith(f"fifo absolute {nonblock} ('p") and
-                   line.endswith("'ENXIO')") for line in lines), plain.out
-        assert f"dev absolute {os.O_RDONLY} EACCES" in lines, plain.out
-        assert served[("stat", "library")] > 0, served
+        for user in (None, USER):
+            plain, lib, served = i.run_both(["python3", "-c", SPECIAL, i.m.mnt, src], cwd="/",
+                                            user=user)
+            same(plain, lib, f"FIFOs and devices as uid {user[0] if user else 0}")
+            lines = plain.out.splitlines()
+            nonblock = os.O_RDONLY | os.O_NONBLOCK
+            assert any(line.startswith(f"fifo absolute {nonblock} ('p") and
+                       line.endswith("'ENXIO')") for line in lines), plain.out
+            assert f"dev absolute {os.O_RDONLY} EACCES" in lines, plain.out
+            assert served[("stat", "library")] > 0, served
 
 
 # Holds two files open, lets the test change them in the backing directory, reads again.
