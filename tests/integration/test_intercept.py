@@ -348,6 +348,82 @@ def test_read_only_mount():
         assert f"{J(i.m.mnt, 'mine')} access W False False" in lines, plain.out
 
 
+# Opens FIFOs and device nodes of the mount in every way a path reaches them (one name under
+# the mount's root, a longer path, relative to the working directory and to a directory
+# descriptor), then looks whether the backing FIFO got a reader.
+SPECIAL = r"""
+import errno, os, stat, sys
+mnt, src = sys.argv[1], sys.argv[2]
+def res(fn):
+    try:
+        r = fn()
+        return "ok" if r is None or isinstance(r, int) else r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def backing_reader(rel):
+    # A writer's non-blocking open of a FIFO fails with ENXIO while it has no reader.
+    def w():
+        os.close(os.open(os.path.join(src, rel), os.O_WRONLY | os.O_NONBLOCK))
+    return res(w)
+os.chdir(mnt)
+d = os.open(os.path.join(mnt, "d"), os.O_RDONLY | os.O_DIRECTORY)
+for rel in ("fifo", "dev", "d/fifo", "d/dev"):
+    name = rel.split("/")[-1]
+    ways = [("absolute", os.path.join(mnt, rel), None), ("relative", rel, None)]
+    if "/" in rel:
+        ways.append(("dirfd", name, d))
+    for how, path, dfd in ways:
+        def st():
+            s = os.stat(path, dir_fd=dfd, follow_symlinks=False)
+            return (stat.filemode(s.st_mode), s.st_ino, s.st_rdev)
+        print(rel, how, "stat", res(st), flush=True)
+        for flags in (os.O_RDONLY | os.O_NONBLOCK, os.O_WRONLY | os.O_NONBLOCK, os.O_RDONLY):
+            if flags == os.O_RDONLY and name == "fifo":
+                continue  # would block (through the kernel too)
+            def op():
+                fd = os.open(path, flags, dir_fd=dfd)
+                try:
+                    got = (stat.filemode(os.fstat(fd).st_mode),
+                           os.read(fd, 8) if flags & os.O_ACCMODE == os.O_RDONLY else b"")
+                    return got + (backing_reader(rel) if name == "fifo" else "",)
+                finally:
+                    os.close(fd)
+            print(rel, how, flags, res(op), flush=True)
+"""
+
+
+def test_fifos_and_devices_never_opened():
+    """A FIFO or a device node on the mount is never opened by the library, however the path
+    reaches it: the kernel path opens the mount's own FIFO (not the backing one, which keeps
+    no reader) and refuses the device (nodev), and so does every open under the library."""
+    with intercepted() as i:
+        src = i.m.src
+        os.mkdir(J(src, "d"))
+        for rel in ("fifo", "d/fifo"):
+            os.mkfifo(J(src, rel))
+        for rel in ("dev", "d/dev"):
+            os.mknod(J(src, rel), 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # /dev/null's
+        for rel in ("fifo", "d/fifo", "dev", "d/dev"):
+            os.chmod(J(src, rel), 0o666)  # the other user may open them, and look too
+        write_file(J(src, "d", "file"), b"x")
+        # The check bites: the backing FIFO has a reader while the backing device is open.
+        fd = os.open(J(src, "fifo"), os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            os.close(os.open(J(src, "fifo"), os.O_WRONLY | os.O_NONBLOCK))
+        finally:
+            os.close(fd)
+        for user in (None, USER):
+            plain, lib, served = i.run_both(["python3", "-c", SPECIAL, i.m.mnt, src], cwd="/",
+                                            user=user)
+            same(plain, lib, f"FIFOs and devices as uid {user[0] if user else 0}")
+            lines = plain.out.splitlines()
+            nonblock = os.O_RDONLY | os.O_NONBLOCK
+            assert any(line.startswith(f"fifo absolute {nonblock} ('p") and
+                       line.endswith("'ENXIO')") for line in lines), plain.out
+            assert f"dev absolute {os.O_RDONLY} EACCES" in lines, plain.out
+            assert served[("stat", "library")] > 0, served
+
+
 # Holds two files open, lets the test change them in the backing directory, reads again.
 HOLDER = r"""
 import os, sys

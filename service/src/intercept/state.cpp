@@ -1073,7 +1073,13 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
       out->no_root = true;
     }
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
-    out->single_name = path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0;
+    // One name under the mount's root ("/mnt/f"): beneath the backing directory's own
+    // descriptor nothing but the name itself can be a symlink, so it is looked at with one
+    // lstat and opened with one openat(O_NOFOLLOW), as a single name relative to a bound
+    // directory is (no openat2, no O_PATH open to stat through).
+    out->single_name = (path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0) ||
+                       (out->beneath && strchr(out->rest, '/') == nullptr &&
+                        strcmp(out->rest, ".") != 0);
     return true;
   }
   return false;

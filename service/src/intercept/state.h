@@ -186,7 +186,8 @@ struct Resolved {
   char backing[2 * EFUSE_INTERCEPT_PATH_MAX + 8];  // source + rest
   bool is_root = false;
   // One name relative to a directory whose path the kernel gave (getcwd, /proc/self/fd),
-  // which holds no symlink: only the last component can be one.
+  // which holds no symlink, or one name right under the mount's root resolved beneath its
+  // backing descriptor: only the last component can be one.
   bool single_name = false;
   // What to resolve in the backing tree: `at_path` relative to `at_fd`. Either AT_FDCWD
   // and `backing`, or a bound directory (fd_backing_dir) and the caller's relative path,
