@@ -18,8 +18,13 @@ bench/README.md, "A/B by hand"). With STATS=1 it also prints each program's run 
 event from kernel.bpf_stats_enabled, which must then be 1 (set it, and restore it after:
 it costs every BPF program of the host a little). Other efused instances' telemetry copies
 see the same requests: `bpftool prog show | grep -c efuse_request_send` before you start.
-EFUSED (default build/bin/efused) is the efused to measure."""
-import os, re, subprocess, sys, time, statistics, shlex, json
+EFUSED (default build/bin/efused) is the efused to measure.
+
+RELOAD=1: no second efused. The measured efused runs from a config file and each variant
+(off, requests, full, LEVEL:N; no `empty`, no @BINARY) is applied to it by editing the file
+and a SIGHUP, as `systemctl reload efused` does, 2 s before its run: the telemetry as an
+operator switches it, in one process."""
+import os, re, signal, subprocess, sys, time, statistics, shlex, json
 from pathlib import Path
 def valid(v):
     v, _, binary = v.partition("@")
@@ -29,7 +34,9 @@ def valid(v):
     if level in ("off", "empty"):
         return not every
     return level in ("requests", "full") and (not every or every.isdigit())
-if len(sys.argv) < 3 or not all(valid(v) for v in sys.argv[2:]):
+RELOAD = os.environ.get("RELOAD") == "1"
+if len(sys.argv) < 3 or not all(valid(v) and not (RELOAD and ("@" in v or v == "empty"))
+                                for v in sys.argv[2:]):
     sys.exit(__doc__)
 reps = int(sys.argv[1]); variants = sys.argv[2:]
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -47,8 +54,21 @@ if "empty" in variants and not (EMPTY / "loader").exists():
     subprocess.run(["cc", "-O2", "-o", str(EMPTY / "loader"), str(src / "loader.c"), "-lbpf"], check=True)
 os.makedirs(f"{BASE}/src", exist_ok=True); os.makedirs(f"{BASE}/mnt", exist_ok=True)
 os.makedirs(f"{BASE}/tmnt", exist_ok=True)
-env = dict(os.environ, EFUSE_BPF="0", LC_ALL="C")
-srv = subprocess.Popen([E, "--mount", f"{BASE}/src:{BASE}/mnt"], stdout=open(f"{BASE}/srv.log", "w"), stderr=subprocess.STDOUT, env=env)
+CONFIG = f"{BASE}/mounts.yaml"
+def configure(level, every):
+    open(CONFIG, "w").write(f"metrics:\n  listen: ''\ntelemetry: {level}\n"
+                            f"telemetry_sample_every: {every}\nmounts:\n  - name: ab\n"
+                            f"    mountpoint: {BASE}/mnt\n    backend: passthrough\n"
+                            f"    source: {BASE}/src\n")
+if RELOAD:
+    configure("off", 16)
+    env = {k: x for k, x in os.environ.items() if k != "EFUSE_BPF"}
+    env["LC_ALL"] = "C"
+    srv = subprocess.Popen([E, "--config", CONFIG, "--bus", "none"], stdout=open(f"{BASE}/srv.log", "w"),
+                           stderr=subprocess.STDOUT, env=env)
+else:
+    env = dict(os.environ, EFUSE_BPF="0", LC_ALL="C")
+    srv = subprocess.Popen([E, "--mount", f"{BASE}/src:{BASE}/mnt"], stdout=open(f"{BASE}/srv.log", "w"), stderr=subprocess.STDOUT, env=env)
 time.sleep(2)
 if RT:  # every thread, also the io_uring ones efused made SCHED_BATCH
     subprocess.run(["chrt", "-a", "-p"] + RT[1:] + [str(srv.pid)], stdout=subprocess.DEVNULL, check=True)
@@ -59,7 +79,33 @@ def catrun():
     subprocess.run(RT + ["sh", "-c", f"xargs -n 200 cat < {BASE}/list > /dev/null"], check=True)
     return time.perf_counter() - t0
 catrun()
+class Reloaded:
+    """The measured efused itself, switched to a variant by a reload."""
+    own_ids = None
+    def terminate(self): pass
+    def wait(self): pass
+running = ["off"]  # the measured efused's level
+def reload(v):
+    level, _, every = v.partition(":")
+    ons = lambda: re.findall(r"telemetry on:.*prog show id ([0-9,]+)", open(f"{BASE}/srv.log").read())
+    seen = len(ons())
+    configure(level, every or 16)
+    srv.send_signal(signal.SIGHUP)
+    r = Reloaded()
+    # From off the programs load again (a new "telemetry on" line, new ids); between the
+    # other levels and rates they stay.
+    deadline = time.monotonic() + 10
+    while level != "off" and time.monotonic() < deadline:
+        lines = ons()
+        if lines and (running[0] != "off" or len(lines) > seen):
+            r.own_ids = [int(i) for i in lines[-1].split(",")]
+            break
+        time.sleep(0.05)
+    running[0] = level
+    time.sleep(2)
+    return r
 def attach(v):
+    if RELOAD: return reload(v)
     if v == "off": return None
     if v == "empty":
         p = subprocess.Popen([str(EMPTY / "loader"), str(EMPTY / "empty.bpf.o")], stdout=subprocess.PIPE)
