@@ -203,10 +203,21 @@ def test_stats_complete_while_an_fsync_blocks_on_storage():
         assert value(after, "efuse_requests_total", mount=name, opcode="fsync") == 1
 
 
-def hog_cpu0():
-    """A busy loop pinned to CPU 0 (a normal task: it goes before any SCHED_IDLE thread)."""
-    return h.spawn([sys.executable, "-c",
-                    "import os\nos.sched_setaffinity(0, {0})\nwhile True: pass"])
+# A busy loop pinned to CPU 0, started by the same shell that execs efused, so that it runs
+# in efused's session: SCHED_IDLE yields to normal tasks of the thread's own scheduling group
+# (with autogroup: its session; under systemd: its service's cgroup). A busy loop in another
+# session competes with efused's group as a whole, at the group's normal weight, and leaves
+# an idle-class thread that is alone in its group a fair share (docs/adaptive-io.md). It
+# spins once GO exists, until killed by the pid it wrote to PID.
+HOG = ("import os, sys, time\nos.sched_setaffinity(0, {0})\n"
+       "open(sys.argv[2], 'w').write(str(os.getpid()))\n"
+       "while not os.path.exists(sys.argv[1]): time.sleep(0.01)\nwhile True: pass")
+
+
+def with_hog_cpu0(command, go, pidfile):
+    """efused's command line, run by a shell that first starts HOG in the background."""
+    return ["sh", "-c", '"$0" -c "$1" "$2" "$3" & shift 4; exec "$@"', sys.executable, HOG,
+            go, pidfile, "--"] + command
 
 
 def stat_missing(d, first, n):
@@ -223,7 +234,14 @@ def stat_missing(d, first, n):
 
 def test_a_starved_idle_queue_thread_becomes_batch_and_idle_again():
     port = free_port()
-    with h.EfusedMount(args=one_worker(port), tag="efuse-qc") as m:
+    with h.EfusedMount(args=one_worker(port), tag="efuse-qc", start=False) as m:
+        go, pidfile = os.path.join(m.tmp, "hog-go"), os.path.join(m.tmp, "hog-pid")
+        command = m.cmd()
+        m.cmd = lambda: with_hog_cpu0(command, go, pidfile)  # sh execs efused: same pid
+        m.start()
+        h.wait_until(lambda: os.path.exists(pidfile) and open(pidfile).read(), 30,
+                     what="the busy loop waiting in efused's session")
+        hog = int(open(pidfile).read())
         name = os.path.basename(m.mnt)
         s = parse(scrape(port))
         if value(s, "efuse_worker_requests_total", mount=name, worker="uring-0") is None:
@@ -234,7 +252,7 @@ def test_a_starved_idle_queue_thread_becomes_batch_and_idle_again():
         assert value(s, "efuse_worker_idle_class", mount=name, worker="uring-0") == 1
         assert value(s, "efuse_worker_starved_total", mount=name, worker="uring-0") == 0
         assert "SCHED_IDLE under the starvation guard" in open(m.log).read()
-        hog = hog_cpu0()
+        open(go, "w").close()
         try:
             # Batches of LOOKUPs from CPU 0 until the guard found queue 0 starved (bounded by
             # the number of batches, never by time).
@@ -245,8 +263,7 @@ def test_a_starved_idle_queue_thread_becomes_batch_and_idle_again():
                     break
             assert value(s, "efuse_worker_starved_total", mount=name, worker="uring-0") >= 1, s
         finally:
-            hog.kill()
-            h.reap(hog)
+            os.kill(hog, signal.SIGKILL)  # a zombie child of efused until efused exits
         # CPU 0 free again: idle after the hold (1 s, doubled per starvation soon after one).
         h.wait_until(lambda: value(parse(scrape(port)), "efuse_worker_idle_class", mount=name,
                                    worker="uring-0") == 1, timeout=200,
