@@ -478,6 +478,131 @@ def outside_changes_while_held(i, user=lambda cmd: cmd, each_run=None):
     assert "NEW INPLACE" in results[1] and "old replaced" in results[1], results[1]
 
 
+# Works in a directory of the mount (argv[2], below its root) while the test renames the
+# backing directory on its path away and puts a symlink to a directory outside the backing
+# tree there (holding the same names, other bytes), then a new directory: names relative to
+# the working directory, and to directory descriptors of it (one bound by the library
+# before the change, one first used after it), read and stat what the kernel path gives.
+CWD_REPLACED = r"""
+import errno, os, stat, subprocess, sys
+mnt, cwd, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
+dev = os.stat(mnt).st_dev
+def res(fn, *a, **kw):  # (each run makes new files: inode numbers are not compared)
+    try:
+        r = fn(*a, **kw)
+        if isinstance(r, os.stat_result):
+            return (stat.filemode(r.st_mode), r.st_size, r.st_dev == dev, r.st_nlink)
+        return r
+    except OSError as e:
+        return errno.errorcode[e.errno]
+def rd(name, d=None):
+    fd = os.open(name, os.O_RDONLY, dir_fd=d)
+    try:
+        return os.read(fd, 64)
+    finally:
+        os.close(fd)
+def sh(*cmd):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return (r.returncode, r.stdout, r.stderr)
+os.chdir(os.path.join(mnt, cwd))
+held = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+rd("f", held)  # bound now, before the change
+late = os.open(os.path.join(mnt, cwd), os.O_RDONLY | os.O_DIRECTORY)
+def probe(tag):
+    for name in ("f", "sub/g", "./f", "missing"):
+        print(tag, name, res(rd, name), res(os.stat, name),
+              res(os.stat, name, follow_symlinks=False), res(os.access, name, os.R_OK), flush=True)
+    if tag != "start":
+        for what, d in (("held", held), ("late", late)):
+            print(tag, what, res(rd, "f", d), res(os.stat, "f", dir_fd=d), res(rd, "sub/g", d),
+                  flush=True)
+    print(tag, "cat", sh("cat", "f", "sub/g"), flush=True)
+    print(tag, "stat", sh("stat", "-c", fmt, "f", "sub/g"), flush=True)
+for line in sys.stdin:
+    probe(line.strip())
+"""
+
+
+def test_working_directory_replaced_outside():
+    """A process working in a directory of the mount while a directory on that directory's
+    path is replaced in the backing tree by a symlink to a directory outside it (the same
+    names, other bytes), then by a new directory: `cat`, `stat`, opens, stats and access of
+    names relative to the working directory, and opens relative to directory descriptors of
+    it, give what the kernel path gives (the directory the process is in, whatever its path
+    now leads to), never the files outside, as root and as another user; and the library
+    served those calls before the change."""
+    outside = tempfile.mkdtemp(prefix="efuse-intercept-outside-", dir="/tmp")
+    os.chmod(outside, 0o755)
+    fmt = "%n %F %s %h %a %u %g"
+    try:
+        with intercepted() as i:
+            m = i.m
+            # The working directory itself replaced ("a"), and a directory above it ("p"),
+            # whose name the kernel keeps in the working directory's path even once
+            # efused's watcher dropped it.
+            for cwd, swapped in (("p/a", "p"), ("a", "a")):
+                below = os.path.relpath(J(m.src, cwd), J(m.src, swapped))  # "a" or "."
+                for user in (None, USER):
+                    results = []
+                    served = None
+                    for prefix in ([], [EFUSE_RUN]):
+                        run(["rm", "-rf", J(m.src, swapped), J(m.src, swapped + ".old")])
+                        run(["find", outside, "-mindepth", "1", "-delete"])
+                        os.makedirs(J(m.src, cwd, "sub"))
+                        write_file(J(m.src, cwd, "f"), b"inside f\n")
+                        write_file(J(m.src, cwd, "sub", "g"), b"inside g\n")
+                        os.makedirs(J(outside, below, "sub"), exist_ok=True)
+                        write_file(J(outside, below, "f"), b"OUTSIDE f, longer\n")
+                        write_file(J(outside, below, "sub", "g"), b"OUTSIDE g, longer\n")
+                        # The kernel first forgets what the previous run left there.
+                        h.wait_until(lambda: os.stat(J(m.mnt, cwd)).st_ino ==
+                                     os.stat(J(m.src, cwd)).st_ino, timeout=30,
+                                     what="the new directory to show through the mount")
+                        before = i.calls()
+                        with child([*prefix, "python3", "-c", CWD_REPLACED, m.mnt, cwd, fmt],
+                                   user=user) as p:
+                            out = []
+
+                            def step(tag, lines):
+                                if p.poll() is not None:
+                                    raise AssertionError((out, p.stderr.read()))
+                                p.stdin.write(tag + "\n")
+                                p.stdin.flush()
+                                out.extend(p.stdout.readline() for _ in range(lines))
+                            step("start", 6)
+                            started = i.calls()
+                            os.rename(J(m.src, swapped), J(m.src, swapped + ".old"))
+                            os.symlink(outside, J(m.src, swapped))
+                            step("symlink", 8)
+                            os.unlink(J(m.src, swapped))
+                            os.makedirs(J(m.src, cwd, "sub"))
+                            write_file(J(m.src, cwd, "f"), b"new f\n")
+                            write_file(J(m.src, cwd, "sub", "g"), b"new g\n")
+                            step("directory", 8)
+                            rest, err = p.communicate(input="", timeout=60)
+                        assert p.returncode == 0, (out, err)
+                        results.append("".join(out) + rest)
+                        served = {k: started[k] - before[k] for k in started}
+                    what = f"cwd {cwd}, {swapped} replaced, as uid {user[0] if user else 0}"
+                    assert results[0] == results[1], what + "\n" + "\n".join(
+                        f"without: {a!r}\n   with: {b!r}"
+                        for a, b in zip(results[0].splitlines(), results[1].splitlines())
+                        if a != b)
+                    text = results[1]
+                    assert "OUTSIDE" not in text and "new f" not in text, (what, text)
+                    assert "start f b'inside f\\n'" in text, (what, text)
+                    assert served[("open", "library")] >= 2 and served[("stat", "library")] >= 2, \
+                        (what, served)
+            # With the working directory at the mount's root, relative names are served too.
+            write_file(J(m.src, "top"), b"top\n")
+            plain, lib, served = i.run_both(["bash", "-c", f"cat top && stat -c '{fmt}' top"],
+                                            cwd=m.mnt)
+            same(plain, lib, "cat and stat at the mount's root")
+            assert served[("open", "library")] >= 1 and served[("stat", "library")] >= 1, served
+    finally:
+        run(["rm", "-rf", outside])
+
+
 # Descriptor semantics: prints what it saw; the test compares the runs with and without.
 DESCRIPTORS = r"""
 import fcntl, os, sys, threading

@@ -655,6 +655,131 @@ int fd_backing_dir(int fd, int index) {
   return hidden;
 }
 
+namespace {
+// The working directory's binding: what calls relative to it (a name relative to AT_FDCWD
+// while the working directory is below a mount's root) are answered relative to, as calls
+// relative to a bound directory descriptor are. The kernel resolves such a name in the
+// directory the process is in (an inode, whatever its name is now), not at the path getcwd
+// reports: the backing directory at that path may have been renamed, removed or replaced
+// (by a symlink leading anywhere) since, and the kernel's name for it may be stale until
+// efused's watcher told it. So the backing directory at the reported path (opened O_PATH
+// beneath the backing root, following no symlink, on the backing file system) is used only
+// if it is the working directory's own inode (statx of the working directory: its mount
+// and inode number), and is kept, at a high number and close-on-exec, for the calls after.
+// A few slots (the working directory is the process's: it changes only at chdir), each
+// held by the calls using it (`refs`; kCwdBusy while one is rewritten), so no descriptor is
+// closed or replaced under a call in another thread. The fields are read only while held.
+struct CwdSlot {
+  std::atomic<uint32_t> refs;
+  std::atomic<int> fd1;  // the library's descriptor + 1; 0: none
+  std::atomic<int> mount;
+  std::atomic<uint64_t> generation;
+  std::atomic<uint64_t> ino;
+  char rest[EFUSE_INTERCEPT_PATH_MAX];  // the directory's path below the mount's root
+};
+constexpr int kCwdSlots = 4;
+constexpr uint32_t kCwdBusy = 1u << 30;
+CwdSlot g_cwd[kCwdSlots];
+std::atomic<uint32_t> g_cwd_next{0};
+
+// The working directory is a directory of the published mount itself (not of a bind mount
+// of it, nor of another mount at the same path): true, with its inode number in *ino.
+bool cwd_in_mount(const Mount* m, uint64_t* ino) {
+  int saved = errno;
+  struct statx sx = {};
+  long rc = sys(SYS_statx, AT_FDCWD, reinterpret_cast<long>(""),
+                AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC,
+                STATX_TYPE | STATX_INO | STATX_MNT_ID, reinterpret_cast<long>(&sx));
+  errno = saved;
+  *ino = sx.stx_ino;
+  return rc == 0 && (sx.stx_mask & STATX_MNT_ID) && S_ISDIR(sx.stx_mode) &&
+         sx.stx_mnt_id == m->mnt_id && makedev(sx.stx_dev_major, sx.stx_dev_minor) == m->dev;
+}
+
+// The binding of the working directory, which the kernel reports at `rest` below m's root
+// (not the root itself): its descriptor, held in slot *slot (cwd_release), or -1 (then the
+// kernel answers). A binding is used again for the same inode number at the same path only
+// (the inode numbers of directories on different file systems mounted in the backing tree
+// may be equal).
+int cwd_binding(Mount* m, int index, const char* rest, int* slot) {
+  int saved = errno;
+  uint64_t ino = 0;
+  if (!cwd_in_mount(m, &ino)) return -1;
+  for (int k = 0; k < kCwdSlots; ++k) {
+    CwdSlot& c = g_cwd[k];
+    if (c.refs.fetch_add(1, std::memory_order_acquire) >= kCwdBusy) {
+      c.refs.fetch_sub(1, std::memory_order_release);
+      continue;
+    }
+    int fd1 = c.fd1.load(std::memory_order_acquire);
+    if (fd1 > 0 && c.mount.load(std::memory_order_relaxed) == index &&
+        c.generation.load(std::memory_order_relaxed) == m->generation &&
+        c.ino.load(std::memory_order_relaxed) == ino && strcmp(c.rest, rest) == 0) {
+      *slot = k;
+      return fd1 - 1;
+    }
+    c.refs.fetch_sub(1, std::memory_order_release);
+  }
+  int root = mount_root(m);
+  uint64_t sdev = m->src_dev.load(std::memory_order_acquire);
+  if (root < 0 || sdev == 0) return -1;
+  struct open_how how = {};
+  how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+  how.resolve = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+  long bfd = sys(SYS_openat2, root, reinterpret_cast<long>(rest), reinterpret_cast<long>(&how),
+                 sizeof how);
+  struct stat bst;
+  long hidden = -1;
+  if (bfd >= 0 && sys(SYS_fstat, bfd, reinterpret_cast<long>(&bst)) == 0 && S_ISDIR(bst.st_mode) &&
+      bst.st_ino == ino && bst.st_dev == sdev)
+    hidden = sys(SYS_fcntl, bfd, F_DUPFD_CLOEXEC, kHighFd);
+  if (bfd >= 0) close_fd(static_cast<int>(bfd));
+  errno = saved;
+  if (hidden < 0) return -1;  // renamed, removed or replaced in the backing tree: the kernel's
+  if (hidden >= kMaxFds) {
+    close_fd(static_cast<int>(hidden));
+    return -1;
+  }
+  uint32_t start = g_cwd_next.fetch_add(1, std::memory_order_relaxed);
+  for (int n = 0; n < kCwdSlots; ++n) {
+    int k = static_cast<int>((start + static_cast<uint32_t>(n)) % kCwdSlots);
+    CwdSlot& c = g_cwd[k];
+    uint32_t idle = 0;
+    if (!c.refs.compare_exchange_strong(idle, kCwdBusy, std::memory_order_acquire)) continue;
+    int old1 = c.fd1.exchange(0, std::memory_order_acq_rel);
+    if (old1 > 0) close_fd(old1 - 1);
+    c.mount.store(index, std::memory_order_relaxed);
+    c.generation.store(m->generation, std::memory_order_relaxed);
+    c.ino.store(ino, std::memory_order_relaxed);
+    memcpy(c.rest, rest, strlen(rest) + 1);  // shorter than EFUSE_INTERCEPT_PATH_MAX (resolve)
+    c.fd1.store(static_cast<int>(hidden) + 1, std::memory_order_release);
+    c.refs.fetch_sub(kCwdBusy - 1, std::memory_order_acq_rel);  // held by this call now
+    *slot = k;
+    errno = saved;
+    return static_cast<int>(hidden);
+  }
+  close_fd(static_cast<int>(hidden));  // every slot in use: the kernel answers this one
+  errno = saved;
+  return -1;
+}
+
+void cwd_release(int slot) { g_cwd[slot].refs.fetch_sub(1, std::memory_order_release); }
+
+// The program closed or replaced number `fd`: a binding there is forgotten (not closed).
+void cwd_fd_gone(unsigned first, unsigned last) {
+  for (CwdSlot& c : g_cwd) {
+    int fd1 = c.fd1.load(std::memory_order_acquire);
+    if (fd1 > 0 && static_cast<unsigned>(fd1 - 1) >= first &&
+        static_cast<unsigned>(fd1 - 1) <= last)
+      c.fd1.compare_exchange_strong(fd1, 0);
+  }
+}
+}  // namespace
+
+Resolved::~Resolved() {
+  if (cwd_slot >= 0) cwd_release(cwd_slot);
+}
+
 void fd_bind_child(int fd, int index, int parent, const char* path) {
   if (fd < 0 || fd >= kMaxFds || g_fd_bound[fd].load(std::memory_order_acquire) != 0) return;
   Mount* m = mount_at(index);
@@ -994,6 +1119,10 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
   out->decline = false;
   out->no_root = false;
   out->rest = nullptr;
+  if (out->cwd_slot >= 0) {
+    cwd_release(out->cwd_slot);
+    out->cwd_slot = -1;
+  }
   if (path[0] != '/' && dirfd != AT_FDCWD) {
     // Relative to a directory descriptor: only ever answered relative to the backing
     // directory it is bound to (its path may no longer lead to it: renamed outside, the
@@ -1027,6 +1156,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
   char* buf = t_path;
   const size_t cap = sizeof t_path;
   size_t len = 0;
+  size_t cwd_len = 0;  // relative to the working directory: its path's length in `buf`
   size_t plen = strlen(path);
   int saved = errno;
   if (path[0] != '/') {
@@ -1039,7 +1169,7 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
     }
     errno = saved;
     if (n <= 0 || buf[0] != '/' || static_cast<size_t>(n) + plen + 2 >= cap) return false;
-    len = static_cast<size_t>(n);
+    len = cwd_len = static_cast<size_t>(n);
     buf[len++] = '/';
   } else if (plen + 1 >= cap) {
     return false;
@@ -1073,13 +1203,58 @@ bool resolve(int dirfd, const char* path, Resolved* out) {
       out->no_root = true;
     }
     out->is_root = rlen == 0 || (rlen == 1 && rest[0] == '/');
-    // One name under the mount's root ("/mnt/f"): beneath the backing directory's own
-    // descriptor nothing but the name itself can be a symlink, so it is looked at with one
-    // lstat and opened with one openat(O_NOFOLLOW), as a single name relative to a bound
-    // directory is (no openat2, no O_PATH open to stat through).
-    out->single_name = (path[0] != '/' && strchr(path, '/') == nullptr && strcmp(path, ".") != 0) ||
-                       (out->beneath && strchr(out->rest, '/') == nullptr &&
-                        strcmp(out->rest, ".") != 0);
+    // One name under the mount's root ("/mnt/f", or "f" with the working directory there):
+    // beneath the backing directory's own descriptor nothing but the name itself can be a
+    // symlink, so it is looked at with one lstat and opened with one openat(O_NOFOLLOW), as
+    // a single name relative to a bound directory is (no openat2, no O_PATH open to stat
+    // through). A longer path is walked beneath it following no symlink (openat2).
+    out->single_name = out->beneath && strchr(out->rest, '/') == nullptr &&
+                       strcmp(out->rest, ".") != 0;
+    // Relative to a working directory below the mount's root: the kernel resolves the name
+    // in that directory, whatever path now leads to it (or not) in the backing tree, and
+    // checks no directory above it. Answered relative to its binding (cwd_binding), as a
+    // call relative to a bound directory descriptor is; else (a directory on its path
+    // renamed, removed or replaced in the backing tree, "..", the directory itself, a file
+    // system mounted inside, the backing root out of reach) by the kernel.
+    const char* cwd_rest = buf + m.mp_len;
+    while (cwd_len > 0 && *cwd_rest == '/' && cwd_rest < buf + cwd_len) ++cwd_rest;
+    uint64_t cwd_ino = 0;
+    if (cwd_len > 0 && m.serve && cwd_rest == buf + cwd_len &&
+        (!cwd_in_mount(&m, &cwd_ino) || cwd_ino != m.root_ino)) {
+      // getcwd names the mountpoint, but the working directory is not this mount's root
+      // (the root of a mount this one was stacked on, say): the kernel's.
+      out->decline = true;
+      return true;
+    }
+    if (cwd_len > 0 && m.serve && cwd_rest < buf + cwd_len) {
+      out->rest = nullptr;  // no hand-over: efused would resolve it by path
+      out->no_root = false;
+      out->beneath = false;
+      out->at_fd = AT_FDCWD;
+      out->at_path = out->backing;
+      out->single_name = false;
+      // t_bind: the working directory below the mount's root, then the relative path
+      // without "." components (fd_backing_dir and mount_of_fd, its other users, are not
+      // called on this path).
+      size_t dlen = static_cast<size_t>(buf + cwd_len - cwd_rest);
+      char* dir = t_bind;
+      char* rel = t_bind + EFUSE_INTERCEPT_PATH_MAX + 4;
+      int bound = -1;
+      if (!out->decline && root >= 0 && dlen < EFUSE_INTERCEPT_PATH_MAX &&
+          !in_hole(&m, nullptr, 0) && without_dots(path, rel, EFUSE_INTERCEPT_PATH_MAX)) {
+        memcpy(dir, cwd_rest, dlen);
+        dir[dlen] = '\0';
+        bound = cwd_binding(&m, i, dir, &out->cwd_slot);
+      }
+      if (bound < 0) {
+        out->decline = true;
+        return true;
+      }
+      out->at_fd = bound;
+      out->at_path = rel;
+      out->bound = true;
+      out->single_name = strchr(rel, '/') == nullptr;
+    }
     return true;
   }
   return false;
@@ -1135,6 +1310,7 @@ void internal_fd_gone(int fd) {
   if (fd < kHighFd) return;
   if (fd < kMaxFds) bound_gone(fd);
   if (fd < kMaxFds && g_comp_owner[fd].load(std::memory_order_relaxed) != 0) companion_gone(fd);
+  cwd_fd_gone(static_cast<unsigned>(fd), static_cast<unsigned>(fd));
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int expected = fd;
@@ -1150,6 +1326,7 @@ void internal_fds_gone(unsigned first, unsigned last) {
     if (g_bound_owner[fd].load(std::memory_order_relaxed) != 0) bound_gone(static_cast<int>(fd));
     if (g_comp_owner[fd].load(std::memory_order_relaxed) != 0) companion_gone(static_cast<int>(fd));
   }
+  cwd_fd_gone(first, last);
   int count = g_mount_count.load(std::memory_order_acquire);
   for (int i = 0; i < count; ++i) {
     int fd = g_mounts[i].pidfd.load();

@@ -185,16 +185,23 @@ struct Resolved {
   int index = -1;
   char backing[2 * EFUSE_INTERCEPT_PATH_MAX + 8];  // source + rest
   bool is_root = false;
-  // One name relative to a directory whose path the kernel gave (getcwd, /proc/self/fd),
-  // which holds no symlink, or one name right under the mount's root resolved beneath its
-  // backing descriptor: only the last component can be one.
+  // One name right under `at_fd` (the mount's backing root, a bound directory or the bound
+  // working directory), resolved beneath that descriptor: only the name itself can be a
+  // symlink, so one lstat and one openat(O_NOFOLLOW) resolve it. Never a name relative to a
+  // directory known by path only: a path the kernel gave (getcwd, /proc/self/fd) says where
+  // the kernel's directory was when it was last looked up through the mount, not what that
+  // path leads to in the backing tree now (a directory on it renamed or replaced there,
+  // by a symlink say, before efused's watcher told the kernel).
   bool single_name = false;
   // What to resolve in the backing tree: `at_path` relative to `at_fd`. Either AT_FDCWD
-  // and `backing`, or a bound directory (fd_backing_dir) and the caller's relative path,
-  // resolved beneath it.
+  // and `backing`, or a bound directory (fd_backing_dir, or the working directory's:
+  // cwd_binding in state.cpp) and the caller's relative path, resolved beneath it.
   int at_fd = -100;  // AT_FDCWD
   const char* at_path = nullptr;
   bool bound = false;
+  // at_fd is the working directory's binding, held (not closed or replaced) until this
+  // is destroyed: its slot, or -1.
+  int cwd_slot = -1;
   // at_fd is the mount's backing root (mount_root()) and at_path the rest of the path:
   // resolved beneath it, as beneath a bound directory.
   bool beneath = false;
@@ -206,8 +213,13 @@ struct Resolved {
   // the kernel, opens to efused (hand_over).
   bool no_root = false;
   // The path below the mountpoint, without a leading '/' ("." for the root); null for a
-  // call relative to a directory descriptor.
+  // call relative to a directory descriptor or to a working directory below the mount's
+  // root (those are only ever answered relative to the directory itself).
   const char* rest = nullptr;
+  Resolved() = default;
+  Resolved(const Resolved&) = delete;
+  Resolved& operator=(const Resolved&) = delete;
+  ~Resolved();
 };
 bool resolve(int dirfd, const char* path, Resolved* out);
 
