@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /*
- * FLUSH handler (kmod/ patch 0012): answers the FLUSH of an open a handler answered
- * (in.flags EFUSE_HANDLER_FLUSH_KERNEL_OPEN) when efused stored an entry for the node in
- * efuse_flush_answers: it does so with the node's open answer, and drops it for good before
- * it replies to any lock request on the node (a POSIX lock or flock taken through efused is
- * released by efused at FLUSH). Every other FLUSH goes up: those of opens efused answered
- * carry its handle, which it may have to flush.
+ * FLUSH handler (kmod/ patches 0012, 0013): answers the FLUSH of an open a handler answered
+ * (in.flags EFUSE_HANDLER_FLUSH_KERNEL_OPEN), and of an open efused answered in passthrough
+ * mode whose backing file has no flush method (EFUSE_HANDLER_FLUSH_PASSTHROUGH: a CREATE or
+ * an open for writing; efused saw none of its data and its close of a duplicate of its
+ * descriptor would report nothing), when efused stored an entry for the node in
+ * efuse_flush_answers: it does so with its first passthrough OPEN or CREATE reply for the
+ * node, and drops it for good before it replies to any lock request on the node (a POSIX
+ * lock or flock taken through efused is released by efused at FLUSH). Every other FLUSH goes
+ * up: those of opens efused serves without passthrough carry its handle, whose data it may
+ * have to report on.
  *
  * Attached directly to the raw_tp.w tracepoint efuse_handler, like efuse_getattr.bpf.c
  * (which says why there is no program array).
@@ -31,7 +35,7 @@ int efuse_flush(struct bpf_raw_tracepoint_args *args)
 
 	if (!efuse_handler_turn(ctx, FUSE_FLUSH) || efuse_handler_answered_twice(ctx))
 		return 0;
-	if (!(ctx->in.flags & EFUSE_HANDLER_FLUSH_KERNEL_OPEN))
+	if (!(ctx->in.flags & (EFUSE_HANDLER_FLUSH_KERNEL_OPEN | EFUSE_HANDLER_FLUSH_PASSTHROUGH)))
 		return 0;
 	efuse_handler_answer_node(ctx, &efuse_flush_answers);
 	return 0;

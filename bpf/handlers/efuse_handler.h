@@ -34,9 +34,10 @@
  * a LISTXATTR request). 4: READ requests fire efuse_handler_read with a
  * struct efuse_handler_read_ctx, and READ can be answered with file data
  * (kmod patch 0011); OPEN and FLUSH answers, EFUSE_HANDLER_KERNEL_FH and
- * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012).
+ * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012). 5: FLUSH of an open the server
+ * answered in passthrough mode, EFUSE_HANDLER_FLUSH_PASSTHROUGH (0013).
  */
-#define EFUSE_HANDLER_ABI_VERSION 4
+#define EFUSE_HANDLER_ABI_VERSION 5
 
 /*
  * The fh of an open a handler answered (FUSE_OPEN): set by the module, not
@@ -49,6 +50,12 @@
 #define EFUSE_HANDLER_KERNEL_FH (3ULL << 62)
 /* in.flags of a FLUSH: the file's open was answered by a handler. */
 #define EFUSE_HANDLER_FLUSH_KERNEL_OPEN 1
+/*
+ * in.flags of a FLUSH: the server answered the file's open, in passthrough
+ * mode, and the backing file has no flush method: the file's data never
+ * went through the server, and closing the backing file reports nothing.
+ */
+#define EFUSE_HANDLER_FLUSH_PASSTHROUGH 2
 
 /* out.verdict */
 #define EFUSE_HANDLER_UPCALL 0	/* queue the request for the server */

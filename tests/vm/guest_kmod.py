@@ -739,6 +739,123 @@ def check_kmod_efused_open_flush():
     no_refusals(refused0)
 
 
+def op_totals(s, metric):
+    """{opcode: value} of `metric` for this mount (summed over other labels)."""
+    out = {}
+    for n, l, v in s:
+        if n == metric and l.get("mount") == KNAME and "opcode" in l:
+            out[l["opcode"]] = out.get(l["opcode"], 0) + v
+    return out
+
+
+def write_and_close(path, flags, data, before_close=None):
+    """Opens `path` with `flags`, writes `data`, runs before_close(fd) and closes it;
+    returns, per opcode of FILE_OPS and "create", (answered in the kernel, served by efused)
+    during the close alone."""
+    fd = os.open(path, flags, 0o644)
+    try:
+        os.write(fd, data)
+        if before_close is not None:
+            before_close(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    _, at = file_ops(lambda: os.close(fd))
+    return at
+
+
+def check_kmod_efused_flush_passthrough():
+    """FLUSH of opens efused served in passthrough mode (module patch 0013): the close of a
+    file made with CREATE or opened for writing sends no FLUSH to efused (its data went to
+    the backing file in the kernel, ext4 has no flush method), and the bytes are the backing
+    file's; a POSIX lock or a flock taken through such an open sends its FLUSH to efused,
+    which drops the lock there, and so do later closes of that node. A tar extraction sends
+    no FLUSH to efused; its requests per entry are printed (and what they were before 0013:
+    every FLUSH answered here went up)."""
+    refused0 = refusals(("open", "flush"))
+    eventually("RELEASE of every open", released, 0)
+    data = os.urandom(10000)
+    # CREATE, then an open for writing (O_APPEND) and one with O_TRUNC.
+    path, src = f"{KMNT}/made", f"{KSRC}/made"
+    at = write_and_close(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, data)
+    assert at["flush"] == (1, 0), f"close after CREATE: {at}"
+    eventually("RELEASE of every open", released, 0)
+    assert cat(src) == data and cat(path) == data, "CREATEd file's bytes"
+    at = write_and_close(path, os.O_WRONLY | os.O_APPEND, b"more")
+    assert at["flush"] == (1, 0), f"close after an O_WRONLY open: {at}"
+    eventually("RELEASE of every open", released, 0)
+    assert cat(src) == data + b"more" and cat(path) == data + b"more", "appended bytes"
+    at = write_and_close(path, os.O_RDWR | os.O_TRUNC, b"short")
+    assert at["flush"] == (1, 0), f"close after an O_RDWR|O_TRUNC open: {at}"
+    eventually("RELEASE of every open", released, 0)
+    assert cat(src) == b"short" and cat(path) == b"short", "truncated and rewritten bytes"
+    # A POSIX lock through an open efused served: its FLUSH goes to efused, which drops the
+    # lock there (another process then takes it), and the node's FLUSH stays efused's.
+    lpath = f"{KMNT}/locked"
+    at = write_and_close(lpath, os.O_CREAT | os.O_EXCL | os.O_RDWR, data,
+                         lambda fd: fcntl.lockf(fd, fcntl.LOCK_EX))
+    assert at["flush"] == (0, 1), f"close after a POSIX lock: {at}"
+    other = subprocess.run(
+        [sys.executable, "-c", "import fcntl,os,sys\nfd=os.open(sys.argv[1],os.O_RDWR)\n"
+         "fcntl.lockf(fd,fcntl.LOCK_EX|fcntl.LOCK_NB)", lpath], capture_output=True, text=True)
+    assert other.returncode == 0, f"exclusive lock after the close: {other.stderr[-300:]}"
+    eventually("RELEASE of every open", released, 0)
+    at = write_and_close(lpath, os.O_WRONLY | os.O_APPEND, b"x")
+    assert at["flush"] == (0, 1), f"close of a once-locked node: {at}"
+    # A flock: FLUSH and RELEASE go to efused; the lock is gone with the description.
+    fpath = f"{KMNT}/flocked2"
+    at = write_and_close(fpath, os.O_CREAT | os.O_EXCL | os.O_WRONLY, data,
+                         lambda fd: fcntl.flock(fd, fcntl.LOCK_EX))
+    assert at["flush"] == (0, 1), f"close after a flock: {at}"
+    eventually("RELEASE of every open", released, 0)
+    fd = os.open(fpath, os.O_RDONLY)
+    try:
+        assert errno_of(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)) is None, \
+            "the flock stayed after its description's RELEASE"
+    finally:
+        os.close(fd)
+    eventually("RELEASE of every open", released, 0)
+    assert cat(f"{KSRC}/locked") == data + b"x" and cat(f"{KSRC}/flocked2") == data
+    # tar: no FLUSH reaches efused; requests per archive entry.
+    listing = subprocess.run(["tar", "-tvf", f"{g.DATA}/sample.tar"], capture_output=True,
+                             text=True, check=True, timeout=g.CHECK_TIMEOUT).stdout.splitlines()
+    entries, regular = len(listing), sum(1 for l in listing if l.startswith("-"))
+    s0 = samples()
+    os.mkdir(f"{KMNT}/tarflush")
+    t0 = time.monotonic()
+    subprocess.run(["tar", "-xf", f"{g.DATA}/sample.tar", "-C", f"{KMNT}/tarflush"], check=True,
+                   timeout=g.CHECK_TIMEOUT)
+    took = time.monotonic() - t0
+    eventually("RELEASE of every open", released, 0)
+    s1 = samples()
+    up = {k: v - op_totals(s0, "efuse_requests_total").get(k, 0)
+          for k, v in op_totals(s1, "efuse_requests_total").items()}
+    kern = {k: v - op_totals(s0, "efuse_kernel_answered_total").get(k, 0)
+            for k, v in op_totals(s1, "efuse_kernel_answered_total").items()}
+    up = {k: v for k, v in up.items() if v}
+    kern = {k: v for k, v in kern.items() if v}
+    total = sum(up.values())
+    print(f"  tar: {entries} entries ({regular} files) in {took:.1f} s: "
+          f"{total / entries:.2f} requests per entry to efused "
+          f"({', '.join(f'{k} {v / entries:.2f}' for k, v in sorted(up.items()))}); "
+          f"without kmod patch 0013 {(total + kern.get('flush', 0)) / entries:.2f} "
+          f"(its FLUSHes went up); answered in the kernel per entry: "
+          f"{', '.join(f'{k} {v / entries:.2f}' for k, v in sorted(kern.items()))}", flush=True)
+    assert up.get("flush", 0) == 0, f"FLUSH to efused during tar: {up}"
+    assert kern.get("flush", 0) == regular, f"FLUSH answered in the kernel {kern}, {regular} files"
+    os.mkdir(f"{KNATIVE}/tarflush")
+    subprocess.run(["tar", "-xf", f"{g.DATA}/sample.tar", "-C", f"{KNATIVE}/tarflush"],
+                   check=True, timeout=g.CHECK_TIMEOUT)
+    g.diff(g.tree(f"{KMNT}/tarflush"), g.tree(f"{KNATIVE}/tarflush"),
+           "tar through the mount and natively")
+    g.diff(g.tree(f"{KMNT}/tarflush"), g.tree(f"{KSRC}/tarflush"), "the mount and its backing")
+    r = subprocess.run(["tar", "--compare", "-f", f"{g.DATA}/sample.tar", "-C",
+                        f"{KMNT}/tarflush"], capture_output=True, text=True,
+                       timeout=g.CHECK_TIMEOUT)
+    assert r.returncode == 0, f"tar --compare: {r.stdout[-800:]} {r.stderr[-800:]}"
+    no_refusals(refused0, ("open", "flush"))
+
+
 def open_answers_map():
     """(descriptor, {nodeid: backing id}) of this mount's efuse_open_answers."""
     r = subprocess.run(["bpftool", "-j", "map", "show"], capture_output=True, text=True,
@@ -991,7 +1108,7 @@ CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_t
           check_kmod_efused_xattrs, check_kmod_efused_created, check_kmod_efused_revalidation,
           check_kmod_efused_open_flush,
           check_kmod_efused_open_refused, check_kmod_efused_open_changes,
-          check_kmod_efused_workloads,
+          check_kmod_efused_flush_passthrough, check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)
 

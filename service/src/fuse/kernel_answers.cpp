@@ -341,9 +341,6 @@ bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
   o.backing_id = backing_id;
   e.answer.size = sizeof o;
   std::memcpy(e.answer.data, &o, sizeof o);
-  efuse_handler_entry flush{};
-  flush.expires = UINT64_MAX;
-  flush.answer.nodeid = nodeid;
   std::lock_guard lk(mu_);
   // Written again even when stored: only first opens reach efused, and so an entry that
   // went wrong behind efused's back (it never should) is mended by the next one.
@@ -353,10 +350,23 @@ bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
     return false;
   }
   opens_.insert(nodeid);
-  if (!locked_.contains(nodeid) && !flushes_.contains(nodeid) &&
-      flushes_.size() < kMaxOpenAnswers && store_.put_node(AnswerStore::NodeMap::Flush, nodeid, flush))
-    flushes_.insert(nodeid);
+  store_flush_locked(nodeid);
   return true;
+}
+
+void KernelAnswers::store_flush(uint64_t nodeid) {
+  if (nodeid == 0) return;
+  std::lock_guard lk(mu_);
+  store_flush_locked(nodeid);
+}
+
+void KernelAnswers::store_flush_locked(uint64_t nodeid) {
+  if (locked_.contains(nodeid) || flushes_.contains(nodeid) || flushes_.size() >= kMaxOpenAnswers)
+    return;
+  efuse_handler_entry flush{};
+  flush.expires = UINT64_MAX;  // kept exact by the drops (a lock request, the node's FORGET)
+  flush.answer.nodeid = nodeid;
+  if (store_.put_node(AnswerStore::NodeMap::Flush, nodeid, flush)) flushes_.insert(nodeid);
 }
 
 void KernelAnswers::drop_flush_locked(uint64_t nodeid) {

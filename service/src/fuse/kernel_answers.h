@@ -222,6 +222,11 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // which the session holds registered until the node is dropped: the open answer, and the
   // FLUSH answer unless a lock was asked for on the node. False when not stored (a full map).
   bool store_open(uint64_t nodeid, int32_t backing_id);
+  // An OPEN or CREATE reply of `nodeid` in passthrough mode (any access mode): the FLUSH
+  // answer, unless a lock was asked for on the node. The module takes it for a server's open
+  // only when the open is in passthrough mode and its backing file has no flush method (kmod
+  // patch 0013): efused's FLUSH then has nothing to do but drop locks.
+  void store_flush(uint64_t nodeid);
   // Whether OPEN answers are stored at all: only on a mount with default_permissions (the
   // module refuses them elsewhere, as efused then checks access itself). Default: yes.
   void allow_opens(bool allowed) { opens_allowed_.store(allowed, std::memory_order_relaxed); }
@@ -277,6 +282,7 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void put_xattr_answer(uint64_t nodeid, std::string_view name, efuse_handler_entry& e,
                         uint64_t since);
   void drop_flush_locked(uint64_t nodeid);
+  void store_flush_locked(uint64_t nodeid);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
   void drop_blocks_locked(uint64_t nodeid);  // the node's READ blocks
   // Attributes efused sent for the node (GETATTR, LOOKUP): a size or mtime other than its

@@ -8,6 +8,8 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <optional>
+#include <span>
 
 #include "fuse/kernel_answers.h"
 #include "fuse/session_request.h"
@@ -59,6 +61,15 @@ uint64_t entry_nodeid(std::span<const char> body) {
 }
 
 bool for_writing(uint32_t flags) { return (flags & O_ACCMODE) != O_RDONLY; }
+
+// An OPEN reply (or CREATE's open part) in passthrough mode with a backing id.
+std::optional<k::fuse_open_out> passthrough_open(std::span<const char> body) {
+  k::fuse_open_out o;
+  if (body.size() != sizeof o) return std::nullopt;
+  std::memcpy(&o, body.data(), sizeof o);
+  if (!(o.open_flags & k::kFopenPassthrough) || o.backing_id <= 0) return std::nullopt;
+  return o;
+}
 
 // Whether an OPEN reply keeps the kernel's page cache of the file (FOPEN_KEEP_CACHE).
 bool keeps_cache(std::span<const char> body) {
@@ -162,15 +173,13 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
           if (ok && !keeps_cache(body)) a->pages_dropped(node);
           if (ok && for_writing(o->flags)) a->write_opened(node);
           // What the OPEN handler answers (efuse_open.bpf.c): read-only, no O_TRUNC,
-          // passthrough.
-          k::fuse_open_out out;
-          if (ok && !for_writing(o->flags) && !(o->flags & O_TRUNC) && a->opens_allowed() &&
-              body.size() == sizeof out) {
-            std::memcpy(&out, body.data(), sizeof out);
-            if ((out.open_flags & k::kFopenPassthrough) && out.backing_id > 0 &&
-                hold_for_kernel_opens(r.ctx, node, out.backing_id))
-              a->store_open(node, out.backing_id);
-          }
+          // passthrough. The FLUSH handler answers the FLUSH of every passthrough open of
+          // the node, this one too (kmod patch 0013), until a lock is asked for.
+          const auto pt = ok ? passthrough_open(body) : std::nullopt;
+          if (pt && !for_writing(o->flags) && !(o->flags & O_TRUNC) && a->opens_allowed() &&
+              hold_for_kernel_opens(r.ctx, node, pt->backing_id))
+            a->store_open(node, pt->backing_id);
+          if (pt) a->store_flush(node);
         }
         break;
 
@@ -191,6 +200,10 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (c->flags & O_EXCL) a->node_created(child, r.answers_since);
         if (child != 0 && (c->flags & O_TRUNC)) a->attr_changed(child);  // an existing file
         if (child != 0 && for_writing(c->flags)) a->write_opened(child);
+        // Its FLUSH, when the new open is in passthrough mode (kmod patch 0013).
+        if (child != 0 && body.size() > sizeof(k::fuse_entry_out) &&
+            passthrough_open(body.subspan(sizeof(k::fuse_entry_out))))
+          a->store_flush(child);
         break;
       }
       case k::Opcode::Mknod:

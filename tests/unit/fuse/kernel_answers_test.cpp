@@ -553,6 +553,36 @@ TEST_F(KernelAnswersTest, ALockSendsFlushUpUntilTheNodeIsDropped) {
   EXPECT_FALSE(store.flushes.contains(8));
 }
 
+// CREATE and opens for writing in passthrough mode (kmod patch 0013): only their FLUSH.
+TEST_F(KernelAnswersTest, StoresFlushAnswersOfPassthroughOpens) {
+  answers.store_flush(0);
+  EXPECT_TRUE(store.flushes.empty());
+  answers.store_flush(12);
+  ASSERT_TRUE(store.flushes.contains(12));
+  EXPECT_FALSE(store.opens.contains(12)) << "no open answer for an open for writing";
+  const efuse_handler_entry& f = store.flushes[12];
+  EXPECT_EQ(f.answer.nodeid, 12u);
+  EXPECT_EQ(f.answer.error, 0);
+  EXPECT_EQ(f.answer.size, 0u);
+  EXPECT_EQ(f.expires, UINT64_MAX);
+  EXPECT_EQ(answers.stats().flush_entries, 1u);
+  answers.write_opened(12);  // writes go to the backing file: FLUSH has nothing to do
+  answers.attr_changed(12);
+  EXPECT_TRUE(store.flushes.contains(12));
+  answers.lock_asked(12);
+  EXPECT_FALSE(store.flushes.contains(12)) << "efused may hold a lock it drops at FLUSH";
+  answers.store_flush(12);
+  EXPECT_FALSE(store.flushes.contains(12)) << "never again for this node";
+  answers.lock_asked(13);
+  answers.store_flush(13);
+  EXPECT_FALSE(store.flushes.contains(13));
+  answers.allow_opens(false);  // no default_permissions: FLUSH answers grant no access
+  answers.store_flush(14);
+  EXPECT_TRUE(store.flushes.contains(14));
+  answers.forgotten(14);
+  EXPECT_FALSE(store.flushes.contains(14));
+}
+
 TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
   ASSERT_TRUE(answers.store_open(7, 3));
   answers.forgotten(7);
