@@ -181,16 +181,4 @@ std::map<uint32_t, uint64_t> FuseCtl::waiting() const {
   return out;
 }
 
-std::set<uint32_t> live_connections(const FuseCtl& ctl, bool* host_wide) {
-  std::set<uint32_t> out;
-  if (ctl.ok()) {
-    for (const auto& [conn, n] : ctl.waiting()) out.insert(conn);
-    if (host_wide != nullptr) *host_wide = true;
-    return out;
-  }
-  for (const auto& [conn, m] : read_fuse_mounts()) out.insert(conn);
-  if (host_wide != nullptr) *host_wide = false;
-  return out;
-}
-
 }  // namespace efuse::bpf

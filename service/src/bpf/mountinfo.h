@@ -6,7 +6,6 @@
 
 #include <cstdint>
 #include <map>
-#include <set>
 #include <string>
 #include <string_view>
 
@@ -57,9 +56,5 @@ class FuseCtl {
   explicit FuseCtl(int dirfd) : dirfd_(dirfd) {}
   int dirfd_ = -1;
 };
-
-// Live FUSE connections: fusectl's entries when `ctl` is ok() (host-wide, every mount
-// namespace), else the connections of read_fuse_mounts(). `*host_wide` tells which.
-std::set<uint32_t> live_connections(const FuseCtl& ctl, bool* host_wide = nullptr);
 
 }  // namespace efuse::bpf

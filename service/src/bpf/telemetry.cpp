@@ -199,9 +199,7 @@ std::string MatchCheck::observe(uint64_t filed, uint64_t taken) {
 
 Status Telemetry::status() const {
   std::lock_guard<std::mutex> lock(mu_);
-  Status s = status_;
-  s.in_flight_reason = in_flight_reason_;
-  return s;
+  return status_;
 }
 
 bool Telemetry::open_window() const {
@@ -280,7 +278,6 @@ std::unique_ptr<Telemetry> Telemetry::start(const Options& opts) {
   t->status_.sample_every = t->opts_.sample_every;
   std::string why;
   t->fusectl_ = FuseCtl::open(&why);
-  t->in_flight_reason_ = why;
   if (!why.empty())
     LOG_WARN("bpf: no efuse_kernel_requests_in_flight: %s; dead connections' series are kept",
              why.c_str());
@@ -672,18 +669,11 @@ Snapshot Telemetry::snapshot() const {
   snap.in_flight = fusectl_.waiting();
   // Connections that no longer exist: delete their counters (a new mount that gets a
   // recycled device number must start from zero) and leave them out. Runs after the maps
-  // were read, so a connection created meanwhile is either in the live list or was not read.
-  bool host_wide = false;
-  std::set<uint32_t> live;
+  // were read, so a connection created meanwhile is either in fusectl's list or was not
+  // read. Without fusectl only this mount namespace is visible: dead ones cannot be told.
   if (fusectl_.ok()) {
-    for (const auto& [conn, n] : snap.in_flight) live.insert(conn);
-    host_wide = true;
-  } else {
-    live = live_connections(fusectl_, &host_wide);
-  }
-  if (host_wide) {  // else only this mount namespace is visible: cannot tell dead ones
     for (auto it = snap.conns.begin(); it != snap.conns.end();) {
-      if (live.count(it->first) != 0) {
+      if (snap.in_flight.count(it->first) != 0) {
         ++it;
         continue;
       }

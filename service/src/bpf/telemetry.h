@@ -46,7 +46,7 @@ struct ConnSnapshot {
 struct Snapshot {
   std::map<uint32_t, ConnSnapshot> conns;  // by connection id (mountinfo.h)
   // Every FUSE connection on the host -> requests in flight (the kernel's own count,
-  // fusectl's `waiting`); empty when fusectl cannot be read (Status::in_flight_reason).
+  // fusectl's `waiting`); empty when fusectl cannot be read (logged once at start).
   std::map<uint32_t, uint64_t> in_flight;
   efuse_health health{};
 };
@@ -77,7 +77,6 @@ struct Status {
   std::string level = "off";   // the level running: level_name()
   uint32_t sample_every = kDefaultSampleEvery;  // sampling windows cover 1 in N of the time
   uint64_t sample_windows = 0;  // sampling windows opened (the send program attached)
-  std::string in_flight_reason;  // why requests in flight are not known ("" when they are)
 };
 
 // The self-check: a request the send program timed is remembered (filed) under its struct
@@ -189,7 +188,6 @@ class Telemetry {
   mutable void* buckets_map_ = nullptr;  // mmap of sampled while loaded
   mutable MatchCheck match_check_;
   FuseCtl fusectl_;  // requests in flight, live connections
-  std::string in_flight_reason_;  // why fusectl_ is not ok()
   mutable std::mutex mu_;
   std::condition_variable windows_cv_;  // with mu_: sampling changed, telemetry up, stop
   bool windows_stop_ = false;
