@@ -478,15 +478,10 @@ def outside_changes_while_held(i, user=lambda cmd: cmd, each_run=None):
     assert "NEW INPLACE" in results[1] and "old replaced" in results[1], results[1]
 
 
-# Works in a directory of the mount (argv[2], below its root) while the test renames the
-# backing directory on its path away and puts a symlink to a directory outside the backing
-# tree there (holding the same names, other bytes), then a new directory: names relative to
-# the working directory, and to directory descriptors of it (one bound by the library
-# before the change, one first used after it), read and stat what the kernel path gives.
-CWD_REPLACED = r"""
-import errno, os, stat, subprocess, sys
-mnt, cwd, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
-dev = os.stat(mnt).st_dev
+# What the DIRFD and CWD_REPLACED scripts share: res() runs a call and gives its result (a
+# stat as mode, size, whether on the mount (the script's `dev`), links), or its errno's name;
+# rd() reads a name, relative to a directory descriptor when given one.
+DIR_PROBES = r"""
 def res(fn, *a, **kw):  # (each run makes new files: inode numbers are not compared)
     try:
         r = fn(*a, **kw)
@@ -501,6 +496,19 @@ def rd(name, d=None):
         return os.read(fd, 64)
     finally:
         os.close(fd)
+"""
+
+
+# Works in a directory of the mount (argv[2], below its root) while the test renames the
+# backing directory on its path away and puts a symlink to a directory outside the backing
+# tree there (holding the same names, other bytes), then a new directory: names relative to
+# the working directory, and to directory descriptors of it (one bound by the library
+# before the change, one first used after it), read and stat what the kernel path gives.
+CWD_REPLACED = r"""
+import errno, os, stat, subprocess, sys
+mnt, cwd, fmt = sys.argv[1], sys.argv[2], sys.argv[3]
+dev = os.stat(mnt).st_dev
+""" + DIR_PROBES + r"""
 def sh(*cmd):
     r = subprocess.run(cmd, capture_output=True, text=True)
     return (r.returncode, r.stdout, r.stderr)
@@ -705,20 +713,7 @@ def test_before_main_signal_handlers_threads():
 DIRFD = r"""
 import errno, os, stat, sys, time
 mnt = sys.argv[1]
-def res(fn, *a, **kw):  # (each run makes new files: inode numbers are not compared)
-    try:
-        r = fn(*a, **kw)
-        if isinstance(r, os.stat_result):
-            return (stat.filemode(r.st_mode), r.st_size, r.st_dev == dev, r.st_nlink)
-        return r
-    except OSError as e:
-        return errno.errorcode[e.errno]
-def rd(name, d):
-    fd = os.open(name, os.O_RDONLY, dir_fd=d)
-    try:
-        return os.read(fd, 64)
-    finally:
-        os.close(fd)
+""" + DIR_PROBES + r"""
 dev = os.stat(mnt).st_dev
 def probe(tag, d):
     for name in ("f", "sub/g", "link", "sub", "missing", "sub/../f", "./f", "f/"):
