@@ -100,7 +100,7 @@ class Clients:
         data = root + DATA_MP
         fio = ("fio --name=restart --directory=%s --filename=fio.dat --size=8m --bs=4k "
                "--rw=randwrite --ioengine=psync --verify=crc32c --do_verify=1 "
-               "--verify_fatal=1 --invalidate=1 --output-format=terse" % data)
+               "--verify_fatal=1 --verify_state_save=0 --invalidate=1 --output-format=terse" % data)
         self.fio = subprocess.Popen(
             ["bash", "-c", "n=0; while [ ! -e %s ]; do %s >/dev/null || { echo \"fio run $n "
              "failed: $?\"; exit 1; }; n=$((n+1)); done; echo \"fio runs $n\"" %
