@@ -548,6 +548,20 @@ def adaptive_rows():
             "registering and unregistering the backing file, the GETATTR a later stat "
             "refetches, 2 us for the kernel's backing file. small_device and large_device: kernel and device path, cost per "
             "MiB read. The cheaper one is committed."),
+        timeseries("Device path readahead", [
+            target(f"sum by (mount) (rate(efuse_device_readahead_chunk_reads_total{{{SEL}}}"
+                   f"[{RATE}])) * 131072", "{{mount}} read ahead", "A"),
+            target(f"sum by (mount) (rate(efuse_device_readahead_chunk_waits_total{{{SEL}}}"
+                   f"[{RATE}])) * 131072", "{{mount}} waited for", "B"),
+            target(f"max by (mount) (efuse_device_readahead_buffer_bytes{{{SEL}}})",
+                   "{{mount}} buffers held", "C")],
+            "Bps", "Reads efused serves on the device path are read ahead per file (O_DIRECT "
+            "chunks of 128 KiB in flight, as deep as the backing device's read_ahead_kb): "
+            "bytes read ahead per second, the part a READ had to wait for (close to all of "
+            "it when the device limits the reader), and the buffers the streams hold "
+            "(at most 64 MiB per mount)."),
+    ])
+    out += place([
         table("Current choice per class of opens", [target(
             f"max by (mount, class, path) (efuse_io_path_choice{{{SEL}}})", "",
             fmt="table", instant=True)],

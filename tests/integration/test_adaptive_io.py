@@ -378,6 +378,17 @@ def test_device_path_reads_verify_on_a_direct_io_file_system():
         assert large["device_cost_us"] > 0 and large["kernel_cost_us"] > 0, large
         assert view["decisions"]["device_probe"] >= 1, view
         assert "io_path_choices.classes.large_device.choice:" in m.ctl("status", "a").out
+        # The device probe read its files ahead (a stream per file, as deep as the backing
+        # device's read-ahead, logged once), and every stream's buffers went with its file.
+        assert value(s, "efuse_device_readahead_chunk_reads_total", mount="a") > 0
+        waits = value(s, "efuse_device_readahead_chunk_waits_total", mount="a")
+        assert waits is not None and waits >= 0
+        h.wait_until(lambda: value(m.samples(), "efuse_device_readahead_streams", mount="a") == 0
+                     and value(m.samples(), "efuse_device_readahead_buffer_bytes", mount="a") == 0,
+                     10, what="the streams gone with their files' last release")
+        log = m.log_text()
+        assert log.count("sequential reads of files on") == 1, m.log_tail()
+        assert "KiB ahead" in log, m.log_tail()
 
 
 def test_device_path_is_not_used_on_tmpfs_and_says_so():

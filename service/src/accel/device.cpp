@@ -15,7 +15,14 @@ const char* to_string(DevReason r) {
   return "?";
 }
 
-DevicePolicy::DevicePolicy() { engines_.fill(Engine(kNoiseFloor)); }
+// Within the engine's margin the large class takes the device path: a large file read
+// once through the kernel path leaves a second copy of it in the backing page cache (the
+// FUSE page cache above holds the first), which no cost here counts. The small class takes
+// the kernel path on a tie: its files are re-read, and the backing page cache serves a
+// re-read the FUSE page cache no longer holds.
+DevicePolicy::DevicePolicy()
+    : engines_{Engine(kNoiseFloor, static_cast<int>(DevPath::Kernel)),
+               Engine(kNoiseFloor, static_cast<int>(DevPath::Device))} {}
 
 void DevicePolicy::set_settings(const Settings& s) {
   std::lock_guard lk(mu_);

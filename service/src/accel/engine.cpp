@@ -119,6 +119,9 @@ void Engine::finish_probe(int64_t now_ns) {
   bool confirmed = false;
   if (known0 && known1) {
     winner = predicted_[1] < predicted_[0] ? 1 : 0;
+    // A first commit between two paths within the margin takes the class's tie path.
+    if (committed_ < 0 && tie_ >= 0 && predicted_[tie_] <= predicted_[1 - tie_] * (1 + kMargin))
+      winner = tie_;
     // Hysteresis: the path committed before stays unless the other is clearly cheaper.
     if (committed_ >= 0 && winner != committed_ &&
         predicted_[winner] * (1 + kMargin) >= predicted_[committed_])

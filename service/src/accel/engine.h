@@ -72,8 +72,12 @@ struct EngineReport {
 class Engine {
  public:
   // Changes of the committed path's cost smaller than noise_floor (in cost units) are not
-  // drift, however large the factor.
-  explicit Engine(double noise_floor = 0) : noise_floor_(noise_floor) { start_probe(0, ProbeCause::Start); }
+  // drift, however large the factor. `tie` (0 or 1; -1: none) is the path a first commit
+  // takes when the probe found the two within kMargin of each other: the path with a
+  // benefit the costs do not count (later probes keep the committed path within the margin).
+  explicit Engine(double noise_floor = 0, int tie = -1) : noise_floor_(noise_floor), tie_(tie) {
+    start_probe(0, ProbeCause::Start);
+  }
 
   void set_settings(const Settings& s) { settings_ = s; }
   const Settings& settings() const { return settings_; }
@@ -138,6 +142,7 @@ class Engine {
 
   Settings settings_;
   double noise_floor_;
+  int tie_ = -1;
   Phase phase_ = Phase::Probe;
   bool measured_any_ = false;
   std::array<Probe, 2> probe_{};

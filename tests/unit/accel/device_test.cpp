@@ -69,6 +69,26 @@ TEST(DevicePolicy, LargeColdStreamsGoToTheDeviceWhenItIsCheaper) {
   EXPECT_GT(decisions(r, DevPath::Device, DevReason::Predicted), 0u);
 }
 
+// Within the engine's margin (10 %) a large file's first commit is the device path (no
+// second copy of data read once in the backing page cache); a kernel path clearly cheaper
+// still wins; small files keep the kernel path on a tie.
+TEST(DevicePolicy, OnATieLargeFilesTakeTheDeviceAndSmallOnesTheKernel) {
+  auto committed = [](off_t size, double kernel_ns, double device_ns, const char* name) {
+    DevicePolicy policy;
+    policy.set_settings(quick());
+    for (int i = 0; i < 6; ++i) epoch(policy, size, kernel_ns, device_ns);
+    const DeviceReport r = policy.report();
+    const EngineReport* e = klass(r, name);
+    return e == nullptr ? -1 : e->choice;
+  };
+  const int kernel = static_cast<int>(DevPath::Kernel), device = static_cast<int>(DevPath::Device);
+  EXPECT_EQ(committed(64 * kMiB, 0.55e6, 0.58e6, "large_device"), device) << "5 % dearer";
+  EXPECT_EQ(committed(64 * kMiB, 0.50e6, 0.60e6, "large_device"), kernel) << "20 % dearer";
+  EXPECT_EQ(committed(64 * kMiB, 0.60e6, 0.50e6, "large_device"), device);
+  EXPECT_EQ(committed(4 * kMiB, 0.58e6, 0.55e6, "small_device"), kernel) << "5 % cheaper";
+  EXPECT_EQ(committed(4 * kMiB, 0.60e6, 0.50e6, "small_device"), device) << "20 % cheaper";
+}
+
 // A cache epoch that is itself io_path auto's probe of the cache path (a large file read
 // once, tried through the page cache) does not probe the device path as well: it takes the
 // kernel path before the class has committed, then the committed path. Its measurement

@@ -165,6 +165,38 @@ TEST(Engine, HysteresisKeepsTheChoiceWhenTheOtherIsBarelyCheaper) {
   EXPECT_EQ(e.report().choice, 0);
 }
 
+// An engine with a tie path takes it at its first commit when the two are within kMargin,
+// not when the other is clearly cheaper; once committed, the hysteresis decides as before.
+TEST(Engine, AFirstCommitWithinTheMarginTakesTheTiePath) {
+  {
+    Engine e(0, 1);
+    e.set_settings(small_settings());
+    const double close[2] = {9.5, 10};  // path 1 5 % dearer
+    run(e, 6, close);
+    EXPECT_EQ(e.report().choice, 1);
+    run(e, 20, close);  // the round's end: probed again, still close, still path 1
+    run(e, 6, close);
+    EXPECT_EQ(e.report().choice, 1);
+    const double clear[2] = {5, 10};
+    run(e, 20 + 6, clear);
+    EXPECT_EQ(e.report().choice, 0);
+  }
+  {
+    Engine e(0, 1);
+    e.set_settings(small_settings());
+    const double clear[2] = {8, 10};  // path 1 25 % dearer: not a tie
+    run(e, 6, clear);
+    EXPECT_EQ(e.report().choice, 0);
+  }
+  {
+    Engine e;  // no tie path: the cheaper, however close
+    e.set_settings(small_settings());
+    const double close[2] = {9.5, 10};
+    run(e, 6, close);
+    EXPECT_EQ(e.report().choice, 0);
+  }
+}
+
 TEST(Engine, ADecisiveDifferenceEndsTheProbeEarly) {
   Engine e(100);
   e.set_settings(small_settings());

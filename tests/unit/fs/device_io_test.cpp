@@ -5,12 +5,15 @@
 
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/vfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -123,37 +126,47 @@ TEST_F(DeviceIoTest, ABadAlignmentOrDescriptorIsAnError) {
 }
 
 // The readahead stream: sequential 128 KiB reads (as FUSE readahead sends them), odd-sized
-// reads, reads that go back and jump ahead, reads past the end: always the file's bytes.
+// reads, reads that go back and jump ahead, reads past the end: always the file's bytes,
+// with the shallowest window, 1 MiB and a window deeper than the file.
 TEST_F(DeviceIoTest, AStreamReadsAheadAndReturnsTheFilesBytes) {
   if (!open_direct()) GTEST_SKIP() << "TMPDIR does no direct I/O";
-  int err = 0;
-  auto stream = DirectStream::create(direct_, align_, &err);
-  ASSERT_TRUE(stream) << strerror(err);
-  std::vector<char> buf(DirectStream::kChunk);
-  // Sequential, whole file, then its end.
-  std::string got;
-  for (uint64_t off = 0;; off += buf.size()) {
-    auto n = stream->read(buf, off);
-    ASSERT_TRUE(n.ok()) << strerror(n.error());
-    got.append(buf.data(), *n);
-    if (*n < buf.size()) break;
-  }
-  ASSERT_EQ(got.size(), data_.size());
-  EXPECT_TRUE(got == std::string(data_.begin(), data_.end()));
-  DirectStream::Stats st = stream->stats();
-  EXPECT_GE(st.chunks_read, data_.size() / DirectStream::kChunk);
-  EXPECT_LT(st.chunks_waited, st.chunks_read) << "later chunks were read ahead";
-  // Odd offsets and sizes, backwards and forwards, across chunk boundaries.
-  std::mt19937 rng(7);
-  for (int i = 0; i < 200; ++i) {
-    uint64_t off = rng() % (data_.size() + 100);
-    size_t len = 1 + rng() % (3 * DirectStream::kChunk);
-    std::vector<char> b(len);
-    auto n = stream->read(b, off);
-    ASSERT_TRUE(n.ok()) << strerror(n.error());
-    size_t want = off >= data_.size() ? 0 : std::min<size_t>(len, data_.size() - off);
-    ASSERT_EQ(*n, want) << off << "+" << len;
-    EXPECT_EQ(std::memcmp(b.data(), data_.data() + off, want), 0) << off << "+" << len;
+  std::unique_ptr<DirectStream> stream;
+  for (size_t depth : {size_t{0}, size_t{1} << 20, size_t{16} << 20}) {
+    SCOPED_TRACE(depth);
+    int err = 0;
+    StreamCounters counters;
+    stream = DirectStream::create(direct_, align_, depth, &err, &counters);
+    ASSERT_TRUE(stream) << strerror(err);
+    EXPECT_EQ(stream->window(), DirectStream::window_for(depth));
+    EXPECT_EQ(stream->buffer_bytes(), size_t{stream->window()} * DirectStream::kChunk);
+    std::vector<char> buf(DirectStream::kChunk);
+    // Sequential, whole file, then its end.
+    std::string got;
+    for (uint64_t off = 0;; off += buf.size()) {
+      auto n = stream->read(buf, off);
+      ASSERT_TRUE(n.ok()) << strerror(n.error());
+      got.append(buf.data(), *n);
+      if (*n < buf.size()) break;
+    }
+    ASSERT_EQ(got.size(), data_.size());
+    EXPECT_TRUE(got == std::string(data_.begin(), data_.end()));
+    DirectStream::Stats st = stream->stats();
+    EXPECT_GE(st.chunks_read, data_.size() / DirectStream::kChunk);
+    EXPECT_LT(st.chunks_waited, st.chunks_read) << "later chunks were read ahead";
+    EXPECT_EQ(counters.chunks_read.load(), st.chunks_read);
+    EXPECT_EQ(counters.chunks_waited.load(), st.chunks_waited);
+    // Odd offsets and sizes, backwards and forwards, across chunk boundaries.
+    std::mt19937 rng(7);
+    for (int i = 0; i < 200; ++i) {
+      uint64_t off = rng() % (data_.size() + 100);
+      size_t len = 1 + rng() % (3 * DirectStream::kChunk);
+      std::vector<char> b(len);
+      auto n = stream->read(b, off);
+      ASSERT_TRUE(n.ok()) << strerror(n.error());
+      size_t want = off >= data_.size() ? 0 : std::min<size_t>(len, data_.size() - off);
+      ASSERT_EQ(*n, want) << off << "+" << len;
+      EXPECT_EQ(std::memcmp(b.data(), data_.data() + off, want), 0) << off << "+" << len;
+    }
   }
   // The file changes (through efused: drop() is called): the new bytes are read.
   int w = ::open(path_.c_str(), O_WRONLY | O_CLOEXEC);
@@ -165,6 +178,39 @@ TEST_F(DeviceIoTest, AStreamReadsAheadAndReturnsTheFilesBytes) {
   std::vector<char> b(16);
   ASSERT_EQ(*stream->read(b, 4096 * 3), 16u);
   EXPECT_EQ(std::string(b.data(), 7), "CHANGED");
+}
+
+// A stream's depth in chunks: whole chunks covering what was asked, within its bounds.
+TEST(DirectStreamWindow, CoversTheDepthInWholeChunksWithinBounds) {
+  constexpr size_t c = DirectStream::kChunk;
+  EXPECT_EQ(DirectStream::window_for(0), DirectStream::kMinWindow);
+  EXPECT_EQ(DirectStream::window_for(c), DirectStream::kMinWindow);
+  EXPECT_EQ(DirectStream::window_for(8 * c), 8u);
+  EXPECT_EQ(DirectStream::window_for(8 * c + 1), 9u);
+  EXPECT_EQ(DirectStream::window_for(size_t{8} << 20), (size_t{8} << 20) / c);
+  EXPECT_EQ(DirectStream::window_for(size_t{1} << 40), DirectStream::kMaxWindow);
+}
+
+// The read-ahead of a block device is what sysfs says for it (a partition: its disk's);
+// a file system with no device behind it (device number 0:N, as tmpfs) has none.
+TEST(DeviceReadahead, IsTheBlockDevicesOrNone) {
+  EXPECT_EQ(device_readahead_bytes(makedev(0, 1234)), 0u);
+  struct stat st;
+  ASSERT_EQ(::stat("/", &st), 0);
+  const size_t ra = device_readahead_bytes(st.st_dev);
+  char path[96];
+  snprintf(path, sizeof path, "/sys/dev/block/%u:%u", major(st.st_dev), minor(st.st_dev));
+  if (::access(path, F_OK) != 0) {
+    EXPECT_EQ(ra, 0u) << "no block device behind /";
+    return;
+  }
+  // A disk has a queue; a partition's is its disk's, one level up.
+  size_t kb = 0;
+  for (const char* rel : {"/queue/read_ahead_kb", "/../queue/read_ahead_kb"}) {
+    std::ifstream f(std::string(path) + rel);
+    if (f >> kb) break;
+  }
+  EXPECT_EQ(ra, kb * 1024) << path;
 }
 
 }  // namespace

@@ -3,10 +3,12 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -122,26 +124,48 @@ Result<size_t> direct_read(int fd, std::span<char> buf, uint64_t off, uint32_t a
   return done;
 }
 
-std::unique_ptr<DirectStream> DirectStream::create(int fd, uint32_t align, int* err) {
+unsigned DirectStream::window_for(size_t depth) {
+  return static_cast<unsigned>(
+      std::clamp<size_t>((depth + kChunk - 1) / kChunk, kMinWindow, kMaxWindow));
+}
+
+size_t device_readahead_bytes(dev_t dev) {
+  // A partition has no queue of its own: its disk's, one level up, reads ahead for it.
+  for (const char* rel : {"queue/read_ahead_kb", "../queue/read_ahead_kb"}) {
+    char path[96];
+    snprintf(path, sizeof path, "/sys/dev/block/%u:%u/%s", major(dev), minor(dev), rel);
+    FILE* f = fopen(path, "re");
+    if (f == nullptr) continue;
+    unsigned long kb = 0;
+    const bool ok = fscanf(f, "%lu", &kb) == 1;
+    fclose(f);
+    if (ok) return static_cast<size_t>(kb) * 1024;
+  }
+  return 0;
+}
+
+std::unique_ptr<DirectStream> DirectStream::create(int fd, uint32_t align, size_t depth,
+                                                   int* err, StreamCounters* counters) {
   if (align == 0 || (align & (align - 1)) != 0 || kChunk % align != 0) {
     *err = EINVAL;
     return nullptr;
   }
-  std::unique_ptr<DirectStream> s(new DirectStream(fd, align));
-  int rc = io_uring_queue_init(kWindow, &s->ring_, 0);
+  const unsigned window = window_for(depth);
+  std::unique_ptr<DirectStream> s(new DirectStream(fd, align, window, counters));
+  int rc = io_uring_queue_init(window, &s->ring_, 0);
   if (rc < 0) {
     *err = -rc;
     return nullptr;
   }
   s->ring_ok_ = true;
   void* p = nullptr;
-  if (posix_memalign(&p, std::max<size_t>(align, 4096), kChunk * kWindow) != 0) {
+  if (posix_memalign(&p, std::max<size_t>(align, 4096), kChunk * window) != 0) {
     *err = ENOMEM;
     return nullptr;
   }
   s->buffers_ = static_cast<char*>(p);
-  s->slots_.resize(kWindow);
-  for (unsigned i = 0; i < kWindow; ++i) s->slots_[i].data = s->buffers_ + i * kChunk;
+  s->slots_.resize(window);
+  for (unsigned i = 0; i < window; ++i) s->slots_[i].data = s->buffers_ + i * kChunk;
   return s;
 }
 
@@ -160,7 +184,7 @@ DirectStream::Slot* DirectStream::find(uint64_t chunk) {
 }
 
 DirectStream::Slot* DirectStream::issue(uint64_t chunk) {
-  // A slot that is empty, else one outside the window [base_, base_ + kWindow).
+  // A slot that is empty, else one outside the window [base_, base_ + window_).
   Slot* slot = nullptr;
   for (Slot& s : slots_) {
     if (s.in_flight) continue;
@@ -168,7 +192,7 @@ DirectStream::Slot* DirectStream::issue(uint64_t chunk) {
       slot = &s;
       break;
     }
-    if (s.chunk < base_ || s.chunk >= base_ + kWindow) slot = &s;
+    if (s.chunk < base_ || s.chunk >= base_ + window_) slot = &s;
   }
   if (slot == nullptr) return nullptr;
   struct io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
@@ -185,6 +209,7 @@ DirectStream::Slot* DirectStream::issue(uint64_t chunk) {
   }
   ++in_flight_;
   ++chunks_read_;
+  if (counters_ != nullptr) counters_->chunks_read.fetch_add(1, std::memory_order_relaxed);
   return slot;
 }
 
@@ -210,9 +235,9 @@ void DirectStream::reap_all() {
 
 // Keeps the window full: its chunks after `base_`, not past the end of the file.
 void DirectStream::fill_ahead() {
-  for (uint64_t c = base_ + 1; c < base_ + kWindow && c <= eof_chunk_; ++c) {
+  for (uint64_t c = base_ + 1; c < base_ + window_ && c <= eof_chunk_; ++c) {
     if (find(c) != nullptr) continue;
-    if (in_flight_ >= kWindow || issue(c) == nullptr) return;
+    if (in_flight_ >= window_ || issue(c) == nullptr) return;
   }
 }
 
@@ -237,6 +262,7 @@ Result<size_t> DirectStream::read(std::span<char> buf, uint64_t off) {
     fill_ahead();
     if (s->in_flight) {
       ++chunks_waited_;
+      if (counters_ != nullptr) counters_->chunks_waited.fetch_add(1, std::memory_order_relaxed);
       if (int rc = wait_for(*s); rc < 0) return Errno{-rc};
     }
     if (s->res < 0) {

@@ -4,6 +4,9 @@
 
 #include <liburing.h>
 
+#include <sys/types.h>
+
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -26,8 +29,19 @@ uint32_t direct_io_alignment(int fd);
 // and the part asked for copied. Short only at end of file; fails with the read's errno.
 Result<size_t> direct_read(int fd, std::span<char> buf, uint64_t off, uint32_t align);
 
+// The read-ahead depth of the block device behind `dev` (its queue's read_ahead_kb: what the
+// kernel reads ahead of a buffered sequential reader of that device), or 0 when there is
+// no such device (a file system without one, sysfs not mounted).
+size_t device_readahead_bytes(dev_t dev);
+
+// Counts of a mount's streams (DirectStream), for /metrics.
+struct StreamCounters {
+  std::atomic<uint64_t> chunks_read{0};    // chunk reads issued
+  std::atomic<uint64_t> chunks_waited{0};  // chunks a read had to wait for (not ahead enough)
+};
+
 // Readahead for the device path: one sequential reader of one O_DIRECT file that keeps up
-// to kWindow reads of kChunk bytes in flight ahead of the reads it serves, on an io_uring
+// to window() reads of chunk() bytes in flight ahead of the reads it serves, on an io_uring
 // ring of its own, so that the device works on the next chunks while efused answers the
 // current one (one synchronous O_DIRECT read per FUSE READ leaves the device idle between
 // requests and loses to the backing file's buffered readahead). Reads it serves are
@@ -38,14 +52,24 @@ Result<size_t> direct_read(int fd, std::span<char> buf, uint64_t off, uint32_t a
 class DirectStream {
  public:
   static constexpr size_t kChunk = 128 * 1024;
-  static constexpr unsigned kWindow = 8;
+  static constexpr unsigned kMinWindow = 2;
+  static constexpr unsigned kMaxWindow = 256;
 
-  // A stream of `fd` (O_DIRECT) with the file system's `align` (direct_io_alignment());
-  // null (*err says why) when its ring or buffers cannot be set up.
-  static std::unique_ptr<DirectStream> create(int fd, uint32_t align, int* err);
+  // A stream of `fd` (O_DIRECT) with the file system's `align` (direct_io_alignment()) that
+  // keeps `depth` bytes read ahead (rounded to chunks, kMinWindow..kMaxWindow of them); null
+  // (*err says why) when its ring or buffers cannot be set up. `counters` (may be null) are
+  // bumped with the stream's own stats().
+  static std::unique_ptr<DirectStream> create(int fd, uint32_t align, size_t depth, int* err,
+                                              StreamCounters* counters = nullptr);
   ~DirectStream();  // waits for the reads in flight (they write into its buffers)
   DirectStream(const DirectStream&) = delete;
   DirectStream& operator=(const DirectStream&) = delete;
+
+  // Chunks in the window: what create() made of `depth`.
+  static unsigned window_for(size_t depth);
+  unsigned window() const { return window_; }
+  // Bytes of its buffers: what create() made of `depth`.
+  size_t buffer_bytes() const { return size_t{window_} * kChunk; }
 
   // Up to buf.size() bytes at `off`, short only at end of file, as direct_read().
   Result<size_t> read(std::span<char> buf, uint64_t off);
@@ -65,7 +89,8 @@ class DirectStream {
     int res = 0;  // bytes read, or -errno, once done
     char* data = nullptr;
   };
-  DirectStream(int fd, uint32_t align) : fd_(fd), align_(align) {}
+  DirectStream(int fd, uint32_t align, unsigned window, StreamCounters* counters)
+      : fd_(fd), align_(align), window_(window), counters_(counters) {}
   Slot* find(uint64_t chunk);
   Slot* issue(uint64_t chunk);  // null: no slot free (all in flight or in the window)
   int wait_for(Slot& s);        // reaps completions until `s` is done; -errno on ring failure
@@ -75,12 +100,14 @@ class DirectStream {
   mutable std::mutex mu_;
   const int fd_;
   const uint32_t align_;
+  const unsigned window_;
+  StreamCounters* const counters_;
   struct io_uring ring_ {};
   bool ring_ok_ = false;
   std::vector<Slot> slots_;
   char* buffers_ = nullptr;
   unsigned in_flight_ = 0;
-  uint64_t base_ = 0;  // the chunk the latest read wanted: the window is [base_, base_ + kWindow)
+  uint64_t base_ = 0;  // the chunk the latest read wanted: the window is [base_, base_ + window_)
   uint64_t chunks_read_ = 0;
   uint64_t chunks_waited_ = 0;
   uint64_t eof_chunk_ = UINT64_MAX;  // the first chunk found short (end of file)

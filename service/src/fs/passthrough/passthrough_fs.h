@@ -12,6 +12,7 @@
 
 #include "fs/filesystem.h"
 #include "fs/handle_table.h"
+#include "fs/passthrough/device_io.h"
 #include "fs/passthrough/inode_table.h"
 #include "fs/passthrough/watcher.h"
 
@@ -198,13 +199,23 @@ class PassthroughFs final : public Filesystem {
   int device_fd(Inode& inode, int fd);
   void end_device_epoch(Inode& inode, int64_t now_ns);
   // The device path's readahead of the inode (fs/passthrough/device_io.h): its stream once
-  // two device READs of the epoch followed each other (at most kMaxStreams per mount), else
-  // null (one synchronous O_DIRECT read per READ).
+  // two device READs of the epoch followed each other, else null (one synchronous O_DIRECT
+  // read per READ). A stream reads ahead as far as the kernel reads ahead of a buffered
+  // reader of the same device (stream_depth()), and no further than the file's end; the
+  // mount's streams hold at most kStreamBudget bytes of buffers together.
   std::shared_ptr<DirectStream> device_stream(Inode& inode, int dfd, uint64_t off, size_t len);
   // Data of `ino` changed through efused: drops what its stream read ahead.
   void data_changed(uint64_t ino);
-  static constexpr int kMaxStreams = 32;
+  // How far a stream of a file on `dev` reads ahead: the device's read_ahead_kb within
+  // kMinDepth..kMaxDepth, else kDefaultDepth; asked once per device, logged once.
+  size_t stream_depth(dev_t dev);
+  static constexpr size_t kStreamBudget = size_t{64} << 20;
+  static constexpr size_t kMinDepth = size_t{256} << 10;
+  static constexpr size_t kMaxDepth = size_t{16} << 20;
+  static constexpr size_t kDefaultDepth = size_t{1} << 20;
   std::atomic<int> streams_{0};
+  std::atomic<size_t> stream_bytes_{0};  // buffers the streams hold (kStreamBudget at most)
+  StreamCounters stream_counters_;
   // Direct I/O alignment of the backing file system `dev` (0: none), asked once per file
   // system; the first one without says so in the log.
   uint32_t direct_alignment(dev_t dev, int fd);
@@ -263,6 +274,7 @@ class PassthroughFs final : public Filesystem {
   std::atomic<bool> device_path_{false};  // io_path auto: dev_policy_ decides
   std::mutex direct_mu_;
   std::unordered_map<dev_t, uint32_t> direct_align_;  // guarded by direct_mu_
+  std::unordered_map<dev_t, size_t> stream_depth_;    // guarded by direct_mu_
   bool direct_none_logged_ = false;                   // guarded by direct_mu_
   bool stream_failure_logged_ = false;                // guarded by direct_mu_
   bool root_;  // running with CAP_SYS_ADMIN-level privileges: switch fsuid/fsgid for creation

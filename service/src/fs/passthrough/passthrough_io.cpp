@@ -2,9 +2,11 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -249,19 +251,44 @@ int PassthroughFs::device_fd(Inode& inode, int fd) {
   return state == Inode::kDevDevice ? inode.direct_fd.load(std::memory_order_relaxed) : -1;
 }
 
+size_t PassthroughFs::stream_depth(dev_t dev) {
+  std::lock_guard lk(direct_mu_);
+  auto it = stream_depth_.find(dev);
+  if (it != stream_depth_.end()) return it->second;
+  const size_t ra = device_readahead_bytes(dev);
+  const size_t depth = ra == 0 ? kDefaultDepth : std::clamp(ra, kMinDepth, kMaxDepth);
+  stream_depth_.emplace(dev, depth);
+  LOG_INFO("device path under %s: sequential reads of files on %u:%u read %zu KiB ahead (%s)",
+           source_.c_str(), major(dev), minor(dev), depth >> 10,
+           ra == 0 ? "no block device read-ahead found: the default"
+                   : "the device's read_ahead_kb");
+  return depth;
+}
+
 std::shared_ptr<DirectStream> PassthroughFs::device_stream(Inode& inode, int dfd, uint64_t off,
                                                            size_t len) {
   const uint64_t prev_end = inode.dev_next.exchange(off + len, std::memory_order_relaxed);
   std::lock_guard lk(inode.io_mu);
   if (inode.dev_stream || off == 0 || off != prev_end) return inode.dev_stream;
-  if (streams_.fetch_add(1) >= kMaxStreams) {
-    streams_.fetch_sub(1);
-    return nullptr;
-  }
+  struct stat st;
+  if (fstat(dfd, &st) != 0) return nullptr;
+  // No deeper than what is left of the file (it may grow: the window then moves with the
+  // reader), nor than what the mount's budget has left.
+  const uint64_t left = static_cast<uint64_t>(st.st_size) > off ? st.st_size - off : 0;
+  size_t want = std::min<uint64_t>(stream_depth(st.st_dev), left + DirectStream::kChunk);
+  want = size_t{DirectStream::window_for(want)} * DirectStream::kChunk;
+  size_t held = stream_bytes_.load(std::memory_order_relaxed);
+  do {
+    if (held + size_t{DirectStream::kMinWindow} * DirectStream::kChunk > kStreamBudget)
+      return nullptr;
+    want = std::min(want, kStreamBudget - held);
+    want -= want % DirectStream::kChunk;
+  } while (!stream_bytes_.compare_exchange_weak(held, held + want, std::memory_order_relaxed));
   int err = 0;
-  auto s = DirectStream::create(dfd, inode.direct_align.load(std::memory_order_relaxed), &err);
+  auto s = DirectStream::create(dfd, inode.direct_align.load(std::memory_order_relaxed), want,
+                                &err, &stream_counters_);
   if (!s) {
-    streams_.fetch_sub(1);
+    stream_bytes_.fetch_sub(want, std::memory_order_relaxed);
     std::lock_guard dlk(direct_mu_);
     if (!stream_failure_logged_) {
       stream_failure_logged_ = true;
@@ -270,6 +297,7 @@ std::shared_ptr<DirectStream> PassthroughFs::device_stream(Inode& inode, int dfd
     }
     return nullptr;
   }
+  streams_.fetch_add(1, std::memory_order_relaxed);
   inode.dev_stream = std::move(s);
   return inode.dev_stream;
 }
@@ -281,8 +309,10 @@ void PassthroughFs::data_changed(uint64_t ino) {
 
 void PassthroughFs::end_device_epoch(Inode& inode, int64_t now_ns) {
   if (inode.dev_stream) {
+    const size_t bytes = inode.dev_stream->buffer_bytes();
     inode.dev_stream.reset();  // waits for its reads in flight (the last reader is done)
-    streams_.fetch_sub(1);
+    streams_.fetch_sub(1, std::memory_order_relaxed);
+    stream_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
   }
   inode.dev_next.store(0, std::memory_order_relaxed);
   if (inode.dev_state.load(std::memory_order_relaxed) == Inode::kDevUndecided) return;

@@ -7,6 +7,23 @@ namespace efuse::fs::passthrough {
 std::vector<Metric> PassthroughFs::metrics() const {
   std::vector<Metric> out = metrics_of(backend_stats(), inodes_.excess_forgets());
   add_io_path_metrics(out, io_path_report());
+  out.push_back({"efuse_device_readahead_streams",
+       "Files whose device-path reads are read ahead now (a stream: O_DIRECT reads in flight "
+       "ahead of the reader, as deep as the backing device's read_ahead_kb; docs/adaptive-io.md).",
+                 Metric::Type::Gauge, static_cast<double>(streams_.load(std::memory_order_relaxed))});
+  out.push_back({"efuse_device_readahead_buffer_bytes",
+       "Buffers those streams hold (at most 64 MiB per mount; a stream that would exceed it "
+       "reads less far ahead, or not at all).",
+                 Metric::Type::Gauge,
+                 static_cast<double>(stream_bytes_.load(std::memory_order_relaxed))});
+  out.push_back({"efuse_device_readahead_chunk_reads_total",
+       "O_DIRECT reads of 128 KiB the streams issued ahead of their readers.",
+                 Metric::Type::Counter,
+                 static_cast<double>(stream_counters_.chunks_read.load(std::memory_order_relaxed))});
+  out.push_back({"efuse_device_readahead_chunk_waits_total",
+       "Of those, the ones a READ had to wait for (the stream was not far enough ahead).",
+                 Metric::Type::Counter,
+                 static_cast<double>(stream_counters_.chunks_waited.load(std::memory_order_relaxed))});
   out.push_back({"efuse_intercept_written_files",
        "Backing files that processes under libefuse_intercept.so opened for writing and "
        "that are still open for writing somewhere: the kernel caches none of their "
