@@ -180,6 +180,52 @@ TEST_F(DeviceIoTest, AStreamReadsAheadAndReturnsTheFilesBytes) {
   EXPECT_EQ(std::string(b.data(), 7), "CHANGED");
 }
 
+// A deep stream ramps up for a sequential reader and not for one that jumps: random reads
+// pay for about one chunk ahead each, not for the 16 MiB window.
+TEST_F(DeviceIoTest, AStreamReadsFarAheadOnlyForSequentialReaders) {
+  if (!open_direct()) GTEST_SKIP() << "TMPDIR does no direct I/O";
+  constexpr size_t kFile = size_t{16} << 20;
+  std::vector<char> big(kFile);
+  std::mt19937 rng(5);
+  for (char& c : big) c = static_cast<char>(rng());
+  const std::string path = tmp_ / "big";
+  int w = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(::write(w, big.data(), big.size()), static_cast<ssize_t>(big.size()));
+  ASSERT_EQ(::fsync(w), 0);
+  ::close(w);
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  int err = 0;
+  auto stream = DirectStream::create(fd, align_, kFile, &err);
+  ASSERT_TRUE(stream) << strerror(err);
+  ASSERT_EQ(stream->window(), kFile / DirectStream::kChunk);
+  // 24 jumps, each at least 3 chunks from every chunk read before.
+  std::vector<char> b(4096);
+  const size_t chunks = kFile / DirectStream::kChunk;
+  for (int i = 0; i < 24; ++i) {
+    const uint64_t off = ((static_cast<uint64_t>(i) * 5) % chunks) * DirectStream::kChunk + 512;
+    auto n = stream->read(b, off);
+    ASSERT_TRUE(n.ok()) << strerror(n.error());
+    ASSERT_EQ(*n, b.size());
+    EXPECT_EQ(std::memcmp(b.data(), big.data() + off, b.size()), 0) << off;
+  }
+  const DirectStream::Stats jumps = stream->stats();
+  EXPECT_LE(jumps.chunks_read, 2u * 24) << "random reads read ahead at most one chunk each";
+  // Sequential 256 KiB reads from the start: the window ramps to its depth.
+  std::vector<char> r(2 * DirectStream::kChunk);
+  for (uint64_t off = 0; off < (size_t{4} << 20); off += r.size()) {
+    auto n = stream->read(r, off);
+    ASSERT_TRUE(n.ok()) << strerror(n.error());
+    ASSERT_EQ(*n, r.size());
+    EXPECT_EQ(std::memcmp(r.data(), big.data() + off, r.size()), 0) << off;
+  }
+  const DirectStream::Stats seq = stream->stats();
+  EXPECT_GE(seq.chunks_read - jumps.chunks_read, 64u) << "4 MiB read, far more issued ahead";
+  stream.reset();
+  ::close(fd);
+}
+
 // A stream's depth in chunks: whole chunks covering what was asked, within its bounds.
 TEST(DirectStreamWindow, CoversTheDepthInWholeChunksWithinBounds) {
   constexpr size_t c = DirectStream::kChunk;

@@ -233,9 +233,10 @@ void DirectStream::reap_all() {
     if (s.in_flight && wait_for(s) < 0) return;
 }
 
-// Keeps the window full: its chunks after `base_`, not past the end of the file.
+// Keeps the chunks after `base_` in flight, as many as the ramp has reached, not past the
+// end of the file.
 void DirectStream::fill_ahead() {
-  for (uint64_t c = base_ + 1; c < base_ + window_ && c <= eof_chunk_; ++c) {
+  for (uint64_t c = base_ + 1; c < base_ + ahead_ && c <= eof_chunk_; ++c) {
     if (find(c) != nullptr) continue;
     if (in_flight_ >= window_ || issue(c) == nullptr) return;
   }
@@ -250,6 +251,10 @@ Result<size_t> DirectStream::read(std::span<char> buf, uint64_t off) {
     if (eof_chunk_ != UINT64_MAX && chunk > eof_chunk_) eof_chunk_ = UINT64_MAX;  // grown?
     base_ = chunk;  // the window follows the reader, forwards or back
     Slot* s = find(chunk);
+    // A sequential reader finds its chunk read ahead: the depth ramps up, doubling (as the
+    // kernel's readahead does), to the whole window. A reader that jumped starts again from
+    // the shallowest, so that random reads pay for one chunk ahead, not for the window.
+    ahead_ = s != nullptr ? std::min(window_, ahead_ * 2) : kMinWindow;
     if (s == nullptr) s = issue(chunk);
     if (s == nullptr) {
       // Every slot is busy with reads still in flight: read this one directly.

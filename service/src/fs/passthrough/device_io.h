@@ -41,7 +41,8 @@ struct StreamCounters {
 };
 
 // Readahead for the device path: one sequential reader of one O_DIRECT file that keeps up
-// to window() reads of chunk() bytes in flight ahead of the reads it serves, on an io_uring
+// to window() reads of kChunk bytes in flight ahead of the reads it serves (ramping up to
+// that from kMinWindow while the reader stays sequential, back to it when it jumps), on an io_uring
 // ring of its own, so that the device works on the next chunks while efused answers the
 // current one (one synchronous O_DIRECT read per FUSE READ leaves the device idle between
 // requests and loses to the backing file's buffered readahead). Reads it serves are
@@ -108,6 +109,7 @@ class DirectStream {
   char* buffers_ = nullptr;
   unsigned in_flight_ = 0;
   uint64_t base_ = 0;  // the chunk the latest read wanted: the window is [base_, base_ + window_)
+  unsigned ahead_ = kMinWindow;  // of the window, the chunks kept in flight now (the ramp)
   uint64_t chunks_read_ = 0;
   uint64_t chunks_waited_ = 0;
   uint64_t eof_chunk_ = UINT64_MAX;  // the first chunk found short (end of file)
