@@ -94,6 +94,12 @@ def read_from_disk(img, path):
     return r.stdout.decode(errors="replace")
 
 
+# Under KVM the guest's init starts within seconds; a boot that has not reached it by then
+# is stuck (see boot()), and TCG takes over.
+KVM_INIT_SECONDS = 120
+_kvm_failed = []  # the first KVM failure of this run: later boots go to TCG at once
+
+
 def kvm_present():
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
@@ -128,6 +134,7 @@ class Boot:
         self.seconds_to_init = None
         self.seconds = None
         self.qemu_status = None
+        self.kvm_error = None  # KVM stopped the guest (QEMU's "KVM internal error" line)
 
 
 def boot(kernel, initramfs, disk, env, timeout, console_log, echo, accel="auto"):
@@ -135,13 +142,25 @@ def boot(kernel, initramfs, disk, env, timeout, console_log, echo, accel="auto")
     seconds. `env` becomes name=value kernel parameters (init's environment). accel:
     "kvm", "tcg" or "auto" (KVM when /dev/kvm exists, and TCG again when QEMU cannot start
     a vCPU there: some machines have /dev/kvm without usable virtualization, where QEMU
-    aborts on its first MSR write before the guest prints anything)."""
+    aborts on its first MSR write before the guest prints anything; others where KVM stops
+    the guest after the firmware with "KVM internal error ... emulation failure", after
+    which QEMU waits with the vCPU stopped; and others where the kernel, started by the
+    firmware, never reaches init and QEMU spins: such a KVM boot is ended at that line, or
+    when init has not started KVM_INIT_SECONDS after QEMU did)."""
     if accel == "auto":
-        if kvm_present():
+        if _kvm_failed:
+            echo(f"(KVM failed earlier in this run: {_kvm_failed[0]}; TCG)")
+        elif kvm_present():
             res = boot(kernel, initramfs, disk, env, timeout, console_log, echo, "kvm")
-            if res.lines or res.qemu_status == 0 or res.timed_out:
+            if res.kvm_error and res.seconds_to_init is None:
+                # Nothing of the guest's init ran: the data disk is as it was made.
+                _kvm_failed.append(res.kvm_error)
+                echo(f"(KVM failed: {res.kvm_error}; booting again with TCG)")
+            elif res.lines or res.qemu_status == 0 or res.timed_out:
                 return res
-            echo(f"(KVM did not start: QEMU exited {res.qemu_status} before any output; TCG)")
+            else:
+                echo(f"(KVM did not start: QEMU exited {res.qemu_status} before any output; "
+                     "TCG)")
         return boot(kernel, initramfs, disk, env, timeout, console_log, echo, "tcg")
     append = " ".join(["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "rdinit=/init",
                        *(f"{k}={v}" for k, v in env.items())])
@@ -158,9 +177,15 @@ def boot(kernel, initramfs, disk, env, timeout, console_log, echo, accel="auto")
             buf = b""
             deadline = start + timeout
             while True:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = deadline - now
                 if left <= 0:
                     res.timed_out = True
+                    break
+                if (accel == "kvm" and res.seconds_to_init is None
+                        and now - start > KVM_INIT_SECONDS):
+                    res.kvm_error = f"the guest's init did not start within {KVM_INIT_SECONDS} s"
+                    echo(f"({res.kvm_error} under KVM)")
                     break
                 ready, _, _ = select.select([proc.stdout], [], [], min(left, 5))
                 if not ready:
@@ -177,6 +202,11 @@ def boot(kernel, initramfs, disk, env, timeout, console_log, echo, accel="auto")
                     if line.startswith("qemu-system-x86_64:"):  # QEMU's own errors
                         echo(line)
                         continue
+                    if accel == "kvm" and line.startswith("KVM internal error"):
+                        # QEMU stopped the vCPU and would wait for the timeout.
+                        echo(line)
+                        res.kvm_error = line
+                        break
                     res.lines.append(line)
                     echo(line)
                     # Markers may follow output that ended without a newline.
