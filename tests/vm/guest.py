@@ -96,7 +96,7 @@ def read_from_disk(img, path):
 
 # Under KVM the guest's init starts within seconds; a boot that has not reached it by then
 # is stuck (see boot()), and TCG takes over.
-KVM_INIT_SECONDS = 120
+KVM_INIT_SECONDS = 60
 _kvm_failed = []  # the first KVM failure of this run: later boots go to TCG at once
 
 
