@@ -270,6 +270,11 @@ class Filesystem {
   // kernel (set_invalidator). The kernel module tier then keeps its answers beyond the
   // validity they gave the kernel (fuse/kernel_answers.h). Safe to call from any thread.
   virtual bool sees_every_change() const { return false; }
+  // `dir` is a directory mkdir() just made: whether it holds no entry now and every later
+  // change of its entries reaches the backend (made through the mount, or seen by a watcher
+  // that was watching it before it was found empty). The kernel module tier then answers
+  // lookups of names it lacks without asking (fuse/kernel_answers.h). Safe from any thread.
+  virtual bool new_dir_complete(uint64_t /*dir*/) { return false; }
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.
   virtual void passthrough_refused(uint64_t /*ino*/) {}

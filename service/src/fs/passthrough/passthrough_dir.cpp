@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "common/log.h"
@@ -111,6 +112,35 @@ Result<std::shared_ptr<PassthroughFs::DirHandle>> PassthroughFs::dir_handle(uint
 
 bool PassthroughFs::cache_listings() const {
   return inv_.load() != nullptr && exact_invalidation();
+}
+
+// The kernel module tier marks a directory mkdir() made complete (fuse/kernel_answers.h):
+// its watch is placed when the directory's entry is made (entry_for), after the mkdir, so
+// whatever came in between is found here, and whatever comes later the watcher reports.
+bool PassthroughFs::new_dir_complete(uint64_t ino) {
+  if (!cache_listings()) return false;
+  auto dir = inodes_.get(ino);
+  if (!dir || !S_ISDIR(dir->type) || dir->watch.load() < 0) return false;
+  PathFd path_fd = dir->pin();
+  if (!path_fd.ok()) return false;
+  int fd = openat(path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  DIR* dp = fdopendir(fd);
+  if (dp == nullptr) {
+    ::close(fd);
+    return false;
+  }
+  bool empty = true;
+  errno = 0;
+  while (struct dirent* d = ::readdir(dp)) {
+    if (std::strcmp(d->d_name, ".") != 0 && std::strcmp(d->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  if (errno != 0) empty = false;
+  closedir(dp);
+  return empty;
 }
 
 void PassthroughFs::drop_listing(Inode& dir) {
