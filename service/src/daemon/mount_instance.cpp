@@ -500,6 +500,13 @@ Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 
+Status MountInstance::inval_listing(uint64_t dir) {
+  // Not an outside change: the directory's names are what efused knows (no node_changed_outside).
+  if (answers_) answers_->xattrs_changed(dir);
+  int rc = session_->notify_inval_inode(dir, 0, 0);
+  return rc < 0 ? Status(Errno{-rc}) : Status();
+}
+
 Status MountInstance::inval_entry(uint64_t parent, std::string_view name, bool appeared) {
   if (answers_) answers_->name_changed_outside(parent, name);
   int rc = session_->notify_inval_entry(parent, name, appeared);

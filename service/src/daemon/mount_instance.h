@@ -182,6 +182,7 @@ class MountInstance final : private fs::Invalidator {
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
   Status inval_inode(uint64_t ino, bool data_too) override;
   Status inval_entry(uint64_t parent, std::string_view name, bool appeared) override;
+  Status inval_listing(uint64_t dir) override;
 
   MountConfig cfg_;
   // The restart state while recorded; declared before the backend and session, which point

@@ -149,6 +149,11 @@ class Invalidator {
   // for it may already be the new object, perhaps some process's working directory: it is
   // expired (looked up again before its next use) rather than dropped, where the kernel can.
   virtual Status inval_entry(uint64_t parent, std::string_view name, bool appeared) = 0;
+  // The kernel's cached listing of directory `dir` (its pages) and attributes, dropped by
+  // the backend's own bookkeeping (a listing that may have raced a change, a moved
+  // directory's ".."), not because of a change efused did not make: what the kernel module
+  // tier knows of the directory's names stays (fuse/kernel_answers.h).
+  virtual Status inval_listing(uint64_t dir) { return inval_inode(dir, true); }
 };
 
 // One series a backend exports to /metrics. The metrics layer adds the `mount` label and

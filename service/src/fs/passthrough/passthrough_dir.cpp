@@ -149,7 +149,7 @@ void PassthroughFs::drop_listing(Inode& dir) {
   dir.listing_stale.store(false);
   // Safe from a request handler: dropping a directory's pages takes no lock a pending
   // READDIR, LOOKUP or GETATTR holds (unlike inval_entry, which takes the directory's i_rwsem).
-  (void)inv->inval_inode(dir.nodeid, true);  // a failure is the session's to log and count
+  (void)inv->inval_listing(dir.nodeid);  // a failure is the session's to log and count
   listing_drops_.fetch_add(1, std::memory_order_relaxed);
 }
 
