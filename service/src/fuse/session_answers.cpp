@@ -335,8 +335,8 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (!to) break;
         a->name_moved(node, *from, newdir, *to, (flags & RENAME_EXCHANGE) != 0, ok);
         if (!ok) {
-          // name_adding put the target in; a failed rename may still have moved nothing
-          // or (RENAME_EXCHANGE) both: no longer known exactly.
+          // name_adding put the target (and with RENAME_EXCHANGE the source) in before; what
+          // a failed rename left behind efused cannot tell.
           a->names_unknown(newdir);
           if (flags & RENAME_EXCHANGE) a->names_unknown(node);
         } else if (!(flags & (RENAME_EXCHANGE | RENAME_WHITEOUT))) {
