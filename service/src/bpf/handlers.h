@@ -22,9 +22,9 @@
 //
 // Maps are the mount's, not a copy's: a map a handler object declares is created by the
 // first object that declares it and handed (by name) to every later one, so efused's
-// answers (efuse_getattr_answers, efuse_lookup_answers, efuse_xattr_answers, ...) survive a swap. Nothing is
-// pinned: destroying the set, or the death of efused, detaches everything; the module then
-// answers the dead connection's requests with ENOTCONN.
+// answers (efuse_getattr_answers, efuse_lookup_answers, efuse_complete_dirs, ...) survive a
+// swap. Nothing is pinned: destroying the set, or the death of efused, detaches everything;
+// the module then answers the dead connection's requests with ENOTCONN.
 #pragma once
 
 #include <sys/types.h>
