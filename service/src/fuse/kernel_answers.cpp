@@ -366,6 +366,10 @@ void KernelAnswers::dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_ns
 
 void KernelAnswers::name_adding(uint64_t parent, std::string_view name) {
   std::lock_guard lk(mu_);
+  // A stored answer for the name (the absence efused sent before) would be found first:
+  // it goes now, not only after the operation (name_created), so a LOOKUP racing the
+  // operation goes up.
+  drop_name_locked(parent, name);
   auto it = complete_.find(parent);
   if (it == complete_.end() || it->second.contains(name)) return;
   if (!storable(name) || dir_names_ >= kMaxDirNames ||

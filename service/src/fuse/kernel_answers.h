@@ -256,8 +256,9 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // or -ENOENT when that is 0, as efused answers. Only while the backend sees every change,
   // and unless a change of `dir` raced it (`since`).
   void dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_nsec, uint64_t since);
-  // Before an operation that may make the name `parent`/`name`: it goes into the index of
-  // a complete `parent` (or the mark goes, when the map is full).
+  // Before an operation that may make the name `parent`/`name`: its stored answer goes,
+  // and it goes into the index of a complete `parent` (or the mark goes, when the map is
+  // full).
   void name_adding(uint64_t parent, std::string_view name);
   // After an operation removed the name: it leaves the index.
   void name_gone(uint64_t parent, std::string_view name);

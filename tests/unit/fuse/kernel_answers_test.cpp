@@ -721,6 +721,15 @@ TEST_F(CompleteDirs, NamesGoInBeforeTheyAreMadeAndOutAfterTheyAreRemoved) {
   EXPECT_EQ(answers.stats().dir_names, 0u);
   answers.name_adding(30, "x");  // not complete: nothing kept
   EXPECT_TRUE(store.dir_names.empty());
+  // A stored absence of the name would be answered first: it goes before the operation.
+  absent(20, "h", answers.begin());
+  absent(30, "h", answers.begin());
+  ASSERT_TRUE(store.has_name(20, "h"));
+  answers.name_adding(20, "h");
+  answers.name_adding(30, "h");
+  EXPECT_FALSE(store.has_name(20, "h"));
+  EXPECT_FALSE(store.has_name(30, "h"));
+  EXPECT_FALSE(negative(20, "h"));
   answers.name_gone(20, "never");
   EXPECT_TRUE(store.complete.contains(20));
 }
