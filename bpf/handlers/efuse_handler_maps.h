@@ -32,6 +32,21 @@ struct efuse_handler_name_key {
 };
 
 /*
+ * Negative LOOKUPs of names nobody asked for before (efuse_lookup.bpf.c). efuse_complete_dirs:
+ * key __u64 nodeid of a directory whose every name efused knows (it made the directory
+ * through the mount, empty, and sees every change since), value the answer for a name that
+ * is not there (an entry with nodeid 0 cached for negative_timeout, or -ENOENT when that is
+ * 0), expires UINT64_MAX. efuse_dir_names: (parent nodeid, name) of every name of those
+ * directories, value unused (1). A LOOKUP that misses efuse_lookup_answers is answered with
+ * its directory's answer when the directory is complete and the name is not in
+ * efuse_dir_names. efused puts a name in before the operation that makes it, takes it out
+ * after the one that removed it, and takes a directory's mark out before its names
+ * (fuse/kernel_answers.h). At most this many directories and names.
+ */
+#define EFUSE_COMPLETE_DIRS 16384
+#define EFUSE_DIR_NAMES 262144
+
+/*
  * efuse_open_answers (efuse_open.bpf.c) and efuse_flush_answers (efuse_flush.bpf.c): key
  * __u64 nodeid; entries that never expire (expires UINT64_MAX), kept exact by efused. At
  * most this many nodes have them.

@@ -25,6 +25,23 @@ struct {
 	__type(value, struct efuse_handler_entry);
 } efuse_lookup_answers SEC(".maps");
 
+/* Allocated as used: most mounts mark few directories. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EFUSE_COMPLETE_DIRS);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, struct efuse_handler_entry);
+} efuse_complete_dirs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, EFUSE_DIR_NAMES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct efuse_handler_name_key);
+	__type(value, __u32);
+} efuse_dir_names SEC(".maps");
+
 SEC("raw_tp.w/efuse_handler")
 int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 {
@@ -38,6 +55,10 @@ int efuse_lookup(struct bpf_raw_tracepoint_args *args)
 	EFUSE_HANDLER_VARY(key.parent);
 	__builtin_memcpy(key.name, ctx->in.name, sizeof(key.name));  /* zero-filled */
 	efuse_handler_answer_from(ctx, &efuse_lookup_answers, &key);
+	if (ctx->out.verdict == EFUSE_HANDLER_ANSWER ||
+	    bpf_map_lookup_elem(&efuse_dir_names, &key))
+		return 0;
+	efuse_handler_answer_from(ctx, &efuse_complete_dirs, &key.parent);
 	return 0;
 }
 

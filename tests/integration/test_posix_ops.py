@@ -1053,7 +1053,18 @@ def test_open_file_survives_backing_rename(m):
     try:
         os.rename(m.s("d"), m.s("d-renamed"))
         write_file(m.s("d-renamed", "new"), "NEW")
-        fd = os.open("new", os.O_RDONLY, dir_fd=dfd)
+
+        def opened():
+            # A name made behind efused's back shows once the watcher reported it: on the
+            # kernel module tier "d", made through the mount, is a directory whose names
+            # efused knows, and a LOOKUP of one it lacks is answered in the kernel until
+            # then (README, Kernel module tier: negative LOOKUPs of new names).
+            try:
+                return os.open("new", os.O_RDONLY, dir_fd=dfd)
+            except FileNotFoundError:
+                return None
+
+        fd = h.wait_until(opened, 30, what="the name made in the backing directory")
         try:
             assert os.read(fd, 10) == b"NEW"
         finally:

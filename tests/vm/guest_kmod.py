@@ -1102,13 +1102,148 @@ def check_kmod_efused_kill9():
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
+def tar_per_entry(dest, trace=None):
+    """Extracts sample.tar into `dest` (through the mount); returns (entries, regular files,
+    seconds, {opcode: requests to efused}, {opcode: answered in the kernel}) and prints them
+    per archive entry. With `trace`, tar runs under strace writing its failed file system
+    calls there."""
+    listing = subprocess.run(["tar", "-tvf", f"{g.DATA}/sample.tar"], capture_output=True,
+                             text=True, check=True, timeout=g.CHECK_TIMEOUT).stdout.splitlines()
+    entries, regular = len(listing), sum(1 for l in listing if l.startswith("-"))
+    strace = ["strace", "-f", "-qq", "-o", trace, "-e", "trace=%file", "-e",
+              "status=failed"] if trace else []
+    s0 = samples()
+    t0 = time.monotonic()
+    subprocess.run([*strace, "tar", "-xf", f"{g.DATA}/sample.tar", "-C", dest], check=True,
+                   timeout=g.CHECK_TIMEOUT)
+    took = time.monotonic() - t0
+    eventually("RELEASE of every open", released, 0)
+    s1 = samples()
+    up = {k: v - op_totals(s0, "efuse_requests_total").get(k, 0)
+          for k, v in op_totals(s1, "efuse_requests_total").items()}
+    kern = {k: v - op_totals(s0, "efuse_kernel_answered_total").get(k, 0)
+            for k, v in op_totals(s1, "efuse_kernel_answered_total").items()}
+    up = {k: v for k, v in up.items() if v}
+    kern = {k: v for k, v in kern.items() if v}
+    print(f"  tar: {entries} entries ({regular} files) in {took:.1f} s: "
+          f"{sum(up.values()) / entries:.2f} requests per entry to efused "
+          f"({', '.join(f'{k} {v / entries:.2f}' for k, v in sorted(up.items()))}); "
+          f"answered in the kernel per entry: "
+          f"{', '.join(f'{k} {v / entries:.2f}' for k, v in sorted(kern.items()))}", flush=True)
+    return entries, regular, took, up, kern
+
+
+def check_kmod_efused_neg_lookup():
+    """Negative LOOKUPs of new names answered in the kernel: a directory made through the
+    mount is complete (efuse_complete_dirs), so the LOOKUP the kernel sends before every
+    create in it is answered negative by the handler. A tar extraction into such a directory
+    sends no LOOKUP to efused (requests per entry printed by opcode), and the tree is the
+    native twin's and passes `tar --compare`. Exactness: a name made through the mount whose
+    dentry was dropped is found; one made outside (in the backing directory) is found once
+    the watcher reported it; renames into and out of a complete directory and an unlink are
+    followed; no answer is refused."""
+    refused0 = refusals(("lookup",))
+    eventually("RELEASE of every open", released, 0)
+    os.mkdir(f"{KMNT}/tarneg")
+    trace = "/tmp/tarneg.strace"
+    entries, regular, took, up, kern = tar_per_entry(f"{KMNT}/tarneg", trace)
+    # The only LOOKUPs left to efused are of names that exist: a create of an existing name
+    # (EEXIST: tar's mkdir of a directory made before, for "tree/extra" when "tree" exists)
+    # makes the kernel look the name up again (LOOKUP_EXCL revalidates even a valid dentry).
+    with open(trace) as f:
+        existing = sum(1 for l in f if "EEXIST" in l)
+    print(f"  tar: creates of existing names (EEXIST): {existing}", flush=True)
+    assert up.get("lookup", 0) == existing, \
+        f"LOOKUPs of new names reached efused during tar: {up}, {existing} of existing names"
+    assert kern.get("lookup", 0) >= regular, f"LOOKUPs answered in the kernel: {kern}"
+    s = samples()
+    marks = [value(s, "efuse_kernel_map_entries", mount=KNAME, map=m) or 0
+             for m in ("complete_dirs", "dir_names")]
+    print(f"  complete directories {marks[0]:.0f}, their names {marks[1]:.0f}", flush=True)
+    assert marks[0] >= 1, f"no complete directory after tar: {marks}"
+    os.mkdir(f"{KNATIVE}/tarneg")
+    subprocess.run(["tar", "-xf", f"{g.DATA}/sample.tar", "-C", f"{KNATIVE}/tarneg"],
+                   check=True, timeout=g.CHECK_TIMEOUT)
+    g.diff(g.tree(f"{KMNT}/tarneg"), g.tree(f"{KNATIVE}/tarneg"),
+           "tar through the mount and natively")
+    g.diff(g.tree(f"{KMNT}/tarneg"), g.tree(f"{KSRC}/tarneg"), "the mount and its backing")
+    r = subprocess.run(["tar", "--compare", "-f", f"{g.DATA}/sample.tar", "-C",
+                        f"{KMNT}/tarneg"], capture_output=True, text=True,
+                       timeout=g.CHECK_TIMEOUT)
+    assert r.returncode == 0, f"tar --compare: {r.stdout[-800:]} {r.stderr[-800:]}"
+
+    # Complete directories held open, so dropping dentries forgets none of them (a FORGET
+    # takes the mark away: lookups in it would go up).
+    d, e = f"{KMNT}/negdir", f"{KMNT}/negdir2"
+    os.mkdir(d)
+    os.mkdir(e)
+    held = [os.open(p, os.O_PATH) for p in (d, e)]
+    try:
+        missing = lambda p: where("lookup", lambda: statx(p))  # noqa: E731
+        assert missing(f"{d}/none") == ("ENOENT", "kernel"), "new name in a complete directory"
+        # Listed right after a change (efused drops a listing that may have raced one): the
+        # directory stays complete, its names are still efused's.
+        open(f"{d}/listed", "w").close()
+        eventually("RELEASE of every open", released, 0)
+        assert os.listdir(d) == ["listed"]
+        assert missing(f"{d}/none2") == ("ENOENT", "kernel"), "listed directory"
+        os.unlink(f"{d}/listed")
+        # Made through the mount, its dentry dropped: found (efused answers, the name is in
+        # the directory's index).
+        with open(f"{d}/made", "wb") as f:
+            f.write(b"made\n")
+        eventually("RELEASE of every open", released, 0)
+        forget_dentries()
+        got, at = where("lookup", lambda: statx(f"{d}/made"))
+        assert got == native(f"{KSRC}/negdir/made"), f"made through the mount: {got} from {at}"
+        # Renamed out of the complete directory: gone there, found where it went.
+        os.rename(f"{d}/made", f"{e}/moved")
+        forget_dentries()
+        assert missing(f"{d}/made") == ("ENOENT", "kernel"), "renamed away"
+        got, _ = where("lookup", lambda: statx(f"{e}/moved"))
+        assert got == native(f"{KSRC}/negdir2/moved"), f"renamed into: {got}"
+        # Renamed in from a directory that is not complete (the root).
+        with open(f"{KMNT}/negsrc", "wb") as f:
+            f.write(b"in\n")
+        eventually("RELEASE of every open", released, 0)
+        os.rename(f"{KMNT}/negsrc", f"{d}/in")
+        forget_dentries()
+        got, _ = where("lookup", lambda: statx(f"{d}/in"))
+        assert got == native(f"{KSRC}/negdir/in"), f"renamed in: {got}"
+        # Unlinked, then looked up again: answered negative in the kernel.
+        os.unlink(f"{d}/in")
+        forget_dentries()
+        assert missing(f"{d}/in") == ("ENOENT", "kernel"), "unlinked"
+        os.mkdir(f"{d}/sub")
+        os.rmdir(f"{d}/sub")
+        forget_dentries()
+        assert missing(f"{d}/sub") == ("ENOENT", "kernel"), "removed directory"
+        # Made outside, in the backing directory: answered negative until the watcher saw
+        # it, then found (polled with a bound: the watcher is not instant under TCG).
+        assert missing(f"{e}/outside") == ("ENOENT", "kernel")
+        with open(f"{KSRC}/negdir2/outside", "wb") as f:
+            f.write(b"outside\n")
+        want = native(f"{KSRC}/negdir2/outside")
+        eventually("a name made outside in a complete directory",
+                   lambda: statx(f"{e}/outside"), want)
+        forget_dentries()
+        got, at = where("lookup", lambda: statx(f"{e}/other"))
+        assert got == "ENOENT" and at == "efused", \
+            f"after an outside change the directory is not complete: {got} from {at}"
+    finally:
+        for fd in held:
+            os.close(fd)
+    no_refusals(refused0, ("lookup",))
+
+
 CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_two_mounts,
           check_kmod_efused_own_changes,
           check_kmod_efused_outside_changes, check_kmod_efused_positive_lookups,
           check_kmod_efused_xattrs, check_kmod_efused_created, check_kmod_efused_revalidation,
           check_kmod_efused_open_flush,
           check_kmod_efused_open_refused, check_kmod_efused_open_changes,
-          check_kmod_efused_flush_passthrough, check_kmod_efused_workloads,
+          check_kmod_efused_flush_passthrough, check_kmod_efused_neg_lookup,
+          check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)
 

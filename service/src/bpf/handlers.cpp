@@ -33,6 +33,8 @@ const MapLayout kHandlerMaps[] = {
     {"efuse_xattr_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)},
     {"efuse_open_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_flush_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
+    {"efuse_complete_dirs", sizeof(__u64), sizeof(efuse_handler_entry)},
+    {"efuse_dir_names", sizeof(efuse_handler_name_key), sizeof(__u32)},
     {"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)},
     {"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)},
     {"efuse_gate", sizeof(__u32), sizeof(__u32)},
@@ -338,6 +340,8 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     if (name == "efuse_xattr_answers") xattr_fd_.store(fd);
     if (name == "efuse_open_answers") open_fd_.store(fd);
     if (name == "efuse_flush_answers") flush_fd_.store(fd);
+    if (name == "efuse_complete_dirs") complete_fd_.store(fd);
+    if (name == "efuse_dir_names") dir_names_fd_.store(fd);
   }
   if (auto it = table_.find(opcode); it != table_.end()) retire(it->second, counters);
   struct bpf_prog_info info {};
@@ -420,15 +424,37 @@ void HandlerSet::drop_xattr(const efuse_handler_name_key& key) {
   if (int fd = xattr_fd_.load(); fd >= 0) bpf_map_delete_elem(fd, &key);
 }
 
-bool HandlerSet::put_node(bool open, uint64_t nodeid, const efuse_handler_entry& entry) {
+std::atomic<int>& HandlerSet::node_fd(NodeMap map) {
+  switch (map) {
+    case NodeMap::Open:
+      return open_fd_;
+    case NodeMap::Flush:
+      return flush_fd_;
+    case NodeMap::Complete:
+      break;
+  }
+  return complete_fd_;
+}
+
+bool HandlerSet::put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) {
   __u64 key = nodeid;
-  int fd = (open ? open_fd_ : flush_fd_).load();
+  int fd = node_fd(map).load();
   return fd >= 0 && bpf_map_update_elem(fd, &key, &entry, BPF_ANY) == 0;
 }
 
-void HandlerSet::drop_node(bool open, uint64_t nodeid) {
+void HandlerSet::drop_node(NodeMap map, uint64_t nodeid) {
   __u64 key = nodeid;
-  if (int fd = (open ? open_fd_ : flush_fd_).load(); fd >= 0) bpf_map_delete_elem(fd, &key);
+  if (int fd = node_fd(map).load(); fd >= 0) bpf_map_delete_elem(fd, &key);
+}
+
+bool HandlerSet::put_dir_name(const efuse_handler_name_key& key) {
+  __u32 one = 1;
+  int fd = dir_names_fd_.load();
+  return fd >= 0 && bpf_map_update_elem(fd, &key, &one, BPF_ANY) == 0;
+}
+
+void HandlerSet::drop_dir_name(const efuse_handler_name_key& key) {
+  if (int fd = dir_names_fd_.load(); fd >= 0) bpf_map_delete_elem(fd, &key);
 }
 
 uint64_t HandlerSet::entry_lookups(uint64_t nodeid) const {

@@ -22,9 +22,9 @@
 //
 // Maps are the mount's, not a copy's: a map a handler object declares is created by the
 // first object that declares it and handed (by name) to every later one, so efused's
-// answers (efuse_getattr_answers, efuse_lookup_answers, efuse_xattr_answers) survive a swap. Nothing is
-// pinned: destroying the set, or the death of efused, detaches everything; the module then
-// answers the dead connection's requests with ENOTCONN.
+// answers (efuse_getattr_answers, efuse_lookup_answers, efuse_complete_dirs, ...) survive a
+// swap. Nothing is pinned: destroying the set, or the death of efused, detaches everything;
+// the module then answers the dead connection's requests with ENOTCONN.
 #pragma once
 
 #include <sys/types.h>
@@ -133,9 +133,15 @@ class HandlerSet {
   // efuse_xattr_answers: (nodeid, name; "" for the list). false: not stored.
   bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
   void drop_xattr(const efuse_handler_name_key& key);
-  // efuse_open_answers and efuse_flush_answers (`open` false): key nodeid. false: not stored.
-  bool put_node(bool open, uint64_t nodeid, const efuse_handler_entry& entry);
-  void drop_node(bool open, uint64_t nodeid);
+  // The maps keyed by nodeid: efuse_open_answers, efuse_flush_answers and
+  // efuse_complete_dirs (the LOOKUP handler's complete directories). false: not stored.
+  enum class NodeMap { Open, Flush, Complete };
+  bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry);
+  void drop_node(NodeMap map, uint64_t nodeid);
+  // efuse_dir_names: the names of the complete directories. false: not stored (no LOOKUP
+  // handler declared the map, or it is full).
+  bool put_dir_name(const efuse_handler_name_key& key);
+  void drop_dir_name(const efuse_handler_name_key& key);
   // efuse_entry_lookups (efuse_entry_counts): lookups the kernel took from positive LOOKUP
   // answers for `nodeid` (0 when it has no counter); the counter's removal. Key 0: lookups
   // not counted (the map was full).
@@ -197,6 +203,9 @@ class HandlerSet {
   std::atomic<int> xattr_fd_{-1};
   std::atomic<int> open_fd_{-1};
   std::atomic<int> flush_fd_{-1};
+  std::atomic<int> complete_fd_{-1};
+  std::atomic<int> dir_names_fd_{-1};
+  std::atomic<int>& node_fd(NodeMap map);
   int outcomes_fd_ = -1;
   int entry_fd_ = -1;
 };

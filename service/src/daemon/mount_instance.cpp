@@ -494,9 +494,16 @@ void MountInstance::report_io_path() const {
 Status MountInstance::inval_inode(uint64_t ino, bool data_too) {
   // The handlers' maps first: the kernel asks again as soon as its cache is invalidated.
   // (The watcher cannot tell an extended attribute's change from another.)
-  if (answers_) answers_->xattrs_changed(ino);
+  if (answers_) answers_->node_changed_outside(ino);
   // off -1: attributes only; off 0, len 0: attributes and every cached page.
   int rc = session_->notify_inval_inode(ino, data_too ? 0 : -1, 0);
+  return rc < 0 ? Status(Errno{-rc}) : Status();
+}
+
+Status MountInstance::inval_listing(uint64_t dir) {
+  // Not an outside change: the directory's names are what efused knows (no node_changed_outside).
+  if (answers_) answers_->xattrs_changed(dir);
+  int rc = session_->notify_inval_inode(dir, 0, 0);
   return rc < 0 ? Status(Errno{-rc}) : Status();
 }
 

@@ -67,16 +67,27 @@ class HandlerStore final : public fuse::AnswerStore {
   }
   void drop_xattr(const efuse_handler_name_key& k) override { set_->drop_xattr(k); }
   bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& e) override {
-    return set_->put_node(map == NodeMap::Open, nodeid, e);
+    return set_->put_node(node_map(map), nodeid, e);
   }
-  void drop_node(NodeMap map, uint64_t nodeid) override {
-    set_->drop_node(map == NodeMap::Open, nodeid);
-  }
+  void drop_node(NodeMap map, uint64_t nodeid) override { set_->drop_node(node_map(map), nodeid); }
+  bool put_dir_name(const efuse_handler_name_key& k) override { return set_->put_dir_name(k); }
+  void drop_dir_name(const efuse_handler_name_key& k) override { set_->drop_dir_name(k); }
   std::span<efuse_read_block> read_blocks() override { return set_->read_blocks(); }
   const bpf::HandlerSet& set() const { return *set_; }
   bpf::HandlerSet& mutable_set() { return *set_; }
 
  private:
+  static bpf::HandlerSet::NodeMap node_map(NodeMap map) {
+    switch (map) {
+      case NodeMap::Open:
+        return bpf::HandlerSet::NodeMap::Open;
+      case NodeMap::Flush:
+        return bpf::HandlerSet::NodeMap::Flush;
+      case NodeMap::Complete:
+        break;
+    }
+    return bpf::HandlerSet::NodeMap::Complete;
+  }
   std::unique_ptr<bpf::HandlerSet> set_;
 };
 
@@ -171,6 +182,7 @@ class MountInstance final : private fs::Invalidator {
   // fs::Invalidator: the backend's watcher reports outside changes; we tell the kernel.
   Status inval_inode(uint64_t ino, bool data_too) override;
   Status inval_entry(uint64_t parent, std::string_view name, bool appeared) override;
+  Status inval_listing(uint64_t dir) override;
 
   MountConfig cfg_;
   // The restart state while recorded; declared before the backend and session, which point

@@ -104,7 +104,9 @@ void MountInstance::store_descriptors(bool with_conn) {
   }
   if (module_tier_) {
     // Not tried yet: the handlers and their maps belong to the process that attached them,
-    // and a resume through /dev/efuse has not been tested in the guests.
+    // and a resume through /dev/efuse has not been tested in the guests. (A resume would
+    // have to start with empty maps: the next efused cannot know that a directory marked
+    // complete saw no change while no efused watched it, fuse/kernel_answers.h.)
     resume_note_ = "kernel module tier: a restart remounts it (resuming a /dev/efuse "
                    "connection is not supported yet)";
     LOG_INFO("%s: a restart of efused will remount it (%s)", cfg_.name.c_str(),

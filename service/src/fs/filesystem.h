@@ -149,6 +149,11 @@ class Invalidator {
   // for it may already be the new object, perhaps some process's working directory: it is
   // expired (looked up again before its next use) rather than dropped, where the kernel can.
   virtual Status inval_entry(uint64_t parent, std::string_view name, bool appeared) = 0;
+  // The kernel's cached listing of directory `dir` (its pages) and attributes, dropped by
+  // the backend's own bookkeeping (a listing that may have raced a change, a moved
+  // directory's ".."), not because of a change efused did not make: what the kernel module
+  // tier knows of the directory's names stays (fuse/kernel_answers.h).
+  virtual Status inval_listing(uint64_t dir) { return inval_inode(dir, true); }
 };
 
 // One series a backend exports to /metrics. The metrics layer adds the `mount` label and
@@ -270,6 +275,11 @@ class Filesystem {
   // kernel (set_invalidator). The kernel module tier then keeps its answers beyond the
   // validity they gave the kernel (fuse/kernel_answers.h). Safe to call from any thread.
   virtual bool sees_every_change() const { return false; }
+  // `dir` is a directory mkdir() just made: whether it holds no entry now and every later
+  // change of its entries reaches the backend (made through the mount, or seen by a watcher
+  // that was watching it before it was found empty). The kernel module tier then answers
+  // lookups of names it lacks without asking (fuse/kernel_answers.h). Safe from any thread.
+  virtual bool new_dir_complete(uint64_t /*dir*/) { return false; }
   // The kernel refused the passthrough_fd of an open of `ino`: the session serves its I/O,
   // through the kernel's page cache.
   virtual void passthrough_refused(uint64_t /*ino*/) {}

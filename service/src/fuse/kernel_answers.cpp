@@ -331,6 +331,85 @@ void KernelAnswers::node_created(uint64_t nodeid, uint64_t since) {
   put_xattr_answer(nodeid, "security.capability", e, since);
 }
 
+void KernelAnswers::dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_nsec,
+                                 uint64_t since) {
+  // Only while every change is seen; the first time it is not, everything goes (hold()).
+  const bool exact = exact_ && exact_();
+  if (!exact) {
+    if (was_exact_.exchange(false, std::memory_order_relaxed)) drop_all();
+    return;
+  }
+  if (dir == 0 || dir == kRootNodeid) return;
+  efuse_handler_entry e{};
+  e.expires = UINT64_MAX;  // kept exact by name_adding, names_unknown and the drops
+  e.answer.nodeid = dir;
+  if (neg_sec == 0 && neg_nsec == 0) {
+    e.answer.error = -ENOENT;  // negative_timeout 0: efused answers ENOENT, cached nowhere
+  } else {
+    kernel::fuse_entry_out out{};  // nodeid 0: a negative entry, cached for entry_valid
+    out.entry_valid = neg_sec;
+    out.entry_valid_nsec = neg_nsec;
+    e.answer.size = sizeof out;
+    std::memcpy(e.answer.data, &out, sizeof out);
+  }
+  std::lock_guard lk(mu_);
+  // An outside change of the directory after `since` (the watcher drops its attributes):
+  // its emptiness may be older than that change.
+  if (attr_stamp_[attr_bucket(dir)] > since || complete_.contains(dir) ||
+      complete_.size() >= kMaxCompleteDirs ||
+      !store_.put_node(AnswerStore::NodeMap::Complete, dir, e)) {
+    ++stores_skipped_;
+    return;
+  }
+  complete_.try_emplace(dir);
+}
+
+void KernelAnswers::name_adding(uint64_t parent, std::string_view name) {
+  std::lock_guard lk(mu_);
+  // A stored answer for the name (the absence efused sent before) would be found first:
+  // it goes now, not only after the operation (name_created), so a LOOKUP racing the
+  // operation goes up.
+  drop_name_locked(parent, name);
+  auto it = complete_.find(parent);
+  if (it == complete_.end() || it->second.contains(name)) return;
+  if (!storable(name) || dir_names_ >= kMaxDirNames ||
+      !store_.put_dir_name(name_key(parent, name))) {
+    ++stores_skipped_;
+    drop_complete_locked(parent);
+    return;
+  }
+  it->second.emplace(name);
+  ++dir_names_;
+}
+
+void KernelAnswers::name_gone(uint64_t parent, std::string_view name) {
+  std::lock_guard lk(mu_);
+  auto it = complete_.find(parent);
+  if (it == complete_.end()) return;
+  auto n = it->second.find(name);
+  if (n == it->second.end()) return;
+  store_.drop_dir_name(name_key(parent, name));
+  it->second.erase(n);
+  --dir_names_;
+}
+
+void KernelAnswers::names_unknown(uint64_t dir) {
+  std::lock_guard lk(mu_);
+  drop_complete_locked(dir);
+}
+
+void KernelAnswers::drop_complete_locked(uint64_t dir) {
+  auto it = complete_.find(dir);
+  if (it == complete_.end()) return;
+  // The mark before the names: a handler reads the names first, so it never sees the mark
+  // without a name that is there.
+  store_.drop_node(AnswerStore::NodeMap::Complete, dir);
+  for (const std::string& name : it->second) store_.drop_dir_name(name_key(dir, name));
+  drops_ += 1 + it->second.size();
+  dir_names_ -= it->second.size();
+  complete_.erase(it);
+}
+
 bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
   if (backing_id <= 0 || !opens_allowed()) return false;
   efuse_handler_entry e{};
@@ -473,10 +552,18 @@ void KernelAnswers::name_moved(uint64_t from_parent, std::string_view from, uint
 
 void KernelAnswers::name_changed_outside(uint64_t parent, std::string_view name) {
   std::lock_guard lk(mu_);
+  drop_complete_locked(parent);
   drop_name_locked(parent, name);
   drop_attr_locked(parent);
   if (uint64_t child = child_locked(parent, name)) drop_attr_locked(child);
   index_.erase(Name(parent, std::string(name)));
+}
+
+void KernelAnswers::node_changed_outside(uint64_t nodeid) {
+  std::lock_guard lk(mu_);
+  drop_complete_locked(nodeid);
+  drop_attr_locked(nodeid);
+  drop_xattrs_locked(nodeid, true);
 }
 
 void KernelAnswers::pages_dropped(uint64_t nodeid) {
@@ -499,6 +586,7 @@ void KernelAnswers::write_released(uint64_t nodeid) {
 }
 
 void KernelAnswers::drop_node_locked(uint64_t nodeid) {
+  drop_complete_locked(nodeid);
   drop_attr_locked(nodeid);
   drop_flush_locked(nodeid);
   drop_xattrs_locked(nodeid, true);
@@ -515,6 +603,7 @@ void KernelAnswers::forgotten(uint64_t nodeid) {
 
 void KernelAnswers::drop_all() {
   std::lock_guard lk(mu_);
+  while (!complete_.empty()) drop_complete_locked(complete_.begin()->first);
   ++seq_;
   attr_stamp_.fill(seq_);
   name_stamp_.fill(seq_);
@@ -564,6 +653,8 @@ KernelAnswerStats KernelAnswers::stats() const {
   s.xattr_entries = xattrs_.size();
   s.open_entries = opens_.size();
   s.flush_entries = flushes_.size();
+  s.complete_dirs = complete_.size();
+  s.dir_names = dir_names_;
   s.tier_lookups = tier_lookups_;
   s.read_blocks = read_blocks_;
   s.read_capacity = pool_.size();

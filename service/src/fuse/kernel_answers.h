@@ -80,6 +80,32 @@
 // (lock_asked: efused releases POSIX locks and marks flocks at FLUSH), until the node is
 // dropped; it goes at every FORGET.
 //
+// Negative LOOKUPs of new names (efuse_complete_dirs, efuse_dir_names; efuse_handler_maps.h).
+// The kernel looks up every name before it creates it, and no stored answer exists for a
+// name nobody asked for. A directory efused made itself (MKDIR, empty) while it sees every
+// change (set_exact) and that the backend watches from before it was found empty
+// (Filesystem::new_dir_complete) is marked complete: efused knows its every name, in an
+// existence index kept for it alone (positive answers are not stored for every name: not
+// for files open for writing), and the LOOKUP handler answers any other name of it
+// negative, with the answer efused would send (dir_complete). The index is a superset of
+// the directory's names at every moment, which is all exactness needs (a name in it that
+// is not there only sends its LOOKUP up):
+//
+//   a name goes in   before the operation that may make it is carried out (name_adding:
+//                    CREATE, MKNOD, MKDIR, SYMLINK, LINK, the target of RENAME and both
+//                    names of RENAME_EXCHANGE), so a LOOKUP racing the operation goes up
+//   a name goes out  after UNLINK, RMDIR or RENAME (not RENAME_EXCHANGE or RENAME_WHITEOUT)
+//                    removed it (name_gone)
+//   the mark goes    first, before its names: when a name cannot be put in (a full map), a
+//                    creating operation failed (efused cannot tell whether the backend made
+//                    the name before failing: names_unknown), the watcher saw an outside
+//                    change of a name in it or of the directory itself (inotify overflow
+//                    included: it reports every node), the directory's FORGET, the
+//                    backend stopping to see every change, drop_all
+//
+// The maps belong to this efused (nothing is pinned): a restart remounts the module tier's
+// mounts, and the next efused starts with no directory complete.
+//
 // Lookup counts (fs::TierLookups, the contract in fs/node_table.h): every positive entry
 // the module takes from a handler adds one lookup the backend's node table never saw. The
 // module reports each one (tracepoint efuse_handler_entry, fired while it holds the inode)
@@ -138,9 +164,13 @@ class AnswerStore {
   virtual bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
   virtual void drop_xattr(const efuse_handler_name_key& key) = 0;
   // efuse_open_answers and efuse_flush_answers: key nodeid.
-  enum class NodeMap { Open, Flush };
+  // efuse_complete_dirs: the answer to a LOOKUP of a name a complete directory lacks.
+  enum class NodeMap { Open, Flush, Complete };
   virtual bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) = 0;
   virtual void drop_node(NodeMap map, uint64_t nodeid) = 0;
+  // efuse_dir_names: the names of the complete directories.
+  virtual bool put_dir_name(const efuse_handler_name_key& key) = 0;
+  virtual void drop_dir_name(const efuse_handler_name_key& key) = 0;
   // efuse_read_blocks, mapped: EFUSE_READ_WAYS * sets blocks, written in place under the
   // protocol of efuse_handler_maps.h. Empty when the mount has no block cache.
   virtual std::span<efuse_read_block> read_blocks() { return {}; }
@@ -153,6 +183,8 @@ struct KernelAnswerStats {
   uint64_t xattr_entries = 0;   // GETXATTR and LISTXATTR answers stored
   uint64_t open_entries = 0;    // OPEN answers stored
   uint64_t flush_entries = 0;   // FLUSH answers stored
+  uint64_t complete_dirs = 0;   // directories whose every name efused knows (efuse_complete_dirs)
+  uint64_t dir_names = 0;       // their names (efuse_dir_names)
   uint64_t tier_nodes = 0;      // nodes with a lookup counter (efuse_entry_lookups)
   uint64_t tier_lookups = 0;    // lookups taken from positive answers, folded into FORGETs
   uint64_t read_blocks = 0;     // READ blocks stored (efuse_read_blocks)
@@ -167,6 +199,8 @@ inline constexpr uint64_t kAttrEntryBytes = sizeof(uint64_t) + sizeof(efuse_hand
 inline constexpr uint64_t kNameEntryBytes =
     sizeof(efuse_handler_name_key) + sizeof(efuse_handler_entry);
 inline constexpr uint64_t kEntryCounterBytes = 2 * sizeof(uint64_t);  // nodeid -> count
+inline constexpr uint64_t kCompleteDirBytes = sizeof(uint64_t) + sizeof(efuse_handler_entry);
+inline constexpr uint64_t kDirNameBytes = sizeof(efuse_handler_name_key) + sizeof(uint32_t);
 // The largest nodeid-keyed maps, efuse_open_answers and efuse_flush_answers, hold at most this.
 inline constexpr size_t kMaxOpenAnswers = EFUSE_OPEN_ANSWERS;
 inline constexpr uint64_t kReadBlockBytes = sizeof(efuse_read_block);
@@ -175,6 +209,9 @@ class KernelAnswers final : public efuse::fs::TierLookups {
  public:
   // Nodes with a lookup counter at most (efuse_entry_counts.bpf.c holds more, and key 0).
   static constexpr size_t kMaxTierNodes = 200000;
+  // Complete directories and their names at most (efuse_handler_maps.h).
+  static constexpr size_t kMaxCompleteDirs = EFUSE_COMPLETE_DIRS;
+  static constexpr size_t kMaxDirNames = EFUSE_DIR_NAMES;
 
   explicit KernelAnswers(AnswerStore& store, size_t max_tier_nodes = kMaxTierNodes);
   KernelAnswers(const KernelAnswers&) = delete;
@@ -213,6 +250,21 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // A node efused created (CREATE, MKNOD, MKDIR, SYMLINK; not LINK, whose node is an old
   // one): the absence of its security.capability, unless a change raced it (`since`).
   void node_created(uint64_t nodeid, uint64_t since);
+  // MKDIR made `dir`, and the backend says it held no entry after its watch was in place
+  // (Filesystem::new_dir_complete): the directory is complete, and a name it lacks is
+  // answered with an entry of nodeid 0 valid for `neg_sec` + `neg_nsec` (negative_timeout),
+  // or -ENOENT when that is 0, as efused answers. Only while the backend sees every change,
+  // and unless a change of `dir` raced it (`since`).
+  void dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_nsec, uint64_t since);
+  // Before an operation that may make the name `parent`/`name`: its stored answer goes,
+  // and it goes into the index of a complete `parent` (or the mark goes, when the map is
+  // full).
+  void name_adding(uint64_t parent, std::string_view name);
+  // After an operation removed the name: it leaves the index.
+  void name_gone(uint64_t parent, std::string_view name);
+  // efused cannot tell which names `dir` holds (an operation that may have made one
+  // failed): it is not complete any more.
+  void names_unknown(uint64_t dir);
   // Whether the backend sees every change of what it serves (changes through the mount,
   // and outside ones through a watcher that watches every directory the kernel knows):
   // then answers are kept beyond the validity they gave the kernel. Asked at every store;
@@ -248,6 +300,10 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // An outside change of a name the watcher saw: whatever it was, the kernel forgets the
   // name, and so does everything here.
   void name_changed_outside(uint64_t parent, std::string_view name);
+  // An outside change of the node itself the watcher saw (attributes, data, extended
+  // attributes; an overflowed event queue reports every node): xattrs_changed, and a
+  // directory is not complete any more (its names may have changed unseen).
+  void node_changed_outside(uint64_t nodeid);
   // The kernel drops the node's pages (an open without FOPEN_KEEP_CACHE): its READ blocks go.
   void pages_dropped(uint64_t nodeid);
   // Opens and releases for writing (O_WRONLY, O_RDWR).
@@ -282,6 +338,7 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void put_xattr_answer(uint64_t nodeid, std::string_view name, efuse_handler_entry& e,
                         uint64_t since);
   void drop_flush_locked(uint64_t nodeid);
+  void drop_complete_locked(uint64_t dir);  // the mark first, then the names
   void store_flush_locked(uint64_t nodeid);
   uint64_t child_locked(uint64_t parent, std::string_view name) const;  // 0: not known
   void drop_blocks_locked(uint64_t nodeid);  // the node's READ blocks
@@ -311,6 +368,9 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::unordered_set<uint64_t> opens_;              // nodeids with a stored OPEN answer
   std::unordered_set<uint64_t> flushes_;            // nodeids with a stored FLUSH answer
   std::unordered_set<uint64_t> locked_;             // nodeids a lock was asked for
+  // Complete directories -> their names (efuse_complete_dirs, efuse_dir_names).
+  std::unordered_map<uint64_t, std::set<std::string, std::less<>>> complete_;
+  uint64_t dir_names_ = 0;
   std::atomic<uint64_t> attr_valid_ns_{0};          // validity of the last attributes sent
   std::atomic<bool> opens_allowed_{true};
   std::function<bool()> exact_;                     // set_exact; empty: never exact

@@ -81,6 +81,7 @@ uint64_t Session::handle(std::span<const char> request, Transport& out,
     r.raw = request.subspan(sizeof(k::fuse_in_header),
                             request.size() - sizeof(k::fuse_in_header) - extlen);
     r.answers_since = answers_begin(op);
+    answers_before(r);
   }
   try {
     dispatch(r);

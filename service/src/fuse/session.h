@@ -214,6 +214,7 @@ class Session {
   void readdir_common(Request& r, bool plus);
   // session_answers.cpp: the KernelAnswers side of a request (before its reply is sent).
   uint64_t answers_begin(uint32_t opcode);
+  void answers_before(Request& r) noexcept;  // before the backend is asked
   void keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept;
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_attr(Request& r, const efuse::fs::Attr& a);

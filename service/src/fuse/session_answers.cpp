@@ -123,6 +123,66 @@ uint64_t Session::answers_begin(uint32_t opcode) {
   return a->begin();
 }
 
+void Session::answers_before(Request& r) noexcept {
+  KernelAnswers* a = r.answers;
+  if (a == nullptr) return;
+  try {
+    // The names the request may make go into the index of a complete directory before the
+    // backend makes them (KernelAnswers::name_adding): a LOOKUP racing it goes up.
+    Reader in(r.raw);
+    const uint64_t node = r.hdr.nodeid;
+    std::optional<std::string_view> name;
+    switch (static_cast<k::Opcode>(r.hdr.opcode)) {
+      case k::Opcode::Create:
+        if (in.take<k::fuse_create_in>()) name = in.take_name();
+        break;
+      case k::Opcode::Mknod:
+        if (in.take<k::fuse_mknod_in>()) name = in.take_name();
+        break;
+      case k::Opcode::Mkdir:
+        if (in.take<k::fuse_mkdir_in>()) name = in.take_name();
+        break;
+      case k::Opcode::Symlink:
+        name = in.take_name();
+        break;
+      case k::Opcode::Link:
+        if (in.take<k::fuse_link_in>()) name = in.take_name();
+        break;
+      case k::Opcode::Rename:
+      case k::Opcode::Rename2: {
+        uint64_t newdir = 0;
+        uint32_t flags = 0;
+        if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
+          auto rin = in.take<k::fuse_rename_in>();
+          if (!rin) return;
+          newdir = rin->newdir;
+        } else {
+          auto rin = in.take<k::fuse_rename2_in>();
+          if (!rin) return;
+          newdir = rin->newdir;
+          flags = rin->flags;
+        }
+        auto from = in.take_name();
+        auto to = from ? in.take_name() : std::nullopt;
+        if (!to) return;
+        a->name_adding(newdir, *to);
+        // RENAME_EXCHANGE moves the target's object to the source name, which stays.
+        if (flags & RENAME_EXCHANGE) a->name_adding(node, *from);
+        return;
+      }
+      default:
+        return;
+    }
+    if (name) a->name_adding(node, *name);
+  } catch (...) {
+    // Only allocating a name can fail (std::bad_alloc): the directory may lack it in the
+    // index, so it is complete no more.
+    a->names_unknown(r.hdr.nodeid);
+    LOG_ERROR("kernel answers: out of memory before %s; its directory's negative answers "
+              "are dropped", opcode_name(r.hdr.opcode));
+  }
+}
+
 void Session::keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept {
   KernelAnswers* a = r.answers;
   if (a == nullptr) return;
@@ -192,7 +252,10 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         auto name = c ? in.take_name() : std::nullopt;
         if (!name) break;
         a->name_created(node, *name);
-        if (!ok) break;
+        if (!ok) {
+          a->names_unknown(node);  // perhaps made before it failed (KernelAnswers)
+          break;
+        }
         uint64_t child = entry_nodeid(body);
         a->entry_sent(node, *name, child);
         // A new file (O_EXCL; without it CREATE may have opened an existing one), before
@@ -225,15 +288,33 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         }
         if (!name) break;
         a->name_created(node, *name);
-        if (!ok) break;
+        if (!ok) {
+          a->names_unknown(node);  // perhaps made before it failed (KernelAnswers)
+          break;
+        }
         a->entry_sent(node, *name, entry_nodeid(body));
         if (r.hdr.opcode != static_cast<uint32_t>(k::Opcode::Link))  // LINK: an old node
           a->node_created(entry_nodeid(body), r.answers_since);
+        // A new directory is empty: every name it will hold goes through name_adding (or
+        // the watcher, which takes the mark away), so lookups of others are answered
+        // negative in the kernel.
+        if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Mkdir)) {
+          const uint64_t child = entry_nodeid(body);
+          if (child != 0 && fs_.new_dir_complete(child)) {
+            uint64_t sec;
+            uint32_t nsec;
+            split_timeout(negative_timeout_.load(std::memory_order_relaxed), &sec, &nsec);
+            a->dir_complete(child, sec, nsec, r.answers_since);
+          }
+        }
         break;
       }
       case k::Opcode::Unlink:
       case k::Opcode::Rmdir:
-        if (auto name = in.take_name()) a->name_removed(node, *name, ok);
+        if (auto name = in.take_name()) {
+          a->name_removed(node, *name, ok);
+          if (ok) a->name_gone(node, *name);
+        }
         break;
       case k::Opcode::Rename:
       case k::Opcode::Rename2: {
@@ -251,7 +332,16 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         }
         auto from = in.take_name();
         auto to = from ? in.take_name() : std::nullopt;
-        if (to) a->name_moved(node, *from, newdir, *to, (flags & RENAME_EXCHANGE) != 0, ok);
+        if (!to) break;
+        a->name_moved(node, *from, newdir, *to, (flags & RENAME_EXCHANGE) != 0, ok);
+        if (!ok) {
+          // name_adding put the target (and with RENAME_EXCHANGE the source) in before; what
+          // a failed rename left behind efused cannot tell.
+          a->names_unknown(newdir);
+          if (flags & RENAME_EXCHANGE) a->names_unknown(node);
+        } else if (!(flags & (RENAME_EXCHANGE | RENAME_WHITEOUT))) {
+          a->name_gone(node, *from);  // a whiteout takes the source name's place
+        }
         break;
       }
       case k::Opcode::Readdirplus:

@@ -33,8 +33,11 @@ TEST(BpfHandlerLayout, GetattrAnswerMapHoldsTheSharedAnswer) {
 TEST(BpfHandlerLayout, LookupAnswerMapHoldsTheSharedKeyAndAnswer) {
   bpf_object* obj = bpf_object__open_file(EFUSE_BPF_HANDLER_DIR "/efuse_lookup.bpf.o", nullptr);
   ASSERT_NE(obj, nullptr) << "libbpf error " << errno;
-  const MapLayout maps[] = {{"efuse_lookup_answers", sizeof(efuse_handler_name_key),
-                             sizeof(efuse_handler_entry)}};
+  // With the complete directories (nodeid -> the negative answer) and their names.
+  const MapLayout maps[] = {
+      {"efuse_lookup_answers", sizeof(efuse_handler_name_key), sizeof(efuse_handler_entry)},
+      {"efuse_complete_dirs", sizeof(__u64), sizeof(efuse_handler_entry)},
+      {"efuse_dir_names", sizeof(efuse_handler_name_key), sizeof(__u32)}};
   std::string error;
   EXPECT_TRUE(check_layout(obj, maps, &error)) << error;
   bpf_object__close(obj);

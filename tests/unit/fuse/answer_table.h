@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,12 +51,32 @@ class AnswerTable final : public AnswerStore {
 
   bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& e) override {
     if (full) return false;
-    (map == NodeMap::Open ? opens : flushes)[nodeid] = e;
+    node_map(map)[nodeid] = e;
     return true;
   }
   void drop_node(NodeMap map, uint64_t nodeid) override {
     if (on_drop) on_drop();
-    (map == NodeMap::Open ? opens : flushes).erase(nodeid);
+    node_map(map).erase(nodeid);
+  }
+  bool put_dir_name(const efuse_handler_name_key& key) override {
+    if (on_put_dir_name) on_put_dir_name(key.parent, key.name);
+    if (full || dir_names_full) return false;
+    dir_names.insert({key.parent, key.name});
+    return true;
+  }
+  void drop_dir_name(const efuse_handler_name_key& key) override {
+    if (on_drop) on_drop();
+    // The handler reads a name before the mark: when a mark goes, it goes before the
+    // names of its directory (a name removed from a complete directory goes alone).
+    if (complete.contains(key.parent)) ++names_dropped_under_mark;
+    dir_names.erase({key.parent, key.name});
+  }
+  // What the LOOKUP handler answers from the complete directories for a name that missed
+  // the stored answers: the directory's negative answer, or nothing (nullptr: it goes up).
+  const efuse_handler_entry* negative_for(uint64_t parent, const std::string& name) const {
+    if (dir_names.contains({parent, name})) return nullptr;
+    auto it = complete.find(parent);
+    return it == complete.end() ? nullptr : &it->second;
   }
   std::span<efuse_read_block> read_blocks() override { return pool; }
 
@@ -71,7 +92,16 @@ class AnswerTable final : public AnswerStore {
     return names.contains({parent, name});
   }
 
+  std::map<uint64_t, efuse_handler_entry>& node_map(NodeMap map) {
+    return map == NodeMap::Open ? opens : map == NodeMap::Flush ? flushes : complete;
+  }
+
   bool full = false;
+  bool dir_names_full = false;
+  std::function<void(uint64_t, const std::string&)> on_put_dir_name;  // before it is put
+  std::map<uint64_t, efuse_handler_entry> complete;  // efuse_complete_dirs
+  std::set<std::pair<uint64_t, std::string>> dir_names;  // efuse_dir_names
+  int names_dropped_under_mark = 0;
   std::function<void()> on_drop;  // runs before every drop that reaches the table
   std::map<uint64_t, efuse_handler_entry> attrs;
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> names;

@@ -665,5 +665,126 @@ TEST_F(KernelAnswersTest, AFullSetReplacesItsLeastRecentlyUsedBlock) {
   EXPECT_TRUE(store.blocks_of(nodes[2]).empty());
 }
 
+// Negative LOOKUPs of new names (efuse_complete_dirs, efuse_dir_names): a directory made
+// through the mount is complete, every name that may be made in it goes into its index first.
+class CompleteDirs : public KernelAnswersTest {
+ protected:
+  CompleteDirs() {
+    answers.set_exact([this] { return exact; });
+  }
+  void mkdir_reply(uint64_t dir, uint64_t neg_sec = 1) {
+    answers.dir_complete(dir, neg_sec, 0, answers.begin());
+  }
+  bool negative(uint64_t parent, const std::string& n) const {
+    return store.negative_for(parent, n) != nullptr;
+  }
+  bool exact = true;
+};
+
+TEST_F(CompleteDirs, ANewDirectoryAnswersEveryNameNegativeAsEfusedWould) {
+  mkdir_reply(20, 1);
+  ASSERT_TRUE(store.complete.contains(20));
+  const efuse_handler_entry& e = store.complete[20];
+  EXPECT_EQ(e.expires, UINT64_MAX);
+  EXPECT_EQ(e.answer.nodeid, 20u) << "answers for the directory the LOOKUP names";
+  EXPECT_EQ(e.answer.error, 0);
+  ASSERT_EQ(e.answer.size, sizeof(k::fuse_entry_out));
+  k::fuse_entry_out out;
+  std::memcpy(&out, e.answer.data, sizeof out);
+  EXPECT_EQ(out.nodeid, 0u);
+  EXPECT_EQ(out.entry_valid, 1u) << "cached for negative_timeout, as efused's own reply";
+  EXPECT_TRUE(negative(20, "anything"));
+  // negative_timeout 0: efused answers ENOENT, which nobody caches.
+  mkdir_reply(21, 0);
+  ASSERT_TRUE(store.complete.contains(21));
+  EXPECT_EQ(store.complete[21].answer.error, -ENOENT);
+  EXPECT_EQ(store.complete[21].answer.size, 0u);
+  EXPECT_EQ(answers.stats().complete_dirs, 2u);
+  // Never the root (whose names efused never saw made), nor while changes may go unseen.
+  mkdir_reply(1);
+  exact = false;
+  mkdir_reply(22);
+  EXPECT_FALSE(store.complete.contains(1));
+  EXPECT_FALSE(store.complete.contains(22));
+  EXPECT_TRUE(store.complete.empty()) << "the backend stopped seeing every change: all go";
+}
+
+TEST_F(CompleteDirs, NamesGoInBeforeTheyAreMadeAndOutAfterTheyAreRemoved) {
+  mkdir_reply(20);
+  answers.name_adding(20, "f");  // CREATE, before the backend makes it
+  EXPECT_FALSE(negative(20, "f")) << "a LOOKUP racing the create goes up";
+  EXPECT_TRUE(negative(20, "g"));
+  answers.name_adding(20, "f");  // twice: one name
+  EXPECT_EQ(answers.stats().dir_names, 1u);
+  answers.name_gone(20, "f");  // UNLINK done
+  EXPECT_TRUE(negative(20, "f"));
+  EXPECT_EQ(answers.stats().dir_names, 0u);
+  answers.name_adding(30, "x");  // not complete: nothing kept
+  EXPECT_TRUE(store.dir_names.empty());
+  // A stored absence of the name would be answered first: it goes before the operation.
+  absent(20, "h", answers.begin());
+  absent(30, "h", answers.begin());
+  ASSERT_TRUE(store.has_name(20, "h"));
+  answers.name_adding(20, "h");
+  answers.name_adding(30, "h");
+  EXPECT_FALSE(store.has_name(20, "h"));
+  EXPECT_FALSE(store.has_name(30, "h"));
+  EXPECT_FALSE(negative(20, "h"));
+  answers.name_gone(20, "never");
+  EXPECT_TRUE(store.complete.contains(20));
+}
+
+TEST_F(CompleteDirs, AFullMapOrAFailedCreateTakesTheMarkAwayFirst) {
+  mkdir_reply(20);
+  answers.name_adding(20, "a");
+  store.dir_names_full = true;
+  answers.name_adding(20, "b");
+  EXPECT_FALSE(store.complete.contains(20)) << "b may be made and is in no index";
+  EXPECT_FALSE(negative(20, "b"));
+  EXPECT_TRUE(store.dir_names.empty());
+  store.dir_names_full = false;
+  mkdir_reply(21);
+  answers.name_adding(21, "c");
+  answers.names_unknown(21);  // the CREATE failed: made or not, efused cannot tell
+  EXPECT_FALSE(store.complete.contains(21));
+  EXPECT_EQ(answers.stats().dir_names, 0u);
+  EXPECT_EQ(answers.stats().complete_dirs, 0u);
+  // The marks went before their names (the handler reads a name before the mark).
+  EXPECT_EQ(store.names_dropped_under_mark, 0);
+}
+
+TEST_F(CompleteDirs, OutsideChangesForgetAndDropAllTakeTheMarkAway) {
+  for (uint64_t d : {20, 21, 22, 23, 24}) {
+    mkdir_reply(d);
+    answers.name_adding(d, "mine");
+  }
+  answers.name_changed_outside(20, "theirs");  // the watcher saw a name change in it
+  answers.node_changed_outside(21);            // ... or the directory itself (an overflow)
+  answers.forgotten(22);
+  answers.withdraw(23);
+  for (uint64_t d : {20, 21, 22, 23}) {
+    EXPECT_FALSE(store.complete.contains(d)) << d;
+    EXPECT_FALSE(negative(d, "theirs")) << d;
+  }
+  EXPECT_TRUE(store.complete.contains(24));
+  EXPECT_TRUE(negative(24, "theirs"));
+  answers.name_changed_outside(24, "elsewhere");
+  EXPECT_FALSE(store.complete.contains(24));
+  mkdir_reply(25);
+  answers.name_adding(25, "x");
+  answers.drop_all();  // negative_timeout changed
+  EXPECT_TRUE(store.complete.empty());
+  EXPECT_TRUE(store.dir_names.empty());
+  EXPECT_EQ(store.names_dropped_under_mark, 0) << "marks go before their names";
+}
+
+TEST_F(CompleteDirs, AChangeRacingTheMkdirKeepsItIncomplete) {
+  const uint64_t since = answers.begin();
+  answers.name_changed_outside(20, "early");  // the watcher, between mkdir and its reply
+  answers.dir_complete(20, 1, 0, since);
+  EXPECT_FALSE(store.complete.contains(20));
+  EXPECT_EQ(answers.stats().stores_skipped, 1u);
+}
+
 }  // namespace
 }  // namespace fuse

@@ -515,5 +515,106 @@ TEST_F(SessionAnswers, KernelOpensRequestsAreServedWithEfusedsOwnHandles) {
   EXPECT_EQ(h_.connection().closed_backing_ids().size(), 1u);
 }
 
+// Negative LOOKUPs of new names: MKDIR through the session marks the new directory
+// complete when the backend watches it (a watcher, as efused's mounts have), and every name
+// made in it is in its index before the backend makes it.
+class SessionCompleteDirs : public SessionAnswers {
+ protected:
+  struct NoKernel final : efuse::fs::Invalidator {
+    efuse::Status inval_inode(uint64_t, bool) override { return {}; }
+    efuse::Status inval_entry(uint64_t, std::string_view, bool) override { return {}; }
+  };
+  SessionCompleteDirs() {
+    h_.fs().set_invalidator(&inv_);
+    answers_.set_exact([this] { return h_.fs().sees_every_change(); });
+  }
+  ~SessionCompleteDirs() override { h_.fs().set_invalidator(nullptr); }
+  uint64_t mkdir(uint64_t parent, const char* name) {
+    k::fuse_mkdir_in mk{};
+    mk.mode = S_IFDIR | 0755;
+    Reply d = h_.call(Op::Mkdir, parent, pod(mk) + cstr(name));
+    EXPECT_EQ(d.error(), 0);
+    return d.error() == 0 ? d.as<k::fuse_entry_out>().nodeid : 0;
+  }
+  int create(uint64_t parent, const char* name) {
+    k::fuse_create_in cr{};
+    cr.flags = O_WRONLY | O_CREAT | O_EXCL;
+    cr.mode = S_IFREG | 0644;
+    return h_.call(Op::Create, parent, pod(cr) + cstr(name)).error();
+  }
+  NoKernel inv_;
+};
+
+TEST_F(SessionCompleteDirs, ANewDirectoryIsCompleteAndItsNamesGoInFirst) {
+  ASSERT_TRUE(h_.fs().sees_every_change());
+  const uint64_t d = mkdir(kRootId, "d");
+  ASSERT_TRUE(table_.complete.contains(d));
+  EXPECT_TRUE(table_.negative_for(d, "f") != nullptr);
+  // Each name is in the index before the backend makes it.
+  std::vector<std::string> seen;
+  table_.on_put_dir_name = [&](uint64_t parent, const std::string& n) {
+    EXPECT_EQ(parent, d);
+    EXPECT_NE(::access(h_.src("d/" + n).c_str(), F_OK), 0) << n << " made before it went in";
+    seen.push_back(n);
+  };
+  ASSERT_EQ(create(d, "f"), 0);
+  const uint64_t sub = mkdir(d, "sub");
+  k::fuse_mknod_in mn{};
+  mn.mode = S_IFIFO | 0644;
+  ASSERT_EQ(h_.call(Op::Mknod, d, pod(mn) + cstr("fifo")).error(), 0);
+  ASSERT_EQ(h_.call(Op::Symlink, d, cstr("l") + cstr("f")).error(), 0);
+  const uint64_t f = h_.lookup(d, "f").nodeid;
+  k::fuse_link_in li{};
+  li.oldnodeid = f;
+  ASSERT_EQ(h_.call(Op::Link, d, pod(li) + cstr("hard")).error(), 0);
+  EXPECT_EQ(seen, (std::vector<std::string>{"f", "sub", "fifo", "l", "hard"}));
+  table_.on_put_dir_name = nullptr;
+  EXPECT_TRUE(table_.complete.contains(sub)) << "made through the mount too";
+  for (const char* n : {"f", "sub", "fifo", "l", "hard"})
+    EXPECT_EQ(table_.negative_for(d, n), nullptr) << n << " exists";
+  EXPECT_NE(table_.negative_for(d, "other"), nullptr);
+
+  // Renamed out of d (into sub): out of d's index after, into sub's before.
+  ASSERT_EQ(h_.call(Op::Rename, d, pod(k::fuse_rename_in{sub}) + cstr("hard") + cstr("moved"))
+                .error(),
+            0);
+  EXPECT_NE(table_.negative_for(d, "hard"), nullptr);
+  EXPECT_EQ(table_.negative_for(sub, "moved"), nullptr);
+  // Unlinked: out of the index, so the next LOOKUP is answered negative.
+  ASSERT_EQ(h_.call(Op::Unlink, d, cstr("l")).error(), 0);
+  EXPECT_NE(table_.negative_for(d, "l"), nullptr);
+  // RENAME_EXCHANGE: both names stay.
+  k::fuse_rename2_in ex{};
+  ex.newdir = sub;
+  ex.flags = RENAME_EXCHANGE;
+  ASSERT_EQ(h_.call(Op::Rename2, d, pod(ex) + cstr("f") + cstr("moved")).error(), 0);
+  EXPECT_EQ(table_.negative_for(d, "f"), nullptr);
+  EXPECT_EQ(table_.negative_for(sub, "moved"), nullptr);
+  // A create that fails takes the mark away (efused cannot tell what the backend made).
+  k::fuse_mkdir_in mk{};
+  mk.mode = S_IFDIR | 0755;
+  EXPECT_EQ(h_.call(Op::Mkdir, d, pod(mk) + cstr("sub")).error(), EEXIST);
+  EXPECT_FALSE(table_.complete.contains(d));
+  EXPECT_TRUE(table_.complete.contains(sub));
+  // FORGET of the directory takes its mark away too.
+  h_.call_no_reply(Op::Forget, sub, pod(k::fuse_forget_in{1}));
+  EXPECT_FALSE(table_.complete.contains(sub));
+}
+
+TEST_F(SessionCompleteDirs, OnlyEmptyWatchedDirectoriesAreComplete) {
+  const uint64_t d = mkdir(kRootId, "d");
+  ASSERT_NE(d, 0u);
+  EXPECT_TRUE(h_.fs().new_dir_complete(d));
+  // Something made behind efused's back before the watch was in place: found.
+  ASSERT_TRUE(write_file(h_.src("d/behind"), "x"));
+  EXPECT_FALSE(h_.fs().new_dir_complete(d));
+  EXPECT_FALSE(h_.fs().new_dir_complete(kRootId + 12345)) << "no such node";
+  // Without a watcher (the backend does not see every change) nothing is complete.
+  h_.fs().set_invalidator(nullptr);
+  const uint64_t e = mkdir(kRootId, "e");
+  EXPECT_FALSE(table_.complete.contains(e));
+  EXPECT_FALSE(h_.fs().new_dir_complete(e));
+}
+
 }  // namespace
 }  // namespace fuse::testing

@@ -32,7 +32,7 @@ void MemoryFs::drop_listing(uint64_t nodeid) {
   if (inv == nullptr) return;
   // Safe from a request handler: dropping a directory's pages takes no lock a pending
   // request holds (fs/filesystem.h, Invalidator).
-  (void)inv->inval_inode(nodeid, true);  // a failure is the session's to log and count
+  (void)inv->inval_listing(nodeid);  // a failure is the session's to log and count
   listing_drops_.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -127,6 +127,8 @@ class MemoryFs final : public Filesystem {
   void forget(uint64_t ino, uint64_t nlookup) override;
   void set_tier(TierLookups* tier) override { nodes_.set_tier(tier); }
   bool sees_every_change() const override { return true; }  // no other way in
+  // Made empty, and nothing can reach it before the kernel learns its nodeid.
+  bool new_dir_complete(uint64_t) override { return true; }
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
   Result<Attr> setattr(const Context&, uint64_t ino, const SetattrRequest&) override;
   Result<std::string> readlink(const Context&, uint64_t ino) override;

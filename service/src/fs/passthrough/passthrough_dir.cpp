@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 
 #include "common/log.h"
@@ -113,13 +114,42 @@ bool PassthroughFs::cache_listings() const {
   return inv_.load() != nullptr && exact_invalidation();
 }
 
+// The kernel module tier marks a directory mkdir() made complete (fuse/kernel_answers.h):
+// its watch is placed when the directory's entry is made (entry_for), after the mkdir, so
+// whatever came in between is found here, and whatever comes later the watcher reports.
+bool PassthroughFs::new_dir_complete(uint64_t ino) {
+  if (!cache_listings()) return false;
+  auto dir = inodes_.get(ino);
+  if (!dir || !S_ISDIR(dir->type) || dir->watch.load() < 0) return false;
+  PathFd path_fd = dir->pin();
+  if (!path_fd.ok()) return false;
+  int fd = openat(path_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return false;
+  DIR* dp = fdopendir(fd);
+  if (dp == nullptr) {
+    ::close(fd);
+    return false;
+  }
+  bool empty = true;
+  errno = 0;
+  while (struct dirent* d = ::readdir(dp)) {
+    if (std::strcmp(d->d_name, ".") != 0 && std::strcmp(d->d_name, "..") != 0) {
+      empty = false;
+      break;
+    }
+  }
+  if (errno != 0) empty = false;
+  closedir(dp);
+  return empty;
+}
+
 void PassthroughFs::drop_listing(Inode& dir) {
   Invalidator* inv = inv_.load();
   if (inv == nullptr) return;
   dir.listing_stale.store(false);
   // Safe from a request handler: dropping a directory's pages takes no lock a pending
   // READDIR, LOOKUP or GETATTR holds (unlike inval_entry, which takes the directory's i_rwsem).
-  (void)inv->inval_inode(dir.nodeid, true);  // a failure is the session's to log and count
+  (void)inv->inval_listing(dir.nodeid);  // a failure is the session's to log and count
   listing_drops_.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -78,6 +78,7 @@ class PassthroughFs final : public Filesystem {
     kernel_tier_.store(tier != nullptr, std::memory_order_relaxed);
   }
   bool sees_every_change() const override { return cache_listings(); }
+  bool new_dir_complete(uint64_t dir) override;
   void passthrough_refused(uint64_t ino) override;
   void passthrough_registered(uint64_t ino, uint64_t ns) override;
   Result<Attr> getattr(const Context&, uint64_t ino, const uint64_t* fh) override;
