@@ -288,6 +288,22 @@ TEST_F(PassthroughTest, CreateDoesNotFollowASymlinkOutOfTheTree) {
   }
 }
 
+// The kernel sends CREATE for a name it believes absent; made behind efused's back before
+// the watcher reported it, the name exists. With O_EXCL that is EEXIST, as natively, and the
+// file is neither opened nor truncated; without it, the existing file is opened.
+TEST_F(PassthroughTest, CreateWithExclFailsOnANameMadeBehindItsBack) {
+  ASSERT_TRUE(write_file(src("made"), "outside"));
+  auto c = fs_->create(ctx_, kRoot, "made", 0644, O_WRONLY | O_EXCL | O_TRUNC);
+  if (c.ok()) release(c->entry.ino, c->open.fh);
+  ASSERT_FALSE(c.ok()) << "O_EXCL opened an existing file";
+  EXPECT_EQ(c.error(), EEXIST);
+  EXPECT_EQ(read_file(src("made")), "outside");
+  auto plain = fs_->create(ctx_, kRoot, "made", 0644, O_RDONLY);
+  ASSERT_TRUE(plain.ok()) << strerror(plain.error());
+  release(plain->entry.ino, plain->open.fh);
+  EXPECT_EQ(read_file(src("made")), "outside");
+}
+
 // With FUSE_DONT_MASK the kernel passes the caller's umask; it applies unless the parent
 // directory has a default ACL, whose entries then shape the mode instead (POSIX.1e).
 TEST_F(PassthroughTest, CreationAppliesTheUmaskUnlessTheParentHasADefaultAcl) {

@@ -161,10 +161,12 @@ Result<Created> PassthroughFs::create(const Context& ctx, uint64_t parent, std::
   {
     // CREATE comes for a name the kernel believes absent. If a symlink appeared there in the
     // backing tree meanwhile, O_CREAT would follow it, possibly out of the source tree;
-    // O_NOFOLLOW makes that ELOOP instead.
+    // O_NOFOLLOW makes that ELOOP instead. A file made there meanwhile is opened, or with
+    // the caller's O_EXCL (which backing_open_flags() takes away for plain opens) EEXIST.
     CredScope cred(root_, ctx.uid, ctx.gid);
     fd = openat(dirfd, n.c_str(),
-                backing_open_flags(flags, caps_.writeback_cache) | O_CREAT | O_NOFOLLOW,
+                backing_open_flags(flags, caps_.writeback_cache) | O_CREAT | O_NOFOLLOW |
+                    (flags & O_EXCL),
                 mode & 07777);
   }
   if (fd < 0) return last_errno();
