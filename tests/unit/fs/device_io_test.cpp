@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -130,11 +131,15 @@ TEST_F(DeviceIoTest, ABadAlignmentOrDescriptorIsAnError) {
 // with the shallowest window, 1 MiB and a window deeper than the file.
 TEST_F(DeviceIoTest, AStreamReadsAheadAndReturnsTheFilesBytes) {
   if (!open_direct()) GTEST_SKIP() << "TMPDIR does no direct I/O";
+  // The counters outlive every stream that bumps them (the last one is used below).
+  const size_t depths[] = {0, size_t{1} << 20, size_t{16} << 20};
+  std::array<StreamCounters, std::size(depths)> all_counters;
   std::unique_ptr<DirectStream> stream;
-  for (size_t depth : {size_t{0}, size_t{1} << 20, size_t{16} << 20}) {
+  for (size_t d = 0; d < std::size(depths); ++d) {
+    const size_t depth = depths[d];
     SCOPED_TRACE(depth);
     int err = 0;
-    StreamCounters counters;
+    StreamCounters& counters = all_counters[d];
     stream = DirectStream::create(direct_, align_, depth, &err, &counters);
     ASSERT_TRUE(stream) << strerror(err);
     EXPECT_EQ(stream->window(), DirectStream::window_for(depth));
