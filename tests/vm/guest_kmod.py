@@ -1181,6 +1181,16 @@ def check_kmod_efused_neg_lookup():
     try:
         missing = lambda p: where("lookup", lambda: statx(p))  # noqa: E731
         assert missing(f"{d}/none") == ("ENOENT", "kernel"), "new name in a complete directory"
+        # The directory's attributes after a change of its entries: efused stores them as
+        # read after the change, so the GETATTR the kernel makes for them next (it marked
+        # them stale at the reply) is answered in the kernel, with the backing directory's
+        # link count and times, after a mkdir and after an rmdir alike.
+        stat_d = statx_node(d)
+        for change in (lambda: os.mkdir(f"{d}/attrs"), lambda: os.rmdir(f"{d}/attrs")):
+            change()
+            got, at = where("getattr", stat_d)
+            assert (got, at) == (native(f"{KSRC}/negdir"), "kernel"), \
+                f"the directory's attributes after a change of its entries: {got} from {at}"
         # Listed right after a change (efused drops a listing that may have raced one): the
         # directory stays complete, its names are still efused's.
         open(f"{d}/listed", "w").close()

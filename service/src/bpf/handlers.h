@@ -127,6 +127,7 @@ class HandlerSet {
   // The answer maps (efuse_getattr_answers, efuse_lookup_answers). false: not stored (no
   // handler object declared the map yet, or it is full).
   bool put_attr(uint64_t nodeid, const efuse_handler_entry& entry);
+  bool keeps_attrs() const { return attr_fd_.load() >= 0; }
   void drop_attr(uint64_t nodeid);
   bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
   void drop_name(const efuse_handler_name_key& key);

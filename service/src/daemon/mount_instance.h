@@ -56,6 +56,7 @@ class HandlerStore final : public fuse::AnswerStore {
     return set_->put_attr(nodeid, e);
   }
   void drop_attr(uint64_t nodeid) override { set_->drop_attr(nodeid); }
+  bool keeps_attrs() const override { return set_->keeps_attrs(); }
   bool put_name(const efuse_handler_name_key& k, const efuse_handler_entry& e) override {
     return set_->put_name(k, e);
   }

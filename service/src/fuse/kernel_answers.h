@@ -25,7 +25,12 @@
 //                     for N carries N's attributes and goes with them
 //   name P/X          CREATE, MKNOD, MKDIR, SYMLINK, LINK, RENAME of or onto it, UNLINK,
 //                     RMDIR: drops the stored answer for the name, the attributes of P
-//                     (mtime, nlink) and those of the node the name led to (nlink, ctime)
+//                     (mtime, nlink) and those of the node the name led to (nlink, ctime);
+//                     when it succeeded, the session then stores P's attributes as read
+//                     after the change (Session::restore_dir_attr: the kernel marks them
+//                     stale at the reply and asks for them at the next path walk through
+//                     P, one GETATTR per entry a tar extracts), under the same rule as a
+//                     GETATTR reply: a drop after its begin() skips it
 //
 // GETXATTR and LISTXATTR replies go into a third map keyed by (nodeid, name; "" for the
 // list): an ENODATA, or a value (list) of at most EFUSE_HANDLER_DATA_MAX bytes read with a
@@ -153,6 +158,8 @@ class AnswerStore {
  public:
   virtual ~AnswerStore() = default;
   virtual bool put_attr(uint64_t nodeid, const efuse_handler_entry& entry) = 0;
+  // Whether put_attr can store anything (a GETATTR handler with its map is loaded).
+  virtual bool keeps_attrs() const { return true; }
   virtual void drop_attr(uint64_t nodeid) = 0;
   virtual bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
   virtual void drop_name(const efuse_handler_name_key& key) = 0;
@@ -219,6 +226,8 @@ class KernelAnswers final : public efuse::fs::TierLookups {
 
   // Taken before the backend is asked for a GETATTR or LOOKUP answer.
   uint64_t begin();
+  // Whether GETATTR answers are stored at all (AnswerStore::keeps_attrs).
+  bool keeps_attrs() const { return store_.keeps_attrs(); }
 
   // Answers efused sent. `reply` is the reply body (fuse_attr_out, fuse_entry_out).
   void store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since);

@@ -216,6 +216,7 @@ class Session {
   uint64_t answers_begin(uint32_t opcode);
   void answers_before(Request& r) noexcept;  // before the backend is asked
   void keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept;
+  void restore_dir_attr(Request& r, KernelAnswers& a, uint64_t dir);  // in keep_answers
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_attr(Request& r, const efuse::fs::Attr& a);
   static kernel::fuse_attr_out attr_out(const efuse::fs::Attr& a);

@@ -79,6 +79,32 @@ bool keeps_cache(std::span<const char> body) {
   return (o.open_flags & k::kFopenKeepCache) != 0;
 }
 
+// A RENAME or RENAME2 request's body (RENAME has no flags).
+struct RenameIn {
+  uint64_t newdir = 0;
+  uint32_t flags = 0;
+  std::string_view from, to;
+};
+std::optional<RenameIn> take_rename(uint32_t opcode, Reader& in) {
+  RenameIn rn;
+  if (opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
+    auto rin = in.take<k::fuse_rename_in>();
+    if (!rin) return std::nullopt;
+    rn.newdir = rin->newdir;
+  } else {
+    auto rin = in.take<k::fuse_rename2_in>();
+    if (!rin) return std::nullopt;
+    rn.newdir = rin->newdir;
+    rn.flags = rin->flags;
+  }
+  auto from = in.take_name();
+  auto to = from ? in.take_name() : std::nullopt;
+  if (!to) return std::nullopt;
+  rn.from = *from;
+  rn.to = *to;
+  return rn;
+}
+
 // The entries of a READDIRPLUS reply: each one with a node is an entry reply for its name
 // (the kernel takes it as a LOOKUP's), stored as the name's positive LOOKUP answer and
 // indexed. Entries without a node (nodeid 0: the name only) say nothing of the name's
@@ -150,24 +176,11 @@ void Session::answers_before(Request& r) noexcept {
         break;
       case k::Opcode::Rename:
       case k::Opcode::Rename2: {
-        uint64_t newdir = 0;
-        uint32_t flags = 0;
-        if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
-          auto rin = in.take<k::fuse_rename_in>();
-          if (!rin) return;
-          newdir = rin->newdir;
-        } else {
-          auto rin = in.take<k::fuse_rename2_in>();
-          if (!rin) return;
-          newdir = rin->newdir;
-          flags = rin->flags;
-        }
-        auto from = in.take_name();
-        auto to = from ? in.take_name() : std::nullopt;
-        if (!to) return;
-        a->name_adding(newdir, *to);
+        auto rn = take_rename(r.hdr.opcode, in);
+        if (!rn) return;
+        a->name_adding(rn->newdir, rn->to);
         // RENAME_EXCHANGE moves the target's object to the source name, which stays.
-        if (flags & RENAME_EXCHANGE) a->name_adding(node, *from);
+        if (rn->flags & RENAME_EXCHANGE) a->name_adding(node, rn->from);
         return;
       }
       default:
@@ -267,6 +280,7 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (child != 0 && body.size() > sizeof(k::fuse_entry_out) &&
             passthrough_open(body.subspan(sizeof(k::fuse_entry_out))))
           a->store_flush(child);
+        restore_dir_attr(r, *a, node);
         break;
       }
       case k::Opcode::Mknod:
@@ -307,41 +321,37 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
             a->dir_complete(child, sec, nsec, r.answers_since);
           }
         }
+        restore_dir_attr(r, *a, node);
         break;
       }
       case k::Opcode::Unlink:
       case k::Opcode::Rmdir:
         if (auto name = in.take_name()) {
           a->name_removed(node, *name, ok);
-          if (ok) a->name_gone(node, *name);
+          if (ok) {
+            a->name_gone(node, *name);
+            restore_dir_attr(r, *a, node);
+          }
         }
         break;
       case k::Opcode::Rename:
       case k::Opcode::Rename2: {
-        uint64_t newdir = 0;
-        uint32_t flags = 0;
-        if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
-          auto rin = in.take<k::fuse_rename_in>();
-          if (!rin) break;
-          newdir = rin->newdir;
-        } else {
-          auto rin = in.take<k::fuse_rename2_in>();
-          if (!rin) break;
-          newdir = rin->newdir;
-          flags = rin->flags;
-        }
-        auto from = in.take_name();
-        auto to = from ? in.take_name() : std::nullopt;
-        if (!to) break;
-        a->name_moved(node, *from, newdir, *to, (flags & RENAME_EXCHANGE) != 0, ok);
+        auto rn = take_rename(r.hdr.opcode, in);
+        if (!rn) break;
+        const uint64_t newdir = rn->newdir;
+        const uint32_t flags = rn->flags;
+        a->name_moved(node, rn->from, newdir, rn->to, (flags & RENAME_EXCHANGE) != 0, ok);
         if (!ok) {
           // name_adding put the target (and with RENAME_EXCHANGE the source) in before; what
           // a failed rename left behind efused cannot tell.
           a->names_unknown(newdir);
           if (flags & RENAME_EXCHANGE) a->names_unknown(node);
-        } else if (!(flags & (RENAME_EXCHANGE | RENAME_WHITEOUT))) {
-          a->name_gone(node, *from);  // a whiteout takes the source name's place
+          break;
         }
+        if (!(flags & (RENAME_EXCHANGE | RENAME_WHITEOUT)))
+          a->name_gone(node, rn->from);  // a whiteout takes the source name's place
+        restore_dir_attr(r, *a, node);
+        if (newdir != node) restore_dir_attr(r, *a, newdir);
         break;
       }
       case k::Opcode::Readdirplus:
@@ -357,6 +367,22 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
               "handler answers may be stale until the mount restarts",
               opcode_name(r.hdr.opcode));
   }
+}
+
+// After a change of `dir`'s entries, made through the mount and successful: the change's
+// drop (name_created, name_removed, name_moved) took the directory's attributes out, and
+// the kernel marks its own copy stale when it gets the reply (fuse_dir_changed), so the
+// next path walk through `dir` asks for them (the MAY_EXEC check of default_permissions):
+// one GETATTR per entry a tar extracts. Stored here as efused would answer that GETATTR,
+// read after the change; a change of `dir` racing this read stamps the directory after
+// begin() and the store is skipped (KernelAnswers::store_attr), as for a GETATTR reply.
+void Session::restore_dir_attr(Request& r, KernelAnswers& a, uint64_t dir) {
+  if (dir == 0 || !a.keeps_attrs()) return;
+  const uint64_t since = a.begin();
+  auto attr = fs_.getattr(r.ctx, dir, nullptr);
+  if (!attr.ok()) return;
+  const k::fuse_attr_out o = attr_out(*attr);
+  a.store_attr(dir, {reinterpret_cast<const char*>(&o), sizeof o}, since);
 }
 
 }  // namespace fuse

@@ -18,14 +18,16 @@ namespace fuse {
 class AnswerTable final : public AnswerStore {
  public:
   bool put_attr(uint64_t nodeid, const efuse_handler_entry& e) override {
-    if (full) return false;
+    if (full || !keeps_attrs_) return false;
     attrs[nodeid] = e;
     return true;
   }
   void drop_attr(uint64_t nodeid) override {
     if (on_drop) on_drop();
+    ++drops;
     attrs.erase(nodeid);
   }
+  bool keeps_attrs() const override { return keeps_attrs_; }
   bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& e) override {
     names[{key.parent, key.name}] = e;
     return true;
@@ -97,6 +99,8 @@ class AnswerTable final : public AnswerStore {
   }
 
   bool full = false;
+  bool keeps_attrs_ = true;  // false: as without a GETATTR handler's map
+  size_t drops = 0;          // drop_attr calls
   bool dir_names_full = false;
   std::function<void(uint64_t, const std::string&)> on_put_dir_name;  // before it is put
   std::map<uint64_t, efuse_handler_entry> complete;  // efuse_complete_dirs

@@ -49,6 +49,18 @@ class SessionAnswers : public ::testing::Test {
     EXPECT_EQ(std::memcmp(a.data, r.payload.data(), a.size), 0) << "the exact reply";
   }
 
+  // The stored GETATTR answer is what efused answers now (the GETATTR's own reply stores
+  // it again).
+  void expect_current(uint64_t nodeid, const char* what = "") {
+    ASSERT_TRUE(table_.attrs.contains(nodeid)) << what;
+    const efuse_handler_answer stored = table_.attrs[nodeid].answer;
+    Reply r = h_.call(Op::Getattr, nodeid, pod(k::fuse_getattr_in{}));
+    ASSERT_EQ(r.error(), 0);
+    ASSERT_EQ(stored.size, r.payload.size()) << what;
+    EXPECT_EQ(std::memcmp(stored.data, r.payload.data(), stored.size), 0)
+        << what << ": not the attributes efused answers after the change";
+  }
+
   // Pages kept across opens (as with efused's watcher): an open does not drop the blocks.
   static efuse::fs::Policy keeping() {
     efuse::fs::Policy p;
@@ -368,7 +380,7 @@ TEST_F(SessionAnswers, RemovingANameDropsTheNodeItLedTo) {
   stat_stored(kRootId);
   EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("g2")).error(), 0);  // g2 never looked up
   EXPECT_TRUE(table_.attrs.contains(g)) << "not known to lead to g: kernel has no dentry";
-  EXPECT_FALSE(table_.attrs.contains(kRootId)) << "the directory's mtime";
+  expect_current(kRootId);  // the directory's mtime: stored as read after the change
   ASSERT_EQ(::link(h_.src("g").c_str(), h_.src("g2").c_str()), 0);
   h_.lookup(kRootId, "g2");  // now the kernel knows g2 leads to g
   EXPECT_EQ(h_.call(Op::Unlink, kRootId, cstr("g2")).error(), 0);
@@ -390,6 +402,62 @@ TEST_F(SessionAnswers, RemovingANameDropsTheNodeItLedTo) {
   EXPECT_FALSE(table_.attrs.contains(b)) << "after the exchange, a leads to b's node";
   EXPECT_TRUE(table_.attrs.contains(a));
   EXPECT_EQ(replies_before_drop_, 0u);
+}
+
+// A change of a directory's entries drops its attributes before the reply (the kernel marks
+// its own copy stale at that reply and asks again at the next path walk through the
+// directory): they are stored again as read after the change, for both directories of a
+// RENAME; a change that failed leaves them out. Without a GETATTR map nothing is read.
+TEST_F(SessionAnswers, EntryChangesStoreTheDirectorysNewAttributes) {
+  ASSERT_EQ(::mkdir(h_.src("d").c_str(), 0755), 0);
+  const uint64_t d = h_.lookup(kRootId, "d").nodeid;
+  const uint64_t f = make_file("f");
+  k::fuse_create_in cr{};
+  cr.flags = O_WRONLY | O_CREAT | O_EXCL;
+  cr.mode = S_IFREG | 0644;
+  k::fuse_mkdir_in mk{};
+  mk.mode = S_IFDIR | 0755;
+  struct Change {
+    const char* what;
+    Op op;
+    uint64_t dir;
+    std::string body;
+    std::vector<uint64_t> dirs;  // whose attributes the change alters
+  };
+  for (const Change& c : {
+           Change{"create", Op::Create, d, pod(cr) + cstr("c"), {d}},
+           Change{"mkdir", Op::Mkdir, d, pod(mk) + cstr("sub"), {d}},  // nlink too
+           Change{"symlink", Op::Symlink, d, cstr("s") + cstr("c"), {d}},
+           Change{"link", Op::Link, d, pod(k::fuse_link_in{f}) + cstr("l"), {d}},
+           Change{"unlink", Op::Unlink, d, cstr("l"), {d}},
+           Change{"rename", Op::Rename, d, pod(k::fuse_rename_in{kRootId}) + cstr("c") +
+                                               cstr("moved"), {d, kRootId}},
+           Change{"rmdir", Op::Rmdir, d, cstr("sub"), {d}},
+       }) {
+    for (uint64_t dir : c.dirs) stat_stored(dir);
+    const size_t drops = table_.drops;
+    ASSERT_EQ(h_.call(c.op, c.dir, c.body).error(), 0) << c.what;
+    EXPECT_GT(table_.drops, drops) << c.what << ": the attributes were not dropped first";
+    for (uint64_t dir : c.dirs) expect_current(dir, c.what);
+  }
+  struct stat st;
+  ASSERT_EQ(::stat(h_.src("d").c_str(), &st), 0);
+  k::fuse_attr_out stored;
+  std::memcpy(&stored, table_.attrs[d].answer.data, sizeof stored);
+  EXPECT_EQ(stored.attr.nlink, st.st_nlink);
+  EXPECT_EQ(stored.attr.mtime, static_cast<uint64_t>(st.st_mtim.tv_sec));
+  EXPECT_EQ(stored.attr.mtimensec, static_cast<uint32_t>(st.st_mtim.tv_nsec));
+  // A change that failed (the name exists): nothing is read back.
+  stat_stored(d);
+  EXPECT_EQ(h_.call(Op::Mkdir, d, pod(mk) + cstr("s")).error(), EEXIST);
+  EXPECT_FALSE(table_.attrs.contains(d));
+  // No GETATTR map: no GETATTR answer stored, and none read for one.
+  table_.keeps_attrs_ = false;
+  const uint64_t skipped = answers_.stats().stores_skipped;
+  EXPECT_EQ(h_.call(Op::Mkdir, d, pod(mk) + cstr("sub2")).error(), 0);
+  EXPECT_FALSE(table_.attrs.contains(d));
+  EXPECT_EQ(answers_.stats().stores_skipped, skipped) << "a store was attempted";
+  EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
 }
 
 TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
