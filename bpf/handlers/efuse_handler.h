@@ -36,8 +36,9 @@
  * (kmod patch 0011); OPEN and FLUSH answers, EFUSE_HANDLER_KERNEL_FH and
  * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012). 5: FLUSH of an open the server
  * answered in passthrough mode, EFUSE_HANDLER_FLUSH_PASSTHROUGH (0013).
+ * 6: STATFS answers (0014).
  */
-#define EFUSE_HANDLER_ABI_VERSION 5
+#define EFUSE_HANDLER_ABI_VERSION 6
 
 /*
  * The fh of an open a handler answered (FUSE_OPEN): set by the module, not

@@ -54,6 +54,13 @@ struct efuse_handler_name_key {
 #define EFUSE_OPEN_ANSWERS 16384
 
 /*
+ * efuse_statfs_answers (efuse_statfs.bpf.c): key __u64 nodeid, the STATFS reply efused last
+ * sent for the node, expiring cache.statfs_timeout after it was read (never kept longer: no
+ * watcher reports a change of a file system's statistics). At most this many nodes.
+ */
+#define EFUSE_STATFS_ANSWERS 1024
+
+/*
  * efuse_handler_outcomes (efuse_handler_stats.bpf.c): per-CPU __u64 counters of
  * what became of the requests of one connection that reached handlers, at
  * key opcode * EFUSE_HANDLER_NR_STATS + stat (enum efuse_handler_stat).

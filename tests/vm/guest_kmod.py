@@ -38,7 +38,7 @@ EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is
 FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
 # The shipped handlers' program names (bpf/handlers/), as the kernel keeps them (15 chars).
 HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_getxattr", "efuse_listxattr",
-                    "efuse_read", "efuse_open", "efuse_flush",
+                    "efuse_read", "efuse_open", "efuse_flush", "efuse_statfs",
                     "efuse_handler_done"[:15], "efuse_handler_entry"[:15])
 
 efused = None
@@ -1102,6 +1102,52 @@ def check_kmod_efused_kill9():
     subprocess.run(["rmmod", "efuse"], check=True, timeout=60, capture_output=True)
 
 
+def statvfs(path):
+    st = os.statvfs(path)
+    return (st.f_bsize, st.f_frsize, st.f_blocks, st.f_bfree, st.f_bavail, st.f_files,
+            st.f_ffree, st.f_namemax)
+
+
+def check_kmod_efused_statfs():
+    """STATFS (module patch 0014): the first goes to efused, which stores its answer; the
+    next is answered in the kernel, with the same statistics, which are the backing file
+    system's; once cache.statfs_timeout (1 s, the default) has passed, efused is asked again
+    and shows what changed meanwhile. The handler knows efused's process (its requests,
+    the health probe's, always go up)."""
+    os.sync()  # no writeback of earlier checks' data changes the counts meanwhile
+    first, at1 = where("statfs", lambda: statvfs(KMNT))
+    second, at2 = where("statfs", lambda: statvfs(KMNT))
+    assert (at1, at2) == ("efused", "kernel") and first == second == statvfs(KSRC), \
+        f"STATFS: {first} from {at1}, then {second} from {at2}; backing {statvfs(KSRC)}"
+    # 4 MiB more in use on the backing file system.
+    with open(f"{KSRC}/statfs-data", "wb") as f:
+        f.write(b"s" * (4 << 20))
+        os.fsync(f.fileno())
+    try:
+        time.sleep(1.2)  # the answer's validity (statfs_timeout) runs out
+        later, at3 = where("statfs", lambda: statvfs(KMNT))
+        assert at3 == "efused" and later == statvfs(KSRC) and later[3] < first[3], \
+            f"STATFS after its timeout: {later} from {at3}; backing {statvfs(KSRC)}, " \
+            f"first {first}"
+    finally:
+        os.unlink(f"{KSRC}/statfs-data")
+    # efused set its process in the handler's read-only data before loading it.
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show", "name", "efuse_statfs"],
+                                      capture_output=True, text=True, check=True).stdout)
+    progs = progs if isinstance(progs, list) else [progs]
+    tgids = set()
+    for p in progs:
+        for map_id in p.get("map_ids", []):
+            dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id",
+                                              str(map_id)], capture_output=True, text=True,
+                                             check=True).stdout)
+            for entry in dump:
+                for section in entry.get("formatted", {}).get("value", {}).get(".rodata", []):
+                    if "efuse_server_tgid" in section:
+                        tgids.add(section["efuse_server_tgid"])
+    assert tgids == {efused.pid}, f"efuse_server_tgid {tgids}, efused is {efused.pid}"
+
+
 def tar_per_entry(dest, trace=None):
     """Extracts sample.tar into `dest` (through the mount); returns (entries, regular files,
     seconds, {opcode: requests to efused}, {opcode: answered in the kernel}) and prints them
@@ -1253,6 +1299,7 @@ CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_t
           check_kmod_efused_open_flush,
           check_kmod_efused_open_refused, check_kmod_efused_open_changes,
           check_kmod_efused_flush_passthrough, check_kmod_efused_neg_lookup,
+          check_kmod_efused_statfs,
           check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)

@@ -34,6 +34,7 @@ const MapLayout kHandlerMaps[] = {
     {"efuse_open_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_flush_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_complete_dirs", sizeof(__u64), sizeof(efuse_handler_entry)},
+    {"efuse_statfs_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_dir_names", sizeof(efuse_handler_name_key), sizeof(__u32)},
     {"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)},
     {"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)},
@@ -284,6 +285,12 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     close_next();
     return refuse(path + ": cannot set efuse_read_sets");
   }
+  // A handler that leaves efused's own requests to efused learns its process.
+  if (rodata_u32(next.obj, "efuse_server_tgid", &unused) &&
+      !set_rodata_u32(next.obj, "efuse_server_tgid", static_cast<uint32_t>(::getpid()))) {
+    close_next();
+    return refuse(path + ": cannot set efuse_server_tgid");
+  }
   std::vector<std::string> created;
   bpf_map* map;
   bpf_object__for_each_map(map, next.obj) {
@@ -341,6 +348,7 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     if (name == "efuse_open_answers") open_fd_.store(fd);
     if (name == "efuse_flush_answers") flush_fd_.store(fd);
     if (name == "efuse_complete_dirs") complete_fd_.store(fd);
+    if (name == "efuse_statfs_answers") statfs_fd_.store(fd);
     if (name == "efuse_dir_names") dir_names_fd_.store(fd);
   }
   if (auto it = table_.find(opcode); it != table_.end()) retire(it->second, counters);
@@ -430,6 +438,8 @@ std::atomic<int>& HandlerSet::node_fd(NodeMap map) {
       return open_fd_;
     case NodeMap::Flush:
       return flush_fd_;
+    case NodeMap::Statfs:
+      return statfs_fd_;
     case NodeMap::Complete:
       break;
   }

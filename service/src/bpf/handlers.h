@@ -67,7 +67,8 @@ inline constexpr ShippedHandler kShippedHandlers[] = {{3, "efuse_getattr"},
                                                       {23, "efuse_listxattr"},
                                                       {15, "efuse_read"},
                                                       {14, "efuse_open"},
-                                                      {25, "efuse_flush"}};
+                                                      {25, "efuse_flush"},
+                                                      {17, "efuse_statfs"}};
 // The counting programs, one copy each per mount, loaded before any handler and never
 // swapped: outcomes (efuse_handler_done) and lookups taken from positive LOOKUP answers
 // (efuse_handler_entry; without it a positive answer would leave efused's lookup count short).
@@ -134,9 +135,10 @@ class HandlerSet {
   // efuse_xattr_answers: (nodeid, name; "" for the list). false: not stored.
   bool put_xattr(const efuse_handler_name_key& key, const efuse_handler_entry& entry);
   void drop_xattr(const efuse_handler_name_key& key);
-  // The maps keyed by nodeid: efuse_open_answers, efuse_flush_answers and
-  // efuse_complete_dirs (the LOOKUP handler's complete directories). false: not stored.
-  enum class NodeMap { Open, Flush, Complete };
+  // The maps keyed by nodeid: efuse_open_answers, efuse_flush_answers,
+  // efuse_complete_dirs (the LOOKUP handler's complete directories) and
+  // efuse_statfs_answers. false: not stored.
+  enum class NodeMap { Open, Flush, Complete, Statfs };
   bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry);
   void drop_node(NodeMap map, uint64_t nodeid);
   // efuse_dir_names: the names of the complete directories. false: not stored (no LOOKUP
@@ -205,6 +207,7 @@ class HandlerSet {
   std::atomic<int> open_fd_{-1};
   std::atomic<int> flush_fd_{-1};
   std::atomic<int> complete_fd_{-1};
+  std::atomic<int> statfs_fd_{-1};
   std::atomic<int> dir_names_fd_{-1};
   std::atomic<int>& node_fd(NodeMap map);
   int outcomes_fd_ = -1;

@@ -67,6 +67,7 @@ void apply_cache(const json& cache, CachePolicy& out) {
   set_if_present(cache, "entry_timeout", out.entry_timeout);
   set_if_present(cache, "attr_timeout", out.attr_timeout);
   set_if_present(cache, "negative_timeout", out.negative_timeout);
+  set_if_present(cache, "statfs_timeout", out.statfs_timeout);
   set_if_present(cache, "writeback", out.writeback);
   set_if_present(cache, "keep_cache", out.keep_cache);
 }

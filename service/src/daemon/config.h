@@ -33,6 +33,7 @@ struct CachePolicy {
   double negative_timeout = 1.0;  // seconds the kernel may cache "no such name"
   bool writeback = false;         // kernel writeback cache (needs a remount to change)
   bool keep_cache = false;        // keep page cache across opens (FOPEN_KEEP_CACHE)
+  double statfs_timeout = 1.0;    // module tier: seconds a STATFS reply is answered in the kernel
   bool operator==(const CachePolicy&) const = default;
 };
 

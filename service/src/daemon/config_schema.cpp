@@ -222,7 +222,7 @@ std::string_view mounts_schema_text() {
       "default": 8388608
     },
     "kernel_module": {
-      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer GETATTR, LOOKUP, GETXATTR and LISTXATTR requests in the kernel from maps efused keeps exact: on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
+      "description": "Whether the mount is served through the efuse kernel module (/dev/efuse, kmod/), whose eBPF handlers answer LOOKUP, GETATTR, GETXATTR, LISTXATTR, READ, OPEN, FLUSH and STATFS requests in the kernel from maps efused keeps (exact, STATFS within cache.statfs_timeout): on requires it (the mount fails when the module is not loaded or efused is not root), off uses the kernel's own FUSE (/dev/fuse), auto uses the module when it is loaded and efused is root, else the kernel's FUSE, with the reason logged and shown in efusectl status. Changing it remounts. Default auto.",
       "type": "string",
       "default": "auto",
       "enum": ["auto", "on", "off"]
@@ -251,6 +251,11 @@ std::string_view mounts_schema_text() {
         "negative_timeout": {
           "$ref": "#/definitions/seconds",
           "description": "Seconds the kernel may cache \"no such name\", 0..31536000; 0 disables negative caching. Default 1.",
+          "default": 1
+        },
+        "statfs_timeout": {
+          "$ref": "#/definitions/seconds",
+          "description": "Kernel module tier: seconds a STATFS reply (statfs(2), df) is answered in the kernel after efused sent it, 0..31536000; 0 sends every STATFS to efused, as the stock tier does. The file system's statistics then read up to this old (efused's own health probe always reaches efused). Ignored on the stock tier. Default 1.",
           "default": 1
         },
         "writeback": {

@@ -425,6 +425,7 @@ Status MountInstance::prepare(bool* want_uring_out, std::string* error) {
   }
   fuse::SessionOptions so;
   so.negative_timeout = cfg_.cache.negative_timeout;
+  so.statfs_timeout = cfg_.cache.statfs_timeout;
   so.writeback_cache = cfg_.cache.writeback;
   // FUSE passthrough needs CAP_SYS_ADMIN in the initial user namespace. It is negotiated
   // even under io_path: cache so a reload can turn it on for new opens without a remount.
@@ -516,7 +517,8 @@ Status MountInstance::inval_entry(uint64_t parent, std::string_view name, bool a
 void MountInstance::apply_policy(const MountConfig& cfg) {
   // Stored handler answers carry the timeouts efused sent them with.
   const bool timeouts_changed = cfg_.cache.attr_timeout != cfg.cache.attr_timeout ||
-                                cfg_.cache.negative_timeout != cfg.cache.negative_timeout;
+                                cfg_.cache.negative_timeout != cfg.cache.negative_timeout ||
+                                cfg_.cache.statfs_timeout != cfg.cache.statfs_timeout;
   if (answers_ && timeouts_changed) answers_->drop_all();
   cfg_.cache = cfg.cache;
   bool io_path_changed = cfg_.io_path != cfg.io_path;
@@ -540,6 +542,7 @@ void MountInstance::apply_policy(const MountConfig& cfg) {
   if (channel_) channel_->set_max_workers(cfg_.workers_max());
   if (session_) {
     session_->set_negative_timeout(cfg_.cache.negative_timeout);
+    session_->set_statfs_timeout(cfg_.cache.statfs_timeout);
     session_->set_adaptive(cfg_.adaptive);
     session_->set_offload_limits(cfg_.offload_threads, cfg_.offload_queue);
   }

@@ -84,6 +84,8 @@ class HandlerStore final : public fuse::AnswerStore {
         return bpf::HandlerSet::NodeMap::Open;
       case NodeMap::Flush:
         return bpf::HandlerSet::NodeMap::Flush;
+      case NodeMap::Statfs:
+        return bpf::HandlerSet::NodeMap::Statfs;
       case NodeMap::Complete:
         break;
     }

@@ -433,6 +433,24 @@ bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
   return true;
 }
 
+void KernelAnswers::store_statfs(uint64_t nodeid, std::span<const char> reply, uint64_t sec,
+                                 uint32_t nsec) {
+  if (nodeid == 0 || reply.size() != sizeof(kernel::fuse_statfs_out)) return;
+  efuse_handler_entry e{};
+  e.expires = expiry(sec, nsec);  // never held beyond it (hold() is for what watchers see)
+  if (e.expires == 0) return;
+  e.answer.nodeid = nodeid;
+  e.answer.size = static_cast<uint32_t>(reply.size());
+  std::memcpy(e.answer.data, reply.data(), reply.size());
+  std::lock_guard lk(mu_);
+  if ((!statfs_.contains(nodeid) && statfs_.size() >= kMaxStatfsAnswers) ||
+      !store_.put_node(AnswerStore::NodeMap::Statfs, nodeid, e)) {
+    ++stores_skipped_;
+    return;
+  }
+  statfs_.insert(nodeid);
+}
+
 void KernelAnswers::store_flush(uint64_t nodeid) {
   if (nodeid == 0) return;
   std::lock_guard lk(mu_);
@@ -589,6 +607,10 @@ void KernelAnswers::drop_node_locked(uint64_t nodeid) {
   drop_complete_locked(nodeid);
   drop_attr_locked(nodeid);
   drop_flush_locked(nodeid);
+  if (statfs_.erase(nodeid) != 0) {
+    store_.drop_node(AnswerStore::NodeMap::Statfs, nodeid);
+    ++drops_;
+  }
   drop_xattrs_locked(nodeid, true);
   const Name first(nodeid, std::string()), last(nodeid + 1, std::string());
   for (auto it = names_.lower_bound(first); it != names_.end() && it->first < last;)
@@ -612,13 +634,16 @@ void KernelAnswers::drop_all() {
   for (const auto& [n, value] : xattrs_) store_.drop_xattr(name_key(n.first, n.second));
   for (uint64_t nodeid : opens_) store_.drop_node(AnswerStore::NodeMap::Open, nodeid);
   for (uint64_t nodeid : flushes_) store_.drop_node(AnswerStore::NodeMap::Flush, nodeid);
-  drops_ += attrs_.size() + names_.size() + xattrs_.size() + opens_.size() + flushes_.size();
+  for (uint64_t nodeid : statfs_) store_.drop_node(AnswerStore::NodeMap::Statfs, nodeid);
+  drops_ += attrs_.size() + names_.size() + xattrs_.size() + opens_.size() + flushes_.size() +
+            statfs_.size();
   while (!files_.empty()) drop_blocks_locked(files_.begin()->first);
   attrs_.clear();
   names_.clear();
   xattrs_.clear();
   opens_.clear();
   flushes_.clear();
+  statfs_.clear();
   pointing_.clear();
 }
 
@@ -653,6 +678,7 @@ KernelAnswerStats KernelAnswers::stats() const {
   s.xattr_entries = xattrs_.size();
   s.open_entries = opens_.size();
   s.flush_entries = flushes_.size();
+  s.statfs_entries = statfs_.size();
   s.complete_dirs = complete_.size();
   s.dir_names = dir_names_;
   s.tier_lookups = tier_lookups_;

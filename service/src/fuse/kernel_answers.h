@@ -32,6 +32,11 @@
 //                     P, one GETATTR per entry a tar extracts), under the same rule as a
 //                     GETATTR reply: a drop after its begin() skips it
 //
+// STATFS replies go into efuse_statfs_answers, each for cache.statfs_timeout (default 1 s)
+// from the moment it was read and no longer, whatever the backend sees: the statistics of
+// the file system under a mount change with every write, through the mount or not, and no
+// watcher reports them. The handler never answers efused's own requests (its health probe).
+//
 // GETXATTR and LISTXATTR replies go into a third map keyed by (nodeid, name; "" for the
 // list): an ENODATA, or a value (list) of at most EFUSE_HANDLER_DATA_MAX bytes read with a
 // buffer. The kernel caches no extended attribute and a reply carries no validity: a stored
@@ -172,7 +177,8 @@ class AnswerStore {
   virtual void drop_xattr(const efuse_handler_name_key& key) = 0;
   // efuse_open_answers and efuse_flush_answers: key nodeid.
   // efuse_complete_dirs: the answer to a LOOKUP of a name a complete directory lacks.
-  enum class NodeMap { Open, Flush, Complete };
+  // efuse_statfs_answers: a STATFS reply, with the expiry statfs_timeout gives it.
+  enum class NodeMap { Open, Flush, Complete, Statfs };
   virtual bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) = 0;
   virtual void drop_node(NodeMap map, uint64_t nodeid) = 0;
   // efuse_dir_names: the names of the complete directories.
@@ -190,6 +196,7 @@ struct KernelAnswerStats {
   uint64_t xattr_entries = 0;   // GETXATTR and LISTXATTR answers stored
   uint64_t open_entries = 0;    // OPEN answers stored
   uint64_t flush_entries = 0;   // FLUSH answers stored
+  uint64_t statfs_entries = 0;  // STATFS answers stored (expired ones included)
   uint64_t complete_dirs = 0;   // directories whose every name efused knows (efuse_complete_dirs)
   uint64_t dir_names = 0;       // their names (efuse_dir_names)
   uint64_t tier_nodes = 0;      // nodes with a lookup counter (efuse_entry_lookups)
@@ -210,6 +217,7 @@ inline constexpr uint64_t kCompleteDirBytes = sizeof(uint64_t) + sizeof(efuse_ha
 inline constexpr uint64_t kDirNameBytes = sizeof(efuse_handler_name_key) + sizeof(uint32_t);
 // The largest nodeid-keyed maps, efuse_open_answers and efuse_flush_answers, hold at most this.
 inline constexpr size_t kMaxOpenAnswers = EFUSE_OPEN_ANSWERS;
+inline constexpr size_t kMaxStatfsAnswers = EFUSE_STATFS_ANSWERS;
 inline constexpr uint64_t kReadBlockBytes = sizeof(efuse_read_block);
 
 class KernelAnswers final : public efuse::fs::TierLookups {
@@ -292,6 +300,10 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // module refuses them elsewhere, as efused then checks access itself). Default: yes.
   void allow_opens(bool allowed) { opens_allowed_.store(allowed, std::memory_order_relaxed); }
   bool opens_allowed() const { return opens_allowed_.load(std::memory_order_relaxed); }
+  // A STATFS reply for `nodeid`, answered in the kernel for `sec` + `nsec` from now
+  // (cache.statfs_timeout; nothing when that is 0). Never kept longer, also on an exact
+  // backend: no watcher reports a change of a file system's statistics.
+  void store_statfs(uint64_t nodeid, std::span<const char> reply, uint64_t sec, uint32_t nsec);
   // A GETLK, SETLK or SETLKW (POSIX or flock) on `nodeid`: FLUSH of the node goes up from
   // now on, until the node is dropped (withdraw).
   void lock_asked(uint64_t nodeid);
@@ -376,6 +388,7 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::map<Name, bool> xattrs_;                     // stored xattr answers -> a value (not ENODATA)
   std::unordered_set<uint64_t> opens_;              // nodeids with a stored OPEN answer
   std::unordered_set<uint64_t> flushes_;            // nodeids with a stored FLUSH answer
+  std::unordered_set<uint64_t> statfs_;             // nodeids with a stored STATFS answer
   std::unordered_set<uint64_t> locked_;             // nodeids a lock was asked for
   // Complete directories -> their names (efuse_complete_dirs, efuse_dir_names).
   std::unordered_map<uint64_t, std::set<std::string, std::less<>>> complete_;

@@ -42,6 +42,7 @@ Session::Session(fs::Filesystem& fs, SessionOptions opts)
     : fs_(fs),
       opts_(opts),
       negative_timeout_(opts.negative_timeout),
+      statfs_timeout_(opts.statfs_timeout),
       pool_(opts.offload_threads, opts.offload_queue, opts.start_thread) {}
 
 Session::~Session() = default;

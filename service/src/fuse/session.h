@@ -43,6 +43,8 @@ class KernelAnswers;
 
 struct SessionOptions {
   double negative_timeout = 1.0;  // how long the kernel may cache "no such name"
+  // Module tier: how long a STATFS reply is answered in the kernel (0: never).
+  double statfs_timeout = 1.0;
   bool writeback_cache = false;
   bool passthrough = true;     // ask for FUSE passthrough when the kernel offers it
   bool io_uring = false;       // ask for FUSE-over-io_uring when the kernel offers it
@@ -113,6 +115,7 @@ class Session {
   size_t request_buffer_size() const;
   // Live policy change (config reload).
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
+  void set_statfs_timeout(double seconds) { statfs_timeout_.store(seconds); }
   // The kernel module tier: answers its eBPF handlers give from maps this session keeps
   // exact (fuse/kernel_answers.h). Set before the first request, or null; must outlive the
   // requests in flight.
@@ -277,6 +280,7 @@ class Session {
   std::atomic<KernelAnswers*> answers_{nullptr};
   Connection* conn_ = nullptr;
   std::atomic<double> negative_timeout_;
+  std::atomic<double> statfs_timeout_;
   Negotiated negotiated_;
   std::atomic<bool> initialized_{false};
   std::atomic<bool> destroyed_{false};

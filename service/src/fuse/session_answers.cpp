@@ -357,6 +357,14 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
       case k::Opcode::Readdirplus:
         if (ok) store_direntplus(*a, node, body, r.answers_since);
         break;
+      case k::Opcode::Statfs:
+        if (ok) {
+          uint64_t sec;
+          uint32_t nsec;
+          split_timeout(statfs_timeout_.load(std::memory_order_relaxed), &sec, &nsec);
+          a->store_statfs(node, body, sec, nsec);
+        }
+        break;
       default:
         break;
     }

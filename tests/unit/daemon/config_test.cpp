@@ -290,7 +290,7 @@ TEST(ConfigLoad, DefaultsApplyKeyByKey) {
   Config c = parse_config(R"(defaults:
   threads: 8
   transport: classic
-  cache: {attr_timeout: 5, writeback: true}
+  cache: {attr_timeout: 5, writeback: true, statfs_timeout: 0}
   options: {read_only: true}
 mounts:
   - {name: a, mountpoint: /mnt/a, backend: passthrough, source: /srv/a}
@@ -300,7 +300,7 @@ mounts:
     source: /srv/b
     threads: 2
     io_path: cache
-    cache: {attr_timeout: 0.5}
+    cache: {attr_timeout: 0.5, statfs_timeout: 2.5}
     options: {allow_other: false}
 )",
                           "t.yaml");
@@ -309,13 +309,13 @@ mounts:
   EXPECT_EQ(a.threads, 8u);
   EXPECT_EQ(a.transport, Transport::Classic);
   EXPECT_EQ(a.io_path, IoPath::Auto);
-  EXPECT_EQ(a.cache, (CachePolicy{60, 5, 1, true, false}));
+  EXPECT_EQ(a.cache, (CachePolicy{60, 5, 1, true, false, 0}));
   EXPECT_EQ(a.options, (MountFlags{true, true, true}));
   const MountConfig& b = c.mounts[1];
   EXPECT_EQ(b.threads, 2u);
   EXPECT_EQ(b.transport, Transport::Classic);
   EXPECT_EQ(b.io_path, IoPath::Cache);
-  EXPECT_EQ(b.cache, (CachePolicy{60, 0.5, 1, true, false}));
+  EXPECT_EQ(b.cache, (CachePolicy{60, 0.5, 1, true, false, 2.5}));
   EXPECT_EQ(b.options, (MountFlags{false, true, true}));
 }
 
@@ -773,6 +773,8 @@ TEST(ConfigError, OutOfRange) {
             "t.yaml:6:14: mounts[0].threads must be between 1 and 256, not 257");
   EXPECT_EQ(error_of(with_mount_keys("    cache: {negative_timeout: -1}\n")),
             "t.yaml:6:31: mounts[0].cache.negative_timeout must be between 0 and 31536000, not -1");
+  EXPECT_EQ(error_of(with_mount_keys("    cache: {statfs_timeout: -0.5}\n")),
+            "t.yaml:6:29: mounts[0].cache.statfs_timeout must be between 0 and 31536000, not -0.5");
   EXPECT_EQ(
       error_of("defaults: {cache: {entry_timeout: 31536000.5}}\n" + std::string(kMount)),
       "t.yaml:1:35: defaults.cache.entry_timeout must be between 0 and 31536000, not 31536000.5");

@@ -95,7 +95,10 @@ class AnswerTable final : public AnswerStore {
   }
 
   std::map<uint64_t, efuse_handler_entry>& node_map(NodeMap map) {
-    return map == NodeMap::Open ? opens : map == NodeMap::Flush ? flushes : complete;
+    return map == NodeMap::Open     ? opens
+           : map == NodeMap::Flush  ? flushes
+           : map == NodeMap::Statfs ? statfs
+                                    : complete;
   }
 
   bool full = false;
@@ -112,6 +115,7 @@ class AnswerTable final : public AnswerStore {
   std::map<uint64_t, uint64_t> counts;
   std::map<uint64_t, efuse_handler_entry> opens;    // efuse_open_answers
   std::map<uint64_t, efuse_handler_entry> flushes;  // efuse_flush_answers
+  std::map<uint64_t, efuse_handler_entry> statfs;   // efuse_statfs_answers
   std::vector<efuse_read_block> pool = std::vector<efuse_read_block>(4 * EFUSE_READ_WAYS);
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> xattrs;  // efuse_entry_lookups, as the counting program keeps it
 };

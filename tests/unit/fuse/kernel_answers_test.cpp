@@ -601,6 +601,44 @@ TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
   EXPECT_EQ(answers.stats().open_entries, 0u);
 }
 
+// STATFS replies: the exact reply, for the statfs timeout from now and never longer (also
+// on an exact backend: nothing reports a change of the file system's statistics); nothing
+// for a timeout of 0 or a reply of another size; gone at FORGET and drop_all.
+TEST_F(KernelAnswersTest, StatfsAnswersLiveForTheStatfsTimeoutOnly) {
+  answers.set_exact([] { return true; });
+  k::fuse_statfs_out st{};
+  st.st.blocks = 1000;
+  st.st.bfree = 400;
+  st.st.bsize = 4096;
+  answers.store_statfs(7, bytes(st), 1, 500000000);
+  ASSERT_TRUE(store.statfs.contains(7));
+  const efuse_handler_entry& e = store.statfs[7];
+  EXPECT_EQ(e.answer.nodeid, 7u);
+  ASSERT_EQ(e.answer.size, sizeof st);
+  EXPECT_EQ(std::memcmp(e.answer.data, &st, sizeof st), 0);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + now.tv_nsec;
+  EXPECT_GT(e.expires, now_ns + 1400000000ULL);
+  EXPECT_LE(e.expires, now_ns + 1500000000ULL) << "bounded although the backend is exact";
+  EXPECT_EQ(answers.stats().statfs_entries, 1u);
+  answers.store_statfs(8, bytes(st), 0, 0);  // statfs_timeout 0
+  answers.store_statfs(9, std::span<const char>(reinterpret_cast<const char*>(&st), 8), 1, 0);
+  EXPECT_FALSE(store.statfs.contains(8));
+  EXPECT_FALSE(store.statfs.contains(9));
+  answers.forgotten(7);
+  EXPECT_TRUE(store.statfs.empty());
+  answers.store_statfs(7, bytes(st), 1, 0);
+  answers.drop_all();
+  EXPECT_TRUE(store.statfs.empty());
+  EXPECT_EQ(answers.stats().statfs_entries, 0u);
+  store.full = true;
+  const uint64_t skipped = answers.stats().stores_skipped;
+  answers.store_statfs(7, bytes(st), 1, 0);
+  EXPECT_EQ(answers.stats().statfs_entries, 0u) << "a full map";
+  EXPECT_EQ(answers.stats().stores_skipped, skipped + 1);
+}
+
 TEST_F(KernelAnswersTest, ReadBlocksRacingAChangeAreNotStored) {
   const std::string data(5000, 'r');
   const FileStamp v1{5000, 0};

@@ -460,6 +460,20 @@ TEST_F(SessionAnswers, EntryChangesStoreTheDirectorysNewAttributes) {
   EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
 }
 
+// A STATFS reply is stored as sent, for the mount's statfs_timeout; with 0 it is not.
+TEST_F(SessionAnswers, StatfsRepliesStoredForTheStatfsTimeout) {
+  Reply r = h_.call(Op::Statfs, kRootId, "");
+  ASSERT_EQ(r.error(), 0);
+  ASSERT_TRUE(table_.statfs.contains(kRootId));
+  const efuse_handler_answer& a = table_.statfs[kRootId].answer;
+  ASSERT_EQ(a.size, r.payload.size());
+  EXPECT_EQ(std::memcmp(a.data, r.payload.data(), a.size), 0) << "the exact reply";
+  h_.session().set_statfs_timeout(0);
+  const uint64_t f = make_file("f");
+  ASSERT_EQ(h_.call(Op::Statfs, f, "").error(), 0);
+  EXPECT_FALSE(table_.statfs.contains(f)) << "statfs_timeout 0";
+}
+
 TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
   ASSERT_TRUE(write_file(h_.src("d1"), "z"));
   const uint64_t dir = kRootId;
