@@ -36,9 +36,10 @@
  * (kmod patch 0011); OPEN and FLUSH answers, EFUSE_HANDLER_KERNEL_FH and
  * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012). 5: FLUSH of an open the server
  * answered in passthrough mode, EFUSE_HANDLER_FLUSH_PASSTHROUGH (0013).
- * 6: STATFS answers (0014).
+ * 6: STATFS answers (0014). 7: RELEASE of the server's opens reaches
+ * handlers, with the open's fh, flags and release flags (0015).
  */
-#define EFUSE_HANDLER_ABI_VERSION 6
+#define EFUSE_HANDLER_ABI_VERSION 7
 
 /*
  * The fh of an open a handler answered (FUSE_OPEN): set by the module, not
@@ -88,9 +89,9 @@ struct efuse_handler_in {
 	__u32 gid;
 	__u32 pid;
 	__u64 nodeid;
-	__u64 offset;		/* READ */
-	__u32 size;		/* READ, GETXATTR, LISTXATTR */
-	__u32 flags;		/* OPEN, READ; FLUSH: EFUSE_HANDLER_FLUSH_* */
+	__u64 offset;		/* READ; RELEASE: the open's fh */
+	__u32 size;		/* READ, GETXATTR, LISTXATTR; RELEASE: release_flags */
+	__u32 flags;		/* OPEN, READ, RELEASE; FLUSH: EFUSE_HANDLER_FLUSH_* */
 	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
 	__u32 conn;		/* the connection: /sys/fs/efuse/connections/<conn> */
 	char name[EFUSE_HANDLER_NAME_MAX];	/* NUL-terminated, zero-filled */

@@ -61,6 +61,21 @@ struct efuse_handler_name_key {
 #define EFUSE_STATFS_ANSWERS 1024
 
 /*
+ * efuse_releases (efuse_release.bpf.c): a BPF ring buffer of the RELEASEs of efused's own
+ * opens the RELEASE handler took over (kmod patch 0015), one struct efuse_release_event
+ * each, which efused drains and carries out as it would the requests (and before every
+ * FORGET, so a node's releases come first, as with requests). When it is full the RELEASE
+ * goes up as a request.
+ */
+struct efuse_release_event {
+	__u64 nodeid;
+	__u64 fh;		/* the fh efused gave the open */
+	__u32 flags;		/* the open's flags */
+	__u32 release_flags;
+};
+#define EFUSE_RELEASE_RING_BYTES (256 * 1024)
+
+/*
  * efuse_handler_outcomes (efuse_handler_stats.bpf.c): per-CPU __u64 counters of
  * what became of the requests of one connection that reached handlers, at
  * key opcode * EFUSE_HANDLER_NR_STATS + stat (enum efuse_handler_stat).

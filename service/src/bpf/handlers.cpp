@@ -2,6 +2,8 @@
 
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,6 +15,7 @@
 #include <cstring>
 
 #include "bpf/handler_file.h"
+#include "common/log.h"
 #include "bpf/layout.h"
 #include "bpf/libbpf_log.h"
 #include "bpf/maps.h"
@@ -204,6 +207,8 @@ HandlerSet::~HandlerSet() {
     if (h.link) bpf_link__destroy(h.link);
     bpf_object__close(h.obj);
   }
+  // No handler queues a RELEASE any more: what is queued is delivered, then the reader goes.
+  stop_release_reader();
   for (auto c = counting_.rbegin(); c != counting_.rend(); ++c) {
     if (c->link) bpf_link__destroy(c->link);
     bpf_object__close(c->obj);
@@ -351,6 +356,8 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     if (name == "efuse_statfs_answers") statfs_fd_.store(fd);
     if (name == "efuse_dir_names") dir_names_fd_.store(fd);
   }
+  if (std::find(created.begin(), created.end(), "efuse_releases") != created.end())
+    start_release_reader();
   if (auto it = table_.find(opcode); it != table_.end()) retire(it->second, counters);
   struct bpf_prog_info info {};
   __u32 len = sizeof info;
@@ -430,6 +437,70 @@ bool HandlerSet::put_xattr(const efuse_handler_name_key& key, const efuse_handle
 
 void HandlerSet::drop_xattr(const efuse_handler_name_key& key) {
   if (int fd = xattr_fd_.load(); fd >= 0) bpf_map_delete_elem(fd, &key);
+}
+
+// The RELEASE handler's ring buffer (efuse_releases): one reader thread waits on it and on
+// an eventfd that stop_release_reader() signals; every consumer (that thread and
+// drain_releases(), before a FORGET) consumes under release_mu_.
+int HandlerSet::on_release(void* self, void* data, size_t size) {
+  auto* set = static_cast<HandlerSet*>(self);
+  if (size < sizeof(efuse_release_event)) return 0;  // never: the handler's own layout
+  efuse_release_event e;
+  std::memcpy(&e, data, sizeof e);
+  set->release_sink_(e);
+  set->releases_delivered_.fetch_add(1, std::memory_order_relaxed);
+  return 0;
+}
+
+void HandlerSet::set_release_sink(ReleaseSink sink) {
+  std::lock_guard lk(mu_);
+  release_sink_ = std::move(sink);
+  start_release_reader();
+}
+
+void HandlerSet::start_release_reader() {
+  if (!release_sink_ || release_thread_.joinable()) return;
+  auto it = maps_.find("efuse_releases");
+  if (it == maps_.end()) return;
+  ring_buffer* rb = ring_buffer__new(it->second, &HandlerSet::on_release, this, nullptr);
+  int stop = eventfd(0, EFD_CLOEXEC);
+  if (rb == nullptr || stop < 0) {
+    // Nothing drains the ring: once it is full every RELEASE goes up again, as a request.
+    LOG_ERROR("connection %u: cannot read the RELEASE handler's ring buffer (%s); the "
+              "RELEASEs it takes over wait there until it is full, then go to efused",
+              conn_, strerror(errno));
+    if (rb != nullptr) ring_buffer__free(rb);
+    if (stop >= 0) ::close(stop);
+    return;
+  }
+  release_rb_ = rb;
+  release_stop_fd_ = stop;
+  release_thread_ = std::thread([this, ring = ring_buffer__epoll_fd(rb), stop] {
+    pollfd fds[2] = {{ring, POLLIN, 0}, {stop, POLLIN, 0}};
+    for (;;) {
+      if (::poll(fds, 2, -1) < 0 && errno != EINTR) break;
+      if (fds[1].revents != 0) break;
+      drain_releases();
+    }
+  });
+}
+
+void HandlerSet::drain_releases() {
+  std::lock_guard lk(release_mu_);
+  if (release_rb_ != nullptr) (void)ring_buffer__consume(release_rb_);
+}
+
+void HandlerSet::stop_release_reader() {
+  if (!release_thread_.joinable()) return;
+  uint64_t one = 1;
+  (void)!::write(release_stop_fd_, &one, sizeof one);
+  release_thread_.join();
+  drain_releases();
+  std::lock_guard lk(release_mu_);
+  ring_buffer__free(release_rb_);
+  release_rb_ = nullptr;
+  ::close(release_stop_fd_);
+  release_stop_fd_ = -1;
 }
 
 std::atomic<int>& HandlerSet::node_fd(NodeMap map) {

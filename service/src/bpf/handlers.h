@@ -31,18 +31,21 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "efuse_handler_maps.h"
 
 struct bpf_object;
 struct bpf_link;
+struct ring_buffer;
 
 namespace efuse::bpf {
 
@@ -68,7 +71,8 @@ inline constexpr ShippedHandler kShippedHandlers[] = {{3, "efuse_getattr"},
                                                       {15, "efuse_read"},
                                                       {14, "efuse_open"},
                                                       {25, "efuse_flush"},
-                                                      {17, "efuse_statfs"}};
+                                                      {17, "efuse_statfs"},
+                                                      {18, "efuse_release"}};
 // The counting programs, one copy each per mount, loaded before any handler and never
 // swapped: outcomes (efuse_handler_done) and lookups taken from positive LOOKUP answers
 // (efuse_handler_entry; without it a positive answer would leave efused's lookup count short).
@@ -159,6 +163,18 @@ class HandlerSet {
   // opcode * EFUSE_HANDLER_NR_STATS + stat. Empty if the map cannot be read.
   std::vector<uint64_t> outcomes() const;
 
+  // The RELEASEs the RELEASE handler took over (efuse_releases, a ring buffer): `sink` is
+  // given each one, on a thread of the set's own while the map exists (from now on, or
+  // from the swap that creates it), and by drain_releases(), which delivers every one
+  // queued so far before it returns (efused calls it before each FORGET: a node's releases
+  // come before it, as requests would). Set once, before the mount serves requests; the
+  // thread stops, after a last drain, when the set is destroyed (its handlers detached).
+  using ReleaseSink = std::function<void(const efuse_release_event&)>;
+  void set_release_sink(ReleaseSink sink);
+  void drain_releases();
+  // RELEASEs delivered to the sink.
+  uint64_t releases_delivered() const { return releases_delivered_.load(); }
+
   uint32_t conn() const { return conn_; }
   // Kernel program ids: the counting programs, then the handlers by opcode.
   std::vector<uint32_t> program_ids() const;
@@ -212,6 +228,16 @@ class HandlerSet {
   std::atomic<int>& node_fd(NodeMap map);
   int outcomes_fd_ = -1;
   int entry_fd_ = -1;
+  // The release reader (set_release_sink): release_mu_ serializes consuming the ring.
+  void start_release_reader();  // with mu_ held; no-op without the map or the sink
+  void stop_release_reader();
+  static int on_release(void* self, void* data, size_t size);
+  std::mutex release_mu_;
+  ReleaseSink release_sink_;          // set once, before the reader starts
+  ring_buffer* release_rb_ = nullptr;
+  int release_stop_fd_ = -1;          // eventfd: wakes the reader to stop
+  std::thread release_thread_;
+  std::atomic<uint64_t> releases_delivered_{0};
 };
 
 }  // namespace efuse::bpf

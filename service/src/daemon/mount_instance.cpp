@@ -206,6 +206,11 @@ void MountInstance::attach_handlers() {
       answers_->set_exact([fs = fs_.get()] { return fs->sees_every_change(); });
       fs_->set_tier(answers_.get());  // before INIT: no entry has been answered yet
       session_->set_kernel_answers(answers_.get());
+      // RELEASEs the RELEASE handler takes over are carried out as the requests would be.
+      handler_store_->mutable_set().set_release_sink(
+          [s = session_.get()](const efuse_release_event& e) {
+            s->released_in_kernel(e.nodeid, e.fh, e.flags, e.release_flags);
+          });
       if (!failed.empty()) tier_note_ = "handlers refused: " + failed;
       LOG_INFO("%s: serving through the efuse kernel module (/dev/efuse, connection %u); "
                "eBPF handlers attached: %s", cfg_.name.c_str(), mounted_.conn_id,

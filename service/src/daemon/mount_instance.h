@@ -57,6 +57,7 @@ class HandlerStore final : public fuse::AnswerStore {
   }
   void drop_attr(uint64_t nodeid) override { set_->drop_attr(nodeid); }
   bool keeps_attrs() const override { return set_->keeps_attrs(); }
+  void drain_releases() override { set_->drain_releases(); }
   bool put_name(const efuse_handler_name_key& k, const efuse_handler_entry& e) override {
     return set_->put_name(k, e);
   }
@@ -174,7 +175,9 @@ class MountInstance final : private fs::Invalidator {
   // changed (apply_policy does that).
   std::string apply_handlers(const MountConfig& next);
   fuse::KernelAnswerStats kernel_answers() const {
-    return answers_ ? answers_->stats() : fuse::KernelAnswerStats{};
+    fuse::KernelAnswerStats s = answers_ ? answers_->stats() : fuse::KernelAnswerStats{};
+    if (answers_ && session_) s.kernel_releases = session_->kernel_releases();
+    return s;
   }
   unsigned uring_queues() const { return channel_ ? channel_->queue_count() : 0; }
   fuse::WorkerCount worker_count() const {

@@ -165,6 +165,9 @@ class AnswerStore {
   virtual bool put_attr(uint64_t nodeid, const efuse_handler_entry& entry) = 0;
   // Whether put_attr can store anything (a GETATTR handler with its map is loaded).
   virtual bool keeps_attrs() const { return true; }
+  // Delivers every RELEASE the RELEASE handler took over and queued so far (efuse_releases)
+  // to the session before it returns.
+  virtual void drain_releases() {}
   virtual void drop_attr(uint64_t nodeid) = 0;
   virtual bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& entry) = 0;
   virtual void drop_name(const efuse_handler_name_key& key) = 0;
@@ -206,6 +209,9 @@ struct KernelAnswerStats {
   uint64_t read_evictions = 0;  // blocks replaced by another one of their set (LRU)
   uint64_t stores_skipped = 0;  // answers not stored: a change raced them, or the map was full
   uint64_t drops = 0;           // entries dropped because something changed
+  // RELEASEs the RELEASE handler took over that efused carried out (Session::kernel_releases;
+  // filled in by the mount, not by KernelAnswers).
+  uint64_t kernel_releases = 0;
 };
 
 // Bytes of one stored entry, key and value, per map (efuse_kernel_map_bytes).
@@ -236,6 +242,8 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   uint64_t begin();
   // Whether GETATTR answers are stored at all (AnswerStore::keeps_attrs).
   bool keeps_attrs() const { return store_.keeps_attrs(); }
+  // AnswerStore::drain_releases: called before a FORGET is applied, with no lock held.
+  void drain_releases() { store_.drain_releases(); }
 
   // Answers efused sent. `reply` is the reply body (fuse_attr_out, fuse_entry_out).
   void store_attr(uint64_t nodeid, std::span<const char> reply, uint64_t since);

@@ -116,6 +116,10 @@ class Session {
   // Live policy change (config reload).
   void set_negative_timeout(double seconds) { negative_timeout_.store(seconds); }
   void set_statfs_timeout(double seconds) { statfs_timeout_.store(seconds); }
+  // Kernel module tier: a RELEASE the module's RELEASE handler took over (kmod patch 0015),
+  // carried out as the request would be (thread-safe; called by the handler set's reader).
+  void released_in_kernel(uint64_t nodeid, uint64_t fh, uint32_t flags, uint32_t release_flags);
+  uint64_t kernel_releases() const { return kernel_releases_.load(std::memory_order_relaxed); }
   // The kernel module tier: answers its eBPF handlers give from maps this session keeps
   // exact (fuse/kernel_answers.h). Set before the first request, or null; must outlive the
   // requests in flight.
@@ -220,6 +224,10 @@ class Session {
   void answers_before(Request& r) noexcept;  // before the backend is asked
   void keep_answers(Request& r, const struct iovec* payload, int n, int err) noexcept;
   void restore_dir_attr(Request& r, KernelAnswers& a, uint64_t dir);  // in keep_answers
+  // RELEASE: the handle and backing id of the open go (an fh of the module's: the handle
+  // held for its flock, if any).
+  efuse::Status release_open(const efuse::fs::Context& ctx, uint64_t nodeid, uint64_t kernel_fh,
+                             uint32_t release_flags);
   void reply_entry(Request& r, const efuse::fs::Entry& e);
   void reply_attr(Request& r, const efuse::fs::Attr& a);
   static kernel::fuse_attr_out attr_out(const efuse::fs::Attr& a);
@@ -281,6 +289,7 @@ class Session {
   Connection* conn_ = nullptr;
   std::atomic<double> negative_timeout_;
   std::atomic<double> statfs_timeout_;
+  std::atomic<uint64_t> kernel_releases_{0};  // released_in_kernel calls
   Negotiated negotiated_;
   std::atomic<bool> initialized_{false};
   std::atomic<bool> destroyed_{false};

@@ -53,7 +53,10 @@ void Session::do_forget(Request& r) {
     decode_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->forgotten(r.hdr.nodeid);
+  if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) {
+    a->drain_releases();  // the node's RELEASEs taken over in the kernel come first
+    a->forgotten(r.hdr.nodeid);
+  }
   fs_.forget(r.hdr.nodeid, in->nlookup);
   node_forgotten(r.hdr.nodeid);
 }
@@ -65,6 +68,8 @@ void Session::do_batch_forget(Request& r) {
     decode_errors_.fetch_add(1, std::memory_order_relaxed);
     return;
   }
+  // The nodes' RELEASEs taken over in the kernel come first.
+  if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->drain_releases();
   for (uint32_t i = 0; i < in->count; ++i) {
     auto one = r.body.take<k::fuse_forget_one>();
     if (!one) {

@@ -99,14 +99,29 @@ void Session::do_flush(Request& r) {
 
 void Session::do_release(Request& r) {
   TAKE(in, k::fuse_release_in);
-  const std::optional<uint64_t> fh = released_kernel_fh(in->fh);
-  if (!fh) return r.reply_err(0);  // an open a handler answered: nothing held for it
+  r.reply_err(release_open(r.ctx, r.hdr.nodeid, in->fh, in->release_flags).error());
+}
+
+Status Session::release_open(const fs::Context& ctx, uint64_t nodeid, uint64_t kernel_fh,
+                             uint32_t release_flags) {
+  const std::optional<uint64_t> fh = released_kernel_fh(kernel_fh);
+  if (!fh) return {};  // an open a handler answered: nothing held for it
   backing_released(*fh);
-  if (in->release_flags & k::kReleaseFlockUnlock)
-    (void)fs_.flock(r.ctx, r.hdr.nodeid, *fh, LOCK_UN);
-  Status s = fs_.release(r.ctx, r.hdr.nodeid, *fh);
-  flock_closed(r.hdr.nodeid, *fh, true);  // after the description is gone
-  r.reply_err(s.error());
+  if (release_flags & k::kReleaseFlockUnlock) (void)fs_.flock(ctx, nodeid, *fh, LOCK_UN);
+  Status s = fs_.release(ctx, nodeid, *fh);
+  flock_closed(nodeid, *fh, true);  // after the description is gone
+  return s;
+}
+
+// A RELEASE the module's RELEASE handler took over (kmod patch 0015): carried out as the
+// request, on the handler set's reader thread (or before a FORGET), with no caller.
+void Session::released_in_kernel(uint64_t nodeid, uint64_t fh, uint32_t flags,
+                                 uint32_t release_flags) {
+  (void)release_open(fs::Context{}, nodeid, fh, release_flags);
+  // What keep_answers does for a RELEASE request.
+  if ((flags & O_ACCMODE) != O_RDONLY)
+    if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->write_released(nodeid);
+  kernel_releases_.fetch_add(1, std::memory_order_relaxed);
 }
 
 void Session::do_fsync(Request& r) {

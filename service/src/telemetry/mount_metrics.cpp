@@ -215,6 +215,12 @@ MountFamilies::MountFamilies()
           "reported them, folded into efused's lookup counts before the FORGETs that "
           "covered them.",
           MetricType::Counter)),
+      kernel_releases_(make_family(
+          "efuse_kernel_releases_total",
+          "RELEASEs of efused's own opens that the RELEASE handler took over in the kernel "
+          "(module patch 0015) and efused carried out from the handler's ring buffer: no "
+          "request reached efused for them.",
+          MetricType::Counter)),
       kernel_read_capacity_(make_family(
           "efuse_kernel_read_cache_capacity_bytes",
           "Bytes of the mount's READ block cache (handler_cache_bytes rounded down to whole "
@@ -331,6 +337,7 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
   add_counter(kernel_map_drops_, mount_label(mount.name), static_cast<double>(a.drops));
   add_counter(kernel_entry_lookups_, mount_label(mount.name),
               static_cast<double>(a.tier_lookups));
+  add_counter(kernel_releases_, mount_label(mount.name), static_cast<double>(a.kernel_releases));
   if (a.read_capacity > 0) {  // a READ block cache (handler_cache_bytes)
     add_gauge(kernel_read_capacity_, mount_label(mount.name),
               static_cast<double>(a.read_capacity * fuse::kReadBlockBytes));
@@ -460,7 +467,7 @@ void MountFamilies::append_to(std::vector<prometheus::MetricFamily>& out) && {
         &passthrough_opens_, &kernel_open_holds_, &passthrough_refusals_, &feature_, &feature_offered_,
         &protocol_minor_, &max_write_, &worker_requests_, &worker_in_flight_, &worker_wait_,
         &worker_busy_, &worker_idle_class_, &worker_starved_, &kernel_answered_, &kernel_fallbacks_, &kernel_map_entries_,
-        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_,
+        &kernel_map_bytes_, &kernel_map_skipped_, &kernel_map_drops_, &kernel_entry_lookups_, &kernel_releases_,
         &kernel_read_capacity_, &kernel_read_evictions_,
         &handler_info_, &handler_loaded_, &handler_swaps_, &handler_swap_failures_,
         &handler_removals_, &handler_runs_, &handler_run_seconds_}) {

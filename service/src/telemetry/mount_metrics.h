@@ -91,6 +91,7 @@ class MountFamilies {
   prometheus::MetricFamily kernel_map_skipped_;
   prometheus::MetricFamily kernel_map_drops_;
   prometheus::MetricFamily kernel_entry_lookups_;
+  prometheus::MetricFamily kernel_releases_;
   prometheus::MetricFamily kernel_read_capacity_;
   prometheus::MetricFamily kernel_read_evictions_;
   prometheus::MetricFamily handler_info_;

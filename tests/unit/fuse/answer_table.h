@@ -28,6 +28,10 @@ class AnswerTable final : public AnswerStore {
     attrs.erase(nodeid);
   }
   bool keeps_attrs() const override { return keeps_attrs_; }
+  void drain_releases() override {
+    ++drains;
+    if (on_drain) on_drain();
+  }
   bool put_name(const efuse_handler_name_key& key, const efuse_handler_entry& e) override {
     names[{key.parent, key.name}] = e;
     return true;
@@ -104,6 +108,8 @@ class AnswerTable final : public AnswerStore {
   bool full = false;
   bool keeps_attrs_ = true;  // false: as without a GETATTR handler's map
   size_t drops = 0;          // drop_attr calls
+  size_t drains = 0;         // drain_releases calls
+  std::function<void()> on_drain;
   bool dir_names_full = false;
   std::function<void(uint64_t, const std::string&)> on_put_dir_name;  // before it is put
   std::map<uint64_t, efuse_handler_entry> complete;  // efuse_complete_dirs

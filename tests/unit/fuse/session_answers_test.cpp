@@ -192,6 +192,55 @@ TEST_F(SessionAnswers, NothingStoredWhileOpenForWriting) {
   EXPECT_EQ(table_.attrs[f].answer.size, sizeof(k::fuse_attr_out));
 }
 
+// A RELEASE the module's RELEASE handler took over (kmod patch 0015) is carried out as the
+// request: the handle goes (a second release of it is EBADF, a write with it too), the
+// writer is counted down (attributes are stored again), and nothing is replied.
+TEST_F(SessionAnswers, ReleasesTakenOverInTheKernelAreCarriedOut) {
+  const uint64_t f = make_file("f");
+  const uint64_t fh = h_.open(f, O_WRONLY);
+  ASSERT_EQ(h_.call(Op::Write, f, write_body(fh, 0, "abc")).error(), 0);
+  h_.call(Op::Getattr, f, pod(k::fuse_getattr_in{}));
+  EXPECT_FALSE(table_.attrs.contains(f)) << "open for writing";
+  const uint64_t before = h_.session().kernel_releases();
+  (void)h_.transport().take();
+  h_.session().released_in_kernel(f, fh, O_WRONLY, 0);
+  EXPECT_TRUE(h_.transport().take().empty()) << "nothing to reply to";
+  EXPECT_EQ(h_.session().kernel_releases(), before + 1);
+  EXPECT_EQ(h_.call(Op::Write, f, write_body(fh, 0, "x")).error(), EBADF) << "handle gone";
+  k::fuse_release_in rel{};
+  rel.fh = fh;
+  EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), EBADF);
+  stat_stored(f);  // the writer was counted down: stored again
+  // Read-only: the handle goes, no writer to count down.
+  const uint64_t ro = h_.open(f, O_RDONLY);
+  h_.session().released_in_kernel(f, ro, O_RDONLY, 0);
+  rel.fh = ro;
+  EXPECT_EQ(h_.call(Op::Release, f, pod(rel)).error(), EBADF);
+}
+
+// Before a FORGET (and a BATCH_FORGET) is applied, the RELEASEs taken over in the kernel
+// and queued so far are carried out: they came first (the module released the inode only
+// after queuing them).
+TEST_F(SessionAnswers, ForgetDrainsTheReleasesTakenOverFirst) {
+  const uint64_t f = make_file("f");
+  stat_stored(f);
+  bool attrs_still_there = false;
+  table_.on_drain = [&] { attrs_still_there = table_.attrs.contains(f); };
+  k::fuse_forget_in fo{};
+  fo.nlookup = 1;
+  h_.call_no_reply(Op::Forget, f, pod(fo));
+  EXPECT_EQ(table_.drains, 1u);
+  EXPECT_TRUE(attrs_still_there) << "drained after the node was forgotten";
+  const uint64_t g = make_file("g");
+  k::fuse_batch_forget_in bf{};
+  bf.count = 1;
+  k::fuse_forget_one one{};
+  one.nodeid = g;
+  one.nlookup = 1;
+  h_.call_no_reply(Op::BatchForget, 0, pod(bf) + pod(one));
+  EXPECT_EQ(table_.drains, 2u);
+}
+
 std::string pattern(size_t n) {
   std::string s(n, '\0');
   for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + (i * 7 + i / 4096) % 26);
