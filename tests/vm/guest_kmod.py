@@ -35,7 +35,8 @@ KPORT = 19568
 KLOG = "/tmp/efused-kmod.log"
 FSTYPE = "efuse.efuse"
 EVENTUALLY = 30.0  # seconds an outside change may take to show (polling; TCG is slow)
-FSX_OPS = 3000  # fsx operations: 100,000 take far too long under TCG (issue 19 asks that many)
+FSX_OPS = 100000  # fsx operations on the module tier (issue 19 asks for 100,000)
+FSX_TIMEOUT = 900  # seconds: 175 s under TCG on a quiet 2-core host (2026-12-07)
 # The shipped handlers' program names (bpf/handlers/), as the kernel keeps them (15 chars).
 HANDLER_PROGRAMS = ("efuse_getattr", "efuse_lookup", "efuse_getxattr", "efuse_listxattr",
                     "efuse_read", "efuse_open", "efuse_flush", "efuse_statfs", "efuse_release",
@@ -975,9 +976,12 @@ def check_kmod_efused_workloads():
     assert r.returncode == 0, f"tar --compare: {r.stdout[-800:]} {r.stderr[-800:]}"
     fsx = os.path.join(os.path.dirname(g.EFUSED), "efuse_fsx")
     seed = int.from_bytes(os.urandom(4), "little")
+    t0 = time.monotonic()
     r = subprocess.run([fsx, "--ops", str(FSX_OPS), "--seed", str(seed), f"{KMNT}/fsx.file"],
-                       capture_output=True, text=True, timeout=g.CHECK_TIMEOUT)
+                       capture_output=True, text=True, timeout=FSX_TIMEOUT)
     assert r.returncode == 0, f"fsx seed {seed}: {r.stdout[-800:]} {r.stderr[-800:]}"
+    print(f"  fsx: {FSX_OPS} operations (seed {seed}) in {time.monotonic() - t0:.0f} s",
+          flush=True)
     r = subprocess.run(["fio", "--name=verify", f"--directory={KMNT}", "--size=8M", "--bs=4k",
                         "--rw=randwrite", "--verify=crc32c", "--numjobs=2", "--ioengine=psync",
                         "--do_verify=1", "--group_reporting"],
@@ -1035,6 +1039,9 @@ def check_kmod_efused_suites():
 
 
 check_kmod_efused_suites.timeout = SUITE_TIMEOUT * len(SUITES)
+
+
+check_kmod_efused_workloads.timeout = FSX_TIMEOUT + g.CHECK_TIMEOUT
 
 
 def check_kmod_efused_clean_stop():
