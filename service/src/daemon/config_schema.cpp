@@ -322,7 +322,8 @@ std::string_view mounts_schema_text() {
         "open": { "$ref": "#/definitions/bpf_program" },
         "flush": { "$ref": "#/definitions/bpf_program" },
         "access": { "$ref": "#/definitions/bpf_program" },
-        "statfs": { "$ref": "#/definitions/bpf_program" }
+        "statfs": { "$ref": "#/definitions/bpf_program" },
+        "release": { "$ref": "#/definitions/bpf_program" }
       }
     }
   }

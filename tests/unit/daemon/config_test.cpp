@@ -217,7 +217,7 @@ TEST(ConfigSchema, BpfHandlersAreFuseOpcodes) {
   const json* handlers =
       schema_keyword(*subschema_at({"mounts", "0", "bpf_handlers"}), "properties");
   ASSERT_NE(handlers, nullptr);
-  EXPECT_EQ(handlers->size(), 11u);
+  EXPECT_EQ(handlers->size(), 12u);
   for (const auto& [name, _] : handlers->items()) EXPECT_TRUE(opcodes.count(name)) << name;
 }
 
@@ -588,7 +588,7 @@ TEST(ConfigError, UnknownBpfOpcode) {
   EXPECT_EQ(error_of(with_mount_keys("    bpf_handlers:\n      write: /x.bpf.o\n")),
             "t.yaml:7:7: unknown key 'write' in mounts[0].bpf_handlers; expected one of access, "
             "flush, getattr, "
-            "getxattr, listxattr, lookup, open, read, readdir, readdirplus, statfs");
+            "getxattr, listxattr, lookup, open, read, readdir, readdirplus, release, statfs");
 }
 
 TEST(ConfigError, MisspeltKeyIsReportedBeforeTheMissingOne) {
