@@ -459,7 +459,7 @@ void HandlerSet::set_release_sink(ReleaseSink sink) {
 }
 
 void HandlerSet::start_release_reader() {
-  if (!release_sink_ || release_thread_.joinable()) return;
+  if (!release_sink_ || release_thread_.joinable() || releases_stopped_) return;
   auto it = maps_.find("efuse_releases");
   if (it == maps_.end()) return;
   ring_buffer* rb = ring_buffer__new(it->second, &HandlerSet::on_release, this, nullptr);
@@ -488,6 +488,14 @@ void HandlerSet::start_release_reader() {
 void HandlerSet::drain_releases() {
   std::lock_guard lk(release_mu_);
   if (release_rb_ != nullptr) (void)ring_buffer__consume(release_rb_);
+}
+
+void HandlerSet::stop_releases() {
+  {
+    std::lock_guard lk(mu_);
+    releases_stopped_ = true;
+  }
+  stop_release_reader();
 }
 
 void HandlerSet::stop_release_reader() {

@@ -172,6 +172,9 @@ class HandlerSet {
   using ReleaseSink = std::function<void(const efuse_release_event&)>;
   void set_release_sink(ReleaseSink sink);
   void drain_releases();
+  // Delivers what is queued and stops the reader for good (before what the sink uses goes;
+  // the destructor does it too). RELEASEs taken over after it wait in the ring unread.
+  void stop_releases();
   // RELEASEs delivered to the sink.
   uint64_t releases_delivered() const { return releases_delivered_.load(); }
 
@@ -234,6 +237,7 @@ class HandlerSet {
   static int on_release(void* self, void* data, size_t size);
   std::mutex release_mu_;
   ReleaseSink release_sink_;          // set once, before the reader starts
+  bool releases_stopped_ = false;     // stop_releases(): never started again (under mu_)
   ring_buffer* release_rb_ = nullptr;
   int release_stop_fd_ = -1;          // eventfd: wakes the reader to stop
   std::thread release_thread_;

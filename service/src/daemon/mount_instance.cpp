@@ -698,6 +698,9 @@ void MountInstance::stop(int grace_ms) {
   // The handlers go with the connection; with workers still blocked (the destructor's
   // case) they stay until efused exits, which detaches them.
   if (!has_channel || channel_stopped()) {
+    // The release reader carries RELEASEs out through the session and its answers: it
+    // delivers what is queued and stops before the answers go.
+    if (handler_store_) handler_store_->mutable_set().stop_releases();
     if (session_) session_->set_kernel_answers(nullptr);
     if (fs_) fs_->set_tier(nullptr);
     answers_.reset();
