@@ -165,7 +165,8 @@ def boot(kernel, initramfs, disk, env, timeout, console_log, echo, accel="auto")
     append = " ".join(["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "rdinit=/init",
                        *(f"{k}={v}" for k, v in env.items())])
     cmd = qemu_command(kernel, initramfs, disk, append,
-                       "kvm" if accel == "kvm" else "tcg,thread=multi")
+                       "kvm" if accel == "kvm" else
+                       f"tcg,thread={os.environ.get('EFUSE_VM_TCG_THREAD', 'multi')}")
     res = Boot(accel)
     start = time.monotonic()
     with open(console_log, "w") as log:

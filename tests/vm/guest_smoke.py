@@ -667,7 +667,32 @@ def run_module(part):
         mod.cleanup(failures > before)
 
 
+# Taint flags that mean the kernel went wrong while efuse ran (bit: letter); the module's own
+# O (out of tree) and E (unsigned) are expected.
+KERNEL_TROUBLE = {5: "B (bad page)", 7: "D (died: an Oops or BUG)", 9: "W (a WARN fired)",
+                  14: "L (soft lockup)"}
+
+
+def check_kernel_clean():
+    """Nothing efuse did made the guest kernel Oops, BUG, WARN or lock up, whatever the checks
+    themselves saw (a request that Oopsed in one process may leave the others passing)."""
+    with open("/proc/sys/kernel/tainted") as f:
+        tainted = int(f.read())
+    bad = [what for bit, what in KERNEL_TROUBLE.items() if tainted >> bit & 1]
+    if bad:
+        dmesg = subprocess.run(["dmesg"], capture_output=True, text=True).stdout
+        at = max(dmesg.find(m) for m in ("Oops", "BUG:", "WARNING:", "watchdog:", "Bad page"))
+        raise AssertionError(f"kernel tainted {', '.join(bad)}: "
+                             + (dmesg[max(at - 300, 0):][:4000] if at >= 0 else dmesg[-2000:]))
+
+
 def main():
+    code = run_checks()
+    check(check_kernel_clean)
+    return 1 if failures else code
+
+
+def run_checks():
     if PROFILE not in EXPECT:
         report("FAIL", "setup", f"efuse_profile={PROFILE!r} is not one of {sorted(EXPECT)}")
         return 1
