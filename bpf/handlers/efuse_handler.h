@@ -37,9 +37,10 @@
  * EFUSE_HANDLER_FLUSH_KERNEL_OPEN (0012). 5: FLUSH of an open the server
  * answered in passthrough mode, EFUSE_HANDLER_FLUSH_PASSTHROUGH (0013).
  * 6: STATFS answers (0014). 7: RELEASE of the server's opens reaches
- * handlers, with the open's fh, flags and release flags (0015).
+ * handlers, with the open's fh, flags and release flags (0015). 8: ACCESS
+ * answers; an ACCESS request's mask is in.flags (0017).
  */
-#define EFUSE_HANDLER_ABI_VERSION 7
+#define EFUSE_HANDLER_ABI_VERSION 8
 
 /*
  * The fh of an open a handler answered (FUSE_OPEN): set by the module, not
@@ -91,7 +92,7 @@ struct efuse_handler_in {
 	__u64 nodeid;
 	__u64 offset;		/* READ; RELEASE: the open's fh */
 	__u32 size;		/* READ, GETXATTR, LISTXATTR; RELEASE: release_flags */
-	__u32 flags;		/* OPEN, READ, RELEASE; FLUSH: EFUSE_HANDLER_FLUSH_* */
+	__u32 flags;		/* OPEN, READ, RELEASE, ACCESS; FLUSH: EFUSE_HANDLER_FLUSH_* */
 	__u32 namelen;		/* LOOKUP, GETXATTR: bytes in name, no NUL */
 	__u32 conn;		/* the connection: /sys/fs/efuse/connections/<conn> */
 	char name[EFUSE_HANDLER_NAME_MAX];	/* NUL-terminated, zero-filled */

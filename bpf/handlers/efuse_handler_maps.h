@@ -61,6 +61,25 @@ struct efuse_handler_name_key {
 #define EFUSE_STATFS_ANSWERS 1024
 
 /*
+ * efuse_access_answers (efuse_access.bpf.c, kmod patch 0017): key __u64 nodeid; answer.data
+ * holds answer.size / sizeof(struct efuse_access_slot) slots, each the answer efused gave an
+ * ACCESS of the node by one caller (uid, gid) for one mask, with its own expiry (the
+ * attribute validity efused sent last, never longer: the answer also depends on what no
+ * watcher reports, such as a backing file system remounted read-only). The entry's expires
+ * is the latest of its slots'. A change of the node's attributes, ACLs included, drops the
+ * entry. At most this many nodes.
+ */
+struct efuse_access_slot {
+	__u64 expires;		/* bpf_ktime_get_ns() from which the slot is not used */
+	__u32 uid;
+	__u32 gid;
+	__u32 mask;		/* R_OK | W_OK | X_OK, as the request had it */
+	__s32 error;		/* 0, -EACCES, -EROFS or -EPERM */
+};
+#define EFUSE_ACCESS_SLOTS (EFUSE_HANDLER_DATA_MAX / sizeof(struct efuse_access_slot))
+#define EFUSE_ACCESS_ANSWERS 16384
+
+/*
  * efuse_releases (efuse_release.bpf.c): a BPF ring buffer of the RELEASEs of efused's own
  * opens the RELEASE handler took over (kmod patch 0015), one struct efuse_release_event
  * each, which efused drains and carries out as it would the requests (and before every
@@ -137,6 +156,8 @@ static_assert(sizeof(struct efuse_handler_name_key) == 8 + EFUSE_HANDLER_NAME_MA
 	      "efuse_handler_name_key layout");
 static_assert(sizeof(struct efuse_handler_entry) == 16 + EFUSE_HANDLER_DATA_MAX + 8,
 	      "efuse_handler_entry layout");
+static_assert(sizeof(struct efuse_access_slot) == 24 && EFUSE_ACCESS_SLOTS == 10,
+	      "efuse_access_slot layout");
 #endif
 
 #endif /* EFUSE_HANDLER_MAPS_H */

@@ -256,10 +256,15 @@ def check_kmod_efused_answers():
 
 def start_other(src, mnt, port, log, *extra):
     """Another efused on the module, serving src at mnt; returns it once ready."""
+    return start_logged(["--mount", f"{src}:{mnt}", "--kernel-module", "on",
+                         "--metrics", f"127.0.0.1:{port}", "--telemetry", "off", *extra], log)
+
+
+def start_logged(args, log):
+    """Another efused with these arguments, logging to `log`; returns it once ready."""
     logf = open(log, "wb")
-    other = subprocess.Popen([g.EFUSED, "--mount", f"{src}:{mnt}", "--kernel-module", "on",
-                              "--metrics", f"127.0.0.1:{port}", "--telemetry", "off", *extra],
-                             stdout=logf, stderr=logf, stdin=subprocess.DEVNULL)
+    other = subprocess.Popen([g.EFUSED, *args], stdout=logf, stderr=logf,
+                             stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while "efused: ready" not in open(log, errors="replace").read():
         if other.poll() is not None or time.monotonic() > deadline:
@@ -1157,6 +1162,68 @@ def check_kmod_efused_statfs():
     assert tgids == {efused.pid}, f"efuse_server_tgid {tgids}, efused is {efused.pid}"
 
 
+def check_kmod_efused_access():
+    """ACCESS (kmod patch 0017, efuse_access.bpf.c) on a mount without default_permissions,
+    the only kind the kernel sends ACCESS to (access(2), chdir(2)): a caller's first ask of a
+    mask goes to efused, the same again is answered in the kernel with efused's answer
+    (granted, or EACCES); a chmod through the mount and one outside drop the answers; the
+    shipped handler is loaded for such a mount only."""
+    src, mnt, port, name = f"{g.DATA}/ksrc_access", "/mnt/kaccess", KPORT + 2, "kaccess"
+    os.makedirs(f"{src}/d", exist_ok=True)
+    os.makedirs(mnt, exist_ok=True)
+    with open(f"{src}/f", "w") as fh:
+        fh.write("x")
+    os.chmod(f"{src}/f", 0o644)
+    assert "efuse_access" not in progs_named("efuse_access"), \
+        "the ACCESS handler is loaded for a mount with default_permissions"
+    conf = "/tmp/kaccess.yaml"
+    with open(conf, "w") as fh:
+        fh.write(f"""metrics: {{listen: "127.0.0.1:{port}"}}
+telemetry: off
+mounts:
+  - name: {name}
+    mountpoint: {mnt}
+    backend: passthrough
+    source: {src}
+    kernel_module: on
+    options: {{default_permissions: false, allow_other: false}}
+""")
+    other = start_logged(["--config", conf], "/tmp/efused-kaccess.log")
+    try:
+        assert progs_named("efuse_access") == ["efuse_access"], progs_named("efuse_access")
+        f = f"{mnt}/f"
+
+        def twice(what, fn, want):
+            for at in ("efused", "kernel"):
+                got = where("access", fn, port, name)
+                assert got == (want, at), f"{what}: {got}, want {(want, at)}"
+
+        twice("X_OK of a 0644 file", lambda: os.access(f, os.X_OK), False)
+        twice("R_OK", lambda: os.access(f, os.R_OK), True)
+        twice("chdir", lambda: os.chdir(f"{mnt}/d"), None)
+        os.chdir("/")
+        os.chmod(f, 0o755)  # through the mount: drops the node's answers before its reply
+        twice("X_OK after chmod 0755 through the mount", lambda: os.access(f, os.X_OK), True)
+        os.chmod(f"{src}/f", 0o644)  # outside: the watcher drops them
+        eventually("X_OK after an outside chmod 0644", lambda: os.access(f, os.X_OK), False)
+        got = where("access", lambda: os.access(f, os.X_OK), port, name)
+        assert got == (False, "kernel"), f"X_OK again: {got}"
+    finally:
+        os.chdir("/")
+        other.send_signal(signal.SIGTERM)
+        rc = other.wait(timeout=60)
+    assert rc == 0 and not g.fstypes_at(mnt), f"efused: exit {rc}, {g.fstypes_at(mnt)}"
+    assert progs_named("efuse_access") == [], "the ACCESS handler outlived its mount"
+
+
+def progs_named(prefix):
+    """Names of the loaded BPF programs that start with `prefix`."""
+    r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                       timeout=60, check=True)
+    return sorted(p.get("name", "") for p in json.loads(r.stdout)
+                  if p.get("name", "").startswith(prefix))
+
+
 def writable_fds(prefix):
     """efused's descriptors open for writing on files under `prefix` (its handles)."""
     out = []
@@ -1330,7 +1397,7 @@ CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_t
           check_kmod_efused_open_flush,
           check_kmod_efused_open_refused, check_kmod_efused_open_changes,
           check_kmod_efused_flush_passthrough, check_kmod_efused_neg_lookup,
-          check_kmod_efused_statfs,
+          check_kmod_efused_statfs, check_kmod_efused_access,
           check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)

@@ -38,6 +38,7 @@ const MapLayout kHandlerMaps[] = {
     {"efuse_flush_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_complete_dirs", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_statfs_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
+    {"efuse_access_answers", sizeof(__u64), sizeof(efuse_handler_entry)},
     {"efuse_dir_names", sizeof(efuse_handler_name_key), sizeof(__u32)},
     {"efuse_handler_outcomes", sizeof(__u32), sizeof(__u64)},
     {"efuse_entry_lookups", sizeof(__u64), sizeof(__u64)},
@@ -354,6 +355,7 @@ bool HandlerSet::swap(uint32_t opcode, const std::string& path, std::string* err
     if (name == "efuse_flush_answers") flush_fd_.store(fd);
     if (name == "efuse_complete_dirs") complete_fd_.store(fd);
     if (name == "efuse_statfs_answers") statfs_fd_.store(fd);
+    if (name == "efuse_access_answers") access_fd_.store(fd);
     if (name == "efuse_dir_names") dir_names_fd_.store(fd);
   }
   if (std::find(created.begin(), created.end(), "efuse_releases") != created.end())
@@ -519,6 +521,8 @@ std::atomic<int>& HandlerSet::node_fd(NodeMap map) {
       return flush_fd_;
     case NodeMap::Statfs:
       return statfs_fd_;
+    case NodeMap::Access:
+      return access_fd_;
     case NodeMap::Complete:
       break;
   }

@@ -72,7 +72,8 @@ inline constexpr ShippedHandler kShippedHandlers[] = {{3, "efuse_getattr"},
                                                       {14, "efuse_open"},
                                                       {25, "efuse_flush"},
                                                       {17, "efuse_statfs"},
-                                                      {18, "efuse_release"}};
+                                                      {18, "efuse_release"},
+                                                      {34, "efuse_access"}};
 // The counting programs, one copy each per mount, loaded before any handler and never
 // swapped: outcomes (efuse_handler_done) and lookups taken from positive LOOKUP answers
 // (efuse_handler_entry; without it a positive answer would leave efused's lookup count short).
@@ -141,8 +142,8 @@ class HandlerSet {
   void drop_xattr(const efuse_handler_name_key& key);
   // The maps keyed by nodeid: efuse_open_answers, efuse_flush_answers,
   // efuse_complete_dirs (the LOOKUP handler's complete directories) and
-  // efuse_statfs_answers. false: not stored.
-  enum class NodeMap { Open, Flush, Complete, Statfs };
+  // efuse_statfs_answers, efuse_access_answers. false: not stored.
+  enum class NodeMap { Open, Flush, Complete, Statfs, Access };
   bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry);
   void drop_node(NodeMap map, uint64_t nodeid);
   // efuse_dir_names: the names of the complete directories. false: not stored (no LOOKUP
@@ -227,6 +228,7 @@ class HandlerSet {
   std::atomic<int> flush_fd_{-1};
   std::atomic<int> complete_fd_{-1};
   std::atomic<int> statfs_fd_{-1};
+  std::atomic<int> access_fd_{-1};
   std::atomic<int> dir_names_fd_{-1};
   std::atomic<int>& node_fd(NodeMap map);
   int outcomes_fd_ = -1;

@@ -16,6 +16,7 @@
 
 #include "common/log.h"
 #include "fs/registry.h"
+#include "fuse/kernel.h"
 #include "fuse/opcodes.h"
 #include "telemetry/kernel_features.h"
 
@@ -173,8 +174,14 @@ uint32_t handler_opcode(std::string_view name) {
 
 std::map<uint32_t, std::string> handler_table(const MountConfig& cfg, const std::string& dir) {
   std::map<uint32_t, std::string> table;
-  for (const bpf::ShippedHandler& h : bpf::kShippedHandlers)
+  for (const bpf::ShippedHandler& h : bpf::kShippedHandlers) {
+    // The kernel sends ACCESS only where it checks no permission itself: elsewhere the
+    // shipped handler would only cost every request one more program run.
+    if (h.opcode == static_cast<uint32_t>(fuse::kernel::Opcode::Access) &&
+        cfg.options.default_permissions)
+      continue;
     table[h.opcode] = bpf::shipped_object(dir, h.object);
+  }
   for (const auto& [name, path] : cfg.bpf_handlers)
     if (uint32_t op = handler_opcode(name)) table[op] = path;
   return table;

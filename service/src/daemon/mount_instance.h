@@ -87,6 +87,8 @@ class HandlerStore final : public fuse::AnswerStore {
         return bpf::HandlerSet::NodeMap::Flush;
       case NodeMap::Statfs:
         return bpf::HandlerSet::NodeMap::Statfs;
+      case NodeMap::Access:
+        return bpf::HandlerSet::NodeMap::Access;
       case NodeMap::Complete:
         break;
     }

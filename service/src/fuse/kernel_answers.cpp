@@ -451,6 +451,49 @@ void KernelAnswers::store_statfs(uint64_t nodeid, std::span<const char> reply, u
   statfs_.insert(nodeid);
 }
 
+void KernelAnswers::store_access(uint64_t nodeid, uint32_t uid, uint32_t gid, uint32_t mask,
+                                 int error, uint64_t since) {
+  if (nodeid == 0 || (error != 0 && error != EACCES && error != EROFS && error != EPERM)) return;
+  const uint64_t valid = attr_valid_ns_.load(std::memory_order_relaxed);
+  // Never held beyond it (hold() is for what watchers see; see the header).
+  const uint64_t until =
+      expiry(valid / 1000000000ULL, static_cast<uint32_t>(valid % 1000000000ULL));
+  if (until == 0) return;  // attr_timeout 0 (or no attributes sent yet): nothing stored
+  std::lock_guard lk(mu_);
+  auto it = access_.find(nodeid);
+  if (attr_stamp_[attr_bucket(nodeid)] > since ||
+      (it == access_.end() && access_.size() >= kMaxAccessAnswers)) {
+    ++stores_skipped_;
+    return;
+  }
+  std::vector<efuse_access_slot> slots;
+  if (it != access_.end()) slots = it->second;
+  // The caller's own slot for the mask is renewed; else a new one, in place of the slot
+  // that expires first when the node has EFUSE_ACCESS_SLOTS already.
+  auto slot = std::find_if(slots.begin(), slots.end(), [&](const efuse_access_slot& x) {
+    return x.uid == uid && x.gid == gid && x.mask == mask;
+  });
+  if (slot == slots.end()) {
+    if (slots.size() < EFUSE_ACCESS_SLOTS)
+      slot = slots.insert(slots.end(), efuse_access_slot{});
+    else
+      slot = std::min_element(slots.begin(), slots.end(), [](const auto& a, const auto& b) {
+        return a.expires < b.expires;
+      });
+  }
+  *slot = efuse_access_slot{until, uid, gid, mask, -error};
+  efuse_handler_entry e{};
+  e.answer.nodeid = nodeid;
+  e.answer.size = static_cast<uint32_t>(slots.size() * sizeof(efuse_access_slot));
+  std::memcpy(e.answer.data, slots.data(), e.answer.size);
+  for (const efuse_access_slot& x : slots) e.expires = std::max(e.expires, x.expires);
+  if (!store_.put_node(AnswerStore::NodeMap::Access, nodeid, e)) {
+    ++stores_skipped_;
+    return;
+  }
+  access_[nodeid] = std::move(slots);
+}
+
 void KernelAnswers::store_flush(uint64_t nodeid) {
   if (nodeid == 0) return;
   std::lock_guard lk(mu_);
@@ -488,6 +531,11 @@ void KernelAnswers::drop_attr_locked(uint64_t nodeid) {
   }
   if (opens_.erase(nodeid) != 0) {  // goes with the attributes (see the header)
     store_.drop_node(AnswerStore::NodeMap::Open, nodeid);
+    ++drops_;
+  }
+  if (auto it = access_.find(nodeid); it != access_.end()) {  // so do ACCESS answers
+    store_.drop_node(AnswerStore::NodeMap::Access, nodeid);
+    access_.erase(it);
     ++drops_;
   }
   drop_pointing_locked(nodeid);  // positive entries carry the attributes too
@@ -635,8 +683,9 @@ void KernelAnswers::drop_all() {
   for (uint64_t nodeid : opens_) store_.drop_node(AnswerStore::NodeMap::Open, nodeid);
   for (uint64_t nodeid : flushes_) store_.drop_node(AnswerStore::NodeMap::Flush, nodeid);
   for (uint64_t nodeid : statfs_) store_.drop_node(AnswerStore::NodeMap::Statfs, nodeid);
+  for (const auto& [nodeid, slots] : access_) store_.drop_node(AnswerStore::NodeMap::Access, nodeid);
   drops_ += attrs_.size() + names_.size() + xattrs_.size() + opens_.size() + flushes_.size() +
-            statfs_.size();
+            statfs_.size() + access_.size();
   while (!files_.empty()) drop_blocks_locked(files_.begin()->first);
   attrs_.clear();
   names_.clear();
@@ -644,6 +693,7 @@ void KernelAnswers::drop_all() {
   opens_.clear();
   flushes_.clear();
   statfs_.clear();
+  access_.clear();
   pointing_.clear();
 }
 
@@ -679,6 +729,7 @@ KernelAnswerStats KernelAnswers::stats() const {
   s.open_entries = opens_.size();
   s.flush_entries = flushes_.size();
   s.statfs_entries = statfs_.size();
+  s.access_entries = access_.size();
   s.complete_dirs = complete_.size();
   s.dir_names = dir_names_;
   s.tier_lookups = tier_lookups_;

@@ -37,6 +37,16 @@
 // the file system under a mount change with every write, through the mount or not, and no
 // watcher reports them. The handler never answers efused's own requests (its health probe).
 //
+// ACCESS replies (kmod patch 0017; the kernel sends ACCESS only to mounts without
+// default_permissions) go into efuse_access_answers, keyed by nodeid, a slot per (uid, gid,
+// mask) of the callers efused answered (EFUSE_ACCESS_SLOTS per node; the first to expire
+// gives way): efused asks the backing file system with the caller's fsuid and fsgid and its
+// own supplementary groups, which never change, so the answer depends on nothing else but
+// the node. Grants, EACCES, EROFS and EPERM are stored, each for the attribute validity
+// efused last sent and never beyond, exact backend or not (a backing file system remounted
+// read-only is a change no watcher reports), under the same rule as a GETATTR reply; they
+// go with the node's attributes (chmod, chown, ACLs: SETXATTR, outside changes).
+//
 // GETXATTR and LISTXATTR replies go into a third map keyed by (nodeid, name; "" for the
 // list): an ENODATA, or a value (list) of at most EFUSE_HANDLER_DATA_MAX bytes read with a
 // buffer. The kernel caches no extended attribute and a reply carries no validity: a stored
@@ -181,7 +191,8 @@ class AnswerStore {
   // efuse_open_answers and efuse_flush_answers: key nodeid.
   // efuse_complete_dirs: the answer to a LOOKUP of a name a complete directory lacks.
   // efuse_statfs_answers: a STATFS reply, with the expiry statfs_timeout gives it.
-  enum class NodeMap { Open, Flush, Complete, Statfs };
+  // efuse_access_answers: ACCESS replies, a struct efuse_access_slot each.
+  enum class NodeMap { Open, Flush, Complete, Statfs, Access };
   virtual bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) = 0;
   virtual void drop_node(NodeMap map, uint64_t nodeid) = 0;
   // efuse_dir_names: the names of the complete directories.
@@ -200,6 +211,7 @@ struct KernelAnswerStats {
   uint64_t open_entries = 0;    // OPEN answers stored
   uint64_t flush_entries = 0;   // FLUSH answers stored
   uint64_t statfs_entries = 0;  // STATFS answers stored (expired ones included)
+  uint64_t access_entries = 0;  // nodes with ACCESS answers stored (expired ones included)
   uint64_t complete_dirs = 0;   // directories whose every name efused knows (efuse_complete_dirs)
   uint64_t dir_names = 0;       // their names (efuse_dir_names)
   uint64_t tier_nodes = 0;      // nodes with a lookup counter (efuse_entry_lookups)
@@ -224,6 +236,7 @@ inline constexpr uint64_t kDirNameBytes = sizeof(efuse_handler_name_key) + sizeo
 // The largest nodeid-keyed maps, efuse_open_answers and efuse_flush_answers, hold at most this.
 inline constexpr size_t kMaxOpenAnswers = EFUSE_OPEN_ANSWERS;
 inline constexpr size_t kMaxStatfsAnswers = EFUSE_STATFS_ANSWERS;
+inline constexpr size_t kMaxAccessAnswers = EFUSE_ACCESS_ANSWERS;
 inline constexpr uint64_t kReadBlockBytes = sizeof(efuse_read_block);
 
 class KernelAnswers final : public efuse::fs::TierLookups {
@@ -312,6 +325,11 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // (cache.statfs_timeout; nothing when that is 0). Never kept longer, also on an exact
   // backend: no watcher reports a change of a file system's statistics.
   void store_statfs(uint64_t nodeid, std::span<const char> reply, uint64_t sec, uint32_t nsec);
+  // An ACCESS reply efused sent to `uid`/`gid` for `mask` on `nodeid`: `error` 0, EACCES,
+  // EROFS or EPERM is stored (a slot of the node's entry), for the attribute validity
+  // efused last sent, unless a change of the node raced it (`since`).
+  void store_access(uint64_t nodeid, uint32_t uid, uint32_t gid, uint32_t mask, int error,
+                    uint64_t since);
   // A GETLK, SETLK or SETLKW (POSIX or flock) on `nodeid`: FLUSH of the node goes up from
   // now on, until the node is dropped (withdraw).
   void lock_asked(uint64_t nodeid);
@@ -397,6 +415,8 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   std::unordered_set<uint64_t> opens_;              // nodeids with a stored OPEN answer
   std::unordered_set<uint64_t> flushes_;            // nodeids with a stored FLUSH answer
   std::unordered_set<uint64_t> statfs_;             // nodeids with a stored STATFS answer
+  // nodeids with stored ACCESS answers -> their slots, as in the map
+  std::unordered_map<uint64_t, std::vector<efuse_access_slot>> access_;
   std::unordered_set<uint64_t> locked_;             // nodeids a lock was asked for
   // Complete directories -> their names (efuse_complete_dirs, efuse_dir_names).
   std::unordered_map<uint64_t, std::set<std::string, std::less<>>> complete_;

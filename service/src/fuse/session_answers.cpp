@@ -136,6 +136,7 @@ uint64_t Session::answers_begin(uint32_t opcode) {
     case k::Opcode::Lookup:
     case k::Opcode::Getxattr:
     case k::Opcode::Listxattr:
+    case k::Opcode::Access:
     case k::Opcode::Read:
     case k::Opcode::Readdirplus:
     case k::Opcode::Create:
@@ -221,6 +222,10 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
       case k::Opcode::Listxattr:
         if (auto gin = in.take<k::fuse_getxattr_in>())
           a->store_xattr(node, {}, err, gin->size, body, r.answers_since);
+        break;
+      case k::Opcode::Access:
+        if (auto ain = in.take<k::fuse_access_in>())
+          a->store_access(node, r.hdr.uid, r.hdr.gid, ain->mask, err, r.answers_since);
         break;
       case k::Opcode::Read:
         if (auto rin = in.take<k::fuse_read_in>(); rin && ok && r.read_attrs)

@@ -325,6 +325,7 @@ void MountFamilies::add_kernel_tier(const MountView& mount) {
         std::tuple{"open", a.open_entries, fuse::kAttrEntryBytes},
         std::tuple{"flush", a.flush_entries, fuse::kAttrEntryBytes},
         std::tuple{"statfs", a.statfs_entries, fuse::kAttrEntryBytes},
+        std::tuple{"access", a.access_entries, fuse::kAttrEntryBytes},
         std::tuple{"complete_dirs", a.complete_dirs, fuse::kCompleteDirBytes},
         std::tuple{"dir_names", a.dir_names, fuse::kDirNameBytes},
         std::tuple{"entry_lookups", a.tier_nodes, fuse::kEntryCounterBytes},

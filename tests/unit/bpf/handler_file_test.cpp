@@ -77,12 +77,12 @@ TEST_F(HandlerFileTest, ShippedHandlersDeclareTheirOpcodeAndTheAbi) {
 
 TEST_F(HandlerFileTest, ShippedTableCoversEveryAnsweringObjectOnce) {
   // One object per opcode (the xattr handlers are two objects), and the opcodes the module
-  // lets handlers answer (kmod patches 0003, 0005, 0008, 0009, 0011, 0012): LOOKUP, GETATTR,
-  // OPEN, READ, GETXATTR, LISTXATTR, FLUSH (RELEASE has no handler: the module ends it).
+  // lets handlers answer (kmod patches 0003, 0005, 0008, 0009, 0011-0015, 0017): LOOKUP,
+  // GETATTR, OPEN, READ, STATFS, RELEASE, GETXATTR, LISTXATTR, FLUSH, ACCESS.
   std::vector<uint32_t> opcodes;
   for (const ShippedHandler& h : kShippedHandlers) opcodes.push_back(h.opcode);
   std::sort(opcodes.begin(), opcodes.end());
-  EXPECT_EQ(opcodes, (std::vector<uint32_t>{1, 3, 14, 15, 17, 18, 22, 23, 25}));
+  EXPECT_EQ(opcodes, (std::vector<uint32_t>{1, 3, 14, 15, 17, 18, 22, 23, 25, 34}));
 }
 
 TEST_F(HandlerFileTest, XattrHandlerIsRefusedForTheOtherXattrOpcode) {

@@ -428,6 +428,20 @@ TEST(ConfigLoad, BpfHandlerWithShippedObjects) {
             (std::map<std::string, std::string>{{"lookup", lookup}, {"getattr", getattr}}));
 }
 
+// The shipped ACCESS handler is loaded only where the kernel sends ACCESS (mounts without
+// default_permissions); one named in bpf_handlers is loaded anyway.
+TEST(ConfigLoad, HandlerTableHasAccessOnlyWithoutDefaultPermissions) {
+  MountConfig m;
+  auto table = handler_table(m, "/h");
+  EXPECT_FALSE(table.contains(34)) << "default_permissions: the kernel never sends ACCESS";
+  EXPECT_EQ(table.at(3), "/h/efuse_getattr.bpf.o");
+  m.options.default_permissions = false;
+  EXPECT_EQ(handler_table(m, "/h").at(34), "/h/efuse_access.bpf.o");
+  m.options.default_permissions = true;
+  m.bpf_handlers["access"] = "/x/a.bpf.o";
+  EXPECT_EQ(handler_table(m, "/h").at(34), "/x/a.bpf.o");
+}
+
 TEST(ConfigLoad, EnumNames) {
   EXPECT_STREQ(to_string(Transport::Auto), "auto");
   EXPECT_STREQ(to_string(Transport::Classic), "classic");

@@ -102,6 +102,7 @@ class AnswerTable final : public AnswerStore {
     return map == NodeMap::Open     ? opens
            : map == NodeMap::Flush  ? flushes
            : map == NodeMap::Statfs ? statfs
+           : map == NodeMap::Access ? access
                                     : complete;
   }
 
@@ -122,6 +123,7 @@ class AnswerTable final : public AnswerStore {
   std::map<uint64_t, efuse_handler_entry> opens;    // efuse_open_answers
   std::map<uint64_t, efuse_handler_entry> flushes;  // efuse_flush_answers
   std::map<uint64_t, efuse_handler_entry> statfs;   // efuse_statfs_answers
+  std::map<uint64_t, efuse_handler_entry> access;   // efuse_access_answers
   std::vector<efuse_read_block> pool = std::vector<efuse_read_block>(4 * EFUSE_READ_WAYS);
   std::map<std::pair<uint64_t, std::string>, efuse_handler_entry> xattrs;  // efuse_entry_lookups, as the counting program keeps it
 };

@@ -5,6 +5,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -599,6 +600,96 @@ TEST_F(KernelAnswersTest, OpenAnswersDroppedAtForgetAndDropAll) {
   store.full = true;
   EXPECT_FALSE(answers.store_open(7, 3)) << "a full map";
   EXPECT_EQ(answers.stats().open_entries, 0u);
+}
+
+// The slots of a node's ACCESS entry, as the handler reads them.
+std::vector<efuse_access_slot> access_slots(const efuse_handler_entry& e) {
+  std::vector<efuse_access_slot> v(e.answer.size / sizeof(efuse_access_slot));
+  std::memcpy(v.data(), e.answer.data, v.size() * sizeof(efuse_access_slot));
+  return v;
+}
+
+// ACCESS replies (kmod patch 0017): one slot per (uid, gid, mask), the error as the module
+// takes it (negative), for the attribute validity efused sent last and never beyond it
+// (also on an exact backend); errors the module would refuse are not stored; a change of
+// the node's attributes or ACLs, its FORGET and drop_all take them all.
+TEST_F(KernelAnswersTest, AccessAnswersPerCallerForTheAttributeValidityOnly) {
+  answers.set_exact([] { return true; });
+  answers.store_access(7, 1000, 100, 4, 0, answers.begin());
+  EXPECT_TRUE(store.access.empty()) << "no attribute validity sent yet";
+  answers.attr_validity(2, 0);
+  answers.store_access(7, 1000, 100, 4, 0, answers.begin());       // R_OK granted
+  answers.store_access(7, 1000, 100, 2, EACCES, answers.begin());  // W_OK denied
+  answers.store_access(7, 0, 0, 2, EROFS, answers.begin());
+  answers.store_access(7, 1001, 100, 4, ENOENT, answers.begin());  // not an answer to keep
+  answers.store_access(7, 1001, 100, 4, ESTALE, answers.begin());
+  ASSERT_TRUE(store.access.contains(7));
+  const efuse_handler_entry& e = store.access[7];
+  EXPECT_EQ(e.answer.nodeid, 7u);
+  EXPECT_EQ(e.answer.error, 0);
+  auto slots = access_slots(e);
+  ASSERT_EQ(slots.size(), 3u);
+  EXPECT_EQ(slots[0].uid, 1000u);
+  EXPECT_EQ(slots[0].gid, 100u);
+  EXPECT_EQ(slots[0].mask, 4u);
+  EXPECT_EQ(slots[0].error, 0);
+  EXPECT_EQ(slots[1].error, -EACCES);
+  EXPECT_EQ(slots[2].error, -EROFS);
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  const uint64_t now_ns = static_cast<uint64_t>(now.tv_sec) * 1000000000ULL + now.tv_nsec;
+  for (const auto& s : slots) {
+    EXPECT_GT(s.expires, now_ns + 1000000000ULL);
+    EXPECT_LE(s.expires, now_ns + 2000000000ULL) << "bounded although the backend is exact";
+  }
+  EXPECT_EQ(e.expires, std::max({slots[0].expires, slots[1].expires, slots[2].expires}));
+  EXPECT_EQ(answers.stats().access_entries, 1u);
+
+  // The same caller and mask again: its slot is renewed, not doubled.
+  answers.store_access(7, 1000, 100, 2, 0, answers.begin());
+  slots = access_slots(store.access[7]);
+  ASSERT_EQ(slots.size(), 3u);
+  EXPECT_EQ(slots[1].error, 0);
+
+  // A chmod (SETATTR), an ACL (SETXATTR), an outside change, FORGET, drop_all: all gone.
+  answers.attr_changed(7);
+  EXPECT_TRUE(store.access.empty());
+  EXPECT_EQ(answers.stats().access_entries, 0u);
+  answers.store_access(7, 1000, 100, 4, 0, answers.begin());
+  answers.xattrs_changed(7);
+  EXPECT_TRUE(store.access.empty());
+  answers.store_access(7, 1000, 100, 4, 0, answers.begin());
+  answers.node_changed_outside(7);
+  EXPECT_TRUE(store.access.empty());
+  answers.store_access(7, 1000, 100, 4, 0, answers.begin());
+  answers.forgotten(7);
+  EXPECT_TRUE(store.access.empty());
+  answers.store_access(7, 1000, 100, 4, 0, answers.begin());
+  answers.drop_all();
+  EXPECT_TRUE(store.access.empty());
+}
+
+// A change of the node after the ACCESS was asked and before its reply was kept skips it;
+// a node with EFUSE_ACCESS_SLOTS callers gives the slot that expires first to a new one.
+TEST_F(KernelAnswersTest, AccessAnswerRacingAChangeIsNotStoredAndSlotsAreBounded) {
+  answers.attr_validity(60, 0);
+  const uint64_t since = answers.begin();
+  answers.attr_changed(7);  // a chmod that ran while efused asked the backing file system
+  answers.store_access(7, 1000, 100, 4, 0, since);
+  EXPECT_TRUE(store.access.empty());
+  EXPECT_EQ(answers.stats().stores_skipped, 1u);
+
+  for (uint32_t uid = 1; uid <= EFUSE_ACCESS_SLOTS; ++uid)
+    answers.store_access(7, uid, uid, 4, 0, answers.begin());
+  auto slots = access_slots(store.access[7]);
+  ASSERT_EQ(slots.size(), EFUSE_ACCESS_SLOTS);
+  EXPECT_EQ(slots[0].uid, 1u);
+  answers.store_access(7, 99, 99, 4, EACCES, answers.begin());
+  slots = access_slots(store.access[7]);
+  ASSERT_EQ(slots.size(), EFUSE_ACCESS_SLOTS);
+  EXPECT_EQ(slots[0].uid, 99u) << "the slot that expired first (the oldest) gave way";
+  EXPECT_EQ(slots[0].error, -EACCES);
+  EXPECT_EQ(slots[1].uid, 2u);
 }
 
 // STATFS replies: the exact reply, for the statfs timeout from now and never longer (also

@@ -523,6 +523,37 @@ TEST_F(SessionAnswers, StatfsRepliesStoredForTheStatfsTimeout) {
   EXPECT_FALSE(table_.statfs.contains(f)) << "statfs_timeout 0";
 }
 
+// ACCESS replies (mounts without default_permissions) are stored per caller and mask with
+// the error efused answered, and a chmod drops them before its reply.
+TEST_F(SessionAnswers, AccessRepliesStoredPerCallerAndDroppedByAChmod) {
+  const uint64_t f = make_file("f");  // mode 0644 (umask 022 at most): no one may execute it
+  ASSERT_EQ(chmod(h_.src("f").c_str(), 0644), 0);
+  stat_stored(f);  // efused sent an attribute validity
+  k::fuse_access_in in{};
+  in.mask = R_OK;
+  ASSERT_EQ(h_.call(Op::Access, f, pod(in)).error(), 0);
+  in.mask = X_OK;
+  ASSERT_EQ(h_.call(Op::Access, f, pod(in)).error(), EACCES);
+  ASSERT_TRUE(table_.access.contains(f));
+  const efuse_handler_entry& e = table_.access[f];
+  ASSERT_EQ(e.answer.size, 2 * sizeof(efuse_access_slot));
+  efuse_access_slot slots[2];
+  std::memcpy(slots, e.answer.data, sizeof slots);
+  EXPECT_EQ(slots[0].uid, getuid());
+  EXPECT_EQ(slots[0].gid, getgid());
+  EXPECT_EQ(slots[0].mask, static_cast<uint32_t>(R_OK));
+  EXPECT_EQ(slots[0].error, 0);
+  EXPECT_EQ(slots[1].mask, static_cast<uint32_t>(X_OK));
+  EXPECT_EQ(slots[1].error, -EACCES);
+  k::fuse_setattr_in sa{};
+  sa.valid = k::kFattrMode;
+  sa.mode = S_IFREG | 0755;
+  ASSERT_EQ(h_.call(Op::Setattr, f, pod(sa)).error(), 0);
+  EXPECT_FALSE(table_.access.contains(f)) << "X_OK is granted now";
+  EXPECT_EQ(replies_before_drop_, 0u) << "a drop came after its request's reply";
+  EXPECT_EQ(h_.call(Op::Access, f, pod(in)).error(), 0);
+}
+
 TEST_F(SessionAnswers, ReaddirplusTeachesTheNamesAndForgetDropsTheNode) {
   ASSERT_TRUE(write_file(h_.src("d1"), "z"));
   const uint64_t dir = kRootId;
