@@ -9,6 +9,7 @@
 #include <functional>
 
 #include "fuse/kernel.h"
+#include "fuse/wire.h"
 
 namespace fuse {
 
@@ -331,8 +332,7 @@ void KernelAnswers::node_created(uint64_t nodeid, uint64_t since) {
   put_xattr_answer(nodeid, "security.capability", e, since);
 }
 
-void KernelAnswers::dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_nsec,
-                                 uint64_t since) {
+void KernelAnswers::dir_complete(uint64_t dir, double negative_timeout, uint64_t since) {
   // Only while every change is seen; the first time it is not, everything goes (hold()).
   const bool exact = exact_ && exact_();
   if (!exact) {
@@ -343,12 +343,11 @@ void KernelAnswers::dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_ns
   efuse_handler_entry e{};
   e.expires = UINT64_MAX;  // kept exact by name_adding, names_unknown and the drops
   e.answer.nodeid = dir;
-  if (neg_sec == 0 && neg_nsec == 0) {
+  kernel::fuse_entry_out out{};  // nodeid 0: a negative entry, cached for entry_valid
+  split_timeout(negative_timeout, &out.entry_valid, &out.entry_valid_nsec);
+  if (out.entry_valid == 0 && out.entry_valid_nsec == 0) {
     e.answer.error = -ENOENT;  // negative_timeout 0: efused answers ENOENT, cached nowhere
   } else {
-    kernel::fuse_entry_out out{};  // nodeid 0: a negative entry, cached for entry_valid
-    out.entry_valid = neg_sec;
-    out.entry_valid_nsec = neg_nsec;
     e.answer.size = sizeof out;
     std::memcpy(e.answer.data, &out, sizeof out);
   }
@@ -433,9 +432,11 @@ bool KernelAnswers::store_open(uint64_t nodeid, int32_t backing_id) {
   return true;
 }
 
-void KernelAnswers::store_statfs(uint64_t nodeid, std::span<const char> reply, uint64_t sec,
-                                 uint32_t nsec) {
+void KernelAnswers::store_statfs(uint64_t nodeid, std::span<const char> reply, double timeout) {
   if (nodeid == 0 || reply.size() != sizeof(kernel::fuse_statfs_out)) return;
+  uint64_t sec;
+  uint32_t nsec;
+  split_timeout(timeout, &sec, &nsec);
   efuse_handler_entry e{};
   e.expires = expiry(sec, nsec);  // never held beyond it (hold() is for what watchers see)
   if (e.expires == 0) return;

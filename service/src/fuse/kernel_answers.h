@@ -290,10 +290,10 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   void node_created(uint64_t nodeid, uint64_t since);
   // MKDIR made `dir`, and the backend says it held no entry after its watch was in place
   // (Filesystem::new_dir_complete): the directory is complete, and a name it lacks is
-  // answered with an entry of nodeid 0 valid for `neg_sec` + `neg_nsec` (negative_timeout),
-  // or -ENOENT when that is 0, as efused answers. Only while the backend sees every change,
-  // and unless a change of `dir` raced it (`since`).
-  void dir_complete(uint64_t dir, uint64_t neg_sec, uint32_t neg_nsec, uint64_t since);
+  // answered with an entry of nodeid 0 valid for `negative_timeout` seconds, or -ENOENT when
+  // that is 0, as efused answers. Only while the backend sees every change, and unless a
+  // change of `dir` raced it (`since`).
+  void dir_complete(uint64_t dir, double negative_timeout, uint64_t since);
   // Before an operation that may make the name `parent`/`name`: its stored answer goes,
   // and it goes into the index of a complete `parent` (or the mark goes, when the map is
   // full).
@@ -321,10 +321,10 @@ class KernelAnswers final : public efuse::fs::TierLookups {
   // module refuses them elsewhere, as efused then checks access itself). Default: yes.
   void allow_opens(bool allowed) { opens_allowed_.store(allowed, std::memory_order_relaxed); }
   bool opens_allowed() const { return opens_allowed_.load(std::memory_order_relaxed); }
-  // A STATFS reply for `nodeid`, answered in the kernel for `sec` + `nsec` from now
+  // A STATFS reply for `nodeid`, answered in the kernel for `timeout` seconds from now
   // (cache.statfs_timeout; nothing when that is 0). Never kept longer, also on an exact
   // backend: no watcher reports a change of a file system's statistics.
-  void store_statfs(uint64_t nodeid, std::span<const char> reply, uint64_t sec, uint32_t nsec);
+  void store_statfs(uint64_t nodeid, std::span<const char> reply, double timeout);
   // An ACCESS reply efused sent to `uid`/`gid` for `mask` on `nodeid`: `error` 0, EACCES,
   // EROFS or EPERM is stored (a slot of the node's entry), for the attribute validity
   // efused last sent, unless a change of the node raced it (`since`).

@@ -60,8 +60,6 @@ uint64_t entry_nodeid(std::span<const char> body) {
   return e.nodeid;
 }
 
-bool for_writing(uint32_t flags) { return (flags & O_ACCMODE) != O_RDONLY; }
-
 // An OPEN reply (or CREATE's open part) in passthrough mode with a backing id.
 std::optional<k::fuse_open_out> passthrough_open(std::span<const char> body) {
   k::fuse_open_out o;
@@ -77,32 +75,6 @@ bool keeps_cache(std::span<const char> body) {
   if (body.size() != sizeof o) return false;
   std::memcpy(&o, body.data(), sizeof o);
   return (o.open_flags & k::kFopenKeepCache) != 0;
-}
-
-// A RENAME or RENAME2 request's body (RENAME has no flags).
-struct RenameIn {
-  uint64_t newdir = 0;
-  uint32_t flags = 0;
-  std::string_view from, to;
-};
-std::optional<RenameIn> take_rename(uint32_t opcode, Reader& in) {
-  RenameIn rn;
-  if (opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
-    auto rin = in.take<k::fuse_rename_in>();
-    if (!rin) return std::nullopt;
-    rn.newdir = rin->newdir;
-  } else {
-    auto rin = in.take<k::fuse_rename2_in>();
-    if (!rin) return std::nullopt;
-    rn.newdir = rin->newdir;
-    rn.flags = rin->flags;
-  }
-  auto from = in.take_name();
-  auto to = from ? in.take_name() : std::nullopt;
-  if (!to) return std::nullopt;
-  rn.from = *from;
-  rn.to = *to;
-  return rn;
 }
 
 // The entries of a READDIRPLUS reply: each one with a node is an entry reply for its name
@@ -319,12 +291,9 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         // negative in the kernel.
         if (r.hdr.opcode == static_cast<uint32_t>(k::Opcode::Mkdir)) {
           const uint64_t child = entry_nodeid(body);
-          if (child != 0 && fs_.new_dir_complete(child)) {
-            uint64_t sec;
-            uint32_t nsec;
-            split_timeout(negative_timeout_.load(std::memory_order_relaxed), &sec, &nsec);
-            a->dir_complete(child, sec, nsec, r.answers_since);
-          }
+          if (child != 0 && fs_.new_dir_complete(child))
+            a->dir_complete(child, negative_timeout_.load(std::memory_order_relaxed),
+                            r.answers_since);
         }
         restore_dir_attr(r, *a, node);
         break;
@@ -363,12 +332,7 @@ void Session::keep_answers(Request& r, const struct iovec* payload, int n, int e
         if (ok) store_direntplus(*a, node, body, r.answers_since);
         break;
       case k::Opcode::Statfs:
-        if (ok) {
-          uint64_t sec;
-          uint32_t nsec;
-          split_timeout(statfs_timeout_.load(std::memory_order_relaxed), &sec, &nsec);
-          a->store_statfs(node, body, sec, nsec);
-        }
+        if (ok) a->store_statfs(node, body, statfs_timeout_.load(std::memory_order_relaxed));
         break;
       default:
         break;

@@ -170,21 +170,13 @@ void Session::do_rmdir(Request& r) {
   r.reply_err(s.error());
 }
 
-void Session::do_rename(Request& r) {
-  TAKE(in, k::fuse_rename_in);
-  TAKE_NAME(from);
-  TAKE_NAME(to);
-  auto s = fs_.rename(r.ctx, r.hdr.nodeid, *from, in->newdir, *to, 0);
-  r.reply_err(s.error());
+void Session::do_rename(Request& r) {  // RENAME and RENAME2 (with flags)
+  auto rn = take_rename(r.hdr.opcode, r.body);
+  if (!rn) return malformed(r);
+  r.reply_err(fs_.rename(r.ctx, r.hdr.nodeid, rn->from, rn->newdir, rn->to, rn->flags).error());
 }
 
-void Session::do_rename2(Request& r) {
-  TAKE(in, k::fuse_rename2_in);
-  TAKE_NAME(from);
-  TAKE_NAME(to);
-  auto s = fs_.rename(r.ctx, r.hdr.nodeid, *from, in->newdir, *to, in->flags);
-  r.reply_err(s.error());
-}
+void Session::do_rename2(Request& r) { do_rename(r); }
 
 void Session::do_link(Request& r) {
   TAKE(in, k::fuse_link_in);

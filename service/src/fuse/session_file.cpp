@@ -119,7 +119,7 @@ void Session::released_in_kernel(uint64_t nodeid, uint64_t fh, uint32_t flags,
                                  uint32_t release_flags) {
   (void)release_open(fs::Context{}, nodeid, fh, release_flags);
   // What keep_answers does for a RELEASE request.
-  if ((flags & O_ACCMODE) != O_RDONLY)
+  if (for_writing(flags))
     if (KernelAnswers* a = answers_.load(std::memory_order_acquire)) a->write_released(nodeid);
   kernel_releases_.fetch_add(1, std::memory_order_relaxed);
 }

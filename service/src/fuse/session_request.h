@@ -2,8 +2,12 @@
 // request being handled, and the decoding macros of its handlers.
 #pragma once
 
+#include <fcntl.h>
+
 #include <cstring>
+#include <optional>
 #include <span>
+#include <string_view>
 
 #include "common/log.h"
 #include "fs/filesystem.h"
@@ -22,6 +26,36 @@ using efuse::Result;
 using efuse::Status;
 namespace k = kernel;
 namespace fs = efuse::fs;
+
+// An open's flags ask for writing (O_WRONLY, O_RDWR): its node's answers are not kept while
+// it lasts (KernelAnswers::write_opened, write_released).
+inline bool for_writing(uint32_t flags) { return (flags & O_ACCMODE) != O_RDONLY; }
+
+// A RENAME or RENAME2 request's body (RENAME has no flags).
+struct RenameIn {
+  uint64_t newdir = 0;
+  uint32_t flags = 0;
+  std::string_view from, to;
+};
+inline std::optional<RenameIn> take_rename(uint32_t opcode, Reader& in) {
+  RenameIn rn;
+  if (opcode == static_cast<uint32_t>(k::Opcode::Rename)) {
+    auto rin = in.take<k::fuse_rename_in>();
+    if (!rin) return std::nullopt;
+    rn.newdir = rin->newdir;
+  } else {
+    auto rin = in.take<k::fuse_rename2_in>();
+    if (!rin) return std::nullopt;
+    rn.newdir = rin->newdir;
+    rn.flags = rin->flags;
+  }
+  auto from = in.take_name();
+  auto to = from ? in.take_name() : std::nullopt;
+  if (!to) return std::nullopt;
+  rn.from = *from;
+  rn.to = *to;
+  return rn;
+}
 
 struct Session::Request {
   k::fuse_in_header hdr;

@@ -701,7 +701,7 @@ TEST_F(KernelAnswersTest, StatfsAnswersLiveForTheStatfsTimeoutOnly) {
   st.st.blocks = 1000;
   st.st.bfree = 400;
   st.st.bsize = 4096;
-  answers.store_statfs(7, bytes(st), 1, 500000000);
+  answers.store_statfs(7, bytes(st), 1.5);
   ASSERT_TRUE(store.statfs.contains(7));
   const efuse_handler_entry& e = store.statfs[7];
   EXPECT_EQ(e.answer.nodeid, 7u);
@@ -713,19 +713,19 @@ TEST_F(KernelAnswersTest, StatfsAnswersLiveForTheStatfsTimeoutOnly) {
   EXPECT_GT(e.expires, now_ns + 1400000000ULL);
   EXPECT_LE(e.expires, now_ns + 1500000000ULL) << "bounded although the backend is exact";
   EXPECT_EQ(answers.stats().statfs_entries, 1u);
-  answers.store_statfs(8, bytes(st), 0, 0);  // statfs_timeout 0
-  answers.store_statfs(9, std::span<const char>(reinterpret_cast<const char*>(&st), 8), 1, 0);
+  answers.store_statfs(8, bytes(st), 0);  // statfs_timeout 0
+  answers.store_statfs(9, std::span<const char>(reinterpret_cast<const char*>(&st), 8), 1);
   EXPECT_FALSE(store.statfs.contains(8));
   EXPECT_FALSE(store.statfs.contains(9));
   answers.forgotten(7);
   EXPECT_TRUE(store.statfs.empty());
-  answers.store_statfs(7, bytes(st), 1, 0);
+  answers.store_statfs(7, bytes(st), 1);
   answers.drop_all();
   EXPECT_TRUE(store.statfs.empty());
   EXPECT_EQ(answers.stats().statfs_entries, 0u);
   store.full = true;
   const uint64_t skipped = answers.stats().stores_skipped;
-  answers.store_statfs(7, bytes(st), 1, 0);
+  answers.store_statfs(7, bytes(st), 1);
   EXPECT_EQ(answers.stats().statfs_entries, 0u) << "a full map";
   EXPECT_EQ(answers.stats().stores_skipped, skipped + 1);
 }
@@ -802,7 +802,7 @@ class CompleteDirs : public KernelAnswersTest {
     answers.set_exact([this] { return exact; });
   }
   void mkdir_reply(uint64_t dir, uint64_t neg_sec = 1) {
-    answers.dir_complete(dir, neg_sec, 0, answers.begin());
+    answers.dir_complete(dir, neg_sec, answers.begin());
   }
   bool negative(uint64_t parent, const std::string& n) const {
     return store.negative_for(parent, n) != nullptr;
@@ -910,7 +910,7 @@ TEST_F(CompleteDirs, OutsideChangesForgetAndDropAllTakeTheMarkAway) {
 TEST_F(CompleteDirs, AChangeRacingTheMkdirKeepsItIncomplete) {
   const uint64_t since = answers.begin();
   answers.name_changed_outside(20, "early");  // the watcher, between mkdir and its reply
-  answers.dir_complete(20, 1, 0, since);
+  answers.dir_complete(20, 1, since);
   EXPECT_FALSE(store.complete.contains(20));
   EXPECT_EQ(answers.stats().stores_skipped, 1u);
 }
