@@ -272,6 +272,9 @@ std::shared_ptr<DirectStream> PassthroughFs::device_stream(Inode& inode, int dfd
   const uint64_t prev_end = inode.dev_next.exchange(off + len, std::memory_order_relaxed);
   std::lock_guard lk(inode.io_mu);
   if (inode.dev_stream || off == 0 || off != prev_end) return inode.dev_stream;
+  // The mount's budget spent: no stream, and no fstat at every sequential READ to learn it.
+  constexpr size_t kLeast = size_t{DirectStream::kMinWindow} * DirectStream::kChunk;
+  if (stream_bytes_.load(std::memory_order_relaxed) + kLeast > kStreamBudget) return nullptr;
   struct stat st;
   if (fstat(dfd, &st) != 0) return nullptr;
   // No deeper than what is left of the file (it may grow: the window then moves with the
@@ -281,8 +284,7 @@ std::shared_ptr<DirectStream> PassthroughFs::device_stream(Inode& inode, int dfd
   want = size_t{DirectStream::window_for(want)} * DirectStream::kChunk;
   size_t held = stream_bytes_.load(std::memory_order_relaxed);
   do {
-    if (held + size_t{DirectStream::kMinWindow} * DirectStream::kChunk > kStreamBudget)
-      return nullptr;
+    if (held + kLeast > kStreamBudget) return nullptr;
     want = std::min(want, kStreamBudget - held);
     want -= want % DirectStream::kChunk;
   } while (!stream_bytes_.compare_exchange_weak(held, held + want, std::memory_order_relaxed));
