@@ -9,7 +9,7 @@ Both efused run at once, each with its own copy of the data, started afresh for 
 workload with that workload's entry and attr timeouts (TIMEOUTS: 3600 s, so warm means
 warm; stat-tree STAT_TIMEOUT, 1 s, so the kernel revalidates). Workloads, each after one
 untimed warm-up pass per side, then timed in `REPS` rounds that run the three sides one
-after the other (median):
+after the other, each round starting one side further on (median):
   stat-tree   lstat of every entry of a 10,000-entry tree, after waiting (untimed) until
               the kernel's cached entries and attributes have expired: every name the pass
               looks at is revalidated (LOOKUP, GETATTR), which the module side's handlers
@@ -163,13 +163,14 @@ def start(side, src, mnt, flags, port, wname):
 
 def run_workload(wname, fn, sides):
     """One workload on every side: a warm-up pass each, then REPS rounds that run the sides
-    one after the other (so a change of the host's load hits every side alike)."""
+    one after the other (so a change of the host's load hits every side alike), each round
+    starting one side further on (no side always runs first, or right after another)."""
     rows = {}
     for side, root, port, name in sides:
         fn(root, lambda: None)  # warm-up: caches (and maps) as a warm run finds them
         rows[side] = {"times": [], "ops": 0, "served": {}, "kernel": {}}
-    for _ in range(REPS):
-        for side, root, port, name in sides:
+    for i in range(REPS):
+        for side, root, port, name in sides[i % len(sides):] + sides[:i % len(sides)]:
             snaps = []
             snap = (lambda: snaps.append(requests(port, name))) if port else (lambda: None)
             ops, seconds = fn(root, snap)
