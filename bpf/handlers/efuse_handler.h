@@ -16,6 +16,7 @@
 #define EFUSE_HANDLER_H
 
 #ifndef __VMLINUX_H__
+#include <linux/ioctl.h>
 #include <linux/types.h>
 #endif
 
@@ -59,6 +60,16 @@
  * went through the server, and closing the backing file reports nothing.
  */
 #define EFUSE_HANDLER_FLUSH_PASSTHROUGH 2
+
+/*
+ * ioctl on the server's device (/dev/efuse) descriptor: a __u64 whose bit
+ * n says that the server's handlers answer opcode n. Requests of the
+ * opcodes below 64 whose bit is clear go up as if no handler were
+ * attached, without a buffer allocated or a handler run for them, and are
+ * not counted (/sys/fs/efuse/handler). Until a server says, every opcode
+ * is shown. Not part of the handler ABI: handlers see nothing new.
+ */
+#define EFUSE_DEV_IOC_HANDLER_OPCODES _IOW(229, 64, __u64)
 
 /* out.verdict */
 #define EFUSE_HANDLER_UPCALL 0	/* queue the request for the server */

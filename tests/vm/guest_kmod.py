@@ -1198,6 +1198,33 @@ mounts:
     assert progs_named("efuse_access") == [], "the ACCESS handler outlived its mount"
 
 
+def check_kmod_efused_opcodes():
+    """Handlers are shown only the requests of opcodes they answer (kmod patch 0018, efused
+    says which with EFUSE_DEV_IOC_HANDLER_OPCODES): chmods through the mount send their
+    SETATTRs to efused without the handlers run for them (no outcome counted for setattr,
+    where every one was counted `declined` before), while GETATTR is still answered."""
+    path = f"{KMNT}/opcodes"
+    with open(path, "w") as fh:
+        fh.write("x")
+
+    def shown(s):
+        return sum(v for n, l, v in s if l.get("mount") == KNAME and l.get("opcode") == "setattr"
+                   and n in ("efuse_kernel_handler_fallbacks_total",
+                             "efuse_kernel_answered_total"))
+
+    s0 = samples()
+    for mode in (0o600, 0o644, 0o640, 0o644):
+        os.chmod(path, mode)
+    s1 = samples()
+    up = (value(s1, "efuse_requests_total", mount=KNAME, opcode="setattr") or 0) - \
+        (value(s0, "efuse_requests_total", mount=KNAME, opcode="setattr") or 0)
+    assert up == 4, f"{up} SETATTRs reached efused, want 4"
+    assert shown(s1) == shown(s0), f"SETATTRs shown to handlers: {shown(s0)} -> {shown(s1)}"
+    node = statx_node(path)
+    got = [where("getattr", node)[1] for _ in range(2)]
+    assert got == ["efused", "kernel"], f"GETATTR after the chmods: {got}"
+
+
 def progs_named(prefix):
     """Names of the loaded BPF programs that start with `prefix`."""
     r = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
@@ -1379,7 +1406,7 @@ CHECKS = (check_kmod_efused_tier, check_kmod_efused_answers, check_kmod_efused_t
           check_kmod_efused_open_flush,
           check_kmod_efused_open_refused, check_kmod_efused_open_changes,
           check_kmod_efused_flush_passthrough, check_kmod_efused_neg_lookup,
-          check_kmod_efused_statfs, check_kmod_efused_access,
+          check_kmod_efused_statfs, check_kmod_efused_access, check_kmod_efused_opcodes,
           check_kmod_efused_workloads,
           check_kmod_efused_suites, check_kmod_efused_clean_stop, check_kmod_efused_no_handlers,
           check_kmod_efused_kill9)

@@ -529,6 +529,14 @@ std::atomic<int>& HandlerSet::node_fd(NodeMap map) {
   return complete_fd_;
 }
 
+uint64_t HandlerSet::opcode_mask() const {
+  std::lock_guard lk(mu_);
+  uint64_t mask = 0;
+  for (const auto& [opcode, installed] : table_)
+    if (opcode < 64) mask |= uint64_t{1} << opcode;
+  return mask;
+}
+
 bool HandlerSet::put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry) {
   __u64 key = nodeid;
   int fd = node_fd(map).load();

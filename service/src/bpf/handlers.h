@@ -144,6 +144,9 @@ class HandlerSet {
   // efuse_complete_dirs (the LOOKUP handler's complete directories) and
   // efuse_statfs_answers, efuse_access_answers. false: not stored.
   enum class NodeMap { Open, Flush, Complete, Statfs, Access };
+  // The opcodes a handler is attached for (bit n: opcode n, below 64): what the module shows
+  // handlers (EFUSE_DEV_IOC_HANDLER_OPCODES, kmod patch 0018).
+  uint64_t opcode_mask() const;
   bool put_node(NodeMap map, uint64_t nodeid, const efuse_handler_entry& entry);
   void drop_node(NodeMap map, uint64_t nodeid);
   // efuse_dir_names: the names of the complete directories. false: not stored (no LOOKUP

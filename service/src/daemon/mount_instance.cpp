@@ -1,6 +1,7 @@
 #include "daemon/mount_instance.h"
 
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -218,6 +219,7 @@ void MountInstance::attach_handlers() {
           [s = session_.get()](const efuse_release_event& e) {
             s->released_in_kernel(e.nodeid, e.fh, e.flags, e.release_flags);
           });
+      tell_handler_opcodes();
       if (!failed.empty()) tier_note_ = "handlers refused: " + failed;
       LOG_INFO("%s: serving through the efuse kernel module (/dev/efuse, connection %u); "
                "eBPF handlers attached: %s", cfg_.name.c_str(), mounted_.conn_id,
@@ -259,6 +261,7 @@ bool MountInstance::swap_handler(uint32_t opcode, const std::string& path, std::
   LOG_INFO("%s: %s handler swapped to %s (%.3f s)", cfg_.name.c_str(), fuse::opcode_name(opcode),
            path.c_str(),
            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  tell_handler_opcodes();  // a new opcode's requests reach its handler from now on
   return true;
 }
 
@@ -268,9 +271,20 @@ bool MountInstance::remove_handler(uint32_t opcode, std::string* error) {
     return false;
   }
   if (!handler_store_->mutable_set().remove(opcode, error)) return false;
+  tell_handler_opcodes();
   LOG_INFO("%s: %s handler removed; those requests go to efused", cfg_.name.c_str(),
            fuse::opcode_name(opcode));
   return true;
+}
+
+void MountInstance::tell_handler_opcodes() {
+  if (!handler_store_ || mounted_.fd < 0) return;
+  uint64_t mask = handler_store_->set().opcode_mask();
+  // A module without patch 0018 does not know the ioctl (ENOTTY) and shows handlers every
+  // request, as before.
+  if (::ioctl(mounted_.fd, EFUSE_DEV_IOC_HANDLER_OPCODES, &mask) != 0 && errno != ENOTTY)
+    LOG_WARN("%s: cannot tell the module which opcodes the handlers answer (%s): every "
+             "request still runs them", cfg_.name.c_str(), strerror(errno));
 }
 
 std::string MountInstance::apply_handlers(const MountConfig& next) {

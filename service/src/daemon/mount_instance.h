@@ -228,6 +228,9 @@ class MountInstance final : private fs::Invalidator {
   bool choose_tier(std::string* error);
   // Loads and attaches the handlers for the new connection (module tier).
   void attach_handlers();
+  // Tells the module which opcodes the attached handlers answer (kmod patch 0018), after
+  // every change of them: requests of the others skip the handlers.
+  void tell_handler_opcodes();
   // Logs (once per start, and when a reload asks for it) that io_path cannot be in effect.
   void report_io_path() const;
   // syncfs() on the mount's root from a helper thread while the workers serve the WRITEs
