@@ -168,7 +168,7 @@ def run_workload(wname, fn, sides):
     rows = {}
     for side, root, port, name in sides:
         fn(root, lambda: None)  # warm-up: caches (and maps) as a warm run finds them
-        rows[side] = {"times": [], "ops": 0, "served": {}, "kernel": {}}
+        rows[side] = {"times": [], "ops": 0, "rates": [], "served": {}, "kernel": {}}
     for i in range(REPS):
         for side, root, port, name in sides[i % len(sides):] + sides[:i % len(sides)]:
             snaps = []
@@ -177,6 +177,7 @@ def run_workload(wname, fn, sides):
             r = rows[side]
             r["times"].append(seconds)
             r["ops"] += ops
+            r["rates"].append(ops / seconds if seconds else 0)
             if port:
                 (b_served, b_kernel), (a_served, a_kernel) = snaps[-2], snaps[-1]
                 for acc, d in ((r["served"], delta(a_served, b_served)),
@@ -188,8 +189,9 @@ def run_workload(wname, fn, sides):
         r = rows[side]
         row = {"seconds": statistics.median(r["times"]), "all_seconds": r["times"],
                "ops": r["ops"] // REPS}
-        if wname == "fio":
-            row["iops"] = row["ops"] / row["seconds"] if row["seconds"] else 0
+        if wname == "fio":  # the median round's rate; every round's, for the spread
+            row["iops"] = statistics.median(r["rates"])
+            row["all_iops"] = r["rates"]
         if port:
             row["upcalls_per_op"] = {k: v / r["ops"] for k, v in sorted(r["served"].items())}
             row["kernel_per_op"] = {k: v / r["ops"] for k, v in sorted(r["kernel"].items())}

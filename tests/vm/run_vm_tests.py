@@ -135,6 +135,8 @@ def bench_table(result):
                 share = f"{100 * sk / (su + sk):.0f} %" if su + sk else "-"
                 cells = [fmt(up), fmt(kern), share]
             secs = f"{row['seconds']:.3f}" + (f" ({row['iops']:.0f} IOPS)" if w == "fio" else "")
+            if w == "fio" and row.get("all_iops"):  # every round's, for the spread
+                secs += " [" + ", ".join(f"{x:.0f}" for x in row["all_iops"]) + "]"
             tmo = result.get("timeouts", {}).get(w)
             label = f"{w} ({row['ops']} ops" + (f", timeouts {tmo} s)" if tmo else ")")
             t.append(f"| {label} | {side} | {secs} | {ratio:.2f} | " +
